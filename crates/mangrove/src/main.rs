@@ -1,0 +1,182 @@
+//! `mangrove`: the server and its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mangrove_server::{Config, Server};
+use tracing::{error, info, warn};
+
+/// A MongoDB-compatible document database for multi-document ACID transactions on one node.
+///
+/// Drivers connect as to the primary of a one-member replica set, so sessions, retryable writes
+/// and transactions work without setting one up.
+#[derive(Parser)]
+#[command(name = "mangrove", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TCP port to listen on; 0 lets the OS choose a free one (printed in the ready line).
+    #[arg(long, default_value_t = 27017, env = "MANGROVE_PORT")]
+    port: u16,
+    /// Address to bind. The default accepts only local connections; use 0.0.0.0 for all
+    /// interfaces, together with --advertise.
+    #[arg(long, default_value = "127.0.0.1", env = "MANGROVE_BIND")]
+    bind: String,
+    /// Directory holding the database; created if missing.
+    #[arg(long, default_value = "mangrove-data", env = "MANGROVE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Replica-set name reported to drivers (must match `replicaSet=` in URIs that give one).
+    #[arg(long, default_value = "rs0")]
+    replset: String,
+    /// The host:port clients use to reach this server, reported as the replica set's only
+    /// member. Defaults to the bound address. Drivers reconnect to this address, so it must be
+    /// reachable from them.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Log line format (logs go to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log verbosity: error, warn, info, debug or trace; RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Most client connections at once; further ones are refused and logged.
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+    /// Seconds of inactivity after which an open cursor is killed (MongoDB: 600).
+    #[arg(long, default_value_t = 600)]
+    cursor_timeout_secs: u64,
+    /// Most cursors open at once, across all clients.
+    #[arg(long, default_value_t = 100_000)]
+    max_cursors: usize,
+    /// Largest accepted wire message in bytes (MongoDB: 48000000).
+    #[arg(long, default_value_t = 48_000_000)]
+    max_message_size: usize,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format, &args.log_level);
+    let config = Config {
+        bind: args.bind,
+        port: args.port,
+        data_dir: args.data_dir,
+        replset: args.replset,
+        advertise: args.advertise,
+        max_connections: args.max_connections.max(1),
+        cursor_timeout: Duration::from_secs(args.cursor_timeout_secs.max(1)),
+        max_cursors: args.max_cursors.max(1),
+        max_message_size: args.max_message_size,
+        argv: std::env::args().collect(),
+        ..Config::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mangrove: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("mangrove: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let advertised = server.advertised().to_string();
+        let local = server
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| advertised.clone());
+        if config.advertise.is_none() && local.starts_with("0.0.0.0") {
+            warn!("listening on all interfaces but advertising {advertised}; pass --advertise HOST:PORT with the address clients use");
+        }
+        info!(
+            listen = %local,
+            advertise = %advertised,
+            replset = %config.replset,
+            data_dir = %config.data_dir.display(),
+            "server ready (storage is in memory in this build: data does not survive a restart)"
+        );
+        // The one line scripts and people wait for; stdout, so it stays apart from the logs.
+        println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
+        match server.serve(shutdown_signal()).await {
+            Ok(()) => {
+                info!("shut down cleanly");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("server failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => info!("SIGINT received, shutting down"),
+                    _ = term.recv() => info!("SIGTERM received, shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+        info!("interrupt received, shutting down");
+    }
+}

@@ -1,0 +1,61 @@
+/// An error reported to the client with MongoDB's numeric code and code name, so drivers that
+/// branch on codes behave as they would against a real server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct QueryError {
+    pub code: i32,
+    pub code_name: &'static str,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(code: i32, code_name: &'static str, message: impl Into<String>) -> Self {
+        QueryError {
+            code,
+            code_name,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_value(message: impl Into<String>) -> Self {
+        Self::new(2, "BadValue", message)
+    }
+
+    pub fn failed_to_parse(message: impl Into<String>) -> Self {
+        Self::new(9, "FailedToParse", message)
+    }
+
+    pub fn type_mismatch(message: impl Into<String>) -> Self {
+        Self::new(14, "TypeMismatch", message)
+    }
+
+    pub fn path_not_viable(message: impl Into<String>) -> Self {
+        Self::new(28, "PathNotViable", message)
+    }
+
+    pub fn conflicting_update(message: impl Into<String>) -> Self {
+        Self::new(40, "ConflictingUpdateOperators", message)
+    }
+
+    pub fn immutable_field(message: impl Into<String>) -> Self {
+        Self::new(66, "ImmutableField", message)
+    }
+
+    /// Errors MongoDB raises through `uassert` with a bare numeric code; their code name is
+    /// `Location<code>`, which must be a static string, hence the lookup table.
+    pub fn location(code: i32, message: impl Into<String>) -> Self {
+        let name = match code {
+            15974 => "Location15974",
+            15975 => "Location15975",
+            31250 => "Location31250",
+            31253 => "Location31253",
+            31254 => "Location31254",
+            31308 => "Location31308",
+            51075 => "Location51075",
+            51091 => "Location51091",
+            51108 => "Location51108",
+            _ => "Location",
+        };
+        Self::new(code, name, message)
+    }
+}

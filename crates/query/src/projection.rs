@@ -1,0 +1,389 @@
+//! Find projections: inclusion, exclusion, `$slice`, `$elemMatch` and literal values.
+
+use bson::raw::CStr;
+use bson::{RawArray, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
+
+use crate::compare::as_num;
+use crate::error::QueryError;
+use crate::filter::{Pred, parse_elem_match, truthy};
+
+#[derive(Debug, Clone)]
+pub struct Projection {
+    root: Node,
+    inclusion: bool,
+    /// `{}` returns documents untouched.
+    identity: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    children: Vec<(String, Item)>,
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    Include,
+    Exclude,
+    Sub(Node),
+    Slice { skip: i64, limit: Option<i64> },
+    ElemMatch(Box<Pred>),
+    Literal(RawBson),
+}
+
+impl Node {
+    fn get(&self, key: &str) -> Option<&Item> {
+        self.children.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn has_literals(&self) -> bool {
+        self.children.iter().any(|(_, item)| match item {
+            Item::Literal(_) => true,
+            Item::Sub(n) => n.has_literals(),
+            _ => false,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Include,
+    Exclude,
+    /// `$slice`/`$elemMatch`: valid in either mode and decide neither.
+    Neutral,
+}
+
+fn bad(msg: impl Into<String>) -> QueryError {
+    QueryError::bad_value(msg)
+}
+
+impl Projection {
+    pub fn parse(spec: &RawDocument) -> Result<Projection, QueryError> {
+        let mut root = Node::default();
+        let mut mode: Option<bool> = None;
+        let mut has_id = false;
+        let mut flat = Vec::new();
+        flatten(spec, String::new(), &mut flat)?;
+        for (path, value) in flat {
+            let (item, kind) = parse_item(&path, value)?;
+            let is_id = path == "_id";
+            has_id |= is_id;
+            if !is_id {
+                match (kind, mode) {
+                    (Kind::Include, Some(false)) => {
+                        return Err(QueryError::location(
+                            31253,
+                            format!("Cannot do inclusion on field {path} in exclusion projection"),
+                        ));
+                    }
+                    (Kind::Exclude, Some(true)) => {
+                        return Err(QueryError::location(
+                            31254,
+                            format!("Cannot do exclusion on field {path} in inclusion projection"),
+                        ));
+                    }
+                    (Kind::Include, None) => mode = Some(true),
+                    (Kind::Exclude, None) => mode = Some(false),
+                    _ => {}
+                }
+            }
+            insert(&mut root, &path, item)?;
+        }
+        let only_id_included = mode.is_none()
+            && matches!(root.get("_id"), Some(Item::Include))
+            && root.children.len() == 1;
+        let inclusion = mode.unwrap_or(only_id_included);
+        if inclusion && !has_id {
+            root.children.insert(0, ("_id".to_owned(), Item::Include));
+        }
+        Ok(Projection {
+            identity: root.children.is_empty(),
+            root,
+            inclusion,
+        })
+    }
+
+    pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
+        if self.identity {
+            return Ok(doc.to_owned());
+        }
+        project_doc(doc, &self.root, self.inclusion)
+    }
+}
+
+/// Expands nested sub-projections (`{a: {b: 1}}`) into dotted paths.
+fn flatten<'a>(
+    spec: &'a RawDocument,
+    prefix: String,
+    out: &mut Vec<(String, RawBsonRef<'a>)>,
+) -> Result<(), QueryError> {
+    for elem in spec.iter() {
+        let (key, value) = elem.map_err(|e| bad(format!("invalid BSON in projection: {e}")))?;
+        let path = if prefix.is_empty() {
+            key.as_str().to_owned()
+        } else {
+            format!("{prefix}.{}", key.as_str())
+        };
+        match value {
+            RawBsonRef::Document(d) if !starts_with_dollar(d) => {
+                if d.is_empty() {
+                    return Err(QueryError::new(
+                        51270,
+                        "Location51270",
+                        format!(
+                            "An empty sub-projection is not a valid value. Found empty object at path {path}"
+                        ),
+                    ));
+                }
+                flatten(d, path, out)?;
+            }
+            _ => out.push((path, value)),
+        }
+    }
+    Ok(())
+}
+
+fn starts_with_dollar(d: &RawDocument) -> bool {
+    matches!(d.iter().next(), Some(Ok((k, _))) if k.as_str().starts_with('$'))
+}
+
+fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryError> {
+    if path.split('.').any(str::is_empty) {
+        return Err(bad(format!(
+            "FieldPath field names may not be empty strings: '{path}'"
+        )));
+    }
+    if path.ends_with(".$") || path == "$" {
+        return Err(bad("positional projection ($) is not supported yet"));
+    }
+    if path.split('.').any(|p| p.starts_with('$')) {
+        return Err(bad(format!(
+            "FieldPath field names may not start with '$': '{path}'"
+        )));
+    }
+    match value {
+        RawBsonRef::Boolean(_)
+        | RawBsonRef::Int32(_)
+        | RawBsonRef::Int64(_)
+        | RawBsonRef::Double(_)
+        | RawBsonRef::Decimal128(_) => Ok(if truthy(value) {
+            (Item::Include, Kind::Include)
+        } else {
+            (Item::Exclude, Kind::Exclude)
+        }),
+        RawBsonRef::Document(d) => {
+            let mut it = d.iter();
+            let (op, arg) = match it.next() {
+                Some(Ok((k, v))) => (k.as_str(), v),
+                _ => return Err(bad("invalid projection operator")),
+            };
+            if it.next().is_some() {
+                return Err(bad(format!(
+                    "Projection operator documents must contain exactly one field at path {path}"
+                )));
+            }
+            match op {
+                "$slice" => Ok((parse_slice(arg)?, Kind::Neutral)),
+                "$elemMatch" => {
+                    if path.contains('.') {
+                        return Err(bad("Cannot use $elemMatch projection on a nested field."));
+                    }
+                    Ok((
+                        Item::ElemMatch(Box::new(parse_elem_match(arg, 0)?)),
+                        Kind::Neutral,
+                    ))
+                }
+                "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
+                "$meta" => Err(bad("$meta projection is not supported yet")),
+                _ => Err(bad(format!(
+                    "projection expression {op} is not supported yet"
+                ))),
+            }
+        }
+        // Any other value is a computed field whose value is that literal.
+        _ => Ok((Item::Literal(value.into()), Kind::Include)),
+    }
+}
+
+fn parse_slice(arg: RawBsonRef<'_>) -> Result<Item, QueryError> {
+    let int = |v: RawBsonRef<'_>| -> Option<i64> {
+        as_num(v).map(|n| match n {
+            crate::compare::Num::Int(i) => i,
+            crate::compare::Num::Dbl(d) => d as i64,
+        })
+    };
+    match arg {
+        RawBsonRef::Array(arr) => {
+            let items: Vec<RawBsonRef<'_>> = arr.into_iter().map_while(Result::ok).collect();
+            if items.len() != 2 {
+                return Err(bad("$slice array wrong size"));
+            }
+            let skip = int(items[0]).ok_or_else(|| bad("$slice only supports numbers"))?;
+            let limit = int(items[1]).ok_or_else(|| bad("$slice only supports numbers"))?;
+            if limit <= 0 {
+                return Err(bad("$slice limit must be positive"));
+            }
+            Ok(Item::Slice {
+                skip,
+                limit: Some(limit),
+            })
+        }
+        _ => {
+            let n = int(arg)
+                .ok_or_else(|| bad("$slice only supports numbers and [skip, limit] arrays"))?;
+            Ok(Item::Slice {
+                skip: n,
+                limit: None,
+            })
+        }
+    }
+}
+
+fn insert(root: &mut Node, path: &str, item: Item) -> Result<(), QueryError> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let collision = || QueryError::location(31250, format!("Path collision at {path}"));
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let pos = node.children.iter().position(|(k, _)| k == part);
+        if last {
+            if pos.is_some() {
+                return Err(collision());
+            }
+            node.children.push(((*part).to_owned(), item));
+            return Ok(());
+        }
+        let idx = match pos {
+            Some(idx) => idx,
+            None => {
+                node.children
+                    .push(((*part).to_owned(), Item::Sub(Node::default())));
+                node.children.len() - 1
+            }
+        };
+        node = match &mut node.children[idx].1 {
+            Item::Sub(n) => n,
+            _ => return Err(collision()),
+        };
+    }
+    Ok(())
+}
+
+fn cstr(key: &str) -> Result<&CStr, QueryError> {
+    <&CStr>::try_from(key).map_err(|_| bad(format!("field name contains a NUL byte: {key:?}")))
+}
+
+fn project_doc(
+    doc: &RawDocument,
+    node: &Node,
+    inclusion: bool,
+) -> Result<RawDocumentBuf, QueryError> {
+    let mut out = RawDocumentBuf::new();
+    for elem in doc.iter() {
+        let (key, value) = elem.map_err(|e| bad(format!("invalid BSON in document: {e}")))?;
+        match node.get(key.as_str()) {
+            None => {
+                if !inclusion {
+                    out.append(key, value);
+                }
+            }
+            Some(Item::Include) => out.append(key, value),
+            Some(Item::Exclude) | Some(Item::Literal(_)) => {}
+            Some(Item::Sub(child)) => match value {
+                RawBsonRef::Document(d) => {
+                    out.append(key, RawBson::Document(project_doc(d, child, inclusion)?))
+                }
+                RawBsonRef::Array(a) => {
+                    out.append(key, RawBson::Array(project_array(a, child, inclusion)?))
+                }
+                _ => {
+                    if !inclusion {
+                        out.append(key, value);
+                    }
+                }
+            },
+            Some(Item::Slice { skip, limit }) => match value {
+                RawBsonRef::Array(a) => out.append(key, RawBson::Array(slice(a, *skip, *limit))),
+                _ => out.append(key, value),
+            },
+            Some(Item::ElemMatch(pred)) => {
+                if let RawBsonRef::Array(a) = value
+                    && let Some(e) = a
+                        .into_iter()
+                        .map_while(Result::ok)
+                        .find(|e| elem_matches(pred, *e))
+                {
+                    let mut arr = RawArrayBuf::new();
+                    arr.push(e);
+                    out.append(key, RawBson::Array(arr));
+                }
+            }
+        }
+    }
+    for (key, item) in &node.children {
+        let present = doc.get(key).ok().flatten().is_some();
+        match item {
+            Item::Literal(v) => out.append(cstr(key)?, v.clone()),
+            Item::Sub(child) if !present && child.has_literals() => {
+                let empty = RawDocumentBuf::new();
+                out.append(
+                    cstr(key)?,
+                    RawBson::Document(project_doc(&empty, child, inclusion)?),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn project_array(arr: &RawArray, node: &Node, inclusion: bool) -> Result<RawArrayBuf, QueryError> {
+    let mut out = RawArrayBuf::new();
+    for v in arr.into_iter().map_while(Result::ok) {
+        match v {
+            RawBsonRef::Document(d) => {
+                out.push(RawBson::Document(project_doc(d, node, inclusion)?))
+            }
+            RawBsonRef::Array(a) => out.push(RawBson::Array(project_array(a, node, inclusion)?)),
+            // Inclusion of a sub-path drops scalars; exclusion leaves them alone.
+            _ => {
+                if !inclusion {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn elem_matches(pred: &Pred, e: RawBsonRef<'_>) -> bool {
+    match pred {
+        Pred::ElemMatchObj(node) => match e {
+            RawBsonRef::Document(d) => node.matches(d),
+            _ => false,
+        },
+        Pred::ElemMatchVal(preds) => preds.iter().all(|p| p.matches_value(Some(e))),
+        _ => false,
+    }
+}
+
+fn slice(arr: &RawArray, skip: i64, limit: Option<i64>) -> RawArrayBuf {
+    let items: Vec<RawBsonRef<'_>> = arr.into_iter().map_while(Result::ok).collect();
+    let len = items.len() as i64;
+    let (start, count) = match limit {
+        None if skip >= 0 => (0, skip),
+        None => ((len + skip).max(0), len),
+        Some(limit) => {
+            let start = if skip >= 0 {
+                skip.min(len)
+            } else {
+                (len + skip).max(0)
+            };
+            (start, limit)
+        }
+    };
+    items
+        .into_iter()
+        .skip(start as usize)
+        .take(count.max(0) as usize)
+        .collect()
+}

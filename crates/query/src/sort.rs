@@ -1,0 +1,125 @@
+//! Sort specifications (`{a: 1, b: -1}`).
+
+use std::cmp::Ordering;
+
+use bson::{RawBsonRef, RawDocument};
+
+use crate::compare::{as_num, compare_values};
+use crate::error::QueryError;
+use crate::path::{split_path, walk};
+
+#[derive(Debug, Clone)]
+pub struct SortSpec {
+    keys: Vec<SortKey>,
+}
+
+#[derive(Debug, Clone)]
+struct SortKey {
+    parts: Vec<String>,
+    descending: bool,
+}
+
+impl SortSpec {
+    pub fn parse(spec: &RawDocument) -> Result<SortSpec, QueryError> {
+        let mut keys = Vec::new();
+        for elem in spec.iter() {
+            let (key, value) =
+                elem.map_err(|e| QueryError::bad_value(format!("invalid BSON in sort: {e}")))?;
+            let key = key.as_str();
+            if key.is_empty() || key.split('.').any(str::is_empty) {
+                return Err(QueryError::bad_value(format!(
+                    "FieldPath field names may not be empty strings: '{key}'"
+                )));
+            }
+            if key.starts_with('$') {
+                return Err(QueryError::bad_value(format!(
+                    "FieldPath field names may not start with '$'. Consider using $getField or $setField: '{key}'"
+                )));
+            }
+            let descending = match value {
+                RawBsonRef::Document(d) if d.get("$meta").ok().flatten().is_some() => {
+                    return Err(QueryError::bad_value("$meta sort is not supported yet"));
+                }
+                _ => match as_num(value).map(|n| n.to_f64()) {
+                    Some(1.0) => false,
+                    Some(-1.0) => true,
+                    Some(_) => {
+                        return Err(QueryError::location(
+                            15975,
+                            "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+                        ));
+                    }
+                    None => {
+                        return Err(QueryError::location(
+                            15974,
+                            format!("Illegal key in $sort specification: {key}: {value:?}"),
+                        ));
+                    }
+                },
+            };
+            keys.push(SortKey {
+                parts: split_path(key),
+                descending,
+            });
+        }
+        Ok(SortSpec { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn compare(&self, a: &RawDocument, b: &RawDocument) -> Ordering {
+        for key in &self.keys {
+            let ka = sort_value(a, key);
+            let kb = sort_value(b, key);
+            let o = compare_values(ka, kb);
+            let o = if key.descending { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        Ordering::Equal
+    }
+}
+
+/// The value a document sorts by for one key: the smallest reachable value when ascending and
+/// the largest when descending, arrays contributing their elements; missing sorts as null and an
+/// empty array as undefined (just below null), as in MongoDB.
+fn sort_value<'a>(doc: &'a RawDocument, key: &SortKey) -> RawBsonRef<'a> {
+    let mut best: Option<RawBsonRef<'a>> = None;
+    let mut consider = |v: RawBsonRef<'a>| {
+        let better = match best {
+            None => true,
+            Some(b) => {
+                let o = compare_values(v, b);
+                if key.descending {
+                    o == Ordering::Greater
+                } else {
+                    o == Ordering::Less
+                }
+            }
+        };
+        if better {
+            best = Some(v);
+        }
+    };
+    walk(doc, &key.parts, false, &mut |v| {
+        match v {
+            None => consider(RawBsonRef::Null),
+            Some(RawBsonRef::Array(arr)) => {
+                let mut any = false;
+                for e in arr.into_iter().map_while(Result::ok) {
+                    any = true;
+                    consider(e);
+                }
+                if !any {
+                    consider(RawBsonRef::Undefined);
+                }
+            }
+            Some(v) => consider(v),
+        }
+        false
+    });
+    best.unwrap_or(RawBsonRef::Null)
+}

@@ -1,0 +1,266 @@
+//! Databases and collections: list, create, drop.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bson::raw::{RawBsonRef, RawDocument};
+use bson::{Document, RawDocumentBuf, doc};
+use mangrove_query::Filter;
+use mangrove_storage::Txn;
+
+use crate::Shared;
+use crate::cursor::{BatchDoc, Cursor, Source};
+use crate::error::{CommandError, CommandResult, code};
+use crate::request::{Request, as_i64};
+
+use super::Reply;
+use super::crud::{cursor_reply, retry_conflicts, validate_db_name};
+
+pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;
+    let name_only = req.opt_bool("nameOnly")?.unwrap_or(false);
+    let filter = req.opt_doc("filter")?.map(Filter::parse).transpose()?;
+    let snapshot = shared.engine.snapshot();
+    let mut databases = Vec::new();
+    let mut total: i64 = 0;
+    for db in snapshot.list_databases() {
+        let mut size: i64 = 0;
+        for coll in snapshot.list_collections(&db) {
+            snapshot.scan(&coll, None, |_, d| {
+                size += d.as_bytes().len() as i64;
+                std::ops::ControlFlow::Continue(())
+            });
+        }
+        let entry = if name_only {
+            doc! { "name": &db }
+        } else {
+            doc! { "name": &db, "sizeOnDisk": size, "empty": size == 0 }
+        };
+        if let Some(f) = &filter {
+            let raw = RawDocumentBuf::try_from(&entry).map_err(internal)?;
+            if !f.matches(&raw) {
+                continue;
+            }
+        }
+        total += size;
+        databases.push(entry);
+    }
+    let mut reply = doc! { "databases": databases };
+    if !name_only {
+        reply.insert("totalSize", total);
+        reply.insert("totalSizeMb", total / (1024 * 1024));
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
+}
+
+pub(super) fn internal(e: impl std::fmt::Display) -> CommandError {
+    CommandError::new(1, format!("internal error: {e}"))
+}
+
+pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "filter",
+        "nameOnly",
+        "authorizedCollections",
+        "cursor",
+        "includePendingDrops",
+    ])?;
+    validate_db_name(req.db)?;
+    let name_only = req.opt_bool("nameOnly")?.unwrap_or(false);
+    let filter = req.opt_doc("filter")?.map(Filter::parse).transpose()?;
+    let batch_size = cursor_batch_size(req)?;
+    let snapshot = shared.engine.snapshot();
+    let mut docs = VecDeque::new();
+    for coll in snapshot.list_collections(req.db) {
+        let entry = if name_only {
+            doc! { "name": &coll.name, "type": "collection" }
+        } else {
+            doc! {
+                "name": &coll.name,
+                "type": "collection",
+                "options": coll.options.clone(),
+                "info": { "readOnly": false },
+                "idIndex": { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+            }
+        };
+        let raw = RawDocumentBuf::try_from(&entry).map_err(internal)?;
+        if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
+            docs.push_back(BatchDoc::Owned(raw));
+        }
+    }
+    let ns = format!("{}.$cmd.listCollections", req.db);
+    let mut cursor = Cursor {
+        ns: ns.clone(),
+        source: Source::Buffered(docs),
+        projection: None,
+        remaining: None,
+        last_used: Instant::now(),
+    };
+    let (batch, exhausted) = cursor.next_batch(batch_size)?;
+    let id = if exhausted {
+        0
+    } else {
+        shared.cursors.insert(cursor)?
+    };
+    Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// `cursor: {batchSize: n}` as listCollections and aggregate take it.
+fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
+    let Some(cursor) = req.opt_doc("cursor")? else {
+        return Ok(None);
+    };
+    match cursor.get("batchSize").ok().flatten() {
+        None => Ok(None),
+        Some(v) => match as_i64(v) {
+            Some(n) if n >= 0 => Ok(Some(n as u64)),
+            Some(n) => Err(CommandError::new(
+                51024,
+                format!("BSON field 'batchSize' value must be >= 0, actual value '{n}'"),
+            )),
+            None => Err(CommandError::type_mismatch(
+                "BSON field 'cursor.batchSize' is the wrong type, expected a number",
+            )),
+        },
+    }
+}
+
+/// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
+/// silently creating a collection that behaves differently from what was asked.
+const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
+    "capped",
+    "size",
+    "max",
+    "viewOn",
+    "pipeline",
+    "timeseries",
+    "expireAfterSeconds",
+    "clusteredIndex",
+    "validator",
+    "validationLevel",
+    "validationAction",
+    "encryptedFields",
+    "changeStreamPreAndPostImages",
+];
+
+const CREATE_OPTIONS: &[&str] = &[
+    "capped",
+    "size",
+    "max",
+    "viewOn",
+    "pipeline",
+    "timeseries",
+    "expireAfterSeconds",
+    "clusteredIndex",
+    "validator",
+    "validationLevel",
+    "validationAction",
+    "encryptedFields",
+    "changeStreamPreAndPostImages",
+    "collation",
+    "storageEngine",
+    "indexOptionDefaults",
+    "autoIndexId",
+    "idIndex",
+    "flags",
+    "recordPreImages",
+];
+
+pub(super) async fn create(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(CREATE_OPTIONS)?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    for option in UNSUPPORTED_CREATE_OPTIONS {
+        if let Some(v) = req.get(option) {
+            // `capped: false` and friends ask for nothing special.
+            if matches!(v, RawBsonRef::Boolean(false)) {
+                continue;
+            }
+            return Err(CommandError::new(
+                code::COMMAND_NOT_SUPPORTED,
+                format!("create option '{option}' is not supported by Mangrove"),
+            ));
+        }
+    }
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let mut options = Document::new();
+    for item in req.body.iter() {
+        let (key, value) = item.map_err(internal)?;
+        if CREATE_OPTIONS.contains(&key.as_str()) {
+            let value: bson::Bson = value.try_into().map_err(internal)?;
+            options.insert(key.as_str(), value);
+        }
+    }
+    let ns = req.ns(name);
+    retry_conflicts(shared, |txn: &mut Txn| match txn.collection(&ns) {
+        // MongoDB 7.0 makes `create` idempotent when the options match.
+        Some(existing) if existing.options == options => Ok(()),
+        Some(_) => Err(CommandError::new(
+            code::NAMESPACE_EXISTS,
+            format!("Collection {ns} already exists with different options."),
+        )),
+        None => txn
+            .create_collection(&ns, options.clone())
+            .map(|_| ())
+            .map_err(Into::into),
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
+    if let Some(c) = collation {
+        let locale = c.get_str("locale").ok();
+        if locale != Some("simple") {
+            return Err(CommandError::bad_value(
+                "only the simple collation ({locale: \"simple\"}) is supported by Mangrove",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_collection_name(db: &str, name: &str) -> CommandResult<()> {
+    validate_db_name(db)?;
+    let invalid = name.is_empty()
+        || name.contains('$')
+        || name.contains('\0')
+        || name.starts_with('.')
+        || name.starts_with("system.");
+    if invalid || db.len() + 1 + name.len() > 255 {
+        return Err(CommandError::new(
+            code::INVALID_NAMESPACE,
+            format!("Invalid collection name: '{db}.{name}'"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[])?;
+    let name = req.collection()?;
+    let ns = req.ns(name);
+    retry_conflicts(shared, |txn: &mut Txn| {
+        // Since MongoDB 7.0, dropping a missing collection succeeds.
+        if txn.collection(&ns).is_some() {
+            txn.drop_collection(&ns)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(doc! { "nIndexesWas": 1, "ns": ns, "ok": 1.0 }.into())
+}
+
+pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[])?;
+    validate_db_name(req.db)?;
+    retry_conflicts(shared, |txn: &mut Txn| {
+        for coll in txn.list_collections(req.db) {
+            txn.drop_collection(&coll.ns())?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}

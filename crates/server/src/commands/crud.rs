@@ -1,0 +1,978 @@
+//! Reads and writes of documents: insert, find, getMore, killCursors, update, delete, count.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
+use bson::{Bson, Document, RawDocumentBuf, doc};
+use mangrove_query::{Filter, Projection, SortSpec, Update, encode_key};
+use mangrove_storage::{CollectionInfo, DocKey, StorageError, StoredDoc, Txn};
+
+use crate::cursor::{BatchDoc, Cursor, Source};
+use crate::error::{CommandError, CommandResult, code};
+use crate::request::{Request, as_bool, as_i64, type_name};
+use crate::{Counters, Shared};
+
+use super::Reply;
+use super::catalog::{check_simple_collation, internal, validate_collection_name};
+
+/// A write command may carry at most this many statements, as mongod's `maxWriteBatchSize`.
+const MAX_WRITE_BATCH: usize = 100_000;
+/// mongod's default first batch when the client gives no batchSize.
+const DEFAULT_FIRST_BATCH: u64 = 101;
+/// How long an auto-commit write keeps retrying write conflicts before giving up. Conflicts
+/// between auto-commit writes are brief, since each holds its intents only while it runs.
+const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+pub(super) fn validate_db_name(db: &str) -> CommandResult<()> {
+    let bad = db.is_empty()
+        || db.len() >= 64
+        || db.chars().any(|c| {
+            matches!(
+                c,
+                '/' | '\\' | '.' | ' ' | '"' | '$' | '*' | '<' | '>' | ':' | '|' | '?' | '\0'
+            )
+        });
+    if bad {
+        return Err(CommandError::new(
+            code::INVALID_NAMESPACE,
+            format!("Invalid database name: '{db}'"),
+        ));
+    }
+    Ok(())
+}
+
+fn key_of(id: RawBsonRef<'_>) -> DocKey {
+    let mut bytes = Vec::with_capacity(16);
+    encode_key(id, &mut bytes);
+    DocKey(bytes)
+}
+
+fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
+    doc.get("_id").ok().flatten()
+}
+
+/// Runs `op` in an auto-commit transaction and commits it, retrying on write conflicts the way
+/// mongod retries them for writes outside transactions.
+pub(super) async fn retry_conflicts<T>(
+    shared: &Shared,
+    mut op: impl FnMut(&mut Txn) -> CommandResult<T>,
+) -> CommandResult<T> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_micros(200);
+    loop {
+        let mut txn = shared.engine.begin();
+        match op(&mut txn) {
+            Ok(value) => {
+                txn.commit()?;
+                return Ok(value);
+            }
+            Err(e)
+                if e.code == code::WRITE_CONFLICT && started.elapsed() < CONFLICT_RETRY_LIMIT =>
+            {
+                drop(txn);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
+async fn implicit_collection(shared: &Shared, ns: &str) -> CommandResult<CollectionInfo> {
+    if let Some(info) = shared.engine.snapshot().collection(ns) {
+        return Ok(info);
+    }
+    retry_conflicts(shared, |txn| {
+        Ok(txn.ensure_collection(ns, Document::new())?.0)
+    })
+    .await
+}
+
+/// `{cursor: {<batch_field>: [...], id, ns}, ok: 1}`, built raw so documents are copied once.
+pub(super) fn cursor_reply(
+    ns: &str,
+    id: i64,
+    batch_field: &str,
+    batch: &[BatchDoc],
+) -> RawDocumentBuf {
+    let mut docs = RawArrayBuf::new();
+    for d in batch {
+        docs.push(d.as_raw());
+    }
+    let mut cursor = RawDocumentBuf::new();
+    if batch_field == "firstBatch" {
+        cursor.append(cstr!("firstBatch"), docs);
+    } else {
+        cursor.append(cstr!("nextBatch"), docs);
+    }
+    cursor.append(cstr!("id"), id);
+    cursor.append(cstr!("ns"), ns);
+    let mut reply = RawDocumentBuf::new();
+    reply.append(cstr!("cursor"), cursor);
+    reply.append(cstr!("ok"), 1.0);
+    reply
+}
+
+/// Validates `writeConcern` before the write, and returns the `writeConcernError` to attach
+/// after it: a single node can acknowledge `w: 1` and `"majority"`, never more.
+fn write_concern(req: &Request<'_>) -> CommandResult<Option<Document>> {
+    let Some(wc) = req.opt_doc("writeConcern")? else {
+        return Ok(None);
+    };
+    for item in wc.iter() {
+        let (key, value) = item.map_err(internal)?;
+        match key.as_str() {
+            "w" => match value {
+                RawBsonRef::String("majority") => {}
+                RawBsonRef::String(tag) => {
+                    return Ok(Some(doc! {
+                        "code": code::UNKNOWN_REPL_WRITE_CONCERN,
+                        "codeName": "UnknownReplWriteConcern",
+                        "errmsg": format!("No write concern mode named '{tag}' found in replica set configuration"),
+                    }));
+                }
+                v => match as_i64(v) {
+                    Some(n) if (0..=50).contains(&n) => {
+                        if n > 1 {
+                            return Ok(Some(doc! {
+                                "code": code::UNSATISFIABLE_WRITE_CONCERN,
+                                "codeName": "UnsatisfiableWriteConcern",
+                                "errmsg": "Not enough data-bearing nodes",
+                            }));
+                        }
+                    }
+                    Some(n) => {
+                        return Err(CommandError::failed_to_parse(format!(
+                            "w has to be a non-negative number and not greater than 50; found: {n}"
+                        )));
+                    }
+                    None => {
+                        return Err(CommandError::failed_to_parse(
+                            "w has to be a number or a string",
+                        ));
+                    }
+                },
+            },
+            "j" | "fsync" => {
+                if as_bool(value).is_none() {
+                    return Err(CommandError::failed_to_parse(format!(
+                        "writeConcern.{} must be a boolean, not {}",
+                        key.as_str(),
+                        type_name(value.element_type())
+                    )));
+                }
+            }
+            "wtimeout" | "wTimeout" => {
+                if as_i64(value).is_none() {
+                    return Err(CommandError::failed_to_parse("wtimeout must be a number"));
+                }
+            }
+            "provenance" | "getLastError" => {}
+            other => {
+                return Err(CommandError::new(
+                    code::UNKNOWN_FIELD,
+                    format!("BSON field 'writeConcern.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn finish_write(
+    mut reply: Document,
+    write_errors: Vec<Document>,
+    wc_error: Option<Document>,
+) -> Reply {
+    if !write_errors.is_empty() {
+        reply.insert("writeErrors", write_errors);
+    }
+    if let Some(wce) = wc_error {
+        reply.insert("writeConcernError", wce);
+    }
+    reply.insert("ok", 1.0);
+    reply.into()
+}
+
+fn batch_size_check(n: usize) -> CommandResult<()> {
+    if n == 0 || n > MAX_WRITE_BATCH {
+        return Err(CommandError::new(
+            16,
+            format!(
+                "Write batch sizes must be between 1 and {MAX_WRITE_BATCH}. Got {n} operations."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_id(id: RawBsonRef<'_>) -> CommandResult<()> {
+    let bad = match id {
+        RawBsonRef::Array(_) => Some("array"),
+        RawBsonRef::RegularExpression(_) => Some("regex"),
+        RawBsonRef::Undefined => Some("undefined"),
+        _ => None,
+    };
+    match bad {
+        Some(t) => Err(CommandError::new(53, format!("can't use an {t} for _id"))),
+        None => Ok(()),
+    }
+}
+
+fn too_large(size: usize, max: usize) -> CommandError {
+    CommandError::new(
+        code::BSON_OBJECT_TOO_LARGE,
+        format!("object to insert too large. size in bytes: {size}, max size: {max}"),
+    )
+}
+
+/// The document as stored: `_id` first (generated if absent), within the size limit.
+fn prepare_insert(doc: &RawDocument, max_bson: usize) -> CommandResult<(DocKey, RawDocumentBuf)> {
+    let mut position = None;
+    for (i, item) in doc.iter().enumerate() {
+        let (key, value) = item.map_err(|e| CommandError::new(22, format!("invalid BSON: {e}")))?;
+        if key.as_str() == "_id" {
+            check_id(value)?;
+            position = Some(i);
+            break;
+        }
+    }
+    let stored = if position == Some(0) {
+        RawDocumentBuf::from_bytes(doc.as_bytes().to_vec()).map_err(internal)?
+    } else {
+        // Rebuild with `_id` first, as mongod stores it.
+        let mut out = RawDocumentBuf::new();
+        match id_of(doc) {
+            Some(id) => out.append(cstr!("_id"), id),
+            None => out.append(cstr!("_id"), ObjectId::new()),
+        }
+        for item in doc.iter() {
+            let (key, value) = item.map_err(internal)?;
+            if key.as_str() != "_id" {
+                out.append(key, value);
+            }
+        }
+        out
+    };
+    if stored.as_bytes().len() > max_bson {
+        return Err(too_large(stored.as_bytes().len(), max_bson));
+    }
+    let key = key_of(id_of(&stored).ok_or_else(|| internal("stored document lost its _id"))?);
+    Ok((key, stored))
+}
+
+/// Puts `_id` first, taking it from `fallback` when the document has none.
+fn with_id_first(doc: Document, fallback: Option<&Bson>) -> Document {
+    let id = doc
+        .get("_id")
+        .cloned()
+        .or_else(|| fallback.cloned())
+        .unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
+    let mut out = Document::new();
+    out.insert("_id", id);
+    for (k, v) in doc {
+        if k != "_id" {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// insert
+
+pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["documents", "ordered", "bypassDocumentValidation"])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let wc_error = write_concern(req)?;
+    let ordered = req.opt_bool("ordered")?.unwrap_or(true);
+    let docs = req.batch("documents")?;
+    batch_size_check(docs.len())?;
+    let ns = req.ns(name);
+    let coll = implicit_collection(shared, &ns).await?;
+    let max_bson = shared.config.max_bson_size;
+
+    let mut inserted = 0usize;
+    let mut write_errors = Vec::new();
+    let mut next = 0usize;
+    let started = Instant::now();
+    // One transaction carries the batch; a write conflict commits what is done, waits, and
+    // resumes at the conflicting document.
+    'batch: while next < docs.len() {
+        let mut txn = shared.engine.begin();
+        while next < docs.len() {
+            let result = prepare_insert(docs[next], max_bson).and_then(|(key, stored)| {
+                txn.insert(&coll, key, Arc::new(stored))
+                    .map_err(CommandError::from)
+            });
+            match result {
+                Ok(()) => inserted += 1,
+                Err(e)
+                    if e.code == code::WRITE_CONFLICT
+                        && started.elapsed() < CONFLICT_RETRY_LIMIT =>
+                {
+                    txn.commit()?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue 'batch;
+                }
+                Err(e) => {
+                    write_errors.push(e.to_write_error(next));
+                    if ordered {
+                        txn.commit()?;
+                        break 'batch;
+                    }
+                }
+            }
+            next += 1;
+        }
+        txn.commit()?;
+    }
+    Counters::bump(&shared.counters.insert, inserted as u64);
+    Ok(finish_write(
+        doc! { "n": inserted as i32 },
+        write_errors,
+        wc_error,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// find, getMore, killCursors
+
+const FIND_FIELDS: &[&str] = &[
+    "filter",
+    "sort",
+    "projection",
+    "hint",
+    "skip",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "maxTimeMS",
+    "readConcern",
+    "max",
+    "min",
+    "returnKey",
+    "showRecordId",
+    "tailable",
+    "oplogReplay",
+    "noCursorTimeout",
+    "awaitData",
+    "allowPartialResults",
+    "collation",
+    "allowDiskUse",
+    "let",
+    "readOnce",
+    "term",
+];
+
+fn non_negative(req: &Request<'_>, field: &str) -> CommandResult<Option<u64>> {
+    match req.opt_i64(field)? {
+        None => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n as u64)),
+        Some(n) => Err(CommandError::new(
+            51024,
+            format!("BSON field '{field}' value must be >= 0, actual value '{n}'"),
+        )),
+    }
+}
+
+/// Hints Mangrove can honour: the `_id` index (its only index so far) and natural order.
+fn check_hint(req: &Request<'_>) -> CommandResult<()> {
+    let ok = match req.get("hint") {
+        None => true,
+        Some(RawBsonRef::String(name)) => name == "_id_",
+        Some(RawBsonRef::Document(spec)) => {
+            let keys: Vec<_> = spec
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, _)| k.as_str().to_owned())
+                .collect();
+            keys.is_empty() || keys == ["_id"] || keys == ["$natural"]
+        }
+        Some(_) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::bad_value(
+            "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
+        ))
+    }
+}
+
+fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
+    for field in ["max", "min"] {
+        if req.get(field).is_some() {
+            return Err(CommandError::bad_value(format!(
+                "find option '{field}' is not supported by Mangrove"
+            )));
+        }
+    }
+    for field in ["returnKey", "showRecordId", "tailable", "awaitData"] {
+        if req.opt_bool(field)?.unwrap_or(false) {
+            let msg = if field == "tailable" || field == "awaitData" {
+                "error processing query: tailable cursor requested on non capped collection"
+                    .to_string()
+            } else {
+                format!("find option '{field}' is not supported by Mangrove")
+            };
+            return Err(CommandError::bad_value(msg));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(FIND_FIELDS)?;
+    Counters::bump(&shared.counters.query, 1);
+    let name = req.collection()?;
+    validate_db_name(req.db)?;
+    let ns = req.ns(name);
+    let empty = RawDocumentBuf::new();
+    let filter = Filter::parse(req.opt_doc("filter")?.unwrap_or(&empty))?;
+    let sort = match req.opt_doc("sort")? {
+        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
+        _ => None,
+    };
+    let projection = match req.opt_doc("projection")? {
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?),
+        _ => None,
+    };
+    let skip = non_negative(req, "skip")?.unwrap_or(0);
+    let limit = non_negative(req, "limit")?.filter(|&l| l > 0);
+    let batch_size = non_negative(req, "batchSize")?;
+    let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
+    check_hint(req)?;
+    check_simple_collation(req.opt_doc("collation")?)?;
+    unsupported_find_options(req)?;
+
+    let snapshot = shared.engine.snapshot();
+    let Some(coll) = snapshot.collection(&ns) else {
+        return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
+    };
+
+    let mut cursor = Cursor {
+        ns: ns.clone(),
+        source: Source::Buffered(VecDeque::new()),
+        projection,
+        remaining: limit,
+        last_used: Instant::now(),
+    };
+    if let Some(id) = filter.id_equality() {
+        // A point lookup: at most one document can match.
+        let found = snapshot
+            .get(&coll, &key_of(id.as_raw_bson_ref()))
+            .filter(|d| filter.matches(d) && skip == 0);
+        cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
+    } else if let Some(sort) = sort {
+        let docs = sorted_matches(shared, &snapshot, &coll, &filter, &sort, skip, limit)?;
+        cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
+        cursor.remaining = None;
+    } else {
+        cursor.source = Source::Scan {
+            snapshot,
+            coll,
+            after: None,
+            filter,
+            skip,
+        };
+    }
+    let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
+    let (batch, exhausted) = cursor.next_batch(Some(first))?;
+    let id = if exhausted || single_batch {
+        0
+    } else {
+        shared.cursors.insert(cursor)?
+    };
+    Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// A blocking sort: every match in memory, bounded like mongod's 100 MB sort limit.
+fn sorted_matches(
+    shared: &Shared,
+    snapshot: &mangrove_storage::Snapshot,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    sort: &SortSpec,
+    skip: u64,
+    limit: Option<u64>,
+) -> CommandResult<Vec<StoredDoc>> {
+    let max = shared.config.max_sort_bytes;
+    let mut docs = Vec::new();
+    let mut bytes = 0usize;
+    let mut over = false;
+    snapshot.scan(coll, None, |_, d| {
+        if filter.matches(d) {
+            bytes += d.as_bytes().len();
+            if bytes > max {
+                over = true;
+                return ControlFlow::Break(());
+            }
+            docs.push(d.clone());
+        }
+        ControlFlow::Continue(())
+    });
+    if over {
+        return Err(CommandError::new(
+            code::QUERY_EXCEEDED_MEMORY_LIMIT,
+            format!(
+                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting."
+            ),
+        ));
+    }
+    docs.sort_by(|a, b| sort.compare(a, b));
+    let skip = (skip as usize).min(docs.len());
+    docs.drain(..skip);
+    if let Some(l) = limit {
+        docs.truncate(l as usize);
+    }
+    Ok(docs)
+}
+
+pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "collection",
+        "batchSize",
+        "maxTimeMS",
+        "term",
+        "lastKnownCommittedOpTime",
+    ])?;
+    Counters::bump(&shared.counters.getmore, 1);
+    let id = match req.command_value() {
+        Some(RawBsonRef::Int64(id)) => id,
+        Some(v) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'getMore.getMore' is the wrong type '{}', expected type 'long'",
+                type_name(v.element_type())
+            )));
+        }
+        None => {
+            return Err(CommandError::failed_to_parse(
+                "getMore requires a cursor id",
+            ));
+        }
+    };
+    let collection = match req.opt_str("collection")? {
+        Some(c) => c,
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'getMore.collection' is missing but a required field",
+            ));
+        }
+    };
+    let ns = req.ns(collection);
+    let batch_size = non_negative(req, "batchSize")?.filter(|&n| n > 0);
+    let Some(mut cursor) = shared.cursors.take(id) else {
+        return Err(CommandError::new(
+            code::CURSOR_NOT_FOUND,
+            format!("cursor id {id} not found"),
+        ));
+    };
+    if cursor.ns != ns {
+        let owner = cursor.ns.clone();
+        shared.cursors.put_back(id, cursor);
+        return Err(CommandError::new(
+            code::UNAUTHORIZED,
+            format!(
+                "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {owner}"
+            ),
+        ));
+    }
+    let (batch, exhausted) = cursor.next_batch(batch_size)?;
+    let reply_id = if exhausted {
+        0
+    } else {
+        shared.cursors.put_back(id, cursor);
+        id
+    };
+    Ok(Reply::Raw(cursor_reply(&ns, reply_id, "nextBatch", &batch)))
+}
+
+pub(super) fn kill_cursors(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["cursors"])?;
+    req.collection()?;
+    let Some(ids) = req.opt_array("cursors")? else {
+        return Err(CommandError::new(
+            code::MISSING_FIELD,
+            "BSON field 'killCursors.cursors' is missing but a required field",
+        ));
+    };
+    let mut killed = Vec::new();
+    let mut not_found = Vec::new();
+    for item in ids {
+        match item.map_err(internal)? {
+            RawBsonRef::Int64(id) => {
+                if shared.cursors.kill(id) {
+                    killed.push(id);
+                } else {
+                    not_found.push(id);
+                }
+            }
+            other => {
+                return Err(CommandError::type_mismatch(format!(
+                    "BSON field 'killCursors.cursors' contains an element of type '{}', expected 'long'",
+                    type_name(other.element_type())
+                )));
+            }
+        }
+    }
+    debug_assert!(killed.iter().all(|id| !shared.cursors.contains(*id)));
+    Ok(doc! {
+        "cursorsKilled": killed,
+        "cursorsNotFound": not_found,
+        "cursorsAlive": [],
+        "cursorsUnknown": [],
+        "ok": 1.0,
+    }
+    .into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// update, delete, count
+
+/// Documents a write statement targets, read through the transaction so its own writes count.
+fn targets(
+    txn: &Txn,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    just_one: bool,
+) -> Vec<(DocKey, StoredDoc)> {
+    if let Some(id) = filter.id_equality() {
+        let key = key_of(id.as_raw_bson_ref());
+        return txn
+            .get(coll, &key)
+            .filter(|d| filter.matches(d))
+            .map(|d| vec![(key, d)])
+            .unwrap_or_default();
+    }
+    let mut out = Vec::new();
+    txn.scan(coll, None, |key, doc| {
+        if filter.matches(doc) {
+            out.push((key.clone(), doc.clone()));
+            if just_one {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    out
+}
+
+fn stmt_fields(
+    stmt: &RawDocument,
+    command: &str,
+    list: &str,
+    allowed: &[&str],
+) -> CommandResult<()> {
+    for item in stmt.iter() {
+        let (key, _) = item.map_err(internal)?;
+        if !allowed.contains(&key.as_str()) {
+            return Err(CommandError::new(
+                code::UNKNOWN_FIELD,
+                format!(
+                    "BSON field '{command}.{list}.{}' is an unknown field.",
+                    key.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn stmt_bool(stmt: &RawDocument, field: &str) -> CommandResult<bool> {
+    match stmt.get(field).ok().flatten() {
+        None => Ok(false),
+        Some(v) => as_bool(v).ok_or_else(|| {
+            CommandError::type_mismatch(format!(
+                "BSON field '{field}' is the wrong type '{}', expected type 'bool'",
+                type_name(v.element_type())
+            ))
+        }),
+    }
+}
+
+fn stmt_filter(stmt: &RawDocument, command: &str, list: &str) -> CommandResult<Filter> {
+    match stmt.get("q").ok().flatten() {
+        Some(RawBsonRef::Document(q)) => Ok(Filter::parse(q)?),
+        Some(v) => Err(CommandError::type_mismatch(format!(
+            "BSON field '{command}.{list}.q' is the wrong type '{}', expected type 'object'",
+            type_name(v.element_type())
+        ))),
+        None => Err(CommandError::new(
+            code::MISSING_FIELD,
+            format!("BSON field '{command}.{list}.q' is missing but a required field"),
+        )),
+    }
+}
+
+#[derive(Default)]
+struct UpdateOutcome {
+    matched: u64,
+    modified: u64,
+    upserted: Option<Bson>,
+}
+
+fn run_update_stmt(
+    txn: &mut Txn,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    update: &Update,
+    multi: bool,
+    upsert: bool,
+    max_bson: usize,
+) -> CommandResult<UpdateOutcome> {
+    let mut outcome = UpdateOutcome::default();
+    for (key, old) in targets(txn, coll, filter, !multi) {
+        outcome.matched += 1;
+        let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
+        let old_id = old_doc.get("_id").cloned();
+        let new_doc = with_id_first(update.apply(&old_doc, false)?, old_id.as_ref());
+        if new_doc == old_doc {
+            continue;
+        }
+        let new_raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
+        if new_raw.as_bytes().len() > max_bson {
+            return Err(CommandError::new(
+                17419,
+                format!("Resulting document after update is larger than {max_bson}"),
+            ));
+        }
+        let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
+        if key_of(new_id) != key {
+            return Err(CommandError::new(
+                66,
+                format!(
+                    "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {}",
+                    new_doc
+                        .get("_id")
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        txn.replace(coll, key, Arc::new(new_raw))?;
+        outcome.modified += 1;
+    }
+    if outcome.matched == 0 && upsert {
+        let seed = filter.equality_seed()?;
+        let new_doc = if update.is_replacement() {
+            update.apply(&Document::new(), true)?
+        } else {
+            update.apply(&seed, true)?
+        };
+        let new_doc = with_id_first(new_doc, seed.get("_id"));
+        let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
+        let (key, stored) = prepare_insert(&raw, max_bson)?;
+        txn.insert(coll, key, Arc::new(stored))?;
+        outcome.upserted = new_doc.get("_id").cloned();
+    }
+    Ok(outcome)
+}
+
+pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["updates", "ordered", "bypassDocumentValidation", "let"])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let wc_error = write_concern(req)?;
+    let ordered = req.opt_bool("ordered")?.unwrap_or(true);
+    let stmts = req.batch("updates")?;
+    batch_size_check(stmts.len())?;
+    let ns = req.ns(name);
+    let max_bson = shared.config.max_bson_size;
+
+    let mut n = 0u64;
+    let mut modified = 0u64;
+    let mut upserted = Vec::new();
+    let mut write_errors = Vec::new();
+    for (index, stmt) in stmts.iter().enumerate() {
+        Counters::bump(&shared.counters.update, 1);
+        let result = async {
+            stmt_fields(stmt, "update", "updates", &["q", "u", "upsert", "multi", "arrayFilters", "collation", "hint", "c", "sort"])?;
+            let filter = stmt_filter(stmt, "update", "updates")?;
+            let u: Bson = match stmt.get("u").ok().flatten() {
+                Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => v.try_into().map_err(internal)?,
+                Some(v) => {
+                    return Err(CommandError::type_mismatch(format!(
+                        "BSON field 'update.updates.u' is the wrong type '{}', expected type 'object or array'",
+                        type_name(v.element_type())
+                    )));
+                }
+                None => {
+                    return Err(CommandError::new(
+                        code::MISSING_FIELD,
+                        "BSON field 'update.updates.u' is missing but a required field",
+                    ));
+                }
+            };
+            let update = Update::parse(&u)?;
+            let multi = stmt_bool(stmt, "multi")?;
+            let upsert = stmt_bool(stmt, "upsert")?;
+            if multi && update.is_replacement() {
+                return Err(CommandError::failed_to_parse(
+                    "multi update is not supported for replacement-style update",
+                ));
+            }
+            if stmt.get("arrayFilters").ok().flatten().is_some() {
+                return Err(CommandError::bad_value("arrayFilters are not supported by Mangrove yet"));
+            }
+            check_simple_collation(match stmt.get("collation").ok().flatten() {
+                Some(RawBsonRef::Document(c)) => Some(c),
+                _ => None,
+            })?;
+            let coll = if upsert {
+                implicit_collection(shared, &ns).await?
+            } else {
+                match shared.engine.snapshot().collection(&ns) {
+                    Some(c) => c,
+                    None => return Ok(UpdateOutcome::default()),
+                }
+            };
+            retry_conflicts(shared, |txn| run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)).await
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                n += outcome.matched;
+                modified += outcome.modified;
+                if let Some(id) = outcome.upserted {
+                    n += 1;
+                    upserted.push(doc! { "index": index as i32, "_id": id });
+                }
+            }
+            Err(e) => {
+                write_errors.push(e.to_write_error(index));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! { "n": n as i32, "nModified": modified as i32 };
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    Ok(finish_write(reply, write_errors, wc_error))
+}
+
+pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["deletes", "ordered", "let"])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let wc_error = write_concern(req)?;
+    let ordered = req.opt_bool("ordered")?.unwrap_or(true);
+    let stmts = req.batch("deletes")?;
+    batch_size_check(stmts.len())?;
+    let ns = req.ns(name);
+
+    let mut n = 0u64;
+    let mut write_errors = Vec::new();
+    for (index, stmt) in stmts.iter().enumerate() {
+        Counters::bump(&shared.counters.delete, 1);
+        let result = async {
+            stmt_fields(
+                stmt,
+                "delete",
+                "deletes",
+                &["q", "limit", "collation", "hint"],
+            )?;
+            let filter = stmt_filter(stmt, "delete", "deletes")?;
+            let just_one = match stmt.get("limit").ok().flatten() {
+                None => {
+                    return Err(CommandError::new(
+                        code::MISSING_FIELD,
+                        "BSON field 'delete.deletes.limit' is missing but a required field",
+                    ));
+                }
+                Some(v) => match as_i64(v) {
+                    Some(0) => false,
+                    Some(1) => true,
+                    _ => {
+                        return Err(CommandError::failed_to_parse(format!(
+                            "The limit field in delete objects must be 0 or 1. Got {v:?}"
+                        )));
+                    }
+                },
+            };
+            check_simple_collation(match stmt.get("collation").ok().flatten() {
+                Some(RawBsonRef::Document(c)) => Some(c),
+                _ => None,
+            })?;
+            let Some(coll) = shared.engine.snapshot().collection(&ns) else {
+                return Ok(0);
+            };
+            retry_conflicts(shared, |txn| {
+                let found = targets(txn, &coll, &filter, just_one);
+                let count = found.len() as u64;
+                for (key, _) in found {
+                    txn.delete(&coll, key)
+                        .map_err(|e: StorageError| CommandError::from(e))?;
+                }
+                Ok(count)
+            })
+            .await
+        }
+        .await;
+        match result {
+            Ok(count) => n += count,
+            Err(e) => {
+                write_errors.push(e.to_write_error(index));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(finish_write(doc! { "n": n as i32 }, write_errors, wc_error))
+}
+
+pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "query",
+        "limit",
+        "skip",
+        "hint",
+        "collation",
+        "readConcern",
+        "fields",
+        "maxTimeMS",
+    ])?;
+    let name = req.collection()?;
+    let ns = req.ns(name);
+    let empty = RawDocumentBuf::new();
+    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    let mut skip = non_negative(req, "skip")?.unwrap_or(0);
+    // `count` takes a negative limit as its absolute value, unlike `find`.
+    let limit = req
+        .opt_i64("limit")?
+        .map(i64::unsigned_abs)
+        .filter(|&l| l > 0);
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let snapshot = shared.engine.snapshot();
+    let mut n = 0u64;
+    if let Some(coll) = snapshot.collection(&ns) {
+        snapshot.scan(&coll, None, |_, d| {
+            if filter.matches(d) {
+                if skip > 0 {
+                    skip -= 1;
+                } else {
+                    n += 1;
+                    if limit.is_some_and(|l| n >= l) {
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        });
+    }
+    Ok(doc! { "n": n as i64, "ok": 1.0 }.into())
+}

@@ -1,0 +1,194 @@
+//! Diagnostic commands drivers and shells send at connect time: build info, parameters,
+//! command line, status, host.
+
+use bson::raw::RawBsonRef;
+use bson::{Bson, DateTime, Document, doc};
+
+use crate::Shared;
+use crate::error::{CommandError, CommandResult, code};
+use crate::request::Request;
+
+use super::{COMMANDS, Reply};
+
+/// The MongoDB version Mangrove implements the behaviour of.
+pub const COMPAT_VERSION: &str = "7.0.0";
+
+pub(super) fn build_info(shared: &Shared) -> Document {
+    doc! {
+        "version": COMPAT_VERSION,
+        "gitVersion": concat!("mangrove-", env!("CARGO_PKG_VERSION")),
+        "mangroveVersion": env!("CARGO_PKG_VERSION"),
+        "versionArray": [7, 0, 0, 0],
+        "bits": 64,
+        "debug": cfg!(debug_assertions),
+        "maxBsonObjectSize": shared.config.max_bson_size as i32,
+        "storageEngines": ["mangrove"],
+        "javascriptEngine": "none",
+        "allocator": "system",
+        "modules": [],
+        "openssl": { "running": "disabled" },
+        "buildEnvironment": { "target_os": std::env::consts::OS, "target_arch": std::env::consts::ARCH },
+        "ok": 1.0,
+    }
+}
+
+fn parameters(shared: &Shared) -> Document {
+    doc! {
+        "featureCompatibilityVersion": { "version": "7.0" },
+        "enableTestCommands": false,
+        "transactionLifetimeLimitSeconds": 60,
+        "maxTransactionLockRequestTimeoutMillis": 5,
+        "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
+        "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
+        "maxBSONDepth": 100,
+        "authenticationMechanisms": [],
+        "logLevel": 0,
+        "quiet": false,
+    }
+}
+
+pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let all = parameters(shared);
+    if matches!(req.command_value(), Some(RawBsonRef::String("*"))) {
+        let mut reply = all;
+        reply.insert("ok", 1.0);
+        return Ok(reply.into());
+    }
+    let mut reply = Document::new();
+    for item in req.body.iter() {
+        let (key, _) = item.map_err(|e| CommandError::new(22, e.to_string()))?;
+        let key = key.as_str();
+        if key == req.name || key.starts_with('$') || key == "lsid" || key == "comment" {
+            continue;
+        }
+        if let Some(v) = all.get(key) {
+            reply.insert(key, v.clone());
+        }
+    }
+    if reply.is_empty() {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "no option found to get",
+        ));
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
+}
+
+pub(super) fn cmd_line_opts(shared: &Shared) -> Document {
+    let c = &shared.config;
+    doc! {
+        "argv": c.argv.clone(),
+        "parsed": {
+            "net": { "bindIp": &c.bind, "port": c.port as i32 },
+            "replication": { "replSet": &c.replset },
+            "storage": { "dbPath": c.data_dir.display().to_string() },
+        },
+        "ok": 1.0,
+    }
+}
+
+pub(super) fn server_status(shared: &Shared) -> Document {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = &shared.counters;
+    let uptime = shared.started.elapsed();
+    let current = counters.connections_current.load(Relaxed) as i64;
+    doc! {
+        "host": hostname(),
+        "version": COMPAT_VERSION,
+        "process": "mangrove",
+        "pid": std::process::id() as i64,
+        "uptime": uptime.as_secs_f64().floor(),
+        "uptimeMillis": uptime.as_millis() as i64,
+        "uptimeEstimate": uptime.as_secs() as i64,
+        "localTime": DateTime::now(),
+        "connections": {
+            "current": current,
+            "available": shared.config.max_connections as i64 - current,
+            "totalCreated": counters.connections_total.load(Relaxed) as i64,
+        },
+        "opcounters": {
+            "insert": counters.insert.load(Relaxed) as i64,
+            "query": counters.query.load(Relaxed) as i64,
+            "update": counters.update.load(Relaxed) as i64,
+            "delete": counters.delete.load(Relaxed) as i64,
+            "getmore": counters.getmore.load(Relaxed) as i64,
+            "command": counters.command.load(Relaxed) as i64,
+        },
+        "metrics": { "cursor": { "open": { "total": shared.cursors.open_count() as i64 } } },
+        "repl": {
+            "setName": &shared.config.replset,
+            "isWritablePrimary": true,
+            "secondary": false,
+            "hosts": [shared.advertised.as_str()],
+            "primary": shared.advertised.as_str(),
+            "me": shared.advertised.as_str(),
+        },
+        "storageEngine": {
+            "name": "mangrove",
+            "supportsCommittedReads": true,
+            "supportsSnapshotReadConcern": true,
+            // Until the durable engine lands, data lives in memory only.
+            "persistent": false,
+        },
+        "ok": 1.0,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+pub(super) fn host_info() -> Document {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    doc! {
+        "system": {
+            "currentTime": DateTime::now(),
+            "hostname": hostname(),
+            "cpuAddrSize": 64,
+            "memSizeMB": mem_mb,
+            "numCores": cores,
+            "cpuArch": std::env::consts::ARCH,
+        },
+        "os": { "type": std::env::consts::OS, "name": std::env::consts::OS },
+        "extra": {},
+        "ok": 1.0,
+    }
+}
+
+pub(super) fn list_commands() -> Document {
+    let mut commands = Document::new();
+    for c in COMMANDS {
+        commands.insert(
+            c.name,
+            doc! { "help": c.help, "requiresAuth": false, "secondaryOk": true, "adminOnly": c.admin_only },
+        );
+    }
+    doc! { "commands": commands, "ok": 1.0 }
+}
+
+/// Mangrove keeps no log ring in memory; shells ask for startup warnings, and there are none.
+pub(super) fn get_log(req: &Request<'_>) -> CommandResult<Reply> {
+    match req.command_value() {
+        Some(RawBsonRef::String("*")) => {
+            Ok(doc! { "names": ["startupWarnings", "global"], "ok": 1.0 }.into())
+        }
+        Some(RawBsonRef::String(_)) => {
+            Ok(doc! { "totalLinesWritten": 0, "log": Bson::Array(vec![]), "ok": 1.0 }.into())
+        }
+        _ => Err(CommandError::type_mismatch(
+            "Argument to getLog must be of type String",
+        )),
+    }
+}

@@ -1,0 +1,80 @@
+//! `hello` and its legacy names: how drivers learn that this server is the writable primary of
+//! a one-member replica set, and so allow sessions, retryable writes and transactions.
+
+use bson::raw::RawBsonRef;
+use bson::{DateTime, doc, oid::ObjectId};
+use mangrove_wire::Compressor;
+
+use crate::Shared;
+use crate::conn::ConnState;
+use crate::error::CommandResult;
+use crate::request::{Request, as_bool};
+
+use super::Reply;
+
+/// MongoDB 7.0's wire version; drivers enable every feature Mangrove implements at this level.
+pub const MAX_WIRE_VERSION: i32 = 21;
+pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
+
+pub(super) fn hello(
+    shared: &Shared,
+    conn: &mut ConnState,
+    req: &Request<'_>,
+) -> CommandResult<Reply> {
+    // Compression is negotiated on the first handshake: keep what we support, in the client's
+    // order, and tell the client which of its choices we accept.
+    if let Some(RawBsonRef::Array(names)) = req.get("compression") {
+        conn.compressors = names
+            .into_iter()
+            .filter_map(|n| match n {
+                Ok(RawBsonRef::String(s)) => Compressor::from_name(s),
+                _ => None,
+            })
+            .collect();
+        conn.compressors.dedup();
+    }
+    let advertised = &shared.advertised;
+    let ts = shared.engine.last_commit().to_bson();
+    let now = DateTime::now();
+    let mut reply = doc! {};
+    if req.name == "hello" {
+        reply.insert("isWritablePrimary", true);
+    } else {
+        reply.insert("ismaster", true);
+    }
+    if req.get("helloOk").and_then(as_bool).unwrap_or(false) {
+        reply.insert("helloOk", true);
+    }
+    reply.extend(doc! {
+        "hosts": [advertised.as_str()],
+        "setName": &shared.config.replset,
+        "setVersion": 1,
+        "primary": advertised.as_str(),
+        "me": advertised.as_str(),
+        "secondary": false,
+        // A constant election: there is only ever one primary, so drivers' stale-primary
+        // checks (electionId, setVersion) always agree.
+        "electionId": ObjectId::from_bytes([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1]),
+        "lastWrite": {
+            "opTime": { "ts": ts, "t": 1i64 },
+            "lastWriteDate": now,
+            "majorityOpTime": { "ts": ts, "t": 1i64 },
+            "majorityWriteDate": now,
+        },
+        "maxBsonObjectSize": shared.config.max_bson_size as i32,
+        "maxMessageSizeBytes": shared.config.max_message_size as i32,
+        "maxWriteBatchSize": MAX_WRITE_BATCH_SIZE,
+        "localTime": now,
+        "logicalSessionTimeoutMinutes": 30,
+        "connectionId": conn.id,
+        "minWireVersion": 0,
+        "maxWireVersion": MAX_WIRE_VERSION,
+        "readOnly": false,
+    });
+    if !conn.compressors.is_empty() {
+        let names: Vec<&str> = conn.compressors.iter().map(|c| c.name()).collect();
+        reply.insert("compression", names);
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
+}

@@ -1,0 +1,284 @@
+//! One client connection: read a frame, decode it, run the command, write the reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bson::raw::RawDocument;
+use bson::{RawBsonRef, RawDocumentBuf};
+use mangrove_wire::{
+    self as wire, Compressor, HEADER_LEN, Header, Message, Request as WireRequest, msg_flags,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::{CommandError, code};
+use crate::request::Request;
+use crate::{Counters, Shared, commands};
+
+/// Per-connection state that commands may read or change.
+pub(crate) struct ConnState {
+    pub id: i64,
+    pub peer: SocketAddr,
+    /// Compressors agreed in the handshake, in the client's order of preference.
+    pub compressors: Vec<Compressor>,
+    next_reply_id: i32,
+}
+
+pub(crate) async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: i64,
+) {
+    let span = info_span!("conn", id, %peer);
+    async move {
+        Counters::bump(&shared.counters.connections_current, 1);
+        Counters::bump(&shared.counters.connections_total, 1);
+        debug!("connection accepted");
+        let outcome = run(&shared, stream, peer, id).await;
+        shared
+            .counters
+            .connections_current
+            .fetch_sub(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => debug!("connection closed by client"),
+            Err(reason) => warn!(%reason, "closing connection"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Returns Ok on a clean close by the client, Err with the reason the server gave up otherwise.
+async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> Result<(), String> {
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let mut writer = BufWriter::new(write_half);
+    let mut conn = ConnState {
+        id,
+        peer,
+        compressors: Vec::new(),
+        next_reply_id: 1,
+    };
+    loop {
+        let mut header_bytes = [0u8; HEADER_LEN];
+        let got = read_full(&mut reader, &mut header_bytes).await?;
+        if got == 0 {
+            return Ok(());
+        }
+        if got < HEADER_LEN {
+            return Err(format!(
+                "truncated message header: {got} of {HEADER_LEN} bytes before end of stream"
+            ));
+        }
+        let header = Header::parse(&header_bytes);
+        let len = wire::frame_length(&header, &shared.limits).map_err(|e| e.to_string())?;
+        // Each frame is bounded by the message limit, and all frames being read or handled at
+        // once by the in-flight budget: many large messages wait rather than exhaust memory.
+        let _budget = shared
+            .inflight
+            .acquire_many(budget_units(len))
+            .await
+            .map_err(|_| "server is shutting down".to_string())?;
+        let mut frame = vec![0u8; len];
+        frame[..HEADER_LEN].copy_from_slice(&header_bytes);
+        let got = read_full(&mut reader, &mut frame[HEADER_LEN..]).await?;
+        if got < len - HEADER_LEN {
+            return Err(format!(
+                "truncated message: header declared {len} bytes, stream ended after {}",
+                HEADER_LEN + got
+            ));
+        }
+        let reply = match wire::decode(&frame, &shared.limits) {
+            Ok(message) => handle(shared, &mut conn, message).await,
+            Err(e) if e.is_fatal() => return Err(e.to_string()),
+            Err(e) => {
+                warn!(error = %e, request_id = header.request_id, "rejecting malformed message");
+                let (code, name) = e.code();
+                let mut err = CommandError::new(code, e.to_string());
+                err.code_name = name.to_string();
+                let body = finish(shared, err.to_document());
+                // A fire-and-forget request gets no reply, not even an error.
+                let more_to_come =
+                    wire::peek_msg_flags(&frame).is_some_and(|f| f & msg_flags::MORE_TO_COME != 0);
+                if more_to_come {
+                    continue;
+                }
+                // Answer in the request's own opcode, looking inside OP_COMPRESSED.
+                let op_code = wire::peek_op_code(&frame).unwrap_or(header.op_code);
+                Some(if op_code == wire::opcode::OP_QUERY {
+                    wire::encode_reply(conn.reply_id(), header.request_id, 8, &body, None)
+                } else {
+                    wire::encode_msg(conn.reply_id(), header.request_id, 0, &body, &[], None)
+                })
+            }
+        };
+        if let Some(bytes) = reply {
+            writer
+                .write_all(&bytes)
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+            writer
+                .flush()
+                .await
+                .map_err(|e| format!("write failed: {e}"))?;
+        }
+    }
+}
+
+/// The in-flight budget counts KiB, so that a u32 permit count covers any configured budget.
+pub(crate) fn budget_units(bytes: usize) -> u32 {
+    (bytes / 1024 + 1).min(u32::MAX as usize) as u32
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes arrived.
+async fn read_full(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut [u8],
+) -> Result<usize, String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    Ok(filled)
+}
+
+impl ConnState {
+    fn reply_id(&mut self) -> i32 {
+        let id = self.next_reply_id;
+        self.next_reply_id = self.next_reply_id.wrapping_add(1).max(1);
+        id
+    }
+}
+
+/// Adds what every reply carries and serializes it.
+fn finish(shared: &Shared, mut reply: bson::Document) -> RawDocumentBuf {
+    commands::decorate(shared, &mut reply);
+    RawDocumentBuf::try_from(&reply).unwrap_or_else(|e| {
+        // Only possible if a command built an invalid document (a key with a NUL byte).
+        let fallback = CommandError::new(1, format!("internal error building reply: {e}"));
+        RawDocumentBuf::try_from(&fallback.to_document()).unwrap_or_default()
+    })
+}
+
+async fn handle(shared: &Shared, conn: &mut ConnState, message: Message) -> Option<Vec<u8>> {
+    let request_id = message.header.request_id;
+    let compressor = message.compressor;
+    match message.request {
+        WireRequest::Query(q) => {
+            let body = op_query_command(&q.query);
+            let reply = match op_query_db(&q.full_collection_name) {
+                None => finish(
+                    shared,
+                    CommandError::new(
+                        code::UNSUPPORTED_OP_QUERY_COMMAND,
+                        format!(
+                            "Unsupported OP_QUERY on {}: OP_QUERY is only supported for the handshake; the client driver may require an upgrade",
+                            q.full_collection_name
+                        ),
+                    )
+                    .to_document(),
+                ),
+                Some(db) => {
+                    let name = first_key(body).unwrap_or_default();
+                    if !matches!(name, "isMaster" | "ismaster" | "hello") {
+                        finish(
+                            shared,
+                            CommandError::new(
+                                code::UNSUPPORTED_OP_QUERY_COMMAND,
+                                format!("Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."),
+                            )
+                            .to_document(),
+                        )
+                    } else {
+                        let request = Request { name, db, body, sequences: &[] };
+                        run_command(shared, conn, &request).await
+                    }
+                }
+            };
+            Some(wire::encode_reply(
+                conn.reply_id(),
+                request_id,
+                8,
+                &reply,
+                compressor,
+            ))
+        }
+        WireRequest::Msg(msg) => {
+            let reply = match msg.body.get("$db") {
+                Ok(Some(RawBsonRef::String(db))) => match first_key(&msg.body) {
+                    Some(name) => {
+                        let request = Request {
+                            name,
+                            db,
+                            body: &msg.body,
+                            sequences: &msg.sequences,
+                        };
+                        run_command(shared, conn, &request).await
+                    }
+                    None => finish(
+                        shared,
+                        CommandError::failed_to_parse("empty command document").to_document(),
+                    ),
+                },
+                _ => finish(
+                    shared,
+                    CommandError::new(code::MISSING_DB, "OP_MSG requests require a $db argument")
+                        .to_document(),
+                ),
+            };
+            if msg.flags & msg_flags::MORE_TO_COME != 0 {
+                return None;
+            }
+            let flags = msg.flags & msg_flags::CHECKSUM_PRESENT;
+            Some(wire::encode_msg(
+                conn.reply_id(),
+                request_id,
+                flags,
+                &reply,
+                &[],
+                compressor,
+            ))
+        }
+    }
+}
+
+async fn run_command(
+    shared: &Shared,
+    conn: &mut ConnState,
+    request: &Request<'_>,
+) -> RawDocumentBuf {
+    Counters::bump(&shared.counters.command, 1);
+    let reply = commands::run(shared, conn, request).await;
+    match reply {
+        commands::Reply::Doc(doc) => finish(shared, doc),
+        commands::Reply::Raw(mut raw) => {
+            commands::decorate_raw(shared, &mut raw);
+            raw
+        }
+    }
+}
+
+/// Legacy drivers wrap the command as `{$query: {...}, $readPreference: ...}`.
+fn op_query_command(query: &RawDocument) -> &RawDocument {
+    match query.get("$query") {
+        Ok(Some(RawBsonRef::Document(inner))) => inner,
+        _ => query,
+    }
+}
+
+fn op_query_db(full_collection_name: &str) -> Option<&str> {
+    full_collection_name
+        .strip_suffix(".$cmd")
+        .filter(|db| !db.is_empty())
+}
+
+fn first_key(doc: &RawDocument) -> Option<&str> {
+    doc.iter().next()?.ok().map(|(k, _)| k.as_str())
+}

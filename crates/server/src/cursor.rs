@@ -1,0 +1,232 @@
+//! Server-side cursors: what `find` could not return in its first batch, kept for `getMore`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bson::RawDocumentBuf;
+use bson::raw::RawDocument;
+use mangrove_query::{Filter, Projection};
+use mangrove_storage::{CollectionInfo, DocKey, Snapshot, StoredDoc};
+use tracing::info;
+
+use crate::Shared;
+use crate::error::{CommandError, CommandResult, code};
+
+/// A batch never exceeds this many bytes of documents (plus one document, so that a single large
+/// document still makes progress), as mongod bounds its replies.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Documents as a batch holds them: stored ones are shared, not copied, until serialized.
+pub enum BatchDoc {
+    Stored(StoredDoc),
+    Owned(RawDocumentBuf),
+}
+
+impl BatchDoc {
+    pub fn as_raw(&self) -> &RawDocument {
+        match self {
+            BatchDoc::Stored(d) => d,
+            BatchDoc::Owned(d) => d,
+        }
+    }
+}
+
+/// Where a cursor's remaining documents come from.
+pub enum Source {
+    /// A filtered walk over a collection in `_id` order, resumed after the last key returned.
+    Scan {
+        snapshot: Snapshot,
+        coll: CollectionInfo,
+        after: Option<DocKey>,
+        filter: Filter,
+        skip: u64,
+    },
+    /// Results already computed (a sort, a listing).
+    Buffered(VecDeque<BatchDoc>),
+}
+
+pub struct Cursor {
+    pub ns: String,
+    pub source: Source,
+    pub projection: Option<Projection>,
+    /// Documents still allowed by the query's `limit`, if it has one.
+    pub remaining: Option<u64>,
+    pub last_used: Instant,
+}
+
+impl Cursor {
+    /// Takes up to `max_docs` documents (and at most about [`MAX_BATCH_BYTES`]); returns them and
+    /// whether the cursor is exhausted.
+    pub fn next_batch(&mut self, max_docs: Option<u64>) -> CommandResult<(Vec<BatchDoc>, bool)> {
+        let mut want = max_docs.unwrap_or(u64::MAX);
+        if let Some(rem) = self.remaining {
+            want = want.min(rem);
+        }
+        let mut out: Vec<BatchDoc> = Vec::new();
+        let mut bytes = 0usize;
+        let mut exhausted = false;
+        if want > 0 {
+            match &mut self.source {
+                Source::Scan {
+                    snapshot,
+                    coll,
+                    after,
+                    filter,
+                    skip,
+                } => {
+                    let mut finished = true;
+                    let mut last: Option<DocKey> = None;
+                    snapshot.scan(coll, after.as_ref(), |key, doc| {
+                        if !filter.matches(doc) {
+                            return ControlFlow::Continue(());
+                        }
+                        if *skip > 0 {
+                            *skip -= 1;
+                            return ControlFlow::Continue(());
+                        }
+                        if !out.is_empty() && bytes + doc.as_bytes().len() > MAX_BATCH_BYTES {
+                            finished = false;
+                            return ControlFlow::Break(());
+                        }
+                        bytes += doc.as_bytes().len();
+                        out.push(BatchDoc::Stored(doc.clone()));
+                        last = Some(key.clone());
+                        if out.len() as u64 >= want {
+                            finished = false;
+                            return ControlFlow::Break(());
+                        }
+                        ControlFlow::Continue(())
+                    });
+                    if last.is_some() {
+                        *after = last;
+                    }
+                    exhausted = finished;
+                }
+                Source::Buffered(docs) => {
+                    while let Some(doc) = docs.front() {
+                        let len = doc.as_raw().as_bytes().len();
+                        if out.len() as u64 >= want
+                            || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES)
+                        {
+                            break;
+                        }
+                        bytes += len;
+                        out.extend(docs.pop_front());
+                    }
+                    exhausted = docs.is_empty();
+                }
+            }
+        }
+        if let Some(rem) = &mut self.remaining {
+            *rem -= out.len() as u64;
+            if *rem == 0 {
+                exhausted = true;
+            }
+        }
+        if let Some(projection) = &self.projection {
+            for doc in &mut out {
+                let projected = projection.apply(doc.as_raw())?;
+                *doc = BatchDoc::Owned(projected);
+            }
+        }
+        self.last_used = Instant::now();
+        Ok((out, exhausted))
+    }
+}
+
+/// Open cursors by id. A cursor is taken out while a `getMore` works on it, so concurrent
+/// `getMore`s on one cursor cannot interleave.
+pub struct CursorManager {
+    cursors: Mutex<HashMap<i64, Cursor>>,
+    max_cursors: usize,
+    ids: RandomState,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl CursorManager {
+    pub fn new(max_cursors: usize) -> Self {
+        CursorManager {
+            cursors: Mutex::new(HashMap::new()),
+            max_cursors,
+            ids: RandomState::new(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cursor>> {
+        self.cursors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a cursor and returns its id: positive, non-zero and hard to guess, as mongod's.
+    pub fn insert(&self, cursor: Cursor) -> CommandResult<i64> {
+        let mut cursors = self.lock();
+        if cursors.len() >= self.max_cursors {
+            return Err(CommandError::new(
+                code::ILLEGAL_OPERATION,
+                format!(
+                    "too many open cursors ({}); close cursors or raise --max-cursors",
+                    self.max_cursors
+                ),
+            ));
+        }
+        loop {
+            let n = self
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = (self.ids.hash_one(n) >> 1) as i64;
+            if id != 0 && !cursors.contains_key(&id) {
+                cursors.insert(id, cursor);
+                return Ok(id);
+            }
+        }
+    }
+
+    pub fn take(&self, id: i64) -> Option<Cursor> {
+        self.lock().remove(&id)
+    }
+
+    pub fn put_back(&self, id: i64, cursor: Cursor) {
+        self.lock().insert(id, cursor);
+    }
+
+    pub fn kill(&self, id: i64) -> bool {
+        self.lock().remove(&id).is_some()
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn reap(&self, timeout: Duration) -> usize {
+        let now = Instant::now();
+        let mut cursors = self.lock();
+        let before = cursors.len();
+        cursors.retain(|_, c| now.duration_since(c.last_used) < timeout);
+        before - cursors.len()
+    }
+}
+
+/// Kills cursors idle longer than the configured timeout (10 minutes by default, as mongod's
+/// `cursorTimeoutMillis`), releasing the snapshots they pin.
+pub async fn reap_idle(shared: Arc<Shared>) {
+    let timeout = shared.config.cursor_timeout;
+    let period = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(period).await;
+        let reaped = shared.cursors.reap(timeout);
+        if reaped > 0 {
+            info!(
+                reaped,
+                timeout_secs = timeout.as_secs(),
+                "killed idle cursors"
+            );
+        }
+    }
+}

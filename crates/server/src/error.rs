@@ -1,0 +1,176 @@
+//! Command errors in MongoDB's reply shape: `{ok: 0, errmsg, code, codeName, errorLabels?}`.
+
+use bson::{Document, doc};
+
+/// MongoDB's error codes, by name. Only the ones Mangrove emits; numbers from mongod 7.0's
+/// `error_codes.yml`.
+pub mod code {
+    pub const BAD_VALUE: i32 = 2;
+    pub const FAILED_TO_PARSE: i32 = 9;
+    pub const UNAUTHORIZED: i32 = 13;
+    pub const TYPE_MISMATCH: i32 = 14;
+    pub const ILLEGAL_OPERATION: i32 = 20;
+    pub const NAMESPACE_NOT_FOUND: i32 = 26;
+    pub const CURSOR_NOT_FOUND: i32 = 43;
+    pub const NAMESPACE_EXISTS: i32 = 48;
+    pub const COMMAND_NOT_FOUND: i32 = 59;
+    pub const INVALID_OPTIONS: i32 = 72;
+    pub const INVALID_NAMESPACE: i32 = 73;
+    pub const UNKNOWN_REPL_WRITE_CONCERN: i32 = 79;
+    pub const UNSATISFIABLE_WRITE_CONCERN: i32 = 100;
+    pub const WRITE_CONFLICT: i32 = 112;
+    pub const COMMAND_NOT_SUPPORTED: i32 = 115;
+    pub const QUERY_EXCEEDED_MEMORY_LIMIT: i32 = 292;
+    pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
+    pub const DUPLICATE_KEY: i32 = 11000;
+    pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+    pub const MISSING_FIELD: i32 = 40414;
+    pub const UNKNOWN_FIELD: i32 = 40415;
+    pub const MISSING_DB: i32 = 40571;
+}
+
+/// The codeName MongoDB reports for a code. Location codes (assertion sites without a name)
+/// are reported as `Location<code>`, as mongod does.
+pub fn code_name(code: i32) -> String {
+    let name = match code {
+        1 => "InternalError",
+        2 => "BadValue",
+        9 => "FailedToParse",
+        13 => "Unauthorized",
+        14 => "TypeMismatch",
+        20 => "IllegalOperation",
+        22 => "InvalidBSON",
+        26 => "NamespaceNotFound",
+        31 => "RoleNotFound",
+        40 => "ConflictingUpdateOperators",
+        43 => "CursorNotFound",
+        48 => "NamespaceExists",
+        50 => "MaxTimeMSExpired",
+        52 => "DollarPrefixedFieldName",
+        56 => "EmptyFieldName",
+        57 => "DottedFieldName",
+        59 => "CommandNotFound",
+        66 => "ImmutableField",
+        72 => "InvalidOptions",
+        73 => "InvalidNamespace",
+        79 => "UnknownReplWriteConcern",
+        100 => "UnsatisfiableWriteConcern",
+        112 => "WriteConflict",
+        115 => "CommandNotSupported",
+        292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
+        352 => "UnsupportedOpQueryCommand",
+        10334 => "BSONObjectTooLarge",
+        11000 => "DuplicateKey",
+        _ => return format!("Location{code}"),
+    };
+    name.to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandError {
+    pub code: i32,
+    pub code_name: String,
+    pub message: String,
+    pub labels: Vec<&'static str>,
+    /// Extra fields MongoDB attaches to some errors (keyPattern/keyValue on DuplicateKey).
+    pub info: Option<Document>,
+}
+
+impl CommandError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CommandError {
+            code,
+            code_name: code_name(code),
+            message: message.into(),
+            labels: Vec::new(),
+            info: None,
+        }
+    }
+
+    pub fn bad_value(message: impl Into<String>) -> Self {
+        Self::new(code::BAD_VALUE, message)
+    }
+
+    pub fn type_mismatch(message: impl Into<String>) -> Self {
+        Self::new(code::TYPE_MISMATCH, message)
+    }
+
+    pub fn failed_to_parse(message: impl Into<String>) -> Self {
+        Self::new(code::FAILED_TO_PARSE, message)
+    }
+
+    /// Drivers retry writes on exactly these codes, so MongoDB (wire version >= 9) labels them.
+    pub fn with_server_labels(mut self) -> Self {
+        const RETRYABLE: [i32; 12] = [
+            6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+        ];
+        if RETRYABLE.contains(&self.code) && !self.labels.contains(&"RetryableWriteError") {
+            self.labels.push("RetryableWriteError");
+        }
+        self
+    }
+
+    pub fn to_document(&self) -> Document {
+        let mut d = doc! {
+            "ok": 0.0,
+            "errmsg": &self.message,
+            "code": self.code,
+            "codeName": &self.code_name,
+        };
+        if let Some(info) = &self.info {
+            d.extend(info.clone());
+        }
+        if !self.labels.is_empty() {
+            d.insert("errorLabels", self.labels.clone());
+        }
+        d
+    }
+
+    /// The shape of one entry of a write command's `writeErrors`.
+    pub fn to_write_error(&self, index: usize) -> Document {
+        let mut d = doc! {
+            "index": index as i32,
+            "code": self.code,
+            "codeName": &self.code_name,
+            "errmsg": &self.message,
+        };
+        if let Some(info) = &self.info {
+            d.extend(info.clone());
+        }
+        d
+    }
+}
+
+impl From<mangrove_query::QueryError> for CommandError {
+    fn from(e: mangrove_query::QueryError) -> Self {
+        CommandError {
+            code: e.code,
+            code_name: e.code_name.to_string(),
+            message: e.message,
+            labels: Vec::new(),
+            info: None,
+        }
+    }
+}
+
+impl From<mangrove_storage::StorageError> for CommandError {
+    fn from(e: mangrove_storage::StorageError) -> Self {
+        use mangrove_storage::StorageError as S;
+        let message = e.to_string();
+        match e {
+            // Labelled TransientTransactionError only inside a transaction, by the caller that
+            // knows it is in one.
+            S::WriteConflict => CommandError::new(code::WRITE_CONFLICT, message),
+            S::DuplicateKey { id, .. } => {
+                let mut err = CommandError::new(code::DUPLICATE_KEY, message);
+                err.info = Some(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } });
+                err
+            }
+            S::NamespaceNotFound(_) => CommandError::new(code::NAMESPACE_NOT_FOUND, message),
+            S::NamespaceExists(_) => CommandError::new(code::NAMESPACE_EXISTS, message),
+            S::TxnClosed => CommandError::new(1, message),
+        }
+    }
+}
+
+pub type CommandResult<T> = Result<T, CommandError>;

@@ -1,0 +1,220 @@
+//! The server: connections, command dispatch and cursors.
+//!
+//! Data flows one way: bytes from a socket are framed by `mangrove-wire`, become a [`Request`]
+//! for one command, and the command runs against the `mangrove-storage` engine, using
+//! `mangrove-query` to match, update, project and sort documents. Nothing below this crate knows
+//! about sockets or commands.
+//!
+//! Each connection is one tokio task; a connection that sends garbage is answered with an error
+//! or closed, and never affects another.
+
+mod commands;
+mod conn;
+mod cursor;
+mod error;
+mod request;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mangrove_storage::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+pub use error::{CommandError, code_name};
+pub use request::Request;
+
+/// Everything `mangrove serve` can be told. Defaults match MongoDB's where MongoDB has one.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind: String,
+    /// 0 lets the OS choose; the chosen port is then advertised.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub replset: String,
+    /// The `host:port` drivers are told to use. Defaults to the bound address.
+    pub advertise: Option<String>,
+    pub max_connections: usize,
+    pub cursor_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_bson_size: usize,
+    /// Bytes a blocking sort may hold before it fails, as mongod's
+    /// `internalQueryMaxBlockingSortMemoryUsageBytes`.
+    pub max_sort_bytes: usize,
+    /// Most cursors open at once; beyond it new cursors are refused rather than memory growing.
+    pub max_cursors: usize,
+    /// Bytes of request frames all connections together may hold at once.
+    pub max_inflight_bytes: usize,
+    /// The process arguments, echoed by `getCmdLineOpts`.
+    pub argv: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1".into(),
+            port: 27017,
+            data_dir: PathBuf::from("mangrove-data"),
+            replset: "rs0".into(),
+            advertise: None,
+            max_connections: 1_000,
+            cursor_timeout: Duration::from_secs(600),
+            max_message_size: mangrove_wire::DEFAULT_MAX_MESSAGE_SIZE,
+            max_bson_size: mangrove_wire::DEFAULT_MAX_BSON_SIZE,
+            max_sort_bytes: 100 * 1024 * 1024,
+            max_cursors: 100_000,
+            max_inflight_bytes: 1024 * 1024 * 1024,
+            argv: Vec::new(),
+        }
+    }
+}
+
+/// Counters `serverStatus` reports.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub insert: AtomicU64,
+    pub query: AtomicU64,
+    pub update: AtomicU64,
+    pub delete: AtomicU64,
+    pub getmore: AtomicU64,
+    pub command: AtomicU64,
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub advertised: String,
+    pub engine: Engine,
+    pub cursors: cursor::CursorManager,
+    pub started: Instant,
+    pub next_connection_id: AtomicI64,
+    pub counters: Counters,
+    pub limits: mangrove_wire::Limits,
+    /// Permits of 1 KiB each; see [`Config::max_inflight_bytes`].
+    pub inflight: Semaphore,
+}
+
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds the listening socket and prepares the data directory; nothing is served until
+    /// [`Server::serve`].
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create data directory {}: {e}; pass --data-dir to choose another",
+                    config.data_dir.display()
+                ),
+            )
+        })?;
+        let listener = TcpListener::bind((config.bind.as_str(), config.port))
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {}:{}: {e}; is another server using the port? Pass --port to choose another",
+                        config.bind, config.port
+                    ),
+                )
+            })?;
+        let local = listener.local_addr()?;
+        let advertised = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local.to_string());
+        let limits = mangrove_wire::Limits {
+            max_message_size: config.max_message_size,
+            max_bson_size: config.max_bson_size,
+        };
+        // A budget smaller than one maximal message could never admit it: refuse to start.
+        if config.max_inflight_bytes < config.max_message_size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the in-flight budget ({} bytes) is smaller than the message limit ({} bytes)",
+                    config.max_inflight_bytes, config.max_message_size
+                ),
+            ));
+        }
+        let inflight = Semaphore::new(conn::budget_units(config.max_inflight_bytes) as usize);
+        let shared = Arc::new(Shared {
+            inflight,
+            cursors: cursor::CursorManager::new(config.max_cursors),
+            config,
+            advertised,
+            engine: Engine::in_memory(),
+            started: Instant::now(),
+            next_connection_id: AtomicI64::new(1),
+            counters: Counters::default(),
+            limits,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn advertised(&self) -> &str {
+        &self.shared.advertised
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Server { listener, shared } = self;
+        let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+        let reaper = tokio::spawn(cursor::reap_idle(shared.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                warn!(%peer, limit = shared.config.max_connections, "refusing connection: too many open connections (raise --max-connections)");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                conn::serve_connection(shared, stream, peer, id).await;
+                drop(permit);
+            });
+        }
+        reaper.abort();
+        info!("stopped accepting connections");
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+// mongosh (the npm package, pinned in package.json) against a real Mangrove
+// server: `npx --no mongosh <uri> --quiet --eval ...` for a ping, a hello
+// and an insert + find, checking what mongosh prints.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServer } from '../../node/lib/server.mjs';
+
+const HERE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+let server;
+let home;
+
+before(async () => {
+  server = await startServer();
+  // mongosh writes logs/history under $HOME/.mongodb; keep that out of the real home.
+  home = mkdtempSync(path.join(tmpdir(), 'mangrove-mongosh-home-'));
+});
+
+after(async () => {
+  if (home) rmSync(home, { recursive: true, force: true });
+  if (!server) return;
+  const alive = server.alive();
+  const tail = server.logTail();
+  const info = await server.stop();
+  assert.ok(alive, `server died during the mongosh tests; stderr tail:\n${tail}`);
+  assert.deepEqual(info, { code: 0, signal: null });
+});
+
+function mongosh(uri, script) {
+  return new Promise((resolve) => {
+    execFile(
+      'npx',
+      ['--no', 'mongosh', uri, '--quiet', '--norc', '--eval', script],
+      {
+        cwd: HERE,
+        timeout: 120_000,
+        env: {
+          ...process.env,
+          HOME: home,
+          MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING: '1',
+          CI: 'true', // mongosh skips its update-metadata fetch in CI
+        },
+      },
+      (error, stdout, stderr) => resolve({ code: error ? (error.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+test('mongosh ping', async (t) => {
+  const r = await mongosh(server.uri, 'print("PING=" + JSON.stringify(db.adminCommand({ ping: 1 })))');
+  t.diagnostic(`mongosh stdout: ${r.stdout.trim()}`);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /PING=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no PING= line in output: ${r.stdout}`);
+  assert.equal(JSON.parse(m[1]).ok, 1);
+});
+
+test('mongosh hello shows the replica set primary', async (t) => {
+  const r = await mongosh(server.uri, 'const h = db.hello(); print("HELLO=" + JSON.stringify({ setName: h.setName, isWritablePrimary: h.isWritablePrimary, hosts: h.hosts }))');
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /HELLO=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no HELLO= line in output: ${r.stdout}`);
+  const h = JSON.parse(m[1]);
+  t.diagnostic(`mongosh saw hello ${m[1]}`);
+  console.log(`[mongosh] ${server.uri} hello: ${m[1]}`);
+  assert.equal(h.setName, 'rs0');
+  assert.equal(h.isWritablePrimary, true);
+  assert.ok(h.hosts.includes(server.address));
+});
+
+test('mongosh insert and find', async (t) => {
+  const script = [
+    'const c = db.getSiblingDB("shell").items;',
+    'const ins = c.insertMany([{ _id: 1, name: "ada" }, { _id: 2, name: "grace" }, { _id: 3, name: "linus" }]);',
+    'print("INSERTED=" + Object.keys(ins.insertedIds).length);',
+    'print("FOUND=" + EJSON.stringify(c.find({ _id: { $gte: 2 } }).sort({ _id: 1 }).toArray()));',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  t.diagnostic(`mongosh stdout: ${r.stdout.trim()}`);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  assert.match(r.stdout, /INSERTED=3/);
+  const m = /FOUND=(\[.*\])/.exec(r.stdout);
+  assert.ok(m, `no FOUND= line in output: ${r.stdout}`);
+  assert.deepEqual(JSON.parse(m[1]), [{ _id: 2, name: 'grace' }, { _id: 3, name: 'linus' }]);
+
+  // the plain shell rendering of find(), as a person would see it
+  const r2 = await mongosh(server.uri, 'db.getSiblingDB("shell").items.find({ name: "ada" })');
+  assert.equal(r2.code, 0, `mongosh failed: ${r2.stderr}\n${r2.stdout}`);
+  assert.match(r2.stdout, /_id: 1/);
+  assert.match(r2.stdout, /name: 'ada'/);
+  assert.doesNotMatch(r2.stdout, /grace/);
+});
+
+test('mongosh reports server errors', async () => {
+  const r = await mongosh(server.uri, 'db.adminCommand({ definitelyNotARealCommand: 1 })');
+  assert.notEqual(r.code, 0, 'an unknown command should make mongosh --eval fail');
+  assert.match(r.stdout + r.stderr, /CommandNotFound|no such command|not found/i);
+});
