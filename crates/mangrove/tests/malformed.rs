@@ -539,22 +539,32 @@ fn fifty_concurrent_clients_while_one_sends_garbage() {
     let host = server.host.clone();
     let port = server.port;
 
+    // The garbage sender and the 50 clients start together (barrier of 51);
+    // the sender keeps opening connections and spraying bytes until the
+    // clients are done, and at least 20 times, bounded by count and time.
+    let barrier = Arc::new(Barrier::new(51));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let garbage = {
         let stop = stop.clone();
         let host = host.clone();
+        let barrier = barrier.clone();
         std::thread::spawn(move || {
-            // xorshift: deterministic garbage, bounded in count and time
+            // xorshift: deterministic garbage
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             let mut sent = 0usize;
+            let mut conns = 0usize;
             let deadline = Instant::now() + Duration::from_secs(20);
-            for _ in 0..200 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+            barrier.wait();
+            for i in 0..500 {
+                if (i >= 20 && stop.load(std::sync::atomic::Ordering::Relaxed))
+                    || Instant::now() > deadline
+                {
                     break;
                 }
                 let Ok(mut s) = TcpStream::connect((host.as_str(), port)) else {
                     continue;
                 };
+                conns += 1;
                 let mut buf = vec![0u8; 16 * 1024];
                 for b in buf.iter_mut() {
                     x ^= x << 13;
@@ -562,7 +572,8 @@ fn fifty_concurrent_clients_while_one_sends_garbage() {
                     x ^= x << 17;
                     *b = x as u8;
                 }
-                // Sometimes a plausible small length so the server parses a body.
+                // Every other time a plausible small length, so the server
+                // parses a garbage body rather than rejecting the header.
                 if x.is_multiple_of(2) {
                     buf[..4].copy_from_slice(&200i32.to_le_bytes());
                     buf[12..16].copy_from_slice(&OP_MSG.to_le_bytes());
@@ -570,13 +581,12 @@ fn fifty_concurrent_clients_while_one_sends_garbage() {
                 if s.write_all(&buf).is_ok() {
                     sent += buf.len();
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(2));
             }
-            sent
+            (conns, sent)
         })
     };
 
-    let barrier = Arc::new(Barrier::new(50));
     let clients: Vec<_> = (0..50)
         .map(|i| {
             let barrier = barrier.clone();
@@ -613,10 +623,10 @@ fn fifty_concurrent_clients_while_one_sends_garbage() {
         .map(|h| h.join().expect("client thread panicked"))
         .collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let garbage_bytes = garbage.join().expect("garbage thread");
+    let (garbage_conns, garbage_bytes) = garbage.join().expect("garbage thread");
     let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     println!(
-        "50 clients: {} ok, {} failed; garbage sender wrote {garbage_bytes} bytes",
+        "50 clients: {} ok, {} failed; garbage sender wrote {garbage_bytes} bytes over {garbage_conns} connections",
         results.len() - errors.len(),
         errors.len()
     );

@@ -147,7 +147,10 @@ impl Filter {
         let mut eqs = Vec::new();
         collect_equalities(&self.root, &mut eqs);
         eqs.into_iter().find_map(|(path, v)| {
+            let operator_like = matches!(v, RawBson::Document(d)
+                if matches!(d.iter().next(), Some(Ok((k, _))) if k.as_str().starts_with('$')));
             let usable = path == "_id"
+                && !operator_like
                 && !matches!(
                     v,
                     RawBson::Array(_) | RawBson::RegularExpression(_) | RawBson::Undefined
@@ -323,7 +326,9 @@ impl Pred {
                 None | Some(RawBsonRef::Null) if *has_null => true,
                 None => false,
                 Some(v) => {
-                    values.iter().any(|x| values_equal(v, x.as_raw_bson_ref()))
+                    values
+                        .binary_search_by(|x| compare_values(x.as_raw_bson_ref(), v))
+                        .is_ok()
                         || regexes.iter().any(|re| re.matches(v))
                 }
             },
@@ -736,7 +741,7 @@ fn parse_in(value: RawBsonRef<'_>, name: &str) -> Result<Pred, QueryError> {
     let RawBsonRef::Array(arr) = value else {
         return Err(bad(format!("{name} needs an array")));
     };
-    let mut values = Vec::new();
+    let mut values: Vec<RawBson> = Vec::new();
     let mut regexes = Vec::new();
     let mut has_null = false;
     for item in arr {
@@ -751,6 +756,8 @@ fn parse_in(value: RawBsonRef<'_>, name: &str) -> Result<Pred, QueryError> {
             v => values.push(v.into()),
         }
     }
+    // Sorted so that matching is a binary search: `$in` lists of thousands of ids are common.
+    values.sort_by(|a, b| compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()));
     Ok(Pred::In {
         values,
         regexes,

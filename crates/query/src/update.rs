@@ -1004,9 +1004,8 @@ fn apply_leaf(mut slot: Slot<'_>, op: &Op, ctx: &Ctx<'_>) -> Result<(), QueryErr
         Action::Pop { first } => match slot.get_mut() {
             None => {}
             Some(Bson::Array(a)) if *first => {
-                if !a.is_empty() {
-                    a.remove(0);
-                }
+                // An empty array has nothing to pop; drain keeps that a no-op.
+                a.drain(..a.len().min(1));
             }
             Some(Bson::Array(a)) => {
                 a.pop();

@@ -522,3 +522,17 @@ fn depth_limit() {
     }
     assert_eq!(filter_err(f).code, 2);
 }
+
+#[test]
+fn large_in_list() {
+    let ids: Vec<Bson> = (0..2000).rev().map(|i| Bson::Int64(i * 2)).collect();
+    let f = filter(doc! {"a": {"$in": ids}});
+    assert!(f.matches(&raw(&doc! {"a": 400})));
+    assert!(f.matches(&raw(&doc! {"a": 3998.0})));
+    assert!(!f.matches(&raw(&doc! {"a": 401})));
+    assert!(!f.matches(&raw(&doc! {"a": "400"})));
+    assert_eq!(
+        filter(doc! {"_id": {"$eq": {"$gt": 1}}}).id_equality(),
+        None
+    );
+}

@@ -34,16 +34,18 @@ impl BatchDoc {
     }
 }
 
+pub struct ScanState {
+    pub snapshot: Snapshot,
+    pub coll: CollectionInfo,
+    pub after: Option<DocKey>,
+    pub filter: Filter,
+    pub skip: u64,
+}
+
 /// Where a cursor's remaining documents come from.
 pub enum Source {
     /// A filtered walk over a collection in `_id` order, resumed after the last key returned.
-    Scan {
-        snapshot: Snapshot,
-        coll: CollectionInfo,
-        after: Option<DocKey>,
-        filter: Filter,
-        skip: u64,
-    },
+    Scan(Box<ScanState>),
     /// Results already computed (a sort, a listing).
     Buffered(VecDeque<BatchDoc>),
 }
@@ -70,13 +72,14 @@ impl Cursor {
         let mut exhausted = false;
         if want > 0 {
             match &mut self.source {
-                Source::Scan {
-                    snapshot,
-                    coll,
-                    after,
-                    filter,
-                    skip,
-                } => {
+                Source::Scan(scan) => {
+                    let ScanState {
+                        snapshot,
+                        coll,
+                        after,
+                        filter,
+                        skip,
+                    } = &mut **scan;
                     let mut finished = true;
                     let mut last: Option<DocKey> = None;
                     snapshot.scan(coll, after.as_ref(), |key, doc| {

@@ -73,7 +73,7 @@ pub struct CommandError {
     pub message: String,
     pub labels: Vec<&'static str>,
     /// Extra fields MongoDB attaches to some errors (keyPattern/keyValue on DuplicateKey).
-    pub info: Option<Document>,
+    pub info: Option<Box<Document>>,
 }
 
 impl CommandError {
@@ -118,7 +118,7 @@ impl CommandError {
             "codeName": &self.code_name,
         };
         if let Some(info) = &self.info {
-            d.extend(info.clone());
+            d.extend((**info).clone());
         }
         if !self.labels.is_empty() {
             d.insert("errorLabels", self.labels.clone());
@@ -135,7 +135,7 @@ impl CommandError {
             "errmsg": &self.message,
         };
         if let Some(info) = &self.info {
-            d.extend(info.clone());
+            d.extend((**info).clone());
         }
         d
     }
@@ -163,7 +163,9 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::WriteConflict => CommandError::new(code::WRITE_CONFLICT, message),
             S::DuplicateKey { id, .. } => {
                 let mut err = CommandError::new(code::DUPLICATE_KEY, message);
-                err.info = Some(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } });
+                err.info = Some(Box::new(
+                    doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": *id } },
+                ));
                 err
             }
             S::NamespaceNotFound(_) => CommandError::new(code::NAMESPACE_NOT_FOUND, message),

@@ -294,10 +294,10 @@ impl Snapshot {
         };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         for (key, chain) in docs.range((lower, Bound::Unbounded)) {
-            if let Some(doc) = chain.visible_at(self.read_ts) {
-                if visit(key, doc).is_break() {
-                    return;
-                }
+            if let Some(doc) = chain.visible_at(self.read_ts)
+                && visit(key, doc).is_break()
+            {
+                return;
             }
         }
     }
@@ -388,11 +388,11 @@ impl Txn {
         self.snapshot.scan(coll, after, |key, doc| {
             // Emit our own writes that sort before this committed key first.
             while let Some((own_key, own_doc)) = own.next_if(|(k, _)| *k < key) {
-                if let Some(d) = own_doc {
-                    if visit(own_key, d).is_break() {
-                        stopped = true;
-                        return ControlFlow::Break(());
-                    }
+                if let Some(d) = own_doc
+                    && visit(own_key, d).is_break()
+                {
+                    stopped = true;
+                    return ControlFlow::Break(());
                 }
             }
             let flow = match own.next_if(|(k, _)| *k == key) {
@@ -409,10 +409,10 @@ impl Txn {
             return;
         }
         for (key, doc) in own {
-            if let Some(d) = doc {
-                if visit(key, d).is_break() {
-                    return;
-                }
+            if let Some(d) = doc
+                && visit(key, d).is_break()
+            {
+                return;
             }
         }
     }
@@ -499,7 +499,10 @@ impl Txn {
                 .flatten()
                 .and_then(|v| bson::Bson::try_from(v).ok())
                 .unwrap_or(bson::Bson::Null);
-            return Err(StorageError::DuplicateKey { ns: coll.ns(), id });
+            return Err(StorageError::DuplicateKey {
+                ns: coll.ns(),
+                id: Box::new(id),
+            });
         }
         self.docs.insert((coll.id, key), Some(doc));
         Ok(())
@@ -545,14 +548,14 @@ impl Txn {
     fn unclaim_doc(&mut self, coll: &CollectionInfo, key: &DocKey) {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
-        if let Some(chains) = state.collections.get_mut(&coll.id) {
-            if let Some(chain) = chains.get_mut(key) {
-                if chain.intent == Some(self.id) {
-                    chain.intent = None;
-                }
-                if chain.is_empty() {
-                    chains.remove(key);
-                }
+        if let Some(chains) = state.collections.get_mut(&coll.id)
+            && let Some(chain) = chains.get_mut(key)
+        {
+            if chain.intent == Some(self.id) {
+                chain.intent = None;
+            }
+            if chain.is_empty() {
+                chains.remove(key);
             }
         }
     }
@@ -583,11 +586,11 @@ impl Txn {
                 .catalog
                 .get_mut(&ns)
                 .expect("a catalog write holds an intent, so its chain exists");
-            if info.is_none() {
-                if let Some(old) = chain.visible_at(self.snapshot.read_ts) {
-                    let old_id = old.id;
-                    state.dropped.push((ts, old_id));
-                }
+            if info.is_none()
+                && let Some(old) = chain.visible_at(self.snapshot.read_ts)
+            {
+                let old_id = old.id;
+                state.dropped.push((ts, old_id));
             }
             let chain = state.catalog.get_mut(&ns).expect("checked above");
             chain.install(self.id, ts, info);
@@ -606,12 +609,12 @@ impl Txn {
             .oldest_reader_besides(self.snapshot.read_ts)
             .map_or(ts, |r| r.min(ts));
         for (coll_id, key) in docs.keys() {
-            if let Some(chains) = state.collections.get_mut(coll_id) {
-                if let Some(chain) = chains.get_mut(key) {
-                    chain.prune(oldest);
-                    if chain.is_empty() {
-                        chains.remove(key);
-                    }
+            if let Some(chains) = state.collections.get_mut(coll_id)
+                && let Some(chain) = chains.get_mut(key)
+            {
+                chain.prune(oldest);
+                if chain.is_empty() {
+                    chains.remove(key);
                 }
             }
         }
@@ -643,14 +646,14 @@ impl Txn {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         for (coll_id, key) in self.docs.keys() {
-            if let Some(chains) = state.collections.get_mut(coll_id) {
-                if let Some(chain) = chains.get_mut(key) {
-                    if chain.intent == Some(self.id) {
-                        chain.intent = None;
-                    }
-                    if chain.is_empty() {
-                        chains.remove(key);
-                    }
+            if let Some(chains) = state.collections.get_mut(coll_id)
+                && let Some(chain) = chains.get_mut(key)
+            {
+                if chain.intent == Some(self.id) {
+                    chain.intent = None;
+                }
+                if chain.is_empty() {
+                    chains.remove(key);
                 }
             }
         }
@@ -664,15 +667,14 @@ impl Txn {
                 }
             }
             // A collection created by this transaction never became visible: free its map.
-            if let Some(info) = info {
-                if state
+            if let Some(info) = info
+                && state
                     .catalog
                     .get(ns)
                     .and_then(|c| c.visible_at(Timestamp(u64::MAX)))
                     .is_none_or(|visible| visible.id != info.id)
-                {
-                    state.collections.remove(&info.id);
-                }
+            {
+                state.collections.remove(&info.id);
             }
         }
     }

@@ -8,7 +8,7 @@ pub enum StorageError {
     )]
     WriteConflict,
     #[error("E11000 duplicate key error collection: {ns} index: _id_ dup key: {{ _id: {id} }}")]
-    DuplicateKey { ns: String, id: bson::Bson },
+    DuplicateKey { ns: String, id: Box<bson::Bson> },
     #[error("ns does not exist: {0}")]
     NamespaceNotFound(String),
     #[error("Collection {0} already exists.")]

@@ -11,7 +11,7 @@ use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Projection, SortSpec, Update, encode_key};
 use mangrove_storage::{CollectionInfo, DocKey, StorageError, StoredDoc, Txn};
 
-use crate::cursor::{BatchDoc, Cursor, Source};
+use crate::cursor::{BatchDoc, Cursor, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_bool, as_i64, type_name};
 use crate::{Counters, Shared};
@@ -478,13 +478,13 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
     } else {
-        cursor.source = Source::Scan {
+        cursor.source = Source::Scan(Box::new(ScanState {
             snapshot,
             coll,
             after: None,
             filter,
             skip,
-        };
+        }));
     }
     let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
     let (batch, exhausted) = cursor.next_batch(Some(first))?;
@@ -736,7 +736,12 @@ fn run_update_stmt(
         outcome.matched += 1;
         let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
         let old_id = old_doc.get("_id").cloned();
-        let new_doc = with_id_first(update.apply(&old_doc, false)?, old_id.as_ref());
+        // The `$` operator refers to the array element the filter matched in this document.
+        let positional = filter.positional_index(&old);
+        let new_doc = with_id_first(
+            update.apply_with_positional(&old_doc, false, positional)?,
+            old_id.as_ref(),
+        );
         if new_doc == old_doc {
             continue;
         }
@@ -814,16 +819,37 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
                     ));
                 }
             };
-            let update = Update::parse(&u)?;
+            let array_filters = match stmt.get("arrayFilters").ok().flatten() {
+                None => None,
+                Some(RawBsonRef::Array(items)) => {
+                    let mut filters = Vec::new();
+                    for item in items {
+                        match item.map_err(internal)? {
+                            RawBsonRef::Document(d) => filters.push(Document::try_from(d).map_err(internal)?),
+                            v => {
+                                return Err(CommandError::type_mismatch(format!(
+                                    "BSON field 'update.updates.arrayFilters' contains an element of type '{}', expected 'object'",
+                                    type_name(v.element_type())
+                                )));
+                            }
+                        }
+                    }
+                    Some(filters)
+                }
+                Some(v) => {
+                    return Err(CommandError::type_mismatch(format!(
+                        "BSON field 'update.updates.arrayFilters' is the wrong type '{}', expected type 'array'",
+                        type_name(v.element_type())
+                    )));
+                }
+            };
+            let update = Update::parse_with_array_filters(&u, array_filters.as_deref())?;
             let multi = stmt_bool(stmt, "multi")?;
             let upsert = stmt_bool(stmt, "upsert")?;
             if multi && update.is_replacement() {
                 return Err(CommandError::failed_to_parse(
                     "multi update is not supported for replacement-style update",
                 ));
-            }
-            if stmt.get("arrayFilters").ok().flatten().is_some() {
-                return Err(CommandError::bad_value("arrayFilters are not supported by Mangrove yet"));
             }
             check_simple_collation(match stmt.get("collation").ok().flatten() {
                 Some(RawBsonRef::Document(c)) => Some(c),
