@@ -92,11 +92,11 @@ impl WireError {
     /// limit) and the server must close the connection; false when the frame was well
     /// delimited and the server can still answer with an error reply.
     ///
-    /// Beyond broken framing, the OP_MSG errors mongod files under
-    /// `ConnectionFatalMessageParseError` (illegal flag bits, checksum mismatch, too many
-    /// document sequences) are fatal too: mongod closes the connection without replying to
-    /// them, since a client that sets required bits we do not understand, or whose bytes arrive
-    /// corrupted, cannot be trusted to read a reply correctly either.
+    /// Only broken framing is fatal. mongod also closes the connection on illegal OP_MSG flag
+    /// bits, checksum mismatches and too many document sequences
+    /// (`ConnectionFatalMessageParseError`); Mangrove answers those with an error instead, since
+    /// the frame is intact and an error reply tells the client what went wrong, where a closed
+    /// socket only looks like a network failure.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
@@ -104,9 +104,6 @@ impl WireError {
                 | WireError::BadMessageLength { .. }
                 | WireError::MessageTooLarge { .. }
                 | WireError::LengthMismatch { .. }
-                | WireError::IllegalFlags { .. }
-                | WireError::ChecksumMismatch { .. }
-                | WireError::TooManyDocumentSequences { .. }
         )
     }
 

@@ -101,30 +101,14 @@ impl Limits {
     }
 }
 
-/// Smallest body (bytes after the header) each opcode can possibly have, so that a length
-/// prefix too small to hold even an empty message is rejected before reading anything more.
-pub(crate) fn min_body_len(op_code: i32) -> usize {
-    match op_code {
-        // flagBits, one section kind byte, an empty document.
-        opcode::OP_MSG => 4 + 1 + 5,
-        // flags, an empty cstring, numberToSkip, numberToReturn, an empty query.
-        opcode::OP_QUERY => 4 + 1 + 4 + 4 + 5,
-        // originalOpcode, uncompressedSize, compressorId.
-        opcode::OP_COMPRESSED => 4 + 4 + 1,
-        // responseFlags, cursorID, startingFrom, numberReturned.
-        opcode::OP_REPLY => 4 + 8 + 4 + 4,
-        // Unknown opcodes are still delimited by their length, so the server can skip them and
-        // answer with an error rather than drop the connection.
-        _ => 0,
-    }
-}
-
 /// Called by the server after reading the 16 header bytes and before reading the rest:
 /// returns the total frame length (header included), or an error if the declared length is
-/// too small for the opcode or larger than `limits.max_message_size`. Every error here is
-/// fatal: the stream cannot be resynchronised once a length prefix is untrustworthy.
+/// smaller than a header or larger than `limits.max_message_size`. Every error here is fatal:
+/// the stream cannot be resynchronised once a length prefix is untrustworthy. A length that is
+/// plausible but too short for its opcode still delimits a frame, so it is read and then
+/// answered with an error by `decode`, keeping the connection.
 pub fn frame_length(header: &Header, limits: &Limits) -> Result<usize, WireError> {
-    let minimum = HEADER_LEN.saturating_add(min_body_len(header.op_code));
+    let minimum = HEADER_LEN;
     let length = usize::try_from(header.message_length).ok();
     match length {
         Some(length) if length > limits.max_message_size => Err(WireError::MessageTooLarge {
