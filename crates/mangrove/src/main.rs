@@ -1,5 +1,7 @@
 //! `mangrove`: the server and its tools.
 
+mod log_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Read the transaction log: list or show committed transactions, verify checksums.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Log(command) => log_cmd::run(command),
     }
 }
 
@@ -119,11 +125,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let server = match Server::bind(config.clone()).await {
+        let server = match Server::bind_with_progress(config.clone(), replay_progress()).await {
             Ok(s) => s,
             Err(e) => {
-                error!("{e}");
-                eprintln!("mangrove: {e}");
+                error!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -140,7 +145,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             advertise = %advertised,
             replset = %config.replset,
             data_dir = %config.data_dir.display(),
-            "server ready (storage is in memory in this build: data does not survive a restart)"
+            "server ready"
         );
         // The one line scripts and people wait for; stdout, so it stays apart from the logs.
         println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
@@ -155,6 +160,38 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Log replay progress: a bar on a terminal, a log line every few seconds otherwise.
+fn replay_progress() -> impl FnMut(u64, u64) {
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_line = std::time::Instant::now();
+    move |done, total| {
+        if on_terminal {
+            let bar = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "replaying transaction log {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+            }
+        } else if last_line.elapsed() >= Duration::from_secs(2) || done >= total && total > 0 {
+            last_line = std::time::Instant::now();
+            info!(
+                done_bytes = done,
+                total_bytes = total,
+                "replaying transaction log"
+            );
+        }
+    }
 }
 
 async fn shutdown_signal() {

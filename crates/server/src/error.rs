@@ -24,6 +24,7 @@ pub mod code {
     pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+    pub const TRANSACTION_TOO_LARGE: i32 = 257;
     pub const MISSING_FIELD: i32 = 40414;
     pub const UNKNOWN_FIELD: i32 = 40415;
     pub const MISSING_DB: i32 = 40571;
@@ -60,6 +61,8 @@ pub fn code_name(code: i32) -> String {
         292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
         352 => "UnsupportedOpQueryCommand",
         10334 => "BSONObjectTooLarge",
+        257 => "TransactionTooLarge",
+        14031 => "OutOfDiskSpace",
         11000 => "DuplicateKey",
         _ => return format!("Location{code}"),
     };
@@ -171,6 +174,21 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::NamespaceNotFound(_) => CommandError::new(code::NAMESPACE_NOT_FOUND, message),
             S::NamespaceExists(_) => CommandError::new(code::NAMESPACE_EXISTS, message),
             S::TxnClosed => CommandError::new(1, message),
+            S::LogFailed(reason) if reason.contains("disk is full") => {
+                CommandError::new(14031, message)
+            }
+            S::Io {
+                kind: std::io::ErrorKind::StorageFull,
+                ..
+            } => CommandError::new(14031, message),
+            S::TransactionTooLarge { .. } => {
+                CommandError::new(code::TRANSACTION_TOO_LARGE, message)
+            }
+            S::LogFailed(_)
+            | S::Io { .. }
+            | S::Encoding(_)
+            | S::Corrupt { .. }
+            | S::Locked { .. } => CommandError::new(1, message),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mangrove_storage::Engine;
+use mangrove_storage::{Engine, EngineOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -106,24 +106,51 @@ pub(crate) struct Shared {
     pub inflight: Semaphore,
 }
 
+fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
+    let options = EngineOptions {
+        data_dir: Some(config.data_dir.clone()),
+        ..EngineOptions::default()
+    };
+    let (engine, report) =
+        Engine::open(options, progress).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Some((segment, kept, dropped)) = &report.torn_tail {
+        warn!(
+            segment = %segment.display(),
+            offset = kept,
+            dropped_bytes = dropped,
+            "truncated a torn final log record left by a crash: {dropped} bytes dropped; it was never acknowledged"
+        );
+    }
+    let secs = report.elapsed.as_secs_f64();
+    info!(
+        records = report.records,
+        log_bytes = report.log_bytes,
+        segments = report.segments,
+        seconds = format!("{secs:.3}"),
+        mb_per_sec = format!("{:.1}", report.log_bytes as f64 / 1e6 / secs.max(1e-9)),
+        "recovered the transaction log"
+    );
+    Ok(engine)
+}
+
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Binds the listening socket and prepares the data directory; nothing is served until
-    /// [`Server::serve`].
+    /// Opens the data directory (replaying the transaction log) and binds the listening socket;
+    /// nothing is served until [`Server::serve`].
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot create data directory {}: {e}; pass --data-dir to choose another",
-                    config.data_dir.display()
-                ),
-            )
-        })?;
+        Self::bind_with_progress(config, |_, _| {}).await
+    }
+
+    /// Like [`Server::bind`], reporting log replay as `progress(bytes_done, bytes_total)`.
+    pub async fn bind_with_progress(
+        config: Config,
+        progress: impl FnMut(u64, u64),
+    ) -> std::io::Result<Server> {
+        let engine = open_engine(&config, progress)?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .map_err(|e| {
@@ -160,7 +187,7 @@ impl Server {
             cursors: cursor::CursorManager::new(config.max_cursors),
             config,
             advertised,
-            engine: Engine::in_memory(),
+            engine,
             started: Instant::now(),
             next_connection_id: AtomicI64::new(1),
             counters: Counters::default(),
@@ -215,6 +242,8 @@ impl Server {
         }
         reaper.abort();
         info!("stopped accepting connections");
+        // Everything acknowledged is already durable; this only stops the log writer cleanly.
+        shared.engine.close();
         Ok(())
     }
 }

@@ -121,7 +121,7 @@ async fn hello_reports_a_replica_set_primary() {
             doc! { "hello": 1, "helloOk": true, "compression": ["zstd", "bogus", "zlib"] },
         )
         .await;
-    assert_eq!(r.get_bool("isWritablePrimary").unwrap(), true);
+    assert!(r.get_bool("isWritablePrimary").unwrap());
     assert_eq!(r.get_str("setName").unwrap(), "rs0");
     let me = addr.to_string();
     assert_eq!(
@@ -136,7 +136,7 @@ async fn hello_reports_a_replica_set_primary() {
     );
     assert!(r.get_timestamp("operationTime").unwrap().time > 0);
     let legacy = c.ok("admin", doc! { "isMaster": 1 }).await;
-    assert_eq!(legacy.get_bool("ismaster").unwrap(), true);
+    assert!(legacy.get_bool("ismaster").unwrap());
 }
 
 #[tokio::test]
@@ -528,7 +528,7 @@ async fn op_query_is_only_for_the_handshake() {
         let reply = wire::decode_reply(&frame, &Limits::default()).unwrap();
         let d = Document::try_from(reply.reply.documents[0].clone()).unwrap();
         if expect_ok {
-            assert_eq!(d.get_bool("ismaster").unwrap(), true);
+            assert!(d.get_bool("ismaster").unwrap());
         } else {
             assert_eq!(d.get_i32("code").unwrap(), 352);
         }

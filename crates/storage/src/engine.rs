@@ -1,10 +1,15 @@
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bson::RawDocumentBuf;
+use bson::{Bson, RawDocumentBuf};
+use tokio::sync::watch;
 
+use crate::txlog::{self, CommitMeta, LogOp, LogWriter};
 use crate::{StorageError, Timestamp};
 
 /// A stored document. Shared, immutable bytes: a snapshot hands out clones of the `Arc`, never
@@ -18,6 +23,25 @@ pub struct DocKey(pub Vec<u8>);
 
 pub type TxnId = u64;
 type CollId = u64;
+
+/// One document write of an open transaction. Inserts and updates are told apart only so the
+/// log reads naturally; the engine treats both as a new version.
+#[derive(Clone)]
+enum DocWrite {
+    Insert(StoredDoc),
+    Update(StoredDoc),
+    /// Keeps the deleted document's `_id`, for the log.
+    Delete(Bson),
+}
+
+impl DocWrite {
+    fn doc(&self) -> Option<&StoredDoc> {
+        match self {
+            DocWrite::Insert(d) | DocWrite::Update(d) => Some(d),
+            DocWrite::Delete(_) => None,
+        }
+    }
+}
 
 /// One collection as the catalog records it at some timestamp.
 #[derive(Clone, Debug)]
@@ -83,6 +107,13 @@ impl<T> VersionChain<T> {
         self.intent = None;
     }
 
+    /// Replays a committed version from the log: no intent is involved.
+    fn install_recovered(&mut self, ts: Timestamp, value: Option<T>) {
+        assert!(self.intent.is_none());
+        assert!(self.newest_ts().is_none_or(|newest| newest < ts));
+        self.versions.push((ts, value));
+    }
+
     /// Drops versions no snapshot can see any more: everything older than the newest version at
     /// or before `oldest_reader`.
     fn prune(&mut self, oldest_reader: Timestamp) {
@@ -116,11 +147,82 @@ struct State {
     next_coll_id: CollId,
 }
 
+/// Where an engine keeps its files, and its limits.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// `None` keeps everything in memory (tests); otherwise the log lives in `<dir>/log`.
+    pub data_dir: Option<PathBuf>,
+    /// A new log segment starts once the current one reaches this size.
+    pub segment_bytes: u64,
+    /// Committed-but-unwritten log bytes above which committers wait: bounds the queue.
+    pub max_pending_log_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            data_dir: None,
+            segment_bytes: 64 * 1024 * 1024,
+            max_pending_log_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What recovery found, for the start-up log.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub records: u64,
+    pub log_bytes: u64,
+    pub segments: usize,
+    /// A torn final record that was cut off: the segment, the offset kept, the bytes dropped.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    pub last_commit: Timestamp,
+    pub elapsed: Duration,
+}
+
+/// How far the log writer has come: commits up to `visible` are installed (readable), up to
+/// `durable` are on disk. `failed` is sticky: after a write or sync error no commit succeeds.
+#[derive(Clone, Debug)]
+struct LogProgress {
+    visible: Timestamp,
+    durable: Timestamp,
+    failed: Option<Arc<str>>,
+}
+
+/// A commit waiting for the log writer.
+struct PendingCommit {
+    ts: Timestamp,
+    txn: TxnId,
+    docs: BTreeMap<(CollId, DocKey), DocWrite>,
+    catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    /// Sealed log records, in timestamp order, not yet written.
+    bytes: Vec<u8>,
+    commits: Vec<PendingCommit>,
+    /// The newest timestamp handed out; the next commit's is later.
+    last_ts: Timestamp,
+    failed: Option<Arc<str>>,
+    shutdown: bool,
+}
+
 struct Inner {
     state: RwLock<State>,
     /// Read timestamps of live snapshots, with a count each; the minimum bounds version pruning.
     readers: Mutex<BTreeMap<Timestamp, usize>>,
     next_txn_id: AtomicU64,
+    queue: Mutex<CommitQueue>,
+    /// Wakes the writer when commits arrive.
+    queue_ready: Condvar,
+    /// Wakes committers waiting for room in the queue.
+    queue_space: Condvar,
+    progress: watch::Sender<LogProgress>,
+    options: EngineOptions,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held open for the engine's lifetime: the data directory's exclusive lock.
+    _lock: Option<File>,
 }
 
 /// The engine handle. Cheap to clone; all clones share one store.
@@ -135,19 +237,118 @@ impl Default for Engine {
     }
 }
 
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl Engine {
+    /// An engine with no files, for tests: commits go through the same queue and writer.
     pub fn in_memory() -> Engine {
-        Engine {
-            inner: Arc::new(Inner {
-                // Start the clock at the wall clock, so even an empty database reports a real
-                // `operationTime` and `$clusterTime`.
-                state: RwLock::new(State {
-                    last_commit: Timestamp::ZERO.next_after(),
-                    ..State::default()
-                }),
-                readers: Mutex::new(BTreeMap::new()),
-                next_txn_id: AtomicU64::new(1),
+        let state = State {
+            // Start the clock at the wall clock, so even an empty database reports a real
+            // `operationTime` and `$clusterTime`.
+            last_commit: Timestamp::ZERO.next_after(),
+            ..State::default()
+        };
+        Self::start(state, None, None, EngineOptions::default())
+    }
+
+    /// Opens the data directory: takes its lock, replays the transaction log, and starts the
+    /// log writer. `progress(done, total)` reports replay in log bytes.
+    pub fn open(
+        options: EngineOptions,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<(Engine, RecoveryReport), StorageError> {
+        let Some(dir) = options.data_dir.clone() else {
+            return Ok((Self::in_memory(), RecoveryReport::default()));
+        };
+        let started = Instant::now();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
+        })?;
+        let lock = lock_data_dir(&dir)?;
+        let log_dir = dir.join("log");
+        let scan = txlog::scan_log(&log_dir, progress)?;
+        let mut state = State::default();
+        let mut report = RecoveryReport {
+            records: scan.records.len() as u64,
+            log_bytes: scan.bytes,
+            segments: scan.segments,
+            torn_tail: scan.torn_tail.clone(),
+            ..RecoveryReport::default()
+        };
+        for (pos, record) in &scan.records {
+            replay(&mut state, record.ts, &record.ops).map_err(|detail| StorageError::Corrupt {
+                segment: pos.segment.clone(),
+                offset: pos.offset,
+                detail,
+            })?;
+            state.last_commit = record.ts;
+        }
+        if state.last_commit == Timestamp::ZERO {
+            state.last_commit = Timestamp::ZERO.next_after();
+        }
+        report.last_commit = state.last_commit;
+        let writer = LogWriter::open(
+            &log_dir,
+            options.segment_bytes,
+            &scan,
+            state.last_commit.next_after(),
+        )?;
+        report.elapsed = started.elapsed();
+        Ok((
+            Self::start(state, Some(writer), Some(lock), options),
+            report,
+        ))
+    }
+
+    fn start(
+        state: State,
+        log: Option<LogWriter>,
+        lock: Option<File>,
+        options: EngineOptions,
+    ) -> Engine {
+        let last = state.last_commit;
+        let (progress, _) = watch::channel(LogProgress {
+            visible: last,
+            durable: last,
+            failed: None,
+        });
+        let inner = Arc::new(Inner {
+            state: RwLock::new(state),
+            readers: Mutex::new(BTreeMap::new()),
+            next_txn_id: AtomicU64::new(1),
+            queue: Mutex::new(CommitQueue {
+                last_ts: last,
+                ..CommitQueue::default()
             }),
+            queue_ready: Condvar::new(),
+            queue_space: Condvar::new(),
+            progress,
+            options,
+            writer: Mutex::new(None),
+            _lock: lock,
+        });
+        let engine = Engine { inner };
+        let for_writer = engine.clone();
+        let handle = std::thread::Builder::new()
+            .name("mangrove-log-writer".into())
+            .spawn(move || for_writer.write_log(log))
+            .expect("cannot spawn the log writer thread");
+        *lock_mutex(&engine.inner.writer) = Some(handle);
+        engine
+    }
+
+    /// Stops the log writer after it has written everything queued. Commits after this fail.
+    pub fn close(&self) {
+        lock_mutex(&self.inner.queue).shutdown = true;
+        self.inner.queue_ready.notify_all();
+        self.inner.queue_space.notify_all();
+        if let Some(handle) = lock_mutex(&self.inner.writer).take() {
+            let _ = handle.join();
         }
     }
 
@@ -157,13 +358,18 @@ impl Engine {
         self.read_state().last_commit
     }
 
+    /// The newest commit known to be on disk.
+    pub fn last_durable(&self) -> Timestamp {
+        self.inner.progress.borrow().durable
+    }
+
     /// A read view of everything committed so far.
     pub fn snapshot(&self) -> Snapshot {
         // Registering under the state lock means no commit can prune between our reading
         // `last_commit` and the registration.
         let state = self.read_state();
         let read_ts = state.last_commit;
-        *lock(&self.inner.readers).entry(read_ts).or_insert(0) += 1;
+        *lock_mutex(&self.inner.readers).entry(read_ts).or_insert(0) += 1;
         drop(state);
         Snapshot {
             engine: self.clone(),
@@ -178,13 +384,15 @@ impl Engine {
             snapshot: self.snapshot(),
             docs: BTreeMap::new(),
             catalog: BTreeMap::new(),
+            namespaces: HashMap::new(),
+            meta: CommitMeta::default(),
             open: true,
         }
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock would already have aborted the process's invariants;
-        // the data itself is only changed in `commit`, which does not panic between steps.
+        // the data itself is only changed by the log writer, which does not panic between steps.
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -192,17 +400,310 @@ impl Engine {
         self.inner.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The oldest read timestamp still in use, not counting one registration at `committing`:
-    /// the snapshot of the transaction now committing, which never reads again.
-    fn oldest_reader_besides(&self, committing: Timestamp) -> Option<Timestamp> {
-        lock(&self.inner.readers)
-            .iter()
-            .find(|(ts, count)| !(**ts == committing && **count == 1))
-            .map(|(ts, _)| *ts)
+    fn oldest_reader(&self) -> Option<Timestamp> {
+        lock_mutex(&self.inner.readers).keys().next().copied()
+    }
+
+    /// Queues a sealed commit; the writer makes it visible and durable in timestamp order.
+    fn enqueue(
+        &self,
+        mut record: Vec<u8>,
+        mut pending: PendingCommit,
+    ) -> Result<Timestamp, StorageError> {
+        let mut queue = lock_mutex(&self.inner.queue);
+        // Bounded queue: wait for the writer to drain, unless the queue is empty (one oversized
+        // record must still get through).
+        while !queue.bytes.is_empty()
+            && queue.bytes.len() + record.len() > self.inner.options.max_pending_log_bytes
+            && queue.failed.is_none()
+            && !queue.shutdown
+        {
+            queue = self
+                .inner
+                .queue_space
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(reason) = &queue.failed {
+            return Err(StorageError::LogFailed(reason.to_string()));
+        }
+        if queue.shutdown {
+            return Err(StorageError::LogFailed(
+                "the engine is shutting down".into(),
+            ));
+        }
+        let ts = queue.last_ts.next_after();
+        txlog::seal_record(&mut record, ts, wall_clock_ms());
+        queue.last_ts = ts;
+        queue.bytes.extend_from_slice(&record);
+        pending.ts = ts;
+        queue.commits.push(pending);
+        drop(queue);
+        self.inner.queue_ready.notify_one();
+        Ok(ts)
+    }
+
+    /// The log writer thread: group commit. Each round takes every queued commit, writes them
+    /// with one write, installs them (now visible), then makes them durable with one fdatasync.
+    fn write_log(self, mut log: Option<LogWriter>) {
+        loop {
+            let (bytes, commits) = {
+                let mut queue = lock_mutex(&self.inner.queue);
+                while queue.commits.is_empty() && !queue.shutdown {
+                    queue = self
+                        .inner
+                        .queue_ready
+                        .wait(queue)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if queue.commits.is_empty() {
+                    return;
+                }
+                (
+                    std::mem::take(&mut queue.bytes),
+                    std::mem::take(&mut queue.commits),
+                )
+            };
+            self.inner.queue_space.notify_all();
+            let first_ts = commits[0].ts;
+            let last_ts = commits[commits.len() - 1].ts;
+            let written = match &mut log {
+                Some(log) => log.append(&bytes, first_ts),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
+                self.fail_log(&e.to_string(), Some(commits));
+                continue;
+            }
+            self.install(commits);
+            self.inner.progress.send_modify(|p| p.visible = last_ts);
+            let synced = match &mut log {
+                Some(log) => log.sync(),
+                None => Ok(()),
+            };
+            match synced {
+                Ok(()) => self.inner.progress.send_modify(|p| p.durable = last_ts),
+                // The batch is visible but may not be on disk: fail its durable waiters and
+                // every later commit (after a failed fsync the page cache cannot be trusted).
+                Err(e) => self.fail_log(&e.to_string(), None),
+            }
+        }
+    }
+
+    fn fail_log(&self, reason: &str, unwritten: Option<Vec<PendingCommit>>) {
+        let reason: Arc<str> = Arc::from(reason);
+        let mut later = {
+            let mut queue = lock_mutex(&self.inner.queue);
+            queue.failed = Some(reason.clone());
+            queue.bytes.clear();
+            std::mem::take(&mut queue.commits)
+        };
+        later.extend(unwritten.unwrap_or_default());
+        // Commits that never reached the log never become visible: give their intents back.
+        let mut state = self.write_state();
+        for commit in &later {
+            release_intents(&mut state, commit.txn, commit.docs.keys(), &commit.catalog);
+        }
+        drop(state);
+        self.inner.queue_space.notify_all();
+        self.inner.progress.send_modify(|p| p.failed = Some(reason));
+    }
+
+    fn install(&self, commits: Vec<PendingCommit>) {
+        let mut state = self.write_state();
+        for commit in commits {
+            let ts = commit.ts;
+            for (ns, info) in commit.catalog {
+                let chain = state
+                    .catalog
+                    .get_mut(&ns)
+                    .expect("a catalog write holds an intent, so its chain exists");
+                let dropped_id = match &info {
+                    None => chain.visible_at(ts).map(|old| old.id),
+                    Some(_) => None,
+                };
+                chain.install(commit.txn, ts, info);
+                if let Some(id) = dropped_id {
+                    state.dropped.push((ts, id));
+                }
+            }
+            for ((coll_id, key), write) in &commit.docs {
+                let chain = state
+                    .collections
+                    .get_mut(coll_id)
+                    .and_then(|d| d.get_mut(key))
+                    .expect("a document write holds an intent, so its chain exists");
+                chain.install(commit.txn, ts, write.doc().cloned());
+            }
+            assert!(ts > state.last_commit, "commits install in timestamp order");
+            state.last_commit = ts;
+            // Prune what this commit made unreachable, bounded by the oldest live reader.
+            let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
+            for (coll_id, key) in commit.docs.keys() {
+                if let Some(chains) = state.collections.get_mut(coll_id)
+                    && let Some(chain) = chains.get_mut(key)
+                {
+                    chain.prune(oldest);
+                    if chain.is_empty() {
+                        chains.remove(key);
+                    }
+                }
+            }
+            let State {
+                dropped,
+                collections,
+                ..
+            } = &mut *state;
+            dropped.retain(|(drop_ts, id)| {
+                let reclaim = *drop_ts <= oldest;
+                if reclaim {
+                    collections.remove(id);
+                }
+                !reclaim
+            });
+        }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Applies one logged transaction to the state during recovery.
+fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String> {
+    for op in ops {
+        match op {
+            LogOp::CreateCollection { ns, options } => {
+                let id = state.next_coll_id;
+                state.next_coll_id += 1;
+                let (db, name) = split_ns(ns);
+                let info = Arc::new(CollectionInfo {
+                    db: db.to_string(),
+                    name: name.to_string(),
+                    options: options.clone(),
+                    id,
+                });
+                state.collections.insert(id, BTreeMap::new());
+                state
+                    .catalog
+                    .entry(ns.clone())
+                    .or_insert_with(VersionChain::new)
+                    .install_recovered(ts, Some(info));
+            }
+            LogOp::DropCollection { ns } => {
+                let chain = state
+                    .catalog
+                    .get_mut(ns)
+                    .ok_or_else(|| format!("drop of unknown collection {ns}"))?;
+                if let Some(old) = chain.visible_at(ts).map(|c| c.id) {
+                    state.collections.remove(&old);
+                }
+                chain.install_recovered(ts, None);
+                // Nothing reads old versions during recovery: keep only the tombstone.
+                chain.prune(ts);
+            }
+            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
+                let docs = collection_docs(state, ns, ts)?;
+                let chain = docs
+                    .entry(DocKey(key.clone()))
+                    .or_insert_with(VersionChain::new);
+                chain.install_recovered(ts, Some(Arc::new(doc.clone())));
+                chain.prune(ts);
+            }
+            LogOp::Delete { ns, key, .. } => {
+                let docs = collection_docs(state, ns, ts)?;
+                let k = DocKey(key.clone());
+                if let Some(chain) = docs.get_mut(&k) {
+                    chain.install_recovered(ts, None);
+                    chain.prune(ts);
+                    if chain.is_empty() {
+                        docs.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collection_docs<'a>(
+    state: &'a mut State,
+    ns: &str,
+    ts: Timestamp,
+) -> Result<&'a mut BTreeMap<DocKey, VersionChain<StoredDoc>>, String> {
+    let id = state
+        .catalog
+        .get(ns)
+        .and_then(|c| c.visible_at(ts))
+        .map(|c| c.id)
+        .ok_or_else(|| format!("write to unknown collection {ns}"))?;
+    state
+        .collections
+        .get_mut(&id)
+        .ok_or_else(|| format!("collection {ns} has no data"))
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join("mangrove.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(format!("cannot open lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io(
+            format!("cannot lock {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Gives back intents a transaction took, and drops chains and collections that only existed
+/// for it.
+fn release_intents<'a>(
+    state: &mut State,
+    txn: TxnId,
+    doc_keys: impl Iterator<Item = &'a (CollId, DocKey)>,
+    catalog: &BTreeMap<String, Option<Arc<CollectionInfo>>>,
+) {
+    for (coll_id, key) in doc_keys {
+        if let Some(chains) = state.collections.get_mut(coll_id)
+            && let Some(chain) = chains.get_mut(key)
+        {
+            if chain.intent == Some(txn) {
+                chain.intent = None;
+            }
+            if chain.is_empty() {
+                chains.remove(key);
+            }
+        }
+    }
+    for (ns, info) in catalog {
+        if let Some(chain) = state.catalog.get_mut(ns) {
+            if chain.intent == Some(txn) {
+                chain.intent = None;
+            }
+            if chain.is_empty() {
+                state.catalog.remove(ns);
+            }
+        }
+        // A collection created by this transaction never became visible: free its map.
+        if let Some(info) = info {
+            let visible = state
+                .catalog
+                .get(ns)
+                .and_then(|c| c.visible_at(Timestamp(u64::MAX)))
+                .map(|c| c.id);
+            if visible != Some(info.id) {
+                state.collections.remove(&info.id);
+            }
+        }
+    }
+}
+
+fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -219,7 +720,7 @@ pub struct Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        let mut readers = lock(&self.engine.inner.readers);
+        let mut readers = lock_mutex(&self.engine.inner.readers);
         if let Some(count) = readers.get_mut(&self.read_ts) {
             *count -= 1;
             if *count == 0 {
@@ -317,9 +818,60 @@ impl Snapshot {
 pub struct Txn {
     id: TxnId,
     snapshot: Snapshot,
-    docs: BTreeMap<(CollId, DocKey), Option<StoredDoc>>,
+    docs: BTreeMap<(CollId, DocKey), DocWrite>,
     catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
+    /// The namespace of every collection written, for the log record.
+    namespaces: HashMap<CollId, String>,
+    meta: CommitMeta,
     open: bool,
+}
+
+/// What a commit promised: its timestamp, and a way to wait until it is visible to readers
+/// or durable on disk.
+#[must_use = "a commit is not acknowledged until its ticket resolves"]
+pub struct CommitTicket {
+    ts: Timestamp,
+    progress: Option<watch::Receiver<LogProgress>>,
+}
+
+impl CommitTicket {
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    async fn wait_for(
+        &mut self,
+        reached: impl Fn(&LogProgress) -> bool,
+    ) -> Result<Timestamp, StorageError> {
+        let Some(rx) = &mut self.progress else {
+            return Ok(self.ts);
+        };
+        let progress = rx
+            .wait_for(|p| reached(p) || p.failed.is_some())
+            .await
+            .map_err(|_| StorageError::LogFailed("the log writer stopped".into()))?;
+        if reached(&progress) {
+            Ok(self.ts)
+        } else {
+            Err(StorageError::LogFailed(
+                progress.failed.as_deref().unwrap_or("unknown").to_string(),
+            ))
+        }
+    }
+
+    /// Resolves once the commit is visible to new snapshots (written to the log, not yet
+    /// synced): MongoDB's `w: 1, j: false` acknowledgement.
+    pub async fn visible(&mut self) -> Result<Timestamp, StorageError> {
+        let ts = self.ts;
+        self.wait_for(|p| p.visible >= ts).await
+    }
+
+    /// Resolves once the commit is on disk (its fdatasync returned): `j: true` and `w:
+    /// "majority"`.
+    pub async fn durable(&mut self) -> Result<Timestamp, StorageError> {
+        let ts = self.ts;
+        self.wait_for(|p| p.durable >= ts && p.visible >= ts).await
+    }
 }
 
 impl Txn {
@@ -329,6 +881,11 @@ impl Txn {
 
     pub fn read_ts(&self) -> Timestamp {
         self.snapshot.read_ts
+    }
+
+    /// Records who commits this transaction, for the log.
+    pub fn set_meta(&mut self, meta: CommitMeta) {
+        self.meta = meta;
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -362,7 +919,7 @@ impl Txn {
 
     pub fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Option<StoredDoc> {
         match self.docs.get(&(coll.id, key.clone())) {
-            Some(own) => own.clone(),
+            Some(own) => own.doc().cloned(),
             None => self.snapshot.get(coll, key),
         }
     }
@@ -388,7 +945,7 @@ impl Txn {
         self.snapshot.scan(coll, after, |key, doc| {
             // Emit our own writes that sort before this committed key first.
             while let Some((own_key, own_doc)) = own.next_if(|(k, _)| *k < key) {
-                if let Some(d) = own_doc
+                if let Some(d) = own_doc.doc()
                     && visit(own_key, d).is_break()
                 {
                     stopped = true;
@@ -396,8 +953,10 @@ impl Txn {
                 }
             }
             let flow = match own.next_if(|(k, _)| *k == key) {
-                Some((_, Some(mine))) => visit(key, mine),
-                Some((_, None)) => ControlFlow::Continue(()),
+                Some((_, mine)) => match mine.doc() {
+                    Some(mine) => visit(key, mine),
+                    None => ControlFlow::Continue(()),
+                },
                 None => visit(key, doc),
             };
             if flow.is_break() {
@@ -409,7 +968,7 @@ impl Txn {
             return;
         }
         for (key, doc) in own {
-            if let Some(d) = doc
+            if let Some(d) = doc.doc()
                 && visit(key, d).is_break()
             {
                 return;
@@ -504,7 +1063,14 @@ impl Txn {
                 id: Box::new(id),
             });
         }
-        self.docs.insert((coll.id, key), Some(doc));
+        // Re-inserting what this transaction deleted is, to everyone else, an update.
+        let write = match self.docs.get(&(coll.id, key.clone())) {
+            Some(DocWrite::Delete(_)) => DocWrite::Update(doc),
+            _ if self.snapshot.get(coll, &key).is_some() => DocWrite::Update(doc),
+            _ => DocWrite::Insert(doc),
+        };
+        self.namespaces.insert(coll.id, coll.ns());
+        self.docs.insert((coll.id, key), write);
         Ok(())
     }
 
@@ -517,14 +1083,30 @@ impl Txn {
     ) -> Result<(), StorageError> {
         self.check_open()?;
         self.claim_doc(coll, &key)?;
-        self.docs.insert((coll.id, key), Some(doc));
+        // An update of a document this transaction inserted is still, to others, an insert.
+        let write = match self.docs.get(&(coll.id, key.clone())) {
+            Some(DocWrite::Insert(_)) => DocWrite::Insert(doc),
+            _ => DocWrite::Update(doc),
+        };
+        self.namespaces.insert(coll.id, coll.ns());
+        self.docs.insert((coll.id, key), write);
         Ok(())
     }
 
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
         self.check_open()?;
+        let id = self
+            .get(coll, &key)
+            .and_then(|d| {
+                d.get("_id")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| Bson::try_from(v).ok())
+            })
+            .unwrap_or(Bson::Null);
         self.claim_doc(coll, &key)?;
-        self.docs.insert((coll.id, key), None);
+        self.namespaces.insert(coll.id, coll.ns());
+        self.docs.insert((coll.id, key), DocWrite::Delete(id));
         Ok(())
     }
 
@@ -568,69 +1150,86 @@ impl Txn {
         }
     }
 
-    /// Makes every write visible at one new timestamp, which it returns. A read-only transaction
-    /// commits at its read timestamp and changes nothing.
-    pub fn commit(mut self) -> Result<Timestamp, StorageError> {
+    /// Hands the transaction to the log writer and returns at once: the writes become visible
+    /// at one new timestamp once written to the log, and durable after its fdatasync; wait on
+    /// the ticket for either. A read-only transaction commits at its read timestamp.
+    pub fn commit(mut self) -> Result<CommitTicket, StorageError> {
         self.check_open()?;
-        self.open = false;
         if self.is_read_only() {
-            return Ok(self.read_ts());
+            self.open = false;
+            return Ok(CommitTicket {
+                ts: self.read_ts(),
+                progress: None,
+            });
         }
+        let ops = self.log_ops();
+        let record = match txlog::encode_record(&self.meta, &ops) {
+            Ok(r) => r,
+            Err(e) => {
+                self.release();
+                return Err(e);
+            }
+        };
         let engine = self.snapshot.engine.clone();
-        let mut state = engine.write_state();
-        let ts = state.last_commit.next_after();
-        let docs = std::mem::take(&mut self.docs);
-        let catalog = std::mem::take(&mut self.catalog);
-        for (ns, info) in catalog {
-            let chain = state
-                .catalog
-                .get_mut(&ns)
-                .expect("a catalog write holds an intent, so its chain exists");
-            if info.is_none()
-                && let Some(old) = chain.visible_at(self.snapshot.read_ts)
-            {
-                let old_id = old.id;
-                state.dropped.push((ts, old_id));
+        let pending = PendingCommit {
+            ts: Timestamp::ZERO,
+            txn: self.id,
+            docs: std::mem::take(&mut self.docs),
+            catalog: std::mem::take(&mut self.catalog),
+        };
+        let progress = engine.inner.progress.subscribe();
+        match engine.enqueue(record, pending) {
+            Ok(ts) => {
+                // The intents now belong to the queued commit; the writer installs them.
+                self.open = false;
+                Ok(CommitTicket {
+                    ts,
+                    progress: Some(progress),
+                })
             }
-            let chain = state.catalog.get_mut(&ns).expect("checked above");
-            chain.install(self.id, ts, info);
+            Err(e) => Err(e), // enqueue failed: `release` (on drop) gives the intents back
         }
-        for ((coll_id, key), doc) in &docs {
-            let chain = state
-                .collections
-                .get_mut(coll_id)
-                .and_then(|d| d.get_mut(key))
-                .expect("a document write holds an intent, so its chain exists");
-            chain.install(self.id, ts, doc.clone());
-        }
-        state.last_commit = ts;
-        // Prune what this commit made unreachable, bounded by the oldest live reader.
-        let oldest = engine
-            .oldest_reader_besides(self.snapshot.read_ts)
-            .map_or(ts, |r| r.min(ts));
-        for (coll_id, key) in docs.keys() {
-            if let Some(chains) = state.collections.get_mut(coll_id)
-                && let Some(chain) = chains.get_mut(key)
-            {
-                chain.prune(oldest);
-                if chain.is_empty() {
-                    chains.remove(key);
-                }
+    }
+
+    /// The transaction's writes in the order replay must apply them: creations, documents,
+    /// then drops.
+    fn log_ops(&self) -> Vec<LogOp> {
+        let mut ops = Vec::with_capacity(self.docs.len() + self.catalog.len());
+        for (ns, info) in &self.catalog {
+            if let Some(info) = info {
+                ops.push(LogOp::CreateCollection {
+                    ns: ns.clone(),
+                    options: info.options.clone(),
+                });
             }
         }
-        let State {
-            dropped,
-            collections,
-            ..
-        } = &mut *state;
-        dropped.retain(|(drop_ts, id)| {
-            let reclaim = *drop_ts <= oldest;
-            if reclaim {
-                collections.remove(id);
+        for ((coll_id, key), write) in &self.docs {
+            let ns = self.namespaces.get(coll_id).cloned().unwrap_or_default();
+            let key = key.0.clone();
+            ops.push(match write {
+                DocWrite::Insert(d) => LogOp::Insert {
+                    ns,
+                    key,
+                    doc: (**d).clone(),
+                },
+                DocWrite::Update(d) => LogOp::Update {
+                    ns,
+                    key,
+                    doc: (**d).clone(),
+                },
+                DocWrite::Delete(id) => LogOp::Delete {
+                    ns,
+                    key,
+                    id: id.clone(),
+                },
+            });
+        }
+        for (ns, info) in &self.catalog {
+            if info.is_none() {
+                ops.push(LogOp::DropCollection { ns: ns.clone() });
             }
-            !reclaim
-        });
-        Ok(ts)
+        }
+        ops
     }
 
     /// Releases every intent; nothing of this transaction was ever visible to others.
@@ -645,38 +1244,7 @@ impl Txn {
         self.open = false;
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
-        for (coll_id, key) in self.docs.keys() {
-            if let Some(chains) = state.collections.get_mut(coll_id)
-                && let Some(chain) = chains.get_mut(key)
-            {
-                if chain.intent == Some(self.id) {
-                    chain.intent = None;
-                }
-                if chain.is_empty() {
-                    chains.remove(key);
-                }
-            }
-        }
-        for (ns, info) in &self.catalog {
-            if let Some(chain) = state.catalog.get_mut(ns) {
-                if chain.intent == Some(self.id) {
-                    chain.intent = None;
-                }
-                if chain.is_empty() {
-                    state.catalog.remove(ns);
-                }
-            }
-            // A collection created by this transaction never became visible: free its map.
-            if let Some(info) = info
-                && state
-                    .catalog
-                    .get(ns)
-                    .and_then(|c| c.visible_at(Timestamp(u64::MAX)))
-                    .is_none_or(|visible| visible.id != info.id)
-            {
-                state.collections.remove(&info.id);
-            }
-        }
+        release_intents(&mut state, self.id, self.docs.keys(), &self.catalog);
     }
 }
 

@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 /// What the engine can refuse. The server maps each to MongoDB's code, codeName and labels.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StorageError {
@@ -16,4 +18,50 @@ pub enum StorageError {
     /// The transaction was already committed or aborted; a programming error in the caller.
     #[error("transaction is no longer open")]
     TxnClosed,
+    #[error("transaction too large for one log record: {bytes} bytes, at most {max}")]
+    TransactionTooLarge { bytes: usize, max: usize },
+    #[error("cannot encode a log record: {0}")]
+    Encoding(String),
+    /// A file operation failed; `context` says which and the message says what to do.
+    #[error("{context}: {message}")]
+    Io {
+        context: String,
+        message: String,
+        kind: std::io::ErrorKind,
+    },
+    #[error(
+        "the transaction log is damaged in {} at offset {offset}: {detail}. Records before this point are intact. Run `mangrove log verify` for details; restore the segment from a backup, or move it and every later segment out of the log directory to start from the intact prefix (losing the transactions they hold)",
+        segment.display()
+    )]
+    Corrupt {
+        segment: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// The log could not be written or synced; no commit can be made durable until restart.
+    #[error(
+        "the transaction log failed and the server accepts no more writes: {0}. Nothing acknowledged is lost; free disk space or fix the disk, then restart the server"
+    )]
+    LogFailed(String),
+    #[error(
+        "data directory {} is in use by another mangrove process (lock file {}); stop it or choose another --data-dir",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
+}
+
+impl StorageError {
+    pub(crate) fn io(context: String, e: std::io::Error) -> StorageError {
+        let hint = match e.kind() {
+            std::io::ErrorKind::StorageFull => " (the disk is full)",
+            std::io::ErrorKind::PermissionDenied => " (check the data directory's permissions)",
+            _ => "",
+        };
+        StorageError::Io {
+            context,
+            message: format!("{e}{hint}"),
+            kind: e.kind(),
+        }
+    }
 }

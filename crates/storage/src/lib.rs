@@ -1,25 +1,36 @@
-//! The storage engine: multi-version documents, snapshots and write transactions.
+//! The storage engine: multi-version documents, snapshots, write transactions, and the durable
+//! transaction log they commit to.
 //!
 //! This crate owns *what is committed and who may see it*. It knows nothing about commands,
 //! sessions or the query language: callers hand it documents already keyed by the
 //! order-preserving encoding of their `_id`.
 //!
-//! The engine is in memory for now. Its shape is the one the durable engine keeps:
-//! - every read goes through a [`Snapshot`] pinned at a commit [`Timestamp`];
-//! - every write goes through a [`Txn`], which takes an eager write intent per document (first
-//!   writer wins) and fails at once with [`StorageError::WriteConflict`] instead of waiting;
-//! - [`Txn::commit`] is the single point where a transaction's writes become visible, all at once,
-//!   at one timestamp. The transaction log will be appended there.
+//! - Every read goes through a [`Snapshot`] pinned at a commit [`Timestamp`].
+//! - Every write goes through a [`Txn`], which takes an eager write intent per document (first
+//!   writer wins) and fails at once with [`StorageError::WriteConflict`] instead of waiting.
+//! - [`Txn::commit`] seals one log record for the whole transaction and queues it. One writer
+//!   thread group-commits the queue: one write makes a batch visible, one fdatasync makes it
+//!   durable ([`CommitTicket::visible`], [`CommitTicket::durable`]).
+//! - [`Engine::open`] replays the log: a torn final record is cut off and reported, damage
+//!   anywhere else refuses to open.
 //!
 //! Invariants (asserted where cheap):
 //! - a version chain is ordered by strictly increasing commit timestamp;
 //! - at most one open transaction holds the intent on a key;
-//! - a snapshot never observes a version committed after its read timestamp.
+//! - commits become visible in timestamp order, which is also log order, so a durable commit
+//!   implies every earlier one is durable;
+//! - a snapshot never observes a version committed after its read timestamp;
+//! - nothing becomes visible before its log record is written.
 
 mod clock;
 mod engine;
 mod error;
+pub mod txlog;
 
 pub use clock::Timestamp;
-pub use engine::{CollectionInfo, DocKey, Engine, Snapshot, StoredDoc, Txn, TxnId};
+pub use engine::{
+    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, RecoveryReport, Snapshot,
+    StoredDoc, Txn, TxnId,
+};
 pub use error::StorageError;
+pub use txlog::CommitMeta;

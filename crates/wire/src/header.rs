@@ -1,5 +1,4 @@
 use crate::error::WireError;
-use crate::opcode;
 
 /// Size of the standard message header that starts every frame.
 pub const HEADER_LEN: usize = 16;

@@ -14,7 +14,7 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_i64};
 
 use super::Reply;
-use super::crud::{cursor_reply, retry_conflicts, validate_db_name};
+use super::crud::{WriteOptions, cursor_reply, retry_conflicts, validate_db_name};
 
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;
@@ -193,7 +193,8 @@ pub(super) async fn create(shared: &Shared, req: &Request<'_>) -> CommandResult<
         }
     }
     let ns = req.ns(name);
-    retry_conflicts(shared, |txn: &mut Txn| match txn.collection(&ns) {
+    let opts = WriteOptions::from_request(req)?;
+    retry_conflicts(shared, &opts, |txn: &mut Txn| match txn.collection(&ns) {
         // MongoDB 7.0 makes `create` idempotent when the options match.
         Some(existing) if existing.options == options => Ok(()),
         Some(_) => Err(CommandError::new(
@@ -241,7 +242,8 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     req.check_fields(&[])?;
     let name = req.collection()?;
     let ns = req.ns(name);
-    retry_conflicts(shared, |txn: &mut Txn| {
+    let opts = WriteOptions::from_request(req)?;
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
         // Since MongoDB 7.0, dropping a missing collection succeeds.
         if txn.collection(&ns).is_some() {
             txn.drop_collection(&ns)?;
@@ -255,7 +257,8 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
 pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[])?;
     validate_db_name(req.db)?;
-    retry_conflicts(shared, |txn: &mut Txn| {
+    let opts = WriteOptions::from_request(req)?;
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
         for coll in txn.list_collections(req.db) {
             txn.drop_collection(&coll.ns())?;
         }

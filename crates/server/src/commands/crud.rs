@@ -9,7 +9,9 @@ use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Projection, SortSpec, Update, encode_key};
-use mangrove_storage::{CollectionInfo, DocKey, StorageError, StoredDoc, Txn};
+use mangrove_storage::{
+    CollectionInfo, CommitMeta, CommitTicket, DocKey, StorageError, StoredDoc, Txn,
+};
 
 use crate::cursor::{BatchDoc, Cursor, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
@@ -58,19 +60,78 @@ fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
     doc.get("_id").ok().flatten()
 }
 
+/// How long a write waits before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ack {
+    /// Visible to readers (written to the log, not yet synced): `w: 0` and `w: 1, j: false`.
+    Visible,
+    /// On disk: `j: true`, `w: "majority"`, and MongoDB's default write concern (majority).
+    Durable,
+}
+
+/// What every write of one command shares: how to acknowledge it, and who commits it (for the
+/// transaction log).
+pub(super) struct WriteOptions {
+    pub ack: Ack,
+    pub meta: CommitMeta,
+    /// The `writeConcernError` to attach to the reply, if the concern cannot be satisfied.
+    pub wc_error: Option<Document>,
+}
+
+impl WriteOptions {
+    pub fn from_request(req: &Request<'_>) -> CommandResult<WriteOptions> {
+        let (ack, wc_error) = write_concern(req)?;
+        let lsid = match req.get("lsid") {
+            Some(RawBsonRef::Document(d)) => Some(Document::try_from(d).map_err(internal)?),
+            Some(v) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "BSON field 'lsid' is the wrong type '{}', expected type 'object'",
+                    type_name(v.element_type())
+                )));
+            }
+            None => None,
+        };
+        let txn_number = match req.get("txnNumber") {
+            Some(RawBsonRef::Int64(n)) => Some(n),
+            Some(v) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "BSON field 'txnNumber' is the wrong type '{}', expected type 'long'",
+                    type_name(v.element_type())
+                )));
+            }
+            None => None,
+        };
+        Ok(WriteOptions {
+            ack,
+            meta: CommitMeta { lsid, txn_number },
+            wc_error,
+        })
+    }
+}
+
+pub(super) async fn acknowledge(mut ticket: CommitTicket, ack: Ack) -> CommandResult<()> {
+    match ack {
+        Ack::Visible => ticket.visible().await?,
+        Ack::Durable => ticket.durable().await?,
+    };
+    Ok(())
+}
+
 /// Runs `op` in an auto-commit transaction and commits it, retrying on write conflicts the way
 /// mongod retries them for writes outside transactions.
 pub(super) async fn retry_conflicts<T>(
     shared: &Shared,
+    opts: &WriteOptions,
     mut op: impl FnMut(&mut Txn) -> CommandResult<T>,
 ) -> CommandResult<T> {
     let started = Instant::now();
     let mut backoff = Duration::from_micros(200);
     loop {
         let mut txn = shared.engine.begin();
+        txn.set_meta(opts.meta.clone());
         match op(&mut txn) {
             Ok(value) => {
-                txn.commit()?;
+                acknowledge(txn.commit()?, opts.ack).await?;
                 return Ok(value);
             }
             Err(e)
@@ -86,11 +147,15 @@ pub(super) async fn retry_conflicts<T>(
 }
 
 /// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
-async fn implicit_collection(shared: &Shared, ns: &str) -> CommandResult<CollectionInfo> {
+async fn implicit_collection(
+    shared: &Shared,
+    ns: &str,
+    opts: &WriteOptions,
+) -> CommandResult<CollectionInfo> {
     if let Some(info) = shared.engine.snapshot().collection(ns) {
         return Ok(info);
     }
-    retry_conflicts(shared, |txn| {
+    retry_conflicts(shared, opts, |txn| {
         Ok(txn.ensure_collection(ns, Document::new())?.0)
     })
     .await
@@ -121,32 +186,37 @@ pub(super) fn cursor_reply(
     reply
 }
 
-/// Validates `writeConcern` before the write, and returns the `writeConcernError` to attach
-/// after it: a single node can acknowledge `w: 1` and `"majority"`, never more.
-fn write_concern(req: &Request<'_>) -> CommandResult<Option<Document>> {
+/// Validates `writeConcern` before the write. Returns how to acknowledge, and the
+/// `writeConcernError` to attach after it: a single node can satisfy `w: 1` and `"majority"`,
+/// never more.
+pub(super) fn write_concern(req: &Request<'_>) -> CommandResult<(Ack, Option<Document>)> {
     let Some(wc) = req.opt_doc("writeConcern")? else {
-        return Ok(None);
+        return Ok((Ack::Durable, None));
     };
+    let mut numeric_w: Option<i64> = None;
+    let mut journal: Option<bool> = None;
+    let mut error: Option<Document> = None;
     for item in wc.iter() {
         let (key, value) = item.map_err(internal)?;
         match key.as_str() {
             "w" => match value {
                 RawBsonRef::String("majority") => {}
                 RawBsonRef::String(tag) => {
-                    return Ok(Some(doc! {
+                    error = Some(doc! {
                         "code": code::UNKNOWN_REPL_WRITE_CONCERN,
                         "codeName": "UnknownReplWriteConcern",
                         "errmsg": format!("No write concern mode named '{tag}' found in replica set configuration"),
-                    }));
+                    });
                 }
                 v => match as_i64(v) {
                     Some(n) if (0..=50).contains(&n) => {
+                        numeric_w = Some(n);
                         if n > 1 {
-                            return Ok(Some(doc! {
+                            error = Some(doc! {
                                 "code": code::UNSATISFIABLE_WRITE_CONCERN,
                                 "codeName": "UnsatisfiableWriteConcern",
                                 "errmsg": "Not enough data-bearing nodes",
-                            }));
+                            });
                         }
                     }
                     Some(n) => {
@@ -161,15 +231,16 @@ fn write_concern(req: &Request<'_>) -> CommandResult<Option<Document>> {
                     }
                 },
             },
-            "j" | "fsync" => {
-                if as_bool(value).is_none() {
+            "j" | "fsync" => match as_bool(value) {
+                Some(b) => journal = Some(journal.unwrap_or(false) || b),
+                None => {
                     return Err(CommandError::failed_to_parse(format!(
                         "writeConcern.{} must be a boolean, not {}",
                         key.as_str(),
                         type_name(value.element_type())
                     )));
                 }
-            }
+            },
             "wtimeout" | "wTimeout" => {
                 if as_i64(value).is_none() {
                     return Err(CommandError::failed_to_parse("wtimeout must be a number"));
@@ -184,7 +255,13 @@ fn write_concern(req: &Request<'_>) -> CommandResult<Option<Document>> {
             }
         }
     }
-    Ok(None)
+    // Only an explicit w: 0 or 1 without j lets a write be acknowledged before its fdatasync.
+    let ack = match (numeric_w, journal) {
+        (_, Some(true)) => Ack::Durable,
+        (Some(0 | 1), _) => Ack::Visible,
+        _ => Ack::Durable,
+    };
+    Ok((ack, error))
 }
 
 fn finish_write(
@@ -293,22 +370,25 @@ pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<
     req.check_fields(&["documents", "ordered", "bypassDocumentValidation"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let wc_error = write_concern(req)?;
+    let opts = WriteOptions::from_request(req)?;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let docs = req.batch("documents")?;
     batch_size_check(docs.len())?;
     let ns = req.ns(name);
-    let coll = implicit_collection(shared, &ns).await?;
+    let coll = implicit_collection(shared, &ns, &opts).await?;
     let max_bson = shared.config.max_bson_size;
 
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
     let mut next = 0usize;
     let started = Instant::now();
+    // Commits become visible and durable in order, so waiting on the last covers them all.
+    let mut last_ticket: Option<CommitTicket> = None;
     // One transaction carries the batch; a write conflict commits what is done, waits, and
     // resumes at the conflicting document.
     'batch: while next < docs.len() {
         let mut txn = shared.engine.begin();
+        txn.set_meta(opts.meta.clone());
         while next < docs.len() {
             let result = prepare_insert(docs[next], max_bson).and_then(|(key, stored)| {
                 txn.insert(&coll, key, Arc::new(stored))
@@ -320,27 +400,30 @@ pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<
                     if e.code == code::WRITE_CONFLICT
                         && started.elapsed() < CONFLICT_RETRY_LIMIT =>
                 {
-                    txn.commit()?;
+                    last_ticket = Some(txn.commit()?);
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'batch;
                 }
                 Err(e) => {
                     write_errors.push(e.to_write_error(next));
                     if ordered {
-                        txn.commit()?;
+                        last_ticket = Some(txn.commit()?);
                         break 'batch;
                     }
                 }
             }
             next += 1;
         }
-        txn.commit()?;
+        last_ticket = Some(txn.commit()?);
+    }
+    if let Some(ticket) = last_ticket {
+        acknowledge(ticket, opts.ack).await?;
     }
     Counters::bump(&shared.counters.insert, inserted as u64);
     Ok(finish_write(
         doc! { "n": inserted as i32 },
         write_errors,
-        wc_error,
+        opts.wc_error,
     ))
 }
 
@@ -788,7 +871,7 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
     req.check_fields(&["updates", "ordered", "bypassDocumentValidation", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let wc_error = write_concern(req)?;
+    let opts = WriteOptions::from_request(req)?;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("updates")?;
     batch_size_check(stmts.len())?;
@@ -856,14 +939,14 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
                 _ => None,
             })?;
             let coll = if upsert {
-                implicit_collection(shared, &ns).await?
+                implicit_collection(shared, &ns, &opts).await?
             } else {
                 match shared.engine.snapshot().collection(&ns) {
                     Some(c) => c,
                     None => return Ok(UpdateOutcome::default()),
                 }
             };
-            retry_conflicts(shared, |txn| run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)).await
+            retry_conflicts(shared, &opts, |txn| run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)).await
         }
         .await;
         match result {
@@ -887,14 +970,14 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
     if !upserted.is_empty() {
         reply.insert("upserted", upserted);
     }
-    Ok(finish_write(reply, write_errors, wc_error))
+    Ok(finish_write(reply, write_errors, opts.wc_error))
 }
 
 pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["deletes", "ordered", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let wc_error = write_concern(req)?;
+    let opts = WriteOptions::from_request(req)?;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("deletes")?;
     batch_size_check(stmts.len())?;
@@ -936,7 +1019,7 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
             let Some(coll) = shared.engine.snapshot().collection(&ns) else {
                 return Ok(0);
             };
-            retry_conflicts(shared, |txn| {
+            retry_conflicts(shared, &opts, |txn| {
                 let found = targets(txn, &coll, &filter, just_one);
                 let count = found.len() as u64;
                 for (key, _) in found {
@@ -958,7 +1041,11 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
             }
         }
     }
-    Ok(finish_write(doc! { "n": n as i32 }, write_errors, wc_error))
+    Ok(finish_write(
+        doc! { "n": n as i32 },
+        write_errors,
+        opts.wc_error,
+    ))
 }
 
 pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

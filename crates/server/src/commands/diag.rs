@@ -128,8 +128,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "name": "mangrove",
             "supportsCommittedReads": true,
             "supportsSnapshotReadConcern": true,
-            // Until the durable engine lands, data lives in memory only.
-            "persistent": false,
+            "persistent": true,
         },
         "ok": 1.0,
     }

@@ -13,12 +13,22 @@ fn v_of(d: &StoredDoc) -> i32 {
     d.get_i32("v").unwrap()
 }
 
+/// Commits and waits until the writes are visible.
+fn commit(t: Txn) -> Timestamp {
+    let mut ticket = t.commit().unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(ticket.visible())
+        .unwrap()
+}
+
 fn setup() -> (Engine, CollectionInfo) {
     let engine = Engine::in_memory();
     let mut t = engine.begin();
     let (coll, created) = t.ensure_collection("db.c", bson::Document::new()).unwrap();
     assert!(created);
-    t.commit().unwrap();
+    commit(t);
     (engine, coll)
 }
 
@@ -37,7 +47,7 @@ fn snapshot_does_not_see_later_commits() {
     let before = engine.snapshot();
     let mut t = engine.begin();
     t.insert(&coll, key(1), doc(1, 10)).unwrap();
-    let ts = t.commit().unwrap();
+    let ts = commit(t);
     assert!(ts > before.read_ts());
     assert!(before.get(&coll, &key(1)).is_none());
     assert_eq!(
@@ -67,7 +77,7 @@ fn first_writer_wins_at_once() {
         b.insert(&coll, key(1), doc(1, 2)),
         Err(StorageError::WriteConflict)
     );
-    a.commit().unwrap();
+    commit(a);
     // b's snapshot predates a's commit: still a conflict, not a duplicate.
     assert_eq!(
         b.replace(&coll, key(1), doc(1, 3)),
@@ -82,7 +92,7 @@ fn first_writer_wins_at_once() {
     // The failed insert must not keep the intent.
     let mut d = engine.begin();
     d.replace(&coll, key(1), doc(1, 5)).unwrap();
-    d.commit().unwrap();
+    commit(d);
 }
 
 #[test]
@@ -94,7 +104,7 @@ fn dropping_an_open_transaction_releases_its_intents() {
     }
     let mut b = engine.begin();
     b.insert(&coll, key(1), doc(1, 2)).unwrap();
-    b.commit().unwrap();
+    commit(b);
 }
 
 #[test]
@@ -104,7 +114,7 @@ fn scan_merges_own_writes_in_key_order() {
     for i in [2, 4, 6] {
         t.insert(&coll, key(i), doc(i, i)).unwrap();
     }
-    t.commit().unwrap();
+    commit(t);
     let mut t = engine.begin();
     t.insert(&coll, key(1), doc(1, 1)).unwrap();
     t.insert(&coll, key(5), doc(5, 5)).unwrap();
@@ -127,7 +137,7 @@ fn scan_merges_own_writes_in_key_order() {
         }
     });
     assert_eq!(after, vec![40, 5]);
-    t.commit().unwrap();
+    commit(t);
     assert_eq!(collect(&engine.snapshot(), &coll), vec![1, 2, 40, 5, 9]);
 }
 
@@ -136,18 +146,18 @@ fn old_snapshot_survives_pruning() {
     let (engine, coll) = setup();
     let mut t = engine.begin();
     t.insert(&coll, key(1), doc(1, 1)).unwrap();
-    t.commit().unwrap();
+    commit(t);
     let old = engine.snapshot();
     for v in 2..10 {
         let mut t = engine.begin();
         t.replace(&coll, key(1), doc(1, v)).unwrap();
-        t.commit().unwrap();
+        commit(t);
     }
     assert_eq!(old.get(&coll, &key(1)).map(|d| v_of(&d)), Some(1));
     drop(old);
     let mut t = engine.begin();
     t.delete(&coll, key(1)).unwrap();
-    t.commit().unwrap();
+    commit(t);
     let state = engine.read_state();
     let chains = &state.collections[&coll.id];
     // With no reader left, the deleted key's whole history is reclaimed.
@@ -159,11 +169,11 @@ fn drop_collection_is_snapshot_consistent() {
     let (engine, coll) = setup();
     let mut t = engine.begin();
     t.insert(&coll, key(1), doc(1, 1)).unwrap();
-    t.commit().unwrap();
+    commit(t);
     let old = engine.snapshot();
     let mut t = engine.begin();
     t.drop_collection("db.c").unwrap();
-    t.commit().unwrap();
+    commit(t);
     assert!(engine.snapshot().collection("db.c").is_none());
     assert_eq!(collect(&old, &coll), vec![1]);
     assert_eq!(engine.snapshot().list_databases(), Vec::<String>::new());
@@ -172,7 +182,7 @@ fn drop_collection_is_snapshot_consistent() {
     let mut t = engine.begin();
     let (coll2, created) = t.ensure_collection("db.c", bson::Document::new()).unwrap();
     assert!(created);
-    t.commit().unwrap();
+    commit(t);
     assert_eq!(collect(&engine.snapshot(), &coll2), Vec::<i32>::new());
     assert_eq!(engine.snapshot().list_databases(), vec!["db".to_string()]);
 }
@@ -195,7 +205,7 @@ fn commit_timestamps_increase() {
     for i in 0..100 {
         let mut t = engine.begin();
         t.insert(&coll, key(i), doc(i, i)).unwrap();
-        let ts = t.commit().unwrap();
+        let ts = commit(t);
         assert!(ts > last);
         last = ts;
     }

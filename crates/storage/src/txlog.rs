@@ -1,0 +1,585 @@
+//! The transaction log: one record per committed transaction, in segment files.
+//!
+//! ```text
+//! segment file  = header record*
+//! header        = "MGVLOG\0\0" (8 bytes) | format version u32 LE | reserved u32 (16 bytes)
+//! record        = payload length u32 LE | crc32c u32 LE | payload
+//! payload       = commit ts u64 LE | wall clock ms i64 LE | BSON body
+//! body          = { v: 1, lsid?: doc, txnNumber?: long, ops: [op, ...] }
+//! op            = { op: "i" | "u" | "d", ns, k: binData, _id, o?: doc }     (insert, update, delete)
+//!               | { op: "c", ns, o: options }  |  { op: "x", ns }           (create, drop)
+//! ```
+//!
+//! The CRC covers the length prefix and the payload, so a torn length is caught as well as a torn
+//! body. Records are appended in commit-timestamp order and never span segments; a segment is
+//! named after the timestamp of its first record, so names sort in log order.
+//!
+//! On open, a damaged record at the very end of the newest segment is a torn write from a crash:
+//! it is truncated with a warning. A damaged record with any valid record after it is corruption:
+//! opening fails, naming the segment and offset, because skipping it would silently lose a
+//! committed transaction.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bson::{Bson, Document, RawDocumentBuf, doc};
+
+use crate::{StorageError, Timestamp};
+
+const MAGIC: &[u8; 8] = b"MGVLOG\0\0";
+const FORMAT_VERSION: u32 = 1;
+const SEGMENT_HEADER_LEN: usize = 16;
+const RECORD_HEADER_LEN: usize = 8;
+/// Fixed part of a payload before the BSON body.
+const PAYLOAD_PREFIX_LEN: usize = 16;
+/// A record larger than this is refused at commit (and treated as damage when read): it bounds
+/// the memory a reader needs for one record.
+pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
+const SEGMENT_SUFFIX: &str = ".log";
+
+/// One write of a committed transaction, as the log records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogOp {
+    Insert {
+        ns: String,
+        key: Vec<u8>,
+        doc: RawDocumentBuf,
+    },
+    Update {
+        ns: String,
+        key: Vec<u8>,
+        doc: RawDocumentBuf,
+    },
+    Delete {
+        ns: String,
+        key: Vec<u8>,
+        id: Bson,
+    },
+    CreateCollection {
+        ns: String,
+        options: Document,
+    },
+    DropCollection {
+        ns: String,
+    },
+}
+
+impl LogOp {
+    pub fn ns(&self) -> &str {
+        match self {
+            LogOp::Insert { ns, .. }
+            | LogOp::Update { ns, .. }
+            | LogOp::Delete { ns, .. }
+            | LogOp::CreateCollection { ns, .. }
+            | LogOp::DropCollection { ns } => ns,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogOp::Insert { .. } => "insert",
+            LogOp::Update { .. } => "update",
+            LogOp::Delete { .. } => "delete",
+            LogOp::CreateCollection { .. } => "create",
+            LogOp::DropCollection { .. } => "drop",
+        }
+    }
+
+    /// The `_id` of the document written, for display.
+    pub fn id(&self) -> Option<Bson> {
+        match self {
+            LogOp::Insert { doc, .. } | LogOp::Update { doc, .. } => doc
+                .get("_id")
+                .ok()
+                .flatten()
+                .and_then(|v| Bson::try_from(v).ok()),
+            LogOp::Delete { id, .. } => Some(id.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Who committed a transaction: MongoDB's logical session id and transaction number.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommitMeta {
+    pub lsid: Option<Document>,
+    pub txn_number: Option<i64>,
+}
+
+/// A committed transaction as read back from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRecord {
+    pub ts: Timestamp,
+    pub wall_ms: i64,
+    pub meta: CommitMeta,
+    pub ops: Vec<LogOp>,
+}
+
+/// Where a record lives, for error messages and `mangrove log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordPos {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Encodes a record whose timestamp and wall clock are filled in later by
+/// [`seal_record`], so that the costly part happens outside the commit lock.
+pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>, StorageError> {
+    let mut body = doc! { "v": 1 };
+    if let Some(lsid) = &meta.lsid {
+        body.insert("lsid", lsid.clone());
+    }
+    if let Some(n) = meta.txn_number {
+        body.insert("txnNumber", n);
+    }
+    let mut encoded_ops = Vec::with_capacity(ops.len());
+    for op in ops {
+        let d = match op {
+            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
+                let code = if matches!(op, LogOp::Insert { .. }) {
+                    "i"
+                } else {
+                    "u"
+                };
+                let o = Document::try_from(doc.as_ref())
+                    .map_err(|e| StorageError::Encoding(e.to_string()))?;
+                doc! { "op": code, "ns": ns, "k": binary(key), "o": o }
+            }
+            LogOp::Delete { ns, key, id } => {
+                doc! { "op": "d", "ns": ns, "k": binary(key), "_id": id.clone() }
+            }
+            LogOp::CreateCollection { ns, options } => {
+                doc! { "op": "c", "ns": ns, "o": options.clone() }
+            }
+            LogOp::DropCollection { ns } => doc! { "op": "x", "ns": ns },
+        };
+        encoded_ops.push(Bson::Document(d));
+    }
+    body.insert("ops", encoded_ops);
+    let body = body
+        .to_vec()
+        .map_err(|e| StorageError::Encoding(e.to_string()))?;
+    let payload_len = PAYLOAD_PREFIX_LEN + body.len();
+    if payload_len > MAX_RECORD_LEN {
+        return Err(StorageError::TransactionTooLarge {
+            bytes: payload_len,
+            max: MAX_RECORD_LEN,
+        });
+    }
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + payload_len);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, set by seal_record
+    out.extend_from_slice(&[0; PAYLOAD_PREFIX_LEN]);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn binary(bytes: &[u8]) -> bson::Binary {
+    bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    }
+}
+
+/// Stamps the commit timestamp and wall clock into an encoded record and computes its CRC.
+pub(crate) fn seal_record(record: &mut [u8], ts: Timestamp, wall_ms: i64) {
+    assert!(record.len() >= RECORD_HEADER_LEN + PAYLOAD_PREFIX_LEN);
+    record[8..16].copy_from_slice(&ts.0.to_le_bytes());
+    record[16..24].copy_from_slice(&wall_ms.to_le_bytes());
+    let crc = record_crc(&record[0..4], &record[RECORD_HEADER_LEN..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn record_crc(len: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(len), payload)
+}
+
+fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
+    let (prefix, body) = payload
+        .split_at_checked(PAYLOAD_PREFIX_LEN)
+        .ok_or("record shorter than its fixed prefix")?;
+    let ts = Timestamp(u64::from_le_bytes(
+        prefix[0..8].try_into().map_err(|_| "bad ts")?,
+    ));
+    let wall_ms = i64::from_le_bytes(prefix[8..16].try_into().map_err(|_| "bad wall clock")?);
+    let body = Document::from_reader(body).map_err(|e| format!("record body is not BSON: {e}"))?;
+    match body.get_i32("v") {
+        Ok(1) => {}
+        other => return Err(format!("unsupported record version {other:?}")),
+    }
+    let meta = CommitMeta {
+        lsid: body.get_document("lsid").ok().cloned(),
+        txn_number: body.get_i64("txnNumber").ok(),
+    };
+    let mut ops = Vec::new();
+    for op in body.get_array("ops").map_err(|_| "record has no ops")? {
+        let op = op.as_document().ok_or("op is not a document")?;
+        let ns = op.get_str("ns").map_err(|_| "op has no ns")?.to_string();
+        let key = || -> Result<Vec<u8>, String> {
+            match op.get("k") {
+                Some(Bson::Binary(b)) => Ok(b.bytes.clone()),
+                _ => Err("op has no key".into()),
+            }
+        };
+        let raw = || -> Result<RawDocumentBuf, String> {
+            let o = op.get_document("o").map_err(|_| "op has no document")?;
+            RawDocumentBuf::try_from(o).map_err(|e| e.to_string())
+        };
+        let decoded = match op.get_str("op").map_err(|_| "op has no kind")? {
+            "i" => LogOp::Insert {
+                ns,
+                key: key()?,
+                doc: raw()?,
+            },
+            "u" => LogOp::Update {
+                ns,
+                key: key()?,
+                doc: raw()?,
+            },
+            "d" => LogOp::Delete {
+                ns,
+                key: key()?,
+                id: op.get("_id").cloned().unwrap_or(Bson::Null),
+            },
+            "c" => LogOp::CreateCollection {
+                ns,
+                options: op.get_document("o").cloned().unwrap_or_default(),
+            },
+            "x" => LogOp::DropCollection { ns },
+            other => return Err(format!("unknown op kind {other:?}")),
+        };
+        ops.push(decoded);
+    }
+    Ok(LogRecord {
+        ts,
+        wall_ms,
+        meta,
+        ops,
+    })
+}
+
+pub(crate) fn segment_name(first_ts: Timestamp) -> String {
+    format!("{:016x}{SEGMENT_SUFFIX}", first_ts.0)
+}
+
+/// The segment files of a log directory, oldest first.
+pub fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StorageError::io(
+                format!("cannot list {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| StorageError::io(format!("cannot list {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX)
+            && stem.len() == 16
+            && stem.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            segments.push(entry.path());
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// What went wrong reading a segment, and where.
+#[derive(Debug)]
+enum Damage {
+    /// Bytes at `offset` do not form a valid record.
+    BadRecord { offset: u64, detail: String },
+}
+
+/// Reads one segment's records. Stops at the first damaged record and reports it, with the
+/// offset where the valid prefix ends.
+struct SegmentScan {
+    records: Vec<(RecordPos, LogRecord)>,
+    valid_len: u64,
+    file_len: u64,
+    damage: Option<Damage>,
+    /// Whether some well-formed record starts after the damage (then it is not a torn tail).
+    valid_record_after_damage: bool,
+}
+
+fn read_whole(path: &Path) -> Result<Vec<u8>, StorageError> {
+    let mut file = File::open(path)
+        .map_err(|e| StorageError::io(format!("cannot open {}", path.display()), e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| StorageError::io(format!("cannot read {}", path.display()), e))?;
+    Ok(bytes)
+}
+
+/// Parses a record at `offset`; `Ok(None)` when the bytes there are not a whole valid record.
+fn parse_record_at(bytes: &[u8], offset: usize) -> Result<(usize, LogRecord), String> {
+    let header = bytes
+        .get(offset..offset + RECORD_HEADER_LEN)
+        .ok_or("incomplete record header")?;
+    let len = u32::from_le_bytes(header[0..4].try_into().map_err(|_| "bad length")?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().map_err(|_| "bad crc")?);
+    if !(PAYLOAD_PREFIX_LEN..=MAX_RECORD_LEN).contains(&len) {
+        return Err(format!("implausible record length {len}"));
+    }
+    let payload = bytes
+        .get(offset + RECORD_HEADER_LEN..offset + RECORD_HEADER_LEN + len)
+        .ok_or_else(|| format!("record of {len} bytes runs past the end of the segment"))?;
+    if record_crc(&header[0..4], payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let record = decode_payload(payload)?;
+    Ok((RECORD_HEADER_LEN + len, record))
+}
+
+fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
+    let bytes = read_whole(path)?;
+    let file_len = bytes.len() as u64;
+    let mut scan = SegmentScan {
+        records: Vec::new(),
+        valid_len: 0,
+        file_len,
+        damage: None,
+        valid_record_after_damage: false,
+    };
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        scan.damage = Some(Damage::BadRecord {
+            offset: 0,
+            detail: format!("segment header incomplete ({} bytes)", bytes.len()),
+        });
+        return Ok(scan);
+    }
+    if &bytes[0..8] != MAGIC {
+        scan.damage = Some(Damage::BadRecord {
+            offset: 0,
+            detail: "not a Mangrove log segment (bad magic)".into(),
+        });
+        scan.valid_record_after_damage = true; // never treat a foreign file as a torn tail
+        return Ok(scan);
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT_VERSION {
+        return Err(StorageError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: 8,
+            detail: format!(
+                "log format version {version}, this build reads version {FORMAT_VERSION}"
+            ),
+        });
+    }
+    let mut offset = SEGMENT_HEADER_LEN;
+    scan.valid_len = offset as u64;
+    let mut last_ts = Timestamp::ZERO;
+    while offset < bytes.len() {
+        match parse_record_at(&bytes, offset) {
+            Ok((len, record)) if record.ts > last_ts => {
+                last_ts = record.ts;
+                scan.records.push((
+                    RecordPos {
+                        segment: path.to_path_buf(),
+                        offset: offset as u64,
+                        len: len as u64,
+                    },
+                    record,
+                ));
+                offset += len;
+                scan.valid_len = offset as u64;
+            }
+            Ok(_) => {
+                scan.damage = Some(Damage::BadRecord {
+                    offset: offset as u64,
+                    detail: "record timestamp does not increase".into(),
+                });
+                break;
+            }
+            Err(detail) => {
+                scan.damage = Some(Damage::BadRecord {
+                    offset: offset as u64,
+                    detail,
+                });
+                break;
+            }
+        }
+    }
+    if scan.damage.is_some() {
+        // Look for any intact record further on: if there is one, the damage is not a torn
+        // final write but corruption in the middle of the log.
+        let start = scan.valid_len as usize + 1;
+        scan.valid_record_after_damage = (start..bytes.len())
+            .any(|at| matches!(parse_record_at(&bytes, at), Ok((_, r)) if r.ts > last_ts));
+    }
+    Ok(scan)
+}
+
+/// Every record of a log directory, checked, in order. `tolerate_torn_tail`: a damaged final
+/// record of the newest segment is reported in the summary rather than as an error (what
+/// recovery truncates, and what a reader of a live log sees while a write is in flight).
+pub struct LogScan {
+    pub records: Vec<(RecordPos, LogRecord)>,
+    /// A torn tail: the segment, the offset where valid data ends, and the bytes after it.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+pub fn scan_log(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<LogScan, StorageError> {
+    let segments = list_segments(dir)?;
+    let total: u64 = segments
+        .iter()
+        .map(|s| std::fs::metadata(s).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let mut out = LogScan {
+        records: Vec::new(),
+        torn_tail: None,
+        segments: segments.len(),
+        bytes: 0,
+    };
+    let mut last_ts = Timestamp::ZERO;
+    for (i, path) in segments.iter().enumerate() {
+        let scan = scan_segment(path)?;
+        let newest = i + 1 == segments.len();
+        if let Some(Damage::BadRecord { offset, detail }) = &scan.damage {
+            if !newest || scan.valid_record_after_damage {
+                return Err(StorageError::Corrupt {
+                    segment: path.clone(),
+                    offset: *offset,
+                    detail: detail.clone(),
+                });
+            }
+            out.torn_tail = Some((path.clone(), scan.valid_len, scan.file_len - scan.valid_len));
+        }
+        for (pos, record) in scan.records {
+            if record.ts <= last_ts {
+                return Err(StorageError::Corrupt {
+                    segment: pos.segment,
+                    offset: pos.offset,
+                    detail: "record timestamp does not increase across segments".into(),
+                });
+            }
+            last_ts = record.ts;
+            out.records.push((pos, record));
+        }
+        out.bytes += scan.file_len;
+        progress(out.bytes, total);
+    }
+    Ok(out)
+}
+
+/// The segment being appended to.
+pub(crate) struct LogWriter {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+    segment_bytes: u64,
+}
+
+impl LogWriter {
+    /// Opens the log for appending after recovery: truncates a torn tail, or starts a segment.
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        scan: &LogScan,
+        next_ts: Timestamp,
+    ) -> Result<LogWriter, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::io(format!("cannot create {}", dir.display()), e))?;
+        if let Some((segment, valid_len, _)) = &scan.torn_tail {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(segment)
+                .map_err(|e| StorageError::io(format!("cannot open {}", segment.display()), e))?;
+            file.set_len(*valid_len)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| {
+                    StorageError::io(format!("cannot truncate {}", segment.display()), e)
+                })?;
+        }
+        match list_segments(dir)?.last() {
+            Some(last)
+                if std::fs::metadata(last).map(|m| m.len()).unwrap_or(0)
+                    >= SEGMENT_HEADER_LEN as u64 =>
+            {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(last)
+                    .map_err(|e| StorageError::io(format!("cannot open {}", last.display()), e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| StorageError::io(format!("cannot stat {}", last.display()), e))?
+                    .len();
+                Ok(LogWriter {
+                    dir: dir.to_path_buf(),
+                    file,
+                    len,
+                    segment_bytes,
+                })
+            }
+            _ => Self::new_segment(dir, segment_bytes, next_ts),
+        }
+    }
+
+    fn new_segment(
+        dir: &Path,
+        segment_bytes: u64,
+        first_ts: Timestamp,
+    ) -> Result<LogWriter, StorageError> {
+        let path = dir.join(segment_name(first_ts));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(format!("cannot create {}", path.display()), e))?;
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        header[0..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        file.write_all(&header)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| StorageError::io(format!("cannot write {}", path.display()), e))?;
+        // The new file's directory entry must be durable too, or a crash could lose the segment.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io(format!("cannot sync {}", dir.display()), e))?;
+        Ok(LogWriter {
+            dir: dir.to_path_buf(),
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            segment_bytes,
+        })
+    }
+
+    /// Appends a batch of sealed records whose first record has timestamp `first_ts`.
+    pub(crate) fn append(&mut self, batch: &[u8], first_ts: Timestamp) -> Result<(), StorageError> {
+        if self.len >= self.segment_bytes {
+            // Seal the full segment before starting the next, so every segment but the newest
+            // is complete on disk.
+            self.sync()?;
+            *self = Self::new_segment(&self.dir, self.segment_bytes, first_ts)?;
+        }
+        if let Err(e) = self.file.write_all(batch) {
+            // Cut off whatever part of the batch reached the file: left there, a later append
+            // would follow garbage and turn a torn tail into corruption in the middle.
+            let _ = self.file.set_len(self.len);
+            return Err(StorageError::io(
+                "cannot append to the transaction log".into(),
+                e,
+            ));
+        }
+        self.len += batch.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io("cannot fdatasync the transaction log".into(), e))
+    }
+}

@@ -1,0 +1,74 @@
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bson::rawdoc;
+use mangrove_storage::{
+    CollectionInfo, DocKey, Engine, EngineOptions, RecoveryReport, StorageError, Timestamp, Txn,
+};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "mangrove-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn options(dir: &TempDir) -> EngineOptions {
+    EngineOptions {
+        data_dir: Some(dir.0.clone()),
+        ..EngineOptions::default()
+    }
+}
+
+pub fn open(opts: EngineOptions) -> Result<(Engine, RecoveryReport), StorageError> {
+    Engine::open(opts, |_, _| {})
+}
+
+pub fn key(n: i64) -> DocKey {
+    DocKey(n.to_be_bytes().to_vec())
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Commits and waits for the fdatasync, as a `j: true` write does.
+pub fn commit_durable(t: Txn) -> Result<Timestamp, StorageError> {
+    let mut ticket = t.commit()?;
+    block_on(ticket.durable())
+}
+
+pub fn collection(engine: &Engine, ns: &str) -> CollectionInfo {
+    let mut t = engine.begin();
+    let (info, _) = t.ensure_collection(ns, bson::Document::new()).unwrap();
+    commit_durable(t).unwrap();
+    info
+}
+
+pub fn doc(id: i64, v: i64) -> Arc<bson::RawDocumentBuf> {
+    Arc::new(rawdoc! { "_id": id, "v": v })
+}

@@ -1,0 +1,272 @@
+//! Recovery from the transaction log: what was committed comes back, a torn tail is cut off,
+//! damage in the middle refuses to open.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::ops::ControlFlow;
+
+use common::*;
+use mangrove_storage::{Engine, EngineOptions, StorageError, txlog};
+
+fn values(engine: &Engine, ns: &str) -> Vec<(i64, i64)> {
+    let snap = engine.snapshot();
+    let Some(coll) = snap.collection(ns) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    snap.scan(&coll, None, |_, d| {
+        out.push((d.get_i64("_id").unwrap(), d.get_i64("v").unwrap()));
+        ControlFlow::Continue(())
+    });
+    out
+}
+
+/// Commits `n` transactions, each inserting document i and bumping document 0's counter, so any
+/// prefix of the log has a recognisable state.
+fn write_history(engine: &Engine, n: i64) {
+    let coll = collection(engine, "db.c");
+    let mut t = engine.begin();
+    t.insert(&coll, key(0), doc(0, 0)).unwrap();
+    commit_durable(t).unwrap();
+    for i in 1..=n {
+        let mut t = engine.begin();
+        t.insert(&coll, key(i), doc(i, i * 10)).unwrap();
+        t.replace(&coll, key(0), doc(0, i)).unwrap();
+        if i % 5 == 0 {
+            t.delete(&coll, key(i - 1)).unwrap();
+        }
+        commit_durable(t).unwrap();
+    }
+}
+
+/// The state after the first `k` history transactions.
+fn expected_after(k: i64) -> Vec<(i64, i64)> {
+    let mut out = vec![(0, k)];
+    for i in 1..=k {
+        let deleted = (i + 1) % 5 == 0 && i < k;
+        if !deleted {
+            out.push((i, i * 10));
+        }
+    }
+    out
+}
+
+#[test]
+fn committed_data_survives_reopen() {
+    let dir = TempDir::new("reopen");
+    {
+        let (engine, report) = open(options(&dir)).unwrap();
+        assert_eq!(report.records, 0);
+        write_history(&engine, 40);
+        engine.close();
+    }
+    let (engine, report) = open(options(&dir)).unwrap();
+    // One record for the create, one for document 0, 40 for the history.
+    assert_eq!(report.records, 42);
+    assert!(report.torn_tail.is_none());
+    assert_eq!(values(&engine, "db.c"), expected_after(40));
+    // Commit timestamps keep increasing across restarts.
+    let before = engine.last_commit();
+    let coll = engine.snapshot().collection("db.c").unwrap();
+    let mut t = engine.begin();
+    t.insert(&coll, key(1000), doc(1000, 1)).unwrap();
+    assert!(commit_durable(t).unwrap() > before);
+}
+
+#[test]
+fn drops_and_recreates_replay() {
+    let dir = TempDir::new("drop");
+    {
+        let (engine, _) = open(options(&dir)).unwrap();
+        let c = collection(&engine, "db.gone");
+        let mut t = engine.begin();
+        t.insert(&c, key(1), doc(1, 1)).unwrap();
+        commit_durable(t).unwrap();
+        let mut t = engine.begin();
+        t.drop_collection("db.gone").unwrap();
+        commit_durable(t).unwrap();
+        let c = collection(&engine, "db.gone");
+        let mut t = engine.begin();
+        t.insert(&c, key(2), doc(2, 2)).unwrap();
+        commit_durable(t).unwrap();
+        engine.close();
+    }
+    let (engine, _) = open(options(&dir)).unwrap();
+    assert_eq!(values(&engine, "db.gone"), vec![(2, 2)]);
+}
+
+#[test]
+fn segments_rotate_and_replay_in_order() {
+    let dir = TempDir::new("rotate");
+    let opts = EngineOptions {
+        segment_bytes: 2048,
+        ..options(&dir)
+    };
+    {
+        let (engine, _) = open(opts.clone()).unwrap();
+        write_history(&engine, 100);
+        engine.close();
+    }
+    let segments = txlog::list_segments(&dir.0.join("log")).unwrap();
+    assert!(segments.len() > 5, "only {} segments", segments.len());
+    let (engine, report) = open(opts).unwrap();
+    assert_eq!(report.segments, segments.len());
+    assert_eq!(values(&engine, "db.c"), expected_after(100));
+}
+
+#[test]
+fn a_second_engine_cannot_open_a_locked_directory() {
+    let dir = TempDir::new("lock");
+    let (engine, _) = open(options(&dir)).unwrap();
+    match open(options(&dir)) {
+        Err(StorageError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {:?}", other.map(|(_, r)| r)),
+    }
+    engine.close();
+}
+
+fn last_segment(dir: &TempDir) -> std::path::PathBuf {
+    txlog::list_segments(&dir.0.join("log"))
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+/// Record boundaries of a segment, from the log reader.
+fn record_offsets(dir: &TempDir) -> Vec<(u64, u64)> {
+    let scan = txlog::scan_log(&dir.0.join("log"), |_, _| {}).unwrap();
+    scan.records
+        .iter()
+        .map(|(pos, _)| (pos.offset, pos.len))
+        .collect()
+}
+
+#[test]
+fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
+    let master = TempDir::new("torn-master");
+    {
+        let (engine, _) = open(options(&master)).unwrap();
+        write_history(&engine, 12);
+        engine.close();
+    }
+    let segment = last_segment(&master);
+    let bytes = std::fs::read(&segment).unwrap();
+    let records = record_offsets(&master);
+    // Cut inside each of the last three records, at several offsets each.
+    for &(offset, len) in records.iter().rev().take(3) {
+        for cut in [
+            offset + 1,
+            offset + 7,
+            offset + 8,
+            offset + len / 2,
+            offset + len - 1,
+        ] {
+            let dir = TempDir::new("torn");
+            let log = dir.0.join("log");
+            std::fs::create_dir_all(&log).unwrap();
+            let copy = log.join(segment.file_name().unwrap());
+            std::fs::write(&copy, &bytes[..cut as usize]).unwrap();
+            let (engine, report) = open(options(&dir)).unwrap();
+            let (_, kept, dropped) = report.torn_tail.clone().expect("a torn tail is reported");
+            assert_eq!(kept, offset, "valid data ends where the torn record starts");
+            assert_eq!(dropped, cut - offset);
+            // Whole transactions before the cut are back; the torn one is gone entirely.
+            let complete = records.iter().filter(|(o, l)| o + l <= cut).count() as i64;
+            assert_eq!(values(&engine, "db.c"), expected_after(complete - 2));
+            // The file was truncated, and new commits append after the valid prefix.
+            engine.close();
+            drop(engine);
+            assert_eq!(std::fs::metadata(&copy).unwrap().len(), offset);
+            let (engine, report) = open(options(&dir)).unwrap();
+            assert!(report.torn_tail.is_none());
+            let coll = engine.snapshot().collection("db.c").unwrap();
+            let mut t = engine.begin();
+            t.insert(&coll, key(777), doc(777, 7)).unwrap();
+            commit_durable(t).unwrap();
+            engine.close();
+            drop(engine);
+            let (engine, _) = open(options(&dir)).unwrap();
+            assert!(values(&engine, "db.c").contains(&(777, 7)));
+            engine.close();
+        }
+    }
+}
+
+#[test]
+fn damage_in_the_middle_refuses_to_open() {
+    let master = TempDir::new("corrupt-master");
+    {
+        let (engine, _) = open(options(&master)).unwrap();
+        write_history(&engine, 20);
+        engine.close();
+    }
+    let segment = last_segment(&master);
+    let bytes = std::fs::read(&segment).unwrap();
+    let records = record_offsets(&master);
+    // Flip one bit in the length, the checksum, and the body of a record in the middle.
+    let (offset, len) = records[records.len() / 2];
+    for at in [
+        offset,
+        offset + 5,
+        offset + 9,
+        offset + len / 2,
+        offset + len - 1,
+    ] {
+        let dir = TempDir::new("corrupt");
+        let log = dir.0.join("log");
+        std::fs::create_dir_all(&log).unwrap();
+        let mut damaged = bytes.clone();
+        damaged[at as usize] ^= 0x10;
+        std::fs::write(log.join(segment.file_name().unwrap()), &damaged).unwrap();
+        match open(options(&dir)) {
+            Err(StorageError::Corrupt {
+                segment: s,
+                offset: o,
+                ..
+            }) => {
+                assert_eq!(s.file_name(), segment.file_name());
+                assert_eq!(o, offset, "the damaged record is named");
+                let message = StorageError::Corrupt {
+                    segment: s,
+                    offset: o,
+                    detail: String::new(),
+                }
+                .to_string();
+                assert!(message.contains("mangrove log verify"), "{message}");
+            }
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("opened a log with a flipped bit at byte {at}"),
+        }
+        // Nothing was truncated: the damaged file is left as it was for inspection.
+        assert_eq!(
+            std::fs::read(log.join(segment.file_name().unwrap())).unwrap(),
+            damaged
+        );
+    }
+}
+
+#[test]
+fn damage_in_an_older_segment_refuses_to_open_even_at_its_end() {
+    let dir = TempDir::new("corrupt-old");
+    let opts = EngineOptions {
+        segment_bytes: 2048,
+        ..options(&dir)
+    };
+    {
+        let (engine, _) = open(opts.clone()).unwrap();
+        write_history(&engine, 60);
+        engine.close();
+    }
+    let segments = txlog::list_segments(&dir.0.join("log")).unwrap();
+    let first = &segments[0];
+    let len = std::fs::metadata(first).unwrap().len();
+    // Tear the end of a sealed segment: that is not a crash artefact, newer segments exist.
+    let file = OpenOptions::new().write(true).open(first).unwrap();
+    file.set_len(len - 3).unwrap();
+    match open(opts) {
+        Err(StorageError::Corrupt { segment, .. }) => assert_eq!(&segment, first),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("opened a log with a torn sealed segment"),
+    }
+}
