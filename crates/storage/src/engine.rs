@@ -208,7 +208,24 @@ struct CommitQueue {
     shutdown: bool,
 }
 
+/// Counters of the log writer, for benchmarks and `serverStatus`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub commits: u64,
+    /// Group-commit rounds: one write and one fdatasync each.
+    pub batches: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct LogCounters {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    bytes: AtomicU64,
+}
+
 struct Inner {
+    stats: LogCounters,
     state: RwLock<State>,
     /// Read timestamps of live snapshots, with a count each; the minimum bounds version pruning.
     readers: Mutex<BTreeMap<Timestamp, usize>>,
@@ -318,6 +335,7 @@ impl Engine {
             failed: None,
         });
         let inner = Arc::new(Inner {
+            stats: LogCounters::default(),
             state: RwLock::new(state),
             readers: Mutex::new(BTreeMap::new()),
             next_txn_id: AtomicU64::new(1),
@@ -356,6 +374,15 @@ impl Engine {
     /// `operationTime` for reads.
     pub fn last_commit(&self) -> Timestamp {
         self.read_state().last_commit
+    }
+
+    pub fn log_stats(&self) -> LogStats {
+        let s = &self.inner.stats;
+        LogStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// The newest commit known to be on disk.
@@ -467,6 +494,12 @@ impl Engine {
             self.inner.queue_space.notify_all();
             let first_ts = commits[0].ts;
             let last_ts = commits[commits.len() - 1].ts;
+            let stats = &self.inner.stats;
+            stats
+                .commits
+                .fetch_add(commits.len() as u64, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let written = match &mut log {
                 Some(log) => log.append(&bytes, first_ts),
                 None => Ok(()),
