@@ -55,6 +55,9 @@ impl StorageError {
     pub(crate) fn io(context: String, e: std::io::Error) -> StorageError {
         let hint = match e.kind() {
             std::io::ErrorKind::StorageFull => " (the disk is full)",
+            std::io::ErrorKind::FileTooLarge => {
+                " (the disk is full: the file-size limit was reached)"
+            }
             std::io::ErrorKind::PermissionDenied => " (check the data directory's permissions)",
             _ => "",
         };
