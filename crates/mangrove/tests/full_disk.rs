@@ -65,15 +65,16 @@ async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
 
-    let (mut server, port) = start(&data, Some(256));
+    // redb needs a few MiB to create the base store; the log segment then fills up to the limit.
+    let (mut server, port) = start(&data, Some(4096));
     let coll = client(port)
         .await
         .database("db")
         .collection::<bson::Document>("c");
-    let payload = "x".repeat(1000);
+    let payload = "x".repeat(3000);
     let mut acknowledged = Vec::new();
     let mut failure = None;
-    for i in 0..2_000i64 {
+    for i in 0..20_000i64 {
         match coll
             .insert_one(doc! { "_id": i, "payload": &payload })
             .await

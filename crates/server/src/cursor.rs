@@ -102,7 +102,7 @@ impl Cursor {
                             return ControlFlow::Break(());
                         }
                         ControlFlow::Continue(())
-                    });
+                    })?;
                     if last.is_some() {
                         *after = last;
                     }

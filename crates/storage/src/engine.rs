@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bson::{Bson, RawDocumentBuf};
 use tokio::sync::watch;
 
+use crate::base::BaseStore;
 use crate::txlog::{self, CommitMeta, LogOp, LogWriter};
 use crate::{StorageError, Timestamp};
 
@@ -116,7 +117,10 @@ impl<T> VersionChain<T> {
 
     /// Drops versions no snapshot can see any more: everything older than the newest version at
     /// or before `oldest_reader`.
-    fn prune(&mut self, oldest_reader: Timestamp) {
+    /// A lone tombstone goes too once no reader predates it and the base store (as of
+    /// `checkpoint`) no longer holds the document: only then does the missing chain mean the
+    /// same as the tombstone.
+    fn prune(&mut self, oldest_reader: Timestamp, checkpoint: Timestamp) {
         let keep_from = self
             .versions
             .iter()
@@ -126,6 +130,7 @@ impl<T> VersionChain<T> {
         if self.versions.len() == 1
             && self.versions[0].1.is_none()
             && self.versions[0].0 <= oldest_reader
+            && self.versions[0].0 <= checkpoint
         {
             self.versions.clear();
         }
@@ -143,8 +148,14 @@ struct State {
     collections: HashMap<CollId, BTreeMap<DocKey, VersionChain<StoredDoc>>>,
     /// Collections dropped at a timestamp; their data goes once no snapshot predates the drop.
     dropped: Vec<(Timestamp, CollId)>,
+    /// Collections dropped since the last checkpoint, whose documents the base store still has.
+    base_drops: Vec<(Timestamp, CollId)>,
     last_commit: Timestamp,
     next_coll_id: CollId,
+    /// Everything committed at or before this is in the base store. A key with no chain in
+    /// memory reads from there; a key with a chain reads only from the chain.
+    checkpoint_ts: Timestamp,
+    base: Option<Arc<BaseStore>>,
 }
 
 /// Where an engine keeps its files, and its limits.
@@ -156,6 +167,15 @@ pub struct EngineOptions {
     pub segment_bytes: u64,
     /// Committed-but-unwritten log bytes above which committers wait: bounds the queue.
     pub max_pending_log_bytes: usize,
+    /// Memory for data: half is the base store's page cache, half bounds the versions kept in
+    /// memory between checkpoints (a checkpoint starts when they exceed it).
+    pub cache_bytes: usize,
+    /// A checkpoint starts after this much log since the last one, bounding recovery time.
+    pub checkpoint_log_bytes: u64,
+    /// ... or after this long, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Log segments the last checkpoint covers that are kept anyway (0: removed at once).
+    pub retain_log_segments: usize,
 }
 
 impl Default for EngineOptions {
@@ -164,6 +184,10 @@ impl Default for EngineOptions {
             data_dir: None,
             segment_bytes: 64 * 1024 * 1024,
             max_pending_log_bytes: 64 * 1024 * 1024,
+            cache_bytes: 512 * 1024 * 1024,
+            checkpoint_log_bytes: 256 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(60),
+            retain_log_segments: 0,
         }
     }
 }
@@ -172,6 +196,9 @@ impl Default for EngineOptions {
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryReport {
     pub records: u64,
+    /// Records newer than the checkpoint, the ones actually applied.
+    pub replayed: u64,
+    pub checkpoint: Timestamp,
     pub log_bytes: u64,
     pub segments: usize,
     /// A torn final record that was cut off: the segment, the offset kept, the bytes dropped.
@@ -224,8 +251,21 @@ struct LogCounters {
     bytes: AtomicU64,
 }
 
+#[derive(Default)]
+struct CheckpointSignal {
+    requested: bool,
+    shutdown: bool,
+}
+
 struct Inner {
     stats: LogCounters,
+    /// Log bytes written when the last checkpoint began.
+    checkpoint_log_bytes: AtomicU64,
+    checkpoint_signal: Mutex<CheckpointSignal>,
+    checkpoint_wake: Condvar,
+    /// Held by a running checkpoint.
+    checkpointing: Mutex<()>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state: RwLock<State>,
     /// Read timestamps of live snapshots, with a count each; the minimum bounds version pruning.
     readers: Mutex<BTreeMap<Timestamp, usize>>,
@@ -268,6 +308,8 @@ impl Engine {
             // Start the clock at the wall clock, so even an empty database reports a real
             // `operationTime` and `$clusterTime`.
             last_commit: Timestamp::ZERO.next_after(),
+            // No base store: a key without a chain is simply absent, as if all were checkpointed.
+            checkpoint_ts: Timestamp(u64::MAX),
             ..State::default()
         };
         Self::start(state, None, None, EngineOptions::default())
@@ -287,9 +329,31 @@ impl Engine {
             StorageError::io(format!("cannot create data directory {}", dir.display()), e)
         })?;
         let lock = lock_data_dir(&dir)?;
+        let base = Arc::new(BaseStore::open(
+            &dir.join("base.redb"),
+            options.cache_bytes / 2,
+        )?);
+        let mut state = State::default();
+        let (checkpoint_ts, next_coll_id, collections) = base.load()?;
+        for c in collections {
+            let (db, name) = split_ns(&c.ns);
+            let info = Arc::new(CollectionInfo {
+                db: db.to_string(),
+                name: name.to_string(),
+                options: c.options,
+                id: c.id,
+            });
+            state.collections.insert(c.id, BTreeMap::new());
+            let mut chain = VersionChain::new();
+            chain.install_recovered(c.ts, Some(info));
+            state.catalog.insert(c.ns, chain);
+        }
+        state.next_coll_id = next_coll_id;
+        state.checkpoint_ts = checkpoint_ts;
+        state.last_commit = checkpoint_ts;
+        state.base = Some(base);
         let log_dir = dir.join("log");
         let scan = txlog::scan_log(&log_dir, progress)?;
-        let mut state = State::default();
         let mut report = RecoveryReport {
             records: scan.records.len() as u64,
             log_bytes: scan.bytes,
@@ -297,7 +361,10 @@ impl Engine {
             torn_tail: scan.torn_tail.clone(),
             ..RecoveryReport::default()
         };
-        for (pos, record) in &scan.records {
+        // Records the checkpoint already holds are skipped; the log may still have them when
+        // segments are retained, or when a crash came between checkpoint and log cleanup.
+        for (pos, record) in scan.records.iter().filter(|(_, r)| r.ts > checkpoint_ts) {
+            report.replayed += 1;
             replay(&mut state, record.ts, &record.ops).map_err(|detail| StorageError::Corrupt {
                 segment: pos.segment.clone(),
                 offset: pos.offset,
@@ -309,6 +376,7 @@ impl Engine {
             state.last_commit = Timestamp::ZERO.next_after();
         }
         report.last_commit = state.last_commit;
+        report.checkpoint = state.checkpoint_ts;
         let writer = LogWriter::open(
             &log_dir,
             options.segment_bytes,
@@ -336,6 +404,11 @@ impl Engine {
         });
         let inner = Arc::new(Inner {
             stats: LogCounters::default(),
+            checkpoint_log_bytes: AtomicU64::new(0),
+            checkpoint_signal: Mutex::new(CheckpointSignal::default()),
+            checkpoint_wake: Condvar::new(),
+            checkpointing: Mutex::new(()),
+            checkpointer: Mutex::new(None),
             state: RwLock::new(state),
             readers: Mutex::new(BTreeMap::new()),
             next_txn_id: AtomicU64::new(1),
@@ -357,15 +430,43 @@ impl Engine {
             .spawn(move || for_writer.write_log(log))
             .expect("cannot spawn the log writer thread");
         *lock_mutex(&engine.inner.writer) = Some(handle);
+        if engine.read_state().base.is_some() {
+            let for_checkpointer = engine.clone();
+            let handle = std::thread::Builder::new()
+                .name("mangrove-checkpointer".into())
+                .spawn(move || for_checkpointer.run_checkpointer())
+                .expect("cannot spawn the checkpointer thread");
+            *lock_mutex(&engine.inner.checkpointer) = Some(handle);
+        }
         engine
     }
 
-    /// Stops the log writer after it has written everything queued. Commits after this fail.
+    /// Stops the log writer after it has written everything queued, then takes a last
+    /// checkpoint so the next start has little to replay. Commits after this fail.
     pub fn close(&self) {
+        self.stop_threads();
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "final checkpoint failed; the next start replays the log");
+        }
+    }
+
+    /// Stops like [`Engine::close`] but leaves the state a crash would: no final checkpoint,
+    /// so the next open replays the log. For tests of recovery.
+    #[doc(hidden)]
+    pub fn close_without_checkpoint(&self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&self) {
         lock_mutex(&self.inner.queue).shutdown = true;
         self.inner.queue_ready.notify_all();
         self.inner.queue_space.notify_all();
         if let Some(handle) = lock_mutex(&self.inner.writer).take() {
+            let _ = handle.join();
+        }
+        lock_mutex(&self.inner.checkpoint_signal).shutdown = true;
+        self.inner.checkpoint_wake.notify_all();
+        if let Some(handle) = lock_mutex(&self.inner.checkpointer).take() {
             let _ = handle.join();
         }
     }
@@ -401,6 +502,7 @@ impl Engine {
         Snapshot {
             engine: self.clone(),
             read_ts,
+            released: false,
         }
     }
 
@@ -499,7 +601,18 @@ impl Engine {
                 .commits
                 .fetch_add(commits.len() as u64, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let total =
+                stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+            // Log growth bounds recovery time, and versions waiting in memory bound memory:
+            // either one past its budget asks for a checkpoint.
+            let budget = self
+                .inner
+                .options
+                .checkpoint_log_bytes
+                .min(self.inner.options.cache_bytes as u64 / 2);
+            if total - self.inner.checkpoint_log_bytes.load(Ordering::Relaxed) >= budget {
+                self.request_checkpoint();
+            }
             let written = match &mut log {
                 Some(log) => log.append(&bytes, first_ts),
                 None => Ok(()),
@@ -558,6 +671,7 @@ impl Engine {
                 chain.install(commit.txn, ts, info);
                 if let Some(id) = dropped_id {
                     state.dropped.push((ts, id));
+                    state.base_drops.push((ts, id));
                 }
             }
             for ((coll_id, key), write) in &commit.docs {
@@ -572,11 +686,12 @@ impl Engine {
             state.last_commit = ts;
             // Prune what this commit made unreachable, bounded by the oldest live reader.
             let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
+            let checkpoint = state.checkpoint_ts;
             for (coll_id, key) in commit.docs.keys() {
                 if let Some(chains) = state.collections.get_mut(coll_id)
                     && let Some(chain) = chains.get_mut(key)
                 {
-                    chain.prune(oldest);
+                    chain.prune(oldest, checkpoint);
                     if chain.is_empty() {
                         chains.remove(key);
                     }
@@ -620,34 +735,40 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                     .install_recovered(ts, Some(info));
             }
             LogOp::DropCollection { ns } => {
+                let checkpoint = state.checkpoint_ts;
                 let chain = state
                     .catalog
                     .get_mut(ns)
                     .ok_or_else(|| format!("drop of unknown collection {ns}"))?;
-                if let Some(old) = chain.visible_at(ts).map(|c| c.id) {
-                    state.collections.remove(&old);
-                }
+                let old = chain.visible_at(ts).map(|c| c.id);
                 chain.install_recovered(ts, None);
                 // Nothing reads old versions during recovery: keep only the tombstone.
-                chain.prune(ts);
+                chain.prune(ts, checkpoint);
+                if let Some(old) = old {
+                    state.collections.remove(&old);
+                    state.base_drops.push((ts, old));
+                }
             }
             LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
+                let checkpoint = state.checkpoint_ts;
                 let docs = collection_docs(state, ns, ts)?;
                 let chain = docs
                     .entry(DocKey(key.clone()))
                     .or_insert_with(VersionChain::new);
                 chain.install_recovered(ts, Some(Arc::new(doc.clone())));
-                chain.prune(ts);
+                chain.prune(ts, checkpoint);
             }
             LogOp::Delete { ns, key, .. } => {
+                // The chain is created even if memory has none: the base store may hold the
+                // document, and the tombstone must hide it until the next checkpoint.
+                let checkpoint = state.checkpoint_ts;
                 let docs = collection_docs(state, ns, ts)?;
                 let k = DocKey(key.clone());
-                if let Some(chain) = docs.get_mut(&k) {
-                    chain.install_recovered(ts, None);
-                    chain.prune(ts);
-                    if chain.is_empty() {
-                        docs.remove(&k);
-                    }
+                let chain = docs.entry(k.clone()).or_insert_with(VersionChain::new);
+                chain.install_recovered(ts, None);
+                chain.prune(ts, checkpoint);
+                if chain.is_empty() {
+                    docs.remove(&k);
                 }
             }
         }
@@ -749,10 +870,22 @@ fn split_ns(ns: &str) -> (&str, &str) {
 pub struct Snapshot {
     engine: Engine,
     read_ts: Timestamp,
+    /// Already taken out of the live readers (by a committing transaction).
+    released: bool,
 }
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Snapshot {
+    /// Stops counting as a reader: versions only this snapshot needed may be pruned.
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let mut readers = lock_mutex(&self.engine.inner.readers);
         if let Some(count) = readers.get_mut(&self.read_ts) {
             *count -= 1;
@@ -804,45 +937,97 @@ impl Snapshot {
         dbs
     }
 
-    pub fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Option<StoredDoc> {
+    /// The document under `key` as of this snapshot. A chain in memory is authoritative;
+    /// without one, the base store has the answer.
+    pub fn get(
+        &self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+    ) -> Result<Option<StoredDoc>, StorageError> {
         let state = self.engine.read_state();
-        state
+        if let Some(chain) = state
             .collections
             .get(&coll.id)
             .and_then(|docs| docs.get(key))
-            .and_then(|chain| chain.visible_at(self.read_ts))
-            .cloned()
+        {
+            return Ok(chain.visible_at(self.read_ts).cloned());
+        }
+        // The engine lock stays held: no writer can create this key's chain, and so no
+        // checkpoint can replace its base value, while we read it.
+        let Some(base) = &state.base else {
+            return Ok(None);
+        };
+        let found = base.get(coll.id, key)?;
+        debug_assert!(found.as_ref().is_none_or(|(ts, _)| *ts <= self.read_ts));
+        Ok(found
+            .filter(|(ts, _)| *ts <= self.read_ts)
+            .map(|(_, doc)| doc))
     }
 
-    /// Visits documents in key order, starting after `after`, until `visit` breaks. The engine's
-    /// lock is held meanwhile, so `visit` must not call back into the engine.
+    /// Visits documents in key order, starting after `after`, until `visit` breaks: versions in
+    /// memory merged with the base store. The engine's lock is held meanwhile, so `visit` must
+    /// not call back into the engine.
     pub fn scan(
         &self,
         coll: &CollectionInfo,
         after: Option<&DocKey>,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
-    ) {
+    ) -> Result<(), StorageError> {
         let state = self.engine.read_state();
-        let Some(docs) = state.collections.get(&coll.id) else {
-            return;
-        };
+        let read_ts = self.read_ts;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        for (key, chain) in docs.range((lower, Bound::Unbounded)) {
-            if let Some(doc) = chain.visible_at(self.read_ts)
+        let mut memory = state
+            .collections
+            .get(&coll.id)
+            .into_iter()
+            .flat_map(|docs| docs.range((lower, Bound::Unbounded)))
+            .peekable();
+        let mut stopped = false;
+        if let Some(base) = &state.base {
+            base.scan(coll.id, after, |base_key, base_ts, base_doc| {
+                while let Some((key, chain)) = memory.next_if(|(k, _)| **k < base_key) {
+                    if let Some(doc) = chain.visible_at(read_ts)
+                        && visit(key, doc).is_break()
+                    {
+                        stopped = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                let flow = match memory.next_if(|(k, _)| **k == base_key) {
+                    // The chain in memory is authoritative over the base store.
+                    Some((key, chain)) => match chain.visible_at(read_ts) {
+                        Some(doc) => visit(key, doc),
+                        None => ControlFlow::Continue(()),
+                    },
+                    None if base_ts <= read_ts => visit(&base_key, &base_doc),
+                    None => ControlFlow::Continue(()),
+                };
+                if flow.is_break() {
+                    stopped = true;
+                }
+                flow
+            })?;
+        }
+        if stopped {
+            return Ok(());
+        }
+        for (key, chain) in memory {
+            if let Some(doc) = chain.visible_at(read_ts)
                 && visit(key, doc).is_break()
             {
-                return;
+                break;
             }
         }
+        Ok(())
     }
 
-    pub fn count(&self, coll: &CollectionInfo) -> u64 {
+    pub fn count(&self, coll: &CollectionInfo) -> Result<u64, StorageError> {
         let mut n = 0;
         self.scan(coll, None, |_, _| {
             n += 1;
             ControlFlow::Continue(())
-        });
-        n
+        })?;
+        Ok(n)
     }
 }
 
@@ -950,9 +1135,13 @@ impl Txn {
         by_name.into_values().collect()
     }
 
-    pub fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Option<StoredDoc> {
+    pub fn get(
+        &self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+    ) -> Result<Option<StoredDoc>, StorageError> {
         match self.docs.get(&(coll.id, key.clone())) {
-            Some(own) => own.doc().cloned(),
+            Some(own) => Ok(own.doc().cloned()),
             None => self.snapshot.get(coll, key),
         }
     }
@@ -963,7 +1152,7 @@ impl Txn {
         coll: &CollectionInfo,
         after: Option<&DocKey>,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
-    ) {
+    ) -> Result<(), StorageError> {
         let lower = match after {
             Some(k) => Bound::Excluded((coll.id, k.clone())),
             None => Bound::Included((coll.id, DocKey(Vec::new()))),
@@ -996,17 +1185,18 @@ impl Txn {
                 stopped = true;
             }
             flow
-        });
+        })?;
         if stopped {
-            return;
+            return Ok(());
         }
         for (key, doc) in own {
             if let Some(d) = doc.doc()
                 && visit(key, d).is_break()
             {
-                return;
+                break;
             }
         }
+        Ok(())
     }
 
     /// Creates the collection unless it exists; returns whether it did create it.
@@ -1081,7 +1271,16 @@ impl Txn {
         self.check_open()?;
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
-        if self.get(coll, &key).is_some() {
+        let existing = match self.get(coll, &key) {
+            Ok(existing) => existing,
+            Err(e) => {
+                if !already_held {
+                    self.unclaim_doc(coll, &key);
+                }
+                return Err(e);
+            }
+        };
+        if existing.is_some() {
             if !already_held {
                 self.unclaim_doc(coll, &key);
             }
@@ -1096,10 +1295,10 @@ impl Txn {
                 id: Box::new(id),
             });
         }
-        // Re-inserting what this transaction deleted is, to everyone else, an update.
+        // Nothing is visible under the key here, so this is an insert, unless this
+        // transaction deleted a document there: to everyone else, that is an update.
         let write = match self.docs.get(&(coll.id, key.clone())) {
             Some(DocWrite::Delete(_)) => DocWrite::Update(doc),
-            _ if self.snapshot.get(coll, &key).is_some() => DocWrite::Update(doc),
             _ => DocWrite::Insert(doc),
         };
         self.namespaces.insert(coll.id, coll.ns());
@@ -1129,7 +1328,7 @@ impl Txn {
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
         self.check_open()?;
         let id = self
-            .get(coll, &key)
+            .get(coll, &key)?
             .and_then(|d| {
                 d.get("_id")
                     .ok()
@@ -1150,13 +1349,25 @@ impl Txn {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();
+        let base = state.base.clone();
         let docs = state
             .collections
             .get_mut(&coll.id)
             .ok_or_else(|| StorageError::NamespaceNotFound(coll.ns()))?;
-        docs.entry(key.clone())
-            .or_insert_with(VersionChain::new)
-            .claim(self.id, read_ts)
+        if !docs.contains_key(key) {
+            // The first version of this key in memory: start the chain with the base store's
+            // version, so snapshots older than this write keep seeing it once the chain (which
+            // is authoritative) exists.
+            let mut chain = VersionChain::new();
+            if let Some(base) = &base
+                && let Some((ts, doc)) = base.get(coll.id, key)?
+            {
+                chain.install_recovered(ts, Some(doc));
+            }
+            docs.insert(key.clone(), chain);
+        }
+        let chain = docs.get_mut(key).expect("inserted above");
+        chain.claim(self.id, read_ts)
     }
 
     /// Gives back an intent taken by a write that then failed, so it is not held unrecorded.
@@ -1211,6 +1422,9 @@ impl Txn {
             catalog: std::mem::take(&mut self.catalog),
         };
         let progress = engine.inner.progress.subscribe();
+        // The transaction reads nothing more; releasing its snapshot before the writer installs
+        // the commit lets that install prune what only this snapshot kept alive.
+        self.snapshot.release();
         match engine.enqueue(record, pending) {
             Ok(ts) => {
                 // The intents now belong to the queued commit; the writer installs them.
@@ -1287,5 +1501,7 @@ impl Drop for Txn {
     }
 }
 
+mod checkpoint;
+pub use checkpoint::CheckpointReport;
 #[cfg(test)]
 mod tests;

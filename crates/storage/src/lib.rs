@@ -22,12 +22,14 @@
 //! - a snapshot never observes a version committed after its read timestamp;
 //! - nothing becomes visible before its log record is written.
 
+mod base;
 mod clock;
 mod engine;
 mod error;
 pub mod txlog;
 
 pub use clock::Timestamp;
+pub use engine::CheckpointReport;
 pub use engine::{
     CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, LogStats, RecoveryReport,
     Snapshot, StoredDoc, Txn, TxnId,

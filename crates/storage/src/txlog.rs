@@ -583,3 +583,37 @@ impl LogWriter {
             .map_err(|e| StorageError::io("cannot fdatasync the transaction log".into(), e))
     }
 }
+
+/// Removes segments every record of which is at or before `checkpoint`, except the newest
+/// `retain` of them and never the segment being appended to. Returns how many were removed.
+pub(crate) fn remove_covered_segments(
+    dir: &Path,
+    checkpoint: Timestamp,
+    retain: usize,
+) -> Result<usize, StorageError> {
+    let segments = list_segments(dir)?;
+    // A segment's records all come before the next segment's first record, whose timestamp
+    // its name gives.
+    let first_ts = |path: &Path| -> Option<Timestamp> {
+        let stem = path.file_stem()?.to_str()?;
+        u64::from_str_radix(stem, 16).ok().map(Timestamp)
+    };
+    let covered: Vec<&PathBuf> = segments
+        .windows(2)
+        .filter(|pair| {
+            first_ts(&pair[1]).is_some_and(|next| next.0 <= checkpoint.0.saturating_add(1))
+        })
+        .map(|pair| &pair[0])
+        .collect();
+    let removable = covered.len().saturating_sub(retain);
+    for path in &covered[..removable] {
+        std::fs::remove_file(path)
+            .map_err(|e| StorageError::io(format!("cannot remove {}", path.display()), e))?;
+    }
+    if removable > 0 {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io(format!("cannot sync {}", dir.display()), e))?;
+    }
+    Ok(removable)
+}

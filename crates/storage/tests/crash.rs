@@ -62,14 +62,18 @@ fn main() {
 }
 
 fn child(dir: &str, cycle: i64) {
+    // Small segments and frequent checkpoints, so that kills also land in the middle of a
+    // checkpoint and of log cleanup.
     let opts = mangrove_storage::EngineOptions {
         data_dir: Some(dir.into()),
+        segment_bytes: 128 * 1024,
+        checkpoint_log_bytes: 256 * 1024,
         ..mangrove_storage::EngineOptions::default()
     };
     let (engine, _) = Engine::open(opts, |_, _| {}).expect("child: open");
     let accounts = collection(&engine, "bank.accounts");
     let transfers = collection(&engine, "bank.transfers");
-    if engine.snapshot().count(&accounts) == 0 {
+    if engine.snapshot().count(&accounts).unwrap() == 0 {
         let mut t = engine.begin();
         for a in 0..ACCOUNTS {
             t.insert(
@@ -98,7 +102,7 @@ fn child(dir: &str, cycle: i64) {
                     loop {
                         let mut t = engine.begin();
                         let balance = |t: &mangrove_storage::Txn, a: i64| {
-                            t.get(&accounts, &key(a)).unwrap().get_i64("balance").unwrap()
+                            t.get(&accounts, &key(a)).unwrap().unwrap().get_i64("balance").unwrap()
                         };
                         let (bf, bt) = (balance(&t, from), balance(&t, to));
                         let result = t
@@ -150,7 +154,8 @@ fn verify(dir: &TempDir, acked: &HashSet<i64>) -> Verdict {
     snap.scan(&accounts, None, |_, d| {
         balances.insert(d.get_i64("_id").unwrap(), d.get_i64("balance").unwrap());
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     let mut expected: BTreeMap<i64, i64> = (0..ACCOUNTS).map(|a| (a, OPENING_BALANCE)).collect();
     let mut present = HashSet::new();
     snap.scan(&transfers, None, |_, d| {
@@ -159,7 +164,8 @@ fn verify(dir: &TempDir, acked: &HashSet<i64>) -> Verdict {
         *expected.get_mut(&d.get_i64("to").unwrap()).unwrap() += amount;
         present.insert(d.get_i64("_id").unwrap());
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     assert_eq!(balances.len() as i64, ACCOUNTS, "accounts lost");
     let sum: i64 = balances.values().sum();
     assert_eq!(

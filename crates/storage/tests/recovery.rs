@@ -18,7 +18,8 @@ fn values(engine: &Engine, ns: &str) -> Vec<(i64, i64)> {
     snap.scan(&coll, None, |_, d| {
         out.push((d.get_i64("_id").unwrap(), d.get_i64("v").unwrap()));
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     out
 }
 
@@ -59,7 +60,7 @@ fn committed_data_survives_reopen() {
         let (engine, report) = open(options(&dir)).unwrap();
         assert_eq!(report.records, 0);
         write_history(&engine, 40);
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let (engine, report) = open(options(&dir)).unwrap();
     // One record for the create, one for document 0, 40 for the history.
@@ -90,7 +91,7 @@ fn drops_and_recreates_replay() {
         let mut t = engine.begin();
         t.insert(&c, key(2), doc(2, 2)).unwrap();
         commit_durable(t).unwrap();
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let (engine, _) = open(options(&dir)).unwrap();
     assert_eq!(values(&engine, "db.gone"), vec![(2, 2)]);
@@ -106,7 +107,7 @@ fn segments_rotate_and_replay_in_order() {
     {
         let (engine, _) = open(opts.clone()).unwrap();
         write_history(&engine, 100);
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let segments = txlog::list_segments(&dir.0.join("log")).unwrap();
     assert!(segments.len() > 5, "only {} segments", segments.len());
@@ -123,7 +124,7 @@ fn a_second_engine_cannot_open_a_locked_directory() {
         Err(StorageError::Locked { .. }) => {}
         other => panic!("expected Locked, got {:?}", other.map(|(_, r)| r)),
     }
-    engine.close();
+    engine.close_without_checkpoint();
 }
 
 fn last_segment(dir: &TempDir) -> std::path::PathBuf {
@@ -148,7 +149,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
     {
         let (engine, _) = open(options(&master)).unwrap();
         write_history(&engine, 12);
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let segment = last_segment(&master);
     let bytes = std::fs::read(&segment).unwrap();
@@ -175,7 +176,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             let complete = records.iter().filter(|(o, l)| o + l <= cut).count() as i64;
             assert_eq!(values(&engine, "db.c"), expected_after(complete - 2));
             // The file was truncated, and new commits append after the valid prefix.
-            engine.close();
+            engine.close_without_checkpoint();
             drop(engine);
             assert_eq!(std::fs::metadata(&copy).unwrap().len(), offset);
             let (engine, report) = open(options(&dir)).unwrap();
@@ -184,11 +185,11 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             let mut t = engine.begin();
             t.insert(&coll, key(777), doc(777, 7)).unwrap();
             commit_durable(t).unwrap();
-            engine.close();
+            engine.close_without_checkpoint();
             drop(engine);
             let (engine, _) = open(options(&dir)).unwrap();
             assert!(values(&engine, "db.c").contains(&(777, 7)));
-            engine.close();
+            engine.close_without_checkpoint();
         }
     }
 }
@@ -199,7 +200,7 @@ fn damage_in_the_middle_refuses_to_open() {
     {
         let (engine, _) = open(options(&master)).unwrap();
         write_history(&engine, 20);
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let segment = last_segment(&master);
     let bytes = std::fs::read(&segment).unwrap();
@@ -256,7 +257,7 @@ fn damage_in_an_older_segment_refuses_to_open_even_at_its_end() {
     {
         let (engine, _) = open(opts.clone()).unwrap();
         write_history(&engine, 60);
-        engine.close();
+        engine.close_without_checkpoint();
     }
     let segments = txlog::list_segments(&dir.0.join("log")).unwrap();
     let first = &segments[0];

@@ -77,7 +77,8 @@ fn engine_view(t: &Txn, coll: &CollectionInfo) -> BTreeMap<i64, i64> {
     t.scan(coll, None, |_, d| {
         out.insert(d.get_i64("_id").unwrap(), d.get_i64("v").unwrap());
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     out
 }
 
@@ -108,7 +109,10 @@ fn run(ops: Vec<(usize, Op)>) -> Result<(), TestCaseError> {
         match op {
             Op::Read(k) => {
                 let (t, m) = open[i].as_ref().unwrap();
-                let got = t.get(&coll, &key(k)).map(|d| d.get_i64("v").unwrap());
+                let got = t
+                    .get(&coll, &key(k))
+                    .unwrap()
+                    .map(|d| d.get_i64("v").unwrap());
                 prop_assert_eq!(
                     got,
                     model.view(m).get(&k).copied(),

@@ -29,7 +29,7 @@ pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResul
             snapshot.scan(&coll, None, |_, d| {
                 size += d.as_bytes().len() as i64;
                 std::ops::ControlFlow::Continue(())
-            });
+            })?;
         }
         let entry = if name_only {
             doc! { "name": &db }

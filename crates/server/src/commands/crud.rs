@@ -553,7 +553,7 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     if let Some(id) = filter.id_equality() {
         // A point lookup: at most one document can match.
         let found = snapshot
-            .get(&coll, &key_of(id.as_raw_bson_ref()))
+            .get(&coll, &key_of(id.as_raw_bson_ref()))?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
     } else if let Some(sort) = sort {
@@ -603,7 +603,7 @@ fn sorted_matches(
             docs.push(d.clone());
         }
         ControlFlow::Continue(())
-    });
+    })?;
     if over {
         return Err(CommandError::new(
             code::QUERY_EXCEEDED_MEMORY_LIMIT,
@@ -729,14 +729,14 @@ fn targets(
     coll: &CollectionInfo,
     filter: &Filter,
     just_one: bool,
-) -> Vec<(DocKey, StoredDoc)> {
+) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
     if let Some(id) = filter.id_equality() {
         let key = key_of(id.as_raw_bson_ref());
-        return txn
-            .get(coll, &key)
+        return Ok(txn
+            .get(coll, &key)?
             .filter(|d| filter.matches(d))
             .map(|d| vec![(key, d)])
-            .unwrap_or_default();
+            .unwrap_or_default());
     }
     let mut out = Vec::new();
     txn.scan(coll, None, |key, doc| {
@@ -747,8 +747,8 @@ fn targets(
             }
         }
         ControlFlow::Continue(())
-    });
-    out
+    })?;
+    Ok(out)
 }
 
 fn stmt_fields(
@@ -815,7 +815,7 @@ fn run_update_stmt(
     max_bson: usize,
 ) -> CommandResult<UpdateOutcome> {
     let mut outcome = UpdateOutcome::default();
-    for (key, old) in targets(txn, coll, filter, !multi) {
+    for (key, old) in targets(txn, coll, filter, !multi)? {
         outcome.matched += 1;
         let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
         let old_id = old_doc.get("_id").cloned();
@@ -1020,7 +1020,7 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
                 return Ok(0);
             };
             retry_conflicts(shared, &opts, |txn| {
-                let found = targets(txn, &coll, &filter, just_one);
+                let found = targets(txn, &coll, &filter, just_one)?;
                 let count = found.len() as u64;
                 for (key, _) in found {
                     txn.delete(&coll, key)
@@ -1085,7 +1085,7 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
                 }
             }
             ControlFlow::Continue(())
-        });
+        })?;
     }
     Ok(doc! { "n": n as i64, "ok": 1.0 }.into())
 }

@@ -37,7 +37,8 @@ fn collect(snap: &Snapshot, coll: &CollectionInfo) -> Vec<i32> {
     snap.scan(coll, None, |_, d| {
         out.push(v_of(d));
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     out
 }
 
@@ -49,9 +50,13 @@ fn snapshot_does_not_see_later_commits() {
     t.insert(&coll, key(1), doc(1, 10)).unwrap();
     let ts = commit(t);
     assert!(ts > before.read_ts());
-    assert!(before.get(&coll, &key(1)).is_none());
+    assert!(before.get(&coll, &key(1)).unwrap().is_none());
     assert_eq!(
-        engine.snapshot().get(&coll, &key(1)).map(|d| v_of(&d)),
+        engine
+            .snapshot()
+            .get(&coll, &key(1))
+            .unwrap()
+            .map(|d| v_of(&d)),
         Some(10)
     );
 }
@@ -61,10 +66,10 @@ fn uncommitted_writes_are_private() {
     let (engine, coll) = setup();
     let mut t = engine.begin();
     t.insert(&coll, key(1), doc(1, 10)).unwrap();
-    assert!(t.get(&coll, &key(1)).is_some());
-    assert!(engine.snapshot().get(&coll, &key(1)).is_none());
+    assert!(t.get(&coll, &key(1)).unwrap().is_some());
+    assert!(engine.snapshot().get(&coll, &key(1)).unwrap().is_none());
     t.abort();
-    assert!(engine.snapshot().get(&coll, &key(1)).is_none());
+    assert!(engine.snapshot().get(&coll, &key(1)).unwrap().is_none());
 }
 
 #[test]
@@ -125,7 +130,8 @@ fn scan_merges_own_writes_in_key_order() {
     t.scan(&coll, None, |_, d| {
         seen.push(v_of(d));
         ControlFlow::Continue(())
-    });
+    })
+    .unwrap();
     assert_eq!(seen, vec![1, 2, 40, 5, 9]);
     let mut after = Vec::new();
     t.scan(&coll, Some(&key(2)), |_, d| {
@@ -135,7 +141,8 @@ fn scan_merges_own_writes_in_key_order() {
         } else {
             ControlFlow::Continue(())
         }
-    });
+    })
+    .unwrap();
     assert_eq!(after, vec![40, 5]);
     commit(t);
     assert_eq!(collect(&engine.snapshot(), &coll), vec![1, 2, 40, 5, 9]);
@@ -153,7 +160,7 @@ fn old_snapshot_survives_pruning() {
         t.replace(&coll, key(1), doc(1, v)).unwrap();
         commit(t);
     }
-    assert_eq!(old.get(&coll, &key(1)).map(|d| v_of(&d)), Some(1));
+    assert_eq!(old.get(&coll, &key(1)).unwrap().map(|d| v_of(&d)), Some(1));
     drop(old);
     let mut t = engine.begin();
     t.delete(&coll, key(1)).unwrap();
@@ -209,5 +216,5 @@ fn commit_timestamps_increase() {
         assert!(ts > last);
         last = ts;
     }
-    assert_eq!(engine.snapshot().count(&coll), 100);
+    assert_eq!(engine.snapshot().count(&coll).unwrap(), 100);
 }

@@ -1,0 +1,174 @@
+//! Checkpoints: fold committed versions into the base store, evict what memory no longer
+//! needs, and remove the log segments the checkpoint covers.
+//!
+//! A checkpoint at timestamp C (at most the newest *durable* commit) writes, for every key
+//! changed since the previous checkpoint, its newest version at or before C, in one redb
+//! transaction that also records C. Only after that commit is durable does the engine move its
+//! checkpoint timestamp to C and evict chains: a chain whose newest version is at or before
+//! both C and the oldest live snapshot says nothing the base store does not, to every reader
+//! that exists or can exist. Then log segments wholly at or before C are removed. A crash at
+//! any point leaves either the old checkpoint plus the whole log, or the new one plus a log
+//! that may still hold records it covers (skipped on replay).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{CollectionInfo, Engine, lock_mutex};
+use crate::base::{BaseCollection, CheckpointData};
+use crate::{StorageError, Timestamp, txlog};
+
+/// What one checkpoint did.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointReport {
+    pub ts: Timestamp,
+    pub documents_written: usize,
+    pub chains_evicted: usize,
+    pub chains_in_memory: usize,
+    pub segments_removed: usize,
+    pub elapsed: Duration,
+}
+
+impl Engine {
+    /// Runs a checkpoint now. `Ok(None)` if nothing was committed durably since the last one
+    /// or the engine has no base store.
+    pub fn checkpoint(&self) -> Result<Option<CheckpointReport>, StorageError> {
+        let _one_at_a_time = lock_mutex(&self.inner.checkpointing);
+        let started = Instant::now();
+        let durable = self.inner.progress.borrow().durable;
+        let log_bytes = self.inner.stats.bytes.load(Ordering::Relaxed);
+        let (data, base) = {
+            let state = self.read_state();
+            let Some(base) = state.base.clone() else {
+                return Ok(None);
+            };
+            let previous = state.checkpoint_ts;
+            let ts = durable.min(state.last_commit);
+            if ts <= previous {
+                return Ok(None);
+            }
+            let mut docs = Vec::new();
+            for (coll_id, chains) in &state.collections {
+                for (key, chain) in chains {
+                    if let Some((version_ts, value)) =
+                        chain.versions.iter().rev().find(|(v, _)| *v <= ts)
+                        && *version_ts > previous
+                    {
+                        docs.push((*coll_id, key.clone(), *version_ts, value.clone()));
+                    }
+                }
+            }
+            let catalog = state
+                .catalog
+                .iter()
+                .filter_map(|(ns, chain)| {
+                    let (version_ts, info) = chain.versions.iter().rev().find(|(v, _)| *v <= ts)?;
+                    let info: &Arc<CollectionInfo> = info.as_ref()?;
+                    Some(BaseCollection {
+                        ns: ns.clone(),
+                        id: info.id,
+                        options: info.options.clone(),
+                        ts: *version_ts,
+                    })
+                })
+                .collect();
+            let dropped = state
+                .base_drops
+                .iter()
+                .filter(|(drop_ts, _)| *drop_ts <= ts)
+                .map(|(_, id)| *id)
+                .collect();
+            let data = CheckpointData {
+                ts,
+                next_coll_id: state.next_coll_id,
+                docs,
+                catalog,
+                dropped,
+            };
+            (data, base)
+        };
+        base.write_checkpoint(&data)?;
+
+        let mut report = CheckpointReport {
+            ts: data.ts,
+            documents_written: data.docs.len(),
+            ..CheckpointReport::default()
+        };
+        {
+            let mut state = self.write_state();
+            assert!(data.ts > state.checkpoint_ts, "checkpoints move forward");
+            state.checkpoint_ts = data.ts;
+            state.base_drops.retain(|(drop_ts, _)| *drop_ts > data.ts);
+            let horizon = self.oldest_reader().map_or(data.ts, |r| r.min(data.ts));
+            for chains in state.collections.values_mut() {
+                let before = chains.len();
+                chains.retain(|_, chain| {
+                    chain.intent.is_some()
+                        || chain.newest_ts().is_none_or(|newest| newest > horizon)
+                });
+                report.chains_evicted += before - chains.len();
+                report.chains_in_memory += chains.len();
+            }
+        }
+        self.inner
+            .checkpoint_log_bytes
+            .store(log_bytes, Ordering::Relaxed);
+        if let Some(dir) = &self.inner.options.data_dir {
+            report.segments_removed = txlog::remove_covered_segments(
+                &dir.join("log"),
+                data.ts,
+                self.inner.options.retain_log_segments,
+            )?;
+        }
+        report.elapsed = started.elapsed();
+        Ok(Some(report))
+    }
+
+    /// Asks the checkpointer to run soon.
+    pub(crate) fn request_checkpoint(&self) {
+        lock_mutex(&self.inner.checkpoint_signal).requested = true;
+        self.inner.checkpoint_wake.notify_one();
+    }
+
+    /// The checkpointer thread: runs a checkpoint when asked (log growth) or when the interval
+    /// passes, until the engine closes.
+    pub(crate) fn run_checkpointer(self) {
+        let interval = self.inner.options.checkpoint_interval;
+        loop {
+            {
+                let mut signal = lock_mutex(&self.inner.checkpoint_signal);
+                let deadline = Instant::now() + interval;
+                while !signal.requested && !signal.shutdown {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    signal = self
+                        .inner
+                        .checkpoint_wake
+                        .wait_timeout(signal, deadline - now)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if signal.shutdown {
+                    return;
+                }
+                signal.requested = false;
+            }
+            match self.checkpoint() {
+                Ok(Some(report)) => tracing::info!(
+                    ts = report.ts.0,
+                    documents = report.documents_written,
+                    evicted = report.chains_evicted,
+                    in_memory = report.chains_in_memory,
+                    segments_removed = report.segments_removed,
+                    millis = report.elapsed.as_millis() as u64,
+                    "checkpoint"
+                ),
+                Ok(None) => {}
+                // The log still holds everything: a failed checkpoint only delays the next.
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
+            }
+        }
+    }
+}
