@@ -76,6 +76,20 @@ struct ServeArgs {
     /// Largest accepted wire message in bytes (MongoDB: 48000000).
     #[arg(long, default_value_t = 48_000_000)]
     max_message_size: usize,
+    /// Memory for data, in MiB: the base store's cache plus the versions waiting for a
+    /// checkpoint. Resident memory stays near it however large the data grows.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    cache_size: usize,
+    /// Seconds between checkpoints (sooner when the log grows past --checkpoint-log-size).
+    #[arg(long, default_value_t = 60)]
+    checkpoint_interval_secs: u64,
+    /// MiB of transaction log that triggers a checkpoint; bounds recovery time.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    checkpoint_log_size: u64,
+    /// Log segments to keep after a checkpoint has made them unnecessary for recovery
+    /// (for `mangrove log` history). 0 removes them at once.
+    #[arg(long, default_value_t = 0)]
+    log_retention_segments: usize,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -111,6 +125,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         cursor_timeout: Duration::from_secs(args.cursor_timeout_secs.max(1)),
         max_cursors: args.max_cursors.max(1),
         max_message_size: args.max_message_size,
+        cache_bytes: args.cache_size.max(1) * 1024 * 1024,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
+        checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
+        retain_log_segments: args.log_retention_segments,
         argv: std::env::args().collect(),
         ..Config::default()
     };

@@ -13,6 +13,7 @@ pub mod code {
     pub const NAMESPACE_NOT_FOUND: i32 = 26;
     pub const CURSOR_NOT_FOUND: i32 = 43;
     pub const NAMESPACE_EXISTS: i32 = 48;
+    pub const MAX_TIME_MS_EXPIRED: i32 = 50;
     pub const COMMAND_NOT_FOUND: i32 = 59;
     pub const INVALID_OPTIONS: i32 = 72;
     pub const INVALID_NAMESPACE: i32 = 73;

@@ -49,6 +49,12 @@ pub struct Config {
     pub max_cursors: usize,
     /// Bytes of request frames all connections together may hold at once.
     pub max_inflight_bytes: usize,
+    /// Memory for data (base-store cache plus versions awaiting a checkpoint).
+    pub cache_bytes: usize,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_log_bytes: u64,
+    /// Log segments kept after a checkpoint covers them.
+    pub retain_log_segments: usize,
     /// The process arguments, echoed by `getCmdLineOpts`.
     pub argv: Vec<String>,
 }
@@ -68,6 +74,10 @@ impl Default for Config {
             max_sort_bytes: 100 * 1024 * 1024,
             max_cursors: 100_000,
             max_inflight_bytes: 1024 * 1024 * 1024,
+            cache_bytes: EngineOptions::default().cache_bytes,
+            checkpoint_interval: EngineOptions::default().checkpoint_interval,
+            checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
+            retain_log_segments: 0,
             argv: Vec::new(),
         }
     }
@@ -109,6 +119,10 @@ pub(crate) struct Shared {
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
     let options = EngineOptions {
         data_dir: Some(config.data_dir.clone()),
+        cache_bytes: config.cache_bytes,
+        checkpoint_interval: config.checkpoint_interval,
+        checkpoint_log_bytes: config.checkpoint_log_bytes,
+        retain_log_segments: config.retain_log_segments,
         ..EngineOptions::default()
     };
     let (engine, report) =
@@ -124,6 +138,7 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
     let secs = report.elapsed.as_secs_f64();
     info!(
         records = report.records,
+        replayed = report.replayed,
         log_bytes = report.log_bytes,
         segments = report.segments,
         seconds = format!("{secs:.3}"),

@@ -167,8 +167,9 @@ pub struct EngineOptions {
     pub segment_bytes: u64,
     /// Committed-but-unwritten log bytes above which committers wait: bounds the queue.
     pub max_pending_log_bytes: usize,
-    /// Memory for data: half is the base store's page cache, half bounds the versions kept in
-    /// memory between checkpoints (a checkpoint starts when they exceed it).
+    /// Memory for data. A quarter is the base store's page cache and a quarter bounds the
+    /// versions kept in memory between checkpoints (a checkpoint starts when they exceed it);
+    /// the rest is headroom for what a checkpoint holds while it writes.
     pub cache_bytes: usize,
     /// A checkpoint starts after this much log since the last one, bounding recovery time.
     pub checkpoint_log_bytes: u64,
@@ -331,7 +332,7 @@ impl Engine {
         let lock = lock_data_dir(&dir)?;
         let base = Arc::new(BaseStore::open(
             &dir.join("base.redb"),
-            options.cache_bytes / 2,
+            options.cache_bytes / 4,
         )?);
         let mut state = State::default();
         let (checkpoint_ts, next_coll_id, collections) = base.load()?;
@@ -609,7 +610,7 @@ impl Engine {
                 .inner
                 .options
                 .checkpoint_log_bytes
-                .min(self.inner.options.cache_bytes as u64 / 2);
+                .min(self.inner.options.cache_bytes as u64 / 4);
             if total - self.inner.checkpoint_log_bytes.load(Ordering::Relaxed) >= budget {
                 self.request_checkpoint();
             }

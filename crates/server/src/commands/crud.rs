@@ -76,6 +76,9 @@ pub(super) struct WriteOptions {
     pub meta: CommitMeta,
     /// The `writeConcernError` to attach to the reply, if the concern cannot be satisfied.
     pub wc_error: Option<Document>,
+    /// How long the write may keep waiting out conflicts: `maxTimeMS`, capped by
+    /// [`CONFLICT_RETRY_LIMIT`].
+    pub patience: Duration,
 }
 
 impl WriteOptions {
@@ -101,10 +104,20 @@ impl WriteOptions {
             }
             None => None,
         };
+        let patience = match req.opt_i64("maxTimeMS")? {
+            Some(ms) if ms < 0 => {
+                return Err(CommandError::bad_value(format!(
+                    "{ms} value for maxTimeMS is out of range"
+                )));
+            }
+            Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(CONFLICT_RETRY_LIMIT),
+            _ => CONFLICT_RETRY_LIMIT,
+        };
         Ok(WriteOptions {
             ack,
             meta: CommitMeta { lsid, txn_number },
             wc_error,
+            patience,
         })
     }
 }
@@ -134,16 +147,28 @@ pub(super) async fn retry_conflicts<T>(
                 acknowledge(txn.commit()?, opts.ack).await?;
                 return Ok(value);
             }
-            Err(e)
-                if e.code == code::WRITE_CONFLICT && started.elapsed() < CONFLICT_RETRY_LIMIT =>
-            {
+            Err(e) if e.code == code::WRITE_CONFLICT => {
                 drop(txn);
+                if started.elapsed() >= opts.patience {
+                    return Err(max_time_expired(opts));
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A write that waited out its `maxTimeMS` behind another transaction's write intent.
+fn max_time_expired(opts: &WriteOptions) -> CommandError {
+    CommandError::new(
+        code::MAX_TIME_MS_EXPIRED,
+        format!(
+            "operation exceeded time limit: waited {} ms for a document held by another transaction",
+            opts.patience.as_millis()
+        ),
+    )
 }
 
 /// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
@@ -396,15 +421,17 @@ pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<
             });
             match result {
                 Ok(()) => inserted += 1,
-                Err(e)
-                    if e.code == code::WRITE_CONFLICT
-                        && started.elapsed() < CONFLICT_RETRY_LIMIT =>
-                {
+                Err(e) if e.code == code::WRITE_CONFLICT && started.elapsed() < opts.patience => {
                     last_ticket = Some(txn.commit()?);
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'batch;
                 }
                 Err(e) => {
+                    let e = if e.code == code::WRITE_CONFLICT {
+                        max_time_expired(&opts)
+                    } else {
+                        e
+                    };
                     write_errors.push(e.to_write_error(next));
                     if ordered {
                         last_ticket = Some(txn.commit()?);
