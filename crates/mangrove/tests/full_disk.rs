@@ -3,50 +3,13 @@
 //! durable must fail with a clear error, reads must keep working, and after a restart with room
 //! again every acknowledged write must be there.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use bson::doc;
+use common::spawn_on_data_dir;
 use mongodb::Client;
-
-fn mangrove_bin() -> String {
-    std::env::var("MANGROVE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mangrove").to_string())
-}
-
-/// Starts `mangrove serve` on `data`, optionally under a file-size limit in KiB; returns the
-/// child and its port.
-fn start(data: &Path, limit_kib: Option<u64>) -> (Child, u16) {
-    let mut command = match limit_kib {
-        Some(kib) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
-                .arg(mangrove_bin());
-            c
-        }
-        None => Command::new(mangrove_bin()),
-    };
-    let mut child = command
-        .args(["serve", "--port", "0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split("listening on 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
-    (child, port)
-}
 
 async fn client(port: u16) -> Client {
     let mut options =
@@ -66,7 +29,7 @@ async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_
     let data = dir.join("data");
 
     // redb needs a few MiB to create the base store; the log segment then fills up to the limit.
-    let (mut server, port) = start(&data, Some(4096));
+    let (mut server, port) = spawn_on_data_dir(&data, Some(4096));
     let coll = client(port)
         .await
         .database("db")
@@ -128,7 +91,7 @@ async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_
     server.wait().unwrap();
 
     // With room again, everything acknowledged is back and writes work.
-    let (mut server, port) = start(&data, None);
+    let (mut server, port) = spawn_on_data_dir(&data, None);
     let coll = client(port)
         .await
         .database("db")

@@ -1,42 +1,17 @@
 //! `kill -9` of the real server under concurrent `j: true` inserts from the Rust driver: after
 //! every restart, each insert the driver saw acknowledged must be there.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bson::doc;
+use common::spawn_on_data_dir;
 use futures_util::TryStreamExt;
 use mongodb::Client;
 use mongodb::options::{CollectionOptions, WriteConcern};
-
-fn mangrove_bin() -> String {
-    std::env::var("MANGROVE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mangrove").to_string())
-}
-
-fn start(data: &Path) -> (Child, u16) {
-    let mut child = Command::new(mangrove_bin())
-        .args(["serve", "--port", "0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split("listening on 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
-    (child, port)
-}
 
 async fn collection(port: u16) -> mongodb::Collection<bson::Document> {
     let mut options =
@@ -54,6 +29,19 @@ async fn collection(port: u16) -> mongodb::Collection<bson::Document> {
         .collection_with_options("acked", journaled)
 }
 
+/// Every `_id` in the collection.
+async fn ids(coll: &mongodb::Collection<bson::Document>) -> HashSet<i64> {
+    coll.find(doc! {})
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.get_i64("_id").unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_journaled_writes_survive_kill_9() {
     let dir = std::env::temp_dir().join(format!("mangrove-kill-{}", std::process::id()));
@@ -67,19 +55,10 @@ async fn acknowledged_journaled_writes_survive_kill_9() {
         | 1;
     let cycles = 5;
     for cycle in 0..cycles {
-        let (mut server, port) = start(&data);
+        let (mut server, port) = spawn_on_data_dir(&data, None);
         let coll = collection(port).await;
         // Everything acknowledged before this kill-and-restart is still there.
-        let present: HashSet<i64> = coll
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.get_i64("_id").unwrap())
-            .collect();
+        let present = ids(&coll).await;
         let expected = acked.lock().unwrap().clone();
         let lost: Vec<_> = expected.difference(&present).collect();
         assert!(
@@ -123,18 +102,9 @@ async fn acknowledged_journaled_writes_survive_kill_9() {
         "too few acknowledged inserts ({total}) to mean anything"
     );
     // A last restart to check the final kill too.
-    let (mut server, port) = start(&data);
+    let (mut server, port) = spawn_on_data_dir(&data, None);
     let coll = collection(port).await;
-    let present: HashSet<i64> = coll
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.get_i64("_id").unwrap())
-        .collect();
+    let present = ids(&coll).await;
     let missing = acked.lock().unwrap().difference(&present).count();
     assert_eq!(missing, 0, "acknowledged inserts lost at the last kill");
     println!(

@@ -714,6 +714,48 @@ impl Engine {
     }
 }
 
+/// Merges an authoritative `overlay` (keys in order, each with its document or `None` where it
+/// hides one) over the documents `drive` delivers in key order, visiting what is visible until
+/// `visit` breaks. Both a snapshot (memory over the base store) and a transaction (its own
+/// writes over its snapshot) read this way.
+fn merge_overlay<'a>(
+    overlay: impl Iterator<Item = (&'a DocKey, Option<&'a StoredDoc>)>,
+    drive: impl FnOnce(
+        &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError>,
+    visit: &mut impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> Result<(), StorageError> {
+    let mut overlay = overlay.peekable();
+    let mut stopped = false;
+    drive(&mut |key, doc| {
+        while let Some((own_key, own_doc)) = overlay.next_if(|(k, _)| *k < key) {
+            if let Some(d) = own_doc
+                && visit(own_key, d).is_break()
+            {
+                stopped = true;
+                return ControlFlow::Break(());
+            }
+        }
+        let flow = match overlay.next_if(|(k, _)| *k == key) {
+            Some((own_key, Some(own_doc))) => visit(own_key, own_doc),
+            Some((_, None)) => ControlFlow::Continue(()),
+            None => visit(key, doc),
+        };
+        stopped = flow.is_break();
+        flow
+    })?;
+    if !stopped {
+        for (key, doc) in overlay {
+            if let Some(d) = doc
+                && visit(key, d).is_break()
+            {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies one logged transaction to the state during recovery.
 fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String> {
     for op in ops {
@@ -966,7 +1008,7 @@ impl Snapshot {
     }
 
     /// Visits documents in key order, starting after `after`, until `visit` breaks: versions in
-    /// memory merged with the base store. The engine's lock is held meanwhile, so `visit` must
+    /// memory merged over the base store. The engine's lock is held meanwhile, so `visit` must
     /// not call back into the engine.
     pub fn scan(
         &self,
@@ -977,49 +1019,26 @@ impl Snapshot {
         let state = self.engine.read_state();
         let read_ts = self.read_ts;
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut memory = state
+        let memory = state
             .collections
             .get(&coll.id)
             .into_iter()
             .flat_map(|docs| docs.range((lower, Bound::Unbounded)))
-            .peekable();
-        let mut stopped = false;
-        if let Some(base) = &state.base {
-            base.scan(coll.id, after, |base_key, base_ts, base_doc| {
-                while let Some((key, chain)) = memory.next_if(|(k, _)| **k < base_key) {
-                    if let Some(doc) = chain.visible_at(read_ts)
-                        && visit(key, doc).is_break()
-                    {
-                        stopped = true;
-                        return ControlFlow::Break(());
+            .map(|(key, chain)| (key, chain.visible_at(read_ts)));
+        merge_overlay(
+            memory,
+            |emit| match &state.base {
+                Some(base) => base.scan(coll.id, after, |key, ts, doc| {
+                    if ts <= read_ts {
+                        emit(&key, &doc)
+                    } else {
+                        ControlFlow::Continue(())
                     }
-                }
-                let flow = match memory.next_if(|(k, _)| **k == base_key) {
-                    // The chain in memory is authoritative over the base store.
-                    Some((key, chain)) => match chain.visible_at(read_ts) {
-                        Some(doc) => visit(key, doc),
-                        None => ControlFlow::Continue(()),
-                    },
-                    None if base_ts <= read_ts => visit(&base_key, &base_doc),
-                    None => ControlFlow::Continue(()),
-                };
-                if flow.is_break() {
-                    stopped = true;
-                }
-                flow
-            })?;
-        }
-        if stopped {
-            return Ok(());
-        }
-        for (key, chain) in memory {
-            if let Some(doc) = chain.visible_at(read_ts)
-                && visit(key, doc).is_break()
-            {
-                break;
-            }
-        }
-        Ok(())
+                }),
+                None => Ok(()),
+            },
+            &mut visit,
+        )
     }
 
     pub fn count(&self, coll: &CollectionInfo) -> Result<u64, StorageError> {
@@ -1158,46 +1177,16 @@ impl Txn {
             Some(k) => Bound::Excluded((coll.id, k.clone())),
             None => Bound::Included((coll.id, DocKey(Vec::new()))),
         };
-        let mut own = self
+        let own = self
             .docs
             .range((lower, Bound::Unbounded))
             .take_while(|((id, _), _)| *id == coll.id)
-            .map(|((_, k), v)| (k, v))
-            .peekable();
-        let mut stopped = false;
-        self.snapshot.scan(coll, after, |key, doc| {
-            // Emit our own writes that sort before this committed key first.
-            while let Some((own_key, own_doc)) = own.next_if(|(k, _)| *k < key) {
-                if let Some(d) = own_doc.doc()
-                    && visit(own_key, d).is_break()
-                {
-                    stopped = true;
-                    return ControlFlow::Break(());
-                }
-            }
-            let flow = match own.next_if(|(k, _)| *k == key) {
-                Some((_, mine)) => match mine.doc() {
-                    Some(mine) => visit(key, mine),
-                    None => ControlFlow::Continue(()),
-                },
-                None => visit(key, doc),
-            };
-            if flow.is_break() {
-                stopped = true;
-            }
-            flow
-        })?;
-        if stopped {
-            return Ok(());
-        }
-        for (key, doc) in own {
-            if let Some(d) = doc.doc()
-                && visit(key, d).is_break()
-            {
-                break;
-            }
-        }
-        Ok(())
+            .map(|((_, key), write)| (key, write.doc()));
+        merge_overlay(
+            own,
+            |emit| self.snapshot.scan(coll, after, emit),
+            &mut visit,
+        )
     }
 
     /// Creates the collection unless it exists; returns whether it did create it.

@@ -3,23 +3,8 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-
 use common::*;
 use mangrove_storage::{Engine, EngineOptions, Snapshot, txlog};
-
-fn all(snap: &Snapshot, ns: &str) -> Vec<(i64, i64)> {
-    let Some(coll) = snap.collection(ns) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    snap.scan(&coll, None, |_, d| {
-        out.push((d.get_i64("_id").unwrap(), d.get_i64("v").unwrap()));
-        ControlFlow::Continue(())
-    })
-    .unwrap();
-    out
-}
 
 fn get(snap: &Snapshot, ns: &str, id: i64) -> Option<i64> {
     let coll = snap.collection(ns)?;
@@ -57,7 +42,7 @@ fn checkpoint_moves_data_to_the_base_store_and_reads_still_agree() {
     assert!(report.segments_removed > 0 && report.segments_removed < segments_before);
     let snap = engine.snapshot();
     assert_eq!(
-        all(&snap, "db.c"),
+        values(&snap, "db.c"),
         (0..50).map(|i| (i, i)).collect::<Vec<_>>()
     );
     assert_eq!(get(&snap, "db.c", 7), Some(7));
@@ -90,7 +75,7 @@ fn old_snapshots_keep_their_view_across_checkpoints() {
         commit_durable(t).unwrap();
         engine.checkpoint().unwrap();
         assert_eq!(
-            all(&old, "db.c"),
+            values(&old, "db.c"),
             (0..10).map(|i| (i, 0)).collect::<Vec<_>>()
         );
         assert_eq!(get(&old, "db.c", 1), Some(0));
@@ -101,7 +86,7 @@ fn old_snapshots_keep_their_view_across_checkpoints() {
     assert_eq!(get(&now, "db.c", 1), Some(3));
     assert_eq!(get(&now, "db.c", 3), None);
     assert_eq!(get(&now, "db.c", 103), Some(3));
-    assert_eq!(all(&now, "db.c").len(), 10 - 3 + 3);
+    assert_eq!(values(&now, "db.c").len(), 10 - 3 + 3);
     drop((old, now));
     // With the old reader gone, the next checkpoint evicts what it pinned.
     let mut t = engine.begin();
@@ -173,12 +158,12 @@ fn recovery_replays_only_what_follows_the_checkpoint() {
     }
     let check = |engine: &Engine| {
         let snap = engine.snapshot();
-        let c = all(&snap, "db.c");
+        let c = values(&snap, "db.c");
         assert_eq!(c.len(), 19);
         assert_eq!(c[0], (0, 1000));
         assert!(!c.iter().any(|(id, _)| *id == 5));
         assert!(snap.collection("db.gone").is_none());
-        assert_eq!(all(&snap, "db.fresh"), vec![(1, 1)]);
+        assert_eq!(values(&snap, "db.fresh"), vec![(1, 1)]);
     };
     let (engine, report) = open(options(&dir)).unwrap();
     assert_eq!(report.replayed, 4, "{report:?}");

@@ -4,24 +4,9 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::ops::ControlFlow;
 
 use common::*;
 use mangrove_storage::{Engine, EngineOptions, StorageError, txlog};
-
-fn values(engine: &Engine, ns: &str) -> Vec<(i64, i64)> {
-    let snap = engine.snapshot();
-    let Some(coll) = snap.collection(ns) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    snap.scan(&coll, None, |_, d| {
-        out.push((d.get_i64("_id").unwrap(), d.get_i64("v").unwrap()));
-        ControlFlow::Continue(())
-    })
-    .unwrap();
-    out
-}
 
 /// Commits `n` transactions, each inserting document i and bumping document 0's counter, so any
 /// prefix of the log has a recognisable state.
@@ -66,7 +51,7 @@ fn committed_data_survives_reopen() {
     // One record for the create, one for document 0, 40 for the history.
     assert_eq!(report.records, 42);
     assert!(report.torn_tail.is_none());
-    assert_eq!(values(&engine, "db.c"), expected_after(40));
+    assert_eq!(values(&engine.snapshot(), "db.c"), expected_after(40));
     // Commit timestamps keep increasing across restarts.
     let before = engine.last_commit();
     let coll = engine.snapshot().collection("db.c").unwrap();
@@ -94,7 +79,7 @@ fn drops_and_recreates_replay() {
         engine.close_without_checkpoint();
     }
     let (engine, _) = open(options(&dir)).unwrap();
-    assert_eq!(values(&engine, "db.gone"), vec![(2, 2)]);
+    assert_eq!(values(&engine.snapshot(), "db.gone"), vec![(2, 2)]);
 }
 
 #[test]
@@ -113,7 +98,7 @@ fn segments_rotate_and_replay_in_order() {
     assert!(segments.len() > 5, "only {} segments", segments.len());
     let (engine, report) = open(opts).unwrap();
     assert_eq!(report.segments, segments.len());
-    assert_eq!(values(&engine, "db.c"), expected_after(100));
+    assert_eq!(values(&engine.snapshot(), "db.c"), expected_after(100));
 }
 
 #[test]
@@ -174,7 +159,10 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             assert_eq!(dropped, cut - offset);
             // Whole transactions before the cut are back; the torn one is gone entirely.
             let complete = records.iter().filter(|(o, l)| o + l <= cut).count() as i64;
-            assert_eq!(values(&engine, "db.c"), expected_after(complete - 2));
+            assert_eq!(
+                values(&engine.snapshot(), "db.c"),
+                expected_after(complete - 2)
+            );
             // The file was truncated, and new commits append after the valid prefix.
             engine.close_without_checkpoint();
             drop(engine);
@@ -188,7 +176,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             engine.close_without_checkpoint();
             drop(engine);
             let (engine, _) = open(options(&dir)).unwrap();
-            assert!(values(&engine, "db.c").contains(&(777, 7)));
+            assert!(values(&engine.snapshot(), "db.c").contains(&(777, 7)));
             engine.close_without_checkpoint();
         }
     }

@@ -397,3 +397,37 @@ pub fn assert_healthy(server: &Server) {
     assert_eq!(r.response_to, 9_999, "ping reply responseTo");
     assert_eq!(ok_value(&d), Some(1.0), "ping reply: {d}");
 }
+
+/// Starts `mangrove serve` on an existing data directory (tests that restart a server on the
+/// same data), optionally under a file-size limit in KiB with SIGXFSZ ignored, so a write past
+/// it fails with EFBIG as on a full disk. Returns the child and its port.
+pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) -> (Child, u16) {
+    let mut command = match file_limit_kib {
+        Some(kib) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+                .arg(mangrove_bin());
+            c
+        }
+        None => Command::new(mangrove_bin()),
+    };
+    let mut child = command
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mangrove");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the ready line");
+    let port = line
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    (child, port)
+}

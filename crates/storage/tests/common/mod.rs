@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::ops::ControlFlow;
+
 use bson::rawdoc;
 use mangrove_storage::{
-    CollectionInfo, DocKey, Engine, EngineOptions, RecoveryReport, StorageError, Timestamp, Txn,
+    CollectionInfo, DocKey, Engine, EngineOptions, RecoveryReport, Snapshot, StorageError,
+    Timestamp, Txn,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -71,4 +74,18 @@ pub fn collection(engine: &Engine, ns: &str) -> CollectionInfo {
 
 pub fn doc(id: i64, v: i64) -> Arc<bson::RawDocumentBuf> {
     Arc::new(rawdoc! { "_id": id, "v": v })
+}
+
+/// Every `(_id, v)` of a collection as `snap` sees it; empty if the collection does not exist.
+pub fn values(snap: &Snapshot, ns: &str) -> Vec<(i64, i64)> {
+    let Some(coll) = snap.collection(ns) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    snap.scan(&coll, None, |_, d| {
+        out.push((d.get_i64("_id").unwrap(), d.get_i64("v").unwrap()));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    out
 }
