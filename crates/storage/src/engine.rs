@@ -798,7 +798,7 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                 let chain = docs
                     .entry(DocKey(key.clone()))
                     .or_insert_with(VersionChain::new);
-                chain.install_recovered(ts, Some(Arc::new(doc.clone())));
+                chain.install_recovered(ts, Some(doc.clone()));
                 chain.prune(ts, checkpoint);
             }
             LogOp::Delete { ns, key, .. } => {
@@ -1447,12 +1447,12 @@ impl Txn {
                 DocWrite::Insert(d) => LogOp::Insert {
                     ns,
                     key,
-                    doc: (**d).clone(),
+                    doc: d.clone(),
                 },
                 DocWrite::Update(d) => LogOp::Update {
                     ns,
                     key,
-                    doc: (**d).clone(),
+                    doc: d.clone(),
                 },
                 DocWrite::Delete(id) => LogOp::Delete {
                     ns,

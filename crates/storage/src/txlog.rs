@@ -23,9 +23,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use bson::{Bson, Document, RawDocumentBuf, doc};
+use std::sync::Arc;
 
-use crate::{StorageError, Timestamp};
+use bson::raw::{RawArrayBuf, RawBinaryRef, RawBson, RawBsonRef, RawDocument, cstr};
+use bson::{Bson, Document, RawDocumentBuf};
+
+use crate::{StorageError, StoredDoc, Timestamp};
 
 const MAGIC: &[u8; 8] = b"MGVLOG\0\0";
 const FORMAT_VERSION: u32 = 1;
@@ -44,12 +47,12 @@ pub enum LogOp {
     Insert {
         ns: String,
         key: Vec<u8>,
-        doc: RawDocumentBuf,
+        doc: StoredDoc,
     },
     Update {
         ns: String,
         key: Vec<u8>,
-        doc: RawDocumentBuf,
+        doc: StoredDoc,
     },
     Delete {
         ns: String,
@@ -125,42 +128,57 @@ pub struct RecordPos {
 }
 
 /// Encodes a record whose timestamp and wall clock are filled in later by
-/// [`seal_record`], so that the costly part happens outside the commit lock.
+/// [`seal_record`], so that the costly part happens outside the commit lock. Documents are
+/// copied into the record as they are stored, never parsed: this runs once per commit.
 pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>, StorageError> {
-    let mut body = doc! { "v": 1 };
+    let encoding = |e: bson::error::Error| StorageError::Encoding(e.to_string());
+    let mut body = RawDocumentBuf::new();
+    body.append(cstr!("v"), 1i32);
     if let Some(lsid) = &meta.lsid {
-        body.insert("lsid", lsid.clone());
+        body.append(
+            cstr!("lsid"),
+            RawDocumentBuf::try_from(lsid).map_err(encoding)?,
+        );
     }
     if let Some(n) = meta.txn_number {
-        body.insert("txnNumber", n);
+        body.append(cstr!("txnNumber"), n);
     }
-    let mut encoded_ops = Vec::with_capacity(ops.len());
+    let mut encoded_ops = RawArrayBuf::new();
     for op in ops {
-        let d = match op {
-            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
-                let code = if matches!(op, LogOp::Insert { .. }) {
-                    "i"
-                } else {
-                    "u"
-                };
-                let o = Document::try_from(doc.as_ref())
-                    .map_err(|e| StorageError::Encoding(e.to_string()))?;
-                doc! { "op": code, "ns": ns, "k": binary(key), "o": o }
-            }
-            LogOp::Delete { ns, key, id } => {
-                doc! { "op": "d", "ns": ns, "k": binary(key), "_id": id.clone() }
-            }
-            LogOp::CreateCollection { ns, options } => {
-                doc! { "op": "c", "ns": ns, "o": options.clone() }
-            }
-            LogOp::DropCollection { ns } => doc! { "op": "x", "ns": ns },
+        let mut d = RawDocumentBuf::new();
+        let code = match op {
+            LogOp::Insert { .. } => "i",
+            LogOp::Update { .. } => "u",
+            LogOp::Delete { .. } => "d",
+            LogOp::CreateCollection { .. } => "c",
+            LogOp::DropCollection { .. } => "x",
         };
-        encoded_ops.push(Bson::Document(d));
+        d.append(cstr!("op"), code);
+        d.append(cstr!("ns"), op.ns());
+        match op {
+            LogOp::Insert { key, doc, .. } | LogOp::Update { key, doc, .. } => {
+                d.append(cstr!("k"), binary(key));
+                d.append(cstr!("o"), doc.as_ref() as &RawDocument);
+            }
+            LogOp::Delete { key, id, .. } => {
+                d.append(cstr!("k"), binary(key));
+                d.append(
+                    cstr!("_id"),
+                    RawBson::try_from(id.clone()).map_err(encoding)?,
+                );
+            }
+            LogOp::CreateCollection { options, .. } => {
+                d.append(
+                    cstr!("o"),
+                    RawDocumentBuf::try_from(options).map_err(encoding)?,
+                );
+            }
+            LogOp::DropCollection { .. } => {}
+        }
+        encoded_ops.push(d);
     }
-    body.insert("ops", encoded_ops);
-    let body = body
-        .to_vec()
-        .map_err(|e| StorageError::Encoding(e.to_string()))?;
+    body.append(cstr!("ops"), encoded_ops);
+    let body = body.into_bytes();
     let payload_len = PAYLOAD_PREFIX_LEN + body.len();
     if payload_len > MAX_RECORD_LEN {
         return Err(StorageError::TransactionTooLarge {
@@ -176,10 +194,10 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
     Ok(out)
 }
 
-fn binary(bytes: &[u8]) -> bson::Binary {
-    bson::Binary {
+fn binary(bytes: &[u8]) -> RawBinaryRef<'_> {
+    RawBinaryRef {
         subtype: bson::spec::BinarySubtype::Generic,
-        bytes: bytes.to_vec(),
+        bytes,
     }
 }
 
@@ -196,6 +214,8 @@ fn record_crc(len: &[u8], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(len), payload)
 }
 
+/// Reads a record's payload on the raw bytes: documents are copied out once, not parsed and
+/// rebuilt (replay speed is recovery time).
 fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
     let (prefix, body) = payload
         .split_at_checked(PAYLOAD_PREFIX_LEN)
@@ -204,48 +224,62 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
         prefix[0..8].try_into().map_err(|_| "bad ts")?,
     ));
     let wall_ms = i64::from_le_bytes(prefix[8..16].try_into().map_err(|_| "bad wall clock")?);
-    let body = Document::from_reader(body).map_err(|e| format!("record body is not BSON: {e}"))?;
+    fn bad(what: &'static str) -> impl Fn(bson::error::Error) -> String {
+        move |e| format!("record {what}: {e}")
+    }
+    let body = RawDocument::from_bytes(body).map_err(bad("body is not BSON"))?;
     match body.get_i32("v") {
         Ok(1) => {}
         other => return Err(format!("unsupported record version {other:?}")),
     }
     let meta = CommitMeta {
-        lsid: body.get_document("lsid").ok().cloned(),
+        lsid: match body.get_document("lsid") {
+            Ok(lsid) => Some(Document::try_from(lsid).map_err(bad("lsid"))?),
+            Err(_) => None,
+        },
         txn_number: body.get_i64("txnNumber").ok(),
     };
     let mut ops = Vec::new();
-    for op in body.get_array("ops").map_err(|_| "record has no ops")? {
-        let op = op.as_document().ok_or("op is not a document")?;
-        let ns = op.get_str("ns").map_err(|_| "op has no ns")?.to_string();
-        let key = || -> Result<Vec<u8>, String> {
-            match op.get("k") {
-                Some(Bson::Binary(b)) => Ok(b.bytes.clone()),
-                _ => Err("op has no key".into()),
-            }
+    for op in body.get_array("ops").map_err(bad("ops"))? {
+        let op = match op.map_err(bad("ops"))? {
+            RawBsonRef::Document(op) => op,
+            _ => return Err("op is not a document".into()),
         };
-        let raw = || -> Result<RawDocumentBuf, String> {
-            let o = op.get_document("o").map_err(|_| "op has no document")?;
-            RawDocumentBuf::try_from(o).map_err(|e| e.to_string())
+        let ns = op.get_str("ns").map_err(bad("ns"))?.to_string();
+        let key = || {
+            op.get_binary("k")
+                .map(|b| b.bytes.to_vec())
+                .map_err(bad("key"))
         };
-        let decoded = match op.get_str("op").map_err(|_| "op has no kind")? {
+        let doc = || -> Result<StoredDoc, String> {
+            let o = op.get_document("o").map_err(bad("document"))?;
+            Ok(Arc::new(o.to_owned()))
+        };
+        let decoded = match op.get_str("op").map_err(bad("kind"))? {
             "i" => LogOp::Insert {
                 ns,
                 key: key()?,
-                doc: raw()?,
+                doc: doc()?,
             },
             "u" => LogOp::Update {
                 ns,
                 key: key()?,
-                doc: raw()?,
+                doc: doc()?,
             },
             "d" => LogOp::Delete {
                 ns,
                 key: key()?,
-                id: op.get("_id").cloned().unwrap_or(Bson::Null),
+                id: match op.get("_id").map_err(bad("_id"))? {
+                    Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
+                    None => Bson::Null,
+                },
             },
             "c" => LogOp::CreateCollection {
                 ns,
-                options: op.get_document("o").cloned().unwrap_or_default(),
+                options: match op.get_document("o") {
+                    Ok(o) => Document::try_from(o).map_err(bad("options"))?,
+                    Err(_) => Document::new(),
+                },
             },
             "x" => LogOp::DropCollection { ns },
             other => return Err(format!("unknown op kind {other:?}")),
