@@ -76,6 +76,10 @@ struct ServeArgs {
     /// Largest accepted wire message in bytes (MongoDB: 48000000).
     #[arg(long, default_value_t = 48_000_000)]
     max_message_size: usize,
+    /// Seconds a multi-document transaction may stay open before it is aborted
+    /// (MongoDB's transactionLifetimeLimitSeconds).
+    #[arg(long, default_value_t = 60)]
+    transaction_lifetime_limit_secs: u64,
     /// Memory for data, in MiB: the base store's cache plus the versions waiting for a
     /// checkpoint. Resident memory stays near it however large the data grows.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
@@ -126,6 +130,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_cursors: args.max_cursors.max(1),
         max_message_size: args.max_message_size,
         cache_bytes: args.cache_size.max(1) * 1024 * 1024,
+        transaction_lifetime: Duration::from_secs(args.transaction_lifetime_limit_secs.max(1)),
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
         checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
         retain_log_segments: args.log_retention_segments,

@@ -13,6 +13,7 @@ mod conn;
 mod cursor;
 mod error;
 mod request;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ pub struct Config {
     pub max_sort_bytes: usize,
     /// Most cursors open at once; beyond it new cursors are refused rather than memory growing.
     pub max_cursors: usize,
+    /// Most sessions with transaction state at once (mongod's `maxSessions`).
+    pub max_sessions: usize,
+    /// Transactions open longer are aborted (`transactionLifetimeLimitSeconds`, 60).
+    pub transaction_lifetime: Duration,
     /// Bytes of request frames all connections together may hold at once.
     pub max_inflight_bytes: usize,
     /// Memory for data (base-store cache plus versions awaiting a checkpoint).
@@ -73,6 +78,8 @@ impl Default for Config {
             max_bson_size: mangrove_wire::DEFAULT_MAX_BSON_SIZE,
             max_sort_bytes: 100 * 1024 * 1024,
             max_cursors: 100_000,
+            max_sessions: 1_000_000,
+            transaction_lifetime: Duration::from_secs(60),
             max_inflight_bytes: 1024 * 1024 * 1024,
             cache_bytes: EngineOptions::default().cache_bytes,
             checkpoint_interval: EngineOptions::default().checkpoint_interval,
@@ -108,6 +115,7 @@ pub(crate) struct Shared {
     pub advertised: String,
     pub engine: Engine,
     pub cursors: cursor::CursorManager,
+    pub sessions: session::Sessions,
     pub started: Instant,
     pub next_connection_id: AtomicI64,
     pub counters: Counters,
@@ -146,6 +154,16 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         "recovered the transaction log"
     );
     Ok(engine)
+}
+
+/// Aborts transactions past their lifetime limit, checking a few times per limit.
+async fn reap_transactions(shared: Arc<Shared>) {
+    let limit = shared.config.transaction_lifetime;
+    let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(period).await;
+        shared.sessions.reap_expired(limit);
+    }
 }
 
 pub struct Server {
@@ -200,6 +218,7 @@ impl Server {
         let shared = Arc::new(Shared {
             inflight,
             cursors: cursor::CursorManager::new(config.max_cursors),
+            sessions: session::Sessions::new(config.max_sessions),
             config,
             advertised,
             engine,
@@ -227,6 +246,7 @@ impl Server {
         let Server { listener, shared } = self;
         let slots = Arc::new(Semaphore::new(shared.config.max_connections));
         let reaper = tokio::spawn(cursor::reap_idle(shared.clone()));
+        let txn_reaper = tokio::spawn(reap_transactions(shared.clone()));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -256,6 +276,7 @@ impl Server {
             });
         }
         reaper.abort();
+        txn_reaper.abort();
         info!("stopped accepting connections");
         // Everything acknowledged is already durable; this only stops the log writer cleanly.
         shared.engine.close();

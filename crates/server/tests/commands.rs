@@ -535,21 +535,196 @@ async fn op_query_is_only_for_the_handshake() {
     }
 }
 
+fn txn_cmd(mut cmd: Document, lsid: &Document, n: i64, start: bool) -> Document {
+    cmd.insert("lsid", lsid.clone());
+    cmd.insert("txnNumber", n);
+    cmd.insert("autocommit", false);
+    if start {
+        cmd.insert("startTransaction", true);
+    }
+    cmd
+}
+
+fn labels(reply: &Document) -> Vec<String> {
+    reply
+        .get_array("errorLabels")
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test]
-async fn transactions_are_refused_clearly_until_implemented() {
+async fn transaction_numbers_follow_mongodb_rules() {
     let addr = start(Config::default()).await;
     let mut c = Client::connect(addr).await;
+    let lsid = doc! { "id": bson::Uuid::new() };
+    c.ok(
+        "db",
+        txn_cmd(
+            doc! { "insert": "c", "documents": [{ "_id": 1 }] },
+            &lsid,
+            5,
+            true,
+        ),
+    )
+    .await;
+    // Restarting the active number, or going back, is refused.
     let r = c
-        .cmd("db", doc! { "insert": "c", "documents": [{ "_id": 1 }], "lsid": { "id": bson::Uuid::new() }, "txnNumber": 1i64, "startTransaction": true, "autocommit": false })
+        .cmd("db", txn_cmd(doc! { "find": "c" }, &lsid, 5, true))
         .await;
-    assert_eq!(code(&r), 20);
-    assert_eq!(
-        c.ok("db", doc! { "count": "c" })
-            .await
-            .get_i64("n")
-            .unwrap(),
-        0
-    );
+    assert_eq!(code(&r), 117, "{r}");
+    let r = c
+        .cmd("db", txn_cmd(doc! { "find": "c" }, &lsid, 4, true))
+        .await;
+    assert_eq!(code(&r), 225, "{r}");
+    assert_eq!(r.get_str("codeName").unwrap(), "TransactionTooOld");
+    // Continuing a number that never started.
+    let r = c
+        .cmd("db", txn_cmd(doc! { "find": "c" }, &lsid, 6, false))
+        .await;
+    assert_eq!(code(&r), 251, "{r}");
+    assert_eq!(labels(&r), vec!["TransientTransactionError"]);
+    // Write concern belongs to commit, not to statements.
+    let r = c
+        .cmd(
+            "db",
+            txn_cmd(
+                doc! { "insert": "c", "documents": [{ "_id": 2 }], "writeConcern": { "w": 1 } },
+                &lsid,
+                5,
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(code(&r), 72, "{r}");
+    // Refused before it ran, that statement left the transaction as it was: it commits.
+    c.ok(
+        "admin",
+        txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 5, false),
+    )
+    .await;
+    // A newer number starts afresh, commits, and the commit can be retried.
+    c.ok(
+        "db",
+        txn_cmd(
+            doc! { "insert": "c", "documents": [{ "_id": 3 }] },
+            &lsid,
+            7,
+            true,
+        ),
+    )
+    .await;
+    c.ok(
+        "admin",
+        txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 7, false),
+    )
+    .await;
+    c.ok(
+        "admin",
+        txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 7, false),
+    )
+    .await;
+    let r = c
+        .cmd("db", txn_cmd(doc! { "find": "c" }, &lsid, 7, false))
+        .await;
+    assert_eq!(code(&r), 256, "{r}");
+    let r = c
+        .cmd(
+            "admin",
+            txn_cmd(doc! { "abortTransaction": 1 }, &lsid, 7, false),
+        )
+        .await;
+    assert_eq!(code(&r), 256, "{r}");
+    // Only the committed inserts are there.
+    let r = c.ok("db", doc! { "find": "c" }).await;
+    let ids: Vec<i32> = batch(&r, "firstBatch")
+        .iter()
+        .map(|d| d.get_i32("_id").unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 3]);
+    // commitTransaction outside a transaction, and on another database.
+    let r = c.cmd("admin", doc! { "commitTransaction": 1 }).await;
+    assert_eq!(code(&r), 72);
+    let r = c
+        .cmd(
+            "db",
+            txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 7, false),
+        )
+        .await;
+    assert_eq!(code(&r), 13);
+}
+
+#[tokio::test]
+async fn kill_all_sessions_aborts_open_transactions() {
+    let addr = start(Config::default()).await;
+    let mut c = Client::connect(addr).await;
+    let lsid = doc! { "id": bson::Uuid::new() };
+    c.ok(
+        "db",
+        doc! { "insert": "c", "documents": [{ "_id": 1, "v": 0 }] },
+    )
+    .await;
+    c.ok(
+        "db",
+        txn_cmd(
+            doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 1 } } }] },
+            &lsid,
+            1,
+            true,
+        ),
+    )
+    .await;
+    c.ok("admin", doc! { "killAllSessions": [] }).await;
+    // The intent is released: a plain write goes through at once, and the transaction is gone.
+    c.ok("db", doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 2 } } }], "maxTimeMS": 1000 })
+        .await;
+    let r = c
+        .cmd(
+            "admin",
+            txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 1, false),
+        )
+        .await;
+    assert_eq!(code(&r), 251, "{r}");
+}
+
+#[tokio::test]
+async fn plain_write_waits_out_maxtimems_behind_a_transaction() {
+    let addr = start(Config::default()).await;
+    let mut c = Client::connect(addr).await;
+    let lsid = doc! { "id": bson::Uuid::new() };
+    c.ok(
+        "db",
+        doc! { "insert": "c", "documents": [{ "_id": 1, "v": 0 }] },
+    )
+    .await;
+    c.ok(
+        "db",
+        txn_cmd(
+            doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 1 } } }] },
+            &lsid,
+            1,
+            true,
+        ),
+    )
+    .await;
+    let r = c
+        .ok("db", doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 2 } } }], "maxTimeMS": 200 })
+        .await;
+    let err = r.get_array("writeErrors").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(err.get_i32("code").unwrap(), 50, "{r}");
+    c.ok(
+        "admin",
+        txn_cmd(doc! { "commitTransaction": 1 }, &lsid, 1, false),
+    )
+    .await;
+    let r = c.ok("db", doc! { "find": "c" }).await;
+    assert_eq!(batch(&r, "firstBatch")[0].get_i32("v").unwrap(), 1);
 }
 
 #[tokio::test]

@@ -1495,3 +1495,54 @@ mod checkpoint;
 pub use checkpoint::CheckpointReport;
 #[cfg(test)]
 mod tests;
+
+/// What a read needs, whether it reads a snapshot or a transaction's view (its snapshot plus
+/// its own writes).
+pub trait ReadView {
+    fn collection(&self, ns: &str) -> Option<CollectionInfo>;
+    fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Result<Option<StoredDoc>, StorageError>;
+    fn scan(
+        &self,
+        coll: &CollectionInfo,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError>;
+}
+
+impl ReadView for Snapshot {
+    fn collection(&self, ns: &str) -> Option<CollectionInfo> {
+        Snapshot::collection(self, ns)
+    }
+
+    fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Result<Option<StoredDoc>, StorageError> {
+        Snapshot::get(self, coll, key)
+    }
+
+    fn scan(
+        &self,
+        coll: &CollectionInfo,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Snapshot::scan(self, coll, after, visit)
+    }
+}
+
+impl ReadView for Txn {
+    fn collection(&self, ns: &str) -> Option<CollectionInfo> {
+        Txn::collection(self, ns)
+    }
+
+    fn get(&self, coll: &CollectionInfo, key: &DocKey) -> Result<Option<StoredDoc>, StorageError> {
+        Txn::get(self, coll, key)
+    }
+
+    fn scan(
+        &self,
+        coll: &CollectionInfo,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Txn::scan(self, coll, after, visit)
+    }
+}

@@ -31,8 +31,8 @@ pub mod txlog;
 pub use clock::Timestamp;
 pub use engine::CheckpointReport;
 pub use engine::{
-    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, LogStats, RecoveryReport,
-    Snapshot, StoredDoc, Txn, TxnId,
+    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, LogStats, ReadView,
+    RecoveryReport, Snapshot, StoredDoc, Txn, TxnId,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

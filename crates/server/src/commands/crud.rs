@@ -10,7 +10,7 @@ use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Projection, SortSpec, Update, encode_key};
 use mangrove_storage::{
-    CollectionInfo, CommitMeta, CommitTicket, DocKey, StorageError, StoredDoc, Txn,
+    CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, StorageError, StoredDoc, Txn,
 };
 
 use crate::cursor::{BatchDoc, Cursor, ScanState, Source};
@@ -169,6 +169,29 @@ fn max_time_expired(opts: &WriteOptions) -> CommandError {
             opts.patience.as_millis()
         ),
     )
+}
+
+/// Runs a write statement: in the session's transaction if there is one (a conflict there is
+/// the transaction's to handle), else in its own auto-commit transaction, retried on conflicts.
+async fn run_write<T>(
+    shared: &Shared,
+    opts: &WriteOptions,
+    txn: Option<&mut Txn>,
+    mut op: impl FnMut(&mut Txn) -> CommandResult<T>,
+) -> CommandResult<T> {
+    match txn {
+        Some(txn) => op(txn),
+        None => retry_conflicts(shared, opts, op).await,
+    }
+}
+
+/// The collection a statement of a transaction names. A collection created after the
+/// transaction's snapshot (implicitly, by this or another transaction) is used too: creation is
+/// committed on its own so that concurrent transactions never conflict on it, and the
+/// transaction still reads only its snapshot's documents plus its own writes.
+pub(super) fn collection_in_txn(shared: &Shared, txn: &Txn, ns: &str) -> Option<CollectionInfo> {
+    txn.collection(ns)
+        .or_else(|| shared.engine.snapshot().collection(ns))
 }
 
 /// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
@@ -391,7 +414,11 @@ fn with_id_first(doc: Document, fallback: Option<&Bson>) -> Document {
 // ---------------------------------------------------------------------------------------------
 // insert
 
-pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+pub(super) async fn insert(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&mut Txn>,
+) -> CommandResult<Reply> {
     req.check_fields(&["documents", "ordered", "bypassDocumentValidation"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
@@ -402,6 +429,9 @@ pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<
     let ns = req.ns(name);
     let coll = implicit_collection(shared, &ns, &opts).await?;
     let max_bson = shared.config.max_bson_size;
+    if let Some(txn) = txn {
+        return insert_in_txn(shared, txn, &coll, &docs);
+    }
 
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
@@ -451,6 +481,37 @@ pub(super) async fn insert(shared: &Shared, req: &Request<'_>) -> CommandResult<
         doc! { "n": inserted as i32 },
         write_errors,
         opts.wc_error,
+    ))
+}
+
+/// Inserts into the session's transaction. The first failure ends the statement: a conflict as
+/// the command's error (the transaction is then aborted and the client retries it whole), any
+/// other as a write error, as mongod reports them.
+fn insert_in_txn(
+    shared: &Shared,
+    txn: &mut Txn,
+    coll: &CollectionInfo,
+    docs: &[&RawDocument],
+) -> CommandResult<Reply> {
+    let mut inserted = 0usize;
+    let mut write_errors = Vec::new();
+    for (index, doc) in docs.iter().enumerate() {
+        let result = prepare_insert(doc, shared.config.max_bson_size)
+            .and_then(|(key, stored)| Ok(txn.insert(coll, key, Arc::new(stored))?));
+        match result {
+            Ok(()) => inserted += 1,
+            Err(e) if e.code == code::WRITE_CONFLICT => return Err(e),
+            Err(e) => {
+                write_errors.push(e.to_write_error(index));
+                break;
+            }
+        }
+    }
+    Counters::bump(&shared.counters.insert, inserted as u64);
+    Ok(finish_write(
+        doc! { "n": inserted as i32 },
+        write_errors,
+        None,
     ))
 }
 
@@ -541,7 +602,7 @@ fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
     Ok(())
 }
 
-pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+pub(super) fn find(shared: &Shared, req: &Request<'_>, txn: Option<&Txn>) -> CommandResult<Reply> {
     req.check_fields(FIND_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     let name = req.collection()?;
@@ -566,7 +627,11 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     unsupported_find_options(req)?;
 
     let snapshot = shared.engine.snapshot();
-    let Some(coll) = snapshot.collection(&ns) else {
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
 
@@ -577,14 +642,20 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
         remaining: limit,
         last_used: Instant::now(),
     };
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => &snapshot,
+    };
     if let Some(id) = filter.id_equality() {
         // A point lookup: at most one document can match.
-        let found = snapshot
+        let found = view
             .get(&coll, &key_of(id.as_raw_bson_ref()))?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
-    } else if let Some(sort) = sort {
-        let docs = sorted_matches(shared, &snapshot, &coll, &filter, &sort, skip, limit)?;
+    } else if sort.is_some() || txn.is_some() {
+        // A transaction's cursor is computed now, from the transaction's view, so it needs no
+        // live transaction later.
+        let docs = collect_matches(shared, view, &coll, &filter, sort.as_ref(), skip, limit)?;
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
     } else {
@@ -606,13 +677,13 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
-/// A blocking sort: every match in memory, bounded like mongod's 100 MB sort limit.
-fn sorted_matches(
+/// Every match in memory (sorted, if asked), bounded like mongod's 100 MB blocking-sort limit.
+fn collect_matches(
     shared: &Shared,
-    snapshot: &mangrove_storage::Snapshot,
+    view: &dyn ReadView,
     coll: &CollectionInfo,
     filter: &Filter,
-    sort: &SortSpec,
+    sort: Option<&SortSpec>,
     skip: u64,
     limit: Option<u64>,
 ) -> CommandResult<Vec<StoredDoc>> {
@@ -620,7 +691,7 @@ fn sorted_matches(
     let mut docs = Vec::new();
     let mut bytes = 0usize;
     let mut over = false;
-    snapshot.scan(coll, None, |_, d| {
+    view.scan(coll, None, &mut |_, d| {
         if filter.matches(d) {
             bytes += d.as_bytes().len();
             if bytes > max {
@@ -639,7 +710,9 @@ fn sorted_matches(
             ),
         ));
     }
-    docs.sort_by(|a, b| sort.compare(a, b));
+    if let Some(sort) = sort {
+        docs.sort_by(|a, b| sort.compare(a, b));
+    }
     let skip = (skip as usize).min(docs.len());
     docs.drain(..skip);
     if let Some(l) = limit {
@@ -894,7 +967,11 @@ fn run_update_stmt(
     Ok(outcome)
 }
 
-pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+pub(super) async fn update(
+    shared: &Shared,
+    req: &Request<'_>,
+    mut txn: Option<&mut Txn>,
+) -> CommandResult<Reply> {
     req.check_fields(&["updates", "ordered", "bypassDocumentValidation", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
@@ -909,7 +986,9 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
     let mut modified = 0u64;
     let mut upserted = Vec::new();
     let mut write_errors = Vec::new();
+    let in_txn = txn.is_some();
     for (index, stmt) in stmts.iter().enumerate() {
+        let txn_here = txn.as_deref_mut();
         Counters::bump(&shared.counters.update, 1);
         let result = async {
             stmt_fields(stmt, "update", "updates", &["q", "u", "upsert", "multi", "arrayFilters", "collation", "hint", "c", "sort"])?;
@@ -968,15 +1047,24 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
             let coll = if upsert {
                 implicit_collection(shared, &ns, &opts).await?
             } else {
-                match shared.engine.snapshot().collection(&ns) {
+                let found = match txn_here.as_deref() {
+                    Some(t) => collection_in_txn(shared, t, &ns),
+                    None => shared.engine.snapshot().collection(&ns),
+                };
+                match found {
                     Some(c) => c,
                     None => return Ok(UpdateOutcome::default()),
                 }
             };
-            retry_conflicts(shared, &opts, |txn| run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)).await
+            run_write(shared, &opts, txn_here, |txn| {
+                run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)
+            })
+            .await
         }
         .await;
         match result {
+            // In a transaction a conflict fails the statement, not one write of it.
+            Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
             Ok(outcome) => {
                 n += outcome.matched;
                 modified += outcome.modified;
@@ -1000,7 +1088,11 @@ pub(super) async fn update(shared: &Shared, req: &Request<'_>) -> CommandResult<
     Ok(finish_write(reply, write_errors, opts.wc_error))
 }
 
-pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+pub(super) async fn delete(
+    shared: &Shared,
+    req: &Request<'_>,
+    mut txn: Option<&mut Txn>,
+) -> CommandResult<Reply> {
     req.check_fields(&["deletes", "ordered", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
@@ -1012,7 +1104,9 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
 
     let mut n = 0u64;
     let mut write_errors = Vec::new();
+    let in_txn = txn.is_some();
     for (index, stmt) in stmts.iter().enumerate() {
+        let txn_here = txn.as_deref_mut();
         Counters::bump(&shared.counters.delete, 1);
         let result = async {
             stmt_fields(
@@ -1043,10 +1137,14 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
                 Some(RawBsonRef::Document(c)) => Some(c),
                 _ => None,
             })?;
-            let Some(coll) = shared.engine.snapshot().collection(&ns) else {
+            let found = match txn_here.as_deref() {
+                Some(t) => collection_in_txn(shared, t, &ns),
+                None => shared.engine.snapshot().collection(&ns),
+            };
+            let Some(coll) = found else {
                 return Ok(0);
             };
-            retry_conflicts(shared, &opts, |txn| {
+            run_write(shared, &opts, txn_here, |txn| {
                 let found = targets(txn, &coll, &filter, just_one)?;
                 let count = found.len() as u64;
                 for (key, _) in found {
@@ -1059,6 +1157,7 @@ pub(super) async fn delete(shared: &Shared, req: &Request<'_>) -> CommandResult<
         }
         .await;
         match result {
+            Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
             Ok(count) => n += count,
             Err(e) => {
                 write_errors.push(e.to_write_error(index));

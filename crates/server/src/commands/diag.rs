@@ -36,7 +36,7 @@ fn parameters(shared: &Shared) -> Document {
     doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
         "enableTestCommands": false,
-        "transactionLifetimeLimitSeconds": 60,
+        "transactionLifetimeLimitSeconds": shared.config.transaction_lifetime.as_secs() as i64,
         "maxTransactionLockRequestTimeoutMillis": 5,
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
         "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
@@ -116,6 +116,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "command": counters.command.load(Relaxed) as i64,
         },
         "metrics": { "cursor": { "open": { "total": shared.cursors.open_count() as i64 } } },
+        "transactions": { "currentOpen": shared.sessions.open_transactions() as i64, "totalPrepared": 0i64 },
         "repl": {
             "setName": &shared.config.replset,
             "isWritablePrimary": true,

@@ -11,6 +11,10 @@ use crate::Shared;
 use crate::conn::ConnState;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
+use crate::session::{self, TxnState};
+use bson::raw::RawBsonRef;
+use mangrove_storage::CommitMeta;
+use std::time::Instant;
 
 pub(crate) enum Reply {
     Doc(Document),
@@ -79,7 +83,23 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         false,
     ),
     cmd("listCommands", "this list", false),
-    cmd("endSessions", "ends logical sessions", false),
+    cmd(
+        "endSessions",
+        "ends logical sessions, aborting their transactions",
+        false,
+    ),
+    cmd(
+        "killSessions",
+        "kills logical sessions, aborting their transactions",
+        false,
+    ),
+    cmd("killAllSessions", "kills every logical session", false),
+    cmd(
+        "commitTransaction",
+        "commits the session's transaction",
+        true,
+    ),
+    cmd("abortTransaction", "aborts the session's transaction", true),
     cmd("getLog", "recent log lines (none are kept)", true),
     cmd("listDatabases", "databases and their sizes", true),
     cmd("listCollections", "collections of a database", false),
@@ -119,13 +139,8 @@ async fn dispatch(
             format!("{} may only be run against the admin database.", req.name),
         ));
     }
-    if req.get("startTransaction").is_some() || req.get("autocommit").is_some() {
-        // Running the statement outside a transaction would silently break the caller's
-        // atomicity, so refuse until transactions land.
-        return Err(CommandError::new(
-            code::ILLEGAL_OPERATION,
-            "multi-document transactions are not implemented in this Mangrove build yet",
-        ));
+    if let Some(args) = session::txn_args(req)? {
+        return in_transaction(shared, req, args).await;
     }
     match req.name {
         "hello" | "isMaster" | "ismaster" => handshake::hello(shared, conn, req),
@@ -142,24 +157,187 @@ async fn dispatch(
         }
         .into()),
         "listCommands" => Ok(diag::list_commands().into()),
-        "endSessions" => Ok(doc! { "ok": 1.0 }.into()),
+        "endSessions" | "killSessions" => end_sessions(shared, req).await,
+        "killAllSessions" => {
+            shared.sessions.end_all().await;
+            Ok(doc! { "ok": 1.0 }.into())
+        }
+        "commitTransaction" | "abortTransaction" => Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            format!(
+                "{} must be run within a transaction: it needs lsid, txnNumber and autocommit: false",
+                req.name
+            ),
+        )),
         "getLog" => diag::get_log(req),
         "listDatabases" => catalog::list_databases(shared, req),
         "listCollections" => catalog::list_collections(shared, req),
         "create" => catalog::create(shared, req).await,
         "drop" => catalog::drop(shared, req).await,
         "dropDatabase" => catalog::drop_database(shared, req).await,
-        "insert" => crud::insert(shared, req).await,
-        "find" => crud::find(shared, req),
+        "insert" => crud::insert(shared, req, None).await,
+        "find" => crud::find(shared, req, None),
         "getMore" => crud::get_more(shared, req),
         "killCursors" => crud::kill_cursors(shared, req),
-        "update" => crud::update(shared, req).await,
-        "delete" => crud::delete(shared, req).await,
+        "update" => crud::update(shared, req, None).await,
+        "delete" => crud::delete(shared, req, None).await,
         "count" => crud::count(shared, req),
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
         )),
+    }
+}
+
+/// `endSessions` and `killSessions`: an array of lsids; their open transactions abort at once.
+async fn end_sessions(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let Some(RawBsonRef::Array(lsids)) = req.command_value() else {
+        return Err(CommandError::type_mismatch(format!(
+            "{} takes an array of session ids",
+            req.name
+        )));
+    };
+    for lsid in lsids {
+        if let Ok(RawBsonRef::Document(lsid)) = lsid {
+            shared.sessions.end(lsid).await;
+        }
+    }
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+/// Runs a statement of a multi-document transaction, or commits or aborts one.
+async fn in_transaction(
+    shared: &Shared,
+    req: &Request<'_>,
+    args: session::TxnArgs,
+) -> CommandResult<Reply> {
+    let lsid = req
+        .opt_doc("lsid")?
+        .ok_or_else(|| CommandError::new(code::INVALID_OPTIONS, "a transaction needs an lsid"))?;
+    let handle = shared.sessions.get_or_create(lsid)?;
+    let mut session = handle.lock().await;
+    session.last_used = Instant::now();
+    let n = args.txn_number;
+    let finishing = matches!(req.name, "commitTransaction" | "abortTransaction");
+    if !session::allowed_in_transaction(req.name) {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            format!("Cannot run '{}' in a multi-document transaction.", req.name),
+        ));
+    }
+    if req.get("writeConcern").is_some() && !finishing {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "Cannot set write concern after starting a transaction.",
+        ));
+    }
+    if req.get("readConcern").is_some() && !args.start {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "Only the first command in a transaction may specify a readConcern",
+        ));
+    }
+    let meta = CommitMeta {
+        lsid: Some(Document::try_from(lsid).map_err(|e| CommandError::bad_value(e.to_string()))?),
+        txn_number: Some(n),
+    };
+    session::begin_or_continue(&mut session, &args, || shared.engine.begin(), meta)?;
+
+    match req.name {
+        "commitTransaction" => {
+            let opts = crud::WriteOptions::from_request(req)?;
+            match std::mem::replace(&mut session.state, TxnState::Committed) {
+                TxnState::Active(active) => {
+                    let ticket = match active.txn.commit() {
+                        Ok(ticket) => ticket,
+                        Err(e) => {
+                            session.state = TxnState::Aborted;
+                            return Err(e.into());
+                        }
+                    };
+                    if let Err(mut e) = crud::acknowledge(ticket, opts.ack).await {
+                        // Queued but not confirmed durable: the outcome is unknown to us too.
+                        e.labels.push("UnknownTransactionCommitResult");
+                        return Err(e);
+                    }
+                }
+                // A retried commit returns the original outcome.
+                TxnState::Committed => {}
+                TxnState::Aborted => {
+                    session.state = TxnState::Aborted;
+                    return Err(session::no_such_transaction(format!(
+                        "Transaction {n} has been aborted."
+                    )));
+                }
+                TxnState::Idle => {
+                    session.state = TxnState::Idle;
+                    return Err(session::no_such_transaction(format!(
+                        "Transaction {n} does not exist on this session"
+                    )));
+                }
+            }
+            let mut reply = doc! {};
+            if let Some(wce) = opts.wc_error {
+                reply.insert("writeConcernError", wce);
+            }
+            reply.insert("ok", 1.0);
+            Ok(reply.into())
+        }
+        "abortTransaction" => match &session.state {
+            TxnState::Active(_) => {
+                session.abort();
+                Ok(doc! { "ok": 1.0 }.into())
+            }
+            TxnState::Committed => Err(CommandError::new(
+                code::TRANSACTION_COMMITTED,
+                format!("Transaction {n} has been committed."),
+            )),
+            TxnState::Aborted | TxnState::Idle => Err(CommandError::new(
+                code::NO_SUCH_TRANSACTION,
+                format!("Transaction {n} has been aborted."),
+            )),
+        },
+        _ => {
+            let active = match &mut session.state {
+                TxnState::Active(active) => active,
+                TxnState::Committed => {
+                    return Err(CommandError::new(
+                        code::TRANSACTION_COMMITTED,
+                        format!("Transaction {n} has been committed."),
+                    ));
+                }
+                TxnState::Aborted | TxnState::Idle => {
+                    return Err(session::no_such_transaction(format!(
+                        "Transaction {n} has been aborted."
+                    )));
+                }
+            };
+            let txn = &mut active.txn;
+            let result = match req.name {
+                "find" => crud::find(shared, req, Some(txn)),
+                "insert" => crud::insert(shared, req, Some(txn)).await,
+                "update" => crud::update(shared, req, Some(txn)).await,
+                "delete" => crud::delete(shared, req, Some(txn)).await,
+                "getMore" => crud::get_more(shared, req),
+                "killCursors" => crud::kill_cursors(shared, req),
+                other => Err(CommandError::new(
+                    code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                    format!("Cannot run '{other}' in a multi-document transaction."),
+                )),
+            };
+            // Any failed statement aborts the transaction, as in mongod.
+            match result {
+                Ok(Reply::Doc(reply)) if reply.contains_key("writeErrors") => {
+                    session.abort();
+                    Ok(Reply::Doc(reply))
+                }
+                Ok(reply) => Ok(reply),
+                Err(e) => {
+                    session.abort();
+                    Err(session::transient(e))
+                }
+            }
+        }
     }
 }
 
