@@ -139,7 +139,8 @@ async fn acknowledged_transactions_survive_kill_9_whole() {
                 .await
                 .unwrap();
         }
-        let committed = verify(&c, &acked.lock().unwrap().clone()).await;
+        let expected = acked.lock().unwrap().clone();
+        let committed = verify(&c, &expected).await;
         println!(
             "cycle {cycle}: restart found all {} acknowledged transfers ({committed} committed), none partial, total unchanged",
             acked.lock().unwrap().len()
@@ -188,7 +189,8 @@ async fn acknowledged_transactions_survive_kill_9_whole() {
         }
     }
     let (mut server, port) = spawn_on_data_dir(&data, None);
-    let committed = verify(&client(port).await, &acked.lock().unwrap().clone()).await;
+    let expected = acked.lock().unwrap().clone();
+    let committed = verify(&client(port).await, &expected).await;
     let total = acked.lock().unwrap().len();
     assert!(
         total > cycles as usize,
