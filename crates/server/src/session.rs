@@ -224,6 +224,8 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
             | "insert"
             | "update"
             | "delete"
+            | "findAndModify"
+            | "findandmodify"
             | "getMore"
             | "killCursors"
             | "commitTransaction"

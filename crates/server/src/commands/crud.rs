@@ -905,6 +905,75 @@ struct UpdateOutcome {
     upserted: Option<Bson>,
 }
 
+/// Applies `update` to one matched document and writes the result if it changed; returns the
+/// new document when it did.
+fn update_one_doc(
+    txn: &mut Txn,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    update: &Update,
+    key: DocKey,
+    old: &StoredDoc,
+    max_bson: usize,
+) -> CommandResult<Option<StoredDoc>> {
+    let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
+    let old_id = old_doc.get("_id").cloned();
+    // The `$` operator refers to the array element the filter matched in this document.
+    let positional = filter.positional_index(old);
+    let new_doc = with_id_first(
+        update.apply_with_positional(&old_doc, false, positional)?,
+        old_id.as_ref(),
+    );
+    if new_doc == old_doc {
+        return Ok(None);
+    }
+    let new_raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
+    if new_raw.as_bytes().len() > max_bson {
+        return Err(CommandError::new(
+            17419,
+            format!("Resulting document after update is larger than {max_bson}"),
+        ));
+    }
+    let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
+    if key_of(new_id) != key {
+        return Err(CommandError::new(
+            66,
+            format!(
+                "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {}",
+                new_doc
+                    .get("_id")
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let new = Arc::new(new_raw);
+    txn.replace(coll, key, new.clone())?;
+    Ok(Some(new))
+}
+
+/// Inserts the document an upsert that matched nothing creates; returns it.
+fn upsert_doc(
+    txn: &mut Txn,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    update: &Update,
+    max_bson: usize,
+) -> CommandResult<StoredDoc> {
+    let seed = filter.equality_seed()?;
+    let new_doc = if update.is_replacement() {
+        update.apply(&Document::new(), true)?
+    } else {
+        update.apply(&seed, true)?
+    };
+    let new_doc = with_id_first(new_doc, seed.get("_id"));
+    let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
+    let (key, stored) = prepare_insert(&raw, max_bson)?;
+    let stored = Arc::new(stored);
+    txn.insert(coll, key, stored.clone())?;
+    Ok(stored)
+}
+
 fn run_update_stmt(
     txn: &mut Txn,
     coll: &CollectionInfo,
@@ -917,52 +986,13 @@ fn run_update_stmt(
     let mut outcome = UpdateOutcome::default();
     for (key, old) in targets(txn, coll, filter, !multi)? {
         outcome.matched += 1;
-        let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
-        let old_id = old_doc.get("_id").cloned();
-        // The `$` operator refers to the array element the filter matched in this document.
-        let positional = filter.positional_index(&old);
-        let new_doc = with_id_first(
-            update.apply_with_positional(&old_doc, false, positional)?,
-            old_id.as_ref(),
-        );
-        if new_doc == old_doc {
-            continue;
+        if update_one_doc(txn, coll, filter, update, key, &old, max_bson)?.is_some() {
+            outcome.modified += 1;
         }
-        let new_raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
-        if new_raw.as_bytes().len() > max_bson {
-            return Err(CommandError::new(
-                17419,
-                format!("Resulting document after update is larger than {max_bson}"),
-            ));
-        }
-        let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
-        if key_of(new_id) != key {
-            return Err(CommandError::new(
-                66,
-                format!(
-                    "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {}",
-                    new_doc
-                        .get("_id")
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-        txn.replace(coll, key, Arc::new(new_raw))?;
-        outcome.modified += 1;
     }
     if outcome.matched == 0 && upsert {
-        let seed = filter.equality_seed()?;
-        let new_doc = if update.is_replacement() {
-            update.apply(&Document::new(), true)?
-        } else {
-            update.apply(&seed, true)?
-        };
-        let new_doc = with_id_first(new_doc, seed.get("_id"));
-        let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
-        let (key, stored) = prepare_insert(&raw, max_bson)?;
-        txn.insert(coll, key, Arc::new(stored))?;
-        outcome.upserted = new_doc.get("_id").cloned();
+        let inserted = upsert_doc(txn, coll, filter, update, max_bson)?;
+        outcome.upserted = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
     }
     Ok(outcome)
 }
@@ -1086,6 +1116,221 @@ pub(super) async fn update(
         reply.insert("upserted", upserted);
     }
     Ok(finish_write(reply, write_errors, opts.wc_error))
+}
+
+/// What findAndModify did, for its `lastErrorObject` and `value`.
+struct FamOutcome {
+    n: i32,
+    updated_existing: Option<bool>,
+    upserted: Option<Bson>,
+    value: Option<StoredDoc>,
+}
+
+fn fam_bool(req: &Request<'_>, field: &str) -> CommandResult<bool> {
+    Ok(req.opt_bool(field)?.unwrap_or(false))
+}
+
+/// `findAndModify`: update, replace or remove the first matching document (in `sort` order) and
+/// return it as it was before or after.
+pub(super) async fn find_and_modify(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&mut Txn>,
+) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "query",
+        "sort",
+        "remove",
+        "update",
+        "new",
+        "fields",
+        "upsert",
+        "bypassDocumentValidation",
+        "collation",
+        "arrayFilters",
+        "hint",
+        "let",
+    ])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let opts = WriteOptions::from_request(req)?;
+    let ns = req.ns(name);
+    let empty = RawDocumentBuf::new();
+    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    let sort = match req.opt_doc("sort")? {
+        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
+        _ => None,
+    };
+    let projection = match req.opt_doc("fields")? {
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?),
+        _ => None,
+    };
+    let (remove, return_new, upsert) = (
+        fam_bool(req, "remove")?,
+        fam_bool(req, "new")?,
+        fam_bool(req, "upsert")?,
+    );
+    let update = match req.get("update") {
+        None => None,
+        Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => {
+            let u: Bson = v.try_into().map_err(internal)?;
+            let filters = match req.opt_array("arrayFilters")? {
+                Some(items) => Some(
+                    items
+                        .into_iter()
+                        .map(|f| match f {
+                            Ok(RawBsonRef::Document(d)) => Document::try_from(d).map_err(internal),
+                            _ => Err(CommandError::type_mismatch(
+                                "arrayFilters entries must be objects",
+                            )),
+                        })
+                        .collect::<CommandResult<Vec<_>>>()?,
+                ),
+                None => None,
+            };
+            Some(Update::parse_with_array_filters(&u, filters.as_deref())?)
+        }
+        Some(v) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'findAndModify.update' is the wrong type '{}', expected types '[object, array]'",
+                type_name(v.element_type())
+            )));
+        }
+    };
+    match (&update, remove) {
+        (Some(_), true) => {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify both an update and remove=true",
+            ));
+        }
+        (None, false) => {
+            return Err(CommandError::failed_to_parse(
+                "Either an update or remove=true must be specified",
+            ));
+        }
+        _ => {}
+    }
+    if remove && return_new {
+        return Err(CommandError::failed_to_parse(
+            "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
+        ));
+    }
+    if remove && upsert {
+        return Err(CommandError::failed_to_parse(
+            "Cannot specify both upsert=true and remove=true ",
+        ));
+    }
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let coll = if upsert {
+        Some(implicit_collection(shared, &ns, &opts).await?)
+    } else {
+        match txn.as_deref() {
+            Some(t) => collection_in_txn(shared, t, &ns),
+            None => shared.engine.snapshot().collection(&ns),
+        }
+    };
+    let max_bson = shared.config.max_bson_size;
+    let outcome = match coll {
+        None => FamOutcome {
+            n: 0,
+            updated_existing: Some(false),
+            upserted: None,
+            value: None,
+        },
+        Some(coll) => {
+            run_write(shared, &opts, txn, |t| {
+                let target = match &sort {
+                    None => targets(t, &coll, &filter, true)?.into_iter().next(),
+                    Some(sort) => {
+                        let mut best: Option<(DocKey, StoredDoc)> = None;
+                        t.scan(&coll, None, |key, doc| {
+                            if filter.matches(doc)
+                                && best
+                                    .as_ref()
+                                    .is_none_or(|(_, b)| sort.compare(doc, b).is_lt())
+                            {
+                                best = Some((key.clone(), doc.clone()));
+                            }
+                            ControlFlow::Continue(())
+                        })?;
+                        best
+                    }
+                };
+                Ok(match (target, &update) {
+                    (Some((key, old)), None) => {
+                        t.delete(&coll, key)?;
+                        FamOutcome {
+                            n: 1,
+                            updated_existing: None,
+                            upserted: None,
+                            value: Some(old),
+                        }
+                    }
+                    (Some((key, old)), Some(update)) => {
+                        let new = update_one_doc(t, &coll, &filter, update, key, &old, max_bson)?;
+                        let value = if return_new {
+                            Some(new.unwrap_or(old))
+                        } else {
+                            Some(old)
+                        };
+                        FamOutcome {
+                            n: 1,
+                            updated_existing: Some(true),
+                            upserted: None,
+                            value,
+                        }
+                    }
+                    (None, Some(update)) if upsert => {
+                        let inserted = upsert_doc(t, &coll, &filter, update, max_bson)?;
+                        let id = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
+                        FamOutcome {
+                            n: 1,
+                            updated_existing: Some(false),
+                            upserted: id,
+                            value: return_new.then_some(inserted),
+                        }
+                    }
+                    (None, _) => FamOutcome {
+                        n: 0,
+                        updated_existing: update.as_ref().map(|_| false),
+                        upserted: None,
+                        value: None,
+                    },
+                })
+            })
+            .await?
+        }
+    };
+    Counters::bump(
+        if remove {
+            &shared.counters.delete
+        } else {
+            &shared.counters.update
+        },
+        1,
+    );
+    let mut last_error = doc! { "n": outcome.n };
+    if let Some(existing) = outcome.updated_existing {
+        last_error.insert("updatedExisting", existing);
+    }
+    if let Some(id) = outcome.upserted {
+        last_error.insert("upserted", id);
+    }
+    let value = match (outcome.value, &projection) {
+        (None, _) => Bson::Null,
+        (Some(doc), Some(p)) => {
+            Bson::Document(Document::try_from(p.apply(&doc)?).map_err(internal)?)
+        }
+        (Some(doc), None) => {
+            Bson::Document(Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)?)
+        }
+    };
+    let mut reply = doc! { "lastErrorObject": last_error, "value": value };
+    if let Some(wce) = opts.wc_error {
+        reply.insert("writeConcernError", wce);
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
 }
 
 pub(super) async fn delete(

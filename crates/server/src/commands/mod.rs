@@ -113,6 +113,12 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
     cmd("update", "updates documents", false),
     cmd("delete", "deletes documents", false),
     cmd("count", "counts matching documents", false),
+    cmd(
+        "findAndModify",
+        "updates or removes one document and returns it",
+        false,
+    ),
+    cmd("findandmodify", "legacy name of findAndModify", false),
 ];
 
 pub(crate) async fn run(shared: &Shared, conn: &mut ConnState, req: &Request<'_>) -> Reply {
@@ -182,6 +188,7 @@ async fn dispatch(
         "update" => crud::update(shared, req, None).await,
         "delete" => crud::delete(shared, req, None).await,
         "count" => crud::count(shared, req),
+        "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None).await,
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -318,6 +325,9 @@ async fn in_transaction(
                 "insert" => crud::insert(shared, req, Some(txn)).await,
                 "update" => crud::update(shared, req, Some(txn)).await,
                 "delete" => crud::delete(shared, req, Some(txn)).await,
+                "findAndModify" | "findandmodify" => {
+                    crud::find_and_modify(shared, req, Some(txn)).await
+                }
                 "getMore" => crud::get_more(shared, req),
                 "killCursors" => crud::kill_cursors(shared, req),
                 other => Err(CommandError::new(
