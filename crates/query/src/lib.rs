@@ -11,6 +11,7 @@
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
 //! encoded through its nearest double, and `$inc`/`$mul` on Decimal128 compute in doubles.
 
+mod aggregate;
 mod compare;
 mod error;
 mod filter;
@@ -20,6 +21,7 @@ mod projection;
 mod sort;
 mod update;
 
+pub use aggregate::Pipeline;
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;

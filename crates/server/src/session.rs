@@ -225,6 +225,7 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
             | "update"
             | "delete"
             | "findAndModify"
+            | "aggregate"
             | "findandmodify"
             | "getMore"
             | "killCursors"

@@ -107,7 +107,7 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
 }
 
 /// `cursor: {batchSize: n}` as listCollections and aggregate take it.
-fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
+pub(super) fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
     let Some(cursor) = req.opt_doc("cursor")? else {
         return Ok(None);
     };

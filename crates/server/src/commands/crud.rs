@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Projection, SortSpec, Update, encode_key};
+use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, encode_key};
 use mangrove_storage::{
     CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, StorageError, StoredDoc, Txn,
 };
@@ -719,6 +719,101 @@ fn collect_matches(
         docs.truncate(l as usize);
     }
     Ok(docs)
+}
+
+/// `aggregate` on a collection: the pipeline runs over the collection as the snapshot (or the
+/// transaction) sees it, with a leading `$match` applied while reading. Input is bounded like a
+/// blocking sort.
+pub(super) fn aggregate(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "pipeline",
+        "cursor",
+        "explain",
+        "allowDiskUse",
+        "bypassDocumentValidation",
+        "collation",
+        "hint",
+        "let",
+        "maxTimeMS",
+        "readConcern",
+    ])?;
+    Counters::bump(&shared.counters.query, 1);
+    if !matches!(req.command_value(), Some(RawBsonRef::String(_))) {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "aggregate without a collection ({aggregate: 1}) is not supported by Mangrove yet",
+        ));
+    }
+    let name = req.collection()?;
+    validate_db_name(req.db)?;
+    let ns = req.ns(name);
+    let pipeline = match req.opt_array("pipeline")? {
+        Some(p) => Pipeline::parse(p)?,
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'aggregate.pipeline' is missing but a required field",
+            ));
+        }
+    };
+    if req.opt_bool("explain")?.unwrap_or(false) {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "aggregate explain is not supported by Mangrove yet",
+        ));
+    }
+    if req.get("cursor").is_none() {
+        return Err(CommandError::failed_to_parse(
+            "The 'cursor' option is required, except for aggregate with the explain argument",
+        ));
+    }
+    let batch_size = super::catalog::cursor_batch_size(req)?;
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let snapshot = shared.engine.snapshot();
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let input = match coll {
+        None => Vec::new(),
+        Some(coll) => {
+            let view: &dyn ReadView = match txn {
+                Some(txn) => txn,
+                None => &snapshot,
+            };
+            let match_all;
+            let filter = match pipeline.leading_match() {
+                Some(f) => f,
+                None => {
+                    match_all = Filter::parse(&RawDocumentBuf::new())?;
+                    &match_all
+                }
+            };
+            collect_matches(shared, view, &coll, filter, None, 0, None)?
+                .into_iter()
+                .map(|d| (*d).clone())
+                .collect()
+        }
+    };
+    let output = pipeline.run(input)?;
+    let mut cursor = Cursor {
+        ns: ns.clone(),
+        source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
+        projection: None,
+        remaining: None,
+        last_used: Instant::now(),
+    };
+    let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
+    let id = if exhausted {
+        0
+    } else {
+        shared.cursors.insert(cursor)?
+    };
+    Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
 pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

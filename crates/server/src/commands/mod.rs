@@ -119,6 +119,11 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         false,
     ),
     cmd("findandmodify", "legacy name of findAndModify", false),
+    cmd(
+        "aggregate",
+        "runs an aggregation pipeline ($match, $sort, $skip, $limit, $project, $count, $group)",
+        false,
+    ),
 ];
 
 pub(crate) async fn run(shared: &Shared, conn: &mut ConnState, req: &Request<'_>) -> Reply {
@@ -189,6 +194,7 @@ async fn dispatch(
         "delete" => crud::delete(shared, req, None).await,
         "count" => crud::count(shared, req),
         "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None).await,
+        "aggregate" => crud::aggregate(shared, req, None),
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -322,6 +328,7 @@ async fn in_transaction(
             let txn = &mut active.txn;
             let result = match req.name {
                 "find" => crud::find(shared, req, Some(txn)),
+                "aggregate" => crud::aggregate(shared, req, Some(txn)),
                 "insert" => crud::insert(shared, req, Some(txn)).await,
                 "update" => crud::update(shared, req, Some(txn)).await,
                 "delete" => crud::delete(shared, req, Some(txn)).await,

@@ -1,0 +1,452 @@
+//! A first slice of the aggregation pipeline: `$match`, `$sort`, `$skip`, `$limit`, `$project`
+//! (inclusion and exclusion), `$count` and `$group` with `$sum`, `$avg`, `$min`, `$max`,
+//! `$first`, `$last`, `$push`, `$addToSet` and `$count`. Expressions are field paths (`"$a.b"`)
+//! and constants. Anything else is refused with MongoDB's error, never half-evaluated.
+
+use std::collections::HashMap;
+
+use bson::raw::{RawArray, RawBsonRef, RawDocument};
+use bson::{Bson, Document, RawDocumentBuf};
+
+use crate::compare::{as_num, compare_values};
+use crate::path::{split_path, walk};
+use crate::{Filter, Projection, QueryError, SortSpec, encode_key};
+
+enum Expr {
+    Path(Vec<String>),
+    Const(Bson),
+    Doc(Vec<(String, Expr)>),
+}
+
+impl Expr {
+    fn parse(v: RawBsonRef<'_>) -> Result<Expr, QueryError> {
+        match v {
+            RawBsonRef::String(s) if s.starts_with("$$") => Err(QueryError::location(
+                17276,
+                format!("Use of undefined variable: {}", &s[2..]),
+            )),
+            RawBsonRef::String(s) if s.len() > 1 && s.starts_with('$') => {
+                Ok(Expr::Path(split_path(&s[1..])))
+            }
+            RawBsonRef::Document(d) => {
+                let mut fields = Vec::new();
+                for item in d {
+                    let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
+                    if k.as_str().starts_with('$') {
+                        return Err(QueryError::new(
+                            168,
+                            "InvalidPipelineOperator",
+                            format!("Unrecognized expression '{}'", k.as_str()),
+                        ));
+                    }
+                    fields.push((k.as_str().to_string(), Expr::parse(v)?));
+                }
+                Ok(Expr::Doc(fields))
+            }
+            other => Ok(Expr::Const(
+                Bson::try_from(other).map_err(|e| QueryError::bad_value(e.to_string()))?,
+            )),
+        }
+    }
+
+    /// The value, or `None` for a missing field.
+    fn eval(&self, doc: &RawDocument) -> Option<Bson> {
+        match self {
+            Expr::Const(b) => Some(b.clone()),
+            Expr::Path(parts) => {
+                let mut found = None;
+                walk(doc, parts, false, &mut |v| {
+                    found = v.and_then(|v| Bson::try_from(v).ok());
+                    found.is_some()
+                });
+                found
+            }
+            Expr::Doc(fields) => {
+                let mut out = Document::new();
+                for (k, e) in fields {
+                    if let Some(v) = e.eval(doc) {
+                        out.insert(k.clone(), v);
+                    }
+                }
+                Some(Bson::Document(out))
+            }
+        }
+    }
+}
+
+enum Acc {
+    Sum(Expr),
+    Avg(Expr),
+    Min(Expr),
+    Max(Expr),
+    First(Expr),
+    Last(Expr),
+    Push(Expr),
+    AddToSet(Expr),
+    Count,
+}
+
+enum AccState {
+    Sum { int: i64, dbl: f64, is_double: bool },
+    Avg { total: f64, n: u64 },
+    Pick(Option<Bson>),
+    Array(Vec<Bson>),
+}
+
+struct Group {
+    id: Expr,
+    accs: Vec<(String, Acc)>,
+}
+
+enum Stage {
+    Match(Filter),
+    Sort(SortSpec),
+    Skip(usize),
+    Limit(usize),
+    Project(Projection),
+    Count(String),
+    Group(Group),
+}
+
+pub struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+fn stage_number(v: RawBsonRef<'_>, stage: &str) -> Result<usize, QueryError> {
+    match as_num(v).map(|n| n.to_f64()) {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
+        _ => Err(QueryError::location(
+            15956,
+            format!("invalid argument to {stage} stage: expected a non-negative integer"),
+        )),
+    }
+}
+
+impl Pipeline {
+    pub fn parse(pipeline: &RawArray) -> Result<Pipeline, QueryError> {
+        let mut stages = Vec::new();
+        for item in pipeline {
+            let stage = match item.map_err(|e| QueryError::bad_value(e.to_string()))? {
+                RawBsonRef::Document(d) => d,
+                _ => {
+                    return Err(QueryError::type_mismatch(
+                        "Each element of the 'pipeline' array must be an object",
+                    ));
+                }
+            };
+            let mut fields = stage.iter();
+            let (name, spec) = match (fields.next(), fields.next()) {
+                (Some(Ok(first)), None) => first,
+                _ => {
+                    return Err(QueryError::location(
+                        40323,
+                        "A pipeline stage specification object must contain exactly one field.",
+                    ));
+                }
+            };
+            let doc_spec = || match spec {
+                RawBsonRef::Document(d) => Ok(d),
+                _ => Err(QueryError::failed_to_parse(format!(
+                    "the {} stage specification must be an object",
+                    name.as_str()
+                ))),
+            };
+            stages.push(match name.as_str() {
+                "$match" => Stage::Match(Filter::parse(doc_spec()?)?),
+                "$sort" => Stage::Sort(SortSpec::parse(doc_spec()?)?),
+                "$skip" => Stage::Skip(stage_number(spec, "$skip")?),
+                "$limit" => match stage_number(spec, "$limit")? {
+                    0 => return Err(QueryError::location(15958, "the limit must be positive")),
+                    n => Stage::Limit(n),
+                },
+                "$project" => Stage::Project(Projection::parse(doc_spec()?)?),
+                "$count" => match spec {
+                    RawBsonRef::String(s)
+                        if !s.is_empty() && !s.starts_with('$') && !s.contains('.') =>
+                    {
+                        Stage::Count(s.to_string())
+                    }
+                    _ => {
+                        return Err(QueryError::location(
+                            40156,
+                            "the count field must be a non-empty string without '$' or '.'",
+                        ));
+                    }
+                },
+                "$group" => Stage::Group(parse_group(doc_spec()?)?),
+                "$out" | "$merge" => {
+                    return Err(QueryError::new(
+                        115,
+                        "CommandNotSupported",
+                        format!("{} is not supported by Mangrove yet", name.as_str()),
+                    ));
+                }
+                other => {
+                    return Err(QueryError::location(
+                        40324,
+                        format!("Unrecognized pipeline stage name: '{other}'"),
+                    ));
+                }
+            });
+        }
+        Ok(Pipeline { stages })
+    }
+
+    /// The filter of a leading `$match`, so the caller can apply it while reading.
+    pub fn leading_match(&self) -> Option<&Filter> {
+        match self.stages.first() {
+            Some(Stage::Match(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Runs the stages over `docs`, which have already passed [`Pipeline::leading_match`].
+    pub fn run(&self, docs: Vec<RawDocumentBuf>) -> Result<Vec<RawDocumentBuf>, QueryError> {
+        let mut docs = docs;
+        let skip_first = usize::from(self.leading_match().is_some());
+        for stage in &self.stages[skip_first..] {
+            docs = match stage {
+                Stage::Match(f) => docs.into_iter().filter(|d| f.matches(d)).collect(),
+                Stage::Sort(s) => {
+                    docs.sort_by(|a, b| s.compare(a, b));
+                    docs
+                }
+                Stage::Skip(n) => docs.into_iter().skip(*n).collect(),
+                Stage::Limit(n) => docs.into_iter().take(*n).collect(),
+                Stage::Project(p) => docs.iter().map(|d| p.apply(d)).collect::<Result<_, _>>()?,
+                Stage::Count(field) => {
+                    if docs.is_empty() {
+                        Vec::new()
+                    } else {
+                        let mut out = Document::new();
+                        out.insert(field.clone(), docs.len() as i32);
+                        vec![to_raw(&out)?]
+                    }
+                }
+                Stage::Group(g) => run_group(g, &docs)?,
+            };
+        }
+        Ok(docs)
+    }
+}
+
+fn to_raw(d: &Document) -> Result<RawDocumentBuf, QueryError> {
+    RawDocumentBuf::try_from(d).map_err(|e| QueryError::bad_value(e.to_string()))
+}
+
+fn parse_group(spec: &RawDocument) -> Result<Group, QueryError> {
+    let mut id = None;
+    let mut accs = Vec::new();
+    for item in spec {
+        let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
+        if k.as_str() == "_id" {
+            id = Some(Expr::parse(v)?);
+            continue;
+        }
+        let RawBsonRef::Document(acc) = v else {
+            return Err(QueryError::location(
+                40234,
+                format!("The field '{}' must be an accumulator object", k.as_str()),
+            ));
+        };
+        let (op, arg) = match acc.iter().next() {
+            Some(Ok(pair)) => pair,
+            _ => {
+                return Err(QueryError::location(
+                    40238,
+                    format!("The field '{}' must specify one accumulator", k.as_str()),
+                ));
+            }
+        };
+        let acc = match op.as_str() {
+            "$sum" => Acc::Sum(Expr::parse(arg)?),
+            "$avg" => Acc::Avg(Expr::parse(arg)?),
+            "$min" => Acc::Min(Expr::parse(arg)?),
+            "$max" => Acc::Max(Expr::parse(arg)?),
+            "$first" => Acc::First(Expr::parse(arg)?),
+            "$last" => Acc::Last(Expr::parse(arg)?),
+            "$push" => Acc::Push(Expr::parse(arg)?),
+            "$addToSet" => Acc::AddToSet(Expr::parse(arg)?),
+            "$count" => Acc::Count,
+            other => {
+                return Err(QueryError::location(
+                    15952,
+                    format!("unknown group operator '{other}'"),
+                ));
+            }
+        };
+        accs.push((k.as_str().to_string(), acc));
+    }
+    let id =
+        id.ok_or_else(|| QueryError::location(15955, "a group specification must include an _id"))?;
+    Ok(Group { id, accs })
+}
+
+fn fresh(acc: &Acc) -> AccState {
+    match acc {
+        Acc::Sum(_) | Acc::Count => AccState::Sum {
+            int: 0,
+            dbl: 0.0,
+            is_double: false,
+        },
+        Acc::Avg(_) => AccState::Avg { total: 0.0, n: 0 },
+        Acc::Min(_) | Acc::Max(_) | Acc::First(_) | Acc::Last(_) => AccState::Pick(None),
+        Acc::Push(_) | Acc::AddToSet(_) => AccState::Array(Vec::new()),
+    }
+}
+
+fn raw_of(b: &Bson) -> Option<bson::RawBson> {
+    bson::RawBson::try_from(b.clone()).ok()
+}
+
+fn add_number(state: &mut AccState, v: &Bson) {
+    let AccState::Sum {
+        int,
+        dbl,
+        is_double,
+    } = state
+    else {
+        return;
+    };
+    match v {
+        Bson::Int32(i) => match int.checked_add(i64::from(*i)) {
+            Some(s) => *int = s,
+            None => *is_double = true,
+        },
+        Bson::Int64(i) => match int.checked_add(*i) {
+            Some(s) => *int = s,
+            None => *is_double = true,
+        },
+        Bson::Double(d) => {
+            *dbl += d;
+            *is_double = true;
+        }
+        _ => {}
+    }
+}
+
+fn accumulate(acc: &Acc, state: &mut AccState, doc: &RawDocument, first_doc: bool) {
+    match acc {
+        Acc::Count => add_number(state, &Bson::Int32(1)),
+        Acc::Sum(e) => {
+            if let Some(v) = e.eval(doc) {
+                add_number(state, &v);
+            }
+        }
+        Acc::Avg(e) => {
+            if let (Some(v), AccState::Avg { total, n }) = (e.eval(doc), state)
+                && let Some(x) = raw_of(&v).and_then(|r| as_num(r.as_raw_bson_ref()))
+            {
+                *total += x.to_f64();
+                *n += 1;
+            }
+        }
+        Acc::Min(e) | Acc::Max(e) => {
+            let Some(v) = e.eval(doc).filter(|v| !matches!(v, Bson::Null)) else {
+                return;
+            };
+            let AccState::Pick(current) = state else {
+                return;
+            };
+            let better = match current {
+                None => true,
+                Some(c) => match (raw_of(&v), raw_of(c)) {
+                    (Some(a), Some(b)) => {
+                        let ord = compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref());
+                        if matches!(acc, Acc::Min(_)) {
+                            ord.is_lt()
+                        } else {
+                            ord.is_gt()
+                        }
+                    }
+                    _ => false,
+                },
+            };
+            if better {
+                *current = Some(v);
+            }
+        }
+        Acc::First(e) => {
+            if first_doc && let AccState::Pick(current) = state {
+                *current = Some(e.eval(doc).unwrap_or(Bson::Null));
+            }
+        }
+        Acc::Last(e) => {
+            if let AccState::Pick(current) = state {
+                *current = Some(e.eval(doc).unwrap_or(Bson::Null));
+            }
+        }
+        Acc::Push(e) | Acc::AddToSet(e) => {
+            let (Some(v), AccState::Array(items)) = (e.eval(doc), state) else {
+                return;
+            };
+            if matches!(acc, Acc::AddToSet(_)) && items.contains(&v) {
+                return;
+            }
+            items.push(v);
+        }
+    }
+}
+
+fn finish(state: AccState) -> Bson {
+    match state {
+        AccState::Sum {
+            int,
+            dbl,
+            is_double,
+        } => {
+            if is_double {
+                Bson::Double(dbl + int as f64)
+            } else if let Ok(small) = i32::try_from(int) {
+                Bson::Int32(small)
+            } else {
+                Bson::Int64(int)
+            }
+        }
+        AccState::Avg { total, n } => {
+            if n == 0 {
+                Bson::Null
+            } else {
+                Bson::Double(total / n as f64)
+            }
+        }
+        AccState::Pick(v) => v.unwrap_or(Bson::Null),
+        AccState::Array(items) => Bson::Array(items),
+    }
+}
+
+fn run_group(g: &Group, docs: &[RawDocumentBuf]) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    // Groups in first-seen order, looked up by the order-preserving key of their _id so that
+    // equal values of different numeric types share a group, as in MongoDB.
+    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut groups: Vec<(Bson, Vec<AccState>)> = Vec::new();
+    for doc in docs {
+        let id = g.id.eval(doc).unwrap_or(Bson::Null);
+        let mut key = Vec::new();
+        if let Some(raw) = raw_of(&id) {
+            encode_key(raw.as_raw_bson_ref(), &mut key);
+        }
+        let (slot, first_doc) = match index.get(&key) {
+            Some(&i) => (i, false),
+            None => {
+                groups.push((id, g.accs.iter().map(|(_, a)| fresh(a)).collect()));
+                index.insert(key, groups.len() - 1);
+                (groups.len() - 1, true)
+            }
+        };
+        for ((_, acc), state) in g.accs.iter().zip(groups[slot].1.iter_mut()) {
+            accumulate(acc, state, doc, first_doc);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(id, states)| {
+            let mut out = Document::new();
+            out.insert("_id", id);
+            for ((name, _), state) in g.accs.iter().zip(states) {
+                out.insert(name.clone(), finish(state));
+            }
+            to_raw(&out)
+        })
+        .collect()
+}
