@@ -5,22 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bson::doc;
-use common::spawn_on_data_dir;
-use mongodb::Client;
-
-async fn client(port: u16) -> Client {
-    let mut options =
-        mongodb::options::ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/"))
-            .await
-            .unwrap();
-    options.server_selection_timeout = Some(Duration::from_secs(5));
-    // No driver retries: each insert's outcome must be the server's own answer.
-    options.retry_writes = Some(false);
-    Client::with_options(options).unwrap()
-}
+use common::{driver_client, spawn_on_data_dir};
 
 #[tokio::test]
 async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_is_lost() {
@@ -30,7 +16,7 @@ async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_
 
     // redb needs a few MiB to create the base store; the log segment then fills up to the limit.
     let (mut server, port) = spawn_on_data_dir(&data, Some(4096));
-    let coll = client(port)
+    let coll = driver_client(port)
         .await
         .database("db")
         .collection::<bson::Document>("c");
@@ -92,7 +78,7 @@ async fn commits_fail_clearly_when_the_log_cannot_grow_and_nothing_acknowledged_
 
     // With room again, everything acknowledged is back and writes work.
     let (mut server, port) = spawn_on_data_dir(&data, None);
-    let coll = client(port)
+    let coll = driver_client(port)
         .await
         .database("db")
         .collection::<bson::Document>("c");

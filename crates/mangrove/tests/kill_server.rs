@@ -8,35 +8,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bson::doc;
-use common::spawn_on_data_dir;
-use futures_util::TryStreamExt;
-use mongodb::Client;
+use common::{all_docs, driver_client, spawn_on_data_dir};
 use mongodb::options::{CollectionOptions, WriteConcern};
 
 async fn collection(port: u16) -> mongodb::Collection<bson::Document> {
-    let mut options =
-        mongodb::options::ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/"))
-            .await
-            .unwrap();
-    options.server_selection_timeout = Some(Duration::from_secs(5));
-    options.retry_writes = Some(false);
-    let client = Client::with_options(options).unwrap();
     let journaled = CollectionOptions::builder()
         .write_concern(WriteConcern::builder().journal(true).build())
         .build();
-    client
+    driver_client(port)
+        .await
         .database("db")
         .collection_with_options("acked", journaled)
 }
 
 /// Every `_id` in the collection.
 async fn ids(coll: &mongodb::Collection<bson::Document>) -> HashSet<i64> {
-    coll.find(doc! {})
+    all_docs(coll)
         .await
-        .unwrap()
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
         .iter()
         .map(|d| d.get_i64("_id").unwrap())
         .collect()

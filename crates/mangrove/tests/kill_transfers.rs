@@ -10,24 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bson::{Document, doc};
-use common::spawn_on_data_dir;
-use futures_util::TryStreamExt;
+use common::{all_docs, driver_client, spawn_on_data_dir};
 use mongodb::Client;
 
 const ACCOUNTS: i64 = 20;
 const OPENING: i64 = 1_000;
-
-async fn client(port: u16) -> Client {
-    let mut options =
-        mongodb::options::ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/"))
-            .await
-            .unwrap();
-    // Short, so that in-flight operations give up quickly once the server is killed.
-    options.server_selection_timeout = Some(Duration::from_secs(1));
-    options.connect_timeout = Some(Duration::from_secs(1));
-    options.retry_writes = Some(false);
-    Client::with_options(options).unwrap()
-}
 
 /// One transfer; `Ok(true)` once committed, `Ok(false)` to retry, `Err` when the server is gone
 /// or the outcome is unknown.
@@ -70,22 +57,8 @@ async fn transfer(client: &Client, id: i64, from: i64, to: i64, amount: i64) -> 
 
 async fn verify(client: &Client, acked: &HashSet<i64>) -> usize {
     let db = client.database("bank");
-    let accounts: Vec<Document> = db
-        .collection::<Document>("accounts")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    let transfers: Vec<Document> = db
-        .collection::<Document>("transfers")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let accounts = all_docs(&db.collection::<Document>("accounts")).await;
+    let transfers = all_docs(&db.collection::<Document>("transfers")).await;
     let mut expected: HashMap<i64, i64> = (0..ACCOUNTS).map(|a| (a, OPENING)).collect();
     let mut present = HashSet::new();
     for t in &transfers {
@@ -124,7 +97,7 @@ async fn acknowledged_transactions_survive_kill_9_whole() {
     let cycles = 4;
     for cycle in 0..cycles {
         let (mut server, port) = spawn_on_data_dir(&data, None);
-        let c = client(port).await;
+        let c = driver_client(port).await;
         if cycle == 0 {
             let accounts: Vec<Document> = (0..ACCOUNTS)
                 .map(|a| doc! { "_id": a, "bal": OPENING })
@@ -190,7 +163,7 @@ async fn acknowledged_transactions_survive_kill_9_whole() {
     }
     let (mut server, port) = spawn_on_data_dir(&data, None);
     let expected = acked.lock().unwrap().clone();
-    let committed = verify(&client(port).await, &expected).await;
+    let committed = verify(&driver_client(port).await, &expected).await;
     let total = acked.lock().unwrap().len();
     assert!(
         total > cycles as usize,

@@ -657,8 +657,9 @@ async fn transaction_numbers_follow_mongodb_rules() {
     assert_eq!(code(&r), 13);
 }
 
-#[tokio::test]
-async fn kill_all_sessions_aborts_open_transactions() {
+/// A server where an open transaction (txnNumber 1 of the returned lsid) has updated document
+/// `{_id: 1}` of `db.c` and so holds its write intent.
+async fn hold_in_transaction() -> (Client, Document) {
     let addr = start(Config::default()).await;
     let mut c = Client::connect(addr).await;
     let lsid = doc! { "id": bson::Uuid::new() };
@@ -677,6 +678,12 @@ async fn kill_all_sessions_aborts_open_transactions() {
         ),
     )
     .await;
+    (c, lsid)
+}
+
+#[tokio::test]
+async fn kill_all_sessions_aborts_open_transactions() {
+    let (mut c, lsid) = hold_in_transaction().await;
     c.ok("admin", doc! { "killAllSessions": [] }).await;
     // The intent is released: a plain write goes through at once, and the transaction is gone.
     c.ok("db", doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 2 } } }], "maxTimeMS": 1000 })
@@ -692,24 +699,7 @@ async fn kill_all_sessions_aborts_open_transactions() {
 
 #[tokio::test]
 async fn plain_write_waits_out_maxtimems_behind_a_transaction() {
-    let addr = start(Config::default()).await;
-    let mut c = Client::connect(addr).await;
-    let lsid = doc! { "id": bson::Uuid::new() };
-    c.ok(
-        "db",
-        doc! { "insert": "c", "documents": [{ "_id": 1, "v": 0 }] },
-    )
-    .await;
-    c.ok(
-        "db",
-        txn_cmd(
-            doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 1 } } }] },
-            &lsid,
-            1,
-            true,
-        ),
-    )
-    .await;
+    let (mut c, lsid) = hold_in_transaction().await;
     let r = c
         .ok("db", doc! { "update": "c", "updates": [{ "q": { "_id": 1 }, "u": { "$set": { "v": 2 } } }], "maxTimeMS": 200 })
         .await;

@@ -431,3 +431,28 @@ pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) ->
         .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     (child, port)
 }
+
+/// A Rust-driver client for a test server: no driver-side write retries (each outcome must be
+/// the server's own), and a short server-selection timeout so that operations against a killed
+/// server give up quickly.
+pub async fn driver_client(port: u16) -> mongodb::Client {
+    let mut options =
+        mongodb::options::ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/"))
+            .await
+            .expect("parse the URI");
+    options.server_selection_timeout = Some(Duration::from_secs(1));
+    options.connect_timeout = Some(Duration::from_secs(1));
+    options.retry_writes = Some(false);
+    mongodb::Client::with_options(options).expect("client options")
+}
+
+/// Every document of a collection.
+pub async fn all_docs(coll: &mongodb::Collection<Document>) -> Vec<Document> {
+    use futures_util::TryStreamExt;
+    coll.find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("read the cursor")
+}

@@ -194,6 +194,15 @@ pub(super) fn collection_in_txn(shared: &Shared, txn: &Txn, ns: &str) -> Option<
         .or_else(|| shared.engine.snapshot().collection(ns))
 }
 
+/// The collection a write statement names, as its transaction (if any) or the latest commit
+/// sees it.
+fn collection_for_write(shared: &Shared, txn: Option<&Txn>, ns: &str) -> Option<CollectionInfo> {
+    match txn {
+        Some(t) => collection_in_txn(shared, t, ns),
+        None => shared.engine.snapshot().collection(ns),
+    }
+}
+
 /// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
 async fn implicit_collection(
     shared: &Shared,
@@ -1172,10 +1181,7 @@ pub(super) async fn update(
             let coll = if upsert {
                 implicit_collection(shared, &ns, &opts).await?
             } else {
-                let found = match txn_here.as_deref() {
-                    Some(t) => collection_in_txn(shared, t, &ns),
-                    None => shared.engine.snapshot().collection(&ns),
-                };
+                let found = collection_for_write(shared, txn_here.as_deref(), &ns);
                 match found {
                     Some(c) => c,
                     None => return Ok(UpdateOutcome::default()),
@@ -1319,10 +1325,7 @@ pub(super) async fn find_and_modify(
     let coll = if upsert {
         Some(implicit_collection(shared, &ns, &opts).await?)
     } else {
-        match txn.as_deref() {
-            Some(t) => collection_in_txn(shared, t, &ns),
-            None => shared.engine.snapshot().collection(&ns),
-        }
+        collection_for_write(shared, txn.as_deref(), &ns)
     };
     let max_bson = shared.config.max_bson_size;
     let outcome = match coll {
@@ -1477,10 +1480,7 @@ pub(super) async fn delete(
                 Some(RawBsonRef::Document(c)) => Some(c),
                 _ => None,
             })?;
-            let found = match txn_here.as_deref() {
-                Some(t) => collection_in_txn(shared, t, &ns),
-                None => shared.engine.snapshot().collection(&ns),
-            };
+            let found = collection_for_write(shared, txn_here.as_deref(), &ns);
             let Some(coll) = found else {
                 return Ok(0);
             };
