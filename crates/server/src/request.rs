@@ -3,6 +3,7 @@
 
 use bson::raw::{RawArray, RawBsonRef, RawDocument};
 use bson::spec::ElementType;
+use mangrove_storage::CommitMeta;
 use mangrove_wire::DocumentSequence;
 
 use crate::error::{CommandError, CommandResult, code};
@@ -215,6 +216,44 @@ impl<'a> Request<'a> {
             Some(RawBsonRef::Array(a)) => Ok(Some(a)),
             Some(v) => Err(self.wrong_type(field, v, "array")),
         }
+    }
+
+    /// The logical session id, if the command carries one.
+    pub fn lsid(&self) -> CommandResult<Option<&'a RawDocument>> {
+        match self.get("lsid") {
+            None => Ok(None),
+            Some(RawBsonRef::Document(d)) => Ok(Some(d)),
+            Some(v) => Err(CommandError::type_mismatch(format!(
+                "BSON field 'lsid' is the wrong type '{}', expected type 'object'",
+                type_name(v.element_type())
+            ))),
+        }
+    }
+
+    /// The transaction number, if the command carries one; always a long, as mongod requires.
+    pub fn txn_number(&self) -> CommandResult<Option<i64>> {
+        match self.get("txnNumber") {
+            None => Ok(None),
+            Some(RawBsonRef::Int64(n)) => Ok(Some(n)),
+            Some(v) => Err(CommandError::type_mismatch(format!(
+                "BSON field 'txnNumber' is the wrong type '{}', expected type 'long'",
+                type_name(v.element_type())
+            ))),
+        }
+    }
+
+    /// Who commits this command's writes, for the transaction log.
+    pub fn commit_meta(&self) -> CommandResult<CommitMeta> {
+        let lsid = match self.lsid()? {
+            Some(d) => Some(
+                bson::Document::try_from(d).map_err(|e| CommandError::bad_value(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(CommitMeta {
+            lsid,
+            txn_number: self.txn_number()?,
+        })
     }
 
     /// A write command's batch (`documents`, `updates`, `deletes`): either an array in the body

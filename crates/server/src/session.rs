@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bson::raw::{RawBsonRef, RawDocument};
-use mangrove_storage::{CommitMeta, Txn};
+use mangrove_storage::Txn;
 
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
@@ -54,20 +54,11 @@ pub(crate) fn txn_args(req: &Request<'_>) -> CommandResult<Option<TxnArgs>> {
             "Transaction numbers are only allowed on a session: 'autocommit' requires 'lsid'",
         ));
     }
-    let txn_number = match req.get("txnNumber") {
-        Some(RawBsonRef::Int64(n)) => n,
-        Some(v) => {
-            return Err(CommandError::type_mismatch(format!(
-                "BSON field 'txnNumber' is the wrong type '{}', expected type 'long'",
-                type_name(v.element_type())
-            )));
-        }
-        None => {
-            return Err(CommandError::new(
-                code::INVALID_OPTIONS,
-                "'autocommit' field requires a transaction number to also be specified",
-            ));
-        }
+    let Some(txn_number) = req.txn_number()? else {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "'autocommit' field requires a transaction number to also be specified",
+        ));
     };
     let start = match req.get("startTransaction") {
         None => false,
@@ -255,8 +246,7 @@ pub(crate) fn transient(mut e: CommandError) -> CommandError {
 pub(crate) fn begin_or_continue(
     session: &mut Session,
     args: &TxnArgs,
-    begin: impl FnOnce() -> Txn,
-    meta: CommitMeta,
+    begin: impl FnOnce() -> CommandResult<Txn>,
 ) -> CommandResult<()> {
     let n = args.txn_number;
     match session.txn_number {
@@ -288,8 +278,7 @@ pub(crate) fn begin_or_continue(
     }
     // A newer transaction number aborts whatever the session had open.
     session.abort();
-    let mut txn = begin();
-    txn.set_meta(meta);
+    let txn = begin()?;
     session.txn_number = Some(n);
     session.state = TxnState::Active(Box::new(ActiveTxn {
         txn,

@@ -84,26 +84,6 @@ pub(super) struct WriteOptions {
 impl WriteOptions {
     pub fn from_request(req: &Request<'_>) -> CommandResult<WriteOptions> {
         let (ack, wc_error) = write_concern(req)?;
-        let lsid = match req.get("lsid") {
-            Some(RawBsonRef::Document(d)) => Some(Document::try_from(d).map_err(internal)?),
-            Some(v) => {
-                return Err(CommandError::type_mismatch(format!(
-                    "BSON field 'lsid' is the wrong type '{}', expected type 'object'",
-                    type_name(v.element_type())
-                )));
-            }
-            None => None,
-        };
-        let txn_number = match req.get("txnNumber") {
-            Some(RawBsonRef::Int64(n)) => Some(n),
-            Some(v) => {
-                return Err(CommandError::type_mismatch(format!(
-                    "BSON field 'txnNumber' is the wrong type '{}', expected type 'long'",
-                    type_name(v.element_type())
-                )));
-            }
-            None => None,
-        };
         let patience = match req.opt_i64("maxTimeMS")? {
             Some(ms) if ms < 0 => {
                 return Err(CommandError::bad_value(format!(
@@ -115,7 +95,7 @@ impl WriteOptions {
         };
         Ok(WriteOptions {
             ack,
-            meta: CommitMeta { lsid, txn_number },
+            meta: req.commit_meta()?,
             wc_error,
             patience,
         })

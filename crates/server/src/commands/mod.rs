@@ -13,7 +13,6 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 use crate::session::{self, TxnState};
 use bson::raw::RawBsonRef;
-use mangrove_storage::CommitMeta;
 use std::time::Instant;
 
 pub(crate) enum Reply {
@@ -250,11 +249,12 @@ async fn in_transaction(
             "Only the first command in a transaction may specify a readConcern",
         ));
     }
-    let meta = CommitMeta {
-        lsid: Some(Document::try_from(lsid).map_err(|e| CommandError::bad_value(e.to_string()))?),
-        txn_number: Some(n),
-    };
-    session::begin_or_continue(&mut session, &args, || shared.engine.begin(), meta)?;
+    // The log record's session metadata is built once, when the transaction begins.
+    session::begin_or_continue(&mut session, &args, || {
+        let mut txn = shared.engine.begin();
+        txn.set_meta(req.commit_meta()?);
+        Ok(txn)
+    })?;
 
     match req.name {
         "commitTransaction" => {
