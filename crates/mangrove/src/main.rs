@@ -170,9 +170,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             data_dir = %config.data_dir.display(),
             "server ready"
         );
+        let shutdown = match shutdown_signal() {
+            Ok(f) => f,
+            Err(e) => {
+                error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         // The one line scripts and people wait for; stdout, so it stays apart from the logs.
         println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
-        match server.serve(shutdown_signal()).await {
+        match server.serve(shutdown).await {
             Ok(()) => {
                 info!("shut down cleanly");
                 ExitCode::SUCCESS
@@ -217,26 +224,27 @@ fn replay_progress() -> impl FnMut(u64, u64) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers SIGINT and SIGTERM handlers now, before the ready line, and returns the future
+/// that resolves on either. Registering lazily (on first poll) left a window after "ready" in
+/// which a signal still had its default action and killed the process uncleanly.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => info!("SIGINT received, shutting down"),
-                    _ = term.recv() => info!("SIGTERM received, shutting down"),
-                }
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => info!("SIGINT received, shutting down"),
+                _ = term.recv() => info!("SIGTERM received, shutting down"),
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
-        info!("interrupt received, shutting down");
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("interrupt received, shutting down");
+        })
     }
 }
