@@ -94,6 +94,10 @@ struct ServeArgs {
     /// (for `mangrove log` history). 0 removes them at once.
     #[arg(long, default_value_t = 0)]
     log_retention_segments: usize,
+    /// Enable test-only commands (configureFailPoint) that the drivers' spec tests use. Never
+    /// on a server anyone depends on: a fail point can make every command fail.
+    #[arg(long)]
+    enable_test_commands: bool,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -134,6 +138,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
         checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
         retain_log_segments: args.log_retention_segments,
+        enable_test_commands: args.enable_test_commands,
         argv: std::env::args().collect(),
         ..Config::default()
     };

@@ -26,6 +26,7 @@ pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;
 pub use key::encode_key;
+pub use path::distinct_values;
 pub use projection::Projection;
 pub use sort::SortSpec;
 pub use update::Update;

@@ -91,3 +91,42 @@ pub(crate) fn walk_value<'a>(
 pub(crate) fn split_path(path: &str) -> Vec<String> {
     path.split('.').map(str::to_owned).collect()
 }
+
+/// The values `distinct` collects from one document at `path`: every value the path reaches,
+/// with an array at the end of the path contributing its elements rather than itself.
+pub fn distinct_values<'a>(doc: &'a RawDocument, path: &str) -> Vec<RawBsonRef<'a>> {
+    let parts = split_path(path);
+    let mut out = Vec::new();
+    walk(doc, &parts, false, &mut |v| {
+        match v {
+            Some(RawBsonRef::Array(arr)) => out.extend(arr.into_iter().map_while(Result::ok)),
+            Some(v) => out.push(v),
+            None => {}
+        }
+        false
+    });
+    out
+}
+
+#[cfg(test)]
+mod distinct_tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn arrays_at_the_leaf_contribute_their_elements() {
+        let doc = rawdoc! { "a": [1, 2, [3]], "b": { "c": [{ "d": 4 }, { "d": 5 }] } };
+        let a: Vec<_> = distinct_values(&doc, "a")
+            .into_iter()
+            .map(|v| format!("{v:?}"))
+            .collect();
+        assert_eq!(a.len(), 3, "{a:?}");
+        assert!(
+            a[2].contains("Array"),
+            "a nested array stays one value: {a:?}"
+        );
+        let d = distinct_values(&doc, "b.c.d");
+        assert_eq!(d, vec![RawBsonRef::Int32(4), RawBsonRef::Int32(5)]);
+        assert!(distinct_values(&doc, "missing").is_empty());
+    }
+}

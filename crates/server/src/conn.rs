@@ -23,6 +23,8 @@ pub(crate) struct ConnState {
     pub peer: SocketAddr,
     /// Compressors agreed in the handshake, in the client's order of preference.
     pub compressors: Vec<Compressor>,
+    /// `client.application.name` from the handshake, which fail points can match on.
+    pub app_name: Option<String>,
     next_reply_id: i32,
 }
 
@@ -60,6 +62,7 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
         id,
         peer,
         compressors: Vec::new(),
+        app_name: None,
         next_reply_id: 1,
     };
     loop {
@@ -92,7 +95,7 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
             ));
         }
         let reply = match wire::decode(&frame, &shared.limits) {
-            Ok(message) => handle(shared, &mut conn, message).await,
+            Ok(message) => handle(shared, &mut conn, message).await?,
             Err(e) if e.is_fatal() => return Err(e.to_string()),
             Err(e) => {
                 warn!(error = %e, request_id = header.request_id, "rejecting malformed message");
@@ -167,7 +170,12 @@ fn finish(shared: &Shared, mut reply: bson::Document) -> RawDocumentBuf {
     })
 }
 
-async fn handle(shared: &Shared, conn: &mut ConnState, message: Message) -> Option<Vec<u8>> {
+/// The reply to send, if any; Err closes the connection (only test fail points ask for that).
+async fn handle(
+    shared: &Shared,
+    conn: &mut ConnState,
+    message: Message,
+) -> Result<Option<Vec<u8>>, String> {
     let request_id = message.header.request_id;
     let compressor = message.compressor;
     match message.request {
@@ -197,18 +205,18 @@ async fn handle(shared: &Shared, conn: &mut ConnState, message: Message) -> Opti
                             .to_document(),
                         )
                     } else {
-                        let request = Request { name, db, body, sequences: &[] };
-                        run_command(shared, conn, &request).await
+                        let request = Request { name, db, body, sequences: &[], close_connection: Default::default() };
+                        run_command(shared, conn, &request).await?
                     }
                 }
             };
-            Some(wire::encode_reply(
+            Ok(Some(wire::encode_reply(
                 conn.reply_id(),
                 request_id,
                 8,
                 &reply,
                 compressor,
-            ))
+            )))
         }
         WireRequest::Msg(msg) => {
             let reply = match msg.body.get("$db") {
@@ -219,8 +227,9 @@ async fn handle(shared: &Shared, conn: &mut ConnState, message: Message) -> Opti
                             db,
                             body: &msg.body,
                             sequences: &msg.sequences,
+                            close_connection: Default::default(),
                         };
-                        run_command(shared, conn, &request).await
+                        run_command(shared, conn, &request).await?
                     }
                     None => finish(
                         shared,
@@ -234,17 +243,17 @@ async fn handle(shared: &Shared, conn: &mut ConnState, message: Message) -> Opti
                 ),
             };
             if msg.flags & msg_flags::MORE_TO_COME != 0 {
-                return None;
+                return Ok(None);
             }
             let flags = msg.flags & msg_flags::CHECKSUM_PRESENT;
-            Some(wire::encode_msg(
+            Ok(Some(wire::encode_msg(
                 conn.reply_id(),
                 request_id,
                 flags,
                 &reply,
                 &[],
                 compressor,
-            ))
+            )))
         }
     }
 }
@@ -253,16 +262,22 @@ async fn run_command(
     shared: &Shared,
     conn: &mut ConnState,
     request: &Request<'_>,
-) -> RawDocumentBuf {
+) -> Result<RawDocumentBuf, String> {
     Counters::bump(&shared.counters.command, 1);
     let reply = commands::run(shared, conn, request).await;
-    match reply {
+    if request.close_connection.load(Ordering::Relaxed) {
+        return Err(format!(
+            "a test fail point closes the connection after '{}'",
+            request.name
+        ));
+    }
+    Ok(match reply {
         commands::Reply::Doc(doc) => finish(shared, doc),
         commands::Reply::Raw(mut raw) => {
             commands::decorate_raw(shared, &mut raw);
             raw
         }
-    }
+    })
 }
 
 /// Legacy drivers wrap the command as `{$query: {...}, $readPreference: ...}`.

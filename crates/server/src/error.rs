@@ -5,6 +5,7 @@ use bson::{Document, doc};
 /// MongoDB's error codes, by name. Only the ones Mangrove emits; numbers from mongod 7.0's
 /// `error_codes.yml`.
 pub mod code {
+    pub const INTERNAL_ERROR: i32 = 1;
     pub const BAD_VALUE: i32 = 2;
     pub const FAILED_TO_PARSE: i32 = 9;
     pub const UNAUTHORIZED: i32 = 13;
@@ -23,6 +24,9 @@ pub mod code {
     pub const WRITE_CONFLICT: i32 = 112;
     pub const CONFLICTING_OPERATION_IN_PROGRESS: i32 = 117;
     pub const TRANSACTION_TOO_OLD: i32 = 225;
+    pub const SNAPSHOT_TOO_OLD: i32 = 239;
+    pub const SNAPSHOT_UNAVAILABLE: i32 = 246;
+    pub const INCOMPLETE_TRANSACTION_HISTORY: i32 = 217;
     pub const NO_SUCH_TRANSACTION: i32 = 251;
     pub const TRANSACTION_COMMITTED: i32 = 256;
     pub const TOO_MANY_LOGICAL_SESSIONS: i32 = 261;
@@ -68,6 +72,7 @@ pub fn code_name(code: i32) -> String {
         112 => "WriteConflict",
         117 => "ConflictingOperationInProgress",
         225 => "TransactionTooOld",
+        217 => "IncompleteTransactionHistory",
         251 => "NoSuchTransaction",
         256 => "TransactionCommitted",
         261 => "TooManyLogicalSessions",
@@ -79,6 +84,45 @@ pub fn code_name(code: i32) -> String {
         257 => "TransactionTooLarge",
         14031 => "OutOfDiskSpace",
         11000 => "DuplicateKey",
+        3 => "NoSuchKey",
+        4 => "GraphContainsCycle",
+        6 => "HostUnreachable",
+        7 => "HostNotFound",
+        8 => "UnknownError",
+        11 => "UserNotFound",
+        16 => "InvalidLength",
+        18 => "AuthenticationFailed",
+        28 => "PathNotViable",
+        64 => "WriteConcernFailed",
+        74 => "NodeNotFound",
+        89 => "NetworkTimeout",
+        91 => "ShutdownInProgress",
+        96 => "OperationFailed",
+        121 => "DocumentValidationFailure",
+        133 => "FailedToSatisfyReadPreference",
+        134 => "ReadConcernMajorityNotAvailableYet",
+        166 => "CommandNotSupportedOnView",
+        175 => "QueryPlanKilled",
+        189 => "PrimarySteppedDown",
+        206 => "NoSuchSession",
+        234 => "RetryChangeStream",
+        237 => "CursorKilled",
+        239 => "SnapshotTooOld",
+        246 => "SnapshotUnavailable",
+        262 => "ExceededTimeLimit",
+        267 => "PreparedTransactionInProgress",
+        280 => "ChangeStreamFatalError",
+        286 => "ChangeStreamHistoryLost",
+        290 => "TransactionExceededLifetimeLimitSeconds",
+        9001 => "SocketException",
+        10107 => "NotWritablePrimary",
+        11600 => "InterruptedAtShutdown",
+        11601 => "Interrupted",
+        11602 => "InterruptedDueToReplStateChange",
+        13297 => "DatabaseDifferCase",
+        13388 => "StaleConfig",
+        13435 => "NotPrimaryNoSecondaryOk",
+        13436 => "NotPrimaryOrSecondary",
         _ => return format!("Location{code}"),
     };
     name.to_string()
@@ -117,13 +161,13 @@ impl CommandError {
         Self::new(code::FAILED_TO_PARSE, message)
     }
 
-    /// Drivers retry writes on exactly these codes, so MongoDB (wire version >= 9) labels them.
-    pub fn with_server_labels(mut self) -> Self {
-        const RETRYABLE: [i32; 12] = [
-            6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
-        ];
-        if RETRYABLE.contains(&self.code) && !self.labels.contains(&"RetryableWriteError") {
-            self.labels.push("RetryableWriteError");
+    /// Adds the labels mongod's `ErrorLabelBuilder` would, so drivers retry exactly what they
+    /// would retry against mongod.
+    pub fn with_server_labels(mut self, ctx: &LabelContext) -> Self {
+        for label in ctx.labels_for(Some(self.code), None) {
+            if !self.labels.contains(&label) {
+                self.labels.push(label);
+            }
         }
         self
     }
@@ -196,6 +240,8 @@ impl From<mangrove_storage::StorageError> for CommandError {
                 kind: std::io::ErrorKind::StorageFull,
                 ..
             } => CommandError::new(14031, message),
+            S::SnapshotTooOld { .. } => CommandError::new(code::SNAPSHOT_TOO_OLD, message),
+            S::SnapshotUnavailable { .. } => CommandError::new(code::SNAPSHOT_UNAVAILABLE, message),
             S::TransactionTooLarge { .. } => {
                 CommandError::new(code::TRANSACTION_TOO_LARGE, message)
             }
@@ -205,6 +251,60 @@ impl From<mangrove_storage::StorageError> for CommandError {
             | S::Corrupt { .. }
             | S::Locked { .. } => CommandError::new(1, message),
         }
+    }
+}
+
+/// What decides an error's labels besides its code: the command and its session fields.
+pub struct LabelContext<'a> {
+    pub command: &'a str,
+    pub has_txn_number: bool,
+    /// `autocommit` was sent (it can only be `false`): a statement of a transaction.
+    pub in_transaction: bool,
+}
+
+/// Codes drivers treat as "the operation may succeed on another try" (mongod's RetriableError
+/// category); servers of wire version 9 and later label them for retryable writes.
+pub const RETRIABLE_CODES: [i32; 12] = [
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+impl LabelContext<'_> {
+    fn is_commit_or_abort(&self) -> bool {
+        matches!(self.command, "commitTransaction" | "abortTransaction")
+    }
+
+    /// `TransientTransactionError` or `RetryableWriteError`, never both, as mongod decides them.
+    pub fn labels_for(&self, code: Option<i32>, wc_code: Option<i32>) -> Vec<&'static str> {
+        let retriable = |c: Option<i32>| c.is_some_and(|c| RETRIABLE_CODES.contains(&c));
+        if let Some(code) = code
+            && self.has_txn_number
+            && self.in_transaction
+            && is_transient(code, wc_code.is_some(), self.is_commit_or_abort())
+        {
+            return vec!["TransientTransactionError"];
+        }
+        let retryable_write = self.has_txn_number && !self.in_transaction;
+        let commit_or_abort =
+            self.has_txn_number && self.in_transaction && self.is_commit_or_abort();
+        if (retryable_write || commit_or_abort) && (retriable(code) || retriable(wc_code)) {
+            return vec!["RetryableWriteError"];
+        }
+        Vec::new()
+    }
+}
+
+/// mongod's `isTransientTransactionError`: the transaction failed with no lasting effect, so
+/// running it again from the start may succeed.
+fn is_transient(code: i32, has_wc_error: bool, commit_or_abort: bool) -> bool {
+    // WriteConflict, LockTimeout, PreparedTransactionInProgress, and the snapshot errors
+    // (SnapshotTooOld, SnapshotUnavailable, StaleChunkHistory, MigrationConflict).
+    if matches!(code, 112 | 24 | 267 | 239 | 246 | 249 | 250) {
+        return true;
+    }
+    if commit_or_abort {
+        code == code::NO_SUCH_TRANSACTION && !has_wc_error
+    } else {
+        RETRIABLE_CODES.contains(&code) || code == code::NO_SUCH_TRANSACTION
     }
 }
 

@@ -12,7 +12,9 @@ mod commands;
 mod conn;
 mod cursor;
 mod error;
+mod failpoint;
 mod request;
+mod retryable;
 mod session;
 
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ pub struct Config {
     pub retain_log_segments: usize,
     /// The process arguments, echoed by `getCmdLineOpts`.
     pub argv: Vec<String>,
+    /// Allows `configureFailPoint` and other hooks the drivers' spec tests need.
+    pub enable_test_commands: bool,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
             retain_log_segments: 0,
             argv: Vec::new(),
+            enable_test_commands: false,
         }
     }
 }
@@ -122,6 +127,27 @@ pub(crate) struct Shared {
     pub limits: mangrove_wire::Limits,
     /// Permits of 1 KiB each; see [`Config::max_inflight_bytes`].
     pub inflight: Semaphore,
+    pub failpoints: failpoint::FailPoints,
+    pub params: RuntimeParams,
+}
+
+/// Parameters `setParameter` may change while the server runs.
+pub(crate) struct RuntimeParams {
+    /// `transactionLifetimeLimitSeconds`.
+    pub transaction_lifetime_secs: AtomicU64,
+    /// `maxTransactionLockRequestTimeoutMillis`: kept for compatibility only. Mangrove takes no
+    /// collection locks a transaction could time out on, so nothing waits on it.
+    pub max_transaction_lock_request_timeout_ms: AtomicI64,
+}
+
+impl RuntimeParams {
+    pub fn transaction_lifetime(&self) -> Duration {
+        Duration::from_secs(
+            self.transaction_lifetime_secs
+                .load(Ordering::Relaxed)
+                .max(1),
+        )
+    }
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -158,9 +184,10 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
 
 /// Aborts transactions past their lifetime limit, checking a few times per limit.
 async fn reap_transactions(shared: Arc<Shared>) {
-    let limit = shared.config.transaction_lifetime;
-    let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
+        // Re-read each round: setParameter may change the limit at any time.
+        let limit = shared.params.transaction_lifetime();
+        let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::time::sleep(period).await;
         shared.sessions.reap_expired(limit);
     }
@@ -215,6 +242,7 @@ impl Server {
             ));
         }
         let inflight = Semaphore::new(conn::budget_units(config.max_inflight_bytes) as usize);
+        let config_lifetime = config.transaction_lifetime;
         let shared = Arc::new(Shared {
             inflight,
             cursors: cursor::CursorManager::new(config.max_cursors),
@@ -226,6 +254,11 @@ impl Server {
             next_connection_id: AtomicI64::new(1),
             counters: Counters::default(),
             limits,
+            failpoints: failpoint::FailPoints::default(),
+            params: RuntimeParams {
+                transaction_lifetime_secs: AtomicU64::new(config_lifetime.as_secs().max(1)),
+                max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
+            },
         });
         Ok(Server { listener, shared })
     }

@@ -42,6 +42,9 @@ pub struct Request<'a> {
     pub db: &'a str,
     pub body: &'a RawDocument,
     pub sequences: &'a [DocumentSequence],
+    /// Set by a test fail point that wants the connection dropped once the command has run
+    /// (the client then sees a network error, whatever the command did).
+    pub close_connection: std::sync::atomic::AtomicBool,
 }
 
 pub fn type_name(t: ElementType) -> &'static str {

@@ -14,6 +14,7 @@ use mangrove_storage::Txn;
 
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
+use crate::retryable::RetryableWrite;
 
 /// The transaction fields of one statement.
 pub(crate) struct TxnArgs {
@@ -91,6 +92,13 @@ pub(crate) struct Session {
     pub txn_number: Option<i64>,
     pub state: TxnState,
     pub last_used: Instant,
+    /// The statements the newest retryable write ran, if `txn_number` is a retryable write.
+    pub retryable: Option<Arc<RetryableWrite>>,
+    /// Whether `config.transactions` was consulted for this session since the server started.
+    pub record_loaded: bool,
+    /// A snapshot session's first read snapshot, held so its later reads at the reported
+    /// `atClusterTime` still find the history; with when it was taken.
+    pub snapshot_pin: Option<(mangrove_storage::Snapshot, Instant)>,
 }
 
 impl Session {
@@ -148,6 +156,9 @@ impl Sessions {
             txn_number: None,
             state: TxnState::Idle,
             last_used: Instant::now(),
+            retryable: None,
+            record_loaded: false,
+            snapshot_pin: None,
         }));
         map.insert(lsid_key(lsid), session.clone());
         Ok(session)
@@ -217,6 +228,7 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
             | "delete"
             | "findAndModify"
             | "aggregate"
+            | "distinct"
             | "findandmodify"
             | "getMore"
             | "killCursors"

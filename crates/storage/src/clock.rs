@@ -24,6 +24,10 @@ impl Timestamp {
         }
     }
 
+    pub fn from_bson(ts: bson::Timestamp) -> Timestamp {
+        Timestamp(((ts.time as u64) << 32) | ts.increment as u64)
+    }
+
     /// The next timestamp after `self`, never earlier than the wall clock's second: commits stay
     /// strictly ordered even if the wall clock steps backwards.
     pub(crate) fn next_after(self) -> Timestamp {

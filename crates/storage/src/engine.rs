@@ -507,6 +507,42 @@ impl Engine {
         }
     }
 
+    /// A read view at an earlier timestamp `ts` (a client's `atClusterTime`). Old versions are
+    /// kept only while a reader at or before them is live, so this succeeds only if some
+    /// snapshot at or before `ts` is still held (the server holds one per snapshot session);
+    /// otherwise the history is gone and the answer is SnapshotTooOld.
+    pub fn snapshot_at(&self, ts: Timestamp) -> Result<Snapshot, StorageError> {
+        let state = self.read_state();
+        if ts > state.last_commit {
+            return Err(StorageError::SnapshotUnavailable {
+                requested: ts,
+                latest: state.last_commit,
+            });
+        }
+        let mut readers = lock_mutex(&self.inner.readers);
+        let held = ts == state.last_commit || readers.keys().next().is_some_and(|r| *r <= ts);
+        if !held {
+            return Err(StorageError::SnapshotTooOld { requested: ts });
+        }
+        *readers.entry(ts).or_insert(0) += 1;
+        drop(readers);
+        drop(state);
+        Ok(Snapshot {
+            engine: self.clone(),
+            read_ts: ts,
+            released: false,
+        })
+    }
+
+    /// A ticket that resolves once everything committed up to `ts` is visible or durable: for
+    /// reads that must wait for a cluster time (`afterClusterTime`, `majority`).
+    pub fn ticket_for(&self, ts: Timestamp) -> CommitTicket {
+        CommitTicket {
+            ts,
+            progress: Some(self.inner.progress.subscribe()),
+        }
+    }
+
     /// Starts a write transaction reading from a fresh snapshot.
     pub fn begin(&self) -> Txn {
         Txn {

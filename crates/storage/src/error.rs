@@ -43,6 +43,16 @@ pub enum StorageError {
         "the transaction log failed and the server accepts no more writes: {0}. Nothing acknowledged is lost; free disk space or fix the disk, then restart the server"
     )]
     LogFailed(String),
+    /// The history needed to read at `requested` was already pruned.
+    #[error(
+        "Read timestamp {requested:?} is older than the oldest available timestamp: no snapshot at or before it is held any more"
+    )]
+    SnapshotTooOld { requested: crate::Timestamp },
+    #[error("Read timestamp {requested:?} is newer than the latest commit {latest:?}")]
+    SnapshotUnavailable {
+        requested: crate::Timestamp,
+        latest: crate::Timestamp,
+    },
     #[error(
         "data directory {} is in use by another mangrove process (lock file {}); stop it or choose another --data-dir",
         dir.display(),

@@ -10,12 +10,14 @@ use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, encode_key};
 use mangrove_storage::{
-    CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, StorageError, StoredDoc, Txn,
+    CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, Snapshot, StorageError, StoredDoc,
+    Txn,
 };
 
 use crate::cursor::{BatchDoc, Cursor, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_bool, as_i64, type_name};
+use crate::retryable::RetryableWrite;
 use crate::{Counters, Shared};
 
 use super::Reply;
@@ -50,7 +52,7 @@ pub(super) fn validate_db_name(db: &str) -> CommandResult<()> {
     Ok(())
 }
 
-fn key_of(id: RawBsonRef<'_>) -> DocKey {
+pub(super) fn key_of(id: RawBsonRef<'_>) -> DocKey {
     let mut bytes = Vec::with_capacity(16);
     encode_key(id, &mut bytes);
     DocKey(bytes)
@@ -79,6 +81,8 @@ pub(super) struct WriteOptions {
     /// How long the write may keep waiting out conflicts: `maxTimeMS`, capped by
     /// [`CONFLICT_RETRY_LIMIT`].
     pub patience: Duration,
+    /// Set for a retryable write: its statements are recorded in the commits that run them.
+    pub retry: Option<Arc<RetryableWrite>>,
 }
 
 impl WriteOptions {
@@ -98,7 +102,19 @@ impl WriteOptions {
             meta: req.commit_meta()?,
             wc_error,
             patience,
+            retry: None,
         })
+    }
+
+    /// Durable, no deadline beyond the usual: for the server's own bookkeeping writes.
+    pub fn from_request_defaults() -> WriteOptions {
+        WriteOptions {
+            ack: Ack::Durable,
+            meta: CommitMeta::default(),
+            wc_error: None,
+            patience: CONFLICT_RETRY_LIMIT,
+            retry: None,
+        }
     }
 }
 
@@ -124,11 +140,14 @@ pub(super) async fn retry_conflicts<T>(
         txn.set_meta(opts.meta.clone());
         match op(&mut txn) {
             Ok(value) => {
-                acknowledge(txn.commit()?, opts.ack).await?;
+                acknowledge(commit_write(shared, opts, txn)?, opts.ack).await?;
                 return Ok(value);
             }
             Err(e) if e.code == code::WRITE_CONFLICT => {
                 drop(txn);
+                if let Some(retry) = &opts.retry {
+                    retry.discard();
+                }
                 if started.elapsed() >= opts.patience {
                     return Err(max_time_expired(opts));
                 }
@@ -136,6 +155,51 @@ pub(super) async fn retry_conflicts<T>(
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Commits an auto-commit transaction. For a retryable write, the statements it ran are
+/// recorded in the same commit (see [`crate::retryable`]).
+fn commit_write(shared: &Shared, opts: &WriteOptions, mut txn: Txn) -> CommandResult<CommitTicket> {
+    let Some(retry) = &opts.retry else {
+        return Ok(txn.commit()?);
+    };
+    if !retry.has_pending() {
+        return Ok(txn.commit()?);
+    }
+    if let Err(e) = retry.stamp(&mut txn) {
+        retry.discard();
+        return Err(e);
+    }
+    let fault = if shared.config.enable_test_commands {
+        shared.failpoints.transactional_write()
+    } else {
+        None
+    };
+    if let Some(fault) = &fault {
+        if fault.close_connection {
+            retry
+                .close_connection
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(code) = fault.fail_before_commit {
+            txn.abort();
+            retry.discard();
+            return Err(CommandError::new(
+                code,
+                "Failing write for test due to failpoint onPrimaryTransactionalWrite",
+            ));
+        }
+    }
+    match txn.commit() {
+        Ok(ticket) => {
+            retry.settle();
+            Ok(ticket)
+        }
+        Err(e) => {
+            retry.discard();
+            Err(e.into())
         }
     }
 }
@@ -184,7 +248,7 @@ fn collection_for_write(shared: &Shared, txn: Option<&Txn>, ns: &str) -> Option<
 }
 
 /// Creates the collection a write goes to if it does not exist, as MongoDB does implicitly.
-async fn implicit_collection(
+pub(super) async fn implicit_collection(
     shared: &Shared,
     ns: &str,
     opts: &WriteOptions,
@@ -407,11 +471,13 @@ pub(super) async fn insert(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&mut Txn>,
+    retry: Option<Arc<RetryableWrite>>,
 ) -> CommandResult<Reply> {
     req.check_fields(&["documents", "ordered", "bypassDocumentValidation"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let opts = WriteOptions::from_request(req)?;
+    let mut opts = WriteOptions::from_request(req)?;
+    opts.retry = retry;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let docs = req.batch("documents")?;
     batch_size_check(docs.len())?;
@@ -434,14 +500,27 @@ pub(super) async fn insert(
         let mut txn = shared.engine.begin();
         txn.set_meta(opts.meta.clone());
         while next < docs.len() {
+            // A retried statement that already ran counts as inserted and is not run again.
+            if let Some(retry) = &opts.retry
+                && retry.recorded(next).is_some()
+            {
+                inserted += 1;
+                next += 1;
+                continue;
+            }
             let result = prepare_insert(docs[next], max_bson).and_then(|(key, stored)| {
                 txn.insert(&coll, key, Arc::new(stored))
                     .map_err(CommandError::from)
             });
             match result {
-                Ok(()) => inserted += 1,
+                Ok(()) => {
+                    inserted += 1;
+                    if let Some(retry) = &opts.retry {
+                        retry.note(next, Bson::Int32(1));
+                    }
+                }
                 Err(e) if e.code == code::WRITE_CONFLICT && started.elapsed() < opts.patience => {
-                    last_ticket = Some(txn.commit()?);
+                    last_ticket = Some(commit_write(shared, &opts, txn)?);
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'batch;
                 }
@@ -453,14 +532,14 @@ pub(super) async fn insert(
                     };
                     write_errors.push(e.to_write_error(next));
                     if ordered {
-                        last_ticket = Some(txn.commit()?);
+                        last_ticket = Some(commit_write(shared, &opts, txn)?);
                         break 'batch;
                     }
                 }
             }
             next += 1;
         }
-        last_ticket = Some(txn.commit()?);
+        last_ticket = Some(commit_write(shared, &opts, txn)?);
     }
     if let Some(ticket) = last_ticket {
         acknowledge(ticket, opts.ack).await?;
@@ -591,7 +670,14 @@ fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
     Ok(())
 }
 
-pub(super) fn find(shared: &Shared, req: &Request<'_>, txn: Option<&Txn>) -> CommandResult<Reply> {
+/// `at` is the snapshot a `snapshot` read concern chose; otherwise the read sees the latest
+/// commit (or its transaction).
+pub(super) fn find(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
     req.check_fields(FIND_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     let name = req.collection()?;
@@ -615,7 +701,7 @@ pub(super) fn find(shared: &Shared, req: &Request<'_>, txn: Option<&Txn>) -> Com
     check_simple_collation(req.opt_doc("collation")?)?;
     unsupported_find_options(req)?;
 
-    let snapshot = shared.engine.snapshot();
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
         Some(txn) => collection_in_txn(shared, txn, &ns),
         None => snapshot.collection(&ns),
@@ -717,6 +803,7 @@ pub(super) fn aggregate(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&Txn>,
+    at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
     req.check_fields(&[
         "pipeline",
@@ -762,7 +849,7 @@ pub(super) fn aggregate(
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
     check_simple_collation(req.opt_doc("collation")?)?;
-    let snapshot = shared.engine.snapshot();
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
         Some(txn) => collection_in_txn(shared, txn, &ns),
         None => snapshot.collection(&ns),
@@ -828,6 +915,13 @@ pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             ));
         }
     };
+    if shared.config.enable_test_commands
+        && let Some(e) = shared.failpoints.get_more_error()
+    {
+        // As in mongod, the cursor was checked out and is killed with the failed getMore.
+        shared.cursors.kill(id);
+        return Err(e);
+    }
     let collection = match req.opt_str("collection")? {
         Some(c) => c,
         None => {
@@ -989,6 +1083,26 @@ struct UpdateOutcome {
     upserted: Option<Bson>,
 }
 
+impl UpdateOutcome {
+    /// The statement's result as a retryable write records it.
+    fn to_record(&self) -> Bson {
+        let mut d = doc! { "n": self.matched as i64, "m": self.modified as i64 };
+        if let Some(id) = &self.upserted {
+            d.insert("u", id.clone());
+        }
+        Bson::Document(d)
+    }
+
+    fn from_record(record: &Bson) -> UpdateOutcome {
+        let d = record.as_document();
+        UpdateOutcome {
+            matched: d.and_then(|d| d.get_i64("n").ok()).unwrap_or(0) as u64,
+            modified: d.and_then(|d| d.get_i64("m").ok()).unwrap_or(0) as u64,
+            upserted: d.and_then(|d| d.get("u")).cloned(),
+        }
+    }
+}
+
 /// Applies `update` to one matched document and writes the result if it changed; returns the
 /// new document when it did.
 fn update_one_doc(
@@ -1085,11 +1199,13 @@ pub(super) async fn update(
     shared: &Shared,
     req: &Request<'_>,
     mut txn: Option<&mut Txn>,
+    retry: Option<Arc<RetryableWrite>>,
 ) -> CommandResult<Reply> {
     req.check_fields(&["updates", "ordered", "bypassDocumentValidation", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let opts = WriteOptions::from_request(req)?;
+    let mut opts = WriteOptions::from_request(req)?;
+    opts.retry = retry;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("updates")?;
     batch_size_check(stmts.len())?;
@@ -1104,7 +1220,11 @@ pub(super) async fn update(
     for (index, stmt) in stmts.iter().enumerate() {
         let txn_here = txn.as_deref_mut();
         Counters::bump(&shared.counters.update, 1);
+        let recorded = opts.retry.as_ref().and_then(|r| r.recorded(index));
         let result = async {
+            if let Some(recorded) = recorded {
+                return Ok(UpdateOutcome::from_record(&recorded));
+            }
             stmt_fields(stmt, "update", "updates", &["q", "u", "upsert", "multi", "arrayFilters", "collation", "hint", "c", "sort"])?;
             let filter = stmt_filter(stmt, "update", "updates")?;
             let u: Bson = match stmt.get("u").ok().flatten() {
@@ -1168,7 +1288,11 @@ pub(super) async fn update(
                 }
             };
             run_write(shared, &opts, txn_here, |txn| {
-                run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)
+                let outcome = run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)?;
+                if let Some(retry) = &opts.retry {
+                    retry.note(index, outcome.to_record());
+                }
+                Ok(outcome)
             })
             .await
         }
@@ -1217,6 +1341,7 @@ pub(super) async fn find_and_modify(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&mut Txn>,
+    retry: Option<Arc<RetryableWrite>>,
 ) -> CommandResult<Reply> {
     req.check_fields(&[
         "query",
@@ -1234,7 +1359,8 @@ pub(super) async fn find_and_modify(
     ])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let opts = WriteOptions::from_request(req)?;
+    let mut opts = WriteOptions::from_request(req)?;
+    opts.retry = retry;
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
     let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
@@ -1302,6 +1428,16 @@ pub(super) async fn find_and_modify(
         ));
     }
     check_simple_collation(req.opt_doc("collation")?)?;
+    // A retry of a findAndModify that ran returns what it returned then (pre- or post-image).
+    if let Some(recorded) = opts.retry.as_ref().and_then(|r| r.recorded(0))
+        && let Some(recorded) = recorded.as_document()
+    {
+        return Ok(fam_reply(
+            recorded.get_document("le").cloned().unwrap_or_default(),
+            recorded.get("v").cloned().unwrap_or(Bson::Null),
+            opts.wc_error,
+        ));
+    }
     let coll = if upsert {
         Some(implicit_collection(shared, &ns, &opts).await?)
     } else {
@@ -1334,7 +1470,7 @@ pub(super) async fn find_and_modify(
                         best
                     }
                 };
-                Ok(match (target, &update) {
+                match (target, &update) {
                     (Some((key, old)), None) => {
                         t.delete(&coll, key)?;
                         FamOutcome {
@@ -1374,7 +1510,8 @@ pub(super) async fn find_and_modify(
                         upserted: None,
                         value: None,
                     },
-                })
+                }
+                .recorded_in(opts.retry.as_deref(), projection.as_ref())
             })
             .await?
         }
@@ -1387,39 +1524,68 @@ pub(super) async fn find_and_modify(
         },
         1,
     );
-    let mut last_error = doc! { "n": outcome.n };
-    if let Some(existing) = outcome.updated_existing {
-        last_error.insert("updatedExisting", existing);
-    }
-    if let Some(id) = outcome.upserted {
-        last_error.insert("upserted", id);
-    }
-    let value = match (outcome.value, &projection) {
-        (None, _) => Bson::Null,
-        (Some(doc), Some(p)) => {
-            Bson::Document(Document::try_from(p.apply(&doc)?).map_err(internal)?)
-        }
-        (Some(doc), None) => {
-            Bson::Document(Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)?)
-        }
-    };
+    let (last_error, value) = outcome.reply_parts(projection.as_ref())?;
+    Ok(fam_reply(last_error, value, opts.wc_error))
+}
+
+fn fam_reply(last_error: Document, value: Bson, wc_error: Option<Document>) -> Reply {
     let mut reply = doc! { "lastErrorObject": last_error, "value": value };
-    if let Some(wce) = opts.wc_error {
+    if let Some(wce) = wc_error {
         reply.insert("writeConcernError", wce);
     }
     reply.insert("ok", 1.0);
-    Ok(reply.into())
+    reply.into()
+}
+
+impl FamOutcome {
+    /// `lastErrorObject` and `value` as the reply gives them.
+    fn reply_parts(&self, projection: Option<&Projection>) -> CommandResult<(Document, Bson)> {
+        let mut last_error = doc! { "n": self.n };
+        if let Some(existing) = self.updated_existing {
+            last_error.insert("updatedExisting", existing);
+        }
+        if let Some(id) = &self.upserted {
+            last_error.insert("upserted", id.clone());
+        }
+        let value = match (&self.value, projection) {
+            (None, _) => Bson::Null,
+            (Some(doc), Some(p)) => {
+                Bson::Document(Document::try_from(p.apply(doc)?).map_err(internal)?)
+            }
+            (Some(doc), None) => {
+                Bson::Document(Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)?)
+            }
+        };
+        Ok((last_error, value))
+    }
+
+    /// Notes the reply for a retryable write before the commit, when a retry must get it back.
+    fn recorded_in(
+        self,
+        retry: Option<&RetryableWrite>,
+        projection: Option<&Projection>,
+    ) -> CommandResult<FamOutcome> {
+        if let Some(retry) = retry
+            && self.n > 0
+        {
+            let (le, v) = self.reply_parts(projection)?;
+            retry.note(0, Bson::Document(doc! { "le": le, "v": v }));
+        }
+        Ok(self)
+    }
 }
 
 pub(super) async fn delete(
     shared: &Shared,
     req: &Request<'_>,
     mut txn: Option<&mut Txn>,
+    retry: Option<Arc<RetryableWrite>>,
 ) -> CommandResult<Reply> {
     req.check_fields(&["deletes", "ordered", "let"])?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let opts = WriteOptions::from_request(req)?;
+    let mut opts = WriteOptions::from_request(req)?;
+    opts.retry = retry;
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("deletes")?;
     batch_size_check(stmts.len())?;
@@ -1431,7 +1597,11 @@ pub(super) async fn delete(
     for (index, stmt) in stmts.iter().enumerate() {
         let txn_here = txn.as_deref_mut();
         Counters::bump(&shared.counters.delete, 1);
+        let recorded = opts.retry.as_ref().and_then(|r| r.recorded(index));
         let result = async {
+            if let Some(recorded) = recorded {
+                return Ok(recorded.as_i64().unwrap_or(0) as u64);
+            }
             stmt_fields(
                 stmt,
                 "delete",
@@ -1471,6 +1641,9 @@ pub(super) async fn delete(
                     txn.delete(&coll, key)
                         .map_err(|e: StorageError| CommandError::from(e))?;
                 }
+                if let Some(retry) = &opts.retry {
+                    retry.note(index, Bson::Int64(count as i64));
+                }
                 Ok(count)
             })
             .await
@@ -1492,6 +1665,113 @@ pub(super) async fn delete(
         write_errors,
         opts.wc_error,
     ))
+}
+
+/// `distinct`: the distinct values at `key` among matching documents, in BSON order (mongod
+/// collects them into an ordered set). Arrays at the key contribute their elements.
+pub(super) fn distinct(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "key",
+        "query",
+        "collation",
+        "hint",
+        "readConcern",
+        "maxTimeMS",
+    ])?;
+    Counters::bump(&shared.counters.query, 1);
+    let name = req.collection()?;
+    validate_db_name(req.db)?;
+    let ns = req.ns(name);
+    let key = match req.get("key") {
+        Some(RawBsonRef::String(k)) => k,
+        Some(v) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'distinct.key' is the wrong type '{}', expected type 'string'",
+                type_name(v.element_type())
+            )));
+        }
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'distinct.key' is missing but a required field",
+            ));
+        }
+    };
+    let empty = RawDocumentBuf::new();
+    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let mut values: Vec<bson::RawBson> = Vec::new();
+    if let Some(coll) = coll {
+        let view: &dyn ReadView = match txn {
+            Some(txn) => txn,
+            None => &snapshot,
+        };
+        let max = shared.config.max_bson_size;
+        let mut bytes = 0usize;
+        let mut too_big = false;
+        view.scan(&coll, None, &mut |_, doc| {
+            if filter.matches(doc) {
+                for v in mangrove_query::distinct_values(doc, key) {
+                    let v = bson::RawBson::from(v);
+                    bytes += raw_size(&v);
+                    values.push(v);
+                }
+                // Sorting and deduplicating as we go keeps memory near the answer's size.
+                if bytes > max {
+                    dedup_values(&mut values);
+                    bytes = values.iter().map(raw_size).sum();
+                    if bytes > max {
+                        too_big = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if too_big {
+            return Err(CommandError::new(
+                17217,
+                format!("distinct too big, {max} byte cap; use an aggregation with $group instead"),
+            ));
+        }
+    }
+    dedup_values(&mut values);
+    let mut array = RawArrayBuf::new();
+    for v in values {
+        array.push(v);
+    }
+    let mut reply = RawDocumentBuf::new();
+    reply.append(cstr!("values"), array);
+    reply.append(cstr!("ok"), 1.0);
+    Ok(Reply::Raw(reply))
+}
+
+fn dedup_values(values: &mut Vec<bson::RawBson>) {
+    values.sort_by(|a, b| mangrove_query::compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()));
+    values.dedup_by(|a, b| {
+        mangrove_query::compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()).is_eq()
+    });
+}
+
+/// Roughly what a value adds to the reply: enough to enforce the 16 MiB cap.
+fn raw_size(v: &bson::RawBson) -> usize {
+    match v.as_raw_bson_ref() {
+        RawBsonRef::String(s) => s.len() + 8,
+        RawBsonRef::Document(d) => d.as_bytes().len() + 4,
+        RawBsonRef::Array(a) => a.as_bytes().len() + 4,
+        RawBsonRef::Binary(b) => b.bytes.len() + 9,
+        _ => 16,
+    }
 }
 
 pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -33,11 +33,12 @@ pub(super) fn build_info(shared: &Shared) -> Document {
 }
 
 fn parameters(shared: &Shared) -> Document {
+    use std::sync::atomic::Ordering::Relaxed;
     doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
-        "enableTestCommands": false,
-        "transactionLifetimeLimitSeconds": shared.config.transaction_lifetime.as_secs() as i64,
-        "maxTransactionLockRequestTimeoutMillis": 5,
+        "enableTestCommands": shared.config.enable_test_commands,
+        "transactionLifetimeLimitSeconds": shared.params.transaction_lifetime_secs.load(Relaxed) as i64,
+        "maxTransactionLockRequestTimeoutMillis": shared.params.max_transaction_lock_request_timeout_ms.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
         "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
         "maxBSONDepth": 100,
@@ -69,6 +70,63 @@ pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
         return Err(CommandError::new(
             code::INVALID_OPTIONS,
             "no option found to get",
+        ));
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
+}
+
+/// `setParameter`: the runtime parameters Mangrove lets you change. Replies with the old value
+/// as `was`, as mongod does.
+pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut reply = Document::new();
+    let mut set_any = false;
+    for item in req.body.iter() {
+        let (key, value) = item.map_err(|e| CommandError::new(22, e.to_string()))?;
+        let key = key.as_str();
+        if key == req.name || key.starts_with('$') || key == "lsid" || key == "comment" {
+            continue;
+        }
+        let number = crate::request::as_i64(value).ok_or_else(|| {
+            CommandError::type_mismatch(format!("setParameter: {key} takes a number"))
+        })?;
+        match key {
+            "transactionLifetimeLimitSeconds" => {
+                if number < 1 {
+                    return Err(CommandError::bad_value(format!(
+                        "transactionLifetimeLimitSeconds must be at least 1, got {number}"
+                    )));
+                }
+                let was = shared
+                    .params
+                    .transaction_lifetime_secs
+                    .swap(number as u64, Relaxed);
+                reply.insert("was", was as i64);
+            }
+            "maxTransactionLockRequestTimeoutMillis" => {
+                let was = shared
+                    .params
+                    .max_transaction_lock_request_timeout_ms
+                    .swap(number, Relaxed);
+                reply.insert("was", was);
+            }
+            other => {
+                return Err(CommandError::new(
+                    code::INVALID_OPTIONS,
+                    format!(
+                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds and maxTransactionLockRequestTimeoutMillis"
+                    ),
+                ));
+            }
+        }
+        set_any = true;
+        tracing::info!(parameter = key, value = number, "server parameter changed");
+    }
+    if !set_any {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "no option found to set, use help:true to see options",
         ));
     }
     reply.insert("ok", 1.0);
@@ -167,9 +225,12 @@ pub(super) fn host_info() -> Document {
     }
 }
 
-pub(super) fn list_commands() -> Document {
+pub(super) fn list_commands(shared: &Shared) -> Document {
     let mut commands = Document::new();
     for c in COMMANDS {
+        if c.test_only && !shared.config.enable_test_commands {
+            continue;
+        }
         commands.insert(
             c.name,
             doc! { "help": c.help, "requiresAuth": false, "secondaryOk": true, "adminOnly": c.admin_only },

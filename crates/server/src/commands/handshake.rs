@@ -33,6 +33,12 @@ pub(super) fn hello(
             .collect();
         conn.compressors.dedup();
     }
+    if let Some(RawBsonRef::Document(client)) = req.get("client")
+        && let Ok(Some(RawBsonRef::Document(app))) = client.get("application")
+        && let Ok(Some(RawBsonRef::String(name))) = app.get("name")
+    {
+        conn.app_name = Some(name.to_string());
+    }
     let advertised = &shared.advertised;
     let ts = shared.engine.last_commit().to_bson();
     let now = DateTime::now();

@@ -4,13 +4,16 @@ mod catalog;
 mod crud;
 mod diag;
 mod handshake;
+mod read_concern;
 
-use bson::{Document, RawDocumentBuf, doc};
+use bson::{Bson, Document, RawDocumentBuf, doc};
+use std::sync::atomic::Ordering;
 
 use crate::Shared;
 use crate::conn::ConnState;
-use crate::error::{CommandError, CommandResult, code};
+use crate::error::{CommandError, CommandResult, LabelContext, code};
 use crate::request::Request;
+use crate::retryable::{self, RetryableWrite};
 use crate::session::{self, TxnState};
 use bson::raw::RawBsonRef;
 use std::time::Instant;
@@ -33,6 +36,8 @@ pub(crate) struct CommandInfo {
     pub help: &'static str,
     /// mongod refuses these anywhere but the `admin` database.
     pub admin_only: bool,
+    /// Exists only with `--enable-test-commands`.
+    pub test_only: bool,
 }
 
 const fn cmd(name: &'static str, help: &'static str, admin_only: bool) -> CommandInfo {
@@ -40,6 +45,7 @@ const fn cmd(name: &'static str, help: &'static str, admin_only: bool) -> Comman
         name,
         help,
         admin_only,
+        test_only: false,
     }
 }
 
@@ -60,6 +66,17 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         "reads server parameters; \"*\" lists all",
         true,
     ),
+    cmd(
+        "setParameter",
+        "changes a runtime parameter (transactionLifetimeLimitSeconds, ...)",
+        true,
+    ),
+    CommandInfo {
+        name: "configureFailPoint",
+        help: "arms a test fail point (only with --enable-test-commands)",
+        admin_only: true,
+        test_only: true,
+    },
     cmd(
         "getCmdLineOpts",
         "the command line the server was started with",
@@ -113,6 +130,11 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
     cmd("delete", "deletes documents", false),
     cmd("count", "counts matching documents", false),
     cmd(
+        "distinct",
+        "distinct values of a field among matching documents",
+        false,
+    ),
+    cmd(
         "findAndModify",
         "updates or removes one document and returns it",
         false,
@@ -125,10 +147,87 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
     ),
 ];
 
+/// Runs one command and labels its error (or write concern error) as mongod would, so
+/// drivers make the same retry decisions. Test fail points act here, before the command runs.
 pub(crate) async fn run(shared: &Shared, conn: &mut ConnState, req: &Request<'_>) -> Reply {
+    let ctx = LabelContext {
+        command: req.name,
+        has_txn_number: req.get("txnNumber").is_some(),
+        in_transaction: req.get("autocommit").is_some(),
+    };
+    let fault = if shared.config.enable_test_commands {
+        shared
+            .failpoints
+            .fail_command(req, conn.app_name.as_deref())
+    } else {
+        None
+    };
+    let mut labels_override = None;
+    let mut forced_wce = None;
+    if let Some(fault) = fault {
+        if let Some(pause) = fault.block {
+            tokio::time::sleep(pause).await;
+        }
+        if fault.close_connection {
+            req.close_connection.store(true, Ordering::Relaxed);
+            return Reply::Doc(Document::new());
+        }
+        labels_override = fault.error_labels;
+        if let Some(code) = fault.error_code {
+            let e = CommandError::new(code, "Failing command via 'failCommand' failpoint");
+            return Reply::Doc(error_reply(e, &ctx, labels_override));
+        }
+        forced_wce = fault.write_concern_error;
+    }
     match dispatch(shared, conn, req).await {
+        Ok(Reply::Doc(mut reply)) => {
+            if let Some(wce) = forced_wce {
+                reply.insert("writeConcernError", wce);
+            }
+            let wc_code = reply
+                .get_document("writeConcernError")
+                .ok()
+                .and_then(|w| w.get("code"))
+                .and_then(|c| match c {
+                    Bson::Int32(c) => Some(*c),
+                    Bson::Int64(c) => Some(*c as i32),
+                    Bson::Double(c) => Some(*c as i32),
+                    _ => None,
+                });
+            let labels: Vec<String> = match labels_override {
+                Some(labels) => labels,
+                None if wc_code.is_some() => ctx
+                    .labels_for(None, wc_code)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !labels.is_empty() {
+                reply.insert("errorLabels", labels);
+            }
+            Reply::Doc(reply)
+        }
         Ok(reply) => reply,
-        Err(e) => Reply::Doc(e.with_server_labels().to_document()),
+        Err(e) => Reply::Doc(error_reply(e, &ctx, labels_override)),
+    }
+}
+
+/// An error reply; a fail point's `errorLabels` replace the server's own labelling entirely.
+fn error_reply(e: CommandError, ctx: &LabelContext<'_>, labels: Option<Vec<String>>) -> Document {
+    match labels {
+        None => e.with_server_labels(ctx).to_document(),
+        Some(labels) => {
+            let mut d = CommandError {
+                labels: Vec::new(),
+                ..e
+            }
+            .to_document();
+            if !labels.is_empty() {
+                d.insert("errorLabels", labels);
+            }
+            d
+        }
     }
 }
 
@@ -143,6 +242,15 @@ async fn dispatch(
             format!("no such command: '{}'", req.name),
         ));
     };
+    if info.test_only && !shared.config.enable_test_commands {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_FOUND,
+            format!(
+                "no such command: '{}' (test commands need --enable-test-commands)",
+                req.name
+            ),
+        ));
+    }
     if info.admin_only && req.db != "admin" {
         return Err(CommandError::new(
             code::UNAUTHORIZED,
@@ -152,11 +260,29 @@ async fn dispatch(
     if let Some(args) = session::txn_args(req)? {
         return in_transaction(shared, req, args).await;
     }
+    // readConcern: wait for what it asks, and pick a snapshot-level read's point in time.
+    let read_at = if req.get("readConcern").is_some() {
+        prepare_read_concern(shared, req).await?
+    } else {
+        None
+    };
+    if let Some(at) = &read_at {
+        let at_ts = at.read_ts().to_bson();
+        let at = read_at;
+        let reply = match req.name {
+            "find" => crud::find(shared, req, None, at)?,
+            "aggregate" => crud::aggregate(shared, req, None, at)?,
+            _ => crud::distinct(shared, req, None, at)?,
+        };
+        return Ok(with_at_cluster_time(reply, at_ts));
+    }
     match req.name {
         "hello" | "isMaster" | "ismaster" => handshake::hello(shared, conn, req),
         "ping" => Ok(doc! { "ok": 1.0 }.into()),
         "buildInfo" | "buildinfo" => Ok(diag::build_info(shared).into()),
         "getParameter" => diag::get_parameter(shared, req),
+        "setParameter" => diag::set_parameter(shared, req),
+        "configureFailPoint" => Ok(shared.failpoints.configure(req)?.into()),
         "getCmdLineOpts" => Ok(diag::cmd_line_opts(shared).into()),
         "serverStatus" => Ok(diag::server_status(shared).into()),
         "hostInfo" => Ok(diag::host_info().into()),
@@ -166,7 +292,7 @@ async fn dispatch(
             "ok": 1.0,
         }
         .into()),
-        "listCommands" => Ok(diag::list_commands().into()),
+        "listCommands" => Ok(diag::list_commands(shared).into()),
         "endSessions" | "killSessions" => end_sessions(shared, req).await,
         "killAllSessions" => {
             shared.sessions.end_all().await;
@@ -185,15 +311,21 @@ async fn dispatch(
         "create" => catalog::create(shared, req).await,
         "drop" => catalog::drop(shared, req).await,
         "dropDatabase" => catalog::drop_database(shared, req).await,
-        "insert" => crud::insert(shared, req, None).await,
-        "find" => crud::find(shared, req, None),
+        "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
+            if req.get("txnNumber").is_some() =>
+        {
+            retryable_write(shared, req).await
+        }
+        "insert" => crud::insert(shared, req, None, None).await,
+        "find" => crud::find(shared, req, None, None),
+        "distinct" => crud::distinct(shared, req, None, None),
         "getMore" => crud::get_more(shared, req),
         "killCursors" => crud::kill_cursors(shared, req),
-        "update" => crud::update(shared, req, None).await,
-        "delete" => crud::delete(shared, req, None).await,
+        "update" => crud::update(shared, req, None, None).await,
+        "delete" => crud::delete(shared, req, None, None).await,
         "count" => crud::count(shared, req),
-        "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None).await,
-        "aggregate" => crud::aggregate(shared, req, None),
+        "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None, None).await,
+        "aggregate" => crud::aggregate(shared, req, None, None),
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -215,6 +347,141 @@ async fn end_sessions(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply
         }
     }
     Ok(doc! { "ok": 1.0 }.into())
+}
+
+/// Waits for the read concern; for `snapshot` level returns the snapshot to read. A snapshot
+/// session's first read pins its snapshot in the session for the reads that follow.
+async fn prepare_read_concern(
+    shared: &Shared,
+    req: &Request<'_>,
+) -> CommandResult<Option<mangrove_storage::Snapshot>> {
+    let snapshot_level = matches!(
+        req.opt_doc("readConcern")?
+            .and_then(|rc| rc.get("level").ok().flatten()),
+        Some(RawBsonRef::String("snapshot"))
+    );
+    match req.lsid()? {
+        Some(lsid) if snapshot_level => {
+            let handle = shared.sessions.get_or_create(lsid)?;
+            let mut session = handle.lock().await;
+            session.last_used = Instant::now();
+            read_concern::prepare(shared, req, Some(&mut session)).await
+        }
+        _ => read_concern::prepare(shared, req, None).await,
+    }
+}
+
+/// Reports the time a snapshot read was served at, where drivers look for it: in the cursor
+/// for `find` and `aggregate`, at the top level for `distinct`.
+fn with_at_cluster_time(reply: Reply, at: bson::Timestamp) -> Reply {
+    let mut doc = match reply {
+        Reply::Doc(d) => d,
+        Reply::Raw(raw) => match Document::try_from(raw.as_ref() as &bson::RawDocument) {
+            Ok(d) => d,
+            Err(_) => return Reply::Raw(raw),
+        },
+    };
+    match doc.get_document_mut("cursor") {
+        Ok(cursor) => {
+            cursor.insert("atClusterTime", at);
+        }
+        Err(_) => {
+            doc.insert("atClusterTime", at);
+        }
+    }
+    Reply::Doc(doc)
+}
+
+/// A write with `lsid` and `txnNumber` outside a transaction: statements this `txnNumber`
+/// already ran are answered from the session's record instead of running again.
+async fn retryable_write(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let Some(n) = req.txn_number()? else {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "a retryable write needs a txnNumber",
+        ));
+    };
+    let Some(lsid) = req.lsid()? else {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "Transaction number requires a session ID to also be specified",
+        ));
+    };
+    let handle = shared.sessions.get_or_create(lsid)?;
+    let mut session = handle.lock().await;
+    session.last_used = Instant::now();
+    let retry = begin_retryable_write(shared, &mut session, lsid, n).await?;
+    let result = match req.name {
+        "insert" => crud::insert(shared, req, None, Some(retry.clone())).await,
+        "update" => crud::update(shared, req, None, Some(retry.clone())).await,
+        "delete" => crud::delete(shared, req, None, Some(retry.clone())).await,
+        _ => crud::find_and_modify(shared, req, None, Some(retry.clone())).await,
+    };
+    if retry.take_close_request() {
+        req.close_connection.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Brings the session to retryable write `n`: the record of what `n` already ran (from memory,
+/// or from `config.transactions` after a restart), or a fresh one for a newer `n`.
+async fn begin_retryable_write(
+    shared: &Shared,
+    session: &mut session::Session,
+    lsid: &bson::RawDocument,
+    n: i64,
+) -> CommandResult<std::sync::Arc<RetryableWrite>> {
+    let opts = crud::WriteOptions::from_request_defaults();
+    let coll = crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?;
+    let key = crud::key_of(RawBsonRef::Document(lsid));
+    let lsid_doc =
+        Document::try_from(lsid).map_err(|e| CommandError::bad_value(format!("lsid: {e}")))?;
+    if !session.record_loaded {
+        session.record_loaded = true;
+        if let Some(stored) = shared.engine.snapshot().get(&coll, &key)? {
+            let stored_n = bson::Document::try_from(stored.as_ref() as &bson::RawDocument)
+                .ok()
+                .and_then(|d| d.get_i64("txnNum").ok());
+            if let Some(stored_n) = stored_n
+                && session.txn_number.is_none_or(|cur| stored_n > cur)
+            {
+                session.txn_number = Some(stored_n);
+                session.retryable = Some(std::sync::Arc::new(RetryableWrite::new(
+                    lsid_doc.clone(),
+                    key.clone(),
+                    stored_n,
+                    coll.clone(),
+                    Some(&stored),
+                )));
+            }
+        }
+    }
+    match session.txn_number {
+        Some(current) if n < current => Err(CommandError::new(
+            code::TRANSACTION_TOO_OLD,
+            format!(
+                "Retryable write with txnNumber {n} is prohibited on session because a newer retryable write with txnNumber {current} has already started on this session."
+            ),
+        )),
+        Some(current) if n == current => match &session.retryable {
+            Some(r) if r.txn_number == n => Ok(r.clone()),
+            _ => Err(CommandError::new(
+                code::INCOMPLETE_TRANSACTION_HISTORY,
+                format!(
+                    "Cannot run a retryable write with txnNumber {n}: the session used that number for a multi-document transaction"
+                ),
+            )),
+        },
+        _ => {
+            // A newer number ends whatever the session was doing, as a newer transaction would.
+            session.abort();
+            session.state = TxnState::Idle;
+            session.txn_number = Some(n);
+            let record = std::sync::Arc::new(RetryableWrite::new(lsid_doc, key, n, coll, None));
+            session.retryable = Some(record.clone());
+            Ok(record)
+        }
+    }
 }
 
 /// Runs a statement of a multi-document transaction, or commits or aborts one.
@@ -327,13 +594,14 @@ async fn in_transaction(
             };
             let txn = &mut active.txn;
             let result = match req.name {
-                "find" => crud::find(shared, req, Some(txn)),
-                "aggregate" => crud::aggregate(shared, req, Some(txn)),
-                "insert" => crud::insert(shared, req, Some(txn)).await,
-                "update" => crud::update(shared, req, Some(txn)).await,
-                "delete" => crud::delete(shared, req, Some(txn)).await,
+                "find" => crud::find(shared, req, Some(txn), None),
+                "aggregate" => crud::aggregate(shared, req, Some(txn), None),
+                "distinct" => crud::distinct(shared, req, Some(txn), None),
+                "insert" => crud::insert(shared, req, Some(txn), None).await,
+                "update" => crud::update(shared, req, Some(txn), None).await,
+                "delete" => crud::delete(shared, req, Some(txn), None).await,
                 "findAndModify" | "findandmodify" => {
-                    crud::find_and_modify(shared, req, Some(txn)).await
+                    crud::find_and_modify(shared, req, Some(txn), None).await
                 }
                 "getMore" => crud::get_more(shared, req),
                 "killCursors" => crud::kill_cursors(shared, req),
