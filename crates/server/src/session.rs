@@ -229,6 +229,7 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
             | "findAndModify"
             | "aggregate"
             | "distinct"
+            | "create"
             | "findandmodify"
             | "getMore"
             | "killCursors"

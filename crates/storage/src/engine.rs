@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
@@ -156,6 +156,17 @@ struct State {
     /// memory reads from there; a key with a chain reads only from the chain.
     checkpoint_ts: Timestamp,
     base: Option<Arc<BaseStore>>,
+    /// Collections that open transactions create "if absent": one reserved id per namespace,
+    /// shared by every such transaction, and which of them hold it.
+    shared_creates: HashMap<String, SharedCreate>,
+}
+
+/// A namespace several open transactions may create at once without conflicting: they all
+/// write into one collection id, and the first to commit makes it visible (the others' commits
+/// find it there). Explicit creates and drops of the namespace conflict with it meanwhile.
+struct SharedCreate {
+    info: Arc<CollectionInfo>,
+    holders: BTreeSet<TxnId>,
 }
 
 /// Where an engine keeps its files, and its limits.
@@ -223,6 +234,8 @@ struct PendingCommit {
     txn: TxnId,
     docs: BTreeMap<(CollId, DocKey), DocWrite>,
     catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
+    /// Namespaces in `catalog` created "if absent" (see [`Txn::create_collection_shared`]).
+    shared_creates: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -550,6 +563,7 @@ impl Engine {
             snapshot: self.snapshot(),
             docs: BTreeMap::new(),
             catalog: BTreeMap::new(),
+            shared_creates: BTreeSet::new(),
             namespaces: HashMap::new(),
             meta: CommitMeta::default(),
             open: true,
@@ -697,6 +711,10 @@ impl Engine {
         for commit in commits {
             let ts = commit.ts;
             for (ns, info) in commit.catalog {
+                if commit.shared_creates.contains(&ns) {
+                    install_shared_create(&mut state, commit.txn, ts, &ns, info);
+                    continue;
+                }
                 let chain = state
                     .catalog
                     .get_mut(&ns)
@@ -797,6 +815,16 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
     for op in ops {
         match op {
             LogOp::CreateCollection { ns, options } => {
+                // Shared ("if absent") creations by concurrent transactions each log the
+                // create; only the first made it. An explicit create of an existing
+                // collection is refused before it reaches the log, so this is the only case.
+                if state
+                    .catalog
+                    .get(ns)
+                    .is_some_and(|c| matches!(c.versions.last(), Some((_, Some(_)))))
+                {
+                    continue;
+                }
                 let id = state.next_coll_id;
                 state.next_coll_id += 1;
                 let (db, name) = split_ns(ns);
@@ -893,6 +921,42 @@ fn lock_data_dir(dir: &Path) -> Result<File, StorageError> {
     }
 }
 
+/// Makes a shared ("if absent") creation visible, unless another holder's commit already did.
+fn install_shared_create(
+    state: &mut State,
+    txn: TxnId,
+    ts: Timestamp,
+    ns: &str,
+    info: Option<Arc<CollectionInfo>>,
+) {
+    let info = info.expect("a shared create is a creation");
+    let shared = state
+        .shared_creates
+        .get_mut(ns)
+        .expect("a shared creation is registered until its holders finish");
+    assert!(
+        shared.holders.remove(&txn),
+        "commit of a shared create it does not hold"
+    );
+    assert_eq!(shared.info.id, info.id);
+    if shared.holders.is_empty() {
+        state.shared_creates.remove(ns);
+    }
+    let chain = state
+        .catalog
+        .entry(ns.to_string())
+        .or_insert_with(VersionChain::new);
+    match chain.versions.last() {
+        Some((_, Some(existing))) => {
+            assert_eq!(
+                existing.id, info.id,
+                "explicit creates conflict with shared ones"
+            );
+        }
+        _ => chain.install_recovered(ts, Some(info)),
+    }
+}
+
 /// Gives back intents a transaction took, and drops chains and collections that only existed
 /// for it.
 fn release_intents<'a>(
@@ -901,6 +965,16 @@ fn release_intents<'a>(
     doc_keys: impl Iterator<Item = &'a (CollId, DocKey)>,
     catalog: &BTreeMap<String, Option<Arc<CollectionInfo>>>,
 ) {
+    // A shared creation whose last holder leaves without it having become visible goes away.
+    let mut unshared = Vec::new();
+    for (ns, shared) in state.shared_creates.iter_mut() {
+        if catalog.contains_key(ns) && shared.holders.remove(&txn) && shared.holders.is_empty() {
+            unshared.push(ns.clone());
+        }
+    }
+    for ns in unshared {
+        state.shared_creates.remove(&ns);
+    }
     for (coll_id, key) in doc_keys {
         if let Some(chains) = state.collections.get_mut(coll_id)
             && let Some(chain) = chains.get_mut(key)
@@ -922,8 +996,11 @@ fn release_intents<'a>(
                 state.catalog.remove(ns);
             }
         }
-        // A collection created by this transaction never became visible: free its map.
-        if let Some(info) = info {
+        // A collection created by this transaction never became visible: free its map (unless
+        // other transactions still share the creation).
+        if let Some(info) = info
+            && !state.shared_creates.contains_key(ns)
+        {
             let visible = state
                 .catalog
                 .get(ns)
@@ -1094,6 +1171,8 @@ pub struct Txn {
     snapshot: Snapshot,
     docs: BTreeMap<(CollId, DocKey), DocWrite>,
     catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
+    /// Namespaces of `catalog` this transaction creates "if absent".
+    shared_creates: BTreeSet<String>,
     /// The namespace of every collection written, for the log record.
     namespaces: HashMap<CollId, String>,
     meta: CommitMeta,
@@ -1250,6 +1329,9 @@ impl Txn {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
         let chain = state
             .catalog
             .entry(ns.to_string())
@@ -1277,6 +1359,9 @@ impl Txn {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
         state
             .catalog
             .entry(ns.to_string())
@@ -1284,6 +1369,62 @@ impl Txn {
             .claim(self.id, read_ts)?;
         self.catalog.insert(ns.to_string(), None);
         Ok(())
+    }
+
+    /// The collection `ns`, created "if absent" when nobody has it: MongoDB's implicit creation
+    /// by a write, without its lock-timeout failures. Any number of open transactions may do
+    /// this for one namespace at once; they share one collection id, the creation stays
+    /// invisible to others until one of them commits, and none conflicts with another over it.
+    /// A collection committed after this transaction's snapshot is returned as it is, so
+    /// writes go into it. Only an explicit create or drop in progress is a conflict.
+    pub fn create_collection_shared(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        if let Some(info) = self.collection(ns) {
+            return Ok(info);
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let state = &mut *state;
+        if let Some(chain) = state.catalog.get(ns) {
+            if chain.intent.is_some() {
+                return Err(StorageError::WriteConflict);
+            }
+            match chain.versions.last() {
+                Some((_, Some(info))) => return Ok((**info).clone()),
+                // Dropped after our snapshot: a real race with DDL.
+                Some((ts, None)) if *ts > self.read_ts() => {
+                    return Err(StorageError::WriteConflict);
+                }
+                _ => {}
+            }
+        }
+        let shared = match state.shared_creates.entry(ns.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let id = state.next_coll_id;
+                state.next_coll_id += 1;
+                let (db, name) = split_ns(ns);
+                state.collections.insert(id, BTreeMap::new());
+                e.insert(SharedCreate {
+                    info: Arc::new(CollectionInfo {
+                        db: db.to_string(),
+                        name: name.to_string(),
+                        options,
+                        id,
+                    }),
+                    holders: BTreeSet::new(),
+                })
+            }
+        };
+        shared.holders.insert(self.id);
+        let info = shared.info.clone();
+        self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.shared_creates.insert(ns.to_string());
+        Ok((*info).clone())
     }
 
     /// Inserts a document under `key`; DuplicateKey if one is visible, WriteConflict if another
@@ -1446,6 +1587,7 @@ impl Txn {
             txn: self.id,
             docs: std::mem::take(&mut self.docs),
             catalog: std::mem::take(&mut self.catalog),
+            shared_creates: std::mem::take(&mut self.shared_creates),
         };
         let progress = engine.inner.progress.subscribe();
         // The transaction reads nothing more; releasing its snapshot before the writer installs

@@ -259,3 +259,57 @@ fn damage_in_an_older_segment_refuses_to_open_even_at_its_end() {
         Ok(_) => panic!("opened a log with a torn sealed segment"),
     }
 }
+
+/// Transactions that implicitly create the same collection share the creation: neither
+/// conflicts with the other, the collection stays invisible until the first commit, an abort
+/// leaves the other's creation intact, and replay rebuilds one collection holding both.
+#[test]
+fn shared_implicit_creation_never_conflicts_and_replays_once() {
+    let dir = TempDir::new("shared-create");
+    {
+        let (engine, _) = open(options(&dir)).unwrap();
+        let mut a = engine.begin();
+        let mut b = engine.begin();
+        let mut c = engine.begin();
+        let ca = a
+            .create_collection_shared("db.new", bson::Document::new())
+            .unwrap();
+        let cb = b
+            .create_collection_shared("db.new", bson::Document::new())
+            .unwrap();
+        let cc = c
+            .create_collection_shared("db.new", bson::Document::new())
+            .unwrap();
+        a.insert(&ca, key(1), doc(1, 1)).unwrap();
+        b.insert(&cb, key(2), doc(2, 2)).unwrap();
+        c.insert(&cc, key(3), doc(3, 3)).unwrap();
+        // Neither explicit DDL nor an outside reader sees or overrides the pending creation.
+        assert!(engine.snapshot().collection("db.new").is_none());
+        let mut ddl = engine.begin();
+        assert_eq!(
+            ddl.create_collection("db.new", bson::Document::new())
+                .unwrap_err(),
+            StorageError::WriteConflict
+        );
+        drop(ddl);
+        c.abort();
+        commit_durable(b).unwrap();
+        assert_eq!(values(&engine.snapshot(), "db.new"), vec![(2, 2)]);
+        commit_durable(a).unwrap();
+        assert_eq!(values(&engine.snapshot(), "db.new"), vec![(1, 1), (2, 2)]);
+        // A later shared create finds the committed collection and writes into it.
+        let mut d = engine.begin();
+        let cd = d
+            .create_collection_shared("db.new", bson::Document::new())
+            .unwrap();
+        d.insert(&cd, key(4), doc(4, 4)).unwrap();
+        commit_durable(d).unwrap();
+        engine.close_without_checkpoint();
+    }
+    let (engine, _) = open(options(&dir)).unwrap();
+    assert_eq!(
+        values(&engine.snapshot(), "db.new"),
+        vec![(1, 1), (2, 2), (4, 4)]
+    );
+    assert_eq!(engine.snapshot().list_collections("db").len(), 1);
+}

@@ -14,7 +14,7 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_i64};
 
 use super::Reply;
-use super::crud::{WriteOptions, cursor_reply, retry_conflicts, validate_db_name};
+use super::crud::{WriteOptions, cursor_reply, retry_conflicts, run_write, validate_db_name};
 
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;
@@ -167,7 +167,13 @@ const CREATE_OPTIONS: &[&str] = &[
     "recordPreImages",
 ];
 
-pub(super) async fn create(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+/// `create`; inside a transaction (MongoDB 4.4+) the new collection stays invisible to others
+/// until the transaction commits.
+pub(super) async fn create(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&mut Txn>,
+) -> CommandResult<Reply> {
     req.check_fields(CREATE_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
@@ -194,17 +200,24 @@ pub(super) async fn create(shared: &Shared, req: &Request<'_>) -> CommandResult<
     }
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
-    retry_conflicts(shared, &opts, |txn: &mut Txn| match txn.collection(&ns) {
-        // MongoDB 7.0 makes `create` idempotent when the options match.
-        Some(existing) if existing.options == options => Ok(()),
-        Some(_) => Err(CommandError::new(
-            code::NAMESPACE_EXISTS,
-            format!("Collection {ns} already exists with different options."),
-        )),
-        None => txn
-            .create_collection(&ns, options.clone())
-            .map(|_| ())
-            .map_err(Into::into),
+    let in_txn = txn.is_some();
+    run_write(shared, &opts, txn, |txn: &mut Txn| {
+        match txn.collection(&ns) {
+            Some(_) if in_txn => Err(CommandError::new(
+                code::NAMESPACE_EXISTS,
+                format!("Collection {ns} already exists."),
+            )),
+            // MongoDB 7.0 makes `create` idempotent when the options match.
+            Some(existing) if existing.options == options => Ok(()),
+            Some(_) => Err(CommandError::new(
+                code::NAMESPACE_EXISTS,
+                format!("Collection {ns} already exists with different options."),
+            )),
+            None => txn
+                .create_collection(&ns, options.clone())
+                .map(|_| ())
+                .map_err(Into::into),
+        }
     })
     .await?;
     Ok(doc! { "ok": 1.0 }.into())

@@ -217,7 +217,7 @@ fn max_time_expired(opts: &WriteOptions) -> CommandError {
 
 /// Runs a write statement: in the session's transaction if there is one (a conflict there is
 /// the transaction's to handle), else in its own auto-commit transaction, retried on conflicts.
-async fn run_write<T>(
+pub(super) async fn run_write<T>(
     shared: &Shared,
     opts: &WriteOptions,
     txn: Option<&mut Txn>,
@@ -482,11 +482,12 @@ pub(super) async fn insert(
     let docs = req.batch("documents")?;
     batch_size_check(docs.len())?;
     let ns = req.ns(name);
-    let coll = implicit_collection(shared, &ns, &opts).await?;
     let max_bson = shared.config.max_bson_size;
     if let Some(txn) = txn {
+        let coll = txn.create_collection_shared(&ns, Document::new())?;
         return insert_in_txn(shared, txn, &coll, &docs);
     }
+    let coll = implicit_collection(shared, &ns, &opts).await?;
 
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
@@ -1218,7 +1219,7 @@ pub(super) async fn update(
     let mut write_errors = Vec::new();
     let in_txn = txn.is_some();
     for (index, stmt) in stmts.iter().enumerate() {
-        let txn_here = txn.as_deref_mut();
+        let mut txn_here = txn.as_deref_mut();
         Counters::bump(&shared.counters.update, 1);
         let recorded = opts.retry.as_ref().and_then(|r| r.recorded(index));
         let result = async {
@@ -1279,7 +1280,10 @@ pub(super) async fn update(
                 _ => None,
             })?;
             let coll = if upsert {
-                implicit_collection(shared, &ns, &opts).await?
+                match txn_here.as_deref_mut() {
+                    Some(t) => t.create_collection_shared(&ns, Document::new())?,
+                    None => implicit_collection(shared, &ns, &opts).await?,
+                }
             } else {
                 let found = collection_for_write(shared, txn_here.as_deref(), &ns);
                 match found {
@@ -1438,8 +1442,12 @@ pub(super) async fn find_and_modify(
             opts.wc_error,
         ));
     }
+    let mut txn = txn;
     let coll = if upsert {
-        Some(implicit_collection(shared, &ns, &opts).await?)
+        Some(match txn.as_deref_mut() {
+            Some(t) => t.create_collection_shared(&ns, Document::new())?,
+            None => implicit_collection(shared, &ns, &opts).await?,
+        })
     } else {
         collection_for_write(shared, txn.as_deref(), &ns)
     };

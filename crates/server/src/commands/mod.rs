@@ -308,7 +308,7 @@ async fn dispatch(
         "getLog" => diag::get_log(req),
         "listDatabases" => catalog::list_databases(shared, req),
         "listCollections" => catalog::list_collections(shared, req),
-        "create" => catalog::create(shared, req).await,
+        "create" => catalog::create(shared, req, None).await,
         "drop" => catalog::drop(shared, req).await,
         "dropDatabase" => catalog::drop_database(shared, req).await,
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
@@ -597,6 +597,7 @@ async fn in_transaction(
                 "find" => crud::find(shared, req, Some(txn), None),
                 "aggregate" => crud::aggregate(shared, req, Some(txn), None),
                 "distinct" => crud::distinct(shared, req, Some(txn), None),
+                "create" => catalog::create(shared, req, Some(txn)).await,
                 "insert" => crud::insert(shared, req, Some(txn), None).await,
                 "update" => crud::update(shared, req, Some(txn), None).await,
                 "delete" => crud::delete(shared, req, Some(txn), None).await,
