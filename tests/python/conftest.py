@@ -60,7 +60,12 @@ def mangrove_bin() -> Path:
 class MangroveServer:
     """A running `mangrove serve` child process."""
 
-    def __init__(self, extra_args: list[str] | None = None, replset: str | None = "rs0"):
+    def __init__(
+        self,
+        extra_args: list[str] | None = None,
+        replset: str | None = "rs0",
+        data_dir: Path | None = None,
+    ):
         binary = mangrove_bin()
         if not binary.exists():
             pytest.fail(
@@ -68,8 +73,9 @@ class MangroveServer:
                 "or set MANGROVE_BIN"
             )
         self.tmpdir = Path(tempfile.mkdtemp(prefix="mangrove-pytest-"))
-        self.data_dir = self.tmpdir / "data"
-        self.data_dir.mkdir()
+        # A caller-owned data directory outlives this process (restart tests); ours does not.
+        self.data_dir = data_dir or self.tmpdir / "data"
+        self.data_dir.mkdir(exist_ok=True)
         self.log_path = self.tmpdir / "server.log"
         args = [
             str(binary),

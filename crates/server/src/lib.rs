@@ -182,6 +182,9 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
     Ok(engine)
 }
 
+/// Sessions idle this long are forgotten, as MongoDB's `logicalSessionTimeoutMinutes` (30).
+const LOGICAL_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Aborts transactions past their lifetime limit, checking a few times per limit.
 async fn reap_transactions(shared: Arc<Shared>) {
     loop {
@@ -190,6 +193,7 @@ async fn reap_transactions(shared: Arc<Shared>) {
         let period = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::time::sleep(period).await;
         shared.sessions.reap_expired(limit);
+        shared.sessions.expire_idle(LOGICAL_SESSION_TIMEOUT);
     }
 }
 

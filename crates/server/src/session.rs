@@ -85,7 +85,135 @@ pub(crate) enum TxnState {
 pub(crate) struct ActiveTxn {
     pub txn: Txn,
     pub started: Instant,
+    /// The namespaces its statements used; DDL on them waits until this transaction ends.
+    pub touched: Touched,
 }
+
+/// Every open transaction: who runs it, since when, and which namespaces it used. DDL waits
+/// on it (where mongod would wait for collection locks), and `currentOp` and `serverStatus`
+/// read it without locking any session.
+#[derive(Default)]
+pub(crate) struct OpenTransactions {
+    open: Mutex<HashMap<u64, OpenTxn>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Woken whenever a transaction ends.
+    ended: tokio::sync::Notify,
+    pub stats: TxnStats,
+}
+
+#[derive(Clone)]
+pub(crate) struct OpenTxn {
+    pub lsid: bson::Document,
+    pub txn_number: i64,
+    pub started: Instant,
+    pub started_wall: bson::DateTime,
+    pub namespaces: std::collections::BTreeSet<String>,
+    /// A statement of it is running right now (mongod's "active" transaction).
+    pub running: bool,
+}
+
+/// `serverStatus.transactions` counters.
+#[derive(Default)]
+pub(crate) struct TxnStats {
+    pub started: std::sync::atomic::AtomicU64,
+    pub committed: std::sync::atomic::AtomicU64,
+    pub aborted: std::sync::atomic::AtomicU64,
+    pub write_conflicts: std::sync::atomic::AtomicU64,
+}
+
+impl OpenTransactions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenTxn>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<OpenTxn> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Whether an open transaction used a namespace `matches` accepts.
+    pub fn in_use(&self, matches: &(dyn Fn(&str) -> bool + Sync)) -> bool {
+        self.lock()
+            .values()
+            .any(|t| t.namespaces.iter().any(|ns| matches(ns)))
+    }
+
+    /// Waits until no open transaction uses a matching namespace, or `deadline` passes
+    /// (false).
+    pub async fn wait_unused(
+        &self,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so an end between the check and the wait still wakes us.
+            ended.as_mut().enable();
+            if !self.in_use(matches) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return !self.in_use(matches);
+            }
+        }
+    }
+}
+
+/// One open transaction's entry in [`OpenTransactions`]; removed (waking waiting DDL) when the
+/// transaction ends in any way, because it is dropped with the transaction's state.
+pub(crate) struct Touched {
+    registry: Arc<OpenTransactions>,
+    id: u64,
+}
+
+impl Touched {
+    pub fn new(registry: &Arc<OpenTransactions>, lsid: bson::Document, txn_number: i64) -> Touched {
+        let id = registry.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        registry.lock().insert(
+            id,
+            OpenTxn {
+                lsid,
+                txn_number,
+                started: Instant::now(),
+                started_wall: bson::DateTime::now(),
+                namespaces: Default::default(),
+                running: false,
+            },
+        );
+        Touched {
+            registry: registry.clone(),
+            id,
+        }
+    }
+
+    pub fn add(&self, ns: String) {
+        if let Some(t) = self.registry.lock().get_mut(&self.id) {
+            t.namespaces.insert(ns);
+        }
+    }
+
+    pub fn set_running(&self, running: bool) {
+        if let Some(t) = self.registry.lock().get_mut(&self.id) {
+            t.running = running;
+        }
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        self.registry
+            .lock()
+            .get(&self.id)
+            .map(|t| t.namespaces.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Touched {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+        self.registry.ended.notify_waiters();
+    }
+}
+
 
 pub(crate) struct Session {
     /// The newest transaction number this session has seen.
@@ -94,6 +222,9 @@ pub(crate) struct Session {
     pub last_used: Instant,
     /// The statements the newest retryable write ran, if `txn_number` is a retryable write.
     pub retryable: Option<Arc<RetryableWrite>>,
+    /// The session id for logs (the lsid's UUID).
+    pub lsid: String,
+    stats: Arc<OpenTransactions>,
     /// Whether `config.transactions` was consulted for this session since the server started.
     pub record_loaded: bool,
     /// A snapshot session's first read snapshot, held so its later reads at the reported
@@ -103,9 +234,23 @@ pub(crate) struct Session {
 
 impl Session {
     /// Aborts an open transaction: its intents go back and nothing of it was ever visible.
-    pub fn abort(&mut self) {
+    /// Every abort is logged with its reason and counted.
+    pub fn abort(&mut self, reason: &str) {
         if let TxnState::Active(active) = std::mem::replace(&mut self.state, TxnState::Aborted) {
+            let namespaces = active.touched.namespaces();
+            tracing::info!(
+                lsid = %self.lsid,
+                txn_number = self.txn_number,
+                open_ms = active.started.elapsed().as_millis() as u64,
+                namespaces = ?namespaces,
+                reason,
+                "transaction aborted"
+            );
             active.txn.abort();
+            self.stats
+                .stats
+                .aborted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -115,6 +260,18 @@ impl Session {
 pub(crate) struct Sessions {
     map: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<Session>>>>,
     max: usize,
+    pub open: Arc<OpenTransactions>,
+}
+
+/// An lsid as logs show it: its UUID in the usual hex form.
+pub(crate) fn lsid_display(lsid: &RawDocument) -> String {
+    match lsid.get("id") {
+        Ok(Some(RawBsonRef::Binary(b))) if b.bytes.len() == 16 => {
+            let h: String = b.bytes.iter().map(|x| format!("{x:02x}")).collect();
+            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        }
+        _ => format!("{lsid:?}"),
+    }
 }
 
 fn lsid_key(lsid: &RawDocument) -> Vec<u8> {
@@ -126,6 +283,7 @@ impl Sessions {
         Sessions {
             map: Mutex::new(HashMap::new()),
             max,
+            open: Arc::new(OpenTransactions::default()),
         }
     }
 
@@ -153,6 +311,8 @@ impl Sessions {
             ));
         }
         let session = Arc::new(tokio::sync::Mutex::new(Session {
+            lsid: lsid_display(lsid),
+            stats: self.open.clone(),
             txn_number: None,
             state: TxnState::Idle,
             last_used: Instant::now(),
@@ -168,7 +328,17 @@ impl Sessions {
     pub async fn end(&self, lsid: &RawDocument) {
         let removed = self.lock().remove(&lsid_key(lsid));
         if let Some(session) = removed {
-            session.lock().await.abort();
+            session.lock().await.abort("its session was ended or killed");
+        }
+    }
+
+    /// `refreshSessions`: the session counts as used now.
+    pub fn touch(&self, lsid: &RawDocument) {
+        let session = self.lock().get(&lsid_key(lsid)).cloned();
+        if let Some(session) = session
+            && let Ok(mut s) = session.try_lock()
+        {
+            s.last_used = Instant::now();
         }
     }
 
@@ -176,7 +346,7 @@ impl Sessions {
     pub async fn end_all(&self) {
         let all: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
         for session in all {
-            session.lock().await.abort();
+            session.lock().await.abort("killAllSessions");
         }
     }
 
@@ -193,28 +363,27 @@ impl Sessions {
             if let TxnState::Active(active) = &s.state
                 && active.started.elapsed() > limit
             {
-                tracing::info!(
-                    txn_number = s.txn_number,
-                    open_secs = active.started.elapsed().as_secs(),
-                    limit_secs = limit.as_secs(),
-                    "aborting transaction: it exceeded transactionLifetimeLimitSeconds"
+                let reason = format!(
+                    "it exceeded transactionLifetimeLimitSeconds ({} s)",
+                    limit.as_secs()
                 );
-                s.abort();
+                s.abort(&reason);
                 aborted += 1;
             }
         }
         aborted
     }
 
-    pub fn open_transactions(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|s| {
-                s.try_lock()
-                    .map(|s| matches!(s.state, TxnState::Active(_)))
-                    .unwrap_or(true)
-            })
-            .count()
+    /// Forgets sessions idle longer than `idle` (MongoDB's 30-minute logical session
+    /// timeout), with their retryable-write records (which stay on disk) and snapshot pins.
+    pub fn expire_idle(&self, idle: std::time::Duration) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, s| match s.try_lock() {
+            Ok(s) => !(s.last_used.elapsed() > idle && !matches!(s.state, TxnState::Active(_))),
+            Err(_) => true,
+        });
+        before - map.len()
     }
 }
 
@@ -259,6 +428,8 @@ pub(crate) fn transient(mut e: CommandError) -> CommandError {
 pub(crate) fn begin_or_continue(
     session: &mut Session,
     args: &TxnArgs,
+    open: &Arc<OpenTransactions>,
+    lsid: &RawDocument,
     begin: impl FnOnce() -> CommandResult<Txn>,
 ) -> CommandResult<()> {
     let n = args.txn_number;
@@ -290,12 +461,20 @@ pub(crate) fn begin_or_continue(
         )));
     }
     // A newer transaction number aborts whatever the session had open.
-    session.abort();
+    session.abort("a newer transaction started on the session");
     let txn = begin()?;
+    open.stats
+        .started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     session.txn_number = Some(n);
     session.state = TxnState::Active(Box::new(ActiveTxn {
         txn,
         started: Instant::now(),
+        touched: Touched::new(
+            open,
+            bson::Document::try_from(lsid).unwrap_or_default(),
+            n,
+        ),
     }));
     Ok(())
 }

@@ -251,11 +251,52 @@ pub(super) fn validate_collection_name(db: &str, name: &str) -> CommandResult<()
     Ok(())
 }
 
+/// DDL waits for the open transactions that used its namespaces, as mongod waits for their
+/// collection locks, until they end (commit, abort, endSessions, or the lifetime limit's reaper)
+/// or the command's `maxTimeMS` runs out.
+async fn wait_for_transactions(
+    shared: &Shared,
+    req: &Request<'_>,
+    what: &str,
+    matches: &(dyn Fn(&str) -> bool + Sync),
+) -> CommandResult<()> {
+    let uses = &shared.sessions.open;
+    if !uses.in_use(matches) {
+        return Ok(());
+    }
+    let max_time = match req.opt_i64("maxTimeMS")? {
+        Some(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms as u64)),
+        _ => None,
+    };
+    // Without maxTimeMS: past the lifetime limit the reaper has aborted every such transaction.
+    let patience = max_time.unwrap_or(
+        shared.params.transaction_lifetime() + std::time::Duration::from_secs(5),
+    );
+    tracing::info!(target_ns = what, "waiting for open transactions that use it");
+    if uses
+        .wait_unused(matches, tokio::time::Instant::now() + patience)
+        .await
+    {
+        return Ok(());
+    }
+    Err(match max_time {
+        Some(_) => CommandError::new(
+            code::MAX_TIME_MS_EXPIRED,
+            format!("operation exceeded time limit waiting for open transactions that use {what}"),
+        ),
+        None => CommandError::new(
+            code::LOCK_TIMEOUT,
+            format!("timed out waiting for open transactions that use {what}"),
+        ),
+    })
+}
+
 pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[])?;
     let name = req.collection()?;
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
+    wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
     retry_conflicts(shared, &opts, |txn: &mut Txn| {
         // Since MongoDB 7.0, dropping a missing collection succeeds.
         if txn.collection(&ns).is_some() {
@@ -271,6 +312,8 @@ pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> Command
     req.check_fields(&[])?;
     validate_db_name(req.db)?;
     let opts = WriteOptions::from_request(req)?;
+    let prefix = format!("{}.", req.db);
+    wait_for_transactions(shared, req, req.db, &|used| used.starts_with(&prefix)).await?;
     retry_conflicts(shared, &opts, |txn: &mut Txn| {
         for coll in txn.list_collections(req.db) {
             txn.drop_collection(&coll.ns())?;

@@ -174,7 +174,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "command": counters.command.load(Relaxed) as i64,
         },
         "metrics": { "cursor": { "open": { "total": shared.cursors.open_count() as i64 } } },
-        "transactions": { "currentOpen": shared.sessions.open_transactions() as i64, "totalPrepared": 0i64 },
+        "transactions": transactions_status(shared),
         "repl": {
             "setName": &shared.config.replset,
             "isWritablePrimary": true,
@@ -191,6 +191,58 @@ pub(super) fn server_status(shared: &Shared) -> Document {
         },
         "ok": 1.0,
     }
+}
+
+/// `serverStatus.transactions`, from the open-transaction table and its counters.
+fn transactions_status(shared: &Shared) -> Document {
+    use std::sync::atomic::Ordering::Relaxed;
+    let open = shared.sessions.open.list();
+    let active = open.iter().filter(|t| t.running).count() as i64;
+    let stats = &shared.sessions.open.stats;
+    doc! {
+        "currentActive": active,
+        "currentInactive": open.len() as i64 - active,
+        "currentOpen": open.len() as i64,
+        "totalAborted": stats.aborted.load(Relaxed) as i64,
+        "totalCommitted": stats.committed.load(Relaxed) as i64,
+        "totalStarted": stats.started.load(Relaxed) as i64,
+        "totalPrepared": 0i64,
+        "totalPreparedThenCommitted": 0i64,
+        "totalPreparedThenAborted": 0i64,
+        "currentPrepared": 0i64,
+        "writeConflicts": stats.write_conflicts.load(Relaxed) as i64,
+    }
+}
+
+/// `currentOp`: the open transactions (running or idle between statements), in mongod's
+/// shape. Mangrove runs no other long operations worth listing.
+pub(super) fn current_op(shared: &Shared) -> Document {
+    let now = std::time::Instant::now();
+    let inprog: Vec<Bson> = shared
+        .sessions
+        .open
+        .list()
+        .into_iter()
+        .map(|t| {
+            let open_micros = now.duration_since(t.started).as_micros() as i64;
+            Bson::Document(doc! {
+                "type": if t.running { "op" } else { "idleSession" },
+                "active": t.running,
+                "lsid": t.lsid.clone(),
+                "transaction": {
+                    "parameters": {
+                        "txnNumber": t.txn_number,
+                        "autocommit": false,
+                    },
+                    "startWallClockTime": t.started_wall.try_to_rfc3339_string().unwrap_or_default(),
+                    "timeOpenMicros": open_micros,
+                    "timeActiveMicros": if t.running { open_micros } else { 0 },
+                    "namespaces": t.namespaces.iter().cloned().collect::<Vec<_>>(),
+                },
+            })
+        })
+        .collect();
+    doc! { "inprog": inprog, "ok": 1.0 }
 }
 
 fn hostname() -> String {

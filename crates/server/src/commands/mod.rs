@@ -100,6 +100,11 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
     ),
     cmd("listCommands", "this list", false),
     cmd(
+        "currentOp",
+        "open transactions: lsid, txnNumber, time open, namespaces",
+        true,
+    ),
+    cmd(
         "endSessions",
         "ends logical sessions, aborting their transactions",
         false,
@@ -110,6 +115,17 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         false,
     ),
     cmd("killAllSessions", "kills every logical session", false),
+    cmd(
+        "killAllSessionsByPattern",
+        "kills the logical sessions matching {lsid} or {uid} patterns",
+        false,
+    ),
+    cmd("startSession", "starts a logical session and returns its id", false),
+    cmd(
+        "refreshSessions",
+        "keeps logical sessions from expiring",
+        false,
+    ),
     cmd(
         "commitTransaction",
         "commits the session's transaction",
@@ -293,9 +309,27 @@ async fn dispatch(
         }
         .into()),
         "listCommands" => Ok(diag::list_commands(shared).into()),
+        "currentOp" => Ok(diag::current_op(shared).into()),
         "endSessions" | "killSessions" => end_sessions(shared, req).await,
         "killAllSessions" => {
             shared.sessions.end_all().await;
+            Ok(doc! { "ok": 1.0 }.into())
+        }
+        "killAllSessionsByPattern" => kill_sessions_by_pattern(shared, req).await,
+        "startSession" => Ok(doc! {
+            "id": { "id": bson::Uuid::new() },
+            "timeoutMinutes": 30,
+            "ok": 1.0,
+        }
+        .into()),
+        "refreshSessions" => {
+            if let Some(RawBsonRef::Array(lsids)) = req.command_value() {
+                for lsid in lsids.into_iter().flatten() {
+                    if let RawBsonRef::Document(lsid) = lsid {
+                        shared.sessions.touch(lsid);
+                    }
+                }
+            }
             Ok(doc! { "ok": 1.0 }.into())
         }
         "commitTransaction" | "abortTransaction" => Err(CommandError::new(
@@ -474,7 +508,7 @@ async fn begin_retryable_write(
         },
         _ => {
             // A newer number ends whatever the session was doing, as a newer transaction would.
-            session.abort();
+            session.abort("a retryable write with a newer txnNumber arrived on the session");
             session.state = TxnState::Idle;
             session.txn_number = Some(n);
             let record = std::sync::Arc::new(RetryableWrite::new(lsid_doc, key, n, coll, None));
@@ -482,6 +516,46 @@ async fn begin_retryable_write(
             Ok(record)
         }
     }
+}
+
+/// Transactions open at least this long are logged when they commit.
+const SLOW_TRANSACTION_MS: u64 = 1_000;
+
+/// `killAllSessionsByPattern`: `[{lsid: {...}}, ...]` kills those sessions; an empty list, an
+/// empty pattern or a `uid`/`users`/`roles` pattern kills all (there is one user: no auth).
+async fn kill_sessions_by_pattern(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let Some(RawBsonRef::Array(patterns)) = req.command_value() else {
+        return Err(CommandError::type_mismatch(
+            "killAllSessionsByPattern takes an array of patterns",
+        ));
+    };
+    let mut lsids = Vec::new();
+    let mut all = true;
+    for pattern in patterns {
+        all = false;
+        match pattern {
+            Ok(RawBsonRef::Document(p)) => match p.get("lsid") {
+                Ok(Some(RawBsonRef::Document(lsid))) => lsids.push(lsid),
+                _ => all = true,
+            },
+            _ => {
+                return Err(CommandError::type_mismatch(
+                    "killAllSessionsByPattern patterns must be documents",
+                ));
+            }
+        }
+        if all {
+            break;
+        }
+    }
+    if all {
+        shared.sessions.end_all().await;
+    } else {
+        for lsid in lsids {
+            shared.sessions.end(lsid).await;
+        }
+    }
+    Ok(doc! { "ok": 1.0 }.into())
 }
 
 /// Runs a statement of a multi-document transaction, or commits or aborts one.
@@ -517,7 +591,7 @@ async fn in_transaction(
         ));
     }
     // The log record's session metadata is built once, when the transaction begins.
-    session::begin_or_continue(&mut session, &args, || {
+    session::begin_or_continue(&mut session, &args, &shared.sessions.open, lsid, || {
         let mut txn = shared.engine.begin();
         txn.set_meta(req.commit_meta()?);
         Ok(txn)
@@ -528,13 +602,20 @@ async fn in_transaction(
             let opts = crud::WriteOptions::from_request(req)?;
             match std::mem::replace(&mut session.state, TxnState::Committed) {
                 TxnState::Active(active) => {
+                    let open_ms = active.started.elapsed().as_millis() as u64;
                     let ticket = match active.txn.commit() {
                         Ok(ticket) => ticket,
                         Err(e) => {
                             session.state = TxnState::Aborted;
+                            tracing::info!(lsid = %session.lsid, txn_number = n, reason = %e, "transaction aborted: its commit failed");
+                            shared.sessions.open.stats.aborted.fetch_add(1, Ordering::Relaxed);
                             return Err(e.into());
                         }
                     };
+                    shared.sessions.open.stats.committed.fetch_add(1, Ordering::Relaxed);
+                    if open_ms >= SLOW_TRANSACTION_MS {
+                        tracing::info!(lsid = %session.lsid, txn_number = n, open_ms, "slow transaction committed");
+                    }
                     if let Err(mut e) = crud::acknowledge(ticket, opts.ack).await {
                         // Queued but not confirmed durable: the outcome is unknown to us too.
                         e.labels.push("UnknownTransactionCommitResult");
@@ -565,7 +646,7 @@ async fn in_transaction(
         }
         "abortTransaction" => match &session.state {
             TxnState::Active(_) => {
-                session.abort();
+                session.abort("abortTransaction");
                 Ok(doc! { "ok": 1.0 }.into())
             }
             TxnState::Committed => Err(CommandError::new(
@@ -592,6 +673,10 @@ async fn in_transaction(
                     )));
                 }
             };
+            if let Ok(coll) = req.collection() {
+                active.touched.add(req.ns(coll));
+            }
+            active.touched.set_running(true);
             let txn = &mut active.txn;
             let result = match req.name {
                 "find" => crud::find(shared, req, Some(txn), None),
@@ -611,15 +696,21 @@ async fn in_transaction(
                     format!("Cannot run '{other}' in a multi-document transaction."),
                 )),
             };
+            if let TxnState::Active(active) = &session.state {
+                active.touched.set_running(false);
+            }
             // Any failed statement aborts the transaction, as in mongod.
             match result {
                 Ok(Reply::Doc(reply)) if reply.contains_key("writeErrors") => {
-                    session.abort();
+                    session.abort(&format!("a write error in '{}'", req.name));
                     Ok(Reply::Doc(reply))
                 }
                 Ok(reply) => Ok(reply),
                 Err(e) => {
-                    session.abort();
+                    if e.code == code::WRITE_CONFLICT {
+                        shared.sessions.open.stats.write_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    session.abort(&format!("'{}' failed: {} ({})", req.name, e.code_name, e.message));
                     Err(session::transient(e))
                 }
             }
