@@ -168,7 +168,9 @@ pub(crate) struct Touched {
 
 impl Touched {
     pub fn new(registry: &Arc<OpenTransactions>, lsid: bson::Document, txn_number: i64) -> Touched {
-        let id = registry.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = registry
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         registry.lock().insert(
             id,
             OpenTxn {
@@ -213,7 +215,6 @@ impl Drop for Touched {
         self.registry.ended.notify_waiters();
     }
 }
-
 
 pub(crate) struct Session {
     /// The newest transaction number this session has seen.
@@ -268,7 +269,14 @@ pub(crate) fn lsid_display(lsid: &RawDocument) -> String {
     match lsid.get("id") {
         Ok(Some(RawBsonRef::Binary(b))) if b.bytes.len() == 16 => {
             let h: String = b.bytes.iter().map(|x| format!("{x:02x}")).collect();
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
         }
         _ => format!("{lsid:?}"),
     }
@@ -328,7 +336,10 @@ impl Sessions {
     pub async fn end(&self, lsid: &RawDocument) {
         let removed = self.lock().remove(&lsid_key(lsid));
         if let Some(session) = removed {
-            session.lock().await.abort("its session was ended or killed");
+            session
+                .lock()
+                .await
+                .abort("its session was ended or killed");
         }
     }
 
@@ -470,11 +481,7 @@ pub(crate) fn begin_or_continue(
     session.state = TxnState::Active(Box::new(ActiveTxn {
         txn,
         started: Instant::now(),
-        touched: Touched::new(
-            open,
-            bson::Document::try_from(lsid).unwrap_or_default(),
-            n,
-        ),
+        touched: Touched::new(open, bson::Document::try_from(lsid).unwrap_or_default(), n),
     }));
     Ok(())
 }

@@ -269,10 +269,12 @@ async fn wait_for_transactions(
         _ => None,
     };
     // Without maxTimeMS: past the lifetime limit the reaper has aborted every such transaction.
-    let patience = max_time.unwrap_or(
-        shared.params.transaction_lifetime() + std::time::Duration::from_secs(5),
+    let patience = max_time
+        .unwrap_or(shared.params.transaction_lifetime() + std::time::Duration::from_secs(5));
+    tracing::info!(
+        target_ns = what,
+        "waiting for open transactions that use it"
     );
-    tracing::info!(target_ns = what, "waiting for open transactions that use it");
     if uses
         .wait_unused(matches, tokio::time::Instant::now() + patience)
         .await

@@ -120,7 +120,11 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         "kills the logical sessions matching {lsid} or {uid} patterns",
         false,
     ),
-    cmd("startSession", "starts a logical session and returns its id", false),
+    cmd(
+        "startSession",
+        "starts a logical session and returns its id",
+        false,
+    ),
     cmd(
         "refreshSessions",
         "keeps logical sessions from expiring",
@@ -608,11 +612,21 @@ async fn in_transaction(
                         Err(e) => {
                             session.state = TxnState::Aborted;
                             tracing::info!(lsid = %session.lsid, txn_number = n, reason = %e, "transaction aborted: its commit failed");
-                            shared.sessions.open.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                            shared
+                                .sessions
+                                .open
+                                .stats
+                                .aborted
+                                .fetch_add(1, Ordering::Relaxed);
                             return Err(e.into());
                         }
                     };
-                    shared.sessions.open.stats.committed.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .sessions
+                        .open
+                        .stats
+                        .committed
+                        .fetch_add(1, Ordering::Relaxed);
                     if open_ms >= SLOW_TRANSACTION_MS {
                         tracing::info!(lsid = %session.lsid, txn_number = n, open_ms, "slow transaction committed");
                     }
@@ -708,9 +722,17 @@ async fn in_transaction(
                 Ok(reply) => Ok(reply),
                 Err(e) => {
                     if e.code == code::WRITE_CONFLICT {
-                        shared.sessions.open.stats.write_conflicts.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .sessions
+                            .open
+                            .stats
+                            .write_conflicts
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                    session.abort(&format!("'{}' failed: {} ({})", req.name, e.code_name, e.message));
+                    session.abort(&format!(
+                        "'{}' failed: {} ({})",
+                        req.name, e.code_name, e.message
+                    ));
                     Err(session::transient(e))
                 }
             }
