@@ -216,3 +216,15 @@ def test_collections_created_in_transactions(client, db):
     assert "explicit" in db.list_collection_names()
     a.end_session()
     b.end_session()
+
+
+def test_list_local_sessions_shows_sessions_in_use(client):
+    s = client.start_session()
+    client.admin.command("ping", session=s)
+    listed = list(client.admin.aggregate([{"$listLocalSessions": {}},
+                                          {"$match": {"_id.id": s.session_id["id"]}}]))
+    assert len(listed) == 1 and "lastUse" in listed[0], listed
+    mine = list(client.config.system.sessions.aggregate([{"$listSessions": {}},
+                                                         {"$match": {"_id.id": s.session_id["id"]}}]))
+    assert len(mine) == 1
+    s.end_session()

@@ -1,5 +1,5 @@
 //! A first slice of the aggregation pipeline: `$match`, `$sort`, `$skip`, `$limit`, `$project`
-//! (inclusion and exclusion), `$count` and `$group` with `$sum`, `$avg`, `$min`, `$max`,
+//! (inclusion and exclusion), `$addFields`/`$set`, `$count` and `$group` with `$sum`, `$avg`, `$min`, `$max`,
 //! `$first`, `$last`, `$push`, `$addToSet` and `$count`. Expressions are field paths (`"$a.b"`)
 //! and constants. Anything else is refused with MongoDB's error, never half-evaluated.
 
@@ -104,6 +104,8 @@ enum Stage {
     Skip(usize),
     Limit(usize),
     Project(Projection),
+    /// `$addFields` and its alias `$set`: (dotted path, expression) pairs.
+    AddFields(Vec<(Vec<String>, Expr)>),
     Count(String),
     Group(Group),
 }
@@ -160,6 +162,20 @@ impl Pipeline {
                     n => Stage::Limit(n),
                 },
                 "$project" => Stage::Project(Projection::parse(doc_spec()?)?),
+                "$addFields" | "$set" => {
+                    let mut fields = Vec::new();
+                    for item in doc_spec()? {
+                        let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
+                        if k.as_str().is_empty() || k.as_str().starts_with('$') {
+                            return Err(QueryError::location(
+                                16410,
+                                format!("FieldPath field names may not start with '$': '{}'", k.as_str()),
+                            ));
+                        }
+                        fields.push((split_path(k.as_str()), Expr::parse(v)?));
+                    }
+                    Stage::AddFields(fields)
+                }
                 "$count" => match spec {
                     RawBsonRef::String(s)
                         if !s.is_empty() && !s.starts_with('$') && !s.contains('.') =>
@@ -214,6 +230,10 @@ impl Pipeline {
                 Stage::Skip(n) => docs.into_iter().skip(*n).collect(),
                 Stage::Limit(n) => docs.into_iter().take(*n).collect(),
                 Stage::Project(p) => docs.iter().map(|d| p.apply(d)).collect::<Result<_, _>>()?,
+                Stage::AddFields(fields) => docs
+                    .iter()
+                    .map(|d| add_fields(d, fields))
+                    .collect::<Result<_, _>>()?,
                 Stage::Count(field) => {
                     if docs.is_empty() {
                         Vec::new()
@@ -228,6 +248,30 @@ impl Pipeline {
         }
         Ok(docs)
     }
+}
+
+/// Sets each path to its expression's value (computed on the input document); a missing value
+/// adds nothing.
+fn add_fields(doc: &RawDocument, fields: &[(Vec<String>, Expr)]) -> Result<RawDocumentBuf, QueryError> {
+    let mut out = Document::try_from(doc).map_err(|e| QueryError::bad_value(e.to_string()))?;
+    for (path, expr) in fields {
+        let Some(value) = expr.eval(doc) else {
+            continue;
+        };
+        let (last, parents) = path.split_last().expect("paths are never empty");
+        let mut target = &mut out;
+        for part in parents {
+            if !matches!(target.get(part), Some(Bson::Document(_))) {
+                target.insert(part.clone(), Document::new());
+            }
+            target = match target.get_mut(part) {
+                Some(Bson::Document(d)) => d,
+                _ => unreachable!("just made a document"),
+            };
+        }
+        target.insert(last.clone(), value);
+    }
+    to_raw(&out)
 }
 
 fn to_raw(d: &Document) -> Result<RawDocumentBuf, QueryError> {

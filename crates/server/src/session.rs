@@ -343,6 +343,50 @@ impl Sessions {
         }
     }
 
+    /// Every known session as `$listLocalSessions` shows it: `{_id: lsid, lastUse}`.
+    pub fn list(&self) -> Vec<bson::RawDocumentBuf> {
+        let sessions: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(key, s)| (key.clone(), s.clone()))
+            .collect();
+        let now = bson::DateTime::now();
+        sessions
+            .into_iter()
+            .filter_map(|(key, session)| {
+                let lsid = bson::RawDocumentBuf::from_bytes(key).ok()?;
+                let idle = session
+                    .try_lock()
+                    .map(|s| s.last_used.elapsed())
+                    .unwrap_or_default();
+                let last_use = bson::DateTime::from_millis(
+                    now.timestamp_millis() - idle.as_millis() as i64,
+                );
+                let mut d = bson::RawDocumentBuf::new();
+                d.append(bson::raw::cstr!("_id"), lsid);
+                d.append(bson::raw::cstr!("lastUse"), last_use);
+                Some(d)
+            })
+            .collect()
+    }
+
+    /// Records that a command used `lsid`, so the session is listed and expires 30 minutes
+    /// after its last use, as in mongod's logical session cache. Past the session limit new
+    /// sessions are simply not cached; commands still run.
+    pub fn note_use(&self, lsid: &RawDocument) {
+        let existing = self.lock().get(&lsid_key(lsid)).cloned();
+        match existing {
+            Some(session) => {
+                if let Ok(mut s) = session.try_lock() {
+                    s.last_used = Instant::now();
+                }
+            }
+            None => {
+                let _ = self.get_or_create(lsid);
+            }
+        }
+    }
+
     /// `refreshSessions`: the session counts as used now.
     pub fn touch(&self, lsid: &RawDocument) {
         let session = self.lock().get(&lsid_key(lsid)).cloned();

@@ -819,6 +819,9 @@ pub(super) fn aggregate(
         "readConcern",
     ])?;
     Counters::bump(&shared.counters.query, 1);
+    if let Some(reply) = list_sessions_aggregate(shared, req)? {
+        return Ok(reply);
+    }
     if !matches!(req.command_value(), Some(RawBsonRef::String(_))) {
         return Err(CommandError::new(
             code::COMMAND_NOT_SUPPORTED,
@@ -891,6 +894,55 @@ pub(super) fn aggregate(
         shared.cursors.insert(cursor)?
     };
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// `$listLocalSessions` (`{aggregate: 1}`) and `$listSessions` (on `config.system.sessions`):
+/// the logical sessions this server knows, as `{_id: lsid, lastUse}`, through the rest of the
+/// pipeline. There is one node, so both list the same sessions.
+fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Option<Reply>> {
+    let Some(stages) = req.opt_array("pipeline")? else {
+        return Ok(None);
+    };
+    let mut stages = stages.into_iter();
+    let first = match stages.next() {
+        Some(Ok(RawBsonRef::Document(d))) => d,
+        _ => return Ok(None),
+    };
+    let Some(Ok((name, _))) = first.iter().next() else {
+        return Ok(None);
+    };
+    if !matches!(name.as_str(), "$listLocalSessions" | "$listSessions") {
+        return Ok(None);
+    }
+    let mut rest = RawArrayBuf::new();
+    for stage in stages {
+        rest.push(stage.map_err(internal)?);
+    }
+    let pipeline = Pipeline::parse(&rest)?;
+    let mut docs = shared.sessions.list();
+    if let Some(filter) = pipeline.leading_match() {
+        docs.retain(|d| filter.matches(d));
+    }
+    let output = pipeline.run(docs)?;
+    let ns = match req.command_value() {
+        Some(RawBsonRef::String(coll)) => req.ns(coll),
+        _ => format!("{}.$cmd.aggregate", req.db),
+    };
+    let mut cursor = Cursor {
+        ns: ns.clone(),
+        source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
+        projection: None,
+        remaining: None,
+        last_used: Instant::now(),
+    };
+    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
+    let id = if exhausted {
+        0
+    } else {
+        shared.cursors.insert(cursor)?
+    };
+    Ok(Some(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch))))
 }
 
 pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -175,6 +175,9 @@ pub(crate) async fn run(shared: &Shared, conn: &mut ConnState, req: &Request<'_>
         has_txn_number: req.get("txnNumber").is_some(),
         in_transaction: req.get("autocommit").is_some(),
     };
+    if let Ok(Some(lsid)) = req.lsid() {
+        shared.sessions.note_use(lsid);
+    }
     let fault = if shared.config.enable_test_commands {
         shared
             .failpoints
