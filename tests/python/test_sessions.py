@@ -228,3 +228,38 @@ def test_list_local_sessions_shows_sessions_in_use(client):
                                                          {"$match": {"_id.id": s.session_id["id"]}}]))
     assert len(mine) == 1
     s.end_session()
+
+
+def test_rename_collection_moves_everything_and_survives_kill_9():
+    data = Path(tempfile.mkdtemp(prefix="mangrove-rename-"))
+    try:
+        server = MangroveServer(data_dir=data)
+        c = MongoClient(server.uri)
+        c.r.src.insert_many([{"_id": i} for i in range(50)])
+        c.r.old.insert_one({"_id": "stale"})
+        with pytest.raises(OperationFailure) as e:
+            c.r.src.rename("old")
+        assert e.value.code == 48  # NamespaceExists without dropTarget
+        # A transaction on the source holds the rename back until it ends.
+        s = c.start_session()
+        s.start_transaction()
+        c.r.src.insert_one({"_id": 50}, session=s)
+        done = threading.Event()
+        threading.Thread(target=lambda: (c.r.src.rename("old", dropTarget=True), done.set()),
+                         daemon=True).start()
+        assert not done.wait(0.5), "rename did not wait for the transaction on its source"
+        s.commit_transaction()
+        assert done.wait(10)
+        assert sorted(c.r.list_collection_names()) == ["old"]
+        assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        c.close()
+        server = MangroveServer(data_dir=data)
+        c = MongoClient(server.uri)
+        assert sorted(c.r.list_collection_names()) == ["old"]
+        assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
+        c.close()
+        server.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

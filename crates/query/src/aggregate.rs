@@ -169,7 +169,10 @@ impl Pipeline {
                         if k.as_str().is_empty() || k.as_str().starts_with('$') {
                             return Err(QueryError::location(
                                 16410,
-                                format!("FieldPath field names may not start with '$': '{}'", k.as_str()),
+                                format!(
+                                    "FieldPath field names may not start with '$': '{}'",
+                                    k.as_str()
+                                ),
                             ));
                         }
                         fields.push((split_path(k.as_str()), Expr::parse(v)?));
@@ -252,7 +255,10 @@ impl Pipeline {
 
 /// Sets each path to its expression's value (computed on the input document); a missing value
 /// adds nothing.
-fn add_fields(doc: &RawDocument, fields: &[(Vec<String>, Expr)]) -> Result<RawDocumentBuf, QueryError> {
+fn add_fields(
+    doc: &RawDocument,
+    fields: &[(Vec<String>, Expr)],
+) -> Result<RawDocumentBuf, QueryError> {
     let mut out = Document::try_from(doc).map_err(|e| QueryError::bad_value(e.to_string()))?;
     for (path, expr) in fields {
         let Some(value) = expr.eval(doc) else {

@@ -359,9 +359,8 @@ impl Sessions {
                     .try_lock()
                     .map(|s| s.last_used.elapsed())
                     .unwrap_or_default();
-                let last_use = bson::DateTime::from_millis(
-                    now.timestamp_millis() - idle.as_millis() as i64,
-                );
+                let last_use =
+                    bson::DateTime::from_millis(now.timestamp_millis() - idle.as_millis() as i64);
                 let mut d = bson::RawDocumentBuf::new();
                 d.append(bson::raw::cstr!("_id"), lsid);
                 d.append(bson::raw::cstr!("lastUse"), last_use);

@@ -1326,6 +1326,13 @@ impl Txn {
         if self.collection(ns).is_some() {
             return Err(StorageError::NamespaceExists(ns.to_string()));
         }
+        // One catalog write per namespace per transaction: a drop and a re-create in one record
+        // would replay as a create of an existing collection.
+        if matches!(self.catalog.get(ns), Some(None)) {
+            return Err(StorageError::Encoding(format!(
+                "{ns} was dropped in this transaction; create it again in a later one"
+            )));
+        }
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();

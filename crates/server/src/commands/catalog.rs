@@ -310,6 +310,89 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     Ok(doc! { "nIndexesWas": 1, "ns": ns, "ok": 1.0 }.into())
 }
 
+/// `renameCollection` (on `admin`): one transaction creates the target with the source's
+/// options, moves every document, and drops the source, so readers see either name, never
+/// both or neither. It first waits for open transactions on either namespace, like `drop`.
+/// The move is one log record, so a collection too large for one record is refused
+/// (TransactionTooLarge) rather than half renamed.
+pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["to", "dropTarget", "stayTemp"])?;
+    let from = match req.command_value() {
+        Some(RawBsonRef::String(s)) => s,
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "renameCollection takes the source namespace as a string",
+            ));
+        }
+    };
+    let to = match req.get("to") {
+        Some(RawBsonRef::String(s)) => s,
+        Some(_) => return Err(CommandError::type_mismatch("'to' must be a string")),
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'renameCollection.to' is missing but a required field",
+            ));
+        }
+    };
+    for ns in [from, to] {
+        let (db, coll) = ns.split_once('.').ok_or_else(|| {
+            CommandError::new(
+                code::INVALID_NAMESPACE,
+                format!("Invalid namespace specified '{ns}'"),
+            )
+        })?;
+        validate_collection_name(db, coll)?;
+    }
+    if from == to {
+        return Err(CommandError::new(
+            code::ILLEGAL_OPERATION,
+            "Can't rename a collection to itself",
+        ));
+    }
+    let drop_target = req.opt_bool("dropTarget")?.unwrap_or(false);
+    let opts = WriteOptions::from_request(req)?;
+    let what = format!("{from} and {to}");
+    wait_for_transactions(shared, req, &what, &|used| used == from || used == to).await?;
+    if drop_target {
+        // Its own commit: a transaction never drops and re-creates one namespace.
+        retry_conflicts(shared, &opts, |txn: &mut Txn| {
+            if txn.collection(from).is_some() && txn.collection(to).is_some() {
+                txn.drop_collection(to)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
+        let Some(source) = txn.collection(from) else {
+            return Err(CommandError::new(
+                code::NAMESPACE_NOT_FOUND,
+                format!("Source collection {from} does not exist"),
+            ));
+        };
+        if txn.collection(to).is_some() {
+            return Err(CommandError::new(
+                code::NAMESPACE_EXISTS,
+                format!("target namespace exists: {to}"),
+            ));
+        }
+        let target = txn.create_collection(to, source.options.clone())?;
+        let mut docs = Vec::new();
+        txn.scan(&source, None, |key, doc| {
+            docs.push((key.clone(), doc.clone()));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        for (key, doc) in docs {
+            txn.insert(&target, key, doc)?;
+        }
+        txn.drop_collection(from)?;
+        Ok(())
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
 pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[])?;
     validate_db_name(req.db)?;

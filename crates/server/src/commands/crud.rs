@@ -77,7 +77,11 @@ pub(super) struct WriteOptions {
     pub ack: Ack,
     pub meta: CommitMeta,
     /// The `writeConcernError` to attach to the reply, if the concern cannot be satisfied.
-    pub wc_error: Option<Document>,
+    wc_error: Option<Document>,
+    /// `writeConcern.wtimeout`: how long a durable acknowledgement may wait.
+    pub wtimeout: Option<Duration>,
+    /// The durable wait ran past `wtimeout` (the write itself applied).
+    timed_out: std::sync::atomic::AtomicBool,
     /// How long the write may keep waiting out conflicts: `maxTimeMS`, capped by
     /// [`CONFLICT_RETRY_LIMIT`].
     pub patience: Duration,
@@ -87,7 +91,7 @@ pub(super) struct WriteOptions {
 
 impl WriteOptions {
     pub fn from_request(req: &Request<'_>) -> CommandResult<WriteOptions> {
-        let (ack, wc_error) = write_concern(req)?;
+        let (ack, wc_error, wtimeout) = write_concern(req)?;
         let patience = match req.opt_i64("maxTimeMS")? {
             Some(ms) if ms < 0 => {
                 return Err(CommandError::bad_value(format!(
@@ -101,6 +105,8 @@ impl WriteOptions {
             ack,
             meta: req.commit_meta()?,
             wc_error,
+            wtimeout,
+            timed_out: Default::default(),
             patience,
             retry: None,
         })
@@ -112,17 +118,58 @@ impl WriteOptions {
             ack: Ack::Durable,
             meta: CommitMeta::default(),
             wc_error: None,
+            wtimeout: None,
+            timed_out: Default::default(),
             patience: CONFLICT_RETRY_LIMIT,
             retry: None,
         }
     }
 }
 
-pub(super) async fn acknowledge(mut ticket: CommitTicket, ack: Ack) -> CommandResult<()> {
-    match ack {
-        Ack::Visible => ticket.visible().await?,
-        Ack::Durable => ticket.durable().await?,
-    };
+impl WriteOptions {
+    /// The `writeConcernError` the reply carries: the concern could not be satisfied, or
+    /// `wtimeout` ran out before the write was durable.
+    pub fn wc_error(&self) -> Option<Document> {
+        self.wc_error.clone().or_else(|| {
+            self.timed_out
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| {
+                    doc! {
+                        "code": 64,
+                        "codeName": "WriteConcernTimeout",
+                        "errmsg": "waiting for replication timed out",
+                        "errInfo": { "wtimeout": true, "writeConcern": { "provenance": "clientSupplied" } },
+                    }
+                })
+        })
+    }
+}
+
+/// Waits for the acknowledgement the write concern asks for. A durable wait longer than
+/// `wtimeout` stops waiting and reports WriteConcernTimeout, as mongod does; the write stands.
+pub(super) async fn acknowledge(
+    mut ticket: CommitTicket,
+    opts: &WriteOptions,
+) -> CommandResult<()> {
+    match (opts.ack, opts.wtimeout) {
+        (Ack::Visible, _) => {
+            ticket.visible().await?;
+        }
+        (Ack::Durable, None) => {
+            ticket.durable().await?;
+        }
+        (Ack::Durable, Some(limit)) => {
+            ticket.visible().await?;
+            match tokio::time::timeout(limit, ticket.durable()).await {
+                Ok(result) => {
+                    result?;
+                }
+                Err(_) => opts
+                    .timed_out
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+    }
     Ok(())
 }
 
@@ -140,7 +187,7 @@ pub(super) async fn retry_conflicts<T>(
         txn.set_meta(opts.meta.clone());
         match op(&mut txn) {
             Ok(value) => {
-                acknowledge(commit_write(shared, opts, txn)?, opts.ack).await?;
+                acknowledge(commit_write(shared, opts, txn)?, opts).await?;
                 return Ok(value);
             }
             Err(e) if e.code == code::WRITE_CONFLICT => {
@@ -290,10 +337,13 @@ pub(super) fn cursor_reply(
 /// Validates `writeConcern` before the write. Returns how to acknowledge, and the
 /// `writeConcernError` to attach after it: a single node can satisfy `w: 1` and `"majority"`,
 /// never more.
-pub(super) fn write_concern(req: &Request<'_>) -> CommandResult<(Ack, Option<Document>)> {
+pub(super) fn write_concern(
+    req: &Request<'_>,
+) -> CommandResult<(Ack, Option<Document>, Option<Duration>)> {
     let Some(wc) = req.opt_doc("writeConcern")? else {
-        return Ok((Ack::Durable, None));
+        return Ok((Ack::Durable, None, None));
     };
+    let mut wtimeout = None;
     let mut numeric_w: Option<i64> = None;
     let mut journal: Option<bool> = None;
     let mut error: Option<Document> = None;
@@ -342,11 +392,14 @@ pub(super) fn write_concern(req: &Request<'_>) -> CommandResult<(Ack, Option<Doc
                     )));
                 }
             },
-            "wtimeout" | "wTimeout" => {
-                if as_i64(value).is_none() {
+            "wtimeout" | "wTimeout" => match as_i64(value) {
+                // 0 means no limit.
+                Some(ms) if ms > 0 => wtimeout = Some(Duration::from_millis(ms as u64)),
+                Some(_) => {}
+                None => {
                     return Err(CommandError::failed_to_parse("wtimeout must be a number"));
                 }
-            }
+            },
             "provenance" | "getLastError" => {}
             other => {
                 return Err(CommandError::new(
@@ -362,7 +415,7 @@ pub(super) fn write_concern(req: &Request<'_>) -> CommandResult<(Ack, Option<Doc
         (Some(0 | 1), _) => Ack::Visible,
         _ => Ack::Durable,
     };
-    Ok((ack, error))
+    Ok((ack, error, wtimeout))
 }
 
 fn finish_write(
@@ -543,13 +596,13 @@ pub(super) async fn insert(
         last_ticket = Some(commit_write(shared, &opts, txn)?);
     }
     if let Some(ticket) = last_ticket {
-        acknowledge(ticket, opts.ack).await?;
+        acknowledge(ticket, &opts).await?;
     }
     Counters::bump(&shared.counters.insert, inserted as u64);
     Ok(finish_write(
         doc! { "n": inserted as i32 },
         write_errors,
-        opts.wc_error,
+        opts.wc_error(),
     ))
 }
 
@@ -942,7 +995,12 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
     } else {
         shared.cursors.insert(cursor)?
     };
-    Ok(Some(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch))))
+    Ok(Some(Reply::Raw(cursor_reply(
+        &ns,
+        id,
+        "firstBatch",
+        &batch,
+    ))))
 }
 
 pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -1376,7 +1434,7 @@ pub(super) async fn update(
     if !upserted.is_empty() {
         reply.insert("upserted", upserted);
     }
-    Ok(finish_write(reply, write_errors, opts.wc_error))
+    Ok(finish_write(reply, write_errors, opts.wc_error()))
 }
 
 /// What findAndModify did, for its `lastErrorObject` and `value`.
@@ -1491,7 +1549,7 @@ pub(super) async fn find_and_modify(
         return Ok(fam_reply(
             recorded.get_document("le").cloned().unwrap_or_default(),
             recorded.get("v").cloned().unwrap_or(Bson::Null),
-            opts.wc_error,
+            opts.wc_error(),
         ));
     }
     let mut txn = txn;
@@ -1585,7 +1643,7 @@ pub(super) async fn find_and_modify(
         1,
     );
     let (last_error, value) = outcome.reply_parts(projection.as_ref())?;
-    Ok(fam_reply(last_error, value, opts.wc_error))
+    Ok(fam_reply(last_error, value, opts.wc_error()))
 }
 
 fn fam_reply(last_error: Document, value: Bson, wc_error: Option<Document>) -> Reply {
@@ -1723,7 +1781,7 @@ pub(super) async fn delete(
     Ok(finish_write(
         doc! { "n": n as i32 },
         write_errors,
-        opts.wc_error,
+        opts.wc_error(),
     ))
 }
 

@@ -142,6 +142,11 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
     cmd("create", "creates a collection", false),
     cmd("drop", "drops a collection", false),
     cmd("dropDatabase", "drops a database", false),
+    cmd(
+        "renameCollection",
+        "renames a collection (one transaction; waits for open transactions on it)",
+        true,
+    ),
     cmd("insert", "inserts documents", false),
     cmd("find", "queries a collection", false),
     cmd("getMore", "next batch of a cursor", false),
@@ -352,6 +357,7 @@ async fn dispatch(
         "create" => catalog::create(shared, req, None).await,
         "drop" => catalog::drop(shared, req).await,
         "dropDatabase" => catalog::drop_database(shared, req).await,
+        "renameCollection" => catalog::rename_collection(shared, req).await,
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
             if req.get("txnNumber").is_some() =>
         {
@@ -633,7 +639,7 @@ async fn in_transaction(
                     if open_ms >= SLOW_TRANSACTION_MS {
                         tracing::info!(lsid = %session.lsid, txn_number = n, open_ms, "slow transaction committed");
                     }
-                    if let Err(mut e) = crud::acknowledge(ticket, opts.ack).await {
+                    if let Err(mut e) = crud::acknowledge(ticket, &opts).await {
                         // Queued but not confirmed durable: the outcome is unknown to us too.
                         e.labels.push("UnknownTransactionCommitResult");
                         return Err(e);
@@ -655,7 +661,7 @@ async fn in_transaction(
                 }
             }
             let mut reply = doc! {};
-            if let Some(wce) = opts.wc_error {
+            if let Some(wce) = opts.wc_error() {
                 reply.insert("writeConcernError", wce);
             }
             reply.insert("ok", 1.0);
