@@ -434,7 +434,7 @@ impl Sessions {
         let mut map = self.lock();
         let before = map.len();
         map.retain(|_, s| match s.try_lock() {
-            Ok(s) => !(s.last_used.elapsed() > idle && !matches!(s.state, TxnState::Active(_))),
+            Ok(s) => s.last_used.elapsed() <= idle || matches!(s.state, TxnState::Active(_)),
             Err(_) => true,
         });
         before - map.len()
