@@ -263,3 +263,36 @@ def test_rename_collection_moves_everything_and_survives_kill_9():
         server.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_commit_retried_across_kill_9_still_reports_committed():
+    data = Path(tempfile.mkdtemp(prefix="mangrove-commit-"))
+    try:
+        server = MangroveServer(data_dir=data)
+        c = MongoClient(server.uri)
+        c.t.c.insert_one({"_id": 0})
+        s = c.start_session()
+        s.start_transaction()
+        c.t.c.insert_one({"_id": 1}, session=s)
+        s.commit_transaction()
+        lsid, n = s.session_id, s._transaction_id  # noqa: SLF001
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+        c.close()
+
+        server = MangroveServer(data_dir=data)
+        c = MongoClient(server.uri)
+        s = c.start_session()
+        assert s.session_id != lsid
+        s._server_session.session_id = lsid  # noqa: SLF001 (the driver's retry reuses the lsid)
+        reply = c.admin.command(
+            {"commitTransaction": 1, "txnNumber": Int64(n), "autocommit": False}, session=s)
+        assert reply["ok"] == 1.0, reply
+        # Not NoSuchTransaction with TransientTransactionError, which would make a driver run
+        # the whole transaction again; and the data was written once.
+        assert c.t.c.count_documents({}) == 2
+        report("[pymongo] commitTransaction retried after kill -9: ok (the recorded outcome)")
+        c.close()
+        server.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

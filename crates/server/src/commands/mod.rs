@@ -470,14 +470,22 @@ async fn retryable_write(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     result
 }
 
-/// Brings the session to retryable write `n`: the record of what `n` already ran (from memory,
-/// or from `config.transactions` after a restart), or a fresh one for a newer `n`.
-async fn begin_retryable_write(
+/// Where a session's durable record lives in `config.transactions`.
+struct SessionRecord {
+    coll: mangrove_storage::CollectionInfo,
+    key: mangrove_storage::DocKey,
+    lsid: Document,
+}
+
+/// The session's `config.transactions` record; the first time the session is used since the
+/// server started, its state is restored from it: the last retryable write and its statements,
+/// or the last committed transaction (so a commit retried across a restart still answers
+/// "committed" instead of inviting the driver to run the transaction again).
+async fn load_session_record(
     shared: &Shared,
     session: &mut session::Session,
     lsid: &bson::RawDocument,
-    n: i64,
-) -> CommandResult<std::sync::Arc<RetryableWrite>> {
+) -> CommandResult<SessionRecord> {
     let opts = crud::WriteOptions::from_request_defaults();
     let coll = crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?;
     let key = crud::key_of(RawBsonRef::Document(lsid));
@@ -486,23 +494,73 @@ async fn begin_retryable_write(
     if !session.record_loaded {
         session.record_loaded = true;
         if let Some(stored) = shared.engine.snapshot().get(&coll, &key)? {
-            let stored_n = bson::Document::try_from(stored.as_ref() as &bson::RawDocument)
-                .ok()
-                .and_then(|d| d.get_i64("txnNum").ok());
+            let fields = Document::try_from(stored.as_ref() as &bson::RawDocument).ok();
+            let stored_n = fields.as_ref().and_then(|d| d.get_i64("txnNum").ok());
+            let committed_txn = fields
+                .as_ref()
+                .is_some_and(|d| d.get_str("state").ok() == Some("committed"));
             if let Some(stored_n) = stored_n
                 && session.txn_number.is_none_or(|cur| stored_n > cur)
             {
                 session.txn_number = Some(stored_n);
-                session.retryable = Some(std::sync::Arc::new(RetryableWrite::new(
-                    lsid_doc.clone(),
-                    key.clone(),
-                    stored_n,
-                    coll.clone(),
-                    Some(&stored),
-                )));
+                if committed_txn {
+                    session.state = TxnState::Committed;
+                } else {
+                    session.retryable = Some(std::sync::Arc::new(RetryableWrite::new(
+                        lsid_doc.clone(),
+                        key.clone(),
+                        stored_n,
+                        coll.clone(),
+                        Some(&stored),
+                    )));
+                }
             }
         }
     }
+    Ok(SessionRecord {
+        coll,
+        key,
+        lsid: lsid_doc,
+    })
+}
+
+/// Writes "transaction `n` committed" into the committing transaction itself, so the outcome is
+/// exactly as durable as the transaction.
+fn record_commit(
+    txn: &mut mangrove_storage::Txn,
+    record: &SessionRecord,
+    n: i64,
+) -> CommandResult<()> {
+    let doc = doc! {
+        "_id": record.lsid.clone(),
+        "txnNum": n,
+        "state": "committed",
+        "lastWriteDate": bson::DateTime::now(),
+    };
+    let raw = std::sync::Arc::new(
+        RawDocumentBuf::try_from(&doc).map_err(|e| CommandError::new(1, e.to_string()))?,
+    );
+    if txn.get(&record.coll, &record.key)?.is_some() {
+        txn.replace(&record.coll, record.key.clone(), raw)?;
+    } else {
+        txn.insert(&record.coll, record.key.clone(), raw)?;
+    }
+    Ok(())
+}
+
+/// Brings the session to retryable write `n`: the record of what `n` already ran (from memory,
+/// or from `config.transactions` after a restart), or a fresh one for a newer `n`.
+async fn begin_retryable_write(
+    shared: &Shared,
+    session: &mut session::Session,
+    lsid: &bson::RawDocument,
+    n: i64,
+) -> CommandResult<std::sync::Arc<RetryableWrite>> {
+    let SessionRecord {
+        coll,
+        key,
+        lsid: lsid_doc,
+    } = load_session_record(shared, session, lsid).await?;
     match session.txn_number {
         Some(current) if n < current => Err(CommandError::new(
             code::TRANSACTION_TOO_OLD,
@@ -603,6 +661,7 @@ async fn in_transaction(
             "Only the first command in a transaction may specify a readConcern",
         ));
     }
+    let record = load_session_record(shared, &mut session, lsid).await?;
     // The log record's session metadata is built once, when the transaction begins.
     session::begin_or_continue(&mut session, &args, &shared.sessions.open, lsid, || {
         let mut txn = shared.engine.begin();
@@ -614,8 +673,21 @@ async fn in_transaction(
         "commitTransaction" => {
             let opts = crud::WriteOptions::from_request(req)?;
             match std::mem::replace(&mut session.state, TxnState::Committed) {
-                TxnState::Active(active) => {
+                TxnState::Active(mut active) => {
                     let open_ms = active.started.elapsed().as_millis() as u64;
+                    if !active.txn.is_read_only()
+                        && let Err(e) = record_commit(&mut active.txn, &record, n)
+                    {
+                        session.state = TxnState::Aborted;
+                        shared
+                            .sessions
+                            .open
+                            .stats
+                            .aborted
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(lsid = %session.lsid, txn_number = n, reason = %e.message, "transaction aborted: cannot record its outcome");
+                        return Err(e);
+                    }
                     let ticket = match active.txn.commit() {
                         Ok(ticket) => ticket,
                         Err(e) => {
