@@ -296,3 +296,18 @@ def test_a_commit_retried_across_kill_9_still_reports_committed():
         server.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_cursors_opened_in_a_transaction_belong_to_it(client, db):
+    db.cur.insert_many([{"_id": i} for i in range(6)])
+    s = client.start_session()
+    s.start_transaction()
+    inside = db.cur.find({}, batch_size=2, session=s)
+    assert [d["_id"] for d in inside] == list(range(6))  # getMores within the transaction
+    leftover = db.cur.find({}, batch_size=2, session=s)
+    next(leftover)
+    s.commit_transaction()
+    with pytest.raises(OperationFailure) as e:
+        list(leftover)  # continued outside the transaction that opened it
+    assert e.value.code == 50740, e.value.details
+    s.end_session()

@@ -57,6 +57,9 @@ pub struct Cursor {
     /// Documents still allowed by the query's `limit`, if it has one.
     pub remaining: Option<u64>,
     pub last_used: Instant,
+    /// The transaction (lsid bytes, txnNumber) that opened it: only that transaction's own
+    /// statements may continue it, as in mongod.
+    pub txn: Option<(Vec<u8>, i64)>,
 }
 
 impl Cursor {

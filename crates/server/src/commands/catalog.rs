@@ -96,6 +96,7 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         projection: None,
         remaining: None,
         last_used: Instant::now(),
+        txn: None,
     };
     let (batch, exhausted) = cursor.next_batch(batch_size)?;
     let id = if exhausted {

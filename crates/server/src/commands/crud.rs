@@ -770,7 +770,9 @@ pub(super) fn find(
         projection,
         remaining: limit,
         last_used: Instant::now(),
+        txn: None,
     };
+    cursor.txn = txn_owner(req, txn);
     let view: &dyn ReadView = match txn {
         Some(txn) => txn,
         None => &snapshot,
@@ -939,6 +941,7 @@ pub(super) fn aggregate(
         projection: None,
         remaining: None,
         last_used: Instant::now(),
+        txn: txn_owner(req, txn),
     };
     let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
     let id = if exhausted {
@@ -987,6 +990,7 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         projection: None,
         remaining: None,
         last_used: Instant::now(),
+        txn: None,
     };
     let batch_size = super::catalog::cursor_batch_size(req)?;
     let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
@@ -1001,6 +1005,54 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         "firstBatch",
         &batch,
     ))))
+}
+
+/// The transaction a cursor opened by this request belongs to.
+fn txn_owner(req: &Request<'_>, txn: Option<&Txn>) -> Option<(Vec<u8>, i64)> {
+    txn?;
+    let lsid = req.lsid().ok()??;
+    Some((lsid.as_bytes().to_vec(), req.txn_number().ok()??))
+}
+
+/// mongod's rules for continuing a cursor: one opened in a transaction only within that
+/// transaction, and one opened outside only outside any transaction.
+fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResult<()> {
+    let in_txn = req.get("autocommit").is_some();
+    let req_n = if in_txn { req.txn_number()? } else { None };
+    match (&cursor.txn, req_n) {
+        (None, None) => Ok(()),
+        (None, Some(n)) => Err(CommandError::new(
+            50739,
+            format!(
+                "Cannot run getMore on cursor {id}, which was not created in a transaction, in transaction {n}"
+            ),
+        )),
+        (Some((_, created)), None) => Err(CommandError::new(
+            50740,
+            format!(
+                "Cannot run getMore on cursor {id}, which was created in transaction {created}, without a txnNumber"
+            ),
+        )),
+        (Some((lsid, created)), Some(n)) => {
+            if *created != n {
+                return Err(CommandError::new(
+                    50741,
+                    format!(
+                        "Cannot run getMore on cursor {id}, which was created in transaction {created}, in transaction {n}"
+                    ),
+                ));
+            }
+            if req.lsid()?.map(|l| l.as_bytes()) != Some(lsid.as_slice()) {
+                return Err(CommandError::new(
+                    50738,
+                    format!(
+                        "Cannot run getMore on cursor {id}, which was created in a different session"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -1050,6 +1102,10 @@ pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             format!("cursor id {id} not found"),
         ));
     };
+    if let Err(e) = check_cursor_txn(req, id, &cursor) {
+        shared.cursors.put_back(id, cursor);
+        return Err(e);
+    }
     if cursor.ns != ns {
         let owner = cursor.ns.clone();
         shared.cursors.put_back(id, cursor);
