@@ -72,3 +72,27 @@ def test_aggregate_in_a_transaction_sees_its_own_writes(client, db):
             assert got == [{"_id": None, "total": 15}]
             assert db.c.count_documents({}, session=s) == 6
     assert db.c.count_documents({}) == 6
+
+
+def test_out_replaces_and_merge_combines(client, db):
+    from pymongo.errors import OperationFailure
+
+    db.src.insert_many([{"_id": i, "g": i % 2} for i in range(6)])
+    db.dst.insert_one({"_id": "old"})
+    assert list(db.src.aggregate([{"$match": {"g": 0}}, {"$out": "dst"}])) == []
+    assert sorted(d["_id"] for d in db.dst.find()) == [0, 2, 4]
+    db.dst.update_one({"_id": 0}, {"$set": {"kept": True}})
+    db.src.aggregate([{"$merge": {"into": "dst", "whenMatched": "merge"}}])
+    assert db.dst.count_documents({}) == 6
+    assert db.dst.find_one({"_id": 0}) == {"_id": 0, "g": 0, "kept": True}
+    db.src.aggregate([{"$merge": {"into": "dst", "whenMatched": "keepExisting",
+                                  "whenNotMatched": "discard"}}])
+    assert db.dst.count_documents({}) == 6
+    with pytest.raises(OperationFailure) as e:
+        db.src.aggregate([{"$merge": {"into": "dst", "whenMatched": "fail"}}])
+    assert e.value.code == 11000
+    with client.start_session() as s:
+        s.start_transaction()
+        with pytest.raises(OperationFailure) as e:
+            db.src.aggregate([{"$out": "dst2"}], session=s)
+        assert e.value.code == 263

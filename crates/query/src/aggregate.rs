@@ -112,6 +112,150 @@ enum Stage {
 
 pub struct Pipeline {
     stages: Vec<Stage>,
+    sink: Option<Sink>,
+}
+
+/// Where a pipeline's output goes when its last stage is `$out` or `$merge`. Writing is the
+/// server's job; the pipeline only says where and how.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sink {
+    /// Replace the target collection's contents with the output.
+    Out { db: Option<String>, coll: String },
+    /// Merge the output into the target, matching on `_id`.
+    Merge {
+        db: Option<String>,
+        coll: String,
+        when_matched: WhenMatched,
+        when_not_matched: WhenNotMatched,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenMatched {
+    Replace,
+    KeepExisting,
+    Merge,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenNotMatched {
+    Insert,
+    Discard,
+    Fail,
+}
+
+/// `"coll"` or `{db, coll}`.
+fn sink_target(spec: RawBsonRef<'_>, stage: &str) -> Result<(Option<String>, String), QueryError> {
+    match spec {
+        RawBsonRef::String(c) if !c.is_empty() => Ok((None, c.to_string())),
+        RawBsonRef::Document(d) => {
+            let db = d.get_str("db").ok().map(str::to_string);
+            match d.get_str("coll") {
+                Ok(c) if !c.is_empty() => Ok((db, c.to_string())),
+                _ => Err(QueryError::failed_to_parse(format!(
+                    "{stage} needs a target collection name"
+                ))),
+            }
+        }
+        _ => Err(QueryError::failed_to_parse(format!(
+            "{stage} takes a collection name or {{db, coll}}"
+        ))),
+    }
+}
+
+fn parse_merge(spec: RawBsonRef<'_>) -> Result<Sink, QueryError> {
+    let d = match spec {
+        RawBsonRef::String(_) => {
+            let (db, coll) = sink_target(spec, "$merge")?;
+            return Ok(Sink::Merge {
+                db,
+                coll,
+                when_matched: WhenMatched::Merge,
+                when_not_matched: WhenNotMatched::Insert,
+            });
+        }
+        RawBsonRef::Document(d) => d,
+        _ => {
+            return Err(QueryError::failed_to_parse(
+                "$merge takes a document or a collection name",
+            ));
+        }
+    };
+    let into = d
+        .get("into")
+        .ok()
+        .flatten()
+        .ok_or_else(|| QueryError::failed_to_parse("$merge needs 'into'"))?;
+    let (db, coll) = sink_target(into, "$merge")?;
+    let mut when_matched = WhenMatched::Merge;
+    let mut when_not_matched = WhenNotMatched::Insert;
+    for item in d {
+        let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
+        match (k.as_str(), v) {
+            ("into", _) => {}
+            ("on", RawBsonRef::String("_id")) => {}
+            ("on", RawBsonRef::Array(a))
+                if a.into_iter().flatten().all(|f| f.as_str() == Some("_id")) => {}
+            ("on", _) => {
+                return Err(QueryError::location(
+                    51183,
+                    "Cannot find index to verify that join fields will be unique: $merge on fields other than _id needs a unique index, which Mangrove does not have yet",
+                ));
+            }
+            ("whenMatched", RawBsonRef::String(m)) => {
+                when_matched = match m {
+                    "replace" => WhenMatched::Replace,
+                    "keepExisting" => WhenMatched::KeepExisting,
+                    "merge" => WhenMatched::Merge,
+                    "fail" => WhenMatched::Fail,
+                    other => {
+                        return Err(QueryError::bad_value(format!(
+                            "Enumeration value '{other}' for field 'whenMatched' is not a valid value."
+                        )));
+                    }
+                }
+            }
+            ("whenMatched", RawBsonRef::Array(_)) => {
+                return Err(QueryError::new(
+                    115,
+                    "CommandNotSupported",
+                    "$merge with a whenMatched pipeline is not supported by Mangrove yet",
+                ));
+            }
+            ("whenNotMatched", RawBsonRef::String(m)) => {
+                when_not_matched = match m {
+                    "insert" => WhenNotMatched::Insert,
+                    "discard" => WhenNotMatched::Discard,
+                    "fail" => WhenNotMatched::Fail,
+                    other => {
+                        return Err(QueryError::bad_value(format!(
+                            "Enumeration value '{other}' for field 'whenNotMatched' is not a valid value."
+                        )));
+                    }
+                }
+            }
+            ("let", _) => {
+                return Err(QueryError::new(
+                    115,
+                    "CommandNotSupported",
+                    "$merge with 'let' is not supported by Mangrove yet",
+                ));
+            }
+            (other, _) => {
+                return Err(QueryError::location(
+                    40415,
+                    format!("BSON field '$merge.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    Ok(Sink::Merge {
+        db,
+        coll,
+        when_matched,
+        when_not_matched,
+    })
 }
 
 fn stage_number(v: RawBsonRef<'_>, stage: &str) -> Result<usize, QueryError> {
@@ -127,7 +271,14 @@ fn stage_number(v: RawBsonRef<'_>, stage: &str) -> Result<usize, QueryError> {
 impl Pipeline {
     pub fn parse(pipeline: &RawArray) -> Result<Pipeline, QueryError> {
         let mut stages = Vec::new();
+        let mut sink = None;
         for item in pipeline {
+            if sink.is_some() {
+                return Err(QueryError::location(
+                    40601,
+                    "$out and $merge can only be the final stage in the pipeline",
+                ));
+            }
             let stage = match item.map_err(|e| QueryError::bad_value(e.to_string()))? {
                 RawBsonRef::Document(d) => d,
                 _ => {
@@ -193,12 +344,14 @@ impl Pipeline {
                     }
                 },
                 "$group" => Stage::Group(parse_group(doc_spec()?)?),
-                "$out" | "$merge" => {
-                    return Err(QueryError::new(
-                        115,
-                        "CommandNotSupported",
-                        format!("{} is not supported by Mangrove yet", name.as_str()),
-                    ));
+                "$out" => {
+                    let (db, coll) = sink_target(spec, "$out")?;
+                    sink = Some(Sink::Out { db, coll });
+                    continue;
+                }
+                "$merge" => {
+                    sink = Some(parse_merge(spec)?);
+                    continue;
                 }
                 other => {
                     return Err(QueryError::location(
@@ -208,7 +361,12 @@ impl Pipeline {
                 }
             });
         }
-        Ok(Pipeline { stages })
+        Ok(Pipeline { stages, sink })
+    }
+
+    /// The `$out` or `$merge` that ends the pipeline, if any.
+    pub fn sink(&self) -> Option<&Sink> {
+        self.sink.as_ref()
     }
 
     /// The filter of a leading `$match`, so the caller can apply it while reading.

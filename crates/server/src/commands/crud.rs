@@ -855,7 +855,7 @@ fn collect_matches(
 /// `aggregate` on a collection: the pipeline runs over the collection as the snapshot (or the
 /// transaction) sees it, with a leading `$match` applied while reading. Input is bounded like a
 /// blocking sort.
-pub(super) fn aggregate(
+pub(super) async fn aggregate(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&Txn>,
@@ -908,6 +908,26 @@ pub(super) fn aggregate(
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
     check_simple_collation(req.opt_doc("collation")?)?;
+    if pipeline.sink().is_some() && txn.is_some() {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            "$out and $merge cannot be used in a transaction",
+        ));
+    }
+    if pipeline.sink().is_some()
+        && let Some(rc) = req.opt_doc("readConcern")?
+        && rc.get_str("level").ok() == Some("linearizable")
+    {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "$out and $merge cannot be used with readConcern level linearizable",
+        ));
+    }
+    // The write options are checked before any work, as for other writes.
+    let write_opts = match pipeline.sink() {
+        Some(_) => Some(WriteOptions::from_request(req)?),
+        None => None,
+    };
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
         Some(txn) => collection_in_txn(shared, txn, &ns),
@@ -934,7 +954,16 @@ pub(super) fn aggregate(
                 .collect()
         }
     };
+    drop(snapshot);
     let output = pipeline.run(input)?;
+    if let (Some(sink), Some(opts)) = (pipeline.sink(), write_opts) {
+        write_sink(shared, req, sink, output, &opts).await?;
+        let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
+        if let Some(wce) = opts.wc_error() {
+            reply.insert("writeConcernError", wce);
+        }
+        return Ok(reply.into());
+    }
     let mut cursor = Cursor {
         ns: ns.clone(),
         source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
@@ -1005,6 +1034,97 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         "firstBatch",
         &batch,
     ))))
+}
+
+/// Writes an aggregation's output where its `$out` or `$merge` says, in one transaction, so
+/// readers see the target before or after, never in between. `$out` replaces the target's
+/// documents (keeping the collection, as mongod keeps its indexes and options); `$merge`
+/// matches on `_id`.
+async fn write_sink(
+    shared: &Shared,
+    req: &Request<'_>,
+    sink: &mangrove_query::Sink,
+    output: Vec<RawDocumentBuf>,
+    opts: &WriteOptions,
+) -> CommandResult<()> {
+    use mangrove_query::{Sink, WhenMatched, WhenNotMatched};
+    let (db, coll) = match sink {
+        Sink::Out { db, coll } | Sink::Merge { db, coll, .. } => {
+            (db.as_deref().unwrap_or(req.db), coll)
+        }
+    };
+    validate_collection_name(db, coll)?;
+    let target_ns = format!("{db}.{coll}");
+    // Documents without an _id get one, first, as inserts do.
+    let docs: Vec<(DocKey, StoredDoc)> = output
+        .into_iter()
+        .map(|d| {
+            let doc = if id_of(&d).is_some() {
+                d
+            } else {
+                let with_id = with_id_first(
+                    Document::try_from(d.as_ref() as &RawDocument).map_err(internal)?,
+                    None,
+                );
+                RawDocumentBuf::try_from(&with_id).map_err(internal)?
+            };
+            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
+            Ok((key, Arc::new(doc)))
+        })
+        .collect::<CommandResult<_>>()?;
+    let target = implicit_collection(shared, &target_ns, opts).await?;
+    retry_conflicts(shared, opts, |txn| {
+        match sink {
+            Sink::Out { .. } => {
+                let mut old = Vec::new();
+                txn.scan(&target, None, |key, _| {
+                    old.push(key.clone());
+                    ControlFlow::Continue(())
+                })?;
+                for key in old {
+                    txn.delete(&target, key)?;
+                }
+                for (key, doc) in &docs {
+                    txn.insert(&target, key.clone(), doc.clone())?;
+                }
+            }
+            Sink::Merge { when_matched, when_not_matched, .. } => {
+                for (key, doc) in &docs {
+                    match (txn.get(&target, key)?, when_matched, when_not_matched) {
+                        (Some(_), WhenMatched::Replace, _) => txn.replace(&target, key.clone(), doc.clone())?,
+                        (Some(_), WhenMatched::KeepExisting, _) => {}
+                        (Some(existing), WhenMatched::Merge, _) => {
+                            let mut merged = Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
+                            for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
+                                merged.insert(k, v);
+                            }
+                            let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
+                            txn.replace(&target, key.clone(), Arc::new(merged))?;
+                        }
+                        (Some(existing), WhenMatched::Fail, _) => {
+                            let id = id_of(&existing).and_then(|i| Bson::try_from(i).ok()).unwrap_or(Bson::Null);
+                            let mut e = CommandError::new(
+                                code::DUPLICATE_KEY,
+                                format!("$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"),
+                            );
+                            e.info = Some(Box::new(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } }));
+                            return Err(e);
+                        }
+                        (None, _, WhenNotMatched::Insert) => txn.insert(&target, key.clone(), doc.clone())?,
+                        (None, _, WhenNotMatched::Discard) => {}
+                        (None, _, WhenNotMatched::Fail) => {
+                            return Err(CommandError::new(
+                                13113,
+                                "$merge could not find a matching document in the target collection for at least one document in the source collection",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The transaction a cursor opened by this request belongs to.
@@ -1362,6 +1482,18 @@ fn run_update_stmt(
     Ok(outcome)
 }
 
+const UPDATE_STMT_FIELDS: &[&str] = &[
+    "q",
+    "u",
+    "upsert",
+    "multi",
+    "arrayFilters",
+    "collation",
+    "hint",
+    "c",
+    "upsertSupplied",
+];
+
 pub(super) async fn update(
     shared: &Shared,
     req: &Request<'_>,
@@ -1376,6 +1508,11 @@ pub(super) async fn update(
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("updates")?;
     batch_size_check(stmts.len())?;
+    // Unknown fields fail the whole command before anything runs, as mongod's IDL parser does
+    // (7.0 has no `sort` in update statements; that came in 8.0).
+    for stmt in &stmts {
+        stmt_fields(stmt, "update", "updates", UPDATE_STMT_FIELDS)?;
+    }
     let ns = req.ns(name);
     let max_bson = shared.config.max_bson_size;
 
@@ -1392,7 +1529,6 @@ pub(super) async fn update(
             if let Some(recorded) = recorded {
                 return Ok(UpdateOutcome::from_record(&recorded));
             }
-            stmt_fields(stmt, "update", "updates", &["q", "u", "upsert", "multi", "arrayFilters", "collation", "hint", "c", "sort"])?;
             let filter = stmt_filter(stmt, "update", "updates")?;
             let u: Bson = match stmt.get("u").ok().flatten() {
                 Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => v.try_into().map_err(internal)?,
