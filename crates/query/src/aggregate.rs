@@ -1,5 +1,6 @@
 //! A first slice of the aggregation pipeline: `$match`, `$sort`, `$skip`, `$limit`, `$project`
-//! (inclusion and exclusion), `$addFields`/`$set`, `$count` and `$group` with `$sum`, `$avg`, `$min`, `$max`,
+//! (inclusion and exclusion), `$addFields`/`$set`, `$count`, `$group`, and `$out`/`$merge` as a
+//! [`Sink`] the server writes to. `$group` takes `$sum`, `$avg`, `$min`, `$max`,
 //! `$first`, `$last`, `$push`, `$addToSet` and `$count`. Expressions are field paths (`"$a.b"`)
 //! and constants. Anything else is refused with MongoDB's error, never half-evaluated.
 
