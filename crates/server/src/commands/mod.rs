@@ -589,6 +589,19 @@ async fn begin_retryable_write(
     }
 }
 
+/// A commit that could not be made: the transaction ends aborted (its intents already went back
+/// with its dropped `Txn`), counted and logged like every abort.
+fn commit_failed(shared: &Shared, session: &mut session::Session, n: i64, reason: &str) {
+    session.state = TxnState::Aborted;
+    shared
+        .sessions
+        .open
+        .stats
+        .aborted
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(lsid = %session.lsid, txn_number = n, reason, "transaction aborted: its commit failed");
+}
+
 /// Transactions open at least this long are logged when they commit.
 const SLOW_TRANSACTION_MS: u64 = 1_000;
 
@@ -678,27 +691,13 @@ async fn in_transaction(
                     if !active.txn.is_read_only()
                         && let Err(e) = record_commit(&mut active.txn, &record, n)
                     {
-                        session.state = TxnState::Aborted;
-                        shared
-                            .sessions
-                            .open
-                            .stats
-                            .aborted
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(lsid = %session.lsid, txn_number = n, reason = %e.message, "transaction aborted: cannot record its outcome");
+                        commit_failed(shared, &mut session, n, &e.message);
                         return Err(e);
                     }
                     let ticket = match active.txn.commit() {
                         Ok(ticket) => ticket,
                         Err(e) => {
-                            session.state = TxnState::Aborted;
-                            tracing::info!(lsid = %session.lsid, txn_number = n, reason = %e, "transaction aborted: its commit failed");
-                            shared
-                                .sessions
-                                .open
-                                .stats
-                                .aborted
-                                .fetch_add(1, Ordering::Relaxed);
+                            commit_failed(shared, &mut session, n, &e.to_string());
                             return Err(e.into());
                         }
                     };
