@@ -15,17 +15,42 @@ use crate::{Filter, Projection, QueryError, SortSpec, encode_key};
 
 enum Expr {
     Path(Vec<String>),
+    /// `$$ROOT` / `$$CURRENT`, optionally followed by a path.
+    Root(Vec<String>),
     Const(Bson),
     Doc(Vec<(String, Expr)>),
+    /// `{$setField: {field, input, value}}`: `input` with one field set, whatever its name
+    /// (dots and dollars included).
+    SetField {
+        field: String,
+        input: Box<Expr>,
+        value: Box<Expr>,
+    },
 }
 
 impl Expr {
     fn parse(v: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         match v {
-            RawBsonRef::String(s) if s.starts_with("$$") => Err(QueryError::location(
-                17276,
-                format!("Use of undefined variable: {}", &s[2..]),
-            )),
+            RawBsonRef::String(s) if s.starts_with("$$") => {
+                let mut parts = split_path(&s[2..]);
+                match parts.first().map(String::as_str) {
+                    Some("ROOT" | "CURRENT") => {
+                        parts.remove(0);
+                        Ok(Expr::Root(parts))
+                    }
+                    _ => Err(QueryError::location(
+                        17276,
+                        format!("Use of undefined variable: {}", &s[2..]),
+                    )),
+                }
+            }
+            RawBsonRef::Document(d)
+                if d.iter()
+                    .next()
+                    .is_some_and(|f| f.is_ok_and(|(k, _)| k.as_str().starts_with('$'))) =>
+            {
+                Self::parse_operator(d)
+            }
             RawBsonRef::String(s) if s.len() > 1 && s.starts_with('$') => {
                 Ok(Expr::Path(split_path(&s[1..])))
             }
@@ -50,10 +75,101 @@ impl Expr {
         }
     }
 
+    /// `{$literal: v}` and `{$setField: {...}}`; other operators come with the rest of the
+    /// expression language.
+    fn parse_operator(d: &RawDocument) -> Result<Expr, QueryError> {
+        let mut fields = d.iter();
+        let (op, arg) = match (fields.next(), fields.next()) {
+            (Some(Ok(first)), None) => first,
+            _ => {
+                return Err(QueryError::location(
+                    15983,
+                    "An object representing an expression must have exactly one field",
+                ));
+            }
+        };
+        match op.as_str() {
+            "$literal" => Ok(Expr::Const(
+                Bson::try_from(arg).map_err(|e| QueryError::bad_value(e.to_string()))?,
+            )),
+            "$setField" => {
+                let RawBsonRef::Document(spec) = arg else {
+                    return Err(QueryError::location(
+                        4161100,
+                        "$setField only supports an object as its argument",
+                    ));
+                };
+                let field = match spec.get("field").ok().flatten() {
+                    Some(RawBsonRef::String(f)) => f.to_string(),
+                    Some(RawBsonRef::Document(lit)) => match lit.get("$literal").ok().flatten() {
+                        Some(RawBsonRef::String(f)) => f.to_string(),
+                        _ => {
+                            return Err(QueryError::location(
+                                4161106,
+                                "$setField requires 'field' to evaluate to a constant string",
+                            ));
+                        }
+                    },
+                    _ => {
+                        return Err(QueryError::location(
+                            4161102,
+                            "$setField requires 'field' to be specified",
+                        ));
+                    }
+                };
+                let part = |name: &str, code: i32| {
+                    spec.get(name)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| {
+                            QueryError::location(
+                                code,
+                                format!("$setField requires '{name}' to be specified"),
+                            )
+                        })
+                        .and_then(Expr::parse)
+                };
+                Ok(Expr::SetField {
+                    field,
+                    input: Box::new(part("input", 4161103)?),
+                    value: Box::new(part("value", 4161104)?),
+                })
+            }
+            other => Err(QueryError::new(
+                168,
+                "InvalidPipelineOperator",
+                format!("Unrecognized expression '{other}'"),
+            )),
+        }
+    }
+
     /// The value, or `None` for a missing field.
     fn eval(&self, doc: &RawDocument) -> Option<Bson> {
         match self {
             Expr::Const(b) => Some(b.clone()),
+            Expr::Root(parts) if parts.is_empty() => {
+                Document::try_from(doc).ok().map(Bson::Document)
+            }
+            Expr::Root(parts) => Expr::Path(parts.clone()).eval(doc),
+            Expr::SetField {
+                field,
+                input,
+                value,
+            } => {
+                let mut target = match input.eval(doc) {
+                    Some(Bson::Document(d)) => d,
+                    _ => return Some(Bson::Null),
+                };
+                match value.eval(doc) {
+                    Some(v) => {
+                        target.insert(field.clone(), v);
+                    }
+                    None => {
+                        target.remove(field);
+                    }
+                }
+                Some(Bson::Document(target))
+            }
             Expr::Path(parts) => {
                 let mut found = None;
                 walk(doc, parts, false, &mut |v| {
@@ -107,6 +223,10 @@ enum Stage {
     Project(Projection),
     /// `$addFields` and its alias `$set`: (dotted path, expression) pairs.
     AddFields(Vec<(Vec<String>, Expr)>),
+    /// `$replaceRoot: {newRoot}` and `$replaceWith`.
+    ReplaceRoot(Expr),
+    /// `$unset`: paths to remove, as an exclusion projection.
+    Unset(Projection),
     Count(String),
     Group(Group),
 }
@@ -314,6 +434,35 @@ impl Pipeline {
                     n => Stage::Limit(n),
                 },
                 "$project" => Stage::Project(Projection::parse(doc_spec()?)?),
+                "$replaceRoot" => {
+                    let new_root = doc_spec()?
+                        .get("newRoot")
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| QueryError::location(40231, "no newRoot specified for the $replaceRoot stage"))?;
+                    Stage::ReplaceRoot(Expr::parse(new_root)?)
+                }
+                "$replaceWith" => Stage::ReplaceRoot(Expr::parse(spec)?),
+                "$unset" => {
+                    let names: Vec<&str> = match spec {
+                        RawBsonRef::String(f) => vec![f],
+                        RawBsonRef::Array(a) => a
+                            .into_iter()
+                            .map(|f| match f {
+                                Ok(RawBsonRef::String(f)) => Ok(f),
+                                _ => Err(QueryError::location(31120, "$unset specification must be a string or an array containing only string values")),
+                            })
+                            .collect::<Result<_, _>>()?,
+                        _ => {
+                            return Err(QueryError::location(31002, "$unset specification must be a string or an array"));
+                        }
+                    };
+                    let mut exclusion = bson::RawDocumentBuf::new();
+                    for n in names {
+                        exclusion.append(bson::raw::CString::try_from(n).map_err(|e| QueryError::bad_value(e.to_string()))?, 0i32);
+                    }
+                    Stage::Unset(Projection::parse(&exclusion)?)
+                }
                 "$addFields" | "$set" => {
                     let mut fields = Vec::new();
                     for item in doc_spec()? {
@@ -365,6 +514,20 @@ impl Pipeline {
         Ok(Pipeline { stages, sink })
     }
 
+    /// Whether every stage may appear in a pipeline-style update (which reshapes one document).
+    pub fn is_update_pipeline(&self) -> bool {
+        self.sink.is_none()
+            && self.stages.iter().all(|s| {
+                matches!(
+                    s,
+                    Stage::AddFields(_)
+                        | Stage::Project(_)
+                        | Stage::Unset(_)
+                        | Stage::ReplaceRoot(_)
+                )
+            })
+    }
+
     /// The `$out` or `$merge` that ends the pipeline, if any.
     pub fn sink(&self) -> Option<&Sink> {
         self.sink.as_ref()
@@ -395,6 +558,20 @@ impl Pipeline {
                 Stage::AddFields(fields) => docs
                     .iter()
                     .map(|d| add_fields(d, fields))
+                    .collect::<Result<_, _>>()?,
+                Stage::Unset(p) => docs.iter().map(|d| p.apply(d)).collect::<Result<_, _>>()?,
+                Stage::ReplaceRoot(e) => docs
+                    .iter()
+                    .map(|d| match e.eval(d) {
+                        Some(Bson::Document(root)) => to_raw(&root),
+                        other => Err(QueryError::location(
+                            40228,
+                            format!(
+                                "'newRoot' expression must evaluate to an object, but resulting value was: {}",
+                                other.map_or("MISSING".to_string(), |v| v.to_string())
+                            ),
+                        )),
+                    })
                     .collect::<Result<_, _>>()?,
                 Stage::Count(field) => {
                     if docs.is_empty() {

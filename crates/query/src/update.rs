@@ -21,6 +21,17 @@ pub struct Update {
 enum Kind {
     Replacement(Document),
     Ops(Vec<Op>),
+    /// A pipeline-style update: `$set`/`$addFields`, `$project`/`$unset` and
+    /// `$replaceRoot`/`$replaceWith` stages run over the one document.
+    Pipeline(std::sync::Arc<UpdatePipeline>),
+}
+
+struct UpdatePipeline(crate::Pipeline);
+
+impl std::fmt::Debug for UpdatePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpdatePipeline")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,7 +177,34 @@ impl Update {
     ) -> Result<Update, QueryError> {
         let doc = match update {
             Bson::Document(d) => d,
-            Bson::Array(_) => return Err(bad("pipeline-style updates are not supported yet")),
+            Bson::Array(stages) => {
+                if stages.is_empty() {
+                    return Err(bad("pipeline-style update must have at least one stage"));
+                }
+                if array_filters.is_some_and(|f| !f.is_empty()) {
+                    return Err(QueryError::failed_to_parse(
+                        "arrayFilters may not be specified for pipeline-style updates",
+                    ));
+                }
+                let mut raw = bson::RawArrayBuf::new();
+                for stage in stages {
+                    raw.push(
+                        bson::RawBson::try_from(stage.clone())
+                            .map_err(|e| QueryError::bad_value(e.to_string()))?,
+                    );
+                }
+                let pipeline = crate::Pipeline::parse(&raw)?;
+                if !pipeline.is_update_pipeline() {
+                    return Err(QueryError::location(
+                        72,
+                        "Only $addFields, $set, $project, $unset, $replaceRoot and $replaceWith are allowed in a pipeline-style update",
+                    ));
+                }
+                return Ok(Update {
+                    kind: Kind::Pipeline(std::sync::Arc::new(UpdatePipeline(pipeline))),
+                    array_filters: HashMap::new(),
+                });
+            }
             _ => {
                 return Err(QueryError::failed_to_parse(
                     "Update argument must be either an object or an array",
@@ -248,6 +286,32 @@ impl Update {
     ) -> Result<Document, QueryError> {
         let old_id = doc.get("_id");
         match &self.kind {
+            Kind::Pipeline(p) => {
+                let raw = bson::RawDocumentBuf::try_from(doc)
+                    .map_err(|e| QueryError::bad_value(e.to_string()))?;
+                let out = p.0.run(vec![raw])?;
+                let mut new = match out.into_iter().next() {
+                    Some(d) => Document::try_from(d.as_ref() as &bson::RawDocument)
+                        .map_err(|e| QueryError::bad_value(e.to_string()))?,
+                    None => Document::new(),
+                };
+                // The pipeline cannot change _id; one it dropped comes back, first.
+                match (old_id, new.remove("_id")) {
+                    (Some(old), Some(id)) if *old != id => {
+                        Err(QueryError::immutable_field(format!(
+                            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {id}"
+                        )))
+                    }
+                    (old, id) => {
+                        let mut out = Document::new();
+                        if let Some(id) = id.or_else(|| old.cloned()) {
+                            out.insert("_id", id);
+                        }
+                        out.extend(new);
+                        Ok(out)
+                    }
+                }
+            }
             Kind::Replacement(repl) => {
                 let mut out = Document::new();
                 match (old_id, repl.get("_id")) {

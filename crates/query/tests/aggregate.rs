@@ -59,3 +59,44 @@ fn out_and_merge_are_sinks_and_must_come_last() {
         parse(doc! { "p": [ { "$merge": { "into": "c", "whenMatched": "bogus" } } ] }).is_err()
     );
 }
+
+#[test]
+fn pipeline_updates_reshape_one_document_and_keep_its_id() {
+    use bson::Bson;
+    use mangrove_query::Update;
+    let apply = |stages: Bson, doc: bson::Document| {
+        Update::parse(&stages).and_then(|u| u.apply(&doc, false))
+    };
+    let doc = doc! { "_id": 1, "x": 1, "t": { "u": 2 } };
+    // $replaceRoot drops _id from its output; the update puts it back, first.
+    let out = apply(
+        Bson::Array(vec![
+            Bson::Document(doc! { "$replaceRoot": { "newRoot": "$t" } }),
+            Bson::Document(doc! { "$set": { "foo": 1 } }),
+        ]),
+        doc.clone(),
+    )
+    .unwrap();
+    assert_eq!(out, doc! { "_id": 1, "u": 2, "foo": 1 });
+    // $setField sets names a plain $set could not.
+    let out = apply(
+        Bson::Array(vec![Bson::Document(doc! { "$replaceWith": { "$setField": { "field": { "$literal": "a.$b" }, "value": 7, "input": "$$ROOT" } } })]),
+        doc.clone(),
+    )
+    .unwrap();
+    assert_eq!(out.get_i32("a.$b").unwrap(), 7);
+    let out = apply(
+        Bson::Array(vec![Bson::Document(doc! { "$unset": ["x", "t.u"] })]),
+        doc.clone(),
+    )
+    .unwrap();
+    assert_eq!(out, doc! { "_id": 1, "t": {} });
+    // _id cannot change, and only reshaping stages are allowed.
+    let err = apply(
+        Bson::Array(vec![Bson::Document(doc! { "$set": { "_id": 2 } })]),
+        doc.clone(),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, 66);
+    assert!(Update::parse(&Bson::Array(vec![Bson::Document(doc! { "$match": {} })])).is_err());
+}

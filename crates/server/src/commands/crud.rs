@@ -452,10 +452,24 @@ fn check_id(id: RawBsonRef<'_>) -> CommandResult<()> {
         RawBsonRef::Undefined => Some("undefined"),
         _ => None,
     };
-    match bad {
-        Some(t) => Err(CommandError::new(53, format!("can't use an {t} for _id"))),
-        None => Ok(()),
+    if let Some(t) = bad {
+        return Err(CommandError::new(53, format!("can't use an {t} for _id")));
     }
+    // An _id document must be storable as a value, so no operator-looking field names in it.
+    if let RawBsonRef::Document(d) = id
+        && let Some(Ok((k, _))) = d
+            .iter()
+            .find(|f| f.as_ref().is_ok_and(|(k, _)| k.as_str().starts_with('$')))
+    {
+        return Err(CommandError::new(
+            52,
+            format!(
+                "_id fields may not contain '$'-prefixed fields: {} is not valid for storage.",
+                k.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn too_large(size: usize, max: usize) -> CommandError {
