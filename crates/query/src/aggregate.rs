@@ -13,8 +13,16 @@ use crate::compare::{as_num, compare_values};
 use crate::path::{split_path, walk};
 use crate::{Filter, Projection, QueryError, SortSpec, encode_key};
 
-enum Expr {
+pub(crate) enum Expr {
     Path(Vec<String>),
+    /// `$$REMOVE`: evaluates to missing.
+    Missing,
+    /// `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte` and `$cmp` over two expressions, in BSON order.
+    Cmp(CmpExpr, Box<Expr>, Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Not(Box<Expr>),
+    Rand,
     /// `$$ROOT` / `$$CURRENT`, optionally followed by a path.
     Root(Vec<String>),
     Const(Bson),
@@ -28,8 +36,81 @@ enum Expr {
     },
 }
 
+#[derive(Clone, Copy)]
+pub(crate) enum CmpExpr {
+    Eq,
+    Ne,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Cmp,
+}
+
+thread_local! {
+    /// The command's `let` variables while its filters, updates and pipelines are parsed (see
+    /// [`with_let`]); they are constants, so parsing substitutes their values.
+    static LET_VARS: std::cell::RefCell<Vec<(String, Bson)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `parse` with the command's `let` variables defined: each is an expression evaluated
+/// once, up front (so `{$rand: {}}` gives one value for the whole command, as in mongod).
+/// Parsing is synchronous, so a thread-local scope is exactly as long as the closure.
+pub fn with_let<T, E: From<QueryError>>(
+    lets: Option<&RawDocument>,
+    parse: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let Some(lets) = lets else {
+        return parse();
+    };
+    let mut vars = Vec::new();
+    for item in lets {
+        let (name, value) = item.map_err(|e| E::from(QueryError::bad_value(e.to_string())))?;
+        let name = name.as_str();
+        if name.is_empty()
+            || !name.starts_with(|c: char| c.is_ascii_lowercase() || !c.is_ascii())
+            || name.contains('.')
+        {
+            return Err(E::from(QueryError::location(
+                16867,
+                format!("'{name}' starts with an invalid character for a user variable name"),
+            )));
+        }
+        let empty = bson::RawDocumentBuf::new();
+        let value = Expr::parse(value)?.eval(&empty).unwrap_or(Bson::Null);
+        vars.push((name.to_string(), value));
+    }
+    struct Restore(Vec<(String, Bson)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = std::mem::take(&mut self.0);
+            LET_VARS.with(|v| *v.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(LET_VARS.with(|v| std::mem::replace(&mut *v.borrow_mut(), vars)));
+    parse()
+}
+
+fn let_var(name: &str) -> Option<Bson> {
+    LET_VARS.with(|v| {
+        v.borrow()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+    })
+}
+
+/// A random double in [0, 1) for `$rand`, from the standard library's randomly seeded hasher.
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 impl Expr {
-    fn parse(v: RawBsonRef<'_>) -> Result<Expr, QueryError> {
+    pub(crate) fn parse(v: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         match v {
             RawBsonRef::String(s) if s.starts_with("$$") => {
                 let mut parts = split_path(&s[2..]);
@@ -38,10 +119,30 @@ impl Expr {
                         parts.remove(0);
                         Ok(Expr::Root(parts))
                     }
-                    _ => Err(QueryError::location(
-                        17276,
-                        format!("Use of undefined variable: {}", &s[2..]),
-                    )),
+                    Some("REMOVE") if parts.len() == 1 => Ok(Expr::Missing),
+                    Some("NOW") if parts.len() == 1 => {
+                        Ok(Expr::Const(Bson::DateTime(bson::DateTime::now())))
+                    }
+                    Some(name) => match let_var(name) {
+                        Some(value) if parts.len() == 1 => Ok(Expr::Const(value)),
+                        Some(value) => {
+                            // `$$var.a.b`: a path into the variable's value.
+                            let doc = match value {
+                                Bson::Document(d) => d,
+                                _ => return Ok(Expr::Missing),
+                            };
+                            let raw = bson::RawDocumentBuf::try_from(&doc)
+                                .map_err(|e| QueryError::bad_value(e.to_string()))?;
+                            Ok(Expr::Path(parts[1..].to_vec())
+                                .eval(&raw)
+                                .map_or(Expr::Missing, Expr::Const))
+                        }
+                        None => Err(QueryError::location(
+                            17276,
+                            format!("Use of undefined variable: {name}"),
+                        )),
+                    },
+                    None => Err(QueryError::location(17276, "Use of undefined variable: ")),
                 }
             }
             RawBsonRef::Document(d)
@@ -75,8 +176,18 @@ impl Expr {
         }
     }
 
-    /// `{$literal: v}` and `{$setField: {...}}`; other operators come with the rest of the
-    /// expression language.
+    /// Aggregation truthiness: false, null, missing and zero are false; everything else true.
+    pub(crate) fn truthy(&self, doc: &RawDocument) -> bool {
+        match self.eval(doc) {
+            None | Some(Bson::Null) | Some(Bson::Undefined) | Some(Bson::Boolean(false)) => false,
+            Some(Bson::Int32(0)) | Some(Bson::Int64(0)) => false,
+            Some(Bson::Double(d)) => d != 0.0,
+            Some(_) => true,
+        }
+    }
+
+    /// Operator expressions: comparisons, `$and`/`$or`/`$not`, `$rand`, `$literal` and
+    /// `$setField`; the rest of the expression language comes later.
     fn parse_operator(d: &RawDocument) -> Result<Expr, QueryError> {
         let mut fields = d.iter();
         let (op, arg) = match (fields.next(), fields.next()) {
@@ -88,7 +199,50 @@ impl Expr {
                 ));
             }
         };
+        let args = |n: usize| -> Result<Vec<Expr>, QueryError> {
+            let items: Vec<RawBsonRef<'_>> = match arg {
+                RawBsonRef::Array(a) => a
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| QueryError::bad_value(e.to_string()))?,
+                single => vec![single],
+            };
+            if n != usize::MAX && items.len() != n {
+                return Err(QueryError::location(
+                    16020,
+                    format!(
+                        "Expression {} takes exactly {n} arguments. {} were passed in.",
+                        op.as_str(),
+                        items.len()
+                    ),
+                ));
+            }
+            items.into_iter().map(Expr::parse).collect()
+        };
+        let cmp = |kind: CmpExpr| -> Result<Expr, QueryError> {
+            let mut a = args(2)?;
+            let b = a.pop().expect("two arguments");
+            let a = a.pop().expect("two arguments");
+            Ok(Expr::Cmp(kind, Box::new(a), Box::new(b)))
+        };
         match op.as_str() {
+            "$eq" => cmp(CmpExpr::Eq),
+            "$ne" => cmp(CmpExpr::Ne),
+            "$gt" => cmp(CmpExpr::Gt),
+            "$gte" => cmp(CmpExpr::Gte),
+            "$lt" => cmp(CmpExpr::Lt),
+            "$lte" => cmp(CmpExpr::Lte),
+            "$cmp" => cmp(CmpExpr::Cmp),
+            "$and" => Ok(Expr::And(args(usize::MAX)?)),
+            "$or" => Ok(Expr::Or(args(usize::MAX)?)),
+            "$not" => Ok(Expr::Not(Box::new(args(1)?.pop().expect("one argument")))),
+            "$rand" => match arg {
+                RawBsonRef::Document(d) if d.is_empty() => Ok(Expr::Rand),
+                _ => Err(QueryError::location(
+                    3040501,
+                    "$rand does not currently accept arguments",
+                )),
+            },
             "$literal" => Ok(Expr::Const(
                 Bson::try_from(arg).map_err(|e| QueryError::bad_value(e.to_string()))?,
             )),
@@ -144,9 +298,38 @@ impl Expr {
     }
 
     /// The value, or `None` for a missing field.
-    fn eval(&self, doc: &RawDocument) -> Option<Bson> {
+    pub(crate) fn eval(&self, doc: &RawDocument) -> Option<Bson> {
         match self {
             Expr::Const(b) => Some(b.clone()),
+            Expr::Missing => None,
+            Expr::Rand => Some(Bson::Double(random_unit())),
+            Expr::Cmp(kind, a, b) => {
+                // Missing sorts before every value (it is less than null), as in mongod.
+                let ord = match (a.eval(doc), b.eval(doc)) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => std::cmp::Ordering::Less,
+                    (Some(_), None) => std::cmp::Ordering::Greater,
+                    (Some(x), Some(y)) => {
+                        let (x, y) = (
+                            bson::RawBson::try_from(x).ok()?,
+                            bson::RawBson::try_from(y).ok()?,
+                        );
+                        compare_values(x.as_raw_bson_ref(), y.as_raw_bson_ref())
+                    }
+                };
+                Some(match kind {
+                    CmpExpr::Eq => Bson::Boolean(ord.is_eq()),
+                    CmpExpr::Ne => Bson::Boolean(ord.is_ne()),
+                    CmpExpr::Gt => Bson::Boolean(ord.is_gt()),
+                    CmpExpr::Gte => Bson::Boolean(ord.is_ge()),
+                    CmpExpr::Lt => Bson::Boolean(ord.is_lt()),
+                    CmpExpr::Lte => Bson::Boolean(ord.is_le()),
+                    CmpExpr::Cmp => Bson::Int32(ord as i32),
+                })
+            }
+            Expr::And(items) => Some(Bson::Boolean(items.iter().all(|e| e.truthy(doc)))),
+            Expr::Or(items) => Some(Bson::Boolean(items.iter().any(|e| e.truthy(doc)))),
+            Expr::Not(e) => Some(Bson::Boolean(!e.truthy(doc))),
             Expr::Root(parts) if parts.is_empty() => {
                 Document::try_from(doc).ok().map(Bson::Document)
             }

@@ -22,11 +22,21 @@ pub(crate) enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Nor(Vec<Node>),
+    /// `$expr`: an aggregation expression over the whole document, true when truthy.
+    Expr(std::sync::Arc<ExprNode>),
     Field {
         path: String,
         parts: Vec<String>,
         pred: Pred,
     },
+}
+
+pub(crate) struct ExprNode(crate::aggregate::Expr);
+
+impl std::fmt::Debug for ExprNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$expr")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +300,7 @@ impl Node {
             Node::Or(children) => children.iter().any(|c| c.matches(doc)),
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
+            Node::Expr(e) => e.0.truthy(doc),
         }
     }
 }
@@ -540,7 +551,10 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "comment" => {}
                 "alwaysTrue" => nodes.push(Node::And(Vec::new())),
                 "alwaysFalse" => nodes.push(Node::Or(Vec::new())),
-                "expr" | "where" | "text" | "jsonSchema" | "sampleRate" => {
+                "expr" => nodes.push(Node::Expr(std::sync::Arc::new(ExprNode(
+                    crate::aggregate::Expr::parse(value)?,
+                )))),
+                "where" | "text" | "jsonSchema" | "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {

@@ -21,7 +21,7 @@ mod projection;
 mod sort;
 mod update;
 
-pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched};
+pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;

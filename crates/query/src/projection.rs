@@ -199,6 +199,15 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
                 ))),
             }
         }
+        // A `let` variable (or `$$NOW`) is a constant by the time the projection is parsed.
+        RawBsonRef::String(v) if v.starts_with("$$") => match crate::aggregate::Expr::parse(value)?
+        {
+            crate::aggregate::Expr::Const(b) => Ok((
+                Item::Literal(RawBson::try_from(b).map_err(|e| bad(e.to_string()))?),
+                Kind::Include,
+            )),
+            _ => Err(bad(format!("projecting {v} is not supported yet"))),
+        },
         // Any other value is a computed field whose value is that literal.
         _ => Ok((Item::Literal(value.into()), Kind::Include)),
     }

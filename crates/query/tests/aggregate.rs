@@ -100,3 +100,71 @@ fn pipeline_updates_reshape_one_document_and_keep_its_id() {
     assert_eq!(err.code, 66);
     assert!(Update::parse(&Bson::Array(vec![Bson::Document(doc! { "$match": {} })])).is_err());
 }
+
+#[test]
+fn expr_filters_and_let_variables() {
+    use mangrove_query::{Filter, with_let};
+    let f = |spec: bson::Document| Filter::parse(&bson::RawDocumentBuf::try_from(&spec).unwrap());
+    let doc = rawdoc! { "_id": 1, "a": 5, "b": 7 };
+    assert!(
+        f(doc! { "$expr": { "$lt": ["$a", "$b"] } })
+            .unwrap()
+            .matches(&doc)
+    );
+    assert!(
+        !f(doc! { "$expr": { "$gt": ["$a", "$b"] } })
+            .unwrap()
+            .matches(&doc)
+    );
+    // Missing is less than every value, null included.
+    assert!(
+        f(doc! { "$expr": { "$lt": ["$nope", null] } })
+            .unwrap()
+            .matches(&doc)
+    );
+    assert!(f(doc! { "$expr": { "$and": [ { "$eq": ["$a", 5] }, { "$not": [ { "$eq": ["$b", 5] } ] } ] } }).unwrap().matches(&doc));
+    assert!(
+        !f(doc! { "$expr": { "$or": [false, 0, "$nope"] } })
+            .unwrap()
+            .matches(&doc)
+    );
+    // An undefined variable is an error at parse time.
+    assert_eq!(
+        f(doc! { "$expr": { "$eq": ["$_id", "$$id"] } })
+            .unwrap_err()
+            .code,
+        17276
+    );
+    let lets = rawdoc! { "id": 1, "r": { "$rand": {} }, "lit": { "$literal": "$x" } };
+    let filter = with_let(Some(&lets), || {
+        f(doc! { "$expr": { "$eq": ["$_id", "$$id"] } })
+    })
+    .unwrap();
+    assert!(filter.matches(&doc));
+    assert!(!filter.matches(&rawdoc! { "_id": 2 }));
+    let p = with_let(Some(&lets), || {
+        let raw = bson::RawDocumentBuf::try_from(
+            &doc! { "p": [ { "$project": { "_id": 0, "r": "$$r", "lit": "$$lit" } } ] },
+        )
+        .unwrap();
+        mangrove_query::Pipeline::parse(raw.get_array("p").unwrap())
+    })
+    .unwrap();
+    let out = bson::Document::try_from(p.run(vec![doc.clone()]).unwrap()[0].as_ref()).unwrap();
+    let r = out.get_f64("r").unwrap();
+    assert!((0.0..1.0).contains(&r), "{out}");
+    assert_eq!(out.get_str("lit").unwrap(), "$x");
+    // The scope ends with the closure.
+    assert_eq!(
+        f(doc! { "$expr": { "$eq": ["$_id", "$$id"] } })
+            .unwrap_err()
+            .code,
+        17276
+    );
+    assert_eq!(
+        with_let(Some(&rawdoc! { "Bad": 1 }), || f(doc! {}))
+            .unwrap_err()
+            .code,
+        16867
+    );
+}

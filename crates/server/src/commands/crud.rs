@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, encode_key};
+use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, encode_key, with_let};
 use mangrove_storage::{
     CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, Snapshot, StorageError, StoredDoc,
     Txn,
@@ -752,7 +752,9 @@ pub(super) fn find(
     validate_db_name(req.db)?;
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
-    let filter = Filter::parse(req.opt_doc("filter")?.unwrap_or(&empty))?;
+    let filter = with_let(req.opt_doc("let")?, || {
+        Filter::parse(req.opt_doc("filter")?.unwrap_or(&empty)).map_err(CommandError::from)
+    })?;
     let sort = match req.opt_doc("sort")? {
         Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
         _ => None,
@@ -901,7 +903,7 @@ pub(super) async fn aggregate(
     validate_db_name(req.db)?;
     let ns = req.ns(name);
     let pipeline = match req.opt_array("pipeline")? {
-        Some(p) => Pipeline::parse(p)?,
+        Some(p) => with_let(req.opt_doc("let")?, || Pipeline::parse(p))?,
         None => {
             return Err(CommandError::new(
                 code::MISSING_FIELD,
@@ -1522,6 +1524,7 @@ pub(super) async fn update(
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("updates")?;
     batch_size_check(stmts.len())?;
+    let lets = req.opt_doc("let")?;
     // Unknown fields fail the whole command before anything runs, as mongod's IDL parser does
     // (7.0 has no `sort` in update statements; that came in 8.0).
     for stmt in &stmts {
@@ -1543,7 +1546,7 @@ pub(super) async fn update(
             if let Some(recorded) = recorded {
                 return Ok(UpdateOutcome::from_record(&recorded));
             }
-            let filter = stmt_filter(stmt, "update", "updates")?;
+            let filter = with_let(lets, || stmt_filter(stmt, "update", "updates"))?;
             let u: Bson = match stmt.get("u").ok().flatten() {
                 Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => v.try_into().map_err(internal)?,
                 Some(v) => {
@@ -1583,7 +1586,9 @@ pub(super) async fn update(
                     )));
                 }
             };
-            let update = Update::parse_with_array_filters(&u, array_filters.as_deref())?;
+            let update = with_let(lets, || {
+                Update::parse_with_array_filters(&u, array_filters.as_deref())
+            })?;
             let multi = stmt_bool(stmt, "multi")?;
             let upsert = stmt_bool(stmt, "upsert")?;
             if multi && update.is_replacement() {
@@ -1683,7 +1688,10 @@ pub(super) async fn find_and_modify(
     opts.retry = retry;
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
-    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    let lets = req.opt_doc("let")?;
+    let filter = with_let(lets, || {
+        Filter::parse(req.opt_doc("query")?.unwrap_or(&empty)).map_err(CommandError::from)
+    })?;
     let sort = match req.opt_doc("sort")? {
         Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
         _ => None,
@@ -1715,7 +1723,9 @@ pub(super) async fn find_and_modify(
                 ),
                 None => None,
             };
-            Some(Update::parse_with_array_filters(&u, filters.as_deref())?)
+            Some(with_let(lets, || {
+                Update::parse_with_array_filters(&u, filters.as_deref())
+            })?)
         }
         Some(v) => {
             return Err(CommandError::type_mismatch(format!(
@@ -1913,6 +1923,7 @@ pub(super) async fn delete(
     let ordered = req.opt_bool("ordered")?.unwrap_or(true);
     let stmts = req.batch("deletes")?;
     batch_size_check(stmts.len())?;
+    let lets = req.opt_doc("let")?;
     let ns = req.ns(name);
 
     let mut n = 0u64;
@@ -1932,7 +1943,7 @@ pub(super) async fn delete(
                 "deletes",
                 &["q", "limit", "collation", "hint"],
             )?;
-            let filter = stmt_filter(stmt, "delete", "deletes")?;
+            let filter = with_let(lets, || stmt_filter(stmt, "delete", "deletes"))?;
             let just_one = match stmt.get("limit").ok().flatten() {
                 None => {
                     return Err(CommandError::new(
