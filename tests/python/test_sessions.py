@@ -6,7 +6,6 @@ never run twice (even across a kill -9), session commands, setParameter, fail po
 from __future__ import annotations
 
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -96,6 +95,7 @@ def _retryable(db, session, cmd: dict, txn_number: int):
 
 def test_retryable_writes_run_once_even_across_kill_9():
     data = Path(tempfile.mkdtemp(prefix="mangrove-retry-"))
+    server = None
     try:
         server = MangroveServer(data_dir=data)
         c = MongoClient(server.uri)
@@ -114,8 +114,7 @@ def test_retryable_writes_run_once_even_across_kill_9():
         assert fam_first == {"_id": 2, "n": 10}
         assert db.c.find_one({"_id": 2})["n"] == 10
         lsid = s.session_id
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait()
+        server.kill()  # SIGKILL: no shutdown, no final checkpoint
         c.close()
 
         server = MangroveServer(data_dir=data)
@@ -136,6 +135,8 @@ def test_retryable_writes_run_once_even_across_kill_9():
         c.close()
         server.stop()
     finally:
+        if server is not None:
+            server.kill()  # a no-op if it already stopped; never leave one running
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -232,6 +233,7 @@ def test_list_local_sessions_shows_sessions_in_use(client):
 
 def test_rename_collection_moves_everything_and_survives_kill_9():
     data = Path(tempfile.mkdtemp(prefix="mangrove-rename-"))
+    server = None
     try:
         server = MangroveServer(data_dir=data)
         c = MongoClient(server.uri)
@@ -252,8 +254,7 @@ def test_rename_collection_moves_everything_and_survives_kill_9():
         assert done.wait(10)
         assert sorted(c.r.list_collection_names()) == ["old"]
         assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait()
+        server.kill()  # SIGKILL: no shutdown, no final checkpoint
         c.close()
         server = MangroveServer(data_dir=data)
         c = MongoClient(server.uri)
@@ -262,11 +263,14 @@ def test_rename_collection_moves_everything_and_survives_kill_9():
         c.close()
         server.stop()
     finally:
+        if server is not None:
+            server.kill()  # a no-op if it already stopped; never leave one running
         shutil.rmtree(data, ignore_errors=True)
 
 
 def test_a_commit_retried_across_kill_9_still_reports_committed():
     data = Path(tempfile.mkdtemp(prefix="mangrove-commit-"))
+    server = None
     try:
         server = MangroveServer(data_dir=data)
         c = MongoClient(server.uri)
@@ -276,8 +280,7 @@ def test_a_commit_retried_across_kill_9_still_reports_committed():
         c.t.c.insert_one({"_id": 1}, session=s)
         s.commit_transaction()
         lsid, n = s.session_id, s._transaction_id  # noqa: SLF001
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait()
+        server.kill()  # SIGKILL: no shutdown, no final checkpoint
         c.close()
 
         server = MangroveServer(data_dir=data)
@@ -295,6 +298,8 @@ def test_a_commit_retried_across_kill_9_still_reports_committed():
         c.close()
         server.stop()
     finally:
+        if server is not None:
+            server.kill()  # a no-op if it already stopped; never leave one running
         shutil.rmtree(data, ignore_errors=True)
 
 
