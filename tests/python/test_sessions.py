@@ -88,56 +88,67 @@ def test_server_status_and_current_op_count_transactions(client, db):
     report(f"[pymongo] serverStatus.transactions after: {after}")
 
 
+@pytest.fixture()
+def restartable():
+    """Starts servers on one data directory that outlives each of them (restart tests); at the
+    end every server started is killed and the directory removed, whatever the test did."""
+    data = Path(tempfile.mkdtemp(prefix="mangrove-restart-"))
+    started: list[MangroveServer] = []
+
+    def start() -> MangroveServer:
+        server = MangroveServer(data_dir=data)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()  # a no-op for one that already stopped
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def _retryable(db, session, cmd: dict, txn_number: int):
     """Sends a write with an explicit txnNumber, as a driver's retry would resend it."""
     return db.command({**cmd, "txnNumber": Int64(txn_number)}, session=session)
 
 
-def test_retryable_writes_run_once_even_across_kill_9():
-    data = Path(tempfile.mkdtemp(prefix="mangrove-retry-"))
-    server = None
-    try:
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        db = c.retry
-        db.c.insert_many([{"_id": 1, "n": 0}, {"_id": 2, "n": 0}])
-        s = c.start_session()
-        inc = {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}]}
-        fam = {"findAndModify": "c", "query": {"_id": 2}, "update": {"$inc": {"n": 10}},
-               "new": True}
-        first = _retryable(db, s, inc, 7)
-        again = _retryable(db, s, inc, 7)
-        assert (first["n"], first["nModified"]) == (1, 1)
-        assert (again["n"], again["nModified"]) == (1, 1)
-        assert db.c.find_one({"_id": 1})["n"] == 1
-        fam_first = _retryable(db, s, fam, 8)["value"]
-        assert fam_first == {"_id": 2, "n": 10}
-        assert db.c.find_one({"_id": 2})["n"] == 10
-        lsid = s.session_id
-        server.kill()  # SIGKILL: no shutdown, no final checkpoint
-        c.close()
+def test_retryable_writes_run_once_even_across_kill_9(restartable):
+    server = restartable()
+    c = MongoClient(server.uri)
+    db = c.retry
+    db.c.insert_many([{"_id": 1, "n": 0}, {"_id": 2, "n": 0}])
+    s = c.start_session()
+    inc = {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}]}
+    fam = {"findAndModify": "c", "query": {"_id": 2}, "update": {"$inc": {"n": 10}},
+           "new": True}
+    first = _retryable(db, s, inc, 7)
+    again = _retryable(db, s, inc, 7)
+    assert (first["n"], first["nModified"]) == (1, 1)
+    assert (again["n"], again["nModified"]) == (1, 1)
+    assert db.c.find_one({"_id": 1})["n"] == 1
+    fam_first = _retryable(db, s, fam, 8)["value"]
+    assert fam_first == {"_id": 2, "n": 10}
+    assert db.c.find_one({"_id": 2})["n"] == 10
+    lsid = s.session_id
+    server.kill()  # SIGKILL: no shutdown, no final checkpoint
+    c.close()
 
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        db = c.retry
-        s = c.start_session()
-        # A driver retrying after the crash resends with the same lsid. pymongo stamps its own
-        # session's id on every command, so give this session the old id (a private field).
-        assert s.session_id != lsid  # materializes the lazily created server session
-        s._server_session.session_id = lsid  # noqa: SLF001
-        fam_retry = _retryable(db, s, fam, 8)
-        assert fam_retry["value"] == {"_id": 2, "n": 10}, "retry after restart must return the original post-image"
-        assert db.c.find_one({"_id": 2})["n"] == 10, "retried findAndModify ran again"
-        with pytest.raises(OperationFailure) as e:
-            _retryable(db, s, inc, 7)
-        assert e.value.code == 225, e.value.details  # TransactionTooOld: 8 superseded 7
-        report("[pymongo] retryable findAndModify after kill -9: original post-image returned, not re-run")
-        c.close()
-        server.stop()
-    finally:
-        if server is not None:
-            server.kill()  # a no-op if it already stopped; never leave one running
-        shutil.rmtree(data, ignore_errors=True)
+    server = restartable()
+    c = MongoClient(server.uri)
+    db = c.retry
+    s = c.start_session()
+    # A driver retrying after the crash resends with the same lsid. pymongo stamps its own
+    # session's id on every command, so give this session the old id (a private field).
+    assert s.session_id != lsid  # materializes the lazily created server session
+    s._server_session.session_id = lsid  # noqa: SLF001
+    fam_retry = _retryable(db, s, fam, 8)
+    assert fam_retry["value"] == {"_id": 2, "n": 10}, "retry after restart must return the original post-image"
+    assert db.c.find_one({"_id": 2})["n"] == 10, "retried findAndModify ran again"
+    with pytest.raises(OperationFailure) as e:
+        _retryable(db, s, inc, 7)
+    assert e.value.code == 225, e.value.details  # TransactionTooOld: 8 superseded 7
+    report("[pymongo] retryable findAndModify after kill -9: original post-image returned, not re-run")
+    c.close()
+    server.stop()
 
 
 def test_session_commands(client, db):
@@ -231,76 +242,62 @@ def test_list_local_sessions_shows_sessions_in_use(client):
     s.end_session()
 
 
-def test_rename_collection_moves_everything_and_survives_kill_9():
-    data = Path(tempfile.mkdtemp(prefix="mangrove-rename-"))
-    server = None
-    try:
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        c.r.src.insert_many([{"_id": i} for i in range(50)])
-        c.r.old.insert_one({"_id": "stale"})
-        with pytest.raises(OperationFailure) as e:
-            c.r.src.rename("old")
-        assert e.value.code == 48  # NamespaceExists without dropTarget
-        # A transaction on the source holds the rename back until it ends.
-        s = c.start_session()
-        s.start_transaction()
-        c.r.src.insert_one({"_id": 50}, session=s)
-        done = threading.Event()
-        threading.Thread(target=lambda: (c.r.src.rename("old", dropTarget=True), done.set()),
-                         daemon=True).start()
-        assert not done.wait(0.5), "rename did not wait for the transaction on its source"
-        s.commit_transaction()
-        assert done.wait(10)
-        assert sorted(c.r.list_collection_names()) == ["old"]
-        assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
-        server.kill()  # SIGKILL: no shutdown, no final checkpoint
-        c.close()
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        assert sorted(c.r.list_collection_names()) == ["old"]
-        assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
-        c.close()
-        server.stop()
-    finally:
-        if server is not None:
-            server.kill()  # a no-op if it already stopped; never leave one running
-        shutil.rmtree(data, ignore_errors=True)
+def test_rename_collection_moves_everything_and_survives_kill_9(restartable):
+    server = restartable()
+    c = MongoClient(server.uri)
+    c.r.src.insert_many([{"_id": i} for i in range(50)])
+    c.r.old.insert_one({"_id": "stale"})
+    with pytest.raises(OperationFailure) as e:
+        c.r.src.rename("old")
+    assert e.value.code == 48  # NamespaceExists without dropTarget
+    # A transaction on the source holds the rename back until it ends.
+    s = c.start_session()
+    s.start_transaction()
+    c.r.src.insert_one({"_id": 50}, session=s)
+    done = threading.Event()
+    threading.Thread(target=lambda: (c.r.src.rename("old", dropTarget=True), done.set()),
+                     daemon=True).start()
+    assert not done.wait(0.5), "rename did not wait for the transaction on its source"
+    s.commit_transaction()
+    assert done.wait(10)
+    assert sorted(c.r.list_collection_names()) == ["old"]
+    assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
+    server.kill()  # SIGKILL: no shutdown, no final checkpoint
+    c.close()
+    server = restartable()
+    c = MongoClient(server.uri)
+    assert sorted(c.r.list_collection_names()) == ["old"]
+    assert c.r.old.count_documents({}) == 51 and c.r.old.find_one({"_id": "stale"}) is None
+    c.close()
+    server.stop()
 
 
-def test_a_commit_retried_across_kill_9_still_reports_committed():
-    data = Path(tempfile.mkdtemp(prefix="mangrove-commit-"))
-    server = None
-    try:
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        c.t.c.insert_one({"_id": 0})
-        s = c.start_session()
-        s.start_transaction()
-        c.t.c.insert_one({"_id": 1}, session=s)
-        s.commit_transaction()
-        lsid, n = s.session_id, s._transaction_id  # noqa: SLF001
-        server.kill()  # SIGKILL: no shutdown, no final checkpoint
-        c.close()
+def test_a_commit_retried_across_kill_9_still_reports_committed(restartable):
+    server = restartable()
+    c = MongoClient(server.uri)
+    c.t.c.insert_one({"_id": 0})
+    s = c.start_session()
+    s.start_transaction()
+    c.t.c.insert_one({"_id": 1}, session=s)
+    s.commit_transaction()
+    lsid, n = s.session_id, s._transaction_id  # noqa: SLF001
+    server.kill()  # SIGKILL: no shutdown, no final checkpoint
+    c.close()
 
-        server = MangroveServer(data_dir=data)
-        c = MongoClient(server.uri)
-        s = c.start_session()
-        assert s.session_id != lsid
-        s._server_session.session_id = lsid  # noqa: SLF001 (the driver's retry reuses the lsid)
-        reply = c.admin.command(
-            {"commitTransaction": 1, "txnNumber": Int64(n), "autocommit": False}, session=s)
-        assert reply["ok"] == 1.0, reply
-        # Not NoSuchTransaction with TransientTransactionError, which would make a driver run
-        # the whole transaction again; and the data was written once.
-        assert c.t.c.count_documents({}) == 2
-        report("[pymongo] commitTransaction retried after kill -9: ok (the recorded outcome)")
-        c.close()
-        server.stop()
-    finally:
-        if server is not None:
-            server.kill()  # a no-op if it already stopped; never leave one running
-        shutil.rmtree(data, ignore_errors=True)
+    server = restartable()
+    c = MongoClient(server.uri)
+    s = c.start_session()
+    assert s.session_id != lsid
+    s._server_session.session_id = lsid  # noqa: SLF001 (the driver's retry reuses the lsid)
+    reply = c.admin.command(
+        {"commitTransaction": 1, "txnNumber": Int64(n), "autocommit": False}, session=s)
+    assert reply["ok"] == 1.0, reply
+    # Not NoSuchTransaction with TransientTransactionError, which would make a driver run
+    # the whole transaction again; and the data was written once.
+    assert c.t.c.count_documents({}) == 2
+    report("[pymongo] commitTransaction retried after kill -9: ok (the recorded outcome)")
+    c.close()
+    server.stop()
 
 
 def test_cursors_opened_in_a_transaction_belong_to_it(client, db):

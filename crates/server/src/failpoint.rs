@@ -202,12 +202,7 @@ impl FailPoints {
             };
             listed && app_ok && ns_ok
         })?;
-        let int = |key: &str| match data.get(key) {
-            Some(Bson::Int32(n)) => Some(*n as i64),
-            Some(Bson::Int64(n)) => Some(*n),
-            Some(Bson::Double(n)) => Some(*n as i64),
-            _ => None,
-        };
+        let int = |key: &str| int_field(&data, key);
         let block = if data.get_bool("blockConnection").unwrap_or(false) {
             Some(Duration::from_millis(
                 int("blockTimeMS").unwrap_or(0).max(0) as u64,
@@ -236,12 +231,8 @@ impl FailPoints {
     /// The `onPrimaryTransactionalWrite` action for one retryable write, if armed.
     pub fn transactional_write(&self) -> Option<TransactionalWriteFault> {
         let data = self.fire("onPrimaryTransactionalWrite", |_| true)?;
-        let fail_before_commit = match data.get("failBeforeCommitExceptionCode") {
-            Some(Bson::Int32(n)) => Some(*n),
-            Some(Bson::Int64(n)) => Some(*n as i32),
-            Some(Bson::Double(n)) => Some(*n as i32),
-            _ => None,
-        };
+        let fail_before_commit =
+            int_field(&data, "failBeforeCommitExceptionCode").map(|c| c as i32);
         Some(TransactionalWriteFault {
             close_connection: data.get_bool("closeConnection").unwrap_or(true),
             fail_before_commit,
@@ -251,15 +242,21 @@ impl FailPoints {
     /// The error code `failGetMoreAfterCursorCheckout` makes the next `getMore` fail with.
     pub fn get_more_error(&self) -> Option<CommandError> {
         let data = self.fire("failGetMoreAfterCursorCheckout", |_| true)?;
-        let code = match data.get("errorCode") {
-            Some(Bson::Int32(n)) => *n,
-            Some(Bson::Int64(n)) => *n as i32,
-            _ => code::INTERNAL_ERROR,
-        };
+        let code = int_field(&data, "errorCode").map_or(code::INTERNAL_ERROR, |c| c as i32);
         Some(CommandError::new(
             code,
             "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint",
         ))
+    }
+}
+
+/// A numeric field of a fail point's data, whatever number type the test sent.
+fn int_field(data: &Document, key: &str) -> Option<i64> {
+    match data.get(key)? {
+        Bson::Int32(n) => Some(*n as i64),
+        Bson::Int64(n) => Some(*n),
+        Bson::Double(n) => Some(*n as i64),
+        _ => None,
     }
 }
 

@@ -188,15 +188,20 @@ impl Touched {
         }
     }
 
-    pub fn add(&self, ns: String) {
+    /// A statement of the transaction starts, on namespace `ns` if it names one: one lock of the
+    /// shared table per statement.
+    pub fn statement_started(&self, ns: Option<String>) {
         if let Some(t) = self.registry.lock().get_mut(&self.id) {
-            t.namespaces.insert(ns);
+            t.running = true;
+            if let Some(ns) = ns {
+                t.namespaces.insert(ns);
+            }
         }
     }
 
-    pub fn set_running(&self, running: bool) {
+    pub fn statement_finished(&self) {
         if let Some(t) = self.registry.lock().get_mut(&self.id) {
-            t.running = running;
+            t.running = false;
         }
     }
 
@@ -373,27 +378,21 @@ impl Sessions {
     /// after its last use, as in mongod's logical session cache. Past the session limit new
     /// sessions are simply not cached; commands still run.
     pub fn note_use(&self, lsid: &RawDocument) {
-        let existing = self.lock().get(&lsid_key(lsid)).cloned();
-        match existing {
-            Some(session) => {
-                if let Ok(mut s) = session.try_lock() {
-                    s.last_used = Instant::now();
-                }
-            }
-            None => {
-                let _ = self.get_or_create(lsid);
-            }
+        if !self.touch(lsid) {
+            let _ = self.get_or_create(lsid);
         }
     }
 
-    /// `refreshSessions`: the session counts as used now.
-    pub fn touch(&self, lsid: &RawDocument) {
-        let session = self.lock().get(&lsid_key(lsid)).cloned();
-        if let Some(session) = session
-            && let Ok(mut s) = session.try_lock()
-        {
+    /// `refreshSessions`: the session counts as used now. False if it is not known. A session
+    /// busy with a command is in use anyway, and its command sets `last_used` itself.
+    pub fn touch(&self, lsid: &RawDocument) -> bool {
+        let Some(session) = self.lock().get(&lsid_key(lsid)).cloned() else {
+            return false;
+        };
+        if let Ok(mut s) = session.try_lock() {
             s.last_used = Instant::now();
         }
+        true
     }
 
     /// Ends every session (killAllSessions).
@@ -461,20 +460,9 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
     )
 }
 
+/// NoSuchTransaction; `commands::run` labels it TransientTransactionError, as mongod does.
 pub(crate) fn no_such_transaction(message: String) -> CommandError {
-    transient(CommandError::new(code::NO_SUCH_TRANSACTION, message))
-}
-
-/// Errors after which the whole transaction may succeed if retried from the start.
-pub(crate) fn transient(mut e: CommandError) -> CommandError {
-    if matches!(
-        e.code,
-        code::WRITE_CONFLICT | code::NO_SUCH_TRANSACTION | code::LOCK_TIMEOUT
-    ) && !e.labels.contains(&"TransientTransactionError")
-    {
-        e.labels.push("TransientTransactionError");
-    }
-    e
+    CommandError::new(code::NO_SUCH_TRANSACTION, message)
 }
 
 /// Brings the session to the statement's `txnNumber`, starting a transaction if asked, or says

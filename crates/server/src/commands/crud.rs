@@ -980,13 +980,24 @@ pub(super) async fn aggregate(
         }
         return Ok(reply.into());
     }
+    pipeline_cursor(shared, ns, output, batch_size, txn_owner(req, txn))
+}
+
+/// The first batch of a pipeline's output; the rest stays in a cursor for `getMore`.
+fn pipeline_cursor(
+    shared: &Shared,
+    ns: String,
+    output: Vec<RawDocumentBuf>,
+    batch_size: Option<u64>,
+    txn: Option<(Vec<u8>, i64)>,
+) -> CommandResult<Reply> {
     let mut cursor = Cursor {
         ns: ns.clone(),
         source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
         projection: None,
         remaining: None,
         last_used: Instant::now(),
-        txn: txn_owner(req, txn),
+        txn,
     };
     let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
     let id = if exhausted {
@@ -1029,27 +1040,8 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         Some(RawBsonRef::String(coll)) => req.ns(coll),
         _ => format!("{}.$cmd.aggregate", req.db),
     };
-    let mut cursor = Cursor {
-        ns: ns.clone(),
-        source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
-        projection: None,
-        remaining: None,
-        last_used: Instant::now(),
-        txn: None,
-    };
     let batch_size = super::catalog::cursor_batch_size(req)?;
-    let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
-    let id = if exhausted {
-        0
-    } else {
-        shared.cursors.insert(cursor)?
-    };
-    Ok(Some(Reply::Raw(cursor_reply(
-        &ns,
-        id,
-        "firstBatch",
-        &batch,
-    ))))
+    pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }
 
 /// Writes an aggregation's output where its `$out` or `$merge` says, in one transaction, so

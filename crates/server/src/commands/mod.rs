@@ -477,51 +477,57 @@ struct SessionRecord {
     lsid: Document,
 }
 
-/// The session's `config.transactions` record; the first time the session is used since the
-/// server started, its state is restored from it: the last retryable write and its statements,
-/// or the last committed transaction (so a commit retried across a restart still answers
-/// "committed" instead of inviting the driver to run the transaction again).
-async fn load_session_record(
+/// Where the session's record lives. Computed only when a record is read or written: the first
+/// use of a session since the server started, a new retryable write, a commit with writes.
+async fn session_record(shared: &Shared, lsid: &bson::RawDocument) -> CommandResult<SessionRecord> {
+    let opts = crud::WriteOptions::from_request_defaults();
+    Ok(SessionRecord {
+        coll: crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?,
+        key: crud::key_of(RawBsonRef::Document(lsid)),
+        lsid: Document::try_from(lsid)
+            .map_err(|e| CommandError::bad_value(format!("lsid: {e}")))?,
+    })
+}
+
+/// The first time a session is used since the server started, restores its state from its
+/// `config.transactions` record: the last retryable write and its statements, or the last
+/// committed transaction (so a commit retried across a restart still answers "committed"
+/// instead of inviting the driver to run the transaction again). Returns the record's location
+/// when it had to compute it.
+async fn restore_session(
     shared: &Shared,
     session: &mut session::Session,
     lsid: &bson::RawDocument,
-) -> CommandResult<SessionRecord> {
-    let opts = crud::WriteOptions::from_request_defaults();
-    let coll = crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?;
-    let key = crud::key_of(RawBsonRef::Document(lsid));
-    let lsid_doc =
-        Document::try_from(lsid).map_err(|e| CommandError::bad_value(format!("lsid: {e}")))?;
-    if !session.record_loaded {
-        session.record_loaded = true;
-        if let Some(stored) = shared.engine.snapshot().get(&coll, &key)? {
-            let fields = Document::try_from(stored.as_ref() as &bson::RawDocument).ok();
-            let stored_n = fields.as_ref().and_then(|d| d.get_i64("txnNum").ok());
-            let committed_txn = fields
-                .as_ref()
-                .is_some_and(|d| d.get_str("state").ok() == Some("committed"));
-            if let Some(stored_n) = stored_n
-                && session.txn_number.is_none_or(|cur| stored_n > cur)
-            {
-                session.txn_number = Some(stored_n);
-                if committed_txn {
-                    session.state = TxnState::Committed;
-                } else {
-                    session.retryable = Some(std::sync::Arc::new(RetryableWrite::new(
-                        lsid_doc.clone(),
-                        key.clone(),
-                        stored_n,
-                        coll.clone(),
-                        Some(&stored),
-                    )));
-                }
+) -> CommandResult<Option<SessionRecord>> {
+    if session.record_loaded {
+        return Ok(None);
+    }
+    let record = session_record(shared, lsid).await?;
+    session.record_loaded = true;
+    if let Some(stored) = shared.engine.snapshot().get(&record.coll, &record.key)? {
+        let fields = Document::try_from(stored.as_ref() as &bson::RawDocument).ok();
+        let stored_n = fields.as_ref().and_then(|d| d.get_i64("txnNum").ok());
+        let committed_txn = fields
+            .as_ref()
+            .is_some_and(|d| d.get_str("state").ok() == Some("committed"));
+        if let Some(stored_n) = stored_n
+            && session.txn_number.is_none_or(|cur| stored_n > cur)
+        {
+            session.txn_number = Some(stored_n);
+            if committed_txn {
+                session.state = TxnState::Committed;
+            } else {
+                session.retryable = Some(std::sync::Arc::new(RetryableWrite::new(
+                    record.lsid.clone(),
+                    record.key.clone(),
+                    stored_n,
+                    record.coll.clone(),
+                    Some(&stored),
+                )));
             }
         }
     }
-    Ok(SessionRecord {
-        coll,
-        key,
-        lsid: lsid_doc,
-    })
+    Ok(Some(record))
 }
 
 /// Writes "transaction `n` committed" into the committing transaction itself, so the outcome is
@@ -556,11 +562,7 @@ async fn begin_retryable_write(
     lsid: &bson::RawDocument,
     n: i64,
 ) -> CommandResult<std::sync::Arc<RetryableWrite>> {
-    let SessionRecord {
-        coll,
-        key,
-        lsid: lsid_doc,
-    } = load_session_record(shared, session, lsid).await?;
+    let restored = restore_session(shared, session, lsid).await?;
     match session.txn_number {
         Some(current) if n < current => Err(CommandError::new(
             code::TRANSACTION_TOO_OLD,
@@ -582,7 +584,11 @@ async fn begin_retryable_write(
             session.abort("a retryable write with a newer txnNumber arrived on the session");
             session.state = TxnState::Idle;
             session.txn_number = Some(n);
-            let record = std::sync::Arc::new(RetryableWrite::new(lsid_doc, key, n, coll, None));
+            let SessionRecord { coll, key, lsid } = match restored {
+                Some(record) => record,
+                None => session_record(shared, lsid).await?,
+            };
+            let record = std::sync::Arc::new(RetryableWrite::new(lsid, key, n, coll, None));
             session.retryable = Some(record.clone());
             Ok(record)
         }
@@ -674,7 +680,7 @@ async fn in_transaction(
             "Only the first command in a transaction may specify a readConcern",
         ));
     }
-    let record = load_session_record(shared, &mut session, lsid).await?;
+    restore_session(shared, &mut session, lsid).await?;
     // The log record's session metadata is built once, when the transaction begins.
     session::begin_or_continue(&mut session, &args, &shared.sessions.open, lsid, || {
         let mut txn = shared.engine.begin();
@@ -688,9 +694,15 @@ async fn in_transaction(
             match std::mem::replace(&mut session.state, TxnState::Committed) {
                 TxnState::Active(mut active) => {
                     let open_ms = active.started.elapsed().as_millis() as u64;
-                    if !active.txn.is_read_only()
-                        && let Err(e) = record_commit(&mut active.txn, &record, n)
-                    {
+                    let recorded = if active.txn.is_read_only() {
+                        Ok(())
+                    } else {
+                        match session_record(shared, lsid).await {
+                            Ok(record) => record_commit(&mut active.txn, &record, n),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    if let Err(e) = recorded {
                         commit_failed(shared, &mut session, n, &e.message);
                         return Err(e);
                     }
@@ -767,10 +779,9 @@ async fn in_transaction(
                     )));
                 }
             };
-            if let Ok(coll) = req.collection() {
-                active.touched.add(req.ns(coll));
-            }
-            active.touched.set_running(true);
+            active
+                .touched
+                .statement_started(req.collection().ok().map(|coll| req.ns(coll)));
             let txn = &mut active.txn;
             let result = match req.name {
                 "find" => crud::find(shared, req, Some(txn), None),
@@ -791,7 +802,7 @@ async fn in_transaction(
                 )),
             };
             if let TxnState::Active(active) = &session.state {
-                active.touched.set_running(false);
+                active.touched.statement_finished();
             }
             // Any failed statement aborts the transaction, as in mongod.
             match result {
@@ -813,7 +824,8 @@ async fn in_transaction(
                         "'{}' failed: {} ({})",
                         req.name, e.code_name, e.message
                     ));
-                    Err(session::transient(e))
+                    // Labels (TransientTransactionError) are added in `run`, as for every error.
+                    Err(e)
                 }
             }
         }
