@@ -166,6 +166,12 @@ fn record_json(pos: &RecordPos, record: &LogRecord, with_docs: bool) -> serde_js
                     LogOp::CreateCollection { options, .. } => {
                         o.insert("options", options.clone());
                     }
+                    LogOp::CreateIndex { spec, .. } => {
+                        o.insert("spec", spec.clone());
+                    }
+                    LogOp::DropIndex { name, .. } => {
+                        o.insert("name", name.clone());
+                    }
                     _ => {}
                 }
             }

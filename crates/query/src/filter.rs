@@ -152,6 +152,10 @@ impl Filter {
         self.root.matches(doc)
     }
 
+    pub(crate) fn root(&self) -> &Node {
+        &self.root
+    }
+
     /// The single `_id` value the filter pins, enabling a point lookup instead of a scan.
     pub fn id_equality(&self) -> Option<RawBson> {
         let mut eqs = Vec::new();

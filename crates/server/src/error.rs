@@ -223,13 +223,18 @@ impl From<mangrove_storage::StorageError> for CommandError {
             // Labelled TransientTransactionError only inside a transaction, by the caller that
             // knows it is in one.
             S::WriteConflict => CommandError::new(code::WRITE_CONFLICT, message),
-            S::DuplicateKey { id, .. } => {
+            S::DuplicateKey {
+                key_pattern,
+                key_value,
+                ..
+            } => {
                 let mut err = CommandError::new(code::DUPLICATE_KEY, message);
                 err.info = Some(Box::new(
-                    doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": *id } },
+                    doc! { "keyPattern": *key_pattern, "keyValue": *key_value },
                 ));
                 err
             }
+            S::Index(q) => q.into(),
             S::NamespaceNotFound(_) => CommandError::new(code::NAMESPACE_NOT_FOUND, message),
             S::NamespaceExists(_) => CommandError::new(code::NAMESPACE_EXISTS, message),
             S::TxnClosed => CommandError::new(1, message),

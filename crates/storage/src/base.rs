@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! docs     (coll id u64 BE ++ document key) -> (commit ts u64 LE ++ BSON document)
-//! catalog  namespace                        -> BSON { id, options, ts }
+//! catalog  namespace                        -> BSON { id, options, ts, indexes: [{id, spec}] }
+//!
+//! An index's entries are a keyspace of `docs` with the index's own id.
 //! meta     "checkpoint_ts" | "next_coll_id" -> u64
 //! ```
 //!
@@ -50,6 +52,8 @@ pub(crate) struct BaseCollection {
     pub id: u64,
     pub options: Document,
     pub ts: Timestamp,
+    /// Each secondary index: its keyspace id and normalized specification.
+    pub indexes: Vec<(u64, Document)>,
 }
 
 /// What a checkpoint writes: the newest version at or before `ts` of every key changed since
@@ -104,11 +108,25 @@ impl BaseStore {
         for entry in catalog.iter().map_err(|e| err("catalog", e))? {
             let (ns, value) = entry.map_err(|e| err("catalog", e))?;
             let d = Document::from_reader(value.value()).map_err(|e| err("catalog entry", e))?;
+            let mut indexes = Vec::new();
+            for index in d.get_array("indexes").map(|a| a.as_slice()).unwrap_or_default() {
+                let index = index
+                    .as_document()
+                    .ok_or_else(|| err("catalog index", "not a document"))?;
+                indexes.push((
+                    index.get_i64("id").map_err(|e| err("catalog index id", e))? as u64,
+                    index
+                        .get_document("spec")
+                        .map_err(|e| err("catalog index spec", e))?
+                        .clone(),
+                ));
+            }
             collections.push(BaseCollection {
                 ns: ns.value().to_string(),
                 id: d.get_i64("id").map_err(|e| err("catalog id", e))? as u64,
                 options: d.get_document("options").cloned().unwrap_or_default(),
                 ts: Timestamp(d.get_i64("ts").unwrap_or(0) as u64),
+                indexes,
             });
         }
         Ok((checkpoint, next_coll_id, collections))
@@ -127,22 +145,28 @@ impl BaseStore {
         Ok(value.and_then(|v| decode_value(v.value())))
     }
 
-    /// Visits the collection's documents in key order after `after`, until `visit` breaks.
+    /// Visits a keyspace's entries in key order within the bounds, until `visit` breaks.
     pub(crate) fn scan(
         &self,
         coll: u64,
-        after: Option<&DocKey>,
+        lower: Bound<&DocKey>,
+        upper: Bound<&DocKey>,
         mut visit: impl FnMut(DocKey, Timestamp, StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
         let table = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
-        let lower = match after {
-            Some(k) => Bound::Excluded(doc_key(coll, k)),
-            None => Bound::Included(coll.to_be_bytes().to_vec()),
+        let lower = match lower {
+            Bound::Included(k) => Bound::Included(doc_key(coll, k)),
+            Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
+            Bound::Unbounded => Bound::Included(coll.to_be_bytes().to_vec()),
         };
-        let upper = match coll.checked_add(1) {
-            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
-            None => Bound::Unbounded,
+        let upper = match upper {
+            Bound::Included(k) => Bound::Included(doc_key(coll, k)),
+            Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
+            Bound::Unbounded => match coll.checked_add(1) {
+                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            },
         };
         let range = table
             .range::<&[u8]>((
@@ -205,8 +229,17 @@ impl BaseStore {
                 .retain(|_, _| false)
                 .map_err(|e| err("catalog", e))?;
             for c in &data.catalog {
-                let entry =
-                    doc! { "id": c.id as i64, "options": c.options.clone(), "ts": c.ts.0 as i64 };
+                let indexes: Vec<Document> = c
+                    .indexes
+                    .iter()
+                    .map(|(id, spec)| doc! { "id": *id as i64, "spec": spec.clone() })
+                    .collect();
+                let entry = doc! {
+                    "id": c.id as i64,
+                    "options": c.options.clone(),
+                    "ts": c.ts.0 as i64,
+                    "indexes": indexes,
+                };
                 let bytes = entry.to_vec().map_err(|e| err("catalog entry", e))?;
                 catalog
                     .insert(c.ns.as_str(), bytes.as_slice())

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bson::{Bson, RawDocumentBuf};
+use bson::raw::{RawBinaryRef, cstr};
+use bson::{Bson, RawDocument, RawDocumentBuf};
+use mangrove_query::{IndexSpec, KeyInterval};
 use tokio::sync::watch;
 
 use crate::base::BaseStore;
@@ -50,12 +52,95 @@ pub struct CollectionInfo {
     pub db: String,
     pub name: String,
     pub options: bson::Document,
+    /// Secondary indexes (the `_id` index is the collection's own key order).
+    pub indexes: Vec<Arc<IndexInfo>>,
     id: CollId,
 }
 
 impl CollectionInfo {
     pub fn ns(&self) -> String {
         format!("{}.{}", self.db, self.name)
+    }
+
+    /// The keyspaces this collection owns: its documents and each index's entries.
+    fn keyspaces(&self) -> impl Iterator<Item = CollId> + '_ {
+        std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
+    }
+
+    fn same_indexes(&self, other: &CollectionInfo) -> bool {
+        self.indexes.len() == other.indexes.len()
+            && self
+                .indexes
+                .iter()
+                .zip(&other.indexes)
+                .all(|(a, b)| a.id == b.id)
+    }
+
+    pub fn index(&self, name: &str) -> Option<&Arc<IndexInfo>> {
+        self.indexes.iter().find(|i| i.key.name == name)
+    }
+}
+
+/// A secondary index. Its entries live in their own keyspace, versioned like documents and
+/// written in the same commit as the documents they index, so every snapshot sees indexes that
+/// agree with its documents.
+///
+/// An entry's key is the index key (see [`IndexSpec::keys`]), followed by the document's key
+/// unless the index is unique (then the key alone is the entry, so two documents with one key
+/// contend for one entry: DuplicateKey, or WriteConflict while both are uncommitted). Its value
+/// is `{r: <document key>}`.
+#[derive(Clone, Debug)]
+pub struct IndexInfo {
+    /// The normalized specification, as `listIndexes` reports it.
+    pub spec: bson::Document,
+    pub key: Arc<IndexSpec>,
+    id: CollId,
+}
+
+impl IndexInfo {
+    fn entry_key(&self, index_key: &[u8], doc: &DocKey) -> DocKey {
+        let mut k = Vec::with_capacity(index_key.len() + doc.0.len());
+        k.extend_from_slice(index_key);
+        if !self.key.unique {
+            k.extend_from_slice(&doc.0);
+        }
+        DocKey(k)
+    }
+}
+
+fn entry_value(doc: &DocKey) -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(
+        cstr!("r"),
+        RawBinaryRef {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: &doc.0,
+        },
+    );
+    Arc::new(d)
+}
+
+/// The document an index entry points at.
+fn entry_target(value: &RawDocument) -> Option<DocKey> {
+    value.get_binary("r").ok().map(|b| DocKey(b.bytes.to_vec()))
+}
+
+fn compile_index(spec: bson::Document, id: CollId) -> Result<Arc<IndexInfo>, StorageError> {
+    let key = IndexSpec::compile(&spec).map_err(StorageError::Index)?;
+    Ok(Arc::new(IndexInfo {
+        spec,
+        key: Arc::new(key),
+        id,
+    }))
+}
+
+/// Sets the version of `ts` in a chain being replayed. One record may write an index entry
+/// twice (one document leaves a unique key, another takes it), or a catalog entry twice
+/// (created, then indexed): the last write of the record wins, as it did live.
+fn set_recovered<T>(chain: &mut VersionChain<T>, ts: Timestamp, value: Option<T>) {
+    match chain.versions.last_mut() {
+        Some((last, v)) if *last == ts => *v = value,
+        _ => chain.install_recovered(ts, value),
     }
 }
 
@@ -159,6 +244,13 @@ struct State {
     /// Collections that open transactions create "if absent": one reserved id per namespace,
     /// shared by every such transaction, and which of them hold it.
     shared_creates: HashMap<String, SharedCreate>,
+    /// Open transactions holding document intents in a collection. An index build (a catalog
+    /// write) waits until none does, and writers refuse to start while one is building, so no
+    /// document write can miss an index.
+    writers: HashMap<CollId, BTreeSet<TxnId>>,
+    /// The newest commit that wrote documents of each collection: an index build whose
+    /// snapshot predates it would miss that write.
+    last_write: HashMap<CollId, Timestamp>,
 }
 
 /// A namespace several open transactions may create at once without conflicting: they all
@@ -233,6 +325,8 @@ struct PendingCommit {
     ts: Timestamp,
     txn: TxnId,
     docs: BTreeMap<(CollId, DocKey), DocWrite>,
+    /// Index entries written (`None` removes one); derived from `docs`, so not in the record.
+    index_writes: BTreeMap<(CollId, DocKey), Option<StoredDoc>>,
     catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
     /// Namespaces in `catalog` created "if absent" (see [`Txn::create_collection_shared`]).
     shared_creates: BTreeSet<String>,
@@ -351,10 +445,16 @@ impl Engine {
         let (checkpoint_ts, next_coll_id, collections) = base.load()?;
         for c in collections {
             let (db, name) = split_ns(&c.ns);
+            let mut indexes = Vec::with_capacity(c.indexes.len());
+            for (id, spec) in c.indexes {
+                indexes.push(compile_index(spec, id)?);
+                state.collections.insert(id, BTreeMap::new());
+            }
             let info = Arc::new(CollectionInfo {
                 db: db.to_string(),
                 name: name.to_string(),
                 options: c.options,
+                indexes,
                 id: c.id,
             });
             state.collections.insert(c.id, BTreeMap::new());
@@ -562,8 +662,11 @@ impl Engine {
             id: self.inner.next_txn_id.fetch_add(1, Ordering::Relaxed),
             snapshot: self.snapshot(),
             docs: BTreeMap::new(),
+            index_writes: BTreeMap::new(),
             catalog: BTreeMap::new(),
             shared_creates: BTreeSet::new(),
+            created: BTreeSet::new(),
+            index_ops: Vec::new(),
             namespaces: HashMap::new(),
             meta: CommitMeta::default(),
             open: true,
@@ -699,7 +802,12 @@ impl Engine {
         // Commits that never reached the log never become visible: give their intents back.
         let mut state = self.write_state();
         for commit in &later {
-            release_intents(&mut state, commit.txn, commit.docs.keys(), &commit.catalog);
+            release_intents(
+                &mut state,
+                commit.txn,
+                commit.docs.keys().chain(commit.index_writes.keys()),
+                &commit.catalog,
+            );
         }
         drop(state);
         self.inner.queue_space.notify_all();
@@ -719,12 +827,17 @@ impl Engine {
                     .catalog
                     .get_mut(&ns)
                     .expect("a catalog write holds an intent, so its chain exists");
-                let dropped_id = match &info {
-                    None => chain.visible_at(ts).map(|old| old.id),
-                    Some(_) => None,
+                // Keyspaces the old version owned and the new one does not (a dropped
+                // collection's, or a dropped index's) go once no snapshot can see them.
+                let gone: Vec<CollId> = match chain.visible_at(ts) {
+                    Some(old) => old
+                        .keyspaces()
+                        .filter(|id| info.as_ref().is_none_or(|new| !new.keyspaces().any(|n| n == *id)))
+                        .collect(),
+                    None => Vec::new(),
                 };
                 chain.install(commit.txn, ts, info);
-                if let Some(id) = dropped_id {
+                for id in gone {
                     state.dropped.push((ts, id));
                     state.base_drops.push((ts, id));
                 }
@@ -737,12 +850,31 @@ impl Engine {
                     .expect("a document write holds an intent, so its chain exists");
                 chain.install(commit.txn, ts, write.doc().cloned());
             }
+            for ((id, key), value) in &commit.index_writes {
+                let chain = state
+                    .collections
+                    .get_mut(id)
+                    .and_then(|d| d.get_mut(key))
+                    .expect("an index write holds an intent, so its chain exists");
+                chain.install(commit.txn, ts, value.clone());
+            }
+            let mut written: Vec<CollId> = commit.docs.keys().map(|(id, _)| *id).collect();
+            written.dedup();
+            for id in written {
+                state.last_write.insert(id, ts);
+                if let Some(w) = state.writers.get_mut(&id) {
+                    w.remove(&commit.txn);
+                    if w.is_empty() {
+                        state.writers.remove(&id);
+                    }
+                }
+            }
             assert!(ts > state.last_commit, "commits install in timestamp order");
             state.last_commit = ts;
             // Prune what this commit made unreachable, bounded by the oldest live reader.
             let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
             let checkpoint = state.checkpoint_ts;
-            for (coll_id, key) in commit.docs.keys() {
+            for (coll_id, key) in commit.docs.keys().chain(commit.index_writes.keys()) {
                 if let Some(chains) = state.collections.get_mut(coll_id)
                     && let Some(chain) = chains.get_mut(key)
                 {
@@ -755,12 +887,14 @@ impl Engine {
             let State {
                 dropped,
                 collections,
+                last_write,
                 ..
             } = &mut *state;
             dropped.retain(|(drop_ts, id)| {
                 let reclaim = *drop_ts <= oldest;
                 if reclaim {
                     collections.remove(id);
+                    last_write.remove(id);
                 }
                 !reclaim
             });
@@ -810,7 +944,8 @@ fn merge_overlay<'a>(
     Ok(())
 }
 
-/// Applies one logged transaction to the state during recovery.
+/// Applies one logged transaction to the state during recovery. Index entries are not in the
+/// log: they are derived again from the documents, exactly as the live commit derived them.
 fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String> {
     for op in ops {
         match op {
@@ -832,14 +967,15 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                     db: db.to_string(),
                     name: name.to_string(),
                     options: options.clone(),
+                    indexes: Vec::new(),
                     id,
                 });
                 state.collections.insert(id, BTreeMap::new());
-                state
-                    .catalog
-                    .entry(ns.clone())
-                    .or_insert_with(VersionChain::new)
-                    .install_recovered(ts, Some(info));
+                set_recovered(
+                    state.catalog.entry(ns.clone()).or_insert_with(VersionChain::new),
+                    ts,
+                    Some(info),
+                );
             }
             LogOp::DropCollection { ns } => {
                 let checkpoint = state.checkpoint_ts;
@@ -847,57 +983,170 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                     .catalog
                     .get_mut(ns)
                     .ok_or_else(|| format!("drop of unknown collection {ns}"))?;
-                let old = chain.visible_at(ts).map(|c| c.id);
+                let old = chain.visible_at(ts).cloned();
                 chain.install_recovered(ts, None);
                 // Nothing reads old versions during recovery: keep only the tombstone.
                 chain.prune(ts, checkpoint);
                 if let Some(old) = old {
-                    state.collections.remove(&old);
-                    state.base_drops.push((ts, old));
+                    for id in old.keyspaces() {
+                        state.collections.remove(&id);
+                        state.base_drops.push((ts, id));
+                    }
                 }
+            }
+            LogOp::CreateIndex { ns, spec } => {
+                let info = current_info(state, ns, ts)?;
+                let id = state.next_coll_id;
+                state.next_coll_id += 1;
+                let index = compile_index(spec.clone(), id).map_err(|e| e.to_string())?;
+                state.collections.insert(id, BTreeMap::new());
+                let mut entries = BTreeMap::new();
+                for (key, doc) in latest_docs(state, info.id)? {
+                    for k in index.key.keys(&doc).map_err(|e| e.to_string())? {
+                        entries.insert(index.entry_key(&k, &key), entry_value(&key));
+                    }
+                }
+                let keyspace = state.collections.get_mut(&id).expect("inserted above");
+                for (entry, value) in entries {
+                    let mut chain = VersionChain::new();
+                    chain.install_recovered(ts, Some(value));
+                    keyspace.insert(entry, chain);
+                }
+                let mut new_info = (*info).clone();
+                new_info.indexes.push(index);
+                let chain = state.catalog.get_mut(ns).expect("current_info found it");
+                set_recovered(chain, ts, Some(Arc::new(new_info)));
+            }
+            LogOp::DropIndex { ns, name } => {
+                let info = current_info(state, ns, ts)?;
+                let mut new_info = (*info).clone();
+                let pos = new_info
+                    .indexes
+                    .iter()
+                    .position(|i| i.key.name == *name)
+                    .ok_or_else(|| format!("drop of unknown index {name} on {ns}"))?;
+                let removed = new_info.indexes.remove(pos);
+                state.collections.remove(&removed.id);
+                state.base_drops.push((ts, removed.id));
+                let chain = state.catalog.get_mut(ns).expect("current_info found it");
+                set_recovered(chain, ts, Some(Arc::new(new_info)));
             }
             LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
-                let checkpoint = state.checkpoint_ts;
-                let docs = collection_docs(state, ns, ts)?;
-                let chain = docs
-                    .entry(DocKey(key.clone()))
-                    .or_insert_with(VersionChain::new);
-                chain.install_recovered(ts, Some(doc.clone()));
-                chain.prune(ts, checkpoint);
+                replay_doc(state, ns, ts, DocKey(key.clone()), Some(doc))?;
             }
             LogOp::Delete { ns, key, .. } => {
-                // The chain is created even if memory has none: the base store may hold the
-                // document, and the tombstone must hide it until the next checkpoint.
-                let checkpoint = state.checkpoint_ts;
-                let docs = collection_docs(state, ns, ts)?;
-                let k = DocKey(key.clone());
-                let chain = docs.entry(k.clone()).or_insert_with(VersionChain::new);
-                chain.install_recovered(ts, None);
-                chain.prune(ts, checkpoint);
-                if chain.is_empty() {
-                    docs.remove(&k);
-                }
+                replay_doc(state, ns, ts, DocKey(key.clone()), None)?;
             }
         }
     }
     Ok(())
 }
 
-fn collection_docs<'a>(
-    state: &'a mut State,
-    ns: &str,
-    ts: Timestamp,
-) -> Result<&'a mut BTreeMap<DocKey, VersionChain<StoredDoc>>, String> {
-    let id = state
+fn current_info(state: &State, ns: &str, ts: Timestamp) -> Result<Arc<CollectionInfo>, String> {
+    state
         .catalog
         .get(ns)
         .and_then(|c| c.visible_at(ts))
-        .map(|c| c.id)
-        .ok_or_else(|| format!("write to unknown collection {ns}"))?;
-    state
+        .cloned()
+        .ok_or_else(|| format!("index change on unknown collection {ns}"))
+}
+
+/// Every document of a keyspace as of the newest version, during recovery: chains in memory
+/// over the base store.
+fn latest_docs(state: &State, id: CollId) -> Result<Vec<(DocKey, StoredDoc)>, String> {
+    let memory = state
         .collections
-        .get_mut(&id)
-        .ok_or_else(|| format!("collection {ns} has no data"))
+        .get(&id)
+        .into_iter()
+        .flat_map(|docs| docs.iter())
+        .map(|(key, chain)| (key, chain.versions.last().and_then(|(_, v)| v.as_ref())));
+    let mut out = Vec::new();
+    merge_overlay(
+        memory,
+        |emit| match &state.base {
+            Some(base) => base.scan(id, Bound::Unbounded, Bound::Unbounded, |key, _, doc| {
+                emit(&key, &doc)
+            }),
+            None => Ok(()),
+        },
+        &mut |key, doc| {
+            out.push((key.clone(), doc.clone()));
+            ControlFlow::Continue(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Replays one document write (`None` deletes) and the index entries it changes.
+fn replay_doc(
+    state: &mut State,
+    ns: &str,
+    ts: Timestamp,
+    key: DocKey,
+    doc: Option<&StoredDoc>,
+) -> Result<(), String> {
+    let checkpoint = state.checkpoint_ts;
+    let info = current_info(state, ns, ts).map_err(|_| format!("write to unknown collection {ns}"))?;
+    let old = if info.indexes.is_empty() {
+        None
+    } else {
+        match state.collections.get(&info.id).and_then(|d| d.get(&key)) {
+            Some(chain) => chain.versions.last().and_then(|(_, v)| v.clone()),
+            None => match &state.base {
+                Some(base) => base
+                    .get(info.id, &key)
+                    .map_err(|e| e.to_string())?
+                    .map(|(_, d)| d),
+                None => None,
+            },
+        }
+    };
+    for index in &info.indexes {
+        let old_keys = match &old {
+            Some(d) => index.key.keys(d).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let new_keys = match doc {
+            Some(d) => index.key.keys(d).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let keyspace = state
+            .collections
+            .get_mut(&index.id)
+            .ok_or_else(|| format!("index {} of {ns} has no entries", index.key.name))?;
+        let changes = old_keys
+            .iter()
+            .filter(|k| new_keys.binary_search(k).is_err())
+            .map(|k| (index.entry_key(k, &key), None))
+            .chain(
+                new_keys
+                    .iter()
+                    .filter(|k| old_keys.binary_search(k).is_err())
+                    .map(|k| (index.entry_key(k, &key), Some(entry_value(&key)))),
+            );
+        for (entry, value) in changes {
+            let chain = keyspace.entry(entry.clone()).or_insert_with(VersionChain::new);
+            set_recovered(chain, ts, value);
+            chain.prune(ts, checkpoint);
+            if chain.is_empty() {
+                keyspace.remove(&entry);
+            }
+        }
+    }
+    let docs = state
+        .collections
+        .get_mut(&info.id)
+        .ok_or_else(|| format!("collection {ns} has no data"))?;
+    // A delete's chain is created even if memory has none: the base store may hold the
+    // document, and the tombstone must hide it until the next checkpoint.
+    let chain = docs.entry(key.clone()).or_insert_with(VersionChain::new);
+    chain.install_recovered(ts, doc.cloned());
+    chain.prune(ts, checkpoint);
+    if chain.is_empty() {
+        docs.remove(&key);
+    }
+    Ok(())
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, StorageError> {
@@ -976,6 +1225,12 @@ fn release_intents<'a>(
         state.shared_creates.remove(&ns);
     }
     for (coll_id, key) in doc_keys {
+        if let Some(w) = state.writers.get_mut(coll_id) {
+            w.remove(&txn);
+            if w.is_empty() {
+                state.writers.remove(coll_id);
+            }
+        }
         if let Some(chains) = state.collections.get_mut(coll_id)
             && let Some(chain) = chains.get_mut(key)
         {
@@ -996,20 +1251,61 @@ fn release_intents<'a>(
                 state.catalog.remove(ns);
             }
         }
-        // A collection created by this transaction never became visible: free its map (unless
-        // other transactions still share the creation).
+        // A collection or index created by this transaction never became visible: free its
+        // keyspace (unless other transactions still share the creation).
         if let Some(info) = info
             && !state.shared_creates.contains_key(ns)
         {
-            let visible = state
+            let visible: Vec<CollId> = state
                 .catalog
                 .get(ns)
                 .and_then(|c| c.visible_at(Timestamp(u64::MAX)))
-                .map(|c| c.id);
-            if visible != Some(info.id) {
-                state.collections.remove(&info.id);
+                .map(|c| c.keyspaces().collect())
+                .unwrap_or_default();
+            for id in info.keyspaces() {
+                if !visible.contains(&id) {
+                    state.collections.remove(&id);
+                }
             }
         }
+    }
+}
+
+/// An index interval narrowed to entries after `after`, as owned bounds over entry keys.
+fn index_range(interval: &KeyInterval, after: Option<&DocKey>) -> (Bound<DocKey>, Bound<DocKey>) {
+    let own = |b: &Bound<Vec<u8>>| match b {
+        Bound::Included(k) => Bound::Included(DocKey(k.clone())),
+        Bound::Excluded(k) => Bound::Excluded(DocKey(k.clone())),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let mut lower = own(&interval.0);
+    if let Some(after) = after {
+        let past = match &lower {
+            Bound::Included(l) | Bound::Excluded(l) => after >= l,
+            Bound::Unbounded => true,
+        };
+        if past {
+            lower = Bound::Excluded(after.clone());
+        }
+    }
+    (lower, own(&interval.1))
+}
+
+fn empty_range(lower: Bound<&DocKey>, upper: Bound<&DocKey>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
+            l >= u
+        }
+        _ => false,
+    }
+}
+
+fn as_ref_bound(b: &Bound<DocKey>) -> Bound<&DocKey> {
+    match b {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -1100,12 +1396,12 @@ impl Snapshot {
         coll: &CollectionInfo,
         key: &DocKey,
     ) -> Result<Option<StoredDoc>, StorageError> {
+        self.get_in(coll.id, key)
+    }
+
+    fn get_in(&self, id: CollId, key: &DocKey) -> Result<Option<StoredDoc>, StorageError> {
         let state = self.engine.read_state();
-        if let Some(chain) = state
-            .collections
-            .get(&coll.id)
-            .and_then(|docs| docs.get(key))
-        {
+        if let Some(chain) = state.collections.get(&id).and_then(|docs| docs.get(key)) {
             return Ok(chain.visible_at(self.read_ts).cloned());
         }
         // The engine lock stays held: no writer can create this key's chain, and so no
@@ -1113,7 +1409,7 @@ impl Snapshot {
         let Some(base) = &state.base else {
             return Ok(None);
         };
-        let found = base.get(coll.id, key)?;
+        let found = base.get(id, key)?;
         debug_assert!(found.as_ref().is_none_or(|(ts, _)| *ts <= self.read_ts));
         Ok(found
             .filter(|(ts, _)| *ts <= self.read_ts)
@@ -1127,21 +1423,35 @@ impl Snapshot {
         &self,
         coll: &CollectionInfo,
         after: Option<&DocKey>,
+        visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.scan_in(coll.id, lower, Bound::Unbounded, visit)
+    }
+
+    fn scan_in(
+        &self,
+        id: CollId,
+        lower: Bound<&DocKey>,
+        upper: Bound<&DocKey>,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
+        if empty_range(lower, upper) {
+            // BTreeMap::range panics on an inverted range.
+            return Ok(());
+        }
         let state = self.engine.read_state();
         let read_ts = self.read_ts;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let memory = state
             .collections
-            .get(&coll.id)
+            .get(&id)
             .into_iter()
-            .flat_map(|docs| docs.range((lower, Bound::Unbounded)))
+            .flat_map(|docs| docs.range((lower, upper)))
             .map(|(key, chain)| (key, chain.visible_at(read_ts)));
         merge_overlay(
             memory,
             |emit| match &state.base {
-                Some(base) => base.scan(coll.id, after, |key, ts, doc| {
+                Some(base) => base.scan(id, lower, upper, |key, ts, doc| {
                     if ts <= read_ts {
                         emit(&key, &doc)
                     } else {
@@ -1152,6 +1462,30 @@ impl Snapshot {
             },
             &mut visit,
         )
+    }
+
+    /// Up to `max` entries of `index` within `interval`, after the entry `after`: each entry's
+    /// key and the key of the document it points at.
+    pub fn index_scan(
+        &self,
+        index: &IndexInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        max: usize,
+    ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
+        let (lower, upper) = index_range(interval, after);
+        let mut out = Vec::new();
+        self.scan_in(index.id, as_ref_bound(&lower), as_ref_bound(&upper), |key, value| {
+            if let Some(target) = entry_target(value) {
+                out.push((key.clone(), target));
+            }
+            if out.len() >= max {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(out)
     }
 
     pub fn count(&self, coll: &CollectionInfo) -> Result<u64, StorageError> {
@@ -1170,9 +1504,15 @@ pub struct Txn {
     id: TxnId,
     snapshot: Snapshot,
     docs: BTreeMap<(CollId, DocKey), DocWrite>,
+    /// Index entries this transaction writes (`None` removes one).
+    index_writes: BTreeMap<(CollId, DocKey), Option<StoredDoc>>,
     catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
     /// Namespaces of `catalog` this transaction creates "if absent".
     shared_creates: BTreeSet<String>,
+    /// Namespaces of `catalog` this transaction creates (explicitly or "if absent").
+    created: BTreeSet<String>,
+    /// Index creations and drops, in order, for the log.
+    index_ops: Vec<LogOp>,
     /// The namespace of every collection written, for the log record.
     namespaces: HashMap<CollId, String>,
     meta: CommitMeta,
@@ -1242,7 +1582,7 @@ impl Txn {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.docs.is_empty() && self.catalog.is_empty()
+        self.docs.is_empty() && self.catalog.is_empty() && self.index_writes.is_empty()
     }
 
     pub fn collection(&self, ns: &str) -> Option<CollectionInfo> {
@@ -1351,10 +1691,12 @@ impl Txn {
             db: db.to_string(),
             name: name.to_string(),
             options,
+            indexes: Vec::new(),
             id,
         });
         state.collections.insert(id, BTreeMap::new());
         self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.created.insert(ns.to_string());
         Ok((*info).clone())
     }
 
@@ -1375,6 +1717,7 @@ impl Txn {
             .or_insert_with(VersionChain::new)
             .claim(self.id, read_ts)?;
         self.catalog.insert(ns.to_string(), None);
+        self.created.remove(ns);
         Ok(())
     }
 
@@ -1421,6 +1764,7 @@ impl Txn {
                         db: db.to_string(),
                         name: name.to_string(),
                         options,
+                        indexes: Vec::new(),
                         id,
                     }),
                     holders: BTreeSet::new(),
@@ -1431,11 +1775,12 @@ impl Txn {
         let info = shared.info.clone();
         self.catalog.insert(ns.to_string(), Some(info.clone()));
         self.shared_creates.insert(ns.to_string());
+        self.created.insert(ns.to_string());
         Ok((*info).clone())
     }
 
-    /// Inserts a document under `key`; DuplicateKey if one is visible, WriteConflict if another
-    /// transaction holds or recently committed the key.
+    /// Inserts a document under `key`; DuplicateKey if one is visible (or a unique index has
+    /// its key), WriteConflict if another transaction holds or recently committed the key.
     pub fn insert(
         &mut self,
         coll: &CollectionInfo,
@@ -1445,29 +1790,24 @@ impl Txn {
         self.check_open()?;
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
-        let existing = match self.get(coll, &key) {
-            Ok(existing) => existing,
-            Err(e) => {
-                if !already_held {
-                    self.unclaim_doc(coll, &key);
-                }
-                return Err(e);
+        let checked = match self.get(coll, &key) {
+            Ok(Some(_)) => {
+                let id = doc
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| bson::Bson::try_from(v).ok())
+                    .unwrap_or(bson::Bson::Null);
+                Err(StorageError::duplicate_id(coll.ns(), id))
             }
+            Ok(None) => self.write_index_entries(coll, &key, None, Some(&doc)),
+            Err(e) => Err(e),
         };
-        if existing.is_some() {
+        if let Err(e) = checked {
             if !already_held {
-                self.unclaim_doc(coll, &key);
+                self.unclaim(coll.id, &key);
             }
-            let id = doc
-                .get("_id")
-                .ok()
-                .flatten()
-                .and_then(|v| bson::Bson::try_from(v).ok())
-                .unwrap_or(bson::Bson::Null);
-            return Err(StorageError::DuplicateKey {
-                ns: coll.ns(),
-                id: Box::new(id),
-            });
+            return Err(e);
         }
         // Nothing is visible under the key here, so this is an insert, unless this
         // transaction deleted a document there: to everyone else, that is an update.
@@ -1488,7 +1828,19 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
+        if !coll.indexes.is_empty() {
+            let indexed = self
+                .get(coll, &key)
+                .and_then(|old| self.write_index_entries(coll, &key, old.as_ref(), Some(&doc)));
+            if let Err(e) = indexed {
+                if !already_held {
+                    self.unclaim(coll.id, &key);
+                }
+                return Err(e);
+            }
+        }
         // An update of a document this transaction inserted is still, to others, an insert.
         let write = match self.docs.get(&(coll.id, key.clone())) {
             Some(DocWrite::Insert(_)) => DocWrite::Insert(doc),
@@ -1501,8 +1853,9 @@ impl Txn {
 
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
         self.check_open()?;
-        let id = self
-            .get(coll, &key)?
+        let old = self.get(coll, &key)?;
+        let id = old
+            .as_ref()
             .and_then(|d| {
                 d.get("_id")
                     .ok()
@@ -1510,9 +1863,93 @@ impl Txn {
                     .and_then(|v| Bson::try_from(v).ok())
             })
             .unwrap_or(Bson::Null);
+        let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
+        if let Err(e) = self.write_index_entries(coll, &key, old.as_ref(), None) {
+            if !already_held {
+                self.unclaim(coll.id, &key);
+            }
+            return Err(e);
+        }
         self.namespaces.insert(coll.id, coll.ns());
         self.docs.insert((coll.id, key), DocWrite::Delete(id));
+        Ok(())
+    }
+
+    /// Updates every index of `coll` for the document under `key` going from `old` to `new`:
+    /// all entries are claimed and unique keys checked before any is recorded, so a refused
+    /// write leaves nothing behind.
+    fn write_index_entries(
+        &mut self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+        old: Option<&StoredDoc>,
+        new: Option<&StoredDoc>,
+    ) -> Result<(), StorageError> {
+        if coll.indexes.is_empty() {
+            return Ok(());
+        }
+        let mut planned: Vec<(usize, DocKey, Option<StoredDoc>, Vec<u8>)> = Vec::new();
+        for (pos, index) in coll.indexes.iter().enumerate() {
+            let keys_of = |d: Option<&StoredDoc>| match d {
+                Some(d) => index.key.keys(d).map_err(StorageError::Index),
+                None => Ok(Vec::new()),
+            };
+            let old_keys = keys_of(old)?;
+            let new_keys = keys_of(new)?;
+            for k in old_keys.iter().filter(|k| new_keys.binary_search(k).is_err()) {
+                planned.push((pos, index.entry_key(k, key), None, k.clone()));
+            }
+            for k in new_keys.iter().filter(|k| old_keys.binary_search(k).is_err()) {
+                planned.push((pos, index.entry_key(k, key), Some(entry_value(key)), k.clone()));
+            }
+        }
+        let mut claimed: Vec<(CollId, DocKey)> = Vec::new();
+        let mut outcome = Ok(());
+        for (pos, entry, value, index_key) in &planned {
+            let index = &coll.indexes[*pos];
+            if !self.index_writes.contains_key(&(index.id, entry.clone())) {
+                if let Err(e) = self.claim_key(index.id, entry) {
+                    outcome = Err(e);
+                    break;
+                }
+                claimed.push((index.id, entry.clone()));
+            }
+            if value.is_none() || !index.key.unique {
+                continue;
+            }
+            let current = match self.index_writes.get(&(index.id, entry.clone())) {
+                Some(own) => Ok(own.clone()),
+                None => self.snapshot.get_in(index.id, entry),
+            };
+            match current {
+                Ok(Some(existing)) if entry_target(&existing).as_ref() != Some(key) => {
+                    let doc = new.expect("an added entry comes from the new document");
+                    outcome = Err(StorageError::DuplicateKey {
+                        ns: coll.ns(),
+                        index: index.key.name.clone(),
+                        key_pattern: Box::new(index.key.key_pattern.clone()),
+                        key_value: Box::new(index.key.key_value(doc, index_key)),
+                    });
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = outcome {
+            for (id, entry) in &claimed {
+                self.unclaim(*id, entry);
+            }
+            return Err(e);
+        }
+        for (pos, entry, value, _) in planned {
+            self.index_writes
+                .insert((coll.indexes[pos].id, entry), value);
+        }
         Ok(())
     }
 
@@ -1520,21 +1957,48 @@ impl Txn {
         if self.docs.contains_key(&(coll.id, key.clone())) {
             return Ok(()); // we already hold the intent
         }
+        {
+            let engine = self.snapshot.engine.clone();
+            let mut state = engine.write_state();
+            // Writing with a stale set of indexes would leave the new ones without this
+            // document: an index build (a catalog intent) in progress, or one committed since
+            // this transaction's snapshot, is a conflict.
+            if let Some(chain) = state.catalog.get(&coll.ns()) {
+                match chain.intent {
+                    Some(owner) if owner == self.id => {}
+                    Some(_) => return Err(StorageError::WriteConflict),
+                    None => {
+                        if let Some(Some(latest)) = chain.versions.last().map(|(_, v)| v)
+                            && latest.id == coll.id
+                            && !latest.same_indexes(coll)
+                        {
+                            return Err(StorageError::WriteConflict);
+                        }
+                    }
+                }
+            }
+            state.writers.entry(coll.id).or_default().insert(self.id);
+        }
+        self.claim_key(coll.id, key)
+    }
+
+    /// Takes the write intent on one key of a keyspace (documents or index entries).
+    fn claim_key(&self, id: CollId, key: &DocKey) -> Result<(), StorageError> {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();
         let base = state.base.clone();
         let docs = state
             .collections
-            .get_mut(&coll.id)
-            .ok_or_else(|| StorageError::NamespaceNotFound(coll.ns()))?;
+            .get_mut(&id)
+            .ok_or_else(|| StorageError::NamespaceNotFound(format!("keyspace {id}")))?;
         if !docs.contains_key(key) {
             // The first version of this key in memory: start the chain with the base store's
             // version, so snapshots older than this write keep seeing it once the chain (which
             // is authoritative) exists.
             let mut chain = VersionChain::new();
             if let Some(base) = &base
-                && let Some((ts, doc)) = base.get(coll.id, key)?
+                && let Some((ts, doc)) = base.get(id, key)?
             {
                 chain.install_recovered(ts, Some(doc));
             }
@@ -1545,10 +2009,10 @@ impl Txn {
     }
 
     /// Gives back an intent taken by a write that then failed, so it is not held unrecorded.
-    fn unclaim_doc(&mut self, coll: &CollectionInfo, key: &DocKey) {
+    fn unclaim(&mut self, id: CollId, key: &DocKey) {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
-        if let Some(chains) = state.collections.get_mut(&coll.id)
+        if let Some(chains) = state.collections.get_mut(&id)
             && let Some(chain) = chains.get_mut(key)
         {
             if chain.intent == Some(self.id) {
@@ -1558,6 +2022,200 @@ impl Txn {
                 chains.remove(key);
             }
         }
+    }
+
+    /// Adds a secondary index to `ns` (a normalized specification, see
+    /// [`IndexSpec::normalize`]) and builds it from the documents this transaction sees.
+    /// WriteConflict while another transaction writes the collection, or has written it since
+    /// this transaction's snapshot: the caller retries with a new transaction.
+    pub fn create_index(
+        &mut self,
+        ns: &str,
+        spec: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        let coll = self
+            .collection(ns)
+            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
+        if self.shared_creates.contains(ns) {
+            return Err(StorageError::Encoding(format!(
+                "cannot index {ns}: this transaction created it implicitly; create it explicitly first"
+            )));
+        }
+        let engine = self.snapshot.engine.clone();
+        let id = {
+            let mut state = engine.write_state();
+            self.claim_catalog_for_indexes(&mut state, &coll)?;
+            // Recorded at once, so that the intent is released with the transaction even if
+            // the build fails.
+            self.catalog
+                .entry(ns.to_string())
+                .or_insert_with(|| Some(Arc::new(coll.clone())));
+            let id = state.next_coll_id;
+            state.next_coll_id += 1;
+            state.collections.insert(id, BTreeMap::new());
+            id
+        };
+        let index = compile_index(spec.clone(), id)?;
+        let mut entries: BTreeMap<DocKey, StoredDoc> = BTreeMap::new();
+        let mut failed = None;
+        self.scan(&coll, None, |key, doc| {
+            let keys = match index.key.keys(doc) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    failed = Some(StorageError::Index(e));
+                    return ControlFlow::Break(());
+                }
+            };
+            for k in keys {
+                let entry = index.entry_key(&k, key);
+                if let Some(existing) = entries.get(&entry)
+                    && entry_target(existing).as_ref() != Some(key)
+                {
+                    failed = Some(StorageError::DuplicateKey {
+                        ns: coll.ns(),
+                        index: index.key.name.clone(),
+                        key_pattern: Box::new(index.key.key_pattern.clone()),
+                        key_value: Box::new(index.key.key_value(doc, &k)),
+                    });
+                    return ControlFlow::Break(());
+                }
+                entries.insert(entry, entry_value(key));
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(e) = failed {
+            // The catalog intent stays until the transaction ends.
+            engine.write_state().collections.remove(&id);
+            return Err(e);
+        }
+        {
+            // A new keyspace: nobody else can hold these keys, so claim them wholesale.
+            let mut state = engine.write_state();
+            let keyspace = state.collections.get_mut(&id).expect("created above");
+            for entry in entries.keys() {
+                let mut chain = VersionChain::new();
+                chain.intent = Some(self.id);
+                keyspace.insert(entry.clone(), chain);
+            }
+        }
+        for (entry, value) in entries {
+            self.index_writes.insert((id, entry), Some(value));
+        }
+        let mut info = coll.clone();
+        info.indexes.push(index);
+        self.catalog.insert(ns.to_string(), Some(Arc::new(info.clone())));
+        self.index_ops.push(LogOp::CreateIndex {
+            ns: ns.to_string(),
+            spec,
+        });
+        Ok(info)
+    }
+
+    /// Removes the secondary index `name` of `ns`; its entries go once no snapshot needs them.
+    pub fn drop_index(&mut self, ns: &str, name: &str) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        let coll = self
+            .collection(ns)
+            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
+        if self.index_ops.iter().any(|op| matches!(op, LogOp::CreateIndex { ns: n, .. } if n == ns)) {
+            return Err(StorageError::Encoding(format!(
+                "cannot drop an index of {ns} in the transaction that created one"
+            )));
+        }
+        let mut info = coll.clone();
+        let pos = info
+            .indexes
+            .iter()
+            .position(|i| i.key.name == name)
+            .ok_or_else(|| StorageError::Encoding(format!("index not found with name [{name}]")))?;
+        {
+            let engine = self.snapshot.engine.clone();
+            let mut state = engine.write_state();
+            self.claim_catalog_for_indexes(&mut state, &coll)?;
+        }
+        info.indexes.remove(pos);
+        self.catalog.insert(ns.to_string(), Some(Arc::new(info.clone())));
+        self.index_ops.push(LogOp::DropIndex {
+            ns: ns.to_string(),
+            name: name.to_string(),
+        });
+        Ok(info)
+    }
+
+    /// Takes the catalog intent of a collection whose index set changes. Any other transaction
+    /// writing its documents, or a document commit newer than our snapshot, is a conflict:
+    /// their writes would bypass the changed index set.
+    fn claim_catalog_for_indexes(
+        &self,
+        state: &mut State,
+        coll: &CollectionInfo,
+    ) -> Result<(), StorageError> {
+        let ns = coll.ns();
+        if self.created.contains(&ns) {
+            return Ok(()); // ours alone: the create holds the intent
+        }
+        let read_ts = self.read_ts();
+        if state
+            .writers
+            .get(&coll.id)
+            .is_some_and(|w| w.iter().any(|t| *t != self.id))
+            || state.last_write.get(&coll.id).is_some_and(|ts| *ts > read_ts)
+        {
+            return Err(StorageError::WriteConflict);
+        }
+        state
+            .catalog
+            .get_mut(&ns)
+            .ok_or_else(|| StorageError::NamespaceNotFound(ns.clone()))?
+            .claim(self.id, read_ts)
+    }
+
+    /// Like [`Snapshot::index_scan`], with this transaction's own index writes merged in.
+    pub fn index_scan(
+        &self,
+        index: &IndexInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        max: usize,
+    ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
+        let (lower, upper) = index_range(interval, after);
+        if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
+            return Ok(Vec::new());
+        }
+        let own_bound = |b: &Bound<DocKey>| match b {
+            Bound::Included(k) => Bound::Included((index.id, k.clone())),
+            Bound::Excluded(k) => Bound::Excluded((index.id, k.clone())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let own_lower = match &lower {
+            Bound::Unbounded => Bound::Included((index.id, DocKey(Vec::new()))),
+            b => own_bound(b),
+        };
+        let own = self
+            .index_writes
+            .range((own_lower, own_bound(&upper)))
+            .take_while(|((id, _), _)| *id == index.id)
+            .map(|((_, key), value)| (key, value.as_ref()));
+        let mut out = Vec::new();
+        merge_overlay(
+            own,
+            |emit| {
+                self.snapshot
+                    .scan_in(index.id, as_ref_bound(&lower), as_ref_bound(&upper), emit)
+            },
+            &mut |key, value| {
+                if let Some(target) = entry_target(value) {
+                    out.push((key.clone(), target));
+                }
+                if out.len() >= max {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        Ok(out)
     }
 
     fn check_open(&self) -> Result<(), StorageError> {
@@ -1593,6 +2251,7 @@ impl Txn {
             ts: Timestamp::ZERO,
             txn: self.id,
             docs: std::mem::take(&mut self.docs),
+            index_writes: std::mem::take(&mut self.index_writes),
             catalog: std::mem::take(&mut self.catalog),
             shared_creates: std::mem::take(&mut self.shared_creates),
         };
@@ -1613,18 +2272,21 @@ impl Txn {
         }
     }
 
-    /// The transaction's writes in the order replay must apply them: creations, documents,
-    /// then drops.
+    /// The transaction's writes in the order replay must apply them: creations, index
+    /// changes, documents, then drops.
     fn log_ops(&self) -> Vec<LogOp> {
         let mut ops = Vec::with_capacity(self.docs.len() + self.catalog.len());
         for (ns, info) in &self.catalog {
-            if let Some(info) = info {
+            if let Some(info) = info
+                && self.created.contains(ns)
+            {
                 ops.push(LogOp::CreateCollection {
                     ns: ns.clone(),
                     options: info.options.clone(),
                 });
             }
         }
+        ops.extend(self.index_ops.iter().cloned());
         for ((coll_id, key), write) in &self.docs {
             let ns = self.namespaces.get(coll_id).cloned().unwrap_or_default();
             let key = key.0.clone();
@@ -1666,7 +2328,12 @@ impl Txn {
         self.open = false;
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
-        release_intents(&mut state, self.id, self.docs.keys(), &self.catalog);
+        release_intents(
+            &mut state,
+            self.id,
+            self.docs.keys().chain(self.index_writes.keys()),
+            &self.catalog,
+        );
     }
 }
 
@@ -1692,6 +2359,14 @@ pub trait ReadView {
         after: Option<&DocKey>,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>;
+    /// Up to `max` `(entry key, document key)` pairs of `index` in `interval` after `after`.
+    fn index_scan(
+        &self,
+        index: &IndexInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        max: usize,
+    ) -> Result<Vec<(DocKey, DocKey)>, StorageError>;
 }
 
 impl ReadView for Snapshot {
@@ -1711,6 +2386,16 @@ impl ReadView for Snapshot {
     ) -> Result<(), StorageError> {
         Snapshot::scan(self, coll, after, visit)
     }
+
+    fn index_scan(
+        &self,
+        index: &IndexInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        max: usize,
+    ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
+        Snapshot::index_scan(self, index, interval, after, max)
+    }
 }
 
 impl ReadView for Txn {
@@ -1729,5 +2414,15 @@ impl ReadView for Txn {
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         Txn::scan(self, coll, after, visit)
+    }
+
+    fn index_scan(
+        &self,
+        index: &IndexInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        max: usize,
+    ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
+        Txn::index_scan(self, index, interval, after, max)
     }
 }

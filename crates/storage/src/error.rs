@@ -9,8 +9,21 @@ pub enum StorageError {
         "Write conflict during plan execution and yielding is disabled. :: Please retry your operation or multi-document transaction."
     )]
     WriteConflict,
-    #[error("E11000 duplicate key error collection: {ns} index: _id_ dup key: {{ _id: {id} }}")]
-    DuplicateKey { ns: String, id: Box<bson::Bson> },
+    /// A unique index (`_id_` or a secondary one) already has an entry with this key.
+    #[error(
+        "E11000 duplicate key error collection: {ns} index: {index} dup key: {}",
+        show_key(key_value)
+    )]
+    DuplicateKey {
+        ns: String,
+        index: String,
+        key_pattern: Box<bson::Document>,
+        key_value: Box<bson::Document>,
+    },
+    /// A document cannot be indexed (parallel arrays, too many keys): the query crate's error,
+    /// with MongoDB's code.
+    #[error("{0}")]
+    Index(mangrove_query::QueryError),
     #[error("ns does not exist: {0}")]
     NamespaceNotFound(String),
     #[error("Collection {0} already exists.")]
@@ -61,7 +74,23 @@ pub enum StorageError {
     Locked { dir: PathBuf, lock: PathBuf },
 }
 
+/// A key as MongoDB prints it in E11000 messages: `{ a: 1, b: "x" }`.
+fn show_key(key: &bson::Document) -> String {
+    let fields: Vec<String> = key.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{ {} }}", fields.join(", "))
+}
+
 impl StorageError {
+    /// DuplicateKey on the `_id` index.
+    pub fn duplicate_id(ns: String, id: bson::Bson) -> StorageError {
+        StorageError::DuplicateKey {
+            ns,
+            index: "_id_".into(),
+            key_pattern: Box::new(bson::doc! { "_id": 1 }),
+            key_value: Box::new(bson::doc! { "_id": id }),
+        }
+    }
+
     pub(crate) fn io(context: String, e: std::io::Error) -> StorageError {
         let hint = match e.kind() {
             std::io::ErrorKind::StorageFull => " (the disk is full)",

@@ -31,7 +31,7 @@ pub mod txlog;
 pub use clock::Timestamp;
 pub use engine::CheckpointReport;
 pub use engine::{
-    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, LogStats, ReadView,
+    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, IndexInfo, LogStats, ReadView,
     RecoveryReport, Snapshot, StoredDoc, Txn, TxnId,
 };
 pub use error::StorageError;

@@ -8,6 +8,7 @@
 //! body          = { v: 1, lsid?: doc, txnNumber?: long, ops: [op, ...] }
 //! op            = { op: "i" | "u" | "d", ns, k: binData, _id, o?: doc }     (insert, update, delete)
 //!               | { op: "c", ns, o: options }  |  { op: "x", ns }           (create, drop)
+//!               | { op: "ci", ns, o: index spec } | { op: "di", ns, name }   (create/drop index)
 //! ```
 //!
 //! The CRC covers the length prefix and the payload, so a torn length is caught as well as a torn
@@ -66,6 +67,16 @@ pub enum LogOp {
     DropCollection {
         ns: String,
     },
+    /// Adds a secondary index (its normalized specification) and builds it from the
+    /// collection's documents at this point of the log.
+    CreateIndex {
+        ns: String,
+        spec: Document,
+    },
+    DropIndex {
+        ns: String,
+        name: String,
+    },
 }
 
 impl LogOp {
@@ -75,7 +86,9 @@ impl LogOp {
             | LogOp::Update { ns, .. }
             | LogOp::Delete { ns, .. }
             | LogOp::CreateCollection { ns, .. }
-            | LogOp::DropCollection { ns } => ns,
+            | LogOp::DropCollection { ns }
+            | LogOp::CreateIndex { ns, .. }
+            | LogOp::DropIndex { ns, .. } => ns,
         }
     }
 
@@ -86,6 +99,8 @@ impl LogOp {
             LogOp::Delete { .. } => "delete",
             LogOp::CreateCollection { .. } => "create",
             LogOp::DropCollection { .. } => "drop",
+            LogOp::CreateIndex { .. } => "createIndex",
+            LogOp::DropIndex { .. } => "dropIndex",
         }
     }
 
@@ -152,6 +167,8 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
             LogOp::Delete { .. } => "d",
             LogOp::CreateCollection { .. } => "c",
             LogOp::DropCollection { .. } => "x",
+            LogOp::CreateIndex { .. } => "ci",
+            LogOp::DropIndex { .. } => "di",
         };
         d.append(cstr!("op"), code);
         d.append(cstr!("ns"), op.ns());
@@ -174,6 +191,15 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
                 );
             }
             LogOp::DropCollection { .. } => {}
+            LogOp::CreateIndex { spec, .. } => {
+                d.append(
+                    cstr!("o"),
+                    RawDocumentBuf::try_from(spec).map_err(encoding)?,
+                );
+            }
+            LogOp::DropIndex { name, .. } => {
+                d.append(cstr!("name"), name.as_str());
+            }
         }
         encoded_ops.push(d);
     }
@@ -282,6 +308,15 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
                 },
             },
             "x" => LogOp::DropCollection { ns },
+            "ci" => LogOp::CreateIndex {
+                ns,
+                spec: Document::try_from(op.get_document("o").map_err(bad("index spec"))?)
+                    .map_err(bad("index spec"))?,
+            },
+            "di" => LogOp::DropIndex {
+                ns,
+                name: op.get_str("name").map_err(bad("index name"))?.to_string(),
+            },
             other => return Err(format!("unknown op kind {other:?}")),
         };
         ops.push(decoded);

@@ -69,6 +69,11 @@ impl Engine {
                         id: info.id,
                         options: info.options.clone(),
                         ts: *version_ts,
+                        indexes: info
+                            .indexes
+                            .iter()
+                            .map(|i| (i.id, i.spec.clone()))
+                            .collect(),
                     })
                 })
                 .collect();

@@ -1,0 +1,362 @@
+//! Index bounds: which ranges of an index's entries can hold the documents a filter matches.
+//!
+//! The one rule the planner must keep is that the bounds are a *superset* of the matches: the
+//! server fetches every document the bounds reach and applies the whole filter to it. So a
+//! condition the planner does not understand only makes the bounds wider, never wrong. Only
+//! conditions of the filter's top-level conjunction narrow the bounds; `$or`, `$nor`, `$expr` and
+//! negations are left to the filter. Several range conditions on one field are not intersected,
+//! because on a multikey index each may be satisfied by a different array element.
+
+use std::ops::Bound;
+
+use bson::{Bson, Document, RawBson, RawBsonRef, RawDocument};
+
+use crate::compare::type_bracket;
+use crate::encode_key;
+use crate::filter::{CmpOp, Filter, Node, Pred};
+use crate::index::IndexSpec;
+
+/// The most intervals an equality prefix may expand to (`$in` lists multiply on compound
+/// indexes); beyond it the remaining fields are left unbounded.
+const MAX_INTERVALS: usize = 1024;
+
+/// One contiguous range of entry keys.
+pub type KeyInterval = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The ranges of one index a query must scan.
+#[derive(Debug, Clone)]
+pub struct IndexBounds {
+    /// Disjoint, in ascending key order.
+    pub intervals: Vec<KeyInterval>,
+    /// MongoDB's `indexBounds` for `explain`: each field's ranges as strings.
+    pub display: Document,
+    /// Higher is more selective: two per equality field, one for a range.
+    pub score: usize,
+}
+
+/// A field's condition in value space.
+enum FieldBound {
+    Points(Vec<RawBson>),
+    Range {
+        bracket: u8,
+        lo: Option<(RawBson, bool)>,
+        hi: Option<(RawBson, bool)>,
+    },
+}
+
+/// One end of a component's range in byte space: the bytes and whether values equal to them
+/// are included.
+type End = (Vec<u8>, bool);
+
+fn encode_component(v: &RawBson, descending: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_key(v.as_raw_bson_ref(), &mut out);
+    if descending {
+        for b in &mut out {
+            *b = !*b;
+        }
+    }
+    out
+}
+
+fn tag_byte(bracket: u8, descending: bool) -> u8 {
+    let tag = bracket + 0x10;
+    if descending { !tag } else { tag }
+}
+
+impl FieldBound {
+    /// The component's ranges in byte space, ascending.
+    fn byte_ranges(&self, descending: bool) -> Vec<(End, End)> {
+        match self {
+            FieldBound::Points(values) => {
+                let mut keys: Vec<Vec<u8>> = values
+                    .iter()
+                    .map(|v| encode_component(v, descending))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys.into_iter()
+                    .map(|k| ((k.clone(), true), (k, true)))
+                    .collect()
+            }
+            FieldBound::Range { bracket, lo, hi } => {
+                let start = (vec![tag_byte(*bracket, descending)], true);
+                let end = (vec![tag_byte(*bracket, descending) + 1], false);
+                let val =
+                    |(v, incl): &(RawBson, bool)| (encode_component(v, descending), *incl);
+                let (byte_lo, byte_hi) = if descending {
+                    (hi.as_ref().map(val), lo.as_ref().map(val))
+                } else {
+                    (lo.as_ref().map(val), hi.as_ref().map(val))
+                };
+                vec![(byte_lo.unwrap_or(start), byte_hi.unwrap_or(end))]
+            }
+        }
+    }
+
+    fn display(&self) -> Vec<Bson> {
+        let show = |v: &RawBson| {
+            Bson::try_from(v.clone())
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+        };
+        match self {
+            FieldBound::Points(values) => values
+                .iter()
+                .map(|v| Bson::String(format!("[{}, {}]", show(v), show(v))))
+                .collect(),
+            FieldBound::Range { bracket, lo, hi } => {
+                let number = *bracket == type_bracket(RawBsonRef::Int32(0));
+                let lo_s = match lo {
+                    Some((v, incl)) => format!("{}{}", if *incl { "[" } else { "(" }, show(v)),
+                    None if number => "[-inf.0".to_string(),
+                    None => "[MinKey".to_string(),
+                };
+                let hi_s = match hi {
+                    Some((v, incl)) => format!("{}{}", show(v), if *incl { "]" } else { ")" }),
+                    None if number => "inf.0]".to_string(),
+                    None => "MaxKey]".to_string(),
+                };
+                vec![Bson::String(format!("{lo_s}, {hi_s}"))]
+            }
+        }
+    }
+
+    fn excludes_null(&self) -> bool {
+        match self {
+            FieldBound::Points(values) => values
+                .iter()
+                .all(|v| !matches!(v, RawBson::Null | RawBson::Undefined)),
+            FieldBound::Range { bracket, .. } => *bracket != type_bracket(RawBsonRef::Null),
+        }
+    }
+
+    fn is_points(&self) -> bool {
+        matches!(self, FieldBound::Points(_))
+    }
+}
+
+/// The conditions of the filter's top-level conjunction, by path.
+fn conjuncts<'a>(node: &'a Node, out: &mut Vec<(&'a str, &'a Pred)>) {
+    match node {
+        Node::And(children) => {
+            for c in children {
+                conjuncts(c, out);
+            }
+        }
+        Node::Field { path, pred, .. } => out.push((path.as_str(), pred)),
+        _ => {}
+    }
+}
+
+fn usable_scalar(v: &RawBson) -> bool {
+    match v {
+        RawBson::Array(_)
+        | RawBson::RegularExpression(_)
+        | RawBson::MinKey
+        | RawBson::MaxKey
+        | RawBson::Undefined => false,
+        RawBson::Double(d) => !d.is_nan(),
+        _ => true,
+    }
+}
+
+fn bound_for(pred: &Pred) -> Option<FieldBound> {
+    match pred {
+        Pred::Eq(v) if matches!(v, RawBson::Null) => {
+            Some(FieldBound::Points(vec![RawBson::Null, RawBson::Undefined]))
+        }
+        Pred::Eq(v) if usable_scalar(v) => Some(FieldBound::Points(vec![v.clone()])),
+        Pred::In {
+            values,
+            regexes,
+            has_null,
+        } if regexes.is_empty() && values.iter().all(usable_scalar) => {
+            let mut points = values.clone();
+            if *has_null {
+                points.push(RawBson::Null);
+                points.push(RawBson::Undefined);
+            }
+            Some(FieldBound::Points(points))
+        }
+        Pred::Cmp(op, v) if usable_scalar(v) => {
+            let bracket = type_bracket(v.as_raw_bson_ref());
+            let (lo, hi) = match op {
+                CmpOp::Gt => (Some((v.clone(), false)), None),
+                CmpOp::Gte => (Some((v.clone(), true)), None),
+                CmpOp::Lt => (None, Some((v.clone(), false))),
+                CmpOp::Lte => (None, Some((v.clone(), true))),
+            };
+            Some(FieldBound::Range { bracket, lo, hi })
+        }
+        _ => None,
+    }
+}
+
+/// Whether the query's top-level conditions include every top-level condition of a partial
+/// index's filter, so every document the query matches is in the index. Syntactic and
+/// conservative: `{a: {$gt: 5}}` does not imply `{a: {$gt: 1}}` here.
+fn implies(query: &RawDocument, partial: &Document) -> bool {
+    let mut have: Vec<(String, Bson)> = Vec::new();
+    let add = |d: &Document, have: &mut Vec<(String, Bson)>| {
+        for (k, v) in d {
+            have.push((k.clone(), v.clone()));
+        }
+    };
+    let Ok(query) = Document::try_from(query) else {
+        return false;
+    };
+    add(&query, &mut have);
+    if let Ok(and) = query.get_array("$and") {
+        for clause in and {
+            if let Bson::Document(d) = clause {
+                add(d, &mut have);
+            }
+        }
+    }
+    partial
+        .iter()
+        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+}
+
+/// The bounds of `spec` for `filter` (whose raw form is `raw`), or `None` when the index cannot
+/// help: no condition on its first field, or a sparse or partial index that may lack matching
+/// documents. A hinted index is always usable (scanned whole if need be), as in MongoDB.
+pub fn index_bounds(
+    filter: &Filter,
+    raw: &RawDocument,
+    spec: &IndexSpec,
+    hinted: bool,
+) -> Option<IndexBounds> {
+    let mut conds = Vec::new();
+    conjuncts(filter.root(), &mut conds);
+    let mut per_field: Vec<Option<FieldBound>> = Vec::with_capacity(spec.fields.len());
+    for field in &spec.fields {
+        // Equality beats a range: it is narrower, and one condition's bounds are enough.
+        let mut best: Option<FieldBound> = None;
+        for (path, pred) in &conds {
+            if *path != field.path {
+                continue;
+            }
+            if let Some(b) = bound_for(pred)
+                && (best.is_none() || (b.is_points() && !best.as_ref().is_some_and(|x| x.is_points())))
+            {
+                best = Some(b);
+            }
+        }
+        per_field.push(best);
+    }
+    if !hinted {
+        let first = per_field.first().and_then(Option::as_ref)?;
+        if spec.sparse && !first.excludes_null() {
+            return None;
+        }
+        if let Some(p) = &spec.partial_raw
+            && !implies(raw, p)
+        {
+            return None;
+        }
+    }
+    // Equality fields extend the prefixes; the first range (or a field with no condition)
+    // ends them.
+    let mut prefixes: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut tail: Option<(Vec<(End, End)>, bool)> = None;
+    let mut score = 0;
+    let mut display = Document::new();
+    let mut bounded = true;
+    for (field, bound) in spec.fields.iter().zip(&per_field) {
+        let shown = match bound {
+            Some(b) if bounded => b.display(),
+            _ => vec![Bson::String("[MinKey, MaxKey]".into())],
+        };
+        display.insert(field.path.clone(), shown);
+        if !bounded {
+            continue;
+        }
+        match bound {
+            Some(b @ FieldBound::Points(values))
+                if prefixes.len() * values.len().max(1) <= MAX_INTERVALS =>
+            {
+                let ranges = b.byte_ranges(field.descending);
+                let mut next = Vec::with_capacity(prefixes.len() * ranges.len());
+                for p in &prefixes {
+                    for ((k, _), _) in &ranges {
+                        let mut key = p.clone();
+                        key.extend_from_slice(k);
+                        next.push(key);
+                    }
+                }
+                prefixes = next;
+                score += 2;
+            }
+            Some(b @ FieldBound::Range { .. }) => {
+                tail = Some((b.byte_ranges(field.descending), true));
+                score += 1;
+                bounded = false;
+            }
+            _ => {
+                bounded = false;
+            }
+        }
+    }
+    let mut intervals = Vec::new();
+    for p in &prefixes {
+        match &tail {
+            Some((ranges, _)) => {
+                for ((lo, lo_incl), (hi, hi_incl)) in ranges {
+                    let mut lower = p.clone();
+                    lower.extend_from_slice(lo);
+                    if !lo_incl {
+                        lower.push(0xFF);
+                    }
+                    let mut upper = p.clone();
+                    upper.extend_from_slice(hi);
+                    if *hi_incl {
+                        upper.push(0xFF);
+                    }
+                    intervals.push((Bound::Included(lower), Bound::Excluded(upper)));
+                }
+            }
+            None if p.is_empty() => intervals.push((Bound::Unbounded, Bound::Unbounded)),
+            None => {
+                let mut upper = p.clone();
+                upper.push(0xFF);
+                intervals.push((Bound::Included(p.clone()), Bound::Excluded(upper)));
+            }
+        }
+    }
+    intervals.sort_by(|a, b| lower_key(&a.0).cmp(lower_key(&b.0)));
+    Some(IndexBounds {
+        intervals,
+        display,
+        score,
+    })
+}
+
+fn lower_key(b: &Bound<Vec<u8>>) -> &[u8] {
+    match b {
+        Bound::Included(k) | Bound::Excluded(k) => k,
+        Bound::Unbounded => &[],
+    }
+}
+
+/// Bounds for a TTL pass: every entry whose date is before `cutoff_ms`, on a single-field
+/// ascending or descending index.
+pub fn expired_bounds(spec: &IndexSpec, cutoff_ms: i64) -> Option<KeyInterval> {
+    let field = spec.fields.first()?;
+    let bound = FieldBound::Range {
+        bracket: type_bracket(RawBsonRef::DateTime(bson::DateTime::from_millis(0))),
+        lo: None,
+        hi: Some((RawBson::DateTime(bson::DateTime::from_millis(cutoff_ms)), false)),
+    };
+    let ((lo, lo_incl), (hi, hi_incl)) = bound.byte_ranges(field.descending).pop()?;
+    let mut lower = lo;
+    if !lo_incl {
+        lower.push(0xFF);
+    }
+    let mut upper = hi;
+    if hi_incl {
+        upper.push(0xFF);
+    }
+    Some((Bound::Included(lower), Bound::Excluded(upper)))
+}
