@@ -13,6 +13,7 @@ use mangrove_storage::{CollectionInfo, DocKey, Snapshot, StoredDoc};
 use tracing::info;
 
 use crate::Shared;
+use crate::access::{Examined, IndexWalk};
 use crate::error::{CommandError, CommandResult, code};
 
 /// A batch never exceeds this many bytes of documents (plus one document, so that a single large
@@ -42,10 +43,22 @@ pub struct ScanState {
     pub skip: u64,
 }
 
+/// A filtered walk along a secondary index's bounds.
+pub struct IndexScanState {
+    pub snapshot: Snapshot,
+    pub coll: CollectionInfo,
+    pub walk: IndexWalk,
+    pub filter: Filter,
+    pub skip: u64,
+    /// Fetched and matching, not yet returned.
+    pub pending: VecDeque<StoredDoc>,
+}
+
 /// Where a cursor's remaining documents come from.
 pub enum Source {
     /// A filtered walk over a collection in `_id` order, resumed after the last key returned.
     Scan(Box<ScanState>),
+    Index(Box<IndexScanState>),
     /// Results already computed (a sort, a listing).
     Buffered(VecDeque<BatchDoc>),
 }
@@ -110,6 +123,40 @@ impl Cursor {
                         *after = last;
                     }
                     exhausted = finished;
+                }
+                Source::Index(scan) => {
+                    let mut examined = Examined::default();
+                    exhausted = true;
+                    loop {
+                        if let Some(doc) = scan.pending.front() {
+                            let len = doc.as_bytes().len();
+                            if out.len() as u64 >= want
+                                || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES)
+                            {
+                                exhausted = false;
+                                break;
+                            }
+                            bytes += len;
+                            out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
+                            continue;
+                        }
+                        let chunk = scan
+                            .walk
+                            .next_chunk(&scan.snapshot, &scan.coll, &mut examined)?;
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        for (_, doc) in chunk {
+                            if !scan.filter.matches(&doc) {
+                                continue;
+                            }
+                            if scan.skip > 0 {
+                                scan.skip -= 1;
+                                continue;
+                            }
+                            scan.pending.push_back(doc);
+                        }
+                    }
                 }
                 Source::Buffered(docs) => {
                     while let Some(doc) = docs.front() {

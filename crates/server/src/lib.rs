@@ -8,6 +8,7 @@
 //! Each connection is one tokio task; a connection that sends garbage is answered with an error
 //! or closed, and never affects another.
 
+mod access;
 mod commands;
 mod conn;
 mod cursor;
@@ -106,6 +107,8 @@ pub(crate) struct Counters {
     pub command: AtomicU64,
     pub connections_current: AtomicU64,
     pub connections_total: AtomicU64,
+    pub ttl_passes: AtomicU64,
+    pub ttl_deleted: AtomicU64,
 }
 
 impl Counters {
@@ -138,6 +141,10 @@ pub(crate) struct RuntimeParams {
     /// `maxTransactionLockRequestTimeoutMillis`: kept for compatibility only. Mangrove takes no
     /// collection locks a transaction could time out on, so nothing waits on it.
     pub max_transaction_lock_request_timeout_ms: AtomicI64,
+    /// `ttlMonitorSleepSecs`: the pause between TTL passes (60 s, as in MongoDB).
+    pub ttl_monitor_sleep_secs: AtomicU64,
+    /// `ttlMonitorEnabled`.
+    pub ttl_monitor_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl RuntimeParams {
@@ -262,6 +269,8 @@ impl Server {
             params: RuntimeParams {
                 transaction_lifetime_secs: AtomicU64::new(config_lifetime.as_secs().max(1)),
                 max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
+                ttl_monitor_sleep_secs: AtomicU64::new(60),
+                ttl_monitor_enabled: std::sync::atomic::AtomicBool::new(true),
             },
         });
         Ok(Server { listener, shared })
@@ -284,6 +293,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(shared.config.max_connections));
         let reaper = tokio::spawn(cursor::reap_idle(shared.clone()));
         let txn_reaper = tokio::spawn(reap_transactions(shared.clone()));
+        let ttl_monitor = tokio::spawn(commands::ttl_monitor(shared.clone()));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -314,6 +324,7 @@ impl Server {
         }
         reaper.abort();
         txn_reaper.abort();
+        ttl_monitor.abort();
         info!("stopped accepting connections");
         // Everything acknowledged is already durable; this only stops the log writer cleanly.
         shared.engine.close();

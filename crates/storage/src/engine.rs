@@ -667,6 +667,7 @@ impl Engine {
             shared_creates: BTreeSet::new(),
             created: BTreeSet::new(),
             index_ops: Vec::new(),
+            seen_infos: HashMap::new(),
             namespaces: HashMap::new(),
             meta: CommitMeta::default(),
             open: true,
@@ -862,13 +863,12 @@ impl Engine {
             written.dedup();
             for id in written {
                 state.last_write.insert(id, ts);
-                if let Some(w) = state.writers.get_mut(&id) {
-                    w.remove(&commit.txn);
-                    if w.is_empty() {
-                        state.writers.remove(&id);
-                    }
-                }
             }
+            // Every collection it registered in, including ones where its writes then failed.
+            state.writers.retain(|_, w| {
+                w.remove(&commit.txn);
+                !w.is_empty()
+            });
             assert!(ts > state.last_commit, "commits install in timestamp order");
             state.last_commit = ts;
             // Prune what this commit made unreachable, bounded by the oldest live reader.
@@ -1224,13 +1224,11 @@ fn release_intents<'a>(
     for ns in unshared {
         state.shared_creates.remove(&ns);
     }
+    state.writers.retain(|_, w| {
+        w.remove(&txn);
+        !w.is_empty()
+    });
     for (coll_id, key) in doc_keys {
-        if let Some(w) = state.writers.get_mut(coll_id) {
-            w.remove(&txn);
-            if w.is_empty() {
-                state.writers.remove(coll_id);
-            }
-        }
         if let Some(chains) = state.collections.get_mut(coll_id)
             && let Some(chain) = chains.get_mut(key)
         {
@@ -1513,6 +1511,10 @@ pub struct Txn {
     created: BTreeSet<String>,
     /// Index creations and drops, in order, for the log.
     index_ops: Vec<LogOp>,
+    /// Each written collection as this transaction's snapshot sees it. Writes go by this, not
+    /// by the `CollectionInfo` the caller passes, which may be older: a caller that read it
+    /// before an index build and retries after a conflict must maintain the new index.
+    seen_infos: HashMap<CollId, Arc<CollectionInfo>>,
     /// The namespace of every collection written, for the log record.
     namespaces: HashMap<CollId, String>,
     meta: CommitMeta,
@@ -1579,6 +1581,11 @@ impl Txn {
     /// Records who commits this transaction, for the log.
     pub fn set_meta(&mut self, meta: CommitMeta) {
         self.meta = meta;
+    }
+
+    /// Whether this transaction creates `ns` explicitly (not "if absent").
+    pub fn creates(&self, ns: &str) -> bool {
+        self.created.contains(ns) && !self.shared_creates.contains(ns)
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -1788,6 +1795,7 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
         let checked = match self.get(coll, &key) {
@@ -1828,6 +1836,7 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
         if !coll.indexes.is_empty() {
@@ -1853,6 +1862,7 @@ impl Txn {
 
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
         self.check_open()?;
+        let coll = &*self.current_info(coll);
         let old = self.get(coll, &key)?;
         let id = old
             .as_ref()
@@ -1874,6 +1884,31 @@ impl Txn {
         self.namespaces.insert(coll.id, coll.ns());
         self.docs.insert((coll.id, key), DocWrite::Delete(id));
         Ok(())
+    }
+
+    /// `coll` as this transaction sees it (its own catalog writes, else its snapshot).
+    fn current_info(&mut self, coll: &CollectionInfo) -> Arc<CollectionInfo> {
+        let ns = coll.ns();
+        if let Some(Some(own)) = self.catalog.get(&ns)
+            && own.id == coll.id
+        {
+            return own.clone();
+        }
+        if let Some(seen) = self.seen_infos.get(&coll.id) {
+            return seen.clone();
+        }
+        let seen = {
+            let state = self.snapshot.engine.read_state();
+            state
+                .catalog
+                .get(&ns)
+                .and_then(|chain| chain.visible_at(self.snapshot.read_ts))
+                .filter(|info| info.id == coll.id)
+                .cloned()
+        };
+        let info = seen.unwrap_or_else(|| Arc::new(coll.clone()));
+        self.seen_infos.insert(coll.id, info.clone());
+        info
     }
 
     /// Updates every index of `coll` for the document under `key` going from `old` to `new`:
@@ -2232,7 +2267,8 @@ impl Txn {
     pub fn commit(mut self) -> Result<CommitTicket, StorageError> {
         self.check_open()?;
         if self.is_read_only() {
-            self.open = false;
+            // Failed writes may still have registered it as a writer of some collection.
+            self.release();
             return Ok(CommitTicket {
                 ts: self.read_ts(),
                 progress: None,

@@ -155,18 +155,16 @@ fn index_build_waits_for_writers_and_writers_for_builds() {
         late.insert(&coll, key(3), doc(3, 1)),
         Err(StorageError::WriteConflict)
     ));
-    drop(late);
     commit_durable(build).unwrap();
-    // A writer whose collection info predates the index conflicts rather than skip it.
-    let mut stale_writer = engine.begin();
+    // A transaction whose snapshot predates the index cannot write the collection...
     assert!(matches!(
-        stale_writer.insert(&coll, key(3), doc(3, 1)),
+        late.insert(&coll, key(3), doc(3, 1)),
         Err(StorageError::WriteConflict)
     ));
-    drop(stale_writer);
-    let fresh = engine.snapshot().collection("db.b").unwrap();
+    drop(late);
+    // ...while a newer one maintains the index even when handed the old collection info.
     let mut t = engine.begin();
-    t.insert(&fresh, key(3), doc(3, 1)).unwrap();
+    t.insert(&coll, key(3), doc(3, 1)).unwrap();
     commit_durable(t).unwrap();
     assert_eq!(
         lookup(&engine.snapshot(), "db.b", "v_1", rawdoc! { "v": 1 }),

@@ -255,7 +255,7 @@ pub(super) fn validate_collection_name(db: &str, name: &str) -> CommandResult<()
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their
 /// collection locks, until they end (commit, abort, endSessions, or the lifetime limit's reaper)
 /// or the command's `maxTimeMS` runs out.
-async fn wait_for_transactions(
+pub(super) async fn wait_for_transactions(
     shared: &Shared,
     req: &Request<'_>,
     what: &str,

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, encode_key, with_let};
+use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, with_let};
 use mangrove_storage::{
     CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, Snapshot, StorageError, StoredDoc,
     Txn,
 };
 
-use crate::cursor::{BatchDoc, Cursor, ScanState, Source};
+use crate::access::{Access, Examined, Hint, IndexWalk, choose, for_each_match, parse_hint};
+use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_bool, as_i64, type_name};
 use crate::retryable::RetryableWrite;
@@ -52,11 +53,7 @@ pub(super) fn validate_db_name(db: &str) -> CommandResult<()> {
     Ok(())
 }
 
-pub(super) fn key_of(id: RawBsonRef<'_>) -> DocKey {
-    let mut bytes = Vec::with_capacity(16);
-    encode_key(id, &mut bytes);
-    DocKey(bytes)
-}
+pub(super) use crate::access::key_of;
 
 fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
     doc.get("_id").ok().flatten()
@@ -692,30 +689,6 @@ fn non_negative(req: &Request<'_>, field: &str) -> CommandResult<Option<u64>> {
     }
 }
 
-/// Hints Mangrove can honour: the `_id` index (its only index so far) and natural order.
-fn check_hint(req: &Request<'_>) -> CommandResult<()> {
-    let ok = match req.get("hint") {
-        None => true,
-        Some(RawBsonRef::String(name)) => name == "_id_",
-        Some(RawBsonRef::Document(spec)) => {
-            let keys: Vec<_> = spec
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, _)| k.as_str().to_owned())
-                .collect();
-            keys.is_empty() || keys == ["_id"] || keys == ["$natural"]
-        }
-        Some(_) => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(CommandError::bad_value(
-            "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
-        ))
-    }
-}
-
 fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
     for field in ["max", "min"] {
         if req.get(field).is_some() {
@@ -752,8 +725,9 @@ pub(super) fn find(
     validate_db_name(req.db)?;
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
+    let raw_filter = req.opt_doc("filter")?.unwrap_or(&empty);
     let filter = with_let(req.opt_doc("let")?, || {
-        Filter::parse(req.opt_doc("filter")?.unwrap_or(&empty)).map_err(CommandError::from)
+        Filter::parse(raw_filter).map_err(CommandError::from)
     })?;
     let sort = match req.opt_doc("sort")? {
         Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
@@ -767,7 +741,6 @@ pub(super) fn find(
     let limit = non_negative(req, "limit")?.filter(|&l| l > 0);
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
-    check_hint(req)?;
     check_simple_collation(req.opt_doc("collation")?)?;
     unsupported_find_options(req)?;
 
@@ -776,9 +749,11 @@ pub(super) fn find(
         Some(txn) => collection_in_txn(shared, txn, &ns),
         None => snapshot.collection(&ns),
     };
+    let hint = parse_hint(req.get("hint"), coll.as_ref())?;
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
+    let access = choose(&coll, &filter, raw_filter, &hint);
 
     let mut cursor = Cursor {
         ns: ns.clone(),
@@ -793,18 +768,36 @@ pub(super) fn find(
         Some(txn) => txn,
         None => &snapshot,
     };
-    if let Some(id) = filter.id_equality() {
+    if let Access::IdPoint(key) = &access {
         // A point lookup: at most one document can match.
         let found = view
-            .get(&coll, &key_of(id.as_raw_bson_ref()))?
+            .get(&coll, key)?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
     } else if sort.is_some() || txn.is_some() {
         // A transaction's cursor is computed now, from the transaction's view, so it needs no
         // live transaction later.
-        let docs = collect_matches(shared, view, &coll, &filter, sort.as_ref(), skip, limit)?;
+        let docs = collect_matches(
+            shared,
+            view,
+            &coll,
+            &access,
+            &filter,
+            sort.as_ref(),
+            skip,
+            limit,
+        )?;
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
+    } else if let Access::Index { index, bounds } = access {
+        cursor.source = Source::Index(Box::new(IndexScanState {
+            snapshot,
+            coll,
+            walk: IndexWalk::new(index, &bounds),
+            filter,
+            skip,
+            pending: VecDeque::new(),
+        }));
     } else {
         cursor.source = Source::Scan(Box::new(ScanState {
             snapshot,
@@ -825,10 +818,12 @@ pub(super) fn find(
 }
 
 /// Every match in memory (sorted, if asked), bounded like mongod's 100 MB blocking-sort limit.
+#[allow(clippy::too_many_arguments)]
 fn collect_matches(
     shared: &Shared,
     view: &dyn ReadView,
     coll: &CollectionInfo,
+    access: &Access,
     filter: &Filter,
     sort: Option<&SortSpec>,
     skip: u64,
@@ -838,14 +833,20 @@ fn collect_matches(
     let mut docs = Vec::new();
     let mut bytes = 0usize;
     let mut over = false;
-    view.scan(coll, None, &mut |_, d| {
-        if filter.matches(d) {
-            bytes += d.as_bytes().len();
-            if bytes > max {
-                over = true;
-                return ControlFlow::Break(());
-            }
-            docs.push(d.clone());
+    // Without a sort, a limit can stop the walk early.
+    let enough = match (sort, limit) {
+        (None, Some(l)) => Some(skip.saturating_add(l)),
+        _ => None,
+    };
+    for_each_match(view, coll, access, filter, &mut Examined::default(), &mut |_, d| {
+        bytes += d.as_bytes().len();
+        if bytes > max {
+            over = true;
+            return ControlFlow::Break(());
+        }
+        docs.push(d.clone());
+        if enough.is_some_and(|n| docs.len() as u64 >= n) {
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     })?;
@@ -912,10 +913,7 @@ pub(super) async fn aggregate(
         }
     };
     if req.opt_bool("explain")?.unwrap_or(false) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "aggregate explain is not supported by Mangrove yet",
-        ));
+        return super::indexes::explain_command(shared, req.db, req.body, "queryPlanner");
     }
     if req.get("cursor").is_none() {
         return Err(CommandError::failed_to_parse(
@@ -964,7 +962,11 @@ pub(super) async fn aggregate(
                     &match_all
                 }
             };
-            collect_matches(shared, view, &coll, filter, None, 0, None)?
+            let access = match leading_match_doc(req)? {
+                Some(raw) => choose(&coll, filter, raw, &parse_hint(req.get("hint"), Some(&coll))?),
+                None => Access::Collection,
+            };
+            collect_matches(shared, view, &coll, &access, filter, None, 0, None)?
                 .into_iter()
                 .map(|d| (*d).clone())
                 .collect()
@@ -983,8 +985,22 @@ pub(super) async fn aggregate(
     pipeline_cursor(shared, ns, output, batch_size, txn_owner(req, txn))
 }
 
+/// The raw filter of a pipeline's leading `$match`, for choosing an index.
+fn leading_match_doc<'a>(req: &Request<'a>) -> CommandResult<Option<&'a RawDocument>> {
+    let Some(stages) = req.opt_array("pipeline")? else {
+        return Ok(None);
+    };
+    Ok(match stages.into_iter().next() {
+        Some(Ok(RawBsonRef::Document(stage))) => match stage.get("$match").ok().flatten() {
+            Some(RawBsonRef::Document(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// The first batch of a pipeline's output; the rest stays in a cursor for `getMore`.
-fn pipeline_cursor(
+pub(super) fn pipeline_cursor(
     shared: &Shared,
     ns: String,
     output: Vec<RawDocumentBuf>,
@@ -1303,21 +1319,13 @@ fn targets(
     filter: &Filter,
     just_one: bool,
 ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
-    if let Some(id) = filter.id_equality() {
-        let key = key_of(id.as_raw_bson_ref());
-        return Ok(txn
-            .get(coll, &key)?
-            .filter(|d| filter.matches(d))
-            .map(|d| vec![(key, d)])
-            .unwrap_or_default());
-    }
+    // Partial indexes need the raw filter to prove they cover it; write statements go without.
+    let access = choose(coll, filter, &RawDocumentBuf::new(), &Hint::None);
     let mut out = Vec::new();
-    txn.scan(coll, None, |key, doc| {
-        if filter.matches(doc) {
-            out.push((key.clone(), doc.clone()));
-            if just_one {
-                return ControlFlow::Break(());
-            }
+    for_each_match(txn, coll, &access, filter, &mut Examined::default(), &mut |key, doc| {
+        out.push((key.clone(), doc.clone()));
+        if just_one {
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     })?;
@@ -2030,7 +2038,8 @@ pub(super) fn distinct(
         }
     };
     let empty = RawDocumentBuf::new();
-    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    let raw_filter = req.opt_doc("query")?.unwrap_or(&empty);
+    let filter = Filter::parse(raw_filter)?;
     check_simple_collation(req.opt_doc("collation")?)?;
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
@@ -2046,21 +2055,20 @@ pub(super) fn distinct(
         let max = shared.config.max_bson_size;
         let mut bytes = 0usize;
         let mut too_big = false;
-        view.scan(&coll, None, &mut |_, doc| {
-            if filter.matches(doc) {
-                for v in mangrove_query::distinct_values(doc, key) {
-                    let v = bson::RawBson::from(v);
-                    bytes += raw_size(&v);
-                    values.push(v);
-                }
-                // Sorting and deduplicating as we go keeps memory near the answer's size.
+        let access = choose(&coll, &filter, raw_filter, &parse_hint(req.get("hint"), Some(&coll))?);
+        for_each_match(view, &coll, &access, &filter, &mut Examined::default(), &mut |_, doc| {
+            for v in mangrove_query::distinct_values(doc, key) {
+                let v = bson::RawBson::from(v);
+                bytes += raw_size(&v);
+                values.push(v);
+            }
+            // Sorting and deduplicating as we go keeps memory near the answer's size.
+            if bytes > max {
+                dedup_values(&mut values);
+                bytes = values.iter().map(raw_size).sum();
                 if bytes > max {
-                    dedup_values(&mut values);
-                    bytes = values.iter().map(raw_size).sum();
-                    if bytes > max {
-                        too_big = true;
-                        return ControlFlow::Break(());
-                    }
+                    too_big = true;
+                    return ControlFlow::Break(());
                 }
             }
             ControlFlow::Continue(())
@@ -2115,7 +2123,8 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
     let name = req.collection()?;
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
-    let filter = Filter::parse(req.opt_doc("query")?.unwrap_or(&empty))?;
+    let raw_filter = req.opt_doc("query")?.unwrap_or(&empty);
+    let filter = Filter::parse(raw_filter)?;
     let mut skip = non_negative(req, "skip")?.unwrap_or(0);
     // `count` takes a negative limit as its absolute value, unlike `find`.
     let limit = req
@@ -2126,15 +2135,15 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
     let snapshot = shared.engine.snapshot();
     let mut n = 0u64;
     if let Some(coll) = snapshot.collection(&ns) {
-        snapshot.scan(&coll, None, |_, d| {
-            if filter.matches(d) {
-                if skip > 0 {
-                    skip -= 1;
-                } else {
-                    n += 1;
-                    if limit.is_some_and(|l| n >= l) {
-                        return ControlFlow::Break(());
-                    }
+        let hint = parse_hint(req.get("hint"), Some(&coll))?;
+        let access = choose(&coll, &filter, raw_filter, &hint);
+        for_each_match(&snapshot, &coll, &access, &filter, &mut Examined::default(), &mut |_, _| {
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                n += 1;
+                if limit.is_some_and(|l| n >= l) {
+                    return ControlFlow::Break(());
                 }
             }
             ControlFlow::Continue(())

@@ -39,6 +39,8 @@ fn parameters(shared: &Shared) -> Document {
         "enableTestCommands": shared.config.enable_test_commands,
         "transactionLifetimeLimitSeconds": shared.params.transaction_lifetime_secs.load(Relaxed) as i64,
         "maxTransactionLockRequestTimeoutMillis": shared.params.max_transaction_lock_request_timeout_ms.load(Relaxed),
+        "ttlMonitorSleepSecs": shared.params.ttl_monitor_sleep_secs.load(Relaxed) as i64,
+        "ttlMonitorEnabled": shared.params.ttl_monitor_enabled.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
         "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
         "maxBSONDepth": 100,
@@ -88,6 +90,16 @@ pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
         if key == req.name || key.starts_with('$') || key == "lsid" || key == "comment" {
             continue;
         }
+        if key == "ttlMonitorEnabled" {
+            let on = crate::request::as_bool(value).ok_or_else(|| {
+                CommandError::type_mismatch("setParameter: ttlMonitorEnabled takes a boolean")
+            })?;
+            let was = shared.params.ttl_monitor_enabled.swap(on, Relaxed);
+            reply.insert("was", was);
+            set_any = true;
+            tracing::info!(parameter = key, value = on, "server parameter changed");
+            continue;
+        }
         let number = crate::request::as_i64(value).ok_or_else(|| {
             CommandError::type_mismatch(format!("setParameter: {key} takes a number"))
         })?;
@@ -104,6 +116,18 @@ pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
                     .swap(number as u64, Relaxed);
                 reply.insert("was", was as i64);
             }
+            "ttlMonitorSleepSecs" => {
+                if number < 1 {
+                    return Err(CommandError::bad_value(format!(
+                        "ttlMonitorSleepSecs must be at least 1, got {number}"
+                    )));
+                }
+                let was = shared
+                    .params
+                    .ttl_monitor_sleep_secs
+                    .swap(number as u64, Relaxed);
+                reply.insert("was", was as i64);
+            }
             "maxTransactionLockRequestTimeoutMillis" => {
                 let was = shared
                     .params
@@ -115,7 +139,7 @@ pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
                 return Err(CommandError::new(
                     code::INVALID_OPTIONS,
                     format!(
-                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds and maxTransactionLockRequestTimeoutMillis"
+                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs and ttlMonitorEnabled"
                     ),
                 ));
             }
@@ -173,7 +197,13 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "getmore": counters.getmore.load(Relaxed) as i64,
             "command": counters.command.load(Relaxed) as i64,
         },
-        "metrics": { "cursor": { "open": { "total": shared.cursors.open_count() as i64 } } },
+        "metrics": {
+            "cursor": { "open": { "total": shared.cursors.open_count() as i64 } },
+            "ttl": {
+                "passes": shared.counters.ttl_passes.load(std::sync::atomic::Ordering::Relaxed) as i64,
+                "deletedDocuments": shared.counters.ttl_deleted.load(std::sync::atomic::Ordering::Relaxed) as i64,
+            },
+        },
         "transactions": transactions_status(shared),
         "repl": {
             "setName": &shared.config.replset,

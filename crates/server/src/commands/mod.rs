@@ -4,6 +4,7 @@ mod catalog;
 mod crud;
 mod diag;
 mod handshake;
+mod indexes;
 mod read_concern;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
@@ -146,6 +147,18 @@ pub(crate) const COMMANDS: &[CommandInfo] = &[
         "renameCollection",
         "renames a collection (one transaction; waits for open transactions on it)",
         true,
+    ),
+    cmd(
+        "createIndexes",
+        "builds secondary indexes (waits for open transactions on the collection)",
+        false,
+    ),
+    cmd("listIndexes", "indexes of a collection", false),
+    cmd("dropIndexes", "drops secondary indexes", false),
+    cmd(
+        "explain",
+        "the plan of a find, count, distinct, update, delete, findAndModify or aggregate",
+        false,
     ),
     cmd("insert", "inserts documents", false),
     cmd("find", "queries a collection", false),
@@ -358,6 +371,10 @@ async fn dispatch(
         "drop" => catalog::drop(shared, req).await,
         "dropDatabase" => catalog::drop_database(shared, req).await,
         "renameCollection" => catalog::rename_collection(shared, req).await,
+        "createIndexes" => indexes::create_indexes(shared, req, None).await,
+        "listIndexes" => indexes::list_indexes(shared, req, None),
+        "dropIndexes" => indexes::drop_indexes(shared, req).await,
+        "explain" => indexes::explain(shared, req),
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
             if req.get("txnNumber").is_some() =>
         {
@@ -788,6 +805,7 @@ async fn in_transaction(
                 "aggregate" => crud::aggregate(shared, req, Some(txn), None).await,
                 "distinct" => crud::distinct(shared, req, Some(txn), None),
                 "create" => catalog::create(shared, req, Some(txn)).await,
+                "createIndexes" => indexes::create_indexes(shared, req, Some(txn)).await,
                 "insert" => crud::insert(shared, req, Some(txn), None).await,
                 "update" => crud::update(shared, req, Some(txn), None).await,
                 "delete" => crud::delete(shared, req, Some(txn), None).await,
@@ -859,3 +877,5 @@ pub(crate) fn decorate_raw(shared: &Shared, reply: &mut RawDocumentBuf) {
     }
     reply.append(bson::raw::cstr!("operationTime"), ts);
 }
+
+pub(crate) use indexes::ttl_monitor;

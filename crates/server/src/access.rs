@@ -1,0 +1,319 @@
+//! Access paths: how a read reaches the documents its filter may match. An `_id` point lookup,
+//! a range scan of a secondary index (then fetching each document), or a scan of the whole
+//! collection. Whatever the path, every document it yields is checked against the whole filter,
+//! so the planner may only make the candidate set smaller, never wrong.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use bson::raw::{RawBsonRef, RawDocument};
+use bson::{Bson, Document, doc};
+use mangrove_query::{Filter, IndexBounds, KeyInterval, index_bounds};
+use mangrove_storage::{CollectionInfo, DocKey, IndexInfo, ReadView, StoredDoc};
+
+use crate::error::{CommandError, CommandResult};
+
+/// Index entries read per call into the engine: bounds the memory of one step and how long
+/// the engine's lock is held.
+const INDEX_CHUNK: usize = 512;
+
+/// A document's primary key: the order-preserving encoding of its `_id`.
+pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
+    let mut bytes = Vec::with_capacity(16);
+    mangrove_query::encode_key(id, &mut bytes);
+    DocKey(bytes)
+}
+
+/// The chosen way to reach a filter's candidates.
+#[derive(Clone)]
+pub enum Access {
+    Collection,
+    IdPoint(DocKey),
+    Index {
+        index: Arc<IndexInfo>,
+        bounds: Arc<IndexBounds>,
+    },
+}
+
+/// What a plan looked at: MongoDB's `totalKeysExamined` and `totalDocsExamined`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Examined {
+    pub keys: u64,
+    pub docs: u64,
+}
+
+/// A query's `hint`.
+pub enum Hint {
+    None,
+    Natural,
+    Id,
+    Index(Arc<IndexInfo>),
+}
+
+fn bad_hint() -> CommandError {
+    CommandError::bad_value(
+        "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
+    )
+}
+
+/// Resolves a `hint` (an index name or key pattern, or `{$natural: 1}`) against the
+/// collection's indexes. A hint naming no index is an error, as in MongoDB; on a collection that
+/// does not exist there is nothing to hint at, and nothing to find.
+pub fn parse_hint(hint: Option<RawBsonRef<'_>>, coll: Option<&CollectionInfo>) -> CommandResult<Hint> {
+    let Some(hint) = hint else {
+        return Ok(Hint::None);
+    };
+    let by_name = |name: &str| -> CommandResult<Hint> {
+        if name == "_id_" {
+            return Ok(Hint::Id);
+        }
+        match coll {
+            None => Ok(Hint::None),
+            Some(c) => c
+                .index(name)
+                .cloned()
+                .map(Hint::Index)
+                .ok_or_else(bad_hint),
+        }
+    };
+    match hint {
+        RawBsonRef::String(name) => by_name(name),
+        RawBsonRef::Document(spec) if spec.is_empty() => Ok(Hint::None),
+        RawBsonRef::Document(spec) => {
+            if spec.get("$natural").ok().flatten().is_some() {
+                return Ok(Hint::Natural);
+            }
+            let pattern = Document::try_from(spec).map_err(|_| bad_hint())?;
+            let is_id = pattern.len() == 1
+                && pattern
+                    .get("_id")
+                    .is_some_and(|v| matches!(v, Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_)));
+            if is_id {
+                return Ok(Hint::Id);
+            }
+            match coll {
+                None => Ok(Hint::None),
+                Some(c) => c
+                    .indexes
+                    .iter()
+                    .find(|i| same_pattern(&i.key.key_pattern, &pattern))
+                    .cloned()
+                    .map(Hint::Index)
+                    .ok_or_else(bad_hint),
+            }
+        }
+        _ => Err(CommandError::bad_value(
+            "hint must be a string (an index name) or an object (a key pattern)",
+        )),
+    }
+}
+
+/// Key patterns match field by field, with numerically equal directions (1 and 1.0).
+fn same_pattern(a: &Document, b: &Document) -> bool {
+    let dir = |v: &Bson| match v {
+        Bson::Int32(n) => (*n as f64).signum(),
+        Bson::Int64(n) => (*n as f64).signum(),
+        Bson::Double(n) => n.signum(),
+        _ => 0.0,
+    };
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && dir(va) == dir(vb))
+}
+
+/// Picks the access path: a hint decides; else an `_id` equality is a point lookup; else the
+/// index with the most selective bounds (equality fields count double, unique indexes win
+/// ties); else a collection scan.
+pub fn choose(coll: &CollectionInfo, filter: &Filter, raw: &RawDocument, hint: &Hint) -> Access {
+    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds| Access::Index {
+        index: index.clone(),
+        bounds: Arc::new(bounds),
+    };
+    match hint {
+        Hint::Natural => return Access::Collection,
+        Hint::Id => {
+            return match filter.id_equality() {
+                Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
+                None => Access::Collection,
+            };
+        }
+        Hint::Index(index) => {
+            if let Some(bounds) = index_bounds(filter, raw, &index.key, true) {
+                return index_access(index, bounds);
+            }
+            return Access::Collection;
+        }
+        Hint::None => {}
+    }
+    if let Some(id) = filter.id_equality() {
+        return Access::IdPoint(key_of(id.as_raw_bson_ref()));
+    }
+    let mut best: Option<(&Arc<IndexInfo>, IndexBounds)> = None;
+    for index in &coll.indexes {
+        let Some(bounds) = index_bounds(filter, raw, &index.key, false) else {
+            continue;
+        };
+        let better = match &best {
+            None => true,
+            Some((b, bb)) => {
+                bounds.score > bb.score
+                    || (bounds.score == bb.score && index.key.unique && !b.key.unique)
+            }
+        };
+        if better {
+            best = Some((index, bounds));
+        }
+    }
+    match best {
+        Some((index, bounds)) => index_access(index, bounds),
+        None => Access::Collection,
+    }
+}
+
+/// A resumable walk over an index's intervals that fetches each document once.
+pub struct IndexWalk {
+    pub index: Arc<IndexInfo>,
+    intervals: Vec<KeyInterval>,
+    pos: usize,
+    after: Option<DocKey>,
+    /// Documents already produced: a multikey index has several entries per document.
+    seen: HashSet<DocKey>,
+}
+
+impl IndexWalk {
+    pub fn new(index: Arc<IndexInfo>, bounds: &IndexBounds) -> IndexWalk {
+        IndexWalk {
+            index,
+            intervals: bounds.intervals.clone(),
+            pos: 0,
+            after: None,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// The next documents the index reaches (not yet filtered), or an empty vector at the end.
+    pub fn next_chunk(
+        &mut self,
+        view: &dyn ReadView,
+        coll: &CollectionInfo,
+        examined: &mut Examined,
+    ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
+        while self.pos < self.intervals.len() {
+            let entries = view.index_scan(
+                &self.index,
+                &self.intervals[self.pos],
+                self.after.as_ref(),
+                INDEX_CHUNK,
+            )?;
+            let Some((last, _)) = entries.last() else {
+                self.pos += 1;
+                self.after = None;
+                continue;
+            };
+            self.after = Some(last.clone());
+            let mut out = Vec::with_capacity(entries.len());
+            for (_, target) in entries {
+                examined.keys += 1;
+                if !self.seen.insert(target.clone()) {
+                    continue;
+                }
+                examined.docs += 1;
+                // An entry always has its document in the same snapshot; tolerate a missing
+                // one rather than fail the read.
+                if let Some(doc) = view.get(coll, &target)? {
+                    out.push((target, doc));
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Visits every document matching `filter` along `access`, until `visit` breaks. Collection
+/// scans visit under the engine's read lock, so `visit` must not call into the engine.
+pub fn for_each_match(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: &Access,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    match access {
+        Access::IdPoint(key) => {
+            examined.keys += 1;
+            if let Some(doc) = view.get(coll, key)? {
+                examined.docs += 1;
+                if filter.matches(&doc) {
+                    let _ = visit(key, &doc);
+                }
+            }
+        }
+        Access::Collection => {
+            view.scan(coll, None, &mut |key, doc| {
+                examined.docs += 1;
+                if filter.matches(doc) {
+                    return visit(key, doc);
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        Access::Index { index, bounds } => {
+            let mut walk = IndexWalk::new(index.clone(), bounds);
+            loop {
+                let chunk = walk.next_chunk(view, coll, examined)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for (key, doc) in &chunk {
+                    if filter.matches(doc) && visit(key, doc).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plan's input stage as `explain` shows it, in MongoDB's stage names.
+pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
+    match access {
+        Access::Collection => {
+            let mut d = doc! { "stage": "COLLSCAN" };
+            if !filter_doc.is_empty() {
+                d.insert("filter", filter_doc.clone());
+            }
+            d.insert("direction", "forward");
+            d
+        }
+        Access::IdPoint(_) => doc! { "stage": "IDHACK" },
+        Access::Index { index, bounds } => {
+            let mut fetch = doc! { "stage": "FETCH" };
+            if !filter_doc.is_empty() {
+                fetch.insert("filter", filter_doc.clone());
+            }
+            fetch.insert(
+                "inputStage",
+                doc! {
+                    "stage": "IXSCAN",
+                    "keyPattern": index.key.key_pattern.clone(),
+                    "indexName": index.key.name.clone(),
+                    "isMultiKey": false,
+                    "isUnique": index.key.unique,
+                    "isSparse": index.key.sparse,
+                    "isPartial": index.key.partial.is_some(),
+                    "indexVersion": 2,
+                    "direction": "forward",
+                    "indexBounds": bounds.display.clone(),
+                },
+            );
+            fetch
+        }
+    }
+}
