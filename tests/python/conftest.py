@@ -205,3 +205,21 @@ def db(client, request):
     # One database per test so tests never see each other's data.
     name = "t_" + re.sub(r"[^A-Za-z0-9]", "_", request.node.name)[:50]
     return client[name]
+
+
+@pytest.fixture()
+def restartable():
+    """Starts servers on one data directory that outlives each of them (restart tests); at the
+    end every server started is killed and the directory removed, whatever the test did."""
+    data = Path(tempfile.mkdtemp(prefix="mangrove-restart-"))
+    started: list[MangroveServer] = []
+
+    def start() -> MangroveServer:
+        server = MangroveServer(data_dir=data)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()  # a no-op for one that already stopped
+    shutil.rmtree(data, ignore_errors=True)

@@ -88,24 +88,6 @@ def test_server_status_and_current_op_count_transactions(client, db):
     report(f"[pymongo] serverStatus.transactions after: {after}")
 
 
-@pytest.fixture()
-def restartable():
-    """Starts servers on one data directory that outlives each of them (restart tests); at the
-    end every server started is killed and the directory removed, whatever the test did."""
-    data = Path(tempfile.mkdtemp(prefix="mangrove-restart-"))
-    started: list[MangroveServer] = []
-
-    def start() -> MangroveServer:
-        server = MangroveServer(data_dir=data)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()  # a no-op for one that already stopped
-    shutil.rmtree(data, ignore_errors=True)
-
-
 def _retryable(db, session, cmd: dict, txn_number: int):
     """Sends a write with an explicit txnNumber, as a driver's retry would resend it."""
     return db.command({**cmd, "txnNumber": Int64(txn_number)}, session=session)

@@ -124,8 +124,7 @@ fn same_pattern(a: &Document, b: &Document) -> bool {
 }
 
 /// Picks the access path: a hint decides; else an `_id` equality is a point lookup; else the
-/// index with the most selective bounds (equality fields count double, unique indexes win
-/// ties); else a collection scan.
+/// index with the most selective bounds (equality fields count double); else a collection scan.
 pub fn choose(coll: &CollectionInfo, filter: &Filter, raw: &RawDocument, hint: &Hint) -> Access {
     let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds| Access::Index {
         index: index.clone(),
@@ -155,11 +154,12 @@ pub fn choose(coll: &CollectionInfo, filter: &Filter, raw: &RawDocument, hint: &
         let Some(bounds) = index_bounds(filter, raw, &index.key, false) else {
             continue;
         };
+        // Ties go to the index likely to hold fewer entries: unique, then partial, then sparse.
+        let rank = |i: &IndexInfo| (i.key.unique, i.key.partial.is_some(), i.key.sparse);
         let better = match &best {
             None => true,
             Some((b, bb)) => {
-                bounds.score > bb.score
-                    || (bounds.score == bb.score && index.key.unique && !b.key.unique)
+                bounds.score > bb.score || (bounds.score == bb.score && rank(index) > rank(b))
             }
         };
         if better {

@@ -452,6 +452,7 @@ pub(crate) fn allowed_in_transaction(name: &str) -> bool {
             | "aggregate"
             | "distinct"
             | "create"
+            | "createIndexes"
             | "findandmodify"
             | "getMore"
             | "killCursors"

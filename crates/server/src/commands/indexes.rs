@@ -116,10 +116,14 @@ pub(super) async fn create_indexes(
                     ),
                 ));
             }
-            if let Some(existing) = current
-                .indexes
-                .iter()
-                .find(|i| &i.key.key_pattern == pattern)
+            // One key pattern may have several indexes only if their partial filters differ.
+            let partial = spec.get_document("partialFilterExpression").ok();
+            if let Some(existing) = current.indexes.iter().find(|i| {
+                &i.key.key_pattern == pattern
+                    && (partial.is_none()
+                        || i.key.partial_raw.is_none()
+                        || i.key.partial_raw.as_ref() == partial)
+            })
             {
                 return Err(CommandError::new(
                     85,
