@@ -274,11 +274,20 @@ impl IndexSpec {
     /// the document out. Errors when two indexed fields are arrays (MongoDB cannot index
     /// parallel arrays) or the keys would exceed [`MAX_KEYS_PER_DOCUMENT`].
     pub fn keys(&self, doc: &RawDocument) -> Result<Vec<Vec<u8>>, QueryError> {
+        Ok(self.keys_and_multikey(doc)?.0)
+    }
+
+    /// [`IndexSpec::keys`], and whether an indexed field is an array in this document (which
+    /// makes the index multikey: its range conditions on one field can no longer be combined).
+    pub fn keys_and_multikey(
+        &self,
+        doc: &RawDocument,
+    ) -> Result<(Vec<Vec<u8>>, bool), QueryError> {
         let mut out = Vec::new();
-        self.for_each_key(doc, &mut |key, _| out.push(key))?;
+        let multikey = self.for_each_key(doc, &mut |key, _| out.push(key))?;
         out.sort_unstable();
         out.dedup();
-        Ok(out)
+        Ok((out, multikey))
     }
 
     /// The field values behind one of the document's keys, as `{field: value, ...}`: what a
@@ -298,13 +307,14 @@ impl IndexSpec {
         out
     }
 
+    /// Emits every key; returns whether the document made the index multikey.
     fn for_each_key(
         &self,
         doc: &RawDocument,
         emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
-    ) -> Result<(), QueryError> {
+    ) -> Result<bool, QueryError> {
         if !self.covers(doc) {
-            return Ok(());
+            return Ok(false);
         }
         let per_field: Vec<Values<'_>> = self
             .fields
@@ -362,7 +372,7 @@ impl IndexSpec {
             }
             emit(key, &values);
         }
-        Ok(())
+        Ok(!arrays.is_empty())
     }
 }
 

@@ -4,8 +4,8 @@
 //! server fetches every document the bounds reach and applies the whole filter to it. So a
 //! condition the planner does not understand only makes the bounds wider, never wrong. Only
 //! conditions of the filter's top-level conjunction narrow the bounds; `$or`, `$nor`, `$expr` and
-//! negations are left to the filter. Several range conditions on one field are not intersected,
-//! because on a multikey index each may be satisfied by a different array element.
+//! negations are left to the filter. Several range conditions on one field are intersected only
+//! while the index is not multikey: on an array, each may be satisfied by a different element.
 
 use std::ops::Bound;
 
@@ -227,6 +227,7 @@ pub fn index_bounds(
     raw: &RawDocument,
     spec: &IndexSpec,
     hinted: bool,
+    multikey: bool,
 ) -> Option<IndexBounds> {
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
@@ -238,11 +239,16 @@ pub fn index_bounds(
             if *path != field.path {
                 continue;
             }
-            if let Some(b) = bound_for(pred)
-                && (best.is_none() || (b.is_points() && !best.as_ref().is_some_and(|x| x.is_points())))
-            {
-                best = Some(b);
-            }
+            let Some(b) = bound_for(pred) else {
+                continue;
+            };
+            best = match best {
+                None => Some(b),
+                Some(cur) if cur.is_points() => Some(cur),
+                Some(_) if b.is_points() => Some(b),
+                Some(cur) if multikey => Some(cur),
+                Some(cur) => Some(intersect(cur, b)),
+            };
         }
         per_field.push(best);
     }
@@ -331,6 +337,55 @@ pub fn index_bounds(
         display,
         score,
     })
+}
+
+/// Both ranges at once (for a field that is never an array). Ranges in different type brackets
+/// cannot both hold: the result is an empty set of points.
+fn intersect(a: FieldBound, b: FieldBound) -> FieldBound {
+    let (
+        FieldBound::Range {
+            bracket: ba,
+            lo: lo_a,
+            hi: hi_a,
+        },
+        FieldBound::Range {
+            bracket: bb,
+            lo: lo_b,
+            hi: hi_b,
+        },
+    ) = (a, b)
+    else {
+        unreachable!("points are never intersected");
+    };
+    if ba != bb {
+        return FieldBound::Points(Vec::new());
+    }
+    let cmp = |x: &RawBson, y: &RawBson| {
+        crate::compare_values(x.as_raw_bson_ref(), y.as_raw_bson_ref())
+    };
+    let lo = match (lo_a, lo_b) {
+        (Some(x), Some(y)) => Some(match cmp(&x.0, &y.0) {
+            std::cmp::Ordering::Greater => x,
+            std::cmp::Ordering::Less => y,
+            std::cmp::Ordering::Equal => (x.0, x.1 && y.1),
+        }),
+        (x, y) => x.or(y),
+    };
+    let hi = match (hi_a, hi_b) {
+        (Some(x), Some(y)) => Some(match cmp(&x.0, &y.0) {
+            std::cmp::Ordering::Less => x,
+            std::cmp::Ordering::Greater => y,
+            std::cmp::Ordering::Equal => (x.0, x.1 && y.1),
+        }),
+        (x, y) => x.or(y),
+    };
+    if let (Some((l, li)), Some((h, hi_incl))) = (&lo, &hi) {
+        let order = cmp(l, h);
+        if order.is_gt() || (order.is_eq() && !(*li && *hi_incl)) {
+            return FieldBound::Points(Vec::new());
+        }
+    }
+    FieldBound::Range { bracket: ba, lo, hi }
 }
 
 fn lower_key(b: &Bound<Vec<u8>>) -> &[u8] {

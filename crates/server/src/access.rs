@@ -33,6 +33,7 @@ pub enum Access {
     Index {
         index: Arc<IndexInfo>,
         bounds: Arc<IndexBounds>,
+        multikey: bool,
     },
 }
 
@@ -125,51 +126,66 @@ fn same_pattern(a: &Document, b: &Document) -> bool {
 
 /// Picks the access path: a hint decides; else an `_id` equality is a point lookup; else the
 /// index with the most selective bounds (equality fields count double); else a collection scan.
-pub fn choose(coll: &CollectionInfo, filter: &Filter, raw: &RawDocument, hint: &Hint) -> Access {
-    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds| Access::Index {
-        index: index.clone(),
-        bounds: Arc::new(bounds),
+pub fn choose(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    raw: &RawDocument,
+    hint: &Hint,
+) -> CommandResult<Access> {
+    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
+        Access::Index {
+            index: index.clone(),
+            bounds: Arc::new(bounds),
+            multikey,
+        }
     };
     match hint {
-        Hint::Natural => return Access::Collection,
+        Hint::Natural => return Ok(Access::Collection),
         Hint::Id => {
-            return match filter.id_equality() {
+            return Ok(match filter.id_equality() {
                 Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
                 None => Access::Collection,
-            };
+            });
         }
         Hint::Index(index) => {
-            if let Some(bounds) = index_bounds(filter, raw, &index.key, true) {
-                return index_access(index, bounds);
+            let multikey = view.index_multikey(index)?;
+            if let Some(bounds) = index_bounds(filter, raw, &index.key, true, multikey) {
+                return Ok(index_access(index, bounds, multikey));
             }
-            return Access::Collection;
+            return Ok(Access::Collection);
         }
         Hint::None => {}
     }
     if let Some(id) = filter.id_equality() {
-        return Access::IdPoint(key_of(id.as_raw_bson_ref()));
+        return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
-    let mut best: Option<(&Arc<IndexInfo>, IndexBounds)> = None;
+    let mut best: Option<(&Arc<IndexInfo>, IndexBounds, bool)> = None;
     for index in &coll.indexes {
-        let Some(bounds) = index_bounds(filter, raw, &index.key, false) else {
+        // Cheap: most filters give no bounds at all, and then the flag is never read.
+        if index_bounds(filter, raw, &index.key, false, true).is_none() {
+            continue;
+        }
+        let multikey = view.index_multikey(index)?;
+        let Some(bounds) = index_bounds(filter, raw, &index.key, false, multikey) else {
             continue;
         };
         // Ties go to the index likely to hold fewer entries: unique, then partial, then sparse.
         let rank = |i: &IndexInfo| (i.key.unique, i.key.partial.is_some(), i.key.sparse);
         let better = match &best {
             None => true,
-            Some((b, bb)) => {
+            Some((b, bb, _)) => {
                 bounds.score > bb.score || (bounds.score == bb.score && rank(index) > rank(b))
             }
         };
         if better {
-            best = Some((index, bounds));
+            best = Some((index, bounds, multikey));
         }
     }
-    match best {
-        Some((index, bounds)) => index_access(index, bounds),
+    Ok(match best {
+        Some((index, bounds, multikey)) => index_access(index, bounds, multikey),
         None => Access::Collection,
-    }
+    })
 }
 
 /// A resumable walk over an index's intervals that fetches each document once.
@@ -263,7 +279,7 @@ pub fn for_each_match(
                 ControlFlow::Continue(())
             })?;
         }
-        Access::Index { index, bounds } => {
+        Access::Index { index, bounds, .. } => {
             let mut walk = IndexWalk::new(index.clone(), bounds);
             loop {
                 let chunk = walk.next_chunk(view, coll, examined)?;
@@ -293,7 +309,11 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             d
         }
         Access::IdPoint(_) => doc! { "stage": "IDHACK" },
-        Access::Index { index, bounds } => {
+        Access::Index {
+            index,
+            bounds,
+            multikey,
+        } => {
             let mut fetch = doc! { "stage": "FETCH" };
             if !filter_doc.is_empty() {
                 fetch.insert("filter", filter_doc.clone());
@@ -304,7 +324,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
                     "stage": "IXSCAN",
                     "keyPattern": index.key.key_pattern.clone(),
                     "indexName": index.key.name.clone(),
-                    "isMultiKey": false,
+                    "isMultiKey": *multikey,
                     "isUnique": index.key.unique,
                     "isSparse": index.key.sparse,
                     "isPartial": index.key.partial.is_some(),

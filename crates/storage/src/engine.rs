@@ -108,6 +108,22 @@ impl IndexInfo {
     }
 }
 
+/// The key, in an index's keyspace, of the marker saying some document made the index multikey.
+/// Entry keys start with a type tag (at most 0xEF, inverted or not), so it sorts after every
+/// entry, and its value has no `r`, so scans skip it. Versioned like entries and never removed
+/// (as MongoDB's multikey flag), so a snapshot knows whether its view of the index is multikey.
+const MULTIKEY_MARKER: &[u8] = &[0xFF];
+
+fn multikey_marker() -> DocKey {
+    DocKey(MULTIKEY_MARKER.to_vec())
+}
+
+fn multikey_value() -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(cstr!("multikey"), true);
+    Arc::new(d)
+}
+
 fn entry_value(doc: &DocKey) -> StoredDoc {
     let mut d = RawDocumentBuf::new();
     d.append(
@@ -1002,8 +1018,13 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                 state.collections.insert(id, BTreeMap::new());
                 let mut entries = BTreeMap::new();
                 for (key, doc) in latest_docs(state, info.id)? {
-                    for k in index.key.keys(&doc).map_err(|e| e.to_string())? {
+                    let (keys, multikey) =
+                        index.key.keys_and_multikey(&doc).map_err(|e| e.to_string())?;
+                    for k in keys {
                         entries.insert(index.entry_key(&k, &key), entry_value(&key));
+                    }
+                    if multikey {
+                        entries.insert(multikey_marker(), multikey_value());
                     }
                 }
                 let keyspace = state.collections.get_mut(&id).expect("inserted above");
@@ -1107,14 +1128,33 @@ fn replay_doc(
             Some(d) => index.key.keys(d).map_err(|e| e.to_string())?,
             None => Vec::new(),
         };
-        let new_keys = match doc {
-            Some(d) => index.key.keys(d).map_err(|e| e.to_string())?,
-            None => Vec::new(),
+        let (new_keys, multikey) = match doc {
+            Some(d) => index.key.keys_and_multikey(d).map_err(|e| e.to_string())?,
+            None => (Vec::new(), false),
         };
+        let marked = multikey
+            && (state
+                .collections
+                .get(&index.id)
+                .and_then(|k| k.get(&multikey_marker()))
+                .is_some_and(|c| c.versions.last().is_some_and(|(_, v)| v.is_some()))
+                || match &state.base {
+                    Some(base) => base
+                        .get(index.id, &multikey_marker())
+                        .map_err(|e| e.to_string())?
+                        .is_some(),
+                    None => false,
+                });
         let keyspace = state
             .collections
             .get_mut(&index.id)
             .ok_or_else(|| format!("index {} of {ns} has no entries", index.key.name))?;
+        if multikey && !marked {
+            let chain = keyspace
+                .entry(multikey_marker())
+                .or_insert_with(VersionChain::new);
+            set_recovered(chain, ts, Some(multikey_value()));
+        }
         let changes = old_keys
             .iter()
             .filter(|k| new_keys.binary_search(k).is_err())
@@ -1460,6 +1500,11 @@ impl Snapshot {
             },
             &mut visit,
         )
+    }
+
+    /// Whether some document this snapshot sees made `index` multikey.
+    pub fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
+        Ok(self.get_in(index.id, &multikey_marker())?.is_some())
     }
 
     /// Up to `max` entries of `index` within `interval`, after the entry `after`: each entry's
@@ -1930,8 +1975,15 @@ impl Txn {
                 Some(d) => index.key.keys(d).map_err(StorageError::Index),
                 None => Ok(Vec::new()),
             };
+            // (Only the new document can make the index multikey; the flag is never cleared.)
             let old_keys = keys_of(old)?;
-            let new_keys = keys_of(new)?;
+            let (new_keys, multikey) = match new {
+                Some(d) => index.key.keys_and_multikey(d).map_err(StorageError::Index)?,
+                None => (Vec::new(), false),
+            };
+            if multikey && !self.index_multikey(index)? {
+                planned.push((pos, multikey_marker(), Some(multikey_value()), Vec::new()));
+            }
             for k in old_keys.iter().filter(|k| new_keys.binary_search(k).is_err()) {
                 planned.push((pos, index.entry_key(k, key), None, k.clone()));
             }
@@ -1950,7 +2002,7 @@ impl Txn {
                 }
                 claimed.push((index.id, entry.clone()));
             }
-            if value.is_none() || !index.key.unique {
+            if value.is_none() || !index.key.unique || entry.0 == MULTIKEY_MARKER {
                 continue;
             }
             let current = match self.index_writes.get(&(index.id, entry.clone())) {
@@ -2095,8 +2147,13 @@ impl Txn {
         let mut entries: BTreeMap<DocKey, StoredDoc> = BTreeMap::new();
         let mut failed = None;
         self.scan(&coll, None, |key, doc| {
-            let keys = match index.key.keys(doc) {
-                Ok(keys) => keys,
+            let keys = match index.key.keys_and_multikey(doc) {
+                Ok((keys, multikey)) => {
+                    if multikey {
+                        entries.insert(multikey_marker(), multikey_value());
+                    }
+                    keys
+                }
                 Err(e) => {
                     failed = Some(StorageError::Index(e));
                     return ControlFlow::Break(());
@@ -2204,6 +2261,14 @@ impl Txn {
             .get_mut(&ns)
             .ok_or_else(|| StorageError::NamespaceNotFound(ns.clone()))?
             .claim(self.id, read_ts)
+    }
+
+    /// Whether some document this transaction sees made `index` multikey.
+    pub fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
+        match self.index_writes.get(&(index.id, multikey_marker())) {
+            Some(own) => Ok(own.is_some()),
+            None => self.snapshot.index_multikey(index),
+        }
     }
 
     /// Like [`Snapshot::index_scan`], with this transaction's own index writes merged in.
@@ -2395,6 +2460,7 @@ pub trait ReadView {
         after: Option<&DocKey>,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>;
+    fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError>;
     /// Up to `max` `(entry key, document key)` pairs of `index` in `interval` after `after`.
     fn index_scan(
         &self,
@@ -2432,6 +2498,10 @@ impl ReadView for Snapshot {
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
         Snapshot::index_scan(self, index, interval, after, max)
     }
+
+    fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
+        Snapshot::index_multikey(self, index)
+    }
 }
 
 impl ReadView for Txn {
@@ -2460,5 +2530,9 @@ impl ReadView for Txn {
         max: usize,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
         Txn::index_scan(self, index, interval, after, max)
+    }
+
+    fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
+        Txn::index_multikey(self, index)
     }
 }

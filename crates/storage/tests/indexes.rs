@@ -4,6 +4,7 @@
 mod common;
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bson::{doc, rawdoc};
 use common::*;
@@ -30,7 +31,8 @@ fn lookup(view: &dyn ReadView, ns: &str, name: &str, filter: bson::RawDocumentBu
     let coll = view.collection(ns).unwrap();
     let index = coll.index(name).unwrap().clone();
     let parsed = Filter::parse(&filter).unwrap();
-    let bounds = index_bounds(&parsed, &filter, &index.key, false).expect("index usable");
+    let multikey = view.index_multikey(&index).unwrap();
+    let bounds = index_bounds(&parsed, &filter, &index.key, false, multikey).expect("index usable");
     let mut out = Vec::new();
     for interval in &bounds.intervals {
         for (_, target) in view.index_scan(&index, interval, None, usize::MAX).unwrap() {
@@ -236,18 +238,43 @@ fn index_entries_are_recovered_from_the_log_and_the_checkpoint() {
         t.replace(&coll, key(1), doc(1, -5)).unwrap();
         commit_durable(t).unwrap();
         create_index(&engine, "db.r", spec(doc! { "v": -1, "_id": 1 }, "v_-1__id_1", false));
+        // A multikey marker is set by the first array and survives recovery.
+        create_index(&engine, "db.r", spec(doc! { "tags": 1 }, "tags_1", false));
+        let idx = engine.snapshot().collection("db.r").unwrap().index("tags_1").unwrap().clone();
+        assert!(!engine.snapshot().index_multikey(&idx).unwrap());
+        let coll = engine.snapshot().collection("db.r").unwrap();
+        let mut t = engine.begin();
+        t.insert(&coll, key(500), Arc::new(rawdoc! { "_id": 500i64, "v": 7i64, "tags": ["x", "y"] }))
+            .unwrap();
+        assert!(t.index_multikey(&idx).unwrap());
+        assert!(!engine.snapshot().index_multikey(&idx).unwrap());
+        commit_durable(t).unwrap();
+        assert!(engine.snapshot().index_multikey(&idx).unwrap());
         expected = all_entries(&engine, "db.r", "v_1");
         engine.close_without_checkpoint();
     }
     let (engine, _) = open(options(&dir)).unwrap();
     let mut want = vec![1];
     want.extend((2..=48).rev());
+    want.insert(want.iter().position(|&i| i == 42).unwrap() + 1, 500);
     want.push(0);
     assert_eq!(expected, want);
     assert_eq!(all_entries(&engine, "db.r", "v_1"), want);
+    // Descending v, then ascending _id: doc 42 and doc 500 share v = 7.
     let mut desc = want.clone();
     desc.reverse();
+    let (a, b) = (
+        desc.iter().position(|&i| i == 500).unwrap(),
+        desc.iter().position(|&i| i == 42).unwrap(),
+    );
+    desc.swap(a, b);
     assert_eq!(all_entries(&engine, "db.r", "v_-1__id_1"), desc);
+    let idx = engine.snapshot().collection("db.r").unwrap().index("tags_1").unwrap().clone();
+    assert!(engine.snapshot().index_multikey(&idx).unwrap());
+    // Documents without tags index as null (before strings); 500 has one entry per tag.
+    let mut tags: Vec<i64> = (0..=48).collect();
+    tags.extend([500, 500]);
+    assert_eq!(all_entries(&engine, "db.r", "tags_1"), tags);
     // Dropping an index survives a restart too.
     let mut t = engine.begin();
     t.drop_index("db.r", "v_1").unwrap();
@@ -257,6 +284,6 @@ fn index_entries_are_recovered_from_the_log_and_the_checkpoint() {
     let (engine, _) = open(options(&dir)).unwrap();
     let coll = engine.snapshot().collection("db.r").unwrap();
     let names: Vec<&str> = coll.indexes.iter().map(|i| i.key.name.as_str()).collect();
-    assert_eq!(names, ["v_-1__id_1"]);
+    assert_eq!(names, ["v_-1__id_1", "tags_1"]);
     assert_eq!(all_entries(&engine, "db.r", "v_-1__id_1"), desc);
 }

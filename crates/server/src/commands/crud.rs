@@ -753,7 +753,11 @@ pub(super) fn find(
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
-    let access = choose(&coll, &filter, raw_filter, &hint);
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => &snapshot,
+    };
+    let access = choose(view, &coll, &filter, raw_filter, &hint)?;
 
     let mut cursor = Cursor {
         ns: ns.clone(),
@@ -789,7 +793,7 @@ pub(super) fn find(
         )?;
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
-    } else if let Access::Index { index, bounds } = access {
+    } else if let Access::Index { index, bounds, .. } = access {
         cursor.source = Source::Index(Box::new(IndexScanState {
             snapshot,
             coll,
@@ -963,7 +967,13 @@ pub(super) async fn aggregate(
                 }
             };
             let access = match leading_match_doc(req)? {
-                Some(raw) => choose(&coll, filter, raw, &parse_hint(req.get("hint"), Some(&coll))?),
+                Some(raw) => choose(
+                    view,
+                    &coll,
+                    filter,
+                    raw,
+                    &parse_hint(req.get("hint"), Some(&coll))?,
+                )?,
                 None => Access::Collection,
             };
             collect_matches(shared, view, &coll, &access, filter, None, 0, None)?
@@ -1320,7 +1330,7 @@ fn targets(
     just_one: bool,
 ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
     // Partial indexes need the raw filter to prove they cover it; write statements go without.
-    let access = choose(coll, filter, &RawDocumentBuf::new(), &Hint::None);
+    let access = choose(txn, coll, filter, &RawDocumentBuf::new(), &Hint::None)?;
     let mut out = Vec::new();
     for_each_match(txn, coll, &access, filter, &mut Examined::default(), &mut |key, doc| {
         out.push((key.clone(), doc.clone()));
@@ -2055,7 +2065,13 @@ pub(super) fn distinct(
         let max = shared.config.max_bson_size;
         let mut bytes = 0usize;
         let mut too_big = false;
-        let access = choose(&coll, &filter, raw_filter, &parse_hint(req.get("hint"), Some(&coll))?);
+        let access = choose(
+            view,
+            &coll,
+            &filter,
+            raw_filter,
+            &parse_hint(req.get("hint"), Some(&coll))?,
+        )?;
         for_each_match(view, &coll, &access, &filter, &mut Examined::default(), &mut |_, doc| {
             for v in mangrove_query::distinct_values(doc, key) {
                 let v = bson::RawBson::from(v);
@@ -2136,7 +2152,7 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
     let mut n = 0u64;
     if let Some(coll) = snapshot.collection(&ns) {
         let hint = parse_hint(req.get("hint"), Some(&coll))?;
-        let access = choose(&coll, &filter, raw_filter, &hint);
+        let access = choose(&snapshot, &coll, &filter, raw_filter, &hint)?;
         for_each_match(&snapshot, &coll, &access, &filter, &mut Examined::default(), &mut |_, _| {
             if skip > 0 {
                 skip -= 1;

@@ -412,7 +412,7 @@ pub(super) fn explain_command(
     let (mut plan, access) = match &coll {
         None => (doc! { "stage": "EOF" }, None),
         Some(coll) => {
-            let access = choose(coll, &filter, raw_filter, &hint);
+            let access = choose(&snapshot, coll, &filter, raw_filter, &hint)?;
             (plan_stage(&access, &filter_doc), Some(access))
         }
     };
@@ -436,7 +436,8 @@ pub(super) fn explain_command(
             returned = returned.min(l);
         }
     }
-    let elapsed = started.elapsed().as_millis() as i64;
+    let micros = started.elapsed().as_micros() as i64;
+    let elapsed = micros / 1000;
     if let Some(s) = e.sort {
         let mut sort_stage = doc! { "stage": "SORT", "sortPattern": Document::try_from(s).map_err(internal)? };
         if let Some(l) = e.limit {
@@ -475,6 +476,8 @@ pub(super) fn explain_command(
                 "executionSuccess": true,
                 "nReturned": returned as i64,
                 "executionTimeMillis": elapsed,
+                // Mangrove's addition: sub-millisecond plans otherwise all read 0.
+                "executionTimeMicros": micros,
                 "totalKeysExamined": examined.keys as i64,
                 "totalDocsExamined": examined.docs as i64,
                 "executionStages": stages,
