@@ -13,7 +13,9 @@
 
 mod aggregate;
 mod compare;
+mod dates;
 mod error;
+mod expr;
 mod filter;
 mod key;
 mod path;
@@ -21,7 +23,7 @@ mod projection;
 mod sort;
 mod update;
 
-pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
+pub use aggregate::{DEFAULT_MEMORY_LIMIT, Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;
