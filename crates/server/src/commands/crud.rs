@@ -870,7 +870,8 @@ fn collect_matches(
 
 /// `aggregate` on a collection: the pipeline runs over the collection as the snapshot (or the
 /// transaction) sees it, with a leading `$match` applied while reading. Input is bounded like a
-/// blocking sort.
+/// blocking sort. Collections a `$lookup` joins are read whole from the same view; `{aggregate:
+/// 1}` runs a pipeline that starts with `$documents`.
 pub(super) async fn aggregate(
     shared: &Shared,
     req: &Request<'_>,
@@ -893,15 +894,15 @@ pub(super) async fn aggregate(
     if let Some(reply) = list_sessions_aggregate(shared, req)? {
         return Ok(reply);
     }
-    if !matches!(req.command_value(), Some(RawBsonRef::String(_))) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "aggregate without a collection ({aggregate: 1}) is not supported by Mangrove yet",
-        ));
-    }
-    let name = req.collection()?;
+    // `{aggregate: 1}` has no input collection; only a pipeline that makes its own input
+    // (`$documents`) can run there.
+    let collectionless = !matches!(req.command_value(), Some(RawBsonRef::String(_)));
     validate_db_name(req.db)?;
-    let ns = req.ns(name);
+    let ns = if collectionless {
+        format!("{}.$cmd.aggregate", req.db)
+    } else {
+        req.ns(req.collection()?)
+    };
     let pipeline = match req.opt_array("pipeline")? {
         Some(p) => with_let(req.opt_doc("let")?, || Pipeline::parse(p))?,
         None => {
@@ -920,6 +921,12 @@ pub(super) async fn aggregate(
     if req.get("cursor").is_none() {
         return Err(CommandError::failed_to_parse(
             "The 'cursor' option is required, except for aggregate with the explain argument",
+        ));
+    }
+    if collectionless && !pipeline.starts_with_documents() {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "aggregate without a collection ({aggregate: 1}) needs a pipeline starting with $documents",
         ));
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
@@ -945,33 +952,49 @@ pub(super) async fn aggregate(
         None => None,
     };
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => collection_in_txn(shared, txn, &ns),
-        None => snapshot.collection(&ns),
+    // The input and every collection a $lookup joins are read from one view (the snapshot,
+    // or the transaction), so a join never mixes points in time.
+    let read = |ns: &str, filter: Option<&Filter>| -> CommandResult<Vec<RawDocumentBuf>> {
+        let coll = match txn {
+            Some(txn) => collection_in_txn(shared, txn, ns),
+            None => snapshot.collection(ns),
+        };
+        let Some(coll) = coll else {
+            return Ok(Vec::new());
+        };
+        let view: &dyn ReadView = match txn {
+            Some(txn) => txn,
+            None => &snapshot,
+        };
+        let match_all;
+        let filter = match filter {
+            Some(f) => f,
+            None => {
+                match_all = Filter::parse(&RawDocumentBuf::new())?;
+                &match_all
+            }
+        };
+        Ok(collect_matches(shared, view, &coll, filter, None, 0, None)?
+            .into_iter()
+            .map(|d| (*d).clone())
+            .collect())
     };
-    let input = match coll {
-        None => Vec::new(),
-        Some(coll) => {
-            let view: &dyn ReadView = match txn {
-                Some(txn) => txn,
-                None => &snapshot,
-            };
-            let match_all;
-            let filter = match pipeline.leading_match() {
-                Some(f) => f,
-                None => {
-                    match_all = Filter::parse(&RawDocumentBuf::new())?;
-                    &match_all
-                }
-            };
-            collect_matches(shared, view, &coll, filter, None, 0, None)?
-                .into_iter()
-                .map(|d| (*d).clone())
-                .collect()
-        }
+    let input = if collectionless || pipeline.starts_with_documents() {
+        Vec::new()
+    } else {
+        read(&ns, pipeline.leading_match())?
     };
+    let mut foreign = std::collections::HashMap::new();
+    for name in pipeline.foreign_collections() {
+        let docs = read(&req.ns(&name), None)?;
+        foreign.insert(name, docs);
+    }
     drop(snapshot);
-    let output = pipeline.run(input)?;
+    // The pipeline asks for each collection once, so handing over (not copying) is enough.
+    let foreign = std::cell::RefCell::new(foreign);
+    let output = pipeline.run_with(input, &|name| {
+        Ok(foreign.borrow_mut().remove(name).unwrap_or_default())
+    })?;
     if let (Some(sink), Some(opts)) = (pipeline.sink(), write_opts) {
         write_sink(shared, req, sink, output, &opts).await?;
         let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
