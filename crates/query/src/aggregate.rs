@@ -1056,7 +1056,7 @@ fn run_lookup(
     let mut out = Vec::with_capacity(docs.len());
     let mut used = 0usize;
     for doc in docs {
-        let candidates: Vec<RawDocumentBuf> = match (&l.equality, &index) {
+        let hits: Option<Vec<usize>> = match (&l.equality, &index) {
             (Some((_, local)), Some(index)) => {
                 let local = local.join(".");
                 let mut values: Vec<RawBsonRef<'_>> = distinct_values(&doc, &local);
@@ -1071,9 +1071,33 @@ fn run_lookup(
                     .collect();
                 hits.sort_unstable();
                 hits.dedup();
-                hits.into_iter().map(|i| foreign[i].clone()).collect()
+                Some(hits)
             }
-            _ => foreign.as_ref().clone(),
+            _ => None,
+        };
+        // The sub-pipeline's leading $match is applied before copying foreign documents, so a
+        // selective join does not copy the whole collection for every input document.
+        let pick = |filter: Option<&Filter>| -> Result<Vec<RawDocumentBuf>, QueryError> {
+            let mut picked = Vec::new();
+            let mut consider = |d: &RawDocumentBuf| -> Result<(), QueryError> {
+                if filter.map_or(Ok(true), |f| f.matches_checked(d))? {
+                    picked.push(d.clone());
+                }
+                Ok(())
+            };
+            match &hits {
+                Some(hits) => {
+                    for &i in hits {
+                        consider(&foreign[i])?;
+                    }
+                }
+                None => {
+                    for d in foreign.iter() {
+                        consider(d)?;
+                    }
+                }
+            }
+            Ok(picked)
         };
         let joined = match &l.pipeline {
             Some(p) => {
@@ -1081,9 +1105,15 @@ fn run_lookup(
                 for (name, e) in &l.lets {
                     vars.push((name.clone(), e.eval(&doc)?.unwrap_or(Bson::Null)));
                 }
-                with_vars(vars, || run_stages(&p.stages, candidates, ctx))?
+                with_vars(vars, || {
+                    let (first, rest) = match p.stages.first() {
+                        Some(Stage::Match(f)) => (Some(f), &p.stages[1..]),
+                        _ => (None, &p.stages[..]),
+                    };
+                    run_stages(rest, pick(first)?, ctx)
+                })?
             }
-            None => candidates,
+            None => pick(None)?,
         };
         used += joined.iter().map(|d| d.as_bytes().len()).sum::<usize>();
         ctx.check("$lookup", used)?;

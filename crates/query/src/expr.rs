@@ -2583,7 +2583,8 @@ fn range(vals: &[Val]) -> Result<Val, QueryError> {
     while (step > 0 && i < end) || (step < 0 && i > end) {
         out.push(Bson::Int32(i as i32));
         i += step;
-        if out.len() > 64 << 20 {
+        // Each element costs about 16 bytes; stop at the aggregation memory limit.
+        if out.len() > crate::aggregate::DEFAULT_MEMORY_LIMIT / 16 {
             return Err(QueryError::new(
                 146,
                 "ExceededMemoryLimit",

@@ -206,7 +206,20 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
                 )));
             }
             match op {
-                "$slice" => Ok((parse_slice(arg)?, Kind::Neutral)),
+                // `{$slice: ["$arr", n]}` (an array expression first) is the aggregation
+                // operator; numbers alone are the find projection's `$slice`.
+                "$slice" => match arg {
+                    RawBsonRef::Array(items)
+                        if items
+                            .get(0)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|first| as_num(first).is_none()) =>
+                    {
+                        computed(value)
+                    }
+                    _ => Ok((parse_slice(arg)?, Kind::Neutral)),
+                },
                 "$elemMatch" => {
                     if path.contains('.') {
                         return Err(bad("Cannot use $elemMatch projection on a nested field."));

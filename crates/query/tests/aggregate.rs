@@ -551,4 +551,10 @@ fn project_stage_takes_expressions() {
         out,
         vec![doc! { "x": 7, "y": 2, "z": "$notapath", "w": [1, 2] }]
     );
+    // `$slice` with an array expression is the aggregation operator, not the find projection.
+    let out = run_on(
+        doc! { "p": [ { "$project": { "_id": 0, "s": { "$slice": ["$arr", 1, 2] }, "t": { "$slice": 1 } } } ] },
+        vec![doc! { "arr": [1, 2, 3, 4], "t": [9, 8] }],
+    );
+    assert_eq!(out, vec![doc! { "s": [2, 3], "t": [9] }]);
 }
