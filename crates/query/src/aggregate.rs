@@ -103,6 +103,8 @@ enum Stage {
     /// `$documents`: the pipeline's input, replacing whatever the server read.
     Documents(Expr),
     Bucket(Box<Bucket>),
+    /// `$unionWith`: the input followed by another collection's documents through a pipeline.
+    UnionWith(String, Option<Pipeline>),
 }
 
 pub struct Pipeline {
@@ -384,19 +386,7 @@ impl Pipeline {
                 }
                 "$addFields" | "$set" => {
                     let mut fields = Vec::new();
-                    for item in doc_spec()? {
-                        let (k, v) = item.map_err(raw_err)?;
-                        if k.as_str().is_empty() || k.as_str().starts_with('$') {
-                            return Err(QueryError::location(
-                                16410,
-                                format!(
-                                    "FieldPath field names may not start with '$': '{}'",
-                                    k.as_str()
-                                ),
-                            ));
-                        }
-                        fields.push((split_path(k.as_str()), Expr::parse(v)?));
-                    }
+                    add_field_specs(doc_spec()?, &[], &mut fields, 0)?;
                     Stage::AddFields(fields)
                 }
                 "$count" => match spec {
@@ -469,6 +459,7 @@ impl Pipeline {
                     Stage::Documents(Expr::parse(spec)?)
                 }
                 "$bucket" => Stage::Bucket(Box::new(parse_bucket(doc_spec()?)?)),
+                "$unionWith" => parse_union_with(spec, depth)?,
                 "$out" | "$merge" if depth > 0 => {
                     return Err(QueryError::location(
                         51047,
@@ -563,6 +554,14 @@ impl Pipeline {
                 }
                 Stage::Facet(facets) => {
                     for (_, p) in facets {
+                        p.collect_foreign(out);
+                    }
+                }
+                Stage::UnionWith(coll, p) => {
+                    if !out.contains(coll) {
+                        out.push(coll.clone());
+                    }
+                    if let Some(p) = p {
                         p.collect_foreign(out);
                     }
                 }
@@ -712,6 +711,15 @@ fn run_stages(
                 docs.truncate(take);
                 docs
             }
+            Stage::UnionWith(coll, p) => {
+                let theirs = ctx.collection(coll)?.as_ref().clone();
+                let theirs = match p {
+                    Some(p) => run_stages(&p.stages, theirs, ctx)?,
+                    None => theirs,
+                };
+                docs.extend(theirs);
+                docs
+            }
             Stage::Documents(e) => {
                 let empty = RawDocumentBuf::new();
                 let invalid = || {
@@ -738,30 +746,84 @@ fn run_stages(
 
 /// Sets (or, for a missing value, removes) `path` in `doc`, creating intermediate documents.
 fn set_path(doc: &mut Document, path: &[String], value: Option<Bson>) {
-    let Some((last, parents)) = path.split_last() else {
+    set_in(doc, path, &value);
+}
+
+/// An array met mid-path gets the field set in each of its document elements, as `$addFields`
+/// does with `"a.b"` when `a` is an array of documents.
+fn set_in(target: &mut Document, path: &[String], value: &Option<Bson>) {
+    let Some((first, rest)) = path.split_first() else {
         return;
     };
-    let mut target = doc;
-    for part in parents {
-        if !matches!(target.get(part), Some(Bson::Document(_))) {
-            if value.is_none() {
-                return;
+    if rest.is_empty() {
+        match value {
+            Some(v) => {
+                target.insert(first.clone(), v.clone());
             }
-            target.insert(part.clone(), Document::new());
+            None => {
+                target.remove(first);
+            }
         }
-        target = match target.get_mut(part) {
-            Some(Bson::Document(d)) => d,
-            _ => return,
-        };
+        return;
     }
-    match value {
-        Some(v) => {
-            target.insert(last.clone(), v);
+    match target.get_mut(first) {
+        Some(Bson::Document(d)) => set_in(d, rest, value),
+        Some(Bson::Array(items)) => {
+            for item in items {
+                if let Bson::Document(d) = item {
+                    set_in(d, rest, value);
+                }
+            }
         }
-        None => {
-            target.remove(last);
+        _ if value.is_none() => {}
+        _ => {
+            let mut d = Document::new();
+            set_in(&mut d, rest, value);
+            target.insert(first.clone(), d);
         }
     }
+}
+
+/// `$addFields` specs: a nested object without operators names sub-fields (`{a: {b: 1}}` is
+/// `{"a.b": 1}`, merging into an existing `a`), as in mongod.
+fn add_field_specs(
+    spec: &RawDocument,
+    prefix: &[String],
+    out: &mut Vec<(Vec<String>, Expr)>,
+    depth: usize,
+) -> Result<(), QueryError> {
+    if depth > 100 {
+        return Err(QueryError::bad_value(
+            "$addFields specification is nested too deeply",
+        ));
+    }
+    for item in spec {
+        let (k, v) = item.map_err(raw_err)?;
+        if k.as_str().is_empty() || k.as_str().starts_with('$') {
+            return Err(QueryError::location(
+                16410,
+                format!(
+                    "FieldPath field names may not start with '$': '{}'",
+                    k.as_str()
+                ),
+            ));
+        }
+        let mut path = prefix.to_vec();
+        path.extend(split_path(k.as_str()));
+        match v {
+            RawBsonRef::Document(d)
+                if !d.is_empty()
+                    && !d
+                        .iter()
+                        .next()
+                        .is_some_and(|f| f.is_ok_and(|(k, _)| k.as_str().starts_with('$'))) =>
+            {
+                add_field_specs(d, &path, out, depth + 1)?;
+            }
+            _ => out.push((path, Expr::parse(v)?)),
+        }
+    }
+    Ok(())
 }
 
 /// Sets each path to its expression's value (computed on the input document); a missing
@@ -1127,6 +1189,37 @@ fn run_lookup(
         out.push(to_raw(&d)?);
     }
     Ok(out)
+}
+
+fn parse_union_with(spec: RawBsonRef<'_>, depth: usize) -> Result<Stage, QueryError> {
+    match spec {
+        RawBsonRef::String(c) if !c.is_empty() => Ok(Stage::UnionWith(c.to_string(), None)),
+        RawBsonRef::Document(d) => {
+            let mut coll = None;
+            let mut pipeline = None;
+            for item in d {
+                let (k, v) = item.map_err(raw_err)?;
+                match (k.as_str(), v) {
+                    ("coll", RawBsonRef::String(c)) if !c.is_empty() => coll = Some(c.to_string()),
+                    ("pipeline", RawBsonRef::Array(p)) => {
+                        pipeline = Some(Pipeline::parse_at(p, depth + 1)?)
+                    }
+                    (other, _) => {
+                        return Err(QueryError::failed_to_parse(format!(
+                            "$unionWith: unexpected or malformed argument '{other}'"
+                        )));
+                    }
+                }
+            }
+            let coll = coll.ok_or_else(|| {
+                QueryError::failed_to_parse("$unionWith requires a 'coll' collection name")
+            })?;
+            Ok(Stage::UnionWith(coll, pipeline))
+        }
+        _ => Err(QueryError::failed_to_parse(
+            "the $unionWith stage specification must be an object or a string",
+        )),
+    }
 }
 
 fn parse_facet(spec: &RawDocument, depth: usize) -> Result<Vec<(String, Pipeline)>, QueryError> {

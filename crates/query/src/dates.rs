@@ -275,7 +275,86 @@ pub(crate) fn parse_iso(s: &str) -> Option<i64> {
     }
 }
 
-fn days_in_month(year: i64, month: i64) -> i64 {
+/// Parses `s` by a `$dateFromString` format (`%Y %m %d %H %M %S %L %j %z %Z %%`); returns the
+/// local epoch millis and the zone offset in minutes if the string carried one.
+pub(crate) fn parse_with_format(s: &str, fmt: &str) -> Option<(i64, Option<i64>)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let (mut year, mut month, mut day) = (1970, 1, 1);
+    let mut day_of_year = None;
+    let (mut hour, mut minute, mut second, mut millis) = (0, 0, 0, 0);
+    let mut zone = None;
+    let digits = |i: &mut usize, max: usize| -> Option<i64> {
+        let start = *i;
+        while *i < b.len() && *i - start < max && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        if *i == start {
+            return None;
+        }
+        s[start..*i].parse().ok()
+    };
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            let mut buf = [0u8; 4];
+            let lit = c.encode_utf8(&mut buf).as_bytes();
+            if b.get(i..i + lit.len())? != lit {
+                return None;
+            }
+            i += lit.len();
+            continue;
+        }
+        match chars.next()? {
+            'Y' => year = digits(&mut i, 4)?,
+            'm' => month = digits(&mut i, 2)?,
+            'd' => day = digits(&mut i, 2)?,
+            'H' => hour = digits(&mut i, 2)?,
+            'M' => minute = digits(&mut i, 2)?,
+            'S' => second = digits(&mut i, 2)?,
+            'L' => millis = digits(&mut i, 3)?,
+            'j' => day_of_year = Some(digits(&mut i, 3)?),
+            'z' | 'Z' => {
+                let start = i;
+                if !matches!(b.get(i), Some(b'+' | b'-')) {
+                    if b.get(i) == Some(&b'Z') {
+                        i += 1;
+                        zone = Some(0);
+                        continue;
+                    }
+                    return None;
+                }
+                i += 1;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b':') {
+                    i += 1;
+                }
+                zone = Some(parse_timezone(&s[start..i]).ok()?);
+            }
+            '%' => {
+                if b.get(i) != Some(&b'%') {
+                    return None;
+                }
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    if i != b.len() || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = match day_of_year {
+        Some(n) if (1..=366).contains(&n) => days_from_civil(year, 1, 1) + n - 1,
+        Some(_) => return None,
+        None => days_from_civil(year, month, day),
+    };
+    let ms = days * 86_400_000 + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis;
+    Some((ms, zone))
+}
+
+pub(crate) fn days_in_month(year: i64, month: i64) -> i64 {
     match month {
         2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
         2 => 28,

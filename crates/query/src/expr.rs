@@ -852,6 +852,55 @@ impl Expr {
                     vec![Expr::parse(input)?, parse_opt(pick(&spec, "chars"))?],
                 ))
             }
+            "$dateAdd" | "$dateSubtract" | "$dateDiff" | "$dateTrunc" | "$dateFromParts"
+            | "$dateToParts" | "$dateFromString" => {
+                let (names, required): (&[&str], &[&str]) = match op {
+                    "$dateAdd" | "$dateSubtract" => (
+                        &["startDate", "unit", "amount", "timezone"],
+                        &["startDate", "unit", "amount"],
+                    ),
+                    "$dateDiff" => (
+                        &["startDate", "endDate", "unit", "timezone", "startOfWeek"],
+                        &["startDate", "endDate", "unit"],
+                    ),
+                    "$dateTrunc" => (
+                        &["date", "unit", "binSize", "timezone", "startOfWeek"],
+                        &["date", "unit"],
+                    ),
+                    "$dateFromParts" => (
+                        &[
+                            "year",
+                            "month",
+                            "day",
+                            "hour",
+                            "minute",
+                            "second",
+                            "millisecond",
+                            "timezone",
+                            "isoWeekYear",
+                            "isoWeek",
+                            "isoDayOfWeek",
+                        ],
+                        &[],
+                    ),
+                    "$dateToParts" => (&["date", "timezone", "iso8601"], &["date"]),
+                    _ => (
+                        &["dateString", "format", "timezone", "onError", "onNull"],
+                        &["dateString"],
+                    ),
+                };
+                let spec = named(op, arg, names, 5166401)?;
+                for r in required {
+                    if pick(&spec, r).is_none() {
+                        return Err(loc(5166402, format!("{op} requires '{r}' to be specified")));
+                    }
+                }
+                let mut args = Vec::with_capacity(names.len());
+                for n in names {
+                    args.push(parse_opt(pick(&spec, n))?);
+                }
+                Ok(Expr::Op(static_name(op), args))
+            }
             "$dateToString" => {
                 let spec = named(op, arg, &["date", "format", "timezone", "onNull"], 18534)?;
                 let date = pick(&spec, "date")
@@ -1146,6 +1195,13 @@ impl Expr {
 
 fn static_name(op: &str) -> &'static str {
     const NAMES: &[&str] = &[
+        "$dateAdd",
+        "$dateSubtract",
+        "$dateDiff",
+        "$dateTrunc",
+        "$dateFromParts",
+        "$dateToParts",
+        "$dateFromString",
         "$regexMatch",
         "$regexFind",
         "$regexFindAll",
@@ -3035,6 +3091,8 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             }
             Some(Bson::Document(target))
         }
+        "$dateAdd" | "$dateSubtract" | "$dateDiff" | "$dateTrunc" | "$dateFromParts"
+        | "$dateToParts" | "$dateFromString" => return date_op(op, vals),
         "$dateToString" => {
             let date = &vals[0];
             if nullish(date) {
@@ -3100,5 +3158,409 @@ pub(crate) fn sum_values(total: &Bson, v: &Bson) -> Bson {
     match (N::of(total), N::of(v)) {
         (Some(t), Some(n)) => arith(t, n, i64::checked_add, |a, b| a + b).bson(),
         _ => total.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calendar operators ($dateAdd, $dateDiff, $dateTrunc, $dateFromParts, $dateToParts,
+// $dateFromString). Time zones are UTC or fixed offsets, so "local" time is a plain shift.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Year,
+    Quarter,
+    Month,
+    Week,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Millisecond,
+}
+
+fn unit_of(op: &str, v: &Val) -> Result<Unit, QueryError> {
+    Ok(match str_of(v) {
+        Some("year") => Unit::Year,
+        Some("quarter") => Unit::Quarter,
+        Some("month") => Unit::Month,
+        Some("week") => Unit::Week,
+        Some("day") => Unit::Day,
+        Some("hour") => Unit::Hour,
+        Some("minute") => Unit::Minute,
+        Some("second") => Unit::Second,
+        Some("millisecond") => Unit::Millisecond,
+        _ => {
+            return Err(loc(
+                5439014,
+                format!(
+                    "{op} parameter 'unit' value cannot be recognized as a time unit: {}",
+                    v.as_ref().map_or("missing".to_string(), display)
+                ),
+            ));
+        }
+    })
+}
+
+fn fixed_ms(unit: Unit) -> Option<i64> {
+    Some(match unit {
+        Unit::Week => 7 * 86_400_000,
+        Unit::Day => 86_400_000,
+        Unit::Hour => 3_600_000,
+        Unit::Minute => 60_000,
+        Unit::Second => 1000,
+        Unit::Millisecond => 1,
+        _ => return None,
+    })
+}
+
+/// Day of the week a week starts on, 0 = Sunday (the default).
+fn week_start(op: &str, v: &Val) -> Result<i64, QueryError> {
+    let Some(s) = str_of(v) else {
+        return if v.is_none() {
+            Ok(0)
+        } else {
+            Err(loc(
+                5439015,
+                format!("{op} requires 'startOfWeek' to be a string"),
+            ))
+        };
+    };
+    let lower = s.to_ascii_lowercase();
+    let days = [
+        ("sun", "sunday"),
+        ("mon", "monday"),
+        ("tue", "tuesday"),
+        ("wed", "wednesday"),
+        ("thu", "thursday"),
+        ("fri", "friday"),
+        ("sat", "saturday"),
+    ];
+    days.iter()
+        .position(|(short, long)| lower == *short || lower == *long)
+        .map(|i| i as i64)
+        .ok_or_else(|| {
+            loc(
+                5439016,
+                format!("{op} parameter 'startOfWeek' value cannot be recognized as a day of a week: {s}"),
+            )
+        })
+}
+
+/// `ms` (local) plus `months` calendar months, clamping the day to the target month's length.
+fn add_months(ms: i64, months: i64) -> Option<i64> {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = dates::civil_from_days(days);
+    let total = (y.checked_mul(12)?)
+        .checked_add(m - 1)?
+        .checked_add(months)?;
+    let (ny, nm) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    let last = dates::days_in_month(ny, nm);
+    let nd = d.min(last);
+    dates::days_from_civil(ny, nm, nd)
+        .checked_mul(86_400_000)?
+        .checked_add(in_day)
+}
+
+fn date_op(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
+    let null = Ok(Some(Bson::Null));
+    let offset_arg = |i: usize| timezone_of(vals.get(i).unwrap_or(&None));
+    match op {
+        "$dateAdd" | "$dateSubtract" => {
+            if vals[..3].iter().any(nullish) {
+                return null;
+            }
+            let start = date_millis(op, vals[0].as_ref().unwrap_or(&Bson::Null))?;
+            let unit = unit_of(op, &vals[1])?;
+            let Some(amount) = vals[2].as_ref().and_then(exact_int) else {
+                return Err(loc(
+                    5166403,
+                    format!(
+                        "{op} requires 'amount' to be an integer, found {}",
+                        tname(&vals[2])
+                    ),
+                ));
+            };
+            let amount = if op == "$dateSubtract" {
+                amount.checked_neg()
+            } else {
+                Some(amount)
+            };
+            let Some(offset) = offset_arg(3)? else {
+                return null;
+            };
+            let shift = offset * 60_000;
+            let overflow = || loc(5166406, format!("{op} overflowed"));
+            let amount = amount.ok_or_else(overflow)?;
+            let out = match (unit, fixed_ms(unit)) {
+                (_, Some(step)) => amount.checked_mul(step).and_then(|d| start.checked_add(d)),
+                (Unit::Year, _) => amount
+                    .checked_mul(12)
+                    .and_then(|m| add_months(start + shift, m))
+                    .map(|l| l - shift),
+                (Unit::Quarter, _) => amount
+                    .checked_mul(3)
+                    .and_then(|m| add_months(start + shift, m))
+                    .map(|l| l - shift),
+                _ => add_months(start + shift, amount).map(|l| l - shift),
+            };
+            Ok(Some(Bson::DateTime(DateTime::from_millis(
+                out.ok_or_else(overflow)?,
+            ))))
+        }
+        "$dateDiff" => {
+            if vals[..3].iter().any(nullish) {
+                return null;
+            }
+            let a = date_millis(op, vals[0].as_ref().unwrap_or(&Bson::Null))?;
+            let b = date_millis(op, vals[1].as_ref().unwrap_or(&Bson::Null))?;
+            let unit = unit_of(op, &vals[2])?;
+            let Some(offset) = offset_arg(3)? else {
+                return null;
+            };
+            let (a, b) = (
+                a.saturating_add(offset * 60_000),
+                b.saturating_add(offset * 60_000),
+            );
+            let (pa, pb) = (dates::parts(a), dates::parts(b));
+            let diff = match unit {
+                Unit::Year => pb.year - pa.year,
+                Unit::Quarter => {
+                    (pb.year * 4 + (pb.month - 1) / 3) - (pa.year * 4 + (pa.month - 1) / 3)
+                }
+                Unit::Month => (pb.year * 12 + pb.month) - (pa.year * 12 + pa.month),
+                Unit::Week => {
+                    let start = week_start(op, vals.get(4).unwrap_or(&None))?;
+                    // Day 0 (1970-01-01) was a Thursday (4); count whole weeks from a week start.
+                    let week = |ms: i64| (ms.div_euclid(86_400_000) + 4 - start).div_euclid(7);
+                    week(b) - week(a)
+                }
+                _ => {
+                    let step = fixed_ms(unit).unwrap_or(1);
+                    b.div_euclid(step) - a.div_euclid(step)
+                }
+            };
+            Ok(Some(Bson::Int64(diff)))
+        }
+        "$dateTrunc" => {
+            if nullish(&vals[0]) || nullish(&vals[1]) {
+                return null;
+            }
+            let ms = date_millis(op, vals[0].as_ref().unwrap_or(&Bson::Null))?;
+            let unit = unit_of(op, &vals[1])?;
+            let bin = match &vals[2] {
+                None => 1,
+                v if nullish(v) => return null,
+                Some(v) => match exact_int(v) {
+                    Some(n) if n > 0 => n,
+                    _ => {
+                        return Err(loc(
+                            5439017,
+                            format!(
+                                "{op} requires 'binSize' to be a positive integer, found {}",
+                                display(v)
+                            ),
+                        ));
+                    }
+                },
+            };
+            let Some(offset) = offset_arg(3)? else {
+                return null;
+            };
+            let shift = offset * 60_000;
+            let local = ms.saturating_add(shift);
+            // Bins count from 2000-01-01 (local), as mongod's reference point.
+            let reference = dates::days_from_civil(2000, 1, 1) * 86_400_000;
+            let truncated = match unit {
+                Unit::Year | Unit::Quarter | Unit::Month => {
+                    let p = dates::parts(local);
+                    let months_per = match unit {
+                        Unit::Year => 12,
+                        Unit::Quarter => 3,
+                        _ => 1,
+                    } * bin;
+                    let since = (p.year - 2000) * 12 + (p.month - 1);
+                    let start = since.div_euclid(months_per) * months_per;
+                    dates::days_from_civil(2000 + start.div_euclid(12), start.rem_euclid(12) + 1, 1)
+                        * 86_400_000
+                }
+                Unit::Week => {
+                    let start = week_start(op, vals.get(4).unwrap_or(&None))?;
+                    // 2000-01-01 was a Saturday (6); the first week start on or after it.
+                    let first = reference + (start - 6).rem_euclid(7) * 86_400_000;
+                    let step = 7 * 86_400_000 * bin;
+                    first + (local - first).div_euclid(step) * step
+                }
+                _ => {
+                    let step = fixed_ms(unit).unwrap_or(1).saturating_mul(bin);
+                    reference + (local - reference).div_euclid(step) * step
+                }
+            };
+            Ok(Some(Bson::DateTime(DateTime::from_millis(
+                truncated - shift,
+            ))))
+        }
+        "$dateFromParts" => {
+            let names = [
+                "year",
+                "month",
+                "day",
+                "hour",
+                "minute",
+                "second",
+                "millisecond",
+                "timezone",
+                "isoWeekYear",
+                "isoWeek",
+                "isoDayOfWeek",
+            ];
+            let iso = vals[8].is_some();
+            if iso == vals[0].is_some() {
+                return Err(loc(
+                    40516,
+                    "$dateFromParts requires either 'year' or 'isoWeekYear' to be specified, but not both",
+                ));
+            }
+            let mut n = [0i64; 11];
+            for (i, v) in vals.iter().enumerate() {
+                if i == 7 {
+                    continue;
+                }
+                match v {
+                    None => n[i] = if matches!(i, 1 | 2 | 9 | 10) { 1 } else { 0 },
+                    v if nullish(v) => return null,
+                    Some(b) => match exact_int(b) {
+                        Some(x) if x.abs() < 1 << 40 => n[i] = x,
+                        _ => {
+                            return Err(loc(
+                                40515,
+                                format!(
+                                    "'{}' must evaluate to an integer, found {} with value {}",
+                                    names[i],
+                                    type_name(b),
+                                    display(b)
+                                ),
+                            ));
+                        }
+                    },
+                }
+            }
+            let year = if iso { n[8] } else { n[0] };
+            if !(1..=9999).contains(&year) {
+                return Err(loc(
+                    31095,
+                    format!(
+                        "'{}' must evaluate to an integer in the range 1 to 9999, found {year}",
+                        if iso { "isoWeekYear" } else { "year" }
+                    ),
+                ));
+            }
+            let Some(offset) = offset_arg(7)? else {
+                return null;
+            };
+            let days = if iso {
+                let jan4 = dates::days_from_civil(year, 1, 4);
+                let jan4_iso_dow = (jan4 + 3).rem_euclid(7); // 0 = Monday
+                let week1_monday = jan4 - jan4_iso_dow;
+                week1_monday + (n[9] - 1) * 7 + (n[10] - 1)
+            } else {
+                let total = year * 12 + (n[1] - 1);
+                dates::days_from_civil(total.div_euclid(12), total.rem_euclid(12) + 1, 1)
+                    + (n[2] - 1)
+            };
+            let ms = days * 86_400_000 + n[3] * 3_600_000 + n[4] * 60_000 + n[5] * 1000 + n[6]
+                - offset * 60_000;
+            Ok(Some(Bson::DateTime(DateTime::from_millis(ms))))
+        }
+        "$dateToParts" => {
+            if nullish(&vals[0]) {
+                return null;
+            }
+            let ms = date_millis(op, vals[0].as_ref().unwrap_or(&Bson::Null))?;
+            let Some(offset) = offset_arg(1)? else {
+                return null;
+            };
+            let iso = match &vals[2] {
+                None => false,
+                Some(Bson::Boolean(b)) => *b,
+                v if nullish(v) => return null,
+                other => {
+                    return Err(loc(
+                        40521,
+                        format!("iso8601 must evaluate to a bool, found {}", tname(other)),
+                    ));
+                }
+            };
+            let p = dates::parts(ms.saturating_add(offset * 60_000));
+            let mut d = Document::new();
+            let int = |x: i64| Bson::Int32(i32::try_from(x).unwrap_or(i32::MAX));
+            if iso {
+                let (wy, w) = p.iso_week();
+                d.insert("isoWeekYear", int(wy));
+                d.insert("isoWeek", int(w));
+                d.insert("isoDayOfWeek", int(p.iso_day_of_week()));
+            } else {
+                d.insert("year", int(p.year));
+                d.insert("month", int(p.month));
+                d.insert("day", int(p.day));
+            }
+            d.insert("hour", int(p.hour));
+            d.insert("minute", int(p.minute));
+            d.insert("second", int(p.second));
+            d.insert("millisecond", int(p.millis));
+            Ok(Some(Bson::Document(d)))
+        }
+        _ => {
+            // $dateFromString: [dateString, format, timezone, onError, onNull]
+            if nullish(&vals[0]) {
+                return Ok(match &vals[4] {
+                    None => Some(Bson::Null),
+                    v => v.clone(),
+                });
+            }
+            let fail = |msg: String| -> Result<Val, QueryError> {
+                match &vals[3] {
+                    Some(fallback) => Ok(Some(fallback.clone())),
+                    None => Err(conversion_failure(msg)),
+                }
+            };
+            let Some(text) = str_of(&vals[0]) else {
+                return fail(format!(
+                    "$dateFromString requires that 'dateString' be a string, found: {}",
+                    tname(&vals[0])
+                ));
+            };
+            let Some(offset) = offset_arg(2)? else {
+                return null;
+            };
+            let parsed = match &vals[1] {
+                None => dates::parse_iso(text).map(|ms| {
+                    // Without an explicit zone in the string, the `timezone` argument applies.
+                    let has_zone =
+                        text.ends_with('Z') || text.len() > 10 && text[10..].contains(['+', '-']);
+                    if has_zone { ms } else { ms - offset * 60_000 }
+                }),
+                Some(Bson::String(f)) => {
+                    dates::parse_with_format(text, f).map(|(ms, zone)| match zone {
+                        Some(z) => ms - z * 60_000,
+                        None => ms - offset * 60_000,
+                    })
+                }
+                v if nullish(v) => return null,
+                other => {
+                    return Err(loc(
+                        40684,
+                        format!(
+                            "$dateFromString requires that 'format' be a string, found: {}",
+                            tname(other)
+                        ),
+                    ));
+                }
+            };
+            match parsed {
+                Some(ms) => Ok(Some(Bson::DateTime(DateTime::from_millis(ms)))),
+                None => fail(format!("Error parsing date string '{text}'")),
+            }
+        }
     }
 }

@@ -558,3 +558,31 @@ fn project_stage_takes_expressions() {
     );
     assert_eq!(out, vec![doc! { "s": [2, 3], "t": [9] }]);
 }
+
+#[test]
+fn add_fields_merges_embedded_objects_and_reaches_into_arrays() {
+    let out = run_on(
+        doc! { "p": [ { "$addFields": { "specs": { "fuel": "unleaded", "n": { "$add": ["$x", 1] } }, "items.tag": "t", "x": "$$REMOVE" } } ] },
+        vec![doc! { "x": 1, "specs": { "doors": 4 }, "items": [ { "k": 1 }, 5, { "k": 2 } ] }],
+    );
+    assert_eq!(
+        out,
+        vec![
+            doc! { "specs": { "doors": 4, "fuel": "unleaded", "n": 2 }, "items": [ { "k": 1, "tag": "t" }, 5, { "k": 2, "tag": "t" } ] }
+        ]
+    );
+}
+
+#[test]
+fn union_with_appends_another_collection() {
+    let p = parse(doc! { "p": [ { "$unionWith": { "coll": "inv", "pipeline": [ { "$match": { "k": 2 } } ] } }, { "$project": { "_id": 0, "k": 1 } } ] }).unwrap();
+    assert_eq!(p.foreign_collections(), vec!["inv"]);
+    let foreign = docs(vec![doc! { "k": 1 }, doc! { "k": 2 }]);
+    let out = p
+        .run_with(docs(vec![doc! { "k": 0 }]), &|name| {
+            assert_eq!(name, "inv");
+            Ok(foreign.clone())
+        })
+        .unwrap();
+    assert_eq!(plain(out), vec![doc! { "k": 0 }, doc! { "k": 2 }]);
+}

@@ -636,3 +636,100 @@ fn expr_in_match_reports_runtime_errors() {
     let docs = vec![bson::RawDocumentBuf::try_from(&doc! { "x": 1, "y": 0 }).unwrap()];
     assert_eq!(p.run(docs).unwrap_err().code, 2);
 }
+
+fn date(s: &str) -> DateTime {
+    DateTime::parse_rfc3339_str(s).unwrap()
+}
+
+#[test]
+fn calendar_operators() {
+    let d = doc! { "d": date("2024-01-31T10:00:00Z"), "e": date("2025-03-01T09:00:00Z") };
+    let on = |e: Document| ev_on(e.into(), d.clone());
+    // Adding a month to January 31st clamps to the end of February.
+    assert_eq!(
+        on(doc! { "$dateAdd": { "startDate": "$d", "unit": "month", "amount": 1 } }),
+        b(date("2024-02-29T10:00:00Z"))
+    );
+    assert_eq!(
+        on(doc! { "$dateSubtract": { "startDate": "$d", "unit": "hour", "amount": 11 } }),
+        b(date("2024-01-30T23:00:00Z"))
+    );
+    assert_eq!(
+        on(doc! { "$dateAdd": { "startDate": "$d", "unit": "year", "amount": 1 } }),
+        b(date("2025-01-31T10:00:00Z"))
+    );
+    assert_eq!(
+        on(doc! { "$dateAdd": { "startDate": "$missing", "unit": "day", "amount": 1 } }),
+        b(Bson::Null)
+    );
+    assert_eq!(
+        code_on(
+            doc! { "$dateAdd": { "startDate": "$d", "unit": "fortnight", "amount": 1 } }.into(),
+            d.clone()
+        ),
+        5439014
+    );
+    assert_eq!(
+        on(doc! { "$dateDiff": { "startDate": "$d", "endDate": "$e", "unit": "month" } }),
+        b(14i64)
+    );
+    assert_eq!(
+        on(doc! { "$dateDiff": { "startDate": "$d", "endDate": "$e", "unit": "year" } }),
+        b(1i64)
+    );
+    assert_eq!(
+        on(doc! { "$dateDiff": { "startDate": "$d", "endDate": "$e", "unit": "day" } }),
+        b(395i64)
+    );
+    assert_eq!(
+        on(doc! { "$dateTrunc": { "date": "$d", "unit": "month" } }),
+        b(date("2024-01-01T00:00:00Z"))
+    );
+    assert_eq!(
+        on(doc! { "$dateTrunc": { "date": "$d", "unit": "hour", "binSize": 6 } }),
+        b(date("2024-01-31T06:00:00Z"))
+    );
+    // 2024-01-31 is a Wednesday; its week (starting Sunday) began on the 28th.
+    assert_eq!(
+        on(doc! { "$dateTrunc": { "date": "$d", "unit": "week" } }),
+        b(date("2024-01-28T00:00:00Z"))
+    );
+    assert_eq!(
+        on(doc! { "$dateTrunc": { "date": "$d", "unit": "week", "startOfWeek": "monday" } }),
+        b(date("2024-01-29T00:00:00Z"))
+    );
+    assert_eq!(
+        ev(doc! { "$dateFromParts": { "year": 2024, "month": 14, "day": 1, "hour": 5 } }.into()),
+        b(date("2025-02-01T05:00:00Z"))
+    );
+    assert_eq!(
+        ev(
+            doc! { "$dateFromParts": { "isoWeekYear": 2021, "isoWeek": 1, "isoDayOfWeek": 1 } }
+                .into()
+        ),
+        b(date("2021-01-04T00:00:00Z"))
+    );
+    assert_eq!(code(doc! { "$dateFromParts": { "year": 0 } }.into()), 31095);
+    assert_eq!(
+        on(doc! { "$dateToParts": { "date": "$d" } }),
+        b(
+            doc! { "year": 2024, "month": 1, "day": 31, "hour": 10, "minute": 0, "second": 0, "millisecond": 0 }
+        )
+    );
+    assert_eq!(
+        ev(doc! { "$dateFromString": { "dateString": "2024-03-05 07:08:09" } }.into()),
+        b(date("2024-03-05T07:08:09Z"))
+    );
+    assert_eq!(
+        ev(doc! { "$dateFromString": { "dateString": "05/03/2024", "format": "%d/%m/%Y", "timezone": "+01:00" } }.into()),
+        b(date("2024-03-04T23:00:00Z"))
+    );
+    assert_eq!(
+        ev(doc! { "$dateFromString": { "dateString": "nope", "onError": "bad" } }.into()),
+        b("bad")
+    );
+    assert_eq!(
+        code(doc! { "$dateFromString": { "dateString": "nope" } }.into()),
+        241
+    );
+}
