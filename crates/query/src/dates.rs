@@ -37,13 +37,14 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// (year, month, day) to days since 1970-01-01.
 pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
+    let y = if m <= 2 { y.saturating_sub(1) } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
     let mp = if m > 2 { m - 3 } else { m + 9 };
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    // Saturates for years far beyond any representable date rather than overflowing.
+    era.saturating_mul(146_097).saturating_add(doe - 719_468)
 }
 
 pub(crate) fn parts(ms: i64) -> Parts {

@@ -3294,15 +3294,18 @@ fn date_op(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             let amount = amount.ok_or_else(overflow)?;
             let out = match (unit, fixed_ms(unit)) {
                 (_, Some(step)) => amount.checked_mul(step).and_then(|d| start.checked_add(d)),
-                (Unit::Year, _) => amount
-                    .checked_mul(12)
-                    .and_then(|m| add_months(start + shift, m))
-                    .map(|l| l - shift),
-                (Unit::Quarter, _) => amount
-                    .checked_mul(3)
-                    .and_then(|m| add_months(start + shift, m))
-                    .map(|l| l - shift),
-                _ => add_months(start + shift, amount).map(|l| l - shift),
+                _ => {
+                    let per = match unit {
+                        Unit::Year => 12,
+                        Unit::Quarter => 3,
+                        _ => 1,
+                    };
+                    amount
+                        .checked_mul(per)
+                        .zip(start.checked_add(shift))
+                        .and_then(|(m, local)| add_months(local, m))
+                        .and_then(|l| l.checked_sub(shift))
+                }
             };
             Ok(Some(Bson::DateTime(DateTime::from_millis(
                 out.ok_or_else(overflow)?,
@@ -3337,7 +3340,9 @@ fn date_op(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
                 }
                 _ => {
                     let step = fixed_ms(unit).unwrap_or(1);
-                    b.div_euclid(step) - a.div_euclid(step)
+                    b.div_euclid(step)
+                        .checked_sub(a.div_euclid(step))
+                        .ok_or_else(|| loc(5166309, "$dateDiff result overflows a long"))?
                 }
             };
             Ok(Some(Bson::Int64(diff)))
@@ -3374,30 +3379,45 @@ fn date_op(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             let truncated = match unit {
                 Unit::Year | Unit::Quarter | Unit::Month => {
                     let p = dates::parts(local);
-                    let months_per = match unit {
+                    let per_bin: i64 = match unit {
                         Unit::Year => 12,
                         Unit::Quarter => 3,
                         _ => 1,
-                    } * bin;
+                    };
+                    let months_per = per_bin.saturating_mul(bin);
                     let since = (p.year - 2000) * 12 + (p.month - 1);
-                    let start = since.div_euclid(months_per) * months_per;
-                    dates::days_from_civil(2000 + start.div_euclid(12), start.rem_euclid(12) + 1, 1)
-                        * 86_400_000
+                    let start = since.div_euclid(months_per).saturating_mul(months_per);
+                    dates::days_from_civil(
+                        2000i64.saturating_add(start.div_euclid(12)),
+                        start.rem_euclid(12) + 1,
+                        1,
+                    )
+                    .saturating_mul(86_400_000)
                 }
                 Unit::Week => {
                     let start = week_start(op, vals.get(4).unwrap_or(&None))?;
                     // 2000-01-01 was a Saturday (6); the first week start on or after it.
                     let first = reference + (start - 6).rem_euclid(7) * 86_400_000;
-                    let step = 7 * 86_400_000 * bin;
-                    first + (local - first).div_euclid(step) * step
+                    let step = (7 * 86_400_000i64).saturating_mul(bin);
+                    first.saturating_add(
+                        local
+                            .saturating_sub(first)
+                            .div_euclid(step)
+                            .saturating_mul(step),
+                    )
                 }
                 _ => {
                     let step = fixed_ms(unit).unwrap_or(1).saturating_mul(bin);
-                    reference + (local - reference).div_euclid(step) * step
+                    reference.saturating_add(
+                        local
+                            .saturating_sub(reference)
+                            .div_euclid(step)
+                            .saturating_mul(step),
+                    )
                 }
             };
             Ok(Some(Bson::DateTime(DateTime::from_millis(
-                truncated - shift,
+                truncated.saturating_sub(shift),
             ))))
         }
         "$dateFromParts" => {
@@ -3429,8 +3449,19 @@ fn date_op(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
                 match v {
                     None => n[i] = if matches!(i, 1 | 2 | 9 | 10) { 1 } else { 0 },
                     v if nullish(v) => return null,
+                    // mongod bounds every part but the year to a 16-bit range, which also
+                    // keeps the arithmetic below far from overflow.
                     Some(b) => match exact_int(b) {
-                        Some(x) if x.abs() < 1 << 40 => n[i] = x,
+                        Some(x) if (-32768..=32767).contains(&x) || (i == 0 || i == 8) => n[i] = x,
+                        Some(x) => {
+                            return Err(loc(
+                                31034,
+                                format!(
+                                    "'{}' must evaluate to a value in the range [-32768, 32767]; value {x} is not in range",
+                                    names[i]
+                                ),
+                            ));
+                        }
                         _ => {
                             return Err(loc(
                                 40515,

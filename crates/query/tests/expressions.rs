@@ -733,3 +733,131 @@ fn calendar_operators() {
         241
     );
 }
+
+/// Every operator over awkward values (extremes, wrong types, null, missing) must answer
+/// with a value or an error, never a panic.
+#[test]
+fn extreme_inputs_never_panic() {
+    let values: Vec<Bson> = vec![
+        Bson::Int32(i32::MIN),
+        Bson::Int64(i64::MIN),
+        Bson::Int64(i64::MAX),
+        Bson::Double(f64::NAN),
+        Bson::Double(f64::INFINITY),
+        Bson::Double(-1e308),
+        dec("1E+6000"),
+        Bson::DateTime(DateTime::from_millis(i64::MIN)),
+        Bson::DateTime(DateTime::from_millis(i64::MAX)),
+        Bson::String("é\u{0}x".into()),
+        Bson::String(String::new()),
+        Bson::Array(vec![Bson::Null, Bson::Int32(-1)]),
+        Bson::Document(doc! { "k": "a", "v": 1 }),
+        Bson::Null,
+        Bson::String("$missing".into()),
+    ];
+    let ops = [
+        "$add",
+        "$subtract",
+        "$multiply",
+        "$divide",
+        "$mod",
+        "$abs",
+        "$ceil",
+        "$floor",
+        "$round",
+        "$trunc",
+        "$pow",
+        "$sqrt",
+        "$exp",
+        "$ln",
+        "$log",
+        "$log10",
+        "$sum",
+        "$avg",
+        "$min",
+        "$max",
+        "$stdDevPop",
+        "$stdDevSamp",
+        "$concat",
+        "$substr",
+        "$substrBytes",
+        "$substrCP",
+        "$toUpper",
+        "$toLower",
+        "$strLenCP",
+        "$strLenBytes",
+        "$split",
+        "$indexOfCP",
+        "$indexOfBytes",
+        "$strcasecmp",
+        "$size",
+        "$arrayElemAt",
+        "$first",
+        "$last",
+        "$in",
+        "$concatArrays",
+        "$slice",
+        "$reverseArray",
+        "$isArray",
+        "$range",
+        "$indexOfArray",
+        "$setUnion",
+        "$setIntersection",
+        "$setDifference",
+        "$setEquals",
+        "$setIsSubset",
+        "$allElementsTrue",
+        "$anyElementTrue",
+        "$type",
+        "$isNumber",
+        "$toString",
+        "$toInt",
+        "$toLong",
+        "$toDouble",
+        "$toDecimal",
+        "$toBool",
+        "$toObjectId",
+        "$toDate",
+        "$mergeObjects",
+        "$objectToArray",
+        "$arrayToObject",
+        "$year",
+        "$week",
+        "$isoWeek",
+        "$dayOfYear",
+    ];
+    for op in ops {
+        for a in &values {
+            for b2 in &values {
+                for args in [
+                    vec![a.clone()],
+                    vec![a.clone(), b2.clone()],
+                    vec![a.clone(), b2.clone(), b2.clone()],
+                ] {
+                    let _ = run(doc! { op: args }.into(), doc! {});
+                }
+            }
+        }
+    }
+    for a in &values {
+        for unit in ["year", "month", "week", "day", "millisecond"] {
+            let _ = run(
+                doc! { "$dateAdd": { "startDate": a.clone(), "unit": unit, "amount": i64::MAX } }
+                    .into(),
+                doc! {},
+            );
+            let _ = run(
+                doc! { "$dateTrunc": { "date": a.clone(), "unit": unit, "binSize": i64::MAX } }
+                    .into(),
+                doc! {},
+            );
+            let _ = run(doc! { "$dateDiff": { "startDate": a.clone(), "endDate": Bson::DateTime(DateTime::from_millis(i64::MAX)), "unit": unit } }.into(), doc! {});
+        }
+        let _ = run(doc! { "$dateFromParts": { "year": 9999, "month": a.clone(), "day": 32767, "hour": 32767, "millisecond": -32768 } }.into(), doc! {});
+        let _ = run(
+            doc! { "$dateToString": { "date": a.clone(), "format": "%G-%V-%u %b %B %z %Z" } }
+                .into(),
+            doc! {},
+        );
+    }
+}
