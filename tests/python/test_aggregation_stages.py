@@ -240,3 +240,71 @@ def test_find_projection_with_expressions(db):
         {"x": "$a.b", "y": {"$literal": 1}, "z": {"$add": ["$n", 1]}, "arr": {"$slice": 1}, "s": {"$size": "$arr"}},
     )
     assert got == {"_id": 1, "x": 5, "y": 1, "z": 3, "arr": [1], "s": 3}
+
+
+def test_graph_lookup_and_union_with(db):
+    db.emp.insert_many(
+        [
+            {"_id": 1, "name": "Dev"},
+            {"_id": 2, "name": "Eliot", "boss": "Dev"},
+            {"_id": 3, "name": "Ron", "boss": "Eliot"},
+            {"_id": 4, "name": "Asya", "boss": "Ron"},
+        ]
+    )
+    out = list(
+        db.emp.aggregate(
+            [
+                {"$match": {"name": "Asya"}},
+                {
+                    "$graphLookup": {
+                        "from": "emp",
+                        "startWith": "$boss",
+                        "connectFromField": "boss",
+                        "connectToField": "name",
+                        "as": "chain",
+                        "depthField": "depth",
+                    }
+                },
+                {"$unwind": "$chain"},
+                {"$sort": {"chain.depth": 1}},
+                {"$project": {"_id": 0, "who": "$chain.name", "depth": "$chain.depth"}},
+            ]
+        )
+    )
+    assert out == [{"who": "Ron", "depth": 0}, {"who": "Eliot", "depth": 1}, {"who": "Dev", "depth": 2}]
+    db.contractors.insert_many([{"_id": 10, "name": "Zed"}])
+    names = [
+        d["name"]
+        for d in db.emp.aggregate(
+            [{"$unionWith": {"coll": "contractors", "pipeline": [{"$project": {"name": 1}}]}}, {"$sort": {"name": 1}}]
+        )
+    ]
+    assert names == ["Asya", "Dev", "Eliot", "Ron", "Zed"]
+
+
+def test_group_n_accumulators_and_date_operators(db):
+    db.m.insert_many(
+        [
+            {"_id": i, "g": i % 2, "at": datetime.datetime(2024, 1, 31) + datetime.timedelta(days=i)}
+            for i in range(6)
+        ]
+    )
+    out = list(
+        db.m.aggregate(
+            [
+                {"$group": {"_id": "$g", "top": {"$maxN": {"input": "$_id", "n": 2}}, "last": {"$last": "$at"}}},
+                {"$sort": {"_id": 1}},
+                {
+                    "$project": {
+                        "top": 1,
+                        "month": {"$dateTrunc": {"date": "$last", "unit": "month"}},
+                        "plus": {"$dateAdd": {"startDate": "$last", "unit": "month", "amount": 1}},
+                    }
+                },
+            ]
+        )
+    )
+    assert out == [
+        {"_id": 0, "top": [4, 2], "month": datetime.datetime(2024, 2, 1), "plus": datetime.datetime(2024, 3, 4)},
+        {"_id": 1, "top": [5, 3], "month": datetime.datetime(2024, 2, 1), "plus": datetime.datetime(2024, 3, 5)},
+    ]

@@ -1,7 +1,11 @@
 //! The aggregation pipeline: stages parsed from a command's `pipeline` array and run over the
 //! documents the server reads. `$out`/`$merge` end a pipeline as a [`Sink`] the server writes,
-//! and `$lookup` reads other collections through a callback ([`Pipeline::run_with`]), so the
-//! crate stays pure. Expressions live in `expr.rs`.
+//! and `$lookup`, `$graphLookup` and `$unionWith` read other collections through a callback
+//! ([`Pipeline::run_with`]), so the crate stays pure. Expressions live in `expr.rs`.
+//!
+//! Stages: `$match $sort $skip $limit $project $addFields/$set $unset $replaceRoot/$replaceWith
+//! $count $group $bucket $sortByCount $unwind $lookup $graphLookup $unionWith $facet $sample
+//! $documents`, then `$out`/`$merge`. Anything else is refused with mongod's error (40324).
 //!
 //! Stages that hold many documents at once (`$group`, `$sort`, `$facet`, `$lookup`,
 //! `$unwind`, `$bucket`) are bounded by a per-stage memory limit; there is no spilling to disk.
@@ -39,6 +43,16 @@ enum Acc {
     Count,
     MergeObjects(Expr),
     StdDev(Expr, bool),
+    /// `$firstN`, `$lastN`, `$minN`, `$maxN`: (kind, input, n).
+    TopN(NKind, Expr, Expr),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NKind {
+    First,
+    Last,
+    Min,
+    Max,
 }
 
 enum AccState {
@@ -50,6 +64,11 @@ enum AccState {
     },
     Pick(Option<Bson>),
     Array(Vec<Bson>),
+    /// `$addToSet`: the values and their order-preserving keys, so membership is a hash probe
+    /// and equal numbers of different types count once.
+    Set(Vec<Bson>, std::collections::HashSet<Vec<u8>>),
+    /// The `$firstN`-family's values and `n` (fixed by the group's first document).
+    Bounded(Vec<Bson>, usize),
     Merge(Document),
     /// Welford's running (count, mean, sum of squared deviations).
     StdDev(u64, f64, f64),
@@ -105,6 +124,18 @@ enum Stage {
     Bucket(Box<Bucket>),
     /// `$unionWith`: the input followed by another collection's documents through a pipeline.
     UnionWith(String, Option<Pipeline>),
+    GraphLookup(Box<GraphLookup>),
+}
+
+struct GraphLookup {
+    from: String,
+    start_with: Expr,
+    connect_from: String,
+    connect_to: Vec<String>,
+    as_path: Vec<String>,
+    max_depth: Option<u64>,
+    depth_field: Option<Vec<String>>,
+    restrict: Option<Filter>,
 }
 
 pub struct Pipeline {
@@ -460,6 +491,7 @@ impl Pipeline {
                 }
                 "$bucket" => Stage::Bucket(Box::new(parse_bucket(doc_spec()?)?)),
                 "$unionWith" => parse_union_with(spec, depth)?,
+                "$graphLookup" => Stage::GraphLookup(Box::new(parse_graph_lookup(doc_spec()?)?)),
                 "$out" | "$merge" if depth > 0 => {
                     return Err(QueryError::location(
                         51047,
@@ -557,6 +589,7 @@ impl Pipeline {
                         p.collect_foreign(out);
                     }
                 }
+                Stage::GraphLookup(g) if !out.contains(&g.from) => out.push(g.from.clone()),
                 Stage::UnionWith(coll, p) => {
                     if !out.contains(coll) {
                         out.push(coll.clone());
@@ -711,6 +744,7 @@ fn run_stages(
                 docs.truncate(take);
                 docs
             }
+            Stage::GraphLookup(g) => run_graph_lookup(g, docs, ctx)?,
             Stage::UnionWith(coll, p) => {
                 let theirs = ctx.collection(coll)?.as_ref().clone();
                 let theirs = match p {
@@ -1191,6 +1225,166 @@ fn run_lookup(
     Ok(out)
 }
 
+fn parse_graph_lookup(spec: &RawDocument) -> Result<GraphLookup, QueryError> {
+    let mut from = None;
+    let mut start_with = None;
+    let mut connect_from = None;
+    let mut connect_to = None;
+    let mut as_field = None;
+    let mut max_depth = None;
+    let mut depth_field = None;
+    let mut restrict = None;
+    let field_name = |name: &str, v: RawBsonRef<'_>| -> Result<String, QueryError> {
+        match v {
+            RawBsonRef::String(s) if !s.is_empty() && !s.starts_with('$') => Ok(s.to_string()),
+            _ => Err(QueryError::location(
+                40103,
+                format!("expected a non-empty string without a leading '$' for '{name}'"),
+            )),
+        }
+    };
+    for item in spec {
+        let (k, v) = item.map_err(raw_err)?;
+        match k.as_str() {
+            "from" => from = Some(field_name("from", v)?),
+            "startWith" => start_with = Some(Expr::parse(v)?),
+            "connectFromField" => connect_from = Some(field_name("connectFromField", v)?),
+            "connectToField" => connect_to = Some(split_path(&field_name("connectToField", v)?)),
+            "as" => as_field = Some(split_path(&field_name("as", v)?)),
+            "depthField" => depth_field = Some(split_path(&field_name("depthField", v)?)),
+            "maxDepth" => match as_num(v).map(|n| n.to_f64()) {
+                Some(n) if n >= 0.0 && n.fract() == 0.0 => max_depth = Some(n as u64),
+                _ => {
+                    return Err(QueryError::location(
+                        40101,
+                        "maxDepth requires a nonnegative argument",
+                    ));
+                }
+            },
+            "restrictSearchWithMatch" => match v {
+                RawBsonRef::Document(d) => restrict = Some(Filter::parse(d)?),
+                _ => {
+                    return Err(QueryError::location(
+                        40185,
+                        "restrictSearchWithMatch must be an object",
+                    ));
+                }
+            },
+            other => {
+                return Err(QueryError::location(
+                    40104,
+                    format!("Unknown argument to $graphLookup: {other}"),
+                ));
+            }
+        }
+    }
+    match (from, start_with, connect_from, connect_to, as_field) {
+        (Some(from), Some(start_with), Some(connect_from), Some(connect_to), Some(as_path)) => {
+            Ok(GraphLookup {
+                from,
+                start_with,
+                connect_from,
+                connect_to,
+                as_path,
+                max_depth,
+                depth_field,
+                restrict,
+            })
+        }
+        _ => Err(QueryError::location(
+            40105,
+            "from, as, startWith, connectFromField, and connectToField must all be specified.",
+        )),
+    }
+}
+
+/// Breadth-first search over the foreign collection: each round matches `connectToField`
+/// against the values found so far (with a query's array semantics) and follows the matches'
+/// `connectFromField`; a document is reported once, at the depth it was first reached.
+fn run_graph_lookup(
+    g: &GraphLookup,
+    docs: Vec<RawDocumentBuf>,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    let foreign = ctx.collection(&g.from)?;
+    let mut index: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    for (i, d) in foreign.iter().enumerate() {
+        if let Some(f) = &g.restrict
+            && !f.matches_checked(d)?
+        {
+            continue;
+        }
+        let mut keys = Vec::new();
+        walk(d, &g.connect_to, true, &mut |v| {
+            keys.push(key_of(v.unwrap_or(RawBsonRef::Null)));
+            false
+        });
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            index.entry(k).or_default().push(i);
+        }
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    let mut used = 0usize;
+    for doc in docs {
+        let mut frontier: Vec<Vec<u8>> = Vec::new();
+        let push_values = |v: &Bson, frontier: &mut Vec<Vec<u8>>| {
+            let items = match v {
+                Bson::Array(items) => items.clone(),
+                other => vec![other.clone()],
+            };
+            for item in items {
+                if let Ok(raw) = bson::RawBson::try_from(item) {
+                    frontier.push(key_of(raw.as_raw_bson_ref()));
+                }
+            }
+        };
+        if let Some(start) = g.start_with.eval(&doc)? {
+            push_values(&start, &mut frontier);
+        }
+        let mut seen_keys: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        let mut found: Vec<(usize, i64)> = Vec::new();
+        let mut reached: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        let mut depth = 0i64;
+        while !frontier.is_empty() && g.max_depth.is_none_or(|m| depth as u64 <= m) {
+            let mut next = Vec::new();
+            for key in frontier.drain(..) {
+                if !seen_keys.insert(key.clone()) {
+                    continue;
+                }
+                for &i in index.get(&key).map_or(&[][..], Vec::as_slice) {
+                    if !reached.insert(i) {
+                        continue;
+                    }
+                    found.push((i, depth));
+                    used += foreign[i].as_bytes().len();
+                    ctx.check("$graphLookup", used)?;
+                    for v in distinct_values(&foreign[i], &g.connect_from) {
+                        if let Ok(b) = Bson::try_from(v) {
+                            push_values(&b, &mut next);
+                        }
+                    }
+                }
+            }
+            frontier = next;
+            depth += 1;
+        }
+        let mut items = Vec::with_capacity(found.len());
+        for (i, at) in found {
+            let mut d = Document::try_from(foreign[i].as_ref()).map_err(raw_err)?;
+            if let Some(field) = &g.depth_field {
+                set_path(&mut d, field, Some(Bson::Int64(at)));
+            }
+            items.push(Bson::Document(d));
+        }
+        let mut d = Document::try_from(doc.as_ref()).map_err(raw_err)?;
+        set_path(&mut d, &g.as_path, Some(Bson::Array(items)));
+        out.push(to_raw(&d)?);
+    }
+    Ok(out)
+}
+
 fn parse_union_with(spec: RawBsonRef<'_>, depth: usize) -> Result<Stage, QueryError> {
     match spec {
         RawBsonRef::String(c) if !c.is_empty() => Ok(Stage::UnionWith(c.to_string(), None)),
@@ -1320,6 +1514,36 @@ fn parse_accumulators(spec: &RawDocument, skip: &[&str]) -> Result<Vec<(String, 
             "$mergeObjects" => Acc::MergeObjects(unary()?),
             "$stdDevPop" => Acc::StdDev(unary()?, false),
             "$stdDevSamp" => Acc::StdDev(unary()?, true),
+            "$firstN" | "$lastN" | "$minN" | "$maxN" => {
+                let RawBsonRef::Document(spec) = arg else {
+                    return Err(QueryError::location(
+                        5787801,
+                        format!(
+                            "specification must be an object; found {:?}",
+                            arg.element_type()
+                        ),
+                    ));
+                };
+                let part = |name: &str, code: i32| {
+                    spec.get(name)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| {
+                            QueryError::location(
+                                code,
+                                format!("{} requires an '{name}' field", op.as_str()),
+                            )
+                        })
+                        .and_then(Expr::parse)
+                };
+                let kind = match op.as_str() {
+                    "$firstN" => NKind::First,
+                    "$lastN" => NKind::Last,
+                    "$minN" => NKind::Min,
+                    _ => NKind::Max,
+                };
+                Acc::TopN(kind, part("input", 5787907)?, part("n", 5787906)?)
+            }
             "$count" => match arg {
                 RawBsonRef::Document(d) if d.is_empty() => Acc::Count,
                 _ => {
@@ -1493,7 +1717,9 @@ fn fresh(acc: &Acc) -> AccState {
             decimal: false,
         },
         Acc::Min(_) | Acc::Max(_) | Acc::First(_) | Acc::Last(_) => AccState::Pick(None),
-        Acc::Push(_) | Acc::AddToSet(_) => AccState::Array(Vec::new()),
+        Acc::Push(_) => AccState::Array(Vec::new()),
+        Acc::AddToSet(_) => AccState::Set(Vec::new(), std::collections::HashSet::new()),
+        Acc::TopN(..) => AccState::Bounded(Vec::new(), 0),
         Acc::MergeObjects(_) => AccState::Merge(Document::new()),
         Acc::StdDev(..) => AccState::StdDev(0, 0.0, 0.0),
     }
@@ -1576,15 +1802,96 @@ fn accumulate(
             *current = Some(v);
             return Ok(size);
         }
-        (Acc::Push(e) | Acc::AddToSet(e), AccState::Array(items)) => {
+        (Acc::Push(e), AccState::Array(items)) => {
             let Some(v) = e.eval(doc)? else {
                 return Ok(0);
             };
-            if matches!(acc, Acc::AddToSet(_)) && items.iter().any(|i| cmp_bson(i, &v).is_eq()) {
+            let size = approx_size(&v);
+            items.push(v);
+            return Ok(size);
+        }
+        (Acc::AddToSet(e), AccState::Set(items, seen)) => {
+            let Some(v) = e.eval(doc)? else {
+                return Ok(0);
+            };
+            let key = match bson::RawBson::try_from(v.clone()) {
+                Ok(raw) => key_of(raw.as_raw_bson_ref()),
+                Err(_) => return Ok(0),
+            };
+            if !seen.insert(key) {
                 return Ok(0);
             }
             let size = approx_size(&v);
             items.push(v);
+            return Ok(size);
+        }
+        (Acc::TopN(kind, input, n_expr), AccState::Bounded(items, n)) => {
+            if first_doc {
+                *n = match n_expr.eval(doc)? {
+                    Some(v) => match as_num(
+                        bson::RawBson::try_from(v.clone())
+                            .map_err(raw_err)?
+                            .as_raw_bson_ref(),
+                    ) {
+                        Some(x) if x.to_f64() >= 1.0 && x.to_f64().fract() == 0.0 => {
+                            x.to_f64().min(1e9) as usize
+                        }
+                        _ => {
+                            return Err(QueryError::location(
+                                5787908,
+                                format!(
+                                    "Value for 'n' must be a positive integral number; found {v}"
+                                ),
+                            ));
+                        }
+                    },
+                    None => {
+                        return Err(QueryError::location(
+                            5787902,
+                            "Value for 'n' must be a positive integral number; found missing",
+                        ));
+                    }
+                };
+            }
+            let v = e_or_null(input.eval(doc)?, *kind);
+            let Some(v) = v else {
+                return Ok(0);
+            };
+            let size = approx_size(&v);
+            match kind {
+                NKind::First => {
+                    if items.len() >= *n {
+                        return Ok(0);
+                    }
+                    items.push(v);
+                }
+                NKind::Last => {
+                    items.push(v);
+                    if items.len() > *n {
+                        items.remove(0);
+                    }
+                }
+                NKind::Min | NKind::Max => {
+                    // Kept sorted best-first; a value worse than the n-th is dropped.
+                    let better = |a: &Bson, b: &Bson| {
+                        let ord = cmp_bson(a, b);
+                        if *kind == NKind::Min {
+                            ord.is_lt()
+                        } else {
+                            ord.is_gt()
+                        }
+                    };
+                    let at = items
+                        .iter()
+                        .position(|x| better(&v, x))
+                        .unwrap_or(items.len());
+                    if at >= *n {
+                        return Ok(0);
+                    }
+                    items.insert(at, v);
+                    items.truncate(*n);
+                }
+            }
             return Ok(size);
         }
         (Acc::MergeObjects(e), AccState::Merge(target)) => match e.eval(doc)? {
@@ -1612,6 +1919,14 @@ fn accumulate(
     Ok(0)
 }
 
+/// `$firstN`/`$lastN` keep missing and null values (as null); `$minN`/`$maxN` skip them.
+fn e_or_null(v: Option<Bson>, kind: NKind) -> Option<Bson> {
+    match kind {
+        NKind::First | NKind::Last => Some(v.unwrap_or(Bson::Null)),
+        NKind::Min | NKind::Max => v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)),
+    }
+}
+
 fn finish(acc: &Acc, state: AccState) -> Bson {
     match state {
         AccState::Sum(total) => total,
@@ -1634,7 +1949,9 @@ fn finish(acc: &Acc, state: AccState) -> Bson {
             }
         }
         AccState::Pick(v) => v.unwrap_or(Bson::Null),
-        AccState::Array(items) => Bson::Array(items),
+        AccState::Array(items) | AccState::Set(items, _) | AccState::Bounded(items, _) => {
+            Bson::Array(items)
+        }
         AccState::Merge(d) => Bson::Document(d),
     }
 }

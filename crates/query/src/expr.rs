@@ -829,6 +829,15 @@ impl Expr {
                     ],
                 ))
             }
+            "$firstN" | "$lastN" | "$minN" | "$maxN" => {
+                let spec = named(op, arg, &["input", "n"], 5787901)?;
+                let need = |name: &str| {
+                    pick(&spec, name)
+                        .ok_or_else(|| loc(5787907, format!("{op} requires an '{name}' field")))
+                        .and_then(Expr::parse)
+                };
+                Ok(Expr::Op(static_name(op), vec![need("input")?, need("n")?]))
+            }
             "$replaceOne" | "$replaceAll" => {
                 let spec = named(op, arg, &["input", "find", "replacement"], 51750)?;
                 let need = |name: &str| {
@@ -1195,6 +1204,10 @@ impl Expr {
 
 fn static_name(op: &str) -> &'static str {
     const NAMES: &[&str] = &[
+        "$firstN",
+        "$lastN",
+        "$minN",
+        "$maxN",
         "$dateAdd",
         "$dateSubtract",
         "$dateDiff",
@@ -2930,6 +2943,43 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             Some(Bson::Array(out))
         }
         "$slice" => return slice(&vals),
+        "$firstN" | "$lastN" | "$minN" | "$maxN" => {
+            let n = match vals[1].as_ref().and_then(exact_int) {
+                Some(n) if n > 0 => n as usize,
+                _ => {
+                    return Err(loc(
+                        5787908,
+                        format!(
+                            "Value for 'n' must be a positive integral number; found {}",
+                            vals[1].as_ref().map_or("missing".to_string(), display)
+                        ),
+                    ));
+                }
+            };
+            let Some(items) =
+                array_arg(op, &vals[0], 5788200, " requires an array 'input', found: ")?
+            else {
+                return Ok(Some(Bson::Null));
+            };
+            let mut items = items.clone();
+            match op {
+                "$firstN" => items.truncate(n),
+                "$lastN" => {
+                    let skip = items.len().saturating_sub(n);
+                    items.drain(..skip);
+                }
+                _ => {
+                    items.retain(|v| !matches!(v, Bson::Null | Bson::Undefined));
+                    // A stable sort keeps equal values in input order, as the accumulators do.
+                    items.sort_by(|a, b| {
+                        let ord = cmp_bson(a, b);
+                        if op == "$minN" { ord } else { ord.reverse() }
+                    });
+                    items.truncate(n);
+                }
+            }
+            Some(Bson::Array(items))
+        }
         "$reverseArray" => {
             match array_arg(op, &vals[0], 34435, " must be an array, but was of type: ")? {
                 Some(a) => Some(Bson::Array(a.iter().rev().cloned().collect())),

@@ -586,3 +586,104 @@ fn union_with_appends_another_collection() {
         .unwrap();
     assert_eq!(plain(out), vec![doc! { "k": 0 }, doc! { "k": 2 }]);
 }
+
+#[test]
+fn n_accumulators_and_add_to_set() {
+    let input: Vec<bson::Document> = [5, 1, 4, 2, 3]
+        .iter()
+        .map(|v| doc! { "g": 1, "v": *v })
+        .chain([doc! { "g": 1 }, doc! { "g": 1, "v": 1.0 }])
+        .collect();
+    let out = run_on(
+        doc! { "p": [ { "$group": { "_id": "$g",
+            "first": { "$firstN": { "input": "$v", "n": 2 } },
+            "last": { "$lastN": { "input": "$v", "n": 2 } },
+            "min": { "$minN": { "input": "$v", "n": 3 } },
+            "max": { "$maxN": { "input": "$v", "n": 2 } },
+            "set": { "$addToSet": "$v" },
+        } } ] },
+        input,
+    );
+    assert_eq!(
+        out[0].get_array("first").unwrap(),
+        &vec![Bson::Int32(5), Bson::Int32(1)]
+    );
+    assert_eq!(
+        out[0].get_array("last").unwrap(),
+        &vec![Bson::Null, Bson::Double(1.0)]
+    );
+    assert_eq!(
+        out[0].get_array("min").unwrap(),
+        &vec![Bson::Int32(1), Bson::Double(1.0), Bson::Int32(2)]
+    );
+    assert_eq!(
+        out[0].get_array("max").unwrap(),
+        &vec![Bson::Int32(5), Bson::Int32(4)]
+    );
+    // 1 and 1.0 are one member of the set.
+    assert_eq!(
+        out[0].get_array("set").unwrap(),
+        &vec![
+            Bson::Int32(5),
+            Bson::Int32(1),
+            Bson::Int32(4),
+            Bson::Int32(2),
+            Bson::Int32(3)
+        ]
+    );
+    let p = parse(
+        doc! { "p": [ { "$group": { "_id": 1, "f": { "$firstN": { "input": "$v", "n": 0 } } } } ] },
+    )
+    .unwrap();
+    assert_eq!(p.run(docs(vec![doc! {}])).unwrap_err().code, 5787908);
+}
+
+#[test]
+fn graph_lookup_walks_the_hierarchy() {
+    let employees = docs(vec![
+        doc! { "_id": 1, "name": "Dev" },
+        doc! { "_id": 2, "name": "Eliot", "reportsTo": "Dev" },
+        doc! { "_id": 3, "name": "Ron", "reportsTo": "Eliot" },
+        doc! { "_id": 4, "name": "Andrew", "reportsTo": "Eliot" },
+        doc! { "_id": 5, "name": "Asya", "reportsTo": "Ron" },
+        doc! { "_id": 6, "name": "Dan", "reportsTo": "Andrew" },
+    ]);
+    let p = parse(doc! { "p": [
+        { "$match": { "name": "Asya" } },
+        { "$graphLookup": { "from": "emp", "startWith": "$reportsTo", "connectFromField": "reportsTo",
+            "connectToField": "name", "as": "chain", "depthField": "d", "maxDepth": 1 } },
+        { "$project": { "chain": { "$map": { "input": "$chain", "in": ["$$this.name", "$$this.d"] } } } },
+    ] })
+    .unwrap();
+    assert_eq!(p.foreign_collections(), vec!["emp"]);
+    let out = p
+        .run_with(vec![employees[4].clone()], &|_| Ok(employees.clone()))
+        .unwrap();
+    assert_eq!(
+        plain(out),
+        vec![doc! { "_id": 5, "chain": [ ["Ron", 0i64], ["Eliot", 1i64] ] }]
+    );
+    // Without maxDepth the search runs on, reaching each document once even round a cycle
+    // (Ron, Eliot, Dev, and Asya herself; never Andrew or Dan).
+    let mut cyclic = employees.clone();
+    cyclic[0] =
+        bson::RawDocumentBuf::try_from(&doc! { "_id": 1, "name": "Dev", "reportsTo": "Asya" })
+            .unwrap();
+    let p = parse(doc! { "p": [
+        { "$graphLookup": { "from": "emp", "startWith": "$reportsTo", "connectFromField": "reportsTo",
+            "connectToField": "name", "as": "chain" } },
+        { "$project": { "n": { "$size": "$chain" } } },
+    ] })
+    .unwrap();
+    let out = p
+        .run_with(vec![cyclic[4].clone()], &|_| Ok(cyclic.clone()))
+        .unwrap();
+    assert_eq!(plain(out), vec![doc! { "_id": 5, "n": 4 }]);
+    assert_eq!(
+        parse(doc! { "p": [ { "$graphLookup": { "from": "emp", "as": "x" } } ] })
+            .err()
+            .unwrap()
+            .code,
+        40105
+    );
+}

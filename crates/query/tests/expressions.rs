@@ -861,3 +861,36 @@ fn extreme_inputs_never_panic() {
         );
     }
 }
+
+#[test]
+fn n_array_operators() {
+    let a = doc! { "a": [3, Bson::Null, 1, 2] };
+    let on = |e: Document| ev_on(e.into(), a.clone());
+    assert_eq!(
+        on(doc! { "$firstN": { "input": "$a", "n": 2 } }),
+        b(vec![Bson::Int32(3), Bson::Null])
+    );
+    assert_eq!(
+        on(doc! { "$lastN": { "input": "$a", "n": 2 } }),
+        b(vec![1, 2])
+    );
+    assert_eq!(
+        on(doc! { "$minN": { "input": "$a", "n": 2 } }),
+        b(vec![1, 2])
+    );
+    assert_eq!(
+        on(doc! { "$maxN": { "input": "$a", "n": 5 } }),
+        b(vec![3, 2, 1])
+    );
+    assert_eq!(
+        code_on(
+            doc! { "$firstN": { "input": "$a", "n": 0 } }.into(),
+            a.clone()
+        ),
+        5787908
+    );
+    assert_eq!(
+        on(doc! { "$firstN": { "input": "$missing", "n": 1 } }),
+        b(Bson::Null)
+    );
+}
