@@ -1127,7 +1127,8 @@ fn run_lookup(
 ) -> Result<Vec<RawDocumentBuf>, QueryError> {
     let foreign = ctx.collection(&l.from)?;
     // The equality form matches like `{foreignField: {$in: localValues}}`: an array on either
-    // side matches through its elements, and missing matches null. A hash of the foreign keys
+    // side matches through its elements, and a missing (or empty-array) local value matches
+    // null, i.e. foreign documents whose field is null or missing. A hash of the foreign keys
     // makes that one pass over each side.
     let index = match &l.equality {
         Some((foreign_field, _)) => {
