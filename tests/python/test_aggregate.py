@@ -59,7 +59,7 @@ def test_unknown_stage_and_expression_are_refused(db):
         list(db.c.aggregate([{"$frobnicate": {}}]))
     assert e.value.code == 40324
     with pytest.raises(OperationFailure) as e:
-        list(db.c.aggregate([{"$group": {"_id": {"$add": [1, 2]}}}]))
+        list(db.c.aggregate([{"$group": {"_id": {"$frobnicate": [1, 2]}}}]))
     assert e.value.code == 168
 
 

@@ -31,7 +31,12 @@ pub(crate) enum Node {
     },
 }
 
-pub(crate) struct ExprNode(crate::aggregate::Expr);
+pub(crate) struct ExprNode(crate::expr::Expr);
+
+thread_local! {
+    /// The first runtime error of an `$expr` since the last `matches_checked`.
+    static EXPR_ERROR: std::cell::RefCell<Option<QueryError>> = const { std::cell::RefCell::new(None) };
+}
 
 impl std::fmt::Debug for ExprNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,6 +104,10 @@ impl Re {
         })
     }
 
+    pub(crate) fn regex(&self) -> &regex::Regex {
+        &self.regex
+    }
+
     fn matches(&self, v: RawBsonRef<'_>) -> bool {
         match v {
             RawBsonRef::String(s) | RawBsonRef::Symbol(s) => self.regex.is_match(s),
@@ -154,6 +163,17 @@ impl Filter {
 
     pub(crate) fn root(&self) -> &Node {
         &self.root
+    }
+
+    /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a
+    /// bad conversion) is reported as the error mongod would return.
+    pub fn matches_checked(&self, doc: &RawDocument) -> Result<bool, QueryError> {
+        EXPR_ERROR.with(|slot| slot.borrow_mut().take());
+        let matched = self.root.matches(doc);
+        match EXPR_ERROR.with(|slot| slot.borrow_mut().take()) {
+            Some(err) => Err(err),
+            None => Ok(matched),
+        }
     }
 
     /// The single `_id` value the filter pins, enabling a point lookup instead of a scan.
@@ -304,7 +324,14 @@ impl Node {
             Node::Or(children) => children.iter().any(|c| c.matches(doc)),
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
-            Node::Expr(e) => e.0.truthy(doc),
+            // Matching is infallible by signature; an expression's runtime error is kept for
+            // `Filter::matches_checked` to report and the document counts as not matching.
+            Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
+                EXPR_ERROR.with(|slot| {
+                    slot.borrow_mut().get_or_insert(err);
+                });
+                false
+            }),
         }
     }
 }
@@ -556,7 +583,7 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "alwaysTrue" => nodes.push(Node::And(Vec::new())),
                 "alwaysFalse" => nodes.push(Node::Or(Vec::new())),
                 "expr" => nodes.push(Node::Expr(std::sync::Arc::new(ExprNode(
-                    crate::aggregate::Expr::parse(value)?,
+                    crate::expr::Expr::parse(value)?,
                 )))),
                 "where" | "text" | "jsonSchema" | "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));

@@ -93,7 +93,11 @@ impl IndexSpec {
         let name = match spec.get("name") {
             Some(Bson::String(n)) if !n.is_empty() => n.clone(),
             Some(Bson::String(_)) => return Err(cannot_create("index name cannot be empty")),
-            Some(_) => return Err(QueryError::type_mismatch("The 'name' field must be a string")),
+            Some(_) => {
+                return Err(QueryError::type_mismatch(
+                    "The 'name' field must be a string",
+                ));
+            }
             None => {
                 return Err(QueryError::failed_to_parse(format!(
                     "The 'name' field is a required property of an index specification: {spec}"
@@ -279,10 +283,7 @@ impl IndexSpec {
 
     /// [`IndexSpec::keys`], and whether an indexed field is an array in this document (which
     /// makes the index multikey: its range conditions on one field can no longer be combined).
-    pub fn keys_and_multikey(
-        &self,
-        doc: &RawDocument,
-    ) -> Result<(Vec<Vec<u8>>, bool), QueryError> {
+    pub fn keys_and_multikey(&self, doc: &RawDocument) -> Result<(Vec<Vec<u8>>, bool), QueryError> {
         let mut out = Vec::new();
         let multikey = self.for_each_key(doc, &mut |key, _| out.push(key))?;
         out.sort_unstable();

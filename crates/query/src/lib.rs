@@ -4,16 +4,18 @@
 //! Filters, sorts and projections read `RawDocument`s directly because they run once per
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
-//! Known gaps relative to MongoDB 7.0 (each reports a clear BadValue error rather than
-//! misbehaving): `$expr`, `$where`, `$text`, geo and `$jsonSchema` filters; pipeline-style
-//! updates; `$meta` sorts and projections; positional (`.$`) projection; aggregation expressions
-//! in projections. Regular expressions use the `regex` crate, so PCRE-only constructs
+//! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
+//! `$where`, `$text`, geo and `$jsonSchema` filters; `$meta` sorts and projections; positional
+//! (`.$`) projection; time zones other than UTC and fixed offsets in date expressions;
+//! spilling to disk (`allowDiskUse`) in aggregation. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
 //! encoded through its nearest double, and `$inc`/`$mul` on Decimal128 compute in doubles.
 
 mod aggregate;
 mod compare;
+mod dates;
 mod error;
+mod expr;
 mod filter;
 mod index;
 mod key;
@@ -23,7 +25,7 @@ mod projection;
 mod sort;
 mod update;
 
-pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
+pub use aggregate::{DEFAULT_MEMORY_LIMIT, Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;

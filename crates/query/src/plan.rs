@@ -82,8 +82,7 @@ impl FieldBound {
             FieldBound::Range { bracket, lo, hi } => {
                 let start = (vec![tag_byte(*bracket, descending)], true);
                 let end = (vec![tag_byte(*bracket, descending) + 1], false);
-                let val =
-                    |(v, incl): &(RawBson, bool)| (encode_component(v, descending), *incl);
+                let val = |(v, incl): &(RawBson, bool)| (encode_component(v, descending), *incl);
                 let (byte_lo, byte_hi) = if descending {
                     (hi.as_ref().map(val), lo.as_ref().map(val))
                 } else {
@@ -360,9 +359,8 @@ fn intersect(a: FieldBound, b: FieldBound) -> FieldBound {
     if ba != bb {
         return FieldBound::Points(Vec::new());
     }
-    let cmp = |x: &RawBson, y: &RawBson| {
-        crate::compare_values(x.as_raw_bson_ref(), y.as_raw_bson_ref())
-    };
+    let cmp =
+        |x: &RawBson, y: &RawBson| crate::compare_values(x.as_raw_bson_ref(), y.as_raw_bson_ref());
     let lo = match (lo_a, lo_b) {
         (Some(x), Some(y)) => Some(match cmp(&x.0, &y.0) {
             std::cmp::Ordering::Greater => x,
@@ -385,7 +383,11 @@ fn intersect(a: FieldBound, b: FieldBound) -> FieldBound {
             return FieldBound::Points(Vec::new());
         }
     }
-    FieldBound::Range { bracket: ba, lo, hi }
+    FieldBound::Range {
+        bracket: ba,
+        lo,
+        hi,
+    }
 }
 
 fn lower_key(b: &Bound<Vec<u8>>) -> &[u8] {
@@ -402,7 +404,10 @@ pub fn expired_bounds(spec: &IndexSpec, cutoff_ms: i64) -> Option<KeyInterval> {
     let bound = FieldBound::Range {
         bracket: type_bracket(RawBsonRef::DateTime(bson::DateTime::from_millis(0))),
         lo: None,
-        hi: Some((RawBson::DateTime(bson::DateTime::from_millis(cutoff_ms)), false)),
+        hi: Some((
+            RawBson::DateTime(bson::DateTime::from_millis(cutoff_ms)),
+            false,
+        )),
     };
     let ((lo, lo_incl), (hi, hi_incl)) = bound.byte_ranges(field.descending).pop()?;
     let mut lower = lo;

@@ -1,4 +1,5 @@
-//! Find projections: inclusion, exclusion, `$slice`, `$elemMatch` and literal values.
+//! Find projections: inclusion, exclusion, `$slice`, `$elemMatch`, literal values and (as in
+//! MongoDB 4.4+) aggregation expressions such as `{x: "$a.b"}` or `{y: {$add: ["$a", 1]}}`.
 
 use bson::raw::CStr;
 use bson::{RawArray, RawArrayBuf, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
@@ -25,9 +26,32 @@ enum Item {
     Include,
     Exclude,
     Sub(Node),
-    Slice { skip: i64, limit: Option<i64> },
+    Slice {
+        skip: i64,
+        limit: Option<i64>,
+    },
     ElemMatch(Box<Pred>),
     Literal(RawBson),
+    /// An aggregation expression, evaluated against the whole document.
+    Computed(std::sync::Arc<Computed>),
+}
+
+struct Computed(crate::expr::Expr);
+
+impl std::fmt::Debug for Computed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("expression")
+    }
+}
+
+fn computed(value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryError> {
+    let item = match crate::expr::Expr::parse(value)? {
+        crate::expr::Expr::Const(b) => {
+            Item::Literal(RawBson::try_from(b).map_err(|e| bad(e.to_string()))?)
+        }
+        e => Item::Computed(std::sync::Arc::new(Computed(e))),
+    };
+    Ok((item, Kind::Include))
 }
 
 impl Node {
@@ -37,7 +61,7 @@ impl Node {
 
     fn has_literals(&self) -> bool {
         self.children.iter().any(|(_, item)| match item {
-            Item::Literal(_) => true,
+            Item::Literal(_) | Item::Computed(_) => true,
             Item::Sub(n) => n.has_literals(),
             _ => false,
         })
@@ -106,7 +130,7 @@ impl Projection {
         if self.identity {
             return Ok(doc.to_owned());
         }
-        project_doc(doc, &self.root, self.inclusion)
+        project_doc(doc, doc, &self.root, self.inclusion)
     }
 }
 
@@ -182,7 +206,20 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
                 )));
             }
             match op {
-                "$slice" => Ok((parse_slice(arg)?, Kind::Neutral)),
+                // `{$slice: ["$arr", n]}` (an array expression first) is the aggregation
+                // operator; numbers alone are the find projection's `$slice`.
+                "$slice" => match arg {
+                    RawBsonRef::Array(items)
+                        if items
+                            .get(0)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|first| as_num(first).is_none()) =>
+                    {
+                        computed(value)
+                    }
+                    _ => Ok((parse_slice(arg)?, Kind::Neutral)),
+                },
                 "$elemMatch" => {
                     if path.contains('.') {
                         return Err(bad("Cannot use $elemMatch projection on a nested field."));
@@ -194,20 +231,11 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
                 }
                 "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
                 "$meta" => Err(bad("$meta projection is not supported yet")),
-                _ => Err(bad(format!(
-                    "projection expression {op} is not supported yet"
-                ))),
+                _ => computed(value),
             }
         }
-        // A `let` variable (or `$$NOW`) is a constant by the time the projection is parsed.
-        RawBsonRef::String(v) if v.starts_with("$$") => match crate::aggregate::Expr::parse(value)?
-        {
-            crate::aggregate::Expr::Const(b) => Ok((
-                Item::Literal(RawBson::try_from(b).map_err(|e| bad(e.to_string()))?),
-                Kind::Include,
-            )),
-            _ => Err(bad(format!("projecting {v} is not supported yet"))),
-        },
+        RawBsonRef::String(v) if v.starts_with('$') => computed(value),
+        RawBsonRef::Array(_) => computed(value),
         // Any other value is a computed field whose value is that literal.
         _ => Ok((Item::Literal(value.into()), Kind::Include)),
     }
@@ -282,6 +310,7 @@ fn cstr(key: &str) -> Result<&CStr, QueryError> {
 }
 
 fn project_doc(
+    root: &RawDocument,
     doc: &RawDocument,
     node: &Node,
     inclusion: bool,
@@ -296,14 +325,16 @@ fn project_doc(
                 }
             }
             Some(Item::Include) => out.append(key, value),
-            Some(Item::Exclude) | Some(Item::Literal(_)) => {}
+            Some(Item::Exclude) | Some(Item::Literal(_)) | Some(Item::Computed(_)) => {}
             Some(Item::Sub(child)) => match value {
-                RawBsonRef::Document(d) => {
-                    out.append(key, RawBson::Document(project_doc(d, child, inclusion)?))
-                }
-                RawBsonRef::Array(a) => {
-                    out.append(key, RawBson::Array(project_array(a, child, inclusion)?))
-                }
+                RawBsonRef::Document(d) => out.append(
+                    key,
+                    RawBson::Document(project_doc(root, d, child, inclusion)?),
+                ),
+                RawBsonRef::Array(a) => out.append(
+                    key,
+                    RawBson::Array(project_array(root, a, child, inclusion)?),
+                ),
                 _ => {
                     if !inclusion {
                         out.append(key, value);
@@ -332,11 +363,19 @@ fn project_doc(
         let present = doc.get(key).ok().flatten().is_some();
         match item {
             Item::Literal(v) => out.append(cstr(key)?, v.clone()),
+            Item::Computed(e) => {
+                if let Some(v) = e.0.eval(root)? {
+                    out.append(
+                        cstr(key)?,
+                        RawBson::try_from(v).map_err(|e| bad(e.to_string()))?,
+                    );
+                }
+            }
             Item::Sub(child) if !present && child.has_literals() => {
                 let empty = RawDocumentBuf::new();
                 out.append(
                     cstr(key)?,
-                    RawBson::Document(project_doc(&empty, child, inclusion)?),
+                    RawBson::Document(project_doc(root, &empty, child, inclusion)?),
                 );
             }
             _ => {}
@@ -345,14 +384,21 @@ fn project_doc(
     Ok(out)
 }
 
-fn project_array(arr: &RawArray, node: &Node, inclusion: bool) -> Result<RawArrayBuf, QueryError> {
+fn project_array(
+    root: &RawDocument,
+    arr: &RawArray,
+    node: &Node,
+    inclusion: bool,
+) -> Result<RawArrayBuf, QueryError> {
     let mut out = RawArrayBuf::new();
     for v in arr.into_iter().map_while(Result::ok) {
         match v {
             RawBsonRef::Document(d) => {
-                out.push(RawBson::Document(project_doc(d, node, inclusion)?))
+                out.push(RawBson::Document(project_doc(root, d, node, inclusion)?))
             }
-            RawBsonRef::Array(a) => out.push(RawBson::Array(project_array(a, node, inclusion)?)),
+            RawBsonRef::Array(a) => {
+                out.push(RawBson::Array(project_array(root, a, node, inclusion)?))
+            }
             // Inclusion of a sub-path drops scalars; exclusion leaves them alone.
             _ => {
                 if !inclusion {

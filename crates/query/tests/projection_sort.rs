@@ -211,3 +211,37 @@ fn sort_errors() {
     );
     assert!(sort(doc! {}).is_empty());
 }
+
+#[test]
+fn find_projection_expressions() {
+    let d = doc! { "_id": 1, "a": { "b": 5 }, "n": 2, "arr": [1, 2, 3, 4], "items": [ { "k": 1 }, { "k": 2 } ] };
+    assert_eq!(
+        project(
+            doc! { "x": "$a.b", "y": { "$literal": 1 }, "s": { "$add": ["$n", 10] } },
+            d.clone()
+        ),
+        doc! { "_id": 1, "x": 5, "y": 1, "s": 12 }
+    );
+    // A missing path adds nothing; plain strings stay literals.
+    assert_eq!(
+        project(doc! { "_id": 0, "m": "$nope", "lit": "plain" }, d.clone()),
+        doc! { "lit": "plain" }
+    );
+    // Nested computed fields see the whole document.
+    assert_eq!(
+        project(doc! { "_id": 0, "o": { "copy": "$n" } }, d.clone()),
+        doc! { "o": { "copy": 2 } }
+    );
+    // $slice and $elemMatch keep their projection meaning next to expressions.
+    assert_eq!(
+        project(
+            doc! { "arr": { "$slice": 2 }, "items": { "$elemMatch": { "k": 2 } }, "t": { "$size": "$arr" } },
+            d.clone()
+        ),
+        doc! { "_id": 1, "arr": [1, 2], "items": [ { "k": 2 } ], "t": 4 }
+    );
+    assert_eq!(proj_err(doc! { "x": { "$bogus": 1 } }).code, 168);
+    assert_eq!(proj_err(doc! { "a": 0, "x": "$n" }).code, 31253);
+    let p = Projection::parse(&raw(&doc! { "x": { "$divide": [1, 0] } })).unwrap();
+    assert_eq!(p.apply(&raw(&d)).unwrap_err().code, 2);
+}

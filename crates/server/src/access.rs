@@ -61,7 +61,10 @@ fn bad_hint() -> CommandError {
 /// Resolves a `hint` (an index name or key pattern, or `{$natural: 1}`) against the
 /// collection's indexes. A hint naming no index is an error, as in MongoDB; on a collection that
 /// does not exist there is nothing to hint at, and nothing to find.
-pub fn parse_hint(hint: Option<RawBsonRef<'_>>, coll: Option<&CollectionInfo>) -> CommandResult<Hint> {
+pub fn parse_hint(
+    hint: Option<RawBsonRef<'_>>,
+    coll: Option<&CollectionInfo>,
+) -> CommandResult<Hint> {
     let Some(hint) = hint else {
         return Ok(Hint::None);
     };
@@ -71,11 +74,7 @@ pub fn parse_hint(hint: Option<RawBsonRef<'_>>, coll: Option<&CollectionInfo>) -
         }
         match coll {
             None => Ok(Hint::None),
-            Some(c) => c
-                .index(name)
-                .cloned()
-                .map(Hint::Index)
-                .ok_or_else(bad_hint),
+            Some(c) => c.index(name).cloned().map(Hint::Index).ok_or_else(bad_hint),
         }
     };
     match hint {
@@ -87,9 +86,9 @@ pub fn parse_hint(hint: Option<RawBsonRef<'_>>, coll: Option<&CollectionInfo>) -
             }
             let pattern = Document::try_from(spec).map_err(|_| bad_hint())?;
             let is_id = pattern.len() == 1
-                && pattern
-                    .get("_id")
-                    .is_some_and(|v| matches!(v, Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_)));
+                && pattern.get("_id").is_some_and(|v| {
+                    matches!(v, Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_))
+                });
             if is_id {
                 return Ok(Hint::Id);
             }
@@ -133,13 +132,12 @@ pub fn choose(
     raw: &RawDocument,
     hint: &Hint,
 ) -> CommandResult<Access> {
-    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
-        Access::Index {
+    let index_access =
+        |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| Access::Index {
             index: index.clone(),
             bounds: Arc::new(bounds),
             multikey,
-        }
-    };
+        };
     match hint {
         Hint::Natural => return Ok(Access::Collection),
         Hint::Id => {

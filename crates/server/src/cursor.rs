@@ -140,9 +140,9 @@ impl Cursor {
                             out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
                             continue;
                         }
-                        let chunk = scan
-                            .walk
-                            .next_chunk(&scan.snapshot, &scan.coll, &mut examined)?;
+                        let chunk =
+                            scan.walk
+                                .next_chunk(&scan.snapshot, &scan.coll, &mut examined)?;
                         if chunk.is_empty() {
                             break;
                         }

@@ -109,12 +109,18 @@ impl BaseStore {
             let (ns, value) = entry.map_err(|e| err("catalog", e))?;
             let d = Document::from_reader(value.value()).map_err(|e| err("catalog entry", e))?;
             let mut indexes = Vec::new();
-            for index in d.get_array("indexes").map(|a| a.as_slice()).unwrap_or_default() {
+            for index in d
+                .get_array("indexes")
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+            {
                 let index = index
                     .as_document()
                     .ok_or_else(|| err("catalog index", "not a document"))?;
                 indexes.push((
-                    index.get_i64("id").map_err(|e| err("catalog index id", e))? as u64,
+                    index
+                        .get_i64("id")
+                        .map_err(|e| err("catalog index id", e))? as u64,
                     index
                         .get_document("spec")
                         .map_err(|e| err("catalog index spec", e))?

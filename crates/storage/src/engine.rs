@@ -849,7 +849,10 @@ impl Engine {
                 let gone: Vec<CollId> = match chain.visible_at(ts) {
                     Some(old) => old
                         .keyspaces()
-                        .filter(|id| info.as_ref().is_none_or(|new| !new.keyspaces().any(|n| n == *id)))
+                        .filter(|id| {
+                            info.as_ref()
+                                .is_none_or(|new| !new.keyspaces().any(|n| n == *id))
+                        })
                         .collect(),
                     None => Vec::new(),
                 };
@@ -988,7 +991,10 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                 });
                 state.collections.insert(id, BTreeMap::new());
                 set_recovered(
-                    state.catalog.entry(ns.clone()).or_insert_with(VersionChain::new),
+                    state
+                        .catalog
+                        .entry(ns.clone())
+                        .or_insert_with(VersionChain::new),
                     ts,
                     Some(info),
                 );
@@ -1018,8 +1024,10 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                 state.collections.insert(id, BTreeMap::new());
                 let mut entries = BTreeMap::new();
                 for (key, doc) in latest_docs(state, info.id)? {
-                    let (keys, multikey) =
-                        index.key.keys_and_multikey(&doc).map_err(|e| e.to_string())?;
+                    let (keys, multikey) = index
+                        .key
+                        .keys_and_multikey(&doc)
+                        .map_err(|e| e.to_string())?;
                     for k in keys {
                         entries.insert(index.entry_key(&k, &key), entry_value(&key));
                     }
@@ -1108,7 +1116,8 @@ fn replay_doc(
     doc: Option<&StoredDoc>,
 ) -> Result<(), String> {
     let checkpoint = state.checkpoint_ts;
-    let info = current_info(state, ns, ts).map_err(|_| format!("write to unknown collection {ns}"))?;
+    let info =
+        current_info(state, ns, ts).map_err(|_| format!("write to unknown collection {ns}"))?;
     let old = if info.indexes.is_empty() {
         None
     } else {
@@ -1166,7 +1175,9 @@ fn replay_doc(
                     .map(|k| (index.entry_key(k, &key), Some(entry_value(&key)))),
             );
         for (entry, value) in changes {
-            let chain = keyspace.entry(entry.clone()).or_insert_with(VersionChain::new);
+            let chain = keyspace
+                .entry(entry.clone())
+                .or_insert_with(VersionChain::new);
             set_recovered(chain, ts, value);
             chain.prune(ts, checkpoint);
             if chain.is_empty() {
@@ -1518,16 +1529,21 @@ impl Snapshot {
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
         let (lower, upper) = index_range(interval, after);
         let mut out = Vec::new();
-        self.scan_in(index.id, as_ref_bound(&lower), as_ref_bound(&upper), |key, value| {
-            if let Some(target) = entry_target(value) {
-                out.push((key.clone(), target));
-            }
-            if out.len() >= max {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
+        self.scan_in(
+            index.id,
+            as_ref_bound(&lower),
+            as_ref_bound(&upper),
+            |key, value| {
+                if let Some(target) = entry_target(value) {
+                    out.push((key.clone(), target));
+                }
+                if out.len() >= max {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
         Ok(out)
     }
 
@@ -1978,17 +1994,31 @@ impl Txn {
             // (Only the new document can make the index multikey; the flag is never cleared.)
             let old_keys = keys_of(old)?;
             let (new_keys, multikey) = match new {
-                Some(d) => index.key.keys_and_multikey(d).map_err(StorageError::Index)?,
+                Some(d) => index
+                    .key
+                    .keys_and_multikey(d)
+                    .map_err(StorageError::Index)?,
                 None => (Vec::new(), false),
             };
             if multikey && !self.index_multikey(index)? {
                 planned.push((pos, multikey_marker(), Some(multikey_value()), Vec::new()));
             }
-            for k in old_keys.iter().filter(|k| new_keys.binary_search(k).is_err()) {
+            for k in old_keys
+                .iter()
+                .filter(|k| new_keys.binary_search(k).is_err())
+            {
                 planned.push((pos, index.entry_key(k, key), None, k.clone()));
             }
-            for k in new_keys.iter().filter(|k| old_keys.binary_search(k).is_err()) {
-                planned.push((pos, index.entry_key(k, key), Some(entry_value(key)), k.clone()));
+            for k in new_keys
+                .iter()
+                .filter(|k| old_keys.binary_search(k).is_err())
+            {
+                planned.push((
+                    pos,
+                    index.entry_key(k, key),
+                    Some(entry_value(key)),
+                    k.clone(),
+                ));
             }
         }
         let mut claimed: Vec<(CollId, DocKey)> = Vec::new();
@@ -2196,7 +2226,8 @@ impl Txn {
         }
         let mut info = coll.clone();
         info.indexes.push(index);
-        self.catalog.insert(ns.to_string(), Some(Arc::new(info.clone())));
+        self.catalog
+            .insert(ns.to_string(), Some(Arc::new(info.clone())));
         self.index_ops.push(LogOp::CreateIndex {
             ns: ns.to_string(),
             spec,
@@ -2210,7 +2241,11 @@ impl Txn {
         let coll = self
             .collection(ns)
             .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
-        if self.index_ops.iter().any(|op| matches!(op, LogOp::CreateIndex { ns: n, .. } if n == ns)) {
+        if self
+            .index_ops
+            .iter()
+            .any(|op| matches!(op, LogOp::CreateIndex { ns: n, .. } if n == ns))
+        {
             return Err(StorageError::Encoding(format!(
                 "cannot drop an index of {ns} in the transaction that created one"
             )));
@@ -2227,7 +2262,8 @@ impl Txn {
             self.claim_catalog_for_indexes(&mut state, &coll)?;
         }
         info.indexes.remove(pos);
-        self.catalog.insert(ns.to_string(), Some(Arc::new(info.clone())));
+        self.catalog
+            .insert(ns.to_string(), Some(Arc::new(info.clone())));
         self.index_ops.push(LogOp::DropIndex {
             ns: ns.to_string(),
             name: name.to_string(),
@@ -2252,7 +2288,10 @@ impl Txn {
             .writers
             .get(&coll.id)
             .is_some_and(|w| w.iter().any(|t| *t != self.id))
-            || state.last_write.get(&coll.id).is_some_and(|ts| *ts > read_ts)
+            || state
+                .last_write
+                .get(&coll.id)
+                .is_some_and(|ts| *ts > read_ts)
         {
             return Err(StorageError::WriteConflict);
         }

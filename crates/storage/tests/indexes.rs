@@ -36,7 +36,10 @@ fn lookup(view: &dyn ReadView, ns: &str, name: &str, filter: bson::RawDocumentBu
     let mut out = Vec::new();
     for interval in &bounds.intervals {
         for (_, target) in view.index_scan(&index, interval, None, usize::MAX).unwrap() {
-            let d = view.get(&coll, &target).unwrap().expect("entry points at a document");
+            let d = view
+                .get(&coll, &target)
+                .unwrap()
+                .expect("entry points at a document");
             out.push(d.get_i64("_id").unwrap());
         }
     }
@@ -54,7 +57,10 @@ fn entries_follow_inserts_updates_and_deletes_per_snapshot() {
     commit_durable(t).unwrap();
     let coll = create_index(&engine, "db.c", spec(doc! { "v": 1 }, "v_1", false));
     let before = engine.snapshot();
-    assert_eq!(lookup(&before, "db.c", "v_1", rawdoc! { "v": 1 }), vec![1, 4, 7]);
+    assert_eq!(
+        lookup(&before, "db.c", "v_1", rawdoc! { "v": 1 }),
+        vec![1, 4, 7]
+    );
 
     let mut t = engine.begin();
     t.replace(&coll, key(4), doc(4, 2)).unwrap();
@@ -64,10 +70,16 @@ fn entries_follow_inserts_updates_and_deletes_per_snapshot() {
     assert_eq!(lookup(&t, "db.c", "v_1", rawdoc! { "v": 1 }), vec![1, 20]);
     commit_durable(t).unwrap();
     // ...an older snapshot keeps its own view of the index...
-    assert_eq!(lookup(&before, "db.c", "v_1", rawdoc! { "v": 1 }), vec![1, 4, 7]);
+    assert_eq!(
+        lookup(&before, "db.c", "v_1", rawdoc! { "v": 1 }),
+        vec![1, 4, 7]
+    );
     // ...and a new one sees the commit.
     let after = engine.snapshot();
-    assert_eq!(lookup(&after, "db.c", "v_1", rawdoc! { "v": 1 }), vec![1, 20]);
+    assert_eq!(
+        lookup(&after, "db.c", "v_1", rawdoc! { "v": 1 }),
+        vec![1, 20]
+    );
     assert_eq!(
         lookup(&after, "db.c", "v_1", rawdoc! { "v": { "$gte": 2 } }),
         vec![2, 4, 5, 8]
@@ -189,7 +201,14 @@ fn unique_build_over_duplicates_fails() {
     ));
     drop(t);
     // Nothing of the failed build remains; a non-unique index builds fine.
-    assert!(engine.snapshot().collection("db.d").unwrap().indexes.is_empty());
+    assert!(
+        engine
+            .snapshot()
+            .collection("db.d")
+            .unwrap()
+            .indexes
+            .is_empty()
+    );
     create_index(&engine, "db.d", spec(doc! { "v": -1 }, "v_-1", false));
     assert_eq!(
         lookup(&engine.snapshot(), "db.d", "v_-1", rawdoc! { "v": 9 }),
@@ -201,17 +220,22 @@ fn all_entries(engine: &Engine, ns: &str, name: &str) -> Vec<i64> {
     let snap = engine.snapshot();
     let coll = snap.collection(ns).unwrap();
     let index = coll.index(name).unwrap().clone();
-    snap.index_scan(&index, &(Bound::Unbounded, Bound::Unbounded), None, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, target)| {
-            snap.get(&coll, &target)
-                .unwrap()
-                .unwrap()
-                .get_i64("_id")
-                .unwrap()
-        })
-        .collect()
+    snap.index_scan(
+        &index,
+        &(Bound::Unbounded, Bound::Unbounded),
+        None,
+        usize::MAX,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(_, target)| {
+        snap.get(&coll, &target)
+            .unwrap()
+            .unwrap()
+            .get_i64("_id")
+            .unwrap()
+    })
+    .collect()
 }
 
 #[test]
@@ -237,15 +261,29 @@ fn index_entries_are_recovered_from_the_log_and_the_checkpoint() {
         t.delete(&coll, key(49)).unwrap();
         t.replace(&coll, key(1), doc(1, -5)).unwrap();
         commit_durable(t).unwrap();
-        create_index(&engine, "db.r", spec(doc! { "v": -1, "_id": 1 }, "v_-1__id_1", false));
+        create_index(
+            &engine,
+            "db.r",
+            spec(doc! { "v": -1, "_id": 1 }, "v_-1__id_1", false),
+        );
         // A multikey marker is set by the first array and survives recovery.
         create_index(&engine, "db.r", spec(doc! { "tags": 1 }, "tags_1", false));
-        let idx = engine.snapshot().collection("db.r").unwrap().index("tags_1").unwrap().clone();
+        let idx = engine
+            .snapshot()
+            .collection("db.r")
+            .unwrap()
+            .index("tags_1")
+            .unwrap()
+            .clone();
         assert!(!engine.snapshot().index_multikey(&idx).unwrap());
         let coll = engine.snapshot().collection("db.r").unwrap();
         let mut t = engine.begin();
-        t.insert(&coll, key(500), Arc::new(rawdoc! { "_id": 500i64, "v": 7i64, "tags": ["x", "y"] }))
-            .unwrap();
+        t.insert(
+            &coll,
+            key(500),
+            Arc::new(rawdoc! { "_id": 500i64, "v": 7i64, "tags": ["x", "y"] }),
+        )
+        .unwrap();
         assert!(t.index_multikey(&idx).unwrap());
         assert!(!engine.snapshot().index_multikey(&idx).unwrap());
         commit_durable(t).unwrap();
@@ -269,7 +307,13 @@ fn index_entries_are_recovered_from_the_log_and_the_checkpoint() {
     );
     desc.swap(a, b);
     assert_eq!(all_entries(&engine, "db.r", "v_-1__id_1"), desc);
-    let idx = engine.snapshot().collection("db.r").unwrap().index("tags_1").unwrap().clone();
+    let idx = engine
+        .snapshot()
+        .collection("db.r")
+        .unwrap()
+        .index("tags_1")
+        .unwrap()
+        .clone();
     assert!(engine.snapshot().index_multikey(&idx).unwrap());
     // Documents without tags index as null (before strings); 500 has one entry per tag.
     let mut tags: Vec<i64> = (0..=48).collect();

@@ -842,18 +842,25 @@ fn collect_matches(
         (None, Some(l)) => Some(skip.saturating_add(l)),
         _ => None,
     };
-    for_each_match(view, coll, access, filter, &mut Examined::default(), &mut |_, d| {
-        bytes += d.as_bytes().len();
-        if bytes > max {
-            over = true;
-            return ControlFlow::Break(());
-        }
-        docs.push(d.clone());
-        if enough.is_some_and(|n| docs.len() as u64 >= n) {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    })?;
+    for_each_match(
+        view,
+        coll,
+        access,
+        filter,
+        &mut Examined::default(),
+        &mut |_, d| {
+            bytes += d.as_bytes().len();
+            if bytes > max {
+                over = true;
+                return ControlFlow::Break(());
+            }
+            docs.push(d.clone());
+            if enough.is_some_and(|n| docs.len() as u64 >= n) {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
     if over {
         return Err(CommandError::new(
             code::QUERY_EXCEEDED_MEMORY_LIMIT,
@@ -875,7 +882,8 @@ fn collect_matches(
 
 /// `aggregate` on a collection: the pipeline runs over the collection as the snapshot (or the
 /// transaction) sees it, with a leading `$match` applied while reading. Input is bounded like a
-/// blocking sort.
+/// blocking sort. Collections a `$lookup` joins are read whole from the same view; `{aggregate:
+/// 1}` runs a pipeline that starts with `$documents`.
 pub(super) async fn aggregate(
     shared: &Shared,
     req: &Request<'_>,
@@ -898,15 +906,15 @@ pub(super) async fn aggregate(
     if let Some(reply) = list_sessions_aggregate(shared, req)? {
         return Ok(reply);
     }
-    if !matches!(req.command_value(), Some(RawBsonRef::String(_))) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "aggregate without a collection ({aggregate: 1}) is not supported by Mangrove yet",
-        ));
-    }
-    let name = req.collection()?;
+    // `{aggregate: 1}` has no input collection; only a pipeline that makes its own input
+    // (`$documents`) can run there.
+    let collectionless = !matches!(req.command_value(), Some(RawBsonRef::String(_)));
     validate_db_name(req.db)?;
-    let ns = req.ns(name);
+    let ns = if collectionless {
+        format!("{}.$cmd.aggregate", req.db)
+    } else {
+        req.ns(req.collection()?)
+    };
     let pipeline = match req.opt_array("pipeline")? {
         Some(p) => with_let(req.opt_doc("let")?, || Pipeline::parse(p))?,
         None => {
@@ -922,6 +930,12 @@ pub(super) async fn aggregate(
     if req.get("cursor").is_none() {
         return Err(CommandError::failed_to_parse(
             "The 'cursor' option is required, except for aggregate with the explain argument",
+        ));
+    }
+    if collectionless && !pipeline.starts_with_documents() {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "aggregate without a collection ({aggregate: 1}) needs a pipeline starting with $documents",
         ));
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
@@ -947,43 +961,64 @@ pub(super) async fn aggregate(
         None => None,
     };
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => collection_in_txn(shared, txn, &ns),
-        None => snapshot.collection(&ns),
-    };
-    let input = match coll {
-        None => Vec::new(),
-        Some(coll) => {
-            let view: &dyn ReadView = match txn {
-                Some(txn) => txn,
-                None => &snapshot,
-            };
-            let match_all;
-            let filter = match pipeline.leading_match() {
-                Some(f) => f,
-                None => {
-                    match_all = Filter::parse(&RawDocumentBuf::new())?;
-                    &match_all
-                }
-            };
-            let access = match leading_match_doc(req)? {
-                Some(raw) => choose(
-                    view,
-                    &coll,
-                    filter,
-                    raw,
-                    &parse_hint(req.get("hint"), Some(&coll))?,
-                )?,
-                None => Access::Collection,
-            };
+    // The input and every collection a $lookup joins are read from one view (the snapshot,
+    // or the transaction), so a join never mixes points in time.
+    let read = |ns: &str,
+                filter: Option<&Filter>,
+                raw: Option<&RawDocument>|
+     -> CommandResult<Vec<RawDocumentBuf>> {
+        let coll = match txn {
+            Some(txn) => collection_in_txn(shared, txn, ns),
+            None => snapshot.collection(ns),
+        };
+        let Some(coll) = coll else {
+            return Ok(Vec::new());
+        };
+        let view: &dyn ReadView = match txn {
+            Some(txn) => txn,
+            None => &snapshot,
+        };
+        let match_all;
+        let filter = match filter {
+            Some(f) => f,
+            None => {
+                match_all = Filter::parse(&RawDocumentBuf::new())?;
+                &match_all
+            }
+        };
+        let access = match raw {
+            Some(raw) => choose(
+                view,
+                &coll,
+                filter,
+                raw,
+                &parse_hint(req.get("hint"), Some(&coll))?,
+            )?,
+            None => Access::Collection,
+        };
+        Ok(
             collect_matches(shared, view, &coll, &access, filter, None, 0, None)?
                 .into_iter()
                 .map(|d| (*d).clone())
-                .collect()
-        }
+                .collect(),
+        )
     };
+    let input = if collectionless || pipeline.starts_with_documents() {
+        Vec::new()
+    } else {
+        read(&ns, pipeline.leading_match(), leading_match_doc(req)?)?
+    };
+    let mut foreign = std::collections::HashMap::new();
+    for name in pipeline.foreign_collections() {
+        let docs = read(&req.ns(&name), None, None)?;
+        foreign.insert(name, docs);
+    }
     drop(snapshot);
-    let output = pipeline.run(input)?;
+    // The pipeline asks for each collection once, so handing over (not copying) is enough.
+    let foreign = std::cell::RefCell::new(foreign);
+    let output = pipeline.run_with(input, &|name| {
+        Ok(foreign.borrow_mut().remove(name).unwrap_or_default())
+    })?;
     if let (Some(sink), Some(opts)) = (pipeline.sink(), write_opts) {
         write_sink(shared, req, sink, output, &opts).await?;
         let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
@@ -1332,13 +1367,20 @@ fn targets(
     // Partial indexes need the raw filter to prove they cover it; write statements go without.
     let access = choose(txn, coll, filter, &RawDocumentBuf::new(), &Hint::None)?;
     let mut out = Vec::new();
-    for_each_match(txn, coll, &access, filter, &mut Examined::default(), &mut |key, doc| {
-        out.push((key.clone(), doc.clone()));
-        if just_one {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    })?;
+    for_each_match(
+        txn,
+        coll,
+        &access,
+        filter,
+        &mut Examined::default(),
+        &mut |key, doc| {
+            out.push((key.clone(), doc.clone()));
+            if just_one {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -2072,23 +2114,30 @@ pub(super) fn distinct(
             raw_filter,
             &parse_hint(req.get("hint"), Some(&coll))?,
         )?;
-        for_each_match(view, &coll, &access, &filter, &mut Examined::default(), &mut |_, doc| {
-            for v in mangrove_query::distinct_values(doc, key) {
-                let v = bson::RawBson::from(v);
-                bytes += raw_size(&v);
-                values.push(v);
-            }
-            // Sorting and deduplicating as we go keeps memory near the answer's size.
-            if bytes > max {
-                dedup_values(&mut values);
-                bytes = values.iter().map(raw_size).sum();
-                if bytes > max {
-                    too_big = true;
-                    return ControlFlow::Break(());
+        for_each_match(
+            view,
+            &coll,
+            &access,
+            &filter,
+            &mut Examined::default(),
+            &mut |_, doc| {
+                for v in mangrove_query::distinct_values(doc, key) {
+                    let v = bson::RawBson::from(v);
+                    bytes += raw_size(&v);
+                    values.push(v);
                 }
-            }
-            ControlFlow::Continue(())
-        })?;
+                // Sorting and deduplicating as we go keeps memory near the answer's size.
+                if bytes > max {
+                    dedup_values(&mut values);
+                    bytes = values.iter().map(raw_size).sum();
+                    if bytes > max {
+                        too_big = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
         if too_big {
             return Err(CommandError::new(
                 17217,
@@ -2153,17 +2202,24 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
     if let Some(coll) = snapshot.collection(&ns) {
         let hint = parse_hint(req.get("hint"), Some(&coll))?;
         let access = choose(&snapshot, &coll, &filter, raw_filter, &hint)?;
-        for_each_match(&snapshot, &coll, &access, &filter, &mut Examined::default(), &mut |_, _| {
-            if skip > 0 {
-                skip -= 1;
-            } else {
-                n += 1;
-                if limit.is_some_and(|l| n >= l) {
-                    return ControlFlow::Break(());
+        for_each_match(
+            &snapshot,
+            &coll,
+            &access,
+            &filter,
+            &mut Examined::default(),
+            &mut |_, _| {
+                if skip > 0 {
+                    skip -= 1;
+                } else {
+                    n += 1;
+                    if limit.is_some_and(|l| n >= l) {
+                        return ControlFlow::Break(());
+                    }
                 }
-            }
-            ControlFlow::Continue(())
-        })?;
+                ControlFlow::Continue(())
+            },
+        )?;
     }
     Ok(doc! { "n": n as i64, "ok": 1.0 }.into())
 }

@@ -192,23 +192,18 @@ pub(super) async fn drop_indexes(shared: &Shared, req: &Request<'_>) -> CommandR
     req.check_fields(&["index"])?;
     let name = req.collection()?;
     let ns = req.ns(name);
-    let which = req
-        .get("index")
-        .ok_or_else(|| {
-            CommandError::new(
-                code::MISSING_FIELD,
-                "BSON field 'dropIndexes.index' is missing but a required field",
-            )
-        })?;
+    let which = req.get("index").ok_or_else(|| {
+        CommandError::new(
+            code::MISSING_FIELD,
+            "BSON field 'dropIndexes.index' is missing but a required field",
+        )
+    })?;
     let which = bson::RawBson::from(which);
     let opts = WriteOptions::from_request(req)?;
     wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
     let was = retry_conflicts(shared, &opts, |txn: &mut Txn| {
         let coll = txn.collection(&ns).ok_or_else(|| {
-            CommandError::new(
-                code::NAMESPACE_NOT_FOUND,
-                format!("ns not found {ns}"),
-            )
+            CommandError::new(code::NAMESPACE_NOT_FOUND, format!("ns not found {ns}"))
         })?;
         let was = coll.indexes.len() + 1;
         for name in index_names(&coll, which.as_raw_bson_ref())? {
@@ -233,9 +228,7 @@ fn index_names(coll: &CollectionInfo, which: RawBsonRef<'_>) -> CommandResult<Ve
         }
         coll.index(name)
             .map(|i| i.key.name.clone())
-            .ok_or_else(|| {
-                CommandError::new(27, format!("index not found with name [{name}]"))
-            })
+            .ok_or_else(|| CommandError::new(27, format!("index not found with name [{name}]")))
     };
     match which {
         RawBsonRef::String("*") => Ok(coll.indexes.iter().map(|i| i.key.name.clone()).collect()),
@@ -258,7 +251,9 @@ fn index_names(coll: &CollectionInfo, which: RawBsonRef<'_>) -> CommandResult<Ve
                 .iter()
                 .find(|i| i.key.key_pattern == pattern)
                 .map(|i| vec![i.key.name.clone()])
-                .ok_or_else(|| CommandError::new(27, format!("can't find index with key: {pattern}")))
+                .ok_or_else(|| {
+                    CommandError::new(27, format!("can't find index with key: {pattern}"))
+                })
         }
         _ => Err(CommandError::type_mismatch(
             "dropIndexes 'index' must be a name, a key pattern or an array of names",
@@ -338,7 +333,11 @@ fn explained<'a>(cmd: &'a RawDocument) -> CommandResult<(&'a str, Explained<'a>)
             e.limit = Some(1);
         }
         "delete" | "update" => {
-            let list = if name == "delete" { "deletes" } else { "updates" };
+            let list = if name == "delete" {
+                "deletes"
+            } else {
+                "updates"
+            };
             let stmt = first_stmt(list);
             e.filter = stmt.and_then(|s| match s.get("q").ok().flatten() {
                 Some(RawBsonRef::Document(q)) => Some(q),
@@ -349,10 +348,12 @@ fn explained<'a>(cmd: &'a RawDocument) -> CommandResult<(&'a str, Explained<'a>)
         "aggregate" => {
             e.filter = match cmd.get("pipeline").ok().flatten() {
                 Some(RawBsonRef::Array(stages)) => match stages.into_iter().next() {
-                    Some(Ok(RawBsonRef::Document(stage))) => match stage.get("$match").ok().flatten() {
-                        Some(RawBsonRef::Document(m)) => Some(m),
-                        _ => None,
-                    },
+                    Some(Ok(RawBsonRef::Document(stage))) => {
+                        match stage.get("$match").ok().flatten() {
+                            Some(RawBsonRef::Document(m)) => Some(m),
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 },
                 _ => None,
@@ -424,13 +425,20 @@ pub(super) fn explain_command(
             Some(_) => None,
         };
         let mut seen = 0u64;
-        for_each_match(&snapshot, coll, access, &filter, &mut examined, &mut |_, _| {
-            seen += 1;
-            if wanted.is_some_and(|w| seen >= w) {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        })?;
+        for_each_match(
+            &snapshot,
+            coll,
+            access,
+            &filter,
+            &mut examined,
+            &mut |_, _| {
+                seen += 1;
+                if wanted.is_some_and(|w| seen >= w) {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
         returned = seen.saturating_sub(e.skip);
         if let Some(l) = e.limit {
             returned = returned.min(l);
@@ -439,7 +447,8 @@ pub(super) fn explain_command(
     let micros = started.elapsed().as_micros() as i64;
     let elapsed = micros / 1000;
     if let Some(s) = e.sort {
-        let mut sort_stage = doc! { "stage": "SORT", "sortPattern": Document::try_from(s).map_err(internal)? };
+        let mut sort_stage =
+            doc! { "stage": "SORT", "sortPattern": Document::try_from(s).map_err(internal)? };
         if let Some(l) = e.limit {
             sort_stage.insert("limitAmount", l as i64);
         }
@@ -524,7 +533,11 @@ pub(crate) async fn ttl_monitor(shared: Arc<Shared>) {
     let mut last_pass = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let secs = shared.params.ttl_monitor_sleep_secs.load(Ordering::Relaxed).max(1);
+        let secs = shared
+            .params
+            .ttl_monitor_sleep_secs
+            .load(Ordering::Relaxed)
+            .max(1);
         if last_pass.elapsed() < Duration::from_secs(secs)
             || !shared.params.ttl_monitor_enabled.load(Ordering::Relaxed)
         {
@@ -585,7 +598,8 @@ async fn ttl_pass(shared: &Shared) -> CommandResult<u64> {
                 let mut walk = IndexWalk::new(index.clone(), &bounds);
                 let mut victims = Vec::new();
                 while victims.len() < TTL_BATCH {
-                    let chunk = walk.next_chunk(txn as &dyn ReadView, &coll, &mut Examined::default())?;
+                    let chunk =
+                        walk.next_chunk(txn as &dyn ReadView, &coll, &mut Examined::default())?;
                     if chunk.is_empty() {
                         break;
                     }
