@@ -162,7 +162,7 @@ fn usable_scalar(v: &RawBson) -> bool {
 
 fn bound_for(pred: &Pred) -> Option<FieldBound> {
     match pred {
-        Pred::Eq(v) if matches!(v, RawBson::Null) => {
+        Pred::Eq(RawBson::Null) => {
             Some(FieldBound::Points(vec![RawBson::Null, RawBson::Undefined]))
         }
         Pred::Eq(v) if usable_scalar(v) => Some(FieldBound::Points(vec![v.clone()])),
