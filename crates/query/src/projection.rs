@@ -1,4 +1,5 @@
-//! Find projections: inclusion, exclusion, `$slice`, `$elemMatch`, literal values and (as in
+//! Find projections: inclusion, exclusion, `$slice`, `$elemMatch`, positional (`a.$`), literal
+//! values and (as in
 //! MongoDB 4.4+) aggregation expressions such as `{x: "$a.b"}` or `{y: {$add: ["$a", 1]}}`.
 
 use bson::raw::CStr;
@@ -14,6 +15,9 @@ pub struct Projection {
     inclusion: bool,
     /// `{}` returns documents untouched.
     identity: bool,
+    /// Has a positional (`a.$`) item, which needs the query's filter to find its element.
+    positional: bool,
+    filter: Option<crate::Filter>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,6 +35,8 @@ enum Item {
         limit: Option<i64>,
     },
     ElemMatch(Box<Pred>),
+    /// `a.$`: the array element the query's condition matched.
+    Positional,
     Literal(RawBson),
     /// An aggregation expression, evaluated against the whole document.
     Computed(std::sync::Arc<Computed>),
@@ -87,8 +93,29 @@ impl Projection {
         let mut has_id = false;
         let mut flat = Vec::new();
         flatten(spec, String::new(), &mut flat)?;
+        let mut positional = false;
         for (path, value) in flat {
-            let (item, kind) = parse_item(&path, value)?;
+            let (path, item, kind) = match path.strip_suffix(".$") {
+                Some(base) if !base.is_empty() && !base.contains(".$") => {
+                    if positional {
+                        return Err(QueryError::location(
+                            31276,
+                            "Cannot specify more than one positional proj. per query.",
+                        ));
+                    }
+                    if !truthy(value) || matches!(value, RawBsonRef::Document(_)) {
+                        return Err(bad(format!(
+                            "positional projection on '{path}' must be an inclusion (1 or true)"
+                        )));
+                    }
+                    positional = true;
+                    (base.to_owned(), Item::Positional, Kind::Include)
+                }
+                _ => {
+                    let (item, kind) = parse_item(&path, value)?;
+                    (path, item, kind)
+                }
+            };
             let is_id = path == "_id";
             has_id |= is_id;
             if !is_id {
@@ -123,14 +150,29 @@ impl Projection {
             identity: root.children.is_empty(),
             root,
             inclusion,
+            positional,
+            filter: None,
         })
+    }
+
+    /// Gives a positional projection the query's filter, which decides the element `a.$`
+    /// returns (the first one the filter's condition on that array matched).
+    pub fn with_filter(mut self, filter: &crate::Filter) -> Projection {
+        if self.positional {
+            self.filter = Some(filter.clone());
+        }
+        self
     }
 
     pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
         if self.identity {
             return Ok(doc.to_owned());
         }
-        project_doc(doc, doc, &self.root, self.inclusion)
+        let pos = match &self.filter {
+            Some(f) if self.positional => f.positional_index(doc),
+            _ => None,
+        };
+        project_doc(doc, doc, &self.root, self.inclusion, pos)
     }
 }
 
@@ -176,8 +218,10 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
             "FieldPath field names may not be empty strings: '{path}'"
         )));
     }
-    if path.ends_with(".$") || path == "$" {
-        return Err(bad("positional projection ($) is not supported yet"));
+    if path.ends_with(".$") || path == "$" || path.contains(".$.") {
+        return Err(bad(format!(
+            "positional projection must be on a field path ending in '.$', once: '{path}'"
+        )));
     }
     if path.split('.').any(|p| p.starts_with('$')) {
         return Err(bad(format!(
@@ -314,6 +358,7 @@ fn project_doc(
     doc: &RawDocument,
     node: &Node,
     inclusion: bool,
+    pos: Option<usize>,
 ) -> Result<RawDocumentBuf, QueryError> {
     let mut out = RawDocumentBuf::new();
     for elem in doc.iter() {
@@ -329,17 +374,32 @@ fn project_doc(
             Some(Item::Sub(child)) => match value {
                 RawBsonRef::Document(d) => out.append(
                     key,
-                    RawBson::Document(project_doc(root, d, child, inclusion)?),
+                    RawBson::Document(project_doc(root, d, child, inclusion, pos)?),
                 ),
                 RawBsonRef::Array(a) => out.append(
                     key,
-                    RawBson::Array(project_array(root, a, child, inclusion)?),
+                    RawBson::Array(project_array(root, a, child, inclusion, pos)?),
                 ),
                 _ => {
                     if !inclusion {
                         out.append(key, value);
                     }
                 }
+            },
+            Some(Item::Positional) => match value {
+                RawBsonRef::Array(a) => {
+                    let element = pos.and_then(|i| a.into_iter().map_while(Result::ok).nth(i));
+                    let Some(element) = element else {
+                        return Err(QueryError::location(
+                            51246,
+                            "Executor error during find command :: caused by :: positional operator '.$' couldn't find a matching element in the array",
+                        ));
+                    };
+                    let mut arr = RawArrayBuf::new();
+                    arr.push(element);
+                    out.append(key, RawBson::Array(arr));
+                }
+                _ => out.append(key, value),
             },
             Some(Item::Slice { skip, limit }) => match value {
                 RawBsonRef::Array(a) => out.append(key, RawBson::Array(slice(a, *skip, *limit))),
@@ -375,7 +435,7 @@ fn project_doc(
                 let empty = RawDocumentBuf::new();
                 out.append(
                     cstr(key)?,
-                    RawBson::Document(project_doc(root, &empty, child, inclusion)?),
+                    RawBson::Document(project_doc(root, &empty, child, inclusion, pos)?),
                 );
             }
             _ => {}
@@ -389,16 +449,17 @@ fn project_array(
     arr: &RawArray,
     node: &Node,
     inclusion: bool,
+    pos: Option<usize>,
 ) -> Result<RawArrayBuf, QueryError> {
     let mut out = RawArrayBuf::new();
     for v in arr.into_iter().map_while(Result::ok) {
         match v {
-            RawBsonRef::Document(d) => {
-                out.push(RawBson::Document(project_doc(root, d, node, inclusion)?))
-            }
-            RawBsonRef::Array(a) => {
-                out.push(RawBson::Array(project_array(root, a, node, inclusion)?))
-            }
+            RawBsonRef::Document(d) => out.push(RawBson::Document(project_doc(
+                root, d, node, inclusion, pos,
+            )?)),
+            RawBsonRef::Array(a) => out.push(RawBson::Array(project_array(
+                root, a, node, inclusion, pos,
+            )?)),
             // Inclusion of a sub-path drops scalars; exclusion leaves them alone.
             _ => {
                 if !inclusion {

@@ -78,7 +78,7 @@ fn mixing_errors() {
     // _id may be excluded from an inclusion and included in an exclusion.
     Projection::parse(&raw(&doc! {"a": 1, "_id": 0})).unwrap();
     Projection::parse(&raw(&doc! {"a": 0, "_id": 1})).unwrap();
-    assert_eq!(proj_err(doc! {"a.$": 1}).code, 2);
+    assert_eq!(proj_err(doc! {"a.$": 0}).code, 2);
 }
 
 #[test]
@@ -244,4 +244,33 @@ fn find_projection_expressions() {
     assert_eq!(proj_err(doc! { "a": 0, "x": "$n" }).code, 31253);
     let p = Projection::parse(&raw(&doc! { "x": { "$divide": [1, 0] } })).unwrap();
     assert_eq!(p.apply(&raw(&d)).unwrap_err().code, 2);
+}
+
+#[test]
+fn positional_projection_returns_the_matched_element() {
+    use mangrove_query::Filter;
+    let d = doc! {"_id": 1, "grades": [70, 85, 92], "name": "x", "items": [{"k": "a"}, {"k": "b"}]};
+    let run = |filter: Document, spec: Document| -> Result<Document, QueryError> {
+        let f = Filter::parse(&raw(&filter)).unwrap();
+        let p = Projection::parse(&raw(&spec))?.with_filter(&f);
+        p.apply(&raw(&d))
+            .map(|out| Document::try_from(out).unwrap())
+    };
+    assert_eq!(
+        run(doc! {"grades": {"$gte": 80}}, doc! {"grades.$": 1}).unwrap(),
+        doc! {"_id": 1, "grades": [85]}
+    );
+    assert_eq!(
+        run(doc! {"items.k": "b"}, doc! {"items.$": 1, "name": 1}).unwrap(),
+        doc! {"_id": 1, "name": "x", "items": [{"k": "b"}]}
+    );
+    // No condition on the array: MongoDB's error, not a silent whole array.
+    assert_eq!(
+        run(doc! {"name": "x"}, doc! {"grades.$": 1})
+            .unwrap_err()
+            .code,
+        51246
+    );
+    assert_eq!(proj_err(doc! {"grades.$": 1, "items.$": 1}).code, 31276);
+    assert_eq!(proj_err(doc! {"$": 1}).code, 2);
 }

@@ -734,7 +734,7 @@ pub(super) fn find(
         _ => None,
     };
     let projection = match req.opt_doc("projection")? {
-        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?),
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?.with_filter(&filter)),
         _ => None,
     };
     let skip = non_negative(req, "skip")?.unwrap_or(0);
@@ -1749,7 +1749,7 @@ pub(super) async fn find_and_modify(
         _ => None,
     };
     let projection = match req.opt_doc("fields")? {
-        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?),
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?.with_filter(&filter)),
         _ => None,
     };
     let (remove, return_new, upsert) = (
