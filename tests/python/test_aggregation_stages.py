@@ -308,3 +308,23 @@ def test_group_n_accumulators_and_date_operators(db):
         {"_id": 0, "top": [4, 2], "month": datetime.datetime(2024, 2, 1), "plus": datetime.datetime(2024, 3, 4)},
         {"_id": 1, "top": [5, 3], "month": datetime.datetime(2024, 2, 1), "plus": datetime.datetime(2024, 3, 5)},
     ]
+
+
+def test_expr_runtime_errors_fail_the_query(db):
+    """An $expr that fails on some document fails the read (as in mongod), whatever the access
+    path: collection scan, index scan, count, update."""
+    db.e.insert_many([{"_id": 1, "a": 1}, {"_id": 2, "a": 0}])
+    bad = {"$expr": {"$gt": [{"$divide": [1, "$a"]}, 0]}}
+    for run in (
+        lambda: list(db.e.find(bad)),
+        lambda: db.e.count_documents(bad),
+        lambda: db.e.update_many(bad, {"$set": {"x": 1}}),
+    ):
+        with pytest.raises(OperationFailure) as e:
+            run()
+        assert e.value.code == 2
+    db.e.create_index("a")
+    with pytest.raises(OperationFailure) as e:
+        list(db.e.find({"a": {"$gte": 0}, **bad}))
+    assert e.value.code == 2
+    assert db.e.count_documents({"x": 1}) == 0

@@ -15,6 +15,8 @@ const MAX_FILTER_DEPTH: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Filter {
     root: Node,
+    /// Has an `$expr`, whose evaluation can fail at runtime (`$divide` by zero).
+    has_expr: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -152,9 +154,21 @@ pub(crate) enum Pred {
 
 impl Filter {
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
+        let root = parse_doc(filter, 0)?;
         Ok(Filter {
-            root: parse_doc(filter, 0)?,
+            has_expr: contains_expr(&root),
+            root,
         })
+    }
+
+    /// [`Filter::matches`], reporting an `$expr` that fails at runtime as mongod does; costs
+    /// nothing extra for filters without `$expr`.
+    pub fn try_matches(&self, doc: &RawDocument) -> Result<bool, QueryError> {
+        if self.has_expr {
+            self.matches_checked(doc)
+        } else {
+            Ok(self.root.matches(doc))
+        }
     }
 
     pub fn matches(&self, doc: &RawDocument) -> bool {
@@ -557,6 +571,15 @@ fn bad(msg: impl Into<String>) -> QueryError {
 
 fn invalid_bson(e: impl std::fmt::Display) -> QueryError {
     bad(format!("invalid BSON in filter: {e}"))
+}
+
+fn contains_expr(node: &Node) -> bool {
+    match node {
+        Node::Expr(_) => true,
+        Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(contains_expr),
+        // $elemMatch holds nested filters, but $expr is not allowed inside it.
+        _ => false,
+    }
 }
 
 pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryError> {

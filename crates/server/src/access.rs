@@ -263,19 +263,27 @@ pub fn for_each_match(
             examined.keys += 1;
             if let Some(doc) = view.get(coll, key)? {
                 examined.docs += 1;
-                if filter.matches(&doc) {
+                if filter.try_matches(&doc)? {
                     let _ = visit(key, &doc);
                 }
             }
         }
         Access::Collection => {
+            let mut failed = None;
             view.scan(coll, None, &mut |key, doc| {
                 examined.docs += 1;
-                if filter.matches(doc) {
-                    return visit(key, doc);
+                match filter.try_matches(doc) {
+                    Ok(true) => visit(key, doc),
+                    Ok(false) => ControlFlow::Continue(()),
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
                 }
-                ControlFlow::Continue(())
             })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
         }
         Access::Index { index, bounds, .. } => {
             let mut walk = IndexWalk::new(index.clone(), bounds);
@@ -285,7 +293,7 @@ pub fn for_each_match(
                     break;
                 }
                 for (key, doc) in &chunk {
-                    if filter.matches(doc) && visit(key, doc).is_break() {
+                    if filter.try_matches(doc)? && visit(key, doc).is_break() {
                         return Ok(());
                     }
                 }

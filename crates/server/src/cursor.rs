@@ -98,9 +98,15 @@ impl Cursor {
                     } = &mut **scan;
                     let mut finished = true;
                     let mut last: Option<DocKey> = None;
+                    let mut failed = None;
                     snapshot.scan(coll, after.as_ref(), |key, doc| {
-                        if !filter.matches(doc) {
-                            return ControlFlow::Continue(());
+                        match filter.try_matches(doc) {
+                            Ok(true) => {}
+                            Ok(false) => return ControlFlow::Continue(()),
+                            Err(e) => {
+                                failed = Some(e);
+                                return ControlFlow::Break(());
+                            }
                         }
                         if *skip > 0 {
                             *skip -= 1;
@@ -119,6 +125,9 @@ impl Cursor {
                         }
                         ControlFlow::Continue(())
                     })?;
+                    if let Some(e) = failed {
+                        return Err(e.into());
+                    }
                     if last.is_some() {
                         *after = last;
                     }
@@ -147,7 +156,7 @@ impl Cursor {
                             break;
                         }
                         for (_, doc) in chunk {
-                            if !scan.filter.matches(&doc) {
+                            if !scan.filter.try_matches(&doc)? {
                                 continue;
                             }
                             if scan.skip > 0 {
