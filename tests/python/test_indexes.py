@@ -398,3 +398,36 @@ def test_indexes_survive_kill_9(restartable):
     with pytest.raises(DuplicateKeyError):
         coll.insert_one({"u": 1})
     c.close()
+
+
+def test_sort_served_by_an_index(db):
+    coll = db.sorted
+    coll.insert_many([{"_id": i, "k": (i * 37) % 1000, "g": i % 3} for i in range(1000)])
+    coll.create_index([("g", 1), ("k", -1)])
+    coll.create_index("k")
+
+    def same(query, sort, limit):
+        got = [d["_id"] for d in coll.find(query).sort(sort).limit(limit)]
+        want = [d["_id"] for d in coll.find(query).sort(sort).limit(limit).hint([("$natural", 1)])]
+        assert got == want
+        return coll.find(query).sort(sort).limit(limit).explain()
+
+    # No filter: the index order replaces the blocking sort, and the limit stops the walk.
+    e = same({}, [("k", 1)], 5)
+    assert "'SORT'" not in str(e["queryPlanner"]["winningPlan"])
+    assert e["executionStats"]["totalKeysExamined"] == 5
+    # An equality prefix, then the sort on the next field in the index's direction.
+    e = same({"g": 1}, [("k", -1)], 10)
+    assert winning_stage(e)["inputStage"]["indexName"] == "g_1_k_-1"
+    assert "'SORT'" not in str(e["queryPlanner"]["winningPlan"])
+    assert e["executionStats"]["totalKeysExamined"] == 10
+    # A range on the sorted field itself.
+    e = same({"k": {"$gt": 500}}, [("k", 1)], 3)
+    assert e["executionStats"]["totalKeysExamined"] == 3
+    # Against the index's direction there is no backward scan yet: a blocking sort, still right.
+    e = same({}, [("k", -1)], 5)
+    assert "'SORT'" in str(e["queryPlanner"]["winningPlan"])
+    # Once the index is multikey its order no longer serves sorts.
+    coll.insert_one({"_id": "arr", "k": [3, 999], "g": 0})
+    e = same({}, [("k", 1)], 5)
+    assert "'SORT'" in str(e["queryPlanner"]["winningPlan"])

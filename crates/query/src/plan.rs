@@ -32,6 +32,30 @@ pub struct IndexBounds {
     pub display: Document,
     /// Higher is more selective: two per equality field, one for a range.
     pub score: usize,
+    /// How many leading fields the bounds pin to a single value: a sort may start after them
+    /// (or on them) and still be served by the index's order.
+    pub eq_prefix: usize,
+}
+
+impl IndexBounds {
+    /// Whether scanning these bounds in order yields documents in `sort` order (`(path,
+    /// descending)` pairs): the sort must be a run of the index's fields, in the index's
+    /// directions, with every field before the run pinned to one value. Only for an index that
+    /// is not multikey, where each document has one key.
+    pub fn provides_sort(&self, spec: &IndexSpec, sort: &[(String, bool)], multikey: bool) -> bool {
+        if multikey || sort.is_empty() {
+            return false;
+        }
+        (0..=self.eq_prefix).any(|start| {
+            let run = spec.fields.get(start..start + sort.len());
+            run.is_some_and(|fields| {
+                fields
+                    .iter()
+                    .zip(sort)
+                    .all(|(f, (path, desc))| f.path == *path && f.descending == *desc)
+            })
+        })
+    }
 }
 
 /// A field's condition in value space.
@@ -267,6 +291,7 @@ pub fn index_bounds(
     let mut prefixes: Vec<Vec<u8>> = vec![Vec::new()];
     let mut tail: Option<(Vec<(End, End)>, bool)> = None;
     let mut score = 0;
+    let mut eq_prefix = 0;
     let mut display = Document::new();
     let mut bounded = true;
     for (field, bound) in spec.fields.iter().zip(&per_field) {
@@ -293,6 +318,9 @@ pub fn index_bounds(
                 }
                 prefixes = next;
                 score += 2;
+                if ranges.len() == 1 && 2 * eq_prefix + 2 == score {
+                    eq_prefix += 1;
+                }
             }
             Some(b @ FieldBound::Range { .. }) => {
                 tail = Some((b.byte_ranges(field.descending), true));
@@ -335,6 +363,7 @@ pub fn index_bounds(
         intervals,
         display,
         score,
+        eq_prefix,
     })
 }
 

@@ -3,7 +3,7 @@
 //! collection. Whatever the path, every document it yields is checked against the whole filter,
 //! so the planner may only make the candidate set smaller, never wrong.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -34,7 +34,28 @@ pub enum Access {
         index: Arc<IndexInfo>,
         bounds: Arc<IndexBounds>,
         multikey: bool,
+        /// The walk yields documents in the query's sort order: no blocking sort needed.
+        sorted: bool,
     },
+}
+
+impl Access {
+    pub fn sorted(&self) -> bool {
+        matches!(self, Access::Index { sorted: true, .. })
+    }
+}
+
+/// A sort specification as `(path, descending)` pairs, or `None` for one an index cannot serve
+/// (`$meta`).
+pub fn sort_fields(spec: Option<&RawDocument>) -> Option<Vec<(String, bool)>> {
+    let spec = spec?;
+    let mut out = Vec::new();
+    for item in spec.iter() {
+        let (k, v) = item.ok()?;
+        let n = crate::request::as_i64(v)?;
+        out.push((k.as_str().to_owned(), n < 0));
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// What a plan looked at: MongoDB's `totalKeysExamined` and `totalDocsExamined`.
@@ -131,13 +152,18 @@ pub fn choose(
     filter: &Filter,
     raw: &RawDocument,
     hint: &Hint,
+    sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
-    let index_access =
-        |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| Access::Index {
+    let sort = sort.unwrap_or(&[]);
+    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
+        let sorted = bounds.provides_sort(&index.key, sort, multikey);
+        Access::Index {
             index: index.clone(),
             bounds: Arc::new(bounds),
             multikey,
-        };
+            sorted,
+        }
+    };
     match hint {
         Hint::Natural => return Ok(Access::Collection),
         Hint::Id => {
@@ -168,30 +194,58 @@ pub fn choose(
         let Some(bounds) = index_bounds(filter, raw, &index.key, false, multikey) else {
             continue;
         };
-        // Ties go to the index likely to hold fewer entries: unique, then partial, then sparse.
-        let rank = |i: &IndexInfo| (i.key.unique, i.key.partial.is_some(), i.key.sparse);
+        // Ties go to an index that also gives the sort order, then to the one likely to hold
+        // fewer entries: unique, then partial, then sparse.
+        let rank = |i: &IndexInfo, b: &IndexBounds, m: bool| {
+            (
+                b.provides_sort(&i.key, sort, m),
+                i.key.unique,
+                i.key.partial.is_some(),
+                i.key.sparse,
+            )
+        };
         let better = match &best {
             None => true,
-            Some((b, bb, _)) => {
-                bounds.score > bb.score || (bounds.score == bb.score && rank(index) > rank(b))
+            Some((b, bb, bm)) => {
+                bounds.score > bb.score
+                    || (bounds.score == bb.score
+                        && rank(index, &bounds, multikey) > rank(b, bb, *bm))
             }
         };
         if better {
             best = Some((index, bounds, multikey));
         }
     }
-    Ok(match best {
-        Some((index, bounds, multikey)) => index_access(index, bounds, multikey),
-        None => Access::Collection,
-    })
+    if let Some((index, bounds, multikey)) = best {
+        return Ok(index_access(index, bounds, multikey));
+    }
+    // No index narrows the filter; one that gives the sort order still saves the blocking sort
+    // (and with a limit, most of the scan). Sparse and partial indexes may lack documents.
+    for index in &coll.indexes {
+        if index.key.sparse || index.key.partial.is_some() || sort.is_empty() {
+            continue;
+        }
+        let multikey = view.index_multikey(index)?;
+        if let Some(bounds) = index_bounds(filter, raw, &index.key, true, multikey)
+            && bounds.provides_sort(&index.key, sort, multikey)
+        {
+            return Ok(index_access(index, bounds, multikey));
+        }
+    }
+    Ok(Access::Collection)
 }
 
-/// A resumable walk over an index's intervals that fetches each document once.
+/// A resumable walk over an index's intervals that fetches each document once, only when it is
+/// asked for: a query with a small limit reads few entries and documents.
 pub struct IndexWalk {
     pub index: Arc<IndexInfo>,
     intervals: Vec<KeyInterval>,
     pos: usize,
     after: Option<DocKey>,
+    /// Entries read from the engine, not yet consumed: (entry key, document key).
+    pending: VecDeque<(DocKey, DocKey)>,
+    /// Entries read per call into the engine; grows as the walk goes on.
+    chunk: usize,
     /// Documents already produced: a multikey index has several entries per document.
     seen: HashSet<DocKey>,
 }
@@ -203,32 +257,21 @@ impl IndexWalk {
             intervals: bounds.intervals.clone(),
             pos: 0,
             after: None,
+            pending: VecDeque::new(),
+            chunk: 16,
             seen: HashSet::new(),
         }
     }
 
-    /// The next documents the index reaches (not yet filtered), or an empty vector at the end.
-    pub fn next_chunk(
+    /// The next document the index reaches (not yet filtered), or `None` at the end.
+    pub fn next_doc(
         &mut self,
         view: &dyn ReadView,
         coll: &CollectionInfo,
         examined: &mut Examined,
-    ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
-        while self.pos < self.intervals.len() {
-            let entries = view.index_scan(
-                &self.index,
-                &self.intervals[self.pos],
-                self.after.as_ref(),
-                INDEX_CHUNK,
-            )?;
-            let Some((last, _)) = entries.last() else {
-                self.pos += 1;
-                self.after = None;
-                continue;
-            };
-            self.after = Some(last.clone());
-            let mut out = Vec::with_capacity(entries.len());
-            for (_, target) in entries {
+    ) -> CommandResult<Option<(DocKey, StoredDoc)>> {
+        loop {
+            while let Some((_, target)) = self.pending.pop_front() {
                 examined.keys += 1;
                 if !self.seen.insert(target.clone()) {
                     continue;
@@ -237,14 +280,28 @@ impl IndexWalk {
                 // An entry always has its document in the same snapshot; tolerate a missing
                 // one rather than fail the read.
                 if let Some(doc) = view.get(coll, &target)? {
-                    out.push((target, doc));
+                    return Ok(Some((target, doc)));
                 }
             }
-            if !out.is_empty() {
-                return Ok(out);
+            if self.pos >= self.intervals.len() {
+                return Ok(None);
             }
+            let entries = view.index_scan(
+                &self.index,
+                &self.intervals[self.pos],
+                self.after.as_ref(),
+                self.chunk,
+            )?;
+            self.chunk = (self.chunk * 4).min(INDEX_CHUNK);
+            match entries.last() {
+                Some((last, _)) => self.after = Some(last.clone()),
+                None => {
+                    self.pos += 1;
+                    self.after = None;
+                }
+            }
+            self.pending.extend(entries);
         }
-        Ok(Vec::new())
     }
 }
 
@@ -287,15 +344,9 @@ pub fn for_each_match(
         }
         Access::Index { index, bounds, .. } => {
             let mut walk = IndexWalk::new(index.clone(), bounds);
-            loop {
-                let chunk = walk.next_chunk(view, coll, examined)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                for (key, doc) in &chunk {
-                    if filter.try_matches(doc)? && visit(key, doc).is_break() {
-                        return Ok(());
-                    }
+            while let Some((key, doc)) = walk.next_doc(view, coll, examined)? {
+                if filter.try_matches(&doc)? && visit(&key, &doc).is_break() {
+                    return Ok(());
                 }
             }
         }
@@ -319,6 +370,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             index,
             bounds,
             multikey,
+            ..
         } => {
             let mut fetch = doc! { "stage": "FETCH" };
             if !filter_doc.is_empty() {

@@ -149,22 +149,20 @@ impl Cursor {
                             out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
                             continue;
                         }
-                        let chunk =
+                        let Some((_, doc)) =
                             scan.walk
-                                .next_chunk(&scan.snapshot, &scan.coll, &mut examined)?;
-                        if chunk.is_empty() {
+                                .next_doc(&scan.snapshot, &scan.coll, &mut examined)?
+                        else {
                             break;
+                        };
+                        if !scan.filter.try_matches(&doc)? {
+                            continue;
                         }
-                        for (_, doc) in chunk {
-                            if !scan.filter.try_matches(&doc)? {
-                                continue;
-                            }
-                            if scan.skip > 0 {
-                                scan.skip -= 1;
-                                continue;
-                            }
-                            scan.pending.push_back(doc);
+                        if scan.skip > 0 {
+                            scan.skip -= 1;
+                            continue;
                         }
+                        scan.pending.push_back(doc);
                     }
                 }
                 Source::Buffered(docs) => {

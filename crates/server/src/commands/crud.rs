@@ -14,7 +14,9 @@ use mangrove_storage::{
     Txn,
 };
 
-use crate::access::{Access, Examined, Hint, IndexWalk, choose, for_each_match, parse_hint};
+use crate::access::{
+    Access, Examined, Hint, IndexWalk, choose, for_each_match, parse_hint, sort_fields,
+};
 use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_bool, as_i64, type_name};
@@ -757,7 +759,8 @@ pub(super) fn find(
         Some(txn) => txn,
         None => &snapshot,
     };
-    let access = choose(view, &coll, &filter, raw_filter, &hint)?;
+    let sort_by = sort_fields(req.opt_doc("sort")?);
+    let access = choose(view, &coll, &filter, raw_filter, &hint, sort_by.as_deref())?;
 
     let mut cursor = Cursor {
         ns: ns.clone(),
@@ -778,19 +781,11 @@ pub(super) fn find(
             .get(&coll, key)?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
-    } else if sort.is_some() || txn.is_some() {
+    } else if (sort.is_some() && !access.sorted()) || txn.is_some() {
         // A transaction's cursor is computed now, from the transaction's view, so it needs no
         // live transaction later.
-        let docs = collect_matches(
-            shared,
-            view,
-            &coll,
-            &access,
-            &filter,
-            sort.as_ref(),
-            skip,
-            limit,
-        )?;
+        let sort = sort.as_ref().filter(|_| !access.sorted());
+        let docs = collect_matches(shared, view, &coll, &access, &filter, sort, skip, limit)?;
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
     } else if let Access::Index { index, bounds, .. } = access {
@@ -993,6 +988,7 @@ pub(super) async fn aggregate(
                 filter,
                 raw,
                 &parse_hint(req.get("hint"), Some(&coll))?,
+                None,
             )?,
             None => Access::Collection,
         };
@@ -1365,7 +1361,7 @@ fn targets(
     just_one: bool,
 ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
     // Partial indexes need the raw filter to prove they cover it; write statements go without.
-    let access = choose(txn, coll, filter, &RawDocumentBuf::new(), &Hint::None)?;
+    let access = choose(txn, coll, filter, &RawDocumentBuf::new(), &Hint::None, None)?;
     let mut out = Vec::new();
     for_each_match(
         txn,
@@ -2113,6 +2109,7 @@ pub(super) fn distinct(
             &filter,
             raw_filter,
             &parse_hint(req.get("hint"), Some(&coll))?,
+            None,
         )?;
         for_each_match(
             view,
@@ -2201,7 +2198,7 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
     let mut n = 0u64;
     if let Some(coll) = snapshot.collection(&ns) {
         let hint = parse_hint(req.get("hint"), Some(&coll))?;
-        let access = choose(&snapshot, &coll, &filter, raw_filter, &hint)?;
+        let access = choose(&snapshot, &coll, &filter, raw_filter, &hint, None)?;
         for_each_match(
             &snapshot,
             &coll,

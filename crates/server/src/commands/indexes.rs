@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, IndexSpec, SortSpec, expired_bounds};
-use mangrove_storage::{CollectionInfo, ReadView, Txn};
+use mangrove_storage::{CollectionInfo, Txn};
 
 use crate::Shared;
-use crate::access::{Examined, IndexWalk, choose, for_each_match, parse_hint, plan_stage};
+use crate::access::{
+    Access, Examined, IndexWalk, choose, for_each_match, parse_hint, plan_stage, sort_fields,
+};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
@@ -413,7 +415,14 @@ pub(super) fn explain_command(
     let (mut plan, access) = match &coll {
         None => (doc! { "stage": "EOF" }, None),
         Some(coll) => {
-            let access = choose(&snapshot, coll, &filter, raw_filter, &hint)?;
+            let access = choose(
+                &snapshot,
+                coll,
+                &filter,
+                raw_filter,
+                &hint,
+                sort_fields(e.sort).as_deref(),
+            )?;
             (plan_stage(&access, &filter_doc), Some(access))
         }
     };
@@ -421,8 +430,8 @@ pub(super) fn explain_command(
         && verbosity != "queryPlanner"
     {
         let wanted = match &sort {
-            None => e.limit.map(|l| l + e.skip),
-            Some(_) => None,
+            Some(_) if !access.sorted() => None,
+            _ => e.limit.map(|l| l + e.skip),
         };
         let mut seen = 0u64;
         for_each_match(
@@ -446,7 +455,8 @@ pub(super) fn explain_command(
     }
     let micros = started.elapsed().as_micros() as i64;
     let elapsed = micros / 1000;
-    if let Some(s) = e.sort {
+    let sorted = access.as_ref().is_some_and(Access::sorted);
+    if let Some(s) = e.sort.filter(|_| !sorted) {
         let mut sort_stage =
             doc! { "stage": "SORT", "sortPattern": Document::try_from(s).map_err(internal)? };
         if let Some(l) = e.limit {
@@ -594,23 +604,19 @@ async fn ttl_pass(shared: &Shared) -> CommandResult<u64> {
                     intervals: vec![bounds.clone()],
                     display: Document::new(),
                     score: 0,
+                    eq_prefix: 0,
                 };
                 let mut walk = IndexWalk::new(index.clone(), &bounds);
                 let mut victims = Vec::new();
+                let mut examined = Examined::default();
                 while victims.len() < TTL_BATCH {
-                    let chunk =
-                        walk.next_chunk(txn as &dyn ReadView, &coll, &mut Examined::default())?;
-                    if chunk.is_empty() {
+                    let Some((key, doc)) = walk.next_doc(&*txn, &coll, &mut examined)? else {
                         break;
+                    };
+                    if expired.matches(&doc) {
+                        victims.push(key);
                     }
-                    victims.extend(
-                        chunk
-                            .into_iter()
-                            .filter(|(_, d)| expired.matches(d))
-                            .map(|(k, _)| k),
-                    );
                 }
-                victims.truncate(TTL_BATCH);
                 for key in &victims {
                     txn.delete(&coll, key.clone())?;
                 }
