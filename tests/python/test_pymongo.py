@@ -589,3 +589,16 @@ def test_concurrent_clients(server):
         t.join(120)
     assert not any(t.is_alive() for t in threads), "a worker hung"
     assert not errors, errors
+
+
+def test_decimal128_inc_and_mul_are_exact(db):
+    from bson.decimal128 import Decimal128
+
+    db.money.insert_one({"_id": 1, "balance": Decimal128("0.10")})
+    db.money.update_one({"_id": 1}, {"$inc": {"balance": Decimal128("0.20")}})
+    assert db.money.find_one({"_id": 1})["balance"] == Decimal128("0.30")
+    db.money.update_one({"_id": 1}, {"$mul": {"balance": 3}})
+    assert db.money.find_one({"_id": 1})["balance"] == Decimal128("0.90")
+    for _ in range(10):
+        db.money.update_one({"_id": 1}, {"$inc": {"balance": Decimal128("-0.01")}})
+    assert db.money.find_one({"_id": 1})["balance"] == Decimal128("0.80")

@@ -5,15 +5,17 @@
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
-//! `$where`, `$text`, geo and `$jsonSchema` filters; `$meta` sorts and projections; positional
-//! (`.$`) projection; time zones other than UTC and fixed offsets in date expressions;
-//! spilling to disk (`allowDiskUse`) in aggregation. Regular expressions use the `regex` crate, so PCRE-only constructs
+//! `$where`, `$text` and geo filters; `$meta` sorts and projections; time zones other than UTC
+//! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
+//! non-simple collations. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
-//! encoded through its nearest double, and `$inc`/`$mul` on Decimal128 compute in doubles.
+//! encoded through its nearest double; `$inc`/`$mul` on Decimal128 are exact to 34 digits
+//! (doubles only for operands too wide for 128-bit coefficients).
 
 mod aggregate;
 mod compare;
 mod dates;
+mod decimal;
 mod error;
 mod expr;
 mod filter;

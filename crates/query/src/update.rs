@@ -1154,7 +1154,8 @@ fn zero_like(arg: &Bson) -> Bson {
 
 /// `$inc`/`$mul` with MongoDB's type promotion: int32 widens to int64 on overflow, int64
 /// overflow is an error (None), doubles win over integers and Decimal128 over everything.
-/// Decimal arithmetic is approximated through doubles.
+/// Decimal arithmetic is exact (see `decimal.rs`) unless the operands are too wide for it, then
+/// approximated through doubles.
 fn arith(cur: &Bson, arg: &Bson, add: bool) -> Option<Bson> {
     let as_f64 = |v: &Bson| match v {
         Bson::Int32(i) => f64::from(*i),
@@ -1170,6 +1171,9 @@ fn arith(cur: &Bson, arg: &Bson, add: bool) -> Option<Bson> {
     };
     match (cur, arg) {
         (Bson::Decimal128(_), _) | (_, Bson::Decimal128(_)) => {
+            if let Some(exact) = crate::decimal::arith(cur, arg, add) {
+                return Some(exact);
+            }
             let x = if add {
                 as_f64(cur) + as_f64(arg)
             } else {
