@@ -5,7 +5,7 @@
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
-//! `$where`, `$text`, geo and `$jsonSchema` filters; `$meta` sorts and projections; positional
+//! `$where`, `$text` and geo filters; `$meta` sorts and projections; positional
 //! (`.$`) projection; time zones other than UTC and fixed offsets in date expressions;
 //! spilling to disk (`allowDiskUse`) in aggregation. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
@@ -18,6 +18,7 @@ mod error;
 mod expr;
 mod filter;
 mod index;
+mod jsonschema;
 mod key;
 mod path;
 mod plan;
