@@ -9,7 +9,7 @@ use crate::error::QueryError;
 use crate::path::{split_path, walk};
 
 /// MongoDB refuses filters nested deeper than this; the limit also bounds our recursion.
-const MAX_FILTER_DEPTH: usize = 100;
+pub(crate) const MAX_FILTER_DEPTH: usize = 100;
 
 /// A parsed filter, evaluated per document against the raw bytes.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub(crate) enum Node {
     Nor(Vec<Node>),
     /// `$expr`: an aggregation expression over the whole document, true when truthy.
     Expr(std::sync::Arc<ExprNode>),
+    /// `$jsonSchema`, judged against the whole document (an array element under `$elemMatch`).
+    JsonSchema(Box<crate::jsonschema::Schema>),
     Field {
         path: String,
         parts: Vec<String>,
@@ -338,6 +340,7 @@ impl Node {
             Node::Or(children) => children.iter().any(|c| c.matches(doc)),
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
+            Node::JsonSchema(schema) => schema.matches_document(doc),
             // Matching is infallible by signature; an expression's runtime error is kept for
             // `Filter::matches_checked` to report and the document counts as not matching.
             Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
@@ -493,7 +496,7 @@ pub(crate) fn type_code(v: RawBsonRef<'_>) -> i32 {
     }
 }
 
-fn type_alias(name: &str) -> Option<TypeSel> {
+pub(crate) fn type_alias(name: &str) -> Option<TypeSel> {
     let code = match name {
         "double" => 1,
         "string" => 2,
@@ -608,7 +611,10 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "expr" => nodes.push(Node::Expr(std::sync::Arc::new(ExprNode(
                     crate::expr::Expr::parse(value)?,
                 )))),
-                "where" | "text" | "jsonSchema" | "sampleRate" => {
+                "jsonSchema" => nodes.push(Node::JsonSchema(Box::new(
+                    crate::jsonschema::Schema::parse(value, depth)?,
+                ))),
+                "where" | "text" | "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {
@@ -788,7 +794,7 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
         "$where" | "$text" | "$geoWithin" | "$geoIntersects" | "$near" | "$nearSphere"
-        | "$expr" | "$jsonSchema" => Err(bad(format!("{name} is not supported yet"))),
+        | "$expr" => Err(bad(format!("{name} is not supported yet"))),
         _ => Err(bad(format!("unknown operator: {name}"))),
     }
 }
@@ -937,7 +943,14 @@ pub(crate) fn parse_elem_match(value: RawBsonRef<'_>, depth: usize) -> Result<Pr
             k.starts_with('$')
                 && !matches!(
                     k,
-                    "$and" | "$or" | "$nor" | "$where" | "$expr" | "$text" | "$comment"
+                    "$and"
+                        | "$or"
+                        | "$nor"
+                        | "$where"
+                        | "$expr"
+                        | "$text"
+                        | "$comment"
+                        | "$jsonSchema"
                 )
         }
         _ => false,

@@ -20,6 +20,7 @@ mod error;
 mod expr;
 mod filter;
 mod index;
+mod jsonschema;
 mod key;
 mod path;
 mod plan;
