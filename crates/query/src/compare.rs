@@ -156,7 +156,8 @@ fn compare_at(a: RawBsonRef<'_>, b: RawBsonRef<'_>, depth: usize) -> Ordering {
         (
             RawBsonRef::String(x) | RawBsonRef::Symbol(x),
             RawBsonRef::String(y) | RawBsonRef::Symbol(y),
-        ) => x.as_bytes().cmp(y.as_bytes()),
+        ) => crate::collation::compare_strings(x, y)
+            .unwrap_or_else(|| x.as_bytes().cmp(y.as_bytes())),
         (RawBsonRef::Document(x), RawBsonRef::Document(y)) => compare_documents(x, y, depth + 1),
         (RawBsonRef::Array(x), RawBsonRef::Array(y)) => compare_arrays(x, y, depth + 1),
         (RawBsonRef::Binary(x), RawBsonRef::Binary(y)) => x

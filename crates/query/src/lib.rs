@@ -7,12 +7,13 @@
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
 //! `$where`, `$text` and geo filters; `$meta` sorts and projections; time zones other than UTC
 //! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
-//! non-simple collations. Regular expressions use the `regex` crate, so PCRE-only constructs
+//! collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
 //! encoded through its nearest double; `$inc`/`$mul` on Decimal128 are exact to 34 digits
 //! (doubles only for operands too wide for 128-bit coefficients).
 
 mod aggregate;
+mod collation;
 mod compare;
 mod dates;
 mod decimal;
@@ -29,6 +30,7 @@ mod sort;
 mod update;
 
 pub use aggregate::{DEFAULT_MEMORY_LIMIT, Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
+pub use collation::{Collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;

@@ -155,6 +155,11 @@ pub fn choose(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
+    // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
+    // would miss matches, so a collated query scans.
+    if mangrove_query::collation_active() {
+        return Ok(Access::Collection);
+    }
     let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
         let sorted = bounds.provides_sort(&index.key, sort, multikey);
         Access::Index {

@@ -224,6 +224,18 @@ pub(super) async fn create(
     Ok(doc! { "ok": 1.0 }.into())
 }
 
+/// A command's `collation`: `None` for the simple (binary) one. See
+/// `mangrove_query::Collation` for what is supported.
+pub(super) fn parse_collation(
+    collation: Option<&RawDocument>,
+) -> CommandResult<Option<mangrove_query::Collation>> {
+    match collation {
+        None => Ok(None),
+        Some(c) => Ok(mangrove_query::Collation::parse(c)?),
+    }
+}
+
+/// A collection's or index's default collation: only the simple one is supported.
 pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
     if let Some(c) = collation {
         let locale = c.get_str("locale").ok();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, with_let};
+use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, with_collation, with_let};
 use mangrove_storage::{
     CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, Snapshot, StorageError, StoredDoc,
     Txn,
@@ -24,7 +24,7 @@ use crate::retryable::RetryableWrite;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::catalog::{check_simple_collation, internal, validate_collection_name};
+use super::catalog::{internal, parse_collation, validate_collection_name};
 
 /// A write command may carry at most this many statements, as mongod's `maxWriteBatchSize`.
 const MAX_WRITE_BATCH: usize = 100_000;
@@ -721,6 +721,21 @@ pub(super) fn find(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    with_collation(collation.as_ref(), || {
+        find_with(shared, req, txn, at, collation.is_some())
+    })
+}
+
+/// `find` with its collation set; a collated query is answered at once (its cursor could not
+/// keep the collation for `getMore`).
+fn find_with(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+    collated: bool,
+) -> CommandResult<Reply> {
     req.check_fields(FIND_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     let name = req.collection()?;
@@ -743,7 +758,6 @@ pub(super) fn find(
     let limit = non_negative(req, "limit")?.filter(|&l| l > 0);
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
-    check_simple_collation(req.opt_doc("collation")?)?;
     unsupported_find_options(req)?;
 
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
@@ -781,7 +795,7 @@ pub(super) fn find(
             .get(&coll, key)?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
-    } else if (sort.is_some() && !access.sorted()) || txn.is_some() {
+    } else if (sort.is_some() && !access.sorted()) || txn.is_some() || collated {
         // A transaction's cursor is computed now, from the transaction's view, so it needs no
         // live transaction later.
         let sort = sort.as_ref().filter(|_| !access.sorted());
@@ -934,7 +948,7 @@ pub(super) async fn aggregate(
         ));
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
-    check_simple_collation(req.opt_doc("collation")?)?;
+    let collation = parse_collation(req.opt_doc("collation")?)?;
     if pipeline.sink().is_some() && txn.is_some() {
         return Err(CommandError::new(
             code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
@@ -1002,7 +1016,9 @@ pub(super) async fn aggregate(
     let input = if collectionless || pipeline.starts_with_documents() {
         Vec::new()
     } else {
-        read(&ns, pipeline.leading_match(), leading_match_doc(req)?)?
+        with_collation(collation.as_ref(), || {
+            read(&ns, pipeline.leading_match(), leading_match_doc(req)?)
+        })?
     };
     let mut foreign = std::collections::HashMap::new();
     for name in pipeline.foreign_collections() {
@@ -1012,8 +1028,10 @@ pub(super) async fn aggregate(
     drop(snapshot);
     // The pipeline asks for each collection once, so handing over (not copying) is enough.
     let foreign = std::cell::RefCell::new(foreign);
-    let output = pipeline.run_with(input, &|name| {
-        Ok(foreign.borrow_mut().remove(name).unwrap_or_default())
+    let output = with_collation(collation.as_ref(), || {
+        pipeline.run_with(input, &|name| {
+            Ok(foreign.borrow_mut().remove(name).unwrap_or_default())
+        })
     })?;
     if let (Some(sink), Some(opts)) = (pipeline.sink(), write_opts) {
         write_sink(shared, req, sink, output, &opts).await?;
@@ -1644,7 +1662,7 @@ pub(super) async fn update(
                     "multi update is not supported for replacement-style update",
                 ));
             }
-            check_simple_collation(match stmt.get("collation").ok().flatten() {
+            let collation = parse_collation(match stmt.get("collation").ok().flatten() {
                 Some(RawBsonRef::Document(c)) => Some(c),
                 _ => None,
             })?;
@@ -1661,7 +1679,9 @@ pub(super) async fn update(
                 }
             };
             run_write(shared, &opts, txn_here, |txn| {
-                let outcome = run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)?;
+                let outcome = with_collation(collation.as_ref(), || {
+                    run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)
+                })?;
                 if let Some(retry) = &opts.retry {
                     retry.note(index, outcome.to_record());
                 }
@@ -1805,7 +1825,7 @@ pub(super) async fn find_and_modify(
             "Cannot specify both upsert=true and remove=true ",
         ));
     }
-    check_simple_collation(req.opt_doc("collation")?)?;
+    let collation = parse_collation(req.opt_doc("collation")?)?;
     // A retry of a findAndModify that ran returns what it returned then (pre- or post-image).
     if let Some(recorded) = opts.retry.as_ref().and_then(|r| r.recorded(0))
         && let Some(recorded) = recorded.as_document()
@@ -1835,23 +1855,25 @@ pub(super) async fn find_and_modify(
         },
         Some(coll) => {
             run_write(shared, &opts, txn, |t| {
-                let target = match &sort {
-                    None => targets(t, &coll, &filter, true)?.into_iter().next(),
-                    Some(sort) => {
-                        let mut best: Option<(DocKey, StoredDoc)> = None;
-                        t.scan(&coll, None, |key, doc| {
-                            if filter.matches(doc)
-                                && best
-                                    .as_ref()
-                                    .is_none_or(|(_, b)| sort.compare(doc, b).is_lt())
-                            {
-                                best = Some((key.clone(), doc.clone()));
-                            }
-                            ControlFlow::Continue(())
-                        })?;
-                        best
-                    }
-                };
+                let target = with_collation(collation.as_ref(), || -> CommandResult<_> {
+                    Ok(match &sort {
+                        None => targets(t, &coll, &filter, true)?.into_iter().next(),
+                        Some(sort) => {
+                            let mut best: Option<(DocKey, StoredDoc)> = None;
+                            t.scan(&coll, None, |key, doc| {
+                                if filter.matches(doc)
+                                    && best
+                                        .as_ref()
+                                        .is_none_or(|(_, b)| sort.compare(doc, b).is_lt())
+                                {
+                                    best = Some((key.clone(), doc.clone()));
+                                }
+                                ControlFlow::Continue(())
+                            })?;
+                            best
+                        }
+                    })
+                })?;
                 match (target, &update) {
                     (Some((key, old)), None) => {
                         t.delete(&coll, key)?;
@@ -2009,7 +2031,7 @@ pub(super) async fn delete(
                     }
                 },
             };
-            check_simple_collation(match stmt.get("collation").ok().flatten() {
+            let collation = parse_collation(match stmt.get("collation").ok().flatten() {
                 Some(RawBsonRef::Document(c)) => Some(c),
                 _ => None,
             })?;
@@ -2018,7 +2040,9 @@ pub(super) async fn delete(
                 return Ok(0);
             };
             run_write(shared, &opts, txn_here, |txn| {
-                let found = targets(txn, &coll, &filter, just_one)?;
+                let found = with_collation(collation.as_ref(), || {
+                    targets(txn, &coll, &filter, just_one)
+                })?;
                 let count = found.len() as u64;
                 for (key, _) in found {
                     txn.delete(&coll, key)
@@ -2058,6 +2082,17 @@ pub(super) fn distinct(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    with_collation(collation.as_ref(), || distinct_with(shared, req, txn, at))
+}
+
+/// `distinct` with its collation set (values equal under it are one value).
+fn distinct_with(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
     req.check_fields(&[
         "key",
         "query",
@@ -2088,7 +2123,6 @@ pub(super) fn distinct(
     let empty = RawDocumentBuf::new();
     let raw_filter = req.opt_doc("query")?.unwrap_or(&empty);
     let filter = Filter::parse(raw_filter)?;
-    check_simple_collation(req.opt_doc("collation")?)?;
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
         Some(txn) => collection_in_txn(shared, txn, &ns),
@@ -2172,6 +2206,11 @@ fn raw_size(v: &bson::RawBson) -> usize {
 }
 
 pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    with_collation(collation.as_ref(), || count_with(shared, req))
+}
+
+fn count_with(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[
         "query",
         "limit",
@@ -2193,7 +2232,6 @@ pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> 
         .opt_i64("limit")?
         .map(i64::unsigned_abs)
         .filter(|&l| l > 0);
-    check_simple_collation(req.opt_doc("collation")?)?;
     let snapshot = shared.engine.snapshot();
     let mut n = 0u64;
     if let Some(coll) = snapshot.collection(&ns) {
