@@ -431,3 +431,14 @@ def test_sort_served_by_an_index(db):
     coll.insert_one({"_id": "arr", "k": [3, 999], "g": 0})
     e = same({}, [("k", 1)], 5)
     assert "'SORT'" in str(e["queryPlanner"]["winningPlan"])
+
+
+def test_rename_and_drop_keep_index_bookkeeping(client, db):
+    db.src.insert_many([{"_id": i, "u": i} for i in range(10)])
+    db.src.create_index("u", unique=True)
+    client.admin.command("renameCollection", f"{db.name}.src", to=f"{db.name}.dst")
+    assert [ix["name"] for ix in db.dst.list_indexes()] == ["_id_", "u_1"]
+    with pytest.raises(DuplicateKeyError):
+        db.dst.insert_one({"u": 3})
+    assert winning_stage(db.dst.find({"u": 4}).explain())["inputStage"]["indexName"] == "u_1"
+    assert db.command("drop", "dst")["nIndexesWas"] == 2

@@ -312,15 +312,18 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
     wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
-    retry_conflicts(shared, &opts, |txn: &mut Txn| {
+    let indexes = retry_conflicts(shared, &opts, |txn: &mut Txn| {
         // Since MongoDB 7.0, dropping a missing collection succeeds.
-        if txn.collection(&ns).is_some() {
-            txn.drop_collection(&ns)?;
+        match txn.collection(&ns) {
+            Some(coll) => {
+                txn.drop_collection(&ns)?;
+                Ok(coll.indexes.len() as i32 + 1)
+            }
+            None => Ok(0),
         }
-        Ok(())
     })
     .await?;
-    Ok(doc! { "nIndexesWas": 1, "ns": ns, "ok": 1.0 }.into())
+    Ok(doc! { "nIndexesWas": indexes, "ns": ns, "ok": 1.0 }.into())
 }
 
 /// `renameCollection` (on `admin`): one transaction creates the target with the source's
@@ -390,7 +393,12 @@ pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> Com
                 format!("target namespace exists: {to}"),
             ));
         }
-        let target = txn.create_collection(to, source.options.clone())?;
+        let mut target = txn.create_collection(to, source.options.clone())?;
+        // The indexes move with the collection, as in MongoDB; built empty, then filled by
+        // the inserts below.
+        for index in &source.indexes {
+            target = txn.create_index(to, index.spec.clone())?;
+        }
         let mut docs = Vec::new();
         txn.scan(&source, None, |key, doc| {
             docs.push((key.clone(), doc.clone()));
