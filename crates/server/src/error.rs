@@ -85,6 +85,8 @@ pub fn code_name(code: i32) -> String {
         14031 => "OutOfDiskSpace",
         11000 => "DuplicateKey",
         27 => "IndexNotFound",
+        165 => "ViewDepthLimitExceeded",
+        167 => "OptionNotSupportedOnView",
         67 => "CannotCreateIndex",
         85 => "IndexOptionsConflict",
         86 => "IndexKeySpecsConflict",

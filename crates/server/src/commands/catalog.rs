@@ -73,7 +73,18 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
     let snapshot = shared.engine.snapshot();
     let mut docs = VecDeque::new();
     for coll in snapshot.list_collections(req.db) {
-        let entry = if name_only {
+        let entry = if super::views::is_view(&coll) {
+            if name_only {
+                doc! { "name": &coll.name, "type": "view" }
+            } else {
+                doc! {
+                    "name": &coll.name,
+                    "type": "view",
+                    "options": coll.options.clone(),
+                    "info": { "readOnly": true },
+                }
+            }
+        } else if name_only {
             doc! { "name": &coll.name, "type": "collection" }
         } else {
             doc! {
@@ -133,8 +144,6 @@ const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
     "capped",
     "size",
     "max",
-    "viewOn",
-    "pipeline",
     "timeseries",
     "expireAfterSeconds",
     "clusteredIndex",
@@ -194,10 +203,28 @@ pub(super) async fn create(
     let mut options = Document::new();
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
-        if CREATE_OPTIONS.contains(&key.as_str()) {
+        if CREATE_OPTIONS.contains(&key.as_str()) && !matches!(key.as_str(), "viewOn" | "pipeline")
+        {
             let value: bson::Bson = value.try_into().map_err(internal)?;
             options.insert(key.as_str(), value);
         }
+    }
+    match (req.get("viewOn"), req.get("pipeline")) {
+        (Some(view_on), pipeline) => {
+            if txn.is_some() {
+                return Err(CommandError::new(
+                    code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                    "Cannot create a view in a multi-document transaction.",
+                ));
+            }
+            options.extend(super::views::view_options(view_on, pipeline)?);
+        }
+        (None, Some(_)) => {
+            return Err(CommandError::bad_value(
+                "'pipeline' requires 'viewOn' to also be specified",
+            ));
+        }
+        (None, None) => {}
     }
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;

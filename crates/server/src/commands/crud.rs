@@ -551,9 +551,11 @@ pub(super) async fn insert(
     let max_bson = shared.config.max_bson_size;
     if let Some(txn) = txn {
         let coll = txn.create_collection_shared(&ns, Document::new())?;
+        super::views::refuse_write(&coll)?;
         return insert_in_txn(shared, txn, &coll, &docs);
     }
     let coll = implicit_collection(shared, &ns, &opts).await?;
+    super::views::refuse_write(&coll)?;
 
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
@@ -773,6 +775,40 @@ fn find_with(
         Some(txn) => txn,
         None => &snapshot,
     };
+    if super::views::is_view(&coll) {
+        // A view's documents exist only as its pipeline's output: filter, sort and page them.
+        let mut docs = Vec::new();
+        for d in super::views::view_docs(shared, view, &coll)? {
+            if filter.try_matches(&d)? {
+                docs.push(d);
+            }
+        }
+        if let Some(sort) = &sort {
+            docs.sort_by(|a, b| sort.compare(a, b));
+        }
+        let docs: VecDeque<BatchDoc> = docs
+            .into_iter()
+            .skip(skip as usize)
+            .take(limit.map_or(usize::MAX, |l| l as usize))
+            .map(BatchDoc::Owned)
+            .collect();
+        let mut cursor = Cursor {
+            ns: ns.clone(),
+            source: Source::Buffered(docs),
+            projection,
+            remaining: None,
+            last_used: Instant::now(),
+            txn: txn_owner(req, txn),
+        };
+        let (batch, exhausted) =
+            cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
+        let id = if exhausted || single_batch {
+            0
+        } else {
+            shared.cursors.insert(cursor)?
+        };
+        return Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)));
+    }
     let sort_by = sort_fields(req.opt_doc("sort")?);
     let access = choose(view, &coll, &filter, raw_filter, &hint, sort_by.as_deref())?;
 
@@ -987,6 +1023,19 @@ pub(super) async fn aggregate(
             Some(txn) => txn,
             None => &snapshot,
         };
+        if super::views::is_view(&coll) {
+            let mut docs = super::views::view_docs(shared, view, &coll)?;
+            if let Some(f) = filter {
+                let mut kept = Vec::with_capacity(docs.len());
+                for d in docs {
+                    if f.try_matches(&d)? {
+                        kept.push(d);
+                    }
+                }
+                docs = kept;
+            }
+            return Ok(docs);
+        }
         let match_all;
         let filter = match filter {
             Some(f) => f,
@@ -1156,6 +1205,7 @@ async fn write_sink(
         })
         .collect::<CommandResult<_>>()?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
+    super::views::refuse_write(&target)?;
     retry_conflicts(shared, opts, |txn| {
         match sink {
             Sink::Out { .. } => {
@@ -1678,6 +1728,7 @@ pub(super) async fn update(
                     None => return Ok(UpdateOutcome::default()),
                 }
             };
+            super::views::refuse_write(&coll)?;
             run_write(shared, &opts, txn_here, |txn| {
                 let outcome = with_collation(collation.as_ref(), || {
                     run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)
@@ -1845,6 +1896,9 @@ pub(super) async fn find_and_modify(
     } else {
         collection_for_write(shared, txn.as_deref(), &ns)
     };
+    if let Some(c) = &coll {
+        super::views::refuse_write(c)?;
+    }
     let max_bson = shared.config.max_bson_size;
     let outcome = match coll {
         None => FamOutcome {
@@ -2039,6 +2093,7 @@ pub(super) async fn delete(
             let Some(coll) = found else {
                 return Ok(0);
             };
+            super::views::refuse_write(&coll)?;
             run_write(shared, &opts, txn_here, |txn| {
                 let found = with_collation(collation.as_ref(), || {
                     targets(txn, &coll, &filter, just_one)
@@ -2134,6 +2189,26 @@ fn distinct_with(
             Some(txn) => txn,
             None => &snapshot,
         };
+        if super::views::is_view(&coll) {
+            for d in super::views::view_docs(shared, view, &coll)? {
+                if filter.try_matches(&d)? {
+                    values.extend(
+                        mangrove_query::distinct_values(&d, key)
+                            .into_iter()
+                            .map(bson::RawBson::from),
+                    );
+                }
+            }
+            dedup_values(&mut values);
+            let mut array = RawArrayBuf::new();
+            for v in values {
+                array.push(v);
+            }
+            let mut reply = RawDocumentBuf::new();
+            reply.append(cstr!("values"), array);
+            reply.append(cstr!("ok"), 1.0);
+            return Ok(Reply::Raw(reply));
+        }
         let max = shared.config.max_bson_size;
         let mut bytes = 0usize;
         let mut too_big = false;
@@ -2234,7 +2309,22 @@ fn count_with(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
         .filter(|&l| l > 0);
     let snapshot = shared.engine.snapshot();
     let mut n = 0u64;
-    if let Some(coll) = snapshot.collection(&ns) {
+    if let Some(coll) = snapshot.collection(&ns)
+        && super::views::is_view(&coll)
+    {
+        for d in super::views::view_docs(shared, &snapshot, &coll)? {
+            if filter.try_matches(&d)? {
+                if skip > 0 {
+                    skip -= 1;
+                } else {
+                    n += 1;
+                    if limit.is_some_and(|l| n >= l) {
+                        break;
+                    }
+                }
+            }
+        }
+    } else if let Some(coll) = snapshot.collection(&ns) {
         let hint = parse_hint(req.get("hint"), Some(&coll))?;
         let access = choose(&snapshot, &coll, &filter, raw_filter, &hint, None)?;
         for_each_match(

@@ -99,6 +99,7 @@ pub(super) async fn create_indexes(
                 txn.create_collection(&ns, Document::new())?
             }
         };
+        super::views::refuse_write(&current)?;
         let before = current.indexes.len() + 1;
         for spec in &specs {
             if is_id_index(spec) {

@@ -6,6 +6,7 @@ mod diag;
 mod handshake;
 mod indexes;
 mod read_concern;
+mod views;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use std::sync::atomic::Ordering;
