@@ -442,3 +442,19 @@ def test_rename_and_drop_keep_index_bookkeeping(client, db):
         db.dst.insert_one({"u": 3})
     assert winning_stage(db.dst.find({"u": 4}).explain())["inputStage"]["indexName"] == "u_1"
     assert db.command("drop", "dst")["nIndexesWas"] == 2
+
+
+def test_max_time_ms_stops_long_reads(db):
+    from pymongo.errors import ExecutionTimeout
+
+    db.big.insert_many([{"_id": i, "s": f"value {i}"} for i in range(100_000)])
+    slow = {"s": {"$regex": "never matches$"}}
+    with pytest.raises(ExecutionTimeout) as e:
+        list(db.big.find(slow).max_time_ms(1))
+    assert e.value.code == 50
+    with pytest.raises(ExecutionTimeout):
+        db.big.count_documents(slow, maxTimeMS=1)
+    with pytest.raises(ExecutionTimeout):
+        db.big.distinct("s", slow, maxTimeMS=1)
+    # Without a deadline the same read completes.
+    assert list(db.big.find(slow)) == []

@@ -14,6 +14,51 @@ use mangrove_storage::{CollectionInfo, DocKey, IndexInfo, ReadView, StoredDoc};
 
 use crate::error::{CommandError, CommandResult};
 
+thread_local! {
+    /// The `maxTimeMS` deadline of the read running on this thread (see [`with_deadline`]).
+    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with a read deadline (a command's `maxTimeMS`): scans and index walks inside it
+/// stop with MaxTimeMSExpired once it passes. Reads are synchronous, so a thread-local
+/// reaches every loop without threading a parameter through each one.
+pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -> T) -> T {
+    let previous = DEADLINE.with(|d| d.replace(deadline));
+    struct Restore(Option<std::time::Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
+/// A command's `maxTimeMS` as a deadline from now (none for 0 or absent).
+pub fn deadline_of(max_time_ms: Option<i64>) -> Option<std::time::Instant> {
+    match max_time_ms {
+        Some(ms) if ms > 0 => {
+            std::time::Instant::now().checked_add(std::time::Duration::from_millis(ms as u64))
+        }
+        _ => None,
+    }
+}
+
+/// MaxTimeMSExpired once the running read's deadline has passed. Cheap enough to call every
+/// few hundred documents.
+pub fn check_deadline() -> CommandResult<()> {
+    match DEADLINE.with(std::cell::Cell::get) {
+        Some(d) if std::time::Instant::now() >= d => Err(CommandError::new(
+            crate::error::code::MAX_TIME_MS_EXPIRED,
+            "Executor error during find command :: caused by :: operation exceeded time limit",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Documents visited between deadline checks.
+const DEADLINE_EVERY: u64 = 256;
+
 /// Index entries read per call into the engine: bounds the memory of one step and how long
 /// the engine's lock is held.
 const INDEX_CHUNK: usize = 512;
@@ -278,6 +323,9 @@ impl IndexWalk {
         loop {
             while let Some((_, target)) = self.pending.pop_front() {
                 examined.keys += 1;
+                if examined.keys % DEADLINE_EVERY == 0 {
+                    check_deadline()?;
+                }
                 if !self.seen.insert(target.clone()) {
                     continue;
                 }
@@ -331,20 +379,26 @@ pub fn for_each_match(
             }
         }
         Access::Collection => {
-            let mut failed = None;
+            let mut failed: Option<CommandError> = None;
             view.scan(coll, None, &mut |key, doc| {
                 examined.docs += 1;
+                if examined.docs % DEADLINE_EVERY == 0
+                    && let Err(e) = check_deadline()
+                {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
                 match filter.try_matches(doc) {
                     Ok(true) => visit(key, doc),
                     Ok(false) => ControlFlow::Continue(()),
                     Err(e) => {
-                        failed = Some(e);
+                        failed = Some(e.into());
                         ControlFlow::Break(())
                     }
                 }
             })?;
             if let Some(e) = failed {
-                return Err(e.into());
+                return Err(e);
             }
         }
         Access::Index { index, bounds, .. } => {

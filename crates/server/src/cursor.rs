@@ -98,13 +98,21 @@ impl Cursor {
                     } = &mut **scan;
                     let mut finished = true;
                     let mut last: Option<DocKey> = None;
-                    let mut failed = None;
+                    let mut failed: Option<CommandError> = None;
+                    let mut visited = 0u64;
                     snapshot.scan(coll, after.as_ref(), |key, doc| {
+                        visited += 1;
+                        if visited % 256 == 0
+                            && let Err(e) = crate::access::check_deadline()
+                        {
+                            failed = Some(e);
+                            return ControlFlow::Break(());
+                        }
                         match filter.try_matches(doc) {
                             Ok(true) => {}
                             Ok(false) => return ControlFlow::Continue(()),
                             Err(e) => {
-                                failed = Some(e);
+                                failed = Some(e.into());
                                 return ControlFlow::Break(());
                             }
                         }
@@ -126,7 +134,7 @@ impl Cursor {
                         ControlFlow::Continue(())
                     })?;
                     if let Some(e) = failed {
-                        return Err(e.into());
+                        return Err(e);
                     }
                     if last.is_some() {
                         *after = last;

@@ -15,7 +15,8 @@ use mangrove_storage::{
 };
 
 use crate::access::{
-    Access, Examined, Hint, IndexWalk, choose, for_each_match, parse_hint, sort_fields,
+    Access, Examined, Hint, IndexWalk, choose, deadline_of, for_each_match, parse_hint,
+    sort_fields, with_deadline,
 };
 use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source};
 use crate::error::{CommandError, CommandResult, code};
@@ -724,8 +725,11 @@ pub(super) fn find(
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
     let collation = parse_collation(req.opt_doc("collation")?)?;
-    with_collation(collation.as_ref(), || {
-        find_with(shared, req, txn, at, collation.is_some())
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || {
+            find_with(shared, req, txn, at, collation.is_some())
+        })
     })
 }
 
@@ -1065,8 +1069,11 @@ pub(super) async fn aggregate(
     let input = if collectionless || pipeline.starts_with_documents() {
         Vec::new()
     } else {
-        with_collation(collation.as_ref(), || {
-            read(&ns, pipeline.leading_match(), leading_match_doc(req)?)
+        let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+        with_deadline(deadline, || {
+            with_collation(collation.as_ref(), || {
+                read(&ns, pipeline.leading_match(), leading_match_doc(req)?)
+            })
         })?
     };
     let mut foreign = std::collections::HashMap::new();
@@ -2138,7 +2145,10 @@ pub(super) fn distinct(
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
     let collation = parse_collation(req.opt_doc("collation")?)?;
-    with_collation(collation.as_ref(), || distinct_with(shared, req, txn, at))
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || distinct_with(shared, req, txn, at))
+    })
 }
 
 /// `distinct` with its collation set (values equal under it are one value).
@@ -2282,7 +2292,10 @@ fn raw_size(v: &bson::RawBson) -> usize {
 
 pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     let collation = parse_collation(req.opt_doc("collation")?)?;
-    with_collation(collation.as_ref(), || count_with(shared, req))
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || count_with(shared, req))
+    })
 }
 
 fn count_with(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
