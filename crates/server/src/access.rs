@@ -323,7 +323,7 @@ impl IndexWalk {
         loop {
             while let Some((_, target)) = self.pending.pop_front() {
                 examined.keys += 1;
-                if examined.keys % DEADLINE_EVERY == 0 {
+                if examined.keys.is_multiple_of(DEADLINE_EVERY) {
                     check_deadline()?;
                 }
                 if !self.seen.insert(target.clone()) {
@@ -382,7 +382,7 @@ pub fn for_each_match(
             let mut failed: Option<CommandError> = None;
             view.scan(coll, None, &mut |key, doc| {
                 examined.docs += 1;
-                if examined.docs % DEADLINE_EVERY == 0
+                if examined.docs.is_multiple_of(DEADLINE_EVERY)
                     && let Err(e) = check_deadline()
                 {
                     failed = Some(e);

@@ -102,7 +102,7 @@ impl Cursor {
                     let mut visited = 0u64;
                     snapshot.scan(coll, after.as_ref(), |key, doc| {
                         visited += 1;
-                        if visited % 256 == 0
+                        if visited.is_multiple_of(256)
                             && let Err(e) = crate::access::check_deadline()
                         {
                             failed = Some(e);
