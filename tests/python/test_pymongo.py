@@ -602,3 +602,15 @@ def test_decimal128_inc_and_mul_are_exact(db):
     for _ in range(10):
         db.money.update_one({"_id": 1}, {"$inc": {"balance": Decimal128("-0.01")}})
     assert db.money.find_one({"_id": 1})["balance"] == Decimal128("0.80")
+
+
+def test_server_status_reports_group_commit_counters(client, db):
+    before = client.admin.command("serverStatus")["mangrove"]["log"]
+    for i in range(20):
+        db.gc.insert_one({"_id": i})
+    after = client.admin.command("serverStatus")["mangrove"]["log"]
+    assert after["commits"] >= before["commits"] + 20
+    assert after["batches"] > before["batches"]
+    assert after["bytes"] > before["bytes"]
+    # Each round is one write and one fdatasync covering one or more commits.
+    assert after["commits"] >= after["batches"]

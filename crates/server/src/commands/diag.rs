@@ -175,6 +175,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
     let counters = &shared.counters;
     let uptime = shared.started.elapsed();
     let current = counters.connections_current.load(Relaxed) as i64;
+    let log = shared.engine.log_stats();
     doc! {
         "host": hostname(),
         "version": COMPAT_VERSION,
@@ -196,6 +197,16 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "delete": counters.delete.load(Relaxed) as i64,
             "getmore": counters.getmore.load(Relaxed) as i64,
             "command": counters.command.load(Relaxed) as i64,
+        },
+        // The transaction log's group commit: `batches` is the number of write+fdatasync
+        // rounds, so `commits / batches` is durable commits per fdatasync.
+        "mangrove": {
+            "log": {
+                "commits": log.commits as i64,
+                "batches": log.batches as i64,
+                "bytes": log.bytes as i64,
+                "lastCommit": shared.engine.last_commit().to_bson(),
+            },
         },
         "metrics": {
             "cursor": { "open": { "total": shared.cursors.open_count() as i64 } },
