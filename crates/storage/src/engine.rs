@@ -108,6 +108,9 @@ impl IndexInfo {
     }
 }
 
+/// What an index entry costs in memory beyond its key: chain, value document, map node.
+const INDEX_ENTRY_OVERHEAD: u64 = 128;
+
 /// The key, in an index's keyspace, of the marker saying some document made the index multikey.
 /// Entry keys start with a type tag (at most 0xEF, inverted or not), so it sorts after every
 /// entry, and its value has no `r`, so scans skip it. Versioned like entries and never removed
@@ -385,6 +388,10 @@ struct Inner {
     stats: LogCounters,
     /// Log bytes written when the last checkpoint began.
     checkpoint_log_bytes: AtomicU64,
+    /// Estimated memory of index entries installed since start (they are not logged), and its
+    /// value when the last checkpoint began.
+    derived_bytes: AtomicU64,
+    checkpoint_derived_bytes: AtomicU64,
     checkpoint_signal: Mutex<CheckpointSignal>,
     checkpoint_wake: Condvar,
     /// Held by a running checkpoint.
@@ -535,6 +542,8 @@ impl Engine {
         let inner = Arc::new(Inner {
             stats: LogCounters::default(),
             checkpoint_log_bytes: AtomicU64::new(0),
+            derived_bytes: AtomicU64::new(0),
+            checkpoint_derived_bytes: AtomicU64::new(0),
             checkpoint_signal: Mutex::new(CheckpointSignal::default()),
             checkpoint_wake: Condvar::new(),
             checkpointing: Mutex::new(()),
@@ -774,14 +783,27 @@ impl Engine {
             stats.batches.fetch_add(1, Ordering::Relaxed);
             let total =
                 stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
-            // Log growth bounds recovery time, and versions waiting in memory bound memory:
-            // either one past its budget asks for a checkpoint.
-            let budget = self
+            // Index entries are in memory but not in the log: count them towards memory.
+            let derived: u64 = commits
+                .iter()
+                .flat_map(|c| c.index_writes.keys())
+                .map(|(_, k)| k.0.len() as u64 + INDEX_ENTRY_OVERHEAD)
+                .sum();
+            let derived_total = self
                 .inner
-                .options
-                .checkpoint_log_bytes
-                .min(self.inner.options.cache_bytes as u64 / 4);
-            if total - self.inner.checkpoint_log_bytes.load(Ordering::Relaxed) >= budget {
+                .derived_bytes
+                .fetch_add(derived, Ordering::Relaxed)
+                + derived;
+            // Log growth bounds recovery time, and versions waiting in memory (the log's plus
+            // the index entries derived from it) bound memory: either one past its budget asks
+            // for a checkpoint.
+            let options = &self.inner.options;
+            let log_growth = total - self.inner.checkpoint_log_bytes.load(Ordering::Relaxed);
+            let memory_growth = log_growth + derived_total
+                - self.inner.checkpoint_derived_bytes.load(Ordering::Relaxed);
+            if log_growth >= options.checkpoint_log_bytes
+                || memory_growth >= options.cache_bytes as u64 / 4
+            {
                 self.request_checkpoint();
             }
             let written = match &mut log {

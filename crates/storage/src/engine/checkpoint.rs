@@ -37,6 +37,7 @@ impl Engine {
         let started = Instant::now();
         let durable = self.inner.progress.borrow().durable;
         let log_bytes = self.inner.stats.bytes.load(Ordering::Relaxed);
+        let derived_bytes = self.inner.derived_bytes.load(Ordering::Relaxed);
         let (data, base) = {
             let state = self.read_state();
             let Some(base) = state.base.clone() else {
@@ -118,6 +119,9 @@ impl Engine {
         self.inner
             .checkpoint_log_bytes
             .store(log_bytes, Ordering::Relaxed);
+        self.inner
+            .checkpoint_derived_bytes
+            .store(derived_bytes, Ordering::Relaxed);
         if let Some(dir) = &self.inner.options.data_dir {
             report.segments_removed = txlog::remove_covered_segments(
                 &dir.join("log"),
