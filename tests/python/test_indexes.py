@@ -458,3 +458,26 @@ def test_max_time_ms_stops_long_reads(db):
         db.big.distinct("s", slow, maxTimeMS=1)
     # Without a deadline the same read completes.
     assert list(db.big.find(slow)) == []
+
+
+def test_id_ranges_and_lists_use_the_primary_key_order(client, db):
+    coll = db.ids
+    coll.insert_many([{"_id": i, "v": i % 5} for i in range(5000)])
+    ids = [4999, 3, 77, 1200, 77, 999999]
+    e = coll.find({"_id": {"$in": ids}}).explain()
+    assert winning_stage(e)["inputStage"]["indexName"] == "_id_"
+    assert e["executionStats"]["totalDocsExamined"] == 4
+    assert sorted(d["_id"] for d in coll.find({"_id": {"$in": ids}})) == [3, 77, 1200, 4999]
+    e = coll.find({"_id": {"$gte": 100, "$lt": 110}, "v": 2}).explain()
+    assert e["executionStats"]["totalDocsExamined"] == 10
+    assert [d["_id"] for d in coll.find({"_id": {"$gte": 100, "$lt": 110}, "v": 2})] == [102, 107]
+    # A lazy cursor over an _id range keeps its bounds across getMore.
+    got = [d["_id"] for d in coll.find({"_id": {"$gt": 4000}}, batch_size=7)]
+    assert got == list(range(4001, 5000))
+    assert coll.delete_many({"_id": {"$in": [1, 2, 3]}}).deleted_count == 3
+    # Inside a transaction the range sees the transaction's own writes.
+    with client.start_session() as s:
+        with s.start_transaction():
+            coll.insert_one({"_id": 100000, "v": 9}, session=s)
+            assert coll.count_documents({"_id": {"$gte": 99999}}, session=s) == 1
+            assert [d["_id"] for d in coll.find({"_id": {"$gt": 4997}}, session=s)] == [4998, 4999, 100000]

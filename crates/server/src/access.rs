@@ -75,6 +75,11 @@ pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
 pub enum Access {
     Collection,
     IdPoint(DocKey),
+    /// Ranges (or several points) of the collection's own `_id` order.
+    IdRange {
+        bounds: Arc<IndexBounds>,
+        sorted: bool,
+    },
     Index {
         index: Arc<IndexInfo>,
         bounds: Arc<IndexBounds>,
@@ -86,8 +91,23 @@ pub enum Access {
 
 impl Access {
     pub fn sorted(&self) -> bool {
-        matches!(self, Access::Index { sorted: true, .. })
+        matches!(
+            self,
+            Access::Index { sorted: true, .. } | Access::IdRange { sorted: true, .. }
+        )
     }
+}
+
+/// The `_id` index as an index specification, to compute bounds on the primary key order
+/// (a document's key is exactly what a unique ascending index on `_id` would hold).
+fn id_spec() -> &'static mangrove_query::IndexSpec {
+    static SPEC: std::sync::OnceLock<mangrove_query::IndexSpec> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        mangrove_query::IndexSpec::compile(
+            &bson::doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_", "unique": true },
+        )
+        .expect("the _id index specification is valid")
+    })
 }
 
 /// A sort specification as `(path, descending)` pairs, or `None` for one an index cannot serve
@@ -234,6 +254,8 @@ pub fn choose(
     if let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
+    // `_id` ranges and `$in` lists walk the collection's own key order.
+    let id_bounds = index_bounds(filter, raw, id_spec(), false, false);
     let mut best: Option<(&Arc<IndexInfo>, IndexBounds, bool)> = None;
     for index in &coll.indexes {
         // Cheap: most filters give no bounds at all, and then the flag is never read.
@@ -265,6 +287,17 @@ pub fn choose(
         if better {
             best = Some((index, bounds, multikey));
         }
+    }
+    if let Some(bounds) = id_bounds
+        && best
+            .as_ref()
+            .is_none_or(|(_, b, _)| bounds.score >= b.score)
+    {
+        let sorted = bounds.provides_sort(id_spec(), sort, false);
+        return Ok(Access::IdRange {
+            bounds: Arc::new(bounds),
+            sorted,
+        });
     }
     if let Some((index, bounds, multikey)) = best {
         return Ok(index_access(index, bounds, multikey));
@@ -401,6 +434,40 @@ pub fn for_each_match(
                 return Err(e);
             }
         }
+        Access::IdRange { bounds, .. } => {
+            for interval in &bounds.intervals {
+                let mut failed: Option<CommandError> = None;
+                let mut stopped = false;
+                view.scan_range(coll, interval, None, &mut |key, doc| {
+                    examined.keys += 1;
+                    examined.docs += 1;
+                    if examined.docs.is_multiple_of(DEADLINE_EVERY)
+                        && let Err(e) = check_deadline()
+                    {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                    match filter.try_matches(doc) {
+                        Ok(true) => {
+                            let flow = visit(key, doc);
+                            stopped = flow.is_break();
+                            flow
+                        }
+                        Ok(false) => ControlFlow::Continue(()),
+                        Err(e) => {
+                            failed = Some(e.into());
+                            ControlFlow::Break(())
+                        }
+                    }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                if stopped {
+                    return Ok(());
+                }
+            }
+        }
         Access::Index { index, bounds, .. } => {
             let mut walk = IndexWalk::new(index.clone(), bounds);
             while let Some((key, doc)) = walk.next_doc(view, coll, examined)? {
@@ -425,6 +492,28 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             d
         }
         Access::IdPoint(_) => doc! { "stage": "IDHACK" },
+        Access::IdRange { bounds, .. } => {
+            let mut fetch = doc! { "stage": "FETCH" };
+            if !filter_doc.is_empty() {
+                fetch.insert("filter", filter_doc.clone());
+            }
+            fetch.insert(
+                "inputStage",
+                doc! {
+                    "stage": "IXSCAN",
+                    "keyPattern": { "_id": 1 },
+                    "indexName": "_id_",
+                    "isMultiKey": false,
+                    "isUnique": true,
+                    "isSparse": false,
+                    "isPartial": false,
+                    "indexVersion": 2,
+                    "direction": "forward",
+                    "indexBounds": bounds.display.clone(),
+                },
+            );
+            fetch
+        }
         Access::Index {
             index,
             bounds,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bson::RawDocumentBuf;
 use bson::raw::RawDocument;
-use mangrove_query::{Filter, Projection};
+use mangrove_query::{Filter, KeyInterval, Projection};
 use mangrove_storage::{CollectionInfo, DocKey, Snapshot, StoredDoc};
 use tracing::info;
 
@@ -38,6 +38,8 @@ impl BatchDoc {
 pub struct ScanState {
     pub snapshot: Snapshot,
     pub coll: CollectionInfo,
+    /// A range of `_id` order to walk, or the whole collection.
+    pub range: Option<KeyInterval>,
     pub after: Option<DocKey>,
     pub filter: Filter,
     pub skip: u64,
@@ -92,6 +94,7 @@ impl Cursor {
                     let ScanState {
                         snapshot,
                         coll,
+                        range,
                         after,
                         filter,
                         skip,
@@ -100,7 +103,7 @@ impl Cursor {
                     let mut last: Option<DocKey> = None;
                     let mut failed: Option<CommandError> = None;
                     let mut visited = 0u64;
-                    snapshot.scan(coll, after.as_ref(), |key, doc| {
+                    let mut visit = |key: &DocKey, doc: &StoredDoc| {
                         visited += 1;
                         if visited.is_multiple_of(256)
                             && let Err(e) = crate::access::check_deadline()
@@ -132,7 +135,11 @@ impl Cursor {
                             return ControlFlow::Break(());
                         }
                         ControlFlow::Continue(())
-                    })?;
+                    };
+                    match range {
+                        Some(r) => snapshot.scan_range(coll, r, after.as_ref(), &mut visit)?,
+                        None => snapshot.scan(coll, after.as_ref(), &mut visit)?,
+                    }
                     if let Some(e) = failed {
                         return Err(e);
                     }

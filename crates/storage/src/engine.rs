@@ -1500,6 +1500,19 @@ impl Snapshot {
         self.scan_in(coll.id, lower, Bound::Unbounded, visit)
     }
 
+    /// Visits the documents whose keys lie in `interval` (and after `after`), in key order,
+    /// until `visit` breaks: a range of the collection's `_id` order.
+    pub fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let (lower, upper) = index_range(interval, after);
+        self.scan_in(coll.id, as_ref_bound(&lower), as_ref_bound(&upper), visit)
+    }
+
     fn scan_in(
         &self,
         id: CollId,
@@ -1730,6 +1743,42 @@ impl Txn {
         merge_overlay(
             own,
             |emit| self.snapshot.scan(coll, after, emit),
+            &mut visit,
+        )
+    }
+
+    /// Like [`Snapshot::scan_range`], with this transaction's own writes merged in.
+    pub fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let (lower, upper) = index_range(interval, after);
+        if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
+            return Ok(());
+        }
+        let own_bound = |b: &Bound<DocKey>| match b {
+            Bound::Included(k) => Bound::Included((coll.id, k.clone())),
+            Bound::Excluded(k) => Bound::Excluded((coll.id, k.clone())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let own_lower = match &lower {
+            Bound::Unbounded => Bound::Included((coll.id, DocKey(Vec::new()))),
+            b => own_bound(b),
+        };
+        let own = self
+            .docs
+            .range((own_lower, own_bound(&upper)))
+            .take_while(|((id, _), _)| *id == coll.id)
+            .map(|((_, key), write)| (key, write.doc()));
+        merge_overlay(
+            own,
+            |emit| {
+                self.snapshot
+                    .scan_in(coll.id, as_ref_bound(&lower), as_ref_bound(&upper), emit)
+            },
             &mut visit,
         )
     }
@@ -2522,6 +2571,14 @@ pub trait ReadView {
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>;
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError>;
+    /// The documents whose keys lie in `interval`, after `after`, in key order.
+    fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError>;
     /// Up to `max` `(entry key, document key)` pairs of `index` in `interval` after `after`.
     fn index_scan(
         &self,
@@ -2563,6 +2620,16 @@ impl ReadView for Snapshot {
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
         Snapshot::index_multikey(self, index)
     }
+
+    fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Snapshot::scan_range(self, coll, interval, after, visit)
+    }
 }
 
 impl ReadView for Txn {
@@ -2595,5 +2662,15 @@ impl ReadView for Txn {
 
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
         Txn::index_multikey(self, index)
+    }
+
+    fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        after: Option<&DocKey>,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Txn::scan_range(self, coll, interval, after, visit)
     }
 }

@@ -835,7 +835,11 @@ fn find_with(
             .get(&coll, key)?
             .filter(|d| filter.matches(d) && skip == 0);
         cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
-    } else if (sort.is_some() && !access.sorted()) || txn.is_some() || collated {
+    } else if (sort.is_some() && !access.sorted())
+        || txn.is_some()
+        || collated
+        || matches!(&access, Access::IdRange { bounds, .. } if bounds.intervals.len() != 1)
+    {
         // A transaction's cursor is computed now, from the transaction's view, so it needs no
         // live transaction later.
         let sort = sort.as_ref().filter(|_| !access.sorted());
@@ -852,9 +856,14 @@ fn find_with(
             pending: VecDeque::new(),
         }));
     } else {
+        let range = match &access {
+            Access::IdRange { bounds, .. } => bounds.intervals.first().cloned(),
+            _ => None,
+        };
         cursor.source = Source::Scan(Box::new(ScanState {
             snapshot,
             coll,
+            range,
             after: None,
             filter,
             skip,
