@@ -345,6 +345,18 @@ def test_index_results_agree_with_collection_scans(db):
         assert coll.count_documents(f) == len(want)
         if winning_stage(coll.find(f).explain())["stage"] == "FETCH":
             used += 1
+    # Sorted and limited: the index walk (forward or backward) must give the same keys in the
+    # same order as a blocking sort (ties may differ in _id order, so compare the sort keys).
+    for i, f in enumerate(filters[:60]):
+        field = "b"
+        direction = 1 if i % 2 else -1
+        limit = 1 + i % 7
+        via_index = [d.get(field) for d in coll.find(f).sort(field, direction).limit(limit)]
+        via_scan = [
+            d.get(field)
+            for d in coll.find(f).sort(field, direction).limit(limit).hint([("$natural", 1)])
+        ]
+        assert via_index == via_scan, f"filter {f} sort {field} {direction}"
     assert used > 50, f"only {used} of {len(filters)} filters used an index"
     report(f"[pymongo] {len(filters)} random filters: indexed answers equal scans ({used} used an index)")
 
@@ -424,9 +436,21 @@ def test_sort_served_by_an_index(db):
     # A range on the sorted field itself.
     e = same({"k": {"$gt": 500}}, [("k", 1)], 3)
     assert e["executionStats"]["totalKeysExamined"] == 3
-    # Against the index's direction there is no backward scan yet: a blocking sort, still right.
+    # Against the index's direction the walk goes backward.
     e = same({}, [("k", -1)], 5)
-    assert "'SORT'" in str(e["queryPlanner"]["winningPlan"])
+    assert "'SORT'" not in str(e["queryPlanner"]["winningPlan"])
+    assert winning_stage(e)["inputStage"]["direction"] == "backward"
+    assert e["executionStats"]["totalKeysExamined"] == 5
+    e = same({"g": 2}, [("k", 1)], 7)
+    assert winning_stage(e)["inputStage"]["direction"] == "backward"
+    e = same({"k": {"$in": [5, 500, 50, 900]}}, [("k", -1)], 10)
+    assert "'SORT'" not in str(e["queryPlanner"]["winningPlan"])
+    # The collection's own order serves `_id` sorts, both ways, lazily across getMore.
+    e = same({}, [("_id", -1)], 3)
+    assert winning_stage(e)["inputStage"]["indexName"] == "_id_"
+    assert e["executionStats"]["totalDocsExamined"] == 3
+    got = [d["_id"] for d in coll.find({"_id": {"$lt": 50}}, sort=[("_id", -1)], batch_size=4)]
+    assert got == list(range(49, -1, -1))
     # Once the index is multikey its order no longer serves sorts.
     coll.insert_one({"_id": "arr", "k": [3, 999], "g": 0})
     e = same({}, [("k", 1)], 5)
@@ -481,3 +505,5 @@ def test_id_ranges_and_lists_use_the_primary_key_order(client, db):
             coll.insert_one({"_id": 100000, "v": 9}, session=s)
             assert coll.count_documents({"_id": {"$gte": 99999}}, session=s) == 1
             assert [d["_id"] for d in coll.find({"_id": {"$gt": 4997}}, session=s)] == [4998, 4999, 100000]
+            newest = coll.find({}, session=s).sort("_id", -1).limit(2)
+            assert [d["_id"] for d in newest] == [100000, 4999]

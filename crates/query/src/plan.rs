@@ -38,21 +38,29 @@ pub struct IndexBounds {
 }
 
 impl IndexBounds {
-    /// Whether scanning these bounds in order yields documents in `sort` order (`(path,
-    /// descending)` pairs): the sort must be a run of the index's fields, in the index's
-    /// directions, with every field before the run pinned to one value. Only for an index that
-    /// is not multikey, where each document has one key.
-    pub fn provides_sort(&self, spec: &IndexSpec, sort: &[(String, bool)], multikey: bool) -> bool {
+    /// Whether scanning these bounds yields documents in `sort` order (`(path, descending)`
+    /// pairs): `Some(false)` walking forward, `Some(true)` walking backward. The sort must be a
+    /// run of the index's fields, all in the index's directions or all against them, with every
+    /// field before the run pinned to one value. Only for an index that is not multikey, where
+    /// each document has one key.
+    pub fn sort_direction(
+        &self,
+        spec: &IndexSpec,
+        sort: &[(String, bool)],
+        multikey: bool,
+    ) -> Option<bool> {
         if multikey || sort.is_empty() {
-            return false;
+            return None;
         }
-        (0..=self.eq_prefix).any(|start| {
-            let run = spec.fields.get(start..start + sort.len());
-            run.is_some_and(|fields| {
-                fields
-                    .iter()
-                    .zip(sort)
-                    .all(|(f, (path, desc))| f.path == *path && f.descending == *desc)
+        [false, true].into_iter().find(|&reverse| {
+            (0..=self.eq_prefix).any(|start| {
+                spec.fields
+                    .get(start..start + sort.len())
+                    .is_some_and(|fields| {
+                        fields.iter().zip(sort).all(|(f, (path, desc))| {
+                            f.path == *path && (f.descending != *desc) == reverse
+                        })
+                    })
             })
         })
     }

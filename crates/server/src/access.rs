@@ -79,6 +79,8 @@ pub enum Access {
     IdRange {
         bounds: Arc<IndexBounds>,
         sorted: bool,
+        /// Walk the ranges backward (a descending sort on `_id`).
+        reverse: bool,
     },
     Index {
         index: Arc<IndexInfo>,
@@ -86,6 +88,8 @@ pub enum Access {
         multikey: bool,
         /// The walk yields documents in the query's sort order: no blocking sort needed.
         sorted: bool,
+        /// Walk the entries backward (a sort against the index's direction).
+        reverse: bool,
     },
 }
 
@@ -226,12 +230,21 @@ pub fn choose(
         return Ok(Access::Collection);
     }
     let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
-        let sorted = bounds.provides_sort(&index.key, sort, multikey);
+        let direction = bounds.sort_direction(&index.key, sort, multikey);
         Access::Index {
             index: index.clone(),
             bounds: Arc::new(bounds),
             multikey,
-            sorted,
+            sorted: direction.is_some(),
+            reverse: direction == Some(true),
+        }
+    };
+    let id_access = |bounds: IndexBounds| {
+        let direction = bounds.sort_direction(id_spec(), sort, false);
+        Access::IdRange {
+            bounds: Arc::new(bounds),
+            sorted: direction.is_some(),
+            reverse: direction == Some(true),
         }
     };
     match hint {
@@ -270,7 +283,7 @@ pub fn choose(
         // fewer entries: unique, then partial, then sparse.
         let rank = |i: &IndexInfo, b: &IndexBounds, m: bool| {
             (
-                b.provides_sort(&i.key, sort, m),
+                b.sort_direction(&i.key, sort, m).is_some(),
                 i.key.unique,
                 i.key.partial.is_some(),
                 i.key.sparse,
@@ -293,11 +306,7 @@ pub fn choose(
             .as_ref()
             .is_none_or(|(_, b, _)| bounds.score >= b.score)
     {
-        let sorted = bounds.provides_sort(id_spec(), sort, false);
-        return Ok(Access::IdRange {
-            bounds: Arc::new(bounds),
-            sorted,
-        });
+        return Ok(id_access(bounds));
     }
     if let Some((index, bounds, multikey)) = best {
         return Ok(index_access(index, bounds, multikey));
@@ -310,10 +319,16 @@ pub fn choose(
         }
         let multikey = view.index_multikey(index)?;
         if let Some(bounds) = index_bounds(filter, raw, &index.key, true, multikey)
-            && bounds.provides_sort(&index.key, sort, multikey)
+            && bounds.sort_direction(&index.key, sort, multikey).is_some()
         {
             return Ok(index_access(index, bounds, multikey));
         }
+    }
+    // The collection itself is in `_id` order, either way.
+    if let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
+        && bounds.sort_direction(id_spec(), sort, false).is_some()
+    {
+        return Ok(id_access(bounds));
     }
     Ok(Access::Collection)
 }
@@ -323,6 +338,8 @@ pub fn choose(
 pub struct IndexWalk {
     pub index: Arc<IndexInfo>,
     intervals: Vec<KeyInterval>,
+    /// Backward: intervals from last to first, each from its top.
+    reverse: bool,
     pos: usize,
     after: Option<DocKey>,
     /// Entries read from the engine, not yet consumed: (entry key, document key).
@@ -334,10 +351,15 @@ pub struct IndexWalk {
 }
 
 impl IndexWalk {
-    pub fn new(index: Arc<IndexInfo>, bounds: &IndexBounds) -> IndexWalk {
+    pub fn new(index: Arc<IndexInfo>, bounds: &IndexBounds, reverse: bool) -> IndexWalk {
+        let mut intervals = bounds.intervals.clone();
+        if reverse {
+            intervals.reverse();
+        }
         IndexWalk {
             index,
-            intervals: bounds.intervals.clone(),
+            intervals,
+            reverse,
             pos: 0,
             after: None,
             pending: VecDeque::new(),
@@ -377,6 +399,7 @@ impl IndexWalk {
                 &self.intervals[self.pos],
                 self.after.as_ref(),
                 self.chunk,
+                self.reverse,
             )?;
             self.chunk = (self.chunk * 4).min(INDEX_CHUNK);
             match entries.last() {
@@ -434,11 +457,18 @@ pub fn for_each_match(
                 return Err(e);
             }
         }
-        Access::IdRange { bounds, .. } => {
-            for interval in &bounds.intervals {
+        Access::IdRange {
+            bounds, reverse, ..
+        } => {
+            let intervals: Box<dyn Iterator<Item = &KeyInterval>> = if *reverse {
+                Box::new(bounds.intervals.iter().rev())
+            } else {
+                Box::new(bounds.intervals.iter())
+            };
+            for interval in intervals {
                 let mut failed: Option<CommandError> = None;
                 let mut stopped = false;
-                view.scan_range(coll, interval, None, &mut |key, doc| {
+                view.scan_range(coll, interval, None, *reverse, &mut |key, doc| {
                     examined.keys += 1;
                     examined.docs += 1;
                     if examined.docs.is_multiple_of(DEADLINE_EVERY)
@@ -468,8 +498,13 @@ pub fn for_each_match(
                 }
             }
         }
-        Access::Index { index, bounds, .. } => {
-            let mut walk = IndexWalk::new(index.clone(), bounds);
+        Access::Index {
+            index,
+            bounds,
+            reverse,
+            ..
+        } => {
+            let mut walk = IndexWalk::new(index.clone(), bounds, *reverse);
             while let Some((key, doc)) = walk.next_doc(view, coll, examined)? {
                 if filter.try_matches(&doc)? && visit(&key, &doc).is_break() {
                     return Ok(());
@@ -492,7 +527,9 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             d
         }
         Access::IdPoint(_) => doc! { "stage": "IDHACK" },
-        Access::IdRange { bounds, .. } => {
+        Access::IdRange {
+            bounds, reverse, ..
+        } => {
             let mut fetch = doc! { "stage": "FETCH" };
             if !filter_doc.is_empty() {
                 fetch.insert("filter", filter_doc.clone());
@@ -508,7 +545,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
                     "isSparse": false,
                     "isPartial": false,
                     "indexVersion": 2,
-                    "direction": "forward",
+                    "direction": if *reverse { "backward" } else { "forward" },
                     "indexBounds": bounds.display.clone(),
                 },
             );
@@ -518,6 +555,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             index,
             bounds,
             multikey,
+            reverse,
             ..
         } => {
             let mut fetch = doc! { "stage": "FETCH" };
@@ -535,7 +573,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
                     "isSparse": index.key.sparse,
                     "isPartial": index.key.partial.is_some(),
                     "indexVersion": 2,
-                    "direction": "forward",
+                    "direction": if *reverse { "backward" } else { "forward" },
                     "indexBounds": bounds.display.clone(),
                 },
             );

@@ -40,6 +40,9 @@ pub struct ScanState {
     pub coll: CollectionInfo,
     /// A range of `_id` order to walk, or the whole collection.
     pub range: Option<KeyInterval>,
+    /// Walk the range backward (a descending `_id` sort).
+    pub reverse: bool,
+    /// The last key returned: the walk resumes past it.
     pub after: Option<DocKey>,
     pub filter: Filter,
     pub skip: u64,
@@ -95,6 +98,7 @@ impl Cursor {
                         snapshot,
                         coll,
                         range,
+                        reverse,
                         after,
                         filter,
                         skip,
@@ -137,7 +141,9 @@ impl Cursor {
                         ControlFlow::Continue(())
                     };
                     match range {
-                        Some(r) => snapshot.scan_range(coll, r, after.as_ref(), &mut visit)?,
+                        Some(r) => {
+                            snapshot.scan_range(coll, r, after.as_ref(), *reverse, &mut visit)?
+                        }
                         None => snapshot.scan(coll, after.as_ref(), &mut visit)?,
                     }
                     if let Some(e) = failed {

@@ -151,12 +151,14 @@ impl BaseStore {
         Ok(value.and_then(|v| decode_value(v.value())))
     }
 
-    /// Visits a keyspace's entries in key order within the bounds, until `visit` breaks.
+    /// Visits a keyspace's entries in key order (descending if `reverse`) within the bounds,
+    /// until `visit` breaks.
     pub(crate) fn scan(
         &self,
         coll: u64,
         lower: Bound<&DocKey>,
         upper: Bound<&DocKey>,
+        reverse: bool,
         mut visit: impl FnMut(DocKey, Timestamp, StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
@@ -180,7 +182,12 @@ impl BaseStore {
                 upper.as_ref().map(|v| v.as_slice()),
             ))
             .map_err(|e| err("scan", e))?;
-        for entry in range {
+        let entries: Box<dyn Iterator<Item = _>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for entry in entries {
             let (k, v) = entry.map_err(|e| err("scan", e))?;
             let key = DocKey(k.value()[8..].to_vec());
             let Some((ts, doc)) = decode_value(v.value()) else {

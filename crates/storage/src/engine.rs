@@ -952,12 +952,15 @@ fn merge_overlay<'a>(
     drive: impl FnOnce(
         &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>,
+    reverse: bool,
     visit: &mut impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
     let mut overlay = overlay.peekable();
     let mut stopped = false;
+    // Both sides come in the same order, ascending or (reverse) descending.
+    let before = |own: &DocKey, key: &DocKey| if reverse { own > key } else { own < key };
     drive(&mut |key, doc| {
-        while let Some((own_key, own_doc)) = overlay.next_if(|(k, _)| *k < key) {
+        while let Some((own_key, own_doc)) = overlay.next_if(|(k, _)| before(k, key)) {
             if let Some(d) = own_doc
                 && visit(own_key, d).is_break()
             {
@@ -1115,11 +1118,16 @@ fn latest_docs(state: &State, id: CollId) -> Result<Vec<(DocKey, StoredDoc)>, St
     merge_overlay(
         memory,
         |emit| match &state.base {
-            Some(base) => base.scan(id, Bound::Unbounded, Bound::Unbounded, |key, _, doc| {
-                emit(&key, &doc)
-            }),
+            Some(base) => base.scan(
+                id,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                false,
+                |key, _, doc| emit(&key, &doc),
+            ),
             None => Ok(()),
         },
+        false,
         &mut |key, doc| {
             out.push((key.clone(), doc.clone()));
             ControlFlow::Continue(())
@@ -1342,24 +1350,40 @@ fn release_intents<'a>(
     }
 }
 
-/// An index interval narrowed to entries after `after`, as owned bounds over entry keys.
-fn index_range(interval: &KeyInterval, after: Option<&DocKey>) -> (Bound<DocKey>, Bound<DocKey>) {
+/// An interval narrowed to the keys past `resume` (above it, or below it when `reverse`), as
+/// owned bounds over keys.
+fn index_range(
+    interval: &KeyInterval,
+    resume: Option<&DocKey>,
+    reverse: bool,
+) -> (Bound<DocKey>, Bound<DocKey>) {
     let own = |b: &Bound<Vec<u8>>| match b {
         Bound::Included(k) => Bound::Included(DocKey(k.clone())),
         Bound::Excluded(k) => Bound::Excluded(DocKey(k.clone())),
         Bound::Unbounded => Bound::Unbounded,
     };
-    let mut lower = own(&interval.0);
-    if let Some(after) = after {
-        let past = match &lower {
-            Bound::Included(l) | Bound::Excluded(l) => after >= l,
-            Bound::Unbounded => true,
-        };
-        if past {
-            lower = Bound::Excluded(after.clone());
+    let (mut lower, mut upper) = (own(&interval.0), own(&interval.1));
+    if let Some(resume) = resume {
+        if reverse {
+            // A backward walk resumes below the last key it returned.
+            let within = match &upper {
+                Bound::Included(u) | Bound::Excluded(u) => resume <= u,
+                Bound::Unbounded => true,
+            };
+            if within {
+                upper = Bound::Excluded(resume.clone());
+            }
+        } else {
+            let within = match &lower {
+                Bound::Included(l) | Bound::Excluded(l) => resume >= l,
+                Bound::Unbounded => true,
+            };
+            if within {
+                lower = Bound::Excluded(resume.clone());
+            }
         }
     }
-    (lower, own(&interval.1))
+    (lower, upper)
 }
 
 fn empty_range(lower: Bound<&DocKey>, upper: Bound<&DocKey>) -> bool {
@@ -1497,20 +1521,28 @@ impl Snapshot {
         visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.scan_in(coll.id, lower, Bound::Unbounded, visit)
+        self.scan_in(coll.id, lower, Bound::Unbounded, false, visit)
     }
 
-    /// Visits the documents whose keys lie in `interval` (and after `after`), in key order,
-    /// until `visit` breaks: a range of the collection's `_id` order.
+    /// Visits the documents whose keys lie in `interval`, in key order (descending if
+    /// `reverse`), resuming past `resume`, until `visit` breaks: a range of the collection's
+    /// `_id` order.
     pub fn scan_range(
         &self,
         coll: &CollectionInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
+        reverse: bool,
         visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        let (lower, upper) = index_range(interval, after);
-        self.scan_in(coll.id, as_ref_bound(&lower), as_ref_bound(&upper), visit)
+        let (lower, upper) = index_range(interval, resume, reverse);
+        self.scan_in(
+            coll.id,
+            as_ref_bound(&lower),
+            as_ref_bound(&upper),
+            reverse,
+            visit,
+        )
     }
 
     fn scan_in(
@@ -1518,6 +1550,7 @@ impl Snapshot {
         id: CollId,
         lower: Bound<&DocKey>,
         upper: Bound<&DocKey>,
+        reverse: bool,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         if empty_range(lower, upper) {
@@ -1526,16 +1559,24 @@ impl Snapshot {
         }
         let state = self.engine.read_state();
         let read_ts = self.read_ts;
-        let memory = state
-            .collections
-            .get(&id)
-            .into_iter()
-            .flat_map(|docs| docs.range((lower, upper)))
-            .map(|(key, chain)| (key, chain.visible_at(read_ts)));
+        let memory: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> =
+            match state.collections.get(&id) {
+                Some(docs) => {
+                    let range = docs
+                        .range((lower, upper))
+                        .map(|(key, chain)| (key, chain.visible_at(read_ts)));
+                    if reverse {
+                        Box::new(range.rev())
+                    } else {
+                        Box::new(range)
+                    }
+                }
+                None => Box::new(std::iter::empty()),
+            };
         merge_overlay(
             memory,
             |emit| match &state.base {
-                Some(base) => base.scan(id, lower, upper, |key, ts, doc| {
+                Some(base) => base.scan(id, lower, upper, reverse, |key, ts, doc| {
                     if ts <= read_ts {
                         emit(&key, &doc)
                     } else {
@@ -1544,6 +1585,7 @@ impl Snapshot {
                 }),
                 None => Ok(()),
             },
+            reverse,
             &mut visit,
         )
     }
@@ -1553,21 +1595,24 @@ impl Snapshot {
         Ok(self.get_in(index.id, &multikey_marker())?.is_some())
     }
 
-    /// Up to `max` entries of `index` within `interval`, after the entry `after`: each entry's
-    /// key and the key of the document it points at.
+    /// Up to `max` entries of `index` within `interval`, in key order (descending if
+    /// `reverse`), past the entry `resume`: each entry's key and the key of the document it
+    /// points at.
     pub fn index_scan(
         &self,
         index: &IndexInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
         max: usize,
+        reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
-        let (lower, upper) = index_range(interval, after);
+        let (lower, upper) = index_range(interval, resume, reverse);
         let mut out = Vec::new();
         self.scan_in(
             index.id,
             as_ref_bound(&lower),
             as_ref_bound(&upper),
+            reverse,
             |key, value| {
                 if let Some(target) = entry_target(value) {
                     out.push((key.clone(), target));
@@ -1743,6 +1788,7 @@ impl Txn {
         merge_overlay(
             own,
             |emit| self.snapshot.scan(coll, after, emit),
+            false,
             &mut visit,
         )
     }
@@ -1752,10 +1798,11 @@ impl Txn {
         &self,
         coll: &CollectionInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
+        reverse: bool,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        let (lower, upper) = index_range(interval, after);
+        let (lower, upper) = index_range(interval, resume, reverse);
         if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
             return Ok(());
         }
@@ -1768,17 +1815,31 @@ impl Txn {
             Bound::Unbounded => Bound::Included((coll.id, DocKey(Vec::new()))),
             b => own_bound(b),
         };
-        let own = self
+        let own_upper = match &upper {
+            Bound::Unbounded => Bound::Excluded((coll.id + 1, DocKey(Vec::new()))),
+            b => own_bound(b),
+        };
+        let range = self
             .docs
-            .range((own_lower, own_bound(&upper)))
-            .take_while(|((id, _), _)| *id == coll.id)
+            .range((own_lower, own_upper))
             .map(|((_, key), write)| (key, write.doc()));
+        let own: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         merge_overlay(
             own,
             |emit| {
-                self.snapshot
-                    .scan_in(coll.id, as_ref_bound(&lower), as_ref_bound(&upper), emit)
+                self.snapshot.scan_in(
+                    coll.id,
+                    as_ref_bound(&lower),
+                    as_ref_bound(&upper),
+                    reverse,
+                    emit,
+                )
             },
+            reverse,
             &mut visit,
         )
     }
@@ -2386,10 +2447,11 @@ impl Txn {
         &self,
         index: &IndexInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
         max: usize,
+        reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
-        let (lower, upper) = index_range(interval, after);
+        let (lower, upper) = index_range(interval, resume, reverse);
         if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
             return Ok(Vec::new());
         }
@@ -2402,18 +2464,32 @@ impl Txn {
             Bound::Unbounded => Bound::Included((index.id, DocKey(Vec::new()))),
             b => own_bound(b),
         };
-        let own = self
+        let own_upper = match &upper {
+            Bound::Unbounded => Bound::Excluded((index.id + 1, DocKey(Vec::new()))),
+            b => own_bound(b),
+        };
+        let range = self
             .index_writes
-            .range((own_lower, own_bound(&upper)))
-            .take_while(|((id, _), _)| *id == index.id)
+            .range((own_lower, own_upper))
             .map(|((_, key), value)| (key, value.as_ref()));
+        let own: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         let mut out = Vec::new();
         merge_overlay(
             own,
             |emit| {
-                self.snapshot
-                    .scan_in(index.id, as_ref_bound(&lower), as_ref_bound(&upper), emit)
+                self.snapshot.scan_in(
+                    index.id,
+                    as_ref_bound(&lower),
+                    as_ref_bound(&upper),
+                    reverse,
+                    emit,
+                )
             },
+            reverse,
             &mut |key, value| {
                 if let Some(target) = entry_target(value) {
                     out.push((key.clone(), target));
@@ -2571,21 +2647,25 @@ pub trait ReadView {
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>;
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError>;
-    /// The documents whose keys lie in `interval`, after `after`, in key order.
+    /// The documents whose keys lie in `interval`, past `resume`, in key order (descending if
+    /// `reverse`).
     fn scan_range(
         &self,
         coll: &CollectionInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
+        reverse: bool,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError>;
-    /// Up to `max` `(entry key, document key)` pairs of `index` in `interval` after `after`.
+    /// Up to `max` `(entry key, document key)` pairs of `index` in `interval`, past `resume`,
+    /// descending if `reverse`.
     fn index_scan(
         &self,
         index: &IndexInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
         max: usize,
+        reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError>;
 }
 
@@ -2611,10 +2691,11 @@ impl ReadView for Snapshot {
         &self,
         index: &IndexInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
         max: usize,
+        reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
-        Snapshot::index_scan(self, index, interval, after, max)
+        Snapshot::index_scan(self, index, interval, resume, max, reverse)
     }
 
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
@@ -2625,10 +2706,11 @@ impl ReadView for Snapshot {
         &self,
         coll: &CollectionInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
+        reverse: bool,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        Snapshot::scan_range(self, coll, interval, after, visit)
+        Snapshot::scan_range(self, coll, interval, resume, reverse, visit)
     }
 }
 
@@ -2654,10 +2736,11 @@ impl ReadView for Txn {
         &self,
         index: &IndexInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
         max: usize,
+        reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError> {
-        Txn::index_scan(self, index, interval, after, max)
+        Txn::index_scan(self, index, interval, resume, max, reverse)
     }
 
     fn index_multikey(&self, index: &IndexInfo) -> Result<bool, StorageError> {
@@ -2668,9 +2751,10 @@ impl ReadView for Txn {
         &self,
         coll: &CollectionInfo,
         interval: &KeyInterval,
-        after: Option<&DocKey>,
+        resume: Option<&DocKey>,
+        reverse: bool,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        Txn::scan_range(self, coll, interval, after, visit)
+        Txn::scan_range(self, coll, interval, resume, reverse, visit)
     }
 }

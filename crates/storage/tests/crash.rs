@@ -248,6 +248,7 @@ fn check_index(snap: &mangrove_storage::Snapshot, ns: &str, field: &str, name: &
             &(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
             None,
             usize::MAX,
+            false,
         )
         .unwrap()
         .into_iter()

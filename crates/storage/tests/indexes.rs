@@ -9,7 +9,9 @@ use std::sync::Arc;
 use bson::{doc, rawdoc};
 use common::*;
 use mangrove_query::{Filter, IndexSpec, index_bounds};
-use mangrove_storage::{CollectionInfo, Engine, ReadView, StorageError};
+use std::ops::ControlFlow;
+
+use mangrove_storage::{CollectionInfo, DocKey, Engine, ReadView, StorageError};
 
 fn spec(key: bson::Document, name: &str, unique: bool) -> bson::Document {
     let mut raw = doc! { "key": key, "name": name };
@@ -35,7 +37,10 @@ fn lookup(view: &dyn ReadView, ns: &str, name: &str, filter: bson::RawDocumentBu
     let bounds = index_bounds(&parsed, &filter, &index.key, false, multikey).expect("index usable");
     let mut out = Vec::new();
     for interval in &bounds.intervals {
-        for (_, target) in view.index_scan(&index, interval, None, usize::MAX).unwrap() {
+        for (_, target) in view
+            .index_scan(&index, interval, None, usize::MAX, false)
+            .unwrap()
+        {
             let d = view
                 .get(&coll, &target)
                 .unwrap()
@@ -225,6 +230,7 @@ fn all_entries(engine: &Engine, ns: &str, name: &str) -> Vec<i64> {
         &(Bound::Unbounded, Bound::Unbounded),
         None,
         usize::MAX,
+        false,
     )
     .unwrap()
     .into_iter()
@@ -330,4 +336,71 @@ fn index_entries_are_recovered_from_the_log_and_the_checkpoint() {
     let names: Vec<&str> = coll.indexes.iter().map(|i| i.key.name.as_str()).collect();
     assert_eq!(names, ["v_-1__id_1", "tags_1"]);
     assert_eq!(all_entries(&engine, "db.r", "v_-1__id_1"), desc);
+}
+
+#[test]
+fn backward_walks_mirror_forward_ones_with_own_writes_merged() {
+    backward_walks(&Engine::in_memory(), false);
+    // Again with the data in the base store (redb), under the in-memory chains.
+    let dir = TempDir::new("backward");
+    let (engine, _) = open(options(&dir)).unwrap();
+    backward_walks(&engine, true);
+}
+
+fn backward_walks(engine: &Engine, checkpoint: bool) {
+    let engine = engine.clone();
+    let coll = collection(&engine, "db.w");
+    let mut t = engine.begin();
+    for i in 0..40 {
+        t.insert(&coll, key(i), doc(i, i % 7)).unwrap();
+    }
+    commit_durable(t).unwrap();
+    let coll = create_index(&engine, "db.w", spec(doc! { "v": 1 }, "v_1", false));
+    if checkpoint {
+        engine.checkpoint().unwrap().expect("a checkpoint ran");
+        // One committed change lives only in memory, over the base store.
+        let mut t = engine.begin();
+        t.replace(&coll, key(20), doc(20, 0)).unwrap();
+        commit_durable(t).unwrap();
+    }
+    let index = coll.index("v_1").unwrap().clone();
+    let mut t = engine.begin();
+    t.delete(&coll, key(3)).unwrap();
+    t.insert(&coll, key(100), doc(100, 2)).unwrap();
+    t.replace(&coll, key(10), doc(10, 6)).unwrap();
+    let all = (Bound::Unbounded, Bound::Unbounded);
+    let targets = |rev: bool, chunk: usize| -> Vec<DocKey> {
+        // Resume chunk by chunk, as a cursor does.
+        let mut out = Vec::new();
+        let mut resume: Option<DocKey> = None;
+        loop {
+            let got = t
+                .index_scan(&index, &all, resume.as_ref(), chunk, rev)
+                .unwrap();
+            let Some((last, _)) = got.last() else { break };
+            resume = Some(last.clone());
+            out.extend(got.into_iter().map(|(_, d)| d));
+        }
+        out
+    };
+    let forward = targets(false, 5);
+    let mut backward = targets(true, 3);
+    backward.reverse();
+    assert_eq!(forward.len(), 40);
+    assert_eq!(forward, backward);
+    assert!(forward.contains(&key(100)) && !forward.contains(&key(3)));
+    let mut docs_fwd = Vec::new();
+    t.scan_range(&coll, &all, None, false, |k, _| {
+        docs_fwd.push(k.clone());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let mut docs_back = Vec::new();
+    t.scan_range(&coll, &all, Some(&key(100)), true, |k, _| {
+        docs_back.push(k.clone());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    docs_back.reverse();
+    assert_eq!(&docs_fwd[..docs_fwd.len() - 1], &docs_back[..]);
 }

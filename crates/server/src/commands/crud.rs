@@ -846,24 +846,33 @@ fn find_with(
         let docs = collect_matches(shared, view, &coll, &access, &filter, sort, skip, limit)?;
         cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
         cursor.remaining = None;
-    } else if let Access::Index { index, bounds, .. } = access {
+    } else if let Access::Index {
+        index,
+        bounds,
+        reverse,
+        ..
+    } = access
+    {
         cursor.source = Source::Index(Box::new(IndexScanState {
             snapshot,
             coll,
-            walk: IndexWalk::new(index, &bounds),
+            walk: IndexWalk::new(index, &bounds, reverse),
             filter,
             skip,
             pending: VecDeque::new(),
         }));
     } else {
-        let range = match &access {
-            Access::IdRange { bounds, .. } => bounds.intervals.first().cloned(),
-            _ => None,
+        let (range, reverse) = match &access {
+            Access::IdRange {
+                bounds, reverse, ..
+            } => (bounds.intervals.first().cloned(), *reverse),
+            _ => (None, false),
         };
         cursor.source = Source::Scan(Box::new(ScanState {
             snapshot,
             coll,
             range,
+            reverse,
             after: None,
             filter,
             skip,

@@ -607,7 +607,7 @@ async fn ttl_pass(shared: &Shared) -> CommandResult<u64> {
                     score: 0,
                     eq_prefix: 0,
                 };
-                let mut walk = IndexWalk::new(index.clone(), &bounds);
+                let mut walk = IndexWalk::new(index.clone(), &bounds, false);
                 let mut victims = Vec::new();
                 let mut examined = Examined::default();
                 while victims.len() < TTL_BATCH {
