@@ -1,6 +1,6 @@
 //! Access paths: how a read reaches the documents its filter may match. An `_id` point lookup,
-//! a range scan of a secondary index (then fetching each document), or a scan of the whole
-//! collection. Whatever the path, every document it yields is checked against the whole filter,
+//! ranges of the collection's own `_id` order, a range scan of a secondary index (then fetching
+//! each document), forward or backward, or a scan of the whole collection. Whatever the path, every document it yields is checked against the whole filter,
 //! so the planner may only make the candidate set smaller, never wrong.
 
 use std::collections::{HashSet, VecDeque};
