@@ -435,23 +435,10 @@ pub fn for_each_match(
             }
         }
         Access::Collection => {
-            let mut failed: Option<CommandError> = None;
+            let mut failed = None;
             view.scan(coll, None, &mut |key, doc| {
                 examined.docs += 1;
-                if examined.docs.is_multiple_of(DEADLINE_EVERY)
-                    && let Err(e) = check_deadline()
-                {
-                    failed = Some(e);
-                    return ControlFlow::Break(());
-                }
-                match filter.try_matches(doc) {
-                    Ok(true) => visit(key, doc),
-                    Ok(false) => ControlFlow::Continue(()),
-                    Err(e) => {
-                        failed = Some(e.into());
-                        ControlFlow::Break(())
-                    }
-                }
+                scan_step(examined.docs, filter, key, doc, visit, &mut failed)
             })?;
             if let Some(e) = failed {
                 return Err(e);
@@ -466,29 +453,14 @@ pub fn for_each_match(
                 Box::new(bounds.intervals.iter())
             };
             for interval in intervals {
-                let mut failed: Option<CommandError> = None;
+                let mut failed = None;
                 let mut stopped = false;
                 view.scan_range(coll, interval, None, *reverse, &mut |key, doc| {
                     examined.keys += 1;
                     examined.docs += 1;
-                    if examined.docs.is_multiple_of(DEADLINE_EVERY)
-                        && let Err(e) = check_deadline()
-                    {
-                        failed = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                    match filter.try_matches(doc) {
-                        Ok(true) => {
-                            let flow = visit(key, doc);
-                            stopped = flow.is_break();
-                            flow
-                        }
-                        Ok(false) => ControlFlow::Continue(()),
-                        Err(e) => {
-                            failed = Some(e.into());
-                            ControlFlow::Break(())
-                        }
-                    }
+                    let flow = scan_step(examined.docs, filter, key, doc, visit, &mut failed);
+                    stopped = flow.is_break();
+                    flow
                 })?;
                 if let Some(e) = failed {
                     return Err(e);
@@ -513,6 +485,32 @@ pub fn for_each_match(
         }
     }
     Ok(())
+}
+
+/// One document of a scan: the deadline (every few hundred documents), the filter, then
+/// `visit`. An error is kept in `failed` and breaks the scan.
+fn scan_step(
+    visited: u64,
+    filter: &Filter,
+    key: &DocKey,
+    doc: &StoredDoc,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    failed: &mut Option<CommandError>,
+) -> ControlFlow<()> {
+    if visited.is_multiple_of(DEADLINE_EVERY)
+        && let Err(e) = check_deadline()
+    {
+        *failed = Some(e);
+        return ControlFlow::Break(());
+    }
+    match filter.try_matches(doc) {
+        Ok(true) => visit(key, doc),
+        Ok(false) => ControlFlow::Continue(()),
+        Err(e) => {
+            *failed = Some(e.into());
+            ControlFlow::Break(())
+        }
+    }
 }
 
 /// The plan's input stage as `explain` shows it, in MongoDB's stage names.

@@ -2227,32 +2227,60 @@ fn distinct_with(
                     );
                 }
             }
-            dedup_values(&mut values);
-            let mut array = RawArrayBuf::new();
-            for v in values {
-                array.push(v);
-            }
-            let mut reply = RawDocumentBuf::new();
-            reply.append(cstr!("values"), array);
-            reply.append(cstr!("ok"), 1.0);
-            return Ok(Reply::Raw(reply));
+        } else {
+            distinct_from_collection(
+                shared,
+                req,
+                view,
+                &coll,
+                &filter,
+                raw_filter,
+                key,
+                &mut values,
+            )?;
         }
+    }
+    dedup_values(&mut values);
+    let mut array = RawArrayBuf::new();
+    for v in values {
+        array.push(v);
+    }
+    let mut reply = RawDocumentBuf::new();
+    reply.append(cstr!("values"), array);
+    reply.append(cstr!("ok"), 1.0);
+    Ok(Reply::Raw(reply))
+}
+
+/// The values of `key` in the documents of a collection matching `filter`, deduplicated as
+/// they accumulate so memory stays near the answer's size (16 MiB at most).
+#[allow(clippy::too_many_arguments)]
+fn distinct_from_collection(
+    shared: &Shared,
+    req: &Request<'_>,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    raw_filter: &RawDocument,
+    key: &str,
+    values: &mut Vec<bson::RawBson>,
+) -> CommandResult<()> {
+    {
         let max = shared.config.max_bson_size;
         let mut bytes = 0usize;
         let mut too_big = false;
         let access = choose(
             view,
-            &coll,
-            &filter,
+            coll,
+            filter,
             raw_filter,
-            &parse_hint(req.get("hint"), Some(&coll))?,
+            &parse_hint(req.get("hint"), Some(coll))?,
             None,
         )?;
         for_each_match(
             view,
-            &coll,
+            coll,
             &access,
-            &filter,
+            filter,
             &mut Examined::default(),
             &mut |_, doc| {
                 for v in mangrove_query::distinct_values(doc, key) {
@@ -2262,7 +2290,7 @@ fn distinct_with(
                 }
                 // Sorting and deduplicating as we go keeps memory near the answer's size.
                 if bytes > max {
-                    dedup_values(&mut values);
+                    dedup_values(values);
                     bytes = values.iter().map(raw_size).sum();
                     if bytes > max {
                         too_big = true;
@@ -2279,15 +2307,7 @@ fn distinct_with(
             ));
         }
     }
-    dedup_values(&mut values);
-    let mut array = RawArrayBuf::new();
-    for v in values {
-        array.push(v);
-    }
-    let mut reply = RawDocumentBuf::new();
-    reply.append(cstr!("values"), array);
-    reply.append(cstr!("ok"), 1.0);
-    Ok(Reply::Raw(reply))
+    Ok(())
 }
 
 fn dedup_values(values: &mut Vec<bson::RawBson>) {
