@@ -12,7 +12,7 @@ use mongodb::{Client, ClientSession, Collection, Database};
 
 use crate::rng::Rng;
 use crate::workload::{
-    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Workload, Worker, item_price,
+    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
     order_args, transfer_args,
 };
 
@@ -44,6 +44,9 @@ fn collection(db: &Database, name: &str) -> Collection<Document> {
     )
 }
 
+/// A collection to load: name, document count, and how to make document `i`.
+pub type LoadSet<D> = (&'static str, u64, fn(i64) -> D);
+
 fn account(i: i64) -> Document {
     doc! { "_id": i, "bal": OPENING_BALANCE, "owner": format!("account-{i}"), "pad": PAD }
 }
@@ -66,7 +69,7 @@ pub async fn load(client: &Client, shared: &Shared) -> Result<(), String> {
     let fail = |what: &str, e: Error| format!("loading Mangrove ({what}): {e}");
     db.drop().await.map_err(|e| fail("drop", e))?;
     let s = shared.sizes;
-    let sets: [(&str, u64, fn(i64) -> Document); 4] = [
+    let sets: [LoadSet<Document>; 4] = [
         ("accounts", s.accounts, account),
         ("customers", s.customers, customer),
         ("items", s.items, item),
@@ -286,7 +289,9 @@ impl MongoWorker {
                 .await
                 .map_err(|e| describe(&e))?;
             let body = match &txn {
-                Txn::Transfer(args) => transfer_body(&mut self.session, &self.accounts, *args).await,
+                Txn::Transfer(args) => {
+                    transfer_body(&mut self.session, &self.accounts, *args).await
+                }
                 Txn::Order(order_id, args) => {
                     let colls = OrderColls {
                         customers: &self.customers,
@@ -320,7 +325,9 @@ impl MongoWorker {
                             aborts,
                         });
                     }
-                    Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && unknown < 3 => {
+                    Err(e)
+                        if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && unknown < 3 =>
+                    {
                         unknown += 1;
                     }
                     Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {

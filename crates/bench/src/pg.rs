@@ -11,8 +11,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::rng::Rng;
 use crate::workload::{
-    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Workload, Worker,
-    item_price, order_args, transfer_args,
+    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
+    order_args, transfer_args,
 };
 
 const TABLES: [&str; 7] = [
@@ -38,7 +38,11 @@ pub async fn connect(conninfo: &str) -> Result<Client, String> {
 
 fn fail(what: &str, e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("PostgreSQL ({what}): {} [{}]", db.message(), db.code().code()),
+        Some(db) => format!(
+            "PostgreSQL ({what}): {} [{}]",
+            db.message(),
+            db.code().code()
+        ),
         None => format!("PostgreSQL ({what}): {e}"),
     }
 }
@@ -57,12 +61,10 @@ pub async fn check_settings(client: &Client) -> Result<String, String> {
             .await
             .map_err(|e| fail("SHOW", e))?;
         let value: String = row.get(0);
-        if let Some(want) = want {
-            if value != want {
-                return Err(format!(
-                    "PostgreSQL has {name} = {value}; the comparison needs {name} = {want} (start it with -c {name}={want})"
-                ));
-            }
+        if let Some(want) = want.filter(|w| value != *w) {
+            return Err(format!(
+                "PostgreSQL has {name} = {value}; the comparison needs {name} = {want} (start it with -c {name}={want})"
+            ));
         }
         report.push(format!("{name}={value}"));
     }
@@ -90,7 +92,9 @@ async fn insert_rows(client: &Client, table: &str, rows: Vec<(i64, Value)>) -> R
     let (ids, docs): (Vec<i64>, Vec<Value>) = rows.into_iter().unzip();
     client
         .execute(
-            &format!("INSERT INTO {table} (id, doc) SELECT * FROM unnest($1::bigint[], $2::jsonb[])"),
+            &format!(
+                "INSERT INTO {table} (id, doc) SELECT * FROM unnest($1::bigint[], $2::jsonb[])"
+            ),
             &[&ids, &docs],
         )
         .await
@@ -109,19 +113,27 @@ pub async fn load(client: &Client, shared: &Shared) -> Result<(), String> {
             .map_err(|e| fail("create tables", e))?;
     }
     let s = shared.sizes;
-    let sets: [(&str, u64, fn(i64) -> Value); 4] = [
-        ("accounts", s.accounts, |i| {
-            json!({"_id": i, "bal": OPENING_BALANCE, "owner": format!("account-{i}"), "pad": PAD})
-        }),
-        ("customers", s.customers, |i| {
-            json!({"_id": i, "name": format!("customer-{i}"), "discount": 0.05, "credit": "GC", "balance": 0.0, "pad": PAD})
-        }),
-        ("items", s.items, |i| {
-            json!({"_id": i, "name": format!("item-{i}"), "price": item_price(i), "data": PAD})
-        }),
-        ("stock", s.items, |i| {
-            json!({"_id": i, "qty": 100_000, "ytd": 0, "order_cnt": 0, "dist": &PAD[..24]})
-        }),
+    let sets: [crate::mongo::LoadSet<Value>; 4] = [
+        (
+            "accounts",
+            s.accounts,
+            |i| json!({"_id": i, "bal": OPENING_BALANCE, "owner": format!("account-{i}"), "pad": PAD}),
+        ),
+        (
+            "customers",
+            s.customers,
+            |i| json!({"_id": i, "name": format!("customer-{i}"), "discount": 0.05, "credit": "GC", "balance": 0.0, "pad": PAD}),
+        ),
+        (
+            "items",
+            s.items,
+            |i| json!({"_id": i, "name": format!("item-{i}"), "price": item_price(i), "data": PAD}),
+        ),
+        (
+            "stock",
+            s.items,
+            |i| json!({"_id": i, "qty": 100_000, "ytd": 0, "order_cnt": 0, "dist": &PAD[..24]}),
+        ),
     ];
     for (table, n, make) in sets {
         let ids: Vec<i64> = (0..n as i64).collect();

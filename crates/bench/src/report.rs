@@ -29,6 +29,8 @@ pub struct Cell {
     pub stats: CellStats,
     /// fdatasyncs over the cell (warm-up included), when they could be counted.
     pub syncs: Option<u64>,
+    /// `syncs` counts a superset of the fdatasyncs (so commits per fdatasync is a lower bound).
+    pub syncs_upper_bound: bool,
 }
 
 impl Cell {
@@ -69,7 +71,7 @@ fn thousands(v: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -79,6 +81,7 @@ fn thousands(v: f64) -> String {
 
 fn ms(v: Option<f64>) -> String {
     match v {
+        Some(v) if v < 1.0 => format!("{v:.3}"),
         Some(v) if v < 10.0 => format!("{v:.2}"),
         Some(v) => format!("{v:.1}"),
         None => "–".into(),
@@ -118,7 +121,7 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
     );
     let _ = writeln!(
         md,
-        "- Each cell: {:.0} s warm-up, then {:.0} s measured; the two systems alternate cell by cell. Latency is one \
+        "- Each cell: {} s warm-up, then {} s measured; the two systems alternate cell by cell. Latency is one \
          logical operation, retries included.",
         info.warmup_secs, info.duration_secs
     );
@@ -131,8 +134,8 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
     );
     let _ = writeln!(
         md,
-        "- fdatasyncs per cell: Mangrove from {}; PostgreSQL from `pg_stat_wal.wal_sync`. Commits per fdatasync \
-         counts the warm-up too.\n",
+        "- fdatasyncs per cell: Mangrove from {}; PostgreSQL from `pg_stat_wal.wal_sync` (WAL flushes by backends \
+         and the WAL writer). Commits per fdatasync counts the warm-up too.\n",
         info.mangrove_sync_source
     );
 
@@ -150,10 +153,12 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
             let m = find(cells, System::Mangrove, w, c);
             let p = find(cells, System::Postgres, w, c);
             let lat = match (m, p) {
-                (Some(m), Some(p)) => match (m.stats.percentile_ms(0.99), p.stats.percentile_ms(0.99)) {
-                    (Some(a), Some(b)) if b > 0.0 => format!(" ({:.2})", a / b),
-                    _ => String::new(),
-                },
+                (Some(m), Some(p)) => {
+                    match (m.stats.percentile_ms(0.99), p.stats.percentile_ms(0.99)) {
+                        (Some(a), Some(b)) if b > 0.0 => format!(" ({:.2})", a / b),
+                        _ => String::new(),
+                    }
+                }
                 _ => String::new(),
             };
             match ratio(m, p) {
@@ -173,7 +178,10 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
             md,
             "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | aborted attempts | retries per op | errors | commits per fdatasync |"
         );
-        let _ = writeln!(md, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            md,
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for &c in &info.clients {
             for s in [System::Mangrove, System::Postgres] {
                 let Some(cell) = find(cells, s, w, c) else {
@@ -185,9 +193,9 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
                 } else {
                     "–".into()
                 };
-                let cps = cell
-                    .commits_per_sync()
-                    .map_or("–".into(), |v| format!("{v:.1}"));
+                let cps = cell.commits_per_sync().map_or("–".into(), |v| {
+                    format!("{}{v:.1}", if cell.syncs_upper_bound { "≥ " } else { "" })
+                });
                 let _ = writeln!(
                     md,
                     "| {c} | {} | {} | {} | {} | {} | {} | {per_op} | {} | {cps} |",
@@ -265,10 +273,20 @@ fn goals(cells: &[Cell]) -> Vec<String> {
         .and(at(Workload::TransferUniform, System::Mangrove))
         .and_then(|c| c.commits_per_sync())
     {
-        Some(v) => out.push(format!(
-            "at least 10 durable commits per fdatasync at 32 clients (transfer): {} ({v:.1}).",
-            if v >= 10.0 { "met" } else { "missed" }
-        )),
+        Some(v) => {
+            let bound = m
+                .and(at(Workload::TransferUniform, System::Mangrove))
+                .is_some_and(|c| c.syncs_upper_bound);
+            let verdict = match (v >= 10.0, bound) {
+                (true, _) => "met",
+                (false, false) => "missed",
+                (false, true) => "not shown (only a lower bound was measured)",
+            };
+            out.push(format!(
+                "at least 10 durable commits per fdatasync at 32 clients (transfer): {verdict} ({}{v:.1}).",
+                if bound { "≥ " } else { "" }
+            ));
+        }
         None => out.push("commits per fdatasync at 32 clients: not measured in this run.".into()),
     }
     out
@@ -294,7 +312,7 @@ pub fn throughput_svg(path: &Path, info: &RunInfo, cells: &[Cell]) -> Result<(),
     root.fill(&WHITE).map_err(draw_err)?;
     let root = root
         .titled(
-            "Throughput against concurrent clients (durable commits; higher is better)",
+            "Throughput against concurrent clients (operations per second; higher is better)",
             ("sans-serif", 20),
         )
         .map_err(draw_err)?;
@@ -333,7 +351,9 @@ pub fn throughput_svg(path: &Path, info: &RunInfo, cells: &[Cell]) -> Result<(),
                 .draw_series(LineSeries::new(points.clone(), col.stroke_width(2)))
                 .map_err(draw_err)?
                 .label(s.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
+                });
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, col.filled())))
                 .map_err(draw_err)?;
@@ -350,7 +370,12 @@ pub fn throughput_svg(path: &Path, info: &RunInfo, cells: &[Cell]) -> Result<(),
 }
 
 /// Latency CDFs at `clients`, one panel per workload.
-pub fn latency_svg(path: &Path, info: &RunInfo, cells: &[Cell], clients: usize) -> Result<(), String> {
+pub fn latency_svg(
+    path: &Path,
+    info: &RunInfo,
+    cells: &[Cell],
+    clients: usize,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, (1200, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let root = root
@@ -401,7 +426,12 @@ pub fn latency_svg(path: &Path, info: &RunInfo, cells: &[Cell], clients: usize) 
             let step = (n / 400).max(1);
             let mut points: Vec<(f64, f64)> = (0..n)
                 .step_by(step)
-                .map(|i| (st.latencies_us[i] as f64 / 1000.0, (i + 1) as f64 / n as f64))
+                .map(|i| {
+                    (
+                        st.latencies_us[i] as f64 / 1000.0,
+                        (i + 1) as f64 / n as f64,
+                    )
+                })
                 .collect();
             points.push((st.latencies_us[n - 1] as f64 / 1000.0, 1.0));
             let col = color(s);
@@ -409,7 +439,9 @@ pub fn latency_svg(path: &Path, info: &RunInfo, cells: &[Cell], clients: usize) 
                 .draw_series(LineSeries::new(points, col.stroke_width(2)))
                 .map_err(draw_err)?
                 .label(s.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -79,6 +79,9 @@ mod tests {
             }
         }
         let expected = zipf.top_probability() * 100_000.0;
-        assert!((hits0 as f64 - expected).abs() < expected * 0.1, "{hits0} vs {expected}");
+        assert!(
+            (hits0 as f64 - expected).abs() < expected * 0.1,
+            "{hits0} vs {expected}"
+        );
     }
 }
