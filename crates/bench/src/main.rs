@@ -29,6 +29,9 @@ struct Args {
     /// Mangrove's process id, to count its group commits from /proc when serverStatus does not.
     #[arg(long)]
     mangrove_pid: Option<u32>,
+    /// The postmaster's process id, to measure PostgreSQL's CPU time per operation.
+    #[arg(long)]
+    pg_pid: Option<u32>,
     /// A directory on the disk both databases write to, for the fdatasync probe.
     #[arg(long)]
     probe_dir: PathBuf,
@@ -169,6 +172,11 @@ async fn run(args: Args) -> Result<bool, String> {
                     System::Mangrove => mangrove_syncs().await,
                     System::Postgres => pg::wal_syncs(&monitor).await,
                 };
+                let server_pid = match system {
+                    System::Mangrove => args.mangrove_pid,
+                    System::Postgres => args.pg_pid,
+                };
+                let cpu_before = server_pid.and_then(probe::tree_cpu);
                 let stats = match system {
                     System::Mangrove => {
                         let mut workers = Vec::with_capacity(c);
@@ -196,6 +204,9 @@ async fn run(args: Args) -> Result<bool, String> {
                     System::Postgres => pg::wal_syncs(&monitor).await,
                 };
                 let syncs = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+                let server_cpu = cpu_before
+                    .zip(server_pid.and_then(probe::tree_cpu))
+                    .map(|(b, a)| a.saturating_sub(b));
                 let syncs_upper_bound = system == System::Mangrove && !server_batches;
                 let cell = Cell {
                     system,
@@ -204,9 +215,10 @@ async fn run(args: Args) -> Result<bool, String> {
                     stats,
                     syncs,
                     syncs_upper_bound,
+                    server_cpu,
                 };
                 eprintln!(
-                    "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}",
+                    "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}{}",
                     w.name(),
                     c,
                     system.name(),
@@ -217,6 +229,8 @@ async fn run(args: Args) -> Result<bool, String> {
                     cell.stats.errors,
                     cell.commits_per_sync()
                         .map_or(String::new(), |v| format!("  commits/fdatasync {v:.1}")),
+                    cell.cpu_per_op_us()
+                        .map_or(String::new(), |v| format!("  server CPU {v:.0} µs/op")),
                 );
                 if let Some(e) = &cell.stats.first_error {
                     eprintln!("    first error: {e}");

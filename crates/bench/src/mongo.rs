@@ -13,7 +13,7 @@ use mongodb::{Client, ClientSession, Collection, Database};
 use crate::rng::Rng;
 use crate::workload::{
     MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
-    order_args, transfer_args,
+    lock_order, order_args, transfer_args,
 };
 
 const DB: &str = "bench";
@@ -172,8 +172,9 @@ async fn transfer_body(
     accounts: &Collection<Document>,
     (from, to, amount): (i64, i64, i64),
 ) -> Result<(), BodyError> {
+    let ids = lock_order(from, to);
     let mut balances = [0i64; 2];
-    for (slot, id) in balances.iter_mut().zip([from, to]) {
+    for (slot, id) in balances.iter_mut().zip(ids) {
         let d = accounts
             .find_one(doc! { "_id": id })
             .session(&mut *s)
@@ -183,20 +184,13 @@ async fn transfer_body(
             .get_i64("bal")
             .map_err(|e| BodyError::Missing(format!("account {id} balance: {e}")))?;
     }
-    accounts
-        .update_one(
-            doc! { "_id": from },
-            doc! { "$set": { "bal": balances[0] - amount } },
-        )
-        .session(&mut *s)
-        .await?;
-    accounts
-        .update_one(
-            doc! { "_id": to },
-            doc! { "$set": { "bal": balances[1] + amount } },
-        )
-        .session(&mut *s)
-        .await?;
+    let delta = if ids[0] == from { -amount } else { amount };
+    for (id, bal, change) in [(ids[0], balances[0], delta), (ids[1], balances[1], -delta)] {
+        accounts
+            .update_one(doc! { "_id": id }, doc! { "$set": { "bal": bal + change } })
+            .session(&mut *s)
+            .await?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::rng::Rng;
+use crate::workload::lock_order;
 use crate::workload::{
     MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
     order_args, transfer_args,
@@ -229,8 +230,9 @@ async fn transfer_body(
     st: &Statements,
     (from, to, amount): (i64, i64, i64),
 ) -> Result<(), BodyError> {
+    let ids = lock_order(from, to);
     let mut balances = [0i64; 2];
-    for (slot, id) in balances.iter_mut().zip([from, to]) {
+    for (slot, id) in balances.iter_mut().zip(ids) {
         let row = c
             .query_opt(&st.account, &[&id])
             .await?
@@ -240,9 +242,10 @@ async fn transfer_body(
             .as_i64()
             .ok_or_else(|| BodyError::Missing(format!("account {id} balance")))?;
     }
-    c.execute(&st.set_balance, &[&from, &(balances[0] - amount)])
+    let delta = if ids[0] == from { -amount } else { amount };
+    c.execute(&st.set_balance, &[&ids[0], &(balances[0] + delta)])
         .await?;
-    c.execute(&st.set_balance, &[&to, &(balances[1] + amount)])
+    c.execute(&st.set_balance, &[&ids[1], &(balances[1] - delta)])
         .await?;
     Ok(())
 }

@@ -31,9 +31,17 @@ pub struct Cell {
     pub syncs: Option<u64>,
     /// `syncs` counts a superset of the fdatasyncs (so commits per fdatasync is a lower bound).
     pub syncs_upper_bound: bool,
+    /// CPU time of the server's processes over the cell (warm-up included).
+    pub server_cpu: Option<std::time::Duration>,
 }
 
 impl Cell {
+    /// Server CPU per operation in µs, over the whole cell.
+    pub fn cpu_per_op_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.stats.ops_total > 0).then(|| cpu.as_secs_f64() * 1e6 / self.stats.ops_total as f64)
+    }
+
     pub fn commits_per_sync(&self) -> Option<f64> {
         let syncs = self.syncs?;
         (self.workload.commits() && syncs > 0)
@@ -135,7 +143,9 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
     let _ = writeln!(
         md,
         "- fdatasyncs per cell: Mangrove from {}; PostgreSQL from `pg_stat_wal.wal_sync` (WAL flushes by backends \
-         and the WAL writer). Commits per fdatasync counts the warm-up too.\n",
+         and the WAL writer). Commits per fdatasync counts the warm-up too, and so does server CPU per operation: the CPU time (user + system) of the \
+         `mangrove` process, or of the postmaster and all its children, over the cell, divided by the operations \
+         completed.\n",
         info.mangrove_sync_source
     );
 
@@ -196,9 +206,12 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
                 let cps = cell.commits_per_sync().map_or("–".into(), |v| {
                     format!("{}{v:.1}", if cell.syncs_upper_bound { "≥ " } else { "" })
                 });
+                let cpu = cell
+                    .cpu_per_op_us()
+                    .map_or("–".into(), |v| format!("{v:.0}"));
                 let _ = writeln!(
                     md,
-                    "| {c} | {} | {} | {} | {} | {} | {} | {per_op} | {} | {cps} |",
+                    "| {c} | {} | {} | {} | {} | {} | {} | {per_op} | {} | {cps} | {cpu} |",
                     s.name(),
                     thousands(st.throughput()),
                     ms(st.percentile_ms(0.50)),

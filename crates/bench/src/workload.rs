@@ -97,6 +97,14 @@ pub fn transfer_args(rng: &mut Rng, shared: &Shared, skewed: bool) -> (i64, i64,
     (from as i64, to as i64, 1 + rng.below(100) as i64)
 }
 
+/// The two accounts of a transfer in the order to touch them: ascending `_id`, as an
+/// application does to keep PostgreSQL's row locks free of deadlocks (each one would cost
+/// `deadlock_timeout`, a second, before it is detected). Mangrove never waits on a lock, so the
+/// order does not matter to it, but both systems run the same statements.
+pub fn lock_order(from: i64, to: i64) -> [i64; 2] {
+    [from.min(to), from.max(to)]
+}
+
 /// One New-Order: a customer and 5 to 15 distinct items (TPC-C's `ol_cnt`, mean 10) with
 /// quantities 1 to 10. Items are sorted, as an application avoiding deadlocks would do.
 pub struct OrderArgs {
@@ -158,6 +166,8 @@ pub struct CellStats {
     pub first_error: Option<String>,
     /// Durable commits over the whole cell, warm-up included (the window of the sync counters).
     pub commits_total: u64,
+    /// Operations over the whole cell, warm-up included (the window of the CPU counters).
+    pub ops_total: u64,
     pub elapsed: Duration,
 }
 
@@ -203,6 +213,7 @@ pub async fn run_cell<W: Worker>(workers: Vec<W>, workload: Workload, timing: Ti
                     match result {
                         Ok(outcome) => {
                             s.commits_total += outcome.committed as u64;
+                            s.ops_total += 1;
                             if measured {
                                 s.ops += 1;
                                 s.aborts += outcome.aborts;
@@ -236,6 +247,7 @@ pub async fn run_cell<W: Worker>(workers: Vec<W>, workload: Workload, timing: Ti
                 total.aborts += s.aborts;
                 total.errors += s.errors;
                 total.commits_total += s.commits_total;
+                total.ops_total += s.ops_total;
                 total.elapsed = total.elapsed.max(s.elapsed);
                 if total.first_error.is_none() {
                     total.first_error = s.first_error;
