@@ -186,11 +186,11 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
         let _ = writeln!(md, "### {}\n", w.name());
         let _ = writeln!(
             md,
-            "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | aborted attempts | retries per op | errors | commits per fdatasync |"
+            "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | aborted attempts | retries per op | errors | commits per fdatasync | server CPU µs/op |"
         );
         let _ = writeln!(
             md,
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for &c in &info.clients {
             for s in [System::Mangrove, System::Postgres] {
