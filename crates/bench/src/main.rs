@@ -1,0 +1,299 @@
+//! mangrove-bench: Mangrove against PostgreSQL on the same transactional workloads with the same
+//! durability, in one run. `scripts/bench` starts both servers and runs this; see
+//! docs/benchmarks.md.
+
+mod mongo;
+mod pg;
+mod probe;
+mod report;
+mod rng;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use report::{Cell, RunInfo, System};
+use workload::{Shared, Sizes, Timing, Workload};
+
+#[derive(Parser)]
+#[command(about = "Mangrove against PostgreSQL: transfer, order, point-read and insert workloads")]
+struct Args {
+    /// Mangrove's connection string.
+    #[arg(long)]
+    mongo_uri: String,
+    /// PostgreSQL connection string (libpq key=value or postgres:// URL).
+    #[arg(long)]
+    pg: String,
+    /// Mangrove's process id, to count its group commits from /proc when serverStatus does not.
+    #[arg(long)]
+    mangrove_pid: Option<u32>,
+    /// The postmaster's process id, to measure PostgreSQL's CPU time per operation.
+    #[arg(long)]
+    pg_pid: Option<u32>,
+    /// A directory on the disk both databases write to, for the fdatasync probe.
+    #[arg(long)]
+    probe_dir: PathBuf,
+    /// Where results.md, throughput.svg and latency-cdf.svg go.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Small data, clients 1 and 8, short cells: checks the harness, not the speed.
+    #[arg(long)]
+    quick: bool,
+    /// Concurrent clients per cell, comma-separated (default 1,8,32,128; quick 1,8).
+    #[arg(long, value_delimiter = ',')]
+    clients: Option<Vec<usize>>,
+    /// Workloads to run, comma-separated (default all: transfer-uniform, transfer-zipf, order,
+    /// point-read, insert).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Measured seconds per cell (default 6; quick 1).
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Warm-up seconds per cell, not measured (default 2; quick 0.3).
+    #[arg(long)]
+    warmup_secs: Option<f64>,
+    /// The command line to print in the report, so it says how to reproduce it.
+    #[arg(long, default_value = "scripts/bench")]
+    command: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("mangrove-bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn seconds(v: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{what} must be a number of seconds ≥ 0, not {v}"))
+}
+
+/// Runs every cell, writes the report; `Ok(false)` when some operation failed.
+async fn run(args: Args) -> Result<bool, String> {
+    let quick = args.quick;
+    let clients = args.clients.clone().unwrap_or_else(|| {
+        if quick {
+            vec![1, 8]
+        } else {
+            vec![1, 8, 32, 128]
+        }
+    });
+    if clients.is_empty() || clients.contains(&0) {
+        return Err("--clients needs positive counts, e.g. --clients 1,8,32".into());
+    }
+    let workloads = match &args.workloads {
+        None => Workload::ALL.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                Workload::parse(n).ok_or_else(|| {
+                    let all: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+                    format!("unknown workload {n:?}; choose from {}", all.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let timing = Timing {
+        warmup: seconds(
+            args.warmup_secs.unwrap_or(if quick { 0.3 } else { 2.0 }),
+            "--warmup-secs",
+        )?,
+        duration: seconds(
+            args.duration_secs.unwrap_or(if quick { 1.0 } else { 6.0 }),
+            "--duration-secs",
+        )?,
+    };
+    let sizes = if quick {
+        Sizes {
+            accounts: 1_000,
+            customers: 300,
+            items: 1_000,
+        }
+    } else {
+        Sizes {
+            accounts: 10_000,
+            customers: 3_000,
+            items: 10_000,
+        }
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| format!("cannot create --out-dir {}: {e}", args.out_dir.display()))?;
+    let probe_time = Duration::from_millis(if quick { 500 } else { 3000 });
+    let max_clients = *clients.iter().max().unwrap_or(&1);
+
+    let fdatasync_before = probe::fdatasync_rate(&args.probe_dir, probe_time)?;
+    eprintln!("fdatasync probe: {fdatasync_before:.0}/s");
+    let mongo = mongo::connect(&args.mongo_uri, max_clients).await?;
+    let monitor = pg::connect(&args.pg).await?;
+    let postgres_settings = pg::check_settings(&monitor).await?;
+    let shared = Shared::new(sizes);
+    eprintln!("loading data into both systems ...");
+    mongo::load(&mongo, &shared).await?;
+    pg::load(&monitor, &shared).await?;
+
+    let server_batches = mongo::server_log_batches(&mongo).await.is_some();
+    let proc_batches = args
+        .mangrove_pid
+        .and_then(probe::log_writer_writes)
+        .is_some();
+    let mangrove_sync_source = if server_batches {
+        "`serverStatus.logWriter.batches` (group-commit rounds)".to_string()
+    } else if proc_batches {
+        "the log writer thread's write syscalls in /proc (`syscw`). Each group commit makes one write and one \
+         fdatasync, but the thread's wake-ups of the async runtime (eventfd writes) count too, so Mangrove's \
+         commits per fdatasync below is a lower bound (≥): `serverStatus` does not report the engine's exact \
+         `LogStats` yet".to_string()
+    } else {
+        "nowhere: pass --mangrove-pid on Linux, or expose `LogStats` in serverStatus".to_string()
+    };
+    let mangrove_syncs = async || {
+        if server_batches {
+            mongo::server_log_batches(&mongo).await
+        } else {
+            args.mangrove_pid.and_then(probe::log_writer_writes)
+        }
+    };
+
+    let mut cells = Vec::new();
+    let mut seed = 1u64;
+    for &w in &workloads {
+        for &c in &clients {
+            for system in [System::Mangrove, System::Postgres] {
+                let before = match system {
+                    System::Mangrove => mangrove_syncs().await,
+                    System::Postgres => pg::wal_syncs(&monitor).await,
+                };
+                let server_pid = match system {
+                    System::Mangrove => args.mangrove_pid,
+                    System::Postgres => args.pg_pid,
+                };
+                let cpu_before = server_pid.and_then(probe::tree_cpu);
+                let stats = match system {
+                    System::Mangrove => {
+                        let mut workers = Vec::with_capacity(c);
+                        for _ in 0..c {
+                            seed += 1;
+                            workers
+                                .push(mongo::MongoWorker::new(&mongo, shared.clone(), seed).await?);
+                        }
+                        workload::run_cell(workers, w, timing).await
+                    }
+                    System::Postgres => {
+                        let mut workers = Vec::with_capacity(c);
+                        for _ in 0..c {
+                            seed += 1;
+                            workers.push(pg::PgWorker::new(&args.pg, shared.clone(), seed).await?);
+                        }
+                        let stats = workload::run_cell(workers, w, timing).await;
+                        // Backends publish their WAL counters as they exit.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        stats
+                    }
+                };
+                let after = match system {
+                    System::Mangrove => mangrove_syncs().await,
+                    System::Postgres => pg::wal_syncs(&monitor).await,
+                };
+                let syncs = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+                let server_cpu = cpu_before
+                    .zip(server_pid.and_then(probe::tree_cpu))
+                    .map(|(b, a)| a.saturating_sub(b));
+                let syncs_upper_bound = system == System::Mangrove && !server_batches;
+                let cell = Cell {
+                    system,
+                    workload: w,
+                    clients: c,
+                    stats,
+                    syncs,
+                    syncs_upper_bound,
+                    server_cpu,
+                };
+                eprintln!(
+                    "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}{}",
+                    w.name(),
+                    c,
+                    system.name(),
+                    cell.stats.throughput(),
+                    cell.stats.percentile_ms(0.5).unwrap_or(0.0),
+                    cell.stats.percentile_ms(0.99).unwrap_or(0.0),
+                    cell.stats.aborts,
+                    cell.stats.errors,
+                    cell.commits_per_sync()
+                        .map_or(String::new(), |v| format!("  commits/fdatasync {v:.1}")),
+                    cell.cpu_per_op_us()
+                        .map_or(String::new(), |v| format!("  server CPU {v:.0} µs/op")),
+                );
+                if let Some(e) = &cell.stats.first_error {
+                    eprintln!("    first error: {e}");
+                }
+                cells.push(cell);
+            }
+        }
+    }
+
+    let fdatasync_after = probe::fdatasync_rate(&args.probe_dir, probe_time)?;
+    let info = RunInfo {
+        date: probe::today(),
+        machine: probe::machine(),
+        command: args.command.clone(),
+        probe_dir: args.probe_dir.display().to_string(),
+        mangrove_version: mongo::version(&mongo).await,
+        postgres_version: pg::version(&monitor).await,
+        postgres_settings,
+        fdatasync_before,
+        fdatasync_after,
+        sizes,
+        zipf_top: shared.zipf.top_probability(),
+        warmup_secs: timing.warmup.as_secs_f64(),
+        duration_secs: timing.duration.as_secs_f64(),
+        clients: clients.clone(),
+        workloads: workloads.clone(),
+        mangrove_sync_source,
+    };
+    let md = report::markdown(&info, &cells);
+    let md_path = args.out_dir.join("results.md");
+    std::fs::write(&md_path, &md)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    report::throughput_svg(&args.out_dir.join("throughput.svg"), &info, &cells)?;
+    let cdf_clients = if clients.contains(&32) {
+        32
+    } else {
+        max_clients
+    };
+    report::latency_svg(
+        &args.out_dir.join("latency-cdf.svg"),
+        &info,
+        &cells,
+        cdf_clients,
+    )?;
+    println!("{md}");
+
+    let mut ok = true;
+    for cell in &cells {
+        if cell.stats.errors > 0 || cell.stats.ops == 0 {
+            ok = false;
+            eprintln!(
+                "mangrove-bench: {} {} at {} clients: {} operations, {} errors{}",
+                cell.system.name(),
+                cell.workload.name(),
+                cell.clients,
+                cell.stats.ops,
+                cell.stats.errors,
+                cell.stats
+                    .first_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (first: {e})"))
+            );
+        }
+    }
+    Ok(ok)
+}
