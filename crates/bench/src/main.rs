@@ -146,7 +146,7 @@ async fn run(args: Args) -> Result<bool, String> {
         .and_then(probe::log_writer_writes)
         .is_some();
     let mangrove_sync_source = if server_batches {
-        "`serverStatus.logWriter.batches` (group-commit rounds)".to_string()
+        "`serverStatus.mangrove.log.batches` (group-commit rounds)".to_string()
     } else if proc_batches {
         "the log writer thread's write syscalls in /proc (`syscw`). Each group commit makes one write and one \
          fdatasync, but the thread's wake-ups of the async runtime (eventfd writes) count too, so Mangrove's \

@@ -114,7 +114,11 @@ pub async fn server_log_batches(client: &Client) -> Option<u64> {
         .run_command(doc! { "serverStatus": 1 })
         .await
         .ok()?;
-    let log = status.get_document("logWriter").ok()?;
+    let log = status
+        .get_document("mangrove")
+        .ok()?
+        .get_document("log")
+        .ok()?;
     match log.get("batches")? {
         bson::Bson::Int64(n) => Some(*n as u64),
         bson::Bson::Int32(n) => Some(*n as u64),
