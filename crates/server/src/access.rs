@@ -527,55 +527,43 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
         Access::IdPoint(_) => doc! { "stage": "IDHACK" },
         Access::IdRange {
             bounds, reverse, ..
-        } => {
-            let mut fetch = doc! { "stage": "FETCH" };
-            if !filter_doc.is_empty() {
-                fetch.insert("filter", filter_doc.clone());
-            }
-            fetch.insert(
-                "inputStage",
-                doc! {
-                    "stage": "IXSCAN",
-                    "keyPattern": { "_id": 1 },
-                    "indexName": "_id_",
-                    "isMultiKey": false,
-                    "isUnique": true,
-                    "isSparse": false,
-                    "isPartial": false,
-                    "indexVersion": 2,
-                    "direction": if *reverse { "backward" } else { "forward" },
-                    "indexBounds": bounds.display.clone(),
-                },
-            );
-            fetch
-        }
+        } => fetch_ixscan(filter_doc, id_spec(), bounds, false, *reverse),
         Access::Index {
             index,
             bounds,
             multikey,
             reverse,
             ..
-        } => {
-            let mut fetch = doc! { "stage": "FETCH" };
-            if !filter_doc.is_empty() {
-                fetch.insert("filter", filter_doc.clone());
-            }
-            fetch.insert(
-                "inputStage",
-                doc! {
-                    "stage": "IXSCAN",
-                    "keyPattern": index.key.key_pattern.clone(),
-                    "indexName": index.key.name.clone(),
-                    "isMultiKey": *multikey,
-                    "isUnique": index.key.unique,
-                    "isSparse": index.key.sparse,
-                    "isPartial": index.key.partial.is_some(),
-                    "indexVersion": 2,
-                    "direction": if *reverse { "backward" } else { "forward" },
-                    "indexBounds": bounds.display.clone(),
-                },
-            );
-            fetch
-        }
+        } => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
     }
+}
+
+/// FETCH over IXSCAN, as `explain` shows an index walk (the `_id` order included).
+fn fetch_ixscan(
+    filter_doc: &Document,
+    spec: &mangrove_query::IndexSpec,
+    bounds: &IndexBounds,
+    multikey: bool,
+    reverse: bool,
+) -> Document {
+    let mut fetch = doc! { "stage": "FETCH" };
+    if !filter_doc.is_empty() {
+        fetch.insert("filter", filter_doc.clone());
+    }
+    fetch.insert(
+        "inputStage",
+        doc! {
+            "stage": "IXSCAN",
+            "keyPattern": spec.key_pattern.clone(),
+            "indexName": spec.name.clone(),
+            "isMultiKey": multikey,
+            "isUnique": spec.unique,
+            "isSparse": spec.sparse,
+            "isPartial": spec.partial.is_some(),
+            "indexVersion": 2,
+            "direction": if reverse { "backward" } else { "forward" },
+            "indexBounds": bounds.display.clone(),
+        },
+    );
+    fetch
 }

@@ -1386,6 +1386,36 @@ fn index_range(
     (lower, upper)
 }
 
+/// A transaction's own writes to one keyspace within the bounds, ascending or (reverse)
+/// descending: the overlay its reads merge over the snapshot.
+fn own_range<'a, V>(
+    writes: &'a BTreeMap<(CollId, DocKey), V>,
+    id: CollId,
+    lower: &Bound<DocKey>,
+    upper: &Bound<DocKey>,
+    reverse: bool,
+) -> Box<dyn Iterator<Item = (&'a DocKey, &'a V)> + 'a> {
+    let within = |b: &Bound<DocKey>| match b {
+        Bound::Included(k) => Bound::Included((id, k.clone())),
+        Bound::Excluded(k) => Bound::Excluded((id, k.clone())),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let lower = match lower {
+        Bound::Unbounded => Bound::Included((id, DocKey(Vec::new()))),
+        b => within(b),
+    };
+    let upper = match upper {
+        Bound::Unbounded => Bound::Excluded((id + 1, DocKey(Vec::new()))),
+        b => within(b),
+    };
+    let range = writes.range((lower, upper)).map(|((_, key), v)| (key, v));
+    if reverse {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    }
+}
+
 fn empty_range(lower: Bound<&DocKey>, upper: Bound<&DocKey>) -> bool {
     match (lower, upper) {
         (Bound::Included(l), Bound::Included(u)) => l > u,
@@ -1806,28 +1836,8 @@ impl Txn {
         if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
             return Ok(());
         }
-        let own_bound = |b: &Bound<DocKey>| match b {
-            Bound::Included(k) => Bound::Included((coll.id, k.clone())),
-            Bound::Excluded(k) => Bound::Excluded((coll.id, k.clone())),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let own_lower = match &lower {
-            Bound::Unbounded => Bound::Included((coll.id, DocKey(Vec::new()))),
-            b => own_bound(b),
-        };
-        let own_upper = match &upper {
-            Bound::Unbounded => Bound::Excluded((coll.id + 1, DocKey(Vec::new()))),
-            b => own_bound(b),
-        };
-        let range = self
-            .docs
-            .range((own_lower, own_upper))
-            .map(|((_, key), write)| (key, write.doc()));
-        let own: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> = if reverse {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
+        let own = own_range(&self.docs, coll.id, &lower, &upper, reverse)
+            .map(|(key, write)| (key, write.doc()));
         merge_overlay(
             own,
             |emit| {
@@ -2455,28 +2465,8 @@ impl Txn {
         if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
             return Ok(Vec::new());
         }
-        let own_bound = |b: &Bound<DocKey>| match b {
-            Bound::Included(k) => Bound::Included((index.id, k.clone())),
-            Bound::Excluded(k) => Bound::Excluded((index.id, k.clone())),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let own_lower = match &lower {
-            Bound::Unbounded => Bound::Included((index.id, DocKey(Vec::new()))),
-            b => own_bound(b),
-        };
-        let own_upper = match &upper {
-            Bound::Unbounded => Bound::Excluded((index.id + 1, DocKey(Vec::new()))),
-            b => own_bound(b),
-        };
-        let range = self
-            .index_writes
-            .range((own_lower, own_upper))
-            .map(|((_, key), value)| (key, value.as_ref()));
-        let own: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> = if reverse {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
+        let own = own_range(&self.index_writes, index.id, &lower, &upper, reverse)
+            .map(|(key, value)| (key, value.as_ref()));
         let mut out = Vec::new();
         merge_overlay(
             own,
