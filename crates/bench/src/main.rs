@@ -14,6 +14,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
+// The client shares the machine's two cores with the server it measures, so its own CPU caps
+// both systems' throughput; both drivers allocate per operation (the Rust `mongodb` driver
+// clones its topology description for every server selection). The same allocator as the
+// server, for both drivers alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use report::{Cell, RunInfo, System};
 use workload::{Shared, Sizes, Timing, Workload};
 
@@ -177,6 +184,8 @@ async fn run(args: Args) -> Result<bool, String> {
                     System::Postgres => args.pg_pid,
                 };
                 let cpu_before = server_pid.and_then(probe::tree_cpu);
+                let client_before = probe::tree_cpu(std::process::id());
+                eprintln!("starting {} {c} clients {}", w.name(), system.name());
                 let stats = match system {
                     System::Mangrove => {
                         let mut workers = Vec::with_capacity(c);
@@ -207,6 +216,9 @@ async fn run(args: Args) -> Result<bool, String> {
                 let server_cpu = cpu_before
                     .zip(server_pid.and_then(probe::tree_cpu))
                     .map(|(b, a)| a.saturating_sub(b));
+                let client_cpu = client_before
+                    .zip(probe::tree_cpu(std::process::id()))
+                    .map(|(b, a)| a.saturating_sub(b));
                 let syncs_upper_bound = system == System::Mangrove && !server_batches;
                 let cell = Cell {
                     system,
@@ -216,6 +228,7 @@ async fn run(args: Args) -> Result<bool, String> {
                     syncs,
                     syncs_upper_bound,
                     server_cpu,
+                    client_cpu,
                 };
                 eprintln!(
                     "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}{}",

@@ -33,12 +33,23 @@ pub struct Cell {
     pub syncs_upper_bound: bool,
     /// CPU time of the server's processes over the cell (warm-up included).
     pub server_cpu: Option<std::time::Duration>,
+    /// CPU time of the benchmark process (the driver side) over the cell (warm-up included).
+    pub client_cpu: Option<std::time::Duration>,
 }
 
 impl Cell {
     /// Server CPU per operation in µs, over the whole cell.
     pub fn cpu_per_op_us(&self) -> Option<f64> {
-        let cpu = self.server_cpu?;
+        self.per_op_us(self.server_cpu?)
+    }
+
+    /// The benchmark client's own CPU per operation in µs: on a shared machine the driver's
+    /// cost limits throughput as much as the server's.
+    pub fn client_cpu_per_op_us(&self) -> Option<f64> {
+        self.per_op_us(self.client_cpu?)
+    }
+
+    fn per_op_us(&self, cpu: std::time::Duration) -> Option<f64> {
         (self.stats.ops_total > 0).then(|| cpu.as_secs_f64() * 1e6 / self.stats.ops_total as f64)
     }
 
@@ -145,7 +156,8 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
         "- fdatasyncs per cell: Mangrove from {}; PostgreSQL from `pg_stat_wal.wal_sync` (WAL flushes by backends \
          and the WAL writer). Commits per fdatasync counts the warm-up too, and so does server CPU per operation: the CPU time (user + system) of the \
          `mangrove` process, or of the postmaster and all its children, over the cell, divided by the operations \
-         completed.\n",
+         completed. Client CPU per operation is the same for the benchmark process itself (the Rust `mongodb` \
+         driver or `tokio-postgres`): both share the machine's cores with the server.\n",
         info.mangrove_sync_source
     );
 
@@ -186,11 +198,11 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
         let _ = writeln!(md, "### {}\n", w.name());
         let _ = writeln!(
             md,
-            "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | aborted attempts | retries per op | errors | commits per fdatasync | server CPU µs/op |"
+            "| clients | system | ops/s | p50 ms | p99 ms | p99.9 ms | aborted attempts | retries per op | errors | commits per fdatasync | server CPU µs/op | client CPU µs/op |"
         );
         let _ = writeln!(
             md,
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for &c in &info.clients {
             for s in [System::Mangrove, System::Postgres] {
@@ -209,9 +221,12 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
                 let cpu = cell
                     .cpu_per_op_us()
                     .map_or("–".into(), |v| format!("{v:.0}"));
+                let client_cpu = cell
+                    .client_cpu_per_op_us()
+                    .map_or("–".into(), |v| format!("{v:.0}"));
                 let _ = writeln!(
                     md,
-                    "| {c} | {} | {} | {} | {} | {} | {} | {per_op} | {} | {cps} | {cpu} |",
+                    "| {c} | {} | {} | {} | {} | {} | {} | {per_op} | {} | {cps} | {cpu} | {client_cpu} |",
                     s.name(),
                     thousands(st.throughput()),
                     ms(st.percentile_ms(0.50)),

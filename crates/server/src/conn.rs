@@ -205,7 +205,7 @@ async fn handle(
                             .to_document(),
                         )
                     } else {
-                        let request = Request { name, db, body, sequences: &[], close_connection: Default::default() };
+                        let request = Request::new(name, db, body, &[]);
                         run_command(shared, conn, &request).await?
                     }
                 }
@@ -219,24 +219,27 @@ async fn handle(
             )))
         }
         WireRequest::Msg(msg) => {
-            let reply = match msg.body.get("$db") {
-                Ok(Some(RawBsonRef::String(db))) => match first_key(&msg.body) {
-                    Some(name) => {
-                        let request = Request {
-                            name,
-                            db,
-                            body: &msg.body,
-                            sequences: &msg.sequences,
-                            close_connection: Default::default(),
-                        };
-                        run_command(shared, conn, &request).await?
+            let reply = match first_key(&msg.body) {
+                Some(name) => {
+                    // `$db` usually comes last: read it from the decoded fields, not by another
+                    // walk of the body.
+                    let mut request = Request::new(name, "", &msg.body, &msg.sequences);
+                    match request.get("$db") {
+                        Some(RawBsonRef::String(db)) => {
+                            request.db = db;
+                            run_command(shared, conn, &request).await?
+                        }
+                        _ => finish(
+                            shared,
+                            CommandError::new(
+                                code::MISSING_DB,
+                                "OP_MSG requests require a $db argument",
+                            )
+                            .to_document(),
+                        ),
                     }
-                    None => finish(
-                        shared,
-                        CommandError::failed_to_parse("empty command document").to_document(),
-                    ),
-                },
-                _ => finish(
+                }
+                None => finish(
                     shared,
                     CommandError::new(code::MISSING_DB, "OP_MSG requests require a $db argument")
                         .to_document(),

@@ -360,6 +360,9 @@ struct CommitQueue {
     last_ts: Timestamp,
     failed: Option<Arc<str>>,
     shutdown: bool,
+    /// The writer sleeps on `queue_ready`: only then does a commit need to wake it (a
+    /// condvar notify is a syscall even with nobody waiting, once per commit).
+    writer_waiting: bool,
 }
 
 /// Counters of the log writer, for benchmarks and `serverStatus`.
@@ -747,8 +750,11 @@ impl Engine {
         queue.bytes.extend_from_slice(&record);
         pending.ts = ts;
         queue.commits.push(pending);
+        let wake = queue.writer_waiting;
         drop(queue);
-        self.inner.queue_ready.notify_one();
+        if wake {
+            self.inner.queue_ready.notify_one();
+        }
         Ok(ts)
     }
 
@@ -759,11 +765,13 @@ impl Engine {
             let (bytes, commits) = {
                 let mut queue = lock_mutex(&self.inner.queue);
                 while queue.commits.is_empty() && !queue.shutdown {
+                    queue.writer_waiting = true;
                     queue = self
                         .inner
                         .queue_ready
                         .wait(queue)
                         .unwrap_or_else(|e| e.into_inner());
+                    queue.writer_waiting = false;
                 }
                 if queue.commits.is_empty() {
                     return;

@@ -15,6 +15,9 @@
 //! body. Records are appended in commit-timestamp order and never span segments; a segment is
 //! named after the timestamp of its first record, so names sort in log order.
 //!
+//! Segments are preallocated with zeros ahead of the records (see [`PREALLOCATE_BYTES`]), so a
+//! segment's valid records are followed by zeros: reading stops there, as at the end of a file.
+//!
 //! On open, a damaged record at the very end of the newest segment is a torn write from a crash:
 //! it is truncated with a warning. A damaged record with any valid record after it is corruption:
 //! opening fails, naming the segment and offset, because skipping it would silently lose a
@@ -41,6 +44,13 @@ const PAYLOAD_PREFIX_LEN: usize = 16;
 /// the memory a reader needs for one record.
 pub const MAX_RECORD_LEN: usize = 256 * 1024 * 1024;
 const SEGMENT_SUFFIX: &str = ".log";
+/// How far ahead of its records a segment is zero-filled. Overwriting blocks that are already
+/// part of the file lets fdatasync skip the file-size metadata write that an append needs: on
+/// the benchmark machine that is 7,900 fdatasyncs/s against 5,450/s for appends (PostgreSQL
+/// zero-fills its WAL segments for the same reason). Zero-filling writes real zeros rather
+/// than `fallocate`, whose unwritten extents would need metadata updates on first write. One
+/// extension costs about a millisecond on that disk, once per this many log bytes.
+const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 
 /// One write of a committed transaction, as the log records it.
 #[derive(Clone, Debug, PartialEq)]
@@ -378,6 +388,8 @@ struct SegmentScan {
     damage: Option<Damage>,
     /// Whether some well-formed record starts after the damage (then it is not a torn tail).
     valid_record_after_damage: bool,
+    /// Bytes from the damage to the last non-zero byte.
+    damaged_len: u64,
 }
 
 fn read_whole(path: &Path) -> Result<Vec<u8>, StorageError> {
@@ -418,6 +430,7 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
         file_len,
         damage: None,
         valid_record_after_damage: false,
+        damaged_len: file_len,
     };
     if bytes.len() < SEGMENT_HEADER_LEN {
         scan.damage = Some(Damage::BadRecord {
@@ -469,6 +482,8 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
                 });
                 break;
             }
+            // Zeros from here to the end: the preallocated part of the segment, not yet written.
+            Err(_) if bytes[offset..].iter().all(|&b| b == 0) => break,
             Err(detail) => {
                 scan.damage = Some(Damage::BadRecord {
                     offset: offset as u64,
@@ -479,6 +494,9 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
         }
     }
     if scan.damage.is_some() {
+        // What the torn write left: up to the last non-zero byte (the rest is preallocation).
+        let written = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+        scan.damaged_len = written.saturating_sub(scan.valid_len);
         // Look for any intact record further on: if there is one, the damage is not a torn
         // final write but corruption in the middle of the log.
         let start = scan.valid_len as usize + 1;
@@ -493,8 +511,11 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
 /// recovery truncates, and what a reader of a live log sees while a write is in flight).
 pub struct LogScan {
     pub records: Vec<(RecordPos, LogRecord)>,
-    /// A torn tail: the segment, the offset where valid data ends, and the bytes after it.
+    /// A torn tail: the segment, the offset where valid data ends, and the bytes written after
+    /// it (not counting preallocated zeros).
     pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// The newest segment and where its valid records end: the next record goes there.
+    pub end: Option<(PathBuf, u64)>,
     pub segments: usize,
     pub bytes: u64,
 }
@@ -508,6 +529,7 @@ pub fn scan_log(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<LogSca
     let mut out = LogScan {
         records: Vec::new(),
         torn_tail: None,
+        end: None,
         segments: segments.len(),
         bytes: 0,
     };
@@ -523,7 +545,10 @@ pub fn scan_log(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<LogSca
                     detail: detail.clone(),
                 });
             }
-            out.torn_tail = Some((path.clone(), scan.valid_len, scan.file_len - scan.valid_len));
+            out.torn_tail = Some((path.clone(), scan.valid_len, scan.damaged_len));
+        }
+        if newest {
+            out.end = Some((path.clone(), scan.valid_len));
         }
         for (pos, record) in scan.records {
             if record.ts <= last_ts {
@@ -546,7 +571,10 @@ pub fn scan_log(dir: &Path, mut progress: impl FnMut(u64, u64)) -> Result<LogSca
 pub(crate) struct LogWriter {
     dir: PathBuf,
     file: File,
+    /// Where the next record goes: the end of the valid records.
     len: u64,
+    /// The file's size: zeros from `len` up to here.
+    allocated: u64,
     segment_bytes: u64,
 }
 
@@ -571,23 +599,32 @@ impl LogWriter {
                     StorageError::io(format!("cannot truncate {}", segment.display()), e)
                 })?;
         }
+        let valid_end = |path: &Path| match &scan.end {
+            Some((end_path, end)) if end_path == path => Some(*end),
+            _ => None,
+        };
         match list_segments(dir)?.last() {
             Some(last)
                 if std::fs::metadata(last).map(|m| m.len()).unwrap_or(0)
                     >= SEGMENT_HEADER_LEN as u64 =>
             {
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(last)
                     .map_err(|e| StorageError::io(format!("cannot open {}", last.display()), e))?;
-                let len = file
+                let allocated = file
                     .metadata()
                     .map_err(|e| StorageError::io(format!("cannot stat {}", last.display()), e))?
                     .len();
+                // The scan read this very segment (the data directory is locked), so it knows
+                // where the records end; the rest of the file is preallocated zeros.
+                let len = valid_end(last).unwrap_or(allocated);
+                assert!(len <= allocated, "valid records end inside the file");
                 Ok(LogWriter {
                     dir: dir.to_path_buf(),
                     file,
                     len,
+                    allocated,
                     segment_bytes,
                 })
             }
@@ -611,18 +648,52 @@ impl LogWriter {
         header[0..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         file.write_all(&header)
-            .and_then(|_| file.sync_all())
+            .map_err(|e| StorageError::io(format!("cannot write {}", path.display()), e))?;
+        let mut writer = LogWriter {
+            dir: dir.to_path_buf(),
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            allocated: SEGMENT_HEADER_LEN as u64,
+            segment_bytes,
+        };
+        // The first stretch of zeros now, so the segment's first commits already overwrite.
+        writer.zero_fill_to(writer.len + PREALLOCATE_BYTES.min(segment_bytes))?;
+        writer
+            .file
+            .sync_all()
             .map_err(|e| StorageError::io(format!("cannot write {}", path.display()), e))?;
         // The new file's directory entry must be durable too, or a crash could lose the segment.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StorageError::io(format!("cannot sync {}", dir.display()), e))?;
-        Ok(LogWriter {
-            dir: dir.to_path_buf(),
-            file,
-            len: SEGMENT_HEADER_LEN as u64,
-            segment_bytes,
-        })
+        Ok(writer)
+    }
+
+    /// Makes room for `extra` bytes after the records: if they would pass the zero-filled
+    /// part, zero-fills up to them plus another stretch.
+    fn ensure_room(&mut self, extra: u64) -> Result<(), StorageError> {
+        let needed = self.len + extra;
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        self.zero_fill_to(needed + PREALLOCATE_BYTES.min(self.segment_bytes))
+    }
+
+    /// Writes zeros from the file's end up to `target`; the next fdatasync makes them and the
+    /// new size durable.
+    fn zero_fill_to(&mut self, target: u64) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = self.allocated.max(self.len);
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], at).map_err(|e| {
+                StorageError::io("cannot preallocate the transaction log".into(), e)
+            })?;
+            at += n as u64;
+        }
+        self.allocated = self.allocated.max(target);
+        Ok(())
     }
 
     /// Appends a batch of sealed records whose first record has timestamp `first_ts`.
@@ -633,16 +704,20 @@ impl LogWriter {
             self.sync()?;
             *self = Self::new_segment(&self.dir, self.segment_bytes, first_ts)?;
         }
-        if let Err(e) = self.file.write_all(batch) {
+        use std::os::unix::fs::FileExt;
+        self.ensure_room(batch.len() as u64)?;
+        if let Err(e) = self.file.write_all_at(batch, self.len) {
             // Cut off whatever part of the batch reached the file: left there, a later append
             // would follow garbage and turn a torn tail into corruption in the middle.
             let _ = self.file.set_len(self.len);
+            self.allocated = self.len;
             return Err(StorageError::io(
                 "cannot append to the transaction log".into(),
                 e,
             ));
         }
         self.len += batch.len() as u64;
+        debug_assert!(self.len <= self.allocated);
         Ok(())
     }
 
