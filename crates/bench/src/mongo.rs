@@ -2,7 +2,6 @@
 //! (fdatasynced before the reply), retried on `TransientTransactionError`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bson::{Document, doc};
@@ -12,8 +11,8 @@ use mongodb::{Client, ClientSession, Collection, Database};
 
 use crate::rng::Rng;
 use crate::workload::{
-    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
-    lock_order, order_args, transfer_args,
+    MAX_ATTEMPTS, OPENING_BALANCE, Op, OpOutcome, OrderArgs, PAD, Shared, TxnOp, Worker, Workload,
+    item_price, lock_order,
 };
 
 const DB: &str = "bench";
@@ -266,11 +265,6 @@ async fn order_body(
     Ok(())
 }
 
-enum Txn<'a> {
-    Transfer((i64, i64, i64)),
-    Order(i64, &'a OrderArgs),
-}
-
 fn describe(e: &Error) -> String {
     format!("Mangrove: {e}")
 }
@@ -278,7 +272,7 @@ fn describe(e: &Error) -> String {
 impl MongoWorker {
     /// Runs `body` in transactions until one commits: the driver's `with_transaction` loop,
     /// written out so that aborted attempts are counted.
-    async fn transaction(&mut self, txn: Txn<'_>) -> Result<OpOutcome, String> {
+    async fn transaction(&mut self, txn: &TxnOp) -> Result<OpOutcome, String> {
         let mut aborts = 0;
         'attempt: while aborts < MAX_ATTEMPTS {
             self.session
@@ -286,11 +280,11 @@ impl MongoWorker {
                 .write_concern(WriteConcern::majority())
                 .await
                 .map_err(|e| describe(&e))?;
-            let body = match &txn {
-                Txn::Transfer(args) => {
+            let body = match txn {
+                TxnOp::Transfer(args) => {
                     transfer_body(&mut self.session, &self.accounts, *args).await
                 }
-                Txn::Order(order_id, args) => {
+                TxnOp::Order(order_id, args) => {
                     let colls = OrderColls {
                         customers: &self.customers,
                         items: &self.items,
@@ -344,33 +338,17 @@ impl MongoWorker {
 
 impl Worker for MongoWorker {
     async fn op(&mut self, workload: Workload) -> Result<OpOutcome, String> {
-        match workload {
-            Workload::TransferUniform | Workload::TransferZipf => {
-                let args = transfer_args(
-                    &mut self.rng,
-                    &self.shared,
-                    workload == Workload::TransferZipf,
-                );
-                self.transaction(Txn::Transfer(args)).await
-            }
-            Workload::Order => {
-                let args = order_args(&mut self.rng, &self.shared);
-                let order_id = self.shared.next_order.fetch_add(1, Ordering::Relaxed);
-                self.transaction(Txn::Order(order_id, &args)).await
-            }
-            Workload::PointRead => {
-                let id = self.rng.below(self.shared.sizes.accounts) as i64;
-                match self.accounts.find_one(doc! { "_id": id }).await {
-                    Ok(Some(_)) => Ok(OpOutcome {
-                        committed: false,
-                        aborts: 0,
-                    }),
-                    Ok(None) => Err(format!("Mangrove: account {id} not found")),
-                    Err(e) => Err(describe(&e)),
-                }
-            }
-            Workload::Insert => {
-                let id = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
+        match Op::draw(workload, &mut self.rng, &self.shared) {
+            Op::Txn(txn) => self.transaction(&txn).await,
+            Op::PointRead(id) => match self.accounts.find_one(doc! { "_id": id }).await {
+                Ok(Some(_)) => Ok(OpOutcome {
+                    committed: false,
+                    aborts: 0,
+                }),
+                Ok(None) => Err(format!("Mangrove: account {id} not found")),
+                Err(e) => Err(describe(&e)),
+            },
+            Op::Insert(id) => {
                 self.inserts
                     .insert_one(doc! { "_id": id, "n": id, "pad": PAD })
                     .await

@@ -3,7 +3,6 @@
 //! serialization failures (40001) and deadlocks (40P01) retried.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
@@ -12,8 +11,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 use crate::rng::Rng;
 use crate::workload::lock_order;
 use crate::workload::{
-    MAX_ATTEMPTS, OPENING_BALANCE, OpOutcome, OrderArgs, PAD, Shared, Worker, Workload, item_price,
-    order_args, transfer_args,
+    MAX_ATTEMPTS, OPENING_BALANCE, Op, OpOutcome, OrderArgs, PAD, Shared, TxnOp, Worker, Workload,
+    item_price,
 };
 
 const TABLES: [&str; 7] = [
@@ -202,11 +201,6 @@ impl PgWorker {
     }
 }
 
-enum Txn<'a> {
-    Transfer((i64, i64, i64)),
-    Order(i64, &'a OrderArgs),
-}
-
 enum BodyError {
     Db(tokio_postgres::Error),
     Missing(String),
@@ -304,16 +298,16 @@ async fn order_body(
 }
 
 impl PgWorker {
-    async fn transaction(&mut self, txn: Txn<'_>) -> Result<OpOutcome, String> {
+    async fn transaction(&mut self, txn: &TxnOp) -> Result<OpOutcome, String> {
         let mut aborts = 0;
         while aborts < MAX_ATTEMPTS {
             let c = &self.client;
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 .await
                 .map_err(|e| fail("BEGIN", e))?;
-            let body = match &txn {
-                Txn::Transfer(args) => transfer_body(c, &self.st, *args).await,
-                Txn::Order(order_id, args) => order_body(c, &self.st, *order_id, args).await,
+            let body = match txn {
+                TxnOp::Transfer(args) => transfer_body(c, &self.st, *args).await,
+                TxnOp::Order(order_id, args) => order_body(c, &self.st, *order_id, args).await,
             };
             let result = match body {
                 Ok(()) => c.batch_execute("COMMIT").await.map_err(BodyError::Db),
@@ -346,36 +340,20 @@ impl PgWorker {
 
 impl Worker for PgWorker {
     async fn op(&mut self, workload: Workload) -> Result<OpOutcome, String> {
-        match workload {
-            Workload::TransferUniform | Workload::TransferZipf => {
-                let args = transfer_args(
-                    &mut self.rng,
-                    &self.shared,
-                    workload == Workload::TransferZipf,
-                );
-                self.transaction(Txn::Transfer(args)).await
-            }
-            Workload::Order => {
-                let args = order_args(&mut self.rng, &self.shared);
-                let order_id = self.shared.next_order.fetch_add(1, Ordering::Relaxed);
-                self.transaction(Txn::Order(order_id, &args)).await
-            }
-            Workload::PointRead => {
-                let id = self.rng.below(self.shared.sizes.accounts) as i64;
-                match self.client.query_opt(&self.st.account, &[&id]).await {
-                    Ok(Some(row)) => {
-                        let _doc: Value = row.get(0);
-                        Ok(OpOutcome {
-                            committed: false,
-                            aborts: 0,
-                        })
-                    }
-                    Ok(None) => Err(format!("PostgreSQL: account {id} not found")),
-                    Err(e) => Err(fail("point read", e)),
+        match Op::draw(workload, &mut self.rng, &self.shared) {
+            Op::Txn(txn) => self.transaction(&txn).await,
+            Op::PointRead(id) => match self.client.query_opt(&self.st.account, &[&id]).await {
+                Ok(Some(row)) => {
+                    let _doc: Value = row.get(0);
+                    Ok(OpOutcome {
+                        committed: false,
+                        aborts: 0,
+                    })
                 }
-            }
-            Workload::Insert => {
-                let id = self.shared.next_insert.fetch_add(1, Ordering::Relaxed);
+                Ok(None) => Err(format!("PostgreSQL: account {id} not found")),
+                Err(e) => Err(fail("point read", e)),
+            },
+            Op::Insert(id) => {
                 let doc = json!({"_id": id, "n": id, "pad": PAD});
                 self.client
                     .execute(&self.st.insert, &[&id, &doc])

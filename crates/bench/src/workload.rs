@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::rng::{Rng, Zipf};
@@ -128,6 +128,40 @@ pub fn order_args(rng: &mut Rng, shared: &Shared) -> OrderArgs {
             .into_iter()
             .map(|i| (i, 1 + rng.below(10) as i64))
             .collect(),
+    }
+}
+
+/// A transaction of the benchmark, with its arguments.
+pub enum TxnOp {
+    Transfer((i64, i64, i64)),
+    /// The order's id and its customer and lines.
+    Order(i64, OrderArgs),
+}
+
+/// One logical operation with its arguments, drawn the same way for both systems so that they
+/// run the same operations.
+pub enum Op {
+    Txn(TxnOp),
+    /// A point read of this account.
+    PointRead(i64),
+    /// An insert outside a transaction, with this `_id`.
+    Insert(i64),
+}
+
+impl Op {
+    pub fn draw(workload: Workload, rng: &mut Rng, shared: &Shared) -> Op {
+        match workload {
+            Workload::TransferUniform | Workload::TransferZipf => Op::Txn(TxnOp::Transfer(
+                transfer_args(rng, shared, workload == Workload::TransferZipf),
+            )),
+            Workload::Order => {
+                let args = order_args(rng, shared);
+                let id = shared.next_order.fetch_add(1, Ordering::Relaxed);
+                Op::Txn(TxnOp::Order(id, args))
+            }
+            Workload::PointRead => Op::PointRead(rng.below(shared.sizes.accounts) as i64),
+            Workload::Insert => Op::Insert(shared.next_insert.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 }
 
