@@ -36,6 +36,8 @@ pub mod code {
     pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+    pub const OUT_OF_DISK_SPACE: i32 = 14031;
+    pub const OPERATION_FAILED: i32 = 96;
     pub const TRANSACTION_TOO_LARGE: i32 = 257;
     pub const MISSING_FIELD: i32 = 40414;
     pub const UNKNOWN_FIELD: i32 = 40415;
@@ -247,13 +249,8 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::NamespaceNotFound(_) => CommandError::new(code::NAMESPACE_NOT_FOUND, message),
             S::NamespaceExists(_) => CommandError::new(code::NAMESPACE_EXISTS, message),
             S::TxnClosed => CommandError::new(1, message),
-            S::LogFailed(reason) if reason.contains("disk is full") => {
-                CommandError::new(14031, message)
-            }
-            S::Io {
-                kind: std::io::ErrorKind::StorageFull,
-                ..
-            } => CommandError::new(14031, message),
+            ref e if e.is_out_of_space() => CommandError::new(code::OUT_OF_DISK_SPACE, message),
+            S::LogUnavailable { .. } => CommandError::new(code::OPERATION_FAILED, message),
             S::SnapshotTooOld { .. } => CommandError::new(code::SNAPSHOT_TOO_OLD, message),
             S::SnapshotUnavailable { .. } => CommandError::new(code::SNAPSHOT_UNAVAILABLE, message),
             S::TransactionTooLarge { .. } => {

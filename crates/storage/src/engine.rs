@@ -330,57 +330,6 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
-/// How far the log writer has come: commits up to `visible` are installed (readable), up to
-/// `durable` are on disk. `failed` is sticky: after a write or sync error no commit succeeds.
-#[derive(Clone, Debug)]
-struct LogProgress {
-    visible: Timestamp,
-    durable: Timestamp,
-    failed: Option<Arc<str>>,
-}
-
-/// A commit waiting for the log writer.
-struct PendingCommit {
-    ts: Timestamp,
-    txn: TxnId,
-    docs: BTreeMap<(CollId, DocKey), DocWrite>,
-    /// Index entries written (`None` removes one); derived from `docs`, so not in the record.
-    index_writes: BTreeMap<(CollId, DocKey), Option<StoredDoc>>,
-    catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
-    /// Namespaces in `catalog` created "if absent" (see [`Txn::create_collection_shared`]).
-    shared_creates: BTreeSet<String>,
-}
-
-#[derive(Default)]
-struct CommitQueue {
-    /// Sealed log records, in timestamp order, not yet written.
-    bytes: Vec<u8>,
-    commits: Vec<PendingCommit>,
-    /// The newest timestamp handed out; the next commit's is later.
-    last_ts: Timestamp,
-    failed: Option<Arc<str>>,
-    shutdown: bool,
-    /// The writer sleeps on `queue_ready`: only then does a commit need to wake it (a
-    /// condvar notify is a syscall even with nobody waiting, once per commit).
-    writer_waiting: bool,
-}
-
-/// Counters of the log writer, for benchmarks and `serverStatus`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LogStats {
-    pub commits: u64,
-    /// Group-commit rounds: one write and one fdatasync each.
-    pub batches: u64,
-    pub bytes: u64,
-}
-
-#[derive(Default)]
-struct LogCounters {
-    commits: AtomicU64,
-    batches: AtomicU64,
-    bytes: AtomicU64,
-}
-
 #[derive(Default)]
 struct CheckpointSignal {
     requested: bool,
@@ -537,11 +486,7 @@ impl Engine {
         options: EngineOptions,
     ) -> Engine {
         let last = state.last_commit;
-        let (progress, _) = watch::channel(LogProgress {
-            visible: last,
-            durable: last,
-            failed: None,
-        });
+        let (progress, _) = watch::channel(LogProgress::at(last));
         let inner = Arc::new(Inner {
             stats: LogCounters::default(),
             checkpoint_log_bytes: AtomicU64::new(0),
@@ -554,10 +499,7 @@ impl Engine {
             state: RwLock::new(state),
             readers: Mutex::new(BTreeMap::new()),
             next_txn_id: AtomicU64::new(1),
-            queue: Mutex::new(CommitQueue {
-                last_ts: last,
-                ..CommitQueue::default()
-            }),
+            queue: Mutex::new(CommitQueue::starting_at(last)),
             queue_ready: Condvar::new(),
             queue_space: Condvar::new(),
             progress,
@@ -681,6 +623,7 @@ impl Engine {
         CommitTicket {
             ts,
             progress: Some(self.inner.progress.subscribe()),
+            rejected: None,
         }
     }
 
@@ -714,240 +657,6 @@ impl Engine {
 
     fn oldest_reader(&self) -> Option<Timestamp> {
         lock_mutex(&self.inner.readers).keys().next().copied()
-    }
-
-    /// Queues a sealed commit; the writer makes it visible and durable in timestamp order.
-    fn enqueue(
-        &self,
-        mut record: Vec<u8>,
-        mut pending: PendingCommit,
-    ) -> Result<Timestamp, StorageError> {
-        let mut queue = lock_mutex(&self.inner.queue);
-        // Bounded queue: wait for the writer to drain, unless the queue is empty (one oversized
-        // record must still get through).
-        while !queue.bytes.is_empty()
-            && queue.bytes.len() + record.len() > self.inner.options.max_pending_log_bytes
-            && queue.failed.is_none()
-            && !queue.shutdown
-        {
-            queue = self
-                .inner
-                .queue_space
-                .wait(queue)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(reason) = &queue.failed {
-            return Err(StorageError::LogFailed(reason.to_string()));
-        }
-        if queue.shutdown {
-            return Err(StorageError::LogFailed(
-                "the engine is shutting down".into(),
-            ));
-        }
-        let ts = queue.last_ts.next_after();
-        txlog::seal_record(&mut record, ts, wall_clock_ms());
-        queue.last_ts = ts;
-        queue.bytes.extend_from_slice(&record);
-        pending.ts = ts;
-        queue.commits.push(pending);
-        let wake = queue.writer_waiting;
-        drop(queue);
-        if wake {
-            self.inner.queue_ready.notify_one();
-        }
-        Ok(ts)
-    }
-
-    /// The log writer thread: group commit. Each round takes every queued commit, writes them
-    /// with one write, installs them (now visible), then makes them durable with one fdatasync.
-    fn write_log(self, mut log: Option<LogWriter>) {
-        loop {
-            let (bytes, commits) = {
-                let mut queue = lock_mutex(&self.inner.queue);
-                while queue.commits.is_empty() && !queue.shutdown {
-                    queue.writer_waiting = true;
-                    queue = self
-                        .inner
-                        .queue_ready
-                        .wait(queue)
-                        .unwrap_or_else(|e| e.into_inner());
-                    queue.writer_waiting = false;
-                }
-                if queue.commits.is_empty() {
-                    return;
-                }
-                (
-                    std::mem::take(&mut queue.bytes),
-                    std::mem::take(&mut queue.commits),
-                )
-            };
-            self.inner.queue_space.notify_all();
-            let first_ts = commits[0].ts;
-            let last_ts = commits[commits.len() - 1].ts;
-            let stats = &self.inner.stats;
-            stats
-                .commits
-                .fetch_add(commits.len() as u64, Ordering::Relaxed);
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            let total =
-                stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
-            // Index entries are in memory but not in the log: count them towards memory.
-            let derived: u64 = commits
-                .iter()
-                .flat_map(|c| c.index_writes.keys())
-                .map(|(_, k)| k.0.len() as u64 + INDEX_ENTRY_OVERHEAD)
-                .sum();
-            let derived_total = self
-                .inner
-                .derived_bytes
-                .fetch_add(derived, Ordering::Relaxed)
-                + derived;
-            // Log growth bounds recovery time, and versions waiting in memory (the log's plus
-            // the index entries derived from it) bound memory: either one past its budget asks
-            // for a checkpoint.
-            let options = &self.inner.options;
-            let log_growth = total - self.inner.checkpoint_log_bytes.load(Ordering::Relaxed);
-            let memory_growth = log_growth + derived_total
-                - self.inner.checkpoint_derived_bytes.load(Ordering::Relaxed);
-            if log_growth >= options.checkpoint_log_bytes
-                || memory_growth >= options.cache_bytes as u64 / 4
-            {
-                self.request_checkpoint();
-            }
-            let written = match &mut log {
-                Some(log) => log.append(&bytes, first_ts),
-                None => Ok(()),
-            };
-            if let Err(e) = written {
-                self.fail_log(&e.to_string(), Some(commits));
-                continue;
-            }
-            self.install(commits);
-            self.inner.progress.send_modify(|p| p.visible = last_ts);
-            let synced = match &mut log {
-                Some(log) => log.sync(),
-                None => Ok(()),
-            };
-            match synced {
-                Ok(()) => self.inner.progress.send_modify(|p| p.durable = last_ts),
-                // The batch is visible but may not be on disk: fail its durable waiters and
-                // every later commit (after a failed fsync the page cache cannot be trusted).
-                Err(e) => self.fail_log(&e.to_string(), None),
-            }
-        }
-    }
-
-    fn fail_log(&self, reason: &str, unwritten: Option<Vec<PendingCommit>>) {
-        let reason: Arc<str> = Arc::from(reason);
-        let mut later = {
-            let mut queue = lock_mutex(&self.inner.queue);
-            queue.failed = Some(reason.clone());
-            queue.bytes.clear();
-            std::mem::take(&mut queue.commits)
-        };
-        later.extend(unwritten.unwrap_or_default());
-        // Commits that never reached the log never become visible: give their intents back.
-        let mut state = self.write_state();
-        for commit in &later {
-            release_intents(
-                &mut state,
-                commit.txn,
-                commit.docs.keys().chain(commit.index_writes.keys()),
-                &commit.catalog,
-            );
-        }
-        drop(state);
-        self.inner.queue_space.notify_all();
-        self.inner.progress.send_modify(|p| p.failed = Some(reason));
-    }
-
-    fn install(&self, commits: Vec<PendingCommit>) {
-        let mut state = self.write_state();
-        for commit in commits {
-            let ts = commit.ts;
-            for (ns, info) in commit.catalog {
-                if commit.shared_creates.contains(&ns) {
-                    install_shared_create(&mut state, commit.txn, ts, &ns, info);
-                    continue;
-                }
-                let chain = state
-                    .catalog
-                    .get_mut(&ns)
-                    .expect("a catalog write holds an intent, so its chain exists");
-                // Keyspaces the old version owned and the new one does not (a dropped
-                // collection's, or a dropped index's) go once no snapshot can see them.
-                let gone: Vec<CollId> = match chain.visible_at(ts) {
-                    Some(old) => old
-                        .keyspaces()
-                        .filter(|id| {
-                            info.as_ref()
-                                .is_none_or(|new| !new.keyspaces().any(|n| n == *id))
-                        })
-                        .collect(),
-                    None => Vec::new(),
-                };
-                chain.install(commit.txn, ts, info);
-                for id in gone {
-                    state.dropped.push((ts, id));
-                    state.base_drops.push((ts, id));
-                }
-            }
-            for ((coll_id, key), write) in &commit.docs {
-                let chain = state
-                    .collections
-                    .get_mut(coll_id)
-                    .and_then(|d| d.get_mut(key))
-                    .expect("a document write holds an intent, so its chain exists");
-                chain.install(commit.txn, ts, write.doc().cloned());
-            }
-            for ((id, key), value) in &commit.index_writes {
-                let chain = state
-                    .collections
-                    .get_mut(id)
-                    .and_then(|d| d.get_mut(key))
-                    .expect("an index write holds an intent, so its chain exists");
-                chain.install(commit.txn, ts, value.clone());
-            }
-            let mut written: Vec<CollId> = commit.docs.keys().map(|(id, _)| *id).collect();
-            written.dedup();
-            for id in written {
-                state.last_write.insert(id, ts);
-            }
-            // Every collection it registered in, including ones where its writes then failed.
-            state.writers.retain(|_, w| {
-                w.remove(&commit.txn);
-                !w.is_empty()
-            });
-            assert!(ts > state.last_commit, "commits install in timestamp order");
-            state.last_commit = ts;
-            // Prune what this commit made unreachable, bounded by the oldest live reader.
-            let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
-            let checkpoint = state.checkpoint_ts;
-            for (coll_id, key) in commit.docs.keys().chain(commit.index_writes.keys()) {
-                if let Some(chains) = state.collections.get_mut(coll_id)
-                    && let Some(chain) = chains.get_mut(key)
-                {
-                    chain.prune(oldest, checkpoint);
-                    if chain.is_empty() {
-                        chains.remove(key);
-                    }
-                }
-            }
-            let State {
-                dropped,
-                collections,
-                last_write,
-                ..
-            } = &mut *state;
-            dropped.retain(|(drop_ts, id)| {
-                let reclaim = *drop_ts <= oldest;
-                if reclaim {
-                    collections.remove(id);
-                    last_write.remove(id);
-                }
-                !reclaim
-            });
-        }
     }
 }
 
@@ -1698,54 +1407,6 @@ pub struct Txn {
     namespaces: HashMap<CollId, String>,
     meta: CommitMeta,
     open: bool,
-}
-
-/// What a commit promised: its timestamp, and a way to wait until it is visible to readers
-/// or durable on disk.
-#[must_use = "a commit is not acknowledged until its ticket resolves"]
-pub struct CommitTicket {
-    ts: Timestamp,
-    progress: Option<watch::Receiver<LogProgress>>,
-}
-
-impl CommitTicket {
-    pub fn ts(&self) -> Timestamp {
-        self.ts
-    }
-
-    async fn wait_for(
-        &mut self,
-        reached: impl Fn(&LogProgress) -> bool,
-    ) -> Result<Timestamp, StorageError> {
-        let Some(rx) = &mut self.progress else {
-            return Ok(self.ts);
-        };
-        let progress = rx
-            .wait_for(|p| reached(p) || p.failed.is_some())
-            .await
-            .map_err(|_| StorageError::LogFailed("the log writer stopped".into()))?;
-        if reached(&progress) {
-            Ok(self.ts)
-        } else {
-            Err(StorageError::LogFailed(
-                progress.failed.as_deref().unwrap_or("unknown").to_string(),
-            ))
-        }
-    }
-
-    /// Resolves once the commit is visible to new snapshots (written to the log, not yet
-    /// synced): MongoDB's `w: 1, j: false` acknowledgement.
-    pub async fn visible(&mut self) -> Result<Timestamp, StorageError> {
-        let ts = self.ts;
-        self.wait_for(|p| p.visible >= ts).await
-    }
-
-    /// Resolves once the commit is on disk (its fdatasync returned): `j: true` and `w:
-    /// "majority"`.
-    pub async fn durable(&mut self) -> Result<Timestamp, StorageError> {
-        let ts = self.ts;
-        self.wait_for(|p| p.durable >= ts && p.visible >= ts).await
-    }
 }
 
 impl Txn {
@@ -2521,6 +2182,7 @@ impl Txn {
             return Ok(CommitTicket {
                 ts: self.read_ts(),
                 progress: None,
+                rejected: None,
             });
         }
         let ops = self.log_ops();
@@ -2532,6 +2194,7 @@ impl Txn {
             }
         };
         let engine = self.snapshot.engine.clone();
+        let rejected = Rejection::default();
         let pending = PendingCommit {
             ts: Timestamp::ZERO,
             txn: self.id,
@@ -2539,6 +2202,7 @@ impl Txn {
             index_writes: std::mem::take(&mut self.index_writes),
             catalog: std::mem::take(&mut self.catalog),
             shared_creates: std::mem::take(&mut self.shared_creates),
+            rejected: rejected.clone(),
         };
         let progress = engine.inner.progress.subscribe();
         // The transaction reads nothing more; releasing its snapshot before the writer installs
@@ -2551,9 +2215,17 @@ impl Txn {
                 Ok(CommitTicket {
                     ts,
                     progress: Some(progress),
+                    rejected: Some(rejected),
                 })
             }
-            Err(e) => Err(e), // enqueue failed: `release` (on drop) gives the intents back
+            Err((e, pending)) => {
+                // Take the writes back so that `release` (on drop) gives their intents back.
+                self.docs = pending.docs;
+                self.index_writes = pending.index_writes;
+                self.catalog = pending.catalog;
+                self.shared_creates = pending.shared_creates;
+                Err(e)
+            }
         }
     }
 
@@ -2629,7 +2301,10 @@ impl Drop for Txn {
 }
 
 mod checkpoint;
+mod commit;
 pub use checkpoint::CheckpointReport;
+use commit::{CommitQueue, LogCounters, LogProgress, PendingCommit, Rejection};
+pub use commit::{CommitTicket, LogStats};
 #[cfg(test)]
 mod tests;
 

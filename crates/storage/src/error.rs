@@ -56,6 +56,18 @@ pub enum StorageError {
         "the transaction log failed and the server accepts no more writes: {0}. Nothing acknowledged is lost; free disk space or fix the disk, then restart the server"
     )]
     LogFailed(String),
+    /// The log cannot be written now (full disk, permissions). Not sticky: the engine refuses
+    /// commits with this error until a write succeeds again, then accepts them by itself.
+    #[error(
+        "cannot write the transaction log in {}: {message}. Writes are refused until it can be written again; reads keep working. {}",
+        dir.display(),
+        unavailable_hint(*kind)
+    )]
+    LogUnavailable {
+        dir: PathBuf,
+        message: String,
+        kind: std::io::ErrorKind,
+    },
     /// The history needed to read at `requested` was already pruned.
     #[error(
         "Read timestamp {requested:?} is older than the oldest available timestamp: no snapshot at or before it is held any more"
@@ -74,6 +86,19 @@ pub enum StorageError {
     Locked { dir: PathBuf, lock: PathBuf },
 }
 
+fn unavailable_hint(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => {
+            "Free space on the disk that holds it: writes resume by themselves within a second, without a restart"
+        }
+        K::PermissionDenied | K::ReadOnlyFilesystem => {
+            "Let the server's user write to that directory: writes resume by themselves within a second, without a restart"
+        }
+        _ => "Check the disk and the server log: writes resume by themselves once a write succeeds",
+    }
+}
+
 /// A key as MongoDB prints it in E11000 messages: `{ a: 1, b: "x" }`.
 fn show_key(key: &bson::Document) -> String {
     let fields: Vec<String> = key.iter().map(|(k, v)| format!("{k}: {v}")).collect();
@@ -88,6 +113,36 @@ impl StorageError {
             index: "_id_".into(),
             key_pattern: Box::new(bson::doc! { "_id": 1 }),
             key_value: Box::new(bson::doc! { "_id": id }),
+        }
+    }
+
+    /// Whether the disk (or a quota, or a file-size limit) is out of space.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind as K;
+        matches!(
+            self,
+            StorageError::Io { kind, .. } | StorageError::LogUnavailable { kind, .. }
+                if matches!(kind, K::StorageFull | K::FileTooLarge | K::QuotaExceeded)
+        )
+    }
+
+    /// A failed log write as the error every refused commit gets while the log is unavailable.
+    pub(crate) fn into_log_unavailable(self, dir: PathBuf) -> StorageError {
+        match self {
+            StorageError::Io {
+                context,
+                message,
+                kind,
+            } => StorageError::LogUnavailable {
+                dir,
+                message: format!("{context}: {message}"),
+                kind,
+            },
+            other => StorageError::LogUnavailable {
+                dir,
+                message: other.to_string(),
+                kind: std::io::ErrorKind::Other,
+            },
         }
     }
 

@@ -669,18 +669,33 @@ impl LogWriter {
         Ok(writer)
     }
 
-    /// Makes room for `extra` bytes after the records: if they would pass the zero-filled
-    /// part, zero-fills up to them plus another stretch.
-    fn ensure_room(&mut self, extra: u64) -> Result<(), StorageError> {
+    /// Makes sure `extra` more bytes can be written after the records without the file
+    /// growing: starts the next segment (named `first_ts`) if this one is full, and zero-fills
+    /// ahead, durably. Everything that can run out of disk space happens here, before a
+    /// batch is written, so a full disk never makes a batch half visible. The writer also
+    /// calls it alone, to probe whether the log can be written again.
+    pub(crate) fn make_room(
+        &mut self,
+        extra: u64,
+        first_ts: Timestamp,
+    ) -> Result<(), StorageError> {
+        if self.len >= self.segment_bytes {
+            // Seal the full segment before starting the next, so every segment but the newest
+            // is complete on disk.
+            self.sync()?;
+            *self = Self::new_segment(&self.dir, self.segment_bytes, first_ts)?;
+        }
         let needed = self.len + extra;
         if needed <= self.allocated {
             return Ok(());
         }
-        self.zero_fill_to(needed + PREALLOCATE_BYTES.min(self.segment_bytes))
+        self.zero_fill_to(needed + PREALLOCATE_BYTES.min(self.segment_bytes))?;
+        // Durable now, so the batch's own fdatasync only writes data, and a filesystem that
+        // allocates blocks at writeback reports a full disk here rather than there.
+        self.sync()
     }
 
-    /// Writes zeros from the file's end up to `target`; the next fdatasync makes them and the
-    /// new size durable.
+    /// Writes zeros from the file's end up to `target`.
     fn zero_fill_to(&mut self, target: u64) -> Result<(), StorageError> {
         use std::os::unix::fs::FileExt;
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -696,19 +711,15 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Appends a batch of sealed records whose first record has timestamp `first_ts`.
+    /// Appends a batch of sealed records whose first record has timestamp `first_ts`. On
+    /// failure nothing of the batch counts as written, and the next append overwrites it.
     pub(crate) fn append(&mut self, batch: &[u8], first_ts: Timestamp) -> Result<(), StorageError> {
-        if self.len >= self.segment_bytes {
-            // Seal the full segment before starting the next, so every segment but the newest
-            // is complete on disk.
-            self.sync()?;
-            *self = Self::new_segment(&self.dir, self.segment_bytes, first_ts)?;
-        }
         use std::os::unix::fs::FileExt;
-        self.ensure_room(batch.len() as u64)?;
+        self.make_room(batch.len() as u64, first_ts)?;
         if let Err(e) = self.file.write_all_at(batch, self.len) {
-            // Cut off whatever part of the batch reached the file: left there, a later append
-            // would follow garbage and turn a torn tail into corruption in the middle.
+            // Whatever part of the batch reached the file must not stay there: a later append
+            // would follow garbage and turn a torn tail into corruption in the middle. The
+            // next `make_room` zero-fills again from the end of the records.
             let _ = self.file.set_len(self.len);
             self.allocated = self.len;
             return Err(StorageError::io(

@@ -400,23 +400,32 @@ pub fn assert_healthy(server: &Server) {
 
 /// Starts `mangrove serve` on an existing data directory (tests that restart a server on the
 /// same data), optionally under a file-size limit in KiB with SIGXFSZ ignored, so a write past
-/// it fails with EFBIG as on a full disk. Returns the child and its port.
+/// it fails with EFBIG as on a full disk. The limit is a soft one, so the test can lift it from
+/// outside (`prlimit`), as an operator frees space. The server's log goes to
+/// [`server_log_path`]. Returns the child and its port.
 pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) -> (Child, u16) {
     let mut command = match file_limit_kib {
         Some(kib) => {
             let mut c = Command::new("sh");
             c.arg("-c")
-                .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+                .arg(format!(
+                    "trap '' XFSZ; ulimit -S -f {kib}; exec \"$0\" \"$@\""
+                ))
                 .arg(mangrove_bin());
             c
         }
         None => Command::new(mangrove_bin()),
     };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(server_log_path(data))
+        .expect("open the server log file");
     let mut child = command
         .args(["serve", "--port", "0", "--data-dir"])
         .arg(data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn mangrove");
     let mut line = String::new();
@@ -430,6 +439,11 @@ pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) ->
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     (child, port)
+}
+
+/// Where [`spawn_on_data_dir`] writes the server's log: next to the data directory.
+pub fn server_log_path(data: &std::path::Path) -> PathBuf {
+    data.with_extension("server.log")
 }
 
 /// A Rust-driver client for a test server: no driver-side write retries (each outcome must be
