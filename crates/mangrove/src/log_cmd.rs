@@ -16,7 +16,8 @@ pub enum LogCommand {
     List(ListArgs),
     /// Every committed transaction with the documents it wrote (ids and operation types).
     Show(ListArgs),
-    /// Checks every record's checksum and reports the first problem.
+    /// Checks every record's checksum and that no segment is missing or cut; reports the first
+    /// problem (exit 2).
     Verify(DirArg),
 }
 
@@ -186,7 +187,7 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
     let dir = log_dir(&args.dir.data_dir)?;
     let since = args.since.as_deref().map(parse_time).transpose()?;
     let until = args.until.as_deref().map(parse_time).transpose()?;
-    let scan = txlog::scan_log(&dir, |_, _| {}).map_err(|e| e.to_string())?;
+    let scan = txlog::scan_log(&dir, None, |_, _| {}).map_err(|e| e.to_string())?;
     let mut shown = 0usize;
     for (pos, record) in &scan.records {
         if !matches(record, args, since, until) {
@@ -231,37 +232,64 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
             scan.bytes
         );
     }
-    if let Some((segment, offset, bytes)) = &scan.torn_tail {
+    if let Some(torn) = &scan.torn_tail {
         eprintln!(
-            "note: {} ends with {bytes} bytes that are not a whole record (offset {offset}): a write in progress, or a crash that the next start will truncate",
-            segment.display()
+            "note: {} ends with {} bytes that are not a whole record (offset {}): a write in progress, or a crash that the next start cuts off",
+            torn.segment.display(),
+            torn.bytes,
+            torn.offset
         );
+    }
+    if let Some(damage) = &scan.damage {
+        eprintln!("damaged: {}", damage.to_error());
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify(data_dir: &Path) -> Result<ExitCode, String> {
     let dir = log_dir(data_dir)?;
-    match txlog::scan_log(&dir, |_, _| {}) {
-        Ok(scan) => {
-            println!(
-                "ok: {} transactions in {} segment{}, {} bytes, every checksum valid",
-                scan.records.len(),
-                scan.segments,
-                if scan.segments == 1 { "" } else { "s" },
-                scan.bytes
-            );
-            if let Some((segment, offset, bytes)) = &scan.torn_tail {
-                println!(
-                    "warning: {} ends with a torn record: {bytes} bytes at offset {offset} (never acknowledged; the next start truncates it)",
-                    segment.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            println!("damaged: {e}");
-            Ok(ExitCode::from(2))
-        }
+    let scan = txlog::scan_log(&dir, None, |_, _| {}).map_err(|e| e.to_string())?;
+    let lines = verdict(&scan);
+    for line in &lines.0 {
+        println!("{line}");
     }
+    Ok(if lines.1 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What a scan of the log says, as lines for a person, and whether it found damage.
+pub fn verdict(scan: &txlog::LogScan) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    let segments = format!(
+        "{} segment{}",
+        scan.segments,
+        if scan.segments == 1 { "" } else { "s" }
+    );
+    if let Some(damage) = &scan.damage {
+        lines.push(format!(
+            "damaged: {} (the {} transactions before it are intact)",
+            damage.to_error(),
+            scan.records.len()
+        ));
+        return (lines, true);
+    }
+    lines.push(format!(
+        "ok: {} transactions in {segments}, {} bytes, every checksum valid, no segment missing",
+        scan.records.len(),
+        scan.bytes
+    ));
+    if let Some(torn) = &scan.torn_tail {
+        lines.push(format!(
+            "note: {} ends with a torn write of {} bytes at offset {} ({}): never fdatasynced, so never acknowledged as durable; the next start cuts it off",
+            torn.segment.display(),
+            torn.bytes,
+            torn.offset,
+            torn.record
+        ));
+    }
+    (lines, false)
 }

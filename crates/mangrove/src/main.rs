@@ -1,6 +1,7 @@
 //! `mangrove`: the server and its tools.
 
 mod log_cmd;
+mod verify_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     /// Read the transaction log: list or show committed transactions, verify checksums.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
+    /// Check a stopped server's data directory end to end: the log, the base store's checksums,
+    /// and every index entry against its document. Repairs nothing; exit 2 on damage.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +107,12 @@ struct ServeArgs {
     /// on a server anyone depends on: a fail point can make every command fail.
     #[arg(long)]
     enable_test_commands: bool,
+    /// Start even if the transaction log is damaged (a complete record that fails its checksum,
+    /// a missing or cut segment): cut the log at the damage and replay only what comes before
+    /// it. What is cut is moved to a quarantine folder in the log directory, and the
+    /// transactions it holds are lost. Without it such damage stops start-up, naming the file.
+    #[arg(long)]
+    truncate_damaged_log: bool,
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Log(command) => log_cmd::run(command),
+        Command::Verify(args) => verify_cmd::run(args),
     }
 }
 
@@ -144,6 +155,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
         retain_log_segments: args.log_retention_segments,
         enable_test_commands: args.enable_test_commands,
+        truncate_damaged_log: args.truncate_damaged_log,
         argv: std::env::args().collect(),
         ..Config::default()
     };

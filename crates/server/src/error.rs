@@ -38,6 +38,8 @@ pub mod code {
     pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
     pub const OUT_OF_DISK_SPACE: i32 = 14031;
     pub const OPERATION_FAILED: i32 = 96;
+    pub const DATA_CORRUPTION_DETECTED: i32 = 301;
+    pub const TRANSACTION_TOO_LARGE_FOR_CACHE: i32 = 388;
     pub const TRANSACTION_TOO_LARGE: i32 = 257;
     pub const MISSING_FIELD: i32 = 40414;
     pub const UNKNOWN_FIELD: i32 = 40415;
@@ -83,6 +85,8 @@ pub fn code_name(code: i32) -> String {
         292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
         352 => "UnsupportedOpQueryCommand",
         10334 => "BSONObjectTooLarge",
+        301 => "DataCorruptionDetected",
+        388 => "TransactionTooLargeForCache",
         257 => "TransactionTooLarge",
         14031 => "OutOfDiskSpace",
         11000 => "DuplicateKey",
@@ -251,16 +255,17 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::TxnClosed => CommandError::new(1, message),
             ref e if e.is_out_of_space() => CommandError::new(code::OUT_OF_DISK_SPACE, message),
             S::LogUnavailable { .. } => CommandError::new(code::OPERATION_FAILED, message),
+            S::DataCorruption { .. } | S::Corrupt { .. } => {
+                CommandError::new(code::DATA_CORRUPTION_DETECTED, message)
+            }
             S::SnapshotTooOld { .. } => CommandError::new(code::SNAPSHOT_TOO_OLD, message),
             S::SnapshotUnavailable { .. } => CommandError::new(code::SNAPSHOT_UNAVAILABLE, message),
             S::TransactionTooLarge { .. } => {
                 CommandError::new(code::TRANSACTION_TOO_LARGE, message)
             }
-            S::LogFailed(_)
-            | S::Io { .. }
-            | S::Encoding(_)
-            | S::Corrupt { .. }
-            | S::Locked { .. } => CommandError::new(1, message),
+            S::LogFailed(_) | S::Io { .. } | S::Encoding(_) | S::Locked { .. } => {
+                CommandError::new(1, message)
+            }
         }
     }
 }

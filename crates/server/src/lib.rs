@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mangrove_storage::{Engine, EngineOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use error::{CommandError, code_name};
 pub use request::Request;
@@ -67,6 +67,8 @@ pub struct Config {
     pub argv: Vec<String>,
     /// Allows `configureFailPoint` and other hooks the drivers' spec tests need.
     pub enable_test_commands: bool,
+    /// At damage in the log, cut it there and start instead of refusing to start.
+    pub truncate_damaged_log: bool,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             retain_log_segments: 0,
             argv: Vec::new(),
             enable_test_commands: false,
+            truncate_damaged_log: false,
         }
     }
 }
@@ -164,18 +167,12 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         checkpoint_interval: config.checkpoint_interval,
         checkpoint_log_bytes: config.checkpoint_log_bytes,
         retain_log_segments: config.retain_log_segments,
+        truncate_damaged_log: config.truncate_damaged_log,
         ..EngineOptions::default()
     };
     let (engine, report) =
         Engine::open(options, progress).map_err(|e| std::io::Error::other(e.to_string()))?;
-    if let Some((segment, kept, dropped)) = &report.torn_tail {
-        warn!(
-            segment = %segment.display(),
-            offset = kept,
-            dropped_bytes = dropped,
-            "truncated a torn final log record left by a crash: {dropped} bytes dropped; it was never acknowledged"
-        );
-    }
+    report_log_repairs(&report);
     let secs = report.elapsed.as_secs_f64();
     info!(
         records = report.records,
@@ -187,6 +184,31 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         "recovered the transaction log"
     );
     Ok(engine)
+}
+
+/// Says loudly what recovery cut from the log: a torn write a crash left, or damage the
+/// operator chose to cut at.
+fn report_log_repairs(report: &mangrove_storage::RecoveryReport) {
+    if let Some(torn) = &report.torn_tail {
+        warn!(
+            segment = %torn.segment.display(),
+            offset = torn.offset,
+            dropped_bytes = torn.bytes,
+            record = %torn.record,
+            "cut a torn final log write left by a crash: {}; it was never fdatasynced, so no write acknowledged with j:true or w:\"majority\" is lost (a w:1, j:false acknowledgement of it is)",
+            torn.record
+        );
+    }
+    if let Some((damage, cut)) = &report.cut {
+        error!(
+            damaged = %damage.segment.display(),
+            offset = damage.offset,
+            detail = %damage.detail,
+            moved = ?cut.moved,
+            quarantine = %cut.quarantine.display(),
+            "--truncate-damaged-log: cut the transaction log at the damage; the transactions after it are not replayed (the bytes are kept in the quarantine folder)"
+        );
+    }
 }
 
 /// Sessions idle this long are forgotten, as MongoDB's `logicalSessionTimeoutMinutes` (30).

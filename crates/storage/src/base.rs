@@ -1,19 +1,28 @@
 //! The base store: the committed state as of the last checkpoint, in a redb file.
 //!
 //! ```text
-//! docs     (coll id u64 BE ++ document key) -> (commit ts u64 LE ++ BSON document)
-//! catalog  namespace                        -> BSON { id, options, ts, indexes: [{id, spec}] }
+//! docs     (coll id u64 BE ++ document key) -> (crc32c u32 LE ++ commit ts u64 LE ++ BSON document)
+//! catalog  namespace                        -> (crc32c u32 LE ++ BSON { id, options, ts, indexes: [{id, spec}] })
 //!
 //! An index's entries are a keyspace of `docs` with the index's own id.
-//! meta     "checkpoint_ts" | "next_coll_id" -> u64
+//! meta     "checkpoint_ts" | "next_coll_id" | "format" | "meta_crc" -> u64
 //! ```
 //!
 //! Only the checkpointer writes here, one redb transaction per checkpoint, so the file always
 //! holds one consistent checkpoint: redb's commit is atomic and durable. Every value carries the
 //! commit timestamp of the version it holds, so a reader can tell whether it may see it.
+//!
+//! Invariants:
+//! - Every value is checksummed, and the checksum covers its key: a flipped byte, or a value
+//!   found under another key, is [`StorageError::DataCorruption`] for that read, never data.
+//! - redb does not verify its pages on reads; a damaged page can make it panic. Every call into
+//!   redb runs under [`guarded`], which turns such a panic into `DataCorruption` naming the
+//!   file, so one damaged page fails the reads that meet it and nothing else.
+//! - A file of format 1 (values without checksums) is upgraded in one redb transaction on open.
 
 use std::ops::{Bound, ControlFlow};
-use std::path::Path;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bson::{Document, RawDocumentBuf, doc};
@@ -24,6 +33,9 @@ use crate::{DocKey, StorageError, StoredDoc, Timestamp};
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Format 2: every value checksummed. Format 1 (no "format" key) had bare values.
+const FORMAT: u64 = 2;
+const CRC_LEN: usize = 4;
 
 fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Io {
@@ -40,10 +52,80 @@ fn doc_key(coll: u64, key: &DocKey) -> Vec<u8> {
     k
 }
 
-fn decode_value(value: &[u8]) -> Option<(Timestamp, StoredDoc)> {
-    let (ts, doc) = value.split_first_chunk::<8>()?;
-    let doc = RawDocumentBuf::from_bytes(doc.to_vec()).ok()?;
-    Some((Timestamp(u64::from_le_bytes(*ts)), Arc::new(doc)))
+/// A checksum over a value's key and its bytes after the checksum.
+fn value_crc(key: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(key), body)
+}
+
+/// `crc ++ body`, the checksum covering `key` too.
+fn seal(key: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CRC_LEN + body.len());
+    v.extend_from_slice(&value_crc(key, body).to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The body of a sealed value, if its checksum holds.
+fn unseal<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
+    let (crc, body) = value.split_first_chunk::<CRC_LEN>().ok_or_else(|| {
+        format!(
+            "value of {} bytes is shorter than its checksum",
+            value.len()
+        )
+    })?;
+    if value_crc(key, body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
+}
+
+fn encode_doc_value(key: &[u8], ts: Timestamp, doc: &RawDocumentBuf) -> Vec<u8> {
+    let mut body = Vec::with_capacity(8 + doc.as_bytes().len());
+    body.extend_from_slice(&ts.0.to_le_bytes());
+    body.extend_from_slice(doc.as_bytes());
+    seal(key, &body)
+}
+
+fn decode_doc_value(key: &[u8], value: &[u8]) -> Result<(Timestamp, StoredDoc), String> {
+    let body = unseal(key, value)?;
+    let (ts, doc) = body
+        .split_first_chunk::<8>()
+        .ok_or("value shorter than its timestamp")?;
+    let doc = RawDocumentBuf::from_bytes(doc.to_vec()).map_err(|e| format!("not BSON: {e}"))?;
+    Ok((Timestamp(u64::from_le_bytes(*ts)), Arc::new(doc)))
+}
+
+fn meta_crc(checkpoint: u64, next_coll_id: u64) -> u64 {
+    let mut bytes = [0u8; 24];
+    bytes[0..8].copy_from_slice(&checkpoint.to_le_bytes());
+    bytes[8..16].copy_from_slice(&next_coll_id.to_le_bytes());
+    bytes[16..24].copy_from_slice(&FORMAT.to_le_bytes());
+    crc32c::crc32c(&bytes) as u64
+}
+
+/// Runs a call into redb, turning a panic (redb's reaction to some damaged pages) into a
+/// [`StorageError::DataCorruption`] naming the file.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T, StorageError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        corruption(
+            path,
+            format!("the store's internal structure is damaged ({what}: {message})"),
+        )
+    })
+}
+
+fn corruption(path: &Path, detail: String) -> StorageError {
+    let error = StorageError::DataCorruption {
+        file: path.to_path_buf(),
+        detail,
+    };
+    tracing::error!(error = %error, "data corruption detected");
+    error
 }
 
 /// A collection as the base store records it.
@@ -66,30 +148,92 @@ pub(crate) struct CheckpointData {
     pub dropped: Vec<u64>,
 }
 
+/// What [`BaseStore::verify`] found: values read, and each problem with where it is.
+#[derive(Debug, Default)]
+pub struct BaseVerifyReport {
+    pub values: u64,
+    pub catalog_entries: u64,
+    pub problems: Vec<String>,
+}
+
 pub(crate) struct BaseStore {
     db: Database,
+    path: PathBuf,
 }
 
 impl BaseStore {
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<BaseStore, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
-        let txn = db.begin_write().map_err(|e| err("begin", e))?;
+        let db = guarded(path, "open", || {
+            Database::builder().set_cache_size(cache_bytes).create(path)
+        })?
+        .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
+        let store = BaseStore {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.guard("create tables", || store.create_tables())??;
+        store.guard("upgrade", || store.upgrade())??;
+        Ok(store)
+    }
+
+    /// Runs a call into redb under [`guarded`], naming this store's file.
+    fn guard<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, StorageError> {
+        guarded(&self.path, what, f)
+    }
+
+    fn damaged(&self, detail: String) -> StorageError {
+        corruption(&self.path, detail)
+    }
+
+    /// Creates the tables so readers never meet a missing one.
+    fn create_tables(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
+        txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
+        txn.open_table(CATALOG)
+            .map_err(|e| err("catalog table", e))?;
+        txn.open_table(META).map_err(|e| err("meta table", e))?;
+        txn.commit().map_err(|e| err("commit", e))
+    }
+
+    /// Brings a format-1 file (values without checksums) to the current format, in one redb
+    /// transaction; a new file just gets the format recorded.
+    fn upgrade(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
         {
-            // Create the tables so readers never meet a missing one.
-            txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
-            txn.open_table(CATALOG)
-                .map_err(|e| err("catalog table", e))?;
-            txn.open_table(META).map_err(|e| err("meta table", e))?;
+            let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
+            let get = |m: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, StorageError> {
+                Ok(m.get(k).map_err(|e| err("meta", e))?.map(|v| v.value()))
+            };
+            match get(&meta, "format")? {
+                Some(FORMAT) => return Ok(()),
+                Some(other) => {
+                    return Err(err(
+                        "format",
+                        format!(
+                            "{} has format {other}; this build reads format {FORMAT}",
+                            self.path.display()
+                        ),
+                    ));
+                }
+                None => {}
+            }
+            let upgraded = upgrade_values(&txn)?;
+            if upgraded > 0 {
+                tracing::info!(values = upgraded, file = %self.path.display(), "base store upgraded: every value checksummed");
+            }
+            let checkpoint = get(&meta, "checkpoint_ts")?.unwrap_or(0);
+            let next = get(&meta, "next_coll_id")?.unwrap_or(0);
+            write_meta(&mut meta, checkpoint, next)?;
         }
-        txn.commit().map_err(|e| err("commit", e))?;
-        Ok(BaseStore { db })
+        txn.commit().map_err(|e| err("commit", e))
     }
 
     /// The checkpoint timestamp, the next collection id, and the catalog.
     pub(crate) fn load(&self) -> Result<(Timestamp, u64, Vec<BaseCollection>), StorageError> {
+        self.guard("load", || self.load_unguarded())?
+    }
+
+    fn load_unguarded(&self) -> Result<(Timestamp, u64, Vec<BaseCollection>), StorageError> {
         let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
         let meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
         let get = |k: &str| -> Result<u64, StorageError> {
@@ -99,43 +243,24 @@ impl BaseStore {
                 .map(|v| v.value())
                 .unwrap_or(0))
         };
-        let checkpoint = Timestamp(get("checkpoint_ts")?);
-        let next_coll_id = get("next_coll_id")?;
+        let (checkpoint, next_coll_id) = (get("checkpoint_ts")?, get("next_coll_id")?);
+        if get("meta_crc")? != meta_crc(checkpoint, next_coll_id) {
+            return Err(
+                self.damaged("the checkpoint record (table meta) fails its checksum".into())
+            );
+        }
         let catalog = txn
             .open_table(CATALOG)
             .map_err(|e| err("catalog table", e))?;
         let mut collections = Vec::new();
         for entry in catalog.iter().map_err(|e| err("catalog", e))? {
             let (ns, value) = entry.map_err(|e| err("catalog", e))?;
-            let d = Document::from_reader(value.value()).map_err(|e| err("catalog entry", e))?;
-            let mut indexes = Vec::new();
-            for index in d
-                .get_array("indexes")
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
-            {
-                let index = index
-                    .as_document()
-                    .ok_or_else(|| err("catalog index", "not a document"))?;
-                indexes.push((
-                    index
-                        .get_i64("id")
-                        .map_err(|e| err("catalog index id", e))? as u64,
-                    index
-                        .get_document("spec")
-                        .map_err(|e| err("catalog index spec", e))?
-                        .clone(),
-                ));
-            }
-            collections.push(BaseCollection {
-                ns: ns.value().to_string(),
-                id: d.get_i64("id").map_err(|e| err("catalog id", e))? as u64,
-                options: d.get_document("options").cloned().unwrap_or_default(),
-                ts: Timestamp(d.get_i64("ts").unwrap_or(0) as u64),
-                indexes,
-            });
+            let ns = ns.value().to_string();
+            let c = decode_catalog_entry(&ns, value.value())
+                .map_err(|detail| self.damaged(format!("catalog entry {ns:?}: {detail}")))?;
+            collections.push(c);
         }
-        Ok((checkpoint, next_coll_id, collections))
+        Ok((Timestamp(checkpoint), next_coll_id, collections))
     }
 
     pub(crate) fn get(
@@ -143,12 +268,23 @@ impl BaseStore {
         coll: u64,
         key: &DocKey,
     ) -> Result<Option<(Timestamp, StoredDoc)>, StorageError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
-        let table = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
-        let value = table
-            .get(doc_key(coll, key).as_slice())
-            .map_err(|e| err("get", e))?;
-        Ok(value.and_then(|v| decode_value(v.value())))
+        let k = doc_key(coll, key);
+        let found = self.guard("get", || -> Result<_, StorageError> {
+            let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
+            let table = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
+            let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
+            Ok(value.map(|v| decode_doc_value(&k, v.value())))
+        })??;
+        found
+            .transpose()
+            .map_err(|detail| self.value_damage(coll, key, detail))
+    }
+
+    fn value_damage(&self, coll: u64, key: &DocKey, detail: String) -> StorageError {
+        self.damaged(format!(
+            "the value of key {} in keyspace {coll}: {detail}",
+            hex(&key.0)
+        ))
     }
 
     /// Visits a keyspace's entries in key order (descending if `reverse`) within the bounds,
@@ -161,41 +297,32 @@ impl BaseStore {
         reverse: bool,
         mut visit: impl FnMut(DocKey, Timestamp, StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
-        let table = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
-        let lower = match lower {
-            Bound::Included(k) => Bound::Included(doc_key(coll, k)),
-            Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
-            Bound::Unbounded => Bound::Included(coll.to_be_bytes().to_vec()),
-        };
-        let upper = match upper {
-            Bound::Included(k) => Bound::Included(doc_key(coll, k)),
-            Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
-            Bound::Unbounded => match coll.checked_add(1) {
-                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
-                None => Bound::Unbounded,
-            },
-        };
-        let range = table
-            .range::<&[u8]>((
-                lower.as_ref().map(|v| v.as_slice()),
-                upper.as_ref().map(|v| v.as_slice()),
-            ))
+        let (lower, upper) = keyspace_bounds(coll, lower, upper);
+        let txn = self
+            .guard("begin", || self.db.begin_read())?
+            .map_err(|e| err("begin", e))?;
+        let table = self
+            .guard("open", || txn.open_table(DOCS))?
+            .map_err(|e| err("docs table", e))?;
+        let range = self
+            .guard("scan", || {
+                table.range::<&[u8]>((
+                    lower.as_ref().map(|v| v.as_slice()),
+                    upper.as_ref().map(|v| v.as_slice()),
+                ))
+            })?
             .map_err(|e| err("scan", e))?;
-        let entries: Box<dyn Iterator<Item = _>> = if reverse {
+        let mut entries: Box<dyn Iterator<Item = _>> = if reverse {
             Box::new(range.rev())
         } else {
             Box::new(range)
         };
-        for entry in entries {
+        // Only redb's own steps are guarded: a panic in `visit` is a bug, not damage.
+        while let Some(entry) = self.guard("scan", || entries.next())? {
             let (k, v) = entry.map_err(|e| err("scan", e))?;
             let key = DocKey(k.value()[8..].to_vec());
-            let Some((ts, doc)) = decode_value(v.value()) else {
-                return Err(err(
-                    "scan",
-                    format!("undecodable document at key {:?}", key.0),
-                ));
-            };
+            let (ts, doc) = decode_doc_value(k.value(), v.value())
+                .map_err(|d| self.value_damage(coll, &key, d))?;
             if visit(key, ts, doc).is_break() {
                 break;
             }
@@ -205,17 +332,18 @@ impl BaseStore {
 
     /// Writes one checkpoint atomically; on return it is durable.
     pub(crate) fn write_checkpoint(&self, data: &CheckpointData) -> Result<(), StorageError> {
+        self.guard("checkpoint", || self.write_checkpoint_unguarded(data))?
+    }
+
+    fn write_checkpoint_unguarded(&self, data: &CheckpointData) -> Result<(), StorageError> {
         let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
         {
             let mut docs = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
             for coll in &data.dropped {
-                let lower = coll.to_be_bytes().to_vec();
-                let upper = coll.checked_add(1).map(|n| n.to_be_bytes().to_vec());
+                let (lower, upper) = keyspace_bounds(*coll, Bound::Unbounded, Bound::Unbounded);
                 let range = (
-                    Bound::Included(lower.as_slice()),
-                    upper
-                        .as_ref()
-                        .map_or(Bound::Unbounded, |u| Bound::Excluded(u.as_slice())),
+                    lower.as_ref().map(|v| v.as_slice()),
+                    upper.as_ref().map(|v| v.as_slice()),
                 );
                 docs.retain_in::<&[u8], _>(range, |_, _| false)
                     .map_err(|e| err("drop collection", e))?;
@@ -224,9 +352,7 @@ impl BaseStore {
                 let k = doc_key(*coll, key);
                 match doc {
                     Some(doc) => {
-                        let mut v = Vec::with_capacity(8 + doc.as_bytes().len());
-                        v.extend_from_slice(&ts.0.to_le_bytes());
-                        v.extend_from_slice(doc.as_bytes());
+                        let v = encode_doc_value(&k, *ts, doc);
                         docs.insert(k.as_slice(), v.as_slice())
                             .map_err(|e| err("put", e))?;
                     }
@@ -242,28 +368,178 @@ impl BaseStore {
                 .retain(|_, _| false)
                 .map_err(|e| err("catalog", e))?;
             for c in &data.catalog {
-                let indexes: Vec<Document> = c
-                    .indexes
-                    .iter()
-                    .map(|(id, spec)| doc! { "id": *id as i64, "spec": spec.clone() })
-                    .collect();
-                let entry = doc! {
-                    "id": c.id as i64,
-                    "options": c.options.clone(),
-                    "ts": c.ts.0 as i64,
-                    "indexes": indexes,
-                };
-                let bytes = entry.to_vec().map_err(|e| err("catalog entry", e))?;
+                let value = encode_catalog_entry(c)?;
                 catalog
-                    .insert(c.ns.as_str(), bytes.as_slice())
+                    .insert(c.ns.as_str(), value.as_slice())
                     .map_err(|e| err("catalog", e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
-            meta.insert("checkpoint_ts", data.ts.0)
-                .map_err(|e| err("meta", e))?;
-            meta.insert("next_coll_id", data.next_coll_id)
-                .map_err(|e| err("meta", e))?;
+            write_meta(&mut meta, data.ts.0, data.next_coll_id)?;
         }
         txn.commit().map_err(|e| err("commit", e))
     }
+
+    /// Reads every value of the file and checks its checksum and its key order; for
+    /// `mangrove verify`. Damage is reported, not repaired.
+    pub fn verify(&self) -> Result<BaseVerifyReport, StorageError> {
+        let mut report = BaseVerifyReport::default();
+        match self.load() {
+            Ok((_, _, catalog)) => report.catalog_entries = catalog.len() as u64,
+            Err(e) => report.problems.push(e.to_string()),
+        }
+        let txn = self
+            .guard("begin", || self.db.begin_read())?
+            .map_err(|e| err("begin", e))?;
+        let table = self
+            .guard("open", || txn.open_table(DOCS))?
+            .map_err(|e| err("docs table", e))?;
+        let mut entries = self
+            .guard("scan", || table.iter())?
+            .map_err(|e| err("scan", e))?;
+        let mut previous: Option<Vec<u8>> = None;
+        loop {
+            let entry = match self.guard("scan", || entries.next()) {
+                Ok(Some(entry)) => entry.map_err(|e| err("scan", e))?,
+                Ok(None) => break,
+                Err(e) => {
+                    report.problems.push(format!(
+                        "{e} (after {} values; the rest of the file was not read)",
+                        report.values
+                    ));
+                    break;
+                }
+            };
+            let (k, v) = entry;
+            let key = k.value().to_vec();
+            report.values += 1;
+            if previous.as_ref().is_some_and(|p| *p >= key) {
+                report.problems.push(format!(
+                    "keys out of order at {}: the tree is damaged",
+                    hex(&key)
+                ));
+            }
+            if let Err(detail) = decode_doc_value(&key, v.value()) {
+                report
+                    .problems
+                    .push(format!("value of key {}: {detail}", hex(&key)));
+            }
+            previous = Some(key);
+        }
+        Ok(report)
+    }
+}
+
+/// The redb key range of a keyspace's entries within the bounds.
+fn keyspace_bounds(
+    coll: u64,
+    lower: Bound<&DocKey>,
+    upper: Bound<&DocKey>,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lower = match lower {
+        Bound::Included(k) => Bound::Included(doc_key(coll, k)),
+        Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
+        Bound::Unbounded => Bound::Included(coll.to_be_bytes().to_vec()),
+    };
+    let upper = match upper {
+        Bound::Included(k) => Bound::Included(doc_key(coll, k)),
+        Bound::Excluded(k) => Bound::Excluded(doc_key(coll, k)),
+        Bound::Unbounded => match coll.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        },
+    };
+    (lower, upper)
+}
+
+fn write_meta(
+    meta: &mut redb::Table<&str, u64>,
+    checkpoint: u64,
+    next_coll_id: u64,
+) -> Result<(), StorageError> {
+    for (k, v) in [
+        ("checkpoint_ts", checkpoint),
+        ("next_coll_id", next_coll_id),
+        ("format", FORMAT),
+        ("meta_crc", meta_crc(checkpoint, next_coll_id)),
+    ] {
+        meta.insert(k, v).map_err(|e| err("meta", e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites format-1 values (bare) with checksums; returns how many.
+fn upgrade_values(txn: &redb::WriteTransaction) -> Result<u64, StorageError> {
+    let mut docs = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
+    let mut n = 0;
+    let old: Vec<(Vec<u8>, Vec<u8>)> = docs
+        .iter()
+        .map_err(|e| err("upgrade", e))?
+        .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("upgrade", e))?;
+    for (k, v) in old {
+        docs.insert(k.as_slice(), seal(&k, &v).as_slice())
+            .map_err(|e| err("upgrade", e))?;
+        n += 1;
+    }
+    let mut catalog = txn
+        .open_table(CATALOG)
+        .map_err(|e| err("catalog table", e))?;
+    let old: Vec<(String, Vec<u8>)> = catalog
+        .iter()
+        .map_err(|e| err("upgrade", e))?
+        .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("upgrade", e))?;
+    for (ns, v) in old {
+        catalog
+            .insert(ns.as_str(), seal(ns.as_bytes(), &v).as_slice())
+            .map_err(|e| err("upgrade", e))?;
+    }
+    Ok(n)
+}
+
+fn encode_catalog_entry(c: &BaseCollection) -> Result<Vec<u8>, StorageError> {
+    let indexes: Vec<Document> = c
+        .indexes
+        .iter()
+        .map(|(id, spec)| doc! { "id": *id as i64, "spec": spec.clone() })
+        .collect();
+    let entry = doc! {
+        "id": c.id as i64,
+        "options": c.options.clone(),
+        "ts": c.ts.0 as i64,
+        "indexes": indexes,
+    };
+    let bytes = entry.to_vec().map_err(|e| err("catalog entry", e))?;
+    Ok(seal(c.ns.as_bytes(), &bytes))
+}
+
+fn decode_catalog_entry(ns: &str, value: &[u8]) -> Result<BaseCollection, String> {
+    let body = unseal(ns.as_bytes(), value)?;
+    let d = Document::from_reader(body).map_err(|e| format!("not BSON: {e}"))?;
+    let mut indexes = Vec::new();
+    for index in d
+        .get_array("indexes")
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+    {
+        let index = index.as_document().ok_or("index is not a document")?;
+        let id = index.get_i64("id").map_err(|e| format!("index id: {e}"))?;
+        let spec = index
+            .get_document("spec")
+            .map_err(|e| format!("index spec: {e}"))?;
+        indexes.push((id as u64, spec.clone()));
+    }
+    Ok(BaseCollection {
+        ns: ns.to_string(),
+        id: d.get_i64("id").map_err(|e| format!("id: {e}"))? as u64,
+        options: d.get_document("options").cloned().unwrap_or_default(),
+        ts: Timestamp(d.get_i64("ts").unwrap_or(0) as u64),
+        indexes,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,15 +4,15 @@ use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bson::raw::{RawBinaryRef, cstr};
 use bson::{Bson, RawDocument, RawDocumentBuf};
 use mangrove_query::{IndexSpec, KeyInterval};
 use tokio::sync::watch;
 
-use crate::base::BaseStore;
-use crate::txlog::{self, CommitMeta, LogOp, LogWriter};
+use crate::base::{BaseStore, BaseVerifyReport};
+use crate::txlog::{self, CommitMeta, ControlHandle, LogOp, LogWriter};
 use crate::{StorageError, Timestamp};
 
 /// A stored document. Shared, immutable bytes: a snapshot hands out clones of the `Arc`, never
@@ -299,6 +299,13 @@ pub struct EngineOptions {
     pub checkpoint_interval: Duration,
     /// Log segments the last checkpoint covers that are kept anyway (0: removed at once).
     pub retain_log_segments: usize,
+    /// Replays the log and serves reads, but writes nothing: no commits, no checkpoints, no
+    /// truncation of a torn tail. For `mangrove verify`.
+    pub read_only: bool,
+    /// At damage in the log that recovery cannot explain as a torn write, cut the log there
+    /// (moving the rest aside) instead of refusing to start: the operator's explicit choice to
+    /// lose the transactions after the damage.
+    pub truncate_damaged_log: bool,
 }
 
 impl Default for EngineOptions {
@@ -311,23 +318,10 @@ impl Default for EngineOptions {
             checkpoint_log_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(60),
             retain_log_segments: 0,
+            read_only: false,
+            truncate_damaged_log: false,
         }
     }
-}
-
-/// What recovery found, for the start-up log.
-#[derive(Clone, Debug, Default)]
-pub struct RecoveryReport {
-    pub records: u64,
-    /// Records newer than the checkpoint, the ones actually applied.
-    pub replayed: u64,
-    pub checkpoint: Timestamp,
-    pub log_bytes: u64,
-    pub segments: usize,
-    /// A torn final record that was cut off: the segment, the offset kept, the bytes dropped.
-    pub torn_tail: Option<(PathBuf, u64, u64)>,
-    pub last_commit: Timestamp,
-    pub elapsed: Duration,
 }
 
 #[derive(Default)]
@@ -360,7 +354,11 @@ struct Inner {
     queue_space: Condvar,
     progress: watch::Sender<LogProgress>,
     options: EngineOptions,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The log writer thread; it hands the log back when it stops, for a clean shutdown's
+    /// last word in the control file.
+    writer: Mutex<Option<std::thread::JoinHandle<Option<LogWriter>>>>,
+    /// The log's control file (none for an in-memory or read-only engine).
+    control: Option<Arc<ControlHandle>>,
     /// Held open for the engine's lifetime: the data directory's exclusive lock.
     _lock: Option<File>,
 }
@@ -395,93 +393,13 @@ impl Engine {
             checkpoint_ts: Timestamp(u64::MAX),
             ..State::default()
         };
-        Self::start(state, None, None, EngineOptions::default())
-    }
-
-    /// Opens the data directory: takes its lock, replays the transaction log, and starts the
-    /// log writer. `progress(done, total)` reports replay in log bytes.
-    pub fn open(
-        options: EngineOptions,
-        progress: impl FnMut(u64, u64),
-    ) -> Result<(Engine, RecoveryReport), StorageError> {
-        let Some(dir) = options.data_dir.clone() else {
-            return Ok((Self::in_memory(), RecoveryReport::default()));
-        };
-        let started = Instant::now();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            StorageError::io(format!("cannot create data directory {}", dir.display()), e)
-        })?;
-        let lock = lock_data_dir(&dir)?;
-        let base = Arc::new(BaseStore::open(
-            &dir.join("base.redb"),
-            options.cache_bytes / 4,
-        )?);
-        let mut state = State::default();
-        let (checkpoint_ts, next_coll_id, collections) = base.load()?;
-        for c in collections {
-            let (db, name) = split_ns(&c.ns);
-            let mut indexes = Vec::with_capacity(c.indexes.len());
-            for (id, spec) in c.indexes {
-                indexes.push(compile_index(spec, id)?);
-                state.collections.insert(id, BTreeMap::new());
-            }
-            let info = Arc::new(CollectionInfo {
-                db: db.to_string(),
-                name: name.to_string(),
-                options: c.options,
-                indexes,
-                id: c.id,
-            });
-            state.collections.insert(c.id, BTreeMap::new());
-            let mut chain = VersionChain::new();
-            chain.install_recovered(c.ts, Some(info));
-            state.catalog.insert(c.ns, chain);
-        }
-        state.next_coll_id = next_coll_id;
-        state.checkpoint_ts = checkpoint_ts;
-        state.last_commit = checkpoint_ts;
-        state.base = Some(base);
-        let log_dir = dir.join("log");
-        let scan = txlog::scan_log(&log_dir, progress)?;
-        let mut report = RecoveryReport {
-            records: scan.records.len() as u64,
-            log_bytes: scan.bytes,
-            segments: scan.segments,
-            torn_tail: scan.torn_tail.clone(),
-            ..RecoveryReport::default()
-        };
-        // Records the checkpoint already holds are skipped; the log may still have them when
-        // segments are retained, or when a crash came between checkpoint and log cleanup.
-        for (pos, record) in scan.records.iter().filter(|(_, r)| r.ts > checkpoint_ts) {
-            report.replayed += 1;
-            replay(&mut state, record.ts, &record.ops).map_err(|detail| StorageError::Corrupt {
-                segment: pos.segment.clone(),
-                offset: pos.offset,
-                detail,
-            })?;
-            state.last_commit = record.ts;
-        }
-        if state.last_commit == Timestamp::ZERO {
-            state.last_commit = Timestamp::ZERO.next_after();
-        }
-        report.last_commit = state.last_commit;
-        report.checkpoint = state.checkpoint_ts;
-        let writer = LogWriter::open(
-            &log_dir,
-            options.segment_bytes,
-            &scan,
-            state.last_commit.next_after(),
-        )?;
-        report.elapsed = started.elapsed();
-        Ok((
-            Self::start(state, Some(writer), Some(lock), options),
-            report,
-        ))
+        Self::start(state, None, None, None, EngineOptions::default())
     }
 
     fn start(
         state: State,
         log: Option<LogWriter>,
+        control: Option<Arc<ControlHandle>>,
         lock: Option<File>,
         options: EngineOptions,
     ) -> Engine {
@@ -505,6 +423,7 @@ impl Engine {
             progress,
             options,
             writer: Mutex::new(None),
+            control,
             _lock: lock,
         });
         let engine = Engine { inner };
@@ -514,7 +433,7 @@ impl Engine {
             .spawn(move || for_writer.write_log(log))
             .expect("cannot spawn the log writer thread");
         *lock_mutex(&engine.inner.writer) = Some(handle);
-        if engine.read_state().base.is_some() {
+        if engine.read_state().base.is_some() && !engine.inner.options.read_only {
             let for_checkpointer = engine.clone();
             let handle = std::thread::Builder::new()
                 .name("mangrove-checkpointer".into())
@@ -525,10 +444,21 @@ impl Engine {
         engine
     }
 
-    /// Stops the log writer after it has written everything queued, then takes a last
-    /// checkpoint so the next start has little to replay. Commits after this fail.
+    /// Stops the log writer after it has written everything queued, records the log's exact
+    /// end, then takes a last checkpoint so the next start has little to replay. Commits after
+    /// this fail.
     pub fn close(&self) {
-        self.stop_threads();
+        let log = self.stop_threads();
+        if self.inner.options.read_only {
+            return;
+        }
+        let failed = self.inner.progress.borrow().failed.is_some();
+        if let Some(mut log) = log
+            && !failed
+            && let Err(e) = log.record_clean_end()
+        {
+            tracing::warn!(error = %e, "cannot record the log's end in its control file");
+        }
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "final checkpoint failed; the next start replays the log");
         }
@@ -541,18 +471,19 @@ impl Engine {
         self.stop_threads();
     }
 
-    fn stop_threads(&self) {
+    fn stop_threads(&self) -> Option<LogWriter> {
         lock_mutex(&self.inner.queue).shutdown = true;
         self.inner.queue_ready.notify_all();
         self.inner.queue_space.notify_all();
-        if let Some(handle) = lock_mutex(&self.inner.writer).take() {
-            let _ = handle.join();
-        }
+        let log = lock_mutex(&self.inner.writer)
+            .take()
+            .and_then(|handle| handle.join().ok().flatten());
         lock_mutex(&self.inner.checkpoint_signal).shutdown = true;
         self.inner.checkpoint_wake.notify_all();
         if let Some(handle) = lock_mutex(&self.inner.checkpointer).take() {
             let _ = handle.join();
         }
+        log
     }
 
     /// The newest commit timestamp: what a fresh snapshot would see, and the server's
@@ -573,6 +504,13 @@ impl Engine {
     /// The newest commit known to be on disk.
     pub fn last_durable(&self) -> Timestamp {
         self.inner.progress.borrow().durable
+    }
+
+    /// Checks every value of the base store (checksums, key order): `mangrove verify`. `None`
+    /// for an engine without one.
+    pub fn verify_base_store(&self) -> Result<Option<BaseVerifyReport>, StorageError> {
+        let base = self.read_state().base.clone();
+        base.map(|b| b.verify()).transpose()
     }
 
     /// A read view of everything committed so far.
@@ -2302,9 +2240,13 @@ impl Drop for Txn {
 
 mod checkpoint;
 mod commit;
+mod recovery;
+pub use recovery::RecoveryReport;
+mod verify;
 pub use checkpoint::CheckpointReport;
 use commit::{CommitQueue, LogCounters, LogProgress, PendingCommit, Rejection};
 pub use commit::{CommitTicket, LogStats};
+pub use verify::IndexVerifyReport;
 #[cfg(test)]
 mod tests;
 

@@ -43,7 +43,7 @@ pub enum StorageError {
         kind: std::io::ErrorKind,
     },
     #[error(
-        "the transaction log is damaged in {} at offset {offset}: {detail}. Records before this point are intact. Run `mangrove log verify` for details; restore the segment from a backup, or move it and every later segment out of the log directory to start from the intact prefix (losing the transactions they hold)",
+        "the transaction log is damaged: {} at offset {offset}: {detail}. Records before this point are intact. Run `mangrove verify` for details; restore the file from a backup, or start the server with --truncate-damaged-log to continue from the intact part (what follows the damage is moved to a quarantine folder in the log directory, and the transactions it holds are lost)",
         segment.display()
     )]
     Corrupt {
@@ -51,6 +51,13 @@ pub enum StorageError {
         offset: u64,
         detail: String,
     },
+    /// Stored data failed its checksum, or the store's structure is damaged. Never served as
+    /// data; the read that met it fails.
+    #[error(
+        "data corruption detected in {}: {detail}. The damaged data is not served. Stop the server and run `mangrove verify --data-dir <dir>` for a full check; restore the file from a backup",
+        file.display()
+    )]
+    DataCorruption { file: PathBuf, detail: String },
     /// The log could not be written or synced; no commit can be made durable until restart.
     #[error(
         "the transaction log failed and the server accepts no more writes: {0}. Nothing acknowledged is lost; free disk space or fix the disk, then restart the server"

@@ -28,11 +28,12 @@ mod engine;
 mod error;
 pub mod txlog;
 
+pub use base::BaseVerifyReport;
 pub use clock::Timestamp;
 pub use engine::CheckpointReport;
 pub use engine::{
-    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, IndexInfo, LogStats, ReadView,
-    RecoveryReport, Snapshot, StoredDoc, Txn, TxnId,
+    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, IndexInfo, IndexVerifyReport,
+    LogStats, ReadView, RecoveryReport, Snapshot, StoredDoc, Txn, TxnId,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

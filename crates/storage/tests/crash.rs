@@ -314,7 +314,7 @@ fn parent() {
         let before = acked.len();
         acked.extend(ids);
         // Did the kill tear the log? Look before reopening truncates it.
-        if mangrove_storage::txlog::scan_log(&dir.0.join("log"), |_, _| {})
+        if mangrove_storage::txlog::scan_log(&dir.0.join("log"), None, |_, _| {})
             .map(|s| s.torn_tail.is_some())
             .unwrap_or(false)
         {

@@ -6,37 +6,7 @@ mod common;
 use std::fs::OpenOptions;
 
 use common::*;
-use mangrove_storage::{Engine, EngineOptions, StorageError, txlog};
-
-/// Commits `n` transactions, each inserting document i and bumping document 0's counter, so any
-/// prefix of the log has a recognisable state.
-fn write_history(engine: &Engine, n: i64) {
-    let coll = collection(engine, "db.c");
-    let mut t = engine.begin();
-    t.insert(&coll, key(0), doc(0, 0)).unwrap();
-    commit_durable(t).unwrap();
-    for i in 1..=n {
-        let mut t = engine.begin();
-        t.insert(&coll, key(i), doc(i, i * 10)).unwrap();
-        t.replace(&coll, key(0), doc(0, i)).unwrap();
-        if i % 5 == 0 {
-            t.delete(&coll, key(i - 1)).unwrap();
-        }
-        commit_durable(t).unwrap();
-    }
-}
-
-/// The state after the first `k` history transactions.
-fn expected_after(k: i64) -> Vec<(i64, i64)> {
-    let mut out = vec![(0, k)];
-    for i in 1..=k {
-        let deleted = (i + 1) % 5 == 0 && i < k;
-        if !deleted {
-            out.push((i, i * 10));
-        }
-    }
-    out
-}
+use mangrove_storage::{EngineOptions, StorageError, txlog};
 
 #[test]
 fn committed_data_survives_reopen() {
@@ -112,22 +82,6 @@ fn a_second_engine_cannot_open_a_locked_directory() {
     engine.close_without_checkpoint();
 }
 
-fn last_segment(dir: &TempDir) -> std::path::PathBuf {
-    txlog::list_segments(&dir.0.join("log"))
-        .unwrap()
-        .pop()
-        .unwrap()
-}
-
-/// Record boundaries of a segment, from the log reader.
-fn record_offsets(dir: &TempDir) -> Vec<(u64, u64)> {
-    let scan = txlog::scan_log(&dir.0.join("log"), |_, _| {}).unwrap();
-    scan.records
-        .iter()
-        .map(|(pos, _)| (pos.offset, pos.len))
-        .collect()
-}
-
 #[test]
 fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
     let master = TempDir::new("torn-master");
@@ -149,8 +103,7 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             offset + len - 1,
         ] {
             let dir = TempDir::new("torn");
-            let log = dir.0.join("log");
-            std::fs::create_dir_all(&log).unwrap();
+            let log = copy_log(&master, &dir);
             let copy = log.join(segment.file_name().unwrap());
             std::fs::write(&copy, &bytes[..cut as usize]).unwrap();
             let (engine, report) = open(options(&dir)).unwrap();
@@ -161,9 +114,12 @@ fn torn_tail_is_truncated_at_every_offset_of_the_last_records() {
             let torn = &bytes[offset as usize..cut as usize];
             let written = torn.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
             match report.torn_tail.clone() {
-                Some((_, kept, dropped)) => {
-                    assert_eq!(kept, offset, "valid data ends where the torn record starts");
-                    assert_eq!(dropped, written);
+                Some(torn) => {
+                    assert_eq!(
+                        torn.offset, offset,
+                        "valid data ends where the torn record starts"
+                    );
+                    assert_eq!(torn.bytes, written);
                 }
                 None => assert_eq!(written, 0, "torn bytes at {offset}..{cut} not reported"),
             }
@@ -215,8 +171,7 @@ fn damage_in_the_middle_refuses_to_open() {
         offset + len - 1,
     ] {
         let dir = TempDir::new("corrupt");
-        let log = dir.0.join("log");
-        std::fs::create_dir_all(&log).unwrap();
+        let log = copy_log(&master, &dir);
         let mut damaged = bytes.clone();
         damaged[at as usize] ^= 0x10;
         std::fs::write(log.join(segment.file_name().unwrap()), &damaged).unwrap();
@@ -234,7 +189,8 @@ fn damage_in_the_middle_refuses_to_open() {
                     detail: String::new(),
                 }
                 .to_string();
-                assert!(message.contains("mangrove log verify"), "{message}");
+                assert!(message.contains("mangrove verify"), "{message}");
+                assert!(message.contains("--truncate-damaged-log"), "{message}");
             }
             Err(e) => panic!("expected Corrupt, got {e}"),
             Ok(_) => panic!("opened a log with a flipped bit at byte {at}"),
@@ -261,7 +217,7 @@ fn damage_in_an_older_segment_refuses_to_open_even_at_its_end() {
     }
     let segments = txlog::list_segments(&dir.0.join("log")).unwrap();
     let first = &segments[0];
-    let scan = txlog::scan_log(&dir.0.join("log"), |_, _| {}).unwrap();
+    let scan = txlog::scan_log(&dir.0.join("log"), None, |_, _| {}).unwrap();
     let (last_in_first, _) = scan
         .records
         .iter()

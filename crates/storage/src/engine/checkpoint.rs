@@ -122,6 +122,11 @@ impl Engine {
         self.inner
             .checkpoint_derived_bytes
             .store(derived_bytes, Ordering::Relaxed);
+        // The control file first: a reader of the log that trusts it (`mangrove log verify`)
+        // must never see segments gone that its checkpoint does not cover.
+        if let Some(control) = &self.inner.control {
+            control.update(|c| c.checkpoint = data.ts)?;
+        }
         if let Some(dir) = &self.inner.options.data_dir {
             report.segments_removed = txlog::remove_covered_segments(
                 &dir.join("log"),

@@ -130,6 +130,12 @@ impl Engine {
         mut record: Vec<u8>,
         mut pending: PendingCommit,
     ) -> Result<Timestamp, (StorageError, PendingCommit)> {
+        if self.inner.options.read_only {
+            return Err((
+                StorageError::LogFailed("the engine was opened read-only".into()),
+                pending,
+            ));
+        }
         let mut queue = lock_mutex(&self.inner.queue);
         // Bounded queue: wait for the writer to drain, unless the queue is empty (one oversized
         // record must still get through).
@@ -164,12 +170,12 @@ impl Engine {
 
     /// The log writer thread: group commit. Each round takes every queued commit, writes them
     /// with one write, installs them (now visible), then makes them durable with one fdatasync.
-    pub(super) fn write_log(self, mut log: Option<LogWriter>) {
+    pub(super) fn write_log(self, mut log: Option<LogWriter>) -> Option<LogWriter> {
         while let Some((bytes, commits)) = self.next_batch(&mut log) {
             let first_ts = commits[0].ts;
             let last_ts = commits[commits.len() - 1].ts;
             if let Some(log) = &mut log
-                && let Err(e) = log.append(&bytes, first_ts)
+                && let Err(e) = log.append(&bytes, first_ts, last_ts)
             {
                 self.log_unavailable(e, bytes.len() as u64, commits);
                 continue;
@@ -184,6 +190,7 @@ impl Engine {
                 Err(e) => self.fail_log(&e.to_string()),
             }
         }
+        log
     }
 
     /// Waits for the next batch to write. While the log is unavailable there is none (commits

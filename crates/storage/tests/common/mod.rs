@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use bson::rawdoc;
 use mangrove_storage::{
     CollectionInfo, DocKey, Engine, EngineOptions, RecoveryReport, Snapshot, StorageError,
-    Timestamp, Txn,
+    Timestamp, Txn, txlog,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -88,4 +88,61 @@ pub fn values(snap: &Snapshot, ns: &str) -> Vec<(i64, i64)> {
     })
     .unwrap();
     out
+}
+
+/// Commits `n` transactions, each inserting document i and bumping document 0's counter, so any
+/// prefix of the log has a recognisable state.
+pub fn write_history(engine: &Engine, n: i64) {
+    let coll = collection(engine, "db.c");
+    let mut t = engine.begin();
+    t.insert(&coll, key(0), doc(0, 0)).unwrap();
+    commit_durable(t).unwrap();
+    for i in 1..=n {
+        let mut t = engine.begin();
+        t.insert(&coll, key(i), doc(i, i * 10)).unwrap();
+        t.replace(&coll, key(0), doc(0, i)).unwrap();
+        if i % 5 == 0 {
+            t.delete(&coll, key(i - 1)).unwrap();
+        }
+        commit_durable(t).unwrap();
+    }
+}
+
+/// The state after the first `k` history transactions.
+pub fn expected_after(k: i64) -> Vec<(i64, i64)> {
+    let mut out = vec![(0, k)];
+    for i in 1..=k {
+        let deleted = (i + 1) % 5 == 0 && i < k;
+        if !deleted {
+            out.push((i, i * 10));
+        }
+    }
+    out
+}
+
+/// A copy of `from`'s log directory (segments and control file) in `to`; returns it.
+pub fn copy_log(from: &TempDir, to: &TempDir) -> std::path::PathBuf {
+    let log = to.0.join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    for entry in std::fs::read_dir(from.0.join("log")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), log.join(entry.file_name())).unwrap();
+    }
+    log
+}
+
+pub fn last_segment(dir: &TempDir) -> std::path::PathBuf {
+    txlog::list_segments(&dir.0.join("log"))
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+/// Record boundaries of a segment, from the log reader.
+pub fn record_offsets(dir: &TempDir) -> Vec<(u64, u64)> {
+    let scan = txlog::scan_log(&dir.0.join("log"), None, |_, _| {}).unwrap();
+    scan.records
+        .iter()
+        .map(|(pos, _)| (pos.offset, pos.len))
+        .collect()
 }
