@@ -99,6 +99,10 @@ struct ServeArgs {
     /// MiB of transaction log that triggers a checkpoint; bounds recovery time.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     checkpoint_log_size: u64,
+    /// MiB per transaction log segment: a new segment starts once the current one is this
+    /// large.
+    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    log_segment_size: u64,
     /// Log segments to keep after a checkpoint has made them unnecessary for recovery
     /// (for `mangrove log` history). 0 removes them at once.
     #[arg(long, default_value_t = 0)]
@@ -154,6 +158,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
         checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
         retain_log_segments: args.log_retention_segments,
+        log_segment_bytes: args.log_segment_size * 1024 * 1024,
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,
         argv: std::env::args().collect(),

@@ -63,6 +63,8 @@ pub struct Config {
     pub checkpoint_log_bytes: u64,
     /// Log segments kept after a checkpoint covers them.
     pub retain_log_segments: usize,
+    /// A new log segment starts once the current one reaches this size.
+    pub log_segment_bytes: u64,
     /// The process arguments, echoed by `getCmdLineOpts`.
     pub argv: Vec<String>,
     /// Allows `configureFailPoint` and other hooks the drivers' spec tests need.
@@ -92,6 +94,7 @@ impl Default for Config {
             checkpoint_interval: EngineOptions::default().checkpoint_interval,
             checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
             retain_log_segments: 0,
+            log_segment_bytes: EngineOptions::default().segment_bytes,
             argv: Vec::new(),
             enable_test_commands: false,
             truncate_damaged_log: false,
@@ -168,6 +171,7 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         checkpoint_log_bytes: config.checkpoint_log_bytes,
         retain_log_segments: config.retain_log_segments,
         truncate_damaged_log: config.truncate_damaged_log,
+        segment_bytes: config.log_segment_bytes,
         ..EngineOptions::default()
     };
     let (engine, report) =

@@ -166,7 +166,14 @@ impl BaseStore {
         let db = guarded(path, "open", || {
             Database::builder().set_cache_size(cache_bytes).create(path)
         })?
-        .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
+        .map_err(|e| match e {
+            // redb verifies every page after an unclean shutdown and refuses damaged ones.
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => corruption(
+                path,
+                format!("the store's pages fail their checksums ({detail})"),
+            ),
+            e => err(&format!("cannot open {}", path.display()), e),
+        })?;
         let store = BaseStore {
             db,
             path: path.to_path_buf(),

@@ -404,6 +404,15 @@ pub fn assert_healthy(server: &Server) {
 /// outside (`prlimit`), as an operator frees space. The server's log goes to
 /// [`server_log_path`]. Returns the child and its port.
 pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) -> (Child, u16) {
+    spawn_on_data_dir_with(data, file_limit_kib, &[])
+}
+
+/// [`spawn_on_data_dir`] with more `serve` arguments.
+pub fn spawn_on_data_dir_with(
+    data: &std::path::Path,
+    file_limit_kib: Option<u64>,
+    extra: &[&str],
+) -> (Child, u16) {
     let mut command = match file_limit_kib {
         Some(kib) => {
             let mut c = Command::new("sh");
@@ -424,6 +433,7 @@ pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) ->
     let mut child = command
         .args(["serve", "--port", "0", "--data-dir"])
         .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -439,6 +449,49 @@ pub fn spawn_on_data_dir(data: &std::path::Path, file_limit_kib: Option<u64>) ->
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     (child, port)
+}
+
+/// Starts `mangrove serve` on a data directory where it is expected to refuse to start;
+/// returns its exit status and what it printed on stderr. Panics if it starts.
+pub fn start_refused(data: &std::path::Path, extra: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(mangrove_bin())
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mangrove");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait for mangrove").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started (or hung) instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("mangrove ready"),
+        "the server started: {stdout}"
+    );
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a `mangrove` tool (`verify`, `log verify`, ...); returns exit code and stdout.
+pub fn run_tool(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(mangrove_bin())
+        .args(args)
+        .output()
+        .expect("run mangrove");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
 }
 
 /// Where [`spawn_on_data_dir`] writes the server's log: next to the data directory.
