@@ -263,6 +263,9 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::TransactionTooLarge { .. } => {
                 CommandError::new(code::TRANSACTION_TOO_LARGE, message)
             }
+            S::TransactionTooLargeForCache { .. } => {
+                CommandError::new(code::TRANSACTION_TOO_LARGE_FOR_CACHE, message)
+            }
             S::LogFailed(_) | S::Io { .. } | S::Encoding(_) | S::Locked { .. } => {
                 CommandError::new(1, message)
             }

@@ -111,6 +111,30 @@ impl IndexInfo {
 /// What an index entry costs in memory beyond its key: chain, value document, map node.
 const INDEX_ENTRY_OVERHEAD: u64 = 128;
 
+/// What a document write costs in memory beyond its document and key: the write map's node,
+/// the version chain and its intent, the log op it becomes.
+const WRITE_OVERHEAD: u64 = 160;
+
+/// The memory one open transaction may hold, and all of them together, as fractions of the
+/// engine's `cache_bytes`: a quarter each, and a half together. Writes past either fail at
+/// once with TransactionTooLargeForCache rather than growing memory until commit.
+pub struct TransactionLimits;
+
+impl TransactionLimits {
+    pub fn per_transaction(cache_bytes: usize) -> u64 {
+        cache_bytes as u64 / 4
+    }
+
+    pub fn all_transactions(cache_bytes: usize) -> u64 {
+        cache_bytes as u64 / 2
+    }
+}
+
+/// What one document write holds in memory while its transaction is open.
+fn write_cost(key: &DocKey, doc: Option<&StoredDoc>) -> u64 {
+    2 * key.0.len() as u64 + doc.map_or(0, |d| d.as_bytes().len() as u64) + WRITE_OVERHEAD
+}
+
 /// The key, in an index's keyspace, of the marker saying some document made the index multikey.
 /// Entry keys start with a type tag (at most 0xEF, inverted or not), so it sorts after every
 /// entry, and its value has no `r`, so scans skip it. Versioned like entries and never removed
@@ -347,6 +371,8 @@ struct Inner {
     /// Read timestamps of live snapshots, with a count each; the minimum bounds version pruning.
     readers: Mutex<BTreeMap<Timestamp, usize>>,
     next_txn_id: AtomicU64,
+    /// Memory all open transactions' writes hold together (see [`TransactionLimits`]).
+    open_txn_bytes: AtomicU64,
     queue: Mutex<CommitQueue>,
     /// Wakes the writer when commits arrive.
     queue_ready: Condvar,
@@ -417,6 +443,7 @@ impl Engine {
             state: RwLock::new(state),
             readers: Mutex::new(BTreeMap::new()),
             next_txn_id: AtomicU64::new(1),
+            open_txn_bytes: AtomicU64::new(0),
             queue: Mutex::new(CommitQueue::starting_at(last)),
             queue_ready: Condvar::new(),
             queue_space: Condvar::new(),
@@ -490,6 +517,11 @@ impl Engine {
     /// `operationTime` for reads.
     pub fn last_commit(&self) -> Timestamp {
         self.read_state().last_commit
+    }
+
+    /// The memory budget the engine was opened with (`--cache-size`).
+    pub fn cache_bytes(&self) -> usize {
+        self.inner.options.cache_bytes
     }
 
     pub fn log_stats(&self) -> LogStats {
@@ -580,6 +612,7 @@ impl Engine {
             namespaces: HashMap::new(),
             meta: CommitMeta::default(),
             open: true,
+            bytes: 0,
         }
     }
 
@@ -1345,6 +1378,8 @@ pub struct Txn {
     namespaces: HashMap<CollId, String>,
     meta: CommitMeta,
     open: bool,
+    /// Memory the writes hold (see [`write_cost`]), counted against the transaction limits.
+    bytes: u64,
 }
 
 impl Txn {
@@ -1605,6 +1640,18 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        let cost = self.reserve_write(coll, &key, Some(&doc))?;
+        let result = self.insert_unaccounted(coll, key, doc);
+        self.settle_write(cost, result.is_ok());
+        result
+    }
+
+    fn insert_unaccounted(
+        &mut self,
+        coll: &CollectionInfo,
+        key: DocKey,
+        doc: StoredDoc,
+    ) -> Result<(), StorageError> {
         let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
@@ -1646,6 +1693,18 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        let cost = self.reserve_write(coll, &key, Some(&doc))?;
+        let result = self.replace_unaccounted(coll, key, doc);
+        self.settle_write(cost, result.is_ok());
+        result
+    }
+
+    fn replace_unaccounted(
+        &mut self,
+        coll: &CollectionInfo,
+        key: DocKey,
+        doc: StoredDoc,
+    ) -> Result<(), StorageError> {
         let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         self.claim_doc(coll, &key)?;
@@ -1672,6 +1731,17 @@ impl Txn {
 
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
         self.check_open()?;
+        let cost = self.reserve_write(coll, &key, None)?;
+        let result = self.delete_unaccounted(coll, key);
+        self.settle_write(cost, result.is_ok());
+        result
+    }
+
+    fn delete_unaccounted(
+        &mut self,
+        coll: &CollectionInfo,
+        key: DocKey,
+    ) -> Result<(), StorageError> {
         let coll = &*self.current_info(coll);
         let old = self.get(coll, &key)?;
         let id = old
@@ -1812,11 +1882,87 @@ impl Txn {
             }
             return Err(e);
         }
+        let mut added = 0;
         for (pos, entry, value, _) in planned {
-            self.index_writes
-                .insert((coll.indexes[pos].id, entry), value);
+            let cost = entry.0.len() as u64 + INDEX_ENTRY_OVERHEAD;
+            if self
+                .index_writes
+                .insert((coll.indexes[pos].id, entry), value)
+                .is_none()
+            {
+                added += cost;
+            }
         }
+        // Counted after the fact (a document's entries are few); the next write checks.
+        self.bytes += added;
+        self.engine()
+            .inner
+            .open_txn_bytes
+            .fetch_add(added, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Memory this transaction's writes hold, as the limits count it.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.snapshot.engine
+    }
+
+    /// Reserves what a write of `doc` (or a delete) under `key` will hold, failing at once if
+    /// the transaction, or all open ones together, would pass their limit. Returns (reserved,
+    /// what the key's earlier write in this transaction held), for [`Txn::settle_write`].
+    fn reserve_write(
+        &mut self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+        doc: Option<&StoredDoc>,
+    ) -> Result<(u64, u64), StorageError> {
+        let cost = write_cost(key, doc);
+        let replaced = self
+            .docs
+            .get(&(coll.id, key.clone()))
+            .map_or(0, |w| write_cost(key, w.doc()));
+        let cache = self.engine().inner.options.cache_bytes;
+        let limit = TransactionLimits::per_transaction(cache);
+        if self.bytes + cost > limit {
+            return Err(StorageError::TransactionTooLargeForCache {
+                bytes: self.bytes + cost,
+                limit,
+                all: false,
+            });
+        }
+        let open = &self.engine().inner.open_txn_bytes;
+        let all = open.fetch_add(cost, Ordering::Relaxed) + cost;
+        let all_limit = TransactionLimits::all_transactions(cache);
+        if all > all_limit {
+            open.fetch_sub(cost, Ordering::Relaxed);
+            return Err(StorageError::TransactionTooLargeForCache {
+                bytes: all,
+                limit: all_limit,
+                all: true,
+            });
+        }
+        self.bytes += cost;
+        Ok((cost, replaced))
+    }
+
+    /// After a write: what a replaced earlier write held is given back, or on failure what was
+    /// reserved for this one.
+    fn settle_write(&mut self, (reserved, replaced): (u64, u64), ok: bool) {
+        self.give_back(if ok { replaced } else { reserved });
+    }
+
+    fn give_back(&mut self, bytes: u64) {
+        debug_assert!(bytes <= self.bytes, "gives back only what it holds");
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        self.engine()
+            .inner
+            .open_txn_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn claim_doc(&mut self, coll: &CollectionInfo, key: &DocKey) -> Result<(), StorageError> {
@@ -2143,6 +2289,9 @@ impl Txn {
             rejected: rejected.clone(),
         };
         let progress = engine.inner.progress.subscribe();
+        // From here the writes are the commit queue's (bounded by its own budget), then the
+        // engine's (bounded by checkpoints).
+        self.give_back(self.bytes);
         // The transaction reads nothing more; releasing its snapshot before the writer installs
         // the commit lets that install prune what only this snapshot kept alive.
         self.snapshot.release();
@@ -2217,6 +2366,7 @@ impl Txn {
     }
 
     fn release(&mut self) {
+        self.give_back(self.bytes);
         if !self.open {
             return;
         }

@@ -33,6 +33,15 @@ pub enum StorageError {
     TxnClosed,
     #[error("transaction too large for one log record: {bytes} bytes, at most {max}")]
     TransactionTooLarge { bytes: usize, max: usize },
+    /// Memory for open transactions is bounded by the cache: one transaction may hold a quarter
+    /// of `--cache-size`, all of them half (`all`).
+    #[error(
+        "{}: {bytes} bytes of writes, the limit is {limit} ({}). {}",
+        if *all { "Open transactions together hold too much memory" } else { "Transaction is too large for the cache" },
+        if *all { "half of --cache-size" } else { "a quarter of --cache-size" },
+        if *all { "Retry once other transactions have finished, or raise --cache-size" } else { "Split the work into smaller transactions, or raise --cache-size" }
+    )]
+    TransactionTooLargeForCache { bytes: u64, limit: u64, all: bool },
     #[error("cannot encode a log record: {0}")]
     Encoding(String),
     /// A file operation failed; `context` says which and the message says what to do.

@@ -33,7 +33,7 @@ pub use clock::Timestamp;
 pub use engine::CheckpointReport;
 pub use engine::{
     CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, IndexInfo, IndexVerifyReport,
-    LogStats, ReadView, RecoveryReport, Snapshot, StoredDoc, Txn, TxnId,
+    LogStats, ReadView, RecoveryReport, Snapshot, StoredDoc, TransactionLimits, Txn, TxnId,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

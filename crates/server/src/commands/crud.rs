@@ -564,6 +564,7 @@ pub(super) async fn insert(
     let started = Instant::now();
     // Commits become visible and durable in order, so waiting on the last covers them all.
     let mut last_ticket: Option<CommitTicket> = None;
+    let chunk = super::multi_write::chunk_bytes(&shared.engine);
     // One transaction carries the batch; a write conflict commits what is done, waits, and
     // resumes at the conflicting document.
     'batch: while next < docs.len() {
@@ -587,6 +588,17 @@ pub(super) async fn insert(
                     inserted += 1;
                     if let Some(retry) = &opts.retry {
                         retry.note(next, Bson::Int32(1));
+                    }
+                    // A large batch commits in pieces, bounding the memory one commit holds
+                    // (an insert batch was never atomic in MongoDB either).
+                    if txn.bytes() >= chunk && next + 1 < docs.len() {
+                        next += 1;
+                        // The next piece's snapshot must see this one (its retryable-write
+                        // record is rewritten by the next commit).
+                        let mut ticket = commit_write(shared, &opts, txn)?;
+                        ticket.visible().await.map_err(CommandError::from)?;
+                        last_ticket = Some(ticket);
+                        continue 'batch;
                     }
                 }
                 Err(e) if e.code == code::WRITE_CONFLICT && started.elapsed() < opts.patience => {
@@ -1639,6 +1651,29 @@ fn run_update_stmt(
     Ok(outcome)
 }
 
+/// A `multi: true` update outside a transaction, in bounded commits (see `multi_write.rs`).
+async fn multi_update(
+    shared: &Shared,
+    opts: &WriteOptions,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    update: &Update,
+    collation: Option<&mangrove_query::Collation>,
+) -> CommandResult<UpdateOutcome> {
+    let max_bson = shared.config.max_bson_size;
+    let (matched, modified) =
+        super::multi_write::run_chunked(shared, opts, coll, filter, collation, |txn, key, old| {
+            let changed = update_one_doc(txn, coll, filter, update, key, old, max_bson)?;
+            Ok(changed.is_some() as u64)
+        })
+        .await?;
+    Ok(UpdateOutcome {
+        matched,
+        modified,
+        ..UpdateOutcome::default()
+    })
+}
+
 const UPDATE_STMT_FIELDS: &[&str] = &[
     "q",
     "u",
@@ -1754,6 +1789,12 @@ pub(super) async fn update(
                 }
             };
             super::views::refuse_write(&coll)?;
+            if multi && txn_here.is_none() && opts.retry.is_none() {
+                let chunked = multi_update(shared, &opts, &coll, &filter, &update, collation.as_ref()).await?;
+                if chunked.matched > 0 || !upsert {
+                    return Ok(chunked);
+                }
+            }
             run_write(shared, &opts, txn_here, |txn| {
                 let outcome = with_collation(collation.as_ref(), || {
                     run_update_stmt(txn, &coll, &filter, &update, multi, upsert, max_bson)
@@ -2119,6 +2160,21 @@ pub(super) async fn delete(
                 return Ok(0);
             };
             super::views::refuse_write(&coll)?;
+            if !just_one && txn_here.is_none() && opts.retry.is_none() {
+                let (deleted, _) = super::multi_write::run_chunked(
+                    shared,
+                    &opts,
+                    &coll,
+                    &filter,
+                    collation.as_ref(),
+                    |txn, key, _| {
+                        txn.delete(&coll, key).map_err(CommandError::from)?;
+                        Ok(1)
+                    },
+                )
+                .await?;
+                return Ok(deleted);
+            }
             run_write(shared, &opts, txn_here, |txn| {
                 let found = with_collation(collation.as_ref(), || {
                     targets(txn, &coll, &filter, just_one)

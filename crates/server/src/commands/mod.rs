@@ -5,6 +5,7 @@ mod crud;
 mod diag;
 mod handshake;
 mod indexes;
+mod multi_write;
 mod read_concern;
 mod views;
 
