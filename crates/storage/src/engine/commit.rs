@@ -343,94 +343,112 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Makes written commits visible, in timestamp order, and prunes what they made
+    /// unreachable.
     pub(super) fn install(&self, commits: Vec<PendingCommit>) {
         let mut state = self.write_state();
         for commit in commits {
             let ts = commit.ts;
-            for (ns, info) in commit.catalog {
-                if commit.shared_creates.contains(&ns) {
-                    install_shared_create(&mut state, commit.txn, ts, &ns, info);
-                    continue;
-                }
-                let chain = state
-                    .catalog
-                    .get_mut(&ns)
-                    .expect("a catalog write holds an intent, so its chain exists");
-                // Keyspaces the old version owned and the new one does not (a dropped
-                // collection's, or a dropped index's) go once no snapshot can see them.
-                let gone: Vec<CollId> = match chain.visible_at(ts) {
-                    Some(old) => old
-                        .keyspaces()
-                        .filter(|id| {
-                            info.as_ref()
-                                .is_none_or(|new| !new.keyspaces().any(|n| n == *id))
-                        })
-                        .collect(),
-                    None => Vec::new(),
-                };
-                chain.install(commit.txn, ts, info);
-                for id in gone {
-                    state.dropped.push((ts, id));
-                    state.base_drops.push((ts, id));
-                }
-            }
-            for ((coll_id, key), write) in &commit.docs {
-                let chain = state
-                    .collections
-                    .get_mut(coll_id)
-                    .and_then(|d| d.get_mut(key))
-                    .expect("a document write holds an intent, so its chain exists");
-                chain.install(commit.txn, ts, write.doc().cloned());
-            }
-            for ((id, key), value) in &commit.index_writes {
-                let chain = state
-                    .collections
-                    .get_mut(id)
-                    .and_then(|d| d.get_mut(key))
-                    .expect("an index write holds an intent, so its chain exists");
-                chain.install(commit.txn, ts, value.clone());
-            }
-            let mut written: Vec<CollId> = commit.docs.keys().map(|(id, _)| *id).collect();
-            written.dedup();
-            for id in written {
-                state.last_write.insert(id, ts);
-            }
+            assert!(ts > state.last_commit, "commits install in timestamp order");
+            install_catalog(&mut state, &commit);
+            install_writes(&mut state, &commit);
             // Every collection it registered in, including ones where its writes then failed.
             state.writers.retain(|_, w| {
                 w.remove(&commit.txn);
                 !w.is_empty()
             });
-            assert!(ts > state.last_commit, "commits install in timestamp order");
             state.last_commit = ts;
             // Prune what this commit made unreachable, bounded by the oldest live reader.
             let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
-            let checkpoint = state.checkpoint_ts;
-            for (coll_id, key) in commit.docs.keys().chain(commit.index_writes.keys()) {
-                if let Some(chains) = state.collections.get_mut(coll_id)
-                    && let Some(chain) = chains.get_mut(key)
-                {
-                    chain.prune(oldest, checkpoint);
-                    if chain.is_empty() {
-                        chains.remove(key);
-                    }
-                }
-            }
-            let State {
-                dropped,
-                collections,
-                last_write,
-                ..
-            } = &mut *state;
-            dropped.retain(|(drop_ts, id)| {
-                let reclaim = *drop_ts <= oldest;
-                if reclaim {
-                    collections.remove(id);
-                    last_write.remove(id);
-                }
-                !reclaim
-            });
+            prune_after(&mut state, &commit, oldest);
         }
     }
+}
+
+fn install_catalog(state: &mut State, commit: &PendingCommit) {
+    let ts = commit.ts;
+    for (ns, info) in &commit.catalog {
+        if commit.shared_creates.contains(ns) {
+            install_shared_create(state, commit.txn, ts, ns, info.clone());
+            continue;
+        }
+        let chain = state
+            .catalog
+            .get_mut(ns)
+            .expect("a catalog write holds an intent, so its chain exists");
+        // Keyspaces the old version owned and the new one does not (a dropped collection's,
+        // or a dropped index's) go once no snapshot can see them.
+        let gone: Vec<CollId> = match chain.visible_at(ts) {
+            Some(old) => old
+                .keyspaces()
+                .filter(|id| {
+                    info.as_ref()
+                        .is_none_or(|new| !new.keyspaces().any(|n| n == *id))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        chain.install(commit.txn, ts, info.clone());
+        for id in gone {
+            state.dropped.push((ts, id));
+            state.base_drops.push((ts, id));
+        }
+    }
+}
+
+fn install_writes(state: &mut State, commit: &PendingCommit) {
+    let ts = commit.ts;
+    for ((coll_id, key), write) in &commit.docs {
+        let chain = state
+            .collections
+            .get_mut(coll_id)
+            .and_then(|d| d.get_mut(key))
+            .expect("a document write holds an intent, so its chain exists");
+        chain.install(commit.txn, ts, write.doc().cloned());
+    }
+    for ((id, key), value) in &commit.index_writes {
+        let chain = state
+            .collections
+            .get_mut(id)
+            .and_then(|d| d.get_mut(key))
+            .expect("an index write holds an intent, so its chain exists");
+        chain.install(commit.txn, ts, value.clone());
+    }
+    let mut written: Vec<CollId> = commit.docs.keys().map(|(id, _)| *id).collect();
+    written.dedup();
+    for id in written {
+        state.last_write.insert(id, ts);
+    }
+}
+
+/// Drops versions of the commit's keys that no reader at or after `oldest` can see, and the
+/// data of collections dropped before it.
+fn prune_after(state: &mut State, commit: &PendingCommit, oldest: Timestamp) {
+    let checkpoint = state.checkpoint_ts;
+    for (coll_id, key) in commit.docs.keys().chain(commit.index_writes.keys()) {
+        if let Some(chains) = state.collections.get_mut(coll_id)
+            && let Some(chain) = chains.get_mut(key)
+        {
+            chain.prune(oldest, checkpoint);
+            if chain.is_empty() {
+                chains.remove(key);
+            }
+        }
+    }
+    let State {
+        dropped,
+        collections,
+        last_write,
+        ..
+    } = state;
+    dropped.retain(|(drop_ts, id)| {
+        let reclaim = *drop_ts <= oldest;
+        if reclaim {
+            collections.remove(id);
+            last_write.remove(id);
+        }
+        !reclaim
+    });
 }
 
 /// Why a commit cannot be queued now, if it cannot.
