@@ -81,6 +81,29 @@ struct ServeArgs {
     /// Largest accepted wire message in bytes (MongoDB: 48000000).
     #[arg(long, default_value_t = 48_000_000)]
     max_message_size: usize,
+    /// Bytes of partly or wholly received requests all connections together may hold beyond
+    /// each one's own --connection-inflight-bytes; must be at least --max-message-size.
+    /// Budget is taken as bytes arrive, so a declared but unsent message holds none.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_inflight_bytes: usize,
+    /// Bytes of its current request each connection may hold without drawing on the shared
+    /// --max-inflight-bytes, so small requests never wait behind other clients' large ones.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    connection_inflight_bytes: usize,
+    /// Seconds a new connection may stay silent before its first message; frees the slots of
+    /// sockets that never speak (drivers send their handshake at once).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    handshake_timeout_secs: u64,
+    /// Seconds a message may take to arrive once its first byte has, and a reply to be
+    /// written; a client this slow (or one that stops reading) is disconnected.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    message_timeout_secs: u64,
+    /// Seconds a connection may sit idle between messages before it is closed; 0 (the
+    /// default) never closes one, because drivers keep pooled connections idle indefinitely
+    /// and only notice a closed one when they next use it. Set it when untrusted clients can
+    /// connect, above your drivers' maxIdleTimeMS.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    idle_timeout_secs: u64,
     /// Seconds a multi-document transaction may stay open before it is aborted
     /// (MongoDB's transactionLifetimeLimitSeconds).
     #[arg(long, default_value_t = 60)]
@@ -138,6 +161,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         cursor_timeout: Duration::from_secs(args.cursor_timeout_secs.max(1)),
         max_cursors: args.max_cursors.max(1),
         max_message_size: args.max_message_size,
+        max_inflight_bytes: args.max_inflight_bytes,
+        connection_inflight_bytes: args.connection_inflight_bytes,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
+        message_timeout: Duration::from_secs(args.message_timeout_secs.max(1)),
+        idle_timeout: (args.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.idle_timeout_secs)),
         cache_bytes: args.cache_size.max(1) * 1024 * 1024,
         transaction_lifetime: Duration::from_secs(args.transaction_lifetime_limit_secs.max(1)),
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),

@@ -9,6 +9,7 @@
 //! or closed, and never affects another.
 
 mod access;
+mod admission;
 mod commands;
 mod conn;
 mod cursor;
@@ -55,8 +56,20 @@ pub struct Config {
     pub max_sessions: usize,
     /// Transactions open longer are aborted (`transactionLifetimeLimitSeconds`, 60).
     pub transaction_lifetime: Duration,
-    /// Bytes of request frames all connections together may hold at once.
+    /// Bytes of request frames all connections together may hold at once beyond each
+    /// connection's own `connection_inflight_bytes` (1 GiB).
     pub max_inflight_bytes: usize,
+    /// Bytes of its current frame each connection may hold without drawing on the shared
+    /// budget (64 KiB), so ordinary requests never queue behind other connections' large ones.
+    pub connection_inflight_bytes: usize,
+    /// From accept to the first byte of the first message (10 s). Drivers send `hello` at
+    /// once; a socket that stays silent only holds a connection slot.
+    pub handshake_timeout: Duration,
+    /// From a message's first byte to its last, and for writing its reply (30 s).
+    pub message_timeout: Duration,
+    /// Between messages after the first; None (the default) never closes an idle connection,
+    /// because drivers keep pooled connections open and idle for as long as they like.
+    pub idle_timeout: Option<Duration>,
     /// Memory for data (base-store cache plus versions awaiting a checkpoint).
     pub cache_bytes: usize,
     pub checkpoint_interval: Duration,
@@ -86,6 +99,10 @@ impl Default for Config {
             max_sessions: 1_000_000,
             transaction_lifetime: Duration::from_secs(60),
             max_inflight_bytes: 1024 * 1024 * 1024,
+            connection_inflight_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(30),
+            idle_timeout: None,
             cache_bytes: EngineOptions::default().cache_bytes,
             checkpoint_interval: EngineOptions::default().checkpoint_interval,
             checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
@@ -252,7 +269,7 @@ impl Server {
                 ),
             ));
         }
-        let inflight = Semaphore::new(conn::budget_units(config.max_inflight_bytes) as usize);
+        let inflight = Semaphore::new(admission::budget_units(config.max_inflight_bytes) as usize);
         let config_lifetime = config.transaction_lifetime;
         let shared = Arc::new(Shared {
             inflight,
