@@ -15,6 +15,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod params;
 mod request;
 mod retryable;
 mod session;
@@ -148,30 +149,7 @@ pub(crate) struct Shared {
     /// Permits of 1 KiB each; see [`Config::max_inflight_bytes`].
     pub inflight: Semaphore,
     pub failpoints: failpoint::FailPoints,
-    pub params: RuntimeParams,
-}
-
-/// Parameters `setParameter` may change while the server runs.
-pub(crate) struct RuntimeParams {
-    /// `transactionLifetimeLimitSeconds`.
-    pub transaction_lifetime_secs: AtomicU64,
-    /// `maxTransactionLockRequestTimeoutMillis`: kept for compatibility only. Mangrove takes no
-    /// collection locks a transaction could time out on, so nothing waits on it.
-    pub max_transaction_lock_request_timeout_ms: AtomicI64,
-    /// `ttlMonitorSleepSecs`: the pause between TTL passes (60 s, as in MongoDB).
-    pub ttl_monitor_sleep_secs: AtomicU64,
-    /// `ttlMonitorEnabled`.
-    pub ttl_monitor_enabled: std::sync::atomic::AtomicBool,
-}
-
-impl RuntimeParams {
-    pub fn transaction_lifetime(&self) -> Duration {
-        Duration::from_secs(
-            self.transaction_lifetime_secs
-                .load(Ordering::Relaxed)
-                .max(1),
-        )
-    }
+    pub params: params::RuntimeParams,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -283,12 +261,7 @@ impl Server {
             counters: Counters::default(),
             limits,
             failpoints: failpoint::FailPoints::default(),
-            params: RuntimeParams {
-                transaction_lifetime_secs: AtomicU64::new(config_lifetime.as_secs().max(1)),
-                max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
-                ttl_monitor_sleep_secs: AtomicU64::new(60),
-                ttl_monitor_enabled: std::sync::atomic::AtomicBool::new(true),
-            },
+            params: params::RuntimeParams::new(config_lifetime),
         });
         Ok(Server { listener, shared })
     }
