@@ -24,6 +24,9 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+/// Cases per proptest run; the time budget is checked between runs.
+const ROUND: u64 = 500;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -272,11 +275,18 @@ fn exchange(s: &mut TcpStream, cmd: &Document) -> Result<Document, String> {
     }
 }
 
-/// `ok: 1`, or `ok: 0` with a numeric `code` and a `codeName`.
+/// `ok: 1`, or `ok: 0` with a numeric `code` and its `codeName`.
 fn well_formed(reply: &Document) -> bool {
     match ok_value(reply) {
         Some(1.0) => true,
-        Some(0.0) => int_value(reply, "code").is_some() && reply.get_str("codeName").is_ok(),
+        Some(0.0) => {
+            let (Some(code), Ok(name)) = (int_value(reply, "code"), reply.get_str("codeName"))
+            else {
+                return false;
+            };
+            // mongod names an unnamed code `Location<code>`, never a bare `Location`.
+            !name.is_empty() && (!name.starts_with("Location") || name == format!("Location{code}"))
+        }
         _ => false,
     }
 }
@@ -292,7 +302,210 @@ fn reset(s: &mut TcpStream) -> Result<(), String> {
     ] {
         exchange(s, &cmd)?;
     }
-    Ok(())
+    seed(s)
+}
+
+/// Expression and update operators whose arithmetic takes client numbers.
+const OPERATORS: &[&str] = &[
+    "$add",
+    "$subtract",
+    "$multiply",
+    "$divide",
+    "$mod",
+    "$pow",
+    "$exp",
+    "$ln",
+    "$log",
+    "$log10",
+    "$sqrt",
+    "$abs",
+    "$ceil",
+    "$floor",
+    "$round",
+    "$trunc",
+    "$range",
+    "$substr",
+    "$substrCP",
+    "$substrBytes",
+    "$indexOfCP",
+    "$indexOfBytes",
+    "$slice",
+    "$arrayElemAt",
+    "$zip",
+    "$concat",
+    "$concatArrays",
+    "$split",
+    "$strLenCP",
+    "$toDate",
+    "$toInt",
+    "$toLong",
+    "$toDouble",
+    "$toDecimal",
+    "$convert",
+    "$dateAdd",
+    "$dateSubtract",
+    "$dateDiff",
+    "$dateTrunc",
+    "$dateFromParts",
+    "$dateToParts",
+    "$dateToString",
+    "$dateFromString",
+    "$year",
+    "$week",
+    "$isoWeek",
+    "$millisecond",
+    "$sum",
+    "$avg",
+    "$min",
+    "$max",
+    "$firstN",
+    "$lastN",
+    "$maxN",
+    "$minN",
+    "$sortArray",
+    "$bitAnd",
+    "$bitOr",
+    "$bitNot",
+    "$replaceAll",
+    "$regexMatch",
+    "$let",
+    "$map",
+    "$reduce",
+    "$filter",
+    "$cond",
+    "$switch",
+    "$literal",
+];
+const UPDATE_OPERATORS: &[&str] = &[
+    "$set",
+    "$inc",
+    "$mul",
+    "$min",
+    "$max",
+    "$push",
+    "$addToSet",
+    "$pop",
+    "$pull",
+    "$bit",
+    "$rename",
+    "$unset",
+    "$currentDate",
+    "$setOnInsert",
+];
+const STAGES: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$group",
+    "$sort",
+    "$limit",
+    "$skip",
+    "$unwind",
+    "$bucket",
+    "$bucketAuto",
+    "$count",
+    "$sample",
+    "$replaceRoot",
+    "$facet",
+    "$lookup",
+    "$densify",
+    "$fill",
+    "$setWindowFields",
+    "$sortByCount",
+    "$unset",
+];
+
+/// Aggregation expressions: leaves, field paths, and operators over them.
+fn expression() -> impl Strategy<Value = Bson> {
+    let leaf = prop_oneof![
+        3 => leaf(),
+        1 => proptest::sample::select(&["$a", "$t", "$n", "$s", "$arr", "$$ROOT", "$$NOW"][..])
+            .prop_map(|p| Bson::String(p.to_string())),
+    ];
+    leaf.prop_recursive(4, 24, 4, |inner| {
+        (
+            proptest::sample::select(OPERATORS),
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Bson::Array),
+                proptest::collection::vec((field_name(), inner.clone()), 0..4)
+                    .prop_map(|pairs| Bson::Document(pairs.into_iter().collect())),
+                inner,
+            ],
+        )
+            .prop_map(|(op, args)| Bson::Document(doc! { op: args }))
+    })
+}
+
+fn small_doc(values: impl Strategy<Value = Bson>) -> impl Strategy<Value = Document> {
+    proptest::collection::vec((field_name(), values), 0..3)
+        .prop_map(|pairs| pairs.into_iter().collect())
+}
+
+/// Commands of the right shape on the seeded collection, with hostile values inside.
+fn shaped() -> impl Strategy<Value = Document> {
+    let stage = (
+        proptest::sample::select(STAGES),
+        prop_oneof![expression(), value()],
+    )
+        .prop_map(|(name, spec)| Bson::Document(doc! { name: spec }));
+    let pipeline = proptest::collection::vec(stage, 0..4);
+    let update = (
+        proptest::sample::select(UPDATE_OPERATORS),
+        small_doc(value()),
+    )
+        .prop_map(|(op, fields)| doc! { op: fields });
+    prop_oneof![
+        (small_doc(value()), value(), value(), value(), value()).prop_map(|(f, sort, limit, skip, max)| doc! {
+            "find": "c", "filter": f, "sort": sort, "limit": limit, "skip": skip, "maxTimeMS": max,
+        }),
+        (pipeline, value()).prop_map(|(p, batch)| doc! {
+            "aggregate": "c", "pipeline": p, "cursor": { "batchSize": batch },
+        }),
+        (small_doc(expression()), expression()).prop_map(|(f, e)| doc! {
+            "find": "c", "filter": { "$expr": e }, "projection": f,
+        }),
+        (small_doc(value()), update, any::<bool>(), any::<bool>()).prop_map(|(q, u, upsert, multi)| doc! {
+            "update": "c", "updates": [{ "q": q, "u": u, "upsert": upsert, "multi": multi }],
+        }),
+        (value(), value()).prop_map(|(key, ttl)| doc! {
+            "createIndexes": "c", "indexes": [{ "key": { "t": key }, "name": "t_1", "expireAfterSeconds": ttl }],
+        }),
+        (int64(), value(), value()).prop_map(|(id, batch, max)| doc! {
+            "getMore": id, "collection": "c", "batchSize": batch, "maxTimeMS": max,
+        }),
+        (int64(), value(), value()).prop_map(|(txn, level, after)| doc! {
+            "find": "c", "lsid": { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] } },
+            "txnNumber": txn, "startTransaction": true, "autocommit": false,
+            "readConcern": { "level": level, "afterClusterTime": after },
+        }),
+        (proptest::sample::select(FIELDS), value()).prop_map(|(name, v)| {
+            let mut cmd = doc! { "setParameter": 1 };
+            cmd.insert(name, v);
+            cmd
+        }),
+        (value(), value()).prop_map(|(w, wtimeout)| doc! {
+            "insert": "c", "documents": [{ "x": 1 }], "writeConcern": { "w": w, "wtimeout": wtimeout },
+        }),
+    ]
+    .prop_map(|mut cmd| {
+        cmd.insert("$db", "fuzz");
+        cmd
+    })
+}
+
+/// Documents for the shaped commands to read, match and update.
+fn seed(s: &mut TcpStream) -> Result<(), String> {
+    let docs: Vec<Bson> = (0..20i64)
+        .map(|i| {
+            Bson::Document(doc! {
+                "_id": i, "a": i * 7 - 50, "n": i as f64 / 3.0, "s": format!("s{i}"),
+                "t": bson::DateTime::from_millis(i * 86_400_000), "arr": [i, i + 1, "x"],
+            })
+        })
+        .collect();
+    let cmd = doc! { "insert": "c", "documents": docs, "ordered": false, "$db": "fuzz" };
+    exchange(s, &cmd).map(|_| ())
 }
 
 fn command_names(s: &mut TcpStream) -> Vec<String> {
@@ -321,38 +534,44 @@ fn random_commands_are_always_answered() {
     let s = std::cell::RefCell::new(server.connect());
     let names = command_names(&mut s.borrow_mut());
     let budget = Duration::from_secs(env_or("MANGROVE_FUZZ_SECS", 40));
-    let cases = env_or("MANGROVE_FUZZ_CASES", 20_000) as u32;
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
+    let cases = env_or("MANGROVE_FUZZ_CASES", 20_000);
     let start = Instant::now();
     let ran = std::cell::Cell::new(0u64);
     let answered_ok = std::cell::Cell::new(0u64);
-    let result = TestRunner::new(config).run(&command(names), |cmd| {
-        if start.elapsed() > budget {
-            return Ok(());
-        }
-        ran.set(ran.get() + 1);
-        let mut s = s.borrow_mut();
-        let reply = exchange(&mut s, &cmd).map_err(|e| {
-            // Reconnect so that shrinking can go on with the next candidate.
-            *s = server.connect();
-            TestCaseError::fail(format!("{e}; server log:\n{}", server.log_tail(15)))
-        })?;
-        prop_assert!(well_formed(&reply), "malformed reply {reply}");
-        answered_ok.set(answered_ok.get() + u64::from(ok_value(&reply) == Some(1.0)));
-        reset(&mut s).map_err(|e| TestCaseError::fail(format!("reset after the case: {e}")))?;
-        Ok(())
-    });
+    let outcomes = std::cell::RefCell::new(std::collections::BTreeMap::<String, u64>::new());
+    let strategy = prop_oneof![command(names), shaped()];
+    // Rounds of a few hundred cases, so that the time budget ends the run promptly.
+    let mut result = Ok(());
+    while result.is_ok() && ran.get() < cases && start.elapsed() < budget {
+        let config = Config {
+            cases: ROUND.min(cases - ran.get()) as u32,
+            failure_persistence: None,
+            max_shrink_time: 30_000,
+            ..Config::default()
+        };
+        result = TestRunner::new(config).run(&strategy, |cmd| {
+            ran.set(ran.get() + 1);
+            let mut s = s.borrow_mut();
+            let reply = exchange(&mut s, &cmd).map_err(|e| {
+                // Reconnect so that shrinking can go on with the next candidate.
+                *s = server.connect();
+                TestCaseError::fail(format!("{e}; server log:\n{}", server.log_tail(15)))
+            })?;
+            prop_assert!(well_formed(&reply), "malformed reply {reply}");
+            answered_ok.set(answered_ok.get() + u64::from(ok_value(&reply) == Some(1.0)));
+            let outcome = reply.get_str("codeName").unwrap_or("ok").to_string();
+            *outcomes.borrow_mut().entry(outcome).or_default() += 1;
+            reset(&mut s).map_err(|e| TestCaseError::fail(format!("reset after the case: {e}")))?;
+            Ok(())
+        });
+    }
     println!(
         "command fuzz: {} cases in {:.1} s, {} answered ok:1",
         ran.get(),
         start.elapsed().as_secs_f64(),
         answered_ok.get()
     );
+    println!("outcomes: {:?}", outcomes.borrow());
     if let Err(e) = result {
         panic!("{e}");
     }
