@@ -147,7 +147,7 @@ fn a_stalled_message_is_closed_after_the_message_timeout() {
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    let lines = log_count(&server, "receiving a message it had started");
+    let lines = log_count(&server, "with a message started but not finished");
     assert_eq!(
         lines,
         2,
@@ -228,4 +228,37 @@ fn a_large_message_sent_in_slow_pieces_is_still_served() {
         ReadOutcome::Reply(r) => assert_eq!(ok_value(&reply_doc(&r).unwrap()), Some(1.0)),
         other => panic!("expected a reply, got {other:?}"),
     }
+}
+
+#[test]
+fn a_ping_is_answered_while_real_half_sent_bytes_exhaust_the_shared_budget() {
+    let server = Server::start_with(&[
+        "--max-message-size",
+        "1000000",
+        "--max-inflight-bytes",
+        "2000000",
+    ]);
+    let mut established = server.connect();
+    round_trip(&mut established, &ping_msg(1));
+    // Three frames of 1 MB, each 900 KB sent: together more than the 2 MB shared budget.
+    let attackers: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = server.connect();
+            let mut bytes = header(1_000_000, 600 + i, 0, OP_MSG);
+            bytes.resize(900_000, 0);
+            // The third one blocks once the server stops reading it; that is the point.
+            s.set_write_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let _ = s.write_all(&bytes);
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let latency = timed_ping(&mut established, 2, Duration::from_secs(10));
+    println!("ping latency with the shared budget exhausted by half-sent frames: {latency:?}");
+    assert!(latency.is_some_and(|l| l < Duration::from_secs(2)));
+    let mut fresh = server.connect();
+    assert!(timed_ping(&mut fresh, 3, Duration::from_secs(10)).is_some());
+    drop(attackers);
+    assert_healthy(&server);
 }

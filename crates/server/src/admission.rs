@@ -67,7 +67,7 @@ pub(crate) async fn read_frame<'a>(
 ) -> Result<Option<Frame<'a>>, Close> {
     let config = &shared.config;
     let (limit, phase, flag) = if first {
-        let phase = "waiting for the first message";
+        let phase = "without a first message";
         (
             Some(config.handshake_timeout),
             phase,
@@ -90,7 +90,7 @@ pub(crate) async fn read_frame<'a>(
     match tokio::time::timeout(limit, read_started_frame(shared, reader)).await {
         Ok(frame) => frame.map(Some),
         Err(_) => Err(Close::Timeout {
-            phase: "receiving a message it had started",
+            phase: "with a message started but not finished",
             limit,
             flag: "--message-timeout-secs",
         }),

@@ -51,7 +51,7 @@ pub(crate) async fn serve_connection(
                 reason = "timeout",
                 phase,
                 timeout_secs = limit.as_secs_f64(),
-                "closing connection: the client was {phase} for longer than {:.1} s; raise {flag} if legitimate clients are this slow",
+                "closing connection: {:.1} s {phase}; raise {flag} if legitimate clients are this slow",
                 limit.as_secs_f64()
             ),
         }
@@ -91,7 +91,7 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
             Ok(Err(e)) => return Err(Close::Error(format!("write failed: {e}"))),
             Err(_) => {
                 return Err(Close::Timeout {
-                    phase: "sending a reply the client did not read",
+                    phase: "with a reply the client did not read",
                     limit: shared.config.message_timeout,
                     flag: "--message-timeout-secs",
                 });
