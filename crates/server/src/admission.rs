@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use mangrove_wire::{self as wire, HEADER_LEN, Header};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::SemaphorePermit;
 
 use crate::Shared;
@@ -62,7 +62,7 @@ pub(crate) fn budget_units(bytes: usize) -> u32 {
 /// `first` selects the handshake timeout for the wait before the first byte.
 pub(crate) async fn read_frame<'a>(
     shared: &'a Shared,
-    reader: &mut (impl AsyncBufRead + Unpin),
+    reader: &mut BufReader<impl AsyncRead + Unpin>,
     first: bool,
 ) -> Result<Option<Frame<'a>>, Close> {
     let config = &shared.config;
@@ -100,7 +100,7 @@ pub(crate) async fn read_frame<'a>(
 /// The header and body of a frame whose first byte has arrived.
 async fn read_started_frame<'a>(
     shared: &'a Shared,
-    reader: &mut (impl AsyncBufRead + Unpin),
+    reader: &mut BufReader<impl AsyncRead + Unpin>,
 ) -> Result<Frame<'a>, Close> {
     let mut header_bytes = [0u8; HEADER_LEN];
     if let Err(e) = reader.read_exact(&mut header_bytes).await {
@@ -110,46 +110,78 @@ async fn read_started_frame<'a>(
     }
     let header = Header::parse(&header_bytes);
     let len = wire::frame_length(&header, &shared.limits).map_err(|e| e.to_string())?;
-    let own = shared.config.connection_inflight_bytes;
-    let mut bytes = Vec::with_capacity(len.min(own.max(HEADER_LEN)));
+    let mut charge = Charge {
+        own: shared.config.connection_inflight_bytes,
+        held: 0,
+        budget: None,
+    };
+    let mut bytes = Vec::with_capacity(len.min(charge.own.max(HEADER_LEN)));
     bytes.extend_from_slice(&header_bytes);
-    let mut budget: Option<SemaphorePermit<'a>> = None;
-    let mut held = 0u32;
+    let truncated = |got: usize| {
+        Close::Error(format!(
+            "truncated message: header declared {len} bytes, stream ended after {got}"
+        ))
+    };
     while bytes.len() < len {
+        if reader.buffer().is_empty() && len - bytes.len() >= READ_BUFFER {
+            // A large remainder goes straight into the frame, a buffer's worth per read, which
+            // saves copying it through the read buffer; the bound per connection is the same.
+            grow(&mut bytes, READ_BUFFER, len);
+            let got = (&mut *reader.get_mut())
+                .take(READ_BUFFER as u64)
+                .read_buf(&mut bytes)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if got == 0 {
+                return Err(truncated(bytes.len()));
+            }
+            charge.up_to(shared, bytes.len()).await?;
+            continue;
+        }
         let available = reader
             .fill_buf()
             .await
             .map_err(|e| format!("read failed: {e}"))?
             .len();
         if available == 0 {
-            return Err(Close::Error(format!(
-                "truncated message: header declared {len} bytes, stream ended after {}",
-                bytes.len()
-            )));
+            return Err(truncated(bytes.len()));
         }
         let take = available.min(len - bytes.len());
-        let end = bytes.len() + take;
-        if end > own {
-            let need = budget_units(end - own);
-            if need > held {
-                take_budget(shared, &mut budget, need - held).await?;
-                held = need;
-            }
-        }
+        charge.up_to(shared, bytes.len() + take).await?;
         grow(&mut bytes, take, len);
         // Still buffered: this second fill_buf does no I/O.
-        let chunk = reader
-            .fill_buf()
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
-        bytes.extend_from_slice(&chunk[..take]);
+        bytes.extend_from_slice(&reader.buffer()[..take]);
         reader.consume(take);
     }
     Ok(Frame {
         header,
         bytes,
-        _budget: budget,
+        _budget: charge.budget,
     })
+}
+
+/// The shared budget one frame has taken so far.
+struct Charge<'a> {
+    /// Bytes the connection may hold without the shared budget.
+    own: usize,
+    /// Units held in `budget`.
+    held: u32,
+    budget: Option<SemaphorePermit<'a>>,
+}
+
+impl<'a> Charge<'a> {
+    /// Makes the budget cover a frame of `end` bytes.
+    async fn up_to(&mut self, shared: &'a Shared, end: usize) -> Result<(), Close> {
+        if end <= self.own {
+            return Ok(());
+        }
+        let need = budget_units(end - self.own);
+        if need > self.held {
+            take_budget(shared, &mut self.budget, need - self.held).await?;
+            self.held = need;
+        }
+        Ok(())
+    }
 }
 
 /// Waits for `units` more of the shared budget, adding them to `held`.
