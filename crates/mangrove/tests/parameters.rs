@@ -251,3 +251,51 @@ fn drop_behind_a_transaction_with_a_huge_lifetime_waits_only_as_told() {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_healthy(&server);
 }
+
+#[test]
+fn ttl_expire_after_seconds_outside_its_range_is_cannot_create_index() {
+    let server = Server::start();
+    let mut s = server.connect();
+    let create = |s: &mut TcpStream, ttl: Bson| {
+        command(
+            s,
+            doc! {
+                "createIndexes": "c",
+                "indexes": [{ "key": { "t": 1 }, "name": "t_1", "expireAfterSeconds": ttl }],
+                "$db": "t",
+            },
+        )
+    };
+    for ttl in [
+        Bson::Int32(-1),
+        Bson::Int64(i32::MAX as i64 + 1),
+        Bson::Int64(i64::MAX),
+        Bson::Int64(i64::MIN),
+        Bson::Double(f64::NAN),
+        Bson::Double(f64::INFINITY),
+        Bson::Double(-0.5),
+        Bson::String("60".into()),
+    ] {
+        let reply = create(&mut s, ttl.clone());
+        assert_eq!(
+            int_value(&reply, "code"),
+            Some(67),
+            "expireAfterSeconds {ttl}: {reply}"
+        );
+    }
+    // Other numeric types are accepted and kept as whole seconds.
+    let reply = create(&mut s, Bson::Double(100.7));
+    assert_eq!(ok_value(&reply), Some(1.0), "{reply}");
+    let reply = command(&mut s, doc! { "listIndexes": "c", "$db": "t" });
+    let batch = reply
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"))
+        .expect("listIndexes batch");
+    let ttl = batch
+        .iter()
+        .filter_map(Bson::as_document)
+        .find(|i| i.get_str("name").is_ok_and(|n| n == "t_1"))
+        .and_then(|i| i.get("expireAfterSeconds").cloned());
+    assert_eq!(ttl, Some(Bson::Int32(100)), "{reply}");
+    assert_healthy(&server);
+}

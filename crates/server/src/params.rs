@@ -8,6 +8,8 @@
 //!   value stays: `setParameter` never half-applies one parameter.
 //! - `maxTimeMS` is checked once for every command, as mongod's generic-argument parsing
 //!   does, so handlers only ever see 0..=i32::MAX.
+//! - A TTL index's `expireAfterSeconds` is 0..=i32::MAX before the index exists, so the TTL
+//!   monitor's `seconds × 1000` cannot overflow.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -210,4 +212,51 @@ pub(crate) fn check_max_time_ms(req: &Request<'_>) -> CommandResult<()> {
         )));
     }
     Ok(())
+}
+
+/// mongod's CannotCreateIndex, for a TTL option out of its range.
+const CANNOT_CREATE_INDEX: i32 = 67;
+
+/// A TTL index's `expireAfterSeconds` as mongod 7.0 accepts it: a number from 0 to i32::MAX
+/// (a fraction dropped), else CannotCreateIndex (67). The TTL monitor multiplies it by 1,000,
+/// so the range also keeps that product far from overflowing. Returns the specification
+/// rewritten with an int32, when it came as another numeric type.
+pub(crate) fn check_expire_after_seconds(
+    spec: &bson::RawDocument,
+) -> CommandResult<Option<bson::RawDocumentBuf>> {
+    let Ok(Some(value)) = spec.get("expireAfterSeconds") else {
+        return Ok(None);
+    };
+    let refuse = |why: String| {
+        CommandError::new(
+            CANNOT_CREATE_INDEX,
+            format!(
+                "TTL index 'expireAfterSeconds' option {why}; give whole seconds from 0 to {}",
+                i32::MAX
+            ),
+        )
+    };
+    let secs = match value {
+        RawBsonRef::Int32(i) if i >= 0 => return Ok(None),
+        RawBsonRef::Int32(i) => f64::from(i),
+        RawBsonRef::Int64(i) => i as f64,
+        RawBsonRef::Double(d) => d,
+        RawBsonRef::Decimal128(d) => d.to_string().parse::<f64>().unwrap_or(f64::NAN),
+        other => {
+            return Err(refuse(format!(
+                "must be numeric, but received a type of {:?}",
+                other.element_type()
+            )));
+        }
+    };
+    if !(0.0..=f64::from(i32::MAX)).contains(&secs) {
+        return Err(refuse(format!(
+            "must be within an acceptable range, got {secs}"
+        )));
+    }
+    let mut doc = Document::try_from(spec).map_err(|e| CommandError::new(22, e.to_string()))?;
+    doc.insert("expireAfterSeconds", secs.trunc() as i32);
+    bson::RawDocumentBuf::try_from(&doc)
+        .map(Some)
+        .map_err(|e| CommandError::new(22, e.to_string()))
 }
