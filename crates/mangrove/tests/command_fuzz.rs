@@ -508,6 +508,14 @@ fn seed(s: &mut TcpStream) -> Result<(), String> {
     exchange(s, &cmd).map(|_| ())
 }
 
+/// A connection whose reads give up after 30 s: generous for the slowest legitimate case (a
+/// blocking stage filling its 100 MB on a loaded CI machine), short enough to report a hang.
+fn fuzz_connection(server: &Server) -> TcpStream {
+    let s = server.connect();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
 fn command_names(s: &mut TcpStream) -> Vec<String> {
     let reply = exchange(s, &doc! { "listCommands": 1, "$db": "admin" }).expect("listCommands");
     let names: Vec<String> = reply
@@ -531,7 +539,7 @@ fn random_commands_are_always_answered() {
         "--transaction-lifetime-limit-secs",
         "1",
     ]);
-    let s = std::cell::RefCell::new(server.connect());
+    let s = std::cell::RefCell::new(fuzz_connection(&server));
     let names = command_names(&mut s.borrow_mut());
     let budget = Duration::from_secs(env_or("MANGROVE_FUZZ_SECS", 40));
     let cases = env_or("MANGROVE_FUZZ_CASES", 20_000);
@@ -554,7 +562,7 @@ fn random_commands_are_always_answered() {
             let mut s = s.borrow_mut();
             let reply = exchange(&mut s, &cmd).map_err(|e| {
                 // Reconnect so that shrinking can go on with the next candidate.
-                *s = server.connect();
+                *s = fuzz_connection(&server);
                 TestCaseError::fail(format!("{e}; server log:\n{}", server.log_tail(15)))
             })?;
             prop_assert!(well_formed(&reply), "malformed reply {reply}");
