@@ -77,7 +77,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1000)]
     max_connections: usize,
     /// Seconds of inactivity after which an open cursor is killed (MongoDB: 600).
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = secs(1))]
     cursor_timeout_secs: u64,
     /// Most cursors open at once, across all clients.
     #[arg(long, default_value_t = 100_000)]
@@ -85,16 +85,39 @@ struct ServeArgs {
     /// Largest accepted wire message in bytes (MongoDB: 48000000).
     #[arg(long, default_value_t = 48_000_000)]
     max_message_size: usize,
+    /// Bytes of partly or wholly received requests all connections together may hold beyond
+    /// each one's own --connection-inflight-bytes; must be at least --max-message-size.
+    /// Budget is taken as bytes arrive, so a declared but unsent message holds none.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_inflight_bytes: usize,
+    /// Bytes of its current request each connection may hold without drawing on the shared
+    /// --max-inflight-bytes, so small requests never wait behind other clients' large ones.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    connection_inflight_bytes: usize,
+    /// Seconds a new connection may stay silent before its first message; frees the slots of
+    /// sockets that never speak (drivers send their handshake at once).
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = secs(1))]
+    handshake_timeout_secs: u64,
+    /// Seconds a message may take to arrive once its first byte has, and a reply to be
+    /// written; a client this slow (or one that stops reading) is disconnected.
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = secs(1))]
+    message_timeout_secs: u64,
+    /// Seconds a connection may sit idle between messages before it is closed; 0 (the
+    /// default) never closes one, because drivers keep pooled connections idle indefinitely
+    /// and only notice a closed one when they next use it. Set it when untrusted clients can
+    /// connect, above your drivers' maxIdleTimeMS.
+    #[arg(long, default_value_t = 0, value_name = "SECS", value_parser = secs(0))]
+    idle_timeout_secs: u64,
     /// Seconds a multi-document transaction may stay open before it is aborted
     /// (MongoDB's transactionLifetimeLimitSeconds).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = secs(1))]
     transaction_lifetime_limit_secs: u64,
     /// Memory for data, in MiB: the base store's cache plus the versions waiting for a
     /// checkpoint. Resident memory stays near it however large the data grows.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     cache_size: usize,
     /// Seconds between checkpoints (sooner when the log grows past --checkpoint-log-size).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = secs(1))]
     checkpoint_interval_secs: u64,
     /// MiB of transaction log that triggers a checkpoint; bounds recovery time.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
@@ -117,6 +140,12 @@ struct ServeArgs {
     /// transactions it holds are lost. Without it such damage stops start-up, naming the file.
     #[arg(long)]
     truncate_damaged_log: bool,
+}
+
+/// Seconds from `min` up to i32::MAX (68 years), the range of mongod's int32 time
+/// parameters; larger values would overflow the clock when added to it.
+fn secs(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(min..=i32::MAX as u64)
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -153,10 +182,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         cursor_timeout: Duration::from_secs(args.cursor_timeout_secs.max(1)),
         max_cursors: args.max_cursors.max(1),
         max_message_size: args.max_message_size,
-        cache_bytes: args.cache_size.max(1) * 1024 * 1024,
+        max_inflight_bytes: args.max_inflight_bytes,
+        connection_inflight_bytes: args.connection_inflight_bytes,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
+        message_timeout: Duration::from_secs(args.message_timeout_secs.max(1)),
+        idle_timeout: (args.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.idle_timeout_secs)),
+        cache_bytes: args.cache_size.max(1).saturating_mul(1024 * 1024),
         transaction_lifetime: Duration::from_secs(args.transaction_lifetime_limit_secs.max(1)),
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
-        checkpoint_log_bytes: args.checkpoint_log_size.max(1) * 1024 * 1024,
+        checkpoint_log_bytes: args.checkpoint_log_size.max(1).saturating_mul(1024 * 1024),
         retain_log_segments: args.log_retention_segments,
         log_segment_bytes: args.log_segment_size * 1024 * 1024,
         enable_test_commands: args.enable_test_commands,

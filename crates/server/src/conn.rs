@@ -6,13 +6,12 @@ use std::sync::atomic::Ordering;
 
 use bson::raw::RawDocument;
 use bson::{RawBsonRef, RawDocumentBuf};
-use mangrove_wire::{
-    self as wire, Compressor, HEADER_LEN, Header, Message, Request as WireRequest, msg_flags,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use mangrove_wire::{self as wire, Compressor, Header, Message, Request as WireRequest, msg_flags};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::admission::{self, Close};
 use crate::error::{CommandError, code};
 use crate::request::Request;
 use crate::{Counters, Shared, commands};
@@ -46,7 +45,15 @@ pub(crate) async fn serve_connection(
             .fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Ok(()) => debug!("connection closed by client"),
-            Err(reason) => warn!(%reason, "closing connection"),
+            Err(Close::Error(reason)) => warn!(%peer, %reason, "closing connection"),
+            Err(Close::Timeout { phase, limit, flag }) => warn!(
+                %peer,
+                reason = "timeout",
+                phase,
+                timeout_secs = limit.as_secs_f64(),
+                "closing connection: {:.1} s {phase}; raise {flag} if legitimate clients are this slow",
+                limit.as_secs_f64()
+            ),
         }
     }
     .instrument(span)
@@ -54,9 +61,9 @@ pub(crate) async fn serve_connection(
 }
 
 /// Returns Ok on a clean close by the client, Err with the reason the server gave up otherwise.
-async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> Result<(), String> {
+async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> Result<(), Close> {
     let (read_half, write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
+    let mut reader = BufReader::with_capacity(admission::READ_BUFFER, read_half);
     let mut writer = BufWriter::new(write_half);
     let mut conn = ConnState {
         id,
@@ -65,91 +72,62 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
         app_name: None,
         next_reply_id: 1,
     };
+    let mut first = true;
     loop {
-        let mut header_bytes = [0u8; HEADER_LEN];
-        let got = read_full(&mut reader, &mut header_bytes).await?;
-        if got == 0 {
+        let Some(frame) = admission::read_frame(shared, &mut reader, first).await? else {
             return Ok(());
-        }
-        if got < HEADER_LEN {
-            return Err(format!(
-                "truncated message header: {got} of {HEADER_LEN} bytes before end of stream"
-            ));
-        }
-        let header = Header::parse(&header_bytes);
-        let len = wire::frame_length(&header, &shared.limits).map_err(|e| e.to_string())?;
-        // Each frame is bounded by the message limit, and all frames being read or handled at
-        // once by the in-flight budget: many large messages wait rather than exhaust memory.
-        let _budget = shared
-            .inflight
-            .acquire_many(budget_units(len))
-            .await
-            .map_err(|_| "server is shutting down".to_string())?;
-        let mut frame = vec![0u8; len];
-        frame[..HEADER_LEN].copy_from_slice(&header_bytes);
-        let got = read_full(&mut reader, &mut frame[HEADER_LEN..]).await?;
-        if got < len - HEADER_LEN {
-            return Err(format!(
-                "truncated message: header declared {len} bytes, stream ended after {}",
-                HEADER_LEN + got
-            ));
-        }
-        let reply = match wire::decode(&frame, &shared.limits) {
-            Ok(message) => handle(shared, &mut conn, message).await?,
-            Err(e) if e.is_fatal() => return Err(e.to_string()),
-            Err(e) => {
-                warn!(error = %e, request_id = header.request_id, "rejecting malformed message");
-                let (code, name) = e.code();
-                let mut err = CommandError::new(code, e.to_string());
-                err.code_name = name.to_string();
-                let body = finish(shared, err.to_document());
-                // A fire-and-forget request gets no reply, not even an error.
-                let more_to_come =
-                    wire::peek_msg_flags(&frame).is_some_and(|f| f & msg_flags::MORE_TO_COME != 0);
-                if more_to_come {
-                    continue;
-                }
-                // Answer in the request's own opcode, looking inside OP_COMPRESSED.
-                let op_code = wire::peek_op_code(&frame).unwrap_or(header.op_code);
-                Some(if op_code == wire::opcode::OP_QUERY {
-                    wire::encode_reply(conn.reply_id(), header.request_id, 8, &body, None)
-                } else {
-                    wire::encode_msg(conn.reply_id(), header.request_id, 0, &body, &[], None)
-                })
-            }
         };
-        if let Some(bytes) = reply {
-            writer
-                .write_all(&bytes)
-                .await
-                .map_err(|e| format!("write failed: {e}"))?;
-            writer
-                .flush()
-                .await
-                .map_err(|e| format!("write failed: {e}"))?;
+        first = false;
+        let Some(bytes) = answer(shared, &mut conn, &frame.header, &frame.bytes).await? else {
+            continue;
+        };
+        // A client that stops reading its replies is as stuck as one that stops sending.
+        let write = async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(shared.config.message_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Close::Error(format!("write failed: {e}"))),
+            Err(_) => {
+                return Err(Close::Timeout {
+                    phase: "with a reply the client did not read",
+                    limit: shared.config.message_timeout,
+                    flag: "--message-timeout-secs",
+                });
+            }
         }
     }
 }
 
-/// The in-flight budget counts KiB, so that a u32 permit count covers any configured budget.
-pub(crate) fn budget_units(bytes: usize) -> u32 {
-    (bytes / 1024 + 1).min(u32::MAX as usize) as u32
-}
-
-/// Reads until `buf` is full or the stream ends; returns how many bytes arrived.
-async fn read_full(
-    reader: &mut (impl AsyncReadExt + Unpin),
-    buf: &mut [u8],
-) -> Result<usize, String> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]).await {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Err(format!("read failed: {e}")),
-        }
+/// Decodes and runs one frame; the reply bytes, if the request wants one.
+async fn answer(
+    shared: &Shared,
+    conn: &mut ConnState,
+    header: &Header,
+    frame: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    let e = match wire::decode(frame, &shared.limits) {
+        Ok(message) => return handle(shared, conn, message).await,
+        Err(e) if e.is_fatal() => return Err(e.to_string()),
+        Err(e) => e,
+    };
+    warn!(error = %e, request_id = header.request_id, "rejecting malformed message");
+    let (code, name) = e.code();
+    let mut err = CommandError::new(code, e.to_string());
+    err.code_name = name.to_string();
+    let body = finish(shared, err.to_document());
+    // A fire-and-forget request gets no reply, not even an error.
+    if wire::peek_msg_flags(frame).is_some_and(|f| f & msg_flags::MORE_TO_COME != 0) {
+        return Ok(None);
     }
-    Ok(filled)
+    // Answer in the request's own opcode, looking inside OP_COMPRESSED.
+    let op_code = wire::peek_op_code(frame).unwrap_or(header.op_code);
+    Ok(Some(if op_code == wire::opcode::OP_QUERY {
+        wire::encode_reply(conn.reply_id(), header.request_id, 8, &body, None)
+    } else {
+        wire::encode_msg(conn.reply_id(), header.request_id, 0, &body, &[], None)
+    }))
 }
 
 impl ConnState {

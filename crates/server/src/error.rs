@@ -220,9 +220,15 @@ impl CommandError {
 
 impl From<mangrove_query::QueryError> for CommandError {
     fn from(e: mangrove_query::QueryError) -> Self {
+        // The query crate names only some `Location<code>` errors (its names are static
+        // strings); mongod names every unnamed code that way.
+        let code_name = match e.code_name {
+            "Location" => format!("Location{}", e.code),
+            name => name.to_string(),
+        };
         CommandError {
             code: e.code,
-            code_name: e.code_name.to_string(),
+            code_name,
             message: e.message,
             labels: Vec::new(),
             info: None,

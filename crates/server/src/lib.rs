@@ -9,11 +9,13 @@
 //! or closed, and never affects another.
 
 mod access;
+mod admission;
 mod commands;
 mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod params;
 mod request;
 mod retryable;
 mod session;
@@ -55,8 +57,20 @@ pub struct Config {
     pub max_sessions: usize,
     /// Transactions open longer are aborted (`transactionLifetimeLimitSeconds`, 60).
     pub transaction_lifetime: Duration,
-    /// Bytes of request frames all connections together may hold at once.
+    /// Bytes of request frames all connections together may hold at once beyond each
+    /// connection's own `connection_inflight_bytes` (1 GiB).
     pub max_inflight_bytes: usize,
+    /// Bytes of its current frame each connection may hold without drawing on the shared
+    /// budget (64 KiB), so ordinary requests never queue behind other connections' large ones.
+    pub connection_inflight_bytes: usize,
+    /// From accept to the first byte of the first message (10 s). Drivers send `hello` at
+    /// once; a socket that stays silent only holds a connection slot.
+    pub handshake_timeout: Duration,
+    /// From a message's first byte to its last, and for writing its reply (30 s).
+    pub message_timeout: Duration,
+    /// Between messages after the first; None (the default) never closes an idle connection,
+    /// because drivers keep pooled connections open and idle for as long as they like.
+    pub idle_timeout: Option<Duration>,
     /// Memory for data (base-store cache plus versions awaiting a checkpoint).
     pub cache_bytes: usize,
     pub checkpoint_interval: Duration,
@@ -90,6 +104,10 @@ impl Default for Config {
             max_sessions: 1_000_000,
             transaction_lifetime: Duration::from_secs(60),
             max_inflight_bytes: 1024 * 1024 * 1024,
+            connection_inflight_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(30),
+            idle_timeout: None,
             cache_bytes: EngineOptions::default().cache_bytes,
             checkpoint_interval: EngineOptions::default().checkpoint_interval,
             checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
@@ -137,30 +155,7 @@ pub(crate) struct Shared {
     /// Permits of 1 KiB each; see [`Config::max_inflight_bytes`].
     pub inflight: Semaphore,
     pub failpoints: failpoint::FailPoints,
-    pub params: RuntimeParams,
-}
-
-/// Parameters `setParameter` may change while the server runs.
-pub(crate) struct RuntimeParams {
-    /// `transactionLifetimeLimitSeconds`.
-    pub transaction_lifetime_secs: AtomicU64,
-    /// `maxTransactionLockRequestTimeoutMillis`: kept for compatibility only. Mangrove takes no
-    /// collection locks a transaction could time out on, so nothing waits on it.
-    pub max_transaction_lock_request_timeout_ms: AtomicI64,
-    /// `ttlMonitorSleepSecs`: the pause between TTL passes (60 s, as in MongoDB).
-    pub ttl_monitor_sleep_secs: AtomicU64,
-    /// `ttlMonitorEnabled`.
-    pub ttl_monitor_enabled: std::sync::atomic::AtomicBool,
-}
-
-impl RuntimeParams {
-    pub fn transaction_lifetime(&self) -> Duration {
-        Duration::from_secs(
-            self.transaction_lifetime_secs
-                .load(Ordering::Relaxed)
-                .max(1),
-        )
-    }
+    pub params: params::RuntimeParams,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -278,7 +273,7 @@ impl Server {
                 ),
             ));
         }
-        let inflight = Semaphore::new(conn::budget_units(config.max_inflight_bytes) as usize);
+        let inflight = Semaphore::new(admission::budget_units(config.max_inflight_bytes) as usize);
         let config_lifetime = config.transaction_lifetime;
         let shared = Arc::new(Shared {
             inflight,
@@ -292,12 +287,7 @@ impl Server {
             counters: Counters::default(),
             limits,
             failpoints: failpoint::FailPoints::default(),
-            params: RuntimeParams {
-                transaction_lifetime_secs: AtomicU64::new(config_lifetime.as_secs().max(1)),
-                max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
-                ttl_monitor_sleep_secs: AtomicU64::new(60),
-                ttl_monitor_enabled: std::sync::atomic::AtomicBool::new(true),
-            },
+            params: params::RuntimeParams::new(config_lifetime),
         });
         Ok(Server { listener, shared })
     }

@@ -137,12 +137,12 @@ impl OpenTransactions {
             .any(|t| t.namespaces.iter().any(|ns| matches(ns)))
     }
 
-    /// Waits until no open transaction uses a matching namespace, or `deadline` passes
-    /// (false).
+    /// Waits until no open transaction uses a matching namespace, or `deadline` (if any)
+    /// passes (false).
     pub async fn wait_unused(
         &self,
         matches: &(dyn Fn(&str) -> bool + Sync),
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
     ) -> bool {
         loop {
             let ended = self.ended.notified();
@@ -152,8 +152,13 @@ impl OpenTransactions {
             if !self.in_use(matches) {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                return !self.in_use(matches);
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        return !self.in_use(matches);
+                    }
+                }
+                None => ended.await,
             }
         }
     }

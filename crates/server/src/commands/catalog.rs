@@ -309,16 +309,18 @@ pub(super) async fn wait_for_transactions(
         _ => None,
     };
     // Without maxTimeMS: past the lifetime limit the reaper has aborted every such transaction.
-    let patience = max_time
-        .unwrap_or(shared.params.transaction_lifetime() + std::time::Duration::from_secs(5));
+    // The limit may be up to 68 years, so the deadline saturates (None: no deadline) rather
+    // than overflowing the clock.
+    let patience = max_time.unwrap_or_else(|| {
+        let lifetime = shared.params.transaction_lifetime();
+        lifetime.saturating_add(std::time::Duration::from_secs(5))
+    });
+    let deadline = tokio::time::Instant::now().checked_add(patience);
     tracing::info!(
         target_ns = what,
         "waiting for open transactions that use it"
     );
-    if uses
-        .wait_unused(matches, tokio::time::Instant::now() + patience)
-        .await
-    {
+    if uses.wait_unused(matches, deadline).await {
         return Ok(());
     }
     Err(match max_time {

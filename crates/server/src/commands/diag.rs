@@ -78,83 +78,9 @@ pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
     Ok(reply.into())
 }
 
-/// `setParameter`: the runtime parameters Mangrove lets you change. Replies with the old value
-/// as `was`, as mongod does.
+/// `setParameter`: the runtime parameters Mangrove lets you change, within mongod's ranges.
 pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut reply = Document::new();
-    let mut set_any = false;
-    for item in req.body.iter() {
-        let (key, value) = item.map_err(|e| CommandError::new(22, e.to_string()))?;
-        let key = key.as_str();
-        if key == req.name || key.starts_with('$') || key == "lsid" || key == "comment" {
-            continue;
-        }
-        if key == "ttlMonitorEnabled" {
-            let on = crate::request::as_bool(value).ok_or_else(|| {
-                CommandError::type_mismatch("setParameter: ttlMonitorEnabled takes a boolean")
-            })?;
-            let was = shared.params.ttl_monitor_enabled.swap(on, Relaxed);
-            reply.insert("was", was);
-            set_any = true;
-            tracing::info!(parameter = key, value = on, "server parameter changed");
-            continue;
-        }
-        let number = crate::request::as_i64(value).ok_or_else(|| {
-            CommandError::type_mismatch(format!("setParameter: {key} takes a number"))
-        })?;
-        match key {
-            "transactionLifetimeLimitSeconds" => {
-                if number < 1 {
-                    return Err(CommandError::bad_value(format!(
-                        "transactionLifetimeLimitSeconds must be at least 1, got {number}"
-                    )));
-                }
-                let was = shared
-                    .params
-                    .transaction_lifetime_secs
-                    .swap(number as u64, Relaxed);
-                reply.insert("was", was as i64);
-            }
-            "ttlMonitorSleepSecs" => {
-                if number < 1 {
-                    return Err(CommandError::bad_value(format!(
-                        "ttlMonitorSleepSecs must be at least 1, got {number}"
-                    )));
-                }
-                let was = shared
-                    .params
-                    .ttl_monitor_sleep_secs
-                    .swap(number as u64, Relaxed);
-                reply.insert("was", was as i64);
-            }
-            "maxTransactionLockRequestTimeoutMillis" => {
-                let was = shared
-                    .params
-                    .max_transaction_lock_request_timeout_ms
-                    .swap(number, Relaxed);
-                reply.insert("was", was);
-            }
-            other => {
-                return Err(CommandError::new(
-                    code::INVALID_OPTIONS,
-                    format!(
-                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs and ttlMonitorEnabled"
-                    ),
-                ));
-            }
-        }
-        set_any = true;
-        tracing::info!(parameter = key, value = number, "server parameter changed");
-    }
-    if !set_any {
-        return Err(CommandError::new(
-            code::INVALID_OPTIONS,
-            "no option found to set, use help:true to see options",
-        ));
-    }
-    reply.insert("ok", 1.0);
-    Ok(reply.into())
+    Ok(crate::params::set_parameter(&shared.params, req)?.into())
 }
 
 pub(super) fn cmd_line_opts(shared: &Shared) -> Document {

@@ -64,7 +64,10 @@ pub(super) async fn create_indexes(
     let mut specs = Vec::new();
     for item in list {
         match item.map_err(internal)? {
-            RawBsonRef::Document(d) => specs.push(IndexSpec::normalize(d)?),
+            RawBsonRef::Document(d) => {
+                let ttl_fixed = crate::params::check_expire_after_seconds(d)?;
+                specs.push(IndexSpec::normalize(ttl_fixed.as_deref().unwrap_or(d))?);
+            }
             _ => {
                 return Err(CommandError::type_mismatch(
                     "The elements of 'indexes' must be objects",

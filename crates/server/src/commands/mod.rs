@@ -222,7 +222,11 @@ pub(crate) async fn run(shared: &Shared, conn: &mut ConnState, req: &Request<'_>
         }
         forced_wce = fault.write_concern_error;
     }
-    match dispatch(shared, conn, req).await {
+    let result = match crate::params::check_max_time_ms(req) {
+        Ok(()) => dispatch(shared, conn, req).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(Reply::Doc(mut reply)) => {
             if let Some(wce) = forced_wce {
                 reply.insert("writeConcernError", wce);
