@@ -113,12 +113,21 @@ fn stalled_partial_bodies_do_not_delay_an_established_ping() {
 }
 
 /// How many log lines mention `needle`.
+/// How many server log lines contain `needle`, once at least one does (the line is written
+/// just after the socket closes, so the test may see the close first) or 2 s have passed.
 fn log_count(server: &Server, needle: &str) -> usize {
-    std::fs::read_to_string(&server.log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
+    let count = || {
+        std::fs::read_to_string(&server.log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while count() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    count()
 }
 
 #[test]
