@@ -14,6 +14,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod pipeline_input;
 mod request;
 mod retryable;
 mod session;
