@@ -632,8 +632,12 @@ pub(crate) fn add_fields(
     fields: &[(Vec<String>, Expr)],
 ) -> Result<RawDocumentBuf, QueryError> {
     let mut out = Document::try_from(doc).map_err(raw_err)?;
+    // New values are charged as they are set, so many large ones cannot add up to a document
+    // beyond what one evaluation may hold.
+    let mut held = crate::memory::Held::new("$addFields");
     for (path, expr) in fields {
         let value = expr.eval(doc)?;
+        held.keep_opt(&value)?;
         set_path(&mut out, path, value);
     }
     to_raw(&out)
