@@ -413,3 +413,39 @@ async fn large_results_come_back_in_batches_within_the_protocol_limits() {
     );
     w.assert_peak_within_bound("large results");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limits_are_server_parameters() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let w = Watched::start();
+    let client = driver_client(w.server.port).await;
+    let admin = client.database("admin");
+    let got = admin
+        .run_command(doc! { "getParameter": 1, "internalQueryMaxPushBytes": 1, "internalQueryMaxRangeBytes": 1 })
+        .await
+        .unwrap();
+    assert_eq!(got.get_i64("internalQueryMaxPushBytes").unwrap(), 100 << 20);
+    assert_eq!(
+        got.get_i64("internalQueryMaxRangeBytes").unwrap(),
+        100 << 20
+    );
+    let set = admin
+        .run_command(doc! { "setParameter": 1, "internalQueryMaxPushBytes": 10_000 })
+        .await
+        .unwrap();
+    assert_eq!(set.get_i64("was").unwrap(), 100 << 20);
+    let coll = w.coll("params").await;
+    seed(&coll, 30, 1000).await;
+    let push = vec![doc! { "$group": { "_id": null, "all": { "$push": "$pad" } } }];
+    let (code, _, msg) = aggregate_error(&coll, push).await;
+    assert_eq!(code, 146, "{msg}");
+    assert!(msg.contains("Memory limit: 10000 bytes"), "{msg}");
+    let bad = admin
+        .run_command(doc! { "setParameter": 1, "internalQueryMaxRangeBytes": 0 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(*bad.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 2),
+        "{bad}"
+    );
+}

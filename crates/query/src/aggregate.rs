@@ -419,10 +419,11 @@ impl Pipeline {
         })
     }
 
-    /// Sets the per-stage memory limit (bytes) of blocking stages and of a result computed at
-    /// once ([`Pipeline::run`]).
+    /// Sets the per-stage memory limit (bytes) of blocking stages, `$group` included, and of a
+    /// result computed at once ([`Pipeline::run`]).
     pub fn with_memory_limit(mut self, bytes: usize) -> Pipeline {
         self.limits.stage_bytes = bytes;
+        self.limits.group_bytes = bytes;
         self
     }
 

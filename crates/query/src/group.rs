@@ -11,7 +11,7 @@
 //!   overcounts.
 //! - `$push`/`$addToSet` check their own limit (146, `internalQueryMaxPushBytes` /
 //!   `internalQueryMaxAddToSetBytes`) before adding a value; the whole stage checks
-//!   `Limits::stage_bytes` after each document. mongod 7.0 spills groups to disk by default
+//!   `Limits::group_bytes` after each document. mongod 7.0 spills groups to disk by default
 //!   (`allowDiskUse` defaults to true), so there only a single accumulator too large for memory
 //!   fails, with 146; Mangrove never spills, so when the stage limit is crossed it reports 146 if
 //!   one `$push`/`$addToSet` holds more than half of the limit (spilling could not have split
@@ -679,7 +679,7 @@ impl Grouper {
             let delta = accumulate(acc, state, doc, first_doc, limits)?;
             self.used = self.used.saturating_add_signed(delta);
         }
-        if self.used > limits.stage_bytes {
+        if self.used > limits.group_bytes {
             return Err(self.over_limit(slot, stage, limits));
         }
         Ok(())
@@ -690,16 +690,16 @@ impl Grouper {
     fn over_limit(&self, slot: usize, stage: &str, limits: &Limits) -> QueryError {
         for state in &self.groups[slot].1 {
             match state {
-                AccState::Array(_, bytes) if *bytes > limits.stage_bytes / 2 => {
+                AccState::Array(_, bytes) if *bytes > limits.group_bytes / 2 => {
                     return limits::accumulator_exceeded("$push", limits.push_bytes);
                 }
-                AccState::Set(_, _, bytes) if *bytes > limits.stage_bytes / 2 => {
+                AccState::Set(_, _, bytes) if *bytes > limits.group_bytes / 2 => {
                     return limits::accumulator_exceeded("$addToSet", limits.add_to_set_bytes);
                 }
                 _ => {}
             }
         }
-        limits::stage_exceeded(stage, limits.stage_bytes)
+        limits::stage_exceeded(stage, limits.group_bytes)
     }
 
     /// Orders the groups as `$bucket` returns them.

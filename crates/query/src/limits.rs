@@ -6,7 +6,8 @@
 //! - A document a pipeline returns is at most [`MAX_RESULT_DOCUMENT_BYTES`] (mongod's
 //!   `BSONObjMaxInternalSize`); a larger one fails with BSONObjectTooLarge (10334) instead of
 //!   reaching a reply a driver would reject.
-//! - One blocking stage holds at most [`Limits::stage_bytes`], one `$push`/`$addToSet` at most
+//! - One blocking stage holds at most [`Limits::stage_bytes`] ([`Limits::group_bytes`] for
+//!   `$group`/`$bucket`), one `$push`/`$addToSet` at most
 //!   [`Limits::push_bytes`]/[`Limits::add_to_set_bytes`], one `$range` at most
 //!   [`Limits::range_bytes`], and one expression evaluation at most [`Limits::expression_bytes`]
 //!   of values at once (see `memory.rs`). Sizes are what the values occupy in *this* process's
@@ -45,10 +46,12 @@ pub const MAX_VALUE_DEPTH: usize = 100;
 /// The configurable limits, named after the mongod parameters they stand for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Per blocking stage (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, the documents one
+    /// Per blocking stage other than `$group` (`$sort`, `$facet`, `$sample`, the documents one
     /// `$lookup` joins to one input, a result computed at once):
-    /// `internalQueryMaxBlockingSortMemoryUsageBytes` / `internalDocumentSourceGroupMaxMemoryBytes`.
+    /// `internalQueryMaxBlockingSortMemoryUsageBytes`.
     pub stage_bytes: usize,
+    /// One `$group` or `$bucket` stage's groups: `internalDocumentSourceGroupMaxMemoryBytes`.
+    pub group_bytes: usize,
     /// One `$push` accumulator: `internalQueryMaxPushBytes`.
     pub push_bytes: usize,
     /// One `$addToSet` accumulator: `internalQueryMaxAddToSetBytes`.
@@ -64,6 +67,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             stage_bytes: DEFAULT_MEMORY_LIMIT,
+            group_bytes: DEFAULT_MEMORY_LIMIT,
             push_bytes: DEFAULT_MEMORY_LIMIT,
             add_to_set_bytes: DEFAULT_MEMORY_LIMIT,
             range_bytes: DEFAULT_MEMORY_LIMIT,

@@ -213,7 +213,7 @@ fn push_and_add_to_set_have_their_own_limits() {
 #[test]
 fn group_memory_is_counted_exactly_and_names_the_culprit() {
     let limits = Limits {
-        stage_bytes: 50_000,
+        group_bytes: 50_000,
         ..Limits::default()
     };
     // $last and $max replace their value: a long stream over one group never overcounts.

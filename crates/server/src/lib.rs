@@ -15,6 +15,7 @@ mod cursor;
 mod error;
 mod failpoint;
 mod pipeline_input;
+mod query_params;
 mod request;
 mod retryable;
 mod session;
@@ -146,6 +147,8 @@ pub(crate) struct RuntimeParams {
     pub ttl_monitor_sleep_secs: AtomicU64,
     /// `ttlMonitorEnabled`.
     pub ttl_monitor_enabled: std::sync::atomic::AtomicBool,
+    /// The query memory limits (`internalQueryMaxPushBytes`, ...).
+    pub query: query_params::QueryParams,
 }
 
 impl RuntimeParams {
@@ -255,6 +258,10 @@ impl Server {
         }
         let inflight = Semaphore::new(conn::budget_units(config.max_inflight_bytes) as usize);
         let config_lifetime = config.transaction_lifetime;
+        let query_limits = mangrove_query::Limits {
+            stage_bytes: config.max_sort_bytes,
+            ..mangrove_query::Limits::default()
+        };
         let shared = Arc::new(Shared {
             inflight,
             cursors: cursor::CursorManager::new(config.max_cursors),
@@ -272,6 +279,7 @@ impl Server {
                 max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
                 ttl_monitor_sleep_secs: AtomicU64::new(60),
                 ttl_monitor_enabled: std::sync::atomic::AtomicBool::new(true),
+                query: query_params::QueryParams::new(query_limits),
             },
         });
         Ok(Server { listener, shared })

@@ -177,10 +177,7 @@ fn check_sink(req: &Request<'_>, pipeline: &Pipeline, txn: Option<&Txn>) -> Comm
 
 /// The memory limits pipelines run under.
 fn query_limits(shared: &Shared) -> Limits {
-    Limits {
-        stage_bytes: shared.config.max_sort_bytes,
-        ..Limits::default()
-    }
+    shared.params.query.limits()
 }
 
 /// Resolves the input (through views) and reads the foreign collections: the runner, ready to
@@ -277,7 +274,7 @@ fn read_foreign(
     if super::views::is_view(&coll) {
         return super::views::view_docs(shared, view, &coll);
     }
-    let max = shared.config.max_sort_bytes;
+    let max = shared.params.query.sort_bytes();
     let all = Filter::parse(&RawDocumentBuf::new())?;
     let mut docs = Vec::new();
     let mut bytes = 0usize;

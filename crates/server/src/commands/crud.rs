@@ -900,7 +900,7 @@ fn collect_matches(
     skip: u64,
     limit: Option<u64>,
 ) -> CommandResult<Vec<StoredDoc>> {
-    let max = shared.config.max_sort_bytes;
+    let max = shared.params.query.sort_bytes();
     let mut docs = Vec::new();
     let mut bytes = 0usize;
     let mut over = false;

@@ -34,7 +34,7 @@ pub(super) fn build_info(shared: &Shared) -> Document {
 
 fn parameters(shared: &Shared) -> Document {
     use std::sync::atomic::Ordering::Relaxed;
-    doc! {
+    let mut all = doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
         "enableTestCommands": shared.config.enable_test_commands,
         "transactionLifetimeLimitSeconds": shared.params.transaction_lifetime_secs.load(Relaxed) as i64,
@@ -42,12 +42,13 @@ fn parameters(shared: &Shared) -> Document {
         "ttlMonitorSleepSecs": shared.params.ttl_monitor_sleep_secs.load(Relaxed) as i64,
         "ttlMonitorEnabled": shared.params.ttl_monitor_enabled.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
-        "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
         "maxBSONDepth": 100,
         "authenticationMechanisms": [],
         "logLevel": 0,
         "quiet": false,
-    }
+    };
+    shared.params.query.report(&mut all);
+    all
 }
 
 pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -103,6 +104,12 @@ pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
         let number = crate::request::as_i64(value).ok_or_else(|| {
             CommandError::type_mismatch(format!("setParameter: {key} takes a number"))
         })?;
+        if let Some(was) = shared.params.query.set(key, number) {
+            reply.insert("was", was?);
+            set_any = true;
+            tracing::info!(parameter = key, value = number, "server parameter changed");
+            continue;
+        }
         match key {
             "transactionLifetimeLimitSeconds" => {
                 if number < 1 {
@@ -139,7 +146,10 @@ pub(super) fn set_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult
                 return Err(CommandError::new(
                     code::INVALID_OPTIONS,
                     format!(
-                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs and ttlMonitorEnabled"
+                        "attempted to set unrecognized parameter [{other}]; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs, ttlMonitorEnabled, {}",
+                        crate::query_params::QueryParams::names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

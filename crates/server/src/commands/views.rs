@@ -201,7 +201,7 @@ fn read_collection(
 ) -> CommandResult<Vec<RawDocumentBuf>> {
     let mut docs = Vec::new();
     let mut bytes = 0usize;
-    let max = shared.config.max_sort_bytes;
+    let max = shared.params.query.sort_bytes();
     let mut over = false;
     view.scan(coll, None, &mut |_, d| {
         bytes += d.as_bytes().len();
