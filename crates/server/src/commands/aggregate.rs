@@ -38,8 +38,9 @@ use crate::{Counters, Shared};
 use super::Reply;
 use super::catalog::{internal, parse_collation, validate_collection_name};
 use super::crud::{
-    DEFAULT_FIRST_BATCH, WriteOptions, cursor_reply, id_of, implicit_collection, key_of,
-    pipeline_cursor, retry_conflicts, txn_owner, validate_db_name, with_id_first,
+    DEFAULT_FIRST_BATCH, WriteOptions, collection_in_txn, cursor_reply, id_of, implicit_collection,
+    key_of, pipeline_cursor, retry_conflicts, too_large, txn_owner, validate_db_name,
+    with_id_first,
 };
 
 /// What the pipeline reads: a collection along an access path, or nothing.
@@ -119,8 +120,20 @@ pub(super) async fn aggregate(
         with_collation(collation.as_ref(), || run_at_once(runner, input, view))
     })?;
     drop(snapshot);
-    if let (Some(sink), Some(opts)) = (&output.1, write_opts) {
-        write_sink(shared, req, sink, output.0, &opts).await?;
+    reply_at_once(shared, req, txn, ns, output, write_opts).await
+}
+
+/// Writes a result computed at once to its sink, or answers it through a buffered cursor.
+async fn reply_at_once(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    ns: String,
+    (docs, sink): (Vec<RawDocumentBuf>, Option<mangrove_query::Sink>),
+    write_opts: Option<WriteOptions>,
+) -> CommandResult<Reply> {
+    if let (Some(sink), Some(opts)) = (&sink, write_opts) {
+        write_sink(shared, req, sink, docs, &opts).await?;
         let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
         if let Some(wce) = opts.wc_error() {
             reply.insert("writeConcernError", wce);
@@ -128,7 +141,7 @@ pub(super) async fn aggregate(
         return Ok(reply.into());
     }
     let batch_size = super::catalog::cursor_batch_size(req)?;
-    pipeline_cursor(shared, ns, output.0, batch_size, txn_owner(req, txn))
+    pipeline_cursor(shared, ns, docs, batch_size, txn_owner(req, txn))
 }
 
 /// The request's pipeline, or `None` for `explain: true`.
@@ -195,14 +208,19 @@ fn prepare(
         Some(txn) => txn,
         None => snapshot,
     };
+    // A transaction also sees collections created after its snapshot, as other statements do.
+    let collection = |ns: &str| match txn {
+        Some(txn) => collection_in_txn(shared, txn, ns),
+        None => snapshot.collection(ns),
+    };
     let (pipeline, input) = if collectionless || pipeline.starts_with_documents() {
         (pipeline, None)
     } else {
-        plan_input(req, view, ns, pipeline)?
+        plan_input(req, view, collection(ns), pipeline)?
     };
     let mut foreign = HashMap::new();
     for name in pipeline.foreign_collections() {
-        let docs = read_foreign(shared, view, &req.ns(&name))?;
+        let docs = read_foreign(shared, view, collection(&req.ns(&name)))?;
         foreign.insert(name, docs);
     }
     Ok((pipeline.into_runner(foreign), input))
@@ -213,10 +231,10 @@ fn prepare(
 fn plan_input(
     req: &Request<'_>,
     view: &dyn ReadView,
-    ns: &str,
+    coll: Option<CollectionInfo>,
     pipeline: Pipeline,
 ) -> CommandResult<(Pipeline, Option<Input>)> {
-    let Some(coll) = view.collection(ns) else {
+    let Some(coll) = coll else {
         return Ok((pipeline, None));
     };
     if super::views::is_view(&coll) {
@@ -266,9 +284,9 @@ fn leading_filter(pipeline: &Pipeline) -> CommandResult<Filter> {
 fn read_foreign(
     shared: &Shared,
     view: &dyn ReadView,
-    ns: &str,
+    coll: Option<CollectionInfo>,
 ) -> CommandResult<Vec<RawDocumentBuf>> {
-    let Some(coll) = view.collection(ns) else {
+    let Some(coll) = coll else {
         return Ok(Vec::new());
     };
     if super::views::is_view(&coll) {
@@ -301,7 +319,8 @@ fn read_foreign(
         return Err(CommandError::new(
             code::QUERY_EXCEEDED_MEMORY_LIMIT,
             format!(
-                "$lookup, $graphLookup and $unionWith read the whole collection {ns} into memory, and it holds more than {max} bytes; join a smaller collection or one filtered into a smaller one with $out first"
+                "$lookup, $graphLookup and $unionWith read the whole collection {} into memory, and it holds more than {max} bytes; join a smaller collection or one filtered into a smaller one with $out first",
+                coll.ns()
             ),
         ));
     }
@@ -419,6 +438,33 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }
 
+/// The documents a sink writes, keyed: each gets an `_id` first if it has none, as inserts
+/// do, and must fit in a stored document.
+fn sink_docs(
+    output: Vec<RawDocumentBuf>,
+    max_bson: usize,
+) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
+    output
+        .into_iter()
+        .map(|d| {
+            let doc = if id_of(&d).is_some() {
+                d
+            } else {
+                let with_id = with_id_first(
+                    Document::try_from(d.as_ref() as &RawDocument).map_err(internal)?,
+                    None,
+                );
+                RawDocumentBuf::try_from(&with_id).map_err(internal)?
+            };
+            if doc.as_bytes().len() > max_bson {
+                return Err(too_large(doc.as_bytes().len(), max_bson));
+            }
+            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
+            Ok((key, Arc::new(doc)))
+        })
+        .collect()
+}
+
 /// Writes an aggregation's output where its `$out` or `$merge` says, in one transaction, so
 /// readers see the target before or after, never in between. `$out` replaces the target's
 /// documents (keeping the collection, as mongod keeps its indexes and options); `$merge`
@@ -438,23 +484,7 @@ async fn write_sink(
     };
     validate_collection_name(db, coll)?;
     let target_ns = format!("{db}.{coll}");
-    // Documents without an _id get one, first, as inserts do.
-    let docs: Vec<(DocKey, StoredDoc)> = output
-        .into_iter()
-        .map(|d| {
-            let doc = if id_of(&d).is_some() {
-                d
-            } else {
-                let with_id = with_id_first(
-                    Document::try_from(d.as_ref() as &RawDocument).map_err(internal)?,
-                    None,
-                );
-                RawDocumentBuf::try_from(&with_id).map_err(internal)?
-            };
-            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
-            Ok((key, Arc::new(doc)))
-        })
-        .collect::<CommandResult<_>>()?;
+    let docs = sink_docs(output, shared.config.max_bson_size)?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
     super::views::refuse_write(&target)?;
     retry_conflicts(shared, opts, |txn| {

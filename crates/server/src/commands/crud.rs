@@ -472,7 +472,7 @@ fn check_id(id: RawBsonRef<'_>) -> CommandResult<()> {
     Ok(())
 }
 
-fn too_large(size: usize, max: usize) -> CommandError {
+pub(super) fn too_large(size: usize, max: usize) -> CommandError {
     CommandError::new(
         code::BSON_OBJECT_TOO_LARGE,
         format!("object to insert too large. size in bytes: {size}, max size: {max}"),
