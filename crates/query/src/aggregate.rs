@@ -15,15 +15,11 @@ use crate::compare::as_num;
 use crate::expr::Expr;
 pub use crate::expr::with_let;
 use crate::group::{Acc, Bucket, Group, parse_bucket, parse_group};
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_SUBPIPELINE_DEPTH};
 use crate::lookup::{GraphLookup, Lookup, parse_graph_lookup, parse_lookup};
 use crate::path::split_path;
 use crate::stream::{self, Runner};
 use crate::{Filter, Projection, QueryError, SortSpec, encode_key};
-
-/// `$lookup` and `$facet` pipelines nest at most this deep, as mongod's
-/// `internalMaxSubPipelineViewDepth`.
-const MAX_SUBPIPELINE_DEPTH: usize = 20;
 
 pub(crate) struct Unwind {
     pub(crate) path: Vec<String>,

@@ -21,14 +21,12 @@ use crate::compare::{compare_values, decimal_to_f64};
 use crate::dates;
 use crate::error::QueryError;
 use crate::filter::Re;
+use crate::limits::MAX_EXPRESSION_DEPTH as MAX_DEPTH;
 use crate::memory::{self, Held};
 
 mod builders;
 use crate::path::split_path;
 use crate::update::type_name;
-
-/// Deeper expressions are refused rather than risking the stack.
-const MAX_DEPTH: usize = 150;
 
 pub(crate) enum Expr {
     /// A field path of the current document, with aggregation's array semantics.

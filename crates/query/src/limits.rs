@@ -43,6 +43,13 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 100 * 1024 * 1024;
 /// serialized or dropped.
 pub const MAX_VALUE_DEPTH: usize = 100;
 
+/// `$lookup`, `$facet` and `$unionWith` pipelines nest at most this deep, as mongod's
+/// `internalMaxSubPipelineViewDepth`.
+pub(crate) const MAX_SUBPIPELINE_DEPTH: usize = 20;
+
+/// Expressions nested deeper are refused when parsed rather than risking the stack.
+pub(crate) const MAX_EXPRESSION_DEPTH: usize = 150;
+
 /// The configurable limits, named after the mongod parameters they stand for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
