@@ -717,15 +717,23 @@ impl Grouper {
 pub(crate) struct Groups(std::vec::IntoIter<(Bson, Vec<AccState>)>);
 
 impl Groups {
+    /// The next group's document; with `max`, one larger than `max` bytes is refused (10334)
+    /// before it is serialized.
     pub(crate) fn next(
         &mut self,
         accs: &[(String, Acc)],
+        max: Option<usize>,
     ) -> Option<Result<RawDocumentBuf, QueryError>> {
         let (id, states) = self.0.next()?;
         let mut out = Document::new();
         out.insert("_id", id);
         for ((name, acc), state) in accs.iter().zip(states) {
             out.insert(name.clone(), finish(acc, state));
+        }
+        if let Some(max) = max
+            && let Err(e) = limits::check_document(&out, max)
+        {
+            return Some(Err(e));
         }
         Some(to_raw(&out))
     }

@@ -79,6 +79,58 @@ fn fields(d: &Document, depth: usize) -> Result<usize, QueryError> {
     Ok(total)
 }
 
+/// The bytes `doc` takes as BSON, computed without serializing it. Values reach at most
+/// [`MAX_VALUE_DEPTH`] levels (see the module comment), so the recursion is bounded.
+pub(crate) fn bson_len(doc: &Document) -> usize {
+    let fields: usize = doc
+        .iter()
+        .map(|(k, v)| 2 + k.len() + value_len(v))
+        .fold(0, usize::saturating_add);
+    5usize.saturating_add(fields)
+}
+
+fn value_len(v: &Bson) -> usize {
+    match v {
+        Bson::Double(_) | Bson::Int64(_) | Bson::DateTime(_) | Bson::Timestamp(_) => 8,
+        Bson::Int32(_) => 4,
+        Bson::Decimal128(_) => 16,
+        Bson::ObjectId(_) => 12,
+        Bson::Boolean(_) => 1,
+        Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => 0,
+        Bson::String(s) | Bson::Symbol(s) | Bson::JavaScriptCode(s) => 5 + s.len(),
+        Bson::Document(d) => bson_len(d),
+        Bson::Array(items) => {
+            let elements: usize = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| 2 + decimal_digits(i) + value_len(item))
+                .fold(0, usize::saturating_add);
+            5usize.saturating_add(elements)
+        }
+        Bson::Binary(b) => 5 + b.bytes.len(),
+        Bson::RegularExpression(r) => 2 + r.pattern.as_str().len() + r.options.as_str().len(),
+        Bson::JavaScriptCodeWithScope(c) => 4 + 5 + c.code.len() + bson_len(&c.scope),
+        Bson::DbPointer(_) => serialized_len(v),
+    }
+}
+
+/// A (small, rare) value's length, by serializing it alone.
+fn serialized_len(v: &Bson) -> usize {
+    let mut doc = bson::RawDocumentBuf::new();
+    match bson::RawBson::try_from(v.clone()) {
+        Ok(raw) => {
+            doc.append(bson::raw::cstr!(""), raw);
+            // Less the document's length and terminator, the type byte and the empty key's NUL.
+            doc.as_bytes().len() - 7
+        }
+        Err(_) => 0,
+    }
+}
+
+fn decimal_digits(i: usize) -> usize {
+    i.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Values an evaluation holds, charged against `Limits::expression_bytes` until dropped.
 pub(crate) struct Held {
     op: &'static str,
@@ -232,6 +284,42 @@ mod tests {
         let doc = Bson::Document(bson::doc! { "k": "ab" });
         assert_eq!(mem_size(&doc).unwrap(), VALUE + ENTRY + 1 + VALUE + 2);
         assert_eq!(field_size("k", &Bson::Null).unwrap(), ENTRY + 1 + VALUE);
+    }
+
+    /// `{ptr: DBPointer("db.c", ...)}`, from its bytes (the type has no public constructor).
+    fn db_pointer() -> Document {
+        let mut body = vec![0x0C];
+        body.extend_from_slice(b"ptr\0");
+        body.extend_from_slice(&5i32.to_le_bytes());
+        body.extend_from_slice(b"db.c\0");
+        body.extend_from_slice(&[7u8; 12]);
+        let mut bytes = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        bytes.push(0);
+        let raw = bson::RawDocumentBuf::from_bytes(bytes).unwrap();
+        Document::try_from(raw.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn bson_lengths_match_serialization() {
+        let oid = bson::oid::ObjectId::new();
+        let docs = [
+            bson::doc! {},
+            bson::doc! { "a": 1, "b": 2.5, "c": "text", "d": null, "e": true, "f": 7i64 },
+            bson::doc! { "arr": (0..123).collect::<Vec<i32>>(), "nested": { "x": [[1], { "y": "z" }] } },
+            bson::doc! {
+                "oid": oid, "at": bson::DateTime::now(), "ts": bson::Timestamp { time: 1, increment: 2 },
+                "re": bson::Regex { pattern: "a.*".try_into().unwrap(), options: "i".try_into().unwrap() },
+                "bin": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] },
+                "dec": "1.5".parse::<bson::Decimal128>().unwrap(), "min": Bson::MinKey, "max": Bson::MaxKey,
+                "code": Bson::JavaScriptCode("f()".into()), "sym": Bson::Symbol("s".into()),
+            },
+            db_pointer(),
+        ];
+        for d in docs {
+            let raw = bson::RawDocumentBuf::try_from(&d).unwrap();
+            assert_eq!(bson_len(&d), raw.as_bytes().len(), "{d}");
+        }
     }
 
     #[test]

@@ -149,20 +149,24 @@ pub(crate) fn fresh_states(stages: &[Stage]) -> Vec<State> {
         .collect()
 }
 
-/// The next document out of the last of `stages`.
+/// The next document out of the last of `stages`. `results`: its documents are the
+/// pipeline's results, so a blocking stage can refuse one too large to return before
+/// serializing it.
 pub(crate) fn pull(
     stages: &[Stage],
     states: &mut [State],
     input: &mut Input,
     ctx: &Ctx<'_>,
+    results: bool,
 ) -> Result<Step, QueryError> {
     let (Some((stage, up_stages)), Some((state, up_states))) =
         (stages.split_last(), states.split_last_mut())
     else {
         return Ok(input.next());
     };
-    let mut upstream = || pull(up_stages, up_states, input, ctx);
-    step(stage, state, &mut upstream, ctx)
+    let mut upstream = || pull(up_stages, up_states, input, ctx, false);
+    let max = results.then_some(limits::MAX_RESULT_DOCUMENT_BYTES);
+    step(stage, state, &mut upstream, ctx, max)
 }
 
 type Upstream<'u> = dyn FnMut() -> Result<Step, QueryError> + 'u;
@@ -177,15 +181,17 @@ macro_rules! next_doc {
     };
 }
 
+/// `max`: the largest document the stage may answer, when its answers are results.
 fn step(
     stage: &Stage,
     state: &mut State,
     up: &mut Upstream<'_>,
     ctx: &Ctx<'_>,
+    max: Option<usize>,
 ) -> Result<Step, QueryError> {
     match state {
         State::Emit(docs) => return Ok(docs.pop_front().map_or(Step::End, Step::Doc)),
-        State::EmitGroups(groups) => return next_group(stage, groups),
+        State::EmitGroups(groups) => return next_group(stage, groups, max),
         State::Done => return Ok(Step::End),
         _ => {}
     }
@@ -225,7 +231,7 @@ fn step(
             Ok(Step::Doc(graph_lookup_one(g, graph, &d, ctx)?))
         }
         Stage::UnionWith(coll, p) => union_with(coll, p.as_ref(), state, up, ctx),
-        _ => blocking(stage, state, up, ctx),
+        _ => blocking(stage, state, up, ctx, max),
     }
 }
 
@@ -279,6 +285,7 @@ fn blocking(
     state: &mut State,
     up: &mut Upstream<'_>,
     ctx: &Ctx<'_>,
+    max: Option<usize>,
 ) -> Result<Step, QueryError> {
     loop {
         match up()? {
@@ -296,11 +303,11 @@ fn blocking(
             g.sort_buckets(b);
             State::EmitGroups(Box::new(g.finish()))
         }
-        (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx)?.into()),
+        (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
         _ => State::Done,
     };
-    step(stage, state, up, ctx)
+    step(stage, state, up, ctx, max)
 }
 
 fn absorb(
@@ -328,13 +335,13 @@ fn absorb(
     Ok(())
 }
 
-fn next_group(stage: &Stage, groups: &mut Groups) -> Result<Step, QueryError> {
+fn next_group(stage: &Stage, groups: &mut Groups, max: Option<usize>) -> Result<Step, QueryError> {
     let accs = match stage {
         Stage::Group(g) => &g.accs,
         Stage::Bucket(b) => &b.accs,
         _ => return Ok(Step::End),
     };
-    match groups.next(accs) {
+    match groups.next(accs, max) {
         Some(d) => Ok(Step::Doc(d?)),
         None => Ok(Step::End),
     }
@@ -441,6 +448,8 @@ pub(crate) struct Run {
     states: Vec<State>,
     input: Input,
     ended: bool,
+    /// Its documents are the pipeline's results (not a sub-pipeline's).
+    results: bool,
 }
 
 impl Run {
@@ -449,6 +458,7 @@ impl Run {
             states: fresh_states(stages),
             input,
             ended: false,
+            results: false,
         }
     }
 
@@ -456,7 +466,7 @@ impl Run {
         if self.ended {
             return Ok(Step::End);
         }
-        let step = pull(stages, &mut self.states, &mut self.input, ctx)?;
+        let step = pull(stages, &mut self.states, &mut self.input, ctx, self.results)?;
         self.ended = matches!(step, Step::End);
         Ok(step)
     }
@@ -498,6 +508,7 @@ impl Facets {
         mut self,
         facets: &[(String, Pipeline)],
         ctx: &Ctx<'_>,
+        max: Option<usize>,
     ) -> Result<Vec<RawDocumentBuf>, QueryError> {
         let mut out = Document::new();
         for ((name, p), (mut run, mut docs)) in facets.iter().zip(self.runs.drain(..)) {
@@ -509,6 +520,9 @@ impl Facets {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(raw_err)?;
             out.insert(name.clone(), items);
+        }
+        if let Some(max) = max {
+            limits::check_document(&out, max)?;
         }
         Ok(vec![to_raw(&out)?])
     }
@@ -682,8 +696,18 @@ pub(crate) fn run_with(
         limits: p.limits,
     };
     let skip = usize::from(p.leading_match().is_some());
-    let out = limits::with_limits(p.limits, || {
-        run_all(&p.stages[skip..], docs, &ctx, "the pipeline's result")
+    let stages = &p.stages[skip..];
+    let mut run = Run::new(stages, Input::ended_with(docs));
+    run.results = true;
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    limits::with_limits(p.limits, || {
+        while let Step::Doc(d) = run.next(stages, &ctx)? {
+            used += d.as_bytes().len();
+            ctx.check("the pipeline's result", used)?;
+            out.push(d);
+        }
+        Ok::<_, QueryError>(())
     })?;
     for d in &out {
         limits::check_result(d)?;
@@ -757,7 +781,7 @@ impl Runner {
         };
         let stages = &self.pipeline.stages[self.skip..];
         let step = limits::with_limits(self.pipeline.limits, || {
-            pull(stages, &mut self.states, &mut self.input, &ctx)
+            pull(stages, &mut self.states, &mut self.input, &ctx, true)
         })?;
         match &step {
             Step::Doc(d) => limits::check_result(d)?,

@@ -293,3 +293,27 @@ fn a_result_collected_whole_is_bounded_by_the_stage_limit() {
     let e = run(p, input).unwrap_err();
     assert_eq!(e.code, 292, "{}", e.message);
 }
+
+#[test]
+fn a_final_group_too_large_to_return_fails_before_it_is_serialized() {
+    let input: Vec<Document> = (0..20)
+        .map(|i| doc! { "_id": i, "pad": "x".repeat(1 << 20) })
+        .collect();
+    let push = || doc! { "$group": { "_id": "all", "docs": { "$push": "$$ROOT" } } };
+    let e = run(pipeline(vec![push()]), input.clone()).unwrap_err();
+    assert_eq!((e.code, e.code_name), (10334, "BSONObjectTooLarge"));
+    assert!(
+        e.message.contains("First element: _id: \"all...\""),
+        "{}",
+        e.message
+    );
+    // Between stages the large group is fine.
+    let p = pipeline(vec![
+        push(),
+        doc! { "$project": { "n": { "$size": "$docs" } } },
+    ]);
+    assert_eq!(run(p, input.clone()).unwrap()[0].get_i32("n").unwrap(), 20);
+    // So is a $facet's, which is checked the same way when it is the result.
+    let facet = doc! { "$facet": { "all": [{ "$match": {} }] } };
+    assert_eq!(run(pipeline(vec![facet]), input).unwrap_err().code, 10334);
+}
