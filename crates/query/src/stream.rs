@@ -13,8 +13,10 @@
 //!   index).
 //! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`) absorb their
 //!   whole input before answering, and hold only their own state, each bounded by
-//!   `Limits::stage_bytes` (292): the documents a `$sort` or `$sample` keeps (a `$sort` followed
-//!   by `$limit n` keeps only the best n), the groups, the facets' results, a counter.
+//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292): the documents a `$sort` or
+//!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
+//!   facets' results, a counter. A blocking stage whose documents are the results refuses one
+//!   too large to return before serializing it.
 //! - Every document a [`Runner`] answers is at most `MAX_RESULT_DOCUMENT_BYTES` (10334), and a
 //!   result collected whole ([`run_with`], [`run_all`]) at most `Limits::stage_bytes` (292).
 //! - Expressions evaluate under the pipeline's `Limits` (`limits::with_limits` around each pull).
