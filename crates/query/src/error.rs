@@ -47,6 +47,7 @@ impl QueryError {
         let name = match code {
             15974 => "Location15974",
             15975 => "Location15975",
+            16493 => "Location16493",
             31250 => "Location31250",
             31253 => "Location31253",
             31254 => "Location31254",

@@ -21,11 +21,12 @@ use crate::compare::{compare_values, decimal_to_f64};
 use crate::dates;
 use crate::error::QueryError;
 use crate::filter::Re;
+use crate::limits::MAX_EXPRESSION_DEPTH as MAX_DEPTH;
+use crate::memory::{self, Held};
+
+mod builders;
 use crate::path::split_path;
 use crate::update::type_name;
-
-/// Deeper expressions are refused rather than risking the stack.
-const MAX_DEPTH: usize = 150;
 
 pub(crate) enum Expr {
     /// A field path of the current document, with aggregation's array semantics.
@@ -985,22 +986,8 @@ impl Expr {
                     None => None,
                 }
             }
-            Expr::Doc(fields) => {
-                let mut out = Document::new();
-                for (k, e) in fields {
-                    if let Some(v) = e.eval(doc)? {
-                        out.insert(k.clone(), v);
-                    }
-                }
-                Some(Bson::Document(out))
-            }
-            Expr::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for e in items {
-                    out.push(e.eval(doc)?.unwrap_or(Bson::Null));
-                }
-                Some(Bson::Array(out))
-            }
+            Expr::Doc(fields) => return builders::object(fields, doc),
+            Expr::Array(items) => return builders::array(items, doc),
             Expr::Cmp(kind, a, b) => {
                 let ord = cmp_vals(&a.eval(doc)?, &b.eval(doc)?);
                 Some(match kind {
@@ -1064,106 +1051,19 @@ impl Expr {
                     }
                 }
             }
-            Expr::Let(vars, body) => {
-                let mut values = Vec::with_capacity(vars.len());
-                for (name, e) in vars {
-                    values.push((name.clone(), e.eval(doc)?.unwrap_or(Bson::Null)));
-                }
-                with_vars(values, || body.eval(doc))?
-            }
-            Expr::Map { input, var, each } => match input.eval(doc)? {
-                v if nullish(&v) => Some(Bson::Null),
-                Some(Bson::Array(items)) => {
-                    let mut out = Vec::with_capacity(items.len());
-                    for item in items {
-                        let v = with_vars(vec![(var.clone(), item)], || each.eval(doc))?;
-                        out.push(v.unwrap_or(Bson::Null));
-                    }
-                    Some(Bson::Array(out))
-                }
-                other => {
-                    return Err(loc(
-                        16883,
-                        format!("input to $map must be an array not {}", tname(&other)),
-                    ));
-                }
-            },
+            Expr::Let(vars, body) => return builders::let_in(vars, body, doc),
+            Expr::Map { input, var, each } => return builders::map(input, var, each, doc),
             Expr::Filter {
                 input,
                 var,
                 cond,
                 limit,
-            } => {
-                let limit = match limit {
-                    None => None,
-                    Some(l) => match l.eval(doc)? {
-                        v if nullish(&v) => None,
-                        Some(v) => match exact_int(&v) {
-                            Some(n) if n > 0 => Some(n as usize),
-                            _ => {
-                                return Err(loc(
-                                    327392,
-                                    format!(
-                                        "$filter: limit must be greater than 0: {}",
-                                        display(&v)
-                                    ),
-                                ));
-                            }
-                        },
-                        None => None,
-                    },
-                };
-                match input.eval(doc)? {
-                    v if nullish(&v) => Some(Bson::Null),
-                    Some(Bson::Array(items)) => {
-                        let mut out = Vec::new();
-                        for item in items {
-                            if limit.is_some_and(|l| out.len() >= l) {
-                                break;
-                            }
-                            let keep =
-                                with_vars(vec![(var.clone(), item.clone())], || cond.truthy(doc))?;
-                            if keep {
-                                out.push(item);
-                            }
-                        }
-                        Some(Bson::Array(out))
-                    }
-                    other => {
-                        return Err(loc(
-                            28651,
-                            format!("input to $filter must be an array not {}", tname(&other)),
-                        ));
-                    }
-                }
-            }
+            } => return builders::filter(input, var, cond, limit.as_deref(), doc),
             Expr::Reduce {
                 input,
                 initial,
                 each,
-            } => match input.eval(doc)? {
-                v if nullish(&v) => Some(Bson::Null),
-                Some(Bson::Array(items)) => {
-                    let mut acc = initial.eval(doc)?;
-                    for item in items {
-                        let value = acc.take().unwrap_or(Bson::Null);
-                        acc = with_vars(
-                            vec![("this".to_string(), item), ("value".to_string(), value)],
-                            || each.eval(doc),
-                        )?;
-                    }
-                    acc
-                }
-                other => {
-                    return Err(loc(
-                        40080,
-                        format!(
-                            "$reduce requires that 'input' be an array, found: {}",
-                            tname(&other)
-                        ),
-                    ));
-                }
-            },
+            } => return builders::reduce(input, initial, each, doc),
             Expr::Convert {
                 input,
                 to,
@@ -1191,13 +1091,7 @@ impl Expr {
                 }
             }
             Expr::Regex { op, input, re } => regex_op(op, input.eval(doc)?, re)?,
-            Expr::Op(name, args) => {
-                let mut vals = Vec::with_capacity(args.len());
-                for a in args {
-                    vals.push(a.eval(doc)?);
-                }
-                apply(name, vals)?
-            }
+            Expr::Op(name, args) => return builders::operator(name, args, doc),
         })
     }
 }
@@ -2118,7 +2012,18 @@ fn regex_op(op: &str, input: Val, re: &Re) -> Result<Val, QueryError> {
     Ok(Some(match op {
         "$regexMatch" => Bson::Boolean(regex.is_match(s)),
         "$regexFind" => regex.captures(s).map_or(Bson::Null, found),
-        _ => Bson::Array(regex.captures_iter(s).map(found).collect()),
+        _ => {
+            // One document per match: a pattern matching everywhere in a long string makes
+            // many, so each is charged as it is made.
+            let mut held = Held::new("$regexFindAll");
+            let mut all = Vec::new();
+            for m in regex.captures_iter(s) {
+                let d = found(m);
+                held.keep(&d)?;
+                all.push(d);
+            }
+            Bson::Array(all)
+        }
     }))
 }
 
@@ -2647,19 +2552,13 @@ fn range(vals: &[Val]) -> Result<Val, QueryError> {
     if step == 0 {
         return Err(loc(34449, "$range requires a non-zero step value"));
     }
-    let mut out = Vec::new();
+    let len = memory::range_len(start, end, step);
+    memory::reserve_range(len)?;
+    let mut out = Vec::with_capacity(len);
     let mut i = start;
     while (step > 0 && i < end) || (step < 0 && i > end) {
         out.push(Bson::Int32(i as i32));
         i += step;
-        // Each element costs about 16 bytes; stop at the aggregation memory limit.
-        if out.len() > crate::aggregate::DEFAULT_MEMORY_LIMIT / 16 {
-            return Err(QueryError::new(
-                146,
-                "ExceededMemoryLimit",
-                "$range would use too much memory",
-            ));
-        }
     }
     Ok(Some(Bson::Array(out)))
 }
@@ -2683,11 +2582,11 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             return list_stat(op, vals);
         }
         "$concat" => {
-            let mut out = String::new();
+            let mut parts = Vec::with_capacity(vals.len());
             for v in &vals {
                 match v {
                     v if nullish(v) => return Ok(Some(Bson::Null)),
-                    Some(Bson::String(s)) => out.push_str(s),
+                    Some(Bson::String(s)) => parts.push(s.as_str()),
                     other => {
                         return Err(loc(
                             16702,
@@ -2696,7 +2595,9 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
                     }
                 }
             }
-            Some(Bson::String(out))
+            let len = parts.iter().fold(0usize, |n, s| n.saturating_add(s.len()));
+            memory::reserve_string(op, len)?;
+            Some(Bson::String(parts.concat()))
         }
         "$substr" | "$substrBytes" => {
             let s = coerce_str(op, &vals[0])?;
@@ -2752,6 +2653,7 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             if sep.is_empty() {
                 return Err(loc(40087, "$split requires a non-empty separator"));
             }
+            memory::reserve_split(s, sep)?;
             Some(Bson::Array(
                 s.split(sep).map(|p| Bson::String(p.to_string())).collect(),
             ))
@@ -2848,10 +2750,12 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
                     }
                 }
             }
-            Some(Bson::String(if op == "$replaceOne" {
-                strs[0].replacen(strs[1], strs[2], 1)
-            } else {
+            let all = op == "$replaceAll";
+            memory::reserve_string(op, memory::replaced_len(strs[0], strs[1], strs[2], all))?;
+            Some(Bson::String(if all {
                 strs[0].replace(strs[1], strs[2])
+            } else {
+                strs[0].replacen(strs[1], strs[2], 1)
             }))
         }
         "$size" => match &vals[0] {
@@ -2933,12 +2837,17 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
             }
         },
         "$concatArrays" => {
-            let mut out = Vec::new();
+            let mut arrays = Vec::with_capacity(vals.len());
             for v in &vals {
                 match array_arg(op, v, 28664, " only supports arrays, not ")? {
-                    Some(a) => out.extend(a.iter().cloned()),
+                    Some(a) => arrays.push(a),
                     None => return Ok(Some(Bson::Null)),
                 }
+            }
+            memory::reserve_concat_arrays(&arrays)?;
+            let mut out = Vec::with_capacity(arrays.iter().map(|a| a.len()).sum());
+            for a in arrays {
+                out.extend(a.iter().cloned());
             }
             Some(Bson::Array(out))
         }
@@ -2982,7 +2891,10 @@ fn apply(op: &str, vals: Vec<Val>) -> Result<Val, QueryError> {
         }
         "$reverseArray" => {
             match array_arg(op, &vals[0], 34435, " must be an array, but was of type: ")? {
-                Some(a) => Some(Bson::Array(a.iter().rev().cloned().collect())),
+                Some(a) => {
+                    memory::reserve_concat_arrays(&[a])?;
+                    Some(Bson::Array(a.iter().rev().cloned().collect()))
+                }
                 None => Some(Bson::Null),
             }
         }

@@ -20,24 +20,34 @@ mod decimal;
 mod error;
 mod expr;
 mod filter;
+mod group;
 mod index;
 mod jsonschema;
 mod key;
+mod limits;
+mod lookup;
+mod memory;
 mod path;
 mod plan;
 mod projection;
 mod sort;
+mod stream;
 mod update;
 
-pub use aggregate::{DEFAULT_MEMORY_LIMIT, Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
+pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use collation::{Collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;
 pub use index::{IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT};
 pub use key::encode_key;
+pub use limits::{
+    DEFAULT_MEMORY_LIMIT, Limits, MAX_BSON_OBJECT_BYTES, MAX_RESULT_DOCUMENT_BYTES,
+    MAX_STRING_BYTES, MAX_VALUE_DEPTH, with_limits,
+};
 pub use path::distinct_values;
 pub use plan::{IndexBounds, KeyInterval, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
+pub use stream::{Runner, Step};
 pub use update::Update;

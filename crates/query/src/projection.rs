@@ -361,6 +361,9 @@ fn project_doc(
     pos: Option<usize>,
 ) -> Result<RawDocumentBuf, QueryError> {
     let mut out = RawDocumentBuf::new();
+    // Computed fields are charged as they are added, so many large ones cannot add up to a
+    // document beyond what one evaluation may hold.
+    let mut held = crate::memory::Held::new("$project");
     for elem in doc.iter() {
         let (key, value) = elem.map_err(|e| bad(format!("invalid BSON in document: {e}")))?;
         match node.get(key.as_str()) {
@@ -425,6 +428,7 @@ fn project_doc(
             Item::Literal(v) => out.append(cstr(key)?, v.clone()),
             Item::Computed(e) => {
                 if let Some(v) = e.0.eval(root)? {
+                    held.keep(&v)?;
                     out.append(
                         cstr(key)?,
                         RawBson::try_from(v).map_err(|e| bad(e.to_string()))?,

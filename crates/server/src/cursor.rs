@@ -15,6 +15,7 @@ use tracing::info;
 use crate::Shared;
 use crate::access::{Examined, IndexWalk};
 use crate::error::{CommandError, CommandResult, code};
+use crate::pipeline_input::PipelineSource;
 
 /// A batch never exceeds this many bytes of documents (plus one document, so that a single large
 /// document still makes progress), as mongod bounds its replies.
@@ -66,6 +67,8 @@ pub enum Source {
     Index(Box<IndexScanState>),
     /// Results already computed (a sort, a listing).
     Buffered(VecDeque<BatchDoc>),
+    /// An aggregation's results, computed batch by batch.
+    Pipeline(Box<PipelineSource>),
 }
 
 pub struct Cursor {
@@ -199,6 +202,7 @@ impl Cursor {
                     }
                     exhausted = docs.is_empty();
                 }
+                Source::Pipeline(p) => exhausted = p.fill(want, &mut out)?,
             }
         }
         if let Some(rem) = &mut self.remaining {

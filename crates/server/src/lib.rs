@@ -16,6 +16,8 @@ mod cursor;
 mod error;
 mod failpoint;
 mod params;
+mod pipeline_input;
+mod query_params;
 mod request;
 mod retryable;
 mod session;
@@ -275,6 +277,10 @@ impl Server {
         }
         let inflight = Semaphore::new(admission::budget_units(config.max_inflight_bytes) as usize);
         let config_lifetime = config.transaction_lifetime;
+        let query_limits = mangrove_query::Limits {
+            stage_bytes: config.max_sort_bytes,
+            ..mangrove_query::Limits::default()
+        };
         let shared = Arc::new(Shared {
             inflight,
             cursors: cursor::CursorManager::new(config.max_cursors),
@@ -287,7 +293,7 @@ impl Server {
             counters: Counters::default(),
             limits,
             failpoints: failpoint::FailPoints::default(),
-            params: params::RuntimeParams::new(config_lifetime),
+            params: params::RuntimeParams::new(config_lifetime, query_limits),
         });
         Ok(Server { listener, shared })
     }

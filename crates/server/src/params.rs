@@ -18,7 +18,7 @@ use bson::Document;
 use bson::raw::RawBsonRef;
 
 use crate::error::{CommandError, CommandResult, code};
-use crate::request::{Request, as_bool};
+use crate::request::{Request, as_bool, as_i64};
 
 /// An integer parameter's valid range, inclusive.
 struct Range {
@@ -61,11 +61,13 @@ pub(crate) struct RuntimeParams {
     pub ttl_monitor_sleep_secs: AtomicU64,
     /// `ttlMonitorEnabled`.
     pub ttl_monitor_enabled: AtomicBool,
+    /// The query memory limits (`internalQueryMaxPushBytes`, ...).
+    pub query: crate::query_params::QueryParams,
 }
 
 impl RuntimeParams {
     /// Starts from the configured lifetime, clamped into the parameter's range.
-    pub fn new(transaction_lifetime: Duration) -> RuntimeParams {
+    pub fn new(transaction_lifetime: Duration, query: mangrove_query::Limits) -> RuntimeParams {
         let secs = transaction_lifetime
             .as_secs()
             .clamp(1, TRANSACTION_LIFETIME.max as u64);
@@ -74,6 +76,7 @@ impl RuntimeParams {
             max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
             ttl_monitor_sleep_secs: AtomicU64::new(60),
             ttl_monitor_enabled: AtomicBool::new(true),
+            query: crate::query_params::QueryParams::new(query),
         }
     }
 
@@ -102,11 +105,22 @@ impl RuntimeParams {
                     .swap(ms, Relaxed)
                     .into()
             }
+            other if crate::query_params::QueryParams::names().any(|n| n == other) => {
+                let bytes = as_i64(value)
+                    .ok_or_else(|| cannot_coerce(other, value, "a positive number of bytes"))?;
+                match self.query.set(other, bytes) {
+                    Some(was) => was?.into(),
+                    None => unreachable!("{other} is a query parameter"),
+                }
+            }
             other => {
                 return Err(CommandError::new(
                     code::INVALID_OPTIONS,
                     format!(
-                        "attempted to set unrecognized parameter [{other}], use help:true to see options; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs and ttlMonitorEnabled"
+                        "attempted to set unrecognized parameter [{other}], use help:true to see options; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs, ttlMonitorEnabled, {}",
+                        crate::query_params::QueryParams::names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

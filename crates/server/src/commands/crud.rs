@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bson::oid::ObjectId;
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Pipeline, Projection, SortSpec, Update, with_collation, with_let};
+use mangrove_query::{Filter, Projection, SortSpec, Update, with_collation, with_let};
 use mangrove_storage::{
     CollectionInfo, CommitMeta, CommitTicket, DocKey, ReadView, Snapshot, StorageError, StoredDoc,
     Txn,
@@ -30,7 +30,7 @@ use super::catalog::{internal, parse_collation, validate_collection_name};
 /// A write command may carry at most this many statements, as mongod's `maxWriteBatchSize`.
 const MAX_WRITE_BATCH: usize = 100_000;
 /// mongod's default first batch when the client gives no batchSize.
-const DEFAULT_FIRST_BATCH: u64 = 101;
+pub(super) const DEFAULT_FIRST_BATCH: u64 = 101;
 /// How long an auto-commit write keeps retrying write conflicts before giving up. Conflicts
 /// between auto-commit writes are brief, since each holds its intents only while it runs.
 const CONFLICT_RETRY_LIMIT: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ pub(super) fn validate_db_name(db: &str) -> CommandResult<()> {
 
 pub(super) use crate::access::key_of;
 
-fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
+pub(super) fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
     doc.get("_id").ok().flatten()
 }
 
@@ -472,7 +472,7 @@ fn check_id(id: RawBsonRef<'_>) -> CommandResult<()> {
     Ok(())
 }
 
-fn too_large(size: usize, max: usize) -> CommandError {
+pub(super) fn too_large(size: usize, max: usize) -> CommandError {
     CommandError::new(
         code::BSON_OBJECT_TOO_LARGE,
         format!("object to insert too large. size in bytes: {size}, max size: {max}"),
@@ -515,7 +515,7 @@ fn prepare_insert(doc: &RawDocument, max_bson: usize) -> CommandResult<(DocKey, 
 }
 
 /// Puts `_id` first, taking it from `fallback` when the document has none.
-fn with_id_first(doc: Document, fallback: Option<&Bson>) -> Document {
+pub(super) fn with_id_first(doc: Document, fallback: Option<&Bson>) -> Document {
     let id = doc
         .get("_id")
         .cloned()
@@ -912,7 +912,7 @@ fn collect_matches(
     skip: u64,
     limit: Option<u64>,
 ) -> CommandResult<Vec<StoredDoc>> {
-    let max = shared.config.max_sort_bytes;
+    let max = shared.params.query.sort_bytes();
     let mut docs = Vec::new();
     let mut bytes = 0usize;
     let mut over = false;
@@ -959,191 +959,6 @@ fn collect_matches(
     Ok(docs)
 }
 
-/// `aggregate` on a collection: the pipeline runs over the collection as the snapshot (or the
-/// transaction) sees it, with a leading `$match` applied while reading. Input is bounded like a
-/// blocking sort. Collections a `$lookup` joins are read whole from the same view; `{aggregate:
-/// 1}` runs a pipeline that starts with `$documents`.
-pub(super) async fn aggregate(
-    shared: &Shared,
-    req: &Request<'_>,
-    txn: Option<&Txn>,
-    at: Option<Snapshot>,
-) -> CommandResult<Reply> {
-    req.check_fields(&[
-        "pipeline",
-        "cursor",
-        "explain",
-        "allowDiskUse",
-        "bypassDocumentValidation",
-        "collation",
-        "hint",
-        "let",
-        "maxTimeMS",
-        "readConcern",
-    ])?;
-    Counters::bump(&shared.counters.query, 1);
-    if let Some(reply) = list_sessions_aggregate(shared, req)? {
-        return Ok(reply);
-    }
-    // `{aggregate: 1}` has no input collection; only a pipeline that makes its own input
-    // (`$documents`) can run there.
-    let collectionless = !matches!(req.command_value(), Some(RawBsonRef::String(_)));
-    validate_db_name(req.db)?;
-    let ns = if collectionless {
-        format!("{}.$cmd.aggregate", req.db)
-    } else {
-        req.ns(req.collection()?)
-    };
-    let pipeline = match req.opt_array("pipeline")? {
-        Some(p) => with_let(req.opt_doc("let")?, || Pipeline::parse(p))?,
-        None => {
-            return Err(CommandError::new(
-                code::MISSING_FIELD,
-                "BSON field 'aggregate.pipeline' is missing but a required field",
-            ));
-        }
-    };
-    if req.opt_bool("explain")?.unwrap_or(false) {
-        return super::indexes::explain_command(shared, req.db, req.body, "queryPlanner");
-    }
-    if req.get("cursor").is_none() {
-        return Err(CommandError::failed_to_parse(
-            "The 'cursor' option is required, except for aggregate with the explain argument",
-        ));
-    }
-    if collectionless && !pipeline.starts_with_documents() {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "aggregate without a collection ({aggregate: 1}) needs a pipeline starting with $documents",
-        ));
-    }
-    let batch_size = super::catalog::cursor_batch_size(req)?;
-    let collation = parse_collation(req.opt_doc("collation")?)?;
-    if pipeline.sink().is_some() && txn.is_some() {
-        return Err(CommandError::new(
-            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
-            "$out and $merge cannot be used in a transaction",
-        ));
-    }
-    if pipeline.sink().is_some()
-        && let Some(rc) = req.opt_doc("readConcern")?
-        && rc.get_str("level").ok() == Some("linearizable")
-    {
-        return Err(CommandError::new(
-            code::INVALID_OPTIONS,
-            "$out and $merge cannot be used with readConcern level linearizable",
-        ));
-    }
-    // The write options are checked before any work, as for other writes.
-    let write_opts = match pipeline.sink() {
-        Some(_) => Some(WriteOptions::from_request(req)?),
-        None => None,
-    };
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    // The input and every collection a $lookup joins are read from one view (the snapshot,
-    // or the transaction), so a join never mixes points in time.
-    let read = |ns: &str,
-                filter: Option<&Filter>,
-                raw: Option<&RawDocument>|
-     -> CommandResult<Vec<RawDocumentBuf>> {
-        let coll = match txn {
-            Some(txn) => collection_in_txn(shared, txn, ns),
-            None => snapshot.collection(ns),
-        };
-        let Some(coll) = coll else {
-            return Ok(Vec::new());
-        };
-        let view: &dyn ReadView = match txn {
-            Some(txn) => txn,
-            None => &snapshot,
-        };
-        if super::views::is_view(&coll) {
-            let mut docs = super::views::view_docs(shared, view, &coll)?;
-            if let Some(f) = filter {
-                let mut kept = Vec::with_capacity(docs.len());
-                for d in docs {
-                    if f.try_matches(&d)? {
-                        kept.push(d);
-                    }
-                }
-                docs = kept;
-            }
-            return Ok(docs);
-        }
-        let match_all;
-        let filter = match filter {
-            Some(f) => f,
-            None => {
-                match_all = Filter::parse(&RawDocumentBuf::new())?;
-                &match_all
-            }
-        };
-        let access = match raw {
-            Some(raw) => choose(
-                view,
-                &coll,
-                filter,
-                raw,
-                &parse_hint(req.get("hint"), Some(&coll))?,
-                None,
-            )?,
-            None => Access::Collection,
-        };
-        Ok(
-            collect_matches(shared, view, &coll, &access, filter, None, 0, None)?
-                .into_iter()
-                .map(|d| (*d).clone())
-                .collect(),
-        )
-    };
-    let input = if collectionless || pipeline.starts_with_documents() {
-        Vec::new()
-    } else {
-        let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
-        with_deadline(deadline, || {
-            with_collation(collation.as_ref(), || {
-                read(&ns, pipeline.leading_match(), leading_match_doc(req)?)
-            })
-        })?
-    };
-    let mut foreign = std::collections::HashMap::new();
-    for name in pipeline.foreign_collections() {
-        let docs = read(&req.ns(&name), None, None)?;
-        foreign.insert(name, docs);
-    }
-    drop(snapshot);
-    // The pipeline asks for each collection once, so handing over (not copying) is enough.
-    let foreign = std::cell::RefCell::new(foreign);
-    let output = with_collation(collation.as_ref(), || {
-        pipeline.run_with(input, &|name| {
-            Ok(foreign.borrow_mut().remove(name).unwrap_or_default())
-        })
-    })?;
-    if let (Some(sink), Some(opts)) = (pipeline.sink(), write_opts) {
-        write_sink(shared, req, sink, output, &opts).await?;
-        let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
-        if let Some(wce) = opts.wc_error() {
-            reply.insert("writeConcernError", wce);
-        }
-        return Ok(reply.into());
-    }
-    pipeline_cursor(shared, ns, output, batch_size, txn_owner(req, txn))
-}
-
-/// The raw filter of a pipeline's leading `$match`, for choosing an index.
-fn leading_match_doc<'a>(req: &Request<'a>) -> CommandResult<Option<&'a RawDocument>> {
-    let Some(stages) = req.opt_array("pipeline")? else {
-        return Ok(None);
-    };
-    Ok(match stages.into_iter().next() {
-        Some(Ok(RawBsonRef::Document(stage))) => match stage.get("$match").ok().flatten() {
-            Some(RawBsonRef::Document(m)) => Some(m),
-            _ => None,
-        },
-        _ => None,
-    })
-}
-
 /// The first batch of a pipeline's output; the rest stays in a cursor for `getMore`.
 pub(super) fn pipeline_cursor(
     shared: &Shared,
@@ -1169,136 +984,8 @@ pub(super) fn pipeline_cursor(
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
-/// `$listLocalSessions` (`{aggregate: 1}`) and `$listSessions` (on `config.system.sessions`):
-/// the logical sessions this server knows, as `{_id: lsid, lastUse}`, through the rest of the
-/// pipeline. There is one node, so both list the same sessions.
-fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Option<Reply>> {
-    let Some(stages) = req.opt_array("pipeline")? else {
-        return Ok(None);
-    };
-    let mut stages = stages.into_iter();
-    let first = match stages.next() {
-        Some(Ok(RawBsonRef::Document(d))) => d,
-        _ => return Ok(None),
-    };
-    let Some(Ok((name, _))) = first.iter().next() else {
-        return Ok(None);
-    };
-    if !matches!(name.as_str(), "$listLocalSessions" | "$listSessions") {
-        return Ok(None);
-    }
-    let mut rest = RawArrayBuf::new();
-    for stage in stages {
-        rest.push(stage.map_err(internal)?);
-    }
-    let pipeline = Pipeline::parse(&rest)?;
-    let mut docs = shared.sessions.list();
-    if let Some(filter) = pipeline.leading_match() {
-        docs.retain(|d| filter.matches(d));
-    }
-    let output = pipeline.run(docs)?;
-    let ns = match req.command_value() {
-        Some(RawBsonRef::String(coll)) => req.ns(coll),
-        _ => format!("{}.$cmd.aggregate", req.db),
-    };
-    let batch_size = super::catalog::cursor_batch_size(req)?;
-    pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
-}
-
-/// Writes an aggregation's output where its `$out` or `$merge` says, in one transaction, so
-/// readers see the target before or after, never in between. `$out` replaces the target's
-/// documents (keeping the collection, as mongod keeps its indexes and options); `$merge`
-/// matches on `_id`.
-async fn write_sink(
-    shared: &Shared,
-    req: &Request<'_>,
-    sink: &mangrove_query::Sink,
-    output: Vec<RawDocumentBuf>,
-    opts: &WriteOptions,
-) -> CommandResult<()> {
-    use mangrove_query::{Sink, WhenMatched, WhenNotMatched};
-    let (db, coll) = match sink {
-        Sink::Out { db, coll } | Sink::Merge { db, coll, .. } => {
-            (db.as_deref().unwrap_or(req.db), coll)
-        }
-    };
-    validate_collection_name(db, coll)?;
-    let target_ns = format!("{db}.{coll}");
-    // Documents without an _id get one, first, as inserts do.
-    let docs: Vec<(DocKey, StoredDoc)> = output
-        .into_iter()
-        .map(|d| {
-            let doc = if id_of(&d).is_some() {
-                d
-            } else {
-                let with_id = with_id_first(
-                    Document::try_from(d.as_ref() as &RawDocument).map_err(internal)?,
-                    None,
-                );
-                RawDocumentBuf::try_from(&with_id).map_err(internal)?
-            };
-            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
-            Ok((key, Arc::new(doc)))
-        })
-        .collect::<CommandResult<_>>()?;
-    let target = implicit_collection(shared, &target_ns, opts).await?;
-    super::views::refuse_write(&target)?;
-    retry_conflicts(shared, opts, |txn| {
-        match sink {
-            Sink::Out { .. } => {
-                let mut old = Vec::new();
-                txn.scan(&target, None, |key, _| {
-                    old.push(key.clone());
-                    ControlFlow::Continue(())
-                })?;
-                for key in old {
-                    txn.delete(&target, key)?;
-                }
-                for (key, doc) in &docs {
-                    txn.insert(&target, key.clone(), doc.clone())?;
-                }
-            }
-            Sink::Merge { when_matched, when_not_matched, .. } => {
-                for (key, doc) in &docs {
-                    match (txn.get(&target, key)?, when_matched, when_not_matched) {
-                        (Some(_), WhenMatched::Replace, _) => txn.replace(&target, key.clone(), doc.clone())?,
-                        (Some(_), WhenMatched::KeepExisting, _) => {}
-                        (Some(existing), WhenMatched::Merge, _) => {
-                            let mut merged = Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
-                            for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
-                                merged.insert(k, v);
-                            }
-                            let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
-                            txn.replace(&target, key.clone(), Arc::new(merged))?;
-                        }
-                        (Some(existing), WhenMatched::Fail, _) => {
-                            let id = id_of(&existing).and_then(|i| Bson::try_from(i).ok()).unwrap_or(Bson::Null);
-                            let mut e = CommandError::new(
-                                code::DUPLICATE_KEY,
-                                format!("$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"),
-                            );
-                            e.info = Some(Box::new(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } }));
-                            return Err(e);
-                        }
-                        (None, _, WhenNotMatched::Insert) => txn.insert(&target, key.clone(), doc.clone())?,
-                        (None, _, WhenNotMatched::Discard) => {}
-                        (None, _, WhenNotMatched::Fail) => {
-                            return Err(CommandError::new(
-                                13113,
-                                "$merge could not find a matching document in the target collection for at least one document in the source collection",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
-    .await
-}
-
 /// The transaction a cursor opened by this request belongs to.
-fn txn_owner(req: &Request<'_>, txn: Option<&Txn>) -> Option<(Vec<u8>, i64)> {
+pub(super) fn txn_owner(req: &Request<'_>, txn: Option<&Txn>) -> Option<(Vec<u8>, i64)> {
     txn?;
     let lsid = req.lsid().ok()??;
     Some((lsid.as_bytes().to_vec(), req.txn_number().ok()??))

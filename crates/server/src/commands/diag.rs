@@ -34,7 +34,7 @@ pub(super) fn build_info(shared: &Shared) -> Document {
 
 fn parameters(shared: &Shared) -> Document {
     use std::sync::atomic::Ordering::Relaxed;
-    doc! {
+    let mut all = doc! {
         "featureCompatibilityVersion": { "version": "7.0" },
         "enableTestCommands": shared.config.enable_test_commands,
         "transactionLifetimeLimitSeconds": shared.params.transaction_lifetime_secs.load(Relaxed) as i64,
@@ -42,12 +42,13 @@ fn parameters(shared: &Shared) -> Document {
         "ttlMonitorSleepSecs": shared.params.ttl_monitor_sleep_secs.load(Relaxed) as i64,
         "ttlMonitorEnabled": shared.params.ttl_monitor_enabled.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
-        "internalQueryMaxBlockingSortMemoryUsageBytes": shared.config.max_sort_bytes as i64,
         "maxBSONDepth": 100,
         "authenticationMechanisms": [],
         "logLevel": 0,
         "quiet": false,
-    }
+    };
+    shared.params.query.report(&mut all);
+    all
 }
 
 pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -1,5 +1,6 @@
 //! The command table: every command Mangrove answers, and the dispatcher.
 
+mod aggregate;
 mod catalog;
 mod crud;
 mod diag;
@@ -318,7 +319,7 @@ async fn dispatch(
         let at = read_at;
         let reply = match req.name {
             "find" => crud::find(shared, req, None, at)?,
-            "aggregate" => crud::aggregate(shared, req, None, at).await?,
+            "aggregate" => aggregate::aggregate(shared, req, None, at).await?,
             _ => crud::distinct(shared, req, None, at)?,
         };
         return Ok(with_at_cluster_time(reply, at_ts));
@@ -395,7 +396,7 @@ async fn dispatch(
         "delete" => crud::delete(shared, req, None, None).await,
         "count" => crud::count(shared, req),
         "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None, None).await,
-        "aggregate" => crud::aggregate(shared, req, None, None).await,
+        "aggregate" => aggregate::aggregate(shared, req, None, None).await,
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -808,7 +809,7 @@ async fn in_transaction(
             let txn = &mut active.txn;
             let result = match req.name {
                 "find" => crud::find(shared, req, Some(txn), None),
-                "aggregate" => crud::aggregate(shared, req, Some(txn), None).await,
+                "aggregate" => aggregate::aggregate(shared, req, Some(txn), None).await,
                 "distinct" => crud::distinct(shared, req, Some(txn), None),
                 "create" => catalog::create(shared, req, Some(txn)).await,
                 "createIndexes" => indexes::create_indexes(shared, req, Some(txn)).await,

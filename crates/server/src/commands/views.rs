@@ -133,6 +133,48 @@ fn view_docs_at(
     Ok(docs)
 }
 
+/// The collection under the view `coll` and the views' pipelines as one, innermost first, for
+/// reading the view as a stream; `None` when some view in the chain reads a missing
+/// collection (the view is then empty, as in MongoDB).
+pub(super) fn resolve(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+) -> CommandResult<Option<(CollectionInfo, Pipeline)>> {
+    let mut chain: Vec<Vec<Bson>> = Vec::new();
+    let mut current = coll.clone();
+    while is_view(&current) {
+        if chain.len() >= MAX_VIEW_DEPTH {
+            return Err(CommandError::new(
+                165,
+                format!(
+                    "View depth too deep or view cycle detected; maximum depth is {MAX_VIEW_DEPTH}"
+                ),
+            ));
+        }
+        chain.push(
+            current
+                .options
+                .get_array("pipeline")
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let source = current.options.get_str("viewOn").map_err(internal)?;
+        match view.collection(&format!("{}.{source}", current.db)) {
+            Some(next) => current = next,
+            None => return Ok(None),
+        }
+    }
+    let mut combined = Pipeline::parse(&RawArrayBuf::new())?;
+    for stages in chain.iter().rev() {
+        let mut raw = RawArrayBuf::new();
+        for s in stages {
+            raw.push(bson::RawBson::try_from(s.clone()).map_err(internal)?);
+        }
+        combined = Pipeline::parse(&raw)?.preceded_by(combined);
+    }
+    Ok(Some((current, combined)))
+}
+
 /// Every document of `db.name`, a collection or a view.
 fn read_source(
     shared: &Shared,
@@ -159,7 +201,7 @@ fn read_collection(
 ) -> CommandResult<Vec<RawDocumentBuf>> {
     let mut docs = Vec::new();
     let mut bytes = 0usize;
-    let max = shared.config.max_sort_bytes;
+    let max = shared.params.query.sort_bytes();
     let mut over = false;
     view.scan(coll, None, &mut |_, d| {
         bytes += d.as_bytes().len();

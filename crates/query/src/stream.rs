@@ -1,0 +1,808 @@
+//! Running a pipeline: documents stream through the stages one at a time, pulled from the end.
+//!
+//! Each stage has a [`State`]; [`pull`] asks the last stage for its next document, which asks
+//! the stage before it, down to the input queue the caller fills. A pull answers a document,
+//! [`Step::NeedInput`] (the queue is empty but more may come: the caller feeds and pulls again)
+//! or [`Step::End`]. So the caller can feed documents as it reads them and stop reading when
+//! the pipeline ends early (a `$limit`), and a cursor can keep a [`Runner`] between `getMore`s.
+//!
+//! Invariants:
+//! - Streaming stages (`$match $project $addFields $set $unset $replaceRoot $skip $limit
+//!   $unwind $lookup $graphLookup $unionWith`, `$documents`) hold at most the document they are
+//!   working on (an `$unwind` the one it is unwinding; a `$lookup` its foreign collection and
+//!   index).
+//! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`) absorb their
+//!   whole input before answering, and hold only their own state, each bounded by
+//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292): the documents a `$sort` or
+//!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
+//!   facets' results, a counter. A blocking stage whose documents are the results refuses one
+//!   too large to return before serializing it.
+//! - Every document a [`Runner`] answers is at most `MAX_RESULT_DOCUMENT_BYTES` (10334), and a
+//!   result collected whole ([`run_with`], [`run_all`]) at most `Limits::stage_bytes` (292).
+//! - Expressions evaluate under the pipeline's `Limits` (`limits::with_limits` around each pull).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bson::raw::RawBsonRef;
+use bson::{Bson, Document, RawDocumentBuf};
+
+use crate::aggregate::{
+    Pipeline, Sink, Stage, Unwind, add_fields, nested, raw_err, replace_root, set_path, to_raw,
+};
+use crate::expr::random_unit;
+use crate::group::{Grouper, Groups};
+use crate::limits::{self, Limits};
+use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
+use crate::{QueryError, SortSpec};
+
+/// What a pull answers.
+#[derive(Debug)]
+pub enum Step {
+    /// The next result document.
+    Doc(RawDocumentBuf),
+    /// The input is exhausted for now: feed more (or end it) and pull again.
+    NeedInput,
+    /// No more results.
+    End,
+}
+
+/// Where `$lookup`, `$graphLookup` and `$unionWith` get foreign collections.
+pub(crate) trait Foreign {
+    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError>;
+}
+
+/// What every stage may consult: foreign collections and the limits.
+pub(crate) struct Ctx<'a> {
+    pub(crate) foreign: &'a dyn Foreign,
+    pub(crate) limits: Limits,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
+        self.foreign.collection(name)
+    }
+
+    /// Fails (292) once a stage holds more than the per-stage limit.
+    pub(crate) fn check(&self, stage: &str, used: usize) -> Result<(), QueryError> {
+        if used > self.limits.stage_bytes {
+            return Err(limits::stage_exceeded(stage, self.limits.stage_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// The documents fed to a pipeline and not yet pulled.
+#[derive(Default)]
+pub(crate) struct Input {
+    queue: VecDeque<RawDocumentBuf>,
+    ended: bool,
+}
+
+impl Input {
+    fn ended_with(docs: Vec<RawDocumentBuf>) -> Input {
+        Input {
+            queue: docs.into(),
+            ended: true,
+        }
+    }
+
+    fn next(&mut self) -> Step {
+        match self.queue.pop_front() {
+            Some(d) => Step::Doc(d),
+            None if self.ended => Step::End,
+            None => Step::NeedInput,
+        }
+    }
+}
+
+/// A stage's state between pulls.
+pub(crate) enum State {
+    /// Stateless streaming stages.
+    Plain,
+    /// `$skip`: documents still to drop.
+    Skip(usize),
+    /// `$limit`: documents still to pass.
+    Limit(usize),
+    Count(u64),
+    Sort(Box<Sorter>),
+    Group(Box<Grouper>),
+    Unwind(Option<Box<Unwinding>>),
+    Lookup(Option<Box<Joined>>),
+    GraphLookup(Option<Box<Graph>>),
+    Facet(Box<Facets>),
+    Sample(Box<Sampler>),
+    UnionWith(Option<Box<Run>>),
+    /// A blocking stage's documents, being answered.
+    Emit(VecDeque<RawDocumentBuf>),
+    /// A `$group`'s or `$bucket`'s groups, being answered.
+    EmitGroups(Box<Groups>),
+    /// Everything answered.
+    Done,
+}
+
+/// The fresh states of `stages`.
+pub(crate) fn fresh_states(stages: &[Stage]) -> Vec<State> {
+    stages
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| match stage {
+            Stage::Skip(n) => State::Skip(*n),
+            Stage::Limit(n) => State::Limit(*n),
+            Stage::Count(_) => State::Count(0),
+            Stage::Sort(_) => {
+                // `$sort` then `$limit n` needs only the best n documents (mongod's top-k sort).
+                let keep = match stages.get(i + 1) {
+                    Some(Stage::Limit(n)) => Some(*n),
+                    _ => None,
+                };
+                State::Sort(Box::new(Sorter::new(keep)))
+            }
+            Stage::Group(_) | Stage::Bucket(_) => State::Group(Box::default()),
+            Stage::Unwind(_) => State::Unwind(None),
+            Stage::Lookup(_) => State::Lookup(None),
+            Stage::GraphLookup(_) => State::GraphLookup(None),
+            Stage::Facet(facets) => State::Facet(Box::new(Facets::new(facets))),
+            Stage::Sample(n) => State::Sample(Box::new(Sampler::new(*n))),
+            Stage::Documents(_) => State::Plain,
+            Stage::UnionWith(..) => State::UnionWith(None),
+            _ => State::Plain,
+        })
+        .collect()
+}
+
+/// The next document out of the last of `stages`. `results`: its documents are the
+/// pipeline's results, so a blocking stage can refuse one too large to return before
+/// serializing it.
+pub(crate) fn pull(
+    stages: &[Stage],
+    states: &mut [State],
+    input: &mut Input,
+    ctx: &Ctx<'_>,
+    results: bool,
+) -> Result<Step, QueryError> {
+    let (Some((stage, up_stages)), Some((state, up_states))) =
+        (stages.split_last(), states.split_last_mut())
+    else {
+        return Ok(input.next());
+    };
+    let mut upstream = || pull(up_stages, up_states, input, ctx, false);
+    let max = results.then_some(limits::MAX_RESULT_DOCUMENT_BYTES);
+    step(stage, state, &mut upstream, ctx, max)
+}
+
+type Upstream<'u> = dyn FnMut() -> Result<Step, QueryError> + 'u;
+
+/// The next document from `up`, or the non-document step to pass on.
+macro_rules! next_doc {
+    ($up:expr) => {
+        match $up()? {
+            Step::Doc(d) => d,
+            other => return Ok(other),
+        }
+    };
+}
+
+/// `max`: the largest document the stage may answer, when its answers are results.
+fn step(
+    stage: &Stage,
+    state: &mut State,
+    up: &mut Upstream<'_>,
+    ctx: &Ctx<'_>,
+    max: Option<usize>,
+) -> Result<Step, QueryError> {
+    match state {
+        State::Emit(docs) => return Ok(docs.pop_front().map_or(Step::End, Step::Doc)),
+        State::EmitGroups(groups) => return next_group(stage, groups, max),
+        State::Done => return Ok(Step::End),
+        _ => {}
+    }
+    match stage {
+        Stage::Match(f) => loop {
+            let d = next_doc!(up);
+            if f.matches_checked(&d)? {
+                return Ok(Step::Doc(d));
+            }
+        },
+        Stage::Project(p) | Stage::Unset(p) => Ok(Step::Doc(p.apply(&next_doc!(up))?)),
+        Stage::AddFields(fields) => Ok(Step::Doc(add_fields(&next_doc!(up), fields)?)),
+        Stage::ReplaceRoot(e) => Ok(Step::Doc(replace_root(e, &next_doc!(up))?)),
+        Stage::Skip(_) | Stage::Limit(_) => skip_or_limit(state, up),
+        Stage::Documents(e) => documents(e, state),
+        Stage::Unwind(u) => unwind(u, state, up),
+        Stage::Lookup(l) => {
+            let d = next_doc!(up);
+            let State::Lookup(joined) = state else {
+                return Ok(Step::End);
+            };
+            let joined = match joined {
+                Some(j) => j,
+                None => joined.insert(Box::new(Joined::open(l, ctx)?)),
+            };
+            Ok(Step::Doc(lookup_one(l, joined, &d, ctx)?))
+        }
+        Stage::GraphLookup(g) => {
+            let d = next_doc!(up);
+            let State::GraphLookup(graph) = state else {
+                return Ok(Step::End);
+            };
+            let graph = match graph {
+                Some(g) => g,
+                None => graph.insert(Box::new(Graph::open(g, ctx)?)),
+            };
+            Ok(Step::Doc(graph_lookup_one(g, graph, &d, ctx)?))
+        }
+        Stage::UnionWith(coll, p) => union_with(coll, p.as_ref(), state, up, ctx),
+        _ => blocking(stage, state, up, ctx, max),
+    }
+}
+
+fn skip_or_limit(state: &mut State, up: &mut Upstream<'_>) -> Result<Step, QueryError> {
+    match state {
+        State::Skip(left) => loop {
+            let d = next_doc!(up);
+            if *left == 0 {
+                return Ok(Step::Doc(d));
+            }
+            *left -= 1;
+        },
+        // A finished `$limit` asks nothing more of its input, so the caller can stop reading.
+        State::Limit(0) => Ok(Step::End),
+        State::Limit(left) => {
+            let d = next_doc!(up);
+            *left -= 1;
+            Ok(Step::Doc(d))
+        }
+        _ => Ok(Step::End),
+    }
+}
+
+/// `$documents`: its own documents, replacing any input.
+fn documents(e: &crate::expr::Expr, state: &mut State) -> Result<Step, QueryError> {
+    let invalid = || {
+        QueryError::location(
+            5858203,
+            "error during $documents stage: an array of objects is expected",
+        )
+    };
+    let empty = RawDocumentBuf::new();
+    let Some(Bson::Array(items)) = e.eval(&empty)? else {
+        return Err(invalid());
+    };
+    let mut docs = VecDeque::with_capacity(items.len());
+    for v in items {
+        match v {
+            Bson::Document(d) => docs.push_back(to_raw(&d)?),
+            _ => return Err(invalid()),
+        }
+    }
+    let first = docs.pop_front();
+    *state = State::Emit(docs);
+    Ok(first.map_or(Step::End, Step::Doc))
+}
+
+/// A blocking stage: absorb the whole input, then answer from the result.
+fn blocking(
+    stage: &Stage,
+    state: &mut State,
+    up: &mut Upstream<'_>,
+    ctx: &Ctx<'_>,
+    max: Option<usize>,
+) -> Result<Step, QueryError> {
+    loop {
+        match up()? {
+            Step::Doc(d) => absorb(stage, state, d, ctx)?,
+            Step::NeedInput => return Ok(Step::NeedInput),
+            Step::End => break,
+        }
+    }
+    let taken = std::mem::replace(state, State::Done);
+    *state = match (stage, taken) {
+        (Stage::Count(field), State::Count(n)) => State::Emit(count_result(field, n)?),
+        (Stage::Sort(spec), State::Sort(sorter)) => State::Emit(sorter.finish(spec).into()),
+        (Stage::Group(_), State::Group(g)) => State::EmitGroups(Box::new(g.finish())),
+        (Stage::Bucket(b), State::Group(mut g)) => {
+            g.sort_buckets(b);
+            State::EmitGroups(Box::new(g.finish()))
+        }
+        (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
+        (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
+        _ => State::Done,
+    };
+    step(stage, state, up, ctx, max)
+}
+
+fn absorb(
+    stage: &Stage,
+    state: &mut State,
+    d: RawDocumentBuf,
+    ctx: &Ctx<'_>,
+) -> Result<(), QueryError> {
+    let limits = &ctx.limits;
+    match (stage, state) {
+        (Stage::Count(_), State::Count(n)) => *n += 1,
+        (Stage::Sort(spec), State::Sort(sorter)) => sorter.add(d, spec, ctx)?,
+        (Stage::Group(g), State::Group(grouper)) => {
+            let id = g.id.eval(&d)?.unwrap_or(Bson::Null);
+            grouper.add(&g.accs, id, &d, "$group", limits)?;
+        }
+        (Stage::Bucket(b), State::Group(grouper)) => {
+            let id = b.bucket_of(&d)?;
+            grouper.add(&b.accs, id, &d, "$bucket", limits)?;
+        }
+        (Stage::Facet(facets), State::Facet(f)) => f.add(facets, d, ctx)?,
+        (Stage::Sample(_), State::Sample(s)) => s.add(d, ctx)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn next_group(stage: &Stage, groups: &mut Groups, max: Option<usize>) -> Result<Step, QueryError> {
+    let accs = match stage {
+        Stage::Group(g) => &g.accs,
+        Stage::Bucket(b) => &b.accs,
+        _ => return Ok(Step::End),
+    };
+    match groups.next(accs, max) {
+        Some(d) => Ok(Step::Doc(d?)),
+        None => Ok(Step::End),
+    }
+}
+
+/// `$count`: one document with the number of inputs, or none for no input.
+fn count_result(field: &str, n: u64) -> Result<VecDeque<RawDocumentBuf>, QueryError> {
+    if n == 0 {
+        return Ok(VecDeque::new());
+    }
+    let mut out = Document::new();
+    match i32::try_from(n) {
+        Ok(small) => out.insert(field, small),
+        Err(_) => out.insert(field, n as i64),
+    };
+    Ok(VecDeque::from([to_raw(&out)?]))
+}
+
+/// A `$sort`'s documents, with their bytes; only the best `keep` when a `$limit` follows.
+pub(crate) struct Sorter {
+    docs: Vec<RawDocumentBuf>,
+    bytes: usize,
+    keep: Option<usize>,
+}
+
+impl Sorter {
+    fn new(keep: Option<usize>) -> Sorter {
+        Sorter {
+            docs: Vec::new(),
+            bytes: 0,
+            keep,
+        }
+    }
+
+    fn add(&mut self, d: RawDocumentBuf, spec: &SortSpec, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+        self.bytes += d.as_bytes().len();
+        self.docs.push(d);
+        if let Some(k) = self.keep
+            && self.docs.len() >= k.saturating_mul(2).max(64)
+        {
+            // Sorting stably and truncating keeps exactly the first k of a full stable sort.
+            self.docs.sort_by(|a, b| spec.compare(a, b));
+            self.docs.truncate(k);
+            self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
+        }
+        ctx.check("$sort", self.bytes)
+    }
+
+    fn finish(mut self, spec: &SortSpec) -> Vec<RawDocumentBuf> {
+        self.docs.sort_by(|a, b| spec.compare(a, b));
+        if let Some(k) = self.keep {
+            self.docs.truncate(k);
+        }
+        self.docs
+    }
+}
+
+/// `$sample`: a uniform reservoir of at most `n` documents, answered in random order.
+pub(crate) struct Sampler {
+    n: usize,
+    seen: u64,
+    kept: Vec<RawDocumentBuf>,
+    bytes: usize,
+}
+
+impl Sampler {
+    fn new(n: usize) -> Sampler {
+        Sampler {
+            n,
+            seen: 0,
+            kept: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, d: RawDocumentBuf, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+        self.seen += 1;
+        if self.kept.len() < self.n {
+            self.bytes += d.as_bytes().len();
+            self.kept.push(d);
+        } else {
+            // Algorithm R: the new document replaces a kept one with probability n / seen.
+            let j = (random_unit() * self.seen as f64) as u64;
+            if let Some(slot) = usize::try_from(j).ok().filter(|&j| j < self.n) {
+                self.bytes = self.bytes - self.kept[slot].as_bytes().len() + d.as_bytes().len();
+                self.kept[slot] = d;
+            }
+        }
+        ctx.check("$sample", self.bytes)
+    }
+
+    fn finish(mut self) -> Vec<RawDocumentBuf> {
+        let len = self.kept.len();
+        for i in 0..len {
+            let j = i + ((random_unit() * (len - i) as f64) as usize).min(len - i - 1);
+            self.kept.swap(i, j);
+        }
+        self.kept
+    }
+}
+
+/// A sub-pipeline's run: its states and its input.
+pub(crate) struct Run {
+    states: Vec<State>,
+    input: Input,
+    ended: bool,
+    /// Its documents are the pipeline's results (not a sub-pipeline's).
+    results: bool,
+}
+
+impl Run {
+    fn new(stages: &[Stage], input: Input) -> Run {
+        Run {
+            states: fresh_states(stages),
+            input,
+            ended: false,
+            results: false,
+        }
+    }
+
+    fn next(&mut self, stages: &[Stage], ctx: &Ctx<'_>) -> Result<Step, QueryError> {
+        if self.ended {
+            return Ok(Step::End);
+        }
+        let step = pull(stages, &mut self.states, &mut self.input, ctx, self.results)?;
+        self.ended = matches!(step, Step::End);
+        Ok(step)
+    }
+}
+
+/// `$facet`: each sub-pipeline fed every input document, its results kept.
+pub(crate) struct Facets {
+    runs: Vec<(Run, Vec<RawDocumentBuf>)>,
+    used: usize,
+}
+
+impl Facets {
+    fn new(facets: &[(String, Pipeline)]) -> Facets {
+        Facets {
+            runs: facets
+                .iter()
+                .map(|(_, p)| (Run::new(&p.stages, Input::default()), Vec::new()))
+                .collect(),
+            used: 0,
+        }
+    }
+
+    fn add(
+        &mut self,
+        facets: &[(String, Pipeline)],
+        d: RawDocumentBuf,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), QueryError> {
+        for ((_, p), (run, out)) in facets.iter().zip(self.runs.iter_mut()) {
+            if !run.ended {
+                run.input.queue.push_back(d.clone());
+            }
+            drain_facet(&p.stages, run, out, &mut self.used, ctx)?;
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        facets: &[(String, Pipeline)],
+        ctx: &Ctx<'_>,
+        max: Option<usize>,
+    ) -> Result<Vec<RawDocumentBuf>, QueryError> {
+        let mut out = Document::new();
+        for ((name, p), (mut run, mut docs)) in facets.iter().zip(self.runs.drain(..)) {
+            run.input.ended = true;
+            drain_facet(&p.stages, &mut run, &mut docs, &mut self.used, ctx)?;
+            let items = docs
+                .iter()
+                .map(|d| Document::try_from(d.as_ref()).map(Bson::Document))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(raw_err)?;
+            out.insert(name.clone(), items);
+        }
+        if let Some(max) = max {
+            limits::check_document(&out, max)?;
+        }
+        Ok(vec![to_raw(&out)?])
+    }
+}
+
+fn drain_facet(
+    stages: &[Stage],
+    run: &mut Run,
+    out: &mut Vec<RawDocumentBuf>,
+    used: &mut usize,
+    ctx: &Ctx<'_>,
+) -> Result<(), QueryError> {
+    while let Step::Doc(d) = run.next(stages, ctx)? {
+        *used += d.as_bytes().len();
+        ctx.check("$facet", *used)?;
+        out.push(d);
+    }
+    Ok(())
+}
+
+/// `$unionWith`: the input, then the other collection through its pipeline.
+fn union_with(
+    coll: &str,
+    p: Option<&Pipeline>,
+    state: &mut State,
+    up: &mut Upstream<'_>,
+    ctx: &Ctx<'_>,
+) -> Result<Step, QueryError> {
+    let State::UnionWith(theirs) = state else {
+        return Ok(Step::End);
+    };
+    if theirs.is_none() {
+        match up()? {
+            Step::End => {}
+            other => return Ok(other),
+        }
+    }
+    let stages = p.map_or(&[][..], |p| &p.stages[..]);
+    let run = match theirs {
+        Some(run) => run,
+        None => {
+            let docs = ctx.collection(coll)?.as_ref().clone();
+            theirs.insert(Box::new(Run::new(stages, Input::ended_with(docs))))
+        }
+    };
+    run.next(stages, ctx)
+}
+
+/// An `$unwind` in the middle of a document's array.
+pub(crate) struct Unwinding {
+    base: Document,
+    items: std::vec::IntoIter<Bson>,
+    at: i64,
+}
+
+fn unwind(u: &Unwind, state: &mut State, up: &mut Upstream<'_>) -> Result<Step, QueryError> {
+    let State::Unwind(current) = state else {
+        return Ok(Step::End);
+    };
+    loop {
+        if let Some(cur) = current {
+            if let Some(item) = cur.items.next() {
+                let mut d = cur.base.clone();
+                set_path(&mut d, &u.path, Some(item));
+                with_index(u, &mut d, Some(cur.at));
+                cur.at += 1;
+                return Ok(Step::Doc(to_raw(&d)?));
+            }
+            *current = None;
+        }
+        let doc = next_doc!(up);
+        match nested(&doc, &u.path) {
+            Some(RawBsonRef::Array(items)) => {
+                let items = items
+                    .into_iter()
+                    .map(|i| {
+                        i.map_err(raw_err)
+                            .and_then(|i| Bson::try_from(i).map_err(raw_err))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let base = Document::try_from(doc.as_ref()).map_err(raw_err)?;
+                if items.is_empty() {
+                    if u.preserve {
+                        let mut d = base;
+                        set_path(&mut d, &u.path, None);
+                        with_index(u, &mut d, None);
+                        return Ok(Step::Doc(to_raw(&d)?));
+                    }
+                    continue;
+                }
+                *current = Some(Box::new(Unwinding {
+                    base,
+                    items: items.into_iter(),
+                    at: 0,
+                }));
+            }
+            None | Some(RawBsonRef::Null) | Some(RawBsonRef::Undefined) if !u.preserve => {}
+            // Null and missing (preserved), and a scalar, which unwinds to itself as a
+            // one-element array would.
+            _ => return Ok(Step::Doc(indexed_as_is(u, doc)?)),
+        }
+    }
+}
+
+fn with_index(u: &Unwind, d: &mut Document, i: Option<i64>) {
+    if let Some(index) = &u.index {
+        set_path(d, index, Some(i.map_or(Bson::Null, Bson::Int64)));
+    }
+}
+
+/// `doc` unchanged, but for a null `includeArrayIndex`.
+fn indexed_as_is(u: &Unwind, doc: RawDocumentBuf) -> Result<RawDocumentBuf, QueryError> {
+    if u.index.is_none() {
+        return Ok(doc);
+    }
+    let mut d = Document::try_from(doc.as_ref()).map_err(raw_err)?;
+    with_index(u, &mut d, None);
+    to_raw(&d)
+}
+
+/// Runs `stages` over `docs` to the end and returns the result, bounded by the per-stage
+/// limit (a sub-pipeline's result, or a whole pipeline's computed at once).
+pub(crate) fn run_all(
+    stages: &[Stage],
+    docs: Vec<RawDocumentBuf>,
+    ctx: &Ctx<'_>,
+    what: &str,
+) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    let mut run = Run::new(stages, Input::ended_with(docs));
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    while let Step::Doc(d) = run.next(stages, ctx)? {
+        used += d.as_bytes().len();
+        ctx.check(what, used)?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Foreign collections from a callback, each asked for once.
+struct Callback<'a> {
+    fetch: &'a dyn Fn(&str) -> Result<Vec<RawDocumentBuf>, QueryError>,
+    cache: std::cell::RefCell<HashMap<String, Arc<Vec<RawDocumentBuf>>>>,
+}
+
+impl Foreign for Callback<'_> {
+    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
+        if let Some(docs) = self.cache.borrow().get(name) {
+            return Ok(docs.clone());
+        }
+        let docs = Arc::new((self.fetch)(name)?);
+        self.cache
+            .borrow_mut()
+            .insert(name.to_string(), docs.clone());
+        Ok(docs)
+    }
+}
+
+/// [`Pipeline::run_with`]: the whole result at once.
+pub(crate) fn run_with(
+    p: &Pipeline,
+    docs: Vec<RawDocumentBuf>,
+    fetch: &dyn Fn(&str) -> Result<Vec<RawDocumentBuf>, QueryError>,
+) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    let foreign = Callback {
+        fetch,
+        cache: Default::default(),
+    };
+    let ctx = Ctx {
+        foreign: &foreign,
+        limits: p.limits,
+    };
+    let skip = usize::from(p.leading_match().is_some());
+    let stages = &p.stages[skip..];
+    let mut run = Run::new(stages, Input::ended_with(docs));
+    run.results = true;
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    limits::with_limits(p.limits, || {
+        while let Step::Doc(d) = run.next(stages, &ctx)? {
+            used += d.as_bytes().len();
+            ctx.check("the pipeline's result", used)?;
+            out.push(d);
+        }
+        Ok::<_, QueryError>(())
+    })?;
+    for d in &out {
+        limits::check_result(d)?;
+    }
+    Ok(out)
+}
+
+/// Foreign collections handed over up front.
+#[derive(Default)]
+struct Handed(HashMap<String, Arc<Vec<RawDocumentBuf>>>);
+
+impl Foreign for Handed {
+    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
+        Ok(self.0.get(name).cloned().unwrap_or_default())
+    }
+}
+
+/// A pipeline with its state, fed by the caller and pulled one result at a time; it owns
+/// everything, so a cursor can keep it between `getMore`s.
+pub struct Runner {
+    pipeline: Pipeline,
+    /// 1 when the pipeline starts with a `$match` the caller applies while reading.
+    skip: usize,
+    states: Vec<State>,
+    input: Input,
+    foreign: Handed,
+    ended: bool,
+}
+
+impl Runner {
+    pub(crate) fn new(pipeline: Pipeline, foreign: HashMap<String, Vec<RawDocumentBuf>>) -> Runner {
+        let skip = usize::from(pipeline.leading_match().is_some());
+        let states = fresh_states(&pipeline.stages[skip..]);
+        let foreign = Handed(foreign.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
+        Runner {
+            pipeline,
+            skip,
+            states,
+            input: Input::default(),
+            foreign,
+            ended: false,
+        }
+    }
+
+    /// Adds an input document (one that passed the leading `$match`).
+    pub fn feed(&mut self, doc: RawDocumentBuf) {
+        if !self.ended {
+            self.input.queue.push_back(doc);
+        }
+    }
+
+    /// No more input will come.
+    pub fn end_input(&mut self) {
+        self.input.ended = true;
+    }
+
+    /// Whether the input has been ended.
+    pub fn input_ended(&self) -> bool {
+        self.input.ended
+    }
+
+    /// The next result; [`Step::NeedInput`] asks for more input (or [`Runner::end_input`]).
+    /// Once it answered [`Step::End`], further input is ignored.
+    pub fn step(&mut self) -> Result<Step, QueryError> {
+        if self.ended {
+            return Ok(Step::End);
+        }
+        let ctx = Ctx {
+            foreign: &self.foreign,
+            limits: self.pipeline.limits,
+        };
+        let stages = &self.pipeline.stages[self.skip..];
+        let step = limits::with_limits(self.pipeline.limits, || {
+            pull(stages, &mut self.states, &mut self.input, &ctx, true)
+        })?;
+        match &step {
+            Step::Doc(d) => limits::check_result(d)?,
+            Step::End => {
+                self.ended = true;
+                self.input.queue.clear();
+            }
+            Step::NeedInput => {}
+        }
+        Ok(step)
+    }
+
+    /// The `$out` or `$merge` that ends the pipeline, if any.
+    pub fn sink(&self) -> Option<&Sink> {
+        self.pipeline.sink()
+    }
+
+    /// The limits the pipeline runs under.
+    pub fn limits(&self) -> Limits {
+        self.pipeline.limits
+    }
+}

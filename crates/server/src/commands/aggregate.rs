@@ -1,0 +1,542 @@
+//! `aggregate`: a pipeline over a collection (or a view, or `$documents`), answered through a
+//! cursor.
+//!
+//! Invariants:
+//! - The input streams into the pipeline's `Runner` a chunk at a time (`pipeline_input.rs`);
+//!   nothing holds the whole input, so an aggregate over more data than any memory limit works
+//!   as long as its blocking stages' state fits (`$match` + `$group` counts any collection).
+//! - Outside transactions, without a collation and without `$out`/`$merge`, the result is
+//!   lazy: the cursor keeps the runner and the reader (pinning its snapshot) and each batch is
+//!   computed when asked for, so a result larger than memory can be read through `getMore`.
+//!   A transaction's cursor must not need the transaction later, a collation is thread-local
+//!   to the command, and a sink writes everything in one transaction, so those results are
+//!   computed at once, bounded by the per-stage limit (292).
+//! - A view is its source collection through the views' pipelines followed by the reader's:
+//!   one pipeline, streaming like any other (it uses no index).
+//! - Collections a `$lookup`, `$graphLookup` or `$unionWith` names are read whole, from the same
+//!   snapshot or transaction as the input, bounded by the per-stage limit.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument};
+use bson::{Bson, Document, RawDocumentBuf, doc};
+use mangrove_query::{Filter, Limits, Pipeline, Runner, with_collation, with_let};
+use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc, Txn};
+
+use crate::access::{
+    Access, Examined, choose, deadline_of, for_each_match, parse_hint, with_deadline,
+};
+use crate::cursor::{Cursor, Source};
+use crate::error::{CommandError, CommandResult, code};
+use crate::pipeline_input::{InputReader, PipelineSource, next_result};
+use crate::request::Request;
+use crate::{Counters, Shared};
+
+use super::Reply;
+use super::catalog::{internal, parse_collation, validate_collection_name};
+use super::crud::{
+    DEFAULT_FIRST_BATCH, WriteOptions, collection_in_txn, cursor_reply, id_of, implicit_collection,
+    key_of, pipeline_cursor, retry_conflicts, too_large, txn_owner, validate_db_name,
+    with_id_first,
+};
+
+/// What the pipeline reads: a collection along an access path, or nothing.
+struct Input {
+    coll: CollectionInfo,
+    access: Access,
+    filter: Filter,
+}
+
+/// `aggregate` on a collection or view, or `{aggregate: 1}` with a pipeline that starts with
+/// `$documents`.
+pub(super) async fn aggregate(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "pipeline",
+        "cursor",
+        "explain",
+        "allowDiskUse",
+        "bypassDocumentValidation",
+        "collation",
+        "hint",
+        "let",
+        "maxTimeMS",
+        "readConcern",
+    ])?;
+    Counters::bump(&shared.counters.query, 1);
+    if let Some(reply) = list_sessions_aggregate(shared, req)? {
+        return Ok(reply);
+    }
+    // `{aggregate: 1}` has no input collection; only a pipeline that makes its own input
+    // (`$documents`) can run there.
+    let collectionless = !matches!(req.command_value(), Some(RawBsonRef::String(_)));
+    validate_db_name(req.db)?;
+    let ns = if collectionless {
+        format!("{}.$cmd.aggregate", req.db)
+    } else {
+        req.ns(req.collection()?)
+    };
+    let Some(pipeline) = parse_pipeline(req)? else {
+        return super::indexes::explain_command(shared, req.db, req.body, "queryPlanner");
+    };
+    if collectionless && !pipeline.starts_with_documents() {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "aggregate without a collection ({aggregate: 1}) needs a pipeline starting with $documents",
+        ));
+    }
+    check_sink(req, &pipeline, txn)?;
+    // The write options are checked before any work, as for other writes.
+    let write_opts = match pipeline.sink() {
+        Some(_) => Some(WriteOptions::from_request(req)?),
+        None => None,
+    };
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let pipeline = pipeline.with_limits(query_limits(shared));
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let (runner, input) = with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || {
+            prepare(shared, req, txn, &snapshot, &ns, pipeline, collectionless)
+        })
+    })?;
+    if txn.is_none() && collation.is_none() && write_opts.is_none() {
+        return with_deadline(deadline, || {
+            lazy_cursor(shared, req, ns, runner, input, snapshot)
+        });
+    }
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => &snapshot,
+    };
+    let output = with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || run_at_once(runner, input, view))
+    })?;
+    drop(snapshot);
+    reply_at_once(shared, req, txn, ns, output, write_opts).await
+}
+
+/// Writes a result computed at once to its sink, or answers it through a buffered cursor.
+async fn reply_at_once(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    ns: String,
+    (docs, sink): (Vec<RawDocumentBuf>, Option<mangrove_query::Sink>),
+    write_opts: Option<WriteOptions>,
+) -> CommandResult<Reply> {
+    if let (Some(sink), Some(opts)) = (&sink, write_opts) {
+        write_sink(shared, req, sink, docs, &opts).await?;
+        let mut reply = doc! { "cursor": { "firstBatch": [], "id": 0i64, "ns": &ns }, "ok": 1.0 };
+        if let Some(wce) = opts.wc_error() {
+            reply.insert("writeConcernError", wce);
+        }
+        return Ok(reply.into());
+    }
+    let batch_size = super::catalog::cursor_batch_size(req)?;
+    pipeline_cursor(shared, ns, docs, batch_size, txn_owner(req, txn))
+}
+
+/// The request's pipeline, or `None` for `explain: true`.
+fn parse_pipeline(req: &Request<'_>) -> CommandResult<Option<Pipeline>> {
+    let pipeline = match req.opt_array("pipeline")? {
+        Some(p) => with_let(req.opt_doc("let")?, || Pipeline::parse(p))?,
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'aggregate.pipeline' is missing but a required field",
+            ));
+        }
+    };
+    if req.opt_bool("explain")?.unwrap_or(false) {
+        return Ok(None);
+    }
+    if req.get("cursor").is_none() {
+        return Err(CommandError::failed_to_parse(
+            "The 'cursor' option is required, except for aggregate with the explain argument",
+        ));
+    }
+    Ok(Some(pipeline))
+}
+
+/// `$out` and `$merge` are refused in transactions and under linearizable reads.
+fn check_sink(req: &Request<'_>, pipeline: &Pipeline, txn: Option<&Txn>) -> CommandResult<()> {
+    if pipeline.sink().is_none() {
+        return Ok(());
+    }
+    if txn.is_some() {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            "$out and $merge cannot be used in a transaction",
+        ));
+    }
+    if let Some(rc) = req.opt_doc("readConcern")?
+        && rc.get_str("level").ok() == Some("linearizable")
+    {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "$out and $merge cannot be used with readConcern level linearizable",
+        ));
+    }
+    Ok(())
+}
+
+/// The memory limits pipelines run under.
+fn query_limits(shared: &Shared) -> Limits {
+    shared.params.query.limits()
+}
+
+/// Resolves the input (through views) and reads the foreign collections: the runner, ready to
+/// be fed, and what feeds it.
+fn prepare(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    snapshot: &Snapshot,
+    ns: &str,
+    pipeline: Pipeline,
+    collectionless: bool,
+) -> CommandResult<(Runner, Option<Input>)> {
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => snapshot,
+    };
+    // A transaction also sees collections created after its snapshot, as other statements do.
+    let collection = |ns: &str| match txn {
+        Some(txn) => collection_in_txn(shared, txn, ns),
+        None => snapshot.collection(ns),
+    };
+    let (pipeline, input) = if collectionless || pipeline.starts_with_documents() {
+        (pipeline, None)
+    } else {
+        plan_input(req, view, collection(ns), pipeline)?
+    };
+    let mut foreign = HashMap::new();
+    for name in pipeline.foreign_collections() {
+        let docs = read_foreign(shared, view, collection(&req.ns(&name)))?;
+        foreign.insert(name, docs);
+    }
+    Ok((pipeline.into_runner(foreign), input))
+}
+
+/// The collection the pipeline reads and how; a view becomes its source collection with the
+/// views' pipelines in front of the reader's.
+fn plan_input(
+    req: &Request<'_>,
+    view: &dyn ReadView,
+    coll: Option<CollectionInfo>,
+    pipeline: Pipeline,
+) -> CommandResult<(Pipeline, Option<Input>)> {
+    let Some(coll) = coll else {
+        return Ok((pipeline, None));
+    };
+    if super::views::is_view(&coll) {
+        let Some((source, stages)) = super::views::resolve(view, &coll)? else {
+            return Ok((pipeline, None));
+        };
+        let pipeline = pipeline.preceded_by(stages);
+        let filter = leading_filter(&pipeline)?;
+        let input = Input {
+            coll: source,
+            access: Access::Collection,
+            filter,
+        };
+        return Ok((pipeline, Some(input)));
+    }
+    let filter = leading_filter(&pipeline)?;
+    let access = match leading_match_doc(req)? {
+        Some(raw) => choose(
+            view,
+            &coll,
+            &filter,
+            raw,
+            &parse_hint(req.get("hint"), Some(&coll))?,
+            None,
+        )?,
+        None => Access::Collection,
+    };
+    Ok((
+        pipeline,
+        Some(Input {
+            coll,
+            access,
+            filter,
+        }),
+    ))
+}
+
+/// The filter the reader applies: the pipeline's leading `$match`, or everything.
+fn leading_filter(pipeline: &Pipeline) -> CommandResult<Filter> {
+    match pipeline.leading_match() {
+        Some(f) => Ok(f.clone()),
+        None => Ok(Filter::parse(&RawDocumentBuf::new())?),
+    }
+}
+
+/// Every document of a collection (or view) a join names, bounded by the per-stage limit.
+fn read_foreign(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: Option<CollectionInfo>,
+) -> CommandResult<Vec<RawDocumentBuf>> {
+    let Some(coll) = coll else {
+        return Ok(Vec::new());
+    };
+    if super::views::is_view(&coll) {
+        return super::views::view_docs(shared, view, &coll);
+    }
+    let max = shared.params.query.sort_bytes();
+    let all = Filter::parse(&RawDocumentBuf::new())?;
+    let mut docs = Vec::new();
+    let mut bytes = 0usize;
+    let mut over = false;
+    let mut visit = |_: &DocKey, d: &StoredDoc| {
+        bytes += d.as_bytes().len();
+        if bytes > max {
+            over = true;
+            return ControlFlow::Break(());
+        }
+        docs.push((**d).clone());
+        ControlFlow::Continue(())
+    };
+    let access = Access::Collection;
+    for_each_match(
+        view,
+        &coll,
+        &access,
+        &all,
+        &mut Examined::default(),
+        &mut visit,
+    )?;
+    if over {
+        return Err(CommandError::new(
+            code::QUERY_EXCEEDED_MEMORY_LIMIT,
+            format!(
+                "$lookup, $graphLookup and $unionWith read the whole collection {} into memory, and it holds more than {max} bytes; join a smaller collection or one filtered into a smaller one with $out first",
+                coll.ns()
+            ),
+        ));
+    }
+    Ok(docs)
+}
+
+/// A cursor whose batches are computed as they are asked for.
+fn lazy_cursor(
+    shared: &Shared,
+    req: &Request<'_>,
+    ns: String,
+    runner: Runner,
+    input: Option<Input>,
+    snapshot: Snapshot,
+) -> CommandResult<Reply> {
+    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let source = PipelineSource {
+        runner,
+        input: input.map(|i| (InputReader::new(i.access, i.filter), snapshot, i.coll)),
+        pending: None,
+    };
+    let mut cursor = Cursor {
+        ns: ns.clone(),
+        source: Source::Pipeline(Box::new(source)),
+        projection: None,
+        remaining: None,
+        last_used: Instant::now(),
+        txn: None,
+    };
+    let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
+    let id = if exhausted {
+        0
+    } else {
+        shared.cursors.insert(cursor)?
+    };
+    Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// The whole result now (and the sink it goes to), bounded by the per-stage limit.
+fn run_at_once(
+    mut runner: Runner,
+    input: Option<Input>,
+    view: &dyn ReadView,
+) -> CommandResult<(Vec<RawDocumentBuf>, Option<mangrove_query::Sink>)> {
+    let max = runner.limits().stage_bytes;
+    let mut reader = input.map(|i| (InputReader::new(i.access, i.filter), i.coll));
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        let feed = reader.as_mut().map(|(r, coll)| (r, view, &*coll));
+        let Some(doc) = next_result(&mut runner, feed)? else {
+            break;
+        };
+        bytes += doc.as_bytes().len();
+        if bytes > max {
+            return Err(CommandError::new(
+                code::QUERY_EXCEEDED_MEMORY_LIMIT,
+                format!(
+                    "the aggregate's result holds more than {max} bytes, and a result in a transaction, with a collation or for $out/$merge is computed at once; reduce it (e.g. $match, $project or $limit), or run it outside the transaction and without a collation"
+                ),
+            ));
+        }
+        out.push(doc);
+    }
+    Ok((out, runner.sink().cloned()))
+}
+
+/// The raw filter of a pipeline's leading `$match`, for choosing an index.
+fn leading_match_doc<'a>(req: &Request<'a>) -> CommandResult<Option<&'a RawDocument>> {
+    let Some(stages) = req.opt_array("pipeline")? else {
+        return Ok(None);
+    };
+    Ok(match stages.into_iter().next() {
+        Some(Ok(RawBsonRef::Document(stage))) => match stage.get("$match").ok().flatten() {
+            Some(RawBsonRef::Document(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// `$listLocalSessions` (`{aggregate: 1}`) and `$listSessions` (on `config.system.sessions`):
+/// the logical sessions this server knows, as `{_id: lsid, lastUse}`, through the rest of the
+/// pipeline. There is one node, so both list the same sessions.
+fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Option<Reply>> {
+    let Some(stages) = req.opt_array("pipeline")? else {
+        return Ok(None);
+    };
+    let mut stages = stages.into_iter();
+    let first = match stages.next() {
+        Some(Ok(RawBsonRef::Document(d))) => d,
+        _ => return Ok(None),
+    };
+    let Some(Ok((name, _))) = first.iter().next() else {
+        return Ok(None);
+    };
+    if !matches!(name.as_str(), "$listLocalSessions" | "$listSessions") {
+        return Ok(None);
+    }
+    let mut rest = RawArrayBuf::new();
+    for stage in stages {
+        rest.push(stage.map_err(internal)?);
+    }
+    let pipeline = Pipeline::parse(&rest)?;
+    let mut docs = shared.sessions.list();
+    if let Some(filter) = pipeline.leading_match() {
+        docs.retain(|d| filter.matches(d));
+    }
+    let output = pipeline.run(docs)?;
+    let ns = match req.command_value() {
+        Some(RawBsonRef::String(coll)) => req.ns(coll),
+        _ => format!("{}.$cmd.aggregate", req.db),
+    };
+    let batch_size = super::catalog::cursor_batch_size(req)?;
+    pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
+}
+
+/// The documents a sink writes, keyed: each gets an `_id` first if it has none, as inserts
+/// do, and must fit in a stored document.
+fn sink_docs(
+    output: Vec<RawDocumentBuf>,
+    max_bson: usize,
+) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
+    output
+        .into_iter()
+        .map(|d| {
+            let doc = if id_of(&d).is_some() {
+                d
+            } else {
+                let with_id = with_id_first(
+                    Document::try_from(d.as_ref() as &RawDocument).map_err(internal)?,
+                    None,
+                );
+                RawDocumentBuf::try_from(&with_id).map_err(internal)?
+            };
+            if doc.as_bytes().len() > max_bson {
+                return Err(too_large(doc.as_bytes().len(), max_bson));
+            }
+            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
+            Ok((key, Arc::new(doc)))
+        })
+        .collect()
+}
+
+/// Writes an aggregation's output where its `$out` or `$merge` says, in one transaction, so
+/// readers see the target before or after, never in between. `$out` replaces the target's
+/// documents (keeping the collection, as mongod keeps its indexes and options); `$merge`
+/// matches on `_id`.
+async fn write_sink(
+    shared: &Shared,
+    req: &Request<'_>,
+    sink: &mangrove_query::Sink,
+    output: Vec<RawDocumentBuf>,
+    opts: &WriteOptions,
+) -> CommandResult<()> {
+    use mangrove_query::{Sink, WhenMatched, WhenNotMatched};
+    let (db, coll) = match sink {
+        Sink::Out { db, coll } | Sink::Merge { db, coll, .. } => {
+            (db.as_deref().unwrap_or(req.db), coll)
+        }
+    };
+    validate_collection_name(db, coll)?;
+    let target_ns = format!("{db}.{coll}");
+    let docs = sink_docs(output, shared.config.max_bson_size)?;
+    let target = implicit_collection(shared, &target_ns, opts).await?;
+    super::views::refuse_write(&target)?;
+    retry_conflicts(shared, opts, |txn| {
+        match sink {
+            Sink::Out { .. } => {
+                let mut old = Vec::new();
+                txn.scan(&target, None, |key, _| {
+                    old.push(key.clone());
+                    ControlFlow::Continue(())
+                })?;
+                for key in old {
+                    txn.delete(&target, key)?;
+                }
+                for (key, doc) in &docs {
+                    txn.insert(&target, key.clone(), doc.clone())?;
+                }
+            }
+            Sink::Merge { when_matched, when_not_matched, .. } => {
+                for (key, doc) in &docs {
+                    match (txn.get(&target, key)?, when_matched, when_not_matched) {
+                        (Some(_), WhenMatched::Replace, _) => txn.replace(&target, key.clone(), doc.clone())?,
+                        (Some(_), WhenMatched::KeepExisting, _) => {}
+                        (Some(existing), WhenMatched::Merge, _) => {
+                            let mut merged = Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
+                            for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
+                                merged.insert(k, v);
+                            }
+                            let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
+                            txn.replace(&target, key.clone(), Arc::new(merged))?;
+                        }
+                        (Some(existing), WhenMatched::Fail, _) => {
+                            let id = id_of(&existing).and_then(|i| Bson::try_from(i).ok()).unwrap_or(Bson::Null);
+                            let mut e = CommandError::new(
+                                code::DUPLICATE_KEY,
+                                format!("$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"),
+                            );
+                            e.info = Some(Box::new(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } }));
+                            return Err(e);
+                        }
+                        (None, _, WhenNotMatched::Insert) => txn.insert(&target, key.clone(), doc.clone())?,
+                        (None, _, WhenNotMatched::Discard) => {}
+                        (None, _, WhenNotMatched::Fail) => {
+                            return Err(CommandError::new(
+                                13113,
+                                "$merge could not find a matching document in the target collection for at least one document in the source collection",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
