@@ -159,6 +159,19 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // A panic is a structured log line like any other error, not raw text on stderr. Panics
+    // the server expects (a damaged base-store page makes redb panic; the read that met it
+    // fails with DataCorruptionDetected) are then one line with its location.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        error!(%location, thread = std::thread::current().name().unwrap_or("?"), "panic: {message}");
+    }));
 }
 
 fn main() -> ExitCode {
@@ -166,7 +179,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Log(command) => log_cmd::run(command),
-        Command::Verify(args) => verify_cmd::run(args),
+        Command::Verify(args) => {
+            init_logging(LogFormat::Text, "warn");
+            verify_cmd::run(args)
+        }
     }
 }
 

@@ -425,6 +425,9 @@ pub fn spawn_on_data_dir_with(
         }
         None => Command::new(mangrove_bin()),
     };
+    if let Some(parent) = data.parent() {
+        std::fs::create_dir_all(parent).expect("create the data directory's parent");
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
