@@ -241,7 +241,7 @@ fn last_record_offset(data: &Path) -> (PathBuf, u64) {
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    let last = out.lines().filter(|l| l.starts_with('{')).last().unwrap();
+    let last = out.lines().rfind(|l| l.starts_with('{')).unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let segment = data.join("log").join(v["segment"].as_str().unwrap());
     (segment, v["offset"].as_u64().unwrap())

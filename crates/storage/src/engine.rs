@@ -2305,7 +2305,8 @@ impl Txn {
                     rejected: Some(rejected),
                 })
             }
-            Err((e, pending)) => {
+            Err(refused) => {
+                let (e, pending) = *refused;
                 // Take the writes back so that `release` (on drop) gives their intents back.
                 self.docs = pending.docs;
                 self.index_writes = pending.index_writes;

@@ -129,12 +129,12 @@ impl Engine {
         &self,
         mut record: Vec<u8>,
         mut pending: PendingCommit,
-    ) -> Result<Timestamp, (StorageError, PendingCommit)> {
+    ) -> Result<Timestamp, Box<(StorageError, PendingCommit)>> {
         if self.inner.options.read_only {
-            return Err((
+            return Err(Box::new((
                 StorageError::LogFailed("the engine was opened read-only".into()),
                 pending,
-            ));
+            )));
         }
         let mut queue = lock_mutex(&self.inner.queue);
         // Bounded queue: wait for the writer to drain, unless the queue is empty (one oversized
@@ -152,7 +152,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner());
         }
         if let Some(error) = refusal(&queue) {
-            return Err((error, pending));
+            return Err(Box::new((error, pending)));
         }
         let ts = queue.last_ts.next_after();
         txlog::seal_record(&mut record, ts, wall_clock_ms());

@@ -490,11 +490,9 @@ fn take_segment(
                 None => "a segment whose header was never written".into(),
             },
         });
-        if scan.header.is_none() {
-            // A segment whose creation a crash cut short holds nothing: the log ends with the
-            // segment before it.
-            return None;
-        }
+        // A segment whose creation a crash cut short holds nothing: the log ends with the
+        // segment before it.
+        scan.header?;
     }
     *last_ts = scan.last_ts().unwrap_or(*last_ts).max(
         scan.header
