@@ -103,7 +103,8 @@ def in_txn(server, make_docs, batches):
             s.commit_transaction()
             return "committed"
         except PyMongoError as e:
-            code = getattr(e, "code", None) or (e.details or {}).get("writeErrors", [{}])[0].get("code")
+            write_errors = (getattr(e, "details", None) or {}).get("writeErrors") or [{}]
+            code = write_errors[0].get("code") or getattr(e, "code", None)
             return f"refused ({code})" if not server.killed else "server killed at 4 GB"
 
 

@@ -28,10 +28,12 @@ use crate::Shared;
 use crate::access::{Examined, Hint, choose, for_each_match};
 use crate::error::{CommandError, CommandResult, code};
 
-/// Writes per commit: at most 16 MiB, and at most a quarter of what one transaction may hold.
+/// Writes per commit: at most 4 MiB (a piece's work runs on one runtime thread, so a piece
+/// should take milliseconds, not hundreds), and at most a quarter of what one transaction may
+/// hold.
 pub(super) fn chunk_bytes(engine: &Engine) -> u64 {
     let limit = TransactionLimits::per_transaction(engine.cache_bytes());
-    (16 * 1024 * 1024).min(limit / 4).max(1)
+    (4 * 1024 * 1024).min(limit / 4).max(1)
 }
 
 /// The keys of the documents `filter` matches now, in the order the access path visits them.
