@@ -189,3 +189,76 @@ async fn a_full_disk_refuses_writes_clearly_and_writes_resume_when_space_is_free
     server.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small tmpfs for the data directory, unmounted on drop. `None` where mounting is not
+/// allowed (not root, no CAP_SYS_ADMIN); the file-size-limit test above covers the same
+/// mechanism there.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Option<Tmpfs> {
+        let dir = std::env::temp_dir().join(format!("mangrove-enospc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real ENOSPC: the data directory on a 24 MiB tmpfs that also holds a 6 MiB file the
+/// operator can delete. Writes fail with OutOfDiskSpace until the file is deleted, then resume
+/// without a restart, and everything acknowledged survives kill -9.
+#[tokio::test]
+async fn a_real_enospc_then_space_freed() {
+    let Some(fs) = Tmpfs::mount(24) else {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root); see the file-size-limit test");
+        return;
+    };
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
+    let data = fs.0.join("data");
+    let (mut server, port) = spawn_on_data_dir(&data, None);
+    let coll = driver_client(port)
+        .await
+        .database("db")
+        .collection::<Document>("c");
+    let (acknowledged, failure) = fill(&coll).await;
+    println!(
+        "ENOSPC after {} acknowledged inserts: {failure}",
+        acknowledged.len()
+    );
+    assert_out_of_space("the first insert on a full disk", &failure);
+    assert!(failure.to_string().contains("No space left"), "{failure}");
+    assert_eq!(
+        coll.count_documents(doc! {}).await.unwrap(),
+        acknowledged.len() as u64
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let failed_id = acknowledged.len() as i64;
+    let took = wait_for_writes(&coll, failed_id).await;
+    println!("writes resumed {took:?} after 6 MiB were freed");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut server, port) = spawn_on_data_dir(&data, None);
+    let coll = driver_client(port)
+        .await
+        .database("db")
+        .collection::<Document>("c");
+    assert_eq!(
+        coll.count_documents(doc! {}).await.unwrap(),
+        acknowledged.len() as u64 + 1,
+        "every acknowledged insert is back after kill -9"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

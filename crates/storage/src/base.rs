@@ -188,6 +188,17 @@ impl BaseStore {
         guarded(&self.path, what, f)
     }
 
+    /// The documents table of a new read transaction (which the table keeps alive).
+    fn docs_table(
+        &self,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StorageError> {
+        let txn = self
+            .guard("begin", || self.db.begin_read())?
+            .map_err(|e| err("begin", e))?;
+        self.guard("open", || txn.open_table(DOCS))?
+            .map_err(|e| err("docs table", e))
+    }
+
     fn damaged(&self, detail: String) -> StorageError {
         corruption(&self.path, detail)
     }
@@ -276,9 +287,8 @@ impl BaseStore {
         key: &DocKey,
     ) -> Result<Option<(Timestamp, StoredDoc)>, StorageError> {
         let k = doc_key(coll, key);
+        let table = self.docs_table()?;
         let found = self.guard("get", || -> Result<_, StorageError> {
-            let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
-            let table = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
             let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
             Ok(value.map(|v| decode_doc_value(&k, v.value())))
         })??;
@@ -305,12 +315,7 @@ impl BaseStore {
         mut visit: impl FnMut(DocKey, Timestamp, StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         let (lower, upper) = keyspace_bounds(coll, lower, upper);
-        let txn = self
-            .guard("begin", || self.db.begin_read())?
-            .map_err(|e| err("begin", e))?;
-        let table = self
-            .guard("open", || txn.open_table(DOCS))?
-            .map_err(|e| err("docs table", e))?;
+        let table = self.docs_table()?;
         let range = self
             .guard("scan", || {
                 table.range::<&[u8]>((
@@ -394,12 +399,7 @@ impl BaseStore {
             Ok((_, _, catalog)) => report.catalog_entries = catalog.len() as u64,
             Err(e) => report.problems.push(e.to_string()),
         }
-        let txn = self
-            .guard("begin", || self.db.begin_read())?
-            .map_err(|e| err("begin", e))?;
-        let table = self
-            .guard("open", || txn.open_table(DOCS))?
-            .map_err(|e| err("docs table", e))?;
+        let table = self.docs_table()?;
         let mut entries = self
             .guard("scan", || table.iter())?
             .map_err(|e| err("scan", e))?;
