@@ -731,7 +731,7 @@ impl Groups {
             out.insert(name.clone(), finish(acc, state));
         }
         if let Some(max) = max
-            && let Err(e) = limits::check_document(&out, max)
+            && let Err(e) = crate::memory::check_document(&out, max)
         {
             return Some(Err(e));
         }

@@ -193,22 +193,8 @@ pub(crate) fn check_result(doc: &bson::RawDocument) -> Result<(), QueryError> {
     Err(object_too_large(size, &first))
 }
 
-/// Fails with 10334 when `doc` would serialize to more than `max` bytes, without serializing it.
-pub(crate) fn check_document(doc: &bson::Document, max: usize) -> Result<(), QueryError> {
-    let size = crate::memory::bson_len(doc);
-    if size <= max {
-        return Ok(());
-    }
-    let first = match doc.iter().next() {
-        Some((k, bson::Bson::String(s))) => format!("{k}: \"{}...\"", clip(s, 40)),
-        Some((k, v)) => format!("{k}: {}", clip(&v.to_string(), 60)),
-        None => String::new(),
-    };
-    Err(object_too_large(size, &first))
-}
-
 /// At most `max` bytes of `s`, cut at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
+pub(crate) fn clip(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

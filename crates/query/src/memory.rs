@@ -89,6 +89,20 @@ pub(crate) fn bson_len(doc: &Document) -> usize {
     5usize.saturating_add(fields)
 }
 
+/// Fails with 10334 when `doc` would serialize to more than `max` bytes, without serializing it.
+pub(crate) fn check_document(doc: &bson::Document, max: usize) -> Result<(), QueryError> {
+    let size = bson_len(doc);
+    if size <= max {
+        return Ok(());
+    }
+    let first = match doc.iter().next() {
+        Some((k, bson::Bson::String(s))) => format!("{k}: \"{}...\"", crate::limits::clip(s, 40)),
+        Some((k, v)) => format!("{k}: {}", crate::limits::clip(&v.to_string(), 60)),
+        None => String::new(),
+    };
+    Err(crate::limits::object_too_large(size, &first))
+}
+
 fn value_len(v: &Bson) -> usize {
     match v {
         Bson::Double(_) | Bson::Int64(_) | Bson::DateTime(_) | Bson::Timestamp(_) => 8,

@@ -524,7 +524,7 @@ impl Facets {
             out.insert(name.clone(), items);
         }
         if let Some(max) = max {
-            limits::check_document(&out, max)?;
+            crate::memory::check_document(&out, max)?;
         }
         Ok(vec![to_raw(&out)?])
     }

@@ -6,8 +6,6 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bson::RawDocumentBuf;
-use bson::raw::RawDocument;
 use mangrove_query::{Filter, KeyInterval, Projection};
 use mangrove_storage::{CollectionInfo, DocKey, Snapshot, StoredDoc};
 use tracing::info;
@@ -17,24 +15,7 @@ use crate::access::{Examined, IndexWalk};
 use crate::error::{CommandError, CommandResult, code};
 use crate::pipeline_input::PipelineSource;
 
-/// A batch never exceeds this many bytes of documents (plus one document, so that a single large
-/// document still makes progress), as mongod bounds its replies.
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Documents as a batch holds them: stored ones are shared, not copied, until serialized.
-pub enum BatchDoc {
-    Stored(StoredDoc),
-    Owned(RawDocumentBuf),
-}
-
-impl BatchDoc {
-    pub fn as_raw(&self) -> &RawDocument {
-        match self {
-            BatchDoc::Stored(d) => d,
-            BatchDoc::Owned(d) => d,
-        }
-    }
-}
+pub use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 
 pub struct ScanState {
     pub snapshot: Snapshot,

@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+mod batch;
 mod commands;
 mod conn;
 mod cursor;

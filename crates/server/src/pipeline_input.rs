@@ -18,7 +18,7 @@ use mangrove_query::{Filter, KeyInterval, Runner, Step};
 use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc};
 
 use crate::access::{Access, Examined, IndexWalk, check_deadline};
-use crate::cursor::{BatchDoc, MAX_BATCH_BYTES};
+use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 use crate::error::CommandResult;
 
 /// Bytes of input documents read per chunk.

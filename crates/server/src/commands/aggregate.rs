@@ -38,10 +38,10 @@ use crate::{Counters, Shared};
 use super::Reply;
 use super::catalog::{internal, parse_collation, validate_collection_name};
 use super::crud::{
-    DEFAULT_FIRST_BATCH, WriteOptions, collection_in_txn, cursor_reply, id_of, implicit_collection,
-    key_of, pipeline_cursor, retry_conflicts, too_large, txn_owner, validate_db_name,
-    with_id_first,
+    DEFAULT_FIRST_BATCH, collection_in_txn, cursor_reply, id_of, implicit_collection, key_of,
+    pipeline_cursor, too_large, txn_owner, validate_db_name, with_id_first,
 };
+use super::write_path::{WriteOptions, retry_conflicts};
 
 /// What the pipeline reads: a collection along an access path, or nothing.
 struct Input {

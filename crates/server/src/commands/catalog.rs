@@ -14,7 +14,8 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, as_i64};
 
 use super::Reply;
-use super::crud::{WriteOptions, cursor_reply, retry_conflicts, run_write, validate_db_name};
+use super::crud::{cursor_reply, validate_db_name};
+use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;

@@ -20,7 +20,7 @@ use crate::request::Request;
 
 use super::Reply;
 use super::catalog::{internal, validate_collection_name, wait_for_transactions};
-use super::crud::{WriteOptions, retry_conflicts, run_write};
+use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 /// MongoDB's limit of indexes per collection, `_id` included.
 const MAX_INDEXES: usize = 64;

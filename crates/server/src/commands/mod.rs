@@ -9,6 +9,7 @@ mod indexes;
 mod multi_write;
 mod read_concern;
 mod views;
+mod write_path;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use std::sync::atomic::Ordering;
@@ -504,7 +505,7 @@ struct SessionRecord {
 /// Where the session's record lives. Computed only when a record is read or written: the first
 /// use of a session since the server started, a new retryable write, a commit with writes.
 async fn session_record(shared: &Shared, lsid: &bson::RawDocument) -> CommandResult<SessionRecord> {
-    let opts = crud::WriteOptions::from_request_defaults();
+    let opts = write_path::WriteOptions::from_request_defaults();
     Ok(SessionRecord {
         coll: crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?,
         key: crud::key_of(RawBsonRef::Document(lsid)),
@@ -714,7 +715,7 @@ async fn in_transaction(
 
     match req.name {
         "commitTransaction" => {
-            let opts = crud::WriteOptions::from_request(req)?;
+            let opts = write_path::WriteOptions::from_request(req)?;
             match std::mem::replace(&mut session.state, TxnState::Committed) {
                 TxnState::Active(mut active) => {
                     let open_ms = active.started.elapsed().as_millis() as u64;
@@ -746,7 +747,7 @@ async fn in_transaction(
                     if open_ms >= SLOW_TRANSACTION_MS {
                         tracing::info!(lsid = %session.lsid, txn_number = n, open_ms, "slow transaction committed");
                     }
-                    if let Err(mut e) = crud::acknowledge(ticket, &opts).await {
+                    if let Err(mut e) = write_path::acknowledge(ticket, &opts).await {
                         // Queued but not confirmed durable: the outcome is unknown to us too.
                         e.labels.push("UnknownTransactionCommitResult");
                         return Err(e);

@@ -23,7 +23,7 @@ use mangrove_storage::{
     CollectionInfo, CommitTicket, DocKey, Engine, StoredDoc, TransactionLimits, Txn,
 };
 
-use super::crud::{WriteOptions, acknowledge};
+use super::write_path::{WriteOptions, acknowledge};
 use crate::Shared;
 use crate::access::{Examined, Hint, choose, for_each_match};
 use crate::error::{CommandError, CommandResult, code};
