@@ -80,40 +80,13 @@ fn view_docs_at(
     coll: &CollectionInfo,
     depth: usize,
 ) -> CommandResult<Vec<RawDocumentBuf>> {
-    // Resolve the chain of views down to a collection, outermost last.
-    let mut chain: Vec<Vec<Bson>> = Vec::new();
-    let mut current = coll.clone();
-    while is_view(&current) {
-        if depth + chain.len() >= MAX_VIEW_DEPTH {
-            return Err(CommandError::new(
-                165,
-                format!(
-                    "View depth too deep or view cycle detected; maximum depth is {MAX_VIEW_DEPTH}"
-                ),
-            ));
-        }
-        chain.push(
-            current
-                .options
-                .get_array("pipeline")
-                .cloned()
-                .unwrap_or_default(),
-        );
-        let source = current.options.get_str("viewOn").map_err(internal)?;
-        let ns = format!("{}.{source}", current.db);
-        match view.collection(&ns) {
-            Some(next) => current = next,
-            // A view on a missing collection is empty, as in MongoDB.
-            None => return Ok(Vec::new()),
-        }
-    }
-    let mut docs = read_collection(shared, view, &current, coll)?;
-    for stages in chain.iter().rev() {
-        let mut raw = RawArrayBuf::new();
-        for s in stages {
-            raw.push(bson::RawBson::try_from(s.clone()).map_err(internal)?);
-        }
-        let pipeline = Pipeline::parse(&raw)?;
+    let Some((source, pipelines)) = view_chain(view, coll, depth)? else {
+        // A view on a missing collection is empty, as in MongoDB.
+        return Ok(Vec::new());
+    };
+    let views = pipelines.len();
+    let mut docs = read_collection(shared, view, &source, coll)?;
+    for pipeline in pipelines {
         // `run` expects its caller to have applied a leading $match while reading.
         if let Some(first) = pipeline.leading_match() {
             let mut kept = Vec::with_capacity(docs.len());
@@ -126,7 +99,7 @@ fn view_docs_at(
         }
         // A view's $lookup reads from the same snapshot or transaction as the view.
         docs = pipeline.run_with(docs, &|name| {
-            read_source(shared, view, &coll.db, name, depth + chain.len())
+            read_source(shared, view, &coll.db, name, depth + views)
                 .map_err(|e| mangrove_query::QueryError::bad_value(e.message))
         })?;
     }
@@ -140,10 +113,28 @@ pub(super) fn resolve(
     view: &dyn ReadView,
     coll: &CollectionInfo,
 ) -> CommandResult<Option<(CollectionInfo, Pipeline)>> {
+    let Some((source, pipelines)) = view_chain(view, coll, 0)? else {
+        return Ok(None);
+    };
+    let mut combined = Pipeline::parse(&RawArrayBuf::new())?;
+    for pipeline in pipelines {
+        combined = pipeline.preceded_by(combined);
+    }
+    Ok(Some((source, combined)))
+}
+
+/// The collection under the view `coll` and each view's pipeline, innermost first; `None`
+/// when some view in the chain reads a missing collection. `depth` counts the views already
+/// being computed around this one, so that a cycle ends in ViewDepthLimitExceeded (165).
+fn view_chain(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    depth: usize,
+) -> CommandResult<Option<(CollectionInfo, Vec<Pipeline>)>> {
     let mut chain: Vec<Vec<Bson>> = Vec::new();
     let mut current = coll.clone();
     while is_view(&current) {
-        if chain.len() >= MAX_VIEW_DEPTH {
+        if depth + chain.len() >= MAX_VIEW_DEPTH {
             return Err(CommandError::new(
                 165,
                 format!(
@@ -164,15 +155,15 @@ pub(super) fn resolve(
             None => return Ok(None),
         }
     }
-    let mut combined = Pipeline::parse(&RawArrayBuf::new())?;
+    let mut pipelines = Vec::with_capacity(chain.len());
     for stages in chain.iter().rev() {
         let mut raw = RawArrayBuf::new();
         for s in stages {
             raw.push(bson::RawBson::try_from(s.clone()).map_err(internal)?);
         }
-        combined = Pipeline::parse(&raw)?.preceded_by(combined);
+        pipelines.push(Pipeline::parse(&raw)?);
     }
-    Ok(Some((current, combined)))
+    Ok(Some((current, pipelines)))
 }
 
 /// Every document of `db.name`, a collection or a view.
