@@ -24,8 +24,8 @@ use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf};
 
 use crate::QueryError;
-use crate::aggregate::{key_of, raw_err, to_raw};
 use crate::compare::as_num;
+use crate::doc_ops::{key_of, raw_err, to_raw};
 use crate::expr::{Expr, cmp_bson, sum_values};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
@@ -145,76 +145,82 @@ pub(crate) fn parse_accumulators(
                 ));
             }
         };
-        let unary = || {
-            if let RawBsonRef::Array(_) = arg {
-                return Err(QueryError::location(
-                    40237,
-                    format!("The {} accumulator is a unary operator", op.as_str()),
-                ));
-            }
-            Expr::parse(arg)
-        };
-        let acc = match op.as_str() {
-            "$sum" => Acc::Sum(unary()?),
-            "$avg" => Acc::Avg(unary()?),
-            "$min" => Acc::Min(unary()?),
-            "$max" => Acc::Max(unary()?),
-            "$first" => Acc::First(unary()?),
-            "$last" => Acc::Last(unary()?),
-            "$push" => Acc::Push(unary()?),
-            "$addToSet" => Acc::AddToSet(unary()?),
-            "$mergeObjects" => Acc::MergeObjects(unary()?),
-            "$stdDevPop" => Acc::StdDev(unary()?, false),
-            "$stdDevSamp" => Acc::StdDev(unary()?, true),
-            "$firstN" | "$lastN" | "$minN" | "$maxN" => {
-                let RawBsonRef::Document(spec) = arg else {
-                    return Err(QueryError::location(
-                        5787801,
-                        format!(
-                            "specification must be an object; found {:?}",
-                            arg.element_type()
-                        ),
-                    ));
-                };
-                let part = |name: &str, code: i32| {
-                    spec.get(name)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| {
-                            QueryError::location(
-                                code,
-                                format!("{} requires an '{name}' field", op.as_str()),
-                            )
-                        })
-                        .and_then(Expr::parse)
-                };
-                let kind = match op.as_str() {
-                    "$firstN" => NKind::First,
-                    "$lastN" => NKind::Last,
-                    "$minN" => NKind::Min,
-                    _ => NKind::Max,
-                };
-                Acc::TopN(kind, part("input", 5787907)?, part("n", 5787906)?)
-            }
-            "$count" => match arg {
-                RawBsonRef::Document(d) if d.is_empty() => Acc::Count,
-                _ => {
-                    return Err(QueryError::location(
-                        5424000,
-                        "$count takes no arguments, i.e. $count:{}",
-                    ));
-                }
-            },
-            other => {
-                return Err(QueryError::location(
-                    15952,
-                    format!("unknown group operator '{other}'"),
-                ));
-            }
-        };
-        accs.push((k.as_str().to_string(), acc));
+        accs.push((k.as_str().to_string(), parse_accumulator(op.as_str(), arg)?));
     }
     Ok(accs)
+}
+
+/// One accumulator, `{op: arg}`.
+fn parse_accumulator(op: &str, arg: RawBsonRef<'_>) -> Result<Acc, QueryError> {
+    let unary = || {
+        if let RawBsonRef::Array(_) = arg {
+            return Err(QueryError::location(
+                40237,
+                format!("The {op} accumulator is a unary operator"),
+            ));
+        }
+        Expr::parse(arg)
+    };
+    Ok(match op {
+        "$sum" => Acc::Sum(unary()?),
+        "$avg" => Acc::Avg(unary()?),
+        "$min" => Acc::Min(unary()?),
+        "$max" => Acc::Max(unary()?),
+        "$first" => Acc::First(unary()?),
+        "$last" => Acc::Last(unary()?),
+        "$push" => Acc::Push(unary()?),
+        "$addToSet" => Acc::AddToSet(unary()?),
+        "$mergeObjects" => Acc::MergeObjects(unary()?),
+        "$stdDevPop" => Acc::StdDev(unary()?, false),
+        "$stdDevSamp" => Acc::StdDev(unary()?, true),
+        "$firstN" | "$lastN" | "$minN" | "$maxN" => parse_top_n(op, arg)?,
+        "$count" => match arg {
+            RawBsonRef::Document(d) if d.is_empty() => Acc::Count,
+            _ => {
+                return Err(QueryError::location(
+                    5424000,
+                    "$count takes no arguments, i.e. $count:{}",
+                ));
+            }
+        },
+        other => {
+            return Err(QueryError::location(
+                15952,
+                format!("unknown group operator '{other}'"),
+            ));
+        }
+    })
+}
+
+/// `$firstN`, `$lastN`, `$minN`, `$maxN`: `{input, n}`.
+fn parse_top_n(op: &str, arg: RawBsonRef<'_>) -> Result<Acc, QueryError> {
+    let RawBsonRef::Document(spec) = arg else {
+        return Err(QueryError::location(
+            5787801,
+            format!(
+                "specification must be an object; found {:?}",
+                arg.element_type()
+            ),
+        ));
+    };
+    let part = |name: &str, code: i32| {
+        spec.get(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| QueryError::location(code, format!("{op} requires an '{name}' field")))
+            .and_then(Expr::parse)
+    };
+    let kind = match op {
+        "$firstN" => NKind::First,
+        "$lastN" => NKind::Last,
+        "$minN" => NKind::Min,
+        _ => NKind::Max,
+    };
+    Ok(Acc::TopN(
+        kind,
+        part("input", 5787907)?,
+        part("n", 5787906)?,
+    ))
 }
 
 pub(crate) fn parse_group(spec: &RawDocument) -> Result<Group, QueryError> {
@@ -228,6 +234,45 @@ pub(crate) fn parse_group(spec: &RawDocument) -> Result<Group, QueryError> {
     })
 }
 
+/// `$bucket` boundaries: all of one type, strictly ascending.
+fn check_boundaries(boundaries: &[Bson]) -> Result<(), QueryError> {
+    for pair in boundaries.windows(2) {
+        let bracket = |b: &Bson| {
+            bson::RawBson::try_from(b.clone())
+                .map(|r| crate::compare::type_bracket(r.as_raw_bson_ref()))
+                .unwrap_or(0)
+        };
+        if bracket(&pair[0]) != bracket(&pair[1]) {
+            return Err(QueryError::location(
+                40193,
+                "All values in the the 'boundaries' option to $bucket must have the same type",
+            ));
+        }
+        if !cmp_bson(&pair[0], &pair[1]).is_lt() {
+            return Err(QueryError::location(
+                40194,
+                "The 'boundaries' option to $bucket must be sorted in ascending order",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_boundaries(v: RawBsonRef<'_>) -> Result<Vec<Bson>, QueryError> {
+    let RawBsonRef::Array(a) = v else {
+        return Err(QueryError::location(
+            40200,
+            "The $bucket 'boundaries' field must be an array",
+        ));
+    };
+    a.into_iter()
+        .map(|b| {
+            b.map_err(raw_err)
+                .and_then(|b| Bson::try_from(b).map_err(raw_err))
+        })
+        .collect()
+}
+
 pub(crate) fn parse_bucket(spec: &RawDocument) -> Result<Bucket, QueryError> {
     let mut group_by = None;
     let mut boundaries = None;
@@ -237,24 +282,7 @@ pub(crate) fn parse_bucket(spec: &RawDocument) -> Result<Bucket, QueryError> {
         let (k, v) = item.map_err(raw_err)?;
         match k.as_str() {
             "groupBy" => group_by = Some(Expr::parse(v)?),
-            "boundaries" => match v {
-                RawBsonRef::Array(a) => {
-                    boundaries = Some(
-                        a.into_iter()
-                            .map(|b| {
-                                b.map_err(raw_err)
-                                    .and_then(|b| Bson::try_from(b).map_err(raw_err))
-                            })
-                            .collect::<Result<Vec<_>, _>>()?,
-                    )
-                }
-                _ => {
-                    return Err(QueryError::location(
-                        40200,
-                        "The $bucket 'boundaries' field must be an array",
-                    ));
-                }
-            },
+            "boundaries" => boundaries = Some(parse_boundaries(v)?),
             "default" => default = Some(Bson::try_from(v).map_err(raw_err)?),
             "output" => match v {
                 RawBsonRef::Document(d) => accs = Some(parse_accumulators(d, &[])?),
@@ -285,25 +313,7 @@ pub(crate) fn parse_bucket(spec: &RawDocument) -> Result<Bucket, QueryError> {
             "The $bucket 'boundaries' field must have at least 2 values",
         ));
     }
-    for pair in boundaries.windows(2) {
-        let bracket = |b: &Bson| {
-            bson::RawBson::try_from(b.clone())
-                .map(|r| crate::compare::type_bracket(r.as_raw_bson_ref()))
-                .unwrap_or(0)
-        };
-        if bracket(&pair[0]) != bracket(&pair[1]) {
-            return Err(QueryError::location(
-                40193,
-                "All values in the the 'boundaries' option to $bucket must have the same type",
-            ));
-        }
-        if !cmp_bson(&pair[0], &pair[1]).is_lt() {
-            return Err(QueryError::location(
-                40194,
-                "The 'boundaries' option to $bucket must be sorted in ascending order",
-            ));
-        }
-    }
+    check_boundaries(&boundaries)?;
     if let Some(d) = &default
         && cmp_bson(d, &boundaries[0]).is_ge()
         && cmp_bson(d, &boundaries[boundaries.len() - 1]).is_lt()

@@ -17,6 +17,7 @@ mod collation;
 mod compare;
 mod dates;
 mod decimal;
+mod doc_ops;
 mod error;
 mod expr;
 mod filter;
@@ -30,7 +31,10 @@ mod memory;
 mod path;
 mod plan;
 mod projection;
+mod run_ctx;
 mod sort;
+mod stage;
+mod stage_parse;
 mod stream;
 mod update;
 

@@ -14,32 +14,16 @@ use std::sync::Arc;
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf};
 
-use crate::aggregate::{Pipeline, Stage, key_of, raw_err, set_path, to_raw};
-use crate::compare::as_num;
-use crate::expr::{Expr, with_bound, with_vars};
+use crate::doc_ops::{key_of, raw_err, set_path, to_raw};
+use crate::expr::with_vars;
 use crate::path::{distinct_values, split_path, walk};
-use crate::stream::{Ctx, run_all};
+use crate::run_ctx::Ctx;
+use crate::stage::{GraphLookup, Lookup, Stage};
 use crate::{Filter, QueryError};
 
-pub(crate) struct Lookup {
-    pub(crate) from: String,
-    as_path: Vec<String>,
-    /// `localField` and `foreignField`, for the equality form (alone or with a pipeline).
-    equality: Option<(String, Vec<String>)>,
-    lets: Vec<(String, Expr)>,
-    pub(crate) pipeline: Option<Pipeline>,
-}
-
-pub(crate) struct GraphLookup {
-    pub(crate) from: String,
-    start_with: Expr,
-    connect_from: String,
-    connect_to: Vec<String>,
-    as_path: Vec<String>,
-    max_depth: Option<u64>,
-    depth_field: Option<Vec<String>>,
-    restrict: Option<Filter>,
-}
+/// Runs stages over documents: how a `$lookup` runs its sub-pipeline.
+pub(crate) type SubRunner<'a> =
+    dyn Fn(&[Stage], Vec<RawDocumentBuf>) -> Result<Vec<RawDocumentBuf>, QueryError> + 'a;
 
 /// Foreign documents by join key: positions in the foreign collection.
 type KeyIndex = HashMap<Vec<u8>, Vec<usize>>;
@@ -136,11 +120,14 @@ impl Joined {
 }
 
 /// `doc` with the foreign documents it joins set at the `as` path.
+/// `run_sub` runs a sub-pipeline's stages over the joined documents (the caller's runner, so
+/// joining does not depend on how stages run).
 pub(crate) fn lookup_one(
     l: &Lookup,
     joined: &Joined,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
+    run_sub: &SubRunner<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {
     let hits = joined.hits(l, doc);
     let matched = match &l.pipeline {
@@ -154,7 +141,7 @@ pub(crate) fn lookup_one(
                     Some(Stage::Match(f)) => (Some(f), &p.stages[1..]),
                     _ => (None, &p.stages[..]),
                 };
-                run_all(rest, joined.pick(&hits, first, ctx)?, ctx, "$lookup")
+                run_sub(rest, joined.pick(&hits, first, ctx)?)
             })?
         }
         None => joined.pick(&hits, None, ctx)?,
@@ -167,164 +154,6 @@ pub(crate) fn lookup_one(
     let mut d = Document::try_from(doc).map_err(raw_err)?;
     set_path(&mut d, &l.as_path, Some(Bson::Array(items)));
     to_raw(&d)
-}
-
-pub(crate) fn parse_lookup(spec: &RawDocument, depth: usize) -> Result<Lookup, QueryError> {
-    let mut from = None;
-    let mut as_field = None;
-    let mut local = None;
-    let mut foreign = None;
-    let mut lets_spec = None;
-    let mut pipeline_spec = None;
-    for item in spec {
-        let (k, v) = item.map_err(raw_err)?;
-        match (k.as_str(), v) {
-            ("from", RawBsonRef::String(f)) if !f.is_empty() => from = Some(f.to_string()),
-            ("from", RawBsonRef::Document(d)) => {
-                return Err(QueryError::failed_to_parse(format!(
-                    "$lookup from another database is not supported: {d:?}"
-                )));
-            }
-            ("as", RawBsonRef::String(a)) => as_field = Some(a.to_string()),
-            ("localField", RawBsonRef::String(l)) => local = Some(l.to_string()),
-            ("foreignField", RawBsonRef::String(f)) => foreign = Some(f.to_string()),
-            ("let", RawBsonRef::Document(d)) => lets_spec = Some(d),
-            ("pipeline", RawBsonRef::Array(p)) => pipeline_spec = Some(p),
-            ("from" | "as" | "localField" | "foreignField" | "let" | "pipeline", _) => {
-                return Err(QueryError::failed_to_parse(format!(
-                    "$lookup argument '{}' has the wrong type",
-                    k.as_str()
-                )));
-            }
-            (other, _) => {
-                return Err(QueryError::failed_to_parse(format!(
-                    "unknown argument to $lookup: {other}"
-                )));
-            }
-        }
-    }
-    let from =
-        from.ok_or_else(|| QueryError::failed_to_parse("must specify 'from' field for a $lookup"))?;
-    let as_field = as_field
-        .ok_or_else(|| QueryError::failed_to_parse("must specify 'as' field for a $lookup"))?;
-    if as_field.is_empty() || as_field.starts_with('$') {
-        return Err(QueryError::location(
-            16410,
-            format!("FieldPath field names may not start with '$': '{as_field}'"),
-        ));
-    }
-    let equality = match (local, foreign) {
-        (Some(l), Some(f)) => Some((f, split_path(&l))),
-        (None, None) => None,
-        _ => {
-            return Err(QueryError::failed_to_parse(
-                "$lookup requires both or neither of 'localField' and 'foreignField' to be specified",
-            ));
-        }
-    };
-    if equality.is_none() && pipeline_spec.is_none() {
-        return Err(QueryError::failed_to_parse(
-            "$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified",
-        ));
-    }
-    if lets_spec.is_some() && pipeline_spec.is_none() {
-        return Err(QueryError::failed_to_parse(
-            "$lookup with 'let' must also specify 'pipeline'",
-        ));
-    }
-    let mut lets = Vec::new();
-    if let Some(d) = lets_spec {
-        for item in d {
-            let (k, v) = item.map_err(raw_err)?;
-            crate::expr::check_var_name(k.as_str())?;
-            lets.push((k.as_str().to_string(), Expr::parse(v)?));
-        }
-    }
-    let names: Vec<String> = lets.iter().map(|(n, _)| n.clone()).collect();
-    let pipeline = match pipeline_spec {
-        Some(p) => Some(with_bound(&names, || Pipeline::parse_at(p, depth + 1))?),
-        None => None,
-    };
-    Ok(Lookup {
-        from,
-        as_path: split_path(&as_field),
-        equality,
-        lets,
-        pipeline,
-    })
-}
-
-pub(crate) fn parse_graph_lookup(spec: &RawDocument) -> Result<GraphLookup, QueryError> {
-    let mut from = None;
-    let mut start_with = None;
-    let mut connect_from = None;
-    let mut connect_to = None;
-    let mut as_field = None;
-    let mut max_depth = None;
-    let mut depth_field = None;
-    let mut restrict = None;
-    let field_name = |name: &str, v: RawBsonRef<'_>| -> Result<String, QueryError> {
-        match v {
-            RawBsonRef::String(s) if !s.is_empty() && !s.starts_with('$') => Ok(s.to_string()),
-            _ => Err(QueryError::location(
-                40103,
-                format!("expected a non-empty string without a leading '$' for '{name}'"),
-            )),
-        }
-    };
-    for item in spec {
-        let (k, v) = item.map_err(raw_err)?;
-        match k.as_str() {
-            "from" => from = Some(field_name("from", v)?),
-            "startWith" => start_with = Some(Expr::parse(v)?),
-            "connectFromField" => connect_from = Some(field_name("connectFromField", v)?),
-            "connectToField" => connect_to = Some(split_path(&field_name("connectToField", v)?)),
-            "as" => as_field = Some(split_path(&field_name("as", v)?)),
-            "depthField" => depth_field = Some(split_path(&field_name("depthField", v)?)),
-            "maxDepth" => match as_num(v).map(|n| n.to_f64()) {
-                Some(n) if n >= 0.0 && n.fract() == 0.0 => max_depth = Some(n as u64),
-                _ => {
-                    return Err(QueryError::location(
-                        40101,
-                        "maxDepth requires a nonnegative argument",
-                    ));
-                }
-            },
-            "restrictSearchWithMatch" => match v {
-                RawBsonRef::Document(d) => restrict = Some(Filter::parse(d)?),
-                _ => {
-                    return Err(QueryError::location(
-                        40185,
-                        "restrictSearchWithMatch must be an object",
-                    ));
-                }
-            },
-            other => {
-                return Err(QueryError::location(
-                    40104,
-                    format!("Unknown argument to $graphLookup: {other}"),
-                ));
-            }
-        }
-    }
-    match (from, start_with, connect_from, connect_to, as_field) {
-        (Some(from), Some(start_with), Some(connect_from), Some(connect_to), Some(as_path)) => {
-            Ok(GraphLookup {
-                from,
-                start_with,
-                connect_from,
-                connect_to,
-                as_path,
-                max_depth,
-                depth_field,
-                restrict,
-            })
-        }
-        _ => Err(QueryError::location(
-            40105,
-            "from, as, startWith, connectFromField, and connectToField must all be specified.",
-        )),
-    }
 }
 
 /// A `$graphLookup`'s foreign collection, indexed by `connectToField`.

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document, RawDocumentBuf};
 
-use crate::aggregate::{
-    Pipeline, Sink, Stage, Unwind, add_fields, nested, raw_err, replace_root, set_path, to_raw,
-};
+use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw};
 use crate::expr::random_unit;
 use crate::group::{Grouper, Groups};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
+pub(crate) use crate::run_ctx::{Ctx, Foreign};
+use crate::stage::{Pipeline, Sink, Stage, Unwind};
 use crate::{QueryError, SortSpec};
 
 /// What a pull answers.
@@ -45,31 +45,6 @@ pub enum Step {
     NeedInput,
     /// No more results.
     End,
-}
-
-/// Where `$lookup`, `$graphLookup` and `$unionWith` get foreign collections.
-pub(crate) trait Foreign {
-    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError>;
-}
-
-/// What every stage may consult: foreign collections and the limits.
-pub(crate) struct Ctx<'a> {
-    pub(crate) foreign: &'a dyn Foreign,
-    pub(crate) limits: Limits,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
-        self.foreign.collection(name)
-    }
-
-    /// Fails (292) once a stage holds more than the per-stage limit.
-    pub(crate) fn check(&self, stage: &str, used: usize) -> Result<(), QueryError> {
-        if used > self.limits.stage_bytes {
-            return Err(limits::stage_exceeded(stage, self.limits.stage_bytes));
-        }
-        Ok(())
-    }
 }
 
 /// The documents fed to a pipeline and not yet pulled.
@@ -219,7 +194,8 @@ fn step(
                 Some(j) => j,
                 None => joined.insert(Box::new(Joined::open(l, ctx)?)),
             };
-            Ok(Step::Doc(lookup_one(l, joined, &d, ctx)?))
+            let run_sub = |stages: &[Stage], docs| run_all(stages, docs, ctx, "$lookup");
+            Ok(Step::Doc(lookup_one(l, joined, &d, ctx, &run_sub)?))
         }
         Stage::GraphLookup(g) => {
             let d = next_doc!(up);
