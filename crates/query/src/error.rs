@@ -10,6 +10,11 @@ pub struct QueryError {
 
 impl QueryError {
     pub fn new(code: i32, code_name: &'static str, message: impl Into<String>) -> Self {
+        debug_assert_eq!(
+            code_name,
+            crate::error_codes::static_code_name(code),
+            "code {code} is named differently in error_codes.rs"
+        );
         QueryError {
             code,
             code_name,
@@ -42,21 +47,8 @@ impl QueryError {
     }
 
     /// Errors MongoDB raises through `uassert` with a bare numeric code; their code name is
-    /// `Location<code>`, which must be a static string, hence the lookup table.
+    /// `Location<code>`, from the one registry in `error_codes`.
     pub fn location(code: i32, message: impl Into<String>) -> Self {
-        let name = match code {
-            15974 => "Location15974",
-            15975 => "Location15975",
-            16493 => "Location16493",
-            31250 => "Location31250",
-            31253 => "Location31253",
-            31254 => "Location31254",
-            31308 => "Location31308",
-            51075 => "Location51075",
-            51091 => "Location51091",
-            51108 => "Location51108",
-            _ => "Location",
-        };
-        Self::new(code, name, message)
+        Self::new(code, crate::error_codes::static_code_name(code), message)
     }
 }

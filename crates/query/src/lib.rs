@@ -19,6 +19,7 @@ mod dates;
 mod decimal;
 mod doc_ops;
 mod error;
+pub mod error_codes;
 mod expr;
 mod filter;
 mod group;

@@ -152,7 +152,7 @@ impl Pipeline {
     pub(crate) fn parse_at(pipeline: &RawArray, depth: usize) -> Result<Pipeline, QueryError> {
         if depth > MAX_SUBPIPELINE_DEPTH {
             return Err(QueryError::new(
-                5054701,
+                crate::error_codes::MAX_SUB_PIPELINE_DEPTH_EXCEEDED,
                 "MaxSubPipelineDepthExceeded",
                 format!(
                     "Maximum number of nested sub-pipelines exceeded. Limit is {MAX_SUBPIPELINE_DEPTH}"

@@ -2,145 +2,13 @@
 
 use bson::{Document, doc};
 
-/// MongoDB's error codes, by name. Only the ones Mangrove emits; numbers from mongod 7.0's
-/// `error_codes.yml`.
-pub mod code {
-    pub const INTERNAL_ERROR: i32 = 1;
-    pub const BAD_VALUE: i32 = 2;
-    pub const FAILED_TO_PARSE: i32 = 9;
-    pub const UNAUTHORIZED: i32 = 13;
-    pub const TYPE_MISMATCH: i32 = 14;
-    pub const ILLEGAL_OPERATION: i32 = 20;
-    pub const NAMESPACE_NOT_FOUND: i32 = 26;
-    pub const CURSOR_NOT_FOUND: i32 = 43;
-    pub const NAMESPACE_EXISTS: i32 = 48;
-    pub const MAX_TIME_MS_EXPIRED: i32 = 50;
-    pub const COMMAND_NOT_FOUND: i32 = 59;
-    pub const INVALID_OPTIONS: i32 = 72;
-    pub const INVALID_NAMESPACE: i32 = 73;
-    pub const UNKNOWN_REPL_WRITE_CONCERN: i32 = 79;
-    pub const UNSATISFIABLE_WRITE_CONCERN: i32 = 100;
-    pub const LOCK_TIMEOUT: i32 = 24;
-    pub const WRITE_CONFLICT: i32 = 112;
-    pub const CONFLICTING_OPERATION_IN_PROGRESS: i32 = 117;
-    pub const TRANSACTION_TOO_OLD: i32 = 225;
-    pub const SNAPSHOT_TOO_OLD: i32 = 239;
-    pub const SNAPSHOT_UNAVAILABLE: i32 = 246;
-    pub const INCOMPLETE_TRANSACTION_HISTORY: i32 = 217;
-    pub const NO_SUCH_TRANSACTION: i32 = 251;
-    pub const TRANSACTION_COMMITTED: i32 = 256;
-    pub const TOO_MANY_LOGICAL_SESSIONS: i32 = 261;
-    pub const OPERATION_NOT_SUPPORTED_IN_TRANSACTION: i32 = 263;
-    pub const COMMAND_NOT_SUPPORTED: i32 = 115;
-    pub const QUERY_EXCEEDED_MEMORY_LIMIT: i32 = 292;
-    pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
-    pub const DUPLICATE_KEY: i32 = 11000;
-    pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
-    pub const OUT_OF_DISK_SPACE: i32 = 14031;
-    pub const OPERATION_FAILED: i32 = 96;
-    pub const DATA_CORRUPTION_DETECTED: i32 = 301;
-    pub const TRANSACTION_TOO_LARGE_FOR_CACHE: i32 = 388;
-    pub const TRANSACTION_TOO_LARGE: i32 = 257;
-    pub const MISSING_FIELD: i32 = 40414;
-    pub const UNKNOWN_FIELD: i32 = 40415;
-    pub const MISSING_DB: i32 = 40571;
-}
+/// MongoDB's error codes, by name: the one registry, shared with the query crate.
+pub use mangrove_query::error_codes as code;
 
 /// The codeName MongoDB reports for a code. Location codes (assertion sites without a name)
 /// are reported as `Location<code>`, as mongod does.
 pub fn code_name(code: i32) -> String {
-    let name = match code {
-        1 => "InternalError",
-        2 => "BadValue",
-        9 => "FailedToParse",
-        13 => "Unauthorized",
-        14 => "TypeMismatch",
-        20 => "IllegalOperation",
-        22 => "InvalidBSON",
-        26 => "NamespaceNotFound",
-        31 => "RoleNotFound",
-        40 => "ConflictingUpdateOperators",
-        43 => "CursorNotFound",
-        48 => "NamespaceExists",
-        50 => "MaxTimeMSExpired",
-        52 => "DollarPrefixedFieldName",
-        56 => "EmptyFieldName",
-        57 => "DottedFieldName",
-        59 => "CommandNotFound",
-        66 => "ImmutableField",
-        72 => "InvalidOptions",
-        73 => "InvalidNamespace",
-        79 => "UnknownReplWriteConcern",
-        100 => "UnsatisfiableWriteConcern",
-        24 => "LockTimeout",
-        112 => "WriteConflict",
-        117 => "ConflictingOperationInProgress",
-        225 => "TransactionTooOld",
-        217 => "IncompleteTransactionHistory",
-        251 => "NoSuchTransaction",
-        256 => "TransactionCommitted",
-        261 => "TooManyLogicalSessions",
-        263 => "OperationNotSupportedInTransaction",
-        115 => "CommandNotSupported",
-        292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
-        352 => "UnsupportedOpQueryCommand",
-        10334 => "BSONObjectTooLarge",
-        301 => "DataCorruptionDetected",
-        388 => "TransactionTooLargeForCache",
-        257 => "TransactionTooLarge",
-        14031 => "OutOfDiskSpace",
-        11000 => "DuplicateKey",
-        27 => "IndexNotFound",
-        165 => "ViewDepthLimitExceeded",
-        167 => "OptionNotSupportedOnView",
-        67 => "CannotCreateIndex",
-        85 => "IndexOptionsConflict",
-        86 => "IndexKeySpecsConflict",
-        171 => "CannotIndexParallelArrays",
-        197 => "InvalidIndexSpecificationOption",
-        17280 => "KeyTooLong",
-        3 => "NoSuchKey",
-        4 => "GraphContainsCycle",
-        6 => "HostUnreachable",
-        7 => "HostNotFound",
-        8 => "UnknownError",
-        11 => "UserNotFound",
-        16 => "InvalidLength",
-        18 => "AuthenticationFailed",
-        28 => "PathNotViable",
-        64 => "WriteConcernFailed",
-        74 => "NodeNotFound",
-        89 => "NetworkTimeout",
-        91 => "ShutdownInProgress",
-        96 => "OperationFailed",
-        121 => "DocumentValidationFailure",
-        133 => "FailedToSatisfyReadPreference",
-        134 => "ReadConcernMajorityNotAvailableYet",
-        166 => "CommandNotSupportedOnView",
-        175 => "QueryPlanKilled",
-        189 => "PrimarySteppedDown",
-        206 => "NoSuchSession",
-        234 => "RetryChangeStream",
-        237 => "CursorKilled",
-        239 => "SnapshotTooOld",
-        246 => "SnapshotUnavailable",
-        262 => "ExceededTimeLimit",
-        267 => "PreparedTransactionInProgress",
-        280 => "ChangeStreamFatalError",
-        286 => "ChangeStreamHistoryLost",
-        290 => "TransactionExceededLifetimeLimitSeconds",
-        9001 => "SocketException",
-        10107 => "NotWritablePrimary",
-        11600 => "InterruptedAtShutdown",
-        11601 => "Interrupted",
-        11602 => "InterruptedDueToReplStateChange",
-        13297 => "DatabaseDifferCase",
-        13388 => "StaleConfig",
-        13435 => "NotPrimaryNoSecondaryOk",
-        13436 => "NotPrimaryOrSecondary",
-        _ => return format!("Location{code}"),
-    };
-    name.to_string()
+    code::code_name(code).into_owned()
 }
 
 #[derive(Debug, Clone)]
@@ -220,15 +88,9 @@ impl CommandError {
 
 impl From<mangrove_query::QueryError> for CommandError {
     fn from(e: mangrove_query::QueryError) -> Self {
-        // The query crate names only some `Location<code>` errors (its names are static
-        // strings); mongod names every unnamed code that way.
-        let code_name = match e.code_name {
-            "Location" => format!("Location{}", e.code),
-            name => name.to_string(),
-        };
         CommandError {
             code: e.code,
-            code_name,
+            code_name: e.code_name.to_string(),
             message: e.message,
             labels: Vec::new(),
             info: None,
