@@ -84,8 +84,15 @@ fn seconds(v: f64, what: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{what} must be a number of seconds ≥ 0, not {v}"))
 }
 
-/// Runs every cell, writes the report; `Ok(false)` when some operation failed.
-async fn run(args: Args) -> Result<bool, String> {
+/// What the arguments ask for: the cells to run and how long, on how much data.
+struct Plan {
+    clients: Vec<usize>,
+    workloads: Vec<Workload>,
+    timing: Timing,
+    sizes: Sizes,
+}
+
+fn plan(args: &Args) -> Result<Plan, String> {
     let quick = args.quick;
     let clients = args.clients.clone().unwrap_or_else(|| {
         if quick {
@@ -119,136 +126,188 @@ async fn run(args: Args) -> Result<bool, String> {
             "--duration-secs",
         )?,
     };
-    let sizes = if quick {
-        Sizes {
-            accounts: 1_000,
-            customers: 300,
-            items: 1_000,
-        }
-    } else {
-        Sizes {
-            accounts: 10_000,
-            customers: 3_000,
-            items: 10_000,
-        }
+    let scale = if quick { 1 } else { 10 };
+    let sizes = Sizes {
+        accounts: 1_000 * scale,
+        customers: 300 * scale,
+        items: 1_000 * scale,
     };
+    Ok(Plan {
+        clients,
+        workloads,
+        timing,
+        sizes,
+    })
+}
+
+/// The connections and counters every cell uses.
+struct Bench<'a> {
+    args: &'a Args,
+    mongo: mongodb::Client,
+    monitor: tokio_postgres::Client,
+    shared: std::sync::Arc<Shared>,
+    timing: Timing,
+    /// Whether Mangrove's serverStatus counts its group-commit rounds.
+    server_batches: bool,
+}
+
+impl Bench<'_> {
+    /// Where Mangrove's fdatasync count comes from, as the report says it.
+    fn mangrove_sync_source(&self) -> String {
+        let proc_batches = self
+            .args
+            .mangrove_pid
+            .and_then(probe::log_writer_writes)
+            .is_some();
+        if self.server_batches {
+            "`serverStatus.mangrove.log.batches` (group-commit rounds)".to_string()
+        } else if proc_batches {
+            "the log writer thread's write syscalls in /proc (`syscw`). Each group commit makes one write and one \
+             fdatasync, but the thread's wake-ups of the async runtime (eventfd writes) count too, so Mangrove's \
+             commits per fdatasync below is a lower bound (≥): `serverStatus` does not report the engine's exact \
+             `LogStats` yet".to_string()
+        } else {
+            "nowhere: pass --mangrove-pid on Linux, or expose `LogStats` in serverStatus"
+                .to_string()
+        }
+    }
+
+    /// The system's fdatasync counter now, if it can be read.
+    async fn syncs(&self, system: System) -> Option<u64> {
+        match system {
+            System::Mangrove if self.server_batches => mongo::server_log_batches(&self.mongo).await,
+            System::Mangrove => self.args.mangrove_pid.and_then(probe::log_writer_writes),
+            System::Postgres => pg::wal_syncs(&self.monitor).await,
+        }
+    }
+
+    /// `clients` workers of `system` running `w` for one cell.
+    async fn workers(
+        &self,
+        system: System,
+        w: Workload,
+        clients: usize,
+        seed: &mut u64,
+    ) -> Result<workload::CellStats, String> {
+        let mut next_seed = || {
+            *seed += 1;
+            *seed
+        };
+        match system {
+            System::Mangrove => {
+                let mut workers = Vec::with_capacity(clients);
+                for _ in 0..clients {
+                    let s = next_seed();
+                    workers
+                        .push(mongo::MongoWorker::new(&self.mongo, self.shared.clone(), s).await?);
+                }
+                Ok(workload::run_cell(workers, w, self.timing).await)
+            }
+            System::Postgres => {
+                let mut workers = Vec::with_capacity(clients);
+                for _ in 0..clients {
+                    let s = next_seed();
+                    workers.push(pg::PgWorker::new(&self.args.pg, self.shared.clone(), s).await?);
+                }
+                let stats = workload::run_cell(workers, w, self.timing).await;
+                // Backends publish their WAL counters as they exit.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(stats)
+            }
+        }
+    }
+
+    /// One cell, with the fdatasyncs and CPU time it cost.
+    async fn cell(
+        &self,
+        system: System,
+        w: Workload,
+        clients: usize,
+        seed: &mut u64,
+    ) -> Result<Cell, String> {
+        let server_pid = match system {
+            System::Mangrove => self.args.mangrove_pid,
+            System::Postgres => self.args.pg_pid,
+        };
+        let before = self.syncs(system).await;
+        let cpu_before = server_pid.and_then(probe::tree_cpu);
+        let client_before = probe::tree_cpu(std::process::id());
+        eprintln!("starting {} {clients} clients {}", w.name(), system.name());
+        let stats = self.workers(system, w, clients, seed).await?;
+        let after = self.syncs(system).await;
+        let cell = Cell {
+            system,
+            workload: w,
+            clients,
+            stats,
+            syncs: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+            syncs_upper_bound: system == System::Mangrove && !self.server_batches,
+            server_cpu: cpu_before
+                .zip(server_pid.and_then(probe::tree_cpu))
+                .map(|(b, a)| a.saturating_sub(b)),
+            client_cpu: client_before
+                .zip(probe::tree_cpu(std::process::id()))
+                .map(|(b, a)| a.saturating_sub(b)),
+        };
+        print_cell(&cell);
+        Ok(cell)
+    }
+}
+
+fn print_cell(cell: &Cell) {
+    eprintln!(
+        "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}{}",
+        cell.workload.name(),
+        cell.clients,
+        cell.system.name(),
+        cell.stats.throughput(),
+        cell.stats.percentile_ms(0.5).unwrap_or(0.0),
+        cell.stats.percentile_ms(0.99).unwrap_or(0.0),
+        cell.stats.aborts,
+        cell.stats.errors,
+        cell.commits_per_sync()
+            .map_or(String::new(), |v| format!("  commits/fdatasync {v:.1}")),
+        cell.cpu_per_op_us()
+            .map_or(String::new(), |v| format!("  server CPU {v:.0} µs/op")),
+    );
+    if let Some(e) = &cell.stats.first_error {
+        eprintln!("    first error: {e}");
+    }
+}
+
+/// Runs every cell, writes the report; `Ok(false)` when some operation failed.
+async fn run(args: Args) -> Result<bool, String> {
+    let plan = plan(&args)?;
     std::fs::create_dir_all(&args.out_dir)
         .map_err(|e| format!("cannot create --out-dir {}: {e}", args.out_dir.display()))?;
-    let probe_time = Duration::from_millis(if quick { 500 } else { 3000 });
-    let max_clients = *clients.iter().max().unwrap_or(&1);
+    let probe_time = Duration::from_millis(if args.quick { 500 } else { 3000 });
+    let max_clients = *plan.clients.iter().max().unwrap_or(&1);
 
     let fdatasync_before = probe::fdatasync_rate(&args.probe_dir, probe_time)?;
     eprintln!("fdatasync probe: {fdatasync_before:.0}/s");
     let mongo = mongo::connect(&args.mongo_uri, max_clients).await?;
     let monitor = pg::connect(&args.pg).await?;
     let postgres_settings = pg::check_settings(&monitor).await?;
-    let shared = Shared::new(sizes);
+    let shared = Shared::new(plan.sizes);
     eprintln!("loading data into both systems ...");
     mongo::load(&mongo, &shared).await?;
     pg::load(&monitor, &shared).await?;
-
     let server_batches = mongo::server_log_batches(&mongo).await.is_some();
-    let proc_batches = args
-        .mangrove_pid
-        .and_then(probe::log_writer_writes)
-        .is_some();
-    let mangrove_sync_source = if server_batches {
-        "`serverStatus.mangrove.log.batches` (group-commit rounds)".to_string()
-    } else if proc_batches {
-        "the log writer thread's write syscalls in /proc (`syscw`). Each group commit makes one write and one \
-         fdatasync, but the thread's wake-ups of the async runtime (eventfd writes) count too, so Mangrove's \
-         commits per fdatasync below is a lower bound (≥): `serverStatus` does not report the engine's exact \
-         `LogStats` yet".to_string()
-    } else {
-        "nowhere: pass --mangrove-pid on Linux, or expose `LogStats` in serverStatus".to_string()
-    };
-    let mangrove_syncs = async || {
-        if server_batches {
-            mongo::server_log_batches(&mongo).await
-        } else {
-            args.mangrove_pid.and_then(probe::log_writer_writes)
-        }
+    let bench = Bench {
+        args: &args,
+        mongo,
+        monitor,
+        shared,
+        timing: plan.timing,
+        server_batches,
     };
 
     let mut cells = Vec::new();
     let mut seed = 1u64;
-    for &w in &workloads {
-        for &c in &clients {
+    for &w in &plan.workloads {
+        for &c in &plan.clients {
             for system in [System::Mangrove, System::Postgres] {
-                let before = match system {
-                    System::Mangrove => mangrove_syncs().await,
-                    System::Postgres => pg::wal_syncs(&monitor).await,
-                };
-                let server_pid = match system {
-                    System::Mangrove => args.mangrove_pid,
-                    System::Postgres => args.pg_pid,
-                };
-                let cpu_before = server_pid.and_then(probe::tree_cpu);
-                let client_before = probe::tree_cpu(std::process::id());
-                eprintln!("starting {} {c} clients {}", w.name(), system.name());
-                let stats = match system {
-                    System::Mangrove => {
-                        let mut workers = Vec::with_capacity(c);
-                        for _ in 0..c {
-                            seed += 1;
-                            workers
-                                .push(mongo::MongoWorker::new(&mongo, shared.clone(), seed).await?);
-                        }
-                        workload::run_cell(workers, w, timing).await
-                    }
-                    System::Postgres => {
-                        let mut workers = Vec::with_capacity(c);
-                        for _ in 0..c {
-                            seed += 1;
-                            workers.push(pg::PgWorker::new(&args.pg, shared.clone(), seed).await?);
-                        }
-                        let stats = workload::run_cell(workers, w, timing).await;
-                        // Backends publish their WAL counters as they exit.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        stats
-                    }
-                };
-                let after = match system {
-                    System::Mangrove => mangrove_syncs().await,
-                    System::Postgres => pg::wal_syncs(&monitor).await,
-                };
-                let syncs = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-                let server_cpu = cpu_before
-                    .zip(server_pid.and_then(probe::tree_cpu))
-                    .map(|(b, a)| a.saturating_sub(b));
-                let client_cpu = client_before
-                    .zip(probe::tree_cpu(std::process::id()))
-                    .map(|(b, a)| a.saturating_sub(b));
-                let syncs_upper_bound = system == System::Mangrove && !server_batches;
-                let cell = Cell {
-                    system,
-                    workload: w,
-                    clients: c,
-                    stats,
-                    syncs,
-                    syncs_upper_bound,
-                    server_cpu,
-                    client_cpu,
-                };
-                eprintln!(
-                    "{:<16} {:>3} clients {:<10} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  aborts {:>6}  errors {}{}{}",
-                    w.name(),
-                    c,
-                    system.name(),
-                    cell.stats.throughput(),
-                    cell.stats.percentile_ms(0.5).unwrap_or(0.0),
-                    cell.stats.percentile_ms(0.99).unwrap_or(0.0),
-                    cell.stats.aborts,
-                    cell.stats.errors,
-                    cell.commits_per_sync()
-                        .map_or(String::new(), |v| format!("  commits/fdatasync {v:.1}")),
-                    cell.cpu_per_op_us()
-                        .map_or(String::new(), |v| format!("  server CPU {v:.0} µs/op")),
-                );
-                if let Some(e) = &cell.stats.first_error {
-                    eprintln!("    first error: {e}");
-                }
-                cells.push(cell);
+                cells.push(bench.cell(system, w, c, &mut seed).await?);
             }
         }
     }
@@ -259,39 +318,54 @@ async fn run(args: Args) -> Result<bool, String> {
         machine: probe::machine(),
         command: args.command.clone(),
         probe_dir: args.probe_dir.display().to_string(),
-        mangrove_version: mongo::version(&mongo).await,
-        postgres_version: pg::version(&monitor).await,
+        mangrove_version: mongo::version(&bench.mongo).await,
+        postgres_version: pg::version(&bench.monitor).await,
         postgres_settings,
         fdatasync_before,
         fdatasync_after,
-        sizes,
-        zipf_top: shared.zipf.top_probability(),
-        warmup_secs: timing.warmup.as_secs_f64(),
-        duration_secs: timing.duration.as_secs_f64(),
-        clients: clients.clone(),
-        workloads: workloads.clone(),
-        mangrove_sync_source,
+        sizes: plan.sizes,
+        zipf_top: bench.shared.zipf.top_probability(),
+        warmup_secs: plan.timing.warmup.as_secs_f64(),
+        duration_secs: plan.timing.duration.as_secs_f64(),
+        clients: plan.clients.clone(),
+        workloads: plan.workloads.clone(),
+        mangrove_sync_source: bench.mangrove_sync_source(),
     };
-    let md = report::markdown(&info, &cells);
+    write_reports(&args, &info, &cells, max_clients)?;
+    Ok(all_cells_ran(&cells))
+}
+
+/// results.md, throughput.svg and latency-cdf.svg under --out-dir; the markdown to stdout too.
+fn write_reports(
+    args: &Args,
+    info: &RunInfo,
+    cells: &[Cell],
+    max_clients: usize,
+) -> Result<(), String> {
+    let md = report::markdown(info, cells);
     let md_path = args.out_dir.join("results.md");
     std::fs::write(&md_path, &md)
         .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
-    report::throughput_svg(&args.out_dir.join("throughput.svg"), &info, &cells)?;
-    let cdf_clients = if clients.contains(&32) {
+    report::throughput_svg(&args.out_dir.join("throughput.svg"), info, cells)?;
+    let cdf_clients = if info.clients.contains(&32) {
         32
     } else {
         max_clients
     };
     report::latency_svg(
         &args.out_dir.join("latency-cdf.svg"),
-        &info,
-        &cells,
+        info,
+        cells,
         cdf_clients,
     )?;
     println!("{md}");
+    Ok(())
+}
 
+/// Whether every cell ran operations without errors (each failure is reported).
+fn all_cells_ran(cells: &[Cell]) -> bool {
     let mut ok = true;
-    for cell in &cells {
+    for cell in cells {
         if cell.stats.errors > 0 || cell.stats.ops == 0 {
             ok = false;
             eprintln!(
@@ -308,5 +382,5 @@ async fn run(args: Args) -> Result<bool, String> {
             );
         }
     }
-    Ok(ok)
+    ok
 }
