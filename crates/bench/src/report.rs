@@ -114,6 +114,19 @@ fn ratio(m: Option<&Cell>, p: Option<&Cell>) -> Option<f64> {
 
 pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
     let mut md = String::new();
+    setup_section(&mut md, info);
+    ratio_table(&mut md, info, cells);
+    detail_tables(&mut md, info, cells);
+    errors_section(&mut md, cells);
+    let _ = writeln!(md, "### Goals (issue 6)\n");
+    for line in goals(cells) {
+        let _ = writeln!(md, "- {line}");
+    }
+    md
+}
+
+/// How the run was made: the command, machine, durability, data, timing and disk.
+fn setup_section(md: &mut String, info: &RunInfo) {
     let fsync_mean = (info.fdatasync_before + info.fdatasync_after) / 2.0;
     let _ = writeln!(md, "```sh\n{}\n```\n", info.command);
     let _ = writeln!(
@@ -160,7 +173,10 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
          driver or `tokio-postgres`): both share the machine's cores with the server.\n",
         info.mangrove_sync_source
     );
+}
 
+/// Mangrove / PostgreSQL throughput per workload and client count, with the p99 ratio.
+fn ratio_table(md: &mut String, info: &RunInfo, cells: &[Cell]) {
     let _ = writeln!(md, "### Mangrove / PostgreSQL, throughput (p99 latency)\n");
     let mut header = String::from("| workload |");
     let mut rule = String::from("| --- |");
@@ -193,7 +209,10 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
         md.push('\n');
     }
     md.push('\n');
+}
 
+/// One table per workload: every cell's numbers.
+fn detail_tables(md: &mut String, info: &RunInfo, cells: &[Cell]) {
     for &w in &info.workloads {
         let _ = writeln!(md, "### {}\n", w.name());
         let _ = writeln!(
@@ -239,6 +258,9 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
         }
         md.push('\n');
     }
+}
+
+fn errors_section(md: &mut String, cells: &[Cell]) {
     let errors: Vec<String> = cells
         .iter()
         .filter_map(|c| {
@@ -256,11 +278,6 @@ pub fn markdown(info: &RunInfo, cells: &[Cell]) -> String {
     if !errors.is_empty() {
         let _ = writeln!(md, "Errors:\n\n{}\n", errors.join("\n"));
     }
-    let _ = writeln!(md, "### Goals (issue 6)\n");
-    for line in goals(cells) {
-        let _ = writeln!(md, "- {line}");
-    }
-    md
 }
 
 fn goals(cells: &[Cell]) -> Vec<String> {
