@@ -183,6 +183,27 @@ fn unframe<'a>(frame: &'a [u8], limits: &Limits) -> Result<Unframed<'a>, WireErr
     })
 }
 
+/// The sections an OP_MSG checksum covers, once the CRC-32C trailer matches them.
+fn verify_checksum<'a>(
+    unframed: &Unframed<'_>,
+    flag_bytes: &[u8; 4],
+    sections: &'a [u8],
+) -> Result<&'a [u8], WireError> {
+    let (covered, trailer) = sections
+        .split_last_chunk::<4>()
+        .ok_or(WireError::Malformed {
+            reason: "OP_MSG sets checksumPresent but has no checksum",
+        })?;
+    let sent = u32::from_le_bytes(*trailer);
+    let crc = crc32c::crc32c(&unframed.inner.to_bytes());
+    let crc = crc32c::crc32c_append(crc, flag_bytes.as_slice());
+    let computed = crc32c::crc32c_append(crc, covered);
+    if sent != computed {
+        return Err(WireError::ChecksumMismatch { sent, computed });
+    }
+    Ok(covered)
+}
+
 fn parse_msg(unframed: &Unframed<'_>, limits: &Limits) -> Result<OpMsg, WireError> {
     let body: &[u8] = &unframed.body;
     let (flag_bytes, mut sections) = body.split_first_chunk::<4>().ok_or(WireError::Malformed {
@@ -196,19 +217,7 @@ fn parse_msg(unframed: &Unframed<'_>, limits: &Limits) -> Result<OpMsg, WireErro
     // Verified before the sections are parsed so that corruption is reported as such, not as
     // whatever parse error the damaged bytes happen to cause.
     if flags & msg_flags::CHECKSUM_PRESENT != 0 {
-        let (covered, trailer) = sections
-            .split_last_chunk::<4>()
-            .ok_or(WireError::Malformed {
-                reason: "OP_MSG sets checksumPresent but has no checksum",
-            })?;
-        let sent = u32::from_le_bytes(*trailer);
-        let crc = crc32c::crc32c(&unframed.inner.to_bytes());
-        let crc = crc32c::crc32c_append(crc, flag_bytes.as_slice());
-        let computed = crc32c::crc32c_append(crc, covered);
-        if sent != computed {
-            return Err(WireError::ChecksumMismatch { sent, computed });
-        }
-        sections = covered;
+        sections = verify_checksum(unframed, flag_bytes, sections)?;
     }
 
     let mut r = Reader::new(sections);
