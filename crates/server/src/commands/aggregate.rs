@@ -36,11 +36,11 @@ use crate::request::Request;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::catalog::{internal, parse_collation, validate_collection_name};
-use super::crud::{
-    DEFAULT_FIRST_BATCH, collection_in_txn, cursor_reply, id_of, implicit_collection, key_of,
-    pipeline_cursor, too_large, txn_owner, validate_db_name, with_id_first,
-};
+use super::args::{cursor_batch_size, internal, parse_collation};
+use super::collections::{collection_in_txn, implicit_collection};
+use super::names::{validate_collection_name, validate_db_name};
+use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, pipeline_cursor, txn_owner};
+use super::stored::{id_of, key_of, too_large, with_id_first};
 use super::write_path::{WriteOptions, retry_conflicts};
 
 /// What the pipeline reads: a collection along an access path, or nothing.
@@ -140,7 +140,7 @@ async fn reply_at_once(
         }
         return Ok(reply.into());
     }
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, docs, batch_size, txn_owner(req, txn))
 }
 
@@ -336,7 +336,7 @@ fn lazy_cursor(
     input: Option<Input>,
     snapshot: Snapshot,
 ) -> CommandResult<Reply> {
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     let source = PipelineSource {
         runner,
         input: input.map(|i| (InputReader::new(i.access, i.filter), snapshot, i.coll)),
@@ -434,7 +434,7 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         Some(RawBsonRef::String(coll)) => req.ns(coll),
         _ => format!("{}.$cmd.aggregate", req.db),
     };
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }
 

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bson::raw::{RawBsonRef, RawDocument};
+use bson::raw::RawBsonRef;
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::Filter;
 use mangrove_storage::Txn;
@@ -11,10 +11,12 @@ use mangrove_storage::Txn;
 use crate::Shared;
 use crate::cursor::{BatchDoc, Cursor, Source};
 use crate::error::{CommandError, CommandResult, code};
-use crate::request::{Request, as_i64};
+use crate::request::Request;
 
 use super::Reply;
-use super::crud::{cursor_reply, validate_db_name};
+use super::args::{check_simple_collation, cursor_batch_size, internal};
+use super::names::{validate_collection_name, validate_db_name};
+use super::reply::cursor_reply;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -53,10 +55,6 @@ pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResul
     }
     reply.insert("ok", 1.0);
     Ok(reply.into())
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> CommandError {
-    CommandError::new(1, format!("internal error: {e}"))
 }
 
 pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -117,26 +115,6 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         shared.cursors.insert(cursor)?
     };
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
-}
-
-/// `cursor: {batchSize: n}` as listCollections and aggregate take it.
-pub(super) fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
-    let Some(cursor) = req.opt_doc("cursor")? else {
-        return Ok(None);
-    };
-    match cursor.get("batchSize").ok().flatten() {
-        None => Ok(None),
-        Some(v) => match as_i64(v) {
-            Some(n) if n >= 0 => Ok(Some(n as u64)),
-            Some(n) => Err(CommandError::new(
-                51024,
-                format!("BSON field 'batchSize' value must be >= 0, actual value '{n}'"),
-            )),
-            None => Err(CommandError::type_mismatch(
-                "BSON field 'cursor.batchSize' is the wrong type, expected a number",
-            )),
-        },
-    }
 }
 
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
@@ -250,46 +228,6 @@ pub(super) async fn create(
     })
     .await?;
     Ok(doc! { "ok": 1.0 }.into())
-}
-
-/// A command's `collation`: `None` for the simple (binary) one. See
-/// `mangrove_query::Collation` for what is supported.
-pub(super) fn parse_collation(
-    collation: Option<&RawDocument>,
-) -> CommandResult<Option<mangrove_query::Collation>> {
-    match collation {
-        None => Ok(None),
-        Some(c) => Ok(mangrove_query::Collation::parse(c)?),
-    }
-}
-
-/// A collection's or index's default collation: only the simple one is supported.
-pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
-    if let Some(c) = collation {
-        let locale = c.get_str("locale").ok();
-        if locale != Some("simple") {
-            return Err(CommandError::bad_value(
-                "only the simple collation ({locale: \"simple\"}) is supported by Mangrove",
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn validate_collection_name(db: &str, name: &str) -> CommandResult<()> {
-    validate_db_name(db)?;
-    let invalid = name.is_empty()
-        || name.contains('$')
-        || name.contains('\0')
-        || name.starts_with('.')
-        || name.starts_with("system.");
-    if invalid || db.len() + 1 + name.len() > 255 {
-        return Err(CommandError::new(
-            code::INVALID_NAMESPACE,
-            format!("Invalid collection name: '{db}.{name}'"),
-        ));
-    }
-    Ok(())
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their

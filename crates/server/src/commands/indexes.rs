@@ -19,7 +19,9 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
 use super::Reply;
-use super::catalog::{internal, validate_collection_name, wait_for_transactions};
+use super::args::{cursor_batch_size, internal};
+use super::catalog::wait_for_transactions;
+use super::names::validate_collection_name;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 /// MongoDB's limit of indexes per collection, `_id` included.
@@ -175,7 +177,7 @@ pub(super) fn list_indexes(
     let name = req.collection()?;
     let ns = req.ns(name);
     let coll = match txn {
-        Some(t) => super::crud::collection_in_txn(shared, t, &ns),
+        Some(t) => super::collections::collection_in_txn(shared, t, &ns),
         None => shared.engine.snapshot().collection(&ns),
     };
     let Some(coll) = coll else {
@@ -189,8 +191,8 @@ pub(super) fn list_indexes(
     {
         docs.push(RawDocumentBuf::try_from(&spec).map_err(internal)?);
     }
-    let batch_size = super::catalog::cursor_batch_size(req)?;
-    super::crud::pipeline_cursor(shared, ns, docs, batch_size, None)
+    let batch_size = cursor_batch_size(req)?;
+    super::reply::pipeline_cursor(shared, ns, docs, batch_size, None)
 }
 
 /// `dropIndexes`: by name, key pattern, a list of names, or `"*"` (all but `_id_`).
