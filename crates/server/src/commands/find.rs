@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use bson::RawDocumentBuf;
+use bson::raw::RawDocument;
 use mangrove_query::{Filter, Projection, SortSpec, with_collation, with_let};
 use mangrove_storage::{CollectionInfo, ReadView, Snapshot, StoredDoc, Txn};
 
@@ -22,7 +23,7 @@ use super::Reply;
 use super::args::{non_negative, parse_collation};
 use super::collections::collection_in_txn;
 use super::names::validate_db_name;
-use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, txn_owner};
+use super::reply::{cursor_reply, first_batch, txn_owner};
 
 const FIND_FIELDS: &[&str] = &[
     "filter",
@@ -90,22 +91,21 @@ pub(super) fn find(
     })
 }
 
-/// `find` with its collation set; a collated query is answered at once (its cursor could not
-/// keep the collation for `getMore`).
-fn find_with(
-    shared: &Shared,
-    req: &Request<'_>,
-    txn: Option<&Txn>,
-    at: Option<Snapshot>,
-    collated: bool,
-) -> CommandResult<Reply> {
-    req.check_fields(FIND_FIELDS)?;
-    Counters::bump(&shared.counters.query, 1);
-    let name = req.collection()?;
-    validate_db_name(req.db)?;
-    let ns = req.ns(name);
-    let empty = RawDocumentBuf::new();
-    let raw_filter = req.opt_doc("filter")?.unwrap_or(&empty);
+/// A find request's query and paging, parsed.
+struct FindQuery<'r> {
+    raw_filter: &'r RawDocument,
+    filter: Filter,
+    sort: Option<SortSpec>,
+    projection: Option<Projection>,
+    skip: u64,
+    limit: Option<u64>,
+    batch_size: Option<u64>,
+    single_batch: bool,
+}
+
+/// The request's filter, sort, projection and paging, in the order mongod checks them.
+fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<FindQuery<'r>> {
+    let raw_filter = req.opt_doc("filter")?.unwrap_or(empty);
     let filter = with_let(req.opt_doc("let")?, || {
         Filter::parse(raw_filter).map_err(CommandError::from)
     })?;
@@ -122,6 +122,34 @@ fn find_with(
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
     unsupported_find_options(req)?;
+    Ok(FindQuery {
+        raw_filter,
+        filter,
+        sort,
+        projection,
+        skip,
+        limit,
+        batch_size,
+        single_batch,
+    })
+}
+
+/// `find` with its collation set; a collated query is answered at once (its cursor could not
+/// keep the collation for `getMore`).
+fn find_with(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+    collated: bool,
+) -> CommandResult<Reply> {
+    req.check_fields(FIND_FIELDS)?;
+    Counters::bump(&shared.counters.query, 1);
+    let name = req.collection()?;
+    validate_db_name(req.db)?;
+    let ns = req.ns(name);
+    let empty = RawDocumentBuf::new();
+    let mut query = parse_query(req, &empty)?;
 
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
@@ -136,113 +164,143 @@ fn find_with(
         Some(txn) => txn,
         None => &snapshot,
     };
-    if super::views::is_view(&coll) {
-        // A view's documents exist only as its pipeline's output: filter, sort and page them.
-        let mut docs = Vec::new();
-        for d in super::views::view_docs(shared, view, &coll)? {
-            if filter.try_matches(&d)? {
-                docs.push(d);
-            }
-        }
-        if let Some(sort) = &sort {
-            docs.sort_by(|a, b| sort.compare(a, b));
-        }
-        let docs: VecDeque<BatchDoc> = docs
-            .into_iter()
-            .skip(skip as usize)
-            .take(limit.map_or(usize::MAX, |l| l as usize))
-            .map(BatchDoc::Owned)
-            .collect();
-        let mut cursor = Cursor {
-            ns: ns.clone(),
-            source: Source::Buffered(docs),
-            projection,
-            remaining: None,
-            last_used: Instant::now(),
-            txn: txn_owner(req, txn),
-        };
-        let (batch, exhausted) =
-            cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
-        let id = if exhausted || single_batch {
-            0
-        } else {
-            shared.cursors.insert(cursor)?
-        };
-        return Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)));
-    }
-    let sort_by = sort_fields(req.opt_doc("sort")?);
-    let access = choose(view, &coll, &filter, raw_filter, &hint, sort_by.as_deref())?;
-
     let mut cursor = Cursor {
-        ns: ns.clone(),
+        ns,
         source: Source::Buffered(VecDeque::new()),
-        projection,
-        remaining: limit,
+        projection: None,
+        remaining: None,
         last_used: Instant::now(),
-        txn: None,
+        txn: txn_owner(req, txn),
     };
-    cursor.txn = txn_owner(req, txn);
-    let view: &dyn ReadView = match txn {
-        Some(txn) => txn,
-        None => &snapshot,
-    };
-    if let Access::IdPoint(key) = &access {
-        // A point lookup: at most one document can match.
-        let found = view
-            .get(&coll, key)?
-            .filter(|d| filter.matches(d) && skip == 0);
-        cursor.source = Source::Buffered(found.into_iter().map(BatchDoc::Stored).collect());
-    } else if (sort.is_some() && !access.sorted())
-        || txn.is_some()
-        || collated
-        || matches!(&access, Access::IdRange { bounds, .. } if bounds.intervals.len() != 1)
-    {
-        // A transaction's cursor is computed now, from the transaction's view, so it needs no
-        // live transaction later.
-        let sort = sort.as_ref().filter(|_| !access.sorted());
-        let docs = collect_matches(shared, view, &coll, &access, &filter, sort, skip, limit)?;
-        cursor.source = Source::Buffered(docs.into_iter().map(BatchDoc::Stored).collect());
-        cursor.remaining = None;
-    } else if let Access::Index {
-        index,
-        bounds,
-        reverse,
-        ..
-    } = access
-    {
-        cursor.source = Source::Index(Box::new(IndexScanState {
+    let (batch_size, single_batch) = (query.batch_size, query.single_batch);
+    cursor.projection = query.projection.take();
+    if super::views::is_view(&coll) {
+        cursor.source = Source::Buffered(view_matches(shared, view, &coll, &query)?);
+    } else {
+        let sort_by = sort_fields(req.opt_doc("sort")?);
+        let (filter, raw) = (&query.filter, query.raw_filter);
+        let access = choose(view, &coll, filter, raw, &hint, sort_by.as_deref())?;
+        let in_memory = must_collect(&access, &query, txn.is_some() || collated);
+        cursor.remaining = query.limit.filter(|_| !in_memory);
+        let read = Read {
+            shared,
+            txn,
             snapshot,
             coll,
-            walk: IndexWalk::new(index, &bounds, reverse),
-            filter,
-            skip,
-            pending: VecDeque::new(),
-        }));
-    } else {
+        };
+        cursor.source = read.source(access, query, in_memory)?;
+    }
+    first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// Whether the cursor's documents are all computed now rather than streamed (a point lookup
+/// needs neither): when the access path does not give the sort's order, for a range of several
+/// `_id` intervals, and when `at_once` says so: in a transaction (the cursor must need no live
+/// transaction later) or under a collation (the cursor could not keep it for `getMore`).
+fn must_collect(access: &Access, query: &FindQuery<'_>, at_once: bool) -> bool {
+    !matches!(access, Access::IdPoint(_))
+        && ((query.sort.is_some() && !access.sorted())
+            || at_once
+            || matches!(access, Access::IdRange { bounds, .. } if bounds.intervals.len() != 1))
+}
+
+/// A view's documents exist only as its pipeline's output: filter, sort and page them.
+fn view_matches(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    query: &FindQuery<'_>,
+) -> CommandResult<VecDeque<BatchDoc>> {
+    let mut docs = Vec::new();
+    for d in super::views::view_docs(shared, view, coll)? {
+        if query.filter.try_matches(&d)? {
+            docs.push(d);
+        }
+    }
+    if let Some(sort) = &query.sort {
+        docs.sort_by(|a, b| sort.compare(a, b));
+    }
+    Ok(docs
+        .into_iter()
+        .skip(query.skip as usize)
+        .take(query.limit.map_or(usize::MAX, |l| l as usize))
+        .map(BatchDoc::Owned)
+        .collect())
+}
+
+/// What a collection read works with: the reader's transaction (if any), the snapshot a
+/// streamed cursor keeps, and the collection.
+struct Read<'a> {
+    shared: &'a Shared,
+    txn: Option<&'a Txn>,
+    snapshot: Snapshot,
+    coll: CollectionInfo,
+}
+
+impl Read<'_> {
+    /// The cursor's source along `access`: a point lookup, every match computed now
+    /// (`in_memory`), or a scan of an index or of the collection streamed from the snapshot.
+    fn source(self, access: Access, q: FindQuery<'_>, in_memory: bool) -> CommandResult<Source> {
+        let Read {
+            shared,
+            txn,
+            snapshot,
+            coll,
+        } = self;
+        let view: &dyn ReadView = match txn {
+            Some(txn) => txn,
+            None => &snapshot,
+        };
+        if let Access::IdPoint(key) = &access {
+            // A point lookup: at most one document can match.
+            let found = view
+                .get(&coll, key)?
+                .filter(|d| q.filter.matches(d) && q.skip == 0);
+            return Ok(Source::Buffered(
+                found.into_iter().map(BatchDoc::Stored).collect(),
+            ));
+        }
+        if in_memory {
+            let sort = q.sort.as_ref().filter(|_| !access.sorted());
+            let docs = collect_matches(
+                shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
+            )?;
+            return Ok(Source::Buffered(
+                docs.into_iter().map(BatchDoc::Stored).collect(),
+            ));
+        }
+        if let Access::Index {
+            index,
+            bounds,
+            reverse,
+            ..
+        } = access
+        {
+            return Ok(Source::Index(Box::new(IndexScanState {
+                snapshot,
+                coll,
+                walk: IndexWalk::new(index, &bounds, reverse),
+                filter: q.filter,
+                skip: q.skip,
+                pending: VecDeque::new(),
+            })));
+        }
         let (range, reverse) = match &access {
             Access::IdRange {
                 bounds, reverse, ..
             } => (bounds.intervals.first().cloned(), *reverse),
             _ => (None, false),
         };
-        cursor.source = Source::Scan(Box::new(ScanState {
+        Ok(Source::Scan(Box::new(ScanState {
             snapshot,
             coll,
             range,
             reverse,
             after: None,
-            filter,
-            skip,
-        }));
+            filter: q.filter,
+            skip: q.skip,
+        })))
     }
-    let first = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
-    let (batch, exhausted) = cursor.next_batch(Some(first))?;
-    let id = if exhausted || single_batch {
-        0
-    } else {
-        shared.cursors.insert(cursor)?
-    };
-    Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
 /// Every match in memory (sorted, if asked), bounded like mongod's 100 MB blocking-sort limit.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Projection, SortSpec, Update, with_collation, with_let};
-use mangrove_storage::{DocKey, StoredDoc, Txn};
+use mangrove_storage::{CollectionInfo, DocKey, StoredDoc, Txn};
 
 use crate::error::{CommandError, CommandResult};
 use crate::request::{Request, type_name};
@@ -35,104 +35,48 @@ fn fam_bool(req: &Request<'_>, field: &str) -> CommandResult<bool> {
     Ok(req.opt_bool(field)?.unwrap_or(false))
 }
 
+const FAM_FIELDS: &[&str] = &[
+    "query",
+    "sort",
+    "remove",
+    "update",
+    "new",
+    "fields",
+    "upsert",
+    "bypassDocumentValidation",
+    "collation",
+    "arrayFilters",
+    "hint",
+    "let",
+];
+
+/// A findAndModify request, parsed and checked.
+struct FamSpec {
+    filter: Filter,
+    sort: Option<SortSpec>,
+    projection: Option<Projection>,
+    remove: bool,
+    return_new: bool,
+    upsert: bool,
+    update: Option<Update>,
+    collation: Option<mangrove_query::Collation>,
+}
+
 /// `findAndModify`: update, replace or remove the first matching document (in `sort` order) and
 /// return it as it was before or after.
 pub(super) async fn find_and_modify(
     shared: &Shared,
     req: &Request<'_>,
-    txn: Option<&mut Txn>,
+    mut txn: Option<&mut Txn>,
     retry: Option<Arc<RetryableWrite>>,
 ) -> CommandResult<Reply> {
-    req.check_fields(&[
-        "query",
-        "sort",
-        "remove",
-        "update",
-        "new",
-        "fields",
-        "upsert",
-        "bypassDocumentValidation",
-        "collation",
-        "arrayFilters",
-        "hint",
-        "let",
-    ])?;
+    req.check_fields(FAM_FIELDS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
     let mut opts = WriteOptions::from_request(req)?;
     opts.retry = retry;
     let ns = req.ns(name);
-    let empty = RawDocumentBuf::new();
-    let lets = req.opt_doc("let")?;
-    let filter = with_let(lets, || {
-        Filter::parse(req.opt_doc("query")?.unwrap_or(&empty)).map_err(CommandError::from)
-    })?;
-    let sort = match req.opt_doc("sort")? {
-        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
-        _ => None,
-    };
-    let projection = match req.opt_doc("fields")? {
-        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?.with_filter(&filter)),
-        _ => None,
-    };
-    let (remove, return_new, upsert) = (
-        fam_bool(req, "remove")?,
-        fam_bool(req, "new")?,
-        fam_bool(req, "upsert")?,
-    );
-    let update = match req.get("update") {
-        None => None,
-        Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => {
-            let u: Bson = v.try_into().map_err(internal)?;
-            let filters = match req.opt_array("arrayFilters")? {
-                Some(items) => Some(
-                    items
-                        .into_iter()
-                        .map(|f| match f {
-                            Ok(RawBsonRef::Document(d)) => Document::try_from(d).map_err(internal),
-                            _ => Err(CommandError::type_mismatch(
-                                "arrayFilters entries must be objects",
-                            )),
-                        })
-                        .collect::<CommandResult<Vec<_>>>()?,
-                ),
-                None => None,
-            };
-            Some(with_let(lets, || {
-                Update::parse_with_array_filters(&u, filters.as_deref())
-            })?)
-        }
-        Some(v) => {
-            return Err(CommandError::type_mismatch(format!(
-                "BSON field 'findAndModify.update' is the wrong type '{}', expected types '[object, array]'",
-                type_name(v.element_type())
-            )));
-        }
-    };
-    match (&update, remove) {
-        (Some(_), true) => {
-            return Err(CommandError::failed_to_parse(
-                "Cannot specify both an update and remove=true",
-            ));
-        }
-        (None, false) => {
-            return Err(CommandError::failed_to_parse(
-                "Either an update or remove=true must be specified",
-            ));
-        }
-        _ => {}
-    }
-    if remove && return_new {
-        return Err(CommandError::failed_to_parse(
-            "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
-        ));
-    }
-    if remove && upsert {
-        return Err(CommandError::failed_to_parse(
-            "Cannot specify both upsert=true and remove=true ",
-        ));
-    }
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let spec = parse_spec(req)?;
     // A retry of a findAndModify that ran returns what it returned then (pre- or post-image).
     if let Some(recorded) = opts.retry.as_ref().and_then(|r| r.recorded(0))
         && let Some(recorded) = recorded.as_document()
@@ -143,8 +87,7 @@ pub(super) async fn find_and_modify(
             opts.wc_error(),
         ));
     }
-    let mut txn = txn;
-    let coll = if upsert {
+    let coll = if spec.upsert {
         Some(match txn.as_deref_mut() {
             Some(t) => t.create_collection_shared(&ns, Document::new())?,
             None => implicit_collection(shared, &ns, &opts).await?,
@@ -165,81 +108,202 @@ pub(super) async fn find_and_modify(
         },
         Some(coll) => {
             run_write(shared, &opts, txn, |t| {
-                let target = with_collation(collation.as_ref(), || -> CommandResult<_> {
-                    Ok(match &sort {
-                        None => targets(t, &coll, &filter, true)?.into_iter().next(),
-                        Some(sort) => {
-                            let mut best: Option<(DocKey, StoredDoc)> = None;
-                            t.scan(&coll, None, |key, doc| {
-                                if filter.matches(doc)
-                                    && best
-                                        .as_ref()
-                                        .is_none_or(|(_, b)| sort.compare(doc, b).is_lt())
-                                {
-                                    best = Some((key.clone(), doc.clone()));
-                                }
-                                ControlFlow::Continue(())
-                            })?;
-                            best
-                        }
-                    })
+                let target = with_collation(spec.collation.as_ref(), || {
+                    find_target(t, &coll, &spec.filter, spec.sort.as_ref())
                 })?;
-                match (target, &update) {
-                    (Some((key, old)), None) => {
-                        t.delete(&coll, key)?;
-                        FamOutcome {
-                            n: 1,
-                            updated_existing: None,
-                            upserted: None,
-                            value: Some(old),
-                        }
-                    }
-                    (Some((key, old)), Some(update)) => {
-                        let new = update_one_doc(t, &coll, &filter, update, key, &old, max_bson)?;
-                        let value = if return_new {
-                            Some(new.unwrap_or(old))
-                        } else {
-                            Some(old)
-                        };
-                        FamOutcome {
-                            n: 1,
-                            updated_existing: Some(true),
-                            upserted: None,
-                            value,
-                        }
-                    }
-                    (None, Some(update)) if upsert => {
-                        let inserted = upsert_doc(t, &coll, &filter, update, max_bson)?;
-                        let id = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
-                        FamOutcome {
-                            n: 1,
-                            updated_existing: Some(false),
-                            upserted: id,
-                            value: return_new.then_some(inserted),
-                        }
-                    }
-                    (None, _) => FamOutcome {
-                        n: 0,
-                        updated_existing: update.as_ref().map(|_| false),
-                        upserted: None,
-                        value: None,
-                    },
-                }
-                .recorded_in(opts.retry.as_deref(), projection.as_ref())
+                modify_target(t, &coll, target, &spec, max_bson)?
+                    .recorded_in(opts.retry.as_deref(), spec.projection.as_ref())
             })
             .await?
         }
     };
     Counters::bump(
-        if remove {
+        if spec.remove {
             &shared.counters.delete
         } else {
             &shared.counters.update
         },
         1,
     );
-    let (last_error, value) = outcome.reply_parts(projection.as_ref())?;
+    let (last_error, value) = outcome.reply_parts(spec.projection.as_ref())?;
     Ok(fam_reply(last_error, value, opts.wc_error()))
+}
+
+/// The request's query, sort, projection, flags, update and collation, in the order mongod
+/// checks them.
+fn parse_spec(req: &Request<'_>) -> CommandResult<FamSpec> {
+    let empty = RawDocumentBuf::new();
+    let lets = req.opt_doc("let")?;
+    let filter = with_let(lets, || {
+        Filter::parse(req.opt_doc("query")?.unwrap_or(&empty)).map_err(CommandError::from)
+    })?;
+    let sort = match req.opt_doc("sort")? {
+        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
+        _ => None,
+    };
+    let projection = match req.opt_doc("fields")? {
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?.with_filter(&filter)),
+        _ => None,
+    };
+    let (remove, return_new, upsert) = (
+        fam_bool(req, "remove")?,
+        fam_bool(req, "new")?,
+        fam_bool(req, "upsert")?,
+    );
+    let update = parse_update(req, lets)?;
+    check_flags(update.is_some(), remove, return_new, upsert)?;
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    Ok(FamSpec {
+        filter,
+        sort,
+        projection,
+        remove,
+        return_new,
+        upsert,
+        update,
+        collation,
+    })
+}
+
+/// `update` (a document or a pipeline) with its `arrayFilters`, if given.
+fn parse_update(req: &Request<'_>, lets: Option<&RawDocument>) -> CommandResult<Option<Update>> {
+    match req.get("update") {
+        None => Ok(None),
+        Some(v @ (RawBsonRef::Document(_) | RawBsonRef::Array(_))) => {
+            let u: Bson = v.try_into().map_err(internal)?;
+            let filters = match req.opt_array("arrayFilters")? {
+                Some(items) => Some(
+                    items
+                        .into_iter()
+                        .map(|f| match f {
+                            Ok(RawBsonRef::Document(d)) => Document::try_from(d).map_err(internal),
+                            _ => Err(CommandError::type_mismatch(
+                                "arrayFilters entries must be objects",
+                            )),
+                        })
+                        .collect::<CommandResult<Vec<_>>>()?,
+                ),
+                None => None,
+            };
+            Ok(Some(with_let(lets, || {
+                Update::parse_with_array_filters(&u, filters.as_deref())
+            })?))
+        }
+        Some(v) => Err(CommandError::type_mismatch(format!(
+            "BSON field 'findAndModify.update' is the wrong type '{}', expected types '[object, array]'",
+            type_name(v.element_type())
+        ))),
+    }
+}
+
+/// Exactly one of `update` and `remove`; `remove` with neither `new` nor `upsert`.
+fn check_flags(
+    has_update: bool,
+    remove: bool,
+    return_new: bool,
+    upsert: bool,
+) -> CommandResult<()> {
+    match (has_update, remove) {
+        (true, true) => {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify both an update and remove=true",
+            ));
+        }
+        (false, false) => {
+            return Err(CommandError::failed_to_parse(
+                "Either an update or remove=true must be specified",
+            ));
+        }
+        _ => {}
+    }
+    if remove && return_new {
+        return Err(CommandError::failed_to_parse(
+            "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
+        ));
+    }
+    if remove && upsert {
+        return Err(CommandError::failed_to_parse(
+            "Cannot specify both upsert=true and remove=true ",
+        ));
+    }
+    Ok(())
+}
+
+/// The first matching document, in `sort` order when there is one.
+fn find_target(
+    t: &mut Txn,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    sort: Option<&SortSpec>,
+) -> CommandResult<Option<(DocKey, StoredDoc)>> {
+    Ok(match sort {
+        None => targets(t, coll, filter, true)?.into_iter().next(),
+        Some(sort) => {
+            let mut best: Option<(DocKey, StoredDoc)> = None;
+            t.scan(coll, None, |key, doc| {
+                if filter.matches(doc)
+                    && best
+                        .as_ref()
+                        .is_none_or(|(_, b)| sort.compare(doc, b).is_lt())
+                {
+                    best = Some((key.clone(), doc.clone()));
+                }
+                ControlFlow::Continue(())
+            })?;
+            best
+        }
+    })
+}
+
+/// Removes, updates or upserts as the request asks, given the document it found (if any).
+fn modify_target(
+    t: &mut Txn,
+    coll: &CollectionInfo,
+    target: Option<(DocKey, StoredDoc)>,
+    spec: &FamSpec,
+    max_bson: usize,
+) -> CommandResult<FamOutcome> {
+    Ok(match (target, &spec.update) {
+        (Some((key, old)), None) => {
+            t.delete(coll, key)?;
+            FamOutcome {
+                n: 1,
+                updated_existing: None,
+                upserted: None,
+                value: Some(old),
+            }
+        }
+        (Some((key, old)), Some(update)) => {
+            let new = update_one_doc(t, coll, &spec.filter, update, key, &old, max_bson)?;
+            let value = if spec.return_new {
+                Some(new.unwrap_or(old))
+            } else {
+                Some(old)
+            };
+            FamOutcome {
+                n: 1,
+                updated_existing: Some(true),
+                upserted: None,
+                value,
+            }
+        }
+        (None, Some(update)) if spec.upsert => {
+            let inserted = upsert_doc(t, coll, &spec.filter, update, max_bson)?;
+            let id = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
+            FamOutcome {
+                n: 1,
+                updated_existing: Some(false),
+                upserted: id,
+                value: spec.return_new.then_some(inserted),
+            }
+        }
+        (None, _) => FamOutcome {
+            n: 0,
+            updated_existing: spec.update.as_ref().map(|_| false),
+            upserted: None,
+            value: None,
+        },
+    })
 }
 
 fn fam_reply(last_error: Document, value: Bson, wc_error: Option<Document>) -> Reply {

@@ -50,16 +50,28 @@ pub(super) fn pipeline_cursor(
     batch_size: Option<u64>,
     txn: Option<(Vec<u8>, i64)>,
 ) -> CommandResult<Reply> {
-    let mut cursor = Cursor {
-        ns: ns.clone(),
+    let cursor = Cursor {
+        ns,
         source: Source::Buffered(output.into_iter().map(BatchDoc::Owned).collect()),
         projection: None,
         remaining: None,
         last_used: Instant::now(),
         txn,
     };
+    first_batch(shared, cursor, batch_size, false)
+}
+
+/// The reply with `cursor`'s first batch (`batch_size`, or mongod's default); the cursor is kept
+/// for `getMore` unless that batch exhausted it or the client asked for a single batch.
+pub(super) fn first_batch(
+    shared: &Shared,
+    mut cursor: Cursor,
+    batch_size: Option<u64>,
+    single_batch: bool,
+) -> CommandResult<Reply> {
+    let ns = cursor.ns.clone();
     let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
-    let id = if exhausted {
+    let id = if exhausted || single_batch {
         0
     } else {
         shared.cursors.insert(cursor)?

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf};
-use mangrove_query::Filter;
+use mangrove_query::{Collation, Filter};
 use mangrove_storage::{CollectionInfo, DocKey, StoredDoc, Txn};
 
 use crate::access::{Examined, Hint, choose, for_each_match};
@@ -13,7 +13,7 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::{as_bool, type_name};
 
 use super::Reply;
-use super::args::internal;
+use super::args::{internal, parse_collation};
 
 /// A write command may carry at most this many statements, as mongod's `maxWriteBatchSize`.
 const MAX_WRITE_BATCH: usize = 100_000;
@@ -117,4 +117,21 @@ pub(super) fn stmt_filter(stmt: &RawDocument, command: &str, list: &str) -> Comm
             format!("BSON field '{command}.{list}.q' is missing but a required field"),
         )),
     }
+}
+
+/// One update or delete statement and what it is run with: its position in the batch, the
+/// command's `let` variables and namespace.
+pub(super) struct Stmt<'a> {
+    pub index: usize,
+    pub doc: &'a RawDocument,
+    pub lets: Option<&'a RawDocument>,
+    pub ns: &'a str,
+}
+
+/// A statement's `collation`, if given as a document.
+pub(super) fn stmt_collation(stmt: &RawDocument) -> CommandResult<Option<Collation>> {
+    parse_collation(match stmt.get("collation").ok().flatten() {
+        Some(RawBsonRef::Document(c)) => Some(c),
+        _ => None,
+    })
 }
