@@ -84,7 +84,7 @@ pub(super) async fn aggregate(
         req.ns(req.collection()?)
     };
     let Some(pipeline) = parse_pipeline(req)? else {
-        return super::indexes::explain_command(shared, req.db, req.body, "queryPlanner");
+        return super::explain::explain_command(shared, req.db, req.body, "queryPlanner");
     };
     if collectionless && !pipeline.starts_with_documents() {
         return Err(CommandError::new(

@@ -1,4 +1,4 @@
-//! Databases and collections: list, create, drop.
+//! Databases and collections: list, create, drop, rename.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -166,6 +166,35 @@ pub(super) async fn create(
     req.check_fields(CREATE_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
+    let options = create_options(req, txn.is_some())?;
+    let ns = req.ns(name);
+    let opts = WriteOptions::from_request(req)?;
+    let in_txn = txn.is_some();
+    run_write(shared, &opts, txn, |txn: &mut Txn| {
+        match txn.collection(&ns) {
+            Some(_) if in_txn => Err(CommandError::new(
+                code::NAMESPACE_EXISTS,
+                format!("Collection {ns} already exists."),
+            )),
+            // MongoDB 7.0 makes `create` idempotent when the options match.
+            Some(existing) if existing.options == options => Ok(()),
+            Some(_) => Err(CommandError::new(
+                code::NAMESPACE_EXISTS,
+                format!("Collection {ns} already exists with different options."),
+            )),
+            None => txn
+                .create_collection(&ns, options.clone())
+                .map(|_| ())
+                .map_err(Into::into),
+        }
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+/// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),
+/// after refusing the ones Mangrove does not implement.
+fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
     for option in UNSUPPORTED_CREATE_OPTIONS {
         if let Some(v) = req.get(option) {
             // `capped: false` and friends ask for nothing special.
@@ -190,7 +219,7 @@ pub(super) async fn create(
     }
     match (req.get("viewOn"), req.get("pipeline")) {
         (Some(view_on), pipeline) => {
-            if txn.is_some() {
+            if in_txn {
                 return Err(CommandError::new(
                     code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
                     "Cannot create a view in a multi-document transaction.",
@@ -205,29 +234,7 @@ pub(super) async fn create(
         }
         (None, None) => {}
     }
-    let ns = req.ns(name);
-    let opts = WriteOptions::from_request(req)?;
-    let in_txn = txn.is_some();
-    run_write(shared, &opts, txn, |txn: &mut Txn| {
-        match txn.collection(&ns) {
-            Some(_) if in_txn => Err(CommandError::new(
-                code::NAMESPACE_EXISTS,
-                format!("Collection {ns} already exists."),
-            )),
-            // MongoDB 7.0 makes `create` idempotent when the options match.
-            Some(existing) if existing.options == options => Ok(()),
-            Some(_) => Err(CommandError::new(
-                code::NAMESPACE_EXISTS,
-                format!("Collection {ns} already exists with different options."),
-            )),
-            None => txn
-                .create_collection(&ns, options.clone())
-                .map(|_| ())
-                .map_err(Into::into),
-        }
-    })
-    .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    Ok(options)
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their
@@ -301,6 +308,36 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
 /// (TransactionTooLarge) rather than half renamed.
 pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["to", "dropTarget", "stayTemp"])?;
+    let (from, to) = rename_namespaces(req)?;
+    if from == to {
+        return Err(CommandError::new(
+            code::ILLEGAL_OPERATION,
+            "Can't rename a collection to itself",
+        ));
+    }
+    let drop_target = req.opt_bool("dropTarget")?.unwrap_or(false);
+    let opts = WriteOptions::from_request(req)?;
+    let what = format!("{from} and {to}");
+    wait_for_transactions(shared, req, &what, &|used| used == from || used == to).await?;
+    if drop_target {
+        // Its own commit: a transaction never drops and re-creates one namespace.
+        retry_conflicts(shared, &opts, |txn: &mut Txn| {
+            if txn.collection(from).is_some() && txn.collection(to).is_some() {
+                txn.drop_collection(to)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
+        move_collection(txn, from, to)
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+/// The source (the command's value) and `to` namespaces, both valid.
+fn rename_namespaces<'r>(req: &Request<'r>) -> CommandResult<(&'r str, &'r str)> {
     let from = match req.command_value() {
         Some(RawBsonRef::String(s)) => s,
         _ => {
@@ -328,58 +365,39 @@ pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> Com
         })?;
         validate_collection_name(db, coll)?;
     }
-    if from == to {
+    Ok((from, to))
+}
+
+/// Creates `to` with the source's options and indexes, moves every document, and drops `from`.
+fn move_collection(txn: &mut Txn, from: &str, to: &str) -> CommandResult<()> {
+    let Some(source) = txn.collection(from) else {
         return Err(CommandError::new(
-            code::ILLEGAL_OPERATION,
-            "Can't rename a collection to itself",
+            code::NAMESPACE_NOT_FOUND,
+            format!("Source collection {from} does not exist"),
+        ));
+    };
+    if txn.collection(to).is_some() {
+        return Err(CommandError::new(
+            code::NAMESPACE_EXISTS,
+            format!("target namespace exists: {to}"),
         ));
     }
-    let drop_target = req.opt_bool("dropTarget")?.unwrap_or(false);
-    let opts = WriteOptions::from_request(req)?;
-    let what = format!("{from} and {to}");
-    wait_for_transactions(shared, req, &what, &|used| used == from || used == to).await?;
-    if drop_target {
-        // Its own commit: a transaction never drops and re-creates one namespace.
-        retry_conflicts(shared, &opts, |txn: &mut Txn| {
-            if txn.collection(from).is_some() && txn.collection(to).is_some() {
-                txn.drop_collection(to)?;
-            }
-            Ok(())
-        })
-        .await?;
+    let mut target = txn.create_collection(to, source.options.clone())?;
+    // The indexes move with the collection, as in MongoDB; built empty, then filled by
+    // the inserts below.
+    for index in &source.indexes {
+        target = txn.create_index(to, index.spec.clone())?;
     }
-    retry_conflicts(shared, &opts, |txn: &mut Txn| {
-        let Some(source) = txn.collection(from) else {
-            return Err(CommandError::new(
-                code::NAMESPACE_NOT_FOUND,
-                format!("Source collection {from} does not exist"),
-            ));
-        };
-        if txn.collection(to).is_some() {
-            return Err(CommandError::new(
-                code::NAMESPACE_EXISTS,
-                format!("target namespace exists: {to}"),
-            ));
-        }
-        let mut target = txn.create_collection(to, source.options.clone())?;
-        // The indexes move with the collection, as in MongoDB; built empty, then filled by
-        // the inserts below.
-        for index in &source.indexes {
-            target = txn.create_index(to, index.spec.clone())?;
-        }
-        let mut docs = Vec::new();
-        txn.scan(&source, None, |key, doc| {
-            docs.push((key.clone(), doc.clone()));
-            std::ops::ControlFlow::Continue(())
-        })?;
-        for (key, doc) in docs {
-            txn.insert(&target, key, doc)?;
-        }
-        txn.drop_collection(from)?;
-        Ok(())
-    })
-    .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    let mut docs = Vec::new();
+    txn.scan(&source, None, |key, doc| {
+        docs.push((key.clone(), doc.clone()));
+        std::ops::ControlFlow::Continue(())
+    })?;
+    for (key, doc) in docs {
+        txn.insert(&target, key, doc)?;
+    }
+    txn.drop_collection(from)?;
+    Ok(())
 }
 
 pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -51,21 +51,7 @@ fn distinct_with(
     let name = req.collection()?;
     validate_db_name(req.db)?;
     let ns = req.ns(name);
-    let key = match req.get("key") {
-        Some(RawBsonRef::String(k)) => k,
-        Some(v) => {
-            return Err(CommandError::type_mismatch(format!(
-                "BSON field 'distinct.key' is the wrong type '{}', expected type 'string'",
-                type_name(v.element_type())
-            )));
-        }
-        None => {
-            return Err(CommandError::new(
-                code::MISSING_FIELD,
-                "BSON field 'distinct.key' is missing but a required field",
-            ));
-        }
-    };
+    let key = distinct_key(req)?;
     let empty = RawDocumentBuf::new();
     let raw_filter = req.opt_doc("query")?.unwrap_or(&empty);
     let filter = Filter::parse(raw_filter)?;
@@ -81,15 +67,7 @@ fn distinct_with(
             None => &snapshot,
         };
         if super::views::is_view(&coll) {
-            for d in super::views::view_docs(shared, view, &coll)? {
-                if filter.try_matches(&d)? {
-                    values.extend(
-                        mangrove_query::distinct_values(&d, key)
-                            .into_iter()
-                            .map(bson::RawBson::from),
-                    );
-                }
-            }
+            values = view_values(shared, view, &coll, &filter, key)?;
         } else {
             distinct_from_collection(
                 shared,
@@ -104,6 +82,47 @@ fn distinct_with(
         }
     }
     dedup_values(&mut values);
+    Ok(values_reply(values))
+}
+
+/// `key`: the (dotted) field whose values are asked for.
+fn distinct_key<'r>(req: &Request<'r>) -> CommandResult<&'r str> {
+    match req.get("key") {
+        Some(RawBsonRef::String(k)) => Ok(k),
+        Some(v) => Err(CommandError::type_mismatch(format!(
+            "BSON field 'distinct.key' is the wrong type '{}', expected type 'string'",
+            type_name(v.element_type())
+        ))),
+        None => Err(CommandError::new(
+            code::MISSING_FIELD,
+            "BSON field 'distinct.key' is missing but a required field",
+        )),
+    }
+}
+
+/// The values of `key` in the documents of the view `coll` that match `filter`.
+fn view_values(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    key: &str,
+) -> CommandResult<Vec<bson::RawBson>> {
+    let mut values = Vec::new();
+    for d in super::views::view_docs(shared, view, coll)? {
+        if filter.try_matches(&d)? {
+            values.extend(
+                mangrove_query::distinct_values(&d, key)
+                    .into_iter()
+                    .map(bson::RawBson::from),
+            );
+        }
+    }
+    Ok(values)
+}
+
+/// `{values: [...], ok: 1}`, built raw.
+fn values_reply(values: Vec<bson::RawBson>) -> Reply {
     let mut array = RawArrayBuf::new();
     for v in values {
         array.push(v);
@@ -111,7 +130,7 @@ fn distinct_with(
     let mut reply = RawDocumentBuf::new();
     reply.append(cstr!("values"), array);
     reply.append(cstr!("ok"), 1.0);
-    Ok(Reply::Raw(reply))
+    Reply::Raw(reply)
 }
 
 /// The values of `key` in the documents of a collection matching `filter`, deduplicated as

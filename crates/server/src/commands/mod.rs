@@ -7,6 +7,7 @@ mod collections;
 mod count_distinct;
 mod delete;
 mod diag;
+mod explain;
 mod find;
 mod find_and_modify;
 mod get_more;
@@ -395,7 +396,7 @@ async fn dispatch(
         "createIndexes" => indexes::create_indexes(shared, req, None).await,
         "listIndexes" => indexes::list_indexes(shared, req, None),
         "dropIndexes" => indexes::drop_indexes(shared, req).await,
-        "explain" => indexes::explain(shared, req),
+        "explain" => explain::explain(shared, req),
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
             if req.get("txnNumber").is_some() =>
         {
