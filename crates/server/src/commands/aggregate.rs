@@ -476,7 +476,7 @@ async fn write_sink(
     output: Vec<RawDocumentBuf>,
     opts: &WriteOptions,
 ) -> CommandResult<()> {
-    use mangrove_query::{Sink, WhenMatched, WhenNotMatched};
+    use mangrove_query::Sink;
     let (db, coll) = match sink {
         Sink::Out { db, coll } | Sink::Merge { db, coll, .. } => {
             (db.as_deref().unwrap_or(req.db), coll)
@@ -487,56 +487,90 @@ async fn write_sink(
     let docs = sink_docs(output, shared.config.max_bson_size)?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
     super::views::refuse_write(&target)?;
-    retry_conflicts(shared, opts, |txn| {
-        match sink {
-            Sink::Out { .. } => {
-                let mut old = Vec::new();
-                txn.scan(&target, None, |key, _| {
-                    old.push(key.clone());
-                    ControlFlow::Continue(())
-                })?;
-                for key in old {
-                    txn.delete(&target, key)?;
-                }
-                for (key, doc) in &docs {
-                    txn.insert(&target, key.clone(), doc.clone())?;
-                }
-            }
-            Sink::Merge { when_matched, when_not_matched, .. } => {
-                for (key, doc) in &docs {
-                    match (txn.get(&target, key)?, when_matched, when_not_matched) {
-                        (Some(_), WhenMatched::Replace, _) => txn.replace(&target, key.clone(), doc.clone())?,
-                        (Some(_), WhenMatched::KeepExisting, _) => {}
-                        (Some(existing), WhenMatched::Merge, _) => {
-                            let mut merged = Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
-                            for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
-                                merged.insert(k, v);
-                            }
-                            let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
-                            txn.replace(&target, key.clone(), Arc::new(merged))?;
-                        }
-                        (Some(existing), WhenMatched::Fail, _) => {
-                            let id = id_of(&existing).and_then(|i| Bson::try_from(i).ok()).unwrap_or(Bson::Null);
-                            let mut e = CommandError::new(
-                                code::DUPLICATE_KEY,
-                                format!("$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"),
-                            );
-                            e.info = Some(Box::new(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } }));
-                            return Err(e);
-                        }
-                        (None, _, WhenNotMatched::Insert) => txn.insert(&target, key.clone(), doc.clone())?,
-                        (None, _, WhenNotMatched::Discard) => {}
-                        (None, _, WhenNotMatched::Fail) => {
-                            return Err(CommandError::new(
-                                13113,
-                                "$merge could not find a matching document in the target collection for at least one document in the source collection",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+    retry_conflicts(shared, opts, |txn| match sink {
+        Sink::Out { .. } => replace_all(txn, &target, &docs),
+        Sink::Merge {
+            when_matched,
+            when_not_matched,
+            ..
+        } => merge_docs(
+            txn,
+            (&target, &target_ns),
+            &docs,
+            *when_matched,
+            *when_not_matched,
+        ),
     })
     .await
+}
+
+/// `$out`: the target's documents become the output.
+fn replace_all(
+    txn: &mut Txn,
+    target: &CollectionInfo,
+    docs: &[(DocKey, StoredDoc)],
+) -> CommandResult<()> {
+    let mut old = Vec::new();
+    txn.scan(target, None, |key, _| {
+        old.push(key.clone());
+        ControlFlow::Continue(())
+    })?;
+    for key in old {
+        txn.delete(target, key)?;
+    }
+    for (key, doc) in docs {
+        txn.insert(target, key.clone(), doc.clone())?;
+    }
+    Ok(())
+}
+
+/// `$merge` on `_id`: each output document replaces, keeps, merges into or fails on the one it
+/// matches, and is inserted, discarded or fails when it matches none.
+fn merge_docs(
+    txn: &mut Txn,
+    (target, target_ns): (&CollectionInfo, &str),
+    docs: &[(DocKey, StoredDoc)],
+    when_matched: mangrove_query::WhenMatched,
+    when_not_matched: mangrove_query::WhenNotMatched,
+) -> CommandResult<()> {
+    use mangrove_query::{WhenMatched, WhenNotMatched};
+    for (key, doc) in docs {
+        match (txn.get(target, key)?, when_matched, when_not_matched) {
+            (Some(_), WhenMatched::Replace, _) => txn.replace(target, key.clone(), doc.clone())?,
+            (Some(_), WhenMatched::KeepExisting, _) => {}
+            (Some(existing), WhenMatched::Merge, _) => {
+                let mut merged =
+                    Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
+                for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
+                    merged.insert(k, v);
+                }
+                let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
+                txn.replace(target, key.clone(), Arc::new(merged))?;
+            }
+            (Some(existing), WhenMatched::Fail, _) => {
+                let id = id_of(&existing)
+                    .and_then(|i| Bson::try_from(i).ok())
+                    .unwrap_or(Bson::Null);
+                let mut e = CommandError::new(
+                    code::DUPLICATE_KEY,
+                    format!(
+                        "$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"
+                    ),
+                );
+                e.info = Some(Box::new(
+                    doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } },
+                ));
+                return Err(e);
+            }
+            (None, _, WhenNotMatched::Insert) => txn.insert(target, key.clone(), doc.clone())?,
+            (None, _, WhenNotMatched::Discard) => {}
+            (None, _, WhenNotMatched::Fail) => {
+                return Err(CommandError::new(
+                    13113,
+                    "$merge could not find a matching document in the target collection for at least one document in the source collection",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
