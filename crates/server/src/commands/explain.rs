@@ -203,16 +203,7 @@ pub(super) fn explain_command(
     let plan = wrap_plan(plan, &e, sorted)?;
     let mut reply = doc! {
         "explainVersion": "1",
-        "queryPlanner": {
-            "namespace": &ns,
-            "indexFilterSet": false,
-            "parsedQuery": filter_doc,
-            "maxIndexedOrSolutionsReached": false,
-            "maxIndexedAndSolutionsReached": false,
-            "maxScansToExplodeReached": false,
-            "winningPlan": plan.clone(),
-            "rejectedPlans": [],
-        },
+        "queryPlanner": query_planner(&ns, filter_doc, plan.clone()),
     };
     if verbosity != "queryPlanner" {
         reply.insert("executionStats", execution_stats(plan, &run, micros));
@@ -224,6 +215,20 @@ pub(super) fn explain_command(
     );
     reply.insert("ok", 1.0);
     Ok(reply.into())
+}
+
+/// `queryPlanner`: the parsed query and the winning (only) plan.
+fn query_planner(ns: &str, filter_doc: Document, plan: Document) -> Document {
+    doc! {
+        "namespace": ns,
+        "indexFilterSet": false,
+        "parsedQuery": filter_doc,
+        "maxIndexedOrSolutionsReached": false,
+        "maxIndexedAndSolutionsReached": false,
+        "maxScansToExplodeReached": false,
+        "winningPlan": plan,
+        "rejectedPlans": [],
+    }
 }
 
 /// Walks the plan as the command would, counting what it examines and returns; stops early
