@@ -1,4 +1,4 @@
-//! Secondary indexes: `createIndexes`, `listIndexes`, `dropIndexes`, `explain`, and the TTL
+//! Secondary indexes: `createIndexes`, `listIndexes`, `dropIndexes`, and the TTL
 //! monitor that deletes expired documents.
 
 use std::sync::Arc;
