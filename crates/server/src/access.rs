@@ -229,46 +229,90 @@ pub fn choose(
     if mangrove_query::collation_active() {
         return Ok(Access::Collection);
     }
-    let index_access = |index: &Arc<IndexInfo>, bounds: IndexBounds, multikey: bool| {
-        let direction = bounds.sort_direction(&index.key, sort, multikey);
-        Access::Index {
-            index: index.clone(),
-            bounds: Arc::new(bounds),
-            multikey,
-            sorted: direction.is_some(),
-            reverse: direction == Some(true),
-        }
-    };
-    let id_access = |bounds: IndexBounds| {
-        let direction = bounds.sort_direction(id_spec(), sort, false);
-        Access::IdRange {
-            bounds: Arc::new(bounds),
-            sorted: direction.is_some(),
-            reverse: direction == Some(true),
-        }
-    };
-    match hint {
-        Hint::Natural => return Ok(Access::Collection),
-        Hint::Id => {
-            return Ok(match filter.id_equality() {
-                Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
-                None => Access::Collection,
-            });
-        }
-        Hint::Index(index) => {
-            let multikey = view.index_multikey(index)?;
-            if let Some(bounds) = index_bounds(filter, raw, &index.key, true, multikey) {
-                return Ok(index_access(index, bounds, multikey));
-            }
-            return Ok(Access::Collection);
-        }
-        Hint::None => {}
+    if let Some(access) = hinted(view, filter, raw, hint, sort)? {
+        return Ok(access);
     }
     if let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
     // `_id` ranges and `$in` lists walk the collection's own key order.
     let id_bounds = index_bounds(filter, raw, id_spec(), false, false);
+    let best = best_index(view, coll, filter, raw, sort)?;
+    if let Some(bounds) = id_bounds
+        && best
+            .as_ref()
+            .is_none_or(|(_, b, _)| bounds.score >= b.score)
+    {
+        return Ok(id_access(bounds, sort));
+    }
+    if let Some((index, bounds, multikey)) = best {
+        return Ok(index_access(index, bounds, multikey, sort));
+    }
+    sort_order_access(view, coll, filter, raw, sort)
+}
+
+/// An index walk over `bounds`, in the direction that gives `sort` if it can.
+fn index_access(
+    index: &Arc<IndexInfo>,
+    bounds: IndexBounds,
+    multikey: bool,
+    sort: &[(String, bool)],
+) -> Access {
+    let direction = bounds.sort_direction(&index.key, sort, multikey);
+    Access::Index {
+        index: index.clone(),
+        bounds: Arc::new(bounds),
+        multikey,
+        sorted: direction.is_some(),
+        reverse: direction == Some(true),
+    }
+}
+
+/// A walk of the collection's `_id` order over `bounds`, in the direction that gives `sort` if
+/// it can.
+fn id_access(bounds: IndexBounds, sort: &[(String, bool)]) -> Access {
+    let direction = bounds.sort_direction(id_spec(), sort, false);
+    Access::IdRange {
+        bounds: Arc::new(bounds),
+        sorted: direction.is_some(),
+        reverse: direction == Some(true),
+    }
+}
+
+/// The access path a hint decides, if there is a hint.
+fn hinted(
+    view: &dyn ReadView,
+    filter: &Filter,
+    raw: &RawDocument,
+    hint: &Hint,
+    sort: &[(String, bool)],
+) -> CommandResult<Option<Access>> {
+    Ok(Some(match hint {
+        Hint::Natural => Access::Collection,
+        Hint::Id => match filter.id_equality() {
+            Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
+            None => Access::Collection,
+        },
+        Hint::Index(index) => {
+            let multikey = view.index_multikey(index)?;
+            match index_bounds(filter, raw, &index.key, true, multikey) {
+                Some(bounds) => index_access(index, bounds, multikey, sort),
+                None => Access::Collection,
+            }
+        }
+        Hint::None => return Ok(None),
+    }))
+}
+
+/// The secondary index with the most selective bounds for `filter`, with its bounds and
+/// multikey flag.
+fn best_index<'c>(
+    view: &dyn ReadView,
+    coll: &'c CollectionInfo,
+    filter: &Filter,
+    raw: &RawDocument,
+    sort: &[(String, bool)],
+) -> CommandResult<Option<(&'c Arc<IndexInfo>, IndexBounds, bool)>> {
     let mut best: Option<(&Arc<IndexInfo>, IndexBounds, bool)> = None;
     for index in &coll.indexes {
         // Cheap: most filters give no bounds at all, and then the flag is never read.
@@ -301,18 +345,19 @@ pub fn choose(
             best = Some((index, bounds, multikey));
         }
     }
-    if let Some(bounds) = id_bounds
-        && best
-            .as_ref()
-            .is_none_or(|(_, b, _)| bounds.score >= b.score)
-    {
-        return Ok(id_access(bounds));
-    }
-    if let Some((index, bounds, multikey)) = best {
-        return Ok(index_access(index, bounds, multikey));
-    }
-    // No index narrows the filter; one that gives the sort order still saves the blocking sort
-    // (and with a limit, most of the scan). Sparse and partial indexes may lack documents.
+    Ok(best)
+}
+
+/// When no index narrows the filter: one that gives the sort order still saves the blocking
+/// sort (and with a limit, most of the scan), else a collection scan.
+fn sort_order_access(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    raw: &RawDocument,
+    sort: &[(String, bool)],
+) -> CommandResult<Access> {
+    // Sparse and partial indexes may lack documents.
     for index in &coll.indexes {
         if index.key.sparse || index.key.partial.is_some() || sort.is_empty() {
             continue;
@@ -321,14 +366,14 @@ pub fn choose(
         if let Some(bounds) = index_bounds(filter, raw, &index.key, true, multikey)
             && bounds.sort_direction(&index.key, sort, multikey).is_some()
         {
-            return Ok(index_access(index, bounds, multikey));
+            return Ok(index_access(index, bounds, multikey, sort));
         }
     }
     // The collection itself is in `_id` order, either way.
     if let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {
-        return Ok(id_access(bounds));
+        return Ok(id_access(bounds, sort));
     }
     Ok(Access::Collection)
 }

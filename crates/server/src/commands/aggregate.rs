@@ -36,11 +36,11 @@ use crate::request::Request;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::catalog::{internal, parse_collation, validate_collection_name};
-use super::crud::{
-    DEFAULT_FIRST_BATCH, collection_in_txn, cursor_reply, id_of, implicit_collection, key_of,
-    pipeline_cursor, too_large, txn_owner, validate_db_name, with_id_first,
-};
+use super::args::{cursor_batch_size, internal, parse_collation};
+use super::collections::{collection_in_txn, implicit_collection};
+use super::names::{validate_collection_name, validate_db_name};
+use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, pipeline_cursor, txn_owner};
+use super::stored::{id_of, key_of, too_large, with_id_first};
 use super::write_path::{WriteOptions, retry_conflicts};
 
 /// What the pipeline reads: a collection along an access path, or nothing.
@@ -84,7 +84,7 @@ pub(super) async fn aggregate(
         req.ns(req.collection()?)
     };
     let Some(pipeline) = parse_pipeline(req)? else {
-        return super::indexes::explain_command(shared, req.db, req.body, "queryPlanner");
+        return super::explain::explain_command(shared, req.db, req.body, "queryPlanner");
     };
     if collectionless && !pipeline.starts_with_documents() {
         return Err(CommandError::new(
@@ -140,7 +140,7 @@ async fn reply_at_once(
         }
         return Ok(reply.into());
     }
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, docs, batch_size, txn_owner(req, txn))
 }
 
@@ -336,7 +336,7 @@ fn lazy_cursor(
     input: Option<Input>,
     snapshot: Snapshot,
 ) -> CommandResult<Reply> {
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     let source = PipelineSource {
         runner,
         input: input.map(|i| (InputReader::new(i.access, i.filter), snapshot, i.coll)),
@@ -434,7 +434,7 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         Some(RawBsonRef::String(coll)) => req.ns(coll),
         _ => format!("{}.$cmd.aggregate", req.db),
     };
-    let batch_size = super::catalog::cursor_batch_size(req)?;
+    let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }
 
@@ -476,7 +476,7 @@ async fn write_sink(
     output: Vec<RawDocumentBuf>,
     opts: &WriteOptions,
 ) -> CommandResult<()> {
-    use mangrove_query::{Sink, WhenMatched, WhenNotMatched};
+    use mangrove_query::Sink;
     let (db, coll) = match sink {
         Sink::Out { db, coll } | Sink::Merge { db, coll, .. } => {
             (db.as_deref().unwrap_or(req.db), coll)
@@ -487,56 +487,90 @@ async fn write_sink(
     let docs = sink_docs(output, shared.config.max_bson_size)?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
     super::views::refuse_write(&target)?;
-    retry_conflicts(shared, opts, |txn| {
-        match sink {
-            Sink::Out { .. } => {
-                let mut old = Vec::new();
-                txn.scan(&target, None, |key, _| {
-                    old.push(key.clone());
-                    ControlFlow::Continue(())
-                })?;
-                for key in old {
-                    txn.delete(&target, key)?;
-                }
-                for (key, doc) in &docs {
-                    txn.insert(&target, key.clone(), doc.clone())?;
-                }
-            }
-            Sink::Merge { when_matched, when_not_matched, .. } => {
-                for (key, doc) in &docs {
-                    match (txn.get(&target, key)?, when_matched, when_not_matched) {
-                        (Some(_), WhenMatched::Replace, _) => txn.replace(&target, key.clone(), doc.clone())?,
-                        (Some(_), WhenMatched::KeepExisting, _) => {}
-                        (Some(existing), WhenMatched::Merge, _) => {
-                            let mut merged = Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
-                            for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
-                                merged.insert(k, v);
-                            }
-                            let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
-                            txn.replace(&target, key.clone(), Arc::new(merged))?;
-                        }
-                        (Some(existing), WhenMatched::Fail, _) => {
-                            let id = id_of(&existing).and_then(|i| Bson::try_from(i).ok()).unwrap_or(Bson::Null);
-                            let mut e = CommandError::new(
-                                code::DUPLICATE_KEY,
-                                format!("$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"),
-                            );
-                            e.info = Some(Box::new(doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } }));
-                            return Err(e);
-                        }
-                        (None, _, WhenNotMatched::Insert) => txn.insert(&target, key.clone(), doc.clone())?,
-                        (None, _, WhenNotMatched::Discard) => {}
-                        (None, _, WhenNotMatched::Fail) => {
-                            return Err(CommandError::new(
-                                13113,
-                                "$merge could not find a matching document in the target collection for at least one document in the source collection",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+    retry_conflicts(shared, opts, |txn| match sink {
+        Sink::Out { .. } => replace_all(txn, &target, &docs),
+        Sink::Merge {
+            when_matched,
+            when_not_matched,
+            ..
+        } => merge_docs(
+            txn,
+            (&target, &target_ns),
+            &docs,
+            *when_matched,
+            *when_not_matched,
+        ),
     })
     .await
+}
+
+/// `$out`: the target's documents become the output.
+fn replace_all(
+    txn: &mut Txn,
+    target: &CollectionInfo,
+    docs: &[(DocKey, StoredDoc)],
+) -> CommandResult<()> {
+    let mut old = Vec::new();
+    txn.scan(target, None, |key, _| {
+        old.push(key.clone());
+        ControlFlow::Continue(())
+    })?;
+    for key in old {
+        txn.delete(target, key)?;
+    }
+    for (key, doc) in docs {
+        txn.insert(target, key.clone(), doc.clone())?;
+    }
+    Ok(())
+}
+
+/// `$merge` on `_id`: each output document replaces, keeps, merges into or fails on the one it
+/// matches, and is inserted, discarded or fails when it matches none.
+fn merge_docs(
+    txn: &mut Txn,
+    (target, target_ns): (&CollectionInfo, &str),
+    docs: &[(DocKey, StoredDoc)],
+    when_matched: mangrove_query::WhenMatched,
+    when_not_matched: mangrove_query::WhenNotMatched,
+) -> CommandResult<()> {
+    use mangrove_query::{WhenMatched, WhenNotMatched};
+    for (key, doc) in docs {
+        match (txn.get(target, key)?, when_matched, when_not_matched) {
+            (Some(_), WhenMatched::Replace, _) => txn.replace(target, key.clone(), doc.clone())?,
+            (Some(_), WhenMatched::KeepExisting, _) => {}
+            (Some(existing), WhenMatched::Merge, _) => {
+                let mut merged =
+                    Document::try_from(existing.as_ref() as &RawDocument).map_err(internal)?;
+                for (k, v) in Document::try_from(doc.as_ref() as &RawDocument).map_err(internal)? {
+                    merged.insert(k, v);
+                }
+                let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
+                txn.replace(target, key.clone(), Arc::new(merged))?;
+            }
+            (Some(existing), WhenMatched::Fail, _) => {
+                let id = id_of(&existing)
+                    .and_then(|i| Bson::try_from(i).ok())
+                    .unwrap_or(Bson::Null);
+                let mut e = CommandError::new(
+                    code::DUPLICATE_KEY,
+                    format!(
+                        "$merge failed: E11000 duplicate key error collection: {target_ns} index: _id_ dup key: {{ _id: {id} }}"
+                    ),
+                );
+                e.info = Some(Box::new(
+                    doc! { "keyPattern": { "_id": 1 }, "keyValue": { "_id": id } },
+                ));
+                return Err(e);
+            }
+            (None, _, WhenNotMatched::Insert) => txn.insert(target, key.clone(), doc.clone())?,
+            (None, _, WhenNotMatched::Discard) => {}
+            (None, _, WhenNotMatched::Fail) => {
+                return Err(CommandError::new(
+                    13113,
+                    "$merge could not find a matching document in the target collection for at least one document in the source collection",
+                ));
+            }
+        }
+    }
+    Ok(())
 }

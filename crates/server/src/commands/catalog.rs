@@ -1,9 +1,9 @@
-//! Databases and collections: list, create, drop.
+//! Databases and collections: list, create, drop, rename.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bson::raw::{RawBsonRef, RawDocument};
+use bson::raw::RawBsonRef;
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::Filter;
 use mangrove_storage::Txn;
@@ -11,10 +11,12 @@ use mangrove_storage::Txn;
 use crate::Shared;
 use crate::cursor::{BatchDoc, Cursor, Source};
 use crate::error::{CommandError, CommandResult, code};
-use crate::request::{Request, as_i64};
+use crate::request::Request;
 
 use super::Reply;
-use super::crud::{cursor_reply, validate_db_name};
+use super::args::{check_simple_collation, cursor_batch_size, internal};
+use super::names::{validate_collection_name, validate_db_name};
+use super::reply::cursor_reply;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -53,10 +55,6 @@ pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResul
     }
     reply.insert("ok", 1.0);
     Ok(reply.into())
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> CommandError {
-    CommandError::new(1, format!("internal error: {e}"))
 }
 
 pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -119,26 +117,6 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
-/// `cursor: {batchSize: n}` as listCollections and aggregate take it.
-pub(super) fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
-    let Some(cursor) = req.opt_doc("cursor")? else {
-        return Ok(None);
-    };
-    match cursor.get("batchSize").ok().flatten() {
-        None => Ok(None),
-        Some(v) => match as_i64(v) {
-            Some(n) if n >= 0 => Ok(Some(n as u64)),
-            Some(n) => Err(CommandError::new(
-                51024,
-                format!("BSON field 'batchSize' value must be >= 0, actual value '{n}'"),
-            )),
-            None => Err(CommandError::type_mismatch(
-                "BSON field 'cursor.batchSize' is the wrong type, expected a number",
-            )),
-        },
-    }
-}
-
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
 /// silently creating a collection that behaves differently from what was asked.
 const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
@@ -188,45 +166,7 @@ pub(super) async fn create(
     req.check_fields(CREATE_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    for option in UNSUPPORTED_CREATE_OPTIONS {
-        if let Some(v) = req.get(option) {
-            // `capped: false` and friends ask for nothing special.
-            if matches!(v, RawBsonRef::Boolean(false)) {
-                continue;
-            }
-            return Err(CommandError::new(
-                code::COMMAND_NOT_SUPPORTED,
-                format!("create option '{option}' is not supported by Mangrove"),
-            ));
-        }
-    }
-    check_simple_collation(req.opt_doc("collation")?)?;
-    let mut options = Document::new();
-    for item in req.body.iter() {
-        let (key, value) = item.map_err(internal)?;
-        if CREATE_OPTIONS.contains(&key.as_str()) && !matches!(key.as_str(), "viewOn" | "pipeline")
-        {
-            let value: bson::Bson = value.try_into().map_err(internal)?;
-            options.insert(key.as_str(), value);
-        }
-    }
-    match (req.get("viewOn"), req.get("pipeline")) {
-        (Some(view_on), pipeline) => {
-            if txn.is_some() {
-                return Err(CommandError::new(
-                    code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
-                    "Cannot create a view in a multi-document transaction.",
-                ));
-            }
-            options.extend(super::views::view_options(view_on, pipeline)?);
-        }
-        (None, Some(_)) => {
-            return Err(CommandError::bad_value(
-                "'pipeline' requires 'viewOn' to also be specified",
-            ));
-        }
-        (None, None) => {}
-    }
+    let options = create_options(req, txn.is_some())?;
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
     let in_txn = txn.is_some();
@@ -252,44 +192,49 @@ pub(super) async fn create(
     Ok(doc! { "ok": 1.0 }.into())
 }
 
-/// A command's `collation`: `None` for the simple (binary) one. See
-/// `mangrove_query::Collation` for what is supported.
-pub(super) fn parse_collation(
-    collation: Option<&RawDocument>,
-) -> CommandResult<Option<mangrove_query::Collation>> {
-    match collation {
-        None => Ok(None),
-        Some(c) => Ok(mangrove_query::Collation::parse(c)?),
-    }
-}
-
-/// A collection's or index's default collation: only the simple one is supported.
-pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
-    if let Some(c) = collation {
-        let locale = c.get_str("locale").ok();
-        if locale != Some("simple") {
-            return Err(CommandError::bad_value(
-                "only the simple collation ({locale: \"simple\"}) is supported by Mangrove",
+/// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),
+/// after refusing the ones Mangrove does not implement.
+fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
+    for option in UNSUPPORTED_CREATE_OPTIONS {
+        if let Some(v) = req.get(option) {
+            // `capped: false` and friends ask for nothing special.
+            if matches!(v, RawBsonRef::Boolean(false)) {
+                continue;
+            }
+            return Err(CommandError::new(
+                code::COMMAND_NOT_SUPPORTED,
+                format!("create option '{option}' is not supported by Mangrove"),
             ));
         }
     }
-    Ok(())
-}
-
-pub(super) fn validate_collection_name(db: &str, name: &str) -> CommandResult<()> {
-    validate_db_name(db)?;
-    let invalid = name.is_empty()
-        || name.contains('$')
-        || name.contains('\0')
-        || name.starts_with('.')
-        || name.starts_with("system.");
-    if invalid || db.len() + 1 + name.len() > 255 {
-        return Err(CommandError::new(
-            code::INVALID_NAMESPACE,
-            format!("Invalid collection name: '{db}.{name}'"),
-        ));
+    check_simple_collation(req.opt_doc("collation")?)?;
+    let mut options = Document::new();
+    for item in req.body.iter() {
+        let (key, value) = item.map_err(internal)?;
+        if CREATE_OPTIONS.contains(&key.as_str()) && !matches!(key.as_str(), "viewOn" | "pipeline")
+        {
+            let value: bson::Bson = value.try_into().map_err(internal)?;
+            options.insert(key.as_str(), value);
+        }
     }
-    Ok(())
+    match (req.get("viewOn"), req.get("pipeline")) {
+        (Some(view_on), pipeline) => {
+            if in_txn {
+                return Err(CommandError::new(
+                    code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                    "Cannot create a view in a multi-document transaction.",
+                ));
+            }
+            options.extend(super::views::view_options(view_on, pipeline)?);
+        }
+        (None, Some(_)) => {
+            return Err(CommandError::bad_value(
+                "'pipeline' requires 'viewOn' to also be specified",
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(options)
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their
@@ -363,6 +308,36 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
 /// (TransactionTooLarge) rather than half renamed.
 pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["to", "dropTarget", "stayTemp"])?;
+    let (from, to) = rename_namespaces(req)?;
+    if from == to {
+        return Err(CommandError::new(
+            code::ILLEGAL_OPERATION,
+            "Can't rename a collection to itself",
+        ));
+    }
+    let drop_target = req.opt_bool("dropTarget")?.unwrap_or(false);
+    let opts = WriteOptions::from_request(req)?;
+    let what = format!("{from} and {to}");
+    wait_for_transactions(shared, req, &what, &|used| used == from || used == to).await?;
+    if drop_target {
+        // Its own commit: a transaction never drops and re-creates one namespace.
+        retry_conflicts(shared, &opts, |txn: &mut Txn| {
+            if txn.collection(from).is_some() && txn.collection(to).is_some() {
+                txn.drop_collection(to)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
+        move_collection(txn, from, to)
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+/// The source (the command's value) and `to` namespaces, both valid.
+fn rename_namespaces<'r>(req: &Request<'r>) -> CommandResult<(&'r str, &'r str)> {
     let from = match req.command_value() {
         Some(RawBsonRef::String(s)) => s,
         _ => {
@@ -390,58 +365,39 @@ pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> Com
         })?;
         validate_collection_name(db, coll)?;
     }
-    if from == to {
+    Ok((from, to))
+}
+
+/// Creates `to` with the source's options and indexes, moves every document, and drops `from`.
+fn move_collection(txn: &mut Txn, from: &str, to: &str) -> CommandResult<()> {
+    let Some(source) = txn.collection(from) else {
         return Err(CommandError::new(
-            code::ILLEGAL_OPERATION,
-            "Can't rename a collection to itself",
+            code::NAMESPACE_NOT_FOUND,
+            format!("Source collection {from} does not exist"),
+        ));
+    };
+    if txn.collection(to).is_some() {
+        return Err(CommandError::new(
+            code::NAMESPACE_EXISTS,
+            format!("target namespace exists: {to}"),
         ));
     }
-    let drop_target = req.opt_bool("dropTarget")?.unwrap_or(false);
-    let opts = WriteOptions::from_request(req)?;
-    let what = format!("{from} and {to}");
-    wait_for_transactions(shared, req, &what, &|used| used == from || used == to).await?;
-    if drop_target {
-        // Its own commit: a transaction never drops and re-creates one namespace.
-        retry_conflicts(shared, &opts, |txn: &mut Txn| {
-            if txn.collection(from).is_some() && txn.collection(to).is_some() {
-                txn.drop_collection(to)?;
-            }
-            Ok(())
-        })
-        .await?;
+    let mut target = txn.create_collection(to, source.options.clone())?;
+    // The indexes move with the collection, as in MongoDB; built empty, then filled by
+    // the inserts below.
+    for index in &source.indexes {
+        target = txn.create_index(to, index.spec.clone())?;
     }
-    retry_conflicts(shared, &opts, |txn: &mut Txn| {
-        let Some(source) = txn.collection(from) else {
-            return Err(CommandError::new(
-                code::NAMESPACE_NOT_FOUND,
-                format!("Source collection {from} does not exist"),
-            ));
-        };
-        if txn.collection(to).is_some() {
-            return Err(CommandError::new(
-                code::NAMESPACE_EXISTS,
-                format!("target namespace exists: {to}"),
-            ));
-        }
-        let mut target = txn.create_collection(to, source.options.clone())?;
-        // The indexes move with the collection, as in MongoDB; built empty, then filled by
-        // the inserts below.
-        for index in &source.indexes {
-            target = txn.create_index(to, index.spec.clone())?;
-        }
-        let mut docs = Vec::new();
-        txn.scan(&source, None, |key, doc| {
-            docs.push((key.clone(), doc.clone()));
-            std::ops::ControlFlow::Continue(())
-        })?;
-        for (key, doc) in docs {
-            txn.insert(&target, key, doc)?;
-        }
-        txn.drop_collection(from)?;
-        Ok(())
-    })
-    .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    let mut docs = Vec::new();
+    txn.scan(&source, None, |key, doc| {
+        docs.push((key.clone(), doc.clone()));
+        std::ops::ControlFlow::Continue(())
+    })?;
+    for (key, doc) in docs {
+        txn.insert(&target, key, doc)?;
+    }
+    txn.drop_collection(from)?;
+    Ok(())
 }
 
 pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -1,25 +1,24 @@
-//! Secondary indexes: `createIndexes`, `listIndexes`, `dropIndexes`, `explain`, and the TTL
+//! Secondary indexes: `createIndexes`, `listIndexes`, `dropIndexes`, and the TTL
 //! monitor that deletes expired documents.
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bson::raw::{RawBsonRef, RawDocument};
+use bson::raw::RawBsonRef;
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, IndexSpec, SortSpec, expired_bounds};
+use mangrove_query::{Filter, IndexSpec, expired_bounds};
 use mangrove_storage::{CollectionInfo, Txn};
 
 use crate::Shared;
-use crate::access::{
-    Access, Examined, IndexWalk, choose, for_each_match, parse_hint, plan_stage, sort_fields,
-};
+use crate::access::{Examined, IndexWalk};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
 use super::Reply;
-use super::catalog::{internal, validate_collection_name, wait_for_transactions};
+use super::args::{cursor_batch_size, internal};
+use super::catalog::wait_for_transactions;
+use super::names::validate_collection_name;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
 /// MongoDB's limit of indexes per collection, `_id` included.
@@ -55,6 +54,33 @@ pub(super) async fn create_indexes(
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
     let ns = req.ns(name);
+    let specs = parse_specs(req)?;
+    let opts = WriteOptions::from_request(req)?;
+    let in_txn = txn.is_some();
+    if !in_txn {
+        wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
+    }
+    let (created_coll, before, after) = run_write(shared, &opts, txn, |txn: &mut Txn| {
+        build_indexes(txn, &ns, &specs, in_txn)
+    })
+    .await?;
+    let mut reply = doc! {
+        "numIndexesBefore": before as i32,
+        "numIndexesAfter": after as i32,
+        "createdCollectionAutomatically": created_coll,
+    };
+    if before == after && !created_coll {
+        reply.insert("note", "all indexes already exist");
+    }
+    if let Some(wce) = opts.wc_error() {
+        reply.insert("writeConcernError", wce);
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply.into())
+}
+
+/// `indexes`: at least one index specification, each checked and normalized.
+fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
     let Some(list) = req.opt_array("indexes")? else {
         return Err(CommandError::new(
             code::MISSING_FIELD,
@@ -78,91 +104,87 @@ pub(super) async fn create_indexes(
     if specs.is_empty() {
         return Err(CommandError::bad_value("Must specify at least one index."));
     }
-    let opts = WriteOptions::from_request(req)?;
-    let in_txn = txn.is_some();
-    if !in_txn {
-        wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
-    }
-    let (created_coll, before, after) = run_write(shared, &opts, txn, |txn: &mut Txn| {
-        let mut created = false;
-        let mut current = match txn.collection(&ns) {
-            Some(c) => {
-                if in_txn && !txn.creates(&ns) {
-                    return Err(CommandError::new(
-                        code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
-                        format!(
-                            "Cannot create new indexes on existing collection {ns} in a multi-document transaction."
-                        ),
-                    ));
-                }
-                c
-            }
-            None => {
-                created = true;
-                txn.create_collection(&ns, Document::new())?
-            }
-        };
-        super::views::refuse_write(&current)?;
-        let before = current.indexes.len() + 1;
-        for spec in &specs {
-            if is_id_index(spec) {
-                continue;
-            }
-            let name = spec.get_str("name").unwrap_or_default();
-            let pattern = spec.get_document("key").map_err(internal)?;
-            if let Some(existing) = current.index(name) {
-                if without_version(&existing.spec) == without_version(spec) {
-                    continue;
-                }
+    Ok(specs)
+}
+
+/// Creates the collection if needed and the indexes it does not have yet; returns whether the
+/// collection was created and the index counts before and after.
+fn build_indexes(
+    txn: &mut Txn,
+    ns: &str,
+    specs: &[Document],
+    in_txn: bool,
+) -> CommandResult<(bool, usize, usize)> {
+    let mut created = false;
+    let mut current = match txn.collection(ns) {
+        Some(c) => {
+            if in_txn && !txn.creates(ns) {
                 return Err(CommandError::new(
-                    86,
+                    code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
                     format!(
-                        "An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {spec}, existing index: {}",
-                        existing.spec
+                        "Cannot create new indexes on existing collection {ns} in a multi-document transaction."
                     ),
                 ));
             }
-            // One key pattern may have several indexes only if their partial filters differ.
-            let partial = spec.get_document("partialFilterExpression").ok();
-            if let Some(existing) = current.indexes.iter().find(|i| {
-                &i.key.key_pattern == pattern
-                    && (partial.is_none()
-                        || i.key.partial_raw.is_none()
-                        || i.key.partial_raw.as_ref() == partial)
-            })
-            {
-                return Err(CommandError::new(
-                    85,
-                    format!(
-                        "Index already exists with a different name: {}",
-                        existing.key.name
-                    ),
-                ));
-            }
-            if current.indexes.len() + 1 >= MAX_INDEXES {
-                return Err(CommandError::new(
-                    67,
-                    format!("add index fails, too many indexes for {ns} key:{pattern}"),
-                ));
-            }
-            current = txn.create_index(&ns, spec.clone())?;
+            c
         }
-        Ok((created, before, current.indexes.len() + 1))
-    })
-    .await?;
-    let mut reply = doc! {
-        "numIndexesBefore": before as i32,
-        "numIndexesAfter": after as i32,
-        "createdCollectionAutomatically": created_coll,
+        None => {
+            created = true;
+            txn.create_collection(ns, Document::new())?
+        }
     };
-    if before == after && !created_coll {
-        reply.insert("note", "all indexes already exist");
+    super::views::refuse_write(&current)?;
+    let before = current.indexes.len() + 1;
+    for spec in specs {
+        if is_id_index(spec) || !is_new_index(&current, ns, spec)? {
+            continue;
+        }
+        current = txn.create_index(ns, spec.clone())?;
     }
-    if let Some(wce) = opts.wc_error() {
-        reply.insert("writeConcernError", wce);
+    Ok((created, before, current.indexes.len() + 1))
+}
+
+/// Whether `spec` asks for an index the collection lacks: false when the same index exists;
+/// an error when it clashes with an existing one (same name, or same key pattern with an
+/// overlapping partial filter) or the collection has as many indexes as it may.
+fn is_new_index(current: &CollectionInfo, ns: &str, spec: &Document) -> CommandResult<bool> {
+    let name = spec.get_str("name").unwrap_or_default();
+    let pattern = spec.get_document("key").map_err(internal)?;
+    if let Some(existing) = current.index(name) {
+        if without_version(&existing.spec) == without_version(spec) {
+            return Ok(false);
+        }
+        return Err(CommandError::new(
+            86,
+            format!(
+                "An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {spec}, existing index: {}",
+                existing.spec
+            ),
+        ));
     }
-    reply.insert("ok", 1.0);
-    Ok(reply.into())
+    // One key pattern may have several indexes only if their partial filters differ.
+    let partial = spec.get_document("partialFilterExpression").ok();
+    if let Some(existing) = current.indexes.iter().find(|i| {
+        &i.key.key_pattern == pattern
+            && (partial.is_none()
+                || i.key.partial_raw.is_none()
+                || i.key.partial_raw.as_ref() == partial)
+    }) {
+        return Err(CommandError::new(
+            85,
+            format!(
+                "Index already exists with a different name: {}",
+                existing.key.name
+            ),
+        ));
+    }
+    if current.indexes.len() + 1 >= MAX_INDEXES {
+        return Err(CommandError::new(
+            67,
+            format!("add index fails, too many indexes for {ns} key:{pattern}"),
+        ));
+    }
+    Ok(true)
 }
 
 /// `listIndexes`: `_id_` first, then the secondary indexes in creation order.
@@ -175,7 +197,7 @@ pub(super) fn list_indexes(
     let name = req.collection()?;
     let ns = req.ns(name);
     let coll = match txn {
-        Some(t) => super::crud::collection_in_txn(shared, t, &ns),
+        Some(t) => super::collections::collection_in_txn(shared, t, &ns),
         None => shared.engine.snapshot().collection(&ns),
     };
     let Some(coll) = coll else {
@@ -189,8 +211,8 @@ pub(super) fn list_indexes(
     {
         docs.push(RawDocumentBuf::try_from(&spec).map_err(internal)?);
     }
-    let batch_size = super::catalog::cursor_batch_size(req)?;
-    super::crud::pipeline_cursor(shared, ns, docs, batch_size, None)
+    let batch_size = cursor_batch_size(req)?;
+    super::reply::pipeline_cursor(shared, ns, docs, batch_size, None)
 }
 
 /// `dropIndexes`: by name, key pattern, a list of names, or `"*"` (all but `_id_`).
@@ -264,278 +286,6 @@ fn index_names(coll: &CollectionInfo, which: RawBsonRef<'_>) -> CommandResult<Ve
         _ => Err(CommandError::type_mismatch(
             "dropIndexes 'index' must be a name, a key pattern or an array of names",
         )),
-    }
-}
-
-/// What `explain` needs of the command it explains.
-struct Explained<'a> {
-    coll: &'a str,
-    filter: Option<&'a RawDocument>,
-    sort: Option<&'a RawDocument>,
-    skip: u64,
-    limit: Option<u64>,
-    hint: Option<RawBsonRef<'a>>,
-    projection: bool,
-}
-
-fn explained<'a>(cmd: &'a RawDocument) -> CommandResult<(&'a str, Explained<'a>)> {
-    let (name, value) = cmd
-        .iter()
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| CommandError::bad_value("explain needs a command to explain"))?;
-    let name = name.as_str();
-    let RawBsonRef::String(coll) = value else {
-        return Err(CommandError::bad_value(format!(
-            "explain of '{name}' needs a collection name"
-        )));
-    };
-    let doc_field = |f: &str| match cmd.get(f).ok().flatten() {
-        Some(RawBsonRef::Document(d)) => Some(d),
-        _ => None,
-    };
-    let num = |f: &str| -> Option<u64> {
-        cmd.get(f)
-            .ok()
-            .flatten()
-            .and_then(crate::request::as_i64)
-            .map(i64::unsigned_abs)
-            .filter(|n| *n > 0)
-    };
-    let first_stmt = |list: &str| -> Option<&'a RawDocument> {
-        match cmd.get(list).ok().flatten() {
-            Some(RawBsonRef::Array(a)) => match a.into_iter().next() {
-                Some(Ok(RawBsonRef::Document(d))) => Some(d),
-                _ => None,
-            },
-            _ => None,
-        }
-    };
-    let mut e = Explained {
-        coll,
-        filter: None,
-        sort: None,
-        skip: 0,
-        limit: None,
-        hint: cmd.get("hint").ok().flatten(),
-        projection: false,
-    };
-    match name {
-        "find" => {
-            e.filter = doc_field("filter");
-            e.sort = doc_field("sort").filter(|s| !s.is_empty());
-            e.skip = num("skip").unwrap_or(0);
-            e.limit = num("limit");
-            e.projection = doc_field("projection").is_some_and(|p| !p.is_empty());
-        }
-        "count" | "distinct" => {
-            e.filter = doc_field("query");
-            e.skip = num("skip").unwrap_or(0);
-            e.limit = num("limit");
-        }
-        "findAndModify" | "findandmodify" => {
-            e.filter = doc_field("query");
-            e.sort = doc_field("sort").filter(|s| !s.is_empty());
-            e.limit = Some(1);
-        }
-        "delete" | "update" => {
-            let list = if name == "delete" {
-                "deletes"
-            } else {
-                "updates"
-            };
-            let stmt = first_stmt(list);
-            e.filter = stmt.and_then(|s| match s.get("q").ok().flatten() {
-                Some(RawBsonRef::Document(q)) => Some(q),
-                _ => None,
-            });
-            e.hint = stmt.and_then(|s| s.get("hint").ok().flatten());
-        }
-        "aggregate" => {
-            e.filter = match cmd.get("pipeline").ok().flatten() {
-                Some(RawBsonRef::Array(stages)) => match stages.into_iter().next() {
-                    Some(Ok(RawBsonRef::Document(stage))) => {
-                        match stage.get("$match").ok().flatten() {
-                            Some(RawBsonRef::Document(m)) => Some(m),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                },
-                _ => None,
-            };
-        }
-        other => {
-            return Err(CommandError::new(
-                code::COMMAND_NOT_SUPPORTED,
-                format!("explain of '{other}' is not supported by Mangrove"),
-            ));
-        }
-    }
-    Ok((name, e))
-}
-
-/// `explain` of find, count, distinct, findAndModify, update, delete and aggregate (its leading
-/// `$match`): the plan chosen, in MongoDB's stage names, and at `executionStats` verbosity or
-/// above what running it examined.
-pub(super) fn explain(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
-    req.check_fields(&["verbosity"])?;
-    let Some(RawBsonRef::Document(cmd)) = req.command_value() else {
-        return Err(CommandError::type_mismatch(
-            "explain takes the command to explain as an object",
-        ));
-    };
-    let verbosity = req.opt_str("verbosity")?.unwrap_or("allPlansExecution");
-    explain_command(shared, req.db, cmd, verbosity)
-}
-
-pub(super) fn explain_command(
-    shared: &Shared,
-    db: &str,
-    cmd: &RawDocument,
-    verbosity: &str,
-) -> CommandResult<Reply> {
-    if !matches!(
-        verbosity,
-        "queryPlanner" | "executionStats" | "allPlansExecution"
-    ) {
-        return Err(CommandError::bad_value(format!(
-            "verbosity string must be one of {{'queryPlanner', 'executionStats', 'allPlansExecution'}}, got '{verbosity}'"
-        )));
-    }
-    let (_, e) = explained(cmd)?;
-    let ns = format!("{db}.{}", e.coll);
-    let empty = RawDocumentBuf::new();
-    let raw_filter = e.filter.unwrap_or(&empty);
-    let filter = Filter::parse(raw_filter)?;
-    let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
-    let sort = e.sort.map(SortSpec::parse).transpose()?;
-    let snapshot = shared.engine.snapshot();
-    let coll = snapshot.collection(&ns);
-    let hint = parse_hint(e.hint, coll.as_ref())?;
-    let started = Instant::now();
-    let mut examined = Examined::default();
-    let mut returned = 0u64;
-    let (mut plan, access) = match &coll {
-        None => (doc! { "stage": "EOF" }, None),
-        Some(coll) => {
-            let access = choose(
-                &snapshot,
-                coll,
-                &filter,
-                raw_filter,
-                &hint,
-                sort_fields(e.sort).as_deref(),
-            )?;
-            (plan_stage(&access, &filter_doc), Some(access))
-        }
-    };
-    if let (Some(coll), Some(access)) = (&coll, &access)
-        && verbosity != "queryPlanner"
-    {
-        let wanted = match &sort {
-            Some(_) if !access.sorted() => None,
-            _ => e.limit.map(|l| l + e.skip),
-        };
-        let mut seen = 0u64;
-        for_each_match(
-            &snapshot,
-            coll,
-            access,
-            &filter,
-            &mut examined,
-            &mut |_, _| {
-                seen += 1;
-                if wanted.is_some_and(|w| seen >= w) {
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
-        returned = seen.saturating_sub(e.skip);
-        if let Some(l) = e.limit {
-            returned = returned.min(l);
-        }
-    }
-    let micros = started.elapsed().as_micros() as i64;
-    let elapsed = micros / 1000;
-    let sorted = access.as_ref().is_some_and(Access::sorted);
-    if let Some(s) = e.sort.filter(|_| !sorted) {
-        let mut sort_stage =
-            doc! { "stage": "SORT", "sortPattern": Document::try_from(s).map_err(internal)? };
-        if let Some(l) = e.limit {
-            sort_stage.insert("limitAmount", l as i64);
-        }
-        sort_stage.insert("inputStage", plan);
-        plan = sort_stage;
-    } else if let Some(l) = e.limit {
-        plan = doc! { "stage": "LIMIT", "limitAmount": l as i64, "inputStage": plan };
-    }
-    if e.skip > 0 {
-        plan = doc! { "stage": "SKIP", "skipAmount": e.skip as i64, "inputStage": plan };
-    }
-    if e.projection {
-        plan = doc! { "stage": "PROJECTION_DEFAULT", "inputStage": plan };
-    }
-    let mut reply = doc! {
-        "explainVersion": "1",
-        "queryPlanner": {
-            "namespace": &ns,
-            "indexFilterSet": false,
-            "parsedQuery": filter_doc,
-            "maxIndexedOrSolutionsReached": false,
-            "maxIndexedAndSolutionsReached": false,
-            "maxScansToExplodeReached": false,
-            "winningPlan": plan.clone(),
-            "rejectedPlans": [],
-        },
-    };
-    if verbosity != "queryPlanner" {
-        let mut stages = plan;
-        annotate(&mut stages, returned, &examined, elapsed);
-        reply.insert(
-            "executionStats",
-            doc! {
-                "executionSuccess": true,
-                "nReturned": returned as i64,
-                "executionTimeMillis": elapsed,
-                // Mangrove's addition: sub-millisecond plans otherwise all read 0.
-                "executionTimeMicros": micros,
-                "totalKeysExamined": examined.keys as i64,
-                "totalDocsExamined": examined.docs as i64,
-                "executionStages": stages,
-                "allPlansExecution": [],
-            },
-        );
-    }
-    reply.insert("command", Document::try_from(cmd).map_err(internal)?);
-    reply.insert(
-        "serverInfo",
-        doc! { "host": "localhost", "version": super::diag::COMPAT_VERSION, "gitVersion": "mangrove" },
-    );
-    reply.insert("ok", 1.0);
-    Ok(reply.into())
-}
-
-/// Adds execution counters to each stage of a plan, as `executionStats` shows them.
-fn annotate(stage: &mut Document, returned: u64, examined: &Examined, millis: i64) {
-    stage.insert("nReturned", returned as i64);
-    stage.insert("executionTimeMillisEstimate", millis);
-    match stage.get_str("stage").unwrap_or_default() {
-        "IXSCAN" => {
-            stage.insert("keysExamined", examined.keys as i64);
-        }
-        "FETCH" | "COLLSCAN" => {
-            stage.insert("docsExamined", examined.docs as i64);
-        }
-        "IDHACK" => {
-            stage.insert("keysExamined", examined.keys as i64);
-            stage.insert("docsExamined", examined.docs as i64);
-        }
-        _ => {}
-    }
-    if let Ok(input) = stage.get_document_mut("inputStage") {
-        annotate(input, returned, examined, millis);
     }
 }
 

@@ -1,15 +1,29 @@
 //! The command table: every command Mangrove answers, and the dispatcher.
 
 mod aggregate;
+mod args;
 mod catalog;
-mod crud;
+mod collections;
+mod count_distinct;
+mod delete;
 mod diag;
+mod explain;
+mod find;
+mod find_and_modify;
+mod get_more;
 mod handshake;
 mod indexes;
+mod insert;
+mod modify;
 mod multi_write;
+mod names;
 mod read_concern;
+mod reply;
+mod stored;
+mod update;
 mod views;
 mod write_path;
+mod write_stmt;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use std::sync::atomic::Ordering;
@@ -319,9 +333,9 @@ async fn dispatch(
         let at_ts = at.read_ts().to_bson();
         let at = read_at;
         let reply = match req.name {
-            "find" => crud::find(shared, req, None, at)?,
+            "find" => find::find(shared, req, None, at)?,
             "aggregate" => aggregate::aggregate(shared, req, None, at).await?,
-            _ => crud::distinct(shared, req, None, at)?,
+            _ => count_distinct::distinct(shared, req, None, at)?,
         };
         return Ok(with_at_cluster_time(reply, at_ts));
     }
@@ -382,21 +396,23 @@ async fn dispatch(
         "createIndexes" => indexes::create_indexes(shared, req, None).await,
         "listIndexes" => indexes::list_indexes(shared, req, None),
         "dropIndexes" => indexes::drop_indexes(shared, req).await,
-        "explain" => indexes::explain(shared, req),
+        "explain" => explain::explain(shared, req),
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify"
             if req.get("txnNumber").is_some() =>
         {
             retryable_write(shared, req).await
         }
-        "insert" => crud::insert(shared, req, None, None).await,
-        "find" => crud::find(shared, req, None, None),
-        "distinct" => crud::distinct(shared, req, None, None),
-        "getMore" => crud::get_more(shared, req),
-        "killCursors" => crud::kill_cursors(shared, req),
-        "update" => crud::update(shared, req, None, None).await,
-        "delete" => crud::delete(shared, req, None, None).await,
-        "count" => crud::count(shared, req),
-        "findAndModify" | "findandmodify" => crud::find_and_modify(shared, req, None, None).await,
+        "insert" => insert::insert(shared, req, None, None).await,
+        "find" => find::find(shared, req, None, None),
+        "distinct" => count_distinct::distinct(shared, req, None, None),
+        "getMore" => get_more::get_more(shared, req),
+        "killCursors" => get_more::kill_cursors(shared, req),
+        "update" => update::update(shared, req, None, None).await,
+        "delete" => delete::delete(shared, req, None, None).await,
+        "count" => count_distinct::count(shared, req),
+        "findAndModify" | "findandmodify" => {
+            find_and_modify::find_and_modify(shared, req, None, None).await
+        }
         "aggregate" => aggregate::aggregate(shared, req, None, None).await,
         other => Err(CommandError::new(
             code::COMMAND_NOT_FOUND,
@@ -484,10 +500,10 @@ async fn retryable_write(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     session.last_used = Instant::now();
     let retry = begin_retryable_write(shared, &mut session, lsid, n).await?;
     let result = match req.name {
-        "insert" => crud::insert(shared, req, None, Some(retry.clone())).await,
-        "update" => crud::update(shared, req, None, Some(retry.clone())).await,
-        "delete" => crud::delete(shared, req, None, Some(retry.clone())).await,
-        _ => crud::find_and_modify(shared, req, None, Some(retry.clone())).await,
+        "insert" => insert::insert(shared, req, None, Some(retry.clone())).await,
+        "update" => update::update(shared, req, None, Some(retry.clone())).await,
+        "delete" => delete::delete(shared, req, None, Some(retry.clone())).await,
+        _ => find_and_modify::find_and_modify(shared, req, None, Some(retry.clone())).await,
     };
     if retry.take_close_request() {
         req.close_connection.store(true, Ordering::Relaxed);
@@ -507,8 +523,8 @@ struct SessionRecord {
 async fn session_record(shared: &Shared, lsid: &bson::RawDocument) -> CommandResult<SessionRecord> {
     let opts = write_path::WriteOptions::from_request_defaults();
     Ok(SessionRecord {
-        coll: crud::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?,
-        key: crud::key_of(RawBsonRef::Document(lsid)),
+        coll: collections::implicit_collection(shared, retryable::SESSIONS_NS, &opts).await?,
+        key: stored::key_of(RawBsonRef::Document(lsid)),
         lsid: Document::try_from(lsid)
             .map_err(|e| CommandError::bad_value(format!("lsid: {e}")))?,
     })
@@ -809,19 +825,19 @@ async fn in_transaction(
                 .statement_started(req.collection().ok().map(|coll| req.ns(coll)));
             let txn = &mut active.txn;
             let result = match req.name {
-                "find" => crud::find(shared, req, Some(txn), None),
+                "find" => find::find(shared, req, Some(txn), None),
                 "aggregate" => aggregate::aggregate(shared, req, Some(txn), None).await,
-                "distinct" => crud::distinct(shared, req, Some(txn), None),
+                "distinct" => count_distinct::distinct(shared, req, Some(txn), None),
                 "create" => catalog::create(shared, req, Some(txn)).await,
                 "createIndexes" => indexes::create_indexes(shared, req, Some(txn)).await,
-                "insert" => crud::insert(shared, req, Some(txn), None).await,
-                "update" => crud::update(shared, req, Some(txn), None).await,
-                "delete" => crud::delete(shared, req, Some(txn), None).await,
+                "insert" => insert::insert(shared, req, Some(txn), None).await,
+                "update" => update::update(shared, req, Some(txn), None).await,
+                "delete" => delete::delete(shared, req, Some(txn), None).await,
                 "findAndModify" | "findandmodify" => {
-                    crud::find_and_modify(shared, req, Some(txn), None).await
+                    find_and_modify::find_and_modify(shared, req, Some(txn), None).await
                 }
-                "getMore" => crud::get_more(shared, req),
-                "killCursors" => crud::kill_cursors(shared, req),
+                "getMore" => get_more::get_more(shared, req),
+                "killCursors" => get_more::kill_cursors(shared, req),
                 other => Err(CommandError::new(
                     code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
                     format!("Cannot run '{other}' in a multi-document transaction."),

@@ -128,6 +128,28 @@ pub(crate) async fn prepare(
             ),
         ));
     }
+    wait_for_cluster_time(shared, req, &rc).await?;
+    if rc.level != Level::Snapshot {
+        return Ok(None);
+    }
+    let snapshot = match rc.at_cluster_time {
+        Some(at) => shared.engine.snapshot_at(at)?,
+        None => shared.engine.snapshot(),
+    };
+    if let Some(session) = session {
+        pin_snapshot(shared, session, &rc, &snapshot)?;
+    }
+    Ok(Some(snapshot))
+}
+
+/// Waits until the commit the read concern asks for (its `afterClusterTime`, or for
+/// `majority`/`linearizable` the latest commit, durable) is visible or durable, within
+/// `maxTimeMS` and at most [`MAX_READ_WAIT`].
+async fn wait_for_cluster_time(
+    shared: &Shared,
+    req: &Request<'_>,
+    rc: &ReadConcern,
+) -> CommandResult<()> {
     let deadline = Instant::now()
         + match req.opt_i64("maxTimeMS")? {
             Some(ms) if ms > 0 => Duration::from_millis(ms as u64).min(MAX_READ_WAIT),
@@ -168,29 +190,29 @@ pub(crate) async fn prepare(
             }
         }
     }
-    if rc.level != Level::Snapshot {
-        return Ok(None);
+    Ok(())
+}
+
+/// Pins the first snapshot of a snapshot session so that its later reads at the
+/// `atClusterTime` we report can still be served.
+fn pin_snapshot(
+    shared: &Shared,
+    session: &mut Session,
+    rc: &ReadConcern,
+    snapshot: &Snapshot,
+) -> CommandResult<()> {
+    let expired = session
+        .snapshot_pin
+        .as_ref()
+        .is_some_and(|(_, since)| since.elapsed() > SNAPSHOT_HISTORY_WINDOW);
+    if expired {
+        session.snapshot_pin = None;
     }
-    let snapshot = match rc.at_cluster_time {
-        Some(at) => shared.engine.snapshot_at(at)?,
-        None => shared.engine.snapshot(),
-    };
-    // Pin the first snapshot of a snapshot session so that its later reads at the
-    // `atClusterTime` we report can still be served.
-    if let Some(session) = session {
-        let expired = session
-            .snapshot_pin
-            .as_ref()
-            .is_some_and(|(_, since)| since.elapsed() > SNAPSHOT_HISTORY_WINDOW);
-        if expired {
-            session.snapshot_pin = None;
-        }
-        if rc.at_cluster_time.is_none() && session.snapshot_pin.is_none() {
-            session.snapshot_pin = Some((
-                shared.engine.snapshot_at(snapshot.read_ts())?,
-                Instant::now(),
-            ));
-        }
+    if rc.at_cluster_time.is_none() && session.snapshot_pin.is_none() {
+        session.snapshot_pin = Some((
+            shared.engine.snapshot_at(snapshot.read_ts())?,
+            Instant::now(),
+        ));
     }
-    Ok(Some(snapshot))
+    Ok(())
 }

@@ -10,7 +10,7 @@ use mangrove_storage::{CollectionInfo, ReadView};
 use crate::Shared;
 use crate::error::{CommandError, CommandResult, code};
 
-use super::catalog::internal;
+use super::args::internal;
 
 /// Views on views on ...: MongoDB's limit on the depth of view definitions.
 const MAX_VIEW_DEPTH: usize = 20;

@@ -258,38 +258,11 @@ pub(super) fn write_concern(
         let (key, value) = item
             .map_err(|e| CommandError::new(code::INTERNAL_ERROR, format!("internal error: {e}")))?;
         match key.as_str() {
-            "w" => match value {
-                RawBsonRef::String("majority") => {}
-                RawBsonRef::String(tag) => {
-                    error = Some(doc! {
-                        "code": code::UNKNOWN_REPL_WRITE_CONCERN,
-                        "codeName": "UnknownReplWriteConcern",
-                        "errmsg": format!("No write concern mode named '{tag}' found in replica set configuration"),
-                    });
-                }
-                v => match as_i64(v) {
-                    Some(n) if (0..=50).contains(&n) => {
-                        numeric_w = Some(n);
-                        if n > 1 {
-                            error = Some(doc! {
-                                "code": code::UNSATISFIABLE_WRITE_CONCERN,
-                                "codeName": "UnsatisfiableWriteConcern",
-                                "errmsg": "Not enough data-bearing nodes",
-                            });
-                        }
-                    }
-                    Some(n) => {
-                        return Err(CommandError::failed_to_parse(format!(
-                            "w has to be a non-negative number and not greater than 50; found: {n}"
-                        )));
-                    }
-                    None => {
-                        return Err(CommandError::failed_to_parse(
-                            "w has to be a number or a string",
-                        ));
-                    }
-                },
-            },
+            "w" => {
+                let (n, e) = parse_w(value)?;
+                numeric_w = n.or(numeric_w);
+                error = e.or(error);
+            }
             "j" | "fsync" => match as_bool(value) {
                 Some(b) => journal = Some(journal.unwrap_or(false) || b),
                 None => {
@@ -324,4 +297,44 @@ pub(super) fn write_concern(
         _ => Ack::Durable,
     };
     Ok((ack, error, wtimeout))
+}
+
+/// `w`: "majority" (what a single node gives), a tag (unknown here), or a node count of which
+/// only 0 and 1 can be satisfied. Returns the count, if numeric, and the `writeConcernError`.
+fn parse_w(value: RawBsonRef<'_>) -> CommandResult<(Option<i64>, Option<Document>)> {
+    let mut numeric_w = None;
+    let mut error = None;
+    match value {
+        RawBsonRef::String("majority") => {}
+        RawBsonRef::String(tag) => {
+            error = Some(doc! {
+                "code": code::UNKNOWN_REPL_WRITE_CONCERN,
+                "codeName": "UnknownReplWriteConcern",
+                "errmsg": format!("No write concern mode named '{tag}' found in replica set configuration"),
+            });
+        }
+        v => match as_i64(v) {
+            Some(n) if (0..=50).contains(&n) => {
+                numeric_w = Some(n);
+                if n > 1 {
+                    error = Some(doc! {
+                        "code": code::UNSATISFIABLE_WRITE_CONCERN,
+                        "codeName": "UnsatisfiableWriteConcern",
+                        "errmsg": "Not enough data-bearing nodes",
+                    });
+                }
+            }
+            Some(n) => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "w has to be a non-negative number and not greater than 50; found: {n}"
+                )));
+            }
+            None => {
+                return Err(CommandError::failed_to_parse(
+                    "w has to be a number or a string",
+                ));
+            }
+        },
+    }
+    Ok((numeric_w, error))
 }

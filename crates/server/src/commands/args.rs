@@ -1,0 +1,66 @@
+//! Arguments several commands parse alike: collations, non-negative counts, a cursor's
+//! `batchSize`; and `internal`, the error for input already checked that cannot occur.
+
+use bson::raw::RawDocument;
+
+use crate::error::{CommandError, CommandResult};
+use crate::request::{Request, as_i64};
+
+pub(super) fn internal(e: impl std::fmt::Display) -> CommandError {
+    CommandError::new(1, format!("internal error: {e}"))
+}
+
+/// A command's `collation`: `None` for the simple (binary) one. See
+/// `mangrove_query::Collation` for what is supported.
+pub(super) fn parse_collation(
+    collation: Option<&RawDocument>,
+) -> CommandResult<Option<mangrove_query::Collation>> {
+    match collation {
+        None => Ok(None),
+        Some(c) => Ok(mangrove_query::Collation::parse(c)?),
+    }
+}
+
+/// A collection's or index's default collation: only the simple one is supported.
+pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
+    if let Some(c) = collation {
+        let locale = c.get_str("locale").ok();
+        if locale != Some("simple") {
+            return Err(CommandError::bad_value(
+                "only the simple collation ({locale: \"simple\"}) is supported by Mangrove",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn non_negative(req: &Request<'_>, field: &str) -> CommandResult<Option<u64>> {
+    match req.opt_i64(field)? {
+        None => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n as u64)),
+        Some(n) => Err(CommandError::new(
+            51024,
+            format!("BSON field '{field}' value must be >= 0, actual value '{n}'"),
+        )),
+    }
+}
+
+/// `cursor: {batchSize: n}` as listCollections and aggregate take it.
+pub(super) fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>> {
+    let Some(cursor) = req.opt_doc("cursor")? else {
+        return Ok(None);
+    };
+    match cursor.get("batchSize").ok().flatten() {
+        None => Ok(None),
+        Some(v) => match as_i64(v) {
+            Some(n) if n >= 0 => Ok(Some(n as u64)),
+            Some(n) => Err(CommandError::new(
+                51024,
+                format!("BSON field 'batchSize' value must be >= 0, actual value '{n}'"),
+            )),
+            None => Err(CommandError::type_mismatch(
+                "BSON field 'cursor.batchSize' is the wrong type, expected a number",
+            )),
+        },
+    }
+}

@@ -1,0 +1,363 @@
+//! `find`: parse the query, choose an access path, and answer the first batch, leaving the
+//! rest in a cursor (streamed from the snapshot, or computed at once when it must be).
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use bson::RawDocumentBuf;
+use bson::raw::RawDocument;
+use mangrove_query::{Filter, Projection, SortSpec, with_collation, with_let};
+use mangrove_storage::{CollectionInfo, ReadView, Snapshot, StoredDoc, Txn};
+
+use crate::access::{
+    Access, Examined, IndexWalk, choose, deadline_of, for_each_match, parse_hint, sort_fields,
+    with_deadline,
+};
+use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source};
+use crate::error::{CommandError, CommandResult, code};
+use crate::request::Request;
+use crate::{Counters, Shared};
+
+use super::Reply;
+use super::args::{non_negative, parse_collation};
+use super::collections::collection_in_txn;
+use super::names::validate_db_name;
+use super::reply::{cursor_reply, first_batch, txn_owner};
+
+const FIND_FIELDS: &[&str] = &[
+    "filter",
+    "sort",
+    "projection",
+    "hint",
+    "skip",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "maxTimeMS",
+    "readConcern",
+    "max",
+    "min",
+    "returnKey",
+    "showRecordId",
+    "tailable",
+    "oplogReplay",
+    "noCursorTimeout",
+    "awaitData",
+    "allowPartialResults",
+    "collation",
+    "allowDiskUse",
+    "let",
+    "readOnce",
+    "term",
+];
+
+fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
+    for field in ["max", "min"] {
+        if req.get(field).is_some() {
+            return Err(CommandError::bad_value(format!(
+                "find option '{field}' is not supported by Mangrove"
+            )));
+        }
+    }
+    for field in ["returnKey", "showRecordId", "tailable", "awaitData"] {
+        if req.opt_bool(field)?.unwrap_or(false) {
+            let msg = if field == "tailable" || field == "awaitData" {
+                "error processing query: tailable cursor requested on non capped collection"
+                    .to_string()
+            } else {
+                format!("find option '{field}' is not supported by Mangrove")
+            };
+            return Err(CommandError::bad_value(msg));
+        }
+    }
+    Ok(())
+}
+
+/// `at` is the snapshot a `snapshot` read concern chose; otherwise the read sees the latest
+/// commit (or its transaction).
+pub(super) fn find(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || {
+            find_with(shared, req, txn, at, collation.is_some())
+        })
+    })
+}
+
+/// A find request's query and paging, parsed.
+struct FindQuery<'r> {
+    raw_filter: &'r RawDocument,
+    filter: Filter,
+    sort: Option<SortSpec>,
+    projection: Option<Projection>,
+    skip: u64,
+    limit: Option<u64>,
+    batch_size: Option<u64>,
+    single_batch: bool,
+}
+
+/// The request's filter, sort, projection and paging, in the order mongod checks them.
+fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<FindQuery<'r>> {
+    let raw_filter = req.opt_doc("filter")?.unwrap_or(empty);
+    let filter = with_let(req.opt_doc("let")?, || {
+        Filter::parse(raw_filter).map_err(CommandError::from)
+    })?;
+    let sort = match req.opt_doc("sort")? {
+        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
+        _ => None,
+    };
+    let projection = match req.opt_doc("projection")? {
+        Some(spec) if !spec.is_empty() => Some(Projection::parse(spec)?.with_filter(&filter)),
+        _ => None,
+    };
+    let skip = non_negative(req, "skip")?.unwrap_or(0);
+    let limit = non_negative(req, "limit")?.filter(|&l| l > 0);
+    let batch_size = non_negative(req, "batchSize")?;
+    let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
+    unsupported_find_options(req)?;
+    Ok(FindQuery {
+        raw_filter,
+        filter,
+        sort,
+        projection,
+        skip,
+        limit,
+        batch_size,
+        single_batch,
+    })
+}
+
+/// `find` with its collation set; a collated query is answered at once (its cursor could not
+/// keep the collation for `getMore`).
+fn find_with(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+    collated: bool,
+) -> CommandResult<Reply> {
+    req.check_fields(FIND_FIELDS)?;
+    Counters::bump(&shared.counters.query, 1);
+    let name = req.collection()?;
+    validate_db_name(req.db)?;
+    let ns = req.ns(name);
+    let empty = RawDocumentBuf::new();
+    let mut query = parse_query(req, &empty)?;
+
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let hint = parse_hint(req.get("hint"), coll.as_ref())?;
+    let Some(coll) = coll else {
+        return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
+    };
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => &snapshot,
+    };
+    let mut cursor = Cursor {
+        ns,
+        source: Source::Buffered(VecDeque::new()),
+        projection: None,
+        remaining: None,
+        last_used: Instant::now(),
+        txn: txn_owner(req, txn),
+    };
+    let (batch_size, single_batch) = (query.batch_size, query.single_batch);
+    cursor.projection = query.projection.take();
+    if super::views::is_view(&coll) {
+        cursor.source = Source::Buffered(view_matches(shared, view, &coll, &query)?);
+    } else {
+        let sort_by = sort_fields(req.opt_doc("sort")?);
+        let (filter, raw) = (&query.filter, query.raw_filter);
+        let access = choose(view, &coll, filter, raw, &hint, sort_by.as_deref())?;
+        let in_memory = must_collect(&access, &query, txn.is_some() || collated);
+        cursor.remaining = query.limit.filter(|_| !in_memory);
+        let read = Read {
+            shared,
+            txn,
+            snapshot,
+            coll,
+        };
+        cursor.source = read.source(access, query, in_memory)?;
+    }
+    first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// Whether the cursor's documents are all computed now rather than streamed (a point lookup
+/// needs neither): when the access path does not give the sort's order, for a range of several
+/// `_id` intervals, and when `at_once` says so: in a transaction (the cursor must need no live
+/// transaction later) or under a collation (the cursor could not keep it for `getMore`).
+fn must_collect(access: &Access, query: &FindQuery<'_>, at_once: bool) -> bool {
+    !matches!(access, Access::IdPoint(_))
+        && ((query.sort.is_some() && !access.sorted())
+            || at_once
+            || matches!(access, Access::IdRange { bounds, .. } if bounds.intervals.len() != 1))
+}
+
+/// A view's documents exist only as its pipeline's output: filter, sort and page them.
+fn view_matches(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    query: &FindQuery<'_>,
+) -> CommandResult<VecDeque<BatchDoc>> {
+    let mut docs = Vec::new();
+    for d in super::views::view_docs(shared, view, coll)? {
+        if query.filter.try_matches(&d)? {
+            docs.push(d);
+        }
+    }
+    if let Some(sort) = &query.sort {
+        docs.sort_by(|a, b| sort.compare(a, b));
+    }
+    Ok(docs
+        .into_iter()
+        .skip(query.skip as usize)
+        .take(query.limit.map_or(usize::MAX, |l| l as usize))
+        .map(BatchDoc::Owned)
+        .collect())
+}
+
+/// What a collection read works with: the reader's transaction (if any), the snapshot a
+/// streamed cursor keeps, and the collection.
+struct Read<'a> {
+    shared: &'a Shared,
+    txn: Option<&'a Txn>,
+    snapshot: Snapshot,
+    coll: CollectionInfo,
+}
+
+impl Read<'_> {
+    /// The cursor's source along `access`: a point lookup, every match computed now
+    /// (`in_memory`), or a scan of an index or of the collection streamed from the snapshot.
+    fn source(self, access: Access, q: FindQuery<'_>, in_memory: bool) -> CommandResult<Source> {
+        let Read {
+            shared,
+            txn,
+            snapshot,
+            coll,
+        } = self;
+        let view: &dyn ReadView = match txn {
+            Some(txn) => txn,
+            None => &snapshot,
+        };
+        if let Access::IdPoint(key) = &access {
+            // A point lookup: at most one document can match.
+            let found = view
+                .get(&coll, key)?
+                .filter(|d| q.filter.matches(d) && q.skip == 0);
+            return Ok(Source::Buffered(
+                found.into_iter().map(BatchDoc::Stored).collect(),
+            ));
+        }
+        if in_memory {
+            let sort = q.sort.as_ref().filter(|_| !access.sorted());
+            let docs = collect_matches(
+                shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
+            )?;
+            return Ok(Source::Buffered(
+                docs.into_iter().map(BatchDoc::Stored).collect(),
+            ));
+        }
+        if let Access::Index {
+            index,
+            bounds,
+            reverse,
+            ..
+        } = access
+        {
+            return Ok(Source::Index(Box::new(IndexScanState {
+                snapshot,
+                coll,
+                walk: IndexWalk::new(index, &bounds, reverse),
+                filter: q.filter,
+                skip: q.skip,
+                pending: VecDeque::new(),
+            })));
+        }
+        let (range, reverse) = match &access {
+            Access::IdRange {
+                bounds, reverse, ..
+            } => (bounds.intervals.first().cloned(), *reverse),
+            _ => (None, false),
+        };
+        Ok(Source::Scan(Box::new(ScanState {
+            snapshot,
+            coll,
+            range,
+            reverse,
+            after: None,
+            filter: q.filter,
+            skip: q.skip,
+        })))
+    }
+}
+
+/// Every match in memory (sorted, if asked), bounded like mongod's 100 MB blocking-sort limit.
+#[allow(clippy::too_many_arguments)]
+fn collect_matches(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: &Access,
+    filter: &Filter,
+    sort: Option<&SortSpec>,
+    skip: u64,
+    limit: Option<u64>,
+) -> CommandResult<Vec<StoredDoc>> {
+    let max = shared.params.query.sort_bytes();
+    let mut docs = Vec::new();
+    let mut bytes = 0usize;
+    let mut over = false;
+    // Without a sort, a limit can stop the walk early.
+    let enough = match (sort, limit) {
+        (None, Some(l)) => Some(skip.saturating_add(l)),
+        _ => None,
+    };
+    for_each_match(
+        view,
+        coll,
+        access,
+        filter,
+        &mut Examined::default(),
+        &mut |_, d| {
+            bytes += d.as_bytes().len();
+            if bytes > max {
+                over = true;
+                return ControlFlow::Break(());
+            }
+            docs.push(d.clone());
+            if enough.is_some_and(|n| docs.len() as u64 >= n) {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    if over {
+        return Err(CommandError::new(
+            code::QUERY_EXCEEDED_MEMORY_LIMIT,
+            format!(
+                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting."
+            ),
+        ));
+    }
+    if let Some(sort) = sort {
+        docs.sort_by(|a, b| sort.compare(a, b));
+    }
+    let skip = (skip as usize).min(docs.len());
+    docs.drain(..skip);
+    if let Some(l) = limit {
+        docs.truncate(l as usize);
+    }
+    Ok(docs)
+}

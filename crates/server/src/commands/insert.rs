@@ -1,0 +1,209 @@
+//! `insert`: auto-commit batches in bounded commits that resume after write conflicts, or the
+//! statements of a transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::raw::RawDocument;
+use bson::{Bson, Document, doc};
+use mangrove_storage::{CollectionInfo, CommitTicket, Txn};
+
+use crate::error::{CommandError, CommandResult, code};
+use crate::request::Request;
+use crate::retryable::RetryableWrite;
+use crate::{Counters, Shared};
+
+use super::Reply;
+use super::collections::implicit_collection;
+use super::names::validate_collection_name;
+use super::stored::prepare_insert;
+use super::write_path::{WriteOptions, acknowledge, commit_write, max_time_expired};
+use super::write_stmt::{batch_size_check, finish_write};
+
+pub(super) async fn insert(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&mut Txn>,
+    retry: Option<Arc<RetryableWrite>>,
+) -> CommandResult<Reply> {
+    req.check_fields(&["documents", "ordered", "bypassDocumentValidation"])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let mut opts = WriteOptions::from_request(req)?;
+    opts.retry = retry;
+    let ordered = req.opt_bool("ordered")?.unwrap_or(true);
+    let docs = req.batch("documents")?;
+    batch_size_check(docs.len())?;
+    let ns = req.ns(name);
+    if let Some(txn) = txn {
+        let coll = txn.create_collection_shared(&ns, Document::new())?;
+        super::views::refuse_write(&coll)?;
+        return insert_in_txn(shared, txn, &coll, &docs);
+    }
+    let coll = implicit_collection(shared, &ns, &opts).await?;
+    super::views::refuse_write(&coll)?;
+
+    let mut batch = Batch {
+        shared,
+        opts: &opts,
+        coll: &coll,
+        docs: &docs,
+        ordered,
+        started: Instant::now(),
+        inserted: 0,
+        write_errors: Vec::new(),
+        next: 0,
+        last_ticket: None,
+    };
+    batch.run().await?;
+    let (inserted, write_errors) = (batch.inserted, batch.write_errors);
+    Counters::bump(&shared.counters.insert, inserted as u64);
+    Ok(finish_write(
+        doc! { "n": inserted as i32 },
+        write_errors,
+        opts.wc_error(),
+    ))
+}
+
+/// An auto-commit insert batch in progress: one transaction carries the batch; a write
+/// conflict commits what is done, waits, and resumes at the conflicting document.
+struct Batch<'a> {
+    shared: &'a Shared,
+    opts: &'a WriteOptions,
+    coll: &'a CollectionInfo,
+    docs: &'a [&'a RawDocument],
+    ordered: bool,
+    started: Instant,
+    inserted: usize,
+    write_errors: Vec<Document>,
+    /// The next document to insert.
+    next: usize,
+    /// Commits become visible and durable in order, so waiting on the last covers them all.
+    last_ticket: Option<CommitTicket>,
+}
+
+/// Why one transaction of a batch ended.
+enum Step {
+    /// Every document is done.
+    Done,
+    /// The transaction holds a piece's worth of writes; the rest goes in the next one.
+    Piece,
+    /// A write conflict: commit what is done, wait, and resume at the conflicting document.
+    Conflict,
+    /// An ordered batch stops at its first write error.
+    Stop,
+}
+
+impl Batch<'_> {
+    async fn run(&mut self) -> CommandResult<()> {
+        let chunk = super::multi_write::chunk_bytes(&self.shared.engine);
+        while self.next < self.docs.len() {
+            let mut txn = self.shared.engine.begin();
+            txn.set_meta(self.opts.meta.clone());
+            let step = self.fill(&mut txn, chunk);
+            let mut ticket = commit_write(self.shared, self.opts, txn)?;
+            match step {
+                // The next piece's snapshot must see this one (its retryable-write record is
+                // rewritten by the next commit).
+                Step::Piece => {
+                    ticket.visible().await.map_err(CommandError::from)?;
+                }
+                Step::Conflict => tokio::time::sleep(Duration::from_millis(1)).await,
+                Step::Done => {}
+                Step::Stop => {
+                    self.last_ticket = Some(ticket);
+                    break;
+                }
+            }
+            self.last_ticket = Some(ticket);
+        }
+        if let Some(ticket) = self.last_ticket.take() {
+            acknowledge(ticket, self.opts).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts documents from `next` into `txn` until the batch ends or the transaction must.
+    fn fill(&mut self, txn: &mut Txn, chunk: u64) -> Step {
+        let max_bson = self.shared.config.max_bson_size;
+        while self.next < self.docs.len() {
+            // A retried statement that already ran counts as inserted and is not run again.
+            if let Some(retry) = &self.opts.retry
+                && retry.recorded(self.next).is_some()
+            {
+                self.inserted += 1;
+                self.next += 1;
+                continue;
+            }
+            let result =
+                prepare_insert(self.docs[self.next], max_bson).and_then(|(key, stored)| {
+                    txn.insert(self.coll, key, Arc::new(stored))
+                        .map_err(CommandError::from)
+                });
+            match result {
+                Ok(()) => {
+                    self.inserted += 1;
+                    if let Some(retry) = &self.opts.retry {
+                        retry.note(self.next, Bson::Int32(1));
+                    }
+                    // A large batch commits in pieces, bounding the memory one commit holds
+                    // (an insert batch was never atomic in MongoDB either).
+                    if txn.bytes() >= chunk && self.next + 1 < self.docs.len() {
+                        self.next += 1;
+                        return Step::Piece;
+                    }
+                }
+                Err(e)
+                    if e.code == code::WRITE_CONFLICT
+                        && self.started.elapsed() < self.opts.patience =>
+                {
+                    return Step::Conflict;
+                }
+                Err(e) => {
+                    let e = if e.code == code::WRITE_CONFLICT {
+                        max_time_expired(self.opts)
+                    } else {
+                        e
+                    };
+                    self.write_errors.push(e.to_write_error(self.next));
+                    if self.ordered {
+                        return Step::Stop;
+                    }
+                }
+            }
+            self.next += 1;
+        }
+        Step::Done
+    }
+}
+
+/// Inserts into the session's transaction. The first failure ends the statement: a conflict as
+/// the command's error (the transaction is then aborted and the client retries it whole), any
+/// other as a write error, as mongod reports them.
+fn insert_in_txn(
+    shared: &Shared,
+    txn: &mut Txn,
+    coll: &CollectionInfo,
+    docs: &[&RawDocument],
+) -> CommandResult<Reply> {
+    let mut inserted = 0usize;
+    let mut write_errors = Vec::new();
+    for (index, doc) in docs.iter().enumerate() {
+        let result = prepare_insert(doc, shared.config.max_bson_size)
+            .and_then(|(key, stored)| Ok(txn.insert(coll, key, Arc::new(stored))?));
+        match result {
+            Ok(()) => inserted += 1,
+            Err(e) if e.code == code::WRITE_CONFLICT => return Err(e),
+            Err(e) => {
+                write_errors.push(e.to_write_error(index));
+                break;
+            }
+        }
+    }
+    Counters::bump(&shared.counters.insert, inserted as u64);
+    Ok(finish_write(
+        doc! { "n": inserted as i32 },
+        write_errors,
+        None,
+    ))
+}
