@@ -230,7 +230,7 @@ const FIND_AND_MODIFY: Command = cmd(
 .writes();
 
 /// Every command, in `listCommands` order.
-pub(crate) const COMMANDS: &[Command] = &[
+pub(crate) static COMMANDS: &[Command] = &[
     HELLO,
     HELLO.alias("isMaster", "legacy name of hello"),
     HELLO.alias("ismaster", "legacy name of hello"),
