@@ -497,3 +497,106 @@ impl<'a> Request<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{RawDocumentBuf, rawdoc};
+
+    fn with<T>(body: RawDocumentBuf, check: impl FnOnce(&Request<'_>) -> T) -> T {
+        check(&Request::new("find", "db", &body, &[]))
+    }
+
+    fn err<T: std::fmt::Debug>(r: CommandResult<T>) -> (i32, String) {
+        let e = r.unwrap_err();
+        (e.code, e.message)
+    }
+
+    #[test]
+    fn session_fields_are_read_once_and_first_wins() {
+        let body = rawdoc! {
+            "find": "c", "lsid": { "id": 1 }, "txnNumber": 7i64, "txnNumber": "x",
+            "autocommit": false, "startTransaction": true,
+        };
+        with(body, |req| {
+            assert_eq!(req.txn_number().unwrap(), Some(7));
+            assert!(req.lsid().unwrap().is_some());
+            let args = req.session.transaction().unwrap().unwrap();
+            assert_eq!((args.txn_number, args.start), (7, true));
+        });
+    }
+
+    #[test]
+    fn wrong_types_fail_only_when_read() {
+        let body = rawdoc! { "find": "c", "lsid": "s", "txnNumber": 1i32 };
+        with(body, |req| {
+            assert!(req.session.has_txn_number());
+            assert!(req.session.transaction().unwrap().is_none());
+            assert_eq!(
+                err(req.lsid()),
+                (
+                    code::TYPE_MISMATCH,
+                    "BSON field 'lsid' is the wrong type 'string', expected type 'object'".into()
+                )
+            );
+            assert_eq!(
+                err(req.statement_lsid()),
+                (
+                    code::TYPE_MISMATCH,
+                    "BSON field 'find.lsid' is the wrong type 'string', expected type 'object'"
+                        .into()
+                )
+            );
+            assert_eq!(
+                err(req.txn_number()),
+                (
+                    code::TYPE_MISMATCH,
+                    "BSON field 'txnNumber' is the wrong type 'int', expected type 'long'".into()
+                )
+            );
+        });
+    }
+
+    #[test]
+    fn transaction_fields_must_go_together() {
+        let cases = [
+            (
+                rawdoc! { "find": "c", "startTransaction": true },
+                "'startTransaction' field requires 'autocommit' field to also be specified",
+            ),
+            (
+                rawdoc! { "find": "c", "autocommit": true, "lsid": {}, "txnNumber": 1i64 },
+                "Specifying autocommit=true is not allowed.",
+            ),
+            (
+                rawdoc! { "find": "c", "autocommit": false, "txnNumber": 1i64 },
+                "Transaction numbers are only allowed on a session: 'autocommit' requires 'lsid'",
+            ),
+            (
+                rawdoc! { "find": "c", "autocommit": false, "lsid": {} },
+                "'autocommit' field requires a transaction number to also be specified",
+            ),
+            (
+                rawdoc! { "find": "c", "autocommit": false, "lsid": {}, "txnNumber": 1i64, "startTransaction": 1 },
+                "'startTransaction' may only be specified as true",
+            ),
+        ];
+        for (body, message) in cases {
+            with(body, |req| {
+                assert_eq!(
+                    err(req.session.transaction()),
+                    (code::INVALID_OPTIONS, message.to_string())
+                );
+            });
+        }
+        with(rawdoc! { "find": "c", "autocommit": 0 }, |req| {
+            assert_eq!(
+                err(req.session.transaction()),
+                (
+                    code::TYPE_MISMATCH,
+                    "BSON field 'autocommit' is the wrong type 'int', expected type 'bool'".into()
+                )
+            );
+        });
+    }
+}
