@@ -1,4 +1,8 @@
 //! One client connection: read a frame, decode it, run the command, write the reply.
+//!
+//! The connection depends on the commands, never the other way: commands see the connection
+//! only as its [`Client`] (what the handshake learned), and hand back a [`Reply`] that is
+//! decorated and framed here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,24 +10,21 @@ use std::sync::atomic::Ordering;
 
 use bson::raw::RawDocument;
 use bson::{RawBsonRef, RawDocumentBuf};
-use mangrove_wire::{self as wire, Compressor, Header, Message, Request as WireRequest, msg_flags};
+use mangrove_wire::{self as wire, Header, Message, Request as WireRequest, msg_flags};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::admission::{self, Close};
+use crate::commands::{self, Client};
 use crate::error::{CommandError, code};
+use crate::reply::{self, Reply};
 use crate::request::Request;
-use crate::{Counters, Shared, commands};
+use crate::{Counters, Shared};
 
-/// Per-connection state that commands may read or change.
-pub(crate) struct ConnState {
-    pub id: i64,
-    pub peer: SocketAddr,
-    /// Compressors agreed in the handshake, in the client's order of preference.
-    pub compressors: Vec<Compressor>,
-    /// `client.application.name` from the handshake, which fail points can match on.
-    pub app_name: Option<String>,
+/// Per-connection state: what commands may read or change of it, and the reply ids.
+struct ConnState {
+    client: Client,
     next_reply_id: i32,
 }
 
@@ -66,10 +67,7 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
     let mut reader = BufReader::with_capacity(admission::READ_BUFFER, read_half);
     let mut writer = BufWriter::new(write_half);
     let mut conn = ConnState {
-        id,
-        peer,
-        compressors: Vec::new(),
-        app_name: None,
+        client: Client::new(id, peer),
         next_reply_id: 1,
     };
     let mut first = true;
@@ -140,7 +138,7 @@ impl ConnState {
 
 /// Adds what every reply carries and serializes it.
 fn finish(shared: &Shared, mut reply: bson::Document) -> RawDocumentBuf {
-    commands::decorate(shared, &mut reply);
+    reply::decorate(shared, &mut reply);
     RawDocumentBuf::try_from(&reply).unwrap_or_else(|e| {
         // Only possible if a command built an invalid document (a key with a NUL byte).
         let fallback = CommandError::new(1, format!("internal error building reply: {e}"));
@@ -158,36 +156,7 @@ async fn handle(
     let compressor = message.compressor;
     match message.request {
         WireRequest::Query(q) => {
-            let body = op_query_command(&q.query);
-            let reply = match op_query_db(&q.full_collection_name) {
-                None => finish(
-                    shared,
-                    CommandError::new(
-                        code::UNSUPPORTED_OP_QUERY_COMMAND,
-                        format!(
-                            "Unsupported OP_QUERY on {}: OP_QUERY is only supported for the handshake; the client driver may require an upgrade",
-                            q.full_collection_name
-                        ),
-                    )
-                    .to_document(),
-                ),
-                Some(db) => {
-                    let name = first_key(body).unwrap_or_default();
-                    if !matches!(name, "isMaster" | "ismaster" | "hello") {
-                        finish(
-                            shared,
-                            CommandError::new(
-                                code::UNSUPPORTED_OP_QUERY_COMMAND,
-                                format!("Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."),
-                            )
-                            .to_document(),
-                        )
-                    } else {
-                        let request = Request::new(name, db, body, &[]);
-                        run_command(shared, conn, &request).await?
-                    }
-                }
-            };
+            let reply = op_query(shared, conn, &q.full_collection_name, &q.query).await?;
             Ok(Some(wire::encode_reply(
                 conn.reply_id(),
                 request_id,
@@ -197,32 +166,7 @@ async fn handle(
             )))
         }
         WireRequest::Msg(msg) => {
-            let reply = match first_key(&msg.body) {
-                Some(name) => {
-                    // `$db` usually comes last: read it from the decoded fields, not by another
-                    // walk of the body.
-                    let mut request = Request::new(name, "", &msg.body, &msg.sequences);
-                    match request.get("$db") {
-                        Some(RawBsonRef::String(db)) => {
-                            request.db = db;
-                            run_command(shared, conn, &request).await?
-                        }
-                        _ => finish(
-                            shared,
-                            CommandError::new(
-                                code::MISSING_DB,
-                                "OP_MSG requests require a $db argument",
-                            )
-                            .to_document(),
-                        ),
-                    }
-                }
-                None => finish(
-                    shared,
-                    CommandError::new(code::MISSING_DB, "OP_MSG requests require a $db argument")
-                        .to_document(),
-                ),
-            };
+            let reply = op_msg(shared, conn, &msg.body, &msg.sequences).await?;
             if msg.flags & msg_flags::MORE_TO_COME != 0 {
                 return Ok(None);
             }
@@ -239,13 +183,79 @@ async fn handle(
     }
 }
 
+/// A legacy OP_QUERY: only the handshake commands are answered.
+async fn op_query(
+    shared: &Shared,
+    conn: &mut ConnState,
+    full_collection_name: &str,
+    query: &RawDocument,
+) -> Result<RawDocumentBuf, String> {
+    let body = op_query_command(query);
+    let Some(db) = op_query_db(full_collection_name) else {
+        return Ok(finish(
+            shared,
+            CommandError::new(
+                code::UNSUPPORTED_OP_QUERY_COMMAND,
+                format!(
+                    "Unsupported OP_QUERY on {full_collection_name}: OP_QUERY is only supported for the handshake; the client driver may require an upgrade"
+                ),
+            )
+            .to_document(),
+        ));
+    };
+    let name = first_key(body).unwrap_or_default();
+    if !commands::lookup(name).is_some_and(|c| c.op_query) {
+        return Ok(finish(
+            shared,
+            CommandError::new(
+                code::UNSUPPORTED_OP_QUERY_COMMAND,
+                format!(
+                    "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
+                ),
+            )
+            .to_document(),
+        ));
+    }
+    let request = Request::new(name, db, body, &[]);
+    run_command(shared, conn, &request).await
+}
+
+/// An OP_MSG: any command, in the database its `$db` names.
+async fn op_msg(
+    shared: &Shared,
+    conn: &mut ConnState,
+    body: &RawDocument,
+    sequences: &[wire::DocumentSequence],
+) -> Result<RawDocumentBuf, String> {
+    let missing_db = || {
+        finish(
+            shared,
+            CommandError::new(code::MISSING_DB, "OP_MSG requests require a $db argument")
+                .to_document(),
+        )
+    };
+    let Some(name) = first_key(body) else {
+        return Ok(missing_db());
+    };
+    // `$db` usually comes last: read it from the decoded fields, not by another walk of the
+    // body.
+    let mut request = Request::new(name, "", body, sequences);
+    match request.get("$db") {
+        Some(RawBsonRef::String(db)) => {
+            request.db = db;
+            run_command(shared, conn, &request).await
+        }
+        _ => Ok(missing_db()),
+    }
+}
+
 async fn run_command(
     shared: &Shared,
     conn: &mut ConnState,
     request: &Request<'_>,
 ) -> Result<RawDocumentBuf, String> {
     Counters::bump(&shared.counters.command, 1);
-    let reply = commands::run(shared, conn, request).await;
+    let reply = commands::run(shared, &mut conn.client, request).await;
     if request.close_connection.load(Ordering::Relaxed) {
         return Err(format!(
             "a test fail point closes the connection after '{}'",
@@ -253,9 +263,9 @@ async fn run_command(
         ));
     }
     Ok(match reply {
-        commands::Reply::Doc(doc) => finish(shared, doc),
-        commands::Reply::Raw(mut raw) => {
-            commands::decorate_raw(shared, &mut raw);
+        Reply::Doc(doc) => finish(shared, doc),
+        Reply::Raw(mut raw) => {
+            reply::decorate_raw(shared, &mut raw);
             raw
         }
     })

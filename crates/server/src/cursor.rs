@@ -73,118 +73,14 @@ impl Cursor {
             want = want.min(rem);
         }
         let mut out: Vec<BatchDoc> = Vec::new();
-        let mut bytes = 0usize;
         let mut exhausted = false;
         if want > 0 {
-            match &mut self.source {
-                Source::Scan(scan) => {
-                    let ScanState {
-                        snapshot,
-                        coll,
-                        range,
-                        reverse,
-                        after,
-                        filter,
-                        skip,
-                    } = &mut **scan;
-                    let mut finished = true;
-                    let mut last: Option<DocKey> = None;
-                    let mut failed: Option<CommandError> = None;
-                    let mut visited = 0u64;
-                    let mut visit = |key: &DocKey, doc: &StoredDoc| {
-                        visited += 1;
-                        if visited.is_multiple_of(256)
-                            && let Err(e) = crate::access::check_deadline()
-                        {
-                            failed = Some(e);
-                            return ControlFlow::Break(());
-                        }
-                        match filter.try_matches(doc) {
-                            Ok(true) => {}
-                            Ok(false) => return ControlFlow::Continue(()),
-                            Err(e) => {
-                                failed = Some(e.into());
-                                return ControlFlow::Break(());
-                            }
-                        }
-                        if *skip > 0 {
-                            *skip -= 1;
-                            return ControlFlow::Continue(());
-                        }
-                        if !out.is_empty() && bytes + doc.as_bytes().len() > MAX_BATCH_BYTES {
-                            finished = false;
-                            return ControlFlow::Break(());
-                        }
-                        bytes += doc.as_bytes().len();
-                        out.push(BatchDoc::Stored(doc.clone()));
-                        last = Some(key.clone());
-                        if out.len() as u64 >= want {
-                            finished = false;
-                            return ControlFlow::Break(());
-                        }
-                        ControlFlow::Continue(())
-                    };
-                    match range {
-                        Some(r) => {
-                            snapshot.scan_range(coll, r, after.as_ref(), *reverse, &mut visit)?
-                        }
-                        None => snapshot.scan(coll, after.as_ref(), &mut visit)?,
-                    }
-                    if let Some(e) = failed {
-                        return Err(e);
-                    }
-                    if last.is_some() {
-                        *after = last;
-                    }
-                    exhausted = finished;
-                }
-                Source::Index(scan) => {
-                    let mut examined = Examined::default();
-                    exhausted = true;
-                    loop {
-                        if let Some(doc) = scan.pending.front() {
-                            let len = doc.as_bytes().len();
-                            if out.len() as u64 >= want
-                                || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES)
-                            {
-                                exhausted = false;
-                                break;
-                            }
-                            bytes += len;
-                            out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
-                            continue;
-                        }
-                        let Some((_, doc)) =
-                            scan.walk
-                                .next_doc(&scan.snapshot, &scan.coll, &mut examined)?
-                        else {
-                            break;
-                        };
-                        if !scan.filter.try_matches(&doc)? {
-                            continue;
-                        }
-                        if scan.skip > 0 {
-                            scan.skip -= 1;
-                            continue;
-                        }
-                        scan.pending.push_back(doc);
-                    }
-                }
-                Source::Buffered(docs) => {
-                    while let Some(doc) = docs.front() {
-                        let len = doc.as_raw().as_bytes().len();
-                        if out.len() as u64 >= want
-                            || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES)
-                        {
-                            break;
-                        }
-                        bytes += len;
-                        out.extend(docs.pop_front());
-                    }
-                    exhausted = docs.is_empty();
-                }
-                Source::Pipeline(p) => exhausted = p.fill(want, &mut out)?,
-            }
+            exhausted = match &mut self.source {
+                Source::Scan(scan) => next_scanned(scan, want, &mut out)?,
+                Source::Index(scan) => next_indexed(scan, want, &mut out)?,
+                Source::Buffered(docs) => next_buffered(docs, want, &mut out),
+                Source::Pipeline(p) => p.fill(want, &mut out)?,
+            };
         }
         if let Some(rem) = &mut self.remaining {
             *rem -= out.len() as u64;
@@ -201,6 +97,119 @@ impl Cursor {
         self.last_used = Instant::now();
         Ok((out, exhausted))
     }
+}
+
+/// Continues a filtered `_id`-order walk: up to `want` matching documents into `out`; whether
+/// the walk is exhausted.
+fn next_scanned(scan: &mut ScanState, want: u64, out: &mut Vec<BatchDoc>) -> CommandResult<bool> {
+    let ScanState {
+        snapshot,
+        coll,
+        range,
+        reverse,
+        after,
+        filter,
+        skip,
+    } = scan;
+    let mut bytes = 0usize;
+    let mut finished = true;
+    let mut last: Option<DocKey> = None;
+    let mut failed: Option<CommandError> = None;
+    let mut visited = 0u64;
+    let mut visit = |key: &DocKey, doc: &StoredDoc| {
+        visited += 1;
+        if visited.is_multiple_of(256)
+            && let Err(e) = crate::access::check_deadline()
+        {
+            failed = Some(e);
+            return ControlFlow::Break(());
+        }
+        match filter.try_matches(doc) {
+            Ok(true) => {}
+            Ok(false) => return ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e.into());
+                return ControlFlow::Break(());
+            }
+        }
+        if *skip > 0 {
+            *skip -= 1;
+            return ControlFlow::Continue(());
+        }
+        if !out.is_empty() && bytes + doc.as_bytes().len() > MAX_BATCH_BYTES {
+            finished = false;
+            return ControlFlow::Break(());
+        }
+        bytes += doc.as_bytes().len();
+        out.push(BatchDoc::Stored(doc.clone()));
+        last = Some(key.clone());
+        if out.len() as u64 >= want {
+            finished = false;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    };
+    match range {
+        Some(r) => snapshot.scan_range(coll, r, after.as_ref(), *reverse, &mut visit)?,
+        None => snapshot.scan(coll, after.as_ref(), &mut visit)?,
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if last.is_some() {
+        *after = last;
+    }
+    Ok(finished)
+}
+
+/// Continues a walk along a secondary index: up to `want` matching documents into `out`;
+/// whether the walk is exhausted.
+fn next_indexed(
+    scan: &mut IndexScanState,
+    want: u64,
+    out: &mut Vec<BatchDoc>,
+) -> CommandResult<bool> {
+    let mut examined = Examined::default();
+    let mut bytes = 0usize;
+    loop {
+        if let Some(doc) = scan.pending.front() {
+            let len = doc.as_bytes().len();
+            if out.len() as u64 >= want || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES) {
+                return Ok(false);
+            }
+            bytes += len;
+            out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
+            continue;
+        }
+        let Some((_, doc)) = scan
+            .walk
+            .next_doc(&scan.snapshot, &scan.coll, &mut examined)?
+        else {
+            return Ok(true);
+        };
+        if !scan.filter.try_matches(&doc)? {
+            continue;
+        }
+        if scan.skip > 0 {
+            scan.skip -= 1;
+            continue;
+        }
+        scan.pending.push_back(doc);
+    }
+}
+
+/// Takes up to `want` computed documents into `out`; whether none are left.
+fn next_buffered(docs: &mut VecDeque<BatchDoc>, want: u64, out: &mut Vec<BatchDoc>) -> bool {
+    let mut bytes = 0usize;
+    while let Some(doc) = docs.front() {
+        let len = doc.as_raw().as_bytes().len();
+        if out.len() as u64 >= want || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += len;
+        out.extend(docs.pop_front());
+    }
+    docs.is_empty()
 }
 
 /// Open cursors by id. A cursor is taken out while a `getMore` works on it, so concurrent

@@ -142,8 +142,9 @@ impl From<mangrove_storage::StorageError> for CommandError {
 }
 
 /// What decides an error's labels besides its code: the command and its session fields.
-pub struct LabelContext<'a> {
-    pub command: &'a str,
+pub struct LabelContext {
+    /// The command is `commitTransaction` or `abortTransaction`.
+    pub commit_or_abort: bool,
     pub has_txn_number: bool,
     /// `autocommit` was sent (it can only be `false`): a statement of a transaction.
     pub in_transaction: bool,
@@ -155,9 +156,9 @@ pub const RETRIABLE_CODES: [i32; 12] = [
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
-impl LabelContext<'_> {
+impl LabelContext {
     fn is_commit_or_abort(&self) -> bool {
-        matches!(self.command, "commitTransaction" | "abortTransaction")
+        self.commit_or_abort
     }
 
     /// `TransientTransactionError` or `RetryableWriteError`, never both, as mongod decides them.

@@ -87,55 +87,8 @@ impl FailPoints {
                 KNOWN.join(", ")
             )));
         }
-        let mode = match req.get("mode") {
-            Some(RawBsonRef::String("alwaysOn")) => Mode::AlwaysOn,
-            Some(RawBsonRef::String("off")) => Mode::Off,
-            Some(RawBsonRef::Document(d)) => {
-                let n = |key: &str| match d.get(key).ok().flatten() {
-                    Some(RawBsonRef::Int32(n)) => Some(n as i64),
-                    Some(RawBsonRef::Int64(n)) => Some(n),
-                    Some(RawBsonRef::Double(n)) if n.fract() == 0.0 => Some(n as i64),
-                    _ => None,
-                };
-                match (n("times"), n("skip")) {
-                    (Some(t), None) if t >= 0 => Mode::Times(t),
-                    (None, Some(s)) if s >= 0 => Mode::Skip(s),
-                    _ => {
-                        return Err(CommandError::bad_value(
-                            "mode must be 'alwaysOn', 'off', {times: n} or {skip: n} with n >= 0",
-                        ));
-                    }
-                }
-            }
-            Some(RawBsonRef::String(other)) => {
-                return Err(CommandError::bad_value(format!(
-                    "unknown fail point mode '{other}'"
-                )));
-            }
-            _ => {
-                return Err(CommandError::new(
-                    code::MISSING_FIELD,
-                    "configureFailPoint needs a mode",
-                ));
-            }
-        };
-        let data = match req.get("data") {
-            None => Document::new(),
-            Some(RawBsonRef::Document(d)) => {
-                Document::try_from(d).map_err(|e| CommandError::bad_value(e.to_string()))?
-            }
-            Some(_) => return Err(CommandError::type_mismatch("data must be a document")),
-        };
-        if name == "failCommand" && !matches!(mode, Mode::Off) {
-            match data.get("failCommands") {
-                Some(Bson::Array(names)) if names.iter().all(|n| n.as_str().is_some()) => {}
-                _ => {
-                    return Err(CommandError::bad_value(
-                        "failCommand needs data.failCommands, an array of command names",
-                    ));
-                }
-            }
-        }
+        let mode = parse_mode(req)?;
+        let data = parse_data(req, name, mode)?;
         let mut points = self.lock();
         let previous = points.insert(
             name.to_string(),
@@ -248,6 +201,65 @@ impl FailPoints {
             "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint",
         ))
     }
+}
+
+/// A fail point's `mode`: `alwaysOn`, `off`, `{times: n}` or `{skip: n}`.
+fn parse_mode(req: &Request<'_>) -> CommandResult<Mode> {
+    let mode = match req.get("mode") {
+        Some(RawBsonRef::String("alwaysOn")) => Mode::AlwaysOn,
+        Some(RawBsonRef::String("off")) => Mode::Off,
+        Some(RawBsonRef::Document(d)) => {
+            let n = |key: &str| match d.get(key).ok().flatten() {
+                Some(RawBsonRef::Int32(n)) => Some(n as i64),
+                Some(RawBsonRef::Int64(n)) => Some(n),
+                Some(RawBsonRef::Double(n)) if n.fract() == 0.0 => Some(n as i64),
+                _ => None,
+            };
+            match (n("times"), n("skip")) {
+                (Some(t), None) if t >= 0 => Mode::Times(t),
+                (None, Some(s)) if s >= 0 => Mode::Skip(s),
+                _ => {
+                    return Err(CommandError::bad_value(
+                        "mode must be 'alwaysOn', 'off', {times: n} or {skip: n} with n >= 0",
+                    ));
+                }
+            }
+        }
+        Some(RawBsonRef::String(other)) => {
+            return Err(CommandError::bad_value(format!(
+                "unknown fail point mode '{other}'"
+            )));
+        }
+        _ => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "configureFailPoint needs a mode",
+            ));
+        }
+    };
+    Ok(mode)
+}
+
+/// A fail point's `data`; `failCommand` must list the commands it fails.
+fn parse_data(req: &Request<'_>, name: &str, mode: Mode) -> CommandResult<Document> {
+    let data = match req.get("data") {
+        None => Document::new(),
+        Some(RawBsonRef::Document(d)) => {
+            Document::try_from(d).map_err(|e| CommandError::bad_value(e.to_string()))?
+        }
+        Some(_) => return Err(CommandError::type_mismatch("data must be a document")),
+    };
+    if name == "failCommand" && !matches!(mode, Mode::Off) {
+        match data.get("failCommands") {
+            Some(Bson::Array(names)) if names.iter().all(|n| n.as_str().is_some()) => {}
+            _ => {
+                return Err(CommandError::bad_value(
+                    "failCommand needs data.failCommands, an array of command names",
+                ));
+            }
+        }
+    }
+    Ok(data)
 }
 
 /// A numeric field of a fail point's data, whatever number type the test sent.

@@ -19,6 +19,7 @@ mod failpoint;
 mod params;
 mod pipeline_input;
 mod query_params;
+mod reply;
 mod request;
 mod retryable;
 mod session;

@@ -1,6 +1,8 @@
-//! Logical sessions and their multi-document transactions, with MongoDB's state machine: one
-//! transaction at a time per session, `txnNumber` only growing, and the error codes and labels
-//! drivers use to decide what to retry.
+//! Logical sessions: the registry of sessions by `lsid` (bounded, expiring after 30 idle
+//! minutes), each session's transaction state, and the registry of open transactions that DDL,
+//! `currentOp` and `serverStatus` read. The state machine's transitions (one transaction at a
+//! time per session, `txnNumber` only growing, the error codes drivers retry on) are in
+//! `commands/txn`.
 //!
 //! A session's transaction belongs to the session, not to a connection: any connection may run
 //! its next statement, and closing a connection does not abort it.
@@ -13,66 +15,7 @@ use bson::raw::{RawBsonRef, RawDocument};
 use mangrove_storage::Txn;
 
 use crate::error::{CommandError, CommandResult, code};
-use crate::request::{Request, type_name};
 use crate::retryable::RetryableWrite;
-
-/// The transaction fields of one statement.
-pub(crate) struct TxnArgs {
-    pub txn_number: i64,
-    pub start: bool,
-}
-
-/// `Some` when the command is a statement of a multi-document transaction (`autocommit:
-/// false`), after checking the fields go together as mongod requires.
-pub(crate) fn txn_args(req: &Request<'_>) -> CommandResult<Option<TxnArgs>> {
-    let autocommit = match req.get("autocommit") {
-        None => {
-            if req.get("startTransaction").is_some() {
-                return Err(CommandError::new(
-                    code::INVALID_OPTIONS,
-                    "'startTransaction' field requires 'autocommit' field to also be specified",
-                ));
-            }
-            return Ok(None);
-        }
-        Some(RawBsonRef::Boolean(b)) => b,
-        Some(v) => {
-            return Err(CommandError::type_mismatch(format!(
-                "BSON field 'autocommit' is the wrong type '{}', expected type 'bool'",
-                type_name(v.element_type())
-            )));
-        }
-    };
-    if autocommit {
-        return Err(CommandError::new(
-            code::INVALID_OPTIONS,
-            "Specifying autocommit=true is not allowed.",
-        ));
-    }
-    if req.get("lsid").is_none() {
-        return Err(CommandError::new(
-            code::INVALID_OPTIONS,
-            "Transaction numbers are only allowed on a session: 'autocommit' requires 'lsid'",
-        ));
-    }
-    let Some(txn_number) = req.txn_number()? else {
-        return Err(CommandError::new(
-            code::INVALID_OPTIONS,
-            "'autocommit' field requires a transaction number to also be specified",
-        ));
-    };
-    let start = match req.get("startTransaction") {
-        None => false,
-        Some(RawBsonRef::Boolean(true)) => true,
-        Some(_) => {
-            return Err(CommandError::new(
-                code::INVALID_OPTIONS,
-                "'startTransaction' may only be specified as true",
-            ));
-        }
-    };
-    Ok(Some(TxnArgs { txn_number, start }))
-}
 
 pub(crate) enum TxnState {
     /// No transaction has run under the current `txnNumber`.
@@ -443,82 +386,4 @@ impl Sessions {
         });
         before - map.len()
     }
-}
-
-/// Commands a transaction may run; anything else is OperationNotSupportedInTransaction.
-pub(crate) fn allowed_in_transaction(name: &str) -> bool {
-    matches!(
-        name,
-        "find"
-            | "insert"
-            | "update"
-            | "delete"
-            | "findAndModify"
-            | "aggregate"
-            | "distinct"
-            | "create"
-            | "createIndexes"
-            | "findandmodify"
-            | "getMore"
-            | "killCursors"
-            | "commitTransaction"
-            | "abortTransaction"
-    )
-}
-
-/// NoSuchTransaction; `commands::run` labels it TransientTransactionError, as mongod does.
-pub(crate) fn no_such_transaction(message: String) -> CommandError {
-    CommandError::new(code::NO_SUCH_TRANSACTION, message)
-}
-
-/// Brings the session to the statement's `txnNumber`, starting a transaction if asked, or says
-/// why the statement cannot run.
-pub(crate) fn begin_or_continue(
-    session: &mut Session,
-    args: &TxnArgs,
-    open: &Arc<OpenTransactions>,
-    lsid: &RawDocument,
-    begin: impl FnOnce() -> CommandResult<Txn>,
-) -> CommandResult<()> {
-    let n = args.txn_number;
-    match session.txn_number {
-        Some(current) if n < current => {
-            let verb = if args.start { "start" } else { "continue" };
-            return Err(CommandError::new(
-                code::TRANSACTION_TOO_OLD,
-                format!(
-                    "Cannot {verb} transaction {n} on session because a newer transaction with txnNumber {current} has already started on this session."
-                ),
-            ));
-        }
-        Some(current) if n == current => {
-            if args.start {
-                return Err(CommandError::new(
-                    code::CONFLICTING_OPERATION_IN_PROGRESS,
-                    format!("Transaction {n} has already been started on this session"),
-                ));
-            }
-            return Ok(());
-        }
-        _ => {}
-    }
-    if !args.start {
-        return Err(no_such_transaction(format!(
-            "Given transaction number {n} does not match any in-progress transactions. The active transaction number is {}",
-            session.txn_number.unwrap_or(-1)
-        )));
-    }
-    // A newer transaction number aborts whatever the session had open.
-    session.abort("a newer transaction started on the session");
-    let txn = begin()?;
-    open.stats
-        .started
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    session.txn_number = Some(n);
-    session.state = TxnState::Active(Box::new(ActiveTxn {
-        txn,
-        started: Instant::now(),
-        touched: Touched::new(open, bson::Document::try_from(lsid).unwrap_or_default(), n),
-    }));
-    Ok(())
 }

@@ -15,7 +15,7 @@ use super::reply::cursor_reply;
 /// mongod's rules for continuing a cursor: one opened in a transaction only within that
 /// transaction, and one opened outside only outside any transaction.
 fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResult<()> {
-    let in_txn = req.get("autocommit").is_some();
+    let in_txn = req.session.has_autocommit();
     let req_n = if in_txn { req.txn_number()? } else { None };
     match (&cursor.txn, req_n) {
         (None, None) => Ok(()),

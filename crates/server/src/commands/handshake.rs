@@ -1,12 +1,16 @@
 //! `hello` and its legacy names: how drivers learn that this server is the writable primary of
 //! a one-member replica set, and so allow sessions, retryable writes and transactions.
+//!
+//! The handshake sees the connection only as a [`Client`]: what it learns about the client and
+//! what other commands read of it, not the connection's framing state.
+
+use std::net::SocketAddr;
 
 use bson::raw::RawBsonRef;
 use bson::{DateTime, doc, oid::ObjectId};
 use mangrove_wire::Compressor;
 
 use crate::Shared;
-use crate::conn::ConnState;
 use crate::error::CommandResult;
 use crate::request::{Request, as_bool};
 
@@ -16,11 +20,29 @@ use super::Reply;
 pub const MAX_WIRE_VERSION: i32 = 21;
 pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
 
-pub(super) fn hello(
-    shared: &Shared,
-    conn: &mut ConnState,
-    req: &Request<'_>,
-) -> CommandResult<Reply> {
+/// What commands know of the client on a connection: set by the handshake, read by
+/// `whatsmyuri` and by fail points that match an application name.
+pub(crate) struct Client {
+    pub id: i64,
+    pub peer: SocketAddr,
+    /// Compressors agreed in the handshake, in the client's order of preference.
+    pub compressors: Vec<Compressor>,
+    /// `client.application.name` from the handshake, which fail points can match on.
+    pub app_name: Option<String>,
+}
+
+impl Client {
+    pub fn new(id: i64, peer: SocketAddr) -> Client {
+        Client {
+            id,
+            peer,
+            compressors: Vec::new(),
+            app_name: None,
+        }
+    }
+}
+
+pub(super) fn hello(shared: &Shared, conn: &mut Client, req: &Request<'_>) -> CommandResult<Reply> {
     // Compression is negotiated on the first handshake: keep what we support, in the client's
     // order, and tell the client which of its choices we accept.
     if let Some(RawBsonRef::Array(names)) = req.get("compression") {

@@ -107,7 +107,7 @@ pub(crate) fn parse(req: &Request<'_>) -> CommandResult<Option<ReadConcern>> {
 
 /// Commands that may read at `snapshot` level outside a transaction, as in mongod 7.0.
 fn snapshot_capable(command: &str) -> bool {
-    matches!(command, "find" | "aggregate" | "distinct")
+    super::lookup(command).is_some_and(|c| c.snapshot)
 }
 
 /// Waits for what the read concern needs, and returns the snapshot a `snapshot` read uses.

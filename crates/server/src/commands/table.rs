@@ -1,0 +1,516 @@
+//! The command table as data: every command Mangrove answers, with its handler and the
+//! properties the dispatcher, the transaction rules and the connection ask about (admin-only,
+//! test-only, allowed in a transaction, retryable, snapshot-capable, writes, legacy OP_QUERY).
+//!
+//! Invariant: no code outside this table matches a command name to decide what the command may
+//! do; it looks the command up ([`lookup`]) and reads the entry. A legacy alias (`ismaster`,
+//! `findandmodify`, ...) is an entry of its own, a copy of its command's with its own name and
+//! help, so `listCommands` lists it as mongod does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+
+use bson::doc;
+use mangrove_storage::{Snapshot, Txn};
+
+use crate::Shared;
+use crate::error::CommandResult;
+use crate::request::Request;
+use crate::retryable::RetryableWrite;
+
+use super::handshake::{self, Client};
+use super::{
+    Reply, aggregate, catalog, count_distinct, delete, diag, explain, find, find_and_modify,
+    get_more, indexes, insert, sessions, update,
+};
+
+pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
+
+/// One run of a command: the request, and the context the dispatcher chose for it.
+pub(crate) struct Call<'a> {
+    pub shared: &'a Shared,
+    pub client: &'a mut Client,
+    pub req: &'a Request<'a>,
+    /// The multi-document transaction the command runs in, as one of its statements.
+    pub txn: Option<&'a mut Txn>,
+    /// The snapshot a `snapshot` read concern chose, outside a transaction.
+    pub at: Option<Snapshot>,
+    /// The record of a retryable write (`txnNumber` outside a transaction).
+    pub retry: Option<Arc<RetryableWrite>>,
+}
+
+impl<'a> Call<'a> {
+    /// A run outside any transaction, snapshot or retryable write.
+    pub fn plain(shared: &'a Shared, client: &'a mut Client, req: &'a Request<'a>) -> Call<'a> {
+        Call {
+            shared,
+            client,
+            req,
+            txn: None,
+            at: None,
+            retry: None,
+        }
+    }
+}
+
+/// A command's handler: most answer at once; writes and DDL wait (for commits, for open
+/// transactions), so their futures are boxed.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    Sync(for<'a> fn(Call<'a>) -> CommandResult<Reply>),
+    Async(for<'a> fn(Call<'a>) -> BoxFuture<'a>),
+}
+
+impl Handler {
+    pub async fn call(self, call: Call<'_>) -> CommandResult<Reply> {
+        match self {
+            Handler::Sync(f) => f(call),
+            Handler::Async(f) => f(call).await,
+        }
+    }
+}
+
+/// What a command does inside a multi-document transaction (`autocommit: false`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum InTxn {
+    /// Refused with OperationNotSupportedInTransaction.
+    Refused,
+    /// Runs as one of the transaction's statements.
+    Statement,
+    Commit,
+    Abort,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Command {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub handler: Handler,
+    /// mongod refuses these anywhere but the `admin` database.
+    pub admin_only: bool,
+    /// Exists only with `--enable-test-commands`.
+    pub test_only: bool,
+    pub in_txn: InTxn,
+    /// With `lsid` + `txnNumber` outside a transaction it runs at most once.
+    pub retryable_write: bool,
+    /// Drivers retry it once on a network error or a retriable code (the retryable reads
+    /// spec); nothing in the server depends on it.
+    #[allow(dead_code)]
+    pub retryable_read: bool,
+    /// May read at `readConcern: {level: "snapshot"}` outside a transaction (mongod 7.0).
+    pub snapshot: bool,
+    /// Changes stored data or the catalog; for authorization (issue 14) and a read-only mode.
+    #[allow(dead_code)]
+    pub writes: bool,
+    /// Answered over legacy OP_QUERY (the handshake of old drivers).
+    pub op_query: bool,
+}
+
+const fn cmd(name: &'static str, help: &'static str, handler: Handler) -> Command {
+    Command {
+        name,
+        help,
+        handler,
+        admin_only: false,
+        test_only: false,
+        in_txn: InTxn::Refused,
+        retryable_write: false,
+        retryable_read: false,
+        snapshot: false,
+        writes: false,
+        op_query: false,
+    }
+}
+
+impl Command {
+    const fn admin(self) -> Command {
+        Command {
+            admin_only: true,
+            ..self
+        }
+    }
+
+    const fn test_only(self) -> Command {
+        Command {
+            test_only: true,
+            ..self
+        }
+    }
+
+    const fn in_txn(self, in_txn: InTxn) -> Command {
+        Command { in_txn, ..self }
+    }
+
+    /// A statement of a transaction.
+    const fn statement(self) -> Command {
+        self.in_txn(InTxn::Statement)
+    }
+
+    const fn retryable_write(self) -> Command {
+        Command {
+            retryable_write: true,
+            ..self
+        }
+    }
+
+    const fn retryable_read(self) -> Command {
+        Command {
+            retryable_read: true,
+            ..self
+        }
+    }
+
+    const fn snapshot(self) -> Command {
+        Command {
+            snapshot: true,
+            ..self
+        }
+    }
+
+    const fn writes(self) -> Command {
+        Command {
+            writes: true,
+            ..self
+        }
+    }
+
+    const fn op_query(self) -> Command {
+        Command {
+            op_query: true,
+            ..self
+        }
+    }
+
+    /// The legacy spelling of this command: the same command under another name.
+    const fn alias(self, name: &'static str, help: &'static str) -> Command {
+        Command { name, help, ..self }
+    }
+}
+
+/// A synchronous handler from an expression over the call `c`.
+macro_rules! sync {
+    (|$c:ident| $body:expr) => {
+        Handler::Sync(|$c: Call<'_>| $body)
+    };
+}
+
+/// An asynchronous handler from a future over the call `c`.
+macro_rules! future {
+    (|$c:ident| $body:expr) => {{
+        fn handler($c: Call<'_>) -> BoxFuture<'_> {
+            Box::pin($body)
+        }
+        Handler::Async(handler)
+    }};
+}
+
+fn ok() -> CommandResult<Reply> {
+    Ok(doc! { "ok": 1.0 }.into())
+}
+
+const HELLO: Command = cmd(
+    "hello",
+    "the handshake: topology, limits and wire versions",
+    sync!(|c| handshake::hello(c.shared, c.client, c.req)),
+)
+.op_query();
+
+const BUILD_INFO: Command = cmd(
+    "buildInfo",
+    "server version and build details",
+    sync!(|c| Ok(diag::build_info(c.shared).into())),
+);
+
+const FIND_AND_MODIFY: Command = cmd(
+    "findAndModify",
+    "updates or removes one document and returns it",
+    future!(|c| find_and_modify::find_and_modify(c.shared, c.req, c.txn, c.retry)),
+)
+.statement()
+.retryable_write()
+.writes();
+
+/// Every command, in `listCommands` order.
+pub(crate) static COMMANDS: &[Command] = &[
+    HELLO,
+    HELLO.alias("isMaster", "legacy name of hello"),
+    HELLO.alias("ismaster", "legacy name of hello"),
+    cmd("ping", "answers ok", sync!(|_c| ok())),
+    BUILD_INFO,
+    BUILD_INFO.alias("buildinfo", "legacy name of buildInfo"),
+    cmd(
+        "getParameter",
+        "reads server parameters; \"*\" lists all",
+        sync!(|c| diag::get_parameter(c.shared, c.req)),
+    )
+    .admin(),
+    cmd(
+        "setParameter",
+        "changes a runtime parameter (transactionLifetimeLimitSeconds, ...)",
+        sync!(|c| diag::set_parameter(c.shared, c.req)),
+    )
+    .admin(),
+    cmd(
+        "configureFailPoint",
+        "arms a test fail point (only with --enable-test-commands)",
+        sync!(|c| Ok(c.shared.failpoints.configure(c.req)?.into())),
+    )
+    .admin()
+    .test_only(),
+    cmd(
+        "getCmdLineOpts",
+        "the command line the server was started with",
+        sync!(|c| Ok(diag::cmd_line_opts(c.shared).into())),
+    )
+    .admin(),
+    cmd(
+        "serverStatus",
+        "counters and state of the running server",
+        sync!(|c| Ok(diag::server_status(c.shared).into())),
+    ),
+    cmd(
+        "hostInfo",
+        "the machine the server runs on",
+        sync!(|_c| Ok(diag::host_info().into())),
+    ),
+    cmd(
+        "whatsmyuri",
+        "the client's address as the server sees it",
+        sync!(|c| Ok(doc! { "you": c.client.peer.to_string(), "ok": 1.0 }.into())),
+    ),
+    cmd(
+        "connectionStatus",
+        "authentication state of this connection",
+        sync!(|_c| Ok(doc! {
+            "authInfo": { "authenticatedUsers": [], "authenticatedUserRoles": [] },
+            "ok": 1.0,
+        }
+        .into())),
+    ),
+    cmd(
+        "listCommands",
+        "this list",
+        sync!(|c| Ok(diag::list_commands(c.shared).into())),
+    ),
+    cmd(
+        "currentOp",
+        "open transactions: lsid, txnNumber, time open, namespaces",
+        sync!(|c| Ok(diag::current_op(c.shared).into())),
+    )
+    .admin(),
+    cmd(
+        "endSessions",
+        "ends logical sessions, aborting their transactions",
+        future!(|c| sessions::end_sessions(c.shared, c.req)),
+    ),
+    cmd(
+        "killSessions",
+        "kills logical sessions, aborting their transactions",
+        future!(|c| sessions::end_sessions(c.shared, c.req)),
+    ),
+    cmd(
+        "killAllSessions",
+        "kills every logical session",
+        future!(|c| sessions::kill_all_sessions(c.shared)),
+    ),
+    cmd(
+        "killAllSessionsByPattern",
+        "kills the logical sessions matching {lsid} or {uid} patterns",
+        future!(|c| sessions::kill_sessions_by_pattern(c.shared, c.req)),
+    ),
+    cmd(
+        "startSession",
+        "starts a logical session and returns its id",
+        sync!(|_c| sessions::start_session()),
+    ),
+    cmd(
+        "refreshSessions",
+        "keeps logical sessions from expiring",
+        sync!(|c| sessions::refresh_sessions(c.shared, c.req)),
+    ),
+    cmd(
+        "commitTransaction",
+        "commits the session's transaction",
+        sync!(|c| sessions::not_in_transaction(c.req)),
+    )
+    .admin()
+    .in_txn(InTxn::Commit),
+    cmd(
+        "abortTransaction",
+        "aborts the session's transaction",
+        sync!(|c| sessions::not_in_transaction(c.req)),
+    )
+    .admin()
+    .in_txn(InTxn::Abort),
+    cmd(
+        "getLog",
+        "recent log lines (none are kept)",
+        sync!(|c| diag::get_log(c.req)),
+    )
+    .admin(),
+    cmd(
+        "listDatabases",
+        "databases and their sizes",
+        sync!(|c| catalog::list_databases(c.shared, c.req)),
+    )
+    .admin()
+    .retryable_read(),
+    cmd(
+        "listCollections",
+        "collections of a database",
+        sync!(|c| catalog::list_collections(c.shared, c.req)),
+    )
+    .retryable_read(),
+    cmd(
+        "create",
+        "creates a collection",
+        future!(|c| catalog::create(c.shared, c.req, c.txn)),
+    )
+    .statement()
+    .writes(),
+    cmd(
+        "drop",
+        "drops a collection",
+        future!(|c| catalog::drop(c.shared, c.req)),
+    )
+    .writes(),
+    cmd(
+        "dropDatabase",
+        "drops a database",
+        future!(|c| catalog::drop_database(c.shared, c.req)),
+    )
+    .writes(),
+    cmd(
+        "renameCollection",
+        "renames a collection (one transaction; waits for open transactions on it)",
+        future!(|c| catalog::rename_collection(c.shared, c.req)),
+    )
+    .admin()
+    .writes(),
+    cmd(
+        "createIndexes",
+        "builds secondary indexes (waits for open transactions on the collection)",
+        future!(|c| indexes::create_indexes(c.shared, c.req, c.txn)),
+    )
+    .statement()
+    .writes(),
+    cmd(
+        "listIndexes",
+        "indexes of a collection",
+        sync!(|c| indexes::list_indexes(c.shared, c.req, None)),
+    )
+    .retryable_read(),
+    cmd(
+        "dropIndexes",
+        "drops secondary indexes",
+        future!(|c| indexes::drop_indexes(c.shared, c.req)),
+    )
+    .writes(),
+    cmd(
+        "explain",
+        "the plan of a find, count, distinct, update, delete, findAndModify or aggregate",
+        sync!(|c| explain::explain(c.shared, c.req)),
+    ),
+    cmd(
+        "insert",
+        "inserts documents",
+        future!(|c| insert::insert(c.shared, c.req, c.txn, c.retry)),
+    )
+    .statement()
+    .retryable_write()
+    .writes(),
+    cmd(
+        "find",
+        "queries a collection",
+        sync!(|c| find::find(c.shared, c.req, c.txn.as_deref(), c.at)),
+    )
+    .statement()
+    .retryable_read()
+    .snapshot(),
+    cmd(
+        "getMore",
+        "next batch of a cursor",
+        sync!(|c| get_more::get_more(c.shared, c.req)),
+    )
+    .statement(),
+    cmd(
+        "killCursors",
+        "closes cursors",
+        sync!(|c| get_more::kill_cursors(c.shared, c.req)),
+    )
+    .statement(),
+    cmd(
+        "update",
+        "updates documents",
+        future!(|c| update::update(c.shared, c.req, c.txn, c.retry)),
+    )
+    .statement()
+    .retryable_write()
+    .writes(),
+    cmd(
+        "delete",
+        "deletes documents",
+        future!(|c| delete::delete(c.shared, c.req, c.txn, c.retry)),
+    )
+    .statement()
+    .retryable_write()
+    .writes(),
+    cmd(
+        "count",
+        "counts matching documents",
+        sync!(|c| count_distinct::count(c.shared, c.req)),
+    )
+    .retryable_read(),
+    cmd(
+        "distinct",
+        "distinct values of a field among matching documents",
+        sync!(|c| count_distinct::distinct(c.shared, c.req, c.txn.as_deref(), c.at)),
+    )
+    .statement()
+    .retryable_read()
+    .snapshot(),
+    FIND_AND_MODIFY,
+    FIND_AND_MODIFY.alias("findandmodify", "legacy name of findAndModify"),
+    cmd(
+        "aggregate",
+        "runs an aggregation pipeline ($match, $sort, $skip, $limit, $project, $count, $group)",
+        future!(|c| aggregate::aggregate(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
+    )
+    .statement()
+    .retryable_read()
+    .snapshot(),
+];
+
+/// The entry for the command name exactly as sent (names are case-sensitive), if any.
+pub(crate) fn lookup(name: &str) -> Option<&'static Command> {
+    static BY_NAME: LazyLock<HashMap<&'static str, &'static Command>> =
+        LazyLock::new(|| COMMANDS.iter().map(|c| (c.name, c)).collect());
+    BY_NAME.get(name).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for c in COMMANDS {
+            assert!(std::ptr::eq(lookup(c.name).unwrap(), c), "{}", c.name);
+        }
+        assert!(lookup("FIND").is_none());
+    }
+
+    #[test]
+    fn properties_agree() {
+        for c in COMMANDS {
+            if c.retryable_write {
+                assert!(c.writes && c.in_txn == InTxn::Statement, "{}", c.name);
+            }
+            if c.snapshot {
+                assert!(!c.writes && c.in_txn == InTxn::Statement, "{}", c.name);
+            }
+        }
+    }
+}
