@@ -10,6 +10,7 @@
 use std::ops::Bound;
 
 use bson::{Bson, Document, RawBson, RawBsonRef, RawDocument};
+use mangrove_bson::KeyInterval;
 
 use crate::compare::type_bracket;
 use crate::encode_key;
@@ -19,9 +20,6 @@ use crate::index::IndexSpec;
 /// The most intervals an equality prefix may expand to (`$in` lists multiply on compound
 /// indexes); beyond it the remaining fields are left unbounded.
 const MAX_INTERVALS: usize = 1024;
-
-/// One contiguous range of entry keys.
-pub type KeyInterval = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// The ranges of one index a query must scan.
 #[derive(Debug, Clone)]

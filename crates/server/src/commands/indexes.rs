@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, IndexSpec, SortSpec, expired_bounds};
+use mangrove_query::{Filter, SortSpec, expired_bounds, normalize_index};
 use mangrove_storage::{CollectionInfo, Txn};
 
 use crate::Shared;
@@ -66,7 +66,7 @@ pub(super) async fn create_indexes(
         match item.map_err(internal)? {
             RawBsonRef::Document(d) => {
                 let ttl_fixed = crate::params::check_expire_after_seconds(d)?;
-                specs.push(IndexSpec::normalize(ttl_fixed.as_deref().unwrap_or(d))?);
+                specs.push(normalize_index(ttl_fixed.as_deref().unwrap_or(d))?);
             }
             _ => {
                 return Err(CommandError::type_mismatch(
