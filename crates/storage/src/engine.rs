@@ -2081,8 +2081,7 @@ impl Txn {
             state.collections.insert(id, BTreeMap::new());
             id
         };
-        let partial = &engine.inner.options.partial_filters;
-        let index = compile_index(spec.clone(), id, partial)?;
+        let index = compile_index(spec.clone(), id, &engine.inner.options.partial_filters)?;
         let mut entries: BTreeMap<DocKey, StoredDoc> = BTreeMap::new();
         let mut failed = None;
         self.scan(&coll, None, |key, doc| {
