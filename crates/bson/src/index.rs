@@ -560,3 +560,33 @@ fn collect<'a>(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, rawdoc};
+
+    use super::*;
+
+    #[test]
+    fn the_partial_filter_is_compiled_by_the_caller() {
+        let spec = doc! {
+            "v": 2, "key": { "a": 1 }, "name": "a_1", "partialFilterExpression": { "b": 1 },
+        };
+        let refused = IndexSpec::compile(&spec, &no_partial_filters).unwrap_err();
+        assert_eq!(refused.code, 67);
+        let has_b = |_: &Document| {
+            Ok(PartialFilter::new(|d: &RawDocument| {
+                matches!(d.get("b"), Ok(Some(_)))
+            }))
+        };
+        let index = IndexSpec::compile(&spec, &has_b).unwrap();
+        assert!(index.keys(&rawdoc! { "a": 1 }).unwrap().is_empty());
+        assert_eq!(index.keys(&rawdoc! { "a": 1, "b": 1 }).unwrap().len(), 1);
+        let normalized =
+            IndexSpec::normalize(&rawdoc! { "key": { "a": 1 }, "name": "a_1" }, &has_b);
+        assert_eq!(
+            normalized.unwrap(),
+            doc! { "v": 2, "key": { "a": 1 }, "name": "a_1" }
+        );
+    }
+}

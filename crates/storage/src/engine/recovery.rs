@@ -13,12 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mangrove_bson::PartialFilters;
+
 use super::{
     CollectionInfo, Engine, EngineOptions, State, VersionChain, compile_index, lock_data_dir,
     replay, split_ns,
 };
-use mangrove_bson::PartialFilters;
-
 use crate::base::BaseStore;
 use crate::txlog::{
     self, Control, ControlHandle, CutReport, LogDamage, LogScan, LogWriter, TornTail,
