@@ -43,6 +43,8 @@ fn verify(data_dir: &Path) -> Result<bool, String> {
     let options = EngineOptions {
         data_dir: Some(data_dir.to_path_buf()),
         read_only: true,
+        // Verifying a partial index recomputes which documents its filter admits.
+        partial_filters: mangrove_query::partial_filters(),
         ..EngineOptions::default()
     };
     let (engine, _) = match Engine::open(options, |_, _| {}) {

@@ -1,3 +1,5 @@
+//! The query language's error: MongoDB's code, code name and message.
+
 /// An error reported to the client with MongoDB's numeric code and code name, so drivers that
 /// branch on codes behave as they would against a real server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,5 +52,27 @@ impl QueryError {
     /// `Location<code>`, from the one registry in `error_codes`.
     pub fn location(code: i32, message: impl Into<String>) -> Self {
         Self::new(code, crate::error_codes::static_code_name(code), message)
+    }
+}
+
+/// Errors of the layer below (index keys, collations) reach the client unchanged.
+impl From<mangrove_bson::CodedError> for QueryError {
+    fn from(e: mangrove_bson::CodedError) -> Self {
+        QueryError {
+            code: e.code,
+            code_name: e.code_name,
+            message: e.message,
+        }
+    }
+}
+
+/// For the query language's part of index compilation (partial filters).
+impl From<QueryError> for mangrove_bson::CodedError {
+    fn from(e: QueryError) -> Self {
+        mangrove_bson::CodedError {
+            code: e.code,
+            code_name: e.code_name,
+            message: e.message,
+        }
     }
 }

@@ -12,24 +12,24 @@
 //! encoded through its nearest double; `$inc`/`$mul` on Decimal128 are exact to 34 digits
 //! (doubles only for operands too wide for 128-bit coefficients).
 
+// The value order, key encoding and paths live in `mangrove-bson` (the storage engine needs
+// them without the language); imported here so the crate's `crate::compare::...` paths hold.
+/// The one registry of error codes and their names (in the leaf crate, shared by every layer).
+pub use mangrove_bson::error_codes;
+use mangrove_bson::{compare, decimal, path};
+
 mod aggregate;
-mod collation;
-mod compare;
 mod dates;
-mod decimal;
 mod doc_ops;
 mod error;
-pub mod error_codes;
 mod expr;
 mod filter;
 mod group;
 mod index;
 mod jsonschema;
-mod key;
 mod limits;
 mod lookup;
 mod memory;
-mod path;
 mod plan;
 mod projection;
 mod run_ctx;
@@ -40,18 +40,22 @@ mod stream;
 mod update;
 
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
-pub use collation::{Collation, collation_active, with_collation};
-pub use compare::{compare_values, type_bracket};
 pub use error::QueryError;
 pub use filter::Filter;
-pub use index::{IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT};
-pub use key::encode_key;
+pub use index::{
+    IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
+    compile_partial, normalize_index, partial_filters,
+};
 pub use limits::{
     DEFAULT_MEMORY_LIMIT, Limits, MAX_BSON_OBJECT_BYTES, MAX_RESULT_DOCUMENT_BYTES,
     MAX_STRING_BYTES, MAX_VALUE_DEPTH, with_limits,
 };
-pub use path::distinct_values;
-pub use plan::{IndexBounds, KeyInterval, expired_bounds, index_bounds};
+pub use mangrove_bson::distinct_values;
+pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
+pub use mangrove_bson::{
+    Collation, collation_active, compare_values, type_bracket, with_collation,
+};
+pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
 pub use stream::{Runner, Step};

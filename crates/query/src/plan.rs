@@ -10,6 +10,7 @@
 use std::ops::Bound;
 
 use bson::{Bson, Document, RawBson, RawBsonRef, RawDocument};
+use mangrove_bson::KeyInterval;
 
 use crate::compare::type_bracket;
 use crate::encode_key;
@@ -19,9 +20,6 @@ use crate::index::IndexSpec;
 /// The most intervals an equality prefix may expand to (`$in` lists multiply on compound
 /// indexes); beyond it the remaining fields are left unbounded.
 const MAX_INTERVALS: usize = 1024;
-
-/// One contiguous range of entry keys.
-pub type KeyInterval = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// The ranges of one index a query must scan.
 #[derive(Debug, Clone)]
@@ -262,11 +260,40 @@ pub fn index_bounds(
 ) -> Option<IndexBounds> {
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
+    let per_field = field_bounds(&conds, spec, multikey);
+    if !hinted {
+        let first = per_field.first().and_then(Option::as_ref)?;
+        if spec.sparse && !first.excludes_null() {
+            return None;
+        }
+        if let Some(p) = &spec.partial_raw
+            && !implies(raw, p)
+        {
+            return None;
+        }
+    }
+    let prefixes = Prefixes::of(spec, &per_field);
+    let mut intervals = prefixes.intervals();
+    intervals.sort_by(|a, b| lower_key(&a.0).cmp(lower_key(&b.0)));
+    Some(IndexBounds {
+        intervals,
+        display: prefixes.display,
+        score: prefixes.score,
+        eq_prefix: prefixes.eq_prefix,
+    })
+}
+
+/// Each indexed field's best condition among the conjuncts, if any.
+fn field_bounds(
+    conds: &[(&str, &Pred)],
+    spec: &IndexSpec,
+    multikey: bool,
+) -> Vec<Option<FieldBound>> {
     let mut per_field: Vec<Option<FieldBound>> = Vec::with_capacity(spec.fields.len());
     for field in &spec.fields {
         // Equality beats a range: it is narrower, and one condition's bounds are enough.
         let mut best: Option<FieldBound> = None;
-        for (path, pred) in &conds {
+        for (path, pred) in conds {
             if *path != field.path {
                 continue;
             }
@@ -283,96 +310,107 @@ pub fn index_bounds(
         }
         per_field.push(best);
     }
-    if !hinted {
-        let first = per_field.first().and_then(Option::as_ref)?;
-        if spec.sparse && !first.excludes_null() {
-            return None;
-        }
-        if let Some(p) = &spec.partial_raw
-            && !implies(raw, p)
-        {
-            return None;
-        }
-    }
-    // Equality fields extend the prefixes; the first range (or a field with no condition)
-    // ends them.
-    let mut prefixes: Vec<Vec<u8>> = vec![Vec::new()];
-    let mut tail: Option<(Vec<(End, End)>, bool)> = None;
-    let mut score = 0;
-    let mut eq_prefix = 0;
-    let mut display = Document::new();
-    let mut bounded = true;
-    for (field, bound) in spec.fields.iter().zip(&per_field) {
-        let shown = match bound {
-            Some(b) if bounded => b.display(),
-            _ => vec![Bson::String("[MinKey, MaxKey]".into())],
+    per_field
+}
+
+/// The key prefixes the equality fields pin, and the ranges of the field after them.
+struct Prefixes {
+    /// One per combination of the equality fields' values (one empty prefix if none).
+    keys: Vec<Vec<u8>>,
+    /// The byte ranges of the first range field, if the equality fields end at one.
+    tail: Option<Vec<(End, End)>>,
+    score: usize,
+    eq_prefix: usize,
+    display: Document,
+}
+
+impl Prefixes {
+    /// Equality fields extend the prefixes; the first range (or a field with no condition)
+    /// ends them.
+    fn of(spec: &IndexSpec, per_field: &[Option<FieldBound>]) -> Prefixes {
+        let mut out = Prefixes {
+            keys: vec![Vec::new()],
+            tail: None,
+            score: 0,
+            eq_prefix: 0,
+            display: Document::new(),
         };
-        display.insert(field.path.clone(), shown);
-        if !bounded {
-            continue;
+        let mut bounded = true;
+        for (field, bound) in spec.fields.iter().zip(per_field) {
+            let shown = match bound {
+                Some(b) if bounded => b.display(),
+                _ => vec![Bson::String("[MinKey, MaxKey]".into())],
+            };
+            out.display.insert(field.path.clone(), shown);
+            if !bounded {
+                continue;
+            }
+            match bound {
+                Some(b @ FieldBound::Points(values))
+                    if out.keys.len() * values.len().max(1) <= MAX_INTERVALS =>
+                {
+                    out.extend(b.byte_ranges(field.descending));
+                }
+                Some(b @ FieldBound::Range { .. }) => {
+                    out.tail = Some(b.byte_ranges(field.descending));
+                    out.score += 1;
+                    bounded = false;
+                }
+                _ => {
+                    bounded = false;
+                }
+            }
         }
-        match bound {
-            Some(b @ FieldBound::Points(values))
-                if prefixes.len() * values.len().max(1) <= MAX_INTERVALS =>
-            {
-                let ranges = b.byte_ranges(field.descending);
-                let mut next = Vec::with_capacity(prefixes.len() * ranges.len());
-                for p in &prefixes {
-                    for ((k, _), _) in &ranges {
-                        let mut key = p.clone();
-                        key.extend_from_slice(k);
-                        next.push(key);
-                    }
-                }
-                prefixes = next;
-                score += 2;
-                if ranges.len() == 1 && 2 * eq_prefix + 2 == score {
-                    eq_prefix += 1;
-                }
+        out
+    }
+
+    /// Appends an equality field's points to every prefix.
+    fn extend(&mut self, ranges: Vec<(End, End)>) {
+        let mut next = Vec::with_capacity(self.keys.len() * ranges.len());
+        for p in &self.keys {
+            for ((k, _), _) in &ranges {
+                let mut key = p.clone();
+                key.extend_from_slice(k);
+                next.push(key);
             }
-            Some(b @ FieldBound::Range { .. }) => {
-                tail = Some((b.byte_ranges(field.descending), true));
-                score += 1;
-                bounded = false;
-            }
-            _ => {
-                bounded = false;
-            }
+        }
+        self.keys = next;
+        self.score += 2;
+        if ranges.len() == 1 && 2 * self.eq_prefix + 2 == self.score {
+            self.eq_prefix += 1;
         }
     }
-    let mut intervals = Vec::new();
-    for p in &prefixes {
-        match &tail {
-            Some((ranges, _)) => {
-                for ((lo, lo_incl), (hi, hi_incl)) in ranges {
-                    let mut lower = p.clone();
-                    lower.extend_from_slice(lo);
-                    if !lo_incl {
-                        lower.push(0xFF);
+
+    /// The key intervals: each prefix, followed by each of the tail's ranges if there is one.
+    fn intervals(&self) -> Vec<KeyInterval> {
+        let mut intervals = Vec::new();
+        for p in &self.keys {
+            match &self.tail {
+                Some(ranges) => {
+                    for ((lo, lo_incl), (hi, hi_incl)) in ranges {
+                        let mut lower = p.clone();
+                        lower.extend_from_slice(lo);
+                        if !lo_incl {
+                            lower.push(0xFF);
+                        }
+                        let mut upper = p.clone();
+                        upper.extend_from_slice(hi);
+                        if *hi_incl {
+                            upper.push(0xFF);
+                        }
+                        intervals.push((Bound::Included(lower), Bound::Excluded(upper)));
                     }
+                }
+                None if p.is_empty() => intervals.push((Bound::Unbounded, Bound::Unbounded)),
+                None => {
                     let mut upper = p.clone();
-                    upper.extend_from_slice(hi);
-                    if *hi_incl {
-                        upper.push(0xFF);
-                    }
-                    intervals.push((Bound::Included(lower), Bound::Excluded(upper)));
+                    upper.push(0xFF);
+                    intervals.push((Bound::Included(p.clone()), Bound::Excluded(upper)));
                 }
             }
-            None if p.is_empty() => intervals.push((Bound::Unbounded, Bound::Unbounded)),
-            None => {
-                let mut upper = p.clone();
-                upper.push(0xFF);
-                intervals.push((Bound::Included(p.clone()), Bound::Excluded(upper)));
-            }
         }
+        intervals
     }
-    intervals.sort_by(|a, b| lower_key(&a.0).cmp(lower_key(&b.0)));
-    Some(IndexBounds {
-        intervals,
-        display,
-        score,
-        eq_prefix,
-    })
 }
 
 /// Both ranges at once (for a field that is never an array). Ranges in different type brackets

@@ -107,7 +107,7 @@ impl Access {
 fn id_spec() -> &'static mangrove_query::IndexSpec {
     static SPEC: std::sync::OnceLock<mangrove_query::IndexSpec> = std::sync::OnceLock::new();
     SPEC.get_or_init(|| {
-        mangrove_query::IndexSpec::compile(
+        mangrove_query::compile_index(
             &bson::doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_", "unique": true },
         )
         .expect("the _id index specification is valid")

@@ -171,6 +171,7 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         retain_log_segments: config.retain_log_segments,
         truncate_damaged_log: config.truncate_damaged_log,
         segment_bytes: config.log_segment_bytes,
+        partial_filters: mangrove_query::partial_filters(),
         ..EngineOptions::default()
     };
     let (engine, report) =

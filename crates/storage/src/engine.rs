@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bson::raw::{RawBinaryRef, cstr};
 use bson::{Bson, RawDocument, RawDocumentBuf};
-use mangrove_query::{IndexSpec, KeyInterval};
+use mangrove_bson::{IndexSpec, KeyInterval, PartialFilters};
 use tokio::sync::watch;
 
 use crate::base::{BaseStore, BaseVerifyReport};
@@ -168,8 +168,12 @@ fn entry_target(value: &RawDocument) -> Option<DocKey> {
     value.get_binary("r").ok().map(|b| DocKey(b.bytes.to_vec()))
 }
 
-fn compile_index(spec: bson::Document, id: CollId) -> Result<Arc<IndexInfo>, StorageError> {
-    let key = IndexSpec::compile(&spec).map_err(StorageError::Index)?;
+fn compile_index(
+    spec: bson::Document,
+    id: CollId,
+    partial: &PartialFilters,
+) -> Result<Arc<IndexInfo>, StorageError> {
+    let key = IndexSpec::compile(&spec, &**partial).map_err(StorageError::Index)?;
     Ok(Arc::new(IndexInfo {
         spec,
         key: Arc::new(key),
@@ -330,6 +334,9 @@ pub struct EngineOptions {
     /// (moving the rest aside) instead of refusing to start: the operator's explicit choice to
     /// lose the transactions after the damage.
     pub truncate_damaged_log: bool,
+    /// Compiles partial indexes' `partialFilterExpression`s (the query language is not the
+    /// engine's: the server passes the query crate's). The default refuses partial indexes.
+    pub partial_filters: PartialFilters,
 }
 
 impl Default for EngineOptions {
@@ -344,6 +351,7 @@ impl Default for EngineOptions {
             retain_log_segments: 0,
             read_only: false,
             truncate_damaged_log: false,
+            partial_filters: PartialFilters::default(),
         }
     }
 }
@@ -678,7 +686,12 @@ fn merge_overlay<'a>(
 
 /// Applies one logged transaction to the state during recovery. Index entries are not in the
 /// log: they are derived again from the documents, exactly as the live commit derived them.
-fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String> {
+fn replay(
+    state: &mut State,
+    ts: Timestamp,
+    ops: &[LogOp],
+    partial: &PartialFilters,
+) -> Result<(), String> {
     for op in ops {
         match op {
             LogOp::CreateCollection { ns, options } => {
@@ -733,7 +746,7 @@ fn replay(state: &mut State, ts: Timestamp, ops: &[LogOp]) -> Result<(), String>
                 let info = current_info(state, ns, ts)?;
                 let id = state.next_coll_id;
                 state.next_coll_id += 1;
-                let index = compile_index(spec.clone(), id).map_err(|e| e.to_string())?;
+                let index = compile_index(spec.clone(), id, partial).map_err(|e| e.to_string())?;
                 state.collections.insert(id, BTreeMap::new());
                 let mut entries = BTreeMap::new();
                 for (key, doc) in latest_docs(state, info.id)? {
@@ -2068,7 +2081,7 @@ impl Txn {
             state.collections.insert(id, BTreeMap::new());
             id
         };
-        let index = compile_index(spec.clone(), id)?;
+        let index = compile_index(spec.clone(), id, &engine.inner.options.partial_filters)?;
         let mut entries: BTreeMap<DocKey, StoredDoc> = BTreeMap::new();
         let mut failed = None;
         self.scan(&coll, None, |key, doc| {

@@ -20,10 +20,10 @@ pub enum StorageError {
         key_pattern: Box<bson::Document>,
         key_value: Box<bson::Document>,
     },
-    /// A document cannot be indexed (parallel arrays, too many keys): the query crate's error,
-    /// with MongoDB's code.
+    /// A document cannot be indexed (parallel arrays, too many keys), or an index specification
+    /// cannot be compiled: MongoDB's code and message.
     #[error("{0}")]
-    Index(mangrove_query::QueryError),
+    Index(mangrove_bson::CodedError),
     #[error("ns does not exist: {0}")]
     NamespaceNotFound(String),
     #[error("Collection {0} already exists.")]

@@ -89,8 +89,9 @@ fn child(dir: &str, cycle: i64) {
             if *unique {
                 spec.insert("unique", true);
             }
-            let spec = mangrove_query::IndexSpec::normalize(
+            let spec = mangrove_bson::IndexSpec::normalize(
                 &bson::RawDocumentBuf::try_from(&spec).unwrap(),
+                &mangrove_bson::no_partial_filters,
             )
             .unwrap();
             let mut t = engine.begin();

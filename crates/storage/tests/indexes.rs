@@ -6,9 +6,9 @@ mod common;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use bson::{doc, rawdoc};
+use bson::{RawBsonRef, RawDocument, doc, rawdoc};
 use common::*;
-use mangrove_query::{Filter, IndexSpec, index_bounds};
+use mangrove_bson::{IndexField, IndexSpec, KeyInterval, encode_key, no_partial_filters};
 use std::ops::ControlFlow;
 
 use mangrove_storage::{CollectionInfo, DocKey, Engine, ReadView, StorageError};
@@ -18,7 +18,11 @@ fn spec(key: bson::Document, name: &str, unique: bool) -> bson::Document {
     if unique {
         raw.insert("unique", true);
     }
-    IndexSpec::normalize(&bson::RawDocumentBuf::try_from(&raw).unwrap()).unwrap()
+    IndexSpec::normalize(
+        &bson::RawDocumentBuf::try_from(&raw).unwrap(),
+        &no_partial_filters,
+    )
+    .unwrap()
 }
 
 fn create_index(engine: &Engine, ns: &str, s: bson::Document) -> CollectionInfo {
@@ -32,23 +36,60 @@ fn create_index(engine: &Engine, ns: &str, s: bson::Document) -> CollectionInfo 
 fn lookup(view: &dyn ReadView, ns: &str, name: &str, filter: bson::RawDocumentBuf) -> Vec<i64> {
     let coll = view.collection(ns).unwrap();
     let index = coll.index(name).unwrap().clone();
-    let parsed = Filter::parse(&filter).unwrap();
-    let multikey = view.index_multikey(&index).unwrap();
-    let bounds = index_bounds(&parsed, &filter, &index.key, false, multikey).expect("index usable");
+    let interval = interval(&index.key.fields[0], &filter);
     let mut out = Vec::new();
-    for interval in &bounds.intervals {
-        for (_, target) in view
-            .index_scan(&index, interval, None, usize::MAX, false)
+    for (_, target) in view
+        .index_scan(&index, &interval, None, usize::MAX, false)
+        .unwrap()
+    {
+        let d = view
+            .get(&coll, &target)
             .unwrap()
-        {
-            let d = view
-                .get(&coll, &target)
-                .unwrap()
-                .expect("entry points at a document");
-            out.push(d.get_i64("_id").unwrap());
-        }
+            .expect("entry points at a document");
+        out.push(d.get_i64("_id").unwrap());
     }
     out
+}
+
+/// The entries of a single-field index that `filter` (`{field: value}`, or one comparison on
+/// the field) selects: the interval the query crate's planner computes for such a filter,
+/// built here because the engine (and its tests) do not depend on the query language.
+fn interval(field: &IndexField, filter: &RawDocument) -> KeyInterval {
+    let (path, cond) = filter.iter().next().unwrap().unwrap();
+    assert_eq!(path.as_str(), field.path);
+    let (op, value) = match cond {
+        RawBsonRef::Document(d) => {
+            let (op, value) = d.iter().next().unwrap().unwrap();
+            (op.as_str().to_string(), value)
+        }
+        value => ("$eq".to_string(), value),
+    };
+    let invert = |mut k: Vec<u8>| {
+        if field.descending {
+            k.iter_mut().for_each(|b| *b = !*b);
+        }
+        k
+    };
+    let mut point = Vec::new();
+    encode_key(value, &mut point);
+    let point = invert(point);
+    let after = |k: &[u8]| [k, &[0xFF]].concat();
+    // A range stays within the value's type: from its tag to the next tag.
+    assert!(
+        op == "$eq" || !field.descending,
+        "ranges only on ascending indexes"
+    );
+    let tag = point[..1].to_vec();
+    let next_tag = vec![tag[0] + 1];
+    let (lower, upper) = match op.as_str() {
+        "$eq" => (point.clone(), after(&point)),
+        "$gte" => (point, next_tag),
+        "$gt" => (after(&point), next_tag),
+        "$lt" => (tag, point),
+        "$lte" => (tag, after(&point)),
+        other => panic!("no interval for {other}"),
+    };
+    (Bound::Included(lower), Bound::Excluded(upper))
 }
 
 #[test]

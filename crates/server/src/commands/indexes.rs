@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bson::raw::RawBsonRef;
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, IndexSpec, expired_bounds};
+use mangrove_query::{Filter, expired_bounds, normalize_index};
 use mangrove_storage::{CollectionInfo, Txn};
 
 use crate::Shared;
@@ -92,7 +92,7 @@ fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
         match item.map_err(internal)? {
             RawBsonRef::Document(d) => {
                 let ttl_fixed = crate::params::check_expire_after_seconds(d)?;
-                specs.push(IndexSpec::normalize(ttl_fixed.as_deref().unwrap_or(d))?);
+                specs.push(normalize_index(ttl_fixed.as_deref().unwrap_or(d))?);
             }
             _ => {
                 return Err(CommandError::type_mismatch(

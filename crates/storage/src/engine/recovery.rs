@@ -13,6 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mangrove_bson::PartialFilters;
+
 use super::{
     CollectionInfo, Engine, EngineOptions, State, VersionChain, compile_index, lock_data_dir,
     replay, split_ns,
@@ -59,7 +61,7 @@ impl Engine {
             &dir.join("base.redb"),
             options.cache_bytes / 4,
         )?);
-        let mut state = load_base(base)?;
+        let mut state = load_base(base, &options.partial_filters)?;
         let log_dir = dir.join("log");
         let mut report = RecoveryReport::default();
         let scan = scan_and_cut(
@@ -69,7 +71,7 @@ impl Engine {
             progress,
             &mut report,
         )?;
-        replay_log(&mut state, &scan, &mut report)?;
+        replay_log(&mut state, &scan, &mut report, &options.partial_filters)?;
         let (writer, control) = match options.read_only {
             true => (None, None),
             false => {
@@ -84,14 +86,14 @@ impl Engine {
 }
 
 /// The state as of the base store's checkpoint: its catalog, with every key left to the base.
-fn load_base(base: Arc<BaseStore>) -> Result<State, StorageError> {
+fn load_base(base: Arc<BaseStore>, partial: &PartialFilters) -> Result<State, StorageError> {
     let mut state = State::default();
     let (checkpoint_ts, next_coll_id, collections) = base.load()?;
     for c in collections {
         let (db, name) = split_ns(&c.ns);
         let mut indexes = Vec::with_capacity(c.indexes.len());
         for (id, spec) in c.indexes {
-            indexes.push(compile_index(spec, id)?);
+            indexes.push(compile_index(spec, id, partial)?);
             state.collections.insert(id, BTreeMap::new());
         }
         let info = Arc::new(CollectionInfo {
@@ -148,6 +150,7 @@ fn replay_log(
     state: &mut State,
     scan: &LogScan,
     report: &mut RecoveryReport,
+    partial: &PartialFilters,
 ) -> Result<(), StorageError> {
     report.records = scan.records.len() as u64;
     report.log_bytes = scan.bytes;
@@ -158,7 +161,7 @@ fn replay_log(
     let checkpoint = state.checkpoint_ts;
     for (pos, record) in scan.records.iter().filter(|(_, r)| r.ts > checkpoint) {
         report.replayed += 1;
-        replay(state, record.ts, &record.ops).map_err(|detail| StorageError::Corrupt {
+        replay(state, record.ts, &record.ops, partial).map_err(|detail| StorageError::Corrupt {
             segment: pos.segment.clone(),
             offset: pos.offset,
             detail,

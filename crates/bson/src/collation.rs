@@ -11,7 +11,9 @@
 //! A collation applies to one command: the server runs the command's matching and sorting
 //! inside [`with_collation`], which sets it for the current thread. So filters, sorts and
 //! expressions need no extra parameter, and every comparison of two strings in
-//! [`crate::compare_values`] honours it.
+//! [`crate::compare_values`] honours it. (The numbers of its options go through
+//! [`crate::numbers`], so this module sits below `compare` and is imported by it, not the
+//! reverse.)
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
@@ -20,7 +22,8 @@ use bson::{RawBsonRef, RawDocument};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
-use crate::error::QueryError;
+use crate::error::CodedError;
+use crate::numbers::as_num;
 
 /// A non-simple collation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,73 +39,88 @@ thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
 }
 
-fn bad(message: impl Into<String>) -> QueryError {
-    QueryError::bad_value(message)
+fn bad(message: impl Into<String>) -> CodedError {
+    CodedError::bad_value(message)
+}
+
+/// A collation document's options as [`Collation::parse`] reads them, before the locale
+/// decides whether the collation is simple.
+struct Options {
+    locale: Option<String>,
+    strength: u8,
+    numeric: bool,
+}
+
+impl Options {
+    /// Takes one option, refusing unknown ones and those Mangrove does not implement.
+    fn set(&mut self, key: &str, value: RawBsonRef<'_>) -> Result<(), CodedError> {
+        let as_bool = |v: RawBsonRef<'_>| match v {
+            RawBsonRef::Boolean(b) => Ok(b),
+            _ => Err(CodedError::type_mismatch(format!(
+                "collation option '{key}' must be a boolean"
+            ))),
+        };
+        match key {
+            "locale" => match value {
+                RawBsonRef::String(l) if !l.is_empty() => self.locale = Some(l.to_owned()),
+                _ => return Err(bad("Field 'locale' is invalid in the collation")),
+            },
+            "strength" => {
+                let n = as_num(value)
+                    .map(|n| n.to_f64())
+                    .filter(|n| n.fract() == 0.0 && (1.0..=5.0).contains(n))
+                    .ok_or_else(|| bad("collation strength must be an integer between 1 and 5"))?;
+                self.strength = n as u8;
+            }
+            "numericOrdering" => self.numeric = as_bool(value)?,
+            "caseLevel" | "normalization" | "backwards" => {
+                if as_bool(value)? && key != "normalization" {
+                    return Err(bad(format!(
+                        "collation option '{key}: true' is not supported by Mangrove"
+                    )));
+                }
+            }
+            "caseFirst" => {
+                if !matches!(value, RawBsonRef::String("off")) {
+                    return Err(bad(
+                        "collation option 'caseFirst' other than \"off\" is not supported by Mangrove",
+                    ));
+                }
+            }
+            "alternate" => {
+                if !matches!(value, RawBsonRef::String("non-ignorable")) {
+                    return Err(bad(
+                        "collation option 'alternate: \"shifted\"' is not supported by Mangrove",
+                    ));
+                }
+            }
+            "maxVariable" | "version" => {}
+            other => {
+                return Err(CodedError::new(
+                    40415,
+                    "Location40415",
+                    format!("BSON field 'collation.{other}' is an unknown field."),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Collation {
     /// Parses a command's `collation`; `None` for the simple (binary) collation.
-    pub fn parse(spec: &RawDocument) -> Result<Option<Collation>, QueryError> {
-        let mut locale = None;
-        let mut strength = 3u8;
-        let mut numeric = false;
+    pub fn parse(spec: &RawDocument) -> Result<Option<Collation>, CodedError> {
+        let mut options = Options {
+            locale: None,
+            strength: 3,
+            numeric: false,
+        };
         for item in spec.iter() {
             let (key, value) = item.map_err(|e| bad(format!("invalid collation: {e}")))?;
-            let key = key.as_str();
-            let as_bool = |v: RawBsonRef<'_>| match v {
-                RawBsonRef::Boolean(b) => Ok(b),
-                _ => Err(QueryError::type_mismatch(format!(
-                    "collation option '{key}' must be a boolean"
-                ))),
-            };
-            match key {
-                "locale" => match value {
-                    RawBsonRef::String(l) if !l.is_empty() => locale = Some(l.to_owned()),
-                    _ => return Err(bad("Field 'locale' is invalid in the collation")),
-                },
-                "strength" => {
-                    let n = crate::compare::as_num(value)
-                        .map(|n| n.to_f64())
-                        .filter(|n| n.fract() == 0.0 && (1.0..=5.0).contains(n))
-                        .ok_or_else(|| {
-                            bad("collation strength must be an integer between 1 and 5")
-                        })?;
-                    strength = n as u8;
-                }
-                "numericOrdering" => numeric = as_bool(value)?,
-                "caseLevel" | "normalization" | "backwards" => {
-                    if as_bool(value)? && key != "normalization" {
-                        return Err(bad(format!(
-                            "collation option '{key}: true' is not supported by Mangrove"
-                        )));
-                    }
-                }
-                "caseFirst" => {
-                    if !matches!(value, RawBsonRef::String("off")) {
-                        return Err(bad(
-                            "collation option 'caseFirst' other than \"off\" is not supported by Mangrove",
-                        ));
-                    }
-                }
-                "alternate" => {
-                    if !matches!(value, RawBsonRef::String("non-ignorable")) {
-                        return Err(bad(
-                            "collation option 'alternate: \"shifted\"' is not supported by Mangrove",
-                        ));
-                    }
-                }
-                "maxVariable" | "version" => {}
-                other => {
-                    return Err(QueryError::new(
-                        40415,
-                        "Location40415",
-                        format!("BSON field 'collation.{other}' is an unknown field."),
-                    ));
-                }
-            }
+            options.set(key.as_str(), value)?;
         }
-        let locale = locale.ok_or_else(|| {
-            QueryError::new(
+        let locale = options.locale.ok_or_else(|| {
+            CodedError::new(
                 40414,
                 "Location40414",
                 "BSON field 'collation.locale' is missing but a required field",
@@ -113,8 +131,8 @@ impl Collation {
         }
         Ok(Some(Collation {
             locale,
-            strength,
-            numeric,
+            strength: options.strength,
+            numeric: options.numeric,
         }))
     }
 
@@ -230,7 +248,7 @@ pub fn with_collation<T>(collation: Option<&Collation>, f: impl FnOnce() -> T) -
 }
 
 /// The active collation's order of two strings, or `None` when comparison is binary.
-pub(crate) fn compare_strings(a: &str, b: &str) -> Option<Ordering> {
+pub fn compare_strings(a: &str, b: &str) -> Option<Ordering> {
     if !ON.with(Cell::get) {
         return None;
     }

@@ -8,7 +8,8 @@
 
 use bson::{RawArray, RawBsonRef, RawDocument};
 
-use crate::compare::{MAX_DEPTH, Num, as_num, type_bracket};
+use crate::compare::{MAX_DEPTH, type_bracket};
+use crate::numbers::{Num, as_num};
 
 /// Terminates strings and containers; must sort below every tag and every escaped byte.
 const END: u8 = 0x00;

@@ -4,7 +4,7 @@ use bson::{RawBsonRef, RawDocument};
 
 /// Parses a path component as an array index the way MongoDB does: plain decimal digits only,
 /// so "01" or "+1" are field names, not positions.
-pub(crate) fn parse_index(part: &str) -> Option<usize> {
+pub fn parse_index(part: &str) -> Option<usize> {
     if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -18,7 +18,7 @@ pub(crate) fn parse_index(part: &str) -> Option<usize> {
 /// soon as `f` returns true. Arrays met mid-path fan out to their document elements (and to the
 /// indexed element when the next component is numeric). At the end of the path an array is
 /// reported itself and, if `expand_leaf`, element by element too.
-pub(crate) fn walk<'a>(
+pub fn walk<'a>(
     doc: &'a RawDocument,
     parts: &[String],
     expand_leaf: bool,
@@ -42,7 +42,7 @@ fn walk_doc<'a>(
     }
 }
 
-pub(crate) fn walk_value<'a>(
+pub fn walk_value<'a>(
     v: RawBsonRef<'a>,
     parts: &[String],
     expand_leaf: bool,
@@ -88,7 +88,7 @@ pub(crate) fn walk_value<'a>(
     }
 }
 
-pub(crate) fn split_path(path: &str) -> Vec<String> {
+pub fn split_path(path: &str) -> Vec<String> {
     path.split('.').map(str::to_owned).collect()
 }
 

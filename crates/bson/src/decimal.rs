@@ -131,7 +131,7 @@ fn mul(a: Dec, b: Dec) -> Option<Dec> {
 
 /// `cur + arg` (or `cur * arg`) as an exact Decimal128, when one of them is a Decimal128 and
 /// the exact result fits; `None` sends the caller to its double arithmetic.
-pub(crate) fn arith(cur: &Bson, arg: &Bson, add_op: bool) -> Option<Bson> {
+pub fn arith(cur: &Bson, arg: &Bson, add_op: bool) -> Option<Bson> {
     let (a, b) = (of(cur)?, of(arg)?);
     let r = if add_op { add(a, b)? } else { mul(a, b)? };
     to_bson(r)

@@ -1,0 +1,592 @@
+//! Secondary index definitions and index keys.
+//!
+//! An index entry's key is the concatenation of the order-preserving encodings
+//! ([`crate::encode_key`]) of the document's values for each indexed field, each inverted
+//! byte-for-byte for a descending field. The encodings are prefix-free, so concatenation
+//! orders entries as MongoDB orders compound keys, and inverting a prefix-free encoding reverses
+//! its order. A missing field indexes as `null`; an array indexes each element (multikey), and an
+//! empty array as `undefined`, as in MongoDB.
+//!
+//! A partial index's `partialFilterExpression` is in the query language, which lives above this
+//! crate: whoever compiles a specification passes a [`CompilePartial`] that turns the expression
+//! into a [`PartialFilter`] (the query crate's `compile_partial`). The storage engine gets one
+//! through its options, so it derives keys without knowing the language.
+
+use std::fmt;
+use std::ops::{Bound, Deref};
+use std::sync::Arc;
+
+use bson::{Bson, Document, RawBsonRef, RawDocument};
+
+use crate::encode_key;
+use crate::error::CodedError;
+use crate::path::split_path;
+
+/// One contiguous range of an index's entry keys.
+pub type KeyInterval = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The compiled predicate of a partial index: whether a document has entries in it.
+#[derive(Clone)]
+pub struct PartialFilter(Arc<dyn Fn(&RawDocument) -> bool + Send + Sync>);
+
+impl PartialFilter {
+    pub fn new(matches: impl Fn(&RawDocument) -> bool + Send + Sync + 'static) -> Self {
+        PartialFilter(Arc::new(matches))
+    }
+
+    pub fn matches(&self, doc: &RawDocument) -> bool {
+        (self.0)(doc)
+    }
+}
+
+impl fmt::Debug for PartialFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PartialFilter")
+    }
+}
+
+/// Compiles a `partialFilterExpression`; its errors are reported as the specification's.
+pub type CompilePartial = dyn Fn(&Document) -> Result<PartialFilter, CodedError> + Send + Sync;
+
+/// A shareable [`CompilePartial`], for holders that outlive one call (the engine's options).
+/// The default refuses partial indexes ([`no_partial_filters`]).
+#[derive(Clone)]
+pub struct PartialFilters(Arc<CompilePartial>);
+
+impl PartialFilters {
+    pub fn new(
+        compile: impl Fn(&Document) -> Result<PartialFilter, CodedError> + Send + Sync + 'static,
+    ) -> Self {
+        PartialFilters(Arc::new(compile))
+    }
+}
+
+impl Deref for PartialFilters {
+    type Target = CompilePartial;
+
+    fn deref(&self) -> &CompilePartial {
+        &*self.0
+    }
+}
+
+impl Default for PartialFilters {
+    fn default() -> Self {
+        PartialFilters::new(no_partial_filters)
+    }
+}
+
+impl fmt::Debug for PartialFilters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PartialFilters")
+    }
+}
+
+/// The [`CompilePartial`] of a process without the query language: refuses partial indexes.
+pub fn no_partial_filters(_: &Document) -> Result<PartialFilter, CodedError> {
+    Err(cannot_create(
+        "partial indexes are not available here: no compiler for partialFilterExpression was given",
+    ))
+}
+
+/// Index entries one document may produce: bounds the cartesian product of a compound multikey
+/// index and the work one write can cause.
+pub const MAX_KEYS_PER_DOCUMENT: usize = 10_000;
+
+/// The fields an index specification may have (MongoDB's, minus the kinds Mangrove lacks).
+const SPEC_FIELDS: &[&str] = &[
+    "key",
+    "name",
+    "v",
+    "unique",
+    "sparse",
+    "partialFilterExpression",
+    "expireAfterSeconds",
+    "background",
+    "hidden",
+    "collation",
+    "ns",
+    "storageEngine",
+];
+
+fn cannot_create(message: impl Into<String>) -> CodedError {
+    CodedError::new(67, "CannotCreateIndex", message)
+}
+
+fn bad_spec_option(message: impl Into<String>) -> CodedError {
+    CodedError::new(197, "InvalidIndexSpecificationOption", message)
+}
+
+/// One indexed field.
+#[derive(Debug, Clone)]
+pub struct IndexField {
+    pub path: String,
+    parts: Vec<String>,
+    pub descending: bool,
+}
+
+/// A compiled index definition: what to index and how.
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    pub name: String,
+    pub fields: Vec<IndexField>,
+    pub unique: bool,
+    pub sparse: bool,
+    pub partial: Option<PartialFilter>,
+    /// The raw `partialFilterExpression`, for the planner's implication check.
+    pub partial_raw: Option<Document>,
+    pub expire_after_seconds: Option<i64>,
+    pub key_pattern: Document,
+}
+
+/// The `key` of a specification being normalized.
+fn spec_key(spec: &Document) -> Result<Document, CodedError> {
+    match spec.get("key") {
+        Some(Bson::Document(k)) => Ok(k.clone()),
+        Some(_) => Err(CodedError::type_mismatch(
+            "The 'key' field must be an object",
+        )),
+        None => Err(CodedError::failed_to_parse(format!(
+            "The 'key' field is a required property of an index specification: {spec}"
+        ))),
+    }
+}
+
+/// The `name` of a specification being normalized.
+fn spec_name(spec: &Document) -> Result<String, CodedError> {
+    let name = match spec.get("name") {
+        Some(Bson::String(n)) if !n.is_empty() => n.clone(),
+        Some(Bson::String(_)) => return Err(cannot_create("index name cannot be empty")),
+        Some(_) => {
+            return Err(CodedError::type_mismatch(
+                "The 'name' field must be a string",
+            ));
+        }
+        None => {
+            return Err(CodedError::failed_to_parse(format!(
+                "The 'name' field is a required property of an index specification: {spec}"
+            )));
+        }
+    };
+    if name.contains('\0') {
+        return Err(cannot_create("index name cannot contain NUL bytes"));
+    }
+    Ok(name)
+}
+
+/// Copies one option of a specification into its normalized form `out`: flags only when on,
+/// `expireAfterSeconds` as an int32; options without effect are dropped.
+fn normalize_option(field: &str, value: &Bson, out: &mut Document) -> Result<(), CodedError> {
+    match field {
+        "unique" | "sparse" | "hidden" => {
+            let on = match value {
+                Bson::Boolean(b) => *b,
+                Bson::Int32(n) => *n != 0,
+                Bson::Int64(n) => *n != 0,
+                Bson::Double(n) => *n != 0.0,
+                _ => {
+                    return Err(CodedError::type_mismatch(format!(
+                        "The field '{field}' must be a boolean"
+                    )));
+                }
+            };
+            if on {
+                out.insert(field, true);
+            }
+        }
+        "partialFilterExpression" => {
+            if !matches!(value, Bson::Document(_)) {
+                return Err(CodedError::type_mismatch(
+                    "The field 'partialFilterExpression' must be an object",
+                ));
+            }
+            out.insert(field, value.clone());
+        }
+        "expireAfterSeconds" => {
+            out.insert(field, expire_after_seconds(value)?);
+        }
+        // key, name, v, ns, background, storageEngine, collation: taken or dropped by the caller.
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expire_after_seconds(value: &Bson) -> Result<i32, CodedError> {
+    let secs = match value {
+        Bson::Int32(n) => *n as f64,
+        Bson::Int64(n) => *n as f64,
+        Bson::Double(n) => *n,
+        _ => {
+            return Err(CodedError::type_mismatch(
+                "TTL index 'expireAfterSeconds' option must be numeric",
+            ));
+        }
+    };
+    if !(0.0..=i32::MAX as f64).contains(&secs) || secs.is_nan() {
+        return Err(CodedError::new(
+            2,
+            "BadValue",
+            format!(
+                "TTL index 'expireAfterSeconds' option must be within an acceptable range, try a lower number: {secs}"
+            ),
+        ));
+    }
+    Ok(secs as i32)
+}
+
+/// One `path: direction` of a key pattern.
+fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
+    let descending = match dir {
+        Bson::Int32(n) if *n != 0 => *n < 0,
+        Bson::Int64(n) if *n != 0 => *n < 0,
+        Bson::Double(n) if *n != 0.0 && !n.is_nan() => *n < 0.0,
+        Bson::Decimal128(_) => false,
+        Bson::String(kind) => {
+            return Err(cannot_create(format!(
+                "Index type '{kind}' on field '{path}' is not supported by Mangrove; only ascending (1) and descending (-1) keys are"
+            )));
+        }
+        other => {
+            return Err(cannot_create(format!(
+                "Values in the index key pattern can't be 0 or non-numbers: {path}: {other}"
+            )));
+        }
+    };
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(cannot_create(format!(
+            "Index keys cannot be an empty field: '{path}'"
+        )));
+    }
+    if path.split('.').any(|p| p.starts_with('$')) {
+        return Err(cannot_create(format!(
+            "Index key contains an illegal field name: '{path}'"
+        )));
+    }
+    Ok(IndexField {
+        path: path.to_string(),
+        parts: split_path(path),
+        descending,
+    })
+}
+
+impl IndexSpec {
+    /// Validates one element of `createIndexes.indexes` and returns it in the form
+    /// `listIndexes` reports (`v: 2` first, then `key`, `name`, and the options given).
+    /// `partial` compiles a `partialFilterExpression`, to check it.
+    pub fn normalize(raw: &RawDocument, partial: &CompilePartial) -> Result<Document, CodedError> {
+        let spec = Document::try_from(raw)
+            .map_err(|e| CodedError::bad_value(format!("invalid index specification: {e}")))?;
+        for (field, _) in &spec {
+            if !SPEC_FIELDS.contains(&field.as_str()) {
+                return Err(bad_spec_option(format!(
+                    "The field '{field}' is not valid for an index specification. Specification: {spec}"
+                )));
+            }
+        }
+        let key = spec_key(&spec)?;
+        let name = spec_name(&spec)?;
+        if let Some(c) = spec.get("collation")
+            && !matches!(c, Bson::Document(d) if d.get_str("locale").ok() == Some("simple"))
+        {
+            return Err(CodedError::bad_value(
+                "indexes with a non-simple collation are not supported by Mangrove",
+            ));
+        }
+        let mut out = Document::new();
+        out.insert("v", 2i32);
+        out.insert("key", key);
+        out.insert("name", name);
+        for (field, value) in &spec {
+            normalize_option(field, value, &mut out)?;
+        }
+        // Compiling checks the key pattern and the options together.
+        IndexSpec::compile(&out, partial)?;
+        Ok(out)
+    }
+
+    /// Compiles a normalized specification (as stored in the catalog); `partial` compiles its
+    /// `partialFilterExpression`, if it has one.
+    pub fn compile(spec: &Document, partial: &CompilePartial) -> Result<IndexSpec, CodedError> {
+        let key_pattern = spec
+            .get_document("key")
+            .map_err(|_| cannot_create("index specification without a key pattern"))?
+            .clone();
+        if key_pattern.is_empty() {
+            return Err(cannot_create("Index keys cannot be empty."));
+        }
+        if key_pattern.len() > 32 {
+            return Err(cannot_create(
+                "Index key pattern has more than 32 fields, the maximum",
+            ));
+        }
+        let fields = key_pattern
+            .iter()
+            .map(|(path, dir)| compile_field(path, dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
+        let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
+        let partial = partial_raw.as_ref().map(partial).transpose()?;
+        let expire_after_seconds = spec.get_i32("expireAfterSeconds").ok().map(i64::from);
+        if expire_after_seconds.is_some() && fields.len() != 1 {
+            return Err(cannot_create(
+                "TTL indexes are single-field indexes, compound indexes do not support TTL",
+            ));
+        }
+        let name = spec.get_str("name").unwrap_or_default().to_string();
+        let is_id = fields.len() == 1 && fields[0].path == "_id";
+        if is_id && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some()) {
+            return Err(bad_spec_option(
+                "The _id index cannot be sparse, partial or TTL",
+            ));
+        }
+        Ok(IndexSpec {
+            name,
+            fields,
+            unique: flag("unique"),
+            sparse: flag("sparse"),
+            partial,
+            partial_raw,
+            expire_after_seconds,
+            key_pattern,
+        })
+    }
+
+    /// Whether `doc` has an entry at all (sparse and partial indexes leave some out).
+    fn covers(&self, doc: &RawDocument) -> bool {
+        if let Some(p) = &self.partial
+            && !p.matches(doc)
+        {
+            return false;
+        }
+        if self.sparse {
+            return self
+                .fields
+                .iter()
+                .any(|f| !matches!(field_values(doc, &f.parts), Values::Missing));
+        }
+        true
+    }
+
+    /// The document's index keys, sorted and without duplicates; empty when the index leaves
+    /// the document out. Errors when two indexed fields are arrays (MongoDB cannot index
+    /// parallel arrays) or the keys would exceed [`MAX_KEYS_PER_DOCUMENT`].
+    pub fn keys(&self, doc: &RawDocument) -> Result<Vec<Vec<u8>>, CodedError> {
+        Ok(self.keys_and_multikey(doc)?.0)
+    }
+
+    /// [`IndexSpec::keys`], and whether an indexed field is an array in this document (which
+    /// makes the index multikey: its range conditions on one field can no longer be combined).
+    pub fn keys_and_multikey(&self, doc: &RawDocument) -> Result<(Vec<Vec<u8>>, bool), CodedError> {
+        let mut out = Vec::new();
+        let multikey = self.for_each_key(doc, &mut |key, _| out.push(key))?;
+        out.sort_unstable();
+        out.dedup();
+        Ok((out, multikey))
+    }
+
+    /// The field values behind one of the document's keys, as `{field: value, ...}`: what a
+    /// DuplicateKey error reports as `keyValue`.
+    pub fn key_value(&self, doc: &RawDocument, key: &[u8]) -> Document {
+        let mut found = None;
+        let _ = self.for_each_key(doc, &mut |k, values| {
+            if found.is_none() && k == key {
+                found = Some(values.to_vec());
+            }
+        });
+        let values = found.unwrap_or_default();
+        let mut out = Document::new();
+        for (field, value) in self.fields.iter().zip(values) {
+            out.insert(field.path.clone(), value);
+        }
+        out
+    }
+
+    /// Emits every key; returns whether the document made the index multikey.
+    fn for_each_key(
+        &self,
+        doc: &RawDocument,
+        emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
+    ) -> Result<bool, CodedError> {
+        if !self.covers(doc) {
+            return Ok(false);
+        }
+        let per_field: Vec<Values<'_>> = self
+            .fields
+            .iter()
+            .map(|f| field_values(doc, &f.parts))
+            .collect();
+        let arrays: Vec<&str> = self
+            .fields
+            .iter()
+            .zip(&per_field)
+            .filter(|(_, v)| matches!(v, Values::Many(_)))
+            .map(|(f, _)| f.path.as_str())
+            .collect();
+        if arrays.len() > 1 {
+            return Err(CodedError::new(
+                171,
+                "CannotIndexParallelArrays",
+                format!(
+                    "cannot index parallel arrays [{}] [{}]",
+                    arrays[1], arrays[0]
+                ),
+            ));
+        }
+        let total: usize = per_field.iter().map(Values::len).product();
+        if total > MAX_KEYS_PER_DOCUMENT {
+            return Err(CodedError::new(
+                17280,
+                "KeyTooLong",
+                format!(
+                    "document would produce {total} keys in index {}, more than {MAX_KEYS_PER_DOCUMENT}",
+                    self.name
+                ),
+            ));
+        }
+        // At most one field has several values, so the product is that field's values.
+        let mut choice = vec![0usize; per_field.len()];
+        for n in 0..total.max(1) {
+            let mut rest = n;
+            for (i, v) in per_field.iter().enumerate() {
+                choice[i] = rest % v.len();
+                rest /= v.len();
+            }
+            let mut key = Vec::new();
+            let mut values = Vec::with_capacity(per_field.len());
+            for ((field, v), &c) in self.fields.iter().zip(&per_field).zip(&choice) {
+                let value = v.get(c);
+                let start = key.len();
+                encode_key(value, &mut key);
+                if field.descending {
+                    for b in &mut key[start..] {
+                        *b = !*b;
+                    }
+                }
+                values.push(Bson::try_from(value).unwrap_or(Bson::Null));
+            }
+            emit(key, &values);
+        }
+        Ok(!arrays.is_empty())
+    }
+}
+
+/// What a path yields for indexing.
+enum Values<'a> {
+    Missing,
+    One(RawBsonRef<'a>),
+    /// An array was met: every value reached (never empty).
+    Many(Vec<RawBsonRef<'a>>),
+}
+
+impl<'a> Values<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Missing | Values::One(_) => 1,
+            Values::Many(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> RawBsonRef<'a> {
+        match self {
+            Values::Missing => RawBsonRef::Null,
+            Values::One(v) => *v,
+            Values::Many(v) => v.get(i).copied().unwrap_or(RawBsonRef::Null),
+        }
+    }
+}
+
+fn field_values<'a>(doc: &'a RawDocument, parts: &[String]) -> Values<'a> {
+    let mut out = Vec::new();
+    let mut saw_array = false;
+    collect(
+        RawBsonRef::Document(doc),
+        parts,
+        &mut out,
+        &mut saw_array,
+        0,
+    );
+    if saw_array {
+        if out.is_empty() {
+            out.push(RawBsonRef::Undefined);
+        }
+        return Values::Many(out);
+    }
+    match out.pop() {
+        Some(v) => Values::One(v),
+        None => Values::Missing,
+    }
+}
+
+/// Follows `parts` from `value`, fanning out through arrays. A path that ends in an array
+/// yields its elements; a path that dies inside an array's element yields `null` for it, as
+/// MongoDB's key generator does.
+fn collect<'a>(
+    value: RawBsonRef<'a>,
+    parts: &[String],
+    out: &mut Vec<RawBsonRef<'a>>,
+    saw_array: &mut bool,
+    depth: usize,
+) {
+    if depth > 200 || out.len() > MAX_KEYS_PER_DOCUMENT {
+        return;
+    }
+    let Some((first, rest)) = parts.split_first() else {
+        match value {
+            RawBsonRef::Array(arr) => {
+                *saw_array = true;
+                out.extend(arr.into_iter().map_while(Result::ok));
+            }
+            v => out.push(v),
+        }
+        return;
+    };
+    match value {
+        RawBsonRef::Document(d) => {
+            if let Ok(Some(v)) = d.get(first) {
+                collect(v, rest, out, saw_array, depth + 1);
+            }
+        }
+        RawBsonRef::Array(arr) => {
+            *saw_array = true;
+            for e in arr.into_iter().map_while(Result::ok) {
+                match e {
+                    RawBsonRef::Document(d) => match d.get(first) {
+                        Ok(Some(v)) => collect(v, rest, out, saw_array, depth + 1),
+                        _ => out.push(RawBsonRef::Null),
+                    },
+                    _ => out.push(RawBsonRef::Null),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::{doc, rawdoc};
+
+    use super::*;
+
+    #[test]
+    fn the_partial_filter_is_compiled_by_the_caller() {
+        let spec = doc! {
+            "v": 2, "key": { "a": 1 }, "name": "a_1", "partialFilterExpression": { "b": 1 },
+        };
+        let refused = IndexSpec::compile(&spec, &no_partial_filters).unwrap_err();
+        assert_eq!(refused.code, 67);
+        let has_b = |_: &Document| {
+            Ok(PartialFilter::new(|d: &RawDocument| {
+                matches!(d.get("b"), Ok(Some(_)))
+            }))
+        };
+        let index = IndexSpec::compile(&spec, &has_b).unwrap();
+        assert!(index.keys(&rawdoc! { "a": 1 }).unwrap().is_empty());
+        assert_eq!(index.keys(&rawdoc! { "a": 1, "b": 1 }).unwrap().len(), 1);
+        let normalized =
+            IndexSpec::normalize(&rawdoc! { "key": { "a": 1 }, "name": "a_1" }, &has_b);
+        assert_eq!(
+            normalized.unwrap(),
+            doc! { "v": 2, "key": { "a": 1 }, "name": "a_1" }
+        );
+    }
+}
