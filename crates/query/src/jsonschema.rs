@@ -16,7 +16,9 @@ use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 
 use crate::compare::{MAX_DEPTH, Num, as_num, compare_values};
 use crate::error::QueryError;
-use crate::filter::{CmpOp, MAX_FILTER_DEPTH, Pred, Re, TypeSel, type_alias};
+use crate::preds::{CmpOp, MAX_FILTER_DEPTH, TypeSel, compare_matches, type_alias, type_matches};
+use crate::regex::Re;
+use crate::types::raw_type_name as type_name;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Schema {
@@ -25,11 +27,11 @@ pub(crate) struct Schema {
 
 #[derive(Debug, Clone)]
 enum Check {
-    /// `type` or `bsonType`, kept as a `$type` predicate so both share one notion of type.
-    Type(Pred),
+    /// `type` or `bsonType`, kept as `$type` selectors so both share one notion of type.
+    Type(Vec<TypeSel>),
     /// `minimum`/`maximum` as `$gte`/`$gt`/`$lte`/`$lt`, which already compare numbers across
     /// int/long/double/decimal and treat NaN as mongod does.
-    Bound(Pred),
+    Bound(CmpOp, RawBson),
     MultipleOf(Num),
     MinLength(u64),
     MaxLength(u64),
@@ -147,8 +149,10 @@ impl Schema {
 impl Check {
     fn matches(&self, v: RawBsonRef<'_>) -> bool {
         match self {
-            Check::Type(pred) => pred.matches_value(Some(v)),
-            Check::Bound(pred) => as_num(v).is_none() || pred.matches_value(Some(v)),
+            Check::Type(sels) => type_matches(sels, v),
+            Check::Bound(op, operand) => {
+                as_num(v).is_none() || compare_matches(*op, operand.as_raw_bson_ref(), Some(v))
+            }
             Check::MultipleOf(divisor) => as_num(v).is_none_or(|n| is_multiple(n, *divisor)),
             Check::MinLength(n) => string_len(v).is_none_or(|len| len >= *n),
             Check::MaxLength(n) => string_len(v).is_none_or(|len| len <= *n),
@@ -442,7 +446,7 @@ fn parse_schema(d: &bson::RawDocument, depth: usize) -> Result<Schema, QueryErro
     Ok(Schema { checks })
 }
 
-fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Pred, QueryError> {
+fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Vec<TypeSel>, QueryError> {
     let mut names: Vec<&str> = Vec::new();
     match v {
         RawBsonRef::String(s) => names.push(s),
@@ -499,7 +503,7 @@ fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Pred, QueryError> {
             }
         }
     }
-    Ok(Pred::Type(sels))
+    Ok(sels)
 }
 
 fn integer_unsupported() -> QueryError {
@@ -565,7 +569,7 @@ fn parse_scalar_keywords(kw: &Keywords<'_>, checks: &mut Vec<Check>) -> Result<(
                     )));
                 }
                 let op = if is_exclusive { strict } else { loose };
-                checks.push(Check::Bound(Pred::Cmp(op, v.into())));
+                checks.push(Check::Bound(op, v.into()));
             }
             // mongod's message, grammar included.
             None if kw.get(exclusive).is_some() => {
@@ -932,31 +936,4 @@ fn shown(v: RawBsonRef<'_>) -> String {
     bson::Bson::try_from(RawBson::from(v))
         .map(|b| b.to_string())
         .unwrap_or_else(|_| type_name(v).to_owned())
-}
-
-/// BSON type names as mongod prints them in messages.
-fn type_name(v: RawBsonRef<'_>) -> &'static str {
-    match v {
-        RawBsonRef::Double(_) => "double",
-        RawBsonRef::String(_) => "string",
-        RawBsonRef::Document(_) => "object",
-        RawBsonRef::Array(_) => "array",
-        RawBsonRef::Binary(_) => "binData",
-        RawBsonRef::Undefined => "undefined",
-        RawBsonRef::ObjectId(_) => "objectId",
-        RawBsonRef::Boolean(_) => "bool",
-        RawBsonRef::DateTime(_) => "date",
-        RawBsonRef::Null => "null",
-        RawBsonRef::RegularExpression(_) => "regex",
-        RawBsonRef::DbPointer(_) => "dbPointer",
-        RawBsonRef::JavaScriptCode(_) => "javascript",
-        RawBsonRef::Symbol(_) => "symbol",
-        RawBsonRef::JavaScriptCodeWithScope(_) => "javascriptWithScope",
-        RawBsonRef::Int32(_) => "int",
-        RawBsonRef::Timestamp(_) => "timestamp",
-        RawBsonRef::Int64(_) => "long",
-        RawBsonRef::Decimal128(_) => "decimal",
-        RawBsonRef::MinKey => "minKey",
-        RawBsonRef::MaxKey => "maxKey",
-    }
 }

@@ -29,9 +29,12 @@ mod lookup;
 mod memory;
 mod path;
 mod plan;
+mod preds;
 mod projection;
+mod regex;
 mod sort;
 mod stream;
+mod types;
 mod update;
 
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
@@ -50,4 +53,5 @@ pub use plan::{IndexBounds, KeyInterval, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
 pub use stream::{Runner, Step};
+pub use types::element_type_name;
 pub use update::Update;

@@ -10,6 +10,8 @@ use crate::error::QueryError;
 use crate::filter::{Node, Pred, parse_doc, parse_operators};
 use crate::path::parse_index;
 use crate::sort::SortSpec;
+/// Kept here too for the modules that name it by its old path.
+pub(crate) use crate::types::type_name;
 
 #[derive(Debug, Clone)]
 pub struct Update {
@@ -123,32 +125,6 @@ impl Action {
 
 fn bad(msg: impl Into<String>) -> QueryError {
     QueryError::bad_value(msg)
-}
-
-pub(crate) fn type_name(v: &Bson) -> &'static str {
-    match v {
-        Bson::Double(_) => "double",
-        Bson::String(_) => "string",
-        Bson::Array(_) => "array",
-        Bson::Document(_) => "object",
-        Bson::Boolean(_) => "bool",
-        Bson::Null => "null",
-        Bson::RegularExpression(_) => "regex",
-        Bson::JavaScriptCode(_) => "javascript",
-        Bson::JavaScriptCodeWithScope(_) => "javascriptWithScope",
-        Bson::Int32(_) => "int",
-        Bson::Int64(_) => "long",
-        Bson::Timestamp(_) => "timestamp",
-        Bson::Binary(_) => "binData",
-        Bson::ObjectId(_) => "objectId",
-        Bson::DateTime(_) => "date",
-        Bson::Symbol(_) => "symbol",
-        Bson::Decimal128(_) => "decimal",
-        Bson::Undefined => "undefined",
-        Bson::MaxKey => "maxKey",
-        Bson::MinKey => "minKey",
-        Bson::DbPointer(_) => "dbPointer",
-    }
 }
 
 fn to_raw(v: &Bson) -> RawBson {
@@ -764,7 +740,7 @@ fn parse_pull(value: &Bson) -> Result<PullCond, QueryError> {
             }
         }
         RawBsonRef::RegularExpression(r) => Ok(PullCond::Value(Pred::Regex(Box::new(
-            crate::filter::Re::compile(r.pattern.as_str(), r.options.as_str())?,
+            crate::regex::Re::compile(r.pattern.as_str(), r.options.as_str())?,
         )))),
         _ => Ok(PullCond::Value(Pred::Eq(raw.clone()))),
     }
