@@ -5,9 +5,9 @@
 use bson::Bson;
 use bson::raw::RawBsonRef;
 
+use super::args::{named, pick};
 use super::arith::{N, exact_int};
 use super::ops::Op;
-use super::parse::{named, pick};
 use super::{Expr, Val, cmp_bson, display, loc, nullish, tname};
 use crate::error::QueryError;
 use crate::memory;

@@ -10,9 +10,9 @@ use bson::oid::ObjectId;
 use bson::raw::RawBsonRef;
 use bson::{Bson, DateTime, Decimal128, RawDocument};
 
+use super::args::{named, pick};
 use super::arith::{N, decimal, exact_int};
 use super::ops::Op;
-use super::parse::{named, pick};
 use super::string::stringify;
 use super::{Expr, Val, display, loc, nullish, tname, truthy, type_name};
 use crate::compare::decimal_to_f64;

@@ -6,10 +6,10 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, DateTime, Document};
 
+use super::args::{named, one_arg, parse_opt, pick};
 use super::arith::exact_int;
 use super::convert::conversion_failure;
 use super::ops::Op;
-use super::parse::{named, one_arg, parse_opt, pick};
 use super::string::str_of;
 use super::{Expr, Val, display, loc, nullish, tname, type_name};
 use crate::dates;

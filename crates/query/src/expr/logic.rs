@@ -5,8 +5,8 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, RawDocument};
 
+use super::args::{exact_args, named, one_arg, pick};
 use super::ops::Op;
-use super::parse::{exact_args, named, one_arg, pick};
 use super::{CmpExpr, Expr, Val, bad, loc, nullish, unrecognized};
 use crate::compare::{compare_values, decimal_to_f64};
 use crate::error::QueryError;

@@ -17,6 +17,7 @@ use crate::error::QueryError;
 use crate::regex::Re;
 use crate::types::type_name;
 
+mod args;
 mod arith;
 mod array;
 mod builders;

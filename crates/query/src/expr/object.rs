@@ -5,9 +5,9 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document};
 
+use super::args::{named, pick};
 use super::array::array_arg;
 use super::ops::Op;
-use super::parse::{named, pick};
 use super::string::str_of;
 use super::{Expr, Val, loc, nullish, tname, type_name};
 use crate::error::QueryError;

@@ -7,73 +7,14 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, DateTime, RawDocument};
 
+use super::args::exact_args;
 use super::ops::{Form, Op};
-use super::vars::{BOUND, DEPTH, check_var_name, let_var};
+use super::vars::{BOUND, DEPTH, let_var};
 use super::{Expr, bad, bson_path, loc, unrecognized};
 use super::{array, convert, date, logic, object, string, vars};
 use crate::error::QueryError;
 use crate::limits::MAX_EXPRESSION_DEPTH as MAX_DEPTH;
 use crate::path::split_path;
-
-fn items_of(arg: RawBsonRef<'_>) -> Result<Vec<RawBsonRef<'_>>, QueryError> {
-    match arg {
-        RawBsonRef::Array(a) => a
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(e.to_string())),
-        single => Ok(vec![single]),
-    }
-}
-
-/// The named arguments of an object-form operator; unknown names are refused with `code`.
-pub(super) fn named<'a>(
-    op: &str,
-    arg: RawBsonRef<'a>,
-    allowed: &[&str],
-    code: i32,
-) -> Result<Vec<(String, RawBsonRef<'a>)>, QueryError> {
-    let RawBsonRef::Document(d) = arg else {
-        return Err(loc(
-            code,
-            format!("{op} only supports an object as its argument"),
-        ));
-    };
-    let mut out = Vec::new();
-    for item in d {
-        let (k, v) = item.map_err(|e| bad(e.to_string()))?;
-        if !allowed.contains(&k.as_str()) {
-            return Err(loc(
-                code,
-                format!("{op} found an unknown argument: {}", k.as_str()),
-            ));
-        }
-        out.push((k.as_str().to_string(), v));
-    }
-    Ok(out)
-}
-
-pub(super) fn pick<'a>(args: &[(String, RawBsonRef<'a>)], name: &str) -> Option<RawBsonRef<'a>> {
-    args.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
-}
-
-pub(super) fn parse_opt(v: Option<RawBsonRef<'_>>) -> Result<Expr, QueryError> {
-    v.map_or(Ok(Expr::Missing), Expr::parse)
-}
-
-pub(super) fn var_name_of(
-    op: &str,
-    v: Option<RawBsonRef<'_>>,
-    default: &str,
-) -> Result<String, QueryError> {
-    match v {
-        None => Ok(default.to_string()),
-        Some(RawBsonRef::String(s)) => {
-            check_var_name(s)?;
-            Ok(s.to_string())
-        }
-        Some(_) => Err(bad(format!("{op} 'as' must be a string"))),
-    }
-}
 
 impl Expr {
     pub(crate) fn parse(v: RawBsonRef<'_>) -> Result<Expr, QueryError> {
@@ -234,30 +175,6 @@ fn parse_own(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         _ if date::is_named(op) => date::parse_named(op, arg),
         _ => logic::parse(op, arg),
     }
-}
-
-/// The argument as a list of exactly `n` expressions (16020 otherwise), counted before any
-/// is parsed.
-pub(super) fn exact_args(op: Op, arg: RawBsonRef<'_>, n: usize) -> Result<Vec<Expr>, QueryError> {
-    let items = items_of(arg)?;
-    if n != usize::MAX && items.len() != n {
-        return Err(loc(
-            16020,
-            format!(
-                "Expression {} takes exactly {n} arguments. {} were passed in.",
-                op.name(),
-                items.len()
-            ),
-        ));
-    }
-    items.into_iter().map(Expr::parse).collect()
-}
-
-/// The argument as one expression.
-pub(super) fn one_arg(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
-    exact_args(op, arg, 1)?
-        .pop()
-        .ok_or_else(|| bad(format!("{} takes one argument", op.name())))
 }
 
 /// An eagerly evaluated operator: every argument parsed, then the count checked against the

@@ -5,9 +5,9 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document};
 
+use super::args::{named, parse_opt, pick};
 use super::arith::exact_int;
 use super::ops::Op;
-use super::parse::{named, parse_opt, pick};
 use super::{Expr, Val, loc, nullish, tname};
 use crate::dates;
 use crate::error::QueryError;

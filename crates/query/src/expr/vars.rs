@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use bson::raw::RawBsonRef;
 use bson::{Bson, RawDocument};
 
-use super::parse::{named, pick, var_name_of};
+use super::args::{named, pick};
 use super::{Expr, bad, loc};
 use crate::error::QueryError;
 
@@ -204,4 +204,19 @@ pub(super) fn parse_reduce(arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         initial: Box::new(Expr::parse(initial)?),
         each: Box::new(each),
     })
+}
+
+pub(super) fn var_name_of(
+    op: &str,
+    v: Option<RawBsonRef<'_>>,
+    default: &str,
+) -> Result<String, QueryError> {
+    match v {
+        None => Ok(default.to_string()),
+        Some(RawBsonRef::String(s)) => {
+            check_var_name(s)?;
+            Ok(s.to_string())
+        }
+        Some(_) => Err(bad(format!("{op} 'as' must be a string"))),
+    }
 }
