@@ -447,60 +447,66 @@ fn round(op: Op, v: Val, place: Option<Val>) -> Result<Val, QueryError> {
         return Ok(Some(Bson::Null));
     };
     let is_round = op == Op::Round;
-    let apply_f = |x: f64| -> f64 {
-        if !x.is_finite() {
-            return x;
-        }
-        let r = |y: f64| {
-            if is_round {
-                y.round_ties_even()
-            } else {
-                y.trunc()
-            }
-        };
-        if place >= 0 {
-            let scale = 10f64.powi(place as i32);
-            let scaled = x * scale;
-            if !scaled.is_finite() {
-                return x;
-            }
-            r(scaled) / scale
-        } else {
-            let scale = 10f64.powi((-place) as i32);
-            r(x / scale) * scale
-        }
-    };
     Ok(Some(match n {
         N::I(_) | N::L(_) if place >= 0 => n.bson(),
         N::I(_) | N::L(_) => {
-            let x = n.int().unwrap_or(0);
-            let r = match 10i64.checked_pow((-place) as u32) {
-                None => 0,
-                Some(scale) => {
-                    let q = x / scale;
-                    let rem = x % scale;
-                    let q = if is_round {
-                        let twice = rem.unsigned_abs().saturating_mul(2);
-                        let half = scale.unsigned_abs();
-                        if twice > half || (twice == half && q % 2 != 0) {
-                            q + x.signum()
-                        } else {
-                            q
-                        }
-                    } else {
-                        q
-                    };
-                    q.saturating_mul(scale)
-                }
-            };
+            let r = round_int(n.int().unwrap_or(0), place, is_round);
             match n {
                 N::I(_) => narrow(r).bson(),
                 _ => Bson::Int64(r),
             }
         }
-        N::D(d) => Bson::Double(apply_f(d)),
-        N::M(d) => decimal(apply_f(d)),
+        N::D(d) => Bson::Double(round_float(d, place, is_round)),
+        N::M(d) => decimal(round_float(d, place, is_round)),
     }))
+}
+
+/// An integer rounded (half to even) or truncated to a negative `place`: to tens, hundreds…
+fn round_int(x: i64, place: i64, is_round: bool) -> i64 {
+    match 10i64.checked_pow((-place) as u32) {
+        None => 0,
+        Some(scale) => {
+            let q = x / scale;
+            let rem = x % scale;
+            let q = if is_round {
+                let twice = rem.unsigned_abs().saturating_mul(2);
+                let half = scale.unsigned_abs();
+                if twice > half || (twice == half && q % 2 != 0) {
+                    q + x.signum()
+                } else {
+                    q
+                }
+            } else {
+                q
+            };
+            q.saturating_mul(scale)
+        }
+    }
+}
+
+/// A double rounded (half to even) or truncated to `place` decimal digits.
+fn round_float(x: f64, place: i64, is_round: bool) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    let r = |y: f64| {
+        if is_round {
+            y.round_ties_even()
+        } else {
+            y.trunc()
+        }
+    };
+    if place >= 0 {
+        let scale = 10f64.powi(place as i32);
+        let scaled = x * scale;
+        if !scaled.is_finite() {
+            return x;
+        }
+        r(scaled) / scale
+    } else {
+        let scale = 10f64.powi((-place) as i32);
+        r(x / scale) * scale
+    }
 }
 
 /// `$sum`, `$avg`, `$min`, `$max` and the standard deviations as expressions: one array

@@ -436,9 +436,24 @@ fn date_trunc(op: Op, vals: &[Val]) -> Result<Val, QueryError> {
     };
     let shift = offset * 60_000;
     let local = ms.saturating_add(shift);
+    let start_of_week = || week_start(name, vals.get(4).unwrap_or(&None));
+    let truncated = truncate_local(local, unit, bin, start_of_week)?;
+    Ok(Some(Bson::DateTime(DateTime::from_millis(
+        truncated.saturating_sub(shift),
+    ))))
+}
+
+/// A local time truncated to the start of its bin of `bin` units; weeks start on the day
+/// `start_of_week` gives.
+fn truncate_local(
+    local: i64,
+    unit: Unit,
+    bin: i64,
+    start_of_week: impl FnOnce() -> Result<i64, QueryError>,
+) -> Result<i64, QueryError> {
     // Bins count from 2000-01-01 (local), as mongod's reference point.
     let reference = dates::days_from_civil(2000, 1, 1) * 86_400_000;
-    let truncated = match unit {
+    Ok(match unit {
         Unit::Year | Unit::Quarter | Unit::Month => {
             let p = dates::parts(local);
             let per_bin: i64 = match unit {
@@ -457,7 +472,7 @@ fn date_trunc(op: Op, vals: &[Val]) -> Result<Val, QueryError> {
             .saturating_mul(86_400_000)
         }
         Unit::Week => {
-            let start = week_start(name, vals.get(4).unwrap_or(&None))?;
+            let start = start_of_week()?;
             // 2000-01-01 was a Saturday (6); the first week start on or after it.
             let first = reference + (start - 6).rem_euclid(7) * 86_400_000;
             let step = (7 * 86_400_000i64).saturating_mul(bin);
@@ -477,28 +492,12 @@ fn date_trunc(op: Op, vals: &[Val]) -> Result<Val, QueryError> {
                     .saturating_mul(step),
             )
         }
-    };
-    Ok(Some(Bson::DateTime(DateTime::from_millis(
-        truncated.saturating_sub(shift),
-    ))))
+    })
 }
 
 /// `$dateFromParts`: [year, month, day, hour, minute, second, millisecond, timezone,
 /// isoWeekYear, isoWeek, isoDayOfWeek].
 fn date_from_parts(vals: &[Val]) -> Result<Val, QueryError> {
-    let names = [
-        "year",
-        "month",
-        "day",
-        "hour",
-        "minute",
-        "second",
-        "millisecond",
-        "timezone",
-        "isoWeekYear",
-        "isoWeek",
-        "isoDayOfWeek",
-    ];
     let iso = vals[8].is_some();
     if iso == vals[0].is_some() {
         return Err(loc(
@@ -506,41 +505,9 @@ fn date_from_parts(vals: &[Val]) -> Result<Val, QueryError> {
             "$dateFromParts requires either 'year' or 'isoWeekYear' to be specified, but not both",
         ));
     }
-    let mut n = [0i64; 11];
-    for (i, v) in vals.iter().enumerate() {
-        if i == 7 {
-            continue;
-        }
-        match v {
-            None => n[i] = if matches!(i, 1 | 2 | 9 | 10) { 1 } else { 0 },
-            v if nullish(v) => return Ok(Some(Bson::Null)),
-            // mongod bounds every part but the year to a 16-bit range, which also
-            // keeps the arithmetic below far from overflow.
-            Some(b) => match exact_int(b) {
-                Some(x) if (-32768..=32767).contains(&x) || (i == 0 || i == 8) => n[i] = x,
-                Some(x) => {
-                    return Err(loc(
-                        31034,
-                        format!(
-                            "'{}' must evaluate to a value in the range [-32768, 32767]; value {x} is not in range",
-                            names[i]
-                        ),
-                    ));
-                }
-                _ => {
-                    return Err(loc(
-                        40515,
-                        format!(
-                            "'{}' must evaluate to an integer, found {} with value {}",
-                            names[i],
-                            type_name(b),
-                            display(b)
-                        ),
-                    ));
-                }
-            },
-        }
-    }
+    let Some(n) = part_numbers(vals)? else {
+        return Ok(Some(Bson::Null));
+    };
     let year = if iso { n[8] } else { n[0] };
     if !(1..=9999).contains(&year) {
         return Err(loc(
@@ -566,6 +533,59 @@ fn date_from_parts(vals: &[Val]) -> Result<Val, QueryError> {
     let ms =
         days * 86_400_000 + n[3] * 3_600_000 + n[4] * 60_000 + n[5] * 1000 + n[6] - offset * 60_000;
     Ok(Some(Bson::DateTime(DateTime::from_millis(ms))))
+}
+
+/// `$dateFromParts`' numbers, with defaults for the missing ones; `None` when one is null.
+fn part_numbers(vals: &[Val]) -> Result<Option<[i64; 11]>, QueryError> {
+    const NAMES: [&str; 11] = [
+        "year",
+        "month",
+        "day",
+        "hour",
+        "minute",
+        "second",
+        "millisecond",
+        "timezone",
+        "isoWeekYear",
+        "isoWeek",
+        "isoDayOfWeek",
+    ];
+    let mut n = [0i64; 11];
+    for (i, v) in vals.iter().enumerate() {
+        if i == 7 {
+            continue;
+        }
+        match v {
+            None => n[i] = if matches!(i, 1 | 2 | 9 | 10) { 1 } else { 0 },
+            v if nullish(v) => return Ok(None),
+            // mongod bounds every part but the year to a 16-bit range, which also
+            // keeps the arithmetic below far from overflow.
+            Some(b) => match exact_int(b) {
+                Some(x) if (-32768..=32767).contains(&x) || (i == 0 || i == 8) => n[i] = x,
+                Some(x) => {
+                    return Err(loc(
+                        31034,
+                        format!(
+                            "'{}' must evaluate to a value in the range [-32768, 32767]; value {x} is not in range",
+                            NAMES[i]
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(loc(
+                        40515,
+                        format!(
+                            "'{}' must evaluate to an integer, found {} with value {}",
+                            NAMES[i],
+                            type_name(b),
+                            display(b)
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+    Ok(Some(n))
 }
 
 /// `$dateToParts`: [date, timezone, iso8601].
