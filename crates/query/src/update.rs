@@ -153,34 +153,7 @@ impl Update {
     ) -> Result<Update, QueryError> {
         let doc = match update {
             Bson::Document(d) => d,
-            Bson::Array(stages) => {
-                if stages.is_empty() {
-                    return Err(bad("pipeline-style update must have at least one stage"));
-                }
-                if array_filters.is_some_and(|f| !f.is_empty()) {
-                    return Err(QueryError::failed_to_parse(
-                        "arrayFilters may not be specified for pipeline-style updates",
-                    ));
-                }
-                let mut raw = bson::RawArrayBuf::new();
-                for stage in stages {
-                    raw.push(
-                        bson::RawBson::try_from(stage.clone())
-                            .map_err(|e| QueryError::bad_value(e.to_string()))?,
-                    );
-                }
-                let pipeline = crate::Pipeline::parse(&raw)?;
-                if !pipeline.is_update_pipeline() {
-                    return Err(QueryError::location(
-                        72,
-                        "Only $addFields, $set, $project, $unset, $replaceRoot and $replaceWith are allowed in a pipeline-style update",
-                    ));
-                }
-                return Ok(Update {
-                    kind: Kind::Pipeline(std::sync::Arc::new(UpdatePipeline(pipeline))),
-                    array_filters: HashMap::new(),
-                });
-            }
+            Bson::Array(stages) => return parse_pipeline(stages, array_filters),
             _ => {
                 return Err(QueryError::failed_to_parse(
                     "Update argument must be either an object or an array",
@@ -190,50 +163,9 @@ impl Update {
         let filters = parse_array_filters(array_filters.unwrap_or(&[]))?;
         let is_ops = doc.keys().next().is_some_and(|k| k.starts_with('$'));
         if !is_ops {
-            if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
-                return Err(QueryError::new(
-                    52,
-                    "DollarPrefixedFieldName",
-                    format!(
-                        "The dollar ($) prefixed field '{k}' in '{k}' is not allowed in the context of an update's replacement document. Consider using an aggregation pipeline with $replaceWith."
-                    ),
-                ));
-            }
-            if !filters.is_empty() {
-                let id = filters.keys().next().cloned().unwrap_or_default();
-                return Err(QueryError::failed_to_parse(format!(
-                    "The array filter for identifier '{id}' was not used in the update {doc}"
-                )));
-            }
-            return Ok(Update {
-                kind: Kind::Replacement(doc.clone()),
-                array_filters: filters,
-            });
+            return parse_replacement(doc, filters);
         }
-        let mut ops = Vec::new();
-        for (modifier, arg) in doc {
-            let Bson::Document(fields) = arg else {
-                if !modifier.starts_with('$') {
-                    return Err(unknown_modifier(modifier));
-                }
-                return Err(QueryError::failed_to_parse(format!(
-                    "Modifiers operate on fields but we found type {} instead. For example: {{$mod: {{<field>: ...}}}} not {{{modifier}: {arg}}}",
-                    type_name(arg)
-                )));
-            };
-            for (path, value) in fields {
-                validate_path(path)?;
-                let action = parse_action(modifier, path, value)?;
-                if let Action::Rename { to, .. } = &action {
-                    validate_path(to)?;
-                }
-                ops.push(Op {
-                    path: path.clone(),
-                    parts: path.split('.').map(str::to_owned).collect(),
-                    action,
-                });
-            }
-        }
+        let mut ops = parse_ops(doc)?;
         check_conflicts(&ops)?;
         check_identifiers(&ops, &filters, doc)?;
         // MongoDB applies modifications in field-name order, which decides where new fields land.
@@ -262,93 +194,196 @@ impl Update {
     ) -> Result<Document, QueryError> {
         let old_id = doc.get("_id");
         match &self.kind {
-            Kind::Pipeline(p) => {
-                let raw = bson::RawDocumentBuf::try_from(doc)
-                    .map_err(|e| QueryError::bad_value(e.to_string()))?;
-                let out = p.0.run(vec![raw])?;
-                let mut new = match out.into_iter().next() {
-                    Some(d) => Document::try_from(d.as_ref() as &bson::RawDocument)
-                        .map_err(|e| QueryError::bad_value(e.to_string()))?,
-                    None => Document::new(),
-                };
-                // The pipeline cannot change _id; one it dropped comes back, first.
-                match (old_id, new.remove("_id")) {
-                    (Some(old), Some(id)) if *old != id => {
-                        Err(QueryError::immutable_field(format!(
-                            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {id}"
-                        )))
-                    }
-                    (old, id) => {
-                        let mut out = Document::new();
-                        if let Some(id) = id.or_else(|| old.cloned()) {
-                            out.insert("_id", id);
-                        }
-                        out.extend(new);
-                        Ok(out)
-                    }
-                }
-            }
-            Kind::Replacement(repl) => {
-                let mut out = Document::new();
-                match (old_id, repl.get("_id")) {
-                    (Some(old), Some(new)) if old != new => {
-                        return Err(QueryError::immutable_field(format!(
-                            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {new}"
-                        )));
-                    }
-                    (Some(id), _) | (None, Some(id)) => {
-                        out.insert("_id", id.clone());
-                    }
-                    (None, None) => {}
-                }
-                for (k, v) in repl {
-                    if k != "_id" {
-                        out.insert(k.clone(), v.clone());
-                    }
-                }
-                Ok(out)
-            }
-            Kind::Ops(ops) => {
-                let mut out = doc.clone();
-                let ctx = Ctx {
-                    filters: &self.array_filters,
-                    positional,
-                    id: old_id.map(|v| v.to_string()).unwrap_or_default(),
-                    now: bson::DateTime::now(),
-                };
-                for op in ops {
-                    if matches!(op.action, Action::SetOnInsert(_)) && !is_upsert_insert {
-                        continue;
-                    }
-                    apply_op(&mut out, op, &ctx)?;
-                }
-                match (old_id, out.get("_id")) {
-                    (Some(old), new) if new != Some(old) => {
-                        return Err(QueryError::immutable_field(
-                            "Performing an update on the path '_id' would modify the immutable field '_id'",
-                        ));
-                    }
-                    _ => {}
-                }
-                if let Some(Bson::Array(_)) = out.get("_id") {
-                    return Err(QueryError::new(
-                        53,
-                        "InvalidIdField",
-                        "The '_id' value cannot be of type array",
-                    ));
-                }
-                if out.keys().next().is_some_and(|k| k != "_id")
-                    && let Some(id) = out.remove("_id")
-                {
-                    let mut reordered = Document::new();
-                    reordered.insert("_id", id);
-                    reordered.extend(out);
-                    out = reordered;
-                }
-                Ok(out)
-            }
+            Kind::Pipeline(p) => apply_pipeline(p, doc, old_id),
+            Kind::Replacement(repl) => apply_replacement(repl, old_id),
+            Kind::Ops(ops) => self.apply_ops(ops, doc, is_upsert_insert, positional),
         }
     }
+
+    /// Applies update operators in order; `_id` may not change and stays first.
+    fn apply_ops(
+        &self,
+        ops: &[Op],
+        doc: &Document,
+        is_upsert_insert: bool,
+        positional: Option<usize>,
+    ) -> Result<Document, QueryError> {
+        let old_id = doc.get("_id");
+        let mut out = doc.clone();
+        let ctx = Ctx {
+            filters: &self.array_filters,
+            positional,
+            id: old_id.map(|v| v.to_string()).unwrap_or_default(),
+            now: bson::DateTime::now(),
+        };
+        for op in ops {
+            if matches!(op.action, Action::SetOnInsert(_)) && !is_upsert_insert {
+                continue;
+            }
+            apply_op(&mut out, op, &ctx)?;
+        }
+        match (old_id, out.get("_id")) {
+            (Some(old), new) if new != Some(old) => {
+                return Err(QueryError::immutable_field(
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(Bson::Array(_)) = out.get("_id") {
+            return Err(QueryError::new(
+                53,
+                "InvalidIdField",
+                "The '_id' value cannot be of type array",
+            ));
+        }
+        if out.keys().next().is_some_and(|k| k != "_id")
+            && let Some(id) = out.remove("_id")
+        {
+            let mut reordered = Document::new();
+            reordered.insert("_id", id);
+            reordered.extend(out);
+            out = reordered;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a pipeline-style update; the pipeline cannot change `_id`.
+fn apply_pipeline(
+    p: &UpdatePipeline,
+    doc: &Document,
+    old_id: Option<&Bson>,
+) -> Result<Document, QueryError> {
+    let raw =
+        bson::RawDocumentBuf::try_from(doc).map_err(|e| QueryError::bad_value(e.to_string()))?;
+    let out = p.0.run(vec![raw])?;
+    let mut new = match out.into_iter().next() {
+        Some(d) => Document::try_from(d.as_ref() as &bson::RawDocument)
+            .map_err(|e| QueryError::bad_value(e.to_string()))?,
+        None => Document::new(),
+    };
+    // The pipeline cannot change _id; one it dropped comes back, first.
+    match (old_id, new.remove("_id")) {
+        (Some(old), Some(id)) if *old != id => Err(QueryError::immutable_field(format!(
+            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {id}"
+        ))),
+        (old, id) => {
+            let mut out = Document::new();
+            if let Some(id) = id.or_else(|| old.cloned()) {
+                out.insert("_id", id);
+            }
+            out.extend(new);
+            Ok(out)
+        }
+    }
+}
+
+/// A replacement document, keeping the old `_id` first.
+fn apply_replacement(repl: &Document, old_id: Option<&Bson>) -> Result<Document, QueryError> {
+    let mut out = Document::new();
+    match (old_id, repl.get("_id")) {
+        (Some(old), Some(new)) if old != new => {
+            return Err(QueryError::immutable_field(format!(
+                "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {new}"
+            )));
+        }
+        (Some(id), _) | (None, Some(id)) => {
+            out.insert("_id", id.clone());
+        }
+        (None, None) => {}
+    }
+    for (k, v) in repl {
+        if k != "_id" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A pipeline-style update: a list of `$set`-like stages, without array filters.
+fn parse_pipeline(
+    stages: &[Bson],
+    array_filters: Option<&[Document]>,
+) -> Result<Update, QueryError> {
+    if stages.is_empty() {
+        return Err(bad("pipeline-style update must have at least one stage"));
+    }
+    if array_filters.is_some_and(|f| !f.is_empty()) {
+        return Err(QueryError::failed_to_parse(
+            "arrayFilters may not be specified for pipeline-style updates",
+        ));
+    }
+    let mut raw = bson::RawArrayBuf::new();
+    for stage in stages {
+        raw.push(
+            bson::RawBson::try_from(stage.clone())
+                .map_err(|e| QueryError::bad_value(e.to_string()))?,
+        );
+    }
+    let pipeline = crate::Pipeline::parse(&raw)?;
+    if !pipeline.is_update_pipeline() {
+        return Err(QueryError::location(
+            72,
+            "Only $addFields, $set, $project, $unset, $replaceRoot and $replaceWith are allowed in a pipeline-style update",
+        ));
+    }
+    Ok(Update {
+        kind: Kind::Pipeline(std::sync::Arc::new(UpdatePipeline(pipeline))),
+        array_filters: HashMap::new(),
+    })
+}
+
+/// A replacement document: no `$`-prefixed field, and no array filter to use.
+fn parse_replacement(doc: &Document, filters: HashMap<String, Node>) -> Result<Update, QueryError> {
+    if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
+        return Err(QueryError::new(
+            52,
+            "DollarPrefixedFieldName",
+            format!(
+                "The dollar ($) prefixed field '{k}' in '{k}' is not allowed in the context of an update's replacement document. Consider using an aggregation pipeline with $replaceWith."
+            ),
+        ));
+    }
+    if !filters.is_empty() {
+        let id = filters.keys().next().cloned().unwrap_or_default();
+        return Err(QueryError::failed_to_parse(format!(
+            "The array filter for identifier '{id}' was not used in the update {doc}"
+        )));
+    }
+    Ok(Update {
+        kind: Kind::Replacement(doc.clone()),
+        array_filters: filters,
+    })
+}
+
+/// The operators of an update document, one `Op` per field they name.
+fn parse_ops(doc: &Document) -> Result<Vec<Op>, QueryError> {
+    let mut ops = Vec::new();
+    for (modifier, arg) in doc {
+        let Bson::Document(fields) = arg else {
+            if !modifier.starts_with('$') {
+                return Err(unknown_modifier(modifier));
+            }
+            return Err(QueryError::failed_to_parse(format!(
+                "Modifiers operate on fields but we found type {} instead. For example: {{$mod: {{<field>: ...}}}} not {{{modifier}: {arg}}}",
+                type_name(arg)
+            )));
+        };
+        for (path, value) in fields {
+            validate_path(path)?;
+            let action = parse_action(modifier, path, value)?;
+            if let Action::Rename { to, .. } = &action {
+                validate_path(to)?;
+            }
+            ops.push(Op {
+                path: path.clone(),
+                parts: path.split('.').map(str::to_owned).collect(),
+                action,
+            });
+        }
+    }
+    Ok(ops)
 }
 
 fn sort_parts(op: &Op) -> &[String] {
