@@ -556,50 +556,8 @@ fn parse_action(modifier: &str, path: &str, value: &Bson) -> Result<Action, Quer
         }
         "$min" => Action::Min(value.clone()),
         "$max" => Action::Max(value.clone()),
-        "$currentDate" => match value {
-            Bson::Boolean(_) => Action::CurrentDate { timestamp: false },
-            Bson::Document(d) if d.len() == 1 => match d.get("$type") {
-                Some(Bson::String(t)) if t == "date" => Action::CurrentDate { timestamp: false },
-                Some(Bson::String(t)) if t == "timestamp" => {
-                    Action::CurrentDate { timestamp: true }
-                }
-                Some(Bson::String(_)) => {
-                    return Err(bad(
-                        "The '$type' string field is required to be 'date' or 'timestamp': {$currentDate: {field : {$type: 'date'}}}",
-                    ));
-                }
-                _ => return Err(bad(format!("Unrecognized $currentDate option: {value}"))),
-            },
-            _ => {
-                return Err(bad(format!(
-                    "{} is not valid type for $currentDate. Please use a boolean ('true') or a $type expression ({{$type: 'timestamp/date'}}).",
-                    type_name(value)
-                )));
-            }
-        },
-        "$rename" => {
-            let Bson::String(to) = value else {
-                return Err(bad(format!(
-                    "The 'to' field for $rename must be a string: {path}: {value}"
-                )));
-            };
-            if to == path {
-                return Err(bad(format!(
-                    "The source and target field for $rename must differ: {path}: \"{to}\""
-                )));
-            }
-            for p in [path, to.as_str()] {
-                if p.split('.').any(|c| c.starts_with('$')) {
-                    return Err(bad(format!(
-                        "The source and target field for $rename must not contain positional operators: {p}"
-                    )));
-                }
-            }
-            Action::Rename {
-                to: to.clone(),
-                to_parts: to.split('.').map(str::to_owned).collect(),
-            }
-        }
+        "$currentDate" => parse_current_date(value)?,
+        "$rename" => parse_rename(path, value)?,
         "$push" => Action::Push(parse_push(value)?),
         "$addToSet" => Action::AddToSet(parse_add_to_set(value)?),
         "$pop" => match int_arg(value) {
@@ -623,6 +581,54 @@ fn parse_action(modifier: &str, path: &str, value: &Bson) -> Result<Action, Quer
         },
         "$bit" => Action::Bit(parse_bit(path, value)?),
         _ => return Err(unknown_modifier(modifier)),
+    })
+}
+
+/// `$currentDate`'s argument: `true`, or `{$type: "date" | "timestamp"}`.
+fn parse_current_date(value: &Bson) -> Result<Action, QueryError> {
+    Ok(match value {
+        Bson::Boolean(_) => Action::CurrentDate { timestamp: false },
+        Bson::Document(d) if d.len() == 1 => match d.get("$type") {
+            Some(Bson::String(t)) if t == "date" => Action::CurrentDate { timestamp: false },
+            Some(Bson::String(t)) if t == "timestamp" => Action::CurrentDate { timestamp: true },
+            Some(Bson::String(_)) => {
+                return Err(bad(
+                    "The '$type' string field is required to be 'date' or 'timestamp': {$currentDate: {field : {$type: 'date'}}}",
+                ));
+            }
+            _ => return Err(bad(format!("Unrecognized $currentDate option: {value}"))),
+        },
+        _ => {
+            return Err(bad(format!(
+                "{} is not valid type for $currentDate. Please use a boolean ('true') or a $type expression ({{$type: 'timestamp/date'}}).",
+                type_name(value)
+            )));
+        }
+    })
+}
+
+/// `$rename`'s target: a different, non-positional path.
+fn parse_rename(path: &str, value: &Bson) -> Result<Action, QueryError> {
+    let Bson::String(to) = value else {
+        return Err(bad(format!(
+            "The 'to' field for $rename must be a string: {path}: {value}"
+        )));
+    };
+    if to == path {
+        return Err(bad(format!(
+            "The source and target field for $rename must differ: {path}: \"{to}\""
+        )));
+    }
+    for p in [path, to.as_str()] {
+        if p.split('.').any(|c| c.starts_with('$')) {
+            return Err(bad(format!(
+                "The source and target field for $rename must not contain positional operators: {p}"
+            )));
+        }
+    }
+    Ok(Action::Rename {
+        to: to.clone(),
+        to_parts: to.split('.').map(str::to_owned).collect(),
     })
 }
 
@@ -979,160 +985,198 @@ fn apply_in_array(
 }
 
 fn apply_leaf(mut slot: Slot<'_>, op: &Op, ctx: &Ctx<'_>) -> Result<(), QueryError> {
-    let field = slot.name();
     match &op.action {
         Action::Set(v) | Action::SetOnInsert(v) => slot.set(v.clone()),
         Action::Unset => slot.remove(),
-        Action::Inc(arg) | Action::Mul(arg) => {
-            let is_inc = matches!(op.action, Action::Inc(_));
-            let result = match slot.get() {
-                None => {
-                    if is_inc {
-                        arg.clone()
-                    } else {
-                        zero_like(arg)
-                    }
-                }
-                Some(cur) if is_number(cur) => arith(cur, arg, is_inc).ok_or_else(|| {
-                    bad(format!(
-                        "Failed to apply {} operations to current value ({cur}) for document {{_id: {}}}",
-                        op.action.name(),
-                        ctx.id
-                    ))
-                })?,
-                Some(cur) => {
-                    return Err(QueryError::type_mismatch(format!(
-                        "Cannot apply {} to a value of non-numeric type. {{_id: {}}} has the field '{field}' of non-numeric type {}",
-                        op.action.name(),
-                        ctx.id,
-                        type_name(cur)
-                    )));
-                }
-            };
-            slot.set(result);
-        }
-        Action::Min(arg) | Action::Max(arg) => {
-            let want = if matches!(op.action, Action::Min(_)) {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            };
-            let replace = match slot.get() {
-                None => true,
-                Some(cur) => cmp_bson(arg, cur) == want,
-            };
-            if replace {
-                slot.set(arg.clone());
-            }
-        }
-        Action::CurrentDate { timestamp } => {
-            let v = if *timestamp {
-                let millis = ctx.now.timestamp_millis();
-                Bson::Timestamp(Timestamp {
-                    time: u32::try_from(millis / 1000).unwrap_or(u32::MAX),
-                    increment: 1,
-                })
-            } else {
-                Bson::DateTime(ctx.now)
-            };
-            slot.set(v);
-        }
-        Action::Push(spec) => {
-            let mut arr = match slot.get() {
-                None => Vec::new(),
-                Some(Bson::Array(a)) => a.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "The field '{field}' must be an array but is of type {} in document {{_id: {}}}",
-                        type_name(other),
-                        ctx.id
-                    )));
-                }
-            };
-            push(&mut arr, spec);
-            slot.set(Bson::Array(arr));
-        }
-        Action::AddToSet(items) => {
-            let mut arr = match slot.get() {
-                None => Vec::new(),
-                Some(Bson::Array(a)) => a.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "Cannot apply $addToSet to non-array field. Field named '{field}' has non-array type {}",
-                        type_name(other)
-                    )));
-                }
-            };
-            let mut raws: Vec<RawBson> = arr.iter().map(to_raw).collect();
-            for item in items {
-                let raw = to_raw(item);
-                if !raws
-                    .iter()
-                    .any(|r| values_equal(r.as_raw_bson_ref(), raw.as_raw_bson_ref()))
-                {
-                    arr.push(item.clone());
-                    raws.push(raw);
-                }
-            }
-            slot.set(Bson::Array(arr));
-        }
-        Action::Pop { first } => match slot.get_mut() {
-            None => {}
-            Some(Bson::Array(a)) if *first => {
-                // An empty array has nothing to pop; drain keeps that a no-op.
-                a.drain(..a.len().min(1));
-            }
-            Some(Bson::Array(a)) => {
-                a.pop();
-            }
-            Some(other) => {
-                return Err(QueryError::type_mismatch(format!(
-                    "Path '{}' contains an element of non-array type '{}'",
-                    op.path,
-                    type_name(other)
-                )));
-            }
-        },
+        Action::Inc(arg) | Action::Mul(arg) => apply_inc_mul(&mut slot, op, arg, ctx)?,
+        Action::Min(arg) | Action::Max(arg) => apply_min_max(&mut slot, op, arg),
+        Action::CurrentDate { timestamp } => slot.set(current_date(*timestamp, ctx)),
+        Action::Push(spec) => apply_push(&mut slot, spec, ctx)?,
+        Action::AddToSet(items) => apply_add_to_set(&mut slot, items)?,
+        Action::Pop { first } => apply_pop(&mut slot, op, *first)?,
         Action::Pull(cond) => match slot.get_mut() {
             None => {}
             Some(Bson::Array(a)) => a.retain(|e| !pull_matches(cond, e)),
             Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
         },
-        Action::PullAll(items) => match slot.get_mut() {
-            None => {}
-            Some(Bson::Array(a)) => {
-                let raws: Vec<RawBson> = items.iter().map(to_raw).collect();
-                a.retain(|e| {
-                    let e = to_raw(e);
-                    !raws
-                        .iter()
-                        .any(|r| values_equal(r.as_raw_bson_ref(), e.as_raw_bson_ref()))
-                });
-            }
-            Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
-        },
-        Action::Bit(ops) => {
-            let mut cur = match slot.get() {
-                None => match ops.first() {
-                    Some((_, Bson::Int64(_))) => Bson::Int64(0),
-                    _ => Bson::Int32(0),
-                },
-                Some(v @ (Bson::Int32(_) | Bson::Int64(_))) => v.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "Cannot apply $bit to a value of non-integral type.{{_id: {}}} has the field {field} of non-integer type {}",
-                        ctx.id,
-                        type_name(other)
-                    )));
-                }
-            };
-            for (bop, arg) in ops {
-                cur = bit(&cur, *bop, arg);
-            }
-            slot.set(cur);
-        }
+        Action::PullAll(items) => apply_pull_all(&mut slot, items)?,
+        Action::Bit(ops) => apply_bit(&mut slot, ops, ctx)?,
         Action::Rename { .. } => {}
     }
+    Ok(())
+}
+
+/// `$inc`/`$mul`: a missing field becomes the increment (or a zero of its type).
+fn apply_inc_mul(
+    slot: &mut Slot<'_>,
+    op: &Op,
+    arg: &Bson,
+    ctx: &Ctx<'_>,
+) -> Result<(), QueryError> {
+    let field = slot.name();
+    let is_inc = matches!(op.action, Action::Inc(_));
+    let result = match slot.get() {
+        None => {
+            if is_inc {
+                arg.clone()
+            } else {
+                zero_like(arg)
+            }
+        }
+        Some(cur) if is_number(cur) => arith(cur, arg, is_inc).ok_or_else(|| {
+            bad(format!(
+                "Failed to apply {} operations to current value ({cur}) for document {{_id: {}}}",
+                op.action.name(),
+                ctx.id
+            ))
+        })?,
+        Some(cur) => {
+            return Err(QueryError::type_mismatch(format!(
+                "Cannot apply {} to a value of non-numeric type. {{_id: {}}} has the field '{field}' of non-numeric type {}",
+                op.action.name(),
+                ctx.id,
+                type_name(cur)
+            )));
+        }
+    };
+    slot.set(result);
+    Ok(())
+}
+
+/// `$min`/`$max`: replaces the field when the argument is below (above) it, or it is missing.
+fn apply_min_max(slot: &mut Slot<'_>, op: &Op, arg: &Bson) {
+    let want = if matches!(op.action, Action::Min(_)) {
+        Ordering::Less
+    } else {
+        Ordering::Greater
+    };
+    let replace = match slot.get() {
+        None => true,
+        Some(cur) => cmp_bson(arg, cur) == want,
+    };
+    if replace {
+        slot.set(arg.clone());
+    }
+}
+
+/// `$currentDate`'s value: the update's one "now", as a date or a timestamp.
+fn current_date(timestamp: bool, ctx: &Ctx<'_>) -> Bson {
+    if timestamp {
+        let millis = ctx.now.timestamp_millis();
+        Bson::Timestamp(Timestamp {
+            time: u32::try_from(millis / 1000).unwrap_or(u32::MAX),
+            increment: 1,
+        })
+    } else {
+        Bson::DateTime(ctx.now)
+    }
+}
+
+fn apply_push(slot: &mut Slot<'_>, spec: &PushSpec, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut arr = match slot.get() {
+        None => Vec::new(),
+        Some(Bson::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "The field '{field}' must be an array but is of type {} in document {{_id: {}}}",
+                type_name(other),
+                ctx.id
+            )));
+        }
+    };
+    push(&mut arr, spec);
+    slot.set(Bson::Array(arr));
+    Ok(())
+}
+
+/// `$addToSet`: appends the items not already present (by BSON equality).
+fn apply_add_to_set(slot: &mut Slot<'_>, items: &[Bson]) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut arr = match slot.get() {
+        None => Vec::new(),
+        Some(Bson::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "Cannot apply $addToSet to non-array field. Field named '{field}' has non-array type {}",
+                type_name(other)
+            )));
+        }
+    };
+    let mut raws: Vec<RawBson> = arr.iter().map(to_raw).collect();
+    for item in items {
+        let raw = to_raw(item);
+        if !raws
+            .iter()
+            .any(|r| values_equal(r.as_raw_bson_ref(), raw.as_raw_bson_ref()))
+        {
+            arr.push(item.clone());
+            raws.push(raw);
+        }
+    }
+    slot.set(Bson::Array(arr));
+    Ok(())
+}
+
+fn apply_pop(slot: &mut Slot<'_>, op: &Op, first: bool) -> Result<(), QueryError> {
+    match slot.get_mut() {
+        None => {}
+        Some(Bson::Array(a)) if first => {
+            // An empty array has nothing to pop; drain keeps that a no-op.
+            a.drain(..a.len().min(1));
+        }
+        Some(Bson::Array(a)) => {
+            a.pop();
+        }
+        Some(other) => {
+            return Err(QueryError::type_mismatch(format!(
+                "Path '{}' contains an element of non-array type '{}'",
+                op.path,
+                type_name(other)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn apply_pull_all(slot: &mut Slot<'_>, items: &[Bson]) -> Result<(), QueryError> {
+    match slot.get_mut() {
+        None => {}
+        Some(Bson::Array(a)) => {
+            let raws: Vec<RawBson> = items.iter().map(to_raw).collect();
+            a.retain(|e| {
+                let e = to_raw(e);
+                !raws
+                    .iter()
+                    .any(|r| values_equal(r.as_raw_bson_ref(), e.as_raw_bson_ref()))
+            });
+        }
+        Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
+    }
+    Ok(())
+}
+
+/// `$bit`: and/or/xor in order, on an int or long (a missing field starts at 0).
+fn apply_bit(slot: &mut Slot<'_>, ops: &[(BitOp, Bson)], ctx: &Ctx<'_>) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut cur = match slot.get() {
+        None => match ops.first() {
+            Some((_, Bson::Int64(_))) => Bson::Int64(0),
+            _ => Bson::Int32(0),
+        },
+        Some(v @ (Bson::Int32(_) | Bson::Int64(_))) => v.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "Cannot apply $bit to a value of non-integral type.{{_id: {}}} has the field {field} of non-integer type {}",
+                ctx.id,
+                type_name(other)
+            )));
+        }
+    };
+    for (bop, arg) in ops {
+        cur = bit(&cur, *bop, arg);
+    }
+    slot.set(cur);
     Ok(())
 }
 
