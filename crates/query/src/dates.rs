@@ -315,22 +315,7 @@ pub(crate) fn parse_with_format(s: &str, fmt: &str) -> Option<(i64, Option<i64>)
             'S' => second = digits(&mut i, 2)?,
             'L' => millis = digits(&mut i, 3)?,
             'j' => day_of_year = Some(digits(&mut i, 3)?),
-            'z' | 'Z' => {
-                let start = i;
-                if !matches!(b.get(i), Some(b'+' | b'-')) {
-                    if b.get(i) == Some(&b'Z') {
-                        i += 1;
-                        zone = Some(0);
-                        continue;
-                    }
-                    return None;
-                }
-                i += 1;
-                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b':') {
-                    i += 1;
-                }
-                zone = Some(parse_timezone(&s[start..i]).ok()?);
-            }
+            'z' | 'Z' => zone = Some(parse_zone(s, &mut i)?),
             '%' => {
                 if b.get(i) != Some(&b'%') {
                     return None;
@@ -353,6 +338,24 @@ pub(crate) fn parse_with_format(s: &str, fmt: &str) -> Option<(i64, Option<i64>)
     };
     let ms = days * 86_400_000 + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis;
     Some((ms, zone))
+}
+
+/// A `%z`/`%Z` zone at `i`: `Z`, or `+hh[:]mm`/`-hh[:]mm`, as minutes east of UTC.
+fn parse_zone(s: &str, i: &mut usize) -> Option<i64> {
+    let b = s.as_bytes();
+    let start = *i;
+    if !matches!(b.get(*i), Some(b'+' | b'-')) {
+        if b.get(*i) == Some(&b'Z') {
+            *i += 1;
+            return Some(0);
+        }
+        return None;
+    }
+    *i += 1;
+    while *i < b.len() && (b[*i].is_ascii_digit() || b[*i] == b':') {
+        *i += 1;
+    }
+    parse_timezone(&s[start..*i]).ok()
 }
 
 pub(crate) fn days_in_month(year: i64, month: i64) -> i64 {

@@ -1,15 +1,13 @@
 //! Query filters (`find`'s `filter`, `update`'s `q`, ...).
 
-use std::cmp::Ordering;
-
 use bson::{Bson, Document, RawBson, RawBsonRef, RawDocument};
 
-use crate::compare::{Num, as_num, compare_values, type_bracket, values_equal};
+use crate::compare::{Num, as_num, compare_values, values_equal};
 use crate::error::QueryError;
 use crate::path::{split_path, walk};
-
-/// MongoDB refuses filters nested deeper than this; the limit also bounds our recursion.
-pub(crate) const MAX_FILTER_DEPTH: usize = 100;
+pub(crate) use crate::preds::{CmpOp, MAX_FILTER_DEPTH, TypeSel};
+use crate::preds::{compare_matches, type_alias, type_matches};
+use crate::regex::Re;
 
 /// A parsed filter, evaluated per document against the raw bytes.
 #[derive(Debug, Clone)]
@@ -49,85 +47,11 @@ impl std::fmt::Debug for ExprNode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CmpOp {
-    Gt,
-    Gte,
-    Lt,
-    Lte,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BitOp {
     AllSet,
     AllClear,
     AnySet,
     AnyClear,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TypeSel {
-    Code(i32),
-    Number,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Re {
-    regex: regex::Regex,
-    pattern: String,
-    options: String,
-}
-
-impl Re {
-    pub(crate) fn compile(pattern: &str, options: &str) -> Result<Re, QueryError> {
-        let mut builder = regex::RegexBuilder::new(pattern);
-        for c in options.chars() {
-            match c {
-                'i' => builder.case_insensitive(true),
-                'm' => builder.multi_line(true),
-                's' => builder.dot_matches_new_line(true),
-                'x' => builder.ignore_whitespace(true),
-                // 'u' and 'l' only affect PCRE's character classes; ours are Unicode already.
-                'u' | 'l' => &mut builder,
-                other => {
-                    return Err(QueryError::location(
-                        51108,
-                        format!("invalid flag in regex options: {other}"),
-                    ));
-                }
-            };
-        }
-        // Keeps a hostile pattern from consuming unbounded memory at compile time.
-        builder.size_limit(8 << 20).dfa_size_limit(8 << 20);
-        let regex = builder.build().map_err(|e| {
-            QueryError::location(51091, format!("Regular expression is invalid: {e}"))
-        })?;
-        Ok(Re {
-            regex,
-            pattern: pattern.to_owned(),
-            options: options.to_owned(),
-        })
-    }
-
-    pub(crate) fn regex(&self) -> &regex::Regex {
-        &self.regex
-    }
-
-    fn matches(&self, v: RawBsonRef<'_>) -> bool {
-        match v {
-            RawBsonRef::String(s) | RawBsonRef::Symbol(s) => self.regex.is_match(s),
-            RawBsonRef::RegularExpression(r) => {
-                r.pattern.as_str() == self.pattern
-                    && sorted_options(r.options.as_str()) == sorted_options(&self.options)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn sorted_options(o: &str) -> Vec<char> {
-    let mut v: Vec<char> = o.chars().collect();
-    v.sort_unstable();
-    v
 }
 
 #[derive(Debug, Clone)]
@@ -392,13 +316,7 @@ impl Pred {
                 }
             },
             Pred::Exists(want) => v.is_some() == *want,
-            Pred::Type(sels) => v.is_some_and(|v| {
-                let code = type_code(v);
-                sels.iter().any(|s| match s {
-                    TypeSel::Number => type_bracket(v) == 10,
-                    TypeSel::Code(c) => *c == code,
-                })
-            }),
+            Pred::Type(sels) => v.is_some_and(|v| type_matches(sels, v)),
             Pred::Size(n) => match v {
                 Some(RawBsonRef::Array(arr)) => {
                     arr.into_iter().map_while(Result::ok).count() as i64 == *n
@@ -436,93 +354,12 @@ impl Pred {
     }
 }
 
-fn compare_matches(op: CmpOp, operand: RawBsonRef<'_>, v: Option<RawBsonRef<'_>>) -> bool {
-    if let RawBsonRef::Null = operand {
-        // MongoDB treats null bounds as equality to null (which includes missing fields).
-        return matches!(op, CmpOp::Gte | CmpOp::Lte) && matches!(v, None | Some(RawBsonRef::Null));
-    }
-    let Some(v) = v else { return false };
-    let open_bound = matches!(operand, RawBsonRef::MinKey | RawBsonRef::MaxKey);
-    if !open_bound && type_bracket(v) != type_bracket(operand) {
-        return false;
-    }
-    // NaN is only ever equal to NaN; it is neither greater nor less than anything.
-    let v_nan = as_num(v).is_some_and(Num::is_nan);
-    let o_nan = as_num(operand).is_some_and(Num::is_nan);
-    if v_nan || o_nan {
-        return v_nan && o_nan && matches!(op, CmpOp::Gte | CmpOp::Lte);
-    }
-    let ord = compare_values(v, operand);
-    match op {
-        CmpOp::Gt => ord == Ordering::Greater,
-        CmpOp::Gte => ord != Ordering::Less,
-        CmpOp::Lt => ord == Ordering::Less,
-        CmpOp::Lte => ord != Ordering::Greater,
-    }
-}
-
 fn num_to_i64_trunc(n: Num) -> Option<i64> {
     match n {
         Num::Int(i) => Some(i),
         Num::Dbl(d) if d.is_finite() => Some(d.trunc() as i64),
         Num::Dbl(_) => None,
     }
-}
-
-/// BSON type numbers as `$type` uses them.
-pub(crate) fn type_code(v: RawBsonRef<'_>) -> i32 {
-    match v {
-        RawBsonRef::Double(_) => 1,
-        RawBsonRef::String(_) => 2,
-        RawBsonRef::Document(_) => 3,
-        RawBsonRef::Array(_) => 4,
-        RawBsonRef::Binary(_) => 5,
-        RawBsonRef::Undefined => 6,
-        RawBsonRef::ObjectId(_) => 7,
-        RawBsonRef::Boolean(_) => 8,
-        RawBsonRef::DateTime(_) => 9,
-        RawBsonRef::Null => 10,
-        RawBsonRef::RegularExpression(_) => 11,
-        RawBsonRef::DbPointer(_) => 12,
-        RawBsonRef::JavaScriptCode(_) => 13,
-        RawBsonRef::Symbol(_) => 14,
-        RawBsonRef::JavaScriptCodeWithScope(_) => 15,
-        RawBsonRef::Int32(_) => 16,
-        RawBsonRef::Timestamp(_) => 17,
-        RawBsonRef::Int64(_) => 18,
-        RawBsonRef::Decimal128(_) => 19,
-        RawBsonRef::MinKey => -1,
-        RawBsonRef::MaxKey => 127,
-    }
-}
-
-pub(crate) fn type_alias(name: &str) -> Option<TypeSel> {
-    let code = match name {
-        "double" => 1,
-        "string" => 2,
-        "object" => 3,
-        "array" => 4,
-        "binData" => 5,
-        "undefined" => 6,
-        "objectId" => 7,
-        "bool" => 8,
-        "date" => 9,
-        "null" => 10,
-        "regex" => 11,
-        "dbPointer" => 12,
-        "javascript" => 13,
-        "symbol" => 14,
-        "javascriptWithScope" => 15,
-        "int" => 16,
-        "timestamp" => 17,
-        "long" => 18,
-        "decimal" => 19,
-        "minKey" => -1,
-        "maxKey" => 127,
-        "number" => return Some(TypeSel::Number),
-        _ => return None,
-    };
-    Some(TypeSel::Code(code))
 }
 
 fn bits_match(op: BitOp, mask: &[u8], v: RawBsonRef<'_>) -> bool {

@@ -16,7 +16,9 @@ use bson::{RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 
 use crate::compare::{MAX_DEPTH, Num, as_num, compare_values};
 use crate::error::QueryError;
-use crate::filter::{CmpOp, MAX_FILTER_DEPTH, Pred, Re, TypeSel, type_alias};
+use crate::preds::{CmpOp, MAX_FILTER_DEPTH, TypeSel, compare_matches, type_alias, type_matches};
+use crate::regex::Re;
+use crate::types::raw_type_name as type_name;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Schema {
@@ -25,11 +27,11 @@ pub(crate) struct Schema {
 
 #[derive(Debug, Clone)]
 enum Check {
-    /// `type` or `bsonType`, kept as a `$type` predicate so both share one notion of type.
-    Type(Pred),
+    /// `type` or `bsonType`, kept as `$type` selectors so both share one notion of type.
+    Type(Vec<TypeSel>),
     /// `minimum`/`maximum` as `$gte`/`$gt`/`$lte`/`$lt`, which already compare numbers across
     /// int/long/double/decimal and treat NaN as mongod does.
-    Bound(Pred),
+    Bound(CmpOp, RawBson),
     MultipleOf(Num),
     MinLength(u64),
     MaxLength(u64),
@@ -147,8 +149,10 @@ impl Schema {
 impl Check {
     fn matches(&self, v: RawBsonRef<'_>) -> bool {
         match self {
-            Check::Type(pred) => pred.matches_value(Some(v)),
-            Check::Bound(pred) => as_num(v).is_none() || pred.matches_value(Some(v)),
+            Check::Type(sels) => type_matches(sels, v),
+            Check::Bound(op, operand) => {
+                as_num(v).is_none() || compare_matches(*op, operand.as_raw_bson_ref(), Some(v))
+            }
             Check::MultipleOf(divisor) => as_num(v).is_none_or(|n| is_multiple(n, *divisor)),
             Check::MinLength(n) => string_len(v).is_none_or(|len| len >= *n),
             Check::MaxLength(n) => string_len(v).is_none_or(|len| len <= *n),
@@ -158,22 +162,7 @@ impl Check {
             },
             Check::MinItems(n) => array_len(v).is_none_or(|len| len >= *n),
             Check::MaxItems(n) => array_len(v).is_none_or(|len| len <= *n),
-            Check::UniqueItems => match v {
-                RawBsonRef::Array(arr) => {
-                    let mut items: Vec<RawBson> = arr
-                        .into_iter()
-                        .map_while(Result::ok)
-                        .map(|e| canonical(e, 0))
-                        .collect();
-                    // Sorting makes duplicates neighbours: arrays can be long, pairs quadratic.
-                    items.sort_by(|a, b| compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()));
-                    !items.windows(2).any(|w| {
-                        compare_values(w[0].as_raw_bson_ref(), w[1].as_raw_bson_ref())
-                            == Ordering::Equal
-                    })
-                }
-                _ => true,
-            },
+            Check::UniqueItems => unique_items(v),
             Check::Items(schema) => match v {
                 RawBsonRef::Array(arr) => arr
                     .into_iter()
@@ -181,18 +170,7 @@ impl Check {
                     .all(|e| schema.matches(e)),
                 _ => true,
             },
-            Check::TupleItems { items, additional } => match v {
-                RawBsonRef::Array(arr) => {
-                    arr.into_iter()
-                        .map_while(Result::ok)
-                        .enumerate()
-                        .all(|(i, e)| match items.get(i) {
-                            Some(schema) => schema.matches(e),
-                            None => additional.as_ref().is_none_or(|extra| extra.allows(e)),
-                        })
-                }
-                _ => true,
-            },
+            Check::TupleItems { items, additional } => tuple_items(items, additional.as_ref(), v),
             Check::Required(names) => match v {
                 RawBsonRef::Document(d) => names.iter().all(|n| matches!(d.get(n), Ok(Some(_)))),
                 _ => true,
@@ -208,22 +186,7 @@ impl Check {
                 named,
                 patterns,
                 additional,
-            } => match v {
-                RawBsonRef::Document(d) => d.iter().map_while(Result::ok).all(|(key, field)| {
-                    let key = key.as_str();
-                    let mut covered = named.iter().any(|n| n == key);
-                    for (re, schema) in patterns {
-                        if re.regex().is_match(key) {
-                            covered = true;
-                            if !schema.matches(field) {
-                                return false;
-                            }
-                        }
-                    }
-                    covered || additional.allows(field)
-                }),
-                _ => true,
-            },
+            } => allowed(named, patterns, additional, v),
             Check::MinProperties(n) => field_count(v).is_none_or(|len| len >= *n),
             Check::MaxProperties(n) => field_count(v).is_none_or(|len| len <= *n),
             Check::PropertyDependency(name, needed) => match v {
@@ -240,17 +203,77 @@ impl Check {
             Check::AnyOf(schemas) => schemas.iter().any(|s| s.matches(v)),
             Check::OneOf(schemas) => schemas.iter().filter(|s| s.matches(v)).take(2).count() == 1,
             Check::Not(schema) => !schema.matches(v),
-            Check::Enum(values) => {
-                // Only containers have a field order to normalise; scalars are compared as is.
-                let owned = matches!(v, RawBsonRef::Document(_) | RawBsonRef::Array(_))
-                    .then(|| canonical(v, 0));
-                let v = owned.as_ref().map_or(v, RawBson::as_raw_bson_ref);
-                values
-                    .iter()
-                    .any(|e| compare_values(e.as_raw_bson_ref(), v) == Ordering::Equal)
-            }
+            Check::Enum(values) => in_enum(values, v),
         }
     }
+}
+
+/// `uniqueItems`: no two elements equal (field order aside).
+fn unique_items(v: RawBsonRef<'_>) -> bool {
+    let RawBsonRef::Array(arr) = v else {
+        return true;
+    };
+    let mut items: Vec<RawBson> = arr
+        .into_iter()
+        .map_while(Result::ok)
+        .map(|e| canonical(e, 0))
+        .collect();
+    // Sorting makes duplicates neighbours: arrays can be long, pairs quadratic.
+    items.sort_by(|a, b| compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()));
+    !items
+        .windows(2)
+        .any(|w| compare_values(w[0].as_raw_bson_ref(), w[1].as_raw_bson_ref()) == Ordering::Equal)
+}
+
+/// `items` as an array of schemas, position by position, with `additionalItems` past them.
+fn tuple_items(items: &[Schema], additional: Option<&Extra>, v: RawBsonRef<'_>) -> bool {
+    let RawBsonRef::Array(arr) = v else {
+        return true;
+    };
+    arr.into_iter()
+        .map_while(Result::ok)
+        .enumerate()
+        .all(|(i, e)| match items.get(i) {
+            Some(schema) => schema.matches(e),
+            None => additional.is_none_or(|extra| extra.allows(e)),
+        })
+}
+
+/// `patternProperties` and `additionalProperties`: every field is named, matches a pattern
+/// (and that pattern's schema), or is allowed as additional.
+fn allowed(
+    named: &[String],
+    patterns: &[(Re, Schema)],
+    additional: &Extra,
+    v: RawBsonRef<'_>,
+) -> bool {
+    let RawBsonRef::Document(d) = v else {
+        return true;
+    };
+    d.iter().map_while(Result::ok).all(|(key, field)| {
+        let key = key.as_str();
+        let mut covered = named.iter().any(|n| n == key);
+        for (re, schema) in patterns {
+            if re.regex().is_match(key) {
+                covered = true;
+                if !schema.matches(field) {
+                    return false;
+                }
+            }
+        }
+        covered || additional.allows(field)
+    })
+}
+
+/// `enum`: equal to one of the values (field order aside).
+fn in_enum(values: &[RawBson], v: RawBsonRef<'_>) -> bool {
+    // Only containers have a field order to normalise; scalars are compared as is.
+    let owned =
+        matches!(v, RawBsonRef::Document(_) | RawBsonRef::Array(_)).then(|| canonical(v, 0));
+    let v = owned.as_ref().map_or(v, RawBson::as_raw_bson_ref);
+    values
+        .iter()
+        .any(|e| compare_values(e.as_raw_bson_ref(), v) == Ordering::Equal)
 }
 
 fn string_len(v: RawBsonRef<'_>) -> Option<u64> {
@@ -442,7 +465,7 @@ fn parse_schema(d: &bson::RawDocument, depth: usize) -> Result<Schema, QueryErro
     Ok(Schema { checks })
 }
 
-fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Pred, QueryError> {
+fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Vec<TypeSel>, QueryError> {
     let mut names: Vec<&str> = Vec::new();
     match v {
         RawBsonRef::String(s) => names.push(s),
@@ -499,7 +522,7 @@ fn parse_types(keyword: &str, v: RawBsonRef<'_>) -> Result<Pred, QueryError> {
             }
         }
     }
-    Ok(Pred::Type(sels))
+    Ok(sels)
 }
 
 fn integer_unsupported() -> QueryError {
@@ -565,7 +588,7 @@ fn parse_scalar_keywords(kw: &Keywords<'_>, checks: &mut Vec<Check>) -> Result<(
                     )));
                 }
                 let op = if is_exclusive { strict } else { loose };
-                checks.push(Check::Bound(Pred::Cmp(op, v.into())));
+                checks.push(Check::Bound(op, v.into()));
             }
             // mongod's message, grammar included.
             None if kw.get(exclusive).is_some() => {
@@ -667,58 +690,17 @@ fn parse_object_keywords(
     };
     let mut named = Vec::new();
     if let Some(v) = kw.get("properties") {
-        let RawBsonRef::Document(props) = v else {
-            return Err(mismatch(
-                "$jsonSchema keyword 'properties' must be an object",
-            ));
-        };
-        let mut parsed = Vec::new();
-        for prop in props {
-            let (name, schema) = prop.map_err(invalid_bson)?;
-            let RawBsonRef::Document(schema) = schema else {
-                return Err(mismatch(format!(
-                    "Nested schema for $jsonSchema property '{}' must be an object",
-                    name.as_str()
-                )));
-            };
-            named.push(name.as_str().to_owned());
-            parsed.push((name.as_str().to_owned(), parse_schema(schema, depth + 1)?));
-        }
-        checks.push(Check::Properties(parsed));
+        checks.push(parse_properties(v, depth, &mut named)?);
     }
     let pattern_props = kw.get("patternProperties");
     let additional_props = kw.get("additionalProperties");
     if pattern_props.is_some() || additional_props.is_some() {
-        let mut patterns = Vec::new();
-        if let Some(v) = pattern_props {
-            let RawBsonRef::Document(d) = v else {
-                return Err(mismatch(
-                    "$jsonSchema keyword 'patternProperties' must be an object",
-                ));
-            };
-            for entry in d {
-                let (pattern, schema) = entry.map_err(invalid_bson)?;
-                let RawBsonRef::Document(schema) = schema else {
-                    return Err(mismatch(format!(
-                        "$jsonSchema keyword 'patternProperties' has property '{}' which is not an object",
-                        pattern.as_str()
-                    )));
-                };
-                let schema = parse_schema(schema, depth + 1)?;
-                patterns.push((Re::compile(pattern.as_str(), "")?, schema));
-            }
-        }
-        let additional = match additional_props {
-            None => Extra::Any,
-            Some(v) => parse_extra(v, depth, |_| {
-                "$jsonSchema keyword 'additionalProperties' must be an object or a boolean".into()
-            })?,
-        };
-        checks.push(Check::Allowed {
+        checks.push(parse_allowed(
+            pattern_props,
+            additional_props,
             named,
-            patterns,
-            additional,
-        });
+            depth,
+        )?);
     }
     if let Some(required) = required {
         checks.push(Check::Required(required));
@@ -730,52 +712,133 @@ fn parse_object_keywords(
         checks.push(Check::MaxProperties(non_negative("maxProperties", v)?));
     }
     if let Some(v) = kw.get("dependencies") {
-        let RawBsonRef::Document(deps) = v else {
+        parse_dependencies(v, depth, checks)?;
+    }
+    Ok(())
+}
+
+/// `properties`; the names go to `named` for `additionalProperties`.
+fn parse_properties(
+    v: RawBsonRef<'_>,
+    depth: usize,
+    named: &mut Vec<String>,
+) -> Result<Check, QueryError> {
+    let RawBsonRef::Document(props) = v else {
+        return Err(mismatch(
+            "$jsonSchema keyword 'properties' must be an object",
+        ));
+    };
+    let mut parsed = Vec::new();
+    for prop in props {
+        let (name, schema) = prop.map_err(invalid_bson)?;
+        let RawBsonRef::Document(schema) = schema else {
+            return Err(mismatch(format!(
+                "Nested schema for $jsonSchema property '{}' must be an object",
+                name.as_str()
+            )));
+        };
+        named.push(name.as_str().to_owned());
+        parsed.push((name.as_str().to_owned(), parse_schema(schema, depth + 1)?));
+    }
+    Ok(Check::Properties(parsed))
+}
+
+/// `patternProperties` and `additionalProperties`, together.
+fn parse_allowed(
+    pattern_props: Option<RawBsonRef<'_>>,
+    additional_props: Option<RawBsonRef<'_>>,
+    named: Vec<String>,
+    depth: usize,
+) -> Result<Check, QueryError> {
+    let mut patterns = Vec::new();
+    if let Some(v) = pattern_props {
+        let RawBsonRef::Document(d) = v else {
             return Err(mismatch(
-                "$jsonSchema keyword 'dependencies' must be an object",
+                "$jsonSchema keyword 'patternProperties' must be an object",
             ));
         };
-        for dep in deps {
-            let (name, dep) = dep.map_err(invalid_bson)?;
-            let name = name.as_str();
-            match dep {
-                RawBsonRef::Document(d) => checks.push(Check::SchemaDependency(
-                    name.to_owned(),
-                    Box::new(parse_schema(d, depth + 1)?),
-                )),
-                RawBsonRef::Array(arr) => {
-                    let mut needed: Vec<String> = Vec::new();
-                    for item in arr {
-                        let item = item.map_err(invalid_bson)?;
-                        let RawBsonRef::String(s) = item else {
-                            return Err(mismatch(format!(
-                                "array '{name}' in $jsonSchema keyword 'dependencies' can only contain strings, but found element of type: {}",
-                                type_name(item)
-                            )));
-                        };
-                        if needed.iter().any(|n| n == s) {
-                            return Err(failed(format!(
-                                "array '{name}' in $jsonSchema keyword 'dependencies' contains duplicate element: {s}"
-                            )));
-                        }
-                        needed.push(s.to_owned());
-                    }
-                    if needed.is_empty() {
-                        return Err(failed(format!(
-                            "property '{name}' in $jsonSchema keyword 'dependencies' cannot be an empty array"
-                        )));
-                    }
-                    checks.push(Check::PropertyDependency(name.to_owned(), needed));
-                }
-                _ => {
-                    return Err(mismatch(format!(
-                        "property '{name}' in $jsonSchema keyword 'dependencies' must be either an object or an array"
-                    )));
-                }
+        for entry in d {
+            let (pattern, schema) = entry.map_err(invalid_bson)?;
+            let RawBsonRef::Document(schema) = schema else {
+                return Err(mismatch(format!(
+                    "$jsonSchema keyword 'patternProperties' has property '{}' which is not an object",
+                    pattern.as_str()
+                )));
+            };
+            let schema = parse_schema(schema, depth + 1)?;
+            patterns.push((Re::compile(pattern.as_str(), "")?, schema));
+        }
+    }
+    let additional = match additional_props {
+        None => Extra::Any,
+        Some(v) => parse_extra(v, depth, |_| {
+            "$jsonSchema keyword 'additionalProperties' must be an object or a boolean".into()
+        })?,
+    };
+    Ok(Check::Allowed {
+        named,
+        patterns,
+        additional,
+    })
+}
+
+/// `dependencies`: a schema or a list of required fields per present field.
+fn parse_dependencies(
+    v: RawBsonRef<'_>,
+    depth: usize,
+    checks: &mut Vec<Check>,
+) -> Result<(), QueryError> {
+    let RawBsonRef::Document(deps) = v else {
+        return Err(mismatch(
+            "$jsonSchema keyword 'dependencies' must be an object",
+        ));
+    };
+    for dep in deps {
+        let (name, dep) = dep.map_err(invalid_bson)?;
+        let name = name.as_str();
+        match dep {
+            RawBsonRef::Document(d) => checks.push(Check::SchemaDependency(
+                name.to_owned(),
+                Box::new(parse_schema(d, depth + 1)?),
+            )),
+            RawBsonRef::Array(arr) => checks.push(Check::PropertyDependency(
+                name.to_owned(),
+                parse_needed(name, arr)?,
+            )),
+            _ => {
+                return Err(mismatch(format!(
+                    "property '{name}' in $jsonSchema keyword 'dependencies' must be either an object or an array"
+                )));
             }
         }
     }
     Ok(())
+}
+
+/// The fields a present `name` requires, in `dependencies`.
+fn parse_needed(name: &str, arr: &bson::RawArray) -> Result<Vec<String>, QueryError> {
+    let mut needed: Vec<String> = Vec::new();
+    for item in arr {
+        let item = item.map_err(invalid_bson)?;
+        let RawBsonRef::String(s) = item else {
+            return Err(mismatch(format!(
+                "array '{name}' in $jsonSchema keyword 'dependencies' can only contain strings, but found element of type: {}",
+                type_name(item)
+            )));
+        };
+        if needed.iter().any(|n| n == s) {
+            return Err(failed(format!(
+                "array '{name}' in $jsonSchema keyword 'dependencies' contains duplicate element: {s}"
+            )));
+        }
+        needed.push(s.to_owned());
+    }
+    if needed.is_empty() {
+        return Err(failed(format!(
+            "property '{name}' in $jsonSchema keyword 'dependencies' cannot be an empty array"
+        )));
+    }
+    Ok(needed)
 }
 
 fn parse_required(v: RawBsonRef<'_>) -> Result<Vec<String>, QueryError> {
@@ -932,31 +995,4 @@ fn shown(v: RawBsonRef<'_>) -> String {
     bson::Bson::try_from(RawBson::from(v))
         .map(|b| b.to_string())
         .unwrap_or_else(|_| type_name(v).to_owned())
-}
-
-/// BSON type names as mongod prints them in messages.
-fn type_name(v: RawBsonRef<'_>) -> &'static str {
-    match v {
-        RawBsonRef::Double(_) => "double",
-        RawBsonRef::String(_) => "string",
-        RawBsonRef::Document(_) => "object",
-        RawBsonRef::Array(_) => "array",
-        RawBsonRef::Binary(_) => "binData",
-        RawBsonRef::Undefined => "undefined",
-        RawBsonRef::ObjectId(_) => "objectId",
-        RawBsonRef::Boolean(_) => "bool",
-        RawBsonRef::DateTime(_) => "date",
-        RawBsonRef::Null => "null",
-        RawBsonRef::RegularExpression(_) => "regex",
-        RawBsonRef::DbPointer(_) => "dbPointer",
-        RawBsonRef::JavaScriptCode(_) => "javascript",
-        RawBsonRef::Symbol(_) => "symbol",
-        RawBsonRef::JavaScriptCodeWithScope(_) => "javascriptWithScope",
-        RawBsonRef::Int32(_) => "int",
-        RawBsonRef::Timestamp(_) => "timestamp",
-        RawBsonRef::Int64(_) => "long",
-        RawBsonRef::Decimal128(_) => "decimal",
-        RawBsonRef::MinKey => "minKey",
-        RawBsonRef::MaxKey => "maxKey",
-    }
 }

@@ -238,50 +238,57 @@ fn parse_item(path: &str, value: RawBsonRef<'_>) -> Result<(Item, Kind), QueryEr
         } else {
             (Item::Exclude, Kind::Exclude)
         }),
-        RawBsonRef::Document(d) => {
-            let mut it = d.iter();
-            let (op, arg) = match it.next() {
-                Some(Ok((k, v))) => (k.as_str(), v),
-                _ => return Err(bad("invalid projection operator")),
-            };
-            if it.next().is_some() {
-                return Err(bad(format!(
-                    "Projection operator documents must contain exactly one field at path {path}"
-                )));
-            }
-            match op {
-                // `{$slice: ["$arr", n]}` (an array expression first) is the aggregation
-                // operator; numbers alone are the find projection's `$slice`.
-                "$slice" => match arg {
-                    RawBsonRef::Array(items)
-                        if items
-                            .get(0)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|first| as_num(first).is_none()) =>
-                    {
-                        computed(value)
-                    }
-                    _ => Ok((parse_slice(arg)?, Kind::Neutral)),
-                },
-                "$elemMatch" => {
-                    if path.contains('.') {
-                        return Err(bad("Cannot use $elemMatch projection on a nested field."));
-                    }
-                    Ok((
-                        Item::ElemMatch(Box::new(parse_elem_match(arg, 0)?)),
-                        Kind::Neutral,
-                    ))
-                }
-                "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
-                "$meta" => Err(bad("$meta projection is not supported yet")),
-                _ => computed(value),
-            }
-        }
+        RawBsonRef::Document(d) => parse_operator_item(path, d, value),
         RawBsonRef::String(v) if v.starts_with('$') => computed(value),
         RawBsonRef::Array(_) => computed(value),
         // Any other value is a computed field whose value is that literal.
         _ => Ok((Item::Literal(value.into()), Kind::Include)),
+    }
+}
+
+/// `{$op: argument}` at `path`: a find projection operator, or else a computed field.
+fn parse_operator_item(
+    path: &str,
+    d: &RawDocument,
+    value: RawBsonRef<'_>,
+) -> Result<(Item, Kind), QueryError> {
+    let mut it = d.iter();
+    let (op, arg) = match it.next() {
+        Some(Ok((k, v))) => (k.as_str(), v),
+        _ => return Err(bad("invalid projection operator")),
+    };
+    if it.next().is_some() {
+        return Err(bad(format!(
+            "Projection operator documents must contain exactly one field at path {path}"
+        )));
+    }
+    match op {
+        // `{$slice: ["$arr", n]}` (an array expression first) is the aggregation
+        // operator; numbers alone are the find projection's `$slice`.
+        "$slice" => match arg {
+            RawBsonRef::Array(items)
+                if items
+                    .get(0)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|first| as_num(first).is_none()) =>
+            {
+                computed(value)
+            }
+            _ => Ok((parse_slice(arg)?, Kind::Neutral)),
+        },
+        "$elemMatch" => {
+            if path.contains('.') {
+                return Err(bad("Cannot use $elemMatch projection on a nested field."));
+            }
+            Ok((
+                Item::ElemMatch(Box::new(parse_elem_match(arg, 0)?)),
+                Kind::Neutral,
+            ))
+        }
+        "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
+        "$meta" => Err(bad("$meta projection is not supported yet")),
+        _ => computed(value),
     }
 }
 
@@ -361,67 +368,103 @@ fn project_doc(
     pos: Option<usize>,
 ) -> Result<RawDocumentBuf, QueryError> {
     let mut out = RawDocumentBuf::new();
-    // Computed fields are charged as they are added, so many large ones cannot add up to a
-    // document beyond what one evaluation may hold.
-    let mut held = crate::memory::Held::new("$project");
     for elem in doc.iter() {
         let (key, value) = elem.map_err(|e| bad(format!("invalid BSON in document: {e}")))?;
-        match node.get(key.as_str()) {
-            None => {
+        project_field(
+            root,
+            key,
+            value,
+            node.get(key.as_str()),
+            inclusion,
+            pos,
+            &mut out,
+        )?;
+    }
+    add_new_fields(root, doc, node, inclusion, pos, &mut out)?;
+    Ok(out)
+}
+
+/// One field of the input document, projected by its item (`None`: not named).
+fn project_field(
+    root: &RawDocument,
+    key: &CStr,
+    value: RawBsonRef<'_>,
+    item: Option<&Item>,
+    inclusion: bool,
+    pos: Option<usize>,
+    out: &mut RawDocumentBuf,
+) -> Result<(), QueryError> {
+    match item {
+        None => {
+            if !inclusion {
+                out.append(key, value);
+            }
+        }
+        Some(Item::Include) => out.append(key, value),
+        Some(Item::Exclude) | Some(Item::Literal(_)) | Some(Item::Computed(_)) => {}
+        Some(Item::Sub(child)) => match value {
+            RawBsonRef::Document(d) => out.append(
+                key,
+                RawBson::Document(project_doc(root, d, child, inclusion, pos)?),
+            ),
+            RawBsonRef::Array(a) => out.append(
+                key,
+                RawBson::Array(project_array(root, a, child, inclusion, pos)?),
+            ),
+            _ => {
                 if !inclusion {
                     out.append(key, value);
                 }
             }
-            Some(Item::Include) => out.append(key, value),
-            Some(Item::Exclude) | Some(Item::Literal(_)) | Some(Item::Computed(_)) => {}
-            Some(Item::Sub(child)) => match value {
-                RawBsonRef::Document(d) => out.append(
-                    key,
-                    RawBson::Document(project_doc(root, d, child, inclusion, pos)?),
-                ),
-                RawBsonRef::Array(a) => out.append(
-                    key,
-                    RawBson::Array(project_array(root, a, child, inclusion, pos)?),
-                ),
-                _ => {
-                    if !inclusion {
-                        out.append(key, value);
-                    }
-                }
-            },
-            Some(Item::Positional) => match value {
-                RawBsonRef::Array(a) => {
-                    let element = pos.and_then(|i| a.into_iter().map_while(Result::ok).nth(i));
-                    let Some(element) = element else {
-                        return Err(QueryError::location(
-                            51246,
-                            "Executor error during find command :: caused by :: positional operator '.$' couldn't find a matching element in the array",
-                        ));
-                    };
-                    let mut arr = RawArrayBuf::new();
-                    arr.push(element);
-                    out.append(key, RawBson::Array(arr));
-                }
-                _ => out.append(key, value),
-            },
-            Some(Item::Slice { skip, limit }) => match value {
-                RawBsonRef::Array(a) => out.append(key, RawBson::Array(slice(a, *skip, *limit))),
-                _ => out.append(key, value),
-            },
-            Some(Item::ElemMatch(pred)) => {
-                if let RawBsonRef::Array(a) = value
-                    && let Some(e) = a
-                        .into_iter()
-                        .map_while(Result::ok)
-                        .find(|e| elem_matches(pred, *e))
-                {
-                    let mut arr = RawArrayBuf::new();
-                    arr.push(e);
-                    out.append(key, RawBson::Array(arr));
-                }
+        },
+        Some(Item::Positional) => match value {
+            RawBsonRef::Array(a) => {
+                let element = pos.and_then(|i| a.into_iter().map_while(Result::ok).nth(i));
+                let Some(element) = element else {
+                    return Err(QueryError::location(
+                        51246,
+                        "Executor error during find command :: caused by :: positional operator '.$' couldn't find a matching element in the array",
+                    ));
+                };
+                let mut arr = RawArrayBuf::new();
+                arr.push(element);
+                out.append(key, RawBson::Array(arr));
+            }
+            _ => out.append(key, value),
+        },
+        Some(Item::Slice { skip, limit }) => match value {
+            RawBsonRef::Array(a) => out.append(key, RawBson::Array(slice(a, *skip, *limit))),
+            _ => out.append(key, value),
+        },
+        Some(Item::ElemMatch(pred)) => {
+            if let RawBsonRef::Array(a) = value
+                && let Some(e) = a
+                    .into_iter()
+                    .map_while(Result::ok)
+                    .find(|e| elem_matches(pred, *e))
+            {
+                let mut arr = RawArrayBuf::new();
+                arr.push(e);
+                out.append(key, RawBson::Array(arr));
             }
         }
     }
+    Ok(())
+}
+
+/// The fields the projection adds: literals, computed values, and sub-documents holding them
+/// where the input has none.
+fn add_new_fields(
+    root: &RawDocument,
+    doc: &RawDocument,
+    node: &Node,
+    inclusion: bool,
+    pos: Option<usize>,
+    out: &mut RawDocumentBuf,
+) -> Result<(), QueryError> {
+    // Computed fields are charged as they are added, so many large ones cannot add up to a
+    // document beyond what one evaluation may hold.
+    let mut held = crate::memory::Held::new("$project");
     for (key, item) in &node.children {
         let present = doc.get(key).ok().flatten().is_some();
         match item {
@@ -445,7 +488,7 @@ fn project_doc(
             _ => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn project_array(

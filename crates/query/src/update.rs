@@ -10,6 +10,8 @@ use crate::error::QueryError;
 use crate::filter::{Node, Pred, parse_doc, parse_operators};
 use crate::path::parse_index;
 use crate::sort::SortSpec;
+/// Kept here too for the modules that name it by its old path.
+pub(crate) use crate::types::type_name;
 
 #[derive(Debug, Clone)]
 pub struct Update {
@@ -125,32 +127,6 @@ fn bad(msg: impl Into<String>) -> QueryError {
     QueryError::bad_value(msg)
 }
 
-pub(crate) fn type_name(v: &Bson) -> &'static str {
-    match v {
-        Bson::Double(_) => "double",
-        Bson::String(_) => "string",
-        Bson::Array(_) => "array",
-        Bson::Document(_) => "object",
-        Bson::Boolean(_) => "bool",
-        Bson::Null => "null",
-        Bson::RegularExpression(_) => "regex",
-        Bson::JavaScriptCode(_) => "javascript",
-        Bson::JavaScriptCodeWithScope(_) => "javascriptWithScope",
-        Bson::Int32(_) => "int",
-        Bson::Int64(_) => "long",
-        Bson::Timestamp(_) => "timestamp",
-        Bson::Binary(_) => "binData",
-        Bson::ObjectId(_) => "objectId",
-        Bson::DateTime(_) => "date",
-        Bson::Symbol(_) => "symbol",
-        Bson::Decimal128(_) => "decimal",
-        Bson::Undefined => "undefined",
-        Bson::MaxKey => "maxKey",
-        Bson::MinKey => "minKey",
-        Bson::DbPointer(_) => "dbPointer",
-    }
-}
-
 fn to_raw(v: &Bson) -> RawBson {
     RawBson::try_from(v.clone()).unwrap_or(RawBson::Null)
 }
@@ -177,34 +153,7 @@ impl Update {
     ) -> Result<Update, QueryError> {
         let doc = match update {
             Bson::Document(d) => d,
-            Bson::Array(stages) => {
-                if stages.is_empty() {
-                    return Err(bad("pipeline-style update must have at least one stage"));
-                }
-                if array_filters.is_some_and(|f| !f.is_empty()) {
-                    return Err(QueryError::failed_to_parse(
-                        "arrayFilters may not be specified for pipeline-style updates",
-                    ));
-                }
-                let mut raw = bson::RawArrayBuf::new();
-                for stage in stages {
-                    raw.push(
-                        bson::RawBson::try_from(stage.clone())
-                            .map_err(|e| QueryError::bad_value(e.to_string()))?,
-                    );
-                }
-                let pipeline = crate::Pipeline::parse(&raw)?;
-                if !pipeline.is_update_pipeline() {
-                    return Err(QueryError::location(
-                        72,
-                        "Only $addFields, $set, $project, $unset, $replaceRoot and $replaceWith are allowed in a pipeline-style update",
-                    ));
-                }
-                return Ok(Update {
-                    kind: Kind::Pipeline(std::sync::Arc::new(UpdatePipeline(pipeline))),
-                    array_filters: HashMap::new(),
-                });
-            }
+            Bson::Array(stages) => return parse_pipeline(stages, array_filters),
             _ => {
                 return Err(QueryError::failed_to_parse(
                     "Update argument must be either an object or an array",
@@ -214,50 +163,9 @@ impl Update {
         let filters = parse_array_filters(array_filters.unwrap_or(&[]))?;
         let is_ops = doc.keys().next().is_some_and(|k| k.starts_with('$'));
         if !is_ops {
-            if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
-                return Err(QueryError::new(
-                    52,
-                    "DollarPrefixedFieldName",
-                    format!(
-                        "The dollar ($) prefixed field '{k}' in '{k}' is not allowed in the context of an update's replacement document. Consider using an aggregation pipeline with $replaceWith."
-                    ),
-                ));
-            }
-            if !filters.is_empty() {
-                let id = filters.keys().next().cloned().unwrap_or_default();
-                return Err(QueryError::failed_to_parse(format!(
-                    "The array filter for identifier '{id}' was not used in the update {doc}"
-                )));
-            }
-            return Ok(Update {
-                kind: Kind::Replacement(doc.clone()),
-                array_filters: filters,
-            });
+            return parse_replacement(doc, filters);
         }
-        let mut ops = Vec::new();
-        for (modifier, arg) in doc {
-            let Bson::Document(fields) = arg else {
-                if !modifier.starts_with('$') {
-                    return Err(unknown_modifier(modifier));
-                }
-                return Err(QueryError::failed_to_parse(format!(
-                    "Modifiers operate on fields but we found type {} instead. For example: {{$mod: {{<field>: ...}}}} not {{{modifier}: {arg}}}",
-                    type_name(arg)
-                )));
-            };
-            for (path, value) in fields {
-                validate_path(path)?;
-                let action = parse_action(modifier, path, value)?;
-                if let Action::Rename { to, .. } = &action {
-                    validate_path(to)?;
-                }
-                ops.push(Op {
-                    path: path.clone(),
-                    parts: path.split('.').map(str::to_owned).collect(),
-                    action,
-                });
-            }
-        }
+        let mut ops = parse_ops(doc)?;
         check_conflicts(&ops)?;
         check_identifiers(&ops, &filters, doc)?;
         // MongoDB applies modifications in field-name order, which decides where new fields land.
@@ -286,93 +194,196 @@ impl Update {
     ) -> Result<Document, QueryError> {
         let old_id = doc.get("_id");
         match &self.kind {
-            Kind::Pipeline(p) => {
-                let raw = bson::RawDocumentBuf::try_from(doc)
-                    .map_err(|e| QueryError::bad_value(e.to_string()))?;
-                let out = p.0.run(vec![raw])?;
-                let mut new = match out.into_iter().next() {
-                    Some(d) => Document::try_from(d.as_ref() as &bson::RawDocument)
-                        .map_err(|e| QueryError::bad_value(e.to_string()))?,
-                    None => Document::new(),
-                };
-                // The pipeline cannot change _id; one it dropped comes back, first.
-                match (old_id, new.remove("_id")) {
-                    (Some(old), Some(id)) if *old != id => {
-                        Err(QueryError::immutable_field(format!(
-                            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {id}"
-                        )))
-                    }
-                    (old, id) => {
-                        let mut out = Document::new();
-                        if let Some(id) = id.or_else(|| old.cloned()) {
-                            out.insert("_id", id);
-                        }
-                        out.extend(new);
-                        Ok(out)
-                    }
-                }
-            }
-            Kind::Replacement(repl) => {
-                let mut out = Document::new();
-                match (old_id, repl.get("_id")) {
-                    (Some(old), Some(new)) if old != new => {
-                        return Err(QueryError::immutable_field(format!(
-                            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {new}"
-                        )));
-                    }
-                    (Some(id), _) | (None, Some(id)) => {
-                        out.insert("_id", id.clone());
-                    }
-                    (None, None) => {}
-                }
-                for (k, v) in repl {
-                    if k != "_id" {
-                        out.insert(k.clone(), v.clone());
-                    }
-                }
-                Ok(out)
-            }
-            Kind::Ops(ops) => {
-                let mut out = doc.clone();
-                let ctx = Ctx {
-                    filters: &self.array_filters,
-                    positional,
-                    id: old_id.map(|v| v.to_string()).unwrap_or_default(),
-                    now: bson::DateTime::now(),
-                };
-                for op in ops {
-                    if matches!(op.action, Action::SetOnInsert(_)) && !is_upsert_insert {
-                        continue;
-                    }
-                    apply_op(&mut out, op, &ctx)?;
-                }
-                match (old_id, out.get("_id")) {
-                    (Some(old), new) if new != Some(old) => {
-                        return Err(QueryError::immutable_field(
-                            "Performing an update on the path '_id' would modify the immutable field '_id'",
-                        ));
-                    }
-                    _ => {}
-                }
-                if let Some(Bson::Array(_)) = out.get("_id") {
-                    return Err(QueryError::new(
-                        53,
-                        "InvalidIdField",
-                        "The '_id' value cannot be of type array",
-                    ));
-                }
-                if out.keys().next().is_some_and(|k| k != "_id")
-                    && let Some(id) = out.remove("_id")
-                {
-                    let mut reordered = Document::new();
-                    reordered.insert("_id", id);
-                    reordered.extend(out);
-                    out = reordered;
-                }
-                Ok(out)
-            }
+            Kind::Pipeline(p) => apply_pipeline(p, doc, old_id),
+            Kind::Replacement(repl) => apply_replacement(repl, old_id),
+            Kind::Ops(ops) => self.apply_ops(ops, doc, is_upsert_insert, positional),
         }
     }
+
+    /// Applies update operators in order; `_id` may not change and stays first.
+    fn apply_ops(
+        &self,
+        ops: &[Op],
+        doc: &Document,
+        is_upsert_insert: bool,
+        positional: Option<usize>,
+    ) -> Result<Document, QueryError> {
+        let old_id = doc.get("_id");
+        let mut out = doc.clone();
+        let ctx = Ctx {
+            filters: &self.array_filters,
+            positional,
+            id: old_id.map(|v| v.to_string()).unwrap_or_default(),
+            now: bson::DateTime::now(),
+        };
+        for op in ops {
+            if matches!(op.action, Action::SetOnInsert(_)) && !is_upsert_insert {
+                continue;
+            }
+            apply_op(&mut out, op, &ctx)?;
+        }
+        match (old_id, out.get("_id")) {
+            (Some(old), new) if new != Some(old) => {
+                return Err(QueryError::immutable_field(
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(Bson::Array(_)) = out.get("_id") {
+            return Err(QueryError::new(
+                53,
+                "InvalidIdField",
+                "The '_id' value cannot be of type array",
+            ));
+        }
+        if out.keys().next().is_some_and(|k| k != "_id")
+            && let Some(id) = out.remove("_id")
+        {
+            let mut reordered = Document::new();
+            reordered.insert("_id", id);
+            reordered.extend(out);
+            out = reordered;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs a pipeline-style update; the pipeline cannot change `_id`.
+fn apply_pipeline(
+    p: &UpdatePipeline,
+    doc: &Document,
+    old_id: Option<&Bson>,
+) -> Result<Document, QueryError> {
+    let raw =
+        bson::RawDocumentBuf::try_from(doc).map_err(|e| QueryError::bad_value(e.to_string()))?;
+    let out = p.0.run(vec![raw])?;
+    let mut new = match out.into_iter().next() {
+        Some(d) => Document::try_from(d.as_ref() as &bson::RawDocument)
+            .map_err(|e| QueryError::bad_value(e.to_string()))?,
+        None => Document::new(),
+    };
+    // The pipeline cannot change _id; one it dropped comes back, first.
+    match (old_id, new.remove("_id")) {
+        (Some(old), Some(id)) if *old != id => Err(QueryError::immutable_field(format!(
+            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {id}"
+        ))),
+        (old, id) => {
+            let mut out = Document::new();
+            if let Some(id) = id.or_else(|| old.cloned()) {
+                out.insert("_id", id);
+            }
+            out.extend(new);
+            Ok(out)
+        }
+    }
+}
+
+/// A replacement document, keeping the old `_id` first.
+fn apply_replacement(repl: &Document, old_id: Option<&Bson>) -> Result<Document, QueryError> {
+    let mut out = Document::new();
+    match (old_id, repl.get("_id")) {
+        (Some(old), Some(new)) if old != new => {
+            return Err(QueryError::immutable_field(format!(
+                "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {new}"
+            )));
+        }
+        (Some(id), _) | (None, Some(id)) => {
+            out.insert("_id", id.clone());
+        }
+        (None, None) => {}
+    }
+    for (k, v) in repl {
+        if k != "_id" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A pipeline-style update: a list of `$set`-like stages, without array filters.
+fn parse_pipeline(
+    stages: &[Bson],
+    array_filters: Option<&[Document]>,
+) -> Result<Update, QueryError> {
+    if stages.is_empty() {
+        return Err(bad("pipeline-style update must have at least one stage"));
+    }
+    if array_filters.is_some_and(|f| !f.is_empty()) {
+        return Err(QueryError::failed_to_parse(
+            "arrayFilters may not be specified for pipeline-style updates",
+        ));
+    }
+    let mut raw = bson::RawArrayBuf::new();
+    for stage in stages {
+        raw.push(
+            bson::RawBson::try_from(stage.clone())
+                .map_err(|e| QueryError::bad_value(e.to_string()))?,
+        );
+    }
+    let pipeline = crate::Pipeline::parse(&raw)?;
+    if !pipeline.is_update_pipeline() {
+        return Err(QueryError::location(
+            72,
+            "Only $addFields, $set, $project, $unset, $replaceRoot and $replaceWith are allowed in a pipeline-style update",
+        ));
+    }
+    Ok(Update {
+        kind: Kind::Pipeline(std::sync::Arc::new(UpdatePipeline(pipeline))),
+        array_filters: HashMap::new(),
+    })
+}
+
+/// A replacement document: no `$`-prefixed field, and no array filter to use.
+fn parse_replacement(doc: &Document, filters: HashMap<String, Node>) -> Result<Update, QueryError> {
+    if let Some(k) = doc.keys().find(|k| k.starts_with('$')) {
+        return Err(QueryError::new(
+            52,
+            "DollarPrefixedFieldName",
+            format!(
+                "The dollar ($) prefixed field '{k}' in '{k}' is not allowed in the context of an update's replacement document. Consider using an aggregation pipeline with $replaceWith."
+            ),
+        ));
+    }
+    if !filters.is_empty() {
+        let id = filters.keys().next().cloned().unwrap_or_default();
+        return Err(QueryError::failed_to_parse(format!(
+            "The array filter for identifier '{id}' was not used in the update {doc}"
+        )));
+    }
+    Ok(Update {
+        kind: Kind::Replacement(doc.clone()),
+        array_filters: filters,
+    })
+}
+
+/// The operators of an update document, one `Op` per field they name.
+fn parse_ops(doc: &Document) -> Result<Vec<Op>, QueryError> {
+    let mut ops = Vec::new();
+    for (modifier, arg) in doc {
+        let Bson::Document(fields) = arg else {
+            if !modifier.starts_with('$') {
+                return Err(unknown_modifier(modifier));
+            }
+            return Err(QueryError::failed_to_parse(format!(
+                "Modifiers operate on fields but we found type {} instead. For example: {{$mod: {{<field>: ...}}}} not {{{modifier}: {arg}}}",
+                type_name(arg)
+            )));
+        };
+        for (path, value) in fields {
+            validate_path(path)?;
+            let action = parse_action(modifier, path, value)?;
+            if let Action::Rename { to, .. } = &action {
+                validate_path(to)?;
+            }
+            ops.push(Op {
+                path: path.clone(),
+                parts: path.split('.').map(str::to_owned).collect(),
+                action,
+            });
+        }
+    }
+    Ok(ops)
 }
 
 fn sort_parts(op: &Op) -> &[String] {
@@ -545,50 +556,8 @@ fn parse_action(modifier: &str, path: &str, value: &Bson) -> Result<Action, Quer
         }
         "$min" => Action::Min(value.clone()),
         "$max" => Action::Max(value.clone()),
-        "$currentDate" => match value {
-            Bson::Boolean(_) => Action::CurrentDate { timestamp: false },
-            Bson::Document(d) if d.len() == 1 => match d.get("$type") {
-                Some(Bson::String(t)) if t == "date" => Action::CurrentDate { timestamp: false },
-                Some(Bson::String(t)) if t == "timestamp" => {
-                    Action::CurrentDate { timestamp: true }
-                }
-                Some(Bson::String(_)) => {
-                    return Err(bad(
-                        "The '$type' string field is required to be 'date' or 'timestamp': {$currentDate: {field : {$type: 'date'}}}",
-                    ));
-                }
-                _ => return Err(bad(format!("Unrecognized $currentDate option: {value}"))),
-            },
-            _ => {
-                return Err(bad(format!(
-                    "{} is not valid type for $currentDate. Please use a boolean ('true') or a $type expression ({{$type: 'timestamp/date'}}).",
-                    type_name(value)
-                )));
-            }
-        },
-        "$rename" => {
-            let Bson::String(to) = value else {
-                return Err(bad(format!(
-                    "The 'to' field for $rename must be a string: {path}: {value}"
-                )));
-            };
-            if to == path {
-                return Err(bad(format!(
-                    "The source and target field for $rename must differ: {path}: \"{to}\""
-                )));
-            }
-            for p in [path, to.as_str()] {
-                if p.split('.').any(|c| c.starts_with('$')) {
-                    return Err(bad(format!(
-                        "The source and target field for $rename must not contain positional operators: {p}"
-                    )));
-                }
-            }
-            Action::Rename {
-                to: to.clone(),
-                to_parts: to.split('.').map(str::to_owned).collect(),
-            }
-        }
+        "$currentDate" => parse_current_date(value)?,
+        "$rename" => parse_rename(path, value)?,
         "$push" => Action::Push(parse_push(value)?),
         "$addToSet" => Action::AddToSet(parse_add_to_set(value)?),
         "$pop" => match int_arg(value) {
@@ -612,6 +581,54 @@ fn parse_action(modifier: &str, path: &str, value: &Bson) -> Result<Action, Quer
         },
         "$bit" => Action::Bit(parse_bit(path, value)?),
         _ => return Err(unknown_modifier(modifier)),
+    })
+}
+
+/// `$currentDate`'s argument: `true`, or `{$type: "date" | "timestamp"}`.
+fn parse_current_date(value: &Bson) -> Result<Action, QueryError> {
+    Ok(match value {
+        Bson::Boolean(_) => Action::CurrentDate { timestamp: false },
+        Bson::Document(d) if d.len() == 1 => match d.get("$type") {
+            Some(Bson::String(t)) if t == "date" => Action::CurrentDate { timestamp: false },
+            Some(Bson::String(t)) if t == "timestamp" => Action::CurrentDate { timestamp: true },
+            Some(Bson::String(_)) => {
+                return Err(bad(
+                    "The '$type' string field is required to be 'date' or 'timestamp': {$currentDate: {field : {$type: 'date'}}}",
+                ));
+            }
+            _ => return Err(bad(format!("Unrecognized $currentDate option: {value}"))),
+        },
+        _ => {
+            return Err(bad(format!(
+                "{} is not valid type for $currentDate. Please use a boolean ('true') or a $type expression ({{$type: 'timestamp/date'}}).",
+                type_name(value)
+            )));
+        }
+    })
+}
+
+/// `$rename`'s target: a different, non-positional path.
+fn parse_rename(path: &str, value: &Bson) -> Result<Action, QueryError> {
+    let Bson::String(to) = value else {
+        return Err(bad(format!(
+            "The 'to' field for $rename must be a string: {path}: {value}"
+        )));
+    };
+    if to == path {
+        return Err(bad(format!(
+            "The source and target field for $rename must differ: {path}: \"{to}\""
+        )));
+    }
+    for p in [path, to.as_str()] {
+        if p.split('.').any(|c| c.starts_with('$')) {
+            return Err(bad(format!(
+                "The source and target field for $rename must not contain positional operators: {p}"
+            )));
+        }
+    }
+    Ok(Action::Rename {
+        to: to.clone(),
+        to_parts: to.split('.').map(str::to_owned).collect(),
     })
 }
 
@@ -764,7 +781,7 @@ fn parse_pull(value: &Bson) -> Result<PullCond, QueryError> {
             }
         }
         RawBsonRef::RegularExpression(r) => Ok(PullCond::Value(Pred::Regex(Box::new(
-            crate::filter::Re::compile(r.pattern.as_str(), r.options.as_str())?,
+            crate::regex::Re::compile(r.pattern.as_str(), r.options.as_str())?,
         )))),
         _ => Ok(PullCond::Value(Pred::Eq(raw.clone()))),
     }
@@ -968,160 +985,198 @@ fn apply_in_array(
 }
 
 fn apply_leaf(mut slot: Slot<'_>, op: &Op, ctx: &Ctx<'_>) -> Result<(), QueryError> {
-    let field = slot.name();
     match &op.action {
         Action::Set(v) | Action::SetOnInsert(v) => slot.set(v.clone()),
         Action::Unset => slot.remove(),
-        Action::Inc(arg) | Action::Mul(arg) => {
-            let is_inc = matches!(op.action, Action::Inc(_));
-            let result = match slot.get() {
-                None => {
-                    if is_inc {
-                        arg.clone()
-                    } else {
-                        zero_like(arg)
-                    }
-                }
-                Some(cur) if is_number(cur) => arith(cur, arg, is_inc).ok_or_else(|| {
-                    bad(format!(
-                        "Failed to apply {} operations to current value ({cur}) for document {{_id: {}}}",
-                        op.action.name(),
-                        ctx.id
-                    ))
-                })?,
-                Some(cur) => {
-                    return Err(QueryError::type_mismatch(format!(
-                        "Cannot apply {} to a value of non-numeric type. {{_id: {}}} has the field '{field}' of non-numeric type {}",
-                        op.action.name(),
-                        ctx.id,
-                        type_name(cur)
-                    )));
-                }
-            };
-            slot.set(result);
-        }
-        Action::Min(arg) | Action::Max(arg) => {
-            let want = if matches!(op.action, Action::Min(_)) {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            };
-            let replace = match slot.get() {
-                None => true,
-                Some(cur) => cmp_bson(arg, cur) == want,
-            };
-            if replace {
-                slot.set(arg.clone());
-            }
-        }
-        Action::CurrentDate { timestamp } => {
-            let v = if *timestamp {
-                let millis = ctx.now.timestamp_millis();
-                Bson::Timestamp(Timestamp {
-                    time: u32::try_from(millis / 1000).unwrap_or(u32::MAX),
-                    increment: 1,
-                })
-            } else {
-                Bson::DateTime(ctx.now)
-            };
-            slot.set(v);
-        }
-        Action::Push(spec) => {
-            let mut arr = match slot.get() {
-                None => Vec::new(),
-                Some(Bson::Array(a)) => a.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "The field '{field}' must be an array but is of type {} in document {{_id: {}}}",
-                        type_name(other),
-                        ctx.id
-                    )));
-                }
-            };
-            push(&mut arr, spec);
-            slot.set(Bson::Array(arr));
-        }
-        Action::AddToSet(items) => {
-            let mut arr = match slot.get() {
-                None => Vec::new(),
-                Some(Bson::Array(a)) => a.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "Cannot apply $addToSet to non-array field. Field named '{field}' has non-array type {}",
-                        type_name(other)
-                    )));
-                }
-            };
-            let mut raws: Vec<RawBson> = arr.iter().map(to_raw).collect();
-            for item in items {
-                let raw = to_raw(item);
-                if !raws
-                    .iter()
-                    .any(|r| values_equal(r.as_raw_bson_ref(), raw.as_raw_bson_ref()))
-                {
-                    arr.push(item.clone());
-                    raws.push(raw);
-                }
-            }
-            slot.set(Bson::Array(arr));
-        }
-        Action::Pop { first } => match slot.get_mut() {
-            None => {}
-            Some(Bson::Array(a)) if *first => {
-                // An empty array has nothing to pop; drain keeps that a no-op.
-                a.drain(..a.len().min(1));
-            }
-            Some(Bson::Array(a)) => {
-                a.pop();
-            }
-            Some(other) => {
-                return Err(QueryError::type_mismatch(format!(
-                    "Path '{}' contains an element of non-array type '{}'",
-                    op.path,
-                    type_name(other)
-                )));
-            }
-        },
+        Action::Inc(arg) | Action::Mul(arg) => apply_inc_mul(&mut slot, op, arg, ctx)?,
+        Action::Min(arg) | Action::Max(arg) => apply_min_max(&mut slot, op, arg),
+        Action::CurrentDate { timestamp } => slot.set(current_date(*timestamp, ctx)),
+        Action::Push(spec) => apply_push(&mut slot, spec, ctx)?,
+        Action::AddToSet(items) => apply_add_to_set(&mut slot, items)?,
+        Action::Pop { first } => apply_pop(&mut slot, op, *first)?,
         Action::Pull(cond) => match slot.get_mut() {
             None => {}
             Some(Bson::Array(a)) => a.retain(|e| !pull_matches(cond, e)),
             Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
         },
-        Action::PullAll(items) => match slot.get_mut() {
-            None => {}
-            Some(Bson::Array(a)) => {
-                let raws: Vec<RawBson> = items.iter().map(to_raw).collect();
-                a.retain(|e| {
-                    let e = to_raw(e);
-                    !raws
-                        .iter()
-                        .any(|r| values_equal(r.as_raw_bson_ref(), e.as_raw_bson_ref()))
-                });
-            }
-            Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
-        },
-        Action::Bit(ops) => {
-            let mut cur = match slot.get() {
-                None => match ops.first() {
-                    Some((_, Bson::Int64(_))) => Bson::Int64(0),
-                    _ => Bson::Int32(0),
-                },
-                Some(v @ (Bson::Int32(_) | Bson::Int64(_))) => v.clone(),
-                Some(other) => {
-                    return Err(bad(format!(
-                        "Cannot apply $bit to a value of non-integral type.{{_id: {}}} has the field {field} of non-integer type {}",
-                        ctx.id,
-                        type_name(other)
-                    )));
-                }
-            };
-            for (bop, arg) in ops {
-                cur = bit(&cur, *bop, arg);
-            }
-            slot.set(cur);
-        }
+        Action::PullAll(items) => apply_pull_all(&mut slot, items)?,
+        Action::Bit(ops) => apply_bit(&mut slot, ops, ctx)?,
         Action::Rename { .. } => {}
     }
+    Ok(())
+}
+
+/// `$inc`/`$mul`: a missing field becomes the increment (or a zero of its type).
+fn apply_inc_mul(
+    slot: &mut Slot<'_>,
+    op: &Op,
+    arg: &Bson,
+    ctx: &Ctx<'_>,
+) -> Result<(), QueryError> {
+    let field = slot.name();
+    let is_inc = matches!(op.action, Action::Inc(_));
+    let result = match slot.get() {
+        None => {
+            if is_inc {
+                arg.clone()
+            } else {
+                zero_like(arg)
+            }
+        }
+        Some(cur) if is_number(cur) => arith(cur, arg, is_inc).ok_or_else(|| {
+            bad(format!(
+                "Failed to apply {} operations to current value ({cur}) for document {{_id: {}}}",
+                op.action.name(),
+                ctx.id
+            ))
+        })?,
+        Some(cur) => {
+            return Err(QueryError::type_mismatch(format!(
+                "Cannot apply {} to a value of non-numeric type. {{_id: {}}} has the field '{field}' of non-numeric type {}",
+                op.action.name(),
+                ctx.id,
+                type_name(cur)
+            )));
+        }
+    };
+    slot.set(result);
+    Ok(())
+}
+
+/// `$min`/`$max`: replaces the field when the argument is below (above) it, or it is missing.
+fn apply_min_max(slot: &mut Slot<'_>, op: &Op, arg: &Bson) {
+    let want = if matches!(op.action, Action::Min(_)) {
+        Ordering::Less
+    } else {
+        Ordering::Greater
+    };
+    let replace = match slot.get() {
+        None => true,
+        Some(cur) => cmp_bson(arg, cur) == want,
+    };
+    if replace {
+        slot.set(arg.clone());
+    }
+}
+
+/// `$currentDate`'s value: the update's one "now", as a date or a timestamp.
+fn current_date(timestamp: bool, ctx: &Ctx<'_>) -> Bson {
+    if timestamp {
+        let millis = ctx.now.timestamp_millis();
+        Bson::Timestamp(Timestamp {
+            time: u32::try_from(millis / 1000).unwrap_or(u32::MAX),
+            increment: 1,
+        })
+    } else {
+        Bson::DateTime(ctx.now)
+    }
+}
+
+fn apply_push(slot: &mut Slot<'_>, spec: &PushSpec, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut arr = match slot.get() {
+        None => Vec::new(),
+        Some(Bson::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "The field '{field}' must be an array but is of type {} in document {{_id: {}}}",
+                type_name(other),
+                ctx.id
+            )));
+        }
+    };
+    push(&mut arr, spec);
+    slot.set(Bson::Array(arr));
+    Ok(())
+}
+
+/// `$addToSet`: appends the items not already present (by BSON equality).
+fn apply_add_to_set(slot: &mut Slot<'_>, items: &[Bson]) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut arr = match slot.get() {
+        None => Vec::new(),
+        Some(Bson::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "Cannot apply $addToSet to non-array field. Field named '{field}' has non-array type {}",
+                type_name(other)
+            )));
+        }
+    };
+    let mut raws: Vec<RawBson> = arr.iter().map(to_raw).collect();
+    for item in items {
+        let raw = to_raw(item);
+        if !raws
+            .iter()
+            .any(|r| values_equal(r.as_raw_bson_ref(), raw.as_raw_bson_ref()))
+        {
+            arr.push(item.clone());
+            raws.push(raw);
+        }
+    }
+    slot.set(Bson::Array(arr));
+    Ok(())
+}
+
+fn apply_pop(slot: &mut Slot<'_>, op: &Op, first: bool) -> Result<(), QueryError> {
+    match slot.get_mut() {
+        None => {}
+        Some(Bson::Array(a)) if first => {
+            // An empty array has nothing to pop; drain keeps that a no-op.
+            a.drain(..a.len().min(1));
+        }
+        Some(Bson::Array(a)) => {
+            a.pop();
+        }
+        Some(other) => {
+            return Err(QueryError::type_mismatch(format!(
+                "Path '{}' contains an element of non-array type '{}'",
+                op.path,
+                type_name(other)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn apply_pull_all(slot: &mut Slot<'_>, items: &[Bson]) -> Result<(), QueryError> {
+    match slot.get_mut() {
+        None => {}
+        Some(Bson::Array(a)) => {
+            let raws: Vec<RawBson> = items.iter().map(to_raw).collect();
+            a.retain(|e| {
+                let e = to_raw(e);
+                !raws
+                    .iter()
+                    .any(|r| values_equal(r.as_raw_bson_ref(), e.as_raw_bson_ref()))
+            });
+        }
+        Some(_) => return Err(bad("Cannot apply $pull to a non-array value")),
+    }
+    Ok(())
+}
+
+/// `$bit`: and/or/xor in order, on an int or long (a missing field starts at 0).
+fn apply_bit(slot: &mut Slot<'_>, ops: &[(BitOp, Bson)], ctx: &Ctx<'_>) -> Result<(), QueryError> {
+    let field = slot.name();
+    let mut cur = match slot.get() {
+        None => match ops.first() {
+            Some((_, Bson::Int64(_))) => Bson::Int64(0),
+            _ => Bson::Int32(0),
+        },
+        Some(v @ (Bson::Int32(_) | Bson::Int64(_))) => v.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "Cannot apply $bit to a value of non-integral type.{{_id: {}}} has the field {field} of non-integer type {}",
+                ctx.id,
+                type_name(other)
+            )));
+        }
+    };
+    for (bop, arg) in ops {
+        cur = bit(&cur, *bop, arg);
+    }
+    slot.set(cur);
     Ok(())
 }
 

@@ -9,7 +9,9 @@
 
 use bson::{Bson, Document, RawDocument};
 
-use super::{Expr, Val, apply, display, exact_int, loc, nullish, tname, with_vars};
+use super::arith::exact_int;
+use super::ops::Op;
+use super::{Expr, Val, apply, display, loc, nullish, tname, with_vars};
 use crate::error::QueryError;
 use crate::memory::Held;
 
@@ -39,19 +41,15 @@ pub(super) fn array(items: &[Expr], doc: &RawDocument) -> Result<Val, QueryError
 }
 
 /// An operator over its evaluated operands (missing ones stay `None`).
-pub(super) fn operator(
-    name: &'static str,
-    args: &[Expr],
-    doc: &RawDocument,
-) -> Result<Val, QueryError> {
-    let mut held = Held::new(name);
+pub(super) fn operator(op: Op, args: &[Expr], doc: &RawDocument) -> Result<Val, QueryError> {
+    let mut held = Held::new(op.name());
     let mut vals = Vec::with_capacity(args.len());
     for a in args {
         let v = a.eval(doc)?;
         held.keep_opt(&v)?;
         vals.push(v);
     }
-    apply(name, vals)
+    apply(op, vals)
 }
 
 pub(super) fn map(
