@@ -414,6 +414,33 @@ pub fn throughput_svg(path: &Path, info: &RunInfo, cells: &[Cell]) -> Result<(),
     root.present().map_err(draw_err)
 }
 
+/// The x range (ms) that holds every series' fastest and slowest operation.
+fn latency_range(series: &[(System, &CellStats)]) -> (f64, f64) {
+    let lo = series
+        .iter()
+        .map(|(_, st)| st.latencies_us[0] as f64 / 1000.0)
+        .fold(f64::MAX, f64::min)
+        .max(0.01);
+    let hi = series
+        .iter()
+        .map(|(_, st)| *st.latencies_us.last().unwrap_or(&0) as f64 / 1000.0)
+        .fold(lo * 10.0, f64::max);
+    (lo, hi)
+}
+
+/// (latency ms, fraction faster) along sorted, non-empty `latencies_us`.
+fn cdf_points(latencies_us: &[u32]) -> Vec<(f64, f64)> {
+    let n = latencies_us.len();
+    // ~400 points are enough for a smooth curve; keep the tail's last point exact.
+    let step = (n / 400).max(1);
+    let mut points: Vec<(f64, f64)> = (0..n)
+        .step_by(step)
+        .map(|i| (latencies_us[i] as f64 / 1000.0, (i + 1) as f64 / n as f64))
+        .collect();
+    points.push((latencies_us[n - 1] as f64 / 1000.0, 1.0));
+    points
+}
+
 /// Latency CDFs at `clients`, one panel per workload.
 pub fn latency_svg(
     path: &Path,
@@ -436,15 +463,7 @@ pub fn latency_svg(
             .filter_map(|s| find(cells, s, w, clients).map(|c| (s, &c.stats)))
             .filter(|(_, st)| !st.latencies_us.is_empty())
             .collect();
-        let lo = series
-            .iter()
-            .map(|(_, st)| st.latencies_us[0] as f64 / 1000.0)
-            .fold(f64::MAX, f64::min)
-            .max(0.01);
-        let hi = series
-            .iter()
-            .map(|(_, st)| *st.latencies_us.last().unwrap_or(&0) as f64 / 1000.0)
-            .fold(lo * 10.0, f64::max);
+        let (lo, hi) = latency_range(&series);
         let mut chart = ChartBuilder::on(panel)
             .caption(w.name(), ("sans-serif", 16))
             .margin(12)
@@ -466,19 +485,7 @@ pub fn latency_svg(
             .draw()
             .map_err(draw_err)?;
         for (s, st) in series {
-            let n = st.latencies_us.len();
-            // ~400 points are enough for a smooth curve; keep the tail's last point exact.
-            let step = (n / 400).max(1);
-            let mut points: Vec<(f64, f64)> = (0..n)
-                .step_by(step)
-                .map(|i| {
-                    (
-                        st.latencies_us[i] as f64 / 1000.0,
-                        (i + 1) as f64 / n as f64,
-                    )
-                })
-                .collect();
-            points.push((st.latencies_us[n - 1] as f64 / 1000.0, 1.0));
+            let points = cdf_points(&st.latencies_us);
             let col = color(s);
             chart
                 .draw_series(LineSeries::new(points, col.stroke_width(2)))

@@ -227,65 +227,18 @@ impl CellStats {
 
 /// Runs every worker for warm-up plus duration and merges what they measured.
 pub async fn run_cell<W: Worker>(workers: Vec<W>, workload: Workload, timing: Timing) -> CellStats {
-    let start = Instant::now();
-    let measure_from = start + timing.warmup;
+    let measure_from = Instant::now() + timing.warmup;
     let end = measure_from + timing.duration;
     let tasks: Vec<_> = workers
         .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                let mut s = CellStats::default();
-                let mut last = measure_from;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    let result = w.op(workload).await;
-                    let t1 = Instant::now();
-                    let measured = t0 >= measure_from;
-                    match result {
-                        Ok(outcome) => {
-                            s.commits_total += outcome.committed as u64;
-                            s.ops_total += 1;
-                            if measured {
-                                s.ops += 1;
-                                s.aborts += outcome.aborts;
-                                let us = (t1 - t0).as_micros().min(u32::MAX as u128) as u32;
-                                s.latencies_us.push(us);
-                            }
-                        }
-                        Err(e) => {
-                            s.errors += 1;
-                            s.first_error.get_or_insert(e);
-                            // A broken connection fails at once: do not spin on it.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                    if measured {
-                        last = t1;
-                    }
-                }
-                s.elapsed = last - measure_from;
-                (s, w)
-            })
-        })
+        .map(|w| tokio::spawn(client_loop(w, workload, measure_from, end)))
         .collect();
     let mut total = CellStats::default();
     let mut finished = Vec::new();
     for t in tasks {
         match t.await {
             Ok((s, w)) => {
-                total.latencies_us.extend_from_slice(&s.latencies_us);
-                total.ops += s.ops;
-                total.aborts += s.aborts;
-                total.errors += s.errors;
-                total.commits_total += s.commits_total;
-                total.ops_total += s.ops_total;
-                total.elapsed = total.elapsed.max(s.elapsed);
-                if total.first_error.is_none() {
-                    total.first_error = s.first_error;
-                }
+                total.absorb(s);
                 finished.push(w);
             }
             Err(e) => {
@@ -301,4 +254,63 @@ pub async fn run_cell<W: Worker>(workers: Vec<W>, workload: Workload, timing: Ti
     drop(finished);
     total.latencies_us.sort_unstable();
     total
+}
+
+/// One client: operations back to back until `end`, measured from `measure_from`.
+async fn client_loop<W: Worker>(
+    mut w: W,
+    workload: Workload,
+    measure_from: Instant,
+    end: Instant,
+) -> (CellStats, W) {
+    let mut s = CellStats::default();
+    let mut last = measure_from;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let result = w.op(workload).await;
+        let t1 = Instant::now();
+        let measured = t0 >= measure_from;
+        match result {
+            Ok(outcome) => {
+                s.commits_total += outcome.committed as u64;
+                s.ops_total += 1;
+                if measured {
+                    s.ops += 1;
+                    s.aborts += outcome.aborts;
+                    let us = (t1 - t0).as_micros().min(u32::MAX as u128) as u32;
+                    s.latencies_us.push(us);
+                }
+            }
+            Err(e) => {
+                s.errors += 1;
+                s.first_error.get_or_insert(e);
+                // A broken connection fails at once: do not spin on it.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if measured {
+            last = t1;
+        }
+    }
+    s.elapsed = last - measure_from;
+    (s, w)
+}
+
+impl CellStats {
+    /// Adds one client's numbers to the cell's.
+    fn absorb(&mut self, s: CellStats) {
+        self.latencies_us.extend_from_slice(&s.latencies_us);
+        self.ops += s.ops;
+        self.aborts += s.aborts;
+        self.errors += s.errors;
+        self.commits_total += s.commits_total;
+        self.ops_total += s.ops_total;
+        self.elapsed = self.elapsed.max(s.elapsed);
+        if self.first_error.is_none() {
+            self.first_error = s.first_error;
+        }
+    }
 }
