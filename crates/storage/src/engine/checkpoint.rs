@@ -9,6 +9,10 @@
 //! that exists or can exist. Then log segments wholly at or before C are removed. A crash at
 //! any point leaves either the old checkpoint plus the whole log, or the new one plus a log
 //! that may still hold records it covers (skipped on replay).
+//!
+//! Lock order: `checkpointing` (one checkpoint at a time), then `state` (read, to collect;
+//! write, to evict) with `readers` under it; the base store's write and the control file's
+//! update happen with no engine lock held. See the engine's lock order (`engine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

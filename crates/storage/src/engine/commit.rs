@@ -16,7 +16,14 @@
 //!   failed fdatasync is sticky (*failed*): the batch is already visible and the page cache
 //!   can no longer be trusted, so only a restart (which replays what is really on disk) is safe.
 //!
-//! Lock order: `queue` before `state`; never hold `queue` across file I/O.
+//! - Within a batch, timestamps strictly increase (asserted by the writer before it writes).
+//!
+//! Install (making a written batch visible, pruning what it made unreachable) lives here too:
+//! it is the writer's step between the write and the fdatasync.
+//!
+//! Lock order: `queue` and `state` are never held together; `queue` is never held across file
+//! I/O; the `progress` channel is updated with neither held. See the engine's lock order
+//! (`engine.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +32,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    CollId, CollectionInfo, DocKey, DocWrite, Engine, INDEX_ENTRY_OVERHEAD, State, StoredDoc,
-    TxnId, install_shared_create, lock_mutex, release_intents, wall_clock_ms,
-};
+use super::catalog::{CollectionInfo, INDEX_ENTRY_OVERHEAD};
+use super::versions::{DocWrite, State, VersionChain, release_intents};
+use super::{CollId, DocKey, Engine, StoredDoc, TxnId, lock_mutex, wall_clock_ms};
 use crate::txlog::{self, LogWriter};
 use crate::{StorageError, Timestamp};
 
@@ -517,5 +523,52 @@ impl CommitTicket {
     pub async fn durable(&mut self) -> Result<Timestamp, StorageError> {
         let ts = self.ts;
         self.wait_for(|p| p.durable >= ts && p.visible >= ts).await
+    }
+}
+impl Engine {
+    /// A ticket that resolves once everything committed up to `ts` is visible or durable: for
+    /// reads that must wait for a cluster time (`afterClusterTime`, `majority`).
+    pub fn ticket_for(&self, ts: Timestamp) -> CommitTicket {
+        CommitTicket {
+            ts,
+            progress: Some(self.inner.progress.subscribe()),
+            rejected: None,
+        }
+    }
+}
+
+/// Makes a shared ("if absent") creation visible, unless another holder's commit already did.
+fn install_shared_create(
+    state: &mut State,
+    txn: TxnId,
+    ts: Timestamp,
+    ns: &str,
+    info: Option<Arc<CollectionInfo>>,
+) {
+    let info = info.expect("a shared create is a creation");
+    let shared = state
+        .shared_creates
+        .get_mut(ns)
+        .expect("a shared creation is registered until its holders finish");
+    assert!(
+        shared.holders.remove(&txn),
+        "commit of a shared create it does not hold"
+    );
+    assert_eq!(shared.info.id, info.id);
+    if shared.holders.is_empty() {
+        state.shared_creates.remove(ns);
+    }
+    let chain = state
+        .catalog
+        .entry(ns.to_string())
+        .or_insert_with(VersionChain::new);
+    match chain.versions.last() {
+        Some((_, Some(existing))) => {
+            assert_eq!(
+                existing.id, info.id,
+                "explicit creates conflict with shared ones"
+            );
+        }
+        _ => chain.install_recovered(ts, Some(info)),
     }
 }

@@ -1,0 +1,273 @@
+//! The catalog: collections and their secondary indexes as one version of the catalog records
+//! them ([`CollectionInfo`], [`IndexInfo`]), the layout of index entries in their keyspaces,
+//! and a transaction's collection DDL (create, create "if absent", drop).
+//!
+//! Invariants:
+//! - a catalog entry is versioned like a document (its chain lives in `State::catalog`), so a
+//!   snapshot sees the collections and indexes that agree with its documents;
+//! - one catalog write per namespace per transaction: a drop and a re-create in one record would
+//!   replay as a create of an existing collection;
+//! - keyspace ids (collections and indexes) are never reused.
+//!
+//! Lock order: DDL takes `Inner::state` (write) alone; see the engine's lock order
+//! (`engine.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bson::raw::{RawBinaryRef, cstr};
+use bson::{RawDocument, RawDocumentBuf};
+use mangrove_query::IndexSpec;
+
+use super::split_ns;
+use super::txn::Txn;
+use super::versions::{SharedCreate, VersionChain};
+use super::{CollId, DocKey, StoredDoc};
+use crate::StorageError;
+
+/// One collection as the catalog records it at some timestamp.
+#[derive(Clone, Debug)]
+pub struct CollectionInfo {
+    pub db: String,
+    pub name: String,
+    pub options: bson::Document,
+    /// Secondary indexes (the `_id` index is the collection's own key order).
+    pub indexes: Vec<Arc<IndexInfo>>,
+    pub(super) id: CollId,
+}
+
+impl CollectionInfo {
+    pub fn ns(&self) -> String {
+        format!("{}.{}", self.db, self.name)
+    }
+
+    /// The keyspaces this collection owns: its documents and each index's entries.
+    pub(super) fn keyspaces(&self) -> impl Iterator<Item = CollId> + '_ {
+        std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
+    }
+
+    pub(super) fn same_indexes(&self, other: &CollectionInfo) -> bool {
+        self.indexes.len() == other.indexes.len()
+            && self
+                .indexes
+                .iter()
+                .zip(&other.indexes)
+                .all(|(a, b)| a.id == b.id)
+    }
+
+    pub fn index(&self, name: &str) -> Option<&Arc<IndexInfo>> {
+        self.indexes.iter().find(|i| i.key.name == name)
+    }
+}
+
+/// A secondary index. Its entries live in their own keyspace, versioned like documents and
+/// written in the same commit as the documents they index, so every snapshot sees indexes that
+/// agree with its documents.
+///
+/// An entry's key is the index key (see [`IndexSpec::keys`]), followed by the document's key
+/// unless the index is unique (then the key alone is the entry, so two documents with one key
+/// contend for one entry: DuplicateKey, or WriteConflict while both are uncommitted). Its value
+/// is `{r: <document key>}`.
+#[derive(Clone, Debug)]
+pub struct IndexInfo {
+    /// The normalized specification, as `listIndexes` reports it.
+    pub spec: bson::Document,
+    pub key: Arc<IndexSpec>,
+    pub(super) id: CollId,
+}
+
+impl IndexInfo {
+    pub(super) fn entry_key(&self, index_key: &[u8], doc: &DocKey) -> DocKey {
+        let mut k = Vec::with_capacity(index_key.len() + doc.0.len());
+        k.extend_from_slice(index_key);
+        if !self.key.unique {
+            k.extend_from_slice(&doc.0);
+        }
+        DocKey(k)
+    }
+}
+
+/// What an index entry costs in memory beyond its key: chain, value document, map node.
+pub(super) const INDEX_ENTRY_OVERHEAD: u64 = 128;
+
+/// The key, in an index's keyspace, of the marker saying some document made the index multikey.
+/// Entry keys start with a type tag (at most 0xEF, inverted or not), so it sorts after every
+/// entry, and its value has no `r`, so scans skip it. Versioned like entries and never removed
+/// (as MongoDB's multikey flag), so a snapshot knows whether its view of the index is multikey.
+pub(super) const MULTIKEY_MARKER: &[u8] = &[0xFF];
+
+pub(super) fn multikey_marker() -> DocKey {
+    DocKey(MULTIKEY_MARKER.to_vec())
+}
+
+pub(super) fn multikey_value() -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(cstr!("multikey"), true);
+    Arc::new(d)
+}
+
+pub(super) fn entry_value(doc: &DocKey) -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(
+        cstr!("r"),
+        RawBinaryRef {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: &doc.0,
+        },
+    );
+    Arc::new(d)
+}
+
+/// The document an index entry points at.
+pub(super) fn entry_target(value: &RawDocument) -> Option<DocKey> {
+    value.get_binary("r").ok().map(|b| DocKey(b.bytes.to_vec()))
+}
+
+pub(super) fn compile_index(
+    spec: bson::Document,
+    id: CollId,
+) -> Result<Arc<IndexInfo>, StorageError> {
+    let key = IndexSpec::compile(&spec).map_err(StorageError::Index)?;
+    Ok(Arc::new(IndexInfo {
+        spec,
+        key: Arc::new(key),
+        id,
+    }))
+}
+
+impl Txn {
+    /// Creates the collection unless it exists; returns whether it did create it.
+    pub fn ensure_collection(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<(CollectionInfo, bool), StorageError> {
+        if let Some(info) = self.collection(ns) {
+            return Ok((info, false));
+        }
+        let info = self.create_collection(ns, options)?;
+        Ok((info, true))
+    }
+
+    pub fn create_collection(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        if self.collection(ns).is_some() {
+            return Err(StorageError::NamespaceExists(ns.to_string()));
+        }
+        // One catalog write per namespace per transaction: a drop and a re-create in one record
+        // would replay as a create of an existing collection.
+        if matches!(self.catalog.get(ns), Some(None)) {
+            return Err(StorageError::Encoding(format!(
+                "{ns} was dropped in this transaction; create it again in a later one"
+            )));
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
+        let chain = state
+            .catalog
+            .entry(ns.to_string())
+            .or_insert_with(VersionChain::new);
+        chain.claim(self.id, read_ts)?;
+        let id = state.next_coll_id;
+        state.next_coll_id += 1;
+        let (db, name) = split_ns(ns);
+        let info = Arc::new(CollectionInfo {
+            db: db.to_string(),
+            name: name.to_string(),
+            options,
+            indexes: Vec::new(),
+            id,
+        });
+        state.collections.insert(id, BTreeMap::new());
+        self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.created.insert(ns.to_string());
+        Ok((*info).clone())
+    }
+
+    pub fn drop_collection(&mut self, ns: &str) -> Result<(), StorageError> {
+        self.check_open()?;
+        if self.collection(ns).is_none() {
+            return Err(StorageError::NamespaceNotFound(ns.to_string()));
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
+        state
+            .catalog
+            .entry(ns.to_string())
+            .or_insert_with(VersionChain::new)
+            .claim(self.id, read_ts)?;
+        self.catalog.insert(ns.to_string(), None);
+        self.created.remove(ns);
+        Ok(())
+    }
+
+    /// The collection `ns`, created "if absent" when nobody has it: MongoDB's implicit creation
+    /// by a write, without its lock-timeout failures. Any number of open transactions may do
+    /// this for one namespace at once; they share one collection id, the creation stays
+    /// invisible to others until one of them commits, and none conflicts with another over it.
+    /// A collection committed after this transaction's snapshot is returned as it is, so
+    /// writes go into it. Only an explicit create or drop in progress is a conflict.
+    pub fn create_collection_shared(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        if let Some(info) = self.collection(ns) {
+            return Ok(info);
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let state = &mut *state;
+        if let Some(chain) = state.catalog.get(ns) {
+            if chain.intent.is_some() {
+                return Err(StorageError::WriteConflict);
+            }
+            match chain.versions.last() {
+                Some((_, Some(info))) => return Ok((**info).clone()),
+                // Dropped after our snapshot: a real race with DDL.
+                Some((ts, None)) if *ts > self.read_ts() => {
+                    return Err(StorageError::WriteConflict);
+                }
+                _ => {}
+            }
+        }
+        let shared = match state.shared_creates.entry(ns.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let id = state.next_coll_id;
+                state.next_coll_id += 1;
+                let (db, name) = split_ns(ns);
+                state.collections.insert(id, BTreeMap::new());
+                e.insert(SharedCreate {
+                    info: Arc::new(CollectionInfo {
+                        db: db.to_string(),
+                        name: name.to_string(),
+                        options,
+                        indexes: Vec::new(),
+                        id,
+                    }),
+                    holders: BTreeSet::new(),
+                })
+            }
+        };
+        shared.holders.insert(self.id);
+        let info = shared.info.clone();
+        self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.shared_creates.insert(ns.to_string());
+        self.created.insert(ns.to_string());
+        Ok((*info).clone())
+    }
+}
