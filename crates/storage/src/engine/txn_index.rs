@@ -31,6 +31,10 @@ use super::{CollId, DocKey, StoredDoc};
 use crate::StorageError;
 use crate::txlog::LogOp;
 
+/// One entry a write plans: (position of its index in the collection's indexes, entry key,
+/// value or `None` to remove it, the index key it encodes).
+type PlannedEntry = (usize, DocKey, Option<StoredDoc>, Vec<u8>);
+
 impl Txn {
     /// Updates every index of `coll` for the document under `key` going from `old` to `new`:
     /// all entries are claimed and unique keys checked before any is recorded, so a refused
@@ -45,7 +49,22 @@ impl Txn {
         if coll.indexes.is_empty() {
             return Ok(());
         }
-        let mut planned: Vec<(usize, DocKey, Option<StoredDoc>, Vec<u8>)> = Vec::new();
+        let planned = self.plan_index_entries(coll, key, old, new)?;
+        self.claim_planned(coll, key, new, &planned)?;
+        self.record_planned(coll, planned);
+        Ok(())
+    }
+
+    /// The entries every index of `coll` gains and loses when the document under `key` goes
+    /// from `old` to `new`.
+    fn plan_index_entries(
+        &self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+        old: Option<&StoredDoc>,
+        new: Option<&StoredDoc>,
+    ) -> Result<Vec<PlannedEntry>, StorageError> {
+        let mut planned: Vec<PlannedEntry> = Vec::new();
         for (pos, index) in coll.indexes.iter().enumerate() {
             let keys_of = |d: Option<&StoredDoc>| match d {
                 Some(d) => index.key.keys(d).map_err(StorageError::Index),
@@ -81,9 +100,21 @@ impl Txn {
                 ));
             }
         }
+        Ok(planned)
+    }
+
+    /// Claims every planned entry and checks unique keys; on refusal gives back what it
+    /// claimed, so nothing is left behind.
+    fn claim_planned(
+        &mut self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+        new: Option<&StoredDoc>,
+        planned: &[PlannedEntry],
+    ) -> Result<(), StorageError> {
         let mut claimed: Vec<(CollId, DocKey)> = Vec::new();
         let mut outcome = Ok(());
-        for (pos, entry, value, index_key) in &planned {
+        for (pos, entry, value, index_key) in planned {
             let index = &coll.indexes[*pos];
             if !self.index_writes.contains_key(&(index.id, entry.clone())) {
                 if let Err(e) = self.claim_key(index.id, entry) {
@@ -95,26 +126,9 @@ impl Txn {
             if value.is_none() || !index.key.unique || entry.0 == MULTIKEY_MARKER {
                 continue;
             }
-            let current = match self.index_writes.get(&(index.id, entry.clone())) {
-                Some(own) => Ok(own.clone()),
-                None => self.snapshot.get_in(index.id, entry),
-            };
-            match current {
-                Ok(Some(existing)) if entry_target(&existing).as_ref() != Some(key) => {
-                    let doc = new.expect("an added entry comes from the new document");
-                    outcome = Err(StorageError::DuplicateKey {
-                        ns: coll.ns(),
-                        index: index.key.name.clone(),
-                        key_pattern: Box::new(index.key.key_pattern.clone()),
-                        key_value: Box::new(index.key.key_value(doc, index_key)),
-                    });
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
+            if let Err(e) = self.check_unique(coll, index, key, entry, new, index_key) {
+                outcome = Err(e);
+                break;
             }
         }
         if let Err(e) = outcome {
@@ -123,6 +137,40 @@ impl Txn {
             }
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// DuplicateKey if the unique `entry` this write adds already points at another document.
+    fn check_unique(
+        &self,
+        coll: &CollectionInfo,
+        index: &IndexInfo,
+        key: &DocKey,
+        entry: &DocKey,
+        new: Option<&StoredDoc>,
+        index_key: &[u8],
+    ) -> Result<(), StorageError> {
+        let current = match self.index_writes.get(&(index.id, entry.clone())) {
+            Some(own) => Ok(own.clone()),
+            None => self.snapshot.get_in(index.id, entry),
+        };
+        match current {
+            Ok(Some(existing)) if entry_target(&existing).as_ref() != Some(key) => {
+                let doc = new.expect("an added entry comes from the new document");
+                Err(StorageError::DuplicateKey {
+                    ns: coll.ns(),
+                    index: index.key.name.clone(),
+                    key_pattern: Box::new(index.key.key_pattern.clone()),
+                    key_value: Box::new(index.key.key_value(doc, index_key)),
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records claimed entries and counts the memory they hold.
+    fn record_planned(&mut self, coll: &CollectionInfo, planned: Vec<PlannedEntry>) {
         let mut added = 0;
         for (pos, entry, value, _) in planned {
             let cost = entry.0.len() as u64 + INDEX_ENTRY_OVERHEAD;
@@ -140,7 +188,6 @@ impl Txn {
             .inner
             .open_txn_bytes
             .fetch_add(added, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Adds a secondary index to `ns` (a normalized specification, see
@@ -162,23 +209,73 @@ impl Txn {
             )));
         }
         let engine = self.snapshot.engine.clone();
-        let id = {
-            let mut state = engine.write_state();
-            self.claim_catalog_for_indexes(&mut state, &coll)?;
-            // Recorded at once, so that the intent is released with the transaction even if
-            // the build fails.
-            self.catalog
-                .entry(ns.to_string())
-                .or_insert_with(|| Some(Arc::new(coll.clone())));
-            let id = state.next_coll_id;
-            state.next_coll_id += 1;
-            state.collections.insert(id, BTreeMap::new());
-            id
-        };
+        let id = self.reserve_index_keyspace(ns, &coll)?;
         let index = compile_index(spec.clone(), id)?;
+        let entries = match self.index_build_entries(&coll, &index)? {
+            Ok(entries) => entries,
+            Err(e) => {
+                // The catalog intent stays until the transaction ends.
+                engine.write_state().collections.remove(&id);
+                return Err(e);
+            }
+        };
+        {
+            // A new keyspace: nobody else can hold these keys, so claim them wholesale.
+            let mut state = engine.write_state();
+            let keyspace = state.collections.get_mut(&id).expect("created above");
+            for entry in entries.keys() {
+                let mut chain = VersionChain::new();
+                chain.intent = Some(self.id);
+                keyspace.insert(entry.clone(), chain);
+            }
+        }
+        for (entry, value) in entries {
+            self.index_writes.insert((id, entry), Some(value));
+        }
+        let mut info = coll.clone();
+        info.indexes.push(index);
+        self.catalog
+            .insert(ns.to_string(), Some(Arc::new(info.clone())));
+        self.index_ops.push(LogOp::CreateIndex {
+            ns: ns.to_string(),
+            spec,
+        });
+        Ok(info)
+    }
+
+    /// Takes the catalog intent for an index build of `coll` and a new keyspace for its
+    /// entries.
+    fn reserve_index_keyspace(
+        &mut self,
+        ns: &str,
+        coll: &CollectionInfo,
+    ) -> Result<CollId, StorageError> {
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        self.claim_catalog_for_indexes(&mut state, coll)?;
+        // Recorded at once, so that the intent is released with the transaction even if
+        // the build fails.
+        self.catalog
+            .entry(ns.to_string())
+            .or_insert_with(|| Some(Arc::new(coll.clone())));
+        let id = state.next_coll_id;
+        state.next_coll_id += 1;
+        state.collections.insert(id, BTreeMap::new());
+        Ok(id)
+    }
+
+    /// The entries of a new index over the documents this transaction sees. The outer error is
+    /// a failed read; the inner one a refused build (a document that cannot be indexed, or a
+    /// duplicate key of a unique index).
+    #[allow(clippy::type_complexity)]
+    fn index_build_entries(
+        &self,
+        coll: &CollectionInfo,
+        index: &IndexInfo,
+    ) -> Result<Result<BTreeMap<DocKey, StoredDoc>, StorageError>, StorageError> {
         let mut entries: BTreeMap<DocKey, StoredDoc> = BTreeMap::new();
         let mut failed = None;
-        self.scan(&coll, None, |key, doc| {
+        self.scan(coll, None, |key, doc| {
             let keys = match index.key.keys_and_multikey(doc) {
                 Ok((keys, multikey)) => {
                     if multikey {
@@ -208,33 +305,10 @@ impl Txn {
             }
             ControlFlow::Continue(())
         })?;
-        if let Some(e) = failed {
-            // The catalog intent stays until the transaction ends.
-            engine.write_state().collections.remove(&id);
-            return Err(e);
-        }
-        {
-            // A new keyspace: nobody else can hold these keys, so claim them wholesale.
-            let mut state = engine.write_state();
-            let keyspace = state.collections.get_mut(&id).expect("created above");
-            for entry in entries.keys() {
-                let mut chain = VersionChain::new();
-                chain.intent = Some(self.id);
-                keyspace.insert(entry.clone(), chain);
-            }
-        }
-        for (entry, value) in entries {
-            self.index_writes.insert((id, entry), Some(value));
-        }
-        let mut info = coll.clone();
-        info.indexes.push(index);
-        self.catalog
-            .insert(ns.to_string(), Some(Arc::new(info.clone())));
-        self.index_ops.push(LogOp::CreateIndex {
-            ns: ns.to_string(),
-            spec,
-        });
-        Ok(info)
+        Ok(match failed {
+            Some(e) => Err(e),
+            None => Ok(entries),
+        })
     }
 
     /// Removes the secondary index `name` of `ns`; its entries go once no snapshot needs them.
