@@ -250,14 +250,21 @@ impl Engine {
         let for_writer = engine.clone();
         let handle = std::thread::Builder::new()
             .name("mangrove-log-writer".into())
-            .spawn(move || for_writer.write_log(log))
+            .spawn(move || {
+                let engine = for_writer.clone();
+                engine.fail_on_panic("log writer", move || for_writer.write_log(log))
+            })
             .expect("cannot spawn the log writer thread");
         *lock_mutex(&engine.inner.writer) = Some(handle);
         if engine.read_state().base.is_some() && !engine.inner.options.read_only {
             let for_checkpointer = engine.clone();
             let handle = std::thread::Builder::new()
                 .name("mangrove-checkpointer".into())
-                .spawn(move || for_checkpointer.run_checkpointer())
+                .spawn(move || {
+                    let engine = for_checkpointer.clone();
+                    engine
+                        .fail_on_panic("checkpointer", move || for_checkpointer.run_checkpointer())
+                })
                 .expect("cannot spawn the checkpointer thread");
             *lock_mutex(&engine.inner.checkpointer) = Some(handle);
         }
@@ -338,9 +345,25 @@ impl Engine {
         base.map(|b| b.verify()).transpose()
     }
 
+    /// Runs a background thread's body. If it panics, the log fails first (as after a failed
+    /// fdatasync), so that no committer waits for a thread that is gone, and then the panic
+    /// goes on (see [`crate::panic_policy`]; the server's hook has already stopped the process
+    /// by then). Plain `catch_unwind`: the hook must see this panic as uncaught.
+    fn fail_on_panic<T>(&self, thread: &str, body: impl FnOnce() -> T) -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(value) => value,
+            Err(panic) => {
+                let message = crate::panic_policy::panic_message(&*panic);
+                self.fail_log(&format!("the {thread} thread panicked: {message}"));
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        // A panic while holding the lock would already have aborted the process's invariants;
-        // the data itself is only changed by the log writer, which does not panic between steps.
+        // A lock poisoned by a panic is recovered: the server has stopped by then (see
+        // `panic_policy`), and an embedded engine has failed its log, so this only lets the
+        // remaining readers finish instead of panicking again.
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 

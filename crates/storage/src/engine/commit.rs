@@ -15,6 +15,8 @@
 //!   writer probes the log every [`LOG_RETRY_INTERVAL`], and resume when a probe succeeds. A
 //!   failed fdatasync is sticky (*failed*): the batch is already visible and the page cache
 //!   can no longer be trusted, so only a restart (which replays what is really on disk) is safe.
+//!   A storage thread that panicked fails the log the same way (see `panic_policy.rs`), so no
+//!   committer waits for a writer that is gone.
 //!
 //! - Within a batch, timestamps strictly increase (asserted by the writer before it writes).
 //!
@@ -161,6 +163,7 @@ impl Engine {
             return Err(Box::new((error, pending)));
         }
         let ts = queue.last_ts.next_after();
+        debug_assert!(ts > queue.last_ts, "commit timestamps strictly increase");
         txlog::seal_record(&mut record, ts, wall_clock_ms());
         queue.last_ts = ts;
         queue.bytes.extend_from_slice(&record);
@@ -178,6 +181,11 @@ impl Engine {
     /// with one write, installs them (now visible), then makes them durable with one fdatasync.
     pub(super) fn write_log(self, mut log: Option<LogWriter>) -> Option<LogWriter> {
         while let Some((bytes, commits)) = self.next_batch(&mut log) {
+            // Queue order is timestamp order is log order (see the module comment).
+            assert!(
+                commits.windows(2).all(|w| w[0].ts < w[1].ts),
+                "a batch's commit timestamps strictly increase"
+            );
             let first_ts = commits[0].ts;
             let last_ts = commits[commits.len() - 1].ts;
             if let Some(log) = &mut log
@@ -303,8 +311,9 @@ impl Engine {
         self.reject(rejected, &error);
     }
 
-    /// An fdatasync failed: from now on no commit succeeds (see the module comment).
-    fn fail_log(&self, reason: &str) {
+    /// An fdatasync failed, or a storage thread panicked: from now on no commit succeeds (see
+    /// the module comment).
+    pub(super) fn fail_log(&self, reason: &str) {
         tracing::error!(
             error = reason,
             "the transaction log failed; the server must be restarted to accept writes"
@@ -353,6 +362,10 @@ impl Engine {
     /// unreachable.
     pub(super) fn install(&self, commits: Vec<PendingCommit>) {
         let mut state = self.write_state();
+        if crate::panic_policy::log_writer_panic_armed() {
+            // The test hook of the panic policy: an assertion firing mid-install.
+            panic!("fail point logWriterPanic: the log writer panics while installing a batch");
+        }
         for commit in commits {
             let ts = commit.ts;
             assert!(ts > state.last_commit, "commits install in timestamp order");

@@ -89,7 +89,9 @@ impl Snapshot {
             return;
         }
         let mut readers = lock_mutex(&self.engine.inner.readers);
-        if let Some(count) = readers.get_mut(&self.read_ts) {
+        let registered = readers.get_mut(&self.read_ts);
+        debug_assert!(registered.is_some(), "a live snapshot is registered");
+        if let Some(count) = registered {
             *count -= 1;
             if *count == 0 {
                 readers.remove(&self.read_ts);

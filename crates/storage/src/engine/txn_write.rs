@@ -250,9 +250,7 @@ impl Txn {
         if let Some(chains) = state.collections.get_mut(&id)
             && let Some(chain) = chains.get_mut(key)
         {
-            if chain.intent == Some(self.id) {
-                chain.intent = None;
-            }
+            chain.release(self.id);
             if chain.is_empty() {
                 chains.remove(key);
             }

@@ -100,6 +100,19 @@ impl<T> VersionChain<T> {
         self.intent = None;
     }
 
+    /// Gives back the intent `txn` took on this key (a write it then abandoned). Only the
+    /// owner gives an intent back: a document or index key a transaction wrote is held by it
+    /// until it ends (a catalog key may not be: shared creations hold none).
+    pub(super) fn release(&mut self, txn: TxnId) {
+        debug_assert!(
+            self.intent.is_none_or(|owner| owner == txn),
+            "an intent is released only by its owner"
+        );
+        if self.intent == Some(txn) {
+            self.intent = None;
+        }
+    }
+
     /// Replays a committed version from the log: no intent is involved.
     pub(super) fn install_recovered(&mut self, ts: Timestamp, value: Option<T>) {
         assert!(self.intent.is_none());
@@ -194,9 +207,7 @@ pub(super) fn release_intents<'a>(
         if let Some(chains) = state.collections.get_mut(coll_id)
             && let Some(chain) = chains.get_mut(key)
         {
-            if chain.intent == Some(txn) {
-                chain.intent = None;
-            }
+            chain.release(txn);
             if chain.is_empty() {
                 chains.remove(key);
             }
