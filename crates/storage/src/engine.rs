@@ -6,10 +6,12 @@
 //! | file             | concern                                                              |
 //! |------------------|----------------------------------------------------------------------|
 //! | `versions.rs`    | version chains and write intents: the MVCC state (`State`)           |
-//! | `catalog.rs`     | collections and indexes as the catalog records them; collection DDL  |
+//! | `catalog.rs`     | collections and indexes as the catalog records them; entry layout    |
 //! | `snapshot.rs`    | snapshots and the reader registry (the oldest reader bounds pruning) |
-//! | `read_view.rs`   | [`ReadView`], key ranges, and merging an overlay over a scan         |
+//! | `ranges.rs`      | key ranges, and merging an overlay over a scan                       |
+//! | `read_view.rs`   | [`ReadView`]: one read interface for snapshots and transactions      |
 //! | `txn.rs`         | [`Txn`]: its reads, its end (commit, abort)                          |
+//! | `txn_catalog.rs` | collection DDL in a transaction (create, create "if absent", drop)   |
 //! | `txn_write.rs`   | document writes: intents claimed, memory reserved                    |
 //! | `txn_index.rs`   | index maintenance and index DDL inside a transaction                 |
 //! | `commit.rs`      | the commit pipeline: queue, log writer thread, install, tickets      |
@@ -63,11 +65,13 @@ use crate::{StorageError, Timestamp};
 mod catalog;
 mod checkpoint;
 mod commit;
+mod ranges;
 mod read_view;
 mod recovery;
 mod replay;
 mod snapshot;
 mod txn;
+mod txn_catalog;
 mod txn_index;
 mod txn_write;
 mod verify;

@@ -19,7 +19,7 @@ use bson::Document;
 use super::catalog::{
     CollectionInfo, IndexInfo, compile_index, entry_value, multikey_marker, multikey_value,
 };
-use super::read_view::merge_overlay;
+use super::ranges::merge_overlay;
 use super::versions::{State, VersionChain, set_recovered};
 use super::{CollId, DocKey, StoredDoc, split_ns};
 use crate::Timestamp;

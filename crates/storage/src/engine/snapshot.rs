@@ -15,7 +15,7 @@ use std::ops::{Bound, ControlFlow};
 use mangrove_query::KeyInterval;
 
 use super::catalog::{CollectionInfo, IndexInfo, entry_target, multikey_marker};
-use super::read_view::{as_ref_bound, empty_range, index_range, merge_overlay};
+use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay};
 use super::{CollId, DocKey, Engine, StoredDoc, lock_mutex, split_ns};
 use crate::{StorageError, Timestamp};
 

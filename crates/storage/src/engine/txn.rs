@@ -1,7 +1,7 @@
 //! [`Txn`], a write transaction: what it holds, how it reads (its snapshot plus its own
 //! writes), its memory limits, and how it ends (commit hands it to the pipeline in
 //! `commit.rs`; abort or drop gives its intents back). Its writes are in `txn_write.rs`, its
-//! index work in `txn_index.rs`, its collection DDL in `catalog.rs`.
+//! index work in `txn_index.rs`, its collection DDL in `txn_catalog.rs`.
 //!
 //! Invariants:
 //! - an open transaction holds the intent on every key in its write maps, and nobody else does;
@@ -21,7 +21,7 @@ use mangrove_query::KeyInterval;
 
 use super::catalog::CollectionInfo;
 use super::commit::{CommitTicket, PendingCommit, Rejection};
-use super::read_view::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
+use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
 use super::snapshot::Snapshot;
 use super::versions::{DocWrite, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, split_ns};

@@ -24,7 +24,7 @@ use super::catalog::{
     CollectionInfo, INDEX_ENTRY_OVERHEAD, IndexInfo, MULTIKEY_MARKER, compile_index, entry_target,
     entry_value, multikey_marker, multikey_value,
 };
-use super::read_view::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
+use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
 use super::txn::Txn;
 use super::versions::{State, VersionChain};
 use super::{CollId, DocKey, StoredDoc};
