@@ -148,7 +148,10 @@ fn secs(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(min..=i32::MAX as u64)
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logging to stderr, and a panic hook that makes a panic one structured error line. With
+/// `stop_on_panic` (the server) the hook then aborts the process unless storage catches the
+/// panic on purpose: see the policy in [`install_panic_hook`].
+fn init_logging(format: LogFormat, level: &str, stop_on_panic: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
@@ -159,10 +162,20 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    // A panic is a structured log line like any other error, not raw text on stderr. Panics
-    // the server expects (a damaged base-store page makes redb panic; the read that met it
-    // fails with DataCorruptionDetected) are then one line with its location.
-    std::panic::set_hook(Box::new(|info| {
+    install_panic_hook(stop_on_panic);
+}
+
+/// The panic policy (see `mangrove_storage::panic_policy`). A panic is a structured log line
+/// like any other error, not raw text on stderr. Panics the server expects (a damaged
+/// base-store page makes redb panic; the read that met it fails with DataCorruptionDetected)
+/// are then one line with its location, and unwind to the storage code that catches them.
+/// Any other panic, in any thread, stops the server (`stop_on_panic`): it aborts right after
+/// the line is written, as `panic = "abort"` would. A server that kept running with a dead
+/// log writer would leave committers waiting forever; one that restarts recovers every
+/// acknowledged commit from the log. (Not `panic = "abort"` itself: that would turn the
+/// expected redb panic into a crash.)
+fn install_panic_hook(stop_on_panic: bool) {
+    std::panic::set_hook(Box::new(move |info| {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let message = info
             .payload()
@@ -170,7 +183,17 @@ fn init_logging(format: LogFormat, level: &str) {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("(no message)");
-        error!(%location, thread = std::thread::current().name().unwrap_or("?"), "panic: {message}");
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        error!(%location, thread = thread.as_str(), "panic: {message}");
+        if stop_on_panic && !mangrove_storage::panic_policy::unwinding_is_caught() {
+            // stderr is unbuffered: the line above is out. Abort, not exit: nothing else
+            // (destructors, other threads' shutdown) runs on a state the panic interrupted.
+            error!(
+                thread = thread.as_str(),
+                "stopping the server after a panic; restart it to recover from the log"
+            );
+            std::process::abort();
+        }
     }));
 }
 
@@ -180,14 +203,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Log(command) => log_cmd::run(command),
         Command::Verify(args) => {
-            init_logging(LogFormat::Text, "warn");
+            init_logging(LogFormat::Text, "warn", false);
             verify_cmd::run(args)
         }
     }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format, &args.log_level);
+    init_logging(args.log_format, &args.log_level, true);
     let config = Config {
         bind: args.bind,
         port: args.port,

@@ -7,7 +7,9 @@
 //!   `closeConnection`, `blockConnection` + `blockTimeMS`, `appName`, `namespace`;
 //! - `onPrimaryTransactionalWrite`: fires inside a retryable write, before or after its commit
 //!   (`closeConnection`, default true; `failBeforeCommitExceptionCode`);
-//! - `failGetMoreAfterCursorCheckout`: `errorCode` for the next `getMore`s.
+//! - `failGetMoreAfterCursorCheckout`: `errorCode` for the next `getMore`s;
+//! - `logWriterPanic` (Mangrove's own): any mode but `off` makes the log writer thread panic
+//!   while installing its next batch, once, to test the panic policy (the server stops).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +25,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "failCommand",
     "onPrimaryTransactionalWrite",
     "failGetMoreAfterCursorCheckout",
+    "logWriterPanic",
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +92,9 @@ impl FailPoints {
         }
         let mode = parse_mode(req)?;
         let data = parse_data(req, name, mode)?;
+        if name == "logWriterPanic" && !matches!(mode, Mode::Off) {
+            mangrove_storage::panic_policy::arm_log_writer_panic();
+        }
         let mut points = self.lock();
         let previous = points.insert(
             name.to_string(),

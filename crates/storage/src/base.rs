@@ -17,18 +17,21 @@
 //!   found under another key, is [`StorageError::DataCorruption`] for that read, never data.
 //! - redb does not verify its pages on reads; a damaged page can make it panic. Every call into
 //!   redb runs under [`guarded`], which turns such a panic into `DataCorruption` naming the
-//!   file, so one damaged page fails the reads that meet it and nothing else.
+//!   file, so one damaged page fails the reads that meet it and nothing else. This is the one
+//!   panic the crate survives (see `panic_policy.rs`).
 //! - A file of format 1 (values without checksums) is upgraded in one redb transaction on open.
+//!
+//! Lock order: only redb's own locks, taken with at most the engine's `state` lock held (see the
+//! engine's lock order, `engine.rs`).
 
 use std::ops::{Bound, ControlFlow};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bson::{Document, RawDocumentBuf, doc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{DocKey, StorageError, StoredDoc, Timestamp};
+use crate::{DocKey, StorageError, StoredDoc, Timestamp, panic_policy};
 
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
@@ -105,13 +108,11 @@ fn meta_crc(checkpoint: u64, next_coll_id: u64) -> u64 {
 
 /// Runs a call into redb, turning a panic (redb's reaction to some damaged pages) into a
 /// [`StorageError::DataCorruption`] naming the file.
+/// The panic is expected, so it runs under [`panic_policy::catch`]: the server's panic hook
+/// logs it but lets it unwind to here instead of stopping the process.
 fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T, StorageError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
+    panic_policy::catch(f).map_err(|panic| {
+        let message = panic_policy::panic_message(&*panic);
         corruption(
             path,
             format!("the store's internal structure is damaged ({what}: {message})"),

@@ -21,11 +21,15 @@
 //!   implies every earlier one is durable;
 //! - a snapshot never observes a version committed after its read timestamp;
 //! - nothing becomes visible before its log record is written.
+//!
+//! A panic in a storage thread is not survived: see [`panic_policy`]. The engine's locks and
+//! the one order they are taken in are listed in `engine.rs`.
 
 mod base;
 mod clock;
 mod engine;
 mod error;
+pub mod panic_policy;
 pub mod txlog;
 
 pub use base::BaseVerifyReport;

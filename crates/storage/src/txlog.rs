@@ -165,48 +165,7 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
     }
     let mut encoded_ops = RawArrayBuf::new();
     for op in ops {
-        let mut d = RawDocumentBuf::new();
-        let code = match op {
-            LogOp::Insert { .. } => "i",
-            LogOp::Update { .. } => "u",
-            LogOp::Delete { .. } => "d",
-            LogOp::CreateCollection { .. } => "c",
-            LogOp::DropCollection { .. } => "x",
-            LogOp::CreateIndex { .. } => "ci",
-            LogOp::DropIndex { .. } => "di",
-        };
-        d.append(cstr!("op"), code);
-        d.append(cstr!("ns"), op.ns());
-        match op {
-            LogOp::Insert { key, doc, .. } | LogOp::Update { key, doc, .. } => {
-                d.append(cstr!("k"), binary(key));
-                d.append(cstr!("o"), doc.as_ref() as &RawDocument);
-            }
-            LogOp::Delete { key, id, .. } => {
-                d.append(cstr!("k"), binary(key));
-                d.append(
-                    cstr!("_id"),
-                    RawBson::try_from(id.clone()).map_err(encoding)?,
-                );
-            }
-            LogOp::CreateCollection { options, .. } => {
-                d.append(
-                    cstr!("o"),
-                    RawDocumentBuf::try_from(options).map_err(encoding)?,
-                );
-            }
-            LogOp::DropCollection { .. } => {}
-            LogOp::CreateIndex { spec, .. } => {
-                d.append(
-                    cstr!("o"),
-                    RawDocumentBuf::try_from(spec).map_err(encoding)?,
-                );
-            }
-            LogOp::DropIndex { name, .. } => {
-                d.append(cstr!("name"), name.as_str());
-            }
-        }
-        encoded_ops.push(d);
+        encoded_ops.push(encode_op(op)?);
     }
     body.append(cstr!("ops"), encoded_ops);
     let body = body.into_bytes();
@@ -223,6 +182,59 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
     out.extend_from_slice(&[0; PAYLOAD_PREFIX_LEN]);
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// One op of a record's body (see the module comment for its fields).
+fn encode_op(op: &LogOp) -> Result<RawDocumentBuf, StorageError> {
+    // An op without a namespace would replay as a write to nothing: a bug upstream.
+    assert!(
+        !op.ns().is_empty(),
+        "a {} log op without a namespace",
+        op.kind()
+    );
+    let encoding = |e: bson::error::Error| StorageError::Encoding(e.to_string());
+    let mut d = RawDocumentBuf::new();
+    let code = match op {
+        LogOp::Insert { .. } => "i",
+        LogOp::Update { .. } => "u",
+        LogOp::Delete { .. } => "d",
+        LogOp::CreateCollection { .. } => "c",
+        LogOp::DropCollection { .. } => "x",
+        LogOp::CreateIndex { .. } => "ci",
+        LogOp::DropIndex { .. } => "di",
+    };
+    d.append(cstr!("op"), code);
+    d.append(cstr!("ns"), op.ns());
+    match op {
+        LogOp::Insert { key, doc, .. } | LogOp::Update { key, doc, .. } => {
+            d.append(cstr!("k"), binary(key));
+            d.append(cstr!("o"), doc.as_ref() as &RawDocument);
+        }
+        LogOp::Delete { key, id, .. } => {
+            d.append(cstr!("k"), binary(key));
+            d.append(
+                cstr!("_id"),
+                RawBson::try_from(id.clone()).map_err(encoding)?,
+            );
+        }
+        LogOp::CreateCollection { options, .. } => {
+            d.append(
+                cstr!("o"),
+                RawDocumentBuf::try_from(options).map_err(encoding)?,
+            );
+        }
+        LogOp::DropCollection { .. } => {}
+        LogOp::CreateIndex { spec, .. } => {
+            d.append(
+                cstr!("o"),
+                RawDocumentBuf::try_from(spec).map_err(encoding)?,
+            );
+        }
+        LogOp::DropIndex { name, .. } => {
+            d.append(cstr!("name"), name.as_str());
+        }
+    }
+    Ok(d)
 }
 
 fn binary(bytes: &[u8]) -> RawBinaryRef<'_> {
@@ -255,9 +267,6 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
         prefix[0..8].try_into().map_err(|_| "bad ts")?,
     ));
     let wall_ms = i64::from_le_bytes(prefix[8..16].try_into().map_err(|_| "bad wall clock")?);
-    fn bad(what: &'static str) -> impl Fn(bson::error::Error) -> String {
-        move |e| format!("record {what}: {e}")
-    }
     let body = RawDocument::from_bytes(body).map_err(bad("body is not BSON"))?;
     match body.get_i32("v") {
         Ok(1) => {}
@@ -276,61 +285,69 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
             RawBsonRef::Document(op) => op,
             _ => return Err("op is not a document".into()),
         };
-        let ns = op.get_str("ns").map_err(bad("ns"))?.to_string();
-        let key = || {
-            op.get_binary("k")
-                .map(|b| b.bytes.to_vec())
-                .map_err(bad("key"))
-        };
-        let doc = || -> Result<StoredDoc, String> {
-            let o = op.get_document("o").map_err(bad("document"))?;
-            Ok(Arc::new(o.to_owned()))
-        };
-        let decoded = match op.get_str("op").map_err(bad("kind"))? {
-            "i" => LogOp::Insert {
-                ns,
-                key: key()?,
-                doc: doc()?,
-            },
-            "u" => LogOp::Update {
-                ns,
-                key: key()?,
-                doc: doc()?,
-            },
-            "d" => LogOp::Delete {
-                ns,
-                key: key()?,
-                id: match op.get("_id").map_err(bad("_id"))? {
-                    Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
-                    None => Bson::Null,
-                },
-            },
-            "c" => LogOp::CreateCollection {
-                ns,
-                options: match op.get_document("o") {
-                    Ok(o) => Document::try_from(o).map_err(bad("options"))?,
-                    Err(_) => Document::new(),
-                },
-            },
-            "x" => LogOp::DropCollection { ns },
-            "ci" => LogOp::CreateIndex {
-                ns,
-                spec: Document::try_from(op.get_document("o").map_err(bad("index spec"))?)
-                    .map_err(bad("index spec"))?,
-            },
-            "di" => LogOp::DropIndex {
-                ns,
-                name: op.get_str("name").map_err(bad("index name"))?.to_string(),
-            },
-            other => return Err(format!("unknown op kind {other:?}")),
-        };
-        ops.push(decoded);
+        ops.push(decode_op(op)?);
     }
     Ok(LogRecord {
         ts,
         wall_ms,
         meta,
         ops,
+    })
+}
+
+fn bad(what: &'static str) -> impl Fn(bson::error::Error) -> String {
+    move |e| format!("record {what}: {e}")
+}
+
+/// One op of a record's body.
+fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
+    let ns = op.get_str("ns").map_err(bad("ns"))?.to_string();
+    let key = || {
+        op.get_binary("k")
+            .map(|b| b.bytes.to_vec())
+            .map_err(bad("key"))
+    };
+    let doc = || -> Result<StoredDoc, String> {
+        let o = op.get_document("o").map_err(bad("document"))?;
+        Ok(Arc::new(o.to_owned()))
+    };
+    Ok(match op.get_str("op").map_err(bad("kind"))? {
+        "i" => LogOp::Insert {
+            ns,
+            key: key()?,
+            doc: doc()?,
+        },
+        "u" => LogOp::Update {
+            ns,
+            key: key()?,
+            doc: doc()?,
+        },
+        "d" => LogOp::Delete {
+            ns,
+            key: key()?,
+            id: match op.get("_id").map_err(bad("_id"))? {
+                Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
+                None => Bson::Null,
+            },
+        },
+        "c" => LogOp::CreateCollection {
+            ns,
+            options: match op.get_document("o") {
+                Ok(o) => Document::try_from(o).map_err(bad("options"))?,
+                Err(_) => Document::new(),
+            },
+        },
+        "x" => LogOp::DropCollection { ns },
+        "ci" => LogOp::CreateIndex {
+            ns,
+            spec: Document::try_from(op.get_document("o").map_err(bad("index spec"))?)
+                .map_err(bad("index spec"))?,
+        },
+        "di" => LogOp::DropIndex {
+            ns,
+            name: op.get_str("name").map_err(bad("index name"))?.to_string(),
+        },
+        other => return Err(format!("unknown op kind {other:?}")),
     })
 }
 

@@ -9,13 +9,18 @@
 //! that exists or can exist. Then log segments wholly at or before C are removed. A crash at
 //! any point leaves either the old checkpoint plus the whole log, or the new one plus a log
 //! that may still hold records it covers (skipped on replay).
+//!
+//! Lock order: `checkpointing` (one checkpoint at a time), then `state` (read, to collect;
+//! write, to evict) with `readers` under it; the base store's write and the control file's
+//! update happen with no engine lock held. See the engine's lock order (`engine.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{CollectionInfo, Engine, lock_mutex};
-use crate::base::{BaseCollection, CheckpointData};
+use super::catalog::CollectionInfo;
+use super::{Engine, lock_mutex};
+use crate::base::{BaseCollection, BaseStore, CheckpointData};
 use crate::{StorageError, Timestamp, txlog};
 
 /// What one checkpoint did.
@@ -38,60 +43,8 @@ impl Engine {
         let durable = self.inner.progress.borrow().durable;
         let log_bytes = self.inner.stats.bytes.load(Ordering::Relaxed);
         let derived_bytes = self.inner.derived_bytes.load(Ordering::Relaxed);
-        let (data, base) = {
-            let state = self.read_state();
-            let Some(base) = state.base.clone() else {
-                return Ok(None);
-            };
-            let previous = state.checkpoint_ts;
-            let ts = durable.min(state.last_commit);
-            if ts <= previous {
-                return Ok(None);
-            }
-            let mut docs = Vec::new();
-            for (coll_id, chains) in &state.collections {
-                for (key, chain) in chains {
-                    if let Some((version_ts, value)) =
-                        chain.versions.iter().rev().find(|(v, _)| *v <= ts)
-                        && *version_ts > previous
-                    {
-                        docs.push((*coll_id, key.clone(), *version_ts, value.clone()));
-                    }
-                }
-            }
-            let catalog = state
-                .catalog
-                .iter()
-                .filter_map(|(ns, chain)| {
-                    let (version_ts, info) = chain.versions.iter().rev().find(|(v, _)| *v <= ts)?;
-                    let info: &Arc<CollectionInfo> = info.as_ref()?;
-                    Some(BaseCollection {
-                        ns: ns.clone(),
-                        id: info.id,
-                        options: info.options.clone(),
-                        ts: *version_ts,
-                        indexes: info
-                            .indexes
-                            .iter()
-                            .map(|i| (i.id, i.spec.clone()))
-                            .collect(),
-                    })
-                })
-                .collect();
-            let dropped = state
-                .base_drops
-                .iter()
-                .filter(|(drop_ts, _)| *drop_ts <= ts)
-                .map(|(_, id)| *id)
-                .collect();
-            let data = CheckpointData {
-                ts,
-                next_coll_id: state.next_coll_id,
-                docs,
-                catalog,
-                dropped,
-            };
-            (data, base)
+        let Some((data, base)) = self.checkpoint_data(durable) else {
+            return Ok(None);
         };
         base.write_checkpoint(&data)?;
 
@@ -100,22 +53,7 @@ impl Engine {
             documents_written: data.docs.len(),
             ..CheckpointReport::default()
         };
-        {
-            let mut state = self.write_state();
-            assert!(data.ts > state.checkpoint_ts, "checkpoints move forward");
-            state.checkpoint_ts = data.ts;
-            state.base_drops.retain(|(drop_ts, _)| *drop_ts > data.ts);
-            let horizon = self.oldest_reader().map_or(data.ts, |r| r.min(data.ts));
-            for chains in state.collections.values_mut() {
-                let before = chains.len();
-                chains.retain(|_, chain| {
-                    chain.intent.is_some()
-                        || chain.newest_ts().is_none_or(|newest| newest > horizon)
-                });
-                report.chains_evicted += before - chains.len();
-                report.chains_in_memory += chains.len();
-            }
-        }
+        self.evict_checkpointed(data.ts, &mut report);
         self.inner
             .checkpoint_log_bytes
             .store(log_bytes, Ordering::Relaxed);
@@ -136,6 +74,81 @@ impl Engine {
         }
         report.elapsed = started.elapsed();
         Ok(Some(report))
+    }
+
+    /// What a checkpoint at the newest commit at or before `durable` writes: every key's
+    /// newest version there that the previous checkpoint does not hold, the catalog, and the
+    /// keyspaces dropped since. `None` without a base store or with nothing new.
+    fn checkpoint_data(&self, durable: Timestamp) -> Option<(CheckpointData, Arc<BaseStore>)> {
+        let state = self.read_state();
+        let base = state.base.clone()?;
+        let previous = state.checkpoint_ts;
+        let ts = durable.min(state.last_commit);
+        if ts <= previous {
+            return None;
+        }
+        let mut docs = Vec::new();
+        for (coll_id, chains) in &state.collections {
+            for (key, chain) in chains {
+                if let Some((version_ts, value)) =
+                    chain.versions.iter().rev().find(|(v, _)| *v <= ts)
+                    && *version_ts > previous
+                {
+                    docs.push((*coll_id, key.clone(), *version_ts, value.clone()));
+                }
+            }
+        }
+        let catalog = state
+            .catalog
+            .iter()
+            .filter_map(|(ns, chain)| {
+                let (version_ts, info) = chain.versions.iter().rev().find(|(v, _)| *v <= ts)?;
+                let info: &Arc<CollectionInfo> = info.as_ref()?;
+                Some(BaseCollection {
+                    ns: ns.clone(),
+                    id: info.id,
+                    options: info.options.clone(),
+                    ts: *version_ts,
+                    indexes: info
+                        .indexes
+                        .iter()
+                        .map(|i| (i.id, i.spec.clone()))
+                        .collect(),
+                })
+            })
+            .collect();
+        let dropped = state
+            .base_drops
+            .iter()
+            .filter(|(drop_ts, _)| *drop_ts <= ts)
+            .map(|(_, id)| *id)
+            .collect();
+        let data = CheckpointData {
+            ts,
+            next_coll_id: state.next_coll_id,
+            docs,
+            catalog,
+            dropped,
+        };
+        Some((data, base))
+    }
+
+    /// Moves the checkpoint timestamp to `ts` (now durable in the base store) and evicts the
+    /// chains that say nothing the base store does not, to every reader that exists or can.
+    fn evict_checkpointed(&self, ts: Timestamp, report: &mut CheckpointReport) {
+        let mut state = self.write_state();
+        assert!(ts > state.checkpoint_ts, "checkpoints move forward");
+        state.checkpoint_ts = ts;
+        state.base_drops.retain(|(drop_ts, _)| *drop_ts > ts);
+        let horizon = self.oldest_reader().map_or(ts, |r| r.min(ts));
+        for chains in state.collections.values_mut() {
+            let before = chains.len();
+            chains.retain(|_, chain| {
+                chain.intent.is_some() || chain.newest_ts().is_none_or(|newest| newest > horizon)
+            });
+            report.chains_evicted += before - chains.len();
+            report.chains_in_memory += chains.len();
+        }
     }
 
     /// Asks the checkpointer to run soon.

@@ -15,8 +15,17 @@
 //!   writer probes the log every [`LOG_RETRY_INTERVAL`], and resume when a probe succeeds. A
 //!   failed fdatasync is sticky (*failed*): the batch is already visible and the page cache
 //!   can no longer be trusted, so only a restart (which replays what is really on disk) is safe.
+//!   A storage thread that panicked fails the log the same way (see `panic_policy.rs`), so no
+//!   committer waits for a writer that is gone.
 //!
-//! Lock order: `queue` before `state`; never hold `queue` across file I/O.
+//! - Within a batch, timestamps strictly increase (asserted by the writer before it writes).
+//!
+//! Install (making a written batch visible, pruning what it made unreachable) lives here too:
+//! it is the writer's step between the write and the fdatasync.
+//!
+//! Lock order: `queue` and `state` are never held together; `queue` is never held across file
+//! I/O; the `progress` channel is updated with neither held. See the engine's lock order
+//! (`engine.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +34,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    CollId, CollectionInfo, DocKey, DocWrite, Engine, INDEX_ENTRY_OVERHEAD, State, StoredDoc,
-    TxnId, install_shared_create, lock_mutex, release_intents, wall_clock_ms,
-};
+use super::catalog::{CollectionInfo, INDEX_ENTRY_OVERHEAD};
+use super::versions::{DocWrite, State, VersionChain, release_intents};
+use super::{CollId, DocKey, Engine, StoredDoc, TxnId, lock_mutex, wall_clock_ms};
 use crate::txlog::{self, LogWriter};
 use crate::{StorageError, Timestamp};
 
@@ -155,6 +163,7 @@ impl Engine {
             return Err(Box::new((error, pending)));
         }
         let ts = queue.last_ts.next_after();
+        debug_assert!(ts > queue.last_ts, "commit timestamps strictly increase");
         txlog::seal_record(&mut record, ts, wall_clock_ms());
         queue.last_ts = ts;
         queue.bytes.extend_from_slice(&record);
@@ -172,6 +181,11 @@ impl Engine {
     /// with one write, installs them (now visible), then makes them durable with one fdatasync.
     pub(super) fn write_log(self, mut log: Option<LogWriter>) -> Option<LogWriter> {
         while let Some((bytes, commits)) = self.next_batch(&mut log) {
+            // Queue order is timestamp order is log order (see the module comment).
+            assert!(
+                commits.windows(2).all(|w| w[0].ts < w[1].ts),
+                "a batch's commit timestamps strictly increase"
+            );
             let first_ts = commits[0].ts;
             let last_ts = commits[commits.len() - 1].ts;
             if let Some(log) = &mut log
@@ -297,8 +311,9 @@ impl Engine {
         self.reject(rejected, &error);
     }
 
-    /// An fdatasync failed: from now on no commit succeeds (see the module comment).
-    fn fail_log(&self, reason: &str) {
+    /// An fdatasync failed, or a storage thread panicked: from now on no commit succeeds (see
+    /// the module comment).
+    pub(super) fn fail_log(&self, reason: &str) {
         tracing::error!(
             error = reason,
             "the transaction log failed; the server must be restarted to accept writes"
@@ -347,6 +362,10 @@ impl Engine {
     /// unreachable.
     pub(super) fn install(&self, commits: Vec<PendingCommit>) {
         let mut state = self.write_state();
+        if crate::panic_policy::log_writer_panic_armed() {
+            // The test hook of the panic policy: an assertion firing mid-install.
+            panic!("fail point logWriterPanic: the log writer panics while installing a batch");
+        }
         for commit in commits {
             let ts = commit.ts;
             assert!(ts > state.last_commit, "commits install in timestamp order");
@@ -517,5 +536,52 @@ impl CommitTicket {
     pub async fn durable(&mut self) -> Result<Timestamp, StorageError> {
         let ts = self.ts;
         self.wait_for(|p| p.durable >= ts && p.visible >= ts).await
+    }
+}
+impl Engine {
+    /// A ticket that resolves once everything committed up to `ts` is visible or durable: for
+    /// reads that must wait for a cluster time (`afterClusterTime`, `majority`).
+    pub fn ticket_for(&self, ts: Timestamp) -> CommitTicket {
+        CommitTicket {
+            ts,
+            progress: Some(self.inner.progress.subscribe()),
+            rejected: None,
+        }
+    }
+}
+
+/// Makes a shared ("if absent") creation visible, unless another holder's commit already did.
+fn install_shared_create(
+    state: &mut State,
+    txn: TxnId,
+    ts: Timestamp,
+    ns: &str,
+    info: Option<Arc<CollectionInfo>>,
+) {
+    let info = info.expect("a shared create is a creation");
+    let shared = state
+        .shared_creates
+        .get_mut(ns)
+        .expect("a shared creation is registered until its holders finish");
+    assert!(
+        shared.holders.remove(&txn),
+        "commit of a shared create it does not hold"
+    );
+    assert_eq!(shared.info.id, info.id);
+    if shared.holders.is_empty() {
+        state.shared_creates.remove(ns);
+    }
+    let chain = state
+        .catalog
+        .entry(ns.to_string())
+        .or_insert_with(VersionChain::new);
+    match chain.versions.last() {
+        Some((_, Some(existing))) => {
+            assert_eq!(
+                existing.id, info.id,
+                "explicit creates conflict with shared ones"
+            );
+        }
+        _ => chain.install_recovered(ts, Some(info)),
     }
 }

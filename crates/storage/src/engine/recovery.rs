@@ -7,18 +7,23 @@
 //! - A torn tail is cut, and the report says what it held.
 //! - Records at or before the checkpoint are skipped; the rest replay in log order, which is
 //!   timestamp order.
+//!
+//! Lock order: runs before the engine (and its threads) exist; the data directory's lock file
+//! is taken first and held for the engine's lifetime. See the engine's lock order
+//! (`engine.rs`).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mangrove_bson::PartialFilters;
 
-use super::{
-    CollectionInfo, Engine, EngineOptions, State, VersionChain, compile_index, lock_data_dir,
-    replay, split_ns,
-};
+use super::catalog::{CollectionInfo, compile_index};
+use super::replay::replay;
+use super::versions::{State, VersionChain};
+use super::{Engine, EngineOptions, split_ns};
 use crate::base::BaseStore;
 use crate::txlog::{
     self, Control, ControlHandle, CutReport, LogDamage, LogScan, LogWriter, TornTail,
@@ -198,4 +203,24 @@ fn open_writer(
         control.clone(),
     )?;
     Ok((writer, control))
+}
+fn lock_data_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join("mangrove.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(format!("cannot open lock file {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io(
+            format!("cannot lock {}", path.display()),
+            e,
+        )),
+    }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use bson::rawdoc;
+use std::ops::ControlFlow;
 
 fn key(n: i32) -> DocKey {
     DocKey(n.to_be_bytes().to_vec())

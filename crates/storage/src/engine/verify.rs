@@ -7,12 +7,15 @@
 //!
 //! Both walks go in batches of [`BATCH`] keys: the snapshot's scans hold the engine lock while
 //! they visit, and the checks read the engine again, so they run between batches.
+//!
+//! Lock order: `state` (read) per batch and per check, never nested. See the engine's lock
+//! order (`engine.rs`).
 
 use std::ops::{Bound, ControlFlow};
 
-use super::{
-    CollectionInfo, DocKey, IndexInfo, MULTIKEY_MARKER, Snapshot, StoredDoc, entry_target,
-};
+use super::catalog::{CollectionInfo, IndexInfo, MULTIKEY_MARKER, entry_target};
+use super::snapshot::Snapshot;
+use super::{DocKey, StoredDoc};
 use crate::StorageError;
 
 const BATCH: usize = 1_000;

@@ -8,6 +8,9 @@
 //!   never leaves a batch half visible.
 //! - The control file is only ever told what is already durable.
 //! - Cutting never deletes: what is cut moves to `log/quarantine-<seconds>/`.
+//!
+//! Lock order: `ControlHandle::current` is a leaf, held across the control file's write and
+//! taken with no engine lock held (see the engine's lock order, `engine.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,134 @@
+//! The catalog: collections and their secondary indexes as one version of the catalog records
+//! them ([`CollectionInfo`], [`IndexInfo`]) and the layout of index entries in their
+//! keyspaces. A transaction's collection DDL is in `txn_catalog.rs`, its index DDL in
+//! `txn_index.rs`.
+//!
+//! Invariants:
+//! - a catalog entry is versioned like a document (its chain lives in `State::catalog`), so a
+//!   snapshot sees the collections and indexes that agree with its documents;
+//! - one catalog write per namespace per transaction: a drop and a re-create in one record would
+//!   replay as a create of an existing collection;
+//! - keyspace ids (collections and indexes) are never reused.
+//!
+//! Lock order: no locks; catalog entries live under `Inner::state` (see the engine's lock
+//! order, `engine.rs`).
+
+use std::sync::Arc;
+
+use bson::raw::{RawBinaryRef, cstr};
+use bson::{RawDocument, RawDocumentBuf};
+use mangrove_bson::{IndexSpec, PartialFilters};
+
+use super::{CollId, DocKey, StoredDoc};
+use crate::StorageError;
+
+/// One collection as the catalog records it at some timestamp.
+#[derive(Clone, Debug)]
+pub struct CollectionInfo {
+    pub db: String,
+    pub name: String,
+    pub options: bson::Document,
+    /// Secondary indexes (the `_id` index is the collection's own key order).
+    pub indexes: Vec<Arc<IndexInfo>>,
+    pub(super) id: CollId,
+}
+
+impl CollectionInfo {
+    pub fn ns(&self) -> String {
+        format!("{}.{}", self.db, self.name)
+    }
+
+    /// The keyspaces this collection owns: its documents and each index's entries.
+    pub(super) fn keyspaces(&self) -> impl Iterator<Item = CollId> + '_ {
+        std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
+    }
+
+    pub(super) fn same_indexes(&self, other: &CollectionInfo) -> bool {
+        self.indexes.len() == other.indexes.len()
+            && self
+                .indexes
+                .iter()
+                .zip(&other.indexes)
+                .all(|(a, b)| a.id == b.id)
+    }
+
+    pub fn index(&self, name: &str) -> Option<&Arc<IndexInfo>> {
+        self.indexes.iter().find(|i| i.key.name == name)
+    }
+}
+
+/// A secondary index. Its entries live in their own keyspace, versioned like documents and
+/// written in the same commit as the documents they index, so every snapshot sees indexes that
+/// agree with its documents.
+///
+/// An entry's key is the index key (see [`IndexSpec::keys`]), followed by the document's key
+/// unless the index is unique (then the key alone is the entry, so two documents with one key
+/// contend for one entry: DuplicateKey, or WriteConflict while both are uncommitted). Its value
+/// is `{r: <document key>}`.
+#[derive(Clone, Debug)]
+pub struct IndexInfo {
+    /// The normalized specification, as `listIndexes` reports it.
+    pub spec: bson::Document,
+    pub key: Arc<IndexSpec>,
+    pub(super) id: CollId,
+}
+
+impl IndexInfo {
+    pub(super) fn entry_key(&self, index_key: &[u8], doc: &DocKey) -> DocKey {
+        let mut k = Vec::with_capacity(index_key.len() + doc.0.len());
+        k.extend_from_slice(index_key);
+        if !self.key.unique {
+            k.extend_from_slice(&doc.0);
+        }
+        DocKey(k)
+    }
+}
+
+/// What an index entry costs in memory beyond its key: chain, value document, map node.
+pub(super) const INDEX_ENTRY_OVERHEAD: u64 = 128;
+
+/// The key, in an index's keyspace, of the marker saying some document made the index multikey.
+/// Entry keys start with a type tag (at most 0xEF, inverted or not), so it sorts after every
+/// entry, and its value has no `r`, so scans skip it. Versioned like entries and never removed
+/// (as MongoDB's multikey flag), so a snapshot knows whether its view of the index is multikey.
+pub(super) const MULTIKEY_MARKER: &[u8] = &[0xFF];
+
+pub(super) fn multikey_marker() -> DocKey {
+    DocKey(MULTIKEY_MARKER.to_vec())
+}
+
+pub(super) fn multikey_value() -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(cstr!("multikey"), true);
+    Arc::new(d)
+}
+
+pub(super) fn entry_value(doc: &DocKey) -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(
+        cstr!("r"),
+        RawBinaryRef {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: &doc.0,
+        },
+    );
+    Arc::new(d)
+}
+
+/// The document an index entry points at.
+pub(super) fn entry_target(value: &RawDocument) -> Option<DocKey> {
+    value.get_binary("r").ok().map(|b| DocKey(b.bytes.to_vec()))
+}
+
+pub(super) fn compile_index(
+    spec: bson::Document,
+    id: CollId,
+    partial: &PartialFilters,
+) -> Result<Arc<IndexInfo>, StorageError> {
+    let key = IndexSpec::compile(&spec, &**partial).map_err(StorageError::Index)?;
+    Ok(Arc::new(IndexInfo {
+        spec,
+        key: Arc::new(key),
+        id,
+    }))
+}

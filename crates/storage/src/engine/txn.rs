@@ -1,0 +1,357 @@
+//! [`Txn`], a write transaction: what it holds, how it reads (its snapshot plus its own
+//! writes), its memory limits, and how it ends (commit hands it to the pipeline in
+//! `commit.rs`; abort or drop gives its intents back). Its writes are in `txn_write.rs`, its
+//! index work in `txn_index.rs`, its collection DDL in `txn_catalog.rs`.
+//!
+//! Invariants:
+//! - an open transaction holds the intent on every key in its write maps, and nobody else does;
+//! - `bytes` is what its writes hold, and is counted in `Inner::open_txn_bytes` until the
+//!   transaction ends (given back at commit or release, exactly once);
+//! - after `commit` queued it, the intents belong to the queued commit: `release` does nothing.
+//!
+//! Lock order: `Inner::state` (write) alone, never while queueing (`Inner::queue`); see the
+//! engine's lock order (`engine.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use mangrove_bson::KeyInterval;
+
+use super::catalog::CollectionInfo;
+use super::commit::{CommitTicket, PendingCommit, Rejection};
+use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
+use super::snapshot::Snapshot;
+use super::versions::{DocWrite, release_intents};
+use super::{CollId, DocKey, Engine, StoredDoc, TxnId, split_ns};
+use crate::txlog::{self, CommitMeta, LogOp};
+use crate::{StorageError, Timestamp};
+
+/// What a document write costs in memory beyond its document and key: the write map's node,
+/// the version chain and its intent, the log op it becomes.
+pub(super) const WRITE_OVERHEAD: u64 = 160;
+
+/// The memory one open transaction may hold, and all of them together, as fractions of the
+/// engine's `cache_bytes`: a quarter each, and a half together. Writes past either fail at
+/// once with TransactionTooLargeForCache rather than growing memory until commit.
+pub struct TransactionLimits;
+
+impl TransactionLimits {
+    pub fn per_transaction(cache_bytes: usize) -> u64 {
+        cache_bytes as u64 / 4
+    }
+
+    pub fn all_transactions(cache_bytes: usize) -> u64 {
+        cache_bytes as u64 / 2
+    }
+}
+
+/// What one document write holds in memory while its transaction is open.
+pub(super) fn write_cost(key: &DocKey, doc: Option<&StoredDoc>) -> u64 {
+    2 * key.0.len() as u64 + doc.map_or(0, |d| d.as_bytes().len() as u64) + WRITE_OVERHEAD
+}
+
+impl Engine {
+    /// Starts a write transaction reading from a fresh snapshot.
+    pub fn begin(&self) -> Txn {
+        Txn {
+            id: self.inner.next_txn_id.fetch_add(1, Ordering::Relaxed),
+            snapshot: self.snapshot(),
+            docs: BTreeMap::new(),
+            index_writes: BTreeMap::new(),
+            catalog: BTreeMap::new(),
+            shared_creates: BTreeSet::new(),
+            created: BTreeSet::new(),
+            index_ops: Vec::new(),
+            seen_infos: HashMap::new(),
+            namespaces: HashMap::new(),
+            meta: CommitMeta::default(),
+            open: true,
+            bytes: 0,
+        }
+    }
+}
+
+/// A write transaction: reads see its snapshot plus its own writes; writes become visible to
+/// others only at [`Txn::commit`], all at one timestamp. Dropping an open transaction aborts it.
+pub struct Txn {
+    pub(super) id: TxnId,
+    pub(super) snapshot: Snapshot,
+    pub(super) docs: BTreeMap<(CollId, DocKey), DocWrite>,
+    /// Index entries this transaction writes (`None` removes one).
+    pub(super) index_writes: BTreeMap<(CollId, DocKey), Option<StoredDoc>>,
+    pub(super) catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
+    /// Namespaces of `catalog` this transaction creates "if absent".
+    pub(super) shared_creates: BTreeSet<String>,
+    /// Namespaces of `catalog` this transaction creates (explicitly or "if absent").
+    pub(super) created: BTreeSet<String>,
+    /// Index creations and drops, in order, for the log.
+    pub(super) index_ops: Vec<LogOp>,
+    /// Each written collection as this transaction's snapshot sees it. Writes go by this, not
+    /// by the `CollectionInfo` the caller passes, which may be older: a caller that read it
+    /// before an index build and retries after a conflict must maintain the new index.
+    pub(super) seen_infos: HashMap<CollId, Arc<CollectionInfo>>,
+    /// The namespace of every collection written, for the log record.
+    pub(super) namespaces: HashMap<CollId, String>,
+    pub(super) meta: CommitMeta,
+    pub(super) open: bool,
+    /// Memory the writes hold (see [`write_cost`]), counted against the transaction limits.
+    pub(super) bytes: u64,
+}
+
+impl Txn {
+    pub fn id(&self) -> TxnId {
+        self.id
+    }
+
+    pub fn read_ts(&self) -> Timestamp {
+        self.snapshot.read_ts
+    }
+
+    /// Records who commits this transaction, for the log.
+    pub fn set_meta(&mut self, meta: CommitMeta) {
+        self.meta = meta;
+    }
+
+    /// Whether this transaction creates `ns` explicitly (not "if absent").
+    pub fn creates(&self, ns: &str) -> bool {
+        self.created.contains(ns) && !self.shared_creates.contains(ns)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.docs.is_empty() && self.catalog.is_empty() && self.index_writes.is_empty()
+    }
+
+    pub fn collection(&self, ns: &str) -> Option<CollectionInfo> {
+        match self.catalog.get(ns) {
+            Some(own) => own.as_ref().map(|info| (**info).clone()),
+            None => self.snapshot.collection(ns),
+        }
+    }
+
+    pub fn list_collections(&self, db: &str) -> Vec<CollectionInfo> {
+        let mut by_name: BTreeMap<String, CollectionInfo> = self
+            .snapshot
+            .list_collections(db)
+            .into_iter()
+            .map(|c| (c.ns(), c))
+            .collect();
+        for (ns, own) in &self.catalog {
+            if split_ns(ns).0 == db {
+                match own {
+                    Some(info) => by_name.insert(ns.clone(), (**info).clone()),
+                    None => by_name.remove(ns),
+                };
+            }
+        }
+        by_name.into_values().collect()
+    }
+
+    pub fn get(
+        &self,
+        coll: &CollectionInfo,
+        key: &DocKey,
+    ) -> Result<Option<StoredDoc>, StorageError> {
+        match self.docs.get(&(coll.id, key.clone())) {
+            Some(own) => Ok(own.doc().cloned()),
+            None => self.snapshot.get(coll, key),
+        }
+    }
+
+    /// Like [`Snapshot::scan`], with this transaction's own writes merged in key order.
+    pub fn scan(
+        &self,
+        coll: &CollectionInfo,
+        after: Option<&DocKey>,
+        mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let lower = match after {
+            Some(k) => Bound::Excluded((coll.id, k.clone())),
+            None => Bound::Included((coll.id, DocKey(Vec::new()))),
+        };
+        let own = self
+            .docs
+            .range((lower, Bound::Unbounded))
+            .take_while(|((id, _), _)| *id == coll.id)
+            .map(|((_, key), write)| (key, write.doc()));
+        merge_overlay(
+            own,
+            |emit| self.snapshot.scan(coll, after, emit),
+            false,
+            &mut visit,
+        )
+    }
+
+    /// Like [`Snapshot::scan_range`], with this transaction's own writes merged in.
+    pub fn scan_range(
+        &self,
+        coll: &CollectionInfo,
+        interval: &KeyInterval,
+        resume: Option<&DocKey>,
+        reverse: bool,
+        mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let (lower, upper) = index_range(interval, resume, reverse);
+        if empty_range(as_ref_bound(&lower), as_ref_bound(&upper)) {
+            return Ok(());
+        }
+        let own = own_range(&self.docs, coll.id, &lower, &upper, reverse)
+            .map(|(key, write)| (key, write.doc()));
+        merge_overlay(
+            own,
+            |emit| {
+                self.snapshot.scan_in(
+                    coll.id,
+                    as_ref_bound(&lower),
+                    as_ref_bound(&upper),
+                    reverse,
+                    emit,
+                )
+            },
+            reverse,
+            &mut visit,
+        )
+    }
+
+    pub(super) fn check_open(&self) -> Result<(), StorageError> {
+        if self.open {
+            Ok(())
+        } else {
+            Err(StorageError::TxnClosed)
+        }
+    }
+
+    /// Hands the transaction to the log writer and returns at once: the writes become visible
+    /// at one new timestamp once written to the log, and durable after its fdatasync; wait on
+    /// the ticket for either. A read-only transaction commits at its read timestamp.
+    pub fn commit(mut self) -> Result<CommitTicket, StorageError> {
+        self.check_open()?;
+        if self.is_read_only() {
+            // Failed writes may still have registered it as a writer of some collection.
+            self.release();
+            return Ok(CommitTicket {
+                ts: self.read_ts(),
+                progress: None,
+                rejected: None,
+            });
+        }
+        let ops = self.log_ops();
+        let record = match txlog::encode_record(&self.meta, &ops) {
+            Ok(r) => r,
+            Err(e) => {
+                self.release();
+                return Err(e);
+            }
+        };
+        let engine = self.snapshot.engine.clone();
+        let rejected = Rejection::default();
+        let pending = PendingCommit {
+            ts: Timestamp::ZERO,
+            txn: self.id,
+            docs: std::mem::take(&mut self.docs),
+            index_writes: std::mem::take(&mut self.index_writes),
+            catalog: std::mem::take(&mut self.catalog),
+            shared_creates: std::mem::take(&mut self.shared_creates),
+            rejected: rejected.clone(),
+        };
+        let progress = engine.inner.progress.subscribe();
+        // From here the writes are the commit queue's (bounded by its own budget), then the
+        // engine's (bounded by checkpoints).
+        self.give_back(self.bytes);
+        // The transaction reads nothing more; releasing its snapshot before the writer installs
+        // the commit lets that install prune what only this snapshot kept alive.
+        self.snapshot.release();
+        match engine.enqueue(record, pending) {
+            Ok(ts) => {
+                // The intents now belong to the queued commit; the writer installs them.
+                self.open = false;
+                Ok(CommitTicket {
+                    ts,
+                    progress: Some(progress),
+                    rejected: Some(rejected),
+                })
+            }
+            Err(refused) => {
+                let (e, pending) = *refused;
+                // Take the writes back so that `release` (on drop) gives their intents back.
+                self.docs = pending.docs;
+                self.index_writes = pending.index_writes;
+                self.catalog = pending.catalog;
+                self.shared_creates = pending.shared_creates;
+                Err(e)
+            }
+        }
+    }
+
+    /// The transaction's writes in the order replay must apply them: creations, index
+    /// changes, documents, then drops.
+    pub(super) fn log_ops(&self) -> Vec<LogOp> {
+        let mut ops = Vec::with_capacity(self.docs.len() + self.catalog.len());
+        for (ns, info) in &self.catalog {
+            if let Some(info) = info
+                && self.created.contains(ns)
+            {
+                ops.push(LogOp::CreateCollection {
+                    ns: ns.clone(),
+                    options: info.options.clone(),
+                });
+            }
+        }
+        ops.extend(self.index_ops.iter().cloned());
+        for ((coll_id, key), write) in &self.docs {
+            let ns = self.namespaces.get(coll_id).cloned().unwrap_or_default();
+            let key = key.0.clone();
+            ops.push(match write {
+                DocWrite::Insert(d) => LogOp::Insert {
+                    ns,
+                    key,
+                    doc: d.clone(),
+                },
+                DocWrite::Update(d) => LogOp::Update {
+                    ns,
+                    key,
+                    doc: d.clone(),
+                },
+                DocWrite::Delete(id) => LogOp::Delete {
+                    ns,
+                    key,
+                    id: id.clone(),
+                },
+            });
+        }
+        for (ns, info) in &self.catalog {
+            if info.is_none() {
+                ops.push(LogOp::DropCollection { ns: ns.clone() });
+            }
+        }
+        ops
+    }
+
+    /// Releases every intent; nothing of this transaction was ever visible to others.
+    pub fn abort(mut self) {
+        self.release();
+    }
+
+    pub(super) fn release(&mut self) {
+        self.give_back(self.bytes);
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        release_intents(
+            &mut state,
+            self.id,
+            self.docs.keys().chain(self.index_writes.keys()),
+            &self.catalog,
+        );
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

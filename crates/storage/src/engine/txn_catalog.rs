@@ -1,0 +1,158 @@
+//! A transaction's collection DDL: create, create "if absent" (shared by concurrent
+//! transactions), drop. The catalog's types are in `catalog.rs`.
+//!
+//! Invariants:
+//! - one catalog write per namespace per transaction: a drop and a re-create in one record would
+//!   replay as a create of an existing collection;
+//! - a shared creation is invisible to others until one holder commits; explicit creates and
+//!   drops of its namespace conflict with it meanwhile;
+//! - keyspace ids (collections and indexes) are never reused.
+//!
+//! Lock order: each call takes `Inner::state` (write) alone; see the engine's lock order
+//! (`engine.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::catalog::CollectionInfo;
+use super::split_ns;
+use super::txn::Txn;
+use super::versions::{SharedCreate, VersionChain};
+use crate::StorageError;
+
+impl Txn {
+    /// Creates the collection unless it exists; returns whether it did create it.
+    pub fn ensure_collection(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<(CollectionInfo, bool), StorageError> {
+        if let Some(info) = self.collection(ns) {
+            return Ok((info, false));
+        }
+        let info = self.create_collection(ns, options)?;
+        Ok((info, true))
+    }
+
+    pub fn create_collection(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        if self.collection(ns).is_some() {
+            return Err(StorageError::NamespaceExists(ns.to_string()));
+        }
+        // One catalog write per namespace per transaction: a drop and a re-create in one record
+        // would replay as a create of an existing collection.
+        if matches!(self.catalog.get(ns), Some(None)) {
+            return Err(StorageError::Encoding(format!(
+                "{ns} was dropped in this transaction; create it again in a later one"
+            )));
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
+        let chain = state
+            .catalog
+            .entry(ns.to_string())
+            .or_insert_with(VersionChain::new);
+        chain.claim(self.id, read_ts)?;
+        let id = state.next_coll_id;
+        state.next_coll_id += 1;
+        let (db, name) = split_ns(ns);
+        let info = Arc::new(CollectionInfo {
+            db: db.to_string(),
+            name: name.to_string(),
+            options,
+            indexes: Vec::new(),
+            id,
+        });
+        state.collections.insert(id, BTreeMap::new());
+        self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.created.insert(ns.to_string());
+        Ok((*info).clone())
+    }
+
+    pub fn drop_collection(&mut self, ns: &str) -> Result<(), StorageError> {
+        self.check_open()?;
+        if self.collection(ns).is_none() {
+            return Err(StorageError::NamespaceNotFound(ns.to_string()));
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let read_ts = self.read_ts();
+        if state.shared_creates.contains_key(ns) {
+            return Err(StorageError::WriteConflict);
+        }
+        state
+            .catalog
+            .entry(ns.to_string())
+            .or_insert_with(VersionChain::new)
+            .claim(self.id, read_ts)?;
+        self.catalog.insert(ns.to_string(), None);
+        self.created.remove(ns);
+        Ok(())
+    }
+
+    /// The collection `ns`, created "if absent" when nobody has it: MongoDB's implicit creation
+    /// by a write, without its lock-timeout failures. Any number of open transactions may do
+    /// this for one namespace at once; they share one collection id, the creation stays
+    /// invisible to others until one of them commits, and none conflicts with another over it.
+    /// A collection committed after this transaction's snapshot is returned as it is, so
+    /// writes go into it. Only an explicit create or drop in progress is a conflict.
+    pub fn create_collection_shared(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        if let Some(info) = self.collection(ns) {
+            return Ok(info);
+        }
+        let engine = self.snapshot.engine.clone();
+        let mut state = engine.write_state();
+        let state = &mut *state;
+        if let Some(chain) = state.catalog.get(ns) {
+            if chain.intent.is_some() {
+                return Err(StorageError::WriteConflict);
+            }
+            match chain.versions.last() {
+                Some((_, Some(info))) => return Ok((**info).clone()),
+                // Dropped after our snapshot: a real race with DDL.
+                Some((ts, None)) if *ts > self.read_ts() => {
+                    return Err(StorageError::WriteConflict);
+                }
+                _ => {}
+            }
+        }
+        let shared = match state.shared_creates.entry(ns.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let id = state.next_coll_id;
+                state.next_coll_id += 1;
+                let (db, name) = split_ns(ns);
+                state.collections.insert(id, BTreeMap::new());
+                e.insert(SharedCreate {
+                    info: Arc::new(CollectionInfo {
+                        db: db.to_string(),
+                        name: name.to_string(),
+                        options,
+                        indexes: Vec::new(),
+                        id,
+                    }),
+                    holders: BTreeSet::new(),
+                })
+            }
+        };
+        shared.holders.insert(self.id);
+        let info = shared.info.clone();
+        self.catalog.insert(ns.to_string(), Some(info.clone()));
+        self.shared_creates.insert(ns.to_string());
+        self.created.insert(ns.to_string());
+        Ok((*info).clone())
+    }
+}
