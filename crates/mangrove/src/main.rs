@@ -211,7 +211,23 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format, &args.log_level, true);
-    let config = Config {
+    let config = config_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mangrove: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_server(config))
+}
+
+/// The server's `Config` from the command line, each value clamped to what it can mean.
+fn config_from(args: ServeArgs) -> Config {
+    Config {
         bind: args.bind,
         port: args.port,
         data_dir: args.data_dir,
@@ -237,60 +253,55 @@ fn serve(args: ServeArgs) -> ExitCode {
         truncate_damaged_log: args.truncate_damaged_log,
         argv: std::env::args().collect(),
         ..Config::default()
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    }
+}
+
+/// Opens the data directory (replaying the log), announces readiness, and serves until a
+/// signal asks it to stop.
+async fn run_server(config: Config) -> ExitCode {
+    let server = match Server::bind_with_progress(config.clone(), replay_progress()).await {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("mangrove: cannot start the async runtime: {e}");
+            error!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let server = match Server::bind_with_progress(config.clone(), replay_progress()).await {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot start: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let advertised = server.advertised().to_string();
-        let local = server
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| advertised.clone());
-        if config.advertise.is_none() && local.starts_with("0.0.0.0") {
-            warn!("listening on all interfaces but advertising {advertised}; pass --advertise HOST:PORT with the address clients use");
-        }
-        info!(
-            listen = %local,
-            advertise = %advertised,
-            replset = %config.replset,
-            data_dir = %config.data_dir.display(),
-            "server ready"
+    let advertised = server.advertised().to_string();
+    let local = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| advertised.clone());
+    if config.advertise.is_none() && local.starts_with("0.0.0.0") {
+        warn!(
+            "listening on all interfaces but advertising {advertised}; pass --advertise HOST:PORT with the address clients use"
         );
-        let shutdown = match shutdown_signal() {
-            Ok(f) => f,
-            Err(e) => {
-                error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // The one line scripts and people wait for; stdout, so it stays apart from the logs.
-        println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
-        match server.serve(shutdown).await {
-            Ok(()) => {
-                info!("shut down cleanly");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("server failed: {e}");
-                ExitCode::FAILURE
-            }
+    }
+    info!(
+        listen = %local,
+        advertise = %advertised,
+        replset = %config.replset,
+        data_dir = %config.data_dir.display(),
+        "server ready"
+    );
+    let shutdown = match shutdown_signal() {
+        Ok(f) => f,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
         }
-    })
+    };
+    // The one line scripts and people wait for; stdout, so it stays apart from the logs.
+    println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
+    match server.serve(shutdown).await {
+        Ok(()) => {
+            info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Log replay progress: a bar on a terminal, a log line every few seconds otherwise.

@@ -64,15 +64,7 @@ fn parse_merge(spec: RawBsonRef<'_>) -> Result<Sink, QueryError> {
         let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
         match (k.as_str(), v) {
             ("into", _) => {}
-            ("on", RawBsonRef::String("_id")) => {}
-            ("on", RawBsonRef::Array(a))
-                if a.into_iter().flatten().all(|f| f.as_str() == Some("_id")) => {}
-            ("on", _) => {
-                return Err(QueryError::location(
-                    51183,
-                    "Cannot find index to verify that join fields will be unique: $merge on fields other than _id needs a unique index, which Mangrove does not have yet",
-                ));
-            }
+            ("on", on) => check_merge_on(on)?,
             ("whenMatched", RawBsonRef::String(m)) => when_matched = when_matched_mode(m)?,
             ("whenMatched", RawBsonRef::Array(_)) => {
                 return Err(QueryError::new(
@@ -105,6 +97,20 @@ fn parse_merge(spec: RawBsonRef<'_>) -> Result<Sink, QueryError> {
         when_matched,
         when_not_matched,
     })
+}
+
+/// `$merge`'s `on`: only `_id` (other fields need a unique index to match on).
+fn check_merge_on(on: RawBsonRef<'_>) -> Result<(), QueryError> {
+    match on {
+        RawBsonRef::String("_id") => Ok(()),
+        RawBsonRef::Array(a) if a.into_iter().flatten().all(|f| f.as_str() == Some("_id")) => {
+            Ok(())
+        }
+        _ => Err(QueryError::location(
+            51183,
+            "Cannot find index to verify that join fields will be unique: $merge on fields other than _id needs a unique index, which Mangrove does not have yet",
+        )),
+    }
 }
 
 fn when_matched_mode(m: &str) -> Result<WhenMatched, QueryError> {
