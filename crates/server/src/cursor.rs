@@ -59,9 +59,17 @@ pub struct Cursor {
     /// Documents still allowed by the query's `limit`, if it has one.
     pub remaining: Option<u64>,
     pub last_used: Instant,
-    /// The transaction (lsid bytes, txnNumber) that opened it: only that transaction's own
-    /// statements may continue it, as in mongod.
-    pub txn: Option<(Vec<u8>, i64)>,
+    /// The transaction that opened it: only that transaction's own statements may continue
+    /// it, as in mongod.
+    pub txn: Option<TxnOwner>,
+}
+
+/// A multi-document transaction, as a cursor it opened remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnOwner {
+    /// The session's `lsid`, as the request's raw bytes.
+    pub lsid: Vec<u8>,
+    pub txn_number: i64,
 }
 
 impl Cursor {

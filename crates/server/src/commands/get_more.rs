@@ -3,7 +3,7 @@
 use bson::doc;
 use bson::raw::RawBsonRef;
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, TxnOwner};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
 use crate::{Counters, Shared};
@@ -25,13 +25,25 @@ fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResul
                 "Cannot run getMore on cursor {id}, which was not created in a transaction, in transaction {n}"
             ),
         )),
-        (Some((_, created)), None) => Err(CommandError::new(
+        (
+            Some(TxnOwner {
+                txn_number: created,
+                ..
+            }),
+            None,
+        ) => Err(CommandError::new(
             50740,
             format!(
                 "Cannot run getMore on cursor {id}, which was created in transaction {created}, without a txnNumber"
             ),
         )),
-        (Some((lsid, created)), Some(n)) => {
+        (
+            Some(TxnOwner {
+                lsid,
+                txn_number: created,
+            }),
+            Some(n),
+        ) => {
             if *created != n {
                 return Err(CommandError::new(
                     50741,

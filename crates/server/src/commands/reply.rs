@@ -8,7 +8,7 @@ use bson::raw::{RawArrayBuf, cstr};
 use mangrove_storage::Txn;
 
 use crate::Shared;
-use crate::cursor::{BatchDoc, Cursor, Source};
+use crate::cursor::{BatchDoc, Cursor, Source, TxnOwner};
 use crate::error::CommandResult;
 use crate::request::Request;
 
@@ -48,7 +48,7 @@ pub(super) fn pipeline_cursor(
     ns: String,
     output: Vec<RawDocumentBuf>,
     batch_size: Option<u64>,
-    txn: Option<(Vec<u8>, i64)>,
+    txn: Option<TxnOwner>,
 ) -> CommandResult<Reply> {
     let cursor = Cursor {
         ns,
@@ -80,8 +80,11 @@ pub(super) fn first_batch(
 }
 
 /// The transaction a cursor opened by this request belongs to.
-pub(super) fn txn_owner(req: &Request<'_>, txn: Option<&Txn>) -> Option<(Vec<u8>, i64)> {
+pub(super) fn txn_owner(req: &Request<'_>, txn: Option<&Txn>) -> Option<TxnOwner> {
     txn?;
     let lsid = req.lsid().ok()??;
-    Some((lsid.as_bytes().to_vec(), req.txn_number().ok()??))
+    Some(TxnOwner {
+        lsid: lsid.as_bytes().to_vec(),
+        txn_number: req.txn_number().ok()??,
+    })
 }
