@@ -96,9 +96,8 @@ impl Options {
             }
             "maxVariable" | "version" => {}
             other => {
-                return Err(CodedError::new(
-                    40415,
-                    "Location40415",
+                return Err(CodedError::location(
+                    crate::error_codes::UNKNOWN_FIELD,
                     format!("BSON field 'collation.{other}' is an unknown field."),
                 ));
             }
@@ -120,9 +119,8 @@ impl Collation {
             options.set(key.as_str(), value)?;
         }
         let locale = options.locale.ok_or_else(|| {
-            CodedError::new(
-                40414,
-                "Location40414",
+            CodedError::location(
+                crate::error_codes::MISSING_FIELD,
                 "BSON field 'collation.locale' is missing but a required field",
             )
         })?;

@@ -1,9 +1,10 @@
-//! The error this crate reports: MongoDB's numeric code, code name and message. The query
-//! crate's `QueryError` converts to and from it field by field, so a client sees the same code
-//! and message whichever layer found the problem (an index key the storage engine derives, a
-//! collation a command parses).
+//! The one error type of the layers below the server: MongoDB's numeric code, code name and
+//! message. The query crate reports the same type (as `QueryError`), so a client sees the same
+//! code and message whichever layer found the problem (an index key the storage engine
+//! derives, a collation a command parses, a filter).
 
-/// An error with MongoDB's code and code name.
+/// An error reported to the client with MongoDB's numeric code and code name, so drivers that
+/// branch on codes behave as they would against a real server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct CodedError {
@@ -36,5 +37,23 @@ impl CodedError {
 
     pub fn type_mismatch(message: impl Into<String>) -> Self {
         Self::new(14, "TypeMismatch", message)
+    }
+
+    pub fn path_not_viable(message: impl Into<String>) -> Self {
+        Self::new(28, "PathNotViable", message)
+    }
+
+    pub fn conflicting_update(message: impl Into<String>) -> Self {
+        Self::new(40, "ConflictingUpdateOperators", message)
+    }
+
+    pub fn immutable_field(message: impl Into<String>) -> Self {
+        Self::new(66, "ImmutableField", message)
+    }
+
+    /// Errors MongoDB raises through `uassert` with a bare numeric code; their code name is
+    /// `Location<code>`, from the one registry in `error_codes`.
+    pub fn location(code: i32, message: impl Into<String>) -> Self {
+        Self::new(code, crate::error_codes::static_code_name(code), message)
     }
 }

@@ -3,12 +3,12 @@
 //! A code without a name here is an assertion site (`uassert` with a bare number), which mongod
 //! names `Location<code>`.
 //!
-//! It lives in this leaf crate so that every layer's error (`CodedError` here, the query
-//! crate's `QueryError`, the server's `CommandError`) names codes from it.
+//! It lives in this leaf crate so that every layer's error (`CodedError` here, which the query
+//! crate reports as `QueryError`, and the server's `CommandError`) names codes from it.
 //!
-//! Invariant: a name appears here once, with mongod's number; `CodedError::new` and
-//! `QueryError::new` check (in debug builds) that the name they are given is this table's name
-//! for their code, so a second, drifting list cannot grow back.
+//! Invariant: a name appears here once, with mongod's number; `CodedError::new` checks (in
+//! debug builds) that the name it is given is this table's name for its code, so a second,
+//! drifting list cannot grow back.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -3,7 +3,6 @@
 //! predicate of a partial index, is compiled here.
 
 use bson::{Document, RawDocument, RawDocumentBuf};
-use mangrove_bson::CodedError;
 pub use mangrove_bson::index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters,
 };
@@ -13,7 +12,7 @@ use crate::filter::Filter;
 
 /// Compiles a partial index's `partialFilterExpression` into the predicate index key
 /// derivation applies (the [`mangrove_bson::CompilePartial`] of this language).
-pub fn compile_partial(expr: &Document) -> Result<PartialFilter, CodedError> {
+pub fn compile_partial(expr: &Document) -> Result<PartialFilter, QueryError> {
     let raw = RawDocumentBuf::try_from(expr)
         .map_err(|e| QueryError::bad_value(format!("partialFilterExpression: {e}")))?;
     let filter = Filter::parse(&raw)?;
@@ -27,10 +26,10 @@ pub fn partial_filters() -> PartialFilters {
 
 /// [`IndexSpec::normalize`] with this language's partial filters.
 pub fn normalize_index(raw: &RawDocument) -> Result<Document, QueryError> {
-    Ok(IndexSpec::normalize(raw, &compile_partial)?)
+    IndexSpec::normalize(raw, &compile_partial)
 }
 
 /// [`IndexSpec::compile`] with this language's partial filters.
 pub fn compile_index(spec: &Document) -> Result<IndexSpec, QueryError> {
-    Ok(IndexSpec::compile(spec, &compile_partial)?)
+    IndexSpec::compile(spec, &compile_partial)
 }

@@ -86,14 +86,8 @@ impl CommandError {
     }
 }
 
-/// Errors of the layer below the query language (index keys, collations), as the query
-/// crate's, so they reach the client with the same code and message.
-impl From<mangrove_query::CodedError> for CommandError {
-    fn from(e: mangrove_query::CodedError) -> Self {
-        mangrove_query::QueryError::from(e).into()
-    }
-}
-
+/// Errors of the query language and the layer below it (index keys, collations): one type,
+/// reaching the client with its code, code name and message.
 impl From<mangrove_query::QueryError> for CommandError {
     fn from(e: mangrove_query::QueryError) -> Self {
         CommandError {

@@ -34,6 +34,21 @@ pub(super) fn is_named(op: Op) -> bool {
     named_args(op).is_some()
 }
 
+/// `$dateFromParts`' arguments, in the positional order its evaluation reads them.
+const FROM_PARTS: [&str; 11] = [
+    "year",
+    "month",
+    "day",
+    "hour",
+    "minute",
+    "second",
+    "millisecond",
+    "timezone",
+    "isoWeekYear",
+    "isoWeek",
+    "isoDayOfWeek",
+];
+
 /// (all names in positional order, required names) of a calendar operator.
 fn named_args(op: Op) -> Option<(&'static [&'static str], &'static [&'static str])> {
     Some(match op {
@@ -49,22 +64,7 @@ fn named_args(op: Op) -> Option<(&'static [&'static str], &'static [&'static str
             &["date", "unit", "binSize", "timezone", "startOfWeek"],
             &["date", "unit"],
         ),
-        Op::DateFromParts => (
-            &[
-                "year",
-                "month",
-                "day",
-                "hour",
-                "minute",
-                "second",
-                "millisecond",
-                "timezone",
-                "isoWeekYear",
-                "isoWeek",
-                "isoDayOfWeek",
-            ],
-            &[],
-        ),
+        Op::DateFromParts => (&FROM_PARTS, &[]),
         Op::DateToParts => (&["date", "timezone", "iso8601"], &["date"]),
         Op::DateFromString => (
             &["dateString", "format", "timezone", "onError", "onNull"],
@@ -537,19 +537,6 @@ fn date_from_parts(vals: &[Val]) -> Result<Val, QueryError> {
 
 /// `$dateFromParts`' numbers, with defaults for the missing ones; `None` when one is null.
 fn part_numbers(vals: &[Val]) -> Result<Option<[i64; 11]>, QueryError> {
-    const NAMES: [&str; 11] = [
-        "year",
-        "month",
-        "day",
-        "hour",
-        "minute",
-        "second",
-        "millisecond",
-        "timezone",
-        "isoWeekYear",
-        "isoWeek",
-        "isoDayOfWeek",
-    ];
     let mut n = [0i64; 11];
     for (i, v) in vals.iter().enumerate() {
         if i == 7 {
@@ -567,7 +554,7 @@ fn part_numbers(vals: &[Val]) -> Result<Option<[i64; 11]>, QueryError> {
                         31034,
                         format!(
                             "'{}' must evaluate to a value in the range [-32768, 32767]; value {x} is not in range",
-                            NAMES[i]
+                            FROM_PARTS[i]
                         ),
                     ));
                 }
@@ -576,7 +563,7 @@ fn part_numbers(vals: &[Val]) -> Result<Option<[i64; 11]>, QueryError> {
                         40515,
                         format!(
                             "'{}' must evaluate to an integer, found {} with value {}",
-                            NAMES[i],
+                            FROM_PARTS[i],
                             type_name(b),
                             display(b)
                         ),

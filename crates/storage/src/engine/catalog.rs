@@ -13,6 +13,7 @@
 //! Lock order: no locks; catalog entries live under `Inner::state` (see the engine's lock
 //! order, `engine.rs`).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bson::raw::{RawBinaryRef, cstr};
@@ -118,6 +119,23 @@ pub(super) fn entry_value(doc: &DocKey) -> StoredDoc {
 /// The document an index entry points at.
 pub(super) fn entry_target(value: &RawDocument) -> Option<DocKey> {
     value.get_binary("r").ok().map(|b| DocKey(b.bytes.to_vec()))
+}
+
+/// A scan visitor that gathers `(entry key, document key)` pairs into `out`, stopping at `max`.
+pub(super) fn collect_entries(
+    out: &mut Vec<(DocKey, DocKey)>,
+    max: usize,
+) -> impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()> + '_ {
+    move |key, value| {
+        if let Some(target) = entry_target(value) {
+            out.push((key.clone(), target));
+        }
+        if out.len() >= max {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
 }
 
 pub(super) fn compile_index(

@@ -21,7 +21,7 @@ use super::catalog::{
 };
 use super::ranges::merge_overlay;
 use super::versions::{State, VersionChain, set_recovered};
-use super::{CollId, DocKey, StoredDoc, split_ns};
+use super::{CollId, DocKey, StoredDoc};
 use mangrove_bson::PartialFilters;
 
 use crate::Timestamp;
@@ -68,17 +68,7 @@ fn replay_create_collection(state: &mut State, ts: Timestamp, ns: &str, options:
     {
         return;
     }
-    let id = state.next_coll_id;
-    state.next_coll_id += 1;
-    let (db, name) = split_ns(ns);
-    let info = Arc::new(CollectionInfo {
-        db: db.to_string(),
-        name: name.to_string(),
-        options: options.clone(),
-        indexes: Vec::new(),
-        id,
-    });
-    state.collections.insert(id, BTreeMap::new());
+    let info = state.new_collection(ns, options.clone());
     set_recovered(
         state
             .catalog
@@ -116,10 +106,8 @@ fn replay_create_index(
     partial: &PartialFilters,
 ) -> Result<(), String> {
     let info = current_info(state, ns, ts)?;
-    let id = state.next_coll_id;
-    state.next_coll_id += 1;
+    let id = state.new_keyspace();
     let index = compile_index(spec.clone(), id, partial).map_err(|e| e.to_string())?;
-    state.collections.insert(id, BTreeMap::new());
     let mut entries = BTreeMap::new();
     for (key, doc) in latest_docs(state, info.id)? {
         let (keys, multikey) = index

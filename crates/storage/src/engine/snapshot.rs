@@ -14,7 +14,7 @@ use std::ops::{Bound, ControlFlow};
 
 use mangrove_bson::KeyInterval;
 
-use super::catalog::{CollectionInfo, IndexInfo, entry_target, multikey_marker};
+use super::catalog::{CollectionInfo, IndexInfo, collect_entries, multikey_marker};
 use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay};
 use super::{CollId, DocKey, Engine, StoredDoc, lock_mutex, split_ns};
 use crate::{StorageError, Timestamp};
@@ -274,16 +274,7 @@ impl Snapshot {
             as_ref_bound(&lower),
             as_ref_bound(&upper),
             reverse,
-            |key, value| {
-                if let Some(target) = entry_target(value) {
-                    out.push((key.clone(), target));
-                }
-                if out.len() >= max {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
+            collect_entries(&mut out, max),
         )?;
         Ok(out)
     }

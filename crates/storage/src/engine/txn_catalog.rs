@@ -11,11 +11,9 @@
 //! Lock order: each call takes `Inner::state` (write) alone; see the engine's lock order
 //! (`engine.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 use super::catalog::CollectionInfo;
-use super::split_ns;
 use super::txn::Txn;
 use super::versions::{SharedCreate, VersionChain};
 use crate::StorageError;
@@ -61,17 +59,7 @@ impl Txn {
             .entry(ns.to_string())
             .or_insert_with(VersionChain::new);
         chain.claim(self.id, read_ts)?;
-        let id = state.next_coll_id;
-        state.next_coll_id += 1;
-        let (db, name) = split_ns(ns);
-        let info = Arc::new(CollectionInfo {
-            db: db.to_string(),
-            name: name.to_string(),
-            options,
-            indexes: Vec::new(),
-            id,
-        });
-        state.collections.insert(id, BTreeMap::new());
+        let info = state.new_collection(ns, options);
         self.catalog.insert(ns.to_string(), Some(info.clone()));
         self.created.insert(ns.to_string());
         Ok((*info).clone())
@@ -129,24 +117,14 @@ impl Txn {
                 _ => {}
             }
         }
-        let shared = match state.shared_creates.entry(ns.to_string()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let id = state.next_coll_id;
-                state.next_coll_id += 1;
-                let (db, name) = split_ns(ns);
-                state.collections.insert(id, BTreeMap::new());
-                e.insert(SharedCreate {
-                    info: Arc::new(CollectionInfo {
-                        db: db.to_string(),
-                        name: name.to_string(),
-                        options,
-                        indexes: Vec::new(),
-                        id,
-                    }),
-                    holders: BTreeSet::new(),
-                })
-            }
+        if !state.shared_creates.contains_key(ns) {
+            let info = state.new_collection(ns, options);
+            let holders = BTreeSet::new();
+            let create = SharedCreate { info, holders };
+            state.shared_creates.insert(ns.to_string(), create);
+        }
+        let Some(shared) = state.shared_creates.get_mut(ns) else {
+            unreachable!("the shared create of {ns} was just ensured");
         };
         shared.holders.insert(self.id);
         let info = shared.info.clone();

@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use mangrove_bson::KeyInterval;
 
 use super::catalog::{
-    CollectionInfo, INDEX_ENTRY_OVERHEAD, IndexInfo, MULTIKEY_MARKER, compile_index, entry_target,
-    entry_value, multikey_marker, multikey_value,
+    CollectionInfo, INDEX_ENTRY_OVERHEAD, IndexInfo, MULTIKEY_MARKER, collect_entries,
+    compile_index, entry_target, entry_value, multikey_marker, multikey_value,
 };
 use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
 use super::txn::Txn;
@@ -258,10 +258,7 @@ impl Txn {
         self.catalog
             .entry(ns.to_string())
             .or_insert_with(|| Some(Arc::new(coll.clone())));
-        let id = state.next_coll_id;
-        state.next_coll_id += 1;
-        state.collections.insert(id, BTreeMap::new());
-        Ok(id)
+        Ok(state.new_keyspace())
     }
 
     /// The entries of a new index over the documents this transaction sees. The outer error is
@@ -414,16 +411,7 @@ impl Txn {
                 )
             },
             reverse,
-            &mut |key, value| {
-                if let Some(target) = entry_target(value) {
-                    out.push((key.clone(), target));
-                }
-                if out.len() >= max {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
+            &mut collect_entries(&mut out, max),
         )?;
         Ok(out)
     }

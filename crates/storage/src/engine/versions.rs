@@ -15,10 +15,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use bson::Bson;
+use bson::{Bson, Document};
 
 use super::catalog::CollectionInfo;
-use super::{CollId, DocKey, StoredDoc, TxnId};
+use super::{CollId, DocKey, StoredDoc, TxnId, split_ns};
 use crate::base::BaseStore;
 use crate::{StorageError, Timestamp};
 
@@ -171,6 +171,28 @@ pub(super) struct State {
     /// The newest commit that wrote documents of each collection: an index build whose
     /// snapshot predates it would miss that write.
     pub(super) last_write: HashMap<CollId, Timestamp>,
+}
+
+impl State {
+    /// A fresh, empty keyspace (a collection's documents or one index's entries) and its id.
+    pub(super) fn new_keyspace(&mut self) -> CollId {
+        let id = self.next_coll_id;
+        self.next_coll_id += 1;
+        self.collections.insert(id, BTreeMap::new());
+        id
+    }
+
+    /// A new collection `ns` with no indexes, in a fresh keyspace.
+    pub(super) fn new_collection(&mut self, ns: &str, options: Document) -> Arc<CollectionInfo> {
+        let (db, name) = split_ns(ns);
+        Arc::new(CollectionInfo {
+            db: db.to_string(),
+            name: name.to_string(),
+            options,
+            indexes: Vec::new(),
+            id: self.new_keyspace(),
+        })
+    }
 }
 
 /// A namespace several open transactions may create at once without conflicting: they all
