@@ -424,7 +424,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "find",
         "queries a collection",
-        sync!(|c| find::find(c.shared, c.req, c.txn.as_deref(), c.at)),
+        future!(|c| find::find_or_oplog(c.shared, c.req, c.txn.as_deref(), c.at)),
     )
     .statement()
     .retryable_read()
@@ -432,7 +432,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "getMore",
         "next batch of a cursor",
-        sync!(|c| get_more::get_more(c.shared, c.req)),
+        future!(|c| get_more::get_more(c.shared, c.req)),
     )
     .statement(),
     cmd(
