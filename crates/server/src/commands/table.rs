@@ -383,6 +383,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .writes(),
     cmd(
+        "collMod",
+        "changes a collection's options (changeStreamPreAndPostImages only)",
+        future!(|c| catalog::coll_mod(c.shared, c.req)),
+    )
+    .writes(),
+    cmd(
         "renameCollection",
         "renames a collection (one transaction; waits for open transactions on it)",
         future!(|c| catalog::rename_collection(c.shared, c.req)),
