@@ -486,12 +486,15 @@ pub fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 }
 
 mod control;
+pub(crate) mod reader;
 mod scan;
 mod segment;
 mod writer;
 
 pub use control::{Control, DurableEnd};
+pub(crate) use scan::name_ts;
+pub use scan::scan_log_for_recovery;
 pub use scan::{LogDamage, LogEnd, LogScan, TornTail, scan_log};
 pub use segment::{Predecessor, SegmentHeader};
-pub(crate) use writer::{ControlHandle, LogWriter, remove_covered_segments};
+pub(crate) use writer::{ControlHandle, LogWriter, Retention, remove_covered_segments};
 pub use writer::{CutReport, cut_at_damage};
