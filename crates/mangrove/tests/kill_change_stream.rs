@@ -96,7 +96,7 @@ async fn watch(client: Client, seen: Arc<Mutex<Seen>>, until: Option<HashSet<i64
         let id = event.get_document("documentKey").unwrap().get_i64("_id").unwrap();
         let ts = event.get_timestamp("clusterTime").unwrap();
         let token: ResumeToken =
-            bson::from_document(event.get_document("_id").unwrap().clone()).unwrap();
+            bson::deserialize_from_document(event.get_document("_id").unwrap().clone()).unwrap();
         let mut s = seen.lock().unwrap();
         s.events.push((id, ts));
         s.last_token = Some(token);

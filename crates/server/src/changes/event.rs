@@ -11,7 +11,7 @@
 //! - Documents are copied from the record as raw BSON, never parsed.
 
 use bson::raw::{RawBsonRef, RawDocument, cstr};
-use bson::{Bson, Document, RawDocumentBuf, doc};
+use bson::{Document, RawDocumentBuf, doc};
 use mangrove_storage::StoredDoc;
 use mangrove_storage::txlog::{LogOp, LogRecord};
 
@@ -346,9 +346,4 @@ pub fn kept_token(output: &RawDocument, event: &Event) -> bool {
         }
         _ => false,
     }
-}
-
-/// Bson of a token, for the reply's `postBatchResumeToken`.
-pub fn token_bson(token: ResumeToken) -> Bson {
-    token.to_bson()
 }

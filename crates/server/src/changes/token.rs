@@ -15,7 +15,7 @@
 //! refused with mongod's error rather than resumed from a wrong place.
 
 use bson::raw::RawBsonRef;
-use bson::{Bson, Document, doc};
+use bson::{Document, doc};
 use mangrove_storage::Timestamp;
 
 use crate::error::{CommandError, CommandResult, code};
@@ -97,10 +97,6 @@ impl ResumeToken {
                 ),
             )
         })
-    }
-
-    pub fn to_bson(self) -> Bson {
-        Bson::Document(self.to_document())
     }
 }
 

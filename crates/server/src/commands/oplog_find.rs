@@ -20,7 +20,7 @@ use mangrove_storage::Timestamp;
 use crate::Shared;
 use crate::changes::{Batch, HistoryCursor, Shape};
 use crate::cursor::{BatchDoc, Cursor, Source};
-use crate::error::{CommandError, CommandResult, code};
+use crate::error::{CommandError, CommandResult};
 use crate::request::Request;
 
 use super::Reply;
@@ -153,8 +153,7 @@ async fn newest_first(
     limit: u64,
 ) -> CommandResult<Reply> {
     let mut last: VecDeque<BatchDoc> = VecDeque::new();
-    let mut post_batch_token = None;
-    loop {
+    let post_batch_token = loop {
         let batch = cursor.next_batch(&shared.engine, 1024, None).await?;
         for doc in batch.docs {
             if last.len() as u64 == limit {
@@ -162,16 +161,13 @@ async fn newest_first(
             }
             last.push_back(doc);
         }
-        post_batch_token = Some(batch.post_batch_token);
         if batch.ended {
-            break;
+            break batch.post_batch_token;
         }
-    }
+    };
     let batch = Batch {
         docs: last.into_iter().rev().collect(),
-        post_batch_token: post_batch_token.ok_or_else(|| {
-            CommandError::new(code::INTERNAL_ERROR, "an oplog read returned no batch")
-        })?,
+        post_batch_token,
         ended: true,
     };
     Ok(Reply::Raw(reply(OPLOG_NS, 0, "firstBatch", &batch)))

@@ -430,7 +430,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "find",
         "queries a collection",
-        future!(|c| find::find_or_oplog(c.shared, c.req, c.txn.as_deref(), c.at)),
+        future!(|c| find::find_or_oplog(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
     )
     .statement()
     .retryable_read()
