@@ -319,6 +319,12 @@ impl HistoryCursor {
             });
             return Ok(());
         };
+        // `run` expects its input to have passed the pipeline's leading `$match`.
+        if let Some(leading) = stages.leading_match()
+            && !leading.try_matches(&event.doc)?
+        {
+            return Ok(());
+        }
         let outputs = stages.run(vec![event.doc.clone()])?;
         for out in outputs {
             if !kept_token(&out, &event) {

@@ -89,6 +89,7 @@ pub(super) async fn open(
         ));
     }
     validate_db_name(req.db)?;
+    check_read_concern(req)?;
     let coll = match req.command_value() {
         Some(RawBsonRef::String(c)) => Some(c),
         _ => None,
@@ -135,6 +136,27 @@ pub(super) async fn open(
         })?
     };
     Ok(Reply::Raw(reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// A change stream reads majority-committed (here: durable) history; other levels are refused,
+/// as mongod refuses them.
+fn check_read_concern(req: &Request<'_>) -> CommandResult<()> {
+    let level = match req.opt_doc("readConcern")? {
+        Some(rc) => match rc.get("level").ok().flatten() {
+            Some(RawBsonRef::String(level)) => Some(level),
+            _ => None,
+        },
+        None => None,
+    };
+    match level {
+        None | Some("majority") => Ok(()),
+        Some(level) => Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            format!(
+                "$changeStream is only supported with readConcern level 'majority' (or none), not '{level}': it shows only durable commits"
+            ),
+        )),
+    }
 }
 
 /// The stages after `$changeStream`, parsed by the query crate (which refuses unknown stages
