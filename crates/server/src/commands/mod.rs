@@ -21,6 +21,7 @@ mod insert;
 mod modify;
 mod multi_write;
 mod names;
+mod oplog_admin;
 mod read_concern;
 mod reply;
 mod sessions;
