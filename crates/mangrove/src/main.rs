@@ -126,10 +126,20 @@ struct ServeArgs {
     /// large.
     #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
     log_segment_size: u64,
-    /// Log segments to keep after a checkpoint has made them unnecessary for recovery
-    /// (for `mangrove log` history). 0 removes them at once.
+    /// Log segments to keep after a checkpoint has made them unnecessary for recovery,
+    /// whatever --oplog-size-mb says (for `mangrove log` history).
     #[arg(long, default_value_t = 0)]
     log_retention_segments: usize,
+    /// MB of transaction log kept as history for change streams and local.oplog.rs
+    /// (mongod's --oplogSize): segments a checkpoint covers are removed, oldest first, only
+    /// while the log is larger. mongod's replSetResizeOplog accepts 990 to 1073741824 (1 PB);
+    /// this flag accepts anything from 1, for tests and small machines.
+    #[arg(long, default_value_t = 1024, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=1024 * 1024 * 1024))]
+    oplog_size_mb: u64,
+    /// Hours a segment's newest record is kept at least, even past --oplog-size-mb (mongod's
+    /// --oplogMinRetentionHours; 0: size alone decides).
+    #[arg(long, default_value_t = 0.0, value_name = "HOURS", value_parser = min_retention_hours)]
+    oplog_min_retention_hours: f64,
     /// Enable test-only commands (configureFailPoint) that the drivers' spec tests use. Never
     /// on a server anyone depends on: a fail point can make every command fail.
     #[arg(long)]
@@ -146,6 +156,16 @@ struct ServeArgs {
 /// parameters; larger values would overflow the clock when added to it.
 fn secs(min: u64) -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(min..=i32::MAX as u64)
+}
+
+/// mongod's `oplogMinRetentionHours`: a finite number of hours, at least 0 (and at most ten
+/// thousand years, so it fits a `Duration`).
+fn min_retention_hours(text: &str) -> Result<f64, String> {
+    let hours: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=87_600_000.0).contains(&hours) {
+        return Err(format!("{hours} is not between 0 and 87600000 hours"));
+    }
+    Ok(hours)
 }
 
 /// Logging to stderr, and a panic hook that makes a panic one structured error line. With
@@ -248,6 +268,8 @@ fn config_from(args: ServeArgs) -> Config {
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval_secs.max(1)),
         checkpoint_log_bytes: args.checkpoint_log_size.max(1).saturating_mul(1024 * 1024),
         retain_log_segments: args.log_retention_segments,
+        oplog_size_bytes: args.oplog_size_mb.saturating_mul(1024 * 1024),
+        oplog_min_retention: Duration::from_secs_f64(args.oplog_min_retention_hours * 3600.0),
         log_segment_bytes: args.log_segment_size * 1024 * 1024,
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,

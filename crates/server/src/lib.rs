@@ -80,8 +80,14 @@ pub struct Config {
     pub cache_bytes: usize,
     pub checkpoint_interval: Duration,
     pub checkpoint_log_bytes: u64,
-    /// Log segments kept after a checkpoint covers them.
+    /// Log segments kept after a checkpoint covers them, whatever the oplog size says.
     pub retain_log_segments: usize,
+    /// Bytes of log kept as history for change streams and `local.oplog.rs` (mongod's
+    /// `--oplogSize`, in MB there); `replSetResizeOplog` changes it at runtime.
+    pub oplog_size_bytes: u64,
+    /// How long history is kept at least, even past `oplog_size_bytes` (mongod's
+    /// `--oplogMinRetentionHours`).
+    pub oplog_min_retention: Duration,
     /// A new log segment starts once the current one reaches this size.
     pub log_segment_bytes: u64,
     /// The process arguments, echoed by `getCmdLineOpts`.
@@ -117,6 +123,8 @@ impl Default for Config {
             checkpoint_interval: EngineOptions::default().checkpoint_interval,
             checkpoint_log_bytes: EngineOptions::default().checkpoint_log_bytes,
             retain_log_segments: 0,
+            oplog_size_bytes: EngineOptions::default().history_size_bytes,
+            oplog_min_retention: EngineOptions::default().history_min_retention,
             log_segment_bytes: EngineOptions::default().segment_bytes,
             argv: Vec::new(),
             enable_test_commands: false,
@@ -170,6 +178,8 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         checkpoint_interval: config.checkpoint_interval,
         checkpoint_log_bytes: config.checkpoint_log_bytes,
         retain_log_segments: config.retain_log_segments,
+        history_size_bytes: config.oplog_size_bytes,
+        history_min_retention: config.oplog_min_retention,
         truncate_damaged_log: config.truncate_damaged_log,
         segment_bytes: config.log_segment_bytes,
         partial_filters: mangrove_query::partial_filters(),
@@ -184,6 +194,7 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         replayed = report.replayed,
         log_bytes = report.log_bytes,
         segments = report.segments,
+        segments_kept_as_history = report.segments_skipped,
         seconds = format!("{secs:.3}"),
         mb_per_sec = format!("{:.1}", report.log_bytes as f64 / 1e6 / secs.max(1e-9)),
         "recovered the transaction log"

@@ -320,7 +320,9 @@ fn a_reader_whose_next_segment_was_removed_gets_history_lost() {
     assert_eq!(first.len(), 1);
     engine.set_history_retention(16 * 1024, Duration::ZERO);
     insert_many(&engine, 300, 1);
-    assert!(engine.checkpoint().unwrap().unwrap().segments_removed > 0);
+    // The checkpoint the resize asked for may already have run and removed them.
+    engine.checkpoint().unwrap();
+    assert!(engine.history_truncation_stats().truncate_count > 0);
     // The open segment still reads through its descriptor; the one after it is gone.
     match drain(&mut reader, 5) {
         Err(StorageError::HistoryLost { requested, .. }) => {

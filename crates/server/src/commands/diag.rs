@@ -134,7 +134,9 @@ pub(super) fn server_status(shared: &Shared) -> Document {
                 "bytes": log.bytes as i64,
                 "lastCommit": shared.engine.last_commit().to_bson(),
             },
+            "history": super::oplog_admin::history_status(shared),
         },
+        "oplogTruncation": super::oplog_admin::oplog_truncation(shared),
         "metrics": {
             "cursor": { "open": { "total": shared.cursors.open_count() as i64 } },
             "ttl": {

@@ -22,6 +22,7 @@ mod insert;
 mod modify;
 mod multi_write;
 mod names;
+mod oplog_admin;
 mod oplog_find;
 mod read_concern;
 mod reply;

@@ -23,7 +23,7 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, count_distinct, delete, diag, explain, find, find_and_modify,
-    get_more, indexes, insert, sessions, update,
+    get_more, indexes, insert, oplog_admin, sessions, update,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -259,6 +259,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .admin()
     .test_only(),
+    cmd(
+        "replSetResizeOplog",
+        "changes how much history the log keeps: size (MB), minRetentionHours",
+        sync!(|c| oplog_admin::resize_oplog(c.shared, c.req)),
+    )
+    .admin(),
     cmd(
         "getCmdLineOpts",
         "the command line the server was started with",

@@ -94,6 +94,13 @@ pub struct HistoryReader {
     position: Timestamp,
 }
 
+// A server cursor keeps a reader across getMores, on any thread.
+const _: fn() = || {
+    fn send_static<T: Send + 'static>() {}
+    send_static::<HistoryReader>();
+};
+
+/// History is lost at `requested` (a reader's resume point or position).
 fn lost(requested: Timestamp, dir: &Path) -> StorageError {
     StorageError::HistoryLost {
         requested,
