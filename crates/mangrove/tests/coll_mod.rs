@@ -71,7 +71,10 @@ async fn bad_pre_and_post_images_options_are_refused() {
     db.run_command(doc! { "create": "c" }).await.unwrap();
     let bad = [
         (doc! { "changeStreamPreAndPostImages": 1 }, 14),
-        (doc! { "changeStreamPreAndPostImages": { "enabled": 1 } }, 14),
+        (
+            doc! { "changeStreamPreAndPostImages": { "enabled": 1 } },
+            14,
+        ),
         (doc! { "changeStreamPreAndPostImages": {} }, 40414),
         (
             doc! { "changeStreamPreAndPostImages": { "enabled": true, "x": 1 } },
@@ -133,7 +136,10 @@ async fn log_show_prints_descriptions_pre_images_and_annotations() {
     };
     assert!(line("collMod").contains("changeStreamPreAndPostImages"));
     let update = line("updatedFields");
-    assert!(update.contains("\"a\": 2") && update.contains("+pre"), "{update}");
+    assert!(
+        update.contains("\"a\": 2") && update.contains("+pre"),
+        "{update}"
+    );
     assert!(line("replaced").contains("+pre"));
     let rename = line("renameCollection");
     assert!(rename.contains("\"to\": \"cs.d\""), "{rename}");

@@ -526,7 +526,11 @@ mod tests {
         assert_eq!(record.ts, Timestamp(7));
         assert!(matches!(
             &record.ops[0],
-            LogOp::Update { diff: None, pre: None, .. }
+            LogOp::Update {
+                diff: None,
+                pre: None,
+                ..
+            }
         ));
         assert!(matches!(&record.ops[1], LogOp::Delete { pre: None, .. }));
     }

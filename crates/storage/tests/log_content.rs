@@ -53,7 +53,11 @@ fn update_has_its_description_and_replacement_has_none() {
     let dir = TempDir::new("logc-diff");
     let (engine, _) = open(options(&dir)).unwrap();
     let coll = create(&engine, "db.c", Document::new());
-    seed(&engine, &coll, &[(1, rawdoc! { "_id": 1, "a": 1, "b": { "c": 1 }, "z": 0 })]);
+    seed(
+        &engine,
+        &coll,
+        &[(1, rawdoc! { "_id": 1, "a": 1, "b": { "c": 1 }, "z": 0 })],
+    );
 
     let mut t = engine.begin();
     let post = rawdoc! { "_id": 1, "a": 2, "b": { "c": 1, "d": [1] } };
@@ -74,10 +78,21 @@ fn update_has_its_description_and_replacement_has_none() {
     assert_eq!(parsed(diff.as_ref().unwrap()), want);
 
     let mut t = engine.begin();
-    t.replace(&coll, key(1), stored(rawdoc! { "_id": 1, "r": true })).unwrap();
+    t.replace(&coll, key(1), stored(rawdoc! { "_id": 1, "r": true }))
+        .unwrap();
     commit_durable(t).unwrap();
     let ops = last_ops(&dir);
-    assert!(matches!(&ops[0], LogOp::Update { diff: None, pre: None, .. }), "{ops:?}");
+    assert!(
+        matches!(
+            &ops[0],
+            LogOp::Update {
+                diff: None,
+                pre: None,
+                ..
+            }
+        ),
+        "{ops:?}"
+    );
     engine.close_without_checkpoint();
 }
 
@@ -89,20 +104,30 @@ fn updates_collapse_to_one_op_from_the_pre_transaction_version() {
     seed(
         &engine,
         &coll,
-        &[(1, rawdoc! { "_id": 1, "v": 1 }), (2, rawdoc! { "_id": 2, "v": 1 })],
+        &[
+            (1, rawdoc! { "_id": 1, "v": 1 }),
+            (2, rawdoc! { "_id": 2, "v": 1 }),
+        ],
     );
 
     // update then update: one update, described from before the transaction.
     // update then replace (key 2): a replacement.
     // insert then update (key 3): one insert with the final document.
     let mut t = engine.begin();
-    t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 })).unwrap();
-    t.update(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 2 })).unwrap();
-    t.insert(&coll, key(3), stored(rawdoc! { "_id": 3, "v": 1 })).unwrap();
-    t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 3, "w": 1 })).unwrap();
-    t.replace(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 3 })).unwrap();
-    t.update(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 4 })).unwrap();
-    t.update(&coll, key(3), stored(rawdoc! { "_id": 3, "v": 2 })).unwrap();
+    t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 }))
+        .unwrap();
+    t.update(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 2 }))
+        .unwrap();
+    t.insert(&coll, key(3), stored(rawdoc! { "_id": 3, "v": 1 }))
+        .unwrap();
+    t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 3, "w": 1 }))
+        .unwrap();
+    t.replace(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 3 }))
+        .unwrap();
+    t.update(&coll, key(2), stored(rawdoc! { "_id": 2, "v": 4 }))
+        .unwrap();
+    t.update(&coll, key(3), stored(rawdoc! { "_id": 3, "v": 2 }))
+        .unwrap();
     commit_durable(t).unwrap();
     let ops = last_ops(&dir);
     assert_eq!(ops.len(), 3, "{ops:?}");
@@ -113,7 +138,10 @@ fn updates_collapse_to_one_op_from_the_pre_transaction_version() {
         parsed(d),
         doc! { "updatedFields": { "v": 3, "w": 1 }, "removedFields": [], "truncatedArrays": [] }
     );
-    assert!(matches!(&ops[1], LogOp::Update { diff: None, .. }), "{ops:?}");
+    assert!(
+        matches!(&ops[1], LogOp::Update { diff: None, .. }),
+        "{ops:?}"
+    );
     let LogOp::Insert { doc, .. } = &ops[2] else {
         panic!("{ops:?}")
     };
@@ -127,19 +155,31 @@ fn ops_follow_statement_order_across_keys_and_collections() {
     let (engine, _) = open(options(&dir)).unwrap();
     let a = create(&engine, "db.a", Document::new());
     let b = create(&engine, "db.b", Document::new());
-    seed(&engine, &a, &[(1, rawdoc! { "_id": 1 }), (5, rawdoc! { "_id": 5 })]);
+    seed(
+        &engine,
+        &a,
+        &[(1, rawdoc! { "_id": 1 }), (5, rawdoc! { "_id": 5 })],
+    );
 
     let mut t = engine.begin();
-    t.update(&a, key(5), stored(rawdoc! { "_id": 5, "x": 1 })).unwrap();
+    t.update(&a, key(5), stored(rawdoc! { "_id": 5, "x": 1 }))
+        .unwrap();
     t.insert(&b, key(9), stored(rawdoc! { "_id": 9 })).unwrap();
     t.delete(&a, key(1)).unwrap();
     t.insert(&a, key(3), stored(rawdoc! { "_id": 3 })).unwrap();
     // A second write of an earlier key keeps that key's place.
-    t.update(&a, key(5), stored(rawdoc! { "_id": 5, "x": 2 })).unwrap();
+    t.update(&a, key(5), stored(rawdoc! { "_id": 5, "x": 2 }))
+        .unwrap();
     commit_durable(t).unwrap();
     let got: Vec<(&str, String, i64)> = last_ops(&dir)
         .iter()
-        .map(|op| (op.kind(), op.ns().to_string(), op.id().unwrap().as_i32().unwrap() as i64))
+        .map(|op| {
+            (
+                op.kind(),
+                op.ns().to_string(),
+                op.id().unwrap().as_i32().unwrap() as i64,
+            )
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .collect();
@@ -158,7 +198,14 @@ fn ops_follow_statement_order_across_keys_and_collections() {
     let snap = engine.snapshot();
     let coll = snap.collection("db.a").unwrap();
     assert!(snap.get(&coll, &key(1)).unwrap().is_none());
-    assert_eq!(snap.get(&coll, &key(5)).unwrap().unwrap().get_i32("x").unwrap(), 2);
+    assert_eq!(
+        snap.get(&coll, &key(5))
+            .unwrap()
+            .unwrap()
+            .get_i32("x")
+            .unwrap(),
+        2
+    );
     engine.close_without_checkpoint();
 }
 
@@ -169,27 +216,49 @@ fn pre_images_only_where_the_collection_asks() {
     let with = create(&engine, "db.with", pre_images_on());
     let without = create(&engine, "db.without", Document::new());
     let v1 = rawdoc! { "_id": 1, "v": 1 };
-    seed(&engine, &with, &[(1, v1.clone()), (2, rawdoc! { "_id": 2 })]);
-    seed(&engine, &without, &[(1, v1.clone()), (2, rawdoc! { "_id": 2 })]);
+    seed(
+        &engine,
+        &with,
+        &[(1, v1.clone()), (2, rawdoc! { "_id": 2 })],
+    );
+    seed(
+        &engine,
+        &without,
+        &[(1, v1.clone()), (2, rawdoc! { "_id": 2 })],
+    );
 
     let mut t = engine.begin();
     for coll in [&with, &without] {
-        t.update(coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 })).unwrap();
-        t.update(coll, key(1), stored(rawdoc! { "_id": 1, "v": 3 })).unwrap();
+        t.update(coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 }))
+            .unwrap();
+        t.update(coll, key(1), stored(rawdoc! { "_id": 1, "v": 3 }))
+            .unwrap();
         t.delete(coll, key(2)).unwrap();
     }
     commit_durable(t).unwrap();
     let ops = last_ops(&dir);
     assert_eq!(ops.len(), 4, "{ops:?}");
     match (&ops[0], &ops[1]) {
-        (LogOp::Update { pre: Some(pre), .. }, LogOp::Delete { pre: Some(deleted), .. }) => {
+        (
+            LogOp::Update { pre: Some(pre), .. },
+            LogOp::Delete {
+                pre: Some(deleted), ..
+            },
+        ) => {
             // The version before the transaction, not the intermediate one.
             assert_eq!(pre.as_bytes(), v1.as_bytes());
             assert_eq!(deleted.get_i32("_id").unwrap(), 2);
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&ops[2], LogOp::Update { pre: None, diff: Some(_), .. }));
+    assert!(matches!(
+        &ops[2],
+        LogOp::Update {
+            pre: None,
+            diff: Some(_),
+            ..
+        }
+    ));
     assert!(matches!(&ops[3], LogOp::Delete { pre: None, .. }));
     engine.close_without_checkpoint();
 }
@@ -257,9 +326,13 @@ fn collection_options_survive_restart_by_replay_and_by_checkpoint() {
         assert_eq!(coll.options, pre_images_on(), "checkpoint: {checkpoint}");
         // And the option is in force: updates log their pre-image.
         let mut t = engine.begin();
-        t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 })).unwrap();
+        t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 }))
+            .unwrap();
         commit_durable(t).unwrap();
-        assert!(matches!(&last_ops(&dir)[0], LogOp::Update { pre: Some(_), .. }));
+        assert!(matches!(
+            &last_ops(&dir)[0],
+            LogOp::Update { pre: Some(_), .. }
+        ));
         engine.close_without_checkpoint();
     }
 }
@@ -269,7 +342,12 @@ fn set_options_of_a_missing_collection_is_namespace_not_found() {
     let dir = TempDir::new("logc-collmod-missing");
     let (engine, _) = open(options(&dir)).unwrap();
     let mut t = engine.begin();
-    let err = t.set_collection_options("db.nope", pre_images_on()).unwrap_err();
-    assert!(matches!(err, mangrove_storage::StorageError::NamespaceNotFound(_)), "{err:?}");
+    let err = t
+        .set_collection_options("db.nope", pre_images_on())
+        .unwrap_err();
+    assert!(
+        matches!(err, mangrove_storage::StorageError::NamespaceNotFound(_)),
+        "{err:?}"
+    );
     engine.close_without_checkpoint();
 }
