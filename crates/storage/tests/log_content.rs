@@ -180,8 +180,6 @@ fn ops_follow_statement_order_across_keys_and_collections() {
                 op.id().unwrap().as_i32().unwrap() as i64,
             )
         })
-        .collect::<Vec<_>>()
-        .into_iter()
         .collect();
     let want = vec![
         ("update", "db.a".to_string(), 5),
