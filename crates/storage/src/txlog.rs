@@ -498,3 +498,84 @@ pub use scan::{LogDamage, LogEnd, LogScan, TornTail, scan_log};
 pub use segment::{Predecessor, SegmentHeader};
 pub(crate) use writer::{ControlHandle, LogWriter, Retention, remove_covered_segments};
 pub use writer::{CutReport, cut_at_damage};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{doc, rawdoc};
+
+    /// A payload as `encode_record` and `seal_record` frame it, with the given body.
+    fn payload(body: &RawDocument) -> Vec<u8> {
+        let mut p = vec![0u8; PAYLOAD_PREFIX_LEN];
+        p[0..8].copy_from_slice(&7u64.to_le_bytes());
+        p.extend_from_slice(body.as_bytes());
+        p
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let key = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: vec![1, 2],
+        };
+        let body = rawdoc! {
+            "v": 1,
+            "ops": [
+                { "op": "u", "ns": "db.c", "k": key.clone(), "o": { "_id": 1, "v": 2 } },
+                { "op": "d", "ns": "db.c", "k": key, "_id": 1 },
+            ],
+        };
+        let record = decode_payload(&payload(&body)).unwrap();
+        assert_eq!(record.ts, Timestamp(7));
+        assert!(matches!(
+            &record.ops[0],
+            LogOp::Update {
+                diff: None,
+                pre: None,
+                ..
+            }
+        ));
+        assert!(matches!(&record.ops[1], LogOp::Delete { pre: None, .. }));
+    }
+
+    #[test]
+    fn version_2_ops_round_trip() {
+        let stored = |d: RawDocumentBuf| Arc::new(d);
+        let ops = vec![
+            LogOp::SetCollectionOptions {
+                ns: "db.c".into(),
+                options: doc! { "changeStreamPreAndPostImages": { "enabled": true } },
+            },
+            LogOp::Update {
+                ns: "db.c".into(),
+                key: vec![1],
+                doc: stored(rawdoc! { "_id": 1, "v": 2 }),
+                diff: Some(stored(rawdoc! { "updatedFields": { "v": 2 } })),
+                pre: Some(stored(rawdoc! { "_id": 1, "v": 1 })),
+            },
+            LogOp::Update {
+                ns: "db.c".into(),
+                key: vec![2],
+                doc: stored(rawdoc! { "_id": 2 }),
+                diff: None,
+                pre: None,
+            },
+            LogOp::Delete {
+                ns: "db.c".into(),
+                key: vec![3],
+                id: Bson::Int32(3),
+                pre: Some(stored(rawdoc! { "_id": 3 })),
+            },
+            LogOp::Command {
+                ns: "db.$cmd".into(),
+                o: doc! { "dropDatabase": 1 },
+            },
+        ];
+        let mut record = encode_record(&CommitMeta::default(), &ops).unwrap();
+        seal_record(&mut record, Timestamp(9), 0);
+        let decoded = decode_payload(&record[RECORD_HEADER_LEN..]).unwrap();
+        assert_eq!(decoded.ops, ops);
+        let body = RawDocument::from_bytes(&record[RECORD_HEADER_LEN + PAYLOAD_PREFIX_LEN..]);
+        assert_eq!(body.unwrap().get_i32("v").unwrap(), RECORD_VERSION);
+    }
+}
