@@ -439,6 +439,7 @@ impl<'a> Request<'a> {
         Ok(CommitMeta {
             lsid,
             txn_number: self.txn_number()?,
+            in_transaction: false,
         })
     }
 

@@ -80,7 +80,7 @@ mod txn_write;
 mod verify;
 mod versions;
 
-pub use catalog::{CollectionInfo, IndexInfo};
+pub use catalog::{CollectionInfo, IndexInfo, UUID_OPTION, uuid_of};
 pub use checkpoint::CheckpointReport;
 use commit::{CommitQueue, LogCounters, LogProgress};
 pub use commit::{CommitTicket, LogStats};

@@ -6,7 +6,8 @@
 //! segment file  = header record*       (the header names the segment before it: segment.rs)
 //! record        = payload length u32 LE | crc32c u32 LE | payload
 //! payload       = commit ts u64 LE | wall clock ms i64 LE | BSON body
-//! body          = { v: 2, lsid?: doc, txnNumber?: long, ops: [op, ...] }
+//! body          = { v: 2, lsid?: doc, txnNumber?: long, multi?: true, ops: [op, ...] }
+//!                 (multi: a multi-document transaction, not a retryable write)
 //! op            = { op: "i", ns, k: binData, o: doc }                       (insert)
 //!               | { op: "u", ns, k: binData, o: doc, diff?: doc, pre?: doc } (update)
 //!               | { op: "d", ns, k: binData, _id, pre?: doc }              (delete)
@@ -168,6 +169,9 @@ impl LogOp {
 pub struct CommitMeta {
     pub lsid: Option<Document>,
     pub txn_number: Option<i64>,
+    /// A multi-document transaction (`autocommit: false`), not a retryable write: change
+    /// events show the session fields only for these, as mongod's do.
+    pub in_transaction: bool,
 }
 
 /// A committed transaction as read back from the log.
@@ -202,6 +206,9 @@ pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>,
     }
     if let Some(n) = meta.txn_number {
         body.append(cstr!("txnNumber"), n);
+    }
+    if meta.in_transaction {
+        body.append(cstr!("multi"), true);
     }
     let mut encoded_ops = RawArrayBuf::new();
     for op in ops {
@@ -353,6 +360,7 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
             Err(_) => None,
         },
         txn_number: body.get_i64("txnNumber").ok(),
+        in_transaction: body.get_bool("multi").unwrap_or(false),
     };
     let mut ops = Vec::new();
     for op in body.get_array("ops").map_err(bad("ops"))? {

@@ -55,9 +55,20 @@ fn annotation(record: &LogRecord) -> Option<Annotation<'_>> {
     })
 }
 
+/// A collection's UUID by namespace, as of the record being shaped.
+pub type Uuids<'a> = &'a mut dyn FnMut(&str) -> Option<bson::Uuid>;
+
 /// The events `record` shows a stream with `spec`, in order.
-pub fn record_events(record: &LogRecord, spec: &StreamSpec) -> CommandResult<Vec<Event>> {
-    let shaper = Shaper { record, spec };
+pub fn record_events(
+    record: &LogRecord,
+    spec: &StreamSpec,
+    uuids: Uuids<'_>,
+) -> CommandResult<Vec<Event>> {
+    let shaper = Shaper {
+        record,
+        spec,
+        uuids: std::cell::RefCell::new(uuids),
+    };
     let mut out = Vec::new();
     if let Some(Annotation::Rename {
         from,
@@ -81,6 +92,7 @@ pub fn record_events(record: &LogRecord, spec: &StreamSpec) -> CommandResult<Vec
 struct Shaper<'a> {
     record: &'a LogRecord,
     spec: &'a StreamSpec,
+    uuids: std::cell::RefCell<Uuids<'a>>,
 }
 
 impl Shaper<'_> {
@@ -215,6 +227,7 @@ impl Shaper<'_> {
             ("view", doc! {"viewOn": view_on, "pipeline": pipeline})
         } else {
             let mut d = options.clone();
+            d.remove(mangrove_storage::UUID_OPTION);
             d.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
             ("collection", d)
         };
@@ -292,6 +305,12 @@ impl Shaper<'_> {
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
         e.append(cstr!("wallTime"), bson::DateTime::from_millis(self.record.wall_ms));
         if let Some(ns) = ns {
+            // mongod adds the collection's UUID to expanded events.
+            if self.spec.show_expanded
+                && let Some(uuid) = (self.uuids.borrow_mut())(ns)
+            {
+                e.append(cstr!("collectionUUID"), bson::Binary::from(uuid).as_raw_binary());
+            }
             e.append(cstr!("ns"), raw(&ns_doc(ns)));
         }
         e
@@ -300,7 +319,7 @@ impl Shaper<'_> {
     /// Adds a transaction's session fields and wraps the event.
     fn finish(&self, at: usize, mut e: RawDocumentBuf) -> Event {
         let meta = &self.record.meta;
-        if let (Some(lsid), Some(n)) = (&meta.lsid, meta.txn_number) {
+        if let (true, Some(lsid), Some(n)) = (meta.in_transaction, &meta.lsid, meta.txn_number) {
             e.append(cstr!("lsid"), raw(lsid));
             e.append(cstr!("txnNumber"), n);
         }

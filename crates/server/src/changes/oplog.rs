@@ -13,15 +13,15 @@
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_storage::txlog::{LogOp, LogRecord};
 
-use super::event::Event;
+use super::event::{Event, Uuids};
 use super::token::ResumeToken;
 
 /// mongod's term for a one-member set that never held an election.
 const TERM: i64 = 1;
 
 /// The oplog entries of one record (as events whose token is the record's place).
-pub fn record_entries(record: &LogRecord) -> Vec<Event> {
-    let ops = entry_ops(record);
+pub fn record_entries(record: &LogRecord, uuids: Uuids<'_>) -> Vec<Event> {
+    let ops = entry_ops(record, uuids);
     let entry = match ops.len() {
         0 => return Vec::new(),
         1 => {
@@ -60,7 +60,19 @@ fn stamp(e: &mut Document, record: &LogRecord) {
 }
 
 /// The entries (without `ts` and the rest of `stamp`) of a record's ops.
-fn entry_ops(record: &LogRecord) -> Vec<Document> {
+fn entry_ops(record: &LogRecord, uuids: Uuids<'_>) -> Vec<Document> {
+    let mut op_entry = |op: &LogOp| {
+        let mut entry = op_entry(op)?;
+        // `ui`: the UUID of the collection a write is to (commands name theirs in `o`).
+        if matches!(
+            op,
+            LogOp::Insert { .. } | LogOp::Update { .. } | LogOp::Delete { .. }
+        ) && let Some(uuid) = uuids(op.ns())
+        {
+            entry.insert("ui", uuid);
+        }
+        Some(entry)
+    };
     if let Some(command) = record.ops.iter().find_map(|op| match op {
         LogOp::Command { ns, o } => Some(command_entry(ns, o)),
         _ => None,
@@ -69,12 +81,12 @@ fn entry_ops(record: &LogRecord) -> Vec<Document> {
         let mut out: Vec<Document> = Vec::new();
         // dropDatabase keeps its drops before it; a rename or collMod is the command alone.
         if record.ops.iter().any(|op| matches!(op, LogOp::Command { o, .. } if o.contains_key("dropDatabase"))) {
-            out.extend(record.ops.iter().filter_map(op_entry));
+            out.extend(record.ops.iter().filter_map(&mut op_entry));
         }
         out.extend(command);
         return out;
     }
-    record.ops.iter().filter_map(op_entry).collect()
+    record.ops.iter().filter_map(&mut op_entry).collect()
 }
 
 fn command_entry(ns: &str, o: &Document) -> Option<Document> {
@@ -89,7 +101,14 @@ fn command_entry(ns: &str, o: &Document) -> Option<Document> {
     })
 }
 
+/// The session records of retryable writes and transactions: mongod derives them from the
+/// oplog rather than logging them, and so does Mangrove's oplog.
+const SESSION_RECORDS: &str = "config.transactions";
+
 fn op_entry(op: &LogOp) -> Option<Document> {
+    if op.ns() == SESSION_RECORDS {
+        return None;
+    }
     let split = |ns: &str| -> (String, String) {
         match ns.split_once('.') {
             Some((db, coll)) => (db.to_string(), coll.to_string()),
@@ -113,6 +132,7 @@ fn op_entry(op: &LogOp) -> Option<Document> {
             let (db, coll) = split(ns);
             let mut o = doc! {"create": coll};
             o.extend(options.clone());
+            o.remove(mangrove_storage::UUID_OPTION);
             doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o}
         }
         LogOp::DropCollection { ns } => {

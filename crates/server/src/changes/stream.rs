@@ -14,19 +14,19 @@
 //! - The log is read off the async threads (`spawn_blocking`), and no lock is held across an
 //!   await: a cursor is taken out of the cursor table while a `getMore` runs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bson::RawDocumentBuf;
 use mangrove_query::Pipeline;
-use mangrove_storage::txlog::LogRecord;
-use mangrove_storage::{Engine, HistoryReader, Timestamp};
+use mangrove_storage::txlog::{LogOp, LogRecord};
+use mangrove_storage::{Engine, HistoryReader, Timestamp, uuid_of};
 
 use mangrove_query::{Filter, Projection};
 
 use super::event::{Event, kept_token, record_events};
 use super::oplog::record_entries;
-use super::spec::{Start, StreamSpec};
+use super::spec::{Scope, Start, StreamSpec};
 use super::token::{ResumeToken, TokenKind};
 use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 use crate::error::{CommandError, CommandResult, code};
@@ -64,6 +64,9 @@ pub enum Shape {
 
 pub struct HistoryCursor {
     shape: Shape,
+    /// Collection UUIDs: the catalog's when the cursor opened, then as the history read since
+    /// creates collections (so an event shows the UUID its collection had then).
+    uuids: HashMap<String, bson::Uuid>,
     /// Taken while a read runs on the blocking pool.
     reader: Option<HistoryReader>,
     /// Every record at or before this has its events in `ready` or returned.
@@ -93,6 +96,7 @@ impl HistoryCursor {
         debug_assert!(matches!(shape, Shape::Oplog { .. }));
         Ok(HistoryCursor {
             shape,
+            uuids: catalog_uuids(engine, None),
             reader: Some(engine.read_history(after)?),
             after,
             resume_inside: None,
@@ -120,8 +124,10 @@ impl HistoryCursor {
             Start::AtOperationTime(ts) => (Timestamp(ts.0.saturating_sub(1)), None),
         };
         let reader = engine.read_history(after)?;
+        let uuids = catalog_uuids(engine, Some(&spec.scope));
         let mut stream = HistoryCursor {
             shape: Shape::Events { spec, stages },
+            uuids,
             reader: Some(reader),
             after,
             resume_inside,
@@ -270,9 +276,12 @@ impl HistoryCursor {
     fn absorb(&mut self, records: Vec<LogRecord>) -> CommandResult<()> {
         for record in records {
             debug_assert!(record.ts > self.after, "history goes forward");
+            self.learn_uuids(&record);
+            let known = &self.uuids;
+            let mut uuids = |ns: &str| -> Option<bson::Uuid> { known.get(ns).copied() };
             let mut events = match &self.shape {
-                Shape::Events { spec, .. } => record_events(&record, spec)?,
-                Shape::Oplog { .. } => record_entries(&record),
+                Shape::Events { spec, .. } => record_events(&record, spec, &mut uuids)?,
+                Shape::Oplog { .. } => record_entries(&record, &mut uuids),
             };
             if let Some(t) = self.resume_inside.take() {
                 if record.ts != t.ts {
@@ -289,6 +298,18 @@ impl HistoryCursor {
             }
         }
         Ok(())
+    }
+
+    /// The UUIDs of collections a record creates or changes, for its events and later ones.
+    fn learn_uuids(&mut self, record: &LogRecord) {
+        for op in &record.ops {
+            if let LogOp::CreateCollection { ns, options }
+            | LogOp::SetCollectionOptions { ns, options } = op
+                && let Some(uuid) = uuid_of(options)
+            {
+                self.uuids.insert(ns.clone(), uuid);
+            }
+        }
     }
 
     fn queue(&mut self, event: Event) -> CommandResult<()> {
@@ -342,6 +363,26 @@ impl HistoryCursor {
         }
         Ok(())
     }
+}
+
+/// The UUIDs of the current catalog's collections in `scope` (all without one).
+fn catalog_uuids(engine: &Engine, scope: Option<&Scope>) -> HashMap<String, bson::Uuid> {
+    let snapshot = engine.snapshot();
+    let mut uuids = HashMap::new();
+    for db in snapshot.list_databases() {
+        if scope.is_some_and(|s| !s.covers_db(&db)) {
+            continue;
+        }
+        for coll in snapshot.list_collections(&db) {
+            if scope.is_some_and(|s| !s.covers(&coll.ns())) {
+                continue;
+            }
+            if let Some(uuid) = coll.uuid() {
+                uuids.insert(coll.ns(), uuid);
+            }
+        }
+    }
+    uuids
 }
 
 fn token_not_found() -> CommandError {

@@ -81,18 +81,22 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
                 doc! {
                     "name": &coll.name,
                     "type": "view",
-                    "options": coll.options.clone(),
+                    "options": coll.user_options(),
                     "info": { "readOnly": true },
                 }
             }
         } else if name_only {
             doc! { "name": &coll.name, "type": "collection" }
         } else {
+            let mut info = doc! { "readOnly": false };
+            if let Some(uuid) = coll.uuid() {
+                info.insert("uuid", uuid);
+            }
             doc! {
                 "name": &coll.name,
                 "type": "collection",
-                "options": coll.options.clone(),
-                "info": { "readOnly": false },
+                "options": coll.user_options(),
+                "info": info,
                 "idIndex": { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
             }
         };
@@ -178,7 +182,7 @@ pub(super) async fn create(
                 format!("Collection {ns} already exists."),
             )),
             // MongoDB 7.0 makes `create` idempotent when the options match.
-            Some(existing) if existing.options == options => Ok(()),
+            Some(existing) if existing.user_options() == options => Ok(()),
             Some(_) => Err(CommandError::new(
                 code::NAMESPACE_EXISTS,
                 format!("Collection {ns} already exists with different options."),
@@ -335,7 +339,9 @@ pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResul
             ));
         };
         let Some(enabled) = enabled else {
-            return Ok(()); // nothing to change
+            // Nothing to change, but mongod logs it all the same (a `modify` event).
+            txn.annotate(&ns, doc! { "collMod": name });
+            return Ok(());
         };
         if super::views::is_view(&coll) {
             return Err(CommandError::new(

@@ -34,9 +34,46 @@ pub struct CollectionInfo {
     pub(super) id: CollId,
 }
 
+/// Where a collection's UUID (MongoDB's `collectionUUID`, the oplog's `ui`) is kept: among its
+/// options, so it travels with them through the log, checkpoints, `collMod` and renames without
+/// a format of its own. Given once, when a transaction creates the collection (never on replay,
+/// which reads it back); the server shows it as `info.uuid`, never among the `options`.
+pub const UUID_OPTION: &str = "uuid";
+
+/// `options` with a new UUID, unless they hold one or describe a view (views have none).
+pub(super) fn with_new_uuid(mut options: bson::Document) -> bson::Document {
+    if !options.contains_key(UUID_OPTION) && !options.contains_key("viewOn") {
+        options.insert(UUID_OPTION, bson::Uuid::new());
+    }
+    options
+}
+
+/// A collection's UUID among `options` (see [`UUID_OPTION`]).
+pub fn uuid_of(options: &bson::Document) -> Option<bson::Uuid> {
+    match options.get(UUID_OPTION) {
+        Some(bson::Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid => {
+            Some(bson::Uuid::from_bytes(b.bytes.as_slice().try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 impl CollectionInfo {
     pub fn ns(&self) -> String {
         format!("{}.{}", self.db, self.name)
+    }
+
+    /// MongoDB's collection UUID; `None` for views and for collections created before
+    /// Mangrove kept one.
+    pub fn uuid(&self) -> Option<bson::Uuid> {
+        uuid_of(&self.options)
+    }
+
+    /// The options as the user gave them (without the UUID kept among them).
+    pub fn user_options(&self) -> bson::Document {
+        let mut options = self.options.clone();
+        options.remove(UUID_OPTION);
+        options
     }
 
     /// The keyspaces this collection owns: its documents and each index's entries.

@@ -156,8 +156,13 @@ impl Txn {
         self.created.contains(ns) && !self.shared_creates.contains(ns)
     }
 
+    /// Whether committing writes nothing: an annotation alone is a record (a `collMod` that
+    /// changes nothing is still an event for change streams, as in mongod's oplog).
     pub fn is_read_only(&self) -> bool {
-        self.docs.is_empty() && self.catalog.is_empty() && self.index_writes.is_empty()
+        self.docs.is_empty()
+            && self.catalog.is_empty()
+            && self.index_writes.is_empty()
+            && self.annotations.is_empty()
     }
 
     pub fn collection(&self, ns: &str) -> Option<CollectionInfo> {

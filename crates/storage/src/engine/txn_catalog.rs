@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::catalog::CollectionInfo;
+use super::catalog::{CollectionInfo, with_new_uuid};
 use super::txn::Txn;
 use super::versions::{SharedCreate, VersionChain};
 use crate::StorageError;
@@ -60,7 +60,7 @@ impl Txn {
             .entry(ns.to_string())
             .or_insert_with(VersionChain::new);
         chain.claim(self.id, read_ts)?;
-        let info = state.new_collection(ns, options);
+        let info = state.new_collection(ns, with_new_uuid(options));
         self.catalog.insert(ns.to_string(), Some(info.clone()));
         self.created.insert(ns.to_string());
         Ok((*info).clone())
@@ -153,7 +153,7 @@ impl Txn {
             }
         }
         if !state.shared_creates.contains_key(ns) {
-            let info = state.new_collection(ns, options);
+            let info = state.new_collection(ns, with_new_uuid(options));
             let holders = BTreeSet::new();
             let create = SharedCreate { info, holders };
             state.shared_creates.insert(ns.to_string(), create);

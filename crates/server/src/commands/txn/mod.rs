@@ -63,7 +63,9 @@ pub(super) async fn in_transaction(
     // The log record's session metadata is built once, when the transaction begins.
     state::begin_or_continue(&mut session, &args, &shared.sessions.open, lsid, || {
         let mut txn = shared.engine.begin();
-        txn.set_meta(req.commit_meta()?);
+        let mut meta = req.commit_meta()?;
+        meta.in_transaction = true;
+        txn.set_meta(meta);
         Ok(txn)
     })?;
     let n = args.txn_number;
