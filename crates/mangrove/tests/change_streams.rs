@@ -69,9 +69,7 @@ fn code_of(e: &mongodb::error::Error) -> Option<i32> {
 }
 
 /// The next event of a raw change stream, waiting up to 10 s.
-async fn next_event(
-    stream: &mut mongodb::change_stream::ChangeStream<Document>,
-) -> Document {
+async fn next_event(stream: &mut mongodb::change_stream::ChangeStream<Document>) -> Document {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("an event within 10 s")
@@ -95,25 +93,42 @@ async fn collection_stream_shows_every_kind_of_event_then_invalidates() {
     coll.insert_one(doc! {"_id": 1, "a": 1, "arr": ["foo", {"a": "bar"}, 1, 2, 3]})
         .await
         .unwrap();
-    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"a": 2, "b.c": 3}, "$unset": {"x": 1}})
+    coll.update_one(
+        doc! {"_id": 1},
+        doc! {"$set": {"a": 2, "b.c": 3}, "$unset": {"x": 1}},
+    )
+    .await
+    .unwrap();
+    coll.update_one(
+        doc! {"_id": 1},
+        vec![doc! {"$set": {"arr": ["foo", {"a": "bar"}]}}],
+    )
+    .await
+    .unwrap();
+    coll.replace_one(doc! {"_id": 1}, doc! {"r": true})
         .await
         .unwrap();
-    coll.update_one(doc! {"_id": 1}, vec![doc! {"$set": {"arr": ["foo", {"a": "bar"}]}}])
-        .await
-        .unwrap();
-    coll.replace_one(doc! {"_id": 1}, doc! {"r": true}).await.unwrap();
     coll.delete_one(doc! {"_id": 1}).await.unwrap();
     coll.drop().await.unwrap();
 
     let insert = next_event(&mut stream).await;
     assert_eq!(insert.get_str("operationType").unwrap(), "insert");
-    assert_eq!(insert.get_document("ns").unwrap(), &doc! {"db": "cs", "coll": "c"});
-    assert_eq!(insert.get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    assert_eq!(
+        insert.get_document("ns").unwrap(),
+        &doc! {"db": "cs", "coll": "c"}
+    );
+    assert_eq!(
+        insert.get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
     assert_eq!(
         insert.get_document("fullDocument").unwrap(),
         &doc! {"_id": 1, "a": 1, "arr": ["foo", {"a": "bar"}, 1, 2, 3]}
     );
-    assert!(matches!(insert.get("clusterTime"), Some(Bson::Timestamp(_))));
+    assert!(matches!(
+        insert.get("clusterTime"),
+        Some(Bson::Timestamp(_))
+    ));
     assert!(matches!(insert.get("wallTime"), Some(Bson::DateTime(_))));
 
     let update = next_event(&mut stream).await;
@@ -123,7 +138,10 @@ async fn collection_stream_shows_every_kind_of_event_then_invalidates() {
         desc.get_document("updatedFields").unwrap(),
         &doc! {"a": 2, "b": {"c": 3}}
     );
-    assert_eq!(desc.get_array("removedFields").unwrap(), &Vec::<Bson>::new());
+    assert_eq!(
+        desc.get_array("removedFields").unwrap(),
+        &Vec::<Bson>::new()
+    );
     assert!(desc.get("disambiguatedPaths").is_none());
     assert_eq!(
         update.get_document("fullDocument").unwrap(),
@@ -145,7 +163,10 @@ async fn collection_stream_shows_every_kind_of_event_then_invalidates() {
     );
     let delete = next_event(&mut stream).await;
     assert_eq!(delete.get_str("operationType").unwrap(), "delete");
-    assert_eq!(delete.get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    assert_eq!(
+        delete.get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
     let drop = next_event(&mut stream).await;
     assert_eq!(drop.get_str("operationType").unwrap(), "drop");
     let invalidate = next_event(&mut stream).await;
@@ -171,16 +192,28 @@ async fn transactions_database_and_cluster_streams() {
     let mut cluster_stream = client.watch().await.unwrap().with_type::<Document>();
     let mut session = client.start_session().await.unwrap();
     session.start_transaction().await.unwrap();
-    b.insert_one(doc! {"_id": 2}).session(&mut session).await.unwrap();
-    a.insert_one(doc! {"_id": 1}).session(&mut session).await.unwrap();
+    b.insert_one(doc! {"_id": 2})
+        .session(&mut session)
+        .await
+        .unwrap();
+    a.insert_one(doc! {"_id": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
     session.commit_transaction().await.unwrap();
     other.insert_one(doc! {"_id": 3}).await.unwrap();
 
     let first = next_event(&mut db_stream).await;
     let second = next_event(&mut db_stream).await;
     // Statement order within the transaction, one cluster time, the session's fields.
-    assert_eq!(first.get_document("ns").unwrap().get_str("coll").unwrap(), "b");
-    assert_eq!(second.get_document("ns").unwrap().get_str("coll").unwrap(), "a");
+    assert_eq!(
+        first.get_document("ns").unwrap().get_str("coll").unwrap(),
+        "b"
+    );
+    assert_eq!(
+        second.get_document("ns").unwrap().get_str("coll").unwrap(),
+        "a"
+    );
     assert_eq!(first.get("clusterTime"), second.get("clusterTime"));
     assert!(first.get_document("lsid").is_ok());
     assert!(first.get_i64("txnNumber").is_ok());
@@ -188,11 +221,20 @@ async fn transactions_database_and_cluster_streams() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         let e = next_event(&mut cluster_stream).await;
-        seen.push(e.get_document("ns").unwrap().get_str("db").unwrap().to_string());
+        seen.push(
+            e.get_document("ns")
+                .unwrap()
+                .get_str("db")
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(seen, ["scope", "scope", "other"]);
     let none = tokio::time::timeout(Duration::from_millis(1500), db_stream.next()).await;
-    assert!(none.is_err(), "the database stream saw another database's write");
+    assert!(
+        none.is_err(),
+        "the database stream saw another database's write"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +250,13 @@ async fn resume_from_a_token_after_a_restart_sees_each_later_event_once() {
     let mut token = None;
     for i in 0..3 {
         let e = next_event(&mut stream).await;
-        assert_eq!(e.get_document("documentKey").unwrap().get_i32("_id").unwrap(), i);
+        assert_eq!(
+            e.get_document("documentKey")
+                .unwrap()
+                .get_i32("_id")
+                .unwrap(),
+            i
+        );
         token = Some(e.get_document("_id").unwrap().clone());
     }
     drop(stream);
@@ -217,7 +265,8 @@ async fn resume_from_a_token_after_a_restart_sees_each_later_event_once() {
     let coll = client.database("r").collection::<Document>("c");
     coll.insert_one(doc! {"_id": 5}).await.unwrap();
     let token: mongodb::change_stream::event::ResumeToken =
-        bson::deserialize_from_document(doc! {"_data": token.unwrap().get_str("_data").unwrap()}).ok()
+        bson::deserialize_from_document(doc! {"_data": token.unwrap().get_str("_data").unwrap()})
+            .ok()
             .unwrap_or_else(|| panic!("token"));
     let mut resumed = coll
         .watch()
@@ -227,7 +276,13 @@ async fn resume_from_a_token_after_a_restart_sees_each_later_event_once() {
         .with_type::<Document>();
     for i in 3..6 {
         let e = next_event(&mut resumed).await;
-        assert_eq!(e.get_document("documentKey").unwrap().get_i32("_id").unwrap(), i);
+        assert_eq!(
+            e.get_document("documentKey")
+                .unwrap()
+                .get_i32("_id")
+                .unwrap(),
+            i
+        );
     }
     let none = tokio::time::timeout(Duration::from_millis(1500), resumed.next()).await;
     assert!(none.is_err(), "an event twice");
@@ -238,29 +293,57 @@ async fn bad_change_stream_requests_get_mongods_errors() {
     let server = TestServer::start("bad");
     let client = server.client().await;
     let db = client.database("bad");
-    db.collection::<Document>("c").insert_one(doc! {"_id": 1}).await.unwrap();
+    db.collection::<Document>("c")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
     let agg = |pipeline: Vec<Document>| doc! {"aggregate": "c", "pipeline": pipeline, "cursor": {}};
     let cases: Vec<(Document, i32)> = vec![
-        (agg(vec![doc! {"$match": {}}, doc! {"$changeStream": {}}]), 40602),
-        (agg(vec![doc! {"$changeStream": {"bogus": 1}}]), 40415),
-        (agg(vec![doc! {"$changeStream": {"fullDocument": "sometimes"}}]), 2),
-        (agg(vec![doc! {"$changeStream": {"fullDocument": 1}}]), 14),
-        (agg(vec![doc! {"$changeStream": {}}, doc! {"$group": {"_id": 1}}]), 20),
-        (agg(vec![doc! {"$changeStream": {}}, doc! {"$bogus": {}}]), 40324),
-        (agg(vec![doc! {"$changeStream": {"resumeAfter": {"_data": 1}}}]), 9),
         (
-            agg(vec![doc! {"$changeStream": {"resumeAfter": {"_data": "8263F5A0E4000000012B022C0100296E5A1004"}}}]),
+            agg(vec![doc! {"$match": {}}, doc! {"$changeStream": {}}]),
+            40602,
+        ),
+        (agg(vec![doc! {"$changeStream": {"bogus": 1}}]), 40415),
+        (
+            agg(vec![doc! {"$changeStream": {"fullDocument": "sometimes"}}]),
+            2,
+        ),
+        (agg(vec![doc! {"$changeStream": {"fullDocument": 1}}]), 14),
+        (
+            agg(vec![
+                doc! {"$changeStream": {}},
+                doc! {"$group": {"_id": 1}},
+            ]),
+            20,
+        ),
+        (
+            agg(vec![doc! {"$changeStream": {}}, doc! {"$bogus": {}}]),
+            40324,
+        ),
+        (
+            agg(vec![doc! {"$changeStream": {"resumeAfter": {"_data": 1}}}]),
+            9,
+        ),
+        (
+            agg(vec![
+                doc! {"$changeStream": {"resumeAfter": {"_data": "8263F5A0E4000000012B022C0100296E5A1004"}}},
+            ]),
             260,
         ),
     ];
     for (cmd, want) in cases {
-        let e = command(&db, cmd.clone()).await.expect_err(&format!("{cmd}"));
+        let e = command(&db, cmd.clone())
+            .await
+            .expect_err(&format!("{cmd}"));
         assert_eq!(code_of(&e), Some(want), "{cmd}: {e}");
     }
     let admin = client.database("admin");
-    let e = command(&admin, doc! {"aggregate": 1, "pipeline": [{"$changeStream": {}}], "cursor": {}})
-        .await
-        .unwrap_err();
+    let e = command(
+        &admin,
+        doc! {"aggregate": 1, "pipeline": [{"$changeStream": {}}], "cursor": {}},
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code_of(&e), Some(73));
 
     // A token of a dropped collection's stream: resuming shows the drop and the invalidate;
@@ -298,7 +381,10 @@ async fn bad_change_stream_requests_get_mongods_errors() {
 fn apply(copy: &mut BTreeMap<String, Document>, ns: &str, entry: &Document) {
     let op = entry.get_str("op").unwrap();
     if op == "c" {
-        if let Ok(ops) = entry.get_document("o").and_then(|o| o.get_array("applyOps")) {
+        if let Ok(ops) = entry
+            .get_document("o")
+            .and_then(|o| o.get_array("applyOps"))
+        {
             for inner in ops {
                 apply(copy, ns, inner.as_document().unwrap());
             }
@@ -346,7 +432,10 @@ async fn an_oplog_tailer_rebuilds_a_collection() {
         .await
         .unwrap();
     let mut copy = BTreeMap::new();
-    copy.insert(Bson::String("first".into()).to_string(), doc! {"_id": "first"});
+    copy.insert(
+        Bson::String("first".into()).to_string(),
+        doc! {"_id": "first"},
+    );
     let writer = {
         let coll = coll.clone();
         let client = client.clone();
@@ -354,7 +443,9 @@ async fn an_oplog_tailer_rebuilds_a_collection() {
             for i in 0..200i64 {
                 coll.insert_one(doc! {"_id": i, "v": 0}).await.unwrap();
                 if i % 3 == 0 {
-                    coll.update_one(doc! {"_id": i / 2}, doc! {"$inc": {"v": 1}}).await.unwrap();
+                    coll.update_one(doc! {"_id": i / 2}, doc! {"$inc": {"v": 1}})
+                        .await
+                        .unwrap();
                 }
                 if i % 7 == 0 {
                     coll.delete_one(doc! {"_id": i / 3}).await.unwrap();
@@ -362,8 +453,14 @@ async fn an_oplog_tailer_rebuilds_a_collection() {
                 if i % 20 == 0 {
                     let mut s = client.start_session().await.unwrap();
                     s.start_transaction().await.unwrap();
-                    coll.insert_one(doc! {"_id": format!("t{i}")}).session(&mut s).await.unwrap();
-                    coll.update_one(doc! {"_id": i}, doc! {"$set": {"txn": true}}).session(&mut s).await.unwrap();
+                    coll.insert_one(doc! {"_id": format!("t{i}")})
+                        .session(&mut s)
+                        .await
+                        .unwrap();
+                    coll.update_one(doc! {"_id": i}, doc! {"$set": {"txn": true}})
+                        .session(&mut s)
+                        .await
+                        .unwrap();
                     s.commit_transaction().await.unwrap();
                 }
             }
@@ -377,7 +474,10 @@ async fn an_oplog_tailer_rebuilds_a_collection() {
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while copy != want {
-        assert!(tokio::time::Instant::now() < deadline, "the copy never caught up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy never caught up"
+        );
         match tokio::time::timeout(Duration::from_secs(5), tail.next()).await {
             Ok(Some(entry)) => apply(&mut copy, "o.c", &entry.unwrap()),
             Ok(None) => panic!("the tailable cursor ended"),

@@ -88,12 +88,17 @@ async fn watch(client: Client, seen: Arc<Mutex<Seen>>, until: Option<HashSet<i64
                 return;
             }
         }
-        let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+        let Ok(Some(Ok(event))) =
+            tokio::time::timeout(Duration::from_secs(10), stream.next()).await
         else {
             return;
         };
         assert_eq!(event.get_str("operationType").unwrap(), "insert");
-        let id = event.get_document("documentKey").unwrap().get_i64("_id").unwrap();
+        let id = event
+            .get_document("documentKey")
+            .unwrap()
+            .get_i64("_id")
+            .unwrap();
         let ts = event.get_timestamp("clusterTime").unwrap();
         let token: ResumeToken =
             bson::deserialize_from_document(event.get_document("_id").unwrap().clone()).unwrap();
@@ -115,10 +120,14 @@ async fn a_resumed_watcher_sees_every_acknowledged_write_once_in_commit_order() 
         let (mut server, port) = spawn_on_data_dir(&data, None);
         let client = driver_client(port).await;
         if cycle == 0 {
-            let accounts: Vec<Document> =
-                (0..ACCOUNTS).map(|a| doc! {"_id": a, "bal": 100i64}).collect();
+            let accounts: Vec<Document> = (0..ACCOUNTS)
+                .map(|a| doc! {"_id": a, "bal": 100i64})
+                .collect();
             let db = client.database("bank");
-            db.collection::<Document>("accounts").insert_many(accounts).await.unwrap();
+            db.collection::<Document>("accounts")
+                .insert_many(accounts)
+                .await
+                .unwrap();
             db.create_collection("transfers").await.unwrap();
         }
         let watcher = tokio::spawn(watch(client.clone(), seen.clone(), None));
@@ -177,15 +186,34 @@ async fn a_resumed_watcher_sees_every_acknowledged_write_once_in_commit_order() 
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "events delivered twice: {twice:?}");
     let missing: Vec<_> = acked.iter().filter(|id| !counts.contains_key(id)).collect();
-    assert!(missing.is_empty(), "acknowledged transfers never seen: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged transfers never seen: {missing:?}"
+    );
     let phantom: Vec<_> = counts.keys().filter(|id| !present.contains(id)).collect();
-    assert!(phantom.is_empty(), "events for writes a crash took back: {phantom:?}");
-    let unseen: Vec<_> = present.iter().filter(|id| !counts.contains_key(id)).collect();
-    assert!(unseen.is_empty(), "committed transfers never seen: {unseen:?}");
+    assert!(
+        phantom.is_empty(),
+        "events for writes a crash took back: {phantom:?}"
+    );
+    let unseen: Vec<_> = present
+        .iter()
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        unseen.is_empty(),
+        "committed transfers never seen: {unseen:?}"
+    );
     for pair in seen.events.windows(2) {
-        assert!(pair[0].1 < pair[1].1, "events out of commit order: {pair:?}");
+        assert!(
+            pair[0].1 < pair[1].1,
+            "events out of commit order: {pair:?}"
+        );
     }
-    assert!(acked.len() > cycles as usize, "too few transfers ({}) to mean anything", acked.len());
+    assert!(
+        acked.len() > cycles as usize,
+        "too few transfers ({}) to mean anything",
+        acked.len()
+    );
     println!(
         "kill -9 change stream test: {cycles} kills, {} acknowledged, {} committed, {} events, each once, in commit order",
         acked.len(),

@@ -34,7 +34,12 @@ impl Event {
 
 /// The command a record implements, if the log annotated one.
 enum Annotation<'r> {
-    Rename { from: &'r str, to: String, drop_target: bool, at: usize },
+    Rename {
+        from: &'r str,
+        to: String,
+        drop_target: bool,
+        at: usize,
+    },
     DropDatabase,
     Other,
 }
@@ -156,7 +161,11 @@ impl Shaper<'_> {
         pre: Option<&StoredDoc>,
     ) -> CommandResult<Event> {
         let images = pre.is_some();
-        let mut e = self.head(at, if diff.is_some() { "update" } else { "replace" }, Some(ns));
+        let mut e = self.head(
+            at,
+            if diff.is_some() { "update" } else { "replace" },
+            Some(ns),
+        );
         let full = match (diff, self.spec.full_document) {
             (None, _) | (_, FullDocument::UpdateLookup) => Some(post),
             (_, FullDocument::Default) => None,
@@ -287,12 +296,16 @@ impl Shaper<'_> {
             kind: TokenKind::Invalidate,
             ts: self.record.ts,
             index: index_of(at) + 1,
+            fragment: 0,
         };
         let mut e = RawDocumentBuf::new();
         e.append(cstr!("_id"), raw(&token.to_document()));
         e.append(cstr!("operationType"), "invalidate");
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
-        e.append(cstr!("wallTime"), bson::DateTime::from_millis(self.record.wall_ms));
+        e.append(
+            cstr!("wallTime"),
+            bson::DateTime::from_millis(self.record.wall_ms),
+        );
         Event { token, doc: e }
     }
 
@@ -303,13 +316,19 @@ impl Shaper<'_> {
         e.append(cstr!("_id"), raw(&token.to_document()));
         e.append(cstr!("operationType"), kind);
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
-        e.append(cstr!("wallTime"), bson::DateTime::from_millis(self.record.wall_ms));
+        e.append(
+            cstr!("wallTime"),
+            bson::DateTime::from_millis(self.record.wall_ms),
+        );
         if let Some(ns) = ns {
             // mongod adds the collection's UUID to expanded events.
             if self.spec.show_expanded
                 && let Some(uuid) = (self.uuids.borrow_mut())(ns)
             {
-                e.append(cstr!("collectionUUID"), bson::Binary::from(uuid).as_raw_binary());
+                e.append(
+                    cstr!("collectionUUID"),
+                    bson::Binary::from(uuid).as_raw_binary(),
+                );
             }
             e.append(cstr!("ns"), raw(&ns_doc(ns)));
         }
@@ -352,6 +371,77 @@ fn append_key(e: &mut RawDocumentBuf, doc: &StoredDoc) {
 fn raw(d: &Document) -> RawDocumentBuf {
     // A document built here from values that came out of BSON always encodes.
     RawDocumentBuf::try_from(d).unwrap_or_default()
+}
+
+/// The largest event a batch may carry: a BSON document's limit.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// `$changeStreamSplitLargeEvent`: an event over [`MAX_EVENT_BYTES`] as fragments of its
+/// top-level fields, in order, each with its own resume token and `splitEvent: {fragment, of}`,
+/// as mongod splits them. A single field too large for a fragment cannot be split (10334).
+pub fn split_event(
+    token: ResumeToken,
+    event: &RawDocument,
+) -> CommandResult<Vec<(ResumeToken, RawDocumentBuf)>> {
+    // Room for `_id` and `splitEvent` in every fragment.
+    const OVERHEAD: usize = 256;
+    let mut groups: Vec<Vec<(&str, RawBsonRef<'_>)>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for (key, value) in event.iter().flatten() {
+        if key.as_str() == "_id" {
+            continue;
+        }
+        let len = field_len(key.as_str(), value);
+        if len + OVERHEAD > MAX_EVENT_BYTES {
+            return Err(too_large(format!(
+                "a change event's field '{key}' alone is {len} bytes, over the {MAX_EVENT_BYTES}-byte limit of a fragment: project it out (e.g. $project or fullDocument 'default')"
+            )));
+        }
+        if size + len + OVERHEAD > MAX_EVENT_BYTES && groups.last().is_some_and(|g| !g.is_empty()) {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(g) = groups.last_mut() {
+            g.push((key.as_str(), value));
+        }
+    }
+    let of = groups.len() as u32;
+    let mut out = Vec::with_capacity(groups.len());
+    for (i, fields) in groups.into_iter().enumerate() {
+        let fragment = ResumeToken {
+            fragment: i as u32 + 1,
+            ..token
+        };
+        let mut d = RawDocumentBuf::new();
+        d.append(cstr!("_id"), raw(&fragment.to_document()));
+        for (key, value) in fields {
+            d.append(key_cstr(key), value);
+        }
+        d.append(
+            cstr!("splitEvent"),
+            raw(&doc! {"fragment": fragment.fragment as i32, "of": of as i32}),
+        );
+        out.push((fragment, d));
+    }
+    Ok(out)
+}
+
+/// A field's encoded size: type byte, key, NUL, value.
+fn field_len(key: &str, value: RawBsonRef<'_>) -> usize {
+    let mut one = RawDocumentBuf::new();
+    one.append(key_cstr(key), value);
+    one.as_bytes().len() - 5
+}
+
+fn key_cstr(key: &str) -> &bson::raw::CStr {
+    // Keys read from a BSON document hold no NUL.
+    <&bson::raw::CStr>::try_from(key).unwrap_or(cstr!("_"))
+}
+
+/// BSONObjectTooLarge (10334), for an event that cannot be returned whole.
+pub fn too_large(message: String) -> CommandError {
+    CommandError::new(code::BSON_OBJECT_TOO_LARGE, message)
 }
 
 /// Whether a pipeline's output kept the event's `_id` (its resume token) unchanged: mongod

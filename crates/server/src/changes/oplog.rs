@@ -54,7 +54,10 @@ fn stamp(e: &mut Document, record: &LogRecord) {
         out.insert("lsid", lsid.clone());
         out.insert("txnNumber", n);
         out.insert("stmtId", 0i32);
-        out.insert("prevOpTime", doc! {"ts": bson::Timestamp{time: 0, increment: 0}, "t": -1i64});
+        out.insert(
+            "prevOpTime",
+            doc! {"ts": bson::Timestamp{time: 0, increment: 0}, "t": -1i64},
+        );
     }
     *e = out;
 }
@@ -80,7 +83,11 @@ fn entry_ops(record: &LogRecord, uuids: Uuids<'_>) -> Vec<Document> {
     {
         let mut out: Vec<Document> = Vec::new();
         // dropDatabase keeps its drops before it; a rename or collMod is the command alone.
-        if record.ops.iter().any(|op| matches!(op, LogOp::Command { o, .. } if o.contains_key("dropDatabase"))) {
+        if record
+            .ops
+            .iter()
+            .any(|op| matches!(op, LogOp::Command { o, .. } if o.contains_key("dropDatabase")))
+        {
             out.extend(record.ops.iter().filter_map(&mut op_entry));
         }
         out.extend(command);
@@ -115,7 +122,8 @@ fn op_entry(op: &LogOp) -> Option<Document> {
             None => (ns.to_string(), String::new()),
         }
     };
-    let to_doc = |d: &mangrove_storage::StoredDoc| Document::try_from(d.as_ref() as &bson::RawDocument).ok();
+    let to_doc =
+        |d: &mangrove_storage::StoredDoc| Document::try_from(d.as_ref() as &bson::RawDocument).ok();
     Some(match op {
         LogOp::Insert { ns, doc, .. } => {
             let o = to_doc(doc)?;

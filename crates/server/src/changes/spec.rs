@@ -258,10 +258,19 @@ mod tests {
     fn options_are_checked_as_mongod_checks_them() {
         let err = |d, db, coll| parse_doc(d, db, coll).unwrap_err().code;
         assert_eq!(err(doc! {"foo": 1}, "d", Some("c")), code::UNKNOWN_FIELD);
-        assert_eq!(err(doc! {"fullDocument": 1}, "d", Some("c")), code::TYPE_MISMATCH);
-        assert_eq!(err(doc! {"fullDocument": "x"}, "d", Some("c")), code::BAD_VALUE);
+        assert_eq!(
+            err(doc! {"fullDocument": 1}, "d", Some("c")),
+            code::TYPE_MISMATCH
+        );
+        assert_eq!(
+            err(doc! {"fullDocument": "x"}, "d", Some("c")),
+            code::BAD_VALUE
+        );
         assert_eq!(err(doc! {}, "admin", Some("c")), code::INVALID_NAMESPACE);
-        assert_eq!(err(doc! {}, "d", Some("system.views")), code::INVALID_NAMESPACE);
+        assert_eq!(
+            err(doc! {}, "d", Some("system.views")),
+            code::INVALID_NAMESPACE
+        );
         assert_eq!(
             err(doc! {"allChangesForCluster": true}, "d", None),
             code::INVALID_NAMESPACE

@@ -24,7 +24,7 @@ use mangrove_storage::{Engine, HistoryReader, Timestamp, uuid_of};
 
 use mangrove_query::{Filter, Projection};
 
-use super::event::{Event, kept_token, record_events};
+use super::event::{Event, MAX_EVENT_BYTES, kept_token, record_events, split_event, too_large};
 use super::oplog::record_entries;
 use super::spec::{Scope, Start, StreamSpec};
 use super::token::{ResumeToken, TokenKind};
@@ -51,6 +51,8 @@ pub enum Shape {
     Events {
         spec: StreamSpec,
         stages: Option<Pipeline>,
+        /// `$changeStreamSplitLargeEvent`: events over 16 MiB come in fragments.
+        split: bool,
     },
     /// `local.oplog.rs` entries that match a `find` filter; a tailable cursor waits at the end,
     /// any other ends there.
@@ -76,6 +78,8 @@ pub struct HistoryCursor {
     resume_inside: Option<ResumeToken>,
     ready: VecDeque<Ready>,
     last_returned: Option<ResumeToken>,
+    /// Resuming from a fragment of a split event: the fragments up to it were returned.
+    resume_fragment: Option<ResumeToken>,
     /// An invalidate was queued (or filtered out by the stages): nothing after it is read, and
     /// the stream ends once `ready` is returned.
     invalidated: bool,
@@ -102,6 +106,7 @@ impl HistoryCursor {
             resume_inside: None,
             ready: VecDeque::new(),
             last_returned: None,
+            resume_fragment: None,
             invalidated: false,
             caught_up: false,
         })
@@ -114,6 +119,7 @@ impl HistoryCursor {
         engine: &Engine,
         spec: StreamSpec,
         stages: Option<Pipeline>,
+        split: bool,
     ) -> CommandResult<HistoryCursor> {
         let (after, resume_inside) = match spec.start {
             Start::Now => (engine.last_commit(), None),
@@ -126,13 +132,18 @@ impl HistoryCursor {
         let reader = engine.read_history(after)?;
         let uuids = catalog_uuids(engine, Some(&spec.scope));
         let mut stream = HistoryCursor {
-            shape: Shape::Events { spec, stages },
+            shape: Shape::Events {
+                spec,
+                stages,
+                split,
+            },
             uuids,
             reader: Some(reader),
             after,
             resume_inside,
             ready: VecDeque::new(),
             last_returned: None,
+            resume_fragment: None,
             invalidated: false,
             caught_up: false,
         };
@@ -246,7 +257,11 @@ impl HistoryCursor {
 
     /// Where a new stream resumes to see exactly what this one has not returned.
     pub fn post_batch_token(&self) -> ResumeToken {
-        match (self.ready.is_empty(), self.last_returned, self.resume_inside) {
+        match (
+            self.ready.is_empty(),
+            self.last_returned,
+            self.resume_inside,
+        ) {
             (true, _, _) => ResumeToken::high_water_mark(self.after),
             (false, Some(t), _) => t,
             (false, None, Some(t)) => t,
@@ -287,7 +302,13 @@ impl HistoryCursor {
                 if record.ts != t.ts {
                     return Err(token_not_found());
                 }
-                events.retain(|e| e.token.index > t.index);
+                // Resuming from a fragment: the rest of that event's fragments come next.
+                if t.fragment > 0 {
+                    self.resume_fragment = Some(t);
+                    events.retain(|e| e.token.index >= t.index);
+                } else {
+                    events.retain(|e| e.token.index > t.index);
+                }
             }
             self.after = record.ts;
             for event in events {
@@ -334,11 +355,7 @@ impl HistoryCursor {
             }
         };
         let Some(stages) = stages else {
-            self.ready.push_back(Ready {
-                token: event.token,
-                doc: event.doc,
-            });
-            return Ok(());
+            return self.ready_event(event.token, event.doc);
         };
         // `run` expects its input to have passed the pipeline's leading `$match`.
         if let Some(leading) = stages.leading_match()
@@ -356,9 +373,35 @@ impl HistoryCursor {
                 e.labels.push("NonResumableChangeStreamError");
                 return Err(e);
             }
+            self.ready_event(event.token, out)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a change event, split into fragments if it is too large for one document and the
+    /// stream asked for that (`$changeStreamSplitLargeEvent`), else refused (10334).
+    fn ready_event(&mut self, token: ResumeToken, doc: RawDocumentBuf) -> CommandResult<()> {
+        if doc.as_bytes().len() <= MAX_EVENT_BYTES {
+            self.ready.push_back(Ready { token, doc });
+            return Ok(());
+        }
+        let Shape::Events { split: true, .. } = self.shape else {
+            return Err(too_large(format!(
+                "a change event of {} bytes is over the {MAX_EVENT_BYTES}-byte limit: add $changeStreamSplitLargeEvent as the last stage to receive it in fragments, or $project large fields out",
+                doc.as_bytes().len()
+            )));
+        };
+        let seen = self
+            .resume_fragment
+            .take()
+            .filter(|t| t.ts == token.ts && t.index == token.index);
+        for (fragment, part) in split_event(token, &doc)? {
+            if seen.is_some_and(|t| fragment.fragment <= t.fragment) {
+                continue;
+            }
             self.ready.push_back(Ready {
-                token: event.token,
-                doc: out,
+                token: fragment,
+                doc: part,
             });
         }
         Ok(())

@@ -3,14 +3,16 @@
 //!
 //! ```text
 //! _data = uppercase hex of
-//!         "MG" | version u8 (1) | kind u8 | commit ts u64 BE | event index u32 BE | crc32c u32 BE
+//!         "MG" | version u8 (1) | kind u8 | commit ts u64 BE | event index u32 BE
+//!         | fragment u32 BE | crc32c u32 BE
 //! kind  = 0 an event, 1 a high-water mark (no event: "everything up to ts was seen"),
 //!         2 an invalidate event
 //! ```
 //!
 //! The event index is the event's place in its transaction's record (see `event.rs`), the
 //! same for every stream whatever its scope or filter, so a token from one stream resumes
-//! another. Fields are big-endian so tokens sort as their positions do, as mongod's do. The
+//! another. The fragment is 0 for a whole event, `k` for the k-th fragment of an event split by
+//! `$changeStreamSplitLargeEvent`. Fields are big-endian so tokens sort as their positions do, as mongod's do. The
 //! CRC tells a damaged or foreign token (mongod's start with `82`) from ours: such a token is
 //! refused with mongod's error rather than resumed from a wrong place.
 
@@ -22,7 +24,7 @@ use crate::error::{CommandError, CommandResult, code};
 
 const MAGIC: &[u8; 2] = b"MG";
 const VERSION: u8 = 1;
-const LEN: usize = 2 + 1 + 1 + 8 + 4 + 4;
+const LEN: usize = 2 + 1 + 1 + 8 + 4 + 4 + 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
@@ -37,6 +39,8 @@ pub struct ResumeToken {
     pub kind: TokenKind,
     pub ts: Timestamp,
     pub index: u32,
+    /// 0: the whole event; k ≥ 1: its k-th fragment.
+    pub fragment: u32,
 }
 
 impl ResumeToken {
@@ -45,6 +49,7 @@ impl ResumeToken {
             kind: TokenKind::Event,
             ts,
             index,
+            fragment: 0,
         }
     }
 
@@ -53,6 +58,7 @@ impl ResumeToken {
             kind: TokenKind::HighWaterMark,
             ts,
             index: 0,
+            fragment: 0,
         }
     }
 
@@ -67,6 +73,7 @@ impl ResumeToken {
         });
         bytes.extend_from_slice(&self.ts.0.to_be_bytes());
         bytes.extend_from_slice(&self.index.to_be_bytes());
+        bytes.extend_from_slice(&self.fragment.to_be_bytes());
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
         debug_assert_eq!(bytes.len(), LEN);
@@ -121,6 +128,7 @@ fn decode(hex: &str) -> Option<ResumeToken> {
         kind,
         ts: Timestamp(u64::from_be_bytes(body[4..12].try_into().ok()?)),
         index: u32::from_be_bytes(body[12..16].try_into().ok()?),
+        fragment: u32::from_be_bytes(body[16..20].try_into().ok()?),
     })
 }
 

@@ -114,9 +114,11 @@ pub(super) async fn open(
             "$changeStream is only valid as the first stage in a pipeline.",
         ));
     };
+    let (rest, split) = split_stage(rest)?;
     let stages = following_stages(&rest)?;
     let batch_size = cursor_batch_size(req)?.unwrap_or(DEFAULT_FIRST_BATCH);
-    let mut stream = HistoryCursor::change_stream(&shared.engine, stream_spec, stages).await?;
+    let mut stream =
+        HistoryCursor::change_stream(&shared.engine, stream_spec, stages, split).await?;
     let batch = stream.next_batch(&shared.engine, batch_size, None).await?;
     let ns = match coll {
         Some(c) => req.ns(c),
@@ -157,6 +159,34 @@ fn check_read_concern(req: &Request<'_>) -> CommandResult<()> {
             ),
         )),
     }
+}
+
+/// Takes `$changeStreamSplitLargeEvent` off the end of the stages; it may only be last and
+/// takes no options, as in mongod.
+fn split_stage(rest: RawArrayBuf) -> CommandResult<(RawArrayBuf, bool)> {
+    let stages: Vec<_> = rest.into_iter().flatten().collect();
+    let is_split = |s: &RawBsonRef<'_>| matches!(s, RawBsonRef::Document(d) if d.get("$changeStreamSplitLargeEvent").ok().flatten().is_some());
+    let Some(at) = stages.iter().position(is_split) else {
+        return Ok((rest, false));
+    };
+    if at + 1 != stages.len() {
+        return Err(CommandError::new(
+            7182802,
+            "$changeStreamSplitLargeEvent must be the last stage in the pipeline",
+        ));
+    }
+    if let RawBsonRef::Document(d) = stages[at]
+        && !matches!(d.get("$changeStreamSplitLargeEvent").ok().flatten(), Some(RawBsonRef::Document(o)) if o.is_empty())
+    {
+        return Err(CommandError::bad_value(
+            "$changeStreamSplitLargeEvent takes an empty document: {$changeStreamSplitLargeEvent: {}}",
+        ));
+    }
+    let mut kept = RawArrayBuf::new();
+    for stage in &stages[..at] {
+        kept.push(*stage);
+    }
+    Ok((kept, true))
 }
 
 /// The stages after `$changeStream`, parsed by the query crate (which refuses unknown stages
@@ -247,8 +277,7 @@ pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumen
     } else {
         cursor.append(cstr!("nextBatch"), docs);
     }
-    let token = RawDocumentBuf::try_from(&batch.post_batch_token.to_document())
-        .unwrap_or_default();
+    let token = RawDocumentBuf::try_from(&batch.post_batch_token.to_document()).unwrap_or_default();
     cursor.append(cstr!("postBatchResumeToken"), token);
     cursor.append(cstr!("id"), id);
     cursor.append(cstr!("ns"), ns);

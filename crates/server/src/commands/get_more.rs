@@ -9,8 +9,8 @@ use crate::request::{Request, type_name};
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::change_stream;
 use super::args::{internal, non_negative};
+use super::change_stream;
 use super::reply::cursor_reply;
 
 /// mongod's rules for continuing a cursor: one opened in a transaction only within that

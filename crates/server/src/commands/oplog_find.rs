@@ -57,7 +57,10 @@ pub(super) async fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
         Some(f) => Filter::parse(f)?,
         None => Filter::parse(&bson::rawdoc! {})?,
     };
-    let projection = req.opt_doc("projection")?.map(Projection::parse).transpose()?;
+    let projection = req
+        .opt_doc("projection")?
+        .map(Projection::parse)
+        .transpose()?;
     let tailable = req.opt_bool("tailable")?.unwrap_or(false);
     let await_data = req.opt_bool("awaitData")?.unwrap_or(false);
     let limit = non_negative(req, "limit")?.filter(|&n| n > 0);
@@ -132,17 +135,23 @@ fn start_after(shared: &Shared, filter: Option<&RawDocument>) -> CommandResult<T
         Some(oldest) => Timestamp(oldest.0 - 1),
         None => return Ok(window.newest),
     };
-    let bound = filter.and_then(|f| f.get("ts").ok().flatten()).and_then(|ts| match ts {
-        RawBsonRef::Timestamp(t) => Some(Timestamp(Timestamp::from_bson(t).0.saturating_sub(1))),
-        RawBsonRef::Document(d) => match (d.get("$gte").ok().flatten(), d.get("$gt").ok().flatten()) {
-            (Some(RawBsonRef::Timestamp(t)), _) => {
+    let bound = filter
+        .and_then(|f| f.get("ts").ok().flatten())
+        .and_then(|ts| match ts {
+            RawBsonRef::Timestamp(t) => {
                 Some(Timestamp(Timestamp::from_bson(t).0.saturating_sub(1)))
             }
-            (_, Some(RawBsonRef::Timestamp(t))) => Some(Timestamp::from_bson(t)),
+            RawBsonRef::Document(d) => {
+                match (d.get("$gte").ok().flatten(), d.get("$gt").ok().flatten()) {
+                    (Some(RawBsonRef::Timestamp(t)), _) => {
+                        Some(Timestamp(Timestamp::from_bson(t).0.saturating_sub(1)))
+                    }
+                    (_, Some(RawBsonRef::Timestamp(t))) => Some(Timestamp::from_bson(t)),
+                    _ => None,
+                }
+            }
             _ => None,
-        },
-        _ => None,
-    });
+        });
     Ok(bound.map_or(oldest, |b| b.max(oldest)))
 }
 
