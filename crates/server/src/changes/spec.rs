@@ -70,12 +70,14 @@ pub enum BeforeChange {
 pub enum Start {
     /// After the newest commit when the stream opens.
     Now,
-    /// After the event (or high-water mark) a token names; the event must still be in history.
-    ResumeAfter(ResumeToken),
-    /// As `ResumeAfter`, but also after an invalidate: the new stream starts past it.
-    StartAfter(ResumeToken),
-    /// At the first commit at or after this time.
-    AtOperationTime(Timestamp),
+    /// `resumeAfter`: after the event (or high-water mark) a token names; the event must still
+    /// be in history.
+    Resume(ResumeToken),
+    /// `startAfter`: as `resumeAfter`, but also after an invalidate (the new stream starts
+    /// past it).
+    After(ResumeToken),
+    /// `startAtOperationTime`: at the first commit at or after this time.
+    AtTime(Timestamp),
 }
 
 #[derive(Clone, Debug)]
@@ -214,9 +216,9 @@ fn start(opts: &RawDocument) -> CommandResult<Start> {
             code::INVALID_RESUME_TOKEN,
             "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification; use 'startAfter' to start a new stream after it",
         )),
-        (Some(t), None, None) => Ok(Start::ResumeAfter(t)),
-        (None, Some(t), None) => Ok(Start::StartAfter(t)),
-        (None, None, Some(ts)) => Ok(Start::AtOperationTime(ts)),
+        (Some(t), None, None) => Ok(Start::Resume(t)),
+        (None, Some(t), None) => Ok(Start::After(t)),
+        (None, None, Some(ts)) => Ok(Start::AtTime(ts)),
         (None, None, None) => Ok(Start::Now),
     }
 }

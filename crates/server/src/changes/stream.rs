@@ -123,11 +123,11 @@ impl HistoryCursor {
     ) -> CommandResult<HistoryCursor> {
         let (after, resume_inside) = match spec.start {
             Start::Now => (engine.last_commit(), None),
-            Start::ResumeAfter(t) | Start::StartAfter(t) => match t.kind {
+            Start::Resume(t) | Start::After(t) => match t.kind {
                 TokenKind::Event => (Timestamp(t.ts.0.saturating_sub(1)), Some(t)),
                 TokenKind::HighWaterMark | TokenKind::Invalidate => (t.ts, None),
             },
-            Start::AtOperationTime(ts) => (Timestamp(ts.0.saturating_sub(1)), None),
+            Start::AtTime(ts) => (Timestamp(ts.0.saturating_sub(1)), None),
         };
         let reader = engine.read_history(after)?;
         let uuids = catalog_uuids(engine, Some(&spec.scope));
