@@ -224,6 +224,9 @@ impl HistoryReader {
             }
         }
         debug_assert!(out.iter().all(|r| r.ts <= durable));
+        if let Some(cursor) = self.cursor.as_mut() {
+            cursor.park();
+        }
         Ok(out)
     }
 

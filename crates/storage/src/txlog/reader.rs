@@ -59,8 +59,18 @@ pub(crate) struct SegmentCursor {
     /// the header says the segment before it ended with: what the next segment's header must
     /// repeat.
     pub(crate) last_ts: Timestamp,
-    reader: BufReader<File>,
+    reader: Reader,
     stream_at: u64,
+}
+
+/// The open file, with a read buffer only while a batch is being read: an idle cursor (a
+/// watcher waiting for commits) holds a descriptor but no buffer, so memory does not grow with
+/// the number of open change streams.
+enum Reader {
+    Buffered(BufReader<File>),
+    Parked(File),
+    /// Only between `Parked` and `Buffered`, inside `buffered`.
+    Moving,
 }
 
 fn read_error(path: &Path, offset: u64, e: std::io::Error) -> StorageError {
@@ -107,18 +117,43 @@ impl SegmentCursor {
             header,
             offset: header.len as u64,
             last_ts: header.prev.map_or(Timestamp::ZERO, |p| p.last_ts),
-            reader,
+            reader: Reader::Buffered(reader),
             stream_at: n as u64,
         };
         cursor.refresh()?;
         Ok(Some(cursor))
     }
 
+    /// Gives the read buffer back until the next read (see [`Reader`]).
+    pub(crate) fn park(&mut self) {
+        if let Reader::Buffered(_) = self.reader
+            && let Reader::Buffered(b) = std::mem::replace(&mut self.reader, Reader::Moving)
+        {
+            self.reader = Reader::Parked(b.into_inner());
+            // Where the file's own position is no longer says anything: seek before reading.
+            self.stream_at = u64::MAX;
+        }
+    }
+
+    /// The buffered reader, with a new buffer if it was parked.
+    fn buffered(&mut self) -> &mut BufReader<File> {
+        if let Reader::Parked(_) = self.reader
+            && let Reader::Parked(file) = std::mem::replace(&mut self.reader, Reader::Moving)
+        {
+            self.reader = Reader::Buffered(BufReader::with_capacity(READ_BUFFER, file));
+        }
+        match &mut self.reader {
+            Reader::Buffered(b) => b,
+            Reader::Parked(_) | Reader::Moving => unreachable!("unparked above"),
+        }
+    }
+
     /// Drops whatever is buffered, so the next read sees the file as it is now.
     pub(crate) fn refresh(&mut self) -> Result<(), StorageError> {
-        self.reader
-            .seek(SeekFrom::Start(self.offset))
-            .map_err(|e| read_error(&self.path, self.offset, e))?;
+        let offset = self.offset;
+        self.buffered()
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| read_error(&self.path, offset, e))?;
         self.stream_at = self.offset;
         Ok(())
     }
@@ -128,7 +163,7 @@ impl SegmentCursor {
             self.refresh()?;
         }
         let mut header = [0u8; RECORD_HEADER_LEN];
-        let n = read_up_to(&mut self.reader, &mut header)
+        let n = read_up_to(self.buffered(), &mut header)
             .map_err(|e| read_error(&self.path, self.offset, e))?;
         self.stream_at += n as u64;
         // Preallocated zeros, or a file that ends here: no record (yet).
@@ -151,7 +186,7 @@ impl SegmentCursor {
             };
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
             let mut ts = [0u8; 8];
-            let n = read_up_to(&mut self.reader, &mut ts)
+            let n = read_up_to(self.buffered(), &mut ts)
                 .map_err(|e| read_error(&self.path, self.offset, e))?;
             self.stream_at += n as u64;
             let ts = Timestamp(u64::from_le_bytes(ts));
@@ -159,7 +194,7 @@ impl SegmentCursor {
                 return Ok(()); // the next read starts over at `offset`
             }
             let rest = len - 8;
-            self.reader
+            self.buffered()
                 .seek_relative(rest as i64)
                 .map_err(|e| read_error(&self.path, self.offset, e))?;
             self.offset += RECORD_HEADER_LEN as u64 + len;
@@ -177,7 +212,7 @@ impl SegmentCursor {
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let mut payload = vec![0u8; len];
-        let n = read_up_to(&mut self.reader, &mut payload)
+        let n = read_up_to(self.buffered(), &mut payload)
             .map_err(|e| read_error(&self.path, self.offset, e))?;
         self.stream_at += n as u64;
         let ts = (n >= 8).then(|| {
@@ -213,7 +248,7 @@ impl SegmentCursor {
             return Ok(None);
         };
         let mut prefix = [0u8; PAYLOAD_PREFIX_LEN];
-        let n = read_up_to(&mut self.reader, &mut prefix)
+        let n = read_up_to(self.buffered(), &mut prefix)
             .map_err(|e| read_error(&self.path, self.offset, e))?;
         self.stream_at += n as u64;
         if n < PAYLOAD_PREFIX_LEN {
