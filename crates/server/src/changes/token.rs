@@ -77,7 +77,12 @@ impl ResumeToken {
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
         debug_assert_eq!(bytes.len(), LEN);
-        let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut hex = String::with_capacity(LEN * 2);
+        for b in &bytes {
+            hex.push(DIGITS[usize::from(b >> 4)] as char);
+            hex.push(DIGITS[usize::from(b & 0xF)] as char);
+        }
         doc! { "_data": hex }
     }
 
