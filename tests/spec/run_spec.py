@@ -81,6 +81,9 @@ RUNS = {
     "retryable-writes": ["test/test_retryable_writes_unified.py"],
     "causal-consistency": ["test/test_causal_consistency.py"],
     "crud": ["test/test_crud_unified.py"],
+    # the unified change-stream corpus and pymongo's own change-stream tests
+    "change-streams": ["test/test_change_stream.py"],
+    "retryable-reads": ["test/test_retryable_reads_unified.py"],
 }
 ADDONS_DIR = SPEC_DIR / "sdist_addons"
 
@@ -93,6 +96,8 @@ CORPORA = [
     Corpus("retryable-writes", "retryable-writes", "retryable_writes/unified"),
     Corpus("causal-consistency", "causal-consistency", "causal_consistency"),
     Corpus("crud", "crud", "crud/unified"),
+    Corpus("change-streams", "change-streams", "change_streams/unified"),
+    Corpus("retryable-reads", "retryable-reads", "retryable_reads/unified"),
 ]
 CORPUS_BY_ORIGIN = {c.origin: c for c in CORPORA}
 RUN_OF_MODULE = {m: run for run, modules in RUNS.items() for m in modules}

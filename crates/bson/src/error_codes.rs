@@ -55,6 +55,7 @@ registry! {
         ROLE_NOT_FOUND = 31 => "RoleNotFound",
         CONFLICTING_UPDATE_OPERATORS = 40 => "ConflictingUpdateOperators",
         CURSOR_NOT_FOUND = 43 => "CursorNotFound",
+        NO_MATCHING_DOCUMENT = 47 => "NoMatchingDocument",
         NAMESPACE_EXISTS = 48 => "NamespaceExists",
         MAX_TIME_MS_EXPIRED = 50 => "MaxTimeMSExpired",
         DOLLAR_PREFIXED_FIELD_NAME = 52 => "DollarPrefixedFieldName",
@@ -103,6 +104,7 @@ registry! {
         NO_SUCH_TRANSACTION = 251 => "NoSuchTransaction",
         TRANSACTION_COMMITTED = 256 => "TransactionCommitted",
         TRANSACTION_TOO_LARGE = 257 => "TransactionTooLarge",
+        INVALID_RESUME_TOKEN = 260 => "InvalidResumeToken",
         TOO_MANY_LOGICAL_SESSIONS = 261 => "TooManyLogicalSessions",
         EXCEEDED_TIME_LIMIT = 262 => "ExceededTimeLimit",
         OPERATION_NOT_SUPPORTED_IN_TRANSACTION = 263 => "OperationNotSupportedInTransaction",
@@ -132,6 +134,9 @@ registry! {
         MISSING_FIELD = 40414,
         UNKNOWN_FIELD = 40415,
         MISSING_DB = 40571,
+        CHANGE_STREAM_NOT_FIRST = 40602,
+        MULTIPLE_RESUME_OPTIONS = 40674,
+        BOTH_RESUME_AFTER_AND_START_AFTER = 50865,
     }
 }
 

@@ -10,11 +10,13 @@
 //! Also the one registry of MongoDB error codes and names (`error_codes`).
 //!
 //! Layering inside the crate (each module imports only from those before it): `error_codes`, `error`,
-//! `numbers`, `path`, `decimal`, `collation`, `compare`, `key`, `index`.
+//! `numbers`, `path`, `decimal`, `collation`, `compare`, `key`, `index`; `diff` (update
+//! descriptions for change streams) stands alone.
 
 pub mod collation;
 pub mod compare;
 pub mod decimal;
+pub mod diff;
 mod error;
 pub mod error_codes;
 pub mod index;
@@ -24,6 +26,7 @@ pub mod path;
 
 pub use collation::{Collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
+pub use diff::update_description;
 pub use error::CodedError;
 pub use index::{
     CompilePartial, IndexField, IndexSpec, KeyInterval, MAX_KEYS_PER_DOCUMENT, PartialFilter,

@@ -158,29 +158,85 @@ fn record_json(pos: &RecordPos, record: &LogRecord, with_docs: bool) -> serde_js
                 o.insert("_id", id);
             }
             if with_docs {
-                match op {
-                    LogOp::Insert { doc, .. } | LogOp::Update { doc, .. } => {
-                        if let Ok(doc) = Document::try_from(doc.as_ref()) {
-                            o.insert("doc", doc);
-                        }
-                    }
-                    LogOp::CreateCollection { options, .. } => {
-                        o.insert("options", options.clone());
-                    }
-                    LogOp::CreateIndex { spec, .. } => {
-                        o.insert("spec", spec.clone());
-                    }
-                    LogOp::DropIndex { name, .. } => {
-                        o.insert("name", name.clone());
-                    }
-                    _ => {}
-                }
+                op_json(op, &mut o);
             }
             Bson::Document(o)
         })
         .collect();
     d.insert("ops", ops);
     Bson::Document(d).into_relaxed_extjson()
+}
+
+/// The contents of one op for `log show --json`: documents, update description (or
+/// `replaced: true`), pre-image, options, index spec, annotation.
+fn op_json(op: &LogOp, o: &mut Document) {
+    let parsed = |d: &bson::RawDocumentBuf| Document::try_from(d.as_ref()).ok();
+    match op {
+        LogOp::Insert { doc, .. } => {
+            if let Some(doc) = parsed(doc) {
+                o.insert("doc", doc);
+            }
+        }
+        LogOp::Update { doc, diff, pre, .. } => {
+            if let Some(doc) = parsed(doc) {
+                o.insert("doc", doc);
+            }
+            match diff.as_deref().and_then(parsed) {
+                Some(diff) => o.insert("diff", diff),
+                None => o.insert("replaced", true),
+            };
+            if let Some(pre) = pre.as_deref().and_then(parsed) {
+                o.insert("pre", pre);
+            }
+        }
+        LogOp::Delete { pre, .. } => {
+            if let Some(pre) = pre.as_deref().and_then(parsed) {
+                o.insert("pre", pre);
+            }
+        }
+        LogOp::CreateCollection { options, .. } | LogOp::SetCollectionOptions { options, .. } => {
+            o.insert("options", options.clone());
+        }
+        LogOp::CreateIndex { spec, .. } => {
+            o.insert("spec", spec.clone());
+        }
+        LogOp::DropIndex { name, .. } => {
+            o.insert("name", name.clone());
+        }
+        LogOp::Command { o: command, .. } => {
+            o.insert("o", command.clone());
+        }
+        LogOp::DropCollection { .. } => {}
+    }
+}
+
+/// One op for `log show`: kind, namespace, `_id`, and what change streams read: an update's
+/// description (or "replaced"), whether a pre-image is recorded, an annotation's command.
+fn op_line(op: &LogOp) -> String {
+    let mut line = format!("    {:<7} {}", op.kind(), op.ns());
+    if let Some(id) = op.id() {
+        line.push_str(&format!("  _id: {id}"));
+    }
+    let pre_flag = |pre: &Option<mangrove_storage::StoredDoc>| {
+        if pre.is_some() { "  +pre" } else { "" }
+    };
+    match op {
+        LogOp::Update { diff, pre, .. } => {
+            match diff.as_deref().map(|d| Document::try_from(d.as_ref())) {
+                Some(Ok(diff)) => line.push_str(&format!("  diff {diff}")),
+                Some(Err(_)) => line.push_str("  diff (unreadable)"),
+                None => line.push_str("  replaced"),
+            }
+            line.push_str(pre_flag(pre));
+        }
+        LogOp::Delete { pre, .. } => line.push_str(pre_flag(pre)),
+        LogOp::SetCollectionOptions { options, .. } => {
+            line.push_str(&format!("  options {options}"));
+        }
+        LogOp::Command { o, .. } => line.push_str(&format!("  {o}")),
+        _ => {}
+    }
+    line
 }
 
 fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
@@ -216,10 +272,7 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
         );
         if show {
             for op in &record.ops {
-                match op.id() {
-                    Some(id) => println!("    {:<7} {}  _id: {}", op.kind(), op.ns(), id),
-                    None => println!("    {:<7} {}", op.kind(), op.ns()),
-                }
+                println!("{}", op_line(op));
             }
         }
     }

@@ -50,6 +50,9 @@ pub enum Source {
     Buffered(VecDeque<BatchDoc>),
     /// An aggregation's results, computed batch by batch.
     Pipeline(Box<PipelineSource>),
+    /// A change stream or an oplog cursor: the log read as it becomes durable (`getMore` waits for
+    /// them, so it is continued by `commands/change_stream.rs`, never by [`Cursor::next_batch`]).
+    History(Box<crate::changes::HistoryCursor>),
 }
 
 pub struct Cursor {
@@ -88,6 +91,12 @@ impl Cursor {
                 Source::Index(scan) => next_indexed(scan, want, &mut out)?,
                 Source::Buffered(docs) => next_buffered(docs, want, &mut out),
                 Source::Pipeline(p) => p.fill(want, &mut out)?,
+                Source::History(_) => {
+                    return Err(CommandError::new(
+                        code::INTERNAL_ERROR,
+                        "a change stream cursor is continued by its own getMore",
+                    ));
+                }
             };
         }
         if let Some(rem) = &mut self.remaining {

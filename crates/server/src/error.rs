@@ -129,6 +129,8 @@ impl From<mangrove_storage::StorageError> for CommandError {
                 CommandError::new(code::DATA_CORRUPTION_DETECTED, message)
             }
             S::SnapshotTooOld { .. } => CommandError::new(code::SNAPSHOT_TOO_OLD, message),
+            S::HistoryLost { .. } => CommandError::new(code::CHANGE_STREAM_HISTORY_LOST, message),
+            S::NoHistory => CommandError::new(code::ILLEGAL_OPERATION, message),
             S::SnapshotUnavailable { .. } => CommandError::new(code::SNAPSHOT_UNAVAILABLE, message),
             S::TransactionTooLarge { .. } => {
                 CommandError::new(code::TRANSACTION_TOO_LARGE, message)

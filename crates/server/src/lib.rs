@@ -11,6 +11,7 @@
 mod access;
 mod admission;
 mod batch;
+mod changes;
 mod commands;
 mod conn;
 mod cursor;

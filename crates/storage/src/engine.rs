@@ -18,6 +18,7 @@
 //! | `recovery.rs`    | opening a data directory: base store, then the log                   |
 //! | `replay.rs`      | applying one logged transaction to the state during recovery         |
 //! | `checkpoint.rs`  | folding versions into the base store; the checkpointer thread        |
+//! | `history.rs`     | reading committed records back from the log; log retention           |
 //! | `verify.rs`      | `mangrove verify`'s index check                                      |
 //!
 //! # Lock order
@@ -66,6 +67,7 @@ use crate::{StorageError, Timestamp};
 mod catalog;
 mod checkpoint;
 mod commit;
+mod history;
 mod ranges;
 mod read_view;
 mod recovery;
@@ -82,6 +84,7 @@ pub use catalog::{CollectionInfo, IndexInfo};
 pub use checkpoint::CheckpointReport;
 use commit::{CommitQueue, LogCounters, LogProgress};
 pub use commit::{CommitTicket, LogStats};
+pub use history::{HistoryReader, HistoryTruncationStats, HistoryWindow};
 pub use read_view::ReadView;
 pub use recovery::RecoveryReport;
 pub use snapshot::Snapshot;
@@ -119,8 +122,14 @@ pub struct EngineOptions {
     pub checkpoint_log_bytes: u64,
     /// ... or after this long, whichever comes first.
     pub checkpoint_interval: Duration,
-    /// Log segments the last checkpoint covers that are kept anyway (0: removed at once).
+    /// Log segments the last checkpoint covers that are kept anyway, whatever retention says.
     pub retain_log_segments: usize,
+    /// History retention (mongod's oplog size): segments the last checkpoint covers are
+    /// removed, oldest first, only while all segments together are larger than this ...
+    pub history_size_bytes: u64,
+    /// ... and only once their newest record is at least this old (mongod's
+    /// `oplogMinRetentionHours`; zero: size alone decides).
+    pub history_min_retention: Duration,
     /// Replays the log and serves reads, but writes nothing: no commits, no checkpoints, no
     /// truncation of a torn tail. For `mangrove verify`.
     pub read_only: bool,
@@ -143,6 +152,10 @@ impl Default for EngineOptions {
             checkpoint_log_bytes: 256 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(60),
             retain_log_segments: 0,
+            // mongod's default oplog is 5% of the disk, at least 990 MB: the minimum, so a
+            // small machine is not surprised by the log's size.
+            history_size_bytes: 1024 * 1024 * 1024,
+            history_min_retention: Duration::ZERO,
             read_only: false,
             truncate_damaged_log: false,
             partial_filters: PartialFilters::default(),
@@ -181,6 +194,8 @@ struct Inner {
     /// Wakes committers waiting for room in the queue.
     queue_space: Condvar,
     progress: watch::Sender<LogProgress>,
+    /// History retention, changeable at runtime, and its counters.
+    history: history::HistoryRetention,
     options: EngineOptions,
     /// The log writer thread; it hands the log back when it stops, for a clean shutdown's
     /// last word in the control file.
@@ -250,6 +265,10 @@ impl Engine {
             queue_ready: Condvar::new(),
             queue_space: Condvar::new(),
             progress,
+            history: history::HistoryRetention::new(
+                options.history_size_bytes,
+                options.history_min_retention,
+            ),
             options,
             writer: Mutex::new(None),
             control,

@@ -94,6 +94,20 @@ pub enum StorageError {
         requested: crate::Timestamp,
         latest: crate::Timestamp,
     },
+    /// A history reader needs records the log no longer holds: retention removed them.
+    #[error(
+        "the history after {requested:?} is no longer in the transaction log: the oldest record still there is {}. Resume from a newer point or restart the change stream; to keep more history, raise --oplog-size-mb or --oplog-min-retention-hours (or run replSetResizeOplog)",
+        oldest.map_or("none".to_string(), |ts| format!("{ts:?}"))
+    )]
+    HistoryLost {
+        requested: crate::Timestamp,
+        oldest: Option<crate::Timestamp>,
+    },
+    /// The engine keeps no log (it runs in memory), so it has no history to read.
+    #[error(
+        "this storage engine runs in memory without a transaction log, so it keeps no history of commits (change streams and the oplog need a data directory)"
+    )]
+    NoHistory,
     #[error(
         "data directory {} is in use by another mangrove process (lock file {}); stop it or choose another --data-dir",
         dir.display(),

@@ -36,8 +36,9 @@ pub use base::BaseVerifyReport;
 pub use clock::Timestamp;
 pub use engine::CheckpointReport;
 pub use engine::{
-    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, IndexInfo, IndexVerifyReport,
-    LogStats, ReadView, RecoveryReport, Snapshot, StoredDoc, TransactionLimits, Txn, TxnId,
+    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
+    HistoryTruncationStats, HistoryWindow, IndexInfo, IndexVerifyReport, LogStats, ReadView,
+    RecoveryReport, Snapshot, StoredDoc, TransactionLimits, Txn, TxnId,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

@@ -6,11 +6,26 @@
 //! segment file  = header record*       (the header names the segment before it: segment.rs)
 //! record        = payload length u32 LE | crc32c u32 LE | payload
 //! payload       = commit ts u64 LE | wall clock ms i64 LE | BSON body
-//! body          = { v: 1, lsid?: doc, txnNumber?: long, ops: [op, ...] }
-//! op            = { op: "i" | "u" | "d", ns, k: binData, _id, o?: doc }     (insert, update, delete)
+//! body          = { v: 2, lsid?: doc, txnNumber?: long, ops: [op, ...] }
+//! op            = { op: "i", ns, k: binData, o: doc }                       (insert)
+//!               | { op: "u", ns, k: binData, o: doc, diff?: doc, pre?: doc } (update)
+//!               | { op: "d", ns, k: binData, _id, pre?: doc }              (delete)
 //!               | { op: "c", ns, o: options }  |  { op: "x", ns }           (create, drop)
+//!               | { op: "co", ns, o: options }                              (collMod: new options)
 //!               | { op: "ci", ns, o: index spec } | { op: "di", ns, name }   (create/drop index)
+//!               | { op: "n", ns, o: doc }             (annotation: the command the ops implement)
 //! ```
+//!
+//! What change streams need (version 2): an update's `o` is the whole new document; `diff` is
+//! its `updateDescription` from the document before the transaction (`mangrove_bson::diff`),
+//! present when the update was made by operators or a pipeline and absent when the document was
+//! replaced (a replacement, findAndModify's replacement, `$merge`). `pre` is the document before
+//! the transaction, only for collections with `changeStreamPreAndPostImages: {enabled: true}`.
+//! A record holds at most one op per document (the transaction's net effect on it), in the
+//! order the transaction first wrote each document; creations, option and index changes come
+//! before the documents, drops after them, then annotations (`n`, which replay ignores).
+//! Version 1 bodies (no `diff`, `pre`, `co` or `n`) are still read: their updates decode as
+//! replacements.
 //!
 //! The CRC covers the length prefix and the payload, so a torn length is caught as well as a torn
 //! body. Records are appended in commit-timestamp order and never span segments; a segment is
@@ -33,6 +48,8 @@ use bson::{Bson, Document, RawDocumentBuf};
 use crate::{StorageError, StoredDoc, Timestamp};
 
 pub(crate) const RECORD_HEADER_LEN: usize = 8;
+/// The body version written; version 1 (no diffs, pre-images or annotations) is still read.
+const RECORD_VERSION: i32 = 2;
 /// Fixed part of a payload before the BSON body.
 pub(crate) const PAYLOAD_PREFIX_LEN: usize = 16;
 /// A record larger than this is refused at commit (and treated as damage when read): it bounds
@@ -55,15 +72,23 @@ pub enum LogOp {
         key: Vec<u8>,
         doc: StoredDoc,
     },
+    /// `doc` is the new document. `diff` is its `updateDescription` (see
+    /// [`mangrove_bson::update_description`]) from the document before the transaction, for an
+    /// update made by operators or a pipeline; `None` when the document was replaced. `pre` is
+    /// the document before the transaction, when the collection records pre-images.
     Update {
         ns: String,
         key: Vec<u8>,
         doc: StoredDoc,
+        diff: Option<StoredDoc>,
+        pre: Option<StoredDoc>,
     },
+    /// `pre` is the deleted document, when the collection records pre-images.
     Delete {
         ns: String,
         key: Vec<u8>,
         id: Bson,
+        pre: Option<StoredDoc>,
     },
     CreateCollection {
         ns: String,
@@ -82,6 +107,17 @@ pub enum LogOp {
         ns: String,
         name: String,
     },
+    /// The collection's options are now `options` (collMod).
+    SetCollectionOptions {
+        ns: String,
+        options: Document,
+    },
+    /// An annotation: the command that the record's other ops implement (renameCollection,
+    /// dropDatabase, collMod), for change streams and the oplog. Replay ignores it.
+    Command {
+        ns: String,
+        o: Document,
+    },
 }
 
 impl LogOp {
@@ -93,7 +129,9 @@ impl LogOp {
             | LogOp::CreateCollection { ns, .. }
             | LogOp::DropCollection { ns }
             | LogOp::CreateIndex { ns, .. }
-            | LogOp::DropIndex { ns, .. } => ns,
+            | LogOp::DropIndex { ns, .. }
+            | LogOp::SetCollectionOptions { ns, .. }
+            | LogOp::Command { ns, .. } => ns,
         }
     }
 
@@ -106,6 +144,8 @@ impl LogOp {
             LogOp::DropCollection { .. } => "drop",
             LogOp::CreateIndex { .. } => "createIndex",
             LogOp::DropIndex { .. } => "dropIndex",
+            LogOp::SetCollectionOptions { .. } => "collMod",
+            LogOp::Command { .. } => "command",
         }
     }
 
@@ -153,7 +193,7 @@ pub struct RecordPos {
 pub(crate) fn encode_record(meta: &CommitMeta, ops: &[LogOp]) -> Result<Vec<u8>, StorageError> {
     let encoding = |e: bson::error::Error| StorageError::Encoding(e.to_string());
     let mut body = RawDocumentBuf::new();
-    body.append(cstr!("v"), 1i32);
+    body.append(cstr!("v"), RECORD_VERSION);
     if let Some(lsid) = &meta.lsid {
         body.append(
             cstr!("lsid"),
@@ -202,22 +242,18 @@ fn encode_op(op: &LogOp) -> Result<RawDocumentBuf, StorageError> {
         LogOp::DropCollection { .. } => "x",
         LogOp::CreateIndex { .. } => "ci",
         LogOp::DropIndex { .. } => "di",
+        LogOp::SetCollectionOptions { .. } => "co",
+        LogOp::Command { .. } => "n",
     };
     d.append(cstr!("op"), code);
     d.append(cstr!("ns"), op.ns());
     match op {
-        LogOp::Insert { key, doc, .. } | LogOp::Update { key, doc, .. } => {
-            d.append(cstr!("k"), binary(key));
-            d.append(cstr!("o"), doc.as_ref() as &RawDocument);
+        LogOp::Insert { .. } | LogOp::Update { .. } | LogOp::Delete { .. } => {
+            encode_doc_op(&mut d, op)?;
         }
-        LogOp::Delete { key, id, .. } => {
-            d.append(cstr!("k"), binary(key));
-            d.append(
-                cstr!("_id"),
-                RawBson::try_from(id.clone()).map_err(encoding)?,
-            );
-        }
-        LogOp::CreateCollection { options, .. } => {
+        LogOp::CreateCollection { options, .. }
+        | LogOp::SetCollectionOptions { options, .. }
+        | LogOp::Command { o: options, .. } => {
             d.append(
                 cstr!("o"),
                 RawDocumentBuf::try_from(options).map_err(encoding)?,
@@ -235,6 +271,45 @@ fn encode_op(op: &LogOp) -> Result<RawDocumentBuf, StorageError> {
         }
     }
     Ok(d)
+}
+
+/// The fields of a document op after its kind and namespace. Documents are copied as stored.
+fn encode_doc_op(d: &mut RawDocumentBuf, op: &LogOp) -> Result<(), StorageError> {
+    let encoding = |e: bson::error::Error| StorageError::Encoding(e.to_string());
+    match op {
+        LogOp::Insert { key, doc, .. } => {
+            d.append(cstr!("k"), binary(key));
+            d.append(cstr!("o"), doc.as_ref() as &RawDocument);
+        }
+        LogOp::Update {
+            key,
+            doc,
+            diff,
+            pre,
+            ..
+        } => {
+            d.append(cstr!("k"), binary(key));
+            d.append(cstr!("o"), doc.as_ref() as &RawDocument);
+            if let Some(diff) = diff {
+                d.append(cstr!("diff"), diff.as_ref() as &RawDocument);
+            }
+            if let Some(pre) = pre {
+                d.append(cstr!("pre"), pre.as_ref() as &RawDocument);
+            }
+        }
+        LogOp::Delete { key, id, pre, .. } => {
+            d.append(cstr!("k"), binary(key));
+            d.append(
+                cstr!("_id"),
+                RawBson::try_from(id.clone()).map_err(encoding)?,
+            );
+            if let Some(pre) = pre {
+                d.append(cstr!("pre"), pre.as_ref() as &RawDocument);
+            }
+        }
+        _ => unreachable!("encode_doc_op is called for document ops only"),
+    }
+    Ok(())
 }
 
 fn binary(bytes: &[u8]) -> RawBinaryRef<'_> {
@@ -269,7 +344,7 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
     let wall_ms = i64::from_le_bytes(prefix[8..16].try_into().map_err(|_| "bad wall clock")?);
     let body = RawDocument::from_bytes(body).map_err(bad("body is not BSON"))?;
     match body.get_i32("v") {
-        Ok(1) => {}
+        Ok(1 | RECORD_VERSION) => {}
         other => return Err(format!("unsupported record version {other:?}")),
     }
     let meta = CommitMeta {
@@ -311,6 +386,8 @@ fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
         let o = op.get_document("o").map_err(bad("document"))?;
         Ok(Arc::new(o.to_owned()))
     };
+    let optional = |field| optional_doc(op, field);
+    let owned = |what| owned_o(op, what);
     Ok(match op.get_str("op").map_err(bad("kind"))? {
         "i" => LogOp::Insert {
             ns,
@@ -321,6 +398,8 @@ fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
             ns,
             key: key()?,
             doc: doc()?,
+            diff: optional("diff")?,
+            pre: optional("pre")?,
         },
         "d" => LogOp::Delete {
             ns,
@@ -329,6 +408,7 @@ fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
                 Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
                 None => Bson::Null,
             },
+            pre: optional("pre")?,
         },
         "c" => LogOp::CreateCollection {
             ns,
@@ -340,8 +420,15 @@ fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
         "x" => LogOp::DropCollection { ns },
         "ci" => LogOp::CreateIndex {
             ns,
-            spec: Document::try_from(op.get_document("o").map_err(bad("index spec"))?)
-                .map_err(bad("index spec"))?,
+            spec: owned("index spec")?,
+        },
+        "co" => LogOp::SetCollectionOptions {
+            ns,
+            options: owned("options")?,
+        },
+        "n" => LogOp::Command {
+            ns,
+            o: owned("annotation")?,
         },
         "di" => LogOp::DropIndex {
             ns,
@@ -349,6 +436,20 @@ fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
         },
         other => return Err(format!("unknown op kind {other:?}")),
     })
+}
+
+/// An optional document of an op: absent in version 1, and when not recorded.
+fn optional_doc(op: &RawDocument, field: &'static str) -> Result<Option<StoredDoc>, String> {
+    match op.get(field).map_err(bad(field))? {
+        None => Ok(None),
+        Some(RawBsonRef::Document(d)) => Ok(Some(Arc::new(d.to_owned()))),
+        Some(_) => Err(format!("record {field} is not a document")),
+    }
+}
+
+/// An op's `o`, parsed (catalog ops and annotations: small, and used parsed).
+fn owned_o(op: &RawDocument, what: &'static str) -> Result<Document, String> {
+    Document::try_from(op.get_document("o").map_err(bad(what))?).map_err(bad(what))
 }
 
 pub(crate) fn segment_name(first_ts: Timestamp) -> String {
@@ -385,12 +486,15 @@ pub fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 }
 
 mod control;
+pub(crate) mod reader;
 mod scan;
 mod segment;
 mod writer;
 
 pub use control::{Control, DurableEnd};
+pub(crate) use scan::name_ts;
+pub use scan::scan_log_for_recovery;
 pub use scan::{LogDamage, LogEnd, LogScan, TornTail, scan_log};
 pub use segment::{Predecessor, SegmentHeader};
-pub(crate) use writer::{ControlHandle, LogWriter, remove_covered_segments};
+pub(crate) use writer::{ControlHandle, LogWriter, Retention, remove_covered_segments};
 pub use writer::{CutReport, cut_at_damage};

@@ -16,6 +16,8 @@ fn get(snap: &Snapshot, ns: &str, id: i64) -> Option<i64> {
 fn small_segments(dir: &TempDir) -> EngineOptions {
     EngineOptions {
         segment_bytes: 1024,
+        // No history kept: covered segments go at once.
+        history_size_bytes: 0,
         ..options(dir)
     }
 }
@@ -186,6 +188,7 @@ fn log_growth_triggers_checkpoints_and_bounds_the_log() {
     let opts = EngineOptions {
         segment_bytes: 16 * 1024,
         checkpoint_log_bytes: 64 * 1024,
+        history_size_bytes: 0,
         ..options(&dir)
     };
     let (engine, _) = open(opts.clone()).unwrap();

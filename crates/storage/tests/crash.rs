@@ -76,6 +76,8 @@ fn child(dir: &str, cycle: i64) {
         data_dir: Some(dir.into()),
         segment_bytes: 128 * 1024,
         checkpoint_log_bytes: 256 * 1024,
+        // Some history, so kills also land in retention's removals.
+        history_size_bytes: 512 * 1024,
         ..mangrove_storage::EngineOptions::default()
     };
     let (engine, _) = Engine::open(opts, |_, _| {}).expect("child: open");

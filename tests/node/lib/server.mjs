@@ -21,14 +21,16 @@ export function mangroveBin() {
   return path.join(target, 'debug', 'mangrove');
 }
 
-export async function startServer({ extraArgs = [], replset = 'rs0', startupTimeoutMs = 60_000 } = {}) {
+// `dataDir` restarts a server on an existing data directory (kept by `stop`); `keepData` keeps
+// the new one for such a restart (the caller removes it).
+export async function startServer({ extraArgs = [], replset = 'rs0', startupTimeoutMs = 60_000, dataDir: existing = null, keepData = false } = {}) {
   const bin = mangroveBin();
   if (!existsSync(bin)) {
     throw new Error(`mangrove binary not found at ${bin}; run \`cargo build -p mangrove\` or set MANGROVE_BIN`);
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'mangrove-node-'));
-  const dataDir = path.join(dir, 'data');
-  mkdirSync(dataDir);
+  const dataDir = existing ?? path.join(dir, 'data');
+  if (!existing) mkdirSync(dataDir);
   const logPath = path.join(dir, 'server.log');
   const logFd = openSync(logPath, 'w');
   const args = ['serve', '--port', '0', '--bind', '127.0.0.1', '--data-dir', dataDir];
@@ -96,6 +98,7 @@ export async function startServer({ extraArgs = [], replset = 'rs0', startupTime
     address: `${address.host}:${address.port}`,
     uri: `mongodb://${address.host}:${address.port}/`,
     pid: child.pid,
+    dataDir,
     child,
     stdoutLines,
     logTail,
@@ -114,6 +117,10 @@ export async function startServer({ extraArgs = [], replset = 'rs0', startupTime
         } catch {
           finalLog = '';
         }
+      }
+      if (keepData || existing) {
+        rmSync(path.join(dir, 'server.log'), { force: true });
+        if (!existing) return exitInfo; // the data stays for a restart; the caller removes it
       }
       rmSync(dir, { recursive: true, force: true });
       return exitInfo;

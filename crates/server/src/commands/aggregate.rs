@@ -58,6 +58,9 @@ pub(super) async fn aggregate(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
+    if super::change_stream::is_change_stream(req)? {
+        return super::change_stream::open(shared, req, txn).await;
+    }
     req.check_fields(&[
         "pipeline",
         "cursor",

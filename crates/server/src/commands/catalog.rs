@@ -1,4 +1,6 @@
-//! Databases and collections: list, create, drop, rename.
+//! Databases and collections: list, create, drop, rename, collMod. The DDL that change
+//! streams report by command (renameCollection, dropDatabase, collMod) annotates its
+//! transaction with that command (`Txn::annotate`), in the same log record as its writes.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -130,7 +132,6 @@ const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
     "validationLevel",
     "validationAction",
     "encryptedFields",
-    "changeStreamPreAndPostImages",
 ];
 
 const CREATE_OPTIONS: &[&str] = &[
@@ -208,10 +209,23 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         }
     }
     check_simple_collation(req.opt_doc("collation")?)?;
+    let pre_images = pre_and_post_images(req)?;
+    if pre_images == Some(true) && req.get("viewOn").is_some() {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "option not supported on a view: changeStreamPreAndPostImages",
+        ));
+    }
     let mut options = Document::new();
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
-        if CREATE_OPTIONS.contains(&key.as_str()) && !matches!(key.as_str(), "viewOn" | "pipeline")
+        if key.as_str() == "changeStreamPreAndPostImages" {
+            // Stored normalized, and only when enabled, as mongod stores it.
+            if pre_images == Some(true) {
+                options.insert(key.as_str(), doc! { "enabled": true });
+            }
+        } else if CREATE_OPTIONS.contains(&key.as_str())
+            && !matches!(key.as_str(), "viewOn" | "pipeline")
         {
             let value: bson::Bson = value.try_into().map_err(internal)?;
             options.insert(key.as_str(), value);
@@ -235,6 +249,116 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         (None, None) => {}
     }
     Ok(options)
+}
+
+/// `changeStreamPreAndPostImages: {enabled: <bool>}` of `create` or `collMod`, checked as
+/// mongod's IDL checks it (TypeMismatch, missing or unknown field); its `enabled`.
+fn pre_and_post_images(req: &Request<'_>) -> CommandResult<Option<bool>> {
+    const FIELD: &str = "changeStreamPreAndPostImages";
+    let Some(spec) = req.opt_doc(FIELD)? else {
+        return Ok(None);
+    };
+    let mut enabled = None;
+    for item in spec.iter() {
+        let (key, value) = item.map_err(internal)?;
+        match (key.as_str(), value) {
+            ("enabled", RawBsonRef::Boolean(b)) => enabled = Some(b),
+            ("enabled", v) => {
+                return Err(CommandError::type_mismatch(format!(
+                    "BSON field '{}.{FIELD}.enabled' is the wrong type '{}', expected type 'bool'",
+                    req.name,
+                    crate::request::type_name(v.element_type())
+                )));
+            }
+            (other, _) => {
+                return Err(CommandError::new(
+                    code::UNKNOWN_FIELD,
+                    format!("BSON field '{FIELD}.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    match enabled {
+        Some(b) => Ok(Some(b)),
+        None => Err(CommandError::new(
+            code::MISSING_FIELD,
+            format!("BSON field '{FIELD}.enabled' is missing but a required field"),
+        )),
+    }
+}
+
+/// Options of mongod's `collMod` that Mangrove does not implement: refused with InvalidOptions
+/// rather than ignored.
+const UNSUPPORTED_COLL_MOD_OPTIONS: &[&str] = &[
+    "index",
+    "validator",
+    "validationLevel",
+    "validationAction",
+    "viewOn",
+    "pipeline",
+    "expireAfterSeconds",
+    "timeseries",
+    "timeseriesBucketsMayHaveMixedSchemaData",
+    "clusteredIndex",
+    "cappedSize",
+    "cappedMax",
+    "dryRun",
+    "recordPreImages",
+];
+
+/// `collMod`, for `changeStreamPreAndPostImages` only: changes the collection's options in one
+/// transaction (a durable catalog change, `LogOp::SetCollectionOptions`) annotated with the
+/// command. Like `drop`, it first waits for the open transactions that use the collection.
+pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    for option in UNSUPPORTED_COLL_MOD_OPTIONS {
+        if req.get(option).is_some() {
+            return Err(CommandError::new(
+                code::INVALID_OPTIONS,
+                format!(
+                    "collMod option '{option}' is not supported by Mangrove; it supports only changeStreamPreAndPostImages"
+                ),
+            ));
+        }
+    }
+    req.check_fields(&["changeStreamPreAndPostImages"])?;
+    let name = req.collection()?;
+    validate_collection_name(req.db, name)?;
+    let enabled = pre_and_post_images(req)?;
+    let ns = req.ns(name);
+    let opts = WriteOptions::from_request(req)?;
+    wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
+    retry_conflicts(shared, &opts, |txn: &mut Txn| {
+        let Some(coll) = txn.collection(&ns) else {
+            return Err(CommandError::new(
+                code::NAMESPACE_NOT_FOUND,
+                format!("ns does not exist: {ns}"),
+            ));
+        };
+        let Some(enabled) = enabled else {
+            return Ok(()); // nothing to change
+        };
+        if super::views::is_view(&coll) {
+            return Err(CommandError::new(
+                code::INVALID_OPTIONS,
+                "option not supported on a view: changeStreamPreAndPostImages",
+            ));
+        }
+        let mut options = coll.options.clone();
+        // Stored only when enabled, as mongod does.
+        if enabled {
+            options.insert("changeStreamPreAndPostImages", doc! { "enabled": true });
+        } else {
+            options.remove("changeStreamPreAndPostImages");
+        }
+        txn.set_collection_options(&ns, options)?;
+        txn.annotate(
+            &ns,
+            doc! { "collMod": name, "changeStreamPreAndPostImages": { "enabled": enabled } },
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(doc! { "ok": 1.0 }.into())
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their
@@ -330,7 +454,12 @@ pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> Com
         .await?;
     }
     retry_conflicts(shared, &opts, |txn: &mut Txn| {
-        move_collection(txn, from, to)
+        move_collection(txn, from, to)?;
+        txn.annotate(
+            from,
+            doc! { "renameCollection": from, "to": to, "dropTarget": drop_target },
+        );
+        Ok(())
     })
     .await?;
     Ok(doc! { "ok": 1.0 }.into())
@@ -407,8 +536,13 @@ pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> Command
     let prefix = format!("{}.", req.db);
     wait_for_transactions(shared, req, req.db, &|used| used.starts_with(&prefix)).await?;
     retry_conflicts(shared, &opts, |txn: &mut Txn| {
-        for coll in txn.list_collections(req.db) {
+        let collections = txn.list_collections(req.db);
+        for coll in &collections {
             txn.drop_collection(&coll.ns())?;
+        }
+        // A database with nothing to drop logs nothing, as in mongod.
+        if !collections.is_empty() {
+            txn.annotate(&format!("{}.$cmd", req.db), doc! { "dropDatabase": 1 });
         }
         Ok(())
     })

@@ -74,6 +74,20 @@ fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
     Ok(())
 }
 
+/// `find`, or the oplog's own find on `local.oplog.rs` (which reads the log, off the async
+/// threads, and may wait for commits).
+pub(super) async fn find_or_oplog(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
+    if super::oplog_find::is_oplog(req) && txn.is_none() {
+        return super::oplog_find::find(shared, req).await;
+    }
+    find(shared, req, txn, at)
+}
+
 /// `at` is the snapshot a `snapshot` read concern chose; otherwise the read sees the latest
 /// commit (or its transaction).
 pub(super) fn find(

@@ -3,12 +3,13 @@
 use bson::doc;
 use bson::raw::RawBsonRef;
 
-use crate::cursor::{Cursor, TxnOwner};
+use crate::cursor::{Cursor, Source, TxnOwner};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
 use crate::{Counters, Shared};
 
 use super::Reply;
+use super::change_stream;
 use super::args::{internal, non_negative};
 use super::reply::cursor_reply;
 
@@ -65,7 +66,7 @@ fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResul
     }
 }
 
-pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[
         "collection",
         "batchSize",
@@ -89,10 +90,14 @@ pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
         }
     };
     if shared.config.enable_test_commands
-        && let Some(e) = shared.failpoints.get_more_error()
+        && let Some(mut e) = shared.failpoints.get_more_error()
     {
         // As in mongod, the cursor was checked out and is killed with the failed getMore.
-        shared.cursors.kill(id);
+        if let Some(cursor) = shared.cursors.take(id)
+            && matches!(cursor.source, Source::History(_))
+        {
+            change_stream::label_error(&mut e);
+        }
         return Err(e);
     }
     let collection = match req.opt_str("collection")? {
@@ -125,6 +130,9 @@ pub(super) fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
                 "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {owner}"
             ),
         ));
+    }
+    if matches!(cursor.source, Source::History(_)) {
+        return change_stream::get_more(shared, req, id, cursor, batch_size).await;
     }
     let (batch, exhausted) = cursor.next_batch(batch_size)?;
     let reply_id = if exhausted {

@@ -7,6 +7,7 @@
 mod aggregate;
 mod args;
 mod catalog;
+mod change_stream;
 mod collections;
 mod count_distinct;
 mod delete;
@@ -21,6 +22,7 @@ mod insert;
 mod modify;
 mod multi_write;
 mod names;
+mod oplog_find;
 mod read_concern;
 mod reply;
 mod sessions;

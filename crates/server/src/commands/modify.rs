@@ -56,7 +56,13 @@ pub(super) fn update_one_doc(
         ));
     }
     let new = Arc::new(new_raw);
-    txn.replace(coll, key, new.clone())?;
+    // The log describes an operator or pipeline update by its changed fields (change streams'
+    // `updateDescription`); a replacement is logged as one.
+    if update.is_replacement() {
+        txn.replace(coll, key, new.clone())?;
+    } else {
+        txn.update(coll, key, new.clone())?;
+    }
     Ok(Some(new))
 }
 

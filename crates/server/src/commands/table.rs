@@ -383,6 +383,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .writes(),
     cmd(
+        "collMod",
+        "changes a collection's options (changeStreamPreAndPostImages only)",
+        future!(|c| catalog::coll_mod(c.shared, c.req)),
+    )
+    .writes(),
+    cmd(
         "renameCollection",
         "renames a collection (one transaction; waits for open transactions on it)",
         future!(|c| catalog::rename_collection(c.shared, c.req)),
@@ -424,7 +430,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "find",
         "queries a collection",
-        sync!(|c| find::find(c.shared, c.req, c.txn.as_deref(), c.at)),
+        future!(|c| find::find_or_oplog(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
     )
     .statement()
     .retryable_read()
@@ -432,7 +438,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "getMore",
         "next batch of a cursor",
-        sync!(|c| get_more::get_more(c.shared, c.req)),
+        future!(|c| get_more::get_more(c.shared, c.req)),
     )
     .statement(),
     cmd(

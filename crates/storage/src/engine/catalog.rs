@@ -53,6 +53,14 @@ impl CollectionInfo {
                 .all(|(a, b)| a.id == b.id)
     }
 
+    /// Whether the collection has `changeStreamPreAndPostImages: {enabled: true}`: then the
+    /// log records the document before each update and delete (the pre-image).
+    pub fn records_pre_images(&self) -> bool {
+        self.options
+            .get_document("changeStreamPreAndPostImages")
+            .is_ok_and(|o| o.get_bool("enabled").unwrap_or(false))
+    }
+
     pub fn index(&self, name: &str) -> Option<&Arc<IndexInfo>> {
         self.indexes.iter().find(|i| i.key.name == name)
     }

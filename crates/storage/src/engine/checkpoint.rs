@@ -8,7 +8,8 @@
 //! both C and the oldest live snapshot says nothing the base store does not, to every reader
 //! that exists or can exist. Then log segments wholly at or before C are removed. A crash at
 //! any point leaves either the old checkpoint plus the whole log, or the new one plus a log
-//! that may still hold records it covers (skipped on replay).
+//! that may still hold records it covers (skipped on replay). Which covered segments go is
+//! retention's choice (`history.rs`): the log doubles as the change-stream history.
 //!
 //! Lock order: `checkpointing` (one checkpoint at a time), then `state` (read, to collect;
 //! write, to evict) with `readers` under it; the base store's write and the control file's
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::catalog::CollectionInfo;
 use super::{Engine, lock_mutex};
 use crate::base::{BaseCollection, BaseStore, CheckpointData};
-use crate::{StorageError, Timestamp, txlog};
+use crate::{StorageError, Timestamp};
 
 /// What one checkpoint did.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +45,12 @@ impl Engine {
         let log_bytes = self.inner.stats.bytes.load(Ordering::Relaxed);
         let derived_bytes = self.inner.derived_bytes.load(Ordering::Relaxed);
         let Some((data, base)) = self.checkpoint_data(durable) else {
+            // Nothing new, but retention may have changed (`set_history_retention`): trim to
+            // what the control file already records as checkpointed.
+            if let Some(control) = &self.inner.control {
+                let checkpoint = control.checkpoint().min(self.read_state().checkpoint_ts);
+                self.trim_history(checkpoint)?;
+            }
             return Ok(None);
         };
         base.write_checkpoint(&data)?;
@@ -65,12 +72,8 @@ impl Engine {
         if let Some(control) = &self.inner.control {
             control.update(|c| c.checkpoint = data.ts)?;
         }
-        if let Some(dir) = &self.inner.options.data_dir {
-            report.segments_removed = txlog::remove_covered_segments(
-                &dir.join("log"),
-                data.ts,
-                self.inner.options.retain_log_segments,
-            )?;
+        if self.inner.control.is_some() {
+            report.segments_removed = self.trim_history(data.ts)?;
         }
         report.elapsed = started.elapsed();
         Ok(Some(report))

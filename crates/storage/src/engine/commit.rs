@@ -50,6 +50,8 @@ const LOG_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct LogProgress {
     pub(super) visible: Timestamp,
     pub(super) durable: Timestamp,
+    /// The wall clock of the commit at `durable`, once one was written since start.
+    pub(super) durable_wall_ms: Option<i64>,
     pub(super) failed: Option<Arc<str>>,
     pub(super) rejections: u64,
 }
@@ -59,6 +61,7 @@ impl LogProgress {
         LogProgress {
             visible: ts,
             durable: ts,
+            durable_wall_ms: None,
             failed: None,
             rejections: 0,
         }
@@ -112,6 +115,19 @@ impl CommitQueue {
             ..CommitQueue::default()
         }
     }
+}
+
+/// The wall clock sealed into the last record of a batch (see `txlog::seal_record`): walks the
+/// records' length prefixes, one step per commit.
+fn last_wall_ms(batch: &[u8]) -> Option<i64> {
+    let mut at = 0usize;
+    let mut last = None;
+    while let Some(len) = batch.get(at..at + 4) {
+        last = Some(at);
+        at += 8 + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    }
+    let wall = batch.get(last? + 16..last? + 24)?;
+    Some(i64::from_le_bytes(wall.try_into().ok()?))
 }
 
 /// Counters of the log writer, for benchmarks and `serverStatus`.
@@ -197,8 +213,12 @@ impl Engine {
             self.count_batch(&commits, bytes.len() as u64);
             self.install(commits);
             self.inner.progress.send_modify(|p| p.visible = last_ts);
+            let wall_ms = last_wall_ms(&bytes);
             match log.as_mut().map_or(Ok(()), LogWriter::sync) {
-                Ok(()) => self.inner.progress.send_modify(|p| p.durable = last_ts),
+                Ok(()) => self.inner.progress.send_modify(|p| {
+                    p.durable = last_ts;
+                    p.durable_wall_ms = wall_ms;
+                }),
                 // The batch is visible but may not be on disk: fail its durable waiters and
                 // every later commit (after a failed fsync the page cache cannot be trusted).
                 Err(e) => self.fail_log(&e.to_string()),

@@ -39,6 +39,8 @@ pub struct RecoveryReport {
     pub checkpoint: Timestamp,
     pub log_bytes: u64,
     pub segments: usize,
+    /// Segments the checkpoint covers, kept as history, whose records were not read.
+    pub segments_skipped: usize,
     /// A torn final write that was cut off.
     pub torn_tail: Option<TornTail>,
     /// Damage the operator chose to cut the log at (`truncate_damaged_log`), and what moved.
@@ -129,7 +131,7 @@ fn scan_and_cut(
     progress: impl FnMut(u64, u64),
     report: &mut RecoveryReport,
 ) -> Result<LogScan, StorageError> {
-    let scan = txlog::scan_log(log_dir, Some(checkpoint), progress)?;
+    let scan = txlog::scan_log_for_recovery(log_dir, checkpoint, progress)?;
     let Some(damage) = scan.damage.clone() else {
         return Ok(scan);
     };
@@ -138,7 +140,7 @@ fn scan_and_cut(
     }
     let cut = txlog::cut_at_damage(log_dir, &damage)?;
     report.cut = Some((damage, cut));
-    let mut scan = txlog::scan_log(log_dir, Some(checkpoint), |_, _| {})?;
+    let mut scan = txlog::scan_log_for_recovery(log_dir, checkpoint, |_, _| {})?;
     // The cut moved the control file aside; it is rebuilt from what is left. Anything else
     // still wrong is damage the cut could not remove.
     match &scan.damage {
@@ -160,6 +162,7 @@ fn replay_log(
     report.records = scan.records.len() as u64;
     report.log_bytes = scan.bytes;
     report.segments = scan.segments;
+    report.segments_skipped = scan.skipped_segments;
     report.torn_tail = scan.torn_tail.clone();
     // Records the checkpoint already holds are skipped; the log may still have them when
     // segments are retained, or when a crash came between checkpoint and log cleanup.

@@ -46,12 +46,17 @@ pub(super) fn replay(
                 replay_create_index(state, ts, ns, spec, partial)?;
             }
             LogOp::DropIndex { ns, name } => replay_drop_index(state, ts, ns, name)?,
-            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc } => {
+            LogOp::SetCollectionOptions { ns, options } => {
+                replay_set_options(state, ts, ns, options)?;
+            }
+            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc, .. } => {
                 replay_doc(state, ns, ts, DocKey(key.clone()), Some(doc))?;
             }
             LogOp::Delete { ns, key, .. } => {
                 replay_doc(state, ns, ts, DocKey(key.clone()), None)?;
             }
+            // An annotation describes the record's other ops; it changes nothing.
+            LogOp::Command { .. } => {}
         }
     }
     Ok(())
@@ -134,6 +139,20 @@ fn replay_create_index(
     Ok(())
 }
 
+fn replay_set_options(
+    state: &mut State,
+    ts: Timestamp,
+    ns: &str,
+    options: &Document,
+) -> Result<(), String> {
+    let info = current_info(state, ns, ts)?;
+    let mut new_info = (*info).clone();
+    new_info.options = options.clone();
+    let chain = state.catalog.get_mut(ns).expect("current_info found it");
+    set_recovered(chain, ts, Some(Arc::new(new_info)));
+    Ok(())
+}
+
 fn replay_drop_index(state: &mut State, ts: Timestamp, ns: &str, name: &str) -> Result<(), String> {
     let info = current_info(state, ns, ts)?;
     let mut new_info = (*info).clone();
@@ -160,7 +179,7 @@ pub(super) fn current_info(
         .get(ns)
         .and_then(|c| c.visible_at(ts))
         .cloned()
-        .ok_or_else(|| format!("index change on unknown collection {ns}"))
+        .ok_or_else(|| format!("catalog change on unknown collection {ns}"))
 }
 
 /// Every document of a keyspace as of the newest version, during recovery: chains in memory

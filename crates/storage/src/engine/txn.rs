@@ -7,7 +7,10 @@
 //! - an open transaction holds the intent on every key in its write maps, and nobody else does;
 //! - `bytes` is what its writes hold, and is counted in `Inner::open_txn_bytes` until the
 //!   transaction ends (given back at commit or release, exactly once);
-//! - after `commit` queued it, the intents belong to the queued commit: `release` does nothing.
+//! - after `commit` queued it, the intents belong to the queued commit: `release` does nothing;
+//! - its record holds one op per document written (the net effect), in the order of each
+//!   document's first write, with creations, option and index changes before them, drops
+//!   after them, and annotations last (`log_ops`).
 //!
 //! Lock order: `Inner::state` (write) alone, never while queueing (`Inner::queue`); see the
 //! engine's lock order (`engine.rs`).
@@ -27,6 +30,7 @@ use super::versions::{DocWrite, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, split_ns};
 use crate::txlog::{self, CommitMeta, LogOp};
 use crate::{StorageError, Timestamp};
+use bson::Document;
 
 /// What a document write costs in memory beyond its document and key: the write map's node,
 /// the version chain and its intent, the log op it becomes.
@@ -64,6 +68,9 @@ impl Engine {
             shared_creates: BTreeSet::new(),
             created: BTreeSet::new(),
             index_ops: Vec::new(),
+            origins: HashMap::new(),
+            options_set: BTreeSet::new(),
+            annotations: Vec::new(),
             seen_infos: HashMap::new(),
             namespaces: HashMap::new(),
             meta: CommitMeta::default(),
@@ -88,6 +95,12 @@ pub struct Txn {
     pub(super) created: BTreeSet<String>,
     /// Index creations and drops, in order, for the log.
     pub(super) index_ops: Vec<LogOp>,
+    /// How each key of `docs` was first written, for its log op.
+    pub(super) origins: HashMap<(CollId, DocKey), WriteOrigin>,
+    /// Existing collections whose options this transaction changes (collMod).
+    pub(super) options_set: BTreeSet<String>,
+    /// `LogOp::Command` annotations, in order.
+    pub(super) annotations: Vec<LogOp>,
     /// Each written collection as this transaction's snapshot sees it. Writes go by this, not
     /// by the `CollectionInfo` the caller passes, which may be older: a caller that read it
     /// before an index build and retries after a conflict must maintain the new index.
@@ -98,6 +111,18 @@ pub struct Txn {
     pub(super) open: bool,
     /// Memory the writes hold (see [`write_cost`]), counted against the transaction limits.
     pub(super) bytes: u64,
+}
+
+/// How a transaction first wrote a document, for the document's log op.
+pub(super) struct WriteOrigin {
+    /// The order of the first write among the transaction's documents (statement order).
+    pub(super) seq: usize,
+    /// The document as the transaction's snapshot sees it (`None`: absent), taken when the
+    /// write claimed the key: the pre-image, and the base of the update description.
+    pub(super) pre: Option<StoredDoc>,
+    /// Whether some write of the transaction replaced the document whole (a replacement, or a
+    /// re-insert after a delete): then the log has no update description for it.
+    pub(super) replaced: bool,
 }
 
 impl Txn {
@@ -112,6 +137,18 @@ impl Txn {
     /// Records who commits this transaction, for the log.
     pub fn set_meta(&mut self, meta: CommitMeta) {
         self.meta = meta;
+    }
+
+    /// Adds an annotation to the record: `o` names the command the transaction's writes
+    /// implement (`{renameCollection: ..}`, `{dropDatabase: 1}`, `{collMod: ..}`), for change
+    /// streams. Logged after the writes as [`LogOp::Command`]; replay ignores it. A
+    /// transaction without writes logs nothing, annotations included.
+    pub fn annotate(&mut self, ns: &str, o: Document) {
+        debug_assert!(!ns.is_empty(), "an annotation names its namespace");
+        self.annotations.push(LogOp::Command {
+            ns: ns.to_string(),
+            o,
+        });
     }
 
     /// Whether this transaction creates `ns` explicitly (not "if absent").
@@ -284,8 +321,10 @@ impl Txn {
         }
     }
 
-    /// The transaction's writes in the order replay must apply them: creations, index
-    /// changes, documents, then drops.
+    /// The transaction's writes in the order replay must apply them: creations, option and
+    /// index changes, documents (in the order of their first write), drops, then annotations.
+    /// Runs at commit, before the transaction is queued and under no lock: update
+    /// descriptions are computed here.
     pub(super) fn log_ops(&self) -> Vec<LogOp> {
         let mut ops = Vec::with_capacity(self.docs.len() + self.catalog.len());
         for (ns, info) in &self.catalog {
@@ -298,11 +337,40 @@ impl Txn {
                 });
             }
         }
+        for ns in &self.options_set {
+            if let Some(Some(info)) = self.catalog.get(ns) {
+                ops.push(LogOp::SetCollectionOptions {
+                    ns: ns.clone(),
+                    options: info.options.clone(),
+                });
+            }
+        }
         ops.extend(self.index_ops.iter().cloned());
-        for ((coll_id, key), write) in &self.docs {
+        ops.extend(self.doc_ops());
+        for (ns, info) in &self.catalog {
+            if info.is_none() {
+                ops.push(LogOp::DropCollection { ns: ns.clone() });
+            }
+        }
+        ops.extend(self.annotations.iter().cloned());
+        ops
+    }
+
+    /// One op per written document, in the order of each document's first write.
+    fn doc_ops(&self) -> Vec<LogOp> {
+        let mut pre_images: HashMap<CollId, bool> = HashMap::new();
+        let mut ops: Vec<(usize, LogOp)> = Vec::with_capacity(self.docs.len());
+        for (k, write) in &self.docs {
+            let (coll_id, key) = k;
             let ns = self.namespaces.get(coll_id).cloned().unwrap_or_default();
+            let origin = self.origins.get(k);
+            debug_assert!(origin.is_some(), "every written key has an origin");
+            let with_pre = *pre_images
+                .entry(*coll_id)
+                .or_insert_with(|| self.records_pre_images(*coll_id, &ns));
+            let pre = || origin.and_then(|o| o.pre.clone()).filter(|_| with_pre);
             let key = key.0.clone();
-            ops.push(match write {
+            let op = match write {
                 DocWrite::Insert(d) => LogOp::Insert {
                     ns,
                     key,
@@ -312,20 +380,30 @@ impl Txn {
                     ns,
                     key,
                     doc: d.clone(),
+                    diff: origin.and_then(|o| update_diff(o, d)),
+                    pre: pre(),
                 },
                 DocWrite::Delete(id) => LogOp::Delete {
                     ns,
                     key,
                     id: id.clone(),
+                    pre: pre(),
                 },
-            });
+            };
+            ops.push((origin.map_or(usize::MAX, |o| o.seq), op));
         }
-        for (ns, info) in &self.catalog {
-            if info.is_none() {
-                ops.push(LogOp::DropCollection { ns: ns.clone() });
-            }
-        }
-        ops
+        ops.sort_by_key(|(seq, _)| *seq);
+        ops.into_iter().map(|(_, op)| op).collect()
+    }
+
+    /// Whether the collection `id` (named `ns`) has `changeStreamPreAndPostImages: {enabled:
+    /// true}`, as this transaction sees it.
+    fn records_pre_images(&self, id: CollId, ns: &str) -> bool {
+        let info = match self.catalog.get(ns) {
+            Some(Some(own)) if own.id == id => Some(own),
+            _ => self.seen_infos.get(&id),
+        };
+        info.is_some_and(|info| info.records_pre_images())
     }
 
     /// Releases every intent; nothing of this transaction was ever visible to others.
@@ -354,4 +432,20 @@ impl Drop for Txn {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// The update description of an update by operators or a pipeline, from the document before
+/// the transaction to `post`; `None` for a replaced document (or, defensively, one that did not
+/// exist before: then there is nothing to describe the change from).
+fn update_diff(origin: &WriteOrigin, post: &StoredDoc) -> Option<StoredDoc> {
+    if origin.replaced {
+        return None;
+    }
+    let pre = origin.pre.as_ref()?;
+    let description = mangrove_bson::update_description(pre, post);
+    // A description holds values of valid documents, so it encodes; were it not to, the
+    // update is logged as a replacement, which loses nothing replay needs.
+    bson::RawDocumentBuf::try_from(&description)
+        .ok()
+        .map(Arc::new)
 }

@@ -1,5 +1,5 @@
 //! A transaction's collection DDL: create, create "if absent" (shared by concurrent
-//! transactions), drop. The catalog's types are in `catalog.rs`.
+//! transactions), drop, change options (collMod). The catalog's types are in `catalog.rs`.
 //!
 //! Invariants:
 //! - one catalog write per namespace per transaction: a drop and a re-create in one record would
@@ -12,6 +12,7 @@
 //! (`engine.rs`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::catalog::CollectionInfo;
 use super::txn::Txn;
@@ -84,6 +85,40 @@ impl Txn {
         self.catalog.insert(ns.to_string(), None);
         self.created.remove(ns);
         Ok(())
+    }
+
+    /// Replaces the options of the collection `ns` (collMod), logged as
+    /// `LogOp::SetCollectionOptions` (or in the create, if this transaction created it). Like
+    /// an index change it takes the collection's catalog intent, so it waits (WriteConflict)
+    /// for the transactions writing the collection: a write commits with the options its
+    /// writer saw.
+    pub fn set_collection_options(
+        &mut self,
+        ns: &str,
+        options: bson::Document,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        let coll = self
+            .collection(ns)
+            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
+        if self.shared_creates.contains(ns) {
+            return Err(StorageError::Encoding(format!(
+                "cannot change the options of {ns}: this transaction created it implicitly; create it explicitly first"
+            )));
+        }
+        {
+            let engine = self.snapshot.engine.clone();
+            let mut state = engine.write_state();
+            self.claim_catalog_for_indexes(&mut state, &coll)?;
+        }
+        let mut info = coll;
+        info.options = options;
+        self.catalog
+            .insert(ns.to_string(), Some(Arc::new(info.clone())));
+        if !self.created.contains(ns) {
+            self.options_set.insert(ns.to_string());
+        }
+        Ok(info)
     }
 
     /// The collection `ns`, created "if absent" when nobody has it: MongoDB's implicit creation

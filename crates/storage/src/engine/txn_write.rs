@@ -1,8 +1,12 @@
-//! A transaction's document writes: insert, replace, delete. Each takes the key's write intent
-//! first (first writer wins: a conflict fails at once), reserves the memory the write will
-//! hold, updates the indexes (`txn_index.rs`), and on failure gives back what it took.
+//! A transaction's document writes: insert, update (by operators or a pipeline), replace,
+//! delete. Each takes the key's write intent first (first writer wins: a conflict fails at
+//! once), reserves the memory the write will hold, updates the indexes (`txn_index.rs`), and
+//! on failure gives back what it took. The first successful write of a key also records its
+//! [`WriteOrigin`] (statement order, the snapshot's version), for the log op.
 //!
 //! Invariants:
+//! - a key is in `Txn::origins` exactly when it is in `Txn::docs` (both written together on
+//!   success, neither on failure);
 //! - a refused write leaves nothing behind: an intent it took is given back (`unclaim`), and
 //!   its reservation too (`settle_write`);
 //! - a transaction writes a collection only with the index set its snapshot sees, and only while
@@ -18,7 +22,7 @@ use std::sync::atomic::Ordering;
 use bson::Bson;
 
 use super::catalog::CollectionInfo;
-use super::txn::{TransactionLimits, Txn, write_cost};
+use super::txn::{TransactionLimits, Txn, WriteOrigin, write_cost};
 use super::versions::{DocWrite, VersionChain};
 use super::{CollId, DocKey, Engine, StoredDoc};
 use crate::StorageError;
@@ -47,7 +51,7 @@ impl Txn {
     ) -> Result<(), StorageError> {
         let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
-        self.claim_doc(coll, &key)?;
+        let pre = self.claim_doc(coll, &key)?;
         let checked = match self.get(coll, &key) {
             Ok(Some(_)) => {
                 let id = doc
@@ -68,17 +72,21 @@ impl Txn {
             return Err(e);
         }
         // Nothing is visible under the key here, so this is an insert, unless this
-        // transaction deleted a document there: to everyone else, that is an update.
-        let write = match self.docs.get(&(coll.id, key.clone())) {
-            Some(DocWrite::Delete(_)) => DocWrite::Update(doc),
+        // transaction deleted a document that existed before it: to everyone else, that
+        // replaces it.
+        let k = (coll.id, key);
+        let existed = self.origins.get(&k).is_some_and(|o| o.pre.is_some());
+        let write = match self.docs.get(&k) {
+            Some(DocWrite::Delete(_)) if existed => DocWrite::Update(doc),
             _ => DocWrite::Insert(doc),
         };
-        self.namespaces.insert(coll.id, coll.ns());
-        self.docs.insert((coll.id, key), write);
+        let (_, key) = k;
+        self.record_write(coll, key, write, pre, true);
         Ok(())
     }
 
-    /// Replaces the visible document under `key`.
+    /// Replaces the visible document under `key` with `doc` (a replacement update,
+    /// findAndModify with a replacement, `$merge`): logged without an update description.
     pub fn replace(
         &mut self,
         coll: &CollectionInfo,
@@ -87,7 +95,23 @@ impl Txn {
     ) -> Result<(), StorageError> {
         self.check_open()?;
         let cost = self.reserve_write(coll, &key, Some(&doc))?;
-        let result = self.replace_unaccounted(coll, key, doc);
+        let result = self.replace_unaccounted(coll, key, doc, true);
+        self.settle_write(cost, result.is_ok());
+        result
+    }
+
+    /// Writes `doc`, the visible document under `key` changed by update operators or a
+    /// pipeline: logged with its update description (computed at commit), unless some other
+    /// write of this transaction replaced the document.
+    pub fn update(
+        &mut self,
+        coll: &CollectionInfo,
+        key: DocKey,
+        doc: StoredDoc,
+    ) -> Result<(), StorageError> {
+        self.check_open()?;
+        let cost = self.reserve_write(coll, &key, Some(&doc))?;
+        let result = self.replace_unaccounted(coll, key, doc, false);
         self.settle_write(cost, result.is_ok());
         result
     }
@@ -97,10 +121,11 @@ impl Txn {
         coll: &CollectionInfo,
         key: DocKey,
         doc: StoredDoc,
+        replaces: bool,
     ) -> Result<(), StorageError> {
         let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
-        self.claim_doc(coll, &key)?;
+        let pre = self.claim_doc(coll, &key)?;
         if !coll.indexes.is_empty() {
             let indexed = self
                 .get(coll, &key)
@@ -117,9 +142,46 @@ impl Txn {
             Some(DocWrite::Insert(_)) => DocWrite::Insert(doc),
             _ => DocWrite::Update(doc),
         };
-        self.namespaces.insert(coll.id, coll.ns());
-        self.docs.insert((coll.id, key), write);
+        self.record_write(coll, key, write, pre, replaces);
         Ok(())
+    }
+
+    /// Records a successful write of `key`: the write itself, and on the key's first write
+    /// its origin (statement order and the snapshot's version, `pre`, which `claim_doc`
+    /// returned); `replaces` marks the document as replaced for the rest of the transaction.
+    fn record_write(
+        &mut self,
+        coll: &CollectionInfo,
+        key: DocKey,
+        write: DocWrite,
+        pre: Option<Option<StoredDoc>>,
+        replaces: bool,
+    ) {
+        let k = (coll.id, key);
+        match pre {
+            Some(pre) => {
+                let seq = self.origins.len();
+                let origin = WriteOrigin {
+                    seq,
+                    pre,
+                    replaced: replaces,
+                };
+                let earlier = self.origins.insert(k.clone(), origin);
+                debug_assert!(earlier.is_none(), "a first write of a key is first once");
+                self.namespaces.insert(coll.id, coll.ns());
+            }
+            None if replaces => {
+                if let Some(origin) = self.origins.get_mut(&k) {
+                    origin.replaced = true;
+                }
+            }
+            None => {}
+        }
+        debug_assert!(
+            self.origins.contains_key(&k),
+            "every written key has an origin"
+        );
+        self.docs.insert(k, write);
     }
 
     pub fn delete(&mut self, coll: &CollectionInfo, key: DocKey) -> Result<(), StorageError> {
@@ -147,15 +209,14 @@ impl Txn {
             })
             .unwrap_or(Bson::Null);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
-        self.claim_doc(coll, &key)?;
+        let pre = self.claim_doc(coll, &key)?;
         if let Err(e) = self.write_index_entries(coll, &key, old.as_ref(), None) {
             if !already_held {
                 self.unclaim(coll.id, &key);
             }
             return Err(e);
         }
-        self.namespaces.insert(coll.id, coll.ns());
-        self.docs.insert((coll.id, key), DocWrite::Delete(id));
+        self.record_write(coll, key, DocWrite::Delete(id), pre, false);
         Ok(())
     }
 
@@ -184,13 +245,16 @@ impl Txn {
         info
     }
 
+    /// Takes the intent on a document's key. On the key's first write in this transaction,
+    /// returns `Some(the version this transaction's snapshot sees)`, read under the lock the
+    /// claim takes anyway; `None` when the transaction already holds the key.
     pub(super) fn claim_doc(
         &mut self,
         coll: &CollectionInfo,
         key: &DocKey,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Option<StoredDoc>>, StorageError> {
         if self.docs.contains_key(&(coll.id, key.clone())) {
-            return Ok(()); // we already hold the intent
+            return Ok(None); // we already hold the intent
         }
         {
             let engine = self.snapshot.engine.clone();
@@ -214,11 +278,16 @@ impl Txn {
             }
             state.writers.entry(coll.id).or_default().insert(self.id);
         }
-        self.claim_key(coll.id, key)
+        self.claim_key(coll.id, key).map(Some)
     }
 
-    /// Takes the write intent on one key of a keyspace (documents or index entries).
-    pub(super) fn claim_key(&self, id: CollId, key: &DocKey) -> Result<(), StorageError> {
+    /// Takes the write intent on one key of a keyspace (documents or index entries); returns
+    /// the key's version at this transaction's snapshot.
+    pub(super) fn claim_key(
+        &self,
+        id: CollId,
+        key: &DocKey,
+    ) -> Result<Option<StoredDoc>, StorageError> {
         let engine = self.snapshot.engine.clone();
         let mut state = engine.write_state();
         let read_ts = self.read_ts();
@@ -240,7 +309,8 @@ impl Txn {
             docs.insert(key.clone(), chain);
         }
         let chain = docs.get_mut(key).expect("inserted above");
-        chain.claim(self.id, read_ts)
+        chain.claim(self.id, read_ts)?;
+        Ok(chain.visible_at(read_ts).cloned())
     }
 
     /// Gives back an intent taken by a write that then failed, so it is not held unrecorded.

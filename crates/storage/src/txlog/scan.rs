@@ -17,6 +17,13 @@
 //!   segment but the newest, or before the control file's durable end, is damage.
 //!
 //! The scan stops at the first damage; `records` then holds only what comes before it.
+//!
+//! Recovery ([`scan_log_for_recovery`]) does not read the records of segments wholly at or
+//! before the checkpoint (retention keeps up to `history_size_bytes` of them for change
+//! streams; parsing and holding them would make start-up time and memory grow with the
+//! history): it reads their headers, so the chain is still checked, and their records are
+//! read by whoever needs them (`mangrove log verify` reads everything, history readers read
+//! incrementally).
 
 use std::path::{Path, PathBuf};
 
@@ -95,6 +102,8 @@ pub struct LogScan {
     pub control: Option<Control>,
     /// The first damage found; `records` stop before it.
     pub damage: Option<LogDamage>,
+    /// Segments the checkpoint covers whose records were not read (recovery only).
+    pub skipped_segments: usize,
 }
 
 /// A damaged record at the end of a segment's valid records.
@@ -119,6 +128,8 @@ struct SegmentScan {
     file_len: u64,
     damage: Option<TailDamage>,
     bytes: Vec<u8>,
+    /// Only the header was read (a segment the checkpoint covers, at recovery).
+    skipped: bool,
 }
 
 impl SegmentScan {
@@ -127,7 +138,8 @@ impl SegmentScan {
     }
 }
 
-fn name_ts(path: &Path) -> Timestamp {
+/// The timestamp a segment file is named after (its first record's, or earlier).
+pub(crate) fn name_ts(path: &Path) -> Timestamp {
     path.file_stem()
         .and_then(|s| s.to_str())
         .and_then(|s| u64::from_str_radix(s, 16).ok())
@@ -146,6 +158,7 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
         file_len: bytes.len() as u64,
         damage: None,
         bytes: Vec::new(),
+        skipped: false,
     };
     let header = match segment::parse_header(&bytes) {
         Ok(h) => h,
@@ -167,6 +180,34 @@ fn scan_segment(path: &Path) -> Result<SegmentScan, StorageError> {
     read_records(&mut scan, &bytes, header.len);
     scan.bytes = bytes;
     Ok(scan)
+}
+
+/// A segment the checkpoint covers: only its header is read. `None` if the header cannot be
+/// read (then the whole segment is scanned, so the damage is reported as usual).
+fn scan_header_only(path: &Path) -> Result<Option<SegmentScan>, StorageError> {
+    use std::io::Read;
+    let fail = |e| StorageError::io(format!("cannot read {}", path.display()), e);
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let file_len = file.metadata().map_err(fail)?.len();
+    let mut head = Vec::with_capacity(segment::HEADER_LEN);
+    file.take(segment::HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(fail)?;
+    let Ok(header) = segment::parse_header(&head) else {
+        return Ok(None);
+    };
+    Ok(Some(SegmentScan {
+        path: path.to_path_buf(),
+        name_ts: name_ts(path),
+        header: Some(header),
+        records: Vec::new(),
+        // Unknown without reading: the successor's claim is checked against the file's size.
+        valid_len: file_len,
+        file_len,
+        damage: None,
+        bytes: Vec::new(),
+        skipped: true,
+    }))
 }
 
 fn written_end(bytes: &[u8]) -> usize {
@@ -303,6 +344,8 @@ struct Link {
     name_ts: Timestamp,
     valid_end: u64,
     last_ts: Timestamp,
+    /// Its records were not read: `valid_end` is its file size and `last_ts` a lower bound.
+    skipped: bool,
 }
 
 fn damage(path: &Path, offset: u64, detail: String, cut: Option<(&Path, u64)>) -> LogDamage {
@@ -390,7 +433,7 @@ fn link_problem(
         );
         return Some(damage(&cur.path, 24, detail, Some((&cur.path, 0))));
     }
-    if prev.valid_end < p.end || prev.last_ts != p.last_ts {
+    if prev.valid_end < p.end || (!prev.skipped && prev.last_ts != p.last_ts) {
         let detail = format!(
             "its valid records end at offset {} (last commit {}), but {} records that it was sealed at offset {} (last commit {}): the committed records between are lost (the file was cut or damaged)",
             prev.valid_end,
@@ -409,12 +452,32 @@ fn link_problem(
     None
 }
 
-/// Reads a log directory. `checkpoint` is what the base store holds (records at or before it
-/// may be gone); `None` takes the control file's record of it (for readers of a live log).
+/// Reads a log directory, every record of it. `checkpoint` is what the base store holds
+/// (records at or before it may be gone); `None` takes the control file's record of it (for
+/// readers of a live log).
 pub fn scan_log(
     dir: &Path,
     checkpoint: Option<Timestamp>,
+    progress: impl FnMut(u64, u64),
+) -> Result<LogScan, StorageError> {
+    scan(dir, checkpoint, progress, false)
+}
+
+/// Reads a log directory for recovery: like [`scan_log`], but the records of segments wholly
+/// at or before `checkpoint` are not read, only their headers (see the module comment).
+pub fn scan_log_for_recovery(
+    dir: &Path,
+    checkpoint: Timestamp,
+    progress: impl FnMut(u64, u64),
+) -> Result<LogScan, StorageError> {
+    scan(dir, Some(checkpoint), progress, true)
+}
+
+fn scan(
+    dir: &Path,
+    checkpoint: Option<Timestamp>,
     mut progress: impl FnMut(u64, u64),
+    skip_covered: bool,
 ) -> Result<LogScan, StorageError> {
     let segments = list_segments(dir)?;
     let total: u64 = segments
@@ -429,6 +492,7 @@ pub fn scan_log(
         bytes: 0,
         control: None,
         damage: None,
+        skipped_segments: 0,
     };
     let control = match control::read(dir) {
         Ok(c) => c,
@@ -442,7 +506,20 @@ pub fn scan_log(
     let mut links: Vec<Link> = Vec::new();
     let mut last_ts = Timestamp::ZERO;
     for (i, path) in segments.iter().enumerate() {
-        let scan = scan_segment(path)?;
+        // Covered: the next segment starts at or before checkpoint + 1 (names are first
+        // timestamps), so every record here is at or before the checkpoint.
+        let covered = skip_covered
+            && segments
+                .get(i + 1)
+                .is_some_and(|next| name_ts(next).0 <= checkpoint.0.saturating_add(1));
+        let scan = match covered {
+            true => scan_header_only(path)?,
+            false => None,
+        };
+        let scan = match scan {
+            Some(scan) => scan,
+            None => scan_segment(path)?,
+        };
         out.bytes += scan.file_len;
         progress(out.bytes, total);
         let newest = i + 1 == segments.len();
@@ -504,7 +581,9 @@ fn take_segment(
         name_ts: scan.name_ts,
         valid_end: scan.valid_len,
         last_ts: *last_ts,
+        skipped: scan.skipped,
     });
+    out.skipped_segments += usize::from(scan.skipped);
     if newest {
         out.end = Some(LogEnd {
             segment: scan.path.clone(),

@@ -122,11 +122,19 @@ pub(crate) fn parse_record_at(bytes: &[u8], offset: usize) -> Result<(usize, Log
     let payload = bytes
         .get(offset + RECORD_HEADER_LEN..offset + RECORD_HEADER_LEN + len)
         .ok_or_else(|| format!("record of {len} bytes runs past the end of the segment"))?;
-    if super::record_crc(&header[0..4], payload) != crc {
+    debug_assert_eq!(crc, u32_at(header, 4));
+    let record = check_record(header, payload)?;
+    Ok((RECORD_HEADER_LEN + len, record))
+}
+
+/// A record's contents, if its checksum (over the length prefix in `header` and `payload`)
+/// matches and its payload decodes. The one check of a record, for whole-file scans and for
+/// incremental readers (`reader.rs`) alike.
+pub(crate) fn check_record(header: &[u8], payload: &[u8]) -> Result<LogRecord, String> {
+    if super::record_crc(&header[0..4], payload) != u32_at(header, 4) {
         return Err("checksum mismatch".into());
     }
-    let record = decode_payload(payload)?;
-    Ok((RECORD_HEADER_LEN + len, record))
+    decode_payload(payload)
 }
 
 #[cfg(test)]

@@ -15,11 +15,12 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::control::{self, Control, DurableEnd};
 use super::scan::{LogDamage, LogEnd, LogScan};
 use super::segment::{self, Predecessor};
-use super::{PREALLOCATE_BYTES, list_segments, segment_name};
+use super::{PREALLOCATE_BYTES, list_segments, name_ts, segment_name};
 use crate::{StorageError, Timestamp};
 
 /// The control file and what it last said, shared by the log writer (segment switches, clean
@@ -35,6 +36,14 @@ impl ControlHandle {
             dir: dir.to_path_buf(),
             current: Mutex::new(current),
         }
+    }
+
+    /// The checkpoint the control file records: segments it covers may be removed.
+    pub(crate) fn checkpoint(&self) -> Timestamp {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint
     }
 
     /// Changes what the control file says, and writes it.
@@ -299,38 +308,88 @@ fn cut_file(segment: &Path, len: u64) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io(format!("cannot truncate {}", segment.display()), e))
 }
 
-/// Removes segments every record of which is at or before `checkpoint`, except the newest
-/// `retain` of them and never the segment being appended to. Returns how many were removed.
+/// What retention keeps of the segments a checkpoint covers (mongod's oplog size and minimum
+/// retention, plus Mangrove's own count of segments kept).
+#[derive(Clone, Debug)]
+pub(crate) struct Retention {
+    /// The newest this many covered segments are kept whatever their size or age.
+    pub keep_segments: usize,
+    /// Covered segments are removed, oldest first, only while all segments together are
+    /// larger than this ...
+    pub size_limit_bytes: u64,
+    /// ... and only if their newest record is at least this old.
+    pub min_retention: Duration,
+    /// The wall clock now, in milliseconds since the epoch.
+    pub now_ms: i64,
+}
+
+/// What one removal did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Removal {
+    pub removed: usize,
+    /// Time spent removing files (the rest was deciding).
+    pub removing: Duration,
+}
+
+/// Removes segments every record of which is at or before `checkpoint` (recovery no longer
+/// needs them) that `retention` does not keep, oldest first. Never the segment being appended
+/// to, never one the checkpoint does not cover.
 pub(crate) fn remove_covered_segments(
     dir: &Path,
     checkpoint: Timestamp,
-    retain: usize,
-) -> Result<usize, StorageError> {
+    retention: &Retention,
+) -> Result<Removal, StorageError> {
     let segments = list_segments(dir)?;
-    // A segment's records all come before the next segment's first record, whose timestamp
-    // its name gives.
-    let first_ts = |path: &Path| -> Option<Timestamp> {
-        let stem = path.file_stem()?.to_str()?;
-        u64::from_str_radix(stem, 16).ok().map(Timestamp)
-    };
-    let covered: Vec<&PathBuf> = segments
-        .windows(2)
-        .filter(|pair| {
-            first_ts(&pair[1]).is_some_and(|next| next.0 <= checkpoint.0.saturating_add(1))
-        })
-        .map(|pair| &pair[0])
+    // A segment removed meanwhile (there is one remover, but be lenient) weighs nothing.
+    let sizes: Vec<u64> = segments
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
         .collect();
-    let removable = covered.len().saturating_sub(retain);
-    for path in &covered[..removable] {
-        std::fs::remove_file(path)
-            .map_err(|e| StorageError::io(format!("cannot remove {}", path.display()), e))?;
+    let mut total: u64 = sizes.iter().sum();
+    // A segment's records all come before the next segment's first record, whose timestamp
+    // its name gives: covered iff that name is at most checkpoint + 1.
+    let covered = segments
+        .windows(2)
+        .take_while(|pair| name_ts(&pair[1]).0 <= checkpoint.0.saturating_add(1))
+        .count();
+    let removable = covered.saturating_sub(retention.keep_segments);
+    let min_retention_ms = retention.min_retention.as_millis() as i64;
+    let mut removal = Removal::default();
+    for i in 0..removable {
+        if total <= retention.size_limit_bytes {
+            break;
+        }
+        // The next segment's name is a commit timestamp no older than this segment's newest
+        // record, and commit timestamps count wall-clock seconds: a bound on its age that
+        // never removes a segment too early.
+        let newest_ms = i64::from(name_ts(&segments[i + 1]).seconds()) * 1000;
+        if min_retention_ms > 0 && retention.now_ms.saturating_sub(newest_ms) < min_retention_ms {
+            break; // the segments after it are younger still
+        }
+        let started = Instant::now();
+        let path = &segments[i];
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StorageError::io(
+                    format!("cannot remove {}", path.display()),
+                    e,
+                ));
+            }
+        }
+        removal.removing += started.elapsed();
+        removal.removed += 1;
+        total -= sizes[i];
     }
-    if removable > 0 {
+    if removal.removed > 0 {
+        let started = Instant::now();
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| StorageError::io(format!("cannot sync {}", dir.display()), e))?;
+        removal.removing += started.elapsed();
     }
-    Ok(removable)
+    Ok(removal)
 }
 
 /// What cutting a damaged log moved away.

@@ -1,0 +1,349 @@
+//! Change events: what one committed transaction (one log record) shows a stream.
+//!
+//! Invariants:
+//! - An event's index is a function of the record alone (`2 × op position`, `+ 1` for the
+//!   invalidate an op causes), so its resume token is the same in every stream.
+//! - A record's events come in the order of its ops: the order in which the transaction first
+//!   wrote each document (the log keeps one op per document, the transaction's net effect).
+//! - A record that implements a command the log annotates (`renameCollection`,
+//!   `dropDatabase`, `collMod`) shows that command, not the writes that carried it out: a
+//!   rename's copies and drop are one `rename` event.
+//! - Documents are copied from the record as raw BSON, never parsed.
+
+use bson::raw::{RawBsonRef, RawDocument, cstr};
+use bson::{Document, RawDocumentBuf, doc};
+use mangrove_storage::StoredDoc;
+use mangrove_storage::txlog::{LogOp, LogRecord};
+
+use super::spec::{BeforeChange, FullDocument, Scope, StreamSpec};
+use super::token::{ResumeToken, TokenKind};
+use crate::error::{CommandError, CommandResult, code};
+
+/// One change event for a stream.
+#[derive(Debug)]
+pub struct Event {
+    pub token: ResumeToken,
+    pub doc: RawDocumentBuf,
+}
+
+impl Event {
+    pub fn invalidates(&self) -> bool {
+        self.token.kind == TokenKind::Invalidate
+    }
+}
+
+/// The command a record implements, if the log annotated one.
+enum Annotation<'r> {
+    Rename { from: &'r str, to: String, drop_target: bool, at: usize },
+    DropDatabase,
+    Other,
+}
+
+fn annotation(record: &LogRecord) -> Option<Annotation<'_>> {
+    record.ops.iter().enumerate().find_map(|(at, op)| match op {
+        LogOp::Command { ns, o } => Some(match o.keys().next().map(String::as_str) {
+            Some("renameCollection") => Annotation::Rename {
+                from: ns,
+                to: o.get_str("to").unwrap_or_default().to_string(),
+                drop_target: o.get_bool("dropTarget").unwrap_or(false),
+                at,
+            },
+            Some("dropDatabase") => Annotation::DropDatabase,
+            _ => Annotation::Other,
+        }),
+        _ => None,
+    })
+}
+
+/// The events `record` shows a stream with `spec`, in order.
+pub fn record_events(record: &LogRecord, spec: &StreamSpec) -> CommandResult<Vec<Event>> {
+    let shaper = Shaper { record, spec };
+    let mut out = Vec::new();
+    if let Some(Annotation::Rename {
+        from,
+        to,
+        drop_target,
+        at,
+    }) = annotation(record)
+    {
+        shaper.rename(at, from, &to, drop_target, &mut out);
+        return Ok(out);
+    }
+    for (at, op) in record.ops.iter().enumerate() {
+        shaper.op(at, op, &mut out)?;
+        if out.last().is_some_and(Event::invalidates) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+struct Shaper<'a> {
+    record: &'a LogRecord,
+    spec: &'a StreamSpec,
+}
+
+impl Shaper<'_> {
+    fn op(&self, at: usize, op: &LogOp, out: &mut Vec<Event>) -> CommandResult<()> {
+        let expanded = self.spec.show_expanded;
+        match op {
+            LogOp::Insert { ns, doc, .. } if self.spec.scope.covers(ns) => {
+                let mut e = self.head(at, "insert", Some(ns));
+                e.append(cstr!("fullDocument"), doc.as_ref() as &RawDocument);
+                append_key(&mut e, doc);
+                out.push(self.finish(at, e));
+            }
+            LogOp::Update {
+                ns, doc, diff, pre, ..
+            } if self.spec.scope.covers(ns) => {
+                out.push(self.update(at, ns, doc, diff.as_ref(), pre.as_ref())?);
+            }
+            LogOp::Delete { ns, id, pre, .. } if self.spec.scope.covers(ns) => {
+                let mut e = self.head(at, "delete", Some(ns));
+                e.append(cstr!("documentKey"), raw(&doc! {"_id": id.clone()}));
+                self.before_change(&mut e, pre.as_ref())?;
+                out.push(self.finish(at, e));
+            }
+            LogOp::DropCollection { ns } if self.spec.scope.covers(ns) => {
+                out.push(self.finish(at, self.head(at, "drop", Some(ns))));
+                if matches!(self.spec.scope, Scope::Collection { .. }) {
+                    out.push(self.invalidate(at));
+                }
+            }
+            LogOp::CreateCollection { ns, options } if expanded && self.spec.scope.covers(ns) => {
+                out.push(self.create(at, ns, options));
+            }
+            LogOp::CreateIndex { ns, spec } if expanded && self.spec.scope.covers(ns) => {
+                let mut e = self.head(at, "createIndexes", Some(ns));
+                e.append(
+                    cstr!("operationDescription"),
+                    raw(&doc! {"indexes": [spec.clone()]}),
+                );
+                out.push(self.finish(at, e));
+            }
+            LogOp::DropIndex { ns, name } if expanded && self.spec.scope.covers(ns) => {
+                let mut e = self.head(at, "dropIndexes", Some(ns));
+                e.append(
+                    cstr!("operationDescription"),
+                    raw(&doc! {"indexes": [{"name": name.as_str()}]}),
+                );
+                out.push(self.finish(at, e));
+            }
+            LogOp::Command { ns, o } => self.command(at, ns, o, out),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn update(
+        &self,
+        at: usize,
+        ns: &str,
+        post: &StoredDoc,
+        diff: Option<&StoredDoc>,
+        pre: Option<&StoredDoc>,
+    ) -> CommandResult<Event> {
+        let images = pre.is_some();
+        let mut e = self.head(at, if diff.is_some() { "update" } else { "replace" }, Some(ns));
+        let full = match (diff, self.spec.full_document) {
+            (None, _) | (_, FullDocument::UpdateLookup) => Some(post),
+            (_, FullDocument::Default) => None,
+            (_, FullDocument::WhenAvailable | FullDocument::Required) if images => Some(post),
+            (_, FullDocument::Required) => {
+                return Err(CommandError::new(
+                    code::NO_MATCHING_DOCUMENT,
+                    format!(
+                        "Change stream was configured to require a post-image for all update, delete and replace events, but the post-image was not found for an event on {ns}: enable changeStreamPreAndPostImages on the collection (collMod), or use fullDocument 'whenAvailable'"
+                    ),
+                ));
+            }
+            (_, FullDocument::WhenAvailable) => {
+                e.append(cstr!("fullDocument"), bson::raw::RawBson::Null);
+                None
+            }
+        };
+        if let Some(full) = full {
+            e.append(cstr!("fullDocument"), full.as_ref() as &RawDocument);
+        }
+        append_key(&mut e, post);
+        if let Some(diff) = diff {
+            e.append(cstr!("updateDescription"), self.description(diff));
+        }
+        self.before_change(&mut e, pre)?;
+        Ok(self.finish(at, e))
+    }
+
+    /// mongod's `updateDescription`; `disambiguatedPaths` only for expanded events.
+    fn description(&self, diff: &StoredDoc) -> RawDocumentBuf {
+        let mut d = RawDocumentBuf::new();
+        for (key, value) in diff.iter().flatten() {
+            if key.as_str() == "disambiguatedPaths" && !self.spec.show_expanded {
+                continue;
+            }
+            d.append(key, value);
+        }
+        if self.spec.show_expanded && !diff.get("disambiguatedPaths").is_ok_and(|v| v.is_some()) {
+            d.append(cstr!("disambiguatedPaths"), RawDocumentBuf::new());
+        }
+        d
+    }
+
+    fn before_change(&self, e: &mut RawDocumentBuf, pre: Option<&StoredDoc>) -> CommandResult<()> {
+        match (self.spec.before_change, pre) {
+            (BeforeChange::Off, _) => {}
+            (_, Some(pre)) => e.append(
+                cstr!("fullDocumentBeforeChange"),
+                pre.as_ref() as &RawDocument,
+            ),
+            (BeforeChange::WhenAvailable, None) => {
+                e.append(cstr!("fullDocumentBeforeChange"), bson::raw::RawBson::Null)
+            }
+            (BeforeChange::Required, None) => {
+                return Err(CommandError::new(
+                    code::NO_MATCHING_DOCUMENT,
+                    "Change stream was configured to require a pre-image for all update, delete and replace events, but the pre-image was not found: enable changeStreamPreAndPostImages on the collection (collMod), or use fullDocumentBeforeChange 'whenAvailable'",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, at: usize, ns: &str, options: &Document) -> Event {
+        let mut e = self.head(at, "create", Some(ns));
+        let (kind, description) = if let Ok(view_on) = options.get_str("viewOn") {
+            let pipeline = options.get_array("pipeline").cloned().unwrap_or_default();
+            ("view", doc! {"viewOn": view_on, "pipeline": pipeline})
+        } else {
+            let mut d = options.clone();
+            d.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
+            ("collection", d)
+        };
+        e.append(cstr!("operationDescription"), raw(&description));
+        e.append(cstr!("nsType"), kind);
+        self.finish(at, e)
+    }
+
+    fn command(&self, at: usize, ns: &str, o: &Document, out: &mut Vec<Event>) {
+        let Some(name) = o.keys().next() else {
+            return;
+        };
+        let db = ns.split_once('.').map_or(ns, |(db, _)| db);
+        match name.as_str() {
+            "dropDatabase" if self.spec.scope.covers_db(db) => {
+                if matches!(self.spec.scope, Scope::Collection { .. }) {
+                    return;
+                }
+                let mut e = self.head(at, "dropDatabase", None);
+                e.append(cstr!("ns"), raw(&doc! {"db": db}));
+                out.push(self.finish(at, e));
+                if matches!(self.spec.scope, Scope::Database { .. }) {
+                    out.push(self.invalidate(at));
+                }
+            }
+            "collMod" if self.spec.show_expanded && self.spec.scope.covers(ns) => {
+                let mut e = self.head(at, "modify", Some(ns));
+                let mut description = o.clone();
+                description.remove("collMod");
+                e.append(cstr!("operationDescription"), raw(&description));
+                out.push(self.finish(at, e));
+            }
+            _ => {}
+        }
+    }
+
+    fn rename(&self, at: usize, from: &str, to: &str, drop_target: bool, out: &mut Vec<Event>) {
+        if !self.spec.scope.covers(from) {
+            return;
+        }
+        let mut e = self.head(at, "rename", Some(from));
+        e.append(cstr!("to"), raw(&ns_doc(to)));
+        if self.spec.show_expanded {
+            e.append(
+                cstr!("operationDescription"),
+                raw(&doc! {"to": ns_doc(to), "dropTarget": drop_target}),
+            );
+        }
+        out.push(self.finish(at, e));
+        if matches!(self.spec.scope, Scope::Collection { .. }) {
+            out.push(self.invalidate(at));
+        }
+    }
+
+    fn invalidate(&self, at: usize) -> Event {
+        let token = ResumeToken {
+            kind: TokenKind::Invalidate,
+            ts: self.record.ts,
+            index: index_of(at) + 1,
+        };
+        let mut e = RawDocumentBuf::new();
+        e.append(cstr!("_id"), raw(&token.to_document()));
+        e.append(cstr!("operationType"), "invalidate");
+        e.append(cstr!("clusterTime"), self.record.ts.to_bson());
+        e.append(cstr!("wallTime"), bson::DateTime::from_millis(self.record.wall_ms));
+        Event { token, doc: e }
+    }
+
+    /// `_id`, `operationType`, `clusterTime`, `wallTime` and `ns` (when given).
+    fn head(&self, at: usize, kind: &str, ns: Option<&str>) -> RawDocumentBuf {
+        let token = ResumeToken::event(self.record.ts, index_of(at));
+        let mut e = RawDocumentBuf::new();
+        e.append(cstr!("_id"), raw(&token.to_document()));
+        e.append(cstr!("operationType"), kind);
+        e.append(cstr!("clusterTime"), self.record.ts.to_bson());
+        e.append(cstr!("wallTime"), bson::DateTime::from_millis(self.record.wall_ms));
+        if let Some(ns) = ns {
+            e.append(cstr!("ns"), raw(&ns_doc(ns)));
+        }
+        e
+    }
+
+    /// Adds a transaction's session fields and wraps the event.
+    fn finish(&self, at: usize, mut e: RawDocumentBuf) -> Event {
+        let meta = &self.record.meta;
+        if let (Some(lsid), Some(n)) = (&meta.lsid, meta.txn_number) {
+            e.append(cstr!("lsid"), raw(lsid));
+            e.append(cstr!("txnNumber"), n);
+        }
+        Event {
+            token: ResumeToken::event(self.record.ts, index_of(at)),
+            doc: e,
+        }
+    }
+}
+
+fn index_of(at: usize) -> u32 {
+    u32::try_from(at * 2).unwrap_or(u32::MAX - 1)
+}
+
+fn ns_doc(ns: &str) -> Document {
+    match ns.split_once('.') {
+        Some((db, coll)) => doc! {"db": db, "coll": coll},
+        None => doc! {"db": ns},
+    }
+}
+
+fn append_key(e: &mut RawDocumentBuf, doc: &StoredDoc) {
+    let mut key = RawDocumentBuf::new();
+    if let Ok(Some(id)) = doc.get("_id") {
+        key.append(cstr!("_id"), id);
+    }
+    e.append(cstr!("documentKey"), key);
+}
+
+fn raw(d: &Document) -> RawDocumentBuf {
+    // A document built here from values that came out of BSON always encodes.
+    RawDocumentBuf::try_from(d).unwrap_or_default()
+}
+
+/// Whether a pipeline's output kept the event's `_id` (its resume token) unchanged: mongod
+/// refuses to go on otherwise, since the stream could no longer be resumed from it.
+pub fn kept_token(output: &RawDocument, event: &Event) -> bool {
+    let token = event.doc.get("_id").ok().flatten();
+    let kept = output.get("_id").ok().flatten();
+    match (token, kept) {
+        (Some(RawBsonRef::Document(a)), Some(RawBsonRef::Document(b))) => {
+            a.as_bytes() == b.as_bytes()
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,18 @@
+//! Change streams, served from the transaction log.
+//!
+//! Every committed transaction is one checksummed record in the log, in commit order; a change
+//! stream is a reader of that history from a point (`stream.rs`), turning each durable record
+//! into the events its scope and options ask for (`event.rs`), behind resume tokens that name a
+//! place in the log (`token.rs`), with the `$changeStream` options parsed and checked as mongod
+//! does (`spec.rs`). Nothing is stored twice: the events are derived from the log when read.
+//!
+//! The command side (`aggregate` with `$changeStream`, `getMore` waiting for commits) is
+//! `commands/change_stream.rs`.
+
+pub mod event;
+pub mod oplog;
+pub mod spec;
+pub mod stream;
+pub mod token;
+
+pub use stream::{Batch, HistoryCursor, Shape};

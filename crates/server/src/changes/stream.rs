@@ -1,0 +1,346 @@
+//! A cursor over the log's durable history: a reader, what it shows (change events for a
+//! stream's scope and options, through the stages after `$changeStream`; or oplog entries
+//! through a `find` filter), and what is shaped but not yet returned.
+//!
+//! Invariants:
+//! - Only durable commits are read (`HistoryReader` stops at the durable end), so a stream
+//!   never shows a write that a crash could take back.
+//! - `after` only moves forward, to the newest record whose events are all in `pending` or
+//!   returned; the post-batch resume token is a high-water mark there once `pending` is empty,
+//!   else the last event returned: resuming from either shows every later event exactly once.
+//! - Memory is bounded per stream by one read batch ([`READ_RECORDS`], [`READ_BYTES`]) and
+//!   its events; a stream that falls behind reads from disk and holds nothing back: not the
+//!   writer, not the checkpointer (the log's retention decides what history exists).
+//! - The log is read off the async threads (`spawn_blocking`), and no lock is held across an
+//!   await: a cursor is taken out of the cursor table while a `getMore` runs.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bson::RawDocumentBuf;
+use mangrove_query::Pipeline;
+use mangrove_storage::txlog::LogRecord;
+use mangrove_storage::{Engine, HistoryReader, Timestamp};
+
+use mangrove_query::{Filter, Projection};
+
+use super::event::{Event, kept_token, record_events};
+use super::oplog::record_entries;
+use super::spec::{Start, StreamSpec};
+use super::token::{ResumeToken, TokenKind};
+use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
+use crate::error::{CommandError, CommandResult, code};
+
+/// Records per read of the log, and about how many bytes.
+const READ_RECORDS: usize = 256;
+const READ_BYTES: usize = 4 * 1024 * 1024;
+/// Longest a batch keeps reading history whose events the stream filters out, when it has
+/// nothing to return yet: long enough to skip far, short enough to answer (an empty batch
+/// with a newer resume token is progress too).
+const MAX_SCAN: Duration = Duration::from_millis(500);
+
+/// An event ready to return (after the stream's stages).
+struct Ready {
+    token: ResumeToken,
+    doc: RawDocumentBuf,
+}
+
+/// What a history cursor shows.
+pub enum Shape {
+    /// A change stream's events, through the stages after `$changeStream`.
+    Events {
+        spec: StreamSpec,
+        stages: Option<Pipeline>,
+    },
+    /// `local.oplog.rs` entries that match a `find` filter; a tailable cursor waits at the end,
+    /// any other ends there.
+    Oplog {
+        filter: Filter,
+        projection: Option<Projection>,
+        tailable: bool,
+        await_data: bool,
+    },
+}
+
+pub struct HistoryCursor {
+    shape: Shape,
+    /// Taken while a read runs on the blocking pool.
+    reader: Option<HistoryReader>,
+    /// Every record at or before this has its events in `ready` or returned.
+    after: Timestamp,
+    /// Resuming inside a record: its events up to this token's index were seen already, and
+    /// the record must exist (else the token does not name an event of this history).
+    resume_inside: Option<ResumeToken>,
+    ready: VecDeque<Ready>,
+    last_returned: Option<ResumeToken>,
+    /// An invalidate was queued (or filtered out by the stages): nothing after it is read, and
+    /// the stream ends once `ready` is returned.
+    invalidated: bool,
+    /// A plain (not tailable) oplog read reached the durable end.
+    caught_up: bool,
+}
+
+/// One batch for the client.
+pub struct Batch {
+    pub docs: Vec<BatchDoc>,
+    pub post_batch_token: ResumeToken,
+    pub ended: bool,
+}
+
+impl HistoryCursor {
+    /// A cursor over oplog entries of commits after `after`.
+    pub fn oplog(engine: &Engine, after: Timestamp, shape: Shape) -> CommandResult<HistoryCursor> {
+        debug_assert!(matches!(shape, Shape::Oplog { .. }));
+        Ok(HistoryCursor {
+            shape,
+            reader: Some(engine.read_history(after)?),
+            after,
+            resume_inside: None,
+            ready: VecDeque::new(),
+            last_returned: None,
+            invalidated: false,
+            caught_up: false,
+        })
+    }
+
+    /// Opens a change stream where `spec` says; a start older than the retained history fails
+    /// with ChangeStreamHistoryLost (286), a token whose event is not in history with
+    /// ChangeStreamFatalError (280).
+    pub async fn change_stream(
+        engine: &Engine,
+        spec: StreamSpec,
+        stages: Option<Pipeline>,
+    ) -> CommandResult<HistoryCursor> {
+        let (after, resume_inside) = match spec.start {
+            Start::Now => (engine.last_commit(), None),
+            Start::ResumeAfter(t) | Start::StartAfter(t) => match t.kind {
+                TokenKind::Event => (Timestamp(t.ts.0.saturating_sub(1)), Some(t)),
+                TokenKind::HighWaterMark | TokenKind::Invalidate => (t.ts, None),
+            },
+            Start::AtOperationTime(ts) => (Timestamp(ts.0.saturating_sub(1)), None),
+        };
+        let reader = engine.read_history(after)?;
+        let mut stream = HistoryCursor {
+            shape: Shape::Events { spec, stages },
+            reader: Some(reader),
+            after,
+            resume_inside,
+            ready: VecDeque::new(),
+            last_returned: None,
+            invalidated: false,
+            caught_up: false,
+        };
+        if stream.resume_inside.is_some() {
+            // The token's record is read now, so that a token naming no event fails the
+            // aggregate itself, as in mongod.
+            let records = stream.read().await?;
+            stream.absorb(records)?;
+            if stream.resume_inside.is_some() {
+                return Err(token_not_found());
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Whether a `getMore` waits for commits when there is nothing to return (a change
+    /// stream, or a tailable `awaitData` oplog cursor).
+    pub fn awaits(&self) -> bool {
+        match self.shape {
+            Shape::Events { .. } => true,
+            Shape::Oplog {
+                tailable,
+                await_data,
+                ..
+            } => tailable && await_data,
+        }
+    }
+
+    /// Up to `max_docs` events (and about [`MAX_BATCH_BYTES`]). With nothing to return, waits
+    /// until `wait_until` for new commits (`None`: answers at once).
+    pub async fn next_batch(
+        &mut self,
+        engine: &Engine,
+        max_docs: u64,
+        wait_until: Option<Instant>,
+    ) -> CommandResult<Batch> {
+        let started = Instant::now();
+        let mut docs = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            self.take_ready(max_docs, &mut docs, &mut bytes);
+            if self.invalidated || docs.len() as u64 >= max_docs || !self.ready.is_empty() {
+                break;
+            }
+            let mut read_nothing = false;
+            if engine.last_durable() > self.after {
+                let records = self.read().await?;
+                read_nothing = records.is_empty();
+                if !read_nothing {
+                    self.absorb(records)?;
+                    if docs.is_empty() && started.elapsed() > MAX_SCAN {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if let Shape::Oplog {
+                tailable: false, ..
+            } = self.shape
+            {
+                // Caught up with the durable end: a plain find ends here.
+                self.caught_up = true;
+                break;
+            }
+            if !docs.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            match wait_until {
+                // The durable end moved but its record was not readable yet (it is written
+                // before it is durable, so this is a race, not a state): look again shortly.
+                Some(until) if until > now && read_nothing => {
+                    tokio::time::sleep(Duration::from_millis(1).min(until - now)).await;
+                }
+                Some(until) if until > now => {
+                    engine.wait_durable_after(self.after, until - now).await;
+                }
+                _ => break,
+            }
+        }
+        Ok(Batch {
+            docs,
+            post_batch_token: self.post_batch_token(),
+            ended: self.ended(),
+        })
+    }
+
+    /// The stream has nothing more to give: its invalidate was returned, or a plain oplog read
+    /// reached the end.
+    fn ended(&self) -> bool {
+        self.ready.is_empty() && (self.invalidated || self.caught_up)
+    }
+
+    fn take_ready(&mut self, max_docs: u64, docs: &mut Vec<BatchDoc>, bytes: &mut usize) {
+        while (docs.len() as u64) < max_docs {
+            let Some(next) = self.ready.front() else {
+                break;
+            };
+            let len = next.doc.as_bytes().len();
+            if !docs.is_empty() && *bytes + len > MAX_BATCH_BYTES {
+                break;
+            }
+            let Some(next) = self.ready.pop_front() else {
+                break;
+            };
+            *bytes += len;
+            self.last_returned = Some(next.token);
+            docs.push(BatchDoc::Owned(next.doc));
+        }
+    }
+
+    /// Where a new stream resumes to see exactly what this one has not returned.
+    pub fn post_batch_token(&self) -> ResumeToken {
+        match (self.ready.is_empty(), self.last_returned, self.resume_inside) {
+            (true, _, _) => ResumeToken::high_water_mark(self.after),
+            (false, Some(t), _) => t,
+            (false, None, Some(t)) => t,
+            (false, None, None) => ResumeToken::high_water_mark(Timestamp(self.after.0 - 1)),
+        }
+    }
+
+    /// The next records of durable history, read off the async threads.
+    async fn read(&mut self) -> CommandResult<Vec<LogRecord>> {
+        let Some(mut reader) = self.reader.take() else {
+            return Err(CommandError::new(
+                code::INTERNAL_ERROR,
+                "a change stream read while another was running",
+            ));
+        };
+        let (reader, records) = tokio::task::spawn_blocking(move || {
+            let records = reader.next_batch(READ_RECORDS, READ_BYTES);
+            (reader, records)
+        })
+        .await
+        .map_err(|e| CommandError::new(code::INTERNAL_ERROR, format!("history read: {e}")))?;
+        self.reader = Some(reader);
+        Ok(records?)
+    }
+
+    /// Shapes `records` into events, runs them through the stream's stages, and queues them.
+    fn absorb(&mut self, records: Vec<LogRecord>) -> CommandResult<()> {
+        for record in records {
+            debug_assert!(record.ts > self.after, "history goes forward");
+            let mut events = match &self.shape {
+                Shape::Events { spec, .. } => record_events(&record, spec)?,
+                Shape::Oplog { .. } => record_entries(&record),
+            };
+            if let Some(t) = self.resume_inside.take() {
+                if record.ts != t.ts {
+                    return Err(token_not_found());
+                }
+                events.retain(|e| e.token.index > t.index);
+            }
+            self.after = record.ts;
+            for event in events {
+                self.queue(event)?;
+                if self.invalidated {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, event: Event) -> CommandResult<()> {
+        // Even if the stages filter it out, nothing after an invalidate is shown.
+        self.invalidated |= event.invalidates();
+        let stages = match &self.shape {
+            Shape::Events { stages, .. } => stages,
+            Shape::Oplog {
+                filter, projection, ..
+            } => {
+                if filter.try_matches(&event.doc)? {
+                    let doc = match projection {
+                        Some(p) => p.apply(&event.doc)?,
+                        None => event.doc,
+                    };
+                    self.ready.push_back(Ready {
+                        token: event.token,
+                        doc,
+                    });
+                }
+                return Ok(());
+            }
+        };
+        let Some(stages) = stages else {
+            self.ready.push_back(Ready {
+                token: event.token,
+                doc: event.doc,
+            });
+            return Ok(());
+        };
+        let outputs = stages.run(vec![event.doc.clone()])?;
+        for out in outputs {
+            if !kept_token(&out, &event) {
+                let mut e = CommandError::new(
+                    code::CHANGE_STREAM_FATAL_ERROR,
+                    "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
+                );
+                e.labels.push("NonResumableChangeStreamError");
+                return Err(e);
+            }
+            self.ready.push_back(Ready {
+                token: event.token,
+                doc: out,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn token_not_found() -> CommandError {
+    CommandError::new(
+        code::CHANGE_STREAM_FATAL_ERROR,
+        "cannot resume stream; the resume token was not found: its event is not in this server's history (was the token issued by another server, or the data directory replaced?)",
+    )
+}

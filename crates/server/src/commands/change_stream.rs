@@ -1,0 +1,237 @@
+//! `aggregate` with `$changeStream` first (on a collection, on a database with
+//! `aggregate: 1`, or on the cluster with `allChangesForCluster`), and the `getMore`s of its
+//! cursor, which wait for new commits as mongod's awaitData cursors do.
+//!
+//! Invariants:
+//! - The cursor of a change stream lives until an invalidate is returned, the client kills it,
+//!   or it idles past the cursor timeout; its reply always carries `postBatchResumeToken`.
+//! - A `getMore` waits at most its `maxTimeMS` (the driver's `maxAwaitTimeMS`; 1 s without
+//!   one) and never holds a lock while waiting (the cursor is out of the cursor table).
+
+use std::time::{Duration, Instant};
+
+use bson::RawDocumentBuf;
+use bson::raw::{RawArrayBuf, RawBsonRef, cstr};
+use mangrove_query::Pipeline;
+use mangrove_storage::Txn;
+
+use crate::Shared;
+use crate::changes::{Batch, HistoryCursor, spec};
+use crate::cursor::{Cursor, Source};
+use crate::error::{CommandError, CommandResult, RETRIABLE_CODES, code};
+use crate::request::Request;
+
+use super::Reply;
+use super::args::cursor_batch_size;
+use super::names::validate_db_name;
+use super::reply::DEFAULT_FIRST_BATCH;
+
+/// Stages allowed after `$changeStream`: the ones that look at one event at a time.
+const ALLOWED_STAGES: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+];
+
+/// How long a change stream's `getMore` waits for commits without a `maxTimeMS`, as mongod.
+const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+/// Codes after which drivers may resume a change stream (mongod labels them
+/// ResumableChangeStreamError): the retriable ones and the routing ones.
+const RESUMABLE_CODES: [i32; 5] = [63, 133, 150, 234, 13388];
+
+/// Whether the request's pipeline is a change stream: `$changeStream` first. Anywhere else it
+/// is refused (40602).
+pub(super) fn is_change_stream(req: &Request<'_>) -> CommandResult<bool> {
+    let Some(stages) = req.opt_array("pipeline")? else {
+        return Ok(false);
+    };
+    let mut first = true;
+    let mut found = false;
+    for stage in stages.into_iter().flatten() {
+        let named = matches!(stage, RawBsonRef::Document(d) if d.get("$changeStream").ok().flatten().is_some());
+        if named && !first {
+            return Err(CommandError::new(
+                code::CHANGE_STREAM_NOT_FIRST,
+                "$changeStream is only valid as the first stage in a pipeline.",
+            ));
+        }
+        found |= named;
+        first = false;
+    }
+    Ok(found)
+}
+
+/// Opens a change stream and answers with its first batch (what is already durable past the
+/// start; it does not wait).
+pub(super) async fn open(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "pipeline",
+        "cursor",
+        "maxTimeMS",
+        "collation",
+        "readConcern",
+        "allowDiskUse",
+    ])?;
+    if txn.is_some() || req.session.has_autocommit() {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            "$changeStream cannot run in a multi-document transaction; open it outside the transaction",
+        ));
+    }
+    validate_db_name(req.db)?;
+    let coll = match req.command_value() {
+        Some(RawBsonRef::String(c)) => Some(c),
+        _ => None,
+    };
+    let mut rest = RawArrayBuf::new();
+    let mut stream_spec = None;
+    for stage in req.opt_array("pipeline")?.into_iter().flatten() {
+        let stage = stage.map_err(|e| CommandError::bad_value(e.to_string()))?;
+        match (stream_spec.is_none(), stage) {
+            (true, RawBsonRef::Document(d)) => {
+                let value = d.get("$changeStream").ok().flatten().ok_or_else(|| {
+                    CommandError::new(code::CHANGE_STREAM_NOT_FIRST, "$changeStream must be first")
+                })?;
+                stream_spec = Some(spec::parse(value, req.db, coll)?);
+            }
+            (_, stage) => rest.push(stage),
+        }
+    }
+    let Some(stream_spec) = stream_spec else {
+        return Err(CommandError::new(
+            code::CHANGE_STREAM_NOT_FIRST,
+            "$changeStream is only valid as the first stage in a pipeline.",
+        ));
+    };
+    let stages = following_stages(&rest)?;
+    let batch_size = cursor_batch_size(req)?.unwrap_or(DEFAULT_FIRST_BATCH);
+    let mut stream = HistoryCursor::change_stream(&shared.engine, stream_spec, stages).await?;
+    let batch = stream.next_batch(&shared.engine, batch_size, None).await?;
+    let ns = match coll {
+        Some(c) => req.ns(c),
+        None => format!("{}.$cmd.aggregate", req.db),
+    };
+    let ended = batch.ended;
+    let id = if ended {
+        0
+    } else {
+        shared.cursors.insert(Cursor {
+            ns: ns.clone(),
+            source: Source::History(Box::new(stream)),
+            projection: None,
+            remaining: None,
+            last_used: Instant::now(),
+            txn: None,
+        })?
+    };
+    Ok(Reply::Raw(reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// The stages after `$changeStream`, parsed by the query crate (which refuses unknown stages
+/// with 40324) and limited to those that look at one event at a time.
+fn following_stages(rest: &RawArrayBuf) -> CommandResult<Option<Pipeline>> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let pipeline = Pipeline::parse(rest)?;
+    for stage in rest.into_iter().flatten() {
+        if let RawBsonRef::Document(d) = stage
+            && let Some(Ok((name, _))) = d.iter().next()
+            && !ALLOWED_STAGES.contains(&name.as_str())
+        {
+            return Err(CommandError::new(
+                code::ILLEGAL_OPERATION,
+                format!(
+                    "{name} is not permitted in a $changeStream pipeline; only {} are",
+                    ALLOWED_STAGES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Some(pipeline))
+}
+
+/// A `getMore` on a change stream's cursor (already taken from the cursor table): waits for
+/// events until `maxTimeMS`, then answers, keeping the cursor unless the stream ended or failed.
+pub(super) async fn get_more(
+    shared: &Shared,
+    req: &Request<'_>,
+    id: i64,
+    mut cursor: Cursor,
+    batch_size: Option<u64>,
+) -> CommandResult<Reply> {
+    let wait = match req.opt_i64("maxTimeMS")? {
+        Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
+        _ => DEFAULT_AWAIT,
+    };
+    let Source::History(stream) = &mut cursor.source else {
+        return Err(CommandError::new(
+            code::INTERNAL_ERROR,
+            "not a history cursor",
+        ));
+    };
+    let until = stream.awaits().then(|| Instant::now() + wait);
+    let mut want = batch_size.unwrap_or(u64::MAX);
+    if let Some(remaining) = cursor.remaining {
+        want = want.min(remaining);
+    }
+    // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one.
+    let mut batch = stream.next_batch(&shared.engine, want, until).await?;
+    if let Some(remaining) = &mut cursor.remaining {
+        *remaining -= batch.docs.len() as u64;
+        batch.ended |= *remaining == 0;
+    }
+    let ns = cursor.ns.clone();
+    let reply_id = if batch.ended {
+        0
+    } else {
+        cursor.last_used = Instant::now();
+        shared.cursors.put_back(id, cursor);
+        id
+    };
+    Ok(Reply::Raw(reply(&ns, reply_id, "nextBatch", &batch)))
+}
+
+/// Labels an error a change stream's `getMore` failed with, as mongod does, so drivers know
+/// whether to resume.
+pub(super) fn label_error(e: &mut CommandError) {
+    if RETRIABLE_CODES.contains(&e.code)
+        || RESUMABLE_CODES.contains(&e.code)
+        || e.code == code::CURSOR_NOT_FOUND
+    {
+        e.labels.push("ResumableChangeStreamError");
+    }
+}
+
+/// `{cursor: {firstBatch|nextBatch, postBatchResumeToken, id, ns}, ok: 1}`.
+pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumentBuf {
+    let mut docs = RawArrayBuf::new();
+    for d in &batch.docs {
+        docs.push(d.as_raw());
+    }
+    let mut cursor = RawDocumentBuf::new();
+    if field == "firstBatch" {
+        cursor.append(cstr!("firstBatch"), docs);
+    } else {
+        cursor.append(cstr!("nextBatch"), docs);
+    }
+    let token = RawDocumentBuf::try_from(&batch.post_batch_token.to_document())
+        .unwrap_or_default();
+    cursor.append(cstr!("postBatchResumeToken"), token);
+    cursor.append(cstr!("id"), id);
+    cursor.append(cstr!("ns"), ns);
+    let mut reply = RawDocumentBuf::new();
+    reply.append(cstr!("cursor"), cursor);
+    reply.append(cstr!("ok"), 1.0);
+    reply
+}
