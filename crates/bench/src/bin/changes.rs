@@ -8,7 +8,7 @@
 //!   the commit was sent).
 //! - `watchers`: transfer-uniform throughput with 0, 1, 10 and 100 change streams open on the
 //!   bench database, each consuming its events.
-//! - `catchup`: about 1 GB of history written, then one stream opened with
+//! - `catchup`: about 0.9 GB of history written, then one stream opened with
 //!   `startAtOperationTime` before it reads every event.
 //! - `memory`: the server's RSS before and after opening 1,000 change-stream cursors, and after
 //!   a `getMore` round on all of them.
@@ -77,7 +77,10 @@ struct Args {
     /// Warm-up seconds before each measured phase (default 2; quick 0.3).
     #[arg(long)]
     warmup_secs: Option<f64>,
-    /// MiB of 1 KiB documents written as history for the catch-up read (default 1024; quick 8).
+    /// MiB of 1 KiB documents written as history for the catch-up read (default 800; quick 8).
+    /// 800 MiB makes about 0.93 GB of log, under the server's default history retention
+    /// (1 GiB of log, which `mangrove serve` has no option for yet): past it the oldest
+    /// segments may be removed and the stream would start after a gap.
     #[arg(long)]
     catchup_mib: Option<u64>,
     /// Change-stream cursors opened for the memory scenario (default 1000; quick 50).
@@ -194,7 +197,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
             warmup,
             duration: seconds(pick(a.duration_secs, 5.0, 1.0), "--duration-secs")?,
         },
-        catchup_docs: a.catchup_mib.unwrap_or(if q { 8 } else { 1024 }) * 1024,
+        catchup_docs: a.catchup_mib.unwrap_or(if q { 8 } else { 800 }) * 1024,
         streams,
         connections: a.connections,
         memory_writes: if q { 10 } else { 100 },
@@ -733,6 +736,9 @@ struct WatchRow {
     /// From the end of the cell until every watcher had every event.
     caught_up: Option<Duration>,
     stream_error: Option<String>,
+    /// serverStatus `metrics.cursor.open.total` before the cell's streams opened: cursors
+    /// left over from earlier cells would show here.
+    cursors_before: Option<u64>,
 }
 
 async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
@@ -760,8 +766,9 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
          `db.watch()` on `bench` through their own pool, each consuming every event in its own \
          task. {} s warm-up + {} s measured per cell; cells run in the order shown.\n\n\
          | change streams | commits/s | vs 0 streams | p50 ms | p99 ms | aborts | errors | \
-         events per stream (min / expected) | all streams caught up |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         events per stream (min / expected) | all streams caught up | server cursors open \
+         before |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ctx.plan.sizes.accounts,
         ctx.plan.clients,
         ctx.plan.cell.warmup.as_secs_f64(),
@@ -771,7 +778,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     for r in &rows {
         let t = r.stats.throughput();
         out += &format!(
-            "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
             r.watchers,
             base.map_or("–".into(), |b| format!("{:.3}", t / b)),
             r.stats.percentile_ms(0.5).unwrap_or(0.0),
@@ -788,6 +795,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
                 (_, Some(d)) => format!("{:.2} s after the cell", d.as_secs_f64()),
                 (_, None) => format!("no, after {} s", GRACE.as_secs()),
             },
+            r.cursors_before.map_or("?".into(), |c| c.to_string()),
         );
         if let Some(e) = &r.stats.first_error {
             notes += &format!("- {} streams: first writer error: {e}\n", r.watchers);
@@ -805,6 +813,16 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
 
 /// One throughput cell with `n` change streams open and consuming.
 async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
+    let cursors_before = server_status(&ctx.writers).await.ok().and_then(|s| {
+        s.get_document("metrics")
+            .ok()?
+            .get_document("cursor")
+            .ok()?
+            .get_document("open")
+            .ok()?
+            .get("total")
+            .and_then(bson_u64)
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<Option<String>>> = Arc::default();
     let mut counters = Vec::with_capacity(n);
@@ -859,6 +877,7 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
         min_received: min(&counters).unwrap_or(0),
         caught_up,
         stream_error,
+        cursors_before,
     })
 }
 
@@ -1145,7 +1164,7 @@ async fn memory_steps(ctx: &Ctx, pid: u32, k: usize, run: &mut MemoryRun) -> Res
         Some(t),
     )?;
     let t = Instant::now();
-    kill_all(&mut groups).await?;
+    kill_all(&client, &groups).await?;
     measure(run, "after killCursors".into(), Some(t))
 }
 
@@ -1247,16 +1266,17 @@ async fn get_more_round(groups: &mut Vec<CursorGroup>) -> Result<u64, String> {
     Ok(events)
 }
 
-async fn kill_all(groups: &mut [CursorGroup]) -> Result<(), String> {
+/// `killCursors` on every cursor, outside the sessions (the driver refuses to send
+/// `killCursors` in a session).
+async fn kill_all(client: &Client, groups: &[CursorGroup]) -> Result<(), String> {
     for g in groups {
         let ids: Vec<Bson> = g.ids.iter().map(|&id| Bson::Int64(id)).collect();
-        run_in(
-            &mut g.session,
-            doc! { "killCursors": "change_memory", "cursors": ids },
-        )
-        .await
-        .map_err(describe)
-        .map_err(|e| format!("killCursors: {e}"))?;
+        client
+            .database(DB)
+            .run_command(doc! { "killCursors": "change_memory", "cursors": ids })
+            .await
+            .map_err(describe)
+            .map_err(|e| format!("killCursors: {e}"))?;
     }
     Ok(())
 }
