@@ -739,6 +739,23 @@ struct WatchRow {
     /// serverStatus `metrics.cursor.open.total` before the cell's streams opened: cursors
     /// left over from earlier cells would show here.
     cursors_before: Option<u64>,
+    /// CPU time of the server and of this client over the cell (warm-up included, like
+    /// `commits_total`).
+    server_cpu: Option<Duration>,
+    client_cpu: Option<Duration>,
+}
+
+impl WatchRow {
+    /// CPU µs per committed transfer over the whole cell.
+    fn per_commit(&self, cpu: Option<Duration>) -> String {
+        match cpu {
+            Some(d) if self.stats.commits_total > 0 => format!(
+                "{:.0}",
+                d.as_micros() as f64 / self.stats.commits_total as f64
+            ),
+            _ => "–".into(),
+        }
+    }
 }
 
 async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
@@ -766,9 +783,9 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
          `db.watch()` on `bench` through their own pool, each consuming every event in its own \
          task. {} s warm-up + {} s measured per cell; cells run in the order shown.\n\n\
          | change streams | commits/s | vs 0 streams | p50 ms | p99 ms | aborts | errors | \
-         events per stream (min / expected) | all streams caught up | server cursors open \
-         before |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         server CPU µs/commit | client CPU µs/commit | events per stream (min / expected) | \
+         all streams caught up | server cursors open before |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ctx.plan.sizes.accounts,
         ctx.plan.clients,
         ctx.plan.cell.warmup.as_secs_f64(),
@@ -778,13 +795,15 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     for r in &rows {
         let t = r.stats.throughput();
         out += &format!(
-            "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.watchers,
             base.map_or("–".into(), |b| format!("{:.3}", t / b)),
             r.stats.percentile_ms(0.5).unwrap_or(0.0),
             r.stats.percentile_ms(0.99).unwrap_or(0.0),
             r.stats.aborts,
             r.stats.errors,
+            r.per_commit(r.server_cpu),
+            r.per_commit(r.client_cpu),
             if r.watchers == 0 {
                 "–".into()
             } else {
@@ -804,7 +823,10 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
             notes += &format!("- {} streams: a change stream failed: {e}\n", r.watchers);
         }
     }
-    out += "\nGoal (issue 13): 10 change streams cost under 10 % of the commits/s with none.\n";
+    out += "\nCPU per commit: the server's and this client's (/proc, user + system), over warm-up \
+            and measured time, divided by the commits in both. The client decodes every event of \
+            every stream. Goal (issue 13): 10 change streams cost under 10 % of the commits/s \
+            with none.\n";
     if !notes.is_empty() {
         out += &format!("\n{notes}");
     }
@@ -845,7 +867,17 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
         )));
     }
     let workers = ctx.transfer_workers(ctx.plan.clients).await?;
+    let cpu = || {
+        (
+            ctx.server_pid.and_then(probe::tree_cpu),
+            probe::tree_cpu(std::process::id()),
+        )
+    };
+    let cpu_before = cpu();
     let stats = workload::run_cell(workers, Workload::TransferUniform, ctx.plan.cell).await;
+    let cpu_after = cpu();
+    let used =
+        |b: Option<Duration>, a: Option<Duration>| b.zip(a).map(|(b, a)| a.saturating_sub(b));
     let ended = Instant::now();
     let expected = 2 * stats.commits_total;
     let min = |c: &[Arc<AtomicU64>]| c.iter().map(|c| c.load(Ordering::Relaxed)).min();
@@ -878,6 +910,8 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
         caught_up,
         stream_error,
         cursors_before,
+        server_cpu: used(cpu_before.0, cpu_after.0),
+        client_cpu: used(cpu_before.1, cpu_after.1),
     })
 }
 
