@@ -323,11 +323,29 @@ async fn header(args: &Args, ctx: &Ctx, load_before: &str) -> String {
          - date: {}\n- machine: {}\n- command: `{}`\n- Mangrove {version}, pid {}\n\
          - load average (1, 5, 15 min) before: {load_before}; after: {}\n\n",
         probe::today(),
-        probe::machine(),
+        machine(),
         args.command,
         ctx.server_pid.map_or("unknown".into(), |p| p.to_string()),
         load_average(),
     )
+}
+
+/// `probe::machine()` with the machine's CPU count from /proc/cpuinfo: under `BENCH_PIN=1`
+/// this process may only use one of them, which is what `probe::machine()` counts.
+fn machine() -> String {
+    let described = probe::machine();
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
+    match described.split_once(" cores ") {
+        Some((_, rest)) if cpus > 0 && cpus != usable => {
+            format!("{cpus} cores {rest} (this client may run on {usable} of them)")
+        }
+        _ => described,
+    }
 }
 
 fn load_average() -> String {
@@ -835,16 +853,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
 
 /// One throughput cell with `n` change streams open and consuming.
 async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
-    let cursors_before = server_status(&ctx.writers).await.ok().and_then(|s| {
-        s.get_document("metrics")
-            .ok()?
-            .get_document("cursor")
-            .ok()?
-            .get_document("open")
-            .ok()?
-            .get("total")
-            .and_then(bson_u64)
-    });
+    let cursors_before = open_cursors(ctx).await;
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<Option<String>>> = Arc::default();
     let mut counters = Vec::with_capacity(n);
@@ -901,6 +910,14 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
             t.abort();
         }
     }
+    // The driver kills a dropped stream's cursor in the background: let that finish, so the
+    // next cell does not start with this one's cursors still open.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(5)
+        && open_cursors(ctx).await.unwrap_or(0) > cursors_before.unwrap_or(0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stream_error = errors.lock().unwrap().clone();
     Ok(WatchRow {
         watchers: n,
@@ -913,6 +930,19 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
         server_cpu: used(cpu_before.0, cpu_after.0),
         client_cpu: used(cpu_before.1, cpu_after.1),
     })
+}
+
+/// serverStatus `metrics.cursor.open.total`.
+async fn open_cursors(ctx: &Ctx) -> Option<u64> {
+    let status = server_status(&ctx.writers).await.ok()?;
+    let open = status
+        .get_document("metrics")
+        .ok()?
+        .get_document("cursor")
+        .ok()?
+        .get_document("open")
+        .ok()?;
+    open.get("total").and_then(bson_u64)
 }
 
 async fn consume(
