@@ -1139,6 +1139,8 @@ struct Stage {
     rss_kib: u64,
     hwm_kib: u64,
     took: Option<f64>,
+    /// serverStatus `metrics.cursor.open.total` right after.
+    cursors: Option<u64>,
 }
 
 /// What the memory scenario did, for its report.
@@ -1162,7 +1164,8 @@ async fn memory(ctx: &Ctx) -> Result<String, String> {
          through {k} connections (one session each); then {writes} single-document inserts \
          (`w: \"majority\"`); then one `getMore` on every cursor ({} events returned in all, \
          {} expected); then `killCursors`. RSS (`VmRSS`) of pid {pid}.\n\n\
-         | stage | RSS MiB | vs before | per stream | took |\n|---|---:|---:|---:|---:|\n",
+         | stage | RSS MiB | vs before | per stream | took | server cursors open |\n\
+         |---|---:|---:|---:|---:|---:|\n",
         run.events,
         n * writes
     );
@@ -1170,12 +1173,13 @@ async fn memory(ctx: &Ctx) -> Result<String, String> {
     for s in &run.stages {
         let delta = s.rss_kib as i64 - base as i64;
         out += &format!(
-            "| {} | {:.1} | {:+.1} MiB | {:+.1} KiB | {} |\n",
+            "| {} | {:.1} | {:+.1} MiB | {:+.1} KiB | {} | {} |\n",
             s.what,
             s.rss_kib as f64 / 1024.0,
             delta as f64 / 1024.0,
             delta as f64 / n as f64,
             s.took.map_or("–".into(), |t| format!("{t:.2} s")),
+            s.cursors.map_or("?".into(), |c| c.to_string()),
         );
     }
     if let Some(last) = run.stages.last() {
@@ -1201,6 +1205,7 @@ async fn memory_steps(ctx: &Ctx, pid: u32, k: usize, run: &mut MemoryRun) -> Res
             rss_kib,
             hwm_kib,
             took,
+            cursors: None,
         });
         Ok::<(), String>(())
     };
@@ -1208,9 +1213,11 @@ async fn memory_steps(ctx: &Ctx, pid: u32, k: usize, run: &mut MemoryRun) -> Res
     ensure_collection(ctx, "change_memory").await?;
     let client = mongo::connect(&ctx.uri, k).await?;
     measure(run, "before opening".into(), None)?;
+    note_cursors(ctx, run).await;
     let t = Instant::now();
     let mut groups = open_streams(&client, n, k).await?;
     measure(run, format!("{n} streams open"), Some(t))?;
+    note_cursors(ctx, run).await;
     let marks = mongo::collection(&ctx.db(&ctx.writers), "change_memory");
     for i in 0..writes {
         let id = ctx.next_mark.fetch_add(1, Ordering::Relaxed);
@@ -1227,9 +1234,24 @@ async fn memory_steps(ctx: &Ctx, pid: u32, k: usize, run: &mut MemoryRun) -> Res
         format!("after {writes} commits and one getMore on each"),
         Some(t),
     )?;
+    note_cursors(ctx, run).await;
     let t = Instant::now();
     kill_all(&client, &groups).await?;
-    measure(run, "after killCursors".into(), Some(t))
+    measure(run, "after killCursors".into(), Some(t))?;
+    note_cursors(ctx, run).await;
+    // Freed memory goes back to the system a little later, if the allocator returns it at all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measure(run, "1 s after killCursors".into(), None)?;
+    note_cursors(ctx, run).await;
+    Ok(())
+}
+
+/// Adds the server's open cursor count to the last stage.
+async fn note_cursors(ctx: &Ctx, run: &mut MemoryRun) {
+    let open = open_cursors(ctx).await;
+    if let Some(stage) = run.stages.last_mut() {
+        stage.cursors = open;
+    }
 }
 
 /// Cursors opened through one session (and so, one at a time, one connection).
