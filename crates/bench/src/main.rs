@@ -2,12 +2,12 @@
 //! durability, in one run. `scripts/bench` starts both servers and runs this; see
 //! docs/benchmarks.md.
 
-mod mongo;
 mod pg;
-mod probe;
 mod report;
-mod rng;
-mod workload;
+
+// Shared with mangrove-changes-bench through the library; imported here under the same names,
+// so `crate::workload` and the others still resolve in this binary's modules.
+use mangrove_bench::{mongo, probe, rng, workload};
 
 use std::path::PathBuf;
 use std::time::Duration;

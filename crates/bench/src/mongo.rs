@@ -2,7 +2,7 @@
 //! (fdatasynced before the reply), retried on `TransientTransactionError`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bson::{Document, doc};
 use mongodb::error::{Error, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
@@ -12,10 +12,11 @@ use mongodb::{Client, ClientSession, Collection, Database};
 use crate::rng::Rng;
 use crate::workload::{
     MAX_ATTEMPTS, OPENING_BALANCE, Op, OpOutcome, OrderArgs, PAD, Shared, TxnOp, Worker, Workload,
-    item_price, lock_order,
+    item_price, lock_order, transfer_args,
 };
 
-const DB: &str = "bench";
+/// The database every workload uses.
+pub const DB: &str = "bench";
 
 pub async fn connect(uri: &str, max_clients: usize) -> Result<Client, String> {
     let mut options = ClientOptions::parse(uri)
@@ -34,7 +35,8 @@ pub async fn connect(uri: &str, max_clients: usize) -> Result<Client, String> {
     Ok(client)
 }
 
-fn collection(db: &Database, name: &str) -> Collection<Document> {
+/// A collection of `db` whose writes are committed with `w: "majority"`.
+pub fn collection(db: &Database, name: &str) -> Collection<Document> {
     db.collection_with_options(
         name,
         CollectionOptions::builder()
@@ -273,6 +275,28 @@ impl MongoWorker {
     /// Runs `body` in transactions until one commits: the driver's `with_transaction` loop,
     /// written out so that aborted attempts are counted.
     async fn transaction(&mut self, txn: &TxnOp) -> Result<OpOutcome, String> {
+        self.transaction_marked(txn, None).await.map(|(o, _)| o)
+    }
+
+    /// A uniform transfer (drawn as the transfer-uniform workload draws it) that also inserts
+    /// `{_id: mark}` into `marks` in the same transaction, so that a change stream on `marks`
+    /// sees exactly one event per commit. Also returns when the successful attempt sent its
+    /// `commitTransaction`.
+    pub async fn transfer_marked(
+        &mut self,
+        marks: &Collection<Document>,
+        mark: i64,
+    ) -> Result<(OpOutcome, Instant), String> {
+        let args = transfer_args(&mut self.rng, &self.shared, false);
+        self.transaction_marked(&TxnOp::Transfer(args), Some((marks, mark)))
+            .await
+    }
+
+    async fn transaction_marked(
+        &mut self,
+        txn: &TxnOp,
+        mark: Option<(&Collection<Document>, i64)>,
+    ) -> Result<(OpOutcome, Instant), String> {
         let mut aborts = 0;
         'attempt: while aborts < MAX_ATTEMPTS {
             self.session
@@ -295,6 +319,15 @@ impl MongoWorker {
                     order_body(&mut self.session, &colls, *order_id, args).await
                 }
             };
+            let body = match (body, mark) {
+                (Ok(()), Some((marks, id))) => marks
+                    .insert_one(doc! { "_id": id })
+                    .session(&mut self.session)
+                    .await
+                    .map(|_| ())
+                    .map_err(BodyError::from),
+                (body, _) => body,
+            };
             if let Err(e) = body {
                 let _ = self.session.abort_transaction().await;
                 match e {
@@ -309,13 +342,15 @@ impl MongoWorker {
                 }
             }
             let mut unknown = 0;
+            let commit_started = Instant::now();
             loop {
                 match self.session.commit_transaction().await {
                     Ok(()) => {
-                        return Ok(OpOutcome {
+                        let outcome = OpOutcome {
                             committed: true,
                             aborts,
-                        });
+                        };
+                        return Ok((outcome, commit_started));
                     }
                     Err(e)
                         if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && unknown < 3 =>

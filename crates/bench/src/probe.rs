@@ -1,5 +1,6 @@
 //! Measurements of the machine itself: the disk's fdatasync rate, the Mangrove log writer's
-//! write count (one write per group commit), and a description of the hardware.
+//! write count (one write per group commit), a server's resident memory, and a description of
+//! the hardware.
 
 use std::io::Write;
 use std::path::Path;
@@ -122,4 +123,17 @@ pub fn tree_cpu(pid: u32) -> Option<Duration> {
         }
     }
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// Resident and peak resident memory of process `pid` in KiB (`VmRSS`, `VmHWM` from
+/// `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
