@@ -203,13 +203,21 @@ fn lowering_the_size_removes_history_and_server_status_reports_it() {
     assert_code(&lost, 286, "a stream from the removed history");
     let kept_from = after.get_timestamp("oldest").unwrap();
     let reply = command(&mut s, stream(kept_from));
-    assert_eq!(ok_value(&reply), Some(1.0), "a stream from the retained history: {reply}");
+    assert_eq!(
+        ok_value(&reply),
+        Some(1.0),
+        "a stream from the retained history: {reply}"
+    );
     // The oplog starts where the history now starts.
     let reply = command(
         &mut s,
         doc! { "find": "oplog.rs", "limit": 1, "$db": "local" },
     );
-    let first = reply.get_document("cursor").unwrap().get_array("firstBatch").unwrap()[0]
+    let first = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
         .as_document()
         .unwrap()
         .get_timestamp("ts")

@@ -249,9 +249,7 @@ impl HistoryCursor {
     /// of a busy log drops several-fold for at most a millisecond of latency, and a stream at a
     /// slow rate answers at once.
     async fn gather(&mut self, until: Instant) {
-        let busy = self
-            .last_answer
-            .is_some_and(|t| t.elapsed() < GATHER_BELOW);
+        let busy = self.last_answer.is_some_and(|t| t.elapsed() < GATHER_BELOW);
         if busy && until > Instant::now() + GATHER {
             tokio::time::sleep(GATHER).await;
         }
