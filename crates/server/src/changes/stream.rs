@@ -82,6 +82,8 @@ pub struct HistoryCursor {
     resume_inside: Option<ResumeToken>,
     ready: VecDeque<Ready>,
     last_returned: Option<ResumeToken>,
+    /// The last read reached the durable end: the next one reads just-written bytes.
+    tailing: bool,
     /// When the last non-empty batch was answered (see `gather`).
     last_answer: Option<Instant>,
     /// Resuming from a fragment of a split event: the fragments up to it were returned.
@@ -102,18 +104,23 @@ pub struct Batch {
 
 impl HistoryCursor {
     /// A cursor over oplog entries of commits after `after`.
-    pub fn oplog(engine: &Engine, after: Timestamp, shape: Shape) -> CommandResult<HistoryCursor> {
+    pub async fn oplog(
+        engine: &Engine,
+        after: Timestamp,
+        shape: Shape,
+    ) -> CommandResult<HistoryCursor> {
         debug_assert!(matches!(shape, Shape::Oplog { .. }));
         Ok(HistoryCursor {
             shape,
             uuids: catalog_uuids(engine, None),
-            reader: Some(engine.read_history(after)?),
+            reader: Some(open_history(engine, after).await?),
             after,
             resume_inside: None,
             ready: VecDeque::new(),
             last_returned: None,
             resume_fragment: None,
             last_answer: None,
+            tailing: false,
             invalidated: false,
             caught_up: false,
         })
@@ -136,7 +143,7 @@ impl HistoryCursor {
             },
             Start::AtTime(ts) => (Timestamp(ts.0.saturating_sub(1)), None),
         };
-        let reader = engine.read_history(after)?;
+        let reader = open_history(engine, after).await?;
         let uuids = catalog_uuids(engine, Some(&spec.scope));
         let mut stream = HistoryCursor {
             shape: Shape::Events {
@@ -152,6 +159,7 @@ impl HistoryCursor {
             last_returned: None,
             resume_fragment: None,
             last_answer: None,
+            tailing: false,
             invalidated: false,
             caught_up: false,
         };
@@ -293,8 +301,17 @@ impl HistoryCursor {
         }
     }
 
-    /// The next records of durable history, read off the async threads.
+    /// The next records of durable history. A stream at the log's tail reads what was just
+    /// written, from the page cache, on this thread (a hand-off to the blocking pool would cost
+    /// more than the read); one catching up reads off the async threads.
     async fn read(&mut self) -> CommandResult<Vec<LogRecord>> {
+        if self.tailing
+            && let Some(reader) = self.reader.as_mut()
+        {
+            let records = reader.next_batch(READ_RECORDS, READ_BYTES)?;
+            self.tailing = records.len() < READ_RECORDS;
+            return Ok(records);
+        }
         let Some(mut reader) = self.reader.take() else {
             return Err(CommandError::new(
                 code::INTERNAL_ERROR,
@@ -308,7 +325,9 @@ impl HistoryCursor {
         .await
         .map_err(|e| CommandError::new(code::INTERNAL_ERROR, format!("history read: {e}")))?;
         self.reader = Some(reader);
-        Ok(records?)
+        let records = records?;
+        self.tailing = records.len() < READ_RECORDS;
+        Ok(records)
     }
 
     /// Shapes `records` into events, runs them through the stream's stages, and queues them.
@@ -430,6 +449,16 @@ impl HistoryCursor {
         }
         Ok(())
     }
+}
+
+/// A history reader from `after`, positioned off the async threads (finding the place may read
+/// a segment's record headers).
+async fn open_history(engine: &Engine, after: Timestamp) -> CommandResult<HistoryReader> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.read_history(after))
+        .await
+        .map_err(|e| CommandError::new(code::INTERNAL_ERROR, format!("history open: {e}")))?
+        .map_err(Into::into)
 }
 
 /// The UUIDs of the current catalog's collections in `scope` (all without one).

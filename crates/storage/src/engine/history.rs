@@ -191,6 +191,9 @@ impl HistoryReader {
         let durable = self.progress.borrow().durable;
         let mut out = Vec::new();
         if self.position >= durable {
+            if let Some(cursor) = self.cursor.as_mut() {
+                cursor.park();
+            }
             return Ok(out);
         }
         if self.cursor.is_none() {
@@ -358,6 +361,9 @@ impl Engine {
             position: after,
         };
         reader.start()?;
+        if let Some(cursor) = reader.cursor.as_mut() {
+            cursor.park();
+        }
         Ok(reader)
     }
 
