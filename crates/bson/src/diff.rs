@@ -22,22 +22,32 @@
 
 use std::collections::BTreeSet;
 
-use bson::{Bson, Document, RawArray, RawBsonRef, RawDocument};
+use bson::raw::{RawArrayBuf, cstr};
+use bson::{Bson, Document, RawArray, RawBsonRef, RawDocument, RawDocumentBuf};
 
 /// mongod's `updateDescription` of the change from `pre` to `post`: `{updatedFields,
 /// removedFields, truncatedArrays}`, plus `disambiguatedPaths` when some path needs it (mongod
 /// with `showExpandedEvents` always reports it, `{}` when empty; add it there).
 pub fn update_description(pre: &RawDocument, post: &RawDocument) -> Document {
+    // The raw form is built from valid documents' values, so it converts back.
+    Document::try_from(update_description_raw(pre, post).as_ref()).unwrap_or_default()
+}
+
+/// [`update_description`] as raw BSON, built without parsing a value: what the commit path
+/// stores in the log (values are copied as they are, once).
+pub fn update_description_raw(pre: &RawDocument, post: &RawDocument) -> RawDocumentBuf {
     let diff = doc_diff(pre, post, true);
     let mut out = Flat::default();
     let mut path = Vec::new();
     flatten_doc(&diff, &mut path, &mut out);
-    let mut description = Document::new();
-    description.insert("updatedFields", out.updated);
-    description.insert("removedFields", out.removed);
-    description.insert("truncatedArrays", out.truncated);
-    if !out.disambiguated.is_empty() {
-        description.insert("disambiguatedPaths", out.disambiguated);
+    let mut description = RawDocumentBuf::new();
+    description.append(cstr!("updatedFields"), out.updated);
+    description.append(cstr!("removedFields"), out.removed);
+    description.append(cstr!("truncatedArrays"), out.truncated);
+    if !out.disambiguated.is_empty()
+        && let Ok(paths) = RawDocumentBuf::try_from(&out.disambiguated)
+    {
+        description.append(cstr!("disambiguatedPaths"), paths);
     }
     description
 }
@@ -246,9 +256,10 @@ enum Part<'a> {
 
 #[derive(Default)]
 struct Flat {
-    updated: Document,
-    removed: Vec<Bson>,
-    truncated: Vec<Bson>,
+    /// Each path once: the diff names a field in one place only.
+    updated: RawDocumentBuf,
+    removed: RawArrayBuf,
+    truncated: RawArrayBuf,
     disambiguated: Document,
 }
 
@@ -285,10 +296,10 @@ impl Flat {
 
     fn set(&mut self, path: &[Part<'_>], value: RawBsonRef<'_>) {
         let name = self.name(path);
-        // Stored documents are valid BSON, so the conversion cannot fail; were one not, the
-        // path still shows as changed.
-        self.updated
-            .insert(name, Bson::try_from(value).unwrap_or(Bson::Null));
+        // Field names read from BSON hold no NUL, so the key always converts.
+        if let Ok(key) = bson::raw::CString::try_from(name) {
+            self.updated.append(key, value);
+        }
     }
 }
 
@@ -297,7 +308,7 @@ fn flatten_doc<'a>(diff: &DocDiff<'a>, path: &mut Vec<Part<'a>>, out: &mut Flat)
     for name in &diff.deletes {
         path.push(Part::Field(name));
         let dotted = out.name(path);
-        out.removed.push(Bson::String(dotted));
+        out.removed.push(dotted.as_str());
         path.pop();
     }
     for (name, value) in diff.updates.iter().chain(&diff.inserts) {
@@ -320,9 +331,10 @@ fn flatten_sub<'a>(sub: &Sub<'a>, path: &mut Vec<Part<'a>>, out: &mut Flat) {
     if let Some(len) = arr.resize {
         let field = out.name(path);
         let new_size = i32::try_from(len).unwrap_or(i32::MAX);
-        out.truncated.push(Bson::Document(
-            bson::doc! { "field": field, "newSize": new_size },
-        ));
+        let mut entry = RawDocumentBuf::new();
+        entry.append(cstr!("field"), field.as_str());
+        entry.append(cstr!("newSize"), new_size);
+        out.truncated.push(entry);
     }
     for (index, entry) in &arr.entries {
         path.push(Part::Index(*index));

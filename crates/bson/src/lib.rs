@@ -26,7 +26,7 @@ pub mod path;
 
 pub use collation::{Collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
-pub use diff::update_description;
+pub use diff::{update_description, update_description_raw};
 pub use error::CodedError;
 pub use index::{
     CompilePartial, IndexField, IndexSpec, KeyInterval, MAX_KEYS_PER_DOCUMENT, PartialFilter,

@@ -329,7 +329,7 @@ fn collection_options_survive_restart_by_replay_and_by_checkpoint() {
 
         let (engine, _) = open(options(&dir)).unwrap();
         let coll = engine.snapshot().collection("db.c").unwrap();
-        assert_eq!(coll.options, pre_images_on(), "checkpoint: {checkpoint}");
+        assert_eq!(*coll.options, pre_images_on(), "checkpoint: {checkpoint}");
         // And the option is in force: updates log their pre-image.
         let mut t = engine.begin();
         t.update(&coll, key(1), stored(rawdoc! { "_id": 1, "v": 2 }))

@@ -349,7 +349,7 @@ pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResul
                 "option not supported on a view: changeStreamPreAndPostImages",
             ));
         }
-        let mut options = coll.options.clone();
+        let mut options = (*coll.options).clone();
         // Stored only when enabled, as mongod does.
         if enabled {
             options.insert("changeStreamPreAndPostImages", doc! { "enabled": true });
@@ -517,7 +517,7 @@ fn move_collection(txn: &mut Txn, from: &str, to: &str) -> CommandResult<()> {
             format!("target namespace exists: {to}"),
         ));
     }
-    let mut target = txn.create_collection(to, source.options.clone())?;
+    let mut target = txn.create_collection(to, (*source.options).clone())?;
     // The indexes move with the collection, as in MongoDB; built empty, then filled by
     // the inserts below.
     for index in &source.indexes {

@@ -28,7 +28,8 @@ use crate::StorageError;
 pub struct CollectionInfo {
     pub db: String,
     pub name: String,
-    pub options: bson::Document,
+    /// Shared: a `CollectionInfo` is cloned for every statement that names the collection.
+    pub options: Arc<bson::Document>,
     /// Secondary indexes (the `_id` index is the collection's own key order).
     pub indexes: Vec<Arc<IndexInfo>>,
     pub(super) id: CollId,
@@ -71,7 +72,7 @@ impl CollectionInfo {
 
     /// The options as the user gave them (without the UUID kept among them).
     pub fn user_options(&self) -> bson::Document {
-        let mut options = self.options.clone();
+        let mut options = (*self.options).clone();
         options.remove(UUID_OPTION);
         options
     }

@@ -110,7 +110,7 @@ impl Engine {
                 Some(BaseCollection {
                     ns: ns.clone(),
                     id: info.id,
-                    options: info.options.clone(),
+                    options: (*info.options).clone(),
                     ts: *version_ts,
                     indexes: info
                         .indexes

@@ -106,7 +106,7 @@ fn load_base(base: Arc<BaseStore>, partial: &PartialFilters) -> Result<State, St
         let info = Arc::new(CollectionInfo {
             db: db.to_string(),
             name: name.to_string(),
-            options: c.options,
+            options: Arc::new(c.options),
             indexes,
             id: c.id,
         });

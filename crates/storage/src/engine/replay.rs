@@ -147,7 +147,7 @@ fn replay_set_options(
 ) -> Result<(), String> {
     let info = current_info(state, ns, ts)?;
     let mut new_info = (*info).clone();
-    new_info.options = options.clone();
+    new_info.options = Arc::new(options.clone());
     let chain = state.catalog.get_mut(ns).expect("current_info found it");
     set_recovered(chain, ts, Some(Arc::new(new_info)));
     Ok(())

@@ -338,7 +338,7 @@ impl Txn {
             {
                 ops.push(LogOp::CreateCollection {
                     ns: ns.clone(),
-                    options: info.options.clone(),
+                    options: (*info.options).clone(),
                 });
             }
         }
@@ -346,7 +346,7 @@ impl Txn {
             if let Some(Some(info)) = self.catalog.get(ns) {
                 ops.push(LogOp::SetCollectionOptions {
                     ns: ns.clone(),
-                    options: info.options.clone(),
+                    options: (*info.options).clone(),
                 });
             }
         }
@@ -447,10 +447,5 @@ fn update_diff(origin: &WriteOrigin, post: &StoredDoc) -> Option<StoredDoc> {
         return None;
     }
     let pre = origin.pre.as_ref()?;
-    let description = mangrove_bson::update_description(pre, post);
-    // A description holds values of valid documents, so it encodes; were it not to, the
-    // update is logged as a replacement, which loses nothing replay needs.
-    bson::RawDocumentBuf::try_from(&description)
-        .ok()
-        .map(Arc::new)
+    Some(Arc::new(mangrove_bson::update_description_raw(pre, post)))
 }

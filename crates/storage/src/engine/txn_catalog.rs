@@ -112,7 +112,7 @@ impl Txn {
             self.claim_catalog_for_indexes(&mut state, &coll)?;
         }
         let mut info = coll;
-        info.options = options;
+        info.options = Arc::new(options);
         self.catalog
             .insert(ns.to_string(), Some(Arc::new(info.clone())));
         if !self.created.contains(ns) {

@@ -188,7 +188,7 @@ impl State {
         Arc::new(CollectionInfo {
             db: db.to_string(),
             name: name.to_string(),
-            options,
+            options: Arc::new(options),
             indexes: Vec::new(),
             id: self.new_keyspace(),
         })
