@@ -117,7 +117,11 @@ impl Shaper<'_> {
             }
             LogOp::Delete { ns, id, pre, .. } if self.spec.scope.covers(ns) => {
                 let mut e = self.head(at, "delete", Some(ns));
-                e.append(cstr!("documentKey"), raw(&doc! {"_id": id.clone()}));
+                let mut key = RawDocumentBuf::new();
+                if let Ok(id) = bson::RawBson::try_from(id.clone()) {
+                    key.append(cstr!("_id"), id);
+                }
+                e.append(cstr!("documentKey"), key);
                 self.before_change(&mut e, pre.as_ref())?;
                 out.push(self.finish(at, e));
             }
@@ -299,7 +303,7 @@ impl Shaper<'_> {
             fragment: 0,
         };
         let mut e = RawDocumentBuf::new();
-        e.append(cstr!("_id"), raw(&token.to_document()));
+        e.append(cstr!("_id"), token.to_raw());
         e.append(cstr!("operationType"), "invalidate");
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
         e.append(
@@ -313,7 +317,7 @@ impl Shaper<'_> {
     fn head(&self, at: usize, kind: &str, ns: Option<&str>) -> RawDocumentBuf {
         let token = ResumeToken::event(self.record.ts, index_of(at));
         let mut e = RawDocumentBuf::new();
-        e.append(cstr!("_id"), raw(&token.to_document()));
+        e.append(cstr!("_id"), token.to_raw());
         e.append(cstr!("operationType"), kind);
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
         e.append(
@@ -330,7 +334,7 @@ impl Shaper<'_> {
                     bson::Binary::from(uuid).as_raw_binary(),
                 );
             }
-            e.append(cstr!("ns"), raw(&ns_doc(ns)));
+            e.append(cstr!("ns"), ns_raw(ns));
         }
         e
     }
@@ -351,6 +355,19 @@ impl Shaper<'_> {
 
 fn index_of(at: usize) -> u32 {
     u32::try_from(at * 2).unwrap_or(u32::MAX - 1)
+}
+
+/// `{db, coll}` as raw BSON (every event has one).
+fn ns_raw(ns: &str) -> RawDocumentBuf {
+    let mut d = RawDocumentBuf::new();
+    match ns.split_once('.') {
+        Some((db, coll)) => {
+            d.append(cstr!("db"), db);
+            d.append(cstr!("coll"), coll);
+        }
+        None => d.append(cstr!("db"), ns),
+    }
+    d
 }
 
 fn ns_doc(ns: &str) -> Document {
@@ -414,7 +431,7 @@ pub fn split_event(
             ..token
         };
         let mut d = RawDocumentBuf::new();
-        d.append(cstr!("_id"), raw(&fragment.to_document()));
+        d.append(cstr!("_id"), fragment.to_raw());
         for (key, value) in fields {
             d.append(key_cstr(key), value);
         }

@@ -16,7 +16,9 @@
 //! CRC tells a damaged or foreign token (mongod's start with `82`) from ours: such a token is
 //! refused with mongod's error rather than resumed from a wrong place.
 
-use bson::raw::RawBsonRef;
+use bson::RawDocumentBuf;
+use bson::raw::{RawBsonRef, cstr};
+#[cfg(test)]
 use bson::{Document, doc};
 use mangrove_storage::Timestamp;
 
@@ -62,7 +64,19 @@ impl ResumeToken {
         }
     }
 
+    /// The token as raw BSON, built without a `Document`: every event carries one.
+    pub fn to_raw(self) -> RawDocumentBuf {
+        let mut d = RawDocumentBuf::new();
+        d.append(cstr!("_data"), self.hex());
+        d
+    }
+
+    #[cfg(test)]
     pub fn to_document(self) -> Document {
+        doc! { "_data": self.hex() }
+    }
+
+    fn hex(self) -> String {
         let mut bytes = Vec::with_capacity(LEN);
         bytes.extend_from_slice(MAGIC);
         bytes.push(VERSION);
@@ -83,7 +97,7 @@ impl ResumeToken {
             hex.push(DIGITS[usize::from(b >> 4)] as char);
             hex.push(DIGITS[usize::from(b & 0xF)] as char);
         }
-        doc! { "_data": hex }
+        hex
     }
 
     /// Reads a token a client sent back (`field` names the option, for the message).

@@ -277,7 +277,7 @@ pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumen
     } else {
         cursor.append(cstr!("nextBatch"), docs);
     }
-    let token = RawDocumentBuf::try_from(&batch.post_batch_token.to_document()).unwrap_or_default();
+    let token = batch.post_batch_token.to_raw();
     cursor.append(cstr!("postBatchResumeToken"), token);
     cursor.append(cstr!("id"), id);
     cursor.append(cstr!("ns"), ns);
