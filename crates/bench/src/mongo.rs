@@ -292,6 +292,36 @@ impl MongoWorker {
             .await
     }
 
+    /// The statements of one transaction, and the marker insert when there is one.
+    async fn body_marked(
+        &mut self,
+        txn: &TxnOp,
+        mark: Option<(&Collection<Document>, i64)>,
+    ) -> Result<(), BodyError> {
+        let body = match txn {
+            TxnOp::Transfer(args) => transfer_body(&mut self.session, &self.accounts, *args).await,
+            TxnOp::Order(order_id, args) => {
+                let colls = OrderColls {
+                    customers: &self.customers,
+                    items: &self.items,
+                    stock: &self.stock,
+                    orders: &self.orders,
+                    lines: &self.lines,
+                };
+                order_body(&mut self.session, &colls, *order_id, args).await
+            }
+        };
+        match (body, mark) {
+            (Ok(()), Some((marks, id))) => marks
+                .insert_one(doc! { "_id": id })
+                .session(&mut self.session)
+                .await
+                .map(|_| ())
+                .map_err(BodyError::from),
+            (body, _) => body,
+        }
+    }
+
     async fn transaction_marked(
         &mut self,
         txn: &TxnOp,
@@ -304,31 +334,7 @@ impl MongoWorker {
                 .write_concern(WriteConcern::majority())
                 .await
                 .map_err(|e| describe(&e))?;
-            let body = match txn {
-                TxnOp::Transfer(args) => {
-                    transfer_body(&mut self.session, &self.accounts, *args).await
-                }
-                TxnOp::Order(order_id, args) => {
-                    let colls = OrderColls {
-                        customers: &self.customers,
-                        items: &self.items,
-                        stock: &self.stock,
-                        orders: &self.orders,
-                        lines: &self.lines,
-                    };
-                    order_body(&mut self.session, &colls, *order_id, args).await
-                }
-            };
-            let body = match (body, mark) {
-                (Ok(()), Some((marks, id))) => marks
-                    .insert_one(doc! { "_id": id })
-                    .session(&mut self.session)
-                    .await
-                    .map(|_| ())
-                    .map_err(BodyError::from),
-                (body, _) => body,
-            };
-            if let Err(e) = body {
+            if let Err(e) = self.body_marked(txn, mark).await {
                 let _ = self.session.abort_transaction().await;
                 match e {
                     BodyError::Driver(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {

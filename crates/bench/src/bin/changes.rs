@@ -811,29 +811,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     );
     let mut notes = String::new();
     for r in &rows {
-        let t = r.stats.throughput();
-        out += &format!(
-            "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.watchers,
-            base.map_or("–".into(), |b| format!("{:.3}", t / b)),
-            r.stats.percentile_ms(0.5).unwrap_or(0.0),
-            r.stats.percentile_ms(0.99).unwrap_or(0.0),
-            r.stats.aborts,
-            r.stats.errors,
-            r.per_commit(r.server_cpu),
-            r.per_commit(r.client_cpu),
-            if r.watchers == 0 {
-                "–".into()
-            } else {
-                format!("{} / {}", r.min_received, r.expected)
-            },
-            match (r.watchers, r.caught_up) {
-                (0, _) => "–".into(),
-                (_, Some(d)) => format!("{:.2} s after the cell", d.as_secs_f64()),
-                (_, None) => format!("no, after {} s", GRACE.as_secs()),
-            },
-            r.cursors_before.map_or("?".into(), |c| c.to_string()),
-        );
+        out += &watch_row(r, base);
         if let Some(e) = &r.stats.first_error {
             notes += &format!("- {} streams: first writer error: {e}\n", r.watchers);
         }
@@ -849,6 +827,33 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
         out += &format!("\n{notes}");
     }
     Ok(out)
+}
+
+/// One row of the watchers table; `base` is the commits/s with no stream open.
+fn watch_row(r: &WatchRow, base: Option<f64>) -> String {
+    let t = r.stats.throughput();
+    format!(
+        "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
+        r.watchers,
+        base.map_or("–".into(), |b| format!("{:.3}", t / b)),
+        r.stats.percentile_ms(0.5).unwrap_or(0.0),
+        r.stats.percentile_ms(0.99).unwrap_or(0.0),
+        r.stats.aborts,
+        r.stats.errors,
+        r.per_commit(r.server_cpu),
+        r.per_commit(r.client_cpu),
+        if r.watchers == 0 {
+            "–".into()
+        } else {
+            format!("{} / {}", r.min_received, r.expected)
+        },
+        match (r.watchers, r.caught_up) {
+            (0, _) => "–".into(),
+            (_, Some(d)) => format!("{:.2} s after the cell", d.as_secs_f64()),
+            (_, None) => format!("no, after {} s", GRACE.as_secs()),
+        },
+        r.cursors_before.map_or("?".into(), |c| c.to_string()),
+    )
 }
 
 /// One throughput cell with `n` change streams open and consuming.
@@ -899,6 +904,23 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::SeqCst);
+    stop_streams(ctx, tasks, cursors_before).await;
+    let stream_error = errors.lock().unwrap().clone();
+    Ok(WatchRow {
+        watchers: n,
+        stats,
+        expected,
+        min_received: min(&counters).unwrap_or(0),
+        caught_up,
+        stream_error,
+        cursors_before,
+        server_cpu: used(cpu_before.0, cpu_after.0),
+        client_cpu: used(cpu_before.1, cpu_after.1),
+    })
+}
+
+/// Waits for the consuming tasks (told to stop) and for the server to close their cursors.
+async fn stop_streams(ctx: &Ctx, tasks: Vec<tokio::task::JoinHandle<()>>, before: Option<u64>) {
     for mut t in tasks {
         // A stream waiting in getMore for events that will not come returns within the
         // server's await time; do not wait longer than that.
@@ -914,22 +936,10 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
     // next cell does not start with this one's cursors still open.
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(5)
-        && open_cursors(ctx).await.unwrap_or(0) > cursors_before.unwrap_or(0)
+        && open_cursors(ctx).await.unwrap_or(0) > before.unwrap_or(0)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stream_error = errors.lock().unwrap().clone();
-    Ok(WatchRow {
-        watchers: n,
-        stats,
-        expected,
-        min_received: min(&counters).unwrap_or(0),
-        caught_up,
-        stream_error,
-        cursors_before,
-        server_cpu: used(cpu_before.0, cpu_after.0),
-        client_cpu: used(cpu_before.1, cpu_after.1),
-    })
 }
 
 /// serverStatus `metrics.cursor.open.total`.

@@ -50,6 +50,19 @@ struct Input {
     filter: Filter,
 }
 
+const AGGREGATE_FIELDS: &[&str] = &[
+    "pipeline",
+    "cursor",
+    "explain",
+    "allowDiskUse",
+    "bypassDocumentValidation",
+    "collation",
+    "hint",
+    "let",
+    "maxTimeMS",
+    "readConcern",
+];
+
 /// `aggregate` on a collection or view, or `{aggregate: 1}` with a pipeline that starts with
 /// `$documents`.
 pub(super) async fn aggregate(
@@ -61,18 +74,7 @@ pub(super) async fn aggregate(
     if super::change_stream::is_change_stream(req)? {
         return super::change_stream::open(shared, req, txn).await;
     }
-    req.check_fields(&[
-        "pipeline",
-        "cursor",
-        "explain",
-        "allowDiskUse",
-        "bypassDocumentValidation",
-        "collation",
-        "hint",
-        "let",
-        "maxTimeMS",
-        "readConcern",
-    ])?;
+    req.check_fields(AGGREGATE_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     if let Some(reply) = list_sessions_aggregate(shared, req)? {
         return Ok(reply);

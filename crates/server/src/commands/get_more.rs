@@ -66,6 +66,36 @@ fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResul
     }
 }
 
+/// The cursor id a `getMore` names.
+fn cursor_id(req: &Request<'_>) -> CommandResult<i64> {
+    match req.command_value() {
+        Some(RawBsonRef::Int64(id)) => Ok(id),
+        Some(v) => Err(CommandError::type_mismatch(format!(
+            "BSON field 'getMore.getMore' is the wrong type '{}', expected type 'long'",
+            type_name(v.element_type())
+        ))),
+        None => Err(CommandError::failed_to_parse(
+            "getMore requires a cursor id",
+        )),
+    }
+}
+
+/// The error `failGetMoreAfterCursorCheckout` makes this `getMore` fail with, if it is set.
+fn fail_point(shared: &Shared, id: i64) -> Option<CommandError> {
+    if !shared.config.enable_test_commands {
+        return None;
+    }
+    let mut e = shared.failpoints.get_more_error()?;
+    // As in mongod, the cursor was checked out and is killed with the failed getMore; a change
+    // stream's error says whether the driver may resume.
+    if let Some(cursor) = shared.cursors.take(id)
+        && matches!(cursor.source, Source::History(_))
+    {
+        change_stream::label_error(&mut e);
+    }
+    Some(e)
+}
+
 pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[
         "collection",
@@ -75,29 +105,8 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
         "lastKnownCommittedOpTime",
     ])?;
     Counters::bump(&shared.counters.getmore, 1);
-    let id = match req.command_value() {
-        Some(RawBsonRef::Int64(id)) => id,
-        Some(v) => {
-            return Err(CommandError::type_mismatch(format!(
-                "BSON field 'getMore.getMore' is the wrong type '{}', expected type 'long'",
-                type_name(v.element_type())
-            )));
-        }
-        None => {
-            return Err(CommandError::failed_to_parse(
-                "getMore requires a cursor id",
-            ));
-        }
-    };
-    if shared.config.enable_test_commands
-        && let Some(mut e) = shared.failpoints.get_more_error()
-    {
-        // As in mongod, the cursor was checked out and is killed with the failed getMore.
-        if let Some(cursor) = shared.cursors.take(id)
-            && matches!(cursor.source, Source::History(_))
-        {
-            change_stream::label_error(&mut e);
-        }
+    let id = cursor_id(req)?;
+    if let Some(e) = fail_point(shared, id) {
         return Err(e);
     }
     let collection = match req.opt_str("collection")? {
