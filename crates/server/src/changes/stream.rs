@@ -110,10 +110,26 @@ impl HistoryCursor {
         shape: Shape,
     ) -> CommandResult<HistoryCursor> {
         debug_assert!(matches!(shape, Shape::Oplog { .. }));
-        Ok(HistoryCursor {
+        let reader = open_history(engine, after).await?;
+        Ok(HistoryCursor::new(
             shape,
-            uuids: catalog_uuids(engine, None),
-            reader: Some(open_history(engine, after).await?),
+            catalog_uuids(engine, None),
+            reader,
+            after,
+        ))
+    }
+
+    /// A cursor that has read nothing yet.
+    fn new(
+        shape: Shape,
+        uuids: HashMap<String, bson::Uuid>,
+        reader: HistoryReader,
+        after: Timestamp,
+    ) -> HistoryCursor {
+        HistoryCursor {
+            shape,
+            uuids,
+            reader: Some(reader),
             after,
             resume_inside: None,
             ready: VecDeque::new(),
@@ -123,7 +139,7 @@ impl HistoryCursor {
             tailing: false,
             invalidated: false,
             caught_up: false,
-        })
+        }
     }
 
     /// Opens a change stream where `spec` says; a start older than the retained history fails
@@ -145,24 +161,13 @@ impl HistoryCursor {
         };
         let reader = open_history(engine, after).await?;
         let uuids = catalog_uuids(engine, Some(&spec.scope));
-        let mut stream = HistoryCursor {
-            shape: Shape::Events {
-                spec,
-                stages,
-                split,
-            },
-            uuids,
-            reader: Some(reader),
-            after,
-            resume_inside,
-            ready: VecDeque::new(),
-            last_returned: None,
-            resume_fragment: None,
-            last_answer: None,
-            tailing: false,
-            invalidated: false,
-            caught_up: false,
+        let shape = Shape::Events {
+            spec,
+            stages,
+            split,
         };
+        let mut stream = HistoryCursor::new(shape, uuids, reader, after);
+        stream.resume_inside = resume_inside;
         if stream.resume_inside.is_some() {
             // The token's record is read now, so that a token naming no event fails the
             // aggregate itself, as in mongod.

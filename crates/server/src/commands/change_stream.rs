@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use bson::RawDocumentBuf;
-use bson::raw::{RawArrayBuf, RawBsonRef, cstr};
+use bson::raw::{RawArrayBuf, RawBsonRef};
 use mangrove_query::Pipeline;
 use mangrove_storage::Txn;
 
@@ -24,7 +24,7 @@ use crate::request::Request;
 use super::Reply;
 use super::args::cursor_batch_size;
 use super::names::validate_db_name;
-use super::reply::DEFAULT_FIRST_BATCH;
+use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply_with_token};
 
 /// Stages allowed after `$changeStream`: the ones that look at one event at a time.
 const ALLOWED_STAGES: &[&str] = &[
@@ -267,22 +267,6 @@ pub(super) fn label_error(e: &mut CommandError) {
 
 /// `{cursor: {firstBatch|nextBatch, postBatchResumeToken, id, ns}, ok: 1}`.
 pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumentBuf {
-    let mut docs = RawArrayBuf::new();
-    for d in &batch.docs {
-        docs.push(d.as_raw());
-    }
-    let mut cursor = RawDocumentBuf::new();
-    if field == "firstBatch" {
-        cursor.append(cstr!("firstBatch"), docs);
-    } else {
-        cursor.append(cstr!("nextBatch"), docs);
-    }
-    let token = batch.post_batch_token.to_raw();
-    cursor.append(cstr!("postBatchResumeToken"), token);
-    cursor.append(cstr!("id"), id);
-    cursor.append(cstr!("ns"), ns);
-    let mut reply = RawDocumentBuf::new();
-    reply.append(cstr!("cursor"), cursor);
-    reply.append(cstr!("ok"), 1.0);
-    reply
+    let token = Some(batch.post_batch_token.to_raw());
+    cursor_reply_with_token(ns, id, field, &batch.docs, token)
 }

@@ -24,6 +24,17 @@ pub(super) fn cursor_reply(
     batch_field: &str,
     batch: &[BatchDoc],
 ) -> RawDocumentBuf {
+    cursor_reply_with_token(ns, id, batch_field, batch, None)
+}
+
+/// [`cursor_reply`] with a `postBatchResumeToken` after the batch (change streams, the oplog).
+pub(super) fn cursor_reply_with_token(
+    ns: &str,
+    id: i64,
+    batch_field: &str,
+    batch: &[BatchDoc],
+    post_batch_token: Option<RawDocumentBuf>,
+) -> RawDocumentBuf {
     let mut docs = RawArrayBuf::new();
     for d in batch {
         docs.push(d.as_raw());
@@ -33,6 +44,9 @@ pub(super) fn cursor_reply(
         cursor.append(cstr!("firstBatch"), docs);
     } else {
         cursor.append(cstr!("nextBatch"), docs);
+    }
+    if let Some(token) = post_batch_token {
+        cursor.append(cstr!("postBatchResumeToken"), token);
     }
     cursor.append(cstr!("id"), id);
     cursor.append(cstr!("ns"), ns);
