@@ -61,7 +61,7 @@ fn annotation(record: &LogRecord) -> Option<Annotation<'_>> {
 }
 
 /// A collection's UUID by namespace, as of the record being shaped.
-pub type Uuids<'a> = &'a mut dyn FnMut(&str) -> Option<bson::Uuid>;
+pub type Uuids<'a> = &'a std::collections::HashMap<String, bson::Uuid>;
 
 /// The events `record` shows a stream with `spec`, in order.
 pub fn record_events(
@@ -72,7 +72,7 @@ pub fn record_events(
     let shaper = Shaper {
         record,
         spec,
-        uuids: std::cell::RefCell::new(uuids),
+        uuids,
     };
     let mut out = Vec::new();
     if let Some(Annotation::Rename {
@@ -97,7 +97,7 @@ pub fn record_events(
 struct Shaper<'a> {
     record: &'a LogRecord,
     spec: &'a StreamSpec,
-    uuids: std::cell::RefCell<Uuids<'a>>,
+    uuids: Uuids<'a>,
 }
 
 impl Shaper<'_> {
@@ -327,7 +327,7 @@ impl Shaper<'_> {
         if let Some(ns) = ns {
             // mongod adds the collection's UUID to expanded events.
             if self.spec.show_expanded
-                && let Some(uuid) = (self.uuids.borrow_mut())(ns)
+                && let Some(&uuid) = self.uuids.get(ns)
             {
                 e.append(
                     cstr!("collectionUUID"),

@@ -70,42 +70,39 @@ fn entry_ops(record: &LogRecord, uuids: Uuids<'_>) -> Vec<Document> {
         if matches!(
             op,
             LogOp::Insert { .. } | LogOp::Update { .. } | LogOp::Delete { .. }
-        ) && let Some(uuid) = uuids(op.ns())
+        ) && let Some(&uuid) = uuids.get(op.ns())
         {
             entry.insert("ui", uuid);
         }
         Some(entry)
     };
-    if let Some(command) = record.ops.iter().find_map(|op| match op {
-        LogOp::Command { ns, o } => Some(command_entry(ns, o)),
+    let command = record.ops.iter().find_map(|op| match op {
+        LogOp::Command { ns, o } => command_entry(ns, o),
         _ => None,
-    }) && command.is_some()
-    {
-        let mut out: Vec<Document> = Vec::new();
-        // dropDatabase keeps its drops before it; a rename or collMod is the command alone.
-        if record
-            .ops
-            .iter()
-            .any(|op| matches!(op, LogOp::Command { o, .. } if o.contains_key("dropDatabase")))
-        {
-            out.extend(record.ops.iter().filter_map(&mut op_entry));
-        }
-        out.extend(command);
-        return out;
+    });
+    let Some(command) = command else {
+        return record.ops.iter().filter_map(&mut op_entry).collect();
+    };
+    // dropDatabase keeps its drops before it; a rename or collMod is the command alone.
+    let drops_database = command
+        .get_document("o")
+        .is_ok_and(|o| o.contains_key("dropDatabase"));
+    let mut out: Vec<Document> = Vec::new();
+    if drops_database {
+        out.extend(record.ops.iter().filter_map(&mut op_entry));
     }
-    record.ops.iter().filter_map(&mut op_entry).collect()
+    out.push(command);
+    out
 }
 
 fn command_entry(ns: &str, o: &Document) -> Option<Document> {
     let db = ns.split_once('.').map_or(ns, |(db, _)| db);
     let name = o.keys().next()?;
-    Some(match name.as_str() {
-        "renameCollection" | "dropDatabase" => {
-            doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o.clone()}
-        }
-        "collMod" => doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o.clone()},
-        _ => return None,
-    })
+    matches!(
+        name.as_str(),
+        "renameCollection" | "dropDatabase" | "collMod"
+    )
+    .then(|| doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o.clone()})
 }
 
 /// The session records of retryable writes and transactions: mongod derives them from the

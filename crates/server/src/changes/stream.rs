@@ -340,11 +340,9 @@ impl HistoryCursor {
         for record in records {
             debug_assert!(record.ts > self.after, "history goes forward");
             self.learn_uuids(&record);
-            let known = &self.uuids;
-            let mut uuids = |ns: &str| -> Option<bson::Uuid> { known.get(ns).copied() };
             let mut events = match &self.shape {
-                Shape::Events { spec, .. } => record_events(&record, spec, &mut uuids)?,
-                Shape::Oplog { .. } => record_entries(&record, &mut uuids),
+                Shape::Events { spec, .. } => record_events(&record, spec, &self.uuids)?,
+                Shape::Oplog { .. } => record_entries(&record, &self.uuids),
             };
             if let Some(t) = self.resume_inside.take() {
                 if record.ts != t.ts {

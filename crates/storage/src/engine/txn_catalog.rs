@@ -87,6 +87,26 @@ impl Txn {
         Ok(())
     }
 
+    /// The collection `ns`, for a change to its catalog entry (`what` it is, for the error):
+    /// NamespaceNotFound without one, refused if this transaction created it implicitly
+    /// (a shared creation has no catalog entry of its own to change yet).
+    pub(super) fn explicit_collection(
+        &self,
+        ns: &str,
+        what: &str,
+    ) -> Result<CollectionInfo, StorageError> {
+        self.check_open()?;
+        let coll = self
+            .collection(ns)
+            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
+        if self.shared_creates.contains(ns) {
+            return Err(StorageError::Encoding(format!(
+                "cannot {what} {ns}: this transaction created it implicitly; create it explicitly first"
+            )));
+        }
+        Ok(coll)
+    }
+
     /// Replaces the options of the collection `ns` (collMod), logged as
     /// `LogOp::SetCollectionOptions` (or in the create, if this transaction created it). Like
     /// an index change it takes the collection's catalog intent, so it waits (WriteConflict)
@@ -97,15 +117,7 @@ impl Txn {
         ns: &str,
         options: bson::Document,
     ) -> Result<CollectionInfo, StorageError> {
-        self.check_open()?;
-        let coll = self
-            .collection(ns)
-            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
-        if self.shared_creates.contains(ns) {
-            return Err(StorageError::Encoding(format!(
-                "cannot change the options of {ns}: this transaction created it implicitly; create it explicitly first"
-            )));
-        }
+        let coll = self.explicit_collection(ns, "change the options of")?;
         {
             let engine = self.snapshot.engine.clone();
             let mut state = engine.write_state();

@@ -199,15 +199,7 @@ impl Txn {
         ns: &str,
         spec: bson::Document,
     ) -> Result<CollectionInfo, StorageError> {
-        self.check_open()?;
-        let coll = self
-            .collection(ns)
-            .ok_or_else(|| StorageError::NamespaceNotFound(ns.to_string()))?;
-        if self.shared_creates.contains(ns) {
-            return Err(StorageError::Encoding(format!(
-                "cannot index {ns}: this transaction created it implicitly; create it explicitly first"
-            )));
-        }
+        let coll = self.explicit_collection(ns, "index")?;
         let engine = self.snapshot.engine.clone();
         let id = self.reserve_index_keyspace(ns, &coll)?;
         let index = compile_index(spec.clone(), id, &engine.inner.options.partial_filters)?;
