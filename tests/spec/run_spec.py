@@ -84,6 +84,8 @@ RUNS = {
     # the unified change-stream corpus and pymongo's own change-stream tests
     "change-streams": ["test/test_change_stream.py"],
     "retryable-reads": ["test/test_retryable_reads_unified.py"],
+    # pymongo's own cursor tests: tailable cursors over capped collections among them
+    "cursor": ["test/test_cursor.py"],
 }
 ADDONS_DIR = SPEC_DIR / "sdist_addons"
 
@@ -98,6 +100,7 @@ CORPORA = [
     Corpus("crud", "crud", "crud/unified"),
     Corpus("change-streams", "change-streams", "change_streams/unified"),
     Corpus("retryable-reads", "retryable-reads", "retryable_reads/unified"),
+    Corpus("cursor", "cursor", "cursor"),
 ]
 CORPUS_BY_ORIGIN = {c.origin: c for c in CORPORA}
 RUN_OF_MODULE = {m: run for run, modules in RUNS.items() for m in modules}

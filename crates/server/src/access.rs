@@ -73,7 +73,11 @@ pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
 /// The chosen way to reach a filter's candidates.
 #[derive(Clone)]
 pub enum Access {
+    /// The whole collection in its key order: `_id` order, or insertion order for a capped
+    /// collection (`$natural` order).
     Collection,
+    /// The whole collection in reverse key order (`$natural: -1`).
+    CollectionBackward,
     IdPoint(DocKey),
     /// Ranges (or several points) of the collection's own `_id` order.
     IdRange {
@@ -99,6 +103,15 @@ impl Access {
             self,
             Access::Index { sorted: true, .. } | Access::IdRange { sorted: true, .. }
         )
+    }
+
+    /// The collection in `$natural` order, either way.
+    pub fn natural(reverse: bool) -> Access {
+        if reverse {
+            Access::CollectionBackward
+        } else {
+            Access::Collection
+        }
     }
 }
 
@@ -137,7 +150,10 @@ pub struct Examined {
 /// A query's `hint`.
 pub enum Hint {
     None,
-    Natural,
+    /// `{$natural: 1}` or `{$natural: -1}` (reverse); also a `$natural` sort.
+    Natural {
+        reverse: bool,
+    },
     Id,
     Index(Arc<IndexInfo>),
 }
@@ -158,9 +174,14 @@ pub fn parse_hint(
     let Some(hint) = hint else {
         return Ok(Hint::None);
     };
+    // A capped collection's `_id` index is a real index (see `capped.rs`).
+    let id_hint = || match coll.and_then(crate::capped::id_index) {
+        Some(index) => Hint::Index(index.clone()),
+        None => Hint::Id,
+    };
     let by_name = |name: &str| -> CommandResult<Hint> {
         if name == "_id_" {
-            return Ok(Hint::Id);
+            return Ok(id_hint());
         }
         match coll {
             None => Ok(Hint::None),
@@ -171,8 +192,9 @@ pub fn parse_hint(
         RawBsonRef::String(name) => by_name(name),
         RawBsonRef::Document(spec) if spec.is_empty() => Ok(Hint::None),
         RawBsonRef::Document(spec) => {
-            if spec.get("$natural").ok().flatten().is_some() {
-                return Ok(Hint::Natural);
+            if let Some(direction) = spec.get("$natural").ok().flatten() {
+                let reverse = crate::request::as_i64(direction).is_some_and(|n| n < 0);
+                return Ok(Hint::Natural { reverse });
             }
             let pattern = Document::try_from(spec).map_err(|_| bad_hint())?;
             let is_id = pattern.len() == 1
@@ -180,7 +202,7 @@ pub fn parse_hint(
                     matches!(v, Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_))
                 });
             if is_id {
-                return Ok(Hint::Id);
+                return Ok(id_hint());
             }
             match coll {
                 None => Ok(Hint::None),
@@ -232,11 +254,13 @@ pub fn choose(
     if let Some(access) = hinted(view, filter, raw, hint, sort)? {
         return Ok(access);
     }
-    if let Some(id) = filter.id_equality() {
+    // A capped collection's key order is insertion order; its `_id` is an ordinary index.
+    let keyed_by_id = !crate::capped::is_capped(coll);
+    if keyed_by_id && let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
     // `_id` ranges and `$in` lists walk the collection's own key order.
-    let id_bounds = index_bounds(filter, raw, id_spec(), false, false);
+    let id_bounds = index_bounds(filter, raw, id_spec(), false, false).filter(|_| keyed_by_id);
     let best = best_index(view, coll, filter, raw, sort)?;
     if let Some(bounds) = id_bounds
         && best
@@ -288,7 +312,7 @@ fn hinted(
     sort: &[(String, bool)],
 ) -> CommandResult<Option<Access>> {
     Ok(Some(match hint {
-        Hint::Natural => Access::Collection,
+        Hint::Natural { reverse } => Access::natural(*reverse),
         Hint::Id => match filter.id_equality() {
             Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
             None => Access::Collection,
@@ -369,8 +393,9 @@ fn sort_order_access(
             return Ok(index_access(index, bounds, multikey, sort));
         }
     }
-    // The collection itself is in `_id` order, either way.
-    if let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
+    // The collection itself is in `_id` order, either way (a capped one: insertion order).
+    if !crate::capped::is_capped(coll)
+        && let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {
         return Ok(id_access(bounds, sort));
@@ -479,16 +504,8 @@ pub fn for_each_match(
                 }
             }
         }
-        Access::Collection => {
-            let mut failed = None;
-            view.scan(coll, None, &mut |key, doc| {
-                examined.docs += 1;
-                scan_step(examined.docs, filter, key, doc, visit, &mut failed)
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
+        Access::Collection => scan_all(view, coll, false, filter, examined, visit)?,
+        Access::CollectionBackward => scan_all(view, coll, true, filter, examined, visit)?,
         Access::IdRange {
             bounds, reverse, ..
         } => {
@@ -532,6 +549,32 @@ pub fn for_each_match(
     Ok(())
 }
 
+/// The whole collection in key order (`reverse`: backward) through `filter` to `visit`.
+fn scan_all(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    reverse: bool,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    let mut failed = None;
+    let mut step = |key: &DocKey, doc: &StoredDoc| {
+        examined.docs += 1;
+        scan_step(examined.docs, filter, key, doc, visit, &mut failed)
+    };
+    if reverse {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        view.scan_range(coll, &all, None, true, &mut step)?;
+    } else {
+        view.scan(coll, None, &mut step)?;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// One document of a scan: the deadline (every few hundred documents), the filter, then
 /// `visit`. An error is kept in `failed` and breaks the scan.
 fn scan_step(
@@ -561,12 +604,13 @@ fn scan_step(
 /// The plan's input stage as `explain` shows it, in MongoDB's stage names.
 pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
     match access {
-        Access::Collection => {
+        Access::Collection | Access::CollectionBackward => {
             let mut d = doc! { "stage": "COLLSCAN" };
             if !filter_doc.is_empty() {
                 d.insert("filter", filter_doc.clone());
             }
-            d.insert("direction", "forward");
+            let backward = matches!(access, Access::CollectionBackward);
+            d.insert("direction", if backward { "backward" } else { "forward" });
             d
         }
         Access::IdPoint(_) => doc! { "stage": "IDHACK" },

@@ -28,6 +28,17 @@ pub struct ScanState {
     pub after: Option<DocKey>,
     pub filter: Filter,
     pub skip: u64,
+    /// A tailable cursor over a capped collection: it outlives the end of the collection, and
+    /// each `getMore` walks on from `after` in a new snapshot (`commands/tailable.rs`).
+    pub tail: Option<Tail>,
+}
+
+/// What a tailable cursor was asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Tail {
+    /// `awaitData`: a `getMore` that finds nothing new waits for commits (up to its
+    /// `maxTimeMS`).
+    pub await_data: bool,
 }
 
 /// A filtered walk along a secondary index's bounds.
@@ -76,6 +87,14 @@ pub struct TxnOwner {
 }
 
 impl Cursor {
+    /// What the cursor tails, if it is a tailable cursor.
+    pub fn tail(&self) -> Option<Tail> {
+        match &self.source {
+            Source::Scan(scan) => scan.tail,
+            _ => None,
+        }
+    }
+
     /// Takes up to `max_docs` documents (and at most about [`MAX_BATCH_BYTES`]); returns them and
     /// whether the cursor is exhausted.
     pub fn next_batch(&mut self, max_docs: Option<u64>) -> CommandResult<(Vec<BatchDoc>, bool)> {
@@ -127,6 +146,7 @@ fn next_scanned(scan: &mut ScanState, want: u64, out: &mut Vec<BatchDoc>) -> Com
         after,
         filter,
         skip,
+        tail: _,
     } = scan;
     let mut bytes = 0usize;
     let mut finished = true;

@@ -11,6 +11,7 @@
 mod access;
 mod admission;
 mod batch;
+mod capped;
 mod changes;
 mod commands;
 mod conn;
@@ -169,6 +170,8 @@ pub(crate) struct Shared {
     pub inflight: Semaphore,
     pub failpoints: failpoint::FailPoints,
     pub params: params::RuntimeParams,
+    /// Capped collections' writer locks and tallies.
+    pub capped: capped::Registry,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -309,6 +312,7 @@ impl Server {
             limits,
             failpoints: failpoint::FailPoints::default(),
             params: params::RuntimeParams::new(config_lifetime, query_limits),
+            capped: capped::Registry::default(),
         });
         Ok(Server { listener, shared })
     }

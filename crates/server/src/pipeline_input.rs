@@ -59,6 +59,15 @@ impl InputReader {
                 after: None,
                 reverse: false,
             },
+            Access::CollectionBackward => Position::Keys {
+                intervals: vec![Some((
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Unbounded,
+                ))],
+                at: 0,
+                after: None,
+                reverse: true,
+            },
             Access::IdPoint(key) => Position::Point(Some(key)),
             Access::IdRange {
                 bounds, reverse, ..

@@ -442,7 +442,10 @@ async fn catalog_commands() {
         .await;
     assert_eq!(code(&r), 48);
     let r = c
-        .cmd("db", doc! { "create": "cap", "capped": true, "size": 1000 })
+        .cmd(
+            "db",
+            doc! { "create": "ts", "timeseries": { "timeField": "t" } },
+        )
         .await;
     assert_eq!(code(&r), 115);
     c.ok("db", doc! { "insert": "b", "documents": [{ "_id": 1 }] })

@@ -492,6 +492,14 @@ async fn write_sink(
     let docs = sink_docs(output, shared.config.max_bson_size)?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
     super::views::refuse_write(&target)?;
+    if crate::capped::is_capped(&target) {
+        // Its documents are keyed by insertion order and trimmed by their writer; $out and
+        // $merge write by `_id`.
+        return Err(CommandError::new(
+            17152,
+            format!("namespace '{target_ns}' is capped so it can't be used for $out or $merge"),
+        ));
+    }
     retry_conflicts(shared, opts, |txn| match sink {
         Sink::Out { .. } => replace_all(txn, &target, &docs),
         Sink::Merge {

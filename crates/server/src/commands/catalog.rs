@@ -126,9 +126,6 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
 /// silently creating a collection that behaves differently from what was asked.
 const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
-    "capped",
-    "size",
-    "max",
     "timeseries",
     "expireAfterSeconds",
     "clusteredIndex",
@@ -187,10 +184,14 @@ pub(super) async fn create(
                 code::NAMESPACE_EXISTS,
                 format!("Collection {ns} already exists with different options."),
             )),
-            None => txn
-                .create_collection(&ns, options.clone())
-                .map(|_| ())
-                .map_err(Into::into),
+            None => {
+                txn.create_collection(&ns, options.clone())?;
+                if crate::capped::limits_of(&options).is_some() {
+                    // A capped collection is keyed by insertion order; `_id` is an index.
+                    txn.create_index(&ns, capped_id_index())?;
+                }
+                Ok(())
+            }
         }
     })
     .await?;
@@ -220,9 +221,12 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
             "option not supported on a view: changeStreamPreAndPostImages",
         ));
     }
-    let mut options = Document::new();
+    let mut options = capped_options(req, in_txn)?;
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
+        if matches!(key.as_str(), "capped" | "size" | "max") {
+            continue;
+        }
         if key.as_str() == "changeStreamPreAndPostImages" {
             // Stored normalized, and only when enabled, as mongod stores it.
             if pre_images == Some(true) {
@@ -253,6 +257,41 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         (None, None) => {}
     }
     Ok(options)
+}
+
+/// `capped`, `size` and `max`, checked; a capped collection is not created in a transaction.
+fn capped_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
+    let field = |name: &str| -> CommandResult<Option<bson::Bson>> {
+        req.get(name)
+            .map(|v| bson::Bson::try_from(v).map_err(internal))
+            .transpose()
+    };
+    let options = crate::capped::create_options(
+        field("capped")?.as_ref(),
+        field("size")?.as_ref(),
+        field("max")?.as_ref(),
+    )?;
+    if !options.is_empty() {
+        if req.get("viewOn").is_some() {
+            return Err(CommandError::new(
+                code::INVALID_OPTIONS,
+                "option not supported on a view: capped",
+            ));
+        }
+        if in_txn {
+            return Err(CommandError::new(
+                code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+                "Cannot create a capped collection in a multi-document transaction.",
+            ));
+        }
+    }
+    Ok(options)
+}
+
+/// A capped collection's `_id` index: a real unique index, since its documents are keyed by
+/// insertion order (see `capped.rs`).
+fn capped_id_index() -> Document {
+    doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_", "unique": true }
 }
 
 /// `changeStreamPreAndPostImages: {enabled: <bool>}` of `create` or `collMod`, checked as
@@ -422,7 +461,7 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
         match txn.collection(&ns) {
             Some(coll) => {
                 txn.drop_collection(&ns)?;
-                Ok(coll.indexes.len() as i32 + 1)
+                Ok(crate::capped::index_count(&coll) as i32)
             }
             None => Ok(0),
         }

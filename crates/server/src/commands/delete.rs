@@ -92,6 +92,11 @@ async fn run_stmt(
         return Ok(0);
     };
     super::views::refuse_write(&coll)?;
+    if txn.is_some() {
+        crate::capped::refuse_in_transaction(&coll)?;
+    }
+    // Held for the statement: the next insert into a capped collection recounts after it.
+    let _capped = shared.capped.writer(&coll).await;
     if !just_one && txn.is_none() && opts.retry.is_none() {
         let (deleted, _) = super::multi_write::run_chunked(
             shared,

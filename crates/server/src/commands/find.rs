@@ -2,7 +2,7 @@
 //! rest in a cursor (streamed from the snapshot, or computed at once when it must be).
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::time::Instant;
 
 use bson::RawDocumentBuf;
@@ -11,10 +11,10 @@ use mangrove_query::{Filter, Projection, SortSpec, with_collation, with_let};
 use mangrove_storage::{CollectionInfo, ReadView, Snapshot, StoredDoc, Txn};
 
 use crate::access::{
-    Access, Examined, IndexWalk, choose, deadline_of, for_each_match, parse_hint, sort_fields,
-    with_deadline,
+    Access, Examined, Hint, IndexWalk, choose, deadline_of, for_each_match, parse_hint,
+    sort_fields, with_deadline,
 };
-use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source};
+use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source, Tail};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 use crate::{Counters, Shared};
@@ -60,18 +60,34 @@ fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
             )));
         }
     }
-    for field in ["returnKey", "showRecordId", "tailable", "awaitData"] {
+    for field in ["returnKey", "showRecordId"] {
         if req.opt_bool(field)?.unwrap_or(false) {
-            let msg = if field == "tailable" || field == "awaitData" {
-                "error processing query: tailable cursor requested on non capped collection"
-                    .to_string()
-            } else {
-                format!("find option '{field}' is not supported by Mangrove")
-            };
-            return Err(CommandError::bad_value(msg));
+            return Err(CommandError::bad_value(format!(
+                "find option '{field}' is not supported by Mangrove"
+            )));
         }
     }
     Ok(())
+}
+
+/// `Some(reverse)` for a sort on `$natural` alone; an error for `$natural` beside other fields.
+fn natural_sort(spec: &RawDocument) -> CommandResult<Option<bool>> {
+    let Some(direction) = spec.get("$natural").ok().flatten() else {
+        return Ok(None);
+    };
+    if spec.iter().count() != 1 {
+        return Err(CommandError::bad_value(
+            "$natural sort cannot be combined with other sort fields",
+        ));
+    }
+    match crate::request::as_i64(direction) {
+        Some(1) => Ok(Some(false)),
+        Some(-1) => Ok(Some(true)),
+        _ => Err(CommandError::new(
+            15975,
+            "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+        )),
+    }
 }
 
 /// `find`, or the oplog's own find on `local.oplog.rs` (which reads the log, off the async
@@ -108,6 +124,9 @@ pub(super) fn find(
 /// A find request's query and paging, parsed.
 struct FindQuery<'r> {
     raw_filter: &'r RawDocument,
+    /// A `$natural` sort (`Some(reverse)`): the collection's own order, either way.
+    natural: Option<bool>,
+    tail: Option<Tail>,
     filter: Filter,
     sort: Option<SortSpec>,
     projection: Option<Projection>,
@@ -124,7 +143,9 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
         Filter::parse(raw_filter).map_err(CommandError::from)
     })?;
     let sort = match req.opt_doc("sort")? {
-        Some(spec) if !spec.is_empty() => Some(SortSpec::parse(spec)?),
+        Some(spec) if !spec.is_empty() && natural_sort(spec)?.is_none() => {
+            Some(SortSpec::parse(spec)?)
+        }
         _ => None,
     };
     let projection = match req.opt_doc("projection")? {
@@ -136,8 +157,14 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
     unsupported_find_options(req)?;
+    let natural = match req.opt_doc("sort")? {
+        Some(spec) => natural_sort(spec)?,
+        None => None,
+    };
     Ok(FindQuery {
         raw_filter,
+        natural,
+        tail: None,
         filter,
         sort,
         projection,
@@ -170,7 +197,12 @@ fn find_with(
         Some(txn) => collection_in_txn(shared, txn, &ns),
         None => snapshot.collection(&ns),
     };
-    let hint = parse_hint(req.get("hint"), coll.as_ref())?;
+    let mut hint = parse_hint(req.get("hint"), coll.as_ref())?;
+    query.tail = super::tailable::tail_request(req, coll.as_ref(), query.natural)?;
+    if let Some(reverse) = query.natural.or(query.tail.map(|_| false)) {
+        // A `$natural` sort, or a tailable cursor, walks the collection itself.
+        hint = Hint::Natural { reverse };
+    }
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
@@ -191,7 +223,7 @@ fn find_with(
     if super::views::is_view(&coll) {
         cursor.source = Source::Buffered(view_matches(shared, view, &coll, &query)?);
     } else {
-        let sort_by = sort_fields(req.opt_doc("sort")?);
+        let sort_by = sort_fields(req.opt_doc("sort")?).filter(|_| query.natural.is_none());
         let (filter, raw) = (&query.filter, query.raw_filter);
         let access = choose(view, &coll, filter, raw, &hint, sort_by.as_deref())?;
         let in_memory = must_collect(&access, &query, txn.is_some() || collated);
@@ -203,6 +235,9 @@ fn find_with(
             coll,
         };
         cursor.source = read.source(access, query, in_memory)?;
+    }
+    if cursor.tail().is_some() {
+        return super::tailable::first_batch(shared, cursor, batch_size);
     }
     first_batch(shared, cursor, batch_size, single_batch)
 }
@@ -303,6 +338,7 @@ impl Read<'_> {
             Access::IdRange {
                 bounds, reverse, ..
             } => (bounds.intervals.first().cloned(), *reverse),
+            Access::CollectionBackward => (Some((Bound::Unbounded, Bound::Unbounded)), true),
             _ => (None, false),
         };
         Ok(Source::Scan(Box::new(ScanState {
@@ -313,6 +349,7 @@ impl Read<'_> {
             after: None,
             filter: q.filter,
             skip: q.skip,
+            tail: q.tail,
         })))
     }
 }

@@ -95,8 +95,13 @@ pub(super) async fn find_and_modify(
     } else {
         collection_for_write(shared, txn.as_deref(), &ns)
     };
+    let mut capped = None;
     if let Some(c) = &coll {
         super::views::refuse_write(c)?;
+        if txn.is_some() {
+            crate::capped::refuse_in_transaction(c)?;
+        }
+        capped = shared.capped.writer(c).await;
     }
     let max_bson = shared.config.max_bson_size;
     let outcome = match coll {
@@ -111,7 +116,7 @@ pub(super) async fn find_and_modify(
                 let target = with_collation(spec.collation.as_ref(), || {
                     find_target(t, &coll, &spec.filter, spec.sort.as_ref())
                 })?;
-                modify_target(t, &coll, target, &spec, max_bson)?
+                modify_target(t, &coll, target, &spec, max_bson, capped.as_mut())?
                     .recorded_in(opts.retry.as_deref(), spec.projection.as_ref())
             })
             .await?
@@ -262,6 +267,7 @@ fn modify_target(
     target: Option<(DocKey, StoredDoc)>,
     spec: &FamSpec,
     max_bson: usize,
+    capped: Option<&mut crate::capped::Writer>,
 ) -> CommandResult<FamOutcome> {
     Ok(match (target, &spec.update) {
         (Some((key, old)), None) => {
@@ -288,7 +294,7 @@ fn modify_target(
             }
         }
         (None, Some(update)) if spec.upsert => {
-            let inserted = upsert_doc(t, coll, &spec.filter, update, max_bson)?;
+            let inserted = upsert_doc(t, coll, &spec.filter, update, max_bson, capped)?;
             let id = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
             FamOutcome {
                 n: 1,

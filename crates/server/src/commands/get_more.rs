@@ -143,6 +143,9 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
     if matches!(cursor.source, Source::History(_)) {
         return change_stream::get_more(shared, req, id, cursor, batch_size).await;
     }
+    if cursor.tail().is_some() {
+        return super::tailable::get_more(shared, req, id, cursor, batch_size).await;
+    }
     let (batch, exhausted) = cursor.next_batch(batch_size)?;
     let reply_id = if exhausted {
         0

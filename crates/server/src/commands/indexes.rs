@@ -134,14 +134,20 @@ fn build_indexes(
         }
     };
     super::views::refuse_write(&current)?;
-    let before = current.indexes.len() + 1;
+    let before = crate::capped::index_count(&current);
     for spec in specs {
         if is_id_index(spec) || !is_new_index(&current, ns, spec)? {
             continue;
         }
+        if crate::capped::is_capped(&current) && spec.contains_key("expireAfterSeconds") {
+            return Err(CommandError::new(
+                67,
+                format!("Cannot create TTL index on a capped collection: {ns}"),
+            ));
+        }
         current = txn.create_index(ns, spec.clone())?;
     }
-    Ok((created, before, current.indexes.len() + 1))
+    Ok((created, before, crate::capped::index_count(&current)))
 }
 
 /// Whether `spec` asks for an index the collection lacks: false when the same index exists;
@@ -178,7 +184,7 @@ fn is_new_index(current: &CollectionInfo, ns: &str, spec: &Document) -> CommandR
             ),
         ));
     }
-    if current.indexes.len() + 1 >= MAX_INDEXES {
+    if crate::capped::index_count(current) >= MAX_INDEXES {
         return Err(CommandError::new(
             67,
             format!("add index fails, too many indexes for {ns} key:{pattern}"),
@@ -207,8 +213,8 @@ pub(super) fn list_indexes(
         ));
     };
     let mut docs = Vec::with_capacity(coll.indexes.len() + 1);
-    for spec in std::iter::once(id_index_spec()).chain(coll.indexes.iter().map(|i| i.spec.clone()))
-    {
+    let secondary = crate::capped::secondary_indexes(&coll).map(|i| i.spec.clone());
+    for spec in std::iter::once(id_index_spec()).chain(secondary) {
         docs.push(RawDocumentBuf::try_from(&spec).map_err(internal)?);
     }
     let batch_size = cursor_batch_size(req)?;
@@ -233,7 +239,7 @@ pub(super) async fn drop_indexes(shared: &Shared, req: &Request<'_>) -> CommandR
         let coll = txn.collection(&ns).ok_or_else(|| {
             CommandError::new(code::NAMESPACE_NOT_FOUND, format!("ns not found {ns}"))
         })?;
-        let was = coll.indexes.len() + 1;
+        let was = crate::capped::index_count(&coll);
         for name in index_names(&coll, which.as_raw_bson_ref())? {
             txn.drop_index(&ns, &name)?;
         }
@@ -259,7 +265,9 @@ fn index_names(coll: &CollectionInfo, which: RawBsonRef<'_>) -> CommandResult<Ve
             .ok_or_else(|| CommandError::new(27, format!("index not found with name [{name}]")))
     };
     match which {
-        RawBsonRef::String("*") => Ok(coll.indexes.iter().map(|i| i.key.name.clone()).collect()),
+        RawBsonRef::String("*") => Ok(crate::capped::secondary_indexes(coll)
+            .map(|i| i.key.name.clone())
+            .collect()),
         RawBsonRef::String(name) => Ok(vec![by_name(name)?]),
         RawBsonRef::Array(names) => names
             .into_iter()

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bson::RawDocumentBuf;
 use bson::raw::RawDocument;
 use bson::{Bson, Document, doc};
-use mangrove_storage::{CollectionInfo, CommitTicket, Txn};
+use mangrove_storage::{CollectionInfo, CommitTicket, DocKey, Txn};
 
+use crate::capped::Writer;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 use crate::retryable::RetryableWrite;
@@ -38,10 +40,12 @@ pub(super) async fn insert(
     if let Some(txn) = txn {
         let coll = txn.create_collection_shared(&ns, Document::new())?;
         super::views::refuse_write(&coll)?;
+        crate::capped::refuse_in_transaction(&coll)?;
         return insert_in_txn(shared, txn, &coll, &docs);
     }
     let coll = implicit_collection(shared, &ns, &opts).await?;
     super::views::refuse_write(&coll)?;
+    let capped = shared.capped.writer(&coll).await;
 
     let mut batch = Batch {
         shared,
@@ -54,6 +58,7 @@ pub(super) async fn insert(
         write_errors: Vec::new(),
         next: 0,
         last_ticket: None,
+        capped,
     };
     batch.run().await?;
     let (inserted, write_errors) = (batch.inserted, batch.write_errors);
@@ -80,6 +85,8 @@ struct Batch<'a> {
     next: usize,
     /// Commits become visible and durable in order, so waiting on the last covers them all.
     last_ticket: Option<CommitTicket>,
+    /// A capped collection's writer: keys in insertion order, and the trim to its limits.
+    capped: Option<Writer>,
 }
 
 /// Why one transaction of a batch ended.
@@ -101,7 +108,15 @@ impl Batch<'_> {
             let mut txn = self.shared.engine.begin();
             txn.set_meta(self.opts.meta.clone());
             let step = self.fill(&mut txn, chunk);
+            if let Some(capped) = &mut self.capped {
+                capped.trim(&mut txn, self.coll)?;
+            }
             let mut ticket = commit_write(self.shared, self.opts, txn)?;
+            if let Some(capped) = &mut self.capped {
+                // The next insertion numbers may be handed out once these are visible.
+                ticket.visible().await.map_err(CommandError::from)?;
+                capped.settle();
+            }
             match step {
                 // The next piece's snapshot must see this one (its retryable-write record is
                 // rewritten by the next commit).
@@ -117,6 +132,8 @@ impl Batch<'_> {
             }
             self.last_ticket = Some(ticket);
         }
+        // Waiting for durability does not hold up the collection's next writer.
+        self.capped = None;
         if let Some(ticket) = self.last_ticket.take() {
             acknowledge(ticket, self.opts).await?;
         }
@@ -135,11 +152,8 @@ impl Batch<'_> {
                 self.next += 1;
                 continue;
             }
-            let result =
-                prepare_insert(self.docs[self.next], max_bson).and_then(|(key, stored)| {
-                    txn.insert(self.coll, key, Arc::new(stored))
-                        .map_err(CommandError::from)
-                });
+            let result = prepare_insert(self.docs[self.next], max_bson)
+                .and_then(|(key, stored)| self.insert_one(txn, key, stored));
             match result {
                 Ok(()) => {
                     self.inserted += 1;
@@ -174,6 +188,28 @@ impl Batch<'_> {
             self.next += 1;
         }
         Step::Done
+    }
+}
+
+impl Batch<'_> {
+    /// Inserts one prepared document; into a capped collection, under its next insertion
+    /// number.
+    fn insert_one(
+        &mut self,
+        txn: &mut Txn,
+        key: DocKey,
+        stored: RawDocumentBuf,
+    ) -> CommandResult<()> {
+        let len = stored.as_bytes().len();
+        let key = match &mut self.capped {
+            Some(capped) => capped.reserve(txn, self.coll, len)?,
+            None => key,
+        };
+        txn.insert(self.coll, key, Arc::new(stored))?;
+        if let Some(capped) = &mut self.capped {
+            capped.added(len);
+        }
+        Ok(())
     }
 }
 

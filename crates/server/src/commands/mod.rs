@@ -29,6 +29,7 @@ mod reply;
 mod sessions;
 mod stored;
 mod table;
+mod tailable;
 mod txn;
 mod update;
 mod views;

@@ -8,6 +8,7 @@ use bson::{Document, RawDocumentBuf};
 use mangrove_query::{Filter, Update};
 use mangrove_storage::{CollectionInfo, DocKey, StoredDoc, Txn};
 
+use crate::capped::Writer;
 use crate::error::{CommandError, CommandResult};
 
 use super::args::internal;
@@ -43,7 +44,12 @@ pub(super) fn update_one_doc(
         ));
     }
     let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
-    if key_of(new_id) != key {
+    // A capped collection's key is an insertion number, not the `_id`.
+    let id_changed = match id_of(old) {
+        Some(old_id) if crate::capped::is_capped(coll) => key_of(new_id) != key_of(old_id),
+        _ => key_of(new_id) != key,
+    };
+    if id_changed {
         return Err(CommandError::new(
             66,
             format!(
@@ -66,13 +72,15 @@ pub(super) fn update_one_doc(
     Ok(Some(new))
 }
 
-/// Inserts the document an upsert that matched nothing creates; returns it.
+/// Inserts the document an upsert that matched nothing creates; returns it. Into a capped
+/// collection it goes under `capped`'s next insertion number (the next insert trims).
 pub(super) fn upsert_doc(
     txn: &mut Txn,
     coll: &CollectionInfo,
     filter: &Filter,
     update: &Update,
     max_bson: usize,
+    capped: Option<&mut Writer>,
 ) -> CommandResult<StoredDoc> {
     let seed = filter.equality_seed()?;
     let new_doc = if update.is_replacement() {
@@ -83,6 +91,10 @@ pub(super) fn upsert_doc(
     let new_doc = with_id_first(new_doc, seed.get("_id"));
     let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
     let (key, stored) = prepare_insert(&raw, max_bson)?;
+    let key = match capped {
+        Some(capped) => capped.next_key(txn, coll)?,
+        None => key,
+    };
     let stored = Arc::new(stored);
     txn.insert(coll, key, stored.clone())?;
     Ok(stored)

@@ -8,6 +8,7 @@ use bson::{Bson, Document, doc};
 use mangrove_query::{Filter, Update, with_collation, with_let};
 use mangrove_storage::{CollectionInfo, Txn};
 
+use crate::capped::Writer;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
 use crate::retryable::RetryableWrite;
@@ -55,21 +56,20 @@ impl UpdateOutcome {
 fn run_update_stmt(
     txn: &mut Txn,
     coll: &CollectionInfo,
-    filter: &Filter,
-    update: &Update,
-    multi: bool,
-    upsert: bool,
+    p: &ParsedStmt,
     max_bson: usize,
+    capped: Option<&mut Writer>,
 ) -> CommandResult<UpdateOutcome> {
+    let (filter, update) = (&p.filter, &p.update);
     let mut outcome = UpdateOutcome::default();
-    for (key, old) in targets(txn, coll, filter, !multi)? {
+    for (key, old) in targets(txn, coll, filter, !p.multi)? {
         outcome.matched += 1;
         if update_one_doc(txn, coll, filter, update, key, &old, max_bson)?.is_some() {
             outcome.modified += 1;
         }
     }
-    if outcome.matched == 0 && upsert {
-        let inserted = upsert_doc(txn, coll, filter, update, max_bson)?;
+    if outcome.matched == 0 && p.upsert {
+        let inserted = upsert_doc(txn, coll, filter, update, max_bson, capped)?;
         outcome.upserted = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
     }
     Ok(outcome)
@@ -217,6 +217,10 @@ async fn run_stmt(
         }
     };
     super::views::refuse_write(&coll)?;
+    if txn.is_some() {
+        crate::capped::refuse_in_transaction(&coll)?;
+    }
+    let mut capped = shared.capped.writer(&coll).await;
     if p.multi && txn.is_none() && opts.retry.is_none() {
         let chunked = multi_update(
             shared,
@@ -234,9 +238,7 @@ async fn run_stmt(
     let max_bson = shared.config.max_bson_size;
     run_write(shared, opts, txn, |txn| {
         let outcome = with_collation(p.collation.as_ref(), || {
-            run_update_stmt(
-                txn, &coll, &p.filter, &p.update, p.multi, p.upsert, max_bson,
-            )
+            run_update_stmt(txn, &coll, &p, max_bson, capped.as_mut())
         })?;
         if let Some(retry) = &opts.retry {
             retry.note(stmt.index, outcome.to_record());
