@@ -94,7 +94,7 @@ async fn create_checks_options_and_lists_them() {
         .clone();
     assert_eq!(
         options,
-        doc! {"capped": true, "size": 10000_i64, "max": 50_i64},
+        doc! {"capped": true, "size": 10000, "max": 50},
         "{options}"
     );
     // Idempotent with the same options, refused with others.

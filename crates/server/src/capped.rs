@@ -125,7 +125,9 @@ pub fn create_options(
             "size must be between 0 and {MAX_CAPPED_SIZE} (1 PB), not {size}"
         )));
     }
-    let mut options = bson::doc! { "capped": true, "size": size };
+    // Stored as the smallest integer that holds them, as mongod shows them.
+    let number = |n: i64| i32::try_from(n).map_or(Bson::Int64(n), Bson::Int32);
+    let mut options = bson::doc! { "capped": true, "size": number(size) };
     if let Some(max) = max {
         if max > MAX_CAPPED_DOCS {
             return Err(CommandError::bad_value(
@@ -134,7 +136,7 @@ pub fn create_options(
         }
         // mongod keeps a non-positive `max` as "no limit".
         if max > 0 {
-            options.insert("max", max);
+            options.insert("max", number(max));
         }
     }
     Ok(options)
@@ -427,7 +429,7 @@ mod tests {
             code::BAD_VALUE
         );
         let ok = create_options(Some(&t), Some(&Bson::Int32(10)), Some(&Bson::Int32(0))).unwrap();
-        assert_eq!(ok, bson::doc! {"capped": true, "size": 10_i64});
+        assert_eq!(ok, bson::doc! {"capped": true, "size": 10});
         let off = Bson::Boolean(false);
         assert!(
             create_options(Some(&off), Some(&Bson::Int32(10)), None)

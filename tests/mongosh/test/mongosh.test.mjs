@@ -100,3 +100,48 @@ test('mongosh reports server errors', async () => {
   assert.notEqual(r.code, 0, 'an unknown command should make mongosh --eval fail');
   assert.match(r.stdout + r.stderr, /CommandNotFound|no such command|not found/i);
 });
+
+test('mongosh capped collection: isCapped, stats, tailable order', async (t) => {
+  const script = [
+    'const d = db.getSiblingDB("shellcap");',
+    'd.createCollection("log", { capped: true, size: 4096, max: 3 });',
+    'for (let i = 0; i < 5; i++) d.log.insertOne({ _id: 10 - i, i });',
+    'const s = d.log.stats();',
+    'print("CAPPED=" + JSON.stringify({ capped: d.log.isCapped(), statsCapped: s.capped, max: s.max, maxSize: s.maxSize, count: s.count, size: s.size, natural: d.log.find().sort({ $natural: -1 }).toArray().map((x) => x.i) }));',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /CAPPED=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no CAPPED= line in output: ${r.stdout}`);
+  t.diagnostic(`mongosh saw ${m[1]}`);
+  const c = JSON.parse(m[1]);
+  assert.equal(c.capped, true);
+  assert.equal(c.statsCapped, true);
+  assert.equal(c.max, 3);
+  assert.equal(c.maxSize, 4096);
+  assert.equal(c.count, 3);
+  // Three documents of { _id: <int32>, i: <int32> }: 21 bytes each.
+  assert.equal(c.size, 3 * 21);
+  assert.deepEqual(c.natural, [4, 3, 2]);
+});
+
+test('mongosh printReplicationInfo reads the log window', async (t) => {
+  const script = [
+    'db.getSiblingDB("shellrepl").x.insertOne({ a: 1 });',
+    'const info = db.getReplicationInfo();',
+    'print("REPL=" + JSON.stringify(info));',
+    'db.printReplicationInfo();',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /REPL=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no REPL= line in output: ${r.stdout}`);
+  t.diagnostic(`mongosh saw ${m[1]}`);
+  const info = JSON.parse(m[1]);
+  // The default --oplog-size-mb.
+  assert.equal(info.configuredLogSizeMB, 1024);
+  assert.ok(info.usedMB > 0, `usedMB ${info.usedMB}`);
+  assert.ok(info.timeDiff >= 0, `timeDiff ${info.timeDiff}`);
+  assert.match(r.stdout, /configured oplog size/);
+  assert.match(r.stdout, /log length start to end/);
+});

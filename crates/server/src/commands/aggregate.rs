@@ -74,6 +74,9 @@ pub(super) async fn aggregate(
     if super::change_stream::is_change_stream(req)? {
         return super::change_stream::open(shared, req, txn).await;
     }
+    if super::coll_stats::is_coll_stats(req)? {
+        return super::coll_stats::aggregate(shared, req);
+    }
     req.check_fields(AGGREGATE_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     if let Some(reply) = list_sessions_aggregate(shared, req)? {

@@ -73,6 +73,12 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
     let batch_size = cursor_batch_size(req)?;
     let snapshot = shared.engine.snapshot();
     let mut docs = VecDeque::new();
+    if req.db == "local" {
+        let raw = RawDocumentBuf::try_from(&oplog_entry(shared, name_only)?).map_err(internal)?;
+        if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
+            docs.push_back(BatchDoc::Owned(raw));
+        }
+    }
     for coll in snapshot.list_collections(req.db) {
         let entry = if super::views::is_view(&coll) {
             if name_only {
@@ -121,6 +127,25 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         shared.cursors.insert(cursor)?
     };
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// `local.oplog.rs` as `listCollections` shows it: a capped collection the size of the
+/// configured history (it is the log itself, read through `commands/oplog_find.rs`).
+fn oplog_entry(shared: &Shared, name_only: bool) -> CommandResult<Document> {
+    if name_only {
+        return Ok(doc! { "name": "oplog.rs", "type": "collection" });
+    }
+    let window = shared.engine.history_window()?;
+    Ok(doc! {
+        "name": "oplog.rs",
+        "type": "collection",
+        "options": {
+            "capped": true,
+            "size": window.size_limit_bytes as i64,
+            "autoIndexId": false,
+        },
+        "info": { "readOnly": false },
+    })
 }
 
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than

@@ -12,7 +12,7 @@ use mangrove_storage::{CollectionInfo, Snapshot};
 
 use crate::Shared;
 use crate::access::{
-    Access, Examined, choose, for_each_match, parse_hint, plan_stage, sort_fields,
+    Access, Examined, Hint, choose, for_each_match, parse_hint, plan_stage, sort_fields,
 };
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
@@ -152,12 +152,7 @@ struct Execution {
     returned: u64,
 }
 
-pub(super) fn explain_command(
-    shared: &Shared,
-    db: &str,
-    cmd: &RawDocument,
-    verbosity: &str,
-) -> CommandResult<Reply> {
+fn check_verbosity(verbosity: &str) -> CommandResult<()> {
     if !matches!(
         verbosity,
         "queryPlanner" | "executionStats" | "allPlansExecution"
@@ -166,22 +161,39 @@ pub(super) fn explain_command(
             "verbosity string must be one of {{'queryPlanner', 'executionStats', 'allPlansExecution'}}, got '{verbosity}'"
         )));
     }
+    Ok(())
+}
+
+pub(super) fn explain_command(
+    shared: &Shared,
+    db: &str,
+    cmd: &RawDocument,
+    verbosity: &str,
+) -> CommandResult<Reply> {
+    check_verbosity(verbosity)?;
     let (_, e) = explained(cmd)?;
     let ns = format!("{db}.{}", e.coll);
     let empty = RawDocumentBuf::new();
     let raw_filter = e.filter.unwrap_or(&empty);
     let filter = Filter::parse(raw_filter)?;
     let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
-    let sort = e.sort.map(SortSpec::parse).transpose()?;
+    let natural = e.sort.map(super::find::natural_sort).transpose()?.flatten();
+    let sort = match natural {
+        Some(_) => None,
+        None => e.sort.map(SortSpec::parse).transpose()?,
+    };
     let snapshot = shared.engine.snapshot();
     let coll = snapshot.collection(&ns);
-    let hint = parse_hint(e.hint, coll.as_ref())?;
+    let mut hint = parse_hint(e.hint, coll.as_ref())?;
+    if let Some(reverse) = natural {
+        hint = Hint::Natural { reverse };
+    }
     let started = Instant::now();
     let mut run = Execution::default();
     let (plan, access) = match &coll {
         None => (doc! { "stage": "EOF" }, None),
         Some(coll) => {
-            let sort_by = sort_fields(e.sort);
+            let sort_by = sort_fields(e.sort).filter(|_| natural.is_none());
             let access = choose(
                 &snapshot,
                 coll,
@@ -199,7 +211,8 @@ pub(super) fn explain_command(
         run = execute(&snapshot, coll, access, &filter, &e, sort.is_some())?;
     }
     let micros = started.elapsed().as_micros() as i64;
-    let sorted = access.as_ref().is_some_and(Access::sorted);
+    // A `$natural` sort is the collection scan's own order.
+    let sorted = natural.is_some() || access.as_ref().is_some_and(Access::sorted);
     let plan = wrap_plan(plan, &e, sorted)?;
     let mut reply = doc! {
         "explainVersion": "1",

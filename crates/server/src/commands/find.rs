@@ -71,7 +71,7 @@ fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
 }
 
 /// `Some(reverse)` for a sort on `$natural` alone; an error for `$natural` beside other fields.
-fn natural_sort(spec: &RawDocument) -> CommandResult<Option<bool>> {
+pub(super) fn natural_sort(spec: &RawDocument) -> CommandResult<Option<bool>> {
     let Some(direction) = spec.get("$natural").ok().flatten() else {
         return Ok(None);
     };

@@ -8,6 +8,7 @@ mod aggregate;
 mod args;
 mod catalog;
 mod change_stream;
+mod coll_stats;
 mod collections;
 mod count_distinct;
 mod delete;

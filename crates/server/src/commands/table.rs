@@ -22,8 +22,8 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, catalog, count_distinct, delete, diag, explain, find, find_and_modify,
-    get_more, indexes, insert, oplog_admin, sessions, update,
+    Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
+    find_and_modify, get_more, indexes, insert, oplog_admin, sessions, update,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -408,6 +408,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .statement()
     .writes(),
+    cmd(
+        "collStats",
+        "a collection's document count and sizes (deprecated by mongod for $collStats)",
+        sync!(|c| coll_stats::coll_stats(c.shared, c.req)),
+    )
+    .retryable_read(),
     cmd(
         "listIndexes",
         "indexes of a collection",
