@@ -144,6 +144,22 @@ struct ServeArgs {
     /// on a server anyone depends on: a fail point can make every command fail.
     #[arg(long)]
     enable_test_commands: bool,
+    /// Require authentication (SCRAM-SHA-256 or SCRAM-SHA-1) and enforce users' roles. While
+    /// no user exists, a client on a loopback address may create the first one (mongod's
+    /// localhost exception).
+    #[arg(long)]
+    auth: bool,
+    /// Listen beyond loopback without --auth, letting anyone who can reach the port read and
+    /// change every database. Without it such a --bind refuses to start.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// PBKDF2 iterations for new SCRAM-SHA-1 credentials (mongod's scramIterationCount).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(5000..=1_000_000_000))]
+    scram_iteration_count: u32,
+    /// PBKDF2 iterations for new SCRAM-SHA-256 credentials (mongod's
+    /// scramSHA256IterationCount).
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u32).range(5000..=1_000_000_000))]
+    scram_sha256_iteration_count: u32,
     /// Start even if the transaction log is damaged (a complete record that fails its checksum,
     /// a missing or cut segment): cut the log at the damage and replay only what comes before
     /// it. What is cut is moved to a quarantine folder in the log directory, and the
@@ -231,6 +247,16 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format, &args.log_level, true);
+    if !loopback(&args.bind) && !args.auth {
+        if !args.insecure_no_auth {
+            error!(
+                bind = %args.bind,
+                "refusing to listen beyond loopback without authentication: anyone who can reach the port could read and change every database. Start with --auth (create the first user from this machine over 127.0.0.1), or pass --insecure-no-auth if the network itself is trusted"
+            );
+            return ExitCode::FAILURE;
+        }
+        warn!(bind = %args.bind, "--insecure-no-auth: listening beyond loopback without authentication; anyone who can reach the port can read and change every database");
+    }
     let config = config_from(args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -243,6 +269,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(run_server(config))
+}
+
+/// Whether `bind` listens on loopback only (an address, or `localhost`).
+fn loopback(bind: &str) -> bool {
+    bind == "localhost"
+        || bind
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The server's `Config` from the command line, each value clamped to what it can mean.
@@ -273,6 +308,9 @@ fn config_from(args: ServeArgs) -> Config {
         log_segment_bytes: args.log_segment_size * 1024 * 1024,
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,
+        auth: args.auth,
+        scram_sha1_iterations: args.scram_iteration_count,
+        scram_sha256_iterations: args.scram_sha256_iteration_count,
         argv: std::env::args().collect(),
         ..Config::default()
     }

@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+mod auth;
 mod batch;
 mod capped;
 mod changes;
@@ -97,6 +98,13 @@ pub struct Config {
     pub enable_test_commands: bool,
     /// At damage in the log, cut it there and start instead of refusing to start.
     pub truncate_damaged_log: bool,
+    /// `--auth`: every command but the handshake and authentication needs a user with the
+    /// rights for it.
+    pub auth: bool,
+    /// PBKDF2 iterations for new SCRAM-SHA-1 and SCRAM-SHA-256 credentials (mongod's
+    /// `scramIterationCount`, `scramSHA256IterationCount`).
+    pub scram_sha1_iterations: u32,
+    pub scram_sha256_iterations: u32,
 }
 
 impl Default for Config {
@@ -130,6 +138,9 @@ impl Default for Config {
             argv: Vec::new(),
             enable_test_commands: false,
             truncate_damaged_log: false,
+            auth: false,
+            scram_sha1_iterations: 10_000,
+            scram_sha256_iterations: 15_000,
         }
     }
 }
@@ -172,6 +183,8 @@ pub(crate) struct Shared {
     pub params: params::RuntimeParams,
     /// Capped collections' writer locks and tallies.
     pub capped: capped::Registry,
+    /// Changes to users, which connections follow.
+    pub auth: auth::Registry,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -313,6 +326,7 @@ impl Server {
             failpoints: failpoint::FailPoints::default(),
             params: params::RuntimeParams::new(config_lifetime, query_limits),
             capped: capped::Registry::default(),
+            auth: auth::Registry::default(),
         });
         Ok(Server { listener, shared })
     }

@@ -29,6 +29,8 @@ pub(crate) struct Client {
     pub compressors: Vec<Compressor>,
     /// `client.application.name` from the handshake, which fail points can match on.
     pub app_name: Option<String>,
+    /// Who the connection authenticated as (`--auth`).
+    pub identity: crate::auth::Identity,
 }
 
 impl Client {
@@ -38,13 +40,14 @@ impl Client {
             peer,
             compressors: Vec::new(),
             app_name: None,
+            identity: crate::auth::Identity::default(),
         }
     }
 }
 
-pub(super) fn hello(shared: &Shared, conn: &mut Client, req: &Request<'_>) -> CommandResult<Reply> {
-    // Compression is negotiated on the first handshake: keep what we support, in the client's
-    // order, and tell the client which of its choices we accept.
+/// What the handshake says of the client: compressors (kept in the client's order, those we
+/// support) and the application name fail points can match on.
+fn note_client(conn: &mut Client, req: &Request<'_>) {
     if let Some(RawBsonRef::Array(names)) = req.get("compression") {
         conn.compressors = names
             .into_iter()
@@ -61,6 +64,14 @@ pub(super) fn hello(shared: &Shared, conn: &mut Client, req: &Request<'_>) -> Co
     {
         conn.app_name = Some(name.to_string());
     }
+}
+
+pub(super) async fn hello(
+    shared: &Shared,
+    conn: &mut Client,
+    req: &Request<'_>,
+) -> CommandResult<Reply> {
+    note_client(conn, req);
     let advertised = &shared.advertised;
     let ts = shared.engine.last_commit().to_bson();
     let now = DateTime::now();
@@ -102,6 +113,16 @@ pub(super) fn hello(shared: &Shared, conn: &mut Client, req: &Request<'_>) -> Co
     if !conn.compressors.is_empty() {
         let names: Vec<&str> = conn.compressors.iter().map(|c| c.name()).collect();
         reply.insert("compression", names);
+    }
+    if let Some(mechanisms) = super::sasl::supported_mechs(shared, req) {
+        reply.insert("saslSupportedMechs", mechanisms);
+    }
+    let peer = super::sasl::Peer {
+        addr: conn.peer,
+        identity: &mut conn.identity,
+    };
+    if let Some(first) = super::sasl::speculative(shared, peer, req).await {
+        reply.insert("speculativeAuthenticate", first);
     }
     reply.insert("ok", 1.0);
     Ok(reply.into())

@@ -27,12 +27,14 @@ mod oplog_admin;
 mod oplog_find;
 mod read_concern;
 mod reply;
+mod sasl;
 mod sessions;
 mod stored;
 mod table;
 mod tailable;
 mod txn;
 mod update;
+mod user_admin;
 mod views;
 mod write_path;
 mod write_stmt;
@@ -175,6 +177,15 @@ async fn dispatch(
     cmd: Option<&'static Command>,
 ) -> CommandResult<Reply> {
     let cmd = check_command(shared, req, cmd)?;
+    let peer = client.peer;
+    crate::auth::authorize(
+        shared,
+        &mut client.identity,
+        peer,
+        cmd.name,
+        req.db,
+        cmd.needs,
+    )?;
     if let Some(args) = req.session.transaction()? {
         return txn::in_transaction(shared, client, req, cmd, args).await;
     }

@@ -16,6 +16,8 @@ use bson::doc;
 use mangrove_storage::{Snapshot, Txn};
 
 use crate::Shared;
+use crate::auth::roles::Action;
+use crate::auth::{self, Needs};
 use crate::error::CommandResult;
 use crate::request::Request;
 use crate::retryable::RetryableWrite;
@@ -23,7 +25,7 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, sessions, update,
+    find_and_modify, get_more, indexes, insert, oplog_admin, sasl, sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -106,6 +108,8 @@ pub(crate) struct Command {
     pub writes: bool,
     /// Answered over legacy OP_QUERY (the handshake of old drivers).
     pub op_query: bool,
+    /// What a connection needs to run it under `--auth` (see `auth/mod.rs`).
+    pub needs: Needs,
 }
 
 const fn cmd(name: &'static str, help: &'static str, handler: Handler) -> Command {
@@ -121,6 +125,9 @@ const fn cmd(name: &'static str, help: &'static str, handler: Handler) -> Comman
         snapshot: false,
         writes: false,
         op_query: false,
+        // Every entry says what it needs; the default is the strictest that still lets a
+        // user's own sessions work.
+        needs: Needs::Authentication,
     }
 }
 
@@ -183,6 +190,10 @@ impl Command {
         }
     }
 
+    const fn needs(self, needs: Needs) -> Command {
+        Command { needs, ..self }
+    }
+
     /// The legacy spelling of this command: the same command under another name.
     const fn alias(self, name: &'static str, help: &'static str) -> Command {
         Command { name, help, ..self }
@@ -206,6 +217,14 @@ macro_rules! future {
     }};
 }
 
+/// The connection as an authentication conversation sees it.
+fn peer(client: &mut Client) -> sasl::Peer<'_> {
+    sasl::Peer {
+        addr: client.peer,
+        identity: &mut client.identity,
+    }
+}
+
 fn ok() -> CommandResult<Reply> {
     Ok(doc! { "ok": 1.0 }.into())
 }
@@ -213,15 +232,17 @@ fn ok() -> CommandResult<Reply> {
 const HELLO: Command = cmd(
     "hello",
     "the handshake: topology, limits and wire versions",
-    sync!(|c| handshake::hello(c.shared, c.client, c.req)),
+    future!(|c| handshake::hello(c.shared, c.client, c.req)),
 )
-.op_query();
+.op_query()
+.needs(Needs::Nothing);
 
 const BUILD_INFO: Command = cmd(
     "buildInfo",
     "server version and build details",
     sync!(|c| Ok(diag::build_info(c.shared).into())),
-);
+)
+.needs(Needs::Nothing);
 
 const FIND_AND_MODIFY: Command = cmd(
     "findAndModify",
@@ -230,14 +251,83 @@ const FIND_AND_MODIFY: Command = cmd(
 )
 .statement()
 .retryable_write()
-.writes();
+.writes()
+.needs(Needs::Actions(&[Action::Find, Action::Update]));
 
 /// Every command, in `listCommands` order.
 pub(crate) static COMMANDS: &[Command] = &[
     HELLO,
     HELLO.alias("isMaster", "legacy name of hello"),
     HELLO.alias("ismaster", "legacy name of hello"),
-    cmd("ping", "answers ok", sync!(|_c| ok())),
+    cmd("ping", "answers ok", sync!(|_c| ok())).needs(Needs::Nothing),
+    cmd(
+        "saslStart",
+        "starts a SCRAM-SHA-1 or SCRAM-SHA-256 authentication",
+        future!(|c| sasl::sasl_start(c.shared, peer(c.client), c.req)),
+    )
+    .needs(Needs::Nothing),
+    cmd(
+        "saslContinue",
+        "continues an authentication saslStart began",
+        sync!(|c| sasl::sasl_continue(c.shared, peer(c.client), c.req)),
+    )
+    .needs(Needs::Nothing),
+    cmd(
+        "createUser",
+        "creates a user with a password (SCRAM-SHA-1 and SCRAM-SHA-256) and roles",
+        future!(|c| user_admin::create_user(c.shared, &mut c.client.identity, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::CreateUser])),
+    cmd(
+        "updateUser",
+        "changes a user's password, roles or custom data",
+        future!(|c| user_admin::update_user(c.shared, &mut c.client.identity, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::ChangePassword])),
+    cmd(
+        "dropUser",
+        "removes a user",
+        future!(|c| user_admin::drop_user(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::DropUser])),
+    cmd(
+        "dropAllUsersFromDatabase",
+        "removes every user of the database",
+        future!(|c| user_admin::drop_all_users(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::DropUser])),
+    cmd(
+        "grantRolesToUser",
+        "adds roles to a user",
+        future!(|c| user_admin::change_roles(c.shared, &mut c.client.identity, c.req, true)),
+    )
+    .writes(),
+    cmd(
+        "revokeRolesFromUser",
+        "removes roles from a user",
+        future!(|c| user_admin::change_roles(c.shared, &mut c.client.identity, c.req, false)),
+    )
+    .writes(),
+    cmd(
+        "usersInfo",
+        "users, their roles and mechanisms (a user may always see itself)",
+        sync!(|c| user_admin::users_info(c.shared, &mut c.client.identity, c.req)),
+    ),
+    cmd(
+        "rolesInfo",
+        "the built-in roles",
+        sync!(|c| user_admin::roles_info(c.req)),
+    ),
+    cmd(
+        "logout",
+        "ends the connection's authentication",
+        sync!(|c| sasl::logout(&mut c.client.identity)),
+    )
+    .needs(Needs::Nothing),
     BUILD_INFO,
     BUILD_INFO.alias("buildinfo", "legacy name of buildInfo"),
     cmd(
@@ -245,18 +335,21 @@ pub(crate) static COMMANDS: &[Command] = &[
         "reads server parameters; \"*\" lists all",
         sync!(|c| diag::get_parameter(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::GetParameter]))
     .admin(),
     cmd(
         "setParameter",
         "changes a runtime parameter (transactionLifetimeLimitSeconds, ...)",
         sync!(|c| diag::set_parameter(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::SetParameter]))
     .admin(),
     cmd(
         "configureFailPoint",
         "arms a test fail point (only with --enable-test-commands)",
         sync!(|c| Ok(c.shared.failpoints.configure(c.req)?.into())),
     )
+    .needs(Needs::Actions(&[Action::TestCommands]))
     .admin()
     .test_only(),
     cmd(
@@ -264,83 +357,94 @@ pub(crate) static COMMANDS: &[Command] = &[
         "changes how much history the log keeps: size (MB), minRetentionHours",
         sync!(|c| oplog_admin::resize_oplog(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::ReplSetResizeOplog]))
     .admin(),
     cmd(
         "getCmdLineOpts",
         "the command line the server was started with",
         sync!(|c| Ok(diag::cmd_line_opts(c.shared).into())),
     )
+    .needs(Needs::Actions(&[Action::GetCmdLineOpts]))
     .admin(),
     cmd(
         "serverStatus",
         "counters and state of the running server",
         sync!(|c| Ok(diag::server_status(c.shared).into())),
-    ),
+    )
+    .needs(Needs::Actions(&[Action::ServerStatus])),
     cmd(
         "hostInfo",
         "the machine the server runs on",
         sync!(|_c| Ok(diag::host_info().into())),
-    ),
+    )
+    .needs(Needs::Actions(&[Action::HostInfo])),
     cmd(
         "whatsmyuri",
         "the client's address as the server sees it",
         sync!(|c| Ok(doc! { "you": c.client.peer.to_string(), "ok": 1.0 }.into())),
-    ),
+    )
+    .needs(Needs::Nothing),
     cmd(
         "connectionStatus",
         "authentication state of this connection",
-        sync!(|_c| Ok(doc! {
-            "authInfo": { "authenticatedUsers": [], "authenticatedUserRoles": [] },
-            "ok": 1.0,
-        }
-        .into())),
-    ),
+        sync!(|c| Ok(auth::status(c.shared, &mut c.client.identity)?.into())),
+    )
+    .needs(Needs::Nothing),
     cmd(
         "listCommands",
         "this list",
         sync!(|c| Ok(diag::list_commands(c.shared).into())),
-    ),
+    )
+    .needs(Needs::Authentication),
     cmd(
         "currentOp",
         "open transactions: lsid, txnNumber, time open, namespaces",
         sync!(|c| Ok(diag::current_op(c.shared).into())),
     )
+    .needs(Needs::Actions(&[Action::Inprog]))
     .admin(),
     cmd(
         "endSessions",
         "ends logical sessions, aborting their transactions",
         future!(|c| sessions::end_sessions(c.shared, c.req)),
-    ),
+    )
+    .needs(Needs::Authentication),
     cmd(
         "killSessions",
         "kills logical sessions, aborting their transactions",
         future!(|c| sessions::end_sessions(c.shared, c.req)),
-    ),
+    )
+    .needs(Needs::Authentication),
     cmd(
         "killAllSessions",
         "kills every logical session",
         future!(|c| sessions::kill_all_sessions(c.shared)),
-    ),
+    )
+    .needs(Needs::Actions(&[Action::KillAnySession])),
     cmd(
         "killAllSessionsByPattern",
         "kills the logical sessions matching {lsid} or {uid} patterns",
         future!(|c| sessions::kill_sessions_by_pattern(c.shared, c.req)),
-    ),
+    )
+    .needs(Needs::Actions(&[Action::KillAnySession])),
     cmd(
         "startSession",
         "starts a logical session and returns its id",
         sync!(|_c| sessions::start_session()),
-    ),
+    )
+    .needs(Needs::Authentication),
     cmd(
         "refreshSessions",
         "keeps logical sessions from expiring",
         sync!(|c| sessions::refresh_sessions(c.shared, c.req)),
-    ),
+    )
+    .needs(Needs::Authentication),
     cmd(
         "commitTransaction",
         "commits the session's transaction",
         sync!(|c| sessions::not_in_transaction(c.req)),
     )
+    .needs(Needs::Authentication)
     .admin()
     .in_txn(InTxn::Commit),
     cmd(
@@ -348,6 +452,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "aborts the session's transaction",
         sync!(|c| sessions::not_in_transaction(c.req)),
     )
+    .needs(Needs::Authentication)
     .admin()
     .in_txn(InTxn::Abort),
     cmd(
@@ -355,12 +460,14 @@ pub(crate) static COMMANDS: &[Command] = &[
         "recent log lines (none are kept)",
         sync!(|c| diag::get_log(c.req)),
     )
+    .needs(Needs::Actions(&[Action::GetLog]))
     .admin(),
     cmd(
         "listDatabases",
         "databases and their sizes",
         sync!(|c| catalog::list_databases(c.shared, c.req)),
     )
+    .needs(Needs::Authentication)
     .admin()
     .retryable_read(),
     cmd(
@@ -368,12 +475,14 @@ pub(crate) static COMMANDS: &[Command] = &[
         "collections of a database",
         sync!(|c| catalog::list_collections(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::ListCollections]))
     .retryable_read(),
     cmd(
         "create",
         "creates a collection",
         future!(|c| catalog::create(c.shared, c.req, c.txn)),
     )
+    .needs(Needs::Actions(&[Action::CreateCollection]))
     .statement()
     .writes(),
     cmd(
@@ -381,24 +490,28 @@ pub(crate) static COMMANDS: &[Command] = &[
         "drops a collection",
         future!(|c| catalog::drop(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::DropCollection]))
     .writes(),
     cmd(
         "dropDatabase",
         "drops a database",
         future!(|c| catalog::drop_database(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::DropDatabase]))
     .writes(),
     cmd(
         "collMod",
         "changes a collection's options (changeStreamPreAndPostImages only)",
         future!(|c| catalog::coll_mod(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::CollMod]))
     .writes(),
     cmd(
         "renameCollection",
         "renames a collection (one transaction; waits for open transactions on it)",
         future!(|c| catalog::rename_collection(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::RenameCollectionSameDb]))
     .admin()
     .writes(),
     cmd(
@@ -406,6 +519,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "builds secondary indexes (waits for open transactions on the collection)",
         future!(|c| indexes::create_indexes(c.shared, c.req, c.txn)),
     )
+    .needs(Needs::Actions(&[Action::CreateIndex]))
     .statement()
     .writes(),
     cmd(
@@ -413,29 +527,34 @@ pub(crate) static COMMANDS: &[Command] = &[
         "a collection's document count and sizes (deprecated by mongod for $collStats)",
         sync!(|c| coll_stats::coll_stats(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::CollStats]))
     .retryable_read(),
     cmd(
         "listIndexes",
         "indexes of a collection",
         sync!(|c| indexes::list_indexes(c.shared, c.req, None)),
     )
+    .needs(Needs::Actions(&[Action::ListIndexes]))
     .retryable_read(),
     cmd(
         "dropIndexes",
         "drops secondary indexes",
         future!(|c| indexes::drop_indexes(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::DropIndex]))
     .writes(),
     cmd(
         "explain",
         "the plan of a find, count, distinct, update, delete, findAndModify or aggregate",
         sync!(|c| explain::explain(c.shared, c.req)),
-    ),
+    )
+    .needs(Needs::Actions(&[Action::Find])),
     cmd(
         "insert",
         "inserts documents",
         future!(|c| insert::insert(c.shared, c.req, c.txn, c.retry)),
     )
+    .needs(Needs::Actions(&[Action::Insert]))
     .statement()
     .retryable_write()
     .writes(),
@@ -444,6 +563,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "queries a collection",
         future!(|c| find::find_or_oplog(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
     )
+    .needs(Needs::Actions(&[Action::Find]))
     .statement()
     .retryable_read()
     .snapshot(),
@@ -452,18 +572,21 @@ pub(crate) static COMMANDS: &[Command] = &[
         "next batch of a cursor",
         future!(|c| get_more::get_more(c.shared, c.req)),
     )
+    .needs(Needs::Authentication)
     .statement(),
     cmd(
         "killCursors",
         "closes cursors",
         sync!(|c| get_more::kill_cursors(c.shared, c.req)),
     )
+    .needs(Needs::Authentication)
     .statement(),
     cmd(
         "update",
         "updates documents",
         future!(|c| update::update(c.shared, c.req, c.txn, c.retry)),
     )
+    .needs(Needs::Actions(&[Action::Update]))
     .statement()
     .retryable_write()
     .writes(),
@@ -472,6 +595,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "deletes documents",
         future!(|c| delete::delete(c.shared, c.req, c.txn, c.retry)),
     )
+    .needs(Needs::Actions(&[Action::Remove]))
     .statement()
     .retryable_write()
     .writes(),
@@ -480,12 +604,14 @@ pub(crate) static COMMANDS: &[Command] = &[
         "counts matching documents",
         sync!(|c| count_distinct::count(c.shared, c.req)),
     )
+    .needs(Needs::Actions(&[Action::Find]))
     .retryable_read(),
     cmd(
         "distinct",
         "distinct values of a field among matching documents",
         sync!(|c| count_distinct::distinct(c.shared, c.req, c.txn.as_deref(), c.at)),
     )
+    .needs(Needs::Actions(&[Action::Find]))
     .statement()
     .retryable_read()
     .snapshot(),
@@ -496,6 +622,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "runs an aggregation pipeline ($match, $sort, $skip, $limit, $project, $count, $group)",
         future!(|c| aggregate::aggregate(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
     )
+    .needs(Needs::Actions(&[Action::Find]))
     .statement()
     .retryable_read()
     .snapshot(),
