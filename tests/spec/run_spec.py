@@ -86,7 +86,13 @@ RUNS = {
     "retryable-reads": ["test/test_retryable_reads_unified.py"],
     # pymongo's own cursor tests: tailable cursors over capped collections among them
     "cursor": ["test/test_cursor.py"],
+    # authentication against a server started with --auth: pymongo's test package sees
+    # getCmdLineOpts refused, creates its user through the localhost exception and runs
+    # every test authenticated
+    "auth": ["test/test_auth.py", "test/test_auth_spec.py"],
 }
+# `mangrove serve` arguments a run needs beyond the common ones.
+RUN_SERVER_ARGS = {"auth": ["--auth"]}
 ADDONS_DIR = SPEC_DIR / "sdist_addons"
 
 # Order is the run order. Corpora of one run are split by the spec directory
@@ -101,6 +107,7 @@ CORPORA = [
     Corpus("change-streams", "change-streams", "change_streams/unified"),
     Corpus("retryable-reads", "retryable-reads", "retryable_reads/unified"),
     Corpus("cursor", "cursor", "cursor"),
+    Corpus("auth", "auth", "auth"),
 ]
 CORPUS_BY_ORIGIN = {c.origin: c for c in CORPORA}
 RUN_OF_MODULE = {m: run for run, modules in RUNS.items() for m in modules}
@@ -227,7 +234,7 @@ class ServerError(Exception):
 class Server:
     """A `mangrove serve` child on a fresh data dir and an OS-chosen port."""
 
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, extra: list[str] | None = None):
         self.tmpdir = Path(tempfile.mkdtemp(prefix="mangrove-spec-"))
         self.log_path = self.tmpdir / "server.log"
         self.args = [
@@ -242,6 +249,7 @@ class Server:
             # configureFailPoint & co.: most error-handling spec tests need them
             # (without, pymongo skips them as "Test commands must be enabled").
             "--enable-test-commands",
+            *(extra or []),
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
@@ -477,7 +485,7 @@ def run_pytest(
     t0 = time.monotonic()
     problems: list[str] = []
     try:
-        server = Server(binary)
+        server = Server(binary, RUN_SERVER_ARGS.get(run_name))
     except ServerError as exc:
         return Run(run_name, corpora, full, [], [str(exc)], 0.0)
     try:

@@ -43,6 +43,44 @@ pub(super) fn coll_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     Ok(stats.into())
 }
 
+/// `dbStats`: the database's collections, views, documents and sizes, summed over
+/// [`storage_stats`] of each collection in one snapshot's catalog.
+pub(super) fn db_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["scale", "freeStorage"])?;
+    let scale = scale_of(req.get("scale"))?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let snapshot = shared.engine.snapshot();
+    let (mut collections, mut views, mut objects, mut data, mut indexes, mut index_bytes) =
+        (0i64, 0i64, 0i64, 0i64, 0i64, 0i64);
+    for coll in snapshot.list_collections(req.db) {
+        if super::views::is_view(&coll) {
+            views += 1;
+            continue;
+        }
+        let stats = with_deadline(deadline, || storage_stats(shared, &coll.ns(), 1))?;
+        collections += 1;
+        objects += stats.get_i64("count").unwrap_or(0);
+        data += stats.get_i64("size").unwrap_or(0);
+        indexes += i64::from(stats.get_i32("nindexes").unwrap_or(0));
+        index_bytes += stats.get_i64("totalIndexSize").unwrap_or(0);
+    }
+    Ok(doc! {
+        "db": req.db,
+        "collections": collections,
+        "views": views,
+        "objects": objects,
+        "avgObjSize": if objects > 0 { data as f64 / objects as f64 } else { 0.0 },
+        "dataSize": data / scale,
+        "storageSize": data / scale,
+        "indexes": indexes,
+        "indexSize": index_bytes / scale,
+        "totalSize": (data + index_bytes) / scale,
+        "scaleFactor": scale,
+        "ok": 1.0,
+    }
+    .into())
+}
+
 /// Whether `aggregate`'s pipeline starts with `$collStats`.
 pub(super) fn is_coll_stats(req: &Request<'_>) -> CommandResult<bool> {
     Ok(first_stage(req)?.is_some_and(|(name, _)| name == "$collStats"))

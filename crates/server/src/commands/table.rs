@@ -254,6 +254,13 @@ const FIND_AND_MODIFY: Command = cmd(
 .writes()
 .needs(Needs::Actions(&[Action::Find, Action::Update]));
 
+const DB_STATS: Command = cmd(
+    "dbStats",
+    "a database's collections, documents and sizes",
+    sync!(|c| coll_stats::db_stats(c.shared, c.req)),
+)
+.needs(Needs::Actions(&[Action::DbStats]));
+
 /// Every command, in `listCommands` order.
 pub(crate) static COMMANDS: &[Command] = &[
     HELLO,
@@ -529,6 +536,8 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .needs(Needs::Actions(&[Action::CollStats]))
     .retryable_read(),
+    DB_STATS,
+    DB_STATS.alias("dbstats", "legacy name of dbStats"),
     cmd(
         "listIndexes",
         "indexes of a collection",
