@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mangrove_server::{Config, Server};
+use mangrove_server::{Config, Server, TlsMode, TlsSettings};
 use tracing::{error, info, warn};
 
 // A command allocates and frees many small buffers (decoded fields, reply documents, log
@@ -153,6 +153,17 @@ struct ServeArgs {
     /// change every database. Without it such a --bind refuses to start.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// TLS: disabled, allowTLS or preferTLS (TLS and plaintext on one port), requireTLS.
+    #[arg(long, default_value = "disabled", value_parser = tls_mode)]
+    tls_mode: TlsMode,
+    /// PEM file with the server's certificate chain and private key (needed for TLS);
+    /// re-read on SIGHUP.
+    #[arg(long, value_name = "PEM")]
+    tls_certificate_key_file: Option<PathBuf>,
+    /// PEM file with the CAs that sign client certificates: a client certificate, when one is
+    /// presented, must verify against them. Re-read on SIGHUP.
+    #[arg(long, value_name = "PEM")]
+    tls_ca_file: Option<PathBuf>,
     /// PBKDF2 iterations for new SCRAM-SHA-1 credentials (mongod's scramIterationCount).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(5000..=1_000_000_000))]
     scram_iteration_count: u32,
@@ -271,6 +282,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     runtime.block_on(run_server(config))
 }
 
+fn tls_mode(s: &str) -> Result<TlsMode, String> {
+    TlsMode::parse(s).ok_or_else(|| {
+        format!("'{s}' is not a TLS mode: disabled, allowTLS, preferTLS or requireTLS")
+    })
+}
+
 /// Whether `bind` listens on loopback only (an address, or `localhost`).
 fn loopback(bind: &str) -> bool {
     bind == "localhost"
@@ -309,11 +326,35 @@ fn config_from(args: ServeArgs) -> Config {
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,
         auth: args.auth,
+        tls: TlsSettings {
+            mode: args.tls_mode,
+            certificate_key_file: args.tls_certificate_key_file,
+            ca_file: args.tls_ca_file,
+        },
         scram_sha1_iterations: args.scram_iteration_count,
         scram_sha256_iterations: args.scram_sha256_iteration_count,
         argv: std::env::args().collect(),
         ..Config::default()
     }
+}
+
+/// SIGHUP reads the TLS certificate files again (a renewed certificate without a restart); a
+/// bad file is logged and the running certificate kept.
+fn reload_tls_on_sighup(reloader: mangrove_server::TlsReloader) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if !reloader.enabled() {
+                info!("SIGHUP: TLS is disabled, nothing to reload");
+                continue;
+            }
+            match reloader.reload() {
+                Ok(()) => info!("SIGHUP: reloaded the TLS certificate files"),
+                Err(e) => error!("SIGHUP: kept the running TLS certificate: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Opens the data directory (replaying the log), announces readiness, and serves until a
@@ -350,6 +391,10 @@ async fn run_server(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = reload_tls_on_sighup(server.tls_reloader()) {
+        error!("cannot install the SIGHUP handler: {e}");
+        return ExitCode::FAILURE;
+    }
     // The one line scripts and people wait for; stdout, so it stays apart from the logs.
     println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");
     match server.serve(shutdown).await {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use bson::raw::RawDocument;
 use bson::{RawBsonRef, RawDocumentBuf};
 use mangrove_wire::{self as wire, Header, Message, Request as WireRequest, msg_flags};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -20,6 +20,7 @@ use crate::commands::{self, Client};
 use crate::error::{CommandError, code};
 use crate::reply::{self, Reply};
 use crate::request::Request;
+use crate::tls::Stream;
 use crate::{Counters, Shared};
 
 /// Per-connection state: what commands may read or change of it, and the reply ids.
@@ -63,7 +64,28 @@ pub(crate) async fn serve_connection(
 
 /// Returns Ok on a clean close by the client, Err with the reason the server gave up otherwise.
 async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> Result<(), Close> {
-    let (read_half, write_half) = stream.into_split();
+    // The TLS handshake, if any, is part of the client's first message's time.
+    let accepted = tokio::time::timeout(shared.config.handshake_timeout, shared.tls.accept(stream));
+    match accepted.await {
+        Ok(Ok(Stream::Plain(s))) => serve_stream(shared, s, peer, id).await,
+        Ok(Ok(Stream::Tls(s))) => serve_stream(shared, *s, peer, id).await,
+        Ok(Err(reason)) => Err(Close::Error(reason)),
+        Err(_) => Err(Close::Timeout {
+            phase: "without completing the TLS handshake",
+            limit: shared.config.handshake_timeout,
+            flag: "--handshake-timeout-secs",
+        }),
+    }
+}
+
+/// Serves one connection's messages over its (plaintext or TLS) byte stream.
+async fn serve_stream(
+    shared: &Shared,
+    stream: impl AsyncRead + AsyncWrite + Send + Unpin,
+    peer: SocketAddr,
+    id: i64,
+) -> Result<(), Close> {
+    let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(admission::READ_BUFFER, read_half);
     let mut writer = BufWriter::new(write_half);
     let mut conn = ConnState {

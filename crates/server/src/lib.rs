@@ -26,6 +26,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use tracing::{error, info, warn};
 
 pub use error::{CommandError, code_name};
 pub use request::Request;
+pub use tls::{TlsMode, TlsSettings};
 
 /// Everything `mangrove serve` can be told. Defaults match MongoDB's where MongoDB has one.
 #[derive(Clone, Debug)]
@@ -105,6 +107,8 @@ pub struct Config {
     /// `scramIterationCount`, `scramSHA256IterationCount`).
     pub scram_sha1_iterations: u32,
     pub scram_sha256_iterations: u32,
+    /// `--tls-mode` and its certificate files.
+    pub tls: TlsSettings,
 }
 
 impl Default for Config {
@@ -141,6 +145,7 @@ impl Default for Config {
             auth: false,
             scram_sha1_iterations: 10_000,
             scram_sha256_iterations: 15_000,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -185,6 +190,8 @@ pub(crate) struct Shared {
     pub capped: capped::Registry,
     /// Changes to users, which connections follow.
     pub auth: auth::Registry,
+    /// The running TLS configuration (reloaded on SIGHUP).
+    pub tls: tls::Tls,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -258,6 +265,21 @@ async fn reap_transactions(shared: Arc<Shared>) {
     }
 }
 
+/// Reloads the running server's TLS certificate files; see [`Server::tls_reloader`].
+#[derive(Clone)]
+pub struct TlsReloader(Arc<Shared>);
+
+impl TlsReloader {
+    /// Reads the files again; on failure the running configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        self.0.tls.reload()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.tls.mode() != TlsMode::Disabled
+    }
+}
+
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -275,6 +297,10 @@ impl Server {
         config: Config,
         progress: impl FnMut(u64, u64),
     ) -> std::io::Result<Server> {
+        // Certificates first: a bad file should stop start-up before recovery runs.
+        let tls = tls::Tls::load(config.tls.clone()).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}"))
+        })?;
         let engine = open_engine(&config, progress)?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
@@ -327,6 +353,7 @@ impl Server {
             params: params::RuntimeParams::new(config_lifetime, query_limits),
             capped: capped::Registry::default(),
             auth: auth::Registry::default(),
+            tls,
         });
         Ok(Server { listener, shared })
     }
@@ -337,6 +364,11 @@ impl Server {
 
     pub fn advertised(&self) -> &str {
         &self.shared.advertised
+    }
+
+    /// A handle that reloads the TLS certificate files (for SIGHUP) while the server runs.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader(self.shared.clone())
     }
 
     /// Accepts connections until `shutdown` resolves.

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../../node/lib/server.mjs';
+import { makeCa } from '../../node/lib/pki.mjs';
 
 const HERE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 let server;
@@ -144,4 +145,29 @@ test('mongosh printReplicationInfo reads the log window', async (t) => {
   assert.ok(info.timeDiff >= 0, `timeDiff ${info.timeDiff}`);
   assert.match(r.stdout, /configured oplog size/);
   assert.match(r.stdout, /log length start to end/);
+});
+
+test('mongosh with user and password over TLS', async (t) => {
+  const pki = makeCa('mongosh');
+  const secure = await startServer({
+    extraArgs: ['--tls-mode', 'requireTLS', '--tls-certificate-key-file', pki.serverPem, '--auth'],
+  });
+  try {
+    const base = `mongodb://${secure.address}/?directConnection=true&tls=true&tlsCAFile=${encodeURIComponent(pki.ca)}`;
+    const create = await mongosh(base, 'db.getSiblingDB("admin").createUser({ user: "ops", pwd: "s3cret", roles: ["root"] }); print("CREATED")');
+    assert.equal(create.code, 0, `createUser failed: ${create.stderr}\n${create.stdout}`);
+    const withUser = base.replace('mongodb://', 'mongodb://ops:s3cret@');
+    const r = await mongosh(withUser, 'print("STATUS=" + JSON.stringify(db.runCommand({ connectionStatus: 1 }).authInfo.authenticatedUsers))');
+    assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+    const m = /STATUS=(\[.*\])/.exec(r.stdout);
+    assert.ok(m, `no STATUS= line: ${r.stdout}`);
+    t.diagnostic(`mongosh authenticated as ${m[1]}`);
+    assert.deepEqual(JSON.parse(m[1]), [{ user: 'ops', db: 'admin' }]);
+    const wrong = await mongosh(base.replace('mongodb://', 'mongodb://ops:nope@'), 'db.runCommand({ ping: 1 })');
+    assert.notEqual(wrong.code, 0);
+    assert.match(wrong.stdout + wrong.stderr, /Authentication failed/);
+  } finally {
+    await secure.stop();
+    pki.remove();
+  }
 });
