@@ -91,8 +91,12 @@ RUNS = {
     # every test authenticated
     "auth": ["test/test_auth.py", "test/test_auth_spec.py"],
 }
-# `mangrove serve` arguments a run needs beyond the common ones.
-RUN_SERVER_ARGS = {"auth": ["--auth"]}
+# `mangrove serve` arguments a run needs beyond the common ones. Every run is authenticated:
+# the server starts with --auth, pymongo's test package finds getCmdLineOpts refused, creates
+# its root user through the localhost exception and runs every test as that user, so the spec
+# tests that need auth (handshake errors during authentication) run too, and every command of
+# every test passes the authorization check.
+RUN_SERVER_ARGS = {run: ["--auth"] for run in RUNS}
 ADDONS_DIR = SPEC_DIR / "sdist_addons"
 
 # Order is the run order. Corpora of one run are split by the spec directory

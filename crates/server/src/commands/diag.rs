@@ -43,7 +43,9 @@ fn parameters(shared: &Shared) -> Document {
         "ttlMonitorEnabled": shared.params.ttl_monitor_enabled.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
         "maxBSONDepth": 100,
-        "authenticationMechanisms": [],
+        "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
+        "scramIterationCount": shared.config.scram_sha1_iterations as i32,
+        "scramSHA256IterationCount": shared.config.scram_sha256_iterations as i32,
         "logLevel": 0,
         "quiet": false,
     };
@@ -92,6 +94,7 @@ pub(super) fn cmd_line_opts(shared: &Shared) -> Document {
             "net": { "bindIp": &c.bind, "port": c.port as i32 },
             "replication": { "replSet": &c.replset },
             "storage": { "dbPath": c.data_dir.display().to_string() },
+            "security": { "authorization": if c.auth { "enabled" } else { "disabled" } },
         },
         "ok": 1.0,
     }
