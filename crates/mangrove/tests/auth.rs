@@ -344,3 +344,100 @@ fn refuses_to_listen_beyond_loopback_without_auth() {
     assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sessions belong to the user who made them: another user can neither kill nor list them; a
+/// user with `killAnySession` can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_belong_to_their_user() {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let anon = driver_client(server.port).await;
+    anon.database("admin")
+        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
+        .await
+        .unwrap();
+    let root = user_client(
+        server.port,
+        "root",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    for user in ["alice", "bob"] {
+        root.database("admin")
+            .run_command(doc! {"createUser": user, "pwd": "pw", "roles": ["readWriteAnyDatabase"]})
+            .await
+            .unwrap();
+    }
+    let alice = user_client(
+        server.port,
+        "alice",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    let bob = user_client(
+        server.port,
+        "bob",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    let coll = alice.database("t").collection::<Document>("c");
+    let mut session = alice.start_session().await.unwrap();
+    let lsid = session.id().clone();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"by": "alice"})
+        .session(&mut session)
+        .await
+        .unwrap();
+
+    // Bob's killSessions names Alice's lsid, but his own session of that id: hers lives on.
+    bob.database("admin")
+        .run_command(doc! {"killSessions": [lsid.clone()]})
+        .await
+        .unwrap();
+    let listed = bob
+        .database("admin")
+        .run_command(doc! {"aggregate": 1, "pipeline": [{"$listLocalSessions": {"allUsers": true}}], "cursor": {}})
+        .await
+        .unwrap();
+    let batch = listed
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let id = lsid.get("id").unwrap().clone();
+    assert!(
+        batch.iter().all(|s| s
+            .as_document()
+            .unwrap()
+            .get_document("_id")
+            .unwrap()
+            .get("id")
+            != Some(&id)),
+        "bob sees alice's session: {listed}"
+    );
+    session.commit_transaction().await.unwrap();
+    assert_eq!(coll.count_documents(doc! {"by": "alice"}).await.unwrap(), 1);
+
+    // Root, who may kill any session, kills hers by pattern: her next transaction's commit fails.
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"by": "alice", "n": 2})
+        .session(&mut session)
+        .await
+        .unwrap();
+    root.database("admin")
+        .run_command(doc! {"killAllSessionsByPattern": [{"lsid": lsid}]})
+        .await
+        .unwrap();
+    let e = session.commit_transaction().await.unwrap_err();
+    assert_eq!(code_of_error(&e), Some(251), "{e}");
+    // Bob may not kill every session.
+    assert_eq!(
+        code_of(&bob.database("admin"), doc! {"killAllSessions": []}).await,
+        13
+    );
+}

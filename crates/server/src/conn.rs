@@ -238,7 +238,8 @@ async fn op_query(
             .to_document(),
         ));
     }
-    let request = Request::new(name, db, body, &[]);
+    let mut request = Request::new(name, db, body, &[]);
+    request.owner = owner(shared, conn);
     run_command(shared, conn, &request).await
 }
 
@@ -265,10 +266,20 @@ async fn op_msg(
     match request.get("$db") {
         Some(RawBsonRef::String(db)) => {
             request.db = db;
+            request.owner = owner(shared, conn);
             run_command(shared, conn, &request).await
         }
         _ => Ok(missing_db()),
     }
+}
+
+/// The user a request runs as, under `--auth` (its sessions are its own).
+fn owner(shared: &Shared, conn: &mut ConnState) -> Option<Arc<str>> {
+    if !shared.config.auth {
+        return None;
+    }
+    let user = conn.client.identity.current(shared).ok()??;
+    Some(format!("{}@{}", user.user, user.db).into())
 }
 
 async fn run_command(

@@ -60,6 +60,9 @@ pub struct Request<'a> {
     malformed: Option<String>,
     /// The session and transaction fields, parsed once.
     pub session: SessionArgs<'a>,
+    /// Under `--auth`, the authenticated user (`user@db`) the request runs as: its sessions are
+    /// that user's own (mongod's `uid` in a logical session id).
+    pub owner: Option<std::sync::Arc<str>>,
 }
 
 /// A session field as the request carries it: absent, of the expected type, or of another type
@@ -272,6 +275,7 @@ impl<'a> Request<'a> {
             fields,
             malformed,
             session,
+            owner: None,
         }
     }
 

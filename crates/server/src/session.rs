@@ -181,6 +181,10 @@ pub(crate) struct Session {
     stats: Arc<OpenTransactions>,
     /// Whether `config.transactions` was consulted for this session since the server started.
     pub record_loaded: bool,
+    /// The user the session belongs to, under `--auth`.
+    owner: Option<Arc<str>>,
+    /// The lsid as the client sent it.
+    lsid_doc: bson::RawDocumentBuf,
     /// A snapshot session's first read snapshot, held so its later reads at the reported
     /// `atClusterTime` still find the history; with when it was taken.
     pub snapshot_pin: Option<(mangrove_storage::Snapshot, Instant)>,
@@ -235,8 +239,22 @@ pub(crate) fn lsid_display(lsid: &RawDocument) -> String {
     }
 }
 
-fn lsid_key(lsid: &RawDocument) -> Vec<u8> {
-    lsid.as_bytes().to_vec()
+/// A session's key: its lsid and its owner. The lsid's bytes start with their own length, so
+/// the owner that follows cannot be mistaken for part of it; another user's use of the same
+/// lsid is another session, as mongod's `uid` makes it.
+fn lsid_key(lsid: &RawDocument, owner: Option<&str>) -> Vec<u8> {
+    let mut key = lsid.as_bytes().to_vec();
+    key.extend_from_slice(owner.unwrap_or("").as_bytes());
+    key
+}
+
+/// mongod's `uid` of a session: SHA-256 of the user's name (of "" without authentication).
+fn uid(owner: Option<&str>) -> bson::Binary {
+    use sha2::Digest;
+    bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: sha2::Sha256::digest(owner.unwrap_or("").as_bytes()).to_vec(),
+    }
 }
 
 impl Sessions {
@@ -257,9 +275,10 @@ impl Sessions {
     pub fn get_or_create(
         &self,
         lsid: &RawDocument,
+        owner: Option<&str>,
     ) -> CommandResult<Arc<tokio::sync::Mutex<Session>>> {
         let mut map = self.lock();
-        if let Some(s) = map.get(&lsid_key(lsid)) {
+        if let Some(s) = map.get(&lsid_key(lsid, owner)) {
             return Ok(s.clone());
         }
         if map.len() >= self.max {
@@ -280,14 +299,16 @@ impl Sessions {
             retryable: None,
             record_loaded: false,
             snapshot_pin: None,
+            owner: owner.map(Arc::from),
+            lsid_doc: lsid.to_owned(),
         }));
-        map.insert(lsid_key(lsid), session.clone());
+        map.insert(lsid_key(lsid, owner), session.clone());
         Ok(session)
     }
 
-    /// Ends a session, aborting its open transaction.
-    pub async fn end(&self, lsid: &RawDocument) {
-        let removed = self.lock().remove(&lsid_key(lsid));
+    /// Ends one of `owner`'s sessions, aborting its open transaction.
+    pub async fn end(&self, lsid: &RawDocument, owner: Option<&str>) {
+        let removed = self.lock().remove(&lsid_key(lsid, owner));
         if let Some(session) = removed {
             session
                 .lock()
@@ -296,26 +317,46 @@ impl Sessions {
         }
     }
 
-    /// Every known session as `$listLocalSessions` shows it: `{_id: lsid, lastUse}`.
-    pub fn list(&self) -> Vec<bson::RawDocumentBuf> {
-        let sessions: Vec<_> = self
-            .lock()
-            .iter()
-            .map(|(key, s)| (key.clone(), s.clone()))
-            .collect();
+    /// Ends the sessions of `lsid` whoever owns them (`killAllSessionsByPattern`, a privileged
+    /// command).
+    pub async fn end_any_owner(&self, lsid: &RawDocument) {
+        let prefix = lsid.as_bytes();
+        let removed: Vec<_> = {
+            let mut map = self.lock();
+            let keys: Vec<_> = map
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for session in removed {
+            session.lock().await.abort("its session was killed");
+        }
+    }
+
+    /// `owner`'s sessions (everyone's with `all_users`) as `$listLocalSessions` shows them:
+    /// `{_id: {id, uid}, lastUse}`. A session busy with a command is skipped.
+    pub fn list(&self, owner: Option<&str>, all_users: bool) -> Vec<bson::RawDocumentBuf> {
+        let sessions: Vec<_> = self.lock().values().cloned().collect();
         let now = bson::DateTime::now();
         sessions
             .into_iter()
-            .filter_map(|(key, session)| {
-                let lsid = bson::RawDocumentBuf::from_bytes(key).ok()?;
-                let idle = session
-                    .try_lock()
-                    .map(|s| s.last_used.elapsed())
-                    .unwrap_or_default();
-                let last_use =
-                    bson::DateTime::from_millis(now.timestamp_millis() - idle.as_millis() as i64);
+            .filter_map(|session| {
+                let s = session.try_lock().ok()?;
+                if !all_users && s.owner.as_deref() != owner {
+                    return None;
+                }
+                let last_use = bson::DateTime::from_millis(
+                    now.timestamp_millis() - s.last_used.elapsed().as_millis() as i64,
+                );
+                let mut id = bson::RawDocumentBuf::new();
+                if let Ok(Some(v)) = s.lsid_doc.get("id") {
+                    id.append(bson::raw::cstr!("id"), v);
+                }
+                id.append(bson::raw::cstr!("uid"), uid(s.owner.as_deref()));
                 let mut d = bson::RawDocumentBuf::new();
-                d.append(bson::raw::cstr!("_id"), lsid);
+                d.append(bson::raw::cstr!("_id"), id);
                 d.append(bson::raw::cstr!("lastUse"), last_use);
                 Some(d)
             })
@@ -325,16 +366,16 @@ impl Sessions {
     /// Records that a command used `lsid`, so the session is listed and expires 30 minutes
     /// after its last use, as in mongod's logical session cache. Past the session limit new
     /// sessions are simply not cached; commands still run.
-    pub fn note_use(&self, lsid: &RawDocument) {
-        if !self.touch(lsid) {
-            let _ = self.get_or_create(lsid);
+    pub fn note_use(&self, lsid: &RawDocument, owner: Option<&str>) {
+        if !self.touch(lsid, owner) {
+            let _ = self.get_or_create(lsid, owner);
         }
     }
 
     /// `refreshSessions`: the session counts as used now. False if it is not known. A session
     /// busy with a command is in use anyway, and its command sets `last_used` itself.
-    pub fn touch(&self, lsid: &RawDocument) -> bool {
-        let Some(session) = self.lock().get(&lsid_key(lsid)).cloned() else {
+    pub fn touch(&self, lsid: &RawDocument, owner: Option<&str>) -> bool {
+        let Some(session) = self.lock().get(&lsid_key(lsid, owner)).cloned() else {
             return false;
         };
         if let Ok(mut s) = session.try_lock() {

@@ -422,18 +422,23 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         Some(Ok(RawBsonRef::Document(d))) => d,
         _ => return Ok(None),
     };
-    let Some(Ok((name, _))) = first.iter().next() else {
+    let Some(Ok((name, spec))) = first.iter().next() else {
         return Ok(None);
     };
     if !matches!(name.as_str(), "$listLocalSessions" | "$listSessions") {
         return Ok(None);
     }
+    // `allUsers` lists everyone's sessions without authentication (there is one user); under
+    // --auth a user sees only its own.
+    let all_users = !shared.config.auth
+        && matches!(spec, RawBsonRef::Document(d)
+            if matches!(d.get("allUsers"), Ok(Some(RawBsonRef::Boolean(true)))));
     let mut rest = RawArrayBuf::new();
     for stage in stages {
         rest.push(stage.map_err(internal)?);
     }
     let pipeline = Pipeline::parse(&rest)?;
-    let mut docs = shared.sessions.list();
+    let mut docs = shared.sessions.list(req.owner.as_deref(), all_users);
     if let Some(filter) = pipeline.leading_match() {
         docs.retain(|d| filter.matches(d));
     }

@@ -65,7 +65,7 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         in_transaction: req.session.has_autocommit(),
     };
     if let Ok(Some(lsid)) = req.lsid() {
-        shared.sessions.note_use(lsid);
+        shared.sessions.note_use(lsid, req.owner.as_deref());
     }
     let fault = if shared.config.enable_test_commands {
         shared
@@ -253,7 +253,7 @@ async fn prepare_read_concern(
     );
     match req.lsid()? {
         Some(lsid) if snapshot_level => {
-            let mut session = txn::checkout(shared, lsid).await?;
+            let mut session = txn::checkout(shared, lsid, req.owner.as_deref()).await?;
             read_concern::prepare(shared, req, Some(&mut session)).await
         }
         _ => read_concern::prepare(shared, req, None).await,

@@ -21,7 +21,7 @@ pub(super) async fn end_sessions(shared: &Shared, req: &Request<'_>) -> CommandR
     };
     for lsid in lsids {
         if let Ok(RawBsonRef::Document(lsid)) = lsid {
-            shared.sessions.end(lsid).await;
+            shared.sessions.end(lsid, req.owner.as_deref()).await;
         }
     }
     Ok(doc! { "ok": 1.0 }.into())
@@ -66,7 +66,7 @@ pub(super) async fn kill_sessions_by_pattern(
         shared.sessions.end_all().await;
     } else {
         for lsid in lsids {
-            shared.sessions.end(lsid).await;
+            shared.sessions.end_any_owner(lsid).await;
         }
     }
     Ok(doc! { "ok": 1.0 }.into())
@@ -85,7 +85,7 @@ pub(super) fn refresh_sessions(shared: &Shared, req: &Request<'_>) -> CommandRes
     if let Some(RawBsonRef::Array(lsids)) = req.command_value() {
         for lsid in lsids.into_iter().flatten() {
             if let RawBsonRef::Document(lsid) = lsid {
-                shared.sessions.touch(lsid);
+                shared.sessions.touch(lsid, req.owner.as_deref());
             }
         }
     }

@@ -57,7 +57,7 @@ pub(super) async fn in_transaction(
     let lsid = req
         .statement_lsid()?
         .ok_or_else(|| CommandError::new(code::INVALID_OPTIONS, "a transaction needs an lsid"))?;
-    let mut session = checkout(shared, lsid).await?;
+    let mut session = checkout(shared, lsid, req.owner.as_deref()).await?;
     check_statement(req, cmd, &args)?;
     record::restore_session(shared, &mut session, lsid).await?;
     // The log record's session metadata is built once, when the transaction begins.

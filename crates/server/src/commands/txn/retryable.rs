@@ -39,7 +39,7 @@ pub(in crate::commands) async fn retryable_write(
             "Transaction number requires a session ID to also be specified",
         ));
     };
-    let mut session = checkout(shared, lsid).await?;
+    let mut session = checkout(shared, lsid, req.owner.as_deref()).await?;
     let retry = begin_retryable_write(shared, &mut session, lsid, n).await?;
     let call = Call {
         retry: Some(retry.clone()),

@@ -17,8 +17,9 @@ use crate::session::{ActiveTxn, OpenTransactions, Session, Touched, TxnState};
 pub(in crate::commands) async fn checkout(
     shared: &Shared,
     lsid: &RawDocument,
+    owner: Option<&str>,
 ) -> CommandResult<OwnedMutexGuard<Session>> {
-    let handle = shared.sessions.get_or_create(lsid)?;
+    let handle = shared.sessions.get_or_create(lsid, owner)?;
     let mut session = handle.lock_owned().await;
     session.last_used = Instant::now();
     Ok(session)
