@@ -441,3 +441,160 @@ async fn sessions_belong_to_their_user() {
         13
     );
 }
+
+/// Every built-in role against reads, writes, index DDL, user admin, serverStatus,
+/// dropDatabase, killAllSessions and shutdown: allowed means "not Unauthorized" (a command may
+/// still fail for its own reasons, like a user that already exists); shutdown is only tried
+/// where it must be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_role_matrix() {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let anon = driver_client(server.port).await;
+    anon.database("admin")
+        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
+        .await
+        .unwrap();
+    let root = user_client(
+        server.port,
+        "root",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    // find insert index user status dropDb killAll shutdown
+    let matrix: &[(&str, &str, [bool; 8])] = &[
+        (
+            "read",
+            "app",
+            [true, false, false, false, false, false, false, false],
+        ),
+        (
+            "readWrite",
+            "app",
+            [true, true, true, false, false, false, false, false],
+        ),
+        (
+            "dbAdmin",
+            "app",
+            [false, false, true, false, false, true, false, false],
+        ),
+        (
+            "dbOwner",
+            "app",
+            [true, true, true, true, false, true, false, false],
+        ),
+        (
+            "userAdmin",
+            "app",
+            [false, false, false, true, false, false, false, false],
+        ),
+        (
+            "clusterMonitor",
+            "admin",
+            [false, false, false, false, true, false, false, false],
+        ),
+        (
+            "clusterManager",
+            "admin",
+            [false, false, false, false, false, false, false, false],
+        ),
+        (
+            "clusterAdmin",
+            "admin",
+            [false, false, false, false, true, true, true, true],
+        ),
+        (
+            "hostManager",
+            "admin",
+            [false, false, false, false, false, false, true, true],
+        ),
+        (
+            "backup",
+            "admin",
+            [true, false, false, false, true, false, false, false],
+        ),
+        (
+            "restore",
+            "admin",
+            [false, true, true, true, false, false, false, false],
+        ),
+        (
+            "readAnyDatabase",
+            "admin",
+            [true, false, false, false, false, false, false, false],
+        ),
+        (
+            "readWriteAnyDatabase",
+            "admin",
+            [true, true, true, false, false, false, false, false],
+        ),
+        (
+            "userAdminAnyDatabase",
+            "admin",
+            [false, false, false, true, false, false, false, false],
+        ),
+        (
+            "dbAdminAnyDatabase",
+            "admin",
+            [false, false, true, false, false, true, false, false],
+        ),
+        (
+            "root",
+            "admin",
+            [true, true, true, true, true, true, true, true],
+        ),
+    ];
+    for (role, db, expected) in matrix {
+        let user = format!("u_{role}");
+        root.database(db)
+            .run_command(
+                doc! {"createUser": &user, "pwd": "pw", "roles": [{"role": *role, "db": *db}]},
+            )
+            .await
+            .unwrap();
+        let client = user_client(server.port, &user, "pw", db, AuthMechanism::ScramSha256).await;
+        let app = client.database("app");
+        let admin = client.database("admin");
+        let tries = [
+            app.run_command(doc! {"find": "c"}).await,
+            app.run_command(doc! {"insert": "c", "documents": [{"by": *role}]})
+                .await,
+            app.run_command(
+                doc! {"createIndexes": "c", "indexes": [{"key": {"k": 1}, "name": "k_1"}]},
+            )
+            .await,
+            app.run_command(
+                doc! {"createUser": format!("made_by_{role}"), "pwd": "pw", "roles": []},
+            )
+            .await,
+            admin.run_command(doc! {"serverStatus": 1}).await,
+            app.run_command(doc! {"dropDatabase": 1}).await,
+            admin.run_command(doc! {"killAllSessions": []}).await,
+        ];
+        for (i, result) in tries.iter().enumerate() {
+            let allowed = !matches!(result, Err(e) if code_of_error(e) == Some(13));
+            assert_eq!(allowed, expected[i], "{role}: command #{i}: {result:?}");
+        }
+        if !expected[7] {
+            let e = admin.run_command(doc! {"shutdown": 1}).await.unwrap_err();
+            assert_eq!(code_of_error(&e), Some(13), "{role}: shutdown: {e}");
+        }
+    }
+    // Root shuts the server down cleanly, by itself.
+    let _ = root
+        .database("admin")
+        .run_command(doc! {"shutdown": 1})
+        .await;
+    let mut server = server;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while server.alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shutdown did not stop the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = server.stop_with("TERM");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

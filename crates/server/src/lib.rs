@@ -192,6 +192,8 @@ pub(crate) struct Shared {
     pub auth: auth::Registry,
     /// The running TLS configuration (reloaded on SIGHUP).
     pub tls: tls::Tls,
+    /// The `shutdown` command's request to stop, as SIGTERM would.
+    pub shutdown: tokio::sync::Notify,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -354,6 +356,7 @@ impl Server {
             capped: capped::Registry::default(),
             auth: auth::Registry::default(),
             tls,
+            shutdown: tokio::sync::Notify::new(),
         });
         Ok(Server { listener, shared })
     }
@@ -385,6 +388,10 @@ impl Server {
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = shared.shutdown.notified() => {
+                    info!("the shutdown command asked the server to stop");
+                    break;
+                }
                 accepted = listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {

@@ -367,6 +367,18 @@ pub(crate) static COMMANDS: &[Command] = &[
     .needs(Needs::Actions(&[Action::ReplSetResizeOplog]))
     .admin(),
     cmd(
+        "shutdown",
+        "stops the server cleanly, as SIGTERM does (the reply may not arrive)",
+        sync!(|c| {
+            c.req.check_fields(&["force", "timeoutSecs"])?;
+            tracing::warn!(client = %c.client.peer, "shutdown requested by a client");
+            c.shared.shutdown.notify_one();
+            ok()
+        }),
+    )
+    .admin()
+    .needs(Needs::Actions(&[Action::Shutdown])),
+    cmd(
         "getCmdLineOpts",
         "the command line the server was started with",
         sync!(|c| Ok(diag::cmd_line_opts(c.shared).into())),
