@@ -598,3 +598,107 @@ async fn built_in_role_matrix() {
     let status = server.stop_with("TERM");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// User-defined roles: collection-level privileges, inherited roles, changes taking effect on
+/// open connections, cycles and bad definitions refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_defined_roles() {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let anon = driver_client(server.port).await;
+    anon.database("admin")
+        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
+        .await
+        .unwrap();
+    let root = user_client(
+        server.port,
+        "root",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    let (app, admin) = (root.database("app"), root.database("admin"));
+    app.run_command(
+        doc! {"createRole": "ordersReader", "roles": [], "privileges": [
+            {"resource": {"db": "app", "collection": "orders"}, "actions": ["find"]},
+        ]},
+    )
+    .await
+    .unwrap();
+    admin
+        .run_command(
+            doc! {"createRole": "auditor", "roles": [{"role": "ordersReader", "db": "app"}],
+            "privileges": [{"resource": {"cluster": true}, "actions": ["serverStatus"]}]},
+        )
+        .await
+        .unwrap();
+    admin
+        .run_command(doc! {"createUser": "u", "pwd": "pw", "roles": ["auditor"]})
+        .await
+        .unwrap();
+    let u = user_client(server.port, "u", "pw", "admin", AuthMechanism::ScramSha256).await;
+    let (uapp, uadmin) = (u.database("app"), u.database("admin"));
+    uapp.run_command(doc! {"find": "orders"}).await.unwrap();
+    uadmin.run_command(doc! {"serverStatus": 1}).await.unwrap();
+    assert_eq!(code_of(&uapp, doc! {"find": "other"}).await, 13);
+    let insert = doc! {"insert": "orders", "documents": [{"a": 1}]};
+    assert_eq!(code_of(&uapp, insert.clone()).await, 13);
+    app.run_command(
+        doc! {"grantPrivilegesToRole": "ordersReader", "privileges": [
+            {"resource": {"db": "app", "collection": "orders"}, "actions": ["insert"]},
+        ]},
+    )
+    .await
+    .unwrap();
+    uapp.run_command(insert.clone()).await.unwrap();
+    let info = app
+        .run_command(doc! {"rolesInfo": "ordersReader", "showPrivileges": true})
+        .await
+        .unwrap();
+    let role = info.get_array("roles").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert!(!role.get_bool("isBuiltin").unwrap(), "{info}");
+    let actions = role.get_array("privileges").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .get_array("actions")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        actions,
+        vec![bson::Bson::from("find"), bson::Bson::from("insert")]
+    );
+    // A cycle, a built-in name, a duplicate, an unknown action, a missing role.
+    let cycle =
+        doc! {"grantRolesToRole": "ordersReader", "roles": [{"role": "auditor", "db": "admin"}]};
+    assert_eq!(code_of(&app, cycle).await, 17166);
+    assert_eq!(
+        code_of(
+            &app,
+            doc! {"createRole": "read", "roles": [], "privileges": []}
+        )
+        .await,
+        2
+    );
+    let dup = doc! {"createRole": "ordersReader", "roles": [], "privileges": []};
+    assert_eq!(code_of(&app, dup).await, 51002);
+    let bad_action = doc! {"createRole": "x", "roles": [], "privileges": [
+    {"resource": {"db": "app", "collection": ""}, "actions": ["fly"]}]};
+    assert_eq!(code_of(&app, bad_action).await, 2);
+    let elsewhere = doc! {"createRole": "y", "roles": [], "privileges": [
+    {"resource": {"db": "other", "collection": ""}, "actions": ["find"]}]};
+    assert_eq!(code_of(&app, elsewhere).await, 2);
+    assert_eq!(code_of(&app, doc! {"dropRole": "nope"}).await, 31);
+    // Revoking the inherited role takes the rights away from the open connection.
+    admin
+        .run_command(doc! {"revokeRolesFromRole": "auditor", "roles": [{"role": "ordersReader", "db": "app"}]})
+        .await
+        .unwrap();
+    assert_eq!(code_of(&uapp, doc! {"find": "orders"}).await, 13);
+    uadmin.run_command(doc! {"serverStatus": 1}).await.unwrap();
+    app.run_command(doc! {"dropRole": "ordersReader"})
+        .await
+        .unwrap();
+}

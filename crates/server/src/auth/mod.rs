@@ -13,6 +13,7 @@
 //! - mongod's localhost exception: while no user exists, a client on a loopback address may
 //!   create the first user (and nothing else that needs rights).
 
+pub mod role_defs;
 pub mod roles;
 pub mod scram;
 pub mod users;
@@ -58,9 +59,25 @@ impl Registry {
 pub struct Authenticated {
     pub user: String,
     pub db: String,
+    /// The roles granted to the user itself.
     pub roles: Vec<RoleRef>,
+    /// What they grant, inherited roles followed.
+    pub grants: role_defs::Grants,
     /// The users generation the roles were read at.
     generation: u64,
+}
+
+impl Authenticated {
+    fn read(shared: &Shared, user: &users::User) -> CommandResult<Authenticated> {
+        let snapshot = shared.engine.snapshot();
+        Ok(Authenticated {
+            user: user.user.clone(),
+            db: user.db.clone(),
+            roles: user.roles.clone(),
+            grants: role_defs::resolve(&snapshot, &user.roles)?,
+            generation: shared.auth.generation(),
+        })
+    }
 }
 
 /// A SASL conversation in progress on one connection.
@@ -82,13 +99,9 @@ pub struct Identity {
 
 impl Identity {
     /// Becomes `user`, with its roles as of now.
-    pub fn authenticate(&mut self, shared: &Shared, user: &users::User) {
-        self.user = Some(Authenticated {
-            user: user.user.clone(),
-            db: user.db.clone(),
-            roles: user.roles.clone(),
-            generation: shared.auth.generation(),
-        });
+    pub fn authenticate(&mut self, shared: &Shared, user: &users::User) -> CommandResult<()> {
+        self.user = Some(Authenticated::read(shared, user)?);
+        Ok(())
     }
 
     pub fn logout(&mut self) {
@@ -104,26 +117,33 @@ impl Identity {
             && user.generation != generation
         {
             let snapshot = shared.engine.snapshot();
-            self.user = users::find(&snapshot, &user.db, &user.user)?.map(|u| Authenticated {
-                user: u.user,
-                db: u.db,
-                roles: u.roles,
-                generation,
-            });
+            self.user = match users::find(&snapshot, &user.db, &user.user)? {
+                Some(u) => Some(Authenticated::read(shared, &u)?),
+                None => None,
+            };
         }
         Ok(self.user.as_ref())
     }
 }
 
-/// Checks that the connection may run `name` (which needs `needs`) on `db`.
+/// What a command is run on, for authorization: its database, and the collection it names
+/// (the command's value, when that is a string).
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub db: &'a str,
+    pub collection: Option<&'a str>,
+}
+
+/// Checks that the connection may run `name` (which needs `needs`) on `target`.
 pub fn authorize(
     shared: &Shared,
     identity: &mut Identity,
     peer: std::net::SocketAddr,
     name: &str,
-    db: &str,
+    target: Target<'_>,
     needs: Needs,
 ) -> CommandResult<()> {
+    let db = target.db;
     if !shared.config.auth || needs == Needs::Nothing {
         return Ok(());
     }
@@ -139,7 +159,7 @@ pub fn authorize(
     if let Needs::Actions(actions) = needs
         && let Some(missing) = actions
             .iter()
-            .find(|&&a| !roles::allowed(&user.roles, db, a))
+            .find(|&&a| !user.grants.allows(db, target.collection, a))
     {
         tracing::debug!(user = %user.user, db = %user.db, command = name, action = ?missing, "unauthorized");
         return Err(unauthorized(db, name));
@@ -184,7 +204,7 @@ pub fn may(
     }
     Ok(identity
         .current(shared)?
-        .is_some_and(|u| roles::allowed(&u.roles, db, action)))
+        .is_some_and(|u| u.grants.allows(db, None, action)))
 }
 
 /// The connection's user, as `connectionStatus` reports it.

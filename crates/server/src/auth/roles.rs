@@ -37,6 +37,9 @@ pub enum Action {
     GrantRole,
     RevokeRole,
     ViewUser,
+    CreateRole,
+    DropRole,
+    ViewRole,
     // On the cluster.
     ListDatabases,
     ServerStatus,
@@ -56,7 +59,62 @@ pub enum Action {
 
 use Action::*;
 
+/// mongod's names of the actions, as privileges spell them.
+const NAMES: &[(Action, &str)] = &[
+    (Find, "find"),
+    (Insert, "insert"),
+    (Update, "update"),
+    (Remove, "remove"),
+    (ChangeStream, "changeStream"),
+    (KillCursors, "killCursors"),
+    (ListCollections, "listCollections"),
+    (ListIndexes, "listIndexes"),
+    (CollStats, "collStats"),
+    (DbStats, "dbStats"),
+    (CreateCollection, "createCollection"),
+    (DropCollection, "dropCollection"),
+    (CreateIndex, "createIndex"),
+    (DropIndex, "dropIndex"),
+    (CollMod, "collMod"),
+    (ConvertToCapped, "convertToCapped"),
+    (RenameCollectionSameDb, "renameCollectionSameDB"),
+    (DropDatabase, "dropDatabase"),
+    (CreateUser, "createUser"),
+    (DropUser, "dropUser"),
+    (ChangePassword, "changePassword"),
+    (GrantRole, "grantRole"),
+    (RevokeRole, "revokeRole"),
+    (ViewUser, "viewUser"),
+    (CreateRole, "createRole"),
+    (DropRole, "dropRole"),
+    (ViewRole, "viewRole"),
+    (ListDatabases, "listDatabases"),
+    (ServerStatus, "serverStatus"),
+    (HostInfo, "hostInfo"),
+    (GetCmdLineOpts, "getCmdLineOpts"),
+    (GetLog, "getLog"),
+    (GetParameter, "getParameter"),
+    (SetParameter, "setParameter"),
+    (Inprog, "inprog"),
+    (KillAnySession, "killAnySession"),
+    (ReplSetGetStatus, "replSetGetStatus"),
+    (ReplSetResizeOplog, "replSetResizeOplog"),
+    (Shutdown, "shutdown"),
+    (TestCommands, "configureFailPoint"),
+];
+
 impl Action {
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map_or("unknown", |(_, n)| n)
+    }
+
+    pub fn from_name(name: &str) -> Option<Action> {
+        NAMES.iter().find(|(_, n)| *n == name).map(|(a, _)| *a)
+    }
+
     /// An action on the cluster rather than on a database.
     pub fn on_cluster(self) -> bool {
         matches!(
@@ -114,10 +172,13 @@ const DB_ADMIN: &[Action] = &[
 ];
 const USER_ADMIN: &[Action] = &[
     ChangePassword,
+    CreateRole,
     CreateUser,
+    DropRole,
     DropUser,
     GrantRole,
     RevokeRole,
+    ViewRole,
     ViewUser,
 ];
 const CLUSTER_MONITOR: &[Action] = &[
@@ -253,6 +314,15 @@ mod tests {
             !allowed(&admin_read, "app", Find),
             "read@admin is not readAnyDatabase"
         );
+    }
+
+    #[test]
+    fn action_names_round_trip() {
+        for (action, name) in NAMES {
+            assert_eq!(Action::from_name(name), Some(*action));
+            assert_eq!(action.name(), *name);
+        }
+        assert_eq!(Action::from_name("fly"), None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod oplog_admin;
 mod oplog_find;
 mod read_concern;
 mod reply;
+mod role_admin;
 mod sasl;
 mod sessions;
 mod stored;
@@ -178,12 +179,19 @@ async fn dispatch(
 ) -> CommandResult<Reply> {
     let cmd = check_command(shared, req, cmd)?;
     let peer = client.peer;
+    let target = crate::auth::Target {
+        db: req.db,
+        collection: match req.command_value() {
+            Some(RawBsonRef::String(c)) => Some(c),
+            _ => None,
+        },
+    };
     crate::auth::authorize(
         shared,
         &mut client.identity,
         peer,
         cmd.name,
-        req.db,
+        target,
         cmd.needs,
     )?;
     if let Some(args) = req.session.transaction()? {

@@ -197,7 +197,7 @@ pub(super) fn sasl_continue(
             &ScramError::UnknownUser,
         ));
     };
-    client.identity.authenticate(shared, &user);
+    client.identity.authenticate(shared, &user)?;
     THROTTLE.succeeded(client.addr.ip());
     tracing::info!(client = %client.addr, user = %user_name, db = %pending.db, mechanism = m.name(), "authenticated");
     if pending.skip_empty_exchange {

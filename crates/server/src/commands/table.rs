@@ -25,7 +25,8 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, sasl, sessions, update, user_admin,
+    find_and_modify, get_more, indexes, insert, oplog_admin, role_admin, sasl, sessions, update,
+    user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -326,9 +327,70 @@ pub(crate) static COMMANDS: &[Command] = &[
     ),
     cmd(
         "rolesInfo",
-        "the built-in roles",
-        sync!(|c| user_admin::roles_info(c.req)),
-    ),
+        "built-in and user-defined roles, with their privileges",
+        sync!(|c| role_admin::roles_info(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ViewRole])),
+    cmd(
+        "createRole",
+        "defines a role: privileges (actions on resources) and inherited roles",
+        future!(|c| role_admin::create_role(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::CreateRole])),
+    cmd(
+        "updateRole",
+        "replaces a defined role's privileges or inherited roles",
+        future!(|c| role_admin::update_role(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[
+        Action::CreateRole,
+        Action::GrantRole,
+        Action::RevokeRole,
+    ])),
+    cmd(
+        "dropRole",
+        "removes a defined role",
+        future!(|c| role_admin::drop_role(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::DropRole])),
+    cmd(
+        "dropAllRolesFromDatabase",
+        "removes every defined role of the database",
+        future!(|c| role_admin::drop_all_roles(c.shared, c.req)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::DropRole])),
+    cmd(
+        "grantPrivilegesToRole",
+        "adds privileges to a defined role",
+        future!(|c| role_admin::change_privileges(c.shared, c.req, true)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::GrantRole])),
+    cmd(
+        "revokePrivilegesFromRole",
+        "removes privileges from a defined role",
+        future!(|c| role_admin::change_privileges(c.shared, c.req, false)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::RevokeRole])),
+    cmd(
+        "grantRolesToRole",
+        "adds inherited roles to a defined role",
+        future!(|c| role_admin::change_inherited(c.shared, c.req, true)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::GrantRole])),
+    cmd(
+        "revokeRolesFromRole",
+        "removes inherited roles from a defined role",
+        future!(|c| role_admin::change_inherited(c.shared, c.req, false)),
+    )
+    .writes()
+    .needs(Needs::Actions(&[Action::RevokeRole])),
     cmd(
         "logout",
         "ends the connection's authentication",

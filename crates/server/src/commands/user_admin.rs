@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
-use bson::raw::{RawBsonRef, RawDocument};
-use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_storage::Txn;
+use bson::raw::RawBsonRef;
+use bson::{Document, RawDocumentBuf, doc};
+use mangrove_storage::{ReadView, Txn};
 
 use crate::Shared;
 use crate::access::key_of;
-use crate::auth::roles::{self, Action};
+use crate::auth::role_defs;
+use crate::auth::roles::Action;
 use crate::auth::scram::Mechanism;
 use crate::auth::users::{self, RoleRef, USERS_NS, User};
 use crate::auth::{self, Identity, MECHANISMS};
@@ -35,7 +36,12 @@ fn user_not_found(user: &str, db: &str) -> CommandError {
 }
 
 /// The `roles` argument: role names (on `db`) or `{role, db}` documents, each a built-in role.
-fn parse_roles(v: Option<RawBsonRef<'_>>, db: &str, field: &str) -> CommandResult<Vec<RoleRef>> {
+fn parse_roles(
+    view: &dyn ReadView,
+    v: Option<RawBsonRef<'_>>,
+    db: &str,
+    field: &str,
+) -> CommandResult<Vec<RoleRef>> {
     let Some(v) = v else {
         return Err(CommandError::new(
             code::MISSING_FIELD,
@@ -60,7 +66,7 @@ fn parse_roles(v: Option<RawBsonRef<'_>>, db: &str, field: &str) -> CommandResul
             },
             _ => return Err(bad_role_spec()),
         };
-        if !roles::exists(&role) {
+        if !role_defs::exists(view, &role)? {
             return Err(CommandError::new(
                 code::ROLE_NOT_FOUND,
                 format!("Could not find role: {}@{}", role.role, role.db),
@@ -184,7 +190,12 @@ pub(super) async fn create_user(
     ])?;
     let name = req.collection()?;
     check_user_db(req.db)?;
-    let roles = parse_roles(req.get("roles"), req.db, "createUser.roles")?;
+    let roles = parse_roles(
+        &shared.engine.snapshot(),
+        req.get("roles"),
+        req.db,
+        "createUser.roles",
+    )?;
     check_role_rights(shared, identity, &roles, Action::GrantRole)?;
     let mechanisms = parse_mechanisms(req)?;
     let credentials = new_credentials(shared, req, name, &mechanisms)?;
@@ -231,7 +242,12 @@ pub(super) async fn update_user(
     ])?;
     let name = req.collection()?;
     let roles = match req.get("roles") {
-        Some(v) => Some(parse_roles(Some(v), req.db, "updateUser.roles")?),
+        Some(v) => Some(parse_roles(
+            &shared.engine.snapshot(),
+            Some(v),
+            req.db,
+            "updateUser.roles",
+        )?),
         None => None,
     };
     if let Some(roles) = &roles {
@@ -284,7 +300,7 @@ pub(super) async fn change_roles(
     req.check_fields(&["roles"])?;
     let name = req.collection()?;
     let field = format!("{}.roles", req.name);
-    let changed = parse_roles(req.get("roles"), req.db, &field)?;
+    let changed = parse_roles(&shared.engine.snapshot(), req.get("roles"), req.db, &field)?;
     let action = if grant {
         Action::GrantRole
     } else {
@@ -440,57 +456,4 @@ fn user_info(user: &User, show_credentials: bool) -> Document {
         d.insert("credentials", c.clone());
     }
     d
-}
-
-/// `rolesInfo`: the built-in roles asked for (`1`: those of the database, with
-/// `showBuiltinRoles`), each as `{role, db, isBuiltin, roles: [], inheritedRoles: []}`.
-pub(super) fn roles_info(req: &Request<'_>) -> CommandResult<Reply> {
-    let names: Vec<RoleRef> = match req.command_value() {
-        Some(RawBsonRef::String(name)) => vec![RoleRef {
-            role: name.to_string(),
-            db: req.db.to_string(),
-        }],
-        Some(RawBsonRef::Document(d)) => vec![role_of(d)?],
-        Some(RawBsonRef::Array(items)) => items
-            .into_iter()
-            .map(|i| match i.map_err(internal)? {
-                RawBsonRef::String(name) => Ok(RoleRef {
-                    role: name.to_string(),
-                    db: req.db.to_string(),
-                }),
-                RawBsonRef::Document(d) => role_of(d),
-                _ => Err(bad_role_spec()),
-            })
-            .collect::<CommandResult<_>>()?,
-        _ if req.opt_bool("showBuiltinRoles")?.unwrap_or(false) => roles::BUILT_IN
-            .iter()
-            .map(|r| RoleRef {
-                role: r.to_string(),
-                db: req.db.to_string(),
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let found: Vec<Bson> = names
-        .iter()
-        .filter(|r| roles::exists(r))
-        .map(|r| {
-            Bson::Document(doc! {
-                "_id": format!("{}.{}", r.db, r.role),
-                "role": &r.role,
-                "db": &r.db,
-                "isBuiltin": true,
-                "roles": [],
-                "inheritedRoles": [],
-            })
-        })
-        .collect();
-    Ok(doc! { "roles": found, "ok": 1.0 }.into())
-}
-
-fn role_of(d: &RawDocument) -> CommandResult<RoleRef> {
-    Ok(RoleRef {
-        role: d.get_str("role").map_err(|_| bad_role_spec())?.to_string(),
-        db: d.get_str("db").map_err(|_| bad_role_spec())?.to_string(),
-    })
 }
