@@ -299,3 +299,80 @@ fn a_missing_certificate_stops_start_up() {
     assert!(stderr.contains("--tls-certificate-key-file"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// MONGODB-X509: the verified client certificate's subject is the user, on `$external`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_authentication() {
+    let pki = Pki::new("x509");
+    pki.issue("other", "extendedKeyUsage=clientAuth");
+    let (cert, ca) = (pki.path("server.pem"), pki.path("ca.pem"));
+    let server = Server::start_with(&[
+        "--tls-mode",
+        "requireTLS",
+        "--tls-certificate-key-file",
+        &cert,
+        "--tls-ca-file",
+        &ca,
+        "--auth",
+    ]);
+    let anon = client(server.port, Some(&ca), None, None).await;
+    anon.database("$external")
+        .run_command(doc! {"createUser": "CN=client", "roles": [{"role": "readWriteAnyDatabase", "db": "admin"}]})
+        .await
+        .unwrap();
+    let port = server.port;
+    let ca_path = &ca;
+    let x509 = |pem: String| async move {
+        let mut options = ClientOptions::parse(format!("mongodb://127.0.0.1:{port}/"))
+            .await
+            .unwrap();
+        options.server_selection_timeout = Some(Duration::from_secs(2));
+        let mut tls = TlsOptions::builder()
+            .ca_file_path(PathBuf::from(ca_path))
+            .build();
+        tls.cert_key_file_path = Some(PathBuf::from(pem));
+        options.tls = Some(Tls::Enabled(tls));
+        options.credential = Some(
+            Credential::builder()
+                .mechanism(AuthMechanism::MongoDbX509)
+                .source("$external".to_string())
+                .build(),
+        );
+        Client::with_options(options).unwrap()
+    };
+    let user = x509(pki.path("client.pem")).await;
+    user.database("t")
+        .collection::<Document>("c")
+        .insert_one(doc! {"by": "certificate"})
+        .await
+        .unwrap();
+    let status = user
+        .database("admin")
+        .run_command(doc! {"connectionStatus": 1})
+        .await
+        .unwrap();
+    let users = status
+        .get_document("authInfo")
+        .unwrap()
+        .get_array("authenticatedUsers")
+        .unwrap();
+    assert_eq!(
+        users[0].as_document().unwrap(),
+        &doc! {"user": "CN=client", "db": "$external"}
+    );
+    // A certificate of the same CA naming another subject has no user.
+    let other = x509(pki.path("other.pem")).await;
+    let e = other
+        .database("t")
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("uthentication"), "{e}");
+    // No certificate, no X.509 user.
+    let plain = anon
+        .database("$external")
+        .run_command(doc! {"authenticate": 1, "mechanism": "MONGODB-X509"})
+        .await
+        .unwrap_err();
+    assert!(plain.to_string().contains("No verified subject"), "{plain}");
+}

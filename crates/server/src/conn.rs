@@ -67,8 +67,16 @@ async fn run(shared: &Shared, stream: TcpStream, peer: SocketAddr, id: i64) -> R
     // The TLS handshake, if any, is part of the client's first message's time.
     let accepted = tokio::time::timeout(shared.config.handshake_timeout, shared.tls.accept(stream));
     match accepted.await {
-        Ok(Ok(Stream::Plain(s))) => serve_stream(shared, s, peer, id).await,
-        Ok(Ok(Stream::Tls(s))) => serve_stream(shared, *s, peer, id).await,
+        Ok(Ok(Stream::Plain(s))) => serve_stream(shared, s, peer, id, None).await,
+        Ok(Ok(Stream::Tls(s))) => {
+            let subject = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| crate::auth::x509::subject_dn(cert));
+            serve_stream(shared, *s, peer, id, subject).await
+        }
         Ok(Err(reason)) => Err(Close::Error(reason)),
         Err(_) => Err(Close::Timeout {
             phase: "without completing the TLS handshake",
@@ -84,12 +92,15 @@ async fn serve_stream(
     stream: impl AsyncRead + AsyncWrite + Send + Unpin,
     peer: SocketAddr,
     id: i64,
+    x509_subject: Option<String>,
 ) -> Result<(), Close> {
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(admission::READ_BUFFER, read_half);
     let mut writer = BufWriter::new(write_half);
+    let mut client = Client::new(id, peer);
+    client.x509_subject = x509_subject;
     let mut conn = ConnState {
-        client: Client::new(id, peer),
+        client,
         next_reply_id: 1,
     };
     let mut first = true;

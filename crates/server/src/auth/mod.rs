@@ -17,6 +17,7 @@ pub mod role_defs;
 pub mod roles;
 pub mod scram;
 pub mod users;
+pub mod x509;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

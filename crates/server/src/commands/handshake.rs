@@ -31,6 +31,9 @@ pub(crate) struct Client {
     pub app_name: Option<String>,
     /// Who the connection authenticated as (`--auth`).
     pub identity: crate::auth::Identity,
+    /// The subject of the verified TLS client certificate, if the client presented one: the
+    /// user MONGODB-X509 authenticates as.
+    pub x509_subject: Option<String>,
 }
 
 impl Client {
@@ -41,6 +44,7 @@ impl Client {
             compressors: Vec::new(),
             app_name: None,
             identity: crate::auth::Identity::default(),
+            x509_subject: None,
         }
     }
 }
@@ -120,6 +124,7 @@ pub(super) async fn hello(
     let peer = super::sasl::Peer {
         addr: conn.peer,
         identity: &mut conn.identity,
+        x509_subject: conn.x509_subject.as_deref(),
     };
     if let Some(first) = super::sasl::speculative(shared, peer, req).await {
         reply.insert("speculativeAuthenticate", first);

@@ -31,6 +31,8 @@ use super::Reply;
 pub(super) struct Peer<'a> {
     pub identity: &'a mut Identity,
     pub addr: SocketAddr,
+    /// The verified TLS client certificate's subject, if any.
+    pub x509_subject: Option<&'a str>,
 }
 
 /// The one conversation id a connection uses (mongod numbers them per connection too).
@@ -218,6 +220,58 @@ fn done(bytes: Vec<u8>, id: i32) -> Document {
     doc! { "conversationId": id, "done": true, "payload": payload(bytes), "ok": 1.0 }
 }
 
+/// `authenticate` with MONGODB-X509 on `$external`: the user the verified client certificate
+/// names (a `user` given must be that name).
+pub(super) fn authenticate_x509(
+    shared: &Shared,
+    mut client: Peer<'_>,
+    req: &Request<'_>,
+) -> CommandResult<Reply> {
+    Ok(x509(shared, &mut client, req.body, req.db)?.into())
+}
+
+fn x509(
+    shared: &Shared,
+    client: &mut Peer<'_>,
+    body: &RawDocument,
+    db: &str,
+) -> CommandResult<Document> {
+    let mechanism = body.get_str("mechanism").unwrap_or("");
+    if mechanism != "MONGODB-X509" {
+        return Err(CommandError::new(
+            code::MECHANISM_UNAVAILABLE,
+            format!("Unsupported mechanism for authenticate: '{mechanism}'; SCRAM uses saslStart"),
+        ));
+    }
+    if db != "$external" {
+        return Err(CommandError::new(
+            code::PROTOCOL_ERROR,
+            "X.509 authentication must always use the $external database.",
+        ));
+    }
+    let Some(subject) = client.x509_subject else {
+        return Err(CommandError::new(
+            code::AUTHENTICATION_FAILED,
+            "No verified subject name available from client",
+        ));
+    };
+    let fail = |why: &str| {
+        tracing::warn!(client = %client.addr, user = subject, mechanism, reason = why, "authentication failed");
+        auth_failed()
+    };
+    if let Ok(given) = body.get_str("user")
+        && given != subject
+    {
+        return Err(fail("the user given is not the certificate's subject"));
+    }
+    let Some(user) = users::find(&shared.engine.snapshot(), "$external", subject)? else {
+        return Err(fail("no such user on $external"));
+    };
+    client.identity.authenticate(shared, &user)?;
+    tracing::info!(client = %client.addr, user = subject, mechanism, "authenticated");
+    Ok(doc! { "dbname": "$external", "user": subject, "ok": 1.0 })
+}
+
 /// `hello`'s `speculativeAuthenticate`: the `saslStart` it carries, answered in the handshake
 /// (`None` when it fails: the driver then authenticates the usual way, and sees the error).
 pub(super) async fn speculative(
@@ -229,6 +283,12 @@ pub(super) async fn speculative(
         return None;
     };
     let db = body.get_str("db").ok()?.to_string();
+    let mut client = client;
+    if body.get_str("mechanism").is_ok_and(|m| m == "MONGODB-X509") {
+        let mut reply = x509(shared, &mut client, body, &db).ok()?;
+        reply.remove("ok");
+        return Some(reply);
+    }
     let mut reply = start(shared, client, body, &db).await.ok()?;
     reply.remove("ok");
     Some(reply)

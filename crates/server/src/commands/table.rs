@@ -223,6 +223,7 @@ fn peer(client: &mut Client) -> sasl::Peer<'_> {
     sasl::Peer {
         addr: client.peer,
         identity: &mut client.identity,
+        x509_subject: client.x509_subject.as_deref(),
     }
 }
 
@@ -391,6 +392,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .writes()
     .needs(Needs::Actions(&[Action::RevokeRole])),
+    cmd(
+        "authenticate",
+        "authenticates with MONGODB-X509: the verified TLS client certificate names the user",
+        sync!(|c| sasl::authenticate_x509(c.shared, peer(c.client), c.req)),
+    )
+    .needs(Needs::Nothing),
     cmd(
         "logout",
         "ends the connection's authentication",

@@ -152,7 +152,7 @@ fn new_credentials(
 }
 
 fn check_user_db(db: &str) -> CommandResult<()> {
-    if matches!(db, "local" | "config" | "$external") {
+    if matches!(db, "local" | "config") {
         return Err(CommandError::bad_value(format!(
             "Cannot create users in the {db} database"
         )));
@@ -197,8 +197,17 @@ pub(super) async fn create_user(
         "createUser.roles",
     )?;
     check_role_rights(shared, identity, &roles, Action::GrantRole)?;
-    let mechanisms = parse_mechanisms(req)?;
-    let credentials = new_credentials(shared, req, name, &mechanisms)?;
+    // Users of `$external` authenticate with their certificate (MONGODB-X509): no password.
+    let credentials = if req.db == "$external" {
+        if req.get("pwd").is_some() {
+            return Err(CommandError::bad_value(
+                "Cannot set 'pwd' for users of the $external database",
+            ));
+        }
+        doc! { "external": true }
+    } else {
+        new_credentials(shared, req, name, &parse_mechanisms(req)?)?
+    };
     let mut user = doc! {
         "_id": User::id_of(req.db, name),
         "userId": bson::Uuid::new(),
