@@ -421,3 +421,53 @@ async fn insertion_order_survives_kill_9() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// killCursors on a tailable cursor whose awaitData getMore is waiting ends the wait at once
+/// with CursorKilled, and the cursor is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_cursors_interrupts_a_waiting_get_more() {
+    let server = Server::start();
+    let client = driver_client(server.port).await;
+    let db = client.database("capped_kill_cursor");
+    db.run_command(doc! {"create": "c", "capped": true, "size": 4096})
+        .await
+        .unwrap();
+    db.collection::<Document>("c")
+        .insert_one(doc! {"n": 1})
+        .await
+        .unwrap();
+    let reply = db
+        .run_command(doc! {"find": "c", "tailable": true, "awaitData": true})
+        .await
+        .unwrap();
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let waiting = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = db
+                .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 20_000})
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = db
+        .run_command(doc! {"killCursors": "c", "cursors": [id]})
+        .await
+        .unwrap();
+    assert_eq!(
+        killed.get_array("cursorsKilled").unwrap(),
+        &vec![Bson::Int64(id)],
+        "{killed}"
+    );
+    let (result, elapsed) = waiting.await.unwrap();
+    let e = result.unwrap_err();
+    assert_eq!(error_code(&e), Some(237), "{e}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the getMore waited {elapsed:?}"
+    );
+    let again = doc! {"getMore": id, "collection": "c"};
+    assert_eq!(code_of(&db, again).await, 43);
+}

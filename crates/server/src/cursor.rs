@@ -250,32 +250,74 @@ fn next_buffered(docs: &mut VecDeque<BatchDoc>, want: u64, out: &mut Vec<BatchDo
 }
 
 /// Open cursors by id. A cursor is taken out while a `getMore` works on it, so concurrent
-/// `getMore`s on one cursor cannot interleave.
+/// `getMore`s on one cursor cannot interleave; while it is out, `killCursors` marks it
+/// ([`Killed`]) and the `getMore` gives it up instead of putting it back (a waiting one wakes).
 pub struct CursorManager {
-    cursors: Mutex<HashMap<i64, Cursor>>,
+    state: Mutex<Cursors>,
     max_cursors: usize,
     ids: RandomState,
     counter: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Default)]
+struct Cursors {
+    idle: HashMap<i64, Cursor>,
+    /// Cursors a `getMore` has taken out, since when, and their kill signal.
+    out: HashMap<i64, (Instant, Arc<Killed>)>,
+}
+
+/// A taken-out cursor's kill signal.
+#[derive(Default)]
+pub struct Killed {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Killed {
+    pub fn is_killed(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the cursor is killed.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn kill(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// mongod's CursorKilled, for a `getMore` whose cursor `killCursors` killed meanwhile.
+pub fn killed_error(id: i64) -> CommandError {
+    CommandError::new(code::CURSOR_KILLED, format!("cursor id {id} was killed"))
+}
+
 impl CursorManager {
     pub fn new(max_cursors: usize) -> Self {
         CursorManager {
-            cursors: Mutex::new(HashMap::new()),
+            state: Mutex::new(Cursors::default()),
             max_cursors,
             ids: RandomState::new(),
             counter: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cursor>> {
-        self.cursors.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cursors> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a cursor and returns its id: positive, non-zero and hard to guess, as mongod's.
     pub fn insert(&self, cursor: Cursor) -> CommandResult<i64> {
-        let mut cursors = self.lock();
-        if cursors.len() >= self.max_cursors {
+        let mut state = self.lock();
+        if state.idle.len() + state.out.len() >= self.max_cursors {
             return Err(CommandError::new(
                 code::ILLEGAL_OPERATION,
                 format!(
@@ -289,39 +331,78 @@ impl CursorManager {
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let id = (self.ids.hash_one(n) >> 1) as i64;
-            if id != 0 && !cursors.contains_key(&id) {
-                cursors.insert(id, cursor);
+            if id != 0 && !state.idle.contains_key(&id) && !state.out.contains_key(&id) {
+                state.idle.insert(id, cursor);
                 return Ok(id);
             }
         }
     }
 
+    /// Takes the cursor out for a `getMore`; it is put back, given up, or killed meanwhile.
     pub fn take(&self, id: i64) -> Option<Cursor> {
-        self.lock().remove(&id)
+        let mut state = self.lock();
+        let cursor = state.idle.remove(&id)?;
+        state.out.insert(id, (Instant::now(), Arc::default()));
+        Some(cursor)
     }
 
+    /// The kill signal of a taken-out cursor.
+    pub fn kill_signal(&self, id: i64) -> Option<Arc<Killed>> {
+        self.lock().out.get(&id).map(|(_, k)| k.clone())
+    }
+
+    /// Returns a taken-out cursor; one killed while it was out is dropped instead.
     pub fn put_back(&self, id: i64, cursor: Cursor) {
-        self.lock().insert(id, cursor);
+        let mut state = self.lock();
+        match state.out.remove(&id) {
+            Some((_, killed)) if killed.is_killed() => {}
+            _ => {
+                state.idle.insert(id, cursor);
+            }
+        }
+    }
+
+    /// A taken-out cursor its `getMore` ended (exhausted, or failed).
+    pub fn give_up(&self, id: i64) {
+        self.lock().out.remove(&id);
     }
 
     pub fn kill(&self, id: i64) -> bool {
-        self.lock().remove(&id).is_some()
+        let mut state = self.lock();
+        if state.idle.remove(&id).is_some() {
+            return true;
+        }
+        match state.out.get(&id) {
+            Some((_, killed)) if !killed.is_killed() => {
+                killed.kill();
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn contains(&self, id: i64) -> bool {
-        self.lock().contains_key(&id)
+        let state = self.lock();
+        state.idle.contains_key(&id) || state.out.get(&id).is_some_and(|(_, k)| !k.is_killed())
     }
 
     pub fn open_count(&self) -> usize {
-        self.lock().len()
+        let state = self.lock();
+        state.idle.len() + state.out.len()
     }
 
     fn reap(&self, timeout: Duration) -> usize {
         let now = Instant::now();
-        let mut cursors = self.lock();
-        let before = cursors.len();
-        cursors.retain(|_, c| now.duration_since(c.last_used) < timeout);
-        before - cursors.len()
+        let mut state = self.lock();
+        let before = state.idle.len();
+        state
+            .idle
+            .retain(|_, c| now.duration_since(c.last_used) < timeout);
+        // A taken-out cursor whose getMore failed without giving it up is forgotten too.
+        state
+            .out
+            .retain(|_, (since, _)| now.duration_since(*since) < timeout);
+        before - state.idle.len()
     }
 }
 

@@ -88,10 +88,11 @@ fn fail_point(shared: &Shared, id: i64) -> Option<CommandError> {
     let mut e = shared.failpoints.get_more_error()?;
     // As in mongod, the cursor was checked out and is killed with the failed getMore; a change
     // stream's error says whether the driver may resume.
-    if let Some(cursor) = shared.cursors.take(id)
-        && matches!(cursor.source, Source::History(_))
-    {
-        change_stream::label_error(&mut e);
+    if let Some(cursor) = shared.cursors.take(id) {
+        shared.cursors.give_up(id);
+        if matches!(cursor.source, Source::History(_)) {
+            change_stream::label_error(&mut e);
+        }
     }
     Some(e)
 }
@@ -146,8 +147,15 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
     if cursor.tail().is_some() {
         return super::tailable::get_more(shared, req, id, cursor, batch_size).await;
     }
-    let (batch, exhausted) = cursor.next_batch(batch_size)?;
+    let (batch, exhausted) = match cursor.next_batch(batch_size) {
+        Ok(answer) => answer,
+        Err(e) => {
+            shared.cursors.give_up(id);
+            return Err(e);
+        }
+    };
     let reply_id = if exhausted {
+        shared.cursors.give_up(id);
         0
     } else {
         shared.cursors.put_back(id, cursor);

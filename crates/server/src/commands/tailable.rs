@@ -97,13 +97,22 @@ pub(super) async fn get_more(
     };
     let until = Instant::now() + wait;
     let ns = cursor.ns.clone();
+    let killed = shared.cursors.kill_signal(id);
     loop {
-        let read_ts = refresh(shared, &mut cursor)?;
-        let (batch, _) = cursor.next_batch(batch_size)?;
+        let step =
+            refresh(shared, &mut cursor).and_then(|ts| Ok((ts, cursor.next_batch(batch_size)?)));
+        let (read_ts, (batch, _)) = match step {
+            Ok(v) => v,
+            Err(e) => {
+                shared.cursors.give_up(id);
+                return Err(e);
+            }
+        };
         let done = cursor.remaining == Some(0);
         let now = Instant::now();
         if !batch.is_empty() || done || !await_data || now >= until {
             let reply_id = if done {
+                shared.cursors.give_up(id);
                 0
             } else {
                 shared.cursors.put_back(id, cursor);
@@ -111,7 +120,20 @@ pub(super) async fn get_more(
             };
             return Ok(Reply::Raw(cursor_reply(&ns, reply_id, "nextBatch", &batch)));
         }
-        shared.engine.wait_durable_after(read_ts, until - now).await;
+        // killCursors meanwhile ends the wait, and the cursor.
+        let kill = async {
+            match &killed {
+                Some(k) => k.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.engine.wait_durable_after(read_ts, until - now) => {}
+            _ = kill => {
+                shared.cursors.give_up(id);
+                return Err(crate::cursor::killed_error(id));
+            }
+        }
     }
 }
 
