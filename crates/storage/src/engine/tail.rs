@@ -94,7 +94,8 @@ impl TailRecord {
     }
 
     /// Remembers `value` (about `bytes` large) for the other readers of this record, if the
-    /// record is in the ring and the ring has room; returns it either way.
+    /// record is in the ring, has fewer than [`MAX_MEMOS`] and `bytes` fits the ring's bound;
+    /// the ring's oldest records make room for it, as for a new record. Returns it either way.
     pub fn remember<T: Any + Send + Sync>(
         &self,
         engine: &Engine,
@@ -102,19 +103,18 @@ impl TailRecord {
         bytes: usize,
     ) -> Arc<T> {
         let value = Arc::new(value);
-        if !self.in_ring.load(Ordering::Relaxed) {
+        if !self.shared() || bytes > TAIL_BYTES / 2 {
             return value;
         }
         let mut ring = lock_mutex(&engine.inner.history_tail.ring);
         let mut memos = lock_mutex(&self.memos);
         // Checked again under the ring's lock: eviction clears it there.
-        if self.in_ring.load(Ordering::Relaxed)
-            && memos.len() < MAX_MEMOS
-            && ring.bytes + bytes <= TAIL_BYTES
-        {
+        if self.shared() && memos.len() < MAX_MEMOS {
             memos.push(value.clone());
             self.memo_bytes.fetch_add(bytes, Ordering::Relaxed);
             ring.bytes += bytes;
+            drop(memos);
+            ring.shrink();
         }
         value
     }
@@ -180,12 +180,18 @@ impl Ring {
             self.bytes += len;
             self.records.push_back(Arc::new(record));
         }
+        self.shrink();
+        Ok(())
+    }
+
+    /// Evicts the oldest records until the ring is within its bounds (the newest stays, so
+    /// that a record larger than the bound still reaches its readers once).
+    fn shrink(&mut self) {
         while self.records.len() > TAIL_RECORDS
             || (self.bytes > TAIL_BYTES && self.records.len() > 1)
         {
             self.evict_one();
         }
-        Ok(())
     }
 
     /// Up to `max` records after `after` (which is at or after `from`).
