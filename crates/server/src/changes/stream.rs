@@ -40,11 +40,12 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 const MAX_SCAN: Duration = Duration::from_millis(500);
 
 /// How long a stream at the log's tail lets commits gather after its last answer before it
-/// reads again: between these bounds, growing while batches carry [`GROW_AT`] records or more
-/// and shrinking while they carry one (see `HistoryCursor::gather`).
-const GATHER_MIN: Duration = Duration::from_millis(1);
+/// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
+/// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
+/// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
 const GATHER_MAX: Duration = Duration::from_millis(4);
-const GROW_AT: usize = 4;
+const GATHER_FROM_RATE: f64 = 1500.0;
+const GATHER_FULL_RATE: f64 = 4000.0;
 
 /// An event ready to return (after the stream's stages).
 struct Ready {
@@ -117,10 +118,10 @@ pub struct HistoryCursor {
     last_returned: Option<ResumeToken>,
     /// The last read reached the durable end: the next one reads just-written bytes.
     tailing: bool,
-    /// When the last non-empty batch was answered, and how long commits gather after it
-    /// (see `gather`).
+    /// When the last non-empty batch was answered, and the commit rate (records/s) seen over
+    /// the last answers (see `gather`).
     last_answer: Option<Instant>,
-    gather: Duration,
+    rate: f64,
     /// Resuming from a fragment of a split event: the fragments up to it were returned.
     resume_fragment: Option<ResumeToken>,
     /// An invalidate was queued (or filtered out by the stages): nothing after it is read, and
@@ -171,7 +172,7 @@ impl HistoryCursor {
             last_returned: None,
             resume_fragment: None,
             last_answer: None,
-            gather: GATHER_MIN,
+            rate: 0.0,
             tailing: false,
             invalidated: false,
             caught_up: false,
@@ -298,35 +299,32 @@ impl HistoryCursor {
         })
     }
 
-    /// A stream at the log's tail (an awaiting `getMore`) reads no sooner than `gather` after
-    /// its last answer, so that one `getMore` carries the commits of that time instead of each
-    /// commit costing every stream a round trip: on a busy log the per-stream cost is per
-    /// batch, not per commit. Catching up (not at the tail) or on a first batch, it reads at
-    /// once; so does a stream whose last answer is older than `gather`, which is what a stream
-    /// at a slow rate sees (1,000 commits/s: one commit a millisecond, at most [`GATHER_MIN`]).
+    /// A stream at the log's tail (an awaiting `getMore`) on a busy log reads no sooner than
+    /// [`gather_time`] after its last answer, so that one `getMore` carries the commits of that
+    /// time instead of each commit costing every stream a round trip: the per-stream cost is
+    /// per batch, not per commit. Catching up (not at the tail), on a first batch, or on a log
+    /// slower than [`GATHER_FROM_RATE`] (the 1,000 commits/s of the latency goal), it reads at
+    /// once.
     async fn gather(&self, wait_until: Option<Instant>) {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
             return;
         };
-        let at = (last + self.gather).min(until);
+        let at = (last + gather_time(self.rate)).min(until);
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
     }
 
-    /// After a non-empty answer that read `records`: a busy log (several commits a batch)
-    /// doubles the gathering time up to [`GATHER_MAX`], a quiet one (one commit a batch) halves
-    /// it down to [`GATHER_MIN`]. Latency is added only as long as commits keep coming faster
-    /// than the stream could answer them one by one.
+    /// After a non-empty answer that read `records`: the commit rate since the last answer,
+    /// smoothed over a few answers (a group commit makes several records durable at once, which
+    /// says little about the rate).
     fn answered(&mut self, records: usize) {
-        self.last_answer = Some(Instant::now());
-        self.gather = if records >= GROW_AT {
-            (self.gather * 2).min(GATHER_MAX)
-        } else if records <= 1 {
-            (self.gather / 2).max(GATHER_MIN)
-        } else {
-            self.gather
-        };
+        let now = Instant::now();
+        if let Some(last) = self.last_answer {
+            let seconds = now.duration_since(last).as_secs_f64().max(1e-4);
+            self.rate = 0.75 * self.rate + 0.25 * (records as f64 / seconds);
+        }
+        self.last_answer = Some(now);
     }
 
     /// The stream has nothing more to give: its invalidate was returned, or a plain oplog read
@@ -600,6 +598,13 @@ fn catalog_uuids(engine: &Engine, scope: Option<&Scope>) -> HashMap<String, bson
         }
     }
     uuids
+}
+
+/// How long commits gather at `rate` commits/s: none up to [`GATHER_FROM_RATE`], then in
+/// proportion up to [`GATHER_MAX`] at [`GATHER_FULL_RATE`].
+fn gather_time(rate: f64) -> Duration {
+    let share = (rate - GATHER_FROM_RATE) / (GATHER_FULL_RATE - GATHER_FROM_RATE);
+    GATHER_MAX.mul_f64(share.clamp(0.0, 1.0))
 }
 
 fn token_not_found() -> CommandError {
