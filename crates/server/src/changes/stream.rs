@@ -43,7 +43,7 @@ const MAX_SCAN: Duration = Duration::from_millis(500);
 /// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
 /// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
 /// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
-const GATHER_MAX: Duration = Duration::from_millis(4);
+const GATHER_MAX: Duration = Duration::from_millis(1);
 const GATHER_FROM_RATE: f64 = 1500.0;
 const GATHER_FULL_RATE: f64 = 4000.0;
 
