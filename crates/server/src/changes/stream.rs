@@ -9,10 +9,18 @@
 //!   returned; the post-batch resume token is a high-water mark there once `pending` is empty,
 //!   else the last event returned: resuming from either shows every later event exactly once.
 //! - Memory is bounded per stream by one read batch ([`READ_RECORDS`], [`READ_BYTES`]) and
-//!   its events; a stream that falls behind reads from disk and holds nothing back: not the
-//!   writer, not the checkpointer (the log's retention decides what history exists).
-//! - The log is read off the async threads (`spawn_blocking`), and no lock is held across an
-//!   await: a cursor is taken out of the cursor table while a `getMore` runs.
+//!   its events, plus the engine's one shared tail (bounded there: `engine/tail.rs`); a
+//!   stream that falls behind the tail reads from disk with its own reader and holds nothing
+//!   back: not the writer, not the checkpointer, not the other streams (the log's retention
+//!   decides what history exists).
+//! - A stream at the tail reads the same records, in the same order, as its own reader would:
+//!   the tail serves only positions it holds every durable record after.
+//! - The events shaped once and shared through the tail depend only on the record and the
+//!   stream's [`ShapeKey`] (streams with expanded events, which show each stream's own view of
+//!   collection UUIDs, shape their own).
+//! - Catching up, the log is read off the async threads (`spawn_blocking`); at the tail inline
+//!   (page-cache reads of a few records). No lock is held across an await: a cursor is taken
+//!   out of the cursor table while a `getMore` runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
