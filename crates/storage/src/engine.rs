@@ -19,6 +19,7 @@
 //! | `replay.rs`      | applying one logged transaction to the state during recovery         |
 //! | `checkpoint.rs`  | folding versions into the base store; the checkpointer thread        |
 //! | `history.rs`     | reading committed records back from the log; log retention           |
+//! | `tail.rs`        | the log's newest durable records, decoded once for caught-up readers |
 //! | `verify.rs`      | `mangrove verify`'s index check                                      |
 //!
 //! # Lock order
@@ -40,7 +41,9 @@
 //!    `Inner::checkpoint_signal` (with `checkpoint_wake`); `ControlHandle::current`
 //!    (`txlog/writer.rs`, held across the control file's write); the `progress` watch channel's
 //!    own lock (`send_modify` only after `queue` and `state` are released); redb's locks inside
-//!    the base store (`base.rs`).
+//!    the base store (`base.rs`); `Inner::history_tail` (the shared tail's ring, `tail.rs`),
+//!    taken by history readers only, which hold it across their reads of the log's newest
+//!    records (borrowing `progress` inside) and take a tail record's `memos` lock after it.
 //!
 //! Poisoned locks are recovered (`lock_mutex`, `read_state`): a panic in a storage thread is
 //! not survived anyway (see [`crate::panic_policy`]), so recovering only lets the surviving
@@ -73,6 +76,7 @@ mod read_view;
 mod recovery;
 mod replay;
 mod snapshot;
+mod tail;
 mod txn;
 mod txn_catalog;
 mod txn_index;
@@ -88,6 +92,7 @@ pub use history::{HistoryReader, HistoryTruncationStats, HistoryWindow};
 pub use read_view::ReadView;
 pub use recovery::RecoveryReport;
 pub use snapshot::Snapshot;
+pub use tail::TailRecord;
 pub use txn::{TransactionLimits, Txn};
 pub use verify::IndexVerifyReport;
 use versions::State;
@@ -196,6 +201,8 @@ struct Inner {
     progress: watch::Sender<LogProgress>,
     /// History retention, changeable at runtime, and its counters.
     history: history::HistoryRetention,
+    /// The log's newest durable records, decoded once for the readers at the tail.
+    history_tail: tail::HistoryTail,
     options: EngineOptions,
     /// The log writer thread; it hands the log back when it stops, for a clean shutdown's
     /// last word in the control file.
@@ -269,6 +276,7 @@ impl Engine {
                 options.history_size_bytes,
                 options.history_min_retention,
             ),
+            history_tail: tail::HistoryTail::default(),
             options,
             writer: Mutex::new(None),
             control,

@@ -38,7 +38,8 @@ pub use engine::CheckpointReport;
 pub use engine::{
     CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
     HistoryTruncationStats, HistoryWindow, IndexInfo, IndexVerifyReport, LogStats, ReadView,
-    RecoveryReport, Snapshot, StoredDoc, TransactionLimits, Txn, TxnId, UUID_OPTION, uuid_of,
+    RecoveryReport, Snapshot, StoredDoc, TailRecord, TransactionLimits, Txn, TxnId, UUID_OPTION,
+    uuid_of,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

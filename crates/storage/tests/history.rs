@@ -423,3 +423,49 @@ fn an_in_memory_engine_has_no_history() {
     assert_eq!((window.oldest, window.retained_bytes), (None, 0));
     assert_eq!(window.newest, engine.last_durable());
 }
+
+/// The shared tail gives a reader at or after its start exactly what the reader's own history
+/// would hold, adopts a reader only when it has none (or is behind), and answers `None` to a
+/// position before its start.
+#[test]
+fn shared_tail_serves_exactly_the_durable_records_after_a_position() {
+    let dir = TempDir::new("hist-tail");
+    let (engine, _) = open(small_segments(&dir)).unwrap();
+    let before = insert_many(&engine, 0, 5);
+    let start = *before.last().unwrap();
+    // A reader that is not at `start` is not adopted: the caller reads its own history.
+    let mut donor = Some(engine.read_history(before[0]).unwrap());
+    assert!(engine.read_tail(start, 100, &mut donor).unwrap().is_none());
+    assert!(donor.is_some());
+    let mut donor = Some(engine.read_history(start).unwrap());
+    assert!(
+        engine
+            .read_tail(start, 100, &mut donor)
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(donor.is_none(), "adopted");
+    let stamps = insert_many(&engine, 5, 40);
+    let from_tail = engine.read_tail(start, 1000, &mut None).unwrap().unwrap();
+    let tail_ts: Vec<Timestamp> = from_tail.iter().map(|r| r.record.ts).collect();
+    assert_eq!(tail_ts, stamps);
+    let own = drain(&mut engine.read_history(start).unwrap(), 7).unwrap();
+    let tail_records: Vec<LogRecord> = from_tail.iter().map(|r| r.record.clone()).collect();
+    assert_eq!(tail_records, own);
+    // From the middle, bounded by `max`; before the start, nothing.
+    let middle = engine.read_tail(stamps[9], 5, &mut None).unwrap().unwrap();
+    let middle_ts: Vec<Timestamp> = middle.iter().map(|r| r.record.ts).collect();
+    assert_eq!(middle_ts, stamps[10..15]);
+    assert!(
+        engine
+            .read_tail(before[1], 10, &mut None)
+            .unwrap()
+            .is_none()
+    );
+    // What a reader remembers about a record in the ring is there for the next one.
+    assert!(from_tail[0].shared());
+    from_tail[0].remember(&engine, 7u32, 64);
+    assert_eq!(from_tail[0].memo::<u32>(|v| *v == 7).as_deref(), Some(&7));
+    assert!(from_tail[0].memo::<u64>(|_| true).is_none());
+}

@@ -19,11 +19,12 @@ use super::spec::{BeforeChange, FullDocument, Scope, StreamSpec};
 use super::token::{ResumeToken, TokenKind};
 use crate::error::{CommandError, CommandResult, code};
 
-/// One change event for a stream.
-#[derive(Debug)]
+/// One change event for a stream. The document is shared: streams that watch the same way
+/// share one record's events (`stream.rs`), and a batch sends it without a copy.
+#[derive(Clone, Debug)]
 pub struct Event {
     pub token: ResumeToken,
-    pub doc: RawDocumentBuf,
+    pub doc: StoredDoc,
 }
 
 impl Event {
@@ -310,7 +311,10 @@ impl Shaper<'_> {
             cstr!("wallTime"),
             bson::DateTime::from_millis(self.record.wall_ms),
         );
-        Event { token, doc: e }
+        Event {
+            token,
+            doc: StoredDoc::new(e),
+        }
     }
 
     /// `_id`, `operationType`, `clusterTime`, `wallTime` and `ns` (when given).
@@ -348,7 +352,7 @@ impl Shaper<'_> {
         }
         Event {
             token: ResumeToken::event(self.record.ts, index_of(at)),
-            doc: e,
+            doc: StoredDoc::new(e),
         }
     }
 }

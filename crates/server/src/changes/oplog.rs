@@ -11,6 +11,7 @@
 //!   `collMod`) shows the command, as mongod's oplog does, not the writes that carried it out.
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
+use mangrove_storage::StoredDoc;
 use mangrove_storage::txlog::{LogOp, LogRecord};
 
 use super::event::{Event, Uuids};
@@ -41,7 +42,7 @@ pub fn record_entries(record: &LogRecord, uuids: Uuids<'_>) -> Vec<Event> {
     };
     vec![Event {
         token: ResumeToken::event(record.ts, 0),
-        doc: RawDocumentBuf::try_from(&entry).unwrap_or_default(),
+        doc: StoredDoc::new(RawDocumentBuf::try_from(&entry).unwrap_or_default()),
     }]
 }
 

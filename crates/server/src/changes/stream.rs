@@ -9,24 +9,32 @@
 //!   returned; the post-batch resume token is a high-water mark there once `pending` is empty,
 //!   else the last event returned: resuming from either shows every later event exactly once.
 //! - Memory is bounded per stream by one read batch ([`READ_RECORDS`], [`READ_BYTES`]) and
-//!   its events; a stream that falls behind reads from disk and holds nothing back: not the
-//!   writer, not the checkpointer (the log's retention decides what history exists).
-//! - The log is read off the async threads (`spawn_blocking`), and no lock is held across an
-//!   await: a cursor is taken out of the cursor table while a `getMore` runs.
+//!   its events, plus the engine's one shared tail (bounded there: `engine/tail.rs`); a
+//!   stream that falls behind the tail reads from disk with its own reader and holds nothing
+//!   back: not the writer, not the checkpointer, not the other streams (the log's retention
+//!   decides what history exists).
+//! - A stream at the tail reads the same records, in the same order, as its own reader would:
+//!   the tail serves only positions it holds every durable record after.
+//! - The events shaped once and shared through the tail depend only on the record and the
+//!   stream's [`ShapeKey`] (streams with expanded events, which show each stream's own view of
+//!   collection UUIDs, shape their own).
+//! - Catching up, the log is read off the async threads (`spawn_blocking`); at the tail inline
+//!   (page-cache reads of a few records). No lock is held across an await: a cursor is taken
+//!   out of the cursor table while a `getMore` runs.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bson::RawDocumentBuf;
 use mangrove_query::Pipeline;
 use mangrove_storage::txlog::{LogOp, LogRecord};
-use mangrove_storage::{Engine, HistoryReader, Timestamp, uuid_of};
+use mangrove_storage::{Engine, HistoryReader, StoredDoc, TailRecord, Timestamp, uuid_of};
 
 use mangrove_query::{Filter, Projection};
 
 use super::event::{Event, MAX_EVENT_BYTES, kept_token, record_events, split_event, too_large};
 use super::oplog::record_entries;
-use super::spec::{Scope, Start, StreamSpec};
+use super::spec::{BeforeChange, FullDocument, Scope, Start, StreamSpec};
 use super::token::{ResumeToken, TokenKind};
 use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 use crate::error::{CommandError, CommandResult, code};
@@ -39,15 +47,48 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 /// with a newer resume token is progress too).
 const MAX_SCAN: Duration = Duration::from_millis(500);
 
-/// A stream answered this recently is busy: see `HistoryCursor::gather`.
-const GATHER_BELOW: Duration = Duration::from_micros(500);
-const GATHER: Duration = Duration::from_millis(1);
+/// How long a stream at the log's tail lets commits gather after its last answer before it
+/// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
+/// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
+/// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
+const GATHER_MAX: Duration = Duration::from_millis(1);
+const GATHER_FROM_RATE: f64 = 1500.0;
+const GATHER_FULL_RATE: f64 = 4000.0;
 
 /// An event ready to return (after the stream's stages).
 struct Ready {
     token: ResumeToken,
-    doc: RawDocumentBuf,
+    doc: StoredDoc,
 }
+
+/// What a record's change events depend on besides the record itself, when the stream does not
+/// show expanded events (those carry each stream's own view of collection UUIDs): streams with
+/// equal keys shape each record once, through the shared tail's memos.
+#[derive(PartialEq)]
+struct ShapeKey {
+    scope: Scope,
+    full_document: FullDocument,
+    before_change: BeforeChange,
+}
+
+impl ShapeKey {
+    fn of(spec: &StreamSpec) -> Option<ShapeKey> {
+        (!spec.show_expanded).then(|| ShapeKey {
+            scope: spec.scope.clone(),
+            full_document: spec.full_document,
+            before_change: spec.before_change,
+        })
+    }
+}
+
+/// One record's events for one [`ShapeKey`], as the shared tail remembers them.
+struct Shaped {
+    key: ShapeKey,
+    events: Vec<Event>,
+}
+
+/// What an event costs to remember besides its document: its token and bookkeeping.
+const EVENT_OVERHEAD: usize = 64;
 
 /// What a history cursor shows.
 pub enum Shape {
@@ -73,7 +114,8 @@ pub struct HistoryCursor {
     /// Collection UUIDs: the catalog's when the cursor opened, then as the history read since
     /// creates collections (so an event shows the UUID its collection had then).
     uuids: HashMap<String, bson::Uuid>,
-    /// Taken while a read runs on the blocking pool.
+    /// This cursor's own reader, for history behind the shared tail: `None` until needed
+    /// (or while a read runs on the blocking pool, or after the shared tail adopted it).
     reader: Option<HistoryReader>,
     /// Every record at or before this has its events in `ready` or returned.
     after: Timestamp,
@@ -84,8 +126,10 @@ pub struct HistoryCursor {
     last_returned: Option<ResumeToken>,
     /// The last read reached the durable end: the next one reads just-written bytes.
     tailing: bool,
-    /// When the last non-empty batch was answered (see `gather`).
+    /// When the last non-empty batch was answered, and the commit rate (records/s) seen over
+    /// the last answers (see `gather`).
     last_answer: Option<Instant>,
+    rate: f64,
     /// Resuming from a fragment of a split event: the fragments up to it were returned.
     resume_fragment: Option<ResumeToken>,
     /// An invalidate was queued (or filtered out by the stages): nothing after it is read, and
@@ -136,6 +180,7 @@ impl HistoryCursor {
             last_returned: None,
             resume_fragment: None,
             last_answer: None,
+            rate: 0.0,
             tailing: false,
             invalidated: false,
             caught_up: false,
@@ -171,8 +216,8 @@ impl HistoryCursor {
         if stream.resume_inside.is_some() {
             // The token's record is read now, so that a token naming no event fails the
             // aggregate itself, as in mongod.
-            let records = stream.read().await?;
-            stream.absorb(records)?;
+            let records = stream.read(engine).await?;
+            stream.absorb(engine, records)?;
             if stream.resume_inside.is_some() {
                 return Err(token_not_found());
             }
@@ -204,6 +249,8 @@ impl HistoryCursor {
         let started = Instant::now();
         let mut docs = Vec::new();
         let mut bytes = 0usize;
+        let mut records_read = 0;
+        let mut gathered = false;
         loop {
             self.take_ready(max_docs, &mut docs, &mut bytes);
             if self.invalidated || docs.len() as u64 >= max_docs || !self.ready.is_empty() {
@@ -211,10 +258,15 @@ impl HistoryCursor {
             }
             let mut read_nothing = false;
             if engine.last_durable() > self.after {
-                let records = self.read().await?;
+                if !gathered && docs.is_empty() {
+                    gathered = true;
+                    self.gather(wait_until).await;
+                }
+                let records = self.read(engine).await?;
                 read_nothing = records.is_empty();
                 if !read_nothing {
-                    self.absorb(records)?;
+                    records_read += records.len();
+                    self.absorb(engine, records)?;
                     if docs.is_empty() && started.elapsed() > MAX_SCAN {
                         break;
                     }
@@ -241,13 +293,12 @@ impl HistoryCursor {
                 }
                 Some(until) if until > now => {
                     engine.wait_durable_after(self.after, until - now).await;
-                    self.gather(until).await;
                 }
                 _ => break,
             }
         }
         if !docs.is_empty() {
-            self.last_answer = Some(Instant::now());
+            self.answered(records_read);
         }
         Ok(Batch {
             docs,
@@ -256,16 +307,32 @@ impl HistoryCursor {
         })
     }
 
-    /// When commits come faster than one a [`GATHER_BELOW`] (the last batch was answered that
-    /// recently), waits [`GATHER`] more before reading, so that one `getMore` carries several
-    /// commits' events instead of each commit waking every stream for one: the per-stream cost
-    /// of a busy log drops several-fold for at most a millisecond of latency, and a stream at a
-    /// slow rate answers at once.
-    async fn gather(&mut self, until: Instant) {
-        let busy = self.last_answer.is_some_and(|t| t.elapsed() < GATHER_BELOW);
-        if busy && until > Instant::now() + GATHER {
-            tokio::time::sleep(GATHER).await;
+    /// A stream at the log's tail (an awaiting `getMore`) on a busy log reads no sooner than
+    /// [`gather_time`] after its last answer, so that one `getMore` carries the commits of that
+    /// time instead of each commit costing every stream a round trip: the per-stream cost is
+    /// per batch, not per commit. Catching up (not at the tail), on a first batch, or on a log
+    /// slower than [`GATHER_FROM_RATE`] (the 1,000 commits/s of the latency goal), it reads at
+    /// once.
+    async fn gather(&self, wait_until: Option<Instant>) {
+        let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
+            return;
+        };
+        let at = (last + gather_time(self.rate)).min(until);
+        if at > Instant::now() {
+            tokio::time::sleep_until(at.into()).await;
         }
+    }
+
+    /// After a non-empty answer that read `records`: the commit rate since the last answer,
+    /// smoothed over a few answers (a group commit makes several records durable at once, which
+    /// says little about the rate).
+    fn answered(&mut self, records: usize) {
+        let now = Instant::now();
+        if let Some(last) = self.last_answer {
+            let seconds = now.duration_since(last).as_secs_f64().max(1e-4);
+            self.rate = 0.75 * self.rate + 0.25 * (records as f64 / seconds);
+        }
+        self.last_answer = Some(now);
     }
 
     /// The stream has nothing more to give: its invalidate was returned, or a plain oplog read
@@ -288,7 +355,7 @@ impl HistoryCursor {
             };
             *bytes += len;
             self.last_returned = Some(next.token);
-            docs.push(BatchDoc::Owned(next.doc));
+            docs.push(BatchDoc::Stored(next.doc));
         }
     }
 
@@ -306,10 +373,43 @@ impl HistoryCursor {
         }
     }
 
-    /// The next records of durable history. A stream at the log's tail reads what was just
-    /// written, from the page cache, on this thread (a hand-off to the blocking pool would cost
-    /// more than the read); one catching up reads off the async threads.
-    async fn read(&mut self) -> CommandResult<Vec<LogRecord>> {
+    /// The next records of durable history: from the shared tail when this cursor's position
+    /// is in it (read, checked and decoded once for every stream there), else with its own
+    /// reader. A cursor whose own reads reached the durable end offers its reader to the tail,
+    /// which adopts it when it has none there (a catching-up cursor keeps its own: the tail
+    /// reads under a lock, at the end of the log only).
+    async fn read(&mut self, engine: &Engine) -> CommandResult<Vec<Arc<TailRecord>>> {
+        let mut not_offered = None;
+        let donor = match self.tailing {
+            true => &mut self.reader,
+            false => &mut not_offered,
+        };
+        if let Some(records) = engine.read_tail(self.after, READ_RECORDS, donor)? {
+            self.tailing = true;
+            return Ok(records);
+        }
+        let records = self.read_own(engine).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| Arc::new(TailRecord::detached(r)))
+            .collect())
+    }
+
+    /// The next records with this cursor's own reader, opened at `after` if it has none there
+    /// (the shared tail took it, or served this cursor since). A cursor at the log's tail
+    /// reads what was just written, from the page cache, on this thread (a hand-off to the
+    /// blocking pool would cost more than the read); one catching up reads off the async
+    /// threads.
+    async fn read_own(&mut self, engine: &Engine) -> CommandResult<Vec<LogRecord>> {
+        if self
+            .reader
+            .as_ref()
+            .is_none_or(|r| r.position() != self.after)
+        {
+            self.reader = None;
+            self.reader = Some(open_history(engine, self.after).await?);
+            self.tailing = false;
+        }
         if self.tailing
             && let Some(reader) = self.reader.as_mut()
         {
@@ -336,14 +436,12 @@ impl HistoryCursor {
     }
 
     /// Shapes `records` into events, runs them through the stream's stages, and queues them.
-    fn absorb(&mut self, records: Vec<LogRecord>) -> CommandResult<()> {
-        for record in records {
+    fn absorb(&mut self, engine: &Engine, records: Vec<Arc<TailRecord>>) -> CommandResult<()> {
+        for tail in records {
+            let record = &tail.record;
             debug_assert!(record.ts > self.after, "history goes forward");
-            self.learn_uuids(&record);
-            let mut events = match &self.shape {
-                Shape::Events { spec, .. } => record_events(&record, spec, &self.uuids)?,
-                Shape::Oplog { .. } => record_entries(&record, &self.uuids),
-            };
+            self.learn_uuids(record);
+            let mut events = self.events_of(engine, &tail)?;
             if let Some(t) = self.resume_inside.take() {
                 if record.ts != t.ts {
                     return Err(token_not_found());
@@ -365,6 +463,32 @@ impl HistoryCursor {
             }
         }
         Ok(())
+    }
+
+    /// The events (or oplog entries) a record shows this cursor. Change events of a record in
+    /// the shared tail are shaped once per [`ShapeKey`] and remembered there for the other
+    /// streams (an error, such as a required image missing, is not remembered).
+    fn events_of(&self, engine: &Engine, tail: &TailRecord) -> CommandResult<Vec<Event>> {
+        let spec = match &self.shape {
+            Shape::Oplog { .. } => return Ok(record_entries(&tail.record, &self.uuids)),
+            Shape::Events { spec, .. } => spec,
+        };
+        let Some(key) = ShapeKey::of(spec) else {
+            return record_events(&tail.record, spec, &self.uuids);
+        };
+        if let Some(shaped) = tail.memo::<Shaped>(|s| s.key == key) {
+            return Ok(shaped.events.clone());
+        }
+        let events = record_events(&tail.record, spec, &self.uuids)?;
+        if tail.shared() {
+            let bytes = events
+                .iter()
+                .map(|e| e.doc.as_bytes().len() + EVENT_OVERHEAD)
+                .sum();
+            let events = events.clone();
+            tail.remember(engine, Shaped { key, events }, bytes);
+        }
+        Ok(events)
     }
 
     /// The UUIDs of collections a record creates or changes, for its events and later ones.
@@ -389,7 +513,7 @@ impl HistoryCursor {
             } => {
                 if filter.try_matches(&event.doc)? {
                     let doc = match projection {
-                        Some(p) => p.apply(&event.doc)?,
+                        Some(p) => StoredDoc::new(p.apply(&event.doc)?),
                         None => event.doc,
                     };
                     self.ready.push_back(Ready {
@@ -409,7 +533,7 @@ impl HistoryCursor {
         {
             return Ok(());
         }
-        let outputs = stages.run(vec![event.doc.clone()])?;
+        let outputs = stages.run(vec![(*event.doc).clone()])?;
         for out in outputs {
             if !kept_token(&out, &event) {
                 let mut e = CommandError::new(
@@ -419,14 +543,14 @@ impl HistoryCursor {
                 e.labels.push("NonResumableChangeStreamError");
                 return Err(e);
             }
-            self.ready_event(event.token, out)?;
+            self.ready_event(event.token, StoredDoc::new(out))?;
         }
         Ok(())
     }
 
     /// Queues a change event, split into fragments if it is too large for one document and the
     /// stream asked for that (`$changeStreamSplitLargeEvent`), else refused (10334).
-    fn ready_event(&mut self, token: ResumeToken, doc: RawDocumentBuf) -> CommandResult<()> {
+    fn ready_event(&mut self, token: ResumeToken, doc: StoredDoc) -> CommandResult<()> {
         if doc.as_bytes().len() <= MAX_EVENT_BYTES {
             self.ready.push_back(Ready { token, doc });
             return Ok(());
@@ -447,7 +571,7 @@ impl HistoryCursor {
             }
             self.ready.push_back(Ready {
                 token: fragment,
-                doc: part,
+                doc: StoredDoc::new(part),
             });
         }
         Ok(())
@@ -482,6 +606,13 @@ fn catalog_uuids(engine: &Engine, scope: Option<&Scope>) -> HashMap<String, bson
         }
     }
     uuids
+}
+
+/// How long commits gather at `rate` commits/s: none up to [`GATHER_FROM_RATE`], then in
+/// proportion up to [`GATHER_MAX`] at [`GATHER_FULL_RATE`].
+fn gather_time(rate: f64) -> Duration {
+    let share = (rate - GATHER_FROM_RATE) / (GATHER_FULL_RATE - GATHER_FROM_RATE);
+    GATHER_MAX.mul_f64(share.clamp(0.0, 1.0))
 }
 
 fn token_not_found() -> CommandError {

@@ -187,6 +187,17 @@ impl HistoryReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogRecord>, StorageError> {
+        let sized = self.next_batch_sized(max_records, max_bytes)?;
+        Ok(sized.into_iter().map(|(record, _)| record).collect())
+    }
+
+    /// [`next_batch`](Self::next_batch), with each record's length in the log (what the shared
+    /// tail's memory bound counts).
+    pub(super) fn next_batch_sized(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(LogRecord, usize)>, StorageError> {
         let max_records = max_records.max(1);
         let durable = self.progress.borrow().durable;
         let mut out = Vec::new();
@@ -218,7 +229,7 @@ impl HistoryReader {
                     cursor.consume(len, record.ts);
                     self.position = record.ts;
                     bytes += len as usize;
-                    out.push(record);
+                    out.push((record, len as usize));
                 }
                 step => match self.at_end(step, durable)? {
                     AtEnd::Continue => {}
@@ -226,7 +237,7 @@ impl HistoryReader {
                 },
             }
         }
-        debug_assert!(out.iter().all(|r| r.ts <= durable));
+        debug_assert!(out.iter().all(|(r, _)| r.ts <= durable));
         if let Some(cursor) = self.cursor.as_mut() {
             cursor.park();
         }
