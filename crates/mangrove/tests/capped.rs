@@ -470,4 +470,55 @@ async fn kill_cursors_interrupts_a_waiting_get_more() {
     );
     let again = doc! {"getMore": id, "collection": "c"};
     assert_eq!(code_of(&db, again).await, 43);
+
+    // The same for a change stream's waiting getMore; and a capped collection's create shows
+    // as one `create` event, without a `createIndexes` of its own `_id_` index.
+    let open = doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"showExpandedEvents": true}}], "cursor": {}};
+    let reply = db.run_command(open).await.unwrap();
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    db.run_command(doc! {"create": "d", "capped": true, "size": 4096})
+        .await
+        .unwrap();
+    db.collection::<Document>("d")
+        .insert_one(doc! {"n": 1})
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let more = doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 1000};
+        let reply = db.run_command(more).await.unwrap();
+        for e in reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+        {
+            kinds.push(
+                e.as_document()
+                    .unwrap()
+                    .get_str("operationType")
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(kinds, vec!["create", "insert"]);
+    let waiting = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let more = doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 20_000};
+            (db.run_command(more).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.run_command(doc! {"killCursors": "$cmd.aggregate", "cursors": [id]})
+        .await
+        .unwrap();
+    let (result, elapsed) = waiting.await.unwrap();
+    assert_eq!(error_code(&result.unwrap_err()), Some(237));
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the getMore waited {elapsed:?}"
+    );
 }

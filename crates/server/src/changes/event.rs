@@ -135,6 +135,9 @@ impl Shaper<'_> {
             LogOp::CreateCollection { ns, options } if expanded && self.spec.scope.covers(ns) => {
                 out.push(self.create(at, ns, options));
             }
+            // A capped collection's own `_id_` index comes with its `create` (mongod shows
+            // none).
+            LogOp::CreateIndex { spec, .. } if spec.get_str("name").is_ok_and(|n| n == "_id_") => {}
             LogOp::CreateIndex { ns, spec } if expanded && self.spec.scope.covers(ns) => {
                 let mut e = self.head(at, "createIndexes", Some(ns));
                 e.append(

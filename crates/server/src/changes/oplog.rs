@@ -145,6 +145,10 @@ fn op_entry(op: &LogOp) -> Option<Document> {
             let (db, coll) = split(ns);
             doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": {"drop": coll}}
         }
+        // A capped collection's own `_id_` index comes with its `create`.
+        LogOp::CreateIndex { spec, .. } if spec.get_str("name").is_ok_and(|n| n == "_id_") => {
+            return None;
+        }
         LogOp::CreateIndex { ns, spec } => {
             let (db, coll) = split(ns);
             let mut o = doc! {"createIndexes": coll};

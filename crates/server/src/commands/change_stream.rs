@@ -237,14 +237,33 @@ pub(super) async fn get_more(
     if let Some(remaining) = cursor.remaining {
         want = want.min(remaining);
     }
-    // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one.
-    let mut batch = stream.next_batch(&shared.engine, want, until).await?;
+    // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one. So
+    // does killCursors meanwhile (ending the wait; the stream's state no longer matters).
+    let killed = shared.cursors.kill_signal(id);
+    let kill = async {
+        match &killed {
+            Some(k) => k.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let next = tokio::select! {
+        next = stream.next_batch(&shared.engine, want, until) => next,
+        _ = kill => Err(crate::cursor::killed_error(id)),
+    };
+    let mut batch = match next {
+        Ok(batch) => batch,
+        Err(e) => {
+            shared.cursors.give_up(id);
+            return Err(e);
+        }
+    };
     if let Some(remaining) = &mut cursor.remaining {
         *remaining -= batch.docs.len() as u64;
         batch.ended |= *remaining == 0;
     }
     let ns = cursor.ns.clone();
     let reply_id = if batch.ended {
+        shared.cursors.give_up(id);
         0
     } else {
         cursor.last_used = Instant::now();
