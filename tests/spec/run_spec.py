@@ -455,17 +455,25 @@ def describe_server(port: int) -> tuple[str, bool]:
     """What pymongo's runner will compare runOnRequirements with (version,
     topology), and whether test commands are on, as pymongo's runner checks it."""
     from pymongo import MongoClient  # the venv's; only for this one look
+    from pymongo.errors import OperationFailure
 
     client = MongoClient("127.0.0.1", port, directConnection=True, serverSelectionTimeoutMS=5000)
     try:
         version = client.admin.command("buildInfo").get("version", "?")
         hello = client.admin.command("hello")
-        params = client.admin.command("getParameter", "*")
+        try:
+            test_commands = bool(client.admin.command("getParameter", "*").get("enableTestCommands"))
+            auth = ""
+        except OperationFailure as e:
+            if e.code != 13:
+                raise
+            # --auth: no user yet to ask with; the harness always passes --enable-test-commands.
+            test_commands, auth = True, ", --auth"
     finally:
         client.close()
     topology = f"replica set {hello['setName']!r}" if "setName" in hello else "standalone"
-    about = f"version {version}, maxWireVersion {hello.get('maxWireVersion')}, {topology}"
-    return about, bool(params.get("enableTestCommands"))
+    about = f"version {version}, maxWireVersion {hello.get('maxWireVersion')}, {topology}{auth}"
+    return about, test_commands
 
 
 def run_pytest(
