@@ -702,3 +702,31 @@ async fn user_defined_roles() {
         .await
         .unwrap();
 }
+
+/// One connection's conversation, over a raw socket: a wrong conversation id and a replayed
+/// final message are refused, and a correct conversation still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_ids_and_replays() {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let anon = driver_client(server.port).await;
+    anon.database("admin")
+        .run_command(doc! {"createUser": "u", "pwd": "p", "roles": ["root"]})
+        .await
+        .unwrap();
+    let mut s = server.connect();
+    let start = doc! {"saslStart": 1, "mechanism": "SCRAM-SHA-256",
+    "payload": sasl_payload("n,,n=u,r=abcdefghijklmnop"), "$db": "admin"};
+    let (_, reply) = common::round_trip(&mut s, &common::op_msg(1, &start));
+    assert_eq!(reply.get_i32("conversationId").unwrap(), 1, "{reply}");
+    let wrong_id = doc! {"saslContinue": 1, "conversationId": 7,
+    "payload": sasl_payload("c=biws,r=x,p=AAAA"), "$db": "admin"};
+    let (_, reply) = common::round_trip(&mut s, &common::op_msg(2, &wrong_id));
+    assert_eq!(reply.get_i32("code").unwrap(), 17, "{reply}");
+    // The conversation ended with the error: a replay of any final message finds none.
+    let replay = doc! {"saslContinue": 1, "conversationId": 1,
+    "payload": sasl_payload("c=biws,r=x,p=AAAA"), "$db": "admin"};
+    let (_, reply) = common::round_trip(&mut s, &common::op_msg(3, &replay));
+    assert_eq!(reply.get_i32("code").unwrap(), 17, "{reply}");
+    let (_, reply) = common::round_trip(&mut s, &common::ping_msg(4));
+    assert_eq!(reply.get_f64("ok").unwrap(), 1.0, "{reply}");
+}
