@@ -48,6 +48,26 @@ async fn user_client(port: u16, user: &str, pwd: &str, source: &str, m: AuthMech
     Client::with_options(options).unwrap()
 }
 
+/// A server started with `--auth`, its first user `root` (password "pw") made through the
+/// localhost exception, and a client authenticated as it.
+async fn server_with_root() -> (Server, Client) {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let anon = driver_client(server.port).await;
+    anon.database("admin")
+        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
+        .await
+        .unwrap();
+    let root = user_client(
+        server.port,
+        "root",
+        "pw",
+        "admin",
+        AuthMechanism::ScramSha256,
+    )
+    .await;
+    (server, root)
+}
+
 fn sasl_payload(text: &str) -> Binary {
     Binary {
         subtype: BinarySubtype::Generic,
@@ -349,20 +369,7 @@ fn refuses_to_listen_beyond_loopback_without_auth() {
 /// user with `killAnySession` can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_belong_to_their_user() {
-    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
-    let anon = driver_client(server.port).await;
-    anon.database("admin")
-        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
-        .await
-        .unwrap();
-    let root = user_client(
-        server.port,
-        "root",
-        "pw",
-        "admin",
-        AuthMechanism::ScramSha256,
-    )
-    .await;
+    let (server, root) = server_with_root().await;
     for user in ["alice", "bob"] {
         root.database("admin")
             .run_command(doc! {"createUser": user, "pwd": "pw", "roles": ["readWriteAnyDatabase"]})
@@ -448,20 +455,7 @@ async fn sessions_belong_to_their_user() {
 /// where it must be refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_in_role_matrix() {
-    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
-    let anon = driver_client(server.port).await;
-    anon.database("admin")
-        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
-        .await
-        .unwrap();
-    let root = user_client(
-        server.port,
-        "root",
-        "pw",
-        "admin",
-        AuthMechanism::ScramSha256,
-    )
-    .await;
+    let (server, root) = server_with_root().await;
     // find insert index user status dropDb killAll shutdown
     let matrix: &[(&str, &str, [bool; 8])] = &[
         (
@@ -603,20 +597,7 @@ async fn built_in_role_matrix() {
 /// open connections, cycles and bad definitions refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_defined_roles() {
-    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
-    let anon = driver_client(server.port).await;
-    anon.database("admin")
-        .run_command(doc! {"createUser": "root", "pwd": "pw", "roles": ["root"]})
-        .await
-        .unwrap();
-    let root = user_client(
-        server.port,
-        "root",
-        "pw",
-        "admin",
-        AuthMechanism::ScramSha256,
-    )
-    .await;
+    let (server, root) = server_with_root().await;
     let (app, admin) = (root.database("app"), root.database("admin"));
     app.run_command(
         doc! {"createRole": "ordersReader", "roles": [], "privileges": [

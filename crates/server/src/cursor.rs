@@ -295,6 +295,15 @@ impl Killed {
     }
 }
 
+/// Resolves once the taken-out cursor whose signal is `killed` is killed (never for `None`):
+/// a waiting `getMore` selects on it.
+pub async fn until_killed(killed: Option<&Killed>) {
+    match killed {
+        Some(k) => k.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// mongod's CursorKilled, for a `getMore` whose cursor `killCursors` killed meanwhile.
 pub fn killed_error(id: i64) -> CommandError {
     CommandError::new(code::CURSOR_KILLED, format!("cursor id {id} was killed"))

@@ -240,15 +240,9 @@ pub(super) async fn get_more(
     // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one. So
     // does killCursors meanwhile (ending the wait; the stream's state no longer matters).
     let killed = shared.cursors.kill_signal(id);
-    let kill = async {
-        match &killed {
-            Some(k) => k.wait().await,
-            None => std::future::pending().await,
-        }
-    };
     let next = tokio::select! {
         next = stream.next_batch(&shared.engine, want, until) => next,
-        _ = kill => Err(crate::cursor::killed_error(id)),
+        _ = crate::cursor::until_killed(killed.as_deref()) => Err(crate::cursor::killed_error(id)),
     };
     let mut batch = match next {
         Ok(batch) => batch,

@@ -121,15 +121,9 @@ pub(super) async fn get_more(
             return Ok(Reply::Raw(cursor_reply(&ns, reply_id, "nextBatch", &batch)));
         }
         // killCursors meanwhile ends the wait, and the cursor.
-        let kill = async {
-            match &killed {
-                Some(k) => k.wait().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shared.engine.wait_durable_after(read_ts, until - now) => {}
-            _ = kill => {
+            _ = crate::cursor::until_killed(killed.as_deref()) => {
                 shared.cursors.give_up(id);
                 return Err(crate::cursor::killed_error(id));
             }
