@@ -8,7 +8,7 @@
 //! - A `getMore` waits at most its `maxTimeMS` (the driver's `maxAwaitTimeMS`; 1 s without
 //!   one) and never holds a lock while waiting (the cursor is out of the cursor table).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bson::RawDocumentBuf;
 use bson::raw::{RawArrayBuf, RawBsonRef};
@@ -37,9 +37,6 @@ const ALLOWED_STAGES: &[&str] = &[
     "$replaceWith",
     "$redact",
 ];
-
-/// How long a change stream's `getMore` waits for commits without a `maxTimeMS`, as mongod.
-const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
 /// Codes after which drivers may resume a change stream (mongod labels them
 /// ResumableChangeStreamError): the retriable ones and the routing ones.
@@ -222,10 +219,7 @@ pub(super) async fn get_more(
     mut cursor: Cursor,
     batch_size: Option<u64>,
 ) -> CommandResult<Reply> {
-    let wait = match req.opt_i64("maxTimeMS")? {
-        Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
-        _ => DEFAULT_AWAIT,
-    };
+    let wait = super::get_more::await_time(req)?;
     let Source::History(stream) = &mut cursor.source else {
         return Err(CommandError::new(
             code::INTERNAL_ERROR,

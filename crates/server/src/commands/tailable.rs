@@ -11,7 +11,7 @@
 //! - An `awaitData` `getMore` waits at most its `maxTimeMS` (1 s without one) and holds no lock
 //!   while it waits: the cursor is out of the cursor table meanwhile.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mangrove_storage::CollectionInfo;
 
@@ -22,9 +22,6 @@ use crate::request::Request;
 
 use super::Reply;
 use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply};
-
-/// How long an `awaitData` `getMore` without `maxTimeMS` waits, as mongod.
-const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
 /// The tailable cursor `find` asks for, checked as mongod checks it; `None` for an ordinary
 /// find. `natural` is the query's `$natural` sort, if any.
@@ -91,10 +88,7 @@ pub(super) async fn get_more(
     batch_size: Option<u64>,
 ) -> CommandResult<Reply> {
     let await_data = cursor.tail().is_some_and(|t| t.await_data);
-    let wait = match req.opt_i64("maxTimeMS")? {
-        Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
-        _ => DEFAULT_AWAIT,
-    };
+    let wait = super::get_more::await_time(req)?;
     let until = Instant::now() + wait;
     let ns = cursor.ns.clone();
     let killed = shared.cursors.kill_signal(id);

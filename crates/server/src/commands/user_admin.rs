@@ -25,6 +25,16 @@ use super::Reply;
 use super::args::internal;
 use super::write_path::{WriteOptions, retry_conflicts};
 
+/// The fields `createUser` and `updateUser` take.
+const USER_FIELDS: &[&str] = &[
+    "pwd",
+    "roles",
+    "customData",
+    "mechanisms",
+    "digestPassword",
+    "authenticationRestrictions",
+];
+
 /// mongod's code for a user that already exists.
 const USER_EXISTS: i32 = 51003;
 
@@ -180,14 +190,7 @@ pub(super) async fn create_user(
     identity: &mut Identity,
     req: &Request<'_>,
 ) -> CommandResult<Reply> {
-    req.check_fields(&[
-        "pwd",
-        "roles",
-        "customData",
-        "mechanisms",
-        "digestPassword",
-        "authenticationRestrictions",
-    ])?;
+    req.check_fields(USER_FIELDS)?;
     let name = req.collection()?;
     check_user_db(req.db)?;
     let roles = parse_roles(
@@ -241,14 +244,7 @@ pub(super) async fn update_user(
     identity: &mut Identity,
     req: &Request<'_>,
 ) -> CommandResult<Reply> {
-    req.check_fields(&[
-        "pwd",
-        "roles",
-        "customData",
-        "mechanisms",
-        "digestPassword",
-        "authenticationRestrictions",
-    ])?;
+    req.check_fields(USER_FIELDS)?;
     let name = req.collection()?;
     let roles = match req.get("roles") {
         Some(v) => Some(parse_roles(
