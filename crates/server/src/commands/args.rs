@@ -64,3 +64,12 @@ pub(super) fn cursor_batch_size(req: &Request<'_>) -> CommandResult<Option<u64>>
         },
     }
 }
+
+/// How long an `awaitData` `getMore` (a tailable cursor's, a change stream's) waits for
+/// commits: its `maxTimeMS` (the driver's `maxAwaitTimeMS`), 1 s without one, as mongod.
+pub(super) fn await_time(req: &Request<'_>) -> CommandResult<std::time::Duration> {
+    Ok(match req.opt_i64("maxTimeMS")? {
+        Some(ms) if ms > 0 => std::time::Duration::from_millis(ms as u64),
+        _ => std::time::Duration::from_secs(1),
+    })
+}

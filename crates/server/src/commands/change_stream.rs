@@ -219,7 +219,7 @@ pub(super) async fn get_more(
     mut cursor: Cursor,
     batch_size: Option<u64>,
 ) -> CommandResult<Reply> {
-    let wait = super::get_more::await_time(req)?;
+    let wait = super::args::await_time(req)?;
     let Source::History(stream) = &mut cursor.source else {
         return Err(CommandError::new(
             code::INTERNAL_ERROR,

@@ -66,15 +66,6 @@ fn check_cursor_txn(req: &Request<'_>, id: i64, cursor: &Cursor) -> CommandResul
     }
 }
 
-/// How long an `awaitData` `getMore` (a tailable cursor's, a change stream's) waits for
-/// commits: its `maxTimeMS` (the driver's `maxAwaitTimeMS`), 1 s without one, as mongod.
-pub(super) fn await_time(req: &Request<'_>) -> CommandResult<std::time::Duration> {
-    Ok(match req.opt_i64("maxTimeMS")? {
-        Some(ms) if ms > 0 => std::time::Duration::from_millis(ms as u64),
-        _ => std::time::Duration::from_secs(1),
-    })
-}
-
 /// The cursor id a `getMore` names.
 fn cursor_id(req: &Request<'_>) -> CommandResult<i64> {
     match req.command_value() {

@@ -88,7 +88,7 @@ pub(super) async fn get_more(
     batch_size: Option<u64>,
 ) -> CommandResult<Reply> {
     let await_data = cursor.tail().is_some_and(|t| t.await_data);
-    let wait = super::get_more::await_time(req)?;
+    let wait = super::args::await_time(req)?;
     let until = Instant::now() + wait;
     let ns = cursor.ns.clone();
     let killed = shared.cursors.kill_signal(id);
