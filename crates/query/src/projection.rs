@@ -94,6 +94,7 @@ impl Projection {
         let mut flat = Vec::new();
         flatten(spec, String::new(), &mut flat)?;
         let mut positional = false;
+        let mut elem_match = false;
         for (path, value) in flat {
             let (path, item, kind) = match path.strip_suffix(".$") {
                 Some(base) if !base.is_empty() && !base.contains(".$") => {
@@ -118,6 +119,7 @@ impl Projection {
             };
             let is_id = path == "_id";
             has_id |= is_id;
+            elem_match |= matches!(item, Item::ElemMatch(_));
             if !is_id {
                 match (kind, mode) {
                     (Kind::Include, Some(false)) => {
@@ -142,7 +144,9 @@ impl Projection {
         let only_id_included = mode.is_none()
             && matches!(root.get("_id"), Some(Item::Include))
             && root.children.len() == 1;
-        let inclusion = mode.unwrap_or(only_id_included);
+        // `$slice` alone keeps the other fields (an exclusion); `$elemMatch` alone returns only
+        // its field and `_id` (an inclusion), as mongod does.
+        let inclusion = mode.unwrap_or(only_id_included || elem_match);
         if inclusion && !has_id {
             root.children.insert(0, ("_id".to_owned(), Item::Include));
         }

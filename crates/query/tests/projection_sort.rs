@@ -114,6 +114,16 @@ fn slice_and_elem_match() {
         project(doc! {"s": {"$elemMatch": {"x": 9}}}, d),
         doc! {"_id": 1}
     );
+    // Alone, $elemMatch is an inclusion (other fields go) and $slice an exclusion (they stay).
+    let wide = doc! {"_id": 1, "other": 5, "s": [{"x": 1}, {"x": 2}]};
+    assert_eq!(
+        project(doc! {"s": {"$elemMatch": {"x": 2}}}, wide.clone()),
+        doc! {"_id": 1, "s": [{"x": 2}]}
+    );
+    assert_eq!(
+        project(doc! {"s": {"$slice": 1}}, wide),
+        doc! {"_id": 1, "other": 5, "s": [{"x": 1}]}
+    );
 }
 
 #[test]
