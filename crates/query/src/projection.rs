@@ -82,6 +82,29 @@ enum Kind {
     Neutral,
 }
 
+/// A field's kind decides the projection's mode (inclusion: `Some(true)`) or must agree with it.
+fn settle_mode(kind: Kind, mode: &mut Option<bool>, path: &str) -> Result<(), QueryError> {
+    match (kind, *mode) {
+        (Kind::Include, Some(false)) => Err(QueryError::location(
+            31253,
+            format!("Cannot do inclusion on field {path} in exclusion projection"),
+        )),
+        (Kind::Exclude, Some(true)) => Err(QueryError::location(
+            31254,
+            format!("Cannot do exclusion on field {path} in inclusion projection"),
+        )),
+        (Kind::Include, None) => {
+            *mode = Some(true);
+            Ok(())
+        }
+        (Kind::Exclude, None) => {
+            *mode = Some(false);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn bad(msg: impl Into<String>) -> QueryError {
     QueryError::bad_value(msg)
 }
@@ -121,23 +144,7 @@ impl Projection {
             has_id |= is_id;
             elem_match |= matches!(item, Item::ElemMatch(_));
             if !is_id {
-                match (kind, mode) {
-                    (Kind::Include, Some(false)) => {
-                        return Err(QueryError::location(
-                            31253,
-                            format!("Cannot do inclusion on field {path} in exclusion projection"),
-                        ));
-                    }
-                    (Kind::Exclude, Some(true)) => {
-                        return Err(QueryError::location(
-                            31254,
-                            format!("Cannot do exclusion on field {path} in inclusion projection"),
-                        ));
-                    }
-                    (Kind::Include, None) => mode = Some(true),
-                    (Kind::Exclude, None) => mode = Some(false),
-                    _ => {}
-                }
+                settle_mode(kind, &mut mode, &path)?;
             }
             insert(&mut root, &path, item)?;
         }

@@ -64,7 +64,7 @@ pub fn limits(coll: &CollectionInfo) -> Option<Limits> {
 }
 
 pub fn is_capped(coll: &CollectionInfo) -> bool {
-    limits(coll).is_some()
+    matches!(coll.options.get("capped"), Some(Bson::Boolean(true)))
 }
 
 /// The limits a collection's options give, if it is capped: the stored `size` rounded as mongod

@@ -290,7 +290,7 @@ fn owner(shared: &Shared, conn: &mut ConnState) -> Option<Arc<str>> {
         return None;
     }
     let user = conn.client.identity.current(shared).ok()??;
-    Some(format!("{}@{}", user.user, user.db).into())
+    Some(user.owner.clone())
 }
 
 async fn run_command(

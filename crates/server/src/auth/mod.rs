@@ -64,6 +64,8 @@ pub struct Authenticated {
     pub roles: Vec<RoleRef>,
     /// What they grant, inherited roles followed.
     pub grants: role_defs::Grants,
+    /// `user@db`: whose sessions the connection's requests use.
+    pub owner: std::sync::Arc<str>,
     /// The users generation the roles were read at.
     generation: u64,
 }
@@ -76,6 +78,7 @@ impl Authenticated {
             db: user.db.clone(),
             roles: user.roles.clone(),
             grants: role_defs::resolve(&snapshot, &user.roles)?,
+            owner: format!("{}@{}", user.user, user.db).into(),
             generation: shared.auth.generation(),
         })
     }
@@ -127,27 +130,23 @@ impl Identity {
     }
 }
 
-/// What a command is run on, for authorization: its database, and the collection it names
-/// (the command's value, when that is a string).
-#[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
-    pub db: &'a str,
-    pub collection: Option<&'a str>,
-}
-
-/// Checks that the connection may run `name` (which needs `needs`) on `target`.
+/// Checks that the connection may run `req` (whose command needs `needs`) on its database and
+/// the collection it names (the command's value, when that is a string).
 pub fn authorize(
     shared: &Shared,
     identity: &mut Identity,
     peer: std::net::SocketAddr,
-    name: &str,
-    target: Target<'_>,
+    req: &crate::request::Request<'_>,
     needs: Needs,
 ) -> CommandResult<()> {
-    let db = target.db;
     if !shared.config.auth || needs == Needs::Nothing {
         return Ok(());
     }
+    let (name, db) = (req.name, req.db);
+    let collection = match req.command_value() {
+        Some(bson::raw::RawBsonRef::String(c)) => Some(c),
+        _ => None,
+    };
     let Some(user) = identity.current(shared)? else {
         if localhost_exception(shared, peer, name)? {
             return Ok(());
@@ -160,7 +159,7 @@ pub fn authorize(
     if let Needs::Actions(actions) = needs
         && let Some(missing) = actions
             .iter()
-            .find(|&&a| !user.grants.allows(db, target.collection, a))
+            .find(|&&a| !user.grants.allows(db, collection, a))
     {
         tracing::debug!(user = %user.user, db = %user.db, command = name, action = ?missing, "unauthorized");
         return Err(unauthorized(db, name));

@@ -8,7 +8,7 @@
 
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document, doc};
-use mangrove_storage::{CollectionInfo, ReadView};
+use mangrove_storage::{CollectionInfo, ReadView, Txn};
 
 use super::scram::{Credential, Mechanism};
 use crate::access::key_of;
@@ -142,6 +142,23 @@ pub fn any(view: &dyn ReadView) -> CommandResult<bool> {
         std::ops::ControlFlow::Break(())
     })?;
     Ok(found)
+}
+
+/// Writes `doc` (a user or a role) into `ns` under its string `_id`: a new document, or the
+/// replacement of the one there.
+pub fn put(txn: &mut Txn, ns: &str, doc: &Document) -> CommandResult<()> {
+    let internal = |e: String| CommandError::new(code::INTERNAL_ERROR, e);
+    let (coll, _) = txn.ensure_collection(ns, Document::new())?;
+    let id = doc.get_str("_id").map_err(|e| internal(e.to_string()))?;
+    let key = key_of(RawBsonRef::String(id));
+    let raw = bson::RawDocumentBuf::try_from(doc).map_err(|e| internal(e.to_string()))?;
+    let raw = std::sync::Arc::new(raw);
+    if txn.get(&coll, &key)?.is_some() {
+        txn.replace(&coll, key, raw)?;
+    } else {
+        txn.insert(&coll, key, raw)?;
+    }
+    Ok(())
 }
 
 /// The credentials document for `password`, for each of `mechanisms`.

@@ -44,7 +44,7 @@ pub(super) fn coll_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
 }
 
 /// `dbStats`: the database's collections, views, documents and sizes, summed over
-/// [`storage_stats`] of each collection in one snapshot's catalog.
+/// [`collection_stats`] of each collection, all in one snapshot.
 pub(super) fn db_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["scale", "freeStorage"])?;
     let scale = scale_of(req.get("scale"))?;
@@ -57,7 +57,9 @@ pub(super) fn db_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             views += 1;
             continue;
         }
-        let stats = with_deadline(deadline, || storage_stats(shared, &coll.ns(), 1))?;
+        let stats = with_deadline(deadline, || {
+            collection_stats(&snapshot, &coll, &coll.ns(), 1)
+        })?;
         collections += 1;
         objects += stats.get_i64("count").unwrap_or(0);
         data += stats.get_i64("size").unwrap_or(0);
@@ -139,34 +141,26 @@ pub(super) fn aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Rep
     pipeline_cursor(shared, ns, output, cursor_batch_size(req)?, None)
 }
 
-/// The one document `$collStats` gives for `spec`.
+/// The one document `$collStats` gives for `spec`: `storageStats` and `count` come from one
+/// walk of the collection (a count does not depend on the scale).
 fn stage_output(shared: &Shared, ns: &str, spec: &RawDocument) -> CommandResult<Document> {
-    let mut out = doc! {
-        "ns": ns,
-        "host": shared.advertised.clone(),
-        "localTime": bson::DateTime::from_system_time(SystemTime::now()),
-    };
+    let mut wanted: Vec<(&str, i64)> = Vec::new();
     for item in spec.iter() {
         let (key, value) = item.map_err(internal)?;
-        let options = match value {
-            RawBsonRef::Document(d) => d,
-            _ => {
-                return Err(CommandError::failed_to_parse(format!(
-                    "$collStats.{} must be an object",
-                    key.as_str()
-                )));
-            }
+        let RawBsonRef::Document(options) = value else {
+            return Err(CommandError::failed_to_parse(format!(
+                "$collStats.{} must be an object",
+                key.as_str()
+            )));
         };
         match key.as_str() {
             "storageStats" => {
-                let scale = scale_of(options.get("scale").ok().flatten())?;
-                out.insert("storageStats", storage_stats(shared, ns, scale)?);
+                wanted.push((
+                    "storageStats",
+                    scale_of(options.get("scale").ok().flatten())?,
+                ));
             }
-            "count" => {
-                let stats = storage_stats(shared, ns, 1)?;
-                let count = stats.get("count").cloned().unwrap_or(bson::Bson::Int64(0));
-                out.insert("count", count);
-            }
+            "count" => wanted.push(("count", 1)),
             "latencyStats" | "queryExecStats" => {
                 return Err(CommandError::new(
                     code::COMMAND_NOT_SUPPORTED,
@@ -182,6 +176,27 @@ fn stage_output(shared: &Shared, ns: &str, spec: &RawDocument) -> CommandResult<
                     format!("BSON field '$collStats.{other}' is an unknown field."),
                 ));
             }
+        }
+    }
+    let mut out = doc! {
+        "ns": ns,
+        "host": shared.advertised.clone(),
+        "localTime": bson::DateTime::from_system_time(SystemTime::now()),
+    };
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let scale = wanted
+        .iter()
+        .find(|(k, _)| *k == "storageStats")
+        .map_or(1, |(_, s)| *s);
+    let stats = storage_stats(shared, ns, scale)?;
+    for (key, _) in wanted {
+        if key == "count" {
+            let count = stats.get("count").cloned().unwrap_or(bson::Bson::Int64(0));
+            out.insert("count", count);
+        } else {
+            out.insert("storageStats", stats.clone());
         }
     }
     Ok(out)
@@ -217,8 +232,18 @@ fn storage_stats(shared: &Shared, ns: &str, scale: i64) -> CommandResult<Documen
             format!("Namespace {ns} is a view, not a collection"),
         ));
     }
-    let (count, size, key_bytes) = document_totals(&snapshot, &coll)?;
-    let index_sizes = index_sizes(&snapshot, &coll, key_bytes)?;
+    collection_stats(&snapshot, &coll, ns, scale)
+}
+
+/// `storageStats` of one collection as `snapshot` sees it.
+fn collection_stats(
+    snapshot: &Snapshot,
+    coll: &CollectionInfo,
+    ns: &str,
+    scale: i64,
+) -> CommandResult<Document> {
+    let (count, size, key_bytes) = document_totals(snapshot, coll)?;
+    let index_sizes = index_sizes(snapshot, coll, key_bytes)?;
     let total_index: i64 = index_sizes.values().filter_map(bson::Bson::as_i64).sum();
     let mut stats = doc! {
         "ns": ns,
@@ -228,16 +253,16 @@ fn storage_stats(shared: &Shared, ns: &str, scale: i64) -> CommandResult<Documen
         "numOrphanDocs": 0_i64,
         "storageSize": size / scale,
         "freeStorageSize": 0_i64,
-        "capped": crate::capped::is_capped(&coll),
+        "capped": crate::capped::is_capped(coll),
     };
-    if let Some(limits) = crate::capped::limits(&coll) {
+    if let Some(limits) = crate::capped::limits(coll) {
         if let Some(max) = limits.max {
             // Below 2^31 (`create` checks it): an int, as mongod reports it.
             stats.insert("max", i32::try_from(max).unwrap_or(i32::MAX));
         }
         stats.insert("maxSize", limits.size as i64 / scale);
     }
-    stats.insert("nindexes", crate::capped::index_count(&coll) as i32);
+    stats.insert("nindexes", crate::capped::index_count(coll) as i32);
     stats.insert("indexBuilds", bson::Bson::Array(Vec::new()));
     stats.insert("totalIndexSize", total_index / scale);
     stats.insert("totalSize", (size + total_index) / scale);

@@ -142,10 +142,10 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
     let filter = with_let(req.opt_doc("let")?, || {
         Filter::parse(raw_filter).map_err(CommandError::from)
     })?;
-    let sort = match req.opt_doc("sort")? {
-        Some(spec) if !spec.is_empty() && natural_sort(spec)?.is_none() => {
-            Some(SortSpec::parse(spec)?)
-        }
+    let sort_spec = req.opt_doc("sort")?;
+    let natural = sort_spec.map(natural_sort).transpose()?.flatten();
+    let sort = match sort_spec {
+        Some(spec) if !spec.is_empty() && natural.is_none() => Some(SortSpec::parse(spec)?),
         _ => None,
     };
     let projection = match req.opt_doc("projection")? {
@@ -157,10 +157,6 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
     unsupported_find_options(req)?;
-    let natural = match req.opt_doc("sort")? {
-        Some(spec) => natural_sort(spec)?,
-        None => None,
-    };
     Ok(FindQuery {
         raw_filter,
         natural,

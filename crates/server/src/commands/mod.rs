@@ -179,21 +179,7 @@ async fn dispatch(
 ) -> CommandResult<Reply> {
     let cmd = check_command(shared, req, cmd)?;
     let peer = client.peer;
-    let target = crate::auth::Target {
-        db: req.db,
-        collection: match req.command_value() {
-            Some(RawBsonRef::String(c)) => Some(c),
-            _ => None,
-        },
-    };
-    crate::auth::authorize(
-        shared,
-        &mut client.identity,
-        peer,
-        cmd.name,
-        target,
-        cmd.needs,
-    )?;
+    crate::auth::authorize(shared, &mut client.identity, peer, req, cmd.needs)?;
     if let Some(args) = req.session.transaction()? {
         return txn::in_transaction(shared, client, req, cmd, args).await;
     }

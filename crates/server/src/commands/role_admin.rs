@@ -5,10 +5,8 @@
 //! Roles are documents of `admin.system.roles` (`auth/role_defs.rs`), each change one engine
 //! transaction; afterwards every connection re-reads what its user's roles grant.
 
-use std::sync::Arc;
-
 use bson::raw::RawBsonRef;
-use bson::{Bson, Document, RawDocumentBuf, doc};
+use bson::{Bson, Document, doc};
 use mangrove_storage::{ReadView, Txn};
 
 use crate::Shared;
@@ -104,15 +102,7 @@ fn bad_role() -> CommandError {
 }
 
 fn put_role(txn: &mut Txn, def: &RoleDef) -> CommandResult<()> {
-    let (coll, _) = txn.ensure_collection(ROLES_NS, Document::new())?;
-    let key = key_of(RawBsonRef::String(&RoleDef::id_of(&def.db, &def.role)));
-    let raw = Arc::new(RawDocumentBuf::try_from(&def.to_document()).map_err(internal)?);
-    if txn.get(&coll, &key)?.is_some() {
-        txn.replace(&coll, key, raw)?;
-    } else {
-        txn.insert(&coll, key, raw)?;
-    }
-    Ok(())
+    crate::auth::users::put(txn, ROLES_NS, &def.to_document())
 }
 
 /// Inheriting `roles` must not make `me` inherit itself.

@@ -5,10 +5,8 @@
 //! transaction (so durable and in the log like any write), after which every connection
 //! re-reads its user (`Registry::changed`).
 
-use std::sync::Arc;
-
 use bson::raw::RawBsonRef;
-use bson::{Document, RawDocumentBuf, doc};
+use bson::{Document, doc};
 use mangrove_storage::{ReadView, Txn};
 
 use crate::Shared;
@@ -170,20 +168,6 @@ fn check_user_db(db: &str) -> CommandResult<()> {
     Ok(())
 }
 
-/// Writes `doc` as the user's document (a new one, or replacing the old).
-fn put_user(txn: &mut Txn, doc: &Document) -> CommandResult<()> {
-    let (coll, _) = txn.ensure_collection(USERS_NS, Document::new())?;
-    let id = doc.get_str("_id").map_err(internal)?;
-    let key = key_of(RawBsonRef::String(id));
-    let raw = Arc::new(RawDocumentBuf::try_from(doc).map_err(internal)?);
-    if txn.get(&coll, &key)?.is_some() {
-        txn.replace(&coll, key, raw)?;
-    } else {
-        txn.insert(&coll, key, raw)?;
-    }
-    Ok(())
-}
-
 /// `createUser`.
 pub(super) async fn create_user(
     shared: &Shared,
@@ -230,7 +214,7 @@ pub(super) async fn create_user(
                 format!("User \"{name}@{}\" already exists", req.db),
             ));
         }
-        put_user(txn, &user)
+        users::put(txn, USERS_NS, &user)
     })
     .await?;
     shared.auth.changed();
@@ -288,7 +272,7 @@ pub(super) async fn update_user(
         if let Some(custom) = &custom {
             doc.insert("customData", custom.clone());
         }
-        put_user(txn, &doc)
+        users::put(txn, USERS_NS, &doc)
     })
     .await?;
     shared.auth.changed();
@@ -326,7 +310,7 @@ pub(super) async fn change_roles(
             "roles",
             roles.iter().map(RoleRef::to_document).collect::<Vec<_>>(),
         );
-        put_user(txn, &doc)
+        users::put(txn, USERS_NS, &doc)
     })
     .await?;
     shared.auth.changed();
