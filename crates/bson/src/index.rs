@@ -204,10 +204,45 @@ fn normalize_option(field: &str, value: &Bson, out: &mut Document) -> Result<(),
         "expireAfterSeconds" => {
             out.insert(field, expire_after_seconds(value)?);
         }
-        // key, name, v, ns, background, storageEngine, collation: taken or dropped by the caller.
+        // Without effect (every build is a background build) but kept, as mongod keeps it, so
+        // that `listIndexes` shows what was asked.
+        "background" => match value {
+            Bson::Boolean(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => {
+                out.insert(field, value.clone());
+            }
+            _ => {
+                return Err(CodedError::type_mismatch(
+                    "The field 'background' must be a boolean",
+                ));
+            }
+        },
+        // key, name, v, ns, storageEngine, collation: taken or dropped by the caller.
         _ => {}
     }
     Ok(())
+}
+
+/// The `_id` index takes no options besides its name, version and collation (mongod: a
+/// `unique: true` there is refused, not accepted as a second `_id` index).
+fn refuse_id_index_options(spec: &Document, key: &Document) -> Result<(), CodedError> {
+    let is_id = key.len() == 1
+        && key.get("_id").is_some_and(|d| {
+            matches!(d, Bson::Int32(1) | Bson::Int64(1)) || d == &Bson::Double(1.0)
+        });
+    if !is_id {
+        return Ok(());
+    }
+    match spec.keys().find(|f| {
+        !matches!(
+            f.as_str(),
+            "key" | "name" | "v" | "collation" | "ns" | "background"
+        )
+    }) {
+        Some(field) => Err(bad_spec_option(format!(
+            "The field '{field}' is not valid for an _id index specification. Specification: {spec}"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn expire_after_seconds(value: &Bson) -> Result<i32, CodedError> {
@@ -284,6 +319,7 @@ impl IndexSpec {
         }
         let key = spec_key(&spec)?;
         let name = spec_name(&spec)?;
+        refuse_id_index_options(&spec, &key)?;
         if let Some(c) = spec.get("collation")
             && !matches!(c, Bson::Document(d) if d.get_str("locale").ok() == Some("simple"))
         {
@@ -450,10 +486,14 @@ impl IndexSpec {
                 choice[i] = rest % v.len();
                 rest /= v.len();
             }
+            let reached = per_field.iter().zip(&choice).any(|(v, &c)| v.get(c).1);
+            if self.sparse && !reached {
+                continue;
+            }
             let mut key = Vec::new();
             let mut values = Vec::with_capacity(per_field.len());
             for ((field, v), &c) in self.fields.iter().zip(&per_field).zip(&choice) {
-                let value = v.get(c);
+                let (value, _) = v.get(c);
                 let start = key.len();
                 encode_key(value, &mut key);
                 if field.descending {
@@ -469,12 +509,15 @@ impl IndexSpec {
     }
 }
 
-/// What a path yields for indexing.
+/// What a path yields for indexing. Each value says whether the path reached it (`true`) or
+/// stands for a path that ended nowhere inside an array (`null`, or `undefined` for an array
+/// with no elements to follow): a sparse index leaves out keys made only of the latter, as
+/// MongoDB's key generator does.
 enum Values<'a> {
     Missing,
     One(RawBsonRef<'a>),
     /// An array was met: every value reached (never empty).
-    Many(Vec<RawBsonRef<'a>>),
+    Many(Vec<(RawBsonRef<'a>, bool)>),
 }
 
 impl<'a> Values<'a> {
@@ -485,45 +528,47 @@ impl<'a> Values<'a> {
         }
     }
 
-    fn get(&self, i: usize) -> RawBsonRef<'a> {
+    fn get(&self, i: usize) -> (RawBsonRef<'a>, bool) {
         match self {
-            Values::Missing => RawBsonRef::Null,
-            Values::One(v) => *v,
-            Values::Many(v) => v.get(i).copied().unwrap_or(RawBsonRef::Null),
+            Values::Missing => (RawBsonRef::Null, false),
+            Values::One(v) => (*v, true),
+            Values::Many(v) => v.get(i).copied().unwrap_or((RawBsonRef::Null, false)),
         }
     }
 }
 
 fn field_values<'a>(doc: &'a RawDocument, parts: &[String]) -> Values<'a> {
     let mut out = Vec::new();
-    let mut saw_array = false;
-    collect(
-        RawBsonRef::Document(doc),
-        parts,
-        &mut out,
-        &mut saw_array,
-        0,
-    );
-    if saw_array {
+    let mut walk = Walk::default();
+    collect(RawBsonRef::Document(doc), parts, &mut out, &mut walk, 0);
+    if walk.saw_array {
         if out.is_empty() {
-            out.push(RawBsonRef::Undefined);
+            // The path ended at an empty array (the field exists) or passed through one.
+            out.push((RawBsonRef::Undefined, walk.ended_at_empty_array));
         }
         return Values::Many(out);
     }
     match out.pop() {
-        Some(v) => Values::One(v),
+        Some((v, _)) => Values::One(v),
         None => Values::Missing,
     }
 }
 
+/// What following a path met besides values.
+#[derive(Default)]
+struct Walk {
+    saw_array: bool,
+    ended_at_empty_array: bool,
+}
+
 /// Follows `parts` from `value`, fanning out through arrays. A path that ends in an array
-/// yields its elements; a path that dies inside an array's element yields `null` for it, as
-/// MongoDB's key generator does.
+/// yields its elements; a path that dies inside an array's element yields `null` for it (not
+/// reached), as MongoDB's key generator does.
 fn collect<'a>(
     value: RawBsonRef<'a>,
     parts: &[String],
-    out: &mut Vec<RawBsonRef<'a>>,
-    saw_array: &mut bool,
+    out: &mut Vec<(RawBsonRef<'a>, bool)>,
+    walk: &mut Walk,
     depth: usize,
 ) {
     if depth > 200 || out.len() > MAX_KEYS_PER_DOCUMENT {
@@ -532,28 +577,30 @@ fn collect<'a>(
     let Some((first, rest)) = parts.split_first() else {
         match value {
             RawBsonRef::Array(arr) => {
-                *saw_array = true;
-                out.extend(arr.into_iter().map_while(Result::ok));
+                walk.saw_array = true;
+                let before = out.len();
+                out.extend(arr.into_iter().map_while(Result::ok).map(|v| (v, true)));
+                walk.ended_at_empty_array |= out.len() == before;
             }
-            v => out.push(v),
+            v => out.push((v, true)),
         }
         return;
     };
     match value {
         RawBsonRef::Document(d) => {
             if let Ok(Some(v)) = d.get(first) {
-                collect(v, rest, out, saw_array, depth + 1);
+                collect(v, rest, out, walk, depth + 1);
             }
         }
         RawBsonRef::Array(arr) => {
-            *saw_array = true;
+            walk.saw_array = true;
             for e in arr.into_iter().map_while(Result::ok) {
                 match e {
                     RawBsonRef::Document(d) => match d.get(first) {
-                        Ok(Some(v)) => collect(v, rest, out, saw_array, depth + 1),
-                        _ => out.push(RawBsonRef::Null),
+                        Ok(Some(v)) => collect(v, rest, out, walk, depth + 1),
+                        _ => out.push((RawBsonRef::Null, false)),
                     },
-                    _ => out.push(RawBsonRef::Null),
+                    _ => out.push((RawBsonRef::Null, false)),
                 }
             }
         }
@@ -587,6 +634,37 @@ mod tests {
         assert_eq!(
             normalized.unwrap(),
             doc! { "v": 2, "key": { "a": 1 }, "name": "a_1" }
+        );
+    }
+
+    /// MongoDB's key generator with a sparse index: keys made only of paths that ended nowhere
+    /// inside arrays are left out; a path ending at an empty array exists (key `undefined`).
+    #[test]
+    fn sparse_indexes_leave_out_keys_no_path_reached() {
+        let spec = |key: Document| doc! { "v": 2, "key": key, "name": "k", "sparse": true };
+        let nested = IndexSpec::compile(&spec(doc! { "a.b": 1 }), &no_partial_filters).unwrap();
+        assert!(nested.keys(&rawdoc! { "a": 1 }).unwrap().is_empty());
+        assert!(nested.keys(&rawdoc! { "a": [] }).unwrap().is_empty());
+        assert!(
+            nested
+                .keys(&rawdoc! { "a": [{ "c": 1 }] })
+                .unwrap()
+                .is_empty()
+        );
+        let one = nested.keys(&rawdoc! { "a": [1, { "b": 1 }] }).unwrap();
+        assert_eq!(one, nested.keys(&rawdoc! { "a": { "b": 1 } }).unwrap());
+        let top = IndexSpec::compile(&spec(doc! { "a": 1 }), &no_partial_filters).unwrap();
+        assert_eq!(top.keys(&rawdoc! { "a": [] }).unwrap().len(), 1);
+        // Not sparse: the same documents are indexed under null or undefined.
+        let dense = IndexSpec::compile(
+            &doc! { "v": 2, "key": { "a.b": 1 }, "name": "k" },
+            &no_partial_filters,
+        )
+        .unwrap();
+        assert_eq!(dense.keys(&rawdoc! { "a": [] }).unwrap().len(), 1);
+        assert_eq!(
+            dense.keys(&rawdoc! { "a": [1, { "b": 1 }] }).unwrap().len(),
+            2
         );
     }
 }

@@ -182,7 +182,9 @@ impl Filter {
 fn collect_fields<'a>(node: &'a Node, out: &mut Vec<(&'a [String], &'a Pred)>) {
     match node {
         Node::And(children) => children.iter().for_each(|c| collect_fields(c, out)),
-        Node::Field { parts, pred, .. } if !matches!(pred, Pred::Not(_) | Pred::Exists(_)) => {
+        // A field that must be absent names no element; one that must exist names the first
+        // element that has it.
+        Node::Field { parts, pred, .. } if !matches!(pred, Pred::Not(_) | Pred::Exists(false)) => {
             out.push((parts, pred));
         }
         _ => {}
@@ -432,7 +434,8 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
     for elem in doc.iter() {
         let (key, value) = elem.map_err(invalid_bson)?;
         let key = key.as_str();
-        if let Some(op) = key.strip_prefix('$') {
+        // DBRef's fields are field names, not operators (mongod), e.g. inside `$elemMatch`.
+        if let Some(op) = key.strip_prefix('$').filter(|_| !is_dbref_field(key)) {
             match op {
                 "and" | "or" | "nor" => {
                     let children = parse_logical_list(key, value, depth)?;
@@ -506,10 +509,14 @@ fn is_operator_doc(d: &RawDocument) -> bool {
     match d.iter().next() {
         Some(Ok((k, _))) => {
             let k = k.as_str();
-            k.starts_with('$') && !matches!(k, "$ref" | "$id" | "$db")
+            k.starts_with('$') && !is_dbref_field(k)
         }
         _ => false,
     }
+}
+
+fn is_dbref_field(key: &str) -> bool {
+    matches!(key, "$ref" | "$id" | "$db")
 }
 
 fn parse_field(path: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Node, QueryError> {
@@ -778,6 +785,7 @@ pub(crate) fn parse_elem_match(value: RawBsonRef<'_>, depth: usize) -> Result<Pr
         Some(Ok((k, _))) => {
             let k = k.as_str();
             k.starts_with('$')
+                && !is_dbref_field(k)
                 && !matches!(
                     k,
                     "$and"

@@ -248,6 +248,98 @@ fn implies(query: &RawDocument, partial: &Document) -> bool {
         .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
 }
 
+/// Whether every top-level condition of a partial index's filter is implied by one of the
+/// query's conditions on the same path, comparing the values each allows: `{b: 1}` or
+/// `{b: {$gte: 2}}` imply `{b: {$gt: 0}}`, any condition that excludes null implies
+/// `{$exists: true}`. Conditions it cannot bound (regexes, `$type`, `$or`...) imply nothing.
+fn implies_by_bounds(query: &[(&str, &Pred)], partial: &Document) -> bool {
+    let Ok(raw) = bson::RawDocumentBuf::try_from(partial) else {
+        return false;
+    };
+    let Ok(partial) = Filter::parse(&raw) else {
+        return false;
+    };
+    let mut wanted = Vec::new();
+    conjuncts(partial.root(), &mut wanted);
+    !wanted.is_empty()
+        && wanted.iter().all(|(path, want)| {
+            query
+                .iter()
+                .filter(|(p, _)| p == path)
+                .any(|(_, have)| pred_implies(have, want))
+        })
+}
+
+fn pred_implies(have: &Pred, want: &Pred) -> bool {
+    let Some(have) = bound_for(have) else {
+        return false;
+    };
+    match want {
+        Pred::Exists(true) => have.excludes_null(),
+        want => bound_for(want).is_some_and(|want| bound_within(&have, &want)),
+    }
+}
+
+/// Whether every value `inner` allows is allowed by `outer`.
+fn bound_within(inner: &FieldBound, outer: &FieldBound) -> bool {
+    let same = |a: &RawBson, b: &RawBson| {
+        crate::compare_values(a.as_raw_bson_ref(), b.as_raw_bson_ref()).is_eq()
+    };
+    match (inner, outer) {
+        (FieldBound::Points(have), FieldBound::Points(want)) => {
+            have.iter().all(|h| want.iter().any(|w| same(h, w)))
+        }
+        (FieldBound::Points(have), FieldBound::Range { bracket, lo, hi }) => have.iter().all(|h| {
+            type_bracket(h.as_raw_bson_ref()) == *bracket
+                && above(lo.as_ref(), Some(&(h.clone(), true)))
+                && below(hi.as_ref(), Some(&(h.clone(), true)))
+        }),
+        (
+            FieldBound::Range { bracket, lo, hi },
+            FieldBound::Range {
+                bracket: outer_bracket,
+                lo: outer_lo,
+                hi: outer_hi,
+            },
+        ) => {
+            bracket == outer_bracket
+                && above(outer_lo.as_ref(), lo.as_ref())
+                && below(outer_hi.as_ref(), hi.as_ref())
+        }
+        (FieldBound::Range { .. }, FieldBound::Points(_)) => false,
+    }
+}
+
+/// Whether the lower end `have` is at or above the lower end `limit` (`None`: unbounded).
+fn above(limit: Option<&(RawBson, bool)>, have: Option<&(RawBson, bool)>) -> bool {
+    match (limit, have) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some((l, l_incl)), Some((h, h_incl))) => {
+            match crate::compare_values(h.as_raw_bson_ref(), l.as_raw_bson_ref()) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => *l_incl || !*h_incl,
+                std::cmp::Ordering::Less => false,
+            }
+        }
+    }
+}
+
+/// Whether the upper end `have` is at or below the upper end `limit` (`None`: unbounded).
+fn below(limit: Option<&(RawBson, bool)>, have: Option<&(RawBson, bool)>) -> bool {
+    match (limit, have) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some((l, l_incl)), Some((h, h_incl))) => {
+            match crate::compare_values(h.as_raw_bson_ref(), l.as_raw_bson_ref()) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Equal => *l_incl || !*h_incl,
+                std::cmp::Ordering::Greater => false,
+            }
+        }
+    }
+}
+
 /// The bounds of `spec` for `filter` (whose raw form is `raw`), or `None` when the index cannot
 /// help: no condition on its first field, or a sparse or partial index that may lack matching
 /// documents. A hinted index is always usable (scanned whole if need be), as in MongoDB.
@@ -268,6 +360,7 @@ pub fn index_bounds(
         }
         if let Some(p) = &spec.partial_raw
             && !implies(raw, p)
+            && !implies_by_bounds(&conds, p)
         {
             return None;
         }

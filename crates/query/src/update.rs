@@ -414,6 +414,12 @@ fn validate_path(path: &str) -> Result<(), QueryError> {
             format!("The update path '{path}' contains an empty field name, which is not allowed."),
         ));
     }
+    // One `$` names one array element the query matched; a second has nothing to refer to.
+    if path.split('.').filter(|part| *part == "$").count() > 1 {
+        return Err(bad(format!(
+            "Too many positional (i.e. '$') elements found in path '{path}'"
+        )));
+    }
     Ok(())
 }
 

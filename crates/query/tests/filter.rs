@@ -536,3 +536,16 @@ fn large_in_list() {
         None
     );
 }
+
+/// DBRef's `$ref`, `$id` and `$db` are field names inside `$elemMatch` and at the top level of a
+/// nested query (mongod), not unknown operators.
+#[test]
+fn dbref_fields_are_field_names() {
+    let d = doc! {"refs": [{"$ref": "c", "$id": 5, "$db": "t"}, {"$ref": "c", "$id": 6}]};
+    let hit = common::filter(doc! {"refs": {"$elemMatch": {"$ref": "c", "$id": 5}}});
+    assert!(hit.matches(&common::raw(&d)));
+    let miss = common::filter(doc! {"refs": {"$elemMatch": {"$ref": "c", "$id": 7}}});
+    assert!(!miss.matches(&common::raw(&d)));
+    let top = common::filter(doc! {"$id": 5});
+    assert!(top.matches(&common::raw(&doc! {"$id": 5})));
+}

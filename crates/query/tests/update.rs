@@ -536,3 +536,28 @@ fn positional_dollar() {
     );
     assert_eq!(u.apply(&d, false).unwrap_err().code, 2);
 }
+
+/// `$exists: true` names the first element that has the path (mongod), `$exists: false` none.
+#[test]
+fn positional_dollar_after_exists() {
+    let u = upd(doc! {"$set": {"a.$.x": 1}});
+    let d = doc! {"_id": 1, "a": [{"b": {"c": 1}}, {"b": {"d": 1}}]};
+    let f = common::filter(doc! {"a.b.d": {"$exists": true}});
+    let idx = f.positional_index(&common::raw(&d));
+    assert_eq!(idx, Some(1));
+    assert_eq!(
+        u.apply_with_positional(&d, false, idx).unwrap(),
+        doc! {"_id": 1, "a": [{"b": {"c": 1}}, {"b": {"d": 1}, "x": 1}]}
+    );
+    let absent = common::filter(doc! {"a.b.e": {"$exists": false}});
+    assert_eq!(absent.positional_index(&common::raw(&d)), None);
+}
+
+/// Two positional operators in one path are refused when the update is parsed (mongod's
+/// message), not reported as a failed match.
+#[test]
+fn two_positional_operators_in_one_path() {
+    let e = Update::parse(&Bson::Document(doc! {"$set": {"x.$.test.$": 1}})).unwrap_err();
+    assert_eq!(e.code, 2);
+    assert!(e.message.contains("Too many positional"), "{}", e.message);
+}

@@ -8,6 +8,8 @@
 //! - `onPrimaryTransactionalWrite`: fires inside a retryable write, before or after its commit
 //!   (`closeConnection`, default true; `failBeforeCommitExceptionCode`);
 //! - `failGetMoreAfterCursorCheckout`: `errorCode` for the next `getMore`s;
+//! - `maxTimeAlwaysTimeOut`: a command that has a `maxTimeMS` fails with MaxTimeMSExpired (50)
+//!   before it runs, as if its time had run out;
 //! - `logWriterPanic` (Mangrove's own): any mode but `off` makes the log writer thread panic
 //!   while installing its next batch, once, to test the panic policy (the server stops).
 
@@ -25,6 +27,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "failCommand",
     "onPrimaryTransactionalWrite",
     "failGetMoreAfterCursorCheckout",
+    "maxTimeAlwaysTimeOut",
     "logWriterPanic",
 ];
 
@@ -143,9 +146,14 @@ impl FailPoints {
         if req.name == "configureFailPoint" {
             return None;
         }
+        // mongod matches a command's registered name: `ismaster` is `isMaster` there.
+        let name = match req.name {
+            "ismaster" => "isMaster",
+            name => name,
+        };
         let data = self.fire("failCommand", |data| {
             let listed = match data.get("failCommands") {
-                Some(Bson::Array(names)) => names.iter().any(|n| n.as_str() == Some(req.name)),
+                Some(Bson::Array(names)) => names.iter().any(|n| n.as_str() == Some(name)),
                 _ => false,
             };
             let app_ok = match data.get_str("appName") {
@@ -196,6 +204,23 @@ impl FailPoints {
             close_connection: data.get_bool("closeConnection").unwrap_or(true),
             fail_before_commit,
         })
+    }
+
+    /// MaxTimeMSExpired for a command with a (non-zero) `maxTimeMS` while
+    /// `maxTimeAlwaysTimeOut` is armed.
+    pub fn max_time_expired(&self, req: &Request<'_>) -> Option<CommandError> {
+        let limited = req
+            .get("maxTimeMS")
+            .and_then(crate::request::as_i64)
+            .is_some_and(|ms| ms > 0);
+        if !limited || req.name == "configureFailPoint" {
+            return None;
+        }
+        self.fire("maxTimeAlwaysTimeOut", |_| true)?;
+        Some(CommandError::new(
+            code::MAX_TIME_MS_EXPIRED,
+            "operation exceeded time limit",
+        ))
     }
 
     /// The error code `failGetMoreAfterCursorCheckout` makes the next `getMore` fail with.

@@ -79,7 +79,7 @@ pub(super) async fn aggregate(
     }
     req.check_fields(AGGREGATE_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
-    if let Some(reply) = list_sessions_aggregate(shared, req)? {
+    if let Some(reply) = list_sessions_aggregate(shared, req, txn).await? {
         return Ok(reply);
     }
     // `{aggregate: 1}` has no input collection; only a pipeline that makes its own input
@@ -412,8 +412,13 @@ fn leading_match_doc<'a>(req: &Request<'a>) -> CommandResult<Option<&'a RawDocum
 
 /// `$listLocalSessions` (`{aggregate: 1}`) and `$listSessions` (on `config.system.sessions`):
 /// the logical sessions this server knows, as `{_id: lsid, lastUse}`, through the rest of the
-/// pipeline. There is one node, so both list the same sessions.
-fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Option<Reply>> {
+/// pipeline, which may end in `$out` or `$merge`. There is one node, so both list the same
+/// sessions.
+async fn list_sessions_aggregate(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+) -> CommandResult<Option<Reply>> {
     let Some(stages) = req.opt_array("pipeline")? else {
         return Ok(None);
     };
@@ -438,6 +443,11 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         rest.push(stage.map_err(internal)?);
     }
     let pipeline = Pipeline::parse(&rest)?;
+    check_sink(req, &pipeline, txn)?;
+    let write_opts = match pipeline.sink() {
+        Some(_) => Some(WriteOptions::from_request(req)?),
+        None => None,
+    };
     let mut docs = shared.sessions.list(req.owner.as_deref(), all_users);
     if let Some(filter) = pipeline.leading_match() {
         docs.retain(|d| filter.matches(d));
@@ -447,6 +457,12 @@ fn list_sessions_aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<
         Some(RawBsonRef::String(coll)) => req.ns(coll),
         _ => format!("{}.$cmd.aggregate", req.db),
     };
+    if write_opts.is_some() {
+        let sink = pipeline.sink().cloned();
+        return reply_at_once(shared, req, txn, ns, (output, sink), write_opts)
+            .await
+            .map(Some);
+    }
     let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }

@@ -21,21 +21,25 @@ use super::names::{validate_collection_name, validate_db_name};
 use super::reply::cursor_reply;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
+/// `listDatabases`. `admin` and `local` are always listed, as mongod lists them: `admin` holds
+/// the users and roles when there are any, and `local` the oplog, which is the transaction log
+/// itself (its size is the history the log retains).
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;
     let name_only = req.opt_bool("nameOnly")?.unwrap_or(false);
     let filter = req.opt_doc("filter")?.map(Filter::parse).transpose()?;
     let snapshot = shared.engine.snapshot();
+    let mut names = snapshot.list_databases();
+    names.extend(["admin".to_string(), "local".to_string()]);
+    names.sort();
+    names.dedup();
     let mut databases = Vec::new();
     let mut total: i64 = 0;
-    for db in snapshot.list_databases() {
-        let mut size: i64 = 0;
-        for coll in snapshot.list_collections(&db) {
-            snapshot.scan(&coll, None, |_, d| {
-                size += d.as_bytes().len() as i64;
-                std::ops::ControlFlow::Continue(())
-            })?;
-        }
+    for db in names {
+        let size = match db.as_str() {
+            "local" => shared.engine.history_window()?.retained_bytes as i64,
+            _ => database_bytes(&snapshot, &db)?,
+        };
         let entry = if name_only {
             doc! { "name": &db }
         } else {
@@ -57,6 +61,18 @@ pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResul
     }
     reply.insert("ok", 1.0);
     Ok(reply.into())
+}
+
+/// The bytes of a database's documents.
+fn database_bytes(snapshot: &mangrove_storage::Snapshot, db: &str) -> CommandResult<i64> {
+    let mut size: i64 = 0;
+    for coll in snapshot.list_collections(db) {
+        snapshot.scan(&coll, None, |_, d| {
+            size += d.as_bytes().len() as i64;
+            std::ops::ControlFlow::Continue(())
+        })?;
+    }
+    Ok(size)
 }
 
 pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -220,7 +236,7 @@ pub(super) async fn create(
         }
     })
     .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    Ok(opts.finish_reply(doc! { "ok": 1.0 }).into())
 }
 
 /// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),
@@ -492,7 +508,9 @@ pub(super) async fn drop(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
         }
     })
     .await?;
-    Ok(doc! { "nIndexesWas": indexes, "ns": ns, "ok": 1.0 }.into())
+    Ok(opts
+        .finish_reply(doc! { "nIndexesWas": indexes, "ns": ns, "ok": 1.0 })
+        .into())
 }
 
 /// `renameCollection` (on `admin`): one transaction creates the target with the source's
@@ -532,7 +550,7 @@ pub(super) async fn rename_collection(shared: &Shared, req: &Request<'_>) -> Com
         Ok(())
     })
     .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    Ok(opts.finish_reply(doc! { "ok": 1.0 }).into())
 }
 
 /// The source (the command's value) and `to` namespaces, both valid.
@@ -617,5 +635,7 @@ pub(super) async fn drop_database(shared: &Shared, req: &Request<'_>) -> Command
         Ok(())
     })
     .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    Ok(opts
+        .finish_reply(doc! { "dropped": req.db, "ok": 1.0 })
+        .into())
 }

@@ -62,11 +62,22 @@ fn note_client(conn: &mut Client, req: &Request<'_>) {
             .collect();
         conn.compressors.dedup();
     }
-    if let Some(RawBsonRef::Document(client)) = req.get("client")
-        && let Ok(Some(RawBsonRef::Document(app))) = client.get("application")
-        && let Ok(Some(RawBsonRef::String(name))) = app.get("name")
-    {
+    if let Some(name) = declared_app_name(req) {
         conn.app_name = Some(name.to_string());
+    }
+}
+
+/// The application name a handshake's client metadata declares (`client.application.name`).
+pub(super) fn declared_app_name<'a>(req: &Request<'a>) -> Option<&'a str> {
+    let Some(RawBsonRef::Document(client)) = req.get("client") else {
+        return None;
+    };
+    match client.get("application") {
+        Ok(Some(RawBsonRef::Document(app))) => match app.get("name") {
+            Ok(Some(RawBsonRef::String(name))) => Some(name),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

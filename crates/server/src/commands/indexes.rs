@@ -31,13 +31,15 @@ fn id_index_spec() -> Document {
 fn is_id_index(spec: &Document) -> bool {
     spec.get_document("key")
         .is_ok_and(|k| k.len() == 1 && k.contains_key("_id"))
-        && spec.len() <= 3
+        && without_version(spec).len() <= 2
 }
 
-/// The specification without `v`, for comparing a requested index with an existing one.
+/// For comparing a requested index with an existing one: what makes two specifications the same index: not the version, nor `background`, which
+/// mongod keeps but ignores.
 fn without_version(spec: &Document) -> Document {
     let mut d = spec.clone();
     d.remove("v");
+    d.remove("background");
     d
 }
 

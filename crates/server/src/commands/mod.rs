@@ -71,7 +71,11 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
     let fault = if shared.config.enable_test_commands {
         shared
             .failpoints
-            .fail_command(req, client.app_name.as_deref())
+            // A handshake names its application itself, before the connection knows it.
+            .fail_command(
+                req,
+                handshake::declared_app_name(req).or(client.app_name.as_deref()),
+            )
     } else {
         None
     };
@@ -83,9 +87,13 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
             Err(reply) => return reply,
         }
     }
-    let result = match crate::params::check_max_time_ms(req) {
-        Ok(()) => dispatch(shared, client, req, cmd).await,
-        Err(e) => Err(e),
+    let expired = match shared.config.enable_test_commands {
+        true => shared.failpoints.max_time_expired(req),
+        false => None,
+    };
+    let result = match (crate::params::check_max_time_ms(req), expired) {
+        (Err(e), _) | (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => dispatch(shared, client, req, cmd).await,
     };
     match result {
         Ok(Reply::Doc(reply)) => Reply::Doc(label_reply(reply, &ctx, labels_override, forced_wce)),

@@ -116,6 +116,11 @@ pub(crate) async fn prepare(
     req: &Request<'_>,
     session: Option<&mut Session>,
 ) -> CommandResult<Option<Snapshot>> {
+    // A cursor reads with the concern of the command that opened it; drivers repeat a snapshot
+    // session's concern on its getMore and killCursors, which mongod accepts and ignores.
+    if matches!(req.name, "getMore" | "killCursors") {
+        return Ok(None);
+    }
     let Some(rc) = parse(req)? else {
         return Ok(None);
     };

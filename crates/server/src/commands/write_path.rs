@@ -88,6 +88,19 @@ impl WriteOptions {
 }
 
 impl WriteOptions {
+    /// `reply` with the `writeConcernError` it carries, if any, before its `ok` (mongod's order):
+    /// a DDL command succeeds even when its concern cannot be satisfied, and says so.
+    pub fn finish_reply(&self, mut reply: Document) -> Document {
+        if let Some(wce) = self.wc_error() {
+            let ok = reply.remove("ok");
+            reply.insert("writeConcernError", wce);
+            if let Some(ok) = ok {
+                reply.insert("ok", ok);
+            }
+        }
+        reply
+    }
+
     /// The `writeConcernError` the reply carries: the concern could not be satisfied, or
     /// `wtimeout` ran out before the write was durable.
     pub fn wc_error(&self) -> Option<Document> {
