@@ -98,6 +98,24 @@ pub enum Access {
 }
 
 impl Access {
+    /// mongod's `planSummary` for this access path, as the profiler and slow-query log show it.
+    pub fn plan_summary(&self) -> String {
+        match self {
+            Access::Collection | Access::CollectionBackward => "COLLSCAN".to_string(),
+            Access::IdPoint(_) => "IDHACK".to_string(),
+            Access::IdRange { .. } => "IXSCAN { _id: 1 }".to_string(),
+            Access::Index { index, .. } => {
+                let fields: Vec<String> = index
+                    .key
+                    .key_pattern
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                format!("IXSCAN {{ {} }}", fields.join(", "))
+            }
+        }
+    }
+
     pub fn sorted(&self) -> bool {
         matches!(
             self,
@@ -238,6 +256,19 @@ fn same_pattern(a: &Document, b: &Document) -> bool {
 /// Picks the access path: a hint decides; else an `_id` equality is a point lookup; else the
 /// index with the most selective bounds (equality fields count double); else a collection scan.
 pub fn choose(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    filter: &Filter,
+    raw: &RawDocument,
+    hint: &Hint,
+    sort: Option<&[(String, bool)]>,
+) -> CommandResult<Access> {
+    let access = choose_access(view, coll, filter, raw, hint, sort)?;
+    crate::op_stats::note_plan(|| access.plan_summary());
+    Ok(access)
+}
+
+fn choose_access(
     view: &dyn ReadView,
     coll: &CollectionInfo,
     filter: &Filter,
@@ -487,6 +518,20 @@ impl IndexWalk {
 /// Visits every document matching `filter` along `access`, until `visit` breaks. Collection
 /// scans visit under the engine's read lock, so `visit` must not call into the engine.
 pub fn for_each_match(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: &Access,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    let before = *examined;
+    let result = visit_matches(view, coll, access, filter, examined, visit);
+    crate::op_stats::note_examined(examined.keys - before.keys, examined.docs - before.docs);
+    result
+}
+
+fn visit_matches(
     view: &dyn ReadView,
     coll: &CollectionInfo,
     access: &Access,

@@ -136,8 +136,20 @@ impl Cursor {
 }
 
 /// Continues a filtered `_id`-order walk: up to `want` matching documents into `out`; whether
-/// the walk is exhausted.
+/// the walk is exhausted. The documents it looked at count as examined (the profiler's).
 fn next_scanned(scan: &mut ScanState, want: u64, out: &mut Vec<BatchDoc>) -> CommandResult<bool> {
+    let mut visited = 0u64;
+    let result = walk_scanned(scan, want, out, &mut visited);
+    crate::op_stats::note_examined(0, visited);
+    result
+}
+
+fn walk_scanned(
+    scan: &mut ScanState,
+    want: u64,
+    out: &mut Vec<BatchDoc>,
+    visited: &mut u64,
+) -> CommandResult<bool> {
     let ScanState {
         snapshot,
         coll,
@@ -152,9 +164,8 @@ fn next_scanned(scan: &mut ScanState, want: u64, out: &mut Vec<BatchDoc>) -> Com
     let mut finished = true;
     let mut last: Option<DocKey> = None;
     let mut failed: Option<CommandError> = None;
-    let mut visited = 0u64;
     let mut visit = |key: &DocKey, doc: &StoredDoc| {
-        visited += 1;
+        *visited += 1;
         if visited.is_multiple_of(256)
             && let Err(e) = crate::access::check_deadline()
         {
@@ -207,6 +218,17 @@ fn next_indexed(
     out: &mut Vec<BatchDoc>,
 ) -> CommandResult<bool> {
     let mut examined = Examined::default();
+    let result = walk_indexed(scan, want, out, &mut examined);
+    crate::op_stats::note_examined(examined.keys, examined.docs);
+    result
+}
+
+fn walk_indexed(
+    scan: &mut IndexScanState,
+    want: u64,
+    out: &mut Vec<BatchDoc>,
+    examined: &mut Examined,
+) -> CommandResult<bool> {
     let mut bytes = 0usize;
     loop {
         if let Some(doc) = scan.pending.front() {
@@ -218,10 +240,7 @@ fn next_indexed(
             out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
             continue;
         }
-        let Some((_, doc)) = scan
-            .walk
-            .next_doc(&scan.snapshot, &scan.coll, &mut examined)?
-        else {
+        let Some((_, doc)) = scan.walk.next_doc(&scan.snapshot, &scan.coll, examined)? else {
             return Ok(true);
         };
         if !scan.filter.try_matches(&doc)? {

@@ -19,6 +19,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod op_stats;
 mod params;
 mod pipeline_input;
 mod query_params;
@@ -188,6 +189,8 @@ pub(crate) struct Shared {
     pub params: params::RuntimeParams,
     /// Capped collections' writer locks and tallies.
     pub capped: capped::Registry,
+    /// The profiler's settings (`profile`).
+    pub profiler: commands::profile::Profiler,
     /// Changes to users, which connections follow.
     pub auth: auth::Registry,
     /// The running TLS configuration (reloaded on SIGHUP).
@@ -354,6 +357,7 @@ impl Server {
             failpoints: failpoint::FailPoints::default(),
             params: params::RuntimeParams::new(config_lifetime, query_limits),
             capped: capped::Registry::default(),
+            profiler: Default::default(),
             auth: auth::Registry::default(),
             tls,
             shutdown: tokio::sync::Notify::new(),

@@ -106,11 +106,12 @@ impl InputReader {
     ) -> CommandResult<Vec<StoredDoc>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let visited_before = self.visited;
+        let mut examined = Examined::default();
         while out.is_empty() && !self.exhausted() {
             match &mut self.position {
                 Position::Keys { .. } => self.keys_chunk(view, coll, &mut out, &mut bytes)?,
                 Position::Index(walk) => {
-                    let mut examined = Examined::default();
                     while bytes < CHUNK_BYTES && out.len() < CHUNK_DOCS {
                         let Some((_, doc)) = walk.next_doc(view, coll, &mut examined)? else {
                             self.position = Position::Point(None);
@@ -125,13 +126,18 @@ impl InputReader {
                 Position::Point(key) => {
                     if let Some(key) = key.take()
                         && let Some(doc) = view.get(coll, &key)?
-                        && self.filter.try_matches(&doc)?
                     {
-                        out.push(doc);
+                        examined.keys += 1;
+                        examined.docs += 1;
+                        if self.filter.try_matches(&doc)? {
+                            out.push(doc);
+                        }
                     }
                 }
             }
         }
+        let scanned = self.visited.saturating_sub(visited_before);
+        crate::op_stats::note_examined(examined.keys, examined.docs + scanned);
         Ok(out)
     }
 

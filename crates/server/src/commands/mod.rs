@@ -25,6 +25,7 @@ mod multi_write;
 mod names;
 mod oplog_admin;
 mod oplog_find;
+pub(crate) mod profile;
 mod read_concern;
 mod reply;
 mod role_admin;
@@ -42,6 +43,7 @@ mod write_stmt;
 
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::Shared;
@@ -91,15 +93,21 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         true => shared.failpoints.max_time_expired(req),
         false => None,
     };
+    let started = std::time::Instant::now();
+    let stats = Arc::new(crate::op_stats::OpStats::default());
     let result = match (crate::params::check_max_time_ms(req), expired) {
         (Err(e), _) | (Ok(()), Some(e)) => Err(e),
-        (Ok(()), None) => dispatch(shared, client, req, cmd).await,
+        (Ok(()), None) => {
+            crate::op_stats::measured(stats.clone(), dispatch(shared, client, req, cmd)).await
+        }
     };
-    match result {
+    let reply = match result {
         Ok(Reply::Doc(reply)) => Reply::Doc(label_reply(reply, &ctx, labels_override, forced_wce)),
         Ok(reply) => reply,
         Err(e) => Reply::Doc(error_reply(e, &ctx, labels_override)),
-    }
+    };
+    profile::after(shared, client, req, &reply, started.elapsed(), &stats).await;
+    reply
 }
 
 /// Acts out an armed `failCommand`: waits, closes the connection or fails the command (Err:

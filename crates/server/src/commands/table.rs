@@ -25,8 +25,8 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, role_admin, sasl, sessions, update,
-    user_admin,
+    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl, sessions,
+    update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -262,6 +262,13 @@ const DB_STATS: Command = cmd(
     sync!(|c| coll_stats::db_stats(c.shared, c.req)),
 )
 .needs(Needs::Actions(&[Action::DbStats]));
+
+const PROFILE: Command = cmd(
+    "profile",
+    "the profiler's level for a database, slowms, sampleRate and filter",
+    future!(|c| profile::profile(c.shared, c.req)),
+)
+.needs(Needs::Actions(&[Action::EnableProfiler]));
 
 /// Every command, in `listCommands` order.
 pub(crate) static COMMANDS: &[Command] = &[
@@ -618,6 +625,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     .needs(Needs::Actions(&[Action::CollStats]))
     .retryable_read(),
     DB_STATS,
+    PROFILE,
     DB_STATS.alias("dbstats", "legacy name of dbStats"),
     cmd(
         "listIndexes",
