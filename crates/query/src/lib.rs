@@ -41,6 +41,7 @@ mod stage_parse;
 mod stream;
 mod types;
 mod update;
+mod validation;
 
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
@@ -64,3 +65,4 @@ pub use sort::SortSpec;
 pub use stream::{Runner, Step};
 pub use types::element_type_name;
 pub use update::Update;
+pub use validation::Validator;

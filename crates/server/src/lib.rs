@@ -28,6 +28,7 @@ mod request;
 mod retryable;
 mod session;
 mod tls;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

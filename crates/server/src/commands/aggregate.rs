@@ -33,6 +33,7 @@ use crate::cursor::{Cursor, Source};
 use crate::error::{CommandError, CommandResult, code};
 use crate::pipeline_input::{InputReader, PipelineSource, next_result};
 use crate::request::Request;
+use crate::validation::DocValidator;
 use crate::{Counters, Shared};
 
 use super::Reply;
@@ -524,15 +525,17 @@ async fn write_sink(
             format!("namespace '{target_ns}' is capped so it can't be used for $out or $merge"),
         ));
     }
+    // mongod validates what $out and $merge write against the target's validator too.
+    let validator = crate::validation::for_write(&target, crate::validation::bypass(req)?)?;
     retry_conflicts(shared, opts, |txn| match sink {
-        Sink::Out { .. } => replace_all(txn, &target, &docs),
+        Sink::Out { .. } => replace_all(txn, (&target, validator.as_ref()), &docs),
         Sink::Merge {
             when_matched,
             when_not_matched,
             ..
         } => merge_docs(
             txn,
-            (&target, &target_ns),
+            (&target, &target_ns, validator.as_ref()),
             &docs,
             *when_matched,
             *when_not_matched,
@@ -544,9 +547,14 @@ async fn write_sink(
 /// `$out`: the target's documents become the output.
 fn replace_all(
     txn: &mut Txn,
-    target: &CollectionInfo,
+    (target, validator): (&CollectionInfo, Option<&DocValidator>),
     docs: &[(DocKey, StoredDoc)],
 ) -> CommandResult<()> {
+    if let Some(validator) = validator {
+        for (_, doc) in docs {
+            validator.check_insert(doc)?;
+        }
+    }
     let mut old = Vec::new();
     txn.scan(target, None, |key, _| {
         old.push(key.clone());
@@ -565,15 +573,25 @@ fn replace_all(
 /// matches, and is inserted, discarded or fails when it matches none.
 fn merge_docs(
     txn: &mut Txn,
-    (target, target_ns): (&CollectionInfo, &str),
+    (target, target_ns, validator): (&CollectionInfo, &str, Option<&DocValidator>),
     docs: &[(DocKey, StoredDoc)],
     when_matched: mangrove_query::WhenMatched,
     when_not_matched: mangrove_query::WhenNotMatched,
 ) -> CommandResult<()> {
     use mangrove_query::{WhenMatched, WhenNotMatched};
+    // Every document written is checked first: an update against the one it replaces (for
+    // `moderate`), an insert on its own.
+    let check = |old: Option<&RawDocument>, new: &RawDocument| match (validator, old) {
+        (None, _) => Ok(()),
+        (Some(v), Some(old)) => v.check_update(old, new),
+        (Some(v), None) => v.check_insert(new),
+    };
     for (key, doc) in docs {
         match (txn.get(target, key)?, when_matched, when_not_matched) {
-            (Some(_), WhenMatched::Replace, _) => txn.replace(target, key.clone(), doc.clone())?,
+            (Some(existing), WhenMatched::Replace, _) => {
+                check(Some(&existing), doc)?;
+                txn.replace(target, key.clone(), doc.clone())?
+            }
             (Some(_), WhenMatched::KeepExisting, _) => {}
             (Some(existing), WhenMatched::Merge, _) => {
                 let mut merged =
@@ -582,6 +600,7 @@ fn merge_docs(
                     merged.insert(k, v);
                 }
                 let merged = RawDocumentBuf::try_from(&merged).map_err(internal)?;
+                check(Some(&existing), &merged)?;
                 txn.replace(target, key.clone(), Arc::new(merged))?;
             }
             (Some(existing), WhenMatched::Fail, _) => {
@@ -599,7 +618,10 @@ fn merge_docs(
                 ));
                 return Err(e);
             }
-            (None, _, WhenNotMatched::Insert) => txn.insert(target, key.clone(), doc.clone())?,
+            (None, _, WhenNotMatched::Insert) => {
+                check(None, doc)?;
+                txn.insert(target, key.clone(), doc.clone())?
+            }
             (None, _, WhenNotMatched::Discard) => {}
             (None, _, WhenNotMatched::Fail) => {
                 return Err(CommandError::new(

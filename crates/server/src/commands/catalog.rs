@@ -170,9 +170,6 @@ const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
     "timeseries",
     "expireAfterSeconds",
     "clusteredIndex",
-    "validator",
-    "validationLevel",
-    "validationAction",
     "encryptedFields",
 ];
 
@@ -255,6 +252,16 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         }
     }
     check_simple_collation(req.opt_doc("collation")?)?;
+    // Checked here; stored as given by the copy below.
+    let validation = crate::validation::parse_options(req, "create")?;
+    if let Some(option) = validation.keys().next()
+        && req.get("viewOn").is_some()
+    {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            format!("option not supported on a view: {option}"),
+        ));
+    }
     let pre_images = pre_and_post_images(req)?;
     if pre_images == Some(true) && req.get("viewOn").is_some() {
         return Err(CommandError::new(
@@ -375,9 +382,6 @@ fn pre_and_post_images(req: &Request<'_>) -> CommandResult<Option<bool>> {
 /// rather than ignored.
 const UNSUPPORTED_COLL_MOD_OPTIONS: &[&str] = &[
     "index",
-    "validator",
-    "validationLevel",
-    "validationAction",
     "viewOn",
     "pipeline",
     "expireAfterSeconds",
@@ -390,24 +394,34 @@ const UNSUPPORTED_COLL_MOD_OPTIONS: &[&str] = &[
     "recordPreImages",
 ];
 
-/// `collMod`, for `changeStreamPreAndPostImages` only: changes the collection's options in one
-/// transaction (a durable catalog change, `LogOp::SetCollectionOptions`) annotated with the
-/// command. Like `drop`, it first waits for the open transactions that use the collection.
+/// The fields `collMod` takes.
+const COLL_MOD_OPTIONS: &[&str] = &[
+    "changeStreamPreAndPostImages",
+    "validator",
+    "validationLevel",
+    "validationAction",
+];
+
+/// `collMod`, for `changeStreamPreAndPostImages` and the validation options: changes the
+/// collection's options in one transaction (a durable catalog change,
+/// `LogOp::SetCollectionOptions`) annotated with the command. Like `drop`, it first waits for
+/// the open transactions that use the collection.
 pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     for option in UNSUPPORTED_COLL_MOD_OPTIONS {
         if req.get(option).is_some() {
             return Err(CommandError::new(
                 code::INVALID_OPTIONS,
                 format!(
-                    "collMod option '{option}' is not supported by Mangrove; it supports only changeStreamPreAndPostImages"
+                    "collMod option '{option}' is not supported by Mangrove; it supports only changeStreamPreAndPostImages, validator, validationLevel and validationAction"
                 ),
             ));
         }
     }
-    req.check_fields(&["changeStreamPreAndPostImages"])?;
+    req.check_fields(COLL_MOD_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
     let enabled = pre_and_post_images(req)?;
+    let validation = crate::validation::parse_options(req, "collMod")?;
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
     wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
@@ -418,29 +432,36 @@ pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResul
                 format!("ns does not exist: {ns}"),
             ));
         };
-        let Some(enabled) = enabled else {
+        let mut annotation = doc! { "collMod": name };
+        if enabled.is_none() && validation.is_empty() {
             // Nothing to change, but mongod logs it all the same (a `modify` event).
-            txn.annotate(&ns, doc! { "collMod": name });
+            txn.annotate(&ns, annotation);
             return Ok(());
-        };
+        }
         if super::views::is_view(&coll) {
+            let option = match enabled {
+                Some(_) => "changeStreamPreAndPostImages",
+                None => validation.keys().next().map_or("validator", String::as_str),
+            };
             return Err(CommandError::new(
                 code::INVALID_OPTIONS,
-                "option not supported on a view: changeStreamPreAndPostImages",
+                format!("option not supported on a view: {option}"),
             ));
         }
         let mut options = (*coll.options).clone();
-        // Stored only when enabled, as mongod does.
-        if enabled {
-            options.insert("changeStreamPreAndPostImages", doc! { "enabled": true });
-        } else {
-            options.remove("changeStreamPreAndPostImages");
+        if let Some(enabled) = enabled {
+            // Stored only when enabled, as mongod does.
+            if enabled {
+                options.insert("changeStreamPreAndPostImages", doc! { "enabled": true });
+            } else {
+                options.remove("changeStreamPreAndPostImages");
+            }
+            annotation.insert("changeStreamPreAndPostImages", doc! { "enabled": enabled });
         }
+        options.extend(validation.clone());
+        annotation.extend(validation.clone());
         txn.set_collection_options(&ns, options)?;
-        txn.annotate(
-            &ns,
-            doc! { "collMod": name, "changeStreamPreAndPostImages": { "enabled": enabled } },
-        );
+        txn.annotate(&ns, annotation);
         Ok(())
     })
     .await?;

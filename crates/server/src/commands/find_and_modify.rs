@@ -17,7 +17,7 @@ use crate::{Counters, Shared};
 use super::Reply;
 use super::args::{internal, parse_collation};
 use super::collections::{collection_for_write, implicit_collection};
-use super::modify::{update_one_doc, upsert_doc};
+use super::modify::{DocChecks, update_one_doc, upsert_doc};
 use super::names::validate_collection_name;
 use super::stored::id_of;
 use super::write_path::{WriteOptions, run_write};
@@ -103,7 +103,7 @@ pub(super) async fn find_and_modify(
         }
         capped = shared.capped.writer(c).await;
     }
-    let max_bson = shared.config.max_bson_size;
+    let bypass = crate::validation::bypass(req)?;
     let outcome = match coll {
         None => FamOutcome {
             n: 0,
@@ -112,11 +112,16 @@ pub(super) async fn find_and_modify(
             value: None,
         },
         Some(coll) => {
+            let validator = crate::validation::for_write(&coll, bypass)?;
+            let checks = DocChecks {
+                max_bson: shared.config.max_bson_size,
+                validator: validator.as_ref(),
+            };
             run_write(shared, &opts, txn, |t| {
                 let target = with_collation(spec.collation.as_ref(), || {
                     find_target(t, &coll, &spec.filter, spec.sort.as_ref())
                 })?;
-                modify_target(t, &coll, target, &spec, max_bson, capped.as_mut())?
+                modify_target(t, &coll, target, &spec, &checks, capped.as_mut())?
                     .recorded_in(opts.retry.as_deref(), spec.projection.as_ref())
             })
             .await?
@@ -266,7 +271,7 @@ fn modify_target(
     coll: &CollectionInfo,
     target: Option<(DocKey, StoredDoc)>,
     spec: &FamSpec,
-    max_bson: usize,
+    checks: &DocChecks<'_>,
     capped: Option<&mut crate::capped::Writer>,
 ) -> CommandResult<FamOutcome> {
     Ok(match (target, &spec.update) {
@@ -280,7 +285,7 @@ fn modify_target(
             }
         }
         (Some((key, old)), Some(update)) => {
-            let new = update_one_doc(t, coll, &spec.filter, update, key, &old, max_bson)?;
+            let new = update_one_doc(t, coll, &spec.filter, update, key, &old, checks)?;
             let value = if spec.return_new {
                 Some(new.unwrap_or(old))
             } else {
@@ -294,7 +299,7 @@ fn modify_target(
             }
         }
         (None, Some(update)) if spec.upsert => {
-            let inserted = upsert_doc(t, coll, &spec.filter, update, max_bson, capped)?;
+            let inserted = upsert_doc(t, coll, &spec.filter, update, checks, capped)?;
             let id = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
             FamOutcome {
                 n: 1,

@@ -13,6 +13,7 @@ use crate::capped::Writer;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 use crate::retryable::RetryableWrite;
+use crate::validation::DocValidator;
 use crate::{Counters, Shared};
 
 use super::Reply;
@@ -37,15 +38,18 @@ pub(super) async fn insert(
     let docs = req.batch("documents")?;
     batch_size_check(docs.len())?;
     let ns = req.ns(name);
+    let bypass = crate::validation::bypass(req)?;
     if let Some(txn) = txn {
         let coll = txn.create_collection_shared(&ns, Document::new())?;
         super::views::refuse_write(&coll)?;
         crate::capped::refuse_in_transaction(&coll)?;
-        return insert_in_txn(shared, txn, &coll, &docs);
+        let validator = crate::validation::for_write(&coll, bypass)?;
+        return insert_in_txn(shared, txn, (&coll, validator.as_ref()), &docs);
     }
     let coll = implicit_collection(shared, &ns, &opts).await?;
     super::views::refuse_write(&coll)?;
     let capped = shared.capped.writer(&coll).await;
+    let validator = crate::validation::for_write(&coll, bypass)?;
 
     let mut batch = Batch {
         shared,
@@ -59,6 +63,7 @@ pub(super) async fn insert(
         next: 0,
         last_ticket: None,
         capped,
+        validator: validator.as_ref(),
     };
     batch.run().await?;
     let (inserted, write_errors) = (batch.inserted, batch.write_errors);
@@ -87,6 +92,8 @@ struct Batch<'a> {
     last_ticket: Option<CommitTicket>,
     /// A capped collection's writer: keys in insertion order, and the trim to its limits.
     capped: Option<Writer>,
+    /// The collection's validator, unless the command bypasses it.
+    validator: Option<&'a DocValidator>,
 }
 
 /// Why one transaction of a batch ended.
@@ -200,6 +207,10 @@ impl Batch<'_> {
         key: DocKey,
         stored: RawDocumentBuf,
     ) -> CommandResult<()> {
+        // Checked before anything of it is written or reserved.
+        if let Some(validator) = self.validator {
+            validator.check_insert(&stored)?;
+        }
         let len = stored.as_bytes().len();
         let key = match &mut self.capped {
             Some(capped) => capped.reserve(txn, self.coll, len)?,
@@ -219,14 +230,18 @@ impl Batch<'_> {
 fn insert_in_txn(
     shared: &Shared,
     txn: &mut Txn,
-    coll: &CollectionInfo,
+    (coll, validator): (&CollectionInfo, Option<&DocValidator>),
     docs: &[&RawDocument],
 ) -> CommandResult<Reply> {
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
     for (index, doc) in docs.iter().enumerate() {
-        let result = prepare_insert(doc, shared.config.max_bson_size)
-            .and_then(|(key, stored)| Ok(txn.insert(coll, key, Arc::new(stored))?));
+        let result = prepare_insert(doc, shared.config.max_bson_size).and_then(|(key, stored)| {
+            if let Some(validator) = validator {
+                validator.check_insert(&stored)?;
+            }
+            Ok(txn.insert(coll, key, Arc::new(stored))?)
+        });
         match result {
             Ok(()) => inserted += 1,
             Err(e) if e.code == code::WRITE_CONFLICT => return Err(e),

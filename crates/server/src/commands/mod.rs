@@ -196,6 +196,7 @@ async fn dispatch(
     let cmd = check_command(shared, req, cmd)?;
     let peer = client.peer;
     crate::auth::authorize(shared, &mut client.identity, peer, req, cmd.needs)?;
+    crate::validation::authorize_bypass(shared, &mut client.identity, req)?;
     if let Some(args) = req.session.transaction()? {
         return txn::in_transaction(shared, client, req, cmd, args).await;
     }

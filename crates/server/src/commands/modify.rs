@@ -10,9 +10,17 @@ use mangrove_storage::{CollectionInfo, DocKey, StoredDoc, Txn};
 
 use crate::capped::Writer;
 use crate::error::{CommandError, CommandResult};
+use crate::validation::DocValidator;
 
 use super::args::internal;
 use super::stored::{id_of, key_of, prepare_insert, with_id_first};
+
+/// What a document a statement writes must satisfy: the size limit and the collection's
+/// validator (checked before the write, see `crate::validation`).
+pub(super) struct DocChecks<'a> {
+    pub max_bson: usize,
+    pub validator: Option<&'a DocValidator>,
+}
 
 /// Applies `update` to one matched document and writes the result if it changed; returns the
 /// new document when it did.
@@ -23,8 +31,9 @@ pub(super) fn update_one_doc(
     update: &Update,
     key: DocKey,
     old: &StoredDoc,
-    max_bson: usize,
+    checks: &DocChecks<'_>,
 ) -> CommandResult<Option<StoredDoc>> {
+    let max_bson = checks.max_bson;
     let old_doc = Document::try_from(old.as_ref() as &RawDocument).map_err(internal)?;
     let old_id = old_doc.get("_id").cloned();
     // The `$` operator refers to the array element the filter matched in this document.
@@ -61,6 +70,9 @@ pub(super) fn update_one_doc(
             ),
         ));
     }
+    if let Some(validator) = checks.validator {
+        validator.check_update(old, &new_raw)?;
+    }
     let new = Arc::new(new_raw);
     // The log describes an operator or pipeline update by its changed fields (change streams'
     // `updateDescription`); a replacement is logged as one.
@@ -79,7 +91,7 @@ pub(super) fn upsert_doc(
     coll: &CollectionInfo,
     filter: &Filter,
     update: &Update,
-    max_bson: usize,
+    checks: &DocChecks<'_>,
     capped: Option<&mut Writer>,
 ) -> CommandResult<StoredDoc> {
     let seed = filter.equality_seed()?;
@@ -90,7 +102,10 @@ pub(super) fn upsert_doc(
     };
     let new_doc = with_id_first(new_doc, seed.get("_id"));
     let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
-    let (key, stored) = prepare_insert(&raw, max_bson)?;
+    let (key, stored) = prepare_insert(&raw, checks.max_bson)?;
+    if let Some(validator) = checks.validator {
+        validator.check_insert(&stored)?;
+    }
     let key = match capped {
         Some(capped) => capped.next_key(txn, coll)?,
         None => key,

@@ -17,7 +17,7 @@ use crate::{Counters, Shared};
 use super::Reply;
 use super::args::internal;
 use super::collections::{collection_for_write, implicit_collection};
-use super::modify::{update_one_doc, upsert_doc};
+use super::modify::{DocChecks, update_one_doc, upsert_doc};
 use super::names::validate_collection_name;
 use super::stored::id_of;
 use super::write_path::{WriteOptions, run_write};
@@ -57,19 +57,19 @@ fn run_update_stmt(
     txn: &mut Txn,
     coll: &CollectionInfo,
     p: &ParsedStmt,
-    max_bson: usize,
+    checks: &DocChecks<'_>,
     capped: Option<&mut Writer>,
 ) -> CommandResult<UpdateOutcome> {
     let (filter, update) = (&p.filter, &p.update);
     let mut outcome = UpdateOutcome::default();
     for (key, old) in targets(txn, coll, filter, !p.multi)? {
         outcome.matched += 1;
-        if update_one_doc(txn, coll, filter, update, key, &old, max_bson)?.is_some() {
+        if update_one_doc(txn, coll, filter, update, key, &old, checks)?.is_some() {
             outcome.modified += 1;
         }
     }
     if outcome.matched == 0 && p.upsert {
-        let inserted = upsert_doc(txn, coll, filter, update, max_bson, capped)?;
+        let inserted = upsert_doc(txn, coll, filter, update, checks, capped)?;
         outcome.upserted = id_of(&inserted).and_then(|id| Bson::try_from(id).ok());
     }
     Ok(outcome)
@@ -83,11 +83,11 @@ async fn multi_update(
     filter: &Filter,
     update: &Update,
     collation: Option<&mangrove_query::Collation>,
+    checks: &DocChecks<'_>,
 ) -> CommandResult<UpdateOutcome> {
-    let max_bson = shared.config.max_bson_size;
     let (matched, modified) =
         super::multi_write::run_chunked(shared, opts, coll, filter, collation, |txn, key, old| {
-            let changed = update_one_doc(txn, coll, filter, update, key, old, max_bson)?;
+            let changed = update_one_doc(txn, coll, filter, update, key, old, checks)?;
             Ok(changed.is_some() as u64)
         })
         .await?;
@@ -153,6 +153,7 @@ pub(super) async fn update(
     let stmts = req.batch("updates")?;
     batch_size_check(stmts.len())?;
     let lets = req.opt_doc("let")?;
+    let bypass = crate::validation::bypass(req)?;
     // Unknown fields fail the whole command before anything runs, as mongod's IDL parser does
     // (7.0 has no `sort` in update statements; that came in 8.0).
     for stmt in &stmts {
@@ -170,7 +171,7 @@ pub(super) async fn update(
             lets,
             ns: &ns,
         };
-        match run_stmt(shared, &opts, txn.as_deref_mut(), stmt).await {
+        match run_stmt(shared, &opts, txn.as_deref_mut(), stmt, bypass).await {
             // In a transaction a conflict fails the statement, not one write of it.
             Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
             Ok(outcome) => totals.add(index, outcome),
@@ -200,6 +201,7 @@ async fn run_stmt(
     opts: &WriteOptions,
     mut txn: Option<&mut Txn>,
     stmt: Stmt<'_>,
+    bypass: bool,
 ) -> CommandResult<UpdateOutcome> {
     if let Some(recorded) = opts.retry.as_ref().and_then(|r| r.recorded(stmt.index)) {
         return Ok(UpdateOutcome::from_record(&recorded));
@@ -221,6 +223,11 @@ async fn run_stmt(
         crate::capped::refuse_in_transaction(&coll)?;
     }
     let mut capped = shared.capped.writer(&coll).await;
+    let validator = crate::validation::for_write(&coll, bypass)?;
+    let checks = DocChecks {
+        max_bson: shared.config.max_bson_size,
+        validator: validator.as_ref(),
+    };
     if p.multi && txn.is_none() && opts.retry.is_none() {
         let chunked = multi_update(
             shared,
@@ -229,16 +236,16 @@ async fn run_stmt(
             &p.filter,
             &p.update,
             p.collation.as_ref(),
+            &checks,
         )
         .await?;
         if chunked.matched > 0 || !p.upsert {
             return Ok(chunked);
         }
     }
-    let max_bson = shared.config.max_bson_size;
     run_write(shared, opts, txn, |txn| {
         let outcome = with_collation(p.collation.as_ref(), || {
-            run_update_stmt(txn, &coll, &p, max_bson, capped.as_mut())
+            run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
         })?;
         if let Some(retry) = &opts.retry {
             retry.note(stmt.index, outcome.to_record());
