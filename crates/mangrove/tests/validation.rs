@@ -459,8 +459,8 @@ async fn user_client(port: u16, user: &str) -> mongodb::Client {
     mongodb::Client::with_options(options).unwrap()
 }
 
-/// Under `--auth`, bypassing validation needs more than readWrite (`collMod` stands in for
-/// mongod's `bypassDocumentValidation` action).
+/// Under `--auth`, bypassing validation needs more than readWrite: mongod's
+/// `bypassDocumentValidation` action, which dbAdmin grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bypass_needs_privilege_under_auth() {
     let server = Server::start_with(&["--replset", "rs0", "--auth"]);

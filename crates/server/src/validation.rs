@@ -198,7 +198,7 @@ pub(crate) fn authorize_bypass(
     {
         return Ok(());
     }
-    if crate::auth::may(shared, identity, req.db, Action::CollMod)? {
+    if crate::auth::may(shared, identity, req.db, Action::BypassDocumentValidation)? {
         return Ok(());
     }
     Err(crate::auth::unauthorized(req.db, req.name))

@@ -32,6 +32,7 @@ pub enum Action {
     RenameCollectionSameDb,
     DropDatabase,
     EnableProfiler,
+    BypassDocumentValidation,
     CreateUser,
     DropUser,
     ChangePassword,
@@ -81,6 +82,7 @@ const NAMES: &[(Action, &str)] = &[
     (RenameCollectionSameDb, "renameCollectionSameDB"),
     (DropDatabase, "dropDatabase"),
     (EnableProfiler, "enableProfiler"),
+    (BypassDocumentValidation, "bypassDocumentValidation"),
     (CreateUser, "createUser"),
     (DropUser, "dropUser"),
     (ChangePassword, "changePassword"),
@@ -159,6 +161,7 @@ const READ_WRITE: &[Action] = &[
     Update,
 ];
 const DB_ADMIN: &[Action] = &[
+    BypassDocumentValidation,
     CollMod,
     CollStats,
     ConvertToCapped,
@@ -206,6 +209,7 @@ const BACKUP: &[Action] = &[
     ServerStatus,
 ];
 const RESTORE: &[Action] = &[
+    BypassDocumentValidation,
     CollMod,
     ConvertToCapped,
     CreateCollection,

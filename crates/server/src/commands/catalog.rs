@@ -465,7 +465,7 @@ pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResul
         Ok(())
     })
     .await?;
-    Ok(doc! { "ok": 1.0 }.into())
+    Ok(opts.finish_reply(doc! { "ok": 1.0 }).into())
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their
