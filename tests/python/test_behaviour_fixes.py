@@ -194,3 +194,28 @@ def test_planner_uses_a_partial_index_when_the_query_implies_its_filter(db):
         assert list(db.part.find(implied)) == expected
     for not_implied in [{"a": 4}, {"a": 4, "b": 0}, {"a": 4, "b": {"$gte": 0}}, {"a": 4, "b": "x"}]:
         assert stage(not_implied) == "COLLSCAN", not_implied
+
+
+def test_a_cursor_spends_its_find_max_time_ms_across_get_mores(test_server):
+    from pymongo import MongoClient
+    from pymongo.errors import ExecutionTimeout
+
+    c = MongoClient(test_server.uri)
+    c.fp.many.insert_many([{"i": i} for i in range(50)])
+    cursor = c.fp.many.find().batch_size(5).max_time_ms(60_000)
+    next(cursor)
+    c.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="alwaysOn")
+    try:
+        with pytest.raises(ExecutionTimeout):
+            list(cursor)
+    finally:
+        c.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="off")
+    # Without a limit on the find, its getMores have none either.
+    unlimited = c.fp.many.find().batch_size(5)
+    next(unlimited)
+    c.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="alwaysOn")
+    try:
+        assert len(list(unlimited)) == 49
+    finally:
+        c.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="off")
+    c.close()

@@ -34,6 +34,14 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
     f()
 }
 
+/// What is left of the running read's `maxTimeMS`, for a cursor to carry into its `getMore`s
+/// (mongod's leftover time).
+pub fn time_left() -> Option<std::time::Duration> {
+    DEADLINE
+        .with(std::cell::Cell::get)
+        .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+}
+
 /// A command's `maxTimeMS` as a deadline from now (none for 0 or absent).
 pub fn deadline_of(max_time_ms: Option<i64>) -> Option<std::time::Instant> {
     match max_time_ms {

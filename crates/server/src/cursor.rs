@@ -76,6 +76,9 @@ pub struct Cursor {
     /// The transaction that opened it: only that transaction's own statements may continue
     /// it, as in mongod.
     pub txn: Option<TxnOwner>,
+    /// What is left of the opening command's `maxTimeMS`: each `getMore` of a cursor that is
+    /// not tailable runs within it and spends it, as mongod's leftover time.
+    pub time_left: Option<std::time::Duration>,
 }
 
 /// A multi-document transaction, as a cursor it opened remembers it.

@@ -216,6 +216,12 @@ impl FailPoints {
         if !limited || req.name == "configureFailPoint" {
             return None;
         }
+        self.max_time_always_times_out()
+    }
+
+    /// MaxTimeMSExpired for an operation that has a time limit, while `maxTimeAlwaysTimeOut`
+    /// is armed (also a `getMore` spending its cursor's leftover time).
+    pub fn max_time_always_times_out(&self) -> Option<CommandError> {
         self.fire("maxTimeAlwaysTimeOut", |_| true)?;
         Some(CommandError::new(
             code::MAX_TIME_MS_EXPIRED,

@@ -358,6 +358,7 @@ fn lazy_cursor(
         remaining: None,
         last_used: Instant::now(),
         txn: None,
+        time_left: crate::access::time_left(),
     };
     let (batch, exhausted) = cursor.next_batch(Some(batch_size.unwrap_or(DEFAULT_FIRST_BATCH)))?;
     let id = if exhausted {

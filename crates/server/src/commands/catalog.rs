@@ -135,6 +135,7 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         remaining: None,
         last_used: Instant::now(),
         txn: None,
+        time_left: None,
     };
     let (batch, exhausted) = cursor.next_batch(batch_size)?;
     let id = if exhausted {

@@ -132,6 +132,7 @@ pub(super) async fn open(
             remaining: None,
             last_used: Instant::now(),
             txn: None,
+            time_left: None,
         })?
     };
     Ok(Reply::Raw(reply(&ns, id, "firstBatch", &batch)))

@@ -213,6 +213,7 @@ fn find_with(
         remaining: None,
         last_used: Instant::now(),
         txn: txn_owner(req, txn),
+        time_left: crate::access::time_left(),
     };
     let (batch_size, single_batch) = (query.batch_size, query.single_batch);
     cursor.projection = query.projection.take();

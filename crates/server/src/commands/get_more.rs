@@ -2,6 +2,9 @@
 
 use bson::doc;
 use bson::raw::RawBsonRef;
+use std::time::Instant;
+
+use crate::access::with_deadline;
 
 use crate::cursor::{Cursor, Source, TxnOwner};
 use crate::error::{CommandError, CommandResult, code};
@@ -97,6 +100,23 @@ fn fail_point(shared: &Shared, id: i64) -> Option<CommandError> {
     Some(e)
 }
 
+/// MaxTimeMSExpired when the cursor's leftover `maxTimeMS` is spent (or the test fail point
+/// says it is).
+fn leftover_time_expired(shared: &Shared, cursor: &Cursor) -> Option<CommandError> {
+    let left = cursor.time_left?;
+    if shared.config.enable_test_commands
+        && let Some(e) = shared.failpoints.max_time_always_times_out()
+    {
+        return Some(e);
+    }
+    left.is_zero().then(|| {
+        CommandError::new(
+            code::MAX_TIME_MS_EXPIRED,
+            "operation exceeded time limit: the cursor's maxTimeMS is spent",
+        )
+    })
+}
+
 pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[
         "collection",
@@ -147,13 +167,23 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
     if cursor.tail().is_some() {
         return super::tailable::get_more(shared, req, id, cursor, batch_size).await;
     }
-    let (batch, exhausted) = match cursor.next_batch(batch_size) {
+    let started = Instant::now();
+    let answer = match leftover_time_expired(shared, &cursor) {
+        Some(e) => Err(e),
+        None => with_deadline(cursor.time_left.map(|t| started + t), || {
+            cursor.next_batch(batch_size)
+        }),
+    };
+    let (batch, exhausted) = match answer {
         Ok(answer) => answer,
         Err(e) => {
             shared.cursors.give_up(id);
             return Err(e);
         }
     };
+    cursor.time_left = cursor
+        .time_left
+        .map(|t| t.saturating_sub(started.elapsed()));
     let reply_id = if exhausted {
         shared.cursors.give_up(id);
         0

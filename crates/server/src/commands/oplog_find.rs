@@ -101,6 +101,7 @@ pub(super) async fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
             remaining,
             last_used: Instant::now(),
             txn: None,
+            time_left: None,
         })?
     };
     Ok(Reply::Raw(reply(OPLOG_NS, id, "firstBatch", &batch)))

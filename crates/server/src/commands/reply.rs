@@ -71,6 +71,7 @@ pub(super) fn pipeline_cursor(
         remaining: None,
         last_used: Instant::now(),
         txn,
+        time_left: None,
     };
     first_batch(shared, cursor, batch_size, false)
 }
