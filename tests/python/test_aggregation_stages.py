@@ -328,3 +328,78 @@ def test_expr_runtime_errors_fail_the_query(db):
         list(db.e.find({"a": {"$gte": 0}, **bad}))
     assert e.value.code == 2
     assert db.e.count_documents({"x": 1}) == 0
+
+
+def test_window_bucket_auto_top_and_percentile_stages(db):
+    """MongoDB 7.0's analytics surface: $setWindowFields, $bucketAuto, $top/$topN, $percentile,
+    $densify, $fill and $redact, on the documentation's examples."""
+    db.cakes.insert_many(
+        [
+            {"_id": 0, "state": "CA", "price": 13, "quantity": 120},
+            {"_id": 2, "state": "CA", "price": 12, "quantity": 145},
+            {"_id": 4, "state": "CA", "price": 41, "quantity": 162},
+            {"_id": 3, "state": "WA", "price": 13, "quantity": 104},
+        ]
+    )
+    out = list(
+        db.cakes.aggregate(
+            [
+                {
+                    "$setWindowFields": {
+                        "partitionBy": "$state",
+                        "sortBy": {"quantity": -1},
+                        "output": {
+                            "rank": {"$rank": {}},
+                            "running": {"$sum": "$quantity", "window": {"documents": ["unbounded", "current"]}},
+                        },
+                    }
+                },
+                {"$project": {"rank": 1, "running": 1}},
+            ]
+        )
+    )
+    assert out == [
+        {"_id": 4, "rank": 1, "running": 162},
+        {"_id": 2, "rank": 2, "running": 307},
+        {"_id": 0, "rank": 3, "running": 427},
+        {"_id": 3, "rank": 1, "running": 104},
+    ]
+    out = list(
+        db.cakes.aggregate(
+            [
+                {
+                    "$group": {
+                        "_id": "$state",
+                        "top": {"$top": {"output": "$_id", "sortBy": {"price": -1}}},
+                        "p": {"$percentile": {"input": "$quantity", "p": [0.5], "method": "approximate"}},
+                    }
+                },
+                {"$sort": {"_id": 1}},
+            ]
+        )
+    )
+    assert out == [{"_id": "CA", "top": 4, "p": [145.0]}, {"_id": "WA", "top": 3, "p": [104.0]}]
+    out = list(db.cakes.aggregate([{"$bucketAuto": {"groupBy": "$price", "buckets": 2}}]))
+    # Equal values share a bucket, so the first takes both 13s.
+    assert out == [{"_id": {"min": 12, "max": 41}, "count": 3}, {"_id": {"min": 41, "max": 41}, "count": 1}]
+    out = list(
+        db.cakes.aggregate(
+            [
+                {"$match": {"state": "CA"}},
+                {"$densify": {"field": "price", "range": {"step": 10, "bounds": "full"}}},
+                {"$fill": {"sortBy": {"price": 1}, "output": {"quantity": {"method": "locf"}}}},
+                {"$project": {"_id": 0, "price": 1, "quantity": 1}},
+            ]
+        )
+    )
+    assert out == [
+        {"price": 12, "quantity": 145},
+        {"price": 13, "quantity": 120},
+        {"price": 22, "quantity": 120},
+        {"price": 32, "quantity": 120},
+        {"price": 41, "quantity": 162},
+    ]
+    assert list(db.cakes.aggregate([{"$redact": "$$PRUNE"}])) == []
+    with pytest.raises(OperationFailure) as e:
+        list(db.cakes.aggregate([{"$setWindowFields": {"output": {"r": {"$rank": {}}}}}]))
+    assert e.value.code == 5371602

@@ -5,8 +5,8 @@
 //! are `group.rs`, joins `lookup.rs`, expressions `expr.rs`, limits `limits.rs`.
 //!
 //! Stages: `$match $sort $skip $limit $project $addFields/$set $unset $replaceRoot/$replaceWith
-//! $count $group $bucket $sortByCount $unwind $lookup $graphLookup $unionWith $facet $sample
-//! $documents`, then `$out`/`$merge`. Anything else is refused with mongod's error (40324).
+//! $count $group $bucket $bucketAuto $sortByCount $unwind $lookup $graphLookup $unionWith $facet
+//! $sample $documents $setWindowFields $densify $fill $redact`, then `$out`/`$merge`. Anything else is refused with mongod's error (40324).
 
 use bson::RawDocumentBuf;
 

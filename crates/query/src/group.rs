@@ -29,6 +29,8 @@ use crate::doc_ops::{key_of, raw_err, to_raw};
 use crate::expr::{Expr, cmp_bson, sum_values};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
+use crate::percentile::{self, Quantile};
+use crate::top_n::{self, Ranked, TopBottom};
 
 pub(crate) enum Acc {
     Sum(Expr),
@@ -44,6 +46,10 @@ pub(crate) enum Acc {
     StdDev(Expr, bool),
     /// `$firstN`, `$lastN`, `$minN`, `$maxN`: (kind, input, n).
     TopN(NKind, Expr, Expr),
+    /// `$top`, `$bottom`, `$topN`, `$bottomN`.
+    TopBottom(Box<TopBottom>),
+    /// `$percentile`, `$median`.
+    Quantile(Box<Quantile>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,6 +78,9 @@ enum AccState {
     Merge(Document),
     /// Welford's running (count, mean, sum of squared deviations).
     StdDev(u64, f64, f64),
+    Ranked(Ranked),
+    /// `$percentile`/`$median`: the numeric inputs.
+    Samples(Vec<f64>),
 }
 
 pub(crate) struct Group {
@@ -174,6 +183,8 @@ fn parse_accumulator(op: &str, arg: RawBsonRef<'_>) -> Result<Acc, QueryError> {
         "$stdDevPop" => Acc::StdDev(unary()?, false),
         "$stdDevSamp" => Acc::StdDev(unary()?, true),
         "$firstN" | "$lastN" | "$minN" | "$maxN" => parse_top_n(op, arg)?,
+        op if top_n::is_top_bottom(op) => Acc::TopBottom(Box::new(top_n::parse(op, arg)?)),
+        "$median" | "$percentile" => Acc::Quantile(Box::new(percentile::parse(op, arg, 7429703)?)),
         "$count" => match arg {
             RawBsonRef::Document(d) if d.is_empty() => Acc::Count,
             _ => {
@@ -351,6 +362,8 @@ fn fresh(acc: &Acc) -> AccState {
         Acc::TopN(..) => AccState::Bounded(Vec::new(), 0),
         Acc::MergeObjects(_) => AccState::Merge(Document::new()),
         Acc::StdDev(..) => AccState::StdDev(0, 0.0, 0.0),
+        Acc::TopBottom(_) => AccState::Ranked(Ranked::default()),
+        Acc::Quantile(_) => AccState::Samples(Vec::new()),
     }
 }
 
@@ -425,6 +438,18 @@ fn accumulate(
             return top_n(*kind, e_or_null(input.eval(doc)?, *kind), items, *n);
         }
         (Acc::MergeObjects(e), AccState::Merge(target)) => return merge_into(e, target, doc),
+        (Acc::TopBottom(spec), AccState::Ranked(ranked)) => {
+            if first_doc {
+                ranked.n = top_n::validate_n(spec.n.eval(doc)?)?;
+            }
+            return ranked.add(spec, doc);
+        }
+        (Acc::Quantile(q), AccState::Samples(samples)) => {
+            if let Some(x) = percentile::sample(q, doc)? {
+                samples.push(x);
+                return Ok(grew(size_of::<f64>()));
+            }
+        }
         _ => {}
     }
     Ok(0)
@@ -646,6 +671,14 @@ fn finish(acc: &Acc, state: AccState) -> Bson {
             Bson::Array(items)
         }
         AccState::Merge(d) => Bson::Document(d),
+        AccState::Ranked(r) => match acc {
+            Acc::TopBottom(spec) => r.finish(spec),
+            _ => Bson::Null,
+        },
+        AccState::Samples(mut samples) => match acc {
+            Acc::Quantile(q) => percentile::result(&q.ps, q.median, &mut samples),
+            _ => Bson::Null,
+        },
     }
 }
 

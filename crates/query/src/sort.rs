@@ -81,6 +81,32 @@ impl SortSpec {
         }
         Ordering::Equal
     }
+
+    /// The values `doc` sorts by, one per key, so documents can be ranked after they are gone
+    /// (`$top`, window functions) with [`SortSpec::compare_keys`].
+    pub(crate) fn key_values(&self, doc: &RawDocument) -> Vec<bson::Bson> {
+        self.keys
+            .iter()
+            .map(|k| bson::Bson::try_from(sort_value(doc, k)).unwrap_or(bson::Bson::Null))
+            .collect()
+    }
+
+    /// Compares two [`SortSpec::key_values`] results as [`SortSpec::compare`] would.
+    pub(crate) fn compare_keys(&self, a: &[bson::Bson], b: &[bson::Bson]) -> Ordering {
+        for ((key, x), y) in self.keys.iter().zip(a).zip(b) {
+            let o = crate::expr::cmp_bson(x, y);
+            let o = if key.descending { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        Ordering::Equal
+    }
+
+    /// The keys as (path, descending) pairs.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&[String], bool)> {
+        self.keys.iter().map(|k| (&k.parts[..], k.descending))
+    }
 }
 
 /// The value a document sorts by for one key: the smallest reachable value when ascending and

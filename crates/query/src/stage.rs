@@ -42,6 +42,12 @@ pub(crate) enum Stage {
     /// `$unionWith`: the input followed by another collection's documents through a pipeline.
     UnionWith(String, Option<Pipeline>),
     GraphLookup(Box<GraphLookup>),
+    BucketAuto(Box<crate::bucket_auto::BucketAuto>),
+    /// `$setWindowFields` (and `$fill`'s method outputs).
+    Window(Box<crate::window::Window>),
+    Densify(Box<crate::densify::Densify>),
+    /// `$redact`: an expression answering `$$DESCEND`, `$$PRUNE` or `$$KEEP` per level.
+    Redact(Expr),
 }
 
 pub struct Pipeline {

@@ -261,6 +261,20 @@ fn parse_stage(
         "$bucket" => Stage::Bucket(Box::new(parse_bucket(doc()?)?)),
         "$unionWith" => parse_union_with(spec, depth)?,
         "$graphLookup" => Stage::GraphLookup(Box::new(parse_graph_lookup(doc()?)?)),
+        "$bucketAuto" => Stage::BucketAuto(Box::new(crate::bucket_auto::parse(spec)?)),
+        "$setWindowFields" => Stage::Window(Box::new(crate::window::parse(spec)?)),
+        "$densify" => Stage::Densify(Box::new(crate::densify::parse(spec)?)),
+        "$fill" => {
+            let (window, values) = crate::densify::parse_fill(spec)?;
+            if let Some(w) = window {
+                stages.push(Stage::Window(Box::new(w)));
+            }
+            match values {
+                Some(v) => Stage::AddFields(v),
+                None => return Ok(None),
+            }
+        }
+        "$redact" => Stage::Redact(crate::redact::parse(spec)?),
         "$out" | "$merge" if depth > 0 => {
             return Err(QueryError::location(
                 51047,

@@ -8,10 +8,11 @@
 //!
 //! Invariants:
 //! - Streaming stages (`$match $project $addFields $set $unset $replaceRoot $skip $limit
-//!   $unwind $lookup $graphLookup $unionWith`, `$documents`) hold at most the document they are
+//!   $unwind $lookup $graphLookup $unionWith $redact`, `$documents`) hold at most the document they are
 //!   working on (an `$unwind` the one it is unwinding; a `$lookup` its foreign collection and
 //!   index).
-//! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`) absorb their
+//! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`, and
+//!   `$bucketAuto`, `$setWindowFields`, `$densify`, which hold their input as [`Held`]) absorb their
 //!   whole input before answering, and hold only their own state, each bounded by
 //!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292): the documents a `$sort` or
 //!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
@@ -88,6 +89,8 @@ pub(crate) enum State {
     Facet(Box<Facets>),
     Sample(Box<Sampler>),
     UnionWith(Option<Box<Run>>),
+    /// `$bucketAuto`, `$setWindowFields`, `$densify`: the whole input (with a key), held.
+    Hold(Box<Held>),
     /// A blocking stage's documents, being answered.
     Emit(VecDeque<RawDocumentBuf>),
     /// A `$group`'s or `$bucket`'s groups, being answered.
@@ -121,6 +124,9 @@ pub(crate) fn fresh_states(stages: &[Stage]) -> Vec<State> {
             Stage::Sample(n) => State::Sample(Box::new(Sampler::new(*n))),
             Stage::Documents(_) => State::Plain,
             Stage::UnionWith(..) => State::UnionWith(None),
+            Stage::BucketAuto(_) | Stage::Window(_) | Stage::Densify(_) => {
+                State::Hold(Box::default())
+            }
             _ => State::Plain,
         })
         .collect()
@@ -209,6 +215,11 @@ fn step(
             Ok(Step::Doc(graph_lookup_one(g, graph, &d, ctx)?))
         }
         Stage::UnionWith(coll, p) => union_with(coll, p.as_ref(), state, up, ctx),
+        Stage::Redact(e) => loop {
+            if let Some(d) = crate::redact::redact(e, next_doc!(up))? {
+                return Ok(Step::Doc(d));
+            }
+        },
         _ => blocking(stage, state, up, ctx, max),
     }
 }
@@ -283,6 +294,7 @@ fn blocking(
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
+        (_, State::Hold(held)) => State::Emit(finish_held(stage, *held, ctx)?.into()),
         _ => State::Done,
     };
     step(stage, state, up, ctx, max)
@@ -308,6 +320,7 @@ fn absorb(
         }
         (Stage::Facet(facets), State::Facet(f)) => f.add(facets, d, ctx)?,
         (Stage::Sample(_), State::Sample(s)) => s.add(d, ctx)?,
+        (_, State::Hold(held)) => held.add(stage, d, ctx)?,
         _ => {}
     }
     Ok(())
@@ -322,6 +335,49 @@ fn next_group(stage: &Stage, groups: &mut Groups, max: Option<usize>) -> Result<
     match groups.next(accs, max) {
         Some(d) => Ok(Step::Doc(d?)),
         None => Ok(Step::End),
+    }
+}
+
+/// The input of a stage that needs all of it at once, with each document's key (`$bucketAuto`'s
+/// `groupBy` value; null for the others) and the bytes held.
+#[derive(Default)]
+pub(crate) struct Held {
+    docs: Vec<(Bson, RawDocumentBuf)>,
+    bytes: usize,
+}
+
+impl Held {
+    fn add(&mut self, stage: &Stage, d: RawDocumentBuf, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+        let key = match stage {
+            Stage::BucketAuto(b) => b.key(&d)?,
+            _ => Bson::Null,
+        };
+        self.bytes += d.as_bytes().len() + crate::memory::mem_size(&key)?;
+        self.docs.push((key, d));
+        match stage {
+            Stage::Window(_) => crate::window::check_memory(self.bytes, &ctx.limits),
+            Stage::Densify(_) => ctx.check("$densify", self.bytes),
+            _ => ctx.check("$bucketAuto", self.bytes),
+        }
+    }
+}
+
+fn finish_held(
+    stage: &Stage,
+    held: Held,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    match stage {
+        Stage::BucketAuto(b) => b.finish(held.docs, &ctx.limits),
+        Stage::Window(w) => {
+            let docs = held.docs.into_iter().map(|(_, d)| d).collect();
+            crate::window::run(w, docs, &ctx.limits)
+        }
+        Stage::Densify(d) => {
+            let docs = held.docs.into_iter().map(|(_, d)| d).collect();
+            crate::densify::run(d, docs, ctx)
+        }
+        _ => Ok(Vec::new()),
     }
 }
 

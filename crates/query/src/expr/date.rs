@@ -307,7 +307,7 @@ fn week_start(op: &str, v: &Val) -> Result<i64, QueryError> {
 }
 
 /// `ms` (local) plus `months` calendar months, clamping the day to the target month's length.
-fn add_months(ms: i64, months: i64) -> Option<i64> {
+pub(crate) fn add_months(ms: i64, months: i64) -> Option<i64> {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (y, m, d) = dates::civil_from_days(days);

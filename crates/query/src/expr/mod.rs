@@ -31,7 +31,8 @@ mod set;
 mod string;
 mod vars;
 
-pub(crate) use arith::{decimal, sum_values};
+pub(crate) use arith::{decimal, std_dev, sum_values};
+pub(crate) use date::add_months;
 pub(crate) use logic::{cmp_bson, truthy};
 use ops::{Family, Op};
 pub use vars::with_let;

@@ -161,6 +161,8 @@ operators! {
     LastN = "$lastN", OWN, Array;
     MinN = "$minN", OWN, Array;
     MaxN = "$maxN", OWN, Array;
+    Median = "$median", OWN, Array;
+    Percentile = "$percentile", OWN, Array;
     // Sets.
     SetUnion = "$setUnion", args(0, ANY), Set;
     SetIntersection = "$setIntersection", args(0, ANY), Set;

@@ -167,6 +167,7 @@ fn parse_own(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         Op::GetField => object::parse_get_field(arg),
         Op::SetField => object::parse_set_field(arg),
         Op::FirstN | Op::LastN | Op::MinN | Op::MaxN => array::parse_n(op, arg),
+        Op::Median | Op::Percentile => array::parse_quantile(op, arg),
         Op::RegexMatch | Op::RegexFind | Op::RegexFindAll => string::parse_regex(op, arg),
         Op::ReplaceOne | Op::ReplaceAll => string::parse_replace(op, arg),
         Op::Trim | Op::Ltrim | Op::Rtrim => string::parse_trim(op, arg),
