@@ -222,14 +222,14 @@ pub(crate) async fn after(
     elapsed: Duration,
     stats: &OpStats,
 ) {
-    if UNPROFILED.contains(&req.name) || on_profile_collection(req) {
-        return;
-    }
     let millis = elapsed.as_millis() as i64;
     let profiler = &shared.profiler;
     if !profiler.any_db.load(Ordering::Relaxed)
         && millis <= profiler.slow_ms.load(Ordering::Relaxed)
     {
+        return;
+    }
+    if UNPROFILED.contains(&req.name) || on_profile_collection(req) {
         return;
     }
     let (db, slow_ms, rate) = {
