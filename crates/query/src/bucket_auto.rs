@@ -235,7 +235,7 @@ pub(crate) fn parse(spec: RawBsonRef<'_>) -> Result<BucketAuto, QueryError> {
 }
 
 fn as_f64(v: &Bson) -> Option<f64> {
-    crate::percentile::number(v)
+    crate::expr::quantile::number(v)
 }
 
 impl BucketAuto {

@@ -16,9 +16,10 @@ use crate::QueryError;
 use crate::doc_ops::{nested, raw_err, set_path, to_raw};
 use crate::expr::{Expr, add_months, cmp_bson, sum_values};
 use crate::path::split_path;
-use crate::stream::Ctx;
-use crate::window::{Bound, Bounds, Output, Window, parse_unit, type_of};
-use crate::window_fn::Func;
+use crate::run_ctx::Ctx;
+use crate::window::Window;
+use crate::window_fn::{Func, Output};
+use crate::window_spec::{Bound, Bounds, parse_unit, type_of};
 
 /// mongod's default `internalQueryMaxAllowedDensifyDocs`.
 const MAX_GENERATED: usize = 500_000;
@@ -123,14 +124,14 @@ fn parse_range(r: &bson::RawDocument) -> Result<(Bson, Option<i64>, Range), Quer
     let step = step.ok_or_else(|| missing("$densify.range.step"))?;
     let bounds = bounds.ok_or_else(|| missing("$densify.range.bounds"))?;
     let step = Bson::try_from(step).map_err(raw_err)?;
-    let positive = crate::percentile::number(&step).is_some_and(|s| s > 0.0);
+    let positive = crate::expr::quantile::number(&step).is_some_and(|s| s > 0.0);
     if !positive {
         return Err(QueryError::location(
             5733401,
             "the step parameter in a range statement must be a strictly positive numeric value",
         ));
     }
-    if unit.is_some() && crate::percentile::number(&step).is_some_and(|s| s.fract() != 0.0) {
+    if unit.is_some() && crate::expr::quantile::number(&step).is_some_and(|s| s.fract() != 0.0) {
         return Err(QueryError::location(
             6586400,
             "The step parameter in a range satement must be a whole number when densifying a date range",
@@ -176,7 +177,7 @@ fn parse_bounds(v: RawBsonRef<'_>) -> Result<Range, QueryError> {
                     "a bounding array in a range statement must have exactly two elements",
                 )
             })?;
-            let numeric = |b: &Bson| crate::percentile::number(b).is_some();
+            let numeric = |b: &Bson| crate::expr::quantile::number(b).is_some();
             let dates = matches!((&lo, &hi), (Bson::DateTime(_), Bson::DateTime(_)));
             if !(dates || numeric(&lo) && numeric(&hi)) {
                 return Err(QueryError::location(
@@ -209,7 +210,7 @@ impl Densify {
         };
         match (&v, self.unit) {
             (Bson::DateTime(_), Some(_)) => Ok(Some(v)),
-            (_, None) if crate::percentile::number(&v).is_some() => Ok(Some(v)),
+            (_, None) if crate::expr::quantile::number(&v).is_some() => Ok(Some(v)),
             (_, Some(_)) => Err(QueryError::location(
                 6053600,
                 "Densify field type must be a date when a unit is specified",
@@ -236,7 +237,7 @@ impl Densify {
     fn next(&self, v: &Bson) -> Bson {
         match (v, self.unit) {
             (Bson::DateTime(t), Some(unit)) => {
-                let steps = crate::percentile::number(&self.step).unwrap_or(1.0) as i64;
+                let steps = crate::expr::quantile::number(&self.step).unwrap_or(1.0) as i64;
                 let ms = t.timestamp_millis();
                 let next = if unit < 0 {
                     add_months(ms, steps * -unit).unwrap_or(i64::MAX)

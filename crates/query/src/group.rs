@@ -26,10 +26,10 @@ use bson::{Bson, Document, RawDocumentBuf};
 use crate::QueryError;
 use crate::compare::as_num;
 use crate::doc_ops::{key_of, raw_err, to_raw};
+use crate::expr::quantile::{self as percentile, Quantile};
 use crate::expr::{Expr, cmp_bson, sum_values};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
-use crate::percentile::{self, Quantile};
 use crate::top_n::{self, Ranked, TopBottom};
 
 pub(crate) enum Acc {

@@ -32,7 +32,6 @@ mod jsonschema;
 mod limits;
 mod lookup;
 mod memory;
-mod percentile;
 mod plan;
 mod preds;
 mod projection;
@@ -49,6 +48,7 @@ mod update;
 mod validation;
 mod window;
 mod window_fn;
+mod window_spec;
 
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;

@@ -264,16 +264,10 @@ fn parse_stage(
         "$bucketAuto" => Stage::BucketAuto(Box::new(crate::bucket_auto::parse(spec)?)),
         "$setWindowFields" => Stage::Window(Box::new(crate::window::parse(spec)?)),
         "$densify" => Stage::Densify(Box::new(crate::densify::parse(spec)?)),
-        "$fill" => {
-            let (window, values) = crate::densify::parse_fill(spec)?;
-            if let Some(w) = window {
-                stages.push(Stage::Window(Box::new(w)));
-            }
-            match values {
-                Some(v) => Stage::AddFields(v),
-                None => return Ok(None),
-            }
-        }
+        "$fill" => match parse_fill(spec, stages)? {
+            Some(stage) => stage,
+            None => return Ok(None),
+        },
         "$redact" => Stage::Redact(crate::redact::parse(spec)?),
         "$out" | "$merge" if depth > 0 => {
             return Err(QueryError::location(
@@ -281,10 +275,7 @@ fn parse_stage(
                 format!("{name} is not allowed within a $lookup or $facet sub-pipeline"),
             ));
         }
-        "$out" => {
-            let (db, coll) = sink_target(spec, "$out")?;
-            return Ok(Some(Sink::Out { db, coll }));
-        }
+        "$out" => return Ok(Some(parse_out(spec)?)),
         "$merge" => return Ok(Some(parse_merge(spec)?)),
         other => {
             return Err(QueryError::location(
@@ -295,6 +286,21 @@ fn parse_stage(
     };
     stages.push(parsed);
     Ok(None)
+}
+
+/// `$fill`, rewritten as mongod does: a `$setWindowFields` for `locf`/`linear` outputs (pushed
+/// onto `stages`), then the `$addFields` of its `value` outputs, if any, which is returned.
+fn parse_fill(spec: RawBsonRef<'_>, stages: &mut Vec<Stage>) -> Result<Option<Stage>, QueryError> {
+    let (window, values) = crate::densify::parse_fill(spec)?;
+    if let Some(w) = window {
+        stages.push(Stage::Window(Box::new(w)));
+    }
+    Ok(values.map(Stage::AddFields))
+}
+
+fn parse_out(spec: RawBsonRef<'_>) -> Result<Sink, QueryError> {
+    let (db, coll) = sink_target(spec, "$out")?;
+    Ok(Sink::Out { db, coll })
 }
 
 fn parse_replace_root(spec: &RawDocument) -> Result<Stage, QueryError> {

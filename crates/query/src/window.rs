@@ -19,35 +19,14 @@ use crate::doc_ops::{key_of, raw_err, set_path, to_raw};
 use crate::expr::Expr;
 use crate::limits::Limits;
 use crate::path::split_path;
-use crate::window_fn::{self, Func};
+use crate::window_fn::{self, Output};
+use crate::window_spec::{Bound, Bounds, parse_unit, type_of};
 use crate::{QueryError, SortSpec};
 
 pub(crate) struct Window {
     pub(crate) partition: Option<Expr>,
     pub(crate) sort: Option<SortSpec>,
     pub(crate) outputs: Vec<Output>,
-}
-
-pub(crate) struct Output {
-    pub(crate) path: Vec<String>,
-    pub(crate) func: Func,
-    pub(crate) bounds: Bounds,
-}
-
-/// One end of a window: unbounded, the current document, or an offset from it (documents:
-/// a count; range: a value added to the current sort value, in `unit`s for dates).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Bound {
-    Unbounded,
-    Current,
-    At(f64),
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Bounds {
-    Documents(Bound, Bound),
-    /// `range`, with the unit's length in milliseconds (or months, negative) for dates.
-    Range(Bound, Bound, Option<i64>),
 }
 
 fn failed(msg: impl Into<String>) -> QueryError {
@@ -97,10 +76,6 @@ pub(crate) fn parse(spec: RawBsonRef<'_>) -> Result<Window, QueryError> {
         sort,
         outputs,
     })
-}
-
-pub(crate) fn type_of(v: RawBsonRef<'_>) -> &'static str {
-    Bson::try_from(v).map_or("unknown", |b| crate::update::type_name(&b))
 }
 
 /// `partitionBy`: any expression but an object literal of plain fields is fine; mongod refuses
@@ -253,32 +228,6 @@ fn bound(v: RawBsonRef<'_>) -> Result<Bound, QueryError> {
             ))),
         },
     }
-}
-
-/// A time unit: its length in milliseconds, or months as a negative count (calendar units).
-pub(crate) fn parse_unit(v: RawBsonRef<'_>) -> Result<i64, QueryError> {
-    let RawBsonRef::String(u) = v else {
-        return Err(failed(format!(
-            "'unit' must be a string, but found {}",
-            type_of(v)
-        )));
-    };
-    Ok(match u {
-        "millisecond" => 1,
-        "second" => 1000,
-        "minute" => 60_000,
-        "hour" => 3_600_000,
-        "day" => 86_400_000,
-        "week" => 7 * 86_400_000,
-        "month" => -1,
-        "quarter" => -3,
-        "year" => -12,
-        other => {
-            return Err(QueryError::bad_value(format!(
-                "unknown time unit value: {other}"
-            )));
-        }
-    })
 }
 
 /// The stage over its whole (held) input.

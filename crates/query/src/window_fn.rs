@@ -13,12 +13,19 @@ use bson::Bson;
 use bson::raw::{RawBsonRef, RawDocument};
 
 use crate::doc_ops::raw_err;
+use crate::expr::quantile::{self as percentile, Quantile};
 use crate::expr::{Expr, add_months, cmp_bson, std_dev, sum_values};
 use crate::group::NKind;
-use crate::percentile::{self, Quantile};
 use crate::top_n::{self, Ranked, TopBottom};
-use crate::window::{Bound, Bounds, Output, type_of};
+use crate::window_spec::{Bound, Bounds, type_of};
 use crate::{QueryError, SortSpec};
+
+/// One output field of the stage: where it goes, what computes it, over which window.
+pub(crate) struct Output {
+    pub(crate) path: Vec<String>,
+    pub(crate) func: Func,
+    pub(crate) bounds: Bounds,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Simple {
@@ -123,17 +130,9 @@ pub(crate) fn parse(
         },
         "$covariancePop" | "$covarianceSamp" => parse_covariance(name, arg)?,
         "$rank" | "$denseRank" | "$documentNumber" => {
-            if !matches!(arg, RawBsonRef::Document(d) if d.is_empty()) {
-                return Err(failed(format!(
-                    "{name} accepts an empty object as its argument"
-                )));
-            }
+            let rank = parse_rank(name, arg)?;
             one_sort_field()?;
-            Func::Rank(match name {
-                "$rank" => RankKind::Rank,
-                "$denseRank" => RankKind::Dense,
-                _ => RankKind::Number,
-            })
+            rank
         }
         "$shift" => {
             needs_sort()?;
@@ -163,6 +162,20 @@ pub(crate) fn parse(
         }
         other => return Err(failed(format!("Unrecognized window function, {other}"))),
     })
+}
+
+/// `$rank`, `$denseRank` and `$documentNumber` take an empty object.
+fn parse_rank(name: &str, arg: RawBsonRef<'_>) -> Result<Func, QueryError> {
+    if !matches!(arg, RawBsonRef::Document(d) if d.is_empty()) {
+        return Err(failed(format!(
+            "{name} accepts an empty object as its argument"
+        )));
+    }
+    Ok(Func::Rank(match name {
+        "$rank" => RankKind::Rank,
+        "$denseRank" => RankKind::Dense,
+        _ => RankKind::Number,
+    }))
 }
 
 fn parse_covariance(name: &str, arg: RawBsonRef<'_>) -> Result<Func, QueryError> {
@@ -274,7 +287,7 @@ fn parse_rate(name: &str, arg: RawBsonRef<'_>) -> Result<Func, QueryError> {
     let input = pick(&args, "input")
         .ok_or_else(|| failed(format!("{name} requires an 'input' expression")))?;
     let unit = pick(&args, "unit")
-        .map(crate::window::parse_unit)
+        .map(crate::window_spec::parse_unit)
         .transpose()?;
     if unit.is_some_and(|u| u < 0) {
         return Err(failed(format!(

@@ -24,11 +24,11 @@ pub(super) fn apply(op: Op, vals: Vec<Val>) -> Result<Val, QueryError> {
         Op::FirstN | Op::LastN | Op::MinN | Op::MaxN => first_n(op, &vals),
         Op::Median | Op::Percentile => {
             let ps: Vec<f64> = match &vals[1] {
-                Some(Bson::Array(ps)) => ps.iter().filter_map(crate::percentile::number).collect(),
+                Some(Bson::Array(ps)) => ps.iter().filter_map(super::quantile::number).collect(),
                 _ => Vec::new(),
             };
             let median = op == Op::Median;
-            Ok(Some(crate::percentile::eval_expr(
+            Ok(Some(super::quantile::eval_expr(
                 &ps,
                 median,
                 vals[0].as_ref(),
@@ -68,7 +68,7 @@ pub(super) fn parse_n(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
 
 /// `$percentile`/`$median` as expressions: `[input, p]` (p constant, checked here).
 pub(super) fn parse_quantile(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
-    let q = crate::percentile::parse(op.name(), arg, 7436200)?;
+    let q = super::quantile::parse(op.name(), arg, 7436200)?;
     let ps = q.ps.into_iter().map(Bson::Double).collect();
     Ok(Expr::Op(op, vec![q.input, Expr::Const(Bson::Array(ps))]))
 }

@@ -27,6 +27,7 @@ mod logic;
 mod object;
 mod ops;
 mod parse;
+pub(crate) mod quantile;
 mod set;
 mod string;
 mod vars;

@@ -64,6 +64,34 @@ pub(super) fn is_change_stream(req: &Request<'_>) -> CommandResult<bool> {
     Ok(found)
 }
 
+/// The pipeline's `$changeStream` (which must come first) and the stages after it.
+fn stream_pipeline(
+    req: &Request<'_>,
+    coll: Option<&str>,
+) -> CommandResult<(spec::StreamSpec, RawArrayBuf)> {
+    let mut rest = RawArrayBuf::new();
+    let mut stream_spec = None;
+    for stage in req.opt_array("pipeline")?.into_iter().flatten() {
+        let stage = stage.map_err(|e| CommandError::bad_value(e.to_string()))?;
+        match (stream_spec.is_none(), stage) {
+            (true, RawBsonRef::Document(d)) => {
+                let value = d.get("$changeStream").ok().flatten().ok_or_else(|| {
+                    CommandError::new(code::CHANGE_STREAM_NOT_FIRST, "$changeStream must be first")
+                })?;
+                stream_spec = Some(spec::parse(value, req.db, coll)?);
+            }
+            (_, stage) => rest.push(stage),
+        }
+    }
+    match stream_spec {
+        Some(spec) => Ok((spec, rest)),
+        None => Err(CommandError::new(
+            code::CHANGE_STREAM_NOT_FIRST,
+            "$changeStream is only valid as the first stage in a pipeline.",
+        )),
+    }
+}
+
 /// Opens a change stream and answers with its first batch (what is already durable past the
 /// start; it does not wait).
 pub(super) async fn open(
@@ -91,26 +119,7 @@ pub(super) async fn open(
         Some(RawBsonRef::String(c)) => Some(c),
         _ => None,
     };
-    let mut rest = RawArrayBuf::new();
-    let mut stream_spec = None;
-    for stage in req.opt_array("pipeline")?.into_iter().flatten() {
-        let stage = stage.map_err(|e| CommandError::bad_value(e.to_string()))?;
-        match (stream_spec.is_none(), stage) {
-            (true, RawBsonRef::Document(d)) => {
-                let value = d.get("$changeStream").ok().flatten().ok_or_else(|| {
-                    CommandError::new(code::CHANGE_STREAM_NOT_FIRST, "$changeStream must be first")
-                })?;
-                stream_spec = Some(spec::parse(value, req.db, coll)?);
-            }
-            (_, stage) => rest.push(stage),
-        }
-    }
-    let Some(stream_spec) = stream_spec else {
-        return Err(CommandError::new(
-            code::CHANGE_STREAM_NOT_FIRST,
-            "$changeStream is only valid as the first stage in a pipeline.",
-        ));
-    };
+    let (stream_spec, rest) = stream_pipeline(req, coll)?;
     let (rest, split) = split_stage(rest)?;
     let stages = following_stages(&rest)?;
     let batch_size = cursor_batch_size(req)?.unwrap_or(DEFAULT_FIRST_BATCH);

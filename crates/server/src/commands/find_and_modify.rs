@@ -87,14 +87,7 @@ pub(super) async fn find_and_modify(
             opts.wc_error(),
         ));
     }
-    let coll = if spec.upsert {
-        Some(match txn.as_deref_mut() {
-            Some(t) => t.create_collection_shared(&ns, Document::new())?,
-            None => implicit_collection(shared, &ns, &opts).await?,
-        })
-    } else {
-        collection_for_write(shared, txn.as_deref(), &ns)
-    };
+    let coll = target_collection(shared, txn.as_deref_mut(), &ns, &spec, &opts).await?;
     let mut capped = None;
     if let Some(c) = &coll {
         super::views::refuse_write(c)?;
@@ -137,6 +130,23 @@ pub(super) async fn find_and_modify(
     );
     let (last_error, value) = outcome.reply_parts(spec.projection.as_ref())?;
     Ok(fam_reply(last_error, value, opts.wc_error()))
+}
+
+/// The collection the command writes to: created by an upsert if it does not exist.
+async fn target_collection(
+    shared: &Shared,
+    txn: Option<&mut Txn>,
+    ns: &str,
+    spec: &FamSpec,
+    opts: &WriteOptions,
+) -> CommandResult<Option<CollectionInfo>> {
+    if !spec.upsert {
+        return Ok(collection_for_write(shared, txn.as_deref(), ns));
+    }
+    Ok(Some(match txn {
+        Some(t) => t.create_collection_shared(ns, Document::new())?,
+        None => implicit_collection(shared, ns, opts).await?,
+    }))
 }
 
 /// The request's query, sort, projection, flags, update and collation, in the order mongod

@@ -141,7 +141,7 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
     };
     let ns = req.ns(collection);
     let batch_size = non_negative(req, "batchSize")?.filter(|&n| n > 0);
-    let Some(mut cursor) = shared.cursors.take(id) else {
+    let Some(cursor) = shared.cursors.take(id) else {
         return Err(CommandError::new(
             code::CURSOR_NOT_FOUND,
             format!("cursor id {id} not found"),
@@ -167,6 +167,18 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
     if cursor.tail().is_some() {
         return super::tailable::get_more(shared, req, id, cursor, batch_size).await;
     }
+    next_plain_batch(shared, &ns, id, cursor, batch_size)
+}
+
+/// The next batch of a cursor that neither tails nor streams changes, within what is left of
+/// its `maxTimeMS`; the cursor goes back to the table unless it is exhausted or failed.
+fn next_plain_batch(
+    shared: &Shared,
+    ns: &str,
+    id: i64,
+    mut cursor: Cursor,
+    batch_size: Option<u64>,
+) -> CommandResult<Reply> {
     let started = Instant::now();
     let answer = match leftover_time_expired(shared, &cursor) {
         Some(e) => Err(e),
@@ -191,7 +203,7 @@ pub(super) async fn get_more(shared: &Shared, req: &Request<'_>) -> CommandResul
         shared.cursors.put_back(id, cursor);
         id
     };
-    Ok(Reply::Raw(cursor_reply(&ns, reply_id, "nextBatch", &batch)))
+    Ok(Reply::Raw(cursor_reply(ns, reply_id, "nextBatch", &batch)))
 }
 
 pub(super) fn kill_cursors(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

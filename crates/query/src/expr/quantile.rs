@@ -1,4 +1,5 @@
-//! `$percentile` and `$median`, as accumulators (`$group`, `$bucket`, `$bucketAuto`,
+//! `$percentile` and `$median`, as accumulators (kept here, below the expressions, because
+//! the expression form and the accumulators share it) (`$group`, `$bucket`, `$bucketAuto`,
 //! `$setWindowFields`) and as expressions over an array.
 //!
 //! mongod 7.0 accepts only `method: "approximate"` (a t-digest). Mangrove answers every method
@@ -15,9 +16,8 @@
 use bson::Bson;
 use bson::raw::{RawBsonRef, RawDocument};
 
+use super::Expr;
 use crate::QueryError;
-use crate::doc_ops::raw_err;
-use crate::expr::Expr;
 
 /// One parsed `$percentile`/`$median`.
 pub(crate) struct Quantile {
@@ -38,7 +38,7 @@ pub(crate) fn parse(op: &str, arg: RawBsonRef<'_>, code: i32) -> Result<Quantile
     let median = op == "$median";
     let (mut input, mut p, mut method) = (None, None, false);
     for item in spec {
-        let (k, v) = item.map_err(raw_err)?;
+        let (k, v) = item.map_err(|e| QueryError::bad_value(e.to_string()))?;
         match (k.as_str(), v) {
             ("input", v) => input = Some(v),
             ("p", v) if !median => p = Some(v),
@@ -83,7 +83,7 @@ pub(crate) fn parse(op: &str, arg: RawBsonRef<'_>, code: i32) -> Result<Quantile
 }
 
 fn type_of(v: RawBsonRef<'_>) -> &'static str {
-    Bson::try_from(v).map_or("unknown", |b| crate::update::type_name(&b))
+    crate::types::raw_type_name(v)
 }
 
 /// mongod 7.0 knows only "approximate" (see the module comment for what Mangrove computes).
