@@ -150,3 +150,14 @@ def test_min_max_errors(db):
     assert _code(e) == 51175
     with pytest.raises(OperationFailure):
         db.c.find().min([("j", 3)]).hint("no_such_index").to_list()
+
+
+def test_options_refused_on_views(db):
+    _fill(db.c, 3)
+    db.create_collection("v", viewOn="c", pipeline=[])
+    for option in ({"returnKey": True}, {"showRecordId": True}, {"min": {"j": 1}}):
+        with pytest.raises(OperationFailure) as e:
+            db.command("find", "v", **option)
+        assert _code(e) == 2
+    # Off is fine.
+    assert len(db.command("find", "v", returnKey=False)["cursor"]["firstBatch"]) == 3

@@ -758,13 +758,16 @@ pub fn min_max_access(
         score: 0,
         eq_prefix: 0,
     };
-    Ok(match hint {
+    let access = match hint {
         Hint::Index(index) => {
             let multikey = view.index_multikey(index)?;
             index_access(index, bounds, multikey, sort)
         }
         _ => id_access(bounds, sort),
-    })
+    };
+    // The profiler and slow-query log show the plan, as for a planned read.
+    crate::op_stats::note_plan(|| access.plan_summary());
+    Ok(access)
 }
 
 /// A `min` or `max` document as a key of `spec`: its fields must be the key pattern's, in

@@ -217,13 +217,7 @@ fn find_with(
         cursor.source = Source::Buffered(view_matches(shared, view, &coll, &query)?);
     } else {
         let sort_by = sort_fields(req.opt_doc("sort")?).filter(|_| query.natural.is_none());
-        let (filter, raw) = (&query.filter, query.raw_filter);
-        let access = if query.min.is_some() || query.max.is_some() {
-            let (min, max) = (query.min, query.max);
-            min_max_access(view, &hint, min, max, sort_by.as_deref())?
-        } else {
-            choose(view, &coll, filter, raw, &hint, sort_by.as_deref())?
-        };
+        let access = access_of(view, &coll, &query, &hint, sort_by.as_deref())?;
         let shape = shape_of(&query, &access, &coll, &mut cursor.projection);
         let in_memory = must_collect(&access, &query, txn.is_some() || collated);
         cursor.remaining = query.limit.filter(|_| !in_memory);
@@ -239,6 +233,20 @@ fn find_with(
         return super::tailable::first_batch(shared, cursor, batch_size);
     }
     first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// The access path: the hinted index bounded by `min` / `max` when given, else the planner's.
+fn access_of(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    query: &FindQuery<'_>,
+    hint: &Hint,
+    sort_by: Option<&[(String, bool)]>,
+) -> CommandResult<Access> {
+    if query.min.is_some() || query.max.is_some() {
+        return min_max_access(view, hint, query.min, query.max, sort_by);
+    }
+    choose(view, coll, &query.filter, query.raw_filter, hint, sort_by)
 }
 
 /// mongod runs a find on a view as an aggregation, which has no index keys or record ids to
