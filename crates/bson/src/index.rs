@@ -436,6 +436,23 @@ impl IndexSpec {
         out
     }
 
+    /// The key this index would hold for `values` (one per field, in the key pattern's order),
+    /// as the bound of a range: what `find`'s `min` and `max` name. Encoded exactly as
+    /// [`IndexSpec::keys`] encodes a document's key, so the bound orders against entries.
+    pub fn encode_values(&self, values: &[RawBsonRef<'_>]) -> Vec<u8> {
+        let mut key = Vec::new();
+        for (field, value) in self.fields.iter().zip(values) {
+            let start = key.len();
+            encode_key(*value, &mut key);
+            if field.descending {
+                for b in &mut key[start..] {
+                    *b = !*b;
+                }
+            }
+        }
+        key
+    }
+
     /// Emits every key; returns whether the document made the index multikey.
     fn for_each_key(
         &self,

@@ -709,3 +709,173 @@ fn fetch_ixscan(
     );
     fetch
 }
+
+/// `find`'s `min` and `max`, as mongod 7.0 takes them: bounds on the hinted index, `min`
+/// inclusive and `max` exclusive, both naming exactly the index's fields in order. They become
+/// one interval of the index's key encoding (the collection's own `_id` order for the `_id`
+/// index); the filter still applies to what the walk reaches.
+pub fn min_max_access(
+    view: &dyn ReadView,
+    hint: &Hint,
+    min: Option<&RawDocument>,
+    max: Option<&RawDocument>,
+    sort: Option<&[(String, bool)]>,
+) -> CommandResult<Access> {
+    let sort = sort.unwrap_or(&[]);
+    let spec = match hint {
+        Hint::Index(index) => &index.key,
+        Hint::Id => id_spec(),
+        Hint::Natural { .. } => {
+            return Err(CommandError::bad_value(
+                "min and max are incompatible with $natural",
+            ));
+        }
+        Hint::None => {
+            return Err(CommandError::new(
+                51173,
+                "When using min()/max() a hint of which index to use must be provided",
+            ));
+        }
+    };
+    let lower = min.map(|m| min_max_key(spec, m)).transpose()?;
+    let upper = max.map(|m| min_max_key(spec, m)).transpose()?;
+    if let (Some(l), Some(u)) = (&lower, &upper)
+        && l >= u
+    {
+        return Err(CommandError::new(
+            51175,
+            "The value provided for min() does not come before the value provided for max() in the hint's key pattern",
+        ));
+    }
+    let display = min_max_display(spec, min, max);
+    let interval = (
+        lower.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included),
+        upper.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+    );
+    let bounds = IndexBounds {
+        intervals: vec![interval],
+        display,
+        score: 0,
+        eq_prefix: 0,
+    };
+    let access = match hint {
+        Hint::Index(index) => {
+            let multikey = view.index_multikey(index)?;
+            index_access(index, bounds, multikey, sort)
+        }
+        _ => id_access(bounds, sort),
+    };
+    // The profiler and slow-query log show the plan, as for a planned read.
+    crate::op_stats::note_plan(|| access.plan_summary());
+    Ok(access)
+}
+
+/// A `min` or `max` document as a key of `spec`: its fields must be the key pattern's, in
+/// order (mongod's 51174 otherwise).
+fn min_max_key(spec: &mangrove_query::IndexSpec, bound: &RawDocument) -> CommandResult<Vec<u8>> {
+    let inconsistent =
+        || CommandError::new(51174, "The index chosen is not consistent with min/max");
+    let mut values = Vec::new();
+    for item in bound.iter() {
+        let (name, value) = item.map_err(|_| inconsistent())?;
+        values.push((name, value));
+    }
+    let same_fields = values.len() == spec.fields.len()
+        && values
+            .iter()
+            .zip(&spec.fields)
+            .all(|((name, _), field)| name.as_str() == field.path);
+    if !same_fields {
+        return Err(inconsistent());
+    }
+    let values: Vec<RawBsonRef<'_>> = values.into_iter().map(|(_, v)| v).collect();
+    Ok(spec.encode_values(&values))
+}
+
+/// `explain`'s `indexBounds` for a `min`/`max` walk: each field from its `min` value
+/// (inclusive) to its `max` value (exclusive), MinKey / MaxKey where a side is absent. Only
+/// the first field's range is exact for a compound index; the rest are shown as given.
+fn min_max_display(
+    spec: &mangrove_query::IndexSpec,
+    min: Option<&RawDocument>,
+    max: Option<&RawDocument>,
+) -> Document {
+    let value = |d: Option<&RawDocument>, field: &str, absent: &str| -> String {
+        d.and_then(|d| d.get(field).ok().flatten())
+            .and_then(|v| Bson::try_from(v).ok())
+            .map_or(absent.to_string(), |v| v.to_string())
+    };
+    let mut out = Document::new();
+    for field in &spec.fields {
+        let range = format!(
+            "[{}, {})",
+            value(min, &field.path, "MinKey"),
+            value(max, &field.path, "MaxKey")
+        );
+        out.insert(field.path.clone(), vec![Bson::String(range)]);
+    }
+    out
+}
+
+/// What `returnKey` shows for a document the plan reached along `access`: the index entry's
+/// fields and values (for a multikey index, the first of the document's keys, in walk order,
+/// that lies in the bounds); `{_id: …}` along the `_id` order; `{}` for a collection scan,
+/// which reads no index (as mongod).
+pub fn returned_key(access: &Access, doc: &RawDocument) -> Document {
+    match access {
+        Access::Collection | Access::CollectionBackward => Document::new(),
+        Access::IdPoint(_) | Access::IdRange { .. } => {
+            match doc.get("_id").ok().flatten().map(Bson::try_from) {
+                Some(Ok(id)) => doc! { "_id": id },
+                _ => Document::new(),
+            }
+        }
+        Access::Index {
+            index,
+            bounds,
+            reverse,
+            ..
+        } => {
+            let mut keys = index.key.keys(doc).unwrap_or_default();
+            if *reverse {
+                keys.reverse();
+            }
+            let inside = |k: &Vec<u8>| bounds.intervals.iter().any(|i| in_interval(i, k));
+            match keys.iter().find(|k| inside(k)).or(keys.first()) {
+                Some(key) => index.key.key_value(doc, key),
+                None => Document::new(),
+            }
+        }
+    }
+}
+
+fn in_interval(interval: &KeyInterval, key: &[u8]) -> bool {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let above = match &interval.0 {
+        Included(l) => key >= l.as_slice(),
+        Excluded(l) => key > l.as_slice(),
+        Unbounded => true,
+    };
+    let below = match &interval.1 {
+        Included(u) => key <= u.as_slice(),
+        Excluded(u) => key < u.as_slice(),
+        Unbounded => true,
+    };
+    above && below
+}
+
+/// `showRecordId`'s `$recordId` for the document stored under `key`. A capped collection is
+/// keyed by insertion number, which is its record id as in mongod. Other collections are keyed
+/// by `_id`, so their record id is a stable positive hash of that key (FNV-1a): the same
+/// document always shows the same id, but ids do not follow insertion order.
+pub fn record_id(capped: bool, key: &DocKey) -> i64 {
+    if capped {
+        return crate::capped::number_of_key(key) as i64;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &key.0 {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((hash & i64::MAX as u64) as i64).max(1)
+}

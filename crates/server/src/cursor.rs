@@ -11,7 +11,7 @@ use mangrove_storage::{CollectionInfo, DocKey, Snapshot, StoredDoc};
 use tracing::info;
 
 use crate::Shared;
-use crate::access::{Examined, IndexWalk};
+use crate::access::{Access, Examined, IndexWalk};
 use crate::error::{CommandError, CommandResult, code};
 use crate::pipeline_input::PipelineSource;
 
@@ -28,6 +28,8 @@ pub struct ScanState {
     pub after: Option<DocKey>,
     pub filter: Filter,
     pub skip: u64,
+    /// `returnKey` / `showRecordId`, applied where the storage key is still known.
+    pub shape: Option<Shape>,
     /// A tailable cursor over a capped collection: it outlives the end of the collection, and
     /// each `getMore` walks on from `after` in a new snapshot (`commands/tailable.rs`).
     pub tail: Option<Tail>,
@@ -48,8 +50,56 @@ pub struct IndexScanState {
     pub walk: IndexWalk,
     pub filter: Filter,
     pub skip: u64,
-    /// Fetched and matching, not yet returned.
-    pub pending: VecDeque<StoredDoc>,
+    /// `returnKey` / `showRecordId`, applied where the storage key is still known.
+    pub shape: Option<Shape>,
+    /// Fetched, matching and shaped, not yet returned.
+    pub pending: VecDeque<BatchDoc>,
+}
+
+/// How `find`'s `returnKey` and `showRecordId` reshape each result. Both need the storage key
+/// or the access path, which only the walk knows, so results are shaped as they are produced
+/// (never later in [`Cursor::next_batch`]). The projection moves in here when a shape is set:
+/// `$recordId` is appended after it, and `returnKey` replaces the document, projection ignored.
+#[derive(Clone)]
+pub struct Shape {
+    /// `returnKey`: the access path whose keys stand in for the documents.
+    pub return_key: Option<Access>,
+    /// `showRecordId`: `Some(capped)` (a capped collection's keys are insertion numbers).
+    pub record_id: Option<bool>,
+    pub projection: Option<Projection>,
+}
+
+impl Shape {
+    /// The result for the document stored under `key`.
+    pub fn apply(&self, key: &DocKey, doc: &StoredDoc) -> CommandResult<BatchDoc> {
+        let mut out = match &self.return_key {
+            Some(access) => {
+                let keyed = crate::access::returned_key(access, doc);
+                bson::RawDocumentBuf::try_from(&keyed)
+                    .map_err(|e| CommandError::new(code::INTERNAL_ERROR, e.to_string()))?
+            }
+            None => match &self.projection {
+                Some(p) => p.apply(doc)?,
+                None if self.record_id.is_none() => return Ok(BatchDoc::Stored(doc.clone())),
+                None => (**doc).clone(),
+            },
+        };
+        if let Some(capped) = self.record_id {
+            out.append(
+                bson::cstr!("$recordId"),
+                crate::access::record_id(capped, key),
+            );
+        }
+        Ok(BatchDoc::Owned(out))
+    }
+}
+
+/// A result as it leaves a walk: shaped if asked, else the stored document itself.
+fn shaped(shape: Option<&Shape>, key: &DocKey, doc: &StoredDoc) -> CommandResult<BatchDoc> {
+    match shape {
+        Some(s) => s.apply(key, doc),
+        None => Ok(BatchDoc::Stored(doc.clone())),
+    }
 }
 
 /// Where a cursor's remaining documents come from.
@@ -161,6 +211,7 @@ fn walk_scanned(
         after,
         filter,
         skip,
+        shape,
         tail: _,
     } = scan;
     let mut bytes = 0usize;
@@ -192,7 +243,13 @@ fn walk_scanned(
             return ControlFlow::Break(());
         }
         bytes += doc.as_bytes().len();
-        out.push(BatchDoc::Stored(doc.clone()));
+        match shaped(shape.as_ref(), key, doc) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
         last = Some(key.clone());
         if out.len() as u64 >= want {
             finished = false;
@@ -235,15 +292,15 @@ fn walk_indexed(
     let mut bytes = 0usize;
     loop {
         if let Some(doc) = scan.pending.front() {
-            let len = doc.as_bytes().len();
+            let len = doc.as_raw().as_bytes().len();
             if out.len() as u64 >= want || (!out.is_empty() && bytes + len > MAX_BATCH_BYTES) {
                 return Ok(false);
             }
             bytes += len;
-            out.extend(scan.pending.pop_front().map(BatchDoc::Stored));
+            out.extend(scan.pending.pop_front());
             continue;
         }
-        let Some((_, doc)) = scan.walk.next_doc(&scan.snapshot, &scan.coll, examined)? else {
+        let Some((key, doc)) = scan.walk.next_doc(&scan.snapshot, &scan.coll, examined)? else {
             return Ok(true);
         };
         if !scan.filter.try_matches(&doc)? {
@@ -253,7 +310,8 @@ fn walk_indexed(
             scan.skip -= 1;
             continue;
         }
-        scan.pending.push_back(doc);
+        scan.pending
+            .push_back(shaped(scan.shape.as_ref(), &key, &doc)?);
     }
 }
 

@@ -12,7 +12,8 @@ use mangrove_storage::{CollectionInfo, Snapshot};
 
 use crate::Shared;
 use crate::access::{
-    Access, Examined, Hint, choose, for_each_match, parse_hint, plan_stage, sort_fields,
+    Access, Examined, Hint, choose, for_each_match, min_max_access, parse_hint, plan_stage,
+    sort_fields,
 };
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
@@ -29,6 +30,9 @@ struct Explained<'a> {
     limit: Option<u64>,
     hint: Option<RawBsonRef<'a>>,
     projection: bool,
+    /// find's `min` / `max`: bounds on the hinted index instead of the planner's choice.
+    min: Option<&'a RawDocument>,
+    max: Option<&'a RawDocument>,
 }
 
 /// A document-valued field of the explained command.
@@ -91,6 +95,8 @@ fn explained<'a>(cmd: &'a RawDocument) -> CommandResult<(&'a str, Explained<'a>)
         limit: None,
         hint: cmd.get("hint").ok().flatten(),
         projection: false,
+        min: None,
+        max: None,
     };
     match name {
         "find" => {
@@ -99,6 +105,8 @@ fn explained<'a>(cmd: &'a RawDocument) -> CommandResult<(&'a str, Explained<'a>)
             e.skip = num(cmd, "skip").unwrap_or(0);
             e.limit = num(cmd, "limit");
             e.projection = doc_field(cmd, "projection").is_some_and(|p| !p.is_empty());
+            e.min = doc_field(cmd, "min").filter(|m| !m.is_empty());
+            e.max = doc_field(cmd, "max").filter(|m| !m.is_empty());
         }
         "count" | "distinct" => {
             e.filter = doc_field(cmd, "query");
@@ -194,14 +202,18 @@ pub(super) fn explain_command(
         None => (doc! { "stage": "EOF" }, None),
         Some(coll) => {
             let sort_by = sort_fields(e.sort).filter(|_| natural.is_none());
-            let access = choose(
-                &snapshot,
-                coll,
-                &filter,
-                raw_filter,
-                &hint,
-                sort_by.as_deref(),
-            )?;
+            let access = if e.min.is_some() || e.max.is_some() {
+                min_max_access(&snapshot, &hint, e.min, e.max, sort_by.as_deref())?
+            } else {
+                choose(
+                    &snapshot,
+                    coll,
+                    &filter,
+                    raw_filter,
+                    &hint,
+                    sort_by.as_deref(),
+                )?
+            };
             (plan_stage(&access, &filter_doc), Some(access))
         }
     };

@@ -8,13 +8,13 @@ use std::time::Instant;
 use bson::RawDocumentBuf;
 use bson::raw::RawDocument;
 use mangrove_query::{Filter, Projection, SortSpec, with_collation, with_let};
-use mangrove_storage::{CollectionInfo, ReadView, Snapshot, StoredDoc, Txn};
+use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc, Txn};
 
 use crate::access::{
-    Access, Examined, Hint, IndexWalk, choose, deadline_of, for_each_match, parse_hint,
-    sort_fields, with_deadline,
+    Access, Examined, Hint, IndexWalk, choose, deadline_of, for_each_match, min_max_access,
+    parse_hint, sort_fields, with_deadline,
 };
-use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Source, Tail};
+use crate::cursor::{BatchDoc, Cursor, IndexScanState, ScanState, Shape, Source, Tail};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 use crate::{Counters, Shared};
@@ -52,22 +52,9 @@ const FIND_FIELDS: &[&str] = &[
     "term",
 ];
 
-fn unsupported_find_options(req: &Request<'_>) -> CommandResult<()> {
-    for field in ["max", "min"] {
-        if req.get(field).is_some() {
-            return Err(CommandError::bad_value(format!(
-                "find option '{field}' is not supported by Mangrove"
-            )));
-        }
-    }
-    for field in ["returnKey", "showRecordId"] {
-        if req.opt_bool(field)?.unwrap_or(false) {
-            return Err(CommandError::bad_value(format!(
-                "find option '{field}' is not supported by Mangrove"
-            )));
-        }
-    }
-    Ok(())
+/// `min` / `max` (an empty document is no bound, as in mongod).
+fn index_bound<'r>(req: &Request<'r>, field: &str) -> CommandResult<Option<&'r RawDocument>> {
+    Ok(req.opt_doc(field)?.filter(|d| !d.is_empty()))
 }
 
 /// `Some(reverse)` for a sort on `$natural` alone; an error for `$natural` beside other fields.
@@ -134,6 +121,11 @@ struct FindQuery<'r> {
     limit: Option<u64>,
     batch_size: Option<u64>,
     single_batch: bool,
+    /// `min` / `max`: bounds on the hinted index (`access::min_max_access`).
+    min: Option<&'r RawDocument>,
+    max: Option<&'r RawDocument>,
+    return_key: bool,
+    show_record_id: bool,
 }
 
 /// The request's filter, sort, projection and paging, in the order mongod checks them.
@@ -156,7 +148,6 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
     let limit = non_negative(req, "limit")?.filter(|&l| l > 0);
     let batch_size = non_negative(req, "batchSize")?;
     let single_batch = req.opt_bool("singleBatch")?.unwrap_or(false);
-    unsupported_find_options(req)?;
     Ok(FindQuery {
         raw_filter,
         natural,
@@ -168,6 +159,10 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
         limit,
         batch_size,
         single_batch,
+        min: index_bound(req, "min")?,
+        max: index_bound(req, "max")?,
+        return_key: req.opt_bool("returnKey")?.unwrap_or(false),
+        show_record_id: req.opt_bool("showRecordId")?.unwrap_or(false),
     })
 }
 
@@ -218,11 +213,12 @@ fn find_with(
     let (batch_size, single_batch) = (query.batch_size, query.single_batch);
     cursor.projection = query.projection.take();
     if super::views::is_view(&coll) {
+        refuse_on_view(&query)?;
         cursor.source = Source::Buffered(view_matches(shared, view, &coll, &query)?);
     } else {
         let sort_by = sort_fields(req.opt_doc("sort")?).filter(|_| query.natural.is_none());
-        let (filter, raw) = (&query.filter, query.raw_filter);
-        let access = choose(view, &coll, filter, raw, &hint, sort_by.as_deref())?;
+        let access = access_of(view, &coll, &query, &hint, sort_by.as_deref())?;
+        let shape = shape_of(&query, &access, &coll, &mut cursor.projection);
         let in_memory = must_collect(&access, &query, txn.is_some() || collated);
         cursor.remaining = query.limit.filter(|_| !in_memory);
         let read = Read {
@@ -231,12 +227,63 @@ fn find_with(
             snapshot,
             coll,
         };
-        cursor.source = read.source(access, query, in_memory)?;
+        cursor.source = read.source(access, query, shape, in_memory)?;
     }
     if cursor.tail().is_some() {
         return super::tailable::first_batch(shared, cursor, batch_size);
     }
     first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// The access path: the hinted index bounded by `min` / `max` when given, else the planner's.
+fn access_of(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    query: &FindQuery<'_>,
+    hint: &Hint,
+    sort_by: Option<&[(String, bool)]>,
+) -> CommandResult<Access> {
+    if query.min.is_some() || query.max.is_some() {
+        return min_max_access(view, hint, query.min, query.max, sort_by);
+    }
+    choose(view, coll, &query.filter, query.raw_filter, hint, sort_by)
+}
+
+/// mongod runs a find on a view as an aggregation, which has no index keys or record ids to
+/// show and no index to bound; Mangrove refuses these options there rather than ignore them.
+fn refuse_on_view(query: &FindQuery<'_>) -> CommandResult<()> {
+    let asked = [
+        ("min", query.min.is_some()),
+        ("max", query.max.is_some()),
+        ("returnKey", query.return_key),
+        ("showRecordId", query.show_record_id),
+    ];
+    match asked.iter().find(|(_, on)| *on) {
+        Some((name, _)) => Err(CommandError::bad_value(format!(
+            "find option '{name}' is not supported on a view"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The results' shape for `returnKey` / `showRecordId`, if either is asked; it takes over the
+/// cursor's projection (see [`Shape`]).
+fn shape_of(
+    query: &FindQuery<'_>,
+    access: &Access,
+    coll: &CollectionInfo,
+    projection: &mut Option<Projection>,
+) -> Option<Shape> {
+    if !query.return_key && !query.show_record_id {
+        return None;
+    }
+    let projection = projection.take();
+    Some(Shape {
+        return_key: query.return_key.then(|| access.clone()),
+        record_id: query.show_record_id.then(|| crate::capped::is_capped(coll)),
+        // `returnKey` ignores the projection.
+        projection: projection.filter(|_| !query.return_key),
+    })
 }
 
 /// Whether the cursor's documents are all computed now rather than streamed (a point lookup
@@ -286,7 +333,13 @@ struct Read<'a> {
 impl Read<'_> {
     /// The cursor's source along `access`: a point lookup, every match computed now
     /// (`in_memory`), or a scan of an index or of the collection streamed from the snapshot.
-    fn source(self, access: Access, q: FindQuery<'_>, in_memory: bool) -> CommandResult<Source> {
+    fn source(
+        self,
+        access: Access,
+        q: FindQuery<'_>,
+        shape: Option<Shape>,
+        in_memory: bool,
+    ) -> CommandResult<Source> {
         let Read {
             shared,
             txn,
@@ -302,18 +355,15 @@ impl Read<'_> {
             let found = view
                 .get(&coll, key)?
                 .filter(|d| q.filter.matches(d) && q.skip == 0);
-            return Ok(Source::Buffered(
-                found.into_iter().map(BatchDoc::Stored).collect(),
-            ));
+            let docs = found.into_iter().map(|d| (key.clone(), d)).collect();
+            return Ok(Source::Buffered(shape_all(shape.as_ref(), docs)?));
         }
         if in_memory {
             let sort = q.sort.as_ref().filter(|_| !access.sorted());
             let docs = collect_matches(
                 shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
             )?;
-            return Ok(Source::Buffered(
-                docs.into_iter().map(BatchDoc::Stored).collect(),
-            ));
+            return Ok(Source::Buffered(shape_all(shape.as_ref(), docs)?));
         }
         if let Access::Index {
             index,
@@ -328,6 +378,7 @@ impl Read<'_> {
                 walk: IndexWalk::new(index, &bounds, reverse),
                 filter: q.filter,
                 skip: q.skip,
+                shape,
                 pending: VecDeque::new(),
             })));
         }
@@ -346,9 +397,23 @@ impl Read<'_> {
             after: None,
             filter: q.filter,
             skip: q.skip,
+            shape,
             tail: q.tail,
         })))
     }
+}
+
+/// Computed results, shaped (`returnKey`, `showRecordId`) if asked.
+fn shape_all(
+    shape: Option<&Shape>,
+    docs: Vec<(DocKey, StoredDoc)>,
+) -> CommandResult<VecDeque<BatchDoc>> {
+    docs.into_iter()
+        .map(|(key, doc)| match shape {
+            Some(s) => s.apply(&key, &doc),
+            None => Ok(BatchDoc::Stored(doc)),
+        })
+        .collect()
 }
 
 /// Every match in memory (sorted, if asked), bounded like mongod's 100 MB blocking-sort limit.
@@ -362,7 +427,7 @@ fn collect_matches(
     sort: Option<&SortSpec>,
     skip: u64,
     limit: Option<u64>,
-) -> CommandResult<Vec<StoredDoc>> {
+) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
     let max = shared.params.query.sort_bytes();
     let mut docs = Vec::new();
     let mut bytes = 0usize;
@@ -378,13 +443,13 @@ fn collect_matches(
         access,
         filter,
         &mut Examined::default(),
-        &mut |_, d| {
+        &mut |key, d| {
             bytes += d.as_bytes().len();
             if bytes > max {
                 over = true;
                 return ControlFlow::Break(());
             }
-            docs.push(d.clone());
+            docs.push((key.clone(), d.clone()));
             if enough.is_some_and(|n| docs.len() as u64 >= n) {
                 return ControlFlow::Break(());
             }
@@ -400,7 +465,7 @@ fn collect_matches(
         ));
     }
     if let Some(sort) = sort {
-        docs.sort_by(|a, b| sort.compare(a, b));
+        docs.sort_by(|a, b| sort.compare(&a.1, &b.1));
     }
     let skip = (skip as usize).min(docs.len());
     docs.drain(..skip);
