@@ -220,23 +220,13 @@ fn walk_scanned(
     let mut failed: Option<CommandError> = None;
     let mut visit = |key: &DocKey, doc: &StoredDoc| {
         *visited += 1;
-        if visited.is_multiple_of(256)
-            && let Err(e) = crate::access::check_deadline()
-        {
-            failed = Some(e);
-            return ControlFlow::Break(());
-        }
-        match filter.try_matches(doc) {
+        match admit(*visited, filter, skip, doc) {
             Ok(true) => {}
             Ok(false) => return ControlFlow::Continue(()),
             Err(e) => {
-                failed = Some(e.into());
+                failed = Some(e);
                 return ControlFlow::Break(());
             }
-        }
-        if *skip > 0 {
-            *skip -= 1;
-            return ControlFlow::Continue(());
         }
         if !out.is_empty() && bytes + doc.as_bytes().len() > MAX_BATCH_BYTES {
             finished = false;
@@ -268,6 +258,22 @@ fn walk_scanned(
         *after = last;
     }
     Ok(finished)
+}
+
+/// Whether the `visited`th document of a scan is one to return: it matches and is past the
+/// `skip`; every 256 documents the read's deadline is checked too.
+fn admit(visited: u64, filter: &Filter, skip: &mut u64, doc: &StoredDoc) -> CommandResult<bool> {
+    if visited.is_multiple_of(256) {
+        crate::access::check_deadline()?;
+    }
+    if !filter.try_matches(doc)? {
+        return Ok(false);
+    }
+    if *skip > 0 {
+        *skip -= 1;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Continues a walk along a secondary index: up to `want` matching documents into `out`;
