@@ -367,16 +367,6 @@ fn fresh(acc: &Acc) -> AccState {
     }
 }
 
-fn numeric(v: &Bson) -> Option<f64> {
-    match v {
-        Bson::Int32(i) => Some(f64::from(*i)),
-        Bson::Int64(i) => Some(*i as f64),
-        Bson::Double(d) => Some(*d),
-        Bson::Decimal128(d) => Some(crate::compare::decimal_to_f64(*d)),
-        _ => None,
-    }
-}
-
 /// The change in bytes an accumulator's state went through.
 type Delta = isize;
 
@@ -401,7 +391,7 @@ fn accumulate(
         }
         (Acc::Avg(e), AccState::Avg { total, n, decimal }) => {
             if let Some(v) = e.eval(doc)?
-                && let Some(x) = numeric(&v)
+                && let Some(x) = percentile::number(&v)
             {
                 *total += x;
                 *n += 1;
@@ -409,7 +399,7 @@ fn accumulate(
             }
         }
         (Acc::StdDev(e, _), AccState::StdDev(n, mean, m2)) => {
-            if let Some(x) = e.eval(doc)?.as_ref().and_then(numeric) {
+            if let Some(x) = e.eval(doc)?.as_ref().and_then(percentile::number) {
                 *n += 1;
                 let delta = x - *mean;
                 *mean += delta / *n as f64;

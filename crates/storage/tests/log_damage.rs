@@ -246,3 +246,38 @@ fn write_history_more(engine: &mangrove_storage::Engine) {
         commit_durable(t).unwrap();
     }
 }
+
+/// A crash while a new segment was being created (its file made, its header not yet written)
+/// leaves an empty newest file. Recovery removes it and the log goes on in the segment before
+/// it, so the next opens find an unbroken chain. (The first version of this left the log's
+/// end unset, the writer started a segment naming no predecessor, and the *second* open
+/// refused the directory: found by `tests/crash.rs`, killing a writer mid-rotation.)
+#[test]
+fn a_newest_segment_whose_header_was_never_written_is_removed_and_the_chain_holds() {
+    let (dir, opts, segments) = segmented("headerless");
+    let newest = segments.last().unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let first_ts = u64::from_str_radix(name.trim_end_matches(".log"), 16).unwrap();
+    let empty = dir
+        .0
+        .join("log")
+        .join(format!("{:016x}.log", first_ts + 1000));
+    std::fs::File::create(&empty).unwrap();
+    for round in 0..3 {
+        let (engine, report) = open(opts.clone()).unwrap_or_else(|e| panic!("open {round}: {e}"));
+        if round == 0 {
+            let torn = report.torn_tail.expect("the empty segment is a torn tail");
+            assert_eq!(torn.segment, empty);
+        }
+        assert_eq!(values(&engine.snapshot(), "db.c"), expected_after(60));
+        // What each round wrote is still there, and this round writes more.
+        let extra = values(&engine.snapshot(), "db.extra");
+        assert_eq!(extra.len() as i64, round);
+        let coll = collection(&engine, "db.extra");
+        let mut t = engine.begin();
+        t.insert(&coll, key(round), doc(round, round)).unwrap();
+        commit_durable(t).unwrap();
+        engine.close_without_checkpoint();
+    }
+    assert!(!empty.exists(), "the empty segment was left in place");
+}

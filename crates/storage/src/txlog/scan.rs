@@ -584,15 +584,17 @@ fn take_segment(
         skipped: scan.skipped,
     });
     out.skipped_segments += usize::from(scan.skipped);
-    if newest {
-        out.end = Some(LogEnd {
-            segment: scan.path.clone(),
-            first_ts: scan.name_ts,
-            version: scan.header.map_or(0, |h| h.version),
-            offset: scan.valid_len,
-            last_ts: *last_ts,
-        });
-    }
+    // Every segment taken may be where the log ends: the newest one, or the one before a newest
+    // whose creation a crash cut short (its header never written, returned above), which the
+    // writer then continues. Leaving the end unset there made the writer start a segment
+    // naming no predecessor, which the next open refused as a broken chain.
+    out.end = Some(LogEnd {
+        segment: scan.path.clone(),
+        first_ts: scan.name_ts,
+        version: scan.header.map_or(0, |h| h.version),
+        offset: scan.valid_len,
+        last_ts: *last_ts,
+    });
     out.records.append(&mut scan.records);
     None
 }
