@@ -13,6 +13,7 @@ use mangrove_query::{Filter, IndexBounds, KeyInterval, index_bounds};
 use mangrove_storage::{CollectionInfo, DocKey, IndexInfo, ReadView, StoredDoc};
 
 use crate::error::{CommandError, CommandResult};
+use crate::op_stats::Plan;
 
 thread_local! {
     /// The `maxTimeMS` deadline of the read running on this thread (see [`with_deadline`]).
@@ -106,21 +107,13 @@ pub enum Access {
 }
 
 impl Access {
-    /// mongod's `planSummary` for this access path, as the profiler and slow-query log show it.
-    pub fn plan_summary(&self) -> String {
+    /// The access path as the profiler and slow-query log name it.
+    pub fn plan(&self) -> Plan {
         match self {
-            Access::Collection | Access::CollectionBackward => "COLLSCAN".to_string(),
-            Access::IdPoint(_) => "IDHACK".to_string(),
-            Access::IdRange { .. } => "IXSCAN { _id: 1 }".to_string(),
-            Access::Index { index, .. } => {
-                let fields: Vec<String> = index
-                    .key
-                    .key_pattern
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect();
-                format!("IXSCAN {{ {} }}", fields.join(", "))
-            }
+            Access::Collection | Access::CollectionBackward => Plan::CollectionScan,
+            Access::IdPoint(_) => Plan::IdPoint,
+            Access::IdRange { .. } => Plan::IdRange,
+            Access::Index { index, .. } => Plan::Index(index.clone()),
         }
     }
 
@@ -272,7 +265,7 @@ pub fn choose(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let access = choose_access(view, coll, filter, raw, hint, sort)?;
-    crate::op_stats::note_plan(|| access.plan_summary());
+    crate::op_stats::note_plan(|| access.plan());
     Ok(access)
 }
 
@@ -766,7 +759,7 @@ pub fn min_max_access(
         _ => id_access(bounds, sort),
     };
     // The profiler and slow-query log show the plan, as for a planned read.
-    crate::op_stats::note_plan(|| access.plan_summary());
+    crate::op_stats::note_plan(|| access.plan());
     Ok(access)
 }
 

@@ -32,6 +32,11 @@ impl CommandError {
         }
     }
 
+    /// InternalError (1): what should not happen did (a stored document failed to convert...).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(code::INTERNAL_ERROR, format!("internal error: {e}"))
+    }
+
     pub fn bad_value(message: impl Into<String>) -> Self {
         Self::new(code::BAD_VALUE, message)
     }

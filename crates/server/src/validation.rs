@@ -68,8 +68,7 @@ pub(crate) fn for_write(
     if spec.is_empty() {
         return Ok(None);
     }
-    let raw = bson::RawDocumentBuf::try_from(spec)
-        .map_err(|e| CommandError::new(code::INTERNAL_ERROR, format!("internal error: {e}")))?;
+    let raw = bson::RawDocumentBuf::try_from(spec).map_err(CommandError::internal)?;
     Ok(Some(DocValidator {
         ns: coll.ns(),
         validator: Validator::parse(&raw)?,
@@ -138,7 +137,10 @@ pub(crate) fn parse_options(req: &Request<'_>, command: &str) -> CommandResult<D
             refuse_in_database(req.db)?;
         }
         Validator::parse(spec)?;
-        out.insert("validator", Document::try_from(spec).map_err(internal)?);
+        out.insert(
+            "validator",
+            Document::try_from(spec).map_err(CommandError::internal)?,
+        );
     }
     for (field, allowed) in [
         ("validationLevel", &["off", "strict", "moderate"][..]),
@@ -178,13 +180,8 @@ fn wrong_type(command: &str, field: &str, v: RawBsonRef<'_>, expected: &str) -> 
     ))
 }
 
-fn internal(e: impl std::fmt::Display) -> CommandError {
-    CommandError::new(code::INTERNAL_ERROR, format!("internal error: {e}"))
-}
-
 /// Under `--auth`, `bypassDocumentValidation: true` needs mongod's `bypassDocumentValidation`
-/// action. Mangrove's roles have no such action; `collMod` stands in for it, since the roles
-/// that grant one grant the other (dbAdmin, dbOwner, dbAdminAnyDatabase, root).
+/// action (granted by dbAdmin, restore and the roles above them).
 pub(crate) fn authorize_bypass(
     shared: &Shared,
     identity: &mut Identity,

@@ -7,7 +7,7 @@ use crate::error::{CommandError, CommandResult};
 use crate::request::{Request, as_i64};
 
 pub(super) fn internal(e: impl std::fmt::Display) -> CommandError {
-    CommandError::new(1, format!("internal error: {e}"))
+    CommandError::internal(e)
 }
 
 /// A command's `collation`: `None` for the simple (binary) one. See

@@ -129,7 +129,7 @@ pub(super) async fn profile(shared: &Shared, req: &Request<'_>) -> CommandResult
     let slow_ms = req.opt_i64("slowms")?;
     let sample_rate = sample_rate(req)?;
     let filter = filter_setting(req)?;
-    let reply = {
+    let mut reply = {
         let mut settings = shared.profiler.lock();
         let was = settings.dbs.get(req.db).cloned().unwrap_or_default();
         let mut reply = doc! {
@@ -168,7 +168,6 @@ pub(super) async fn profile(shared: &Shared, req: &Request<'_>) -> CommandResult
     if level > 0 {
         profile_collection(shared, req.db).await?;
     }
-    let mut reply = reply;
     reply.insert("ok", 1.0);
     Ok(reply.into())
 }
@@ -295,9 +294,10 @@ fn entry(
     millis: i64,
     stats: &OpStats,
 ) -> Document {
-    let reply = match reply {
-        Reply::Doc(d) => RawDocumentBuf::try_from(d).unwrap_or_default(),
-        Reply::Raw(r) => r.clone(),
+    // A raw reply (a cursor's batch, up to 16 MiB) is read where it is, not copied.
+    let reply: std::borrow::Cow<'_, RawDocumentBuf> = match reply {
+        Reply::Doc(d) => std::borrow::Cow::Owned(RawDocumentBuf::try_from(d).unwrap_or_default()),
+        Reply::Raw(r) => std::borrow::Cow::Borrowed(r),
     };
     let mut e = doc! { "op": op_name(req.name), "ns": namespace(req), "command": command(req) };
     e.insert("keysExamined", stats.keys.load(Ordering::Relaxed) as i64);
@@ -310,14 +310,14 @@ fn entry(
     e.insert("responseLength", reply.as_bytes().len() as i64);
     e.insert("protocol", "op_msg");
     e.insert("millis", millis);
-    if let Some(plan) = stats.plan.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-        e.insert("planSummary", plan);
+    if let Some(plan) = stats.plan.get() {
+        e.insert("planSummary", plan.summary());
     }
     if let Ok(Some(RawBsonRef::Double(ok))) = reply.get("ok")
         && ok != 1.0
     {
         e.insert("ok", 0.0);
-        if let Ok(Some(code)) = reply.get_i32("code").map(Some) {
+        if let Ok(code) = reply.get_i32("code") {
             e.insert("errCode", code);
         }
         if let Ok(name) = reply.get_str("codeName") {
