@@ -76,6 +76,8 @@ pub(crate) enum Pred {
     /// Negation of a conjunction evaluated over the whole path (`$not`, `$ne`, `$nin`).
     Not(Vec<Pred>),
     Never,
+    /// A geospatial operator (`geo_filter.rs`), over the whole value at the path.
+    Geo(std::sync::Arc<mangrove_geo::GeoOp>),
 }
 
 impl Filter {
@@ -286,6 +288,7 @@ impl Pred {
             Pred::All(preds) => preds.iter().all(|p| p.matches_path(doc, parts)),
             Pred::Never => false,
             Pred::Exists(want) => walk(doc, parts, false, &mut |v| v.is_some()) == *want,
+            Pred::Geo(_) => walk(doc, parts, false, &mut |v| self.matches_value(v)),
             // Array-shape operators look at arrays as a whole, never at their elements.
             Pred::Size(_) | Pred::ElemMatchObj(_) | Pred::ElemMatchVal(_) => {
                 walk(doc, parts, false, &mut |v| self.matches_value(v))
@@ -352,6 +355,7 @@ impl Pred {
             Pred::All(preds) => preds.iter().all(|p| p.matches_value(v)),
             Pred::Not(preds) => !preds.iter().all(|p| p.matches_value(v)),
             Pred::Never => false,
+            Pred::Geo(op) => v.is_some_and(|v| op.matches(v)),
         }
     }
 }
@@ -548,6 +552,9 @@ pub(crate) fn parse_operators(d: &RawDocument, depth: usize) -> Result<Vec<Pred>
             "exceeded maximum query tree depth of {MAX_FILTER_DEPTH}"
         )));
     }
+    if let Some(near) = crate::geo_filter::parse_near(d)? {
+        return Ok(vec![near]);
+    }
     let mut preds = Vec::new();
     let mut regex: Option<RawBsonRef<'_>> = None;
     let mut options: Option<RawBsonRef<'_>> = None;
@@ -637,8 +644,8 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAllClear" => parse_bits(BitOp::AllClear, name, value),
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
-        "$where" | "$text" | "$geoWithin" | "$geoIntersects" | "$near" | "$nearSphere"
-        | "$expr" => Err(bad(format!("{name} is not supported yet"))),
+        "$geoWithin" | "$within" | "$geoIntersects" => crate::geo_filter::parse(name, value),
+        "$where" | "$text" | "$expr" => Err(bad(format!("{name} is not supported yet"))),
         _ => Err(bad(format!("unknown operator: {name}"))),
     }
 }

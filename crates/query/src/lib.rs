@@ -26,6 +26,7 @@ mod doc_ops;
 mod error;
 mod expr;
 mod filter;
+mod geo_filter;
 mod group;
 mod index;
 mod jsonschema;
@@ -53,6 +54,7 @@ mod window_spec;
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
 pub use filter::Filter;
+pub use mangrove_geo::Near;
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,

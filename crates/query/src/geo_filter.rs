@@ -1,0 +1,67 @@
+//! The geospatial filter operators: `$geoWithin` (and its old name `$within`),
+//! `$geoIntersects`, `$near` and `$nearSphere` (with the legacy form's sibling
+//! `$maxDistance`/`$minDistance`). The geometry is `mangrove-geo`'s; this file only turns its
+//! reasons into BadValue errors and finds a `$near` for the server, which must order results
+//! by distance and refuses the query without a geo index (as mongod).
+//!
+//! Invariant: a geo predicate tests the whole value at its path (a legacy pair is an array,
+//! not two values), never its elements one by one.
+
+use std::sync::Arc;
+
+use bson::{RawBsonRef, RawDocument};
+use mangrove_geo::{GeoOp, Near};
+
+use crate::error::QueryError;
+use crate::filter::{Filter, Node, Pred};
+
+/// `$geoWithin`/`$within`/`$geoIntersects` with its operand.
+pub(crate) fn parse(name: &str, value: RawBsonRef<'_>) -> Result<Pred, QueryError> {
+    GeoOp::parse(name, value)
+        .map(|op| Pred::Geo(Arc::new(op)))
+        .map_err(QueryError::bad_value)
+}
+
+/// A `$near`/`$nearSphere` among the operators of `d`, with its siblings; `None` when `d` has
+/// neither. Other operators beside it are refused, as mongod refuses them.
+pub(crate) fn parse_near(d: &RawDocument) -> Result<Option<Pred>, QueryError> {
+    let mut near = None;
+    let mut max = None;
+    let mut min = None;
+    for (key, value) in d.iter().map_while(Result::ok) {
+        match key.as_str() {
+            "$near" => near = Some((false, value)),
+            "$nearSphere" => near = Some((true, value)),
+            "$maxDistance" => max = Some(value),
+            "$minDistance" => min = Some(value),
+            _ => {}
+        }
+    }
+    let Some((spherical, value)) = near else {
+        return Ok(None);
+    };
+    let near = Near::parse(spherical, value, max, min).map_err(QueryError::bad_value)?;
+    Ok(Some(Pred::Geo(Arc::new(GeoOp::Near(near)))))
+}
+
+fn find_near<'a>(node: &'a Node) -> Option<(&'a str, &'a Near)> {
+    match node {
+        Node::And(children) => children.iter().find_map(find_near),
+        Node::Field {
+            path,
+            pred: Pred::Geo(op),
+            ..
+        } => match op.as_ref() {
+            GeoOp::Near(n) => Some((path.as_str(), n)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Filter {
+    /// The filter's `$near`/`$nearSphere` (in its top-level conjunction) and its path.
+    pub fn near(&self) -> Option<(&str, &Near)> {
+        find_near(self.root())
+    }
+}
