@@ -107,6 +107,10 @@ const SPEC_FIELDS: &[&str] = &[
     "collation",
     "ns",
     "storageEngine",
+    "2dsphereIndexVersion",
+    "min",
+    "max",
+    "bits",
 ];
 
 fn cannot_create(message: impl Into<String>) -> CodedError {
@@ -125,6 +129,10 @@ pub enum KeyKind {
     /// `"hashed"`: a 64-bit hash of the value ([`crate::hashed::hash_value`]); serves equality
     /// only, and refuses arrays.
     Hashed,
+    /// `"2dsphere"`: the cells covering the value on the sphere (`geo_index.rs`).
+    Sphere2d,
+    /// `"2d"`: the cell of a legacy pair on the index's plane (`geo_index.rs`).
+    Flat2d(crate::geo_index::Plane),
 }
 
 impl KeyKind {
@@ -132,6 +140,15 @@ impl KeyKind {
     /// use it.
     pub fn is_ordered(self) -> bool {
         self == KeyKind::Ordered
+    }
+
+    /// Whether the field's components are geo cells.
+    pub fn is_geo(self) -> bool {
+        matches!(self, KeyKind::Sphere2d | KeyKind::Flat2d(_))
+    }
+
+    pub fn is_flat_2d(self) -> bool {
+        matches!(self, KeyKind::Flat2d(_))
     }
 }
 
@@ -145,12 +162,17 @@ pub struct IndexField {
 }
 
 impl IndexField {
+    /// The path's components.
+    pub(crate) fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
     /// Appends `value`'s key component for this field: the value (inverted when descending), or
     /// its hash.
     pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
         let start = key.len();
         match self.kind {
-            KeyKind::Ordered => encode_key(value, key),
+            KeyKind::Ordered | KeyKind::Sphere2d | KeyKind::Flat2d(_) => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -313,6 +335,8 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         Bson::Double(n) if *n != 0.0 && !n.is_nan() => (*n < 0.0, KeyKind::Ordered),
         Bson::Decimal128(_) => (false, KeyKind::Ordered),
         Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
+        Bson::String(kind) if kind == "2dsphere" => (false, KeyKind::Sphere2d),
+        Bson::String(kind) if kind == "2d" => (false, KeyKind::Flat2d(Default::default())),
         Bson::String(kind) => {
             return Err(cannot_create(format!(
                 "Index type '{kind}' on field '{path}' is not supported by Mangrove; ascending (1), descending (-1) and \"hashed\" keys are"
@@ -389,11 +413,13 @@ impl IndexSpec {
         }
         let mut out = Document::new();
         out.insert("v", 2i32);
+        let key_copy = key.clone();
         out.insert("key", key);
         out.insert("name", name);
         for (field, value) in &spec {
             normalize_option(field, value, &mut out)?;
         }
+        crate::geo_index::normalize(&spec, &key_copy, &mut out)?;
         // Compiling checks the key pattern and the options together.
         IndexSpec::compile(&out, partial)?;
         Ok(out)
@@ -414,10 +440,11 @@ impl IndexSpec {
                 "Index key pattern has more than 32 fields, the maximum",
             ));
         }
-        let fields = key_pattern
+        let mut fields = key_pattern
             .iter()
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
+        crate::geo_index::configure(&mut fields, spec)?;
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
@@ -521,13 +548,18 @@ impl IndexSpec {
         let per_field: Vec<Values<'_>> = self
             .fields
             .iter()
-            .map(|f| field_values(doc, &f.parts))
-            .collect();
+            .map(|f| field_or_cells(doc, f))
+            .collect::<Result<_, _>>()?;
+        // A geo index leaves out documents without any geo value (2dsphere is sparse there).
+        let geo = || self.fields.iter().zip(&per_field).filter(|(f, _)| f.kind.is_geo());
+        if geo().next().is_some() && geo().all(|(_, v)| matches!(v, Values::Missing)) {
+            return Ok(false);
+        }
         let arrays: Vec<&str> = self
             .fields
             .iter()
             .zip(&per_field)
-            .filter(|(_, v)| matches!(v, Values::Many(_)))
+            .filter(|(f, v)| !f.kind.is_geo() && matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
         if let Some(field) = self
@@ -584,7 +616,9 @@ impl IndexSpec {
                 let (value, _) = v.get(c);
                 field.encode(value, &mut key);
                 values.push(match field.kind {
-                    KeyKind::Ordered => Bson::try_from(value).unwrap_or(Bson::Null),
+                    KeyKind::Ordered | KeyKind::Sphere2d | KeyKind::Flat2d(_) => {
+                        Bson::try_from(value).unwrap_or(Bson::Null)
+                    }
                     KeyKind::Hashed => Bson::Int64(hash_value(value)),
                 });
             }
@@ -620,6 +654,18 @@ impl<'a> Values<'a> {
             Values::Many(v) => v.get(i).copied().unwrap_or((RawBsonRef::Null, false)),
         }
     }
+}
+
+/// A field's values, or a geo field's cells (as int64s, each a value reached).
+fn field_or_cells<'a>(doc: &'a RawDocument, field: &IndexField) -> Result<Values<'a>, CodedError> {
+    if !field.kind.is_geo() {
+        return Ok(field_values(doc, &field.parts));
+    }
+    let cells = crate::geo_index::cells(field, doc)?;
+    Ok(match cells.len() {
+        0 => Values::Missing,
+        _ => Values::Many(cells.into_iter().map(|c| (RawBsonRef::Int64(c), true)).collect()),
+    })
 }
 
 fn field_values<'a>(doc: &'a RawDocument, parts: &[String]) -> Values<'a> {

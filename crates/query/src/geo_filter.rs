@@ -65,3 +65,24 @@ impl Filter {
         find_near(self.root())
     }
 }
+
+/// The distance (in `near`'s units) from `near` to the nearest shape at `path` in `doc`, and
+/// that shape's value (what `includeLocs` shows).
+pub fn near_distance<'a>(
+    near: &Near,
+    path: &str,
+    doc: &'a RawDocument,
+) -> Option<(f64, RawBsonRef<'a>)> {
+    let parts = crate::path::split_path(path);
+    let mut best: Option<(f64, RawBsonRef<'a>)> = None;
+    crate::path::walk(doc, &parts, false, &mut |v| {
+        if let Some(v) = v
+            && let Some(d) = near.distance(v)
+            && best.is_none_or(|(b, _)| d < b)
+        {
+            best = Some((d, v));
+        }
+        false
+    });
+    best
+}

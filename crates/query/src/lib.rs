@@ -27,6 +27,7 @@ mod error;
 mod expr;
 mod filter;
 mod geo_filter;
+mod geo_plan;
 mod group;
 mod index;
 mod jsonschema;
@@ -54,7 +55,9 @@ mod window_spec;
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
 pub use filter::Filter;
-pub use mangrove_geo::Near;
+pub use geo_filter::near_distance;
+pub use geo_plan::{geo_field, near_frame};
+pub use mangrove_geo::{Frame, Near};
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,

@@ -104,6 +104,11 @@ pub enum Access {
         /// Walk the entries backward (a sort against the index's direction).
         reverse: bool,
     },
+    /// A geo index walked outward from a `$near` center (`geo_near.rs`), nearest first.
+    Near {
+        index: Arc<IndexInfo>,
+        plan: Arc<crate::geo_near::NearPlan>,
+    },
 }
 
 impl Access {
@@ -113,7 +118,7 @@ impl Access {
             Access::Collection | Access::CollectionBackward => Plan::CollectionScan,
             Access::IdPoint(_) => Plan::IdPoint,
             Access::IdRange { .. } => Plan::IdRange,
-            Access::Index { index, .. } => Plan::Index(index.clone()),
+            Access::Index { index, .. } | Access::Near { index, .. } => Plan::Index(index.clone()),
         }
     }
 
@@ -278,6 +283,10 @@ fn choose_access(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
+    // `$near` needs a geo index: nothing else orders by distance.
+    if let Some(access) = crate::geo_near::near_access(coll, filter, hint)? {
+        return Ok(access);
+    }
     // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
     // would miss matches, so a collated query scans.
     if mangrove_query::collation_active() {
@@ -591,6 +600,9 @@ fn visit_matches(
                 }
             }
         }
+        Access::Near { index, plan } => {
+            crate::geo_near::walk_near(view, coll, index, plan, filter, examined, visit)?
+        }
     }
     Ok(())
 }
@@ -670,6 +682,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             reverse,
             ..
         } => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        Access::Near { index, plan } => crate::geo_near::plan_stage(index, plan),
     }
 }
 
@@ -816,7 +829,7 @@ fn min_max_display(
 /// which reads no index (as mongod).
 pub fn returned_key(access: &Access, doc: &RawDocument) -> Document {
     match access {
-        Access::Collection | Access::CollectionBackward => Document::new(),
+        Access::Collection | Access::CollectionBackward | Access::Near { .. } => Document::new(),
         Access::IdPoint(_) | Access::IdRange { .. } => {
             match doc.get("_id").ok().flatten().map(Bson::try_from) {
                 Some(Ok(id)) => doc! { "_id": id },

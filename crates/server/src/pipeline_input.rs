@@ -53,7 +53,8 @@ pub struct InputReader {
 impl InputReader {
     pub fn new(access: Access, filter: Filter) -> InputReader {
         let position = match access {
-            Access::Collection => Position::Keys {
+            // `$near` is refused in a `$match` by mongod; here it filters a whole scan.
+            Access::Collection | Access::Near { .. } => Position::Keys {
                 intervals: vec![None],
                 at: 0,
                 after: None,
