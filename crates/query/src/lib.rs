@@ -28,6 +28,7 @@ mod expr;
 mod filter;
 mod geo_filter;
 mod geo_plan;
+mod geo_stage;
 mod group;
 mod index;
 mod jsonschema;

@@ -225,7 +225,18 @@ fn parse_stage(
 ) -> Result<Option<Sink>, QueryError> {
     let doc = || doc_spec(name, spec);
     let parsed = match name {
-        "$match" => Stage::Match(Filter::parse(doc()?)?),
+        "$match" => {
+            let filter = Filter::parse(doc()?)?;
+            crate::geo_stage::refuse_near(&filter)?;
+            Stage::Match(filter)
+        }
+        "$geoNear" if !stages.is_empty() || depth > 0 => {
+            return Err(QueryError::location(
+                40602,
+                "$geoNear is only valid as the first stage in a pipeline.",
+            ));
+        }
+        "$geoNear" => Stage::GeoNear(Box::new(crate::geo_stage::parse(doc()?)?)),
         "$sort" => Stage::Sort(SortSpec::parse(doc()?)?),
         "$skip" => Stage::Skip(stage_number(spec, "$skip")?),
         "$limit" => match stage_number(spec, "$limit")? {

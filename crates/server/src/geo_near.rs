@@ -178,6 +178,9 @@ impl Rings<'_> {
         let Some((distance, _)) = near_distance(&self.plan.near, &self.plan.path, &doc) else {
             return Ok(());
         };
+        if !self.plan.near.admits(distance) {
+            return Ok(());
+        }
         self.seq += 1;
         self.queue.push(Queued {
             distance,
@@ -271,4 +274,79 @@ pub fn plan_stage(index: &IndexInfo, plan: &NearPlan) -> bson::Document {
         "indexName": index.key.name.clone(),
         "indexVersion": 2,
     }
+}
+
+/// The input of a pipeline that starts with `$geoNear`: its `key` (or the collection's one geo
+/// index: a 2d index first, else the only 2dsphere index), the walk's plan, and the stage's
+/// query as the reader's filter. mongod's IndexNotFound (27) when no index fits.
+pub fn geo_near_input(
+    coll: &CollectionInfo,
+    pipeline: &mut mangrove_query::Pipeline,
+) -> CommandResult<Option<(Access, Filter)>> {
+    let Some((near, key, query)) = pipeline.leading_geo_near() else {
+        return Ok(None);
+    };
+    let (near, key) = (near.clone(), key.map(str::to_string));
+    let filter = Filter::parse(query)?;
+    let geo = |i: &&Arc<IndexInfo>| mangrove_query::geo_field(&i.key).map(|f| f.path.clone());
+    let candidates: Vec<(&Arc<IndexInfo>, String)> = coll
+        .indexes
+        .iter()
+        .filter_map(|i| geo(&i).map(|p| (i, p)))
+        .filter(|(_, p)| key.as_ref().is_none_or(|k| k == p))
+        .collect();
+    let flat = candidates.iter().find(|(i, _)| i.key.fields[0].kind.is_flat_2d());
+    let chosen = match (flat, candidates.len()) {
+        (Some(c), _) => c,
+        (None, 0) => return Err(index_not_found("$geoNear requires a 2d or 2dsphere index, but none were found".into())),
+        (None, 1) => &candidates[0],
+        (None, _) => {
+            return Err(index_not_found(format!(
+                "There is more than one 2dsphere index on {}; unsure which to use for $geoNear",
+                coll.ns()
+            )));
+        }
+    };
+    let (index, path) = (chosen.0.clone(), chosen.1.clone());
+    let Some((frame, level)) = near_frame(index.key.fields.first(), &path, &near) else {
+        return Err(no_index());
+    };
+    pipeline.resolve_geo_near(&path);
+    let plan = NearPlan { near, path, frame, level };
+    Ok(Some((Access::Near { index, plan: Arc::new(plan) }, filter)))
+}
+
+fn index_not_found(message: String) -> CommandError {
+    CommandError::new(code::INDEX_NOT_FOUND, message)
+}
+
+/// Every match of a nearness walk, nearest first, into `out`: what a `$geoNear` pipeline reads
+/// (bounded like a blocking sort, 100 MiB, QueryExceededMemoryLimitNoDiskUseAllowed past it).
+pub fn read_all(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    index: &Arc<IndexInfo>,
+    plan: &NearPlan,
+    filter: &Filter,
+    examined: &mut Examined,
+    out: &mut std::collections::VecDeque<StoredDoc>,
+) -> CommandResult<()> {
+    let mut bytes = 0usize;
+    let mut over = false;
+    walk_near(view, coll, index, plan, filter, examined, &mut |_, d| {
+        bytes += d.as_bytes().len();
+        if bytes > mangrove_query::DEFAULT_MEMORY_LIMIT {
+            over = true;
+            return ControlFlow::Break(());
+        }
+        out.push_back(d.clone());
+        ControlFlow::Continue(())
+    })?;
+    if over {
+        return Err(CommandError::new(
+            code::QUERY_EXCEEDED_MEMORY_LIMIT,
+            "$geoNear read more than 100 MiB of matches; narrow it with maxDistance or query",
+        ));
+    }
+    Ok(())
 }

@@ -41,6 +41,15 @@ enum Position {
     },
     Index(Box<IndexWalk>),
     Point(Option<DocKey>),
+    /// A `$geoNear` walk (`geo_near.rs`), read whole on the first chunk (nearest first), then
+    /// handed out a chunk at a time.
+    Near(
+        Option<(
+            std::sync::Arc<mangrove_storage::IndexInfo>,
+            std::sync::Arc<crate::geo_near::NearPlan>,
+        )>,
+        std::collections::VecDeque<StoredDoc>,
+    ),
 }
 
 /// Reads the documents matching a filter along an access path, a chunk at a time.
@@ -53,8 +62,10 @@ pub struct InputReader {
 impl InputReader {
     pub fn new(access: Access, filter: Filter) -> InputReader {
         let position = match access {
-            // `$near` is refused in a `$match` by mongod; here it filters a whole scan.
-            Access::Collection | Access::Near { .. } => Position::Keys {
+            Access::Near { index, plan } => {
+                Position::Near(Some((index, plan)), std::collections::VecDeque::new())
+            }
+            Access::Collection => Position::Keys {
                 intervals: vec![None],
                 at: 0,
                 after: None,
@@ -124,6 +135,14 @@ impl InputReader {
                         }
                     }
                 }
+                Position::Near(walk, queue) => {
+                    if let Some((index, plan)) = walk.take() {
+                        crate::geo_near::read_all(view, coll, &index, &plan, &self.filter, &mut examined, queue)?;
+                    }
+                    while out.len() < CHUNK_DOCS && let Some(d) = queue.pop_front() {
+                        out.push(d);
+                    }
+                }
                 Position::Point(key) => {
                     if let Some(key) = key.take()
                         && let Some(doc) = view.get(coll, &key)?
@@ -147,6 +166,7 @@ impl InputReader {
             Position::Keys { intervals, at, .. } => *at >= intervals.len(),
             Position::Index(_) => false,
             Position::Point(key) => key.is_none(),
+            Position::Near(walk, queue) => walk.is_none() && queue.is_empty(),
         }
     }
 

@@ -262,6 +262,10 @@ fn plan_input(
         };
         return Ok((pipeline, Some(input)));
     }
+    let mut pipeline = pipeline;
+    if let Some((access, filter)) = crate::geo_near::geo_near_input(&coll, &mut pipeline)? {
+        return Ok((pipeline, Some(Input { coll, access, filter })));
+    }
     let filter = leading_filter(&pipeline)?;
     let access = match leading_match_doc(req)? {
         Some(raw) => choose(
