@@ -13,8 +13,14 @@ use bson::{Bson, Document, RawBsonRef, RawDocument};
 use mangrove_geo::{Frame, MAX_LEVEL};
 
 use crate::error::CodedError;
-use crate::index::{IndexField, KeyKind};
 use crate::path::walk;
+
+/// Which geo index a field is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoKind {
+    Sphere,
+    Flat(Plane),
+}
 
 /// A `2d` field's plane: the square `[min, max)` divided `bits` times (f64s kept as their bits
 /// so that the kind stays `Eq`).
@@ -57,7 +63,10 @@ fn cannot_create(message: impl Into<String>) -> CodedError {
 /// Copies the geo options of a specification into its normalized form: `2dsphereIndexVersion`
 /// (3 unless given) for a 2dsphere index, `min`/`max`/`bits` as given for a 2d index.
 pub fn normalize(spec: &Document, key: &Document, out: &mut Document) -> Result<(), CodedError> {
-    let has = |kind: &str| key.values().any(|v| matches!(v, Bson::String(s) if s == kind));
+    let has = |kind: &str| {
+        key.values()
+            .any(|v| matches!(v, Bson::String(s) if s == kind))
+    };
     if has("2dsphere") {
         let version = match spec.get("2dsphereIndexVersion") {
             None => 3,
@@ -82,13 +91,14 @@ pub fn normalize(spec: &Document, key: &Document, out: &mut Document) -> Result<
     Ok(())
 }
 
-/// Checks a key pattern's geo fields and sets each 2d field's plane from the specification.
-pub fn configure(fields: &mut [IndexField], spec: &Document) -> Result<(), CodedError> {
-    let flat = fields.iter().filter(|f| f.kind.is_flat_2d()).count();
-    if flat > 1 {
+/// Checks where a key pattern's 2d fields are (`flat`: one flag per field) and returns the
+/// plane the specification gives them.
+pub fn configure(flat: &[bool], spec: &Document) -> Result<Plane, CodedError> {
+    let count = flat.iter().filter(|f| **f).count();
+    if count > 1 {
         return Err(cannot_create("2d index can only have one 2d field"));
     }
-    if flat == 1 && !fields[0].kind.is_flat_2d() {
+    if count == 1 && !flat[0] {
         return Err(cannot_create("2d has to be first in index"));
     }
     let mut plane = Plane::default();
@@ -105,22 +115,17 @@ pub fn configure(fields: &mut [IndexField], spec: &Document) -> Result<(), Coded
         plane.bits = (bits as u8).min(MAX_LEVEL);
     }
     let (lo, hi) = (f64::from_bits(plane.min), f64::from_bits(plane.max));
-    if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+    if !lo.is_finite() || !hi.is_finite() || lo >= hi {
         return Err(cannot_create("max must be greater than min"));
     }
-    for f in fields.iter_mut() {
-        if f.kind.is_flat_2d() {
-            f.kind = KeyKind::Flat2d(plane);
-        }
-    }
-    Ok(())
+    Ok(plane)
 }
 
 /// The cell numbers of a geo field in `doc` (every value its path reaches), as int64 key
 /// components; empty when the field is missing or null.
-pub fn cells(field: &IndexField, doc: &RawDocument) -> Result<Vec<i64>, CodedError> {
+pub fn cells(kind: GeoKind, parts: &[String], doc: &RawDocument) -> Result<Vec<i64>, CodedError> {
     let mut values = Vec::new();
-    walk(doc, field.parts(), false, &mut |v| {
+    walk(doc, parts, false, &mut |v| {
         if let Some(v) = v {
             values.push(v);
         }
@@ -128,21 +133,31 @@ pub fn cells(field: &IndexField, doc: &RawDocument) -> Result<Vec<i64>, CodedErr
     });
     let mut out = Vec::new();
     for v in values {
-        out.extend(value_cells(field.kind, v, doc)?);
+        out.extend(value_cells(kind, v, doc)?);
     }
     out.sort_unstable();
     out.dedup();
     Ok(out.into_iter().map(|c| c as i64).collect())
 }
 
-fn value_cells(kind: KeyKind, v: RawBsonRef<'_>, doc: &RawDocument) -> Result<Vec<u64>, CodedError> {
-    let shown = || Document::try_from(doc).map(|d| d.to_string()).unwrap_or_default();
+fn value_cells(
+    kind: GeoKind,
+    v: RawBsonRef<'_>,
+    doc: &RawDocument,
+) -> Result<Vec<u64>, CodedError> {
+    let shown = || {
+        Document::try_from(doc)
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    };
     match kind {
-        KeyKind::Sphere2d => mangrove_geo::sphere_keys(v).map_err(|why| {
+        GeoKind::Sphere => mangrove_geo::sphere_keys(v).map_err(|why| {
             CodedError::location(16755, format!("Can't extract geo keys: {}  {why}", shown()))
         }),
-        KeyKind::Flat2d(plane) => mangrove_geo::flat_keys(v, &plane.frame(), plane.bits)
-            .map_err(|(code, why)| CodedError::location(code, format!("{why} :: caused by :: {}", shown()))),
-        _ => Ok(Vec::new()),
+        GeoKind::Flat(plane) => {
+            mangrove_geo::flat_keys(v, &plane.frame(), plane.bits).map_err(|(code, why)| {
+                CodedError::location(code, format!("{why} :: caused by :: {}", shown()))
+            })
+        }
     }
 }

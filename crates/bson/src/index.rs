@@ -150,6 +150,15 @@ impl KeyKind {
     pub fn is_flat_2d(self) -> bool {
         matches!(self, KeyKind::Flat2d(_))
     }
+
+    /// The geo index kind of a geo field.
+    pub fn geo(self) -> Option<crate::geo_index::GeoKind> {
+        match self {
+            KeyKind::Sphere2d => Some(crate::geo_index::GeoKind::Sphere),
+            KeyKind::Flat2d(plane) => Some(crate::geo_index::GeoKind::Flat(plane)),
+            _ => None,
+        }
+    }
 }
 
 /// One indexed field.
@@ -162,11 +171,6 @@ pub struct IndexField {
 }
 
 impl IndexField {
-    /// The path's components.
-    pub(crate) fn parts(&self) -> &[String] {
-        &self.parts
-    }
-
     /// Appends `value`'s key component for this field: the value (inverted when descending), or
     /// its hash.
     pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
@@ -444,7 +448,11 @@ impl IndexSpec {
             .iter()
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
-        crate::geo_index::configure(&mut fields, spec)?;
+        let flat: Vec<bool> = fields.iter().map(|f| f.kind.is_flat_2d()).collect();
+        let plane = crate::geo_index::configure(&flat, spec)?;
+        for f in fields.iter_mut().filter(|f| f.kind.is_flat_2d()) {
+            f.kind = KeyKind::Flat2d(plane);
+        }
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
@@ -536,36 +544,41 @@ impl IndexSpec {
         key
     }
 
-    /// Emits every key; returns whether the document made the index multikey.
-    fn for_each_key(
-        &self,
-        doc: &RawDocument,
-        emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
-    ) -> Result<bool, CodedError> {
-        if !self.covers(doc) {
-            return Ok(false);
-        }
+    /// Each field's values (a geo field's cells); `None` when a geo index leaves the document
+    /// out (no geo value at all: 2dsphere is sparse on its geo fields).
+    fn values_of<'a>(&self, doc: &'a RawDocument) -> Result<Option<Vec<Values<'a>>>, CodedError> {
         let per_field: Vec<Values<'_>> = self
             .fields
             .iter()
             .map(|f| field_or_cells(doc, f))
             .collect::<Result<_, _>>()?;
-        // A geo index leaves out documents without any geo value (2dsphere is sparse there).
-        let geo = || self.fields.iter().zip(&per_field).filter(|(f, _)| f.kind.is_geo());
+        let geo = || {
+            self.fields
+                .iter()
+                .zip(&per_field)
+                .filter(|(f, _)| f.kind.is_geo())
+        };
         if geo().next().is_some() && geo().all(|(_, v)| matches!(v, Values::Missing)) {
-            return Ok(false);
+            return Ok(None);
         }
+        Ok(Some(per_field))
+    }
+
+    /// Refuses what cannot be indexed (an array in a hashed field, parallel arrays, too many
+    /// keys); returns how many keys there are and whether an array makes the index multikey.
+    /// A geo field's cells are not an array.
+    fn key_count(&self, per_field: &[Values<'_>]) -> Result<(usize, bool), CodedError> {
         let arrays: Vec<&str> = self
             .fields
             .iter()
-            .zip(&per_field)
+            .zip(per_field)
             .filter(|(f, v)| !f.kind.is_geo() && matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
         if let Some(field) = self
             .fields
             .iter()
-            .zip(&per_field)
+            .zip(per_field)
             .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)))
             .map(|(f, _)| f)
         {
@@ -598,6 +611,22 @@ impl IndexSpec {
                 ),
             ));
         }
+        Ok((total, !arrays.is_empty()))
+    }
+
+    /// Emits every key; returns whether the document made the index multikey.
+    fn for_each_key(
+        &self,
+        doc: &RawDocument,
+        emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
+    ) -> Result<bool, CodedError> {
+        if !self.covers(doc) {
+            return Ok(false);
+        }
+        let Some(per_field) = self.values_of(doc)? else {
+            return Ok(false);
+        };
+        let (total, multikey) = self.key_count(&per_field)?;
         // At most one field has several values, so the product is that field's values.
         let mut choice = vec![0usize; per_field.len()];
         for n in 0..total.max(1) {
@@ -624,7 +653,7 @@ impl IndexSpec {
             }
             emit(key, &values);
         }
-        Ok(!arrays.is_empty())
+        Ok(multikey)
     }
 }
 
@@ -658,13 +687,18 @@ impl<'a> Values<'a> {
 
 /// A field's values, or a geo field's cells (as int64s, each a value reached).
 fn field_or_cells<'a>(doc: &'a RawDocument, field: &IndexField) -> Result<Values<'a>, CodedError> {
-    if !field.kind.is_geo() {
+    let Some(kind) = field.kind.geo() else {
         return Ok(field_values(doc, &field.parts));
-    }
-    let cells = crate::geo_index::cells(field, doc)?;
+    };
+    let cells = crate::geo_index::cells(kind, &field.parts, doc)?;
     Ok(match cells.len() {
         0 => Values::Missing,
-        _ => Values::Many(cells.into_iter().map(|c| (RawBsonRef::Int64(c), true)).collect()),
+        _ => Values::Many(
+            cells
+                .into_iter()
+                .map(|c| (RawBsonRef::Int64(c), true))
+                .collect(),
+        ),
     })
 }
 

@@ -10,8 +10,7 @@ use geo::Coord;
 
 use crate::cell::{Frame, MAX_LEVEL, SPHERE};
 use crate::cover::{INDEX_CELLS, cover_shape};
-use crate::region::shapes_of;
-use crate::shape::{Form, legacy_point, parse_stored};
+use crate::shape::{Form, legacy_point, parse_stored, shapes_of};
 
 /// The cells of a value in a `2dsphere` index; empty for null. Errors with the reason mongod's
 /// "Can't extract geo keys" gives.

@@ -13,8 +13,7 @@ use geo::{Coord, Rect};
 use crate::cell::{Cell, Frame};
 use crate::cover::{QUERY_CELLS, cap_boxes, cover_rects};
 use crate::distance::{EARTH_RADIUS_M, to_shape};
-use crate::region::shapes_of;
-use crate::shape::{check_lng_lat, legacy_point, parse_geojson};
+use crate::shape::{check_lng_lat, legacy_point, parse_geojson, shapes_of};
 
 /// A nearness query.
 #[derive(Debug, Clone, PartialEq)]

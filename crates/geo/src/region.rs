@@ -13,7 +13,7 @@ use crate::cell::{Cell, Frame, MAX_LEVEL, SPHERE};
 use crate::cover::{QUERY_CELLS, cap_boxes, cover_rects, cover_shape, scan_ranges};
 use crate::distance::{plane, sphere_radians};
 use crate::near::Near;
-use crate::shape::{Shape, covers, legacy_point, parse_geojson, parse_stored};
+use crate::shape::{Shape, covers, legacy_point, parse_geojson, shapes_of};
 
 /// A `$geoWithin` region.
 #[derive(Debug, Clone)]
@@ -160,32 +160,6 @@ impl Region {
             }
         }
     }
-}
-
-/// The shapes of a stored value an operator looks at; flat operators also take legacy pairs
-/// outside longitude/latitude bounds.
-pub fn shapes_of(v: RawBsonRef<'_>, flat: bool) -> Vec<Shape> {
-    if flat && let Some(c) = legacy_point(v) {
-        let geom = Geometry::Point(geo::Point(c));
-        return vec![Shape {
-            geom,
-            form: crate::shape::Form::Legacy,
-        }];
-    }
-    if let RawBsonRef::Array(a) = v
-        && flat
-        && a.into_iter()
-            .next()
-            .and_then(Result::ok)
-            .is_some_and(|e| legacy_point(e).is_some())
-    {
-        return a
-            .into_iter()
-            .map_while(Result::ok)
-            .flat_map(|e| shapes_of(e, flat))
-            .collect();
-    }
-    parse_stored(v).unwrap_or_default()
 }
 
 impl GeoOp {

@@ -7,15 +7,10 @@
 //! rings of at most [`MAX_CHECKED_EDGES`] edges, nesting at most [`MAX_DEPTH`].
 
 use bson::{RawArray, RawBsonRef, RawDocument};
-use geo::{
-    Coord, Geometry, GeometryCollection, Intersects, Line, LineString, MultiLineString, MultiPoint,
-    MultiPolygon, Point, Polygon,
-};
+use geo::{Coord, Geometry, GeometryCollection, Intersects, Point};
 
-/// Positions one value may hold: bounds the work of validating and covering it.
-pub const MAX_VERTICES: usize = 100_000;
-/// Rings with more edges are not checked for crossing edges (the check is quadratic).
-pub const MAX_CHECKED_EDGES: usize = 2_000;
+pub use crate::shape_parts::{MAX_CHECKED_EDGES, MAX_VERTICES, check_lng_lat};
+
 /// Nesting of geometry collections.
 const MAX_DEPTH: usize = 16;
 
@@ -72,18 +67,6 @@ pub fn legacy_point(v: RawBsonRef<'_>) -> Option<Coord<f64>> {
     let y = number(values.pop()?)?;
     let x = number(values.pop()?)?;
     Some(Coord { x, y })
-}
-
-/// Whether `c` is a valid longitude/latitude.
-pub fn check_lng_lat(c: Coord<f64>) -> Result<(), String> {
-    if (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y) {
-        Ok(())
-    } else {
-        Err(format!(
-            "longitude/latitude is out of bounds, lng: {} lat: {}",
-            c.x, c.y
-        ))
-    }
 }
 
 /// A stored field's value as the shapes a `2dsphere` index keys: a GeoJSON object, a legacy
@@ -162,55 +145,6 @@ fn geojson(d: &RawDocument, budget: &mut usize, depth: usize) -> Result<Geometry
     crate::shape_parts::by_type(kind, coords, budget)
 }
 
-/// A ring's positions: closed, at least three distinct vertices, no two edges crossing.
-pub(crate) fn check_ring(ring: &LineString<f64>) -> Result<(), String> {
-    let pts = &ring.0;
-    if pts.len() < 4 {
-        return Err("Loop must have at least 3 different vertices".into());
-    }
-    if pts.first() != pts.last() {
-        return Err("Loop is not closed, first vertex does not equal last vertex".into());
-    }
-    let mut distinct: Vec<Coord<f64>> = pts[..pts.len() - 1].to_vec();
-    distinct.dedup();
-    if distinct.len() < 3 {
-        return Err("Loop must have at least 3 different vertices".into());
-    }
-    let edges: Vec<Line<f64>> = ring.lines().filter(|l| l.start != l.end).collect();
-    if edges.len() <= MAX_CHECKED_EDGES {
-        for (a, ea) in edges.iter().enumerate() {
-            for (b, eb) in edges.iter().enumerate().skip(a + 2) {
-                let adjacent = a == 0 && b == edges.len() - 1;
-                if !adjacent && ea.intersects(eb) {
-                    return Err(format!("Loop is not valid: Edges {a} and {b} cross"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A polygon from its rings: the first is the shell, the others holes inside it.
-pub(crate) fn polygon(mut rings: Vec<LineString<f64>>) -> Result<Polygon<f64>, String> {
-    if rings.is_empty() {
-        return Err("Polygon has no loops.".into());
-    }
-    for r in &rings {
-        check_ring(r)?;
-    }
-    let shell = rings.remove(0);
-    let outer = Polygon::new(shell.clone(), Vec::new());
-    for hole in &rings {
-        if !hole.0.iter().all(|c| outer.intersects(&Point(*c))) {
-            return Err(
-                "Secondary loops not contained by first exterior loop - secondary loops must be holes"
-                    .into(),
-            );
-        }
-    }
-    Ok(Polygon::new(shell, rings))
-}
-
 /// Whether `outer` contains (boundary included) every point of `inner`.
 pub fn covers(outer: &Geometry<f64>, inner: &Geometry<f64>) -> bool {
     match inner {
@@ -221,14 +155,28 @@ pub fn covers(outer: &Geometry<f64>, inner: &Geometry<f64>) -> bool {
     }
 }
 
-pub(crate) fn multi_point(points: Vec<Coord<f64>>) -> Geometry<f64> {
-    Geometry::MultiPoint(MultiPoint(points.into_iter().map(Point).collect()))
-}
-
-pub(crate) fn multi_line(lines: Vec<LineString<f64>>) -> Geometry<f64> {
-    Geometry::MultiLineString(MultiLineString(lines))
-}
-
-pub(crate) fn multi_polygon(polys: Vec<Polygon<f64>>) -> Geometry<f64> {
-    Geometry::MultiPolygon(MultiPolygon(polys))
+/// The shapes of a stored value an operator looks at; flat operators also take legacy pairs
+/// outside longitude/latitude bounds.
+pub fn shapes_of(v: RawBsonRef<'_>, flat: bool) -> Vec<Shape> {
+    if flat && let Some(c) = legacy_point(v) {
+        let geom = Geometry::Point(geo::Point(c));
+        return vec![Shape {
+            geom,
+            form: crate::shape::Form::Legacy,
+        }];
+    }
+    if let RawBsonRef::Array(a) = v
+        && flat
+        && a.into_iter()
+            .next()
+            .and_then(Result::ok)
+            .is_some_and(|e| legacy_point(e).is_some())
+    {
+        return a
+            .into_iter()
+            .map_while(Result::ok)
+            .flat_map(|e| shapes_of(e, flat))
+            .collect();
+    }
+    parse_stored(v).unwrap_or_default()
 }

@@ -1,13 +1,16 @@
 //! The `coordinates` of each GeoJSON type, read into geometry and validated.
 //!
 //! Invariant: every position passes [`check_lng_lat`]; at most `budget` positions are read
-//! (the caller's [`crate::shape::MAX_VERTICES`]), so a huge value fails early instead of being
-//! converted whole.
+//! (the caller's [`MAX_VERTICES`]), so a huge value fails early instead of being converted
+//! whole; rings are closed, have three distinct vertices, no crossing edges (checked on rings
+//! of at most [`MAX_CHECKED_EDGES`] edges: the check is quadratic), and holes lie in the shell.
+//! Depends on nothing else of this crate.
 
 use bson::{RawArray, RawBsonRef};
-use geo::{Coord, Geometry, LineString, Point};
-
-use crate::shape::{check_lng_lat, multi_line, multi_point, multi_polygon, polygon};
+use geo::{
+    Coord, Geometry, Intersects, Line, LineString, MultiLineString, MultiPoint, MultiPolygon,
+    Point, Polygon,
+};
 
 fn elements(a: &RawArray) -> impl Iterator<Item = RawBsonRef<'_>> {
     a.into_iter().map_while(Result::ok)
@@ -25,7 +28,7 @@ fn position(v: RawBsonRef<'_>, budget: &mut usize) -> Result<Coord<f64>, String>
     if *budget == 0 {
         return Err(format!(
             "GeoJSON object has more than {} vertices",
-            crate::shape::MAX_VERTICES
+            MAX_VERTICES
         ));
     }
     *budget -= 1;
@@ -119,4 +122,81 @@ pub(crate) fn by_type(
         }
         other => return Err(format!("unknown GeoJSON type: {other}")),
     })
+}
+
+/// Positions one value may hold: bounds the work of validating and covering it.
+pub const MAX_VERTICES: usize = 100_000;
+/// Rings with more edges are not checked for crossing edges (the check is quadratic).
+pub const MAX_CHECKED_EDGES: usize = 2_000;
+/// Whether `c` is a valid longitude/latitude.
+pub fn check_lng_lat(c: Coord<f64>) -> Result<(), String> {
+    if (-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y) {
+        Ok(())
+    } else {
+        Err(format!(
+            "longitude/latitude is out of bounds, lng: {} lat: {}",
+            c.x, c.y
+        ))
+    }
+}
+
+/// A ring's positions: closed, at least three distinct vertices, no two edges crossing.
+pub(crate) fn check_ring(ring: &LineString<f64>) -> Result<(), String> {
+    let pts = &ring.0;
+    if pts.len() < 4 {
+        return Err("Loop must have at least 3 different vertices".into());
+    }
+    if pts.first() != pts.last() {
+        return Err("Loop is not closed, first vertex does not equal last vertex".into());
+    }
+    let mut distinct: Vec<Coord<f64>> = pts[..pts.len() - 1].to_vec();
+    distinct.dedup();
+    if distinct.len() < 3 {
+        return Err("Loop must have at least 3 different vertices".into());
+    }
+    let edges: Vec<Line<f64>> = ring.lines().filter(|l| l.start != l.end).collect();
+    if edges.len() <= MAX_CHECKED_EDGES {
+        for (a, ea) in edges.iter().enumerate() {
+            for (b, eb) in edges.iter().enumerate().skip(a + 2) {
+                let adjacent = a == 0 && b == edges.len() - 1;
+                if !adjacent && ea.intersects(eb) {
+                    return Err(format!("Loop is not valid: Edges {a} and {b} cross"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A polygon from its rings: the first is the shell, the others holes inside it.
+pub(crate) fn polygon(mut rings: Vec<LineString<f64>>) -> Result<Polygon<f64>, String> {
+    if rings.is_empty() {
+        return Err("Polygon has no loops.".into());
+    }
+    for r in &rings {
+        check_ring(r)?;
+    }
+    let shell = rings.remove(0);
+    let outer = Polygon::new(shell.clone(), Vec::new());
+    for hole in &rings {
+        if !hole.0.iter().all(|c| outer.intersects(&Point(*c))) {
+            return Err(
+                "Secondary loops not contained by first exterior loop - secondary loops must be holes"
+                    .into(),
+            );
+        }
+    }
+    Ok(Polygon::new(shell, rings))
+}
+
+pub(crate) fn multi_point(points: Vec<Coord<f64>>) -> Geometry<f64> {
+    Geometry::MultiPoint(MultiPoint(points.into_iter().map(Point).collect()))
+}
+
+pub(crate) fn multi_line(lines: Vec<LineString<f64>>) -> Geometry<f64> {
+    Geometry::MultiLineString(MultiLineString(lines))
+}
+
+pub(crate) fn multi_polygon(polys: Vec<Polygon<f64>>) -> Geometry<f64> {
+    Geometry::MultiPolygon(MultiPolygon(polys))
 }

@@ -107,6 +107,25 @@ impl Filter {
         &self.root
     }
 
+    /// The filter's `$near`/`$nearSphere` (in its top-level conjunction) and its path.
+    pub fn near(&self) -> Option<(&str, &mangrove_geo::Near)> {
+        fn find(node: &Node) -> Option<(&str, &mangrove_geo::Near)> {
+            match node {
+                Node::And(children) => children.iter().find_map(find),
+                Node::Field {
+                    path,
+                    pred: Pred::Geo(op),
+                    ..
+                } => match op.as_ref() {
+                    mangrove_geo::GeoOp::Near(n) => Some((path.as_str(), n)),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+
     /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a
     /// bad conversion) is reported as the error mongod would return.
     pub fn matches_checked(&self, doc: &RawDocument) -> Result<bool, QueryError> {
@@ -553,7 +572,7 @@ pub(crate) fn parse_operators(d: &RawDocument, depth: usize) -> Result<Vec<Pred>
         )));
     }
     if let Some(near) = crate::geo_filter::parse_near(d)? {
-        return Ok(vec![near]);
+        return Ok(vec![Pred::Geo(near)]);
     }
     let mut preds = Vec::new();
     let mut regex: Option<RawBsonRef<'_>> = None;
@@ -644,7 +663,9 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAllClear" => parse_bits(BitOp::AllClear, name, value),
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
-        "$geoWithin" | "$within" | "$geoIntersects" => crate::geo_filter::parse(name, value),
+        "$geoWithin" | "$within" | "$geoIntersects" => {
+            Ok(Pred::Geo(crate::geo_filter::parse(name, value)?))
+        }
         "$where" | "$text" | "$expr" => Err(bad(format!("{name} is not supported yet"))),
         _ => Err(bad(format!("unknown operator: {name}"))),
     }

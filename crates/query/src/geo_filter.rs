@@ -4,7 +4,7 @@
 //! reasons into BadValue errors and finds a `$near` for the server, which must order results
 //! by distance and refuses the query without a geo index (as mongod).
 //!
-//! Invariant: a geo predicate tests the whole value at its path (a legacy pair is an array,
+//! Invariant: a geo predicate (`Pred::Geo` in `filter.rs`) tests the whole value at its path (a legacy pair is an array,
 //! not two values), never its elements one by one.
 
 use std::sync::Arc;
@@ -13,18 +13,17 @@ use bson::{RawBsonRef, RawDocument};
 use mangrove_geo::{GeoOp, Near};
 
 use crate::error::QueryError;
-use crate::filter::{Filter, Node, Pred};
 
 /// `$geoWithin`/`$within`/`$geoIntersects` with its operand.
-pub(crate) fn parse(name: &str, value: RawBsonRef<'_>) -> Result<Pred, QueryError> {
+pub(crate) fn parse(name: &str, value: RawBsonRef<'_>) -> Result<Arc<GeoOp>, QueryError> {
     GeoOp::parse(name, value)
-        .map(|op| Pred::Geo(Arc::new(op)))
+        .map(Arc::new)
         .map_err(QueryError::bad_value)
 }
 
 /// A `$near`/`$nearSphere` among the operators of `d`, with its siblings; `None` when `d` has
 /// neither. Other operators beside it are refused, as mongod refuses them.
-pub(crate) fn parse_near(d: &RawDocument) -> Result<Option<Pred>, QueryError> {
+pub(crate) fn parse_near(d: &RawDocument) -> Result<Option<Arc<GeoOp>>, QueryError> {
     let mut near = None;
     let mut max = None;
     let mut min = None;
@@ -41,29 +40,7 @@ pub(crate) fn parse_near(d: &RawDocument) -> Result<Option<Pred>, QueryError> {
         return Ok(None);
     };
     let near = Near::parse(spherical, value, max, min).map_err(QueryError::bad_value)?;
-    Ok(Some(Pred::Geo(Arc::new(GeoOp::Near(near)))))
-}
-
-fn find_near<'a>(node: &'a Node) -> Option<(&'a str, &'a Near)> {
-    match node {
-        Node::And(children) => children.iter().find_map(find_near),
-        Node::Field {
-            path,
-            pred: Pred::Geo(op),
-            ..
-        } => match op.as_ref() {
-            GeoOp::Near(n) => Some((path.as_str(), n)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-impl Filter {
-    /// The filter's `$near`/`$nearSphere` (in its top-level conjunction) and its path.
-    pub fn near(&self) -> Option<(&str, &Near)> {
-        find_near(self.root())
-    }
+    Ok(Some(Arc::new(GeoOp::Near(near))))
 }
 
 /// The distance (in `near`'s units) from `near` to the nearest shape at `path` in `doc`, and

@@ -46,7 +46,10 @@ pub(crate) fn display(ranges: &[(u64, u64)]) -> Vec<Bson> {
         .map(|(lo, hi)| Bson::String(format!("[{lo}, {hi}]")))
         .collect();
     if ranges.len() > SHOWN_RANGES {
-        out.push(Bson::String(format!("... {} more", ranges.len() - SHOWN_RANGES)));
+        out.push(Bson::String(format!(
+            "... {} more",
+            ranges.len() - SHOWN_RANGES
+        )));
     }
     out
 }

@@ -57,6 +57,36 @@ pub(crate) fn refuse_near(filter: &Filter) -> Result<(), QueryError> {
     }
 }
 
+/// `$match`'s filter, refusing a `$near` in it.
+pub(crate) fn match_filter(d: &RawDocument) -> Result<Filter, QueryError> {
+    let filter = Filter::parse(d)?;
+    refuse_near(&filter)?;
+    Ok(filter)
+}
+
+/// A stage `stage_parse.rs`'s table does not hold: `$geoNear` (only `first` in a top-level
+/// pipeline, 40602), else unknown (40324).
+pub(crate) fn other_stage(
+    name: &str,
+    spec: RawBsonRef<'_>,
+    first: bool,
+) -> Result<Box<GeoNear>, QueryError> {
+    match (name, spec) {
+        ("$geoNear", _) if !first => Err(QueryError::location(
+            40602,
+            "$geoNear is only valid as the first stage in a pipeline.",
+        )),
+        ("$geoNear", RawBsonRef::Document(d)) => Ok(Box::new(parse(d)?)),
+        ("$geoNear", _) => Err(QueryError::failed_to_parse(
+            "the $geoNear stage specification must be an object",
+        )),
+        _ => Err(QueryError::location(
+            40324,
+            format!("Unrecognized pipeline stage name: '{name}'"),
+        )),
+    }
+}
+
 /// Parses a `$geoNear` specification.
 pub(crate) fn parse(d: &RawDocument) -> Result<GeoNear, QueryError> {
     let (mut near, mut spherical, mut min, mut max) = (None, false, None, None);
@@ -78,13 +108,16 @@ pub(crate) fn parse(d: &RawDocument) -> Result<GeoNear, QueryError> {
                 RawBsonRef::Document(q) => raw_query = q.to_owned(),
                 _ => return Err(QueryError::type_mismatch("query must be an object")),
             },
-            "num" | "limit" => return Err(bad(format!("$geoNear no longer supports the '{k}' option"))),
+            "num" | "limit" => {
+                return Err(bad(format!("$geoNear no longer supports the '{k}' option")));
+            }
             other => return Err(bad(format!("unknown argument to $geoNear: {other}"))),
         }
     }
     let near = near.ok_or_else(|| bad("$geoNear requires a 'near' option as an Array"))?;
     let near = Near::for_stage(near, spherical, min, max).map_err(bad)?;
-    let field = field.ok_or_else(|| bad("$geoNear requires a 'distanceField' option as a String"))?;
+    let field =
+        field.ok_or_else(|| bad("$geoNear requires a 'distanceField' option as a String"))?;
     let query = Filter::parse(&raw_query)?;
     refuse_near(&query)?;
     let split = |s: String| s.split('.').map(str::to_string).collect::<Vec<_>>();
@@ -127,7 +160,11 @@ impl GeoNear {
             return Ok(None);
         }
         let mut out = bson::Document::try_from(doc).map_err(|e| bad(e.to_string()))?;
-        crate::doc_ops::set_path(&mut out, &self.distance_field, Some(bson::Bson::Double(d * self.multiplier)));
+        crate::doc_ops::set_path(
+            &mut out,
+            &self.distance_field,
+            Some(bson::Bson::Double(d * self.multiplier)),
+        );
         if let Some(path) = &self.include_locs {
             let loc = bson::Bson::try_from(loc).unwrap_or(bson::Bson::Null);
             crate::doc_ops::set_path(&mut out, path, Some(loc));

@@ -58,7 +58,6 @@ pub use error::QueryError;
 pub use filter::Filter;
 pub use geo_filter::near_distance;
 pub use geo_plan::{geo_field, near_frame};
-pub use mangrove_geo::{Frame, Near};
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,
@@ -72,6 +71,7 @@ pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
 pub use mangrove_bson::{
     Collation, collation_active, compare_values, type_bracket, with_collation,
 };
+pub use mangrove_geo::{Frame, Near};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;

@@ -160,7 +160,9 @@ impl Pipeline {
 
     /// A leading `$geoNear`'s center and limits, `key` and raw `query`, for the server to walk
     /// a geo index nearest first.
-    pub fn leading_geo_near(&self) -> Option<(&mangrove_geo::Near, Option<&str>, &bson::RawDocument)> {
+    pub fn leading_geo_near(
+        &self,
+    ) -> Option<(&mangrove_geo::Near, Option<&str>, &bson::RawDocument)> {
         match self.stages.first() {
             Some(Stage::GeoNear(g)) => Some((&g.near, g.key.as_deref(), &g.raw_query)),
             _ => None,

@@ -225,18 +225,7 @@ fn parse_stage(
 ) -> Result<Option<Sink>, QueryError> {
     let doc = || doc_spec(name, spec);
     let parsed = match name {
-        "$match" => {
-            let filter = Filter::parse(doc()?)?;
-            crate::geo_stage::refuse_near(&filter)?;
-            Stage::Match(filter)
-        }
-        "$geoNear" if !stages.is_empty() || depth > 0 => {
-            return Err(QueryError::location(
-                40602,
-                "$geoNear is only valid as the first stage in a pipeline.",
-            ));
-        }
-        "$geoNear" => Stage::GeoNear(Box::new(crate::geo_stage::parse(doc()?)?)),
+        "$match" => Stage::Match(crate::geo_stage::match_filter(doc()?)?),
         "$sort" => Stage::Sort(SortSpec::parse(doc()?)?),
         "$skip" => Stage::Skip(stage_number(spec, "$skip")?),
         "$limit" => match stage_number(spec, "$limit")? {
@@ -288,12 +277,11 @@ fn parse_stage(
         }
         "$out" => return Ok(Some(parse_out(spec)?)),
         "$merge" => return Ok(Some(parse_merge(spec)?)),
-        other => {
-            return Err(QueryError::location(
-                40324,
-                format!("Unrecognized pipeline stage name: '{other}'"),
-            ));
-        }
+        other => Stage::GeoNear(crate::geo_stage::other_stage(
+            other,
+            spec,
+            stages.is_empty() && depth == 0,
+        )?),
     };
     stages.push(parsed);
     Ok(None)

@@ -284,8 +284,13 @@ fn choose_access(
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
     // `$near` needs a geo index: nothing else orders by distance.
-    if let Some(access) = crate::geo_near::near_access(coll, filter, hint)? {
-        return Ok(access);
+    let hinted_index = match hint {
+        Hint::Index(i) => Some(i),
+        _ => None,
+    };
+    if let Some((index, plan)) = crate::geo_near::near_access(coll, filter, hinted_index)? {
+        let plan = Arc::new(plan);
+        return Ok(Access::Near { index, plan });
     }
     // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
     // would miss matches, so a collated query scans.
@@ -601,10 +606,35 @@ fn visit_matches(
             }
         }
         Access::Near { index, plan } => {
-            crate::geo_near::walk_near(view, coll, index, plan, filter, examined, visit)?
+            walk_near(view, coll, index, plan, filter, examined, visit)?
         }
     }
     Ok(())
+}
+
+/// A `$near` walk (`geo_near.rs`), nearest first, counted into `examined`.
+fn walk_near(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    index: &Arc<IndexInfo>,
+    plan: &crate::geo_near::NearPlan,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    let walk = crate::geo_near::NearWalk {
+        view,
+        coll,
+        index,
+        plan,
+        filter,
+        deadline: &check_deadline,
+    };
+    let mut counts = crate::geo_near::Counts::default();
+    let result = crate::geo_near::walk_near(&walk, &mut counts, visit);
+    examined.keys += counts.keys;
+    examined.docs += counts.docs;
+    result
 }
 
 /// The whole collection in key order (`reverse`: backward) through `filter` to `visit`.

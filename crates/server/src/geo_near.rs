@@ -19,8 +19,24 @@ use mangrove_geo::cover::{merge, scan_ranges, subtract};
 use mangrove_query::{Filter, Frame, KeyInterval, Near, encode_key, near_distance, near_frame};
 use mangrove_storage::{CollectionInfo, DocKey, IndexInfo, ReadView, StoredDoc};
 
-use crate::access::{Access, Examined, Hint, check_deadline};
 use crate::error::{CommandError, CommandResult, code};
+
+/// Index entries and documents a walk read (added to the query's `Examined` by the caller).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub keys: u64,
+    pub docs: u64,
+}
+
+/// What one nearness walk reads and how: the caller's read deadline check included.
+pub struct NearWalk<'a> {
+    pub view: &'a dyn ReadView,
+    pub coll: &'a CollectionInfo,
+    pub index: &'a Arc<IndexInfo>,
+    pub plan: &'a NearPlan,
+    pub filter: &'a Filter,
+    pub deadline: &'a dyn Fn() -> CommandResult<()>,
+}
 
 /// A nearness query's plan: the center and limits, the indexed path, the index's frame.
 #[derive(Debug, Clone)]
@@ -41,16 +57,12 @@ const CHUNK: usize = 512;
 pub fn near_access(
     coll: &CollectionInfo,
     filter: &Filter,
-    hint: &Hint,
-) -> CommandResult<Option<Access>> {
+    hinted: Option<&Arc<IndexInfo>>,
+) -> CommandResult<Option<(Arc<IndexInfo>, NearPlan)>> {
     let Some((path, near)) = filter.near() else {
         return Ok(None);
     };
     let usable = |i: &Arc<IndexInfo>| near_frame(i.key.fields.first(), path, near);
-    let hinted = match hint {
-        Hint::Index(i) => Some(i),
-        _ => None,
-    };
     let found = hinted
         .into_iter()
         .chain(coll.indexes.iter())
@@ -64,10 +76,7 @@ pub fn near_access(
         frame,
         level,
     };
-    Ok(Some(Access::Near {
-        index,
-        plan: Arc::new(plan),
-    }))
+    Ok(Some((index, plan)))
 }
 
 /// mongod's error for a `$near` without a geo index that can answer it.
@@ -122,11 +131,8 @@ fn interval(lo: u64, hi: u64) -> KeyInterval {
 
 /// The walk's state across rings.
 struct Rings<'a> {
-    view: &'a dyn ReadView,
-    coll: &'a CollectionInfo,
-    index: &'a Arc<IndexInfo>,
+    walk: &'a NearWalk<'a>,
     plan: &'a NearPlan,
-    filter: &'a Filter,
     done: Vec<(u64, u64)>,
     seen: HashSet<DocKey>,
     queue: BinaryHeap<Queued>,
@@ -136,8 +142,11 @@ struct Rings<'a> {
 impl Rings<'_> {
     /// Reads the entries of the ranges not read yet within `radius` (raw units) and queues
     /// the matching documents.
-    fn read_ring(&mut self, radius: f64, examined: &mut Examined) -> CommandResult<()> {
-        let cells = self.plan.near.cells(&self.plan.frame, radius, self.plan.level);
+    fn read_ring(&mut self, radius: f64, examined: &mut Counts) -> CommandResult<()> {
+        let cells = self
+            .plan
+            .near
+            .cells(&self.plan.frame, radius, self.plan.level);
         let ranges = scan_ranges(&cells);
         let fresh = subtract(&ranges, &self.done);
         let mut all = std::mem::take(&mut self.done);
@@ -147,10 +156,13 @@ impl Rings<'_> {
             let iv = interval(lo, hi);
             let mut after: Option<DocKey> = None;
             loop {
-                let entries = self
-                    .view
-                    .index_scan(self.index, &iv, after.as_ref(), CHUNK, false)?;
-                let Some((last, _)) = entries.last() else { break };
+                let walk = self.walk;
+                let entries =
+                    walk.view
+                        .index_scan(walk.index, &iv, after.as_ref(), CHUNK, false)?;
+                let Some((last, _)) = entries.last() else {
+                    break;
+                };
                 after = Some(last.clone());
                 for (_, target) in entries {
                     self.fetch(target, examined)?;
@@ -160,19 +172,19 @@ impl Rings<'_> {
         Ok(())
     }
 
-    fn fetch(&mut self, target: DocKey, examined: &mut Examined) -> CommandResult<()> {
+    fn fetch(&mut self, target: DocKey, examined: &mut Counts) -> CommandResult<()> {
         examined.keys += 1;
         if examined.keys.is_multiple_of(256) {
-            check_deadline()?;
+            (self.walk.deadline)()?;
         }
         if !self.seen.insert(target.clone()) {
             return Ok(());
         }
         examined.docs += 1;
-        let Some(doc) = self.view.get(self.coll, &target)? else {
+        let Some(doc) = self.walk.view.get(self.walk.coll, &target)? else {
             return Ok(());
         };
-        if !self.filter.try_matches(&doc)? {
+        if !self.walk.filter.try_matches(&doc)? {
             return Ok(());
         }
         let Some((distance, _)) = near_distance(&self.plan.near, &self.plan.path, &doc) else {
@@ -227,20 +239,14 @@ fn whole_radius(plan: &NearPlan) -> f64 {
 
 /// Visits the filter's matches nearest first, until `visit` breaks.
 pub fn walk_near(
-    view: &dyn ReadView,
-    coll: &CollectionInfo,
-    index: &Arc<IndexInfo>,
-    plan: &NearPlan,
-    filter: &Filter,
-    examined: &mut Examined,
+    walk: &NearWalk<'_>,
+    examined: &mut Counts,
     visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
 ) -> CommandResult<()> {
+    let plan = walk.plan;
     let mut rings = Rings {
-        view,
-        coll,
-        index,
+        walk,
         plan,
-        filter,
         done: Vec::new(),
         seen: HashSet::new(),
         queue: BinaryHeap::new(),
@@ -251,9 +257,17 @@ pub fn walk_near(
     let mut radius = first_radius(plan).min(max);
     loop {
         let last = radius >= max || radius >= whole;
-        let reach = if last && max >= whole { f64::INFINITY } else { radius };
+        let reach = if last && max >= whole {
+            f64::INFINITY
+        } else {
+            radius
+        };
         rings.read_ring(reach, examined)?;
-        let limit = if last { f64::INFINITY } else { plan.near.units(radius) };
+        let limit = if last {
+            f64::INFINITY
+        } else {
+            plan.near.units(radius)
+        };
         if rings.flush(limit, visit).is_break() || last {
             return Ok(());
         }
@@ -282,7 +296,7 @@ pub fn plan_stage(index: &IndexInfo, plan: &NearPlan) -> bson::Document {
 pub fn geo_near_input(
     coll: &CollectionInfo,
     pipeline: &mut mangrove_query::Pipeline,
-) -> CommandResult<Option<(Access, Filter)>> {
+) -> CommandResult<Option<(Arc<IndexInfo>, NearPlan, Filter)>> {
     let Some((near, key, query)) = pipeline.leading_geo_near() else {
         return Ok(None);
     };
@@ -295,10 +309,16 @@ pub fn geo_near_input(
         .filter_map(|i| geo(&i).map(|p| (i, p)))
         .filter(|(_, p)| key.as_ref().is_none_or(|k| k == p))
         .collect();
-    let flat = candidates.iter().find(|(i, _)| i.key.fields[0].kind.is_flat_2d());
+    let flat = candidates
+        .iter()
+        .find(|(i, _)| i.key.fields[0].kind.is_flat_2d());
     let chosen = match (flat, candidates.len()) {
         (Some(c), _) => c,
-        (None, 0) => return Err(index_not_found("$geoNear requires a 2d or 2dsphere index, but none were found".into())),
+        (None, 0) => {
+            return Err(index_not_found(
+                "$geoNear requires a 2d or 2dsphere index, but none were found".into(),
+            ));
+        }
         (None, 1) => &candidates[0],
         (None, _) => {
             return Err(index_not_found(format!(
@@ -312,8 +332,13 @@ pub fn geo_near_input(
         return Err(no_index());
     };
     pipeline.resolve_geo_near(&path);
-    let plan = NearPlan { near, path, frame, level };
-    Ok(Some((Access::Near { index, plan: Arc::new(plan) }, filter)))
+    let plan = NearPlan {
+        near,
+        path,
+        frame,
+        level,
+    };
+    Ok(Some((index, plan, filter)))
 }
 
 fn index_not_found(message: String) -> CommandError {
@@ -323,17 +348,13 @@ fn index_not_found(message: String) -> CommandError {
 /// Every match of a nearness walk, nearest first, into `out`: what a `$geoNear` pipeline reads
 /// (bounded like a blocking sort, 100 MiB, QueryExceededMemoryLimitNoDiskUseAllowed past it).
 pub fn read_all(
-    view: &dyn ReadView,
-    coll: &CollectionInfo,
-    index: &Arc<IndexInfo>,
-    plan: &NearPlan,
-    filter: &Filter,
-    examined: &mut Examined,
+    walk: &NearWalk<'_>,
+    examined: &mut Counts,
     out: &mut std::collections::VecDeque<StoredDoc>,
 ) -> CommandResult<()> {
     let mut bytes = 0usize;
     let mut over = false;
-    walk_near(view, coll, index, plan, filter, examined, &mut |_, d| {
+    walk_near(walk, examined, &mut |_, d| {
         bytes += d.as_bytes().len();
         if bytes > mangrove_query::DEFAULT_MEMORY_LIMIT {
             over = true;

@@ -137,9 +137,23 @@ impl InputReader {
                 }
                 Position::Near(walk, queue) => {
                     if let Some((index, plan)) = walk.take() {
-                        crate::geo_near::read_all(view, coll, &index, &plan, &self.filter, &mut examined, queue)?;
+                        let walk = crate::geo_near::NearWalk {
+                            view,
+                            coll,
+                            index: &index,
+                            plan: &plan,
+                            filter: &self.filter,
+                            deadline: &check_deadline,
+                        };
+                        let mut counts = crate::geo_near::Counts::default();
+                        let read = crate::geo_near::read_all(&walk, &mut counts, queue);
+                        examined.keys += counts.keys;
+                        examined.docs += counts.docs;
+                        read?;
                     }
-                    while out.len() < CHUNK_DOCS && let Some(d) = queue.pop_front() {
+                    while out.len() < CHUNK_DOCS
+                        && let Some(d) = queue.pop_front()
+                    {
                         out.push(d);
                     }
                 }

@@ -263,8 +263,19 @@ fn plan_input(
         return Ok((pipeline, Some(input)));
     }
     let mut pipeline = pipeline;
-    if let Some((access, filter)) = crate::geo_near::geo_near_input(&coll, &mut pipeline)? {
-        return Ok((pipeline, Some(Input { coll, access, filter })));
+    if let Some((index, plan, filter)) = crate::geo_near::geo_near_input(&coll, &mut pipeline)? {
+        let access = Access::Near {
+            index,
+            plan: std::sync::Arc::new(plan),
+        };
+        return Ok((
+            pipeline,
+            Some(Input {
+                coll,
+                access,
+                filter,
+            }),
+        ));
     }
     let filter = leading_filter(&pipeline)?;
     let access = match leading_match_doc(req)? {
