@@ -160,6 +160,12 @@ def test_compound_2dsphere_with_an_ordinary_field(db):
     assert sorted(map(str, (d["_id"] for d in db.pts.find(q)))) == expected
     ix = winning(db.pts.find(q).explain())
     assert ix["stage"] == "IXSCAN" and ix["indexName"] == "cat_1_loc_2dsphere"
+    # Documents without a location are not in the index: queries and sorts on `cat` alone
+    # must not use it.
+    db.pts.insert_many([{"_id": f"noloc{i}", "cat": 3} for i in range(5)])
+    assert db.pts.count_documents({"cat": 3}) == 200 + 5
+    assert winning(db.pts.find({"cat": 3}).explain())["stage"] == "COLLSCAN"
+    assert len(list(db.pts.find({}, {"_id": 1}).sort("cat", 1))) == db.pts.estimated_document_count()
 
 
 def test_near_orders_by_distance_with_limits(db):

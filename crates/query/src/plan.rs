@@ -372,6 +372,16 @@ pub fn index_bounds(
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
     let per_field = field_bounds(&conds, spec, multikey);
+    // A geo index holds only documents with a geo value: without a geo condition it may lack
+    // matches.
+    let geo_unbounded = spec
+        .fields
+        .iter()
+        .zip(&per_field)
+        .any(|(f, b)| f.kind.is_geo() && b.is_none());
+    if !hinted && geo_unbounded {
+        return None;
+    }
     if !hinted {
         let first = per_field.first().and_then(Option::as_ref)?;
         if spec.sparse && !first.excludes_null() {

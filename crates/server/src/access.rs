@@ -429,7 +429,8 @@ fn sort_order_access(
 ) -> CommandResult<Access> {
     // Sparse and partial indexes may lack documents.
     for index in &coll.indexes {
-        if index.key.sparse || index.key.partial.is_some() || sort.is_empty() {
+        let geo = index.key.fields.iter().any(|f| f.kind.is_geo());
+        if index.key.sparse || index.key.partial.is_some() || geo || sort.is_empty() {
             continue;
         }
         let multikey = view.index_multikey(index)?;
