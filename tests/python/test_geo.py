@@ -90,6 +90,12 @@ def test_invalid_geometries_are_refused_with_16755(db):
         db.g.update_one({"_id": 100}, {"$set": {"loc": point(0, 95)}})
     assert e.value.code == 16755
     assert db.g.find_one({"_id": 100})["loc"] == point(2.35, 48.85)
+    # Building an index over a bad shape fails the build as mongod does.
+    db.late.insert_one({"loc": point(0, 100)})
+    with pytest.raises(OperationFailure) as e:
+        db.late.create_index([("loc", GEOSPHERE)])
+    assert e.value.code == 16755
+    assert [ix["name"] for ix in db.late.list_indexes()] == ["_id_"]
     # 2d: out of the plane's bounds.
     db.f.create_index([("pos", GEO2D)])
     with pytest.raises(WriteError) as e:

@@ -83,6 +83,7 @@ pub(crate) enum Pred {
 impl Filter {
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
         let root = parse_doc(filter, 0)?;
+        check_near_placement(&root)?;
         Ok(Filter {
             has_expr: contains_expr(&root),
             root,
@@ -376,6 +377,42 @@ impl Pred {
             Pred::Never => false,
             Pred::Geo(op) => v.is_some_and(|v| op.matches(v)),
         }
+    }
+}
+
+/// mongod's rule for `$near`/`$nearSphere`: at most one, in the top-level conjunction.
+fn check_near_placement(root: &Node) -> Result<(), QueryError> {
+    fn is_near(p: &Pred) -> bool {
+        matches!(p, Pred::Geo(op) if matches!(op.as_ref(), mangrove_geo::GeoOp::Near(_)))
+    }
+    fn nears(node: &Node) -> usize {
+        match node {
+            Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().map(nears).sum(),
+            Node::Field { pred, .. } => pred_nears(pred),
+            _ => 0,
+        }
+    }
+    fn pred_nears(p: &Pred) -> usize {
+        match p {
+            Pred::Not(ps) | Pred::All(ps) | Pred::ElemMatchVal(ps) => {
+                ps.iter().map(pred_nears).sum()
+            }
+            Pred::ElemMatchObj(n) => nears(n),
+            p => usize::from(is_near(p)),
+        }
+    }
+    fn top(node: &Node) -> usize {
+        match node {
+            Node::And(c) => c.iter().map(top).sum(),
+            Node::Field { pred, .. } => usize::from(is_near(pred)),
+            _ => 0,
+        }
+    }
+    match nears(root) {
+        0 => Ok(()),
+        n if n > 1 => Err(bad("Too many geoNear expressions")),
+        _ if top(root) == 1 => Ok(()),
+        _ => Err(bad("geoNear must be top-level expr")),
     }
 }
 

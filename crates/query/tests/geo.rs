@@ -95,6 +95,9 @@ fn malformed_operands_are_bad_values() {
         doc! { "p": { "$geoIntersects": { "$geometry": { "type": "Point", "coordinates": [0, 100] } } } },
         doc! { "p": { "$near": { "$geometry": point(0.0, 0.0), "$maxDistance": -1 } } },
         doc! { "p": { "$near": "here" } },
+        doc! { "$or": [{ "p": { "$near": [0, 0] } }, { "q": 1 }] },
+        doc! { "p": { "$near": [0, 0] }, "q": { "$near": [0, 0] } },
+        doc! { "a": { "$elemMatch": { "p": { "$near": [0, 0] } } } },
     ] {
         let err = Filter::parse(&raw(&bad)).unwrap_err();
         assert_eq!(err.code, 2, "{bad}");
