@@ -13,7 +13,7 @@ use crate::cell::{Cell, Frame, MAX_LEVEL};
 /// Cells a stored shape's covering may have: each is one index key.
 pub const INDEX_CELLS: usize = 16;
 /// Cells a query region's covering may have: each is one range of the scan.
-pub const QUERY_CELLS: usize = 64;
+pub const QUERY_CELLS: usize = 24;
 
 /// The cells covering whatever `touches` admits, refined level by level while the next level
 /// stays within `max_cells`, at most to `max_level`.
