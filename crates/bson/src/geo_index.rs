@@ -115,7 +115,7 @@ pub fn configure(flat: &[bool], spec: &Document) -> Result<Plane, CodedError> {
         plane.bits = (bits as u8).min(MAX_LEVEL);
     }
     let (lo, hi) = (f64::from_bits(plane.min), f64::from_bits(plane.max));
-    if !lo.is_finite() || !hi.is_finite() || lo >= hi {
+    if !(hi - lo).is_finite() || lo >= hi {
         return Err(cannot_create("max must be greater than min"));
     }
     Ok(plane)

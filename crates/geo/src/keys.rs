@@ -160,6 +160,27 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_refused_not_panicked_on() {
+        let mut deep = bson::Bson::Array(vec![1.into(), 2.into()]);
+        for _ in 0..2_000 {
+            deep = bson::Bson::Array(vec![deep]);
+        }
+        let d = bson::RawDocumentBuf::try_from(&bson::doc! { "loc": deep }).unwrap();
+        assert!(keys_of(d).is_err());
+        assert!(keys_of(rawdoc! { "loc": [f64::NAN, 0.0] }).is_err());
+        assert!(keys_of(rawdoc! { "loc": [f64::INFINITY, 0.0] }).is_err());
+        let ring: Vec<bson::Bson> = (0..=crate::shape::MAX_VERTICES)
+            .map(|i| {
+                let a = i as f64 / crate::shape::MAX_VERTICES as f64 * std::f64::consts::TAU;
+                bson::Bson::Array(vec![a.cos().into(), a.sin().into()])
+            })
+            .collect();
+        let big = bson::doc! { "loc": { "type": "Polygon", "coordinates": [ring] } };
+        let err = keys_of(bson::RawDocumentBuf::try_from(&big).unwrap()).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
     fn flat_keys_check_the_frame() {
         let frame = Frame::square(-180.0, 180.0);
         assert_eq!(flat_keys(RawBsonRef::Null, &frame, 26).unwrap().len(), 0);

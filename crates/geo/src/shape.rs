@@ -66,12 +66,27 @@ pub fn legacy_point(v: RawBsonRef<'_>) -> Option<Coord<f64>> {
     }
     let y = number(values.pop()?)?;
     let x = number(values.pop()?)?;
-    Some(Coord { x, y })
+    (x.is_finite() && y.is_finite()).then_some(Coord { x, y })
 }
 
 /// A stored field's value as the shapes a `2dsphere` index keys: a GeoJSON object, a legacy
 /// pair, or an array of those. `Ok(empty)` for null (no keys).
 pub fn parse_stored(v: RawBsonRef<'_>) -> Result<Vec<Shape>, String> {
+    match v {
+        // Several locations: one level of array, each element one shape.
+        RawBsonRef::Array(a) if !starts_with_number(a) => {
+            let mut out = Vec::new();
+            for e in a.into_iter().map_while(Result::ok) {
+                out.extend(stored_one(e)?);
+            }
+            Ok(out)
+        }
+        v => stored_one(v),
+    }
+}
+
+/// One stored shape (none for null).
+fn stored_one(v: RawBsonRef<'_>) -> Result<Vec<Shape>, String> {
     match v {
         RawBsonRef::Null | RawBsonRef::Undefined => Ok(Vec::new()),
         RawBsonRef::Document(d) if d.get("type").ok().flatten().is_some() => {
@@ -80,13 +95,6 @@ pub fn parse_stored(v: RawBsonRef<'_>) -> Result<Vec<Shape>, String> {
                 geom,
                 form: Form::GeoJson,
             }])
-        }
-        RawBsonRef::Array(a) if !starts_with_number(a) => {
-            let mut out = Vec::new();
-            for e in a.into_iter().map_while(Result::ok) {
-                out.extend(parse_stored(e)?);
-            }
-            Ok(out)
         }
         RawBsonRef::Document(_) | RawBsonRef::Array(_) => match legacy_point(v) {
             Some(c) => {
@@ -175,7 +183,11 @@ pub fn shapes_of(v: RawBsonRef<'_>, flat: bool) -> Vec<Shape> {
         return a
             .into_iter()
             .map_while(Result::ok)
-            .flat_map(|e| shapes_of(e, flat))
+            .filter_map(legacy_point)
+            .map(|c| Shape {
+                geom: Geometry::Point(geo::Point(c)),
+                form: Form::Legacy,
+            })
             .collect();
     }
     parse_stored(v).unwrap_or_default()
