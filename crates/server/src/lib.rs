@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+mod api_version;
 mod auth;
 mod batch;
 mod capped;

@@ -78,6 +78,7 @@ pub(super) async fn aggregate(
     if super::coll_stats::is_coll_stats(req)? {
         return super::coll_stats::aggregate(shared, req);
     }
+    super::search_indexes::check_aggregate(req)?;
     if super::index_stats::is_index_stats(req)? {
         return super::index_stats::aggregate(shared, req, txn);
     }

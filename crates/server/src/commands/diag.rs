@@ -48,6 +48,9 @@ fn parameters(shared: &Shared) -> Document {
         "scramSHA256IterationCount": shared.config.scram_sha256_iterations as i32,
         "logLevel": 0,
         "quiet": false,
+        // The versioned API's switches, at mongod's defaults (not settable here).
+        "requireApiVersion": false,
+        "acceptApiVersion2": false,
     };
     shared.params.query.report(&mut all);
     all

@@ -31,6 +31,7 @@ mod read_concern;
 mod reply;
 mod role_admin;
 mod sasl;
+mod search_indexes;
 mod sessions;
 mod stored;
 mod table;
@@ -214,6 +215,7 @@ async fn dispatch(
     cmd: Option<&'static Command>,
 ) -> CommandResult<Reply> {
     let cmd = check_command(shared, req, cmd)?;
+    crate::api_version::check(req, cmd.name)?;
     let peer = client.peer;
     crate::auth::authorize(shared, &mut client.identity, peer, req, cmd.needs)?;
     crate::validation::authorize_bypass(shared, &mut client.identity, req)?;

@@ -25,8 +25,8 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl, sessions,
-    update, user_admin,
+    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl,
+    search_indexes, sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -434,6 +434,61 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .needs(Needs::Actions(&[Action::TestCommands]))
     .admin()
+    .test_only(),
+    cmd(
+        "createSearchIndexes",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::CreateIndex])),
+    cmd(
+        "updateSearchIndex",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::CreateIndex])),
+    cmd(
+        "dropSearchIndex",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::DropIndex])),
+    // mongod's commands for testing the versioned API (`api_version.rs` knows which versions
+    // hold them); they do nothing.
+    cmd(
+        "testVersion1",
+        "in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testVersion2",
+        "not in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testDeprecation",
+        "deprecated in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testDeprecationInVersion2",
+        "deprecated in API Version 2 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testRemoval",
+        "removed from API Version 2 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
     .test_only(),
     cmd(
         "replSetResizeOplog",
