@@ -29,6 +29,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod timeseries;
 mod tls;
 mod validation;
 

@@ -107,6 +107,17 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
                     "info": { "readOnly": true },
                 }
             }
+        } else if crate::timeseries::is_timeseries(&coll) {
+            if name_only {
+                doc! { "name": &coll.name, "type": "timeseries" }
+            } else {
+                doc! {
+                    "name": &coll.name,
+                    "type": "timeseries",
+                    "options": coll.user_options(),
+                    "info": { "readOnly": false },
+                }
+            }
         } else if name_only {
             doc! { "name": &coll.name, "type": "collection" }
         } else {
@@ -167,12 +178,7 @@ fn oplog_entry(shared: &Shared, name_only: bool) -> CommandResult<Document> {
 
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
 /// silently creating a collection that behaves differently from what was asked.
-const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
-    "timeseries",
-    "expireAfterSeconds",
-    "clusteredIndex",
-    "encryptedFields",
-];
+const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &["encryptedFields"];
 
 const CREATE_OPTIONS: &[&str] = &[
     "capped",
@@ -207,7 +213,7 @@ pub(super) async fn create(
     req.check_fields(CREATE_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let options = create_options(req, txn.is_some())?;
+    let (options, extra_indexes) = create_options(req, txn.is_some())?;
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
     let in_txn = txn.is_some();
@@ -229,6 +235,9 @@ pub(super) async fn create(
                     // A capped collection is keyed by insertion order; `_id` is an index.
                     txn.create_index(&ns, capped_id_index())?;
                 }
+                for index in &extra_indexes {
+                    txn.create_index(&ns, index.clone())?;
+                }
                 Ok(())
             }
         }
@@ -238,8 +247,9 @@ pub(super) async fn create(
 }
 
 /// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),
-/// after refusing the ones Mangrove does not implement.
-fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
+/// after refusing the ones Mangrove does not implement; and the indexes a time-series or
+/// clustered collection's options call for.
+fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, Vec<Document>)> {
     for option in UNSUPPORTED_CREATE_OPTIONS {
         if let Some(v) = req.get(option) {
             // `capped: false` and friends ask for nothing special.
@@ -271,9 +281,14 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         ));
     }
     let mut options = capped_options(req, in_txn)?;
+    let (shaped, indexes) = shaped_options(req, in_txn, !options.is_empty())?;
+    options.extend(shaped);
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
-        if matches!(key.as_str(), "capped" | "size" | "max") {
+        if matches!(
+            key.as_str(),
+            "capped" | "size" | "max" | "timeseries" | "clusteredIndex" | "expireAfterSeconds"
+        ) {
             continue;
         }
         if key.as_str() == "changeStreamPreAndPostImages" {
@@ -305,7 +320,42 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         }
         (None, None) => {}
     }
-    Ok(options)
+    Ok((options, indexes))
+}
+
+/// `timeseries`, `clusteredIndex` and `expireAfterSeconds`, checked (`timeseries.rs`).
+fn shaped_options(
+    req: &Request<'_>,
+    in_txn: bool,
+    capped: bool,
+) -> CommandResult<(Document, Vec<Document>)> {
+    let field = |name: &str| -> CommandResult<Option<bson::Bson>> {
+        req.get(name)
+            .map(|v| bson::Bson::try_from(v).map_err(internal))
+            .transpose()
+    };
+    let (options, indexes) = crate::timeseries::create_options(
+        field("timeseries")?.as_ref(),
+        field("clusteredIndex")?.as_ref(),
+        field("expireAfterSeconds")?.as_ref(),
+    )?;
+    let Some(option) = options.keys().next() else {
+        return Ok((options, indexes));
+    };
+    if req.get("viewOn").is_some() || capped {
+        let other = if capped { "capped" } else { "a view" };
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            format!("option '{option}' is not supported with {other}"),
+        ));
+    }
+    if in_txn && options.contains_key("timeseries") {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            "Cannot create a time-series collection in a multi-document transaction.",
+        ));
+    }
+    Ok((options, indexes))
 }
 
 /// `capped`, `size` and `max`, checked; a capped collection is not created in a transaction.

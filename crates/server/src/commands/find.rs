@@ -283,7 +283,7 @@ fn shape_of(
         // With `returnKey` the documents are the keys alone, `$recordId` too left out (the
         // drivers' command-monitoring spec test expects exactly the keys).
         record_id: (query.show_record_id && !query.return_key)
-            .then(|| crate::capped::is_capped(coll)),
+            .then(|| crate::capped::keyed_by_insertion(coll)),
         // `returnKey` ignores the projection.
         projection: projection.filter(|_| !query.return_key),
     })
