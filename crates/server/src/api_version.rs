@@ -17,12 +17,13 @@ use bson::raw::RawBsonRef;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
-/// API Version 1's commands (mongod 7.0's `apiVersions: ["1"]`), with the test commands that
+/// API Version 1's commands (mongod 8.0's `apiVersions: ["1"]`), with the test commands that
 /// exist to test it.
 const V1_COMMANDS: &[&str] = &[
     "abortTransaction",
     "aggregate",
     "authenticate",
+    "bulkWrite",
     "collMod",
     "commitTransaction",
     "count",

@@ -69,7 +69,7 @@ pub(super) async fn delete(
 
 /// Runs one statement (or returns what a retried one did the first time): how many documents
 /// it deleted.
-async fn run_stmt(
+pub(super) async fn run_stmt(
     shared: &Shared,
     opts: &WriteOptions,
     txn: Option<&mut Txn>,

@@ -24,7 +24,7 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
+    Reply, aggregate, bulk_write, catalog, coll_stats, count_distinct, delete, diag, explain, find,
     find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl,
     search_indexes, sessions, update, user_admin,
 };
@@ -435,6 +435,17 @@ pub(crate) static COMMANDS: &[Command] = &[
     .needs(Needs::Actions(&[Action::TestCommands]))
     .admin()
     .test_only(),
+    cmd(
+        "bulkWrite",
+        "inserts, updates and deletes over several namespaces (MongoDB 8.0)",
+        future!(|c| bulk_write::bulk_write(c.shared, c.client, c.req, c.txn, c.retry)),
+    )
+    // Each namespace's insert, update or remove action is checked per op.
+    .needs(Needs::Authentication)
+    .admin()
+    .statement()
+    .retryable_write()
+    .writes(),
     cmd(
         "createSearchIndexes",
         "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",

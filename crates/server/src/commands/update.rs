@@ -27,10 +27,10 @@ use super::write_stmt::{
 };
 
 #[derive(Default)]
-struct UpdateOutcome {
-    matched: u64,
-    modified: u64,
-    upserted: Option<Bson>,
+pub(super) struct UpdateOutcome {
+    pub matched: u64,
+    pub modified: u64,
+    pub upserted: Option<Bson>,
 }
 
 impl UpdateOutcome {
@@ -196,7 +196,7 @@ struct ParsedStmt {
 }
 
 /// Runs one statement (or returns what a retried one did the first time).
-async fn run_stmt(
+pub(super) async fn run_stmt(
     shared: &Shared,
     opts: &WriteOptions,
     mut txn: Option<&mut Txn>,
