@@ -160,7 +160,8 @@ pub fn create_options(
 pub fn secondary_indexes(coll: &CollectionInfo) -> impl Iterator<Item = &Arc<IndexInfo>> {
     let capped = is_capped(coll);
     coll.indexes.iter().filter(move |i| {
-        !(capped && i.key.name == ID_INDEX) && !crate::timeseries::is_internal_index(&i.key.name)
+        let hidden_id = capped && i.key.name == ID_INDEX;
+        !hidden_id && !crate::timeseries::is_internal_index(&i.key.name)
     })
 }
 

@@ -221,20 +221,19 @@ fn update_statement(op: &RawDocument) -> CommandResult<RawDocumentBuf> {
         "hint",
         "collation",
         "constants",
+        "sort",
     ];
-    if op.get("sort").map_err(internal)?.is_some() {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "bulkWrite's update 'sort' (MongoDB 8.0's updateOne with sort) is not supported by Mangrove yet",
-        ));
-    }
     check_op_fields(op, "update", FIELDS)?;
     let renamed = [("filter", "q"), ("updateMods", "u"), ("constants", "c")];
-    statement(
-        op,
-        &renamed,
-        &["multi", "upsert", "arrayFilters", "hint", "collation"],
-    )
+    let kept = [
+        "multi",
+        "upsert",
+        "arrayFilters",
+        "hint",
+        "collation",
+        "sort",
+    ];
+    statement(op, &renamed, &kept)
 }
 
 /// A `delete` statement (`q`, `limit`, ...) made from a delete op.
