@@ -96,43 +96,7 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         }
     }
     for coll in snapshot.list_collections(req.db) {
-        let entry = if super::views::is_view(&coll) {
-            if name_only {
-                doc! { "name": &coll.name, "type": "view" }
-            } else {
-                doc! {
-                    "name": &coll.name,
-                    "type": "view",
-                    "options": coll.user_options(),
-                    "info": { "readOnly": true },
-                }
-            }
-        } else if crate::timeseries::is_timeseries(&coll) {
-            if name_only {
-                doc! { "name": &coll.name, "type": "timeseries" }
-            } else {
-                doc! {
-                    "name": &coll.name,
-                    "type": "timeseries",
-                    "options": coll.user_options(),
-                    "info": { "readOnly": false },
-                }
-            }
-        } else if name_only {
-            doc! { "name": &coll.name, "type": "collection" }
-        } else {
-            let mut info = doc! { "readOnly": false };
-            if let Some(uuid) = coll.uuid() {
-                info.insert("uuid", uuid);
-            }
-            doc! {
-                "name": &coll.name,
-                "type": "collection",
-                "options": coll.user_options(),
-                "info": info,
-                "idIndex": { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
-            }
-        };
+        let entry = collection_entry(&coll, name_only);
         let raw = RawDocumentBuf::try_from(&entry).map_err(internal)?;
         if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
             docs.push_back(BatchDoc::Owned(raw));
@@ -155,6 +119,38 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         shared.cursors.insert(cursor)?
     };
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
+}
+
+/// One collection's `listCollections` entry: a view, a time-series collection or a
+/// collection, with its options unless only names are asked for.
+fn collection_entry(coll: &mangrove_storage::CollectionInfo, name_only: bool) -> Document {
+    let kind = if super::views::is_view(coll) {
+        "view"
+    } else if crate::timeseries::is_timeseries(coll) {
+        "timeseries"
+    } else {
+        "collection"
+    };
+    let mut entry = doc! { "name": &coll.name, "type": kind };
+    if name_only {
+        return entry;
+    }
+    entry.insert("options", coll.user_options());
+    let mut info = doc! { "readOnly": kind == "view" };
+    if kind == "collection"
+        && let Some(uuid) = coll.uuid()
+    {
+        info.insert("uuid", uuid);
+    }
+    entry.insert("info", info);
+    // mongod shows the `_id` index of ordinary collections; a clustered one's is its key order.
+    if kind == "collection" && !coll.options.contains_key("clusteredIndex") {
+        entry.insert(
+            "idIndex",
+            doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+        );
+    }
+    entry
 }
 
 /// `local.oplog.rs` as `listCollections` shows it: a capped collection the size of the
@@ -250,18 +246,7 @@ pub(super) async fn create(
 /// after refusing the ones Mangrove does not implement; and the indexes a time-series or
 /// clustered collection's options call for.
 fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, Vec<Document>)> {
-    for option in UNSUPPORTED_CREATE_OPTIONS {
-        if let Some(v) = req.get(option) {
-            // `capped: false` and friends ask for nothing special.
-            if matches!(v, RawBsonRef::Boolean(false)) {
-                continue;
-            }
-            return Err(CommandError::new(
-                code::COMMAND_NOT_SUPPORTED,
-                format!("create option '{option}' is not supported by Mangrove"),
-            ));
-        }
-    }
+    refuse_unsupported(req)?;
     check_simple_collation(req.opt_doc("collation")?)?;
     // Checked here; stored as given by the copy below.
     let validation = crate::validation::parse_options(req, "create")?;
@@ -321,6 +306,22 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, V
         (None, None) => {}
     }
     Ok((options, indexes))
+}
+
+/// Refuses the `create` options Mangrove does not implement.
+fn refuse_unsupported(req: &Request<'_>) -> CommandResult<()> {
+    for option in UNSUPPORTED_CREATE_OPTIONS {
+        // `encryptedFields: false` and friends ask for nothing special.
+        if let Some(v) = req.get(option)
+            && !matches!(v, RawBsonRef::Boolean(false))
+        {
+            return Err(CommandError::new(
+                code::COMMAND_NOT_SUPPORTED,
+                format!("create option '{option}' is not supported by Mangrove"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `timeseries`, `clusteredIndex` and `expireAfterSeconds`, checked (`timeseries.rs`).
