@@ -80,9 +80,12 @@ pub(crate) enum Pred {
 
 impl Filter {
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
+        let backtracking_before = crate::regex::backtracking_compiled();
         let root = parse_doc(filter, 0)?;
+        // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
+        let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
         Ok(Filter {
-            has_expr: contains_expr(&root),
+            has_expr: backtracking || contains_expr(&root),
             root,
         })
     }
@@ -109,10 +112,11 @@ impl Filter {
     /// bad conversion) is reported as the error mongod would return.
     pub fn matches_checked(&self, doc: &RawDocument) -> Result<bool, QueryError> {
         EXPR_ERROR.with(|slot| slot.borrow_mut().take());
+        crate::regex::take_match_error();
         let matched = self.root.matches(doc);
         match EXPR_ERROR.with(|slot| slot.borrow_mut().take()) {
             Some(err) => Err(err),
-            None => Ok(matched),
+            None => crate::regex::take_match_error().map_or(Ok(matched), Err),
         }
     }
 
