@@ -123,6 +123,23 @@ pub fn where_function(code: &str) -> String {
     }
 }
 
+/// [`where_function`] compiled: a lone statement that `return` cannot precede (`while (x) {}`)
+/// becomes the function's body instead, rather than the syntax error mongod's rule makes of it.
+pub fn where_source(code: &str) -> Result<String, CodedError> {
+    let source = where_function(code);
+    match check(&source, None) {
+        Ok(()) => Ok(source),
+        Err(e)
+            if source.starts_with("function(obj) { return ")
+                && !code.trim().starts_with("function") =>
+        {
+            let body = format!("function(obj) {{ {}\n}}", code.trim());
+            check(&body, None).map(|()| body).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn has_return(code: &str) -> bool {
     code.match_indices("return").any(|(i, _)| {
         let before = code[..i].chars().next_back();

@@ -161,3 +161,11 @@ fn an_endless_loop_stops_at_the_deadline_with_50() {
     // The engine is usable afterwards.
     assert!(where_matches("function() { return true; }", &rawdoc! {}).unwrap());
 }
+
+#[test]
+fn a_lone_statement_where_becomes_a_body() {
+    let src = mangrove_js::where_source("while (false) {}").unwrap();
+    assert_eq!(src, "function(obj) { while (false) {}\n}");
+    assert!(!where_matches(&src, &rawdoc! {}).unwrap());
+    assert_eq!(mangrove_js::where_source("this.a >").unwrap_err().code, 139);
+}

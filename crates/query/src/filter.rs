@@ -515,9 +515,7 @@ fn parse_where(value: RawBsonRef<'_>) -> Result<Node, QueryError> {
         }
         _ => return Err(bad("$where got bad type")),
     };
-    let source = mangrove_js::where_function(code);
-    mangrove_js::check(&source, None)?;
-    Ok(Node::Where(source.into()))
+    Ok(Node::Where(mangrove_js::where_source(code)?.into()))
 }
 
 fn parse_logical_list(

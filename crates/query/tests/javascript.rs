@@ -197,9 +197,13 @@ fn map_and_reduce_steps_as_mapreduce_runs_them() {
 fn validators_refuse_javascript() {
     let v = |spec: Document| {
         let raw = bson::RawDocumentBuf::try_from(&spec).unwrap();
-        mangrove_query::Validator::parse(&raw).map(|_| ()).unwrap_err().code
+        mangrove_query::Validator::parse(&raw)
+            .map(|_| ())
+            .unwrap_err()
+            .code
     };
     assert_eq!(v(doc! { "$where": "true" }), 2);
-    let f = doc! { "$function": { "body": "function() { return true; }", "args": [], "lang": "js" } };
+    let f =
+        doc! { "$function": { "body": "function() { return true; }", "args": [], "lang": "js" } };
     assert_eq!(v(doc! { "$expr": { "$and": [f] } }), 4660800);
 }

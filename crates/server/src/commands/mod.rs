@@ -20,6 +20,7 @@ mod get_more;
 mod handshake;
 mod indexes;
 mod insert;
+mod map_reduce;
 mod modify;
 mod multi_write;
 mod names;

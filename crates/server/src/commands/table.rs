@@ -25,8 +25,8 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl, sessions,
-    update, user_admin,
+    find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile, role_admin, sasl,
+    sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -723,6 +723,14 @@ pub(crate) static COMMANDS: &[Command] = &[
     .needs(Needs::Actions(&[Action::Find]))
     .statement()
     .retryable_read()
+    .snapshot(),
+    // Not a statement: mongod refuses mapReduce in a transaction (263).
+    cmd(
+        "mapReduce",
+        "runs map and reduce JavaScript functions over a collection (as an aggregation)",
+        future!(|c| map_reduce::map_reduce(c.shared, c.req, c.at)),
+    )
+    .needs(Needs::Actions(&[Action::Find]))
     .snapshot(),
 ];
 
