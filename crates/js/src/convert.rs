@@ -13,7 +13,7 @@ use mangrove_bson::CodedError;
 use rquickjs::function::Constructor;
 use rquickjs::{Array, Ctx, Function, Object, Value};
 
-use crate::js_failure;
+use crate::error::{describe, js_failure};
 
 /// Values nested deeper than this are refused both ways (mongod's BSON depth bound).
 pub(crate) const MAX_DEPTH: usize = 150;
@@ -237,7 +237,7 @@ impl<'js> Types<'js> {
     }
 
     fn err(&self, e: rquickjs::Error) -> CodedError {
-        crate::engine::describe(&self.ctx, e)
+        describe(&self.ctx, e)
     }
 }
 

@@ -17,7 +17,8 @@ use rquickjs::function::Args;
 use rquickjs::{Context, Ctx, Function, Persistent, Runtime, Value};
 
 use crate::convert::Types;
-use crate::{js_failure, limits};
+use crate::error::{describe, js_failure};
+use crate::limits;
 
 /// Compiled functions kept per thread; past this the cache starts again.
 const CACHE_ENTRIES: usize = 256;
@@ -233,27 +234,4 @@ pub(crate) fn call<'js>(
         a.push_arg(v).map_err(|e| describe(ctx, e))?;
     }
     a.apply(f).map_err(|e| describe(ctx, e))
-}
-
-/// An rquickjs error as mongod reports a JavaScript failure (JSInterpreterFailure, 139), with
-/// the thrown exception's name and message.
-pub(crate) fn describe(ctx: &Ctx<'_>, e: rquickjs::Error) -> CodedError {
-    match e {
-        rquickjs::Error::Exception => {
-            let thrown = ctx.catch();
-            let text = match thrown.as_exception() {
-                Some(ex) => {
-                    let name: String = ex.get("name").unwrap_or_else(|_| "Error".into());
-                    format!("{name}: {}", ex.message().unwrap_or_default())
-                }
-                None => thrown
-                    .as_string()
-                    .and_then(|s| s.to_string().ok())
-                    .unwrap_or_else(|| format!("uncaught {}", thrown.type_name())),
-            };
-            js_failure(text)
-        }
-        rquickjs::Error::Allocation => js_failure("Out of memory"),
-        other => js_failure(other.to_string()),
-    }
 }

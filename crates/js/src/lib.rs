@@ -26,6 +26,9 @@
 
 mod convert;
 mod engine;
+mod error;
+
+pub use error::js_failure;
 
 use std::cell::Cell;
 use std::sync::RwLock;
@@ -98,11 +101,6 @@ pub(crate) fn deadline() -> Option<Instant> {
     DEADLINE.with(Cell::get)
 }
 
-/// mongod's JSInterpreterFailure (139), the code of every JavaScript compile or run failure.
-pub fn js_failure(message: impl Into<String>) -> CodedError {
-    CodedError::new(139, "JSInterpreterFailure", message)
-}
-
 /// A `$where` string as a function of `obj` (mongod's second name for the document): code
 /// that is not already a function becomes the body of one, with `return` added to a lone
 /// expression (mongod's rule: one line, no `return`, at most a trailing `;`); a function is
@@ -164,7 +162,7 @@ pub fn call(
 ) -> Result<Bson, CodedError> {
     engine::with_ctx(|ctx, cache| {
         let f = engine::function(ctx, cache, source, scope)?;
-        let types = Types::new(ctx).map_err(|e| engine::describe(ctx, e))?;
+        let types = Types::new(ctx).map_err(|e| error::describe(ctx, e))?;
         let this = this.map(|d| types.doc_from_raw(d)).transpose()?;
         let args = args
             .iter()
@@ -180,7 +178,7 @@ pub fn call(
 pub fn where_matches(source: &str, doc: &RawDocument) -> Result<bool, CodedError> {
     engine::with_ctx(|ctx, cache| {
         let f = engine::function(ctx, cache, source, None)?;
-        let types = Types::new(ctx).map_err(|e| engine::describe(ctx, e))?;
+        let types = Types::new(ctx).map_err(|e| error::describe(ctx, e))?;
         let this = types.doc_from_raw(doc)?;
         let obj = this.clone();
         let out = engine::call(ctx, &f, Some(this), vec![obj])?;
@@ -197,7 +195,7 @@ pub fn map(
     engine::EMITS.with(|e| e.borrow_mut().clear());
     let ran = engine::with_ctx(|ctx, cache| {
         let f = engine::function(ctx, cache, source, scope)?;
-        let types = Types::new(ctx).map_err(|e| engine::describe(ctx, e))?;
+        let types = Types::new(ctx).map_err(|e| error::describe(ctx, e))?;
         let this = types.doc_from_raw(doc)?;
         engine::call(ctx, &f, Some(this), Vec::new()).map(drop)
     });

@@ -298,6 +298,15 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// JavaScript's switch and per-call bound are process-wide, as mongod's.
+fn configure_javascript(config: &Config) {
+    mangrove_js::configure(mangrove_js::Settings {
+        enabled: config.javascript_enabled,
+        time: config.javascript_time_limit,
+        ..mangrove_js::Settings::default()
+    });
+}
+
 impl Server {
     /// Opens the data directory (replaying the transaction log) and binds the listening socket;
     /// nothing is served until [`Server::serve`].
@@ -314,11 +323,7 @@ impl Server {
         let tls = tls::Tls::load(config.tls.clone()).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}"))
         })?;
-        mangrove_js::configure(mangrove_js::Settings {
-            enabled: config.javascript_enabled,
-            time: config.javascript_time_limit,
-            ..mangrove_js::Settings::default()
-        });
+        configure_javascript(&config);
         let engine = open_engine(&config, progress)?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await

@@ -7,8 +7,7 @@
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document, RawDocument};
 
-use super::{Expr, Val, loc, tname};
-use crate::doc_ops::{raw_err, to_raw};
+use super::{Expr, Val, bad, loc, tname};
 use crate::error::QueryError;
 
 pub(crate) enum JsKind {
@@ -51,7 +50,9 @@ pub(crate) fn code_of(v: RawBsonRef<'_>) -> Option<&str> {
 /// syntax, which ignores fields it does not know).
 fn scope_of(v: Option<RawBsonRef<'_>>) -> Result<Option<Document>, QueryError> {
     match v {
-        Some(RawBsonRef::Document(d)) => Ok(Some(Document::try_from(d).map_err(raw_err)?)),
+        Some(RawBsonRef::Document(d)) => {
+            Ok(Some(Document::try_from(d).map_err(|e| bad(e.to_string()))?))
+        }
         _ => Ok(None),
     }
 }
@@ -135,7 +136,11 @@ impl JsExpr {
                         format!("'this' must be an object, found {}", tname(&input)),
                     ));
                 };
-                let emitted = mangrove_js::map(&self.source, self.scope.as_ref(), &to_raw(this)?)?;
+                let emitted = mangrove_js::map(
+                    &self.source,
+                    self.scope.as_ref(),
+                    &bson::RawDocumentBuf::try_from(this).map_err(|e| bad(e.to_string()))?,
+                )?;
                 let pairs = emitted
                     .into_iter()
                     .map(|(k, v)| Bson::Document(bson::doc! { "k": k, "v": v }))
