@@ -730,8 +730,7 @@ pub(crate) static COMMANDS: &[Command] = &[
         "runs map and reduce JavaScript functions over a collection (as an aggregation)",
         future!(|c| map_reduce::map_reduce(c.shared, c.req, c.at)),
     )
-    .needs(Needs::Actions(&[Action::Find]))
-    .snapshot(),
+    .needs(Needs::Actions(&[Action::Find])),
 ];
 
 /// The entry for the command name exactly as sent (names are case-sensitive), if any.
