@@ -221,3 +221,24 @@ def test_the_per_call_time_limit_without_max_time_ms():
         c.close()
     finally:
         srv.stop()
+
+
+def test_map_reduce_output_needs_write_rights():
+    srv = MangroveServer(extra_args=["--auth"])
+    try:
+        with MongoClient(srv.uri, serverSelectionTimeoutMS=10_000) as c:
+            c.admin.command("createUser", "root", pwd="pw", roles=["root"])
+        with MongoClient(srv.uri, username="root", password="pw", serverSelectionTimeoutMS=10_000) as c:
+            c.shop.c.insert_many([{"g": "x", "a": 1}, {"g": "x", "a": 2}])
+            c.admin.command("createUser", "reader", pwd="pw", roles=[{"role": "read", "db": "shop"}])
+        with MongoClient(srv.uri, username="reader", password="pw", serverSelectionTimeoutMS=10_000) as c:
+            args = {"map": "function() { emit(this.g, this.a); }",
+                    "reduce": "function(k, vs) { return Array.sum(vs); }"}
+            r = c.shop.command("mapReduce", "c", out={"inline": 1}, **args)
+            assert r["results"] == [{"_id": "x", "value": 3.0}]
+            with pytest.raises(OperationFailure) as e:
+                c.shop.command("mapReduce", "c", out="res", **args)
+            assert e.value.code == 13
+            assert "res" not in c.shop.list_collection_names()
+    finally:
+        srv.stop()

@@ -18,12 +18,13 @@ use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_storage::Snapshot;
 
 use crate::Shared;
+use crate::auth::roles::Action;
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
-use super::Reply;
 use super::aggregate;
 use super::write_path::WriteOptions;
+use super::{Client, Reply};
 
 const FIELDS: &[&str] = &[
     "map",
@@ -62,12 +63,14 @@ struct Spec {
 
 pub(super) async fn map_reduce(
     shared: &Shared,
+    client: &mut Client,
     req: &Request<'_>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
     req.check_fields(FIELDS)?;
     let coll = req.collection()?;
     let spec = parse(req)?;
+    check_output_rights(shared, client, req, &spec.out)?;
     let body = aggregate_body(req, coll, &spec)?;
     let mut agg = Request::new("aggregate", req.db, &body, &[]);
     agg.owner = req.owner.clone();
@@ -99,6 +102,29 @@ pub(super) async fn map_reduce(
             Ok(reply.into())
         }
     }
+}
+
+/// Writing an output collection needs the rights mongod asks there: insert, and remove to
+/// replace or update to merge and reduce, on the target's database (the table entry asks only
+/// for find on the input).
+fn check_output_rights(
+    shared: &Shared,
+    client: &mut Client,
+    req: &Request<'_>,
+    out: &Out,
+) -> CommandResult<()> {
+    let (db, second) = match out {
+        Out::Inline => return Ok(()),
+        Out::Replace(db, _) => (db, Action::Remove),
+        Out::Merge(db, _) | Out::Reduce(db, _) => (db, Action::Update),
+    };
+    let db = db.as_deref().unwrap_or(req.db);
+    for action in [Action::Insert, second] {
+        if !crate::auth::may(shared, &mut client.identity, db, action)? {
+            return Err(crate::auth::unauthorized(db, req.name));
+        }
+    }
+    Ok(())
 }
 
 fn missing(field: &str) -> CommandError {

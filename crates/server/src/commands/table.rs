@@ -728,7 +728,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "mapReduce",
         "runs map and reduce JavaScript functions over a collection (as an aggregation)",
-        future!(|c| map_reduce::map_reduce(c.shared, c.req, c.at)),
+        future!(|c| map_reduce::map_reduce(c.shared, c.client, c.req, c.at)),
     )
     .needs(Needs::Actions(&[Action::Find])),
 ];
