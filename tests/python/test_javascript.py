@@ -76,6 +76,13 @@ def test_endless_where_stops_at_max_time_ms(db):
         list(db.c.find({"$where": "while (true) {}"}).max_time_ms(300))
     assert e.value.code == 50 and e.value.details["codeName"] == "MaxTimeMSExpired"
     assert time.monotonic() - started < 10
+    # Writes take the deadline too (reported per statement, as write errors).
+    endless = {"$where": "while (true) {}"}
+    for cmd, stmts in (("delete", {"deletes": [{"q": endless, "limit": 0}]}),
+                       ("delete", {"deletes": [{"q": endless, "limit": 1}]}),
+                       ("update", {"updates": [{"q": endless, "u": {"$set": {"x": 1}}, "multi": True}]})):
+        r = db.command(cmd, "c", maxTimeMS=300, **stmts)
+        assert r["writeErrors"][0]["code"] == 50, (cmd, r)
     # The server goes on answering JavaScript afterwards.
     assert len(list(db.c.find({"$where": "this.a == 1"}))) == 1
 
