@@ -85,6 +85,7 @@ registry! {
         FAILED_TO_SATISFY_READ_PREFERENCE = 133 => "FailedToSatisfyReadPreference",
         READ_CONCERN_MAJORITY_NOT_AVAILABLE_YET = 134 => "ReadConcernMajorityNotAvailableYet",
         CAPPED_POSITION_LOST = 136 => "CappedPositionLost",
+        JS_INTERPRETER_FAILURE = 139 => "JSInterpreterFailure",
         EXCEEDED_MEMORY_LIMIT = 146 => "ExceededMemoryLimit",
         VIEW_DEPTH_LIMIT_EXCEEDED = 165 => "ViewDepthLimitExceeded",
         COMMAND_NOT_SUPPORTED_ON_VIEW = 166 => "CommandNotSupportedOnView",

@@ -32,7 +32,8 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
         }
     }
     let _restore = Restore(previous);
-    f()
+    // JavaScript run by the read ($where, $function) is interrupted at the same deadline.
+    mangrove_js::with_deadline(deadline, f)
 }
 
 /// What is left of the running read's `maxTimeMS`, for a cursor to carry into its `getMore`s

@@ -22,6 +22,7 @@ mod handshake;
 mod index_stats;
 mod indexes;
 mod insert;
+mod map_reduce;
 mod modify;
 mod multi_write;
 mod names;

@@ -25,7 +25,7 @@ use crate::retryable::RetryableWrite;
 use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, bulk_write, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl,
+    find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile, role_admin, sasl,
     search_indexes, sessions, update, user_admin,
 };
 
@@ -790,6 +790,13 @@ pub(crate) static COMMANDS: &[Command] = &[
     .statement()
     .retryable_read()
     .snapshot(),
+    // Not a statement: mongod refuses mapReduce in a transaction (263).
+    cmd(
+        "mapReduce",
+        "runs map and reduce JavaScript functions over a collection (as an aggregation)",
+        future!(|c| map_reduce::map_reduce(c.shared, c.client, c.req, c.at)),
+    )
+    .needs(Needs::Actions(&[Action::Find])),
 ];
 
 /// The entry for the command name exactly as sent (names are case-sensitive), if any.

@@ -253,8 +253,10 @@ pub(super) async fn run_stmt(
         }
     }
     run_write(shared, opts, txn, |txn| {
-        let outcome = with_collation(p.collation.as_ref(), || {
-            run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
+        let outcome = mangrove_js::with_deadline(opts.js_deadline, || {
+            with_collation(p.collation.as_ref(), || {
+                run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
+            })
         })?;
         if let Some(retry) = &opts.retry {
             retry.note(stmt.index, outcome.to_record());
