@@ -507,3 +507,93 @@ def test_id_ranges_and_lists_use_the_primary_key_order(client, db):
             assert [d["_id"] for d in coll.find({"_id": {"$gt": 4997}}, session=s)] == [4998, 4999, 100000]
             newest = coll.find({}, session=s).sort("_id", -1).limit(2)
             assert [d["_id"] for d in newest] == [100000, 4999]
+
+
+def test_hashed_indexes_serve_equality_and_refuse_what_mongod_refuses(db):
+    coll = db.hashed
+    rng = random.Random(7)
+    docs = [{"_id": i, "h": rng.choice([1, 2.0, Int64(3), "x", None, {"a": 1}]), "n": i} for i in range(300)]
+    coll.insert_many(docs)
+    coll.create_index([("h", "hashed")])
+    coll.create_index([("n", ASCENDING), ("h", "hashed")], name="n_h")
+    spec = {i["name"]: i for i in coll.list_indexes()}["h_hashed"]
+    assert spec["key"] == {"h": "hashed"}
+    for value in [1, 1.0, Int64(1), 2, "x", None, {"a": 1}, 99]:
+        want = sorted(d["_id"] for d in coll.find({"h": value}).hint([("$natural", 1)]))
+        got = sorted(d["_id"] for d in coll.find({"h": value}).hint("h_hashed"))
+        assert got == want, value
+        e = coll.find({"h": value}).explain()
+        stage = winning_stage(e)
+        assert stage["inputStage"]["indexName"] == "h_hashed", value
+        # Only the matching hash is read (null also reads `undefined`'s hash).
+        assert e["executionStats"]["totalKeysExamined"] <= len(want) + 1
+    # $in is equality too; a range cannot use the hash order.
+    ids = sorted(d["_id"] for d in coll.find({"h": {"$in": [1, "x"]}}))
+    assert ids == sorted(d["_id"] for d in docs if d["h"] in (1, "x"))
+    assert winning_stage(coll.find({"h": {"$in": [1, "x"]}}).explain())["inputStage"]["indexName"] == "h_hashed"
+    assert winning_stage(coll.find({"h": {"$gt": 1}}).explain())["stage"] == "COLLSCAN"
+    # A sort on the hashed field cannot come from its order.
+    got = [d["h"] for d in coll.find({"h": {"$in": [1, 2]}}).sort("h", 1)]
+    assert got == sorted(got)
+    # The compound index serves its ordered prefix with the hash after it.
+    assert [d["_id"] for d in coll.find({"n": 5, "h": docs[5]["h"]})] == [5]
+    # returnKey shows the hash, as the index's key holds it.
+    key = next(coll.find({"h": "x"}, return_key=True).hint("h_hashed"))
+    assert set(key) == {"h"} and isinstance(key["h"], int) and key["h"] != "x"
+    with pytest.raises(OperationFailure) as e:
+        coll.insert_one({"_id": "arr", "h": [1, 2]})
+    assert e.value.code == 16766
+    assert coll.count_documents({"_id": "arr"}) == 0
+    with pytest.raises(OperationFailure) as e:
+        coll.create_index([("u", "hashed")], unique=True)
+    assert e.value.code == 16764
+    with pytest.raises(OperationFailure) as e:
+        coll.create_index([("a", "hashed"), ("b", "hashed")])
+    assert e.value.code == 31303
+    # An existing array refuses the build and leaves no index behind.
+    db.hashed_arr.insert_one({"h": [1]})
+    with pytest.raises(OperationFailure) as e:
+        db.hashed_arr.create_index([("h", "hashed")])
+    assert e.value.code == 16766
+    assert [i["name"] for i in db.hashed_arr.list_indexes()] == ["_id_"]
+
+
+def test_index_stats_count_the_queries_each_index_served(db):
+    coll = db.istats
+    coll.insert_many([{"_id": i, "a": i, "b": i % 3} for i in range(50)])
+    coll.create_index("a")
+    coll.create_index("b")
+    for i in range(5):
+        coll.find_one({"a": i})
+    coll.count_documents({"b": 1})
+    coll.find_one({"_id": 3})
+    stats = {s["name"]: s for s in coll.aggregate([{"$indexStats": {}}])}
+    assert set(stats) == {"_id_", "a_1", "b_1"}
+    assert stats["a_1"]["accesses"]["ops"] == 5
+    assert stats["b_1"]["accesses"]["ops"] == 1
+    assert stats["_id_"]["accesses"]["ops"] == 1
+    assert stats["a_1"]["key"] == {"a": 1}
+    assert stats["a_1"]["spec"]["name"] == "a_1"
+    assert isinstance(stats["a_1"]["accesses"]["since"], datetime.datetime)
+    # A new index of the same name starts again from zero.
+    coll.drop_index("a_1")
+    coll.create_index("a")
+    after = {s["name"]: s for s in coll.aggregate([{"$indexStats": {}}])}
+    assert after["a_1"]["accesses"]["ops"] == 0
+    # Stages after it run; the stage itself takes no arguments and comes first.
+    names = [s["name"] for s in coll.aggregate([{"$indexStats": {}}, {"$match": {"accesses.ops": {"$gt": 0}}}])]
+    assert sorted(names) == ["_id_", "b_1"]
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate([{"$indexStats": {"x": 1}}]))
+    assert e.value.code == 28803
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate([{"$match": {}}, {"$indexStats": {}}]))
+    assert list(db.no_such.aggregate([{"$indexStats": {}}])) == []
+
+
+def test_a_match_after_coll_stats_filters_its_document(db):
+    """`$collStats` makes its own input, so a `$match` after it must still run (it used to be
+    skipped as if an access path had applied it)."""
+    db.cs.insert_one({"a": 1})
+    assert len(list(db.cs.aggregate([{"$collStats": {"count": {}}}, {"$match": {"count": 1}}]))) == 1
+    assert list(db.cs.aggregate([{"$collStats": {"count": {}}}, {"$match": {"count": 2}}])) == []

@@ -20,6 +20,7 @@ use bson::{Bson, Document, RawBsonRef, RawDocument};
 
 use crate::encode_key;
 use crate::error::CodedError;
+use crate::hashed::hash_value;
 use crate::path::split_path;
 
 /// One contiguous range of an index's entry keys.
@@ -116,12 +117,48 @@ fn bad_spec_option(message: impl Into<String>) -> CodedError {
     CodedError::new(197, "InvalidIndexSpecificationOption", message)
 }
 
+/// How an indexed field's values become key components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `1` or `-1`: the value itself, in order (see [`IndexField::descending`]).
+    Ordered,
+    /// `"hashed"`: a 64-bit hash of the value ([`crate::hashed::hash_value`]); serves equality
+    /// only, and refuses arrays.
+    Hashed,
+}
+
+impl KeyKind {
+    /// Whether the index's order on this field is the values' order, so ranges and sorts can
+    /// use it.
+    pub fn is_ordered(self) -> bool {
+        self == KeyKind::Ordered
+    }
+}
+
 /// One indexed field.
 #[derive(Debug, Clone)]
 pub struct IndexField {
     pub path: String,
     parts: Vec<String>,
     pub descending: bool,
+    pub kind: KeyKind,
+}
+
+impl IndexField {
+    /// Appends `value`'s key component for this field: the value (inverted when descending), or
+    /// its hash.
+    pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
+        let start = key.len();
+        match self.kind {
+            KeyKind::Ordered => encode_key(value, key),
+            KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
+        }
+        if self.descending {
+            for b in &mut key[start..] {
+                *b = !*b;
+            }
+        }
+    }
 }
 
 /// A compiled index definition: what to index and how.
@@ -268,16 +305,17 @@ fn expire_after_seconds(value: &Bson) -> Result<i32, CodedError> {
     Ok(secs as i32)
 }
 
-/// One `path: direction` of a key pattern.
+/// One `path: direction` (or `path: "kind"`) of a key pattern.
 fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
-    let descending = match dir {
-        Bson::Int32(n) if *n != 0 => *n < 0,
-        Bson::Int64(n) if *n != 0 => *n < 0,
-        Bson::Double(n) if *n != 0.0 && !n.is_nan() => *n < 0.0,
-        Bson::Decimal128(_) => false,
+    let (descending, kind) = match dir {
+        Bson::Int32(n) if *n != 0 => (*n < 0, KeyKind::Ordered),
+        Bson::Int64(n) if *n != 0 => (*n < 0, KeyKind::Ordered),
+        Bson::Double(n) if *n != 0.0 && !n.is_nan() => (*n < 0.0, KeyKind::Ordered),
+        Bson::Decimal128(_) => (false, KeyKind::Ordered),
+        Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
         Bson::String(kind) => {
             return Err(cannot_create(format!(
-                "Index type '{kind}' on field '{path}' is not supported by Mangrove; only ascending (1) and descending (-1) keys are"
+                "Index type '{kind}' on field '{path}' is not supported by Mangrove; ascending (1), descending (-1) and \"hashed\" keys are"
             )));
         }
         other => {
@@ -300,7 +338,29 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         path: path.to_string(),
         parts: split_path(path),
         descending,
+        kind,
     })
+}
+
+/// mongod's limits on `"hashed"` fields: one per index, never unique (equal hashes of unequal
+/// values would be refused as duplicates).
+fn check_hashed(fields: &[IndexField], key: &Document, unique: bool) -> Result<(), CodedError> {
+    let hashed = fields.iter().filter(|f| f.kind == KeyKind::Hashed).count();
+    if hashed > 1 {
+        return Err(CodedError::location(
+            31303,
+            format!(
+                "A maximum of one index field is allowed to be hashed but found {hashed} for 'key' {key}"
+            ),
+        ));
+    }
+    if hashed == 1 && unique {
+        return Err(CodedError::location(
+            16764,
+            "Currently hashed indexes cannot guarantee uniqueness. Use a regular index.",
+        ));
+    }
+    Ok(())
 }
 
 impl IndexSpec {
@@ -359,6 +419,7 @@ impl IndexSpec {
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
+        check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
         let partial = partial_raw.as_ref().map(partial).transpose()?;
         let expire_after_seconds = spec.get_i32("expireAfterSeconds").ok().map(i64::from);
@@ -419,8 +480,9 @@ impl IndexSpec {
         Ok((out, multikey))
     }
 
-    /// The field values behind one of the document's keys, as `{field: value, ...}`: what a
-    /// DuplicateKey error reports as `keyValue`.
+    /// The field values behind one of the document's keys, as `{field: value, ...}` (a hashed
+    /// field's hash, as the key holds it): what a DuplicateKey error reports as `keyValue` and
+    /// `returnKey` returns.
     pub fn key_value(&self, doc: &RawDocument, key: &[u8]) -> Document {
         let mut found = None;
         let _ = self.for_each_key(doc, &mut |k, values| {
@@ -442,13 +504,7 @@ impl IndexSpec {
     pub fn encode_values(&self, values: &[RawBsonRef<'_>]) -> Vec<u8> {
         let mut key = Vec::new();
         for (field, value) in self.fields.iter().zip(values) {
-            let start = key.len();
-            encode_key(*value, &mut key);
-            if field.descending {
-                for b in &mut key[start..] {
-                    *b = !*b;
-                }
-            }
+            field.encode(*value, &mut key);
         }
         key
     }
@@ -474,6 +530,21 @@ impl IndexSpec {
             .filter(|(_, v)| matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
+        if let Some(field) = self
+            .fields
+            .iter()
+            .zip(&per_field)
+            .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)))
+            .map(|(f, _)| f)
+        {
+            return Err(CodedError::location(
+                16766,
+                format!(
+                    "Error: hashed indexes do not currently support array values. Found array at path: {}",
+                    field.path
+                ),
+            ));
+        }
         if arrays.len() > 1 {
             return Err(CodedError::new(
                 171,
@@ -511,14 +582,11 @@ impl IndexSpec {
             let mut values = Vec::with_capacity(per_field.len());
             for ((field, v), &c) in self.fields.iter().zip(&per_field).zip(&choice) {
                 let (value, _) = v.get(c);
-                let start = key.len();
-                encode_key(value, &mut key);
-                if field.descending {
-                    for b in &mut key[start..] {
-                        *b = !*b;
-                    }
-                }
-                values.push(Bson::try_from(value).unwrap_or(Bson::Null));
+                field.encode(value, &mut key);
+                values.push(match field.kind {
+                    KeyKind::Ordered => Bson::try_from(value).unwrap_or(Bson::Null),
+                    KeyKind::Hashed => Bson::Int64(hash_value(value)),
+                });
             }
             emit(key, &values);
         }

@@ -26,6 +26,24 @@ impl Pipeline {
         })
     }
 
+    /// Runs every stage over `docs`, a leading `$match` included: for inputs the caller made
+    /// rather than read through an access path (`$collStats`, `$indexStats`, sessions).
+    pub fn run_from_start(
+        &self,
+        mut docs: Vec<RawDocumentBuf>,
+    ) -> Result<Vec<RawDocumentBuf>, QueryError> {
+        if let Some(filter) = self.leading_match() {
+            let mut kept = Vec::with_capacity(docs.len());
+            for doc in docs.drain(..) {
+                if filter.matches_checked(&doc)? {
+                    kept.push(doc);
+                }
+            }
+            docs = kept;
+        }
+        self.run(docs)
+    }
+
     /// Runs the stages over `docs` (already filtered by [`Pipeline::leading_match`]) and
     /// returns the whole result, which may hold at most the per-stage memory limit;
     /// `foreign` returns the documents of a collection a `$lookup` names, and is called at

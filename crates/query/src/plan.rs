@@ -15,7 +15,7 @@ use mangrove_bson::KeyInterval;
 use crate::compare::type_bracket;
 use crate::encode_key;
 use crate::filter::{CmpOp, Filter, Node, Pred};
-use crate::index::IndexSpec;
+use crate::index::{IndexField, IndexSpec};
 
 /// The most intervals an equality prefix may expand to (`$in` lists multiply on compound
 /// indexes); beyond it the remaining fields are left unbounded.
@@ -56,7 +56,9 @@ impl IndexBounds {
                     .get(start..start + sort.len())
                     .is_some_and(|fields| {
                         fields.iter().zip(sort).all(|(f, (path, desc))| {
-                            f.path == *path && (f.descending != *desc) == reverse
+                            f.kind.is_ordered()
+                                && f.path == *path
+                                && (f.descending != *desc) == reverse
                         })
                     })
             })
@@ -96,12 +98,17 @@ fn tag_byte(bracket: u8, descending: bool) -> u8 {
 
 impl FieldBound {
     /// The component's ranges in byte space, ascending.
-    fn byte_ranges(&self, descending: bool) -> Vec<(End, End)> {
+    fn byte_ranges(&self, field: &IndexField) -> Vec<(End, End)> {
+        let descending = field.descending;
         match self {
             FieldBound::Points(values) => {
                 let mut keys: Vec<Vec<u8>> = values
                     .iter()
-                    .map(|v| encode_component(v, descending))
+                    .map(|v| {
+                        let mut key = Vec::new();
+                        field.encode(v.as_raw_bson_ref(), &mut key);
+                        key
+                    })
                     .collect();
                 keys.sort_unstable();
                 keys.dedup();
@@ -393,6 +400,10 @@ fn field_bounds(
             let Some(b) = bound_for(pred) else {
                 continue;
             };
+            // A hashed field's order is the hashes', so only equality can use it.
+            if !field.kind.is_ordered() && !b.is_points() {
+                continue;
+            }
             best = match best {
                 None => Some(b),
                 Some(cur) if cur.is_points() => Some(cur),
@@ -442,10 +453,10 @@ impl Prefixes {
                 Some(b @ FieldBound::Points(values))
                     if out.keys.len() * values.len().max(1) <= MAX_INTERVALS =>
                 {
-                    out.extend(b.byte_ranges(field.descending));
+                    out.extend(b.byte_ranges(field));
                 }
                 Some(b @ FieldBound::Range { .. }) => {
-                    out.tail = Some(b.byte_ranges(field.descending));
+                    out.tail = Some(b.byte_ranges(field));
                     out.score += 1;
                     bounded = false;
                 }
@@ -577,7 +588,7 @@ pub fn expired_bounds(spec: &IndexSpec, cutoff_ms: i64) -> Option<KeyInterval> {
             false,
         )),
     };
-    let ((lo, lo_incl), (hi, hi_incl)) = bound.byte_ranges(field.descending).pop()?;
+    let ((lo, lo_incl), (hi, hi_incl)) = bound.byte_ranges(field).pop()?;
     let mut lower = lo;
     if !lo_incl {
         lower.push(0xFF);

@@ -19,6 +19,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod index_usage;
 mod op_stats;
 mod params;
 mod pipeline_input;
@@ -192,6 +193,8 @@ pub(crate) struct Shared {
     pub capped: capped::Registry,
     /// The profiler's settings (`profile`).
     pub profiler: commands::profile::Profiler,
+    /// How often each index served a query (`$indexStats`).
+    pub index_usage: index_usage::IndexUsage,
     /// Changes to users, which connections follow.
     pub auth: auth::Registry,
     /// The running TLS configuration (reloaded on SIGHUP).
@@ -359,6 +362,7 @@ impl Server {
             params: params::RuntimeParams::new(config_lifetime, query_limits),
             capped: capped::Registry::default(),
             profiler: Default::default(),
+            index_usage: Default::default(),
             auth: auth::Registry::default(),
             tls,
             shutdown: tokio::sync::Notify::new(),

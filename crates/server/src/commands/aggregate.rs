@@ -78,6 +78,9 @@ pub(super) async fn aggregate(
     if super::coll_stats::is_coll_stats(req)? {
         return super::coll_stats::aggregate(shared, req);
     }
+    if super::index_stats::is_index_stats(req)? {
+        return super::index_stats::aggregate(shared, req, txn);
+    }
     req.check_fields(AGGREGATE_FIELDS)?;
     Counters::bump(&shared.counters.query, 1);
     if let Some(reply) = list_sessions_aggregate(shared, req, txn).await? {
@@ -450,11 +453,8 @@ async fn list_sessions_aggregate(
         Some(_) => Some(WriteOptions::from_request(req)?),
         None => None,
     };
-    let mut docs = shared.sessions.list(req.owner.as_deref(), all_users);
-    if let Some(filter) = pipeline.leading_match() {
-        docs.retain(|d| filter.matches(d));
-    }
-    let output = pipeline.run(docs)?;
+    let docs = shared.sessions.list(req.owner.as_deref(), all_users);
+    let output = pipeline.run_from_start(docs)?;
     let ns = match req.command_value() {
         Some(RawBsonRef::String(coll)) => req.ns(coll),
         _ => format!("{}.$cmd.aggregate", req.db),

@@ -88,7 +88,9 @@ pub(super) fn is_coll_stats(req: &Request<'_>) -> CommandResult<bool> {
     Ok(first_stage(req)?.is_some_and(|(name, _)| name == "$collStats"))
 }
 
-fn first_stage<'r>(req: &Request<'r>) -> CommandResult<Option<(&'r str, RawBsonRef<'r>)>> {
+pub(super) fn first_stage<'r>(
+    req: &Request<'r>,
+) -> CommandResult<Option<(&'r str, RawBsonRef<'r>)>> {
     let Some(stages) = req.opt_array("pipeline")? else {
         return Ok(None);
     };
@@ -137,7 +139,7 @@ pub(super) fn aggregate(shared: &Shared, req: &Request<'_>) -> CommandResult<Rep
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let stats = with_deadline(deadline, || stage_output(shared, &ns, spec))?;
     let raw = bson::RawDocumentBuf::try_from(&stats).map_err(internal)?;
-    let output = pipeline.run(vec![raw])?;
+    let output = pipeline.run_from_start(vec![raw])?;
     pipeline_cursor(shared, ns, output, cursor_batch_size(req)?, None)
 }
 

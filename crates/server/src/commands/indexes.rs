@@ -24,7 +24,7 @@ use super::write_path::{WriteOptions, retry_conflicts, run_write};
 /// MongoDB's limit of indexes per collection, `_id` included.
 const MAX_INDEXES: usize = 64;
 
-fn id_index_spec() -> Document {
+pub(super) fn id_index_spec() -> Document {
     doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" }
 }
 

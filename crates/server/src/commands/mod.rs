@@ -18,6 +18,7 @@ mod find;
 mod find_and_modify;
 mod get_more;
 mod handshake;
+mod index_stats;
 mod indexes;
 mod insert;
 mod modify;
@@ -107,7 +108,26 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         Err(e) => Reply::Doc(error_reply(e, &ctx, labels_override)),
     };
     profile::after(shared, client, req, &reply, started.elapsed(), &stats).await;
+    note_index_use(shared, req, &stats);
     reply
+}
+
+/// Counts the index the command's plan walked, for `$indexStats`.
+fn note_index_use(shared: &Shared, req: &Request<'_>, stats: &crate::op_stats::OpStats) {
+    let Some(plan) = stats.plan.get() else {
+        return;
+    };
+    let Some(RawBsonRef::String(coll)) = req.command_value() else {
+        return;
+    };
+    let ns = req.ns(coll);
+    match plan {
+        crate::op_stats::Plan::Index(index) => shared.index_usage.note(&ns, index),
+        crate::op_stats::Plan::IdPoint | crate::op_stats::Plan::IdRange => {
+            shared.index_usage.note_id(&ns)
+        }
+        crate::op_stats::Plan::CollectionScan => {}
+    }
 }
 
 /// Acts out an armed `failCommand`: waits, closes the connection or fails the command (Err:
