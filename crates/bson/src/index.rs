@@ -107,6 +107,11 @@ const SPEC_FIELDS: &[&str] = &[
     "collation",
     "ns",
     "storageEngine",
+    // Text indexes' (index_text.rs).
+    "weights",
+    "default_language",
+    "language_override",
+    "textIndexVersion",
 ];
 
 fn cannot_create(message: impl Into<String>) -> CodedError {
@@ -125,6 +130,9 @@ pub enum KeyKind {
     /// `"hashed"`: a 64-bit hash of the value ([`crate::hashed::hash_value`]); serves equality
     /// only, and refuses arrays.
     Hashed,
+    /// `"text"` (stored as `_fts: "text", _ftsx: 1`): a term and its score per key, derived
+    /// by `mangrove-text` (see `index_text.rs`); serves `$text` only.
+    Text,
 }
 
 impl KeyKind {
@@ -150,7 +158,7 @@ impl IndexField {
     pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
         let start = key.len();
         match self.kind {
-            KeyKind::Ordered => encode_key(value, key),
+            KeyKind::Ordered | KeyKind::Text => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -173,6 +181,17 @@ pub struct IndexSpec {
     pub partial_raw: Option<Document>,
     pub expire_after_seconds: Option<i64>,
     pub key_pattern: Document,
+    /// A text index's fields, weights and languages (`index_text.rs`).
+    pub text: Option<Arc<mangrove_text::TextIndex>>,
+}
+
+#[path = "index_text.rs"]
+mod text;
+
+pub use text::term_prefix;
+
+fn key_of(out: &Document) -> Document {
+    out.get_document("key").cloned().unwrap_or_default()
 }
 
 /// The `key` of a specification being normalized.
@@ -313,6 +332,7 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         Bson::Double(n) if *n != 0.0 && !n.is_nan() => (*n < 0.0, KeyKind::Ordered),
         Bson::Decimal128(_) => (false, KeyKind::Ordered),
         Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
+        Bson::String(kind) if kind == "text" => (false, KeyKind::Text),
         Bson::String(kind) => {
             return Err(cannot_create(format!(
                 "Index type '{kind}' on field '{path}' is not supported by Mangrove; ascending (1), descending (-1) and \"hashed\" keys are"
@@ -394,6 +414,7 @@ impl IndexSpec {
         for (field, value) in &spec {
             normalize_option(field, value, &mut out)?;
         }
+        text::normalize(&spec, &key_of(&out), &mut out)?;
         // Compiling checks the key pattern and the options together.
         IndexSpec::compile(&out, partial)?;
         Ok(out)
@@ -414,10 +435,11 @@ impl IndexSpec {
                 "Index key pattern has more than 32 fields, the maximum",
             ));
         }
-        let fields = key_pattern
+        let mut fields = key_pattern
             .iter()
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
+        let text = text::compile(spec, &mut fields)?;
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
@@ -444,6 +466,7 @@ impl IndexSpec {
             partial_raw,
             expire_after_seconds,
             key_pattern,
+            text,
         })
     }
 
@@ -518,6 +541,9 @@ impl IndexSpec {
         if !self.covers(doc) {
             return Ok(false);
         }
+        if let Some(text) = &self.text {
+            return text::for_each_key(self, text, doc, emit);
+        }
         let per_field: Vec<Values<'_>> = self
             .fields
             .iter()
@@ -584,7 +610,7 @@ impl IndexSpec {
                 let (value, _) = v.get(c);
                 field.encode(value, &mut key);
                 values.push(match field.kind {
-                    KeyKind::Ordered => Bson::try_from(value).unwrap_or(Bson::Null),
+                    KeyKind::Ordered | KeyKind::Text => Bson::try_from(value).unwrap_or(Bson::Null),
                     KeyKind::Hashed => Bson::Int64(hash_value(value)),
                 });
             }
