@@ -31,6 +31,8 @@ pub(crate) enum Node {
         parts: Vec<String>,
         pred: Pred,
     },
+    /// `$text` (`text.rs`): matches only once bound to the collection's text index.
+    Text(Box<crate::text::TextNode>),
 }
 
 pub(crate) struct ExprNode(crate::expr::Expr);
@@ -81,6 +83,7 @@ pub(crate) enum Pred {
 impl Filter {
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
         let root = parse_doc(filter, 0)?;
+        crate::text::check_placement(&root)?;
         Ok(Filter {
             has_expr: contains_expr(&root),
             root,
@@ -103,6 +106,10 @@ impl Filter {
 
     pub(crate) fn root(&self) -> &Node {
         &self.root
+    }
+
+    pub(crate) fn root_mut(&mut self) -> &mut Node {
+        &mut self.root
     }
 
     /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a
@@ -267,6 +274,10 @@ impl Node {
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
             Node::JsonSchema(schema) => schema.matches_document(doc),
+            Node::Text(t) => t
+                .bound
+                .as_ref()
+                .is_some_and(|m| m.matches(doc).unwrap_or(false)),
             // Matching is infallible by signature; an expression's runtime error is kept for
             // `Filter::matches_checked` to report and the document counts as not matching.
             Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
@@ -454,7 +465,8 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "jsonSchema" => nodes.push(Node::JsonSchema(Box::new(
                     crate::jsonschema::Schema::parse(value, depth)?,
                 ))),
-                "where" | "text" | "sampleRate" => {
+                "text" => nodes.push(crate::text::parse_node(value)?),
+                "where" | "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {

@@ -42,6 +42,7 @@ mod sort;
 mod stage;
 mod stage_parse;
 mod stream;
+mod text;
 mod top_n;
 mod types;
 mod update;
@@ -53,6 +54,8 @@ mod window_spec;
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
 pub use filter::Filter;
+pub use text::{no_score, text_bounds, with_scorer};
+pub use mangrove_text::{TextIndex, TextMatch};
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,

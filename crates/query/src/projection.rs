@@ -18,6 +18,9 @@ pub struct Projection {
     /// Has a positional (`a.$`) item, which needs the query's filter to find its element.
     positional: bool,
     filter: Option<crate::Filter>,
+    /// Has `$meta: "textScore"`; the matcher that scores (`text.rs`), once bound.
+    meta: bool,
+    text: Option<std::sync::Arc<mangrove_text::TextMatch>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -163,6 +166,8 @@ impl Projection {
             inclusion,
             positional,
             filter: None,
+            meta: crate::text::mentions_meta(spec),
+            text: None,
         })
     }
 
@@ -175,7 +180,24 @@ impl Projection {
         self
     }
 
+    /// Whether the projection asks for `$meta: "textScore"`.
+    pub fn needs_text_score(&self) -> bool {
+        self.meta
+    }
+
+    /// Gives `$meta: "textScore"` the query's text matcher, which scores each document.
+    pub fn bind_text(&mut self, matcher: std::sync::Arc<mangrove_text::TextMatch>) {
+        self.text = Some(matcher);
+    }
+
     pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
+        if self.meta {
+            return crate::text::with_scorer(self.text.as_ref(), || self.apply_inner(doc));
+        }
+        self.apply_inner(doc)
+    }
+
+    fn apply_inner(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
         if self.identity {
             return Ok(doc.to_owned());
         }
@@ -298,7 +320,11 @@ fn parse_operator_item(
             ))
         }
         "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
-        "$meta" => Err(bad("$meta projection is not supported yet")),
+        "$meta" => {
+            crate::text::parse_meta(arg)?;
+            let score = crate::expr::Expr::TextScore;
+            Ok((Item::Computed(std::sync::Arc::new(Computed(score))), Kind::Neutral))
+        }
         _ => computed(value),
     }
 }

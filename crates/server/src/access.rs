@@ -278,6 +278,10 @@ fn choose_access(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
+    // `$text` is answered by the text index, whatever the hint (text_access.rs).
+    if let Some(access) = crate::text_access::access(coll, filter)? {
+        return Ok(access);
+    }
     // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
     // would miss matches, so a collated query scans.
     if mangrove_query::collation_active() {
@@ -669,7 +673,10 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             multikey,
             reverse,
             ..
-        } => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        } => match index.key.text.is_some() {
+            true => crate::text_access::stage(&index.key, bounds, filter_doc),
+            false => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        },
     }
 }
 

@@ -28,6 +28,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod text_access;
 mod tls;
 mod validation;
 

@@ -194,6 +194,12 @@ fn find_with(
         // A `$natural` sort, or a tailable cursor, walks the collection itself.
         hint = Hint::Natural { reverse };
     }
+    crate::text_access::bind_find(
+        coll.as_ref(),
+        &mut query.filter,
+        query.projection.as_mut(),
+        query.sort.as_mut(),
+    )?;
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
