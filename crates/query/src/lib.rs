@@ -54,8 +54,6 @@ mod window_spec;
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
 pub use filter::Filter;
-pub use text::{no_score, text_bounds, with_scorer};
-pub use mangrove_text::{TextIndex, TextMatch};
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,
@@ -69,10 +67,12 @@ pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
 pub use mangrove_bson::{
     Collation, collation_active, compare_values, type_bracket, with_collation,
 };
+pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
 pub use stream::{Runner, Step};
+pub use text::{no_score, text_bounds, with_scorer};
 pub use types::element_type_name;
 pub use update::Update;
 pub use validation::Validator;

@@ -121,6 +121,7 @@ impl Projection {
         flatten(spec, String::new(), &mut flat)?;
         let mut positional = false;
         let mut elem_match = false;
+        let mut metas = 0;
         for (path, value) in flat {
             let (path, item, kind) = match path.strip_suffix(".$") {
                 Some(base) if !base.is_empty() && !base.contains(".$") => {
@@ -146,6 +147,10 @@ impl Projection {
             let is_id = path == "_id";
             has_id |= is_id;
             elem_match |= matches!(item, Item::ElemMatch(_));
+            // `$meta` decides no mode: `{_id: 1, s: {$meta: ...}}` is still `_id` alone.
+            metas += usize::from(
+                matches!(&item, Item::Computed(c) if matches!(c.0, crate::expr::Expr::TextScore)),
+            );
             if !is_id {
                 settle_mode(kind, &mut mode, &path)?;
             }
@@ -153,7 +158,7 @@ impl Projection {
         }
         let only_id_included = mode.is_none()
             && matches!(root.get("_id"), Some(Item::Include))
-            && root.children.len() == 1;
+            && root.children.len() == 1 + metas;
         // `$slice` alone keeps the other fields (an exclusion); `$elemMatch` alone returns only
         // its field and `_id` (an inclusion), as mongod does.
         let inclusion = mode.unwrap_or(only_id_included || elem_match);
@@ -191,8 +196,9 @@ impl Projection {
     }
 
     pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
-        if self.meta {
-            return crate::text::with_scorer(self.text.as_ref(), || self.apply_inner(doc));
+        // Bound (find), the projection scores; else a pipeline's scorer is in place.
+        if let Some(text) = self.text.as_ref().filter(|_| self.meta) {
+            return crate::text::with_scorer(Some(text), || self.apply_inner(doc));
         }
         self.apply_inner(doc)
     }
@@ -323,7 +329,10 @@ fn parse_operator_item(
         "$meta" => {
             crate::text::parse_meta(arg)?;
             let score = crate::expr::Expr::TextScore;
-            Ok((Item::Computed(std::sync::Arc::new(Computed(score))), Kind::Neutral))
+            Ok((
+                Item::Computed(std::sync::Arc::new(Computed(score))),
+                Kind::Neutral,
+            ))
         }
         _ => computed(value),
     }

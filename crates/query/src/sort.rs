@@ -86,11 +86,15 @@ impl SortSpec {
         self.text = Some(matcher);
     }
 
+    /// The bound matcher's score (find), else the pipeline's scorer's (`text::with_scorer`).
     fn score(&self, doc: &RawDocument) -> f64 {
-        self.text
-            .as_ref()
-            .and_then(|m| m.score(doc).ok())
-            .unwrap_or(0.0)
+        match &self.text {
+            Some(m) => m.score(doc).unwrap_or(0.0),
+            None => match crate::text::current_score(doc) {
+                Ok(Some(bson::Bson::Double(s))) => s,
+                _ => 0.0,
+            },
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -176,6 +176,7 @@ impl Pipeline {
             }
             let (name, spec) = stage_field(item.map_err(raw_err)?)?;
             sink = parse_stage(name, spec, depth, &mut stages)?;
+            crate::text::check_stage_position(&stages, depth)?;
         }
         Ok(Pipeline {
             stages,

@@ -814,8 +814,11 @@ impl Runner {
             limits: self.pipeline.limits,
         };
         let stages = &self.pipeline.stages[self.skip..];
-        let step = limits::with_limits(self.pipeline.limits, || {
-            pull(stages, &mut self.states, &mut self.input, &ctx, true)
+        let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
+        let step = crate::text::with_scorer(scorer.as_ref(), || {
+            limits::with_limits(self.pipeline.limits, || {
+                pull(stages, &mut self.states, &mut self.input, &ctx, true)
+            })
         })?;
         match &step {
             Step::Doc(d) => limits::check_result(d)?,

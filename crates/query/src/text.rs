@@ -61,7 +61,9 @@ pub(crate) fn check_placement(root: &Node) -> Result<(), QueryError> {
 
 fn walk_placement(node: &Node, allowed: bool, count: &mut usize) -> Result<(), QueryError> {
     match node {
-        Node::Text(_) if !allowed => Err(QueryError::bad_value("text expression not allowed in nor")),
+        Node::Text(_) if !allowed => {
+            Err(QueryError::bad_value("text expression not allowed in nor"))
+        }
         Node::Text(_) => {
             *count += 1;
             Ok(())
@@ -136,7 +138,8 @@ impl Filter {
         let Some(node) = find_text_mut(self.root_mut()) else {
             return Err(QueryError::bad_value("the filter has no $text"));
         };
-        let query = TextQuery::parse(&node.search, index.default_language).map_err(from_text_error)?;
+        let query =
+            TextQuery::parse(&node.search, index.default_language).map_err(from_text_error)?;
         let matcher = Arc::new(TextMatch::new(index.clone(), query));
         node.bound = Some(matcher.clone());
         Ok(matcher)
@@ -144,14 +147,17 @@ impl Filter {
 }
 
 /// The equality values the filter gives a text index's prefix fields, in order.
-fn prefix_values<'f>(filter: &'f Filter, prefix: &[String]) -> Result<Vec<RawBsonRef<'f>>, QueryError> {
+fn prefix_values<'f>(
+    filter: &'f Filter,
+    prefix: &[String],
+) -> Result<Vec<RawBsonRef<'f>>, QueryError> {
     let mut eqs = Vec::new();
     collect_eqs(filter.root(), &mut eqs);
     prefix
         .iter()
         .map(|field| {
             eqs.iter().find(|(p, _)| p == field).map(|(_, v)| *v).ok_or_else(|| {
-                QueryError::bad_value(format!(
+                QueryError::new(291, "NoQueryExecutionPlans", format!(
                     "error processing query: planner returned error :: caused by :: failed to use text index to satisfy $text query (if text index is compound, are equality predicates given for all prefix fields?): need an equality filter on: {field}"
                 ))
             })
@@ -162,7 +168,11 @@ fn prefix_values<'f>(filter: &'f Filter, prefix: &[String]) -> Result<Vec<RawBso
 fn collect_eqs<'f>(node: &'f Node, out: &mut Vec<(String, RawBsonRef<'f>)>) {
     match node {
         Node::And(c) => c.iter().for_each(|n| collect_eqs(n, out)),
-        Node::Field { path, pred: Pred::Eq(v), .. } => out.push((path.clone(), v.as_raw_bson_ref())),
+        Node::Field {
+            path,
+            pred: Pred::Eq(v),
+            ..
+        } => out.push((path.clone(), v.as_raw_bson_ref())),
         _ => {}
     }
 }
@@ -241,7 +251,10 @@ pub(crate) fn parse_meta(arg: RawBsonRef<'_>) -> Result<(), QueryError> {
         RawBsonRef::String(other) => Err(QueryError::bad_value(format!(
             "$meta: \"{other}\" is not supported by Mangrove; only \"textScore\" is"
         ))),
-        _ => Err(QueryError::location(17307, "$meta only supports string arguments")),
+        _ => Err(QueryError::location(
+            17307,
+            "$meta only supports string arguments",
+        )),
     }
 }
 
@@ -250,9 +263,10 @@ pub(crate) fn mentions_meta(spec: &RawDocument) -> bool {
     fn value(v: RawBsonRef<'_>, depth: usize) -> bool {
         match v {
             RawBsonRef::Document(d) => doc(d, depth + 1),
-            RawBsonRef::Array(a) if depth < 200 => {
-                a.into_iter().map_while(Result::ok).any(|v| value(v, depth + 1))
-            }
+            RawBsonRef::Array(a) if depth < 200 => a
+                .into_iter()
+                .map_while(Result::ok)
+                .any(|v| value(v, depth + 1)),
             _ => false,
         }
     }
@@ -263,4 +277,37 @@ pub(crate) fn mentions_meta(spec: &RawDocument) -> bool {
                 .any(|(k, v)| k.as_str() == "$meta" || value(v, depth))
     }
     doc(spec, 0)
+}
+
+/// `$match` with `$text` only as the first stage of a top-level pipeline (mongod's 17313).
+pub(crate) fn check_stage_position(
+    stages: &[crate::stage::Stage],
+    depth: usize,
+) -> Result<(), QueryError> {
+    if let Some(crate::stage::Stage::Match(f)) = stages.last()
+        && f.text_search().is_some()
+        && (stages.len() > 1 || depth > 0)
+    {
+        return Err(QueryError::location(
+            17313,
+            "$match with $text is only allowed as the first pipeline stage",
+        ));
+    }
+    Ok(())
+}
+
+impl crate::aggregate::Pipeline {
+    /// The leading `$match`'s `$text` arguments, if it has one.
+    pub fn text_search(&self) -> Option<&TextSearch> {
+        self.leading_match().and_then(Filter::text_search)
+    }
+
+    /// Binds the leading `$match`'s `$text` to the collection's text index; the pipeline then
+    /// scores `$meta: "textScore"` with it.
+    pub fn bind_text(&mut self, index: &TextIndex) -> Result<Arc<TextMatch>, QueryError> {
+        match self.stages.first_mut() {
+            Some(crate::stage::Stage::Match(f)) => f.bind_text(index),
+            _ => Err(QueryError::bad_value("the pipeline has no leading $match")),
+        }
+    }
 }

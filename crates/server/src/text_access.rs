@@ -20,8 +20,11 @@ fn no_index() -> CommandError {
 }
 
 /// Binds the filter's `$text`, if it has one, to the collection's text index.
-pub fn bind(coll: Option<&CollectionInfo>, filter: &mut Filter) -> CommandResult<Option<Arc<TextMatch>>> {
-    if filter.text_search().is_none() {
+pub fn bind(
+    coll: Option<&CollectionInfo>,
+    filter: &mut Filter,
+) -> CommandResult<Option<Arc<TextMatch>>> {
+    if filter.text_search().is_none() || coll.is_none() {
         return Ok(None);
     }
     let index = coll
@@ -60,6 +63,23 @@ pub fn bind_find(
     Ok(())
 }
 
+/// Binds a pipeline's leading `$match` `$text`, if it has one, to the collection's text index.
+pub fn bind_pipeline(
+    coll: &CollectionInfo,
+    pipeline: &mut mangrove_query::Pipeline,
+) -> CommandResult<()> {
+    if pipeline.text_search().is_none() {
+        return Ok(());
+    }
+    let index = coll
+        .indexes
+        .iter()
+        .find_map(|i| i.key.text.clone())
+        .ok_or_else(no_index)?;
+    pipeline.bind_text(&index)?;
+    Ok(())
+}
+
 /// The access path of a bound `$text` query: its text index's term intervals.
 pub fn access(coll: &CollectionInfo, filter: &Filter) -> CommandResult<Option<Access>> {
     if filter.text_match().is_none() {
@@ -94,7 +114,11 @@ fn text_args(filter: &Document) -> Option<&Document> {
 }
 
 /// `explain`'s stages for a text index walk, as mongod shows them.
-pub fn stage(index: &mangrove_query::IndexSpec, bounds: &IndexBounds, filter_doc: &Document) -> Document {
+pub fn stage(
+    index: &mangrove_query::IndexSpec,
+    bounds: &IndexBounds,
+    filter_doc: &Document,
+) -> Document {
     let text = index.text.as_ref();
     let parsed = text_args(filter_doc)
         .and_then(|args| TextSearch::from_document(args).ok())
