@@ -171,7 +171,7 @@ impl Projection {
             inclusion,
             positional,
             filter: None,
-            meta: crate::text::mentions_meta(spec),
+            meta: crate::text_meta::mentions_meta(spec),
             text: None,
         })
     }
@@ -198,7 +198,7 @@ impl Projection {
     pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
         // Bound (find), the projection scores; else a pipeline's scorer is in place.
         if let Some(text) = self.text.as_ref().filter(|_| self.meta) {
-            return crate::text::with_scorer(Some(text), || self.apply_inner(doc));
+            return crate::text_meta::with_scorer(Some(text), || self.apply_inner(doc));
         }
         self.apply_inner(doc)
     }
@@ -327,7 +327,7 @@ fn parse_operator_item(
         }
         "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
         "$meta" => {
-            crate::text::parse_meta(arg)?;
+            crate::text_meta::parse_meta(arg)?;
             let score = crate::expr::Expr::TextScore;
             Ok((
                 Item::Computed(std::sync::Arc::new(Computed(score))),

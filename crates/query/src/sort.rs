@@ -42,7 +42,7 @@ impl SortSpec {
             }
             let descending = match value {
                 RawBsonRef::Document(d) if d.get("$meta").ok().flatten().is_some() => {
-                    crate::text::parse_meta(d.get("$meta").ok().flatten().unwrap_or(value))?;
+                    crate::text_meta::parse_meta(d.get("$meta").ok().flatten().unwrap_or(value))?;
                     keys.push(SortKey {
                         parts: split_path(key),
                         descending: true,
@@ -90,7 +90,7 @@ impl SortSpec {
     fn score(&self, doc: &RawDocument) -> f64 {
         match &self.text {
             Some(m) => m.score(doc).unwrap_or(0.0),
-            None => match crate::text::current_score(doc) {
+            None => match crate::text_meta::current_score(doc) {
                 Ok(Some(bson::Bson::Double(s))) => s,
                 _ => 0.0,
             },

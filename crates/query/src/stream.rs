@@ -815,7 +815,7 @@ impl Runner {
         };
         let stages = &self.pipeline.stages[self.skip..];
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
-        let step = crate::text::with_scorer(scorer.as_ref(), || {
+        let step = crate::text_meta::with_scorer(scorer.as_ref(), || {
             limits::with_limits(self.pipeline.limits, || {
                 pull(stages, &mut self.states, &mut self.input, &ctx, true)
             })

@@ -279,8 +279,14 @@ fn choose_access(
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
     // `$text` is answered by the text index, whatever the hint (text_access.rs).
-    if let Some(access) = crate::text_access::access(coll, filter)? {
-        return Ok(access);
+    if let Some((index, bounds)) = crate::text_access::access(coll, filter)? {
+        return Ok(Access::Index {
+            index,
+            bounds: Arc::new(bounds),
+            multikey: false,
+            sorted: false,
+            reverse: false,
+        });
     }
     // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
     // would miss matches, so a collated query scans.

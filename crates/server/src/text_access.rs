@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use bson::{Bson, Document, doc};
 use mangrove_query::{Filter, IndexBounds, Projection, SortSpec, TextMatch, text_bounds};
-use mangrove_storage::CollectionInfo;
+use mangrove_storage::{CollectionInfo, IndexInfo};
 use mangrove_text::{TextQuery, TextSearch};
 
-use crate::access::Access;
 use crate::error::{CommandError, CommandResult};
 
 fn no_index() -> CommandError {
@@ -80,8 +79,11 @@ pub fn bind_pipeline(
     Ok(())
 }
 
-/// The access path of a bound `$text` query: its text index's term intervals.
-pub fn access(coll: &CollectionInfo, filter: &Filter) -> CommandResult<Option<Access>> {
+/// The access path of a bound `$text` query: its text index and the term intervals.
+pub fn access(
+    coll: &CollectionInfo,
+    filter: &Filter,
+) -> CommandResult<Option<(Arc<IndexInfo>, IndexBounds)>> {
     if filter.text_match().is_none() {
         return Ok(None);
     }
@@ -91,13 +93,7 @@ pub fn access(coll: &CollectionInfo, filter: &Filter) -> CommandResult<Option<Ac
         .find(|i| i.key.text.is_some())
         .ok_or_else(no_index)?;
     let bounds = text_bounds(&index.key, filter)?;
-    Ok(Some(Access::Index {
-        index: index.clone(),
-        bounds: Arc::new(bounds),
-        multikey: false,
-        sorted: false,
-        reverse: false,
-    }))
+    Ok(Some((index.clone(), bounds)))
 }
 
 /// The `$text` arguments of a filter document (top level or in a top-level `$and`/`$or`).

@@ -145,7 +145,7 @@ impl Expr {
             Expr::Const(b) => Ok(Some(b.clone())),
             Expr::Missing => Ok(None),
             Expr::Rand => Ok(Some(Bson::Double(random_unit()))),
-            Expr::TextScore => crate::text::current_score(doc),
+            Expr::TextScore => crate::text_meta::current_score(doc),
             Expr::Path(parts) => Ok(raw_path(doc, parts)),
             Expr::Root(parts) if parts.is_empty() => Ok(Some(Bson::Document(
                 Document::try_from(doc).map_err(|e| bad(e.to_string()))?,

@@ -128,6 +128,14 @@ struct FindQuery<'r> {
     show_record_id: bool,
 }
 
+impl FindQuery<'_> {
+    /// Binds `$text` to the collection's text index, for the filter, projection and sort.
+    fn bind_text(&mut self, coll: Option<&CollectionInfo>) -> CommandResult<()> {
+        let (projection, sort) = (self.projection.as_mut(), self.sort.as_mut());
+        crate::text_access::bind_find(coll, &mut self.filter, projection, sort)
+    }
+}
+
 /// The request's filter, sort, projection and paging, in the order mongod checks them.
 fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<FindQuery<'r>> {
     let raw_filter = req.opt_doc("filter")?.unwrap_or(empty);
@@ -194,12 +202,7 @@ fn find_with(
         // A `$natural` sort, or a tailable cursor, walks the collection itself.
         hint = Hint::Natural { reverse };
     }
-    crate::text_access::bind_find(
-        coll.as_ref(),
-        &mut query.filter,
-        query.projection.as_mut(),
-        query.sort.as_mut(),
-    )?;
+    query.bind_text(coll.as_ref())?;
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };
