@@ -5,7 +5,7 @@
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
-//! `$where`, `$text` and geo filters; `$meta` sorts and projections; time zones other than UTC
+//! `$where` and geo filters; `$meta` other than `"textScore"`; time zones other than UTC
 //! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
 //! collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and

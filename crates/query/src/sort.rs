@@ -76,6 +76,21 @@ impl SortSpec {
         Ok(SortSpec { keys, text: None })
     }
 
+    /// Sorts `items` (stably) by the documents `doc` gives; with a `$meta: "textScore"` key,
+    /// each document's keys are computed once rather than at every comparison.
+    pub fn sort_items<T>(&self, items: &mut Vec<T>, doc: impl Fn(&T) -> &RawDocument) {
+        if !self.needs_text_score() {
+            items.sort_by(|a, b| self.compare(doc(a), doc(b)));
+            return;
+        }
+        let mut keyed: Vec<(Vec<bson::Bson>, T)> = items
+            .drain(..)
+            .map(|t| (self.key_values(doc(&t)), t))
+            .collect();
+        keyed.sort_by(|a, b| self.compare_keys(&a.0, &b.0));
+        items.extend(keyed.into_iter().map(|(_, t)| t));
+    }
+
     /// Whether a key is `{$meta: "textScore"}`.
     pub fn needs_text_score(&self) -> bool {
         self.keys.iter().any(|k| k.meta)

@@ -417,7 +417,7 @@ impl Sorter {
             && self.docs.len() >= k.saturating_mul(2).max(64)
         {
             // Sorting stably and truncating keeps exactly the first k of a full stable sort.
-            self.docs.sort_by(|a, b| spec.compare(a, b));
+            spec.sort_items(&mut self.docs, |d| d);
             self.docs.truncate(k);
             self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
         }
@@ -425,7 +425,7 @@ impl Sorter {
     }
 
     fn finish(mut self, spec: &SortSpec) -> Vec<RawDocumentBuf> {
-        self.docs.sort_by(|a, b| spec.compare(a, b));
+        spec.sort_items(&mut self.docs, |d| d);
         if let Some(k) = self.keep {
             self.docs.truncate(k);
         }

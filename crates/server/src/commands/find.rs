@@ -320,7 +320,7 @@ fn view_matches(
         }
     }
     if let Some(sort) = &query.sort {
-        docs.sort_by(|a, b| sort.compare(a, b));
+        sort.sort_items(&mut docs, |d| d);
     }
     Ok(docs
         .into_iter()
@@ -474,7 +474,7 @@ fn collect_matches(
         ));
     }
     if let Some(sort) = sort {
-        docs.sort_by(|a, b| sort.compare(&a.1, &b.1));
+        sort.sort_items(&mut docs, |d| &d.1);
     }
     let skip = (skip as usize).min(docs.len());
     docs.drain(..skip);
