@@ -251,3 +251,18 @@ def test_aggregation_match_text_and_sort_by_score(db):
     with pytest.raises(OperationFailure) as err:
         list(coll.aggregate([{"$match": {}}, {"$match": {"$text": {"$search": "coffee"}}}]))
     assert err.value.code == 17313
+
+
+def test_count_distinct_update_and_delete_with_text(db):
+    coll = setup(db)
+    assert coll.count_documents({"$text": {"$search": "coffee"}}) == 2
+    assert db.command("count", "articles", query={"$text": {"$search": "coffee"}})["n"] == 2
+    assert sorted(coll.distinct("title", {"$text": {"$search": "coffee"}})) == ["Coffee", "Tea"]
+    assert coll.update_many({"$text": {"$search": "coffee"}}, {"$set": {"hot": True}}).modified_count == 2
+    assert ids(coll.find({"hot": True})) == [1, 2]
+    assert coll.delete_many({"$text": {"$search": "green"}}).deleted_count == 1
+    assert search(coll, "coffee") == [1]
+    # The new terms of an updated document are found, the old ones gone.
+    coll.update_one({"_id": 1}, {"$set": {"body": "espresso", "title": "Bar"}})
+    assert search(coll, "coffee") == []
+    assert search(coll, "espresso") == [1]

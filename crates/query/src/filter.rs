@@ -110,18 +110,7 @@ impl Filter {
     }
 
     /// The `$text` node, found where mongod allows it: at the top, or under `$and`/`$or`.
-    pub(crate) fn text_node_mut(&mut self) -> Option<&mut TextNode> {
-        fn find(node: &mut Node) -> Option<&mut TextNode> {
-            match node {
-                Node::Text(t) => Some(t),
-                Node::And(c) | Node::Or(c) => c.iter_mut().find_map(find),
-                _ => None,
-            }
-        }
-        find(&mut self.root)
-    }
-
-    fn text_node(&self) -> Option<&TextNode> {
+    pub(crate) fn text_node(&self) -> Option<&TextNode> {
         fn find(node: &Node) -> Option<&TextNode> {
             match node {
                 Node::Text(t) => Some(t),
@@ -139,7 +128,7 @@ impl Filter {
 
     /// The matcher `bind_text` (`text.rs`) gave the filter's `$text`, if any.
     pub fn text_match(&self) -> Option<std::sync::Arc<mangrove_text::TextMatch>> {
-        self.text_node().and_then(|t| t.bound.clone())
+        self.text_node().and_then(|t| t.bound.get().cloned())
     }
 
     /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a

@@ -36,8 +36,9 @@ fn text_in_or(node: &Node) -> bool {
 
 impl Filter {
     /// Binds the filter's `$text` to the collection's text index: parses `$search` in the
-    /// index's (or the query's) language. Returns the matcher projections and sorts score with.
-    pub fn bind_text(&mut self, index: &TextIndex) -> Result<Arc<TextMatch>, QueryError> {
+    /// index's (or the query's) language. Returns the matcher projections and sorts score with;
+    /// binding an already bound filter returns its matcher.
+    pub fn bind_text(&self, index: &TextIndex) -> Result<Arc<TextMatch>, QueryError> {
         if text_in_or(self.root()) {
             return Err(QueryError::new(
                 291,
@@ -45,14 +46,16 @@ impl Filter {
                 "error processing query: planner returned error :: caused by :: Failed to produce a solution for TEXT under OR - other non-TEXT clauses under OR have to be indexed as well.",
             ));
         }
-        let Some(node) = self.text_node_mut() else {
+        let Some(node) = self.text_node() else {
             return Err(QueryError::bad_value("the filter has no $text"));
         };
+        if let Some(bound) = node.bound.get() {
+            return Ok(bound.clone());
+        }
         let query =
             TextQuery::parse(&node.search, index.default_language).map_err(from_text_error)?;
         let matcher = Arc::new(TextMatch::new(index.clone(), query));
-        node.bound = Some(matcher.clone());
-        Ok(matcher)
+        Ok(node.bound.get_or_init(|| matcher).clone())
     }
 }
 

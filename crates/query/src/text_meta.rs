@@ -19,11 +19,13 @@ use mangrove_text::{TextError, TextMatch, TextSearch};
 
 use crate::error::QueryError;
 
-/// A `$text` node: its arguments, and the matcher once bound to the collection's index.
+/// A `$text` node: its arguments, and the matcher once bound to the collection's index (set
+/// once, through a shared reference, so that whichever access path reads the filter first
+/// binds it for every later use of the same filter).
 #[derive(Debug, Clone)]
 pub(crate) struct TextNode {
     pub search: TextSearch,
-    pub bound: Option<Arc<TextMatch>>,
+    pub bound: std::sync::OnceLock<Arc<TextMatch>>,
 }
 
 pub(crate) fn from_text_error(e: TextError) -> QueryError {
@@ -40,14 +42,14 @@ impl TextNode {
         let search = TextSearch::from_document(&spec).map_err(from_text_error)?;
         Ok(TextNode {
             search,
-            bound: None,
+            bound: std::sync::OnceLock::new(),
         })
     }
 
     /// Whether `doc` matches; an unbound node matches nothing.
     pub(crate) fn matches(&self, doc: &RawDocument) -> bool {
         self.bound
-            .as_ref()
+            .get()
             .is_some_and(|m| m.matches(doc).unwrap_or(false))
     }
 }

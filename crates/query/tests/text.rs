@@ -20,7 +20,7 @@ fn index(key: Document, options: Document) -> (mangrove_query::IndexSpec, TextIn
 }
 
 fn bound(filter: Document, text: &TextIndex) -> Filter {
-    let mut f = Filter::parse(&raw(filter)).unwrap();
+    let f = Filter::parse(&raw(filter)).unwrap();
     f.bind_text(text).unwrap();
     f
 }
@@ -43,7 +43,10 @@ fn unbound_text_matches_nothing_and_binding_makes_it_match() {
     let f = bound(doc! { "$text": { "$search": "coffee" } }, &text);
     let hits: Vec<bool> = docs().iter().map(|d| f.matches(d)).collect();
     assert_eq!(hits, [true, true, false]);
-    let f = bound(doc! { "$text": { "$search": "coffee -green" }, "_id": { "$gt": 0 } }, &text);
+    let f = bound(
+        doc! { "$text": { "$search": "coffee -green" }, "_id": { "$gt": 0 } },
+        &text,
+    );
     let hits: Vec<bool> = docs().iter().map(|d| f.matches(d)).collect();
     assert_eq!(hits, [true, false, false]);
 }
@@ -51,14 +54,23 @@ fn unbound_text_matches_nothing_and_binding_makes_it_match() {
 #[test]
 fn placement_rules_and_argument_errors() {
     let err = |d: Document| Filter::parse(&raw(d)).unwrap_err();
-    assert_eq!(err(doc! { "$nor": [{ "$text": { "$search": "a" } }] }).code, 2);
+    assert_eq!(
+        err(doc! { "$nor": [{ "$text": { "$search": "a" } }] }).code,
+        2
+    );
     let twice = doc! { "$and": [{ "$text": { "$search": "a" } }, { "$text": { "$search": "b" } }] };
     assert_eq!(err(twice).code, 2);
     let elem = doc! { "a": { "$elemMatch": { "$text": { "$search": "a" } } } };
     assert_eq!(err(elem).code, 2);
     assert_eq!(err(doc! { "$text": { "$search": 1 } }).code, 2);
-    assert_eq!(err(doc! { "$text": { "$search": "a", "$caseSensitive": "yes" } }).code, 14);
-    assert_eq!(err(doc! { "$text": { "$search": "a", "$language": "xx" } }).code, 2);
+    assert_eq!(
+        err(doc! { "$text": { "$search": "a", "$caseSensitive": "yes" } }).code,
+        14
+    );
+    assert_eq!(
+        err(doc! { "$text": { "$search": "a", "$language": "xx" } }).code,
+        2
+    );
     assert!(Filter::parse(&raw(doc! { "$or": [{ "$text": { "$search": "a" } }] })).is_ok());
     let pipeline = bson::to_raw_document_buf(&doc! { "p": [
         { "$match": {} }, { "$match": { "$text": { "$search": "a" } } },
@@ -71,7 +83,7 @@ fn placement_rules_and_argument_errors() {
 #[test]
 fn text_or_with_other_clauses_is_refused_when_bound() {
     let (_, text) = index(doc! { "body": "text" }, doc! {});
-    let mut f = Filter::parse(&raw(doc! {
+    let f = Filter::parse(&raw(doc! {
         "$or": [{ "$text": { "$search": "a" } }, { "x": 1 }],
     }))
     .unwrap();
@@ -81,7 +93,10 @@ fn text_or_with_other_clauses_is_refused_when_bound() {
 /// Scores by mongod's formula (see mangrove-text's score.rs): title weight 10.
 #[test]
 fn projection_and_sort_score_the_document() {
-    let (_, text) = index(doc! { "title": "text", "body": "text" }, doc! { "weights": { "title": 10 } });
+    let (_, text) = index(
+        doc! { "title": "text", "body": "text" },
+        doc! { "weights": { "title": 10 } },
+    );
     let f = bound(doc! { "$text": { "$search": "coffee" } }, &text);
     let m = f.text_match().unwrap();
     let mut p = Projection::parse(&raw(doc! { "_id": 1, "s": { "$meta": "textScore" } })).unwrap();
@@ -95,7 +110,10 @@ fn projection_and_sort_score_the_document() {
     let mut all = docs();
     all.reverse();
     s.sort_items(&mut all, |d| d);
-    let ids: Vec<Bson> = all.iter().map(|d| d.get("_id").unwrap().unwrap().try_into().unwrap()).collect();
+    let ids: Vec<Bson> = all
+        .iter()
+        .map(|d| d.get("_id").unwrap().unwrap().try_into().unwrap())
+        .collect();
     assert_eq!(ids, [Bson::Int32(1), Bson::Int32(2), Bson::Int32(3)]);
     // Without a bound matcher a projection cannot score: mongod's 40218.
     let unbound = Projection::parse(&raw(doc! { "s": { "$meta": "textScore" } })).unwrap();
@@ -105,7 +123,10 @@ fn projection_and_sort_score_the_document() {
 
 #[test]
 fn a_pipeline_scores_with_its_leading_match() {
-    let (_, text) = index(doc! { "title": "text", "body": "text" }, doc! { "weights": { "title": 10 } });
+    let (_, text) = index(
+        doc! { "title": "text", "body": "text" },
+        doc! { "weights": { "title": 10 } },
+    );
     let spec = bson::to_raw_document_buf(&doc! { "p": [
         { "$match": { "$text": { "$search": "coffee" } } },
         { "$sort": { "s": { "$meta": "textScore" } } },
@@ -118,7 +139,10 @@ fn a_pipeline_scores_with_its_leading_match() {
     let mut input = docs();
     input.reverse();
     let out = pipeline.run_from_start(input).unwrap();
-    let out: Vec<Document> = out.iter().map(|d| Document::try_from(d.as_ref()).unwrap()).collect();
+    let out: Vec<Document> = out
+        .iter()
+        .map(|d| Document::try_from(d.as_ref()).unwrap())
+        .collect();
     assert_eq!(out.len(), 2);
     assert_eq!(out[0], doc! { "_id": 1, "s": 11.25 });
     assert_eq!(out[1].get_i32("_id").unwrap(), 2);
@@ -128,18 +152,32 @@ fn a_pipeline_scores_with_its_leading_match() {
 #[test]
 fn bounds_are_one_interval_per_term_after_the_prefix() {
     let (spec, text) = index(doc! { "cat": 1, "body": "text" }, doc! {});
-    let f = bound(doc! { "cat": "x", "$text": { "$search": "coffee shops \"tea\"" } }, &text);
+    let f = bound(
+        doc! { "cat": "x", "$text": { "$search": "coffee shops \"tea\"" } },
+        &text,
+    );
     let b = text_bounds(&spec, &f).unwrap();
     assert_eq!(b.intervals.len(), 3); // coffe, shop, tea
-    let key = &spec.keys(&rawdoc! { "cat": "x", "body": "the coffee" }).unwrap()[0];
+    let key = &spec
+        .keys(&rawdoc! { "cat": "x", "body": "the coffee" })
+        .unwrap()[0];
     let inside = |i: &mangrove_query::KeyInterval| {
         use std::ops::Bound::*;
-        let lo = match &i.0 { Included(l) => key >= l, _ => true };
-        let hi = match &i.1 { Excluded(h) => key < h, Unbounded => true, _ => false };
+        let lo = match &i.0 {
+            Included(l) => key >= l,
+            _ => true,
+        };
+        let hi = match &i.1 {
+            Excluded(h) => key < h,
+            Unbounded => true,
+            _ => false,
+        };
         lo && hi
     };
     assert_eq!(b.intervals.iter().filter(|i| inside(i)).count(), 1);
-    let other = &spec.keys(&rawdoc! { "cat": "y", "body": "coffee" }).unwrap()[0];
+    let other = &spec
+        .keys(&rawdoc! { "cat": "y", "body": "coffee" })
+        .unwrap()[0];
     assert!(b.intervals.iter().all(|i| match &i.0 {
         std::ops::Bound::Included(l) => !other.starts_with(l),
         _ => true,

@@ -21,7 +21,7 @@ fn no_index() -> CommandError {
 /// Binds the filter's `$text`, if it has one, to the collection's text index.
 pub fn bind(
     coll: Option<&CollectionInfo>,
-    filter: &mut Filter,
+    filter: &Filter,
 ) -> CommandResult<Option<Arc<TextMatch>>> {
     if filter.text_search().is_none() || coll.is_none() {
         return Ok(None);
@@ -36,7 +36,7 @@ pub fn bind(
 /// "textScore"` without `$text` is refused.
 pub fn bind_find(
     coll: Option<&CollectionInfo>,
-    filter: &mut Filter,
+    filter: &Filter,
     projection: Option<&mut Projection>,
     sort: Option<&mut SortSpec>,
 ) -> CommandResult<()> {
@@ -84,7 +84,8 @@ pub fn access(
     coll: &CollectionInfo,
     filter: &Filter,
 ) -> CommandResult<Option<(Arc<IndexInfo>, IndexBounds)>> {
-    if filter.text_match().is_none() {
+    // Binds the filter if no one did (count, distinct, update, delete, findAndModify).
+    if bind(Some(coll), filter)?.is_none() {
         return Ok(None);
     }
     let index = coll

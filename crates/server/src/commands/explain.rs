@@ -183,7 +183,7 @@ pub(super) fn explain_command(
     let ns = format!("{db}.{}", e.coll);
     let empty = RawDocumentBuf::new();
     let raw_filter = e.filter.unwrap_or(&empty);
-    let mut filter = Filter::parse(raw_filter)?;
+    let filter = Filter::parse(raw_filter)?;
     let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
     let natural = e.sort.map(super::find::natural_sort).transpose()?.flatten();
     let sort = match natural {
@@ -192,7 +192,7 @@ pub(super) fn explain_command(
     };
     let snapshot = shared.engine.snapshot();
     let coll = snapshot.collection(&ns);
-    crate::text_access::bind(coll.as_ref(), &mut filter)?;
+    crate::text_access::bind(coll.as_ref(), &filter)?;
     let mut hint = parse_hint(e.hint, coll.as_ref())?;
     if let Some(reverse) = natural {
         hint = Hint::Natural { reverse };

@@ -132,7 +132,7 @@ impl FindQuery<'_> {
     /// Binds `$text` to the collection's text index, for the filter, projection and sort.
     fn bind_text(&mut self, coll: Option<&CollectionInfo>) -> CommandResult<()> {
         let (projection, sort) = (self.projection.as_mut(), self.sort.as_mut());
-        crate::text_access::bind_find(coll, &mut self.filter, projection, sort)
+        crate::text_access::bind_find(coll, &self.filter, projection, sort)
     }
 }
 
