@@ -266,3 +266,18 @@ def test_count_distinct_update_and_delete_with_text(db):
     coll.update_one({"_id": 1}, {"$set": {"body": "espresso", "title": "Bar"}})
     assert search(coll, "coffee") == []
     assert search(coll, "espresso") == [1]
+
+
+def test_aggregation_in_a_transaction_scores_too(client, db):
+    coll = setup(db)
+    pipeline = [
+        {"$match": {"$text": {"$search": "coffee tea"}}},
+        {"$addFields": {"score": {"$meta": "textScore"}}},
+        {"$sort": {"score": -1}},
+    ]
+    with client.start_session() as s:
+        with s.start_transaction():
+            out = list(coll.aggregate(pipeline, session=s))
+    # tea: "Tea" title 11 + body 0.6667; coffe: body 0.6667 -> doc 2 = 12.3333; doc 1 = 11.25.
+    assert [d["_id"] for d in out] == [2, 1]
+    assert out[0]["score"] == pytest.approx(11 + 2 * (0.5 / 3 + 0.5))

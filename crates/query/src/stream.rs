@@ -735,13 +735,16 @@ pub(crate) fn run_with(
     run.results = true;
     let mut out = Vec::new();
     let mut used = 0usize;
-    limits::with_limits(p.limits, || {
-        while let Step::Doc(d) = run.next(stages, &ctx)? {
-            used += d.as_bytes().len();
-            ctx.check("the pipeline's result", used)?;
-            out.push(d);
-        }
-        Ok::<_, QueryError>(())
+    let scorer = p.leading_match().and_then(|f| f.text_match());
+    crate::text_meta::with_scorer(scorer.as_ref(), || {
+        limits::with_limits(p.limits, || {
+            while let Step::Doc(d) = run.next(stages, &ctx)? {
+                used += d.as_bytes().len();
+                ctx.check("the pipeline's result", used)?;
+                out.push(d);
+            }
+            Ok::<_, QueryError>(())
+        })
     })?;
     for d in &out {
         limits::check_result(d)?;

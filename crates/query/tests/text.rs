@@ -7,7 +7,11 @@ use mangrove_query::{
 };
 
 fn raw(d: Document) -> RawDocumentBuf {
-    RawDocumentBuf::from_document(&d).unwrap()
+    RawDocumentBuf::try_from(&d).unwrap()
+}
+
+fn raw_ok(d: Document) -> RawDocumentBuf {
+    raw(d)
 }
 
 fn index(key: Document, options: Document) -> (mangrove_query::IndexSpec, TextIndex) {
@@ -72,12 +76,11 @@ fn placement_rules_and_argument_errors() {
         2
     );
     assert!(Filter::parse(&raw(doc! { "$or": [{ "$text": { "$search": "a" } }] })).is_ok());
-    let pipeline = bson::to_raw_document_buf(&doc! { "p": [
+    let pipeline = raw_ok(doc! { "p": [
         { "$match": {} }, { "$match": { "$text": { "$search": "a" } } },
-    ] })
-    .unwrap();
+    ] });
     let stages = pipeline.get_array("p").unwrap();
-    assert_eq!(Pipeline::parse(stages).unwrap_err().code, 17313);
+    assert_eq!(Pipeline::parse(stages).err().unwrap().code, 17313);
 }
 
 #[test]
@@ -127,12 +130,11 @@ fn a_pipeline_scores_with_its_leading_match() {
         doc! { "title": "text", "body": "text" },
         doc! { "weights": { "title": 10 } },
     );
-    let spec = bson::to_raw_document_buf(&doc! { "p": [
+    let spec = raw_ok(doc! { "p": [
         { "$match": { "$text": { "$search": "coffee" } } },
         { "$sort": { "s": { "$meta": "textScore" } } },
         { "$project": { "_id": 1, "s": { "$meta": "textScore" } } },
-    ] })
-    .unwrap();
+    ] });
     let mut pipeline = Pipeline::parse(spec.get_array("p").unwrap()).unwrap();
     assert!(pipeline.text_search().is_some());
     pipeline.bind_text(&text).unwrap();
