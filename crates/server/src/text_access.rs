@@ -123,10 +123,14 @@ pub fn stage(
         .and_then(|(s, t)| TextQuery::parse(&s, t.default_language).ok())
         .map(|q| q.explain())
         .unwrap_or_default();
-    let ixscans: Vec<Bson> = bounds
-        .intervals
+    let terms = bounds
+        .display
+        .get_array("_fts")
+        .cloned()
+        .unwrap_or_default();
+    let ixscans: Vec<Bson> = terms
         .iter()
-        .map(|_| {
+        .map(|term| {
             Bson::Document(doc! {
                 "stage": "IXSCAN",
                 "keyPattern": index.key_pattern.clone(),
@@ -137,7 +141,7 @@ pub fn stage(
                 "isPartial": index.partial.is_some(),
                 "indexVersion": 2,
                 "direction": "backward",
-                "indexBounds": {},
+                "indexBounds": { "_fts": [term.clone()], "_ftsx": ["[inf.0, -inf.0]"] },
             })
         })
         .collect();
