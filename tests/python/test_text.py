@@ -281,3 +281,21 @@ def test_aggregation_in_a_transaction_scores_too(client, db):
     # tea: "Tea" title 11 + body 0.6667; coffe: body 0.6667 -> doc 2 = 12.3333; doc 1 = 11.25.
     assert [d["_id"] for d in out] == [2, 1]
     assert out[0]["score"] == pytest.approx(11 + 2 * (0.5 / 3 + 0.5))
+
+
+def test_get_more_keeps_matching_and_scoring(db):
+    db.many.create_index([("body", "text")])
+    db.many.insert_many([{"_id": i, "body": "alpha " + "beta " * (i % 3)} for i in range(30)])
+    cur = db.many.find({"$text": {"$search": "alpha"}}, {"s": {"$meta": "textScore"}}, batch_size=4)
+    docs = list(cur)
+    assert sorted(d["_id"] for d in docs) == list(range(30))
+    # "alpha" alone: 1 of 1 term, and the string is not just the term ("alpha " has a space).
+    assert {round(d["s"], 6) for d in docs if d["_id"] % 3 == 0} == {1.0}
+    # alpha then beta twice: alpha 1 of 3 terms -> 0.5/3 + 0.5.
+    assert {round(d["s"], 6) for d in docs if d["_id"] % 3 == 2} == {round(0.5 / 3 + 0.5, 6)}
+    top = list(
+        db.many.find({"$text": {"$search": "alpha"}}, {"s": {"$meta": "textScore"}})
+        .sort([("s", {"$meta": "textScore"}), ("_id", 1)])
+        .limit(3)
+    )
+    assert [d["_id"] for d in top] == [0, 3, 6]
