@@ -299,3 +299,10 @@ def test_get_more_keeps_matching_and_scoring(db):
         .limit(3)
     )
     assert [d["_id"] for d in top] == [0, 3, 6]
+
+
+def test_long_words_are_indexed_and_found(db):
+    # mongod's fts_index1.js: a 1 MiB word is indexed and found again.
+    db.big.create_index([("a", "text")])
+    db.big.insert_many([{"_id": 0, "a": "a" * (1024 * 1024)}, {"_id": 1, "a": "b" * (1024 * 1024)}])
+    assert ids(db.big.find({"$text": {"$search": "a" * (1024 * 1024)}})) == [0]
