@@ -119,6 +119,7 @@ registry! {
         CHANGE_STREAM_FATAL_ERROR = 280 => "ChangeStreamFatalError",
         CHANGE_STREAM_HISTORY_LOST = 286 => "ChangeStreamHistoryLost",
         TRANSACTION_EXCEEDED_LIFETIME_LIMIT_SECONDS = 290 => "TransactionExceededLifetimeLimitSeconds",
+        NO_QUERY_EXECUTION_PLANS = 291 => "NoQueryExecutionPlans",
         QUERY_EXCEEDED_MEMORY_LIMIT = 292 => "QueryExceededMemoryLimitNoDiskUseAllowed",
         DATA_CORRUPTION_DETECTED = 301 => "DataCorruptionDetected",
         UNSUPPORTED_OP_QUERY_COMMAND = 352 => "UnsupportedOpQueryCommand",

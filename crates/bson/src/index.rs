@@ -109,6 +109,11 @@ const SPEC_FIELDS: &[&str] = &[
     "collation",
     "ns",
     "storageEngine",
+    // Text indexes' (index_text.rs).
+    "weights",
+    "default_language",
+    "language_override",
+    "textIndexVersion",
 ];
 
 fn cannot_create(message: impl Into<String>) -> CodedError {
@@ -127,6 +132,9 @@ pub enum KeyKind {
     /// `"hashed"`: a 64-bit hash of the value ([`crate::hashed::hash_value`]); serves equality
     /// only, and refuses arrays.
     Hashed,
+    /// `"text"` (stored as `_fts: "text", _ftsx: 1`): a term and its score per key, derived
+    /// by `mangrove-text` (see `index_text.rs`); serves `$text` only.
+    Text,
 }
 
 impl KeyKind {
@@ -158,6 +166,7 @@ impl IndexField {
                 Some(c) => encode_key_collated(value, c, key),
                 None => encode_key(value, key),
             },
+            KeyKind::Text => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -182,6 +191,17 @@ pub struct IndexSpec {
     pub key_pattern: Document,
     /// Strings are keyed (and the index serves queries) under this collation.
     pub collation: Option<Arc<Collation>>,
+    /// A text index's fields, weights and languages (`index_text.rs`).
+    pub text: Option<Arc<mangrove_text::TextIndex>>,
+}
+
+#[path = "index_text.rs"]
+mod text;
+
+pub use text::term_prefix;
+
+fn key_of(out: &Document) -> Document {
+    out.get_document("key").cloned().unwrap_or_default()
 }
 
 /// The `key` of a specification being normalized.
@@ -322,6 +342,7 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         Bson::Double(n) if *n != 0.0 && !n.is_nan() => (*n < 0.0, KeyKind::Ordered),
         Bson::Decimal128(_) => (false, KeyKind::Ordered),
         Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
+        Bson::String(kind) if kind == "text" => (false, KeyKind::Text),
         Bson::String(kind) => {
             return Err(cannot_create(format!(
                 "Index type '{kind}' on field '{path}' is not supported by Mangrove; ascending (1), descending (-1) and \"hashed\" keys are"
@@ -416,6 +437,7 @@ impl IndexSpec {
         for (field, value) in &spec {
             normalize_option(field, value, &mut out)?;
         }
+        text::normalize(&spec, &key_of(&out), &mut out)?;
         // Compiling checks the key pattern and the options together.
         IndexSpec::compile(&out, partial)?;
         Ok(out)
@@ -444,6 +466,7 @@ impl IndexSpec {
         for field in &mut fields {
             field.collation = collation.clone();
         }
+        let text = text::compile(spec, &mut fields)?;
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
@@ -476,6 +499,7 @@ impl IndexSpec {
             expire_after_seconds,
             key_pattern,
             collation,
+            text,
         })
     }
 
@@ -569,6 +593,9 @@ impl IndexSpec {
         if !self.covers(doc) {
             return Ok(false);
         }
+        if let Some(text) = &self.text {
+            return text::for_each_key(self, text, doc, emit);
+        }
         let per_field: Vec<Values<'_>> = self
             .fields
             .iter()
@@ -621,7 +648,7 @@ impl IndexSpec {
                 let (value, _) = v.get(c);
                 field.encode(value, &mut key);
                 values.push(match field.kind {
-                    KeyKind::Ordered => Bson::try_from(value).unwrap_or(Bson::Null),
+                    KeyKind::Ordered | KeyKind::Text => Bson::try_from(value).unwrap_or(Bson::Null),
                     KeyKind::Hashed => Bson::Int64(hash_value(value)),
                 });
             }

@@ -8,6 +8,7 @@ use crate::path::{split_path, walk};
 pub(crate) use crate::preds::{CmpOp, MAX_FILTER_DEPTH, TypeSel};
 use crate::preds::{compare_matches, type_alias, type_matches};
 use crate::regex::Re;
+use crate::text_meta::TextNode;
 
 /// A parsed filter, evaluated per document against the raw bytes.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub(crate) enum Node {
         parts: Vec<String>,
         pred: Pred,
     },
+    /// `$text` (`text.rs`): matches only once bound to the collection's text index.
+    Text(Box<crate::text_meta::TextNode>),
 }
 
 pub(crate) struct ExprNode(crate::expr::Expr);
@@ -98,6 +101,7 @@ impl Filter {
         let root = parse_doc(filter, 0)?;
         // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
         let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
+        check_text_placement(&root, true, &mut 0)?;
         Ok(Filter {
             has_expr: backtracking || contains_expr(&root),
             root,
@@ -120,6 +124,28 @@ impl Filter {
 
     pub(crate) fn root(&self) -> &Node {
         &self.root
+    }
+
+    /// The `$text` node, found where mongod allows it: at the top, or under `$and`/`$or`.
+    pub(crate) fn text_node(&self) -> Option<&TextNode> {
+        fn find(node: &Node) -> Option<&TextNode> {
+            match node {
+                Node::Text(t) => Some(t),
+                Node::And(c) | Node::Or(c) => c.iter().find_map(find),
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+
+    /// The filter's `$text` arguments, if it has one.
+    pub fn text_search(&self) -> Option<&mangrove_text::TextSearch> {
+        self.text_node().map(|t| &t.search)
+    }
+
+    /// The matcher `bind_text` (`text.rs`) gave the filter's `$text`, if any.
+    pub fn text_match(&self) -> Option<std::sync::Arc<mangrove_text::TextMatch>> {
+        self.text_node().and_then(|t| t.bound.get().cloned())
     }
 
     /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a
@@ -285,6 +311,7 @@ impl Node {
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
             Node::JsonSchema(schema) => schema.matches_document(doc),
+            Node::Text(t) => t.matches(doc),
             // Matching is infallible by signature; an expression's runtime error is kept for
             // `Filter::matches_checked` to report and the document counts as not matching.
             Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
@@ -439,6 +466,32 @@ fn invalid_bson(e: impl std::fmt::Display) -> QueryError {
     bad(format!("invalid BSON in filter: {e}"))
 }
 
+/// mongod's rules on where `$text` may be: once, never under `$nor` or inside `$elemMatch`.
+fn check_text_placement(node: &Node, allowed: bool, seen: &mut usize) -> Result<(), QueryError> {
+    match node {
+        Node::Text(_) if !allowed => Err(bad("text expression not allowed in nor")),
+        Node::Text(_) => {
+            *seen += 1;
+            match *seen {
+                1 => Ok(()),
+                _ => Err(bad("Too many text expressions")),
+            }
+        }
+        Node::And(c) | Node::Or(c) => c
+            .iter()
+            .try_for_each(|n| check_text_placement(n, allowed, seen)),
+        Node::Nor(c) => c
+            .iter()
+            .try_for_each(|n| check_text_placement(n, false, seen)),
+        Node::Field {
+            pred: Pred::ElemMatchObj(inner),
+            ..
+        } => check_text_placement(inner, false, &mut 0)
+            .map_err(|_| bad("$text can only be applied to the top-level document")),
+        _ => Ok(()),
+    }
+}
+
 fn contains_expr(node: &Node) -> bool {
     match node {
         Node::Expr(_) | Node::Where(_) => true,
@@ -479,7 +532,8 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                     crate::jsonschema::Schema::parse(value, depth)?,
                 ))),
                 "where" => nodes.push(parse_where(value)?),
-                "text" | "sampleRate" => {
+                "text" => nodes.push(Node::Text(Box::new(TextNode::parse(value)?))),
+                "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {

@@ -350,6 +350,10 @@ pub fn index_bounds(
     hinted: bool,
     multikey: bool,
 ) -> Option<IndexBounds> {
+    // A text index answers `$text` only (`text::text_bounds`).
+    if spec.text.is_some() {
+        return None;
+    }
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
     let per_field = field_bounds(&conds, spec, multikey);

@@ -176,6 +176,16 @@ impl Pipeline {
             }
             let (name, spec) = stage_field(item.map_err(raw_err)?)?;
             sink = parse_stage(name, spec, depth, &mut stages)?;
+            // `$match` with `$text` only first, in a top-level pipeline (mongod's 17313).
+            if let Some(Stage::Match(f)) = stages.last()
+                && f.text_search().is_some()
+                && (stages.len() > 1 || depth > 0)
+            {
+                return Err(QueryError::location(
+                    17313,
+                    "$match with $text is only allowed as the first pipeline stage",
+                ));
+            }
         }
         Ok(Pipeline {
             stages,

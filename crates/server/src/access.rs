@@ -279,6 +279,16 @@ fn choose_access(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
+    // `$text` is answered by the text index, whatever the hint (text_access.rs).
+    if let Some((index, bounds)) = crate::text_access::access(coll, filter)? {
+        return Ok(Access::Index {
+            index,
+            bounds: Arc::new(bounds),
+            multikey: false,
+            sorted: false,
+            reverse: false,
+        });
+    }
     if let Some(access) = hinted(view, filter, raw, hint, sort)? {
         return Ok(access);
     }
@@ -685,7 +695,10 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             multikey,
             reverse,
             ..
-        } => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        } => match index.key.text.is_some() {
+            true => crate::text_access::stage(&index.key, bounds, filter_doc),
+            false => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        },
     }
 }
 

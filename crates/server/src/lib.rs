@@ -29,6 +29,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod text_access;
 mod timeseries;
 mod tls;
 mod validation;

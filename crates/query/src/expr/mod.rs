@@ -53,6 +53,8 @@ pub(crate) enum Expr {
     Doc(Vec<(String, Expr)>),
     Array(Vec<Expr>),
     Rand,
+    /// `{$meta: "textScore"}`: the document's text score (`text.rs`).
+    TextScore,
     /// `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte` and `$cmp` over two expressions, in BSON order.
     Cmp(CmpExpr, Box<Expr>, Box<Expr>),
     And(Vec<Expr>),
@@ -146,6 +148,7 @@ impl Expr {
             Expr::Const(b) => Ok(Some(b.clone())),
             Expr::Missing => Ok(None),
             Expr::Rand => Ok(Some(Bson::Double(random_unit()))),
+            Expr::TextScore => crate::text_meta::current_score(doc),
             Expr::Path(parts) => Ok(raw_path(doc, parts)),
             Expr::Root(parts) if parts.is_empty() => Ok(Some(Bson::Document(
                 Document::try_from(doc).map_err(|e| bad(e.to_string()))?,

@@ -139,6 +139,10 @@ impl Expr {
             }
             _ => return Err(bad("invalid expression object")),
         };
+        if name.as_str() == "$meta" {
+            crate::text_meta::parse_meta(arg)?;
+            return Ok(Expr::TextScore);
+        }
         let Some(op) = Op::from_name(name.as_str()) else {
             return Err(unrecognized(name.as_str()));
         };

@@ -286,6 +286,8 @@ fn plan_input(
         };
         return Ok((pipeline, Some(input)));
     }
+    let mut pipeline = pipeline;
+    crate::text_access::bind_pipeline(&coll, &mut pipeline)?;
     let filter = leading_filter(&pipeline)?;
     let access = match leading_match_doc(req)? {
         Some(raw) => choose(

@@ -191,6 +191,7 @@ pub(super) fn explain_command(
     };
     let snapshot = shared.engine.snapshot();
     let coll = snapshot.collection(&ns);
+    crate::text_access::bind(coll.as_ref(), &filter)?;
     let mut hint = parse_hint(e.hint, coll.as_ref())?;
     if let Some(reverse) = natural {
         hint = Hint::Natural { reverse };

@@ -203,6 +203,18 @@ fn is_new_index(current: &CollectionInfo, ns: &str, spec: &Document) -> CommandR
             ),
         ));
     }
+    // One text index per collection (mongod's IndexCatalog check).
+    if pattern.contains_key("_fts")
+        && let Some(existing) = current.indexes.iter().find(|i| i.key.text.is_some())
+    {
+        return Err(CommandError::new(
+            67,
+            format!(
+                "only one text index per collection allowed, found existing text index \"{}\"",
+                existing.key.name
+            ),
+        ));
+    }
     if crate::capped::index_count(current) >= MAX_INDEXES {
         return Err(CommandError::new(
             67,
