@@ -114,6 +114,10 @@ const SPEC_FIELDS: &[&str] = &[
     "default_language",
     "language_override",
     "textIndexVersion",
+    "2dsphereIndexVersion",
+    "min",
+    "max",
+    "bits",
 ];
 
 fn cannot_create(message: impl Into<String>) -> CodedError {
@@ -135,6 +139,10 @@ pub enum KeyKind {
     /// `"text"` (stored as `_fts: "text", _ftsx: 1`): a term and its score per key, derived
     /// by `mangrove-text` (see `index_text.rs`); serves `$text` only.
     Text,
+    /// `"2dsphere"`: the cells covering the value on the sphere (`geo_index.rs`).
+    Sphere2d,
+    /// `"2d"`: the cell of a legacy pair on the index's plane (`geo_index.rs`).
+    Flat2d(crate::geo_index::Plane),
 }
 
 impl KeyKind {
@@ -142,6 +150,24 @@ impl KeyKind {
     /// use it.
     pub fn is_ordered(self) -> bool {
         self == KeyKind::Ordered
+    }
+
+    /// Whether the field's components are geo cells.
+    pub fn is_geo(self) -> bool {
+        matches!(self, KeyKind::Sphere2d | KeyKind::Flat2d(_))
+    }
+
+    pub fn is_flat_2d(self) -> bool {
+        matches!(self, KeyKind::Flat2d(_))
+    }
+
+    /// The geo index kind of a geo field.
+    pub fn geo(self) -> Option<crate::geo_index::GeoKind> {
+        match self {
+            KeyKind::Sphere2d => Some(crate::geo_index::GeoKind::Sphere),
+            KeyKind::Flat2d(plane) => Some(crate::geo_index::GeoKind::Flat(plane)),
+            _ => None,
+        }
     }
 }
 
@@ -166,7 +192,7 @@ impl IndexField {
                 Some(c) => encode_key_collated(value, c, key),
                 None => encode_key(value, key),
             },
-            KeyKind::Text => encode_key(value, key),
+            KeyKind::Text | KeyKind::Sphere2d | KeyKind::Flat2d(_) => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -343,6 +369,8 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         Bson::Decimal128(_) => (false, KeyKind::Ordered),
         Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
         Bson::String(kind) if kind == "text" => (false, KeyKind::Text),
+        Bson::String(kind) if kind == "2dsphere" => (false, KeyKind::Sphere2d),
+        Bson::String(kind) if kind == "2d" => (false, KeyKind::Flat2d(Default::default())),
         Bson::String(kind) => {
             return Err(cannot_create(format!(
                 "Index type '{kind}' on field '{path}' is not supported by Mangrove; ascending (1), descending (-1) and \"hashed\" keys are"
@@ -429,6 +457,7 @@ impl IndexSpec {
         let collation = index_collation(spec.get("collation"))?;
         let mut out = Document::new();
         out.insert("v", 2i32);
+        let key_copy = key.clone();
         out.insert("key", key);
         out.insert("name", name);
         if let Some(c) = collation {
@@ -438,6 +467,7 @@ impl IndexSpec {
             normalize_option(field, value, &mut out)?;
         }
         text::normalize(&spec, &key_of(&out), &mut out)?;
+        crate::geo_index::normalize(&spec, &key_copy, &mut out)?;
         // Compiling checks the key pattern and the options together.
         IndexSpec::compile(&out, partial)?;
         Ok(out)
@@ -467,6 +497,11 @@ impl IndexSpec {
             field.collation = collation.clone();
         }
         let text = text::compile(spec, &mut fields)?;
+        let flat: Vec<bool> = fields.iter().map(|f| f.kind.is_flat_2d()).collect();
+        let plane = crate::geo_index::configure(&flat, spec)?;
+        for f in fields.iter_mut().filter(|f| f.kind.is_flat_2d()) {
+            f.kind = KeyKind::Flat2d(plane);
+        }
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
         let partial_raw = spec.get_document("partialFilterExpression").ok().cloned();
@@ -584,31 +619,38 @@ impl IndexSpec {
         }
     }
 
-    /// Emits every key; returns whether the document made the index multikey.
-    fn for_each_key(
-        &self,
-        doc: &RawDocument,
-        emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
-    ) -> Result<bool, CodedError> {
-        if !self.covers(doc) {
-            return Ok(false);
-        }
-        if let Some(text) = &self.text {
-            return text::for_each_key(self, text, doc, emit);
-        }
+    /// Each field's values (a geo field's cells); `None` when a geo index leaves the document
+    /// out (no geo value at all: 2dsphere is sparse on its geo fields).
+    fn values_of<'a>(&self, doc: &'a RawDocument) -> Result<Option<Vec<Values<'a>>>, CodedError> {
         let per_field: Vec<Values<'_>> = self
             .fields
             .iter()
-            .map(|f| field_values(doc, &f.parts))
-            .collect();
+            .map(|f| field_or_cells(doc, f))
+            .collect::<Result<_, _>>()?;
+        let geo = || {
+            self.fields
+                .iter()
+                .zip(&per_field)
+                .filter(|(f, _)| f.kind.is_geo())
+        };
+        if geo().next().is_some() && geo().all(|(_, v)| matches!(v, Values::Missing)) {
+            return Ok(None);
+        }
+        Ok(Some(per_field))
+    }
+
+    /// Refuses what cannot be indexed (an array in a hashed field, parallel arrays, too many
+    /// keys); returns how many keys there are and whether an array makes the index multikey.
+    /// A geo field's cells are not an array.
+    fn key_count(&self, per_field: &[Values<'_>]) -> Result<(usize, bool), CodedError> {
         let arrays: Vec<&str> = self
             .fields
             .iter()
-            .zip(&per_field)
-            .filter(|(_, v)| matches!(v, Values::Many(_)))
+            .zip(per_field)
+            .filter(|(f, v)| !f.kind.is_geo() && matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
-        self.refuse_hashed_arrays(&per_field)?;
+        self.refuse_hashed_arrays(per_field)?;
         if arrays.len() > 1 {
             return Err(CodedError::new(
                 171,
@@ -630,6 +672,25 @@ impl IndexSpec {
                 ),
             ));
         }
+        Ok((total, !arrays.is_empty()))
+    }
+
+    /// Emits every key; returns whether the document made the index multikey.
+    fn for_each_key(
+        &self,
+        doc: &RawDocument,
+        emit: &mut dyn FnMut(Vec<u8>, &[Bson]),
+    ) -> Result<bool, CodedError> {
+        if !self.covers(doc) {
+            return Ok(false);
+        }
+        if let Some(text) = &self.text {
+            return text::for_each_key(self, text, doc, emit);
+        }
+        let Some(per_field) = self.values_of(doc)? else {
+            return Ok(false);
+        };
+        let (total, multikey) = self.key_count(&per_field)?;
         // At most one field has several values, so the product is that field's values.
         let mut choice = vec![0usize; per_field.len()];
         for n in 0..total.max(1) {
@@ -648,13 +709,15 @@ impl IndexSpec {
                 let (value, _) = v.get(c);
                 field.encode(value, &mut key);
                 values.push(match field.kind {
-                    KeyKind::Ordered | KeyKind::Text => Bson::try_from(value).unwrap_or(Bson::Null),
+                    KeyKind::Ordered | KeyKind::Text | KeyKind::Sphere2d | KeyKind::Flat2d(_) => {
+                        Bson::try_from(value).unwrap_or(Bson::Null)
+                    }
                     KeyKind::Hashed => Bson::Int64(hash_value(value)),
                 });
             }
             emit(key, &values);
         }
-        Ok(!arrays.is_empty())
+        Ok(multikey)
     }
 }
 
@@ -684,6 +747,23 @@ impl<'a> Values<'a> {
             Values::Many(v) => v.get(i).copied().unwrap_or((RawBsonRef::Null, false)),
         }
     }
+}
+
+/// A field's values, or a geo field's cells (as int64s, each a value reached).
+fn field_or_cells<'a>(doc: &'a RawDocument, field: &IndexField) -> Result<Values<'a>, CodedError> {
+    let Some(kind) = field.kind.geo() else {
+        return Ok(field_values(doc, &field.parts));
+    };
+    let cells = crate::geo_index::cells(kind, &field.parts, doc)?;
+    Ok(match cells.len() {
+        0 => Values::Missing,
+        _ => Values::Many(
+            cells
+                .into_iter()
+                .map(|c| (RawBsonRef::Int64(c), true))
+                .collect(),
+        ),
+    })
 }
 
 fn field_values<'a>(doc: &'a RawDocument, parts: &[String]) -> Values<'a> {

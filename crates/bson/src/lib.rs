@@ -19,6 +19,7 @@ pub mod decimal;
 pub mod diff;
 mod error;
 pub mod error_codes;
+pub mod geo_index;
 pub mod hashed;
 pub mod index;
 pub mod key;

@@ -81,6 +81,8 @@ pub(crate) enum Pred {
     /// Negation of a conjunction evaluated over the whole path (`$not`, `$ne`, `$nin`).
     Not(Vec<Pred>),
     Never,
+    /// A geospatial operator (`geo_filter.rs`), over the whole value at the path.
+    Geo(std::sync::Arc<mangrove_geo::GeoOp>),
 }
 
 impl Filter {
@@ -102,6 +104,7 @@ impl Filter {
         // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
         let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
         check_text_placement(&root, true, &mut 0)?;
+        check_near_placement(&root)?;
         Ok(Filter {
             has_expr: backtracking || contains_expr(&root),
             root,
@@ -132,6 +135,25 @@ impl Filter {
             match node {
                 Node::Text(t) => Some(t),
                 Node::And(c) | Node::Or(c) => c.iter().find_map(find),
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+
+    /// The filter's `$near`/`$nearSphere` (in its top-level conjunction) and its path.
+    pub fn near(&self) -> Option<(&str, &mangrove_geo::Near)> {
+        fn find(node: &Node) -> Option<(&str, &mangrove_geo::Near)> {
+            match node {
+                Node::And(children) => children.iter().find_map(find),
+                Node::Field {
+                    path,
+                    pred: Pred::Geo(op),
+                    ..
+                } => match op.as_ref() {
+                    mangrove_geo::GeoOp::Near(n) => Some((path.as_str(), n)),
+                    _ => None,
+                },
                 _ => None,
             }
         }
@@ -337,6 +359,7 @@ impl Pred {
             Pred::All(preds) => preds.iter().all(|p| p.matches_path(doc, parts)),
             Pred::Never => false,
             Pred::Exists(want) => walk(doc, parts, false, &mut |v| v.is_some()) == *want,
+            Pred::Geo(_) => walk(doc, parts, false, &mut |v| self.matches_value(v)),
             // Array-shape operators look at arrays as a whole, never at their elements.
             Pred::Size(_) | Pred::ElemMatchObj(_) | Pred::ElemMatchVal(_) => {
                 walk(doc, parts, false, &mut |v| self.matches_value(v))
@@ -403,7 +426,44 @@ impl Pred {
             Pred::All(preds) => preds.iter().all(|p| p.matches_value(v)),
             Pred::Not(preds) => !preds.iter().all(|p| p.matches_value(v)),
             Pred::Never => false,
+            Pred::Geo(op) => v.is_some_and(|v| op.matches(v)),
         }
+    }
+}
+
+/// mongod's rule for `$near`/`$nearSphere`: at most one, in the top-level conjunction.
+fn check_near_placement(root: &Node) -> Result<(), QueryError> {
+    fn is_near(p: &Pred) -> bool {
+        matches!(p, Pred::Geo(op) if matches!(op.as_ref(), mangrove_geo::GeoOp::Near(_)))
+    }
+    fn nears(node: &Node) -> usize {
+        match node {
+            Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().map(nears).sum(),
+            Node::Field { pred, .. } => pred_nears(pred),
+            _ => 0,
+        }
+    }
+    fn pred_nears(p: &Pred) -> usize {
+        match p {
+            Pred::Not(ps) | Pred::All(ps) | Pred::ElemMatchVal(ps) => {
+                ps.iter().map(pred_nears).sum()
+            }
+            Pred::ElemMatchObj(n) => nears(n),
+            p => usize::from(is_near(p)),
+        }
+    }
+    fn top(node: &Node) -> usize {
+        match node {
+            Node::And(c) => c.iter().map(top).sum(),
+            Node::Field { pred, .. } => usize::from(is_near(pred)),
+            _ => 0,
+        }
+    }
+    match nears(root) {
+        0 => Ok(()),
+        n if n > 1 => Err(bad("Too many geoNear expressions")),
+        _ if top(root) == 1 => Ok(()),
+        _ => Err(bad("geoNear must be top-level expr")),
     }
 }
 
@@ -650,6 +710,9 @@ pub(crate) fn parse_operators(d: &RawDocument, depth: usize) -> Result<Vec<Pred>
             "exceeded maximum query tree depth of {MAX_FILTER_DEPTH}"
         )));
     }
+    if let Some(near) = crate::geo_filter::parse_near(d)? {
+        return Ok(vec![Pred::Geo(near)]);
+    }
     let mut preds = Vec::new();
     let mut regex: Option<RawBsonRef<'_>> = None;
     let mut options: Option<RawBsonRef<'_>> = None;
@@ -740,9 +803,10 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
         "$where" => Err(bad("$where cannot be applied to a field")),
-        "$text" | "$geoWithin" | "$geoIntersects" | "$near" | "$nearSphere" | "$expr" => {
-            Err(bad(format!("{name} is not supported yet")))
+        "$geoWithin" | "$within" | "$geoIntersects" => {
+            Ok(Pred::Geo(crate::geo_filter::parse(name, value)?))
         }
+        "$text" | "$expr" => Err(bad(format!("{name} is not supported yet"))),
         _ => Err(bad(format!("unknown operator: {name}"))),
     }
 }

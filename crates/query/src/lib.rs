@@ -30,6 +30,9 @@ mod doc_ops;
 mod error;
 mod expr;
 mod filter;
+mod geo_filter;
+mod geo_plan;
+mod geo_stage;
 mod group;
 mod index;
 mod js_acc;
@@ -60,6 +63,8 @@ mod window_spec;
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;
 pub use filter::Filter;
+pub use geo_filter::near_distance;
+pub use geo_plan::{geo_field, near_frame};
 pub use index::{
     IndexField, IndexSpec, MAX_KEYS_PER_DOCUMENT, PartialFilter, PartialFilters, compile_index,
     compile_partial, normalize_index, partial_filters,
@@ -74,6 +79,7 @@ pub use mangrove_bson::{
     Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
 pub use mangrove_text::{TextIndex, TextMatch};
+pub use mangrove_geo::{Frame, Near};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;

@@ -67,6 +67,8 @@ impl IndexBounds {
 
 /// A field's condition in value space.
 enum FieldBound {
+    /// A geo field's cell-number ranges, inclusive (`geo_plan.rs`).
+    Cells(Vec<(u64, u64)>),
     Points(Vec<RawBson>),
     Range {
         bracket: u8,
@@ -89,6 +91,13 @@ impl FieldBound {
     fn byte_ranges(&self, field: &IndexField) -> Vec<(End, End)> {
         let descending = field.descending;
         match self {
+            FieldBound::Cells(ranges) => ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    let (lo, hi) = crate::geo_plan::range_bytes(lo, hi);
+                    ((lo, true), (hi, true))
+                })
+                .collect(),
             FieldBound::Points(values) => {
                 let mut keys: Vec<Vec<u8>> = values
                     .iter()
@@ -130,6 +139,7 @@ impl FieldBound {
                 .unwrap_or_default()
         };
         match self {
+            FieldBound::Cells(ranges) => crate::geo_plan::display(ranges),
             FieldBound::Points(values) => values
                 .iter()
                 .map(|v| Bson::String(format!("[{}, {}]", show(v), show(v))))
@@ -153,6 +163,7 @@ impl FieldBound {
 
     fn excludes_null(&self) -> bool {
         match self {
+            FieldBound::Cells(_) => true,
             FieldBound::Points(values) => values
                 .iter()
                 .all(|v| !matches!(v, RawBson::Null | RawBson::Undefined)),
@@ -307,6 +318,7 @@ fn bound_within(inner: &FieldBound, outer: &FieldBound) -> bool {
                 && below(outer_hi.as_ref(), hi.as_ref())
         }
         (FieldBound::Range { .. }, FieldBound::Points(_)) => false,
+        (FieldBound::Cells(_), _) | (_, FieldBound::Cells(_)) => false,
     }
 }
 
@@ -357,6 +369,16 @@ pub fn index_bounds(
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
     let per_field = field_bounds(&conds, spec, multikey);
+    // A geo index holds only documents with a geo value: without a geo condition it may lack
+    // matches.
+    let geo_unbounded = spec
+        .fields
+        .iter()
+        .zip(&per_field)
+        .any(|(f, b)| f.kind.is_geo() && b.is_none());
+    if !hinted && geo_unbounded {
+        return None;
+    }
     if !hinted {
         let first = per_field.first().and_then(Option::as_ref)?;
         if spec.sparse && !first.excludes_null() {
@@ -392,6 +414,13 @@ fn field_bounds(
         let mut best: Option<FieldBound> = None;
         for (path, pred) in conds {
             if *path != field.path {
+                continue;
+            }
+            // A geo field is bounded by a geo operator only, and by the first one.
+            if field.kind.is_geo() {
+                if best.is_none() {
+                    best = crate::geo_plan::cell_ranges(field, pred).map(FieldBound::Cells);
+                }
                 continue;
             }
             let Some(b) = bound_for(pred) else {
@@ -452,7 +481,7 @@ impl Prefixes {
                 {
                     out.extend(b.byte_ranges(field));
                 }
-                Some(b @ FieldBound::Range { .. }) => {
+                Some(b @ (FieldBound::Range { .. } | FieldBound::Cells(_))) => {
                     out.tail = Some(b.byte_ranges(field));
                     out.score += 1;
                     bounded = false;

@@ -48,6 +48,8 @@ pub(crate) enum Stage {
     Densify(Box<crate::densify::Densify>),
     /// `$redact`: an expression answering `$$DESCEND`, `$$PRUNE` or `$$KEEP` per level.
     Redact(Expr),
+    /// `$geoNear` (first stage only): the reader orders by distance, the stage annotates.
+    GeoNear(Box<crate::geo_stage::GeoNear>),
 }
 
 pub struct Pipeline {
@@ -153,6 +155,25 @@ impl Pipeline {
         match self.stages.first() {
             Some(Stage::Match(f)) => Some(f),
             _ => None,
+        }
+    }
+
+    /// A leading `$geoNear`'s center and limits, `key` and raw `query`, for the server to walk
+    /// a geo index nearest first.
+    pub fn leading_geo_near(
+        &self,
+    ) -> Option<(&mangrove_geo::Near, Option<&str>, &bson::RawDocument)> {
+        match self.stages.first() {
+            Some(Stage::GeoNear(g)) => Some((&g.near, g.key.as_deref(), &g.raw_query)),
+            _ => None,
+        }
+    }
+
+    /// Sets a leading `$geoNear`'s geo field (the server resolves it from the collection's
+    /// geo index when the stage names no `key`).
+    pub fn resolve_geo_near(&mut self, key: &str) {
+        if let Some(Stage::GeoNear(g)) = self.stages.first_mut() {
+            g.key = Some(key.to_string());
         }
     }
 

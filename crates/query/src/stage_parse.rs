@@ -287,12 +287,11 @@ fn parse_stage(
         }
         "$out" => return Ok(Some(parse_out(spec)?)),
         "$merge" => return Ok(Some(parse_merge(spec)?)),
-        other => {
-            return Err(QueryError::location(
-                40324,
-                format!("Unrecognized pipeline stage name: '{other}'"),
-            ));
-        }
+        other => Stage::GeoNear(crate::geo_stage::other_stage(
+            other,
+            spec,
+            stages.is_empty() && depth == 0,
+        )?),
     };
     stages.push(parsed);
     Ok(None)
@@ -734,6 +733,7 @@ fn match_filter(spec: &RawDocument) -> Result<Filter, QueryError> {
             "$where is not allowed inside of a $match aggregation expression",
         ));
     }
+    crate::geo_stage::refuse_near(&filter)?;
     Ok(filter)
 }
 

@@ -186,6 +186,11 @@ fn step(
             }
         },
         Stage::Project(p) | Stage::Unset(p) => Ok(Step::Doc(p.apply(&next_doc!(up))?)),
+        Stage::GeoNear(g) => loop {
+            if let Some(d) = g.annotate(&next_doc!(up))? {
+                return Ok(Step::Doc(d));
+            }
+        },
         Stage::AddFields(fields) => Ok(Step::Doc(add_fields(&next_doc!(up), fields)?)),
         Stage::ReplaceRoot(e) => Ok(Step::Doc(replace_root(e, &next_doc!(up))?)),
         Stage::Skip(_) | Stage::Limit(_) => skip_or_limit(state, up),

@@ -105,6 +105,11 @@ pub enum Access {
         /// Walk the entries backward (a sort against the index's direction).
         reverse: bool,
     },
+    /// A geo index walked outward from a `$near` center (`geo_near.rs`), nearest first.
+    Near {
+        index: Arc<IndexInfo>,
+        plan: Arc<crate::geo_near::NearPlan>,
+    },
 }
 
 impl Access {
@@ -114,7 +119,7 @@ impl Access {
             Access::Collection | Access::CollectionBackward => Plan::CollectionScan,
             Access::IdPoint(_) => Plan::IdPoint,
             Access::IdRange { .. } => Plan::IdRange,
-            Access::Index { index, .. } => Plan::Index(index.clone()),
+            Access::Index { index, .. } | Access::Near { index, .. } => Plan::Index(index.clone()),
         }
     }
 
@@ -289,6 +294,15 @@ fn choose_access(
             reverse: false,
         });
     }
+    // `$near` needs a geo index: nothing else orders by distance.
+    let hinted_index = match hint {
+        Hint::Index(i) => Some(i),
+        _ => None,
+    };
+    if let Some((index, plan)) = crate::geo_near::near_access(coll, filter, hinted_index)? {
+        let plan = Arc::new(plan);
+        return Ok(Access::Near { index, plan });
+    }
     if let Some(access) = hinted(view, filter, raw, hint, sort)? {
         return Ok(access);
     }
@@ -440,7 +454,8 @@ fn sort_order_access(
 ) -> CommandResult<Access> {
     // Sparse and partial indexes may lack documents.
     for index in coll.indexes.iter().filter(|i| serves_collation(i)) {
-        if index.key.sparse || index.key.partial.is_some() || sort.is_empty() {
+        let geo = index.key.fields.iter().any(|f| f.kind.is_geo());
+        if index.key.sparse || index.key.partial.is_some() || geo || sort.is_empty() {
             continue;
         }
         let multikey = view.index_multikey(index)?;
@@ -617,8 +632,36 @@ fn visit_matches(
                 }
             }
         }
+        Access::Near { index, plan } => {
+            walk_near(view, coll, index, plan, filter, examined, visit)?
+        }
     }
     Ok(())
+}
+
+/// A `$near` walk (`geo_near.rs`), nearest first, counted into `examined`.
+fn walk_near(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    index: &Arc<IndexInfo>,
+    plan: &crate::geo_near::NearPlan,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    let walk = crate::geo_near::NearWalk {
+        view,
+        coll,
+        index,
+        plan,
+        filter,
+        deadline: &check_deadline,
+    };
+    let mut counts = crate::geo_near::Counts::default();
+    let result = crate::geo_near::walk_near(&walk, &mut counts, visit);
+    examined.keys += counts.keys;
+    examined.docs += counts.docs;
+    result
 }
 
 /// The whole collection in key order (`reverse`: backward) through `filter` to `visit`.
@@ -699,6 +742,7 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             true => crate::text_access::stage(&index.key, bounds, filter_doc),
             false => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
         },
+        Access::Near { index, plan } => crate::geo_near::plan_stage(index, plan),
     }
 }
 
@@ -847,7 +891,7 @@ fn min_max_display(
 /// which reads no index (as mongod).
 pub fn returned_key(access: &Access, doc: &RawDocument) -> Document {
     match access {
-        Access::Collection | Access::CollectionBackward => Document::new(),
+        Access::Collection | Access::CollectionBackward | Access::Near { .. } => Document::new(),
         Access::IdPoint(_) | Access::IdRange { .. } => {
             match doc.get("_id").ok().flatten().map(Bson::try_from) {
                 Some(Ok(id)) => doc! { "_id": id },

@@ -20,6 +20,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod geo_near;
 mod index_usage;
 mod op_stats;
 mod params;

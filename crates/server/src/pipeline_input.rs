@@ -41,6 +41,15 @@ enum Position {
     },
     Index(Box<IndexWalk>),
     Point(Option<DocKey>),
+    /// A `$geoNear` walk (`geo_near.rs`), read whole on the first chunk (nearest first), then
+    /// handed out a chunk at a time.
+    Near(
+        Option<(
+            std::sync::Arc<mangrove_storage::IndexInfo>,
+            std::sync::Arc<crate::geo_near::NearPlan>,
+        )>,
+        std::collections::VecDeque<StoredDoc>,
+    ),
 }
 
 /// Reads the documents matching a filter along an access path, a chunk at a time.
@@ -53,6 +62,9 @@ pub struct InputReader {
 impl InputReader {
     pub fn new(access: Access, filter: Filter) -> InputReader {
         let position = match access {
+            Access::Near { index, plan } => {
+                Position::Near(Some((index, plan)), std::collections::VecDeque::new())
+            }
             Access::Collection => Position::Keys {
                 intervals: vec![None],
                 at: 0,
@@ -123,6 +135,28 @@ impl InputReader {
                         }
                     }
                 }
+                Position::Near(walk, queue) => {
+                    if let Some((index, plan)) = walk.take() {
+                        let walk = crate::geo_near::NearWalk {
+                            view,
+                            coll,
+                            index: &index,
+                            plan: &plan,
+                            filter: &self.filter,
+                            deadline: &check_deadline,
+                        };
+                        let mut counts = crate::geo_near::Counts::default();
+                        let read = crate::geo_near::read_all(&walk, &mut counts, queue);
+                        examined.keys += counts.keys;
+                        examined.docs += counts.docs;
+                        read?;
+                    }
+                    while out.len() < CHUNK_DOCS
+                        && let Some(d) = queue.pop_front()
+                    {
+                        out.push(d);
+                    }
+                }
                 Position::Point(key) => {
                     if let Some(key) = key.take()
                         && let Some(doc) = view.get(coll, &key)?
@@ -146,6 +180,7 @@ impl InputReader {
             Position::Keys { intervals, at, .. } => *at >= intervals.len(),
             Position::Index(_) => false,
             Position::Point(key) => key.is_none(),
+            Position::Near(walk, queue) => walk.is_none() && queue.is_empty(),
         }
     }
 

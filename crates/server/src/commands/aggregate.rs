@@ -288,6 +288,20 @@ fn plan_input(
     }
     let mut pipeline = pipeline;
     crate::text_access::bind_pipeline(&coll, &mut pipeline)?;
+    if let Some((index, plan, filter)) = crate::geo_near::geo_near_input(&coll, &mut pipeline)? {
+        let access = Access::Near {
+            index,
+            plan: std::sync::Arc::new(plan),
+        };
+        return Ok((
+            pipeline,
+            Some(Input {
+                coll,
+                access,
+                filter,
+            }),
+        ));
+    }
     let filter = leading_filter(&pipeline)?;
     let access = match leading_match_doc(req)? {
         Some(raw) => choose(

@@ -306,6 +306,7 @@ fn must_collect(access: &Access, query: &FindQuery<'_>, at_once: bool) -> bool {
     !matches!(access, Access::IdPoint(_))
         && ((query.sort.is_some() && !access.sorted())
             || at_once
+            || matches!(access, Access::Near { .. })
             || matches!(access, Access::IdRange { bounds, .. } if bounds.intervals.len() != 1))
 }
 
