@@ -168,4 +168,28 @@ fn a_lone_statement_where_becomes_a_body() {
     assert_eq!(src, "function(obj) { while (false) {}\n}");
     assert!(!where_matches(&src, &rawdoc! {}).unwrap());
     assert_eq!(mangrove_js::where_source("this.a >").unwrap_err().code, 139);
+    // Only a function expression is taken as one.
+    assert_eq!(
+        where_function("functional == 1"),
+        "function(obj) { return functional == 1 }"
+    );
+    assert!(where_function("function named() { return 1; }").contains(".call(this)"));
+}
+
+#[test]
+fn a_map_that_emits_without_end_is_stopped_by_size() {
+    let e = map(
+        "function() { var s = 'x'.repeat(1 << 20); for (;;) emit(1, s); }",
+        None,
+        &rawdoc! {},
+    )
+    .unwrap_err();
+    assert_eq!(e.code, 31292, "{}", e.message);
+    // The next map starts from nothing.
+    assert_eq!(
+        map("function() { emit(1, 2); }", None, &rawdoc! {})
+            .unwrap()
+            .len(),
+        1
+    );
 }
