@@ -69,6 +69,10 @@ fn new_engine() -> Result<Engine, CodedError> {
         ctx.globals()
             .set("emit", emit)
             .map_err(|e| describe(&ctx, e))?;
+        let sleep = Function::new(ctx.clone(), sleep).map_err(|e| describe(&ctx, e))?;
+        ctx.globals()
+            .set("sleep", sleep)
+            .map_err(|e| describe(&ctx, e))?;
         ctx.eval::<(), _>("Object.freeze(globalThis);")
             .map_err(|e| describe(&ctx, e))
     })?;
@@ -106,6 +110,25 @@ fn emit<'js>(ctx: Ctx<'js>, key: Value<'js>, value: Value<'js>) -> rquickjs::Res
         ));
     }
     EMITS.with(|e| e.borrow_mut().push((k, v)));
+    Ok(())
+}
+
+/// The shell's `sleep(ms)` (drivers' tests slow a query with it): sleeps at most until the
+/// call's time bound; cut short there, the call fails as an interrupted one does.
+fn sleep(ctx: Ctx<'_>, ms: f64) -> rquickjs::Result<()> {
+    let Some(stop) = STOP.with(Cell::get) else {
+        return Ok(());
+    };
+    let wanted = std::time::Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 86_400.0));
+    let wake = Instant::now() + wanted;
+    let until = wake.min(stop.at);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left.min(std::time::Duration::from_millis(10)));
+    }
+    if wake > stop.at {
+        INTERRUPTED.with(|i| i.set(true));
+        return Err(rquickjs::Exception::throw_internal(&ctx, "interrupted"));
+    }
     Ok(())
 }
 
@@ -152,7 +175,7 @@ pub(crate) fn with_ctx<T>(
         if INTERRUPTED.with(Cell::get) {
             return Err(timeout_error(stop));
         }
-        if out.is_err() && engine.rt.memory_usage().malloc_size as usize >= limits().memory_bytes {
+        if out.is_err() {
             engine.rt.run_gc();
         }
         out

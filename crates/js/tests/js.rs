@@ -193,3 +193,17 @@ fn a_map_that_emits_without_end_is_stopped_by_size() {
         1
     );
 }
+
+#[test]
+fn sleep_waits_and_is_cut_by_the_deadline() {
+    let started = Instant::now();
+    assert!(where_matches("function() { sleep(50); return true; }", &rawdoc! {}).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let started = Instant::now();
+    let e = with_deadline(Some(Instant::now() + Duration::from_millis(100)), || {
+        where_matches("function() { sleep(60000); return true; }", &rawdoc! {})
+    })
+    .unwrap_err();
+    assert_eq!(e.code, 50);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
