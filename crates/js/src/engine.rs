@@ -45,6 +45,8 @@ thread_local! {
     static STOP: Cell<Option<Stop>> = const { Cell::new(None) };
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
     pub(crate) static EMITS: RefCell<Vec<(Bson, Bson)>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static EMIT_BYTES: Cell<usize> = const { Cell::new(0) };
+    pub(crate) static EMIT_OVERFLOW: Cell<bool> = const { Cell::new(false) };
 }
 
 fn new_engine() -> Result<Engine, CodedError> {
@@ -67,6 +69,10 @@ fn new_engine() -> Result<Engine, CodedError> {
         ctx.globals()
             .set("emit", emit)
             .map_err(|e| describe(&ctx, e))?;
+        let sleep = Function::new(ctx.clone(), sleep).map_err(|e| describe(&ctx, e))?;
+        ctx.globals()
+            .set("sleep", sleep)
+            .map_err(|e| describe(&ctx, e))?;
         ctx.eval::<(), _>("Object.freeze(globalThis);")
             .map_err(|e| describe(&ctx, e))
     })?;
@@ -77,18 +83,68 @@ fn new_engine() -> Result<Engine, CodedError> {
     })
 }
 
+/// What one map call may emit, in bytes (mongod's `internalQueryMaxJsEmitBytes`, 100 MiB): the
+/// pairs live outside the JS heap, so its limit does not bound them.
+pub(crate) const MAX_EMIT_BYTES: usize = 100 << 20;
+
 /// `emit(key, value)` of a map function: collected for [`crate::map`] to take.
 fn emit<'js>(ctx: Ctx<'js>, key: Value<'js>, value: Value<'js>) -> rquickjs::Result<()> {
     let types = Types::new(&ctx)?;
     let pair = types
         .to_bson(&key, 0)
         .and_then(|k| Ok((k, types.to_bson(&value, 0)?)));
-    match pair {
-        Ok(pair) => {
-            EMITS.with(|e| e.borrow_mut().push(pair));
-            Ok(())
+    let (k, v) = match pair {
+        Ok(pair) => pair,
+        Err(e) => return Err(rquickjs::Exception::throw_message(&ctx, &e.message)),
+    };
+    let bytes = approx_size(&k) + approx_size(&v);
+    let total = EMIT_BYTES.with(|b| {
+        b.set(b.get().saturating_add(bytes));
+        b.get()
+    });
+    if total > MAX_EMIT_BYTES {
+        EMIT_OVERFLOW.with(|o| o.set(true));
+        return Err(rquickjs::Exception::throw_internal(
+            &ctx,
+            "emitted too much",
+        ));
+    }
+    EMITS.with(|e| e.borrow_mut().push((k, v)));
+    Ok(())
+}
+
+/// The shell's `sleep(ms)` (drivers' tests slow a query with it): sleeps at most until the
+/// call's time bound; cut short there, the call fails as an interrupted one does.
+fn sleep(ctx: Ctx<'_>, ms: f64) -> rquickjs::Result<()> {
+    let Some(stop) = STOP.with(Cell::get) else {
+        return Ok(());
+    };
+    let wanted = std::time::Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 86_400.0));
+    let wake = Instant::now() + wanted;
+    let until = wake.min(stop.at);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left.min(std::time::Duration::from_millis(10)));
+    }
+    if wake > stop.at {
+        INTERRUPTED.with(|i| i.set(true));
+        return Err(rquickjs::Exception::throw_internal(&ctx, "interrupted"));
+    }
+    Ok(())
+}
+
+/// A value's size, roughly as BSON holds it.
+fn approx_size(v: &Bson) -> usize {
+    match v {
+        Bson::String(s) | Bson::JavaScriptCode(s) | Bson::Symbol(s) => s.len() + 8,
+        Bson::Array(items) => items.iter().map(|i| approx_size(i) + 8).sum::<usize>() + 8,
+        Bson::Document(d) => {
+            d.iter()
+                .map(|(k, v)| k.len() + approx_size(v))
+                .sum::<usize>()
+                + 8
         }
-        Err(e) => Err(rquickjs::Exception::throw_message(&ctx, &e.message)),
+        Bson::Binary(b) => b.bytes.len() + 8,
+        _ => 16,
     }
 }
 
@@ -119,7 +175,7 @@ pub(crate) fn with_ctx<T>(
         if INTERRUPTED.with(Cell::get) {
             return Err(timeout_error(stop));
         }
-        if out.is_err() && engine.rt.memory_usage().malloc_size as usize >= limits().memory_bytes {
+        if out.is_err() {
             engine.rt.run_gc();
         }
         out

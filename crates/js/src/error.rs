@@ -20,6 +20,11 @@ pub(crate) fn describe(ctx: &Ctx<'_>, e: rquickjs::Error) -> CodedError {
                     let name: String = ex.get("name").unwrap_or_else(|_| "Error".into());
                     format!("{name}: {}", ex.message().unwrap_or_default())
                 }
+                // QuickJS throws a bare null when even its out-of-memory error cannot be made.
+                None if thrown.is_null() => format!(
+                    "Out of memory (or an uncaught null): the JavaScript heap limit is {} MiB",
+                    crate::limits().memory_bytes >> 20
+                ),
                 None => thrown
                     .as_string()
                     .and_then(|s| s.to_string().ok())

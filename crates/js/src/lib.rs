@@ -107,7 +107,7 @@ pub(crate) fn deadline() -> Option<Instant> {
 /// nested inside, so its body sees `obj` too.
 pub fn where_function(code: &str) -> String {
     let trimmed = code.trim();
-    if trimmed.starts_with("function") {
+    if is_function(trimmed) {
         return format!("function(obj) {{ return ({trimmed}\n).call(this); }}");
     }
     let semi = trimmed.find(';');
@@ -136,6 +136,14 @@ pub fn where_source(code: &str) -> Result<String, CodedError> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Code that is a function expression (`function (…) {…}`, `function name(…)`), not an
+/// expression that merely starts with the letters (`functional == 1`).
+fn is_function(code: &str) -> bool {
+    code.strip_prefix("function")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c == '(' || c.is_whitespace())
 }
 
 fn has_return(code: &str) -> bool {
@@ -193,6 +201,8 @@ pub fn map(
     doc: &RawDocument,
 ) -> Result<Vec<(Bson, Bson)>, CodedError> {
     engine::EMITS.with(|e| e.borrow_mut().clear());
+    engine::EMIT_BYTES.with(|b| b.set(0));
+    engine::EMIT_OVERFLOW.with(|o| o.set(false));
     let ran = engine::with_ctx(|ctx, cache| {
         let f = engine::function(ctx, cache, source, scope)?;
         let types = Types::new(ctx).map_err(|e| error::describe(ctx, e))?;
@@ -200,6 +210,15 @@ pub fn map(
         engine::call(ctx, &f, Some(this), Vec::new()).map(drop)
     });
     let emitted = engine::EMITS.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    if engine::EMIT_OVERFLOW.with(std::cell::Cell::get) {
+        return Err(CodedError::location(
+            31292,
+            format!(
+                "Size of emitted values exceeds the set size limit of {} bytes",
+                engine::MAX_EMIT_BYTES
+            ),
+        ));
+    }
     ran.map(|()| emitted)
 }
 

@@ -168,4 +168,42 @@ fn a_lone_statement_where_becomes_a_body() {
     assert_eq!(src, "function(obj) { while (false) {}\n}");
     assert!(!where_matches(&src, &rawdoc! {}).unwrap());
     assert_eq!(mangrove_js::where_source("this.a >").unwrap_err().code, 139);
+    // Only a function expression is taken as one.
+    assert_eq!(
+        where_function("functional == 1"),
+        "function(obj) { return functional == 1 }"
+    );
+    assert!(where_function("function named() { return 1; }").contains(".call(this)"));
+}
+
+#[test]
+fn a_map_that_emits_without_end_is_stopped_by_size() {
+    let e = map(
+        "function() { var s = 'x'.repeat(1 << 20); for (;;) emit(1, s); }",
+        None,
+        &rawdoc! {},
+    )
+    .unwrap_err();
+    assert_eq!(e.code, 31292, "{}", e.message);
+    // The next map starts from nothing.
+    assert_eq!(
+        map("function() { emit(1, 2); }", None, &rawdoc! {})
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn sleep_waits_and_is_cut_by_the_deadline() {
+    let started = Instant::now();
+    assert!(where_matches("function() { sleep(50); return true; }", &rawdoc! {}).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let started = Instant::now();
+    let e = with_deadline(Some(Instant::now() + Duration::from_millis(100)), || {
+        where_matches("function() { sleep(60000); return true; }", &rawdoc! {})
+    })
+    .unwrap_err();
+    assert_eq!(e.code, 50);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
