@@ -532,6 +532,25 @@ impl IndexSpec {
         key
     }
 
+    /// A hashed field cannot hold an array (mongod's 16766).
+    fn refuse_hashed_arrays(&self, per_field: &[Values<'_>]) -> Result<(), CodedError> {
+        let hashed_array = self
+            .fields
+            .iter()
+            .zip(per_field)
+            .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)));
+        match hashed_array {
+            Some((field, _)) => Err(CodedError::location(
+                16766,
+                format!(
+                    "Error: hashed indexes do not currently support array values. Found array at path: {}",
+                    field.path
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Emits every key; returns whether the document made the index multikey.
     fn for_each_key(
         &self,
@@ -556,21 +575,7 @@ impl IndexSpec {
             .filter(|(_, v)| matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
-        if let Some(field) = self
-            .fields
-            .iter()
-            .zip(&per_field)
-            .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)))
-            .map(|(f, _)| f)
-        {
-            return Err(CodedError::location(
-                16766,
-                format!(
-                    "Error: hashed indexes do not currently support array values. Found array at path: {}",
-                    field.path
-                ),
-            ));
-        }
+        self.refuse_hashed_arrays(&per_field)?;
         if arrays.len() > 1 {
             return Err(CodedError::new(
                 171,

@@ -27,6 +27,8 @@ pub(crate) enum Node {
     Expr(std::sync::Arc<ExprNode>),
     /// `$jsonSchema`, judged against the whole document (an array element under `$elemMatch`).
     JsonSchema(Box<crate::jsonschema::Schema>),
+    /// `$where`: a JavaScript function of the document, true when its result is truthy.
+    Where(std::sync::Arc<str>),
     Field {
         path: String,
         parts: Vec<String>,
@@ -82,11 +84,26 @@ pub(crate) enum Pred {
 }
 
 impl Filter {
+    /// Whether the filter runs JavaScript (`$where`), which aggregation's `$match` refuses.
+    pub fn has_where(&self) -> bool {
+        fn walk(n: &Node) -> bool {
+            match n {
+                Node::Where(_) => true,
+                Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(walk),
+                _ => false,
+            }
+        }
+        walk(&self.root)
+    }
+
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
+        let backtracking_before = crate::regex::backtracking_compiled();
         let root = parse_doc(filter, 0)?;
         check_text_placement(&root, true, &mut 0)?;
+        // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
+        let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
         Ok(Filter {
-            has_expr: contains_expr(&root),
+            has_expr: backtracking || contains_expr(&root),
             root,
         })
     }
@@ -135,10 +152,11 @@ impl Filter {
     /// bad conversion) is reported as the error mongod would return.
     pub fn matches_checked(&self, doc: &RawDocument) -> Result<bool, QueryError> {
         EXPR_ERROR.with(|slot| slot.borrow_mut().take());
+        crate::regex::take_match_error();
         let matched = self.root.matches(doc);
         match EXPR_ERROR.with(|slot| slot.borrow_mut().take()) {
             Some(err) => Err(err),
-            None => Ok(matched),
+            None => crate::regex::take_match_error().map_or(Ok(matched), Err),
         }
     }
 
@@ -297,6 +315,12 @@ impl Node {
             // Matching is infallible by signature; an expression's runtime error is kept for
             // `Filter::matches_checked` to report and the document counts as not matching.
             Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
+                EXPR_ERROR.with(|slot| {
+                    slot.borrow_mut().get_or_insert(err);
+                });
+                false
+            }),
+            Node::Where(f) => mangrove_js::where_matches(f, doc).unwrap_or_else(|err| {
                 EXPR_ERROR.with(|slot| {
                     slot.borrow_mut().get_or_insert(err);
                 });
@@ -470,7 +494,7 @@ fn check_text_placement(node: &Node, allowed: bool, seen: &mut usize) -> Result<
 
 fn contains_expr(node: &Node) -> bool {
     match node {
-        Node::Expr(_) => true,
+        Node::Expr(_) | Node::Where(_) => true,
         Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(contains_expr),
         // $elemMatch holds nested filters, but $expr is not allowed inside it.
         _ => false,
@@ -507,8 +531,9 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "jsonSchema" => nodes.push(Node::JsonSchema(Box::new(
                     crate::jsonschema::Schema::parse(value, depth)?,
                 ))),
+                "where" => nodes.push(parse_where(value)?),
                 "text" => nodes.push(Node::Text(Box::new(TextNode::parse(value)?))),
-                "where" | "sampleRate" => {
+                "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {
@@ -526,6 +551,29 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
     } else {
         Node::And(nodes)
     })
+}
+
+/// `$where`: a string or Code (mongod 4.4+ refuses CodeWithScope), compiled now so a syntax
+/// error is the parse's error; refused outright when JavaScript is disabled.
+fn parse_where(value: RawBsonRef<'_>) -> Result<Node, QueryError> {
+    if !mangrove_js::enabled() {
+        return Err(QueryError::location(
+            6108304,
+            "no globalScriptEngine in $where parsing",
+        ));
+    }
+    let code = match value {
+        RawBsonRef::String(s) => s,
+        RawBsonRef::JavaScriptCode(s) => s,
+        RawBsonRef::JavaScriptCodeWithScope(_) => {
+            return Err(QueryError::location(
+                4649201,
+                "$where no longer supports deprecated BSON type CodeWScope",
+            ));
+        }
+        _ => return Err(bad("$where got bad type")),
+    };
+    Ok(Node::Where(mangrove_js::where_source(code)?.into()))
 }
 
 fn parse_logical_list(
@@ -691,8 +739,10 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAllClear" => parse_bits(BitOp::AllClear, name, value),
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
-        "$where" | "$text" | "$geoWithin" | "$geoIntersects" | "$near" | "$nearSphere"
-        | "$expr" => Err(bad(format!("{name} is not supported yet"))),
+        "$where" => Err(bad("$where cannot be applied to a field")),
+        "$text" | "$geoWithin" | "$geoIntersects" | "$near" | "$nearSphere" | "$expr" => {
+            Err(bad(format!("{name} is not supported yet")))
+        }
         _ => Err(bad(format!("unknown operator: {name}"))),
     }
 }

@@ -4,8 +4,12 @@
 //! Filters, sorts and projections read `RawDocument`s directly because they run once per
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
+//! Server-side JavaScript (`$where`, `$function`, `$accumulator`, mapReduce's internal
+//! `$_internalJsEmit`/`$_internalJsReduce`) is called through `mangrove-js`, which is handed
+//! source text and BSON; its clock and deadline are the server's to set, not this crate's.
+//!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
-//! `$where` and geo filters; `$meta` other than `"textScore"`; time zones other than UTC
+//! geo filters; `$meta` other than `"textScore"`; time zones other than UTC
 //! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
 //! collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
@@ -28,6 +32,7 @@ mod expr;
 mod filter;
 mod group;
 mod index;
+mod js_acc;
 mod jsonschema;
 mod limits;
 mod lookup;

@@ -235,7 +235,7 @@ fn parse_stage(
 ) -> Result<Option<Sink>, QueryError> {
     let doc = || doc_spec(name, spec);
     let parsed = match name {
-        "$match" => Stage::Match(Filter::parse(doc()?)?),
+        "$match" => Stage::Match(match_filter(doc()?)?),
         "$sort" => Stage::Sort(SortSpec::parse(doc()?)?),
         "$skip" => Stage::Skip(stage_number(spec, "$skip")?),
         "$limit" => match stage_number(spec, "$limit")? {
@@ -724,6 +724,17 @@ fn graph_max_depth(v: RawBsonRef<'_>) -> Result<u64, QueryError> {
             "maxDepth requires a nonnegative argument",
         )),
     }
+}
+
+/// A `$match` filter; aggregation refuses `$where` (mongod's rule), though `$function` runs.
+fn match_filter(spec: &RawDocument) -> Result<Filter, QueryError> {
+    let filter = Filter::parse(spec)?;
+    if filter.has_where() {
+        return Err(QueryError::bad_value(
+            "$where is not allowed inside of a $match aggregation expression",
+        ));
+    }
+    Ok(filter)
 }
 
 fn graph_restrict(v: RawBsonRef<'_>) -> Result<Filter, QueryError> {

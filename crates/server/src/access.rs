@@ -32,7 +32,8 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
         }
     }
     let _restore = Restore(previous);
-    f()
+    // JavaScript run by the read ($where, $function) is interrupted at the same deadline.
+    mangrove_js::with_deadline(deadline, f)
 }
 
 /// What is left of the running read's `maxTimeMS`, for a cursor to carry into its `getMore`s
@@ -297,7 +298,7 @@ fn choose_access(
         return Ok(access);
     }
     // A capped collection's key order is insertion order; its `_id` is an ordinary index.
-    let keyed_by_id = !crate::capped::is_capped(coll);
+    let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
     if keyed_by_id && let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
@@ -436,7 +437,7 @@ fn sort_order_access(
         }
     }
     // The collection itself is in `_id` order, either way (a capped one: insertion order).
-    if !crate::capped::is_capped(coll)
+    if !crate::capped::keyed_by_insertion(coll)
         && let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {

@@ -23,6 +23,7 @@ mod array;
 mod builders;
 mod convert;
 mod date;
+pub(crate) mod js;
 mod logic;
 mod object;
 mod ops;
@@ -91,6 +92,8 @@ pub(crate) enum Expr {
         input: Box<Expr>,
         re: Box<Re>,
     },
+    /// `$function` and mapReduce's `$_internalJsEmit`.
+    Js(Box<js::JsExpr>),
     /// Every other operator: arguments are evaluated first (missing stays `None`), then the
     /// operator is applied. Named-argument operators are normalised to positional ones.
     Op(Op, Vec<Expr>),
@@ -186,6 +189,7 @@ impl Expr {
             } => convert::eval_convert(input, to, on_error.as_deref(), on_null.as_deref(), doc),
             Expr::Regex { op, input, re } => string::regex_op(*op, input.eval(doc)?, re),
             Expr::Op(op, args) => builders::operator(*op, args, doc),
+            Expr::Js(js) => js.eval(doc),
         }
     }
 }

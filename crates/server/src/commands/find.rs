@@ -289,7 +289,10 @@ fn shape_of(
     let projection = projection.take();
     Some(Shape {
         return_key: query.return_key.then(|| access.clone()),
-        record_id: query.show_record_id.then(|| crate::capped::is_capped(coll)),
+        // With `returnKey` the documents are the keys alone, `$recordId` too left out (the
+        // drivers' command-monitoring spec test expects exactly the keys).
+        record_id: (query.show_record_id && !query.return_key)
+            .then(|| crate::capped::keyed_by_insertion(coll)),
         // `returnKey` ignores the projection.
         projection: projection.filter(|_| !query.return_key),
     })
