@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use bson::{Bson, Document, RawBsonRef, RawDocument};
 
+use crate::collation::Collation;
 use crate::encode_key;
 use crate::error::CodedError;
 use crate::hashed::hash_value;
+use crate::key::encode_key_collated;
 use crate::path::split_path;
 
 /// One contiguous range of an index's entry keys.
@@ -150,6 +152,8 @@ pub struct IndexField {
     parts: Vec<String>,
     pub descending: bool,
     pub kind: KeyKind,
+    /// The index's collation: strings are keyed by its sort keys.
+    pub collation: Option<Arc<Collation>>,
 }
 
 impl IndexField {
@@ -158,7 +162,11 @@ impl IndexField {
     pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
         let start = key.len();
         match self.kind {
-            KeyKind::Ordered | KeyKind::Text => encode_key(value, key),
+            KeyKind::Ordered => match &self.collation {
+                Some(c) => encode_key_collated(value, c, key),
+                None => encode_key(value, key),
+            },
+            KeyKind::Text => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -181,6 +189,8 @@ pub struct IndexSpec {
     pub partial_raw: Option<Document>,
     pub expire_after_seconds: Option<i64>,
     pub key_pattern: Document,
+    /// Strings are keyed (and the index serves queries) under this collation.
+    pub collation: Option<Arc<Collation>>,
     /// A text index's fields, weights and languages (`index_text.rs`).
     pub text: Option<Arc<mangrove_text::TextIndex>>,
 }
@@ -359,7 +369,23 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         parts: split_path(path),
         descending,
         kind,
+        collation: None,
     })
+}
+
+/// An index's `collation`: `None` for none or the simple one, which mongod does not store.
+fn index_collation(spec: Option<&Bson>) -> Result<Option<Collation>, CodedError> {
+    match spec {
+        None => Ok(None),
+        Some(Bson::Document(d)) => {
+            let raw = bson::RawDocumentBuf::try_from(d)
+                .map_err(|e| CodedError::bad_value(format!("invalid collation: {e}")))?;
+            Collation::parse(&raw)
+        }
+        Some(_) => Err(CodedError::type_mismatch(
+            "The field 'collation' must be an object",
+        )),
+    }
 }
 
 /// mongod's limits on `"hashed"` fields: one per index, never unique (equal hashes of unequal
@@ -400,17 +426,14 @@ impl IndexSpec {
         let key = spec_key(&spec)?;
         let name = spec_name(&spec)?;
         refuse_id_index_options(&spec, &key)?;
-        if let Some(c) = spec.get("collation")
-            && !matches!(c, Bson::Document(d) if d.get_str("locale").ok() == Some("simple"))
-        {
-            return Err(CodedError::bad_value(
-                "indexes with a non-simple collation are not supported by Mangrove",
-            ));
-        }
+        let collation = index_collation(spec.get("collation"))?;
         let mut out = Document::new();
         out.insert("v", 2i32);
         out.insert("key", key);
         out.insert("name", name);
+        if let Some(c) = collation {
+            out.insert("collation", c.index_spec());
+        }
         for (field, value) in &spec {
             normalize_option(field, value, &mut out)?;
         }
@@ -435,10 +458,14 @@ impl IndexSpec {
                 "Index key pattern has more than 32 fields, the maximum",
             ));
         }
+        let collation = index_collation(spec.get("collation"))?.map(Arc::new);
         let mut fields = key_pattern
             .iter()
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
+        for field in &mut fields {
+            field.collation = collation.clone();
+        }
         let text = text::compile(spec, &mut fields)?;
         let flag = |name: &str| spec.get_bool(name).unwrap_or(false);
         check_hashed(&fields, &key_pattern, flag("unique"))?;
@@ -452,6 +479,11 @@ impl IndexSpec {
         }
         let name = spec.get_str("name").unwrap_or_default().to_string();
         let is_id = fields.len() == 1 && fields[0].path == "_id";
+        if is_id && collation.is_some() {
+            return Err(bad_spec_option(
+                "The _id index cannot have a collation: Mangrove keeps documents in binary _id order",
+            ));
+        }
         if is_id && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some()) {
             return Err(bad_spec_option(
                 "The _id index cannot be sparse, partial or TTL",
@@ -466,6 +498,7 @@ impl IndexSpec {
             partial_raw,
             expire_after_seconds,
             key_pattern,
+            collation,
             text,
         })
     }

@@ -99,9 +99,9 @@ impl Filter {
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
         let backtracking_before = crate::regex::backtracking_compiled();
         let root = parse_doc(filter, 0)?;
-        check_text_placement(&root, true, &mut 0)?;
         // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
         let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
+        check_text_placement(&root, true, &mut 0)?;
         Ok(Filter {
             has_expr: backtracking || contains_expr(&root),
             root,

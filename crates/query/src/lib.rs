@@ -71,7 +71,7 @@ pub use limits::{
 pub use mangrove_bson::distinct_values;
 pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
 pub use mangrove_bson::{
-    Collation, collation_active, compare_values, type_bracket, with_collation,
+    Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
 pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};

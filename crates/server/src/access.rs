@@ -289,13 +289,16 @@ fn choose_access(
             reverse: false,
         });
     }
-    // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
-    // would miss matches, so a collated query scans.
-    if mangrove_query::collation_active() {
-        return Ok(Access::Collection);
-    }
     if let Some(access) = hinted(view, filter, raw, hint, sort)? {
         return Ok(access);
+    }
+    // `_id` keys are binary: under a collation that equates "a" and "A" they would miss
+    // matches; an index serves only under its own collation (see `serves_collation`).
+    if mangrove_query::collation_active() {
+        return Ok(match best_index(view, coll, filter, raw, sort)? {
+            Some((index, bounds, multikey)) => index_access(index, bounds, multikey, sort),
+            None => sort_order_access(view, coll, filter, raw, sort)?,
+        });
     }
     // A capped collection's key order is insertion order; its `_id` is an ordinary index.
     let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
@@ -356,10 +359,13 @@ fn hinted(
 ) -> CommandResult<Option<Access>> {
     Ok(Some(match hint {
         Hint::Natural { reverse } => Access::natural(*reverse),
+        Hint::Id if mangrove_query::collation_active() => Access::Collection,
         Hint::Id => match filter.id_equality() {
             Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
             None => Access::Collection,
         },
+        // A hinted index of another collation cannot bound the query; the scan answers it.
+        Hint::Index(index) if !serves_collation(index) => Access::Collection,
         Hint::Index(index) => {
             let multikey = view.index_multikey(index)?;
             match index_bounds(filter, raw, &index.key, true, multikey) {
@@ -369,6 +375,14 @@ fn hinted(
         }
         Hint::None => return Ok(None),
     }))
+}
+
+/// Whether `index`'s keys order and equate strings as the running command's collation does:
+/// an index with a collation serves queries under that collation only, and one without, only
+/// binary comparisons (mongod also lets a collated index serve non-string bounds; Mangrove does
+/// not yet).
+fn serves_collation(index: &IndexInfo) -> bool {
+    index.key.collation.as_deref() == mangrove_query::active_collation().as_ref()
 }
 
 /// The secondary index with the most selective bounds for `filter`, with its bounds and
@@ -381,7 +395,7 @@ fn best_index<'c>(
     sort: &[(String, bool)],
 ) -> CommandResult<Option<(&'c Arc<IndexInfo>, IndexBounds, bool)>> {
     let mut best: Option<(&Arc<IndexInfo>, IndexBounds, bool)> = None;
-    for index in &coll.indexes {
+    for index in coll.indexes.iter().filter(|i| serves_collation(i)) {
         // Cheap: most filters give no bounds at all, and then the flag is never read.
         if index_bounds(filter, raw, &index.key, false, true).is_none() {
             continue;
@@ -425,7 +439,7 @@ fn sort_order_access(
     sort: &[(String, bool)],
 ) -> CommandResult<Access> {
     // Sparse and partial indexes may lack documents.
-    for index in &coll.indexes {
+    for index in coll.indexes.iter().filter(|i| serves_collation(i)) {
         if index.key.sparse || index.key.partial.is_some() || sort.is_empty() {
             continue;
         }
@@ -438,6 +452,7 @@ fn sort_order_access(
     }
     // The collection itself is in `_id` order, either way (a capped one: insertion order).
     if !crate::capped::keyed_by_insertion(coll)
+        && !mangrove_query::collation_active()
         && let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {
@@ -766,6 +781,8 @@ pub fn min_max_access(
         eq_prefix: 0,
     };
     let access = match hint {
+        // A hinted index of another collation cannot bound the query; the scan answers it.
+        Hint::Index(index) if !serves_collation(index) => Access::Collection,
         Hint::Index(index) => {
             let multikey = view.index_multikey(index)?;
             index_access(index, bounds, multikey, sort)
