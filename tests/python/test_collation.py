@@ -51,6 +51,57 @@ def test_unsupported_collation_options_are_refused(db):
     with pytest.raises(OperationFailure) as e:
         list(db.x.find({}, collation=Collation("en", caseFirst="upper")))
     assert e.value.code == 2 and "caseFirst" in str(e.value)
+    # An index takes the same collations, and refuses the same options.
     with pytest.raises(OperationFailure) as e:
-        db.x.create_index("a", collation=Collation("en", strength=2))
+        db.x.create_index("a", collation=Collation("en", caseFirst="upper"))
     assert e.value.code == 2
+    assert [i["name"] for i in db.x.list_indexes()] == ["_id_"]
+
+
+def winning_index(explain: dict) -> str | None:
+    plan = explain["queryPlanner"]["winningPlan"]
+    while plan.get("inputStage") is not None and plan["stage"] != "IXSCAN":
+        plan = plan["inputStage"]
+    return plan.get("indexName")
+
+
+def test_an_index_with_a_collation_serves_queries_under_it(db):
+    import random
+
+    rng = random.Random(5)
+    words = ["apple", "Apple", "APPLE", "äpple", "banana", "Banana", "item9", "item10", "item010", "cherry", "Çherry"]
+    db.fruit.insert_many([{"_id": i, "w": rng.choice(words), "n": i % 7} for i in range(400)])
+    db.fruit.create_index("w", name="w_ci", collation={"locale": "en", "strength": 2})
+    spec = {i["name"]: i for i in db.fruit.list_indexes()}["w_ci"]
+    assert spec["collation"]["locale"] == "en" and spec["collation"]["strength"] == 2
+    for coll_spec in (CI, Collation("en", strength=2)):
+        for query in ({"w": "apple"}, {"w": {"$in": ["BANANA", "item9"]}}, {"w": {"$gt": "b", "$lt": "c"}}, {"w": {"$gte": "Item"}}):
+            want = sorted(d["_id"] for d in db.fruit.find(query, collation=coll_spec).hint([("$natural", 1)]))
+            got = sorted(d["_id"] for d in db.fruit.find(query, collation=coll_spec))
+            assert got == want, query
+            e = db.fruit.find(query, collation=Collation("en", strength=2)).explain()
+            assert winning_index(e) == "w_ci", query
+    # Keys examined are the matches only: "apple" and "APPLE" are one key at strength 2.
+    e = db.fruit.find({"w": "apple"}, collation=Collation("en", strength=2)).explain()
+    n = db.fruit.count_documents({"w": "apple"}, collation=Collation("en", strength=2))
+    assert e["executionStats"]["totalKeysExamined"] == n
+    # Without the collation (binary strings) the index cannot serve, and results stay binary.
+    assert winning_index(db.fruit.find({"w": "apple"}).explain()) is None
+    assert all(d["w"] == "apple" for d in db.fruit.find({"w": "apple"}))
+    # The index's order is the collation's: a sort under it is served, in that order.
+    got = [d["w"] for d in db.fruit.find({}, {"w": 1}, collation=Collation("en", strength=2)).sort("w", 1)]
+    assert [w.lower() for w in got][:1] == ["apple"]
+    assert got.index("banana" if "banana" in got else "Banana") > got.index("apple" if "apple" in got else "Apple")
+
+
+def test_a_unique_index_with_a_collation_refuses_equal_strings(db):
+    db.users.create_index("email", unique=True, collation={"locale": "en", "strength": 2})
+    db.users.insert_one({"email": "Ann@Example.com"})
+    from pymongo.errors import DuplicateKeyError
+
+    with pytest.raises(DuplicateKeyError):
+        db.users.insert_one({"email": "ann@example.COM"})
+    db.users.insert_one({"email": "bob@example.com"})
+    assert db.users.count_documents({}) == 2
+    with pytest.raises(OperationFailure):
+        db.users.create_index("_id", collation={"locale": "en", "strength": 2})

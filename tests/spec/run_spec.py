@@ -90,6 +90,13 @@ RUNS = {
     # getCmdLineOpts refused, creates its user through the localhost exception and runs
     # every test authenticated
     "auth": ["test/test_auth.py", "test/test_auth_spec.py"],
+    # issue 15: what the versioned API, DDL helpers, monitoring and timeouts unlock
+    "versioned-api": ["test/test_versioned_api_integration.py"],
+    "collection-management": ["test/test_collection_management.py"],
+    "index-management": ["test/test_index_management.py"],
+    "command-monitoring": ["test/test_command_monitoring.py"],
+    "csot": ["test/test_csot.py"],
+    "unified-test-format": ["test/test_unified_format.py"],
 }
 # `mangrove serve` arguments a run needs beyond the common ones. Every run is authenticated:
 # the server starts with --auth, pymongo's test package finds getCmdLineOpts refused, creates
@@ -112,6 +119,15 @@ CORPORA = [
     Corpus("retryable-reads", "retryable-reads", "retryable_reads/unified"),
     Corpus("cursor", "cursor", "cursor"),
     Corpus("auth", "auth", "auth"),
+    Corpus("versioned-api", "versioned-api", "versioned-api"),
+    Corpus("collection-management", "collection-management", "collection_management"),
+    Corpus("index-management", "index-management", "index_management"),
+    Corpus("command-monitoring", "command-monitoring", "command_monitoring"),
+    Corpus("csot", "csot", "csot"),
+    Corpus("unified-test-format", "unified-test-format", "unified-test-format/valid-pass"),
+    Corpus(
+        "unified-test-format-valid-fail", "unified-test-format", "unified-test-format/valid-fail"
+    ),
 ]
 CORPUS_BY_ORIGIN = {c.origin: c for c in CORPORA}
 RUN_OF_MODULE = {m: run for run, modules in RUNS.items() for m in modules}

@@ -134,6 +134,58 @@ impl Collation {
         }))
     }
 
+    /// The bytes whose order is this collation's order of strings (equal bytes: equal
+    /// strings), level after level as [`Collation::compare`] compares them: base characters
+    /// (a run of digits as its value under `numericOrdering`), then accents, then case, then
+    /// the string itself, each level closed by a zero below every character it holds.
+    pub fn sort_key(&self, s: &str) -> Vec<u8> {
+        let levels = Levels::of(s);
+        let mut out = Vec::with_capacity(s.len() * 6);
+        let push = |out: &mut Vec<u8>, n: u32| out.extend_from_slice(&(n + 1).to_be_bytes());
+        if self.numeric {
+            primary_numeric(&levels.base, &mut out);
+        } else {
+            for &c in &levels.base {
+                push(&mut out, c as u32);
+            }
+        }
+        out.extend_from_slice(&[0; 4]);
+        if self.strength >= 2 {
+            for &(at, mark) in &levels.marks {
+                push(&mut out, at as u32);
+                push(&mut out, mark as u32);
+            }
+            out.extend_from_slice(&[0; 4]);
+        }
+        if self.strength >= 3 {
+            out.extend(levels.upper.iter().map(|&u| if u { 2 } else { 1 }));
+            out.push(0);
+        }
+        if self.strength >= 4 {
+            for c in s.chars() {
+                push(&mut out, c as u32);
+            }
+            out.extend_from_slice(&[0; 4]);
+        }
+        out
+    }
+
+    /// The normalized specification an index stores, with ICU's defaults as mongod shows them.
+    pub fn index_spec(&self) -> bson::Document {
+        bson::doc! {
+            "locale": &self.locale,
+            "caseLevel": false,
+            "caseFirst": "off",
+            "strength": i32::from(self.strength),
+            "numericOrdering": self.numeric,
+            "alternate": "non-ignorable",
+            "maxVariable": "punct",
+            "normalization": false,
+            "backwards": false,
+            "version": "57.1",
+        }
+    }
+
     fn compare(&self, a: &str, b: &str) -> Ordering {
         let (x, y) = (Levels::of(a), Levels::of(b));
         let primary = if self.numeric {
@@ -196,6 +248,36 @@ impl Levels {
     }
 }
 
+/// The primary level of a sort key under `numericOrdering`: a run of digits is one unit that
+/// sorts where any digit does (all digits are consecutive characters, so against any other
+/// character it compares as a digit would), then by its length without leading zeros, then by
+/// its digits, as [`numeric_cmp`] compares.
+fn primary_numeric(base: &[char], out: &mut Vec<u8>) {
+    let push = |out: &mut Vec<u8>, n: u32| out.extend_from_slice(&(n + 1).to_be_bytes());
+    let mut i = 0;
+    while i < base.len() {
+        if !base[i].is_ascii_digit() {
+            push(out, base[i] as u32);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < base.len() && base[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits: Vec<char> = base[start..i]
+            .iter()
+            .copied()
+            .skip_while(|&d| d == '0')
+            .collect();
+        push(out, '0' as u32);
+        push(out, digits.len() as u32);
+        for d in digits {
+            push(out, d as u32);
+        }
+    }
+}
+
 /// Compares with runs of ASCII digits taken as numbers (`numericOrdering: true`).
 fn numeric_cmp(a: &[char], b: &[char]) -> Ordering {
     let (mut i, mut j) = (0, 0);
@@ -253,7 +335,15 @@ pub fn compare_strings(a: &str, b: &str) -> Option<Ordering> {
     ACTIVE.with(|c| c.borrow().as_ref().map(|c| c.compare(a, b)))
 }
 
-/// Whether a collation is active on this thread (index keys, which are binary, cannot serve).
+/// The collation active on this thread, if any (an index serves a query only under its own).
+pub fn active_collation() -> Option<Collation> {
+    if !ON.with(Cell::get) {
+        return None;
+    }
+    ACTIVE.with(|c| c.borrow().clone())
+}
+
+/// Whether a collation is active on this thread.
 pub fn collation_active() -> bool {
     ON.with(Cell::get)
 }
@@ -291,6 +381,35 @@ mod tests {
         assert_eq!(n.compare("item10", "item9"), Ordering::Greater);
         assert_eq!(n.compare("item010", "item9"), Ordering::Greater);
         assert_eq!(c(3).compare("item10", "item9"), Ordering::Less);
+    }
+
+    /// Sort keys order strings exactly as `compare` does, over words that exercise every level.
+    #[test]
+    fn sort_keys_agree_with_compare() {
+        let words = [
+            "", "a", "A", "á", "Á", "ab", "aB", "Ab", "b", "café", "cafe", "Café", "CAFE", "cafés",
+            "item9", "item10", "item010", "item0", "item", "9", "10", "x1y", "x01y", "x1", "é",
+            "e\u{301}", "z", "Z", "ß", "ss", "a b", "a-b", "résumé", "resume", "Resume",
+        ];
+        for strength in 1..=5 {
+            for numeric in [false, true] {
+                let col = Collation {
+                    locale: "en".into(),
+                    strength,
+                    numeric,
+                };
+                for a in words {
+                    for b in words {
+                        let by_keys = col.sort_key(a).cmp(&col.sort_key(b));
+                        assert_eq!(
+                            by_keys,
+                            col.compare(a, b),
+                            "{a:?} {b:?} {strength} {numeric}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

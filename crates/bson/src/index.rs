@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use bson::{Bson, Document, RawBsonRef, RawDocument};
 
+use crate::collation::Collation;
 use crate::encode_key;
 use crate::error::CodedError;
 use crate::hashed::hash_value;
+use crate::key::encode_key_collated;
 use crate::path::split_path;
 
 /// One contiguous range of an index's entry keys.
@@ -107,6 +109,11 @@ const SPEC_FIELDS: &[&str] = &[
     "collation",
     "ns",
     "storageEngine",
+    // Text indexes' (index_text.rs).
+    "weights",
+    "default_language",
+    "language_override",
+    "textIndexVersion",
     "2dsphereIndexVersion",
     "min",
     "max",
@@ -129,6 +136,9 @@ pub enum KeyKind {
     /// `"hashed"`: a 64-bit hash of the value ([`crate::hashed::hash_value`]); serves equality
     /// only, and refuses arrays.
     Hashed,
+    /// `"text"` (stored as `_fts: "text", _ftsx: 1`): a term and its score per key, derived
+    /// by `mangrove-text` (see `index_text.rs`); serves `$text` only.
+    Text,
     /// `"2dsphere"`: the cells covering the value on the sphere (`geo_index.rs`).
     Sphere2d,
     /// `"2d"`: the cell of a legacy pair on the index's plane (`geo_index.rs`).
@@ -168,6 +178,8 @@ pub struct IndexField {
     parts: Vec<String>,
     pub descending: bool,
     pub kind: KeyKind,
+    /// The index's collation: strings are keyed by its sort keys.
+    pub collation: Option<Arc<Collation>>,
 }
 
 impl IndexField {
@@ -176,7 +188,11 @@ impl IndexField {
     pub fn encode(&self, value: RawBsonRef<'_>, key: &mut Vec<u8>) {
         let start = key.len();
         match self.kind {
-            KeyKind::Ordered | KeyKind::Sphere2d | KeyKind::Flat2d(_) => encode_key(value, key),
+            KeyKind::Ordered => match &self.collation {
+                Some(c) => encode_key_collated(value, c, key),
+                None => encode_key(value, key),
+            },
+            KeyKind::Text | KeyKind::Sphere2d | KeyKind::Flat2d(_) => encode_key(value, key),
             KeyKind::Hashed => encode_key(RawBsonRef::Int64(hash_value(value)), key),
         }
         if self.descending {
@@ -199,6 +215,19 @@ pub struct IndexSpec {
     pub partial_raw: Option<Document>,
     pub expire_after_seconds: Option<i64>,
     pub key_pattern: Document,
+    /// Strings are keyed (and the index serves queries) under this collation.
+    pub collation: Option<Arc<Collation>>,
+    /// A text index's fields, weights and languages (`index_text.rs`).
+    pub text: Option<Arc<mangrove_text::TextIndex>>,
+}
+
+#[path = "index_text.rs"]
+mod text;
+
+pub use text::term_prefix;
+
+fn key_of(out: &Document) -> Document {
+    out.get_document("key").cloned().unwrap_or_default()
 }
 
 /// The `key` of a specification being normalized.
@@ -339,6 +368,7 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         Bson::Double(n) if *n != 0.0 && !n.is_nan() => (*n < 0.0, KeyKind::Ordered),
         Bson::Decimal128(_) => (false, KeyKind::Ordered),
         Bson::String(kind) if kind == "hashed" => (false, KeyKind::Hashed),
+        Bson::String(kind) if kind == "text" => (false, KeyKind::Text),
         Bson::String(kind) if kind == "2dsphere" => (false, KeyKind::Sphere2d),
         Bson::String(kind) if kind == "2d" => (false, KeyKind::Flat2d(Default::default())),
         Bson::String(kind) => {
@@ -367,7 +397,23 @@ fn compile_field(path: &str, dir: &Bson) -> Result<IndexField, CodedError> {
         parts: split_path(path),
         descending,
         kind,
+        collation: None,
     })
+}
+
+/// An index's `collation`: `None` for none or the simple one, which mongod does not store.
+fn index_collation(spec: Option<&Bson>) -> Result<Option<Collation>, CodedError> {
+    match spec {
+        None => Ok(None),
+        Some(Bson::Document(d)) => {
+            let raw = bson::RawDocumentBuf::try_from(d)
+                .map_err(|e| CodedError::bad_value(format!("invalid collation: {e}")))?;
+            Collation::parse(&raw)
+        }
+        Some(_) => Err(CodedError::type_mismatch(
+            "The field 'collation' must be an object",
+        )),
+    }
 }
 
 /// mongod's limits on `"hashed"` fields: one per index, never unique (equal hashes of unequal
@@ -408,21 +454,19 @@ impl IndexSpec {
         let key = spec_key(&spec)?;
         let name = spec_name(&spec)?;
         refuse_id_index_options(&spec, &key)?;
-        if let Some(c) = spec.get("collation")
-            && !matches!(c, Bson::Document(d) if d.get_str("locale").ok() == Some("simple"))
-        {
-            return Err(CodedError::bad_value(
-                "indexes with a non-simple collation are not supported by Mangrove",
-            ));
-        }
+        let collation = index_collation(spec.get("collation"))?;
         let mut out = Document::new();
         out.insert("v", 2i32);
         let key_copy = key.clone();
         out.insert("key", key);
         out.insert("name", name);
+        if let Some(c) = collation {
+            out.insert("collation", c.index_spec());
+        }
         for (field, value) in &spec {
             normalize_option(field, value, &mut out)?;
         }
+        text::normalize(&spec, &key_of(&out), &mut out)?;
         crate::geo_index::normalize(&spec, &key_copy, &mut out)?;
         // Compiling checks the key pattern and the options together.
         IndexSpec::compile(&out, partial)?;
@@ -444,10 +488,15 @@ impl IndexSpec {
                 "Index key pattern has more than 32 fields, the maximum",
             ));
         }
+        let collation = index_collation(spec.get("collation"))?.map(Arc::new);
         let mut fields = key_pattern
             .iter()
             .map(|(path, dir)| compile_field(path, dir))
             .collect::<Result<Vec<_>, _>>()?;
+        for field in &mut fields {
+            field.collation = collation.clone();
+        }
+        let text = text::compile(spec, &mut fields)?;
         let flat: Vec<bool> = fields.iter().map(|f| f.kind.is_flat_2d()).collect();
         let plane = crate::geo_index::configure(&flat, spec)?;
         for f in fields.iter_mut().filter(|f| f.kind.is_flat_2d()) {
@@ -465,6 +514,11 @@ impl IndexSpec {
         }
         let name = spec.get_str("name").unwrap_or_default().to_string();
         let is_id = fields.len() == 1 && fields[0].path == "_id";
+        if is_id && collation.is_some() {
+            return Err(bad_spec_option(
+                "The _id index cannot have a collation: Mangrove keeps documents in binary _id order",
+            ));
+        }
         if is_id && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some()) {
             return Err(bad_spec_option(
                 "The _id index cannot be sparse, partial or TTL",
@@ -479,6 +533,8 @@ impl IndexSpec {
             partial_raw,
             expire_after_seconds,
             key_pattern,
+            collation,
+            text,
         })
     }
 
@@ -544,6 +600,25 @@ impl IndexSpec {
         key
     }
 
+    /// A hashed field cannot hold an array (mongod's 16766).
+    fn refuse_hashed_arrays(&self, per_field: &[Values<'_>]) -> Result<(), CodedError> {
+        let hashed_array = self
+            .fields
+            .iter()
+            .zip(per_field)
+            .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)));
+        match hashed_array {
+            Some((field, _)) => Err(CodedError::location(
+                16766,
+                format!(
+                    "Error: hashed indexes do not currently support array values. Found array at path: {}",
+                    field.path
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Each field's values (a geo field's cells); `None` when a geo index leaves the document
     /// out (no geo value at all: 2dsphere is sparse on its geo fields).
     fn values_of<'a>(&self, doc: &'a RawDocument) -> Result<Option<Vec<Values<'a>>>, CodedError> {
@@ -575,21 +650,7 @@ impl IndexSpec {
             .filter(|(f, v)| !f.kind.is_geo() && matches!(v, Values::Many(_)))
             .map(|(f, _)| f.path.as_str())
             .collect();
-        if let Some(field) = self
-            .fields
-            .iter()
-            .zip(per_field)
-            .find(|(f, v)| f.kind == KeyKind::Hashed && matches!(v, Values::Many(_)))
-            .map(|(f, _)| f)
-        {
-            return Err(CodedError::location(
-                16766,
-                format!(
-                    "Error: hashed indexes do not currently support array values. Found array at path: {}",
-                    field.path
-                ),
-            ));
-        }
+        self.refuse_hashed_arrays(per_field)?;
         if arrays.len() > 1 {
             return Err(CodedError::new(
                 171,
@@ -623,6 +684,9 @@ impl IndexSpec {
         if !self.covers(doc) {
             return Ok(false);
         }
+        if let Some(text) = &self.text {
+            return text::for_each_key(self, text, doc, emit);
+        }
         let Some(per_field) = self.values_of(doc)? else {
             return Ok(false);
         };
@@ -645,7 +709,7 @@ impl IndexSpec {
                 let (value, _) = v.get(c);
                 field.encode(value, &mut key);
                 values.push(match field.kind {
-                    KeyKind::Ordered | KeyKind::Sphere2d | KeyKind::Flat2d(_) => {
+                    KeyKind::Ordered | KeyKind::Text | KeyKind::Sphere2d | KeyKind::Flat2d(_) => {
                         Bson::try_from(value).unwrap_or(Bson::Null)
                     }
                     KeyKind::Hashed => Bson::Int64(hash_value(value)),

@@ -8,6 +8,7 @@
 
 use bson::{RawArray, RawBsonRef, RawDocument};
 
+use crate::collation::Collation;
 use crate::compare::{MAX_DEPTH, type_bracket};
 use crate::numbers::{Num, as_num};
 
@@ -16,20 +17,31 @@ const END: u8 = 0x00;
 
 pub fn encode_key(value: RawBsonRef<'_>, out: &mut Vec<u8>) {
     out.push(tag(value));
-    encode_body(value, out, 0);
+    encode_body(value, out, 0, None);
+}
+
+/// [`encode_key`] for an index with a collation: strings and symbols (nested ones too) are
+/// encoded by their collation sort key, so keys order and compare equal as the collation
+/// compares the strings (`"a"` and `"A"` are one key at strength 2).
+pub fn encode_key_collated(value: RawBsonRef<'_>, collation: &Collation, out: &mut Vec<u8>) {
+    out.push(tag(value));
+    encode_body(value, out, 0, Some(collation));
 }
 
 fn tag(value: RawBsonRef<'_>) -> u8 {
     type_bracket(value) + 0x10
 }
 
-fn encode_body(value: RawBsonRef<'_>, out: &mut Vec<u8>, depth: usize) {
+fn encode_body(value: RawBsonRef<'_>, out: &mut Vec<u8>, depth: usize, coll: Option<&Collation>) {
     match value {
+        RawBsonRef::String(s) | RawBsonRef::Symbol(s) if coll.is_some() => {
+            encode_bytes(&coll.map(|c| c.sort_key(s)).unwrap_or_default(), out)
+        }
         RawBsonRef::String(s) | RawBsonRef::Symbol(s) | RawBsonRef::JavaScriptCode(s) => {
             encode_bytes(s.as_bytes(), out)
         }
-        RawBsonRef::Document(d) => encode_document(d, out, depth + 1),
-        RawBsonRef::Array(a) => encode_array(a, out, depth + 1),
+        RawBsonRef::Document(d) => encode_document(d, out, depth + 1, coll),
+        RawBsonRef::Array(a) => encode_array(a, out, depth + 1, coll),
         RawBsonRef::Binary(b) => {
             out.extend_from_slice(&(b.bytes.len() as u64).to_be_bytes());
             out.push(u8::from(b.subtype));
@@ -52,7 +64,7 @@ fn encode_body(value: RawBsonRef<'_>, out: &mut Vec<u8>, depth: usize) {
         RawBsonRef::DbPointer(p) => encode_bytes(format!("{p:?}").as_bytes(), out),
         RawBsonRef::JavaScriptCodeWithScope(c) => {
             encode_bytes(c.code.as_bytes(), out);
-            encode_document(c.scope, out, depth + 1);
+            encode_document(c.scope, out, depth + 1, coll);
         }
         RawBsonRef::MinKey | RawBsonRef::MaxKey | RawBsonRef::Null | RawBsonRef::Undefined => {}
         RawBsonRef::Double(_)
@@ -79,25 +91,25 @@ fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(0x01);
 }
 
-fn encode_document(doc: &RawDocument, out: &mut Vec<u8>, depth: usize) {
+fn encode_document(doc: &RawDocument, out: &mut Vec<u8>, depth: usize, coll: Option<&Collation>) {
     if depth > MAX_DEPTH {
         return out.push(END);
     }
     for (k, v) in doc.iter().map_while(Result::ok) {
         out.push(tag(v));
         encode_bytes(k.as_str().as_bytes(), out);
-        encode_body(v, out, depth);
+        encode_body(v, out, depth, coll);
     }
     out.push(END);
 }
 
-fn encode_array(arr: &RawArray, out: &mut Vec<u8>, depth: usize) {
+fn encode_array(arr: &RawArray, out: &mut Vec<u8>, depth: usize, coll: Option<&Collation>) {
     if depth > MAX_DEPTH {
         return out.push(END);
     }
     for v in arr.into_iter().map_while(Result::ok) {
         out.push(tag(v));
-        encode_body(v, out, depth);
+        encode_body(v, out, depth, coll);
     }
     out.push(END);
 }

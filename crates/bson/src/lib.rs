@@ -26,7 +26,7 @@ pub mod key;
 pub mod numbers;
 pub mod path;
 
-pub use collation::{Collation, collation_active, with_collation};
+pub use collation::{Collation, active_collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
 pub use diff::{update_description, update_description_raw};
 pub use error::CodedError;

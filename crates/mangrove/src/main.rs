@@ -177,6 +177,14 @@ struct ServeArgs {
     /// transactions it holds are lost. Without it such damage stops start-up, naming the file.
     #[arg(long)]
     truncate_damaged_log: bool,
+    /// Server-side JavaScript ($where, $function, $accumulator, mapReduce); false refuses them
+    /// with mongod's errors (mongod's security.javascriptEnabled).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    javascript_enabled: bool,
+    /// The longest one JavaScript call may run when its command has no nearer maxTimeMS; past
+    /// it the call fails with ExceededTimeLimit (262).
+    #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=i32::MAX as u64))]
+    javascript_time_limit_ms: u64,
 }
 
 /// Seconds from `min` up to i32::MAX (68 years), the range of mongod's int32 time
@@ -325,6 +333,8 @@ fn config_from(args: ServeArgs) -> Config {
         log_segment_bytes: args.log_segment_size * 1024 * 1024,
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,
+        javascript_enabled: args.javascript_enabled,
+        javascript_time_limit: Duration::from_millis(args.javascript_time_limit_ms),
         auth: args.auth,
         tls: TlsSettings {
             mode: args.tls_mode,

@@ -8,6 +8,7 @@ use crate::path::{split_path, walk};
 pub(crate) use crate::preds::{CmpOp, MAX_FILTER_DEPTH, TypeSel};
 use crate::preds::{compare_matches, type_alias, type_matches};
 use crate::regex::Re;
+use crate::text_meta::TextNode;
 
 /// A parsed filter, evaluated per document against the raw bytes.
 #[derive(Debug, Clone)]
@@ -26,11 +27,15 @@ pub(crate) enum Node {
     Expr(std::sync::Arc<ExprNode>),
     /// `$jsonSchema`, judged against the whole document (an array element under `$elemMatch`).
     JsonSchema(Box<crate::jsonschema::Schema>),
+    /// `$where`: a JavaScript function of the document, true when its result is truthy.
+    Where(std::sync::Arc<str>),
     Field {
         path: String,
         parts: Vec<String>,
         pred: Pred,
     },
+    /// `$text` (`text.rs`): matches only once bound to the collection's text index.
+    Text(Box<crate::text_meta::TextNode>),
 }
 
 pub(crate) struct ExprNode(crate::expr::Expr);
@@ -81,11 +86,27 @@ pub(crate) enum Pred {
 }
 
 impl Filter {
+    /// Whether the filter runs JavaScript (`$where`), which aggregation's `$match` refuses.
+    pub fn has_where(&self) -> bool {
+        fn walk(n: &Node) -> bool {
+            match n {
+                Node::Where(_) => true,
+                Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(walk),
+                _ => false,
+            }
+        }
+        walk(&self.root)
+    }
+
     pub fn parse(filter: &RawDocument) -> Result<Filter, QueryError> {
+        let backtracking_before = crate::regex::backtracking_compiled();
         let root = parse_doc(filter, 0)?;
+        // A backtracking pattern anywhere in the filter can fail at runtime, like `$expr`.
+        let backtracking = crate::regex::backtracking_compiled() != backtracking_before;
+        check_text_placement(&root, true, &mut 0)?;
         check_near_placement(&root)?;
         Ok(Filter {
-            has_expr: contains_expr(&root),
+            has_expr: backtracking || contains_expr(&root),
             root,
         })
     }
@@ -108,6 +129,18 @@ impl Filter {
         &self.root
     }
 
+    /// The `$text` node, found where mongod allows it: at the top, or under `$and`/`$or`.
+    pub(crate) fn text_node(&self) -> Option<&TextNode> {
+        fn find(node: &Node) -> Option<&TextNode> {
+            match node {
+                Node::Text(t) => Some(t),
+                Node::And(c) | Node::Or(c) => c.iter().find_map(find),
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+
     /// The filter's `$near`/`$nearSphere` (in its top-level conjunction) and its path.
     pub fn near(&self) -> Option<(&str, &mangrove_geo::Near)> {
         fn find(node: &Node) -> Option<(&str, &mangrove_geo::Near)> {
@@ -127,14 +160,25 @@ impl Filter {
         find(&self.root)
     }
 
+    /// The filter's `$text` arguments, if it has one.
+    pub fn text_search(&self) -> Option<&mangrove_text::TextSearch> {
+        self.text_node().map(|t| &t.search)
+    }
+
+    /// The matcher `bind_text` (`text.rs`) gave the filter's `$text`, if any.
+    pub fn text_match(&self) -> Option<std::sync::Arc<mangrove_text::TextMatch>> {
+        self.text_node().and_then(|t| t.bound.get().cloned())
+    }
+
     /// Like [`Filter::matches`], but an `$expr` that fails at runtime (`$divide` by zero, a
     /// bad conversion) is reported as the error mongod would return.
     pub fn matches_checked(&self, doc: &RawDocument) -> Result<bool, QueryError> {
         EXPR_ERROR.with(|slot| slot.borrow_mut().take());
+        crate::regex::take_match_error();
         let matched = self.root.matches(doc);
         match EXPR_ERROR.with(|slot| slot.borrow_mut().take()) {
             Some(err) => Err(err),
-            None => Ok(matched),
+            None => crate::regex::take_match_error().map_or(Ok(matched), Err),
         }
     }
 
@@ -289,9 +333,16 @@ impl Node {
             Node::Nor(children) => !children.iter().any(|c| c.matches(doc)),
             Node::Field { parts, pred, .. } => pred.matches_path(doc, parts),
             Node::JsonSchema(schema) => schema.matches_document(doc),
+            Node::Text(t) => t.matches(doc),
             // Matching is infallible by signature; an expression's runtime error is kept for
             // `Filter::matches_checked` to report and the document counts as not matching.
             Node::Expr(e) => e.0.truthy(doc).unwrap_or_else(|err| {
+                EXPR_ERROR.with(|slot| {
+                    slot.borrow_mut().get_or_insert(err);
+                });
+                false
+            }),
+            Node::Where(f) => mangrove_js::where_matches(f, doc).unwrap_or_else(|err| {
                 EXPR_ERROR.with(|slot| {
                     slot.borrow_mut().get_or_insert(err);
                 });
@@ -475,9 +526,35 @@ fn invalid_bson(e: impl std::fmt::Display) -> QueryError {
     bad(format!("invalid BSON in filter: {e}"))
 }
 
+/// mongod's rules on where `$text` may be: once, never under `$nor` or inside `$elemMatch`.
+fn check_text_placement(node: &Node, allowed: bool, seen: &mut usize) -> Result<(), QueryError> {
+    match node {
+        Node::Text(_) if !allowed => Err(bad("text expression not allowed in nor")),
+        Node::Text(_) => {
+            *seen += 1;
+            match *seen {
+                1 => Ok(()),
+                _ => Err(bad("Too many text expressions")),
+            }
+        }
+        Node::And(c) | Node::Or(c) => c
+            .iter()
+            .try_for_each(|n| check_text_placement(n, allowed, seen)),
+        Node::Nor(c) => c
+            .iter()
+            .try_for_each(|n| check_text_placement(n, false, seen)),
+        Node::Field {
+            pred: Pred::ElemMatchObj(inner),
+            ..
+        } => check_text_placement(inner, false, &mut 0)
+            .map_err(|_| bad("$text can only be applied to the top-level document")),
+        _ => Ok(()),
+    }
+}
+
 fn contains_expr(node: &Node) -> bool {
     match node {
-        Node::Expr(_) => true,
+        Node::Expr(_) | Node::Where(_) => true,
         Node::And(c) | Node::Or(c) | Node::Nor(c) => c.iter().any(contains_expr),
         // $elemMatch holds nested filters, but $expr is not allowed inside it.
         _ => false,
@@ -514,7 +591,9 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
                 "jsonSchema" => nodes.push(Node::JsonSchema(Box::new(
                     crate::jsonschema::Schema::parse(value, depth)?,
                 ))),
-                "where" | "text" | "sampleRate" => {
+                "where" => nodes.push(parse_where(value)?),
+                "text" => nodes.push(Node::Text(Box::new(TextNode::parse(value)?))),
+                "sampleRate" => {
                     return Err(bad(format!("{key} is not supported yet")));
                 }
                 _ => {
@@ -532,6 +611,29 @@ pub(crate) fn parse_doc(doc: &RawDocument, depth: usize) -> Result<Node, QueryEr
     } else {
         Node::And(nodes)
     })
+}
+
+/// `$where`: a string or Code (mongod 4.4+ refuses CodeWithScope), compiled now so a syntax
+/// error is the parse's error; refused outright when JavaScript is disabled.
+fn parse_where(value: RawBsonRef<'_>) -> Result<Node, QueryError> {
+    if !mangrove_js::enabled() {
+        return Err(QueryError::location(
+            6108304,
+            "no globalScriptEngine in $where parsing",
+        ));
+    }
+    let code = match value {
+        RawBsonRef::String(s) => s,
+        RawBsonRef::JavaScriptCode(s) => s,
+        RawBsonRef::JavaScriptCodeWithScope(_) => {
+            return Err(QueryError::location(
+                4649201,
+                "$where no longer supports deprecated BSON type CodeWScope",
+            ));
+        }
+        _ => return Err(bad("$where got bad type")),
+    };
+    Ok(Node::Where(mangrove_js::where_source(code)?.into()))
 }
 
 fn parse_logical_list(
@@ -700,10 +802,11 @@ fn parse_operator(name: &str, value: RawBsonRef<'_>, depth: usize) -> Result<Pre
         "$bitsAllClear" => parse_bits(BitOp::AllClear, name, value),
         "$bitsAnySet" => parse_bits(BitOp::AnySet, name, value),
         "$bitsAnyClear" => parse_bits(BitOp::AnyClear, name, value),
+        "$where" => Err(bad("$where cannot be applied to a field")),
         "$geoWithin" | "$within" | "$geoIntersects" => {
             Ok(Pred::Geo(crate::geo_filter::parse(name, value)?))
         }
-        "$where" | "$text" | "$expr" => Err(bad(format!("{name} is not supported yet"))),
+        "$text" | "$expr" => Err(bad(format!("{name} is not supported yet"))),
         _ => Err(bad(format!("unknown operator: {name}"))),
     }
 }

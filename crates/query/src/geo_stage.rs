@@ -57,13 +57,6 @@ pub(crate) fn refuse_near(filter: &Filter) -> Result<(), QueryError> {
     }
 }
 
-/// `$match`'s filter, refusing a `$near` in it.
-pub(crate) fn match_filter(d: &RawDocument) -> Result<Filter, QueryError> {
-    let filter = Filter::parse(d)?;
-    refuse_near(&filter)?;
-    Ok(filter)
-}
-
 /// A stage `stage_parse.rs`'s table does not hold: `$geoNear` (only `first` in a top-level
 /// pipeline, 40602), else unknown (40324).
 pub(crate) fn other_stage(

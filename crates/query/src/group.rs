@@ -28,6 +28,7 @@ use crate::compare::as_num;
 use crate::doc_ops::{key_of, raw_err, to_raw};
 use crate::expr::quantile::{self as percentile, Quantile};
 use crate::expr::{Expr, cmp_bson, sum_values};
+use crate::js_acc::{self, JsAcc, JsState};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
 use crate::top_n::{self, Ranked, TopBottom};
@@ -50,6 +51,8 @@ pub(crate) enum Acc {
     TopBottom(Box<TopBottom>),
     /// `$percentile`, `$median`.
     Quantile(Box<Quantile>),
+    /// `$accumulator` and mapReduce's `$_internalJsReduce` (`js_acc.rs`).
+    Js(Box<JsAcc>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,7 @@ enum AccState {
     Ranked(Ranked),
     /// `$percentile`/`$median`: the numeric inputs.
     Samples(Vec<f64>),
+    Js(JsState),
 }
 
 pub(crate) struct Group {
@@ -184,6 +188,7 @@ fn parse_accumulator(op: &str, arg: RawBsonRef<'_>) -> Result<Acc, QueryError> {
         "$stdDevSamp" => Acc::StdDev(unary()?, true),
         "$firstN" | "$lastN" | "$minN" | "$maxN" => parse_top_n(op, arg)?,
         op if top_n::is_top_bottom(op) => Acc::TopBottom(Box::new(top_n::parse(op, arg)?)),
+        "$accumulator" | "$_internalJsReduce" => Acc::Js(Box::new(js_acc::parse(op, arg)?)),
         "$median" | "$percentile" => Acc::Quantile(Box::new(percentile::parse(op, arg, 7429703)?)),
         "$count" => match arg {
             RawBsonRef::Document(d) if d.is_empty() => Acc::Count,
@@ -364,6 +369,7 @@ fn fresh(acc: &Acc) -> AccState {
         Acc::StdDev(..) => AccState::StdDev(0, 0.0, 0.0),
         Acc::TopBottom(_) => AccState::Ranked(Ranked::default()),
         Acc::Quantile(_) => AccState::Samples(Vec::new()),
+        Acc::Js(_) => AccState::Js(JsState::default()),
     }
 }
 
@@ -434,6 +440,7 @@ fn accumulate(
             }
             return ranked.add(spec, doc);
         }
+        (Acc::Js(js), AccState::Js(state)) => return js.accumulate(state, doc, first_doc),
         (Acc::Quantile(q), AccState::Samples(samples)) => {
             if let Some(x) = percentile::sample(q, doc)? {
                 samples.push(x);
@@ -635,8 +642,8 @@ fn e_or_null(v: Option<Bson>, kind: NKind) -> Option<Bson> {
     }
 }
 
-fn finish(acc: &Acc, state: AccState) -> Bson {
-    match state {
+fn finish(acc: &Acc, state: AccState) -> Result<Bson, QueryError> {
+    Ok(match state {
         AccState::Sum(total) => total,
         AccState::Avg { total, n, decimal } => {
             if n == 0 {
@@ -669,7 +676,11 @@ fn finish(acc: &Acc, state: AccState) -> Bson {
             Acc::Quantile(q) => percentile::result(&q.ps, q.median, &mut samples),
             _ => Bson::Null,
         },
-    }
+        AccState::Js(state) => match acc {
+            Acc::Js(js) => js.finish(state)?,
+            _ => Bson::Null,
+        },
+    })
 }
 
 /// The groups of one `$group` or `$bucket` stage while its input streams through.
@@ -761,7 +772,10 @@ impl Groups {
         let mut out = Document::new();
         out.insert("_id", id);
         for ((name, acc), state) in accs.iter().zip(states) {
-            out.insert(name.clone(), finish(acc, state));
+            match finish(acc, state) {
+                Ok(v) => out.insert(name.clone(), v),
+                Err(e) => return Some(Err(e)),
+            };
         }
         if let Some(max) = max
             && let Err(e) = crate::memory::check_document(&out, max)

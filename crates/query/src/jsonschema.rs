@@ -157,7 +157,7 @@ impl Check {
             Check::MinLength(n) => string_len(v).is_none_or(|len| len >= *n),
             Check::MaxLength(n) => string_len(v).is_none_or(|len| len <= *n),
             Check::Pattern(re) => match v {
-                RawBsonRef::String(s) => re.regex().is_match(s),
+                RawBsonRef::String(s) => re.is_match(s),
                 _ => true,
             },
             Check::MinItems(n) => array_len(v).is_none_or(|len| len >= *n),
@@ -254,7 +254,7 @@ fn allowed(
         let key = key.as_str();
         let mut covered = named.iter().any(|n| n == key);
         for (re, schema) in patterns {
-            if re.regex().is_match(key) {
+            if re.is_match(key) {
                 covered = true;
                 if !schema.matches(field) {
                     return false;

@@ -4,8 +4,12 @@
 //! Filters, sorts and projections read `RawDocument`s directly because they run once per
 //! scanned document; updates work on owned `Document`s because they run once per write.
 //!
+//! Server-side JavaScript (`$where`, `$function`, `$accumulator`, mapReduce's internal
+//! `$_internalJsEmit`/`$_internalJsReduce`) is called through `mangrove-js`, which is handed
+//! source text and BSON; its clock and deadline are the server's to set, not this crate's.
+//!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
-//! `$where`, `$text` and geo filters; `$meta` sorts and projections; time zones other than UTC
+//! geo filters; `$meta` other than `"textScore"`; time zones other than UTC
 //! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
 //! collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
@@ -31,6 +35,7 @@ mod geo_plan;
 mod geo_stage;
 mod group;
 mod index;
+mod js_acc;
 mod jsonschema;
 mod limits;
 mod lookup;
@@ -45,6 +50,8 @@ mod sort;
 mod stage;
 mod stage_parse;
 mod stream;
+mod text;
+mod text_meta;
 mod top_n;
 mod types;
 mod update;
@@ -69,13 +76,16 @@ pub use limits::{
 pub use mangrove_bson::distinct_values;
 pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
 pub use mangrove_bson::{
-    Collation, collation_active, compare_values, type_bracket, with_collation,
+    Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
+pub use mangrove_text::{TextIndex, TextMatch};
 pub use mangrove_geo::{Frame, Near};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
 pub use stream::{Runner, Step};
+pub use text::text_bounds;
+pub use text_meta::{no_score, with_scorer};
 pub use types::element_type_name;
 pub use update::Update;
 pub use validation::Validator;

@@ -13,7 +13,6 @@ use bson::{Bson, Document, RawBson, RawBsonRef, RawDocument};
 use mangrove_bson::KeyInterval;
 
 use crate::compare::type_bracket;
-use crate::encode_key;
 use crate::filter::{CmpOp, Filter, Node, Pred};
 use crate::index::{IndexField, IndexSpec};
 
@@ -82,17 +81,6 @@ enum FieldBound {
 /// are included.
 type End = (Vec<u8>, bool);
 
-fn encode_component(v: &RawBson, descending: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_key(v.as_raw_bson_ref(), &mut out);
-    if descending {
-        for b in &mut out {
-            *b = !*b;
-        }
-    }
-    out
-}
-
 fn tag_byte(bracket: u8, descending: bool) -> u8 {
     let tag = bracket + 0x10;
     if descending { !tag } else { tag }
@@ -128,7 +116,12 @@ impl FieldBound {
             FieldBound::Range { bracket, lo, hi } => {
                 let start = (vec![tag_byte(*bracket, descending)], true);
                 let end = (vec![tag_byte(*bracket, descending) + 1], false);
-                let val = |(v, incl): &(RawBson, bool)| (encode_component(v, descending), *incl);
+                // Through the field, so an index's collation keys the bounds as its entries.
+                let val = |(v, incl): &(RawBson, bool)| {
+                    let mut key = Vec::new();
+                    field.encode(v.as_raw_bson_ref(), &mut key);
+                    (key, *incl)
+                };
                 let (byte_lo, byte_hi) = if descending {
                     (hi.as_ref().map(val), lo.as_ref().map(val))
                 } else {
@@ -369,6 +362,10 @@ pub fn index_bounds(
     hinted: bool,
     multikey: bool,
 ) -> Option<IndexBounds> {
+    // A text index answers `$text` only (`text::text_bounds`).
+    if spec.text.is_some() {
+        return None;
+    }
     let mut conds = Vec::new();
     conjuncts(filter.root(), &mut conds);
     let per_field = field_bounds(&conds, spec, multikey);

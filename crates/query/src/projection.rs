@@ -18,6 +18,9 @@ pub struct Projection {
     /// Has a positional (`a.$`) item, which needs the query's filter to find its element.
     positional: bool,
     filter: Option<crate::Filter>,
+    /// Has `$meta: "textScore"`; the matcher that scores (`text.rs`), once bound.
+    meta: bool,
+    text: Option<std::sync::Arc<mangrove_text::TextMatch>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -118,6 +121,7 @@ impl Projection {
         flatten(spec, String::new(), &mut flat)?;
         let mut positional = false;
         let mut elem_match = false;
+        let mut metas = 0;
         for (path, value) in flat {
             let (path, item, kind) = match path.strip_suffix(".$") {
                 Some(base) if !base.is_empty() && !base.contains(".$") => {
@@ -143,6 +147,10 @@ impl Projection {
             let is_id = path == "_id";
             has_id |= is_id;
             elem_match |= matches!(item, Item::ElemMatch(_));
+            // `$meta` decides no mode: `{_id: 1, s: {$meta: ...}}` is still `_id` alone.
+            metas += usize::from(
+                matches!(&item, Item::Computed(c) if matches!(c.0, crate::expr::Expr::TextScore)),
+            );
             if !is_id {
                 settle_mode(kind, &mut mode, &path)?;
             }
@@ -150,7 +158,7 @@ impl Projection {
         }
         let only_id_included = mode.is_none()
             && matches!(root.get("_id"), Some(Item::Include))
-            && root.children.len() == 1;
+            && root.children.len() == 1 + metas;
         // `$slice` alone keeps the other fields (an exclusion); `$elemMatch` alone returns only
         // its field and `_id` (an inclusion), as mongod does.
         let inclusion = mode.unwrap_or(only_id_included || elem_match);
@@ -163,6 +171,8 @@ impl Projection {
             inclusion,
             positional,
             filter: None,
+            meta: crate::text_meta::mentions_meta(spec),
+            text: None,
         })
     }
 
@@ -175,7 +185,25 @@ impl Projection {
         self
     }
 
+    /// Whether the projection asks for `$meta: "textScore"`.
+    pub fn needs_text_score(&self) -> bool {
+        self.meta
+    }
+
+    /// Gives `$meta: "textScore"` the query's text matcher, which scores each document.
+    pub fn bind_text(&mut self, matcher: std::sync::Arc<mangrove_text::TextMatch>) {
+        self.text = Some(matcher);
+    }
+
     pub fn apply(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
+        // Bound (find), the projection scores; else a pipeline's scorer is in place.
+        if let Some(text) = self.text.as_ref().filter(|_| self.meta) {
+            return crate::text_meta::with_scorer(Some(text), || self.apply_inner(doc));
+        }
+        self.apply_inner(doc)
+    }
+
+    fn apply_inner(&self, doc: &RawDocument) -> Result<RawDocumentBuf, QueryError> {
         if self.identity {
             return Ok(doc.to_owned());
         }
@@ -298,7 +326,14 @@ fn parse_operator_item(
             ))
         }
         "$literal" => Ok((Item::Literal(arg.into()), Kind::Include)),
-        "$meta" => Err(bad("$meta projection is not supported yet")),
+        "$meta" => {
+            crate::text_meta::parse_meta(arg)?;
+            let score = crate::expr::Expr::TextScore;
+            Ok((
+                Item::Computed(std::sync::Arc::new(Computed(score))),
+                Kind::Neutral,
+            ))
+        }
         _ => computed(value),
     }
 }

@@ -11,12 +11,16 @@ use crate::path::{split_path, walk};
 #[derive(Debug, Clone)]
 pub struct SortSpec {
     keys: Vec<SortKey>,
+    /// The matcher that scores `$meta: "textScore"` keys (`text.rs`), once bound.
+    text: Option<std::sync::Arc<mangrove_text::TextMatch>>,
 }
 
 #[derive(Debug, Clone)]
 struct SortKey {
     parts: Vec<String>,
     descending: bool,
+    /// `{$meta: "textScore"}`: the document's text score, highest first.
+    meta: bool,
 }
 
 impl SortSpec {
@@ -38,7 +42,13 @@ impl SortSpec {
             }
             let descending = match value {
                 RawBsonRef::Document(d) if d.get("$meta").ok().flatten().is_some() => {
-                    return Err(QueryError::bad_value("$meta sort is not supported yet"));
+                    crate::text_meta::parse_meta(d.get("$meta").ok().flatten().unwrap_or(value))?;
+                    keys.push(SortKey {
+                        parts: split_path(key),
+                        descending: true,
+                        meta: true,
+                    });
+                    continue;
                 }
                 _ => match as_num(value).map(|n| n.to_f64()) {
                     Some(1.0) => false,
@@ -60,9 +70,46 @@ impl SortSpec {
             keys.push(SortKey {
                 parts: split_path(key),
                 descending,
+                meta: false,
             });
         }
-        Ok(SortSpec { keys })
+        Ok(SortSpec { keys, text: None })
+    }
+
+    /// Sorts `items` (stably) by the documents `doc` gives; with a `$meta: "textScore"` key,
+    /// each document's keys are computed once rather than at every comparison.
+    pub fn sort_items<T>(&self, items: &mut Vec<T>, doc: impl Fn(&T) -> &RawDocument) {
+        if !self.needs_text_score() {
+            items.sort_by(|a, b| self.compare(doc(a), doc(b)));
+            return;
+        }
+        let mut keyed: Vec<(Vec<bson::Bson>, T)> = items
+            .drain(..)
+            .map(|t| (self.key_values(doc(&t)), t))
+            .collect();
+        keyed.sort_by(|a, b| self.compare_keys(&a.0, &b.0));
+        items.extend(keyed.into_iter().map(|(_, t)| t));
+    }
+
+    /// Whether a key is `{$meta: "textScore"}`.
+    pub fn needs_text_score(&self) -> bool {
+        self.keys.iter().any(|k| k.meta)
+    }
+
+    /// Gives `$meta: "textScore"` keys the query's text matcher.
+    pub fn bind_text(&mut self, matcher: std::sync::Arc<mangrove_text::TextMatch>) {
+        self.text = Some(matcher);
+    }
+
+    /// The bound matcher's score (find), else the pipeline's scorer's (`text::with_scorer`).
+    fn score(&self, doc: &RawDocument) -> f64 {
+        match &self.text {
+            Some(m) => m.score(doc).unwrap_or(0.0),
+            None => match crate::text_meta::current_score(doc) {
+                Ok(Some(bson::Bson::Double(s))) => s,
+                _ => 0.0,
+            },
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,6 +118,13 @@ impl SortSpec {
 
     pub fn compare(&self, a: &RawDocument, b: &RawDocument) -> Ordering {
         for key in &self.keys {
+            if key.meta {
+                let o = self.score(b).total_cmp(&self.score(a));
+                if o != Ordering::Equal {
+                    return o;
+                }
+                continue;
+            }
             let ka = sort_value(a, key);
             let kb = sort_value(b, key);
             let o = compare_values(ka, kb);
@@ -87,7 +141,10 @@ impl SortSpec {
     pub(crate) fn key_values(&self, doc: &RawDocument) -> Vec<bson::Bson> {
         self.keys
             .iter()
-            .map(|k| bson::Bson::try_from(sort_value(doc, k)).unwrap_or(bson::Bson::Null))
+            .map(|k| match k.meta {
+                true => bson::Bson::Double(self.score(doc)),
+                false => bson::Bson::try_from(sort_value(doc, k)).unwrap_or(bson::Bson::Null),
+            })
             .collect()
     }
 

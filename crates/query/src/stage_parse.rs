@@ -176,6 +176,16 @@ impl Pipeline {
             }
             let (name, spec) = stage_field(item.map_err(raw_err)?)?;
             sink = parse_stage(name, spec, depth, &mut stages)?;
+            // `$match` with `$text` only first, in a top-level pipeline (mongod's 17313).
+            if let Some(Stage::Match(f)) = stages.last()
+                && f.text_search().is_some()
+                && (stages.len() > 1 || depth > 0)
+            {
+                return Err(QueryError::location(
+                    17313,
+                    "$match with $text is only allowed as the first pipeline stage",
+                ));
+            }
         }
         Ok(Pipeline {
             stages,
@@ -225,7 +235,7 @@ fn parse_stage(
 ) -> Result<Option<Sink>, QueryError> {
     let doc = || doc_spec(name, spec);
     let parsed = match name {
-        "$match" => Stage::Match(crate::geo_stage::match_filter(doc()?)?),
+        "$match" => Stage::Match(match_filter(doc()?)?),
         "$sort" => Stage::Sort(SortSpec::parse(doc()?)?),
         "$skip" => Stage::Skip(stage_number(spec, "$skip")?),
         "$limit" => match stage_number(spec, "$limit")? {
@@ -713,6 +723,18 @@ fn graph_max_depth(v: RawBsonRef<'_>) -> Result<u64, QueryError> {
             "maxDepth requires a nonnegative argument",
         )),
     }
+}
+
+/// A `$match` filter; aggregation refuses `$where` (mongod's rule), though `$function` runs.
+fn match_filter(spec: &RawDocument) -> Result<Filter, QueryError> {
+    let filter = Filter::parse(spec)?;
+    if filter.has_where() {
+        return Err(QueryError::bad_value(
+            "$where is not allowed inside of a $match aggregation expression",
+        ));
+    }
+    crate::geo_stage::refuse_near(&filter)?;
+    Ok(filter)
 }
 
 fn graph_restrict(v: RawBsonRef<'_>) -> Result<Filter, QueryError> {

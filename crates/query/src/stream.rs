@@ -422,7 +422,7 @@ impl Sorter {
             && self.docs.len() >= k.saturating_mul(2).max(64)
         {
             // Sorting stably and truncating keeps exactly the first k of a full stable sort.
-            self.docs.sort_by(|a, b| spec.compare(a, b));
+            spec.sort_items(&mut self.docs, |d| d);
             self.docs.truncate(k);
             self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
         }
@@ -430,7 +430,7 @@ impl Sorter {
     }
 
     fn finish(mut self, spec: &SortSpec) -> Vec<RawDocumentBuf> {
-        self.docs.sort_by(|a, b| spec.compare(a, b));
+        spec.sort_items(&mut self.docs, |d| d);
         if let Some(k) = self.keep {
             self.docs.truncate(k);
         }
@@ -740,13 +740,16 @@ pub(crate) fn run_with(
     run.results = true;
     let mut out = Vec::new();
     let mut used = 0usize;
-    limits::with_limits(p.limits, || {
-        while let Step::Doc(d) = run.next(stages, &ctx)? {
-            used += d.as_bytes().len();
-            ctx.check("the pipeline's result", used)?;
-            out.push(d);
-        }
-        Ok::<_, QueryError>(())
+    let scorer = p.leading_match().and_then(|f| f.text_match());
+    crate::text_meta::with_scorer(scorer.as_ref(), || {
+        limits::with_limits(p.limits, || {
+            while let Step::Doc(d) = run.next(stages, &ctx)? {
+                used += d.as_bytes().len();
+                ctx.check("the pipeline's result", used)?;
+                out.push(d);
+            }
+            Ok::<_, QueryError>(())
+        })
     })?;
     for d in &out {
         limits::check_result(d)?;
@@ -819,8 +822,11 @@ impl Runner {
             limits: self.pipeline.limits,
         };
         let stages = &self.pipeline.stages[self.skip..];
-        let step = limits::with_limits(self.pipeline.limits, || {
-            pull(stages, &mut self.states, &mut self.input, &ctx, true)
+        let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
+        let step = crate::text_meta::with_scorer(scorer.as_ref(), || {
+            limits::with_limits(self.pipeline.limits, || {
+                pull(stages, &mut self.states, &mut self.input, &ctx, true)
+            })
         })?;
         match &step {
             Step::Doc(d) => limits::check_result(d)?,

@@ -67,6 +67,12 @@ fn refuse_banned(spec: &RawDocument) -> Result<(), QueryError> {
         match (key, value) {
             ("$where", _) => return bad("$where is not allowed in this context"),
             ("$text", _) => return bad("$text is not allowed in this context"),
+            ("$expr", v) if names_function(v) => {
+                return Err(QueryError::location(
+                    4660800,
+                    "$function cannot be used inside a validator.",
+                ));
+            }
             ("$and" | "$or" | "$nor", RawBsonRef::Array(items)) => {
                 for d in items.into_iter().map_while(Result::ok) {
                     if let RawBsonRef::Document(d) = d {
@@ -85,6 +91,21 @@ fn refuse_banned(spec: &RawDocument) -> Result<(), QueryError> {
         }
     }
     Ok(())
+}
+
+/// Whether an expression holds `$function` anywhere (mongod keeps JavaScript out of validators).
+fn names_function(v: RawBsonRef<'_>) -> bool {
+    let children: Box<dyn Iterator<Item = RawBsonRef<'_>>> = match v {
+        RawBsonRef::Document(d) => {
+            if d.get("$function").ok().flatten().is_some() {
+                return true;
+            }
+            Box::new(d.iter().map_while(Result::ok).map(|(_, v)| v))
+        }
+        RawBsonRef::Array(a) => Box::new(a.into_iter().map_while(Result::ok)),
+        _ => return false,
+    };
+    children.into_iter().any(names_function)
 }
 
 /// One clause of a query document, as mongod's parser splits it: each operator of a field is

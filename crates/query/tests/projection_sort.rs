@@ -213,8 +213,10 @@ fn sort_errors() {
         SortSpec::parse(&raw(&doc! {"a": "x"})).unwrap_err().code,
         15974
     );
+    // `$meta: "textScore"` sorts (by the score of a bound `$text`); other `$meta` are refused.
+    assert!(SortSpec::parse(&raw(&doc! {"a": {"$meta": "textScore"}})).is_ok());
     assert_eq!(
-        SortSpec::parse(&raw(&doc! {"a": {"$meta": "textScore"}}))
+        SortSpec::parse(&raw(&doc! {"a": {"$meta": "indexKey"}}))
             .unwrap_err()
             .code,
         2

@@ -32,7 +32,8 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
         }
     }
     let _restore = Restore(previous);
-    f()
+    // JavaScript run by the read ($where, $function) is interrupted at the same deadline.
+    mangrove_js::with_deadline(deadline, f)
 }
 
 /// What is left of the running read's `maxTimeMS`, for a cursor to carry into its `getMore`s
@@ -283,6 +284,16 @@ fn choose_access(
     sort: Option<&[(String, bool)]>,
 ) -> CommandResult<Access> {
     let sort = sort.unwrap_or(&[]);
+    // `$text` is answered by the text index, whatever the hint (text_access.rs).
+    if let Some((index, bounds)) = crate::text_access::access(coll, filter)? {
+        return Ok(Access::Index {
+            index,
+            bounds: Arc::new(bounds),
+            multikey: false,
+            sorted: false,
+            reverse: false,
+        });
+    }
     // `$near` needs a geo index: nothing else orders by distance.
     let hinted_index = match hint {
         Hint::Index(i) => Some(i),
@@ -292,16 +303,19 @@ fn choose_access(
         let plan = Arc::new(plan);
         return Ok(Access::Near { index, plan });
     }
-    // Index keys and `_id` keys are binary: under a collation that equates "a" and "A" they
-    // would miss matches, so a collated query scans.
-    if mangrove_query::collation_active() {
-        return Ok(Access::Collection);
-    }
     if let Some(access) = hinted(view, filter, raw, hint, sort)? {
         return Ok(access);
     }
+    // `_id` keys are binary: under a collation that equates "a" and "A" they would miss
+    // matches; an index serves only under its own collation (see `serves_collation`).
+    if mangrove_query::collation_active() {
+        return Ok(match best_index(view, coll, filter, raw, sort)? {
+            Some((index, bounds, multikey)) => index_access(index, bounds, multikey, sort),
+            None => sort_order_access(view, coll, filter, raw, sort)?,
+        });
+    }
     // A capped collection's key order is insertion order; its `_id` is an ordinary index.
-    let keyed_by_id = !crate::capped::is_capped(coll);
+    let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
     if keyed_by_id && let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
@@ -359,10 +373,13 @@ fn hinted(
 ) -> CommandResult<Option<Access>> {
     Ok(Some(match hint {
         Hint::Natural { reverse } => Access::natural(*reverse),
+        Hint::Id if mangrove_query::collation_active() => Access::Collection,
         Hint::Id => match filter.id_equality() {
             Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
             None => Access::Collection,
         },
+        // A hinted index of another collation cannot bound the query; the scan answers it.
+        Hint::Index(index) if !serves_collation(index) => Access::Collection,
         Hint::Index(index) => {
             let multikey = view.index_multikey(index)?;
             match index_bounds(filter, raw, &index.key, true, multikey) {
@@ -372,6 +389,14 @@ fn hinted(
         }
         Hint::None => return Ok(None),
     }))
+}
+
+/// Whether `index`'s keys order and equate strings as the running command's collation does:
+/// an index with a collation serves queries under that collation only, and one without, only
+/// binary comparisons (mongod also lets a collated index serve non-string bounds; Mangrove does
+/// not yet).
+fn serves_collation(index: &IndexInfo) -> bool {
+    index.key.collation.as_deref() == mangrove_query::active_collation().as_ref()
 }
 
 /// The secondary index with the most selective bounds for `filter`, with its bounds and
@@ -384,7 +409,7 @@ fn best_index<'c>(
     sort: &[(String, bool)],
 ) -> CommandResult<Option<(&'c Arc<IndexInfo>, IndexBounds, bool)>> {
     let mut best: Option<(&Arc<IndexInfo>, IndexBounds, bool)> = None;
-    for index in &coll.indexes {
+    for index in coll.indexes.iter().filter(|i| serves_collation(i)) {
         // Cheap: most filters give no bounds at all, and then the flag is never read.
         if index_bounds(filter, raw, &index.key, false, true).is_none() {
             continue;
@@ -428,7 +453,7 @@ fn sort_order_access(
     sort: &[(String, bool)],
 ) -> CommandResult<Access> {
     // Sparse and partial indexes may lack documents.
-    for index in &coll.indexes {
+    for index in coll.indexes.iter().filter(|i| serves_collation(i)) {
         let geo = index.key.fields.iter().any(|f| f.kind.is_geo());
         if index.key.sparse || index.key.partial.is_some() || geo || sort.is_empty() {
             continue;
@@ -441,7 +466,8 @@ fn sort_order_access(
         }
     }
     // The collection itself is in `_id` order, either way (a capped one: insertion order).
-    if !crate::capped::is_capped(coll)
+    if !crate::capped::keyed_by_insertion(coll)
+        && !mangrove_query::collation_active()
         && let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {
@@ -712,7 +738,10 @@ pub fn plan_stage(access: &Access, filter_doc: &Document) -> Document {
             multikey,
             reverse,
             ..
-        } => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        } => match index.key.text.is_some() {
+            true => crate::text_access::stage(&index.key, bounds, filter_doc),
+            false => fetch_ixscan(filter_doc, &index.key, bounds, *multikey, *reverse),
+        },
         Access::Near { index, plan } => crate::geo_near::plan_stage(index, plan),
     }
 }
@@ -796,6 +825,8 @@ pub fn min_max_access(
         eq_prefix: 0,
     };
     let access = match hint {
+        // A hinted index of another collation cannot bound the query; the scan answers it.
+        Hint::Index(index) if !serves_collation(index) => Access::Collection,
         Hint::Index(index) => {
             let multikey = view.index_multikey(index)?;
             index_access(index, bounds, multikey, sort)

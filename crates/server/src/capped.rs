@@ -67,6 +67,18 @@ pub fn is_capped(coll: &CollectionInfo) -> bool {
     matches!(coll.options.get("capped"), Some(Bson::Boolean(true)))
 }
 
+/// Whether `coll` keys its documents by insertion number: capped and time-series collections
+/// (the latter without any `_id` index, see `timeseries.rs`).
+pub fn keyed_by_insertion(coll: &CollectionInfo) -> bool {
+    is_capped(coll) || crate::timeseries::is_timeseries(coll)
+}
+
+/// A time-series collection's writer needs numbers but no limits.
+const UNLIMITED: Limits = Limits {
+    size: u64::MAX,
+    max: None,
+};
+
 /// The limits a collection's options give, if it is capped: the stored `size` rounded as mongod
 /// rounds it (at least 4 KiB, else up to a multiple of 256), and `max` if positive.
 pub fn limits_of(options: &Document) -> Option<Limits> {
@@ -144,16 +156,20 @@ pub fn create_options(
 
 /// The indexes `listIndexes` shows after `_id_`: all of them, but a capped collection's own
 /// `_id_` index, which stands where other collections' key order does.
+/// Internal indexes (`timeseries.rs`'s TTL index) are not shown either.
 pub fn secondary_indexes(coll: &CollectionInfo) -> impl Iterator<Item = &Arc<IndexInfo>> {
     let capped = is_capped(coll);
-    coll.indexes
-        .iter()
-        .filter(move |i| !(capped && i.key.name == ID_INDEX))
+    coll.indexes.iter().filter(move |i| {
+        let hidden_id = capped && i.key.name == ID_INDEX;
+        !hidden_id && !crate::timeseries::is_internal_index(&i.key.name)
+    })
 }
 
-/// Indexes of `coll`, `_id` included (mongod's `nIndexes`).
+/// Indexes of `coll`, `_id` included (mongod's `nIndexes`; a time-series collection has none
+/// on `_id`).
 pub fn index_count(coll: &CollectionInfo) -> usize {
-    secondary_indexes(coll).count() + 1
+    let id = usize::from(!crate::timeseries::is_timeseries(coll));
+    secondary_indexes(coll).count() + id
 }
 
 /// The `_id` index of a capped collection, if it has one.
@@ -166,6 +182,15 @@ pub fn id_index(coll: &CollectionInfo) -> Option<&Arc<IndexInfo>> {
 
 /// mongod's refusal of a capped collection's writes in a multi-document transaction.
 pub fn refuse_in_transaction(coll: &CollectionInfo) -> CommandResult<()> {
+    if crate::timeseries::is_timeseries(coll) {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            format!(
+                "Cannot write to time-series collection '{}' in a multi-document transaction.",
+                coll.ns()
+            ),
+        ));
+    }
     if is_capped(coll) {
         return Err(CommandError::new(
             code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
@@ -216,9 +241,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The writer of `coll`, waiting for the one before it; `None` if `coll` is not capped.
+    /// The writer of `coll`, waiting for the one before it; `None` if `coll` is not keyed by
+    /// insertion.
     pub async fn writer(&self, coll: &CollectionInfo) -> Option<Writer> {
-        let limits = limits(coll)?;
+        let limits = match limits(coll) {
+            Some(limits) => limits,
+            None if crate::timeseries::is_timeseries(coll) => UNLIMITED,
+            None => return None,
+        };
         let uuid = coll.uuid()?;
         let lock = {
             let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());

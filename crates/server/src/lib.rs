@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+mod api_version;
 mod auth;
 mod batch;
 mod capped;
@@ -29,6 +30,8 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod text_access;
+mod timeseries;
 mod tls;
 mod validation;
 
@@ -104,6 +107,11 @@ pub struct Config {
     pub enable_test_commands: bool,
     /// At damage in the log, cut it there and start instead of refusing to start.
     pub truncate_damaged_log: bool,
+    /// Server-side JavaScript (`$where`, `$function`, `$accumulator`, `mapReduce`): mongod's
+    /// `security.javascriptEnabled`. Process-wide, as in mongod.
+    pub javascript_enabled: bool,
+    /// The bound of one JavaScript call when the command has no nearer `maxTimeMS`.
+    pub javascript_time_limit: Duration,
     /// `--auth`: every command but the handshake and authentication needs a user with the
     /// rights for it.
     pub auth: bool,
@@ -146,6 +154,8 @@ impl Default for Config {
             argv: Vec::new(),
             enable_test_commands: false,
             truncate_damaged_log: false,
+            javascript_enabled: true,
+            javascript_time_limit: mangrove_js::Settings::default().time,
             auth: false,
             scram_sha1_iterations: 10_000,
             scram_sha256_iterations: 15_000,
@@ -295,6 +305,15 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// JavaScript's switch and per-call bound are process-wide, as mongod's.
+fn configure_javascript(config: &Config) {
+    mangrove_js::configure(mangrove_js::Settings {
+        enabled: config.javascript_enabled,
+        time: config.javascript_time_limit,
+        ..mangrove_js::Settings::default()
+    });
+}
+
 impl Server {
     /// Opens the data directory (replaying the transaction log) and binds the listening socket;
     /// nothing is served until [`Server::serve`].
@@ -311,6 +330,7 @@ impl Server {
         let tls = tls::Tls::load(config.tls.clone()).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}"))
         })?;
+        configure_javascript(&config);
         let engine = open_engine(&config, progress)?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await

@@ -37,7 +37,10 @@ enum Level {
 /// What the writes of one statement to one collection must satisfy.
 pub(crate) struct DocValidator {
     ns: String,
-    validator: Validator,
+    /// A time-series collection's time field, which every document must hold as a date
+    /// (never bypassed: it is the collection's shape, not a rule).
+    time_field: Option<String>,
+    validator: Option<Validator>,
     level: Level,
     warn: bool,
 }
@@ -53,25 +56,27 @@ pub(crate) fn for_write(
     coll: &CollectionInfo,
     bypass: bool,
 ) -> CommandResult<Option<DocValidator>> {
-    if bypass {
-        return Ok(None);
-    }
     let options = &coll.options;
-    let Ok(spec) = options.get_document("validator") else {
-        return Ok(None);
-    };
     let level = match options.get_str("validationLevel") {
-        Ok("off") => return Ok(None),
         Ok("moderate") => Level::Moderate,
         _ => Level::Strict,
     };
-    if spec.is_empty() {
+    let validator = match options.get_document("validator") {
+        _ if bypass || options.get_str("validationLevel").ok() == Some("off") => None,
+        Ok(spec) if !spec.is_empty() => {
+            let raw = bson::RawDocumentBuf::try_from(spec).map_err(CommandError::internal)?;
+            Some(Validator::parse(&raw)?)
+        }
+        _ => None,
+    };
+    let time_field = crate::timeseries::time_field(coll).map(str::to_string);
+    if validator.is_none() && time_field.is_none() {
         return Ok(None);
     }
-    let raw = bson::RawDocumentBuf::try_from(spec).map_err(CommandError::internal)?;
     Ok(Some(DocValidator {
         ns: coll.ns(),
-        validator: Validator::parse(&raw)?,
+        time_field,
+        validator,
         level,
         warn: options.get_str("validationAction").ok() == Some("warn"),
     }))
@@ -85,15 +90,26 @@ impl DocValidator {
 
     /// Checks the document an update writes in place of `old`.
     pub(crate) fn check_update(&self, old: &RawDocument, new: &RawDocument) -> CommandResult<()> {
+        if let Some(field) = &self.time_field {
+            crate::timeseries::check_document(field, new)?;
+        }
         // `moderate` leaves documents that were already invalid alone, as mongod does.
-        if self.level == Level::Moderate && !self.validator.matches(old) {
+        if self.level == Level::Moderate && self.validator.as_ref().is_some_and(|v| !v.matches(old))
+        {
             return Ok(());
         }
-        self.check(new)
+        self.check_rules(new)
     }
 
     fn check(&self, doc: &RawDocument) -> CommandResult<()> {
-        let Some(info) = self.validator.error_info(doc) else {
+        if let Some(field) = &self.time_field {
+            crate::timeseries::check_document(field, doc)?;
+        }
+        self.check_rules(doc)
+    }
+
+    fn check_rules(&self, doc: &RawDocument) -> CommandResult<()> {
+        let Some(info) = self.validator.as_ref().and_then(|v| v.error_info(doc)) else {
             return Ok(());
         };
         if self.warn {

@@ -23,6 +23,7 @@ mod array;
 mod builders;
 mod convert;
 mod date;
+pub(crate) mod js;
 mod logic;
 mod object;
 mod ops;
@@ -52,6 +53,8 @@ pub(crate) enum Expr {
     Doc(Vec<(String, Expr)>),
     Array(Vec<Expr>),
     Rand,
+    /// `{$meta: "textScore"}`: the document's text score (`text.rs`).
+    TextScore,
     /// `$eq`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte` and `$cmp` over two expressions, in BSON order.
     Cmp(CmpExpr, Box<Expr>, Box<Expr>),
     And(Vec<Expr>),
@@ -89,6 +92,8 @@ pub(crate) enum Expr {
         input: Box<Expr>,
         re: Box<Re>,
     },
+    /// `$function` and mapReduce's `$_internalJsEmit`.
+    Js(Box<js::JsExpr>),
     /// Every other operator: arguments are evaluated first (missing stays `None`), then the
     /// operator is applied. Named-argument operators are normalised to positional ones.
     Op(Op, Vec<Expr>),
@@ -143,6 +148,7 @@ impl Expr {
             Expr::Const(b) => Ok(Some(b.clone())),
             Expr::Missing => Ok(None),
             Expr::Rand => Ok(Some(Bson::Double(random_unit()))),
+            Expr::TextScore => crate::text_meta::current_score(doc),
             Expr::Path(parts) => Ok(raw_path(doc, parts)),
             Expr::Root(parts) if parts.is_empty() => Ok(Some(Bson::Document(
                 Document::try_from(doc).map_err(|e| bad(e.to_string()))?,
@@ -183,6 +189,7 @@ impl Expr {
             } => convert::eval_convert(input, to, on_error.as_deref(), on_null.as_deref(), doc),
             Expr::Regex { op, input, re } => string::regex_op(*op, input.eval(doc)?, re),
             Expr::Op(op, args) => builders::operator(*op, args, doc),
+            Expr::Js(js) => js.eval(doc),
         }
     }
 }

@@ -101,6 +101,9 @@ operators! {
     Filter = "$filter", OWN, Node;
     Reduce = "$reduce", OWN, Node;
     Convert = "$convert", OWN, Node;
+    // Server-side JavaScript (`js.rs`); `$_internalJsEmit` is mapReduce's map step.
+    Function = "$function", OWN, Node;
+    InternalJsEmit = "$_internalJsEmit", OWN, Node;
     // Arithmetic.
     Add = "$add", args(0, ANY), Arith;
     Subtract = "$subtract", args(2, 2), Arith;

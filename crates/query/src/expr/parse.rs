@@ -11,7 +11,7 @@ use super::args::exact_args;
 use super::ops::{Form, Op};
 use super::vars::{BOUND, DEPTH, let_var};
 use super::{Expr, bad, bson_path, loc, unrecognized};
-use super::{array, convert, date, logic, object, string, vars};
+use super::{array, convert, date, js, logic, object, string, vars};
 use crate::error::QueryError;
 use crate::limits::MAX_EXPRESSION_DEPTH as MAX_DEPTH;
 use crate::path::split_path;
@@ -139,6 +139,10 @@ impl Expr {
             }
             _ => return Err(bad("invalid expression object")),
         };
+        if name.as_str() == "$meta" {
+            crate::text_meta::parse_meta(arg)?;
+            return Ok(Expr::TextScore);
+        }
         let Some(op) = Op::from_name(name.as_str()) else {
             return Err(unrecognized(name.as_str()));
         };
@@ -164,6 +168,8 @@ fn parse_own(op: Op, arg: RawBsonRef<'_>) -> Result<Expr, QueryError> {
         Op::Filter => vars::parse_filter(arg),
         Op::Reduce => vars::parse_reduce(arg),
         Op::Convert => convert::parse_convert(arg),
+        Op::Function => js::parse_function(arg),
+        Op::InternalJsEmit => js::parse_emit(arg),
         Op::GetField => object::parse_get_field(arg),
         Op::SetField => object::parse_set_field(arg),
         Op::FirstN | Op::LastN | Op::MinN | Op::MaxN => array::parse_n(op, arg),

@@ -12,7 +12,7 @@ use super::{Expr, Val, loc, nullish, tname};
 use crate::dates;
 use crate::error::QueryError;
 use crate::memory::{self, Held};
-use crate::regex::Re;
+use crate::regex::{Groups, Re};
 
 /// Applies a string operator to its argument values.
 pub(super) fn apply(op: Op, vals: Vec<Val>) -> Result<Val, QueryError> {
@@ -507,35 +507,46 @@ pub(super) fn regex_op(op: Op, input: Val, re: &Re) -> Result<Val, QueryError> {
             ));
         }
     };
-    let regex = re.regex();
-    let found = |m: regex::Captures<'_>| -> Bson {
-        let whole = m.get(0);
-        let idx = whole.map_or(0, |w| s[..w.start()].chars().count());
-        let captures: Vec<Bson> = m
+    let found = |groups: &Groups<'_>| -> Bson {
+        let whole = groups.first().copied().flatten();
+        let idx = whole.map_or(0, |(start, _)| s[..start].chars().count());
+        let captures: Vec<Bson> = groups
             .iter()
             .skip(1)
-            .map(|c| c.map_or(Bson::Null, |c| Bson::String(c.as_str().to_string())))
+            .map(|c| c.map_or(Bson::Null, |(_, text)| Bson::String(text.to_string())))
             .collect();
         let mut d = Document::new();
-        d.insert("match", whole.map_or("", |w| w.as_str()));
+        d.insert("match", whole.map_or("", |(_, text)| text));
         d.insert("idx", idx as i32);
         d.insert("captures", captures);
         Bson::Document(d)
     };
-    Ok(Some(match op {
-        Op::RegexMatch => Bson::Boolean(regex.is_match(s)),
-        Op::RegexFind => regex.captures(s).map_or(Bson::Null, found),
+    let result = match op {
+        Op::RegexMatch => Bson::Boolean(re.is_match(s)),
+        Op::RegexFind => {
+            let mut first = Bson::Null;
+            re.for_each_match(s, &mut |groups| {
+                first = found(&groups);
+                Ok(false)
+            })?;
+            first
+        }
         _ => {
             // One document per match: a pattern matching everywhere in a long string makes
             // many, so each is charged as it is made.
             let mut held = Held::new("$regexFindAll");
             let mut all = Vec::new();
-            for m in regex.captures_iter(s) {
-                let d = found(m);
+            re.for_each_match(s, &mut |groups| {
+                let d = found(&groups);
                 held.keep(&d)?;
                 all.push(d);
-            }
+                Ok(true)
+            })?;
             Bson::Array(all)
         }
-    }))
+    };
+    match crate::regex::take_match_error() {
+        Some(e) => Err(e),
+        None => Ok(Some(result)),
+    }
 }

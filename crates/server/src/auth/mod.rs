@@ -207,6 +207,22 @@ pub fn may(
         .is_some_and(|u| u.grants.allows(db, None, action)))
 }
 
+/// Whether a user of this connection may run `action` on collection `coll` of `db` (for
+/// commands that name several namespaces, such as `bulkWrite`).
+pub fn may_on(
+    shared: &Shared,
+    identity: &mut Identity,
+    (db, coll): (&str, &str),
+    action: Action,
+) -> CommandResult<bool> {
+    if !shared.config.auth {
+        return Ok(true);
+    }
+    Ok(identity
+        .current(shared)?
+        .is_some_and(|u| u.grants.allows(db, Some(coll), action)))
+}
+
 /// The connection's user, as `connectionStatus` reports it.
 pub fn status(shared: &Shared, identity: &mut Identity) -> CommandResult<bson::Document> {
     let (users, roles) = match identity.current(shared)? {

@@ -78,6 +78,7 @@ pub(super) async fn aggregate(
     if super::coll_stats::is_coll_stats(req)? {
         return super::coll_stats::aggregate(shared, req);
     }
+    super::search_indexes::check_aggregate(req)?;
     if super::index_stats::is_index_stats(req)? {
         return super::index_stats::aggregate(shared, req, txn);
     }
@@ -133,6 +134,29 @@ pub(super) async fn aggregate(
     })?;
     drop(snapshot);
     reply_at_once(shared, req, txn, ns, output, write_opts).await
+}
+
+/// The whole result of the request's pipeline over its collection, computed at once and kept
+/// (mapReduce's inline and reduce outputs), outside any transaction.
+pub(super) fn collect(
+    shared: &Shared,
+    req: &Request<'_>,
+    at: Option<Snapshot>,
+) -> CommandResult<Vec<RawDocumentBuf>> {
+    let Some(pipeline) = parse_pipeline(req)? else {
+        return Err(CommandError::bad_value("explain is not supported here"));
+    };
+    let ns = req.ns(req.collection()?);
+    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let pipeline = pipeline.with_limits(query_limits(shared));
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || {
+            let (runner, input) = prepare(shared, req, None, &snapshot, &ns, pipeline, false)?;
+            run_at_once(runner, input, &snapshot).map(|(docs, _)| docs)
+        })
+    })
 }
 
 /// Writes a result computed at once to its sink, or answers it through a buffered cursor.
@@ -263,6 +287,7 @@ fn plan_input(
         return Ok((pipeline, Some(input)));
     }
     let mut pipeline = pipeline;
+    crate::text_access::bind_pipeline(&coll, &mut pipeline)?;
     if let Some((index, plan, filter)) = crate::geo_near::geo_near_input(&coll, &mut pipeline)? {
         let access = Access::Near {
             index,
@@ -515,7 +540,7 @@ fn sink_docs(
 /// readers see the target before or after, never in between. `$out` replaces the target's
 /// documents (keeping the collection, as mongod keeps its indexes and options); `$merge`
 /// matches on `_id`.
-async fn write_sink(
+pub(super) async fn write_sink(
     shared: &Shared,
     req: &Request<'_>,
     sink: &mangrove_query::Sink,

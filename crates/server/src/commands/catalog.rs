@@ -96,32 +96,7 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
         }
     }
     for coll in snapshot.list_collections(req.db) {
-        let entry = if super::views::is_view(&coll) {
-            if name_only {
-                doc! { "name": &coll.name, "type": "view" }
-            } else {
-                doc! {
-                    "name": &coll.name,
-                    "type": "view",
-                    "options": coll.user_options(),
-                    "info": { "readOnly": true },
-                }
-            }
-        } else if name_only {
-            doc! { "name": &coll.name, "type": "collection" }
-        } else {
-            let mut info = doc! { "readOnly": false };
-            if let Some(uuid) = coll.uuid() {
-                info.insert("uuid", uuid);
-            }
-            doc! {
-                "name": &coll.name,
-                "type": "collection",
-                "options": coll.user_options(),
-                "info": info,
-                "idIndex": { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
-            }
-        };
+        let entry = collection_entry(&coll, name_only);
         let raw = RawDocumentBuf::try_from(&entry).map_err(internal)?;
         if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
             docs.push_back(BatchDoc::Owned(raw));
@@ -146,6 +121,38 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
     Ok(Reply::Raw(cursor_reply(&ns, id, "firstBatch", &batch)))
 }
 
+/// One collection's `listCollections` entry: a view, a time-series collection or a
+/// collection, with its options unless only names are asked for.
+fn collection_entry(coll: &mangrove_storage::CollectionInfo, name_only: bool) -> Document {
+    let kind = if super::views::is_view(coll) {
+        "view"
+    } else if crate::timeseries::is_timeseries(coll) {
+        "timeseries"
+    } else {
+        "collection"
+    };
+    let mut entry = doc! { "name": &coll.name, "type": kind };
+    if name_only {
+        return entry;
+    }
+    entry.insert("options", coll.user_options());
+    let mut info = doc! { "readOnly": kind == "view" };
+    if kind == "collection"
+        && let Some(uuid) = coll.uuid()
+    {
+        info.insert("uuid", uuid);
+    }
+    entry.insert("info", info);
+    // mongod shows the `_id` index of ordinary collections; a clustered one's is its key order.
+    if kind == "collection" && !coll.options.contains_key("clusteredIndex") {
+        entry.insert(
+            "idIndex",
+            doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+        );
+    }
+    entry
+}
+
 /// `local.oplog.rs` as `listCollections` shows it: a capped collection the size of the
 /// configured history (it is the log itself, read through `commands/oplog_find.rs`).
 fn oplog_entry(shared: &Shared, name_only: bool) -> CommandResult<Document> {
@@ -167,12 +174,7 @@ fn oplog_entry(shared: &Shared, name_only: bool) -> CommandResult<Document> {
 
 /// Options MongoDB's `create` takes that Mangrove does not implement. Refusing them is better than
 /// silently creating a collection that behaves differently from what was asked.
-const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &[
-    "timeseries",
-    "expireAfterSeconds",
-    "clusteredIndex",
-    "encryptedFields",
-];
+const UNSUPPORTED_CREATE_OPTIONS: &[&str] = &["encryptedFields"];
 
 const CREATE_OPTIONS: &[&str] = &[
     "capped",
@@ -207,7 +209,7 @@ pub(super) async fn create(
     req.check_fields(CREATE_OPTIONS)?;
     let name = req.collection()?;
     validate_collection_name(req.db, name)?;
-    let options = create_options(req, txn.is_some())?;
+    let (options, extra_indexes) = create_options(req, txn.is_some())?;
     let ns = req.ns(name);
     let opts = WriteOptions::from_request(req)?;
     let in_txn = txn.is_some();
@@ -229,6 +231,9 @@ pub(super) async fn create(
                     // A capped collection is keyed by insertion order; `_id` is an index.
                     txn.create_index(&ns, capped_id_index())?;
                 }
+                for index in &extra_indexes {
+                    txn.create_index(&ns, index.clone())?;
+                }
                 Ok(())
             }
         }
@@ -238,20 +243,10 @@ pub(super) async fn create(
 }
 
 /// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),
-/// after refusing the ones Mangrove does not implement.
-fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
-    for option in UNSUPPORTED_CREATE_OPTIONS {
-        if let Some(v) = req.get(option) {
-            // `capped: false` and friends ask for nothing special.
-            if matches!(v, RawBsonRef::Boolean(false)) {
-                continue;
-            }
-            return Err(CommandError::new(
-                code::COMMAND_NOT_SUPPORTED,
-                format!("create option '{option}' is not supported by Mangrove"),
-            ));
-        }
-    }
+/// after refusing the ones Mangrove does not implement; and the indexes a time-series or
+/// clustered collection's options call for.
+fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, Vec<Document>)> {
+    refuse_unsupported(req)?;
     check_simple_collation(req.opt_doc("collation")?)?;
     // Checked here; stored as given by the copy below.
     let validation = crate::validation::parse_options(req, "create")?;
@@ -271,9 +266,14 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         ));
     }
     let mut options = capped_options(req, in_txn)?;
+    let (shaped, indexes) = shaped_options(req, in_txn, !options.is_empty())?;
+    options.extend(shaped);
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
-        if matches!(key.as_str(), "capped" | "size" | "max") {
+        if matches!(
+            key.as_str(),
+            "capped" | "size" | "max" | "timeseries" | "clusteredIndex" | "expireAfterSeconds"
+        ) {
             continue;
         }
         if key.as_str() == "changeStreamPreAndPostImages" {
@@ -305,7 +305,58 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
         }
         (None, None) => {}
     }
-    Ok(options)
+    Ok((options, indexes))
+}
+
+/// Refuses the `create` options Mangrove does not implement.
+fn refuse_unsupported(req: &Request<'_>) -> CommandResult<()> {
+    for option in UNSUPPORTED_CREATE_OPTIONS {
+        // `encryptedFields: false` and friends ask for nothing special.
+        if let Some(v) = req.get(option)
+            && !matches!(v, RawBsonRef::Boolean(false))
+        {
+            return Err(CommandError::new(
+                code::COMMAND_NOT_SUPPORTED,
+                format!("create option '{option}' is not supported by Mangrove"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `timeseries`, `clusteredIndex` and `expireAfterSeconds`, checked (`timeseries.rs`).
+fn shaped_options(
+    req: &Request<'_>,
+    in_txn: bool,
+    capped: bool,
+) -> CommandResult<(Document, Vec<Document>)> {
+    let field = |name: &str| -> CommandResult<Option<bson::Bson>> {
+        req.get(name)
+            .map(|v| bson::Bson::try_from(v).map_err(internal))
+            .transpose()
+    };
+    let (options, indexes) = crate::timeseries::create_options(
+        field("timeseries")?.as_ref(),
+        field("clusteredIndex")?.as_ref(),
+        field("expireAfterSeconds")?.as_ref(),
+    )?;
+    let Some(option) = options.keys().next() else {
+        return Ok((options, indexes));
+    };
+    if req.get("viewOn").is_some() || capped {
+        let other = if capped { "capped" } else { "a view" };
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            format!("option '{option}' is not supported with {other}"),
+        ));
+    }
+    if in_txn && options.contains_key("timeseries") {
+        return Err(CommandError::new(
+            code::OPERATION_NOT_SUPPORTED_IN_TRANSACTION,
+            "Cannot create a time-series collection in a multi-document transaction.",
+        ));
+    }
+    Ok((options, indexes))
 }
 
 /// `capped`, `size` and `max`, checked; a capped collection is not created in a transaction.

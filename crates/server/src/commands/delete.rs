@@ -69,7 +69,7 @@ pub(super) async fn delete(
 
 /// Runs one statement (or returns what a retried one did the first time): how many documents
 /// it deleted.
-async fn run_stmt(
+pub(super) async fn run_stmt(
     shared: &Shared,
     opts: &WriteOptions,
     txn: Option<&mut Txn>,
@@ -113,8 +113,10 @@ async fn run_stmt(
         return Ok(deleted);
     }
     run_write(shared, opts, txn, |txn| {
-        let found = with_collation(collation.as_ref(), || {
-            targets(txn, &coll, &filter, just_one)
+        let found = mangrove_js::with_deadline(opts.js_deadline, || {
+            with_collation(collation.as_ref(), || {
+                targets(txn, &coll, &filter, just_one)
+            })
         })?;
         let count = found.len() as u64;
         for (key, _) in found {

@@ -11,14 +11,14 @@ use crate::request::Request;
 use super::{COMMANDS, Reply};
 
 /// The MongoDB version Mangrove implements the behaviour of.
-pub const COMPAT_VERSION: &str = "7.0.0";
+pub const COMPAT_VERSION: &str = "8.0.0";
 
 pub(super) fn build_info(shared: &Shared) -> Document {
     doc! {
         "version": COMPAT_VERSION,
         "gitVersion": concat!("mangrove-", env!("CARGO_PKG_VERSION")),
         "mangroveVersion": env!("CARGO_PKG_VERSION"),
-        "versionArray": [7, 0, 0, 0],
+        "versionArray": [8, 0, 0, 0],
         "bits": 64,
         "debug": cfg!(debug_assertions),
         "maxBsonObjectSize": shared.config.max_bson_size as i32,
@@ -35,7 +35,7 @@ pub(super) fn build_info(shared: &Shared) -> Document {
 fn parameters(shared: &Shared) -> Document {
     use std::sync::atomic::Ordering::Relaxed;
     let mut all = doc! {
-        "featureCompatibilityVersion": { "version": "7.0" },
+        "featureCompatibilityVersion": { "version": "8.0" },
         "enableTestCommands": shared.config.enable_test_commands,
         "transactionLifetimeLimitSeconds": shared.params.transaction_lifetime_secs.load(Relaxed) as i64,
         "maxTransactionLockRequestTimeoutMillis": shared.params.max_transaction_lock_request_timeout_ms.load(Relaxed),
@@ -48,6 +48,9 @@ fn parameters(shared: &Shared) -> Document {
         "scramSHA256IterationCount": shared.config.scram_sha256_iterations as i32,
         "logLevel": 0,
         "quiet": false,
+        // The versioned API's switches, at mongod's defaults (not settable here).
+        "requireApiVersion": false,
+        "acceptApiVersion2": false,
     };
     shared.params.query.report(&mut all);
     all

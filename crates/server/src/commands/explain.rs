@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, SortSpec};
+use mangrove_query::{Filter, SortSpec, with_collation};
 use mangrove_storage::{CollectionInfo, Snapshot};
 
 use crate::Shared;
@@ -184,7 +184,6 @@ pub(super) fn explain_command(
     let empty = RawDocumentBuf::new();
     let raw_filter = e.filter.unwrap_or(&empty);
     let filter = Filter::parse(raw_filter)?;
-    let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
     let natural = e.sort.map(super::find::natural_sort).transpose()?.flatten();
     let sort = match natural {
         Some(_) => None,
@@ -192,10 +191,48 @@ pub(super) fn explain_command(
     };
     let snapshot = shared.engine.snapshot();
     let coll = snapshot.collection(&ns);
+    crate::text_access::bind(coll.as_ref(), &filter)?;
     let mut hint = parse_hint(e.hint, coll.as_ref())?;
     if let Some(reverse) = natural {
         hint = Hint::Natural { reverse };
     }
+    // The explained command's collation chooses among indexes as it would when run.
+    let collation = super::args::parse_collation(doc_field(cmd, "collation"))?;
+    with_collation(collation.as_ref(), || {
+        let run = Planned {
+            coll: coll.as_ref(),
+            filter: &filter,
+            raw_filter,
+            hint: &hint,
+        };
+        explain_planned(
+            &snapshot,
+            run,
+            (&e, &ns, natural, sort.is_some()),
+            verbosity,
+            cmd,
+        )
+    })
+}
+
+/// What [`explain_command`] has resolved for the plan.
+struct Planned<'a> {
+    coll: Option<&'a mangrove_storage::CollectionInfo>,
+    filter: &'a Filter,
+    raw_filter: &'a RawDocument,
+    hint: &'a Hint,
+}
+
+/// Chooses the plan, runs it at `executionStats` verbosity and above, and builds the reply.
+fn explain_planned(
+    snapshot: &mangrove_storage::Snapshot,
+    p: Planned<'_>,
+    (e, ns, natural, sorting): (&Explained<'_>, &str, Option<bool>, bool),
+    verbosity: &str,
+    cmd: &RawDocument,
+) -> CommandResult<Reply> {
+    let (coll, filter, raw_filter, hint) = (p.coll, p.filter, p.raw_filter, p.hint);
+    let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
     let started = Instant::now();
     let mut run = Execution::default();
     let (plan, access) = match &coll {
@@ -203,16 +240,9 @@ pub(super) fn explain_command(
         Some(coll) => {
             let sort_by = sort_fields(e.sort).filter(|_| natural.is_none());
             let access = if e.min.is_some() || e.max.is_some() {
-                min_max_access(&snapshot, &hint, e.min, e.max, sort_by.as_deref())?
+                min_max_access(snapshot, hint, e.min, e.max, sort_by.as_deref())?
             } else {
-                choose(
-                    &snapshot,
-                    coll,
-                    &filter,
-                    raw_filter,
-                    &hint,
-                    sort_by.as_deref(),
-                )?
+                choose(snapshot, coll, filter, raw_filter, hint, sort_by.as_deref())?
             };
             (plan_stage(&access, &filter_doc), Some(access))
         }
@@ -220,15 +250,15 @@ pub(super) fn explain_command(
     if let (Some(coll), Some(access)) = (&coll, &access)
         && verbosity != "queryPlanner"
     {
-        run = execute(&snapshot, coll, access, &filter, &e, sort.is_some())?;
+        run = execute(snapshot, coll, access, filter, e, sorting)?;
     }
     let micros = started.elapsed().as_micros() as i64;
     // A `$natural` sort is the collection scan's own order.
     let sorted = natural.is_some() || access.as_ref().is_some_and(Access::sorted);
-    let plan = wrap_plan(plan, &e, sorted)?;
+    let plan = wrap_plan(plan, e, sorted)?;
     let mut reply = doc! {
         "explainVersion": "1",
-        "queryPlanner": query_planner(&ns, filter_doc, plan.clone()),
+        "queryPlanner": query_planner(ns, filter_doc, plan.clone()),
     };
     if verbosity != "queryPlanner" {
         reply.insert("executionStats", execution_stats(plan, &run, micros));

@@ -250,7 +250,7 @@ fn check_flags(
 }
 
 /// The first matching document, in `sort` order when there is one.
-fn find_target(
+pub(super) fn find_target(
     t: &mut Txn,
     coll: &CollectionInfo,
     filter: &Filter,

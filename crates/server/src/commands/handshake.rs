@@ -16,8 +16,9 @@ use crate::request::{Request, as_bool};
 
 use super::Reply;
 
-/// MongoDB 7.0's wire version; drivers enable every feature Mangrove implements at this level.
-pub const MAX_WIRE_VERSION: i32 = 21;
+/// MongoDB 8.0's wire version (issue 15: `bulkWrite`); drivers enable every feature Mangrove
+/// implements at this level.
+pub const MAX_WIRE_VERSION: i32 = 25;
 pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
 
 /// What commands know of the client on a connection: set by the handshake, read by

@@ -88,13 +88,10 @@ fn index_documents(shared: &Shared, ns: &str) -> CommandResult<Vec<RawDocumentBu
     }
     let usage = &shared.index_usage;
     let mut out = Vec::with_capacity(coll.indexes.len() + 1);
-    let (ops, since) = usage.of_id(ns);
-    out.push(index_document(
-        shared,
-        super::indexes::id_index_spec(),
-        ops,
-        since,
-    ));
+    if let Some(id_index) = super::indexes::id_index_of(&coll) {
+        let (ops, since) = usage.of_id(ns);
+        out.push(index_document(shared, id_index, ops, since));
+    }
     for index in crate::capped::secondary_indexes(&coll) {
         let (ops, since) = usage.of(ns, index);
         out.push(index_document(shared, index.spec.clone(), ops, since));

@@ -24,6 +24,15 @@ use super::write_path::{WriteOptions, retry_conflicts, run_write};
 /// MongoDB's limit of indexes per collection, `_id` included.
 const MAX_INDEXES: usize = 64;
 
+/// The `_id` index as `listIndexes` shows it for `coll`: clustered under its name for a
+/// clustered collection, none for a time-series one.
+pub(super) fn id_index_of(coll: &CollectionInfo) -> Option<Document> {
+    if crate::timeseries::is_timeseries(coll) {
+        return None;
+    }
+    Some(crate::timeseries::clustered_id_index(coll).unwrap_or_else(id_index_spec))
+}
+
 pub(super) fn id_index_spec() -> Document {
     doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" }
 }
@@ -93,6 +102,14 @@ fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
     for item in list {
         match item.map_err(internal)? {
             RawBsonRef::Document(d) => {
+                if let Ok(Some(RawBsonRef::String(name))) = d.get("name")
+                    && crate::timeseries::is_internal_index(name)
+                {
+                    return Err(CommandError::new(
+                        code::CANNOT_CREATE_INDEX,
+                        format!("The index name '{name}' is reserved for Mangrove's own use"),
+                    ));
+                }
                 let ttl_fixed = crate::params::check_expire_after_seconds(d)?;
                 specs.push(normalize_index(ttl_fixed.as_deref().unwrap_or(d))?);
             }
@@ -186,6 +203,18 @@ fn is_new_index(current: &CollectionInfo, ns: &str, spec: &Document) -> CommandR
             ),
         ));
     }
+    // One text index per collection (mongod's IndexCatalog check).
+    if pattern.contains_key("_fts")
+        && let Some(existing) = current.indexes.iter().find(|i| i.key.text.is_some())
+    {
+        return Err(CommandError::new(
+            67,
+            format!(
+                "only one text index per collection allowed, found existing text index \"{}\"",
+                existing.key.name
+            ),
+        ));
+    }
     if crate::capped::index_count(current) >= MAX_INDEXES {
         return Err(CommandError::new(
             67,
@@ -216,7 +245,7 @@ pub(super) fn list_indexes(
     };
     let mut docs = Vec::with_capacity(coll.indexes.len() + 1);
     let secondary = crate::capped::secondary_indexes(&coll).map(|i| i.spec.clone());
-    for spec in std::iter::once(id_index_spec()).chain(secondary) {
+    for spec in id_index_of(&coll).into_iter().chain(secondary) {
         docs.push(RawDocumentBuf::try_from(&spec).map_err(internal)?);
     }
     let batch_size = cursor_batch_size(req)?;

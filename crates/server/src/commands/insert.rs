@@ -64,6 +64,7 @@ pub(super) async fn insert(
         last_ticket: None,
         capped,
         validator: validator.as_ref(),
+        index_base: 0,
     };
     batch.run().await?;
     let (inserted, write_errors) = (batch.inserted, batch.write_errors);
@@ -94,6 +95,8 @@ struct Batch<'a> {
     capped: Option<Writer>,
     /// The collection's validator, unless the command bypasses it.
     validator: Option<&'a DocValidator>,
+    /// The statement number of `docs[0]` (non-zero for an op of `bulkWrite`).
+    index_base: usize,
 }
 
 /// Why one transaction of a batch ended.
@@ -153,7 +156,7 @@ impl Batch<'_> {
         while self.next < self.docs.len() {
             // A retried statement that already ran counts as inserted and is not run again.
             if let Some(retry) = &self.opts.retry
-                && retry.recorded(self.next).is_some()
+                && retry.recorded(self.index_base + self.next).is_some()
             {
                 self.inserted += 1;
                 self.next += 1;
@@ -165,7 +168,7 @@ impl Batch<'_> {
                 Ok(()) => {
                     self.inserted += 1;
                     if let Some(retry) = &self.opts.retry {
-                        retry.note(self.next, Bson::Int32(1));
+                        retry.note(self.index_base + self.next, Bson::Int32(1));
                     }
                     // A large batch commits in pieces, bounding the memory one commit holds
                     // (an insert batch was never atomic in MongoDB either).
@@ -186,7 +189,8 @@ impl Batch<'_> {
                     } else {
                         e
                     };
-                    self.write_errors.push(e.to_write_error(self.next));
+                    self.write_errors
+                        .push(e.to_write_error(self.index_base + self.next));
                     if self.ordered {
                         return Step::Stop;
                     }
@@ -257,4 +261,52 @@ fn insert_in_txn(
         write_errors,
         None,
     ))
+}
+
+/// One `insert` op of `bulkWrite`: `doc` into `ns`, as statement `index` of the command (its
+/// number in a retryable write's record). `Ok(Some(e))` is the op's write error, as an
+/// `insert` reports it in `writeErrors`.
+pub(super) async fn insert_op(
+    shared: &Shared,
+    opts: &WriteOptions,
+    txn: Option<&mut Txn>,
+    (ns, doc, index): (&str, &RawDocument, usize),
+    bypass: bool,
+) -> CommandResult<Option<Document>> {
+    if let Some(txn) = txn {
+        let coll = txn.create_collection_shared(ns, Document::new())?;
+        super::views::refuse_write(&coll)?;
+        crate::capped::refuse_in_transaction(&coll)?;
+        let validator = crate::validation::for_write(&coll, bypass)?;
+        let (key, stored) = prepare_insert(doc, shared.config.max_bson_size)?;
+        if let Some(validator) = &validator {
+            validator.check_insert(&stored)?;
+        }
+        txn.insert(&coll, key, Arc::new(stored))?;
+        Counters::bump(&shared.counters.insert, 1);
+        return Ok(None);
+    }
+    let coll = implicit_collection(shared, ns, opts).await?;
+    super::views::refuse_write(&coll)?;
+    let capped = shared.capped.writer(&coll).await;
+    let validator = crate::validation::for_write(&coll, bypass)?;
+    let docs = [doc];
+    let mut batch = Batch {
+        shared,
+        opts,
+        coll: &coll,
+        docs: &docs,
+        ordered: true,
+        started: Instant::now(),
+        inserted: 0,
+        write_errors: Vec::new(),
+        next: 0,
+        last_ticket: None,
+        capped,
+        validator: validator.as_ref(),
+        index_base: index,
+    };
+    batch.run().await?;
+    Counters::bump(&shared.counters.insert, batch.inserted as u64);
+    Ok(batch.write_errors.pop())
 }

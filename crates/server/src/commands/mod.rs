@@ -6,6 +6,7 @@
 
 mod aggregate;
 mod args;
+mod bulk_write;
 mod catalog;
 mod change_stream;
 mod coll_stats;
@@ -21,6 +22,7 @@ mod handshake;
 mod index_stats;
 mod indexes;
 mod insert;
+mod map_reduce;
 mod modify;
 mod multi_write;
 mod names;
@@ -31,6 +33,7 @@ mod read_concern;
 mod reply;
 mod role_admin;
 mod sasl;
+mod search_indexes;
 mod sessions;
 mod stored;
 mod table;
@@ -214,6 +217,7 @@ async fn dispatch(
     cmd: Option<&'static Command>,
 ) -> CommandResult<Reply> {
     let cmd = check_command(shared, req, cmd)?;
+    crate::api_version::check(req, cmd.name)?;
     let peer = client.peer;
     crate::auth::authorize(shared, &mut client.identity, peer, req, cmd.needs)?;
     crate::validation::authorize_bypass(shared, &mut client.identity, req)?;

@@ -55,7 +55,7 @@ pub(super) fn update_one_doc(
     let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
     // A capped collection's key is an insertion number, not the `_id`.
     let id_changed = match id_of(old) {
-        Some(old_id) if crate::capped::is_capped(coll) => key_of(new_id) != key_of(old_id),
+        Some(old_id) if crate::capped::keyed_by_insertion(coll) => key_of(new_id) != key_of(old_id),
         _ => key_of(new_id) != key,
     };
     if id_changed {

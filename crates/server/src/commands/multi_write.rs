@@ -80,7 +80,9 @@ pub(super) async fn run_chunked(
         opts.retry.is_none(),
         "retryable writes commit in one transaction"
     );
-    let keys = with_collation(collation, || target_keys(shared, coll, filter))?;
+    let keys = mangrove_js::with_deadline(opts.js_deadline, || {
+        with_collation(collation, || target_keys(shared, coll, filter))
+    })?;
     let limit = chunk_bytes(&shared.engine);
     let started = Instant::now();
     let (mut matched, mut changed) = (0, 0);

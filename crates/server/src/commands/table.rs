@@ -24,9 +24,9 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, oplog_admin, profile, role_admin, sasl, sessions,
-    update, user_admin,
+    Reply, aggregate, bulk_write, catalog, coll_stats, count_distinct, delete, diag, explain, find,
+    find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile, role_admin, sasl,
+    search_indexes, sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -436,6 +436,72 @@ pub(crate) static COMMANDS: &[Command] = &[
     .admin()
     .test_only(),
     cmd(
+        "bulkWrite",
+        "inserts, updates and deletes over several namespaces (MongoDB 8.0)",
+        future!(|c| bulk_write::bulk_write(c.shared, c.client, c.req, c.txn, c.retry)),
+    )
+    // Each namespace's insert, update or remove action is checked per op.
+    .needs(Needs::Authentication)
+    .admin()
+    .statement()
+    .retryable_write()
+    .writes(),
+    cmd(
+        "createSearchIndexes",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::CreateIndex])),
+    cmd(
+        "updateSearchIndex",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::CreateIndex])),
+    cmd(
+        "dropSearchIndex",
+        "Atlas Search indexes: refused (SearchNotEnabled), as by a mongod without Atlas Search",
+        sync!(|c| search_indexes::refuse(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::DropIndex])),
+    // mongod's commands for testing the versioned API (`api_version.rs` knows which versions
+    // hold them); they do nothing.
+    cmd(
+        "testVersion1",
+        "in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testVersion2",
+        "not in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testDeprecation",
+        "deprecated in API Version 1 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testDeprecationInVersion2",
+        "deprecated in API Version 2 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
+        "testRemoval",
+        "removed from API Version 2 (test only)",
+        sync!(|_c| ok()),
+    )
+    .needs(Needs::Nothing)
+    .test_only(),
+    cmd(
         "replSetResizeOplog",
         "changes how much history the log keeps: size (MB), minRetentionHours",
         sync!(|c| oplog_admin::resize_oplog(c.shared, c.req)),
@@ -724,6 +790,13 @@ pub(crate) static COMMANDS: &[Command] = &[
     .statement()
     .retryable_read()
     .snapshot(),
+    // Not a statement: mongod refuses mapReduce in a transaction (263).
+    cmd(
+        "mapReduce",
+        "runs map and reduce JavaScript functions over a collection (as an aggregation)",
+        future!(|c| map_reduce::map_reduce(c.shared, c.client, c.req, c.at)),
+    )
+    .needs(Needs::Actions(&[Action::Find])),
 ];
 
 /// The entry for the command name exactly as sent (names are case-sensitive), if any.

@@ -27,10 +27,10 @@ use super::write_stmt::{
 };
 
 #[derive(Default)]
-struct UpdateOutcome {
-    matched: u64,
-    modified: u64,
-    upserted: Option<Bson>,
+pub(super) struct UpdateOutcome {
+    pub matched: u64,
+    pub modified: u64,
+    pub upserted: Option<Bson>,
 }
 
 impl UpdateOutcome {
@@ -62,7 +62,14 @@ fn run_update_stmt(
 ) -> CommandResult<UpdateOutcome> {
     let (filter, update) = (&p.filter, &p.update);
     let mut outcome = UpdateOutcome::default();
-    for (key, old) in targets(txn, coll, filter, !p.multi)? {
+    let found = match &p.sort {
+        // MongoDB 8.0: the first match in `sort` order, as findAndModify picks it.
+        Some(sort) => super::find_and_modify::find_target(txn, coll, filter, Some(sort))?
+            .into_iter()
+            .collect(),
+        None => targets(txn, coll, filter, !p.multi)?,
+    };
+    for (key, old) in found {
         outcome.matched += 1;
         if update_one_doc(txn, coll, filter, update, key, &old, checks)?.is_some() {
             outcome.modified += 1;
@@ -106,6 +113,7 @@ const UPDATE_STMT_FIELDS: &[&str] = &[
     "arrayFilters",
     "collation",
     "hint",
+    "sort",
     "c",
     "upsertSupplied",
 ];
@@ -154,8 +162,7 @@ pub(super) async fn update(
     batch_size_check(stmts.len())?;
     let lets = req.opt_doc("let")?;
     let bypass = crate::validation::bypass(req)?;
-    // Unknown fields fail the whole command before anything runs, as mongod's IDL parser does
-    // (7.0 has no `sort` in update statements; that came in 8.0).
+    // Unknown fields fail the whole command before anything runs, as mongod's IDL parser does.
     for stmt in &stmts {
         stmt_fields(stmt, "update", "updates", UPDATE_STMT_FIELDS)?;
     }
@@ -193,10 +200,12 @@ struct ParsedStmt {
     multi: bool,
     upsert: bool,
     collation: Option<mangrove_query::Collation>,
+    /// Which match a single-document update takes (MongoDB 8.0).
+    sort: Option<mangrove_query::SortSpec>,
 }
 
 /// Runs one statement (or returns what a retried one did the first time).
-async fn run_stmt(
+pub(super) async fn run_stmt(
     shared: &Shared,
     opts: &WriteOptions,
     mut txn: Option<&mut Txn>,
@@ -244,8 +253,10 @@ async fn run_stmt(
         }
     }
     run_write(shared, opts, txn, |txn| {
-        let outcome = with_collation(p.collation.as_ref(), || {
-            run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
+        let outcome = mangrove_js::with_deadline(opts.js_deadline, || {
+            with_collation(p.collation.as_ref(), || {
+                run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
+            })
         })?;
         if let Some(retry) = &opts.retry {
             retry.note(stmt.index, outcome.to_record());
@@ -272,12 +283,30 @@ fn parse_stmt(stmt: &RawDocument, lets: Option<&RawDocument>) -> CommandResult<P
         ));
     }
     let collation = stmt_collation(stmt)?;
+    let sort = match stmt.get("sort").ok().flatten() {
+        None => None,
+        Some(RawBsonRef::Document(spec)) if spec.is_empty() => None,
+        Some(RawBsonRef::Document(_)) if multi => {
+            return Err(CommandError::new(
+                code::FAILED_TO_PARSE,
+                "Cannot specify sort with multi=true",
+            ));
+        }
+        Some(RawBsonRef::Document(spec)) => Some(mangrove_query::SortSpec::parse(spec)?),
+        Some(v) => {
+            return Err(CommandError::type_mismatch(format!(
+                "BSON field 'update.updates.sort' is the wrong type '{}', expected type 'object'",
+                type_name(v.element_type())
+            )));
+        }
+    };
     Ok(ParsedStmt {
         filter,
         update,
         multi,
         upsert,
         collation,
+        sort,
     })
 }
 

@@ -48,6 +48,8 @@ pub(super) struct WriteOptions {
     pub patience: Duration,
     /// Set for a retryable write: its statements are recorded in the commits that run them.
     pub retry: Option<Arc<RetryableWrite>>,
+    /// `maxTimeMS` as a deadline for the JavaScript (`$where`) a statement's filter runs.
+    pub js_deadline: Option<std::time::Instant>,
 }
 
 impl WriteOptions {
@@ -70,6 +72,7 @@ impl WriteOptions {
             timed_out: Default::default(),
             patience,
             retry: None,
+            js_deadline: crate::access::deadline_of(req.opt_i64("maxTimeMS")?),
         })
     }
 
@@ -83,6 +86,7 @@ impl WriteOptions {
             timed_out: Default::default(),
             patience: CONFLICT_RETRY_LIMIT,
             retry: None,
+            js_deadline: None,
         }
     }
 }
