@@ -270,3 +270,20 @@ def test_transactions_see_their_own_geo_writes(client, db):
         with s.start_transaction():
             db.t.insert_one({"_id": "in", "loc": point(0.5, 0.5)}, session=s)
     assert [d["_id"] for d in db.t.find(within)] == ["in"]
+
+
+def test_geo_near_streams_in_distance_order_past_one_chunk(db):
+    load_points(db.pts, n=2500)
+    db.pts.create_index([("loc", GEOSPHERE)])
+    out = list(db.pts.aggregate([
+        {"$geoNear": {"near": point(1, 45), "distanceField": "d", "query": {"cat": {"$ne": 4}}}},
+        {"$project": {"d": 1}},
+    ], batchSize=100))
+    assert len(out) == 2000 + 3
+    dist = [d["d"] for d in out]
+    assert dist == sorted(dist)
+    first = list(db.pts.aggregate([
+        {"$geoNear": {"near": point(1, 45), "distanceField": "d", "query": {"cat": {"$ne": 4}}}},
+        {"$limit": 5},
+    ]))
+    assert [d["_id"] for d in first] == [d["_id"] for d in out[:5]]

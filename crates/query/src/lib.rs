@@ -78,8 +78,8 @@ pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
 pub use mangrove_bson::{
     Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
-pub use mangrove_text::{TextIndex, TextMatch};
 pub use mangrove_geo::{Frame, Near};
+pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;

@@ -5,7 +5,8 @@
 //! handed out before the next ring is read. A query with a limit reads only the rings it needs.
 //!
 //! Invariant: every index entry in a ring's ranges is read once across rings and every document
-//! fetched once (`seen`); the coverings are supersets, so the order is exact. Work per ring is
+//! fetched once (`seen`); the coverings are supersets, so the order is exact. A walk can stop
+//! after any match and go on later (`NearState`), so a reader takes only what it needs. Work per ring is
 //! bounded by the coverings' cell budget; the rings end once they hold the whole frame or pass
 //! `$maxDistance`.
 
@@ -129,24 +130,80 @@ fn interval(lo: u64, hi: u64) -> KeyInterval {
     (Bound::Included(enc(lo)), Bound::Excluded(upper))
 }
 
-/// The walk's state across rings.
-struct Rings<'a> {
-    walk: &'a NearWalk<'a>,
-    plan: &'a NearPlan,
+/// A walk's state across rings, kept between calls so a reader can take matches a chunk at a
+/// time (a `$geoNear` pipeline's input).
+pub struct NearState {
     done: Vec<(u64, u64)>,
     seen: HashSet<DocKey>,
     queue: BinaryHeap<Queued>,
     seq: u64,
+    /// The next ring's radius (raw units).
+    radius: f64,
+    /// Queued matches no farther than this (query units) are final.
+    limit: f64,
+    /// The last ring has been read.
+    finished: bool,
 }
 
-impl Rings<'_> {
+impl NearState {
+    pub fn new(plan: &NearPlan) -> NearState {
+        NearState {
+            done: Vec::new(),
+            seen: HashSet::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            radius: first_radius(plan).min(plan.near.max_radius()),
+            limit: f64::NEG_INFINITY,
+            finished: false,
+        }
+    }
+
+    /// Every match has been handed out.
+    pub fn exhausted(&self) -> bool {
+        self.finished && self.queue.is_empty()
+    }
+
+    /// Hands out the matches nearest first until `visit` breaks (a later call goes on from
+    /// there) or none are left.
+    pub fn run(
+        &mut self,
+        walk: &NearWalk<'_>,
+        examined: &mut Counts,
+        visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> CommandResult<()> {
+        let plan = walk.plan;
+        let (max, whole) = (plan.near.max_radius(), whole_radius(plan));
+        loop {
+            if self.flush(visit).is_break() || self.finished {
+                return Ok(());
+            }
+            let last = self.radius >= max || self.radius >= whole;
+            let reach = if last && max >= whole {
+                f64::INFINITY
+            } else {
+                self.radius
+            };
+            self.read_ring(walk, reach, examined)?;
+            self.limit = if last {
+                f64::INFINITY
+            } else {
+                plan.near.units(self.radius)
+            };
+            self.finished = last;
+            self.radius = (self.radius * RING_GROWTH).min(max.max(self.radius));
+        }
+    }
+
     /// Reads the entries of the ranges not read yet within `radius` (raw units) and queues
     /// the matching documents.
-    fn read_ring(&mut self, radius: f64, examined: &mut Counts) -> CommandResult<()> {
-        let cells = self
-            .plan
-            .near
-            .cells(&self.plan.frame, radius, self.plan.level);
+    fn read_ring(
+        &mut self,
+        walk: &NearWalk<'_>,
+        radius: f64,
+        examined: &mut Counts,
+    ) -> CommandResult<()> {
+        let plan = walk.plan;
+        let cells = plan.near.cells(&plan.frame, radius, plan.level);
         let ranges = scan_ranges(&cells);
         let fresh = subtract(&ranges, &self.done);
         let mut all = std::mem::take(&mut self.done);
@@ -156,7 +213,6 @@ impl Rings<'_> {
             let iv = interval(lo, hi);
             let mut after: Option<DocKey> = None;
             loop {
-                let walk = self.walk;
                 let entries =
                     walk.view
                         .index_scan(walk.index, &iv, after.as_ref(), CHUNK, false)?;
@@ -165,51 +221,55 @@ impl Rings<'_> {
                 };
                 after = Some(last.clone());
                 for (_, target) in entries {
-                    self.fetch(target, examined)?;
+                    self.fetch(walk, target, examined)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn fetch(&mut self, target: DocKey, examined: &mut Counts) -> CommandResult<()> {
+    fn fetch(
+        &mut self,
+        walk: &NearWalk<'_>,
+        target: DocKey,
+        examined: &mut Counts,
+    ) -> CommandResult<()> {
         examined.keys += 1;
         if examined.keys.is_multiple_of(256) {
-            (self.walk.deadline)()?;
+            (walk.deadline)()?;
         }
         if !self.seen.insert(target.clone()) {
             return Ok(());
         }
         examined.docs += 1;
-        let Some(doc) = self.walk.view.get(self.walk.coll, &target)? else {
+        let Some(doc) = walk.view.get(walk.coll, &target)? else {
             return Ok(());
         };
-        if !self.walk.filter.try_matches(&doc)? {
+        if !walk.filter.try_matches(&doc)? {
             return Ok(());
         }
-        let Some((distance, _)) = near_distance(&self.plan.near, &self.plan.path, &doc) else {
-            return Ok(());
-        };
-        if !self.plan.near.admits(distance) {
-            return Ok(());
+        let near = &walk.plan.near;
+        match near_distance(near, &walk.plan.path, &doc) {
+            Some((distance, _)) if near.admits(distance) => {
+                self.seq += 1;
+                self.queue.push(Queued {
+                    distance,
+                    seq: self.seq,
+                    key: target,
+                    doc,
+                });
+            }
+            _ => {}
         }
-        self.seq += 1;
-        self.queue.push(Queued {
-            distance,
-            seq: self.seq,
-            key: target,
-            doc,
-        });
         Ok(())
     }
 
-    /// Hands out the queued documents no farther than `limit` (query units), nearest first.
+    /// Hands out the queued documents no farther than the current limit, nearest first.
     fn flush(
         &mut self,
-        limit: f64,
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
-        while self.queue.peek().is_some_and(|q| q.distance <= limit) {
+        while self.queue.peek().is_some_and(|q| q.distance <= self.limit) {
             if let Some(q) = self.queue.pop() {
                 visit(&q.key, &q.doc)?;
             }
@@ -243,36 +303,7 @@ pub fn walk_near(
     examined: &mut Counts,
     visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
 ) -> CommandResult<()> {
-    let plan = walk.plan;
-    let mut rings = Rings {
-        walk,
-        plan,
-        done: Vec::new(),
-        seen: HashSet::new(),
-        queue: BinaryHeap::new(),
-        seq: 0,
-    };
-    let max = plan.near.max_radius();
-    let whole = whole_radius(plan);
-    let mut radius = first_radius(plan).min(max);
-    loop {
-        let last = radius >= max || radius >= whole;
-        let reach = if last && max >= whole {
-            f64::INFINITY
-        } else {
-            radius
-        };
-        rings.read_ring(reach, examined)?;
-        let limit = if last {
-            f64::INFINITY
-        } else {
-            plan.near.units(radius)
-        };
-        if rings.flush(limit, visit).is_break() || last {
-            return Ok(());
-        }
-        radius = (radius * RING_GROWTH).min(max.max(radius));
-    }
+    NearState::new(walk.plan).run(walk, examined, visit)
 }
 
 /// `explain`'s stage for a nearness walk, as mongod names it.
@@ -343,31 +374,4 @@ pub fn geo_near_input(
 
 fn index_not_found(message: String) -> CommandError {
     CommandError::new(code::INDEX_NOT_FOUND, message)
-}
-
-/// Every match of a nearness walk, nearest first, into `out`: what a `$geoNear` pipeline reads
-/// (bounded like a blocking sort, 100 MiB, QueryExceededMemoryLimitNoDiskUseAllowed past it).
-pub fn read_all(
-    walk: &NearWalk<'_>,
-    examined: &mut Counts,
-    out: &mut std::collections::VecDeque<StoredDoc>,
-) -> CommandResult<()> {
-    let mut bytes = 0usize;
-    let mut over = false;
-    walk_near(walk, examined, &mut |_, d| {
-        bytes += d.as_bytes().len();
-        if bytes > mangrove_query::DEFAULT_MEMORY_LIMIT {
-            over = true;
-            return ControlFlow::Break(());
-        }
-        out.push_back(d.clone());
-        ControlFlow::Continue(())
-    })?;
-    if over {
-        return Err(CommandError::new(
-            code::QUERY_EXCEEDED_MEMORY_LIMIT,
-            "$geoNear read more than 100 MiB of matches; narrow it with maxDistance or query",
-        ));
-    }
-    Ok(())
 }

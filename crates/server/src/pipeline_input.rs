@@ -41,15 +41,15 @@ enum Position {
     },
     Index(Box<IndexWalk>),
     Point(Option<DocKey>),
-    /// A `$geoNear` walk (`geo_near.rs`), read whole on the first chunk (nearest first), then
-    /// handed out a chunk at a time.
-    Near(
-        Option<(
-            std::sync::Arc<mangrove_storage::IndexInfo>,
-            std::sync::Arc<crate::geo_near::NearPlan>,
-        )>,
-        std::collections::VecDeque<StoredDoc>,
-    ),
+    /// A `$geoNear` walk (`geo_near.rs`), nearest first, resumed chunk by chunk.
+    Near(Box<NearInput>),
+}
+
+/// A `$geoNear` input: the geo index, the walk's plan and where it is.
+struct NearInput {
+    index: std::sync::Arc<mangrove_storage::IndexInfo>,
+    plan: std::sync::Arc<crate::geo_near::NearPlan>,
+    state: crate::geo_near::NearState,
 }
 
 /// Reads the documents matching a filter along an access path, a chunk at a time.
@@ -62,9 +62,11 @@ pub struct InputReader {
 impl InputReader {
     pub fn new(access: Access, filter: Filter) -> InputReader {
         let position = match access {
-            Access::Near { index, plan } => {
-                Position::Near(Some((index, plan)), std::collections::VecDeque::new())
-            }
+            Access::Near { index, plan } => Position::Near(Box::new(NearInput {
+                state: crate::geo_near::NearState::new(&plan),
+                index,
+                plan,
+            })),
             Access::Collection => Position::Keys {
                 intervals: vec![None],
                 at: 0,
@@ -135,27 +137,29 @@ impl InputReader {
                         }
                     }
                 }
-                Position::Near(walk, queue) => {
-                    if let Some((index, plan)) = walk.take() {
-                        let walk = crate::geo_near::NearWalk {
-                            view,
-                            coll,
-                            index: &index,
-                            plan: &plan,
-                            filter: &self.filter,
-                            deadline: &check_deadline,
-                        };
-                        let mut counts = crate::geo_near::Counts::default();
-                        let read = crate::geo_near::read_all(&walk, &mut counts, queue);
-                        examined.keys += counts.keys;
-                        examined.docs += counts.docs;
-                        read?;
-                    }
-                    while out.len() < CHUNK_DOCS
-                        && let Some(d) = queue.pop_front()
-                    {
-                        out.push(d);
-                    }
+                Position::Near(near) => {
+                    let NearInput { index, plan, state } = &mut **near;
+                    let walk = crate::geo_near::NearWalk {
+                        view,
+                        coll,
+                        index,
+                        plan,
+                        filter: &self.filter,
+                        deadline: &check_deadline,
+                    };
+                    let mut counts = crate::geo_near::Counts::default();
+                    let read = state.run(&walk, &mut counts, &mut |_, d| {
+                        bytes += d.as_bytes().len();
+                        out.push(d.clone());
+                        if bytes >= CHUNK_BYTES || out.len() >= CHUNK_DOCS {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                    examined.keys += counts.keys;
+                    examined.docs += counts.docs;
+                    read?;
                 }
                 Position::Point(key) => {
                     if let Some(key) = key.take()
@@ -180,7 +184,7 @@ impl InputReader {
             Position::Keys { intervals, at, .. } => *at >= intervals.len(),
             Position::Index(_) => false,
             Position::Point(key) => key.is_none(),
-            Position::Near(walk, queue) => walk.is_none() && queue.is_empty(),
+            Position::Near(near) => near.state.exhausted(),
         }
     }
 
