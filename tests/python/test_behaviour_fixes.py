@@ -219,3 +219,11 @@ def test_a_cursor_spends_its_find_max_time_ms_across_get_mores(test_server):
     finally:
         c.admin.command("configureFailPoint", "maxTimeAlwaysTimeOut", mode="off")
     c.close()
+
+
+def test_an_empty_collation_is_the_simple_one(db):
+    """mongod builds no collator for `collation: {}`; it used to be refused for its missing
+    locale here."""
+    db.c.insert_many([{"_id": 1, "w": "a"}, {"_id": 2, "w": "A"}])
+    assert [d["_id"] for d in db.c.find({"w": "a"}, collation={})] == [1]
+    assert db.c.count_documents({"w": {"$gte": "a"}}, collation={}) == 1

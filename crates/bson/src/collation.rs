@@ -107,8 +107,12 @@ impl Options {
 }
 
 impl Collation {
-    /// Parses a command's `collation`; `None` for the simple (binary) collation.
+    /// Parses a command's `collation`; `None` for the simple (binary) collation, which an empty
+    /// document also means (mongod builds no collator for `collation: {}`).
     pub fn parse(spec: &RawDocument) -> Result<Option<Collation>, CodedError> {
+        if spec.is_empty() {
+            return Ok(None);
+        }
         let mut options = Options {
             locale: None,
             strength: 3,

@@ -199,12 +199,7 @@ pub fn may(
     db: &str,
     action: Action,
 ) -> CommandResult<bool> {
-    if !shared.config.auth {
-        return Ok(true);
-    }
-    Ok(identity
-        .current(shared)?
-        .is_some_and(|u| u.grants.allows(db, None, action)))
+    allows(shared, identity, (db, None), action)
 }
 
 /// Whether a user of this connection may run `action` on collection `coll` of `db` (for
@@ -215,12 +210,21 @@ pub fn may_on(
     (db, coll): (&str, &str),
     action: Action,
 ) -> CommandResult<bool> {
+    allows(shared, identity, (db, Some(coll)), action)
+}
+
+fn allows(
+    shared: &Shared,
+    identity: &mut Identity,
+    (db, coll): (&str, Option<&str>),
+    action: Action,
+) -> CommandResult<bool> {
     if !shared.config.auth {
         return Ok(true);
     }
     Ok(identity
         .current(shared)?
-        .is_some_and(|u| u.grants.allows(db, Some(coll), action)))
+        .is_some_and(|u| u.grants.allows(db, coll, action)))
 }
 
 /// The connection's user, as `connectionStatus` reports it.
