@@ -3,22 +3,26 @@
 //!
 //! Invariants:
 //! - Counted once per command whose chosen plan walked the index (the plan `op_stats` noted),
-//!   after the command, so the access paths do not pay for it.
+//!   after the command, so the access paths do not pay for it. Counting an index already seen
+//!   takes a read lock, string lookups and one atomic add: nothing is allocated per command.
 //! - An entry belongs to one index *instance* (a `Weak` to its catalog entry): dropping an
 //!   index and creating another of the same name starts again from zero, as in mongod.
 //! - Bounded: entries of indexes that no longer exist are swept when the map outgrows
 //!   [`MAX_ENTRIES`].
-//! - Lock: one mutex, a leaf, held only to find or insert an entry.
+//! - Lock: one `RwLock`, a leaf, held only to find or insert an entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::SystemTime;
 
 use mangrove_storage::IndexInfo;
 
 /// Entries kept before dead ones are swept.
 const MAX_ENTRIES: usize = 10_000;
+
+/// The name `$indexStats` gives the `_id` index.
+const ID_INDEX: &str = "_id_";
 
 struct Usage {
     /// The index instance counted; `None` for `_id_`, which has no catalog entry of its own
@@ -28,76 +32,110 @@ struct Usage {
     since: SystemTime,
 }
 
-/// Usage counters per `(namespace, index name)`.
+/// Usage counters by database, collection and index name.
+type Entries = HashMap<String, HashMap<String, HashMap<String, Arc<Usage>>>>;
+
 pub(crate) struct IndexUsage {
     started: SystemTime,
-    entries: Mutex<HashMap<(String, String), Arc<Usage>>>,
+    entries: RwLock<Entries>,
 }
 
 impl Default for IndexUsage {
     fn default() -> Self {
         IndexUsage {
             started: SystemTime::now(),
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
         }
     }
 }
 
 impl IndexUsage {
-    /// Counts one use of `index` of `ns`.
-    pub fn note(&self, ns: &str, index: &Arc<IndexInfo>) {
-        let usage = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if entries.len() >= MAX_ENTRIES {
-                entries.retain(|_, u| u.index.as_ref().is_none_or(|w| w.strong_count() > 0));
-            }
-            let key = (ns.to_string(), index.key.name.clone());
-            let entry = entries.entry(key).or_insert_with(|| fresh(Some(index)));
-            if !same_index(entry, index) {
-                *entry = fresh(Some(index));
-            }
-            entry.clone()
+    /// Counts one use of `index` (`None`: the `_id` index) of collection `coll` of `db`.
+    pub fn note(&self, (db, coll): (&str, &str), index: Option<&Arc<IndexInfo>>) {
+        let name = index.map_or(ID_INDEX, |i| i.key.name.as_str());
+        let seen = {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            lookup(&entries, (db, coll, name))
+                .filter(|u| same_index(u, index))
+                .cloned()
         };
+        let usage = seen.unwrap_or_else(|| self.insert((db, coll, name), index));
         usage.ops.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one use of `ns`'s `_id` index (a point lookup or a walk of the `_id` order).
-    pub fn note_id(&self, ns: &str) {
-        let usage = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (ns.to_string(), ID_INDEX.to_string());
-            entries.entry(key).or_insert_with(|| fresh(None)).clone()
-        };
-        usage.ops.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// [`IndexUsage::of`] for the `_id` index.
-    pub fn of_id(&self, ns: &str) -> (u64, SystemTime) {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match entries.get(&(ns.to_string(), ID_INDEX.to_string())) {
-            Some(u) => (u.ops.load(Ordering::Relaxed), u.since),
-            None => (0, self.started),
+    /// A fresh entry for an index not counted yet (or a new instance of its name).
+    fn insert(
+        &self,
+        (db, coll, name): (&str, &str, &str),
+        index: Option<&Arc<IndexInfo>>,
+    ) -> Arc<Usage> {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if count(&entries) >= MAX_ENTRIES {
+            sweep(&mut entries);
         }
+        let slot = entries
+            .entry(db.to_string())
+            .or_default()
+            .entry(coll.to_string())
+            .or_default()
+            .entry(name.to_string())
+            .or_insert_with(|| fresh(index));
+        // Another command may have inserted it meanwhile; a different instance starts over.
+        if !same_index(slot, index) {
+            *slot = fresh(index);
+        }
+        slot.clone()
     }
 
-    /// `index`'s uses and since when they are counted (the server's start for an index not
-    /// used since).
-    pub fn of(&self, ns: &str, index: &Arc<IndexInfo>) -> (u64, SystemTime) {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match entries.get(&(ns.to_string(), index.key.name.clone())) {
+    /// The uses of `index` (`None`: the `_id` index) of `coll` in `db`, and since when they
+    /// are counted (the server's start for an index not used since).
+    pub fn of(
+        &self,
+        (db, coll): (&str, &str),
+        index: Option<&Arc<IndexInfo>>,
+    ) -> (u64, SystemTime) {
+        let name = index.map_or(ID_INDEX, |i| i.key.name.as_str());
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        match lookup(&entries, (db, coll, name)) {
             Some(u) if same_index(u, index) => (u.ops.load(Ordering::Relaxed), u.since),
             _ => (0, self.started),
         }
     }
 }
 
-const ID_INDEX: &str = "_id_";
+fn lookup<'e>(
+    entries: &'e Entries,
+    (db, coll, name): (&str, &str, &str),
+) -> Option<&'e Arc<Usage>> {
+    entries.get(db)?.get(coll)?.get(name)
+}
 
-fn same_index(usage: &Usage, index: &Arc<IndexInfo>) -> bool {
-    usage
-        .index
-        .as_ref()
-        .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(index)))
+fn count(entries: &Entries) -> usize {
+    entries
+        .values()
+        .flat_map(HashMap::values)
+        .map(HashMap::len)
+        .sum()
+}
+
+/// Drops the entries of indexes that no longer exist, and the maps they leave empty.
+fn sweep(entries: &mut Entries) {
+    for colls in entries.values_mut() {
+        for names in colls.values_mut() {
+            names.retain(|_, u| u.index.as_ref().is_none_or(|w| w.strong_count() > 0));
+        }
+        colls.retain(|_, names| !names.is_empty());
+    }
+    entries.retain(|_, colls| !colls.is_empty());
+}
+
+/// Whether `usage` counts `index` (the same instance; `None` for `_id`).
+fn same_index(usage: &Usage, index: Option<&Arc<IndexInfo>>) -> bool {
+    match (&usage.index, index) {
+        (None, None) => true,
+        (Some(w), Some(i)) => std::ptr::eq(w.as_ptr(), Arc::as_ptr(i)),
+        _ => false,
+    }
 }
 
 fn fresh(index: Option<&Arc<IndexInfo>>) -> Arc<Usage> {

@@ -87,13 +87,14 @@ fn index_documents(shared: &Shared, ns: &str) -> CommandResult<Vec<RawDocumentBu
         ));
     }
     let usage = &shared.index_usage;
+    let db_coll = (coll.db.as_str(), coll.name.as_str());
     let mut out = Vec::with_capacity(coll.indexes.len() + 1);
     if let Some(id_index) = super::indexes::id_index_of(&coll) {
-        let (ops, since) = usage.of_id(ns);
+        let (ops, since) = usage.of(db_coll, None);
         out.push(index_document(shared, id_index, ops, since));
     }
     for index in crate::capped::secondary_indexes(&coll) {
-        let (ops, since) = usage.of(ns, index);
+        let (ops, since) = usage.of(db_coll, Some(index));
         out.push(index_document(shared, index.spec.clone(), ops, since));
     }
     out.into_iter()

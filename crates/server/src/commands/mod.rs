@@ -123,14 +123,12 @@ fn note_index_use(shared: &Shared, req: &Request<'_>, stats: &crate::op_stats::O
     let Some(RawBsonRef::String(coll)) = req.command_value() else {
         return;
     };
-    let ns = req.ns(coll);
-    match plan {
-        crate::op_stats::Plan::Index(index) => shared.index_usage.note(&ns, index),
-        crate::op_stats::Plan::IdPoint | crate::op_stats::Plan::IdRange => {
-            shared.index_usage.note_id(&ns)
-        }
-        crate::op_stats::Plan::CollectionScan => {}
-    }
+    let index = match plan {
+        crate::op_stats::Plan::Index(index) => Some(index),
+        crate::op_stats::Plan::IdPoint | crate::op_stats::Plan::IdRange => None,
+        crate::op_stats::Plan::CollectionScan => return,
+    };
+    shared.index_usage.note((req.db, coll), index);
 }
 
 /// Acts out an armed `failCommand`: waits, closes the connection or fails the command (Err:
