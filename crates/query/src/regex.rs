@@ -110,13 +110,10 @@ impl Re {
         s: &'s str,
         each: &mut dyn FnMut(Groups<'s>) -> Result<bool, QueryError>,
     ) -> Result<(), QueryError> {
-        let group = |m: Option<(usize, &'s str)>| m;
         match &self.engine {
             Engine::Linear(r) => {
                 for caps in r.captures_iter(s) {
-                    let groups = caps
-                        .iter()
-                        .map(|m| group(m.map(|m| (m.start(), m.as_str()))));
+                    let groups = caps.iter().map(|m| m.map(|m| (m.start(), m.as_str())));
                     if !each(groups.collect())? {
                         break;
                     }
@@ -128,9 +125,7 @@ impl Re {
                         note_match_error(&self.pattern, &e);
                         take_match_error().unwrap_or_else(|| QueryError::bad_value(e.to_string()))
                     })?;
-                    let groups = caps
-                        .iter()
-                        .map(|m| group(m.map(|m| (m.start(), m.as_str()))));
+                    let groups = caps.iter().map(|m| m.map(|m| (m.start(), m.as_str())));
                     if !each(groups.collect())? {
                         break;
                     }

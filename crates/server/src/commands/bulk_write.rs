@@ -398,15 +398,7 @@ fn reply(
     totals: &Totals,
     opts: &WriteOptions,
 ) -> CommandResult<Reply> {
-    let batch_size = match req.opt_doc("cursor")? {
-        Some(c) => match c.get("batchSize").map_err(internal)? {
-            Some(RawBsonRef::Int32(n)) if n >= 0 => Some(n as u64),
-            Some(RawBsonRef::Int64(n)) if n >= 0 => Some(n as u64),
-            _ => None,
-        },
-        None => None,
-    };
-    let _ = cursor_batch_size;
+    let batch_size = cursor_batch_size(req)?;
     let ns = "admin.$cmd.bulkWrite".to_string();
     let cursor = super::reply::pipeline_cursor(shared, ns, results, batch_size, None)?;
     let mut out = match cursor {
