@@ -16,6 +16,7 @@ What it does:
    checks its pinned sha256 and extracts it once;
 2. for each pytest run (one or more modules), starts ``mangrove serve --port 0
    --enable-test-commands`` on a fresh data directory and runs pytest from
+   (``--jobs`` runs at once, the longest first; each has its own server)
    the extracted sdist with ``DB_IP``/``DB_PORT`` pointing at it, collecting
    per-test outcomes as JUnit XML;
 3. judges the outcome: a failing test that is not listed in
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
@@ -138,6 +140,17 @@ SHUTDOWN_TIMEOUT = 15.0
 # A whole module must finish in this time even if pytest-timeout cannot
 # interrupt a hung test (it uses signals; a test stuck in C code ignores them).
 MODULE_TIMEOUT = 30 * 60
+# Seconds each run took in a full run on 2 cores: the longest start first, so that `--jobs`
+# workers finish together. Only the order depends on these.
+RUN_SECONDS = {
+    "csot": 104,
+    "retryable-reads": 71,
+    "transactions": 51,
+    "crud": 44,
+    "retryable-writes": 32,
+    "change-streams": 31,
+    "unified-test-format": 15,
+}
 
 # Default server selection timeout for the tests' clients (pymongo: 30 s);
 # see mangrove_spec_plugin.py. Ample for one server on loopback.
@@ -749,6 +762,29 @@ def update_expected(path: Path, expected: Expected, runs: list[Run]) -> tuple[in
 # --------------------------------------------------------------------- main
 
 
+def run_all(
+    sdist: Path,
+    cache: Path,
+    server_bin: Path,
+    by_run: dict[str, list[Corpus]],
+    args: argparse.Namespace,
+) -> list[Run]:
+    """Every run, `args.jobs` at a time, longest first; results in CORPORA's order.
+    Runs wait mostly on timeouts and round trips, not on the CPU, so two at once on two
+    cores take about half the time."""
+    order = sorted(by_run, key=lambda name: -RUN_SECONDS.get(name, 5))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {}
+        for run_name in order:
+            corpora = by_run[run_name]
+            full = not args.k and len(corpora) == sum(c.run == run_name for c in CORPORA)
+            futures[run_name] = pool.submit(
+                run_pytest, sdist, cache, server_bin, run_name, corpora, full, args
+            )
+        return [futures[name].result() for name in by_run]
+
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -778,9 +814,17 @@ def main() -> int:
         "--timeout", type=int, default=60, help="per-test timeout in seconds (0: none)"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="pytest runs at once, each with its own server (default: 2)",
+    )
+    parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"default: {DEFAULT_CACHE}"
     )
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
 
     if args.list_corpora:
         for c in CORPORA:
@@ -810,10 +854,7 @@ def main() -> int:
     try:
         server_bin = bin_dir / binary.name
         shutil.copy2(binary, server_bin)
-        runs: list[Run] = []
-        for run_name, corpora in by_run.items():
-            full = not args.k and len(corpora) == sum(c.run == run_name for c in CORPORA)
-            runs.append(run_pytest(sdist, cache, server_bin, run_name, corpora, full, args))
+        runs = run_all(sdist, cache, server_bin, by_run, args)
     finally:
         shutil.rmtree(bin_dir, ignore_errors=True)
 
