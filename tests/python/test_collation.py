@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pymongo.collation import Collation
-from pymongo.errors import OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 CI = Collation(locale="en_US", strength=2)
 
@@ -105,3 +105,66 @@ def test_a_unique_index_with_a_collation_refuses_equal_strings(db):
     assert db.users.count_documents({}) == 2
     with pytest.raises(OperationFailure):
         db.users.create_index("_id", collation={"locale": "en", "strength": 2})
+
+
+def test_a_collection_default_collation_applies_to_every_command(db):
+    db.create_collection("ci", collation=CI)
+    opts = next(db.list_collections(filter={"name": "ci"}))["options"]
+    # Stored normalized, as mongod lists it.
+    assert opts["collation"]["locale"] == "en_US" and opts["collation"]["strength"] == 2
+    assert opts["collation"]["version"] == "57.1" and opts["collation"]["caseFirst"] == "off"
+    db.ci.insert_many([{"_id": 1, "w": "abc"}, {"_id": 2, "w": "ABC"}, {"_id": 3, "w": "abd"}])
+    # Without a collation of their own, reads, counts, distinct and aggregate use the default.
+    assert sorted(d["_id"] for d in db.ci.find({"w": "Abc"})) == [1, 2]
+    assert db.ci.count_documents({"w": "abc"}) == 2
+    assert db.command("count", "ci", query={"w": "abc"})["n"] == 2
+    assert len(db.ci.distinct("w")) == 2
+    assert [d["_id"] for d in db.ci.aggregate([{"$match": {"w": "ABC"}}, {"$sort": {"_id": 1}}])] == [1, 2]
+    # A command's own collation, the simple one included, overrides the default.
+    assert [d["_id"] for d in db.ci.find({"w": "Abc"}, collation=Collation("simple"))] == []
+    assert [d["_id"] for d in db.ci.find({"w": "abc"}, collation=Collation("simple"))] == [1]
+    # Writes match under it too.
+    assert db.ci.update_many({"w": "ABC"}, {"$set": {"hit": True}}).matched_count == 2
+    doc = db.ci.find_one_and_update({"w": "ABD"}, {"$set": {"hit": True}}, return_document=True)
+    assert doc["_id"] == 3 and doc["hit"] is True
+    assert db.ci.delete_many({"w": "aBc"}).deleted_count == 2
+    assert [d["_id"] for d in db.ci.find()] == [3]
+
+
+def test_indexes_inherit_the_collection_default_collation(db):
+    db.create_collection("ci", collation=CI)
+    db.ci.create_index("w")
+    db.ci.create_index("v", collation=Collation("simple"))
+    by_name = {i["name"]: i for i in db.ci.list_indexes()}
+    assert by_name["w_1"]["collation"]["locale"] == "en_US"
+    assert "collation" not in by_name["v_1"]
+    # A unique index inherits it too: strings equal under it are duplicates.
+    db.create_collection("cu", collation=CI)
+    db.cu.create_index("u", unique=True)
+    db.cu.insert_one({"u": "x"})
+    with pytest.raises(DuplicateKeyError):
+        db.cu.insert_one({"u": "X"})
+    # The inherited index serves the default-collated query.
+    db.ci.insert_many([{"w": f"w{i}"} for i in range(50)])
+    assert winning_index(db.ci.find({"w": "W7"}).explain()) == "w_1"
+    assert [d["w"] for d in db.ci.find({"w": "W7"})] == ["w7"]
+
+
+def test_id_lookups_under_a_default_collation(db):
+    db.create_collection("ci", collation=CI)
+    db.ci.insert_many([{"_id": "Key"}, {"_id": 7}])
+    # A string `_id` matches under the collation (mongod's `_id` index is collated too).
+    assert [d["_id"] for d in db.ci.find({"_id": "KEY"})] == ["Key"]
+    # A non-string `_id` is still a point lookup.
+    plan = db.ci.find({"_id": 7}).explain()["queryPlanner"]["winningPlan"]
+    assert plan["stage"] in ("IDHACK", "EXPRESS_IXSCAN", "FETCH", "CLUSTERED_IXSCAN"), plan
+    assert db.ci.find_one({"_id": 7}) == {"_id": 7}
+
+
+def test_a_view_with_a_default_collation_is_refused(db):
+    db.create_collection("base")
+    with pytest.raises(OperationFailure) as e:
+        db.create_collection("v", viewOn="base", pipeline=[], collation=CI)
+    assert e.value.code == 115 and "collation" in str(e.value)
+    # The simple collation asks for nothing and is accepted.
+    db.create_collection("v2", viewOn="base", pipeline=[], collation=Collation("simple"))

@@ -307,7 +307,15 @@ fn choose_access(
         return Ok(access);
     }
     // `_id` keys are binary: under a collation that equates "a" and "A" they would miss
-    // matches; an index serves only under its own collation (see `serves_collation`).
+    // matches; an index serves only under its own collation (see `serves_collation`). An
+    // `_id` holding no string is keyed alike under every collation.
+    let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
+    if keyed_by_id
+        && let Some(id) = filter.id_equality()
+        && !holds_string(id.as_raw_bson_ref())
+    {
+        return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
+    }
     if mangrove_query::collation_active() {
         return Ok(match best_index(view, coll, filter, raw, sort)? {
             Some((index, bounds, multikey)) => index_access(index, bounds, multikey, sort),
@@ -315,7 +323,6 @@ fn choose_access(
         });
     }
     // A capped collection's key order is insertion order; its `_id` is an ordinary index.
-    let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
     if keyed_by_id && let Some(id) = filter.id_equality() {
         return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
     }
@@ -389,6 +396,16 @@ fn hinted(
         }
         Hint::None => return Ok(None),
     }))
+}
+
+/// Whether `v` is or contains a string (symbols too), which a collation may equate with another.
+fn holds_string(v: RawBsonRef<'_>) -> bool {
+    match v {
+        RawBsonRef::String(_) | RawBsonRef::Symbol(_) => true,
+        RawBsonRef::Document(d) => d.iter().any(|e| e.map_or(true, |(_, v)| holds_string(v))),
+        RawBsonRef::Array(a) => a.into_iter().any(|v| v.map_or(true, holds_string)),
+        _ => false,
+    }
 }
 
 /// Whether `index`'s keys order and equate strings as the running command's collation does:

@@ -36,12 +36,20 @@ pub fn bind(
 /// "textScore"` without `$text` is refused.
 pub fn bind_find(
     coll: Option<&CollectionInfo>,
+    ns: &str,
     filter: &Filter,
     projection: Option<&mut Projection>,
     sort: Option<&mut SortSpec>,
 ) -> CommandResult<()> {
     if coll.is_none() {
-        // No collection: nothing to match or score (mongod answers with an empty result).
+        // No collection: no text index either (mongod: 27, "no such collection"); a score
+        // without `$text` answers an empty result.
+        if filter.text_search().is_some() {
+            return Err(CommandError::new(
+                27,
+                format!("text index required for $text query (no such collection '{ns}')"),
+            ));
+        }
         return Ok(());
     }
     let matcher = bind(coll, filter)?;

@@ -37,7 +37,7 @@ use crate::validation::DocValidator;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{cursor_batch_size, internal, parse_collation};
+use super::args::{collation_for, cursor_batch_size, internal};
 use super::collections::{collection_in_txn, implicit_collection};
 use super::names::{validate_collection_name, validate_db_name};
 use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, pipeline_cursor, txn_owner};
@@ -111,10 +111,14 @@ pub(super) async fn aggregate(
         Some(_) => Some(WriteOptions::from_request(req)?),
         None => None,
     };
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => txn.collection(&ns),
+        None => snapshot.collection(&ns),
+    };
+    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let (runner, input) = with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
             prepare(shared, req, txn, &snapshot, &ns, pipeline, collectionless)
@@ -147,10 +151,11 @@ pub(super) fn collect(
         return Err(CommandError::bad_value("explain is not supported here"));
     };
     let ns = req.ns(req.collection()?);
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = snapshot.collection(&ns);
+    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
             let (runner, input) = prepare(shared, req, None, &snapshot, &ns, pipeline, false)?;

@@ -1,7 +1,9 @@
 //! Arguments several commands parse alike: collations, non-negative counts, a cursor's
 //! `batchSize`; and `internal`, the error for input already checked that cannot occur.
 
+use bson::RawDocumentBuf;
 use bson::raw::RawDocument;
+use mangrove_storage::CollectionInfo;
 
 use crate::error::{CommandError, CommandResult};
 use crate::request::{Request, as_i64};
@@ -21,17 +23,49 @@ pub(super) fn parse_collation(
     }
 }
 
-/// A collection's or index's default collation: only the simple one is supported.
-pub(super) fn check_simple_collation(collation: Option<&RawDocument>) -> CommandResult<()> {
-    if let Some(c) = collation {
-        let locale = c.get_str("locale").ok();
-        if locale != Some("simple") {
-            return Err(CommandError::bad_value(
-                "only the simple collation ({locale: \"simple\"}) is supported by Mangrove",
-            ));
+/// The collation a command on `coll` runs under: its own `collation` if it gives one (the
+/// simple one included), else the collection's default (`create`'s `collation`, stored
+/// normalized), else none.
+pub(super) fn collation_for(
+    explicit: Option<&RawDocument>,
+    coll: Option<&CollectionInfo>,
+) -> CommandResult<Option<mangrove_query::Collation>> {
+    match (explicit, coll.and_then(default_collation)) {
+        (Some(_), _) | (None, None) => parse_collation(explicit),
+        (None, Some(stored)) => {
+            let raw = RawDocumentBuf::try_from(stored).map_err(internal)?;
+            parse_collation(Some(&raw))
         }
     }
-    Ok(())
+}
+
+/// A statement's own `collation`, parsed before its collection is known: `None` if it gave none
+/// (then the collection's default applies, [`OwnCollation::on`]).
+pub(super) struct OwnCollation(Option<Option<mangrove_query::Collation>>);
+
+impl OwnCollation {
+    pub(super) fn parse(explicit: Option<&RawDocument>) -> CommandResult<OwnCollation> {
+        match explicit {
+            None => Ok(OwnCollation(None)),
+            Some(_) => Ok(OwnCollation(Some(parse_collation(explicit)?))),
+        }
+    }
+
+    /// The collation the statement runs under on `coll`.
+    pub(super) fn on(
+        &self,
+        coll: &CollectionInfo,
+    ) -> CommandResult<Option<mangrove_query::Collation>> {
+        match &self.0 {
+            Some(own) => Ok(own.clone()),
+            None => collation_for(None, Some(coll)),
+        }
+    }
+}
+
+/// A collection's stored default collation, if it has one.
+pub(crate) fn default_collation(coll: &CollectionInfo) -> Option<&bson::Document> {
+    coll.options.get_document("collation").ok()
 }
 
 pub(super) fn non_negative(req: &Request<'_>, field: &str) -> CommandResult<Option<u64>> {

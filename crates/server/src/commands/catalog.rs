@@ -16,7 +16,7 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::Request;
 
 use super::Reply;
-use super::args::{check_simple_collation, cursor_batch_size, internal};
+use super::args::{cursor_batch_size, internal};
 use super::names::{validate_collection_name, validate_db_name};
 use super::reply::cursor_reply;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
@@ -247,7 +247,7 @@ pub(super) async fn create(
 /// clustered collection's options call for.
 fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, Vec<Document>)> {
     refuse_unsupported(req)?;
-    check_simple_collation(req.opt_doc("collation")?)?;
+    let collation = default_collation_option(req)?;
     // Checked here; stored as given by the copy below.
     let validation = crate::validation::parse_options(req, "create")?;
     if let Some(option) = validation.keys().next()
@@ -268,11 +268,18 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, V
     let mut options = capped_options(req, in_txn)?;
     let (shaped, indexes) = shaped_options(req, in_txn, !options.is_empty())?;
     options.extend(shaped);
+    options.extend(collation);
     for item in req.body.iter() {
         let (key, value) = item.map_err(internal)?;
         if matches!(
             key.as_str(),
-            "capped" | "size" | "max" | "timeseries" | "clusteredIndex" | "expireAfterSeconds"
+            "capped"
+                | "size"
+                | "max"
+                | "timeseries"
+                | "clusteredIndex"
+                | "expireAfterSeconds"
+                | "collation"
         ) {
             continue;
         }
@@ -306,6 +313,24 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, V
         (None, None) => {}
     }
     Ok((options, indexes))
+}
+
+/// `create`'s `collation`, the collection's default: stored normalized as mongod shows it in
+/// `listCollections` (nothing for the simple collation). A view's default collation is refused.
+fn default_collation_option(req: &Request<'_>) -> CommandResult<Option<(String, bson::Bson)>> {
+    let Some(collation) = super::args::parse_collation(req.opt_doc("collation")?)? else {
+        return Ok(None);
+    };
+    if req.get("viewOn").is_some() {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "a view with a default collation is not supported by Mangrove; give the collation to each query on the view instead",
+        ));
+    }
+    Ok(Some((
+        "collation".to_string(),
+        collation.index_spec().into(),
+    )))
 }
 
 /// Refuses the `create` options Mangrove does not implement.

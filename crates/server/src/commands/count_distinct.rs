@@ -13,7 +13,7 @@ use crate::request::{Request, type_name};
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{non_negative, parse_collation};
+use super::args::{collation_for, non_negative};
 use super::collections::collection_in_txn;
 use super::names::validate_db_name;
 
@@ -25,10 +25,18 @@ pub(super) fn distinct(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let ns = req.ns(req.collection()?);
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     with_deadline(deadline, || {
-        with_collation(collation.as_ref(), || distinct_with(shared, req, txn, at))
+        with_collation(collation.as_ref(), || {
+            distinct_with(shared, req, txn, snapshot, coll)
+        })
     })
 }
 
@@ -37,7 +45,8 @@ fn distinct_with(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&Txn>,
-    at: Option<Snapshot>,
+    snapshot: Snapshot,
+    coll: Option<CollectionInfo>,
 ) -> CommandResult<Reply> {
     req.check_fields(&[
         "key",
@@ -48,18 +57,11 @@ fn distinct_with(
         "maxTimeMS",
     ])?;
     Counters::bump(&shared.counters.query, 1);
-    let name = req.collection()?;
     validate_db_name(req.db)?;
-    let ns = req.ns(name);
     let key = distinct_key(req)?;
     let empty = RawDocumentBuf::new();
     let raw_filter = req.opt_doc("query")?.unwrap_or(&empty);
     let filter = Filter::parse(raw_filter)?;
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => collection_in_txn(shared, txn, &ns),
-        None => snapshot.collection(&ns),
-    };
     let mut values: Vec<bson::RawBson> = Vec::new();
     if let Some(coll) = coll {
         let view: &dyn ReadView = match txn {
@@ -211,14 +213,16 @@ fn raw_size(v: &bson::RawBson) -> usize {
 }
 
 pub(super) fn count(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let snapshot = shared.engine.snapshot();
+    let coll = snapshot.collection(&req.ns(req.collection()?));
+    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     with_deadline(deadline, || {
-        with_collation(collation.as_ref(), || count_with(shared, req))
+        with_collation(collation.as_ref(), || count_with(shared, req, snapshot))
     })
 }
 
-fn count_with(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+fn count_with(shared: &Shared, req: &Request<'_>, snapshot: Snapshot) -> CommandResult<Reply> {
     req.check_fields(&[
         "query",
         "limit",
@@ -240,7 +244,6 @@ fn count_with(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
         .opt_i64("limit")?
         .map(i64::unsigned_abs)
         .filter(|&l| l > 0);
-    let snapshot = shared.engine.snapshot();
     let mut n = 0u64;
     if let Some(coll) = snapshot.collection(&ns)
         && super::views::is_view(&coll)

@@ -92,6 +92,7 @@ pub(super) async fn run_stmt(
         return Ok(0);
     };
     super::views::refuse_write(&coll)?;
+    let collation = collation.on(&coll)?;
     if txn.is_some() {
         crate::capped::refuse_in_transaction(&coll)?;
     }

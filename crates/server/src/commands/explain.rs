@@ -197,7 +197,7 @@ pub(super) fn explain_command(
         hint = Hint::Natural { reverse };
     }
     // The explained command's collation chooses among indexes as it would when run.
-    let collation = super::args::parse_collation(doc_field(cmd, "collation"))?;
+    let collation = super::args::collation_for(doc_field(cmd, "collation"), coll.as_ref())?;
     with_collation(collation.as_ref(), || {
         let run = Planned {
             coll: coll.as_ref(),

@@ -20,7 +20,7 @@ use crate::request::Request;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{non_negative, parse_collation};
+use super::args::{collation_for, non_negative};
 use super::collections::collection_in_txn;
 use super::names::validate_db_name;
 use super::reply::{cursor_reply, first_batch, txn_owner};
@@ -99,13 +99,26 @@ pub(super) fn find(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let ns = req.ns(req.collection()?);
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let found = Found { snapshot, coll };
     with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
-            find_with(shared, req, txn, at, collation.is_some())
+            find_with(shared, req, txn, found, collation.is_some())
         })
     })
+}
+
+/// The snapshot a find reads and the collection it found there (or in its transaction).
+struct Found {
+    snapshot: Snapshot,
+    coll: Option<CollectionInfo>,
 }
 
 /// A find request's query and paging, parsed.
@@ -130,9 +143,9 @@ struct FindQuery<'r> {
 
 impl FindQuery<'_> {
     /// Binds `$text` to the collection's text index, for the filter, projection and sort.
-    fn bind_text(&mut self, coll: Option<&CollectionInfo>) -> CommandResult<()> {
+    fn bind_text(&mut self, coll: Option<&CollectionInfo>, ns: &str) -> CommandResult<()> {
         let (projection, sort) = (self.projection.as_mut(), self.sort.as_mut());
-        crate::text_access::bind_find(coll, &self.filter, projection, sort)
+        crate::text_access::bind_find(coll, ns, &self.filter, projection, sort)
     }
 }
 
@@ -180,7 +193,7 @@ fn find_with(
     shared: &Shared,
     req: &Request<'_>,
     txn: Option<&Txn>,
-    at: Option<Snapshot>,
+    found: Found,
     collated: bool,
 ) -> CommandResult<Reply> {
     req.check_fields(FIND_FIELDS)?;
@@ -191,18 +204,14 @@ fn find_with(
     let empty = RawDocumentBuf::new();
     let mut query = parse_query(req, &empty)?;
 
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => collection_in_txn(shared, txn, &ns),
-        None => snapshot.collection(&ns),
-    };
+    let Found { snapshot, coll } = found;
     let mut hint = parse_hint(req.get("hint"), coll.as_ref())?;
     query.tail = super::tailable::tail_request(req, coll.as_ref(), query.natural)?;
     if let Some(reverse) = query.natural.or(query.tail.map(|_| false)) {
         // A `$natural` sort, or a tailable cursor, walks the collection itself.
         hint = Hint::Natural { reverse };
     }
-    query.bind_text(coll.as_ref())?;
+    query.bind_text(coll.as_ref(), &ns)?;
     let Some(coll) = coll else {
         return Ok(Reply::Raw(cursor_reply(&ns, 0, "firstBatch", &[])));
     };

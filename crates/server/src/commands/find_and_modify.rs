@@ -15,7 +15,7 @@ use crate::retryable::RetryableWrite;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{internal, parse_collation};
+use super::args::{OwnCollation, internal};
 use super::collections::{collection_for_write, implicit_collection};
 use super::modify::{DocChecks, update_one_doc, upsert_doc};
 use super::names::validate_collection_name;
@@ -59,7 +59,7 @@ struct FamSpec {
     return_new: bool,
     upsert: bool,
     update: Option<Update>,
-    collation: Option<mangrove_query::Collation>,
+    collation: OwnCollation,
 }
 
 /// `findAndModify`: update, replace or remove the first matching document (in `sort` order) and
@@ -110,8 +110,9 @@ pub(super) async fn find_and_modify(
                 max_bson: shared.config.max_bson_size,
                 validator: validator.as_ref(),
             };
+            let collation = spec.collation.on(&coll)?;
             run_write(shared, &opts, txn, |t| {
-                let target = with_collation(spec.collation.as_ref(), || {
+                let target = with_collation(collation.as_ref(), || {
                     find_target(t, &coll, &spec.filter, spec.sort.as_ref())
                 })?;
                 modify_target(t, &coll, target, &spec, &checks, capped.as_mut())?
@@ -172,7 +173,7 @@ fn parse_spec(req: &Request<'_>) -> CommandResult<FamSpec> {
     );
     let update = parse_update(req, lets)?;
     check_flags(update.is_some(), remove, return_new, upsert)?;
-    let collation = parse_collation(req.opt_doc("collation")?)?;
+    let collation = OwnCollation::parse(req.opt_doc("collation")?)?;
     Ok(FamSpec {
         filter,
         sort,

@@ -90,8 +90,9 @@ pub(super) async fn create_indexes(
     Ok(reply.into())
 }
 
-/// `indexes`: at least one index specification, each checked and normalized.
-fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
+/// `indexes`: at least one index specification, each checked and normalized, with whether it
+/// gave its own `collation` (the simple one included).
+fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<(Document, bool)>> {
     let Some(list) = req.opt_array("indexes")? else {
         return Err(CommandError::new(
             code::MISSING_FIELD,
@@ -111,7 +112,8 @@ fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
                     ));
                 }
                 let ttl_fixed = crate::params::check_expire_after_seconds(d)?;
-                specs.push(normalize_index(ttl_fixed.as_deref().unwrap_or(d))?);
+                let spec = normalize_index(ttl_fixed.as_deref().unwrap_or(d))?;
+                specs.push((spec, d.get("collation").ok().flatten().is_some()));
             }
             _ => {
                 return Err(CommandError::type_mismatch(
@@ -131,7 +133,7 @@ fn parse_specs(req: &Request<'_>) -> CommandResult<Vec<Document>> {
 fn build_indexes(
     txn: &mut Txn,
     ns: &str,
-    specs: &[Document],
+    specs: &[(Document, bool)],
     in_txn: bool,
 ) -> CommandResult<(bool, usize, usize)> {
     let mut created = false;
@@ -154,7 +156,8 @@ fn build_indexes(
     };
     super::views::refuse_write(&current)?;
     let before = crate::capped::index_count(&current);
-    for spec in specs {
+    for (spec, own_collation) in specs {
+        let spec = &with_default_collation(spec, *own_collation, &current);
         if is_id_index(spec) || !is_new_index(&current, ns, spec)? {
             continue;
         }
@@ -167,6 +170,30 @@ fn build_indexes(
         current = txn.create_index(ns, spec.clone())?;
     }
     Ok((created, before, crate::capped::index_count(&current)))
+}
+
+/// `spec` with the collection's default collation when it gave none, as mongod builds it; text
+/// and `2d` indexes key no strings by collation and take none.
+fn with_default_collation(spec: &Document, own_collation: bool, coll: &CollectionInfo) -> Document {
+    let default = super::args::default_collation(coll);
+    let keys = spec.get_document("key").ok();
+    let collates = keys.is_some_and(|k| {
+        k.values()
+            .all(|v| !matches!(v, bson::Bson::String(s) if s == "text" || s == "2d"))
+    });
+    match default {
+        Some(collation) if !own_collation && collates && !spec.contains_key("collation") => {
+            let mut out = Document::new();
+            for (field, value) in spec {
+                out.insert(field.clone(), value.clone());
+                if field == "name" {
+                    out.insert("collation", collation.clone());
+                }
+            }
+            out
+        }
+        _ => spec.clone(),
+    }
 }
 
 /// Whether `spec` asks for an index the collection lacks: false when the same index exists;

@@ -15,7 +15,7 @@ use crate::retryable::RetryableWrite;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::internal;
+use super::args::{OwnCollation, internal};
 use super::collections::{collection_for_write, implicit_collection};
 use super::modify::{DocChecks, update_one_doc, upsert_doc};
 use super::names::validate_collection_name;
@@ -199,7 +199,7 @@ struct ParsedStmt {
     update: Update,
     multi: bool,
     upsert: bool,
-    collation: Option<mangrove_query::Collation>,
+    collation: OwnCollation,
     /// Which match a single-document update takes (MongoDB 8.0).
     sort: Option<mangrove_query::SortSpec>,
 }
@@ -237,6 +237,7 @@ pub(super) async fn run_stmt(
         max_bson: shared.config.max_bson_size,
         validator: validator.as_ref(),
     };
+    let collation = p.collation.on(&coll)?;
     if p.multi && txn.is_none() && opts.retry.is_none() {
         let chunked = multi_update(
             shared,
@@ -244,7 +245,7 @@ pub(super) async fn run_stmt(
             &coll,
             &p.filter,
             &p.update,
-            p.collation.as_ref(),
+            collation.as_ref(),
             &checks,
         )
         .await?;
@@ -254,7 +255,7 @@ pub(super) async fn run_stmt(
     }
     run_write(shared, opts, txn, |txn| {
         let outcome = mangrove_js::with_deadline(opts.js_deadline, || {
-            with_collation(p.collation.as_ref(), || {
+            with_collation(collation.as_ref(), || {
                 run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())
             })
         })?;

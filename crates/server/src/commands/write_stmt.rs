@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf};
-use mangrove_query::{Collation, Filter};
+use mangrove_query::Filter;
 use mangrove_storage::{CollectionInfo, DocKey, StoredDoc, Txn};
 
 use crate::access::{Examined, Hint, choose, for_each_match};
@@ -13,7 +13,7 @@ use crate::error::{CommandError, CommandResult, code};
 use crate::request::{as_bool, type_name};
 
 use super::Reply;
-use super::args::{internal, parse_collation};
+use super::args::{OwnCollation, internal};
 
 /// A write command may carry at most this many statements, as mongod's `maxWriteBatchSize`.
 const MAX_WRITE_BATCH: usize = 100_000;
@@ -129,8 +129,8 @@ pub(super) struct Stmt<'a> {
 }
 
 /// A statement's `collation`, if given as a document.
-pub(super) fn stmt_collation(stmt: &RawDocument) -> CommandResult<Option<Collation>> {
-    parse_collation(match stmt.get("collation").ok().flatten() {
+pub(super) fn stmt_collation(stmt: &RawDocument) -> CommandResult<OwnCollation> {
+    OwnCollation::parse(match stmt.get("collation").ok().flatten() {
         Some(RawBsonRef::Document(c)) => Some(c),
         _ => None,
     })
