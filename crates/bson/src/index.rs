@@ -519,7 +519,13 @@ impl IndexSpec {
                 "The _id index cannot have a collation: Mangrove keeps documents in binary _id order",
             ));
         }
-        if is_id && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some()) {
+        // A clustered collection's expiry is the server's own TTL index on `_id`, named with a
+        // leading `$` (which `createIndexes` refuses in a user's index name).
+        let internal_ttl = name.starts_with('$') && !flag("sparse") && partial.is_none();
+        if is_id
+            && !internal_ttl
+            && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some())
+        {
             return Err(bad_spec_option(
                 "The _id index cannot be sparse, partial or TTL",
             ));

@@ -210,7 +210,12 @@ pub fn parse_hint(
         }
         match coll {
             None => Ok(Hint::None),
-            Some(c) => c.index(name).cloned().map(Hint::Index).ok_or_else(bad_hint),
+            Some(c) => c
+                .index(name)
+                .filter(|i| !is_hidden(i))
+                .cloned()
+                .map(Hint::Index)
+                .ok_or_else(bad_hint),
         }
     };
     match hint {
@@ -234,7 +239,7 @@ pub fn parse_hint(
                 Some(c) => c
                     .indexes
                     .iter()
-                    .find(|i| same_pattern(&i.key.key_pattern, &pattern))
+                    .find(|i| same_pattern(&i.key.key_pattern, &pattern) && !is_hidden(i))
                     .cloned()
                     .map(Hint::Index)
                     .ok_or_else(bad_hint),
@@ -408,11 +413,22 @@ fn holds_string(v: RawBsonRef<'_>) -> bool {
     }
 }
 
-/// Whether `index`'s keys order and equate strings as the running command's collation does:
-/// an index with a collation serves queries under that collation only, and one without, only
+/// Whether the planner may choose `index` for the running command: it is not hidden, and it
+/// orders and equates strings as the command's collation does.
+fn serves_collation(index: &IndexInfo) -> bool {
+    !is_hidden(index) && same_collation(index)
+}
+
+/// A hidden index (`hidden: true`, set at creation or by `collMod`) is kept up to date but
+/// never chosen, nor hinted, as in mongod.
+fn is_hidden(index: &IndexInfo) -> bool {
+    matches!(index.spec.get("hidden"), Some(Bson::Boolean(true)))
+}
+
+/// An index with a collation serves queries under that collation only, and one without, only
 /// binary comparisons (mongod also lets a collated index serve non-string bounds; Mangrove does
 /// not yet).
-fn serves_collation(index: &IndexInfo) -> bool {
+fn same_collation(index: &IndexInfo) -> bool {
     index.key.collation.as_deref() == mangrove_query::active_collation().as_ref()
 }
 

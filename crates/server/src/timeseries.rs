@@ -28,9 +28,10 @@ use crate::error::{CommandError, CommandResult, code};
 /// `expireAfterSeconds`; `createIndexes` refuses it as a user's index name.
 pub const TTL_INDEX: &str = "$ts_expireAfterSeconds";
 
-/// Whether an index is internal to a collection's options, hidden from `listIndexes`.
+/// Whether an index name is reserved for the server's own indexes (a leading `$`), which are
+/// internal to a collection's options and hidden from `listIndexes`.
 pub fn is_internal_index(name: &str) -> bool {
-    name == TTL_INDEX
+    name.starts_with('$')
 }
 
 /// The largest bucket span mongod accepts (a year), in seconds.
@@ -117,7 +118,7 @@ pub fn create_options(
     Ok((options, indexes))
 }
 
-fn expire_seconds(v: &Bson) -> CommandResult<i64> {
+pub fn expire_seconds(v: &Bson) -> CommandResult<i64> {
     let secs = match v {
         Bson::Int32(n) => i64::from(*n),
         Bson::Int64(n) => *n,
@@ -134,6 +135,44 @@ fn expire_seconds(v: &Bson) -> CommandResult<i64> {
         ));
     }
     Ok(secs)
+}
+
+/// `collMod`'s `timeseries`: a coarser `granularity` (seconds, then minutes, then hours), or
+/// new equal `bucketMaxSpanSeconds` and `bucketRoundingSeconds`; the new options.
+pub fn modified(current: &Document, given: &Bson) -> CommandResult<Document> {
+    let Bson::Document(given) = given else {
+        return Err(CommandError::type_mismatch(
+            "'timeseries' must be an object",
+        ));
+    };
+    let mut spec = doc! {};
+    for (k, v) in given {
+        if !matches!(
+            k.as_str(),
+            "granularity" | "bucketMaxSpanSeconds" | "bucketRoundingSeconds"
+        ) {
+            return Err(CommandError::new(
+                code::UNKNOWN_FIELD,
+                format!("BSON field 'collMod.timeseries.{k}' is an unknown field."),
+            ));
+        }
+        spec.insert(k.clone(), v.clone());
+    }
+    let rank = |g: &str| ["seconds", "minutes", "hours"].iter().position(|x| *x == g);
+    if let (Ok(old), Ok(new)) = (current.get_str("granularity"), spec.get_str("granularity"))
+        && rank(new) < rank(old)
+    {
+        return Err(CommandError::new(
+            code::INVALID_OPTIONS,
+            "Invalid transition for timeseries.granularity. Can only transition from 'seconds' to 'minutes' or 'minutes' to 'hours'.",
+        ));
+    }
+    for field in ["timeField", "metaField"] {
+        if let Some(v) = current.get(field) {
+            spec.insert(field, v.clone());
+        }
+    }
+    normalize_timeseries(&Bson::Document(spec))
 }
 
 /// mongod's `clusteredIndex`: `{key: {_id: 1}, unique: true}` with an optional `name` and `v`.

@@ -90,7 +90,9 @@ async fn bad_pre_and_post_images_options_are_refused() {
     let mut missing = doc! { "collMod": "missing" };
     missing.extend(enabled(true));
     assert_eq!(code_of(&db, missing).await, 26);
-    let unsupported = doc! { "collMod": "c", "cappedSize": 4096 };
+    let not_capped = doc! { "collMod": "c", "cappedSize": 4096 };
+    assert_eq!(code_of(&db, not_capped).await, 72);
+    let unsupported = doc! { "collMod": "c", "dryRun": true };
     assert_eq!(code_of(&db, unsupported).await, 72);
     let unknown = doc! { "collMod": "c", "noSuchOption": 1 };
     assert_eq!(code_of(&db, unknown).await, 40415);

@@ -1,4 +1,4 @@
-//! Databases and collections: list, create, drop, rename, collMod. The DDL that change
+//! Databases and collections: list, create, drop, rename (collMod: `coll_mod.rs`). The DDL that change
 //! streams report by command (renameCollection, dropDatabase, collMod) annotates its
 //! transaction with that command (`Txn::annotate`), in the same log record as its writes.
 
@@ -421,7 +421,7 @@ fn capped_id_index() -> Document {
 
 /// `changeStreamPreAndPostImages: {enabled: <bool>}` of `create` or `collMod`, checked as
 /// mongod's IDL checks it (TypeMismatch, missing or unknown field); its `enabled`.
-fn pre_and_post_images(req: &Request<'_>) -> CommandResult<Option<bool>> {
+pub(super) fn pre_and_post_images(req: &Request<'_>) -> CommandResult<Option<bool>> {
     const FIELD: &str = "changeStreamPreAndPostImages";
     let Some(spec) = req.opt_doc(FIELD)? else {
         return Ok(None);
@@ -453,96 +453,6 @@ fn pre_and_post_images(req: &Request<'_>) -> CommandResult<Option<bool>> {
             format!("BSON field '{FIELD}.enabled' is missing but a required field"),
         )),
     }
-}
-
-/// Options of mongod's `collMod` that Mangrove does not implement: refused with InvalidOptions
-/// rather than ignored.
-const UNSUPPORTED_COLL_MOD_OPTIONS: &[&str] = &[
-    "index",
-    "viewOn",
-    "pipeline",
-    "expireAfterSeconds",
-    "timeseries",
-    "timeseriesBucketsMayHaveMixedSchemaData",
-    "clusteredIndex",
-    "cappedSize",
-    "cappedMax",
-    "dryRun",
-    "recordPreImages",
-];
-
-/// The fields `collMod` takes.
-const COLL_MOD_OPTIONS: &[&str] = &[
-    "changeStreamPreAndPostImages",
-    "validator",
-    "validationLevel",
-    "validationAction",
-];
-
-/// `collMod`, for `changeStreamPreAndPostImages` and the validation options: changes the
-/// collection's options in one transaction (a durable catalog change,
-/// `LogOp::SetCollectionOptions`) annotated with the command. Like `drop`, it first waits for
-/// the open transactions that use the collection.
-pub(super) async fn coll_mod(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
-    for option in UNSUPPORTED_COLL_MOD_OPTIONS {
-        if req.get(option).is_some() {
-            return Err(CommandError::new(
-                code::INVALID_OPTIONS,
-                format!(
-                    "collMod option '{option}' is not supported by Mangrove; it supports only changeStreamPreAndPostImages, validator, validationLevel and validationAction"
-                ),
-            ));
-        }
-    }
-    req.check_fields(COLL_MOD_OPTIONS)?;
-    let name = req.collection()?;
-    validate_collection_name(req.db, name)?;
-    let enabled = pre_and_post_images(req)?;
-    let validation = crate::validation::parse_options(req, "collMod")?;
-    let ns = req.ns(name);
-    let opts = WriteOptions::from_request(req)?;
-    wait_for_transactions(shared, req, &ns, &|used| used == ns).await?;
-    retry_conflicts(shared, &opts, |txn: &mut Txn| {
-        let Some(coll) = txn.collection(&ns) else {
-            return Err(CommandError::new(
-                code::NAMESPACE_NOT_FOUND,
-                format!("ns does not exist: {ns}"),
-            ));
-        };
-        let mut annotation = doc! { "collMod": name };
-        if enabled.is_none() && validation.is_empty() {
-            // Nothing to change, but mongod logs it all the same (a `modify` event).
-            txn.annotate(&ns, annotation);
-            return Ok(());
-        }
-        if super::views::is_view(&coll) {
-            let option = match enabled {
-                Some(_) => "changeStreamPreAndPostImages",
-                None => validation.keys().next().map_or("validator", String::as_str),
-            };
-            return Err(CommandError::new(
-                code::INVALID_OPTIONS,
-                format!("option not supported on a view: {option}"),
-            ));
-        }
-        let mut options = (*coll.options).clone();
-        if let Some(enabled) = enabled {
-            // Stored only when enabled, as mongod does.
-            if enabled {
-                options.insert("changeStreamPreAndPostImages", doc! { "enabled": true });
-            } else {
-                options.remove("changeStreamPreAndPostImages");
-            }
-            annotation.insert("changeStreamPreAndPostImages", doc! { "enabled": enabled });
-        }
-        options.extend(validation.clone());
-        annotation.extend(validation.clone());
-        txn.set_collection_options(&ns, options)?;
-        txn.annotate(&ns, annotation);
-        Ok(())
-    })
-    .await?;
-    Ok(opts.finish_reply(doc! { "ok": 1.0 }).into())
 }
 
 /// DDL waits for the open transactions that used its namespaces, as mongod waits for their

@@ -9,6 +9,7 @@ mod args;
 mod bulk_write;
 mod catalog;
 mod change_stream;
+mod coll_mod;
 mod coll_stats;
 mod collections;
 mod count_distinct;

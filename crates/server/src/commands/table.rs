@@ -24,9 +24,9 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, bulk_write, catalog, coll_stats, count_distinct, delete, diag, explain, find,
-    find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile, role_admin, sasl,
-    search_indexes, sessions, update, user_admin,
+    Reply, aggregate, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
+    explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
+    role_admin, sasl, search_indexes, sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -663,7 +663,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "collMod",
         "changes a collection's options (changeStreamPreAndPostImages only)",
-        future!(|c| catalog::coll_mod(c.shared, c.req)),
+        future!(|c| coll_mod::coll_mod(c.shared, c.req)),
     )
     .needs(Needs::Actions(&[Action::CollMod]))
     .writes(),
