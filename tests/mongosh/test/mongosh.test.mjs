@@ -171,3 +171,58 @@ test('mongosh with user and password over TLS', async (t) => {
     pki.remove();
   }
 });
+
+test('mongosh rs.status(), rs.conf() and the replica-set commands give mongod shapes', async (t) => {
+  const script = [
+    'const s = rs.status();',
+    'const m = s.members[0];',
+    'const c = rs.conf();',
+    'const stored = db.getSiblingDB("local").system.replset.findOne();',
+    'print("RS=" + JSON.stringify({',
+    '  set: s.set, myState: s.myState, n: s.members.length, state: m.stateStr, self: m.self, name: m.name,',
+    '  health: m.health, syncSourceHost: m.syncSourceHost, optimeTs: typeof m.optime.ts, hasOptimeDate: m.optimeDate instanceof Date,',
+    '  hasHeartbeat: m.lastHeartbeat instanceof Date, majority: s.writeMajorityCount,',
+    '  confId: c._id, confVersion: c.version, confHosts: c.members.map((x) => x.host), votes: c.members[0].votes,',
+    '  storedId: stored._id, storedHost: stored.members[0].host,',
+    '  replsetCount: db.getSiblingDB("local").system.replset.countDocuments({}),',
+    '}));',
+    'try { rs.initiate(); print("INITIATE=ok"); } catch (e) { print("INITIATE=" + e.code); }',
+    'try { rs.stepDown(); print("STEPDOWN=ok"); } catch (e) { print("STEPDOWN=" + e.code); }',
+    'rs.printSecondaryReplicationInfo();',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /RS=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no RS= line in output: ${r.stdout}`);
+  t.diagnostic(`mongosh saw ${m[1]}`);
+  const rs = JSON.parse(m[1]);
+  assert.deepEqual(rs, {
+    set: 'rs0', myState: 1, n: 1, state: 'PRIMARY', self: true, name: server.address,
+    health: 1, syncSourceHost: '', optimeTs: 'object', hasOptimeDate: true,
+    hasHeartbeat: true, majority: 1,
+    confId: 'rs0', confVersion: 1, confHosts: [server.address], votes: 1,
+    storedId: 'rs0', storedHost: server.address, replsetCount: 1,
+  });
+  assert.match(r.stdout, /INITIATE=23/);
+  assert.match(r.stdout, /STEPDOWN=262/);
+});
+
+test('mongosh default read and write concerns are set, read back and checked', async () => {
+  const script = [
+    'const before = db.adminCommand({ getDefaultRWConcern: 1 });',
+    'db.adminCommand({ setDefaultRWConcern: 1, defaultWriteConcern: { w: 1 }, defaultReadConcern: { level: "local" } });',
+    'const after = db.adminCommand({ getDefaultRWConcern: 1 });',
+    'let bad = null; try { db.adminCommand({ setDefaultRWConcern: 1, defaultWriteConcern: { w: 3 } }); } catch (e) { bad = e.code; }',
+    'print("RW=" + JSON.stringify({ before: [before.defaultWriteConcern.w, before.defaultWriteConcernSource], after: [after.defaultWriteConcern.w, after.defaultWriteConcernSource, after.defaultReadConcern.level], bad }));',
+    'db.adminCommand({ setDefaultRWConcern: 1, defaultWriteConcern: { w: "majority" } });',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /RW=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no RW= line in output: ${r.stdout}`);
+  assert.deepEqual(JSON.parse(m[1]), {
+    before: ['majority', 'implicit'],
+    after: [1, 'global', 'local'],
+    bad: 2,
+  });
+});

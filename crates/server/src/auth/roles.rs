@@ -53,7 +53,12 @@ pub enum Action {
     Inprog,
     KillAnySession,
     ReplSetGetStatus,
+    ReplSetGetConfig,
+    ReplSetConfigure,
+    ReplSetStateChange,
     ReplSetResizeOplog,
+    GetDefaultRwConcern,
+    SetDefaultRwConcern,
     Shutdown,
     /// `configureFailPoint`, with `--enable-test-commands`: `root` only.
     TestCommands,
@@ -102,7 +107,12 @@ const NAMES: &[(Action, &str)] = &[
     (Inprog, "inprog"),
     (KillAnySession, "killAnySession"),
     (ReplSetGetStatus, "replSetGetStatus"),
+    (ReplSetGetConfig, "replSetGetConfig"),
+    (ReplSetConfigure, "replSetConfigure"),
+    (ReplSetStateChange, "replSetStateChange"),
     (ReplSetResizeOplog, "replSetResizeOplog"),
+    (GetDefaultRwConcern, "getDefaultRWConcern"),
+    (SetDefaultRwConcern, "setDefaultRWConcern"),
     (Shutdown, "shutdown"),
     (TestCommands, "configureFailPoint"),
 ];
@@ -133,7 +143,12 @@ impl Action {
                 | Inprog
                 | KillAnySession
                 | ReplSetGetStatus
+                | ReplSetGetConfig
+                | ReplSetConfigure
+                | ReplSetStateChange
                 | ReplSetResizeOplog
+                | GetDefaultRwConcern
+                | SetDefaultRwConcern
                 | Shutdown
                 | TestCommands
         )
@@ -195,9 +210,19 @@ const CLUSTER_MONITOR: &[Action] = &[
     Inprog,
     ListDatabases,
     ReplSetGetStatus,
+    ReplSetGetConfig,
+    GetDefaultRwConcern,
     ServerStatus,
 ];
-const CLUSTER_MANAGER: &[Action] = &[ReplSetGetStatus, ReplSetResizeOplog];
+const CLUSTER_MANAGER: &[Action] = &[
+    ReplSetGetStatus,
+    ReplSetGetConfig,
+    ReplSetConfigure,
+    ReplSetStateChange,
+    ReplSetResizeOplog,
+    GetDefaultRwConcern,
+    SetDefaultRwConcern,
+];
 const HOST_MANAGER: &[Action] = &[KillAnySession, SetParameter, Shutdown];
 const BACKUP: &[Action] = &[
     CollStats,

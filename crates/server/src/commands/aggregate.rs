@@ -256,6 +256,14 @@ fn prepare(
     };
     let (pipeline, input) = if collectionless || pipeline.starts_with_documents() {
         (pipeline, None)
+    } else if ns == "local.system.replset" {
+        // The set's configuration, as `find` serves it there (`repl_set.rs`).
+        let config = bson::Bson::Document(super::repl_set::config_document(shared));
+        let stages = RawDocumentBuf::try_from(&doc! { "p": [{ "$documents": [config] }] })
+            .map_err(internal)?;
+        let stages = stages.get_array("p").map_err(internal)?;
+        let source = Pipeline::parse(stages)?;
+        (pipeline.preceded_by(source), None)
     } else {
         plan_input(req, view, collection(ns), pipeline)?
     };

@@ -90,9 +90,12 @@ pub(super) fn list_collections(shared: &Shared, req: &Request<'_>) -> CommandRes
     let snapshot = shared.engine.snapshot();
     let mut docs = VecDeque::new();
     if req.db == "local" {
-        let raw = RawDocumentBuf::try_from(&oplog_entry(shared, name_only)?).map_err(internal)?;
-        if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
-            docs.push_back(BatchDoc::Owned(raw));
+        let replset = doc! { "name": "system.replset", "type": "collection" };
+        for entry in [oplog_entry(shared, name_only)?, replset] {
+            let raw = RawDocumentBuf::try_from(&entry).map_err(internal)?;
+            if filter.as_ref().is_none_or(|f| f.matches(&raw)) {
+                docs.push_back(BatchDoc::Owned(raw));
+            }
         }
     }
     for coll in snapshot.list_collections(req.db) {

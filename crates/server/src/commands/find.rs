@@ -88,7 +88,36 @@ pub(super) async fn find_or_oplog(
     if super::oplog_find::is_oplog(req) && txn.is_none() {
         return super::oplog_find::find(shared, req).await;
     }
+    if req.db == "local"
+        && matches!(
+            req.command_value(),
+            Some(bson::raw::RawBsonRef::String("system.replset"))
+        )
+    {
+        return replset_find(shared, req);
+    }
     find(shared, req, txn, at)
+}
+
+/// `local.system.replset`: the set's configuration document (`repl_set.rs`), which tools read
+/// when `replSetGetConfig` is not at hand.
+fn replset_find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    let config = super::repl_set::config_document(shared);
+    let raw = RawDocumentBuf::try_from(&config).map_err(super::args::internal)?;
+    let matches = match req.opt_doc("filter")? {
+        Some(f) => Filter::parse(f)?.matches(&raw),
+        None => true,
+    };
+    let batch: Vec<BatchDoc> = matches
+        .then_some(BatchDoc::Owned(raw))
+        .into_iter()
+        .collect();
+    Ok(Reply::Raw(cursor_reply(
+        "local.system.replset",
+        0,
+        "firstBatch",
+        &batch,
+    )))
 }
 
 /// `at` is the snapshot a `snapshot` read concern chose; otherwise the read sees the latest

@@ -31,6 +31,7 @@ mod oplog_admin;
 mod oplog_find;
 pub(crate) mod profile;
 mod read_concern;
+mod repl_set;
 mod reply;
 mod role_admin;
 mod sasl;

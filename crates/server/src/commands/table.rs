@@ -26,7 +26,7 @@ use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
     explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
-    role_admin, sasl, search_indexes, sessions, update, user_admin,
+    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -521,6 +521,49 @@ pub(crate) static COMMANDS: &[Command] = &[
     .admin()
     .needs(Needs::Actions(&[Action::Shutdown])),
     cmd(
+        "replSetGetStatus",
+        "the one-member replica set's status, as mongod's",
+        sync!(|c| repl_set::get_status(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ReplSetGetStatus]))
+    .admin(),
+    cmd(
+        "replSetGetConfig",
+        "the one-member replica set's configuration",
+        sync!(|c| repl_set::get_config(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ReplSetGetConfig]))
+    .admin(),
+    cmd(
+        "replSetInitiate",
+        "refused: the set is initiated at the first start (AlreadyInitialized)",
+        sync!(|c| repl_set::initiate(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ReplSetConfigure]))
+    .admin(),
+    cmd(
+        "replSetStepDown",
+        "refused: the only member stays primary",
+        sync!(|c| repl_set::step_down(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ReplSetStateChange]))
+    .admin(),
+    cmd(
+        "getDefaultRWConcern",
+        "the cluster-wide default read and write concerns",
+        sync!(|c| repl_set::get_default_rw_concern(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::GetDefaultRwConcern]))
+    .admin(),
+    cmd(
+        "setDefaultRWConcern",
+        "sets the cluster-wide default read and write concerns (kept in config.settings)",
+        future!(|c| repl_set::set_default_rw_concern(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::SetDefaultRwConcern]))
+    .admin()
+    .writes(),
+    cmd(
         "getCmdLineOpts",
         "the command line the server was started with",
         sync!(|c| Ok(diag::cmd_line_opts(c.shared).into())),
@@ -662,7 +705,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     .writes(),
     cmd(
         "collMod",
-        "changes a collection's options (changeStreamPreAndPostImages only)",
+        "changes a collection's, view's or index's options",
         future!(|c| coll_mod::coll_mod(c.shared, c.req)),
     )
     .needs(Needs::Actions(&[Action::CollMod]))
