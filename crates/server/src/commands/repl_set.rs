@@ -10,8 +10,8 @@
 //!   without any state of its own.
 //! - The read and write concern defaults live in `config.settings` under
 //!   `ReadWriteConcernDefaults` (where mongod keeps them), written through the log like any
-//!   document: they survive restarts and are part of backups. Mangrove reports them; its writes
-//!   are durable before they are acknowledged whatever the default says.
+//!   document: they survive restarts and are part of backups. Mangrove reports them; a write
+//!   without a write concern is still acknowledged only once durable, whatever the default.
 
 use bson::oid::ObjectId;
 use bson::raw::RawBsonRef;
