@@ -33,6 +33,7 @@ mod session;
 mod text_access;
 mod timeseries;
 mod tls;
+mod top;
 mod validation;
 
 use std::net::SocketAddr;
@@ -206,6 +207,8 @@ pub(crate) struct Shared {
     pub profiler: commands::profile::Profiler,
     /// How often each index served a query (`$indexStats`).
     pub index_usage: index_usage::IndexUsage,
+    /// Time spent per collection by kind of operation (`top`).
+    pub top: top::Top,
     /// Changes to users, which connections follow.
     pub auth: auth::Registry,
     /// The running TLS configuration (reloaded on SIGHUP).
@@ -384,6 +387,7 @@ impl Server {
             capped: capped::Registry::default(),
             profiler: Default::default(),
             index_usage: Default::default(),
+            top: Default::default(),
             auth: auth::Registry::default(),
             tls,
             shutdown: tokio::sync::Notify::new(),

@@ -226,3 +226,31 @@ test('mongosh default read and write concerns are set, read back and checked', a
     bad: 2,
   });
 });
+
+test('mongosh currentOp, killOp, top, validate and getLogComponents', async () => {
+  const script = [
+    'const d = db.getSiblingDB("shelldiag");',
+    'd.c.insertMany([{ a: [1, 2] }, { a: 3 }]); d.c.createIndex({ a: 1 });',
+    'const s = db.getMongo().startSession(); s.startTransaction();',
+    's.getDatabase("shelldiag").c.insertOne({ a: 4 });',
+    'const ops = db.currentOp().inprog.filter((o) => o.transaction);',
+    's.abortTransaction();',
+    'const v = d.c.validate({ full: true });',
+    'const t = db.adminCommand({ top: 1 }).totals["shelldiag.c"];',
+    'print("DIAG=" + JSON.stringify({',
+    '  txns: ops.length, ns: ops[0].transaction.namespaces, kill: db.killOp(1).info,',
+    '  valid: v.valid, keys: { _id_: Number(v.keysPerIndex._id_), a_1: Number(v.keysPerIndex.a_1) },',
+    '  nrecords: Number(v.nrecords), topInserts: Number(t.insert.count),',
+    '  logVerbosity: db.getLogComponents().verbosity,',
+    '}));',
+  ].join('\n');
+  const r = await mongosh(server.uri, script);
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /DIAG=(\{.*\})/.exec(r.stdout);
+  assert.ok(m, `no DIAG= line in output: ${r.stdout}`);
+  assert.deepEqual(JSON.parse(m[1]), {
+    txns: 1, ns: ['shelldiag.c'], kill: 'attempting to kill op',
+    valid: true, keys: { _id_: 2, a_1: 3 }, nrecords: 2, topInserts: 2,
+    logVerbosity: 0,
+  });
+});

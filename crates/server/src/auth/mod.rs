@@ -164,7 +164,26 @@ pub fn authorize(
         tracing::debug!(user = %user.user, db = %user.db, command = name, action = ?missing, "unauthorized");
         return Err(unauthorized(db, name));
     }
+    // `$currentOp` shows every user's operations: it needs `inprog` on the cluster.
+    if name == "aggregate"
+        && starts_with_current_op(req)
+        && !user.grants.allows(db, None, Action::Inprog)
+    {
+        return Err(unauthorized(db, name));
+    }
     Ok(())
+}
+
+fn starts_with_current_op(req: &crate::request::Request<'_>) -> bool {
+    let Ok(Some(stages)) = req.opt_array("pipeline") else {
+        return false;
+    };
+    match stages.into_iter().next() {
+        Some(Ok(bson::raw::RawBsonRef::Document(first))) => {
+            matches!(first.iter().next(), Some(Ok((name, _))) if name.as_str() == "$currentOp")
+        }
+        _ => false,
+    }
 }
 
 /// mongod's Unauthorized for a command the user's roles do not allow.

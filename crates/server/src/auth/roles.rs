@@ -32,6 +32,7 @@ pub enum Action {
     RenameCollectionSameDb,
     DropDatabase,
     EnableProfiler,
+    Validate,
     BypassDocumentValidation,
     CreateUser,
     DropUser,
@@ -51,6 +52,8 @@ pub enum Action {
     GetParameter,
     SetParameter,
     Inprog,
+    Killop,
+    Top,
     KillAnySession,
     ReplSetGetStatus,
     ReplSetGetConfig,
@@ -87,6 +90,7 @@ const NAMES: &[(Action, &str)] = &[
     (RenameCollectionSameDb, "renameCollectionSameDB"),
     (DropDatabase, "dropDatabase"),
     (EnableProfiler, "enableProfiler"),
+    (Validate, "validate"),
     (BypassDocumentValidation, "bypassDocumentValidation"),
     (CreateUser, "createUser"),
     (DropUser, "dropUser"),
@@ -105,6 +109,8 @@ const NAMES: &[(Action, &str)] = &[
     (GetParameter, "getParameter"),
     (SetParameter, "setParameter"),
     (Inprog, "inprog"),
+    (Killop, "killop"),
+    (Top, "top"),
     (KillAnySession, "killAnySession"),
     (ReplSetGetStatus, "replSetGetStatus"),
     (ReplSetGetConfig, "replSetGetConfig"),
@@ -141,6 +147,8 @@ impl Action {
                 | GetParameter
                 | SetParameter
                 | Inprog
+                | Killop
+                | Top
                 | KillAnySession
                 | ReplSetGetStatus
                 | ReplSetGetConfig
@@ -190,6 +198,7 @@ const DB_ADMIN: &[Action] = &[
     ListCollections,
     ListIndexes,
     RenameCollectionSameDb,
+    Validate,
 ];
 const USER_ADMIN: &[Action] = &[
     ChangePassword,
@@ -213,6 +222,7 @@ const CLUSTER_MONITOR: &[Action] = &[
     ReplSetGetConfig,
     GetDefaultRwConcern,
     ServerStatus,
+    Top,
 ];
 const CLUSTER_MANAGER: &[Action] = &[
     ReplSetGetStatus,
@@ -223,7 +233,7 @@ const CLUSTER_MANAGER: &[Action] = &[
     GetDefaultRwConcern,
     SetDefaultRwConcern,
 ];
-const HOST_MANAGER: &[Action] = &[KillAnySession, SetParameter, Shutdown];
+const HOST_MANAGER: &[Action] = &[KillAnySession, Killop, SetParameter, Shutdown];
 const BACKUP: &[Action] = &[
     CollStats,
     DbStats,

@@ -488,14 +488,23 @@ async fn list_sessions_aggregate(
     let Some(Ok((name, spec))) = first.iter().next() else {
         return Ok(None);
     };
-    if !matches!(name.as_str(), "$listLocalSessions" | "$listSessions") {
+    if !matches!(
+        name.as_str(),
+        "$listLocalSessions" | "$listSessions" | "$currentOp"
+    ) {
         return Ok(None);
     }
-    // `allUsers` lists everyone's sessions without authentication (there is one user); under
-    // --auth a user sees only its own.
-    let all_users = !shared.config.auth
-        && matches!(spec, RawBsonRef::Document(d)
-            if matches!(d.get("allUsers"), Ok(Some(RawBsonRef::Boolean(true)))));
+    let docs = match name.as_str() {
+        "$currentOp" => current_op_docs(shared, req, spec)?,
+        _ => {
+            // `allUsers` lists everyone's sessions without authentication (there is one
+            // user); under --auth a user sees only its own.
+            let all_users = !shared.config.auth
+                && matches!(spec, RawBsonRef::Document(d)
+                    if matches!(d.get("allUsers"), Ok(Some(RawBsonRef::Boolean(true)))));
+            shared.sessions.list(req.owner.as_deref(), all_users)
+        }
+    };
     let mut rest = RawArrayBuf::new();
     for stage in stages {
         rest.push(stage.map_err(internal)?);
@@ -506,7 +515,6 @@ async fn list_sessions_aggregate(
         Some(_) => Some(WriteOptions::from_request(req)?),
         None => None,
     };
-    let docs = shared.sessions.list(req.owner.as_deref(), all_users);
     let output = pipeline.run_from_start(docs)?;
     let ns = match req.command_value() {
         Some(RawBsonRef::String(coll)) => req.ns(coll),
@@ -520,6 +528,58 @@ async fn list_sessions_aggregate(
     }
     let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
+}
+
+/// `$currentOp` (`{aggregate: 1}` on `admin`): the open transactions, idle ones unless
+/// `idleSessions: false`, and this aggregate itself, as `currentOp` shows them.
+fn current_op_docs(
+    shared: &Shared,
+    req: &Request<'_>,
+    spec: RawBsonRef<'_>,
+) -> CommandResult<Vec<RawDocumentBuf>> {
+    if req.db != "admin" || !matches!(req.command_value(), Some(RawBsonRef::Int32(1))) {
+        return Err(CommandError::new(
+            73,
+            "$currentOp must be run against the 'admin' database with {aggregate: 1}",
+        ));
+    }
+    let RawBsonRef::Document(options) = spec else {
+        return Err(CommandError::failed_to_parse(
+            "$currentOp options must be specified in an object",
+        ));
+    };
+    let mut idle_sessions = true;
+    for item in options.iter() {
+        let (key, value) = item.map_err(internal)?;
+        match (key.as_str(), value) {
+            ("idleSessions", RawBsonRef::Boolean(b)) => idle_sessions = b,
+            (
+                "allUsers" | "idleConnections" | "idleCursors" | "localOps" | "truncateOps"
+                | "backtrace" | "targetAllNodes",
+                RawBsonRef::Boolean(_),
+            ) => {}
+            (other, _) => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "Unrecognized option '{other}' in $currentOp stage, or not a boolean"
+                )));
+            }
+        }
+    }
+    let mut ops = super::diag::current_ops(shared);
+    ops.retain(|op| idle_sessions || op.get_str("type").ok() != Some("idleSession"));
+    ops.push(doc! {
+        "type": "op",
+        "host": shared.advertised.as_str(),
+        "active": true,
+        "op": "command",
+        "ns": "admin.$cmd.aggregate",
+        "command": Document::try_from(req.body).map_err(internal)?,
+        "secs_running": 0i64,
+        "microsecs_running": 0i64,
+    });
+    ops.iter()
+        .map(|d| RawDocumentBuf::try_from(d).map_err(internal))
+        .collect()
 }
 
 /// The documents a sink writes, keyed: each gets an `_id` first if it has none, as inserts

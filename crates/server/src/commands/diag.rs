@@ -47,6 +47,8 @@ fn parameters(shared: &Shared) -> Document {
         "scramIterationCount": shared.config.scram_sha1_iterations as i32,
         "scramSHA256IterationCount": shared.config.scram_sha256_iterations as i32,
         "logLevel": 0,
+        // One verbosity for everything (`--log-level`); per-component verbosities inherit it.
+        "logComponentVerbosity": log_components(),
         "quiet": false,
         // The versioned API's switches, at mongod's defaults (not settable here).
         "requireApiVersion": false,
@@ -54,6 +56,26 @@ fn parameters(shared: &Shared) -> Document {
     };
     shared.params.query.report(&mut all);
     all
+}
+
+fn log_components() -> Document {
+    let mut tree = doc! { "verbosity": 0 };
+    for c in [
+        "accessControl",
+        "command",
+        "control",
+        "geo",
+        "index",
+        "network",
+        "query",
+        "replication",
+        "storage",
+        "transaction",
+        "write",
+    ] {
+        tree.insert(c, doc! { "verbosity": -1 });
+    }
+    tree
 }
 
 pub(super) fn get_parameter(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
@@ -192,6 +214,38 @@ fn transactions_status(shared: &Shared) -> Document {
 
 /// `currentOp`: the open transactions (running or idle between statements), in mongod's
 /// shape. Mangrove runs no other long operations worth listing.
+/// `killOp`: mongod's answer whatever the `op` (it kills asynchronously and never says whether
+/// the op existed). Mangrove tracks no running operation by number yet, so nothing is
+/// interrupted: a transaction is ended with `killSessions` or `abortTransaction`.
+pub(super) fn kill_op(req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["op"])?;
+    match req.get("op") {
+        Some(v) if crate::request::as_i64(v).is_some() => {}
+        Some(_) => return Err(CommandError::type_mismatch("op must be a number")),
+        None => {
+            return Err(CommandError::new(
+                code::MISSING_FIELD,
+                "BSON field 'killOp.op' is missing but a required field",
+            ));
+        }
+    }
+    Ok(doc! { "info": "attempting to kill op", "ok": 1.0 }.into())
+}
+
+/// `top`: time per collection by kind of operation (`top.rs`).
+pub(super) fn top(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[])?;
+    Ok(shared.top.report().into())
+}
+
+/// The in-progress entries `currentOp` and `$currentOp` show: open transactions.
+pub(super) fn current_ops(shared: &Shared) -> Vec<Document> {
+    current_op(shared)
+        .get_array("inprog")
+        .map(|a| a.iter().filter_map(|d| d.as_document().cloned()).collect())
+        .unwrap_or_default()
+}
+
 pub(super) fn current_op(shared: &Shared) -> Document {
     let now = std::time::Instant::now();
     let inprog: Vec<Bson> = shared

@@ -43,6 +43,7 @@ mod tailable;
 mod txn;
 mod update;
 mod user_admin;
+mod validate;
 mod views;
 mod write_path;
 mod write_stmt;
@@ -114,7 +115,26 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
     };
     profile::after(shared, client, req, &reply, started.elapsed(), &stats).await;
     note_index_use(shared, req, &stats);
+    note_top(shared, req, started.elapsed());
     reply
+}
+
+/// Counts the command's time against the collection it names, for `top`; a dropped
+/// collection or database is forgotten.
+fn note_top(shared: &Shared, req: &Request<'_>, took: std::time::Duration) {
+    let coll = match (req.name, req.command_value()) {
+        ("getMore", _) => match req.get("collection") {
+            Some(RawBsonRef::String(c)) => c,
+            _ => return,
+        },
+        ("dropDatabase", _) => return shared.top.forget(req.db, None),
+        (_, Some(RawBsonRef::String(c))) => c,
+        _ => return,
+    };
+    match req.name {
+        "drop" => shared.top.forget(req.db, Some(coll)),
+        name => shared.top.note((req.db, coll), name, took),
+    }
 }
 
 /// Counts the index the command's plan walked, for `$indexStats`.

@@ -26,7 +26,7 @@ use super::handshake::{self, Client};
 use super::{
     Reply, aggregate, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
     explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
-    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin,
+    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -520,6 +520,26 @@ pub(crate) static COMMANDS: &[Command] = &[
     )
     .admin()
     .needs(Needs::Actions(&[Action::Shutdown])),
+    cmd(
+        "killOp",
+        "acknowledges a kill request (operations are not tracked by number yet)",
+        sync!(|c| diag::kill_op(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Killop]))
+    .admin(),
+    cmd(
+        "top",
+        "time spent per collection by kind of operation",
+        sync!(|c| diag::top(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Top]))
+    .admin(),
+    cmd(
+        "validate",
+        "checks a collection's documents against its indexes (and checksums with full: true)",
+        sync!(|c| validate::validate(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Validate])),
     cmd(
         "replSetGetStatus",
         "the one-member replica set's status, as mongod's",

@@ -47,6 +47,26 @@ impl Snapshot {
         Ok(report)
     }
 
+    /// [`Snapshot::verify_indexes`] for one collection; also the entries each index holds, in
+    /// the collection's index order (`validate`'s `keysPerIndex`).
+    pub fn verify_collection(
+        &self,
+        coll: &CollectionInfo,
+    ) -> Result<(IndexVerifyReport, Vec<u64>), StorageError> {
+        let mut report = IndexVerifyReport {
+            collections: 1,
+            ..Default::default()
+        };
+        self.check_documents(coll, &mut report)?;
+        let mut per_index = Vec::with_capacity(coll.indexes.len());
+        for index in &coll.indexes {
+            let before = report.entries;
+            self.check_entries(coll, index, &mut report)?;
+            per_index.push(report.entries - before);
+        }
+        Ok((report, per_index))
+    }
+
     /// Every document's entries, in every index of the collection.
     fn check_documents(
         &self,

@@ -1,0 +1,88 @@
+"""Statistics and diagnosis commands through pymongo (issue 16, item 2): top, validate,
+$currentOp, killOp and the log components, as mongod 7.0 shapes them."""
+
+from __future__ import annotations
+
+import pytest
+from pymongo.errors import OperationFailure
+
+
+def test_top_counts_time_per_collection_and_kind(client, db):
+    ns = f"{db.name}.t"
+    before = client.admin.command("top")["totals"].get(ns)
+    assert before is None
+    db.t.insert_many([{"a": i} for i in range(3)])
+    db.t.insert_one({"a": 3})
+    list(db.t.find())
+    db.t.update_one({"a": 1}, {"$set": {"b": 1}})
+    db.t.delete_one({"a": 2})
+    db.t.count_documents({})
+    top = client.admin.command("top")["totals"]
+    assert top["note"] == "all times in microseconds"
+    entry = top[ns]
+    counts = {k: v["count"] for k, v in entry.items()}
+    assert counts["insert"] == 2 and counts["queries"] == 1
+    assert counts["update"] == 1 and counts["remove"] == 1 and counts["commands"] == 1
+    assert counts["total"] == 6 == counts["readLock"] + counts["writeLock"]
+    assert counts["writeLock"] == 4
+    assert entry["total"]["time"] >= entry["insert"]["time"] > 0
+    db.t.drop()
+    assert ns not in client.admin.command("top")["totals"]
+    with pytest.raises(OperationFailure) as e:
+        db.command("top")
+    assert e.value.code == 13
+
+
+def test_validate_counts_keys_per_index_and_refuses_repair(db):
+    db.v.insert_many([{"tags": ["a", "b", "c"]}, {"tags": []}, {"tags": "d"}])
+    db.v.create_index("tags")
+    r = db.command("validate", "v", full=True)
+    assert r["valid"] is True and r["errors"] == [] and r["nrecords"] == 3
+    # A multikey index holds a key per array element (an empty array: one, undefined).
+    assert r["keysPerIndex"] == {"_id_": 3, "tags_1": 5}
+    assert r["indexDetails"]["tags_1"] == {"valid": True}
+    for cmd, code in (({"validate": "missing"}, 26), ({"validate": "v", "repair": True}, 72), ({"validate": 1}, 14)):
+        with pytest.raises(OperationFailure) as e:
+            db.command(cmd)
+        assert e.value.code == code, cmd
+    db.create_collection("view", viewOn="v", pipeline=[])
+    with pytest.raises(OperationFailure) as e:
+        db.command("validate", "view")
+    assert e.value.code == 166
+
+
+def test_current_op_shows_open_transactions(client, db):
+    db.c.insert_one({"_id": 0})
+    with client.start_session() as s:
+        s.start_transaction()
+        db.c.insert_one({"_id": 1}, session=s)
+        ops = list(client.admin.aggregate([{"$currentOp": {"allUsers": True}}, {"$match": {"lsid": {"$exists": True}}}]))
+        assert len(ops) == 1
+        assert ops[0]["lsid"]["id"] == s.session_id["id"]
+        assert ops[0]["transaction"]["parameters"]["txnNumber"] >= 1
+        assert f"{db.name}.c" in ops[0]["transaction"]["namespaces"]
+        idle = list(client.admin.aggregate([{"$currentOp": {"idleSessions": False}}]))
+        # Only the aggregate itself is running.
+        assert [(o["type"], o["ns"]) for o in idle] == [("op", "admin.$cmd.aggregate")]
+        s.abort_transaction()
+    assert list(client.admin.aggregate([{"$currentOp": {}}, {"$match": {"lsid": {"$exists": True}}}])) == []
+    with pytest.raises(OperationFailure) as e:
+        list(db.aggregate([{"$currentOp": {}}]))
+    assert e.value.code == 73
+    with pytest.raises(OperationFailure) as e:
+        list(client.admin.aggregate([{"$currentOp": {"bogus": True}}]))
+    assert e.value.code == 9
+
+
+def test_kill_op_and_log_components(client):
+    r = client.admin.command("killOp", op=12345)
+    assert (r["info"], r["ok"]) == ("attempting to kill op", 1.0)
+    with pytest.raises(OperationFailure) as e:
+        client.admin.command("killOp")
+    assert e.value.code == 40414
+    with pytest.raises(OperationFailure) as e:
+        client.admin.command("killOp", op="x")
+    assert e.value.code == 14
+    tree = client.admin.command("getParameter", logComponentVerbosity=1)["logComponentVerbosity"]
+    assert tree["verbosity"] == 0 and tree["storage"] == {"verbosity": -1}
+
