@@ -86,3 +86,13 @@ def test_kill_op_and_log_components(client):
     tree = client.admin.command("getParameter", logComponentVerbosity=1)["logComponentVerbosity"]
     assert tree["verbosity"] == 0 and tree["storage"] == {"verbosity": -1}
 
+
+
+def test_server_status_mem_follows_the_process(client, server):
+    mem = client.admin.command("serverStatus")["mem"]
+    assert mem["supported"] is True and mem["bits"] == 64
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    # The same process, read a moment apart: within 64 MiB of each other.
+    assert abs(mem["resident"] - rss_kib // 1024) < 64
+    assert mem["virtual"] >= mem["resident"] > 0

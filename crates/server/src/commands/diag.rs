@@ -125,6 +125,25 @@ pub(super) fn cmd_line_opts(shared: &Shared) -> Document {
     }
 }
 
+/// `serverStatus.mem`: the process's resident and virtual sizes in MiB, from
+/// `/proc/self/status` (`supported: false` where there is none).
+fn mem_status() -> Document {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> Option<i64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    match (kib("VmRSS:"), kib("VmSize:")) {
+        (Some(rss), Some(virt)) => doc! {
+            "bits": 64,
+            "resident": (rss / 1024) as i32,
+            "virtual": (virt / 1024) as i32,
+            "supported": true,
+        },
+        _ => doc! { "bits": 64, "supported": false },
+    }
+}
+
 pub(super) fn server_status(shared: &Shared) -> Document {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = &shared.counters;
@@ -145,6 +164,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "available": shared.config.max_connections as i64 - current,
             "totalCreated": counters.connections_total.load(Relaxed) as i64,
         },
+        "mem": mem_status(),
         "opcounters": {
             "insert": counters.insert.load(Relaxed) as i64,
             "query": counters.query.load(Relaxed) as i64,
