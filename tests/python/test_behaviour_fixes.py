@@ -51,9 +51,9 @@ def test_drop_database_says_what_it_dropped(client):
     assert "gone_db" not in client.list_database_names()
 
 
-def test_list_databases_always_shows_admin_and_local(client):
+def test_list_databases_always_shows_admin_config_and_local(client):
     names = client.list_database_names()
-    assert "admin" in names and "local" in names
+    assert "admin" in names and "local" in names and "config" in names
     assert names == sorted(names)
 
 

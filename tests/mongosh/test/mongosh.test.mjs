@@ -254,3 +254,17 @@ test('mongosh currentOp, killOp, top, validate and getLogComponents', async () =
     logVerbosity: 0,
   });
 });
+
+test('mongosh show dbs lists admin, config and local', async () => {
+  const r = await mongosh(server.uri, 'db.getSiblingDB("shelldbs").x.insertOne({ a: 1 }); print("DBS=" + JSON.stringify(db.adminCommand({ listDatabases: 1, nameOnly: true }).databases.map((d) => d.name))); db.getMongo().getDBs(); ');
+  assert.equal(r.code, 0, `mongosh failed: ${r.stderr}\n${r.stdout}`);
+  const m = /DBS=(\[.*\])/.exec(r.stdout);
+  assert.ok(m, `no DBS= line in output: ${r.stdout}`);
+  const names = JSON.parse(m[1]);
+  for (const name of ['admin', 'config', 'local', 'shelldbs']) assert.ok(names.includes(name), `${name} missing from ${m[1]}`);
+  const shown = await mongosh(server.uri, 'show dbs');
+  assert.equal(shown.code, 0, `mongosh failed: ${shown.stderr}\n${shown.stdout}`);
+  assert.match(shown.stdout, /^admin\s/m);
+  assert.match(shown.stdout, /^config\s/m);
+  assert.match(shown.stdout, /^local\s/m);
+});

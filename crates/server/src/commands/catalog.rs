@@ -21,16 +21,17 @@ use super::names::{validate_collection_name, validate_db_name};
 use super::reply::cursor_reply;
 use super::write_path::{WriteOptions, retry_conflicts, run_write};
 
-/// `listDatabases`. `admin` and `local` are always listed, as mongod lists them: `admin` holds
-/// the users and roles when there are any, and `local` the oplog, which is the transaction log
-/// itself (its size is the history the log retains).
+/// `listDatabases`. `admin`, `config` and `local` are always listed, as a replica-set mongod
+/// lists them: `admin` holds the users and roles when there are any, `config` the settings
+/// (`setDefaultRWConcern`), and `local` the oplog, which is the transaction log itself (its
+/// size is the history the log retains).
 pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&["nameOnly", "filter", "authorizedDatabases"])?;
     let name_only = req.opt_bool("nameOnly")?.unwrap_or(false);
     let filter = req.opt_doc("filter")?.map(Filter::parse).transpose()?;
     let snapshot = shared.engine.snapshot();
     let mut names = snapshot.list_databases();
-    names.extend(["admin".to_string(), "local".to_string()]);
+    names.extend(["admin".to_string(), "config".to_string(), "local".to_string()]);
     names.sort();
     names.dedup();
     let mut databases = Vec::new();
