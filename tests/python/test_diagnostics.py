@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from pymongo.errors import OperationFailure
+from pymongo.write_concern import WriteConcern
 
 
 def test_top_counts_time_per_collection_and_kind(client, db):
@@ -96,3 +97,32 @@ def test_server_status_mem_follows_the_process(client, server):
     # The same process, read a moment apart: within 64 MiB of each other.
     assert abs(mem["resident"] - rss_kib // 1024) < 64
     assert mem["virtual"] >= mem["resident"] > 0
+
+
+def test_data_size_counts_documents_and_bytes(db):
+    docs = [{"_id": i, "k": i, "pad": "x" * i} for i in range(10)]
+    db.ds.insert_many(docs)
+    ns = f"{db.name}.ds"
+    import bson
+
+    whole = db.command("dataSize", ns)
+    assert whole["numObjects"] == 10
+    assert whole["size"] == sum(len(bson.encode(d)) for d in docs)
+    part = db.command("dataSize", ns, keyPattern={"k": 1}, min={"k": 3}, max={"k": 6})
+    assert part["numObjects"] == 3
+    assert part["size"] == sum(len(bson.encode(d)) for d in docs[3:6])
+    assert db.command("dataSize", f"{db.name}.missing")["numObjects"] == 0
+    with pytest.raises(OperationFailure) as e:
+        db.command("dataSize", ns, keyPattern={"k": 1})
+    assert e.value.code == 2
+
+
+def test_fsync_answers_and_refuses_to_lock(client, db):
+    db.f.with_options(write_concern=WriteConcern(w=1)).insert_one({"a": 1})
+    assert client.admin.command("fsync")["numFiles"] == 1
+    with pytest.raises(OperationFailure) as e:
+        client.admin.command("fsync", lock=True)
+    assert e.value.code == 115
+    with pytest.raises(OperationFailure) as e:
+        client.admin.command("fsyncUnlock")
+    assert e.value.code == 20

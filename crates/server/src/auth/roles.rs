@@ -54,6 +54,8 @@ pub enum Action {
     Inprog,
     Killop,
     Top,
+    Fsync,
+    Unlock,
     KillAnySession,
     ReplSetGetStatus,
     ReplSetGetConfig,
@@ -111,6 +113,8 @@ const NAMES: &[(Action, &str)] = &[
     (Inprog, "inprog"),
     (Killop, "killop"),
     (Top, "top"),
+    (Fsync, "fsync"),
+    (Unlock, "unlock"),
     (KillAnySession, "killAnySession"),
     (ReplSetGetStatus, "replSetGetStatus"),
     (ReplSetGetConfig, "replSetGetConfig"),
@@ -149,6 +153,8 @@ impl Action {
                 | Inprog
                 | Killop
                 | Top
+                | Fsync
+                | Unlock
                 | KillAnySession
                 | ReplSetGetStatus
                 | ReplSetGetConfig
@@ -233,7 +239,14 @@ const CLUSTER_MANAGER: &[Action] = &[
     GetDefaultRwConcern,
     SetDefaultRwConcern,
 ];
-const HOST_MANAGER: &[Action] = &[KillAnySession, Killop, SetParameter, Shutdown];
+const HOST_MANAGER: &[Action] = &[
+    Fsync,
+    KillAnySession,
+    Killop,
+    SetParameter,
+    Shutdown,
+    Unlock,
+];
 const BACKUP: &[Action] = &[
     CollStats,
     DbStats,

@@ -31,7 +31,11 @@ pub(super) fn list_databases(shared: &Shared, req: &Request<'_>) -> CommandResul
     let filter = req.opt_doc("filter")?.map(Filter::parse).transpose()?;
     let snapshot = shared.engine.snapshot();
     let mut names = snapshot.list_databases();
-    names.extend(["admin".to_string(), "config".to_string(), "local".to_string()]);
+    names.extend([
+        "admin".to_string(),
+        "config".to_string(),
+        "local".to_string(),
+    ]);
     names.sort();
     names.dedup();
     let mut databases = Vec::new();

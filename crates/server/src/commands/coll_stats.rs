@@ -43,6 +43,86 @@ pub(super) fn coll_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
     Ok(stats.into())
 }
 
+/// `dataSize`: the documents of a full namespace and their BSON bytes, all of them, or those
+/// whose `keyPattern` field lies in `[min, max)` (mongod's chunk-size question).
+pub(super) fn data_size(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&["keyPattern", "min", "max", "estimate"])?;
+    let Some(RawBsonRef::String(ns)) = req.command_value() else {
+        return Err(CommandError::type_mismatch(
+            "dataSize takes a full namespace string",
+        ));
+    };
+    let started = std::time::Instant::now();
+    let filter = range_filter(req)?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let snapshot = shared.engine.snapshot();
+    let (mut count, mut size) = (0i64, 0i64);
+    if let Some(coll) = snapshot.collection(ns) {
+        with_deadline(deadline, || -> CommandResult<()> {
+            let mut failed = None;
+            snapshot.scan(&coll, None, |_, doc| {
+                if filter.as_ref().is_none_or(|f| f.matches(doc)) {
+                    count += 1;
+                    size += doc.as_bytes().len() as i64;
+                }
+                if let Err(e) = check_deadline() {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?;
+            failed.map_or(Ok(()), Err)
+        })?;
+    }
+    Ok(doc! {
+        "size": size,
+        "numObjects": count,
+        "millis": started.elapsed().as_millis() as i64,
+        "ok": 1.0,
+    }
+    .into())
+}
+
+/// `keyPattern` with `min` and `max` as a filter on its one field (`None`: no bounds).
+fn range_filter(req: &Request<'_>) -> CommandResult<Option<mangrove_query::Filter>> {
+    let (pattern, min, max) = (
+        req.opt_doc("keyPattern")?,
+        req.opt_doc("min")?,
+        req.opt_doc("max")?,
+    );
+    let (Some(pattern), Some(min), Some(max)) = (pattern, min, max) else {
+        if pattern.is_some() || min.is_some() || max.is_some() {
+            return Err(CommandError::bad_value(
+                "dataSize needs keyPattern, min and max together, or none of them",
+            ));
+        }
+        return Ok(None);
+    };
+    let field = match pattern
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?[..]
+    {
+        [(field, _)] => field.as_str().to_string(),
+        _ => {
+            return Err(CommandError::bad_value(
+                "dataSize's keyPattern must have one field in Mangrove",
+            ));
+        }
+    };
+    let bound = |d: &RawDocument| -> CommandResult<bson::Bson> {
+        let v = d.get(&field).map_err(internal)?.ok_or_else(|| {
+            CommandError::bad_value(format!(
+                "min and max must give the keyPattern field '{field}'"
+            ))
+        })?;
+        v.try_into().map_err(internal)
+    };
+    let spec = doc! { field.as_str(): { "$gte": bound(min)?, "$lt": bound(max)? } };
+    let raw = bson::RawDocumentBuf::try_from(&spec).map_err(internal)?;
+    Ok(Some(mangrove_query::Filter::parse(&raw)?))
+}
+
 /// `dbStats`: the database's collections, views, documents and sizes, summed over
 /// [`collection_stats`] of each collection, all in one snapshot.
 pub(super) fn db_stats(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {

@@ -252,6 +252,45 @@ pub(super) fn kill_op(req: &Request<'_>) -> CommandResult<Reply> {
     Ok(doc! { "info": "attempting to kill op", "ok": 1.0 }.into())
 }
 
+/// `fsync`: returns once every commit so far is on disk (a write acknowledged with `w: 1` may
+/// not be yet). `lock: true` is refused: Mangrove cannot stop its writers for an outside copy;
+/// a consistent copy is a stopped server's data directory.
+pub(super) async fn fsync(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[
+        "lock",
+        "async",
+        "forBackup",
+        "fsyncLockAcquisitionTimeoutMillis",
+    ])?;
+    if req.opt_bool("lock")?.unwrap_or(false) {
+        return Err(CommandError::new(
+            code::COMMAND_NOT_SUPPORTED,
+            "fsync with lock: true is not supported by Mangrove: every acknowledged write is already on disk, and writers cannot be paused for an outside copy; copy the data directory of a stopped server instead",
+        ));
+    }
+    let target = shared.engine.last_commit();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while shared.engine.last_durable() < target {
+        if std::time::Instant::now() > deadline {
+            return Err(CommandError::new(
+                code::EXCEEDED_TIME_LIMIT,
+                "fsync: the log did not reach the disk within 60 s; check the server log for I/O errors",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    Ok(doc! { "numFiles": 1, "ok": 1.0 }.into())
+}
+
+/// `fsyncUnlock`: there is never an fsync lock to release.
+pub(super) fn fsync_unlock(req: &Request<'_>) -> CommandResult<Reply> {
+    req.check_fields(&[])?;
+    Err(CommandError::new(
+        code::ILLEGAL_OPERATION,
+        "fsyncUnlock called when not locked",
+    ))
+}
+
 /// `top`: time per collection by kind of operation (`top.rs`).
 pub(super) fn top(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     req.check_fields(&[])?;

@@ -521,6 +521,26 @@ pub(crate) static COMMANDS: &[Command] = &[
     .admin()
     .needs(Needs::Actions(&[Action::Shutdown])),
     cmd(
+        "fsync",
+        "waits until every commit so far is on disk (lock: true is refused)",
+        future!(|c| diag::fsync(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Fsync]))
+    .admin(),
+    cmd(
+        "fsyncUnlock",
+        "refused: there is never an fsync lock",
+        sync!(|c| diag::fsync_unlock(c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Unlock]))
+    .admin(),
+    cmd(
+        "dataSize",
+        "the documents of a namespace (in a key range) and their bytes",
+        sync!(|c| coll_stats::data_size(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::Find])),
+    cmd(
         "killOp",
         "acknowledges a kill request (operations are not tracked by number yet)",
         sync!(|c| diag::kill_op(c.req)),
