@@ -232,8 +232,6 @@ fn transactions_status(shared: &Shared) -> Document {
     }
 }
 
-/// `currentOp`: the open transactions (running or idle between statements), in mongod's
-/// shape. Mangrove runs no other long operations worth listing.
 /// `killOp`: mongod's answer whatever the `op` (it kills asynchronously and never says whether
 /// the op existed). Mangrove tracks no running operation by number yet, so nothing is
 /// interrupted: a transaction is ended with `killSessions` or `abortTransaction`.
@@ -305,6 +303,8 @@ pub(super) fn current_ops(shared: &Shared) -> Vec<Document> {
         .unwrap_or_default()
 }
 
+/// `currentOp`: the open transactions (running or idle between statements), in mongod's
+/// shape. Mangrove runs no other long operations worth listing.
 pub(super) fn current_op(shared: &Shared) -> Document {
     let now = std::time::Instant::now();
     let inprog: Vec<Bson> = shared
