@@ -185,6 +185,10 @@ struct ServeArgs {
     /// it the call fails with ExceededTimeLimit (262).
     #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=i32::MAX as u64))]
     javascript_time_limit_ms: u64,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9216; port 0
+    /// picks a free one). Off by default.
+    #[arg(long, value_name = "HOST:PORT", env = "MANGROVE_METRICS_ADDR")]
+    metrics_addr: Option<String>,
 }
 
 /// Seconds from `min` up to i32::MAX (68 years), the range of mongod's int32 time
@@ -335,6 +339,7 @@ fn config_from(args: ServeArgs) -> Config {
         truncate_damaged_log: args.truncate_damaged_log,
         javascript_enabled: args.javascript_enabled,
         javascript_time_limit: Duration::from_millis(args.javascript_time_limit_ms),
+        metrics_addr: args.metrics_addr.clone(),
         auth: args.auth,
         tls: TlsSettings {
             mode: args.tls_mode,
@@ -404,6 +409,9 @@ async fn run_server(config: Config) -> ExitCode {
     if let Err(e) = reload_tls_on_sighup(server.tls_reloader()) {
         error!("cannot install the SIGHUP handler: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Some(addr) = server.metrics_addr() {
+        println!("mangrove metrics: http://{addr}/metrics");
     }
     // The one line scripts and people wait for; stdout, so it stays apart from the logs.
     println!("mangrove ready: listening on {local}, connect with mongodb://{advertised}/");

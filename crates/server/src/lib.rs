@@ -22,6 +22,8 @@ mod error;
 mod failpoint;
 mod geo_near;
 mod index_usage;
+mod metrics;
+mod metrics_http;
 mod op_stats;
 mod params;
 mod pipeline_input;
@@ -113,6 +115,8 @@ pub struct Config {
     pub javascript_enabled: bool,
     /// The bound of one JavaScript call when the command has no nearer `maxTimeMS`.
     pub javascript_time_limit: Duration,
+    /// `--metrics-addr`: where Prometheus metrics are served over HTTP (`None`: nowhere).
+    pub metrics_addr: Option<String>,
     /// `--auth`: every command but the handshake and authentication needs a user with the
     /// rights for it.
     pub auth: bool,
@@ -157,6 +161,7 @@ impl Default for Config {
             truncate_damaged_log: false,
             javascript_enabled: true,
             javascript_time_limit: mangrove_js::Settings::default().time,
+            metrics_addr: None,
             auth: false,
             scram_sha1_iterations: 10_000,
             scram_sha256_iterations: 15_000,
@@ -209,6 +214,8 @@ pub(crate) struct Shared {
     pub index_usage: index_usage::IndexUsage,
     /// Time spent per collection by kind of operation (`top`).
     pub top: top::Top,
+    /// Command latency histograms (`metrics.rs`).
+    pub metrics: metrics::Metrics,
     /// Changes to users, which connections follow.
     pub auth: auth::Registry,
     /// The running TLS configuration (reloaded on SIGHUP).
@@ -305,6 +312,7 @@ impl TlsReloader {
 
 pub struct Server {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -346,6 +354,15 @@ impl Server {
                     ),
                 )
             })?;
+        let metrics = match &config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr.as_str()).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot serve metrics on {addr}: {e}; pass another --metrics-addr"),
+                )
+            })?),
+            None => None,
+        };
         let local = listener.local_addr()?;
         let advertised = config
             .advertise
@@ -388,15 +405,25 @@ impl Server {
             profiler: Default::default(),
             index_usage: Default::default(),
             top: Default::default(),
+            metrics: Default::default(),
             auth: auth::Registry::default(),
             tls,
             shutdown: tokio::sync::Notify::new(),
         });
-        Ok(Server { listener, shared })
+        Ok(Server {
+            listener,
+            metrics,
+            shared,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where metrics are served, if `--metrics-addr` asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn advertised(&self) -> &str {
@@ -413,7 +440,12 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            metrics,
+            shared,
+        } = self;
+        let metrics_server = metrics.map(|m| tokio::spawn(metrics_http::serve(m, shared.clone())));
         let slots = Arc::new(Semaphore::new(shared.config.max_connections));
         let reaper = tokio::spawn(cursor::reap_idle(shared.clone()));
         let txn_reaper = tokio::spawn(reap_transactions(shared.clone()));
@@ -453,6 +485,9 @@ impl Server {
         reaper.abort();
         txn_reaper.abort();
         ttl_monitor.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
         info!("stopped accepting connections");
         // Everything acknowledged is already durable; this only stops the log writer cleanly.
         shared.engine.close();

@@ -360,12 +360,25 @@ impl Engine {
         self.inner.options.cache_bytes
     }
 
+    /// Bytes of committed versions held in memory since the last checkpoint (their log
+    /// records and the index entries derived from them): what a checkpoint would fold into the
+    /// base store, and what `cache_bytes` bounds.
+    pub fn versions_bytes(&self) -> u64 {
+        let log = self.inner.stats.bytes.load(Ordering::Relaxed);
+        let derived = self.inner.derived_bytes.load(Ordering::Relaxed);
+        let base_log = self.inner.checkpoint_log_bytes.load(Ordering::Relaxed);
+        let base_derived = self.inner.checkpoint_derived_bytes.load(Ordering::Relaxed);
+        (log + derived).saturating_sub(base_log + base_derived)
+    }
+
     pub fn log_stats(&self) -> LogStats {
         let s = &self.inner.stats;
         LogStats {
             commits: s.commits.load(Ordering::Relaxed),
             batches: s.batches.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
+            sync_micros: s.sync_micros.snapshot(),
+            batch_commits: s.batch_commits.snapshot(),
         }
     }
 

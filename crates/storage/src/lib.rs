@@ -29,6 +29,7 @@ mod base;
 mod clock;
 mod engine;
 mod error;
+pub mod histogram;
 pub mod panic_policy;
 pub mod txlog;
 

@@ -116,6 +116,9 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
     profile::after(shared, client, req, &reply, started.elapsed(), &stats).await;
     note_index_use(shared, req, &stats);
     note_top(shared, req, started.elapsed());
+    if let Some(cmd) = cmd {
+        shared.metrics.observe(cmd.name, started.elapsed());
+    }
     reply
 }
 

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use super::catalog::{CollectionInfo, INDEX_ENTRY_OVERHEAD};
 use super::versions::{DocWrite, State, VersionChain, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, lock_mutex, wall_clock_ms};
+use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::txlog::{self, LogWriter};
 use crate::{StorageError, Timestamp};
 
@@ -131,19 +132,44 @@ fn last_wall_ms(batch: &[u8]) -> Option<i64> {
 }
 
 /// Counters of the log writer, for benchmarks and `serverStatus`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
     pub commits: u64,
     /// Group-commit rounds: one write and one fdatasync each.
     pub batches: u64,
     pub bytes: u64,
+    /// Each round's fdatasync, in microseconds.
+    pub sync_micros: HistogramSnapshot,
+    /// Commits per round.
+    pub batch_commits: HistogramSnapshot,
 }
 
-#[derive(Default)]
+/// fdatasync latency buckets, microseconds (50 µs to 1 s).
+static SYNC_MICROS: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+/// Commits-per-round buckets.
+static BATCH_COMMITS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
 pub(super) struct LogCounters {
     pub(super) commits: AtomicU64,
     pub(super) batches: AtomicU64,
     pub(super) bytes: AtomicU64,
+    pub(super) sync_micros: Histogram,
+    pub(super) batch_commits: Histogram,
+}
+
+impl Default for LogCounters {
+    fn default() -> Self {
+        LogCounters {
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            sync_micros: Histogram::new(&SYNC_MICROS),
+            batch_commits: Histogram::new(&BATCH_COMMITS),
+        }
+    }
 }
 
 impl Engine {
@@ -214,7 +240,11 @@ impl Engine {
             self.install(commits);
             self.inner.progress.send_modify(|p| p.visible = last_ts);
             let wall_ms = last_wall_ms(&bytes);
-            match log.as_mut().map_or(Ok(()), LogWriter::sync) {
+            let syncing = std::time::Instant::now();
+            let synced = log.as_mut().map_or(Ok(()), LogWriter::sync);
+            let micros = syncing.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+            self.inner.stats.sync_micros.record(micros);
+            match synced {
                 Ok(()) => self.inner.progress.send_modify(|p| {
                     p.durable = last_ts;
                     p.durable_wall_ms = wall_ms;
@@ -286,6 +316,7 @@ impl Engine {
             .commits
             .fetch_add(commits.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.batch_commits.record(commits.len() as u64);
         let total = stats.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         // Index entries are in memory but not in the log: count them towards memory.
         let derived: u64 = commits
