@@ -22,6 +22,7 @@ mod error;
 mod failpoint;
 mod geo_near;
 mod index_usage;
+mod legacy;
 mod op_stats;
 mod params;
 mod pipeline_input;
