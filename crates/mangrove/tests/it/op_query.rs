@@ -314,3 +314,15 @@ fn compressed_op_query() {
     assert_eq!(reply_fields(&reply), (AWAIT_CAPABLE, 0, 0, 1));
     assert_eq!(ok_value(&reply_doc(&reply).unwrap()), Some(1.0));
 }
+
+#[test]
+fn authorization_applies() {
+    let server = Server::start_with(&["--replset", "rs0", "--auth"]);
+    let mut s = server.connect();
+    let d = command(&mut s, 1, "admin", &doc! {"isMaster": 1});
+    assert_eq!(ok_value(&d), Some(1.0), "{d}");
+    let d = command(&mut s, 2, "t", &doc! {"find": "c"});
+    assert_error(&d, 13, "Unauthorized");
+    let d = command(&mut s, 3, "admin", &doc! {"$query": {"listDatabases": 1}});
+    assert_error(&d, 13, "Unauthorized");
+}
