@@ -98,7 +98,8 @@ fn command_body(db: &str, flags: u32, query: &RawDocument) -> Result<RawDocument
     let mut body = RawDocumentBuf::new();
     let mut has_read_pref = false;
     for item in command.iter() {
-        let (key, value) = item.map_err(|e| CommandError::new(code::INVALID_BSON, e.to_string()))?;
+        let (key, value) =
+            item.map_err(|e| CommandError::new(code::INVALID_BSON, e.to_string()))?;
         match key.as_str() {
             "$db" => {
                 return Err(CommandError::new(
@@ -123,8 +124,11 @@ fn command_body(db: &str, flags: u32, query: &RawDocument) -> Result<RawDocument
     }
     match read_pref {
         Some(read_pref) if !has_read_pref => body.append(cstr!("$readPreference"), read_pref),
-        None if !wrapped && !has_read_pref && flags & SECONDARY_OK != 0 => {
-            body.append(cstr!("$readPreference"), rawdoc! { "mode": "secondaryPreferred" });
+        None if !has_read_pref && flags & SECONDARY_OK != 0 => {
+            body.append(
+                cstr!("$readPreference"),
+                rawdoc! { "mode": "secondaryPreferred" },
+            );
         }
         _ => {}
     }

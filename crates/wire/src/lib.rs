@@ -8,8 +8,8 @@
 //! The server reads the 16 header bytes, parses them with [`Header::parse`], asks
 //! [`frame_length`] how much to read (this is where oversized or nonsensical length prefixes are
 //! refused before any allocation), then hands the whole frame to [`decode`]. Replies are built
-//! with [`encode_msg`] (OP_MSG) or [`encode_reply`] (OP_REPLY, for the legacy OP_QUERY
-//! handshake).
+//! with [`encode_msg`] (OP_MSG) or [`encode_reply`] (OP_REPLY, for legacy OP_QUERY
+//! commands).
 
 mod bson_check;
 mod compression;

@@ -45,7 +45,11 @@ fn reply_fields(r: &Reply) -> (i32, i64, i32, i32) {
 fn command(s: &mut TcpStream, id: i32, db: &str, cmd: &Document) -> Document {
     let (r, d) = round_trip(s, &op_query(id, &format!("{db}.$cmd"), cmd));
     assert_eq!(r.response_to, id);
-    assert_eq!(reply_fields(&r), (AWAIT_CAPABLE, 0, 0, 1), "reply to {cmd}: {d}");
+    assert_eq!(
+        reply_fields(&r),
+        (AWAIT_CAPABLE, 0, 0, 1),
+        "reply to {cmd}: {d}"
+    );
     d
 }
 
@@ -89,13 +93,21 @@ fn writes_reads_and_cursors() {
     let server = Server::start();
     let mut s = server.connect();
     let docs: Vec<Document> = (0..5).map(|i| doc! {"_id": i, "k": "v"}).collect();
-    let d = command(&mut s, 1, "legacy", &doc! {"insert": "c", "documents": docs});
+    let d = command(
+        &mut s,
+        1,
+        "legacy",
+        &doc! {"insert": "c", "documents": docs},
+    );
     assert_eq!(ok_value(&d), Some(1.0), "{d}");
     assert_eq!(int_value(&d, "n"), Some(5), "{d}");
 
     let d = command(&mut s, 2, "legacy", &doc! {"find": "c", "sort": {"_id": 1}});
     let cursor = d.get_document("cursor").expect("cursor");
-    assert_eq!(ids(cursor.get_array("firstBatch").unwrap()), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        ids(cursor.get_array("firstBatch").unwrap()),
+        [0, 1, 2, 3, 4]
+    );
     assert_eq!(cursor.get_str("ns").ok(), Some("legacy.c"));
 
     let d = command(&mut s, 3, "admin", &doc! {"listDatabases": 1});
@@ -107,7 +119,9 @@ fn writes_reads_and_cursors() {
         .collect();
     assert!(names.contains(&"legacy"), "{d}");
     let d = command(&mut s, 4, "legacy", &doc! {"listCollections": 1});
-    let first = d.get_document("cursor").and_then(|c| c.get_array("firstBatch"));
+    let first = d
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"));
     assert_eq!(first.map(Vec::len).ok(), Some(1), "{d}");
     let d = command(&mut s, 5, "legacy", &doc! {"listIndexes": "c"});
     assert!(d.get_document("cursor").is_ok(), "{d}");
@@ -121,7 +135,9 @@ fn writes_reads_and_cursors() {
     assert_eq!(ids(cursor.get_array("firstBatch").unwrap()), [0, 1]);
     let more = doc! {"getMore": id, "collection": "c", "batchSize": 2};
     let d = command(&mut s, 7, "legacy", &more);
-    let batch = d.get_document("cursor").and_then(|c| c.get_array("nextBatch"));
+    let batch = d
+        .get_document("cursor")
+        .and_then(|c| c.get_array("nextBatch"));
     assert_eq!(ids(batch.unwrap()), [2, 3], "{d}");
     let mut msg = more.clone();
     msg.insert("$db", "legacy");
@@ -138,13 +154,20 @@ fn writes_reads_and_cursors() {
     let id = d.get_document("cursor").unwrap().get_i64("id").unwrap();
     let more = doc! {"getMore": id, "collection": "c", "batchSize": 10};
     let d = command(&mut s, 10, "legacy", &more);
-    let batch = d.get_document("cursor").and_then(|c| c.get_array("nextBatch"));
+    let batch = d
+        .get_document("cursor")
+        .and_then(|c| c.get_array("nextBatch"));
     assert_eq!(ids(batch.unwrap()), [2, 3, 4], "{d}");
 
-    let pipeline = vec![doc! {"$match": {"_id": {"$gte": 3}}}, doc! {"$sort": {"_id": 1}}];
+    let pipeline = vec![
+        doc! {"$match": {"_id": {"$gte": 3}}},
+        doc! {"$sort": {"_id": 1}},
+    ];
     let agg = doc! {"aggregate": "c", "pipeline": pipeline, "cursor": {}};
     let d = command(&mut s, 11, "legacy", &agg);
-    let batch = d.get_document("cursor").and_then(|c| c.get_array("firstBatch"));
+    let batch = d
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"));
     assert_eq!(ids(batch.unwrap()), [3, 4], "{d}");
 }
 
@@ -152,7 +175,12 @@ fn writes_reads_and_cursors() {
 fn legacy_wrapper_and_mongod_checks() {
     let server = Server::start();
     let mut s = server.connect();
-    let d = command(&mut s, 1, "w", &doc! {"insert": "c", "documents": [{"_id": 1}]});
+    let d = command(
+        &mut s,
+        1,
+        "w",
+        &doc! {"insert": "c", "documents": [{"_id": 1}]},
+    );
     assert_eq!(ok_value(&d), Some(1.0), "{d}");
     // `$query` with the read preference beside it, as mongos-era drivers sent it.
     let wrapped = doc! {
@@ -160,12 +188,24 @@ fn legacy_wrapper_and_mongod_checks() {
         "$readPreference": {"mode": "primaryPreferred"},
     };
     let d = command(&mut s, 2, "w", &wrapped);
-    let batch = d.get_document("cursor").and_then(|c| c.get_array("firstBatch"));
+    let batch = d
+        .get_document("cursor")
+        .and_then(|c| c.get_array("firstBatch"));
     assert_eq!(ids(batch.unwrap()), [1], "{d}");
-    let d = command(&mut s, 3, "w", &doc! {"query": {"count": "c"}, "$orderby": {}});
+    let d = command(
+        &mut s,
+        3,
+        "w",
+        &doc! {"query": {"count": "c"}, "$orderby": {}},
+    );
     assert_eq!(int_value(&d, "n"), Some(1), "{d}");
     // `$maxTimeMS` is refused beside a wrapped command, as mongod did.
-    let d = command(&mut s, 4, "w", &doc! {"$query": {"ping": 1}, "$maxTimeMS": 10});
+    let d = command(
+        &mut s,
+        4,
+        "w",
+        &doc! {"$query": {"ping": 1}, "$maxTimeMS": 10},
+    );
     assert_error(&d, 72, "InvalidOptions");
     // `$db` comes from the namespace only.
     let d = command(&mut s, 5, "w", &doc! {"ping": 1, "$db": "other"});
@@ -203,7 +243,11 @@ fn legacy_find_and_other_opcodes_refused() {
     let err = d.get_str("$err").unwrap_or_default();
     assert!(err.contains("OP_QUERY") && err.contains("OP_MSG"), "{d}");
 
-    let legacy = [(2001, "OP_UPDATE"), (2002, "OP_INSERT"), (2005, "OP_GET_MORE")];
+    let legacy = [
+        (2001, "OP_UPDATE"),
+        (2002, "OP_INSERT"),
+        (2005, "OP_GET_MORE"),
+    ];
     for (i, (op, name)) in legacy.into_iter().chain([(2006, "OP_DELETE")]).enumerate() {
         let id = 10 + i as i32;
         let mut body = 0i32.to_le_bytes().to_vec();
@@ -239,18 +283,36 @@ fn malformed_bodies() -> Vec<(&'static str, Vec<u8>)> {
     v.push(("no query document", body(&numbers)));
     let mut bad = ping.clone();
     bad[0] = bad[0].wrapping_add(3);
-    v.push(("query length past the end", query_frame(77, 0, b"admin.$cmd", -1, &bad)));
+    v.push((
+        "query length past the end",
+        query_frame(77, 0, b"admin.$cmd", -1, &bad),
+    ));
     let mut bad = ping.clone();
     bad[4] = 0x7f;
-    v.push(("unknown element type", query_frame(77, 0, b"admin.$cmd", -1, &bad)));
+    v.push((
+        "unknown element type",
+        query_frame(77, 0, b"admin.$cmd", -1, &bad),
+    ));
     let mut huge = ping.clone();
     huge[0..4].copy_from_slice(&(64 * 1024 * 1024i32).to_le_bytes());
-    v.push(("query declares 64 MiB", query_frame(77, 0, b"admin.$cmd", -1, &huge)));
-    v.push(("negative numberToReturn", query_frame(77, 0, b"admin.$cmd", -7, &ping)));
-    v.push(("name not UTF-8", query_frame(77, 0, b"adm\xffin.$cmd", -1, &ping)));
+    v.push((
+        "query declares 64 MiB",
+        query_frame(77, 0, b"admin.$cmd", -1, &huge),
+    ));
+    v.push((
+        "negative numberToReturn",
+        query_frame(77, 0, b"admin.$cmd", -7, &ping),
+    ));
+    v.push((
+        "name not UTF-8",
+        query_frame(77, 0, b"adm\xffin.$cmd", -1, &ping),
+    ));
     let mut trailing = ping.clone();
     trailing.extend_from_slice(&[1, 2, 3]);
-    v.push(("trailing bytes", query_frame(77, 0, b"admin.$cmd", -1, &trailing)));
+    v.push((
+        "trailing bytes",
+        query_frame(77, 0, b"admin.$cmd", -1, &trailing),
+    ));
     v.push(("empty name", query_frame(77, 0, b"", -1, &ping)));
     v
 }
@@ -302,9 +364,14 @@ fn compressed_op_query() {
         other => panic!("expected a reply, got {other:?}"),
     };
     assert_eq!((r.op_code, r.response_to), (OP_COMPRESSED, 2));
-    assert_eq!(i32::from_le_bytes(r.body[0..4].try_into().unwrap()), OP_REPLY);
+    assert_eq!(
+        i32::from_le_bytes(r.body[0..4].try_into().unwrap()),
+        OP_REPLY
+    );
     assert_eq!(r.body[8], 1, "answered with snappy");
-    let unpacked = snap::raw::Decoder::new().decompress_vec(&r.body[9..]).unwrap();
+    let unpacked = snap::raw::Decoder::new()
+        .decompress_vec(&r.body[9..])
+        .unwrap();
     let reply = Reply {
         request_id: r.request_id,
         response_to: r.response_to,
