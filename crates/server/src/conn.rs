@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::admission::{self, Close};
 use crate::commands::{self, Client};
 use crate::error::{CommandError, code};
+use crate::legacy::{self, LegacyError};
 use crate::reply::{self, Reply};
 use crate::request::Request;
 use crate::tls::Stream;
@@ -154,10 +155,16 @@ async fn answer(
     }
     // Answer in the request's own opcode, looking inside OP_COMPRESSED.
     let op_code = wire::peek_op_code(frame).unwrap_or(header.op_code);
+    let reply_id = conn.reply_id();
     Ok(Some(if op_code == wire::opcode::OP_QUERY {
-        wire::encode_reply(conn.reply_id(), header.request_id, 8, &body, None)
+        wire::encode_reply(reply_id, header.request_id, legacy::REPLY_OK, &body, None)
+    } else if wire::opcode::is_legacy(op_code) {
+        // Old clients read only OP_REPLY: answer as a failed legacy query.
+        let body = query_failure(shared, &err);
+        let flags = legacy::REPLY_QUERY_FAILURE;
+        wire::encode_reply(reply_id, header.request_id, flags, &body, None)
     } else {
-        wire::encode_msg(conn.reply_id(), header.request_id, 0, &body, &[], None)
+        wire::encode_msg(reply_id, header.request_id, 0, &body, &[], None)
     }))
 }
 
@@ -189,11 +196,11 @@ async fn handle(
     let compressor = message.compressor;
     match message.request {
         WireRequest::Query(q) => {
-            let reply = op_query(shared, conn, &q.full_collection_name, &q.query).await?;
+            let (flags, reply) = op_query(shared, conn, &q).await?;
             Ok(Some(wire::encode_reply(
                 conn.reply_id(),
                 request_id,
-                8,
+                flags,
                 &reply,
                 compressor,
             )))
@@ -216,42 +223,42 @@ async fn handle(
     }
 }
 
-/// A legacy OP_QUERY: only the handshake commands are answered.
+/// A legacy OP_QUERY: a command on `<db>.$cmd`, upconverted as mongod 5.0 did and run like an
+/// OP_MSG; the OP_REPLY's responseFlags and its one document.
 async fn op_query(
     shared: &Shared,
     conn: &mut ConnState,
-    full_collection_name: &str,
-    query: &RawDocument,
-) -> Result<RawDocumentBuf, String> {
-    let body = op_query_command(query);
-    let Some(db) = op_query_db(full_collection_name) else {
-        return Ok(finish(
-            shared,
-            CommandError::new(
-                code::UNSUPPORTED_OP_QUERY_COMMAND,
-                format!(
-                    "Unsupported OP_QUERY on {full_collection_name}: OP_QUERY is only supported for the handshake; the client driver may require an upgrade"
-                ),
-            )
-            .to_document(),
-        ));
+    q: &wire::OpQuery,
+) -> Result<(i32, RawDocumentBuf), String> {
+    let upconverted = legacy::upconvert(
+        &q.full_collection_name,
+        q.flags,
+        q.number_to_return,
+        &q.query,
+    );
+    let command = match upconverted {
+        Ok(command) => command,
+        Err(LegacyError::Command(e)) => {
+            return Ok((legacy::REPLY_OK, finish(shared, e.to_document())));
+        }
+        Err(LegacyError::Query(e)) => {
+            return Ok((legacy::REPLY_QUERY_FAILURE, query_failure(shared, &e)));
+        }
     };
-    let name = first_key(body).unwrap_or_default();
-    if !commands::lookup(name).is_some_and(|c| c.op_query) {
-        return Ok(finish(
-            shared,
-            CommandError::new(
-                code::UNSUPPORTED_OP_QUERY_COMMAND,
-                format!(
-                    "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
-                ),
-            )
-            .to_document(),
-        ));
-    }
-    let mut request = Request::new(name, db, body, &[]);
+    // An empty query leaves `$db` first: mongod's "no such command" too.
+    let name = first_key(&command.body).unwrap_or_default();
+    let mut request = Request::new(name, &command.db, &command.body, &[]);
     request.owner = owner(shared, conn);
-    run_command(shared, conn, &request).await
+    let reply = run_command(shared, conn, &request).await?;
+    Ok((legacy::REPLY_OK, reply))
+}
+
+/// A failed legacy query as mongod answered it: `$err` and `code` (with the command error's
+/// fields too, for clients that read those).
+fn query_failure(shared: &Shared, e: &CommandError) -> RawDocumentBuf {
+    let mut doc = bson::doc! { "$err": e.message.clone(), "code": e.code };
+    doc.extend(e.to_document());
+    finish(shared, doc)
 }
 
 /// An OP_MSG: any command, in the database its `$db` names.
@@ -313,20 +320,6 @@ async fn run_command(
             raw
         }
     })
-}
-
-/// Legacy drivers wrap the command as `{$query: {...}, $readPreference: ...}`.
-fn op_query_command(query: &RawDocument) -> &RawDocument {
-    match query.get("$query") {
-        Ok(Some(RawBsonRef::Document(inner))) => inner,
-        _ => query,
-    }
-}
-
-fn op_query_db(full_collection_name: &str) -> Option<&str> {
-    full_collection_name
-        .strip_suffix(".$cmd")
-        .filter(|db| !db.is_empty())
 }
 
 fn first_key(doc: &RawDocument) -> Option<&str> {

@@ -22,6 +22,7 @@ mod error;
 mod failpoint;
 mod geo_near;
 mod index_usage;
+mod legacy;
 mod metrics;
 mod metrics_http;
 mod op_stats;

@@ -515,7 +515,7 @@ async fn more_to_come_gets_no_reply() {
 }
 
 #[tokio::test]
-async fn op_query_is_only_for_the_handshake() {
+async fn op_query_answers_any_command() {
     let addr = start(Config::default()).await;
     let mut c = Client::connect(addr).await;
     let query = |name: &str| wire::OpQuery {
@@ -526,7 +526,8 @@ async fn op_query_is_only_for_the_handshake() {
         query: RawDocumentBuf::try_from(&doc! { name: 1 }).unwrap(),
         return_fields_selector: None,
     };
-    for (name, expect_ok) in [("isMaster", true), ("find", false)] {
+    // Any command is answered over OP_QUERY now; an unknown one with CommandNotFound.
+    for (name, expect_ok) in [("isMaster", true), ("noSuchCommand", false)] {
         c.send(&wire::encode_query(7, &query(name), None)).await;
         let mut header = [0u8; HEADER_LEN];
         c.stream.read_exact(&mut header).await.unwrap();
@@ -541,7 +542,7 @@ async fn op_query_is_only_for_the_handshake() {
         if expect_ok {
             assert!(d.get_bool("ismaster").unwrap());
         } else {
-            assert_eq!(d.get_i32("code").unwrap(), 352);
+            assert_eq!(d.get_i32("code").unwrap(), 59);
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn encode_msg(
     finish(header, &payload, compressor)
 }
 
-/// Encodes an OP_REPLY carrying one document, as the answer to a legacy OP_QUERY handshake.
+/// Encodes an OP_REPLY carrying one document, as the answer to a legacy OP_QUERY command.
 pub fn encode_reply(
     request_id: i32,
     response_to: i32,
@@ -80,7 +80,7 @@ pub fn encode_reply(
     doc: &RawDocument,
     compressor: Option<Compressor>,
 ) -> Vec<u8> {
-    // The handshake reply is a single document and never opens a cursor.
+    // A command's reply is a single document and never opens a legacy cursor.
     let cursor_id: i64 = 0;
     let starting_from: i32 = 0;
     let number_returned: i32 = 1;

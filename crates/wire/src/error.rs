@@ -31,7 +31,7 @@ pub enum WireError {
     #[error("too many document sequences in OP_MSG (at most {max})")]
     TooManyDocumentSequences { max: usize },
 
-    #[error("unsupported opcode {op_code}")]
+    #[error("{}", unsupported_op_code(*op_code))]
     UnsupportedOpCode { op_code: i32 },
 
     #[error("OP_COMPRESSED may not wrap another OP_COMPRESSED")]
@@ -150,5 +150,18 @@ impl WireError {
             // "BSONObj size: N (0x..) is invalid. Size must be between 0 and 16793600(16MB)".
             WireError::DocumentTooLarge { .. } => (10334, "BSONObjectTooLarge"),
         }
+    }
+}
+
+/// Names the opcode and, for the legacy ones, says what to use instead.
+fn unsupported_op_code(op_code: i32) -> String {
+    match crate::opcode::name(op_code) {
+        Some(name) if crate::opcode::is_legacy(op_code) => format!(
+            "unsupported opcode {op_code} ({name}): this legacy opcode was removed in MongoDB \
+             5.1 and Mangrove does not answer it (only commands sent as OP_QUERY to \
+             <db>.$cmd are); use a driver that speaks OP_MSG (MongoDB 3.6 or later drivers)"
+        ),
+        Some(name) => format!("unsupported opcode {op_code} ({name}) for a request"),
+        None => format!("unsupported opcode {op_code}"),
     }
 }

@@ -8,8 +8,8 @@
 //! The server reads the 16 header bytes, parses them with [`Header::parse`], asks
 //! [`frame_length`] how much to read (this is where oversized or nonsensical length prefixes are
 //! refused before any allocation), then hands the whole frame to [`decode`]. Replies are built
-//! with [`encode_msg`] (OP_MSG) or [`encode_reply`] (OP_REPLY, for the legacy OP_QUERY
-//! handshake).
+//! with [`encode_msg`] (OP_MSG) or [`encode_reply`] (OP_REPLY, for legacy OP_QUERY
+//! commands).
 
 mod bson_check;
 mod compression;
@@ -38,6 +38,38 @@ pub mod opcode {
     pub const OP_QUERY: i32 = 2004;
     pub const OP_COMPRESSED: i32 = 2012;
     pub const OP_MSG: i32 = 2013;
+
+    /// The legacy opcodes mongod 5.0 still answered; only OP_QUERY on `<db>.$cmd` is
+    /// answered here, the others are refused.
+    pub const OP_UPDATE: i32 = 2001;
+    pub const OP_INSERT: i32 = 2002;
+    pub const OP_GET_MORE: i32 = 2005;
+    pub const OP_DELETE: i32 = 2006;
+    pub const OP_KILL_CURSORS: i32 = 2007;
+
+    /// A legacy request opcode, whose clients read replies only as OP_REPLY.
+    pub fn is_legacy(op_code: i32) -> bool {
+        matches!(
+            op_code,
+            OP_UPDATE | OP_INSERT | OP_QUERY | OP_GET_MORE | OP_DELETE | OP_KILL_CURSORS
+        )
+    }
+
+    /// The name of a request opcode, for error messages.
+    pub fn name(op_code: i32) -> Option<&'static str> {
+        Some(match op_code {
+            OP_REPLY => "OP_REPLY",
+            OP_UPDATE => "OP_UPDATE",
+            OP_INSERT => "OP_INSERT",
+            OP_QUERY => "OP_QUERY",
+            OP_GET_MORE => "OP_GET_MORE",
+            OP_DELETE => "OP_DELETE",
+            OP_KILL_CURSORS => "OP_KILL_CURSORS",
+            OP_COMPRESSED => "OP_COMPRESSED",
+            OP_MSG => "OP_MSG",
+            _ => return None,
+        })
+    }
 }
 
 /// OP_MSG flag bits.

@@ -19,6 +19,7 @@ mod kill_server;
 mod kill_transfers;
 mod malformed;
 mod memory_bombs;
+mod op_query;
 mod oplog_retention;
 mod parameters;
 mod raw_protocol;

@@ -107,8 +107,6 @@ pub(crate) struct Command {
     /// Changes stored data or the catalog; for authorization (issue 14) and a read-only mode.
     #[allow(dead_code)]
     pub writes: bool,
-    /// Answered over legacy OP_QUERY (the handshake of old drivers).
-    pub op_query: bool,
     /// What a connection needs to run it under `--auth` (see `auth/mod.rs`).
     pub needs: Needs,
 }
@@ -125,7 +123,6 @@ const fn cmd(name: &'static str, help: &'static str, handler: Handler) -> Comman
         retryable_read: false,
         snapshot: false,
         writes: false,
-        op_query: false,
         // Every entry says what it needs; the default is the strictest that still lets a
         // user's own sessions work.
         needs: Needs::Authentication,
@@ -184,13 +181,6 @@ impl Command {
         }
     }
 
-    const fn op_query(self) -> Command {
-        Command {
-            op_query: true,
-            ..self
-        }
-    }
-
     const fn needs(self, needs: Needs) -> Command {
         Command { needs, ..self }
     }
@@ -236,7 +226,6 @@ const HELLO: Command = cmd(
     "the handshake: topology, limits and wire versions",
     future!(|c| handshake::hello(c.shared, c.client, c.req)),
 )
-.op_query()
 .needs(Needs::Nothing);
 
 const BUILD_INFO: Command = cmd(
