@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read the transaction log: list or show committed transactions, verify checksums.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -259,7 +259,7 @@ fn install_panic_hook(stop_on_panic: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Log(command) => log_cmd::run(command),
         Command::Verify(args) => {
             init_logging(LogFormat::Text, "warn", false);

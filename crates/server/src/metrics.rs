@@ -75,7 +75,11 @@ fn histogram_lines(out: &mut String, name: &str, labels: &str, h: &HistogramSnap
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum as f64 * scale);
     let _ = writeln!(out, "{name}_count{braces} {}", h.count);
 }
@@ -84,10 +88,33 @@ fn histogram_lines(out: &mut String, name: &str, labels: &str, h: &HistogramSnap
 pub(crate) fn render(shared: &Shared) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let c = &shared.counters;
-    single(&mut out, "mangrove_uptime_seconds", "gauge", "Seconds since the server started.", shared.started.elapsed().as_secs_f64());
-    single(&mut out, "mangrove_connections", "gauge", "Open client connections.", c.connections_current.load(Relaxed) as f64);
-    single(&mut out, "mangrove_connections_created_total", "counter", "Client connections accepted since the start.", c.connections_total.load(Relaxed) as f64);
-    header(&mut out, "mangrove_operations_total", "counter", "Operations by kind, as serverStatus.opcounters counts them.");
+    single(
+        &mut out,
+        "mangrove_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        shared.started.elapsed().as_secs_f64(),
+    );
+    single(
+        &mut out,
+        "mangrove_connections",
+        "gauge",
+        "Open client connections.",
+        c.connections_current.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "mangrove_connections_created_total",
+        "counter",
+        "Client connections accepted since the start.",
+        c.connections_total.load(Relaxed) as f64,
+    );
+    header(
+        &mut out,
+        "mangrove_operations_total",
+        "counter",
+        "Operations by kind, as serverStatus.opcounters counts them.",
+    );
     for (kind, n) in [
         ("insert", &c.insert),
         ("query", &c.query),
@@ -96,39 +123,151 @@ pub(crate) fn render(shared: &Shared) -> String {
         ("getmore", &c.getmore),
         ("command", &c.command),
     ] {
-        let _ = writeln!(out, "mangrove_operations_total{{type=\"{kind}\"}} {}", n.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mangrove_operations_total{{type=\"{kind}\"}} {}",
+            n.load(Relaxed)
+        );
     }
     render_log(&mut out, shared);
     render_transactions(&mut out, shared);
-    single(&mut out, "mangrove_cursors_open", "gauge", "Open cursors.", shared.cursors.open_count() as f64);
-    header(&mut out, "mangrove_command_duration_seconds", "histogram", "Time to run each command, by command.");
+    single(
+        &mut out,
+        "mangrove_cursors_open",
+        "gauge",
+        "Open cursors.",
+        shared.cursors.open_count() as f64,
+    );
+    header(
+        &mut out,
+        "mangrove_command_duration_seconds",
+        "histogram",
+        "Time to run each command, by command.",
+    );
     for (name, h) in shared.metrics.command_snapshots() {
-        histogram_lines(&mut out, "mangrove_command_duration_seconds", &format!("command=\"{name}\""), &h, 1e-6);
+        histogram_lines(
+            &mut out,
+            "mangrove_command_duration_seconds",
+            &format!("command=\"{name}\""),
+            &h,
+            1e-6,
+        );
     }
     out
 }
 
 fn render_log(out: &mut String, shared: &Shared) {
     let log = shared.engine.log_stats();
-    single(out, "mangrove_log_commits_total", "counter", "Transactions committed to the log.", log.commits as f64);
-    single(out, "mangrove_log_group_commits_total", "counter", "Group-commit rounds: one write and one fdatasync each.", log.batches as f64);
-    single(out, "mangrove_log_written_bytes_total", "counter", "Bytes written to the transaction log.", log.bytes as f64);
-    header(out, "mangrove_log_group_commit_size", "histogram", "Commits per group-commit round.");
-    histogram_lines(out, "mangrove_log_group_commit_size", "", &log.batch_commits, 1.0);
-    header(out, "mangrove_log_fdatasync_seconds", "histogram", "Time each group-commit round's fdatasync took.");
-    histogram_lines(out, "mangrove_log_fdatasync_seconds", "", &log.sync_micros, 1e-6);
-    single(out, "mangrove_cache_limit_bytes", "gauge", "The configured cache size (--cache-size).", shared.engine.cache_bytes() as f64);
-    single(out, "mangrove_cache_versions_bytes", "gauge", "Committed versions held in memory since the last checkpoint.", shared.engine.versions_bytes() as f64);
+    single(
+        out,
+        "mangrove_log_commits_total",
+        "counter",
+        "Transactions committed to the log.",
+        log.commits as f64,
+    );
+    single(
+        out,
+        "mangrove_log_group_commits_total",
+        "counter",
+        "Group-commit rounds: one write and one fdatasync each.",
+        log.batches as f64,
+    );
+    single(
+        out,
+        "mangrove_log_written_bytes_total",
+        "counter",
+        "Bytes written to the transaction log.",
+        log.bytes as f64,
+    );
+    header(
+        out,
+        "mangrove_log_group_commit_size",
+        "histogram",
+        "Commits per group-commit round.",
+    );
+    histogram_lines(
+        out,
+        "mangrove_log_group_commit_size",
+        "",
+        &log.batch_commits,
+        1.0,
+    );
+    header(
+        out,
+        "mangrove_log_fdatasync_seconds",
+        "histogram",
+        "Time each group-commit round's fdatasync took.",
+    );
+    histogram_lines(
+        out,
+        "mangrove_log_fdatasync_seconds",
+        "",
+        &log.sync_micros,
+        1e-6,
+    );
+    single(
+        out,
+        "mangrove_cache_limit_bytes",
+        "gauge",
+        "The configured cache size (--cache-size).",
+        shared.engine.cache_bytes() as f64,
+    );
+    single(
+        out,
+        "mangrove_cache_versions_bytes",
+        "gauge",
+        "Committed versions held in memory since the last checkpoint.",
+        shared.engine.versions_bytes() as f64,
+    );
 }
 
 fn render_transactions(out: &mut String, shared: &Shared) {
     let open = shared.sessions.open.list();
-    let oldest = open.iter().map(|t| t.started.elapsed().as_secs_f64()).fold(0.0, f64::max);
+    let oldest = open
+        .iter()
+        .map(|t| t.started.elapsed().as_secs_f64())
+        .fold(0.0, f64::max);
     let stats = &shared.sessions.open.stats;
-    single(out, "mangrove_transactions_open", "gauge", "Multi-document transactions open now.", open.len() as f64);
-    single(out, "mangrove_transactions_oldest_open_seconds", "gauge", "Age of the oldest open transaction (0: none).", oldest);
-    single(out, "mangrove_transactions_started_total", "counter", "Multi-document transactions started.", stats.started.load(Relaxed) as f64);
-    single(out, "mangrove_transactions_committed_total", "counter", "Multi-document transactions committed.", stats.committed.load(Relaxed) as f64);
-    single(out, "mangrove_transactions_aborted_total", "counter", "Multi-document transactions aborted.", stats.aborted.load(Relaxed) as f64);
-    single(out, "mangrove_write_conflicts_total", "counter", "Writes that met another transaction's intent (WriteConflict).", stats.write_conflicts.load(Relaxed) as f64);
+    single(
+        out,
+        "mangrove_transactions_open",
+        "gauge",
+        "Multi-document transactions open now.",
+        open.len() as f64,
+    );
+    single(
+        out,
+        "mangrove_transactions_oldest_open_seconds",
+        "gauge",
+        "Age of the oldest open transaction (0: none).",
+        oldest,
+    );
+    single(
+        out,
+        "mangrove_transactions_started_total",
+        "counter",
+        "Multi-document transactions started.",
+        stats.started.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_transactions_committed_total",
+        "counter",
+        "Multi-document transactions committed.",
+        stats.committed.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_transactions_aborted_total",
+        "counter",
+        "Multi-document transactions aborted.",
+        stats.aborted.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_write_conflicts_total",
+        "counter",
+        "Writes that met another transaction's intent (WriteConflict).",
+        stats.write_conflicts.load(Relaxed) as f64,
+    );
 }
