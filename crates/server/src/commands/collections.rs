@@ -18,6 +18,23 @@ pub(super) fn collection_in_txn(shared: &Shared, txn: &Txn, ns: &str) -> Option<
         .or_else(|| shared.engine.snapshot().collection(ns))
 }
 
+/// The snapshot a read command reads (a `snapshot` read concern's, or the latest commit's) and
+/// the collection it names, as its transaction (if any) or that snapshot sees it.
+pub(super) fn read_target(
+    shared: &Shared,
+    req: &crate::request::Request<'_>,
+    txn: Option<&Txn>,
+    at: Option<mangrove_storage::Snapshot>,
+) -> crate::error::CommandResult<(mangrove_storage::Snapshot, Option<CollectionInfo>)> {
+    let ns = req.ns(req.collection()?);
+    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
+    let coll = match txn {
+        Some(txn) => collection_in_txn(shared, txn, &ns),
+        None => snapshot.collection(&ns),
+    };
+    Ok((snapshot, coll))
+}
+
 /// The collection a write statement names, as its transaction (if any) or the latest commit
 /// sees it.
 pub(super) fn collection_for_write(

@@ -14,7 +14,7 @@ use crate::{Counters, Shared};
 
 use super::Reply;
 use super::args::{collation_for, non_negative};
-use super::collections::collection_in_txn;
+use super::collections::read_target;
 use super::names::validate_db_name;
 
 /// `distinct`: the distinct values at `key` among matching documents, in BSON order (mongod
@@ -25,12 +25,7 @@ pub(super) fn distinct(
     txn: Option<&Txn>,
     at: Option<Snapshot>,
 ) -> CommandResult<Reply> {
-    let ns = req.ns(req.collection()?);
-    let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => collection_in_txn(shared, txn, &ns),
-        None => snapshot.collection(&ns),
-    };
+    let (snapshot, coll) = read_target(shared, req, txn, at)?;
     let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     with_deadline(deadline, || {
