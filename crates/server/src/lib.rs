@@ -317,6 +317,35 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// The MongoDB listener.
+async fn bind_listener(config: &Config) -> std::io::Result<TcpListener> {
+    TcpListener::bind((config.bind.as_str(), config.port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {}:{}: {e}; is another server using the port? Pass --port to choose another",
+                    config.bind, config.port
+                ),
+            )
+        })
+}
+
+/// The `--metrics-addr` listener, if asked for.
+async fn bind_metrics(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    let Some(addr) = &config.metrics_addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr.as_str()).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot serve metrics on {addr}: {e}; pass another --metrics-addr"),
+        )
+    })?;
+    Ok(Some(listener))
+}
+
 /// JavaScript's switch and per-call bound are process-wide, as mongod's.
 fn configure_javascript(config: &Config) {
     mangrove_js::configure(mangrove_js::Settings {
@@ -344,26 +373,8 @@ impl Server {
         })?;
         configure_javascript(&config);
         let engine = open_engine(&config, progress)?;
-        let listener = TcpListener::bind((config.bind.as_str(), config.port))
-            .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot listen on {}:{}: {e}; is another server using the port? Pass --port to choose another",
-                        config.bind, config.port
-                    ),
-                )
-            })?;
-        let metrics = match &config.metrics_addr {
-            Some(addr) => Some(TcpListener::bind(addr.as_str()).await.map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot serve metrics on {addr}: {e}; pass another --metrics-addr"),
-                )
-            })?),
-            None => None,
-        };
+        let listener = bind_listener(&config).await?;
+        let metrics = bind_metrics(&config).await?;
         let local = listener.local_addr()?;
         let advertised = config
             .advertise

@@ -112,10 +112,7 @@ pub(super) async fn aggregate(
         None => None,
     };
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = match txn {
-        Some(txn) => txn.collection(&ns),
-        None => snapshot.collection(&ns),
-    };
+    let coll = txn.map_or_else(|| snapshot.collection(&ns), |t| t.collection(&ns));
     let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));

@@ -53,7 +53,7 @@ pub(super) fn validate(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             format!("Cannot validate a view: {ns}"),
         ));
     }
-    let (report, per_index) = snapshot.verify_collection(&coll)?;
+    let (report, per_index_keys) = snapshot.verify_collection(&coll)?;
     let mut errors = report.problems;
     let mut warnings: Vec<String> = Vec::new();
     if full {
@@ -62,21 +62,7 @@ pub(super) fn validate(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             None => warnings.push("no base store to check (an in-memory engine)".into()),
         }
     }
-    let mut keys = Document::new();
-    let mut details = Document::new();
-    if !crate::capped::keyed_by_insertion(&coll) {
-        // The collection's own key order is its `_id` index: one key per document.
-        keys.insert("_id_", report.documents as i64);
-        details.insert("_id_", doc! { "valid": true });
-    }
-    for (index, n) in coll.indexes.iter().zip(per_index) {
-        if crate::timeseries::is_internal_index(&index.key.name) {
-            continue;
-        }
-        let valid = !errors.iter().any(|e| e.contains(&index.key.name));
-        keys.insert(index.key.name.clone(), n as i64);
-        details.insert(index.key.name.clone(), doc! { "valid": valid });
-    }
+    let (keys, details) = per_index(&coll, report.documents, &per_index_keys, &errors);
     Ok(doc! {
         "ns": ns,
         "nInvalidDocuments": 0i64,
@@ -95,4 +81,29 @@ pub(super) fn validate(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
         "ok": 1.0,
     }
     .into())
+}
+
+/// `keysPerIndex` and `indexDetails`: the `_id` index (the collection's own key order, one key
+/// per document) unless keyed by insertion, then each index but the hidden internal ones.
+fn per_index(
+    coll: &mangrove_storage::CollectionInfo,
+    documents: u64,
+    counts: &[u64],
+    errors: &[String],
+) -> (Document, Document) {
+    let mut keys = Document::new();
+    let mut details = Document::new();
+    if !crate::capped::keyed_by_insertion(coll) {
+        keys.insert("_id_", documents as i64);
+        details.insert("_id_", doc! { "valid": true });
+    }
+    for (index, n) in coll.indexes.iter().zip(counts) {
+        if crate::timeseries::is_internal_index(&index.key.name) {
+            continue;
+        }
+        let valid = !errors.iter().any(|e| e.contains(&index.key.name));
+        keys.insert(index.key.name.clone(), *n as i64);
+        details.insert(index.key.name.clone(), doc! { "valid": valid });
+    }
+    (keys, details)
 }
