@@ -126,3 +126,14 @@ def test_fsync_answers_and_refuses_to_lock(client, db):
     with pytest.raises(OperationFailure) as e:
         client.admin.command("fsyncUnlock")
     assert e.value.code == 20
+
+
+def test_server_status_network_counts_requests_and_bytes(client):
+    before = client.admin.command("serverStatus")["network"]
+    for _ in range(10):
+        client.admin.command("ping")
+    after = client.admin.command("serverStatus")["network"]
+    # The 10 pings and the first serverStatus, at least (monitors may add hellos).
+    assert after["numRequests"] - before["numRequests"] >= 11
+    assert after["bytesIn"] - before["bytesIn"] >= 11 * 16
+    assert after["bytesOut"] > before["bytesOut"]

@@ -110,9 +110,13 @@ async fn serve_stream(
             return Ok(());
         };
         first = false;
+        // The header's 16 bytes were read too.
+        Counters::bump(&shared.counters.bytes_in, frame.bytes.len() as u64 + 16);
+        Counters::bump(&shared.counters.requests, 1);
         let Some(bytes) = answer(shared, &mut conn, &frame.header, &frame.bytes).await? else {
             continue;
         };
+        Counters::bump(&shared.counters.bytes_out, bytes.len() as u64);
         // A client that stops reading its replies is as stuck as one that stops sending.
         let write = async {
             writer.write_all(&bytes).await?;

@@ -184,6 +184,11 @@ pub(crate) struct Counters {
     pub connections_total: AtomicU64,
     pub ttl_passes: AtomicU64,
     pub ttl_deleted: AtomicU64,
+    /// Bytes of client messages read and of replies written, and messages read
+    /// (`serverStatus.network`).
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub requests: AtomicU64,
 }
 
 impl Counters {

@@ -165,6 +165,13 @@ pub(super) fn server_status(shared: &Shared) -> Document {
             "totalCreated": counters.connections_total.load(Relaxed) as i64,
         },
         "mem": mem_status(),
+        "network": {
+            "bytesIn": counters.bytes_in.load(Relaxed) as i64,
+            "bytesOut": counters.bytes_out.load(Relaxed) as i64,
+            "physicalBytesIn": counters.bytes_in.load(Relaxed) as i64,
+            "physicalBytesOut": counters.bytes_out.load(Relaxed) as i64,
+            "numRequests": counters.requests.load(Relaxed) as i64,
+        },
         "opcounters": {
             "insert": counters.insert.load(Relaxed) as i64,
             "query": counters.query.load(Relaxed) as i64,
