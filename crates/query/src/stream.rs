@@ -34,6 +34,7 @@ use crate::group::{Grouper, Groups};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, Foreign};
+use crate::spill::{SortMerge, SpillStore, Spilled};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
 use crate::{QueryError, SortSpec};
 
@@ -93,6 +94,8 @@ pub(crate) enum State {
     Hold(Box<Held>),
     /// A blocking stage's documents, being answered.
     Emit(VecDeque<RawDocumentBuf>),
+    /// A `$sort` that spilled: its runs and remainder, being merged.
+    Merge(Box<SortMerge>),
     /// A `$group`'s or `$bucket`'s groups, being answered.
     EmitGroups(Box<Groups>),
     /// Everything answered.
@@ -174,6 +177,17 @@ fn step(
 ) -> Result<Step, QueryError> {
     match state {
         State::Emit(docs) => return Ok(docs.pop_front().map_or(Step::End, Step::Doc)),
+        State::Merge(merge) => {
+            let Stage::Sort(spec) = stage else {
+                return Ok(Step::End);
+            };
+            let Some(d) = merge.next(spec)? else {
+                // Done: the spill file goes now rather than with the cursor.
+                *state = State::Done;
+                return Ok(Step::End);
+            };
+            return Ok(Step::Doc(d));
+        }
         State::EmitGroups(groups) => return next_group(stage, groups, max),
         State::Done => return Ok(Step::End),
         _ => {}
@@ -291,7 +305,7 @@ fn blocking(
     let taken = std::mem::replace(state, State::Done);
     *state = match (stage, taken) {
         (Stage::Count(field), State::Count(n)) => State::Emit(count_result(field, n)?),
-        (Stage::Sort(spec), State::Sort(sorter)) => State::Emit(sorter.finish(spec).into()),
+        (Stage::Sort(spec), State::Sort(sorter)) => sorter.finish(spec)?,
         (Stage::Group(_), State::Group(g)) => State::EmitGroups(Box::new(g.finish())),
         (Stage::Bucket(b), State::Group(mut g)) => {
             g.sort_buckets(b);
@@ -400,10 +414,12 @@ fn count_result(field: &str, n: u64) -> Result<VecDeque<RawDocumentBuf>, QueryEr
 }
 
 /// A `$sort`'s documents, with their bytes; only the best `keep` when a `$limit` follows.
+/// Past the stage limit, with a spill store, the documents so far go to disk as a sorted run.
 pub(crate) struct Sorter {
     docs: Vec<RawDocumentBuf>,
     bytes: usize,
     keep: Option<usize>,
+    spilled: Option<Spilled>,
 }
 
 impl Sorter {
@@ -412,6 +428,7 @@ impl Sorter {
             docs: Vec::new(),
             bytes: 0,
             keep,
+            spilled: None,
         }
     }
 
@@ -426,15 +443,42 @@ impl Sorter {
             self.docs.truncate(k);
             self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
         }
-        ctx.check("$sort", self.bytes)
+        match ctx.should_spill(self.bytes) {
+            Some(store) => self.spill(spec, store),
+            None => ctx.check("$sort", self.bytes),
+        }
     }
 
-    fn finish(mut self, spec: &SortSpec) -> Vec<RawDocumentBuf> {
+    /// Writes the documents so far, sorted (the best `keep` of them), as a run, and frees them.
+    fn spill(&mut self, spec: &SortSpec, store: &dyn SpillStore) -> Result<(), QueryError> {
+        let spilled = match &mut self.spilled {
+            Some(s) => s,
+            None => self.spilled.insert(Spilled::open(store)?),
+        };
+        let mut docs = std::mem::take(&mut self.docs);
+        spec.sort_items(&mut docs, |d| d);
+        if let Some(k) = self.keep {
+            docs.truncate(k);
+        }
+        self.bytes = 0;
+        spilled.write(docs)
+    }
+
+    /// The documents in order: at once, or merged from the runs as they are pulled.
+    fn finish(mut self, spec: &SortSpec) -> Result<State, QueryError> {
         spec.sort_items(&mut self.docs, |d| d);
         if let Some(k) = self.keep {
             self.docs.truncate(k);
         }
-        self.docs
+        Ok(match self.spilled {
+            None => State::Emit(self.docs.into()),
+            Some(spilled) => State::Merge(Box::new(SortMerge::new(spilled, self.docs, self.keep)?)),
+        })
+    }
+
+    /// Whether the sort has written runs to disk.
+    pub(crate) fn spilled(&self) -> bool {
+        self.spilled.is_some()
     }
 }
 
@@ -733,6 +777,7 @@ pub(crate) fn run_with(
     let ctx = Ctx {
         foreign: &foreign,
         limits: p.limits,
+        spill: None,
     };
     let skip = usize::from(p.leading_match().is_some());
     let stages = &p.stages[skip..];
@@ -777,6 +822,8 @@ pub struct Runner {
     input: Input,
     foreign: Handed,
     ended: bool,
+    /// Where blocking stages spill (`allowDiskUse`), if they may.
+    spill: Option<Arc<dyn SpillStore>>,
 }
 
 impl Runner {
@@ -791,7 +838,22 @@ impl Runner {
             input: Input::default(),
             foreign,
             ended: false,
+            spill: None,
         }
+    }
+
+    /// Lets blocking stages spill to `store` past their memory limits (`allowDiskUse`).
+    pub fn allow_disk_use(&mut self, store: Arc<dyn SpillStore>) {
+        self.spill = Some(store);
+    }
+
+    /// Whether a stage has spilled to disk so far (mongod's `usedDisk`).
+    pub fn used_disk(&self) -> bool {
+        self.states.iter().any(|s| match s {
+            State::Sort(s) => s.spilled(),
+            State::Merge(_) => true,
+            _ => false,
+        })
     }
 
     /// Adds an input document (one that passed the leading `$match`).
@@ -820,6 +882,7 @@ impl Runner {
         let ctx = Ctx {
             foreign: &self.foreign,
             limits: self.pipeline.limits,
+            spill: self.spill.as_deref(),
         };
         let stages = &self.pipeline.stages[self.skip..];
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());

@@ -1,0 +1,214 @@
+//! Spilling blocking stages (`allowDiskUse`) through an in-memory `SpillStore`: the results
+//! equal the unspilled ones (ties in input order), runs really are written, files are
+//! released, and without a store the stage still fails with 292.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bson::{Document, RawDocumentBuf, doc};
+use mangrove_query::{
+    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, Step,
+};
+
+/// Runs written through the files it opened, and the files still open.
+#[derive(Default, Clone)]
+struct MemoryStore {
+    runs: Arc<Mutex<Vec<Vec<RawDocumentBuf>>>>,
+    open_files: Arc<Mutex<usize>>,
+}
+
+struct MemoryFile(MemoryStore);
+
+impl SpillStore for MemoryStore {
+    fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
+        *self.open_files.lock().unwrap() += 1;
+        Ok(Box::new(MemoryFile(self.clone())))
+    }
+}
+
+impl Drop for MemoryFile {
+    fn drop(&mut self) {
+        *self.0.open_files.lock().unwrap() -= 1;
+    }
+}
+
+impl SpillFile for MemoryFile {
+    fn write_run(
+        &mut self,
+        docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
+    ) -> Result<RunHandle, QueryError> {
+        let docs = docs.collect::<Result<Vec<_>, _>>()?;
+        let mut runs = self.0.runs.lock().unwrap();
+        runs.push(docs);
+        Ok(RunHandle {
+            offset: runs.len() as u64 - 1,
+            len: 0,
+        })
+    }
+
+    fn read_run(&self, run: RunHandle) -> Result<RunReader, QueryError> {
+        let docs = self.0.runs.lock().unwrap()[run.offset as usize].clone();
+        Ok(Box::new(docs.into_iter().map(Ok)))
+    }
+}
+
+fn pipeline(stages: Vec<Document>, limit: usize) -> Pipeline {
+    let wrapped = doc! { "p": stages };
+    let raw = RawDocumentBuf::try_from(&wrapped).unwrap();
+    Pipeline::parse(raw.get_array("p").unwrap())
+        .unwrap()
+        .with_limits(Limits {
+            stage_bytes: limit,
+            group_bytes: limit,
+            ..Limits::default()
+        })
+}
+
+/// Feeds `input` through the pipeline a few documents at a time, as the server does, with
+/// `store` (if any) allowed for spilling.
+fn run(
+    p: Pipeline,
+    input: &[Document],
+    store: Option<&MemoryStore>,
+) -> Result<Vec<Document>, QueryError> {
+    let mut runner = p.into_runner(HashMap::new());
+    if let Some(s) = store {
+        runner.allow_disk_use(Arc::new(s.clone()));
+    }
+    let mut docs = input.iter().map(|d| RawDocumentBuf::try_from(d).unwrap());
+    let mut out = Vec::new();
+    loop {
+        match runner.step()? {
+            Step::Doc(d) => out.push(Document::try_from(d.as_ref()).unwrap()),
+            Step::End => break,
+            Step::NeedInput => match docs.next() {
+                Some(d) => runner.feed(d),
+                None => runner.end_input(),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// `n` documents with few distinct sort keys (many ties) and a payload.
+fn input(n: i32) -> Vec<Document> {
+    (0..n)
+        .map(|i| doc! { "_id": i, "k": (i * 7919) % 13, "s": format!("{:03}", (i * 31) % 97), "pad": "x".repeat(200) })
+        .collect()
+}
+
+#[test]
+fn spilled_sort_equals_the_in_memory_sort_and_keeps_ties_in_input_order() {
+    let docs = input(3000);
+    for sort in [doc! { "k": 1 }, doc! { "k": -1, "s": 1 }, doc! { "s": -1 }] {
+        let stages = vec![doc! { "$sort": sort.clone() }];
+        let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+        let store = MemoryStore::default();
+        // About 250 bytes a document: a 20 KB limit writes ~40 runs.
+        let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+        let runs = store.runs.lock().unwrap().len();
+        assert!(runs > 30, "{sort}: only {runs} runs were written");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "{sort}: the merged order differs");
+        assert_eq!(
+            *store.open_files.lock().unwrap(),
+            0,
+            "the file was not released"
+        );
+    }
+    // Ties keep the input order: within one key, `_id` ascends.
+    let store = MemoryStore::default();
+    let got = run(
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000),
+        &docs,
+        Some(&store),
+    )
+    .unwrap();
+    for pair in got.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.get_i32("k").unwrap() == b.get_i32("k").unwrap() {
+            assert!(a.get_i32("_id").unwrap() < b.get_i32("_id").unwrap());
+        }
+    }
+}
+
+#[test]
+fn spilled_top_k_and_later_stages_see_the_same_documents() {
+    let docs = input(2000);
+    let stages = vec![
+        doc! { "$sort": { "s": 1 } },
+        doc! { "$limit": 1500 },
+        doc! { "$project": { "pad": 0 } },
+    ];
+    let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+    assert!(!store.runs.lock().unwrap().is_empty(), "nothing spilled");
+    assert_eq!(got.len(), 1500);
+    assert!(got == expected);
+}
+
+#[test]
+fn without_a_store_the_sort_still_fails_with_292_and_a_dropped_runner_releases_its_file() {
+    let docs = input(500);
+    let e = run(
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000),
+        &docs,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.code, 292);
+    // A runner dropped half-way (a killed cursor) releases its spill file.
+    let store = MemoryStore::default();
+    let p = pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000);
+    let mut runner = p.into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(store.clone()));
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    assert!(matches!(runner.step().unwrap(), Step::Doc(_)));
+    assert!(runner.used_disk());
+    assert_eq!(*store.open_files.lock().unwrap(), 1);
+    drop(runner);
+    assert_eq!(*store.open_files.lock().unwrap(), 0);
+}
+
+/// A run whose reader fails part-way: the error reaches the caller, no document after it.
+struct Damaged;
+
+impl SpillStore for Damaged {
+    fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
+        Ok(Box::new(Damaged))
+    }
+}
+
+impl SpillFile for Damaged {
+    fn write_run(
+        &mut self,
+        docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
+    ) -> Result<RunHandle, QueryError> {
+        docs.for_each(drop);
+        Ok(RunHandle { offset: 0, len: 0 })
+    }
+
+    fn read_run(&self, _: RunHandle) -> Result<RunReader, QueryError> {
+        let bad = QueryError::location(301, "spill file x damaged at offset 8");
+        Ok(Box::new(std::iter::once(Err(bad))))
+    }
+}
+
+#[test]
+fn a_damaged_run_fails_the_pipeline() {
+    let docs = input(500);
+    let mut runner =
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(Damaged));
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    let e = runner.step().unwrap_err();
+    assert_eq!(e.code, 301);
+    assert!(e.message.contains("offset 8"));
+}
