@@ -20,7 +20,7 @@ use crate::request::Request;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{non_negative, parse_collation};
+use super::args::{disk_use, non_negative, parse_collation};
 use super::collections::collection_in_txn;
 use super::names::validate_db_name;
 use super::reply::{cursor_reply, first_batch, txn_owner};
@@ -126,6 +126,10 @@ struct FindQuery<'r> {
     max: Option<&'r RawDocument>,
     return_key: bool,
     show_record_id: bool,
+    /// The `sort` as given, and where a blocking sort may spill (`allowDiskUse`) when it can
+    /// continue lazily: without a collation, text score or `returnKey`/`showRecordId`.
+    raw_sort: Option<&'r RawDocument>,
+    spill: Option<std::sync::Arc<dyn mangrove_query::SpillStore>>,
 }
 
 impl FindQuery<'_> {
@@ -171,6 +175,8 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
         max: index_bound(req, "max")?,
         return_key: req.opt_bool("returnKey")?.unwrap_or(false),
         show_record_id: req.opt_bool("showRecordId")?.unwrap_or(false),
+        raw_sort: sort_spec,
+        spill: None,
     })
 }
 
@@ -190,6 +196,14 @@ fn find_with(
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
     let mut query = parse_query(req, &empty)?;
+    let spill = disk_use(shared, req)?;
+    let spillable = |q: &FindQuery<'_>| {
+        !collated
+            && !q.return_key
+            && !q.show_record_id
+            && q.sort.as_ref().is_some_and(|s| !s.needs_text_score())
+    };
+    query.spill = spill.filter(|_| spillable(&query));
 
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
@@ -373,6 +387,11 @@ impl Read<'_> {
         }
         if in_memory {
             let sort = q.sort.as_ref().filter(|_| !access.sorted());
+            if let (Some(_), Some(store), Some(raw)) = (sort, &q.spill, q.raw_sort) {
+                let limits = shared.params.query.limits();
+                let runner = sort_runner(raw, q.skip, q.limit, limits, store.clone())?;
+                return spilling_sort(runner, view, &coll, &access, &q.filter);
+            }
             let docs = collect_matches(
                 shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
             )?;
@@ -486,4 +505,69 @@ fn collect_matches(
         docs.truncate(l as usize);
     }
     Ok(docs)
+}
+
+/// A blocking sort that may spill (`allowDiskUse`): the pipeline `$sort`, `$limit`, `$skip`.
+fn sort_runner(
+    sort: &RawDocument,
+    skip: u64,
+    limit: Option<u64>,
+    limits: mangrove_query::Limits,
+    store: std::sync::Arc<dyn mangrove_query::SpillStore>,
+) -> CommandResult<mangrove_query::Runner> {
+    let mut stages = bson::raw::RawArrayBuf::new();
+    stages.push(bson::rawdoc! { "$sort": sort.to_owned() });
+    // `$limit` first, so the sort keeps only the best skip + limit (a top-k sort).
+    if let Some(l) = limit {
+        let keep = i64::try_from(skip.saturating_add(l)).unwrap_or(i64::MAX);
+        stages.push(bson::rawdoc! { "$limit": keep });
+    }
+    if skip > 0 {
+        stages.push(bson::rawdoc! { "$skip": i64::try_from(skip).unwrap_or(i64::MAX) });
+    }
+    let pipeline = mangrove_query::Pipeline::parse(&stages)?.with_limits(limits);
+    let mut runner = pipeline.into_runner(Default::default());
+    runner.allow_disk_use(store);
+    Ok(runner)
+}
+
+/// Every match through the sort, which keeps at most its memory limit and spills the rest;
+/// the cursor then answers from the sort (merging its runs) batch by batch.
+fn spilling_sort(
+    mut runner: mangrove_query::Runner,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: &Access,
+    filter: &Filter,
+) -> CommandResult<Source> {
+    let mut failed = None;
+    for_each_match(
+        view,
+        coll,
+        access,
+        filter,
+        &mut Examined::default(),
+        &mut |_, d| {
+            runner.feed((**d).clone());
+            // A sort answers nothing before its input ends: each step absorbs the document.
+            match runner.step() {
+                Ok(_) => ControlFlow::Continue(()),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    runner.end_input();
+    Ok(Source::Pipeline(Box::new(
+        crate::pipeline_input::PipelineSource {
+            runner,
+            input: None,
+            pending: None,
+        },
+    )))
 }
