@@ -34,6 +34,7 @@ mod geo_filter;
 mod geo_plan;
 mod geo_stage;
 mod group;
+mod group_spill;
 mod index;
 mod js_acc;
 mod jsonschema;

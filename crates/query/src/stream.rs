@@ -30,7 +30,7 @@ use bson::{Bson, Document, RawDocumentBuf};
 
 use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw};
 use crate::expr::random_unit;
-use crate::group::{Grouper, Groups};
+use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, Foreign};
@@ -188,7 +188,14 @@ fn step(
             };
             return Ok(Step::Doc(d));
         }
-        State::EmitGroups(groups) => return next_group(stage, groups, max),
+        State::EmitGroups(groups) => {
+            let next = next_group(stage, groups, max, &ctx.limits)?;
+            if matches!(next, Step::End) {
+                // A merge's spill file goes now rather than with the cursor.
+                *state = State::Done;
+            }
+            return Ok(next);
+        }
         State::Done => return Ok(Step::End),
         _ => {}
     }
@@ -306,10 +313,11 @@ fn blocking(
     *state = match (stage, taken) {
         (Stage::Count(field), State::Count(n)) => State::Emit(count_result(field, n)?),
         (Stage::Sort(spec), State::Sort(sorter)) => sorter.finish(spec)?,
-        (Stage::Group(_), State::Group(g)) => State::EmitGroups(Box::new(g.finish())),
-        (Stage::Bucket(b), State::Group(mut g)) => {
-            g.sort_buckets(b);
-            State::EmitGroups(Box::new(g.finish()))
+        (Stage::Group(g), State::Group(grouper)) => {
+            State::EmitGroups(Box::new(grouper.finish(&g.accs, None)?))
+        }
+        (Stage::Bucket(b), State::Group(grouper)) => {
+            State::EmitGroups(Box::new(grouper.finish(&b.accs, Some(b))?))
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
@@ -331,11 +339,19 @@ fn absorb(
         (Stage::Sort(spec), State::Sort(sorter)) => sorter.add(d, spec, ctx)?,
         (Stage::Group(g), State::Group(grouper)) => {
             let id = g.id.eval(&d)?.unwrap_or(Bson::Null);
-            grouper.add(&g.accs, id, &d, "$group", limits)?;
+            let spill = SpillTo {
+                store: ctx.spill,
+                bucket: None,
+            };
+            grouper.add(&g.accs, id, &d, "$group", limits, spill)?;
         }
         (Stage::Bucket(b), State::Group(grouper)) => {
             let id = b.bucket_of(&d)?;
-            grouper.add(&b.accs, id, &d, "$bucket", limits)?;
+            let spill = SpillTo {
+                store: ctx.spill,
+                bucket: Some(b),
+            };
+            grouper.add(&b.accs, id, &d, "$bucket", limits, spill)?;
         }
         (Stage::Facet(facets), State::Facet(f)) => f.add(facets, d, ctx)?,
         (Stage::Sample(_), State::Sample(s)) => s.add(d, ctx)?,
@@ -345,16 +361,18 @@ fn absorb(
     Ok(())
 }
 
-fn next_group(stage: &Stage, groups: &mut Groups, max: Option<usize>) -> Result<Step, QueryError> {
+fn next_group(
+    stage: &Stage,
+    groups: &mut Groups,
+    max: Option<usize>,
+    limits: &Limits,
+) -> Result<Step, QueryError> {
     let accs = match stage {
         Stage::Group(g) => &g.accs,
         Stage::Bucket(b) => &b.accs,
         _ => return Ok(Step::End),
     };
-    match groups.next(accs, max) {
-        Some(d) => Ok(Step::Doc(d?)),
-        None => Ok(Step::End),
-    }
+    Ok(groups.next(accs, max, limits)?.map_or(Step::End, Step::Doc))
 }
 
 /// The input of a stage that needs all of it at once, with each document's key (`$bucketAuto`'s
@@ -851,6 +869,8 @@ impl Runner {
     pub fn used_disk(&self) -> bool {
         self.states.iter().any(|s| match s {
             State::Sort(s) => s.spilled(),
+            State::Group(g) => g.spilled(),
+            State::EmitGroups(g) => matches!(**g, Groups::Merge(_)),
             State::Merge(_) => true,
             _ => false,
         })

@@ -212,3 +212,119 @@ fn a_damaged_run_fails_the_pipeline() {
     assert_eq!(e.code, 301);
     assert!(e.message.contains("offset 8"));
 }
+
+/// Every accumulator whose partial states merge, over interleaved groups; ties everywhere.
+fn all_accumulators() -> Document {
+    doc! {
+        "_id": "$g",
+        "sum": { "$sum": "$v" },
+        "count": { "$count": {} },
+        "avg": { "$avg": "$v" },
+        "min": { "$min": "$m" },
+        "max": { "$max": "$m" },
+        "first": { "$first": "$_id" },
+        "last": { "$last": "$_id" },
+        "push": { "$push": "$_id" },
+        "set": { "$addToSet": "$m" },
+        "merged": { "$mergeObjects": { "x": "$_id", "m": "$m" } },
+        "pop": { "$stdDevPop": "$v" },
+        "samp": { "$stdDevSamp": "$v" },
+        "firstN": { "$firstN": { "input": "$_id", "n": 3 } },
+        "lastN": { "$lastN": { "input": "$_id", "n": 3 } },
+        "minN": { "$minN": { "input": "$m", "n": 4 } },
+        "maxN": { "$maxN": { "input": "$m", "n": 4 } },
+        "top": { "$top": { "sortBy": { "v": 1 }, "output": "$_id" } },
+        "bottom": { "$bottom": { "sortBy": { "v": 1 }, "output": "$_id" } },
+        "topN": { "$topN": { "sortBy": { "v": -1 }, "output": "$_id", "n": 3 } },
+        "bottomN": { "$bottomN": { "sortBy": { "v": -1 }, "output": "$_id", "n": 3 } },
+        "median": { "$median": { "input": "$v", "method": "approximate" } },
+    }
+}
+
+/// Groups `g` interleaved; `m` equal numbers of two types (ties for `$min`/`$max`).
+fn group_input(n: i32) -> Vec<Document> {
+    (0..n)
+        .map(|i| {
+            let m = if i % 2 == 0 {
+                bson::Bson::Int32(i % 5)
+            } else {
+                bson::Bson::Double((i % 5) as f64)
+            };
+            doc! { "_id": i, "g": (i * 37) % 200, "v": (i * 13) % 7, "m": m }
+        })
+        .collect()
+}
+
+fn by_id(mut docs: Vec<Document>) -> Vec<Document> {
+    docs.sort_by(|a, b| a.get_i32("_id").unwrap().cmp(&b.get_i32("_id").unwrap()));
+    docs
+}
+
+/// The standard deviations of the spilled groups agree to rounding; everything else exactly.
+fn assert_same_groups(got: Vec<Document>, expected: Vec<Document>) {
+    assert_eq!(got.len(), expected.len());
+    for (mut g, mut e) in got.into_iter().zip(expected) {
+        for f in ["pop", "samp"] {
+            let (a, b) = (g.remove(f).unwrap(), e.remove(f).unwrap());
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{f}: {a} vs {b}");
+        }
+        assert_eq!(g, e);
+    }
+}
+
+#[test]
+fn spilled_groups_equal_the_unspilled_ones() {
+    let docs = group_input(4000);
+    let stages = vec![doc! { "$group": all_accumulators() }];
+    let expected = by_id(run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap());
+    assert_eq!(expected.len(), 200);
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 60_000), &docs, Some(&store)).unwrap();
+    let runs = store.runs.lock().unwrap().len();
+    assert!(runs > 10, "only {runs} runs were written");
+    // Spilled groups come out in key order (numbers ascending here).
+    let ids: Vec<i32> = got.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_same_groups(got, expected);
+    assert_eq!(*store.open_files.lock().unwrap(), 0);
+}
+
+#[test]
+fn a_spilled_bucket_keeps_boundary_order_and_the_default_last() {
+    let docs = group_input(3000);
+    let stages = vec![doc! { "$bucket": {
+        "groupBy": "$g",
+        "boundaries": [20, 60, 120, 150],
+        "default": -1,
+        "output": { "ids": { "$push": "$_id" }, "n": { "$sum": 1 }, "first": { "$first": "$_id" } },
+    } }];
+    let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+    assert!(!store.runs.lock().unwrap().is_empty(), "nothing spilled");
+    let ids: Vec<_> = got.iter().map(|d| d.get("_id").unwrap().clone()).collect();
+    assert_eq!(ids, [20, 60, 120, -1].map(bson::Bson::Int32));
+    assert!(got == expected);
+}
+
+#[test]
+fn groups_that_cannot_spill_fail_with_292_naming_the_accumulator() {
+    let docs = group_input(2000);
+    let js = doc! { "$accumulator": {
+        "init": "function() { return 0; }",
+        "accumulate": "function(s, v) { return s + v; }",
+        "accumulateArgs": ["$v"],
+        "merge": "function(a, b) { return a + b; }",
+        "lang": "js",
+    } };
+    let stages = vec![doc! { "$group": { "_id": "$_id", "total": js } }];
+    let store = MemoryStore::default();
+    let e = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap_err();
+    assert_eq!(e.code, 292, "{}", e.message);
+    assert!(e.message.contains("'total'"), "{}", e.message);
+    // Without a store, the ordinary 292.
+    let stages = vec![doc! { "$group": { "_id": "$_id", "n": { "$sum": 1 } } }];
+    let e = run(pipeline(stages, 20_000), &docs, None).unwrap_err();
+    assert_eq!(e.code, 292);
+}
