@@ -120,3 +120,63 @@ def test_a_damaged_spill_file_fails_the_read_and_names_the_file(server, coll):
     assert e.value.code == 301, e.value
     assert name in str(e.value) and "damaged at offset" in str(e.value)
     assert tmp_files(server) == []
+
+
+def test_a_large_group_spills_and_equals_the_unspilled_result(server, client, coll):
+    pipeline = [
+        {"$group": {
+            "_id": "$_id",
+            "k": {"$first": "$k"},
+            "n": {"$sum": 1},
+            "pads": {"$push": {"$substrBytes": ["$pad", 0, 3]}},
+        }},
+        {"$sort": {"_id": 1}},
+    ]
+    cursor = coll.aggregate(pipeline, batchSize=5)
+    first = [next(cursor) for _ in range(5)]
+    got = first + list(cursor)
+    assert got == [{"_id": i, "k": (i * 7919) % 17, "n": 1, "pads": ["xxx"]} for i in range(N)]
+    assert tmp_files(server) == []
+    # Few groups fed many times: states of one key merged across runs, in input order.
+    pipeline = [{"$group": {"_id": "$k", "ids": {"$push": "$_id"}, "last": {"$last": "$_id"}}}]
+    got = sorted(coll.aggregate(pipeline), key=lambda d: d["_id"])
+    for d in got:
+        ids = [i for i in range(N) if (i * 7919) % 17 == d["_id"]]
+        assert d["ids"] == ids and d["last"] == ids[-1]
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline[:1] + [{"$sort": {"_id": 1}}], allowDiskUse=False))
+    assert e.value.code == 292
+
+
+def test_spills_past_max_spill_bytes_fail_with_out_of_disk_space():
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    srv = MangroveServer(extra_args=["--max-spill-bytes", "600000"])
+    try:
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        c.admin.command("setParameter", 1, **{SORT_LIMIT: 256 * 1024})
+        docs = [{"_id": i, "k": i % 17, "pad": PAD} for i in range(N)]
+        c.t.big.insert_many(docs)
+        with pytest.raises(OperationFailure) as e:
+            list(c.t.big.aggregate([{"$sort": {"k": 1}}]))
+        assert e.value.code == 14031, e.value
+        assert "--max-spill-bytes" in str(e.value)
+        assert tmp_files(srv) == []
+        # A smaller input fits the bound (the space of the failed sort was given back).
+        got = [d["_id"] for d in c.t.big.aggregate([{"$match": {"_id": {"$lt": 500}}}, {"$sort": {"k": 1}}])]
+        assert got == [d["_id"] for d in sorted(docs[:500], key=lambda d: d["k"])]
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_leftover_spill_files_are_removed_at_startup(restartable):
+    first = restartable()
+    first.stop()
+    tmp = first.data_dir / "_tmp"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "spill-7.bin").write_bytes(b"left by a crashed server")
+    restartable()
+    assert os.listdir(tmp) == []
