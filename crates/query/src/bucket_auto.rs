@@ -4,7 +4,7 @@
 //!
 //! Invariants:
 //! - The stage is blocking: it holds every input document with its `groupBy` value, bounded by
-//!   `Limits::stage_bytes` (292; mongod would spill, Mangrove never does), and the accumulators
+//!   `Limits::stage_bytes` (292; mongod would spill, Mangrove spills only `$sort` and groups), and the accumulators
 //!   of one bucket at a time (bounded by `Limits::group_bytes` through the `Grouper`).
 //! - Equal `groupBy` values always share a bucket; a bucket's `min` is inclusive and its `max`
 //!   exclusive but for the last bucket's, and with a granularity every boundary is a value of

@@ -11,11 +11,11 @@
 //!   overcounts.
 //! - `$push`/`$addToSet` check their own limit (146, `internalQueryMaxPushBytes` /
 //!   `internalQueryMaxAddToSetBytes`) before adding a value; the whole stage checks
-//!   `Limits::group_bytes` after each document. mongod 7.0 spills groups to disk by default
-//!   (`allowDiskUse` defaults to true), so there only a single accumulator too large for memory
-//!   fails, with 146; Mangrove never spills, so when the stage limit is crossed it reports 146 if
-//!   one `$push`/`$addToSet` holds more than half of the limit (spilling could not have split
-//!   it), else 292 (QueryExceededMemoryLimitNoDiskUseAllowed).
+//!   `Limits::group_bytes` after each document. Past it, with a spill store (`allowDiskUse`,
+//!   which defaults to true as in mongod 7.0), the groups are written as a run ordered by key
+//!   and cleared (`group_spill.rs`); without one, it reports 146 if one `$push`/`$addToSet`
+//!   holds more than half of the limit (spilling could not have split it), else 292
+//!   (QueryExceededMemoryLimitNoDiskUseAllowed).
 
 use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
@@ -736,8 +736,11 @@ impl Grouper {
             self.used = self.used.saturating_add_signed(delta);
         }
         if self.used > limits.group_bytes {
+            if let Some(e) = self.one_too_large(slot, limits) {
+                return Err(e);
+            }
             let Some(store) = spill.store else {
-                return Err(self.over_limit(slot, stage, limits));
+                return Err(limits::stage_exceeded(stage, limits.group_bytes));
             };
             group_spill::check_spillable(accs, stage, limits.group_bytes)?;
             return self.spill(store, spill.bucket);
@@ -783,21 +786,22 @@ impl Grouper {
         self.spilled.is_some()
     }
 
-    /// The error for crossing the stage limit while updating group `slot` (see the module
-    /// comment for why one large `$push`/`$addToSet` is named instead).
-    fn over_limit(&self, slot: usize, stage: &str, limits: &Limits) -> QueryError {
+    /// 146 when crossing the stage limit while updating group `slot` is down to one large
+    /// `$push`/`$addToSet` (spilling could not split it; see the module comment).
+    fn one_too_large(&self, slot: usize, limits: &Limits) -> Option<QueryError> {
         for state in &self.groups[slot].1 {
             match state {
                 AccState::Array(_, bytes) if *bytes > limits.group_bytes / 2 => {
-                    return limits::accumulator_exceeded("$push", limits.push_bytes);
+                    return Some(limits::accumulator_exceeded("$push", limits.push_bytes));
                 }
                 AccState::Set(_, _, bytes) if *bytes > limits.group_bytes / 2 => {
-                    return limits::accumulator_exceeded("$addToSet", limits.add_to_set_bytes);
+                    let limit = limits.add_to_set_bytes;
+                    return Some(limits::accumulator_exceeded("$addToSet", limit));
                 }
                 _ => {}
             }
         }
-        limits::stage_exceeded(stage, limits.group_bytes)
+        None
     }
 
     /// Orders the groups as `$bucket` returns them.

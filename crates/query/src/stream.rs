@@ -14,7 +14,8 @@
 //! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`, and
 //!   `$bucketAuto`, `$setWindowFields`, `$densify`, which hold their input as [`Held`]) absorb their
 //!   whole input before answering, and hold only their own state, each bounded by
-//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292): the documents a `$sort` or
+//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292, or, for `$sort`, `$group`
+//!   and `$bucket` with a spill store, a run written to disk and the memory freed): the documents a `$sort` or
 //!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
 //!   facets' results, a counter. A blocking stage whose documents are the results refuses one
 //!   too large to return before serializing it.
