@@ -180,3 +180,14 @@ def test_leftover_spill_files_are_removed_at_startup(restartable):
     (tmp / "spill-7.bin").write_bytes(b"left by a crashed server")
     restartable()
     assert os.listdir(tmp) == []
+
+
+def test_the_profiler_reports_used_disk(db, coll):
+    db.command("profile", 2)
+    try:
+        list(coll.aggregate([{"$sort": {"k": 1}}, {"$limit": 3000}, {"$count": "n"}]))
+        list(coll.aggregate([{"$match": {"_id": {"$lt": 10}}}, {"$sort": {"k": 1}}]))
+    finally:
+        db.command("profile", 0)
+    entries = [e for e in db.system.profile.find({"op": "command", "command.aggregate": "big"})]
+    assert [e.get("usedDisk", False) for e in entries] == [True, False]

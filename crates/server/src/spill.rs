@@ -80,6 +80,7 @@ impl SpillStore for SpillDir {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_error("create", &path, e))?;
+        crate::op_stats::note_used_disk();
         Ok(Box::new(DiskFile {
             path: Arc::new(path),
             file: Arc::new(file),
