@@ -256,7 +256,7 @@ fn group_input(n: i32) -> Vec<Document> {
 }
 
 fn by_id(mut docs: Vec<Document>) -> Vec<Document> {
-    docs.sort_by(|a, b| a.get_i32("_id").unwrap().cmp(&b.get_i32("_id").unwrap()));
+    docs.sort_by_key(|a| a.get_i32("_id").unwrap());
     docs
 }
 
