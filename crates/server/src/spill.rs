@@ -319,3 +319,98 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> QueryError {
         format!("cannot {what} spill file {}: {e}", path.display()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh data directory under the system's temporary one.
+    fn data_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("mangrove-spill-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn docs(n: i32) -> Vec<RawDocumentBuf> {
+        (0..n)
+            .map(|i| bson::rawdoc! { "_id": i, "pad": "y".repeat(100) })
+            .collect()
+    }
+
+    fn write(file: &mut dyn SpillFile, docs: &[RawDocumentBuf]) -> RunHandle {
+        file.write_run(&mut docs.iter().cloned().map(Ok)).unwrap()
+    }
+
+    #[test]
+    fn runs_read_back_whole_and_the_file_goes_with_its_owner() {
+        let data = data_dir("roundtrip");
+        std::fs::create_dir_all(data.join("_tmp")).unwrap();
+        std::fs::write(data.join("_tmp/stale.bin"), b"old").unwrap();
+        let dir = SpillDir::open(&data, u64::MAX).unwrap();
+        assert_eq!(std::fs::read_dir(data.join("_tmp")).unwrap().count(), 0);
+        let mut file = dir.open().unwrap();
+        let (a, b) = (docs(3000), docs(10));
+        let (ra, rb) = (write(&mut *file, &a), write(&mut *file, &b));
+        let back: Vec<_> = file.read_run(ra).unwrap().map(Result::unwrap).collect();
+        assert_eq!(back, a);
+        let back: Vec<_> = file.read_run(rb).unwrap().map(Result::unwrap).collect();
+        assert_eq!(back, b);
+        assert_eq!(dir.used.load(Relaxed), ra.len + rb.len);
+        drop(file);
+        assert_eq!(dir.used.load(Relaxed), 0);
+        assert_eq!(std::fs::read_dir(data.join("_tmp")).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_read_naming_the_file_and_offset() {
+        let data = data_dir("damage");
+        let dir = SpillDir::open(&data, u64::MAX).unwrap();
+        let mut file = dir.open().unwrap();
+        let run = write(&mut *file, &docs(3000));
+        let path = std::fs::read_dir(data.join("_tmp"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Inside the 100th record's document (each record: 8 bytes of frame, then the document).
+        let record = HEADER + docs(1)[0].as_bytes().len();
+        bytes[100 * record + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let read: Vec<_> = file.read_run(run).unwrap().collect();
+        assert_eq!(read.len(), 101, "nothing after the damaged record");
+        assert!(read[..100].iter().all(Result::is_ok));
+        let e = read[100].as_ref().unwrap_err();
+        assert_eq!(e.code, 301);
+        let offset = format!("at offset {}:", 100 * record);
+        assert!(
+            e.message.contains(&*path.to_string_lossy()),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains(&offset), "{}", e.message);
+        drop(file);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn spills_past_the_bound_fail_with_out_of_disk_space_and_give_the_space_back() {
+        let data = data_dir("bound");
+        let dir = SpillDir::open(&data, 100_000).unwrap();
+        let mut file = dir.open().unwrap();
+        let e = file
+            .write_run(&mut docs(3000).into_iter().map(Ok))
+            .unwrap_err();
+        assert_eq!(e.code, 14031);
+        assert!(e.message.contains("--max-spill-bytes"), "{}", e.message);
+        drop(file);
+        assert_eq!(dir.used.load(Relaxed), 0);
+        let mut file = dir.open().unwrap();
+        write(&mut *file, &docs(100));
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}

@@ -390,7 +390,7 @@ impl Read<'_> {
             if let (Some(_), Some(store), Some(raw)) = (sort, &q.spill, q.raw_sort) {
                 let limits = shared.params.query.limits();
                 let runner = sort_runner(raw, q.skip, q.limit, limits, store.clone())?;
-                return spilling_sort(runner, view, &coll, &access, &q.filter);
+                return spilling_sort(runner, view, &coll, access, q.filter);
             }
             let docs = collect_matches(
                 shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
@@ -532,42 +532,23 @@ fn sort_runner(
 }
 
 /// Every match through the sort, which keeps at most its memory limit and spills the rest;
-/// the cursor then answers from the sort (merging its runs) batch by batch.
+/// the cursor then answers from the sort (merging its runs) batch by batch. The matches are
+/// read in chunks, as an aggregate's input, so no engine lock is held while the sort spills.
 fn spilling_sort(
     mut runner: mangrove_query::Runner,
     view: &dyn ReadView,
     coll: &CollectionInfo,
-    access: &Access,
-    filter: &Filter,
+    access: Access,
+    filter: Filter,
 ) -> CommandResult<Source> {
-    let mut failed = None;
-    for_each_match(
-        view,
-        coll,
-        access,
-        filter,
-        &mut Examined::default(),
-        &mut |_, d| {
-            runner.feed((**d).clone());
-            // A sort answers nothing before its input ends: each step absorbs the document.
-            match runner.step() {
-                Ok(_) => ControlFlow::Continue(()),
-                Err(e) => {
-                    failed = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
-        },
-    )?;
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    runner.end_input();
+    let mut reader = crate::pipeline_input::InputReader::new(access, filter);
+    // A sort answers nothing before its input ends: the first result means all was read.
+    let first = crate::pipeline_input::next_result(&mut runner, Some((&mut reader, view, coll)))?;
     Ok(Source::Pipeline(Box::new(
         crate::pipeline_input::PipelineSource {
             runner,
             input: None,
-            pending: None,
+            pending: first,
         },
     )))
 }
