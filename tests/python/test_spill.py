@@ -191,3 +191,42 @@ def test_the_profiler_reports_used_disk(db, coll):
         db.command("profile", 0)
     entries = [e for e in db.system.profile.find({"op": "command", "command.aggregate": "big"})]
     assert [e.get("usedDisk", False) for e in entries] == [True, False]
+
+
+def test_a_full_disk_fails_the_spill_with_out_of_disk_space(tmp_path):
+    """A real ENOSPC: the data directory on a small tmpfs, filled up before the sort spills."""
+    import subprocess
+
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    srv = None
+    try:
+        srv = MangroveServer(data_dir=mnt / "data")
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        c.admin.command("setParameter", 1, **{SORT_LIMIT: 256 * 1024})
+        docs = [{"_id": i, "k": i % 17, "pad": PAD} for i in range(N)]
+        c.t.big.insert_many(docs)
+        st = os.statvfs(mnt)
+        filler = mnt / "filler"
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 64 * 1024))
+        with pytest.raises(OperationFailure) as e:
+            list(c.t.big.aggregate([{"$sort": {"k": 1}}]))
+        assert e.value.code == 14031, e.value
+        assert "spill file" in str(e.value), e.value
+        assert tmp_files(srv) == []
+        filler.unlink()
+        got = [d["_id"] for d in c.t.big.aggregate([{"$sort": {"k": 1}}])]
+        assert got == [d["_id"] for d in sorted(docs, key=lambda d: d["k"])]
+        assert srv.alive()
+        c.close()
+    finally:
+        if srv is not None:
+            srv.stop()
+        subprocess.run(["umount", str(mnt)])
