@@ -176,29 +176,8 @@ fn step(
     ctx: &Ctx<'_>,
     max: Option<usize>,
 ) -> Result<Step, QueryError> {
-    match state {
-        State::Emit(docs) => return Ok(docs.pop_front().map_or(Step::End, Step::Doc)),
-        State::Merge(merge) => {
-            let Stage::Sort(spec) = stage else {
-                return Ok(Step::End);
-            };
-            let Some(d) = merge.next(spec)? else {
-                // Done: the spill file goes now rather than with the cursor.
-                *state = State::Done;
-                return Ok(Step::End);
-            };
-            return Ok(Step::Doc(d));
-        }
-        State::EmitGroups(groups) => {
-            let next = next_group(stage, groups, max, &ctx.limits)?;
-            if matches!(next, Step::End) {
-                // A merge's spill file goes now rather than with the cursor.
-                *state = State::Done;
-            }
-            return Ok(next);
-        }
-        State::Done => return Ok(Step::End),
-        _ => {}
+    if let Some(answer) = answer(stage, state, ctx, max)? {
+        return Ok(answer);
     }
     match stage {
         Stage::Match(f) => loop {
@@ -249,6 +228,30 @@ fn step(
         },
         _ => blocking(stage, state, up, ctx, max),
     }
+}
+
+/// A blocking stage's next answer once it has absorbed its input; `None` before.
+fn answer(
+    stage: &Stage,
+    state: &mut State,
+    ctx: &Ctx<'_>,
+    max: Option<usize>,
+) -> Result<Option<Step>, QueryError> {
+    let step = match state {
+        State::Emit(docs) => docs.pop_front().map_or(Step::End, Step::Doc),
+        State::Merge(merge) => match stage {
+            Stage::Sort(spec) => merge.next(spec)?.map_or(Step::End, Step::Doc),
+            _ => Step::End,
+        },
+        State::EmitGroups(groups) => next_group(stage, groups, max, &ctx.limits)?,
+        State::Done => Step::End,
+        _ => return Ok(None),
+    };
+    if matches!(step, Step::End) {
+        // A merge's spill file goes now rather than with the cursor.
+        *state = State::Done;
+    }
+    Ok(Some(step))
 }
 
 fn skip_or_limit(state: &mut State, up: &mut Upstream<'_>) -> Result<Step, QueryError> {
