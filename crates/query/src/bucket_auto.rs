@@ -353,7 +353,7 @@ impl BucketAuto {
             grouper.add(&self.accs, Bson::Null, d, "$bucketAuto", limits, no_spill)?;
         }
         let done = grouper
-            .finish(&self.accs, None)?
+            .finish(&self.accs, None, limits)?
             .next(&self.accs, None, limits)?;
         let raw = done.unwrap_or_default();
         let mut d = Document::try_from(raw.as_ref()).map_err(raw_err)?;

@@ -815,6 +815,7 @@ impl Grouper {
         mut self,
         accs: &[(String, Acc)],
         bucket: Option<&Bucket>,
+        limits: &Limits,
     ) -> Result<Groups, QueryError> {
         let Some(spilled) = self.spilled.take() else {
             if let Some(b) = bucket {
@@ -823,9 +824,8 @@ impl Grouper {
             return Ok(Groups::Memory(self.groups.into_iter()));
         };
         let rest = self.take_ordered(bucket);
-        Ok(Groups::Merge(Box::new(GroupMerge::new(
-            accs, spilled, rest,
-        )?)))
+        let merge = GroupMerge::new(accs, spilled, rest, limits.group_bytes)?;
+        Ok(Groups::Merge(Box::new(merge)))
     }
 }
 

@@ -339,15 +339,18 @@ pub(crate) struct GroupMerge {
 
 impl GroupMerge {
     /// `rest`: the groups still in memory, ordered by key; they came after every run.
+    /// `budget`: the bytes the runs' readers may hold together.
     pub(crate) fn new(
         accs: &[(String, Acc)],
         spilled: Spilled,
         rest: Vec<Entry>,
+        budget: usize,
     ) -> Result<GroupMerge, QueryError> {
-        let mut sources = Vec::with_capacity(spilled.runs.len() + 1);
-        for run in &spilled.runs {
-            sources.push(Source::Run(spilled.file.read_run(*run)?));
-        }
+        let mut sources: Vec<Source> = spilled
+            .readers(budget)?
+            .into_iter()
+            .map(Source::Run)
+            .collect();
         sources.push(Source::Memory(rest.into_iter()));
         let mut heads = Vec::with_capacity(sources.len());
         for s in &mut sources {

@@ -47,8 +47,9 @@ pub trait SpillFile: Send {
         docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
     ) -> Result<RunHandle, QueryError>;
 
-    /// A reader of the run `run` (several may be open at once).
-    fn read_run(&self, run: RunHandle) -> Result<RunReader, QueryError>;
+    /// A reader of the run `run` (several may be open at once) that holds at most about
+    /// `read_ahead` bytes it has read but not yet returned (besides the record at hand).
+    fn read_run(&self, run: RunHandle, read_ahead: usize) -> Result<RunReader, QueryError>;
 }
 
 /// A stage's spill file and the runs written to it so far, in input order.
@@ -64,6 +65,16 @@ impl Spilled {
             file: store.open()?,
             runs: Vec::new(),
         })
+    }
+
+    /// Readers of every run, which together read ahead at most about `budget` bytes (the
+    /// stage's memory limit), so many runs cannot multiply the merge's memory.
+    pub(crate) fn readers(&self, budget: usize) -> Result<Vec<RunReader>, QueryError> {
+        let each = budget / self.runs.len().max(1);
+        self.runs
+            .iter()
+            .map(|run| self.file.read_run(*run, each))
+            .collect()
     }
 
     /// Writes `docs` (already in the stage's order) as the next run.
@@ -101,15 +112,18 @@ pub(crate) struct SortMerge {
 
 impl SortMerge {
     /// `rest`: the documents still in memory, sorted; they came after every run.
+    /// `budget`: the bytes the runs' readers may hold together.
     pub(crate) fn new(
         spilled: Spilled,
         rest: Vec<RawDocumentBuf>,
         keep: Option<usize>,
+        budget: usize,
     ) -> Result<SortMerge, QueryError> {
-        let mut sources = Vec::with_capacity(spilled.runs.len() + 1);
-        for run in &spilled.runs {
-            sources.push(Source::Run(spilled.file.read_run(*run)?));
-        }
+        let mut sources: Vec<Source> = spilled
+            .readers(budget)?
+            .into_iter()
+            .map(Source::Run)
+            .collect();
         sources.push(Source::Memory(rest.into_iter()));
         let mut heads = Vec::with_capacity(sources.len());
         for s in &mut sources {

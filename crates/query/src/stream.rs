@@ -316,12 +316,12 @@ fn blocking(
     let taken = std::mem::replace(state, State::Done);
     *state = match (stage, taken) {
         (Stage::Count(field), State::Count(n)) => State::Emit(count_result(field, n)?),
-        (Stage::Sort(spec), State::Sort(sorter)) => sorter.finish(spec)?,
+        (Stage::Sort(spec), State::Sort(sorter)) => sorter.finish(spec, &ctx.limits)?,
         (Stage::Group(g), State::Group(grouper)) => {
-            State::EmitGroups(Box::new(grouper.finish(&g.accs, None)?))
+            State::EmitGroups(Box::new(grouper.finish(&g.accs, None, &ctx.limits)?))
         }
         (Stage::Bucket(b), State::Group(grouper)) => {
-            State::EmitGroups(Box::new(grouper.finish(&b.accs, Some(b))?))
+            State::EmitGroups(Box::new(grouper.finish(&b.accs, Some(b), &ctx.limits)?))
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
@@ -487,14 +487,17 @@ impl Sorter {
     }
 
     /// The documents in order: at once, or merged from the runs as they are pulled.
-    fn finish(mut self, spec: &SortSpec) -> Result<State, QueryError> {
+    fn finish(mut self, spec: &SortSpec, limits: &Limits) -> Result<State, QueryError> {
         spec.sort_items(&mut self.docs, |d| d);
         if let Some(k) = self.keep {
             self.docs.truncate(k);
         }
         Ok(match self.spilled {
             None => State::Emit(self.docs.into()),
-            Some(spilled) => State::Merge(Box::new(SortMerge::new(spilled, self.docs, self.keep)?)),
+            Some(spilled) => {
+                let merge = SortMerge::new(spilled, self.docs, self.keep, limits.stage_bytes)?;
+                State::Merge(Box::new(merge))
+            }
         })
     }
 

@@ -27,8 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bson::RawDocumentBuf;
 use mangrove_query::{QueryError, RunHandle, RunReader, SpillFile, SpillStore};
 
-/// Records are written and read in chunks of about this size.
+/// Records are written, and read ahead, in chunks of at most this size.
 const CHUNK: usize = 256 * 1024;
+
+/// Readers of many runs each read ahead at least this much.
+const MIN_CHUNK: usize = 4 * 1024;
 
 /// The frame before each record: its length and its checksum.
 const HEADER: usize = 8;
@@ -169,7 +172,7 @@ impl SpillFile for DiskFile {
         })
     }
 
-    fn read_run(&self, run: RunHandle) -> Result<RunReader, QueryError> {
+    fn read_run(&self, run: RunHandle, read_ahead: usize) -> Result<RunReader, QueryError> {
         let end = run.offset.saturating_add(run.len);
         if end > self.len {
             return Err(damaged(
@@ -185,6 +188,7 @@ impl SpillFile for DiskFile {
             end,
             buf: Vec::new(),
             at: 0,
+            chunk: read_ahead.clamp(MIN_CHUNK, CHUNK),
             failed: false,
         }))
     }
@@ -212,6 +216,8 @@ struct RunIter {
     /// Bytes read ahead, from file offset `pos - at`.
     buf: Vec<u8>,
     at: usize,
+    /// How much to read ahead at once.
+    chunk: usize,
     /// After an error nothing more is returned.
     failed: bool,
 }
@@ -261,7 +267,7 @@ impl RunIter {
             self.buf.drain(..self.at);
             self.at = 0;
             let from = self.pos + avail as u64;
-            let want = ((n - avail).max(CHUNK) as u64).min(self.end - from) as usize;
+            let want = ((n - avail).max(self.chunk) as u64).min(self.end - from) as usize;
             if want < n - avail {
                 return Err(damaged(
                     &self.path,
@@ -353,9 +359,13 @@ mod tests {
         let mut file = dir.open().unwrap();
         let (a, b) = (docs(3000), docs(10));
         let (ra, rb) = (write(&mut *file, &a), write(&mut *file, &b));
-        let back: Vec<_> = file.read_run(ra).unwrap().map(Result::unwrap).collect();
+        let back: Vec<_> = file
+            .read_run(ra, CHUNK)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(back, a);
-        let back: Vec<_> = file.read_run(rb).unwrap().map(Result::unwrap).collect();
+        let back: Vec<_> = file.read_run(rb, 1).unwrap().map(Result::unwrap).collect();
         assert_eq!(back, b);
         assert_eq!(dir.used.load(Relaxed), ra.len + rb.len);
         drop(file);
@@ -381,7 +391,7 @@ mod tests {
         let record = HEADER + docs(1)[0].as_bytes().len();
         bytes[100 * record + 20] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let read: Vec<_> = file.read_run(run).unwrap().collect();
+        let read: Vec<_> = file.read_run(run, CHUNK).unwrap().collect();
         assert_eq!(read.len(), 101, "nothing after the damaged record");
         assert!(read[..100].iter().all(Result::is_ok));
         let e = read[100].as_ref().unwrap_err();

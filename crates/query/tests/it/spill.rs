@@ -46,7 +46,7 @@ impl SpillFile for MemoryFile {
         })
     }
 
-    fn read_run(&self, run: RunHandle) -> Result<RunReader, QueryError> {
+    fn read_run(&self, run: RunHandle, _: usize) -> Result<RunReader, QueryError> {
         let docs = self.0.runs.lock().unwrap()[run.offset as usize].clone();
         Ok(Box::new(docs.into_iter().map(Ok)))
     }
@@ -192,7 +192,7 @@ impl SpillFile for Damaged {
         Ok(RunHandle { offset: 0, len: 0 })
     }
 
-    fn read_run(&self, _: RunHandle) -> Result<RunReader, QueryError> {
+    fn read_run(&self, _: RunHandle, _: usize) -> Result<RunReader, QueryError> {
         let bad = QueryError::location(301, "spill file x damaged at offset 8");
         Ok(Box::new(std::iter::once(Err(bad))))
     }
