@@ -230,3 +230,15 @@ def test_a_full_disk_fails_the_spill_with_out_of_disk_space(tmp_path):
         if srv is not None:
             srv.stop()
         subprocess.run(["umount", str(mnt)])
+
+
+def test_a_find_sort_spills_in_a_transaction_but_not_under_a_collation(server, client, coll):
+    with client.start_session() as s:
+        with s.start_transaction():
+            got = [d["_id"] for d in coll.find({}, {"k": 1}, session=s).sort("k", 1).batch_size(7)]
+    assert got == expected("k")
+    assert tmp_files(server) == []
+    # A collated cursor could not keep its collation for getMore: it stays within memory.
+    with pytest.raises(OperationFailure) as e:
+        list(coll.find().sort("k", 1).collation({"locale": "en"}))
+    assert e.value.code == 292

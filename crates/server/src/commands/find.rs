@@ -492,7 +492,7 @@ fn collect_matches(
         return Err(CommandError::new(
             code::QUERY_EXCEEDED_MEMORY_LIMIT,
             format!(
-                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting."
+                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting. Pass allowDiskUse: true to let it spill to disk (a find with a collation, returnKey, showRecordId or a textScore sort cannot spill; narrow its filter or add a limit)"
             ),
         ));
     }
