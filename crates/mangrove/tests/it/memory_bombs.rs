@@ -310,6 +310,21 @@ async fn aggregations_over_more_than_100mb_stream_and_groups_are_bounded() {
         (292, "QueryExceededMemoryLimitNoDiskUseAllowed"),
         "{msg}"
     );
+    // With disk use (the default) it spills its 150 MB past the 100 MiB limit, within the
+    // watchdog's memory bound, and answers every document in order (the pads are all equal:
+    // ties keep the input order).
+    let sorted: Vec<Document> = coll
+        .aggregate(vec![
+            doc! { "$sort": { "pad": 1 } },
+            doc! { "$project": { "pad": 0 } },
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<i32> = sorted.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, (0..1500).collect::<Vec<_>>());
 
     // $push: "$$ROOT" over 150 MB: the accumulator's limit (146), as mongod 7.0 by default.
     let push_all = vec![doc! { "$group": { "_id": null, "all": { "$push": "$$ROOT" } } }];
