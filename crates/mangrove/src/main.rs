@@ -27,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `Serve`'s many flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
