@@ -11,11 +11,13 @@
 //!   overcounts.
 //! - `$push`/`$addToSet` check their own limit (146, `internalQueryMaxPushBytes` /
 //!   `internalQueryMaxAddToSetBytes`) before adding a value; the whole stage checks
-//!   `Limits::group_bytes` after each document. Past it, with a spill store (`allowDiskUse`,
-//!   which defaults to true as in mongod 7.0), the groups are written as a run ordered by key
-//!   and cleared (`group_spill.rs`); without one, it reports 146 if one `$push`/`$addToSet`
-//!   holds more than half of the limit (spilling could not have split it), else 292
-//!   (QueryExceededMemoryLimitNoDiskUseAllowed).
+//!   `Limits::group_bytes` after each document. Past it, it reports 146 if one
+//!   `$push`/`$addToSet` holds more than half of the limit (spilling could not split it); else,
+//!   with a spill store (`allowDiskUse`, which defaults to true as in mongod 7.0), the groups
+//!   are written as a run ordered by key and cleared (`group_spill.rs`), and without one it
+//!   fails with 292 (QueryExceededMemoryLimitNoDiskUseAllowed).
+//! - Once spilled, the groups come out merged in key order (`$bucket`: boundary order, the
+//!   default last); unspilled, in first-seen order (`$bucket`: boundary order).
 
 use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
