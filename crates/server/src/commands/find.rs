@@ -196,14 +196,7 @@ fn find_with(
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
     let mut query = parse_query(req, &empty)?;
-    let spill = disk_use(shared, req)?;
-    let spillable = |q: &FindQuery<'_>| {
-        !collated
-            && !q.return_key
-            && !q.show_record_id
-            && q.sort.as_ref().is_some_and(|s| !s.needs_text_score())
-    };
-    query.spill = spill.filter(|_| spillable(&query));
+    query.spill = spill_store(shared, req, &query, collated)?;
 
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
     let coll = match txn {
@@ -256,6 +249,21 @@ fn find_with(
         return super::tailable::first_batch(shared, cursor, batch_size);
     }
     first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// Where the query's blocking sort may spill: `allowDiskUse` allows it, and the cursor can go
+/// on merging without the command (no collation) and without index keys or text scores.
+fn spill_store(
+    shared: &Shared,
+    req: &Request<'_>,
+    q: &FindQuery<'_>,
+    collated: bool,
+) -> CommandResult<Option<std::sync::Arc<dyn mangrove_query::SpillStore>>> {
+    let spillable = !collated
+        && !q.return_key
+        && !q.show_record_id
+        && q.sort.as_ref().is_some_and(|s| !s.needs_text_score());
+    Ok(disk_use(shared, req)?.filter(|_| spillable))
 }
 
 /// The access path: the hinted index bounded by `min` / `max` when given, else the planner's.
