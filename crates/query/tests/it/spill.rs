@@ -328,3 +328,64 @@ fn groups_that_cannot_spill_fail_with_292_naming_the_accumulator() {
     let e = run(pipeline(stages, 20_000), &docs, None).unwrap_err();
     assert_eq!(e.code, 292);
 }
+
+/// A small deterministic generator (xorshift), so failures repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// A sort key of a mixed type: numbers of three types, strings, null, arrays, or missing.
+    fn value(&mut self) -> Option<bson::Bson> {
+        use bson::Bson;
+        Some(match self.next(7) {
+            0 => Bson::Int32(self.next(10) as i32),
+            1 => Bson::Double(self.next(10) as f64 / 2.0),
+            2 => Bson::Int64(self.next(10) as i64),
+            3 => Bson::String(format!("s{}", self.next(5))),
+            4 => Bson::Null,
+            5 => Bson::Array(vec![
+                Bson::Int32(self.next(10) as i32),
+                Bson::Int32(self.next(10) as i32),
+            ]),
+            _ => return None,
+        })
+    }
+}
+
+#[test]
+fn random_inputs_and_limits_sort_as_in_memory() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut spilled = 0;
+    for round in 0..20 {
+        let n = 200 + rng.next(1500) as i32;
+        let docs: Vec<Document> = (0..n)
+            .map(|i| {
+                let mut d = doc! { "_id": i, "pad": "z".repeat(rng.next(300) as usize) };
+                for f in ["a", "b"] {
+                    if let Some(v) = rng.value() {
+                        d.insert(f, v);
+                    }
+                }
+                d
+            })
+            .collect();
+        let mut stages =
+            vec![doc! { "$sort": { "a": if round % 2 == 0 { 1 } else { -1 }, "b": -1 } }];
+        if round % 3 == 0 {
+            stages.push(doc! { "$limit": rng.next(n as u64) as i64 + 1 });
+        }
+        let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+        let limit = 2_000 + rng.next(30_000) as usize;
+        let store = MemoryStore::default();
+        let got = run(pipeline(stages, limit), &docs, Some(&store)).unwrap();
+        assert!(got == expected, "round {round}: n {n}, limit {limit}");
+        spilled += usize::from(!store.runs.lock().unwrap().is_empty());
+    }
+    assert!(spilled >= 10, "only {spilled} of 20 rounds spilled");
+}
