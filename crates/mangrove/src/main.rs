@@ -82,6 +82,11 @@ struct ServeArgs {
     /// Most cursors open at once, across all clients.
     #[arg(long, default_value_t = 100_000)]
     max_cursors: usize,
+    /// Bytes all spill files together may hold: blocking sorts and groups past their memory
+    /// limit write runs to <data-dir>/_tmp (allowDiskUse); a spill past this bound fails with
+    /// OutOfDiskSpace.
+    #[arg(long, default_value_t = 10 << 30, value_name = "BYTES")]
+    max_spill_bytes: u64,
     /// Largest accepted wire message in bytes (MongoDB: 48000000).
     #[arg(long, default_value_t = 48_000_000)]
     max_message_size: usize,
@@ -320,6 +325,7 @@ fn config_from(args: ServeArgs) -> Config {
         max_connections: args.max_connections.max(1),
         cursor_timeout: Duration::from_secs(args.cursor_timeout_secs.max(1)),
         max_cursors: args.max_cursors.max(1),
+        max_spill_bytes: args.max_spill_bytes,
         max_message_size: args.max_message_size,
         max_inflight_bytes: args.max_inflight_bytes,
         connection_inflight_bytes: args.connection_inflight_bytes,

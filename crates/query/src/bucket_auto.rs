@@ -4,7 +4,7 @@
 //!
 //! Invariants:
 //! - The stage is blocking: it holds every input document with its `groupBy` value, bounded by
-//!   `Limits::stage_bytes` (292; mongod would spill, Mangrove never does), and the accumulators
+//!   `Limits::stage_bytes` (292; mongod would spill, Mangrove spills only `$sort` and groups), and the accumulators
 //!   of one bucket at a time (bounded by `Limits::group_bytes` through the `Grouper`).
 //! - Equal `groupBy` values always share a bucket; a bucket's `min` is inclusive and its `max`
 //!   exclusive but for the last bucket's, and with a granularity every boundary is a value of
@@ -16,7 +16,7 @@ use bson::{Bson, Document, RawDocumentBuf, doc};
 use crate::QueryError;
 use crate::doc_ops::{raw_err, to_raw};
 use crate::expr::{Expr, cmp_bson};
-use crate::group::{Acc, Grouper, parse_accumulators};
+use crate::group::{Acc, Grouper, SpillTo, parse_accumulators};
 use crate::limits::Limits;
 
 pub(crate) struct BucketAuto {
@@ -344,11 +344,18 @@ impl BucketAuto {
         limits: &Limits,
     ) -> Result<RawDocumentBuf, QueryError> {
         let mut grouper = Grouper::default();
+        // One bucket's accumulators: its input is held in memory already.
+        let no_spill = SpillTo {
+            store: None,
+            bucket: None,
+        };
         for (_, d) in entries {
-            grouper.add(&self.accs, Bson::Null, d, "$bucketAuto", limits)?;
+            grouper.add(&self.accs, Bson::Null, d, "$bucketAuto", limits, no_spill)?;
         }
-        let done = grouper.finish().next(&self.accs, None);
-        let raw = done.unwrap_or_else(|| Ok(RawDocumentBuf::new()))?;
+        let done = grouper
+            .finish(&self.accs, None, limits)?
+            .next(&self.accs, None, limits)?;
+        let raw = done.unwrap_or_default();
         let mut d = Document::try_from(raw.as_ref()).map_err(raw_err)?;
         d.insert("_id", doc! { "min": min, "max": max });
         to_raw(&d)

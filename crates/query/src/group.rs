@@ -11,11 +11,13 @@
 //!   overcounts.
 //! - `$push`/`$addToSet` check their own limit (146, `internalQueryMaxPushBytes` /
 //!   `internalQueryMaxAddToSetBytes`) before adding a value; the whole stage checks
-//!   `Limits::group_bytes` after each document. mongod 7.0 spills groups to disk by default
-//!   (`allowDiskUse` defaults to true), so there only a single accumulator too large for memory
-//!   fails, with 146; Mangrove never spills, so when the stage limit is crossed it reports 146 if
-//!   one `$push`/`$addToSet` holds more than half of the limit (spilling could not have split
-//!   it), else 292 (QueryExceededMemoryLimitNoDiskUseAllowed).
+//!   `Limits::group_bytes` after each document. Past it, it reports 146 if one
+//!   `$push`/`$addToSet` holds more than half of the limit (spilling could not split it); else,
+//!   with a spill store (`allowDiskUse`, which defaults to true as in mongod 7.0), the groups
+//!   are written as a run ordered by key and cleared (`group_spill.rs`), and without one it
+//!   fails with 292 (QueryExceededMemoryLimitNoDiskUseAllowed).
+//! - Once spilled, the groups come out merged in key order (`$bucket`: boundary order, the
+//!   default last); unspilled, in first-seen order (`$bucket`: boundary order).
 
 use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
@@ -28,9 +30,11 @@ use crate::compare::as_num;
 use crate::doc_ops::{key_of, raw_err, to_raw};
 use crate::expr::quantile::{self as percentile, Quantile};
 use crate::expr::{Expr, cmp_bson, sum_values};
+use crate::group_spill::{self, Entry, GroupMerge};
 use crate::js_acc::{self, JsAcc, JsState};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
+use crate::spill::{SpillStore, Spilled};
 use crate::top_n::{self, Ranked, TopBottom};
 
 pub(crate) enum Acc {
@@ -63,7 +67,7 @@ pub(crate) enum NKind {
     Max,
 }
 
-enum AccState {
+pub(crate) enum AccState {
     Sum(Bson),
     Avg {
         total: f64,
@@ -690,6 +694,15 @@ pub(crate) struct Grouper {
     /// In first-seen order.
     groups: Vec<(Bson, Vec<AccState>)>,
     used: usize,
+    /// The runs written so far, when the groups outgrew the limit and could spill.
+    spilled: Option<Spilled>,
+}
+
+/// Where a grouping stage may spill, and the `$bucket` whose order its groups keep.
+#[derive(Clone, Copy)]
+pub(crate) struct SpillTo<'a> {
+    pub(crate) store: Option<&'a dyn SpillStore>,
+    pub(crate) bucket: Option<&'a Bucket>,
 }
 
 impl Grouper {
@@ -701,6 +714,7 @@ impl Grouper {
         doc: &RawDocument,
         stage: &str,
         limits: &Limits,
+        spill: SpillTo<'_>,
     ) -> Result<(), QueryError> {
         let key = match bson::RawBson::try_from(id.clone()) {
             Ok(raw) => key_of(raw.as_raw_bson_ref()),
@@ -724,41 +738,104 @@ impl Grouper {
             self.used = self.used.saturating_add_signed(delta);
         }
         if self.used > limits.group_bytes {
-            return Err(self.over_limit(slot, stage, limits));
+            if let Some(e) = self.one_too_large(slot, limits) {
+                return Err(e);
+            }
+            let Some(store) = spill.store else {
+                return Err(limits::stage_exceeded(stage, limits.group_bytes));
+            };
+            group_spill::check_spillable(accs, stage, limits.group_bytes)?;
+            return self.spill(store, spill.bucket);
         }
         Ok(())
     }
 
-    /// The error for crossing the stage limit while updating group `slot` (see the module
-    /// comment for why one large `$push`/`$addToSet` is named instead).
-    fn over_limit(&self, slot: usize, stage: &str, limits: &Limits) -> QueryError {
+    /// The groups, ordered by key (`$bucket`: by boundary, the default last), for a run or
+    /// the merge; the grouper is left empty.
+    fn take_ordered(&mut self, bucket: Option<&Bucket>) -> Vec<Entry> {
+        let mut keyed: Vec<Entry> = Vec::with_capacity(self.groups.len());
+        let mut slots: Vec<(usize, Vec<u8>)> = self.index.drain().map(|(k, i)| (i, k)).collect();
+        slots.sort_unstable_by_key(|(i, _)| *i);
+        for ((id, states), (_, key)) in self.groups.drain(..).zip(slots) {
+            let order = match bucket {
+                Some(b) => [&(b.rank(&id) as u64).to_be_bytes()[..], &key].concat(),
+                None => key,
+            };
+            keyed.push((order, id, states));
+        }
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.used = 0;
+        keyed
+    }
+
+    /// Writes the groups so far as a run, ordered by key, and frees them.
+    fn spill(&mut self, store: &dyn SpillStore, bucket: Option<&Bucket>) -> Result<(), QueryError> {
+        let groups = self.take_ordered(bucket);
+        let spilled = match &mut self.spilled {
+            Some(s) => s,
+            None => self.spilled.insert(Spilled::open(store)?),
+        };
+        let mut records = groups
+            .into_iter()
+            .map(|(key, id, states)| group_spill::encode(&key, &id, states));
+        let run = spilled.file.write_run(&mut records)?;
+        spilled.runs.push(run);
+        Ok(())
+    }
+
+    /// Whether the groups have been written to disk.
+    pub(crate) fn spilled(&self) -> bool {
+        self.spilled.is_some()
+    }
+
+    /// 146 when crossing the stage limit while updating group `slot` is down to one large
+    /// `$push`/`$addToSet` (spilling could not split it; see the module comment).
+    fn one_too_large(&self, slot: usize, limits: &Limits) -> Option<QueryError> {
         for state in &self.groups[slot].1 {
             match state {
                 AccState::Array(_, bytes) if *bytes > limits.group_bytes / 2 => {
-                    return limits::accumulator_exceeded("$push", limits.push_bytes);
+                    return Some(limits::accumulator_exceeded("$push", limits.push_bytes));
                 }
                 AccState::Set(_, _, bytes) if *bytes > limits.group_bytes / 2 => {
-                    return limits::accumulator_exceeded("$addToSet", limits.add_to_set_bytes);
+                    let limit = limits.add_to_set_bytes;
+                    return Some(limits::accumulator_exceeded("$addToSet", limit));
                 }
                 _ => {}
             }
         }
-        limits::stage_exceeded(stage, limits.group_bytes)
+        None
     }
 
     /// Orders the groups as `$bucket` returns them.
-    pub(crate) fn sort_buckets(&mut self, bucket: &Bucket) {
+    fn sort_buckets(&mut self, bucket: &Bucket) {
         self.groups.sort_by_key(|(id, _)| bucket.rank(id));
     }
 
-    /// The groups as result documents, one at a time, in order.
-    pub(crate) fn finish(self) -> Groups {
-        Groups(self.groups.into_iter())
+    /// The groups as result documents, one at a time, in order: first-seen (`$bucket`:
+    /// boundary) order from memory, or key order merged from the runs once they spilled.
+    pub(crate) fn finish(
+        mut self,
+        accs: &[(String, Acc)],
+        bucket: Option<&Bucket>,
+        limits: &Limits,
+    ) -> Result<Groups, QueryError> {
+        let Some(spilled) = self.spilled.take() else {
+            if let Some(b) = bucket {
+                self.sort_buckets(b);
+            }
+            return Ok(Groups::Memory(self.groups.into_iter()));
+        };
+        let rest = self.take_ordered(bucket);
+        let merge = GroupMerge::new(accs, spilled, rest, limits.group_bytes)?;
+        Ok(Groups::Merge(Box::new(merge)))
     }
 }
 
 /// Finished groups, turned into documents as they are taken.
-pub(crate) struct Groups(std::vec::IntoIter<(Bson, Vec<AccState>)>);
+pub(crate) enum Groups {
+    Memory(std::vec::IntoIter<(Bson, Vec<AccState>)>),
+    Merge(Box<GroupMerge>),
+}
 
 impl Groups {
     /// The next group's document; with `max`, one larger than `max` bytes is refused (10334)
@@ -767,21 +844,23 @@ impl Groups {
         &mut self,
         accs: &[(String, Acc)],
         max: Option<usize>,
-    ) -> Option<Result<RawDocumentBuf, QueryError>> {
-        let (id, states) = self.0.next()?;
+        limits: &Limits,
+    ) -> Result<Option<RawDocumentBuf>, QueryError> {
+        let next = match self {
+            Groups::Memory(groups) => groups.next(),
+            Groups::Merge(merge) => merge.next(accs, limits)?,
+        };
+        let Some((id, states)) = next else {
+            return Ok(None);
+        };
         let mut out = Document::new();
         out.insert("_id", id);
         for ((name, acc), state) in accs.iter().zip(states) {
-            match finish(acc, state) {
-                Ok(v) => out.insert(name.clone(), v),
-                Err(e) => return Some(Err(e)),
-            };
+            out.insert(name.clone(), finish(acc, state)?);
         }
-        if let Some(max) = max
-            && let Err(e) = crate::memory::check_document(&out, max)
-        {
-            return Some(Err(e));
+        if let Some(max) = max {
+            crate::memory::check_document(&out, max)?;
         }
-        Some(to_raw(&out))
+        to_raw(&out).map(Some)
     }
 }

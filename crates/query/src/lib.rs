@@ -10,8 +10,8 @@
 //!
 //! Known gaps relative to MongoDB 7.0 (each reports a clear error rather than misbehaving):
 //! geo filters; `$meta` other than `"textScore"`; time zones other than UTC
-//! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) in aggregation;
-//! collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
+//! and fixed offsets in date expressions; spilling to disk (`allowDiskUse`) of blocking stages
+//! other than `$sort` and `$group`/`$bucket`; collation tailorings and options beyond strength and `numericOrdering`. Regular expressions use the `regex` crate, so PCRE-only constructs
 //! (look-around, backreferences) are rejected as invalid (51091). Decimal128 is compared and
 //! encoded through its nearest double; `$inc`/`$mul` on Decimal128 are exact to 34 digits
 //! (doubles only for operands too wide for 128-bit coefficients).
@@ -34,6 +34,7 @@ mod geo_filter;
 mod geo_plan;
 mod geo_stage;
 mod group;
+mod group_spill;
 mod index;
 mod js_acc;
 mod jsonschema;
@@ -47,6 +48,7 @@ mod redact;
 mod regex;
 mod run_ctx;
 mod sort;
+mod spill;
 mod stage;
 mod stage_parse;
 mod stream;
@@ -83,6 +85,7 @@ pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use sort::SortSpec;
+pub use spill::{RunHandle, RunReader, SpillFile, SpillStore};
 pub use stream::{Runner, Step};
 pub use text::text_bounds;
 pub use text_meta::{no_score, with_scorer};

@@ -7,7 +7,8 @@
 //!   `BSONObjMaxInternalSize`); a larger one fails with BSONObjectTooLarge (10334) instead of
 //!   reaching a reply a driver would reject.
 //! - One blocking stage holds at most [`Limits::stage_bytes`] ([`Limits::group_bytes`] for
-//!   `$group`/`$bucket`), one `$push`/`$addToSet` at most
+//!   `$group`/`$bucket`; `$sort` and the groups spill past it when disk use is allowed, see
+//!   `spill.rs`), one `$push`/`$addToSet` at most
 //!   [`Limits::push_bytes`]/[`Limits::add_to_set_bytes`], one `$range` at most
 //!   [`Limits::range_bytes`], and one expression evaluation at most [`Limits::expression_bytes`]
 //!   of values at once (see `memory.rs`). Sizes are what the values occupy in *this* process's
@@ -140,15 +141,21 @@ pub(crate) fn accumulator_exceeded(op: &str, limit: usize) -> QueryError {
     )
 }
 
-/// A blocking stage past the per-stage limit (292). Mangrove never spills, so `allowDiskUse`
-/// cannot help; the message says what can.
+/// A blocking stage past the per-stage limit (292): one that cannot spill, or any when disk
+/// use is not allowed; the message says what can help.
 pub(crate) fn stage_exceeded(stage: &str, limit: usize) -> QueryError {
+    let how = match stage {
+        "$sort" | "$group" | "$bucket" => {
+            "pass allowDiskUse: true (or set allowDiskUseByDefault) to let it spill to disk, or add a $match or $limit earlier in the pipeline to reduce its input"
+        }
+        _ => {
+            "add a $match or $limit earlier in the pipeline to reduce its input (this stage cannot spill to disk)"
+        }
+    };
     QueryError::new(
         292,
         "QueryExceededMemoryLimitNoDiskUseAllowed",
-        format!(
-            "{stage} exceeded the per-stage memory limit of {limit} bytes; add a $match or $limit earlier in the pipeline to reduce its input (spilling to disk with allowDiskUse is not implemented)"
-        ),
+        format!("{stage} exceeded the per-stage memory limit of {limit} bytes; {how}"),
     )
 }
 

@@ -14,7 +14,8 @@
 //! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`, and
 //!   `$bucketAuto`, `$setWindowFields`, `$densify`, which hold their input as [`Held`]) absorb their
 //!   whole input before answering, and hold only their own state, each bounded by
-//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292): the documents a `$sort` or
+//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292, or, for `$sort`, `$group`
+//!   and `$bucket` with a spill store, a run written to disk and the memory freed): the documents a `$sort` or
 //!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
 //!   facets' results, a counter. A blocking stage whose documents are the results refuses one
 //!   too large to return before serializing it.
@@ -30,10 +31,11 @@ use bson::{Bson, Document, RawDocumentBuf};
 
 use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw};
 use crate::expr::random_unit;
-use crate::group::{Grouper, Groups};
+use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, Foreign};
+use crate::spill::{SortMerge, SpillStore, Spilled};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
 use crate::{QueryError, SortSpec};
 
@@ -93,6 +95,8 @@ pub(crate) enum State {
     Hold(Box<Held>),
     /// A blocking stage's documents, being answered.
     Emit(VecDeque<RawDocumentBuf>),
+    /// A `$sort` that spilled: its runs and remainder, being merged.
+    Merge(Box<SortMerge>),
     /// A `$group`'s or `$bucket`'s groups, being answered.
     EmitGroups(Box<Groups>),
     /// Everything answered.
@@ -172,11 +176,8 @@ fn step(
     ctx: &Ctx<'_>,
     max: Option<usize>,
 ) -> Result<Step, QueryError> {
-    match state {
-        State::Emit(docs) => return Ok(docs.pop_front().map_or(Step::End, Step::Doc)),
-        State::EmitGroups(groups) => return next_group(stage, groups, max),
-        State::Done => return Ok(Step::End),
-        _ => {}
+    if let Some(answer) = answer(stage, state, ctx, max)? {
+        return Ok(answer);
     }
     match stage {
         Stage::Match(f) => loop {
@@ -227,6 +228,30 @@ fn step(
         },
         _ => blocking(stage, state, up, ctx, max),
     }
+}
+
+/// A blocking stage's next answer once it has absorbed its input; `None` before.
+fn answer(
+    stage: &Stage,
+    state: &mut State,
+    ctx: &Ctx<'_>,
+    max: Option<usize>,
+) -> Result<Option<Step>, QueryError> {
+    let step = match state {
+        State::Emit(docs) => docs.pop_front().map_or(Step::End, Step::Doc),
+        State::Merge(merge) => match stage {
+            Stage::Sort(spec) => merge.next(spec)?.map_or(Step::End, Step::Doc),
+            _ => Step::End,
+        },
+        State::EmitGroups(groups) => next_group(stage, groups, max, &ctx.limits)?,
+        State::Done => Step::End,
+        _ => return Ok(None),
+    };
+    if matches!(step, Step::End) {
+        // A merge's spill file goes now rather than with the cursor.
+        *state = State::Done;
+    }
+    Ok(Some(step))
 }
 
 fn skip_or_limit(state: &mut State, up: &mut Upstream<'_>) -> Result<Step, QueryError> {
@@ -291,11 +316,12 @@ fn blocking(
     let taken = std::mem::replace(state, State::Done);
     *state = match (stage, taken) {
         (Stage::Count(field), State::Count(n)) => State::Emit(count_result(field, n)?),
-        (Stage::Sort(spec), State::Sort(sorter)) => State::Emit(sorter.finish(spec).into()),
-        (Stage::Group(_), State::Group(g)) => State::EmitGroups(Box::new(g.finish())),
-        (Stage::Bucket(b), State::Group(mut g)) => {
-            g.sort_buckets(b);
-            State::EmitGroups(Box::new(g.finish()))
+        (Stage::Sort(spec), State::Sort(sorter)) => sorter.finish(spec, &ctx.limits)?,
+        (Stage::Group(g), State::Group(grouper)) => {
+            State::EmitGroups(Box::new(grouper.finish(&g.accs, None, &ctx.limits)?))
+        }
+        (Stage::Bucket(b), State::Group(grouper)) => {
+            State::EmitGroups(Box::new(grouper.finish(&b.accs, Some(b), &ctx.limits)?))
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
@@ -317,11 +343,19 @@ fn absorb(
         (Stage::Sort(spec), State::Sort(sorter)) => sorter.add(d, spec, ctx)?,
         (Stage::Group(g), State::Group(grouper)) => {
             let id = g.id.eval(&d)?.unwrap_or(Bson::Null);
-            grouper.add(&g.accs, id, &d, "$group", limits)?;
+            let spill = SpillTo {
+                store: ctx.spill,
+                bucket: None,
+            };
+            grouper.add(&g.accs, id, &d, "$group", limits, spill)?;
         }
         (Stage::Bucket(b), State::Group(grouper)) => {
             let id = b.bucket_of(&d)?;
-            grouper.add(&b.accs, id, &d, "$bucket", limits)?;
+            let spill = SpillTo {
+                store: ctx.spill,
+                bucket: Some(b),
+            };
+            grouper.add(&b.accs, id, &d, "$bucket", limits, spill)?;
         }
         (Stage::Facet(facets), State::Facet(f)) => f.add(facets, d, ctx)?,
         (Stage::Sample(_), State::Sample(s)) => s.add(d, ctx)?,
@@ -331,16 +365,18 @@ fn absorb(
     Ok(())
 }
 
-fn next_group(stage: &Stage, groups: &mut Groups, max: Option<usize>) -> Result<Step, QueryError> {
+fn next_group(
+    stage: &Stage,
+    groups: &mut Groups,
+    max: Option<usize>,
+    limits: &Limits,
+) -> Result<Step, QueryError> {
     let accs = match stage {
         Stage::Group(g) => &g.accs,
         Stage::Bucket(b) => &b.accs,
         _ => return Ok(Step::End),
     };
-    match groups.next(accs, max) {
-        Some(d) => Ok(Step::Doc(d?)),
-        None => Ok(Step::End),
-    }
+    Ok(groups.next(accs, max, limits)?.map_or(Step::End, Step::Doc))
 }
 
 /// The input of a stage that needs all of it at once, with each document's key (`$bucketAuto`'s
@@ -400,10 +436,12 @@ fn count_result(field: &str, n: u64) -> Result<VecDeque<RawDocumentBuf>, QueryEr
 }
 
 /// A `$sort`'s documents, with their bytes; only the best `keep` when a `$limit` follows.
+/// Past the stage limit, with a spill store, the documents so far go to disk as a sorted run.
 pub(crate) struct Sorter {
     docs: Vec<RawDocumentBuf>,
     bytes: usize,
     keep: Option<usize>,
+    spilled: Option<Spilled>,
 }
 
 impl Sorter {
@@ -412,6 +450,7 @@ impl Sorter {
             docs: Vec::new(),
             bytes: 0,
             keep,
+            spilled: None,
         }
     }
 
@@ -426,15 +465,45 @@ impl Sorter {
             self.docs.truncate(k);
             self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
         }
-        ctx.check("$sort", self.bytes)
+        match ctx.should_spill(self.bytes) {
+            Some(store) => self.spill(spec, store),
+            None => ctx.check("$sort", self.bytes),
+        }
     }
 
-    fn finish(mut self, spec: &SortSpec) -> Vec<RawDocumentBuf> {
+    /// Writes the documents so far, sorted (the best `keep` of them), as a run, and frees them.
+    fn spill(&mut self, spec: &SortSpec, store: &dyn SpillStore) -> Result<(), QueryError> {
+        let spilled = match &mut self.spilled {
+            Some(s) => s,
+            None => self.spilled.insert(Spilled::open(store)?),
+        };
+        let mut docs = std::mem::take(&mut self.docs);
+        spec.sort_items(&mut docs, |d| d);
+        if let Some(k) = self.keep {
+            docs.truncate(k);
+        }
+        self.bytes = 0;
+        spilled.write(docs)
+    }
+
+    /// The documents in order: at once, or merged from the runs as they are pulled.
+    fn finish(mut self, spec: &SortSpec, limits: &Limits) -> Result<State, QueryError> {
         spec.sort_items(&mut self.docs, |d| d);
         if let Some(k) = self.keep {
             self.docs.truncate(k);
         }
-        self.docs
+        Ok(match self.spilled {
+            None => State::Emit(self.docs.into()),
+            Some(spilled) => {
+                let merge = SortMerge::new(spilled, self.docs, self.keep, limits.stage_bytes)?;
+                State::Merge(Box::new(merge))
+            }
+        })
+    }
+
+    /// Whether the sort has written runs to disk.
+    pub(crate) fn spilled(&self) -> bool {
+        self.spilled.is_some()
     }
 }
 
@@ -733,6 +802,7 @@ pub(crate) fn run_with(
     let ctx = Ctx {
         foreign: &foreign,
         limits: p.limits,
+        spill: None,
     };
     let skip = usize::from(p.leading_match().is_some());
     let stages = &p.stages[skip..];
@@ -777,6 +847,8 @@ pub struct Runner {
     input: Input,
     foreign: Handed,
     ended: bool,
+    /// Where blocking stages spill (`allowDiskUse`), if they may.
+    spill: Option<Arc<dyn SpillStore>>,
 }
 
 impl Runner {
@@ -791,7 +863,24 @@ impl Runner {
             input: Input::default(),
             foreign,
             ended: false,
+            spill: None,
         }
+    }
+
+    /// Lets blocking stages spill to `store` past their memory limits (`allowDiskUse`).
+    pub fn allow_disk_use(&mut self, store: Arc<dyn SpillStore>) {
+        self.spill = Some(store);
+    }
+
+    /// Whether a stage has spilled to disk so far (mongod's `usedDisk`).
+    pub fn used_disk(&self) -> bool {
+        self.states.iter().any(|s| match s {
+            State::Sort(s) => s.spilled(),
+            State::Group(g) => g.spilled(),
+            State::EmitGroups(g) => matches!(**g, Groups::Merge(_)),
+            State::Merge(_) => true,
+            _ => false,
+        })
     }
 
     /// Adds an input document (one that passed the leading `$match`).
@@ -820,6 +909,7 @@ impl Runner {
         let ctx = Ctx {
             foreign: &self.foreign,
             limits: self.pipeline.limits,
+            spill: self.spill.as_deref(),
         };
         let stages = &self.pipeline.stages[self.skip..];
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());

@@ -111,7 +111,7 @@ pub(crate) fn validate_n(v: Option<Bson>) -> Result<usize, QueryError> {
 /// The kept (sort key, output) pairs of one group, ascending by key.
 #[derive(Default)]
 pub(crate) struct Ranked {
-    items: Vec<(Vec<Bson>, Bson)>,
+    pub(crate) items: Vec<(Vec<Bson>, Bson)>,
     pub(crate) n: usize,
 }
 

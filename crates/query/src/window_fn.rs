@@ -661,8 +661,10 @@ fn apply(f: &Func, ins: &Inputs, lo: usize, hi: usize) -> Result<Bson, QueryErro
             percentile::result(&q.ps, q.median, &mut xs)
         }
         Func::TopBottom(spec, n) => {
-            let mut ranked = Ranked::default();
-            ranked.n = *n;
+            let mut ranked = Ranked {
+                n: *n,
+                ..Ranked::default()
+            };
             for j in lo..hi {
                 let out = ins.a[j].clone().unwrap_or(Bson::Null);
                 ranked.insert(spec, ins.keys[j].clone(), out)?;

@@ -33,6 +33,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod spill;
 mod text_access;
 mod timeseries;
 mod tls;
@@ -71,6 +72,9 @@ pub struct Config {
     /// Bytes a blocking sort may hold before it fails, as mongod's
     /// `internalQueryMaxBlockingSortMemoryUsageBytes`.
     pub max_sort_bytes: usize,
+    /// Bytes all spill files together may hold (`allowDiskUse`, in `<data dir>/_tmp`); a
+    /// stage that would spill past it fails with OutOfDiskSpace (14031).
+    pub max_spill_bytes: u64,
     /// Most cursors open at once; beyond it new cursors are refused rather than memory growing.
     pub max_cursors: usize,
     /// Most sessions with transaction state at once (mongod's `maxSessions`).
@@ -142,6 +146,7 @@ impl Default for Config {
             max_message_size: mangrove_wire::DEFAULT_MAX_MESSAGE_SIZE,
             max_bson_size: mangrove_wire::DEFAULT_MAX_BSON_SIZE,
             max_sort_bytes: 100 * 1024 * 1024,
+            max_spill_bytes: 10 * 1024 * 1024 * 1024,
             max_cursors: 100_000,
             max_sessions: 1_000_000,
             transaction_lifetime: Duration::from_secs(60),
@@ -228,6 +233,8 @@ pub(crate) struct Shared {
     pub tls: tls::Tls,
     /// The `shutdown` command's request to stop, as SIGTERM would.
     pub shutdown: tokio::sync::Notify,
+    /// Where blocking stages spill under `allowDiskUse` (`<data dir>/_tmp`).
+    pub spill: Arc<spill::SpillDir>,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -378,6 +385,10 @@ impl Server {
         })?;
         configure_javascript(&config);
         let engine = open_engine(&config, progress)?;
+        let spill = Arc::new(spill::SpillDir::open(
+            &config.data_dir,
+            config.max_spill_bytes,
+        )?);
         let listener = bind_listener(&config).await?;
         let metrics = bind_metrics(&config).await?;
         let local = listener.local_addr()?;
@@ -426,6 +437,7 @@ impl Server {
             auth: auth::Registry::default(),
             tls,
             shutdown: tokio::sync::Notify::new(),
+            spill,
         });
         Ok(Server {
             listener,

@@ -10,7 +10,7 @@
 //!   clone: the summary text is made only when an entry or log line is written.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use mangrove_storage::IndexInfo;
@@ -26,6 +26,8 @@ pub(crate) struct OpStats {
     pub docs: AtomicU64,
     /// The first plan the command chose.
     pub plan: OnceLock<Plan>,
+    /// A blocking stage spilled to disk (mongod's `usedDisk`).
+    pub used_disk: AtomicBool,
 }
 
 /// An access path as mongod's `planSummary` names it.
@@ -62,6 +64,11 @@ pub(crate) fn note_examined(keys: u64, docs: u64) {
         s.keys.fetch_add(keys, Ordering::Relaxed);
         s.docs.fetch_add(docs, Ordering::Relaxed);
     });
+}
+
+/// The running command spilled to disk (`spill.rs`, when it opens a spill file).
+pub(crate) fn note_used_disk() {
+    let _ = OP.try_with(|s| s.used_disk.store(true, Ordering::Relaxed));
 }
 
 /// The running command's plan (the first plan chosen wins).

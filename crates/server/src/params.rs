@@ -61,6 +61,9 @@ pub(crate) struct RuntimeParams {
     pub ttl_monitor_sleep_secs: AtomicU64,
     /// `ttlMonitorEnabled`.
     pub ttl_monitor_enabled: AtomicBool,
+    /// `allowDiskUseByDefault`: whether blocking stages of a find or aggregate without an
+    /// `allowDiskUse` option may spill to disk (true, as in mongod 7.0).
+    pub allow_disk_use_by_default: AtomicBool,
     /// The query memory limits (`internalQueryMaxPushBytes`, ...).
     pub query: crate::query_params::QueryParams,
 }
@@ -76,6 +79,7 @@ impl RuntimeParams {
             max_transaction_lock_request_timeout_ms: AtomicI64::new(5),
             ttl_monitor_sleep_secs: AtomicU64::new(60),
             ttl_monitor_enabled: AtomicBool::new(true),
+            allow_disk_use_by_default: AtomicBool::new(true),
             query: crate::query_params::QueryParams::new(query),
         }
     }
@@ -90,6 +94,10 @@ impl RuntimeParams {
             "ttlMonitorEnabled" => {
                 let on = as_bool(value).ok_or_else(|| cannot_coerce(key, value, "a boolean"))?;
                 self.ttl_monitor_enabled.swap(on, Relaxed).into()
+            }
+            "allowDiskUseByDefault" => {
+                let on = as_bool(value).ok_or_else(|| cannot_coerce(key, value, "a boolean"))?;
+                self.allow_disk_use_by_default.swap(on, Relaxed).into()
             }
             "transactionLifetimeLimitSeconds" => {
                 let secs = TRANSACTION_LIFETIME.check(value)? as u64;
@@ -117,7 +125,7 @@ impl RuntimeParams {
                 return Err(CommandError::new(
                     code::INVALID_OPTIONS,
                     format!(
-                        "attempted to set unrecognized parameter [{other}], use help:true to see options; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs, ttlMonitorEnabled, {}",
+                        "attempted to set unrecognized parameter [{other}], use help:true to see options; Mangrove can set transactionLifetimeLimitSeconds, maxTransactionLockRequestTimeoutMillis, ttlMonitorSleepSecs, ttlMonitorEnabled, allowDiskUseByDefault, {}",
                         crate::query_params::QueryParams::names()
                             .collect::<Vec<_>>()
                             .join(", ")

@@ -118,7 +118,20 @@ async fn aggregate_error(
     coll: &Collection<Document>,
     pipeline: Vec<Document>,
 ) -> (i32, String, String) {
-    let result = match coll.aggregate(pipeline).await {
+    aggregate_error_disk(coll, pipeline, None).await
+}
+
+/// [`aggregate_error`] with `allowDiskUse` given.
+async fn aggregate_error_disk(
+    coll: &Collection<Document>,
+    pipeline: Vec<Document>,
+    allow_disk_use: Option<bool>,
+) -> (i32, String, String) {
+    let mut aggregate = coll.aggregate(pipeline);
+    if let Some(allow) = allow_disk_use {
+        aggregate = aggregate.allow_disk_use(allow);
+    }
+    let result = match aggregate.await {
         Ok(cursor) => cursor.try_collect::<Vec<Document>>().await.map(|d| d.len()),
         Err(e) => Err(e),
     };
@@ -288,13 +301,30 @@ async fn aggregations_over_more_than_100mb_stream_and_groups_are_bounded() {
         ]
     );
 
-    // A blocking $sort over all of it is refused at its limit, with mongod's code.
-    let (code, name, msg) = aggregate_error(&coll, vec![doc! { "$sort": { "pad": 1 } }]).await;
+    // Without disk use, a blocking $sort over all of it is refused at its limit, with mongod's
+    // code (with it, it spills: tests/python/test_spill.py).
+    let sort = vec![doc! { "$sort": { "pad": 1 } }];
+    let (code, name, msg) = aggregate_error_disk(&coll, sort, Some(false)).await;
     assert_eq!(
         (code, name.as_str()),
         (292, "QueryExceededMemoryLimitNoDiskUseAllowed"),
         "{msg}"
     );
+    // With disk use (the default) it spills its 150 MB past the 100 MiB limit, within the
+    // watchdog's memory bound, and answers every document in order (the pads are all equal:
+    // ties keep the input order).
+    let sorted: Vec<Document> = coll
+        .aggregate(vec![
+            doc! { "$sort": { "pad": 1 } },
+            doc! { "$project": { "pad": 0 } },
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<i32> = sorted.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, (0..1500).collect::<Vec<_>>());
 
     // $push: "$$ROOT" over 150 MB: the accumulator's limit (146), as mongod 7.0 by default.
     let push_all = vec![doc! { "$group": { "_id": null, "all": { "$push": "$$ROOT" } } }];

@@ -15,6 +15,7 @@ mod jsonschema;
 mod limits;
 mod projection_sort;
 mod props;
+mod spill;
 mod stream_golden;
 mod streaming;
 mod text;

@@ -37,7 +37,7 @@ use crate::validation::DocValidator;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{collation_for, cursor_batch_size, internal};
+use super::args::{collation_for, cursor_batch_size, disk_use, internal};
 use super::collections::{collection_in_txn, implicit_collection};
 use super::names::{validate_collection_name, validate_db_name};
 use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, pipeline_cursor, txn_owner};
@@ -269,7 +269,11 @@ fn prepare(
         let docs = read_foreign(shared, view, collection(&req.ns(&name)))?;
         foreign.insert(name, docs);
     }
-    Ok((pipeline.into_runner(foreign), input))
+    let mut runner = pipeline.into_runner(foreign);
+    if let Some(store) = disk_use(shared, req)? {
+        runner.allow_disk_use(store);
+    }
+    Ok((runner, input))
 }
 
 /// The collection the pipeline reads and how; a view becomes its source collection with the

@@ -1,5 +1,5 @@
 //! Arguments several commands parse alike: collations, non-negative counts, a cursor's
-//! `batchSize`; and `internal`, the error for input already checked that cannot occur.
+//! `batchSize`, `allowDiskUse`; and `internal`, the error for input already checked that cannot occur.
 
 use bson::RawDocumentBuf;
 use bson::raw::RawDocument;
@@ -66,6 +66,23 @@ impl OwnCollation {
 /// A collection's stored default collation, if it has one.
 pub(crate) fn default_collation(coll: &CollectionInfo) -> Option<&bson::Document> {
     coll.options.get_document("collation").ok()
+}
+
+/// Where the request's blocking stages may spill: the server's spill directory when
+/// `allowDiskUse` is true, or absent while `allowDiskUseByDefault` is (mongod 7.0); `None` keeps
+/// them to their memory limits (292). A non-boolean `allowDiskUse` is a TypeMismatch (14).
+pub(super) fn disk_use(
+    shared: &crate::Shared,
+    req: &Request<'_>,
+) -> CommandResult<Option<std::sync::Arc<dyn mangrove_query::SpillStore>>> {
+    let by_default = || {
+        shared
+            .params
+            .allow_disk_use_by_default
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let allowed = req.opt_bool("allowDiskUse")?.unwrap_or_else(by_default);
+    Ok(allowed.then(|| shared.spill.clone() as std::sync::Arc<dyn mangrove_query::SpillStore>))
 }
 
 pub(super) fn non_negative(req: &Request<'_>, field: &str) -> CommandResult<Option<u64>> {

@@ -41,6 +41,7 @@ fn parameters(shared: &Shared) -> Document {
         "maxTransactionLockRequestTimeoutMillis": shared.params.max_transaction_lock_request_timeout_ms.load(Relaxed),
         "ttlMonitorSleepSecs": shared.params.ttl_monitor_sleep_secs.load(Relaxed) as i64,
         "ttlMonitorEnabled": shared.params.ttl_monitor_enabled.load(Relaxed),
+        "allowDiskUseByDefault": shared.params.allow_disk_use_by_default.load(Relaxed),
         "cursorTimeoutMillis": shared.config.cursor_timeout.as_millis() as i64,
         "maxBSONDepth": 100,
         "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],

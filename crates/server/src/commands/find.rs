@@ -20,7 +20,7 @@ use crate::request::Request;
 use crate::{Counters, Shared};
 
 use super::Reply;
-use super::args::{collation_for, non_negative};
+use super::args::{collation_for, disk_use, non_negative};
 use super::collections::read_target;
 use super::names::validate_db_name;
 use super::reply::{cursor_reply, first_batch, txn_owner};
@@ -163,6 +163,10 @@ struct FindQuery<'r> {
     max: Option<&'r RawDocument>,
     return_key: bool,
     show_record_id: bool,
+    /// The `sort` as given, and where a blocking sort may spill (`allowDiskUse`) when it can
+    /// continue lazily: without a collation, text score or `returnKey`/`showRecordId`.
+    raw_sort: Option<&'r RawDocument>,
+    spill: Option<std::sync::Arc<dyn mangrove_query::SpillStore>>,
 }
 
 impl FindQuery<'_> {
@@ -208,6 +212,8 @@ fn parse_query<'r>(req: &Request<'r>, empty: &'r RawDocument) -> CommandResult<F
         max: index_bound(req, "max")?,
         return_key: req.opt_bool("returnKey")?.unwrap_or(false),
         show_record_id: req.opt_bool("showRecordId")?.unwrap_or(false),
+        raw_sort: sort_spec,
+        spill: None,
     })
 }
 
@@ -227,6 +233,7 @@ fn find_with(
     let ns = req.ns(name);
     let empty = RawDocumentBuf::new();
     let mut query = parse_query(req, &empty)?;
+    query.spill = spill_store(shared, req, &query, collated)?;
 
     let Found { snapshot, coll } = found;
     let mut hint = parse_hint(req.get("hint"), coll.as_ref())?;
@@ -275,6 +282,21 @@ fn find_with(
         return super::tailable::first_batch(shared, cursor, batch_size);
     }
     first_batch(shared, cursor, batch_size, single_batch)
+}
+
+/// Where the query's blocking sort may spill: `allowDiskUse` allows it, and the cursor can go
+/// on merging without the command (no collation) and without index keys or text scores.
+fn spill_store(
+    shared: &Shared,
+    req: &Request<'_>,
+    q: &FindQuery<'_>,
+    collated: bool,
+) -> CommandResult<Option<std::sync::Arc<dyn mangrove_query::SpillStore>>> {
+    let spillable = !collated
+        && !q.return_key
+        && !q.show_record_id
+        && q.sort.as_ref().is_some_and(|s| !s.needs_text_score());
+    Ok(disk_use(shared, req)?.filter(|_| spillable))
 }
 
 /// The access path: the hinted index bounded by `min` / `max` when given, else the planner's.
@@ -406,6 +428,11 @@ impl Read<'_> {
         }
         if in_memory {
             let sort = q.sort.as_ref().filter(|_| !access.sorted());
+            if let (Some(_), Some(store), Some(raw)) = (sort, &q.spill, q.raw_sort) {
+                let limits = shared.params.query.limits();
+                let runner = sort_runner(raw, q.skip, q.limit, limits, store.clone())?;
+                return spilling_sort(runner, view, &coll, access, q.filter);
+            }
             let docs = collect_matches(
                 shared, view, &coll, &access, &q.filter, sort, q.skip, q.limit,
             )?;
@@ -506,7 +533,7 @@ fn collect_matches(
         return Err(CommandError::new(
             code::QUERY_EXCEEDED_MEMORY_LIMIT,
             format!(
-                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting."
+                "Executor error during find command :: caused by :: Sort exceeded memory limit of {max} bytes, but did not opt in to external sorting. Pass allowDiskUse: true to let it spill to disk (a find with a collation, returnKey, showRecordId or a textScore sort cannot spill; narrow its filter or add a limit)"
             ),
         ));
     }
@@ -519,4 +546,50 @@ fn collect_matches(
         docs.truncate(l as usize);
     }
     Ok(docs)
+}
+
+/// A blocking sort that may spill (`allowDiskUse`): the pipeline `$sort`, `$limit`, `$skip`.
+fn sort_runner(
+    sort: &RawDocument,
+    skip: u64,
+    limit: Option<u64>,
+    limits: mangrove_query::Limits,
+    store: std::sync::Arc<dyn mangrove_query::SpillStore>,
+) -> CommandResult<mangrove_query::Runner> {
+    let mut stages = bson::raw::RawArrayBuf::new();
+    stages.push(bson::rawdoc! { "$sort": sort.to_owned() });
+    // `$limit` first, so the sort keeps only the best skip + limit (a top-k sort).
+    if let Some(l) = limit {
+        let keep = i64::try_from(skip.saturating_add(l)).unwrap_or(i64::MAX);
+        stages.push(bson::rawdoc! { "$limit": keep });
+    }
+    if skip > 0 {
+        stages.push(bson::rawdoc! { "$skip": i64::try_from(skip).unwrap_or(i64::MAX) });
+    }
+    let pipeline = mangrove_query::Pipeline::parse(&stages)?.with_limits(limits);
+    let mut runner = pipeline.into_runner(Default::default());
+    runner.allow_disk_use(store);
+    Ok(runner)
+}
+
+/// Every match through the sort, which keeps at most its memory limit and spills the rest;
+/// the cursor then answers from the sort (merging its runs) batch by batch. The matches are
+/// read in chunks, as an aggregate's input, so no engine lock is held while the sort spills.
+fn spilling_sort(
+    mut runner: mangrove_query::Runner,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: Access,
+    filter: Filter,
+) -> CommandResult<Source> {
+    let mut reader = crate::pipeline_input::InputReader::new(access, filter);
+    // A sort answers nothing before its input ends: the first result means all was read.
+    let first = crate::pipeline_input::next_result(&mut runner, Some((&mut reader, view, coll)))?;
+    Ok(Source::Pipeline(Box::new(
+        crate::pipeline_input::PipelineSource {
+            runner,
+            input: None,
+            pending: first,
+        },
+    )))
 }

@@ -313,6 +313,9 @@ fn entry(
     if let Some(plan) = stats.plan.get() {
         e.insert("planSummary", plan.summary());
     }
+    if stats.used_disk.load(Ordering::Relaxed) {
+        e.insert("usedDisk", true);
+    }
     if let Ok(Some(RawBsonRef::Double(ok))) = reply.get("ok")
         && ok != 1.0
     {

@@ -1,0 +1,391 @@
+//! Spilling blocking stages (`allowDiskUse`) through an in-memory `SpillStore`: the results
+//! equal the unspilled ones (ties in input order), runs really are written, files are
+//! released, and without a store the stage still fails with 292.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bson::{Document, RawDocumentBuf, doc};
+use mangrove_query::{
+    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, Step,
+};
+
+/// Runs written through the files it opened, and the files still open.
+#[derive(Default, Clone)]
+struct MemoryStore {
+    runs: Arc<Mutex<Vec<Vec<RawDocumentBuf>>>>,
+    open_files: Arc<Mutex<usize>>,
+}
+
+struct MemoryFile(MemoryStore);
+
+impl SpillStore for MemoryStore {
+    fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
+        *self.open_files.lock().unwrap() += 1;
+        Ok(Box::new(MemoryFile(self.clone())))
+    }
+}
+
+impl Drop for MemoryFile {
+    fn drop(&mut self) {
+        *self.0.open_files.lock().unwrap() -= 1;
+    }
+}
+
+impl SpillFile for MemoryFile {
+    fn write_run(
+        &mut self,
+        docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
+    ) -> Result<RunHandle, QueryError> {
+        let docs = docs.collect::<Result<Vec<_>, _>>()?;
+        let mut runs = self.0.runs.lock().unwrap();
+        runs.push(docs);
+        Ok(RunHandle {
+            offset: runs.len() as u64 - 1,
+            len: 0,
+        })
+    }
+
+    fn read_run(&self, run: RunHandle, _: usize) -> Result<RunReader, QueryError> {
+        let docs = self.0.runs.lock().unwrap()[run.offset as usize].clone();
+        Ok(Box::new(docs.into_iter().map(Ok)))
+    }
+}
+
+fn pipeline(stages: Vec<Document>, limit: usize) -> Pipeline {
+    let wrapped = doc! { "p": stages };
+    let raw = RawDocumentBuf::try_from(&wrapped).unwrap();
+    Pipeline::parse(raw.get_array("p").unwrap())
+        .unwrap()
+        .with_limits(Limits {
+            stage_bytes: limit,
+            group_bytes: limit,
+            ..Limits::default()
+        })
+}
+
+/// Feeds `input` through the pipeline a few documents at a time, as the server does, with
+/// `store` (if any) allowed for spilling.
+fn run(
+    p: Pipeline,
+    input: &[Document],
+    store: Option<&MemoryStore>,
+) -> Result<Vec<Document>, QueryError> {
+    let mut runner = p.into_runner(HashMap::new());
+    if let Some(s) = store {
+        runner.allow_disk_use(Arc::new(s.clone()));
+    }
+    let mut docs = input.iter().map(|d| RawDocumentBuf::try_from(d).unwrap());
+    let mut out = Vec::new();
+    loop {
+        match runner.step()? {
+            Step::Doc(d) => out.push(Document::try_from(d.as_ref()).unwrap()),
+            Step::End => break,
+            Step::NeedInput => match docs.next() {
+                Some(d) => runner.feed(d),
+                None => runner.end_input(),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// `n` documents with few distinct sort keys (many ties) and a payload.
+fn input(n: i32) -> Vec<Document> {
+    (0..n)
+        .map(|i| doc! { "_id": i, "k": (i * 7919) % 13, "s": format!("{:03}", (i * 31) % 97), "pad": "x".repeat(200) })
+        .collect()
+}
+
+#[test]
+fn spilled_sort_equals_the_in_memory_sort_and_keeps_ties_in_input_order() {
+    let docs = input(3000);
+    for sort in [doc! { "k": 1 }, doc! { "k": -1, "s": 1 }, doc! { "s": -1 }] {
+        let stages = vec![doc! { "$sort": sort.clone() }];
+        let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+        let store = MemoryStore::default();
+        // About 250 bytes a document: a 20 KB limit writes ~40 runs.
+        let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+        let runs = store.runs.lock().unwrap().len();
+        assert!(runs > 30, "{sort}: only {runs} runs were written");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "{sort}: the merged order differs");
+        assert_eq!(
+            *store.open_files.lock().unwrap(),
+            0,
+            "the file was not released"
+        );
+    }
+    // Ties keep the input order: within one key, `_id` ascends.
+    let store = MemoryStore::default();
+    let got = run(
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000),
+        &docs,
+        Some(&store),
+    )
+    .unwrap();
+    for pair in got.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.get_i32("k").unwrap() == b.get_i32("k").unwrap() {
+            assert!(a.get_i32("_id").unwrap() < b.get_i32("_id").unwrap());
+        }
+    }
+}
+
+#[test]
+fn spilled_top_k_and_later_stages_see_the_same_documents() {
+    let docs = input(2000);
+    let stages = vec![
+        doc! { "$sort": { "s": 1 } },
+        doc! { "$limit": 1500 },
+        doc! { "$project": { "pad": 0 } },
+    ];
+    let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+    assert!(!store.runs.lock().unwrap().is_empty(), "nothing spilled");
+    assert_eq!(got.len(), 1500);
+    assert!(got == expected);
+}
+
+#[test]
+fn without_a_store_the_sort_still_fails_with_292_and_a_dropped_runner_releases_its_file() {
+    let docs = input(500);
+    let e = run(
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000),
+        &docs,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.code, 292);
+    // A runner dropped half-way (a killed cursor) releases its spill file.
+    let store = MemoryStore::default();
+    let p = pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000);
+    let mut runner = p.into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(store.clone()));
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    assert!(matches!(runner.step().unwrap(), Step::Doc(_)));
+    assert!(runner.used_disk());
+    assert_eq!(*store.open_files.lock().unwrap(), 1);
+    drop(runner);
+    assert_eq!(*store.open_files.lock().unwrap(), 0);
+}
+
+/// A run whose reader fails part-way: the error reaches the caller, no document after it.
+struct Damaged;
+
+impl SpillStore for Damaged {
+    fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
+        Ok(Box::new(Damaged))
+    }
+}
+
+impl SpillFile for Damaged {
+    fn write_run(
+        &mut self,
+        docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
+    ) -> Result<RunHandle, QueryError> {
+        docs.for_each(drop);
+        Ok(RunHandle { offset: 0, len: 0 })
+    }
+
+    fn read_run(&self, _: RunHandle, _: usize) -> Result<RunReader, QueryError> {
+        let bad = QueryError::location(301, "spill file x damaged at offset 8");
+        Ok(Box::new(std::iter::once(Err(bad))))
+    }
+}
+
+#[test]
+fn a_damaged_run_fails_the_pipeline() {
+    let docs = input(500);
+    let mut runner =
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(Damaged));
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    let e = runner.step().unwrap_err();
+    assert_eq!(e.code, 301);
+    assert!(e.message.contains("offset 8"));
+}
+
+/// Every accumulator whose partial states merge, over interleaved groups; ties everywhere.
+fn all_accumulators() -> Document {
+    doc! {
+        "_id": "$g",
+        "sum": { "$sum": "$v" },
+        "count": { "$count": {} },
+        "avg": { "$avg": "$v" },
+        "min": { "$min": "$m" },
+        "max": { "$max": "$m" },
+        "first": { "$first": "$_id" },
+        "last": { "$last": "$_id" },
+        "push": { "$push": "$_id" },
+        "set": { "$addToSet": "$m" },
+        "merged": { "$mergeObjects": { "x": "$_id", "m": "$m" } },
+        "pop": { "$stdDevPop": "$v" },
+        "samp": { "$stdDevSamp": "$v" },
+        "firstN": { "$firstN": { "input": "$_id", "n": 3 } },
+        "lastN": { "$lastN": { "input": "$_id", "n": 3 } },
+        "minN": { "$minN": { "input": "$m", "n": 4 } },
+        "maxN": { "$maxN": { "input": "$m", "n": 4 } },
+        "top": { "$top": { "sortBy": { "v": 1 }, "output": "$_id" } },
+        "bottom": { "$bottom": { "sortBy": { "v": 1 }, "output": "$_id" } },
+        "topN": { "$topN": { "sortBy": { "v": -1 }, "output": "$_id", "n": 3 } },
+        "bottomN": { "$bottomN": { "sortBy": { "v": -1 }, "output": "$_id", "n": 3 } },
+        "median": { "$median": { "input": "$v", "method": "approximate" } },
+    }
+}
+
+/// Groups `g` interleaved; `m` equal numbers of two types (ties for `$min`/`$max`).
+fn group_input(n: i32) -> Vec<Document> {
+    (0..n)
+        .map(|i| {
+            let m = if i % 2 == 0 {
+                bson::Bson::Int32(i % 5)
+            } else {
+                bson::Bson::Double((i % 5) as f64)
+            };
+            doc! { "_id": i, "g": (i * 37) % 200, "v": (i * 13) % 7, "m": m }
+        })
+        .collect()
+}
+
+fn by_id(mut docs: Vec<Document>) -> Vec<Document> {
+    docs.sort_by_key(|a| a.get_i32("_id").unwrap());
+    docs
+}
+
+/// The standard deviations of the spilled groups agree to rounding; everything else exactly.
+fn assert_same_groups(got: Vec<Document>, expected: Vec<Document>) {
+    assert_eq!(got.len(), expected.len());
+    for (mut g, mut e) in got.into_iter().zip(expected) {
+        for f in ["pop", "samp"] {
+            let (a, b) = (g.remove(f).unwrap(), e.remove(f).unwrap());
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{f}: {a} vs {b}");
+        }
+        assert_eq!(g, e);
+    }
+}
+
+#[test]
+fn spilled_groups_equal_the_unspilled_ones() {
+    let docs = group_input(4000);
+    let stages = vec![doc! { "$group": all_accumulators() }];
+    let expected = by_id(run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap());
+    assert_eq!(expected.len(), 200);
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 60_000), &docs, Some(&store)).unwrap();
+    let runs = store.runs.lock().unwrap().len();
+    assert!(runs > 10, "only {runs} runs were written");
+    // Spilled groups come out in key order (numbers ascending here).
+    let ids: Vec<i32> = got.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_same_groups(got, expected);
+    assert_eq!(*store.open_files.lock().unwrap(), 0);
+}
+
+#[test]
+fn a_spilled_bucket_keeps_boundary_order_and_the_default_last() {
+    let docs = group_input(3000);
+    let stages = vec![doc! { "$bucket": {
+        "groupBy": "$g",
+        "boundaries": [20, 60, 120, 150],
+        "default": -1,
+        "output": { "ids": { "$push": "$_id" }, "n": { "$sum": 1 }, "first": { "$first": "$_id" } },
+    } }];
+    let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap();
+    assert!(!store.runs.lock().unwrap().is_empty(), "nothing spilled");
+    let ids: Vec<_> = got.iter().map(|d| d.get("_id").unwrap().clone()).collect();
+    assert_eq!(ids, [20, 60, 120, -1].map(bson::Bson::Int32));
+    assert!(got == expected);
+}
+
+#[test]
+fn groups_that_cannot_spill_fail_with_292_naming_the_accumulator() {
+    let docs = group_input(2000);
+    let js = doc! { "$accumulator": {
+        "init": "function() { return 0; }",
+        "accumulate": "function(s, v) { return s + v; }",
+        "accumulateArgs": ["$v"],
+        "merge": "function(a, b) { return a + b; }",
+        "lang": "js",
+    } };
+    let stages = vec![doc! { "$group": { "_id": "$_id", "total": js } }];
+    let store = MemoryStore::default();
+    let e = run(pipeline(stages, 20_000), &docs, Some(&store)).unwrap_err();
+    assert_eq!(e.code, 292, "{}", e.message);
+    assert!(e.message.contains("'total'"), "{}", e.message);
+    // Without a store, the ordinary 292.
+    let stages = vec![doc! { "$group": { "_id": "$_id", "n": { "$sum": 1 } } }];
+    let e = run(pipeline(stages, 20_000), &docs, None).unwrap_err();
+    assert_eq!(e.code, 292);
+}
+
+/// A small deterministic generator (xorshift), so failures repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// A sort key of a mixed type: numbers of three types, strings, null, arrays, or missing.
+    fn value(&mut self) -> Option<bson::Bson> {
+        use bson::Bson;
+        Some(match self.next(7) {
+            0 => Bson::Int32(self.next(10) as i32),
+            1 => Bson::Double(self.next(10) as f64 / 2.0),
+            2 => Bson::Int64(self.next(10) as i64),
+            3 => Bson::String(format!("s{}", self.next(5))),
+            4 => Bson::Null,
+            5 => Bson::Array(vec![
+                Bson::Int32(self.next(10) as i32),
+                Bson::Int32(self.next(10) as i32),
+            ]),
+            _ => return None,
+        })
+    }
+}
+
+#[test]
+fn random_inputs_and_limits_sort_as_in_memory() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut spilled = 0;
+    for round in 0..20 {
+        let n = 200 + rng.next(1500) as i32;
+        let docs: Vec<Document> = (0..n)
+            .map(|i| {
+                let mut d = doc! { "_id": i, "pad": "z".repeat(rng.next(300) as usize) };
+                for f in ["a", "b"] {
+                    if let Some(v) = rng.value() {
+                        d.insert(f, v);
+                    }
+                }
+                d
+            })
+            .collect();
+        let mut stages =
+            vec![doc! { "$sort": { "a": if round % 2 == 0 { 1 } else { -1 }, "b": -1 } }];
+        if round % 3 == 0 {
+            stages.push(doc! { "$limit": rng.next(n as u64) as i64 + 1 });
+        }
+        let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+        let limit = 2_000 + rng.next(30_000) as usize;
+        let store = MemoryStore::default();
+        let got = run(pipeline(stages, limit), &docs, Some(&store)).unwrap();
+        assert!(got == expected, "round {round}: n {n}, limit {limit}");
+        spilled += usize::from(!store.runs.lock().unwrap().is_empty());
+    }
+    assert!(spilled >= 10, "only {spilled} of 20 rounds spilled");
+}

@@ -1,0 +1,244 @@
+"""Blocking stages spilling to disk (`allowDiskUse`, MongoDB 7.0 behaviour): with a small
+per-stage memory limit a few MB of documents spill to `<data dir>/_tmp`, the results equal the
+in-memory order (ties in input order), `allowDiskUse: false` and `allowDiskUseByDefault: false`
+keep the 292 error, spill files go when the cursor is exhausted or killed, and a damaged spill
+file fails the read with an error naming it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pymongo.errors import OperationFailure
+
+SORT_LIMIT = "internalQueryMaxBlockingSortMemoryUsageBytes"
+GROUP_LIMIT = "internalDocumentSourceGroupMaxMemoryBytes"
+N = 3000
+PAD = "x" * 1000
+
+
+@pytest.fixture()
+def small_limits(client):
+    admin = client.admin
+    old = admin.command("getParameter", 1, **{SORT_LIMIT: 1, GROUP_LIMIT: 1})
+    admin.command("setParameter", 1, **{SORT_LIMIT: 512 * 1024, GROUP_LIMIT: 256 * 1024})
+    yield
+    admin.command("setParameter", 1, **{SORT_LIMIT: old[SORT_LIMIT], GROUP_LIMIT: old[GROUP_LIMIT]})
+    admin.command("setParameter", 1, allowDiskUseByDefault=True)
+
+
+@pytest.fixture()
+def coll(db, small_limits):
+    # About 3 MB: six times the sort limit. `k` has many ties.
+    db.big.insert_many(
+        [{"_id": i, "k": (i * 7919) % 17, "s": f"{(i * 31) % 101:03}", "pad": PAD} for i in range(N)]
+    )
+    return db.big
+
+
+def tmp_files(server) -> list[str]:
+    tmp = server.data_dir / "_tmp"
+    return sorted(os.listdir(tmp)) if tmp.exists() else []
+
+
+def expected(key, reverse=False):
+    docs = [{"_id": i, "k": (i * 7919) % 17} for i in range(N)]
+    # Python's sort is stable; reverse=True would reverse ties too, so negate instead.
+    return [d["_id"] for d in sorted(docs, key=lambda d: -d[key] if reverse else d[key])]
+
+
+def test_a_large_sort_spills_and_answers_in_order_with_ties_kept(server, coll):
+    cursor = coll.aggregate([{"$sort": {"k": 1}}, {"$project": {"pad": 0}}], batchSize=10)
+    first = [next(cursor)["_id"] for _ in range(10)]
+    # Between batches the sort's runs are on disk, in one file.
+    files = tmp_files(server)
+    assert len(files) == 1, files
+    assert (server.data_dir / "_tmp" / files[0]).stat().st_size > 512 * 1024
+    rest = [d["_id"] for d in cursor]
+    assert first + rest == expected("k")
+    assert tmp_files(server) == []
+    # Descending, through find (a blocking sort with no index), with skip and limit.
+    got = [d["_id"] for d in coll.find({}, {"pad": 0}).sort("k", -1).skip(5).limit(2000)]
+    assert got == expected("k", reverse=True)[5:2005]
+    got = [d["_id"] for d in coll.find({}, {"pad": 0}).sort([("s", 1), ("k", -1)])]
+    docs = [{"_id": i, "k": (i * 7919) % 17, "s": f"{(i * 31) % 101:03}"} for i in range(N)]
+    assert got == [d["_id"] for d in sorted(docs, key=lambda d: (d["s"], -d["k"]))]
+    assert tmp_files(server) == []
+
+
+def test_allow_disk_use_false_and_the_default_parameter_keep_292(client, coll):
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate([{"$sort": {"k": 1}}], allowDiskUse=False))
+    assert e.value.code == 292
+    with pytest.raises(OperationFailure) as e:
+        list(coll.find().sort("k", 1).allow_disk_use(False))
+    assert e.value.code == 292
+    with pytest.raises(OperationFailure) as e:
+        coll.database.command("aggregate", "big", pipeline=[], cursor={}, allowDiskUse="yes")
+    assert e.value.code == 14
+    assert client.admin.command("getParameter", 1, allowDiskUseByDefault=1)["allowDiskUseByDefault"]
+    client.admin.command("setParameter", 1, allowDiskUseByDefault=False)
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate([{"$sort": {"k": 1}}]))
+    assert e.value.code == 292
+    with pytest.raises(OperationFailure) as e:
+        list(coll.find().sort("k", 1))
+    assert e.value.code == 292
+    # An explicit allowDiskUse: true still spills.
+    got = [d["_id"] for d in coll.aggregate([{"$sort": {"k": 1}}], allowDiskUse=True)]
+    assert got == expected("k")
+
+
+def test_killing_a_half_read_cursor_deletes_its_spill_file(server, client, coll):
+    cursor = coll.aggregate([{"$sort": {"k": -1}}], batchSize=5)
+    next(cursor)
+    assert len(tmp_files(server)) == 1
+    cursor.close()  # killCursors
+    assert tmp_files(server) == []
+    cursor = coll.find().sort("k", 1).batch_size(5)
+    next(cursor)
+    assert len(tmp_files(server)) == 1
+    cursor.close()
+    assert tmp_files(server) == []
+
+
+def test_a_damaged_spill_file_fails_the_read_and_names_the_file(server, coll):
+    cursor = coll.aggregate([{"$sort": {"s": 1}}], batchSize=2)
+    next(cursor)
+    [name] = tmp_files(server)
+    path = server.data_dir / "_tmp" / name
+    size = path.stat().st_size
+    # Readers have read at most 256 KiB of each run ahead: flip a byte every 4 KiB after that.
+    with open(path, "r+b") as f:
+        for at in range(300 * 1024, size, 4096):
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(OperationFailure) as e:
+        list(cursor)
+    assert e.value.code == 301, e.value
+    assert name in str(e.value) and "damaged at offset" in str(e.value)
+    assert tmp_files(server) == []
+
+
+def test_a_large_group_spills_and_equals_the_unspilled_result(server, client, coll):
+    pipeline = [
+        {"$group": {
+            "_id": "$_id",
+            "k": {"$first": "$k"},
+            "n": {"$sum": 1},
+            "pads": {"$push": {"$substrBytes": ["$pad", 0, 3]}},
+        }},
+        {"$sort": {"_id": 1}},
+    ]
+    cursor = coll.aggregate(pipeline, batchSize=5)
+    first = [next(cursor) for _ in range(5)]
+    got = first + list(cursor)
+    assert got == [{"_id": i, "k": (i * 7919) % 17, "n": 1, "pads": ["xxx"]} for i in range(N)]
+    assert tmp_files(server) == []
+    # Few groups fed many times: states of one key merged across runs, in input order.
+    pipeline = [{"$group": {"_id": "$k", "ids": {"$push": "$_id"}, "last": {"$last": "$_id"}}}]
+    got = sorted(coll.aggregate(pipeline), key=lambda d: d["_id"])
+    for d in got:
+        ids = [i for i in range(N) if (i * 7919) % 17 == d["_id"]]
+        assert d["ids"] == ids and d["last"] == ids[-1]
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline[:1] + [{"$sort": {"_id": 1}}], allowDiskUse=False))
+    assert e.value.code == 292
+
+
+def test_spills_past_max_spill_bytes_fail_with_out_of_disk_space():
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    srv = MangroveServer(extra_args=["--max-spill-bytes", "600000"])
+    try:
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        c.admin.command("setParameter", 1, **{SORT_LIMIT: 256 * 1024})
+        docs = [{"_id": i, "k": i % 17, "pad": PAD} for i in range(N)]
+        c.t.big.insert_many(docs)
+        with pytest.raises(OperationFailure) as e:
+            list(c.t.big.aggregate([{"$sort": {"k": 1}}]))
+        assert e.value.code == 14031, e.value
+        assert "--max-spill-bytes" in str(e.value)
+        assert tmp_files(srv) == []
+        # A smaller input fits the bound (the space of the failed sort was given back).
+        got = [d["_id"] for d in c.t.big.aggregate([{"$match": {"_id": {"$lt": 500}}}, {"$sort": {"k": 1}}])]
+        assert got == [d["_id"] for d in sorted(docs[:500], key=lambda d: d["k"])]
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_leftover_spill_files_are_removed_at_startup(restartable):
+    first = restartable()
+    first.stop()
+    tmp = first.data_dir / "_tmp"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "spill-7.bin").write_bytes(b"left by a crashed server")
+    restartable()
+    assert os.listdir(tmp) == []
+
+
+def test_the_profiler_reports_used_disk(db, coll):
+    db.command("profile", 2)
+    try:
+        list(coll.aggregate([{"$sort": {"k": 1}}, {"$limit": 3000}, {"$count": "n"}]))
+        list(coll.aggregate([{"$match": {"_id": {"$lt": 10}}}, {"$sort": {"k": 1}}]))
+    finally:
+        db.command("profile", 0)
+    entries = [e for e in db.system.profile.find({"op": "command", "command.aggregate": "big"})]
+    assert [e.get("usedDisk", False) for e in entries] == [True, False]
+
+
+def test_a_full_disk_fails_the_spill_with_out_of_disk_space(tmp_path):
+    """A real ENOSPC: the data directory on a small tmpfs, filled up before the sort spills."""
+    import subprocess
+
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    srv = None
+    try:
+        srv = MangroveServer(data_dir=mnt / "data")
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        c.admin.command("setParameter", 1, **{SORT_LIMIT: 256 * 1024})
+        docs = [{"_id": i, "k": i % 17, "pad": PAD} for i in range(N)]
+        c.t.big.insert_many(docs)
+        st = os.statvfs(mnt)
+        filler = mnt / "filler"
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 64 * 1024))
+        with pytest.raises(OperationFailure) as e:
+            list(c.t.big.aggregate([{"$sort": {"k": 1}}]))
+        assert e.value.code == 14031, e.value
+        assert "spill file" in str(e.value), e.value
+        assert tmp_files(srv) == []
+        filler.unlink()
+        got = [d["_id"] for d in c.t.big.aggregate([{"$sort": {"k": 1}}])]
+        assert got == [d["_id"] for d in sorted(docs, key=lambda d: d["k"])]
+        assert srv.alive()
+        c.close()
+    finally:
+        if srv is not None:
+            srv.stop()
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_a_find_sort_spills_in_a_transaction_but_not_under_a_collation(server, client, coll):
+    with client.start_session() as s:
+        with s.start_transaction():
+            got = [d["_id"] for d in coll.find({}, {"k": 1}, session=s).sort("k", 1).batch_size(7)]
+    assert got == expected("k")
+    assert tmp_files(server) == []
+    # A collated cursor could not keep its collation for getMore: it stays within memory.
+    with pytest.raises(OperationFailure) as e:
+        list(coll.find().sort("k", 1).collation({"locale": "en"}))
+    assert e.value.code == 292
