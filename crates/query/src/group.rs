@@ -26,70 +26,17 @@ use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf};
 
 use crate::QueryError;
+pub(crate) use crate::accumulator::{Acc, AccState, NKind};
 use crate::compare::as_num;
 use crate::doc_ops::{key_of, raw_err, to_raw};
-use crate::expr::quantile::{self as percentile, Quantile};
+use crate::expr::quantile as percentile;
 use crate::expr::{Expr, cmp_bson, sum_values};
 use crate::group_spill::{self, Entry, GroupMerge};
-use crate::js_acc::{self, JsAcc, JsState};
+use crate::js_acc::{self, JsState};
 use crate::limits::{self, Limits};
 use crate::memory::{self, mem_size};
 use crate::spill::{SpillStore, Spilled};
-use crate::top_n::{self, Ranked, TopBottom};
-
-pub(crate) enum Acc {
-    Sum(Expr),
-    Avg(Expr),
-    Min(Expr),
-    Max(Expr),
-    First(Expr),
-    Last(Expr),
-    Push(Expr),
-    AddToSet(Expr),
-    Count,
-    MergeObjects(Expr),
-    StdDev(Expr, bool),
-    /// `$firstN`, `$lastN`, `$minN`, `$maxN`: (kind, input, n).
-    TopN(NKind, Expr, Expr),
-    /// `$top`, `$bottom`, `$topN`, `$bottomN`.
-    TopBottom(Box<TopBottom>),
-    /// `$percentile`, `$median`.
-    Quantile(Box<Quantile>),
-    /// `$accumulator` and mapReduce's `$_internalJsReduce` (`js_acc.rs`).
-    Js(Box<JsAcc>),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NKind {
-    First,
-    Last,
-    Min,
-    Max,
-}
-
-pub(crate) enum AccState {
-    Sum(Bson),
-    Avg {
-        total: f64,
-        n: u64,
-        decimal: bool,
-    },
-    Pick(Option<Bson>),
-    /// `$push`: the values and the bytes they occupy.
-    Array(Vec<Bson>, usize),
-    /// `$addToSet`: the values, their order-preserving keys (so membership is a hash probe and
-    /// equal numbers of different types count once), and the bytes both occupy.
-    Set(Vec<Bson>, HashSet<Vec<u8>>, usize),
-    /// The `$firstN`-family's values and `n` (fixed by the group's first document).
-    Bounded(Vec<Bson>, usize),
-    Merge(Document),
-    /// Welford's running (count, mean, sum of squared deviations).
-    StdDev(u64, f64, f64),
-    Ranked(Ranked),
-    /// `$percentile`/`$median`: the numeric inputs.
-    Samples(Vec<f64>),
-    Js(JsState),
-}
+use crate::top_n::{self, Ranked};
 
 pub(crate) struct Group {
     pub(crate) id: Expr,

@@ -21,9 +21,9 @@ use bson::raw::RawDocument;
 use bson::{Bson, Document, RawDocumentBuf, doc};
 
 use crate::QueryError;
+use crate::accumulator::{Acc, AccState, NKind};
 use crate::doc_ops::{key_of, raw_err, to_raw};
 use crate::expr::{cmp_bson, sum_values};
-use crate::group::{Acc, AccState, NKind};
 use crate::limits::{self, Limits};
 use crate::memory::mem_size;
 use crate::spill::{RunReader, SpillFile, Spilled};

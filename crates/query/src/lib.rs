@@ -22,6 +22,7 @@
 pub use mangrove_bson::error_codes;
 use mangrove_bson::{compare, decimal, path};
 
+mod accumulator;
 mod aggregate;
 mod bucket_auto;
 mod dates;

@@ -455,13 +455,7 @@ impl Read<'_> {
                 pending: VecDeque::new(),
             })));
         }
-        let (range, reverse) = match &access {
-            Access::IdRange {
-                bounds, reverse, ..
-            } => (bounds.intervals.first().cloned(), *reverse),
-            Access::CollectionBackward => (Some((Bound::Unbounded, Bound::Unbounded)), true),
-            _ => (None, false),
-        };
+        let (range, reverse) = scan_range(&access);
         Ok(Source::Scan(Box::new(ScanState {
             snapshot,
             coll,
@@ -473,6 +467,17 @@ impl Read<'_> {
             shape,
             tail: q.tail,
         })))
+    }
+}
+
+/// The key range and direction a collection scan walks for `access`.
+fn scan_range(access: &Access) -> (Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)>, bool) {
+    match access {
+        Access::IdRange {
+            bounds, reverse, ..
+        } => (bounds.intervals.first().cloned(), *reverse),
+        Access::CollectionBackward => (Some((Bound::Unbounded, Bound::Unbounded)), true),
+        _ => (None, false),
     }
 }
 
