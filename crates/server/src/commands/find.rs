@@ -471,7 +471,7 @@ impl Read<'_> {
 }
 
 /// The key range and direction a collection scan walks for `access`.
-fn scan_range(access: &Access) -> (Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)>, bool) {
+fn scan_range(access: &Access) -> (Option<mangrove_query::KeyInterval>, bool) {
     match access {
         Access::IdRange {
             bounds, reverse, ..
