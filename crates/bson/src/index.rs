@@ -520,8 +520,8 @@ impl IndexSpec {
             ));
         }
         // A clustered collection's expiry is the server's own TTL index on `_id`, named with a
-        // leading `$` (which `createIndexes` refuses in a user's index name).
-        let internal_ttl = name.starts_with('$') && !flag("sparse") && partial.is_none();
+        // leading `$ts_` (which `createIndexes` refuses in a user's index name).
+        let internal_ttl = name.starts_with("$ts_") && !flag("sparse") && partial.is_none();
         if is_id
             && !internal_ttl
             && (flag("sparse") || partial.is_some() || expire_after_seconds.is_some())

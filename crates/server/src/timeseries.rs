@@ -28,10 +28,14 @@ use crate::error::{CommandError, CommandResult, code};
 /// `expireAfterSeconds`; `createIndexes` refuses it as a user's index name.
 pub const TTL_INDEX: &str = "$ts_expireAfterSeconds";
 
-/// Whether an index name is reserved for the server's own indexes (a leading `$`), which are
-/// internal to a collection's options and hidden from `listIndexes`.
+/// The prefix of the server's own index names, which `createIndexes` refuses in a user's
+/// (a wildcard text index is `$**_text`: a leading `$` alone is a user's name).
+pub const INTERNAL_INDEX_PREFIX: &str = "$ts_";
+
+/// Whether an index is the server's own, internal to a collection's options and hidden from
+/// `listIndexes`.
 pub fn is_internal_index(name: &str) -> bool {
-    name.starts_with('$')
+    name.starts_with(INTERNAL_INDEX_PREFIX)
 }
 
 /// The largest bucket span mongod accepts (a year), in seconds.

@@ -435,10 +435,16 @@ async fn catalog_commands() {
     c.ok("db", doc! { "create": "a" }).await;
     // Same options again: idempotent, as in MongoDB 7.0.
     c.ok("db", doc! { "create": "a" }).await;
+    // The simple collation is no collation: the same options.
+    c.ok(
+        "db",
+        doc! { "create": "a", "collation": { "locale": "simple" } },
+    )
+    .await;
     let r = c
         .cmd(
             "db",
-            doc! { "create": "a", "collation": { "locale": "simple" } },
+            doc! { "create": "a", "collation": { "locale": "en", "strength": 2 } },
         )
         .await;
     assert_eq!(code(&r), 48);
@@ -475,8 +481,8 @@ async fn catalog_commands() {
         .iter()
         .map(|d| d.as_document().unwrap().get_str("name").unwrap())
         .collect();
-    // `admin` and `local` are always listed, as mongod lists them.
-    assert_eq!(dbs, vec!["admin", "db", "local"]);
+    // `admin`, `config` and `local` are always listed, as a replica-set mongod lists them.
+    assert_eq!(dbs, vec!["admin", "config", "db", "local"]);
     c.ok("db", doc! { "dropDatabase": 1 }).await;
     let r = c
         .ok("admin", doc! { "listDatabases": 1, "nameOnly": true })
@@ -487,7 +493,7 @@ async fn catalog_commands() {
         .iter()
         .map(|d| d.as_document().unwrap().get_str("name").unwrap())
         .collect();
-    assert_eq!(names, vec!["admin", "local"]);
+    assert_eq!(names, vec!["admin", "config", "local"]);
 }
 
 #[tokio::test]
