@@ -33,6 +33,7 @@ mod reply;
 mod request;
 mod retryable;
 mod session;
+mod status;
 mod text_access;
 mod timeseries;
 mod tls;
