@@ -34,6 +34,7 @@ mod request;
 mod retryable;
 mod session;
 mod spill;
+mod status;
 mod text_access;
 mod timeseries;
 mod tls;

@@ -48,6 +48,24 @@ impl Metrics {
         histogram.record(micros);
     }
 
+    /// Every command's histogram added up (they share [`COMMAND_MICROS`]'s bounds), for the
+    /// status page's latency chart.
+    pub(crate) fn command_totals(&self) -> HistogramSnapshot {
+        let mut total = HistogramSnapshot {
+            buckets: COMMAND_MICROS.iter().map(|b| (*b, 0)).collect(),
+            count: 0,
+            sum: 0,
+        };
+        for (_, h) in self.command_snapshots() {
+            for (slot, (_, n)) in total.buckets.iter_mut().zip(&h.buckets) {
+                slot.1 += n;
+            }
+            total.count += h.count;
+            total.sum += h.sum;
+        }
+        total
+    }
+
     fn command_snapshots(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         let map = self.commands.read().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<_> = map.iter().map(|(n, h)| (*n, h.snapshot())).collect();

@@ -1,11 +1,14 @@
 //! The HTTP side of `--metrics-addr`: `GET /metrics` answers Prometheus' text format
-//! (`metrics.rs`); anything else is 404 (405 for other methods).
+//! (`metrics.rs`), `GET /` the status page and `GET /status.json` its data (`status.rs`);
+//! any other path is 404, any other method 405.
 //!
 //! Invariants:
 //! - Bounded: at most [`MAX_CONNECTIONS`] scrapers at once (others are closed at once), a
 //!   request's headers must arrive within [`HEADER_TIMEOUT`], and bodies are never read.
 //! - It shares nothing with the MongoDB listener but `Shared`'s counters: a stuck scraper
 //!   cannot hold up a client.
+//! - The status page is sent with a Content-Security-Policy that allows only its own inline
+//!   script and style and requests to this address: it loads nothing from elsewhere.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,6 +60,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The status page's policy: its inline script and style, fetches to this origin, nothing else.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:";
+
 fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, kind, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
@@ -64,10 +71,20 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::render(shared),
         ),
+        (&Method::GET, "/") => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::status::PAGE.to_string(),
+        ),
+        (&Method::GET, "/status.json") => (
+            StatusCode::OK,
+            "application/json",
+            crate::status::render_json(shared),
+        ),
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: metrics are at /metrics\n".to_string(),
+            "not found: metrics are at /metrics, the status page at /\n".to_string(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -77,10 +94,17 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    if let Ok(v) = hyper::header::HeaderValue::from_str(kind) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, v);
+    let headers = response.headers_mut();
+    let mut set = |name, value: &str| {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(hyper::header::CONTENT_TYPE, kind);
+    set(hyper::header::CACHE_CONTROL, "no-store");
+    set(hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if kind.starts_with("text/html") {
+        set(hyper::header::CONTENT_SECURITY_POLICY, PAGE_CSP);
     }
     response
 }

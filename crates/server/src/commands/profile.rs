@@ -14,8 +14,11 @@
 //! - What an operation examined comes from `op_stats.rs` (added up by the access paths).
 //! - Memory: one settings entry per database whose level was set; an entry's `command` is cut
 //!   to [`MAX_COMMAND_BYTES`] (mongod's `$truncated`).
+//! - Every "Slow query" line also goes to an in-memory ring of the last [`RECENT_SLOW`] slow
+//!   operations (a summary: time, ns, op, command, duration), read by the status page
+//!   (`status.rs`); the oldest is dropped when it is full.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +44,8 @@ const PROFILE_COLLECTION_BYTES: i32 = 1024 * 1024;
 /// A profiled command larger than this is shown cut, as mongod's `$truncated` string.
 const MAX_COMMAND_BYTES: usize = 50 * 1024;
 const PROFILE_COLLECTION: &str = "system.profile";
+/// How many recent slow operations the status page can show.
+pub(crate) const RECENT_SLOW: usize = 50;
 
 /// Commands never profiled: the handshake and authentication (mongod leaves them out too).
 const UNPROFILED: &[&str] = &[
@@ -63,6 +68,18 @@ pub(crate) struct Profiler {
     slow_ms: AtomicI64,
     /// Drawn from for `sampleRate` (no generator crate for one number).
     sample_seed: AtomicU64,
+    /// The last [`RECENT_SLOW`] operations logged as "Slow query", oldest first.
+    recent_slow: Mutex<VecDeque<SlowOp>>,
+}
+
+/// One operation logged as "Slow query", as the status page lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct SlowOp {
+    pub at: bson::DateTime,
+    pub ns: String,
+    pub op: String,
+    pub command: String,
+    pub millis: i64,
 }
 
 struct Settings {
@@ -88,11 +105,26 @@ impl Default for Profiler {
             sample_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             any_db: AtomicBool::new(false),
             slow_ms: AtomicI64::new(DEFAULT_SLOW_MS),
+            recent_slow: Mutex::new(VecDeque::with_capacity(RECENT_SLOW)),
         }
     }
 }
 
 impl Profiler {
+    /// The recent slow operations, newest first.
+    pub(crate) fn recent_slow(&self) -> Vec<SlowOp> {
+        let ring = self.recent_slow.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter().rev().cloned().collect()
+    }
+
+    fn remember_slow(&self, op: SlowOp) {
+        let mut ring = self.recent_slow.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= RECENT_SLOW {
+            ring.pop_front();
+        }
+        ring.push_back(op);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -263,10 +295,26 @@ pub(crate) async fn after(
             entry = %entry,
             "Slow query"
         );
+        profiler.remember_slow(SlowOp {
+            at: bson::DateTime::now(),
+            ns: cut(entry.get_str("ns").unwrap_or_default()),
+            op: cut(entry.get_str("op").unwrap_or_default()),
+            command: cut(req.name),
+            millis,
+        });
     }
     if record && let Err(e) = write_entry(shared, req.db, entry).await {
         warn!(db = req.db, code = e.code, error = %e.message, "could not write a profiler entry to system.profile");
     }
+}
+
+/// A string kept in the slow-operation ring: at most 200 bytes, cut on a char boundary.
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 fn on_profile_collection(req: &Request<'_>) -> bool {
