@@ -77,16 +77,9 @@ class MangroveServer:
         self.data_dir = data_dir or self.tmpdir / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.log_path = self.tmpdir / "server.log"
-        args = [
-            str(binary),
-            "serve",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--data-dir",
-            str(self.data_dir),
-        ]
+        args = [str(binary), "serve", "--port", "0", "--data-dir", str(self.data_dir)]
+        if "--bind" not in (extra_args or []):
+            args += ["--bind", "127.0.0.1"]
         if replset:
             args += ["--replset", replset]
         args += extra_args or []

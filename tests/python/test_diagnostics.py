@@ -137,3 +137,27 @@ def test_server_status_network_counts_requests_and_bytes(client):
     assert after["numRequests"] - before["numRequests"] >= 11
     assert after["bytesIn"] - before["bytesIn"] >= 11 * 16
     assert after["bytesOut"] > before["bytesOut"]
+
+
+def test_get_log_keeps_recent_lines_and_startup_warnings():
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    # Binding every interface without --advertise is warned about before serving starts.
+    srv = MangroveServer(extra_args=["--bind", "0.0.0.0", "--insecure-no-auth"])
+    try:
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        warnings = c.admin.command("getLog", "startupWarnings")
+        assert warnings["totalLinesWritten"] >= 1
+        assert any('"s":"W"' in line and "advertis" in line for line in warnings["log"]), warnings
+        log = c.admin.command("getLog", "global")
+        assert log["totalLinesWritten"] == len(log["log"]) >= 2
+        assert any('"msg":"server ready"' in line for line in log["log"])
+        assert c.admin.command("getLog", "*")["names"] == ["startupWarnings", "global"]
+        with pytest.raises(OperationFailure) as e:
+            c.admin.command("getLog", "nope")
+        assert e.value.code == 2
+        c.close()
+    finally:
+        srv.stop()

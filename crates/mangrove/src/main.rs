@@ -218,14 +218,20 @@ fn min_retention_hours(text: &str) -> Result<f64, String> {
 fn init_logging(format: LogFormat, level: &str, stop_on_panic: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let stderr = match format {
+        LogFormat::Text => stderr.boxed(),
+        LogFormat::Json => stderr.json().boxed(),
+    };
+    // The ring keeps the recent lines for `getLog`, filtered as stderr's are.
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(mangrove_server::log_ring::RingLayer)
+        .init();
     install_panic_hook(stop_on_panic);
 }
 

@@ -23,6 +23,7 @@ mod failpoint;
 mod geo_near;
 mod index_usage;
 mod legacy;
+pub mod log_ring;
 mod metrics;
 mod metrics_http;
 mod op_stats;
@@ -476,6 +477,7 @@ impl Server {
             shared,
         } = self;
         let metrics_server = metrics.map(|m| tokio::spawn(metrics_http::serve(m, shared.clone())));
+        log_ring::mark_serving();
         let slots = Arc::new(Semaphore::new(shared.config.max_connections));
         let reaper = tokio::spawn(cursor::reap_idle(shared.clone()));
         let txn_reaper = tokio::spawn(reap_transactions(shared.clone()));

@@ -137,6 +137,13 @@ fn write_value(out: &mut String, v: &Bson) {
     }
 }
 
+/// `d` as JSON (the types `write_value` knows; others as `null`).
+pub(crate) fn json_of(d: &Document) -> String {
+    let mut out = String::new();
+    write_doc(&mut out, d);
+    out
+}
+
 fn write_doc(out: &mut String, d: &Document) {
     out.push('{');
     for (i, (k, v)) in d.iter().enumerate() {

@@ -405,9 +405,17 @@ pub(super) fn get_log(req: &Request<'_>) -> CommandResult<Reply> {
         Some(RawBsonRef::String("*")) => {
             Ok(doc! { "names": ["startupWarnings", "global"], "ok": 1.0 }.into())
         }
-        Some(RawBsonRef::String(_)) => {
-            Ok(doc! { "totalLinesWritten": 0, "log": Bson::Array(vec![]), "ok": 1.0 }.into())
-        }
+        Some(RawBsonRef::String(name)) => match crate::log_ring::lines(name) {
+            Some((lines, written)) => Ok(doc! {
+                "totalLinesWritten": written as i64,
+                "log": lines,
+                "ok": 1.0,
+            }
+            .into()),
+            None => Err(CommandError::bad_value(format!(
+                "No log named '{name}'; getLog knows 'global' and 'startupWarnings' ('*' lists them)"
+            ))),
+        },
         _ => Err(CommandError::type_mismatch(
             "Argument to getLog must be of type String",
         )),

@@ -690,7 +690,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     .in_txn(InTxn::Abort),
     cmd(
         "getLog",
-        "recent log lines (none are kept)",
+        "recent log lines (global: the last 1,024; startupWarnings)",
         sync!(|c| diag::get_log(c.req)),
     )
     .needs(Needs::Actions(&[Action::GetLog]))
