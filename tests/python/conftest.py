@@ -26,6 +26,7 @@ from pymongo import MongoClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_RE = re.compile(r"listening on (\S+):(\d+)")
+METRICS_RE = re.compile(r"^mangrove metrics: (http://\S+)/metrics$")
 STARTUP_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 15.0
 
@@ -131,6 +132,16 @@ class MangroveServer:
     @property
     def uri(self) -> str:
         return f"mongodb://{self.address}/"
+
+    @property
+    def metrics_base(self) -> str:
+        """`http://HOST:PORT` of `--metrics-addr`, from the line printed before the ready one
+        (so `--metrics-addr 127.0.0.1:0` needs no port picked in advance)."""
+        for line in self.stdout_lines:
+            m = METRICS_RE.search(line)
+            if m:
+                return m.group(1)
+        pytest.fail(f"the server printed no 'mangrove metrics:' line: {self.stdout_lines}")
 
     @property
     def pid(self) -> int:

@@ -3,7 +3,6 @@ own client library, and its counters follow what the server does."""
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 
@@ -14,17 +13,10 @@ from pymongo import MongoClient
 from conftest import MangroveServer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def metered():
-    port = free_port()
-    srv = MangroveServer(extra_args=["--metrics-addr", f"127.0.0.1:{port}"])
-    srv.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    srv = MangroveServer(extra_args=["--metrics-addr", "127.0.0.1:0"])
+    srv.metrics_url = srv.metrics_base + "/metrics"
     yield srv
     srv.stop()
 

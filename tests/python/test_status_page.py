@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -21,17 +20,10 @@ from pymongo import MongoClient
 from conftest import MangroveServer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
-    port = free_port()
-    srv = MangroveServer(extra_args=["--metrics-addr", f"127.0.0.1:{port}"])
-    srv.base_url = f"http://127.0.0.1:{port}"
+    srv = MangroveServer(extra_args=["--metrics-addr", "127.0.0.1:0"])
+    srv.base_url = srv.metrics_base
     yield srv
     srv.stop()
 

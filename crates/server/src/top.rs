@@ -35,6 +35,12 @@ const KINDS: [&str; 9] = [
 const TOTAL: usize = 0;
 const READ_LOCK: usize = 1;
 const WRITE_LOCK: usize = 2;
+const QUERIES: usize = 3;
+const GETMORE: usize = 4;
+const INSERT: usize = 5;
+const UPDATE: usize = 6;
+const REMOVE: usize = 7;
+const COMMANDS: usize = 8;
 
 #[derive(Default)]
 struct Counters {
@@ -60,14 +66,14 @@ pub(crate) struct Top {
 /// The kind a command counts as, and whether it writes.
 fn kind_of(command: &str) -> (usize, bool) {
     match command {
-        "find" => (3, false),
-        "getMore" => (4, false),
-        "insert" => (5, true),
-        "update" => (6, true),
-        "delete" => (7, true),
+        "find" => (QUERIES, false),
+        "getMore" => (GETMORE, false),
+        "insert" => (INSERT, true),
+        "update" => (UPDATE, true),
+        "delete" => (REMOVE, true),
         "findAndModify" | "create" | "drop" | "createIndexes" | "dropIndexes" | "collMod"
-        | "renameCollection" => (8, true),
-        _ => (8, false),
+        | "renameCollection" => (COMMANDS, true),
+        _ => (COMMANDS, false),
     }
 }
 

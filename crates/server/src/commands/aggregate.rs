@@ -112,13 +112,13 @@ pub(super) async fn aggregate(
         None => None,
     };
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = txn.map_or_else(|| snapshot.collection(&ns), |t| t.collection(&ns));
-    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
+    let target = Target::of(shared, txn, &snapshot, &ns, collectionless);
+    let collation = collation_for(req.opt_doc("collation")?, target.coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));
     let (runner, input) = with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
-            prepare(shared, req, txn, &snapshot, &ns, pipeline, collectionless)
+            prepare(shared, req, txn, &snapshot, target, pipeline)
         })
     })?;
     if txn.is_none() && collation.is_none() && write_opts.is_none() {
@@ -149,13 +149,13 @@ pub(super) fn collect(
     };
     let ns = req.ns(req.collection()?);
     let snapshot = at.unwrap_or_else(|| shared.engine.snapshot());
-    let coll = snapshot.collection(&ns);
-    let collation = collation_for(req.opt_doc("collation")?, coll.as_ref())?;
+    let target = Target::of(shared, None, &snapshot, &ns, false);
+    let collation = collation_for(req.opt_doc("collation")?, target.coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));
     with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
-            let (runner, input) = prepare(shared, req, None, &snapshot, &ns, pipeline, false)?;
+            let (runner, input) = prepare(shared, req, None, &snapshot, target, pipeline)?;
             run_at_once(runner, input, &snapshot).map(|(docs, _)| docs)
         })
     })
@@ -231,6 +231,36 @@ fn query_limits(shared: &Shared) -> Limits {
     shared.params.query.limits()
 }
 
+/// The namespace a pipeline reads and its collection, looked up once by the caller (its default
+/// collation chose the collation the pipeline runs under).
+struct Target<'a> {
+    ns: &'a str,
+    coll: Option<CollectionInfo>,
+    /// `{aggregate: 1}`: no collection at all.
+    collectionless: bool,
+}
+
+impl<'a> Target<'a> {
+    /// A transaction also sees collections created after its snapshot, as other statements do.
+    fn of(
+        shared: &Shared,
+        txn: Option<&Txn>,
+        snapshot: &Snapshot,
+        ns: &'a str,
+        collectionless: bool,
+    ) -> Target<'a> {
+        let coll = match txn {
+            Some(txn) => collection_in_txn(shared, txn, ns),
+            None => snapshot.collection(ns),
+        };
+        Target {
+            ns,
+            coll,
+            collectionless,
+        }
+    }
+}
+
 /// Resolves the input (through views) and reads the foreign collections: the runner, ready to
 /// be fed, and what feeds it.
 fn prepare(
@@ -238,9 +268,12 @@ fn prepare(
     req: &Request<'_>,
     txn: Option<&Txn>,
     snapshot: &Snapshot,
-    ns: &str,
+    Target {
+        ns,
+        coll,
+        collectionless,
+    }: Target<'_>,
     pipeline: Pipeline,
-    collectionless: bool,
 ) -> CommandResult<(Runner, Option<Input>)> {
     let view: &dyn ReadView = match txn {
         Some(txn) => txn,
@@ -262,7 +295,7 @@ fn prepare(
         let source = Pipeline::parse(stages)?;
         (pipeline.preceded_by(source), None)
     } else {
-        plan_input(req, view, collection(ns), pipeline)?
+        plan_input(req, view, coll, pipeline)?
     };
     let mut foreign = HashMap::new();
     for name in pipeline.foreign_collections() {

@@ -113,11 +113,12 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         Ok(reply) => reply,
         Err(e) => Reply::Doc(error_reply(e, &ctx, labels_override)),
     };
-    profile::after(shared, client, req, &reply, started.elapsed(), &stats).await;
+    let took = started.elapsed();
+    profile::after(shared, client, req, &reply, took, &stats).await;
     note_index_use(shared, req, &stats);
-    note_top(shared, req, started.elapsed());
+    note_top(shared, req, took);
     if let Some(cmd) = cmd {
-        shared.metrics.observe(cmd.name, started.elapsed());
+        shared.metrics.observe(cmd.name, took);
     }
     reply
 }
