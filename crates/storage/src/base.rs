@@ -33,6 +33,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{DocKey, StorageError, StoredDoc, Timestamp, panic_policy};
 
+mod copy;
+pub use copy::{BaseCopyReport, verify_base_file};
+
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

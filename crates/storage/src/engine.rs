@@ -21,6 +21,7 @@
 //! | `history.rs`     | reading committed records back from the log; log retention           |
 //! | `tail.rs`        | the log's newest durable records, decoded once for caught-up readers |
 //! | `verify.rs`      | `mangrove verify`'s index check                                      |
+//! | `backup.rs`      | online backups; pins on the log a running backup still copies        |
 //!
 //! # Lock order
 //!
@@ -41,7 +42,7 @@
 //!    `Inner::checkpoint_signal` (with `checkpoint_wake`); `ControlHandle::current`
 //!    (`txlog/writer.rs`, held across the control file's write); the `progress` watch channel's
 //!    own lock (`send_modify` only after `queue` and `state` are released); redb's locks inside
-//!    the base store (`base.rs`); `Inner::history_tail` (the shared tail's ring, `tail.rs`),
+//!    the base store (`base.rs`); `HistoryPins::pins` (`backup.rs`); `Inner::history_tail` (the shared tail's ring, `tail.rs`),
 //!    taken by history readers only, which hold it across their reads of the log's newest
 //!    records (borrowing `progress` inside) and take a tail record's `memos` lock after it.
 //!
@@ -67,6 +68,7 @@ use crate::base::BaseVerifyReport;
 use crate::txlog::{ControlHandle, LogWriter};
 use crate::{StorageError, Timestamp};
 
+mod backup;
 mod catalog;
 mod checkpoint;
 mod commit;
@@ -84,6 +86,7 @@ mod txn_write;
 mod verify;
 mod versions;
 
+pub use backup::{BackupPhase, BackupReport};
 pub use catalog::{CollectionInfo, IndexInfo, UUID_OPTION, uuid_of};
 pub use checkpoint::CheckpointReport;
 use commit::{CommitQueue, LogCounters, LogProgress};
@@ -135,6 +138,9 @@ pub struct EngineOptions {
     /// ... and only once their newest record is at least this old (mongod's
     /// `oplogMinRetentionHours`; zero: size alone decides).
     pub history_min_retention: Duration,
+    /// Where sealed log segments are copied before retention removes them, for point-in-time
+    /// restore (`--log-archive-dir`). `None`: no archive.
+    pub log_archive_dir: Option<PathBuf>,
     /// Replays the log and serves reads, but writes nothing: no commits, no checkpoints, no
     /// truncation of a torn tail. For `mangrove verify`.
     pub read_only: bool,
@@ -161,6 +167,7 @@ impl Default for EngineOptions {
             // small machine is not surprised by the log's size.
             history_size_bytes: 1024 * 1024 * 1024,
             history_min_retention: Duration::ZERO,
+            log_archive_dir: None,
             read_only: false,
             truncate_damaged_log: false,
             partial_filters: PartialFilters::default(),
@@ -203,6 +210,8 @@ struct Inner {
     history: history::HistoryRetention,
     /// The log's newest durable records, decoded once for the readers at the tail.
     history_tail: tail::HistoryTail,
+    /// Log that running backups still have to copy: kept whatever retention says.
+    history_pins: backup::HistoryPins,
     options: EngineOptions,
     /// The log writer thread; it hands the log back when it stops, for a clean shutdown's
     /// last word in the control file.
@@ -277,6 +286,7 @@ impl Engine {
                 options.history_min_retention,
             ),
             history_tail: tail::HistoryTail::default(),
+            history_pins: backup::HistoryPins::default(),
             options,
             writer: Mutex::new(None),
             control,

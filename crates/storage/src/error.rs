@@ -114,6 +114,9 @@ pub enum StorageError {
         lock.display()
     )]
     Locked { dir: PathBuf, lock: PathBuf },
+    /// A backup or restore cannot go on; the message says why and what to do.
+    #[error("{0}")]
+    Backup(String),
 }
 
 fn unavailable_hint(kind: std::io::ErrorKind) -> &'static str {

@@ -25,17 +25,19 @@
 //! A panic in a storage thread is not survived: see [`panic_policy`]. The engine's locks and
 //! the one order they are taken in are listed in `engine.rs`.
 
+pub mod backup;
 mod base;
 mod clock;
 mod engine;
 mod error;
 pub mod histogram;
 pub mod panic_policy;
+pub mod restore;
 pub mod txlog;
 
-pub use base::BaseVerifyReport;
+pub use base::{BaseCopyReport, BaseVerifyReport, verify_base_file};
 pub use clock::Timestamp;
-pub use engine::CheckpointReport;
+pub use engine::{BackupPhase, BackupReport, CheckpointReport};
 pub use engine::{
     CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
     HistoryTruncationStats, HistoryWindow, IndexInfo, IndexVerifyReport, LogStats, ReadView,

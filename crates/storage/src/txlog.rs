@@ -494,12 +494,19 @@ pub fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 }
 
 mod control;
+mod copy;
 pub(crate) mod reader;
 mod scan;
 mod segment;
 mod writer;
 
+pub(crate) use control::write as write_control;
 pub use control::{Control, DurableEnd};
+pub use copy::{CopyEnd, CopyLimit, SegmentCopy, copy_segment};
+pub(crate) use copy::{
+    archive_sealed, check_link, check_starts_after, copy_log_range, file_name, segments_between,
+    sync_dir,
+};
 pub(crate) use scan::name_ts;
 pub use scan::scan_log_for_recovery;
 pub use scan::{LogDamage, LogEnd, LogScan, TornTail, scan_log};

@@ -418,6 +418,11 @@ impl Engine {
         let Some(dir) = self.history_dir() else {
             return Ok(0);
         };
+        // A running backup still copies the log after its pin.
+        let checkpoint = self.inner.history_pins.bound(checkpoint);
+        if !self.archive_sealed_segments(&dir) {
+            return Ok(0);
+        }
         let r = &self.inner.history;
         let retention = Retention {
             keep_segments: self.inner.options.retain_log_segments,
@@ -439,5 +444,24 @@ impl Engine {
                 .fetch_add(removal.removed as u64, Ordering::Relaxed);
         }
         Ok(removal.removed)
+    }
+
+    /// Copies the sealed segments not archived yet into `--log-archive-dir`. `false` if that
+    /// failed: then no segment may be removed, since the archive would have a hole.
+    fn archive_sealed_segments(&self, dir: &Path) -> bool {
+        let Some(archive) = &self.inner.options.log_archive_dir else {
+            return true;
+        };
+        match txlog::archive_sealed(dir, archive) {
+            Ok(0) => true,
+            Ok(n) => {
+                tracing::info!(segments = n, archive = %archive.display(), "log segments archived");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, archive = %archive.display(), "cannot archive the log; no log segment is removed until it can be (free space in the archive, or fix its permissions)");
+                false
+            }
+        }
     }
 }
