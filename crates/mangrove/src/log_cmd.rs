@@ -76,7 +76,7 @@ fn log_dir(data_dir: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn parse_time(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(secs) = s.parse::<i64>() {
         return Ok(secs.saturating_mul(1000));
     }

@@ -1,6 +1,8 @@
 //! `mangrove`: the server and its tools.
 
+mod backup_cmd;
 mod log_cmd;
+mod restore_cmd;
 mod verify_cmd;
 
 use std::path::PathBuf;
@@ -37,6 +39,11 @@ enum Command {
     /// Check a stopped server's data directory end to end: the log, the base store's checksums,
     /// and every index entry against its document. Repairs nothing; exit 2 on damage.
     Verify(verify_cmd::VerifyArgs),
+    /// Take an online backup of a running server (`--to DIR`), or check one (`verify DIR`).
+    Backup(backup_cmd::BackupArgs),
+    /// Build a new data directory from a backup and the log after it, up to a point in time,
+    /// a log position, or the transaction before a drop.
+    Restore(restore_cmd::RestoreArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,6 +152,12 @@ struct ServeArgs {
     /// --oplogMinRetentionHours; 0: size alone decides).
     #[arg(long, default_value_t = 0.0, value_name = "HOURS", value_parser = min_retention_hours)]
     oplog_min_retention_hours: f64,
+    /// Keep every sealed log segment in this directory (checked, written whole, before the
+    /// checkpointer may remove it from the log), for point-in-time restore with
+    /// `mangrove restore --from BACKUP --archive DIR`. Put it on another disk. Nothing is ever
+    /// removed from it; if it cannot be written, the log keeps its segments until it can.
+    #[arg(long, value_name = "DIR", env = "MANGROVE_LOG_ARCHIVE_DIR")]
+    log_archive_dir: Option<PathBuf>,
     /// Enable test-only commands (configureFailPoint) that the drivers' spec tests use. Never
     /// on a server anyone depends on: a fail point can make every command fail.
     #[arg(long)]
@@ -276,6 +289,11 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text, "warn", false);
             verify_cmd::run(args)
         }
+        Command::Backup(args) => backup_cmd::run(args),
+        Command::Restore(args) => {
+            init_logging(LogFormat::Text, "warn", false);
+            restore_cmd::run_restore(args)
+        }
     }
 }
 
@@ -347,6 +365,7 @@ fn config_from(args: ServeArgs) -> Config {
         oplog_size_bytes: args.oplog_size_mb.saturating_mul(1024 * 1024),
         oplog_min_retention: Duration::from_secs_f64(args.oplog_min_retention_hours * 3600.0),
         log_segment_bytes: args.log_segment_size * 1024 * 1024,
+        log_archive_dir: args.log_archive_dir.clone(),
         enable_test_commands: args.enable_test_commands,
         truncate_damaged_log: args.truncate_damaged_log,
         javascript_enabled: args.javascript_enabled,

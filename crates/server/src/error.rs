@@ -143,6 +143,7 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::TransactionTooLargeForCache { .. } => {
                 CommandError::new(code::TRANSACTION_TOO_LARGE_FOR_CACHE, message)
             }
+            S::Backup(_) => CommandError::new(code::ILLEGAL_OPERATION, message),
             S::LogFailed(_) | S::Io { .. } | S::Encoding(_) | S::Locked { .. } => {
                 CommandError::new(1, message)
             }

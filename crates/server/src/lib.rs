@@ -111,6 +111,9 @@ pub struct Config {
     pub oplog_min_retention: Duration,
     /// A new log segment starts once the current one reaches this size.
     pub log_segment_bytes: u64,
+    /// Where sealed log segments are copied before retention removes them, for
+    /// point-in-time restore (`--log-archive-dir`).
+    pub log_archive_dir: Option<std::path::PathBuf>,
     /// The process arguments, echoed by `getCmdLineOpts`.
     pub argv: Vec<String>,
     /// Allows `configureFailPoint` and other hooks the drivers' spec tests need.
@@ -164,6 +167,7 @@ impl Default for Config {
             oplog_size_bytes: EngineOptions::default().history_size_bytes,
             oplog_min_retention: EngineOptions::default().history_min_retention,
             log_segment_bytes: EngineOptions::default().segment_bytes,
+            log_archive_dir: None,
             argv: Vec::new(),
             enable_test_commands: false,
             truncate_damaged_log: false,
@@ -250,6 +254,7 @@ fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Resu
         history_min_retention: config.oplog_min_retention,
         truncate_damaged_log: config.truncate_damaged_log,
         segment_bytes: config.log_segment_bytes,
+        log_archive_dir: config.log_archive_dir.clone(),
         partial_filters: mangrove_query::partial_filters(),
         ..EngineOptions::default()
     };

@@ -56,6 +56,7 @@ pub enum Action {
     Top,
     Fsync,
     Unlock,
+    CreateBackup,
     KillAnySession,
     ReplSetGetStatus,
     ReplSetGetConfig,
@@ -115,6 +116,7 @@ const NAMES: &[(Action, &str)] = &[
     (Top, "top"),
     (Fsync, "fsync"),
     (Unlock, "unlock"),
+    (CreateBackup, "createBackup"),
     (KillAnySession, "killAnySession"),
     (ReplSetGetStatus, "replSetGetStatus"),
     (ReplSetGetConfig, "replSetGetConfig"),
@@ -155,6 +157,7 @@ impl Action {
                 | Top
                 | Fsync
                 | Unlock
+                | CreateBackup
                 | KillAnySession
                 | ReplSetGetStatus
                 | ReplSetGetConfig
@@ -240,6 +243,7 @@ const CLUSTER_MANAGER: &[Action] = &[
     SetDefaultRwConcern,
 ];
 const HOST_MANAGER: &[Action] = &[
+    CreateBackup,
     Fsync,
     KillAnySession,
     Killop,
@@ -249,6 +253,7 @@ const HOST_MANAGER: &[Action] = &[
 ];
 const BACKUP: &[Action] = &[
     CollStats,
+    CreateBackup,
     DbStats,
     Find,
     ListCollections,

@@ -282,7 +282,7 @@ pub(super) async fn fsync(shared: &Shared, req: &Request<'_>) -> CommandResult<R
     if req.opt_bool("lock")?.unwrap_or(false) {
         return Err(CommandError::new(
             code::COMMAND_NOT_SUPPORTED,
-            "fsync with lock: true is not supported by Mangrove: every acknowledged write is already on disk, and writers cannot be paused for an outside copy; copy the data directory of a stopped server instead",
+            "fsync with lock: true is not supported by Mangrove: every acknowledged write is already on disk, and writers cannot be paused for an outside copy; take an online backup with createBackup (`mangrove backup --to DIR`) instead",
         ));
     }
     let target = shared.engine.last_commit();

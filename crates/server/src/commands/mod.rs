@@ -6,6 +6,7 @@
 
 mod aggregate;
 mod args;
+mod backup;
 mod bulk_write;
 mod catalog;
 mod change_stream;

@@ -24,9 +24,9 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
-    explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
-    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
+    Reply, aggregate, backup, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete,
+    diag, explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin,
+    profile, repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -515,6 +515,13 @@ pub(crate) static COMMANDS: &[Command] = &[
         future!(|c| diag::fsync(c.shared, c.req)),
     )
     .needs(Needs::Actions(&[Action::Fsync]))
+    .admin(),
+    cmd(
+        "createBackup",
+        "an online backup into backupDir on the server's machine: a checkpoint and the log after it, with a checksummed manifest",
+        future!(|c| backup::create_backup(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::CreateBackup]))
     .admin(),
     cmd(
         "fsyncUnlock",

@@ -208,7 +208,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Of a log's segments (oldest first), the ones holding the records after `after` up to
 /// `until`: from the last one named at or before the first timestamp after `after` (it may
-/// also hold older records, which replay skips) to the last one named at or before `until`.
+/// also hold older records, which replay skips) to the last one named at or before `until`,
+/// and always that first one.
 pub(crate) fn segments_between(
     segments: &[PathBuf],
     after: Timestamp,
@@ -221,7 +222,9 @@ pub(crate) fn segments_between(
         .count()
         .saturating_sub(1);
     let end = segments.iter().take_while(|p| name_ts(p) <= until).count();
-    segments.get(start..end.max(start)).unwrap_or_default()
+    // At least the first one, even if it holds no record yet: the chain continues from it.
+    let end = end.max(start + 1).min(segments.len());
+    segments.get(start..end).unwrap_or_default()
 }
 
 /// Copies the records after `after` up to `until` (at most the durable end) of the log in
