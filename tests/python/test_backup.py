@@ -100,6 +100,13 @@ def test_backup_under_load_then_restore_before_a_drop_after_kill_9(work):
         srv.kill()
     assert list(archive.glob("*.log")), "the archive holds sealed segments"
 
+    # Finding the point: the one transaction that dropped the collection.
+    listed = run("log", "list", "--data-dir", str(data), "--op", "drop", "--ns", "shop.orders")
+    lines = [line for line in listed.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and "drop shop.orders" in lines[0], listed.stdout
+    archived = run("log", "list", "--log-dir", str(archive), "--ns", "shop.orders")
+    assert "insert shop.orders" in archived.stdout, archived.stdout[:500]
+
     verify = run("backup", "verify", str(backup))
     assert verify.stdout.startswith("ok:"), verify.stdout
 

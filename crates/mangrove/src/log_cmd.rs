@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use bson::{Bson, DateTime, Document};
 use clap::{Args, Subcommand};
+use mangrove_storage::restore::summarize;
 use mangrove_storage::txlog::{self, LogOp, LogRecord, RecordPos};
 
 #[derive(Subcommand)]
@@ -45,6 +46,16 @@ pub struct ListArgs {
     /// Only transactions that wrote this namespace ("db.collection") or database ("db").
     #[arg(long)]
     ns: Option<String>,
+    /// Only transactions with an operation of this kind: insert, update, delete, create,
+    /// drop, createIndex, dropIndex, collMod (with --ns: on that namespace). `--op drop --ns
+    /// db.coll` finds the transaction that dropped a collection, for `mangrove restore
+    /// --until-log-position`.
+    #[arg(long, value_name = "KIND")]
+    op: Option<String>,
+    /// Read this directory of log segments instead of the data directory's (for example the
+    /// server's --log-archive-dir, or a backup's log).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
     /// One JSON object per transaction (relaxed Extended JSON), for machines.
     #[arg(long)]
     json: bool,
@@ -104,29 +115,20 @@ fn matches(record: &LogRecord, args: &ListArgs, since: Option<i64>, until: Optio
     {
         return false;
     }
-    if let Some(ns) = &args.ns {
-        let hit = record.ops.iter().any(|op| {
+    let in_ns = |op: &LogOp| {
+        args.ns.as_deref().is_none_or(|ns| {
             let op_ns = op.ns();
             op_ns == ns || op_ns.split_once('.').is_some_and(|(db, _)| db == ns)
-        });
-        if !hit {
-            return false;
-        }
-    }
-    true
+        })
+    };
+    let of_kind = |op: &LogOp| args.op.as_deref().is_none_or(|kind| op.kind() == kind);
+    (args.ns.is_none() && args.op.is_none()) || record.ops.iter().any(|op| in_ns(op) && of_kind(op))
 }
 
 fn wall_text(wall_ms: i64) -> String {
     DateTime::from_millis(wall_ms)
         .try_to_rfc3339_string()
         .unwrap_or_else(|_| wall_ms.to_string())
-}
-
-fn namespaces(record: &LogRecord) -> Vec<&str> {
-    let mut out: Vec<&str> = record.ops.iter().map(LogOp::ns).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 fn record_json(pos: &RecordPos, record: &LogRecord, with_docs: bool) -> serde_json::Value {
@@ -240,7 +242,10 @@ fn op_line(op: &LogOp) -> String {
 }
 
 fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
-    let dir = log_dir(&args.dir.data_dir)?;
+    let dir = match &args.log_dir {
+        Some(d) => d.clone(),
+        None => log_dir(&args.dir.data_dir)?,
+    };
     let since = args.since.as_deref().map(parse_time).transpose()?;
     let until = args.until.as_deref().map(parse_time).transpose()?;
     let scan = txlog::scan_log(&dir, None, |_, _| {}).map_err(|e| e.to_string())?;
@@ -268,7 +273,7 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
             session,
             record.ops.len(),
             if record.ops.len() == 1 { "" } else { "s" },
-            namespaces(record).join(" ")
+            summarize(record).ops.join(", ")
         );
         if show {
             for op in &record.ops {
@@ -293,9 +298,16 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
             torn.offset
         );
     }
-    if let Some(damage) = &scan.damage {
-        eprintln!("damaged: {}", damage.to_error());
-        return Ok(ExitCode::from(2));
+    match &scan.damage {
+        // An archive or a backup's log has no control file of the live log to end it.
+        Some(damage) if args.log_dir.is_some() && damage.cut_from.is_none() => {
+            eprintln!("note: {}: the end of this log cannot be checked", damage.detail);
+        }
+        Some(damage) => {
+            eprintln!("damaged: {}", damage.to_error());
+            return Ok(ExitCode::from(2));
+        }
+        None => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -110,7 +110,8 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-pub(crate) fn summarize(record: &LogRecord) -> RecordSummary {
+/// A record's kinds of operations per namespace, for people: what `mangrove log list` shows.
+pub fn summarize(record: &LogRecord) -> RecordSummary {
     let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for op in &record.ops {
         if !matches!(op, LogOp::Command { .. }) {
