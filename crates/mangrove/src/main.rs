@@ -1,5 +1,8 @@
 //! `mangrove`: the server and its tools.
 
+mod dump_cmd;
+mod dump_format;
+mod dump_load;
 mod log_cmd;
 mod verify_cmd;
 
@@ -37,6 +40,12 @@ enum Command {
     /// Check a stopped server's data directory end to end: the log, the base store's checksums,
     /// and every index entry against its document. Repairs nothing; exit 2 on damage.
     Verify(verify_cmd::VerifyArgs),
+    /// Write a running server's databases to a mongodump-compatible directory (.bson files of
+    /// documents and .metadata.json files of options and indexes).
+    Dump(dump_cmd::DumpArgs),
+    /// Load a mongodump-compatible directory into a running server (--dump DIR), as
+    /// mongorestore does.
+    Restore(dump_cmd::RestoreArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -276,6 +285,8 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text, "warn", false);
             verify_cmd::run(args)
         }
+        Command::Dump(args) => dump_cmd::run_dump(args),
+        Command::Restore(args) => dump_cmd::run_restore(args),
     }
 }
 
