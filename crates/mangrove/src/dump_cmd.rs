@@ -16,14 +16,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use clap::Args;
 use mongodb::Client;
-use mongodb::options::ClientOptions;
 
 use crate::dump_format::{AtomicFile, canonical_json, escape_name, parse_json};
+use crate::dump_load::{LoadOptions, connect};
 
 /// The databases a dump of everything leaves out unless `--db` names them.
 const SYSTEM_DBS: [&str; 3] = ["admin", "local", "config"];
@@ -61,23 +60,23 @@ pub struct RestoreArgs {
     pub dump: Option<PathBuf>,
     /// The server to load into, as a MongoDB connection string (auth and TLS options in it).
     #[arg(long, default_value = "mongodb://127.0.0.1:27017")]
-    pub uri: String,
+    uri: String,
     /// Drop each collection before restoring it (otherwise documents are added to an existing
     /// one, and those whose _id is already there count as failures).
     #[arg(long)]
-    pub drop: bool,
+    drop: bool,
     /// Restore only this database.
     #[arg(long)]
-    pub db: Option<String>,
+    db: Option<String>,
     /// Restore only this collection (needs --db).
     #[arg(long, requires = "db")]
-    pub collection: Option<String>,
+    collection: Option<String>,
     /// Do not create the indexes recorded in the metadata (the _id index always exists).
     #[arg(long)]
-    pub no_index_restore: bool,
+    no_index_restore: bool,
     /// Most documents per insert (each insert also stays within 16 MiB).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub batch_size: u32,
+    batch_size: u32,
 }
 
 /// `mangrove dump`.
@@ -97,7 +96,15 @@ pub fn run_restore(args: RestoreArgs) -> ExitCode {
         eprintln!("mangrove restore: pass --dump DIR to load a mongodump directory");
         return ExitCode::from(2);
     };
-    match runtime().and_then(|rt| rt.block_on(crate::dump_load::restore(&args, &dir))) {
+    let options = LoadOptions {
+        uri: args.uri,
+        drop: args.drop,
+        db: args.db,
+        collection: args.collection,
+        no_index_restore: args.no_index_restore,
+        batch_size: args.batch_size as usize,
+    };
+    match runtime().and_then(|rt| rt.block_on(crate::dump_load::restore(&options, &dir))) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(message) => {
@@ -113,25 +120,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
-}
-
-/// A client for `uri`, checked with a ping so a wrong address fails here, in 10 s unless the
-/// URI sets serverSelectionTimeoutMS.
-pub async fn connect(uri: &str, app: &str) -> Result<Client, String> {
-    let mut options = ClientOptions::parse(uri)
-        .await
-        .map_err(|e| format!("--uri is not a usable connection string: {e}"))?;
-    options
-        .server_selection_timeout
-        .get_or_insert(Duration::from_secs(10));
-    options.app_name.get_or_insert_with(|| app.to_string());
-    let client = Client::with_options(options).map_err(|e| format!("cannot connect: {e}"))?;
-    client
-        .database("admin")
-        .run_command(doc! {"ping": 1})
-        .await
-        .map_err(|e| format!("cannot reach the server at --uri: {e}"))?;
-    Ok(client)
 }
 
 /// One collection or view as `listCollections` describes it.
@@ -276,7 +264,10 @@ async fn dump_documents(
     let fail = |e: &dyn std::fmt::Display| format!("dumping {db}.{coll}: {e}");
     let mut file = AtomicFile::create(path.to_path_buf(), gzip)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let mut cursor = collection.find(filter.clone()).await.map_err(|e| fail(&e))?;
+    let mut cursor = collection
+        .find(filter.clone())
+        .await
+        .map_err(|e| fail(&e))?;
     let mut n = 0u64;
     while cursor.advance().await.map_err(|e| fail(&e))? {
         std::io::Write::write_all(&mut file, cursor.current().as_bytes())

@@ -1,5 +1,5 @@
 //! `mangrove restore --dump DIR`: loads a mongodump directory into a running server, as
-//! mongorestore 100.x does.
+//! mongorestore 100.x does; also the client connection both commands share ([`connect`]).
 //!
 //! Per collection, in file-name order with views last: drop it (`--drop`), create it with the
 //! options its metadata records (validator, collation, capped, timeseries, clusteredIndex, a
@@ -14,12 +14,13 @@
 //! after the ones before it are inserted, naming the file and the byte offset.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mongodb::error::{ErrorKind, InsertManyError};
+use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 
-use crate::dump_cmd::{RestoreArgs, connect};
 use crate::dump_format::{BsonReader, PARTIAL, open_read, parse_json, unescape_name};
 
 /// Bytes of documents in one insert: the server's largest message body.
@@ -27,6 +28,35 @@ const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Server error codes mongorestore continues through: DuplicateKey, DocumentValidationFailure.
 const IGNORABLE: [i32; 2] = [11000, 121];
+
+/// What `mangrove restore --dump` was asked to do (its command line, `dump_cmd::RestoreArgs`).
+pub struct LoadOptions {
+    pub uri: String,
+    pub drop: bool,
+    pub db: Option<String>,
+    pub collection: Option<String>,
+    pub no_index_restore: bool,
+    pub batch_size: usize,
+}
+
+/// A client for `uri`, checked with a ping so a wrong address fails here, in 10 s unless the
+/// URI sets serverSelectionTimeoutMS.
+pub async fn connect(uri: &str, app: &str) -> Result<Client, String> {
+    let mut options = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| format!("--uri is not a usable connection string: {e}"))?;
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(10));
+    options.app_name.get_or_insert_with(|| app.to_string());
+    let client = Client::with_options(options).map_err(|e| format!("cannot connect: {e}"))?;
+    client
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .map_err(|e| format!("cannot reach the server at --uri: {e}"))?;
+    Ok(client)
+}
 
 /// One collection's files in the dump.
 struct Intent {
@@ -54,13 +84,16 @@ struct Tally {
 }
 
 /// Loads the dump at `dir`; `Ok(false)` when a collection failed part way (reported).
-pub async fn restore(args: &RestoreArgs, dir: &Path) -> Result<bool, String> {
+pub async fn restore(args: &LoadOptions, dir: &Path) -> Result<bool, String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
     let intents = scan(dir, args)?;
     if intents.is_empty() {
-        return Err(format!("{} holds no .bson or .metadata.json files to restore (with the --db/--collection given)", dir.display()));
+        return Err(format!(
+            "{} holds no .bson or .metadata.json files to restore (with the --db/--collection given)",
+            dir.display()
+        ));
     }
     let client = connect(&args.uri, "mangrove restore").await?;
     let (mut restored, mut failed, mut ok) = (0, 0, true);
@@ -88,17 +121,20 @@ pub async fn restore(args: &RestoreArgs, dir: &Path) -> Result<bool, String> {
 
 /// The collections to restore: `DIR/<db>/…`, or `DIR` itself holding one database's files when
 /// `--db` is given and `DIR/<db>` does not exist (mongorestore's `--db X dump/X`).
-fn scan(dir: &Path, args: &RestoreArgs) -> Result<Vec<Intent>, String> {
+fn scan(dir: &Path, args: &LoadOptions) -> Result<Vec<Intent>, String> {
     let mut dbs: Vec<(String, PathBuf)> = Vec::new();
     match &args.db {
         Some(db) if !dir.join(db).is_dir() => dbs.push((db.clone(), dir.to_path_buf())),
         _ => {
             for entry in sorted_entries(dir)? {
-                let name = entry.file_name().and_then(|n| n.to_str()).map(str::to_string);
-                if let Some(name) = name.filter(|_| entry.is_dir()) {
-                    if args.db.as_ref().is_none_or(|db| *db == name) {
-                        dbs.push((name, entry));
-                    }
+                let name = entry
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string);
+                let wanted =
+                    |n: &String| entry.is_dir() && args.db.as_ref().is_none_or(|db| db == n);
+                if let Some(name) = name.filter(wanted) {
+                    dbs.push((name, entry));
                 }
             }
         }
@@ -120,7 +156,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// One database directory's collections, by the names in their metadata (or file names).
-fn scan_db(db: &str, dir: &Path, args: &RestoreArgs) -> Result<Vec<Intent>, String> {
+fn scan_db(db: &str, dir: &Path, args: &LoadOptions) -> Result<Vec<Intent>, String> {
     let mut by_stem: std::collections::BTreeMap<String, (Option<PathBuf>, Option<PathBuf>)> =
         Default::default();
     for path in sorted_entries(dir)? {
@@ -154,7 +190,12 @@ fn scan_db(db: &str, dir: &Path, args: &RestoreArgs) -> Result<Vec<Intent>, Stri
             continue;
         }
         let db = db.to_string();
-        out.push(Intent { db, coll, bson, metadata });
+        out.push(Intent {
+            db,
+            coll,
+            bson,
+            metadata,
+        });
     }
     Ok(out)
 }
@@ -172,7 +213,7 @@ fn read_metadata(path: &Path) -> Result<Document, String> {
 async fn restore_one(
     client: &Client,
     intent: &Intent,
-    args: &RestoreArgs,
+    args: &LoadOptions,
     tally: &mut Tally,
 ) -> Result<(), String> {
     let db = client.database(&intent.db);
@@ -196,10 +237,13 @@ async fn restore_one(
     }
     if let Some(path) = &intent.bson {
         let coll = db.collection::<RawDocumentBuf>(&intent.coll);
-        insert_file(&coll, path, args.batch_size as usize, tally).await?;
+        insert_file(&coll, path, args.batch_size, tally).await?;
     }
     if let Some(e) = &tally.first_error {
-        println!("{ns}: continuing through error: {e} ({} document(s) refused in all)", tally.failed);
+        println!(
+            "{ns}: continuing through error: {e} ({} document(s) refused in all)",
+            tally.failed
+        );
     }
     if !args.no_index_restore {
         create_indexes(&db, intent).await?;
@@ -239,9 +283,13 @@ async fn create_indexes(db: &Database, intent: &Intent) -> Result<(), String> {
     let mut specs = Vec::new();
     for index in indexes {
         let Bson::Document(spec) = index else {
-            return Err(format!("an index in the metadata is not a document: {index}"));
+            return Err(format!(
+                "an index in the metadata is not a document: {index}"
+            ));
         };
-        if spec.get_str("name").ok() == Some("_id_") || spec.get_bool("clustered").ok() == Some(true) {
+        if spec.get_str("name").ok() == Some("_id_")
+            || spec.get_bool("clustered").ok() == Some(true)
+        {
             continue;
         }
         let mut spec = spec.clone();
@@ -272,7 +320,9 @@ async fn insert_file(
     loop {
         let next = reader.next_doc();
         let full = match &next {
-            Ok(Some(doc)) => batch.len() >= batch_size || bytes + doc.as_bytes().len() > BATCH_BYTES,
+            Ok(Some(doc)) => {
+                batch.len() >= batch_size || bytes + doc.as_bytes().len() > BATCH_BYTES
+            }
             _ => true,
         };
         if full && !batch.is_empty() {
@@ -320,7 +370,9 @@ async fn insert_batch(
         };
         tally.restored += refused.index as u64;
         tally.failed += 1;
-        tally.first_error.get_or_insert_with(|| refused.message.clone());
+        tally
+            .first_error
+            .get_or_insert_with(|| refused.message.clone());
         start += refused.index + 1;
     }
     Ok(())
