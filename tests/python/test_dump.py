@@ -362,3 +362,35 @@ def test_mongod_timeseries_buckets_are_refused_clearly(target, tmp_path):
     r = restore(target, tmp_path, check=False)
     assert r.returncode != 0
     assert "tsdb.system.buckets.m" in r.stderr and "buckets" in r.stderr
+
+
+def test_auth_and_tls_come_from_the_uri(tmp_path):
+    """The driver reads credentials and TLS settings from --uri, as any client does."""
+    from test_tls_auth import make_ca
+
+    ca = make_ca(tmp_path, "ca")
+    srv = MangroveServer(
+        ["--tls-mode", "requireTLS", "--tls-certificate-key-file", str(ca / "server.pem"), "--auth"]
+    )
+    try:
+        tls = f"tls=true&tlsCAFile={ca / 'ca.pem'}"
+        with MongoClient(srv.uri + "?" + tls, serverSelectionTimeoutMS=5000) as c:
+            c.admin.command("createUser", "app", pwd="pw", roles=["readWriteAnyDatabase"])
+        uri = f"mongodb://app:pw@{srv.address}/?authSource=admin&{tls}"
+        with MongoClient(uri) as c:
+            c.sec.c.insert_many([{"_id": i} for i in range(4)])
+            out = tmp_path / "dump"
+            r = run("dump", "--uri", uri, "--out", str(out))
+            assert "done dumping sec.c (4 documents)" in r.stdout
+            c.sec.c.delete_many({"_id": {"$gt": 1}})
+            r = run("restore", "--uri", uri, "--dump", str(out), "--drop")
+            assert "finished restoring sec.c (4 documents, 0 failures)" in r.stdout
+            assert c.sec.c.count_documents({}) == 4
+        wrong = f"mongodb://app:nope@{srv.address}/?authSource=admin&{tls}"
+        r = run("dump", "--uri", wrong, "--out", str(out), check=False)
+        assert r.returncode != 0 and "Authentication failed" in r.stderr
+        r = run("dump", "--uri", srv.uri + "?serverSelectionTimeoutMS=1000", "--out", str(out),
+                check=False)
+        assert r.returncode != 0 and "cannot reach the server" in r.stderr
+    finally:
+        srv.stop()
