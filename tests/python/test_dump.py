@@ -328,7 +328,7 @@ def test_damaged_bson_file_stops_with_file_and_offset(server, client, target, tc
     r = restore(target, out, "--batch-size", "2", check=False)
     assert r.returncode != 0
     assert str(path) in r.stderr and f"byte offset {sum(sizes[:5])}" in r.stderr
-    assert "Dump the collection again" in r.stderr
+    assert "after 5 whole documents" in r.stderr and "Dump the collection again" in r.stderr
     assert "finished restoring dmg.c (5 documents, 0 failures)" in r.stdout
     assert sorted(d["_id"] for d in tclient.dmg.c.find()) == [0, 1, 2, 3, 4]
     # An impossible length (a negative one) names its offset too.

@@ -260,7 +260,8 @@ async fn dump_documents(
     filter: &Document,
 ) -> Result<u64, String> {
     let collection = client.database(db).collection::<RawDocumentBuf>(coll);
-    let bar = progress_bar(&collection, &format!("{db}.{coll}")).await;
+    let sized = filter.is_empty();
+    let bar = progress_bar(&collection, &format!("{db}.{coll}"), sized).await;
     let fail = |e: &dyn std::fmt::Display| format!("dumping {db}.{coll}: {e}");
     let mut file = AtomicFile::create(path.to_path_buf(), gzip)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
@@ -281,18 +282,29 @@ async fn dump_documents(
     Ok(n)
 }
 
-/// A bar on stderr sized by the estimated count when stderr is a terminal; hidden otherwise.
+/// A bar on stderr when stderr is a terminal (sized by the estimated count when `sized`);
+/// hidden otherwise.
 async fn progress_bar(
     collection: &mongodb::Collection<RawDocumentBuf>,
     label: &str,
+    sized: bool,
 ) -> indicatif::ProgressBar {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return indicatif::ProgressBar::hidden();
     }
-    let total = collection.estimated_document_count().await.unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
+    // With --query the collection's count is no bound: count up without a bar.
+    let (bar, template) = if sized {
+        let total = collection.estimated_document_count().await.unwrap_or(0);
+        let bar = indicatif::ProgressBar::new(total);
+        (bar, "{msg} [{bar:30}] {pos}/{len} docs ({eta})")
+    } else {
+        (
+            indicatif::ProgressBar::new_spinner(),
+            "{msg} {spinner} {pos} docs",
+        )
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} docs ({eta})")
+        indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(label.to_string());

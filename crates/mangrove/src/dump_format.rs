@@ -162,6 +162,8 @@ pub struct BsonReader {
     input: Box<dyn Read>,
     /// Offset of the next document in the (uncompressed) stream.
     pub offset: u64,
+    /// Documents read so far.
+    docs: u64,
 }
 
 impl BsonReader {
@@ -171,6 +173,7 @@ impl BsonReader {
             path: path.to_path_buf(),
             input,
             offset: 0,
+            docs: 0,
         })
     }
 
@@ -204,16 +207,24 @@ impl BsonReader {
             return Err(self.damage(&format!("malformed BSON document: {e}")));
         }
         self.offset += len as u64;
+        self.docs += 1;
         Ok(Some(doc))
     }
 
     fn damage(&self, what: &(impl std::fmt::Display + ?Sized)) -> String {
+        let gz = if self.path.extension().is_some_and(|e| e == "gz") {
+            " of the uncompressed data"
+        } else {
+            ""
+        };
         format!(
-            "{} is damaged at byte offset {}: {what}. The documents before that offset were \
-             read; the file was cut short or corrupted after it was written. Dump the collection \
-             again, or restore the rest from a good copy",
+            "{} is damaged at byte offset {}{gz} (after {} whole documents): {what}. The file was \
+             cut short or corrupted after it was written; the documents before the damage were \
+             loaded, nothing after it. Dump the collection again, or restore it with --drop from \
+             a good copy",
             self.path.display(),
-            self.offset
+            self.offset,
+            self.docs,
         )
     }
 }
