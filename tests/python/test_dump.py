@@ -394,3 +394,16 @@ def test_auth_and_tls_come_from_the_uri(tmp_path):
         assert r.returncode != 0 and "cannot reach the server" in r.stderr
     finally:
         srv.stop()
+
+
+def test_restore_reads_names_from_escaped_files_and_empty_metadata(target, tclient, tmp_path):
+    # As mongodump names files (Go's url.QueryEscape) when there is no collectionName to read;
+    # an empty metadata file is no metadata, as mongorestore reads it.
+    db = tmp_path / "hand"
+    db.mkdir()
+    (db / "caf%C3%A9s+bar.bson").write_bytes(b"".join(bson.encode({"_id": i}) for i in range(3)))
+    (db / "caf%C3%A9s+bar.metadata.json").write_text("")
+    (db / "notes.txt").write_text("ignored")
+    r = restore(target, tmp_path)
+    assert "finished restoring hand.cafés bar (3 documents, 0 failures)" in r.stdout
+    assert tclient.hand["cafés bar"].count_documents({}) == 3

@@ -22,7 +22,7 @@ use clap::Args;
 use mongodb::Client;
 
 use crate::dump_format::{AtomicFile, canonical_json, escape_name, parse_json};
-use crate::dump_load::{LoadOptions, connect};
+use crate::dump_load::{LoadOptions, connect, drv};
 
 /// The databases a dump of everything leaves out unless `--db` names them.
 const SYSTEM_DBS: [&str; 3] = ["admin", "local", "config"];
@@ -142,7 +142,7 @@ async fn dump(args: &DumpArgs) -> Result<(), String> {
             let mut names = client
                 .list_database_names()
                 .await
-                .map_err(|e| format!("listDatabases: {e}"))?;
+                .map_err(|e| format!("listDatabases: {}", drv(&e)))?;
             names.retain(|n| !SYSTEM_DBS.contains(&n.as_str()));
             names.sort();
             names
@@ -176,16 +176,16 @@ async fn collections(client: &Client, db: &str, args: &DumpArgs) -> Result<Vec<C
         .database(db)
         .run_cursor_command(command)
         .await
-        .map_err(|e| format!("listCollections on {db}: {e}"))?;
+        .map_err(|e| format!("listCollections on {db}: {}", drv(&e)))?;
     let mut out = Vec::new();
     while cursor
         .advance()
         .await
-        .map_err(|e| format!("listCollections on {db}: {e}"))?
+        .map_err(|e| format!("listCollections on {db}: {}", drv(&e)))?
     {
         let spec = cursor
             .deserialize_current()
-            .map_err(|e| format!("listCollections on {db}: {e}"))?;
+            .map_err(|e| format!("listCollections on {db}: {}", drv(&e)))?;
         let info = coll_info(&spec);
         if args.collection.is_some() || !skip_system(db, &info.name, args.db.is_some()) {
             out.push(info);
@@ -262,7 +262,7 @@ async fn dump_documents(
     let collection = client.database(db).collection::<RawDocumentBuf>(coll);
     let sized = filter.is_empty();
     let bar = progress_bar(&collection, &format!("{db}.{coll}"), sized).await;
-    let fail = |e: &dyn std::fmt::Display| format!("dumping {db}.{coll}: {e}");
+    let fail = |e: &mongodb::error::Error| format!("dumping {db}.{coll}: {}", drv(e));
     let mut file = AtomicFile::create(path.to_path_buf(), gzip)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let mut cursor = collection
@@ -319,15 +319,15 @@ async fn metadata(client: &Client, db: &str, info: &CollInfo) -> Result<Document
             .database(db)
             .run_cursor_command(doc! {"listIndexes": &info.name})
             .await
-            .map_err(|e| format!("listIndexes on {db}.{}: {e}", info.name))?;
+            .map_err(|e| format!("listIndexes on {db}.{}: {}", info.name, drv(&e)))?;
         while cursor
             .advance()
             .await
-            .map_err(|e| format!("listIndexes on {db}.{}: {e}", info.name))?
+            .map_err(|e| format!("listIndexes on {db}.{}: {}", info.name, drv(&e)))?
         {
             let spec: Document = cursor
                 .deserialize_current()
-                .map_err(|e| format!("listIndexes on {db}.{}: {e}", info.name))?;
+                .map_err(|e| format!("listIndexes on {db}.{}: {}", info.name, drv(&e)))?;
             indexes.push(Bson::Document(spec));
         }
     }
