@@ -301,7 +301,10 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
     match &scan.damage {
         // An archive or a backup's log has no control file of the live log to end it.
         Some(damage) if args.log_dir.is_some() && damage.cut_from.is_none() => {
-            eprintln!("note: {}: the end of this log cannot be checked", damage.detail);
+            eprintln!(
+                "note: {}: the end of this log cannot be checked",
+                damage.detail
+            );
         }
         Some(damage) => {
             eprintln!("damaged: {}", damage.to_error());

@@ -1,6 +1,9 @@
 //! `mangrove`: the server and its tools.
 
 mod backup_cmd;
+mod dump_cmd;
+mod dump_format;
+mod dump_load;
 mod log_cmd;
 mod restore_cmd;
 mod verify_cmd;
@@ -42,8 +45,12 @@ enum Command {
     /// Take an online backup of a running server (`--to DIR`), or check one (`verify DIR`).
     Backup(backup_cmd::BackupArgs),
     /// Build a new data directory from a backup and the log after it, up to a point in time,
-    /// a log position, or the transaction before a drop.
-    Restore(restore_cmd::RestoreArgs),
+    /// a log position, or the transaction before a drop (--from BACKUP --to DIR); or load a
+    /// mongodump-compatible directory into a running server, as mongorestore does (--dump DIR).
+    Restore(restore_cmd::RestoreCli),
+    /// Write a running server's databases to a mongodump-compatible directory (.bson files of
+    /// documents and .metadata.json files of options and indexes).
+    Dump(dump_cmd::DumpArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -294,6 +301,7 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text, "warn", false);
             restore_cmd::run_restore(args)
         }
+        Command::Dump(args) => dump_cmd::run_dump(args),
     }
 }
 
@@ -512,5 +520,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             let _ = tokio::signal::ctrl_c().await;
             info!("interrupt received, shutting down");
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions only when they are used: a clash between two subcommands'
+    /// arguments would otherwise show only as a panic when someone runs that subcommand.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

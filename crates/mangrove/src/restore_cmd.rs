@@ -189,19 +189,31 @@ fn print_summary(plan: &RestorePlan, report: &mangrove_storage::restore::Restore
     );
 }
 
-/// `mangrove restore`'s arguments: a point-in-time restore from a backup.
+/// `mangrove restore`'s arguments: a point-in-time restore from a backup (`--from`), or a
+/// mongodump directory loaded into a running server (`--dump`, `dump_cmd.rs`).
 #[derive(Args)]
-pub struct RestoreArgs {
+pub struct RestoreCli {
     #[command(flatten)]
     pitr: PitrArgs,
+    #[command(flatten)]
+    dump: crate::dump_cmd::RestoreArgs,
 }
 
-pub fn run_restore(args: RestoreArgs) -> ExitCode {
-    match args.pitr.from.clone() {
-        Some(from) => run(&args.pitr, from),
-        None => {
-            eprintln!("mangrove restore: pass --from BACKUP --to DIR to restore a backup");
+pub fn run_restore(args: RestoreCli) -> ExitCode {
+    match (args.pitr.from.clone(), &args.dump.dump) {
+        (Some(from), None) => run(&args.pitr, from),
+        (None, Some(_)) => crate::dump_cmd::run_restore(args.dump),
+        (Some(_), Some(_)) => {
+            eprintln!(
+                "mangrove restore: --from (a backup) and --dump (a mongodump directory) are two different restores; pass one"
+            );
             ExitCode::FAILURE
+        }
+        (None, None) => {
+            eprintln!(
+                "mangrove restore: pass --dump DIR to load a mongodump directory, or --from BACKUP --to DIR to restore a backup"
+            );
+            ExitCode::from(2)
         }
     }
 }
