@@ -166,6 +166,12 @@ fn print_summary(plan: &RestorePlan, report: &mangrove_storage::restore::Restore
         report.segments.len(),
         if report.segments.len() == 1 { "" } else { "s" }
     );
+    let secs = report.replay_elapsed.as_secs_f64();
+    println!(
+        "replay: {} bytes of log in {secs:.2} s ({:.0} MB/s)",
+        report.log_bytes,
+        report.log_bytes as f64 / 1e6 / secs.max(1e-9)
+    );
     for (name, source) in &report.segments {
         println!("  {name}  from {}", source.display());
     }

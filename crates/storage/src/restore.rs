@@ -100,6 +100,10 @@ pub struct RestoreReport {
     pub segments: Vec<(String, PathBuf)>,
     /// Transactions after the backup's checkpoint that the new directory replayed.
     pub replayed: u64,
+    /// Bytes of log the replay read, and how long opening the new directory took (the replay
+    /// and its checks).
+    pub log_bytes: u64,
+    pub replay_elapsed: Duration,
     /// The newest transaction restored (`None`: only the base).
     pub last: Option<RecordSummary>,
     /// The first transaction left out, when the stop point ended the log.
@@ -156,14 +160,18 @@ pub fn restore(
     })?;
     options.data_dir = Some(plan.target.clone());
     options.read_only = false;
+    let replay_started = Instant::now();
     let (engine, recovery) = Engine::open(options, |done, total| {
         progress(RestorePhase::Replay, done, total)
     })?;
+    let replay_elapsed = replay_started.elapsed();
     engine.close();
     Ok(RestoreReport {
         manifest,
         segments: log.segments,
         replayed: recovery.replayed,
+        log_bytes: recovery.log_bytes,
+        replay_elapsed,
         last: log.last,
         stopped_before: log.stopped_before,
         tail_note: log.tail_note,
