@@ -9,6 +9,7 @@ the drop, and nothing after it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,17 @@ def test_backup_under_load_then_restore_before_a_drop_after_kill_9(work):
     )
     assert "stopped before:" in out.stdout and "drop shop.orders" in out.stdout, out.stdout
 
+    # A damaged archived segment stops a restore, named, never skipped.
+    damaged = sorted(archive.glob("*.log"))[-1]
+    raw = bytearray(damaged.read_bytes())
+    raw[len(raw) // 2] ^= 0x08
+    damaged.write_bytes(bytes(raw))
+    refused = run(
+        "restore", "--from", str(backup), "--archive", str(archive), "--archive", str(data / "log"),
+        "--until-before-ns-drop", "shop.orders", "--to", str(work / "damaged"), check=False,
+    )
+    assert refused.returncode != 0 and damaged.name in refused.stderr, refused.stderr
+
     srv2 = MangroveServer(data_dir=restored)
     client2 = MongoClient(srv2.uri, directConnection=True)
     try:
@@ -196,3 +208,80 @@ def test_restore_a_time_before_the_backup_is_refused(work):
         "--until", "2020-01-01T00:00:00Z", check=False,
     )
     assert out.returncode != 0 and "older backup" in out.stderr, out.stderr
+
+
+def test_backup_under_32_transfer_clients_equals_a_snapshot_at_its_timestamp(work):
+    """The issue's test: the restored state conserves the total and equals a snapshot read at
+    the backup's last commit, taken on the live server."""
+    import random
+
+    from bson import Timestamp
+    from pymongo.read_concern import ReadConcern
+
+    accounts, opening = 200, 1000
+    srv = MangroveServer(["--log-segment-size", "1", "--checkpoint-interval-secs", "1"])
+    client = MongoClient(srv.uri, directConnection=True, maxPoolSize=40)
+    try:
+        bank = client.bank
+        bank.accounts.insert_many([{"_id": i, "balance": opening} for i in range(accounts)])
+        # A snapshot transaction left open keeps the history, so the live server can still
+        # answer a snapshot read at the backup's timestamp afterwards.
+        pin = client.start_session()
+        pin.start_transaction(read_concern=ReadConcern("snapshot"))
+        bank.accounts.find_one({}, session=pin)
+
+        stop, errors, done = threading.Event(), [], [0]
+
+        def transfer(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                a, b = rng.sample(range(accounts), 2)
+                amount = rng.randint(1, 50)
+
+                def txn(s):
+                    bank.accounts.update_one({"_id": a}, {"$inc": {"balance": -amount}}, session=s)
+                    bank.accounts.update_one({"_id": b}, {"$inc": {"balance": amount}}, session=s)
+
+                try:
+                    with client.start_session() as s:
+                        s.with_transaction(txn)
+                    done[0] += 1
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=transfer, args=(k,)) for k in range(32)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        before = done[0]
+        out = run("backup", "--to", str(work / "b"), "--uri", srv.uri)
+        during = done[0] - before
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert before > 0 and during >= 0
+        t, i = (int(x) for x in re.search(r"up to the commit (\d+):(\d+)", out.stdout).groups())
+        snap = bank.command(
+            "find", "accounts", batchSize=accounts + 1,
+            readConcern={"level": "snapshot", "atClusterTime": Timestamp(t, i)},
+        )["cursor"]["firstBatch"]
+        pin.abort_transaction()
+        pin.end_session()
+    finally:
+        client.close()
+        srv.stop()
+    assert sum(d["balance"] for d in snap) == accounts * opening
+
+    run("restore", "--from", str(work / "b"), "--to", str(work / "r"))
+    srv2 = MangroveServer(data_dir=work / "r")
+    client2 = MongoClient(srv2.uri, directConnection=True)
+    try:
+        restored = list(client2.bank.accounts.find().sort("_id", 1))
+    finally:
+        client2.close()
+        srv2.stop()
+    assert sum(d["balance"] for d in restored) == accounts * opening
+    assert restored == sorted(snap, key=lambda d: d["_id"])
+    assert any(d["balance"] != opening for d in restored), "transfers happened before the backup"
