@@ -242,11 +242,13 @@ pub(super) async fn get_more(
         want = want.min(remaining);
     }
     // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one. So
-    // does killCursors meanwhile (ending the wait; the stream's state no longer matters).
+    // does killCursors meanwhile (ending the wait; the stream's state no longer matters), and
+    // killOp of this getMore.
     let killed = shared.cursors.kill_signal(id);
     let next = tokio::select! {
         next = stream.next_batch(&shared.engine, want, until) => next,
         _ = crate::cursor::until_killed(killed.as_deref()) => Err(crate::cursor::killed_error(id)),
+        _ = crate::op_stats::until_killed() => Err(crate::access::interrupted()),
     };
     let mut batch = match next {
         Ok(batch) => batch,
