@@ -180,6 +180,7 @@ pub(super) async fn retry_conflicts<T>(
                 if crate::op_stats::killed() {
                     return Err(crate::access::interrupted());
                 }
+                shared.metrics.write_conflict_retried();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }
