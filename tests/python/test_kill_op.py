@@ -69,6 +69,21 @@ def test_kill_op_interrupts_a_running_find(client, db):
     assert len(list(db.c.find({"_id": {"$lt": 5}}))) == 5
 
 
+def test_kill_op_interrupts_a_long_scan_without_javascript(client, db):
+    db.c.insert_many([{"_id": i} for i in range(5000)])
+    # Builds an array of 100,000 numbers per document: seconds for the whole collection.
+    heavy = {"$expr": {"$lt": [{"$size": {"$range": [0, 100_000]}}, 0]}}
+    t, out = in_thread(lambda: list(db.c.find(heavy, comment="slow scan")))
+    # The server answers while the scan holds one worker.
+    asked = time.monotonic()
+    op = running(client, {"command.comment": "slow scan"})
+    assert time.monotonic() - asked < 2
+    assert op["planSummary"] == "COLLSCAN"
+    since = time.monotonic()
+    client.admin.command("killOp", op=op["opid"])
+    assert_interrupted(t, out, since)
+
+
 def test_kill_op_of_a_statement_aborts_its_transaction(client, db):
     db.c.insert_many([{"_id": i} for i in range(40)])
     with client.start_session() as s:

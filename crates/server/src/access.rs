@@ -44,6 +44,18 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
     }
 }
 
+/// A long synchronous read holds its worker thread, and on an otherwise idle runtime the
+/// other workers sleep and nobody polls the sockets: a `killOp`, or any client, would wait for
+/// the read to end. Spawning two empty tasks from this worker puts one in its run queue, where
+/// the scheduler wakes a sleeping worker to steal it; that worker then parks on the I/O driver
+/// and serves the sockets meanwhile. Done once per read, when it turns out long.
+fn wake_another_worker() {
+    if on_multi_thread_runtime() {
+        tokio::spawn(async {});
+        tokio::spawn(async {});
+    }
+}
+
 fn on_multi_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
@@ -74,6 +86,9 @@ pub fn deadline_of(max_time_ms: Option<i64>) -> Option<std::time::Instant> {
 pub fn check_deadline() -> CommandResult<()> {
     if crate::op_stats::killed() {
         return Err(interrupted());
+    }
+    if crate::op_stats::became_long() {
+        wake_another_worker();
     }
     match DEADLINE.with(std::cell::Cell::get) {
         Some(d) if std::time::Instant::now() >= d => Err(CommandError::new(

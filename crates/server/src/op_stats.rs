@@ -32,6 +32,8 @@ pub(crate) struct OpStats {
     pub killed: AtomicBool,
     /// Wakes a command waiting (a `getMore` awaiting data) when it is killed.
     pub kill_wake: tokio::sync::Notify,
+    /// Interruption checks made so far (`access::check_deadline`): how long a read has run.
+    pub checks: std::sync::atomic::AtomicU32,
     /// The command runs JavaScript (`$where`, `$function`, `$accumulator`): its reads leave
     /// the async worker to the runtime's other tasks (see `access::with_deadline`).
     pub runs_js: bool,
@@ -98,6 +100,14 @@ pub(crate) fn note_plan(plan: impl FnOnce() -> Plan) {
 /// Whether `killOp` asked the running command to stop (false outside a command).
 pub(crate) fn killed() -> bool {
     OP.try_with(|s| s.killed.load(Ordering::Relaxed))
+        .unwrap_or(false)
+}
+
+/// Counts an interruption check of the running command: true once, at the check that makes
+/// it a long read (`LONG_READ_CHECKS` checks, some 500 documents).
+pub(crate) fn became_long() -> bool {
+    const LONG_READ_CHECKS: u32 = 2;
+    OP.try_with(|s| s.checks.fetch_add(1, Ordering::Relaxed) + 1 == LONG_READ_CHECKS)
         .unwrap_or(false)
 }
 
