@@ -149,3 +149,35 @@ def test_kill_op_answers_for_unknown_ops_and_checks_its_argument(client):
     with pytest.raises(OperationFailure) as e:
         client.admin.command("killOp")
     assert e.value.code == 40414
+
+
+def test_without_the_killop_action_a_user_kills_only_its_own_operations():
+    from pymongo import MongoClient
+
+    from conftest import MangroveServer
+
+    srv = MangroveServer(extra_args=["--auth"])
+
+    def connect(user):
+        return MongoClient(srv.uri, username=user, password="pw", serverSelectionTimeoutMS=10_000)
+
+    try:
+        with MongoClient(srv.uri, serverSelectionTimeoutMS=10_000) as c:
+            c.admin.command("createUser", "root", pwd="pw", roles=["root"])
+        root, alice, bob = connect("root"), connect("alice"), connect("bob")
+        for name in ("alice", "bob"):
+            root.admin.command("createUser", name, pwd="pw", roles=[{"role": "read", "db": "shop"}])
+        root.shop.c.insert_many([{"_id": i} for i in range(40)])
+        t, out = in_thread(lambda: list(alice.shop.c.find(SLOW_WHERE, comment="alice's")))
+        opid = running(root, {"command.comment": "alice's"})["opid"]
+        for bad in (opid, 2_000_000_000):
+            with pytest.raises(OperationFailure) as e:
+                bob.admin.command("killOp", op=bad)
+            assert e.value.code == 13
+        since = time.monotonic()
+        assert alice.admin.command("killOp", op=opid)["ok"] == 1.0
+        assert_interrupted(t, out, since)
+        for c in (root, alice, bob):
+            c.close()
+    finally:
+        srv.stop()
