@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, RawDocument, RawDocumentBuf, doc};
 
 use crate::op_stats::OpStats;
 
@@ -36,8 +36,9 @@ pub(crate) struct Running {
     /// mongod's `op`: `query`, `getmore`, `insert`, `update`, `remove` or `command`.
     pub op: &'static str,
     pub ns: String,
-    pub command: Document,
-    pub lsid: Option<Document>,
+    /// Kept raw (a copy of at most 1 KiB) and decoded only when listed.
+    pub command: RawDocumentBuf,
+    pub lsid: Option<RawDocumentBuf>,
     pub txn_number: Option<i64>,
     /// The operation's counters and its kill flag (read by its interruption checks).
     pub stats: Arc<OpStats>,
@@ -101,12 +102,10 @@ impl Ops {
 
 /// The command as `$currentOp` shows it: whole when small, else mongod's `$truncated` summary
 /// (which keeps the `comment`, so an operation can still be found by it).
-pub(crate) fn shown_command(body: &bson::RawDocument) -> Document {
+pub(crate) fn shown_command(body: &RawDocument) -> RawDocumentBuf {
     let len = body.as_bytes().len();
-    if len <= MAX_SHOWN_BYTES
-        && let Ok(d) = Document::try_from(body)
-    {
-        return d;
+    if len <= MAX_SHOWN_BYTES {
+        return body.to_owned();
     }
     let name = body
         .iter()
@@ -119,12 +118,12 @@ pub(crate) fn shown_command(body: &bson::RawDocument) -> Document {
     {
         d.insert("comment", comment);
     }
-    d
+    RawDocumentBuf::try_from(&d).unwrap_or_default()
 }
 
-/// A raw document as an owned one (an lsid), if it decodes.
-pub(crate) fn owned(raw: Option<&bson::RawDocument>) -> Option<Document> {
-    raw.and_then(|d| Document::try_from(d).ok())
+/// A raw document decoded for listing (an empty one if it does not decode).
+fn decoded(raw: &RawDocument) -> Document {
+    Document::try_from(raw).unwrap_or_default()
 }
 
 /// A registered operation as `$currentOp` shows it; `transaction` is the open transaction's
@@ -150,7 +149,7 @@ pub(crate) fn describe(host: &str, op: &Running, transaction: Option<Document>) 
     );
     d.insert("opid", op.opid);
     if let Some(lsid) = &op.lsid {
-        d.insert("lsid", lsid.clone());
+        d.insert("lsid", decoded(lsid));
     }
     if let Some(t) = transaction {
         d.insert("transaction", t);
@@ -159,7 +158,7 @@ pub(crate) fn describe(host: &str, op: &Running, transaction: Option<Document>) 
     d.insert("microsecs_running", micros);
     d.insert("op", op.op);
     d.insert("ns", op.ns.as_str());
-    d.insert("command", op.command.clone());
+    d.insert("command", decoded(&op.command));
     if let Some(plan) = op.stats.plan.get() {
         d.insert("planSummary", plan.summary());
     }
@@ -186,7 +185,7 @@ mod tests {
             owner: None,
             op: "query",
             ns: "d.c".into(),
-            command: doc! { "find": "c", "comment": "x" },
+            command: bson::rawdoc! { "find": "c", "comment": "x" },
             lsid: None,
             txn_number: None,
             stats: Arc::default(),
@@ -218,7 +217,7 @@ mod tests {
     #[test]
     fn a_large_command_is_shown_truncated_with_its_comment() {
         let big = bson::rawdoc! { "insert": "c", "pad": "x".repeat(4096), "comment": "mine" };
-        let shown = shown_command(&big);
+        let shown = decoded(&shown_command(&big));
         assert!(
             shown
                 .get_str("$truncated")
@@ -227,6 +226,6 @@ mod tests {
         );
         assert_eq!(shown.get_str("comment").unwrap(), "mine");
         let small = bson::rawdoc! { "find": "c" };
-        assert_eq!(shown_command(&small), doc! { "find": "c" });
+        assert_eq!(decoded(&shown_command(&small)), doc! { "find": "c" });
     }
 }

@@ -357,7 +357,13 @@ pub(super) fn current_op(shared: &Shared) -> Document {
         let txn = open.iter().position(|t| {
             t.running
                 && Some(t.txn_number) == op.txn_number
-                && op.lsid.as_ref().and_then(|l| l.get("id")) == t.lsid.get("id")
+                && op
+                    .lsid
+                    .as_ref()
+                    .and_then(|l| l.get("id").ok().flatten())
+                    .and_then(|id| Bson::try_from(id).ok())
+                    .as_ref()
+                    == t.lsid.get("id")
         });
         let transaction = txn.map(|i| transaction_doc(&open.swap_remove(i)));
         inprog.push(Bson::Document(crate::ops::describe(

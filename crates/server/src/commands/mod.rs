@@ -153,7 +153,7 @@ fn running(
         op: profile::op_name(req.name),
         ns,
         command: crate::ops::shown_command(req.body),
-        lsid: crate::ops::owned(req.lsid().ok().flatten()),
+        lsid: req.lsid().ok().flatten().map(ToOwned::to_owned),
         txn_number: req.txn_number().ok().flatten(),
         stats,
     }
