@@ -57,16 +57,22 @@ def test_current_op_shows_open_transactions(client, db):
     with client.start_session() as s:
         s.start_transaction()
         db.c.insert_one({"_id": 1}, session=s)
-        ops = list(client.admin.aggregate([{"$currentOp": {"allUsers": True}}, {"$match": {"lsid": {"$exists": True}}}]))
+        in_txn = {"$match": {"transaction": {"$exists": True}}}
+        ops = list(client.admin.aggregate([{"$currentOp": {"allUsers": True}}, in_txn]))
         assert len(ops) == 1
+        assert ops[0]["type"] == "idleSession" and ops[0]["active"] is False
         assert ops[0]["lsid"]["id"] == s.session_id["id"]
         assert ops[0]["transaction"]["parameters"]["txnNumber"] >= 1
         assert f"{db.name}.c" in ops[0]["transaction"]["namespaces"]
         idle = list(client.admin.aggregate([{"$currentOp": {"idleSessions": False}}]))
-        # Only the aggregate itself is running.
-        assert [(o["type"], o["ns"]) for o in idle] == [("op", "admin.$cmd.aggregate")]
+        # The aggregate itself is running (with a number killOp takes); the idle transaction
+        # is left out.
+        assert all(o["type"] == "op" for o in idle)
+        me = [o for o in idle if o["ns"] == "admin.$cmd.aggregate"]
+        assert len(me) == 1 and me[0]["op"] == "command" and me[0]["opid"] > 0
+        assert me[0]["command"]["pipeline"] == [{"$currentOp": {"idleSessions": False}}]
         s.abort_transaction()
-    assert list(client.admin.aggregate([{"$currentOp": {}}, {"$match": {"lsid": {"$exists": True}}}])) == []
+    assert list(client.admin.aggregate([{"$currentOp": {}}, in_txn])) == []
     with pytest.raises(OperationFailure) as e:
         list(db.aggregate([{"$currentOp": {}}]))
     assert e.value.code == 73

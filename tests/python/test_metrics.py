@@ -3,10 +3,13 @@ own client library, and its counters follow what the server does."""
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+from bson import Int64, SON
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
@@ -73,3 +76,80 @@ def test_other_paths_and_methods_are_refused(metered):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(urllib.request.Request(metered.metrics_url, method="POST", data=b"x"), timeout=10)
     assert e.value.code == 405
+
+
+def wait_for(url: str, ready, timeout: float = 15.0) -> dict:
+    """Scrapes until `ready(samples)` holds (the last scrape either way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(url)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.1)
+
+
+def test_checkpoints_are_counted_and_timed():
+    srv = MangroveServer(extra_args=["--metrics-addr", "127.0.0.1:0", "--checkpoint-interval-secs", "1"])
+    try:
+        url = srv.metrics_base + "/metrics"
+        before = scrape(url)
+        done = before[("mangrove_checkpoints_total", ())]
+        c = MongoClient(srv.uri, serverSelectionTimeoutMS=10_000)
+        c.m.t.insert_many([{"i": i} for i in range(100)])
+        after = wait_for(url, lambda s: s[("mangrove_checkpoints_total", ())] > done)
+        c.close()
+        n = after[("mangrove_checkpoints_total", ())]
+        assert n > done
+        assert after[("mangrove_checkpoint_duration_seconds_count", ())] == n
+        assert after[("mangrove_checkpoint_duration_seconds_bucket", (("le", "+Inf"),))] == n
+        assert after[("mangrove_checkpoint_duration_seconds_sum", ())] > 0
+    finally:
+        srv.stop()
+
+
+def test_retried_writes_are_counted(metered):
+    c = MongoClient(metered.uri, serverSelectionTimeoutMS=10_000)
+    name = "mangrove_retryable_writes_retried_total"
+    before = scrape(metered.metrics_url)
+    # Its own client: the session (and its txnNumber 7) must not go back to `c`'s pool.
+    own = MongoClient(metered.uri, serverSelectionTimeoutMS=10_000)
+    with own.start_session() as s:
+        # The same statement twice under one txnNumber: the second is answered from the record.
+        insert = SON([("insert", "retried"), ("documents", [{"_id": 1}]), ("txnNumber", Int64(7))])
+        assert own.m.command(insert, session=s)["n"] == 1
+        assert own.m.command(insert, session=s)["n"] == 1
+    own.close()
+    assert c.m.retried.count_documents({}) == 1
+    after = scrape(metered.metrics_url)
+    assert after[(name, ())] - before[(name, ())] == 1
+
+    # A write outside a transaction that meets the transaction's write waits and retries.
+    name = "mangrove_write_conflicts_retried_total"
+    c.m.held.insert_one({"_id": 1, "n": 0})
+    with c.start_session() as s:
+        s.start_transaction()
+        c.m.held.update_one({"_id": 1}, {"$inc": {"n": 1}}, session=s)
+        blocked = threading.Thread(target=lambda: c.m.held.update_one({"_id": 1}, {"$inc": {"n": 10}}))
+        blocked.start()
+        waiting = wait_for(metered.metrics_url, lambda x: x[(name, ())] > after[(name, ())])
+        s.commit_transaction()
+    blocked.join(10)
+    assert waiting[(name, ())] > after[(name, ())]
+    assert c.m.held.find_one({"_id": 1})["n"] == 11
+    c.close()
+
+
+def test_change_streams_and_their_events_are_counted(metered):
+    c = MongoClient(metered.uri, serverSelectionTimeoutMS=10_000)
+    opened, events = "mangrove_change_streams_open", "mangrove_change_events_delivered_total"
+    before = scrape(metered.metrics_url)
+    with c.m.w.watch(max_await_time_ms=200) as stream:
+        during = scrape(metered.metrics_url)
+        assert during[(opened, ())] - before[(opened, ())] == 1
+        c.m.w.insert_many([{"a": 1}, {"a": 2}])
+        seen = [stream.next()["fullDocument"]["a"] for _ in range(2)]
+        assert seen == [1, 2]
+    after = wait_for(metered.metrics_url, lambda s: s[(opened, ())] == before[(opened, ())])
+    assert after[(opened, ())] == before[(opened, ())]
+    assert after[(events, ())] - before[(events, ())] == 2
+    c.close()

@@ -44,6 +44,8 @@ thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
     static STOP: Cell<Option<Stop>> = const { Cell::new(None) };
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
+    /// The interruption was the operation's kill (`killOp`), not its time bound.
+    static KILLED: Cell<bool> = const { Cell::new(false) };
     pub(crate) static EMITS: RefCell<Vec<(Bson, Bson)>> = const { RefCell::new(Vec::new()) };
     pub(crate) static EMIT_BYTES: Cell<usize> = const { Cell::new(0) };
     pub(crate) static EMIT_OVERFLOW: Cell<bool> = const { Cell::new(false) };
@@ -54,7 +56,11 @@ fn new_engine() -> Result<Engine, CodedError> {
     rt.set_memory_limit(limits().memory_bytes);
     rt.set_max_stack_size(MAX_STACK);
     rt.set_interrupt_handler(Some(Box::new(|| {
-        let stop = STOP.with(Cell::get).is_some_and(|s| Instant::now() >= s.at);
+        let killed = crate::killed();
+        if killed {
+            KILLED.with(|k| k.set(true));
+        }
+        let stop = killed || STOP.with(Cell::get).is_some_and(|s| Instant::now() >= s.at);
         if stop {
             INTERRUPTED.with(|i| i.set(true));
         }
@@ -123,6 +129,11 @@ fn sleep(ctx: Ctx<'_>, ms: f64) -> rquickjs::Result<()> {
     let wake = Instant::now() + wanted;
     let until = wake.min(stop.at);
     while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if crate::killed() {
+            KILLED.with(|k| k.set(true));
+            INTERRUPTED.with(|i| i.set(true));
+            return Err(rquickjs::Exception::throw_internal(&ctx, "interrupted"));
+        }
         std::thread::sleep(left.min(std::time::Duration::from_millis(10)));
     }
     if wake > stop.at {
@@ -169,9 +180,17 @@ pub(crate) fn with_ctx<T>(
         let stop = call_stop();
         STOP.with(|s| s.set(Some(stop)));
         INTERRUPTED.with(|i| i.set(false));
+        KILLED.with(|k| k.set(false));
         let cache = &mut engine.cache;
         let out = engine.ctx.with(|ctx| f(&ctx, cache));
         STOP.with(|s| s.set(None));
+        if KILLED.with(Cell::get) {
+            return Err(CodedError::new(
+                11601,
+                "Interrupted",
+                "operation was interrupted",
+            ));
+        }
         if INTERRUPTED.with(Cell::get) {
             return Err(timeout_error(stop));
         }

@@ -101,6 +101,20 @@ pub(crate) fn deadline() -> Option<Instant> {
     DEADLINE.with(Cell::get)
 }
 
+/// The server's test of whether the running operation was killed (`killOp`).
+static KILLED: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+
+/// Sets, once per process, how a call learns that its operation was killed: a call running
+/// when `killed` turns true is interrupted and fails with Interrupted (11601). (A function,
+/// not a flag handed in: the server keeps its flag in a task-local this crate cannot name.)
+pub fn set_kill_check(killed: fn() -> bool) {
+    let _ = KILLED.set(killed);
+}
+
+pub(crate) fn killed() -> bool {
+    KILLED.get().is_some_and(|f| f())
+}
+
 /// A `$where` string as a function of `obj` (mongod's second name for the document): code
 /// that is not already a function becomes the body of one, with `return` added to a lone
 /// expression (mongod's rule: one line, no `return`, at most a trailing `;`); a function is

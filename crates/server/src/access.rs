@@ -33,7 +33,32 @@ pub fn with_deadline<T>(deadline: Option<std::time::Instant>, f: impl FnOnce() -
     }
     let _restore = Restore(previous);
     // JavaScript run by the read ($where, $function) is interrupted at the same deadline.
-    mangrove_js::with_deadline(deadline, f)
+    let run = || mangrove_js::with_deadline(deadline, f);
+    // JavaScript may run for long (seconds, `sleep`): the read then gives its worker's place
+    // to another thread, so the runtime goes on serving I/O (a `killOp` of it among others),
+    // which an idle runtime would not while one task blocks its only awake worker.
+    if crate::op_stats::runs_javascript() && on_multi_thread_runtime() {
+        tokio::task::block_in_place(run)
+    } else {
+        run()
+    }
+}
+
+/// A long synchronous read holds its worker thread, and on an otherwise idle runtime the
+/// other workers sleep and nobody polls the sockets: a `killOp`, or any client, would wait for
+/// the read to end. Spawning two empty tasks from this worker puts one in its run queue, where
+/// the scheduler wakes a sleeping worker to steal it; that worker then parks on the I/O driver
+/// and serves the sockets meanwhile. Done once per read, when it turns out long.
+fn wake_another_worker() {
+    if on_multi_thread_runtime() {
+        tokio::spawn(async {});
+        tokio::spawn(async {});
+    }
+}
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// What is left of the running read's `maxTimeMS`, for a cursor to carry into its `getMore`s
@@ -56,7 +81,15 @@ pub fn deadline_of(max_time_ms: Option<i64>) -> Option<std::time::Instant> {
 
 /// MaxTimeMSExpired once the running read's deadline has passed. Cheap enough to call every
 /// few hundred documents.
+///
+/// A command that `killOp` interrupted fails here too, with Interrupted (11601).
 pub fn check_deadline() -> CommandResult<()> {
+    if crate::op_stats::killed() {
+        return Err(interrupted());
+    }
+    if crate::op_stats::became_long() {
+        wake_another_worker();
+    }
     match DEADLINE.with(std::cell::Cell::get) {
         Some(d) if std::time::Instant::now() >= d => Err(CommandError::new(
             crate::error::code::MAX_TIME_MS_EXPIRED,
@@ -64,6 +97,11 @@ pub fn check_deadline() -> CommandResult<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// mongod's error for an operation `killOp` interrupted.
+pub fn interrupted() -> CommandError {
+    CommandError::new(crate::error::code::INTERRUPTED, "operation was interrupted")
 }
 
 /// Documents visited between deadline checks.

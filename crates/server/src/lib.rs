@@ -27,6 +27,7 @@ pub mod log_ring;
 mod metrics;
 mod metrics_http;
 mod op_stats;
+mod ops;
 mod params;
 mod pipeline_input;
 mod query_params;
@@ -231,6 +232,8 @@ pub(crate) struct Shared {
     pub index_usage: index_usage::IndexUsage,
     /// Time spent per collection by kind of operation (`top`).
     pub top: top::Top,
+    /// The operations running now, by opid (`$currentOp`, `killOp`).
+    pub ops: ops::Ops,
     /// Command latency histograms (`metrics.rs`).
     pub metrics: metrics::Metrics,
     /// Changes to users, which connections follow.
@@ -365,8 +368,23 @@ async fn bind_metrics(config: &Config) -> std::io::Result<Option<TcpListener>> {
     Ok(Some(listener))
 }
 
+/// A budget smaller than one maximal message could never admit it: refuse to start.
+fn check_inflight_budget(config: &Config) -> std::io::Result<()> {
+    if config.max_inflight_bytes < config.max_message_size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the in-flight budget ({} bytes) is smaller than the message limit ({} bytes)",
+                config.max_inflight_bytes, config.max_message_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// JavaScript's switch and per-call bound are process-wide, as mongod's.
 fn configure_javascript(config: &Config) {
+    mangrove_js::set_kill_check(op_stats::killed);
     mangrove_js::configure(mangrove_js::Settings {
         enabled: config.javascript_enabled,
         time: config.javascript_time_limit,
@@ -407,16 +425,7 @@ impl Server {
             max_message_size: config.max_message_size,
             max_bson_size: config.max_bson_size,
         };
-        // A budget smaller than one maximal message could never admit it: refuse to start.
-        if config.max_inflight_bytes < config.max_message_size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the in-flight budget ({} bytes) is smaller than the message limit ({} bytes)",
-                    config.max_inflight_bytes, config.max_message_size
-                ),
-            ));
-        }
+        check_inflight_budget(&config)?;
         let inflight = Semaphore::new(admission::budget_units(config.max_inflight_bytes) as usize);
         let config_lifetime = config.transaction_lifetime;
         let query_limits = mangrove_query::Limits {
@@ -440,6 +449,7 @@ impl Server {
             profiler: Default::default(),
             index_usage: Default::default(),
             top: Default::default(),
+            ops: Default::default(),
             metrics: Default::default(),
             auth: auth::Registry::default(),
             tls,

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,9 +30,40 @@ static COMMAND_MICROS: [u64; 16] = [
 #[derive(Default)]
 pub(crate) struct Metrics {
     commands: RwLock<HashMap<&'static str, Arc<Histogram>>>,
+    /// Auto-commit writes run again after a WriteConflict (`write_path::retry_conflicts`).
+    write_conflicts_retried: AtomicU64,
+    /// Change streams open now: each holds a [`Watching`] until its cursor is dropped.
+    change_streams_open: Arc<AtomicI64>,
+    /// Change events returned to clients, in first batches and `getMore`s.
+    change_events: AtomicU64,
+}
+
+/// One open change stream, counted while it lives (held by its cursor).
+pub(crate) struct Watching(Arc<AtomicI64>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
+    /// A write conflict the server retried on its own.
+    pub fn write_conflict_retried(&self) {
+        self.write_conflicts_retried.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a change stream open until the returned guard is dropped.
+    pub fn watching(&self) -> Watching {
+        self.change_streams_open.fetch_add(1, Relaxed);
+        Watching(self.change_streams_open.clone())
+    }
+
+    /// `n` change events went to a client.
+    pub fn change_events_sent(&self, n: usize) {
+        self.change_events.fetch_add(n as u64, Relaxed);
+    }
+
     /// Counts one run of the command named `name` (from the command table) that took `took`.
     pub fn observe(&self, name: &'static str, took: Duration) {
         let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -148,30 +180,36 @@ pub(crate) fn render(shared: &Shared) -> String {
         );
     }
     render_log(&mut out, shared);
+    render_checkpoints(&mut out, shared);
     render_transactions(&mut out, shared);
+    render_retries_and_streams(&mut out, shared);
+    render_commands(&mut out, shared);
+    out
+}
+
+fn render_commands(out: &mut String, shared: &Shared) {
     single(
-        &mut out,
+        out,
         "mangrove_cursors_open",
         "gauge",
         "Open cursors.",
         shared.cursors.open_count() as f64,
     );
     header(
-        &mut out,
+        out,
         "mangrove_command_duration_seconds",
         "histogram",
         "Time to run each command, by command.",
     );
     for (name, h) in shared.metrics.command_snapshots() {
         histogram_lines(
-            &mut out,
+            out,
             "mangrove_command_duration_seconds",
             &format!("command=\"{name}\""),
             &h,
             1e-6,
         );
     }
-    out
 }
 
 fn render_log(out: &mut String, shared: &Shared) {
@@ -287,5 +325,61 @@ fn render_transactions(out: &mut String, shared: &Shared) {
         "counter",
         "Writes that met another transaction's intent (WriteConflict).",
         stats.write_conflicts.load(Relaxed) as f64,
+    );
+}
+
+fn render_checkpoints(out: &mut String, shared: &Shared) {
+    let checkpoints = shared.engine.checkpoint_durations();
+    single(
+        out,
+        "mangrove_checkpoints_total",
+        "counter",
+        "Checkpoints that folded committed versions into the base store.",
+        checkpoints.count as f64,
+    );
+    header(
+        out,
+        "mangrove_checkpoint_duration_seconds",
+        "histogram",
+        "Time each checkpoint took.",
+    );
+    histogram_lines(
+        out,
+        "mangrove_checkpoint_duration_seconds",
+        "",
+        &checkpoints,
+        1e-6,
+    );
+}
+
+fn render_retries_and_streams(out: &mut String, shared: &Shared) {
+    let m = &shared.metrics;
+    single(
+        out,
+        "mangrove_retryable_writes_retried_total",
+        "counter",
+        "Statements of retried retryable writes answered from the session's record (already executed).",
+        crate::retryable::retried_statements() as f64,
+    );
+    single(
+        out,
+        "mangrove_write_conflicts_retried_total",
+        "counter",
+        "Auto-commit writes the server ran again after a WriteConflict.",
+        m.write_conflicts_retried.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_change_streams_open",
+        "gauge",
+        "Change streams open now.",
+        m.change_streams_open.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_change_events_delivered_total",
+        "counter",
+        "Change events returned to clients.",
+        m.change_events.load(Relaxed) as f64,
     );
 }

@@ -28,6 +28,23 @@ pub(crate) struct OpStats {
     pub plan: OnceLock<Plan>,
     /// A blocking stage spilled to disk (mongod's `usedDisk`).
     pub used_disk: AtomicBool,
+    /// `killOp` asked the command to stop (`ops.rs`): its next interruption check fails.
+    pub killed: AtomicBool,
+    /// Wakes a command waiting (a `getMore` awaiting data) when it is killed.
+    pub kill_wake: tokio::sync::Notify,
+    /// Interruption checks made so far (`access::check_deadline`): how long a read has run.
+    pub checks: std::sync::atomic::AtomicU32,
+    /// The command runs JavaScript (`$where`, `$function`, `$accumulator`): its reads leave
+    /// the async worker to the runtime's other tasks (see `access::with_deadline`).
+    pub runs_js: bool,
+}
+
+impl OpStats {
+    /// Asks the command to stop: its next interruption check fails, and a wait ends now.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill_wake.notify_waiters();
+    }
 }
 
 /// An access path as mongod's `planSummary` names it.
@@ -78,6 +95,48 @@ pub(crate) fn note_plan(plan: impl FnOnce() -> Plan) {
             let _ = s.plan.set(plan());
         }
     });
+}
+
+/// Whether `killOp` asked the running command to stop (false outside a command).
+pub(crate) fn killed() -> bool {
+    OP.try_with(|s| s.killed.load(Ordering::Relaxed))
+        .unwrap_or(false)
+}
+
+/// Counts an interruption check of the running command: true once, at the check that makes
+/// it a long read (`LONG_READ_CHECKS` checks, some 500 documents).
+pub(crate) fn became_long() -> bool {
+    const LONG_READ_CHECKS: u32 = 2;
+    OP.try_with(|s| s.checks.fetch_add(1, Ordering::Relaxed) + 1 == LONG_READ_CHECKS)
+        .unwrap_or(false)
+}
+
+/// Whether the running command runs JavaScript (false outside a command).
+pub(crate) fn runs_javascript() -> bool {
+    OP.try_with(|s| s.runs_js).unwrap_or(false)
+}
+
+/// Whether a command's body names a JavaScript operator (a key `$where`, `$function` or
+/// `$accumulator`, at any depth): a byte search, no parse.
+pub(crate) fn names_javascript(body: &[u8]) -> bool {
+    [&b"$where\0"[..], b"$function\0", b"$accumulator\0"]
+        .iter()
+        .any(|key| body.windows(key.len()).any(|w| w == *key))
+}
+
+/// Returns once `killOp` has asked the running command to stop (never outside a command): a
+/// command that waits selects on it, so a kill ends the wait.
+pub(crate) async fn until_killed() {
+    let Ok(stats) = OP.try_with(Arc::clone) else {
+        return std::future::pending().await;
+    };
+    let woken = stats.kill_wake.notified();
+    tokio::pin!(woken);
+    // Registered before the flag is read, so a kill between the two still wakes it.
+    woken.as_mut().enable();
+    if !stats.killed.load(Ordering::Relaxed) {
+        woken.await;
+    }
 }
 
 /// Runs `f` with `stats` counting what it examines.

@@ -36,6 +36,15 @@ pub(crate) struct RetryableWrite {
     pub close_connection: AtomicBool,
 }
 
+/// Statements answered from a session's record since the process started (mongod's
+/// `transactions.retriedStatementsCount`). Process-wide: one server runs per process.
+static RETRIED_STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many retried statements were answered from a session's record.
+pub(crate) fn retried_statements() -> u64 {
+    RETRIED_STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -76,9 +85,14 @@ impl RetryableWrite {
         }
     }
 
-    /// The recorded result of statement `stmt`, if it already ran.
+    /// The recorded result of statement `stmt`, if it already ran (the retry is then answered
+    /// with it, and counted for the metrics).
     pub fn recorded(&self, stmt: usize) -> Option<Bson> {
-        lock(&self.executed).get(&(stmt as i32)).cloned()
+        let found = lock(&self.executed).get(&(stmt as i32)).cloned();
+        if found.is_some() {
+            RETRIED_STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        found
     }
 
     /// Notes that statement `stmt` ran in the transaction about to commit.

@@ -234,11 +234,13 @@ test('mongosh currentOp, killOp, top, validate and getLogComponents', async () =
     'const s = db.getMongo().startSession(); s.startTransaction();',
     's.getDatabase("shelldiag").c.insertOne({ a: 4 });',
     'const ops = db.currentOp().inprog.filter((o) => o.transaction);',
+    'const running = db.currentOp().inprog.filter((o) => o.active && o.opid > 0 && !o.transaction);',
     's.abortTransaction();',
     'const v = d.c.validate({ full: true });',
     'const t = db.adminCommand({ top: 1 }).totals["shelldiag.c"];',
     'print("DIAG=" + JSON.stringify({',
     '  txns: ops.length, ns: ops[0].transaction.namespaces, kill: db.killOp(1).info,',
+    '  selfListed: running.length >= 1, killBad: (() => { try { db.adminCommand({ killOp: 1, op: "x" }); return 0; } catch (e) { return e.code; } })(),',
     '  valid: v.valid, keys: { _id_: Number(v.keysPerIndex._id_), a_1: Number(v.keysPerIndex.a_1) },',
     '  nrecords: Number(v.nrecords), topInserts: Number(t.insert.count),',
     '  logVerbosity: db.getLogComponents().verbosity,',
@@ -249,7 +251,7 @@ test('mongosh currentOp, killOp, top, validate and getLogComponents', async () =
   const m = /DIAG=(\{.*\})/.exec(r.stdout);
   assert.ok(m, `no DIAG= line in output: ${r.stdout}`);
   assert.deepEqual(JSON.parse(m[1]), {
-    txns: 1, ns: ['shelldiag.c'], kill: 'attempting to kill op',
+    txns: 1, ns: ['shelldiag.c'], kill: 'attempting to kill op', selfListed: true, killBad: 14,
     valid: true, keys: { _id_: 2, a_1: 3 }, nrecords: 2, topInserts: 2,
     logVerbosity: 0,
   });

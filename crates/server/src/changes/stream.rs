@@ -137,6 +137,8 @@ pub struct HistoryCursor {
     invalidated: bool,
     /// A plain (not tailable) oplog read reached the durable end.
     caught_up: bool,
+    /// Counts a change stream as open while it lives (`mangrove_change_streams_open`).
+    watching: Option<crate::metrics::Watching>,
 }
 
 /// One batch for the client.
@@ -184,7 +186,18 @@ impl HistoryCursor {
             tailing: false,
             invalidated: false,
             caught_up: false,
+            watching: None,
         }
+    }
+
+    /// Counts this cursor as an open change stream until it is dropped.
+    pub fn count_as_open(&mut self, watching: crate::metrics::Watching) {
+        self.watching = Some(watching);
+    }
+
+    /// Whether this is a change stream (not an oplog cursor), counted by the metrics.
+    pub fn is_counted(&self) -> bool {
+        self.watching.is_some()
     }
 
     /// Opens a change stream where `spec` says; a start older than the retained history fails

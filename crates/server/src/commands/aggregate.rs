@@ -564,8 +564,9 @@ async fn list_sessions_aggregate(
     pipeline_cursor(shared, ns, output, batch_size, None).map(Some)
 }
 
-/// `$currentOp` (`{aggregate: 1}` on `admin`): the open transactions, idle ones unless
-/// `idleSessions: false`, and this aggregate itself, as `currentOp` shows them.
+/// `$currentOp` (`{aggregate: 1}` on `admin`): the running operations (this aggregate among
+/// them) and the open transactions, idle ones unless `idleSessions: false`, as `currentOp`
+/// shows them.
 fn current_op_docs(
     shared: &Shared,
     req: &Request<'_>,
@@ -599,18 +600,9 @@ fn current_op_docs(
             }
         }
     }
+    // This aggregate is one of them: it is registered while it runs.
     let mut ops = super::diag::current_ops(shared);
     ops.retain(|op| idle_sessions || op.get_str("type").ok() != Some("idleSession"));
-    ops.push(doc! {
-        "type": "op",
-        "host": shared.advertised.as_str(),
-        "active": true,
-        "op": "command",
-        "ns": "admin.$cmd.aggregate",
-        "command": Document::try_from(req.body).map_err(internal)?,
-        "secs_running": 0i64,
-        "microsecs_running": 0i64,
-    });
     ops.iter()
         .map(|d| RawDocumentBuf::try_from(d).map_err(internal))
         .collect()

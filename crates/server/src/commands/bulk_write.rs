@@ -109,6 +109,8 @@ pub(super) async fn bulk_write(
         .await;
         let result = match outcome {
             Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
+            // killOp fails the whole command, as mongod's interruptions do.
+            Err(e) if e.code == code::INTERRUPTED => return Err(e),
             Err(e) => Err(e.to_write_error(index)),
             Ok(Err(write_error)) => Err(write_error),
             Ok(Ok(result)) => Ok(result),

@@ -125,7 +125,9 @@ pub(super) async fn open(
     let batch_size = cursor_batch_size(req)?.unwrap_or(DEFAULT_FIRST_BATCH);
     let mut stream =
         HistoryCursor::change_stream(&shared.engine, stream_spec, stages, split).await?;
+    stream.count_as_open(shared.metrics.watching());
     let batch = stream.next_batch(&shared.engine, batch_size, None).await?;
+    shared.metrics.change_events_sent(batch.docs.len());
     let ns = match coll {
         Some(c) => req.ns(c),
         None => format!("{}.$cmd.aggregate", req.db),
@@ -242,11 +244,14 @@ pub(super) async fn get_more(
         want = want.min(remaining);
     }
     // A failed getMore kills the cursor, as in mongod: the driver resumes with a new one. So
-    // does killCursors meanwhile (ending the wait; the stream's state no longer matters).
+    // does killCursors meanwhile (ending the wait; the stream's state no longer matters), and
+    // killOp of this getMore.
     let killed = shared.cursors.kill_signal(id);
+    let counted = stream.is_counted();
     let next = tokio::select! {
         next = stream.next_batch(&shared.engine, want, until) => next,
         _ = crate::cursor::until_killed(killed.as_deref()) => Err(crate::cursor::killed_error(id)),
+        _ = crate::op_stats::until_killed() => Err(crate::access::interrupted()),
     };
     let mut batch = match next {
         Ok(batch) => batch,
@@ -255,6 +260,9 @@ pub(super) async fn get_more(
             return Err(e);
         }
     };
+    if counted {
+        shared.metrics.change_events_sent(batch.docs.len());
+    }
     if let Some(remaining) = &mut cursor.remaining {
         *remaining -= batch.docs.len() as u64;
         batch.ended |= *remaining == 0;

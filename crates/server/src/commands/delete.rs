@@ -51,6 +51,8 @@ pub(super) async fn delete(
         };
         match run_stmt(shared, &opts, txn.as_deref_mut(), stmt).await {
             Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
+            // killOp fails the whole command, as mongod's interruptions do.
+            Err(e) if e.code == code::INTERRUPTED => return Err(e),
             Ok(count) => n += count,
             Err(e) => {
                 write_errors.push(e.to_write_error(index));

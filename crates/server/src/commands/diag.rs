@@ -251,20 +251,45 @@ fn transactions_status(shared: &Shared) -> Document {
     }
 }
 
-/// `killOp`: mongod's answer whatever the `op` (it kills asynchronously and never says whether
-/// the op existed). Mangrove tracks no running operation by number yet, so nothing is
-/// interrupted: a transaction is ended with `killSessions` or `abortTransaction`.
-pub(super) fn kill_op(req: &Request<'_>) -> CommandResult<Reply> {
+/// `killOp`: asks the operation numbered `op` to stop; it fails with Interrupted (11601) at
+/// its next interruption check (`ops.rs`). As mongod, the answer is the same whether or not
+/// the operation exists or has already ended. A user without the `killop` action may kill only
+/// its own operations (mongod's "coauthorized" client); anything else is Unauthorized.
+pub(super) fn kill_op(
+    shared: &Shared,
+    client: &mut super::Client,
+    req: &Request<'_>,
+) -> CommandResult<Reply> {
     req.check_fields(&["op"])?;
-    match req.get("op") {
-        Some(v) if crate::request::as_i64(v).is_some() => {}
-        Some(_) => return Err(CommandError::type_mismatch("op must be a number")),
+    let op = match req.get("op") {
+        Some(v) => crate::request::as_i64(v)
+            .ok_or_else(|| CommandError::type_mismatch("op must be a number"))?,
         None => {
             return Err(CommandError::new(
                 code::MISSING_FIELD,
                 "BSON field 'killOp.op' is missing but a required field",
             ));
         }
+    };
+    let Ok(opid) = i32::try_from(op) else {
+        return Err(CommandError::new(
+            26823,
+            format!("invalid op : {op}. Op ID cannot be represented with 32 bits"),
+        ));
+    };
+    let any = crate::auth::may(
+        shared,
+        &mut client.identity,
+        "admin",
+        crate::auth::roles::Action::Killop,
+    )?;
+    match shared.ops.get(opid) {
+        Some(target) if any || (target.owner.is_some() && target.owner == req.owner) => {
+            tracing::info!(opid, ns = %target.ns, "killOp: interrupting the operation");
+            target.stats.kill();
+        }
+        _ if any => {}
+        _ => return Err(crate::auth::unauthorized(req.db, req.name)),
     }
     Ok(doc! { "info": "attempting to kill op", "ok": 1.0 }.into())
 }
@@ -314,7 +339,8 @@ pub(super) fn top(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
     Ok(shared.top.report().into())
 }
 
-/// The in-progress entries `currentOp` and `$currentOp` show: open transactions.
+/// The in-progress entries `currentOp` and `$currentOp` show: running operations and open
+/// transactions.
 pub(super) fn current_ops(shared: &Shared) -> Vec<Document> {
     current_op(shared)
         .get_array("inprog")
@@ -322,35 +348,55 @@ pub(super) fn current_ops(shared: &Shared) -> Vec<Document> {
         .unwrap_or_default()
 }
 
-/// `currentOp`: the open transactions (running or idle between statements), in mongod's
-/// shape. Mangrove runs no other long operations worth listing.
+/// `currentOp`: every running operation (`ops.rs`), a statement of a transaction with the
+/// transaction's description, and the transactions idle between statements, in mongod's shape.
 pub(super) fn current_op(shared: &Shared) -> Document {
-    let now = std::time::Instant::now();
-    let inprog: Vec<Bson> = shared
-        .sessions
-        .open
-        .list()
-        .into_iter()
-        .map(|t| {
-            let open_micros = now.duration_since(t.started).as_micros() as i64;
-            Bson::Document(doc! {
-                "type": if t.running { "op" } else { "idleSession" },
-                "active": t.running,
-                "lsid": t.lsid.clone(),
-                "transaction": {
-                    "parameters": {
-                        "txnNumber": t.txn_number,
-                        "autocommit": false,
-                    },
-                    "startWallClockTime": t.started_wall.try_to_rfc3339_string().unwrap_or_default(),
-                    "timeOpenMicros": open_micros,
-                    "timeActiveMicros": if t.running { open_micros } else { 0 },
-                    "namespaces": t.namespaces.iter().cloned().collect::<Vec<_>>(),
-                },
-            })
-        })
-        .collect();
+    let mut open = shared.sessions.open.list();
+    let mut inprog: Vec<Bson> = Vec::new();
+    for op in shared.ops.list() {
+        let txn = open.iter().position(|t| {
+            t.running
+                && Some(t.txn_number) == op.txn_number
+                && op
+                    .lsid
+                    .as_ref()
+                    .and_then(|l| l.get("id").ok().flatten())
+                    .and_then(|id| Bson::try_from(id).ok())
+                    .as_ref()
+                    == t.lsid.get("id")
+        });
+        let transaction = txn.map(|i| transaction_doc(&open.swap_remove(i)));
+        inprog.push(Bson::Document(crate::ops::describe(
+            &shared.advertised,
+            &op,
+            transaction,
+        )));
+    }
+    // Idle transactions, and a running one whose statement has just ended.
+    for t in open {
+        inprog.push(Bson::Document(doc! {
+            "type": if t.running { "op" } else { "idleSession" },
+            "active": t.running,
+            "lsid": t.lsid.clone(),
+            "transaction": transaction_doc(&t),
+        }));
+    }
     doc! { "inprog": inprog, "ok": 1.0 }
+}
+
+/// An open transaction as `currentOp` describes it.
+fn transaction_doc(t: &crate::session::OpenTxn) -> Document {
+    let open_micros = t.started.elapsed().as_micros() as i64;
+    doc! {
+        "parameters": {
+            "txnNumber": t.txn_number,
+            "autocommit": false,
+        },
+        "startWallClockTime": t.started_wall.try_to_rfc3339_string().unwrap_or_default(),
+        "timeOpenMicros": open_micros,
+        "timeActiveMicros": if t.running { open_micros } else { 0 },
+        "namespaces": t.namespaces.iter().cloned().collect::<Vec<_>>(),
+    }
 }
 
 fn hostname() -> String {

@@ -102,7 +102,15 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         false => None,
     };
     let started = std::time::Instant::now();
-    let stats = Arc::new(crate::op_stats::OpStats::default());
+    let runs_js = matches!(req.name, "find" | "aggregate" | "count" | "distinct")
+        && crate::op_stats::names_javascript(req.body.as_bytes());
+    let stats = Arc::new(crate::op_stats::OpStats {
+        runs_js,
+        ..Default::default()
+    });
+    let _listed = shared
+        .ops
+        .register(running(shared, client, req, stats.clone()));
     let result = match (crate::params::check_max_time_ms(req), expired) {
         (Err(e), _) | (Ok(()), Some(e)) => Err(e),
         (Ok(()), None) => {
@@ -122,6 +130,34 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         shared.metrics.observe(cmd.name, took);
     }
     reply
+}
+
+/// The command as `$currentOp` lists it while it runs, numbered for `killOp`.
+fn running(
+    shared: &Shared,
+    client: &Client,
+    req: &Request<'_>,
+    stats: Arc<crate::op_stats::OpStats>,
+) -> crate::ops::Running {
+    let ns = match req.command_value() {
+        Some(RawBsonRef::String(_)) => profile::namespace(req),
+        _ if req.name == "aggregate" => format!("{}.$cmd.aggregate", req.db),
+        _ => profile::namespace(req),
+    };
+    crate::ops::Running {
+        opid: shared.ops.next_opid(),
+        started: std::time::Instant::now(),
+        connection: client.id,
+        client: client.peer,
+        app_name: client.app_name.clone(),
+        owner: req.owner.clone(),
+        op: profile::op_name(req.name),
+        ns,
+        command: crate::ops::shown_command(req.body),
+        lsid: req.lsid().ok().flatten().map(ToOwned::to_owned),
+        txn_number: req.txn_number().ok().flatten(),
+        stats,
+    }
 }
 
 /// Counts the command's time against the collection it names, for `top`; a dropped

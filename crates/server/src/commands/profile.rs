@@ -323,7 +323,7 @@ fn on_profile_collection(req: &Request<'_>) -> bool {
 }
 
 /// mongod's `op` for a command.
-fn op_name(command: &str) -> &'static str {
+pub(super) fn op_name(command: &str) -> &'static str {
     match command {
         "find" => "query",
         "getMore" => "getmore",
@@ -388,7 +388,7 @@ fn entry(
     e
 }
 
-fn namespace(req: &Request<'_>) -> String {
+pub(super) fn namespace(req: &Request<'_>) -> String {
     match (req.command_value(), req.get("collection")) {
         (_, Some(RawBsonRef::String(coll))) if req.name == "getMore" => req.ns(coll),
         (Some(RawBsonRef::String(coll)), _) => req.ns(coll),

@@ -114,12 +114,17 @@ pub(super) async fn get_more(
             };
             return Ok(Reply::Raw(cursor_reply(&ns, reply_id, "nextBatch", &batch)));
         }
-        // killCursors meanwhile ends the wait, and the cursor.
+        // killCursors meanwhile ends the wait, and the cursor; so does killOp of this getMore
+        // (a failed getMore kills its cursor, as in mongod).
         tokio::select! {
             _ = shared.engine.wait_durable_after(read_ts, until - now) => {}
             _ = crate::cursor::until_killed(killed.as_deref()) => {
                 shared.cursors.give_up(id);
                 return Err(crate::cursor::killed_error(id));
+            }
+            _ = crate::op_stats::until_killed() => {
+                shared.cursors.give_up(id);
+                return Err(crate::access::interrupted());
             }
         }
     }

@@ -181,6 +181,8 @@ pub(super) async fn update(
         match run_stmt(shared, &opts, txn.as_deref_mut(), stmt, bypass).await {
             // In a transaction a conflict fails the statement, not one write of it.
             Err(e) if in_txn && e.code == code::WRITE_CONFLICT => return Err(e),
+            // killOp fails the whole command, as mongod's interruptions do.
+            Err(e) if e.code == code::INTERRUPTED => return Err(e),
             Ok(outcome) => totals.add(index, outcome),
             Err(e) => {
                 write_errors.push(e.to_write_error(index));

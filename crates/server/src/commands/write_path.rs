@@ -176,6 +176,11 @@ pub(super) async fn retry_conflicts<T>(
                 if started.elapsed() >= opts.patience {
                     return Err(max_time_expired(opts));
                 }
+                // killOp ends the retries.
+                if crate::op_stats::killed() {
+                    return Err(crate::access::interrupted());
+                }
+                shared.metrics.write_conflict_retried();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));
             }

@@ -76,6 +76,10 @@ impl Engine {
             report.segments_removed = self.trim_history(data.ts)?;
         }
         report.elapsed = started.elapsed();
+        self.inner
+            .stats
+            .checkpoint_micros
+            .record(report.elapsed.as_micros() as u64);
         Ok(Some(report))
     }
 

@@ -151,6 +151,11 @@ static SYNC_MICROS: [u64; 14] = [
 ];
 /// Commits-per-round buckets.
 static BATCH_COMMITS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+/// Checkpoint duration buckets, microseconds (1 ms to 60 s).
+static CHECKPOINT_MICROS: [u64; 13] = [
+    1_000, 5_000, 10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000, 60_000_000,
+];
 
 pub(super) struct LogCounters {
     pub(super) commits: AtomicU64,
@@ -158,6 +163,8 @@ pub(super) struct LogCounters {
     pub(super) bytes: AtomicU64,
     pub(super) sync_micros: Histogram,
     pub(super) batch_commits: Histogram,
+    /// Each checkpoint that wrote something, by its duration (`checkpoint.rs` records it).
+    pub(super) checkpoint_micros: Histogram,
 }
 
 impl Default for LogCounters {
@@ -168,6 +175,7 @@ impl Default for LogCounters {
             bytes: AtomicU64::new(0),
             sync_micros: Histogram::new(&SYNC_MICROS),
             batch_commits: Histogram::new(&BATCH_COMMITS),
+            checkpoint_micros: Histogram::new(&CHECKPOINT_MICROS),
         }
     }
 }
@@ -590,6 +598,12 @@ impl CommitTicket {
     }
 }
 impl Engine {
+    /// The checkpoints that wrote something since the engine opened, by duration in
+    /// microseconds (its count is the number of checkpoints).
+    pub fn checkpoint_durations(&self) -> HistogramSnapshot {
+        self.inner.stats.checkpoint_micros.snapshot()
+    }
+
     /// A ticket that resolves once everything committed up to `ts` is visible or durable: for
     /// reads that must wait for a cluster time (`afterClusterTime`, `majority`).
     pub fn ticket_for(&self, ts: Timestamp) -> CommitTicket {
