@@ -290,6 +290,12 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
             scan.bytes
         );
     }
+    Ok(scan_end_verdict(&scan, args.log_dir.is_some()))
+}
+
+/// Notes on how the scanned log ends; exit 2 on damage. A directory given with `--log-dir`
+/// (an archive, a backup's log) has no control file to end it, and that is no damage.
+fn scan_end_verdict(scan: &txlog::LogScan, own_dir: bool) -> ExitCode {
     if let Some(torn) = &scan.torn_tail {
         eprintln!(
             "note: {} ends with {} bytes that are not a whole record (offset {}): a write in progress, or a crash that the next start cuts off",
@@ -299,8 +305,7 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
         );
     }
     match &scan.damage {
-        // An archive or a backup's log has no control file of the live log to end it.
-        Some(damage) if args.log_dir.is_some() && damage.cut_from.is_none() => {
+        Some(damage) if own_dir && damage.cut_from.is_none() => {
             eprintln!(
                 "note: {}: the end of this log cannot be checked",
                 damage.detail
@@ -308,11 +313,11 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
         }
         Some(damage) => {
             eprintln!("damaged: {}", damage.to_error());
-            return Ok(ExitCode::from(2));
+            return ExitCode::from(2);
         }
         None => {}
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 fn verify(data_dir: &Path) -> Result<ExitCode, String> {

@@ -131,29 +131,39 @@ impl Engine {
             durable: end,
         };
         txlog::write_control(&log_dst, &control)?;
-        let mut files = vec![backup::describe_file(dest, backup::BASE_FILE)?];
-        for s in &segments {
-            files.push(BackupFile {
-                path: format!("{}/{}", backup::LOG_DIR, s.name),
-                bytes: s.end,
-                crc32c: s.crc32c,
-            });
-        }
-        files.push(backup::describe_file(dest, &backup::control_path())?);
-        let last = segments.last();
-        let manifest = Manifest {
-            created_ms: wall_clock_ms(),
-            checkpoint,
-            until: last.map_or(checkpoint, |s| s.last_ts.max(checkpoint)),
-            until_wall_ms: last.map_or(0, |s| s.last_wall_ms),
-            records: segments.iter().map(|s| s.records).sum(),
-            base_values: base.values,
-            files,
-        };
+        let manifest = manifest_of(dest, checkpoint, base.values, &segments)?;
         backup::write_manifest(dest, &manifest)?;
         Ok(BackupReport {
             manifest,
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The manifest of a backup whose files are all written: each with its size and crc32c.
+fn manifest_of(
+    dest: &Path,
+    checkpoint: Timestamp,
+    base_values: u64,
+    segments: &[txlog::SegmentCopy],
+) -> Result<Manifest, StorageError> {
+    let mut files = vec![backup::describe_file(dest, backup::BASE_FILE)?];
+    for s in segments {
+        files.push(BackupFile {
+            path: format!("{}/{}", backup::LOG_DIR, s.name),
+            bytes: s.end,
+            crc32c: s.crc32c,
+        });
+    }
+    files.push(backup::describe_file(dest, &backup::control_path())?);
+    let last = segments.last();
+    Ok(Manifest {
+        created_ms: wall_clock_ms(),
+        checkpoint,
+        until: last.map_or(checkpoint, |s| s.last_ts.max(checkpoint)),
+        until_wall_ms: last.map_or(0, |s| s.last_wall_ms),
+        records: segments.iter().map(|s| s.records).sum(),
+        base_values,
+        files,
+    })
 }
