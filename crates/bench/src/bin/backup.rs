@@ -62,7 +62,8 @@ async fn load_ballast(client: &Client, mb: u64) -> Result<(), String> {
 /// One backup's size (bytes), and how long it took.
 type BackupRun = (u64, Duration);
 
-/// Takes backups one after another until `stop`, each into a new subdirectory of `dir`.
+/// Takes backups one after another until `stop`, each into a new subdirectory of `dir`
+/// (removed at the end).
 async fn backups_until(
     client: Client,
     dir: PathBuf,
@@ -85,7 +86,11 @@ async fn backups_until(
             reply.get_i64("bytes").unwrap_or(0) as u64,
             started.elapsed(),
         ));
-        let _ = std::fs::remove_dir_all(&target);
+    }
+    // Removed only now: removing hundreds of MB inside a task held one of the clients' worker
+    // threads (and so part of the clients) each time.
+    for i in 0..n {
+        let _ = std::fs::remove_dir_all(dir.join(format!("b{i}")));
     }
     Ok(runs)
 }
