@@ -131,6 +131,19 @@ fn wall_text(wall_ms: i64) -> String {
         .unwrap_or_else(|_| wall_ms.to_string())
 }
 
+/// What a record's line says of its operations: for `list`, each namespace's kinds ("drop
+/// shop.orders, insert ×3 shop.log"); for `show`, which prints every op below it, the
+/// namespaces alone.
+fn record_line_ops(record: &LogRecord, show: bool) -> String {
+    if !show {
+        return summarize(record).ops.join(", ");
+    }
+    let mut namespaces: Vec<&str> = record.ops.iter().map(LogOp::ns).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    namespaces.join(" ")
+}
+
 fn record_json(pos: &RecordPos, record: &LogRecord, with_docs: bool) -> serde_json::Value {
     let mut d = Document::new();
     d.insert("ts", record.ts.to_bson());
@@ -273,7 +286,7 @@ fn print_records(args: &ListArgs, show: bool) -> Result<ExitCode, String> {
             session,
             record.ops.len(),
             if record.ops.len() == 1 { "" } else { "s" },
-            summarize(record).ops.join(", ")
+            record_line_ops(record, show)
         );
         if show {
             for op in &record.ops {
