@@ -285,3 +285,50 @@ def test_backup_under_32_transfer_clients_equals_a_snapshot_at_its_timestamp(wor
     assert sum(d["balance"] for d in restored) == accounts * opening
     assert restored == sorted(snap, key=lambda d: d["_id"])
     assert any(d["balance"] != opening for d in restored), "transfers happened before the backup"
+
+
+def test_backup_needs_the_backup_role_under_auth(work):
+    srv = MangroveServer(["--auth"])
+    try:
+        local = MongoClient(srv.uri, directConnection=True)
+        local.admin.command("createUser", "root", pwd="pw-root", roles=["root"])
+        local.close()
+        admin = MongoClient(srv.uri, directConnection=True, username="root", password="pw-root")
+        admin.admin.command("createUser", "ops", pwd="pw-ops", roles=["backup"])
+        admin.admin.command("createUser", "app", pwd="pw-app", roles=["readWriteAnyDatabase"])
+        admin.close()
+        base = f"mongodb://{{}}@{srv.address}/?authSource=admin"
+        refused = run("backup", "--to", str(work / "no"), "--uri", base.format("app:pw-app"), check=False)
+        assert refused.returncode != 0 and "backup or hostManager role" in refused.stderr, refused.stderr
+        assert not (work / "no" / "manifest.json").exists()
+        run("backup", "--to", str(work / "yes"), "--uri", base.format("ops:pw-ops"))
+        assert run("backup", "verify", str(work / "yes")).stdout.startswith("ok:")
+    finally:
+        srv.stop()
+
+
+def test_a_backup_cut_by_kill_9_is_never_taken_for_a_whole_one(work):
+    srv = MangroveServer()
+    client = MongoClient(srv.uri, directConnection=True)
+    pad = "y" * 4000
+    try:
+        for start in range(0, 40_000, 1000):
+            client.db.big.insert_many([{"_id": i, "pad": pad} for i in range(start, start + 1000)])
+        backup = subprocess.Popen(
+            [str(mangrove_bin()), "backup", "--to", str(work / "cut"), "--uri", srv.uri],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        while not (work / "cut").exists() or not any((work / "cut").iterdir()):
+            time.sleep(0.005)
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait()
+        backup.wait(timeout=60)
+    finally:
+        client.close()
+        srv.kill()
+    assert backup.returncode != 0
+    assert not (work / "cut" / "manifest.json").exists()
+    verify = run("backup", "verify", str(work / "cut"), check=False)
+    assert verify.returncode == 2 and "did not finish" in verify.stderr, verify
+    restore = run("restore", "--from", str(work / "cut"), "--to", str(work / "r"), check=False)
+    assert restore.returncode != 0 and "did not finish" in restore.stderr, restore.stderr
