@@ -73,3 +73,42 @@ def test_view_cycles_end_in_an_error(db):
         list(db.selfish.find())
     assert "depth" in str(e.value)
     db.command("ping")  # the server is still there
+
+
+def test_a_view_has_its_own_default_collation(db):
+    db.names.insert_many([{"_id": 1, "n": "a"}, {"_id": 2, "n": "A"}, {"_id": 3, "n": "b"}])
+    ci = {"locale": "en", "strength": 2}
+    db.command("create", "names_ci", viewOn="names", pipeline=[], collation=ci)
+    info = next(db.list_collections(filter={"name": "names_ci"}))
+    assert info["type"] == "view" and info["options"]["collation"]["locale"] == "en"
+    assert info["options"]["collation"]["strength"] == 2
+    # Queries on the view use its collation; the collection itself stays binary.
+    assert sorted(d["_id"] for d in db.names_ci.find({"n": "a"})) == [1, 2]
+    assert [d["_id"] for d in db.names.find({"n": "a"})] == [1]
+    assert db.names_ci.count_documents({"n": "A"}) == 2
+    assert sorted(db.names_ci.distinct("n")) in (["a", "b"], ["A", "b"])
+    agg = list(db.names_ci.aggregate([{"$match": {"n": "B"}}]))
+    assert [d["_id"] for d in agg] == [3]
+    # Naming the view's own collation is fine; another one is refused, as mongod does.
+    assert len(list(db.names_ci.find({"n": "a"}, collation=ci))) == 2
+    with pytest.raises(OperationFailure) as e:
+        list(db.names_ci.find({"n": "a"}, collation={"locale": "fr"}))
+    assert e.value.code == 167
+    with pytest.raises(OperationFailure) as e:
+        list(db.names_ci.aggregate([], collation={"locale": "simple"}))
+    assert e.value.code == 167
+    # A view without a collation is simple, even over a collection with a default one.
+    db.command("create", "names_ci_coll", collation=ci)
+    db.names_ci_coll.insert_many([{"_id": 1, "n": "a"}, {"_id": 2, "n": "A"}])
+    assert db.names_ci_coll.count_documents({"n": "a"}) == 2
+    db.command("create", "names_plain", viewOn="names_ci_coll", pipeline=[])
+    assert [d["_id"] for d in db.names_plain.find({"n": "a"})] == [1]
+    with pytest.raises(OperationFailure) as e:
+        list(db.names_plain.find({}, collation=ci))
+    assert e.value.code == 167
+    # Views on views share their collation.
+    db.command("create", "names_ci2", viewOn="names_ci", pipeline=[], collation=ci)
+    assert db.names_ci2.count_documents({"n": "a"}) == 2
+    with pytest.raises(OperationFailure) as e:
+        db.command("create", "names_mixed", viewOn="names_ci", pipeline=[])
+    assert e.value.code == 167

@@ -30,6 +30,9 @@ pub(super) fn collation_for(
     explicit: Option<&RawDocument>,
     coll: Option<&CollectionInfo>,
 ) -> CommandResult<Option<mangrove_query::Collation>> {
+    if let Some(view) = coll.filter(|c| c.options.contains_key("viewOn")) {
+        return view_collation(explicit, view);
+    }
     match (explicit, coll.and_then(default_collation)) {
         (Some(_), _) | (None, None) => parse_collation(explicit),
         (None, Some(stored)) => {
@@ -61,6 +64,33 @@ impl OwnCollation {
             None => collation_for(None, Some(coll)),
         }
     }
+}
+
+/// The collation of a command on a view: the view's default (the simple one unless it was
+/// created with one); a command may name it, but not another (OptionNotSupportedOnView, 167).
+fn view_collation(
+    explicit: Option<&RawDocument>,
+    view: &CollectionInfo,
+) -> CommandResult<Option<mangrove_query::Collation>> {
+    let stored = default_collation(view)
+        .map(|d| RawDocumentBuf::try_from(d).map_err(internal))
+        .transpose()?;
+    let default = parse_collation(stored.as_deref())?;
+    let given = parse_collation(explicit)?;
+    if explicit.is_some()
+        && given.as_ref().map(|c| c.index_spec()) != default.as_ref().map(|c| c.index_spec())
+    {
+        return Err(CommandError::new(
+            167,
+            format!(
+                "Cannot override a view's default collation: {} has {}",
+                view.ns(),
+                default_collation(view)
+                    .map_or("the simple collation".to_string(), |d| d.to_string()),
+            ),
+        ));
+    }
+    Ok(default)
 }
 
 /// A collection's stored default collation, if it has one.

@@ -234,6 +234,7 @@ pub(super) async fn create(
                 format!("Collection {ns} already exists with different options."),
             )),
             None => {
+                super::views::check_source_collation(&*txn, req.db, &options)?;
                 txn.create_collection(&ns, options.clone())?;
                 if crate::capped::limits_of(&options).is_some() {
                     // A capped collection is keyed by insertion order; `_id` is an index.
@@ -323,18 +324,12 @@ fn create_options(req: &Request<'_>, in_txn: bool) -> CommandResult<(Document, V
     Ok((options, indexes))
 }
 
-/// `create`'s `collation`, the collection's default: stored normalized as mongod shows it in
-/// `listCollections` (nothing for the simple collation). A view's default collation is refused.
+/// `create`'s `collation`, the collection's or view's default: stored normalized as mongod
+/// shows it in `listCollections` (nothing for the simple collation).
 fn default_collation_option(req: &Request<'_>) -> CommandResult<Option<(String, bson::Bson)>> {
     let Some(collation) = super::args::parse_collation(req.opt_doc("collation")?)? else {
         return Ok(None);
     };
-    if req.get("viewOn").is_some() {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED,
-            "a view with a default collation is not supported by Mangrove; give the collation to each query on the view instead",
-        ));
-    }
     Ok(Some((
         "collation".to_string(),
         collation.index_spec().into(),

@@ -19,6 +19,36 @@ pub(super) fn is_view(coll: &CollectionInfo) -> bool {
     coll.options.contains_key("viewOn")
 }
 
+/// A view over another view must have that view's default collation, as in mongod
+/// (OptionNotSupportedOnView, 167); a view over a collection may have any.
+pub(super) fn check_source_collation(
+    view: &dyn ReadView,
+    db: &str,
+    options: &Document,
+) -> CommandResult<()> {
+    let Ok(source) = options.get_str("viewOn") else {
+        return Ok(());
+    };
+    let Some(source) = view.collection(&format!("{db}.{source}")) else {
+        return Ok(());
+    };
+    let (ours, theirs) = (
+        options.get_document("collation").ok(),
+        super::args::default_collation(&source),
+    );
+    if is_view(&source) && ours != theirs {
+        return Err(CommandError::new(
+            167,
+            format!(
+                "View {db}.{} has a different default collation than the view it reads, {}; views on views must share their collation",
+                options.get_str("viewOn").unwrap_or_default(),
+                source.ns()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// CommandNotSupportedOnView (166), for writes and index builds aimed at a view.
 pub(super) fn refuse_write(coll: &CollectionInfo) -> CommandResult<()> {
     if is_view(coll) {
