@@ -136,6 +136,7 @@ pub fn run(args: &PitrArgs, from: PathBuf) -> ExitCode {
         archives: args.archive.clone(),
         target,
         stop,
+        round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
     };
     let options = EngineOptions {
         partial_filters: mangrove_query::partial_filters(),

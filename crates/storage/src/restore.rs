@@ -70,6 +70,8 @@ pub struct RestorePlan {
     /// The new data directory (created; it must be empty).
     pub target: PathBuf,
     pub stop: StopAt,
+    /// Log replayed per round ([`REPLAY_ROUND_BYTES`]).
+    pub round_bytes: u64,
 }
 
 /// Where a restore is.
@@ -148,30 +150,27 @@ pub fn restore(
     let manifest = check_backup(&plan.backup, &mut progress)?;
     refuse_early_stop(&plan.stop, &manifest)?;
     backup::prepare_empty_dir(&plan.target)?;
-    let mut copied = 0u64;
     copy_file(
         &plan.backup.join(backup::BASE_FILE),
         &plan.target.join(backup::BASE_FILE),
     )?;
-    progress(RestorePhase::Copy, copied, 0);
-    let log = copy_log(plan, &manifest, &mut |bytes| {
-        copied += bytes;
-        progress(RestorePhase::Copy, copied, 0)
-    })?;
     options.data_dir = Some(plan.target.clone());
     options.read_only = false;
-    let replay_started = Instant::now();
-    let (engine, recovery) = Engine::open(options, |done, total| {
-        progress(RestorePhase::Replay, done, total)
-    })?;
-    let replay_elapsed = replay_started.elapsed();
-    engine.close();
+    let mut replayer = Replayer {
+        options,
+        progress: &mut progress,
+        replayed: 0,
+        elapsed: Duration::ZERO,
+        copied: 0,
+    };
+    let log = copy_log(plan, &manifest, &mut replayer)?;
+    replayer.replay()?;
     Ok(RestoreReport {
         manifest,
         segments: log.segments,
-        replayed: recovery.replayed,
-        log_bytes: recovery.log_bytes,
-        replay_elapsed,
+        replayed: replayer.replayed,
+        log_bytes: replayer.copied,
+        replay_elapsed: replayer.elapsed,
         last: log.last,
         stopped_before: log.stopped_before,
         tail_note: log.tail_note,
@@ -277,12 +276,44 @@ fn candidates(
     Ok(by_name)
 }
 
+/// Log replayed per round by default ([`RestorePlan::round_bytes`]): a restore holds at most
+/// about this much replayed log in memory (the versions recovery builds), however long the
+/// archive it reads. The server's own checkpoint trigger (`--checkpoint-log-size`).
+pub const REPLAY_ROUND_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Replays the log copied so far on the target: it opens the engine there (an ordinary
+/// recovery) and closes it, which checkpoints. Done every [`REPLAY_ROUND_BYTES`] of log and
+/// at the end (see [`RestorePlan::round_bytes`]).
+struct Replayer<'p> {
+    options: EngineOptions,
+    progress: &'p mut dyn FnMut(RestorePhase, u64, u64),
+    /// Transactions replayed so far (after the backup's checkpoint).
+    replayed: u64,
+    elapsed: Duration,
+    /// Bytes of log copied so far.
+    copied: u64,
+}
+
+impl Replayer<'_> {
+    fn replay(&mut self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let progress = &mut *self.progress;
+        let (engine, recovery) = Engine::open(self.options.clone(), |done, total| {
+            progress(RestorePhase::Replay, done, total)
+        })?;
+        engine.close();
+        self.replayed += recovery.replayed;
+        self.elapsed += started.elapsed();
+        Ok(())
+    }
+}
+
 /// Copies the log from the backup's checkpoint to the stop point into the target, checking
-/// the chain, and writes its control file.
+/// the chain, replaying it in rounds, and writes its control file.
 fn copy_log(
     plan: &RestorePlan,
     manifest: &Manifest,
-    progress: &mut dyn FnMut(u64),
+    replayer: &mut Replayer<'_>,
 ) -> Result<LogCopy, StorageError> {
     let dst = plan.target.join(backup::LOG_DIR);
     std::fs::create_dir_all(&dst)
@@ -291,6 +322,7 @@ fn copy_log(
     let mut out = LogCopy::default();
     let mut copies: Vec<SegmentCopy> = Vec::new();
     let count = sources.len();
+    let mut since_round = 0u64;
     for (i, (name, paths)) in sources.into_iter().enumerate() {
         let mut last: Option<LogRecord> = None;
         let mut keep = |r: &LogRecord| {
@@ -311,26 +343,39 @@ fn copy_log(
         if let Some(r) = last {
             out.last = Some(summarize(&r));
         }
-        progress(copy.end);
+        replayer.copied += copy.end;
+        (replayer.progress)(RestorePhase::Copy, replayer.copied, 0);
         out.segments.push((name, paths[0].clone()));
         copies.push(copy);
-        match end {
-            CopyEnd::Records => {}
+        if i == 0 {
+            txlog::check_starts_after(&paths[0], &copies, manifest.checkpoint)?;
+        }
+        let more = match end {
+            CopyEnd::Records => i + 1 < count,
             CopyEnd::Unwanted(record) => {
                 out.stopped_before = Some(summarize(&record));
-                break;
+                false
             }
             CopyEnd::NotARecord { offset, detail } => {
                 out.tail_note = Some(format!(
                     "{} at offset {offset}: {detail}",
                     paths[0].display()
                 ));
+                false
             }
+        };
+        if !more {
+            break;
+        }
+        since_round += copies.last().map_or(0, |c| c.end);
+        if since_round >= plan.round_bytes {
+            write_log_control(&dst, manifest.checkpoint, &copies)?;
+            replayer.replay()?;
+            since_round = 0;
         }
     }
-    let first_source = out.segments.first().map_or(&dst, |(_, p)| p);
-    txlog::check_starts_after(first_source, &copies, manifest.checkpoint)?;
-    finish_log(plan, manifest, &dst, &copies, &out)?;
+    check_stop_found(plan, &out)?;
+    write_log_control(&dst, manifest.checkpoint, &copies)?;
     Ok(out)
 }
 
@@ -343,14 +388,8 @@ fn missing_hint(e: StorageError, copies: &[SegmentCopy]) -> StorageError {
     ))
 }
 
-/// Writes the restored log's control file, after checking that the stop point was found.
-fn finish_log(
-    plan: &RestorePlan,
-    manifest: &Manifest,
-    dst: &Path,
-    copies: &[SegmentCopy],
-    out: &LogCopy,
-) -> Result<(), StorageError> {
+/// A restore to the transaction before a drop that finds no such drop restores nothing usable.
+fn check_stop_found(plan: &RestorePlan, out: &LogCopy) -> Result<(), StorageError> {
     if let StopAt::BeforeDrop(ns) = &plan.stop
         && out.stopped_before.is_none()
     {
@@ -359,14 +398,25 @@ fn finish_log(
             plan.target.display()
         )));
     }
+    Ok(())
+}
+
+/// Writes the restored log's control file: it ends where the last copy ends. Its checkpoint is
+/// the backup's, or the newer one an earlier replay round wrote.
+fn write_log_control(
+    dst: &Path,
+    checkpoint: Timestamp,
+    copies: &[SegmentCopy],
+) -> Result<(), StorageError> {
     let end = copies.last().map(|c| DurableEnd {
         segment: c.first_ts,
         offset: c.end,
         last_ts: c.last_ts,
     });
+    let earlier = txlog::read_control(dst)?.map_or(Timestamp::ZERO, |c| c.checkpoint);
     let control = Control {
         newest: end.map_or(Timestamp::ZERO, |e| e.segment),
-        checkpoint: manifest.checkpoint,
+        checkpoint: checkpoint.max(earlier),
         durable: end,
     };
     txlog::write_control(dst, &control)?;

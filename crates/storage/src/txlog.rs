@@ -500,8 +500,8 @@ mod scan;
 mod segment;
 mod writer;
 
-pub(crate) use control::write as write_control;
 pub use control::{Control, DurableEnd};
+pub(crate) use control::{read as read_control, write as write_control};
 pub use copy::{CopyEnd, CopyLimit, SegmentCopy, copy_segment};
 pub(crate) use copy::{
     archive_sealed, check_link, check_starts_after, copy_log_range, file_name, segments_between,

@@ -102,6 +102,7 @@ fn a_backup_under_load_restores_exactly_a_durable_prefix() {
         archives: vec![],
         target: target.0.join("data"),
         stop: StopAt::End,
+        round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
     })
     .unwrap();
     let got = ids(&restored, "db.c");
@@ -159,6 +160,7 @@ fn restore_stops_before_a_drop_using_the_archive_and_the_live_log() {
         archives: vec![archive.0.clone(), dir.0.join("log")],
         target: target.0.join("before-drop"),
         stop: StopAt::BeforeDrop("a.x".into()),
+        round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
     };
     let report = restore(&plan, EngineOptions::default(), |_, _, _| {}).unwrap();
     let stopped = report.stopped_before.expect("stopped at the drop");
@@ -174,6 +176,7 @@ fn restore_stops_before_a_drop_using_the_archive_and_the_live_log() {
 
     let at_position = restore_to(RestorePlan {
         stop: StopAt::Timestamp(position),
+        round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
         target: target.0.join("at-position"),
         ..plan.clone()
     })
@@ -183,13 +186,37 @@ fn restore_stops_before_a_drop_using_the_archive_and_the_live_log() {
 
     let whole = restore_to(RestorePlan {
         stop: StopAt::End,
+        round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
         target: target.0.join("end"),
-        ..plan
+        ..plan.clone()
     })
     .unwrap();
     assert!(whole.snapshot().collection("a.x").is_none());
     assert_eq!(ids(&whole, "b.y"), (1..=10).collect::<Vec<_>>());
     whole.close();
+
+    // The same in rounds of one segment: replayed and checkpointed after each, so memory holds
+    // one round's versions; the outcome is the same.
+    let rounds = TempDir::new("pitr-rounds");
+    let plan = RestorePlan {
+        target: rounds.0.join("data"),
+        round_bytes: 1,
+        ..plan
+    };
+    let report = restore(&plan, EngineOptions::default(), |_, _, _| {}).unwrap();
+    assert!(report.segments.len() > 2, "{:?}", report.segments);
+    assert_eq!(
+        report.stopped_before.unwrap().ops,
+        vec!["drop a.x".to_string()]
+    );
+    let (in_rounds, _) = open(EngineOptions {
+        data_dir: Some(plan.target.clone()),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    assert_eq!(ids(&in_rounds, "a.x"), (1..=150).collect::<Vec<_>>());
+    assert!(ids(&in_rounds, "b.y").is_empty());
+    in_rounds.close();
 }
 
 #[test]
@@ -221,6 +248,7 @@ fn a_missing_archived_segment_is_named_not_skipped() {
             archives: vec![archive.0.clone(), dir.0.join("log")],
             target: target.0.join("data"),
             stop: StopAt::End,
+            round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
         },
         EngineOptions::default(),
         |_, _, _| {},
@@ -258,6 +286,7 @@ fn a_damaged_backup_is_named_by_verify_and_refused_by_restore() {
             archives: vec![],
             target: target.0.join("data"),
             stop: StopAt::End,
+            round_bytes: mangrove_storage::restore::REPLAY_ROUND_BYTES,
         },
         EngineOptions::default(),
         |_, _, _| {},
