@@ -69,7 +69,10 @@ fn take(uri: &str, to: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(send_create_backup(uri, &dir)) {
+    let spinner = waiting_spinner(&dir);
+    let result = runtime.block_on(send_create_backup(uri, &dir));
+    spinner.finish_and_clear();
+    match result {
         Ok(reply) => {
             print_reply(&dir, &reply);
             ExitCode::SUCCESS
@@ -79,6 +82,22 @@ fn take(uri: &str, to: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A spinner with the time waited, on a terminal: the server writes the backup and answers
+/// once it is whole, which can take minutes.
+fn waiting_spinner(dir: &Path) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(format!("the server is writing the backup into {}", dir.display()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 async fn send_create_backup(uri: &str, dir: &Path) -> Result<bson::Document, String> {
