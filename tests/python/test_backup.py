@@ -332,3 +332,35 @@ def test_a_backup_cut_by_kill_9_is_never_taken_for_a_whole_one(work):
     assert verify.returncode == 2 and "did not finish" in verify.stderr, verify
     restore = run("restore", "--from", str(work / "cut"), "--to", str(work / "r"), check=False)
     assert restore.returncode != 0 and "did not finish" in restore.stderr, restore.stderr
+
+
+def test_an_archive_that_cannot_be_written_keeps_the_log_until_it_can(work):
+    archive = work / "archive"
+    archive.write_text("a file where the archive directory should be")
+    data = work / "data"
+    data.mkdir()
+    srv = MangroveServer(
+        ["--log-archive-dir", str(archive), "--log-segment-size", "1",
+         "--oplog-size-mb", "1", "--checkpoint-interval-secs", "1"],
+        data_dir=data,
+    )
+    client = MongoClient(srv.uri, directConnection=True)
+    try:
+        pad = "z" * 2000
+        for start in range(0, 3000, 500):
+            client.db.c.insert_many([{"_id": i, "pad": pad} for i in range(start, start + 500)])
+        time.sleep(2.5)
+        kept = sorted(p.name for p in (data / "log").glob("*.log"))
+        assert len(kept) >= 4, kept  # nothing removed: the archive would have a hole
+        assert "cannot archive the log" in srv.log_tail(200)
+        # Fixed: the next checkpoint archives every sealed segment, then trims the log.
+        archive.unlink()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(list((data / "log").glob("*.log"))) >= len(kept):
+            time.sleep(0.2)
+        archived = sorted(p.name for p in archive.glob("*.log"))
+        assert set(kept[:-1]) <= set(archived), (kept, archived)
+        assert len(list((data / "log").glob("*.log"))) < len(kept)
+    finally:
+        client.close()
+        srv.stop()
