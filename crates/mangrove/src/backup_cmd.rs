@@ -95,7 +95,10 @@ fn waiting_spinner(dir: &Path) -> indicatif::ProgressBar {
         indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
-    bar.set_message(format!("the server is writing the backup into {}", dir.display()));
+    bar.set_message(format!(
+        "the server is writing the backup into {}",
+        dir.display()
+    ));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }

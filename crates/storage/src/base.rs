@@ -123,6 +123,25 @@ fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T, Stora
     })
 }
 
+/// The checkpoint record of a read transaction (checkpoint timestamp, next collection id),
+/// checked against its checksum.
+fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<(u64, u64), StorageError> {
+    let meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
+    let get = |k: &str| -> Result<u64, StorageError> {
+        Ok(meta
+            .get(k)
+            .map_err(|e| err("meta", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    let (checkpoint, next) = (get("checkpoint_ts")?, get("next_coll_id")?);
+    if get("meta_crc")? != meta_crc(checkpoint, next) {
+        let detail = "the checkpoint record (table meta) fails its checksum".to_string();
+        return Err(corruption(path, detail));
+    }
+    Ok((checkpoint, next))
+}
+
 fn corruption(path: &Path, detail: String) -> StorageError {
     let error = StorageError::DataCorruption {
         file: path.to_path_buf(),
@@ -257,20 +276,7 @@ impl BaseStore {
 
     fn load_unguarded(&self) -> Result<(Timestamp, u64, Vec<BaseCollection>), StorageError> {
         let txn = self.db.begin_read().map_err(|e| err("begin", e))?;
-        let meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
-        let get = |k: &str| -> Result<u64, StorageError> {
-            Ok(meta
-                .get(k)
-                .map_err(|e| err("meta", e))?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        let (checkpoint, next_coll_id) = (get("checkpoint_ts")?, get("next_coll_id")?);
-        if get("meta_crc")? != meta_crc(checkpoint, next_coll_id) {
-            return Err(
-                self.damaged("the checkpoint record (table meta) fails its checksum".into())
-            );
-        }
+        let (checkpoint, next_coll_id) = read_meta(&txn, &self.path)?;
         let catalog = txn
             .open_table(CATALOG)
             .map_err(|e| err("catalog table", e))?;

@@ -26,7 +26,7 @@ use redb::{Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable};
 
 use super::{
     CATALOG, DOCS, META, corruption, decode_catalog_entry, decode_doc_value, err, guarded, hex,
-    meta_crc, write_meta,
+    read_meta, write_meta,
 };
 use crate::{StorageError, Timestamp};
 
@@ -49,24 +49,6 @@ pub struct BaseCopyReport {
     pub catalog_entries: u64,
     /// Keys and values together.
     pub bytes: u64,
-}
-
-/// The checkpoint record of a read transaction, checked.
-fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<(u64, u64), StorageError> {
-    let meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
-    let get = |k: &str| -> Result<u64, StorageError> {
-        Ok(meta
-            .get(k)
-            .map_err(|e| err("meta", e))?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    };
-    let (checkpoint, next) = (get("checkpoint_ts")?, get("next_coll_id")?);
-    if get("meta_crc")? != meta_crc(checkpoint, next) {
-        let detail = "the checkpoint record (table meta) fails its checksum".to_string();
-        return Err(corruption(path, detail));
-    }
-    Ok((checkpoint, next))
 }
 
 /// What [`walk`] calls for each entry: (the entry is a document or index entry, key, value).
