@@ -161,10 +161,12 @@ def test_id_lookups_under_a_default_collation(db):
     assert db.ci.find_one({"_id": 7}) == {"_id": 7}
 
 
-def test_a_view_with_a_default_collation_is_refused(db):
+def test_a_view_keeps_its_default_collation(db):
+    # Reads under it are in test_views.py; here, what is stored and listed.
     db.create_collection("base")
-    with pytest.raises(OperationFailure) as e:
-        db.create_collection("v", viewOn="base", pipeline=[], collation=CI)
-    assert e.value.code == 115 and "collation" in str(e.value)
-    # The simple collation asks for nothing and is accepted.
+    db.create_collection("v", viewOn="base", pipeline=[], collation=CI)
+    options = next(db.list_collections(filter={"name": "v"}))["options"]
+    assert options["collation"]["locale"] == "en_US" and options["viewOn"] == "base"
+    # The simple collation is no default at all, as for collections.
     db.create_collection("v2", viewOn="base", pipeline=[], collation=Collation("simple"))
+    assert "collation" not in next(db.list_collections(filter={"name": "v2"}))["options"]
