@@ -242,3 +242,37 @@ def test_a_find_sort_spills_in_a_transaction_but_not_under_a_collation(server, c
     with pytest.raises(OperationFailure) as e:
         list(coll.find().sort("k", 1).collation({"locale": "en"}))
     assert e.value.code == 292
+
+
+def test_a_large_bucket_auto_spills_and_equals_the_in_memory_result(server, coll):
+    pipeline = [{"$bucketAuto": {
+        "groupBy": "$s", "buckets": 6,
+        "output": {"n": {"$sum": 1}, "first": {"$first": "$_id"}, "last": {"$last": "$_id"}},
+    }}]
+    got = list(coll.aggregate(pipeline))
+    # In memory, in Python: sorted by `s` (stable), cut into buckets of about N/6, equal keys
+    # kept together, each bucket's max the next bucket's min.
+    docs = sorted(({"_id": i, "s": f"{(i * 31) % 101:03}"} for i in range(N)), key=lambda d: d["s"])
+    buckets, i, approx = [], 0, round(N / 6)
+    while i < N:
+        last = len(buckets) == 5
+        end = N if last else min(N, i + approx)
+        while end < N and docs[end]["s"] == docs[end - 1]["s"]:
+            end += 1
+        part = docs[i:end]
+        upper = docs[end]["s"] if end < N else part[-1]["s"]
+        buckets.append({"_id": {"min": part[0]["s"], "max": upper}, "n": len(part),
+                        "first": part[0]["_id"], "last": part[-1]["_id"]})
+        i = end
+    assert got == buckets
+    assert tmp_files(server) == []
+    coll.database.command("profile", 2)
+    try:
+        list(coll.aggregate(pipeline, comment="bucketAuto spill"))
+    finally:
+        coll.database.command("profile", 0)
+    [entry] = coll.database.system.profile.find({"command.comment": "bucketAuto spill"})
+    assert entry.get("usedDisk") is True
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline, allowDiskUse=False))
+    assert e.value.code == 292

@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - The stage is blocking: it holds every input document with its `groupBy` value, bounded by
-//!   `Limits::stage_bytes` (292; mongod would spill, Mangrove spills only `$sort` and groups), and the accumulators
-//!   of one bucket at a time (bounded by `Limits::group_bytes` through the `Grouper`).
+//!   `Limits::stage_bytes` (292), or under `allowDiskUse` sorts them by key through the
+//!   spilling sort (`stream.rs`); then it walks them in key order holding the accumulators of
+//!   one bucket at a time (bounded by `Limits::group_bytes` through the `Grouper`).
 //! - Equal `groupBy` values always share a bucket; a bucket's `min` is inclusive and its `max`
 //!   exclusive but for the last bucket's, and with a granularity every boundary is a value of
 //!   the series and each `min` is the previous bucket's `max`.
@@ -276,89 +277,140 @@ impl BucketAuto {
     ) -> Result<Vec<RawDocumentBuf>, QueryError> {
         entries.sort_by(|a, b| cmp_bson(&a.0, &b.0));
         let n = entries.len();
+        self.finish_sorted(entries.into_iter().map(Ok), n, limits)
+    }
+
+    /// The buckets over `n` (key, document) pairs coming in key order (from memory, or merged
+    /// from spilled runs): one bucket's accumulators are held at a time, never its documents.
+    pub(crate) fn finish_sorted(
+        &self,
+        entries: impl Iterator<Item = Result<(Bson, RawDocumentBuf), QueryError>>,
+        n: usize,
+        limits: &Limits,
+    ) -> Result<Vec<RawDocumentBuf>, QueryError> {
         let approx = ((n as f64 / self.buckets as f64).round() as usize).max(1);
+        let mut it = Ahead {
+            it: entries,
+            next: None,
+        };
         let mut out = Vec::new();
-        let (mut i, mut number, mut prev_max) = (0, 0, None);
-        while i < n {
+        let (mut number, mut prev_max) = (0, None);
+        while it.peek()?.is_some() {
             number += 1;
-            let start = i;
-            let (end, min, max) = self.cut(&entries, start, approx, number, prev_max.take())?;
+            let mut bucket = Grouper::default();
+            let (min, max) = self.cut(
+                &mut it,
+                approx,
+                number,
+                prev_max.take(),
+                &mut bucket,
+                limits,
+            )?;
             prev_max = Some(max.clone());
-            out.push(self.bucket_doc(&entries[start..end], min, max, limits)?);
-            i = end;
+            out.push(self.bucket_doc(bucket, min, max, limits)?);
         }
         Ok(out)
     }
 
-    /// Where the bucket starting at `start` ends, and its boundaries.
-    fn cut(
+    /// Takes the next bucket's entries into `bucket`; returns its boundaries.
+    fn cut<I: Iterator<Item = Result<(Bson, RawDocumentBuf), QueryError>>>(
         &self,
-        entries: &[(Bson, RawDocumentBuf)],
-        start: usize,
+        it: &mut Ahead<I>,
         approx: usize,
         number: usize,
         prev_max: Option<Bson>,
-    ) -> Result<(usize, Bson, Bson), QueryError> {
-        let n = entries.len();
+        bucket: &mut Grouper,
+        limits: &Limits,
+    ) -> Result<(Bson, Bson), QueryError> {
         let last = number == self.buckets;
-        let mut end = start + 1;
-        while end < n && (end - start < approx || last) {
-            end += 1;
+        let mut add = |d: RawDocumentBuf| self.add(bucket, &d, limits);
+        let (first_key, first) = it.take()?.expect("cut is called with an entry ahead");
+        add(first)?;
+        let (mut max, mut taken) = (first_key.clone(), 1);
+        while taken < approx || last {
+            let Some((k, d)) = it.take()? else { break };
+            add(d)?;
+            max = k;
+            taken += 1;
         }
-        let mut max = entries[end - 1].0.clone();
         let Some(g) = self.granularity else {
-            while end < n && cmp_bson(&entries[end].0, &max).is_eq() {
-                end += 1;
+            while let Some((k, _)) = it.peek()?
+                && cmp_bson(k, &max).is_eq()
+            {
+                add(it.take()?.expect("peeked").1)?;
             }
-            let min = entries[start].0.clone();
-            if end < n {
-                max = entries[end].0.clone();
+            if let Some((k, _)) = it.peek()? {
+                max = k.clone();
             }
-            return Ok((end, min, max));
+            return Ok((first_key, max));
         };
         let min = match prev_max {
             Some(m) => m,
-            None => round_down(g, &entries[start].0)?,
+            None => round_down(g, &first_key)?,
         };
         let boundary = round_up(g, &max)?;
-        while end < n
-            && (cmp_bson(&boundary, &entries[end].0).is_gt()
-                || cmp_bson(&max, &entries[end].0).is_eq())
+        while let Some((k, _)) = it.peek()?
+            && (cmp_bson(&boundary, k).is_gt() || cmp_bson(&max, k).is_eq())
         {
-            max = entries[end].0.clone();
-            end += 1;
+            let (k, d) = it.take()?.expect("peeked");
+            add(d)?;
+            max = k;
         }
-        if as_f64(&boundary) == Some(0.0) && end < n {
-            max = round_down(g, &entries[end].0)?;
-        } else {
-            max = boundary;
-        }
-        Ok((end, min, max))
+        let max = match it.peek()? {
+            Some((k, _)) if as_f64(&boundary) == Some(0.0) => round_down(g, k)?,
+            _ => boundary,
+        };
+        Ok((min, max))
     }
 
-    fn bucket_doc(
+    fn add(
         &self,
-        entries: &[(Bson, RawDocumentBuf)],
-        min: Bson,
-        max: Bson,
+        bucket: &mut Grouper,
+        d: &RawDocumentBuf,
         limits: &Limits,
-    ) -> Result<RawDocumentBuf, QueryError> {
-        let mut grouper = Grouper::default();
-        // One bucket's accumulators: its input is held in memory already.
+    ) -> Result<(), QueryError> {
+        // One bucket's accumulators, bounded by the group limit; they do not spill.
         let no_spill = SpillTo {
             store: None,
             bucket: None,
         };
-        for (_, d) in entries {
-            grouper.add(&self.accs, Bson::Null, d, "$bucketAuto", limits, no_spill)?;
-        }
-        let done = grouper
+        bucket.add(&self.accs, Bson::Null, d, "$bucketAuto", limits, no_spill)
+    }
+
+    fn bucket_doc(
+        &self,
+        bucket: Grouper,
+        min: Bson,
+        max: Bson,
+        limits: &Limits,
+    ) -> Result<RawDocumentBuf, QueryError> {
+        let done = bucket
             .finish(&self.accs, None, limits)?
             .next(&self.accs, None, limits)?;
         let raw = done.unwrap_or_default();
         let mut d = Document::try_from(raw.as_ref()).map_err(raw_err)?;
         d.insert("_id", doc! { "min": min, "max": max });
         to_raw(&d)
+    }
+}
+
+/// An iterator of results with one entry looked at ahead.
+struct Ahead<I> {
+    it: I,
+    next: Option<(Bson, RawDocumentBuf)>,
+}
+
+impl<I: Iterator<Item = Result<(Bson, RawDocumentBuf), QueryError>>> Ahead<I> {
+    fn peek(&mut self) -> Result<Option<&(Bson, RawDocumentBuf)>, QueryError> {
+        if self.next.is_none() {
+            self.next = self.it.next().transpose()?;
+        }
+        Ok(self.next.as_ref())
+    }
+
+    fn take(&mut self) -> Result<Option<(Bson, RawDocumentBuf)>, QueryError> {
+        self.peek()?;
+        Ok(self.next.take())
     }
 }
 

@@ -385,6 +385,33 @@ fn next_group(
 pub(crate) struct Held {
     docs: Vec<(Bson, RawDocumentBuf)>,
     bytes: usize,
+    /// `$bucketAuto` past its memory limit under `allowDiskUse`: every (key, document) so far,
+    /// wrapped as `{k: {v: key}, d: document}`, in the spilling sort by `k`, and their number.
+    sorted: Option<(Box<Sorter>, usize)>,
+}
+
+/// The order `$bucketAuto` walks its input in: by the wrapped key. Wrapping the key in a
+/// document makes `$sort` compare it as one value (an array as a whole, as `cmp_bson` does),
+/// not by its smallest element.
+fn by_key() -> &'static SortSpec {
+    static BY_KEY: std::sync::OnceLock<SortSpec> = std::sync::OnceLock::new();
+    BY_KEY.get_or_init(|| {
+        SortSpec::parse(&bson::rawdoc! { "k": 1 }).expect("a constant sort specification")
+    })
+}
+
+fn wrap_keyed(key: &Bson, d: &RawDocumentBuf) -> Result<RawDocumentBuf, QueryError> {
+    let key = bson::RawBson::try_from(key.clone()).map_err(raw_err)?;
+    Ok(bson::rawdoc! { "k": { "v": key }, "d": d.clone() })
+}
+
+fn unwrap_keyed(w: RawDocumentBuf) -> Result<(Bson, RawDocumentBuf), QueryError> {
+    let k = w.get_document("k").map_err(raw_err)?;
+    let key = match k.get("v").map_err(raw_err)? {
+        Some(v) => Bson::try_from(v).map_err(raw_err)?,
+        None => Bson::Null,
+    };
+    Ok((key, w.get_document("d").map_err(raw_err)?.to_owned()))
 }
 
 impl Held {
@@ -393,14 +420,56 @@ impl Held {
             Stage::BucketAuto(b) => b.key(&d)?,
             _ => Bson::Null,
         };
+        if let Some((sorter, count)) = &mut self.sorted {
+            *count += 1;
+            return sorter.add(wrap_keyed(&key, &d)?, by_key(), ctx);
+        }
         self.bytes += d.as_bytes().len() + crate::memory::mem_size(&key)?;
         self.docs.push((key, d));
         match stage {
             Stage::Window(_) => crate::window::check_memory(self.bytes, &ctx.limits),
             Stage::Densify(_) => ctx.check("$densify", self.bytes),
+            _ if ctx.should_spill(self.bytes).is_some() => self.start_sorting(ctx),
             _ => ctx.check("$bucketAuto", self.bytes),
         }
     }
+
+    /// Moves what is held into the spilling sort, which writes runs from now on.
+    fn start_sorting(&mut self, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+        let mut sorter = Box::new(Sorter::new(None));
+        let count = self.docs.len();
+        for (key, d) in std::mem::take(&mut self.docs) {
+            sorter.add(wrap_keyed(&key, &d)?, by_key(), ctx)?;
+        }
+        self.bytes = 0;
+        self.sorted = Some((sorter, count));
+        Ok(())
+    }
+
+    /// Whether the held input went to the spilling sort.
+    pub(crate) fn spilled(&self) -> bool {
+        self.sorted.as_ref().is_some_and(|(s, _)| s.spilled())
+    }
+}
+
+/// `$bucketAuto` over input that went through the spilling sort: walked in key order as the
+/// runs are merged.
+fn finish_sorted_buckets(
+    b: &crate::bucket_auto::BucketAuto,
+    sorter: Sorter,
+    count: usize,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<RawDocumentBuf>, QueryError> {
+    let mut state = sorter.finish(by_key(), &ctx.limits)?;
+    let entries = std::iter::from_fn(move || match &mut state {
+        State::Emit(q) => q.pop_front().map(unwrap_keyed),
+        State::Merge(m) => m
+            .next(by_key())
+            .transpose()
+            .map(|r| r.and_then(unwrap_keyed)),
+        _ => None,
+    });
+    b.finish_sorted(entries, count, &ctx.limits)
 }
 
 fn finish_held(
@@ -409,7 +478,10 @@ fn finish_held(
     ctx: &Ctx<'_>,
 ) -> Result<Vec<RawDocumentBuf>, QueryError> {
     match stage {
-        Stage::BucketAuto(b) => b.finish(held.docs, &ctx.limits),
+        Stage::BucketAuto(b) => match held.sorted {
+            Some((sorter, count)) => finish_sorted_buckets(b, *sorter, count, ctx),
+            None => b.finish(held.docs, &ctx.limits),
+        },
         Stage::Window(w) => {
             let docs = held.docs.into_iter().map(|(_, d)| d).collect();
             crate::window::run(w, docs, &ctx.limits)
@@ -849,6 +921,9 @@ pub struct Runner {
     ended: bool,
     /// Where blocking stages spill (`allowDiskUse`), if they may.
     spill: Option<Arc<dyn SpillStore>>,
+    /// A stage spilled at some point: kept once seen, since a stage that spilled (say
+    /// `$bucketAuto`, through its sort) may answer from memory afterwards.
+    spilled: bool,
 }
 
 impl Runner {
@@ -864,6 +939,7 @@ impl Runner {
             foreign,
             ended: false,
             spill: None,
+            spilled: false,
         }
     }
 
@@ -874,11 +950,16 @@ impl Runner {
 
     /// Whether a stage has spilled to disk so far (mongod's `usedDisk`).
     pub fn used_disk(&self) -> bool {
+        self.spilled || self.spilling_now()
+    }
+
+    fn spilling_now(&self) -> bool {
         self.states.iter().any(|s| match s {
             State::Sort(s) => s.spilled(),
             State::Group(g) => g.spilled(),
             State::EmitGroups(g) => matches!(**g, Groups::Merge(_)),
             State::Merge(_) => true,
+            State::Hold(h) => h.spilled(),
             _ => false,
         })
     }
@@ -917,7 +998,9 @@ impl Runner {
             limits::with_limits(self.pipeline.limits, || {
                 pull(stages, &mut self.states, &mut self.input, &ctx, true)
             })
-        })?;
+        });
+        self.spilled = self.spilled || (self.spill.is_some() && self.spilling_now());
+        let step = step?;
         match &step {
             Step::Doc(d) => limits::check_result(d)?,
             Step::End => {

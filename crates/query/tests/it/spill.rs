@@ -389,3 +389,37 @@ fn random_inputs_and_limits_sort_as_in_memory() {
     }
     assert!(spilled >= 10, "only {spilled} of 20 rounds spilled");
 }
+
+#[test]
+fn a_spilled_bucket_auto_equals_the_in_memory_one() {
+    let mut docs = group_input(3000);
+    // Arrays and equal keys too: arrays compare as whole values, equal keys share a bucket.
+    for (i, d) in docs.iter_mut().enumerate().take(40) {
+        d.insert("g", vec![i as i32 % 3, 1]);
+    }
+    // `$first`/`$last` see ties in input order both ways (the merge is stable).
+    let output = doc! {
+        "n": { "$sum": 1 }, "first": { "$first": "$_id" }, "last": { "$last": "$_id" },
+        "lo": { "$min": "$_id" }, "hi": { "$max": "$_id" },
+    };
+    for spec in [
+        doc! { "groupBy": "$g", "buckets": 7, "output": output.clone() },
+        doc! { "groupBy": "$_id", "buckets": 5, "granularity": "R20", "output": output.clone() },
+    ] {
+        let stages = vec![doc! { "$bucketAuto": spec.clone() }];
+        let numeric = spec.contains_key("granularity");
+        let input: &[Document] = if numeric { &docs[40..] } else { &docs };
+        let expected = run(pipeline(stages.clone(), usize::MAX), input, None).unwrap();
+        assert!(expected.len() > 2, "{expected:?}");
+        let without = run(pipeline(stages.clone(), 20_000), input, None).unwrap_err();
+        assert_eq!(without.code, 292, "{without:?}");
+        let store = MemoryStore::default();
+        let got = run(pipeline(stages, 20_000), input, Some(&store)).unwrap();
+        assert!(
+            store.runs.lock().unwrap().len() > 5,
+            "nothing spilled for {spec}"
+        );
+        assert!(got == expected, "{spec}: {got:?}\n!=\n{expected:?}");
+        assert_eq!(*store.open_files.lock().unwrap(), 0);
+    }
+}
