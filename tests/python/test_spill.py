@@ -276,3 +276,24 @@ def test_a_large_bucket_auto_spills_and_equals_the_in_memory_result(server, coll
     with pytest.raises(OperationFailure) as e:
         list(coll.aggregate(pipeline, allowDiskUse=False))
     assert e.value.code == 292
+
+
+def test_a_large_set_window_fields_spills_a_partition_at_a_time(server, coll):
+    pipeline = [
+        {"$setWindowFields": {
+            "partitionBy": "$k",
+            "sortBy": {"_id": -1},
+            "output": {"seen": {"$count": {}, "window": {"documents": ["unbounded", "current"]}}},
+        }},
+        {"$project": {"pad": 0}},
+    ]
+    got = list(coll.aggregate(pipeline, comment="window spill"))
+    expected = []
+    for k in range(17):
+        ids = sorted((i for i in range(N) if (i * 7919) % 17 == k), reverse=True)
+        expected += [{"_id": i, "k": k, "s": f"{(i * 31) % 101:03}", "seen": n + 1} for n, i in enumerate(ids)]
+    assert got == expected
+    assert tmp_files(server) == []
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline, allowDiskUse=False))
+    assert e.value.code == 5643011

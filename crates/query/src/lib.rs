@@ -62,6 +62,7 @@ mod validation;
 mod window;
 mod window_fn;
 mod window_spec;
+mod window_spill;
 
 pub use aggregate::{Pipeline, Sink, WhenMatched, WhenNotMatched, with_let};
 pub use error::QueryError;

@@ -160,6 +160,11 @@ impl SortSpec {
         Ordering::Equal
     }
 
+    /// Whether a key sorts by `{$meta: "textScore"}` rather than a field.
+    pub(crate) fn has_meta(&self) -> bool {
+        self.keys.iter().any(|k| k.meta)
+    }
+
     /// The keys as (path, descending) pairs.
     pub(crate) fn fields(&self) -> impl Iterator<Item = (&[String], bool)> {
         self.keys.iter().map(|k| (&k.parts[..], k.descending))

@@ -37,6 +37,7 @@ use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, Foreign};
 use crate::spill::{SortMerge, SpillStore, Spilled};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
+use crate::window_spill::{Entries, WindowStream};
 use crate::{QueryError, SortSpec};
 
 /// What a pull answers.
@@ -97,6 +98,8 @@ pub(crate) enum State {
     Emit(VecDeque<RawDocumentBuf>),
     /// A `$sort` that spilled: its runs and remainder, being merged.
     Merge(Box<SortMerge>),
+    /// A `$setWindowFields` that spilled: its sorted input, answered a partition at a time.
+    Windows(Box<WindowStream>),
     /// A `$group`'s or `$bucket`'s groups, being answered.
     EmitGroups(Box<Groups>),
     /// Everything answered.
@@ -244,6 +247,10 @@ fn answer(
             _ => Step::End,
         },
         State::EmitGroups(groups) => next_group(stage, groups, max, &ctx.limits)?,
+        State::Windows(windows) => match stage {
+            Stage::Window(w) => windows.next(w, &ctx.limits)?.map_or(Step::End, Step::Doc),
+            _ => Step::End,
+        },
         State::Done => Step::End,
         _ => return Ok(None),
     };
@@ -325,6 +332,11 @@ fn blocking(
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
         (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
+        (Stage::Window(_), State::Hold(held)) if held.sorted.is_some() => {
+            let (sorter, _, order) = held.sorted.expect("checked");
+            let entries = sorted_entries(*sorter, order, &ctx.limits)?;
+            State::Windows(Box::new(WindowStream::new(entries)))
+        }
         (_, State::Hold(held)) => State::Emit(finish_held(stage, *held, ctx)?.into()),
         _ => State::Done,
     };
@@ -385,19 +397,35 @@ fn next_group(
 pub(crate) struct Held {
     docs: Vec<(Bson, RawDocumentBuf)>,
     bytes: usize,
-    /// `$bucketAuto` past its memory limit under `allowDiskUse`: every (key, document) so far,
-    /// wrapped as `{k: {v: key}, d: document}`, in the spilling sort by `k`, and their number.
-    sorted: Option<(Box<Sorter>, usize)>,
+    /// `$bucketAuto` or `$setWindowFields` past its memory limit under `allowDiskUse`: every
+    /// (key, document) so far, wrapped as `{k: {v: key}, d: document}`, in the spilling sort
+    /// (by `k`, then for a window by its `sortBy` under `d`), their number, and that order.
+    sorted: Option<(Box<Sorter>, usize, SortSpec)>,
 }
 
 /// The order `$bucketAuto` walks its input in: by the wrapped key. Wrapping the key in a
 /// document makes `$sort` compare it as one value (an array as a whole, as `cmp_bson` does),
 /// not by its smallest element.
-fn by_key() -> &'static SortSpec {
-    static BY_KEY: std::sync::OnceLock<SortSpec> = std::sync::OnceLock::new();
-    BY_KEY.get_or_init(|| {
-        SortSpec::parse(&bson::rawdoc! { "k": 1 }).expect("a constant sort specification")
-    })
+fn by_key() -> SortSpec {
+    SortSpec::parse(&bson::rawdoc! { "k": 1 }).expect("a constant sort specification")
+}
+
+/// The order `$setWindowFields` reads a spilled input in: by partition, then by `sortBy`.
+/// `None` for a `sortBy` on `{$meta: ...}`, which cannot be re-expressed on the wrapper.
+fn window_order(w: &crate::window::Window) -> Option<SortSpec> {
+    let mut spec = bson::RawDocumentBuf::new();
+    spec.append(bson::cstr!("k"), 1);
+    if let Some(s) = &w.sort {
+        if s.has_meta() {
+            return None;
+        }
+        for (parts, descending) in s.fields() {
+            let path = format!("d.{}", parts.join("."));
+            let key: &bson::raw::CStr = path.as_str().try_into().ok()?;
+            spec.append(key, if descending { -1 } else { 1 });
+        }
+    }
+    SortSpec::parse(&spec).ok()
 }
 
 fn wrap_keyed(key: &Bson, d: &RawDocumentBuf) -> Result<RawDocumentBuf, QueryError> {
@@ -420,36 +448,69 @@ impl Held {
             Stage::BucketAuto(b) => b.key(&d)?,
             _ => Bson::Null,
         };
-        if let Some((sorter, count)) = &mut self.sorted {
+        let key = match stage {
+            Stage::Window(w) => match &w.partition {
+                Some(p) if self.sorted.is_some() => p.eval(&d)?.unwrap_or(Bson::Null),
+                _ => key,
+            },
+            _ => key,
+        };
+        if let Some((sorter, count, order)) = &mut self.sorted {
             *count += 1;
-            return sorter.add(wrap_keyed(&key, &d)?, by_key(), ctx);
+            return sorter.add(wrap_keyed(&key, &d)?, order, ctx);
         }
         self.bytes += d.as_bytes().len() + crate::memory::mem_size(&key)?;
         self.docs.push((key, d));
+        let spill = ctx.should_spill(self.bytes).is_some();
         match stage {
-            Stage::Window(_) => crate::window::check_memory(self.bytes, &ctx.limits),
+            Stage::Window(w) => match window_order(w).filter(|_| spill) {
+                Some(order) => self.start_sorting(stage, order, ctx),
+                None => crate::window::check_memory(self.bytes, &ctx.limits),
+            },
             Stage::Densify(_) => ctx.check("$densify", self.bytes),
-            _ if ctx.should_spill(self.bytes).is_some() => self.start_sorting(ctx),
+            _ if spill => self.start_sorting(stage, by_key(), ctx),
             _ => ctx.check("$bucketAuto", self.bytes),
         }
     }
 
     /// Moves what is held into the spilling sort, which writes runs from now on.
-    fn start_sorting(&mut self, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+    fn start_sorting(
+        &mut self,
+        stage: &Stage,
+        order: SortSpec,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), QueryError> {
         let mut sorter = Box::new(Sorter::new(None));
         let count = self.docs.len();
         for (key, d) in std::mem::take(&mut self.docs) {
-            sorter.add(wrap_keyed(&key, &d)?, by_key(), ctx)?;
+            let key = match stage {
+                Stage::Window(w) => match &w.partition {
+                    Some(p) => p.eval(&d)?.unwrap_or(Bson::Null),
+                    None => Bson::Null,
+                },
+                _ => key,
+            };
+            sorter.add(wrap_keyed(&key, &d)?, &order, ctx)?;
         }
         self.bytes = 0;
-        self.sorted = Some((sorter, count));
+        self.sorted = Some((sorter, count, order));
         Ok(())
     }
 
     /// Whether the held input went to the spilling sort.
     pub(crate) fn spilled(&self) -> bool {
-        self.sorted.as_ref().is_some_and(|(s, _)| s.spilled())
+        self.sorted.as_ref().is_some_and(|(s, _, _)| s.spilled())
     }
+}
+
+/// The held input's spilling sort, read back in its order as (key, document) pairs.
+fn sorted_entries(sorter: Sorter, order: SortSpec, limits: &Limits) -> Result<Entries, QueryError> {
+    let mut state = sorter.finish(&order, limits)?;
+    Ok(Box::new(std::iter::from_fn(move || match &mut state {
+        State::Emit(q) => q.pop_front().map(unwrap_keyed),
+        State::Merge(m) => m.next(&order).transpose().map(|r| r.and_then(unwrap_keyed)),
+        _ => None,
+    })))
 }
 
 /// `$bucketAuto` over input that went through the spilling sort: walked in key order as the
@@ -458,17 +519,10 @@ fn finish_sorted_buckets(
     b: &crate::bucket_auto::BucketAuto,
     sorter: Sorter,
     count: usize,
+    order: SortSpec,
     ctx: &Ctx<'_>,
 ) -> Result<Vec<RawDocumentBuf>, QueryError> {
-    let mut state = sorter.finish(by_key(), &ctx.limits)?;
-    let entries = std::iter::from_fn(move || match &mut state {
-        State::Emit(q) => q.pop_front().map(unwrap_keyed),
-        State::Merge(m) => m
-            .next(by_key())
-            .transpose()
-            .map(|r| r.and_then(unwrap_keyed)),
-        _ => None,
-    });
+    let entries = sorted_entries(sorter, order, &ctx.limits)?;
     b.finish_sorted(entries, count, &ctx.limits)
 }
 
@@ -479,7 +533,7 @@ fn finish_held(
 ) -> Result<Vec<RawDocumentBuf>, QueryError> {
     match stage {
         Stage::BucketAuto(b) => match held.sorted {
-            Some((sorter, count)) => finish_sorted_buckets(b, *sorter, count, ctx),
+            Some((sorter, count, order)) => finish_sorted_buckets(b, *sorter, count, order, ctx),
             None => b.finish(held.docs, &ctx.limits),
         },
         Stage::Window(w) => {
@@ -960,6 +1014,7 @@ impl Runner {
             State::EmitGroups(g) => matches!(**g, Groups::Merge(_)),
             State::Merge(_) => true,
             State::Hold(h) => h.spilled(),
+            State::Windows(_) => true,
             _ => false,
         })
     }

@@ -279,7 +279,7 @@ pub(crate) fn run(
     Ok(out)
 }
 
-fn part_key(v: &Bson) -> Vec<u8> {
+pub(crate) fn part_key(v: &Bson) -> Vec<u8> {
     match bson::RawBson::try_from(v.clone()) {
         Ok(raw) => key_of(raw.as_raw_bson_ref()),
         Err(_) => Vec::new(),
@@ -294,14 +294,14 @@ pub(crate) fn check_memory(used: usize, limits: &Limits) -> Result<(), QueryErro
     Err(QueryError::location(
         5643011,
         format!(
-            "Exceeded memory limit in DocumentSourceSetWindowFields, used {used} bytes but max allowed is {} bytes; $match or $project before $setWindowFields to hold less (spilling to disk is not implemented)",
+            "Exceeded memory limit in DocumentSourceSetWindowFields, used {used} bytes but max allowed is {} bytes; $match or $project before $setWindowFields to hold less, or pass allowDiskUse: true to spill it (one partition at a time is then held)",
             limits.stage_bytes
         ),
     ))
 }
 
 /// One partition's documents (sort keys alongside), with every output added.
-fn run_partition(
+pub(crate) fn run_partition(
     w: &Window,
     part: &[(Vec<Bson>, &RawDocument)],
 ) -> Result<Vec<RawDocumentBuf>, QueryError> {

@@ -423,3 +423,35 @@ fn a_spilled_bucket_auto_equals_the_in_memory_one() {
         assert_eq!(*store.open_files.lock().unwrap(), 0);
     }
 }
+
+#[test]
+fn a_spilled_set_window_fields_equals_the_in_memory_one() {
+    let docs = group_input(3000);
+    let stages = vec![doc! { "$setWindowFields": {
+        "partitionBy": { "$mod": ["$g", 9] },
+        "sortBy": { "v": -1, "_id": 1 },
+        "output": {
+            "running": { "$sum": "$v", "window": { "documents": ["unbounded", "current"] } },
+            "firstId": { "$first": "$_id", "window": { "documents": ["unbounded", "current"] } },
+            "around": { "$avg": "$_id", "window": { "documents": [-2, 2] } },
+        },
+    } }];
+    let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+    assert_eq!(expected.len(), 3000);
+    let without = run(pipeline(stages.clone(), 40_000), &docs, None).unwrap_err();
+    assert_eq!(without.code, 5643011, "{without:?}");
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages.clone(), 40_000), &docs, Some(&store)).unwrap();
+    let runs = store.runs.lock().unwrap().len();
+    assert!(runs >= 3, "only {runs} runs were written");
+    assert!(got == expected, "spilled output differs");
+    assert_eq!(*store.open_files.lock().unwrap(), 0);
+    // One partition larger than the limit cannot be computed a partition at a time.
+    let one = vec![doc! { "$setWindowFields": {
+        "sortBy": { "_id": 1 },
+        "output": { "n": { "$count": {} } },
+    } }];
+    let err = run(pipeline(one, 40_000), &docs, Some(&MemoryStore::default())).unwrap_err();
+    assert_eq!(err.code, 5643011);
+    assert!(err.message.contains("one partition"), "{err:?}");
+}
