@@ -428,6 +428,19 @@ fn window_order(w: &crate::window::Window) -> Option<SortSpec> {
     SortSpec::parse(&spec).ok()
 }
 
+/// The key a held document is sorted by when its stage spills: `$bucketAuto`'s `groupBy`
+/// value, `$setWindowFields`' partition value.
+fn sort_key(stage: &Stage, d: &RawDocumentBuf) -> Result<Bson, QueryError> {
+    Ok(match stage {
+        Stage::BucketAuto(b) => b.key(d)?,
+        Stage::Window(w) => match &w.partition {
+            Some(p) => p.eval(d)?.unwrap_or(Bson::Null),
+            None => Bson::Null,
+        },
+        _ => Bson::Null,
+    })
+}
+
 fn wrap_keyed(key: &Bson, d: &RawDocumentBuf) -> Result<RawDocumentBuf, QueryError> {
     let key = bson::RawBson::try_from(key.clone()).map_err(raw_err)?;
     Ok(bson::rawdoc! { "k": { "v": key }, "d": d.clone() })
@@ -444,21 +457,15 @@ fn unwrap_keyed(w: RawDocumentBuf) -> Result<(Bson, RawDocumentBuf), QueryError>
 
 impl Held {
     fn add(&mut self, stage: &Stage, d: RawDocumentBuf, ctx: &Ctx<'_>) -> Result<(), QueryError> {
+        if let Some((sorter, count, order)) = &mut self.sorted {
+            *count += 1;
+            return sorter.add(wrap_keyed(&sort_key(stage, &d)?, &d)?, order, ctx);
+        }
+        // In memory a window computes its partitions itself (`window::run`).
         let key = match stage {
             Stage::BucketAuto(b) => b.key(&d)?,
             _ => Bson::Null,
         };
-        let key = match stage {
-            Stage::Window(w) => match &w.partition {
-                Some(p) if self.sorted.is_some() => p.eval(&d)?.unwrap_or(Bson::Null),
-                _ => key,
-            },
-            _ => key,
-        };
-        if let Some((sorter, count, order)) = &mut self.sorted {
-            *count += 1;
-            return sorter.add(wrap_keyed(&key, &d)?, order, ctx);
-        }
         self.bytes += d.as_bytes().len() + crate::memory::mem_size(&key)?;
         self.docs.push((key, d));
         let spill = ctx.should_spill(self.bytes).is_some();
@@ -484,10 +491,7 @@ impl Held {
         let count = self.docs.len();
         for (key, d) in std::mem::take(&mut self.docs) {
             let key = match stage {
-                Stage::Window(w) => match &w.partition {
-                    Some(p) => p.eval(&d)?.unwrap_or(Bson::Null),
-                    None => Bson::Null,
-                },
+                Stage::Window(_) => sort_key(stage, &d)?,
                 _ => key,
             };
             sorter.add(wrap_keyed(&key, &d)?, &order, ctx)?;

@@ -207,6 +207,19 @@ impl Counters {
     pub fn bump(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
     }
+
+    /// mongod's `opcounters` (also the status page's operation counts).
+    pub fn opcounters(&self) -> bson::Document {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
+        bson::doc! {
+            "insert": n(&self.insert),
+            "query": n(&self.query),
+            "update": n(&self.update),
+            "delete": n(&self.delete),
+            "getmore": n(&self.getmore),
+            "command": n(&self.command),
+        }
+    }
 }
 
 /// State shared by every connection.

@@ -30,7 +30,7 @@ pub(crate) struct Running {
     pub started: Instant,
     pub connection: i64,
     pub client: SocketAddr,
-    pub app_name: Option<String>,
+    pub app_name: Option<std::sync::Arc<str>>,
     /// `user@db` under `--auth`: a user may kill its own operations without `killop`.
     pub owner: Option<Arc<str>>,
     /// mongod's `op`: `query`, `getmore`, `insert`, `update`, `remove` or `command`.
@@ -138,7 +138,7 @@ pub(crate) fn describe(host: &str, op: &Running, transaction: Option<Document>) 
         "client": op.client.to_string(),
     };
     if let Some(app) = &op.app_name {
-        d.insert("appName", app.as_str());
+        d.insert("appName", &**app);
     }
     d.insert("active", true);
     d.insert(

@@ -38,14 +38,7 @@ pub(crate) fn render_json(shared: &Shared) -> String {
         "uptimeSeconds": shared.started.elapsed().as_secs_f64(),
         "connections": c.connections_current.load(Relaxed) as i64,
         "logCommits": shared.engine.log_stats().commits as i64,
-        "operations": {
-            "insert": c.insert.load(Relaxed) as i64,
-            "query": c.query.load(Relaxed) as i64,
-            "update": c.update.load(Relaxed) as i64,
-            "delete": c.delete.load(Relaxed) as i64,
-            "getmore": c.getmore.load(Relaxed) as i64,
-            "command": c.command.load(Relaxed) as i64,
-        },
+        "operations": c.opcounters(),
         "latency": {
             "count": latency.count as i64,
             "sumMicros": latency.sum as i64,

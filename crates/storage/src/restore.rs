@@ -267,13 +267,15 @@ fn candidates(
             by_name.entry(file_name(&path)).or_default().push(path);
         }
     }
+    // Names sort like the timestamps they hold, so the wanted ones are a range of them.
     let firsts: Vec<PathBuf> = by_name.values().map(|v| v[0].clone()).collect();
-    let wanted: Vec<String> = segments_between(&firsts, checkpoint, Timestamp(u64::MAX))
-        .iter()
-        .map(|p| file_name(p))
-        .collect();
-    by_name.retain(|name, _| wanted.contains(name));
-    Ok(by_name)
+    let first_wanted = segments_between(&firsts, checkpoint, Timestamp(u64::MAX))
+        .first()
+        .map(|p| file_name(p));
+    Ok(match first_wanted {
+        Some(first) => by_name.split_off(&first),
+        None => BTreeMap::new(),
+    })
 }
 
 /// Log replayed per round by default ([`RestorePlan::round_bytes`]): a restore holds at most

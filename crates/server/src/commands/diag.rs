@@ -184,14 +184,7 @@ pub(super) fn server_status(shared: &Shared) -> Document {
         },
         "mem": mem_status(),
         "network": network_status(counters),
-        "opcounters": {
-            "insert": counters.insert.load(Relaxed) as i64,
-            "query": counters.query.load(Relaxed) as i64,
-            "update": counters.update.load(Relaxed) as i64,
-            "delete": counters.delete.load(Relaxed) as i64,
-            "getmore": counters.getmore.load(Relaxed) as i64,
-            "command": counters.command.load(Relaxed) as i64,
-        },
+        "opcounters": counters.opcounters(),
         // The transaction log's group commit: `batches` is the number of write+fdatasync
         // rounds, so `commits / batches` is durable commits per fdatasync.
         "mangrove": {

@@ -29,7 +29,7 @@ pub(crate) struct Client {
     /// Compressors agreed in the handshake, in the client's order of preference.
     pub compressors: Vec<Compressor>,
     /// `client.application.name` from the handshake, which fail points can match on.
-    pub app_name: Option<String>,
+    pub app_name: Option<std::sync::Arc<str>>,
     /// Who the connection authenticated as (`--auth`).
     pub identity: crate::auth::Identity,
     /// The subject of the verified TLS client certificate, if the client presented one: the
@@ -64,7 +64,7 @@ fn note_client(conn: &mut Client, req: &Request<'_>) {
         conn.compressors.dedup();
     }
     if let Some(name) = declared_app_name(req) {
-        conn.app_name = Some(name.to_string());
+        conn.app_name = Some(name.into());
     }
 }
 

@@ -110,7 +110,7 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
     });
     let _listed = shared
         .ops
-        .register(running(shared, client, req, stats.clone()));
+        .register(running(shared, client, req, started, stats.clone()));
     let result = match (crate::params::check_max_time_ms(req), expired) {
         (Err(e), _) | (Ok(()), Some(e)) => Err(e),
         (Ok(()), None) => {
@@ -137,6 +137,7 @@ fn running(
     shared: &Shared,
     client: &Client,
     req: &Request<'_>,
+    started: std::time::Instant,
     stats: Arc<crate::op_stats::OpStats>,
 ) -> crate::ops::Running {
     let ns = match req.command_value() {
@@ -146,7 +147,7 @@ fn running(
     };
     crate::ops::Running {
         opid: shared.ops.next_opid(),
-        started: std::time::Instant::now(),
+        started,
         connection: client.id,
         client: client.peer,
         app_name: client.app_name.clone(),

@@ -381,7 +381,7 @@ fn entry(
     e.insert("ts", bson::DateTime::now());
     e.insert("client", client.peer.ip().to_string());
     if let Some(app) = &client.app_name {
-        e.insert("appName", app.as_str());
+        e.insert("appName", &**app);
     }
     e.insert("allUsers", Vec::<Bson>::new());
     e.insert("user", req.owner.as_deref().unwrap_or(""));
