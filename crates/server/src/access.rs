@@ -121,10 +121,9 @@ pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
 /// The chosen way to reach a filter's candidates.
 #[derive(Clone)]
 pub enum Access {
-    /// The whole collection in its key order: `_id` order, or insertion order for a capped
-    /// collection (`$natural` order).
+    /// The whole collection in `$natural` (insertion) order ([`walk_natural`]).
     Collection,
-    /// The whole collection in reverse key order (`$natural: -1`).
+    /// The whole collection in reverse `$natural` order (`$natural: -1`).
     CollectionBackward,
     IdPoint(DocKey),
     /// Ranges (or several points) of the collection's own `_id` order.
@@ -735,7 +734,35 @@ fn walk_near(
     result
 }
 
-/// The whole collection in key order (`reverse`: backward) through `filter` to `visit`.
+/// Whether a collection's own key order is its natural order: a capped collection keys its
+/// documents by insertion number, a clustered one is ordered by its cluster key (as mongod's).
+/// Any other collection keeps its natural order beside its documents (the storage engine's
+/// `scan_natural`).
+pub fn keyed_in_natural_order(coll: &CollectionInfo) -> bool {
+    crate::capped::is_capped(coll) || coll.options.contains_key("clusteredIndex")
+}
+
+/// Walks the whole collection in `$natural` order (backward if `reverse`), past the position
+/// `resume` that an earlier walk gave: `visit` gets each document's position (what to resume
+/// after), its key and the document.
+pub fn walk_natural(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    resume: Option<&DocKey>,
+    reverse: bool,
+    visit: &mut dyn FnMut(&DocKey, &DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> Result<(), mangrove_storage::StorageError> {
+    if keyed_in_natural_order(coll) {
+        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+        view.scan_range(coll, &all, resume, reverse, &mut |key, doc| {
+            visit(key, key, doc)
+        })
+    } else {
+        view.scan_natural(coll, resume, reverse, visit)
+    }
+}
+
+/// The whole collection in `$natural` order (`reverse`: backward) through `filter` to `visit`.
 fn scan_all(
     view: &dyn ReadView,
     coll: &CollectionInfo,
@@ -745,16 +772,11 @@ fn scan_all(
     visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
 ) -> CommandResult<()> {
     let mut failed = None;
-    let mut step = |key: &DocKey, doc: &StoredDoc| {
+    let mut step = |_: &DocKey, key: &DocKey, doc: &StoredDoc| {
         examined.docs += 1;
         scan_step(examined.docs, filter, key, doc, visit, &mut failed)
     };
-    if reverse {
-        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
-        view.scan_range(coll, &all, None, true, &mut step)?;
-    } else {
-        view.scan(coll, None, &mut step)?;
-    }
+    walk_natural(view, coll, None, reverse, &mut step)?;
     match failed {
         Some(e) => Err(e),
         None => Ok(()),

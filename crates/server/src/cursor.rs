@@ -20,11 +20,11 @@ pub use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 pub struct ScanState {
     pub snapshot: Snapshot,
     pub coll: CollectionInfo,
-    /// A range of `_id` order to walk, or the whole collection.
+    /// A range of `_id` order to walk, or the whole collection in `$natural` order.
     pub range: Option<KeyInterval>,
-    /// Walk the range backward (a descending `_id` sort).
+    /// Walk backward (a descending `_id` sort, or `$natural: -1`).
     pub reverse: bool,
-    /// The last key returned: the walk resumes past it.
+    /// The last key (or natural position) returned: the walk resumes past it.
     pub after: Option<DocKey>,
     pub filter: Filter,
     pub skip: u64,
@@ -218,7 +218,7 @@ fn walk_scanned(
     let mut finished = true;
     let mut last: Option<DocKey> = None;
     let mut failed: Option<CommandError> = None;
-    let mut visit = |key: &DocKey, doc: &StoredDoc| {
+    let mut visit = |position: &DocKey, key: &DocKey, doc: &StoredDoc| {
         *visited += 1;
         match admit(*visited, filter, skip, doc) {
             Ok(true) => {}
@@ -240,7 +240,7 @@ fn walk_scanned(
                 return ControlFlow::Break(());
             }
         }
-        last = Some(key.clone());
+        last = Some(position.clone());
         if out.len() as u64 >= want {
             finished = false;
             return ControlFlow::Break(());
@@ -248,8 +248,14 @@ fn walk_scanned(
         ControlFlow::Continue(())
     };
     match range {
-        Some(r) => snapshot.scan_range(coll, r, after.as_ref(), *reverse, &mut visit)?,
-        None => snapshot.scan(coll, after.as_ref(), &mut visit)?,
+        Some(r) => snapshot.scan_range(
+            coll,
+            r,
+            after.as_ref(),
+            *reverse,
+            &mut |key: &DocKey, doc: &StoredDoc| visit(key, key, doc),
+        )?,
+        None => crate::access::walk_natural(snapshot, coll, after.as_ref(), *reverse, &mut visit)?,
     }
     if let Some(e) = failed {
         return Err(e);

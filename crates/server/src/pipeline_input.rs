@@ -31,8 +31,8 @@ const DEADLINE_EVERY: u64 = 256;
 
 /// Where the reader is along its access path.
 enum Position {
-    /// `_id` order: the interval being walked (all of it for a collection scan) and the last
-    /// key returned in it.
+    /// `_id` order: the interval being walked, or (`None`) the whole collection in `$natural`
+    /// order, and the last key (or natural position) returned in it.
     Keys {
         intervals: Vec<Option<KeyInterval>>,
         at: usize,
@@ -74,10 +74,7 @@ impl InputReader {
                 reverse: false,
             },
             Access::CollectionBackward => Position::Keys {
-                intervals: vec![Some((
-                    std::ops::Bound::Unbounded,
-                    std::ops::Bound::Unbounded,
-                ))],
+                intervals: vec![None],
                 at: 0,
                 after: None,
                 reverse: true,
@@ -210,7 +207,7 @@ impl InputReader {
         let mut failed = None;
         let mut full = false;
         let mut last = None;
-        let mut visit = |key: &DocKey, doc: &StoredDoc| {
+        let mut visit = |position: &DocKey, doc: &StoredDoc| {
             *visited += 1;
             if visited.is_multiple_of(DEADLINE_EVERY)
                 && let Err(e) = check_deadline()
@@ -229,7 +226,7 @@ impl InputReader {
                     return ControlFlow::Break(());
                 }
             }
-            last = Some(key.clone());
+            last = Some(position.clone());
             if *bytes >= CHUNK_BYTES || out.len() >= CHUNK_DOCS {
                 full = true;
                 return ControlFlow::Break(());
@@ -240,7 +237,13 @@ impl InputReader {
             Some(interval) => {
                 view.scan_range(coll, interval, after.as_ref(), *reverse, &mut visit)?
             }
-            None => view.scan(coll, after.as_ref(), &mut visit)?,
+            None => crate::access::walk_natural(
+                view,
+                coll,
+                after.as_ref(),
+                *reverse,
+                &mut |position, _, doc| visit(position, doc),
+            )?,
         }
         if let Some(e) = failed {
             return Err(e);

@@ -8,6 +8,10 @@
 //! meta     "checkpoint_ts" | "next_coll_id" | "format" | "meta_crc" -> u64
 //! ```
 //!
+//! A collection's natural (insertion) order is two more keyspaces of `docs`, whose ids the
+//! engine derives from the collection's (`engine/natural.rs`); this file stores them as any
+//! other.
+//!
 //! Only the checkpointer writes here, one redb transaction per checkpoint, so the file always
 //! holds one consistent checkpoint: redb's commit is atomic and durable. Every value carries the
 //! commit timestamp of the version it holds, so a reader can tell whether it may see it.
@@ -20,6 +24,9 @@
 //!   file, so one damaged page fails the reads that meet it and nothing else. This is the one
 //!   panic the crate survives (see `panic_policy.rs`).
 //! - A file of format 1 (values without checksums) is upgraded in one redb transaction on open.
+//! - A file of format 1 or 2 (no natural-order keyspaces) says so ([`BaseStore::needs_natural_order`])
+//!   and stays at format 2 until the engine has written them and called
+//!   [`BaseStore::finish_natural_order`]: a crash in between builds them again on the next open.
 //!
 //! Lock order: only redb's own locks, taken with at most the engine's `state` lock held (see the
 //! engine's lock order, `engine.rs`).
@@ -39,8 +46,10 @@ pub use copy::{BaseCopyReport, verify_base_file};
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Format 2: every value checksummed. Format 1 (no "format" key) had bare values.
-const FORMAT: u64 = 2;
+/// Format 3: every collection has its natural-order keyspaces. Format 2 had every value
+/// checksummed but no natural order; format 1 (no "format" key) had bare values.
+const FORMAT: u64 = 3;
+const FORMAT_CHECKSUMMED: u64 = 2;
 const CRC_LEN: usize = 4;
 
 fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
@@ -182,6 +191,8 @@ pub struct BaseVerifyReport {
 pub(crate) struct BaseStore {
     db: Database,
     path: PathBuf,
+    /// Opened at format 1 or 2: the natural-order keyspaces are still to be built.
+    natural_pending: std::sync::atomic::AtomicBool,
 }
 
 impl BaseStore {
@@ -197,12 +208,14 @@ impl BaseStore {
             ),
             e => err(&format!("cannot open {}", path.display()), e),
         })?;
-        let store = BaseStore {
+        let mut store = BaseStore {
             db,
             path: path.to_path_buf(),
+            natural_pending: Default::default(),
         };
         store.guard("create tables", || store.create_tables())??;
-        store.guard("upgrade", || store.upgrade())??;
+        let pending = store.guard("upgrade", || store.upgrade())??;
+        store.natural_pending = pending.into();
         Ok(store)
     }
 
@@ -236,9 +249,10 @@ impl BaseStore {
         txn.commit().map_err(|e| err("commit", e))
     }
 
-    /// Brings a format-1 file (values without checksums) to the current format, in one redb
-    /// transaction; a new file just gets the format recorded.
-    fn upgrade(&self) -> Result<(), StorageError> {
+    /// Brings a format-1 file (values without checksums) to format 2, in one redb
+    /// transaction; a new file just gets format 2 recorded. Returns whether the file is below
+    /// format 3 (natural order still to be built by the engine).
+    fn upgrade(&self) -> Result<bool, StorageError> {
         let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
@@ -246,12 +260,14 @@ impl BaseStore {
                 Ok(m.get(k).map_err(|e| err("meta", e))?.map(|v| v.value()))
             };
             match get(&meta, "format")? {
-                Some(FORMAT) => return Ok(()),
+                Some(FORMAT) => return Ok(false),
+                Some(FORMAT_CHECKSUMMED) => return Ok(true),
                 Some(other) => {
                     return Err(err(
                         "format",
                         format!(
-                            "{} has format {other}; this build reads format {FORMAT}",
+                            "{} has format {other}; this build reads formats 1 to {FORMAT}: \
+                             use the mangrove build that wrote it, or restore a backup",
                             self.path.display()
                         ),
                     ));
@@ -264,9 +280,61 @@ impl BaseStore {
             }
             let checkpoint = get(&meta, "checkpoint_ts")?.unwrap_or(0);
             let next = get(&meta, "next_coll_id")?.unwrap_or(0);
-            write_meta(&mut meta, checkpoint, next)?;
+            write_meta(&mut meta, checkpoint, next, FORMAT_CHECKSUMMED)?;
         }
-        txn.commit().map_err(|e| err("commit", e))
+        txn.commit().map_err(|e| err("commit", e))?;
+        Ok(true)
+    }
+
+    /// Whether the file predates natural order: the engine must build its keyspaces before it
+    /// serves anything (`engine/natural.rs`).
+    pub(crate) fn needs_natural_order(&self) -> bool {
+        self.natural_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes entries of a format upgrade in one redb transaction (durable on return),
+    /// leaving the checkpoint as it is.
+    pub(crate) fn write_entries(
+        &self,
+        entries: &[(u64, DocKey, Timestamp, StoredDoc)],
+    ) -> Result<(), StorageError> {
+        self.guard("upgrade", || -> Result<(), StorageError> {
+            let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
+            {
+                let mut docs = txn.open_table(DOCS).map_err(|e| err("docs table", e))?;
+                for (coll, key, ts, doc) in entries {
+                    let k = doc_key(*coll, key);
+                    docs.insert(k.as_slice(), encode_doc_value(&k, *ts, doc).as_slice())
+                        .map_err(|e| err("upgrade", e))?;
+                }
+            }
+            txn.commit().map_err(|e| err("commit", e))
+        })?
+    }
+
+    /// Records that every collection has its natural-order keyspaces: the file is format 3.
+    pub(crate) fn finish_natural_order(&self) -> Result<(), StorageError> {
+        self.guard("upgrade", || -> Result<(), StorageError> {
+            let txn = self.db.begin_write().map_err(|e| err("begin", e))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
+                let (checkpoint, next) = {
+                    let get = |k: &str| -> Result<u64, StorageError> {
+                        Ok(meta
+                            .get(k)
+                            .map_err(|e| err("meta", e))?
+                            .map_or(0, |v| v.value()))
+                    };
+                    (get("checkpoint_ts")?, get("next_coll_id")?)
+                };
+                write_meta(&mut meta, checkpoint, next, FORMAT)?;
+            }
+            txn.commit().map_err(|e| err("commit", e))?;
+            self.natural_pending
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })?
     }
 
     /// The checkpoint timestamp, the next collection id, and the catalog.
@@ -305,6 +373,30 @@ impl BaseStore {
         found
             .transpose()
             .map_err(|detail| self.value_damage(coll, key, detail))
+    }
+
+    /// [`BaseStore::get`] of many keys of one keyspace through one read transaction (a
+    /// natural-order scan looks its documents up a chunk at a time).
+    pub(crate) fn get_many<'k>(
+        &self,
+        coll: u64,
+        keys: impl Iterator<Item = &'k DocKey>,
+    ) -> Result<Vec<Option<(Timestamp, StoredDoc)>>, StorageError> {
+        let table = self.docs_table()?;
+        let mut out = Vec::new();
+        for key in keys {
+            let k = doc_key(coll, key);
+            let found = self.guard("get", || -> Result<_, StorageError> {
+                let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
+                Ok(value.map(|v| decode_doc_value(&k, v.value())))
+            })??;
+            out.push(
+                found
+                    .transpose()
+                    .map_err(|detail| self.value_damage(coll, key, detail))?,
+            );
+        }
+        Ok(out)
     }
 
     fn value_damage(&self, coll: u64, key: &DocKey, detail: String) -> StorageError {
@@ -396,7 +488,13 @@ impl BaseStore {
                     .map_err(|e| err("catalog", e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
-            write_meta(&mut meta, data.ts.0, data.next_coll_id)?;
+            // A checkpoint never marks natural order built: only `finish_natural_order` does.
+            let format = if self.needs_natural_order() {
+                FORMAT_CHECKSUMMED
+            } else {
+                FORMAT
+            };
+            write_meta(&mut meta, data.ts.0, data.next_coll_id, format)?;
         }
         txn.commit().map_err(|e| err("commit", e))
     }
@@ -472,11 +570,12 @@ fn write_meta(
     meta: &mut redb::Table<&str, u64>,
     checkpoint: u64,
     next_coll_id: u64,
+    format: u64,
 ) -> Result<(), StorageError> {
     for (k, v) in [
         ("checkpoint_ts", checkpoint),
         ("next_coll_id", next_coll_id),
-        ("format", FORMAT),
+        ("format", format),
         ("meta_crc", meta_crc(checkpoint, next_coll_id)),
     ] {
         meta.insert(k, v).map_err(|e| err("meta", e))?;

@@ -73,6 +73,7 @@ mod catalog;
 mod checkpoint;
 mod commit;
 mod history;
+mod natural;
 mod ranges;
 mod read_view;
 mod recovery;

@@ -616,8 +616,9 @@ fn move_collection(txn: &mut Txn, from: &str, to: &str) -> CommandResult<()> {
     for index in &source.indexes {
         target = txn.create_index(to, index.spec.clone())?;
     }
+    // Copied in natural order, so the target keeps it.
     let mut docs = Vec::new();
-    txn.scan(&source, None, |key, doc| {
+    crate::access::walk_natural(&*txn, &source, None, false, &mut |_, key, doc| {
         docs.push((key.clone(), doc.clone()));
         std::ops::ControlFlow::Continue(())
     })?;

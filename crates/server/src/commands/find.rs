@@ -2,7 +2,7 @@
 //! rest in a cursor (streamed from the snapshot, or computed at once when it must be).
 
 use std::collections::VecDeque;
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use bson::RawDocumentBuf;
@@ -476,7 +476,7 @@ fn scan_range(access: &Access) -> (Option<mangrove_query::KeyInterval>, bool) {
         Access::IdRange {
             bounds, reverse, ..
         } => (bounds.intervals.first().cloned(), *reverse),
-        Access::CollectionBackward => (Some((Bound::Unbounded, Bound::Unbounded)), true),
+        Access::CollectionBackward => (None, true),
         _ => (None, false),
     }
 }

@@ -25,8 +25,8 @@ use std::path::Path;
 use redb::{Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable};
 
 use super::{
-    CATALOG, DOCS, META, corruption, decode_catalog_entry, decode_doc_value, err, guarded, hex,
-    read_meta, write_meta,
+    CATALOG, DOCS, FORMAT, META, corruption, decode_catalog_entry, decode_doc_value, err, guarded,
+    hex, read_meta, write_meta,
 };
 use crate::{StorageError, Timestamp};
 
@@ -134,7 +134,7 @@ impl Batch {
             }
             let mut meta = txn.open_table(META).map_err(|e| err("meta table", e))?;
             if let Some((checkpoint, next)) = last {
-                write_meta(&mut meta, checkpoint, next)?;
+                write_meta(&mut meta, checkpoint, next, FORMAT)?;
             }
         }
         self.bytes = 0;

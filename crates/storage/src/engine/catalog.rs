@@ -78,8 +78,11 @@ impl CollectionInfo {
     }
 
     /// The keyspaces this collection owns: its documents and each index's entries.
+    /// Every keyspace the collection owns: its documents, its natural order, its indexes.
     pub(super) fn keyspaces(&self) -> impl Iterator<Item = CollId> + '_ {
-        std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
+        std::iter::once(self.id)
+            .chain(super::natural::natural_ids(self.id))
+            .chain(self.indexes.iter().map(|i| i.id))
     }
 
     pub(super) fn same_indexes(&self, other: &CollectionInfo) -> bool {

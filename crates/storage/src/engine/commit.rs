@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::catalog::{CollectionInfo, INDEX_ENTRY_OVERHEAD};
+use super::natural::{self, NaturalChange};
 use super::versions::{DocWrite, State, VersionChain, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, lock_mutex, wall_clock_ms};
 use crate::histogram::{Histogram, HistogramSnapshot};
@@ -72,6 +73,10 @@ impl LogProgress {
 /// Where a rejected commit's error goes: set once by the writer, read by the commit's ticket.
 pub(super) type Rejection = Arc<OnceLock<StorageError>>;
 
+/// What one natural-order change holds in memory: two entries (position and owner), each a
+/// chain, a small value and a key.
+const NATURAL_CHANGE_COST: u64 = 2 * INDEX_ENTRY_OVERHEAD + 48;
+
 /// A commit waiting for the log writer.
 pub(super) struct PendingCommit {
     pub(super) ts: Timestamp,
@@ -82,6 +87,8 @@ pub(super) struct PendingCommit {
     pub(super) catalog: BTreeMap<String, Option<Arc<CollectionInfo>>>,
     /// Namespaces in `catalog` created "if absent" (see [`Txn::create_collection_shared`]).
     pub(super) shared_creates: BTreeSet<String>,
+    /// Natural-order changes, in log order; positions are handed out at install.
+    pub(super) natural: Vec<NaturalChange>,
     pub(super) rejected: Rejection,
 }
 
@@ -331,7 +338,11 @@ impl Engine {
             .iter()
             .flat_map(|c| c.index_writes.keys())
             .map(|(_, k)| k.0.len() as u64 + INDEX_ENTRY_OVERHEAD)
-            .sum();
+            .sum::<u64>()
+            + commits
+                .iter()
+                .map(|c| c.natural.len() as u64 * NATURAL_CHANGE_COST)
+                .sum::<u64>();
         let derived_total = self
             .inner
             .derived_bytes
@@ -439,6 +450,7 @@ impl Engine {
             // Prune what this commit made unreachable, bounded by the oldest live reader.
             let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
             prune_after(&mut state, &commit, oldest);
+            natural::install(&mut state, ts, &commit.natural, oldest);
         }
     }
 }

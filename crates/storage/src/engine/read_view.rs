@@ -46,6 +46,15 @@ pub trait ReadView {
         max: usize,
         reverse: bool,
     ) -> Result<Vec<(DocKey, DocKey)>, StorageError>;
+    /// The documents in natural (insertion) order, past the position `resume`, reversed if
+    /// `reverse`: `visit` gets each one's position, key and document.
+    fn scan_natural(
+        &self,
+        coll: &CollectionInfo,
+        resume: Option<&DocKey>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&DocKey, &DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError>;
 }
 
 impl ReadView for Snapshot {
@@ -91,6 +100,16 @@ impl ReadView for Snapshot {
     ) -> Result<(), StorageError> {
         Snapshot::scan_range(self, coll, interval, resume, reverse, visit)
     }
+
+    fn scan_natural(
+        &self,
+        coll: &CollectionInfo,
+        resume: Option<&DocKey>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&DocKey, &DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Snapshot::scan_natural(self, coll, resume, reverse, visit)
+    }
 }
 
 impl ReadView for Txn {
@@ -135,5 +154,15 @@ impl ReadView for Txn {
         visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         Txn::scan_range(self, coll, interval, resume, reverse, visit)
+    }
+
+    fn scan_natural(
+        &self,
+        coll: &CollectionInfo,
+        resume: Option<&DocKey>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&DocKey, &DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        Txn::scan_natural(self, coll, resume, reverse, visit)
     }
 }

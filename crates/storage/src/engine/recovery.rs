@@ -68,7 +68,11 @@ impl Engine {
             &dir.join("base.redb"),
             options.cache_bytes / 4,
         )?);
-        let mut state = load_base(base, &options.partial_filters)?;
+        let mut state = load_base(base.clone(), &options.partial_filters)?;
+        if base.needs_natural_order() && !options.read_only {
+            super::natural::upgrade_base(&base, &state)?;
+        }
+        super::natural::load_positions(&mut state)?;
         let log_dir = dir.join("log");
         let mut report = RecoveryReport::default();
         let scan = scan_and_cut(

@@ -1,6 +1,6 @@
-//! Replay: applying one logged transaction to the state during recovery. Index entries are not
-//! in the log; they are derived again from the documents, exactly as the live commit derived
-//! them.
+//! Replay: applying one logged transaction to the state during recovery. Index entries and
+//! natural positions are not in the log; they are derived again from the documents, exactly as
+//! the live commit derived them.
 //!
 //! Invariants:
 //! - records replay in log order, which is timestamp order, so chains grow as they did live;
@@ -19,6 +19,7 @@ use bson::Document;
 use super::catalog::{
     CollectionInfo, IndexInfo, compile_index, entry_value, multikey_marker, multikey_value,
 };
+use super::natural;
 use super::ranges::merge_overlay;
 use super::versions::{State, VersionChain, set_recovered};
 use super::{CollId, DocKey, StoredDoc};
@@ -49,11 +50,20 @@ pub(super) fn replay(
             LogOp::SetCollectionOptions { ns, options } => {
                 replay_set_options(state, ts, ns, options)?;
             }
-            LogOp::Insert { ns, key, doc } | LogOp::Update { ns, key, doc, .. } => {
+            LogOp::Insert { ns, key, doc } => {
+                let key = DocKey(key.clone());
+                replay_doc(state, ns, ts, key.clone(), Some(doc))?;
+                let coll = current_info(state, ns, ts)?.id;
+                natural::replay_insert(state, ts, coll, &key);
+            }
+            LogOp::Update { ns, key, doc, .. } => {
                 replay_doc(state, ns, ts, DocKey(key.clone()), Some(doc))?;
             }
             LogOp::Delete { ns, key, .. } => {
-                replay_doc(state, ns, ts, DocKey(key.clone()), None)?;
+                let key = DocKey(key.clone());
+                replay_doc(state, ns, ts, key.clone(), None)?;
+                let coll = current_info(state, ns, ts)?.id;
+                natural::replay_delete(state, ts, coll, &key).map_err(|e| e.to_string())?;
             }
             // An annotation describes the record's other ops; it changes nothing.
             LogOp::Command { .. } => {}

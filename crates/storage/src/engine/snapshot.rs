@@ -16,6 +16,7 @@ use mangrove_bson::KeyInterval;
 
 use super::catalog::{CollectionInfo, IndexInfo, collect_entries, multikey_marker};
 use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay};
+use super::versions::State;
 use super::{CollId, DocKey, Engine, StoredDoc, lock_mutex, split_ns};
 use crate::{StorageError, Timestamp};
 
@@ -212,13 +213,26 @@ impl Snapshot {
         lower: Bound<&DocKey>,
         upper: Bound<&DocKey>,
         reverse: bool,
+        visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let state = self.engine.read_state();
+        self.scan_in_state(&state, id, lower, upper, reverse, visit)
+    }
+
+    /// [`Snapshot::scan_in`] under a lock the caller holds.
+    pub(super) fn scan_in_state(
+        &self,
+        state: &State,
+        id: CollId,
+        lower: Bound<&DocKey>,
+        upper: Bound<&DocKey>,
+        reverse: bool,
         mut visit: impl FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         if empty_range(lower, upper) {
             // BTreeMap::range panics on an inverted range.
             return Ok(());
         }
-        let state = self.engine.read_state();
         let read_ts = self.read_ts;
         let memory: Box<dyn Iterator<Item = (&DocKey, Option<&StoredDoc>)>> =
             match state.collections.get(&id) {

@@ -279,7 +279,9 @@ impl Txn {
             });
         }
         let ops = self.log_ops();
-        let record = match txlog::encode_record(&self.meta, &ops) {
+        let prepared = txlog::encode_record(&self.meta, &ops)
+            .and_then(|record| Ok((record, self.natural_changes()?)));
+        let (record, natural) = match prepared {
             Ok(r) => r,
             Err(e) => {
                 self.release();
@@ -295,6 +297,7 @@ impl Txn {
             index_writes: std::mem::take(&mut self.index_writes),
             catalog: std::mem::take(&mut self.catalog),
             shared_creates: std::mem::take(&mut self.shared_creates),
+            natural,
             rejected: rejected.clone(),
         };
         let progress = engine.inner.progress.subscribe();

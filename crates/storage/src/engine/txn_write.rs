@@ -137,10 +137,20 @@ impl Txn {
                 return Err(e);
             }
         }
-        // An update of a document this transaction inserted is still, to others, an insert.
-        let write = match self.docs.get(&(coll.id, key.clone())) {
-            Some(DocWrite::Insert(_)) => DocWrite::Insert(doc),
-            _ => DocWrite::Update(doc),
+        // A document that did not exist before this transaction is, to others, inserted: an
+        // update of one it inserted, or a write of a key nobody had (natural order and the log
+        // both depend on telling the two apart).
+        let existed = match &pre {
+            Some(snapshot_version) => snapshot_version.is_some(),
+            None => self
+                .origins
+                .get(&(coll.id, key.clone()))
+                .is_some_and(|o| o.pre.is_some()),
+        };
+        let write = if existed {
+            DocWrite::Update(doc)
+        } else {
+            DocWrite::Insert(doc)
         };
         self.record_write(coll, key, write, pre, replaces);
         Ok(())

@@ -171,6 +171,9 @@ pub(super) struct State {
     /// The newest commit that wrote documents of each collection: an index build whose
     /// snapshot predates it would miss that write.
     pub(super) last_write: HashMap<CollId, Timestamp>,
+    /// Each collection's next natural position (`natural.rs`); a collection missing here has
+    /// none yet, in memory or in the base store.
+    pub(super) natural_next: HashMap<CollId, u64>,
 }
 
 impl State {
