@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document, RawDocumentBuf};
@@ -155,9 +156,28 @@ pub(crate) struct Pulling<'s> {
     /// The last stage's documents are the pipeline's results, so a blocking stage can refuse
     /// one too large to return before serializing it.
     pub(crate) results: bool,
-    /// A runner's own stages: each stage's view of the spill store, so each knows whether it
-    /// spilled. A sub-pipeline's stages spill through their enclosing stage's.
-    pub(crate) spill: Option<&'s [StageStore]>,
+    /// A runner's own stages: what each did (see [`StageRun`]). A sub-pipeline's stages are
+    /// counted in their enclosing stage and spill through its view of the store.
+    pub(crate) stages: Option<&'s [StageRun]>,
+}
+
+/// One of a runner's stages as it runs, for `explain`: the documents it answered and, under
+/// `allowDiskUse`, its own view of the spill store, which notes whether it spilled.
+#[derive(Default)]
+pub(crate) struct StageRun {
+    returned: AtomicU64,
+    spill: Option<StageStore>,
+}
+
+/// What one stage of a [`Runner`] did, as `explain` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageStats {
+    /// The stage's name as run (`$fill`, for one, runs as `$setWindowFields` and `$addFields`).
+    pub name: &'static str,
+    /// The documents it answered.
+    pub returned: u64,
+    /// Whether it spilled to disk; `None` for a stage that never spills.
+    pub used_disk: Option<bool>,
 }
 
 /// The next document out of the last of `stages`.
@@ -179,8 +199,9 @@ pub(crate) fn pull(
     };
     let mut upstream = || pull(up_stages, up_states, input, ctx, up_how);
     let max = how.results.then_some(limits::MAX_RESULT_DOCUMENT_BYTES);
+    let run = how.stages.and_then(|s| s.get(up_stages.len()));
     let own;
-    let ctx = match how.spill.and_then(|s| s.get(up_stages.len())) {
+    let ctx = match run.and_then(|r| r.spill.as_ref()) {
         Some(store) => {
             own = Ctx {
                 foreign: ctx.foreign,
@@ -191,7 +212,11 @@ pub(crate) fn pull(
         }
         None => ctx,
     };
-    step(stage, state, &mut upstream, ctx, max)
+    let step = step(stage, state, &mut upstream, ctx, max)?;
+    if let (Some(run), Step::Doc(_)) = (run, &step) {
+        run.returned.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(step)
 }
 
 type Upstream<'u> = dyn FnMut() -> Result<Step, QueryError> + 'u;
@@ -740,7 +765,7 @@ impl Run {
         }
         let how = Pulling {
             results: self.results,
-            spill: None,
+            stages: None,
         };
         let step = pull(stages, &mut self.states, &mut self.input, ctx, how)?;
         self.ended = matches!(step, Step::End);
@@ -1015,14 +1040,15 @@ pub struct Runner {
     input: Input,
     foreign: Handed,
     ended: bool,
-    /// Where each stage spills (`allowDiskUse`), noting that it did; empty when they may not.
-    spill: Vec<StageStore>,
+    /// What each stage did so far, and where it spills (`allowDiskUse`).
+    runs: Vec<StageRun>,
 }
 
 impl Runner {
     pub(crate) fn new(pipeline: Pipeline, foreign: HashMap<String, Vec<RawDocumentBuf>>) -> Runner {
         let skip = usize::from(pipeline.leading_match().is_some());
         let states = fresh_states(&pipeline.stages[skip..]);
+        let stages = states.len();
         let foreign = Handed(foreign.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
         Runner {
             pipeline,
@@ -1031,21 +1057,46 @@ impl Runner {
             input: Input::default(),
             foreign,
             ended: false,
-            spill: Vec::new(),
+            runs: std::iter::repeat_with(StageRun::default)
+                .take(stages)
+                .collect(),
         }
     }
 
     /// Lets blocking stages spill to `store` past their memory limits (`allowDiskUse`).
     pub fn allow_disk_use(&mut self, store: Arc<dyn SpillStore>) {
-        let stages = self.states.len();
-        self.spill = (0..stages)
-            .map(|_| StageStore::new(store.clone()))
-            .collect();
+        for run in &mut self.runs {
+            run.spill = Some(StageStore::new(store.clone()));
+        }
     }
 
     /// Whether a stage has spilled to disk so far (mongod's `usedDisk`).
     pub fn used_disk(&self) -> bool {
-        self.spill.iter().any(StageStore::used)
+        self.runs
+            .iter()
+            .any(|r| r.spill.as_ref().is_some_and(StageStore::used))
+    }
+
+    /// What each stage has done so far, for `explain`: the stages after a leading `$match`,
+    /// which the caller applies while reading ([`Runner::applies_leading_match`]).
+    pub fn stage_stats(&self) -> Vec<StageStats> {
+        let stages = &self.pipeline.stages[self.skip..];
+        stages
+            .iter()
+            .zip(&self.runs)
+            .map(|(stage, run)| StageStats {
+                name: stage.name(),
+                returned: run.returned.load(Ordering::Relaxed),
+                used_disk: stage
+                    .may_spill()
+                    .then(|| run.spill.as_ref().is_some_and(StageStore::used)),
+            })
+            .collect()
+    }
+
+    /// Whether the pipeline's leading `$match` is the caller's to apply (not a stage here).
+    pub fn applies_leading_match(&self) -> bool {
+        self.skip == 1
     }
 
     /// Adds an input document (one that passed the leading `$match`).
@@ -1080,7 +1131,7 @@ impl Runner {
         let stages = &self.pipeline.stages[self.skip..];
         let top = Pulling {
             results: true,
-            spill: (!self.spill.is_empty()).then_some(&self.spill[..]),
+            stages: Some(&self.runs[..]),
         };
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
         let step = crate::text_meta::with_scorer(scorer.as_ref(), || {

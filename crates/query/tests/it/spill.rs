@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::{
-    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, Step,
+    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, StageStats, Step,
 };
 
 /// Runs written through the files it opened, and the files still open.
@@ -641,4 +641,43 @@ fn the_runner_reports_used_disk_for_a_spilled_sample_and_densify() {
         while let Step::Doc(_) = runner.step().unwrap() {}
         assert_eq!(runner.used_disk(), spills, "{stages:?}");
     }
+}
+
+#[test]
+fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
+    let docs = input(2000);
+    let stages = vec![
+        doc! { "$match": { "_id": { "$gte": 0 } } },
+        doc! { "$sort": { "k": 1 } },
+        doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
+        doc! { "$project": { "n": 1 } },
+    ];
+    let mut runner = pipeline(stages, 20_000).into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(MemoryStore::default()));
+    assert!(runner.applies_leading_match());
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    while let Step::Doc(_) = runner.step().unwrap() {}
+    let stat = |name, returned, used_disk| StageStats {
+        name,
+        returned,
+        used_disk,
+    };
+    assert_eq!(
+        runner.stage_stats(),
+        vec![
+            stat("$sort", 2000, Some(true)),
+            stat("$group", 13, Some(false)),
+            stat("$project", 13, None),
+        ]
+    );
+    // Without allowDiskUse nothing spills, and the stages still report false.
+    let small = vec![doc! { "$sort": { "k": 1 } }];
+    let mut runner = pipeline(small, usize::MAX).into_runner(HashMap::new());
+    runner.feed(RawDocumentBuf::try_from(&docs[0]).unwrap());
+    runner.end_input();
+    while let Step::Doc(_) = runner.step().unwrap() {}
+    assert_eq!(runner.stage_stats(), vec![stat("$sort", 1, Some(false))]);
 }
