@@ -297,3 +297,122 @@ def test_a_large_set_window_fields_spills_a_partition_at_a_time(server, coll):
     with pytest.raises(OperationFailure) as e:
         list(coll.aggregate(pipeline, allowDiskUse=False))
     assert e.value.code == 5643011
+
+
+def profiled_used_disk(coll, pipeline, comment):
+    coll.database.command("profile", 2)
+    try:
+        list(coll.aggregate(pipeline, comment=comment))
+    finally:
+        coll.database.command("profile", 0)
+    [entry] = coll.database.system.profile.find({"command.comment": comment, "op": "command"})
+    return entry.get("usedDisk", False)
+
+
+def test_a_large_sample_spills_and_stays_a_uniform_sample_without_duplicates(server, coll):
+    # 1,000 documents of ~1 KB: twice the 512 KiB limit, so the top 1,000 by random key spill.
+    pipeline = [{"$sample": {"size": 1000}}, {"$project": {"pad": 0}}]
+    means = []
+    for _ in range(3):
+        cursor = coll.aggregate(pipeline, batchSize=10)
+        first = [next(cursor) for _ in range(10)]
+        # Between batches the kept documents are being merged from their runs on disk.
+        assert len(tmp_files(server)) == 1
+        got = first + list(cursor)
+        assert tmp_files(server) == []
+        ids = [d["_id"] for d in got]
+        assert len(ids) == 1000 and len(set(ids)) == 1000
+        assert all(d == {"_id": d["_id"], "k": (d["_id"] * 7919) % 17, "s": f"{(d['_id'] * 31) % 101:03}"} for d in got)
+        assert ids != sorted(ids)
+        # Every third of the input is represented about equally (333 expected, σ ≈ 12).
+        thirds = [sum(1 for i in ids if i * 3 // N == t) for t in range(3)]
+        assert all(250 <= n <= 420 for n in thirds), thirds
+        means.append(sum(ids) / len(ids))
+    assert len(set(means)) == 3, "three samples were the same"
+    # A size above the input's answers every document once.
+    assert sorted(d["_id"] for d in coll.aggregate([{"$sample": {"size": 5000}}])) == list(range(N))
+    assert profiled_used_disk(coll, pipeline, "sample spill") is True
+    assert profiled_used_disk(coll, [{"$sample": {"size": 10}}], "small sample") is False
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline, allowDiskUse=False))
+    assert e.value.code == 292
+    assert "$sample" in str(e.value)
+
+
+def test_a_large_densify_spills_and_equals_the_in_memory_result(server, coll):
+    pipeline = [
+        {"$densify": {"field": "_id", "partitionByFields": ["k"], "range": {"step": 1, "bounds": "partition"}}},
+        {"$project": {"pad": 0, "s": 0}},
+    ]
+    cursor = coll.aggregate(pipeline, batchSize=100)
+    first = [next(cursor) for _ in range(100)]
+    assert len(tmp_files(server)) == 1
+    got = first + list(cursor)
+    assert tmp_files(server) == []
+    # By partition, then value: each partition's ids, from its lowest to its highest, filled.
+    expected = []
+    for k in range(17):
+        ids = [i for i in range(N) if (i * 7919) % 17 == k]
+        expected += [{"_id": v, "k": k} for v in range(ids[0], ids[-1] + 1)]
+    assert len(got) == len(expected) and got == expected
+    # `full` bounds with an explicit step over a smaller input (still past the limit).
+    full = [
+        {"$match": {"k": {"$lt": 3}}},
+        {"$densify": {"field": "_id", "partitionByFields": ["k"], "range": {"step": 100, "bounds": [0, 3000]}}},
+        {"$project": {"pad": 0, "s": 0}},
+    ]
+    got = list(coll.aggregate(full))
+    expected = []
+    for k in range(3):
+        ids = {i for i in range(N) if (i * 7919) % 17 == k}
+        values = sorted(ids | set(range(0, 3000, 100)))
+        expected += [{"_id": v, "k": k} for v in values]
+    assert got == expected
+    assert profiled_used_disk(coll, pipeline, "densify spill") is True
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(pipeline, allowDiskUse=False))
+    assert e.value.code == 292
+    assert "$densify" in str(e.value)
+
+
+def explain_stages(db, pipeline, **options):
+    command = {"aggregate": "big", "pipeline": pipeline, "cursor": {}, **options}
+    return db.command("explain", command, verbosity="executionStats")["stages"]
+
+
+def test_explain_reports_used_disk_per_stage(server, db, coll):
+    pipeline = [
+        {"$match": {"_id": {"$gte": 0}}},
+        {"$sort": {"k": 1}},
+        {"$group": {"_id": "$k", "n": {"$sum": 1}}},
+        {"$sort": {"_id": -1}},
+        {"$project": {"n": 1}},
+    ]
+    stages = explain_stages(db, pipeline)
+    cursor, first_sort, group, second_sort, project = stages
+    assert cursor["$cursor"]["queryPlanner"]["parsedQuery"] == {"_id": {"$gte": 0}}
+    assert cursor["$cursor"]["executionStats"]["totalDocsExamined"] == N
+    assert cursor["nReturned"] == N
+    # The 3 MB sort spilled; the 17 groups and their sort stayed in memory.
+    assert first_sort == {"$sort": {"k": 1}, "usedDisk": True, "nReturned": N,
+                          "executionTimeMillisEstimate": first_sort["executionTimeMillisEstimate"]}
+    assert group["$group"] == {"_id": "$k", "n": {"$sum": 1}}
+    assert (group["usedDisk"], group["nReturned"]) == (False, 17)
+    assert (second_sort["usedDisk"], second_sort["nReturned"]) == (False, 17)
+    # A stage that cannot spill has no usedDisk, as in mongod.
+    assert "usedDisk" not in project and project["nReturned"] == 17
+    assert tmp_files(server) == []
+    # $sample and $densify report theirs; without allowDiskUse nothing spills.
+    [_, sample] = explain_stages(db, [{"$sample": {"size": 1000}}])
+    assert (sample["usedDisk"], sample["nReturned"]) == (True, 1000)
+    [_, densify] = explain_stages(db, [{"$densify": {"field": "_id", "range": {"step": 1, "bounds": "full"}}}])
+    assert (densify["usedDisk"], densify["nReturned"]) == (True, N)
+    [_, small] = explain_stages(db, [{"$match": {"_id": {"$lt": 5}}}, {"$sort": {"k": 1}}])
+    assert small["usedDisk"] is False and small["nReturned"] == 5
+    with pytest.raises(OperationFailure) as e:
+        explain_stages(db, [{"$sort": {"k": 1}}], allowDiskUse=False)
+    assert e.value.code == 292
+    # A pipeline that is its $match alone is the query's explain, as mongod gives it.
+    reply = db.command("explain", {"aggregate": "big", "pipeline": [{"$match": {"k": 1}}], "cursor": {}},
+                       verbosity="executionStats")
+    assert "stages" not in reply and reply["executionStats"]["nReturned"] == len([i for i in range(N) if (i * 7919) % 17 == 1])

@@ -3,9 +3,11 @@
 //! an `$addFields` of `$ifNull`s for its values, as mongod desugars it).
 //!
 //! Invariants:
-//! - `$densify` is blocking here: it holds its input (bounded by `Limits::stage_bytes`, 292)
-//!   and sorts it by partition, then field, before generating. Generated values are always
-//!   `lower + k * step`; a document already at a generated value stands for it.
+//! - `$densify` sorts its input by partition, then field, through the stage's sort (bounded by
+//!   `Limits::stage_bytes`, 292, or spilled under `allowDiskUse`, as mongod's `$sort` before
+//!   its `$_internalDensify`), then streams: it holds one input document and the next value.
+//!   Generated values are always `lower + k * step`; a document already at a generated value
+//!   stands for it.
 //! - At most [`MAX_GENERATED`] documents are generated per stage (mongod's
 //!   `internalQueryMaxAllowedDensifyDocs`, 5897900), so a tiny step cannot exhaust memory.
 
@@ -16,10 +18,10 @@ use crate::QueryError;
 use crate::doc_ops::{nested, raw_err, set_path, to_raw};
 use crate::expr::{Expr, add_months, cmp_bson, sum_values};
 use crate::path::split_path;
-use crate::run_ctx::Ctx;
 use crate::window::Window;
 use crate::window_fn::{Func, Output};
 use crate::window_spec::{Bound, Bounds, parse_unit, type_of};
+use crate::window_spill::Entries;
 
 /// mongod's default `internalQueryMaxAllowedDensifyDocs`.
 const MAX_GENERATED: usize = 500_000;
@@ -251,124 +253,171 @@ impl Densify {
     }
 }
 
-/// One partition's key and its documents with their field values, in order.
-type Group = (Vec<Option<Bson>>, Vec<(Option<Bson>, RawDocumentBuf)>);
+/// The lowest and highest value of the field over the whole input, which `full` bounds need
+/// before the first partition is filled.
+pub(crate) type Span = Option<(Bson, Bson)>;
 
-pub(crate) fn run(
-    spec: &Densify,
-    docs: Vec<RawDocumentBuf>,
-    ctx: &Ctx<'_>,
-) -> Result<Vec<RawDocumentBuf>, QueryError> {
-    let mut keyed = Vec::with_capacity(docs.len());
-    for d in docs {
-        keyed.push((spec.partition(&d)?, spec.value(&d)?, d));
+/// A partition's values, a missing one as MinKey (below every value), as one array.
+fn part_bson(p: &[Option<Bson>]) -> Bson {
+    Bson::Array(
+        p.iter()
+            .map(|v| v.clone().unwrap_or(Bson::MinKey))
+            .collect(),
+    )
+}
+
+impl Densify {
+    /// What the input is sorted by before densifying: the partition, then the field's value
+    /// (missing or null first), as one array. Under `full` bounds it also widens `span`.
+    pub(crate) fn sort_key(
+        &self,
+        d: &bson::RawDocument,
+        span: &mut Span,
+    ) -> Result<Bson, QueryError> {
+        let part = part_bson(&self.partition(d)?);
+        let v = self.value(d)?;
+        if let (Range::Full, Some(v)) = (&self.bounds, &v) {
+            *span = Some(match span.take() {
+                None => (v.clone(), v.clone()),
+                Some((lo, hi)) => (
+                    if cmp_bson(v, &lo).is_lt() {
+                        v.clone()
+                    } else {
+                        lo
+                    },
+                    if cmp_bson(v, &hi).is_gt() {
+                        v.clone()
+                    } else {
+                        hi
+                    },
+                ),
+            });
+        }
+        Ok(Bson::Array(vec![part, v.unwrap_or(Bson::Null)]))
     }
-    let part_bson = |p: &[Option<Bson>]| {
-        Bson::Array(
-            p.iter()
-                .map(|v| v.clone().unwrap_or(Bson::MinKey))
-                .collect(),
-        )
-    };
-    let val = |v: &Option<Bson>| v.clone().unwrap_or(Bson::Null);
-    keyed.sort_by(|a, b| {
-        cmp_bson(&part_bson(&a.0), &part_bson(&b.0)).then_with(|| cmp_bson(&val(&a.1), &val(&b.1)))
-    });
-    let mut groups: Vec<Group> = Vec::new();
-    for (p, v, d) in keyed {
-        match groups.last_mut() {
-            Some((q, items)) if cmp_bson(&part_bson(q), &part_bson(&p)).is_eq() => {
-                items.push((v, d))
-            }
-            _ => groups.push((p, vec![(v, d)])),
+
+    /// Where generation starts in a new partition (`partition` bounds: at its first value).
+    fn start(&self, span: &Span) -> Option<Bson> {
+        match &self.bounds {
+            Range::Full => span.as_ref().map(|(lo, _)| lo.clone()),
+            Range::Explicit(b) => Some(b.0.clone()),
+            Range::Partition => None,
         }
     }
-    let full = full_range(&groups);
-    let mut out = Vec::new();
-    let (mut generated, mut used) = (0usize, 0usize);
-    for (p, items) in groups {
-        let range = match &spec.bounds {
-            Range::Full => full.clone(),
-            Range::Partition => partition_range(&items),
-            Range::Explicit(b) => Some((b.0.clone(), b.1.clone(), false)),
+
+    /// Whether `v` is below the range's upper bound (`partition` bounds generate only between
+    /// a partition's values, so below its highest).
+    fn in_range(&self, v: &Bson, span: &Span) -> bool {
+        let (hi, inclusive) = match &self.bounds {
+            Range::Full => match span {
+                Some((_, hi)) => (hi, true),
+                None => return false,
+            },
+            Range::Explicit(b) => (&b.1, false),
+            Range::Partition => return true,
         };
-        for d in fill_partition(spec, &p, items, range, &mut generated)? {
-            used += d.as_bytes().len();
-            ctx.check("$densify", used)?;
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-/// (lowest, highest, inclusive) over every partition.
-fn full_range(groups: &[Group]) -> Option<(Bson, Bson, bool)> {
-    let values = groups
-        .iter()
-        .flat_map(|(_, items)| items.iter().filter_map(|(v, _)| v.as_ref()));
-    let mut range: Option<(Bson, Bson)> = None;
-    for v in values {
-        range = Some(match range {
-            None => (v.clone(), v.clone()),
-            Some((lo, hi)) => (
-                if cmp_bson(v, &lo).is_lt() {
-                    v.clone()
-                } else {
-                    lo
-                },
-                if cmp_bson(v, &hi).is_gt() {
-                    v.clone()
-                } else {
-                    hi
-                },
-            ),
-        });
-    }
-    range.map(|(lo, hi)| (lo, hi, true))
-}
-
-fn partition_range(items: &[(Option<Bson>, RawDocumentBuf)]) -> Option<(Bson, Bson, bool)> {
-    let mut present = items.iter().filter_map(|(v, _)| v.clone());
-    let lo = present.next()?;
-    let hi = present.next_back().unwrap_or_else(|| lo.clone());
-    Some((lo, hi, true))
-}
-
-fn fill_partition(
-    spec: &Densify,
-    p: &[Option<Bson>],
-    items: Vec<(Option<Bson>, RawDocumentBuf)>,
-    range: Option<(Bson, Bson, bool)>,
-    generated: &mut usize,
-) -> Result<Vec<RawDocumentBuf>, QueryError> {
-    let Some((lo, hi, inclusive)) = range else {
-        return Ok(items.into_iter().map(|(_, d)| d).collect());
-    };
-    let in_range = |v: &Bson| {
-        let o = cmp_bson(v, &hi);
+        let o = cmp_bson(v, hi);
         o.is_lt() || (inclusive && o.is_eq())
-    };
-    let mut cur = lo;
-    let mut out = Vec::new();
-    for (v, d) in items {
-        if let Some(x) = &v {
-            while cmp_bson(&cur, x).is_lt() && in_range(&cur) {
-                out.push(spec.generate(p, &cur, generated)?);
-                cur = spec.next(&cur);
-            }
-            if cmp_bson(&cur, x).is_eq() {
-                cur = spec.next(&cur);
-            }
-        }
-        out.push(d);
     }
-    if !matches!(spec.bounds, Range::Partition) {
-        while in_range(&cur) {
-            out.push(spec.generate(p, &cur, generated)?);
-            cur = spec.next(&cur);
+}
+
+/// A document read from the sorted input and not yet answered: the gap before its value (or
+/// the previous partition's tail) is generated first.
+struct Pending {
+    part: Vec<Option<Bson>>,
+    value: Option<Bson>,
+    doc: RawDocumentBuf,
+}
+
+/// `$densify` over its input sorted by partition, then value (in memory or merged from
+/// spilled runs): each document is answered after the values missing before it, and a
+/// partition's tail up to the upper bound after its last document. Memory holds one document
+/// and the partition's next value, whatever the input's size.
+pub(crate) struct DensifyStream {
+    entries: Entries,
+    span: Span,
+    /// The partition being filled (its first document's values) and the next value to
+    /// generate in it, if any.
+    part: Option<Vec<Option<Bson>>>,
+    cur: Option<Bson>,
+    ahead: Option<Pending>,
+    generated: usize,
+}
+
+impl DensifyStream {
+    pub(crate) fn new(entries: Entries, span: Span) -> DensifyStream {
+        DensifyStream {
+            entries,
+            span,
+            part: None,
+            cur: None,
+            ahead: None,
+            generated: 0,
         }
     }
-    Ok(out)
+
+    /// The next document out: generated or from the input.
+    pub(crate) fn next(&mut self, spec: &Densify) -> Result<Option<RawDocumentBuf>, QueryError> {
+        if self.ahead.is_none() {
+            self.ahead = self.read(spec)?;
+        }
+        let new_part = match (&self.ahead, &self.part) {
+            (Some(p), Some(q)) => cmp_bson(&part_bson(&p.part), &part_bson(q)).is_ne(),
+            _ => true,
+        };
+        if new_part {
+            if let Some(d) = self.tail(spec)? {
+                return Ok(Some(d));
+            }
+            let Some(p) = &self.ahead else {
+                return Ok(None);
+            };
+            self.part = Some(p.part.clone());
+            self.cur = spec.start(&self.span);
+        }
+        let Some(x) = self.ahead.as_ref().and_then(|p| p.value.clone()) else {
+            return Ok(self.ahead.take().map(|p| p.doc));
+        };
+        let cur = self.cur.get_or_insert_with(|| x.clone());
+        if cmp_bson(cur, &x).is_lt() && spec.in_range(cur, &self.span) {
+            return self.generate(spec).map(Some);
+        }
+        if cmp_bson(cur, &x).is_eq() {
+            *cur = spec.next(cur);
+        }
+        Ok(self.ahead.take().map(|p| p.doc))
+    }
+
+    fn read(&mut self, spec: &Densify) -> Result<Option<Pending>, QueryError> {
+        let Some((_, doc)) = self.entries.next().transpose()? else {
+            return Ok(None);
+        };
+        Ok(Some(Pending {
+            part: spec.partition(&doc)?,
+            value: spec.value(&doc)?,
+            doc,
+        }))
+    }
+
+    /// The next value of the finished partition's tail, up to the upper bound (none for
+    /// `partition` bounds, which end at the partition's last value).
+    fn tail(&mut self, spec: &Densify) -> Result<Option<RawDocumentBuf>, QueryError> {
+        match &self.cur {
+            Some(c) if !matches!(spec.bounds, Range::Partition) && spec.in_range(c, &self.span) => {
+                self.generate(spec).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A document at the current value, in the current partition; the value moves one step.
+    fn generate(&mut self, spec: &Densify) -> Result<RawDocumentBuf, QueryError> {
+        let cur = self.cur.take().expect("generating at a value");
+        let part = self.part.as_deref().unwrap_or_default();
+        let d = spec.generate(part, &cur, &mut self.generated)?;
+        self.cur = Some(spec.next(&cur));
+        Ok(d)
+    }
 }
 
 impl Densify {

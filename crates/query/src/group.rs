@@ -730,11 +730,6 @@ impl Grouper {
         Ok(())
     }
 
-    /// Whether the groups have been written to disk.
-    pub(crate) fn spilled(&self) -> bool {
-        self.spilled.is_some()
-    }
-
     /// 146 when crossing the stage limit while updating group `slot` is down to one large
     /// `$push`/`$addToSet` (spilling could not split it; see the module comment).
     fn one_too_large(&self, slot: usize, limits: &Limits) -> Option<QueryError> {

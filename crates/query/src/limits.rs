@@ -145,7 +145,7 @@ pub(crate) fn accumulator_exceeded(op: &str, limit: usize) -> QueryError {
 /// use is not allowed; the message says what can help.
 pub(crate) fn stage_exceeded(stage: &str, limit: usize) -> QueryError {
     let how = match stage {
-        "$sort" | "$group" | "$bucket" => {
+        "$sort" | "$group" | "$bucket" | "$bucketAuto" | "$sample" | "$densify" => {
             "pass allowDiskUse: true (or set allowDiskUseByDefault) to let it spill to disk, or add a $match or $limit earlier in the pipeline to reduce its input"
         }
         _ => {

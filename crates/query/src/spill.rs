@@ -17,6 +17,9 @@
 //! - No stage spills unless the caller gave a store (`allowDiskUse`); without one, the stage
 //!   fails at its memory limit with 292 as before.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bson::RawDocumentBuf;
 
 use crate::{QueryError, SortSpec};
@@ -50,6 +53,35 @@ pub trait SpillFile: Send {
     /// A reader of the run `run` (several may be open at once) that holds at most about
     /// `read_ahead` bytes it has read but not yet returned (besides the record at hand).
     fn read_run(&self, run: RunHandle, read_ahead: usize) -> Result<RunReader, QueryError>;
+}
+
+/// One stage's use of the pipeline's store. It notes that the stage opened a file, so each
+/// stage can tell whether it ever spilled (mongod's per-stage `usedDisk`), whatever it holds
+/// by the time it is asked: a stage that spilled may be answering from memory, or be done.
+pub(crate) struct StageStore {
+    store: Arc<dyn SpillStore>,
+    used: AtomicBool,
+}
+
+impl StageStore {
+    pub(crate) fn new(store: Arc<dyn SpillStore>) -> StageStore {
+        StageStore {
+            store,
+            used: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the stage has opened a spill file.
+    pub(crate) fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+impl SpillStore for StageStore {
+    fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
+        self.used.store(true, Ordering::Relaxed);
+        self.store.open()
+    }
 }
 
 /// A stage's spill file and the runs written to it so far, in input order.

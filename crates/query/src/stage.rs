@@ -52,6 +52,51 @@ pub(crate) enum Stage {
     GeoNear(Box<crate::geo_stage::GeoNear>),
 }
 
+impl Stage {
+    /// The stage's name as it runs (an alias under its main name: `$set` as `$addFields`).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Stage::Match(_) => "$match",
+            Stage::Sort(_) => "$sort",
+            Stage::Skip(_) => "$skip",
+            Stage::Limit(_) => "$limit",
+            Stage::Project(_) => "$project",
+            Stage::AddFields(_) => "$addFields",
+            Stage::ReplaceRoot(_) => "$replaceRoot",
+            Stage::Unset(_) => "$unset",
+            Stage::Count(_) => "$count",
+            Stage::Group(_) => "$group",
+            Stage::Unwind(_) => "$unwind",
+            Stage::Lookup(_) => "$lookup",
+            Stage::Facet(_) => "$facet",
+            Stage::Sample(_) => "$sample",
+            Stage::Documents(_) => "$documents",
+            Stage::Bucket(_) => "$bucket",
+            Stage::UnionWith(..) => "$unionWith",
+            Stage::GraphLookup(_) => "$graphLookup",
+            Stage::BucketAuto(_) => "$bucketAuto",
+            Stage::Window(_) => "$setWindowFields",
+            Stage::Densify(_) => "$densify",
+            Stage::Redact(_) => "$redact",
+            Stage::GeoNear(_) => "$geoNear",
+        }
+    }
+
+    /// Whether the stage spills under `allowDiskUse` (so `explain` reports its `usedDisk`).
+    pub(crate) fn may_spill(&self) -> bool {
+        matches!(
+            self,
+            Stage::Sort(_)
+                | Stage::Group(_)
+                | Stage::Bucket(_)
+                | Stage::BucketAuto(_)
+                | Stage::Window(_)
+                | Stage::Sample(_)
+                | Stage::Densify(_)
+        )
+    }
+}
+
 pub struct Pipeline {
     pub(crate) stages: Vec<Stage>,
     pub(crate) sink: Option<Sink>,

@@ -11,31 +11,34 @@
 //!   $unwind $lookup $graphLookup $unionWith $redact`, `$documents`) hold at most the document they are
 //!   working on (an `$unwind` the one it is unwinding; a `$lookup` its foreign collection and
 //!   index).
-//! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`, and
-//!   `$bucketAuto`, `$setWindowFields`, `$densify`, which hold their input as [`Held`]) absorb their
+//! - Blocking stages (`$sort`, `$group`, `$bucket`, `$facet`, `$sample`, `$count`, `$densify`,
+//!   and `$bucketAuto`, `$setWindowFields`, which hold their input as [`Held`]) absorb their
 //!   whole input before answering, and hold only their own state, each bounded by
-//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292, or, for `$sort`, `$group`
-//!   and `$bucket` with a spill store, a run written to disk and the memory freed): the documents a `$sort` or
-//!   `$sample` keeps (a `$sort` followed by `$limit n` keeps only the best n), the groups, the
-//!   facets' results, a counter. A blocking stage whose documents are the results refuses one
-//!   too large to return before serializing it.
+//!   `Limits::stage_bytes` (`Limits::group_bytes` for groups; 292, or, for all of them but
+//!   `$facet` and `$count`, with a spill store, a run written to disk and the memory freed):
+//!   the documents a `$sort` or `$sample` keeps (a `$sort` followed by `$limit n` keeps only
+//!   the best n; `$sample` is the top n by a random key), the groups, the facets' results, a
+//!   counter. `$densify` sorts its input, then streams. A blocking stage whose documents are
+//!   the results refuses one too large to return before serializing it.
 //! - Every document a [`Runner`] answers is at most `MAX_RESULT_DOCUMENT_BYTES` (10334), and a
 //!   result collected whole ([`run_with`], [`run_all`]) at most `Limits::stage_bytes` (292).
 //! - Expressions evaluate under the pipeline's `Limits` (`limits::with_limits` around each pull).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bson::raw::RawBsonRef;
 use bson::{Bson, Document, RawDocumentBuf};
 
+use crate::densify::{DensifyStream, Span};
 use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw};
 use crate::expr::random_unit;
 use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, Foreign};
-use crate::spill::{SortMerge, SpillStore, Spilled};
+use crate::spill::{SortMerge, SpillStore, Spilled, StageStore};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
 use crate::window_spill::{Entries, WindowStream};
 use crate::{QueryError, SortSpec};
@@ -92,12 +95,18 @@ pub(crate) enum State {
     Facet(Box<Facets>),
     Sample(Box<Sampler>),
     UnionWith(Option<Box<Run>>),
-    /// `$bucketAuto`, `$setWindowFields`, `$densify`: the whole input (with a key), held.
+    /// `$bucketAuto`, `$setWindowFields`: the whole input (with a key), held.
     Hold(Box<Held>),
+    /// `$densify`: its input in its sort, and the span of its values.
+    Densify(Box<(Sorter, Span)>),
+    /// `$densify`'s sorted input, being densified as it is answered.
+    Densified(Box<DensifyStream>),
     /// A blocking stage's documents, being answered.
     Emit(VecDeque<RawDocumentBuf>),
     /// A `$sort` that spilled: its runs and remainder, being merged.
     Merge(Box<SortMerge>),
+    /// `$sample`'s kept documents, being answered.
+    Drain(Box<Drain>),
     /// A `$setWindowFields` that spilled: its sorted input, answered a partition at a time.
     Windows(Box<WindowStream>),
     /// A `$group`'s or `$bucket`'s groups, being answered.
@@ -131,32 +140,83 @@ pub(crate) fn fresh_states(stages: &[Stage]) -> Vec<State> {
             Stage::Sample(n) => State::Sample(Box::new(Sampler::new(*n))),
             Stage::Documents(_) => State::Plain,
             Stage::UnionWith(..) => State::UnionWith(None),
-            Stage::BucketAuto(_) | Stage::Window(_) | Stage::Densify(_) => {
-                State::Hold(Box::default())
+            Stage::BucketAuto(_) | Stage::Window(_) => State::Hold(Box::default()),
+            Stage::Densify(_) => {
+                let sorter = Sorter::for_stage(None, "$densify");
+                State::Densify(Box::new((sorter, None)))
             }
             _ => State::Plain,
         })
         .collect()
 }
 
-/// The next document out of the last of `stages`. `results`: its documents are the
-/// pipeline's results, so a blocking stage can refuse one too large to return before
-/// serializing it.
+/// How a run's stages are pulled.
+#[derive(Clone, Copy)]
+pub(crate) struct Pulling<'s> {
+    /// The last stage's documents are the pipeline's results, so a blocking stage can refuse
+    /// one too large to return before serializing it.
+    pub(crate) results: bool,
+    /// A runner's own stages: what each did (see [`StageRun`]). A sub-pipeline's stages are
+    /// counted in their enclosing stage and spill through its view of the store.
+    pub(crate) stages: Option<&'s [StageRun]>,
+}
+
+/// One of a runner's stages as it runs, for `explain`: the documents it answered and, under
+/// `allowDiskUse`, its own view of the spill store, which notes whether it spilled.
+#[derive(Default)]
+pub(crate) struct StageRun {
+    returned: AtomicU64,
+    spill: Option<StageStore>,
+}
+
+/// What one stage of a [`Runner`] did, as `explain` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageStats {
+    /// The stage's name as run (`$fill`, for one, runs as `$setWindowFields` and `$addFields`).
+    pub name: &'static str,
+    /// The documents it answered.
+    pub returned: u64,
+    /// Whether it spilled to disk; `None` for a stage that never spills.
+    pub used_disk: Option<bool>,
+}
+
+/// The next document out of the last of `stages`.
 pub(crate) fn pull(
     stages: &[Stage],
     states: &mut [State],
     input: &mut Input,
     ctx: &Ctx<'_>,
-    results: bool,
+    how: Pulling<'_>,
 ) -> Result<Step, QueryError> {
     let (Some((stage, up_stages)), Some((state, up_states))) =
         (stages.split_last(), states.split_last_mut())
     else {
         return Ok(input.next());
     };
-    let mut upstream = || pull(up_stages, up_states, input, ctx, false);
-    let max = results.then_some(limits::MAX_RESULT_DOCUMENT_BYTES);
-    step(stage, state, &mut upstream, ctx, max)
+    let up_how = Pulling {
+        results: false,
+        ..how
+    };
+    let mut upstream = || pull(up_stages, up_states, input, ctx, up_how);
+    let max = how.results.then_some(limits::MAX_RESULT_DOCUMENT_BYTES);
+    let run = how.stages.and_then(|s| s.get(up_stages.len()));
+    let own;
+    let ctx = match run.and_then(|r| r.spill.as_ref()) {
+        Some(store) => {
+            own = Ctx {
+                foreign: ctx.foreign,
+                limits: ctx.limits,
+                spill: Some(store),
+            };
+            &own
+        }
+        None => ctx,
+    };
+    let step = step(stage, state, &mut upstream, ctx, max)?;
+    if let (Some(run), Step::Doc(_)) = (run, &step) {
+        run.returned.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(step)
 }
 
 type Upstream<'u> = dyn FnMut() -> Result<Step, QueryError> + 'u;
@@ -247,6 +307,15 @@ fn answer(
             _ => Step::End,
         },
         State::EmitGroups(groups) => next_group(stage, groups, max, &ctx.limits)?,
+        State::Densified(out) => match stage {
+            Stage::Densify(d) => out.next(d)?.map_or(Step::End, Step::Doc),
+            _ => Step::End,
+        },
+        State::Drain(drain) => drain
+            .entries
+            .next()
+            .transpose()?
+            .map_or(Step::End, |e| Step::Doc(e.1)),
         State::Windows(windows) => match stage {
             Stage::Window(w) => windows.next(w, &ctx.limits)?.map_or(Step::End, Step::Doc),
             _ => Step::End,
@@ -331,7 +400,12 @@ fn blocking(
             State::EmitGroups(Box::new(grouper.finish(&b.accs, Some(b), &ctx.limits)?))
         }
         (Stage::Facet(facets), State::Facet(f)) => State::Emit(f.finish(facets, ctx, max)?.into()),
-        (Stage::Sample(_), State::Sample(s)) => State::Emit(s.finish().into()),
+        (Stage::Sample(_), State::Sample(s)) => State::Drain(s.finish(&ctx.limits)?),
+        (Stage::Densify(_), State::Densify(input)) => {
+            let (sorter, span) = *input;
+            let entries = sorted_entries(sorter, by_key(), &ctx.limits)?;
+            State::Densified(Box::new(DensifyStream::new(entries, span)))
+        }
         (Stage::Window(_), State::Hold(held)) if held.sorted.is_some() => {
             let (sorter, _, order) = held.sorted.expect("checked");
             let entries = sorted_entries(*sorter, order, &ctx.limits)?;
@@ -371,6 +445,11 @@ fn absorb(
         }
         (Stage::Facet(facets), State::Facet(f)) => f.add(facets, d, ctx)?,
         (Stage::Sample(_), State::Sample(s)) => s.add(d, ctx)?,
+        (Stage::Densify(spec), State::Densify(input)) => {
+            let (sorter, span) = &mut **input;
+            let key = spec.sort_key(&d, span)?;
+            sorter.add(wrap_keyed(&key, &d)?, &by_key(), ctx)?;
+        }
         (_, State::Hold(held)) => held.add(stage, d, ctx)?,
         _ => {}
     }
@@ -403,7 +482,8 @@ pub(crate) struct Held {
     sorted: Option<(Box<Sorter>, usize, SortSpec)>,
 }
 
-/// The order `$bucketAuto` walks its input in: by the wrapped key. Wrapping the key in a
+/// The order of a stage's wrapped input: by the wrapped key (`$bucketAuto`'s `groupBy` value,
+/// `$sample`'s random key, `$densify`'s partition and value). Wrapping the key in a
 /// document makes `$sort` compare it as one value (an array as a whole, as `cmp_bson` does),
 /// not by its smallest element.
 fn by_key() -> SortSpec {
@@ -474,7 +554,6 @@ impl Held {
                 Some(order) => self.start_sorting(stage, order, ctx),
                 None => crate::window::check_memory(self.bytes, &ctx.limits),
             },
-            Stage::Densify(_) => ctx.check("$densify", self.bytes),
             _ if spill => self.start_sorting(stage, by_key(), ctx),
             _ => ctx.check("$bucketAuto", self.bytes),
         }
@@ -499,11 +578,6 @@ impl Held {
         self.bytes = 0;
         self.sorted = Some((sorter, count, order));
         Ok(())
-    }
-
-    /// Whether the held input went to the spilling sort.
-    pub(crate) fn spilled(&self) -> bool {
-        self.sorted.as_ref().is_some_and(|(s, _, _)| s.spilled())
     }
 }
 
@@ -544,10 +618,6 @@ fn finish_held(
             let docs = held.docs.into_iter().map(|(_, d)| d).collect();
             crate::window::run(w, docs, &ctx.limits)
         }
-        Stage::Densify(d) => {
-            let docs = held.docs.into_iter().map(|(_, d)| d).collect();
-            crate::densify::run(d, docs, ctx)
-        }
         _ => Ok(Vec::new()),
     }
 }
@@ -572,32 +642,43 @@ pub(crate) struct Sorter {
     bytes: usize,
     keep: Option<usize>,
     spilled: Option<Spilled>,
+    /// The stage named when the sort fails at its limit (`$sample` and `$densify` sort too).
+    stage: &'static str,
 }
 
 impl Sorter {
     fn new(keep: Option<usize>) -> Sorter {
+        Sorter::for_stage(keep, "$sort")
+    }
+
+    fn for_stage(keep: Option<usize>, stage: &'static str) -> Sorter {
         Sorter {
             docs: Vec::new(),
             bytes: 0,
             keep,
             spilled: None,
+            stage,
         }
     }
 
     fn add(&mut self, d: RawDocumentBuf, spec: &SortSpec, ctx: &Ctx<'_>) -> Result<(), QueryError> {
         self.bytes += d.as_bytes().len();
         self.docs.push(d);
-        if let Some(k) = self.keep
-            && self.docs.len() >= k.saturating_mul(2).max(64)
-        {
-            // Sorting stably and truncating keeps exactly the first k of a full stable sort.
-            spec.sort_items(&mut self.docs, |d| d);
-            self.docs.truncate(k);
-            self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
+        if let Some(k) = self.keep {
+            let beyond = self.docs.len().saturating_sub(k);
+            // Past the limit the best k may still fit: prune before spilling or failing, but
+            // only once a quarter of k more has come, so pruning stays amortized O(1) a document.
+            let over = self.bytes > ctx.limits.stage_bytes && beyond >= (k / 4).max(1);
+            if beyond >= k.max(64) || over {
+                // Sorting stably and truncating keeps exactly the first k of a full stable sort.
+                spec.sort_items(&mut self.docs, |d| d);
+                self.docs.truncate(k);
+                self.bytes = self.docs.iter().map(|d| d.as_bytes().len()).sum();
+            }
         }
         match ctx.should_spill(self.bytes) {
             Some(store) => self.spill(spec, store),
-            None => ctx.check("$sort", self.bytes),
+            None => ctx.check(self.stage, self.bytes),
         }
     }
 
@@ -630,55 +711,33 @@ impl Sorter {
             }
         })
     }
-
-    /// Whether the sort has written runs to disk.
-    pub(crate) fn spilled(&self) -> bool {
-        self.spilled.is_some()
-    }
 }
 
-/// `$sample`: a uniform reservoir of at most `n` documents, answered in random order.
-pub(crate) struct Sampler {
-    n: usize,
-    seen: u64,
-    kept: Vec<RawDocumentBuf>,
-    bytes: usize,
-}
+/// `$sample`, as mongod runs it: every document gets a random key and the `n` with the smallest
+/// keys are kept (a uniform sample without replacement), answered in key order, so in random
+/// order. The keeping is the top-n `$sort` on the key, which spills like any `$sort`.
+pub(crate) struct Sampler(Sorter);
 
 impl Sampler {
     fn new(n: usize) -> Sampler {
-        Sampler {
-            n,
-            seen: 0,
-            kept: Vec::new(),
-            bytes: 0,
-        }
+        Sampler(Sorter::for_stage(Some(n), "$sample"))
     }
 
     fn add(&mut self, d: RawDocumentBuf, ctx: &Ctx<'_>) -> Result<(), QueryError> {
-        self.seen += 1;
-        if self.kept.len() < self.n {
-            self.bytes += d.as_bytes().len();
-            self.kept.push(d);
-        } else {
-            // Algorithm R: the new document replaces a kept one with probability n / seen.
-            let j = (random_unit() * self.seen as f64) as u64;
-            if let Some(slot) = usize::try_from(j).ok().filter(|&j| j < self.n) {
-                self.bytes = self.bytes - self.kept[slot].as_bytes().len() + d.as_bytes().len();
-                self.kept[slot] = d;
-            }
-        }
-        ctx.check("$sample", self.bytes)
+        let key = Bson::Double(random_unit());
+        self.0.add(wrap_keyed(&key, &d)?, &by_key(), ctx)
     }
 
-    fn finish(mut self) -> Vec<RawDocumentBuf> {
-        let len = self.kept.len();
-        for i in 0..len {
-            let j = i + ((random_unit() * (len - i) as f64) as usize).min(len - i - 1);
-            self.kept.swap(i, j);
-        }
-        self.kept
+    /// The kept documents, read back (from memory or merged from the runs) without their keys.
+    fn finish(self, limits: &Limits) -> Result<Box<Drain>, QueryError> {
+        let entries = sorted_entries(self.0, by_key(), limits)?;
+        Ok(Box::new(Drain { entries }))
     }
+}
+
+/// A stage's sorted documents being answered.
+pub(crate) struct Drain {
+    entries: Entries,
 }
 
 /// A sub-pipeline's run: its states and its input.
@@ -704,7 +763,11 @@ impl Run {
         if self.ended {
             return Ok(Step::End);
         }
-        let step = pull(stages, &mut self.states, &mut self.input, ctx, self.results)?;
+        let how = Pulling {
+            results: self.results,
+            stages: None,
+        };
+        let step = pull(stages, &mut self.states, &mut self.input, ctx, how)?;
         self.ended = matches!(step, Step::End);
         Ok(step)
     }
@@ -977,17 +1040,15 @@ pub struct Runner {
     input: Input,
     foreign: Handed,
     ended: bool,
-    /// Where blocking stages spill (`allowDiskUse`), if they may.
-    spill: Option<Arc<dyn SpillStore>>,
-    /// A stage spilled at some point: kept once seen, since a stage that spilled (say
-    /// `$bucketAuto`, through its sort) may answer from memory afterwards.
-    spilled: bool,
+    /// What each stage did so far, and where it spills (`allowDiskUse`).
+    runs: Vec<StageRun>,
 }
 
 impl Runner {
     pub(crate) fn new(pipeline: Pipeline, foreign: HashMap<String, Vec<RawDocumentBuf>>) -> Runner {
         let skip = usize::from(pipeline.leading_match().is_some());
         let states = fresh_states(&pipeline.stages[skip..]);
+        let stages = states.len();
         let foreign = Handed(foreign.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
         Runner {
             pipeline,
@@ -996,31 +1057,46 @@ impl Runner {
             input: Input::default(),
             foreign,
             ended: false,
-            spill: None,
-            spilled: false,
+            runs: std::iter::repeat_with(StageRun::default)
+                .take(stages)
+                .collect(),
         }
     }
 
     /// Lets blocking stages spill to `store` past their memory limits (`allowDiskUse`).
     pub fn allow_disk_use(&mut self, store: Arc<dyn SpillStore>) {
-        self.spill = Some(store);
+        for run in &mut self.runs {
+            run.spill = Some(StageStore::new(store.clone()));
+        }
     }
 
     /// Whether a stage has spilled to disk so far (mongod's `usedDisk`).
     pub fn used_disk(&self) -> bool {
-        self.spilled || self.spilling_now()
+        self.runs
+            .iter()
+            .any(|r| r.spill.as_ref().is_some_and(StageStore::used))
     }
 
-    fn spilling_now(&self) -> bool {
-        self.states.iter().any(|s| match s {
-            State::Sort(s) => s.spilled(),
-            State::Group(g) => g.spilled(),
-            State::EmitGroups(g) => matches!(**g, Groups::Merge(_)),
-            State::Merge(_) => true,
-            State::Hold(h) => h.spilled(),
-            State::Windows(_) => true,
-            _ => false,
-        })
+    /// What each stage has done so far, for `explain`: the stages after a leading `$match`,
+    /// which the caller applies while reading ([`Runner::applies_leading_match`]).
+    pub fn stage_stats(&self) -> Vec<StageStats> {
+        let stages = &self.pipeline.stages[self.skip..];
+        stages
+            .iter()
+            .zip(&self.runs)
+            .map(|(stage, run)| StageStats {
+                name: stage.name(),
+                returned: run.returned.load(Ordering::Relaxed),
+                used_disk: stage
+                    .may_spill()
+                    .then(|| run.spill.as_ref().is_some_and(StageStore::used)),
+            })
+            .collect()
+    }
+
+    /// Whether the pipeline's leading `$match` is the caller's to apply (not a stage here).
+    pub fn applies_leading_match(&self) -> bool {
+        self.skip == 1
     }
 
     /// Adds an input document (one that passed the leading `$match`).
@@ -1046,19 +1122,23 @@ impl Runner {
         if self.ended {
             return Ok(Step::End);
         }
+        // Each stage gets its own view of the store (see `pull`).
         let ctx = Ctx {
             foreign: &self.foreign,
             limits: self.pipeline.limits,
-            spill: self.spill.as_deref(),
+            spill: None,
         };
         let stages = &self.pipeline.stages[self.skip..];
+        let top = Pulling {
+            results: true,
+            stages: Some(&self.runs[..]),
+        };
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
         let step = crate::text_meta::with_scorer(scorer.as_ref(), || {
             limits::with_limits(self.pipeline.limits, || {
-                pull(stages, &mut self.states, &mut self.input, &ctx, true)
+                pull(stages, &mut self.states, &mut self.input, &ctx, top)
             })
         });
-        self.spilled = self.spilled || (self.spill.is_some() && self.spilling_now());
         let step = step?;
         match &step {
             Step::Doc(d) => limits::check_result(d)?,

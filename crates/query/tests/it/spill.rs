@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::{
-    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, Step,
+    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, StageStats, Step,
 };
 
 /// Runs written through the files it opened, and the files still open.
@@ -454,4 +454,230 @@ fn a_spilled_set_window_fields_equals_the_in_memory_one() {
     let err = run(pipeline(one, 40_000), &docs, Some(&MemoryStore::default())).unwrap_err();
     assert_eq!(err.code, 5643011);
     assert!(err.message.contains("one partition"), "{err:?}");
+}
+
+/// Runs `stages` with the store and returns the result, the runner's `usedDisk` and the runs.
+fn run_spilling(stages: Vec<Document>, limit: usize, docs: &[Document]) -> (Vec<Document>, usize) {
+    let store = MemoryStore::default();
+    let got = run(pipeline(stages, limit), docs, Some(&store)).unwrap();
+    assert_eq!(
+        *store.open_files.lock().unwrap(),
+        0,
+        "the file was not released"
+    );
+    let runs = store.runs.lock().unwrap().len();
+    (got, runs)
+}
+
+fn ids(docs: &[Document]) -> Vec<i32> {
+    docs.iter().map(|d| d.get_i32("_id").unwrap()).collect()
+}
+
+#[test]
+fn a_spilled_sample_is_a_uniform_sample_without_duplicates() {
+    let docs = input(2000);
+    let sample = |n: i32| vec![doc! { "$sample": { "size": n } }];
+    // 200 documents of ~250 bytes do not fit 10 KB: without a store, 292 naming $sample.
+    let e = run(pipeline(sample(200), 10_000), &docs, None).unwrap_err();
+    assert_eq!(e.code, 292, "{e:?}");
+    assert!(e.message.starts_with("$sample exceeded"), "{e:?}");
+    assert!(e.message.contains("allowDiskUse"), "{e:?}");
+    // In memory (no limit) nothing is written and the sample is whole.
+    assert_eq!(
+        run(pipeline(sample(200), usize::MAX), &docs, None)
+            .unwrap()
+            .len(),
+        200
+    );
+    let mut deciles = [0u32; 10];
+    let mut in_order = 0;
+    for _ in 0..30 {
+        let (got, runs) = run_spilling(sample(200), 10_000, &docs);
+        assert!(runs > 3, "only {runs} runs were written");
+        let got_ids = ids(&got);
+        let distinct: std::collections::BTreeSet<i32> = got_ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 200, "duplicates in the sample");
+        // The documents come back whole, without the sort's wrapping.
+        for d in &got {
+            let id = d.get_i32("_id").unwrap();
+            assert_eq!(d, &docs[id as usize]);
+        }
+        if got_ids.windows(2).all(|w| w[0] < w[1]) {
+            in_order += 1;
+        }
+        for id in got_ids {
+            deciles[id as usize / 200] += 1;
+        }
+    }
+    assert_eq!(in_order, 0, "samples came back in input order");
+    // 6,000 picks, 600 expected per decile (σ ≈ 23): every run's documents take part, not
+    // only the last run's or the first ones read.
+    for (i, n) in deciles.iter().enumerate() {
+        assert!(
+            (450..=750).contains(n),
+            "decile {i}: {n} picks of 6000 ({deciles:?})"
+        );
+    }
+    // A size above the input's answers all of it, once each, in a random order.
+    let (got, runs) = run_spilling(sample(5000), 10_000, &docs);
+    assert!(runs > 3);
+    let mut all = ids(&got);
+    assert_ne!(all, (0..2000).collect::<Vec<_>>());
+    all.sort();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_sample_that_fits_after_pruning_does_not_fail_without_a_store() {
+    // 60 documents fit the 20 KB limit, 120 do not: the kept ones are pruned to the sample's
+    // size before the limit is enforced, so no error and no spill is needed.
+    let docs = input(3000);
+    let got = run(
+        pipeline(vec![doc! { "$sample": { "size": 60 } }], 20_000),
+        &docs,
+        None,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 60);
+}
+
+/// Documents in 3 × 2 partitions (one field sometimes missing), values with gaps, some
+/// missing or null, in a scrambled order.
+fn densify_input(n: i32) -> Vec<Document> {
+    (0..n)
+        .map(|i| {
+            let mut d = doc! { "_id": i, "p": i % 3, "pad": "y".repeat(100) };
+            if i % 4 != 0 {
+                d.insert("q", if i % 2 == 0 { "a" } else { "b" });
+            }
+            match i % 17 {
+                0 => {}
+                1 => {
+                    d.insert("v", bson::Bson::Null);
+                }
+                _ => {
+                    d.insert("v", ((i * 7919) % 1500) * 2);
+                }
+            }
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn a_spilled_densify_equals_the_in_memory_one() {
+    let docs = densify_input(2000);
+    for range in [
+        doc! { "step": 1, "bounds": "full" },
+        doc! { "step": 3, "bounds": "partition" },
+        doc! { "step": 2, "bounds": [100, 1400] },
+    ] {
+        let stages = vec![doc! { "$densify": {
+            "field": "v", "partitionByFields": ["p", "q"], "range": range.clone(),
+        } }];
+        let expected = run(pipeline(stages.clone(), usize::MAX), &docs, None).unwrap();
+        assert!(
+            expected.len() > 3000,
+            "{range}: {} documents",
+            expected.len()
+        );
+        let e = run(pipeline(stages.clone(), 30_000), &docs, None).unwrap_err();
+        assert_eq!(e.code, 292, "{e:?}");
+        assert!(e.message.starts_with("$densify exceeded"), "{e:?}");
+        let (got, runs) = run_spilling(stages, 30_000, &docs);
+        assert!(runs > 5, "{range}: only {runs} runs were written");
+        assert_eq!(got.len(), expected.len(), "{range}");
+        assert!(got == expected, "{range}: the spilled output differs");
+    }
+}
+
+#[test]
+fn densify_streams_its_output_in_partition_then_value_order() {
+    // Partition `full` bounds over [0, 10] with step 5, one document at 5 in each of two
+    // partitions and one without the field: the input comes back in place, the gaps filled.
+    let docs = vec![
+        doc! { "_id": 1, "p": "b", "v": 5 },
+        doc! { "_id": 2, "p": "a", "v": 10 },
+        doc! { "_id": 3, "p": "a" },
+        doc! { "_id": 4, "p": "a", "v": 0 },
+    ];
+    let stages = vec![doc! { "$densify": {
+        "field": "v", "partitionByFields": ["p"], "range": { "step": 5, "bounds": "full" },
+    } }];
+    let got = run(pipeline(stages, usize::MAX), &docs, None).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            doc! { "_id": 3, "p": "a" },
+            doc! { "_id": 4, "p": "a", "v": 0 },
+            doc! { "p": "a", "v": 5 },
+            doc! { "_id": 2, "p": "a", "v": 10 },
+            doc! { "p": "b", "v": 0 },
+            doc! { "_id": 1, "p": "b", "v": 5 },
+            doc! { "p": "b", "v": 10 },
+        ]
+    );
+}
+
+#[test]
+fn the_runner_reports_used_disk_for_a_spilled_sample_and_densify() {
+    let docs = densify_input(1500);
+    let densify = doc! { "$densify": {
+        "field": "v", "partitionByFields": ["p"], "range": { "step": 1, "bounds": "partition" },
+    } };
+    // A sample of 10 fits in memory; the others do not.
+    for (stages, spills) in [
+        (vec![doc! { "$sample": { "size": 1000 } }], true),
+        (vec![densify.clone()], true),
+        (vec![densify, doc! { "$count": "n" }], true),
+        (vec![doc! { "$sample": { "size": 10 } }], false),
+    ] {
+        let mut runner = pipeline(stages.clone(), 20_000).into_runner(HashMap::new());
+        runner.allow_disk_use(Arc::new(MemoryStore::default()));
+        for d in &docs {
+            runner.feed(RawDocumentBuf::try_from(d).unwrap());
+        }
+        runner.end_input();
+        while let Step::Doc(_) = runner.step().unwrap() {}
+        assert_eq!(runner.used_disk(), spills, "{stages:?}");
+    }
+}
+
+#[test]
+fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
+    let docs = input(2000);
+    let stages = vec![
+        doc! { "$match": { "_id": { "$gte": 0 } } },
+        doc! { "$sort": { "k": 1 } },
+        doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
+        doc! { "$project": { "n": 1 } },
+    ];
+    let mut runner = pipeline(stages, 20_000).into_runner(HashMap::new());
+    runner.allow_disk_use(Arc::new(MemoryStore::default()));
+    assert!(runner.applies_leading_match());
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    while let Step::Doc(_) = runner.step().unwrap() {}
+    let stat = |name, returned, used_disk| StageStats {
+        name,
+        returned,
+        used_disk,
+    };
+    assert_eq!(
+        runner.stage_stats(),
+        vec![
+            stat("$sort", 2000, Some(true)),
+            stat("$group", 13, Some(false)),
+            stat("$project", 13, None),
+        ]
+    );
+    // Without allowDiskUse nothing spills, and the stages still report false.
+    let small = vec![doc! { "$sort": { "k": 1 } }];
+    let mut runner = pipeline(small, usize::MAX).into_runner(HashMap::new());
+    runner.feed(RawDocumentBuf::try_from(&docs[0]).unwrap());
+    runner.end_input();
+    while let Step::Doc(_) = runner.step().unwrap() {}
+    assert_eq!(runner.stage_stats(), vec![stat("$sort", 1, Some(false))]);
 }

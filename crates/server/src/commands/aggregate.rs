@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, Limits, Pipeline, Runner, with_collation, with_let};
+use mangrove_query::{Filter, Limits, Pipeline, Runner, StageStats, with_collation, with_let};
 use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc, Txn};
 
 use crate::access::{
@@ -159,6 +159,54 @@ pub(super) fn collect(
             run_at_once(runner, input, &snapshot).map(|(docs, _)| docs)
         })
     })
+}
+
+/// An explained aggregate's pipeline run to its end outside any transaction, its results
+/// dropped: what each stage did and how long the run took (µs), for `explain` at
+/// `executionStats`. `None` when no stage runs after the reader (the pipeline is its leading
+/// `$match`, shown as the query alone, as mongod does) or when it ends in `$out`/`$merge`,
+/// which an explain must not write.
+pub(super) fn explain_run(
+    shared: &Shared,
+    db: &str,
+    cmd: &RawDocument,
+) -> CommandResult<Option<(Vec<StageStats>, i64)>> {
+    let req = Request::new("aggregate", db, cmd, &[]);
+    let Some(pipeline) = req.opt_array("pipeline")? else {
+        return Ok(None);
+    };
+    let pipeline = with_let(req.opt_doc("let")?, || Pipeline::parse(pipeline))?;
+    if pipeline.sink().is_some() {
+        return Ok(None);
+    }
+    let collectionless = !matches!(req.command_value(), Some(RawBsonRef::String(_)));
+    let ns = match collectionless {
+        true => format!("{db}.$cmd.aggregate"),
+        false => req.ns(req.collection()?),
+    };
+    let started = Instant::now();
+    let snapshot = shared.engine.snapshot();
+    let target = Target::of(shared, None, &snapshot, &ns, collectionless);
+    let collation = collation_for(req.opt_doc("collation")?, target.coll.as_ref())?;
+    let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
+    let pipeline = pipeline.with_limits(query_limits(shared));
+    let stats = with_deadline(deadline, || {
+        with_collation(collation.as_ref(), || {
+            let (mut runner, input) = prepare(shared, &req, None, &snapshot, target, pipeline)?;
+            let mut reader = input.map(|i| (InputReader::new(i.access, i.filter), i.coll));
+            loop {
+                let feed = reader
+                    .as_mut()
+                    .map(|(r, c)| (r, &snapshot as &dyn ReadView, &*c));
+                if next_result(&mut runner, feed)?.is_none() {
+                    break;
+                }
+            }
+            Ok::<_, CommandError>(runner.stage_stats())
+        })
+    })?;
+    let micros = started.elapsed().as_micros() as i64;
+    Ok((!stats.is_empty()).then_some((stats, micros)))
 }
 
 /// Writes a result computed at once to its sink, or answers it through a buffered cursor.

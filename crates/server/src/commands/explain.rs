@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Filter, SortSpec, with_collation};
+use mangrove_query::{Filter, SortSpec, StageStats, with_collation};
 use mangrove_storage::{CollectionInfo, Snapshot};
 
 use crate::Shared;
@@ -179,7 +179,7 @@ pub(super) fn explain_command(
     verbosity: &str,
 ) -> CommandResult<Reply> {
     check_verbosity(verbosity)?;
-    let (_, e) = explained(cmd)?;
+    let (name, e) = explained(cmd)?;
     let ns = format!("{db}.{}", e.coll);
     let empty = RawDocumentBuf::new();
     let raw_filter = e.filter.unwrap_or(&empty);
@@ -198,7 +198,7 @@ pub(super) fn explain_command(
     }
     // The explained command's collation chooses among indexes as it would when run.
     let collation = super::args::collation_for(doc_field(cmd, "collation"), coll.as_ref())?;
-    with_collation(collation.as_ref(), || {
+    let reply = with_collation(collation.as_ref(), || {
         let run = Planned {
             coll: coll.as_ref(),
             filter: &filter,
@@ -212,7 +212,70 @@ pub(super) fn explain_command(
             verbosity,
             cmd,
         )
+    })?;
+    if name != "aggregate" || verbosity == "queryPlanner" {
+        return Ok(reply.into());
+    }
+    Ok(match super::aggregate::explain_run(shared, db, cmd)? {
+        Some((stats, micros)) => with_stages(reply, &stats, micros, cmd).into(),
+        None => reply.into(),
     })
+}
+
+/// An aggregate's explain as mongod 7.0 gives one when stages run after the query: `stages`,
+/// first the `$cursor` (the query's plan and what it examined), then each stage with what it
+/// returned and, for a stage that may spill (`$sort`, `$group`, ...), whether it did
+/// (`usedDisk`). Stage times are the whole run's, as mongod's estimates are cumulative.
+fn with_stages(reply: Document, stats: &[StageStats], micros: i64, cmd: &RawDocument) -> Document {
+    let mut reply = reply;
+    let mut cursor = doc! { "queryPlanner": reply.remove("queryPlanner").unwrap_or_default() };
+    let exec = reply.remove("executionStats").unwrap_or_default();
+    let returned = exec.as_document().and_then(|e| e.get_i64("nReturned").ok());
+    let millis = exec
+        .as_document()
+        .and_then(|e| e.get_i64("executionTimeMillis").ok());
+    cursor.insert("executionStats", exec);
+    let mut stages = vec![bson::Bson::Document(doc! {
+        "$cursor": cursor,
+        "nReturned": returned.unwrap_or(0),
+        "executionTimeMillisEstimate": millis.unwrap_or(0),
+    })];
+    let specs = stage_specs(cmd, stats.len());
+    for (i, s) in stats.iter().enumerate() {
+        let mut d = specs.get(i).cloned().unwrap_or_else(|| doc! { s.name: {} });
+        if let Some(used) = s.used_disk {
+            d.insert("usedDisk", used);
+        }
+        d.insert("nReturned", s.returned as i64);
+        d.insert("executionTimeMillisEstimate", micros / 1000);
+        stages.push(d.into());
+    }
+    let mut out = doc! { "explainVersion": "1", "stages": stages };
+    out.extend(reply.into_iter().filter(|(k, _)| k != "explainVersion"));
+    out
+}
+
+/// The command's stage documents after a leading `$match` (which the `$cursor` shows), when
+/// they are the stages that ran one for one; else none, and stages show by name (a view's
+/// stages run first, `$fill` runs as two stages).
+fn stage_specs(cmd: &RawDocument, ran: usize) -> Vec<Document> {
+    let Some(RawBsonRef::Array(stages)) = cmd.get("pipeline").ok().flatten() else {
+        return Vec::new();
+    };
+    let mut specs: Vec<Document> = stages
+        .into_iter()
+        .filter_map(|s| match s {
+            Ok(RawBsonRef::Document(d)) => Document::try_from(d).ok(),
+            _ => None,
+        })
+        .collect();
+    if specs.first().is_some_and(|s| s.contains_key("$match")) {
+        specs.remove(0);
+    }
+    if specs.len() != ran {
+        return Vec::new();
+    }
+    specs
 }
 
 /// What [`explain_command`] has resolved for the plan.
@@ -230,7 +293,7 @@ fn explain_planned(
     (e, ns, natural, sorting): (&Explained<'_>, &str, Option<bool>, bool),
     verbosity: &str,
     cmd: &RawDocument,
-) -> CommandResult<Reply> {
+) -> CommandResult<Document> {
     let (coll, filter, raw_filter, hint) = (p.coll, p.filter, p.raw_filter, p.hint);
     let filter_doc = Document::try_from(raw_filter).map_err(internal)?;
     let started = Instant::now();
@@ -269,7 +332,7 @@ fn explain_planned(
         doc! { "host": "localhost", "version": super::diag::COMPAT_VERSION, "gitVersion": "mangrove" },
     );
     reply.insert("ok", 1.0);
-    Ok(reply.into())
+    Ok(reply)
 }
 
 /// `queryPlanner`: the parsed query and the winning (only) plan.
