@@ -214,6 +214,9 @@ fn verify(dir: &TempDir, acked: &HashSet<i64>) -> Verdict {
     for (ns, field, name, unique) in INDEXES {
         check_index(&snap, ns, field, name, *unique);
     }
+    // Natural order and every index agree with the documents after recovery.
+    let derived = snap.verify_indexes().expect("verify after the kill");
+    assert!(derived.problems.is_empty(), "{:?}", derived.problems);
     drop(snap);
     engine.close();
     Verdict {

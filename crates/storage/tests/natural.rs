@@ -173,6 +173,8 @@ fn recovery_hands_out_the_same_positions() {
         drop(engine);
         let (engine, _) = open(options(&dir)).unwrap();
         assert_eq!(natural(&engine.snapshot(), "db.c", false), before);
+        let report = engine.snapshot().verify_indexes().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
         // New inserts go after everything, also after a restart.
         insert_all(&engine, "db.c", &[-1]);
         assert_eq!(ids(&engine.snapshot(), "db.c").last(), Some(&-1));
@@ -265,4 +267,37 @@ fn a_format_2_store_gets_id_order_as_natural_order() {
     drop(engine);
     let (engine, _) = open(opts).unwrap();
     assert_eq!(ids(&engine.snapshot(), "db.c"), vec![10, 30, 5, 1]);
+}
+
+#[test]
+fn verify_names_a_document_without_a_position() {
+    let dir = TempDir::new("natural-verify");
+    let (engine, _) = open(options(&dir)).unwrap();
+    collection(&engine, "db.c");
+    insert_all(&engine, "db.c", &[2, 1]);
+    let report = engine.snapshot().verify_indexes().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    engine.close();
+    drop(engine);
+    // Remove one position entry (bit 62 set in its keyspace id) behind the engine's back.
+    let db = Database::create(dir.0.join("base.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut docs = txn.open_table(DOCS).unwrap();
+        let position = docs
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().to_vec())
+            .find(|k| k[0] & 0x40 != 0)
+            .unwrap();
+        docs.remove(position.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+    let (engine, _) = open(options(&dir)).unwrap();
+    let report = engine.snapshot().verify_indexes().unwrap();
+    assert_eq!(
+        report.problems,
+        vec!["db.c: 2 documents but 1 natural positions".to_string()]
+    );
 }

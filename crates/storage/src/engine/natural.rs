@@ -35,6 +35,7 @@ use bson::raw::cstr;
 use super::catalog::{CollectionInfo, collect_entries, entry_value};
 use super::snapshot::Snapshot;
 use super::txn::Txn;
+use super::verify::IndexVerifyReport;
 use super::versions::{DocWrite, State, VersionChain, set_recovered};
 use super::{CollId, DocKey, StoredDoc};
 use crate::base::BaseStore;
@@ -48,6 +49,8 @@ const MAX_POSITION: u64 = 1 << 56;
 const OWN_PREFIX: u8 = 0xFF;
 /// Position entries read per step of a scan, whose documents are then looked up together.
 const SCAN_CHUNK: usize = 256;
+/// Positions checked per scan by `verify`.
+const VERIFY_BATCH: usize = 1_000;
 /// Documents given positions per redb transaction when a format-2 store is upgraded.
 const UPGRADE_BATCH: usize = 8192;
 
@@ -339,6 +342,61 @@ impl Snapshot {
             }
         }
         Ok(out)
+    }
+}
+
+impl Snapshot {
+    /// `verify`'s check of a collection's natural order: every position points at a document
+    /// whose owner entry names that position, and there are as many positions as documents.
+    /// Runs in batches, reading between them (the scans hold the engine lock).
+    pub(super) fn check_natural(
+        &self,
+        coll: &CollectionInfo,
+        report: &mut IndexVerifyReport,
+    ) -> Result<(), StorageError> {
+        let [positions, owners] = natural_ids(coll.id);
+        let ns = coll.ns();
+        let mut resume: Option<DocKey> = None;
+        let mut seen = 0u64;
+        loop {
+            let mut entries = Vec::with_capacity(VERIFY_BATCH);
+            let lower = resume.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            self.scan_in(
+                positions,
+                lower,
+                Bound::Unbounded,
+                false,
+                collect_entries(&mut entries, VERIFY_BATCH),
+            )?;
+            for (position, key) in &entries {
+                seen += 1;
+                let owner = self.get_in(owners, key)?;
+                let named = owner.as_ref().and_then(owner_position);
+                if named.is_none() || named != position_of(position) {
+                    report.problems.push(format!(
+                        "{ns}: natural position {:?} points at a document whose owner entry \
+                         names {named:?}",
+                        position_of(position)
+                    ));
+                } else if self.get_in(coll.id, key)?.is_none() {
+                    report.problems.push(format!(
+                        "{ns}: natural position {named:?} points at a missing document"
+                    ));
+                }
+            }
+            if entries.len() < VERIFY_BATCH {
+                break;
+            }
+            resume = entries.pop().map(|(position, _)| position);
+        }
+        report.entries += seen;
+        let documents = self.count(coll)?;
+        if documents != seen {
+            report.problems.push(format!(
+                "{ns}: {documents} documents but {seen} natural positions"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
 //! `mangrove verify`'s look at indexes: every index entry checked against the documents, both
-//! ways, in a snapshot.
+//! ways, in a snapshot; and natural order (`natural.rs`), each document with one position.
 //!
 //! Index entries are derived, never logged (see the engine's invariants), so a disagreement
 //! between an index and its documents can only come from damage or a bug; either way the
@@ -39,6 +39,7 @@ impl Snapshot {
             for coll in self.list_collections(&db) {
                 report.collections += 1;
                 self.check_documents(&coll, &mut report)?;
+                self.check_natural(&coll, &mut report)?;
                 for index in &coll.indexes {
                     self.check_entries(&coll, index, &mut report)?;
                 }
@@ -58,6 +59,7 @@ impl Snapshot {
             ..Default::default()
         };
         self.check_documents(coll, &mut report)?;
+        self.check_natural(coll, &mut report)?;
         let mut per_index = Vec::with_capacity(coll.indexes.len());
         for index in &coll.indexes {
             let before = report.entries;
