@@ -257,7 +257,8 @@ fn a_format_2_store_gets_id_order_as_natural_order() {
     commit_durable(t).unwrap();
     engine.close_without_checkpoint();
     drop(engine);
-    assert_eq!(downgrade_to_format_2(&dir.0.join("base.redb")), 6);
+    // Three positions, three owners, and the disorder marker (30 came before 10).
+    assert_eq!(downgrade_to_format_2(&dir.0.join("base.redb")), 7);
     let (engine, _) = open(opts.clone()).unwrap();
     assert_eq!(ids(&engine.snapshot(), "db.c"), vec![10, 30, 5]);
     insert_all(&engine, "db.c", &[1]);
@@ -300,4 +301,67 @@ fn verify_names_a_document_without_a_position() {
         report.problems,
         vec!["db.c: 2 documents but 1 natural positions".to_string()]
     );
+}
+
+/// `(position, key)` pairs of a scan: with the collection still in `_id` order, the scan walks
+/// the documents themselves and a position is the document's key.
+fn positions_are_keys(view: &dyn ReadView, ns: &str) -> bool {
+    let coll = view.collection(ns).unwrap();
+    let mut all = true;
+    view.scan_natural(&coll, None, false, &mut |position, key, _| {
+        all &= position == key;
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    all
+}
+
+#[test]
+fn a_collection_in_id_order_is_walked_by_id_until_an_insert_breaks_the_order() {
+    let dir = TempDir::new("natural-ordered");
+    let (engine, _) = open(options(&dir)).unwrap();
+    let coll = collection(&engine, "db.c");
+    insert_all(&engine, "db.c", &[1, 2, 3]);
+    let mut t = engine.begin();
+    t.delete(&coll, key(3)).unwrap();
+    commit_durable(t).unwrap();
+    insert_all(&engine, "db.c", &[3, 4]);
+    engine.checkpoint().unwrap();
+    let ordered = engine.snapshot();
+    assert_eq!(ids(&ordered, "db.c"), vec![1, 2, 3, 4]);
+    assert!(positions_are_keys(&ordered, "db.c"));
+    // A transaction's own inserts still come last, whatever their keys.
+    let mut t = engine.begin();
+    t.insert(&coll, key(0), doc(0, 0)).unwrap();
+    assert_eq!(ids(&t, "db.c"), vec![1, 2, 3, 4, 0]);
+    commit_durable(t).unwrap();
+    let disordered = engine.snapshot();
+    assert_eq!(ids(&disordered, "db.c"), vec![1, 2, 3, 4, 0]);
+    assert!(!positions_are_keys(&disordered, "db.c"));
+    // The snapshot from before the marker still walks by `_id`, and still sees its documents.
+    assert_eq!(ids(&ordered, "db.c"), vec![1, 2, 3, 4]);
+    drop((ordered, disordered));
+    engine.close_without_checkpoint();
+    drop(engine);
+    let (engine, _) = open(options(&dir)).unwrap();
+    assert_eq!(ids(&engine.snapshot(), "db.c"), vec![1, 2, 3, 4, 0]);
+    let report = engine.snapshot().verify_indexes().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn an_ordered_collection_stays_ordered_across_restarts() {
+    let dir = TempDir::new("natural-stays-ordered");
+    let (engine, _) = open(options(&dir)).unwrap();
+    collection(&engine, "db.c");
+    insert_all(&engine, "db.c", &[1, 2, 3]);
+    engine.close();
+    drop(engine);
+    let (engine, _) = open(options(&dir)).unwrap();
+    insert_all(&engine, "db.c", &[4]);
+    assert!(positions_are_keys(&engine.snapshot(), "db.c"));
+    // The newest key is known after the restart: a smaller one breaks the order.
+    insert_all(&engine, "db.c", &[0]);
+    assert!(!positions_are_keys(&engine.snapshot(), "db.c"));
+    assert_eq!(ids(&engine.snapshot(), "db.c"), vec![1, 2, 3, 4, 0]);
 }

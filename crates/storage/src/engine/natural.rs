@@ -21,7 +21,12 @@
 //!   the engine runs (`State::natural_next` starts past every position in memory or in the
 //!   base store, read once at open, so install never reads the base store);
 //! - a transaction's own inserts have positions `OWN_PREFIX ++ statement order`, after every
-//!   committed position (those stay below `MAX_POSITION`), seen only by that transaction.
+//!   committed position (those stay below `MAX_POSITION`), seen only by that transaction;
+//! - while a collection's *disorder marker* is not visible at T, its natural order at T is its
+//!   `_id` order, and a scan at T walks the documents themselves (no lookup per document), with
+//!   document keys as positions. The marker is written, once and for good (like the multikey
+//!   marker), by the first commit that inserts a key below the newest positioned one; replay
+//!   writes it at the same commit or earlier, never later, so it is never missing where needed.
 //!
 //! Lock order: installs and replay run under `Inner::state` (write); scans hold its read lock
 //! and call into the base store (a leaf). See the engine's lock order (`engine.rs`).
@@ -32,7 +37,7 @@ use std::ops::{Bound, ControlFlow};
 use bson::RawDocumentBuf;
 use bson::raw::cstr;
 
-use super::catalog::{CollectionInfo, collect_entries, entry_value};
+use super::catalog::{CollectionInfo, collect_entries, entry_target, entry_value};
 use super::snapshot::Snapshot;
 use super::txn::Txn;
 use super::verify::IndexVerifyReport;
@@ -47,6 +52,9 @@ const OWNERS_BIT: u64 = 1 << 61;
 const MAX_POSITION: u64 = 1 << 56;
 /// The first byte of a transaction's own, uncommitted positions.
 const OWN_PREFIX: u8 = 0xFF;
+/// The disorder marker's key in the positions keyspace: after every position. Its value has no
+/// `r`, so entry scans skip it.
+const DISORDER_MARKER: &[u8] = &[0xFF];
 /// Position entries read per step of a scan, whose documents are then looked up together.
 const SCAN_CHUNK: usize = 256;
 /// Positions checked per scan by `verify`.
@@ -114,11 +122,36 @@ pub(super) fn install(
     }
 }
 
+/// Where a collection's natural order ends: the next position, the key of the newest
+/// positioned document (never smaller than any live document's key while the collection is in
+/// `_id` order), and whether the disorder marker is written.
+#[derive(Default)]
+pub(super) struct NaturalTail {
+    next: u64,
+    last_key: Option<DocKey>,
+    disordered: bool,
+}
+
 fn insert(state: &mut State, ts: Timestamp, coll: CollId, key: &DocKey, oldest: Timestamp) {
-    let next = state.natural_next.entry(coll).or_insert(0);
-    let n = *next;
-    *next += 1;
+    let tail = state.natural.entry(coll).or_default();
+    let n = tail.next;
+    tail.next += 1;
+    let disorders = !tail.disordered && tail.last_key.as_ref().is_some_and(|last| key < last);
+    tail.disordered |= disorders;
+    if tail.last_key.as_ref().is_none_or(|last| key > last) {
+        tail.last_key = Some(key.clone());
+    }
     let [positions, owners] = natural_ids(coll);
+    if disorders {
+        put(
+            state,
+            positions,
+            disorder_marker(),
+            ts,
+            Some(marker_value()),
+            oldest,
+        );
+    }
     put(
         state,
         positions,
@@ -128,6 +161,16 @@ fn insert(state: &mut State, ts: Timestamp, coll: CollId, key: &DocKey, oldest: 
         oldest,
     );
     put(state, owners, key.clone(), ts, Some(owner_value(n)), oldest);
+}
+
+fn disorder_marker() -> DocKey {
+    DocKey(DISORDER_MARKER.to_vec())
+}
+
+fn marker_value() -> StoredDoc {
+    let mut d = RawDocumentBuf::new();
+    d.append(cstr!("disordered"), true);
+    StoredDoc::new(d)
 }
 
 fn delete(
@@ -191,7 +234,7 @@ pub(super) fn replay_delete(
     Ok(())
 }
 
-/// Reads where each collection's next position starts from the base store, once at open, so
+/// Reads where each collection's natural order ends from the base store, once at open, so
 /// that installs never read it.
 pub(super) fn load_positions(state: &mut State) -> Result<(), StorageError> {
     let Some(base) = state.base.clone() else {
@@ -202,21 +245,24 @@ pub(super) fn load_positions(state: &mut State) -> Result<(), StorageError> {
         .values()
         .filter_map(|chain| chain.versions.last()?.1.as_ref().map(|c| c.id))
         .collect();
+    let marker = disorder_marker();
     for coll in ids {
         let [positions, _] = natural_ids(coll);
-        let mut last = None;
+        let mut tail = NaturalTail::default();
         base.scan(
             positions,
             Bound::Unbounded,
-            Bound::Unbounded,
+            Bound::Excluded(&marker),
             true,
-            |k, _, _| {
-                last = position_of(&k);
+            |k, _, v| {
+                tail.next = position_of(&k).map_or(0, |n| n + 1);
+                tail.last_key = entry_target(&v);
                 ControlFlow::Break(())
             },
         )?;
-        if let Some(n) = last {
-            state.natural_next.insert(coll, n + 1);
+        tail.disordered = base.get(positions, &marker)?.is_some();
+        if tail.next > 0 || tail.disordered {
+            state.natural.insert(coll, tail);
         }
     }
     Ok(())
@@ -285,6 +331,13 @@ impl Snapshot {
     ) -> Result<(), StorageError> {
         let [positions, _] = natural_ids(coll.id);
         let state = self.engine.read_state();
+        if !self.disordered_in_state(&state, positions)? {
+            // Natural order is `_id` order here: walk the documents themselves.
+            let (lower, upper) = past(resume, reverse);
+            return self.scan_in_state(&state, coll.id, lower, upper, reverse, |key, doc| {
+                visit(key, key, doc)
+            });
+        }
         let mut resume = resume.cloned();
         loop {
             let (lower, upper) = past(resume.as_ref(), reverse);
@@ -311,6 +364,14 @@ impl Snapshot {
             }
             resume = entries.pop().map(|(position, _)| position);
         }
+    }
+
+    /// Whether this snapshot sees the collection's disorder marker (`positions` is its
+    /// positions keyspace).
+    fn disordered_in_state(&self, state: &State, positions: CollId) -> Result<bool, StorageError> {
+        Ok(self
+            .get_in_state(state, positions, &disorder_marker())?
+            .is_some())
     }
 
     /// The documents under the keys of `entries` (`(position, key)` pairs) as this snapshot
@@ -358,6 +419,8 @@ impl Snapshot {
         let ns = coll.ns();
         let mut resume: Option<DocKey> = None;
         let mut seen = 0u64;
+        let id_ordered = self.get_in(positions, &disorder_marker())?.is_none();
+        let mut previous: Option<DocKey> = None;
         loop {
             let mut entries = Vec::with_capacity(VERIFY_BATCH);
             let lower = resume.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
@@ -370,6 +433,14 @@ impl Snapshot {
             )?;
             for (position, key) in &entries {
                 seen += 1;
+                if id_ordered && previous.as_ref().is_some_and(|p| p >= key) {
+                    report.problems.push(format!(
+                        "{ns}: natural position {:?} is out of _id order without the disorder \
+                         marker",
+                        position_of(position)
+                    ));
+                }
+                previous = Some(key.clone());
                 let owner = self.get_in(owners, key)?;
                 let named = owner.as_ref().and_then(owner_position);
                 if named.is_none() || named != position_of(position) {

@@ -158,6 +158,16 @@ impl Snapshot {
         key: &DocKey,
     ) -> Result<Option<StoredDoc>, StorageError> {
         let state = self.engine.read_state();
+        self.get_in_state(&state, id, key)
+    }
+
+    /// [`Snapshot::get_in`] under a lock the caller holds.
+    pub(super) fn get_in_state(
+        &self,
+        state: &State,
+        id: CollId,
+        key: &DocKey,
+    ) -> Result<Option<StoredDoc>, StorageError> {
         if let Some(chain) = state.collections.get(&id).and_then(|docs| docs.get(key)) {
             return Ok(chain.visible_at(self.read_ts).cloned());
         }

@@ -171,9 +171,10 @@ pub(super) struct State {
     /// The newest commit that wrote documents of each collection: an index build whose
     /// snapshot predates it would miss that write.
     pub(super) last_write: HashMap<CollId, Timestamp>,
-    /// Each collection's next natural position (`natural.rs`); a collection missing here has
-    /// none yet, in memory or in the base store.
-    pub(super) natural_next: HashMap<CollId, u64>,
+    /// Each collection's newest natural position and whether its natural order still equals
+    /// its `_id` order (`natural.rs`); a collection missing here has no position yet, in memory
+    /// or in the base store.
+    pub(super) natural: HashMap<CollId, super::natural::NaturalTail>,
 }
 
 impl State {
