@@ -3,9 +3,12 @@ numericOrdering, and clear errors for options Mangrove does not implement."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+from pymongo import MongoClient
 from pymongo.collation import Collation
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 CI = Collation(locale="en_US", strength=2)
 
@@ -159,6 +162,113 @@ def test_id_lookups_under_a_default_collation(db):
     plan = db.ci.find({"_id": 7}).explain()["queryPlanner"]["winningPlan"]
     assert plan["stage"] in ("IDHACK", "EXPRESS_IXSCAN", "FETCH", "CLUSTERED_IXSCAN"), plan
     assert db.ci.find_one({"_id": 7}) == {"_id": 7}
+
+
+def test_a_default_collation_collates_the_id_index(db):
+    db.create_collection("ci", collation=CI)
+    db.ci.insert_one({"_id": "a", "v": 1})
+    # mongod's `_id` index inherits the default collation: "A" is the same key.
+    with pytest.raises(DuplicateKeyError) as e:
+        db.ci.insert_one({"_id": "A"})
+    assert e.value.code == 11000
+    with pytest.raises(BulkWriteError) as e:
+        db.ci.insert_many([{"_id": "b"}, {"_id": "B"}, {"_id": "c"}], ordered=False)
+    assert e.value.details["nInserted"] == 2
+    assert [w["index"] for w in e.value.details["writeErrors"]] == [1]
+    # Found under the default collation, by a point lookup; stored as first given.
+    assert list(db.ci.find({"_id": "A"})) == [{"_id": "a", "v": 1}]
+    plan = db.ci.find({"_id": "A"}).explain()["queryPlanner"]["winningPlan"]
+    assert plan["stage"] in ("IDHACK", "EXPRESS_IXSCAN"), plan
+    # Another collation compares with its own rules (and cannot use the `_id` keys).
+    assert list(db.ci.find({"_id": "A"}, collation=Collation("simple"))) == []
+    assert [d["_id"] for d in db.ci.find({"_id": "a"}, collation=Collation("simple"))] == ["a"]
+    assert db.ci.count_documents({"_id": {"$in": ["A", "B"]}}) == 2
+    assert db.ci.count_documents({"_id": {"$gte": "B"}}) == 2
+    assert [d["_id"] for d in db.ci.aggregate([{"$match": {"_id": "C"}}])] == ["c"]
+    # `$out` into it keys what it writes under the collation too.
+    db.src.insert_many([{"_id": "x"}, {"_id": "X"}])
+    with pytest.raises(OperationFailure) as e:
+        db.src.aggregate([{"$out": "ci"}])
+    assert e.value.code == 11000
+    assert sorted(d["_id"] for d in db.ci.find()) == ["a", "b", "c"]
+    # Strings inside an `_id` document or array are collated too, as in index keys.
+    db.ci.insert_one({"_id": {"k": "x", "l": ["Y", 1]}})
+    with pytest.raises(DuplicateKeyError):
+        db.ci.insert_one({"_id": {"k": "X", "l": ["y", 1]}})
+    assert db.ci.count_documents({"_id": {"k": "X", "l": ["y", 1]}}) == 1
+    # `listIndexes` and `listCollections` show the `_id` index with the collation; the
+    # options show only what was given.
+    id_index = next(i for i in db.ci.list_indexes() if i["name"] == "_id_")
+    assert id_index["collation"]["locale"] == "en_US" and id_index["collation"]["strength"] == 2
+    info = next(db.list_collections(filter={"name": "ci"}))
+    assert info["idIndex"]["collation"] == id_index["collation"]
+    assert list(info["options"]) == ["collation"]
+    # So `create` with the same options is still the idempotent no-op of mongod 7.0.
+    db.command("create", "ci", collation=info["options"]["collation"])
+    with pytest.raises(OperationFailure) as e:
+        db.command("create", "ci")
+    assert e.value.code == 48
+
+
+def test_writes_by_id_follow_the_id_collation(db):
+    db.create_collection("ci", collation=CI)
+    db.ci.insert_many([{"_id": "a", "v": 1}, {"_id": "b", "v": 1}])
+    assert db.ci.update_one({"_id": "A"}, {"$set": {"v": 2}}).modified_count == 1
+    assert db.ci.replace_one({"_id": "B"}, {"v": 3}).modified_count == 1
+    assert list(db.ci.find().sort("_id", 1)) == [{"_id": "a", "v": 2}, {"_id": "b", "v": 3}]
+    # `_id` stays immutable byte for byte: "a" to "A" is a change even though they collate equal.
+    with pytest.raises(OperationFailure) as e:
+        db.ci.update_one({"_id": "a"}, {"$set": {"_id": "A"}})
+    assert e.value.code == 66
+    # Under the simple collation, "A" matches nothing.
+    simple = Collation("simple")
+    assert db.ci.update_one({"_id": "A"}, {"$set": {"v": 9}}, collation=simple).matched_count == 0
+    assert db.ci.delete_one({"_id": "B"}, collation=simple).deleted_count == 0
+    # An upsert that matches under the collation updates; one that does not inserts, keyed
+    # under the collation too.
+    r = db.ci.update_one({"_id": "A"}, {"$set": {"u": 1}}, upsert=True)
+    assert (r.matched_count, r.upserted_id) == (1, None)
+    r = db.ci.update_one({"_id": "C"}, {"$set": {"u": 1}}, upsert=True)
+    assert r.upserted_id == "C"
+    with pytest.raises(DuplicateKeyError):
+        db.ci.insert_one({"_id": "c"})
+    doc = db.ci.find_one_and_update({"_id": "c"}, {"$inc": {"u": 1}}, return_document=True)
+    assert doc == {"_id": "C", "u": 2}
+    assert db.ci.find_one_and_delete({"_id": "B"})["_id"] == "b"
+    assert db.ci.delete_one({"_id": "C"}).deleted_count == 1
+    assert [d["_id"] for d in db.ci.find()] == ["a"]
+
+
+def test_ids_stay_binary_without_a_default_collation(db):
+    db.plain.insert_many([{"_id": "a"}, {"_id": "A"}])
+    assert [d["_id"] for d in db.plain.find({"_id": "A"})] == ["A"]
+    # A query collation still matches both; the keys stay two.
+    assert db.plain.count_documents({"_id": "a"}, collation=CI) == 2
+    assert "collation" not in next(i for i in db.plain.list_indexes() if i["name"] == "_id_")
+    # The simple collation as a default is no collation at all.
+    db.create_collection("simple", collation=Collation("simple"))
+    db.simple.insert_many([{"_id": "a"}, {"_id": "A"}])
+    assert db.simple.count_documents({}) == 2
+
+
+def test_collated_ids_survive_a_restart(restartable):
+    server = restartable()
+    c = MongoClient(server.uri, w="majority")
+    c.db.create_collection("ci", collation=CI)
+    c.db.ci.insert_one({"_id": "a"})
+    c.db.plain.insert_one({"_id": "a"})
+    c.close()
+    server.stop(signal.SIGKILL)
+    server = restartable()
+    c = MongoClient(server.uri)
+    with pytest.raises(DuplicateKeyError):
+        c.db.ci.insert_one({"_id": "A"})
+    assert [d["_id"] for d in c.db.ci.find({"_id": "A"})] == ["a"]
+    c.db.plain.insert_one({"_id": "A"})
+    assert c.db.plain.count_documents({}) == 2
+    id_index = next(i for i in c.db.ci.list_indexes() if i["name"] == "_id_")
+    assert id_index["collation"]["strength"] == 2
+    c.close()
 
 
 def test_a_view_keeps_its_default_collation(db):

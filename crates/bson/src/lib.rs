@@ -34,5 +34,5 @@ pub use index::{
     CompilePartial, IndexField, IndexSpec, KeyInterval, MAX_KEYS_PER_DOCUMENT, PartialFilter,
     PartialFilters, no_partial_filters,
 };
-pub use key::encode_key;
+pub use key::{encode_key, encode_key_collated};
 pub use path::distinct_values;

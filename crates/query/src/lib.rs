@@ -78,7 +78,7 @@ pub use limits::{
     MAX_STRING_BYTES, MAX_VALUE_DEPTH, with_limits,
 };
 pub use mangrove_bson::distinct_values;
-pub use mangrove_bson::{CodedError, KeyInterval, encode_key};
+pub use mangrove_bson::{CodedError, KeyInterval, encode_key, encode_key_collated};
 pub use mangrove_bson::{
     Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };

@@ -111,11 +111,59 @@ const DEADLINE_EVERY: u64 = 256;
 /// the engine's lock is held.
 const INDEX_CHUNK: usize = 512;
 
-/// A document's primary key: the order-preserving encoding of its `_id`.
+/// The binary primary key of an `_id`: the order-preserving encoding, strings by their bytes.
+/// The key of the internal collections (users, roles, sessions), which have no collation; a
+/// user collection's documents are keyed by [`doc_key`].
 pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
     let mut bytes = Vec::with_capacity(16);
     mangrove_query::encode_key(id, &mut bytes);
     DocKey(bytes)
+}
+
+/// Marks, among a collection's options, that its `_id` keys are encoded under its default
+/// collation, as mongod's `_id` index is. Collections created before Mangrove did so lack it
+/// and keep their binary keys, so existing data directories read back unchanged. Set by
+/// `create`, kept by `collMod` and renames like the UUID, never shown (`shown_options`).
+pub const COLLATED_ID_OPTION: &str = "mangroveCollatedId";
+
+/// Whether `coll`'s `_id` keys are encoded under its default collation.
+pub fn ids_collated(coll: &CollectionInfo) -> bool {
+    matches!(
+        coll.options.get(COLLATED_ID_OPTION),
+        Some(Bson::Boolean(true))
+    )
+}
+
+/// The collation `coll`'s `_id` keys are encoded under; `None`: binary.
+pub fn id_collation(coll: &CollectionInfo) -> Option<mangrove_query::Collation> {
+    if !ids_collated(coll) {
+        return None;
+    }
+    let spec = coll.options.get_document("collation").ok()?;
+    let raw = bson::RawDocumentBuf::try_from(spec).ok()?;
+    // Stored by `create` after it parsed it, so it parses again.
+    mangrove_query::Collation::parse(&raw).ok().flatten()
+}
+
+/// A document's primary key in `coll`: the encoding of its `_id`, strings (nested ones too) by
+/// their sort key under the collection's `_id` collation (see [`COLLATED_ID_OPTION`]), so `_id`
+/// values that collation equates are one key, as in mongod's `_id` index.
+pub fn doc_key(coll: &CollectionInfo, id: RawBsonRef<'_>) -> DocKey {
+    match id_collation(coll) {
+        Some(collation) => {
+            let mut bytes = Vec::with_capacity(16);
+            mangrove_query::encode_key_collated(id, &collation, &mut bytes);
+            DocKey(bytes)
+        }
+        None => key_of(id),
+    }
+}
+
+/// The options of `coll` as the user gave them: without the UUID and the `_id` marker.
+pub fn shown_options(coll: &CollectionInfo) -> Document {
+    let mut options = coll.user_options();
+    options.remove(COLLATED_ID_OPTION);
+    options
 }
 
 /// The chosen way to reach a filter's candidates.
@@ -345,18 +393,20 @@ fn choose_access(
         let plan = Arc::new(plan);
         return Ok(Access::Near { index, plan });
     }
-    if let Some(access) = hinted(view, filter, raw, hint, sort)? {
+    if let Some(access) = hinted(view, coll, filter, raw, hint, sort)? {
         return Ok(access);
     }
     // `_id` keys are binary: under a collation that equates "a" and "A" they would miss
     // matches; an index serves only under its own collation (see `serves_collation`). An
     // `_id` holding no string is keyed alike under every collation.
+    // The collection's keys serve a point lookup under the collation they were encoded with
+    // (binary for most collections), like the `_id` index in mongod.
     let keyed_by_id = !crate::capped::keyed_by_insertion(coll);
     if keyed_by_id
         && let Some(id) = filter.id_equality()
-        && !holds_string(id.as_raw_bson_ref())
+        && (!holds_string(id.as_raw_bson_ref()) || id_keys_serve(coll))
     {
-        return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
+        return Ok(Access::IdPoint(doc_key(coll, id.as_raw_bson_ref())));
     }
     if mangrove_query::collation_active() {
         return Ok(match best_index(view, coll, filter, raw, sort)? {
@@ -364,12 +414,10 @@ fn choose_access(
             None => sort_order_access(view, coll, filter, raw, sort)?,
         });
     }
-    // A capped collection's key order is insertion order; its `_id` is an ordinary index.
-    if keyed_by_id && let Some(id) = filter.id_equality() {
-        return Ok(Access::IdPoint(key_of(id.as_raw_bson_ref())));
-    }
-    // `_id` ranges and `$in` lists walk the collection's own key order.
-    let id_bounds = index_bounds(filter, raw, id_spec(), false, false).filter(|_| keyed_by_id);
+    // `_id` ranges and `$in` lists walk the collection's own key order (binary keys only: the
+    // bounds are binary; a capped collection's key order is insertion order).
+    let id_bounds = index_bounds(filter, raw, id_spec(), false, false)
+        .filter(|_| keyed_by_id && !ids_collated(coll));
     let best = best_index(view, coll, filter, raw, sort)?;
     if let Some(bounds) = id_bounds
         && best
@@ -415,6 +463,7 @@ fn id_access(bounds: IndexBounds, sort: &[(String, bool)]) -> Access {
 /// The access path a hint decides, if there is a hint.
 fn hinted(
     view: &dyn ReadView,
+    coll: &CollectionInfo,
     filter: &Filter,
     raw: &RawDocument,
     hint: &Hint,
@@ -422,9 +471,9 @@ fn hinted(
 ) -> CommandResult<Option<Access>> {
     Ok(Some(match hint {
         Hint::Natural { reverse } => Access::natural(*reverse),
-        Hint::Id if mangrove_query::collation_active() => Access::Collection,
+        Hint::Id if !id_keys_serve(coll) => Access::Collection,
         Hint::Id => match filter.id_equality() {
-            Some(id) => Access::IdPoint(key_of(id.as_raw_bson_ref())),
+            Some(id) => Access::IdPoint(doc_key(coll, id.as_raw_bson_ref())),
             None => Access::Collection,
         },
         // A hinted index of another collation cannot bound the query; the scan answers it.
@@ -438,6 +487,12 @@ fn hinted(
         }
         Hint::None => return Ok(None),
     }))
+}
+
+/// Whether `coll`'s keys equate strings as the running command does: both binary, or both
+/// under the same collation.
+fn id_keys_serve(coll: &CollectionInfo) -> bool {
+    id_collation(coll) == mangrove_query::active_collation()
 }
 
 /// Whether `v` is or contains a string (symbols too), which a collation may equate with another.
@@ -538,6 +593,7 @@ fn sort_order_access(
     // The collection itself is in `_id` order, either way (a capped one: insertion order).
     if !crate::capped::keyed_by_insertion(coll)
         && !mangrove_query::collation_active()
+        && !ids_collated(coll)
         && let Some(bounds) = index_bounds(filter, raw, id_spec(), true, false)
         && bounds.sort_direction(id_spec(), sort, false).is_some()
     {
@@ -1039,4 +1095,62 @@ pub fn record_id(capped: bool, key: &DocKey) -> i64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     ((hash & i64::MAX as u64) as i64).max(1)
+}
+
+#[cfg(test)]
+mod id_key_tests {
+    use super::*;
+    use bson::raw::RawDocument;
+
+    fn collation() -> Document {
+        doc! { "locale": "en", "strength": 2 }
+    }
+
+    /// Creates `ns` with `options` in a fresh in-memory engine and returns its catalog entry.
+    fn collection(options: Document) -> CollectionInfo {
+        let engine = mangrove_storage::Engine::in_memory();
+        let mut txn = engine.begin();
+        txn.create_collection("db.c", options).unwrap()
+    }
+
+    fn key(coll: &CollectionInfo, id: &Document) -> DocKey {
+        let raw = bson::RawDocumentBuf::try_from(id).unwrap();
+        let raw: &RawDocument = &raw;
+        doc_key(coll, raw.get("_id").unwrap().unwrap())
+    }
+
+    #[test]
+    fn marked_collections_key_strings_under_their_collation() {
+        let coll = collection(doc! { "collation": collation(), COLLATED_ID_OPTION: true });
+        assert!(ids_collated(&coll));
+        // Equal under strength 2, nested strings included.
+        assert_eq!(
+            key(&coll, &doc! {"_id": "a"}),
+            key(&coll, &doc! {"_id": "A"})
+        );
+        let nested = |s: &str| doc! {"_id": {"k": [s, 1]}};
+        assert_eq!(key(&coll, &nested("x")), key(&coll, &nested("X")));
+        assert_ne!(
+            key(&coll, &doc! {"_id": "a"}),
+            key(&coll, &doc! {"_id": "b"})
+        );
+        // Values without strings keep their binary key, so either encoding finds them.
+        let id = doc! {"_id": 7};
+        let raw = bson::RawDocumentBuf::try_from(&id).unwrap();
+        assert_eq!(key(&coll, &id), key_of(raw.get("_id").unwrap().unwrap()));
+    }
+
+    #[test]
+    fn collections_without_the_marker_keep_binary_keys() {
+        // As a collection created with a collation before `_id` keys were collated.
+        let old = collection(doc! { "collation": collation() });
+        assert!(!ids_collated(&old));
+        assert_ne!(key(&old, &doc! {"_id": "a"}), key(&old, &doc! {"_id": "A"}));
+        let id = doc! {"_id": "a"};
+        let raw = bson::RawDocumentBuf::try_from(&id).unwrap();
+        assert_eq!(key(&old, &id), key_of(raw.get("_id").unwrap().unwrap()));
+        // The marker is never shown.
+        let new = collection(doc! { "collation": collation(), COLLATED_ID_OPTION: true });
+        assert_eq!(shown_options(&new), doc! { "collation": collation() });
+    }
 }

@@ -245,7 +245,13 @@ impl Shaper<'_> {
         } else {
             let mut d = options.clone();
             d.remove(mangrove_storage::UUID_OPTION);
-            d.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
+            let collated = d.remove(crate::access::COLLATED_ID_OPTION).is_some();
+            let mut id_index = doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"};
+            // mongod's `_id` index carries the collection's default collation.
+            if let (true, Ok(collation)) = (collated, d.get_document("collation")) {
+                id_index.insert("collation", collation.clone());
+            }
+            d.insert("idIndex", id_index);
             ("collection", d)
         };
         e.append(cstr!("operationDescription"), raw(&description));

@@ -139,6 +139,7 @@ fn op_entry(op: &LogOp) -> Option<Document> {
             let mut o = doc! {"create": coll};
             o.extend(options.clone());
             o.remove(mangrove_storage::UUID_OPTION);
+            o.remove(crate::access::COLLATED_ID_OPTION);
             doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o}
         }
         LogOp::DropCollection { ns } => {

@@ -41,7 +41,7 @@ use super::args::{collation_for, cursor_batch_size, disk_use, internal};
 use super::collections::{collection_in_txn, implicit_collection};
 use super::names::{validate_collection_name, validate_db_name};
 use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply, pipeline_cursor, txn_owner};
-use super::stored::{id_of, key_of, too_large, with_id_first};
+use super::stored::{doc_key, id_of, too_large, with_id_first};
 use super::write_path::{WriteOptions, retry_conflicts};
 
 /// What the pipeline reads: a collection along an access path, or nothing.
@@ -659,6 +659,7 @@ fn current_op_docs(
 /// The documents a sink writes, keyed: each gets an `_id` first if it has none, as inserts
 /// do, and must fit in a stored document.
 fn sink_docs(
+    target: &CollectionInfo,
     output: Vec<RawDocumentBuf>,
     max_bson: usize,
 ) -> CommandResult<Vec<(DocKey, StoredDoc)>> {
@@ -677,7 +678,7 @@ fn sink_docs(
             if doc.as_bytes().len() > max_bson {
                 return Err(too_large(doc.as_bytes().len(), max_bson));
             }
-            let key = key_of(id_of(&doc).ok_or_else(|| internal("no _id"))?);
+            let key = doc_key(target, id_of(&doc).ok_or_else(|| internal("no _id"))?);
             Ok((key, Arc::new(doc)))
         })
         .collect()
@@ -702,9 +703,9 @@ pub(super) async fn write_sink(
     };
     validate_collection_name(db, coll)?;
     let target_ns = format!("{db}.{coll}");
-    let docs = sink_docs(output, shared.config.max_bson_size)?;
     let target = implicit_collection(shared, &target_ns, opts).await?;
     super::views::refuse_write(&target)?;
+    let docs = sink_docs(&target, output, shared.config.max_bson_size)?;
     if crate::capped::is_capped(&target) {
         // Its documents are keyed by insertion order and trimmed by their writer; $out and
         // $merge write by `_id`.

@@ -143,7 +143,7 @@ fn collection_entry(coll: &mangrove_storage::CollectionInfo, name_only: bool) ->
     if name_only {
         return entry;
     }
-    entry.insert("options", coll.user_options());
+    entry.insert("options", crate::access::shown_options(coll));
     let mut info = doc! { "readOnly": kind == "view" };
     if kind == "collection"
         && let Some(uuid) = coll.uuid()
@@ -153,10 +153,7 @@ fn collection_entry(coll: &mangrove_storage::CollectionInfo, name_only: bool) ->
     entry.insert("info", info);
     // mongod shows the `_id` index of ordinary collections; a clustered one's is its key order.
     if kind == "collection" && !coll.options.contains_key("clusteredIndex") {
-        entry.insert(
-            "idIndex",
-            doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
-        );
+        entry.insert("idIndex", super::indexes::id_index_spec(coll));
     }
     entry
 }
@@ -228,14 +225,14 @@ pub(super) async fn create(
                 format!("Collection {ns} already exists."),
             )),
             // MongoDB 7.0 makes `create` idempotent when the options match.
-            Some(existing) if existing.user_options() == options => Ok(()),
+            Some(existing) if crate::access::shown_options(&existing) == options => Ok(()),
             Some(_) => Err(CommandError::new(
                 code::NAMESPACE_EXISTS,
                 format!("Collection {ns} already exists with different options."),
             )),
             None => {
                 super::views::check_source_collation(&*txn, req.db, &options)?;
-                txn.create_collection(&ns, options.clone())?;
+                txn.create_collection(&ns, with_id_collation(options.clone()))?;
                 if crate::capped::limits_of(&options).is_some() {
                     // A capped collection is keyed by insertion order; `_id` is an index.
                     txn.create_index(&ns, capped_id_index())?;
@@ -249,6 +246,19 @@ pub(super) async fn create(
     })
     .await?;
     Ok(opts.finish_reply(doc! { "ok": 1.0 }).into())
+}
+
+/// `options` with the marker that keys the new collection's `_id`s under its default
+/// collation (`access::COLLATED_ID_OPTION`), as mongod's `_id` index inherits it. Views have
+/// no keys; capped, clustered and time-series collections keep binary `_id` keys.
+fn with_id_collation(mut options: Document) -> Document {
+    let keyed_by_id = ["viewOn", "capped", "clusteredIndex", "timeseries"]
+        .iter()
+        .all(|k| !options.contains_key(k));
+    if keyed_by_id && options.contains_key("collation") {
+        options.insert(crate::access::COLLATED_ID_OPTION, true);
+    }
+    options
 }
 
 /// The options `create` stores: those given (for a view, its checked `viewOn` and `pipeline`),

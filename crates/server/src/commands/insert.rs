@@ -162,7 +162,7 @@ impl Batch<'_> {
                 self.next += 1;
                 continue;
             }
-            let result = prepare_insert(self.docs[self.next], max_bson)
+            let result = prepare_insert(self.coll, self.docs[self.next], max_bson)
                 .and_then(|(key, stored)| self.insert_one(txn, key, stored));
             match result {
                 Ok(()) => {
@@ -240,12 +240,13 @@ fn insert_in_txn(
     let mut inserted = 0usize;
     let mut write_errors = Vec::new();
     for (index, doc) in docs.iter().enumerate() {
-        let result = prepare_insert(doc, shared.config.max_bson_size).and_then(|(key, stored)| {
-            if let Some(validator) = validator {
-                validator.check_insert(&stored)?;
-            }
-            Ok(txn.insert(coll, key, Arc::new(stored))?)
-        });
+        let result =
+            prepare_insert(coll, doc, shared.config.max_bson_size).and_then(|(key, stored)| {
+                if let Some(validator) = validator {
+                    validator.check_insert(&stored)?;
+                }
+                Ok(txn.insert(coll, key, Arc::new(stored))?)
+            });
         match result {
             Ok(()) => inserted += 1,
             Err(e) if e.code == code::WRITE_CONFLICT => return Err(e),
@@ -278,7 +279,7 @@ pub(super) async fn insert_op(
         super::views::refuse_write(&coll)?;
         crate::capped::refuse_in_transaction(&coll)?;
         let validator = crate::validation::for_write(&coll, bypass)?;
-        let (key, stored) = prepare_insert(doc, shared.config.max_bson_size)?;
+        let (key, stored) = prepare_insert(&coll, doc, shared.config.max_bson_size)?;
         if let Some(validator) = &validator {
             validator.check_insert(&stored)?;
         }

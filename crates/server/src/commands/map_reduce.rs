@@ -351,7 +351,7 @@ fn reduce_into_existing(
             out.push(d);
             continue;
         };
-        let key = crate::access::key_of(id);
+        let key = crate::access::doc_key(&coll, id);
         let Some(old) = mangrove_storage::ReadView::get(&snapshot, &coll, &key)? else {
             out.push(d);
             continue;

@@ -53,11 +53,9 @@ pub(super) fn update_one_doc(
         ));
     }
     let new_id = id_of(&new_raw).ok_or_else(|| internal("updated document lost its _id"))?;
-    // A capped collection's key is an insertion number, not the `_id`.
-    let id_changed = match id_of(old) {
-        Some(old_id) if crate::capped::keyed_by_insertion(coll) => key_of(new_id) != key_of(old_id),
-        _ => key_of(new_id) != key,
-    };
+    // Compared binary, as mongod does, whatever the key: a capped collection's key is an
+    // insertion number, a collated one equates "a" and "A".
+    let id_changed = id_of(old).is_some_and(|old_id| key_of(new_id) != key_of(old_id));
     if id_changed {
         return Err(CommandError::new(
             66,
@@ -102,7 +100,7 @@ pub(super) fn upsert_doc(
     };
     let new_doc = with_id_first(new_doc, seed.get("_id"));
     let raw = RawDocumentBuf::try_from(&new_doc).map_err(internal)?;
-    let (key, stored) = prepare_insert(&raw, checks.max_bson)?;
+    let (key, stored) = prepare_insert(coll, &raw, checks.max_bson)?;
     if let Some(validator) = checks.validator {
         validator.check_insert(&stored)?;
     }

@@ -3,13 +3,13 @@
 use bson::oid::ObjectId;
 use bson::raw::{RawBsonRef, RawDocument, cstr};
 use bson::{Bson, Document, RawDocumentBuf};
-use mangrove_storage::DocKey;
+use mangrove_storage::{CollectionInfo, DocKey};
 
 use crate::error::{CommandError, CommandResult, code};
 
 use super::args::internal;
 
-pub(super) use crate::access::key_of;
+pub(super) use crate::access::{doc_key, key_of};
 
 pub(super) fn id_of(doc: &RawDocument) -> Option<RawBsonRef<'_>> {
     doc.get("_id").ok().flatten()
@@ -49,8 +49,10 @@ pub(super) fn too_large(size: usize, max: usize) -> CommandError {
     )
 }
 
-/// The document as stored: `_id` first (generated if absent), within the size limit.
+/// The document as stored in `coll`: `_id` first (generated if absent), within the size limit;
+/// with its key there.
 pub(super) fn prepare_insert(
+    coll: &CollectionInfo,
     doc: &RawDocument,
     max_bson: usize,
 ) -> CommandResult<(DocKey, RawDocumentBuf)> {
@@ -83,7 +85,8 @@ pub(super) fn prepare_insert(
     if stored.as_bytes().len() > max_bson {
         return Err(too_large(stored.as_bytes().len(), max_bson));
     }
-    let key = key_of(id_of(&stored).ok_or_else(|| internal("stored document lost its _id"))?);
+    let id = id_of(&stored).ok_or_else(|| internal("stored document lost its _id"))?;
+    let key = doc_key(coll, id);
     Ok((key, stored))
 }
 
