@@ -74,6 +74,7 @@ mod checkpoint;
 mod commit;
 mod history;
 mod natural;
+mod natural_scan;
 mod ranges;
 mod read_view;
 mod recovery;

@@ -97,7 +97,7 @@ pub(super) async fn aggregate(
         req.ns(req.collection()?)
     };
     let Some(pipeline) = parse_pipeline(req)? else {
-        return super::explain::explain_command(shared, req.db, req.body, "queryPlanner");
+        return Err(internal("explain: true is answered by explain.rs"));
     };
     if collectionless && !pipeline.starts_with_documents() {
         return Err(CommandError::new(
@@ -228,6 +228,15 @@ async fn reply_at_once(
     }
     let batch_size = cursor_batch_size(req)?;
     pipeline_cursor(shared, ns, docs, batch_size, txn_owner(req, txn))
+}
+
+/// The checks an `aggregate` with `explain: true` passes before it is explained, as any
+/// aggregate does, and its count among the queries.
+pub(super) fn check_explained(shared: &Shared, req: &Request<'_>) -> CommandResult<()> {
+    req.check_fields(AGGREGATE_FIELDS)?;
+    Counters::bump(&shared.counters.query, 1);
+    validate_db_name(req.db)?;
+    parse_pipeline(req).map(|_| ())
 }
 
 /// The request's pipeline, or `None` for `explain: true`.

@@ -154,3 +154,15 @@ pub(super) fn await_time(req: &Request<'_>) -> CommandResult<std::time::Duration
         _ => std::time::Duration::from_secs(1),
     })
 }
+
+/// The `_id` index of an ordinary collection: with the collection's default collation when
+/// its keys are encoded under it, as mongod's `_id` index inherits it.
+pub(super) fn id_index_spec(coll: &CollectionInfo) -> bson::Document {
+    let mut spec = bson::doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" };
+    if crate::access::ids_collated(coll)
+        && let Some(collation) = default_collation(coll)
+    {
+        spec.insert("collation", collation.clone());
+    }
+    spec
+}

@@ -153,7 +153,7 @@ fn collection_entry(coll: &mangrove_storage::CollectionInfo, name_only: bool) ->
     entry.insert("info", info);
     // mongod shows the `_id` index of ordinary collections; a clustered one's is its key order.
     if kind == "collection" && !coll.options.contains_key("clusteredIndex") {
-        entry.insert("idIndex", super::indexes::id_index_spec(coll));
+        entry.insert("idIndex", super::args::id_index_spec(coll));
     }
     entry
 }

@@ -172,6 +172,25 @@ fn check_verbosity(verbosity: &str) -> CommandResult<()> {
     Ok(())
 }
 
+/// The command table's `aggregate`: with `explain: true` (and not a `$changeStream`,
+/// `$collStats` or `$indexStats` pipeline, which answer for themselves), the explanation at
+/// `queryPlanner`, as mongod; otherwise the aggregate itself.
+pub(super) async fn aggregate_or_explain(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&mangrove_storage::Txn>,
+    at: Option<Snapshot>,
+) -> CommandResult<Reply> {
+    let special = super::change_stream::is_change_stream(req)?
+        || super::coll_stats::is_coll_stats(req)?
+        || super::index_stats::is_index_stats(req)?;
+    if !special && req.opt_bool("explain")?.unwrap_or(false) {
+        super::aggregate::check_explained(shared, req)?;
+        return explain_command(shared, req.db, req.body, "queryPlanner");
+    }
+    super::aggregate::aggregate(shared, req, txn, at).await
+}
+
 pub(super) fn explain_command(
     shared: &Shared,
     db: &str,

@@ -30,19 +30,10 @@ pub(super) fn id_index_of(coll: &CollectionInfo) -> Option<Document> {
     if crate::timeseries::is_timeseries(coll) {
         return None;
     }
-    Some(crate::timeseries::clustered_id_index(coll).unwrap_or_else(|| id_index_spec(coll)))
-}
-
-/// The `_id` index of an ordinary collection: with the collection's default collation when
-/// its keys are encoded under it, as mongod's `_id` index inherits it.
-pub(super) fn id_index_spec(coll: &CollectionInfo) -> Document {
-    let mut spec = doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_" };
-    if crate::access::ids_collated(coll)
-        && let Some(collation) = super::args::default_collation(coll)
-    {
-        spec.insert("collation", collation.clone());
-    }
-    spec
+    Some(
+        crate::timeseries::clustered_id_index(coll)
+            .unwrap_or_else(|| super::args::id_index_spec(coll)),
+    )
 }
 
 fn is_id_index(spec: &Document) -> bool {

@@ -24,9 +24,9 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, aggregate, backup, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete,
-    diag, explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin,
-    profile, repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
+    Reply, backup, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
+    explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
+    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -864,7 +864,12 @@ pub(crate) static COMMANDS: &[Command] = &[
     cmd(
         "aggregate",
         "runs an aggregation pipeline ($match, $sort, $skip, $limit, $project, $count, $group)",
-        future!(|c| aggregate::aggregate(c.shared, c.req, c.txn.map(|t| &*t), c.at)),
+        future!(|c| explain::aggregate_or_explain(
+            c.shared,
+            c.req,
+            c.txn.map(|t| &*t),
+            c.at
+        )),
     )
     .needs(Needs::Actions(&[Action::Find]))
     .statement()

@@ -81,7 +81,7 @@ impl CollectionInfo {
     /// Every keyspace the collection owns: its documents, its natural order, its indexes.
     pub(super) fn keyspaces(&self) -> impl Iterator<Item = CollId> + '_ {
         std::iter::once(self.id)
-            .chain(super::natural::natural_ids(self.id))
+            .chain(natural_ids(self.id))
             .chain(self.indexes.iter().map(|i| i.id))
     }
 
@@ -198,4 +198,17 @@ pub(super) fn compile_index(
         key: Arc::new(key),
         id,
     }))
+}
+
+const POSITIONS_BIT: u64 = 1 << 62;
+const OWNERS_BIT: u64 = 1 << 61;
+
+/// The keyspaces of a collection's natural order (`natural.rs`): positions, then owners. Their
+/// ids are the collection's with a high bit set, so they need no entry in the catalog.
+pub(super) fn natural_ids(coll: CollId) -> [CollId; 2] {
+    debug_assert!(
+        coll < OWNERS_BIT,
+        "keyspace ids are handed out from 0 upward"
+    );
+    [coll | POSITIONS_BIT, coll | OWNERS_BIT]
 }

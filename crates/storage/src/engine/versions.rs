@@ -174,7 +174,7 @@ pub(super) struct State {
     /// Each collection's newest natural position and whether its natural order still equals
     /// its `_id` order (`natural.rs`); a collection missing here has no position yet, in memory
     /// or in the base store.
-    pub(super) natural: HashMap<CollId, super::natural::NaturalTail>,
+    pub(super) natural: HashMap<CollId, NaturalTail>,
 }
 
 impl State {
@@ -266,4 +266,14 @@ pub(super) fn release_intents<'a>(
             }
         }
     }
+}
+
+/// Where a collection's natural order ends: the next position, the key of the newest
+/// positioned document (never smaller than any live document's key while the collection is in
+/// `_id` order), and whether the disorder marker is written.
+#[derive(Default)]
+pub(super) struct NaturalTail {
+    pub(super) next: u64,
+    pub(super) last_key: Option<DocKey>,
+    pub(super) disordered: bool,
 }
