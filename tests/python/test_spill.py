@@ -416,3 +416,16 @@ def test_explain_reports_used_disk_per_stage(server, db, coll):
     reply = db.command("explain", {"aggregate": "big", "pipeline": [{"$match": {"k": 1}}], "cursor": {}},
                        verbosity="executionStats")
     assert "stages" not in reply and reply["executionStats"]["nReturned"] == len([i for i in range(N) if (i * 7919) % 17 == 1])
+
+
+def test_blocking_stages_inside_a_facet_spill(coll):
+    # The `$group` holds 3,000 groups of 1 KB, far past its 256 KB limit; only its count leaves
+    # the sub-pipeline, so the `$facet` result (one document, at most 16 MiB) stays small.
+    grouped = [{"$group": {"_id": "$_id", "p": {"$first": "$pad"}}}, {"$count": "groups"}]
+    facet = [{"$facet": {"n": grouped, "m": [{"$count": "docs"}]}}]
+    assert list(coll.aggregate(facet, allowDiskUse=True)) == [
+        {"n": [{"groups": N}], "m": [{"docs": N}]}
+    ]
+    with pytest.raises(OperationFailure) as e:
+        list(coll.aggregate(facet, allowDiskUse=False))
+    assert e.value.code == 292
