@@ -18,15 +18,17 @@
 //!   updates keep the position (also a delete and re-insert within one transaction, which the
 //!   log records as an update);
 //! - positions of a collection increase with commit order and are never handed out twice while
-//!   the engine runs (`State::natural_next` starts past every position in memory or in the
-//!   base store, read once at open, so install never reads the base store);
+//!   the engine runs (`State::natural` starts past every position in memory or in the base
+//!   store, read once at open, so install never reads the base store);
 //! - a transaction's own inserts have positions `OWN_PREFIX ++ statement order`, after every
 //!   committed position (those stay below `MAX_POSITION`), seen only by that transaction;
 //! - while a collection's *disorder marker* is not visible at T, its natural order at T is its
 //!   `_id` order, and a scan at T walks the documents themselves (no lookup per document), with
 //!   document keys as positions. The marker is written, once and for good (like the multikey
-//!   marker), by the first commit that inserts a key below the newest positioned one; replay
-//!   writes it at the same commit or earlier, never later, so it is never missing where needed.
+//!   marker), by the first commit that inserts a key below the newest key positioned since the
+//!   engine opened (or, at open, the key at the last position). That is never later than the
+//!   first commit that really breaks `_id` order, live or in replay, so the marker is never
+//!   missing where it is needed (it may come earlier than needed: scans are then only slower).
 //!
 //! Lock order: installs and replay run under `Inner::state` (write); scans hold its read lock
 //! and call into the base store (a leaf). See the engine's lock order (`engine.rs`).
