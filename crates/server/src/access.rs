@@ -699,6 +699,31 @@ pub fn for_each_match(
     result
 }
 
+/// [`for_each_match`] for a caller whose answer does not depend on the order of the documents
+/// (a count; distinct values, which it sorts): a collection scan walks the collection's key
+/// order, reading each document once, where `$natural` order may look each one up
+/// ([`walk_natural`]).
+pub fn for_each_match_any_order(
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    access: &Access,
+    filter: &Filter,
+    examined: &mut Examined,
+    visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
+) -> CommandResult<()> {
+    if !matches!(access, Access::Collection | Access::CollectionBackward) {
+        return for_each_match(view, coll, access, filter, examined, visit);
+    }
+    let before = examined.docs;
+    let mut failed = None;
+    view.scan(coll, None, &mut |key, doc| {
+        examined.docs += 1;
+        scan_step(examined.docs, filter, key, doc, visit, &mut failed)
+    })?;
+    crate::op_stats::note_examined(0, examined.docs - before);
+    failed.map_or(Ok(()), Err)
+}
+
 fn visit_matches(
     view: &dyn ReadView,
     coll: &CollectionInfo,

@@ -7,7 +7,9 @@ use bson::{RawDocumentBuf, doc};
 use mangrove_query::{Filter, with_collation};
 use mangrove_storage::{CollectionInfo, ReadView, Snapshot, Txn};
 
-use crate::access::{Examined, choose, deadline_of, for_each_match, parse_hint, with_deadline};
+use crate::access::{
+    Examined, choose, deadline_of, for_each_match_any_order, parse_hint, with_deadline,
+};
 use crate::error::{CommandError, CommandResult, code};
 use crate::request::{Request, type_name};
 use crate::{Counters, Shared};
@@ -155,7 +157,7 @@ fn distinct_from_collection(
             &parse_hint(req.get("hint"), Some(coll))?,
             None,
         )?;
-        for_each_match(
+        for_each_match_any_order(
             view,
             coll,
             &access,
@@ -258,7 +260,7 @@ fn count_with(shared: &Shared, req: &Request<'_>, snapshot: Snapshot) -> Command
     } else if let Some(coll) = snapshot.collection(&ns) {
         let hint = parse_hint(req.get("hint"), Some(&coll))?;
         let access = choose(&snapshot, &coll, &filter, raw_filter, &hint, None)?;
-        for_each_match(
+        for_each_match_any_order(
             &snapshot,
             &coll,
             &access,
