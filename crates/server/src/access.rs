@@ -715,13 +715,9 @@ pub fn for_each_match_any_order(
         return for_each_match(view, coll, access, filter, examined, visit);
     }
     let before = examined.docs;
-    let mut failed = None;
-    view.scan(coll, None, &mut |key, doc| {
-        examined.docs += 1;
-        scan_step(examined.docs, filter, key, doc, visit, &mut failed)
-    })?;
+    let result = scan_all(view, coll, None, filter, examined, visit);
     crate::op_stats::note_examined(0, examined.docs - before);
-    failed.map_or(Ok(()), Err)
+    result
 }
 
 fn visit_matches(
@@ -742,8 +738,8 @@ fn visit_matches(
                 }
             }
         }
-        Access::Collection => scan_all(view, coll, false, filter, examined, visit)?,
-        Access::CollectionBackward => scan_all(view, coll, true, filter, examined, visit)?,
+        Access::Collection => scan_all(view, coll, Some(false), filter, examined, visit)?,
+        Access::CollectionBackward => scan_all(view, coll, Some(true), filter, examined, visit)?,
         Access::IdRange {
             bounds, reverse, ..
         } => {
@@ -815,12 +811,13 @@ fn walk_near(
     result
 }
 
-/// Whether a collection's own key order is its natural order: a capped collection keys its
-/// documents by insertion number, a clustered one is ordered by its cluster key (as mongod's).
+/// Whether a collection's own key order is its natural order: a capped or time-series
+/// collection keys its documents by insertion number, a clustered one is ordered by its cluster
+/// key (as mongod's).
 /// Any other collection keeps its natural order beside its documents (the storage engine's
 /// `scan_natural`).
 pub fn keyed_in_natural_order(coll: &CollectionInfo) -> bool {
-    crate::capped::is_capped(coll) || coll.options.contains_key("clusteredIndex")
+    crate::capped::keyed_by_insertion(coll) || coll.options.contains_key("clusteredIndex")
 }
 
 /// Walks the whole collection in `$natural` order (backward if `reverse`), past the position
@@ -843,11 +840,12 @@ pub fn walk_natural(
     }
 }
 
-/// The whole collection in `$natural` order (`reverse`: backward) through `filter` to `visit`.
+/// The whole collection through `filter` to `visit`: in `$natural` order for `Some(reverse)`,
+/// in the collection's key order (one read per document) for `None`, any order will do.
 fn scan_all(
     view: &dyn ReadView,
     coll: &CollectionInfo,
-    reverse: bool,
+    natural: Option<bool>,
     filter: &Filter,
     examined: &mut Examined,
     visit: &mut dyn FnMut(&DocKey, &StoredDoc) -> ControlFlow<()>,
@@ -857,7 +855,10 @@ fn scan_all(
         examined.docs += 1;
         scan_step(examined.docs, filter, key, doc, visit, &mut failed)
     };
-    walk_natural(view, coll, None, reverse, &mut step)?;
+    match natural {
+        Some(reverse) => walk_natural(view, coll, None, reverse, &mut step)?,
+        None => view.scan(coll, None, &mut |key, doc| step(key, key, doc))?,
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok(()),

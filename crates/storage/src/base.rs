@@ -364,15 +364,7 @@ impl BaseStore {
         coll: u64,
         key: &DocKey,
     ) -> Result<Option<(Timestamp, StoredDoc)>, StorageError> {
-        let k = doc_key(coll, key);
-        let table = self.docs_table()?;
-        let found = self.guard("get", || -> Result<_, StorageError> {
-            let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
-            Ok(value.map(|v| decode_doc_value(&k, v.value())))
-        })??;
-        found
-            .transpose()
-            .map_err(|detail| self.value_damage(coll, key, detail))
+        self.get_in(&self.docs_table()?, coll, key)
     }
 
     /// [`BaseStore::get`] of many keys of one keyspace through one read transaction (a
@@ -383,20 +375,24 @@ impl BaseStore {
         keys: impl Iterator<Item = &'k DocKey>,
     ) -> Result<Vec<Option<(Timestamp, StoredDoc)>>, StorageError> {
         let table = self.docs_table()?;
-        let mut out = Vec::new();
-        for key in keys {
-            let k = doc_key(coll, key);
-            let found = self.guard("get", || -> Result<_, StorageError> {
-                let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
-                Ok(value.map(|v| decode_doc_value(&k, v.value())))
-            })??;
-            out.push(
-                found
-                    .transpose()
-                    .map_err(|detail| self.value_damage(coll, key, detail))?,
-            );
-        }
-        Ok(out)
+        keys.map(|key| self.get_in(&table, coll, key)).collect()
+    }
+
+    /// One document of `table` (a read transaction's documents), its checksum checked.
+    fn get_in(
+        &self,
+        table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        coll: u64,
+        key: &DocKey,
+    ) -> Result<Option<(Timestamp, StoredDoc)>, StorageError> {
+        let k = doc_key(coll, key);
+        let found = self.guard("get", || -> Result<_, StorageError> {
+            let value = table.get(k.as_slice()).map_err(|e| err("get", e))?;
+            Ok(value.map(|v| decode_doc_value(&k, v.value())))
+        })??;
+        found
+            .transpose()
+            .map_err(|detail| self.value_damage(coll, key, detail))
     }
 
     fn value_damage(&self, coll: u64, key: &DocKey, detail: String) -> StorageError {

@@ -211,17 +211,22 @@ pub(super) fn replay_delete(
     Ok(())
 }
 
+/// The keyspace ids of the collections the catalog holds now (at open, before replay).
+fn collection_ids(state: &State) -> Vec<CollId> {
+    state
+        .catalog
+        .values()
+        .filter_map(|chain| chain.versions.last()?.1.as_ref().map(|c| c.id))
+        .collect()
+}
+
 /// Reads where each collection's natural order ends from the base store, once at open, so
 /// that installs never read it.
 pub(super) fn load_positions(state: &mut State) -> Result<(), StorageError> {
     let Some(base) = state.base.clone() else {
         return Ok(());
     };
-    let ids: Vec<CollId> = state
-        .catalog
-        .values()
-        .filter_map(|chain| chain.versions.last()?.1.as_ref().map(|c| c.id))
-        .collect();
+    let ids = collection_ids(state);
     let marker = disorder_marker();
     for coll in ids {
         let [positions, _] = natural_ids(coll);
@@ -249,11 +254,7 @@ pub(super) fn load_positions(state: &mut State) -> Result<(), StorageError> {
 /// position, in `_id` order, in batches; then marks the store format 3. A crash midway leaves
 /// it at format 2, and the next open does it again from the start (the same positions).
 pub(super) fn upgrade_base(base: &BaseStore, state: &State) -> Result<(), StorageError> {
-    let ids: Vec<CollId> = state
-        .catalog
-        .values()
-        .filter_map(|chain| chain.versions.last()?.1.as_ref().map(|c| c.id))
-        .collect();
+    let ids = collection_ids(state);
     let mut documents = 0u64;
     for coll in ids {
         documents += upgrade_collection(base, coll)?;

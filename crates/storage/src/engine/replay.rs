@@ -52,8 +52,7 @@ pub(super) fn replay(
             }
             LogOp::Insert { ns, key, doc } => {
                 let key = DocKey(key.clone());
-                replay_doc(state, ns, ts, key.clone(), Some(doc))?;
-                let coll = current_info(state, ns, ts)?.id;
+                let coll = replay_doc(state, ns, ts, key.clone(), Some(doc))?;
                 natural::replay_insert(state, ts, coll, &key);
             }
             LogOp::Update { ns, key, doc, .. } => {
@@ -61,8 +60,7 @@ pub(super) fn replay(
             }
             LogOp::Delete { ns, key, .. } => {
                 let key = DocKey(key.clone());
-                replay_doc(state, ns, ts, key.clone(), None)?;
-                let coll = current_info(state, ns, ts)?.id;
+                let coll = replay_doc(state, ns, ts, key.clone(), None)?;
                 natural::replay_delete(state, ts, coll, &key).map_err(|e| e.to_string())?;
             }
             // An annotation describes the record's other ops; it changes nothing.
@@ -224,14 +222,15 @@ pub(super) fn latest_docs(state: &State, id: CollId) -> Result<Vec<(DocKey, Stor
     Ok(out)
 }
 
-/// Replays one document write (`None` deletes) and the index entries it changes.
+/// Replays one document write (`None` deletes) and the index entries it changes; returns the
+/// collection's keyspace (natural order's replay needs it too).
 pub(super) fn replay_doc(
     state: &mut State,
     ns: &str,
     ts: Timestamp,
     key: DocKey,
     doc: Option<&StoredDoc>,
-) -> Result<(), String> {
+) -> Result<CollId, String> {
     let checkpoint = state.checkpoint_ts;
     let info =
         current_info(state, ns, ts).map_err(|_| format!("write to unknown collection {ns}"))?;
@@ -255,7 +254,7 @@ pub(super) fn replay_doc(
     if chain.is_empty() {
         docs.remove(&key);
     }
-    Ok(())
+    Ok(info.id)
 }
 
 /// The newest version of one document during recovery: its chain in memory, else the base
