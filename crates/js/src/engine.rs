@@ -184,7 +184,9 @@ pub(crate) fn with_ctx<T>(
         let cache = &mut engine.cache;
         let out = engine.ctx.with(|ctx| f(&ctx, cache));
         STOP.with(|s| s.set(None));
-        if KILLED.with(Cell::get) {
+        // The kill is read again, not only the flag the interrupt set: an error of a call
+        // whose operation was killed meanwhile is that kill, whatever JavaScript threw.
+        if KILLED.with(Cell::get) || (out.is_err() && crate::killed()) {
             return Err(CodedError::new(
                 11601,
                 "Interrupted",

@@ -117,6 +117,7 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
             crate::op_stats::measured(stats.clone(), dispatch(shared, client, req, cmd)).await
         }
     };
+    let result = result.map_err(|e| interrupted_if_killed(e, &stats));
     let reply = match result {
         Ok(Reply::Doc(reply)) => Reply::Doc(label_reply(reply, &ctx, labels_override, forced_wce)),
         Ok(reply) => reply,
@@ -130,6 +131,18 @@ pub(crate) async fn run(shared: &Shared, client: &mut Client, req: &Request<'_>)
         shared.metrics.observe(cmd.name, took);
     }
     reply
+}
+
+/// A JavaScript failure of a command that `killOp` asked to stop is its interruption: the
+/// kill reaches running JavaScript as the interpreter's own "interrupted" exception, and the
+/// client must see Interrupted (11601), as from mongod, whichever layer reported it.
+fn interrupted_if_killed(e: CommandError, stats: &crate::op_stats::OpStats) -> CommandError {
+    let killed = stats.killed.load(Ordering::Relaxed);
+    if killed && e.code == code::JS_INTERPRETER_FAILURE {
+        tracing::debug!(error = %e.message, "a killed command's JavaScript failure reported as Interrupted");
+        return crate::access::interrupted();
+    }
+    e
 }
 
 /// The command as `$currentOp` lists it while it runs, numbered for `killOp`.
