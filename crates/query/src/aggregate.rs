@@ -57,12 +57,9 @@ impl Pipeline {
     }
 
     /// A [`Runner`] the caller feeds with input documents (already filtered by
-    /// [`Pipeline::leading_match`]) and pulls results from, one at a time. `foreign` holds
-    /// every collection [`Pipeline::foreign_collections`] names.
-    pub fn into_runner(
-        self,
-        foreign: std::collections::HashMap<String, Vec<RawDocumentBuf>>,
-    ) -> Runner {
-        Runner::new(self, foreign)
+    /// [`Pipeline::leading_match`]) and pulls results from, one at a time, handing each step
+    /// the collections its joins read.
+    pub fn into_runner(self) -> Runner {
+        Runner::new(self)
     }
 }

@@ -1,9 +1,13 @@
 //! `$lookup` and `$graphLookup`: joining each input document with a foreign collection.
 //!
 //! Invariants:
-//! - The foreign collection is read once per run (the server hands it over whole, from the same
-//!   snapshot or transaction as the input); the hash index over its join keys is built on the
-//!   first input document and kept for the rest of the stream.
+//! - A `$lookup` reads its foreign collection (through the server's `ForeignSource`, from the
+//!   same snapshot or transaction as the input) either once per run, whole, with a hash index
+//!   over its join keys built on the first input document and kept for the rest of the stream
+//!   (when it fits in the per-stage limit and no index answers `foreignField`), or again for
+//!   each input document (through that index, or by a scan when it is too large to hold). Both
+//!   ways join exactly the same documents.
+//! - `$graphLookup` reads its foreign collection whole, bounded by the per-stage limit (292).
 //! - Each input document is joined on its own: the documents joined to one input (and, for a
 //!   sub-pipeline, its intermediate results) are bounded by `Limits::stage_bytes` (292), as
 //!   mongod bounds one `$lookup` result; nothing accumulates across input documents.
@@ -55,15 +59,30 @@ fn index_by(
     Ok(index)
 }
 
-/// A `$lookup`'s foreign collection and, for the equality form, its index.
-pub(crate) struct Joined {
-    foreign: Arc<Vec<RawDocumentBuf>>,
-    index: Option<KeyIndex>,
+/// How a `$lookup` reads its foreign collection, chosen on its first input document.
+pub(crate) enum Joined {
+    /// The whole collection in memory (and, for the equality form, a hash of its join keys):
+    /// one read for the whole run, when it fits in the per-stage limit (a hash join).
+    InMemory {
+        foreign: Arc<Vec<RawDocumentBuf>>,
+        index: Option<KeyIndex>,
+    },
+    /// Asked again for each input document: through an index on `foreignField` when there is
+    /// one (an indexed loop join), else by a scan (mongod's nested-loop join, for a collection
+    /// too large to hold). Memory is then one input document's matches.
+    PerDocument,
 }
 
 impl Joined {
     pub(crate) fn open(l: &Lookup, ctx: &Ctx<'_>) -> Result<Joined, QueryError> {
-        let foreign = ctx.collection(&l.from)?;
+        if let Some((foreign_field, _)) = &l.equality
+            && ctx.foreign.indexed(&l.from, foreign_field)
+        {
+            return Ok(Joined::PerDocument);
+        }
+        let Some(foreign) = ctx.foreign.whole(&l.from, ctx.limits.stage_bytes)? else {
+            return Ok(Joined::PerDocument);
+        };
         // The equality form matches like `{foreignField: {$in: localValues}}`: an array on either
         // side matches through its elements, and a missing (or empty-array) local value matches
         // null, i.e. foreign documents whose field is null or missing. A hash of the foreign
@@ -72,51 +91,112 @@ impl Joined {
             Some((foreign_field, _)) => Some(index_by(&foreign, &split_path(foreign_field), None)?),
             None => None,
         };
-        Ok(Joined { foreign, index })
+        Ok(Joined::InMemory { foreign, index })
     }
 
-    /// Positions of the foreign documents the equality form joins to `doc`; `None` for all.
-    fn hits(&self, l: &Lookup, doc: &RawDocument) -> Option<Vec<usize>> {
-        let ((_, local), index) = (l.equality.as_ref()?, self.index.as_ref()?);
-        let mut values: Vec<RawBsonRef<'_>> = distinct_values(doc, &local.join("."));
-        if values.is_empty() {
-            values.push(RawBsonRef::Null);
-        }
-        let mut hits: Vec<usize> = values
-            .into_iter()
-            .filter_map(|v| index.get(&key_of(v)))
-            .flatten()
-            .copied()
-            .collect();
-        hits.sort_unstable();
-        hits.dedup();
-        Some(hits)
-    }
-
-    /// The candidates that pass `filter` (a sub-pipeline's leading $match, applied before
-    /// copying, so a selective join does not copy the whole collection for every input).
-    fn pick(
+    /// The foreign documents joined to `doc` that pass `filter` (a sub-pipeline's leading
+    /// `$match`, applied before copying, so a selective join does not copy the whole
+    /// collection for every input), bounded by the per-stage limit.
+    fn candidates(
         &self,
-        hits: &Option<Vec<usize>>,
+        l: &Lookup,
+        doc: &RawDocument,
         filter: Option<&Filter>,
         ctx: &Ctx<'_>,
     ) -> Result<Vec<RawDocumentBuf>, QueryError> {
         let mut picked = Vec::new();
         let mut used = 0usize;
-        let mut consider = |d: &RawDocumentBuf| -> Result<(), QueryError> {
+        let mut consider = |d: &RawDocument| -> Result<(), QueryError> {
             if filter.map_or(Ok(true), |f| f.matches_checked(d))? {
                 used += d.as_bytes().len();
                 ctx.check("$lookup", used)?;
-                picked.push(d.clone());
+                picked.push(d.to_owned());
             }
             Ok(())
         };
-        match hits {
-            Some(hits) => hits.iter().try_for_each(|&i| consider(&self.foreign[i])),
-            None => self.foreign.iter().try_for_each(&mut consider),
+        match self {
+            Joined::InMemory { foreign, index } => match (index, &l.equality) {
+                (Some(index), Some((_, local))) => hits(index, local, doc)
+                    .iter()
+                    .try_for_each(|&i| consider(&foreign[i])),
+                _ => foreign.iter().try_for_each(|d| consider(d)),
+            },
+            Joined::PerDocument => each_joined(l, doc, ctx, &mut consider),
         }?;
         Ok(picked)
     }
+}
+
+/// The local values of `doc` a `$lookup`'s equality form matches: a missing (or empty-array)
+/// field matches null.
+fn local_values<'a>(local: &[String], doc: &'a RawDocument) -> Vec<RawBsonRef<'a>> {
+    let mut values: Vec<RawBsonRef<'_>> = distinct_values(doc, &local.join("."));
+    if values.is_empty() {
+        values.push(RawBsonRef::Null);
+    }
+    values
+}
+
+/// Positions of the foreign documents the equality form joins to `doc`.
+fn hits(index: &KeyIndex, local: &[String], doc: &RawDocument) -> Vec<usize> {
+    let mut hits: Vec<usize> = local_values(local, doc)
+        .into_iter()
+        .filter_map(|v| index.get(&key_of(v)))
+        .flatten()
+        .copied()
+        .collect();
+    hits.sort_unstable();
+    hits.dedup();
+    hits
+}
+
+/// Hands `visit` each foreign document joined to `doc`, asking the collection for them. The
+/// equality form asks for `{foreignField: {$in: localValues}}` (which an index answers) and
+/// keeps exactly those whose keys the in-memory join would match, so both ways join alike.
+fn each_joined(
+    l: &Lookup,
+    doc: &RawDocument,
+    ctx: &Ctx<'_>,
+    visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
+) -> Result<(), QueryError> {
+    let Some((foreign_field, local)) = &l.equality else {
+        return ctx
+            .foreign
+            .each_match(&l.from, &RawDocumentBuf::new(), visit);
+    };
+    let values = local_values(local, doc);
+    let wanted: HashSet<Vec<u8>> = values.iter().map(|v| key_of(*v)).collect();
+    let path = split_path(foreign_field);
+    let query = in_query(foreign_field, &values)?;
+    ctx.foreign.each_match(&l.from, &query, &mut |d| {
+        let mut joins = false;
+        walk(d, &path, true, &mut |v| {
+            joins = wanted.contains(&key_of(v.unwrap_or(RawBsonRef::Null)));
+            joins
+        });
+        if joins { visit(d) } else { Ok(()) }
+    })
+}
+
+/// `{field: {$in: values}}`, or everything when a value cannot be an `$in` operand as itself
+/// (a regular expression would match by pattern; undefined is refused).
+fn in_query(field: &str, values: &[RawBsonRef<'_>]) -> Result<RawDocumentBuf, QueryError> {
+    let mut query = RawDocumentBuf::new();
+    let literal =
+        |v: &RawBsonRef<'_>| !matches!(v, RawBsonRef::RegularExpression(_) | RawBsonRef::Undefined);
+    if values.iter().all(literal) {
+        let mut list = bson::raw::RawArrayBuf::new();
+        for v in values {
+            list.push(bson::RawBson::from(*v));
+        }
+        let mut op = RawDocumentBuf::new();
+        op.append(bson::raw::cstr!("$in"), list);
+        let field = <&bson::raw::CStr>::try_from(field).map_err(|_| {
+            QueryError::bad_value(format!("field name contains a NUL byte: {field:?}"))
+        })?;
+        query.append(field, op);
+    }
+    Ok(query)
 }
 
 /// `doc` with the foreign documents it joins set at the `as` path.
@@ -129,7 +209,6 @@ pub(crate) fn lookup_one(
     ctx: &Ctx<'_>,
     run_sub: &SubRunner<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {
-    let hits = joined.hits(l, doc);
     let matched = match &l.pipeline {
         Some(p) => {
             let mut vars = Vec::with_capacity(l.lets.len());
@@ -141,10 +220,10 @@ pub(crate) fn lookup_one(
                     Some(Stage::Match(f)) => (Some(f), &p.stages[1..]),
                     _ => (None, &p.stages[..]),
                 };
-                run_sub(rest, joined.pick(&hits, first, ctx)?)
+                run_sub(rest, joined.candidates(l, doc, first, ctx)?)
             })?
         }
-        None => joined.pick(&hits, None, ctx)?,
+        None => joined.candidates(l, doc, None, ctx)?,
     };
     let items = matched
         .iter()
@@ -164,7 +243,7 @@ pub(crate) struct Graph {
 
 impl Graph {
     pub(crate) fn open(g: &GraphLookup, ctx: &Ctx<'_>) -> Result<Graph, QueryError> {
-        let foreign = ctx.collection(&g.from)?;
+        let foreign = ctx.collection(&g.from, "$graphLookup")?;
         let index = index_by(&foreign, &g.connect_to, g.restrict.as_ref())?;
         Ok(Graph { foreign, index })
     }

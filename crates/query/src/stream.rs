@@ -37,7 +37,7 @@ use crate::expr::random_unit;
 use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
 use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
-pub(crate) use crate::run_ctx::{Ctx, Foreign};
+pub(crate) use crate::run_ctx::{Ctx, ForeignSource};
 use crate::spill::{SortMerge, SpillStore, Spilled, StageStore};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
 use crate::window_spill::{Entries, WindowStream};
@@ -865,7 +865,7 @@ fn union_with(
     let run = match theirs {
         Some(run) => run,
         None => {
-            let docs = ctx.collection(coll)?.as_ref().clone();
+            let docs = ctx.collection(coll, "$unionWith")?.as_ref().clone();
             theirs.insert(Box::new(Run::new(stages, Input::ended_with(docs))))
         }
     };
@@ -963,14 +963,14 @@ pub(crate) fn run_all(
     Ok(out)
 }
 
-/// Foreign collections from a callback, each asked for once.
+/// Foreign collections from a callback, each asked for once and kept whole.
 struct Callback<'a> {
     fetch: &'a dyn Fn(&str) -> Result<Vec<RawDocumentBuf>, QueryError>,
     cache: std::cell::RefCell<HashMap<String, Arc<Vec<RawDocumentBuf>>>>,
 }
 
-impl Foreign for Callback<'_> {
-    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
+impl Callback<'_> {
+    fn fetched(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
         if let Some(docs) = self.cache.borrow().get(name) {
             return Ok(docs.clone());
         }
@@ -979,6 +979,32 @@ impl Foreign for Callback<'_> {
             .borrow_mut()
             .insert(name.to_string(), docs.clone());
         Ok(docs)
+    }
+}
+
+impl ForeignSource for Callback<'_> {
+    // The callback's collections are already in memory: their size was bounded where read.
+    fn whole(&self, name: &str, _: usize) -> Result<Option<Arc<Vec<RawDocumentBuf>>>, QueryError> {
+        self.fetched(name).map(Some)
+    }
+
+    fn each_match(
+        &self,
+        name: &str,
+        filter: &bson::RawDocument,
+        visit: &mut dyn FnMut(&bson::RawDocument) -> Result<(), QueryError>,
+    ) -> Result<(), QueryError> {
+        let filter = crate::Filter::parse(filter)?;
+        for d in self.fetched(name)?.iter() {
+            if filter.matches_checked(d)? {
+                visit(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn indexed(&self, _: &str, _: &str) -> bool {
+        false
     }
 }
 
@@ -1020,16 +1046,6 @@ pub(crate) fn run_with(
     Ok(out)
 }
 
-/// Foreign collections handed over up front.
-#[derive(Default)]
-struct Handed(HashMap<String, Arc<Vec<RawDocumentBuf>>>);
-
-impl Foreign for Handed {
-    fn collection(&self, name: &str) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
-        Ok(self.0.get(name).cloned().unwrap_or_default())
-    }
-}
-
 /// A pipeline with its state, fed by the caller and pulled one result at a time; it owns
 /// everything, so a cursor can keep it between `getMore`s.
 pub struct Runner {
@@ -1038,24 +1054,21 @@ pub struct Runner {
     skip: usize,
     states: Vec<State>,
     input: Input,
-    foreign: Handed,
     ended: bool,
     /// What each stage did so far, and where it spills (`allowDiskUse`).
     runs: Vec<StageRun>,
 }
 
 impl Runner {
-    pub(crate) fn new(pipeline: Pipeline, foreign: HashMap<String, Vec<RawDocumentBuf>>) -> Runner {
+    pub(crate) fn new(pipeline: Pipeline) -> Runner {
         let skip = usize::from(pipeline.leading_match().is_some());
         let states = fresh_states(&pipeline.stages[skip..]);
         let stages = states.len();
-        let foreign = Handed(foreign.into_iter().map(|(k, v)| (k, Arc::new(v))).collect());
         Runner {
             pipeline,
             skip,
             states,
             input: Input::default(),
-            foreign,
             ended: false,
             runs: std::iter::repeat_with(StageRun::default)
                 .take(stages)
@@ -1117,14 +1130,15 @@ impl Runner {
     }
 
     /// The next result; [`Step::NeedInput`] asks for more input (or [`Runner::end_input`]).
-    /// Once it answered [`Step::End`], further input is ignored.
-    pub fn step(&mut self) -> Result<Step, QueryError> {
+    /// Once it answered [`Step::End`], further input is ignored. `foreign` reads the
+    /// collections the joins name, from the same snapshot (or transaction) on every step.
+    pub fn step(&mut self, foreign: &dyn ForeignSource) -> Result<Step, QueryError> {
         if self.ended {
             return Ok(Step::End);
         }
         // Each stage gets its own view of the store (see `pull`).
         let ctx = Ctx {
-            foreign: &self.foreign,
+            foreign,
             limits: self.pipeline.limits,
             spill: None,
         };

@@ -365,7 +365,9 @@ pub fn choose(
     Ok(access)
 }
 
-fn choose_access(
+/// [`choose`] without noting the plan as the command's: for reads besides the command's own
+/// (the collections its joins read).
+pub(crate) fn choose_access(
     view: &dyn ReadView,
     coll: &CollectionInfo,
     filter: &Filter,

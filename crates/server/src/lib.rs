@@ -20,6 +20,7 @@ mod conn;
 mod cursor;
 mod error;
 mod failpoint;
+mod foreign;
 mod geo_near;
 mod index_usage;
 mod legacy;

@@ -14,12 +14,13 @@
 use std::ops::ControlFlow;
 
 use bson::RawDocumentBuf;
-use mangrove_query::{Filter, KeyInterval, Runner, Step};
+use mangrove_query::{Filter, ForeignSource, KeyInterval, NoForeign, Runner, Step};
 use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc};
 
 use crate::access::{Access, Examined, IndexWalk, check_deadline};
 use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 use crate::error::CommandResult;
+use crate::foreign::{Foreign, ForeignViews};
 
 /// Bytes of input documents read per chunk.
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -258,13 +259,15 @@ impl InputReader {
     }
 }
 
-/// Feeds `runner` chunks from `reader` until it answers a document or ends.
+/// Feeds `runner` chunks from `reader` until it answers a document or ends; its joins read
+/// through `foreign`.
 pub fn next_result(
     runner: &mut Runner,
     mut input: Option<(&mut InputReader, &dyn ReadView, &CollectionInfo)>,
+    foreign: &dyn ForeignSource,
 ) -> CommandResult<Option<RawDocumentBuf>> {
     loop {
-        match runner.step()? {
+        match runner.step(foreign)? {
             Step::Doc(d) => return Ok(Some(d)),
             Step::End => return Ok(None),
             Step::NeedInput => match &mut input {
@@ -286,8 +289,14 @@ pub fn next_result(
 /// A cursor over an aggregation's results, computed batch by batch.
 pub struct PipelineSource {
     pub runner: Runner,
-    /// The input still to read: its reader, the snapshot it reads, the collection.
-    pub input: Option<(InputReader, Snapshot, CollectionInfo)>,
+    /// The input still to read: its reader and the collection.
+    pub input: Option<(InputReader, CollectionInfo)>,
+    /// The snapshot the input and the joins read, kept until the results end; `None` for a
+    /// pipeline that reads neither (a find's spilling sort, fed before it became a cursor).
+    pub snapshot: Option<Snapshot>,
+    /// The database the joins' collections are in, and the views they name.
+    pub db: String,
+    pub views: ForeignViews,
     /// A result that did not fit in the last batch.
     pub pending: Option<RawDocumentBuf>,
 }
@@ -322,13 +331,26 @@ impl PipelineSource {
     }
 
     fn next(&mut self) -> CommandResult<Option<RawDocumentBuf>> {
-        let input = self
-            .input
-            .as_mut()
-            .map(|(r, snap, coll)| (r, snap as &dyn ReadView, &*coll));
-        let next = next_result(&mut self.runner, input)?;
+        let next = match &self.snapshot {
+            Some(snap) => {
+                let db = &self.db;
+                let resolve = |name: &str| snap.collection(&format!("{db}.{name}"));
+                let foreign = Foreign {
+                    view: snap,
+                    resolve: &resolve,
+                    views: &self.views,
+                };
+                let input = self
+                    .input
+                    .as_mut()
+                    .map(|(r, coll)| (r, snap as &dyn ReadView, &*coll));
+                next_result(&mut self.runner, input, &foreign)?
+            }
+            None => next_result(&mut self.runner, None, &NoForeign)?,
+        };
         if next.is_none() {
             self.input = None;
+            self.snapshot = None;
         }
         Ok(next)
     }

@@ -2,7 +2,6 @@
 //! equal the unspilled ones (ties in input order), runs really are written, files are
 //! released, and without a store the stage still fails with 292.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bson::{Document, RawDocumentBuf, doc};
@@ -71,14 +70,14 @@ fn run(
     input: &[Document],
     store: Option<&MemoryStore>,
 ) -> Result<Vec<Document>, QueryError> {
-    let mut runner = p.into_runner(HashMap::new());
+    let mut runner = p.into_runner();
     if let Some(s) = store {
         runner.allow_disk_use(Arc::new(s.clone()));
     }
     let mut docs = input.iter().map(|d| RawDocumentBuf::try_from(d).unwrap());
     let mut out = Vec::new();
     loop {
-        match runner.step()? {
+        match runner.step(&mangrove_query::NoForeign)? {
             Step::Doc(d) => out.push(Document::try_from(d.as_ref()).unwrap()),
             Step::End => break,
             Step::NeedInput => match docs.next() {
@@ -161,13 +160,13 @@ fn without_a_store_the_sort_still_fails_with_292_and_a_dropped_runner_releases_i
     // A runner dropped half-way (a killed cursor) releases its spill file.
     let store = MemoryStore::default();
     let p = pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000);
-    let mut runner = p.into_runner(HashMap::new());
+    let mut runner = p.into_runner();
     runner.allow_disk_use(Arc::new(store.clone()));
     for d in &docs {
         runner.feed(RawDocumentBuf::try_from(d).unwrap());
     }
     runner.end_input();
-    assert!(matches!(runner.step().unwrap(), Step::Doc(_)));
+    assert!(matches!(runner.step(&mangrove_query::NoForeign).unwrap(), Step::Doc(_)));
     assert!(runner.used_disk());
     assert_eq!(*store.open_files.lock().unwrap(), 1);
     drop(runner);
@@ -202,13 +201,13 @@ impl SpillFile for Damaged {
 fn a_damaged_run_fails_the_pipeline() {
     let docs = input(500);
     let mut runner =
-        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner(HashMap::new());
+        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner();
     runner.allow_disk_use(Arc::new(Damaged));
     for d in &docs {
         runner.feed(RawDocumentBuf::try_from(d).unwrap());
     }
     runner.end_input();
-    let e = runner.step().unwrap_err();
+    let e = runner.step(&mangrove_query::NoForeign).unwrap_err();
     assert_eq!(e.code, 301);
     assert!(e.message.contains("offset 8"));
 }
@@ -632,13 +631,13 @@ fn the_runner_reports_used_disk_for_a_spilled_sample_and_densify() {
         (vec![densify, doc! { "$count": "n" }], true),
         (vec![doc! { "$sample": { "size": 10 } }], false),
     ] {
-        let mut runner = pipeline(stages.clone(), 20_000).into_runner(HashMap::new());
+        let mut runner = pipeline(stages.clone(), 20_000).into_runner();
         runner.allow_disk_use(Arc::new(MemoryStore::default()));
         for d in &docs {
             runner.feed(RawDocumentBuf::try_from(d).unwrap());
         }
         runner.end_input();
-        while let Step::Doc(_) = runner.step().unwrap() {}
+        while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
         assert_eq!(runner.used_disk(), spills, "{stages:?}");
     }
 }
@@ -652,14 +651,14 @@ fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
         doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
         doc! { "$project": { "n": 1 } },
     ];
-    let mut runner = pipeline(stages, 20_000).into_runner(HashMap::new());
+    let mut runner = pipeline(stages, 20_000).into_runner();
     runner.allow_disk_use(Arc::new(MemoryStore::default()));
     assert!(runner.applies_leading_match());
     for d in &docs {
         runner.feed(RawDocumentBuf::try_from(d).unwrap());
     }
     runner.end_input();
-    while let Step::Doc(_) = runner.step().unwrap() {}
+    while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
     let stat = |name, returned, used_disk| StageStats {
         name,
         returned,
@@ -675,9 +674,9 @@ fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
     );
     // Without allowDiskUse nothing spills, and the stages still report false.
     let small = vec![doc! { "$sort": { "k": 1 } }];
-    let mut runner = pipeline(small, usize::MAX).into_runner(HashMap::new());
+    let mut runner = pipeline(small, usize::MAX).into_runner();
     runner.feed(RawDocumentBuf::try_from(&docs[0]).unwrap());
     runner.end_input();
-    while let Step::Doc(_) = runner.step().unwrap() {}
+    while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
     assert_eq!(runner.stage_stats(), vec![stat("$sort", 1, Some(false))]);
 }

@@ -2,22 +2,81 @@
 //! whole input at once (which `stream_golden.rs` ties to the implementation before streaming);
 //! a finished `$limit` stops asking for input; blocking stages answer only after the input ends.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::corpus;
 
-use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::{Runner, Step};
+use bson::{Document, RawDocument, RawDocumentBuf, doc};
+use mangrove_query::{Filter, ForeignSource, QueryError, Runner, Step};
+
+/// How the corpus's foreign collection ("other") is read, as the server may read one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Way {
+    /// Whole, in memory (a hash join).
+    Whole,
+    /// An index answers every field: `$lookup` asks per input document.
+    Indexed,
+    /// Too large to hold: `$lookup` scans per input document; `$graphLookup` and
+    /// `$unionWith`, which need it whole, fail (292).
+    TooLarge,
+}
+
+struct Other {
+    docs: Arc<Vec<RawDocumentBuf>>,
+    way: Way,
+}
+
+impl Other {
+    fn new(way: Way) -> Other {
+        let docs = Arc::new(corpus::raw(&corpus::foreign()));
+        Other { docs, way }
+    }
+}
+
+impl ForeignSource for Other {
+    fn whole(&self, name: &str, _: usize) -> Result<Option<Arc<Vec<RawDocumentBuf>>>, QueryError> {
+        assert_eq!(name, "other");
+        Ok((self.way != Way::TooLarge).then(|| self.docs.clone()))
+    }
+
+    fn each_match(
+        &self,
+        name: &str,
+        filter: &RawDocument,
+        visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
+    ) -> Result<(), QueryError> {
+        assert_eq!(name, "other");
+        assert_ne!(self.way, Way::Whole, "a join that fits asks no query");
+        let filter = Filter::parse(filter)?;
+        for d in self.docs.iter() {
+            if filter.matches_checked(d)? {
+                visit(d)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn indexed(&self, _: &str, _: &str) -> bool {
+        self.way == Way::Indexed
+    }
+}
 
 fn runner(stages: &[Document]) -> Runner {
-    let mut foreign = HashMap::new();
-    foreign.insert("other".to_string(), corpus::raw(&corpus::foreign()));
-    corpus::parse(stages).into_runner(foreign)
+    corpus::parse(stages).into_runner()
 }
 
 /// Feeds the input `chunk` documents at a time, pulling everything available after each feed;
 /// returns the results and how many documents were fed before the runner ended.
 fn run_piecewise(stages: &[Document], chunk: usize) -> (Vec<Document>, usize) {
+    run_piecewise_reading(stages, chunk, Way::Whole).unwrap()
+}
+
+fn run_piecewise_reading(
+    stages: &[Document],
+    chunk: usize,
+    way: Way,
+) -> Result<(Vec<Document>, usize), QueryError> {
+    let other = Other::new(way);
     let p = corpus::parse(stages);
     let mut input = corpus::raw(&corpus::input());
     if let Some(f) = p.leading_match() {
@@ -31,9 +90,9 @@ fn run_piecewise(stages: &[Document], chunk: usize) -> (Vec<Document>, usize) {
     let mut fed = 0;
     let mut rest = input.into_iter();
     loop {
-        match r.step().unwrap() {
+        match r.step(&other)? {
             Step::Doc(d) => out.push(Document::try_from(d.as_ref()).unwrap()),
-            Step::End => return (out, fed),
+            Step::End => return Ok((out, fed)),
             Step::NeedInput => {
                 let next: Vec<RawDocumentBuf> = rest.by_ref().take(chunk).collect();
                 if next.is_empty() {
@@ -55,6 +114,30 @@ fn piecewise_feeding_gives_the_whole_input_results() {
             assert_eq!(piecewise, whole, "{name}, chunks of {chunk}");
         }
     }
+}
+
+/// A `$lookup` asking per input document (through an index, or scanning a collection too
+/// large to hold) joins exactly what the in-memory hash join does; `$graphLookup` and
+/// `$unionWith`, which need the collection whole, fail with 292 when it is too large.
+#[test]
+fn every_way_of_reading_the_foreign_collection_joins_alike() {
+    let mut joins = 0;
+    for (name, stages) in corpus::pipelines() {
+        let whole = corpus::run_whole(&stages).unwrap();
+        for way in [Way::Indexed, Way::TooLarge] {
+            match run_piecewise_reading(&stages, 3, way) {
+                Ok((out, _)) => assert_eq!(out, whole, "{name}, read {way:?}"),
+                Err(e) => {
+                    let text = format!("{stages:?}");
+                    let needs_whole = text.contains("$graphLookup") || text.contains("$unionWith");
+                    assert!(way == Way::TooLarge && needs_whole, "{name}, {way:?}: {e:?}");
+                    assert_eq!(e.code, 292, "{name}: {e:?}");
+                }
+            }
+        }
+        joins += usize::from(format!("{stages:?}").contains("$lookup"));
+    }
+    assert!(joins >= 2, "the corpus joins with $lookup");
 }
 
 #[test]
@@ -79,17 +162,17 @@ fn blocking_stages_answer_only_at_the_end_of_the_input() {
     let mut r = runner(&[doc! { "$group": { "_id": null, "n": { "$sum": 1 } } }]);
     for d in corpus::raw(&corpus::input()) {
         r.feed(d);
-        assert!(matches!(r.step().unwrap(), Step::NeedInput));
+        assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::NeedInput));
     }
     r.end_input();
-    let Step::Doc(d) = r.step().unwrap() else {
+    let Step::Doc(d) = r.step(&Other::new(Way::Whole)).unwrap() else {
         panic!("no group");
     };
     assert_eq!(d.get_i32("n").unwrap(), 40);
-    assert!(matches!(r.step().unwrap(), Step::End));
+    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::End));
     // Once ended, more input is ignored.
     r.feed(RawDocumentBuf::new());
-    assert!(matches!(r.step().unwrap(), Step::End));
+    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::End));
 }
 
 #[test]
@@ -98,10 +181,10 @@ fn streaming_stages_answer_as_documents_arrive() {
         doc! { "$unwind": "$sub.tags" },
         doc! { "$project": { "t": "$sub.tags" } },
     ]);
-    assert!(matches!(r.step().unwrap(), Step::NeedInput));
+    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::NeedInput));
     r.feed(corpus::raw(&corpus::input()[..1])[0].clone());
     let mut tags = Vec::new();
-    while let Step::Doc(d) = r.step().unwrap() {
+    while let Step::Doc(d) = r.step(&Other::new(Way::Whole)).unwrap() {
         tags.push(d.get_str("t").unwrap().to_string());
     }
     assert_eq!(tags, ["t0", "all"]);
@@ -117,7 +200,7 @@ fn a_sort_before_a_limit_keeps_only_the_best() {
     }
     r.end_input();
     let mut ids = Vec::new();
-    while let Step::Doc(d) = r.step().unwrap() {
+    while let Step::Doc(d) = r.step(&Other::new(Way::Whole)).unwrap() {
         assert_eq!(d.get_i32("k").unwrap(), 0);
         ids.push(d.get_i32("_id").unwrap());
     }

@@ -13,10 +13,10 @@
 //!   computed at once, bounded by the per-stage limit (292).
 //! - A view is its source collection through the views' pipelines followed by the reader's:
 //!   one pipeline, streaming like any other (it uses no index).
-//! - Collections a `$lookup`, `$graphLookup` or `$unionWith` names are read whole, from the same
-//!   snapshot or transaction as the input, bounded by the per-stage limit.
+//! - Collections a `$lookup`, `$graphLookup` or `$unionWith` names are read through the same
+//!   snapshot or transaction as the input, when a stage asks (`foreign.rs`); views they name are
+//!   computed when the command starts.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,11 +26,10 @@ use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_query::{Filter, Limits, Pipeline, Runner, StageStats, with_collation, with_let};
 use mangrove_storage::{CollectionInfo, DocKey, ReadView, Snapshot, StoredDoc, Txn};
 
-use crate::access::{
-    Access, Examined, choose, deadline_of, for_each_match, parse_hint, with_deadline,
-};
+use crate::access::{Access, choose, deadline_of, parse_hint, with_deadline};
 use crate::cursor::{Cursor, Source};
 use crate::error::{CommandError, CommandResult, code};
+use crate::foreign::{Foreign, ForeignViews};
 use crate::pipeline_input::{InputReader, PipelineSource, next_result};
 use crate::request::Request;
 use crate::validation::DocValidator;
@@ -116,22 +115,22 @@ pub(super) async fn aggregate(
     let collation = collation_for(req.opt_doc("collation")?, target.coll.as_ref())?;
     let deadline = deadline_of(req.opt_i64("maxTimeMS")?);
     let pipeline = pipeline.with_limits(query_limits(shared));
-    let (runner, input) = with_deadline(deadline, || {
+    let (runner, input, views) = with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
             prepare(shared, req, txn, &snapshot, target, pipeline)
         })
     })?;
     if txn.is_none() && collation.is_none() && write_opts.is_none() {
         return with_deadline(deadline, || {
-            lazy_cursor(shared, req, ns, runner, input, snapshot)
+            lazy_cursor(shared, req, ns, runner, (input, views), snapshot)
         });
     }
-    let view: &dyn ReadView = match txn {
-        Some(txn) => txn,
-        None => &snapshot,
-    };
     let output = with_deadline(deadline, || {
-        with_collation(collation.as_ref(), || run_at_once(runner, input, view))
+        with_collation(collation.as_ref(), || {
+            with_foreign(shared, req, txn, &snapshot, &views, |view, foreign| {
+                run_at_once(runner, input, view, foreign)
+            })
+        })
     })?;
     drop(snapshot);
     reply_at_once(shared, req, txn, ns, output, write_opts).await
@@ -155,8 +154,10 @@ pub(super) fn collect(
     let pipeline = pipeline.with_limits(query_limits(shared));
     with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
-            let (runner, input) = prepare(shared, req, None, &snapshot, target, pipeline)?;
-            run_at_once(runner, input, &snapshot).map(|(docs, _)| docs)
+            let (runner, input, views) = prepare(shared, req, None, &snapshot, target, pipeline)?;
+            with_foreign(shared, req, None, &snapshot, &views, |view, foreign| {
+                run_at_once(runner, input, view, foreign).map(|(docs, _)| docs)
+            })
         })
     })
 }
@@ -192,17 +193,18 @@ pub(super) fn explain_run(
     let pipeline = pipeline.with_limits(query_limits(shared));
     let stats = with_deadline(deadline, || {
         with_collation(collation.as_ref(), || {
-            let (mut runner, input) = prepare(shared, &req, None, &snapshot, target, pipeline)?;
+            let (mut runner, input, views) =
+                prepare(shared, &req, None, &snapshot, target, pipeline)?;
             let mut reader = input.map(|i| (InputReader::new(i.access, i.filter), i.coll));
-            loop {
-                let feed = reader
-                    .as_mut()
-                    .map(|(r, c)| (r, &snapshot as &dyn ReadView, &*c));
-                if next_result(&mut runner, feed)?.is_none() {
-                    break;
+            with_foreign(shared, &req, None, &snapshot, &views, |view, foreign| {
+                loop {
+                    let feed = reader.as_mut().map(|(r, c)| (r, view, &*c));
+                    if next_result(&mut runner, feed, foreign)?.is_none() {
+                        break;
+                    }
                 }
-            }
-            Ok::<_, CommandError>(runner.stage_stats())
+                Ok::<_, CommandError>(runner.stage_stats())
+            })
         })
     })?;
     let micros = started.elapsed().as_micros() as i64;
@@ -318,8 +320,8 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Resolves the input (through views) and reads the foreign collections: the runner, ready to
-/// be fed, and what feeds it.
+/// Resolves the input (through views) and computes the views the joins name: the runner, ready
+/// to be fed, what feeds it, and those views.
 fn prepare(
     shared: &Shared,
     req: &Request<'_>,
@@ -331,7 +333,7 @@ fn prepare(
         collectionless,
     }: Target<'_>,
     pipeline: Pipeline,
-) -> CommandResult<(Runner, Option<Input>)> {
+) -> CommandResult<(Runner, Option<Input>, ForeignViews)> {
     let view: &dyn ReadView = match txn {
         Some(txn) => txn,
         None => snapshot,
@@ -354,16 +356,51 @@ fn prepare(
     } else {
         plan_input(req, view, coll, pipeline)?
     };
-    let mut foreign = HashMap::new();
+    // A view a join names is computed now, whole (as a view read is bounded); collections are
+    // read when a stage asks (`foreign.rs`).
+    let mut views = ForeignViews::default();
     for name in pipeline.foreign_collections() {
-        let docs = read_foreign(shared, view, collection(&req.ns(&name)))?;
-        foreign.insert(name, docs);
+        if let Some(coll) = collection(&req.ns(&name))
+            && super::views::is_view(&coll)
+        {
+            let docs = super::views::view_docs(shared, view, &coll)?;
+            views.0.insert(name, Arc::new(docs));
+        }
     }
-    let mut runner = pipeline.into_runner(foreign);
+    let mut runner = pipeline.into_runner();
     if let Some(store) = disk_use(shared, req)? {
         runner.allow_disk_use(store);
     }
-    Ok((runner, input))
+    Ok((runner, input, views))
+}
+
+/// Runs `f` with the view the pipeline reads (the transaction's when there is one) and its
+/// joins' collections read through it.
+fn with_foreign<T>(
+    shared: &Shared,
+    req: &Request<'_>,
+    txn: Option<&Txn>,
+    snapshot: &Snapshot,
+    views: &ForeignViews,
+    f: impl FnOnce(&dyn ReadView, &Foreign<'_>) -> T,
+) -> T {
+    let view: &dyn ReadView = match txn {
+        Some(txn) => txn,
+        None => snapshot,
+    };
+    let resolve = |name: &str| {
+        let ns = req.ns(name);
+        match txn {
+            Some(txn) => collection_in_txn(shared, txn, &ns),
+            None => snapshot.collection(&ns),
+        }
+    };
+    let foreign = Foreign {
+        view,
+        resolve: &resolve,
+        views,
+    };
+    f(view, &foreign)
 }
 
 /// The collection the pipeline reads and how; a view becomes its source collection with the
@@ -436,66 +473,22 @@ fn leading_filter(pipeline: &Pipeline) -> CommandResult<Filter> {
     }
 }
 
-/// Every document of a collection (or view) a join names, bounded by the per-stage limit.
-fn read_foreign(
-    shared: &Shared,
-    view: &dyn ReadView,
-    coll: Option<CollectionInfo>,
-) -> CommandResult<Vec<RawDocumentBuf>> {
-    let Some(coll) = coll else {
-        return Ok(Vec::new());
-    };
-    if super::views::is_view(&coll) {
-        return super::views::view_docs(shared, view, &coll);
-    }
-    let max = shared.params.query.sort_bytes();
-    let all = Filter::parse(&RawDocumentBuf::new())?;
-    let mut docs = Vec::new();
-    let mut bytes = 0usize;
-    let mut over = false;
-    let mut visit = |_: &DocKey, d: &StoredDoc| {
-        bytes += d.as_bytes().len();
-        if bytes > max {
-            over = true;
-            return ControlFlow::Break(());
-        }
-        docs.push((**d).clone());
-        ControlFlow::Continue(())
-    };
-    let access = Access::Collection;
-    for_each_match(
-        view,
-        &coll,
-        &access,
-        &all,
-        &mut Examined::default(),
-        &mut visit,
-    )?;
-    if over {
-        return Err(CommandError::new(
-            code::QUERY_EXCEEDED_MEMORY_LIMIT,
-            format!(
-                "$lookup, $graphLookup and $unionWith read the whole collection {} into memory, and it holds more than {max} bytes; join a smaller collection or one filtered into a smaller one with $out first",
-                coll.ns()
-            ),
-        ));
-    }
-    Ok(docs)
-}
-
 /// A cursor whose batches are computed as they are asked for.
 fn lazy_cursor(
     shared: &Shared,
     req: &Request<'_>,
     ns: String,
     runner: Runner,
-    input: Option<Input>,
+    (input, views): (Option<Input>, ForeignViews),
     snapshot: Snapshot,
 ) -> CommandResult<Reply> {
     let batch_size = cursor_batch_size(req)?;
     let source = PipelineSource {
         runner,
-        input: input.map(|i| (InputReader::new(i.access, i.filter), snapshot, i.coll)),
+        input: input.map(|i| (InputReader::new(i.access, i.filter), i.coll)),
+        snapshot: Some(snapshot),
+        db: req.db.to_string(),
+        views,
         pending: None,
     };
     let mut cursor = Cursor {
@@ -521,6 +514,7 @@ fn run_at_once(
     mut runner: Runner,
     input: Option<Input>,
     view: &dyn ReadView,
+    foreign: &Foreign<'_>,
 ) -> CommandResult<(Vec<RawDocumentBuf>, Option<mangrove_query::Sink>)> {
     let max = runner.limits().stage_bytes;
     let mut reader = input.map(|i| (InputReader::new(i.access, i.filter), i.coll));
@@ -528,7 +522,7 @@ fn run_at_once(
     let mut bytes = 0usize;
     loop {
         let feed = reader.as_mut().map(|(r, coll)| (r, view, &*coll));
-        let Some(doc) = next_result(&mut runner, feed)? else {
+        let Some(doc) = next_result(&mut runner, feed, foreign)? else {
             break;
         };
         bytes += doc.as_bytes().len();

@@ -572,7 +572,7 @@ fn sort_runner(
         stages.push(bson::rawdoc! { "$skip": i64::try_from(skip).unwrap_or(i64::MAX) });
     }
     let pipeline = mangrove_query::Pipeline::parse(&stages)?.with_limits(limits);
-    let mut runner = pipeline.into_runner(Default::default());
+    let mut runner = pipeline.into_runner();
     runner.allow_disk_use(store);
     Ok(runner)
 }
@@ -589,11 +589,18 @@ fn spilling_sort(
 ) -> CommandResult<Source> {
     let mut reader = crate::pipeline_input::InputReader::new(access, filter);
     // A sort answers nothing before its input ends: the first result means all was read.
-    let first = crate::pipeline_input::next_result(&mut runner, Some((&mut reader, view, coll)))?;
+    let first = crate::pipeline_input::next_result(
+        &mut runner,
+        Some((&mut reader, view, coll)),
+        &mangrove_query::NoForeign,
+    )?;
     Ok(Source::Pipeline(Box::new(
         crate::pipeline_input::PipelineSource {
             runner,
             input: None,
+            snapshot: None,
+            db: String::new(),
+            views: Default::default(),
             pending: first,
         },
     )))

@@ -1,0 +1,171 @@
+//! The collections a pipeline's joins read (`$lookup`, `$graphLookup`, `$unionWith`): the query
+//! crate's `ForeignSource`, answered from the view the pipeline's input reads.
+//!
+//! Invariants:
+//! - Every read goes through the same `ReadView` as the input, so a join sees exactly the
+//!   snapshot, or the transaction with its own writes, that the input does.
+//! - A view a join names is computed whole when the command starts ([`ForeignViews`], as a
+//!   view read is bounded); a collection is read only when a stage asks, and a whole read stops
+//!   at the byte bound it is given, so nothing here holds more than the stage allows.
+//! - This module knows the access layer (plans, walks), not the commands.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use bson::{RawDocument, RawDocumentBuf, rawdoc};
+use mangrove_query::{Filter, ForeignSource, QueryError};
+use mangrove_storage::{CollectionInfo, ReadView};
+
+use crate::access::{Access, Examined, Hint, choose_access, for_each_match};
+use crate::error::CommandError;
+
+/// Views a pipeline's joins name, computed whole when the command starts.
+#[derive(Default)]
+pub(crate) struct ForeignViews(pub HashMap<String, Arc<Vec<RawDocumentBuf>>>);
+
+/// The joins' collections, read through `view`.
+pub(crate) struct Foreign<'a> {
+    pub view: &'a dyn ReadView,
+    /// The collection a join names, in the pipeline's database (a transaction also sees
+    /// collections created after its snapshot).
+    pub resolve: &'a dyn Fn(&str) -> Option<CollectionInfo>,
+    pub views: &'a ForeignViews,
+}
+
+/// The query crate's error for a failed read: same code and message.
+fn query_error(e: CommandError) -> QueryError {
+    let name = mangrove_query::error_codes::static_code_name(e.code);
+    QueryError::new(e.code, name, e.message)
+}
+
+impl Foreign<'_> {
+    /// Hands `visit` each document of `coll` that `filter` matches, along `access`.
+    fn walk(
+        &self,
+        coll: &CollectionInfo,
+        access: &Access,
+        filter: &Filter,
+        visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
+    ) -> Result<(), QueryError> {
+        let mut failed = None;
+        let mut each = |_: &_, d: &mangrove_storage::StoredDoc| match visit(d) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        };
+        let walked = for_each_match(
+            self.view,
+            coll,
+            access,
+            filter,
+            &mut Examined::default(),
+            &mut each,
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => walked.map_err(query_error),
+        }
+    }
+
+    /// How the planner answers `filter` over `coll` (the command's own plan stays its input's).
+    fn plan(
+        &self,
+        coll: &CollectionInfo,
+        raw: &RawDocument,
+    ) -> Result<(Filter, Access), QueryError> {
+        let filter = Filter::parse(raw)?;
+        let access =
+            choose_access(self.view, coll, &filter, raw, &Hint::None, None).map_err(query_error)?;
+        Ok((filter, access))
+    }
+}
+
+impl ForeignSource for Foreign<'_> {
+    fn whole(
+        &self,
+        name: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Arc<Vec<RawDocumentBuf>>>, QueryError> {
+        if let Some(docs) = self.views.0.get(name) {
+            return Ok(Some(docs.clone()));
+        }
+        let Some(coll) = (self.resolve)(name) else {
+            return Ok(Some(Arc::default()));
+        };
+        let all = Filter::parse(&RawDocumentBuf::new())?;
+        let mut docs = Vec::new();
+        let mut bytes = 0usize;
+        let mut over = false;
+        let walked = self.walk(&coll, &Access::Collection, &all, &mut |d| {
+            bytes += d.as_bytes().len();
+            if bytes > max_bytes {
+                // Stops the walk at once: the caller asks per document instead.
+                over = true;
+                return Err(QueryError::bad_value("over the bound"));
+            }
+            docs.push(d.to_owned());
+            Ok(())
+        });
+        match walked {
+            Err(_) if over => Ok(None),
+            Err(e) => Err(e),
+            Ok(()) => Ok(Some(Arc::new(docs))),
+        }
+    }
+
+    fn each_match(
+        &self,
+        name: &str,
+        filter: &RawDocument,
+        visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
+    ) -> Result<(), QueryError> {
+        if let Some(docs) = self.views.0.get(name) {
+            let filter = Filter::parse(filter)?;
+            for d in docs.iter() {
+                if filter.matches_checked(d)? {
+                    visit(d)?;
+                }
+            }
+            return Ok(());
+        }
+        let Some(coll) = (self.resolve)(name) else {
+            return Ok(());
+        };
+        let (parsed, access) = self.plan(&coll, filter)?;
+        self.walk(&coll, &access, &parsed, visit)
+    }
+
+    /// Asks the planner itself, for a string and a number (a collated index answers the one
+    /// only under the same collation): an index it would not use is no index here.
+    fn indexed(&self, name: &str, path: &str) -> bool {
+        if self.views.0.contains_key(name) {
+            return false;
+        }
+        let Some(coll) = (self.resolve)(name) else {
+            return false;
+        };
+        let Ok(field) = <&bson::raw::CStr>::try_from(path) else {
+            return false;
+        };
+        let probe = |value: bson::RawBson| {
+            let mut values = bson::raw::RawArrayBuf::new();
+            values.push(value);
+            let mut query = RawDocumentBuf::new();
+            query.append(field, rawdoc! { "$in": values });
+            query
+        };
+        let probes = [probe("".into()), probe(0.into())];
+        probes.iter().all(|probe| {
+            matches!(
+                self.plan(&coll, probe),
+                Ok((
+                    _,
+                    Access::IdPoint(_) | Access::IdRange { .. } | Access::Index { .. }
+                ))
+            )
+        })
+    }
+}
