@@ -166,7 +166,10 @@ fn without_a_store_the_sort_still_fails_with_292_and_a_dropped_runner_releases_i
         runner.feed(RawDocumentBuf::try_from(d).unwrap());
     }
     runner.end_input();
-    assert!(matches!(runner.step(&mangrove_query::NoForeign).unwrap(), Step::Doc(_)));
+    assert!(matches!(
+        runner.step(&mangrove_query::NoForeign).unwrap(),
+        Step::Doc(_)
+    ));
     assert!(runner.used_disk());
     assert_eq!(*store.open_files.lock().unwrap(), 1);
     drop(runner);
@@ -200,8 +203,7 @@ impl SpillFile for Damaged {
 #[test]
 fn a_damaged_run_fails_the_pipeline() {
     let docs = input(500);
-    let mut runner =
-        pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner();
+    let mut runner = pipeline(vec![doc! { "$sort": { "k": 1 } }], 20_000).into_runner();
     runner.allow_disk_use(Arc::new(Damaged));
     for d in &docs {
         runner.feed(RawDocumentBuf::try_from(d).unwrap());

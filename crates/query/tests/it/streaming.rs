@@ -130,7 +130,10 @@ fn every_way_of_reading_the_foreign_collection_joins_alike() {
                 Err(e) => {
                     let text = format!("{stages:?}");
                     let needs_whole = text.contains("$graphLookup") || text.contains("$unionWith");
-                    assert!(way == Way::TooLarge && needs_whole, "{name}, {way:?}: {e:?}");
+                    assert!(
+                        way == Way::TooLarge && needs_whole,
+                        "{name}, {way:?}: {e:?}"
+                    );
                     assert_eq!(e.code, 292, "{name}: {e:?}");
                 }
             }
@@ -162,17 +165,26 @@ fn blocking_stages_answer_only_at_the_end_of_the_input() {
     let mut r = runner(&[doc! { "$group": { "_id": null, "n": { "$sum": 1 } } }]);
     for d in corpus::raw(&corpus::input()) {
         r.feed(d);
-        assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::NeedInput));
+        assert!(matches!(
+            r.step(&Other::new(Way::Whole)).unwrap(),
+            Step::NeedInput
+        ));
     }
     r.end_input();
     let Step::Doc(d) = r.step(&Other::new(Way::Whole)).unwrap() else {
         panic!("no group");
     };
     assert_eq!(d.get_i32("n").unwrap(), 40);
-    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::End));
+    assert!(matches!(
+        r.step(&Other::new(Way::Whole)).unwrap(),
+        Step::End
+    ));
     // Once ended, more input is ignored.
     r.feed(RawDocumentBuf::new());
-    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::End));
+    assert!(matches!(
+        r.step(&Other::new(Way::Whole)).unwrap(),
+        Step::End
+    ));
 }
 
 #[test]
@@ -181,7 +193,10 @@ fn streaming_stages_answer_as_documents_arrive() {
         doc! { "$unwind": "$sub.tags" },
         doc! { "$project": { "t": "$sub.tags" } },
     ]);
-    assert!(matches!(r.step(&Other::new(Way::Whole)).unwrap(), Step::NeedInput));
+    assert!(matches!(
+        r.step(&Other::new(Way::Whole)).unwrap(),
+        Step::NeedInput
+    ));
     r.feed(corpus::raw(&corpus::input()[..1])[0].clone());
     let mut tags = Vec::new();
     while let Step::Doc(d) = r.step(&Other::new(Way::Whole)).unwrap() {
