@@ -35,6 +35,21 @@ pub trait ForeignSource {
     fn indexed(&self, name: &str, path: &str) -> bool;
 }
 
+/// [`ForeignSource::each_match`] over documents already in memory (a view computed whole).
+pub fn each_match_in(
+    docs: &[RawDocumentBuf],
+    filter: &RawDocument,
+    visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
+) -> Result<(), QueryError> {
+    let filter = crate::Filter::parse(filter)?;
+    for d in docs {
+        if filter.matches_checked(d)? {
+            visit(d)?;
+        }
+    }
+    Ok(())
+}
+
 /// No foreign collections: for pipelines that name none (a find's spilling sort).
 pub struct NoForeign;
 

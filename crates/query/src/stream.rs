@@ -994,13 +994,7 @@ impl ForeignSource for Callback<'_> {
         filter: &bson::RawDocument,
         visit: &mut dyn FnMut(&bson::RawDocument) -> Result<(), QueryError>,
     ) -> Result<(), QueryError> {
-        let filter = crate::Filter::parse(filter)?;
-        for d in self.fetched(name)?.iter() {
-            if filter.matches_checked(d)? {
-                visit(d)?;
-            }
-        }
-        Ok(())
+        crate::run_ctx::each_match_in(&self.fetched(name)?, filter, visit)
     }
 
     fn indexed(&self, _: &str, _: &str) -> bool {

@@ -123,13 +123,7 @@ impl ForeignSource for Foreign<'_> {
         visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
     ) -> Result<(), QueryError> {
         if let Some(docs) = self.views.0.get(name) {
-            let filter = Filter::parse(filter)?;
-            for d in docs.iter() {
-                if filter.matches_checked(d)? {
-                    visit(d)?;
-                }
-            }
-            return Ok(());
+            return mangrove_query::each_match_in(docs, filter, visit);
         }
         let Some(coll) = (self.resolve)(name) else {
             return Ok(());

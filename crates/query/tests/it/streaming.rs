@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::corpus;
 
 use bson::{Document, RawDocument, RawDocumentBuf, doc};
-use mangrove_query::{Filter, ForeignSource, QueryError, Runner, Step};
+use mangrove_query::{ForeignSource, QueryError, Runner, Step};
 
 /// How the corpus's foreign collection ("other") is read, as the server may read one.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,13 +47,7 @@ impl ForeignSource for Other {
     ) -> Result<(), QueryError> {
         assert_eq!(name, "other");
         assert_ne!(self.way, Way::Whole, "a join that fits asks no query");
-        let filter = Filter::parse(filter)?;
-        for d in self.docs.iter() {
-            if filter.matches_checked(d)? {
-                visit(d)?;
-            }
-        }
-        Ok(())
+        mangrove_query::each_match_in(&self.docs, filter, visit)
     }
 
     fn indexed(&self, _: &str, _: &str) -> bool {
