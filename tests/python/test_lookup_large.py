@@ -7,8 +7,9 @@ or by a scan (mongod's indexed and nested-loop joins). So it answers where it us
 - the results equal what the in-memory hash join gives for a small collection;
 - a transaction's join sees its own writes;
 - a lazy cursor's `getMore`s join from the cursor's snapshot.
-`$graphLookup` and `$unionWith` still read the collection whole, and fail with 292 past the
-limit."""
+`$graphLookup` likewise searches round by round (one query per round) when its collection does
+not fit or an index answers `connectToField`. `$unionWith` still reads the collection whole,
+and fails with 292 past the limit."""
 
 from __future__ import annotations
 
@@ -146,13 +147,56 @@ def test_a_lazy_cursor_joins_from_its_snapshot(big):
     assert got == expected_join()
 
 
-def test_graph_lookup_and_union_with_still_need_the_collection_whole(big):
-    stages = [
-        {"$graphLookup": {"from": "big", "startWith": "$k", "connectFromField": "k", "connectToField": "_id", "as": "g"}},
-        {"$unionWith": "big"},
-    ]
-    for stage in stages:
-        with pytest.raises(OperationFailure) as e:
-            list(big.orders.aggregate([stage]))
-        assert e.value.code == 292
-        assert "reads the whole collection big into memory" in str(e.value)
+def expected_descendants(start: int, max_depth: int, even_only: bool) -> dict[int, int]:
+    """Breadth-first over the tree parent(i) = (i - 1) // 2, as $graphLookup searches."""
+    found: dict[int, int] = {}
+    frontier, depth = [start], 0
+    while frontier and depth <= max_depth:
+        children = [c for p in frontier for c in (2 * p + 1, 2 * p + 2) if c < N]
+        children = [c for c in children if not even_only or c % 2 == 0]
+        for c in children:
+            found.setdefault(c, depth)
+        frontier, depth = children, depth + 1
+    return found
+
+
+def test_a_graph_lookup_past_the_limit_searches_round_by_round(client, db, small_limit):
+    db.tree.insert_many([{"_id": i, "parent": (i - 1) // 2, "even": i % 2 == 0, "pad": PAD} for i in range(N)])
+    db.q.insert_one({"_id": "q", "start": 5})
+
+    def search(restrict: dict | None) -> dict[int, int]:
+        stage = {
+            "from": "tree",
+            "startWith": "$start",
+            "connectFromField": "_id",
+            "connectToField": "parent",
+            "as": "found",
+            "maxDepth": 3,
+            "depthField": "depth",
+        }
+        if restrict:
+            stage["restrictSearchWithMatch"] = restrict
+        (out,) = db.q.aggregate([{"$graphLookup": stage}])
+        found = {d["_id"]: d["depth"] for d in out["found"]}
+        assert len(found) == len(out["found"]), "each document is reported once"
+        return found
+
+    # About 3 MB past a 512 KB limit: one query per round, a scan each, then through the index.
+    ways = {"scan per round": search(None), "scan per round, restricted": search({"even": True})}
+    db.tree.create_index("parent")
+    ways["index per round"] = search(None)
+    ways["index per round, restricted"] = search({"even": True})
+    # With the collection fitting the limit again: held in memory.
+    db.tree.drop_indexes()
+    client.admin.command("setParameter", 1, **{SORT_LIMIT: 64 << 20})
+    ways["in memory"] = search(None)
+    ways["in memory, restricted"] = search({"even": True})
+    for way, found in ways.items():
+        assert found == expected_descendants(5, 3, "restricted" in way), way
+
+
+def test_union_with_still_needs_the_collection_whole(big):
+    with pytest.raises(OperationFailure) as e:
+        list(big.orders.aggregate([{"$unionWith": "big"}]))
+    assert e.value.code == 292
+    assert "$unionWith reads the whole collection big into memory" in str(e.value)

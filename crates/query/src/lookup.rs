@@ -7,7 +7,9 @@
 //!   (when it fits in the per-stage limit and no index answers `foreignField`), or again for
 //!   each input document (through that index, or by a scan when it is too large to hold). Both
 //!   ways join exactly the same documents.
-//! - `$graphLookup` reads its foreign collection whole, bounded by the per-stage limit (292).
+//! - `$graphLookup` likewise holds its foreign collection in memory, hashed by
+//!   `connectToField`, or asks once per round of its search (through the index when there is
+//!   one). Both ways reach the same documents, each once, at the depth first reached.
 //! - Each input document is joined on its own: the documents joined to one input (and, for a
 //!   sub-pipeline, its intermediate results) are bounded by `Limits::stage_bytes` (292), as
 //!   mongod bounds one `$lookup` result; nothing accumulates across input documents.
@@ -235,30 +237,74 @@ pub(crate) fn lookup_one(
     to_raw(&d)
 }
 
-/// A `$graphLookup`'s foreign collection, indexed by `connectToField`.
-pub(crate) struct Graph {
-    foreign: Arc<Vec<RawDocumentBuf>>,
-    index: KeyIndex,
+/// How a `$graphLookup` reads its foreign collection, chosen on its first input document.
+pub(crate) enum Graph {
+    /// The whole collection in memory, hashed by `connectToField` (when it fits in the
+    /// per-stage limit and no index answers `connectToField`).
+    InMemory {
+        foreign: Arc<Vec<RawDocumentBuf>>,
+        index: KeyIndex,
+    },
+    /// One query per round of the search, `{connectToField: {$in: frontier}}`, through the
+    /// index when there is one (as mongod searches).
+    PerRound,
 }
 
 impl Graph {
     pub(crate) fn open(g: &GraphLookup, ctx: &Ctx<'_>) -> Result<Graph, QueryError> {
-        let foreign = ctx.collection(&g.from, "$graphLookup")?;
+        if ctx.foreign.indexed(&g.from, &g.connect_to.join(".")) {
+            return Ok(Graph::PerRound);
+        }
+        let Some(foreign) = ctx.foreign.whole(&g.from, ctx.limits.stage_bytes)? else {
+            return Ok(Graph::PerRound);
+        };
         let index = index_by(&foreign, &g.connect_to, g.restrict.as_ref())?;
-        Ok(Graph { foreign, index })
+        Ok(Graph::InMemory { foreign, index })
     }
 }
 
-/// Adds the keys of `v` (of each element, for an array) to the frontier.
-fn push_keys(v: &Bson, frontier: &mut Vec<Vec<u8>>) {
-    let items = match v {
-        Bson::Array(items) => items.clone(),
-        other => vec![other.clone()],
-    };
-    for item in items {
-        if let Ok(raw) = bson::RawBson::try_from(item) {
-            frontier.push(key_of(raw.as_raw_bson_ref()));
+/// Adds the values of `v` (each element, for an array) to the frontier, with their keys.
+fn push_values(v: RawBsonRef<'_>, frontier: &mut Vec<(Vec<u8>, bson::RawBson)>) {
+    match v {
+        RawBsonRef::Array(items) => {
+            for item in items.into_iter().flatten() {
+                frontier.push((key_of(item), item.into()));
+            }
         }
+        other => frontier.push((key_of(other), other.into())),
+    }
+}
+
+/// Where a search stands: what it found, at which depth, and what it may still hold.
+struct Search<'c> {
+    found: Vec<(RawDocumentBuf, i64)>,
+    /// The documents found, by their `_id`'s key (a document is reported once).
+    reached: HashSet<Vec<u8>>,
+    used: usize,
+    ctx: &'c Ctx<'c>,
+}
+
+impl Search<'_> {
+    /// Records `d`, found at `depth`, unless it was found before; its `connectFromField`
+    /// values join the next frontier.
+    fn reach(
+        &mut self,
+        g: &GraphLookup,
+        d: &RawDocument,
+        depth: i64,
+        next: &mut Vec<(Vec<u8>, bson::RawBson)>,
+    ) -> Result<(), QueryError> {
+        let id = key_of(d.get("_id").ok().flatten().unwrap_or(RawBsonRef::Null));
+        if !self.reached.insert(id) {
+            return Ok(());
+        }
+        self.used += d.as_bytes().len();
+        self.ctx.check("$graphLookup", self.used)?;
+        for v in distinct_values(d, &g.connect_from) {
+            push_values(v, next);
+        }
+        self.found.push((d.to_owned(), depth));
+        Ok(())
     }
 }
 
@@ -270,40 +316,71 @@ fn search(
     graph: &Graph,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
-) -> Result<Vec<(usize, i64)>, QueryError> {
-    let mut frontier: Vec<Vec<u8>> = Vec::new();
-    if let Some(start) = g.start_with.eval(doc)? {
-        push_keys(&start, &mut frontier);
+) -> Result<Vec<(RawDocumentBuf, i64)>, QueryError> {
+    let mut frontier = Vec::new();
+    if let Some(start) = g.start_with.eval(doc)?
+        && let Ok(raw) = bson::RawBson::try_from(start)
+    {
+        push_values(raw.as_raw_bson_ref(), &mut frontier);
     }
+    let mut state = Search {
+        found: Vec::new(),
+        reached: HashSet::new(),
+        used: 0,
+        ctx,
+    };
     let mut seen_keys: HashSet<Vec<u8>> = HashSet::new();
-    let mut found: Vec<(usize, i64)> = Vec::new();
-    let mut reached: HashSet<usize> = HashSet::new();
-    let mut used = 0usize;
     let mut depth = 0i64;
     while !frontier.is_empty() && g.max_depth.is_none_or(|m| depth as u64 <= m) {
-        let mut next = Vec::new();
-        for key in frontier.drain(..) {
-            if !seen_keys.insert(key.clone()) {
-                continue;
-            }
-            for &i in graph.index.get(&key).map_or(&[][..], Vec::as_slice) {
-                if !reached.insert(i) {
-                    continue;
-                }
-                found.push((i, depth));
-                used += graph.foreign[i].as_bytes().len();
-                ctx.check("$graphLookup", used)?;
-                for v in distinct_values(&graph.foreign[i], &g.connect_from) {
-                    if let Ok(b) = Bson::try_from(v) {
-                        push_keys(&b, &mut next);
+        let mut round = std::mem::take(&mut frontier);
+        round.retain(|(key, _)| seen_keys.insert(key.clone()));
+        match graph {
+            Graph::InMemory { foreign, index } => {
+                for (key, _) in &round {
+                    for &i in index.get(key).map_or(&[][..], Vec::as_slice) {
+                        state.reach(g, &foreign[i], depth, &mut frontier)?;
                     }
                 }
             }
+            Graph::PerRound if !round.is_empty() => {
+                search_round(g, &round, depth, &mut state, &mut frontier)?
+            }
+            Graph::PerRound => {}
         }
-        frontier = next;
         depth += 1;
     }
-    Ok(found)
+    Ok(state.found)
+}
+
+/// One round of a [`Graph::PerRound`] search: the documents whose `connectToField` matches a
+/// value of `round` (exactly as the in-memory hash matches) and `restrictSearchWithMatch`.
+fn search_round(
+    g: &GraphLookup,
+    round: &[(Vec<u8>, bson::RawBson)],
+    depth: i64,
+    state: &mut Search<'_>,
+    next: &mut Vec<(Vec<u8>, bson::RawBson)>,
+) -> Result<(), QueryError> {
+    let wanted: HashSet<&[u8]> = round.iter().map(|(k, _)| k.as_slice()).collect();
+    let values: Vec<RawBsonRef<'_>> = round.iter().map(|(_, v)| v.as_raw_bson_ref()).collect();
+    let query = in_query(&g.connect_to.join("."), &values)?;
+    let ctx = state.ctx;
+    ctx.foreign.each_match(&g.from, &query, &mut |d| {
+        let mut joins = false;
+        walk(d, &g.connect_to, true, &mut |v| {
+            joins = wanted.contains(key_of(v.unwrap_or(RawBsonRef::Null)).as_slice());
+            joins
+        });
+        if !joins
+            || !g
+                .restrict
+                .as_ref()
+                .map_or(Ok(true), |f| f.matches_checked(d))?
+        {
+            return Ok(());
+        }
+        state.reach(g, d, depth, next)
+    })
 }
 
 /// `doc` with the documents its search reached set at the `as` path.
@@ -315,8 +392,8 @@ pub(crate) fn graph_lookup_one(
 ) -> Result<RawDocumentBuf, QueryError> {
     let found = search(g, graph, doc, ctx)?;
     let mut items = Vec::with_capacity(found.len());
-    for (i, at) in found {
-        let mut d = Document::try_from(graph.foreign[i].as_ref()).map_err(raw_err)?;
+    for (found, at) in found {
+        let mut d = Document::try_from(found.as_ref()).map_err(raw_err)?;
         if let Some(field) = &g.depth_field {
             set_path(&mut d, field, Some(Bson::Int64(at)));
         }
