@@ -8,8 +8,8 @@ or by a scan (mongod's indexed and nested-loop joins). So it answers where it us
 - a transaction's join sees its own writes;
 - a lazy cursor's `getMore`s join from the cursor's snapshot.
 `$graphLookup` likewise searches round by round (one query per round) when its collection does
-not fit or an index answers `connectToField`. `$unionWith` still reads the collection whole,
-and fails with 292 past the limit."""
+not fit or an index answers `connectToField`, and `$unionWith` reads the other collection in
+chunks."""
 
 from __future__ import annotations
 
@@ -195,8 +195,21 @@ def test_a_graph_lookup_past_the_limit_searches_round_by_round(client, db, small
         assert found == expected_descendants(5, 3, "restricted" in way), way
 
 
-def test_union_with_still_needs_the_collection_whole(big):
-    with pytest.raises(OperationFailure) as e:
-        list(big.orders.aggregate([{"$unionWith": "big"}]))
-    assert e.value.code == 292
-    assert "$unionWith reads the whole collection big into memory" in str(e.value)
+def test_a_union_with_past_the_limit_streams_the_other_collection(big):
+    # About 3 MB past a 512 KB limit, read in chunks of at most the limit across a cursor's
+    # getMores, from the cursor's snapshot.
+    cursor = big.orders.aggregate([{"$unionWith": "big"}, {"$project": {"pad": 0}}], batchSize=100)
+    ids = [next(cursor)["_id"] for _ in range(100)]
+    big.big.insert_one({"_id": "late", "k": 0})
+    ids += [d["_id"] for d in cursor]
+    assert ids == list(range(20)) + list(range(N))
+    big.big.delete_one({"_id": "late"})
+    # With a pipeline of its own, a blocking stage included.
+    out = big.orders.aggregate(
+        [
+            {"$unionWith": {"coll": "big", "pipeline": [{"$group": {"_id": "$k", "n": {"$sum": 1}}}]}},
+            {"$match": {"n": {"$exists": True}}},
+            {"$sort": {"_id": 1}},
+        ]
+    )
+    assert [(d["_id"], d["n"]) for d in out] == [(k, N // KEYS) for k in range(KEYS)]

@@ -33,7 +33,20 @@ pub trait ForeignSource {
     /// Whether an index of `name` answers equality on `path`, so asking per input document
     /// costs an index lookup rather than a scan.
     fn indexed(&self, name: &str, path: &str) -> bool;
+
+    /// The documents of `name` in `$natural` order after position `after` (one this method
+    /// returned; `None` to start), about `max_bytes` of them, with the position to go on from:
+    /// `None` once none are left.
+    fn next_chunk(
+        &self,
+        name: &str,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Chunk, QueryError>;
 }
+
+/// Documents of a collection read in order, and where the next read resumes (`None`: done).
+pub type Chunk = (Vec<RawDocumentBuf>, Option<Vec<u8>>);
 
 /// [`ForeignSource::each_match`] over documents already in memory (a view computed whole).
 pub fn each_match_in(
@@ -70,6 +83,10 @@ impl ForeignSource for NoForeign {
     fn indexed(&self, _: &str, _: &str) -> bool {
         false
     }
+
+    fn next_chunk(&self, _: &str, _: Option<&[u8]>, _: usize) -> Result<Chunk, QueryError> {
+        Ok((Vec::new(), None))
+    }
 }
 
 /// What every stage may consult: foreign collections, the limits and the spill store.
@@ -81,25 +98,6 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// Every document of collection `name`, which `stage` holds in memory: at most the
-    /// per-stage limit (292 past it).
-    pub(crate) fn collection(
-        &self,
-        name: &str,
-        stage: &str,
-    ) -> Result<Arc<Vec<RawDocumentBuf>>, QueryError> {
-        let max = self.limits.stage_bytes;
-        self.foreign.whole(name, max)?.ok_or_else(|| {
-            QueryError::new(
-                292,
-                "QueryExceededMemoryLimitNoDiskUseAllowed",
-                format!(
-                    "{stage} reads the whole collection {name} into memory, and it holds more than {max} bytes; filter it into a smaller collection with $out first"
-                ),
-            )
-        })
-    }
-
     /// Whether a stage holding `used` bytes is past the per-stage limit and may spill.
     pub(crate) fn should_spill(&self, used: usize) -> Option<&'a dyn SpillStore> {
         self.spill.filter(|_| used > self.limits.stage_bytes)

@@ -94,7 +94,7 @@ pub(crate) enum State {
     GraphLookup(Option<Box<Graph>>),
     Facet(Box<Facets>),
     Sample(Box<Sampler>),
-    UnionWith(Option<Box<Run>>),
+    UnionWith(Option<Box<Union>>),
     /// `$bucketAuto`, `$setWindowFields`: the whole input (with a key), held.
     Hold(Box<Held>),
     /// `$densify`: its input in its sort, and the span of its values.
@@ -844,7 +844,18 @@ fn drain_facet(
     Ok(())
 }
 
-/// `$unionWith`: the input, then the other collection through its pipeline.
+/// Bytes of the other collection a `$unionWith` reads at a time (at most the per-stage limit).
+const UNION_CHUNK_BYTES: usize = 4 << 20;
+
+/// A `$unionWith`'s other collection, read a chunk at a time through its pipeline.
+pub(crate) struct Union {
+    run: Run,
+    /// Where the next chunk resumes.
+    resume: Option<Vec<u8>>,
+}
+
+/// `$unionWith`: the input, then the other collection through its pipeline, read in chunks so
+/// that only the pipeline's blocking stages hold memory.
 fn union_with(
     coll: &str,
     p: Option<&Pipeline>,
@@ -862,14 +873,26 @@ fn union_with(
         }
     }
     let stages = p.map_or(&[][..], |p| &p.stages[..]);
-    let run = match theirs {
-        Some(run) => run,
-        None => {
-            let docs = ctx.collection(coll, "$unionWith")?.as_ref().clone();
-            theirs.insert(Box::new(Run::new(stages, Input::ended_with(docs))))
+    let union = theirs.get_or_insert_with(|| {
+        Box::new(Union {
+            run: Run::new(stages, Input::default()),
+            resume: None,
+        })
+    });
+    loop {
+        match union.run.next(stages, ctx)? {
+            Step::NeedInput if !union.run.input.ended => {
+                let after = union.resume.as_deref();
+                let max = UNION_CHUNK_BYTES.min(ctx.limits.stage_bytes);
+                let (docs, resume) = ctx.foreign.next_chunk(coll, after, max)?;
+                union.run.input.queue.extend(docs);
+                union.run.input.ended = resume.is_none();
+                union.resume = resume;
+            }
+            Step::NeedInput => return Ok(Step::End),
+            step => return Ok(step),
         }
-    };
-    run.next(stages, ctx)
+    }
 }
 
 /// An `$unwind` in the middle of a document's array.
@@ -999,6 +1022,19 @@ impl ForeignSource for Callback<'_> {
 
     fn indexed(&self, _: &str, _: &str) -> bool {
         false
+    }
+
+    /// The callback's collection all at once.
+    fn next_chunk(
+        &self,
+        name: &str,
+        after: Option<&[u8]>,
+        _: usize,
+    ) -> Result<crate::run_ctx::Chunk, QueryError> {
+        match after {
+            None => Ok((self.fetched(name)?.as_ref().clone(), None)),
+            Some(_) => Ok((Vec::new(), None)),
+        }
     }
 }
 

@@ -14,11 +14,14 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bson::{RawDocument, RawDocumentBuf, rawdoc};
-use mangrove_query::{Filter, ForeignSource, QueryError};
-use mangrove_storage::{CollectionInfo, ReadView};
+use mangrove_query::{Chunk, Filter, ForeignSource, QueryError};
+use mangrove_storage::{CollectionInfo, DocKey, ReadView};
 
-use crate::access::{Access, Examined, Hint, choose_access, for_each_match};
+use crate::access::{Access, Examined, Hint, choose_access, for_each_match, walk_natural};
 use crate::error::CommandError;
+
+/// Documents read between interruption checks.
+const DEADLINE_EVERY: usize = 256;
 
 /// Views a pipeline's joins name, computed whole when the command starts.
 #[derive(Default)]
@@ -161,5 +164,55 @@ impl ForeignSource for Foreign<'_> {
                 ))
             )
         })
+    }
+
+    /// A view's documents come all at once (computed whole); a collection's in `$natural`
+    /// order, resuming after the last position handed out, so a collection past any memory
+    /// limit streams through.
+    fn next_chunk(
+        &self,
+        name: &str,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Chunk, QueryError> {
+        if let Some(docs) = self.views.0.get(name) {
+            let docs = if after.is_none() {
+                docs.as_ref().clone()
+            } else {
+                Vec::new()
+            };
+            return Ok((docs, None));
+        }
+        let Some(coll) = (self.resolve)(name) else {
+            return Ok((Vec::new(), None));
+        };
+        let after = after.map(|a| DocKey(a.to_vec()));
+        let (mut docs, mut bytes, mut last) = (Vec::new(), 0usize, None);
+        let (mut full, mut failed) = (false, None);
+        let mut visit = |position: &DocKey, _: &DocKey, d: &mangrove_storage::StoredDoc| {
+            // A chunk is read under the engine's lock, as an input chunk is: bounded, and
+            // interruptible as any scan (`maxTimeMS`, `killOp`).
+            if docs.len() % DEADLINE_EVERY == 0
+                && let Err(e) = crate::access::check_deadline()
+            {
+                failed = Some(e);
+                return ControlFlow::Break(());
+            }
+            bytes += d.as_bytes().len();
+            docs.push((**d).clone());
+            last = Some(position.0.clone());
+            full = bytes >= max_bytes;
+            if full {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        walk_natural(self.view, &coll, after.as_ref(), false, &mut visit)
+            .map_err(|e| query_error(e.into()))?;
+        if let Some(e) = failed {
+            return Err(query_error(e));
+        }
+        Ok((docs, if full { last } else { None }))
     }
 }
