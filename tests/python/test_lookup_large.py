@@ -213,3 +213,37 @@ def test_a_union_with_past_the_limit_streams_the_other_collection(big):
         ]
     )
     assert [(d["_id"], d["n"]) for d in out] == [(k, N // KEYS) for k in range(KEYS)]
+
+
+def lookup_explain(db) -> dict:
+    explained = db.command(
+        "explain",
+        {
+            "aggregate": "orders",
+            "pipeline": [{"$lookup": {"from": "big", "localField": "k", "foreignField": "k", "as": "m"}}],
+            "cursor": {},
+        },
+        verbosity="executionStats",
+    )
+    (stage,) = [s for s in explained["stages"] if "$lookup" in s]
+    return stage
+
+
+def test_explain_shows_how_a_lookup_read_its_foreign_collection(client, big):
+    # Past the limit, no index: one scan of the whole collection per order.
+    stage = lookup_explain(big)
+    assert (stage["collectionScans"], stage["indexesUsed"]) == (20, [])
+    assert stage["totalDocsExamined"] == 20 * N and stage["totalKeysExamined"] == 0
+    assert stage["nReturned"] == 20
+    # Through the index: only the matching keys and documents.
+    big.big.create_index("k")
+    stage = lookup_explain(big)
+    assert (stage["collectionScans"], stage["indexesUsed"]) == (0, ["k_1"])
+    joined = sum(len(joined_ids((j * 7) % 60)) for j in range(20))
+    assert stage["totalKeysExamined"] >= joined and stage["totalDocsExamined"] == joined
+    # Fitting the limit, no index: read once, whole (a hash join).
+    big.big.drop_indexes()
+    client.admin.command("setParameter", 1, **{SORT_LIMIT: 64 << 20})
+    stage = lookup_explain(big)
+    assert (stage["collectionScans"], stage["indexesUsed"]) == (1, [])
+    assert stage["totalDocsExamined"] == N

@@ -86,7 +86,7 @@ pub use mangrove_geo::{Frame, Near};
 pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
-pub use run_ctx::{Chunk, ForeignSource, NoForeign, each_match_in};
+pub use run_ctx::{Chunk, ForeignRead, ForeignSource, JoinStats, NoForeign, each_match_in};
 pub use sort::SortSpec;
 pub use spill::{RunHandle, RunReader, SpillFile, SpillStore};
 pub use stream::{Runner, StageStats, Step};

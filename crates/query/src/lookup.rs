@@ -23,7 +23,7 @@ use bson::{Bson, Document, RawDocumentBuf};
 use crate::doc_ops::{key_of, raw_err, set_path, to_raw};
 use crate::expr::with_vars;
 use crate::path::{distinct_values, split_path, walk};
-use crate::run_ctx::Ctx;
+use crate::run_ctx::{Ctx, ForeignRead, JoinStats};
 use crate::stage::{GraphLookup, Lookup, Stage};
 use crate::{Filter, QueryError};
 
@@ -75,8 +75,34 @@ pub(crate) enum Joined {
     PerDocument,
 }
 
+/// A `$lookup`'s state over a run: how it reads its foreign collection, and what it read.
+pub(crate) struct Joining {
+    how: Joined,
+    pub(crate) stats: JoinStats,
+}
+
+impl Joining {
+    pub(crate) fn open(l: &Lookup, ctx: &Ctx<'_>) -> Result<Joining, QueryError> {
+        let mut stats = JoinStats::default();
+        let how = Joined::open(l, ctx, &mut stats)?;
+        Ok(Joining { how, stats })
+    }
+}
+
+/// A whole read of a foreign collection, as its statistics count it: one collection scan.
+fn whole_read(foreign: &[RawDocumentBuf], stats: &mut JoinStats) {
+    stats.add(ForeignRead {
+        docs: foreign.len() as u64,
+        ..ForeignRead::default()
+    });
+}
+
 impl Joined {
-    pub(crate) fn open(l: &Lookup, ctx: &Ctx<'_>) -> Result<Joined, QueryError> {
+    pub(crate) fn open(
+        l: &Lookup,
+        ctx: &Ctx<'_>,
+        stats: &mut JoinStats,
+    ) -> Result<Joined, QueryError> {
         if let Some((foreign_field, _)) = &l.equality
             && ctx.foreign.indexed(&l.from, foreign_field)
         {
@@ -85,6 +111,7 @@ impl Joined {
         let Some(foreign) = ctx.foreign.whole(&l.from, ctx.limits.stage_bytes)? else {
             return Ok(Joined::PerDocument);
         };
+        whole_read(&foreign, stats);
         // The equality form matches like `{foreignField: {$in: localValues}}`: an array on either
         // side matches through its elements, and a missing (or empty-array) local value matches
         // null, i.e. foreign documents whose field is null or missing. A hash of the foreign
@@ -105,6 +132,7 @@ impl Joined {
         doc: &RawDocument,
         filter: Option<&Filter>,
         ctx: &Ctx<'_>,
+        stats: &mut JoinStats,
     ) -> Result<Vec<RawDocumentBuf>, QueryError> {
         let mut picked = Vec::new();
         let mut used = 0usize;
@@ -123,7 +151,9 @@ impl Joined {
                     .try_for_each(|&i| consider(&foreign[i])),
                 _ => foreign.iter().try_for_each(|d| consider(d)),
             },
-            Joined::PerDocument => each_joined(l, doc, ctx, &mut consider),
+            Joined::PerDocument => {
+                each_joined(l, doc, ctx, &mut consider).map(|read| stats.add(read))
+            }
         }?;
         Ok(picked)
     }
@@ -160,7 +190,7 @@ fn each_joined(
     doc: &RawDocument,
     ctx: &Ctx<'_>,
     visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-) -> Result<(), QueryError> {
+) -> Result<ForeignRead, QueryError> {
     let Some((foreign_field, local)) = &l.equality else {
         return ctx
             .foreign
@@ -206,11 +236,12 @@ fn in_query(field: &str, values: &[RawBsonRef<'_>]) -> Result<RawDocumentBuf, Qu
 /// joining does not depend on how stages run).
 pub(crate) fn lookup_one(
     l: &Lookup,
-    joined: &Joined,
+    joining: &mut Joining,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
     run_sub: &SubRunner<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {
+    let Joining { how, stats } = joining;
     let matched = match &l.pipeline {
         Some(p) => {
             let mut vars = Vec::with_capacity(l.lets.len());
@@ -222,10 +253,10 @@ pub(crate) fn lookup_one(
                     Some(Stage::Match(f)) => (Some(f), &p.stages[1..]),
                     _ => (None, &p.stages[..]),
                 };
-                run_sub(rest, joined.candidates(l, doc, first, ctx)?)
+                run_sub(rest, how.candidates(l, doc, first, ctx, stats)?)
             })?
         }
-        None => joined.candidates(l, doc, None, ctx)?,
+        None => how.candidates(l, doc, None, ctx, stats)?,
     };
     let items = matched
         .iter()
@@ -250,14 +281,29 @@ pub(crate) enum Graph {
     PerRound,
 }
 
+/// A `$graphLookup`'s state over a run: how it reads its foreign collection, and what it read.
+pub(crate) struct Searching {
+    how: Graph,
+    pub(crate) stats: JoinStats,
+}
+
+impl Searching {
+    pub(crate) fn open(g: &GraphLookup, ctx: &Ctx<'_>) -> Result<Searching, QueryError> {
+        let mut stats = JoinStats::default();
+        let how = Graph::open(g, ctx, &mut stats)?;
+        Ok(Searching { how, stats })
+    }
+}
+
 impl Graph {
-    pub(crate) fn open(g: &GraphLookup, ctx: &Ctx<'_>) -> Result<Graph, QueryError> {
+    fn open(g: &GraphLookup, ctx: &Ctx<'_>, stats: &mut JoinStats) -> Result<Graph, QueryError> {
         if ctx.foreign.indexed(&g.from, &g.connect_to.join(".")) {
             return Ok(Graph::PerRound);
         }
         let Some(foreign) = ctx.foreign.whole(&g.from, ctx.limits.stage_bytes)? else {
             return Ok(Graph::PerRound);
         };
+        whole_read(&foreign, stats);
         let index = index_by(&foreign, &g.connect_to, g.restrict.as_ref())?;
         Ok(Graph::InMemory { foreign, index })
     }
@@ -313,7 +359,7 @@ impl Search<'_> {
 /// `connectFromField`; a document is reported once, at the depth it was first reached.
 fn search(
     g: &GraphLookup,
-    graph: &Graph,
+    Searching { how: graph, stats }: &mut Searching,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
 ) -> Result<Vec<(RawDocumentBuf, i64)>, QueryError> {
@@ -343,7 +389,7 @@ fn search(
                 }
             }
             Graph::PerRound if !round.is_empty() => {
-                search_round(g, &round, depth, &mut state, &mut frontier)?
+                stats.add(search_round(g, &round, depth, &mut state, &mut frontier)?)
             }
             Graph::PerRound => {}
         }
@@ -360,7 +406,7 @@ fn search_round(
     depth: i64,
     state: &mut Search<'_>,
     next: &mut Vec<(Vec<u8>, bson::RawBson)>,
-) -> Result<(), QueryError> {
+) -> Result<ForeignRead, QueryError> {
     let wanted: HashSet<&[u8]> = round.iter().map(|(k, _)| k.as_slice()).collect();
     let values: Vec<RawBsonRef<'_>> = round.iter().map(|(_, v)| v.as_raw_bson_ref()).collect();
     let query = in_query(&g.connect_to.join("."), &values)?;
@@ -386,7 +432,7 @@ fn search_round(
 /// `doc` with the documents its search reached set at the `as` path.
 pub(crate) fn graph_lookup_one(
     g: &GraphLookup,
-    graph: &Graph,
+    graph: &mut Searching,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {

@@ -22,13 +22,13 @@ pub trait ForeignSource {
     ) -> Result<Option<Arc<Vec<RawDocumentBuf>>>, QueryError>;
 
     /// Hands `visit` each document of `name` that `filter` (a query document) matches, through
-    /// an index where one answers it.
+    /// an index where one answers it; says what the read examined.
     fn each_match(
         &self,
         name: &str,
         filter: &RawDocument,
         visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError>;
+    ) -> Result<ForeignRead, QueryError>;
 
     /// Whether an index of `name` answers equality on `path`, so asking per input document
     /// costs an index lookup rather than a scan.
@@ -45,6 +45,38 @@ pub trait ForeignSource {
     ) -> Result<Chunk, QueryError>;
 }
 
+/// What one [`ForeignSource::each_match`] examined.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForeignRead {
+    pub keys: u64,
+    pub docs: u64,
+    /// The index the read walked, by name; `None` for a collection scan.
+    pub index: Option<String>,
+}
+
+/// What a join read of its foreign collection over a run, as mongod's `explain` shows a
+/// `$lookup` at `executionStats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    pub keys_examined: u64,
+    pub docs_examined: u64,
+    pub collection_scans: u64,
+    /// Indexes used, by name, each once, in the order first used.
+    pub indexes_used: Vec<String>,
+}
+
+impl JoinStats {
+    pub(crate) fn add(&mut self, read: ForeignRead) {
+        self.keys_examined += read.keys;
+        self.docs_examined += read.docs;
+        match read.index {
+            None => self.collection_scans += 1,
+            Some(name) if !self.indexes_used.contains(&name) => self.indexes_used.push(name),
+            Some(_) => {}
+        }
+    }
+}
+
 /// Documents of a collection read in order, and where the next read resumes (`None`: done).
 pub type Chunk = (Vec<RawDocumentBuf>, Option<Vec<u8>>);
 
@@ -53,14 +85,18 @@ pub fn each_match_in(
     docs: &[RawDocumentBuf],
     filter: &RawDocument,
     visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-) -> Result<(), QueryError> {
+) -> Result<ForeignRead, QueryError> {
     let filter = crate::Filter::parse(filter)?;
     for d in docs {
         if filter.matches_checked(d)? {
             visit(d)?;
         }
     }
-    Ok(())
+    let docs = docs.len() as u64;
+    Ok(ForeignRead {
+        docs,
+        ..ForeignRead::default()
+    })
 }
 
 /// No foreign collections: for pipelines that name none (a find's spilling sort).
@@ -76,8 +112,8 @@ impl ForeignSource for NoForeign {
         _: &str,
         _: &RawDocument,
         _: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError> {
-        Ok(())
+    ) -> Result<ForeignRead, QueryError> {
+        Ok(ForeignRead::default())
     }
 
     fn indexed(&self, _: &str, _: &str) -> bool {

@@ -36,7 +36,7 @@ use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw
 use crate::expr::random_unit;
 use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
-use crate::lookup::{Graph, Joined, graph_lookup_one, lookup_one};
+use crate::lookup::{Joining, Searching, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, ForeignSource};
 use crate::spill::{SortMerge, SpillStore, Spilled, StageStore};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
@@ -90,8 +90,8 @@ pub(crate) enum State {
     Sort(Box<Sorter>),
     Group(Box<Grouper>),
     Unwind(Option<Box<Unwinding>>),
-    Lookup(Option<Box<Joined>>),
-    GraphLookup(Option<Box<Graph>>),
+    Lookup(Option<Box<Joining>>),
+    GraphLookup(Option<Box<Searching>>),
     Facet(Box<Facets>),
     Sample(Box<Sampler>),
     UnionWith(Option<Box<Union>>),
@@ -170,7 +170,7 @@ pub(crate) struct StageRun {
 }
 
 /// What one stage of a [`Runner`] did, as `explain` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageStats {
     /// The stage's name as run (`$fill`, for one, runs as `$setWindowFields` and `$addFields`).
     pub name: &'static str,
@@ -178,6 +178,9 @@ pub struct StageStats {
     pub returned: u64,
     /// Whether it spilled to disk; `None` for a stage that never spills.
     pub used_disk: Option<bool>,
+    /// What a `$lookup` or `$graphLookup` read of its foreign collection; `None` for other
+    /// stages.
+    pub join: Option<crate::run_ctx::JoinStats>,
 }
 
 /// The next document out of the last of `stages`.
@@ -267,7 +270,7 @@ fn step(
             };
             let joined = match joined {
                 Some(j) => j,
-                None => joined.insert(Box::new(Joined::open(l, ctx)?)),
+                None => joined.insert(Box::new(Joining::open(l, ctx)?)),
             };
             let run_sub = |stages: &[Stage], docs| run_all(stages, docs, ctx, "$lookup");
             Ok(Step::Doc(lookup_one(l, joined, &d, ctx, &run_sub)?))
@@ -279,7 +282,7 @@ fn step(
             };
             let graph = match graph {
                 Some(g) => g,
-                None => graph.insert(Box::new(Graph::open(g, ctx)?)),
+                None => graph.insert(Box::new(Searching::open(g, ctx)?)),
             };
             Ok(Step::Doc(graph_lookup_one(g, graph, &d, ctx)?))
         }
@@ -1016,7 +1019,7 @@ impl ForeignSource for Callback<'_> {
         name: &str,
         filter: &bson::RawDocument,
         visit: &mut dyn FnMut(&bson::RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<crate::run_ctx::ForeignRead, QueryError> {
         crate::run_ctx::each_match_in(&self.fetched(name)?, filter, visit)
     }
 
@@ -1127,12 +1130,22 @@ impl Runner {
         stages
             .iter()
             .zip(&self.runs)
-            .map(|(stage, run)| StageStats {
+            .zip(&self.states)
+            .map(|((stage, run), state)| StageStats {
                 name: stage.name(),
                 returned: run.returned.load(Ordering::Relaxed),
                 used_disk: stage
                     .may_spill()
                     .then(|| run.spill.as_ref().is_some_and(StageStore::used)),
+                join: match (stage, state) {
+                    (Stage::Lookup(_), State::Lookup(j)) => {
+                        Some(j.as_ref().map(|j| j.stats.clone()).unwrap_or_default())
+                    }
+                    (Stage::GraphLookup(_), State::GraphLookup(g)) => {
+                        Some(g.as_ref().map(|g| g.stats.clone()).unwrap_or_default())
+                    }
+                    _ => None,
+                },
             })
             .collect()
     }

@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bson::{RawDocument, RawDocumentBuf, rawdoc};
-use mangrove_query::{Chunk, Filter, ForeignSource, QueryError};
+use mangrove_query::{Chunk, Filter, ForeignRead, ForeignSource, QueryError};
 use mangrove_storage::{CollectionInfo, DocKey, ReadView};
 
 use crate::access::{Access, Examined, Hint, choose_access, for_each_match, walk_natural};
@@ -43,14 +43,15 @@ fn query_error(e: CommandError) -> QueryError {
 }
 
 impl Foreign<'_> {
-    /// Hands `visit` each document of `coll` that `filter` matches, along `access`.
+    /// Hands `visit` each document of `coll` that `filter` matches, along `access`; what the
+    /// walk examined.
     fn walk(
         &self,
         coll: &CollectionInfo,
         access: &Access,
         filter: &Filter,
         visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<ForeignRead, QueryError> {
         let mut failed = None;
         let mut each = |_: &_, d: &mangrove_storage::StoredDoc| match visit(d) {
             Ok(()) => ControlFlow::Continue(()),
@@ -59,18 +60,24 @@ impl Foreign<'_> {
                 ControlFlow::Break(())
             }
         };
-        let walked = for_each_match(
-            self.view,
-            coll,
-            access,
-            filter,
-            &mut Examined::default(),
-            &mut each,
-        );
+        let mut examined = Examined::default();
+        let walked = for_each_match(self.view, coll, access, filter, &mut examined, &mut each);
         match failed {
-            Some(e) => Err(e),
-            None => walked.map_err(query_error),
+            Some(e) => return Err(e),
+            None => walked.map_err(query_error)?,
         }
+        let index = match access {
+            Access::IdPoint(_) | Access::IdRange { .. } => Some("_id_".to_string()),
+            Access::Index { index, .. } | Access::Near { index, .. } => {
+                Some(index.key.name.clone())
+            }
+            Access::Collection | Access::CollectionBackward => None,
+        };
+        Ok(ForeignRead {
+            keys: examined.keys,
+            docs: examined.docs,
+            index,
+        })
     }
 
     /// How the planner answers `filter` over `coll` (the command's own plan stays its input's).
@@ -115,7 +122,7 @@ impl ForeignSource for Foreign<'_> {
         match walked {
             Err(_) if over => Ok(None),
             Err(e) => Err(e),
-            Ok(()) => Ok(Some(Arc::new(docs))),
+            Ok(_) => Ok(Some(Arc::new(docs))),
         }
     }
 
@@ -124,12 +131,12 @@ impl ForeignSource for Foreign<'_> {
         name: &str,
         filter: &RawDocument,
         visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<ForeignRead, QueryError> {
         if let Some(docs) = self.views.0.get(name) {
             return mangrove_query::each_match_in(docs, filter, visit);
         }
         let Some(coll) = (self.resolve)(name) else {
-            return Ok(());
+            return Ok(ForeignRead::default());
         };
         let (parsed, access) = self.plan(&coll, filter)?;
         self.walk(&coll, &access, &parsed, visit)

@@ -665,6 +665,7 @@ fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
         name,
         returned,
         used_disk,
+        join: None,
     };
     assert_eq!(
         runner.stage_stats(),

@@ -44,7 +44,7 @@ impl ForeignSource for Other {
         name: &str,
         filter: &RawDocument,
         visit: &mut dyn FnMut(&RawDocument) -> Result<(), QueryError>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<mangrove_query::ForeignRead, QueryError> {
         assert_eq!(name, "other");
         assert_ne!(self.way, Way::Whole, "a join that fits asks no query");
         mangrove_query::each_match_in(&self.docs, filter, visit)

@@ -244,7 +244,8 @@ pub(super) fn explain_command(
 /// An aggregate's explain as mongod 7.0 gives one when stages run after the query: `stages`,
 /// first the `$cursor` (the query's plan and what it examined), then each stage with what it
 /// returned and, for a stage that may spill (`$sort`, `$group`, ...), whether it did
-/// (`usedDisk`). Stage times are the whole run's, as mongod's estimates are cumulative.
+/// (`usedDisk`); a `$lookup` or `$graphLookup` also says what reading its foreign collection
+/// examined, in how many collection scans, through which indexes. Stage times are the whole run's, as mongod's estimates are cumulative.
 fn with_stages(reply: Document, stats: &[StageStats], micros: i64, cmd: &RawDocument) -> Document {
     let mut reply = reply;
     let mut cursor = doc! { "queryPlanner": reply.remove("queryPlanner").unwrap_or_default() };
@@ -264,6 +265,13 @@ fn with_stages(reply: Document, stats: &[StageStats], micros: i64, cmd: &RawDocu
         let mut d = specs.get(i).cloned().unwrap_or_else(|| doc! { s.name: {} });
         if let Some(used) = s.used_disk {
             d.insert("usedDisk", used);
+        }
+        if let Some(join) = &s.join {
+            // mongod's `$lookup` statistics: what reading the foreign collection examined.
+            d.insert("totalDocsExamined", join.docs_examined as i64);
+            d.insert("totalKeysExamined", join.keys_examined as i64);
+            d.insert("collectionScans", join.collection_scans as i64);
+            d.insert("indexesUsed", join.indexes_used.clone());
         }
         d.insert("nReturned", s.returned as i64);
         d.insert("executionTimeMillisEstimate", micros / 1000);
