@@ -75,26 +75,55 @@ pub(crate) enum Joined {
     PerDocument,
 }
 
-/// A `$lookup`'s state over a run: how it reads its foreign collection, and what it read.
-pub(crate) struct Joining {
-    how: Joined,
+/// A join's state over a run: how it reads its foreign collection ([`Joined`] for `$lookup`,
+/// [`Graph`] for `$graphLookup`), and what it read.
+pub(crate) struct Reading<T> {
+    how: T,
     pub(crate) stats: JoinStats,
 }
 
-impl Joining {
-    pub(crate) fn open(l: &Lookup, ctx: &Ctx<'_>) -> Result<Joining, QueryError> {
+impl<T> Reading<T> {
+    /// `open` chooses how to read, counting what choosing read.
+    pub(crate) fn open(
+        open: impl FnOnce(&mut JoinStats) -> Result<T, QueryError>,
+    ) -> Result<Reading<T>, QueryError> {
         let mut stats = JoinStats::default();
-        let how = Joined::open(l, ctx, &mut stats)?;
-        Ok(Joining { how, stats })
+        let how = open(&mut stats)?;
+        Ok(Reading { how, stats })
     }
 }
 
-/// A whole read of a foreign collection, as its statistics count it: one collection scan.
-fn whole_read(foreign: &[RawDocumentBuf], stats: &mut JoinStats) {
-    stats.add(ForeignRead {
-        docs: foreign.len() as u64,
-        ..ForeignRead::default()
+/// The foreign collection `from`, held whole for the run when no index answers `field` and it
+/// fits in the per-stage limit (counted as one collection scan); `None` to ask per document or
+/// round instead.
+fn held_whole(
+    from: &str,
+    field: Option<&str>,
+    ctx: &Ctx<'_>,
+    stats: &mut JoinStats,
+) -> Result<Option<Arc<Vec<RawDocumentBuf>>>, QueryError> {
+    if field.is_some_and(|f| ctx.foreign.indexed(from, f)) {
+        return Ok(None);
+    }
+    let foreign = ctx.foreign.whole(from, ctx.limits.stage_bytes)?;
+    if let Some(docs) = &foreign {
+        stats.add(ForeignRead {
+            docs: docs.len() as u64,
+            ..ForeignRead::default()
+        });
+    }
+    Ok(foreign)
+}
+
+/// Whether a key of `d`'s values at `path` (with a query's array semantics) is `wanted`: the
+/// in-memory joins' match, kept exactly when asking per document or round.
+fn keys_meet(d: &RawDocument, path: &[String], wanted: &HashSet<Vec<u8>>) -> bool {
+    let mut meet = false;
+    walk(d, path, true, &mut |v| {
+        meet = wanted.contains(&key_of(v.unwrap_or(RawBsonRef::Null)));
+        meet
     });
+    meet
 }
 
 impl Joined {
@@ -103,15 +132,10 @@ impl Joined {
         ctx: &Ctx<'_>,
         stats: &mut JoinStats,
     ) -> Result<Joined, QueryError> {
-        if let Some((foreign_field, _)) = &l.equality
-            && ctx.foreign.indexed(&l.from, foreign_field)
-        {
-            return Ok(Joined::PerDocument);
-        }
-        let Some(foreign) = ctx.foreign.whole(&l.from, ctx.limits.stage_bytes)? else {
+        let field = l.equality.as_ref().map(|(f, _)| f.as_str());
+        let Some(foreign) = held_whole(&l.from, field, ctx, stats)? else {
             return Ok(Joined::PerDocument);
         };
-        whole_read(&foreign, stats);
         // The equality form matches like `{foreignField: {$in: localValues}}`: an array on either
         // side matches through its elements, and a missing (or empty-array) local value matches
         // null, i.e. foreign documents whose field is null or missing. A hash of the foreign
@@ -201,12 +225,11 @@ fn each_joined(
     let path = split_path(foreign_field);
     let query = in_query(foreign_field, &values)?;
     ctx.foreign.each_match(&l.from, &query, &mut |d| {
-        let mut joins = false;
-        walk(d, &path, true, &mut |v| {
-            joins = wanted.contains(&key_of(v.unwrap_or(RawBsonRef::Null)));
-            joins
-        });
-        if joins { visit(d) } else { Ok(()) }
+        if keys_meet(d, &path, &wanted) {
+            visit(d)
+        } else {
+            Ok(())
+        }
     })
 }
 
@@ -236,12 +259,12 @@ fn in_query(field: &str, values: &[RawBsonRef<'_>]) -> Result<RawDocumentBuf, Qu
 /// joining does not depend on how stages run).
 pub(crate) fn lookup_one(
     l: &Lookup,
-    joining: &mut Joining,
+    joining: &mut Reading<Joined>,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
     run_sub: &SubRunner<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {
-    let Joining { how, stats } = joining;
+    let Reading { how, stats } = joining;
     let matched = match &l.pipeline {
         Some(p) => {
             let mut vars = Vec::with_capacity(l.lets.len());
@@ -281,29 +304,16 @@ pub(crate) enum Graph {
     PerRound,
 }
 
-/// A `$graphLookup`'s state over a run: how it reads its foreign collection, and what it read.
-pub(crate) struct Searching {
-    how: Graph,
-    pub(crate) stats: JoinStats,
-}
-
-impl Searching {
-    pub(crate) fn open(g: &GraphLookup, ctx: &Ctx<'_>) -> Result<Searching, QueryError> {
-        let mut stats = JoinStats::default();
-        let how = Graph::open(g, ctx, &mut stats)?;
-        Ok(Searching { how, stats })
-    }
-}
-
 impl Graph {
-    fn open(g: &GraphLookup, ctx: &Ctx<'_>, stats: &mut JoinStats) -> Result<Graph, QueryError> {
-        if ctx.foreign.indexed(&g.from, &g.connect_to.join(".")) {
-            return Ok(Graph::PerRound);
-        }
-        let Some(foreign) = ctx.foreign.whole(&g.from, ctx.limits.stage_bytes)? else {
+    pub(crate) fn open(
+        g: &GraphLookup,
+        ctx: &Ctx<'_>,
+        stats: &mut JoinStats,
+    ) -> Result<Graph, QueryError> {
+        let field = g.connect_to.join(".");
+        let Some(foreign) = held_whole(&g.from, Some(&field), ctx, stats)? else {
             return Ok(Graph::PerRound);
         };
-        whole_read(&foreign, stats);
         let index = index_by(&foreign, &g.connect_to, g.restrict.as_ref())?;
         Ok(Graph::InMemory { foreign, index })
     }
@@ -359,7 +369,7 @@ impl Search<'_> {
 /// `connectFromField`; a document is reported once, at the depth it was first reached.
 fn search(
     g: &GraphLookup,
-    Searching { how: graph, stats }: &mut Searching,
+    Reading { how: graph, stats }: &mut Reading<Graph>,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
 ) -> Result<Vec<(RawDocumentBuf, i64)>, QueryError> {
@@ -407,17 +417,12 @@ fn search_round(
     state: &mut Search<'_>,
     next: &mut Vec<(Vec<u8>, bson::RawBson)>,
 ) -> Result<ForeignRead, QueryError> {
-    let wanted: HashSet<&[u8]> = round.iter().map(|(k, _)| k.as_slice()).collect();
+    let wanted: HashSet<Vec<u8>> = round.iter().map(|(k, _)| k.clone()).collect();
     let values: Vec<RawBsonRef<'_>> = round.iter().map(|(_, v)| v.as_raw_bson_ref()).collect();
     let query = in_query(&g.connect_to.join("."), &values)?;
     let ctx = state.ctx;
     ctx.foreign.each_match(&g.from, &query, &mut |d| {
-        let mut joins = false;
-        walk(d, &g.connect_to, true, &mut |v| {
-            joins = wanted.contains(key_of(v.unwrap_or(RawBsonRef::Null)).as_slice());
-            joins
-        });
-        if !joins
+        if !keys_meet(d, &g.connect_to, &wanted)
             || !g
                 .restrict
                 .as_ref()
@@ -432,7 +437,7 @@ fn search_round(
 /// `doc` with the documents its search reached set at the `as` path.
 pub(crate) fn graph_lookup_one(
     g: &GraphLookup,
-    graph: &mut Searching,
+    graph: &mut Reading<Graph>,
     doc: &RawDocument,
     ctx: &Ctx<'_>,
 ) -> Result<RawDocumentBuf, QueryError> {

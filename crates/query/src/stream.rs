@@ -36,7 +36,7 @@ use crate::doc_ops::{add_fields, nested, raw_err, replace_root, set_path, to_raw
 use crate::expr::random_unit;
 use crate::group::{Grouper, Groups, SpillTo};
 use crate::limits::{self, Limits};
-use crate::lookup::{Joining, Searching, graph_lookup_one, lookup_one};
+use crate::lookup::{Graph, Joined, Reading, graph_lookup_one, lookup_one};
 pub(crate) use crate::run_ctx::{Ctx, ForeignSource};
 use crate::spill::{SortMerge, SpillStore, Spilled, StageStore};
 use crate::stage::{Pipeline, Sink, Stage, Unwind};
@@ -90,8 +90,8 @@ pub(crate) enum State {
     Sort(Box<Sorter>),
     Group(Box<Grouper>),
     Unwind(Option<Box<Unwinding>>),
-    Lookup(Option<Box<Joining>>),
-    GraphLookup(Option<Box<Searching>>),
+    Lookup(Option<Box<Reading<Joined>>>),
+    GraphLookup(Option<Box<Reading<Graph>>>),
     Facet(Box<Facets>),
     Sample(Box<Sampler>),
     UnionWith(Option<Box<Union>>),
@@ -270,7 +270,7 @@ fn step(
             };
             let joined = match joined {
                 Some(j) => j,
-                None => joined.insert(Box::new(Joining::open(l, ctx)?)),
+                None => joined.insert(Box::new(Reading::open(|s| Joined::open(l, ctx, s))?)),
             };
             let run_sub = |stages: &[Stage], docs| run_all(stages, docs, ctx, "$lookup");
             Ok(Step::Doc(lookup_one(l, joined, &d, ctx, &run_sub)?))
@@ -282,7 +282,7 @@ fn step(
             };
             let graph = match graph {
                 Some(g) => g,
-                None => graph.insert(Box::new(Searching::open(g, ctx)?)),
+                None => graph.insert(Box::new(Reading::open(|s| Graph::open(g, ctx, s))?)),
             };
             Ok(Step::Doc(graph_lookup_one(g, graph, &d, ctx)?))
         }
@@ -1137,11 +1137,11 @@ impl Runner {
                 used_disk: stage
                     .may_spill()
                     .then(|| run.spill.as_ref().is_some_and(StageStore::used)),
-                join: match (stage, state) {
-                    (Stage::Lookup(_), State::Lookup(j)) => {
+                join: match state {
+                    State::Lookup(j) => {
                         Some(j.as_ref().map(|j| j.stats.clone()).unwrap_or_default())
                     }
-                    (Stage::GraphLookup(_), State::GraphLookup(g)) => {
+                    State::GraphLookup(g) => {
                         Some(g.as_ref().map(|g| g.stats.clone()).unwrap_or_default())
                     }
                     _ => None,

@@ -102,28 +102,10 @@ impl ForeignSource for Foreign<'_> {
         if let Some(docs) = self.views.0.get(name) {
             return Ok(Some(docs.clone()));
         }
-        let Some(coll) = (self.resolve)(name) else {
-            return Ok(Some(Arc::default()));
-        };
-        let all = Filter::parse(&RawDocumentBuf::new())?;
-        let mut docs = Vec::new();
-        let mut bytes = 0usize;
-        let mut over = false;
-        let walked = self.walk(&coll, &Access::Collection, &all, &mut |d| {
-            bytes += d.as_bytes().len();
-            if bytes > max_bytes {
-                // Stops the walk at once: the caller asks per document instead.
-                over = true;
-                return Err(QueryError::bad_value("over the bound"));
-            }
-            docs.push(d.to_owned());
-            Ok(())
-        });
-        match walked {
-            Err(_) if over => Ok(None),
-            Err(e) => Err(e),
-            Ok(_) => Ok(Some(Arc::new(docs))),
-        }
+        // A chunk stops at the first document that reaches its bound, so one of `max_bytes + 1`
+        // that has more to read holds more than `max_bytes`.
+        let (docs, more) = self.next_chunk(name, None, max_bytes.saturating_add(1))?;
+        Ok(more.is_none().then(|| Arc::new(docs)))
     }
 
     fn each_match(
