@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import bson
 import pytest
 from pymongo.errors import OperationFailure
 
@@ -393,12 +394,27 @@ def test_explain_reports_used_disk_per_stage(server, db, coll):
     assert cursor["$cursor"]["queryPlanner"]["parsedQuery"] == {"_id": {"$gte": 0}}
     assert cursor["$cursor"]["executionStats"]["totalDocsExamined"] == N
     assert cursor["nReturned"] == N
-    # The 3 MB sort spilled; the 17 groups and their sort stayed in memory.
-    assert first_sort == {"$sort": {"k": 1}, "usedDisk": True, "nReturned": N,
-                          "executionTimeMillisEstimate": first_sort["executionTimeMillisEstimate"]}
+    # The 3 MB sort spilled (runs of at most its 512 KiB limit); the 17 groups and their sort
+    # stayed in memory. Field names as mongod 7.0's.
+    sorted_bytes = sum(len(bson.encode(d)) for d in coll.find())
+    assert first_sort["$sort"] == {"k": 1}
+    assert (first_sort["usedDisk"], first_sort["nReturned"]) == (True, N)
+    assert first_sort["totalDataSizeSortedBytesEstimate"] == sorted_bytes
+    assert first_sort["spills"] >= sorted_bytes // (512 * 1024)
+    assert 0 < first_sort["spilledRecords"] <= N
+    # Each spilled document is written with its framing.
+    per_doc = len(bson.encode(coll.find_one()))
+    assert first_sort["spilledDataStorageSize"] >= first_sort["spilledRecords"] * per_doc
     assert group["$group"] == {"_id": "$k", "n": {"$sum": 1}}
-    assert (group["usedDisk"], group["nReturned"]) == (False, 17)
+    assert (group["usedDisk"], group["nReturned"], group["spills"]) == (False, 17, 0)
+    assert (group["spillFileSizeBytes"], group["numBytesSpilledEstimate"]) == (0, 0)
+    groups = list(coll.aggregate([{"$group": {"_id": "$k", "n": {"$sum": 1}}}]))
+    assert group["totalOutputDataSizeBytes"] == sum(len(bson.encode(g)) for g in groups)
     assert (second_sort["usedDisk"], second_sort["nReturned"]) == (False, 17)
+    assert (second_sort["spills"], second_sort["spilledDataStorageSize"]) == (0, 0)
+    # Times are cumulative: each stage's includes the stages before it.
+    times = [s["executionTimeMillisEstimate"] for s in stages]
+    assert times == sorted(times), times
     # A stage that cannot spill has no usedDisk, as in mongod.
     assert "usedDisk" not in project and project["nReturned"] == 17
     assert tmp_files(server) == []

@@ -88,7 +88,7 @@ pub use plan::{IndexBounds, expired_bounds, index_bounds};
 pub use projection::Projection;
 pub use run_ctx::{Chunk, ForeignRead, ForeignSource, JoinStats, NoForeign, each_match_in};
 pub use sort::SortSpec;
-pub use spill::{RunHandle, RunReader, SpillFile, SpillStore};
+pub use spill::{RunHandle, RunReader, SpillFile, SpillStats, SpillStore};
 pub use stream::{Runner, StageStats, Step};
 pub use text::text_bounds;
 pub use text_meta::{no_score, with_scorer};

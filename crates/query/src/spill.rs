@@ -18,7 +18,7 @@
 //!   fails at its memory limit with 292 as before.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bson::RawDocumentBuf;
 
@@ -55,12 +55,35 @@ pub trait SpillFile: Send {
     fn read_run(&self, run: RunHandle, read_ahead: usize) -> Result<RunReader, QueryError>;
 }
 
-/// One stage's use of the pipeline's store. It notes that the stage opened a file, so each
-/// stage can tell whether it ever spilled (mongod's per-stage `usedDisk`), whatever it holds
-/// by the time it is asked: a stage that spilled may be answering from memory, or be done.
+/// One stage's use of the pipeline's store. It notes that the stage opened a file and counts
+/// what the stage wrote, so each stage can tell whether it ever spilled and how much (mongod's
+/// per-stage `usedDisk`, `spills`, `spilledDataStorageSize`), whatever it holds by the time it
+/// is asked: a stage that spilled may be answering from memory, or be done.
 pub(crate) struct StageStore {
     store: Arc<dyn SpillStore>,
     used: AtomicBool,
+    counts: Arc<SpillCounts>,
+}
+
+/// What one stage wrote to its spill files.
+#[derive(Default)]
+struct SpillCounts {
+    runs: AtomicU64,
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+/// What one stage spilled, as `explain` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Whether it opened a spill file (mongod's `usedDisk`).
+    pub used_disk: bool,
+    /// Runs written (mongod's `spills`).
+    pub spills: u64,
+    /// Bytes written, framing included (mongod's `spilledDataStorageSize`).
+    pub bytes: u64,
+    /// Documents written (mongod's `spilledRecords`).
+    pub records: u64,
 }
 
 impl StageStore {
@@ -68,6 +91,7 @@ impl StageStore {
         StageStore {
             store,
             used: AtomicBool::new(false),
+            counts: Arc::default(),
         }
     }
 
@@ -75,12 +99,49 @@ impl StageStore {
     pub(crate) fn used(&self) -> bool {
         self.used.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn stats(&self) -> SpillStats {
+        SpillStats {
+            used_disk: self.used(),
+            spills: self.counts.runs.load(Ordering::Relaxed),
+            bytes: self.counts.bytes.load(Ordering::Relaxed),
+            records: self.counts.records.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl SpillStore for StageStore {
     fn open(&self) -> Result<Box<dyn SpillFile>, QueryError> {
         self.used.store(true, Ordering::Relaxed);
-        self.store.open()
+        Ok(Box::new(CountedFile {
+            file: self.store.open()?,
+            counts: self.counts.clone(),
+        }))
+    }
+}
+
+/// A stage's spill file that counts the runs, bytes and documents written to it.
+struct CountedFile {
+    file: Box<dyn SpillFile>,
+    counts: Arc<SpillCounts>,
+}
+
+impl SpillFile for CountedFile {
+    fn write_run(
+        &mut self,
+        docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
+    ) -> Result<RunHandle, QueryError> {
+        let mut records = 0u64;
+        let mut counted = docs.inspect(|_| records += 1);
+        let run = self.file.write_run(&mut counted)?;
+        self.counts.runs.fetch_add(1, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(run.len, Ordering::Relaxed);
+        self.counts.records.fetch_add(records, Ordering::Relaxed);
+        Ok(run)
+    }
+
+    fn read_run(&self, run: RunHandle, read_ahead: usize) -> Result<RunReader, QueryError> {
+        self.file.read_run(run, read_ahead)
     }
 }
 

@@ -159,13 +159,20 @@ pub(crate) struct Pulling<'s> {
     /// A runner's own stages: what each did (see [`StageRun`]). A sub-pipeline's stages are
     /// counted in their enclosing stage and spill through its view of the store.
     pub(crate) stages: Option<&'s [StageRun]>,
+    /// Whether to time each of those stages (an `explain` at `executionStats`).
+    pub(crate) timed: bool,
 }
 
-/// One of a runner's stages as it runs, for `explain`: the documents it answered and, under
-/// `allowDiskUse`, its own view of the spill store, which notes whether it spilled.
+/// One of a runner's stages as it runs, for `explain`: the documents it answered, their bytes,
+/// the time spent pulling them (when timed) and, under `allowDiskUse`, its own view of the
+/// spill store, which counts what it spilled.
 #[derive(Default)]
 pub(crate) struct StageRun {
     returned: AtomicU64,
+    returned_bytes: AtomicU64,
+    /// Nanoseconds spent answering, its upstream stages included (mongod's estimates are
+    /// cumulative the same way).
+    nanos: AtomicU64,
     spill: Option<StageStore>,
 }
 
@@ -176,8 +183,16 @@ pub struct StageStats {
     pub name: &'static str,
     /// The documents it answered.
     pub returned: u64,
-    /// Whether it spilled to disk; `None` for a stage that never spills.
-    pub used_disk: Option<bool>,
+    /// Their bytes (mongod's `totalOutputDataSizeBytes` of a `$group`).
+    pub returned_bytes: u64,
+    /// The bytes of the documents it was given (mongod's `totalDataSizeSortedBytesEstimate` of
+    /// a `$sort`): what the stage before it answered, or the runner's input.
+    pub input_bytes: u64,
+    /// Microseconds spent answering, the stages before it included; `None` unless the runner
+    /// was timed ([`Runner::time_stages`]).
+    pub micros: Option<u64>,
+    /// What it spilled to disk; `None` for a stage that never spills.
+    pub spill: Option<crate::SpillStats>,
     /// What a `$lookup` or `$graphLookup` read of its foreign collection; `None` for other
     /// stages.
     pub join: Option<crate::run_ctx::JoinStats>,
@@ -215,9 +230,19 @@ pub(crate) fn pull(
         }
         None => ctx,
     };
+    let started = (how.timed && run.is_some()).then(std::time::Instant::now);
     let step = step(stage, state, &mut upstream, ctx, max)?;
-    if let (Some(run), Step::Doc(_)) = (run, &step) {
-        run.returned.fetch_add(1, Ordering::Relaxed);
+    if let Some(run) = run {
+        if let Some(started) = started {
+            let nanos = started.elapsed().as_nanos();
+            run.nanos
+                .fetch_add(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+        if let Step::Doc(d) = &step {
+            run.returned.fetch_add(1, Ordering::Relaxed);
+            run.returned_bytes
+                .fetch_add(d.as_bytes().len() as u64, Ordering::Relaxed);
+        }
     }
     Ok(step)
 }
@@ -769,6 +794,7 @@ impl Run {
         let how = Pulling {
             results: self.results,
             stages: None,
+            timed: false,
         };
         let step = pull(stages, &mut self.states, &mut self.input, ctx, how)?;
         self.ended = matches!(step, Step::End);
@@ -1090,6 +1116,10 @@ pub struct Runner {
     ended: bool,
     /// What each stage did so far, and where it spills (`allowDiskUse`).
     runs: Vec<StageRun>,
+    /// Bytes of the input documents fed so far.
+    fed_bytes: u64,
+    /// Whether each stage's time is measured (see [`Runner::time_stages`]).
+    timed: bool,
 }
 
 impl Runner {
@@ -1106,7 +1136,15 @@ impl Runner {
             runs: std::iter::repeat_with(StageRun::default)
                 .take(stages)
                 .collect(),
+            fed_bytes: 0,
+            timed: false,
         }
+    }
+
+    /// Measures the time each stage spends answering, for `explain` at `executionStats`. Off
+    /// otherwise: reading the clock twice per document and stage costs more than some stages.
+    pub fn time_stages(&mut self) {
+        self.timed = true;
     }
 
     /// Lets blocking stages spill to `store` past their memory limits (`allowDiskUse`).
@@ -1127,27 +1165,27 @@ impl Runner {
     /// which the caller applies while reading ([`Runner::applies_leading_match`]).
     pub fn stage_stats(&self) -> Vec<StageStats> {
         let stages = &self.pipeline.stages[self.skip..];
-        stages
-            .iter()
-            .zip(&self.runs)
-            .zip(&self.states)
-            .map(|((stage, run), state)| StageStats {
+        let mut input_bytes = self.fed_bytes;
+        let mut out = Vec::with_capacity(stages.len());
+        for ((stage, run), state) in stages.iter().zip(&self.runs).zip(&self.states) {
+            let returned_bytes = run.returned_bytes.load(Ordering::Relaxed);
+            out.push(StageStats {
                 name: stage.name(),
                 returned: run.returned.load(Ordering::Relaxed),
-                used_disk: stage
-                    .may_spill()
-                    .then(|| run.spill.as_ref().is_some_and(StageStore::used)),
-                join: match state {
-                    State::Lookup(j) => {
-                        Some(j.as_ref().map(|j| j.stats.clone()).unwrap_or_default())
-                    }
-                    State::GraphLookup(g) => {
-                        Some(g.as_ref().map(|g| g.stats.clone()).unwrap_or_default())
-                    }
-                    _ => None,
-                },
-            })
-            .collect()
+                returned_bytes,
+                input_bytes,
+                micros: self.timed.then(|| run.nanos.load(Ordering::Relaxed) / 1000),
+                spill: stage.may_spill().then(|| {
+                    run.spill
+                        .as_ref()
+                        .map(StageStore::stats)
+                        .unwrap_or_default()
+                }),
+                join: join_stats(state),
+            });
+            input_bytes = returned_bytes;
+        }
+        out
     }
 
     /// Whether the pipeline's leading `$match` is the caller's to apply (not a stage here).
@@ -1158,6 +1196,7 @@ impl Runner {
     /// Adds an input document (one that passed the leading `$match`).
     pub fn feed(&mut self, doc: RawDocumentBuf) {
         if !self.ended {
+            self.fed_bytes += doc.as_bytes().len() as u64;
             self.input.queue.push_back(doc);
         }
     }
@@ -1189,6 +1228,7 @@ impl Runner {
         let top = Pulling {
             results: true,
             stages: Some(&self.runs[..]),
+            timed: self.timed,
         };
         let scorer = self.pipeline.leading_match().and_then(|f| f.text_match());
         let step = crate::text_meta::with_scorer(scorer.as_ref(), || {
@@ -1216,5 +1256,14 @@ impl Runner {
     /// The limits the pipeline runs under.
     pub fn limits(&self) -> Limits {
         self.pipeline.limits
+    }
+}
+
+/// What a `$lookup` or `$graphLookup` read of its foreign collection; `None` for other stages.
+fn join_stats(state: &State) -> Option<crate::run_ctx::JoinStats> {
+    match state {
+        State::Lookup(j) => Some(j.as_ref().map(|j| j.stats.clone()).unwrap_or_default()),
+        State::GraphLookup(g) => Some(g.as_ref().map(|g| g.stats.clone()).unwrap_or_default()),
+        _ => None,
     }
 }

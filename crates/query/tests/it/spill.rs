@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Document, RawDocumentBuf, doc};
 use mangrove_query::{
-    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStore, StageStats, Step,
+    Limits, Pipeline, QueryError, RunHandle, RunReader, SpillFile, SpillStats, SpillStore, Step,
 };
 
 /// Runs written through the files it opened, and the files still open.
@@ -37,11 +37,12 @@ impl SpillFile for MemoryFile {
         docs: &mut dyn Iterator<Item = Result<RawDocumentBuf, QueryError>>,
     ) -> Result<RunHandle, QueryError> {
         let docs = docs.collect::<Result<Vec<_>, _>>()?;
+        let len = docs.iter().map(|d| d.as_bytes().len() as u64).sum();
         let mut runs = self.0.runs.lock().unwrap();
         runs.push(docs);
         Ok(RunHandle {
             offset: runs.len() as u64 - 1,
-            len: 0,
+            len,
         })
     }
 
@@ -645,7 +646,7 @@ fn the_runner_reports_used_disk_for_a_spilled_sample_and_densify() {
 }
 
 #[test]
-fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
+fn stage_stats_tell_what_each_stage_returned_and_what_it_spilled() {
     let docs = input(2000);
     let stages = vec![
         doc! { "$match": { "_id": { "$gte": 0 } } },
@@ -653,33 +654,90 @@ fn stage_stats_tell_what_each_stage_returned_and_whether_it_spilled() {
         doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
         doc! { "$project": { "n": 1 } },
     ];
-    let mut runner = pipeline(stages, 20_000).into_runner();
-    runner.allow_disk_use(Arc::new(MemoryStore::default()));
+    let store = MemoryStore::default();
+    let mut runner = pipeline(stages.clone(), 20_000).into_runner();
+    runner.allow_disk_use(Arc::new(store.clone()));
     assert!(runner.applies_leading_match());
+    let mut fed = 0u64;
     for d in &docs {
-        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+        let raw = RawDocumentBuf::try_from(d).unwrap();
+        fed += raw.as_bytes().len() as u64;
+        runner.feed(raw);
     }
     runner.end_input();
-    while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
-    let stat = |name, returned, used_disk| StageStats {
-        name,
-        returned,
-        used_disk,
-        join: None,
+    let mut result_bytes = 0u64;
+    while let Step::Doc(d) = runner.step(&mangrove_query::NoForeign).unwrap() {
+        result_bytes += d.as_bytes().len() as u64;
+    }
+    // Only the $sort spilled: what the store holds is what it wrote.
+    let runs = store.runs.lock().unwrap().clone();
+    let spilled = SpillStats {
+        used_disk: true,
+        spills: runs.len() as u64,
+        bytes: runs
+            .iter()
+            .flatten()
+            .map(|d| d.as_bytes().len() as u64)
+            .sum(),
+        records: runs.iter().map(|r| r.len() as u64).sum(),
     };
-    assert_eq!(
-        runner.stage_stats(),
-        vec![
-            stat("$sort", 2000, Some(true)),
-            stat("$group", 13, Some(false)),
-            stat("$project", 13, None),
-        ]
+    assert!(
+        spilled.spills >= 2 && spilled.records <= 2000,
+        "{spilled:?}"
     );
-    // Without allowDiskUse nothing spills, and the stages still report false.
+    let stats = runner.stage_stats();
+    let names: Vec<_> = stats.iter().map(|s| (s.name, s.returned)).collect();
+    assert_eq!(names, [("$sort", 2000), ("$group", 13), ("$project", 13)]);
+    assert_eq!(stats[0].spill, Some(spilled));
+    assert_eq!(stats[1].spill, Some(SpillStats::default()));
+    assert_eq!(stats[2].spill, None);
+    // A stage's input is what the one before it answered; the first's, what was fed.
+    assert_eq!(stats[0].input_bytes, fed);
+    assert_eq!(
+        stats[0].returned_bytes, fed,
+        "a sort answers what it was given"
+    );
+    assert_eq!(stats[1].input_bytes, fed);
+    assert_eq!(stats[2].input_bytes, stats[1].returned_bytes);
+    assert_eq!(stats[2].returned_bytes, result_bytes);
+    assert!(stats.iter().all(|s| s.micros.is_none()), "not timed");
+    assert!(stats.iter().all(|s| s.join.is_none()));
+
+    // Without allowDiskUse nothing spills, and the stages still report it.
     let small = vec![doc! { "$sort": { "k": 1 } }];
     let mut runner = pipeline(small, usize::MAX).into_runner();
     runner.feed(RawDocumentBuf::try_from(&docs[0]).unwrap());
     runner.end_input();
     while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
-    assert_eq!(runner.stage_stats(), vec![stat("$sort", 1, Some(false))]);
+    let stats = runner.stage_stats();
+    assert_eq!((stats[0].name, stats[0].returned), ("$sort", 1));
+    assert_eq!(stats[0].spill, Some(SpillStats::default()));
+}
+
+#[test]
+fn timed_stage_stats_are_cumulative() {
+    let docs = input(3000);
+    let stages = vec![
+        doc! { "$sort": { "k": -1 } },
+        doc! { "$addFields": { "twice": { "$multiply": ["$k", 2] } } },
+        doc! { "$group": { "_id": "$k", "n": { "$sum": 1 } } },
+    ];
+    let mut runner = pipeline(stages, usize::MAX).into_runner();
+    runner.time_stages();
+    for d in &docs {
+        runner.feed(RawDocumentBuf::try_from(d).unwrap());
+    }
+    runner.end_input();
+    while let Step::Doc(_) = runner.step(&mangrove_query::NoForeign).unwrap() {}
+    let micros: Vec<u64> = runner
+        .stage_stats()
+        .iter()
+        .map(|s| s.micros.expect("timed"))
+        .collect();
+    // Each stage's time includes the stages before it, since it pulled from them.
+    assert!(micros.windows(2).all(|w| w[0] <= w[1]), "{micros:?}");
+    assert!(
+        micros[0] > 0,
+        "sorting 3,000 documents takes some time: {micros:?}"
+    );
 }

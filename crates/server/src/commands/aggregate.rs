@@ -195,6 +195,7 @@ pub(super) fn explain_run(
         with_collation(collation.as_ref(), || {
             let (mut runner, input, views) =
                 prepare(shared, &req, None, &snapshot, target, pipeline)?;
+            runner.time_stages();
             let mut reader = input.map(|i| (InputReader::new(i.access, i.filter), i.coll));
             with_foreign(shared, &req, None, &snapshot, &views, |view, foreign| {
                 loop {

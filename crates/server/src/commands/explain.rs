@@ -243,43 +243,73 @@ pub(super) fn explain_command(
 
 /// An aggregate's explain as mongod 7.0 gives one when stages run after the query: `stages`,
 /// first the `$cursor` (the query's plan and what it examined), then each stage with what it
-/// returned and, for a stage that may spill (`$sort`, `$group`, ...), whether it did
-/// (`usedDisk`); a `$lookup` or `$graphLookup` also says what reading its foreign collection
-/// examined, in how many collection scans, through which indexes. Stage times are the whole run's, as mongod's estimates are cumulative.
+/// returned and its time. A stage that may spill (`$sort`, `$group`, ...) says whether and how
+/// much it did; a `$lookup` or `$graphLookup` what reading its foreign collection examined, in
+/// how many collection scans, through which indexes.
+///
+/// Times are cumulative, as mongod's estimates are: a stage's includes the stages before it.
+/// The stages are timed inside the pipeline; the rest of the run (reading the input) is the
+/// `$cursor`'s, so the last stage's time is the whole run's.
 fn with_stages(reply: Document, stats: &[StageStats], micros: i64, cmd: &RawDocument) -> Document {
     let mut reply = reply;
     let mut cursor = doc! { "queryPlanner": reply.remove("queryPlanner").unwrap_or_default() };
     let exec = reply.remove("executionStats").unwrap_or_default();
     let returned = exec.as_document().and_then(|e| e.get_i64("nReturned").ok());
-    let millis = exec
-        .as_document()
-        .and_then(|e| e.get_i64("executionTimeMillis").ok());
     cursor.insert("executionStats", exec);
+    let in_stages = stats.last().and_then(|s| s.micros).unwrap_or(0) as i64;
+    let cursor_micros = (micros - in_stages).max(0);
     let mut stages = vec![bson::Bson::Document(doc! {
         "$cursor": cursor,
         "nReturned": returned.unwrap_or(0),
-        "executionTimeMillisEstimate": millis.unwrap_or(0),
+        "executionTimeMillisEstimate": cursor_micros / 1000,
     })];
     let specs = stage_specs(cmd, stats.len());
     for (i, s) in stats.iter().enumerate() {
         let mut d = specs.get(i).cloned().unwrap_or_else(|| doc! { s.name: {} });
-        if let Some(used) = s.used_disk {
-            d.insert("usedDisk", used);
-        }
-        if let Some(join) = &s.join {
-            // mongod's `$lookup` statistics: what reading the foreign collection examined.
-            d.insert("totalDocsExamined", join.docs_examined as i64);
-            d.insert("totalKeysExamined", join.keys_examined as i64);
-            d.insert("collectionScans", join.collection_scans as i64);
-            d.insert("indexesUsed", join.indexes_used.clone());
-        }
+        stage_counters(&mut d, s);
         d.insert("nReturned", s.returned as i64);
-        d.insert("executionTimeMillisEstimate", micros / 1000);
+        let cumulative = cursor_micros + s.micros.map_or(in_stages, |m| m as i64);
+        d.insert("executionTimeMillisEstimate", cumulative.min(micros) / 1000);
         stages.push(d.into());
     }
     let mut out = doc! { "explainVersion": "1", "stages": stages };
     out.extend(reply.into_iter().filter(|(k, _)| k != "explainVersion"));
     out
+}
+
+/// A stage's own counters, under mongod 7.0's names: what a `$sort` sorted, what a `$group`
+/// answered, what a blocking stage spilled, what a join read.
+fn stage_counters(d: &mut Document, s: &StageStats) {
+    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    match s.name {
+        "$sort" => {
+            d.insert("totalDataSizeSortedBytesEstimate", bytes(s.input_bytes));
+        }
+        "$group" => {
+            d.insert("totalOutputDataSizeBytes", bytes(s.returned_bytes));
+        }
+        _ => {}
+    }
+    if let Some(spill) = &s.spill {
+        d.insert("usedDisk", spill.used_disk);
+        d.insert("spills", bytes(spill.spills));
+        d.insert("spilledRecords", bytes(spill.records));
+        if s.name == "$group" {
+            // mongod's `$group` names the file's size so; its estimate is of the bytes before
+            // compression, and Mangrove does not compress spills.
+            d.insert("spillFileSizeBytes", bytes(spill.bytes));
+            d.insert("numBytesSpilledEstimate", bytes(spill.bytes));
+        } else {
+            d.insert("spilledDataStorageSize", bytes(spill.bytes));
+        }
+    }
+    if let Some(join) = &s.join {
+        // mongod's `$lookup` statistics: what reading the foreign collection examined.
+        d.insert("totalDocsExamined", join.docs_examined as i64);
+        d.insert("totalKeysExamined", join.keys_examined as i64);
+        d.insert("collectionScans", join.collection_scans as i64);
+        d.insert("indexesUsed", join.indexes_used.clone());
+    }
 }
 
 /// The command's stage documents after a leading `$match` (which the `$cursor` shows), when
