@@ -171,6 +171,25 @@ def test_a_default_collation_collates_the_id_index(db):
     with pytest.raises(DuplicateKeyError) as e:
         db.ci.insert_one({"_id": "A"})
     assert e.value.code == 11000
+    # As mongod, the message and errInfo name the collation the keys are compared under.
+    collation = e.value.details["collation"]
+    assert (collation["locale"], collation["strength"]) == ("en_US", 2)
+    assert f"index: _id_ collation: {{ locale: \"en_US\", caseLevel: false," in str(e.value)
+    assert e.value.details["keyValue"] == {"_id": "A"}
+    db.ci.create_index("u", unique=True)
+    db.ci.insert_one({"_id": "u1", "u": "x"})
+    with pytest.raises(DuplicateKeyError) as e:
+        db.ci.insert_one({"_id": "u2", "u": "X"})
+    assert e.value.details["collation"] == collation
+    assert "index: u_1 collation: { locale:" in str(e.value)
+    db.ci.delete_many({"_id": "u1"})
+    db.ci.drop_index("u_1")
+    # A binary index names none.
+    db.plain.insert_one({"_id": "a"})
+    with pytest.raises(DuplicateKeyError) as e:
+        db.plain.insert_one({"_id": "a"})
+    assert "collation" not in e.value.details
+    assert " collation: " not in e.value.details["errmsg"]
     with pytest.raises(BulkWriteError) as e:
         db.ci.insert_many([{"_id": "b"}, {"_id": "B"}, {"_id": "c"}], ordered=False)
     assert e.value.details["nInserted"] == 2

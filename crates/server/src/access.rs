@@ -123,15 +123,13 @@ pub fn key_of(id: RawBsonRef<'_>) -> DocKey {
 /// Marks, among a collection's options, that its `_id` keys are encoded under its default
 /// collation, as mongod's `_id` index is. Collections created before Mangrove did so lack it
 /// and keep their binary keys, so existing data directories read back unchanged. Set by
-/// `create`, kept by `collMod` and renames like the UUID, never shown (`shown_options`).
-pub const COLLATED_ID_OPTION: &str = "mangroveCollatedId";
+/// `create`, kept by `collMod` and renames like the UUID, never shown (`shown_options`). The
+/// engine reads it only to name the collation in a duplicate `_id` error.
+pub use mangrove_storage::COLLATED_ID_OPTION;
 
 /// Whether `coll`'s `_id` keys are encoded under its default collation.
 pub fn ids_collated(coll: &CollectionInfo) -> bool {
-    matches!(
-        coll.options.get(COLLATED_ID_OPTION),
-        Some(Bson::Boolean(true))
-    )
+    coll.id_collation_spec().is_some()
 }
 
 /// The collation `coll`'s `_id` keys are encoded under; `None`: binary.

@@ -116,12 +116,15 @@ impl From<mangrove_storage::StorageError> for CommandError {
             S::DuplicateKey {
                 key_pattern,
                 key_value,
+                collation,
                 ..
             } => {
                 let mut err = CommandError::new(code::DUPLICATE_KEY, message);
-                err.info = Some(Box::new(
-                    doc! { "keyPattern": *key_pattern, "keyValue": *key_value },
-                ));
+                let mut info = doc! { "keyPattern": *key_pattern, "keyValue": *key_value };
+                if let Some(collation) = collation {
+                    info.insert("collation", *collation);
+                }
+                err.info = Some(Box::new(info));
                 err
             }
             S::Index(q) => q.into(),

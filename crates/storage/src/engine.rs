@@ -89,7 +89,7 @@ mod verify;
 mod versions;
 
 pub use backup::{BackupPhase, BackupReport};
-pub use catalog::{CollectionInfo, IndexInfo, UUID_OPTION, uuid_of};
+pub use catalog::{COLLATED_ID_OPTION, CollectionInfo, IndexInfo, UUID_OPTION, uuid_of};
 pub use checkpoint::CheckpointReport;
 use commit::{CommitQueue, LogCounters, LogProgress};
 pub use commit::{CommitTicket, LogStats};

@@ -10,8 +10,11 @@ pub enum StorageError {
     )]
     WriteConflict,
     /// A unique index (`_id_` or a secondary one) already has an entry with this key.
+    /// `collation`: the index's, when it has one (mongod names it in the message and in
+    /// `errInfo`).
     #[error(
-        "E11000 duplicate key error collection: {ns} index: {index} dup key: {}",
+        "E11000 duplicate key error collection: {ns} index: {index}{} dup key: {}",
+        collation.as_deref().map_or(String::new(), |c| format!(" collation: {}", show_key(c))),
         show_key(key_value)
     )]
     DuplicateKey {
@@ -19,6 +22,7 @@ pub enum StorageError {
         index: String,
         key_pattern: Box<bson::Document>,
         key_value: Box<bson::Document>,
+        collation: Option<Box<bson::Document>>,
     },
     /// A document cannot be indexed (parallel arrays, too many keys), or an index specification
     /// cannot be compiled: MongoDB's code and message.
@@ -139,13 +143,18 @@ fn show_key(key: &bson::Document) -> String {
 }
 
 impl StorageError {
-    /// DuplicateKey on the `_id` index.
-    pub fn duplicate_id(ns: String, id: bson::Bson) -> StorageError {
+    /// DuplicateKey on the `_id` index, whose keys are encoded under `collation` if any.
+    pub fn duplicate_id(
+        ns: String,
+        id: bson::Bson,
+        collation: Option<&bson::Document>,
+    ) -> StorageError {
         StorageError::DuplicateKey {
             ns,
             index: "_id_".into(),
             key_pattern: Box::new(bson::doc! { "_id": 1 }),
             key_value: Box::new(bson::doc! { "_id": id }),
+            collation: collation.map(|c| Box::new(c.clone())),
         }
     }
 

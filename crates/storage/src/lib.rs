@@ -39,7 +39,7 @@ pub use base::{BaseCopyReport, BaseVerifyReport, verify_base_file};
 pub use clock::Timestamp;
 pub use engine::{BackupPhase, BackupReport, CheckpointReport};
 pub use engine::{
-    CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
+    COLLATED_ID_OPTION, CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
     HistoryTruncationStats, HistoryWindow, IndexInfo, IndexVerifyReport, LogStats, ReadView,
     RecoveryReport, Snapshot, StoredDoc, TailRecord, TransactionLimits, Txn, TxnId, UUID_OPTION,
     uuid_of,

@@ -35,6 +35,12 @@ pub struct CollectionInfo {
     pub(super) id: CollId,
 }
 
+/// Marks, among a collection's options, that the server encodes its `_id` keys under its default
+/// collation (the `collation` option), as mongod's `_id` index is. Collections created before
+/// Mangrove did so lack it and keep binary keys. The engine only reads it to name the collation
+/// in a duplicate `_id` error, as mongod's message does.
+pub const COLLATED_ID_OPTION: &str = "mangroveCollatedId";
+
 /// Where a collection's UUID (MongoDB's `collectionUUID`, the oplog's `ui`) is kept: among its
 /// options, so it travels with them through the log, checkpoints, `collMod` and renames without
 /// a format of its own. Given once, when a transaction creates the collection (never on replay,
@@ -62,6 +68,15 @@ pub fn uuid_of(options: &bson::Document) -> Option<bson::Uuid> {
 impl CollectionInfo {
     pub fn ns(&self) -> String {
         format!("{}.{}", self.db, self.name)
+    }
+
+    /// The collation its `_id` keys are encoded under (see [`COLLATED_ID_OPTION`]), as the
+    /// collection's options give it; `None`: binary keys.
+    pub fn id_collation_spec(&self) -> Option<&bson::Document> {
+        match self.options.get(COLLATED_ID_OPTION) {
+            Some(bson::Bson::Boolean(true)) => self.options.get_document("collation").ok(),
+            _ => None,
+        }
     }
 
     /// MongoDB's collection UUID; `None` for views and for collections created before

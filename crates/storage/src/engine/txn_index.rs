@@ -162,6 +162,7 @@ impl Txn {
                     index: index.key.name.clone(),
                     key_pattern: Box::new(index.key.key_pattern.clone()),
                     key_value: Box::new(index.key.key_value(doc, index_key)),
+                    collation: index_collation(index),
                 })
             }
             Ok(_) => Ok(()),
@@ -287,6 +288,7 @@ impl Txn {
                         index: index.key.name.clone(),
                         key_pattern: Box::new(index.key.key_pattern.clone()),
                         key_value: Box::new(index.key.key_value(doc, &k)),
+                        collation: index_collation(index),
                     });
                     return ControlFlow::Break(());
                 }
@@ -407,4 +409,14 @@ impl Txn {
         )?;
         Ok(out)
     }
+}
+
+/// The collation a unique index's keys are encoded under, as its specification shows it (named
+/// in a duplicate key error).
+fn index_collation(index: &IndexInfo) -> Option<Box<bson::Document>> {
+    index
+        .key
+        .collation
+        .as_ref()
+        .map(|c| Box::new(c.index_spec()))
 }

@@ -60,7 +60,11 @@ impl Txn {
                     .flatten()
                     .and_then(|v| bson::Bson::try_from(v).ok())
                     .unwrap_or(bson::Bson::Null);
-                Err(StorageError::duplicate_id(coll.ns(), id))
+                Err(StorageError::duplicate_id(
+                    coll.ns(),
+                    id,
+                    coll.id_collation_spec(),
+                ))
             }
             Ok(None) => self.write_index_entries(coll, &key, None, Some(&doc)),
             Err(e) => Err(e),
