@@ -368,14 +368,86 @@ impl BaseStore {
     }
 
     /// [`BaseStore::get`] of many keys of one keyspace through one read transaction (a
-    /// natural-order scan looks its documents up a chunk at a time).
+    /// natural-order scan looks its documents up a chunk at a time), in the order given.
+    /// `lookups` chooses, from what earlier chunks of the same scan found, between a lookup per
+    /// key and walks through the keys in key order (see [`Lookups`]).
     pub(crate) fn get_many<'k>(
         &self,
         coll: u64,
         keys: impl Iterator<Item = &'k DocKey>,
+        lookups: &mut Lookups,
     ) -> Result<Vec<Option<(Timestamp, StoredDoc)>>, StorageError> {
         let table = self.docs_table()?;
-        keys.map(|key| self.get_in(&table, coll, key)).collect()
+        let keys: Vec<&DocKey> = keys.collect();
+        if !lookups.walk_next() {
+            return keys
+                .into_iter()
+                .map(|key| self.get_in(&table, coll, key))
+                .collect();
+        }
+        let wanted: Vec<Vec<u8>> = keys.iter().map(|k| doc_key(coll, k)).collect();
+        let mut order: Vec<usize> = (0..wanted.len()).collect();
+        order.sort_unstable_by(|&a, &b| wanted[a].cmp(&wanted[b]));
+        let mut out = vec![None; wanted.len()];
+        let (_, end) = keyspace_bounds(coll, Bound::Unbounded, Bound::Unbounded);
+        let mut next = 0;
+        let mut seeks = 0u64;
+        while next < order.len() {
+            seeks += 1;
+            next = self.walk_from(&table, coll, &wanted, &order, next, &end, &mut out)?;
+        }
+        lookups.walked(wanted.len() as u64, seeks);
+        Ok(out)
+    }
+
+    /// One walk of [`BaseStore::get_many`]: from the wanted key `order[next]` on, fills `out`
+    /// for each wanted key it passes, until the keys run out or more than [`WALK_GAP`] entries
+    /// in a row were not wanted (a seek is then cheaper). Returns where the next walk starts.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_from(
+        &self,
+        table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        coll: u64,
+        wanted: &[Vec<u8>],
+        order: &[usize],
+        mut next: usize,
+        end: &Bound<Vec<u8>>,
+        out: &mut [Option<(Timestamp, StoredDoc)>],
+    ) -> Result<usize, StorageError> {
+        let from = wanted[order[next]].as_slice();
+        let mut range = self
+            .guard("get", || {
+                table.range::<&[u8]>((Bound::Included(from), end.as_ref().map(|v| v.as_slice())))
+            })?
+            .map_err(|e| err("get", e))?;
+        let mut unwanted = 0;
+        while let Some(entry) = self.guard("get", || range.next())? {
+            let (k, v) = entry.map_err(|e| err("get", e))?;
+            let k = k.value();
+            // Wanted keys before this entry are not in the store.
+            while next < order.len() && wanted[order[next]].as_slice() < k {
+                next += 1;
+            }
+            if next == order.len() {
+                return Ok(next);
+            }
+            if wanted[order[next]].as_slice() != k {
+                unwanted += 1;
+                if unwanted > WALK_GAP {
+                    return Ok(next);
+                }
+                continue;
+            }
+            unwanted = 0;
+            let found = decode_doc_value(k, v.value())
+                .map_err(|d| self.value_damage(coll, &DocKey(k[8..].to_vec()), d))?;
+            while next < order.len() && wanted[order[next]].as_slice() == k {
+                out[order[next]] = Some(found.clone());
+                next += 1;
+            }
+        }
+        // The keyspace ended: no later key is in the store.
+        Ok(order.len())
     }
 
     /// One document of `table` (a read transaction's documents), its checksum checked.
@@ -541,6 +613,48 @@ impl BaseStore {
 }
 
 /// The redb key range of a keyspace's entries within the bounds.
+/// Entries a walk of [`BaseStore::get_many`] passes in a row without wanting them before it
+/// seeks to the next key it wants instead.
+const WALK_GAP: usize = 2;
+
+/// How a scan's chunks of lookups ([`BaseStore::get_many`]) read the base store, learned from
+/// the chunks before. A walk costs two descents of the tree and then one step per entry, a
+/// lookup one descent: walking wins when the wanted keys lie close together in key order
+/// (documents inserted in nearly `_id` order, as concurrent writers' ObjectIds are), lookups
+/// when they are scattered (random `_id`s). A scan walks while its walks find at least
+/// [`WALK_YIELD`] keys per seek, and tries again every [`WALK_RETRY`] chunks otherwise, since
+/// how a collection was filled can change along its natural order.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    /// Chunks looked up key by key since the last walk; `None` until one walked.
+    since_walk: Option<u32>,
+}
+
+const WALK_YIELD: u64 = 3;
+const WALK_RETRY: u32 = 128;
+
+impl Lookups {
+    fn walk_next(&mut self) -> bool {
+        match &mut self.since_walk {
+            None => true,
+            Some(n) if *n + 1 >= WALK_RETRY => true,
+            Some(n) => {
+                *n += 1;
+                false
+            }
+        }
+    }
+
+    /// A chunk of `keys` was walked in `seeks` walks.
+    fn walked(&mut self, keys: u64, seeks: u64) {
+        self.since_walk = if keys >= WALK_YIELD * seeks {
+            None
+        } else {
+            Some(0)
+        };
+    }
+}
+
 fn keyspace_bounds(
     coll: u64,
     lower: Bound<&DocKey>,
@@ -655,3 +769,7 @@ fn decode_catalog_entry(ns: &str, value: &[u8]) -> Result<BaseCollection, String
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+#[path = "base/lookups_tests.rs"]
+mod lookups_tests;

@@ -19,6 +19,7 @@ use super::verify::IndexVerifyReport;
 use super::versions::{DocWrite, State};
 use super::{CollId, DocKey, StoredDoc};
 use crate::StorageError;
+use crate::base::Lookups;
 
 impl Snapshot {
     /// Visits the documents of `coll` in natural order (reversed if `reverse`), past the
@@ -42,6 +43,7 @@ impl Snapshot {
             });
         }
         let mut resume = resume.cloned();
+        let mut lookups = Lookups::default();
         loop {
             let (lower, upper) = past(resume.as_ref(), reverse);
             let mut entries = Vec::with_capacity(SCAN_CHUNK);
@@ -53,7 +55,7 @@ impl Snapshot {
                 reverse,
                 collect_entries(&mut entries, SCAN_CHUNK),
             )?;
-            let docs = self.docs_in_state(&state, coll.id, &entries)?;
+            let docs = self.docs_in_state(&state, coll.id, &entries, &mut lookups)?;
             for ((position, key), doc) in entries.iter().zip(docs) {
                 debug_assert!(doc.is_some(), "a visible position has a visible document");
                 if let Some(doc) = doc
@@ -84,6 +86,7 @@ impl Snapshot {
         state: &State,
         id: CollId,
         entries: &[(DocKey, DocKey)],
+        lookups: &mut Lookups,
     ) -> Result<Vec<Option<StoredDoc>>, StorageError> {
         let chains = state.collections.get(&id);
         let mut out = Vec::with_capacity(entries.len());
@@ -100,7 +103,7 @@ impl Snapshot {
         if let Some(base) = &state.base
             && !from_base.is_empty()
         {
-            let found = base.get_many(id, from_base.iter().map(|&i| &entries[i].1))?;
+            let found = base.get_many(id, from_base.iter().map(|&i| &entries[i].1), lookups)?;
             for (i, found) in from_base.into_iter().zip(found) {
                 out[i] = found.filter(|(ts, _)| *ts <= self.read_ts).map(|(_, d)| d);
             }
