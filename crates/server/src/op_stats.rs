@@ -117,11 +117,12 @@ pub(crate) fn runs_javascript() -> bool {
 }
 
 /// Whether a command's body names a JavaScript operator (a key `$where`, `$function` or
-/// `$accumulator`, at any depth): a byte search, no parse.
+/// `$accumulator`, at any depth): a byte search, no parse, so a string value spelling one
+/// counts too. Every find and aggregate pays it, so it is one pass over the `$`s rather than a
+/// search per name.
 pub(crate) fn names_javascript(body: &[u8]) -> bool {
-    [&b"$where\0"[..], b"$function\0", b"$accumulator\0"]
-        .iter()
-        .any(|key| body.windows(key.len()).any(|w| w == *key))
+    const NAMES: [&[u8]; 3] = [b"$where\0", b"$function\0", b"$accumulator\0"];
+    memchr::memchr_iter(b'$', body).any(|at| NAMES.iter().any(|n| body[at..].starts_with(n)))
 }
 
 /// Returns once `killOp` has asked the running command to stop (never outside a command): a
@@ -142,4 +143,42 @@ pub(crate) async fn until_killed() {
 /// Runs `f` with `stats` counting what it examines.
 pub(crate) async fn measured<F: Future>(stats: Arc<OpStats>, f: F) -> F::Output {
     OP.scope(stats, f).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_javascript;
+
+    #[test]
+    fn names_javascript_finds_the_operators_as_keys_only() {
+        let body = |d: bson::Document| bson::RawDocumentBuf::try_from(&d).unwrap();
+        for (d, named) in [
+            (
+                bson::doc! { "find": "c", "filter": { "$where": "true" } },
+                true,
+            ),
+            (
+                bson::doc! { "aggregate": "c", "pipeline": [{ "$group": { "_id": 1,
+                "a": { "$accumulator": {} } } }] },
+                true,
+            ),
+            (
+                bson::doc! { "find": "c", "filter": { "$expr": { "$function": {} } } },
+                true,
+            ),
+            // A longer key is not the operator; a string value equal to one counts (the search
+            // errs towards JavaScript, which only moves the read off the async worker).
+            (
+                bson::doc! { "find": "c", "filter": { "s": "$where" } },
+                true,
+            ),
+            (
+                bson::doc! { "find": "c", "filter": { "$whereabouts": 1 } },
+                false,
+            ),
+            (bson::doc! { "find": "$", "filter": { "$gt$": 1 } }, false),
+        ] {
+            assert_eq!(names_javascript(body(d.clone()).as_bytes()), named, "{d}");
+        }
+    }
 }
