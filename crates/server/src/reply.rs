@@ -19,30 +19,66 @@ impl From<Document> for Reply {
     }
 }
 
-/// `$clusterTime` as a one-node replica set gossips it: unsigned, since there is no auth.
-fn cluster_time(shared: &Shared) -> (bson::Timestamp, Document) {
-    let ts = shared.engine.last_commit().to_bson();
-    let ct = doc! {
+/// `$clusterTime` as a one-node replica set gossips it: unsigned, since there is no key to
+/// sign with.
+fn cluster_time(ts: bson::Timestamp) -> Document {
+    doc! {
         "clusterTime": ts,
         "signature": {
             "hash": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0u8; 20] },
             "keyId": 0i64,
         },
-    };
-    (ts, ct)
+    }
+}
+
+/// Where `clusterTime`'s value lies in the raw `$clusterTime`: after the document's length, the
+/// element's type byte and its NUL-terminated name.
+const CLUSTER_TIME_AT: usize = 4 + 1 + "clusterTime".len() + 1;
+
+/// The raw `$clusterTime` for `ts`: a template built once with its timestamp's eight bytes
+/// patched, since every reply carries one.
+fn cluster_time_raw(ts: bson::Timestamp) -> RawDocumentBuf {
+    static TEMPLATE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let zero = bson::Timestamp {
+            time: 0,
+            increment: 0,
+        };
+        let raw = RawDocumentBuf::try_from(&cluster_time(zero)).expect("a fixed document");
+        raw.into_bytes()
+    });
+    let mut bytes = TEMPLATE.clone();
+    // BSON's timestamp: the increment, then the seconds, each little-endian.
+    let value = (u64::from(ts.time) << 32) | u64::from(ts.increment);
+    bytes[CLUSTER_TIME_AT..CLUSTER_TIME_AT + 8].copy_from_slice(&value.to_le_bytes());
+    let raw = RawDocumentBuf::from_bytes(bytes).expect("the template with a timestamp patched");
+    debug_assert_eq!(raw.get_timestamp("clusterTime").ok(), Some(ts));
+    raw
 }
 
 /// Adds `operationTime` and `$clusterTime`, which every replica-set reply carries.
 pub(crate) fn decorate(shared: &Shared, reply: &mut Document) {
-    let (ts, ct) = cluster_time(shared);
-    reply.insert("$clusterTime", ct);
+    let ts = shared.engine.last_commit().to_bson();
+    reply.insert("$clusterTime", cluster_time(ts));
     reply.insert("operationTime", ts);
 }
 
 pub(crate) fn decorate_raw(shared: &Shared, reply: &mut RawDocumentBuf) {
-    let (ts, ct) = cluster_time(shared);
-    if let Ok(ct) = RawDocumentBuf::try_from(&ct) {
-        reply.append(bson::raw::cstr!("$clusterTime"), ct);
-    }
+    let ts = shared.engine.last_commit().to_bson();
+    reply.append(bson::raw::cstr!("$clusterTime"), cluster_time_raw(ts));
     reply.append(bson::raw::cstr!("operationTime"), ts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cluster_time, cluster_time_raw};
+
+    #[test]
+    fn the_raw_cluster_time_is_the_document_with_its_timestamp() {
+        for (time, increment) in [(0, 0), (1, 2), (1_796_526_034, 77), (u32::MAX, u32::MAX)] {
+            let ts = bson::Timestamp { time, increment };
+            let raw = cluster_time_raw(ts);
+            let expected = bson::RawDocumentBuf::try_from(&cluster_time(ts)).unwrap();
+            assert_eq!(raw.as_bytes(), expected.as_bytes(), "{ts:?}");
+        }
+    }
 }

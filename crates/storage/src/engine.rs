@@ -197,6 +197,9 @@ struct Inner {
     checkpointing: Mutex<()>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state: RwLock<State>,
+    /// `State::last_commit`, stored when a commit installs (under the state's lock), so that
+    /// every reply's `operationTime` reads it without taking that lock.
+    last_commit: AtomicU64,
     /// Read timestamps of live snapshots, with a count each; the minimum bounds version pruning.
     readers: Mutex<BTreeMap<Timestamp, usize>>,
     next_txn_id: AtomicU64,
@@ -276,6 +279,7 @@ impl Engine {
             checkpointing: Mutex::new(()),
             checkpointer: Mutex::new(None),
             state: RwLock::new(state),
+            last_commit: AtomicU64::new(last.0),
             readers: Mutex::new(BTreeMap::new()),
             next_txn_id: AtomicU64::new(1),
             open_txn_bytes: AtomicU64::new(0),
@@ -364,7 +368,9 @@ impl Engine {
     /// The newest commit timestamp: what a fresh snapshot would see, and the server's
     /// `operationTime` for reads.
     pub fn last_commit(&self) -> Timestamp {
-        self.read_state().last_commit
+        // Stored after the commit installed, before the state's lock is released: a snapshot
+        // taken after this returns waits for that lock, so it sees this commit.
+        Timestamp(self.inner.last_commit.load(Ordering::Acquire))
     }
 
     /// The memory budget the engine was opened with (`--cache-size`).

@@ -447,6 +447,7 @@ impl Engine {
                 !w.is_empty()
             });
             state.last_commit = ts;
+            self.inner.last_commit.store(ts.0, Ordering::Release);
             // Prune what this commit made unreachable, bounded by the oldest live reader.
             let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
             prune_after(&mut state, &commit, oldest);
