@@ -181,13 +181,17 @@ impl ConnState {
 }
 
 /// Adds what every reply carries and serializes it.
-fn finish(shared: &Shared, mut reply: bson::Document) -> RawDocumentBuf {
-    reply::decorate(shared, &mut reply);
-    RawDocumentBuf::try_from(&reply).unwrap_or_else(|e| {
+fn finish(shared: &Shared, reply: bson::Document) -> RawDocumentBuf {
+    // No command puts `operationTime` or `$clusterTime` in its reply, so they are appended to
+    // the raw reply, as to a reply built raw.
+    debug_assert!(!reply.contains_key("operationTime") && !reply.contains_key("$clusterTime"));
+    let mut raw = RawDocumentBuf::try_from(&reply).unwrap_or_else(|e| {
         // Only possible if a command built an invalid document (a key with a NUL byte).
         let fallback = CommandError::new(1, format!("internal error building reply: {e}"));
         RawDocumentBuf::try_from(&fallback.to_document()).unwrap_or_default()
-    })
+    });
+    reply::decorate_raw(shared, &mut raw);
+    raw
 }
 
 /// The reply to send, if any; Err closes the connection (only test fail points ask for that).

@@ -55,13 +55,7 @@ fn cluster_time_raw(ts: bson::Timestamp) -> RawDocumentBuf {
     raw
 }
 
-/// Adds `operationTime` and `$clusterTime`, which every replica-set reply carries.
-pub(crate) fn decorate(shared: &Shared, reply: &mut Document) {
-    let ts = shared.engine.last_commit().to_bson();
-    reply.insert("$clusterTime", cluster_time(ts));
-    reply.insert("operationTime", ts);
-}
-
+/// Appends `$clusterTime` and `operationTime`, which every replica-set reply carries.
 pub(crate) fn decorate_raw(shared: &Shared, reply: &mut RawDocumentBuf) {
     let ts = shared.engine.last_commit().to_bson();
     reply.append(bson::raw::cstr!("$clusterTime"), cluster_time_raw(ts));
