@@ -388,66 +388,23 @@ impl BaseStore {
         let wanted: Vec<Vec<u8>> = keys.iter().map(|k| doc_key(coll, k)).collect();
         let mut order: Vec<usize> = (0..wanted.len()).collect();
         order.sort_unstable_by(|&a, &b| wanted[a].cmp(&wanted[b]));
-        let mut out = vec![None; wanted.len()];
-        let (_, end) = keyspace_bounds(coll, Bound::Unbounded, Bound::Unbounded);
+        let mut walk = Walk {
+            store: self,
+            table: &table,
+            coll,
+            wanted: &wanted,
+            order: &order,
+            end: keyspace_bounds(coll, Bound::Unbounded, Bound::Unbounded).1,
+            out: vec![None; wanted.len()],
+        };
         let mut next = 0;
         let mut seeks = 0u64;
         while next < order.len() {
             seeks += 1;
-            next = self.walk_from(&table, coll, &wanted, &order, next, &end, &mut out)?;
+            next = walk.from(next)?;
         }
         lookups.walked(wanted.len() as u64, seeks);
-        Ok(out)
-    }
-
-    /// One walk of [`BaseStore::get_many`]: from the wanted key `order[next]` on, fills `out`
-    /// for each wanted key it passes, until the keys run out or more than [`WALK_GAP`] entries
-    /// in a row were not wanted (a seek is then cheaper). Returns where the next walk starts.
-    #[allow(clippy::too_many_arguments)]
-    fn walk_from(
-        &self,
-        table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-        coll: u64,
-        wanted: &[Vec<u8>],
-        order: &[usize],
-        mut next: usize,
-        end: &Bound<Vec<u8>>,
-        out: &mut [Option<(Timestamp, StoredDoc)>],
-    ) -> Result<usize, StorageError> {
-        let from = wanted[order[next]].as_slice();
-        let mut range = self
-            .guard("get", || {
-                table.range::<&[u8]>((Bound::Included(from), end.as_ref().map(|v| v.as_slice())))
-            })?
-            .map_err(|e| err("get", e))?;
-        let mut unwanted = 0;
-        while let Some(entry) = self.guard("get", || range.next())? {
-            let (k, v) = entry.map_err(|e| err("get", e))?;
-            let k = k.value();
-            // Wanted keys before this entry are not in the store.
-            while next < order.len() && wanted[order[next]].as_slice() < k {
-                next += 1;
-            }
-            if next == order.len() {
-                return Ok(next);
-            }
-            if wanted[order[next]].as_slice() != k {
-                unwanted += 1;
-                if unwanted > WALK_GAP {
-                    return Ok(next);
-                }
-                continue;
-            }
-            unwanted = 0;
-            let found = decode_doc_value(k, v.value())
-                .map_err(|d| self.value_damage(coll, &DocKey(k[8..].to_vec()), d))?;
-            while next < order.len() && wanted[order[next]].as_slice() == k {
-                out[order[next]] = Some(found.clone());
-                next += 1;
-            }
-        }
-        // The keyspace ended: no later key is in the store.
-        Ok(order.len())
+        Ok(walk.out)
     }
 
     /// One document of `table` (a read transaction's documents), its checksum checked.
@@ -613,6 +570,66 @@ impl BaseStore {
 }
 
 /// The redb key range of a keyspace's entries within the bounds.
+/// The walks of one [`BaseStore::get_many`]: the keys it wants (keyspace prefix included),
+/// their order by key, and what it found so far, in the order asked.
+struct Walk<'a> {
+    store: &'a BaseStore,
+    table: &'a redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    coll: u64,
+    wanted: &'a [Vec<u8>],
+    order: &'a [usize],
+    /// The end of the keyspace.
+    end: Bound<Vec<u8>>,
+    out: Vec<Option<(Timestamp, StoredDoc)>>,
+}
+
+impl Walk<'_> {
+    /// One walk from the wanted key `order[next]` on: fills `out` for each wanted key it
+    /// passes, until the keys run out or more than [`WALK_GAP`] entries in a row were not
+    /// wanted (a seek is then cheaper). Returns where the next walk starts.
+    fn from(&mut self, mut next: usize) -> Result<usize, StorageError> {
+        let (wanted, order) = (self.wanted, self.order);
+        let first = wanted[order[next]].as_slice();
+        let end = self.end.as_ref().map(|v| v.as_slice());
+        let mut range = self
+            .store
+            .guard("get", || {
+                self.table.range::<&[u8]>((Bound::Included(first), end))
+            })?
+            .map_err(|e| err("get", e))?;
+        let mut unwanted = 0;
+        while let Some(entry) = self.store.guard("get", || range.next())? {
+            let (k, v) = entry.map_err(|e| err("get", e))?;
+            let k = k.value();
+            // Wanted keys before this entry are not in the store.
+            while next < order.len() && wanted[order[next]].as_slice() < k {
+                next += 1;
+            }
+            if next == order.len() {
+                return Ok(next);
+            }
+            if wanted[order[next]].as_slice() != k {
+                unwanted += 1;
+                if unwanted > WALK_GAP {
+                    return Ok(next);
+                }
+                continue;
+            }
+            unwanted = 0;
+            let found = decode_doc_value(k, v.value()).map_err(|d| {
+                self.store
+                    .value_damage(self.coll, &DocKey(k[8..].to_vec()), d)
+            })?;
+            while next < order.len() && wanted[order[next]].as_slice() == k {
+                self.out[order[next]] = Some(found.clone());
+                next += 1;
+            }
+        }
+        // The keyspace ended: no later key is in the store.
+        Ok(order.len())
+    }
+}
+
 /// Entries a walk of [`BaseStore::get_many`] passes in a row without wanting them before it
 /// seeks to the next key it wants instead.
 const WALK_GAP: usize = 2;
