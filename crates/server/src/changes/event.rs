@@ -6,8 +6,9 @@
 //! - A record's events come in the order of its ops: the order in which the transaction first
 //!   wrote each document (the log keeps one op per document, the transaction's net effect).
 //! - A record that implements a command the log annotates (`renameCollection`,
-//!   `dropDatabase`, `collMod`) shows that command, not the writes that carried it out: a
-//!   rename's copies and drop are one `rename` event.
+//!   `dropDatabase`, `collMod`, `convertToCapped`) shows that command, not the writes that
+//!   carried it out: a rename's copies and drop are one `rename` event, a `convertToCapped`
+//!   shows only the documents it removed (and, expanded, a `modify`).
 //! - Documents are copied from the record as raw BSON, never parsed.
 
 use bson::raw::{RawBsonRef, RawDocument, cstr};
@@ -42,6 +43,8 @@ enum Annotation<'r> {
         at: usize,
     },
     DropDatabase,
+    /// The documents of the collection were rekeyed and the oldest that no longer fit removed.
+    ConvertToCapped,
     Other,
 }
 
@@ -55,6 +58,7 @@ fn annotation(record: &LogRecord) -> Option<Annotation<'_>> {
                 at,
             },
             Some("dropDatabase") => Annotation::DropDatabase,
+            Some("convertToCapped") => Annotation::ConvertToCapped,
             _ => Annotation::Other,
         }),
         _ => None,
@@ -84,6 +88,10 @@ pub fn record_events(
     }) = annotation(record)
     {
         shaper.rename(at, from, &to, drop_target, &mut out);
+        return Ok(out);
+    }
+    if let Some(Annotation::ConvertToCapped) = annotation(record) {
+        shaper.convert_to_capped(&mut out)?;
         return Ok(out);
     }
     for (at, op) in record.ops.iter().enumerate() {
@@ -285,6 +293,51 @@ impl Shaper<'_> {
             }
             _ => {}
         }
+    }
+
+    /// A `convertToCapped`: the documents it removed (deleted and not inserted again under
+    /// their new keys), and with expanded events a `modify` of the collection's options. The
+    /// rekeying of the others changes nothing a stream can see.
+    fn convert_to_capped(&self, out: &mut Vec<Event>) -> CommandResult<()> {
+        let id_bytes = |id: Option<bson::RawBson>| {
+            let mut d = RawDocumentBuf::new();
+            if let Some(id) = id {
+                d.append(cstr!("_id"), id);
+            }
+            d.into_bytes()
+        };
+        let kept: std::collections::HashSet<Vec<u8>> = self
+            .record
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                LogOp::Insert { doc, .. } => Some(id_bytes(
+                    doc.get("_id").ok().flatten().map(bson::RawBson::from),
+                )),
+                _ => None,
+            })
+            .collect();
+        for (at, op) in self.record.ops.iter().enumerate() {
+            match op {
+                LogOp::Delete { id, .. }
+                    if !kept.contains(&id_bytes(bson::RawBson::try_from(id.clone()).ok())) =>
+                {
+                    self.op(at, op, out)?;
+                }
+                LogOp::Command { ns, o }
+                    if self.spec.show_expanded && self.spec.scope.covers(ns) =>
+                {
+                    let mut e = self.head(at, "modify", Some(ns));
+                    let mut description = o.clone();
+                    description.remove("convertToCapped");
+                    description.insert("capped", true);
+                    e.append(cstr!("operationDescription"), raw(&description));
+                    out.push(self.finish(at, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn rename(&self, at: usize, from: &str, to: &str, drop_target: bool, out: &mut Vec<Event>) {

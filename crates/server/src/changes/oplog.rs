@@ -8,7 +8,9 @@
 //!   mongod writes a `$v: 2` diff, but a replacement applies the same way and is what the log
 //!   holds; tailers that rebuild data accept both.
 //! - A record that implements an annotated command (`renameCollection`, `dropDatabase`,
-//!   `collMod`) shows the command, as mongod's oplog does, not the writes that carried it out.
+//!   `collMod`, `convertToCapped`) shows the command, as mongod's oplog does, not the writes
+//!   that carried it out (mongod 7.0 logs a `convertToCapped` as a copy and a rename; the
+//!   command entry is the older form, which applies the same way).
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use mangrove_storage::StoredDoc;
@@ -101,7 +103,7 @@ fn command_entry(ns: &str, o: &Document) -> Option<Document> {
     let name = o.keys().next()?;
     matches!(
         name.as_str(),
-        "renameCollection" | "dropDatabase" | "collMod"
+        "renameCollection" | "dropDatabase" | "collMod" | "convertToCapped"
     )
     .then(|| doc! {"op": "c", "ns": format!("{db}.$cmd"), "o": o.clone()})
 }

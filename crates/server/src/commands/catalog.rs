@@ -428,7 +428,7 @@ fn capped_options(req: &Request<'_>, in_txn: bool) -> CommandResult<Document> {
 
 /// A capped collection's `_id` index: a real unique index, since its documents are keyed by
 /// insertion order (see `capped.rs`).
-fn capped_id_index() -> Document {
+pub(super) fn capped_id_index() -> Document {
     doc! { "v": 2, "key": { "_id": 1 }, "name": "_id_", "unique": true }
 }
 

@@ -13,6 +13,7 @@ mod change_stream;
 mod coll_mod;
 mod coll_stats;
 mod collections;
+mod convert_capped;
 mod count_distinct;
 mod delete;
 mod diag;

@@ -24,9 +24,10 @@ use crate::retryable::RetryableWrite;
 
 use super::handshake::{self, Client};
 use super::{
-    Reply, backup, bulk_write, catalog, coll_mod, coll_stats, count_distinct, delete, diag,
-    explain, find, find_and_modify, get_more, indexes, insert, map_reduce, oplog_admin, profile,
-    repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin, validate,
+    Reply, backup, bulk_write, catalog, coll_mod, coll_stats, convert_capped, count_distinct,
+    delete, diag, explain, find, find_and_modify, get_more, indexes, insert, map_reduce,
+    oplog_admin, profile, repl_set, role_admin, sasl, search_indexes, sessions, update, user_admin,
+    validate,
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = CommandResult<Reply>> + Send + 'a>>;
@@ -746,6 +747,13 @@ pub(crate) static COMMANDS: &[Command] = &[
         future!(|c| coll_mod::coll_mod(c.shared, c.req)),
     )
     .needs(Needs::Actions(&[Action::CollMod]))
+    .writes(),
+    cmd(
+        "convertToCapped",
+        "makes a collection capped (one transaction; waits for open transactions on it)",
+        future!(|c| convert_capped::convert_to_capped(c.shared, c.req)),
+    )
+    .needs(Needs::Actions(&[Action::ConvertToCapped]))
     .writes(),
     cmd(
         "renameCollection",
