@@ -135,3 +135,24 @@ def test_bad_input_gets_mongod_codes(client, db):
         with pytest.raises(OperationFailure) as e:
             db.command("convertToCapped", "c", size=4096, session=s)
         assert e.value.code == 263
+
+
+def test_a_collection_too_large_for_one_transaction_is_left_as_it_was():
+    from conftest import MangroveServer
+    from pymongo import MongoClient
+
+    # A transaction may hold a quarter of --cache-size: 2 MiB here.
+    server = MangroveServer(extra_args=["--cache-size", "8"])
+    try:
+        with MongoClient(server.uri) as c:
+            c.t.c.insert_many([{"_id": i, "pad": PAD} for i in range(3000)])
+            c.t.c.create_index("pad")
+            with pytest.raises(OperationFailure) as e:
+                convert(c.t, "c", 10_000_000)
+            assert "--cache-size" in str(e.value), e.value.details
+            [entry] = c.t.command("listCollections", filter={"name": "c"})["cursor"]["firstBatch"]
+            assert "capped" not in entry["options"]
+            assert sorted(i["name"] for i in c.t.c.list_indexes()) == ["_id_", "pad_1"]
+            assert c.t.c.count_documents({}) == 3000
+    finally:
+        server.stop()
