@@ -445,3 +445,32 @@ def test_blocking_stages_inside_a_facet_spill(coll):
     with pytest.raises(OperationFailure) as e:
         list(coll.aggregate(facet, allowDiskUse=False))
     assert e.value.code == 292
+
+
+def test_a_find_explain_shows_what_its_sort_spilled(db, coll):
+    def sort_stage(**options):
+        command = {"find": "big", "sort": {"k": 1, "_id": 1}, "projection": {"pad": 0}, **options}
+        stage = db.command("explain", command, verbosity="executionStats")["executionStats"]
+        stage = stage["executionStages"]
+        while stage["stage"] != "SORT":
+            stage = stage["inputStage"]
+        return stage
+
+    sorted_bytes = sum(len(bson.encode(d)) for d in coll.find())
+    sort = sort_stage()
+    assert (sort["usedDisk"], sort["memLimit"]) == (True, 512 * 1024)
+    assert sort["totalDataSizeSorted"] == sorted_bytes
+    assert sort["spills"] >= sorted_bytes // (512 * 1024)
+    assert sort["spilledDataStorageSize"] > 0
+    # A top-k sort keeps only skip + limit documents, and never spills.
+    small = sort_stage(limit=5, skip=2)
+    assert (small["usedDisk"], small["spills"], small["spilledDataStorageSize"]) == (False, 0, 0)
+    assert small["nReturned"] == 5
+    # Without allowDiskUse the explain fails as the find would.
+    with pytest.raises(OperationFailure) as e:
+        sort_stage(allowDiskUse=False)
+    assert e.value.code == 292
+    # At queryPlanner nothing runs, so nothing fails.
+    plan = db.command("explain", {"find": "big", "sort": {"k": 1}, "allowDiskUse": False},
+                      verbosity="queryPlanner")
+    assert plan["queryPlanner"]["winningPlan"]["stage"] in ("SORT", "PROJECTION_DEFAULT")

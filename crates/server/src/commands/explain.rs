@@ -3,6 +3,7 @@
 //! `executionStats` verbosity or above what walking it examined.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bson::raw::{RawBsonRef, RawDocument};
@@ -217,12 +218,22 @@ pub(super) fn explain_command(
     }
     // The explained command's collation chooses among indexes as it would when run.
     let collation = super::args::collation_for(doc_field(cmd, "collation"), coll.as_ref())?;
+    // Only a find's sort may spill (`allowDiskUse`); a findAndModify's keeps one document.
+    let sort_run = match name {
+        "find" => {
+            let req = Request::new("find", db, cmd, &[]);
+            super::find::explained_sort_store(shared, &req, collation.is_some())?
+                .map(|store| (shared, store))
+        }
+        _ => None,
+    };
     let reply = with_collation(collation.as_ref(), || {
         let run = Planned {
             coll: coll.as_ref(),
             filter: &filter,
             raw_filter,
             hint: &hint,
+            sort_run: sort_run.clone(),
         };
         explain_planned(
             &snapshot,
@@ -341,6 +352,9 @@ struct Planned<'a> {
     filter: &'a Filter,
     raw_filter: &'a RawDocument,
     hint: &'a Hint,
+    /// A find's blocking sort is run as the find would run it (`allowDiskUse` from the
+    /// command), for the `SORT` stage's spill statistics.
+    sort_run: Option<(&'a Shared, Option<Arc<dyn mangrove_query::SpillStore>>)>,
 }
 
 /// Chooses the plan, runs it at `executionStats` verbosity and above, and builds the reply.
@@ -367,21 +381,36 @@ fn explain_planned(
             (plan_stage(&access, &filter_doc), Some(access))
         }
     };
+    // A `$natural` sort is the collection scan's own order.
+    let sorted = natural.is_some() || access.as_ref().is_some_and(Access::sorted);
+    let mut sort_stats = None;
     if let (Some(coll), Some(access)) = (&coll, &access)
         && verbosity != "queryPlanner"
     {
         run = execute(snapshot, coll, access, filter, e, sorting)?;
+        if let (Some((shared, store)), Some(raw), false) = (p.sort_run, e.sort, sorted) {
+            let how = (access.clone(), filter.clone());
+            let sort = (raw, e.skip, e.limit);
+            sort_stats = Some((
+                super::find::sort_explained(shared, snapshot, coll, how, sort, store)?,
+                shared.params.query.sort_bytes(),
+            ));
+        }
     }
     let micros = started.elapsed().as_micros() as i64;
-    // A `$natural` sort is the collection scan's own order.
-    let sorted = natural.is_some() || access.as_ref().is_some_and(Access::sorted);
     let plan = wrap_plan(plan, e, sorted)?;
     let mut reply = doc! {
         "explainVersion": "1",
         "queryPlanner": query_planner(ns, filter_doc, plan.clone()),
     };
     if verbosity != "queryPlanner" {
-        reply.insert("executionStats", execution_stats(plan, &run, micros));
+        let mut stats = execution_stats(plan, &run, micros);
+        if let (Some((sort, limit)), Ok(stages)) =
+            (&sort_stats, stats.get_document_mut("executionStages"))
+        {
+            sort_counters(stages, sort, *limit);
+        }
+        reply.insert("executionStats", stats);
     }
     reply.insert("command", Document::try_from(cmd).map_err(internal)?);
     reply.insert(
@@ -390,6 +419,24 @@ fn explain_planned(
     );
     reply.insert("ok", 1.0);
     Ok(reply)
+}
+
+/// Adds what a find's blocking sort did to its `SORT` stage (under the `SKIP` or projection
+/// stages that wrap it), under mongod 7.0's names.
+fn sort_counters(stage: &mut Document, sort: &StageStats, mem_limit: usize) {
+    if !stage.get_str("stage").is_ok_and(|s| s == "SORT") {
+        if let Ok(input) = stage.get_document_mut("inputStage") {
+            sort_counters(input, sort, mem_limit);
+        }
+        return;
+    }
+    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let spill = sort.spill.unwrap_or_default();
+    stage.insert("memLimit", bytes(mem_limit as u64));
+    stage.insert("totalDataSizeSorted", bytes(sort.input_bytes));
+    stage.insert("usedDisk", spill.used_disk);
+    stage.insert("spills", bytes(spill.spills));
+    stage.insert("spilledDataStorageSize", bytes(spill.bytes));
 }
 
 /// `queryPlanner`: the parsed query and the winning (only) plan.

@@ -299,6 +299,25 @@ fn spill_store(
     Ok(disk_use(shared, req)?.filter(|_| spillable))
 }
 
+/// How an explained find's blocking sort runs for its statistics: `None` when it is not run
+/// (it sorts by text score, or returns index keys or record ids, which only the find's own
+/// path gives), else where it may spill, as [`spill_store`] decides for the find.
+pub(super) fn explained_sort_store(
+    shared: &Shared,
+    req: &Request<'_>,
+    collated: bool,
+) -> CommandResult<Option<Option<std::sync::Arc<dyn mangrove_query::SpillStore>>>> {
+    let empty = RawDocumentBuf::new();
+    let query = parse_query(req, &empty)?;
+    let runnable = !query.return_key
+        && !query.show_record_id
+        && query.sort.as_ref().is_some_and(|s| !s.needs_text_score());
+    if !runnable {
+        return Ok(None);
+    }
+    Ok(Some(spill_store(shared, req, &query, collated)?))
+}
+
 /// The access path: the hinted index bounded by `min` / `max` when given, else the planner's.
 fn access_of(
     view: &dyn ReadView,
@@ -430,7 +449,7 @@ impl Read<'_> {
             let sort = q.sort.as_ref().filter(|_| !access.sorted());
             if let (Some(_), Some(store), Some(raw)) = (sort, &q.spill, q.raw_sort) {
                 let limits = shared.params.query.limits();
-                let runner = sort_runner(raw, q.skip, q.limit, limits, store.clone())?;
+                let runner = sort_runner(raw, q.skip, q.limit, limits, Some(store.clone()))?;
                 return spilling_sort(runner, view, &coll, access, q.filter);
             }
             let docs = collect_matches(
@@ -559,7 +578,7 @@ fn sort_runner(
     skip: u64,
     limit: Option<u64>,
     limits: mangrove_query::Limits,
-    store: std::sync::Arc<dyn mangrove_query::SpillStore>,
+    store: Option<std::sync::Arc<dyn mangrove_query::SpillStore>>,
 ) -> CommandResult<mangrove_query::Runner> {
     let mut stages = bson::raw::RawArrayBuf::new();
     stages.push(bson::rawdoc! { "$sort": sort.to_owned() });
@@ -573,8 +592,39 @@ fn sort_runner(
     }
     let pipeline = mangrove_query::Pipeline::parse(&stages)?.with_limits(limits);
     let mut runner = pipeline.into_runner();
-    runner.allow_disk_use(store);
+    if let Some(store) = store {
+        runner.allow_disk_use(store);
+    }
     Ok(runner)
+}
+
+/// What an explained find's blocking sort did, run to its end as the find would run it (its
+/// results dropped): the `$sort` stage's statistics, for the `SORT` stage's `usedDisk`,
+/// `spills` and sizes. Without `allowDiskUse` it fails past the memory limit as the find does.
+pub(super) fn sort_explained(
+    shared: &Shared,
+    view: &dyn ReadView,
+    coll: &CollectionInfo,
+    (access, filter): (Access, Filter),
+    (sort, skip, limit): (&RawDocument, u64, Option<u64>),
+    store: Option<std::sync::Arc<dyn mangrove_query::SpillStore>>,
+) -> CommandResult<mangrove_query::StageStats> {
+    let limits = shared.params.query.limits();
+    let mut runner = sort_runner(sort, skip, limit, limits, store)?;
+    let mut reader = crate::pipeline_input::InputReader::new(access, filter);
+    while crate::pipeline_input::next_result(
+        &mut runner,
+        Some((&mut reader, view, coll)),
+        &mangrove_query::NoForeign,
+    )?
+    .is_some()
+    {}
+    let stats = runner.stage_stats();
+    debug_assert_eq!(stats.first().map(|s| s.name), Some("$sort"));
+    stats
+        .into_iter()
+        .next()
+        .ok_or_else(|| CommandError::new(code::INTERNAL_ERROR, "a sort runner without its $sort"))
 }
 
 /// Every match through the sort, which keeps at most its memory limit and spills the rest;
