@@ -1,7 +1,8 @@
 // Features beyond CRUD (issue 15) through the Node.js driver's own API, against one server:
 // geospatial indexes and queries ($near/$nearSphere/$geoWithin/$geoIntersects/$geoNear),
 // text search ($text, textScore), time-series collections, $jsonSchema validation
-// (121/errInfo, bypass, warn), the profiler (system.profile), hashed and collated indexes,
+// (121/errInfo, bypass, warn), the profiler (system.profile), hashed and collated indexes
+// (and a collated duplicate key error), explain's spill statistics and stage times,
 // MongoClient.bulkWrite (MongoDB 8.0) and $setWindowFields/$top/$bottomN. Error cases check
 // MongoDB 7.0/8.0's codes. The Python suites (tests/python/test_geo.py, test_text.py, ...) hold
 // the detailed behaviour; these check the same through the Node driver.
@@ -423,6 +424,50 @@ test('indexes: an index with a collation serves a find with that collation', asy
   // Without the collation the index cannot serve the equality.
   const plain = await coll.find({ w: 'abc' }).explain();
   assert.ok(!stages(winningPlan(plain)).some((s) => s.indexName === 'w_ci'));
+});
+
+test('indexes: a collated unique index names its collation in a duplicate key error', async () => {
+  const coll = client.db('node_coll').collection('emails');
+  await coll.createIndex({ e: 1 }, { unique: true, collation: { locale: 'en', strength: 2 } });
+  await coll.insertOne({ e: 'ann@example.com' });
+  const e = await rejectsWith(coll.insertOne({ e: 'ANN@example.com' }), 11000, 'DuplicateKey');
+  assert.match(e.message, /index: e_1 collation: \{ locale: "en", caseLevel: false,/);
+  assert.equal(e.collation?.strength, 2, JSON.stringify(e.errorResponse));
+  assert.deepEqual(e.keyValue, { e: 'ANN@example.com' });
+});
+
+test('explain: a spilling $sort shows its spills and cumulative stage times', async () => {
+  const db = client.db('node_explain');
+  const coll = db.collection('big');
+  const pad = 'x'.repeat(1000);
+  await coll.insertMany(Array.from({ length: 1500 }, (_, i) => ({ _id: i, k: (i * 7) % 13, pad })));
+  const admin = client.db('admin');
+  const before = await admin.command({ getParameter: 1, internalQueryMaxBlockingSortMemoryUsageBytes: 1 });
+  await admin.command({ setParameter: 1, internalQueryMaxBlockingSortMemoryUsageBytes: 256 * 1024 });
+  try {
+    const explain = await coll
+      .aggregate([{ $sort: { k: 1 } }, { $group: { _id: '$k', n: { $sum: 1 } } }], { allowDiskUse: true })
+      .explain('executionStats');
+    const [, sort, group] = explain.stages;
+    assert.equal(sort.usedDisk, true);
+    assert.ok(sort.spills >= 5, `spills: ${sort.spills}`);
+    assert.ok(sort.spilledDataStorageSize > 256 * 1024);
+    assert.equal(sort.nReturned, 1500);
+    assert.equal(group.usedDisk, false);
+    assert.equal(group.nReturned, 13);
+    assert.ok(group.totalOutputDataSizeBytes > 0);
+    assert.ok(group.executionTimeMillisEstimate >= sort.executionTimeMillisEstimate);
+    // A find's blocking sort runs in its explain too.
+    const find = await coll.find({}, { allowDiskUse: true }).sort({ k: 1 }).explain('executionStats');
+    const sortStage = stages(find.executionStats.executionStages).find((s) => s.stage === 'SORT');
+    assert.equal(sortStage.usedDisk, true);
+    assert.ok(sortStage.spills > 0);
+  } finally {
+    await admin.command({
+      setParameter: 1,
+      internalQueryMaxBlockingSortMemoryUsageBytes: before.internalQueryMaxBlockingSortMemoryUsageBytes,
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
