@@ -156,3 +156,51 @@ def test_a_collection_too_large_for_one_transaction_is_left_as_it_was():
             assert c.t.c.count_documents({}) == 3000
     finally:
         server.stop()
+
+
+def test_writes_racing_the_conversion_land_under_insertion_numbers(db):
+    """Inserts and upserts that looked the collection up before it became capped start over
+    under the capped collection's writer: every acknowledged write is there once, in insertion
+    order (each `$recordId` an insertion number, increasing), and none fails."""
+    import threading
+    import time
+
+    db.c.insert_many([{"_id": i} for i in range(200)])
+    stop = threading.Event()
+    acked, errors = [], []
+
+    def write(base, kind):
+        n = 0
+        while not stop.is_set():
+            _id = base + n
+            try:
+                if kind == 0:
+                    db.c.insert_one({"_id": _id})
+                elif kind == 1:
+                    db.c.insert_many([{"_id": _id}, {"_id": _id + 1}])
+                    acked.append(_id + 1)
+                    n += 1
+                elif kind == 2:
+                    db.c.update_one({"_id": _id}, {"$set": {"u": 1}}, upsert=True)
+                else:
+                    db.c.find_one_and_update({"_id": _id}, {"$set": {"u": 1}}, upsert=True)
+                acked.append(_id)
+            except Exception as e:  # noqa: BLE001 - every failure is one to report
+                errors.append(repr(e))
+            n += 1
+
+    writers = [threading.Thread(target=write, args=(100_000 * (k + 1), k)) for k in range(4)]
+    for w in writers:
+        w.start()
+    time.sleep(0.2)
+    convert(db, "c", 50_000_000)
+    time.sleep(0.2)
+    stop.set()
+    for w in writers:
+        w.join()
+    assert errors == []
+    docs = list(db.c.find({}, show_record_id=True))
+    ids_seen = [d["_id"] for d in docs]
+    assert sorted(ids_seen) == sorted(list(range(200)) + acked)
+    record_ids = [d["$recordId"] for d in docs]
+    assert all(0 < a < b for a, b in zip(record_ids, record_ids[1:])), record_ids[-10:]

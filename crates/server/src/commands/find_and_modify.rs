@@ -87,38 +87,18 @@ pub(super) async fn find_and_modify(
             opts.wc_error(),
         ));
     }
-    let coll = target_collection(shared, txn.as_deref_mut(), &ns, &spec, &opts).await?;
-    let mut capped = None;
-    if let Some(c) = &coll {
-        super::views::refuse_write(c)?;
-        if txn.is_some() {
-            crate::capped::refuse_in_transaction(c)?;
-        }
-        capped = shared.capped.writer(c).await;
-    }
     let bypass = crate::validation::bypass(req)?;
-    let outcome = match coll {
-        None => FamOutcome {
-            n: 0,
-            updated_existing: Some(false),
-            upserted: None,
-            value: None,
-        },
-        Some(coll) => {
-            let validator = crate::validation::for_write(&coll, bypass)?;
-            let checks = DocChecks {
-                max_bson: shared.config.max_bson_size,
-                validator: validator.as_ref(),
-            };
-            let collation = spec.collation.on(&coll)?;
-            run_write(shared, &opts, txn, |t| {
-                let target = with_collation(collation.as_ref(), || {
-                    find_target(t, &coll, &spec.filter, spec.sort.as_ref())
-                })?;
-                modify_target(t, &coll, target, &spec, &checks, capped.as_mut())?
-                    .recorded_in(opts.retry.as_deref(), spec.projection.as_ref())
-            })
-            .await?
+    // Again from the start if the collection became capped meanwhile (`modify_once`).
+    let mut attempts = 0;
+    let outcome = loop {
+        match modify_once(shared, txn.as_deref_mut(), (&ns, &spec, &opts), bypass).await {
+            Err(e)
+                if e.code == super::write_path::REKEYED
+                    && attempts < super::write_path::REKEYED_RETRIES =>
+            {
+                attempts += 1;
+            }
+            other => break other?,
         }
     };
     Counters::bump(
@@ -373,4 +353,48 @@ impl FamOutcome {
         }
         Ok(self)
     }
+}
+
+/// One attempt at the command's write: `write_path::same_keying` fails it if the collection
+/// became capped after it was looked up, and the command starts over.
+async fn modify_once(
+    shared: &Shared,
+    mut txn: Option<&mut Txn>,
+    (ns, spec, opts): (&str, &FamSpec, &WriteOptions),
+    bypass: bool,
+) -> CommandResult<FamOutcome> {
+    let coll = target_collection(shared, txn.as_deref_mut(), ns, spec, opts).await?;
+    let mut capped = None;
+    if let Some(c) = &coll {
+        super::views::refuse_write(c)?;
+        if txn.is_some() {
+            crate::capped::refuse_in_transaction(c)?;
+        }
+        capped = shared.capped.writer(c).await;
+    }
+    Ok(match coll {
+        None => FamOutcome {
+            n: 0,
+            updated_existing: Some(false),
+            upserted: None,
+            value: None,
+        },
+        Some(coll) => {
+            let validator = crate::validation::for_write(&coll, bypass)?;
+            let checks = DocChecks {
+                max_bson: shared.config.max_bson_size,
+                validator: validator.as_ref(),
+            };
+            let collation = spec.collation.on(&coll)?;
+            run_write(shared, opts, txn, |t| {
+                super::write_path::same_keying(t, &coll)?;
+                let target = with_collation(collation.as_ref(), || {
+                    find_target(t, &coll, &spec.filter, spec.sort.as_ref())
+                })?;
+                modify_target(t, &coll, target, spec, &checks, capped.as_mut())?
+                    .recorded_in(opts.retry.as_deref(), spec.projection.as_ref())
+            })
+            .await?
+        }
+    })
 }

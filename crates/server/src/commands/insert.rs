@@ -54,7 +54,7 @@ pub(super) async fn insert(
     let mut batch = Batch {
         shared,
         opts: &opts,
-        coll: &coll,
+        coll: std::borrow::Cow::Borrowed(&coll),
         docs: &docs,
         ordered,
         started: Instant::now(),
@@ -81,7 +81,8 @@ pub(super) async fn insert(
 struct Batch<'a> {
     shared: &'a Shared,
     opts: &'a WriteOptions,
-    coll: &'a CollectionInfo,
+    /// Looked up again if the collection becomes capped meanwhile (`keying_changed`).
+    coll: std::borrow::Cow<'a, CollectionInfo>,
     docs: &'a [&'a RawDocument],
     ordered: bool,
     started: Instant,
@@ -117,9 +118,16 @@ impl Batch<'_> {
         while self.next < self.docs.len() {
             let mut txn = self.shared.engine.begin();
             txn.set_meta(self.opts.meta.clone());
+            if self.keying_changed(&txn) {
+                // `convertToCapped` since the statement looked the collection up: the rest
+                // goes in by insertion number, under the capped collection's writer.
+                drop(txn);
+                self.refresh().await;
+                continue;
+            }
             let step = self.fill(&mut txn, chunk);
             if let Some(capped) = &mut self.capped {
-                capped.trim(&mut txn, self.coll)?;
+                capped.trim(&mut txn, &self.coll)?;
             }
             let mut ticket = commit_write(self.shared, self.opts, txn)?;
             if let Some(capped) = &mut self.capped {
@@ -150,6 +158,24 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Whether the collection `txn` sees keys its documents otherwise than this batch does
+    /// (it became capped).
+    fn keying_changed(&self, txn: &Txn) -> bool {
+        txn.collection(&self.coll.ns()).is_some_and(|now| {
+            crate::capped::is_capped(&now) != crate::capped::is_capped(&self.coll)
+        })
+    }
+
+    /// Looks the collection up again, with the writer its keying needs.
+    async fn refresh(&mut self) {
+        let Some(now) = self.shared.engine.snapshot().collection(&self.coll.ns()) else {
+            return;
+        };
+        self.capped = None;
+        self.capped = self.shared.capped.writer(&now).await;
+        self.coll = std::borrow::Cow::Owned(now);
+    }
+
     /// Inserts documents from `next` into `txn` until the batch ends or the transaction must.
     fn fill(&mut self, txn: &mut Txn, chunk: u64) -> Step {
         let max_bson = self.shared.config.max_bson_size;
@@ -162,7 +188,7 @@ impl Batch<'_> {
                 self.next += 1;
                 continue;
             }
-            let result = prepare_insert(self.coll, self.docs[self.next], max_bson)
+            let result = prepare_insert(&self.coll, self.docs[self.next], max_bson)
                 .and_then(|(key, stored)| self.insert_one(txn, key, stored));
             match result {
                 Ok(()) => {
@@ -217,10 +243,10 @@ impl Batch<'_> {
         }
         let len = stored.as_bytes().len();
         let key = match &mut self.capped {
-            Some(capped) => capped.reserve(txn, self.coll, len)?,
+            Some(capped) => capped.reserve(txn, &self.coll, len)?,
             None => key,
         };
-        txn.insert(self.coll, key, Arc::new(stored))?;
+        txn.insert(&self.coll, key, Arc::new(stored))?;
         if let Some(capped) = &mut self.capped {
             capped.added(len);
         }
@@ -295,7 +321,7 @@ pub(super) async fn insert_op(
     let mut batch = Batch {
         shared,
         opts,
-        coll: &coll,
+        coll: std::borrow::Cow::Borrowed(&coll),
         docs: &docs,
         ordered: true,
         started: Instant::now(),

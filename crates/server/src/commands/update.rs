@@ -206,8 +206,25 @@ struct ParsedStmt {
     sort: Option<mangrove_query::SortSpec>,
 }
 
-/// Runs one statement (or returns what a retried one did the first time).
+/// Runs one statement (or returns what a retried one did the first time), again from the
+/// start if the collection became capped meanwhile (`write_path::same_keying`).
 pub(super) async fn run_stmt(
+    shared: &Shared,
+    opts: &WriteOptions,
+    mut txn: Option<&mut Txn>,
+    stmt: Stmt<'_>,
+    bypass: bool,
+) -> CommandResult<UpdateOutcome> {
+    for _ in 0..super::write_path::REKEYED_RETRIES {
+        match run_stmt_once(shared, opts, txn.as_deref_mut(), stmt, bypass).await {
+            Err(e) if e.code == super::write_path::REKEYED => continue,
+            other => return other,
+        }
+    }
+    run_stmt_once(shared, opts, txn, stmt, bypass).await
+}
+
+async fn run_stmt_once(
     shared: &Shared,
     opts: &WriteOptions,
     mut txn: Option<&mut Txn>,
@@ -256,6 +273,7 @@ pub(super) async fn run_stmt(
         }
     }
     run_write(shared, opts, txn, |txn| {
+        super::write_path::same_keying(txn, &coll)?;
         let outcome = mangrove_js::with_deadline(opts.js_deadline, || {
             with_collation(collation.as_ref(), || {
                 run_update_stmt(txn, &coll, &p, &checks, capped.as_mut())

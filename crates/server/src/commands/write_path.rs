@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bson::raw::RawBsonRef;
 use bson::{Document, doc};
-use mangrove_storage::{CommitMeta, CommitTicket, Txn};
+use mangrove_storage::{CollectionInfo, CommitMeta, CommitTicket, Txn};
 
 use crate::Shared;
 use crate::error::{CommandError, CommandResult, code};
@@ -359,4 +359,29 @@ fn parse_w(value: RawBsonRef<'_>) -> CommandResult<(Option<i64>, Option<Document
         },
     }
     Ok((numeric_w, error))
+}
+
+/// The code of [`same_keying`]'s error: internal, caught by the statements that check it
+/// (their clients never see it, unless the collection changes keying again and again).
+pub(super) const REKEYED: i32 = 0x4d47_0001;
+/// How many times a statement starts over for [`REKEYED`].
+pub(super) const REKEYED_RETRIES: usize = 3;
+
+/// A write prepared its keys for the collection as it looked it up: by `_id`, or by insertion
+/// number when capped. If the collection `txn` sees has changed that since
+/// (`convertToCapped`), the statement must start over and look it up again, with the capped
+/// collection's writer; retrying it in place would conflict until it timed out.
+pub(super) fn same_keying(txn: &Txn, coll: &CollectionInfo) -> CommandResult<()> {
+    match txn.collection(&coll.ns()) {
+        Some(now) if crate::capped::is_capped(&now) != crate::capped::is_capped(coll) => {
+            Err(CommandError::new(
+                REKEYED,
+                format!(
+                    "{} became capped while the statement ran; run it again",
+                    coll.ns()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }

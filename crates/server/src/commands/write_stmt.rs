@@ -121,6 +121,7 @@ pub(super) fn stmt_filter(stmt: &RawDocument, command: &str, list: &str) -> Comm
 
 /// One update or delete statement and what it is run with: its position in the batch, the
 /// command's `let` variables and namespace.
+#[derive(Clone, Copy)]
 pub(super) struct Stmt<'a> {
     pub index: usize,
     pub doc: &'a RawDocument,

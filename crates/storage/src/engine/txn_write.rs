@@ -37,6 +37,13 @@ impl Txn {
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
         self.check_open()?;
+        // A key is derived from how the collection keys its documents (by `_id`, or by
+        // insertion number when capped). If that changed (`convertToCapped`) after the caller
+        // looked the collection up, in a version this transaction sees, the key is of the old
+        // kind: a conflict, so the caller looks again, never a document under the wrong key.
+        if self.current_info(coll).options.get("capped") != coll.options.get("capped") {
+            return Err(StorageError::WriteConflict);
+        }
         let cost = self.reserve_write(coll, &key, Some(&doc))?;
         let result = self.insert_unaccounted(coll, key, doc);
         self.settle_write(cost, result.is_ok());
