@@ -308,12 +308,7 @@ fn storage_stats(shared: &Shared, ns: &str, scale: i64) -> CommandResult<Documen
             format!("Collection [{ns}] not found."),
         ));
     };
-    if super::views::is_view(&coll) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED_ON_VIEW,
-            format!("Namespace {ns} is a view, not a collection"),
-        ));
-    }
+    super::views::refuse_view(&coll, None)?;
     collection_stats(&snapshot, &coll, ns, scale)
 }
 

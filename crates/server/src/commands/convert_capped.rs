@@ -71,12 +71,7 @@ fn source(shared: &Shared, ns: &str) -> CommandResult<CollectionInfo> {
             format!("source collection {ns} does not exist"),
         ));
     };
-    if super::views::is_view(&coll) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED_ON_VIEW,
-            format!("Namespace {ns} is a view, not a collection"),
-        ));
-    }
+    super::views::refuse_view(&coll, None)?;
     if crate::timeseries::is_timeseries(&coll) || coll.options.contains_key("clusteredIndex") {
         return Err(CommandError::new(
             code::COMMAND_NOT_SUPPORTED,

@@ -80,12 +80,7 @@ fn index_documents(shared: &Shared, ns: &str) -> CommandResult<Vec<RawDocumentBu
     let Some(coll) = shared.engine.snapshot().collection(ns) else {
         return Ok(Vec::new());
     };
-    if super::views::is_view(&coll) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED_ON_VIEW,
-            format!("Namespace {ns} is a view, not a collection"),
-        ));
-    }
+    super::views::refuse_view(&coll, None)?;
     let usage = &shared.index_usage;
     let db_coll = (coll.db.as_str(), coll.name.as_str());
     let mut out = Vec::with_capacity(coll.indexes.len() + 1);

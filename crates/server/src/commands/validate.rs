@@ -47,12 +47,7 @@ pub(super) fn validate(shared: &Shared, req: &Request<'_>) -> CommandResult<Repl
             format!("Collection '{ns}' does not exist to validate."),
         ));
     };
-    if super::views::is_view(&coll) {
-        return Err(CommandError::new(
-            code::COMMAND_NOT_SUPPORTED_ON_VIEW,
-            format!("Cannot validate a view: {ns}"),
-        ));
-    }
+    super::views::refuse_view(&coll, Some(format!("Cannot validate a view: {ns}")))?;
     let (report, per_index_keys) = snapshot.verify_collection(&coll)?;
     let mut errors = report.problems;
     let mut warnings: Vec<String> = Vec::new();

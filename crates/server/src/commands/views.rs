@@ -19,6 +19,20 @@ pub(super) fn is_view(coll: &CollectionInfo) -> bool {
     coll.options.contains_key("viewOn")
 }
 
+/// CommandNotSupportedOnView (166) for a command that needs a collection of its own, with
+/// mongod's message for it (`why`, or "Namespace <ns> is a view, not a collection").
+pub(super) fn refuse_view(coll: &CollectionInfo, why: Option<String>) -> CommandResult<()> {
+    if !is_view(coll) {
+        return Ok(());
+    }
+    let message =
+        why.unwrap_or_else(|| format!("Namespace {} is a view, not a collection", coll.ns()));
+    Err(CommandError::new(
+        code::COMMAND_NOT_SUPPORTED_ON_VIEW,
+        message,
+    ))
+}
+
 /// A view over another view must have that view's default collation, as in mongod
 /// (OptionNotSupportedOnView, 167); a view over a collection may have any.
 pub(super) fn check_source_collation(
