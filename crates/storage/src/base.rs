@@ -569,7 +569,6 @@ impl BaseStore {
     }
 }
 
-/// The redb key range of a keyspace's entries within the bounds.
 /// The walks of one [`BaseStore::get_many`]: the keys it wants (keyspace prefix included),
 /// their order by key, and what it found so far, in the order asked.
 struct Walk<'a> {
@@ -672,6 +671,7 @@ impl Lookups {
     }
 }
 
+/// The redb key range of a keyspace's entries within the bounds.
 fn keyspace_bounds(
     coll: u64,
     lower: Bound<&DocKey>,

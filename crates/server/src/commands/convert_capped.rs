@@ -66,10 +66,7 @@ pub(super) async fn convert_to_capped(shared: &Shared, req: &Request<'_>) -> Com
 /// The collection to convert: it must exist and hold documents of its own.
 fn source(shared: &Shared, ns: &str) -> CommandResult<CollectionInfo> {
     let Some(coll) = shared.engine.snapshot().collection(ns) else {
-        return Err(CommandError::new(
-            code::NAMESPACE_NOT_FOUND,
-            format!("source collection {ns} does not exist"),
-        ));
+        return Err(not_found(ns));
     };
     super::views::refuse_view(&coll, None)?;
     if crate::timeseries::is_timeseries(&coll) || coll.options.contains_key("clusteredIndex") {
@@ -83,13 +80,18 @@ fn source(shared: &Shared, ns: &str) -> CommandResult<CollectionInfo> {
     Ok(coll)
 }
 
+fn not_found(ns: &str) -> CommandError {
+    CommandError::new(
+        code::NAMESPACE_NOT_FOUND,
+        format!("source collection {ns} does not exist"),
+    )
+}
+
 /// The conversion itself, in `txn` (see the module comment).
 fn convert(txn: &mut Txn, ns: &str, capped_options: &Document) -> CommandResult<()> {
+    // Dropped since `source` looked: the same answer.
     let Some(before) = txn.collection(ns) else {
-        return Err(CommandError::new(
-            code::NAMESPACE_NOT_FOUND,
-            format!("source collection {ns} does not exist"),
-        ));
+        return Err(not_found(ns));
     };
     let was_capped = capped::is_capped(&before);
     let mut docs: Vec<(DocKey, StoredDoc)> = Vec::new();

@@ -233,7 +233,7 @@ pub(super) fn explain_command(
             filter: &filter,
             raw_filter,
             hint: &hint,
-            sort_run: sort_run.clone(),
+            sort_run,
         };
         explain_planned(
             &snapshot,

@@ -81,7 +81,8 @@ pub(super) async fn insert(
 struct Batch<'a> {
     shared: &'a Shared,
     opts: &'a WriteOptions,
-    /// Looked up again if the collection becomes capped meanwhile (`keying_changed`).
+    /// Looked up again if the collection becomes capped meanwhile
+    /// (`write_path::keying_changed`).
     coll: std::borrow::Cow<'a, CollectionInfo>,
     docs: &'a [&'a RawDocument],
     ordered: bool,
@@ -118,7 +119,7 @@ impl Batch<'_> {
         while self.next < self.docs.len() {
             let mut txn = self.shared.engine.begin();
             txn.set_meta(self.opts.meta.clone());
-            if self.keying_changed(&txn) {
+            if super::write_path::keying_changed(&txn, &self.coll) {
                 // `convertToCapped` since the statement looked the collection up: the rest
                 // goes in by insertion number, under the capped collection's writer.
                 drop(txn);
@@ -156,14 +157,6 @@ impl Batch<'_> {
             acknowledge(ticket, self.opts).await?;
         }
         Ok(())
-    }
-
-    /// Whether the collection `txn` sees keys its documents otherwise than this batch does
-    /// (it became capped).
-    fn keying_changed(&self, txn: &Txn) -> bool {
-        txn.collection(&self.coll.ns()).is_some_and(|now| {
-            crate::capped::is_capped(&now) != crate::capped::is_capped(&self.coll)
-        })
     }
 
     /// Looks the collection up again, with the writer its keying needs.

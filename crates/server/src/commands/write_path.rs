@@ -372,16 +372,21 @@ pub(super) const REKEYED_RETRIES: usize = 3;
 /// (`convertToCapped`), the statement must start over and look it up again, with the capped
 /// collection's writer; retrying it in place would conflict until it timed out.
 pub(super) fn same_keying(txn: &Txn, coll: &CollectionInfo) -> CommandResult<()> {
-    match txn.collection(&coll.ns()) {
-        Some(now) if crate::capped::is_capped(&now) != crate::capped::is_capped(coll) => {
-            Err(CommandError::new(
-                REKEYED,
-                format!(
-                    "{} became capped while the statement ran; run it again",
-                    coll.ns()
-                ),
-            ))
-        }
-        _ => Ok(()),
+    if !keying_changed(txn, coll) {
+        return Ok(());
     }
+    Err(CommandError::new(
+        REKEYED,
+        format!(
+            "{} became capped while the statement ran; run it again",
+            coll.ns()
+        ),
+    ))
+}
+
+/// Whether the collection `txn` sees keys its documents otherwise than `coll`, as the write
+/// looked it up, does (it became capped).
+pub(super) fn keying_changed(txn: &Txn, coll: &CollectionInfo) -> bool {
+    txn.collection(&coll.ns())
+        .is_some_and(|now| crate::capped::is_capped(&now) != crate::capped::is_capped(coll))
 }
