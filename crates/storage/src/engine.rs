@@ -448,4 +448,6 @@ fn split_ns(ns: &str) -> (&str, &str) {
 }
 
 #[cfg(test)]
+mod checkpoint_tests;
+#[cfg(test)]
 mod tests;

@@ -33,6 +33,8 @@ mod error;
 pub mod histogram;
 pub mod panic_policy;
 pub mod restore;
+#[cfg(test)]
+mod scratch;
 pub mod txlog;
 
 pub use base::{BaseCopyReport, BaseVerifyReport, verify_base_file};

@@ -7,29 +7,10 @@ use bson::RawDocumentBuf;
 use proptest::prelude::*;
 
 use super::{BaseStore, CheckpointData, Lookups, WALK_RETRY};
+use crate::scratch::Scratch;
 use crate::{DocKey, Timestamp};
 
 const COLL: u64 = 7;
-
-/// A directory of its own for one store, removed after the test.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mangrove-lookups-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn key(n: u32) -> DocKey {
     DocKey(n.to_be_bytes().to_vec())
@@ -94,7 +75,7 @@ proptest! {
             1..40,
         )
     ) {
-        let dir = Scratch::new();
+        let dir = Scratch::new("lookups");
         let base = store(&dir.0, 2000);
         let mut lookups = Lookups::default();
         for asked in &chunks {
@@ -105,7 +86,7 @@ proptest! {
 
 #[test]
 fn scattered_keys_switch_to_lookups_and_close_ones_back_to_walks() {
-    let dir = Scratch::new();
+    let dir = Scratch::new("lookups");
     let base = store(&dir.0, 2000);
     let mut lookups = Lookups::default();
     let scattered: Vec<u32> = (0..100).map(|i| (i * 797) % 2000).collect();

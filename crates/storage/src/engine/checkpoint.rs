@@ -41,10 +41,9 @@ impl Engine {
     pub fn checkpoint(&self) -> Result<Option<CheckpointReport>, StorageError> {
         let _one_at_a_time = lock_mutex(&self.inner.checkpointing);
         let started = Instant::now();
-        let durable = self.inner.progress.borrow().durable;
         let log_bytes = self.inner.stats.bytes.load(Ordering::Relaxed);
         let derived_bytes = self.inner.derived_bytes.load(Ordering::Relaxed);
-        let Some((data, base)) = self.checkpoint_data(durable) else {
+        let Some((data, base)) = self.checkpoint_data() else {
             // Nothing new, but retention may have changed (`set_history_retention`): trim to
             // what the control file already records as checkpointed.
             if let Some(control) = &self.inner.control {
@@ -83,13 +82,18 @@ impl Engine {
         Ok(Some(report))
     }
 
-    /// What a checkpoint at the newest commit at or before `durable` writes: every key's
-    /// newest version there that the previous checkpoint does not hold, the catalog, and the
-    /// keyspaces dropped since. `None` without a base store or with nothing new.
-    fn checkpoint_data(&self, durable: Timestamp) -> Option<(CheckpointData, Arc<BaseStore>)> {
+    /// What a checkpoint at the newest durable commit writes: every key's newest version there
+    /// that the previous checkpoint does not hold, the catalog, and the keyspaces dropped
+    /// since. `None` without a base store or with nothing new.
+    ///
+    /// The durable point is read under the state lock: every install before it pruned only up
+    /// to an older durable point (`commit.rs`), so each key's newest version at or before the
+    /// cut is still in its chain (or, if older than the previous checkpoint, in the base store).
+    fn checkpoint_data(&self) -> Option<(CheckpointData, Arc<BaseStore>)> {
         let state = self.read_state();
         let base = state.base.clone()?;
         let previous = state.checkpoint_ts;
+        let durable = self.inner.progress.borrow().durable;
         let ts = durable.min(state.last_commit);
         if ts <= previous {
             return None;
