@@ -52,6 +52,9 @@ impl Engine {
             }
             return Ok(None);
         };
+        // The cut is the newest visible commit (see `checkpoint_data`); the base store must
+        // not hold what a crash could still take back from the log.
+        self.wait_durable_through(data.ts)?;
         base.write_checkpoint(&data)?;
 
         let mut report = CheckpointReport {
@@ -82,19 +85,20 @@ impl Engine {
         Ok(Some(report))
     }
 
-    /// What a checkpoint at the newest durable commit writes: every key's newest version there
+    /// What a checkpoint at the newest visible commit writes: every key's newest version there
     /// that the previous checkpoint does not hold, the catalog, and the keyspaces dropped
     /// since. `None` without a base store or with nothing new.
     ///
-    /// The durable point is read under the state lock: every install before it pruned only up
-    /// to an older durable point (`commit.rs`), so each key's newest version at or before the
-    /// cut is still in its chain (or, if older than the previous checkpoint, in the base store).
+    /// The cut is the newest *installed* commit, taken under the state lock, because installing
+    /// a commit prunes its keys' chains up to that commit (`commit.rs`): a cut any earlier
+    /// (say, at the durable point while newer commits are visible) could find a key's newest
+    /// version at or before it already pruned, and the base store would record that cut
+    /// without it. The caller waits for the cut to be durable before writing it.
     fn checkpoint_data(&self) -> Option<(CheckpointData, Arc<BaseStore>)> {
         let state = self.read_state();
         let base = state.base.clone()?;
         let previous = state.checkpoint_ts;
-        let durable = self.inner.progress.borrow().durable;
-        let ts = durable.min(state.last_commit);
+        let ts = state.last_commit;
         if ts <= previous {
             return None;
         }
@@ -142,6 +146,24 @@ impl Engine {
             dropped,
         };
         Some((data, base))
+    }
+
+    /// Waits until the log is durable through `ts` (a visible commit, so its batch's
+    /// fdatasync is under way: at most one sync away), or fails if the log failed meanwhile.
+    /// Polls: the checkpointer is a plain thread, and this waits about once per checkpoint.
+    fn wait_durable_through(&self, ts: Timestamp) -> Result<(), StorageError> {
+        loop {
+            {
+                let progress = self.inner.progress.borrow();
+                if progress.durable >= ts {
+                    return Ok(());
+                }
+                if let Some(reason) = &progress.failed {
+                    return Err(StorageError::LogFailed(reason.to_string()));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Moves the checkpoint timestamp to `ts` (now durable in the base store) and evicts the

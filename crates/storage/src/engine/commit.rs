@@ -436,15 +436,6 @@ impl Engine {
             // The test hook of the panic policy: an assertion firing mid-install.
             panic!("fail point logWriterPanic: the log writer panics while installing a batch");
         }
-        // With a base store, pruning stops at the durable point: a checkpoint cuts there
-        // (never later), and it must still find in memory each key's newest version at or
-        // before its cut. Pruning up to a visible but not yet durable commit would drop that
-        // version, leaving the base store stale at the cut it records (the crash test saw it
-        // as a stale index entry after recovery).
-        let durable = match state.base {
-            Some(_) => self.inner.progress.borrow().durable,
-            None => Timestamp(u64::MAX),
-        };
         for commit in commits {
             let ts = commit.ts;
             assert!(ts > state.last_commit, "commits install in timestamp order");
@@ -457,9 +448,8 @@ impl Engine {
             });
             state.last_commit = ts;
             self.inner.last_commit.store(ts.0, Ordering::Release);
-            // Prune what this commit made unreachable, bounded by the oldest live reader and
-            // by the durable point.
-            let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts)).min(durable);
+            // Prune what this commit made unreachable, bounded by the oldest live reader.
+            let oldest = self.oldest_reader().map_or(ts, |r| r.min(ts));
             prune_after(&mut state, &commit, oldest);
             natural::install(&mut state, ts, &commit.natural, oldest);
         }

@@ -8,8 +8,9 @@
 //! - at most one transaction holds a key's intent, and only that transaction (or the commit it
 //!   became) gives it back: `release_intents` and `VersionChain::install` assert the owner;
 //! - a key with a chain reads only from the chain; without one, from the base store;
-//! - with a base store, a chain keeps its newest version at or before the durable point
-//!   (installs prune no further, `commit.rs`), which is where the next checkpoint cuts.
+//! - a chain keeps its newest version at or before the newest installed commit's reader
+//!   horizon, so a checkpoint cutting at the newest installed commit finds every key's version
+//!   there (`checkpoint.rs`).
 //!
 //! Lock order: everything here lives under `Inner::state`; see the engine's lock order
 //! (`engine.rs`).
