@@ -51,10 +51,11 @@ const MAX_SCAN: Duration = Duration::from_millis(500);
 /// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
 /// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
 /// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above. Measured (docs/benchmarks.md,
-/// stop 28): 4 ms from 3,000 to 8,000 commits/s made ten streams cost 0.83–0.87 of the
-/// throughput with none instead of 0.68–0.82 with 1 ms from 1,500 to 4,000, kept the p99 from
+/// stop 28): 4 ms from 3,000 to 8,000 commits/s let the transfer workload run at 0.83–0.87 of
+/// its no-stream throughput with ten streams, instead of 0.68–0.82 with 1 ms from 1,500 to
+/// 4,000, kept the p99 from
 /// commit to event under 5 ms at the transfer workload's full speed (2.1 ms before), and at
-/// 1,000 commits/s never gathers (a smoothed rate estimate's spikes there used to).
+/// 1,000 commits/s (the latency goal's rate) nothing gathers.
 const GATHER_MAX: Duration = Duration::from_millis(4);
 const GATHER_FROM_RATE: f64 = 3000.0;
 const GATHER_FULL_RATE: f64 = 8000.0;
@@ -328,8 +329,8 @@ impl HistoryCursor {
     /// [`gather_time`] after its last answer, so that one `getMore` carries the commits of that
     /// time instead of each commit costing every stream a round trip: the per-stream cost is
     /// per batch, not per commit. Catching up (not at the tail), on a first batch, or on a log
-    /// slower than [`GATHER_FROM_RATE`] (the 1,000 commits/s of the latency goal), it reads at
-    /// once.
+    /// slower than [`GATHER_FROM_RATE`] (three times the latency goal's 1,000 commits/s), it
+    /// reads at once.
     async fn gather(&self, wait_until: Option<Instant>) {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
             return;
