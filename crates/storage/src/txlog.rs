@@ -382,82 +382,133 @@ fn bad(what: &'static str) -> impl Fn(bson::error::Error) -> String {
     move |e| format!("record {what}: {e}")
 }
 
-/// One op of a record's body.
-fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
-    let ns = op.get_str("ns").map_err(bad("ns"))?.to_string();
-    let key = || {
-        op.get_binary("k")
-            .map(|b| b.bytes.to_vec())
-            .map_err(bad("key"))
-    };
-    let doc = || -> Result<StoredDoc, String> {
-        let o = op.get_document("o").map_err(bad("document"))?;
-        Ok(Arc::new(o.to_owned()))
-    };
-    let optional = |field| optional_doc(op, field);
-    let owned = |what| owned_o(op, what);
-    Ok(match op.get_str("op").map_err(bad("kind"))? {
-        "i" => LogOp::Insert {
-            ns,
-            key: key()?,
-            doc: doc()?,
-        },
-        "u" => LogOp::Update {
-            ns,
-            key: key()?,
-            doc: doc()?,
-            diff: optional("diff")?,
-            pre: optional("pre")?,
-        },
-        "d" => LogOp::Delete {
-            ns,
-            key: key()?,
-            id: match op.get("_id").map_err(bad("_id"))? {
-                Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
-                None => Bson::Null,
-            },
-            pre: optional("pre")?,
-        },
-        "c" => LogOp::CreateCollection {
-            ns,
-            options: match op.get_document("o") {
-                Ok(o) => Document::try_from(o).map_err(bad("options"))?,
-                Err(_) => Document::new(),
-            },
-        },
-        "x" => LogOp::DropCollection { ns },
-        "ci" => LogOp::CreateIndex {
-            ns,
-            spec: owned("index spec")?,
-        },
-        "co" => LogOp::SetCollectionOptions {
-            ns,
-            options: owned("options")?,
-        },
-        "n" => LogOp::Command {
-            ns,
-            o: owned("annotation")?,
-        },
-        "di" => LogOp::DropIndex {
-            ns,
-            name: op.get_str("name").map_err(bad("index name"))?.to_string(),
-        },
-        other => return Err(format!("unknown op kind {other:?}")),
-    })
+/// The fields of one op, found in one pass over it (a record is decoded once per reader of
+/// the log's tail and at every replay: looking each field up again would walk the op's keys
+/// once per field).
+#[derive(Default)]
+struct OpFields<'a> {
+    kind: Option<&'a str>,
+    ns: Option<&'a str>,
+    key: Option<&'a [u8]>,
+    o: Option<RawBsonRef<'a>>,
+    diff: Option<RawBsonRef<'a>>,
+    pre: Option<RawBsonRef<'a>>,
+    id: Option<RawBsonRef<'a>>,
+    name: Option<&'a str>,
+}
+
+impl<'a> OpFields<'a> {
+    fn of(op: &'a RawDocument) -> Result<OpFields<'a>, String> {
+        let mut f = OpFields::default();
+        for element in op {
+            let (key, value) = element.map_err(bad("op"))?;
+            match key.as_str() {
+                "op" => f.kind = value.as_str(),
+                "ns" => f.ns = value.as_str(),
+                "k" => f.key = value.as_binary().map(|b| b.bytes),
+                "o" => f.o = Some(value),
+                "diff" => f.diff = Some(value),
+                "pre" => f.pre = Some(value),
+                "_id" => f.id = Some(value),
+                "name" => f.name = value.as_str(),
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+
+    fn key(&self) -> Result<Vec<u8>, String> {
+        self.key
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "record key: missing or not binary".to_string())
+    }
+
+    fn o_doc(&self, what: &str) -> Result<&'a RawDocument, String> {
+        match self.o {
+            Some(RawBsonRef::Document(d)) => Ok(d),
+            _ => Err(format!("record {what}: missing or not a document")),
+        }
+    }
+
+    fn doc(&self) -> Result<StoredDoc, String> {
+        Ok(Arc::new(self.o_doc("document")?.to_owned()))
+    }
+
+    /// An op's `o`, parsed (catalog ops and annotations: small, and used parsed).
+    fn owned_o(&self, what: &'static str) -> Result<Document, String> {
+        Document::try_from(self.o_doc(what)?).map_err(bad(what))
+    }
 }
 
 /// An optional document of an op: absent in version 1, and when not recorded.
-fn optional_doc(op: &RawDocument, field: &'static str) -> Result<Option<StoredDoc>, String> {
-    match op.get(field).map_err(bad(field))? {
+fn optional_doc(value: Option<RawBsonRef<'_>>, field: &str) -> Result<Option<StoredDoc>, String> {
+    match value {
         None => Ok(None),
         Some(RawBsonRef::Document(d)) => Ok(Some(Arc::new(d.to_owned()))),
         Some(_) => Err(format!("record {field} is not a document")),
     }
 }
 
-/// An op's `o`, parsed (catalog ops and annotations: small, and used parsed).
-fn owned_o(op: &RawDocument, what: &'static str) -> Result<Document, String> {
-    Document::try_from(op.get_document("o").map_err(bad(what))?).map_err(bad(what))
+/// One op of a record's body.
+fn decode_op(op: &RawDocument) -> Result<LogOp, String> {
+    let f = OpFields::of(op)?;
+    let ns =
+        f.ns.ok_or_else(|| "record ns: missing or not a string".to_string())?
+            .to_string();
+    let kind = f
+        .kind
+        .ok_or_else(|| "record kind: missing or not a string".to_string())?;
+    Ok(match kind {
+        "i" => LogOp::Insert {
+            ns,
+            key: f.key()?,
+            doc: f.doc()?,
+        },
+        "u" => LogOp::Update {
+            ns,
+            key: f.key()?,
+            doc: f.doc()?,
+            diff: optional_doc(f.diff, "diff")?,
+            pre: optional_doc(f.pre, "pre")?,
+        },
+        "d" => LogOp::Delete {
+            ns,
+            key: f.key()?,
+            id: match f.id {
+                Some(id) => Bson::try_from(id).map_err(bad("_id"))?,
+                None => Bson::Null,
+            },
+            pre: optional_doc(f.pre, "pre")?,
+        },
+        "c" => LogOp::CreateCollection {
+            ns,
+            options: match f.o {
+                Some(RawBsonRef::Document(o)) => Document::try_from(o).map_err(bad("options"))?,
+                _ => Document::new(),
+            },
+        },
+        "x" => LogOp::DropCollection { ns },
+        "ci" => LogOp::CreateIndex {
+            ns,
+            spec: f.owned_o("index spec")?,
+        },
+        "co" => LogOp::SetCollectionOptions {
+            ns,
+            options: f.owned_o("options")?,
+        },
+        "n" => LogOp::Command {
+            ns,
+            o: f.owned_o("annotation")?,
+        },
+        "di" => LogOp::DropIndex {
+            ns,
+            name: f
+                .name
+                .ok_or_else(|| "record index name: missing or not a string".to_string())?
+                .to_string(),
+        },
+        other => return Err(format!("unknown op kind {other:?}")),
+    })
 }
 
 pub(crate) fn segment_name(first_ts: Timestamp) -> String {
@@ -585,11 +636,37 @@ mod tests {
                 ns: "db.$cmd".into(),
                 o: doc! { "dropDatabase": 1 },
             },
+            LogOp::Insert {
+                ns: "db.c".into(),
+                key: vec![4],
+                doc: stored(rawdoc! { "_id": 4, "a": [1, 2] }),
+            },
+            LogOp::CreateCollection {
+                ns: "db.d".into(),
+                options: doc! { "capped": true, "size": 4096 },
+            },
+            LogOp::CreateIndex {
+                ns: "db.d".into(),
+                spec: doc! { "v": 2, "key": { "a": 1 }, "name": "a_1" },
+            },
+            LogOp::DropIndex {
+                ns: "db.d".into(),
+                name: "a_1".into(),
+            },
+            LogOp::DropCollection { ns: "db.d".into() },
         ];
-        let mut record = encode_record(&CommitMeta::default(), &ops).unwrap();
+        let meta = CommitMeta {
+            lsid: Some(
+                doc! { "id": bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] } },
+            ),
+            txn_number: Some(42),
+            in_transaction: true,
+        };
+        let mut record = encode_record(&meta, &ops).unwrap();
         seal_record(&mut record, Timestamp(9), 0);
         let decoded = decode_payload(&record[RECORD_HEADER_LEN..]).unwrap();
         assert_eq!(decoded.ops, ops);
+        assert_eq!(decoded.meta, meta);
         let body = RawDocument::from_bytes(&record[RECORD_HEADER_LEN + PAYLOAD_PREFIX_LEN..]);
         assert_eq!(body.unwrap().get_i32("v").unwrap(), RECORD_VERSION);
     }

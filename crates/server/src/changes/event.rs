@@ -78,6 +78,7 @@ pub fn record_events(
         record,
         spec,
         uuids,
+        session: session_fields(record),
     };
     let mut out = Vec::new();
     if let Some(Annotation::Rename {
@@ -107,6 +108,30 @@ struct Shaper<'a> {
     record: &'a LogRecord,
     spec: &'a StreamSpec,
     uuids: Uuids<'a>,
+    /// A transaction's `lsid` (encoded once for all its events) and `txnNumber`.
+    session: Option<(RawDocumentBuf, i64)>,
+}
+
+/// The session fields of a multi-document transaction's events; none for other records.
+fn session_fields(record: &LogRecord) -> Option<(RawDocumentBuf, i64)> {
+    let meta = &record.meta;
+    match (meta.in_transaction, &meta.lsid, meta.txn_number) {
+        (true, Some(lsid), Some(n)) => Some((raw(lsid), n)),
+        _ => None,
+    }
+}
+
+/// Room for an event's fixed fields (`_id` token, `operationType`, times, `ns`, `documentKey`,
+/// `updateDescription`'s keys, session fields) before its documents: an event is written into
+/// one allocation instead of growing through a dozen.
+const EVENT_HEAD_BYTES: usize = 384;
+
+/// An empty document with room for `capacity` bytes.
+pub(super) fn raw_with_capacity(capacity: usize) -> RawDocumentBuf {
+    let mut bytes = Vec::with_capacity(capacity.max(5));
+    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
+    // Five bytes of an empty document are always a valid one.
+    RawDocumentBuf::from_bytes(bytes).unwrap_or_default()
 }
 
 impl Shaper<'_> {
@@ -114,7 +139,7 @@ impl Shaper<'_> {
         let expanded = self.spec.show_expanded;
         match op {
             LogOp::Insert { ns, doc, .. } if self.spec.scope.covers(ns) => {
-                let mut e = self.head(at, "insert", Some(ns));
+                let mut e = self.head_sized(at, "insert", Some(ns), doc.as_bytes().len());
                 e.append(cstr!("fullDocument"), doc.as_ref() as &RawDocument);
                 append_key(&mut e, doc);
                 out.push(self.finish(at, e));
@@ -177,10 +202,16 @@ impl Shaper<'_> {
         pre: Option<&StoredDoc>,
     ) -> CommandResult<Event> {
         let images = pre.is_some();
-        let mut e = self.head(
+        let documents = [Some(post), diff, pre]
+            .iter()
+            .flatten()
+            .map(|d| d.as_bytes().len())
+            .sum::<usize>();
+        let mut e = self.head_sized(
             at,
             if diff.is_some() { "update" } else { "replace" },
             Some(ns),
+            documents,
         );
         let full = match (diff, self.spec.full_document) {
             (None, _) | (_, FullDocument::UpdateLookup) => Some(post),
@@ -212,7 +243,7 @@ impl Shaper<'_> {
 
     /// mongod's `updateDescription`; `disambiguatedPaths` only for expanded events.
     fn description(&self, diff: &StoredDoc) -> RawDocumentBuf {
-        let mut d = RawDocumentBuf::new();
+        let mut d = raw_with_capacity(diff.as_bytes().len() + 32);
         for (key, value) in diff.iter().flatten() {
             if key.as_str() == "disambiguatedPaths" && !self.spec.show_expanded {
                 continue;
@@ -381,8 +412,19 @@ impl Shaper<'_> {
 
     /// `_id`, `operationType`, `clusterTime`, `wallTime` and `ns` (when given).
     fn head(&self, at: usize, kind: &str, ns: Option<&str>) -> RawDocumentBuf {
+        self.head_sized(at, kind, ns, 0)
+    }
+
+    /// [`Shaper::head`] of an event that will also carry `documents` bytes of documents.
+    fn head_sized(
+        &self,
+        at: usize,
+        kind: &str,
+        ns: Option<&str>,
+        documents: usize,
+    ) -> RawDocumentBuf {
         let token = ResumeToken::event(self.record.ts, index_of(at));
-        let mut e = RawDocumentBuf::new();
+        let mut e = raw_with_capacity(EVENT_HEAD_BYTES + documents);
         e.append(cstr!("_id"), token.to_raw());
         e.append(cstr!("operationType"), kind);
         e.append(cstr!("clusterTime"), self.record.ts.to_bson());
@@ -407,10 +449,9 @@ impl Shaper<'_> {
 
     /// Adds a transaction's session fields and wraps the event.
     fn finish(&self, at: usize, mut e: RawDocumentBuf) -> Event {
-        let meta = &self.record.meta;
-        if let (true, Some(lsid), Some(n)) = (meta.in_transaction, &meta.lsid, meta.txn_number) {
-            e.append(cstr!("lsid"), raw(lsid));
-            e.append(cstr!("txnNumber"), n);
+        if let Some((lsid, n)) = &self.session {
+            e.append(cstr!("lsid"), lsid as &RawDocument);
+            e.append(cstr!("txnNumber"), *n);
         }
         Event {
             token: ResumeToken::event(self.record.ts, index_of(at)),
@@ -425,7 +466,7 @@ fn index_of(at: usize) -> u32 {
 
 /// `{db, coll}` as raw BSON (every event has one).
 fn ns_raw(ns: &str) -> RawDocumentBuf {
-    let mut d = RawDocumentBuf::new();
+    let mut d = raw_with_capacity(ns.len() + 24);
     match ns.split_once('.') {
         Some((db, coll)) => {
             d.append(cstr!("db"), db);
@@ -444,7 +485,7 @@ fn ns_doc(ns: &str) -> Document {
 }
 
 fn append_key(e: &mut RawDocumentBuf, doc: &StoredDoc) {
-    let mut key = RawDocumentBuf::new();
+    let mut key = raw_with_capacity(64);
     if let Ok(Some(id)) = doc.get("_id") {
         key.append(cstr!("_id"), id);
     }
@@ -537,5 +578,117 @@ pub fn kept_token(output: &RawDocument, event: &Event) -> bool {
             a.as_bytes() == b.as_bytes()
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+    use mangrove_storage::txlog::CommitMeta;
+    use std::sync::Arc;
+
+    /// A transaction's update and insert, shaped for a database stream: mongod 7.0's fields, in
+    /// its order, the session fields on each event, and one token per op position.
+    #[test]
+    fn a_transactions_events_carry_mongods_fields_in_order() {
+        let lsid = doc! {"id": bson::Binary {subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16]}};
+        let record = LogRecord {
+            ts: mangrove_storage::Timestamp(7 << 32 | 3),
+            wall_ms: 1_700_000_000_000,
+            meta: CommitMeta {
+                lsid: Some(lsid.clone()),
+                txn_number: Some(42),
+                in_transaction: true,
+            },
+            ops: vec![
+                LogOp::Update {
+                    ns: "bank.accounts".into(),
+                    key: vec![1],
+                    doc: Arc::new(rawdoc! {"_id": 1, "balance": 95}),
+                    diff: Some(Arc::new(
+                        rawdoc! {"updatedFields": {"balance": 95}, "removedFields": [], "truncatedArrays": []},
+                    )),
+                    pre: None,
+                },
+                LogOp::Insert {
+                    ns: "bank.transfers".into(),
+                    key: vec![2],
+                    doc: Arc::new(rawdoc! {"_id": 2, "amount": 5}),
+                },
+            ],
+        };
+        let stage = RawDocumentBuf::new();
+        let spec = super::super::spec::parse(RawBsonRef::Document(&stage), "bank", None).unwrap();
+        let events = record_events(&record, &spec, &Default::default()).unwrap();
+        assert_eq!(events.len(), 2);
+        let fields = |e: &Event| -> Vec<String> {
+            e.doc
+                .iter()
+                .map(|f| f.unwrap().0.as_str().to_string())
+                .collect()
+        };
+        let update = Document::try_from(events[0].doc.as_ref() as &RawDocument).unwrap();
+        assert_eq!(
+            fields(&events[0]),
+            [
+                "_id",
+                "operationType",
+                "clusterTime",
+                "wallTime",
+                "ns",
+                "documentKey",
+                "updateDescription",
+                "lsid",
+                "txnNumber"
+            ]
+        );
+        assert_eq!(update.get_str("operationType").unwrap(), "update");
+        assert_eq!(
+            update.get_document("ns").unwrap(),
+            &doc! {"db": "bank", "coll": "accounts"}
+        );
+        assert_eq!(
+            update.get_document("documentKey").unwrap(),
+            &doc! {"_id": 1}
+        );
+        assert_eq!(
+            update.get_document("updateDescription").unwrap(),
+            &doc! {"updatedFields": {"balance": 95}, "removedFields": [], "truncatedArrays": []}
+        );
+        assert_eq!(update.get_document("lsid").unwrap(), &lsid);
+        assert_eq!(update.get_i64("txnNumber").unwrap(), 42);
+        assert_eq!(
+            update.get_timestamp("clusterTime").unwrap(),
+            bson::Timestamp {
+                time: 7,
+                increment: 3
+            }
+        );
+        let insert = Document::try_from(events[1].doc.as_ref() as &RawDocument).unwrap();
+        assert_eq!(
+            fields(&events[1]),
+            [
+                "_id",
+                "operationType",
+                "clusterTime",
+                "wallTime",
+                "ns",
+                "fullDocument",
+                "documentKey",
+                "lsid",
+                "txnNumber"
+            ]
+        );
+        assert_eq!(
+            insert.get_document("fullDocument").unwrap(),
+            &doc! {"_id": 2, "amount": 5}
+        );
+        assert_eq!(events[0].token, ResumeToken::event(record.ts, 0));
+        assert_eq!(events[1].token, ResumeToken::event(record.ts, 2));
+        assert_eq!(
+            update.get_document("_id").unwrap(),
+            &Document::try_from(ResumeToken::event(record.ts, 0).to_raw()).unwrap()
+        );
     }
 }
