@@ -77,11 +77,11 @@ pub use limits::{
     DEFAULT_MEMORY_LIMIT, Limits, MAX_BSON_OBJECT_BYTES, MAX_RESULT_DOCUMENT_BYTES,
     MAX_STRING_BYTES, MAX_VALUE_DEPTH, with_limits,
 };
-pub use mangrove_bson::distinct_values;
 pub use mangrove_bson::{CodedError, KeyInterval, encode_key, encode_key_collated};
 pub use mangrove_bson::{
     Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
+pub use mangrove_bson::{distinct_values, raw_with_capacity};
 pub use mangrove_geo::{Frame, Near};
 pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};

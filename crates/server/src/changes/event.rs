@@ -13,6 +13,7 @@
 
 use bson::raw::{RawBsonRef, RawDocument, cstr};
 use bson::{Document, RawDocumentBuf, doc};
+use mangrove_query::raw_with_capacity;
 use mangrove_storage::StoredDoc;
 use mangrove_storage::txlog::{LogOp, LogRecord};
 
@@ -125,14 +126,6 @@ fn session_fields(record: &LogRecord) -> Option<(RawDocumentBuf, i64)> {
 /// `updateDescription`'s keys, session fields) before its documents: an event is written into
 /// one allocation instead of growing through a dozen.
 const EVENT_HEAD_BYTES: usize = 384;
-
-/// An empty document with room for `capacity` bytes.
-pub(super) fn raw_with_capacity(capacity: usize) -> RawDocumentBuf {
-    let mut bytes = Vec::with_capacity(capacity.max(5));
-    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
-    // Five bytes of an empty document are always a valid one.
-    RawDocumentBuf::from_bytes(bytes).unwrap_or_default()
-}
 
 impl Shaper<'_> {
     fn op(&self, at: usize, op: &LogOp, out: &mut Vec<Event>) -> CommandResult<()> {

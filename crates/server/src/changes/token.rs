@@ -66,7 +66,7 @@ impl ResumeToken {
 
     /// The token as raw BSON, built without a `Document`: every event carries one.
     pub fn to_raw(self) -> RawDocumentBuf {
-        let mut d = super::event::raw_with_capacity(LEN * 2 + 16);
+        let mut d = mangrove_query::raw_with_capacity(LEN * 2 + 16);
         d.append(cstr!("_data"), self.hex());
         d
     }
