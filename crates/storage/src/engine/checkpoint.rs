@@ -1,9 +1,11 @@
 //! Checkpoints: fold committed versions into the base store, evict what memory no longer
 //! needs, and remove the log segments the checkpoint covers.
 //!
-//! A checkpoint at timestamp C (at most the newest *durable* commit) writes, for every key
-//! changed since the previous checkpoint, its newest version at or before C, in one redb
-//! transaction that also records C. Only after that commit is durable does the engine move its
+//! A checkpoint at timestamp C (the newest installed commit when it collects, under the state
+//! lock, so no key's version at C has been pruned yet) waits until the log is durable through
+//! C, then writes, for every key changed since the previous checkpoint, its newest version at
+//! or before C, in one redb transaction that also records C: the base store never holds a
+//! commit the log could still lose. Only after that commit is durable does the engine move its
 //! checkpoint timestamp to C and evict chains: a chain whose newest version is at or before
 //! both C and the oldest live snapshot says nothing the base store does not, to every reader
 //! that exists or can exist. Then log segments wholly at or before C are removed. A crash at
