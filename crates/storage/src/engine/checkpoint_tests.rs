@@ -1,11 +1,12 @@
 //! Every checkpoint is a consistent cut, even while commits race past it: in the base store
 //! each document has exactly the index entries it derives, and no entry points elsewhere.
 //!
-//! Commits become visible before they are durable, and a checkpoint cuts at the durable point,
-//! so installs keep running between the two. This test checkpoints over and over while writer
-//! threads move a few hot documents (each write moves the document's index entry), and reads
-//! the base store itself after each checkpoint: a cut that missed some version shows there as
-//! a document whose entry is missing or another version's entry that stayed.
+//! Commits become visible before they are durable, and installing one prunes its keys' older
+//! versions, so a checkpoint must cut where nothing it needs was pruned (`checkpoint.rs`). This
+//! test checkpoints over and over while writer threads move a few hot documents (each write
+//! moves the document's index entry) and a reader holds snapshots now and then, and reads the
+//! base store itself after each checkpoint: a cut that missed some version shows there as a
+//! document whose entry is missing or another version's entry that stayed.
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
@@ -122,7 +123,20 @@ fn every_checkpoint_is_a_consistent_cut_while_commits_race_it() {
                 }
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Snapshots held for a moment keep older versions alive now and then, so that pruning
+    // also runs bounded by a reader (how a stale entry, not only a missing one, came about).
+    let reader = {
+        let (engine, coll, stop) = (engine.clone(), coll.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let snapshot = engine.snapshot();
+                snapshot.get(&coll, &key(0)).unwrap();
+                std::thread::sleep(Duration::from_micros(50));
+                drop(snapshot);
+            }
+        })
+    };
     let mut cut = Timestamp(0);
     for round in 0..CHECKPOINTS {
         // Something new each time, so that every round checkpoints while writers commit.
@@ -147,5 +161,6 @@ fn every_checkpoint_is_a_consistent_cut_while_commits_race_it() {
     for w in writers {
         w.join().unwrap();
     }
+    reader.join().unwrap();
     engine.close();
 }
