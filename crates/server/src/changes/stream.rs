@@ -50,12 +50,13 @@ const MAX_SCAN: Duration = Duration::from_millis(500);
 /// How long a stream at the log's tail lets commits gather after its last answer before it
 /// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
 /// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
-/// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above. Measured (docs/benchmarks.md,
-/// stop 28): 4 ms from 3,000 to 8,000 commits/s let the transfer workload run at 0.83–0.87 of
-/// its no-stream throughput with ten streams, instead of 0.68–0.82 with 1 ms from 1,500 to
-/// 4,000, kept the p99 from
-/// commit to event under 5 ms at the transfer workload's full speed (2.1 ms before), and at
-/// 1,000 commits/s (the latency goal's rate) nothing gathers.
+/// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
+///
+/// Measured (docs/benchmarks.md, stop 28): 4 ms from 3,000 to 8,000 commits/s let the transfer
+/// workload run at 0.83–0.87 of its no-stream throughput with ten streams, instead of
+/// 0.68–0.82 with 1 ms from 1,500 to 4,000; it kept the p99 from commit to event under 5 ms at
+/// the workload's full speed (2.1 ms before); and at 1,000 commits/s (the latency goal's rate)
+/// nothing gathers.
 const GATHER_MAX: Duration = Duration::from_millis(4);
 const GATHER_FROM_RATE: f64 = 3000.0;
 const GATHER_FULL_RATE: f64 = 8000.0;

@@ -41,22 +41,24 @@ impl Txn {
         // insertion number when capped). If that changed (`convertToCapped`) after the caller
         // looked the collection up, in a version this transaction sees, the key is of the old
         // kind: a conflict, so the caller looks again, never a document under the wrong key.
-        if self.current_info(coll).options.get("capped") != coll.options.get("capped") {
+        let current = self.current_info(coll);
+        if current.options.get("capped") != coll.options.get("capped") {
             return Err(StorageError::WriteConflict);
         }
         let cost = self.reserve_write(coll, &key, Some(&doc))?;
-        let result = self.insert_unaccounted(coll, key, doc);
+        let result = self.insert_unaccounted(&current, key, doc);
         self.settle_write(cost, result.is_ok());
         result
     }
 
-    pub(super) fn insert_unaccounted(
+    /// [`Txn::insert`] once `coll` is the collection as this transaction sees it now
+    /// ([`Txn::current_info`]).
+    fn insert_unaccounted(
         &mut self,
         coll: &CollectionInfo,
         key: DocKey,
         doc: StoredDoc,
     ) -> Result<(), StorageError> {
-        let coll = &*self.current_info(coll);
         let already_held = self.docs.contains_key(&(coll.id, key.clone()));
         let pre = self.claim_doc(coll, &key)?;
         let checked = match self.get(coll, &key) {
