@@ -19,7 +19,7 @@
 //! | `replay.rs`      | applying one logged transaction to the state during recovery         |
 //! | `checkpoint.rs`  | folding versions into the base store; the checkpointer thread        |
 //! | `history.rs`     | reading committed records back from the log; log retention           |
-//! | `tail.rs`        | the log's newest durable records, decoded once for caught-up readers |
+//! | `tail.rs`        | the log's newest durable records, handed to caught-up readers        |
 //! | `verify.rs`      | `mangrove verify`'s index check                                      |
 //! | `backup.rs`      | online backups; pins on the log a running backup still copies        |
 //!
@@ -42,9 +42,10 @@
 //!    `Inner::checkpoint_signal` (with `checkpoint_wake`); `ControlHandle::current`
 //!    (`txlog/writer.rs`, held across the control file's write); the `progress` watch channel's
 //!    own lock (`send_modify` only after `queue` and `state` are released); redb's locks inside
-//!    the base store (`base.rs`); `HistoryPins::pins` (`backup.rs`); `Inner::history_tail` (the shared tail's ring, `tail.rs`),
-//!    taken by history readers only, which hold it across their reads of the log's newest
-//!    records (borrowing `progress` inside) and take a tail record's `memos` lock after it.
+//!    the base store (`base.rs`); `HistoryPins::pins` (`backup.rs`); `Inner::history_tail`
+//!    (the shared tail's ring, `tail.rs`), taken by change-stream readers and by the log
+//!    writer (with neither `queue` nor `state` held), with a tail record's `memos` lock after
+//!    it.
 //!
 //! Poisoned locks are recovered (`lock_mutex`, `read_state`): a panic in a storage thread is
 //! not survived anyway (see [`crate::panic_policy`]), so recovering only lets the surviving
@@ -97,7 +98,7 @@ pub use history::{HistoryReader, HistoryTruncationStats, HistoryWindow};
 pub use read_view::ReadView;
 pub use recovery::RecoveryReport;
 pub use snapshot::Snapshot;
-pub use tail::TailRecord;
+pub use tail::{TAIL_IDLE, TailRecord};
 pub use txn::{TransactionLimits, Txn};
 pub use verify::IndexVerifyReport;
 use versions::State;

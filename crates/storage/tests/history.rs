@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bson::{doc, rawdoc};
 use common::*;
-use mangrove_storage::txlog::{self, LogOp, LogRecord};
+use mangrove_bson::{IndexSpec, no_partial_filters};
+use mangrove_storage::txlog::{self, CommitMeta, LogOp, LogRecord};
 use mangrove_storage::{Engine, EngineOptions, HistoryReader, StorageError, Timestamp};
 
 fn small_segments(dir: &TempDir) -> EngineOptions {
@@ -424,48 +426,133 @@ fn an_in_memory_engine_has_no_history() {
     assert_eq!(window.newest, engine.last_durable());
 }
 
-/// The shared tail gives a reader at or after its start exactly what the reader's own history
-/// would hold, adopts a reader only when it has none (or is behind), and answers `None` to a
-/// position before its start.
+/// Commits one of every kind of log op, each durably, with session fields on some; returns
+/// the commits' timestamps.
+fn every_kind_of_op(engine: &Engine) -> Vec<Timestamp> {
+    let ns = "db.kinds";
+    let session = |n: i64, in_transaction: bool| CommitMeta {
+        lsid: Some(doc! { "id": bson::Uuid::new() }),
+        txn_number: Some(n),
+        in_transaction,
+    };
+    let mut stamps = Vec::new();
+    let mut t = engine.begin();
+    t.set_meta(session(1, true));
+    let options = doc! { "changeStreamPreAndPostImages": { "enabled": true } };
+    let coll = t.create_collection(ns, options).unwrap();
+    t.insert(&coll, key(1), doc(1, 10)).unwrap();
+    t.insert(&coll, key(2), doc(2, 20)).unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    let raw = doc! { "key": { "v": 1 }, "name": "v_1" };
+    let spec = IndexSpec::normalize(
+        &bson::RawDocumentBuf::try_from(&raw).unwrap(),
+        &no_partial_filters,
+    );
+    t.create_index(ns, spec.unwrap()).unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    t.set_meta(session(2, false));
+    t.update(&coll, key(1), doc(1, 11)).unwrap();
+    t.replace(&coll, key(2), Arc::new(rawdoc! { "_id": 2i64, "w": "x" }))
+        .unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    t.delete(&coll, key(1)).unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    t.set_collection_options(ns, doc! { "validationLevel": "moderate" })
+        .unwrap();
+    t.annotate(
+        ns,
+        doc! { "collMod": "kinds", "validationLevel": "moderate" },
+    );
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    t.drop_index(ns, "v_1").unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    let mut t = engine.begin();
+    t.drop_collection(ns).unwrap();
+    stamps.push(commit_durable(t).unwrap());
+    stamps
+}
+
+/// The shared tail starts when first read, then holds what the log writer hands over: exactly
+/// the records reading the log gives, for every kind of op, after the position it started at.
 #[test]
-fn shared_tail_serves_exactly_the_durable_records_after_a_position() {
+fn shared_tail_hands_over_exactly_the_records_the_log_holds() {
     let dir = TempDir::new("hist-tail");
     let (engine, _) = open(small_segments(&dir)).unwrap();
     let before = insert_many(&engine, 0, 5);
     let start = *before.last().unwrap();
-    // A reader that is not at `start` is not adopted: the caller reads its own history.
-    let mut donor = Some(engine.read_history(before[0]).unwrap());
-    assert!(engine.read_tail(start, 100, &mut donor).unwrap().is_none());
-    assert!(donor.is_some());
-    let mut donor = Some(engine.read_history(start).unwrap());
+    // Not running: the first read starts it, and the caller reads its own history meanwhile.
+    assert!(engine.read_tail(start, 100).is_none());
     assert!(
-        engine
-            .read_tail(start, 100, &mut donor)
-            .unwrap()
-            .unwrap()
-            .is_empty()
+        engine.read_tail(start, 100).is_none(),
+        "nothing handed over yet"
     );
-    assert!(donor.is_none(), "adopted");
-    let stamps = insert_many(&engine, 5, 40);
-    let from_tail = engine.read_tail(start, 1000, &mut None).unwrap().unwrap();
+    let mut stamps = every_kind_of_op(&engine);
+    stamps.extend(insert_many(&engine, 5, 40));
+    let from_tail = engine.read_tail(start, 1000).unwrap();
     let tail_ts: Vec<Timestamp> = from_tail.iter().map(|r| r.record.ts).collect();
     assert_eq!(tail_ts, stamps);
     let own = drain(&mut engine.read_history(start).unwrap(), 7).unwrap();
     let tail_records: Vec<LogRecord> = from_tail.iter().map(|r| r.record.clone()).collect();
     assert_eq!(tail_records, own);
-    // From the middle, bounded by `max`; before the start, nothing.
-    let middle = engine.read_tail(stamps[9], 5, &mut None).unwrap().unwrap();
+    let kinds: Vec<&str> = own.iter().flat_map(|r| &r.ops).map(LogOp::kind).collect();
+    for kind in [
+        "create",
+        "createIndex",
+        "insert",
+        "update",
+        "delete",
+        "collMod",
+        "command",
+        "dropIndex",
+        "drop",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} op in {kinds:?}");
+    }
+    assert!(own.iter().any(|r| r.meta.in_transaction));
+    // From the middle, bounded by `max`; at the newest, nothing yet; before the start, `None`.
+    let middle = engine.read_tail(stamps[9], 5).unwrap();
     let middle_ts: Vec<Timestamp> = middle.iter().map(|r| r.record.ts).collect();
     assert_eq!(middle_ts, stamps[10..15]);
     assert!(
         engine
-            .read_tail(before[1], 10, &mut None)
+            .read_tail(*stamps.last().unwrap(), 10)
             .unwrap()
-            .is_none()
+            .is_empty()
     );
+    assert!(engine.read_tail(before[1], 10).is_none());
     // What a reader remembers about a record in the ring is there for the next one.
     assert!(from_tail[0].shared());
     from_tail[0].remember(&engine, 7u32, 64);
     assert_eq!(from_tail[0].memo::<u32>(|v| *v == 7).as_deref(), Some(&7));
     assert!(from_tail[0].memo::<u64>(|_| true).is_none());
+}
+
+/// A tail nobody reads stops at the next commit (commits stop keeping their records for it);
+/// the next read starts it again after the commits it missed.
+#[test]
+fn an_unread_shared_tail_stops_and_starts_again_after_what_it_missed() {
+    let dir = TempDir::new("hist-tail-idle");
+    let (engine, _) = open(options(&dir)).unwrap();
+    let start = *insert_many(&engine, 0, 2).last().unwrap();
+    assert!(engine.read_tail(start, 100).is_none());
+    let first = insert_many(&engine, 2, 3);
+    assert_eq!(engine.read_tail(start, 100).unwrap().len(), 3);
+    std::thread::sleep(mangrove_storage::TAIL_IDLE + Duration::from_millis(100));
+    let missed = insert_many(&engine, 5, 2);
+    assert!(
+        engine.read_tail(first[2], 100).is_none(),
+        "stopped, and starts"
+    );
+    let after = insert_many(&engine, 7, 3);
+    // Started after the last commit it missed: earlier positions read their own history.
+    assert!(engine.read_tail(first[2], 100).is_none());
+    let served = engine.read_tail(missed[1], 100).unwrap();
+    let served_ts: Vec<Timestamp> = served.iter().map(|r| r.record.ts).collect();
+    assert_eq!(served_ts, after);
+    assert!(!served[0].record.ops.is_empty());
 }

@@ -3,8 +3,9 @@
 //! through a `find` filter), and what is shaped but not yet returned.
 //!
 //! Invariants:
-//! - Only durable commits are read (`HistoryReader` stops at the durable end), so a stream
-//!   never shows a write that a crash could take back.
+//! - Only durable commits are read (`HistoryReader` stops at the durable end, and the shared
+//!   tail takes only records whose fdatasync returned), so a stream never shows a write that a
+//!   crash could take back.
 //! - `after` only moves forward, to the newest record whose events are all in `pending` or
 //!   returned; the post-batch resume token is a high-water mark there once `pending` is empty,
 //!   else the last event returned: resuming from either shows every later event exactly once.
@@ -14,7 +15,8 @@
 //!   back: not the writer, not the checkpointer, not the other streams (the log's retention
 //!   decides what history exists).
 //! - A stream at the tail reads the same records, in the same order, as its own reader would:
-//!   the tail serves only positions it holds every durable record after.
+//!   the tail serves only positions it holds every durable record after, and its records are
+//!   those the log holds (`engine/tail.rs`).
 //! - The events shaped once and shared through the tail depend only on the record and the
 //!   stream's [`ShapeKey`] (streams with expanded events, which show each stream's own view of
 //!   collection UUIDs, shape their own).
@@ -121,7 +123,7 @@ pub struct HistoryCursor {
     /// creates collections (so an event shows the UUID its collection had then).
     uuids: HashMap<String, bson::Uuid>,
     /// This cursor's own reader, for history behind the shared tail: `None` until needed
-    /// (or while a read runs on the blocking pool, or after the shared tail adopted it).
+    /// (or while a read runs on the blocking pool, or while the shared tail serves it).
     reader: Option<HistoryReader>,
     /// Every record at or before this has its events in `ready` or returned.
     after: Timestamp,
@@ -393,17 +395,12 @@ impl HistoryCursor {
     }
 
     /// The next records of durable history: from the shared tail when this cursor's position
-    /// is in it (read, checked and decoded once for every stream there), else with its own
-    /// reader. A cursor whose own reads reached the durable end offers its reader to the tail,
-    /// which adopts it when it has none there (a catching-up cursor keeps its own: the tail
-    /// reads under a lock, at the end of the log only).
+    /// is in it (handed over by the log writer, decoded once for every stream there), else
+    /// with its own reader. A cursor served by the tail drops its reader (its file and the
+    /// segment it holds on to); it opens another if it falls behind the tail.
     async fn read(&mut self, engine: &Engine) -> CommandResult<Vec<Arc<TailRecord>>> {
-        let mut not_offered = None;
-        let donor = match self.tailing {
-            true => &mut self.reader,
-            false => &mut not_offered,
-        };
-        if let Some(records) = engine.read_tail(self.after, READ_RECORDS, donor)? {
+        if let Some(records) = engine.read_tail(self.after, READ_RECORDS) {
+            self.reader = None;
             self.tailing = true;
             return Ok(records);
         }
@@ -415,7 +412,7 @@ impl HistoryCursor {
     }
 
     /// The next records with this cursor's own reader, opened at `after` if it has none there
-    /// (the shared tail took it, or served this cursor since). A cursor at the log's tail
+    /// (it was dropped while the shared tail served this cursor). A cursor at the log's tail
     /// reads what was just written, from the page cache, on this thread (a hand-off to the
     /// blocking pool would cost more than the read); one catching up reads off the async
     /// threads.

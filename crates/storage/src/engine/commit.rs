@@ -21,7 +21,9 @@
 //! - Within a batch, timestamps strictly increase (asserted by the writer before it writes).
 //!
 //! Install (making a written batch visible, pruning what it made unreachable) lives here too:
-//! it is the writer's step between the write and the fdatasync.
+//! it is the writer's step between the write and the fdatasync. After the fdatasync, and before
+//! the batch is announced durable, the writer hands its records to the shared tail while
+//! change streams read it (`tail.rs`).
 //!
 //! Lock order: `queue` and `state` are never held together; `queue` is never held across file
 //! I/O; the `progress` channel is updated with neither held. See the engine's lock order
@@ -36,6 +38,7 @@ use tokio::sync::watch;
 
 use super::catalog::{CollectionInfo, INDEX_ENTRY_OVERHEAD};
 use super::natural::{self, NaturalChange};
+use super::tail::HandedRecord;
 use super::versions::{DocWrite, State, VersionChain, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, lock_mutex, wall_clock_ms};
 use crate::histogram::{Histogram, HistogramSnapshot};
@@ -89,6 +92,8 @@ pub(super) struct PendingCommit {
     pub(super) shared_creates: BTreeSet<String>,
     /// Natural-order changes, in log order; positions are handed out at install.
     pub(super) natural: Vec<NaturalChange>,
+    /// Its record, decoded, for the shared tail while change streams read it (`tail.rs`).
+    pub(super) handed: Option<HandedRecord>,
     pub(super) rejected: Rejection,
 }
 
@@ -221,7 +226,11 @@ impl Engine {
         }
         let ts = queue.last_ts.next_after();
         debug_assert!(ts > queue.last_ts, "commit timestamps strictly increase");
-        txlog::seal_record(&mut record, ts, wall_clock_ms());
+        let wall_ms = wall_clock_ms();
+        txlog::seal_record(&mut record, ts, wall_ms);
+        if let Some(handed) = &mut pending.handed {
+            (handed.record.ts, handed.record.wall_ms) = (ts, wall_ms);
+        }
         queue.last_ts = ts;
         queue.bytes.extend_from_slice(&record);
         pending.ts = ts;
@@ -237,7 +246,9 @@ impl Engine {
     /// The log writer thread: group commit. Each round takes every queued commit, writes them
     /// with one write, installs them (now visible), then makes them durable with one fdatasync.
     pub(super) fn write_log(self, mut log: Option<LogWriter>) -> Option<LogWriter> {
-        while let Some((bytes, commits)) = self.next_batch(&mut log) {
+        // The last commit written: what the shared tail's records follow.
+        let mut written = self.inner.progress.borrow().durable;
+        while let Some((bytes, mut commits)) = self.next_batch(&mut log) {
             // Queue order is timestamp order is log order (see the module comment).
             assert!(
                 commits.windows(2).all(|w| w[0].ts < w[1].ts),
@@ -252,6 +263,7 @@ impl Engine {
                 continue;
             }
             self.count_batch(&commits, bytes.len() as u64);
+            let handed = self.take_handed(&mut commits);
             self.install(commits);
             self.inner.progress.send_modify(|p| p.visible = last_ts);
             let wall_ms = last_wall_ms(&bytes);
@@ -260,16 +272,32 @@ impl Engine {
             let micros = syncing.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
             self.inner.stats.sync_micros.record(micros);
             match synced {
-                Ok(()) => self.inner.progress.send_modify(|p| {
-                    p.durable = last_ts;
-                    p.durable_wall_ms = wall_ms;
-                }),
+                Ok(()) => {
+                    // Before the announcement, so that a stream it wakes finds them there.
+                    self.feed_tail(written, handed);
+                    written = last_ts;
+                    self.inner.progress.send_modify(|p| {
+                        p.durable = last_ts;
+                        p.durable_wall_ms = wall_ms;
+                    });
+                }
                 // The batch is visible but may not be on disk: fail its durable waiters and
                 // every later commit (after a failed fsync the page cache cannot be trusted).
                 Err(e) => self.fail_log(&e.to_string()),
             }
         }
         log
+    }
+
+    /// The batch's records for the shared tail, if it runs (see `tail.rs`).
+    fn take_handed(&self, commits: &mut [PendingCommit]) -> Vec<(Timestamp, Option<HandedRecord>)> {
+        if !self.inner.history_tail.wanted.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        commits
+            .iter_mut()
+            .map(|c| (c.ts, c.handed.take()))
+            .collect()
     }
 
     /// Waits for the next batch to write. While the log is unavailable there is none (commits

@@ -1,53 +1,63 @@
-//! The shared tail: the log's newest durable records, read, checked and decoded once for every
-//! reader that is caught up (change streams and tailable oplog cursors waiting for commits),
-//! instead of once per reader.
+//! The shared tail: the log's newest durable records, decoded already, for every reader that
+//! is caught up (change streams waiting for commits), instead of each reading the log again.
 //!
 //! A stream at the tail used to read the record each commit appended with its own
-//! [`HistoryReader`] (a seek, a read, the CRC and the decoding of the whole record), so ten
-//! streams paid for ten reads of the same bytes. Here one reader, adopted from the first
-//! stream that asks, fills a bounded ring of decoded records; a stream whose position is inside
+//! [`HistoryReader`](super::history::HistoryReader) (a seek, a read, the CRC and the decoding
+//! of the whole record), so ten streams paid for ten reads of the same bytes; then one shared
+//! reader read them once. Now nobody reads them: the committing transaction already holds its
+//! record's ops in memory (the same `Arc`ed documents the versions hold), so the log writer
+//! hands each durable batch's records to a bounded ring, and a stream whose position is inside
 //! the ring takes `Arc`s from it. A stream behind the ring (slow, or catching up) reads from
-//! disk with its own reader, as before: the ring never waits for anyone and holds nothing back.
+//! disk with its own reader: the ring never waits for anyone and holds nothing back.
 //! A reader of the ring may also attach to a record what it derives from it (a change stream
 //! its events for one shape of stream: [`TailRecord::remember`]), so that streams watching the
 //! same way shape each record once.
 //!
+//! The ring runs only while someone reads it: the first [`Engine::read_tail`] turns it on
+//! (from then on commits keep their ops for it, see [`HistoryTail::wanted`]), and the writer
+//! turns it off when nobody has read it for [`TAIL_IDLE`]. Without change streams the commit
+//! path does no more than check one flag.
+//!
 //! Invariants:
-//! - Only durable records enter the ring: it is filled by a [`HistoryReader`], which stops at
-//!   the durable end. So a reader of the ring never sees a write that a crash could take back.
-//! - The ring holds every durable record after `from` up to its newest, in timestamp order,
-//!   without a gap: a reader positioned at or after `from` gets exactly the records it would have
-//!   read itself. A reader before `from` gets `None` and reads its own.
+//! - Only durable records enter the ring: the writer hands a batch over after the fdatasync
+//!   covering it returned, and before it announces the batch durable (so a reader woken by the
+//!   new durable timestamp finds the records in the ring). A reader of the ring never sees a
+//!   write that a crash could take back.
+//! - The ring holds every record after `from` up to its newest, in timestamp order, without a
+//!   gap: a reader positioned at or after `from` gets exactly the records it would have read
+//!   from the log. A commit that did not keep its ops (queued before the ring was wanted)
+//!   starts the ring over after it. A reader before `from` gets `None` and reads its own.
+//! - A handed-over record equals what decoding its bytes in the log gives (the encoding is
+//!   lossless; `tests/history.rs` compares the two for every kind of op).
 //! - Memory is bounded: at most [`TAIL_RECORDS`] records, and [`TAIL_BYTES`] of records (their
 //!   length in the log) plus remembered derivations; a derivation that does not fit is
 //!   returned but not kept. What a reader took out it holds only until it has shaped it (one
 //!   read batch).
-//! - The commit path never touches the ring: it is filled by the readers, on their threads,
-//!   when one of them asks for records past its end. Its reader's file descriptor, like any
-//!   idle change stream's, keeps at most one removed segment's space until the ring moves on.
 //!
 //! Lock order: `Inner::history_tail` (the ring) is a leaf with respect to every other engine
-//! lock (see `engine.rs`); while holding it the ring's reader borrows the `progress` channel and
-//! reads files, and [`TailRecord::remember`] takes the record's own `memos` lock after it.
+//! lock (see `engine.rs`): the writer takes it with neither `queue` nor `state` held, and
+//! [`TailRecord::remember`] takes the record's own `memos` lock after it. Records evicted are
+//! dropped after the ring's lock is released.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::history::HistoryReader;
 use super::{Engine, lock_mutex};
+use crate::Timestamp;
 use crate::txlog::LogRecord;
-use crate::{StorageError, Timestamp};
 
 /// The ring's bounds: how many records and how many bytes (records' lengths in the log plus
-/// what readers remembered about them). Enough for a few hundred milliseconds of a busy log,
-/// so that a stream whose client paused briefly stays on the ring.
-pub const TAIL_RECORDS: usize = 4096;
+/// what readers remembered about them). About 100 ms of the busiest log measured (10,000
+/// commits/s), far more than streams that gather for 4 ms fall behind. Not more: the oldest
+/// record is dropped on each commit, and the smaller the ring the likelier that is still in
+/// the cache (4,096 cost about 2 µs more per commit with ten streams, `docs/benchmarks.md`).
+pub const TAIL_RECORDS: usize = 1024;
 pub const TAIL_BYTES: usize = 8 * 1024 * 1024;
-/// How much one refill reads at most (under the ring's lock).
-const REFILL_RECORDS: usize = 256;
-const REFILL_BYTES: usize = 1024 * 1024;
+/// Unread this long, the ring stops: commits stop keeping their ops, and its records go.
+pub const TAIL_IDLE: Duration = Duration::from_secs(2);
 /// Derivations kept per record: the distinct shapes of stream worth sharing.
 const MAX_MEMOS: usize = 4;
 
@@ -109,89 +119,92 @@ impl TailRecord {
         let mut ring = lock_mutex(&engine.inner.history_tail.ring);
         let mut memos = lock_mutex(&self.memos);
         // Checked again under the ring's lock: eviction clears it there.
-        if self.shared() && memos.len() < MAX_MEMOS {
+        let evicted = if self.shared() && memos.len() < MAX_MEMOS {
             memos.push(value.clone());
             self.memo_bytes.fetch_add(bytes, Ordering::Relaxed);
             ring.bytes += bytes;
             drop(memos);
-            ring.shrink();
-        }
+            ring.shrink()
+        } else {
+            Vec::new()
+        };
+        drop(ring);
+        drop(evicted);
         value
     }
 }
 
-/// The ring (see the module comment). Lives in the engine; empty until a reader asks.
+/// A commit's record as its transaction built it, kept for the ring (see [`Engine::feed_tail`]).
+pub(super) struct HandedRecord {
+    /// `ts` and `wall_ms` are set when the commit is sealed.
+    pub(super) record: LogRecord,
+    /// Its length in the log.
+    pub(super) len: usize,
+}
+
+/// The ring (see the module comment) and whether commits should keep their records for it.
 #[derive(Default)]
 pub(super) struct HistoryTail {
+    /// Mirrors `Ring::running`, read by committers without the lock: a commit keeps its
+    /// record's ops only while this is set. Stale reads only cost a restart of the ring.
+    pub(super) wanted: AtomicBool,
     ring: Mutex<Ring>,
 }
 
 #[derive(Default)]
 struct Ring {
-    /// Positioned after the newest record in `records` (or at `from` when there is none).
-    reader: Option<HistoryReader>,
-    /// Every durable record after this and up to the newest in `records` is in `records`.
-    from: Timestamp,
+    running: bool,
+    /// Every durable record after this and up to the newest in `records` is in `records`;
+    /// `None` until the writer first hands records over after the ring started.
+    from: Option<Timestamp>,
     records: VecDeque<Arc<TailRecord>>,
     bytes: usize,
+    last_read: Option<Instant>,
 }
 
 impl Ring {
-    fn end(&self) -> Timestamp {
-        self.records.back().map_or(self.from, |r| r.record.ts)
+    fn end(&self) -> Option<Timestamp> {
+        self.records.back().map(|r| r.record.ts).or(self.from)
     }
 
-    /// Starts over at `reader`'s position, with no records.
-    fn restart(&mut self, reader: HistoryReader) {
-        while self.evict_one() {}
-        self.from = reader.position();
-        self.reader = Some(reader);
+    /// Starts over after `from`, with no records; returns what it held.
+    fn restart(&mut self, from: Option<Timestamp>) -> Vec<Arc<TailRecord>> {
+        let evicted = self.evict(self.records.len());
+        self.from = from;
+        evicted
     }
 
-    fn evict_one(&mut self) -> bool {
-        let Some(old) = self.records.pop_front() else {
-            return false;
-        };
-        old.in_ring.store(false, Ordering::Relaxed);
-        self.bytes -= old.len + old.memo_bytes.load(Ordering::Relaxed);
-        self.from = old.record.ts;
-        true
-    }
-
-    /// Reads the next durable records into the ring, evicting the oldest to stay in bounds.
-    fn refill(&mut self) -> Result<(), StorageError> {
-        let Some(reader) = self.reader.as_mut() else {
-            return Ok(());
-        };
-        let read = match reader.next_batch_sized(REFILL_RECORDS, REFILL_BYTES) {
-            Ok(read) => read,
-            Err(e) => {
-                // Whoever asks next starts the ring over with a reader of their own, and the
-                // callers read their own history meanwhile: an error is theirs to meet at their
-                // own position (the ring's may be older than any of them).
-                self.reader = None;
-                while self.evict_one() {}
-                return Err(e);
-            }
-        };
-        for (record, len) in read {
-            let record = TailRecord::new(record, len);
-            record.in_ring.store(true, Ordering::Relaxed);
-            self.bytes += len;
-            self.records.push_back(Arc::new(record));
+    fn evict(&mut self, n: usize) -> Vec<Arc<TailRecord>> {
+        let evicted: Vec<Arc<TailRecord>> = self.records.drain(..n).collect();
+        for old in &evicted {
+            old.in_ring.store(false, Ordering::Relaxed);
+            self.bytes -= old.len + old.memo_bytes.load(Ordering::Relaxed);
+            self.from = Some(old.record.ts);
         }
-        self.shrink();
-        Ok(())
+        evicted
+    }
+
+    fn push(&mut self, handed: HandedRecord) {
+        debug_assert!(self.end().is_none_or(|end| end < handed.record.ts));
+        let record = TailRecord::new(handed.record, handed.len);
+        record.in_ring.store(true, Ordering::Relaxed);
+        self.bytes += handed.len;
+        self.records.push_back(Arc::new(record));
     }
 
     /// Evicts the oldest records until the ring is within its bounds (the newest stays, so
     /// that a record larger than the bound still reaches its readers once).
-    fn shrink(&mut self) {
-        while self.records.len() > TAIL_RECORDS
-            || (self.bytes > TAIL_BYTES && self.records.len() > 1)
+    fn shrink(&mut self) -> Vec<Arc<TailRecord>> {
+        let mut n = 0;
+        let mut bytes = self.bytes;
+        while self.records.len() - n > TAIL_RECORDS
+            || (bytes > TAIL_BYTES && self.records.len() - n > 1)
         {
-            self.evict_one();
+            let old = &self.records[n];
+            bytes -= old.len + old.memo_bytes.load(Ordering::Relaxed);
+            n += 1;
         }
+        self.evict(n)
     }
 
     /// Up to `max` records after `after` (which is at or after `from`).
@@ -202,45 +215,62 @@ impl Ring {
 }
 
 impl Engine {
-    /// Up to `max` durable records after `after` from the shared tail, or `None` if `after` is
-    /// before what the tail holds (the caller reads its own history). `donor`, a reader the
-    /// caller holds, is taken when it is positioned at `after` and the tail needs a reader
-    /// there (it has none, or it is further behind than one refill reaches). Reads files when
-    /// the tail must be refilled: call where blocking briefly is acceptable.
-    pub fn read_tail(
+    /// Up to `max` durable records after `after` from the shared tail, or `None` if the tail
+    /// does not hold the records right after `after` (it is before the tail's start, or the
+    /// tail is not running yet: this call starts it). Takes no file I/O: the caller reads its
+    /// own history on `None`.
+    pub fn read_tail(&self, after: Timestamp, max: usize) -> Option<Vec<Arc<TailRecord>>> {
+        let tail = &self.inner.history_tail;
+        let mut ring = lock_mutex(&tail.ring);
+        ring.last_read = Some(Instant::now());
+        if !ring.running {
+            ring.running = true;
+            tail.wanted.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let (from, end) = (ring.from?, ring.end()?);
+        if after < from || after > end {
+            return None;
+        }
+        Some(ring.after(after, max))
+    }
+
+    /// The writer hands over a durable batch: each commit's timestamp and its record, if it
+    /// kept one. `prev` is the last commit written before the batch. Called after the batch's
+    /// fdatasync and before the batch is announced durable.
+    pub(super) fn feed_tail(
         &self,
-        after: Timestamp,
-        max: usize,
-        donor: &mut Option<HistoryReader>,
-    ) -> Result<Option<Vec<Arc<TailRecord>>>, StorageError> {
-        let mut ring = lock_mutex(&self.inner.history_tail.ring);
-        let mut adopt = |ring: &mut Ring| match donor.take_if(|d| d.position() == after) {
-            Some(reader) => {
-                ring.restart(reader);
-                true
-            }
-            None => false,
-        };
-        if ring.reader.is_none() && !adopt(&mut ring) {
-            return Ok(None);
+        mut prev: Timestamp,
+        batch: Vec<(Timestamp, Option<HandedRecord>)>,
+    ) {
+        let tail = &self.inner.history_tail;
+        if !tail.wanted.load(Ordering::Relaxed) {
+            return;
         }
-        if after < ring.from {
-            return Ok(None);
-        }
-        if after >= ring.end() {
-            let mut refilled = ring.refill();
-            // Still behind the caller: the tail was idle, and catching it up is this caller's
-            // reader's job, already done.
-            if refilled.is_ok() && after > ring.end() {
-                if !adopt(&mut ring) {
-                    return Ok(None);
+        let mut ring = lock_mutex(&tail.ring);
+        let mut evicted = Vec::new();
+        if ring.last_read.is_none_or(|t| t.elapsed() > TAIL_IDLE) {
+            ring.running = false;
+            tail.wanted.store(false, Ordering::Relaxed);
+            evicted = ring.restart(None);
+        } else {
+            for (ts, handed) in batch {
+                debug_assert!(ts > prev, "a batch's commits follow the last one written");
+                match handed {
+                    Some(handed) => {
+                        debug_assert_eq!(handed.record.ts, ts);
+                        if ring.end() != Some(prev) {
+                            evicted.append(&mut ring.restart(Some(prev)));
+                        }
+                        ring.push(handed);
+                    }
+                    None => evicted.append(&mut ring.restart(Some(ts))),
                 }
-                refilled = ring.refill();
+                prev = ts;
             }
-            if refilled.is_err() {
-                return Ok(None);
-            }
+            evicted.append(&mut ring.shrink());
         }
-        Ok(Some(ring.after(after, max)))
+        drop(ring);
+        drop(evicted);
     }
 }

@@ -26,9 +26,10 @@ use super::catalog::CollectionInfo;
 use super::commit::{CommitTicket, PendingCommit, Rejection};
 use super::ranges::{as_ref_bound, empty_range, index_range, merge_overlay, own_range};
 use super::snapshot::Snapshot;
+use super::tail::HandedRecord;
 use super::versions::{DocWrite, release_intents};
 use super::{CollId, DocKey, Engine, StoredDoc, TxnId, split_ns};
-use crate::txlog::{self, CommitMeta, LogOp};
+use crate::txlog::{self, CommitMeta, LogOp, LogRecord};
 use crate::{StorageError, Timestamp};
 use bson::Document;
 
@@ -290,6 +291,22 @@ impl Txn {
         };
         let engine = self.snapshot.engine.clone();
         let rejected = Rejection::default();
+        // While change streams read the shared tail, the writer hands them the record as built
+        // here instead of their reading it back from the log (see `tail.rs`).
+        let handed = engine
+            .inner
+            .history_tail
+            .wanted
+            .load(Ordering::Relaxed)
+            .then(|| HandedRecord {
+                record: LogRecord {
+                    ts: Timestamp::ZERO,
+                    wall_ms: 0,
+                    meta: std::mem::take(&mut self.meta),
+                    ops,
+                },
+                len: record.len(),
+            });
         let pending = PendingCommit {
             ts: Timestamp::ZERO,
             txn: self.id,
@@ -298,6 +315,7 @@ impl Txn {
             catalog: std::mem::take(&mut self.catalog),
             shared_creates: std::mem::take(&mut self.shared_creates),
             natural,
+            handed,
             rejected: rejected.clone(),
         };
         let progress = engine.inner.progress.subscribe();
