@@ -291,22 +291,7 @@ impl Txn {
         };
         let engine = self.snapshot.engine.clone();
         let rejected = Rejection::default();
-        // While change streams read the shared tail, the writer hands them the record as built
-        // here instead of their reading it back from the log (see `tail.rs`).
-        let handed = engine
-            .inner
-            .history_tail
-            .wanted
-            .load(Ordering::Relaxed)
-            .then(|| HandedRecord {
-                record: LogRecord {
-                    ts: Timestamp::ZERO,
-                    wall_ms: 0,
-                    meta: std::mem::take(&mut self.meta),
-                    ops,
-                },
-                len: record.len(),
-            });
+        let handed = self.handed_record(&engine, ops, record.len());
         let pending = PendingCommit {
             ts: Timestamp::ZERO,
             txn: self.id,
@@ -345,6 +330,26 @@ impl Txn {
                 Err(e)
             }
         }
+    }
+
+    /// While change streams read the shared tail, the log writer hands them the record as
+    /// built here instead of their reading it back from the log (see `tail.rs`).
+    fn handed_record(
+        &mut self,
+        engine: &Engine,
+        ops: Vec<LogOp>,
+        len: usize,
+    ) -> Option<HandedRecord> {
+        let wanted = engine.inner.history_tail.wanted.load(Ordering::Relaxed);
+        wanted.then(|| HandedRecord {
+            record: LogRecord {
+                ts: Timestamp::ZERO,
+                wall_ms: 0,
+                meta: std::mem::take(&mut self.meta),
+                ops,
+            },
+            len,
+        })
     }
 
     /// The transaction's writes in the order replay must apply them: creations, option and
