@@ -98,7 +98,7 @@ pub use history::{HistoryReader, HistoryTruncationStats, HistoryWindow};
 pub use read_view::ReadView;
 pub use recovery::RecoveryReport;
 pub use snapshot::Snapshot;
-pub use tail::{TAIL_IDLE, TailRecord};
+pub use tail::{TAIL_IDLE, TAIL_RECORDS, TailRecord};
 pub use txn::{TransactionLimits, Txn};
 pub use verify::IndexVerifyReport;
 use versions::State;

@@ -43,8 +43,8 @@ pub use engine::{BackupPhase, BackupReport, CheckpointReport};
 pub use engine::{
     COLLATED_ID_OPTION, CollectionInfo, CommitTicket, DocKey, Engine, EngineOptions, HistoryReader,
     HistoryTruncationStats, HistoryWindow, IndexInfo, IndexVerifyReport, LogStats, ReadView,
-    RecoveryReport, Snapshot, StoredDoc, TAIL_IDLE, TailRecord, TransactionLimits, Txn, TxnId,
-    UUID_OPTION, uuid_of,
+    RecoveryReport, Snapshot, StoredDoc, TAIL_IDLE, TAIL_RECORDS, TailRecord, TransactionLimits,
+    Txn, TxnId, UUID_OPTION, uuid_of,
 };
 pub use error::StorageError;
 pub use txlog::CommitMeta;

@@ -11,7 +11,9 @@ use bson::{doc, rawdoc};
 use common::*;
 use mangrove_bson::{IndexSpec, no_partial_filters};
 use mangrove_storage::txlog::{self, CommitMeta, LogOp, LogRecord};
-use mangrove_storage::{Engine, EngineOptions, HistoryReader, StorageError, Timestamp};
+use mangrove_storage::{
+    Engine, EngineOptions, HistoryReader, StorageError, TAIL_RECORDS, Timestamp,
+};
 
 fn small_segments(dir: &TempDir) -> EngineOptions {
     EngineOptions {
@@ -555,4 +557,53 @@ fn an_unread_shared_tail_stops_and_starts_again_after_what_it_missed() {
     let served_ts: Vec<Timestamp> = served.iter().map(|r| r.record.ts).collect();
     assert_eq!(served_ts, after);
     assert!(!served[0].record.ops.is_empty());
+}
+
+/// A reader that falls further behind than the ring holds gets `None` (it reads its own
+/// history from the log), and is served by the ring again once its own reads caught up; what
+/// it gets on the way is every record once, in order.
+#[test]
+fn a_reader_behind_the_ring_reads_its_own_history_then_rejoins_the_ring() {
+    let dir = TempDir::new("hist-tail-behind");
+    let (engine, _) = open(options(&dir)).unwrap();
+    let start = *insert_many(&engine, 0, 1).last().unwrap();
+    assert!(engine.read_tail(start, 100).is_none(), "starts the ring");
+    let coll = collection(&engine, "db.h");
+    let n = TAIL_RECORDS as i64 + 200;
+    let mut last = None;
+    for i in 1..=n {
+        let mut t = engine.begin();
+        t.insert(&coll, key(i), doc(i, i)).unwrap();
+        last = Some(t.commit().unwrap());
+    }
+    block_on(last.unwrap().durable()).unwrap();
+    assert!(
+        engine.read_tail(start, 100).is_none(),
+        "evicted past the reader"
+    );
+    let (mut position, mut seen, mut from_ring) = (start, Vec::new(), 0);
+    let mut own = engine.read_history(start).unwrap();
+    loop {
+        let records: Vec<LogRecord> = match engine.read_tail(position, 300) {
+            Some(tail) => {
+                from_ring += tail.len();
+                tail.iter().map(|r| r.record.clone()).collect()
+            }
+            None => {
+                if own.position() != position {
+                    own = engine.read_history(position).unwrap();
+                }
+                own.next_batch(300, usize::MAX).unwrap()
+            }
+        };
+        let Some(newest) = records.last() else { break };
+        position = newest.ts;
+        seen.extend(records);
+    }
+    assert_strictly_increasing(&seen);
+    assert_eq!(inserted_ids(&seen), (1..=n).collect::<Vec<i64>>());
+    assert!(
+        from_ring > 0 && from_ring < TAIL_RECORDS,
+        "{from_ring} from the ring"
+    );
 }
