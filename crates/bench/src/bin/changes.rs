@@ -766,13 +766,13 @@ struct WatchRow {
 impl WatchRow {
     /// CPU µs per committed transfer over the whole cell.
     fn per_commit(&self, cpu: Option<Duration>) -> String {
-        match cpu {
-            Some(d) if self.stats.commits_total > 0 => format!(
-                "{:.0}",
-                d.as_micros() as f64 / self.stats.commits_total as f64
-            ),
-            _ => "–".into(),
-        }
+        self.micros_per_commit(cpu)
+            .map_or("–".into(), |us| format!("{us:.0}"))
+    }
+
+    fn micros_per_commit(&self, cpu: Option<Duration>) -> Option<f64> {
+        let d = cpu.filter(|_| self.stats.commits_total > 0)?;
+        Some(d.as_micros() as f64 / self.stats.commits_total as f64)
     }
 }
 
@@ -792,18 +792,18 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
         );
         rows.push(row);
     }
-    let base = rows
-        .iter()
-        .find(|r| r.watchers == 0)
-        .map(|r| r.stats.throughput());
+    let base_row = rows.iter().find(|r| r.watchers == 0);
+    let base = base_row.map(|r| r.stats.throughput());
+    let base_server = base_row.and_then(|r| r.micros_per_commit(r.server_cpu));
     let mut out = format!(
         "transfer-uniform ({} accounts), {} clients, `w: \"majority\"`; the change streams are \
          `db.watch()` on `bench` through their own pool, each consuming every event in its own \
          task. {} s warm-up + {} s measured per cell; cells run in the order shown.\n\n\
          | change streams | commits/s | vs 0 streams | p50 ms | p99 ms | aborts | errors | \
-         server CPU µs/commit | client CPU µs/commit | events per stream (min / expected) | \
-         all streams caught up | server cursors open before |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         server CPU µs/commit | server CPU vs 0 streams | client CPU µs/commit | \
+         events per stream (min / expected) | all streams caught up | \
+         server cursors open before |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ctx.plan.sizes.accounts,
         ctx.plan.clients,
         ctx.plan.cell.warmup.as_secs_f64(),
@@ -811,7 +811,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     );
     let mut notes = String::new();
     for r in &rows {
-        out += &watch_row(r, base);
+        out += &watch_row(r, base, base_server);
         if let Some(e) = &r.stats.first_error {
             notes += &format!("- {} streams: first writer error: {e}\n", r.watchers);
         }
@@ -821,19 +821,27 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     }
     out += "\nCPU per commit: the server's and this client's (/proc, user + system), over warm-up \
             and measured time, divided by the commits in both. The client decodes every event of \
-            every stream. Goal (issue 13): 10 change streams cost under 10 % of the commits/s \
-            with none.\n";
+            every stream. \"Server CPU vs 0 streams\" is the server's CPU per commit with none \
+            divided by that with these: the throughput ratio a server with a core to itself would \
+            allow if the client cost nothing. Goal (issue 13): 10 change streams cost under 10 % \
+            of the commits/s with none.\n";
     if !notes.is_empty() {
         out += &format!("\n{notes}");
     }
     Ok(out)
 }
 
-/// One row of the watchers table; `base` is the commits/s with no stream open.
-fn watch_row(r: &WatchRow, base: Option<f64>) -> String {
+/// One row of the watchers table; `base` is the commits/s with no stream open, and
+/// `base_server` the server's CPU µs per commit then.
+fn watch_row(r: &WatchRow, base: Option<f64>, base_server: Option<f64>) -> String {
     let t = r.stats.throughput();
+    // What the server alone would allow: commits/s in inverse proportion to its CPU per
+    // commit, as if it had a core to itself and the client cost nothing.
+    let server_bound = base_server
+        .zip(r.micros_per_commit(r.server_cpu))
+        .map_or("–".into(), |(b, us)| format!("{:.3}", b / us));
     format!(
-        "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| {} | {t:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {server_bound} | {} | {} | {} | {} |\n",
         r.watchers,
         base.map_or("–".into(), |b| format!("{:.3}", t / b)),
         r.stats.percentile_ms(0.5).unwrap_or(0.0),
