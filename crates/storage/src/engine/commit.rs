@@ -274,12 +274,13 @@ impl Engine {
             match synced {
                 Ok(()) => {
                     // Before the announcement, so that a stream it wakes finds them there.
-                    self.feed_tail(written, handed);
+                    let evicted = self.feed_tail(written, handed);
                     written = last_ts;
                     self.inner.progress.send_modify(|p| {
                         p.durable = last_ts;
                         p.durable_wall_ms = wall_ms;
                     });
+                    drop(evicted);
                 }
                 // The batch is visible but may not be on disk: fail its durable waiters and
                 // every later commit (after a failed fsync the page cache cannot be trusted).

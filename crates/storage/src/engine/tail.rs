@@ -37,7 +37,7 @@
 //! Lock order: `Inner::history_tail` (the ring) is a leaf with respect to every other engine
 //! lock (see `engine.rs`): the writer takes it with neither `queue` nor `state` held, and
 //! [`TailRecord::remember`] takes the record's own `memos` lock after it. Records evicted are
-//! dropped after the ring's lock is released.
+//! dropped after the ring's lock is released (by the writer, after it announced the batch).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -237,15 +237,18 @@ impl Engine {
 
     /// The writer hands over a durable batch: each commit's timestamp and its record, if it
     /// kept one. `prev` is the last commit written before the batch. Called after the batch's
-    /// fdatasync and before the batch is announced durable.
+    /// fdatasync and before the batch is announced durable. Returns the records the ring let
+    /// go, for the writer to drop after the announcement: freeing them (cold by now) need not
+    /// delay the batch's committers.
+    #[must_use = "drop the evicted records after announcing the batch"]
     pub(super) fn feed_tail(
         &self,
         mut prev: Timestamp,
         batch: Vec<(Timestamp, Option<HandedRecord>)>,
-    ) {
+    ) -> Vec<Arc<TailRecord>> {
         let tail = &self.inner.history_tail;
         if !tail.wanted.load(Ordering::Relaxed) {
-            return;
+            return Vec::new();
         }
         let mut ring = lock_mutex(&tail.ring);
         let mut evicted = Vec::new();
@@ -270,7 +273,6 @@ impl Engine {
             }
             evicted.append(&mut ring.shrink());
         }
-        drop(ring);
-        drop(evicted);
+        evicted
     }
 }
