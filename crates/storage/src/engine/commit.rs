@@ -92,7 +92,8 @@ pub(super) struct PendingCommit {
     pub(super) shared_creates: BTreeSet<String>,
     /// Natural-order changes, in log order; positions are handed out at install.
     pub(super) natural: Vec<NaturalChange>,
-    /// Its record, decoded, for the shared tail while change streams read it (`tail.rs`).
+    /// Its record as the transaction built it, for the shared tail while change streams read
+    /// it (`tail.rs`).
     pub(super) handed: Option<HandedRecord>,
     pub(super) rejected: Rejection,
 }
@@ -246,8 +247,6 @@ impl Engine {
     /// The log writer thread: group commit. Each round takes every queued commit, writes them
     /// with one write, installs them (now visible), then makes them durable with one fdatasync.
     pub(super) fn write_log(self, mut log: Option<LogWriter>) -> Option<LogWriter> {
-        // The last commit written: what the shared tail's records follow.
-        let mut written = self.inner.progress.borrow().durable;
         while let Some((bytes, mut commits)) = self.next_batch(&mut log) {
             // Queue order is timestamp order is log order (see the module comment).
             assert!(
@@ -274,8 +273,7 @@ impl Engine {
             match synced {
                 Ok(()) => {
                     // Before the announcement, so that a stream it wakes finds them there.
-                    let evicted = self.feed_tail(written, handed);
-                    written = last_ts;
+                    let evicted = self.feed_tail(handed);
                     self.inner.progress.send_modify(|p| {
                         p.durable = last_ts;
                         p.durable_wall_ms = wall_ms;

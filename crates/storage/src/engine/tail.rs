@@ -236,20 +236,21 @@ impl Engine {
     }
 
     /// The writer hands over a durable batch: each commit's timestamp and its record, if it
-    /// kept one. `prev` is the last commit written before the batch. Called after the batch's
-    /// fdatasync and before the batch is announced durable. Returns the records the ring let
-    /// go, for the writer to drop after the announcement: freeing them (cold by now) need not
-    /// delay the batch's committers.
+    /// kept one. Called after the batch's fdatasync and before the batch is announced durable,
+    /// so the durable timestamp is still the last commit written before the batch. Returns the
+    /// records the ring let go, for the writer to drop after the announcement: freeing them
+    /// (cold by now) need not delay the batch's committers.
     #[must_use = "drop the evicted records after announcing the batch"]
     pub(super) fn feed_tail(
         &self,
-        mut prev: Timestamp,
         batch: Vec<(Timestamp, Option<HandedRecord>)>,
     ) -> Vec<Arc<TailRecord>> {
         let tail = &self.inner.history_tail;
         if !tail.wanted.load(Ordering::Relaxed) {
             return Vec::new();
         }
+        // Only the writer moves it, and it has not yet for this batch.
+        let mut prev = self.inner.progress.borrow().durable;
         let mut ring = lock_mutex(&tail.ring);
         let mut evicted = Vec::new();
         if ring.last_read.is_none_or(|t| t.elapsed() > TAIL_IDLE) {
