@@ -7,7 +7,9 @@
 //!   event minus the time the writer received the commit's acknowledgement (and minus the time
 //!   the commit was sent).
 //! - `watchers`: transfer-uniform throughput with 0, 1, 10 and 100 change streams open on the
-//!   bench database, each consuming its events.
+//!   bench database, each consuming its events; the counts run in rounds (`--rounds`, default
+//!   3), and each count's mean is compared with the mean of the 0-stream cells, because this
+//!   machine's speed drifts by more than the difference measured over a run.
 //! - `catchup`: about 0.9 GB of history written, then one stream opened with
 //!   `startAtOperationTime` before it reads every event.
 //! - `memory`: the server's RSS before and after opening 1,000 change-stream cursors, and after
@@ -74,6 +76,11 @@ struct Args {
     /// Measured seconds per throughput cell (default 5; quick 1).
     #[arg(long)]
     duration_secs: Option<f64>,
+    /// Rounds of throughput cells: the counts of `--watchers` run in order this many times
+    /// (default 3; quick 1), so that the machine's drift over the run falls on every count
+    /// alike, and each count's mean is compared with the mean of the 0-stream cells.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Warm-up seconds before each measured phase (default 2; quick 0.3).
     #[arg(long)]
     warmup_secs: Option<f64>,
@@ -136,6 +143,7 @@ struct Plan {
     latency: Timing,
     clients: usize,
     watchers: Vec<usize>,
+    rounds: usize,
     cell: Timing,
     catchup_docs: u64,
     streams: usize,
@@ -193,6 +201,10 @@ fn plan(a: &Args) -> Result<Plan, String> {
                 vec![0, 1, 10, 100]
             }
         }),
+        rounds: match a.rounds.unwrap_or(if q { 1 } else { 3 }) {
+            0 => return Err("--rounds must be at least 1".into()),
+            n => n,
+        },
         cell: Timing {
             warmup,
             duration: seconds(pick(a.duration_secs, 5.0, 1.0), "--duration-secs")?,
@@ -777,7 +789,7 @@ impl WatchRow {
 }
 
 async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
-    let mut counts = ctx.plan.watchers.clone();
+    let mut counts = ctx.plan.watchers.repeat(ctx.plan.rounds);
     if counts.first() == Some(&0) && counts.len() > 1 {
         counts.push(0);
     }
@@ -792,13 +804,14 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
         );
         rows.push(row);
     }
-    let base_row = rows.iter().find(|r| r.watchers == 0);
-    let base = base_row.map(|r| r.stats.throughput());
-    let base_server = base_row.and_then(|r| r.micros_per_commit(r.server_cpu));
+    let zeros: Vec<&WatchRow> = rows.iter().filter(|r| r.watchers == 0).collect();
+    let base = mean(zeros.iter().map(|r| Some(r.stats.throughput())));
+    let base_server = mean(zeros.iter().map(|r| r.micros_per_commit(r.server_cpu)));
     let mut out = format!(
         "transfer-uniform ({} accounts), {} clients, `w: \"majority\"`; the change streams are \
          `db.watch()` on `bench` through their own pool, each consuming every event in its own \
-         task. {} s warm-up + {} s measured per cell; cells run in the order shown.\n\n\
+         task. {} s warm-up + {} s measured per cell; cells run in the order shown, {} round(s) \
+         of the counts; \"vs 0 streams\" compares with the mean of every 0-stream cell.\n\n\
          | change streams | commits/s | vs 0 streams | p50 ms | p99 ms | aborts | errors | \
          server CPU µs/commit | server CPU vs 0 streams | client CPU µs/commit | \
          events per stream (min / expected) | all streams caught up | \
@@ -808,6 +821,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
         ctx.plan.clients,
         ctx.plan.cell.warmup.as_secs_f64(),
         ctx.plan.cell.duration.as_secs_f64(),
+        ctx.plan.rounds,
     );
     let mut notes = String::new();
     for r in &rows {
@@ -825,10 +839,60 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
             divided by that with these: the throughput ratio a server with a core to itself would \
             allow if the client cost nothing. Goal (issue 13): 10 change streams cost under 10 % \
             of the commits/s with none.\n";
+    if ctx.plan.rounds > 1 {
+        out += &watch_summary(&ctx.plan.watchers, &rows, base, base_server);
+    }
     if !notes.is_empty() {
         out += &format!("\n{notes}");
     }
     Ok(out)
+}
+
+/// The mean of the values there are, if any.
+fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Vec<f64> = values.flatten().collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Each count of streams over its cells: the mean commits/s against the mean of the 0-stream
+/// cells, with the lowest and highest cell, and the same for the server's CPU per commit.
+fn watch_summary(
+    counts: &[usize],
+    rows: &[WatchRow],
+    base: Option<f64>,
+    base_server: Option<f64>,
+) -> String {
+    let mut out =
+        "\nBy count, over all its cells (ratios against the mean of the 0-stream cells):\n\n\
+         | change streams | cells | commits/s, mean | vs 0 streams, mean (lowest – highest cell) | \
+         server CPU µs/commit, mean | server CPU vs 0 streams | client CPU µs/commit, mean |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n"
+            .to_string();
+    for &n in counts {
+        let cells: Vec<&WatchRow> = rows.iter().filter(|r| r.watchers == n).collect();
+        let throughputs: Vec<f64> = cells.iter().map(|r| r.stats.throughput()).collect();
+        let Some(t) = mean(throughputs.iter().map(|&t| Some(t))) else {
+            continue;
+        };
+        let ratio = base.map_or("–".into(), |b| {
+            let lowest = throughputs.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = throughputs.iter().copied().fold(0.0, f64::max);
+            format!("{:.3} ({:.3} – {:.3})", t / b, lowest / b, highest / b)
+        });
+        let server = mean(cells.iter().map(|r| r.micros_per_commit(r.server_cpu)));
+        let client = mean(cells.iter().map(|r| r.micros_per_commit(r.client_cpu)));
+        let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+        let share = base_server
+            .zip(server)
+            .map_or("–".into(), |(b, s)| format!("{:.3}", b / s));
+        out += &format!(
+            "| {n} | {} | {t:.0} | {ratio} | {} | {share} | {} |\n",
+            cells.len(),
+            us(server),
+            us(client),
+        );
+    }
+    out
 }
 
 /// One row of the watchers table; `base` is the commits/s with no stream open, and
