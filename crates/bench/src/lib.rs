@@ -5,5 +5,6 @@
 
 pub mod mongo;
 pub mod probe;
+pub mod raw_watch;
 pub mod rng;
 pub mod workload;

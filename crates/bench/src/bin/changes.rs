@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, RawDocumentBuf, Timestamp, doc};
 use clap::Parser;
+use mangrove_bench::raw_watch::{self, RawWatcher};
 use mangrove_bench::workload::{self, PAD, Shared, Sizes, Timing, Workload};
 use mangrove_bench::{mongo, probe};
 use mongodb::change_stream::ChangeStream;
@@ -81,6 +82,12 @@ struct Args {
     /// alike, and each count's mean is compared with the mean of the 0-stream cells.
     #[arg(long)]
     rounds: Option<usize>,
+    /// The throughput cells' streams count each batch's events without decoding them (bare
+    /// `getMore`s on a connection each, see `raw_watch.rs`) instead of going through the
+    /// driver's `watch()`: what the server pays for the streams, without the client's decoding
+    /// on the same cores. Needs a server without authentication or TLS.
+    #[arg(long)]
+    raw_watchers: bool,
     /// Warm-up seconds before each measured phase (default 2; quick 0.3).
     #[arg(long)]
     warmup_secs: Option<f64>,
@@ -144,6 +151,7 @@ struct Plan {
     clients: usize,
     watchers: Vec<usize>,
     rounds: usize,
+    raw_watchers: bool,
     cell: Timing,
     catchup_docs: u64,
     streams: usize,
@@ -205,6 +213,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
             0 => return Err("--rounds must be at least 1".into()),
             n => n,
         },
+        raw_watchers: a.raw_watchers,
         cell: Timing {
             warmup,
             duration: seconds(pick(a.duration_secs, 5.0, 1.0), "--duration-secs")?,
@@ -809,8 +818,7 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
     let base_server = mean(zeros.iter().map(|r| r.micros_per_commit(r.server_cpu)));
     let mut out = format!(
         "transfer-uniform ({} accounts), {} clients, `w: \"majority\"`; the change streams are \
-         `db.watch()` on `bench` through their own pool, each consuming every event in its own \
-         task. {} s warm-up + {} s measured per cell; cells run in the order shown, {} round(s) \
+         {}, each consuming every event in its own task. {} s warm-up + {} s measured per cell; cells run in the order shown, {} round(s) \
          of the counts; \"vs 0 streams\" compares with the mean of every 0-stream cell.\n\n\
          | change streams | commits/s | vs 0 streams | p50 ms | p99 ms | aborts | errors | \
          server CPU µs/commit | server CPU vs 0 streams | client CPU µs/commit | \
@@ -819,6 +827,12 @@ async fn watchers_scenario(ctx: &Ctx) -> Result<String, String> {
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ctx.plan.sizes.accounts,
         ctx.plan.clients,
+        if ctx.plan.raw_watchers {
+            "on `bench`, each read with bare `getMore`s on its own connection that count a \
+             batch's events without decoding them (`--raw-watchers`)"
+        } else {
+            "`db.watch()` on `bench` through their own pool"
+        },
         ctx.plan.cell.warmup.as_secs_f64(),
         ctx.plan.cell.duration.as_secs_f64(),
         ctx.plan.rounds,
@@ -936,6 +950,17 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
     let mut counters = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
+        let count = Arc::new(AtomicU64::new(0));
+        counters.push(count.clone());
+        let (stop, errors) = (stop.clone(), errors.clone());
+        if ctx.plan.raw_watchers {
+            let address = raw_watch::plain_address(&ctx.uri)?;
+            let watcher = RawWatcher::open(&address, DB)
+                .await
+                .map_err(|e| format!("raw watcher on {DB} (stream {} of {n}): {e}", i + 1))?;
+            tasks.push(tokio::spawn(consume_raw(watcher, count, stop, errors)));
+            continue;
+        }
         let stream = ctx
             .db(&ctx.watchers)
             .watch()
@@ -943,14 +968,7 @@ async fn watchers_cell(ctx: &Ctx, n: usize) -> Result<WatchRow, String> {
             .map_err(describe)
             .map_err(|e| format!("db.watch() on {DB} (stream {} of {n}): {e}", i + 1))?
             .with_type::<RawDocumentBuf>();
-        let count = Arc::new(AtomicU64::new(0));
-        counters.push(count.clone());
-        tasks.push(tokio::spawn(consume(
-            stream,
-            count,
-            stop.clone(),
-            errors.clone(),
-        )));
+        tasks.push(tokio::spawn(consume(stream, count, stop, errors)));
     }
     let workers = ctx.transfer_workers(ctx.plan.clients).await?;
     let cpu = || {
@@ -1044,6 +1062,29 @@ async fn consume(
                 return;
             }
         }
+    }
+}
+
+/// [`consume`] for a stream read with bare `getMore`s; kills its cursor when told to stop.
+async fn consume_raw(
+    mut watcher: RawWatcher,
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<Mutex<Option<String>>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match watcher.next_batch().await {
+            Ok(n) => {
+                count.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                errors.lock().unwrap().get_or_insert(e);
+                return;
+            }
+        }
+    }
+    if let Err(e) = watcher.close().await {
+        errors.lock().unwrap().get_or_insert(e);
     }
 }
 
