@@ -32,44 +32,48 @@ pub fn encode_msg(
             .saturating_add(s.identifier.len())
             .saturating_add(docs)
     });
-    let mut payload = Vec::with_capacity(
-        body.as_bytes()
-            .len()
+    // The frame is written in place behind room for its header, so that the body, often a
+    // reply of many kilobytes (a change stream's batch), is copied once, not into a payload
+    // and then again into the frame.
+    let mut frame = Vec::with_capacity(
+        HEADER_LEN
+            .saturating_add(body.as_bytes().len())
             .saturating_add(sequences_len)
             .saturating_add(9),
     );
-    payload.extend_from_slice(&flags.to_le_bytes());
-    payload.push(0);
-    payload.extend_from_slice(body.as_bytes());
+    frame.extend_from_slice(&[0; HEADER_LEN]);
+    frame.extend_from_slice(&flags.to_le_bytes());
+    frame.push(0);
+    frame.extend_from_slice(body.as_bytes());
     for sequence in sequences {
-        payload.push(1);
-        let size_at = payload.len();
-        payload.extend_from_slice(&[0; 4]);
-        push_cstr(&mut payload, &sequence.identifier);
+        frame.push(1);
+        let size_at = frame.len();
+        frame.extend_from_slice(&[0; 4]);
+        push_cstr(&mut frame, &sequence.identifier);
         for doc in &sequence.documents {
-            payload.extend_from_slice(doc.as_bytes());
+            frame.extend_from_slice(doc.as_bytes());
         }
-        let size = wire_len(payload.len().saturating_sub(size_at));
-        if let Some(slot) = payload.get_mut(size_at..size_at.saturating_add(4)) {
+        let size = wire_len(frame.len().saturating_sub(size_at));
+        if let Some(slot) = frame.get_mut(size_at..size_at.saturating_add(4)) {
             slot.copy_from_slice(&size.to_le_bytes());
         }
     }
     let checksum = flags & msg_flags::CHECKSUM_PRESENT != 0;
     let header = Header {
-        message_length: wire_len(
-            HEADER_LEN
-                .saturating_add(payload.len())
-                .saturating_add(if checksum { 4 } else { 0 }),
-        ),
+        message_length: wire_len(frame.len().saturating_add(if checksum { 4 } else { 0 })),
         request_id,
         response_to,
         op_code: opcode::OP_MSG,
     };
+    frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     if checksum {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header.to_bytes()), &payload);
-        payload.extend_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
     }
-    finish(header, &payload, compressor)
+    match compressor.and_then(|c| compressed_frame(header, &frame[HEADER_LEN..], c)) {
+        Some(compressed) => compressed,
+        None => frame,
+    }
 }
 
 /// Encodes an OP_REPLY carrying one document, as the answer to a legacy OP_QUERY command.
