@@ -32,16 +32,12 @@ pub fn encode_msg(
             .saturating_add(s.identifier.len())
             .saturating_add(docs)
     });
-    // The frame is written in place behind room for its header, so that the body, often a
-    // reply of many kilobytes (a change stream's batch), is copied once, not into a payload
-    // and then again into the frame.
-    let mut frame = Vec::with_capacity(
-        HEADER_LEN
-            .saturating_add(body.as_bytes().len())
+    let mut frame = open_frame(
+        body.as_bytes()
+            .len()
             .saturating_add(sequences_len)
             .saturating_add(9),
     );
-    frame.extend_from_slice(&[0; HEADER_LEN]);
     frame.extend_from_slice(&flags.to_le_bytes());
     frame.push(0);
     frame.extend_from_slice(body.as_bytes());
@@ -65,15 +61,13 @@ pub fn encode_msg(
         response_to,
         op_code: opcode::OP_MSG,
     };
-    frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     if checksum {
+        // The checksum covers the header too.
+        frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         let crc = crc32c::crc32c(&frame);
         frame.extend_from_slice(&crc.to_le_bytes());
     }
-    match compressor.and_then(|c| compressed_frame(header, &frame[HEADER_LEN..], c)) {
-        Some(compressed) => compressed,
-        None => frame,
-    }
+    seal(header, frame, compressor)
 }
 
 /// Encodes an OP_REPLY carrying one document, as the answer to a legacy OP_QUERY command.
@@ -88,57 +82,70 @@ pub fn encode_reply(
     let cursor_id: i64 = 0;
     let starting_from: i32 = 0;
     let number_returned: i32 = 1;
-    let mut payload = Vec::with_capacity(doc.as_bytes().len().saturating_add(20));
-    payload.extend_from_slice(&response_flags.to_le_bytes());
-    payload.extend_from_slice(&cursor_id.to_le_bytes());
-    payload.extend_from_slice(&starting_from.to_le_bytes());
-    payload.extend_from_slice(&number_returned.to_le_bytes());
-    payload.extend_from_slice(doc.as_bytes());
+    let mut frame = open_frame(doc.as_bytes().len().saturating_add(20));
+    frame.extend_from_slice(&response_flags.to_le_bytes());
+    frame.extend_from_slice(&cursor_id.to_le_bytes());
+    frame.extend_from_slice(&starting_from.to_le_bytes());
+    frame.extend_from_slice(&number_returned.to_le_bytes());
+    frame.extend_from_slice(doc.as_bytes());
     let header = Header {
-        message_length: wire_len(HEADER_LEN.saturating_add(payload.len())),
+        message_length: wire_len(frame.len()),
         request_id,
         response_to,
         op_code: opcode::OP_REPLY,
     };
-    finish(header, &payload, compressor)
+    seal(header, frame, compressor)
 }
 
 /// Encodes an OP_QUERY, as a client would for the legacy handshake.
 pub fn encode_query(request_id: i32, q: &OpQuery, compressor: Option<Compressor>) -> Vec<u8> {
     let selector = q.return_fields_selector.as_ref();
-    let mut payload = Vec::with_capacity(
+    let mut frame = open_frame(
         q.full_collection_name
             .len()
             .saturating_add(q.query.as_bytes().len())
             .saturating_add(selector.map_or(0, |s| s.as_bytes().len()))
             .saturating_add(13),
     );
-    payload.extend_from_slice(&q.flags.to_le_bytes());
-    push_cstr(&mut payload, &q.full_collection_name);
-    payload.extend_from_slice(&q.number_to_skip.to_le_bytes());
-    payload.extend_from_slice(&q.number_to_return.to_le_bytes());
-    payload.extend_from_slice(q.query.as_bytes());
+    frame.extend_from_slice(&q.flags.to_le_bytes());
+    push_cstr(&mut frame, &q.full_collection_name);
+    frame.extend_from_slice(&q.number_to_skip.to_le_bytes());
+    frame.extend_from_slice(&q.number_to_return.to_le_bytes());
+    frame.extend_from_slice(q.query.as_bytes());
     if let Some(selector) = selector {
-        payload.extend_from_slice(selector.as_bytes());
+        frame.extend_from_slice(selector.as_bytes());
     }
     let header = Header {
-        message_length: wire_len(HEADER_LEN.saturating_add(payload.len())),
+        message_length: wire_len(frame.len()),
         request_id,
         response_to: 0,
         op_code: opcode::OP_QUERY,
     };
-    finish(header, &payload, compressor)
+    seal(header, frame, compressor)
 }
 
-/// Emits `header` + `payload`, or its OP_COMPRESSED form when a compressor is given and
-/// succeeds; falling back to the plain message is always acceptable to the peer.
-fn finish(header: Header, payload: &[u8], compressor: Option<Compressor>) -> Vec<u8> {
-    if let Some(frame) = compressor.and_then(|c| compressed_frame(header, payload, c)) {
-        return frame;
+/// A frame with room for its header, which [`seal`] fills in: the payload is written in place,
+/// so that it is copied once (a reply can be a change stream's batch of many kilobytes), not
+/// into a payload and then again into the frame.
+fn open_frame(payload_capacity: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_LEN.saturating_add(payload_capacity));
+    frame.extend_from_slice(&[0; HEADER_LEN]);
+    frame
+}
+
+/// Writes `header` into the room [`open_frame`] left, and emits the frame, or its OP_COMPRESSED
+/// form when a compressor is given and succeeds; falling back to the plain message is always
+/// acceptable to the peer.
+fn seal(header: Header, mut frame: Vec<u8>, compressor: Option<Compressor>) -> Vec<u8> {
+    debug_assert!(
+        frame.len() >= HEADER_LEN,
+        "a frame starts with room for its header"
+    );
+    let payload = frame.get(HEADER_LEN..).unwrap_or_default();
+    if let Some(compressed) = compressor.and_then(|c| compressed_frame(header, payload, c)) {
+        return compressed;
     }
-    let mut frame = Vec::with_capacity(HEADER_LEN.saturating_add(payload.len()));
-    frame.extend_from_slice(&header.to_bytes());
-    frame.extend_from_slice(payload);
+    frame[..HEADER_LEN].copy_from_slice(&header.to_bytes());
     frame
 }
 
