@@ -153,3 +153,70 @@ def test_change_streams_and_their_events_are_counted(metered):
     assert after[(opened, ())] == before[(opened, ())]
     assert after[(events, ())] - before[(events, ())] == 2
     c.close()
+
+
+def test_streams_watching_alike_share_batches_and_each_sees_every_event(metered):
+    """Streams with the same options take batches one of them read (changes/board.rs): each
+    still sees every event once, in order, with the same tokens as the others; a stream with
+    other options or stages after $changeStream sees what it asked for."""
+    c = MongoClient(metered.uri, serverSelectionTimeoutMS=10_000)
+    coll = c.m.shared_batches
+    coll.insert_many([{"_id": i, "n": 0} for i in range(20)])
+    shared = "mangrove_change_events_shared_total"
+    before = scrape(metered.metrics_url)
+    transfers, inserts = 400, 50
+    alike = [coll.watch(max_await_time_ms=100) for _ in range(4)]
+    lookup = coll.watch(full_document="updateLookup", max_await_time_ms=100)
+    matched = coll.watch([{"$match": {"operationType": "insert"}}], max_await_time_ms=100)
+
+    def write():
+        w = MongoClient(metered.uri)
+        for i in range(transfers):
+            with w.start_session() as s, s.start_transaction():
+                w.m.shared_batches.update_one({"_id": i % 20}, {"$inc": {"n": 1}}, session=s)
+                w.m.shared_batches.update_one({"_id": (i + 7) % 20}, {"$inc": {"n": -1}}, session=s)
+            if i % 8 == 0:
+                w.m.shared_batches.insert_one({"_id": 100 + i // 8})
+        w.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    expected = 2 * transfers + inserts
+
+    def drain(stream, n):
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            e = stream.try_next()
+            if e is not None:
+                got.append(e)
+        return got
+
+    wanted = [(s, expected) for s in [*alike, lookup]] + [(matched, inserts)]
+    results = [None] * len(wanted)
+
+    def drain_into(i):
+        results[i] = drain(*wanted[i])
+
+    readers = [threading.Thread(target=drain_into, args=(i,)) for i in range(len(wanted))]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(90)
+    writer.join(60)
+    *seen, looked_up, inserted = results
+    for s in [*alike, lookup, matched]:
+        assert s.try_next() is None, "no event beyond the writes"
+        s.close()
+    first = seen[0]
+    assert len(first) == expected
+    assert [e["operationType"] for e in first].count("insert") == inserts
+    for other in seen[1:]:
+        assert [e["_id"] for e in other] == [e["_id"] for e in first], "same events, same order"
+    assert [e["_id"] for e in looked_up] == [e["_id"] for e in first]
+    assert all("fullDocument" in e for e in looked_up if e["operationType"] == "update")
+    assert not any("fullDocument" in e for e in first if e["operationType"] == "update")
+    assert [e["_id"] for e in inserted] == [e["_id"] for e in first if e["operationType"] == "insert"]
+    after = scrape(metered.metrics_url)
+    assert after[(shared, ())] > before[(shared, ())], "the streams watching alike shared batches"
+    c.close()

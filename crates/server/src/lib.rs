@@ -258,6 +258,8 @@ pub(crate) struct Shared {
     pub shutdown: tokio::sync::Notify,
     /// Where blocking stages spill under `allowDiskUse` (`<data dir>/_tmp`).
     pub spill: Arc<spill::SpillDir>,
+    /// Batches change streams at the log's tail share (`changes/board.rs`).
+    pub change_batches: Arc<changes::board::BatchBoard>,
 }
 
 fn open_engine(config: &Config, progress: impl FnMut(u64, u64)) -> std::io::Result<Engine> {
@@ -469,6 +471,7 @@ impl Server {
             tls,
             shutdown: tokio::sync::Notify::new(),
             spill,
+            change_batches: Default::default(),
         });
         Ok(Server {
             listener,

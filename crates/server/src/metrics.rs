@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     change_streams_open: Arc<AtomicI64>,
     /// Change events returned to clients, in first batches and `getMore`s.
     change_events: AtomicU64,
+    /// Of those, events in batches another stream had read and encoded (`changes/board.rs`).
+    change_events_shared: AtomicU64,
 }
 
 /// One open change stream, counted while it lives (held by its cursor).
@@ -59,9 +61,13 @@ impl Metrics {
         Watching(self.change_streams_open.clone())
     }
 
-    /// `n` change events went to a client.
-    pub fn change_events_sent(&self, n: usize) {
-        self.change_events.fetch_add(n as u64, Relaxed);
+    /// A change stream's batch went to a client.
+    pub fn change_events_sent(&self, batch: &crate::changes::Batch) {
+        self.change_events.fetch_add(batch.count() as u64, Relaxed);
+        if batch.taken {
+            self.change_events_shared
+                .fetch_add(batch.count() as u64, Relaxed);
+        }
     }
 
     /// Counts one run of the command named `name` (from the command table) that took `took`.
@@ -381,5 +387,12 @@ fn render_retries_and_streams(out: &mut String, shared: &Shared) {
         "counter",
         "Change events returned to clients.",
         m.change_events.load(Relaxed) as f64,
+    );
+    single(
+        out,
+        "mangrove_change_events_shared_total",
+        "counter",
+        "Change events returned in a batch another stream watching the same way had read and encoded (changes/board.rs).",
+        m.change_events_shared.load(Relaxed) as f64,
     );
 }

@@ -11,6 +11,7 @@
 //! The command side (`aggregate` with `$changeStream`, `getMore` waiting for commits) is
 //! `commands/change_stream.rs`.
 
+pub mod board;
 pub mod event;
 pub mod oplog;
 pub mod spec;

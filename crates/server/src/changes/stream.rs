@@ -34,9 +34,10 @@ use mangrove_storage::{Engine, HistoryReader, StoredDoc, TailRecord, Timestamp, 
 
 use mangrove_query::{Filter, Projection};
 
+use super::board::{BatchBoard, ShapeKey, SharedBatch, write_elements};
 use super::event::{Event, MAX_EVENT_BYTES, kept_token, record_events, split_event, too_large};
 use super::oplog::record_entries;
-use super::spec::{BeforeChange, FullDocument, Scope, Start, StreamSpec};
+use super::spec::{Scope, Start, StreamSpec};
 use super::token::{ResumeToken, TokenKind};
 use crate::batch::{BatchDoc, MAX_BATCH_BYTES};
 use crate::error::{CommandError, CommandResult, code};
@@ -67,26 +68,6 @@ const GATHER_FULL_RATE: f64 = 8000.0;
 struct Ready {
     token: ResumeToken,
     doc: StoredDoc,
-}
-
-/// What a record's change events depend on besides the record itself, when the stream does not
-/// show expanded events (those carry each stream's own view of collection UUIDs): streams with
-/// equal keys shape each record once, through the shared tail's memos.
-#[derive(PartialEq)]
-struct ShapeKey {
-    scope: Scope,
-    full_document: FullDocument,
-    before_change: BeforeChange,
-}
-
-impl ShapeKey {
-    fn of(spec: &StreamSpec) -> Option<ShapeKey> {
-        (!spec.show_expanded).then(|| ShapeKey {
-            scope: spec.scope.clone(),
-            full_document: spec.full_document,
-            before_change: spec.before_change,
-        })
-    }
 }
 
 /// One record's events for one [`ShapeKey`], as the shared tail remembers them.
@@ -147,13 +128,91 @@ pub struct HistoryCursor {
     caught_up: bool,
     /// Counts a change stream as open while it lives (`mangrove_change_streams_open`).
     watching: Option<crate::metrics::Watching>,
+    /// Where change streams share batches (`board.rs`); none for oplog cursors.
+    board: Option<Arc<BatchBoard>>,
 }
 
-/// One batch for the client.
+/// The records a batch read since it last had no events (see [`HistoryCursor::next_batch`]).
+struct Span {
+    key: ShapeKey,
+    after: Timestamp,
+    records: usize,
+}
+
+impl Span {
+    fn new(key: ShapeKey, after: Timestamp) -> Span {
+        Span {
+            key,
+            after,
+            records: 0,
+        }
+    }
+
+    fn restart(&mut self, after: Timestamp) {
+        self.after = after;
+        self.records = 0;
+    }
+}
+
+/// One batch for the client: its own documents, or a batch shared with other streams.
 pub struct Batch {
     pub docs: Vec<BatchDoc>,
+    pub shared: Option<Arc<SharedBatch>>,
+    /// Another stream read and encoded it (it came from the board).
+    pub taken: bool,
     pub post_batch_token: ResumeToken,
     pub ended: bool,
+}
+
+impl Batch {
+    /// How many documents (events) it returns.
+    pub fn count(&self) -> usize {
+        self.shared.as_ref().map_or(self.docs.len(), |b| b.count)
+    }
+
+    /// The documents as array elements (`"0": {...}, "1": {...}`) and how many bytes they are.
+    pub fn write_elements(&self, out: &mut Vec<u8>) {
+        match &self.shared {
+            Some(shared) => out.extend_from_slice(&shared.elements),
+            None => write_elements(out, &self.docs),
+        }
+    }
+
+    /// Its documents, each on its own (a shared batch's elements parsed back).
+    pub fn documents(&self) -> Vec<BatchDoc> {
+        let Some(shared) = &self.shared else {
+            return self
+                .docs
+                .iter()
+                .map(|d| BatchDoc::Owned(d.as_raw().to_owned()))
+                .collect();
+        };
+        let mut array = Vec::with_capacity(shared.elements.len() + 5);
+        array.extend_from_slice(&((shared.elements.len() + 5) as i32).to_le_bytes());
+        array.extend_from_slice(&shared.elements);
+        array.push(0);
+        let Ok(array) = bson::RawDocumentBuf::from_bytes(array) else {
+            return Vec::new();
+        };
+        array
+            .iter()
+            .filter_map(|e| match e {
+                Ok((_, bson::raw::RawBsonRef::Document(d))) => Some(BatchDoc::Owned(d.to_owned())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// About how many bytes its elements take.
+    pub fn elements_len(&self) -> usize {
+        match &self.shared {
+            Some(shared) => shared.elements.len(),
+            None => {
+                let docs: usize = self.docs.iter().map(|d| d.as_raw().as_bytes().len()).sum();
+                docs + 16 * self.docs.len()
+            }
+        }
+    }
 }
 
 impl HistoryCursor {
@@ -195,6 +254,7 @@ impl HistoryCursor {
             invalidated: false,
             caught_up: false,
             watching: None,
+            board: None,
         }
     }
 
@@ -213,6 +273,7 @@ impl HistoryCursor {
     /// ChangeStreamFatalError (280).
     pub async fn change_stream(
         engine: &Engine,
+        board: Arc<BatchBoard>,
         spec: StreamSpec,
         stages: Option<Pipeline>,
         split: bool,
@@ -233,11 +294,12 @@ impl HistoryCursor {
             split,
         };
         let mut stream = HistoryCursor::new(shape, uuids, reader, after);
+        stream.board = Some(board);
         stream.resume_inside = resume_inside;
         if stream.resume_inside.is_some() {
             // The token's record is read now, so that a token naming no event fails the
             // aggregate itself, as in mongod.
-            let records = stream.read(engine).await?;
+            let records = stream.read(engine, None).await?;
             stream.absorb(engine, records)?;
             if stream.resume_inside.is_some() {
                 return Err(token_not_found());
@@ -272,6 +334,9 @@ impl HistoryCursor {
         let mut bytes = 0usize;
         let mut records_read = 0;
         let mut gathered = false;
+        // While the batch is every event of the records after `span.after` (none pending from
+        // an earlier batch, none cut), it may come from the board, or go on it.
+        let mut span = self.sharing_key().map(|key| Span::new(key, self.after));
         loop {
             self.take_ready(max_docs, &mut docs, &mut bytes);
             if self.invalidated || docs.len() as u64 >= max_docs || !self.ready.is_empty() {
@@ -283,10 +348,26 @@ impl HistoryCursor {
                     gathered = true;
                     self.gather(wait_until).await;
                 }
-                let records = self.read(engine).await?;
+                if let Some(span) = span.as_mut().filter(|_| docs.is_empty()) {
+                    span.restart(self.after);
+                    let before = self.after;
+                    if let Some(batch) = self.take_shared(&span.key, max_docs) {
+                        return Ok(batch);
+                    }
+                    if self.after != before {
+                        // An empty shared batch: this stream moved past records it would
+                        // have shown nothing of.
+                        continue;
+                    }
+                }
+                let stop_at = span.as_ref().and_then(|s| self.meeting_point(&s.key));
+                let records = self.read(engine, stop_at).await?;
                 read_nothing = records.is_empty();
                 if !read_nothing {
                     records_read += records.len();
+                    if let Some(span) = span.as_mut() {
+                        span.records += records.len();
+                    }
                     self.absorb(engine, records)?;
                     if docs.is_empty() && started.elapsed() > MAX_SCAN {
                         break;
@@ -294,38 +375,134 @@ impl HistoryCursor {
                     continue;
                 }
             }
-            if let Shape::Oplog {
-                tailable: false, ..
-            } = self.shape
+            if self.caught_up_now() || !docs.is_empty() {
+                break;
+            }
+            if !self
+                .wait_for_commits(engine, wait_until, read_nothing)
+                .await
             {
-                // Caught up with the durable end: a plain find ends here.
-                self.caught_up = true;
                 break;
-            }
-            if !docs.is_empty() {
-                break;
-            }
-            let now = Instant::now();
-            match wait_until {
-                // The durable end moved but its record was not readable yet (it is written
-                // before it is durable, so this is a race, not a state): look again shortly.
-                Some(until) if until > now && read_nothing => {
-                    tokio::time::sleep(Duration::from_millis(1).min(until - now)).await;
-                }
-                Some(until) if until > now => {
-                    engine.wait_durable_after(self.after, until - now).await;
-                }
-                _ => break,
             }
         }
+        Ok(self.answer(docs, records_read, span))
+    }
+
+    /// A plain (not tailable) oplog read ends when it has caught up with the durable end.
+    fn caught_up_now(&mut self) -> bool {
+        if let Shape::Oplog {
+            tailable: false, ..
+        } = self.shape
+        {
+            self.caught_up = true;
+        }
+        self.caught_up
+    }
+
+    /// Waits for a commit after `after` until `wait_until`; false once that time has passed.
+    async fn wait_for_commits(
+        &self,
+        engine: &Engine,
+        wait_until: Option<Instant>,
+        read_nothing: bool,
+    ) -> bool {
+        let now = Instant::now();
+        match wait_until {
+            // The durable end moved but its record was not readable yet (it is written before
+            // it is durable, so this is a race, not a state): look again shortly.
+            Some(until) if until > now && read_nothing => {
+                tokio::time::sleep(Duration::from_millis(1).min(until - now)).await;
+                true
+            }
+            Some(until) if until > now => {
+                engine.wait_durable_after(self.after, until - now).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The batch of `docs` (read by this stream), shared on the board when `span` still
+    /// covers every event of its records.
+    fn answer(&mut self, docs: Vec<BatchDoc>, records_read: usize, span: Option<Span>) -> Batch {
         if !docs.is_empty() {
             self.answered(records_read);
         }
-        Ok(Batch {
-            docs,
+        let shared = match (span, &self.board) {
+            (Some(span), Some(board))
+                if self.after > span.after && self.ready.is_empty() && !self.invalidated =>
+            {
+                let mut elements = Vec::new();
+                write_elements(&mut elements, &docs);
+                Some(board.publish(SharedBatch {
+                    key: span.key,
+                    after: span.after,
+                    end: self.after,
+                    records: span.records,
+                    count: docs.len(),
+                    last_token: self.last_returned,
+                    elements,
+                }))
+            }
+            _ => None,
+        };
+        Batch {
+            docs: if shared.is_some() { Vec::new() } else { docs },
+            shared,
+            taken: false,
             post_batch_token: self.post_batch_token(),
             ended: self.ended(),
+        }
+    }
+
+    /// The key under which this stream's batches may be shared: a change stream that shows
+    /// no expanded events, runs no stages, splits no events, and has nothing pending or
+    /// resumed inside a record.
+    fn sharing_key(&self) -> Option<ShapeKey> {
+        let Shape::Events {
+            spec,
+            stages: None,
+            split: false,
+        } = &self.shape
+        else {
+            return None;
+        };
+        let clean = self.ready.is_empty()
+            && self.resume_inside.is_none()
+            && self.resume_fragment.is_none()
+            && !self.invalidated
+            && self.board.is_some();
+        clean.then(|| ShapeKey::of(spec)).flatten()
+    }
+
+    /// A batch another stream shared from where this one stands, taken as this stream's own:
+    /// its position moves to the batch's end. An empty one only moves the position.
+    fn take_shared(&mut self, key: &ShapeKey, max_docs: u64) -> Option<Batch> {
+        let shared = self.board.as_ref()?.find(key, self.after)?;
+        if shared.count as u64 > max_docs {
+            return None;
+        }
+        debug_assert!(self.ready.is_empty() && shared.end > self.after);
+        self.after = shared.end;
+        self.reader = None;
+        self.tailing = true;
+        if shared.count == 0 {
+            return None;
+        }
+        self.last_returned = shared.last_token;
+        self.answered(shared.records);
+        Some(Batch {
+            docs: Vec::new(),
+            shared: Some(shared),
+            taken: true,
+            post_batch_token: self.post_batch_token(),
+            ended: false,
         })
+    }
+
+    /// Where the other streams with this one's key stand, if ahead of it.
+    fn meeting_point(&self, key: &ShapeKey) -> Option<Timestamp> {
+        self.board.as_ref()?.meeting_point(key, self.after)
     }
 
     /// A stream at the log's tail (an awaiting `getMore`) on a busy log reads no sooner than
@@ -338,7 +515,14 @@ impl HistoryCursor {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
             return;
         };
-        let at = (last + gather_time(self.rate)).min(until);
+        let period = gather_time(self.rate);
+        let at = match &self.board {
+            // On the board's clock, so that streams gathering alike read the same records
+            // and share one batch: at least half the period after the last answer.
+            Some(board) => board.tick(last + period / 2, period),
+            None => last + period,
+        };
+        let at = at.min(until);
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
@@ -398,10 +582,19 @@ impl HistoryCursor {
     /// is in it (handed over by the log writer, decoded once for every stream there), else
     /// with its own reader. A cursor served by the tail drops its reader (its file and the
     /// segment it holds on to); it opens another if it falls behind the tail.
-    async fn read(&mut self, engine: &Engine) -> CommandResult<Vec<Arc<TailRecord>>> {
-        if let Some(records) = engine.read_tail(self.after, READ_RECORDS) {
+    /// From the shared tail it reads no further than `stop_at` (where streams that share
+    /// batches meet: `board.rs`).
+    async fn read(
+        &mut self,
+        engine: &Engine,
+        stop_at: Option<Timestamp>,
+    ) -> CommandResult<Vec<Arc<TailRecord>>> {
+        if let Some(mut records) = engine.read_tail(self.after, READ_RECORDS) {
             self.reader = None;
             self.tailing = true;
+            if let Some(stop_at) = stop_at {
+                records.truncate(records.partition_point(|r| r.record.ts <= stop_at));
+            }
             return Ok(records);
         }
         let records = self.read_own(engine).await?;

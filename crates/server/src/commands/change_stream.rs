@@ -123,11 +123,12 @@ pub(super) async fn open(
     let (rest, split) = split_stage(rest)?;
     let stages = following_stages(&rest)?;
     let batch_size = cursor_batch_size(req)?.unwrap_or(DEFAULT_FIRST_BATCH);
+    let board = shared.change_batches.clone();
     let mut stream =
-        HistoryCursor::change_stream(&shared.engine, stream_spec, stages, split).await?;
+        HistoryCursor::change_stream(&shared.engine, board, stream_spec, stages, split).await?;
     stream.count_as_open(shared.metrics.watching());
     let batch = stream.next_batch(&shared.engine, batch_size, None).await?;
-    shared.metrics.change_events_sent(batch.docs.len());
+    shared.metrics.change_events_sent(&batch);
     let ns = match coll {
         Some(c) => req.ns(c),
         None => format!("{}.$cmd.aggregate", req.db),
@@ -261,10 +262,10 @@ pub(super) async fn get_more(
         }
     };
     if counted {
-        shared.metrics.change_events_sent(batch.docs.len());
+        shared.metrics.change_events_sent(&batch);
     }
     if let Some(remaining) = &mut cursor.remaining {
-        *remaining -= batch.docs.len() as u64;
+        *remaining -= batch.count() as u64;
         batch.ended |= *remaining == 0;
     }
     let ns = cursor.ns.clone();
@@ -294,18 +295,11 @@ pub(super) fn label_error(e: &mut CommandError) {
 /// into one buffer: a busy stream answers many `getMore`s, and the general builder copies each
 /// event three times (into the array, the cursor, the reply) and formats every array index.
 pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumentBuf {
-    let docs_len: usize = batch.docs.iter().map(|d| d.as_raw().as_bytes().len()).sum();
-    let mut out = Vec::with_capacity(docs_len + 16 * batch.docs.len() + ns.len() + 256);
+    let mut out = Vec::with_capacity(batch.elements_len() + ns.len() + 256);
     let reply = open_doc(&mut out);
     let cursor = open_element(&mut out, 0x03, "cursor");
     let array = open_element(&mut out, 0x04, field);
-    let mut index = itoa_buf();
-    for (i, doc) in batch.docs.iter().enumerate() {
-        out.push(0x03);
-        out.extend_from_slice(itoa(i, &mut index));
-        out.push(0);
-        out.extend_from_slice(doc.as_raw().as_bytes());
-    }
+    batch.write_elements(&mut out);
     close_doc(&mut out, array);
     out.push(0x03);
     out.extend_from_slice(b"postBatchResumeToken\0");
@@ -327,7 +321,7 @@ pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumen
     // (a namespace with a NUL cannot reach here: names are validated).
     RawDocumentBuf::from_bytes(out).unwrap_or_else(|_| {
         let token = Some(batch.post_batch_token.to_raw());
-        cursor_reply_with_token(ns, id, field, &batch.docs, token)
+        cursor_reply_with_token(ns, id, field, &batch.documents(), token)
     })
 }
 
@@ -352,30 +346,18 @@ fn close_doc(out: &mut Vec<u8>, at: usize) {
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal (an array index key), without allocating.
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::BatchDoc;
+    use crate::changes::board::{ShapeKey, SharedBatch};
     use crate::changes::token::ResumeToken;
     use bson::rawdoc;
     use mangrove_storage::Timestamp;
+
+    fn any_spec() -> spec::StreamSpec {
+        spec::parse(RawBsonRef::Document(&rawdoc! {}), "db", Some("c")).expect("parses")
+    }
 
     #[test]
     fn hand_built_reply_matches_the_general_builder() {
@@ -385,14 +367,40 @@ mod tests {
                 .collect();
             let batch = Batch {
                 docs,
+                shared: None,
+                taken: false,
                 post_batch_token: ResumeToken::high_water_mark(Timestamp(7 << 32 | 3)),
                 ended: false,
             };
+            let mut elements = Vec::new();
+            batch.write_elements(&mut elements);
+            let shared = Batch {
+                docs: Vec::new(),
+                shared: Some(std::sync::Arc::new(SharedBatch {
+                    key: ShapeKey::of(&any_spec()).expect("not expanded"),
+                    after: Timestamp(1),
+                    end: Timestamp(2),
+                    records: 1,
+                    count: n,
+                    last_token: None,
+                    elements,
+                })),
+                taken: true,
+                post_batch_token: batch.post_batch_token,
+                ended: false,
+            };
+            assert_eq!(shared.documents().len(), n, "a shared batch's documents");
             for field in ["firstBatch", "nextBatch"] {
                 let token = Some(batch.post_batch_token.to_raw());
                 let general = cursor_reply_with_token("db.c", 42, field, &batch.docs, token);
                 let fast = reply("db.c", 42, field, &batch);
                 assert_eq!(fast.as_bytes(), general.as_bytes(), "{n} docs, {field}");
+                let from_shared = reply("db.c", 42, field, &shared);
+                assert_eq!(
+                    from_shared.as_bytes(),
+                    general.as_bytes(),
+                    "shared, {n} docs"
+                );
             }
         }
     }

@@ -177,6 +177,8 @@ async fn newest_first(
     };
     let batch = Batch {
         docs: last.into_iter().rev().collect(),
+        shared: None,
+        taken: false,
         post_batch_token,
         ended: true,
     };

@@ -1,0 +1,253 @@
+//! Batches that change streams at the log's tail share: one stream reads a span of records,
+//! shapes its events and writes them as a reply's array elements; every other stream that
+//! watches the same way and stands at the same place takes that batch instead of doing the same
+//! work again.
+//!
+//! Ten streams on a busy log each used to take every record from the shared tail, clone its
+//! events, queue them and copy each into its own reply: work per event per stream, which cost
+//! the server more than the reading and shaping done once (docs/benchmarks.md, stop 31). A
+//! shared batch costs a follower one lookup and one copy of the elements into its reply.
+//!
+//! Streams meet at the same place because they read on a common clock: a stream that gathers
+//! commits wakes on the board's ticks (multiples of its gather period since the board's epoch),
+//! and a stream that reads on its own stops where the newest shared batch ended, so that from
+//! its next batch on it stands where the others do.
+//!
+//! Invariants:
+//! - A shared batch holds every event of the records after `after` up to `end`, in order,
+//!   for streams with its [`ShapeKey`], no stages after `$changeStream`, and no splitting:
+//!   what such a stream would have returned reading those records itself (events depend only
+//!   on the record and the key: `stream.rs`).
+//! - Only durable records are in it (it is made from what a stream read).
+//! - Memory is bounded: at most [`BOARD_BATCHES`] batches of at most [`MAX_SHARED_BYTES`]
+//!   each; a larger batch is returned to its stream but not shared.
+//!
+//! Lock order: the board's lock is a leaf; nothing is awaited or locked while it is held.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mangrove_storage::Timestamp;
+
+use super::spec::{BeforeChange, FullDocument, Scope, StreamSpec};
+use super::token::ResumeToken;
+use crate::batch::BatchDoc;
+
+/// Batches kept: enough for a few shapes of stream over a few ticks.
+pub const BOARD_BATCHES: usize = 16;
+/// The largest batch shared (its elements' bytes): a tick's events on a busy log are tens of
+/// kilobytes; larger batches are streams catching up, which rarely stand at the same place.
+pub const MAX_SHARED_BYTES: usize = 1024 * 1024;
+
+/// What a record's change events depend on besides the record itself, when the stream does not
+/// show expanded events (those carry each stream's own view of collection UUIDs): streams with
+/// equal keys shape each record once (through the shared tail's memos), and share batches.
+#[derive(PartialEq, Clone)]
+pub struct ShapeKey {
+    scope: Scope,
+    full_document: FullDocument,
+    before_change: BeforeChange,
+}
+
+impl ShapeKey {
+    pub fn of(spec: &StreamSpec) -> Option<ShapeKey> {
+        (!spec.show_expanded).then(|| ShapeKey {
+            scope: spec.scope.clone(),
+            full_document: spec.full_document,
+            before_change: spec.before_change,
+        })
+    }
+}
+
+/// The events of the records after `after` up to `end`, written as array elements.
+pub struct SharedBatch {
+    pub key: ShapeKey,
+    pub after: Timestamp,
+    pub end: Timestamp,
+    /// How many records the span holds (for the readers' commit-rate estimate).
+    pub records: usize,
+    /// How many events, and the last one's token.
+    pub count: usize,
+    pub last_token: Option<ResumeToken>,
+    /// `"0": {event}, "1": {event}, ...` as they go between an array's length and its end.
+    pub elements: Vec<u8>,
+}
+
+pub struct BatchBoard {
+    /// Ticks are counted from here.
+    epoch: Instant,
+    recent: Mutex<VecDeque<Arc<SharedBatch>>>,
+}
+
+impl Default for BatchBoard {
+    fn default() -> BatchBoard {
+        BatchBoard {
+            epoch: Instant::now(),
+            recent: Mutex::new(VecDeque::with_capacity(BOARD_BATCHES)),
+        }
+    }
+}
+
+impl BatchBoard {
+    /// The batch for streams with `key` that starts right after `after`, if one was shared.
+    pub fn find(&self, key: &ShapeKey, after: Timestamp) -> Option<Arc<SharedBatch>> {
+        let recent = self.lock();
+        recent
+            .iter()
+            .rev()
+            .find(|b| b.after == after && b.key == *key)
+            .cloned()
+    }
+
+    /// Where the newest batch for `key` ends, if it ends after `after`: a stream reading on its
+    /// own stops there, to stand where the other streams stand.
+    pub fn meeting_point(&self, key: &ShapeKey, after: Timestamp) -> Option<Timestamp> {
+        let recent = self.lock();
+        recent
+            .iter()
+            .rev()
+            .find(|b| b.key == *key)
+            .map(|b| b.end)
+            .filter(|end| *end > after)
+    }
+
+    /// Shares `batch` (if it is small enough) and returns it.
+    pub fn publish(&self, batch: SharedBatch) -> Arc<SharedBatch> {
+        debug_assert!(batch.end > batch.after, "a shared batch spans records");
+        let batch = Arc::new(batch);
+        if batch.elements.len() <= MAX_SHARED_BYTES {
+            let mut recent = self.lock();
+            if recent.len() == BOARD_BATCHES {
+                recent.pop_front();
+            }
+            recent.push_back(batch.clone());
+        }
+        batch
+    }
+
+    /// The first tick at or after `not_before` on the clock streams gathering for about
+    /// `period` share: its period is the largest power of two milliseconds not over `period`
+    /// (streams estimate their rates apart, so their periods differ a little). A period under
+    /// a millisecond (the timer's resolution) has no ticks: `not_before` itself.
+    pub fn tick(&self, not_before: Instant, period: Duration) -> Instant {
+        let period_ms = period.as_millis() as u64;
+        if period_ms == 0 {
+            return not_before;
+        }
+        let period_us = 1000 << (63 - period_ms.leading_zeros());
+        let since = not_before.saturating_duration_since(self.epoch).as_micros() as u64;
+        let ticks = since.div_ceil(period_us);
+        self.epoch + Duration::from_micros(ticks * period_us)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<SharedBatch>>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `docs` as array elements: `"0": {...}, "1": {...}`.
+pub fn write_elements(out: &mut Vec<u8>, docs: &[BatchDoc]) {
+    let mut index = [0u8; 20];
+    for (i, doc) in docs.iter().enumerate() {
+        out.push(0x03);
+        out.extend_from_slice(itoa(i, &mut index));
+        out.push(0);
+        out.extend_from_slice(doc.as_raw().as_bytes());
+    }
+}
+
+/// `n` in decimal (an array index key), without allocating.
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::spec;
+
+    fn key(coll: &str) -> ShapeKey {
+        let spec = spec::parse(
+            bson::RawBsonRef::Document(&bson::rawdoc! {}),
+            "db",
+            Some(coll),
+        )
+        .expect("an empty $changeStream parses");
+        ShapeKey::of(&spec).expect("not expanded")
+    }
+
+    fn batch(key: ShapeKey, after: u64, end: u64, bytes: usize) -> SharedBatch {
+        SharedBatch {
+            key,
+            after: Timestamp(after),
+            end: Timestamp(end),
+            records: (end - after) as usize,
+            count: 1,
+            last_token: None,
+            elements: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_found_by_its_shape_and_start() {
+        let board = BatchBoard::default();
+        board.publish(batch(key("a"), 10, 20, 100));
+        assert!(board.find(&key("a"), Timestamp(10)).is_some());
+        assert!(board.find(&key("a"), Timestamp(11)).is_none());
+        assert!(board.find(&key("b"), Timestamp(10)).is_none());
+        assert_eq!(
+            board.meeting_point(&key("a"), Timestamp(15)),
+            Some(Timestamp(20))
+        );
+        assert_eq!(board.meeting_point(&key("a"), Timestamp(20)), None);
+        assert_eq!(board.meeting_point(&key("b"), Timestamp(5)), None);
+    }
+
+    #[test]
+    fn the_board_keeps_a_bounded_number_of_small_batches() {
+        let board = BatchBoard::default();
+        for i in 0..(BOARD_BATCHES as u64 + 5) {
+            board.publish(batch(key("a"), i, i + 1, 10));
+        }
+        assert!(
+            board.find(&key("a"), Timestamp(0)).is_none(),
+            "the oldest went"
+        );
+        let newest = BOARD_BATCHES as u64 + 4;
+        assert!(board.find(&key("a"), Timestamp(newest)).is_some());
+        let large = board.publish(batch(key("a"), 100, 101, MAX_SHARED_BYTES + 1));
+        assert_eq!(large.end, Timestamp(101), "returned to its stream");
+        assert!(
+            board.find(&key("a"), Timestamp(100)).is_none(),
+            "but not kept"
+        );
+    }
+
+    #[test]
+    fn ticks_fall_on_multiples_of_the_period() {
+        let board = BatchBoard::default();
+        let period = Duration::from_millis(4);
+        let at = board.tick(board.epoch + Duration::from_micros(4100), period);
+        assert_eq!(at, board.epoch + Duration::from_millis(8));
+        let slower = Duration::from_micros(3700);
+        let at = board.tick(board.epoch + Duration::from_micros(4100), slower);
+        assert_eq!(
+            at,
+            board.epoch + Duration::from_millis(6),
+            "on the 2 ms clock"
+        );
+        let on = board.epoch + Duration::from_millis(12);
+        assert_eq!(board.tick(on, period), on);
+        let soon = board.epoch + Duration::from_micros(300);
+        assert_eq!(board.tick(soon, Duration::from_micros(500)), soon);
+    }
+}
