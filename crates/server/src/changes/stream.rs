@@ -20,6 +20,9 @@
 //! - The events shaped once and shared through the tail depend only on the record and the
 //!   stream's [`ShapeKey`] (streams with expanded events, which show each stream's own view of
 //!   collection UUIDs, shape their own).
+//! - Streams without stages or expanded events that stand at the same place share batches
+//!   (`board.rs`): a batch taken from the board is exactly what the stream would have read
+//!   and shaped itself from there, and moves its `after` to the batch's end.
 //! - Catching up, the log is read off the async threads (`spawn_blocking`); at the tail inline
 //!   (page-cache reads of a few records). No lock is held across an await: a cursor is taken
 //!   out of the cursor table while a `getMore` runs.
@@ -428,10 +431,11 @@ impl HistoryCursor {
         if !docs.is_empty() {
             self.answered(records_read);
         }
+        // Only batches read at the tail are shared: a stream catching up is alone where it
+        // is, and its batches would push the tail's out of the board.
+        let whole = self.ready.is_empty() && !self.invalidated && self.tailing;
         let shared = match (span, &self.board) {
-            (Some(span), Some(board))
-                if self.after > span.after && self.ready.is_empty() && !self.invalidated =>
-            {
+            (Some(span), Some(board)) if whole && self.after > span.after => {
                 let mut elements = Vec::new();
                 write_elements(&mut elements, &docs);
                 Some(board.publish(SharedBatch {
