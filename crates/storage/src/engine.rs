@@ -390,6 +390,11 @@ impl Engine {
         (log + derived).saturating_sub(base_log + base_derived)
     }
 
+    /// Commits written to the log since the engine opened (a counter, for rates).
+    pub fn commits_logged(&self) -> u64 {
+        self.inner.stats.commits.load(Ordering::Relaxed)
+    }
+
     pub fn log_stats(&self) -> LogStats {
         let s = &self.inner.stats;
         LogStats {

@@ -78,13 +78,28 @@ pub struct BatchBoard {
     /// Ticks are counted from here.
     epoch: Instant,
     recent: Mutex<VecDeque<Arc<SharedBatch>>>,
+    rate: Mutex<CommitRate>,
 }
+
+/// The log's commit rate as streams see it, one for all of them: streams that each estimated
+/// their own would choose periods apart near a boundary, and part on different clocks.
+#[derive(Default)]
+struct CommitRate {
+    /// The last sample: when, and the log's commit count then.
+    at: Option<(Instant, u64)>,
+    per_second: f64,
+}
+
+/// The shortest time a rate is sampled over: a group commit makes many commits durable at
+/// once, which over a shorter time says little about the rate.
+const RATE_WINDOW: Duration = Duration::from_millis(20);
 
 impl Default for BatchBoard {
     fn default() -> BatchBoard {
         BatchBoard {
             epoch: Instant::now(),
             recent: Mutex::new(VecDeque::with_capacity(BOARD_BATCHES)),
+            rate: Mutex::new(CommitRate::default()),
         }
     }
 }
@@ -124,6 +139,26 @@ impl BatchBoard {
             recent.push_back(batch.clone());
         }
         batch
+    }
+
+    /// The commit rate (commits/s) given the log's commit count now, smoothed over the last
+    /// few [`RATE_WINDOW`]s.
+    pub fn commit_rate(&self, commits: u64) -> f64 {
+        let now = Instant::now();
+        let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        match rate.at {
+            Some((at, count)) if now.duration_since(at) < RATE_WINDOW => {
+                debug_assert!(commits >= count, "the commit count only grows");
+            }
+            Some((at, count)) => {
+                let seconds = now.duration_since(at).as_secs_f64();
+                let sample = commits.saturating_sub(count) as f64 / seconds;
+                rate.per_second = 0.5 * rate.per_second + 0.5 * sample;
+                rate.at = Some((now, commits));
+            }
+            None => rate.at = Some((now, commits)),
+        }
+        rate.per_second
     }
 
     /// The first tick at or after `not_before` on the clock streams gathering for about

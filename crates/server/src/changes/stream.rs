@@ -349,7 +349,7 @@ impl HistoryCursor {
             if engine.last_durable() > self.after {
                 if !gathered && docs.is_empty() {
                     gathered = true;
-                    self.gather(wait_until).await;
+                    self.gather(engine, wait_until).await;
                 }
                 if let Some(span) = span.as_mut().filter(|_| docs.is_empty()) {
                     span.restart(self.after);
@@ -515,16 +515,18 @@ impl HistoryCursor {
     /// per batch, not per commit. Catching up (not at the tail), on a first batch, or on a log
     /// slower than [`GATHER_FROM_RATE`] (three times the latency goal's 1,000 commits/s), it
     /// reads at once.
-    async fn gather(&self, wait_until: Option<Instant>) {
+    async fn gather(&self, engine: &Engine, wait_until: Option<Instant>) {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
             return;
         };
-        let period = gather_time(self.rate);
         let at = match &self.board {
-            // On the board's clock, so that streams gathering alike read the same records
-            // and share one batch: at least half the period after the last answer.
-            Some(board) => board.tick(last + period / 2, period),
-            None => last + period,
+            // On the board's clock and rate, so that streams gathering alike read the same
+            // records and share one batch: at least half the period after the last answer.
+            Some(board) => {
+                let period = gather_time(board.commit_rate(engine.commits_logged()));
+                board.tick(last + period / 2, period)
+            }
+            None => last + gather_time(self.rate),
         };
         let at = at.min(until);
         if at > Instant::now() {
