@@ -50,11 +50,13 @@ use crate::Timestamp;
 use crate::txlog::LogRecord;
 
 /// The ring's bounds: how many records and how many bytes (records' lengths in the log plus
-/// what readers remembered about them). About 100 ms of the busiest log measured (10,000
-/// commits/s), far more than streams that gather for 4 ms fall behind. Not more: the oldest
-/// record is dropped on each commit, and the smaller the ring the likelier that is still in
-/// the cache (4,096 cost about 2 µs more per commit with ten streams, `docs/benchmarks.md`).
-pub const TAIL_RECORDS: usize = 1024;
+/// what readers remembered about them). About 25 ms of the busiest log measured (10,000
+/// commits/s), several times what streams that gather for 4 ms fall behind; one further
+/// behind reads from disk. Not more: every record the ring holds keeps its transaction's ops
+/// alive and is freed cold, by the writer, when the ring lets it go (1,024 cost about 1.5 %
+/// of throughput with ten streams against 256, `docs/benchmarks.md`, stops 30 and 31; 4,096
+/// about 2 µs more per commit).
+pub const TAIL_RECORDS: usize = 256;
 pub const TAIL_BYTES: usize = 8 * 1024 * 1024;
 /// Unread this long, the ring stops: commits stop keeping their ops, and its records go.
 pub const TAIL_IDLE: Duration = Duration::from_secs(2);
