@@ -303,7 +303,7 @@ impl HistoryCursor {
             // The token's record is read now, so that a token naming no event fails the
             // aggregate itself, as in mongod.
             let records = stream.read(engine, None).await?;
-            stream.absorb(engine, records)?;
+            stream.absorb(engine, records, true)?;
             if stream.resume_inside.is_some() {
                 return Err(token_not_found());
             }
@@ -371,7 +371,7 @@ impl HistoryCursor {
                     if let Some(span) = span.as_mut() {
                         span.records += records.len();
                     }
-                    self.absorb(engine, records)?;
+                    self.absorb(engine, records, span.is_none())?;
                     if docs.is_empty() && started.elapsed() > MAX_SCAN {
                         break;
                     }
@@ -651,12 +651,19 @@ impl HistoryCursor {
     }
 
     /// Shapes `records` into events, runs them through the stream's stages, and queues them.
-    fn absorb(&mut self, engine: &Engine, records: Vec<Arc<TailRecord>>) -> CommandResult<()> {
+    /// `remember`: whether events shaped here are remembered on the tail's records for other
+    /// streams (not by a stream that shares its batches: the others take those instead).
+    fn absorb(
+        &mut self,
+        engine: &Engine,
+        records: Vec<Arc<TailRecord>>,
+        remember: bool,
+    ) -> CommandResult<()> {
         for tail in records {
             let record = &tail.record;
             debug_assert!(record.ts > self.after, "history goes forward");
             self.learn_uuids(record);
-            let mut events = self.events_of(engine, &tail)?;
+            let mut events = self.events_of(engine, &tail, remember)?;
             if let Some(t) = self.resume_inside.take() {
                 if record.ts != t.ts {
                     return Err(token_not_found());
@@ -683,7 +690,12 @@ impl HistoryCursor {
     /// The events (or oplog entries) a record shows this cursor. Change events of a record in
     /// the shared tail are shaped once per [`ShapeKey`] and remembered there for the other
     /// streams (an error, such as a required image missing, is not remembered).
-    fn events_of(&self, engine: &Engine, tail: &TailRecord) -> CommandResult<Vec<Event>> {
+    fn events_of(
+        &self,
+        engine: &Engine,
+        tail: &TailRecord,
+        remember: bool,
+    ) -> CommandResult<Vec<Event>> {
         let spec = match &self.shape {
             Shape::Oplog { .. } => return Ok(record_entries(&tail.record, &self.uuids)),
             Shape::Events { spec, .. } => spec,
@@ -695,7 +707,7 @@ impl HistoryCursor {
             return Ok(shaped.events.clone());
         }
         let events = record_events(&tail.record, spec, &self.uuids)?;
-        if tail.shared() {
+        if remember && tail.shared() {
             let bytes = events
                 .iter()
                 .map(|e| e.doc.as_bytes().len() + EVENT_OVERHEAD)
