@@ -54,7 +54,8 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 const MAX_SCAN: Duration = Duration::from_millis(500);
 
 /// How long a stream at the log's tail lets commits gather after its last answer before it
-/// reads again, by the commit rate it sees (see `HistoryCursor::gather`): none up to
+/// reads again, by the log's commit rate (change streams: one rate for all, kept by the board;
+/// oplog cursors: the rate each sees; see `HistoryCursor::gather`): none up to
 /// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
 /// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
 ///
