@@ -372,7 +372,10 @@ impl HistoryCursor {
                     if let Some(span) = span.as_mut() {
                         span.records += records.len();
                     }
-                    self.absorb(engine, records, span.is_none())?;
+                    // A stream limited by a batch size may not fill a whole batch to share,
+                    // so it leaves its shaped events for the streams in the same position.
+                    let remember = span.is_none() || max_docs != u64::MAX;
+                    self.absorb(engine, records, remember)?;
                     if docs.is_empty() && started.elapsed() > MAX_SCAN {
                         break;
                     }
