@@ -66,8 +66,6 @@ pub struct SharedBatch {
     pub key: ShapeKey,
     pub after: Timestamp,
     pub end: Timestamp,
-    /// How many records the span holds (for the readers' commit-rate estimate).
-    pub records: usize,
     /// How many events, and the last one's token.
     pub count: usize,
     pub last_token: Option<ResumeToken>,
@@ -226,7 +224,6 @@ mod tests {
             key,
             after: Timestamp(after),
             end: Timestamp(end),
-            records: (end - after) as usize,
             count: 1,
             last_token: None,
             elements: vec![0; bytes],

@@ -54,8 +54,8 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 const MAX_SCAN: Duration = Duration::from_millis(500);
 
 /// How long a stream at the log's tail lets commits gather after its last answer before it
-/// reads again, by the log's commit rate (change streams: one rate for all, kept by the board;
-/// oplog cursors: the rate each sees; see `HistoryCursor::gather`): none up to
+/// reads again, by the log's commit rate (one for every cursor, kept by the board; see
+/// `HistoryCursor::gather`): none up to
 /// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
 /// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
 ///
@@ -119,10 +119,8 @@ pub struct HistoryCursor {
     last_returned: Option<ResumeToken>,
     /// The last read reached the durable end: the next one reads just-written bytes.
     tailing: bool,
-    /// When the last non-empty batch was answered, and the commit rate (records/s) seen over
-    /// the last answers (see `gather`).
+    /// When the last non-empty batch was answered (see `gather`).
     last_answer: Option<Instant>,
-    rate: f64,
     /// Resuming from a fragment of a split event: the fragments up to it were returned.
     resume_fragment: Option<ResumeToken>,
     /// An invalidate was queued (or filtered out by the stages): nothing after it is read, and
@@ -132,30 +130,12 @@ pub struct HistoryCursor {
     caught_up: bool,
     /// Counts a change stream as open while it lives (`mangrove_change_streams_open`).
     watching: Option<crate::metrics::Watching>,
-    /// Where change streams share batches (`board.rs`); none for oplog cursors.
-    board: Option<Arc<BatchBoard>>,
-}
-
-/// The records a batch read since it last had no events (see [`HistoryCursor::next_batch`]).
-struct Span {
-    key: ShapeKey,
-    after: Timestamp,
-    records: usize,
-}
-
-impl Span {
-    fn new(key: ShapeKey, after: Timestamp) -> Span {
-        Span {
-            key,
-            after,
-            records: 0,
-        }
-    }
-
-    fn restart(&mut self, after: Timestamp) {
-        self.after = after;
-        self.records = 0;
-    }
+    /// The clock and commit rate cursors gather on, and where change streams share batches
+    /// (`board.rs`).
+    board: Arc<BatchBoard>,
+    /// What this change stream's events depend on besides the record (computed once; none
+    /// for oplog cursors and streams showing expanded events).
+    key: Option<ShapeKey>,
 }
 
 /// One batch for the client: its own documents, or a batch shared with other streams.
@@ -223,17 +203,14 @@ impl HistoryCursor {
     /// A cursor over oplog entries of commits after `after`.
     pub async fn oplog(
         engine: &Engine,
+        board: Arc<BatchBoard>,
         after: Timestamp,
         shape: Shape,
     ) -> CommandResult<HistoryCursor> {
         debug_assert!(matches!(shape, Shape::Oplog { .. }));
         let reader = open_history(engine, after).await?;
-        Ok(HistoryCursor::new(
-            shape,
-            catalog_uuids(engine, None),
-            reader,
-            after,
-        ))
+        let uuids = catalog_uuids(engine, None);
+        Ok(HistoryCursor::new(shape, uuids, reader, after, board))
     }
 
     /// A cursor that has read nothing yet.
@@ -242,7 +219,12 @@ impl HistoryCursor {
         uuids: HashMap<String, bson::Uuid>,
         reader: HistoryReader,
         after: Timestamp,
+        board: Arc<BatchBoard>,
     ) -> HistoryCursor {
+        let key = match &shape {
+            Shape::Events { spec, .. } => ShapeKey::of(spec),
+            Shape::Oplog { .. } => None,
+        };
         HistoryCursor {
             shape,
             uuids,
@@ -253,12 +235,12 @@ impl HistoryCursor {
             last_returned: None,
             resume_fragment: None,
             last_answer: None,
-            rate: 0.0,
             tailing: false,
             invalidated: false,
             caught_up: false,
             watching: None,
-            board: None,
+            board,
+            key,
         }
     }
 
@@ -297,8 +279,7 @@ impl HistoryCursor {
             stages,
             split,
         };
-        let mut stream = HistoryCursor::new(shape, uuids, reader, after);
-        stream.board = Some(board);
+        let mut stream = HistoryCursor::new(shape, uuids, reader, after, board);
         stream.resume_inside = resume_inside;
         if stream.resume_inside.is_some() {
             // The token's record is read now, so that a token naming no event fails the
@@ -336,11 +317,10 @@ impl HistoryCursor {
         let started = Instant::now();
         let mut docs = Vec::new();
         let mut bytes = 0usize;
-        let mut records_read = 0;
         let mut gathered = false;
-        // While the batch is every event of the records after `span.after` (none pending from
+        // While the batch is every event of the records after `shared_from` (none pending from
         // an earlier batch, none cut), it may come from the board, or go on it.
-        let mut span = self.sharing_key().map(|key| Span::new(key, self.after));
+        let mut shared_from = self.can_share().then_some(self.after);
         loop {
             self.take_ready(max_docs, &mut docs, &mut bytes);
             if self.invalidated || docs.len() as u64 >= max_docs || !self.ready.is_empty() {
@@ -352,10 +332,10 @@ impl HistoryCursor {
                     gathered = true;
                     self.gather(engine, wait_until).await;
                 }
-                if let Some(span) = span.as_mut().filter(|_| docs.is_empty()) {
-                    span.restart(self.after);
+                if shared_from.is_some() && docs.is_empty() {
+                    shared_from = Some(self.after);
                     let before = self.after;
-                    if let Some(batch) = self.take_shared(&span.key, max_docs) {
+                    if let Some(batch) = self.take_shared(max_docs) {
                         return Ok(batch);
                     }
                     if self.after != before {
@@ -364,17 +344,13 @@ impl HistoryCursor {
                         continue;
                     }
                 }
-                let stop_at = span.as_ref().and_then(|s| self.meeting_point(&s.key));
+                let stop_at = shared_from.and_then(|_| self.meeting_point());
                 let records = self.read(engine, stop_at).await?;
                 read_nothing = records.is_empty();
                 if !read_nothing {
-                    records_read += records.len();
-                    if let Some(span) = span.as_mut() {
-                        span.records += records.len();
-                    }
                     // A stream limited by a batch size may not fill a whole batch to share,
                     // so it leaves its shaped events for the streams in the same position.
-                    let remember = span.is_none() || max_docs != u64::MAX;
+                    let remember = shared_from.is_none() || max_docs != u64::MAX;
                     self.absorb(engine, records, remember)?;
                     if docs.is_empty() && started.elapsed() > MAX_SCAN {
                         break;
@@ -392,7 +368,7 @@ impl HistoryCursor {
                 break;
             }
         }
-        Ok(self.answer(docs, records_read, span))
+        Ok(self.answer(docs, shared_from))
     }
 
     /// A plain (not tailable) oplog read ends when it has caught up with the durable end.
@@ -429,24 +405,23 @@ impl HistoryCursor {
         }
     }
 
-    /// The batch of `docs` (read by this stream), shared on the board when `span` still
-    /// covers every event of its records.
-    fn answer(&mut self, docs: Vec<BatchDoc>, records_read: usize, span: Option<Span>) -> Batch {
+    /// The batch of `docs` (read by this stream), shared on the board when they are every
+    /// event of the records after `shared_from`.
+    fn answer(&mut self, docs: Vec<BatchDoc>, shared_from: Option<Timestamp>) -> Batch {
         if !docs.is_empty() {
-            self.answered(records_read);
+            self.last_answer = Some(Instant::now());
         }
         // Only batches read at the tail are shared: a stream catching up is alone where it
         // is, and its batches would push the tail's out of the board.
         let whole = self.ready.is_empty() && !self.invalidated && self.tailing;
-        let shared = match (span, &self.board) {
-            (Some(span), Some(board)) if whole && self.after > span.after => {
+        let shared = match (shared_from, &self.key) {
+            (Some(from), Some(key)) if whole && self.after > from => {
                 let mut elements = Vec::new();
                 write_elements(&mut elements, &docs);
-                Some(board.publish(SharedBatch {
-                    key: span.key,
-                    after: span.after,
+                Some(self.board.publish(SharedBatch {
+                    key: key.clone(),
+                    after: from,
                     end: self.after,
-                    records: span.records,
                     count: docs.len(),
                     last_token: self.last_returned,
                     elements,
@@ -463,30 +438,30 @@ impl HistoryCursor {
         }
     }
 
-    /// The key under which this stream's batches may be shared: a change stream that shows
-    /// no expanded events, runs no stages, splits no events, and has nothing pending or
+    /// Whether this stream's batches may be shared: a change stream with a [`ShapeKey`] (no
+    /// expanded events) that runs no stages, splits no events, and has nothing pending or
     /// resumed inside a record.
-    fn sharing_key(&self) -> Option<ShapeKey> {
-        let Shape::Events {
-            spec,
-            stages: None,
-            split: false,
-        } = &self.shape
-        else {
-            return None;
-        };
-        let clean = self.ready.is_empty()
+    fn can_share(&self) -> bool {
+        let plain = matches!(
+            self.shape,
+            Shape::Events {
+                stages: None,
+                split: false,
+                ..
+            }
+        );
+        plain
+            && self.key.is_some()
+            && self.ready.is_empty()
             && self.resume_inside.is_none()
             && self.resume_fragment.is_none()
             && !self.invalidated
-            && self.board.is_some();
-        clean.then(|| ShapeKey::of(spec)).flatten()
     }
 
     /// A batch another stream shared from where this one stands, taken as this stream's own:
     /// its position moves to the batch's end. An empty one only moves the position.
-    fn take_shared(&mut self, key: &ShapeKey, max_docs: u64) -> Option<Batch> {
-        let shared = self.board.as_ref()?.find(key, self.after)?;
+    fn take_shared(&mut self, max_docs: u64) -> Option<Batch> {
+        let shared = self.board.find(self.key.as_ref()?, self.after)?;
         if shared.count as u64 > max_docs {
             return None;
         }
@@ -498,7 +473,7 @@ impl HistoryCursor {
             return None;
         }
         self.last_returned = shared.last_token;
-        self.answered(shared.records);
+        self.last_answer = Some(Instant::now());
         Some(Batch {
             docs: Vec::new(),
             shared: Some(shared),
@@ -509,8 +484,8 @@ impl HistoryCursor {
     }
 
     /// Where the other streams with this one's key stand, if ahead of it.
-    fn meeting_point(&self, key: &ShapeKey) -> Option<Timestamp> {
-        self.board.as_ref()?.meeting_point(key, self.after)
+    fn meeting_point(&self) -> Option<Timestamp> {
+        self.board.meeting_point(self.key.as_ref()?, self.after)
     }
 
     /// A stream at the log's tail (an awaiting `getMore`) on a busy log reads no sooner than
@@ -523,31 +498,13 @@ impl HistoryCursor {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
             return;
         };
-        let at = match &self.board {
-            // On the board's clock and rate, so that streams gathering alike read the same
-            // records and share one batch: at least half the period after the last answer.
-            Some(board) => {
-                let period = gather_time(board.commit_rate(engine.commits_logged()));
-                board.tick(last + period / 2, period)
-            }
-            None => last + gather_time(self.rate),
-        };
-        let at = at.min(until);
+        // On the board's clock and rate, so that streams gathering alike read the same records
+        // and share one batch: at least half the period after the last answer.
+        let period = gather_time(self.board.commit_rate(engine.commits_logged()));
+        let at = self.board.tick(last + period / 2, period).min(until);
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
-    }
-
-    /// After a non-empty answer that read `records`: the commit rate since the last answer,
-    /// smoothed over a few answers (a group commit makes several records durable at once, which
-    /// says little about the rate).
-    fn answered(&mut self, records: usize) {
-        let now = Instant::now();
-        if let Some(last) = self.last_answer {
-            let seconds = now.duration_since(last).as_secs_f64().max(1e-4);
-            self.rate = 0.75 * self.rate + 0.25 * (records as f64 / seconds);
-        }
-        self.last_answer = Some(now);
     }
 
     /// The stream has nothing more to give: its invalidate was returned, or a plain oplog read
@@ -704,10 +661,10 @@ impl HistoryCursor {
             Shape::Oplog { .. } => return Ok(record_entries(&tail.record, &self.uuids)),
             Shape::Events { spec, .. } => spec,
         };
-        let Some(key) = ShapeKey::of(spec) else {
+        let Some(key) = &self.key else {
             return record_events(&tail.record, spec, &self.uuids);
         };
-        if let Some(shaped) = tail.memo::<Shaped>(|s| s.key == key) {
+        if let Some(shaped) = tail.memo::<Shaped>(|s| s.key == *key) {
             return Ok(shaped.events.clone());
         }
         let events = record_events(&tail.record, spec, &self.uuids)?;
@@ -717,6 +674,7 @@ impl HistoryCursor {
                 .map(|e| e.doc.as_bytes().len() + EVENT_OVERHEAD)
                 .sum();
             let events = events.clone();
+            let key = key.clone();
             tail.remember(engine, Shaped { key, events }, bytes);
         }
         Ok(events)

@@ -380,7 +380,6 @@ mod tests {
                     key: ShapeKey::of(&any_spec()).expect("not expanded"),
                     after: Timestamp(1),
                     end: Timestamp(2),
-                    records: 1,
                     count: n,
                     last_token: None,
                     elements,

@@ -78,7 +78,8 @@ pub(super) async fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
         tailable: tailable && !reverse,
         await_data,
     };
-    let mut cursor = HistoryCursor::oplog(&shared.engine, after, shape).await?;
+    let mut cursor =
+        HistoryCursor::oplog(&shared.engine, shared.change_batches.clone(), after, shape).await?;
     if reverse {
         let limit = limit.ok_or_else(|| {
             CommandError::bad_value(format!(
