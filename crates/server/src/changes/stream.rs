@@ -203,14 +203,20 @@ impl HistoryCursor {
     /// A cursor over oplog entries of commits after `after`.
     pub async fn oplog(
         engine: &Engine,
-        board: Arc<BatchBoard>,
+        board: &Arc<BatchBoard>,
         after: Timestamp,
         shape: Shape,
     ) -> CommandResult<HistoryCursor> {
         debug_assert!(matches!(shape, Shape::Oplog { .. }));
         let reader = open_history(engine, after).await?;
         let uuids = catalog_uuids(engine, None);
-        Ok(HistoryCursor::new(shape, uuids, reader, after, board))
+        Ok(HistoryCursor::new(
+            shape,
+            uuids,
+            reader,
+            after,
+            board.clone(),
+        ))
     }
 
     /// A cursor that has read nothing yet.

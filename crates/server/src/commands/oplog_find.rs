@@ -36,22 +36,25 @@ pub(super) fn is_oplog(req: &Request<'_>) -> bool {
     req.db == "local" && matches!(req.command_value(), Some(RawBsonRef::String("oplog.rs")))
 }
 
+/// The fields a `find` on the oplog accepts.
+const FIND_FIELDS: &[&str] = &[
+    "filter",
+    "sort",
+    "projection",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "maxTimeMS",
+    "readConcern",
+    "tailable",
+    "oplogReplay",
+    "awaitData",
+    "noCursorTimeout",
+    "hint",
+];
+
 pub(super) async fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Reply> {
-    req.check_fields(&[
-        "filter",
-        "sort",
-        "projection",
-        "limit",
-        "batchSize",
-        "singleBatch",
-        "maxTimeMS",
-        "readConcern",
-        "tailable",
-        "oplogReplay",
-        "awaitData",
-        "noCursorTimeout",
-        "hint",
-    ])?;
+    req.check_fields(FIND_FIELDS)?;
     let raw_filter = req.opt_doc("filter")?;
     let filter = match raw_filter {
         Some(f) => Filter::parse(f)?,
@@ -78,8 +81,8 @@ pub(super) async fn find(shared: &Shared, req: &Request<'_>) -> CommandResult<Re
         tailable: tailable && !reverse,
         await_data,
     };
-    let mut cursor =
-        HistoryCursor::oplog(&shared.engine, shared.change_batches.clone(), after, shape).await?;
+    let board = &shared.change_batches;
+    let mut cursor = HistoryCursor::oplog(&shared.engine, board, after, shape).await?;
     if reverse {
         let limit = limit.ok_or_else(|| {
             CommandError::bad_value(format!(
