@@ -11,7 +11,8 @@
 //!
 //! Layering inside the crate (each module imports only from those before it): `error_codes`, `error`,
 //! `numbers`, `path`, `decimal`, `collation`, `compare`, `key`, `index`; `diff` (update
-//! descriptions for change streams) and [`raw_with_capacity`] stand alone.
+//! descriptions for change streams), `writer` ([`RawWriter`]) and [`raw_with_capacity`] stand
+//! alone.
 
 pub mod collation;
 pub mod compare;
@@ -25,6 +26,7 @@ pub mod index;
 pub mod key;
 pub mod numbers;
 pub mod path;
+pub mod writer;
 
 pub use collation::{Collation, active_collation, collation_active, with_collation};
 pub use compare::{compare_values, type_bracket};
@@ -36,6 +38,7 @@ pub use index::{
 };
 pub use key::{encode_key, encode_key_collated};
 pub use path::distinct_values;
+pub use writer::RawWriter;
 
 /// An empty raw document with room for `capacity` bytes: a document built on a hot path (a
 /// change event) is written into one allocation instead of growing through a dozen.

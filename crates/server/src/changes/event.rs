@@ -11,9 +11,9 @@
 //!   shows only the documents it removed (and, expanded, a `modify`).
 //! - Documents are copied from the record as raw BSON, never parsed.
 
-use bson::raw::{RawBsonRef, RawDocument, cstr};
+use bson::raw::{CStr, RawBsonRef, RawDocument, cstr};
 use bson::{Document, RawDocumentBuf, doc};
-use mangrove_query::raw_with_capacity;
+use mangrove_query::RawWriter;
 use mangrove_storage::StoredDoc;
 use mangrove_storage::txlog::{LogOp, LogRecord};
 
@@ -133,7 +133,7 @@ impl Shaper<'_> {
         match op {
             LogOp::Insert { ns, doc, .. } if self.spec.scope.covers(ns) => {
                 let mut e = self.head_sized(at, "insert", Some(ns), doc.as_bytes().len());
-                e.append(cstr!("fullDocument"), doc.as_ref() as &RawDocument);
+                e.document(cstr!("fullDocument"), doc);
                 append_key(&mut e, doc);
                 out.push(self.finish(at, e));
             }
@@ -144,11 +144,11 @@ impl Shaper<'_> {
             }
             LogOp::Delete { ns, id, pre, .. } if self.spec.scope.covers(ns) => {
                 let mut e = self.head(at, "delete", Some(ns));
-                let mut key = RawDocumentBuf::new();
+                e.begin(cstr!("documentKey"));
                 if let Ok(id) = bson::RawBson::try_from(id.clone()) {
-                    key.append(cstr!("_id"), id);
+                    e.value(cstr!("_id"), id.as_raw_bson_ref());
                 }
-                e.append(cstr!("documentKey"), key);
+                e.end();
                 self.before_change(&mut e, pre.as_ref())?;
                 out.push(self.finish(at, e));
             }
@@ -166,17 +166,17 @@ impl Shaper<'_> {
             LogOp::CreateIndex { spec, .. } if spec.get_str("name").is_ok_and(|n| n == "_id_") => {}
             LogOp::CreateIndex { ns, spec } if expanded && self.spec.scope.covers(ns) => {
                 let mut e = self.head(at, "createIndexes", Some(ns));
-                e.append(
+                e.document(
                     cstr!("operationDescription"),
-                    raw(&doc! {"indexes": [spec.clone()]}),
+                    &raw(&doc! {"indexes": [spec.clone()]}),
                 );
                 out.push(self.finish(at, e));
             }
             LogOp::DropIndex { ns, name } if expanded && self.spec.scope.covers(ns) => {
                 let mut e = self.head(at, "dropIndexes", Some(ns));
-                e.append(
+                e.document(
                     cstr!("operationDescription"),
-                    raw(&doc! {"indexes": [{"name": name.as_str()}]}),
+                    &raw(&doc! {"indexes": [{"name": name.as_str()}]}),
                 );
                 out.push(self.finish(at, e));
             }
@@ -219,46 +219,47 @@ impl Shaper<'_> {
                 ));
             }
             (_, FullDocument::WhenAvailable) => {
-                e.append(cstr!("fullDocument"), bson::raw::RawBson::Null);
+                e.null(cstr!("fullDocument"));
                 None
             }
         };
         if let Some(full) = full {
-            e.append(cstr!("fullDocument"), full.as_ref() as &RawDocument);
+            e.document(cstr!("fullDocument"), full);
         }
         append_key(&mut e, post);
         if let Some(diff) = diff {
-            e.append(cstr!("updateDescription"), self.description(diff));
+            self.description(&mut e, diff);
         }
         self.before_change(&mut e, pre)?;
         Ok(self.finish(at, e))
     }
 
-    /// mongod's `updateDescription`; `disambiguatedPaths` only for expanded events.
-    fn description(&self, diff: &StoredDoc) -> RawDocumentBuf {
-        let mut d = raw_with_capacity(diff.as_bytes().len() + 32);
-        for (key, value) in diff.iter().flatten() {
-            if key.as_str() == "disambiguatedPaths" && !self.spec.show_expanded {
-                continue;
-            }
-            d.append(key, value);
+    /// mongod's `updateDescription`: the log's (`diff`), whose `disambiguatedPaths` is there
+    /// only when some path needs it; an expanded event always has it, any other never.
+    fn description(&self, e: &mut RawWriter, diff: &StoredDoc) {
+        let disambiguated = diff
+            .iter_elements()
+            .any(|el| el.is_ok_and(|el| el.key().as_str() == "disambiguatedPaths"));
+        if disambiguated == self.spec.show_expanded {
+            // The common case, copied whole.
+            e.document(cstr!("updateDescription"), diff);
+            return;
         }
-        if self.spec.show_expanded && !diff.get("disambiguatedPaths").is_ok_and(|v| v.is_some()) {
-            d.append(cstr!("disambiguatedPaths"), RawDocumentBuf::new());
+        e.begin(cstr!("updateDescription"));
+        for key in ["updatedFields", "removedFields", "truncatedArrays"] {
+            e.element_of(diff, key);
         }
-        d
+        if self.spec.show_expanded {
+            e.document(cstr!("disambiguatedPaths"), &RawDocumentBuf::new());
+        }
+        e.end();
     }
 
-    fn before_change(&self, e: &mut RawDocumentBuf, pre: Option<&StoredDoc>) -> CommandResult<()> {
+    fn before_change(&self, e: &mut RawWriter, pre: Option<&StoredDoc>) -> CommandResult<()> {
         match (self.spec.before_change, pre) {
             (BeforeChange::Off, _) => {}
-            (_, Some(pre)) => e.append(
-                cstr!("fullDocumentBeforeChange"),
-                pre.as_ref() as &RawDocument,
-            ),
-            (BeforeChange::WhenAvailable, None) => {
-                e.append(cstr!("fullDocumentBeforeChange"), bson::raw::RawBson::Null)
-            }
+            (_, Some(pre)) => e.document(cstr!("fullDocumentBeforeChange"), pre),
+            (BeforeChange::WhenAvailable, None) => e.null(cstr!("fullDocumentBeforeChange")),
             (BeforeChange::Required, None) => {
                 return Err(CommandError::new(
                     code::NO_MATCHING_DOCUMENT,
@@ -286,8 +287,8 @@ impl Shaper<'_> {
             d.insert("idIndex", id_index);
             ("collection", d)
         };
-        e.append(cstr!("operationDescription"), raw(&description));
-        e.append(cstr!("nsType"), kind);
+        e.document(cstr!("operationDescription"), &raw(&description));
+        e.str(cstr!("nsType"), kind);
         self.finish(at, e)
     }
 
@@ -302,7 +303,9 @@ impl Shaper<'_> {
                     return;
                 }
                 let mut e = self.head(at, "dropDatabase", None);
-                e.append(cstr!("ns"), raw(&doc! {"db": db}));
+                e.begin(cstr!("ns"));
+                e.str(cstr!("db"), db);
+                e.end();
                 out.push(self.finish(at, e));
                 if matches!(self.spec.scope, Scope::Database { .. }) {
                     out.push(self.invalidate(at));
@@ -312,7 +315,7 @@ impl Shaper<'_> {
                 let mut e = self.head(at, "modify", Some(ns));
                 let mut description = o.clone();
                 description.remove("collMod");
-                e.append(cstr!("operationDescription"), raw(&description));
+                e.document(cstr!("operationDescription"), &raw(&description));
                 out.push(self.finish(at, e));
             }
             _ => {}
@@ -355,7 +358,7 @@ impl Shaper<'_> {
                     let mut description = o.clone();
                     description.remove("convertToCapped");
                     description.insert("capped", true);
-                    e.append(cstr!("operationDescription"), raw(&description));
+                    e.document(cstr!("operationDescription"), &raw(&description));
                     out.push(self.finish(at, e));
                 }
                 _ => {}
@@ -369,11 +372,11 @@ impl Shaper<'_> {
             return;
         }
         let mut e = self.head(at, "rename", Some(from));
-        e.append(cstr!("to"), raw(&ns_doc(to)));
+        write_ns(&mut e, cstr!("to"), to);
         if self.spec.show_expanded {
-            e.append(
+            e.document(
                 cstr!("operationDescription"),
-                raw(&doc! {"to": ns_doc(to), "dropTarget": drop_target}),
+                &raw(&doc! {"to": ns_doc(to), "dropTarget": drop_target}),
             );
         }
         out.push(self.finish(at, e));
@@ -389,66 +392,59 @@ impl Shaper<'_> {
             index: index_of(at) + 1,
             fragment: 0,
         };
-        let mut e = RawDocumentBuf::new();
-        e.append(cstr!("_id"), token.to_raw());
-        e.append(cstr!("operationType"), "invalidate");
-        e.append(cstr!("clusterTime"), self.record.ts.to_bson());
-        e.append(
-            cstr!("wallTime"),
-            bson::DateTime::from_millis(self.record.wall_ms),
-        );
+        let mut e = RawWriter::with_capacity(EVENT_HEAD_BYTES);
+        self.times(&mut e, token, "invalidate");
         Event {
             token,
-            doc: StoredDoc::new(e),
+            doc: StoredDoc::new(e.finish()),
         }
     }
 
+    /// `_id`, `operationType`, `clusterTime` and `wallTime`.
+    fn times(&self, e: &mut RawWriter, token: ResumeToken, kind: &str) {
+        token.write(e, cstr!("_id"));
+        e.str(cstr!("operationType"), kind);
+        e.timestamp(cstr!("clusterTime"), self.record.ts.to_bson());
+        e.datetime(cstr!("wallTime"), self.record.wall_ms);
+    }
+
     /// `_id`, `operationType`, `clusterTime`, `wallTime` and `ns` (when given).
-    fn head(&self, at: usize, kind: &str, ns: Option<&str>) -> RawDocumentBuf {
+    fn head(&self, at: usize, kind: &str, ns: Option<&str>) -> RawWriter {
         self.head_sized(at, kind, ns, 0)
     }
 
     /// [`Shaper::head`] of an event that will also carry `documents` bytes of documents.
-    fn head_sized(
-        &self,
-        at: usize,
-        kind: &str,
-        ns: Option<&str>,
-        documents: usize,
-    ) -> RawDocumentBuf {
-        let token = ResumeToken::event(self.record.ts, index_of(at));
-        let mut e = raw_with_capacity(EVENT_HEAD_BYTES + documents);
-        e.append(cstr!("_id"), token.to_raw());
-        e.append(cstr!("operationType"), kind);
-        e.append(cstr!("clusterTime"), self.record.ts.to_bson());
-        e.append(
-            cstr!("wallTime"),
-            bson::DateTime::from_millis(self.record.wall_ms),
+    fn head_sized(&self, at: usize, kind: &str, ns: Option<&str>, documents: usize) -> RawWriter {
+        let mut e = RawWriter::with_capacity(EVENT_HEAD_BYTES + documents);
+        self.times(
+            &mut e,
+            ResumeToken::event(self.record.ts, index_of(at)),
+            kind,
         );
         if let Some(ns) = ns {
             // mongod adds the collection's UUID to expanded events.
             if self.spec.show_expanded
                 && let Some(&uuid) = self.uuids.get(ns)
             {
-                e.append(
+                e.value(
                     cstr!("collectionUUID"),
                     bson::Binary::from(uuid).as_raw_binary(),
                 );
             }
-            e.append(cstr!("ns"), ns_raw(ns));
+            write_ns(&mut e, cstr!("ns"), ns);
         }
         e
     }
 
     /// Adds a transaction's session fields and wraps the event.
-    fn finish(&self, at: usize, mut e: RawDocumentBuf) -> Event {
+    fn finish(&self, at: usize, mut e: RawWriter) -> Event {
         if let Some((lsid, n)) = &self.session {
-            e.append(cstr!("lsid"), lsid as &RawDocument);
-            e.append(cstr!("txnNumber"), *n);
+            e.document(cstr!("lsid"), lsid);
+            e.i64(cstr!("txnNumber"), *n);
         }
         Event {
             token: ResumeToken::event(self.record.ts, index_of(at)),
-            doc: StoredDoc::new(e),
+            doc: StoredDoc::new(e.finish()),
         }
     }
 }
@@ -457,17 +453,17 @@ fn index_of(at: usize) -> u32 {
     u32::try_from(at * 2).unwrap_or(u32::MAX - 1)
 }
 
-/// `{db, coll}` as raw BSON (every event has one).
-fn ns_raw(ns: &str) -> RawDocumentBuf {
-    let mut d = raw_with_capacity(ns.len() + 24);
+/// `{db, coll}` under `key` (every event has one).
+fn write_ns(e: &mut RawWriter, key: &CStr, ns: &str) {
+    e.begin(key);
     match ns.split_once('.') {
         Some((db, coll)) => {
-            d.append(cstr!("db"), db);
-            d.append(cstr!("coll"), coll);
+            e.str(cstr!("db"), db);
+            e.str(cstr!("coll"), coll);
         }
-        None => d.append(cstr!("db"), ns),
+        None => e.str(cstr!("db"), ns),
     }
-    d
+    e.end();
 }
 
 fn ns_doc(ns: &str) -> Document {
@@ -477,12 +473,10 @@ fn ns_doc(ns: &str) -> Document {
     }
 }
 
-fn append_key(e: &mut RawDocumentBuf, doc: &StoredDoc) {
-    let mut key = raw_with_capacity(64);
-    if let Ok(Some(id)) = doc.get("_id") {
-        key.append(cstr!("_id"), id);
-    }
-    e.append(cstr!("documentKey"), key);
+fn append_key(e: &mut RawWriter, doc: &StoredDoc) {
+    e.begin(cstr!("documentKey"));
+    e.element_of(doc, "_id");
+    e.end();
 }
 
 fn raw(d: &Document) -> RawDocumentBuf {

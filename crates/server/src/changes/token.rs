@@ -17,9 +17,10 @@
 //! refused with mongod's error rather than resumed from a wrong place.
 
 use bson::RawDocumentBuf;
-use bson::raw::{RawBsonRef, cstr};
+use bson::raw::{CStr, RawBsonRef, cstr};
 #[cfg(test)]
 use bson::{Document, doc};
+use mangrove_query::RawWriter;
 use mangrove_storage::Timestamp;
 
 use crate::error::{CommandError, CommandResult, code};
@@ -76,26 +77,41 @@ impl ResumeToken {
         doc! { "_data": self.hex() }
     }
 
+    /// The token as the `_id` (or any `key`) of a document being written: no allocation.
+    pub fn write(self, w: &mut RawWriter, key: &CStr) {
+        let hex = self.hex_digits();
+        w.begin(key);
+        // Hex digits are ASCII.
+        w.str(
+            cstr!("_data"),
+            std::str::from_utf8(&hex).unwrap_or_default(),
+        );
+        w.end();
+    }
+
     fn hex(self) -> String {
-        let mut bytes = Vec::with_capacity(LEN);
-        bytes.extend_from_slice(MAGIC);
-        bytes.push(VERSION);
-        bytes.push(match self.kind {
+        String::from_utf8_lossy(&self.hex_digits()).into_owned()
+    }
+
+    fn hex_digits(self) -> [u8; LEN * 2] {
+        let mut bytes = [0u8; LEN];
+        bytes[..2].copy_from_slice(MAGIC);
+        bytes[2] = VERSION;
+        bytes[3] = match self.kind {
             TokenKind::Event => 0,
             TokenKind::HighWaterMark => 1,
             TokenKind::Invalidate => 2,
-        });
-        bytes.extend_from_slice(&self.ts.0.to_be_bytes());
-        bytes.extend_from_slice(&self.index.to_be_bytes());
-        bytes.extend_from_slice(&self.fragment.to_be_bytes());
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_be_bytes());
-        debug_assert_eq!(bytes.len(), LEN);
+        };
+        bytes[4..12].copy_from_slice(&self.ts.0.to_be_bytes());
+        bytes[12..16].copy_from_slice(&self.index.to_be_bytes());
+        bytes[16..20].copy_from_slice(&self.fragment.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[..20]);
+        bytes[20..].copy_from_slice(&crc.to_be_bytes());
         const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-        let mut hex = String::with_capacity(LEN * 2);
-        for b in &bytes {
-            hex.push(DIGITS[usize::from(b >> 4)] as char);
-            hex.push(DIGITS[usize::from(b & 0xF)] as char);
+        let mut hex = [0u8; LEN * 2];
+        for (i, b) in bytes.iter().enumerate() {
+            hex[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex[2 * i + 1] = DIGITS[usize::from(b & 0xF)];
         }
         hex
     }
