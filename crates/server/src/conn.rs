@@ -119,7 +119,7 @@ async fn serve_stream(
         Counters::bump(&shared.counters.bytes_out, bytes.len() as u64);
         // A client that stops reading its replies is as stuck as one that stops sending.
         let write = async {
-            writer.write_all(&bytes).await?;
+            bytes.write_to(&mut writer).await?;
             writer.flush().await
         };
         match tokio::time::timeout(shared.config.message_timeout, write).await {
@@ -136,13 +136,46 @@ async fn serve_stream(
     }
 }
 
-/// Decodes and runs one frame; the reply bytes, if the request wants one.
+/// A reply ready to write: a whole frame, or an OP_MSG framed around its body, written
+/// vectored without copying the body into a frame (see `wire::MsgFrame`).
+enum Outgoing {
+    Bytes(Vec<u8>),
+    Msg(wire::MsgFrame<RawDocumentBuf>),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Bytes(bytes) => bytes.len(),
+            Outgoing::Msg(frame) => frame.len(),
+        }
+    }
+
+    async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<()> {
+        let frame = match self {
+            Outgoing::Bytes(bytes) => return writer.write_all(bytes).await,
+            Outgoing::Msg(frame) => frame,
+        };
+        let mut slices = frame.parts().map(std::io::IoSlice::new);
+        let mut rest = &mut slices[..];
+        while rest.iter().any(|s| !s.is_empty()) {
+            let n = writer.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            std::io::IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes and runs one frame; the reply, if the request wants one.
 async fn answer(
     shared: &Shared,
     conn: &mut ConnState,
     header: &Header,
     frame: &[u8],
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Outgoing>, String> {
     let e = match wire::decode(frame, &shared.limits) {
         Ok(message) => return handle(shared, conn, message).await,
         Err(e) if e.is_fatal() => return Err(e.to_string()),
@@ -160,16 +193,18 @@ async fn answer(
     // Answer in the request's own opcode, looking inside OP_COMPRESSED.
     let op_code = wire::peek_op_code(frame).unwrap_or(header.op_code);
     let reply_id = conn.reply_id();
-    Ok(Some(if op_code == wire::opcode::OP_QUERY {
-        wire::encode_reply(reply_id, header.request_id, legacy::REPLY_OK, &body, None)
-    } else if wire::opcode::is_legacy(op_code) {
-        // Old clients read only OP_REPLY: answer as a failed legacy query.
-        let body = query_failure(shared, &err);
-        let flags = legacy::REPLY_QUERY_FAILURE;
-        wire::encode_reply(reply_id, header.request_id, flags, &body, None)
-    } else {
-        wire::encode_msg(reply_id, header.request_id, 0, &body, &[], None)
-    }))
+    Ok(Some(Outgoing::Bytes(
+        if op_code == wire::opcode::OP_QUERY {
+            wire::encode_reply(reply_id, header.request_id, legacy::REPLY_OK, &body, None)
+        } else if wire::opcode::is_legacy(op_code) {
+            // Old clients read only OP_REPLY: answer as a failed legacy query.
+            let body = query_failure(shared, &err);
+            let flags = legacy::REPLY_QUERY_FAILURE;
+            wire::encode_reply(reply_id, header.request_id, flags, &body, None)
+        } else {
+            wire::encode_msg(reply_id, header.request_id, 0, &body, &[], None)
+        },
+    )))
 }
 
 impl ConnState {
@@ -199,19 +234,19 @@ async fn handle(
     shared: &Shared,
     conn: &mut ConnState,
     message: Message,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Outgoing>, String> {
     let request_id = message.header.request_id;
     let compressor = message.compressor;
     match message.request {
         WireRequest::Query(q) => {
             let (flags, reply) = op_query(shared, conn, &q).await?;
-            Ok(Some(wire::encode_reply(
+            Ok(Some(Outgoing::Bytes(wire::encode_reply(
                 conn.reply_id(),
                 request_id,
                 flags,
                 &reply,
                 compressor,
-            )))
+            ))))
         }
         WireRequest::Msg(msg) => {
             let reply = op_msg(shared, conn, &msg.body, &msg.sequences).await?;
@@ -219,14 +254,18 @@ async fn handle(
                 return Ok(None);
             }
             let flags = msg.flags & msg_flags::CHECKSUM_PRESENT;
-            Ok(Some(wire::encode_msg(
-                conn.reply_id(),
-                request_id,
-                flags,
-                &reply,
-                &[],
-                compressor,
-            )))
+            let reply_id = conn.reply_id();
+            Ok(Some(match compressor {
+                Some(_) => Outgoing::Bytes(wire::encode_msg(
+                    reply_id,
+                    request_id,
+                    flags,
+                    &reply,
+                    &[],
+                    compressor,
+                )),
+                None => Outgoing::Msg(wire::MsgFrame::new(reply_id, request_id, flags, reply)),
+            }))
         }
     }
 }

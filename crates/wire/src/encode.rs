@@ -70,6 +70,61 @@ pub fn encode_msg(
     seal(header, frame, compressor)
 }
 
+/// An OP_MSG reply of one body section, framed without copying the body: the bytes before it
+/// (header, flags, section kind) and after it (the CRC-32C, when asked for). A busy change
+/// stream's replies are tens of kilobytes; writing them vectored from where they were built
+/// saves copying each into a frame ([`encode_msg`] does).
+pub struct MsgFrame<B> {
+    pub head: [u8; HEADER_LEN + 5],
+    pub body: B,
+    pub checksum: Option<[u8; 4]>,
+}
+
+impl<B: AsRef<RawDocument>> MsgFrame<B> {
+    /// Frames `body` as [`encode_msg`] would without sequences or compression.
+    pub fn new(request_id: i32, response_to: i32, flags: u32, body: B) -> MsgFrame<B> {
+        let checksummed = flags & msg_flags::CHECKSUM_PRESENT != 0;
+        let body_len = body.as_ref().as_bytes().len();
+        let len = (HEADER_LEN + 5)
+            .saturating_add(body_len)
+            .saturating_add(if checksummed { 4 } else { 0 });
+        let header = Header {
+            message_length: wire_len(len),
+            request_id,
+            response_to,
+            op_code: opcode::OP_MSG,
+        };
+        let mut head = [0u8; HEADER_LEN + 5];
+        head[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        head[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&flags.to_le_bytes());
+        // Section kind 0: the body.
+        head[HEADER_LEN + 4] = 0;
+        let checksum = checksummed.then(|| {
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&head), body.as_ref().as_bytes());
+            crc.to_le_bytes()
+        });
+        MsgFrame {
+            head,
+            body,
+            checksum,
+        }
+    }
+
+    /// The frame's parts, in order.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        let checksum = self.checksum.as_ref().map_or(&[][..], |c| &c[..]);
+        [&self.head, self.body.as_ref().as_bytes(), checksum]
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Encodes an OP_REPLY carrying one document, as the answer to a legacy OP_QUERY command.
 pub fn encode_reply(
     request_id: i32,

@@ -24,7 +24,7 @@ mod tests;
 
 pub use compression::Compressor;
 pub use decode::{decode, decode_reply, peek_msg_flags, peek_op_code};
-pub use encode::{encode_msg, encode_query, encode_reply};
+pub use encode::{MsgFrame, encode_msg, encode_query, encode_reply};
 pub use error::WireError;
 pub use header::{
     BSON_INTERNAL_SLACK, DEFAULT_MAX_BSON_SIZE, DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN, Header,
