@@ -19,7 +19,7 @@ use crate::admission::{self, Close};
 use crate::commands::{self, Client};
 use crate::error::{CommandError, code};
 use crate::legacy::{self, LegacyError};
-use crate::reply::{self, Reply};
+use crate::reply::{self, Reply, Segmented};
 use crate::request::Request;
 use crate::tls::Stream;
 use crate::{Counters, Shared};
@@ -136,27 +136,60 @@ async fn serve_stream(
     }
 }
 
-/// A reply ready to write: a whole frame, or an OP_MSG framed around its body, written
-/// vectored without copying the body into a frame (see `wire::MsgFrame`).
+/// A reply document ready to frame: whole, or around bytes shared with other replies.
+enum Body {
+    Whole(RawDocumentBuf),
+    Segmented(Segmented),
+}
+
+impl Body {
+    /// Its bytes, in order.
+    fn parts(&self) -> [&[u8]; 3] {
+        match self {
+            Body::Whole(doc) => [doc.as_bytes(), &[], &[]],
+            Body::Segmented(segmented) => segmented.parts(),
+        }
+    }
+
+    /// The document in one buffer (a legacy or compressed reply needs one).
+    fn into_whole(self) -> RawDocumentBuf {
+        match self {
+            Body::Whole(doc) => doc,
+            Body::Segmented(segmented) => segmented.to_raw(),
+        }
+    }
+}
+
+/// A reply ready to write: a whole frame, or an OP_MSG's frame and body, written vectored
+/// without copying the body into the frame (see `wire::MsgFrame`).
 enum Outgoing {
     Bytes(Vec<u8>),
-    Msg(wire::MsgFrame<RawDocumentBuf>),
+    Msg { frame: wire::MsgFrame, body: Body },
 }
 
 impl Outgoing {
+    fn msg(reply_id: i32, request_id: i32, flags: u32, body: Body) -> Outgoing {
+        let frame = wire::MsgFrame::new(reply_id, request_id, flags, &body.parts());
+        Outgoing::Msg { frame, body }
+    }
+
     fn len(&self) -> usize {
         match self {
             Outgoing::Bytes(bytes) => bytes.len(),
-            Outgoing::Msg(frame) => frame.len(),
+            Outgoing::Msg { frame, body } => {
+                let body: usize = body.parts().iter().map(|p| p.len()).sum();
+                frame.head.len() + body + frame.trailer().len()
+            }
         }
     }
 
     async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<()> {
-        let frame = match self {
+        let (frame, body) = match self {
             Outgoing::Bytes(bytes) => return writer.write_all(bytes).await,
-            Outgoing::Msg(frame) => frame,
+            Outgoing::Msg { frame, body } => (frame, body),
         };
-        let mut slices = frame.parts().map(std::io::IoSlice::new);
+        let [a, b, c] = body.parts();
+        let mut slices = [&frame.head[..], a, b, c, frame.trailer()].map(std::io::IoSlice::new);
         let mut rest = &mut slices[..];
         while rest.iter().any(|s| !s.is_empty()) {
             let n = writer.write_vectored(rest).await?;
@@ -260,11 +293,11 @@ async fn handle(
                     reply_id,
                     request_id,
                     flags,
-                    &reply,
+                    &reply.into_whole(),
                     &[],
                     compressor,
                 )),
-                None => Outgoing::Msg(wire::MsgFrame::new(reply_id, request_id, flags, reply)),
+                None => Outgoing::msg(reply_id, request_id, flags, reply),
             }))
         }
     }
@@ -297,7 +330,7 @@ async fn op_query(
     let mut request = Request::new(name, &command.db, &command.body, &[]);
     request.owner = owner(shared, conn);
     let reply = run_command(shared, conn, &request).await?;
-    Ok((legacy::REPLY_OK, reply))
+    Ok((legacy::REPLY_OK, reply.into_whole()))
 }
 
 /// A failed legacy query as mongod answered it: `$err` and `code` (with the command error's
@@ -314,13 +347,13 @@ async fn op_msg(
     conn: &mut ConnState,
     body: &RawDocument,
     sequences: &[wire::DocumentSequence],
-) -> Result<RawDocumentBuf, String> {
+) -> Result<Body, String> {
     let missing_db = || {
-        finish(
+        Body::Whole(finish(
             shared,
             CommandError::new(code::MISSING_DB, "OP_MSG requests require a $db argument")
                 .to_document(),
-        )
+        ))
     };
     let Some(name) = first_key(body) else {
         return Ok(missing_db());
@@ -351,7 +384,7 @@ async fn run_command(
     shared: &Shared,
     conn: &mut ConnState,
     request: &Request<'_>,
-) -> Result<RawDocumentBuf, String> {
+) -> Result<Body, String> {
     Counters::bump(&shared.counters.command, 1);
     let reply = commands::run(shared, &mut conn.client, request).await;
     if request.close_connection.load(Ordering::Relaxed) {
@@ -361,10 +394,14 @@ async fn run_command(
         ));
     }
     Ok(match reply {
-        Reply::Doc(doc) => finish(shared, doc),
+        Reply::Doc(doc) => Body::Whole(finish(shared, doc)),
         Reply::Raw(mut raw) => {
             reply::decorate_raw(shared, &mut raw);
-            raw
+            Body::Whole(raw)
+        }
+        Reply::Segmented(mut segmented) => {
+            reply::decorate_segmented(shared, &mut segmented);
+            Body::Segmented(segmented)
         }
     })
 }

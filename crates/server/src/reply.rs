@@ -4,6 +4,8 @@
 
 use bson::{Document, RawDocumentBuf, doc};
 
+use std::sync::Arc;
+
 use crate::Shared;
 
 pub(crate) enum Reply {
@@ -11,6 +13,60 @@ pub(crate) enum Reply {
     /// Replies that embed stored documents are built raw, so documents are copied once, into
     /// the reply, and never converted.
     Raw(RawDocumentBuf),
+    /// A raw reply around bytes shared with other replies (see [`Segmented`]).
+    Segmented(Segmented),
+}
+
+/// A reply document in three parts whose middle is shared, not copied: the events of a batch
+/// that every change stream standing at the same place returns (`changes/board.rs`). `head`
+/// opens the document down to where `middle` goes and `tail` closes it; the lengths written
+/// in `head` count all three parts. Only `tail` grows ([`Segmented::append`]): fields added to
+/// the outer document go at its end.
+pub(crate) struct Segmented {
+    head: Vec<u8>,
+    middle: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    tail: Vec<u8>,
+}
+
+impl Segmented {
+    pub fn new(
+        head: Vec<u8>,
+        middle: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        tail: Vec<u8>,
+    ) -> Segmented {
+        let segmented = Segmented { head, middle, tail };
+        debug_assert!(
+            RawDocumentBuf::from_bytes(segmented.parts().concat()).is_ok(),
+            "the parts make one document"
+        );
+        segmented
+    }
+
+    /// The document's bytes, in order.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [&self.head, self.middle.as_ref().as_ref(), &self.tail]
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
+    }
+
+    /// The whole document in one buffer, for what needs one (a compressed or legacy reply,
+    /// the profiler).
+    pub fn to_raw(&self) -> RawDocumentBuf {
+        RawDocumentBuf::from_bytes(self.parts().concat()).unwrap_or_default()
+    }
+
+    /// Appends `fields`' elements to the outer document.
+    pub fn append(&mut self, fields: &bson::RawDocument) {
+        let elements = &fields.as_bytes()[4..fields.as_bytes().len() - 1];
+        debug_assert_eq!(self.tail.last(), Some(&0));
+        self.tail.pop();
+        self.tail.extend_from_slice(elements);
+        self.tail.push(0);
+        let len = i32::try_from(self.len()).unwrap_or(i32::MAX);
+        self.head[..4].copy_from_slice(&len.to_le_bytes());
+    }
 }
 
 impl From<Document> for Reply {
@@ -60,6 +116,13 @@ pub(crate) fn decorate_raw(shared: &Shared, reply: &mut RawDocumentBuf) {
     let ts = shared.engine.last_commit().to_bson();
     reply.append(bson::raw::cstr!("$clusterTime"), cluster_time_raw(ts));
     reply.append(bson::raw::cstr!("operationTime"), ts);
+}
+
+/// [`decorate_raw`] for a segmented reply.
+pub(crate) fn decorate_segmented(shared: &Shared, reply: &mut Segmented) {
+    let mut fields = RawDocumentBuf::new();
+    decorate_raw(shared, &mut fields);
+    reply.append(&fields);
 }
 
 #[cfg(test)]

@@ -70,21 +70,24 @@ pub fn encode_msg(
     seal(header, frame, compressor)
 }
 
-/// An OP_MSG reply of one body section, framed without copying the body: the bytes before it
+/// The frame of an OP_MSG reply of one body section, without the body: the bytes before it
 /// (header, flags, section kind) and after it (the CRC-32C, when asked for). A busy change
-/// stream's replies are tens of kilobytes; writing them vectored from where they were built
-/// saves copying each into a frame ([`encode_msg`] does).
-pub struct MsgFrame<B> {
+/// stream's replies are tens of kilobytes, and their events are shared with other streams';
+/// the connection writes frame and body vectored from where they are, where [`encode_msg`]
+/// copies the body into a frame.
+pub struct MsgFrame {
     pub head: [u8; HEADER_LEN + 5],
-    pub body: B,
     pub checksum: Option<[u8; 4]>,
 }
 
-impl<B: AsRef<RawDocument>> MsgFrame<B> {
-    /// Frames `body` as [`encode_msg`] would without sequences or compression.
-    pub fn new(request_id: i32, response_to: i32, flags: u32, body: B) -> MsgFrame<B> {
+impl MsgFrame {
+    /// Frames the body whose bytes are `body`, in order, as [`encode_msg`] would without
+    /// sequences or compression.
+    pub fn new(request_id: i32, response_to: i32, flags: u32, body: &[&[u8]]) -> MsgFrame {
         let checksummed = flags & msg_flags::CHECKSUM_PRESENT != 0;
-        let body_len = body.as_ref().as_bytes().len();
+        let body_len = body
+            .iter()
+            .fold(0usize, |n, part| n.saturating_add(part.len()));
         let len = (HEADER_LEN + 5)
             .saturating_add(body_len)
             .saturating_add(if checksummed { 4 } else { 0 });
@@ -100,28 +103,17 @@ impl<B: AsRef<RawDocument>> MsgFrame<B> {
         // Section kind 0: the body.
         head[HEADER_LEN + 4] = 0;
         let checksum = checksummed.then(|| {
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&head), body.as_ref().as_bytes());
+            let crc = body.iter().fold(crc32c::crc32c(&head), |crc, part| {
+                crc32c::crc32c_append(crc, part)
+            });
             crc.to_le_bytes()
         });
-        MsgFrame {
-            head,
-            body,
-            checksum,
-        }
+        MsgFrame { head, checksum }
     }
 
-    /// The frame's parts, in order.
-    pub fn parts(&self) -> [&[u8]; 3] {
-        let checksum = self.checksum.as_ref().map_or(&[][..], |c| &c[..]);
-        [&self.head, self.body.as_ref().as_bytes(), checksum]
-    }
-
-    pub fn len(&self) -> usize {
-        self.parts().iter().map(|p| p.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
+    /// The checksum's bytes (none when not asked for).
+    pub fn trailer(&self) -> &[u8] {
+        self.checksum.as_ref().map_or(&[][..], |c| &c[..])
     }
 }
 

@@ -73,6 +73,13 @@ pub struct SharedBatch {
     pub elements: Vec<u8>,
 }
 
+/// A shared batch is sent as its elements' bytes (`reply::Segmented`).
+impl AsRef<[u8]> for SharedBatch {
+    fn as_ref(&self) -> &[u8] {
+        &self.elements
+    }
+}
+
 pub struct BatchBoard {
     /// Ticks are counted from here.
     epoch: Instant,

@@ -406,6 +406,9 @@ fn reply(
     let mut out = match cursor {
         Reply::Doc(d) => d,
         Reply::Raw(raw) => Document::try_from(raw.as_ref() as &RawDocument).map_err(internal)?,
+        Reply::Segmented(s) => {
+            Document::try_from(s.to_raw().as_ref() as &RawDocument).map_err(internal)?
+        }
     };
     out.remove("ok");
     out.insert("nErrors", totals.errors);

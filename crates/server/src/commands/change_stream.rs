@@ -25,6 +25,7 @@ use super::Reply;
 use super::args::cursor_batch_size;
 use super::names::validate_db_name;
 use super::reply::{DEFAULT_FIRST_BATCH, cursor_reply_with_token};
+use crate::reply::Segmented;
 
 /// Stages allowed after `$changeStream`: the ones that look at one event at a time.
 const ALLOWED_STAGES: &[&str] = &[
@@ -147,7 +148,7 @@ pub(super) async fn open(
             time_left: None,
         })?
     };
-    Ok(Reply::Raw(reply(&ns, id, "firstBatch", &batch)))
+    Ok(batch_reply(&ns, id, "firstBatch", &batch))
 }
 
 /// A change stream reads majority-committed (here: durable) history; other levels are refused,
@@ -277,7 +278,7 @@ pub(super) async fn get_more(
         shared.cursors.put_back(id, cursor);
         id
     };
-    Ok(Reply::Raw(reply(&ns, reply_id, "nextBatch", &batch)))
+    Ok(batch_reply(&ns, reply_id, "nextBatch", &batch))
 }
 
 /// Labels an error a change stream's `getMore` failed with, as mongod does, so drivers know
@@ -295,12 +296,43 @@ pub(super) fn label_error(e: &mut CommandError) {
 /// into one buffer: a busy stream answers many `getMore`s, and the general builder copies each
 /// event three times (into the array, the cursor, the reply) and formats every array index.
 pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumentBuf {
+    let (out, _) = write_reply(ns, id, field, batch, true);
+    // Well-formed by construction; the general builder is the fallback should that ever fail
+    // (a namespace with a NUL cannot reach here: names are validated).
+    RawDocumentBuf::from_bytes(out).unwrap_or_else(|_| {
+        let token = Some(batch.post_batch_token.to_raw());
+        cursor_reply_with_token(ns, id, field, &batch.documents(), token)
+    })
+}
+
+/// [`reply`], as a [`Reply`]: a batch shared with other streams stays where it is, and the
+/// reply is written around it (`Reply::Segmented`), so ten streams sending one batch do not
+/// copy it ten times.
+pub(super) fn batch_reply(ns: &str, id: i64, field: &str, batch: &Batch) -> Reply {
+    let Some(shared) = &batch.shared else {
+        return Reply::Raw(reply(ns, id, field, batch));
+    };
+    let (mut head, split) = write_reply(ns, id, field, batch, false);
+    let tail = head.split_off(split);
+    Reply::Segmented(Segmented::new(head, shared.clone(), tail))
+}
+
+/// The reply's bytes, with the batch's elements in place, or (a shared batch, not
+/// `in_place`) without them but with every length counting them; and where they go.
+fn write_reply(ns: &str, id: i64, field: &str, batch: &Batch, in_place: bool) -> (Vec<u8>, usize) {
+    let missing = match (&batch.shared, in_place) {
+        (Some(shared), false) => shared.elements.len(),
+        _ => 0,
+    };
     let mut out = Vec::with_capacity(batch.elements_len() + ns.len() + 256);
     let reply = open_doc(&mut out);
     let cursor = open_element(&mut out, 0x03, "cursor");
     let array = open_element(&mut out, 0x04, field);
-    batch.write_elements(&mut out);
-    close_doc(&mut out, array);
+    if missing == 0 {
+        batch.write_elements(&mut out);
+    }
+    let split = out.len();
+    close_doc(&mut out, array, missing);
     out.push(0x03);
     out.extend_from_slice(b"postBatchResumeToken\0");
     out.extend_from_slice(batch.post_batch_token.to_raw().as_bytes());
@@ -312,17 +344,12 @@ pub(super) fn reply(ns: &str, id: i64, field: &str, batch: &Batch) -> RawDocumen
     out.extend_from_slice(&(ns.len() as i32 + 1).to_le_bytes());
     out.extend_from_slice(ns.as_bytes());
     out.push(0);
-    close_doc(&mut out, cursor);
+    close_doc(&mut out, cursor, missing);
     out.push(0x01);
     out.extend_from_slice(b"ok\0");
     out.extend_from_slice(&1.0f64.to_le_bytes());
-    close_doc(&mut out, reply);
-    // Well-formed by construction; the general builder is the fallback should that ever fail
-    // (a namespace with a NUL cannot reach here: names are validated).
-    RawDocumentBuf::from_bytes(out).unwrap_or_else(|_| {
-        let token = Some(batch.post_batch_token.to_raw());
-        cursor_reply_with_token(ns, id, field, &batch.documents(), token)
-    })
+    close_doc(&mut out, reply, missing);
+    (out, split)
 }
 
 /// Starts a document: its length is filled in by [`close_doc`] at the returned offset.
@@ -340,9 +367,11 @@ fn open_element(out: &mut Vec<u8>, kind: u8, key: &str) -> usize {
     open_doc(out)
 }
 
-fn close_doc(out: &mut Vec<u8>, at: usize) {
+/// Ends the document started at `at`, whose length also counts `missing` bytes written
+/// elsewhere (a shared batch's elements).
+fn close_doc(out: &mut Vec<u8>, at: usize, missing: usize) {
     out.push(0);
-    let len = (out.len() - at) as i32;
+    let len = (out.len() - at + missing) as i32;
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
@@ -352,7 +381,7 @@ mod tests {
     use crate::batch::BatchDoc;
     use crate::changes::board::{ShapeKey, SharedBatch};
     use crate::changes::token::ResumeToken;
-    use bson::rawdoc;
+    use bson::{cstr, rawdoc};
     use mangrove_storage::Timestamp;
 
     fn any_spec() -> spec::StreamSpec {
@@ -400,6 +429,28 @@ mod tests {
                     general.as_bytes(),
                     "shared, {n} docs"
                 );
+                // Around the shared elements, not copying them, and still one document once
+                // the connection appends its fields.
+                let Reply::Segmented(mut segmented) = batch_reply("db.c", 42, field, &shared)
+                else {
+                    panic!("a shared batch's reply is segmented");
+                };
+                assert_eq!(segmented.to_raw().as_bytes(), general.as_bytes());
+                let fields = rawdoc! {"operationTime": bson::Timestamp {time: 1, increment: 2}};
+                segmented.append(&fields);
+                let mut expected = general.clone();
+                expected.append(
+                    cstr!("operationTime"),
+                    bson::Timestamp {
+                        time: 1,
+                        increment: 2,
+                    },
+                );
+                assert_eq!(segmented.to_raw().as_bytes(), expected.as_bytes());
+                assert!(matches!(
+                    batch_reply("db.c", 42, field, &batch),
+                    Reply::Raw(_)
+                ));
             }
         }
     }

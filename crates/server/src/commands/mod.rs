@@ -380,6 +380,8 @@ fn with_at_cluster_time(reply: Reply, at: bson::Timestamp) -> Reply {
             Ok(d) => d,
             Err(_) => return Reply::Raw(raw),
         },
+        // Only a change stream's batches are segmented, and change streams read no snapshot.
+        segmented @ Reply::Segmented(_) => return segmented,
     };
     match doc.get_document_mut("cursor") {
         Ok(cursor) => {

@@ -346,6 +346,7 @@ fn entry(
     let reply: std::borrow::Cow<'_, RawDocumentBuf> = match reply {
         Reply::Doc(d) => std::borrow::Cow::Owned(RawDocumentBuf::try_from(d).unwrap_or_default()),
         Reply::Raw(r) => std::borrow::Cow::Borrowed(r),
+        Reply::Segmented(s) => std::borrow::Cow::Owned(s.to_raw()),
     };
     let mut e = doc! { "op": op_name(req.name), "ns": namespace(req), "command": command(req) };
     e.insert("keysExamined", stats.keys.load(Ordering::Relaxed) as i64);
