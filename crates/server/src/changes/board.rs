@@ -83,6 +83,8 @@ impl AsRef<[u8]> for SharedBatch {
 pub struct BatchBoard {
     /// Ticks are counted from here.
     epoch: Instant,
+    /// The longest a stream gathers commits (`--change-stream-max-gather-ms`).
+    max_gather: Duration,
     recent: Mutex<VecDeque<Arc<SharedBatch>>>,
     rate: Mutex<CommitRate>,
 }
@@ -96,21 +98,43 @@ struct CommitRate {
     per_second: f64,
 }
 
+/// How long a stream at the log's tail lets commits gather after its last answer before it
+/// reads again, by the log's commit rate ([`BatchBoard::gather_time`]): none up to
+/// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
+/// once, rising to the board's `max_gather` ([`DEFAULT_MAX_GATHER`] unless configured) at
+/// [`GATHER_FULL_RATE`] and above.
+///
+/// Measured (docs/benchmarks.md): with 4 ms from 3,000 to 8,000 commits/s (stop 28) the
+/// transfer workload ran at 0.83–0.87 of its no-stream throughput with ten streams, instead of
+/// 0.68–0.82 with 1 ms from 1,500 to 4,000. With 8 ms (stop 32), pinned, through the driver's
+/// `watch()`, 0.922–0.993 instead of 0.856–0.883 (alternated runs), for a p99 from commit to
+/// event at full speed of about 7 ms instead of 4 ms. At 1,000 commits/s (the latency goal's
+/// rate) nothing gathers either way.
+pub const DEFAULT_MAX_GATHER: Duration = Duration::from_millis(8);
+const GATHER_FROM_RATE: f64 = 3000.0;
+const GATHER_FULL_RATE: f64 = 8000.0;
+
 /// The shortest time a rate is sampled over: a group commit makes many commits durable at
 /// once, which over a shorter time says little about the rate.
 const RATE_WINDOW: Duration = Duration::from_millis(20);
 
 impl Default for BatchBoard {
     fn default() -> BatchBoard {
-        BatchBoard {
-            epoch: Instant::now(),
-            recent: Mutex::new(VecDeque::with_capacity(BOARD_BATCHES)),
-            rate: Mutex::new(CommitRate::default()),
-        }
+        BatchBoard::new(DEFAULT_MAX_GATHER)
     }
 }
 
 impl BatchBoard {
+    /// A board whose streams gather commits for at most `max_gather`.
+    pub fn new(max_gather: Duration) -> BatchBoard {
+        BatchBoard {
+            epoch: Instant::now(),
+            max_gather,
+            recent: Mutex::new(VecDeque::with_capacity(BOARD_BATCHES)),
+            rate: Mutex::new(CommitRate::default()),
+        }
+    }
+
     /// The batch for streams with `key` that starts right after `after`, if one was shared.
     pub fn find(&self, key: &ShapeKey, after: Timestamp) -> Option<Arc<SharedBatch>> {
         let recent = self.lock();
@@ -145,6 +169,18 @@ impl BatchBoard {
             recent.push_back(batch.clone());
         }
         batch
+    }
+
+    /// How long a stream at the tail gathers commits, given the log's commit count now: none
+    /// up to [`GATHER_FROM_RATE`] commits/s, then in proportion up to `max_gather` at
+    /// [`GATHER_FULL_RATE`].
+    pub fn gather_time(&self, commits: u64) -> Duration {
+        self.gather_at_rate(self.commit_rate(commits))
+    }
+
+    fn gather_at_rate(&self, rate: f64) -> Duration {
+        let share = (rate - GATHER_FROM_RATE) / (GATHER_FULL_RATE - GATHER_FROM_RATE);
+        self.max_gather.mul_f64(share.clamp(0.0, 1.0))
     }
 
     /// The commit rate (commits/s) given the log's commit count now, smoothed over the last
@@ -270,6 +306,21 @@ mod tests {
             board.find(&key("a"), Timestamp(100)).is_none(),
             "but not kept"
         );
+    }
+
+    #[test]
+    fn streams_gather_only_on_a_busy_log_and_no_longer_than_configured() {
+        let board = BatchBoard::default();
+        assert_eq!(board.gather_at_rate(0.0), Duration::ZERO);
+        assert_eq!(board.gather_at_rate(1000.0), Duration::ZERO, "the latency goal's rate");
+        assert_eq!(board.gather_at_rate(GATHER_FROM_RATE), Duration::ZERO);
+        let halfway = (GATHER_FROM_RATE + GATHER_FULL_RATE) / 2.0;
+        assert_eq!(board.gather_at_rate(halfway), DEFAULT_MAX_GATHER / 2);
+        assert_eq!(board.gather_at_rate(50_000.0), DEFAULT_MAX_GATHER);
+        let eager = BatchBoard::new(Duration::ZERO);
+        assert_eq!(eager.gather_at_rate(50_000.0), Duration::ZERO);
+        let patient = BatchBoard::new(Duration::from_millis(20));
+        assert_eq!(patient.gather_at_rate(50_000.0), Duration::from_millis(20));
     }
 
     #[test]

@@ -53,21 +53,6 @@ const READ_BYTES: usize = 4 * 1024 * 1024;
 /// with a newer resume token is progress too).
 const MAX_SCAN: Duration = Duration::from_millis(500);
 
-/// How long a stream at the log's tail lets commits gather after its last answer before it
-/// reads again, by the log's commit rate (one for every cursor, kept by the board; see
-/// `HistoryCursor::gather`): none up to
-/// [`GATHER_FROM_RATE`] commits/s, so that a stream at a moderate rate answers each commit at
-/// once, rising to [`GATHER_MAX`] at [`GATHER_FULL_RATE`] and above.
-///
-/// Measured (docs/benchmarks.md, stop 28): 4 ms from 3,000 to 8,000 commits/s let the transfer
-/// workload run at 0.83–0.87 of its no-stream throughput with ten streams, instead of
-/// 0.68–0.82 with 1 ms from 1,500 to 4,000; it kept the p99 from commit to event under 5 ms at
-/// the workload's full speed (2.1 ms before); and at 1,000 commits/s (the latency goal's rate)
-/// nothing gathers.
-const GATHER_MAX: Duration = Duration::from_millis(4);
-const GATHER_FROM_RATE: f64 = 3000.0;
-const GATHER_FULL_RATE: f64 = 8000.0;
-
 /// An event ready to return (after the stream's stages).
 struct Ready {
     token: ResumeToken,
@@ -495,10 +480,10 @@ impl HistoryCursor {
     }
 
     /// A stream at the log's tail (an awaiting `getMore`) on a busy log reads no sooner than
-    /// [`gather_time`] after its last answer, so that one `getMore` carries the commits of that
+    /// [`BatchBoard::gather_time`] after its last answer, so that one `getMore` carries the commits of that
     /// time instead of each commit costing every stream a round trip: the per-stream cost is
     /// per batch, not per commit. Catching up (not at the tail), on a first batch, or on a log
-    /// slower than [`GATHER_FROM_RATE`] (three times the latency goal's 1,000 commits/s), it
+    /// slower than 3,000 commits/s (three times the latency goal's 1,000 commits/s), it
     /// reads at once.
     async fn gather(&self, engine: &Engine, wait_until: Option<Instant>) {
         let (Some(until), Some(last), true) = (wait_until, self.last_answer, self.tailing) else {
@@ -506,7 +491,7 @@ impl HistoryCursor {
         };
         // On the board's clock and rate, so that streams gathering alike read the same records
         // and share one batch: at least half the period after the last answer.
-        let period = gather_time(self.board.commit_rate(engine.commits_logged()));
+        let period = self.board.gather_time(engine.commits_logged());
         let at = self.board.tick(last + period / 2, period).min(until);
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
@@ -801,13 +786,6 @@ fn catalog_uuids(engine: &Engine, scope: Option<&Scope>) -> HashMap<String, bson
         }
     }
     uuids
-}
-
-/// How long commits gather at `rate` commits/s: none up to [`GATHER_FROM_RATE`], then in
-/// proportion up to [`GATHER_MAX`] at [`GATHER_FULL_RATE`].
-fn gather_time(rate: f64) -> Duration {
-    let share = (rate - GATHER_FROM_RATE) / (GATHER_FULL_RATE - GATHER_FROM_RATE);
-    GATHER_MAX.mul_f64(share.clamp(0.0, 1.0))
 }
 
 fn token_not_found() -> CommandError {
