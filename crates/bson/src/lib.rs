@@ -11,8 +11,7 @@
 //!
 //! Layering inside the crate (each module imports only from those before it): `error_codes`, `error`,
 //! `numbers`, `path`, `decimal`, `collation`, `compare`, `key`, `index`; `diff` (update
-//! descriptions for change streams), `writer` ([`RawWriter`]) and [`raw_with_capacity`] stand
-//! alone.
+//! descriptions for change streams) and `writer` ([`RawWriter`]) stand alone.
 
 pub mod collation;
 pub mod compare;
@@ -39,12 +38,3 @@ pub use index::{
 pub use key::{encode_key, encode_key_collated};
 pub use path::distinct_values;
 pub use writer::RawWriter;
-
-/// An empty raw document with room for `capacity` bytes: a document built on a hot path (a
-/// change event) is written into one allocation instead of growing through a dozen.
-pub fn raw_with_capacity(capacity: usize) -> bson::RawDocumentBuf {
-    let mut bytes = Vec::with_capacity(capacity.max(5));
-    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
-    // Five bytes of an empty document are always a valid one.
-    bson::RawDocumentBuf::from_bytes(bytes).unwrap_or_default()
-}

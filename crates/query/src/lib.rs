@@ -81,7 +81,7 @@ pub use mangrove_bson::{CodedError, KeyInterval, encode_key, encode_key_collated
 pub use mangrove_bson::{
     Collation, active_collation, collation_active, compare_values, type_bracket, with_collation,
 };
-pub use mangrove_bson::{RawWriter, distinct_values, raw_with_capacity};
+pub use mangrove_bson::{RawWriter, distinct_values};
 pub use mangrove_geo::{Frame, Near};
 pub use mangrove_text::{TextIndex, TextMatch};
 pub use plan::{IndexBounds, expired_bounds, index_bounds};

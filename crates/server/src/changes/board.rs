@@ -10,8 +10,9 @@
 //!
 //! Streams meet at the same place because they read on a common clock: a stream that gathers
 //! commits wakes on the board's ticks (multiples of a power-of-two-millisecond period since
-//! the board's epoch, chosen from one commit rate for all streams), and a stream that reads on its own stops where the newest shared batch ended, so that from
-//! its next batch on it stands where the others do.
+//! the board's epoch, chosen from one commit rate for all streams), and a stream that reads on
+//! its own stops where the newest shared batch ended, so that from its next batch on it stands
+//! where the others do.
 //!
 //! Invariants:
 //! - A shared batch holds every event of the records after `after` up to `end`, in order,
@@ -185,7 +186,7 @@ impl BatchBoard {
 
     /// The commit rate (commits/s) given the log's commit count now, smoothed over the last
     /// few [`RATE_WINDOW`]s.
-    pub fn commit_rate(&self, commits: u64) -> f64 {
+    fn commit_rate(&self, commits: u64) -> f64 {
         let now = Instant::now();
         let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
         match rate.at {
@@ -312,7 +313,11 @@ mod tests {
     fn streams_gather_only_on_a_busy_log_and_no_longer_than_configured() {
         let board = BatchBoard::default();
         assert_eq!(board.gather_at_rate(0.0), Duration::ZERO);
-        assert_eq!(board.gather_at_rate(1000.0), Duration::ZERO, "the latency goal's rate");
+        assert_eq!(
+            board.gather_at_rate(1000.0),
+            Duration::ZERO,
+            "the latency goal's rate"
+        );
         assert_eq!(board.gather_at_rate(GATHER_FROM_RATE), Duration::ZERO);
         let halfway = (GATHER_FROM_RATE + GATHER_FULL_RATE) / 2.0;
         assert_eq!(board.gather_at_rate(halfway), DEFAULT_MAX_GATHER / 2);

@@ -65,32 +65,32 @@ impl ResumeToken {
         }
     }
 
-    /// The token as raw BSON, built without a `Document`: every event carries one.
+    /// The token as raw BSON, built without a `Document`: every batch carries one.
     pub fn to_raw(self) -> RawDocumentBuf {
-        let mut d = mangrove_query::raw_with_capacity(LEN * 2 + 16);
-        d.append(cstr!("_data"), self.hex());
-        d
+        let mut w = RawWriter::with_capacity(LEN * 2 + 16);
+        self.write_data(&mut w);
+        w.finish()
     }
 
     #[cfg(test)]
     pub fn to_document(self) -> Document {
-        doc! { "_data": self.hex() }
+        doc! { "_data": String::from_utf8_lossy(&self.hex_digits()).into_owned() }
     }
 
     /// The token as the `_id` (or any `key`) of a document being written: no allocation.
     pub fn write(self, w: &mut RawWriter, key: &CStr) {
-        let hex = self.hex_digits();
         w.begin(key);
+        self.write_data(w);
+        w.end();
+    }
+
+    fn write_data(self, w: &mut RawWriter) {
+        let hex = self.hex_digits();
         // Hex digits are ASCII.
         w.str(
             cstr!("_data"),
             std::str::from_utf8(&hex).unwrap_or_default(),
         );
-        w.end();
-    }
-
-    fn hex(self) -> String {
-        String::from_utf8_lossy(&self.hex_digits()).into_owned()
     }
 
     fn hex_digits(self) -> [u8; LEN * 2] {
